@@ -1,0 +1,47 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FINREC := $(VENV)/bin/finrec
+STAMP := $(VENV)/.installed
+DEMO := demo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: install demo test test-fast chromium benchmarks clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
+	touch $(STAMP)
+
+# Debian's Chromium for the browser test, driven by the playwright package (never `playwright install`).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+$(DEMO)/bank/schema.yaml: | $(STAMP)
+	$(FINREC) generate --out $(DEMO)/bank
+	$(FINREC) split --data $(DEMO)/bank --out $(DEMO)/split
+
+$(DEMO)/model/manifest.json: $(DEMO)/bank/schema.yaml
+	$(FINREC) train --data $(DEMO)/split/train --out $(DEMO)/model
+
+demo: $(DEMO)/model/manifest.json
+	$(FINREC) evaluate --model $(DEMO)/model --data $(DEMO)/split/test --json $(DEMO)/model-evaluation.json
+	$(FINREC) score --model $(DEMO)/model --data $(DEMO)/split/test --out $(DEMO)/top5.csv --k 5
+	@echo "Sample top-5 (first held-out customer):" && head -6 $(DEMO)/top5.csv
+	@if [ -f Recommendation_Dashboard.py ]; then FINREC_MODEL=$(DEMO)/model FINREC_DATA=$(DEMO)/bank $(VENV)/bin/streamlit run Recommendation_Dashboard.py; fi
+
+test: $(STAMP) chromium
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser"
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/quality_default.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache build

@@ -1,0 +1,209 @@
+"""The ``finrec`` command line.
+
+    finrec generate  --out DIR [--customers N] [--products P] [--difficulty hard] [--seed S]
+    finrec split     --data DIR --out DIR [--holdout 0.2] [--seed S]
+    finrec train     --data DIR --out MODEL_DIR [--config FILE] [--epochs N] [--seed S]
+    finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
+    finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
+
+Errors in the input print one clear line and exit with status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from finrec.errors import FinrecError
+
+log = logging.getLogger("finrec")
+
+EXIT_INPUT_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {value}")
+    return value
+
+
+def _quiet_backend() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def cmd_generate(args) -> int:
+    from finrec.data import schema as S
+    from finrec.data.io import write_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+
+    settings = GeneratorSettings(
+        n_customers=args.customers, n_products=args.products, seed=args.seed, difficulty=args.difficulty,
+        ground_truth=not args.no_ground_truth,
+    )
+    tables = generate(settings)
+    write_dataset(tables, S.SYNTHETIC.schema(), args.out, fmt=args.format)
+    points = len(tables["interactions"]) + len(tables["holdings"])
+    print(f"wrote {args.out}: {len(tables['customers'])} customers, {len(tables['products'])} products, "
+          f"{len(tables['interactions'])} interactions, {len(tables['holdings'])} holdings ({points} customer-product points)")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from finrec.data.io import dataset_tables, load_dataset, write_dataset
+    from finrec.data.split import split_dataset
+
+    dataset = load_dataset(args.data)
+    train, test = split_dataset(dataset, args.holdout, args.seed)
+    out = Path(args.out)
+    write_dataset(dataset_tables(train), dataset.schema, out / "train")
+    write_dataset(dataset_tables(test), dataset.schema, out / "test")
+    print(f"wrote {out / 'train'} ({len(train.customers)} customers) and {out / 'test'} ({len(test.customers)} held-out customers)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    _quiet_backend()
+    from finrec.artifacts import save_model_dir
+    from finrec.config import Config
+    from finrec.data.io import fingerprint, load_dataset
+    from finrec.train import fit
+
+    config = Config.from_yaml(args.config) if args.config else Config()
+    config = config.with_overrides(epochs=args.epochs, seed=args.seed)
+    dataset = load_dataset(args.data)
+    trained = fit(dataset, config)
+    history = trained.history
+    k = config.training.eval_k
+    key = f"val_ndcg@{k}"
+    best = max(history.get(key, [float("nan")]))
+    save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()))
+    epochs = len(history.get("loss", []))
+    print(f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    _quiet_backend()
+    from finrec.artifacts import load_model_dir
+    from finrec.atomic import atomic_file
+    from finrec.data.io import load_dataset
+    from finrec.evaluate.report import evaluate, format_table
+
+    dataset = load_dataset(args.data)
+    loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
+    results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
+    print(format_table(results, args.k))
+    if args.json:
+        with atomic_file(args.json) as handle:
+            json.dump({"k": args.k, "data": str(args.data), "results": results}, handle, indent=1)
+    return 0
+
+
+def cmd_score(args) -> int:
+    _quiet_backend()
+    from finrec.artifacts import load_model_dir
+    from finrec.data.io import load_dataset
+    from finrec.recommend.batch import score_dataset
+
+    dataset = load_dataset(args.data, require_interactions=False)
+    loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
+    rows = score_dataset(loaded.trained, dataset, args.out, k=args.k)
+    print(f"wrote {rows} recommendations for {len(dataset.customers)} customers to {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finrec", description="Bank product recommendations with a Two-Tower model.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="build the synthetic bank dataset")
+    p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
+    p.add_argument("--customers", type=_positive_int, default=8000)
+    p.add_argument("--products", type=_positive_int, default=25, help="25 = the base catalogue; more builds variants")
+    p.add_argument("--difficulty", choices=["default", "hard"], default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    p.add_argument("--no-ground-truth", action="store_true", help="skip the true probabilities (smaller output)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("split", help="split a dataset by customer into train/ and test/")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--holdout", type=_fraction, default=0.2, help="fraction of customers held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train a model and write its directory")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--config", type=Path, help="YAML config (model: / training: sections)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="ranking metrics of a model and the baselines on a dataset")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--k", type=_positive_int, default=5)
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="write the top K products of every customer")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help=".csv or .parquet")
+    p.add_argument("--k", type=_positive_int, default=5)
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except FinrecError as exc:
+        print(f"finrec {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print(f"finrec {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+        if os.environ.get("FINREC_DEBUG"):
+            raise
+        print(f"finrec {args.command}: internal error: {type(exc).__name__}: {exc} (set FINREC_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

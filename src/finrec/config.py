@@ -1,0 +1,196 @@
+"""One typed configuration for model and training, validated once where it enters.
+
+A config file is YAML with two optional sections; anything left out takes the default below::
+
+    model:    {embedding_dim: 32, customer_widths: [128, 64], cross_layers: 0, ...}
+    training: {loss: softmax, temperature: 0.1, epochs: 40, ...}
+
+The defaults are the configuration the quality study picked (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finrec.errors import ConfigError
+
+LOSSES = ("softmax", "in_batch", "sampled", "triplet")
+MONITORS = ("ndcg", "loss")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Tower shapes. Both towers map into one ``embedding_dim`` space, L2-normalized."""
+
+    embedding_dim: int = 32
+    customer_widths: tuple[int, ...] = (128, 64)
+    product_widths: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    cross_layers: int = 0
+    max_categorical_embedding_dim: int = 8
+    product_id_embedding_dim: int = 16
+    use_holdings: bool = True
+    exclude_protected: bool = False
+
+    def validate(self) -> None:
+        _positive(self.embedding_dim, "model.embedding_dim")
+        for name in ("customer_widths", "product_widths"):
+            widths = getattr(self, name)
+            for width in widths:
+                _positive(width, f"model.{name}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if self.cross_layers < 0:
+            raise ConfigError(f"model.cross_layers must be >= 0, got {self.cross_layers}")
+        _positive(self.max_categorical_embedding_dim, "model.max_categorical_embedding_dim")
+        _positive(self.product_id_embedding_dim, "model.product_id_embedding_dim")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``loss`` is one of softmax (over the whole catalogue), in_batch or sampled
+    (negatives with logQ correction and accidental-hit removal) or triplet (hard negatives)."""
+
+    loss: str = "softmax"
+    temperature: float = 0.1
+    num_negatives: int = 8
+    margin: float = 0.2
+    hard_negatives: int = 1
+    epochs: int = 40
+    batch_size: int = 256
+    learning_rate: float = 0.003
+    weight_decay: float = 0.0001
+    patience: int = 5
+    validation_fraction: float = 0.1
+    monitor: str = "ndcg"
+    eval_k: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        _choice(self.loss, LOSSES, "training.loss")
+        _choice(self.monitor, MONITORS, "training.monitor")
+        if not self.temperature > 0:
+            raise ConfigError(f"training.temperature must be > 0, got {self.temperature}")
+        for name in ("num_negatives", "hard_negatives", "epochs", "batch_size", "patience", "eval_k"):
+            _positive(getattr(self, name), f"training.{name}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0 or self.margin < 0:
+            raise ConfigError("training.weight_decay and training.margin must be >= 0")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ConfigError(f"training.validation_fraction must lie in (0, 0.5), got {self.validation_fraction}")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        self.training.validate()
+        return self
+
+    def with_overrides(self, **training: Any) -> "Config":
+        """A copy with some training fields replaced (the CLI's --epochs, --seed)."""
+        changes = {k: v for k, v in training.items() if v is not None}
+        if not changes:
+            return self
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, **changes)).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": _plain(dataclasses.asdict(self.model)),
+            "training": _plain(dataclasses.asdict(self.training)),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "config") -> "Config":
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping with sections 'model' and 'training'")
+        _reject_unknown(raw, {"model", "training"}, source)
+        model = _section(ModelConfig, raw.get("model") or {}, f"{source}: model")
+        training = _section(TrainConfig, raw.get("training") or {}, f"{source}: training")
+        return cls(model=model, training=training).validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(raw, source=str(path))
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _positive(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _section(kind: type, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    known = {f.name: f for f in fields(kind)}
+    _reject_unknown(raw, set(known), where)
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for key, value in raw.items():
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return kind(**values)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], name) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected text, got {value!r}")
+        return value
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no optional fields yet
+        return value
+    return value

@@ -1,0 +1,340 @@
+"""Reading and writing datasets: the only data module that touches disk.
+
+Ids are read as strings (``7`` in one file and ``"7"`` in another are the same customer), so
+customer and product ids may be integers or text in the user's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from finrec.atomic import atomic_directory, atomic_path
+from finrec.data import schema as S
+from finrec.data import validate as V
+from finrec.errors import DataError, SchemaError
+
+# Refuse files larger than this before reading them: a bank's customer table is big, but a
+# multi-gigabyte CSV is better converted to Parquet and scored in chunks (``finrec score``).
+MAX_CSV_BYTES = 2 * 1024**3
+# Cells a spreadsheet would run as a formula; written CSV files prefix them with a quote.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class Dataset:
+    """A validated dataset. ``holdings`` is empty (with its columns) when the file is absent;
+    ``ground_truth`` is ``None`` unless the data is synthetic."""
+
+    schema: S.DatasetSchema
+    customers: pd.DataFrame
+    products: pd.DataFrame
+    interactions: pd.DataFrame
+    holdings: pd.DataFrame = field(default_factory=lambda: _empty_links())
+    ground_truth: pd.DataFrame | None = None
+    source: Path | None = None
+
+    @property
+    def customer_ids(self) -> np.ndarray:
+        return self.customers[self.schema.customers.id].to_numpy()
+
+    @property
+    def product_ids(self) -> np.ndarray:
+        return self.products[self.schema.products.id].to_numpy()
+
+    def subset_customers(self, ids) -> "Dataset":
+        """The dataset restricted to the given customers (all products are kept)."""
+        keep = pd.Index(ids)
+        cid = self.schema.customers.id
+        gt = self.ground_truth
+        return replace(
+            self,
+            customers=self.customers[self.customers[cid].isin(keep)].reset_index(drop=True),
+            interactions=self.interactions[self.interactions[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True),
+            holdings=self.holdings[self.holdings[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True),
+            ground_truth=None if gt is None else gt[gt[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True),
+        )
+
+
+def _empty_links() -> pd.DataFrame:
+    return pd.DataFrame({S.CUSTOMER_ID: pd.Series(dtype=object), S.PRODUCT_ID: pd.Series(dtype=object)})
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def find_table(directory: Path, name: str, required: bool = True) -> Path | None:
+    """The ``name.parquet`` or ``name.csv`` file in ``directory``."""
+    found = [directory / f"{name}{suffix}" for suffix in S.TABLE_SUFFIXES if (directory / f"{name}{suffix}").exists()]
+    if len(found) > 1:
+        raise DataError(f"{directory}: both {found[0].name} and {found[1].name} exist; keep one")
+    if not found:
+        if required:
+            raise DataError(
+                f"{directory}: missing table '{name}' (expected {name}.csv or {name}.parquet); "
+                f"the directory has: {', '.join(sorted(p.name for p in directory.iterdir())[:20]) or 'nothing'}"
+            )
+        return None
+    return found[0]
+
+
+def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read one CSV or Parquet table; id columns are read as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix == ".parquet":
+        try:
+            df = pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    elif path.suffix == ".csv":
+        if path.stat().st_size > MAX_CSV_BYTES:
+            raise DataError(f"{path}: {path.stat().st_size / 1e9:.1f} GB is over the CSV limit; convert it to Parquet")
+        df = _read_csv(path, id_columns)
+    else:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
+    for column in id_columns:
+        if column in df.columns:
+            df[column] = _ids_as_text(df[column])
+    return df
+
+
+def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> pd.DataFrame:
+    where = where or str(source)
+    try:
+        df = pd.read_csv(source, dtype={c: str for c in id_columns}, keep_default_na=True, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{where}: the file has no header and no rows") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"{where}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
+    unnamed = [c for c in df.columns if str(c).startswith("Unnamed:")]
+    if unnamed and len(unnamed) == len(df.columns):
+        raise DataError(f"{where}: the first line is not a header of column names")
+    return df
+
+
+def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.DataFrame:
+    """Read an uploaded CSV held in memory (the dashboard never writes uploads to disk)."""
+    import io as _io
+
+    if not data.strip():
+        raise DataError(f"{where}: the file is empty")
+    df = _read_csv(_io.BytesIO(data), id_columns, where)
+    for column in id_columns:
+        if column in df.columns:
+            df[column] = _ids_as_text(df[column])
+    return df
+
+
+def _ids_as_text(values: pd.Series) -> pd.Series:
+    def clean(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return None
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            return str(int(v))
+        return str(v).strip()
+
+    return values.map(clean).astype(object)
+
+
+def read_schema(directory: Path) -> S.DatasetSchema:
+    path = directory / S.SCHEMA_FILE
+    if not path.is_file():
+        raise SchemaError(f"{directory}: missing {S.SCHEMA_FILE} (it says which columns are ids, numeric and categorical)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return S.DatasetSchema.from_dict(raw, source=str(path))
+
+
+def load_dataset(directory: str | Path, require_interactions: bool = True) -> Dataset:
+    """Read and validate a dataset directory (see the data contract in the README)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory (a dataset is a directory of tables and schema.yaml)")
+    schema = read_schema(directory)
+    tables: dict[str, pd.DataFrame] = {}
+    ids = (S.CUSTOMER_ID, S.PRODUCT_ID, schema.customers.id, schema.products.id)
+    for name in S.TABLES:
+        required = name in (S.CUSTOMERS, S.PRODUCTS) or (name == S.INTERACTIONS and require_interactions)
+        path = find_table(directory, name, required=required)
+        if path is not None:
+            tables[name] = read_table(path, id_columns=ids)
+    return validate_tables(schema, tables, source=directory)
+
+
+def validate_tables(schema: S.DatasetSchema, tables: dict[str, pd.DataFrame], source: Path | None = None) -> Dataset:
+    """Check every table against the contract and return a ``Dataset`` with typed columns."""
+
+    def where(name: str) -> str:
+        return f"{name} ({source / name if source else name})"
+
+    customers = prepare_entities(tables[S.CUSTOMERS], schema.customers, where(S.CUSTOMERS))
+    products = prepare_entities(tables[S.PRODUCTS], schema.products, where(S.PRODUCTS))
+    customer_index = pd.Index(customers[schema.customers.id])
+    product_index = pd.Index(products[schema.products.id])
+
+    def links(name: str, extra: tuple[str, ...] = ()) -> pd.DataFrame | None:
+        if name not in tables:
+            return None
+        df = tables[name].copy()
+        V.require_columns(df, (S.CUSTOMER_ID, S.PRODUCT_ID, *extra), where(name))
+        for column in (S.CUSTOMER_ID, S.PRODUCT_ID):
+            df[column] = _ids_as_text(df[column])
+        V.require_no_missing_ids(df, S.CUSTOMER_ID, where(name))
+        V.require_no_missing_ids(df, S.PRODUCT_ID, where(name))
+        V.check_references(df, S.CUSTOMER_ID, customer_index, where(name), S.CUSTOMERS)
+        V.check_references(df, S.PRODUCT_ID, product_index, where(name), S.PRODUCTS)
+        return df.drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True)
+
+    interactions = links(S.INTERACTIONS)
+    if interactions is None:
+        interactions = _empty_links()
+    else:
+        V.require_rows(interactions, where(S.INTERACTIONS))
+        interactions = V.check_timestamps(interactions, where(S.INTERACTIONS))
+    holdings = links(S.HOLDINGS)
+    ground_truth = links(S.GROUND_TRUTH, (S.PROBABILITY,))
+    if ground_truth is not None:
+        ground_truth = V.check_probabilities(ground_truth, where(S.GROUND_TRUTH))
+    return Dataset(
+        schema=schema,
+        customers=customers,
+        products=products,
+        interactions=interactions,
+        holdings=holdings if holdings is not None else _empty_links(),
+        ground_truth=ground_truth,
+        source=source,
+    )
+
+
+def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.DataFrame:
+    """Validate a customers or products table and type its feature columns."""
+    V.check_schema_columns(df, table, where)
+    V.require_rows(df, where)
+    df = df.copy()
+    df[table.id] = _ids_as_text(df[table.id])
+    V.require_no_missing_ids(df, table.id, where)
+    V.require_unique(df, table.id, where)
+    df = V.coerce_numeric(df, table.numeric_features, where)
+    if table.risk:
+        V.check_risk_scale(df, table.risk, where)
+        df[table.risk] = df[table.risk].astype("int64")
+    for column in table.categorical_features:
+        df[column] = df[column].map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+    return df.reset_index(drop=True)
+
+
+def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+    """Yield validated slices of a customers file of any size, holding one slice in memory."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        offset = 0
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            chunk = batch.to_pandas()
+            if table.id in chunk.columns:
+                chunk[table.id] = _ids_as_text(chunk[table.id])
+            yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
+            offset += len(chunk)
+    elif path.suffix == ".csv":
+        try:
+            reader = pd.read_csv(path, dtype={table.id: str}, chunksize=chunk_rows)
+            offset = 0
+            for chunk in reader:
+                chunk[table.id] = _ids_as_text(chunk[table.id]) if table.id in chunk.columns else None
+                yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
+                offset += len(chunk)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the file is empty") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
+    else:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def escape_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text cells a spreadsheet would run as a formula with a single quote."""
+    out = df.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v
+            )
+    return out
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table atomically: Parquet, or CSV (with formula escaping) when the name ends .csv."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".csv":
+            escape_formulas(df).to_csv(tmp, index=False)
+        else:
+            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+    return path
+
+
+def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, directory: str | Path, fmt: str = "parquet") -> Path:
+    """Write a dataset directory atomically (all tables and ``schema.yaml``)."""
+    if fmt not in ("parquet", "csv"):
+        raise DataError(f"unknown format {fmt!r} (use parquet or csv)")
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        for name, df in tables.items():
+            if df is None:
+                continue
+            path = tmp / f"{name}.{fmt}"
+            if fmt == "csv":
+                escape_formulas(df).to_csv(path, index=False)
+            else:
+                pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+        (tmp / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema.to_dict(), sort_keys=False), encoding="utf-8")
+    return directory
+
+
+def dataset_tables(dataset: Dataset) -> dict[str, pd.DataFrame]:
+    tables = {
+        S.CUSTOMERS: dataset.customers,
+        S.PRODUCTS: dataset.products,
+        S.INTERACTIONS: dataset.interactions,
+        S.HOLDINGS: dataset.holdings,
+    }
+    if dataset.ground_truth is not None:
+        tables[S.GROUND_TRUTH] = dataset.ground_truth
+    return tables
+
+
+def fingerprint(directory: str | Path) -> str:
+    """SHA-256 over the dataset's files (names and bytes), to tell which data a model saw."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and (path.suffix in S.TABLE_SUFFIXES or path.name == S.SCHEMA_FILE):
+            digest.update(path.name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()

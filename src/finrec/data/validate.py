@@ -1,0 +1,137 @@
+"""Checks of the data contract. Each failure names the file, the column, how many rows are
+wrong and a few of them, so that a user can find and fix them."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from finrec.data import schema as S
+from finrec.errors import DataError, SchemaError
+
+MAX_EXAMPLES = 5
+
+
+def _examples(values: Iterable) -> str:
+    shown = [repr(v) for v in list(values)[:MAX_EXAMPLES]]
+    return ", ".join(shown)
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str], where: str, error=DataError) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise error(
+            f"{where}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"the file has: {', '.join(map(str, df.columns[:20]))}"
+        )
+
+
+def require_rows(df: pd.DataFrame, where: str) -> None:
+    if len(df) == 0:
+        raise DataError(f"{where}: the table is empty (a header and no rows)")
+
+
+def require_unique(df: pd.DataFrame, column: str, where: str) -> None:
+    dup = df[column][df[column].duplicated(keep=False)]
+    if len(dup):
+        raise DataError(
+            f"{where}: column '{column}' must be unique; {dup.nunique()} id(s) appear more than once, "
+            f"e.g. {_examples(dup.unique())}"
+        )
+
+
+def require_no_missing_ids(df: pd.DataFrame, column: str, where: str) -> None:
+    bad = df[column].isna() | (df[column].astype(str).str.strip() == "")
+    if bad.any():
+        rows = np.flatnonzero(bad.to_numpy())
+        raise DataError(f"{where}: column '{column}' has {len(rows)} empty id(s), at row(s) {_examples(rows + 1)}")
+
+
+def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.DataFrame:
+    """Return ``df`` with ``columns`` as float64; fail on text that is not a number or on
+    infinities. Missing values stay NaN (the feature pipeline imputes them)."""
+    out = df.copy()
+    for column in columns:
+        raw = out[column]
+        if pd.api.types.is_bool_dtype(raw):
+            raw = raw.astype(float)
+        values = pd.to_numeric(raw, errors="coerce")
+        not_number = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        if not_number.any():
+            rows = np.flatnonzero(not_number.to_numpy())
+            raise DataError(
+                f"{where}: column '{column}' must be numeric; {len(rows)} value(s) are not numbers, "
+                f"e.g. row {rows[0] + 1}: {raw.iloc[rows[0]]!r} (other values: {_examples(raw.iloc[rows[1:]])})"
+            )
+        values = values.astype("float64")
+        infinite = np.isinf(values.to_numpy())
+        if infinite.any():
+            rows = np.flatnonzero(infinite)
+            raise DataError(
+                f"{where}: column '{column}' has {len(rows)} infinite value(s), at row(s) {_examples(rows + 1)}"
+            )
+        out[column] = values
+    return out
+
+
+def check_risk_scale(df: pd.DataFrame, column: str, where: str) -> None:
+    """Risk tolerance and product risk are integers on the 1-7 scale (PRIIPs SRI)."""
+    values = df[column].to_numpy(dtype="float64")
+    bad = np.isnan(values) | (values < S.RISK_MIN) | (values > S.RISK_MAX) | (values != np.round(values))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"{where}: column '{column}' must be an integer from {S.RISK_MIN} to {S.RISK_MAX}; "
+            f"{len(rows)} row(s) are not, e.g. row {rows[0] + 1}: {df[column].iloc[rows[0]]!r}"
+        )
+
+
+def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
+    """Every column the schema names must exist in the table."""
+    named = [table.id, *table.numeric, *table.categorical]
+    named += [c for c in (table.risk, table.category) if c]
+    named += list(table.protected)
+    missing = [c for c in dict.fromkeys(named) if c not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"schema.yaml names column(s) {', '.join(repr(c) for c in missing)} that {where} does not have; "
+            f"its columns are: {', '.join(map(str, df.columns[:20]))}"
+        )
+
+
+def check_references(link: pd.DataFrame, column: str, known: pd.Index, where: str, target: str) -> None:
+    unknown = ~link[column].isin(known)
+    if unknown.any():
+        values = link.loc[unknown, column].unique()
+        raise DataError(
+            f"{where}: {int(unknown.sum())} row(s) name {column} values that are not in {target}, "
+            f"e.g. {_examples(values)}"
+        )
+
+
+def check_timestamps(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    if S.TIMESTAMP not in df.columns:
+        return df
+    parsed = pd.to_datetime(df[S.TIMESTAMP], errors="coerce", format="mixed")
+    bad = parsed.isna() & df[S.TIMESTAMP].notna()
+    if bad.any():
+        rows = np.flatnonzero(bad.to_numpy())
+        raise DataError(
+            f"{where}: column '{S.TIMESTAMP}' has {len(rows)} value(s) that are not dates, "
+            f"e.g. row {rows[0] + 1}: {df[S.TIMESTAMP].iloc[rows[0]]!r}"
+        )
+    out = df.copy()
+    out[S.TIMESTAMP] = parsed
+    return out
+
+
+def check_probabilities(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    out = coerce_numeric(df, [S.PROBABILITY], where)
+    values = out[S.PROBABILITY].to_numpy()
+    bad = np.isnan(values) | (values < 0) | (values > 1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(f"{where}: column '{S.PROBABILITY}' must lie in [0, 1]; {len(rows)} row(s) do not, e.g. row {rows[0] + 1}")
+    return out

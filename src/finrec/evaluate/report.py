@@ -1,0 +1,51 @@
+"""Evaluate a trained model and the baselines on a dataset (seen or held-out customers).
+
+For every customer with at least one interaction, all products except the ones they hold are
+ranked; the interactions are the relevant products (metric definitions: ``metrics``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from finrec.data.io import Dataset
+from finrec.evaluate import baselines
+from finrec.evaluate.metrics import metric_keys, summarize
+
+
+def ranking_task(pipeline, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer ids, relevant bool [n, P], excluded bool [n, P]) for customers with interactions."""
+    cid = dataset.schema.customers.id
+    ids = dataset.customers[cid].to_numpy()
+    relevant = pipeline.holdings_matrix(ids, dataset.interactions)
+    held = pipeline.holdings_matrix(ids, dataset.holdings)
+    keep = (relevant & ~held).any(axis=1)
+    return ids[keep], relevant[keep], (held & ~relevant)[keep]
+
+
+def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Metrics of the model and of the random, popularity and (with ground truth) oracle
+    baselines: ``{"model": {...}, "popularity": {...}, ...}``."""
+    pipeline = trained.pipeline
+    ids, relevant, excluded = ranking_task(pipeline, dataset)
+    cid = dataset.schema.customers.id
+    customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
+    n, n_products = relevant.shape
+    scores = {
+        "model": trained.score(customers, dataset.holdings) if n else np.zeros((0, n_products)),
+        "popularity": baselines.popularity_scores(n, np.asarray(pipeline.product_popularity_)),
+        "random": baselines.random_scores(n, n_products, np.random.default_rng(seed)),
+    }
+    if dataset.ground_truth is not None:
+        scores["oracle"] = baselines.oracle_scores(ids, pipeline.product_ids_, dataset.ground_truth)
+    return {name: summarize(s, relevant, excluded, k=k) for name, s in scores.items()}
+
+
+def format_table(results: dict[str, dict[str, float]], k: int) -> str:
+    """A plain-text table: one row per ranker, one column per metric."""
+    keys = metric_keys(k)
+    header = f"{'ranker':<12}" + "".join(f"{key:>13}" for key in keys) + f"{'customers':>11}"
+    lines = [header, "-" * len(header)]
+    for name, metrics in results.items():
+        lines.append(f"{name:<12}" + "".join(f"{metrics[key]:>13.4f}" for key in keys) + f"{metrics['customers']:>11d}")
+    return "\n".join(lines)

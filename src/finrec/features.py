@@ -1,0 +1,230 @@
+"""The fitted feature pipeline: raw tables in, model-ready numpy arrays out.
+
+Fitted on the training customers only and saved beside the model as JSON (no pickle):
+
+- numeric columns: heavy-tailed money amounts go through ``log1p`` (the schema's
+  ``log_numeric``, or detected: non-negative with skewness above 2), missing values take the
+  training median, then standardize to zero mean and unit variance;
+- categorical columns: integer codes from a fitted vocabulary; code 0 is the out-of-vocabulary
+  slot that unseen or missing categories map to (the model embeds the codes);
+- holdings: a multi-hot row over the catalogue, which the customer tower turns into a bag of
+  product embeddings.
+
+Model inputs (all batch-first numpy arrays)::
+
+    customer: {"customer_numeric": float32 [n, d_num], "customer_cat_<i>": int32 [n],
+               "holdings": float32 [n, P]}
+    product:  {"product_index": int32 [P], "product_numeric": float32 [P, d_num],
+               "product_cat_<i>": int32 [P]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finrec.data import schema as S
+from finrec.data.io import Dataset
+from finrec.errors import ArtifactError, DataError
+
+FORMAT_VERSION = 1
+SKEW_FOR_LOG = 2.0
+
+CUSTOMER_NUMERIC = "customer_numeric"
+PRODUCT_NUMERIC = "product_numeric"
+PRODUCT_INDEX = "product_index"
+HOLDINGS_INPUT = "holdings"
+
+
+@dataclass
+class NumericStats:
+    """How one numeric column is transformed: ``(log1p(x) if log else x)``, impute, standardize."""
+
+    column: str
+    log: bool
+    median: float
+    mean: float
+    std: float
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        x = values.astype("float64", copy=True)
+        if self.log:
+            x = np.sign(x) * np.log1p(np.abs(x))
+        x[np.isnan(x)] = self.median
+        return (x - self.mean) / self.std
+
+    @classmethod
+    def fit(cls, column: str, values: np.ndarray, log: bool | None) -> "NumericStats":
+        x = values.astype("float64")
+        observed = x[~np.isnan(x)]
+        if log is None:
+            log = bool(len(observed) > 2 and observed.min() >= 0 and _skewness(observed) > SKEW_FOR_LOG)
+        if log:
+            observed = np.log1p(observed)
+        median = float(np.median(observed)) if len(observed) else 0.0
+        # Standardize the column as the model will see it: missing values already imputed.
+        filled = np.concatenate([observed, np.full(len(x) - len(observed), median)])
+        mean = float(filled.mean()) if len(filled) else 0.0
+        std = float(filled.std()) if len(filled) else 1.0
+        return cls(column=column, log=log, median=median, mean=mean, std=std if std > 1e-12 else 1.0)
+
+
+def _skewness(x: np.ndarray) -> float:
+    std = x.std()
+    return float(((x - x.mean()) ** 3).mean() / std**3) if std > 0 else 0.0
+
+
+def _vocabulary(values: pd.Series) -> list[str]:
+    return sorted({str(v) for v in values.dropna()})
+
+
+def _codes(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    """Vocabulary position + 1; 0 for missing or unseen values (the OOV slot)."""
+    text = values.map(lambda v: None if pd.isna(v) else str(v))
+    codes = pd.Categorical(text, categories=vocabulary).codes.astype("int32")
+    return codes + 1
+
+
+class FeaturePipeline:
+    """Turns customers, holdings and products into model inputs.
+
+    >>> pipeline = FeaturePipeline(dataset.schema).fit(train_dataset)
+    >>> x = pipeline.transform_customers(train_dataset.customers, train_dataset.holdings)
+    """
+
+    def __init__(self, schema: S.DatasetSchema, use_holdings: bool = True, exclude_protected: bool = False):
+        self.schema = schema.without_protected() if exclude_protected else schema
+        self.full_schema = schema
+        self.use_holdings = use_holdings
+        self.exclude_protected = exclude_protected
+
+    # ---------------------------------------------------------------------------- fitting
+    def fit(self, dataset: Dataset) -> "FeaturePipeline":
+        c, p = self.schema.customers, self.schema.products
+        log_c = set(c.log_numeric) if c.log_numeric is not None else None
+        log_p = set(p.log_numeric) if p.log_numeric is not None else None
+        self.customer_numeric_ = [
+            NumericStats.fit(col, dataset.customers[col].to_numpy(), None if log_c is None else col in log_c)
+            for col in c.numeric_features
+        ]
+        self.customer_vocab_ = {col: _vocabulary(dataset.customers[col]) for col in c.categorical_features}
+        self.product_ids_ = [str(v) for v in dataset.products[p.id]]
+        self.product_numeric_ = [
+            NumericStats.fit(col, dataset.products[col].to_numpy(), None if log_p is None else col in log_p)
+            for col in p.numeric_features
+        ]
+        self.product_vocab_ = {col: _vocabulary(dataset.products[col]) for col in p.categorical_features}
+        self._index = pd.Index(self.product_ids_)
+        adopted = self.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
+        self.product_popularity_ = np.bincount(adopted[adopted >= 0], minlength=self.n_products).tolist()
+        return self
+
+    @property
+    def n_products(self) -> int:
+        return len(self.product_ids_)
+
+    # ---------------------------------------------------------------------------- inputs
+    def customer_input_spec(self) -> dict[str, tuple[str, int]]:
+        """Input name -> (kind, size): numeric width, vocabulary size (+1 OOV), or catalogue size."""
+        spec: dict[str, tuple[str, int]] = {CUSTOMER_NUMERIC: ("numeric", len(self.customer_numeric_))}
+        for i, vocab in enumerate(self.customer_vocab_.values()):
+            spec[f"customer_cat_{i}"] = ("categorical", len(vocab) + 1)
+        if self.use_holdings:
+            spec[HOLDINGS_INPUT] = ("multi_hot", self.n_products)
+        return spec
+
+    def product_input_spec(self) -> dict[str, tuple[str, int]]:
+        spec: dict[str, tuple[str, int]] = {
+            PRODUCT_INDEX: ("categorical", self.n_products),
+            PRODUCT_NUMERIC: ("numeric", len(self.product_numeric_)),
+        }
+        for i, vocab in enumerate(self.product_vocab_.values()):
+            spec[f"product_cat_{i}"] = ("categorical", len(vocab) + 1)
+        return spec
+
+    def check_customer_columns(self, customers: pd.DataFrame, where: str = "customers") -> None:
+        needed = [s.column for s in self.customer_numeric_] + list(self.customer_vocab_)
+        missing = [col for col in needed if col not in customers.columns]
+        if missing:
+            raise DataError(f"{where}: missing column(s) the model was trained with: {', '.join(missing)}")
+
+    def transform_customers(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for customers (rows in the order given)."""
+        self.check_customer_columns(customers)
+        numeric = np.empty((len(customers), len(self.customer_numeric_)), dtype="float32")
+        for j, stats in enumerate(self.customer_numeric_):
+            numeric[:, j] = stats.transform(pd.to_numeric(customers[stats.column], errors="coerce").to_numpy())
+        out = {CUSTOMER_NUMERIC: numeric}
+        for i, (col, vocab) in enumerate(self.customer_vocab_.items()):
+            out[f"customer_cat_{i}"] = _codes(customers[col], vocab)
+        if self.use_holdings:
+            ids = customers[self.schema.customers.id].to_numpy() if self.schema.customers.id in customers else None
+            out[HOLDINGS_INPUT] = self.holdings_matrix(ids, holdings).astype("float32")
+        return out
+
+    def transform_products(self, products: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Model inputs for the catalogue, in the fitted product order."""
+        pid = self.schema.products.id
+        order = pd.Index(products[pid].astype(str)).get_indexer(self.product_ids_)
+        if (order < 0).any():
+            missing = [self.product_ids_[i] for i in np.flatnonzero(order < 0)[:5]]
+            raise DataError(f"products: the model's products are missing from the table, e.g. {missing}")
+        products = products.iloc[order]
+        numeric = np.empty((len(products), len(self.product_numeric_)), dtype="float32")
+        for j, stats in enumerate(self.product_numeric_):
+            numeric[:, j] = stats.transform(products[stats.column].to_numpy())
+        out = {PRODUCT_INDEX: np.arange(len(products), dtype="int32"), PRODUCT_NUMERIC: numeric}
+        for i, (col, vocab) in enumerate(self.product_vocab_.items()):
+            out[f"product_cat_{i}"] = _codes(products[col], vocab)
+        return out
+
+    def product_positions(self, product_ids) -> np.ndarray:
+        """Catalogue index of each product id; -1 for ids the model does not know."""
+        return self._index.get_indexer(pd.Index(np.asarray(product_ids, dtype=object).astype(str)))
+
+    def holdings_matrix(self, customer_ids, links: pd.DataFrame | None) -> np.ndarray:
+        """bool [n, P]: True where the customer holds (or, for interactions, took up) the product."""
+        n = 0 if customer_ids is None else len(customer_ids)
+        matrix = np.zeros((n, self.n_products), dtype=bool)
+        if links is None or len(links) == 0 or n == 0:
+            return matrix
+        rows = pd.Index(np.asarray(customer_ids).astype(str)).get_indexer(links[S.CUSTOMER_ID].astype(str))
+        cols = self.product_positions(links[S.PRODUCT_ID].to_numpy())
+        keep = (rows >= 0) & (cols >= 0)
+        matrix[rows[keep], cols[keep]] = True
+        return matrix
+
+    # ---------------------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "schema": self.full_schema.to_dict(),
+            "use_holdings": self.use_holdings,
+            "exclude_protected": self.exclude_protected,
+            "customer_numeric": [vars(s) for s in self.customer_numeric_],
+            "customer_vocab": self.customer_vocab_,
+            "product_ids": self.product_ids_,
+            "product_numeric": [vars(s) for s in self.product_numeric_],
+            "product_vocab": self.product_vocab_,
+            "product_popularity": self.product_popularity_,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "FeaturePipeline":
+        try:
+            if raw["format_version"] != FORMAT_VERSION:
+                raise ArtifactError(f"feature pipeline format {raw['format_version']} is not supported (expected {FORMAT_VERSION})")
+            pipeline = cls(S.DatasetSchema.from_dict(raw["schema"]), raw["use_holdings"], raw["exclude_protected"])
+            pipeline.customer_numeric_ = [NumericStats(**s) for s in raw["customer_numeric"]]
+            pipeline.customer_vocab_ = {k: list(v) for k, v in raw["customer_vocab"].items()}
+            pipeline.product_ids_ = list(raw["product_ids"])
+            pipeline.product_numeric_ = [NumericStats(**s) for s in raw["product_numeric"]]
+            pipeline.product_vocab_ = {k: list(v) for k, v in raw["product_vocab"].items()}
+            pipeline.product_popularity_ = [int(v) for v in raw["product_popularity"]]
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"feature pipeline file is incomplete or altered ({exc!r})") from None
+        pipeline._index = pd.Index(pipeline.product_ids_)
+        return pipeline

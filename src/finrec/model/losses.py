@@ -1,0 +1,128 @@
+"""Retrieval losses over a catalogue of P products, built from small pieces (TFRS style).
+
+The model outputs cosine similarities ``scores`` [B, P] between each example's customer and every
+product. The target ``y_true`` [B, P] marks each product's role for that example:
+
+- ``POSITIVE`` (1): the product the customer took up (exactly one per row);
+- ``MASKED`` (-1): never a negative: products the customer holds and the customer's other
+  positives (so a second adoption is not pushed down: the accidental-hit rule);
+- ``SAMPLED`` (2): a sampled negative (``SampledSoftmax`` only; drawn by the data pipeline);
+- ``OTHER`` (0): every other product.
+
+Because every example is scored against the catalogue in column form, an item that appears in
+a batch twice is one column, so in-batch and sampled negatives never contain duplicates of the
+positive; logQ correction still matters, since the negatives are not drawn uniformly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+from keras import ops
+
+POSITIVE, MASKED, SAMPLED, OTHER = 1.0, -1.0, 2.0, 0.0
+_NEG_INF = -1e9
+
+
+def positive_mask(y_true):
+    """[B, P] -> bool [B, P]."""
+    return ops.equal(y_true, POSITIVE)
+
+
+def mask_logits(logits, keep):
+    """Set logits outside ``keep`` (bool [B, P]) to a very low value. [B, P] -> [B, P]."""
+    return ops.where(keep, logits, ops.full_like(logits, _NEG_INF))
+
+
+def logq_correct(logits, log_q):
+    """Subtract the log sampling probability of each column: [B, P] - [P] -> [B, P]."""
+    return logits - ops.expand_dims(log_q, 0)
+
+
+def softmax_cross_entropy(logits, positive):
+    """Mean over rows of ``logsumexp(logits) - logit(positive)``. [B, P], bool [B, P] -> scalar."""
+    positive_logit = ops.sum(ops.where(positive, logits, ops.zeros_like(logits)), axis=1)
+    return ops.mean(ops.logsumexp(logits, axis=1) - positive_logit)
+
+
+class RetrievalLoss(keras.losses.Loss):
+    """Base class: ``call(y_true, scores)`` with the role-coded target above."""
+
+    def __init__(self, temperature: float = 0.1, name: str | None = None):
+        super().__init__(name=name or type(self).__name__.lower(), reduction="none")
+        self.temperature = temperature
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # The reduction happens inside ``call``: rows are not independent for in-batch negatives.
+        return self.call(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"))
+
+
+class CatalogueSoftmax(RetrievalLoss):
+    """Softmax over every product the customer does not hold (exact; no sampling)."""
+
+    def call(self, y_true, scores):
+        keep = ops.not_equal(y_true, MASKED)
+        return softmax_cross_entropy(mask_logits(scores / self.temperature, keep), positive_mask(y_true))
+
+
+class InBatchSoftmax(RetrievalLoss):
+    """Negatives are the other examples' positives in the batch (YouTube / TFRS retrieval).
+
+    ``log_q`` [P]: log of each product's share of the training positives, the probability that
+    it appears as an in-batch candidate; subtracting it removes the popularity bias (Yi et al.,
+    2019). Products that are a positive of several rows form one column, which removes
+    accidental hits.
+    """
+
+    def __init__(self, log_q: np.ndarray, temperature: float = 0.1, name: str | None = None):
+        super().__init__(temperature, name)
+        self.log_q = np.asarray(log_q, dtype="float32")
+
+    def call(self, y_true, scores):
+        positive = positive_mask(y_true)
+        in_batch = ops.any(positive, axis=0, keepdims=True)  # [1, P]
+        keep = ops.logical_and(ops.logical_or(positive, in_batch), ops.not_equal(y_true, MASKED))
+        logits = logq_correct(scores / self.temperature, ops.convert_to_tensor(self.log_q))
+        return softmax_cross_entropy(mask_logits(logits, keep), positive)
+
+
+class SampledSoftmax(RetrievalLoss):
+    """Negatives drawn per example from ``q`` by the data pipeline (``SAMPLED`` in ``y_true``),
+    with logQ correction."""
+
+    def __init__(self, log_q: np.ndarray, temperature: float = 0.1, name: str | None = None):
+        super().__init__(temperature, name)
+        self.log_q = np.asarray(log_q, dtype="float32")
+
+    def call(self, y_true, scores):
+        positive = positive_mask(y_true)
+        keep = ops.logical_or(positive, ops.equal(y_true, SAMPLED))
+        logits = logq_correct(scores / self.temperature, ops.convert_to_tensor(self.log_q))
+        return softmax_cross_entropy(mask_logits(logits, keep), positive)
+
+
+class HardNegativeTriplet(RetrievalLoss):
+    """Triplet margin loss on cosine scores with hard-negative mining:
+    ``mean(relu(margin - s(positive) + s(negative)))`` over the ``hard_negatives`` highest-scoring
+    non-positive, non-masked products of each row."""
+
+    def __init__(self, margin: float = 0.2, hard_negatives: int = 1, name: str | None = None):
+        super().__init__(1.0, name)
+        self.margin = margin
+        self.hard_negatives = hard_negatives
+
+    def call(self, y_true, scores):
+        positive = positive_mask(y_true)
+        positive_score = ops.sum(ops.where(positive, scores, ops.zeros_like(scores)), axis=1, keepdims=True)
+        negatives = ops.logical_and(ops.logical_not(positive), ops.not_equal(y_true, MASKED))
+        candidate_scores = mask_logits(scores, negatives)
+        hardest, _ = ops.top_k(candidate_scores, k=self.hard_negatives)
+        valid = ops.cast(ops.greater(hardest, _NEG_INF / 2), "float32")
+        violation = ops.relu(self.margin - positive_score + hardest) * valid
+        return ops.sum(violation) / ops.maximum(ops.sum(valid), 1.0)
+
+
+def log_sampling_probability(positive_counts: np.ndarray, smoothing: float = 1.0) -> np.ndarray:
+    """log q for each product from its count of training positives (add-``smoothing``)."""
+    counts = np.asarray(positive_counts, dtype="float64") + smoothing
+    return np.log(counts / counts.sum()).astype("float32")

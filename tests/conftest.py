@@ -1,0 +1,53 @@
+"""Shared fixtures: a small synthetic bank and one model trained on it, built once per run."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest
+
+from finrec.data import schema as S
+from finrec.data.io import validate_tables, write_dataset
+from finrec.data.synthetic import GeneratorSettings, generate
+
+SMALL = GeneratorSettings(n_customers=1500, seed=7)
+
+
+@pytest.fixture(scope="session")
+def small_tables():
+    return generate(SMALL)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(small_tables):
+    return validate_tables(S.SYNTHETIC.schema(), small_tables)
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory, small_tables):
+    return write_dataset(small_tables, S.SYNTHETIC.schema(), tmp_path_factory.mktemp("data") / "bank")
+
+
+@pytest.fixture(scope="session")
+def fast_config():
+    from finrec.config import Config, ModelConfig, TrainConfig
+
+    return Config(model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
+                  training=TrainConfig(epochs=3, batch_size=128, patience=2)).validate()
+
+
+@pytest.fixture(scope="session")
+def trained(small_dataset, fast_config):
+    from finrec.train import fit
+
+    return fit(small_dataset, fast_config, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, trained):
+    from finrec.artifacts import save_model_dir
+
+    return save_model_dir(trained, tmp_path_factory.mktemp("models") / "model")

@@ -1,0 +1,148 @@
+"""The data contract: every validation failure names the file, the column and examples."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from finrec.data import schema as S
+from finrec.data.io import load_dataset, read_csv_bytes, write_dataset, write_table, fingerprint
+from finrec.errors import DataError, SchemaError
+
+SCHEMA = {
+    "customers": {"id": "customer_id", "numeric": ["age", "income"], "categorical": ["segment"], "risk_tolerance": "risk"},
+    "products": {"id": "product_id", "numeric": ["yield"], "categorical": [], "risk_level": "risk_level", "category": "ptype"},
+}
+
+
+def tables():
+    return {
+        "customers": pd.DataFrame({"customer_id": [1, 2, 3], "age": [30, 40, np.nan], "income": [1e4, 2e4, 3e4],
+                                   "segment": ["a", "b", "a"], "risk": [1, 4, 7]}),
+        "products": pd.DataFrame({"product_id": ["p1", "p2"], "yield": [0.1, 2.5], "risk_level": [1, 5], "ptype": ["dep", "fund"]}),
+        "interactions": pd.DataFrame({"customer_id": [1, 2, 3], "product_id": ["p1", "p2", "p1"]}),
+        "holdings": pd.DataFrame({"customer_id": [2], "product_id": ["p1"]}),
+    }
+
+
+def write(tmp_path: Path, t: dict, schema=SCHEMA, fmt="csv") -> Path:
+    d = tmp_path / "data"
+    d.mkdir(exist_ok=True)
+    for name, df in t.items():
+        df.to_csv(d / f"{name}.csv", index=False) if fmt == "csv" else df.to_parquet(d / f"{name}.parquet")
+    (d / "schema.yaml").write_text(yaml.safe_dump(schema))
+    return d
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_valid_dataset_loads_with_text_ids(tmp_path, fmt):
+    ds = load_dataset(write(tmp_path, tables(), fmt=fmt))
+    assert list(ds.customer_ids) == ["1", "2", "3"]
+    assert set(ds.interactions["customer_id"]) == {"1", "2", "3"}
+    assert np.isnan(ds.customers["age"].iloc[2])  # missing numerics stay NaN for the pipeline to impute
+    assert ds.customers["risk"].dtype == np.int64
+
+
+def expect(tmp_path, t, *fragments, schema=SCHEMA, error=DataError):
+    with pytest.raises(error) as info:
+        load_dataset(write(tmp_path, t, schema))
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_missing_table(tmp_path):
+    t = tables()
+    del t["interactions"]
+    expect(tmp_path, t, "missing table 'interactions'")
+
+
+def test_missing_schema_column(tmp_path):
+    t = tables()
+    t["customers"] = t["customers"].drop(columns=["income"])
+    expect(tmp_path, t, "'income'", "customers", error=SchemaError)
+
+
+def test_duplicate_ids(tmp_path):
+    t = tables()
+    t["customers"].loc[2, "customer_id"] = 1
+    expect(tmp_path, t, "customer_id", "must be unique", "'1'")
+
+
+def test_unknown_product_in_interactions(tmp_path):
+    t = tables()
+    t["interactions"].loc[0, "product_id"] = "p9"
+    expect(tmp_path, t, "interactions", "1 row(s)", "'p9'")
+
+
+def test_unknown_customer_in_holdings(tmp_path):
+    t = tables()
+    t["holdings"].loc[0, "customer_id"] = 42
+    expect(tmp_path, t, "holdings", "'42'", "not in customers")
+
+
+def test_non_numeric_value(tmp_path):
+    t = tables()
+    t["customers"]["income"] = ["1000", "lots", "3000"]
+    expect(tmp_path, t, "'income' must be numeric", "row 2", "'lots'")
+
+
+def test_risk_out_of_scale(tmp_path):
+    t = tables()
+    t["customers"].loc[1, "risk"] = 9
+    expect(tmp_path, t, "'risk'", "1 to 7")
+
+
+def test_empty_table(tmp_path):
+    t = tables()
+    t["products"] = t["products"].iloc[:0]
+    expect(tmp_path, t, "products", "empty")
+
+
+def test_schema_key_typo_suggests_fix(tmp_path):
+    bad = {**SCHEMA, "customers": {**SCHEMA["customers"], "categorcal": ["segment"]}}
+    del bad["customers"]["categorical"]
+    expect(tmp_path, tables(), "unknown key 'categorcal'", "did you mean 'categorical'", schema=bad, error=SchemaError)
+
+
+def test_not_a_csv(tmp_path):
+    d = write(tmp_path, tables())
+    (d / "customers.csv").write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(DataError, match="customers.csv"):
+        load_dataset(d)
+
+
+def test_unparseable_timestamp(tmp_path):
+    t = tables()
+    t["interactions"]["timestamp"] = ["2026-01-01", "not a date", "2026-02-01"]
+    expect(tmp_path, t, "timestamp", "not dates", "row 2")
+
+
+def test_infinite_value(tmp_path):
+    t = tables()
+    t["customers"]["income"] = [1.0, np.inf, 2.0]
+    expect(tmp_path, t, "infinite", "income")
+
+
+def test_upload_bytes_empty_and_header_only():
+    with pytest.raises(DataError, match="upload: the file is empty"):
+        read_csv_bytes(b"  \n", ("customer_id",), "upload")
+    assert len(read_csv_bytes(b"customer_id,age\n", ("customer_id",), "upload")) == 0
+
+
+def test_write_dataset_roundtrip_and_fingerprint(tmp_path, small_tables):
+    out = write_dataset(small_tables, S.SYNTHETIC.schema(), tmp_path / "bank")
+    first = fingerprint(out)
+    ds = load_dataset(out)
+    assert len(ds.customers) == len(small_tables["customers"])
+    assert ds.ground_truth is not None
+    write_dataset(small_tables, S.SYNTHETIC.schema(), out)  # rewriting the same data
+    assert fingerprint(out) == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bank")]  # no temp dirs left
+
+
+def test_csv_output_escapes_formulas(tmp_path):
+    path = write_table(pd.DataFrame({"customer_id": ["=cmd|' /C calc'!A0", "ok", "@x"], "score": [-1.5, 2.0, 3.0]}), tmp_path / "o.csv")
+    text = path.read_text()
+    assert "'=cmd" in text and "'@x" in text and "-1.5" in text

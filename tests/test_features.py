@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.data import schema as S
+from finrec.features import FeaturePipeline
+from finrec.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def pipeline(small_dataset):
+    return FeaturePipeline(small_dataset.schema).fit(small_dataset)
+
+
+def test_numeric_standardized_and_log_for_money(pipeline, small_dataset):
+    x = pipeline.transform_customers(small_dataset.customers, small_dataset.holdings)["customer_numeric"]
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(x.std(axis=0), 1, atol=1e-3)
+    logged = {s.column for s in pipeline.customer_numeric_ if s.log}
+    assert {"income", "savings"} <= logged and "age" not in logged
+
+
+def test_missing_numeric_imputed_with_train_median(pipeline, small_dataset):
+    row = small_dataset.customers.iloc[[0]].copy()
+    row["age"] = np.nan
+    x = pipeline.transform_customers(row)["customer_numeric"]
+    stats = next(s for s in pipeline.customer_numeric_ if s.column == "age")
+    j = [s.column for s in pipeline.customer_numeric_].index("age")
+    assert x[0, j] == pytest.approx((stats.median - stats.mean) / stats.std, rel=1e-5)
+    assert np.isfinite(x).all()
+
+
+def test_unseen_category_maps_to_oov(pipeline, small_dataset):
+    row = small_dataset.customers.iloc[[0]].copy()
+    row["region"] = "Atlantis"
+    i = list(pipeline.customer_vocab_).index("region")
+    assert pipeline.transform_customers(row)[f"customer_cat_{i}"][0] == 0
+    known = pipeline.transform_customers(small_dataset.customers.iloc[[0]])[f"customer_cat_{i}"][0]
+    assert known > 0
+
+
+def test_holdings_multi_hot(pipeline, small_dataset):
+    ids = small_dataset.customer_ids[:50]
+    matrix = pipeline.holdings_matrix(ids, small_dataset.holdings)
+    held = small_dataset.holdings[small_dataset.holdings["customer_id"].isin(ids)]
+    assert matrix.sum() == len(held)
+    first = held.iloc[0]
+    r = list(ids).index(first["customer_id"])
+    assert matrix[r, pipeline.product_ids_.index(first["product_id"])]
+
+
+def test_json_roundtrip_transforms_identically(pipeline, small_dataset):
+    import json
+
+    again = FeaturePipeline.from_dict(json.loads(json.dumps(pipeline.to_dict())))
+    a = pipeline.transform_customers(small_dataset.customers, small_dataset.holdings)
+    b = again.transform_customers(small_dataset.customers, small_dataset.holdings)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    pa, pb = pipeline.transform_products(small_dataset.products), again.transform_products(small_dataset.products)
+    for key in pa:
+        np.testing.assert_array_equal(pa[key], pb[key])
+
+
+def test_missing_column_at_inference(pipeline, small_dataset):
+    with pytest.raises(DataError, match="income"):
+        pipeline.transform_customers(small_dataset.customers.drop(columns=["income"]))
+
+
+def test_fit_uses_only_given_customers(small_dataset):
+    half = small_dataset.subset_customers(small_dataset.customer_ids[:100])
+    a = FeaturePipeline(small_dataset.schema).fit(half)
+    b = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    assert a.customer_numeric_[0].mean != b.customer_numeric_[0].mean
+
+
+def test_exclude_protected_drops_columns(small_dataset):
+    p = FeaturePipeline(small_dataset.schema, exclude_protected=True).fit(small_dataset)
+    used = [s.column for s in p.customer_numeric_] + list(p.customer_vocab_)
+    assert "gender" not in used and "age" not in used
