@@ -1,0 +1,73 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from finrec.artifacts import MODEL_FILE, PIPELINE_FILE, load_model_dir, read_manifest, save_model_dir
+from finrec.errors import ArtifactError
+
+
+def test_roundtrip_scores_identical(model_dir, trained, small_dataset):
+    loaded = load_model_dir(model_dir).trained
+    customers = small_dataset.customers.iloc[:40]
+    np.testing.assert_allclose(loaded.score(customers, small_dataset.holdings), trained.score(customers, small_dataset.holdings), atol=1e-6)
+    assert loaded.pipeline.product_ids_ == trained.pipeline.product_ids_
+    assert loaded.config == trained.config
+
+
+@pytest.fixture
+def copy_dir(model_dir, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(model_dir, target)
+    return target
+
+
+def test_truncated_model_file_refused(copy_dir):
+    path = copy_dir / MODEL_FILE
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="model.keras is damaged"):
+        load_model_dir(copy_dir)
+
+
+def test_altered_pipeline_refused(copy_dir):
+    path = copy_dir / PIPELINE_FILE
+    path.write_text(path.read_text().replace('"log": true', '"log": false', 1))
+    with pytest.raises(ArtifactError, match="pipeline.json is damaged or was altered"):
+        load_model_dir(copy_dir)
+
+
+def test_missing_manifest_and_future_format(copy_dir, tmp_path):
+    manifest = json.loads((copy_dir / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format 99 is not supported"):
+        read_manifest(copy_dir)
+    os.remove(copy_dir / "manifest.json")
+    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+        read_manifest(copy_dir)
+    with pytest.raises(ArtifactError, match="no model directory"):
+        read_manifest(tmp_path / "nothing")
+
+
+def test_other_schema_refused(model_dir, small_dataset):
+    other = small_dataset.schema.to_dict()
+    other["customers"]["numeric"] = other["customers"]["numeric"][:-1]
+    with pytest.raises(ArtifactError, match="different schema"):
+        load_model_dir(model_dir, expect_schema=other)
+
+
+def test_overwrite_is_atomic_and_keeps_old_on_failure(trained, tmp_path, monkeypatch):
+    target = save_model_dir(trained, tmp_path / "m")
+    before = (target / "manifest.json").read_text()
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(trained.model), "save", explode)
+    with pytest.raises(RuntimeError):
+        save_model_dir(trained, target)
+    assert (target / "manifest.json").read_text() == before
+    load_model_dir(target)  # still loadable
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp directory left behind
