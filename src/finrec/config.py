@@ -57,7 +57,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. ``loss`` is one of softmax (over the whole catalogue), in_batch or sampled
-    (negatives with logQ correction and accidental-hit removal) or triplet (hard negatives)."""
+    (negatives with logQ correction and accidental-hit removal) or triplet (hard negatives).
+    ``ema_momentum`` > 0 keeps an exponential moving average of the weights, which validation
+    judges and the saved model uses (0 turns it off)."""
 
     loss: str = "softmax"
     temperature: float = 0.1
@@ -65,9 +67,10 @@ class TrainConfig:
     margin: float = 0.2
     hard_negatives: int = 1
     epochs: int = 40
-    batch_size: int = 256
-    learning_rate: float = 0.003
+    batch_size: int = 512
+    learning_rate: float = 0.005
     weight_decay: float = 0.0001
+    ema_momentum: float = 0.99
     patience: int = 5
     validation_fraction: float = 0.1
     monitor: str = "ndcg"
@@ -85,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0 or self.margin < 0:
             raise ConfigError("training.weight_decay and training.margin must be >= 0")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ConfigError(f"training.ema_momentum must lie in [0, 1), got {self.ema_momentum}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ConfigError(f"training.validation_fraction must lie in (0, 0.5), got {self.validation_fraction}")
 

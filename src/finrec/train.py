@@ -188,7 +188,10 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     loss = _loss(training, counts)
     sample_from = (counts + 1.0) / (counts + 1.0).sum() if training.loss == "sampled" else None
     batches = TrainingBatches(examples, training.batch_size, rng, sample_from, training.num_negatives)
-    model.compile(optimizer=keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay), loss=loss)
+    use_ema = training.ema_momentum > 0
+    optimizer = keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay,
+                                       use_ema=use_ema, ema_momentum=training.ema_momentum or 0.99)
+    model.compile(optimizer=optimizer, loss=loss)
 
     val_examples = build_examples(pipeline, val_data)
     val_ids_all = val_data.customers[cid].to_numpy()
@@ -196,7 +199,9 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     excluded = pipeline.holdings_matrix(val_ids_all, val_data.holdings) & ~relevant
     k = training.eval_k
     monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
-    callbacks = [
+    # With weight averaging, validation and early stopping judge the averaged weights.
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
+    callbacks += [
         RankingValidation(val_examples.inputs, relevant, excluded, k),
         keras.callbacks.EarlyStopping(
             monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",

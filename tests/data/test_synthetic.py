@@ -138,7 +138,7 @@ def test_timestamps_are_2026_dates_in_pick_order(bank):
 
 def test_default_settings_give_enough_data_points():
     out = generate()
-    assert len(out[CUSTOMERS]) == 8000
+    assert len(out[CUSTOMERS]) == GeneratorSettings().n_customers
     assert len(out[INTERACTIONS]) + len(out[HOLDINGS]) >= 10_000
 
 

@@ -193,7 +193,7 @@ class GeneratorSettings:
     from 1.0 to 1.8 and multiplies ``adoptions_per_customer`` by 0.625 (1.6 -> 1.0).
     """
 
-    n_customers: int = 8000
+    n_customers: int = 30000
     n_products: int = 25
     seed: int = 0
     difficulty: str = "default"
