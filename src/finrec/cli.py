@@ -5,6 +5,8 @@
     finrec train     --data DIR --out MODEL_DIR [--config FILE] [--epochs N] [--seed S]
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
     finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
+    finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
+    finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000]
 
 Errors in the input print one clear line and exit with status 2; nothing is half-written.
 """
@@ -135,18 +137,53 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_recommend(args) -> int:
+    _quiet_backend()
+    from finrec.recommend.recommender import Recommender
+
+    recommender = Recommender.load(args.model, args.data)
+    filters = {"preset": args.preset, "suitability": not args.no_suitability, "exclude_held": not args.include_held}
+    if args.category:
+        filters["include_categories"] = args.category
+    if args.exclude_category:
+        filters["exclude_categories"] = args.exclude_category
+    result = recommender.recommend(args.customer_id, k=args.k, filters=filters)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+        return 0
+    print(f"Top {args.k} for customer {args.customer_id} ({result.eligible} eligible products)")
+    for item in result.items:
+        product = item.product
+        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}  {product.get('product_type', '')}, "
+              f"risk {product.get('risk_level', '?')}  [{item.reason}]")
+    if result.message:
+        print(f"note: {result.message}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    _quiet_backend()
+    from finrec.serve import run
+
+    run(args.model, data_dir=args.data, host=args.host, port=args.port)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from finrec.data.synthetic import GeneratorSettings
+
     parser = argparse.ArgumentParser(prog="finrec", description="Bank product recommendations with a Two-Tower model.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("generate", help="build the synthetic bank dataset")
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
-    p.add_argument("--customers", type=_positive_int, default=8000)
-    p.add_argument("--products", type=_positive_int, default=25, help="25 = the base catalogue; more builds variants")
+    p.add_argument("--customers", type=_positive_int, default=GeneratorSettings.n_customers)
+    p.add_argument("--products", type=_positive_int, default=GeneratorSettings.n_products,
+                   help="the base catalogue has 25; more builds variants")
     p.add_argument("--difficulty", choices=["default", "hard"], default="default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
@@ -182,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help=".csv or .parquet")
     p.add_argument("--k", type=_positive_int, default=5)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("recommend", help="the top K eligible products of one customer, with reasons")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--customer-id", required=True)
+    p.add_argument("--data", type=Path, help="customer data (default: the model's training data)")
+    p.add_argument("-k", "--k", type=_positive_int, default=5)
+    p.add_argument("--preset", choices=["balanced", "conservative", "risk_tolerant"], default="balanced")
+    p.add_argument("--category", action="append", help="only these product categories (repeatable)")
+    p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
+    p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
+    p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("serve", help="the REST API")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", type=Path, help="customer data (default: the model's training data)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -9,18 +9,7 @@ import pandas as pd
 
 from finrec.data import schema as S
 from finrec.data.io import Dataset, write_table
-
-
-def top_k(scores: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices int [n, k'] and scores [n, k'] of the best ``k' = min(k, P)`` products per row,
-    best first; excluded products get -inf and sort last (callers drop them)."""
-    masked = np.where(excluded, -np.inf, scores)
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(k), (len(scores), 1))
-    part_scores = np.take_along_axis(masked, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    index = np.take_along_axis(part, order, axis=1)
-    return index, np.take_along_axis(part_scores, order, axis=1)
+from finrec.recommend.index import top_k
 
 
 def recommendations_frame(customer_ids: np.ndarray, product_ids: np.ndarray, index: np.ndarray, scores: np.ndarray) -> pd.DataFrame:

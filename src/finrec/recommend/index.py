@@ -21,7 +21,8 @@ folds it for inference:
   ``gamma (x - mean) / sqrt(var + eps) + beta`` is folded into the kernel and a bias; ReLU;
   dropout is the identity at inference;
 - ``<tower>_output`` (Dense with bias), then the L2 normalization exactly as Keras'
-  ``UnitNormalization`` does it: ``x * min(1 / sqrt(sum x^2), 1 / 1e-12)``.
+  ``UnitNormalization`` does it: ``x * min(1 / sqrt(sum x^2), 1 / 1e-12)`` (computed as
+  ``x / max(sqrt(sum x^2), 1e-12)``: an all-zero row stays zero).
 
 The concatenation order is read from the model graph (the inbound layers of ``<tower>_concat``).
 All math is float32; a batch is processed in chunks of ``chunk_size`` rows through
@@ -30,15 +31,14 @@ preallocated buffers, so the intermediate activations stay in cache and the matm
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 # keras.layers.UnitNormalization: ops.normalize(x, order=2, epsilon=1e-12), computed as
 # x * minimum(rsqrt(sum(x^2)), 1 / epsilon), i.e. the norm is floored at epsilon.
 UNIT_NORM_EPSILON = 1e-12
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 2048  # rows per pass: activations stay in L2/L3, matmuls stay BLAS-efficient
 
 _F32 = np.float32
 
@@ -59,33 +59,31 @@ class _Part:
     table: np.ndarray | None = None  # embedding table [vocab, dim] (categorical)
 
 
-@dataclass
-class _Linear:
-    kernel: np.ndarray  # float32 [in, out], C-contiguous
-    bias: np.ndarray | None  # float32 [out]
-    relu: bool
+def _augment(kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """[in, out] kernel and bias -> float32 [in + 1, out] with the bias as its last row: the
+    activations carry a constant 1 column, so the matmul adds the bias for free."""
+    bias = np.zeros(kernel.shape[1]) if bias is None else bias
+    return np.ascontiguousarray(np.vstack([kernel, bias[None, :]]), dtype=_F32)
 
 
 @dataclass
 class NumpyTower:
     """A Keras customer tower as a numpy forward pass: ``tower(inputs) -> float32 [n, D]``.
 
-    Build it with ``from_keras``; the fields are the folded weights (see the module doc).
-    ``inputs`` is the dict ``FeaturePipeline.transform_customers`` produces (holdings may be
-    float or bool); extra keys are ignored.
+    Build it with ``from_keras``; the fields are the folded weights (see the module doc). Every
+    activation buffer carries a trailing column of ones and every kernel the bias as its last
+    row (``[in + 1, out]``), so biases cost no extra pass. ``inputs`` is the dict
+    ``FeaturePipeline.transform_customers`` produces (holdings may be float or bool; extra keys
+    are ignored).
     """
 
     parts: list[_Part]
-    input_width: int  # width of the buffer the first matmul (or the cross stack) reads
-    bag: tuple[str, slice, np.ndarray] | None  # (input, concat columns, W_bag) when not folded
-    crosses: list[tuple[np.ndarray, np.ndarray]]  # (W [d, d], b [d]) per cross layer
-    layers: list[_Linear]  # dense(+folded BN)+ReLU ..., output (no ReLU)
+    input_width: int  # columns of the buffer the first matmul (or the cross stack) reads, less the ones
+    bag: tuple[slice, np.ndarray] | None  # (concat columns, W_bag [P, 16]) when not folded (crosses)
+    crosses: list[np.ndarray]  # augmented [d + 1, d] per cross layer
+    layers: list[np.ndarray]  # augmented kernels: (dense + folded BN, ReLU) ..., then the output
     flops: int  # of the Keras model, 2 x multiply-adds (see ``flops_per_customer``)
     chunk_size: int = DEFAULT_CHUNK
-    _widths: list[int] = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self._widths = [layer.kernel.shape[1] for layer in self.layers]
 
     # ------------------------------------------------------------------------ construction
     @classmethod
@@ -94,7 +92,7 @@ class NumpyTower:
         contains a ``customer_tower`` layer)."""
         from keras import layers as KL
 
-        from finrec.model.towers import CrossLayer
+        from finrec.model.towers import CrossLayer, flops_per_example
 
         if not any(layer.name.endswith("_output") for layer in tower.layers):
             tower = tower.get_layer("customer_tower")
@@ -105,17 +103,17 @@ class NumpyTower:
             activation = getattr(dense.activation, "__name__", "linear")
             if activation != "linear":  # pragma: no cover - towers.py builds linear Dense layers
                 raise ValueError(f"{dense.name}: activation {activation!r} is not supported by the numpy tower")
-            return _numpy(dense.kernel), (_numpy(dense.bias) if dense.use_bias else None)
+            return _numpy(dense.kernel).astype("float64"), (_numpy(dense.bias).astype("float64") if dense.use_bias else None)
 
         # -- the concatenated input, in the order of the Concatenate layer's inbound layers
         concat = by_name.get(f"{name}_concat")
         if concat is not None:
             sources = [node.operation for node in concat._inbound_nodes[0].parent_nodes]
         else:  # a single part: whichever layer (or input) feeds the rest
-            feeders = [layer for layer in tower.layers if layer.name.startswith((f"{name}_emb_", f"{name}_bag_"))]
-            if not feeders:
-                feeders = [layer for layer in tower.layers if isinstance(layer, KL.InputLayer) and layer.output.shape[-1]]
-            sources = feeders[:1]
+            sources = [layer for layer in tower.layers if layer.name.startswith((f"{name}_emb_", f"{name}_bag_"))]
+            if not sources:
+                sources = [layer for layer in tower.layers if isinstance(layer, KL.InputLayer) and layer.output.shape[-1]]
+            sources = sources[:1]
         parts: list[_Part] = []
         bag_kernel, offset = None, 0
         for source in sources:
@@ -124,79 +122,65 @@ class NumpyTower:
                 parts.append(_Part(source.name[len(f"{name}_emb_"):], "categorical", slice(offset, offset + table.shape[1]), table))
                 offset += table.shape[1]
             elif source.name.startswith(f"{name}_bag_"):
-                kernel, bias = linear_of(source)
+                bag_kernel, bias = linear_of(source)
                 if bias is not None:  # pragma: no cover
                     raise ValueError(f"{source.name}: a bag with a bias is not supported")
-                parts.append(_Part(source.name[len(f"{name}_bag_"):], "multi_hot", slice(offset, offset + kernel.shape[1])))
-                bag_kernel = kernel
-                offset += kernel.shape[1]
+                parts.append(_Part(source.name[len(f"{name}_bag_"):], "multi_hot", slice(offset, offset + bag_kernel.shape[1])))
+                offset += bag_kernel.shape[1]
             elif isinstance(source, KL.InputLayer):
                 width = int(source.output.shape[-1])
                 parts.append(_Part(source.name, "numeric", slice(offset, offset + width)))
                 offset += width
             else:  # pragma: no cover - towers.py builds only these
                 raise ValueError(f"{name}: unexpected input layer {source.name!r} of the concatenation")
-        concat_width = offset
+        input_width = offset
 
-        crosses = []
-        for i in range(sum(isinstance(layer, CrossLayer) for layer in tower.layers)):
-            kernel, bias = linear_of(by_name[f"{name}_cross_{i}"].dense)
-            crosses.append((kernel, bias if bias is not None else np.zeros(kernel.shape[1], _F32)))
+        crosses = [
+            _augment(*linear_of(by_name[f"{name}_cross_{i}"].dense))
+            for i in range(sum(isinstance(layer, CrossLayer) for layer in tower.layers))
+        ]
 
-        linears: list[_Linear] = []
+        linears: list[tuple[np.ndarray, np.ndarray]] = []  # float64 (kernel, bias)
         i = 0
         while f"{name}_dense_{i}" in by_name:
             kernel, bias = linear_of(by_name[f"{name}_dense_{i}"])
-            bias = np.zeros(kernel.shape[1], _F32) if bias is None else bias
+            bias = np.zeros(kernel.shape[1]) if bias is None else bias
             bn = by_name.get(f"{name}_bn_{i}")
             if bn is not None:
-                # Inference BatchNorm is affine per feature: fold it into the kernel and bias.
-                # (Computed in float64 and rounded once.)
-                var = _numpy(bn.moving_variance).astype("float64")
-                scale = 1.0 / np.sqrt(var + float(bn.epsilon))
+                # Inference BatchNorm is affine per feature: fold it into the kernel and bias
+                # (in float64, rounded to float32 once).
+                scale = 1.0 / np.sqrt(_numpy(bn.moving_variance).astype("float64") + float(bn.epsilon))
                 if bn.scale:
                     scale = scale * _numpy(bn.gamma)
                 shift = -_numpy(bn.moving_mean) * scale
                 if bn.center:
                     shift = shift + _numpy(bn.beta)
-                kernel = kernel.astype("float64") * scale
-                bias = bias * scale + shift
-            linears.append(_Linear(kernel, bias, relu=True))
+                kernel, bias = kernel * scale, bias * scale + shift
+            linears.append((kernel, bias))
             i += 1
-        kernel, bias = linear_of(by_name[f"{name}_output"])
-        linears.append(_Linear(kernel, bias, relu=False))
+        linears.append(linear_of(by_name[f"{name}_output"]))
 
-        # -- without crosses the holdings bag is linear into the first linear layer: fold it.
-        input_width = concat_width
+        # -- without crosses the holdings bag is linear into the first linear layer: fold it
+        # (the raw multi-hot row takes the bag's place in the input, times W_bag @ W_1[bag rows]).
         bag = None
         if bag_kernel is not None:
             bag_part = next(p for p in parts if p.kind == "multi_hot")
+            cols = bag_part.columns
             if crosses:
-                bag = (bag_part.input, bag_part.columns, np.ascontiguousarray(bag_kernel, _F32))
+                bag = (cols, np.ascontiguousarray(bag_kernel, dtype=_F32))
             else:
-                first = linears[0].kernel
-                cols = bag_part.columns
-                folded = bag_kernel.astype("float64") @ first[cols].astype("float64")  # [P, h]
-                n_bag = bag_kernel.shape[0]
-                kernel = np.concatenate([first[: cols.start], folded, first[cols.stop :]])
-                # the bag block is now P wide instead of HOLDINGS_BAG_DIM: shift what follows
-                shift = n_bag - (cols.stop - cols.start)
+                first, bias = linears[0]
+                first = np.concatenate([first[: cols.start], bag_kernel @ first[cols], first[cols.stop :]])
+                shift = bag_kernel.shape[0] - (cols.stop - cols.start)
                 for part in parts:
                     if part.columns.start >= cols.stop:
                         part.columns = slice(part.columns.start + shift, part.columns.stop + shift)
-                bag_part.columns = slice(cols.start, cols.start + n_bag)
-                input_width = concat_width + shift
-                linears[0] = _Linear(kernel, linears[0].bias, linears[0].relu)
+                bag_part.columns = slice(cols.start, cols.start + bag_kernel.shape[0])
+                input_width += shift
+                linears[0] = (first, bias)
 
-        linears = [
-            _Linear(np.ascontiguousarray(l.kernel, _F32), None if l.bias is None else np.ascontiguousarray(l.bias, _F32), l.relu)
-            for l in linears
-        ]
-        crosses = [(np.ascontiguousarray(w, _F32), np.ascontiguousarray(b, _F32)) for w, b in crosses]
-
-        from finrec.model.towers import flops_per_example
-
-        return cls(parts=parts, input_width=input_width, bag=bag, crosses=crosses, layers=linears,
+        return cls(parts=parts, input_width=input_width, bag=bag, crosses=crosses,
+                   layers=[_augment(kernel, bias) for kernel, bias in linears],
                    flops=int(flops_per_example(tower)), chunk_size=chunk_size)
 
     # ------------------------------------------------------------------------ properties
@@ -206,21 +190,21 @@ class NumpyTower:
 
     @property
     def embedding_dim(self) -> int:
-        return self._widths[-1]
+        return self.layers[-1].shape[1]
 
     def flops_per_customer(self) -> int:
         """2 x multiply-adds of the Keras tower's Dense and cross layers for one customer (the
         same count as ``finrec.model.towers.flops_per_example``; embeddings are lookups). The
-        folded numpy pass does slightly fewer or more, depending on the catalogue size."""
+        folded numpy pass does about as many (it trades the bag matmul for a wider first one)."""
         return self.flops
 
     # ------------------------------------------------------------------------ forward pass
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Embeddings float32 [n, D], L2-normalized, for the inputs of n customers."""
-        try:
-            arrays = [inputs[part.input] for part in self.parts]
-        except KeyError as exc:
-            raise KeyError(f"customer tower input {exc.args[0]!r} is missing") from None
+        missing = [part.input for part in self.parts if part.input not in inputs]
+        if missing:
+            raise KeyError(f"customer tower input(s) missing: {', '.join(missing)}")
+        arrays = [inputs[part.input] for part in self.parts]
         n = len(arrays[0]) if arrays else 0
         for part, array in zip(self.parts, arrays):
             if len(array) != n:
@@ -229,55 +213,60 @@ class NumpyTower:
         if n == 0:
             return out
         c = min(n, self.chunk_size)
-        # Work buffers, reused by every chunk.
-        x_in = np.empty((c, self.input_width), dtype=_F32)
+        d = self.input_width
+        # Work buffers, reused by every chunk; each ends in a column of ones (the bias input).
+        x_in = np.ones((c, d + 1), dtype=_F32)
         if self.crosses:
-            cross_a, cross_b = np.empty_like(x_in), np.empty_like(x_in)
-        acts = [np.empty((c, w), dtype=_F32) for w in self._widths[:-1]]
-        ss = np.empty((c, 1), dtype=_F32)
+            cross_bufs = (np.ones((c, d + 1), dtype=_F32), np.ones((c, d + 1), dtype=_F32))
+        acts = [np.ones((c, kernel.shape[1] + 1), dtype=_F32) for kernel in self.layers[:-1]]
+        # np.maximum against an array is several times faster than against a scalar 0
+        zeros = np.zeros(max((a.size for a in acts), default=0), dtype=_F32)
+        norms = np.empty(c, dtype=_F32)
         for start in range(0, n, c):
             stop = min(start + c, n)
             m = stop - start
             x = x_in[:m]
             # -- the concatenated input
             for part, array in zip(self.parts, arrays):
-                block = x[:, part.columns]
                 if part.kind == "categorical":
-                    np.take(part.table, array[start:stop], axis=0, out=block)
+                    x[:, part.columns] = part.table.take(array[start:stop], axis=0)
                 elif part.kind == "multi_hot" and self.bag is not None:
-                    np.matmul(np.asarray(array[start:stop], dtype=_F32), self.bag[2], out=block)
+                    np.matmul(np.asarray(array[start:stop], dtype=_F32), self.bag[1], out=x[:, part.columns])
                 else:
-                    np.copyto(block, array[start:stop], casting="unsafe")
+                    np.copyto(x[:, part.columns], array[start:stop], casting="unsafe")
             # -- DCN-v2 crosses: x_{l+1} = x0 * (x_l W + b) + x_l
             if self.crosses:
-                x0, cur, buffers = x, x, (cross_a[:m], cross_b[:m])
-                for j, (kernel, bias) in enumerate(self.crosses):
-                    nxt = buffers[j % 2]  # alternate; x0 (the input buffer) is never overwritten
-                    np.matmul(cur, kernel, out=nxt)
-                    nxt += bias
-                    nxt *= x0
+                cur = x
+                for j, kernel in enumerate(self.crosses):
+                    nxt = cross_bufs[j % 2][:m]  # alternate; x0 (the input buffer) stays as it is
+                    np.matmul(cur, kernel, out=nxt[:, :d])
+                    nxt *= x
                     nxt += cur
+                    nxt[:, d] = 1.0
                     cur = nxt
                 x = cur
-            # -- (dense + folded BN + ReLU) x widths, then the output layer
-            for layer, buf in zip(self.layers, acts + [out[start:stop]]):
-                y = buf[:m] if buf.shape[0] != m else buf
-                np.matmul(x, layer.kernel, out=y)
-                if layer.bias is not None:
-                    y += layer.bias
-                if layer.relu:
-                    np.maximum(y, 0.0, out=y)
+            # -- (dense + folded BN + ReLU) x widths
+            for kernel, act in zip(self.layers[:-1], acts):
+                y = act[:m]
+                np.matmul(x, kernel, out=y[:, :-1])
+                np.maximum(y, zeros[: y.size].reshape(y.shape), out=y)  # the ones stay ones
                 x = y
-            # -- L2 normalization, as keras UnitNormalization
-            s = ss[:m]
-            np.einsum("ij,ij->i", x, x, out=s[:, 0])
+            # -- the output layer, and the L2 normalization as keras UnitNormalization
+            y = out[start:stop]
+            np.matmul(x, self.layers[-1], out=y)
+            s = norms[:m]
+            np.einsum("ij,ij->i", y, y, out=s)
             np.maximum(s, _F32(UNIT_NORM_EPSILON * UNIT_NORM_EPSILON), out=s)
             np.sqrt(s, out=s)
-            np.divide(x, s, out=x)
+            np.divide(y, s[:, None], out=y)
         return out
 
 
 # ---------------------------------------------------------------------------------- top K
+SMALL_TOP_K = 64  # up to this many rows, sort each row; beyond, select column-wise in chunks
+TOP_K_CHUNK = 8192
+
+
 def top_k(scores: np.ndarray, excluded: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` products per row, best first: indices int [n, k'] and scores [n, k'].
 
@@ -289,36 +278,75 @@ def top_k(scores: np.ndarray, excluded: np.ndarray | None, k: int) -> tuple[np.n
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must be [n, P], got shape {scores.shape}")
-    n, p = scores.shape
-    k = max(0, min(int(k), p))
-    if excluded is None:
-        masked = np.array(scores, copy=True)
-    else:
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype("float64")
+    if excluded is not None:
         excluded = np.asarray(excluded, dtype=bool)
         if excluded.shape != scores.shape:
             raise ValueError(f"excluded has shape {excluded.shape}, scores {scores.shape}")
-        masked = np.where(excluded, -np.inf, scores)
-    if not np.issubdtype(masked.dtype, np.floating):
-        masked = masked.astype("float64")
-    if n * p <= 4096:
-        # Small: one stable sort per row (ties keep catalogue order; -inf sorts last).
-        index = np.argsort(-masked, axis=1, kind="stable")[:, :k]
-        best = np.take_along_axis(masked, index, axis=1)
-    else:
-        # Large: k passes of argmax (the first maximum wins ties), each knocking out its pick;
-        # for small k this is several times faster than sorting or argpartition+lexsort.
-        index = np.empty((n, k), dtype=np.intp)
-        best = np.empty((n, k), dtype=masked.dtype)
-        rows = np.arange(n)
-        for j in range(k):
-            pick = masked.argmax(axis=1)
-            index[:, j] = pick
-            best[:, j] = masked[rows, pick]
-            masked[rows, pick] = -np.inf
+    return _top_k(lambda: scores, lambda start, stop, out: np.copyto(out, scores[start:stop].T),
+                  scores.shape[0], scores.shape[1], scores.dtype, excluded, k)
+
+
+def _top_k(scores, columns_of, n: int, p: int, dtype, excluded: np.ndarray | None, k: int, chunk: int | None = None):
+    """``top_k``. ``scores()`` gives the whole [n, P] matrix (used for a few rows);
+    ``columns_of(start, stop, out)`` writes the scores of rows start:stop transposed, [P, m],
+    into ``out`` (so the whole matrix never has to exist at once)."""
+    k = max(0, min(int(k), p))
+    index = np.empty((n, k), dtype=np.intp)
+    best = np.empty((n, k), dtype=dtype)
+    if n <= SMALL_TOP_K:
+        # A few rows (a single request): one stable sort per row; -inf sorts last.
+        masked = np.array(scores(), dtype=dtype, copy=True)
+        if excluded is not None:
+            masked[excluded] = -np.inf
+        index[:] = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+        best[:] = np.take_along_axis(masked, index, axis=1)
+    elif k:
+        # Many rows: per chunk, scores as [P, m] so that each of the k passes is a handful of
+        # vectorised operations across customers instead of one small call per row.
+        c = min(n, chunk or TOP_K_CHUNK)
+        flat = np.empty(p * c, dtype=dtype)
+        hit = np.empty(p * c, dtype=bool)
+        weight_type = np.uint8 if p <= 256 else np.int32
+        ranks = np.empty(p * c, dtype=weight_type)
+        reverse = (p - 1 - np.arange(p)).astype(weight_type)[:, None]  # the lower index wins ties
+        if excluded is not None:
+            excluded_bytes = np.empty(p * c, dtype=np.uint8)
+            penalty = np.empty(p * c, dtype=dtype)
+        tops, picks = np.empty((k, c), dtype=dtype), np.empty((k, c), dtype=np.intp)
+        offsets = np.arange(c)
+        for start in range(0, n, c):
+            stop = min(start + c, n)
+            m = stop - start
+
+            def view(buffer):  # a contiguous [P, m] view of a flat buffer
+                return buffer[: p * m].reshape(p, m)
+
+            columns = view(flat)
+            columns_of(start, stop, columns)
+            if excluded is not None:
+                # +inf where allowed, -inf where excluded: min() keeps the score or excludes it
+                g = view(penalty)
+                np.copyto(view(excluded_bytes), excluded[start:stop].view(np.uint8).T)
+                np.copyto(g, view(excluded_bytes))
+                np.subtract(0.5, g, out=g)
+                np.multiply(g, np.inf, out=g)
+                np.minimum(columns, g, out=columns)
+            h, r = view(hit), view(ranks)
+            for j in range(k):
+                top, pick = tops[j, :m], picks[j, :m]
+                columns.max(axis=0, out=top)
+                np.equal(columns, top, out=h)
+                np.multiply(h, reverse, out=r)
+                np.subtract(p - 1, r.max(axis=0), out=pick, casting="unsafe")
+                flat[pick * m + offsets[:m]] = -np.inf  # knock the pick out for the next pass
+            index[start:stop] = picks[:, :m].T
+            best[start:stop] = tops[:, :m].T
     missing = best == -np.inf
     if missing.any():
         index[missing] = -1
-        keep = int((~missing).sum(axis=1).max()) if n else 0
+        keep = int((~missing).sum(axis=1).max())
         index, best = index[:, :keep], best[:, :keep]
     return index, best
 
@@ -349,24 +377,20 @@ class ProductIndex:
         return np.asarray(customer_embeddings, dtype=_F32) @ self._transposed
 
     def recommend(self, customer_embeddings: np.ndarray, excluded: np.ndarray | None = None, k: int = 5,
-                  chunk_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-        """``top_k(self.scores(customer_embeddings), excluded, k)``, chunked so that the score
-        matrix never has to exist whole; the same result, including the width ``k'``."""
+                  chunk_size: int = TOP_K_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k(self.scores(customer_embeddings), excluded, k)`` with the scores computed
+        chunk by chunk (the [n, P] matrix never exists whole)."""
         emb = np.asarray(customer_embeddings, dtype=_F32)
-        n = len(emb)
-        if n <= chunk_size:
-            return top_k(self.scores(emb), excluded, k)
-        pieces = [
-            top_k(self.scores(emb[s : s + chunk_size]), None if excluded is None else excluded[s : s + chunk_size], k)
-            for s in range(0, n, chunk_size)
-        ]
-        width = max(index.shape[1] for index, _ in pieces)
-        index = np.full((n, width), -1, dtype=np.intp)
-        best = np.full((n, width), -np.inf, dtype=_F32)
-        for s, (i, b) in zip(range(0, n, chunk_size), pieces):
-            index[s : s + len(i), : i.shape[1]] = i
-            best[s : s + len(b), : b.shape[1]] = b
-        return index, best
+        n, p = len(emb), self.n_products
+        if excluded is not None:
+            excluded = np.asarray(excluded, dtype=bool)
+            if excluded.shape != (n, p):
+                raise ValueError(f"excluded has shape {excluded.shape}, expected {(n, p)}")
+
+        def columns_of(start, stop, out):  # [P, m] = P_emb @ emb[start:stop]^T
+            np.matmul(self.product_embeddings, emb[start:stop].T, out=out)
+
+        return _top_k(lambda: self.scores(emb), columns_of, n, p, _F32, excluded, k, chunk_size)
 
 
 __all__ = ["NumpyTower", "ProductIndex", "top_k", "UNIT_NORM_EPSILON"]

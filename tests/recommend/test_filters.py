@@ -1,0 +1,98 @@
+"""Each filter rule, the presets, and fewer-than-K, on hand-built catalogues."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.data import schema as S
+from finrec.errors import FinrecError
+from finrec.recommend import filters as F
+
+SCHEMA = S.DatasetSchema.from_dict({
+    "customers": {"id": "customer_id", "numeric": ["age", "income", "credit_score"], "risk_tolerance": "risk_tolerance"},
+    "products": {"id": "product_id", "numeric": ["min_income", "min_credit_score", "min_age", "max_age"],
+                 "risk_level": "risk_level", "category": "product_type"},
+})
+PRODUCTS = pd.DataFrame({
+    "product_id": ["dep", "fund", "crypto", "loan", "student"],
+    "risk_level": [1, 4, 7, 2, 1],
+    "product_type": ["deposit", "fund", "fund", "loan", "account"],
+    "min_income": [0, 0, 0, 30000, 0],
+    "min_credit_score": [0, 0, 0, 650, 0],
+    "min_age": [18, 18, 18, 18, 18],
+    "max_age": [99, 99, 99, 70, 25],
+})
+CATALOGUE = F.Catalogue.from_products(PRODUCTS, SCHEMA, list(PRODUCTS.product_id))
+
+
+def masks_for(customer: dict, filters=None, held=None):
+    attrs = F.customer_attributes(pd.DataFrame([customer]), SCHEMA)
+    held = np.zeros((1, 5), bool) if held is None else np.array([held])
+    return F.exclusion_masks(attrs, held, CATALOGUE, F.Filters.build(filters)), attrs
+
+
+CUSTOMER = {"customer_id": "c", "age": 40, "income": 50000, "credit_score": 700, "risk_tolerance": 4}
+
+
+def excluded(masks):
+    return list(PRODUCTS.product_id[F.combine(masks, (1, 5))[0]])
+
+
+def test_suitability_excludes_risk_above_tolerance():
+    masks, _ = masks_for(CUSTOMER)
+    assert excluded(masks) == ["crypto", "student"]
+    assert F.first_reason(masks, 0, 2) == "suitability"
+
+
+def test_suitability_can_be_turned_off_explicitly():
+    masks, _ = masks_for(CUSTOMER, {"suitability": False})
+    assert "crypto" not in excluded(masks)
+
+
+def test_missing_tolerance_is_most_cautious():
+    masks, _ = masks_for({**CUSTOMER, "risk_tolerance": np.nan})
+    assert excluded(masks) == ["fund", "crypto", "loan", "student"]
+
+
+def test_conservative_caps_risk_at_three_and_never_loosens():
+    masks, _ = masks_for({**CUSTOMER, "risk_tolerance": 7}, "conservative")
+    assert excluded(masks) == ["fund", "crypto", "student"]
+    masks, _ = masks_for({**CUSTOMER, "risk_tolerance": 1}, "conservative")
+    assert "loan" in excluded(masks)  # the customer's own tolerance still binds
+
+
+def test_risk_tolerant_uses_own_tolerance():
+    masks, _ = masks_for({**CUSTOMER, "risk_tolerance": 7}, "risk_tolerant")
+    assert "crypto" not in excluded(masks)
+
+
+def test_categories_include_and_exclude():
+    masks, _ = masks_for(CUSTOMER, {"include_categories": ["fund", "deposit"]})
+    assert excluded(masks) == ["crypto", "loan", "student"]
+    masks, _ = masks_for(CUSTOMER, {"exclude_categories": ["deposit"]})
+    assert "dep" in excluded(masks) and F.first_reason(masks, 0, 0) == "category"
+
+
+def test_eligibility_terms():
+    masks, attrs = masks_for({**CUSTOMER, "income": 20000})
+    assert F.first_reason(masks, 0, 3) == "income"
+    assert "below the minimum 30,000" in F.describe_exclusion("income", attrs, CATALOGUE, 0, 3)
+    masks, _ = masks_for({**CUSTOMER, "credit_score": 600})
+    assert F.first_reason(masks, 0, 3) == "credit_score"
+    masks, _ = masks_for({**CUSTOMER, "age": 75})
+    assert F.first_reason(masks, 0, 3) == "age"
+    masks, _ = masks_for({**CUSTOMER, "age": 20, "risk_tolerance": 7})
+    assert "student" not in excluded(masks)
+
+
+def test_held_is_first_reason():
+    masks, _ = masks_for(CUSTOMER, held=[False, False, True, False, False])
+    assert F.first_reason(masks, 0, 2) == "held"
+    masks, _ = masks_for(CUSTOMER, {"exclude_held": False}, held=[True, False, False, False, False])
+    assert "dep" not in excluded(masks)
+
+
+@pytest.mark.parametrize("bad", [{"colour": "red"}, {"max_risk": 9}, "aggressive", 3])
+def test_bad_filters_refused(bad):
+    with pytest.raises(FinrecError):
+        F.Filters.build(bad)

@@ -1,0 +1,91 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.errors import DataError, FinrecError, UnknownCustomerError
+from finrec.recommend.recommender import Recommender
+
+
+@pytest.fixture(scope="module")
+def rec(trained, small_dataset):
+    return Recommender(trained, small_dataset)
+
+
+def test_recommend_known_customer(rec, small_dataset):
+    cid = small_dataset.customer_ids[0]
+    result = rec.recommend(cid, k=5)
+    assert 1 <= len(result.items) <= 5
+    assert [i.rank for i in result.items] == list(range(1, len(result.items) + 1))
+    scores = [i.score for i in result.items]
+    assert scores == sorted(scores, reverse=True)
+    held = set(small_dataset.holdings.product_id[small_dataset.holdings.customer_id == cid])
+    tolerance = small_dataset.customers.risk_tolerance.iloc[0]
+    for item in result.items:
+        assert item.product_id not in held
+        assert item.product["risk_level"] <= tolerance
+        assert "within tolerance" in item.reason
+
+
+def test_scores_match_keras(rec, trained, small_dataset):
+    cid = small_dataset.customer_ids[3]
+    audit = rec.audit(cid, {"suitability": False, "exclude_held": False, "eligibility": False})
+    keras_scores = trained.score(small_dataset.customers.iloc[[3]], small_dataset.holdings)[0]
+    by_id = dict(zip(trained.pipeline.product_ids_, keras_scores))
+    np.testing.assert_allclose(audit.score, [by_id[p] for p in audit.product_id], atol=1e-5)
+
+
+def test_fewer_than_k_never_filled_with_unsuitable(rec, small_dataset):
+    customers = small_dataset.customers
+    cid = customers.customer_id[customers.risk_tolerance == 1].iloc[0]
+    result = rec.recommend(cid, k=20, filters={"include_categories": ["investment_fund"]})
+    assert result.items == [] or all(i.product["risk_level"] <= 1 for i in result.items)
+    assert result.message and "eligible" in result.message
+    assert len(result.items) == result.eligible < 20
+
+
+def test_audit_names_the_rule(rec, small_dataset):
+    cid = small_dataset.customer_ids[0]
+    audit = rec.audit(cid, "conservative")
+    assert set(audit.excluded_by.dropna()) <= {"held", "suitability", "risk_cap", "category", "income", "credit_score", "age"}
+    held = set(small_dataset.holdings.product_id[small_dataset.holdings.customer_id == cid])
+    assert set(audit.product_id[audit.excluded_by == "held"]) == held
+
+
+def test_new_customer_from_features(rec, small_dataset):
+    row = small_dataset.customers.iloc[5].to_dict()
+    cid = row.pop("customer_id")
+    held = list(small_dataset.holdings.product_id[small_dataset.holdings.customer_id == cid])
+    known = rec.recommend(cid, k=5)
+    new = rec.recommend({**row, "holdings": held}, k=5)
+    assert [i.product_id for i in new.items] == [i.product_id for i in known.items]
+    np.testing.assert_allclose([i.score for i in new.items], [i.score for i in known.items], atol=1e-5)
+
+
+def test_new_customer_with_missing_and_unseen_values(rec):
+    result = rec.recommend({"age": 30, "income": 40000, "region": "Atlantis", "risk_tolerance": 3}, k=3)
+    assert len(result.items) == 3
+
+
+@pytest.mark.parametrize("features, fragment", [
+    ({"income": "lots"}, "features.income"),
+    ({"risk_tolerance": 9}, "features.risk_tolerance"),
+    ({"holdings": ["NOPE"]}, "unknown product"),
+])
+def test_bad_features(rec, features, fragment):
+    with pytest.raises(DataError, match=fragment):
+        rec.recommend(features)
+
+
+def test_unknown_customer_and_bad_k(rec):
+    with pytest.raises(UnknownCustomerError):
+        rec.recommend("nobody")
+    with pytest.raises(FinrecError, match="k must be"):
+        rec.recommend(rec.known_customers.customer_id.iloc[0], k=0)
+
+
+def test_load_from_model_dir(model_dir, small_data_dir):
+    rec = Recommender.load(model_dir, small_data_dir)
+    cid = rec.known_customers.customer_id.iloc[0]
+    assert rec.recommend(cid).items
+    profile = rec.customer_profile(cid)
+    assert profile["attributes"]["customer_id"] == cid
