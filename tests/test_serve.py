@@ -1,0 +1,270 @@
+"""The REST API against a real ``finrec serve`` process (uvicorn on a free loopback port)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+pytestmark = pytest.mark.slow
+
+READY_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, small_data_dir, tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "finrec.cli", "serve", "--model", str(model_dir), "--data", str(small_data_dir),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    early = []  # /ready answers seen while the model loads
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited ({process.returncode}): {log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                response = httpx.get(f"{base}/ready", timeout=2)
+                if response.status_code == 200:
+                    break
+                early.append((response.status_code, response.json()))
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready after {READY_TIMEOUT_S}s: {log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        yield {"base": base, "log": log_path, "pid": process.pid, "early": early}
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    responses = []
+
+    def record(response):
+        response.read()
+        responses.append(response)
+
+    with httpx.Client(base_url=server["base"], timeout=10, event_hooks={"response": [record]}) as c:
+        yield c
+    # No response, whatever the input, carries a stack trace.
+    assert responses
+    for response in responses:
+        assert "Traceback" not in response.text, (response.request.url, response.text[:500])
+        assert response.status_code != 500, (response.request.url, response.text[:500])
+
+
+@pytest.fixture(scope="module")
+def ids(small_dataset):
+    holdings = small_dataset.holdings
+    holders = holdings.groupby("customer_id")["product_id"].apply(list)
+    customer = str(holders.index[0])
+    return {"customer": customer, "held": [str(p) for p in holders.iloc[0]],
+            "customers": [str(c) for c in small_dataset.customers["customer_id"].head(20)]}
+
+
+def _detail_locs(response) -> list[list]:
+    return [error["loc"] for error in response.json()["detail"]]
+
+
+# ------------------------------------------------------------------------------------ basics
+
+
+def test_health_and_ready(client, server):
+    assert client.get("/health").json() == {"status": "ok"}
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"
+    # Before the model was in place, /ready said so with a 503.
+    for status, body in server["early"]:
+        assert status == 503 and body["status"] == "loading"
+
+
+def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "finrec.cli", "serve", "--model", str(tmp_path / "missing"), "--port", str(_free_port())],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "finrec serve: error:" in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_openapi_lists_the_paths_with_schemas(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/recommendations", "/products", "/customers/{customer_id}", "/health", "/ready"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert {"RecommendationRequest", "RecommendationResponse", "FiltersIn"} <= set(schemas)
+    assert schemas["FiltersIn"].get("additionalProperties") is False
+    assert client.get("/docs").status_code == 200
+
+
+def test_products(client, small_dataset):
+    body = client.get("/products").json()
+    assert body["count"] == len(small_dataset.products) == len(body["products"])
+    assert {p["product_id"] for p in body["products"]} == set(small_dataset.products["product_id"].astype(str))
+    assert all("risk_level" in p and "product_type" in p for p in body["products"])
+
+
+def test_customer_profile_and_404(client, ids):
+    body = client.get(f"/customers/{ids['customer']}").json()
+    assert body["customer_id"] == ids["customer"]
+    assert sorted(body["holdings"]) == sorted(ids["held"])
+    assert "income" in body["attributes"]
+    missing = client.get("/customers/NOPE-123")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "unknown customer_id 'NOPE-123'"}
+
+
+# ------------------------------------------------------------------------------------ recommendations
+
+
+def test_recommendations_by_id(client, ids):
+    response = client.post("/recommendations", json={"customer_id": ids["customer"], "k": 4})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["customer_id"] == ids["customer"] and body["k"] == 4
+    items = body["recommendations"]
+    assert 1 <= len(items) <= 4
+    assert [item["rank"] for item in items] == list(range(1, len(items) + 1))
+    scores = [item["score"] for item in items]
+    assert scores == sorted(scores, reverse=True)
+    assert not {item["product_id"] for item in items} & set(ids["held"])
+    assert all(item["reason"] and item["product"]["risk_level"] for item in items)
+    if len(items) < 4:
+        assert body["message"]
+
+
+def test_k_is_respected_across_customers(client, ids):
+    for customer in ids["customers"][:10]:
+        body = client.post("/recommendations", json={"customer_id": customer, "k": 2, "filters": {"suitability": False}}).json()
+        assert len(body["recommendations"]) == 2
+
+
+def test_recommendations_by_features(client, ids):
+    held = ids["held"][:1]
+    features = {"age": 35, "income": 48000, "savings": 12000, "credit_score": 700, "risk_tolerance": 5,
+                "region": "north", "employment": "employed", "holdings": held}
+    response = client.post("/recommendations", json={"features": features, "k": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["customer_id"] is None
+    assert 1 <= len(body["recommendations"]) <= 3
+    assert held[0] not in {item["product_id"] for item in body["recommendations"]}
+    assert all(item["product"]["risk_level"] <= 5 for item in body["recommendations"])
+
+
+def test_conservative_preset_caps_risk(client, ids):
+    for customer in ids["customers"][:8]:
+        body = client.post("/recommendations", json={"customer_id": customer, "k": 10,
+                                                     "filters": {"preset": "conservative"}}).json()
+        assert body["filters"]["max_risk"] == 3
+        assert all(item["product"]["risk_level"] <= 3 for item in body["recommendations"])
+
+
+def test_include_categories(client, ids):
+    body = client.post("/recommendations", json={
+        "customer_id": ids["customer"], "k": 10,
+        "filters": {"include_categories": ["savings_account", "term_deposit"], "suitability": False}}).json()
+    assert body["recommendations"]
+    assert {item["product"]["product_type"] for item in body["recommendations"]} <= {"savings_account", "term_deposit"}
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("payload, loc", [
+    ({"k": 3}, ["body", "features"]),
+    ({"customer_id": "C1", "features": {"age": 30}}, ["body", "features"]),
+    ({"customer_id": "C1", "k": 0}, ["body", "k"]),
+    ({"customer_id": "C1", "k": "five"}, ["body", "k"]),
+    ({"customer_id": "C1", "k": 51}, ["body", "k"]),
+    ({"customer_id": "C1", "filters": {"colour": "red"}}, ["body", "filters", "colour"]),
+    ({"customer_id": "C1", "filters": {"preset": "yolo"}}, ["body", "filters", "preset"]),
+    ({"customer_id": "C1", "filters": {"max_risk": 9}}, ["body", "filters", "max_risk"]),
+    ({"customer_id": 42}, ["body", "customer_id"]),
+    ({"customer_id": "C1", "extra": True}, ["body", "extra"]),
+])
+def test_invalid_bodies_are_422_naming_the_field(client, payload, loc):
+    response = client.post("/recommendations", json=payload)
+    assert response.status_code == 422, response.text
+    assert loc in _detail_locs(response)
+
+
+@pytest.mark.parametrize("features, words", [
+    ({"income": "a lot"}, "income"),
+    ({"risk_tolerance": 9}, "risk_tolerance"),
+    ({"income": 1000, "holdings": ["NO_SUCH_PRODUCT"]}, "NO_SUCH_PRODUCT"),
+])
+def test_values_the_library_refuses_are_422_with_its_message(client, features, words):
+    response = client.post("/recommendations", json={"features": features})
+    assert response.status_code == 422, response.text
+    assert words in response.json()["detail"]
+
+
+def test_unknown_customer_is_404(client):
+    response = client.post("/recommendations", json={"customer_id": "NOPE-999"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "unknown customer_id 'NOPE-999'"}
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"customer_id": "C1",}', b"", b"[1, 2]",
+                                 b'{"customer_id": NaN}', b'{"features": {"income": Infinity}}'])
+def test_malformed_json_is_422(client, raw):
+    response = client.post("/recommendations", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+
+
+def test_oversize_body_is_413(client):
+    big = b'{"customer_id": "' + b"x" * 70_000 + b'"}'
+    response = client.post("/recommendations", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+    def chunks():  # no Content-Length: counted as it streams
+        yield b'{"customer_id": "'
+        for _ in range(80):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = client.post("/recommendations", content=chunks(), headers={"content-type": "application/json"})
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 413
+
+
+def test_wrong_method_is_405(client):
+    assert client.get("/recommendations").status_code == 405
+
+
+def test_the_log_never_shows_feature_values(client, server):
+    client.post("/recommendations", json={"features": {"income": 987654.25, "age": "sixty-one"}})
+    client.post("/recommendations", json={"features": {"income": 987654.25, "credit_score": 712}})
+    time.sleep(0.2)
+    text = server["log"].read_text(errors="replace")
+    assert "987654" not in text and "sixty-one" not in text
