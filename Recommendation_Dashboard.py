@@ -1,0 +1,647 @@
+"""finrec dashboard: ``streamlit run Recommendation_Dashboard.py``.
+
+Environment: ``FINREC_MODEL`` (model directory, default ``demo/model``) and ``FINREC_DATA``
+(customer data; default: the training data recorded in the model's manifest). A thin adapter:
+the logic lives in ``finrec.recommend`` and ``finrec.explain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+st.set_page_config(page_title="finrec — product recommendations", layout="wide")
+
+from finrec import explain as X  # noqa: E402
+from finrec.artifacts import MANIFEST  # noqa: E402
+from finrec.data import schema as S  # noqa: E402
+from finrec.errors import FinrecError  # noqa: E402
+from finrec.recommend import filters as F  # noqa: E402
+from finrec.recommend.recommender import Recommender  # noqa: E402
+
+K = 5
+PRESETS = ("balanced", "conservative", "risk_tolerant")
+MAX_LISTED_IDS = 500
+GLOBAL_SAMPLE = 50
+EVALUATION_FILE = "model-evaluation.json"
+DEFAULT_MODEL = os.environ.get("FINREC_MODEL", "demo/model")
+ACCENT = "#1f4e79"
+
+
+@dataclass
+class Subject:
+    """The customer on screen: a known one (``customer_id``) or an uploaded profile."""
+
+    key: str
+    label: str
+    row: dict
+    holdings: list[str] = field(default_factory=list)
+    customer_id: str | None = None
+
+    def request(self, changes: dict | None = None):
+        """What ``Recommender.recommend`` takes for this customer (the id when unchanged)."""
+        if self.customer_id is not None and not changes:
+            return self.customer_id
+        return {**self.row, **(changes or {}), S.HOLDINGS: list(self.holdings)}
+
+
+# ------------------------------------------------------------------------------------ caches
+@st.cache_resource(show_spinner="Loading the model…")
+def load_recommender(model_dir: str, data_dir: str | None) -> Recommender:
+    return Recommender.load(model_dir, data_dir)
+
+
+@st.cache_resource(show_spinner=False)
+def load_explainer(model_dir: str, data_dir: str | None) -> X.CustomerExplainer:
+    explainer = X.CustomerExplainer(load_recommender(model_dir, data_dir), max_background=100, seed=0)
+    # SHAP's first call compiles numba code (10-40 s): do it in the background while the user reads.
+    threading.Thread(target=_warm_up_shap, args=(explainer,), daemon=True, name="shap-warm-up").start()
+    return explainer
+
+
+def _warm_up_shap(explainer: X.CustomerExplainer) -> None:
+    try:
+        import shap
+
+        background = explainer.background_matrix()
+        score = explainer.score_function(explainer.pipeline.product_ids_[0])
+        shap.PermutationExplainer(score, background[:10])(background[:1], silent=True)
+    except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first explanation
+        pass
+
+
+@st.cache_resource(show_spinner=False)
+def load_projection(model_dir: str, data_dir: str | None) -> X.EmbeddingProjection:
+    return X.EmbeddingProjection.fit(load_recommender(model_dir, data_dir).product_embeddings)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def shap_explanation(model_dir: str, data_dir: str | None, subject_key: str, x: tuple, holdings: tuple, product_id: str) -> dict:
+    """SHAP values of one customer for one product (cached per customer and product)."""
+    import shap
+
+    explainer = load_explainer(model_dir, data_dir)
+    row = np.asarray([x], dtype="float64")
+    score = explainer.score_function(product_id, holdings)
+    start = time.perf_counter()
+    values = shap.PermutationExplainer(score, explainer.background_matrix())(row, silent=True)
+    seconds = time.perf_counter() - start
+    return {
+        "values": values.values[0].astype(float).tolist(),
+        "base": float(np.ravel(values.base_values)[0]),
+        "score": float(score(row)[0]),
+        "seconds": seconds,
+    }
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def global_importance(model_dir: str, data_dir: str | None, product_id: str, n: int = GLOBAL_SAMPLE, seed: int = 0) -> pd.DataFrame:
+    """Mean |SHAP| per feature over ``n`` sampled customers (each with their own holdings)."""
+    import shap
+
+    rec = load_recommender(model_dir, data_dir)
+    explainer = load_explainer(model_dir, data_dir)
+    ids = rec.known_customers[rec.schema.customers.id].to_numpy()
+    pick = np.random.default_rng(seed).choice(len(ids), size=min(n, len(ids)), replace=False)
+    background = explainer.background_matrix()[:50]
+    rows = []
+    for customer_id in ids[pick]:
+        x, held = explainer.known_customer(customer_id)
+        score = explainer.score_function(product_id, held)
+        values = shap.PermutationExplainer(score, background)(x, max_evals=4 * len(explainer.feature_names) + 1, silent=True)
+        rows.append(np.abs(values.values[0]))
+    mean = np.mean(rows, axis=0)
+    return pd.DataFrame({"feature": explainer.feature_names, "mean_abs_shap": mean}).sort_values("mean_abs_shap", ascending=False)
+
+
+@st.cache_data(show_spinner=False)
+def population_frame(model_dir: str, data_dir: str | None) -> pd.DataFrame:
+    return load_recommender(model_dir, data_dir).known_customers
+
+
+# ------------------------------------------------------------------------------------ start
+def build_demo(model_dir: Path) -> None:
+    """Generate the synthetic bank, split it, train the default model and evaluate it."""
+    from finrec.artifacts import save_model_dir
+    from finrec.atomic import atomic_file
+    from finrec.config import Config
+    from finrec.data.io import dataset_tables, fingerprint, load_dataset, write_dataset
+    from finrec.data.split import split_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.evaluate.report import evaluate
+    from finrec import train as T
+
+    root = model_dir.parent
+    bank, split = root / "bank", root / "split"
+    status = st.status("Building the demo bank…", expanded=True)
+    status.write(f"Generating 8,000 synthetic customers into `{bank}`")
+    write_dataset(generate(GeneratorSettings()), S.SYNTHETIC.schema(), bank)
+    status.write(f"Splitting by customer into `{split}/train` and `{split}/test`")
+    dataset = load_dataset(bank)
+    train_data, test_data = split_dataset(dataset)
+    write_dataset(dataset_tables(train_data), dataset.schema, split / "train")
+    write_dataset(dataset_tables(test_data), dataset.schema, split / "test")
+    config = Config()
+    epochs = config.training.epochs
+    bar = st.progress(0.0, text="Training the two-tower model…")
+    monitor = f"val_ndcg@{config.training.eval_k}"
+
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(monitor)
+            text = f"epoch {epoch + 1}/{epochs}" + (f" · validation nDCG@{config.training.eval_k} {value:.4f}" if value is not None else "")
+            bar.progress(min(1.0, (epoch + 1) / epochs), text=text)
+
+    train_set = load_dataset(split / "train")
+    if "callbacks" in inspect.signature(T.fit).parameters:
+        trained = T.fit(train_set, config, verbose=0, callbacks=[Progress()])
+    else:
+        # finrec.train.fit takes no callbacks: piggy-back on its validation callback.
+        original = T.RankingValidation
+
+        class WithProgress(original):
+            def on_epoch_end(self, epoch, logs=None):
+                super().on_epoch_end(epoch, logs)
+                Progress().on_epoch_end(epoch, logs)
+
+        T.RankingValidation = WithProgress
+        try:
+            trained = T.fit(train_set, config, verbose=0)
+        finally:
+            T.RankingValidation = original
+    bar.progress(1.0, text="Training finished (early stopping restores the best epoch)")
+    save_model_dir(trained, model_dir, data_fingerprint=fingerprint(split / "train"), data_path=str((split / "train").resolve()))
+    status.write("Evaluating on the held-out customers")
+    results = evaluate(trained, load_dataset(split / "test"), k=K)
+    with atomic_file(root / EVALUATION_FILE) as handle:
+        json.dump({"k": K, "data": str(split / "test"), "results": results}, handle, indent=1)
+    status.update(label="Demo bank and model ready", state="complete")
+
+
+def start_panel(model_dir: str) -> None:
+    with st.container(border=True):
+        st.subheader("No model yet")
+        st.markdown(
+            f"There is no finrec model at `{model_dir}`. One click builds the synthetic demo bank "
+            f"(8,000 customers, 25 products) next to it, splits it by customer, trains the default "
+            f"two-tower model and evaluates it on the held-out customers (a few minutes on 2 cores). "
+            f"Or enter another model directory in the sidebar."
+        )
+        if st.button("Build the demo bank and train the default model", type="primary", key="build"):
+            build_demo(Path(model_dir))
+            st.session_state["built_data"] = str(Path(model_dir).parent / "bank")
+            st.rerun()
+
+
+# ------------------------------------------------------------------------------------ sidebar
+def choose_customer(rec: Recommender) -> Subject | None:
+    schema = rec.schema.customers
+    cid = schema.id
+    st.sidebar.header("Customer")
+    sources = ["Existing customer", "Upload CSV"]
+    source = st.sidebar.radio("Source", sources, key="source", horizontal=True)
+    if source == sources[1]:
+        return uploaded_customer(rec)
+    customers = rec.known_customers
+    if len(customers) == 0:
+        st.sidebar.warning("No customer data is loaded with this model: upload customer profiles instead.")
+        return None
+    keep = np.ones(len(customers), dtype=bool)
+    search = st.sidebar.text_input("Search by customer id", key="search", placeholder="e.g. C0000042").strip()
+    if search:
+        keep &= customers[cid].astype(str).str.contains(search, case=False, regex=False).to_numpy()
+    with st.sidebar.expander("Segment filters", expanded=False):
+        categorical = [c for c in schema.categorical if c in customers]
+        if categorical:
+            default = next((c for c in X.SEGMENT_COLUMNS if c in categorical), categorical[0])
+            segment = st.selectbox("Segment", categorical, index=categorical.index(default), key="segment")
+            values = sorted(customers[segment].dropna().astype(str).unique())
+            chosen = st.multiselect(f"{segment} is", values, key=f"segment_values_{segment}")
+            if chosen:
+                keep &= customers[segment].astype(str).isin(chosen).to_numpy()
+        if S.AGE in customers:
+            lo, hi = int(customers[S.AGE].min()), int(customers[S.AGE].max())
+            band = st.slider("Age band", lo, max(hi, lo + 1), (lo, max(hi, lo + 1)), key="age_band")
+            age = customers[S.AGE].to_numpy(dtype="float64")
+            keep &= (age >= band[0]) & (age <= band[1])
+        if schema.risk and schema.risk in customers:
+            band = st.slider("Risk tolerance", S.RISK_MIN, S.RISK_MAX, (S.RISK_MIN, S.RISK_MAX), key="risk_band")
+            risk = customers[schema.risk].to_numpy(dtype="float64")
+            keep &= (risk >= band[0]) & (risk <= band[1])
+    matches = customers[cid].astype(str).to_numpy()[keep]
+    st.sidebar.caption(f"{len(matches):,} of {len(customers):,} customers match"
+                       + (f"; the first {MAX_LISTED_IDS} are listed" if len(matches) > MAX_LISTED_IDS else ""))
+    if len(matches) == 0:
+        st.sidebar.warning("No customer matches these filters.")
+        return None
+    customer_id = st.sidebar.selectbox("Customer id", list(matches[:MAX_LISTED_IDS]), key="customer_id")
+    profile = rec.customer_profile(customer_id)
+    return Subject(key=f"id:{customer_id}", label=f"Customer {customer_id}", row=profile["attributes"],
+                   holdings=list(profile["holdings"]), customer_id=customer_id)
+
+
+def uploaded_customer(rec: Recommender) -> Subject | None:
+    upload = st.sidebar.file_uploader(f"Customer profiles (CSV, at most {X.MAX_UPLOAD_BYTES // 1024**2} MB)", type=["csv"], key="upload")
+    st.sidebar.caption("One row per customer with the id and every customer column of the model's schema. "
+                       "The file stays in memory and is never written to disk.")
+    if upload is None:
+        st.info("Upload a CSV of customer profiles in the sidebar to see their recommendations.")
+        return None
+    data = upload.getvalue()
+    try:
+        frame = X.read_customer_upload(data, rec.schema, name=upload.name)
+    except FinrecError as exc:
+        st.error(f"The upload was refused: {exc}")
+        return None
+    cid = rec.schema.customers.id
+    ids = frame[cid].astype(str).tolist()
+    chosen = st.sidebar.selectbox("Uploaded customer", ids, key="upload_customer")
+    row = frame.iloc[ids.index(chosen)].to_dict()
+    row = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+    row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    st.sidebar.success(f"{len(frame)} profile(s) read from {upload.name}")
+    return Subject(key=f"upload:{digest}:{chosen}", label=f"Uploaded customer {chosen}", row=row)
+
+
+def choose_filters(rec: Recommender) -> F.Filters:
+    st.sidebar.header("Filters")
+    preset = st.sidebar.radio("Preset", PRESETS, key="preset", horizontal=True,
+                              help="conservative: risk level at most 3; every preset keeps risk within the customer's tolerance")
+    categories = st.sidebar.multiselect("Only these categories", rec.catalogue.categories, key="categories",
+                                        help="empty = every category")
+    exclude_held = st.sidebar.checkbox("Exclude products already held", value=True, key="exclude_held")
+    return F.Filters.build({"preset": preset, "include_categories": list(categories), "exclude_held": exclude_held})
+
+
+# ------------------------------------------------------------------------------------ tabs
+def tolerance_of(rec: Recommender, subject: Subject):
+    return subject.row.get(rec.schema.customers.risk) if rec.schema.customers.risk else None
+
+
+def recommendations_tab(rec: Recommender, subject: Subject, filters: F.Filters, result) -> None:
+    tolerance = tolerance_of(rec, subject)
+    top = f"{result.items[0].score:.3f}" if result.items else "—"
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Eligible products", f"{result.eligible} of {len(rec.pipeline.product_ids_)}")
+    c2.metric("Preset", (filters.preset or "balanced").replace("_", " "))
+    c3.metric("Risk tolerance", "unknown" if tolerance is None else f"{int(tolerance)} / {S.RISK_MAX}")
+    c4.metric("Best match (cosine)", top)
+    if result.message:
+        st.warning(f"Fewer than {K} recommendations: {result.message}.")
+    if not result.items:
+        return
+    table = X.recommendations_table(result, rec.schema, tolerance)
+    category = rec.schema.products.category
+    risk = rec.schema.products.risk
+    columns = st.columns(len(table))
+    for column, record in zip(columns, table.to_dict("records")):
+        with column.container(border=True):
+            st.markdown(f"**#{record['rank']} · {record[X.NAME]}**")
+            if category:
+                st.caption(str(record[category]).replace("_", " "))
+            st.metric("Similarity", f"{record['score']:.3f}")
+            details = []
+            if risk:
+                details.append(f"Risk level **{record[risk]}** / 7")
+            if record.get(X.YIELD) is not None:
+                details.append(f"Expected yield **{record[X.YIELD]:.2f}%**")
+            details.append(f"Duration **{record[X.DURATION]}**")
+            details.append(f"Terms: {record['terms']}")
+            st.markdown("  \n".join(details))
+            st.markdown(record["suitability"])
+    st.dataframe(
+        table, hide_index=True, width="stretch", key="recommendations_table",
+        column_config={"score": st.column_config.ProgressColumn("score", min_value=-1.0, max_value=1.0, format="%.3f")},
+    )
+    with st.expander("Why not the other products? (audit of every product)"):
+        st.dataframe(rec.audit(subject.request(), filters), hide_index=True, width="stretch")
+
+
+def profile_tab(rec: Recommender, subject: Subject, population: pd.DataFrame) -> None:
+    schema = rec.schema.customers
+    row = subject.row
+    numeric = [c for c in (S.AGE, S.INCOME, *X.PROFILE_COLUMNS[1:2], S.CREDIT_SCORE) if c in schema.numeric]
+    categorical = [c for c in X.SEGMENT_COLUMNS if c in schema.categorical]
+    cells = st.columns(max(1, len(numeric) + len(categorical)))
+    for cell, column in zip(cells, numeric + categorical):
+        value = row.get(column)
+        text = "—" if value is None else (f"{value:,.0f}" if isinstance(value, (int, float)) else str(value).replace("_", " "))
+        cell.metric(column.replace("_", " ").capitalize(), text)
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown("##### Where this customer stands among all customers")
+        ranks = X.percentile_ranks(population, row, X.profile_columns(rec.schema))
+        if len(ranks):
+            labels = [f"{c.replace('_', ' ')} ({v:,.3g})" if abs(v) < 100 else f"{c.replace('_', ' ')} ({v:,.0f})"
+                      for c, v in zip(ranks.feature, ranks.value.fillna(np.nan))]
+            fig = go.Figure(go.Bar(x=ranks.percentile, y=labels, orientation="h", marker_color=ACCENT,
+                                   text=[f"{p:.0f}th pct" if not np.isnan(p) else "missing" for p in ranks.percentile],
+                                   textposition="auto"))
+            fig.update_layout(xaxis=dict(range=[0, 100], title="percentile"), height=300, margin=dict(l=10, r=10, t=10, b=10),
+                              yaxis=dict(autorange="reversed"))
+            st.plotly_chart(fig, width="stretch", key="percentiles")
+    with right:
+        tolerance = tolerance_of(rec, subject)
+        if schema.risk:
+            st.markdown("##### Risk tolerance")
+            gauge = go.Figure(go.Indicator(
+                mode="gauge+number", value=float(tolerance) if tolerance is not None else 0,
+                gauge=dict(axis=dict(range=[S.RISK_MIN, S.RISK_MAX], dtick=1), bar=dict(color=ACCENT),
+                           steps=[dict(range=[1, 3], color="#d9f0d3"), dict(range=[3, 5], color="#fff3c4"),
+                                  dict(range=[5, 7], color="#f8d0c8")]),
+                number=dict(suffix=" / 7")))
+            gauge.update_layout(height=220, margin=dict(l=20, r=20, t=10, b=10))
+            st.plotly_chart(gauge, width="stretch", key="risk_gauge")
+        st.markdown("##### Holdings")
+        if subject.holdings:
+            positions = rec.pipeline.product_positions(subject.holdings)
+            held = pd.DataFrame([{S.PRODUCT_ID: p, **{k: rec.products[i].get(k) for k in (X.NAME, rec.schema.products.category) if k}}
+                                 for p, i in zip(subject.holdings, positions)])
+            st.dataframe(held, hide_index=True, width="stretch")
+        else:
+            st.caption("No products held" + (" (uploaded profiles carry no holdings)" if subject.customer_id is None else ""))
+    with st.expander("All attributes"):
+        st.dataframe(pd.DataFrame([row]).T.rename(columns={0: "value"}).astype(str), width="stretch")
+
+
+def what_if_tab(rec: Recommender, subject: Subject, filters: F.Filters, result) -> None:
+    schema = rec.schema.customers
+    row = subject.row
+    population = rec.known_customers
+    st.markdown("Change the customer's situation and compare the new top 5 with the current one.")
+    changes: dict = {}
+    cols = st.columns(4)
+    if S.INCOME in schema.numeric:
+        income = float(row.get(S.INCOME) or 0.0)
+        top = float(population[S.INCOME].quantile(0.99)) if S.INCOME in population and len(population) else income * 2
+        top = max(top, income * 1.5, 1000.0)
+        changes[S.INCOME] = cols[0].slider("Income", 0.0, float(round(top, -3)), float(min(income, top)), step=500.0,
+                                           key=f"wi_income_{subject.key}")
+    if schema.risk:
+        tolerance = int(row.get(schema.risk) or S.RISK_MIN)
+        changes[schema.risk] = cols[1].slider("Risk tolerance", S.RISK_MIN, S.RISK_MAX, tolerance, key=f"wi_risk_{subject.key}")
+    if X.DIGITAL_ENGAGEMENT in schema.numeric:
+        engagement = float(row.get(X.DIGITAL_ENGAGEMENT) or 0.0)
+        changes[X.DIGITAL_ENGAGEMENT] = cols[2].slider("Digital engagement", 0.0, 1.0, min(max(engagement, 0.0), 1.0), step=0.01,
+                                                       key=f"wi_digital_{subject.key}")
+    if S.AGE in schema.numeric:
+        age = int(row.get(S.AGE) or 40)
+        changes[S.AGE] = cols[3].slider("Age", 18, 100, min(max(age, 18), 100), key=f"wi_age_{subject.key}")
+    changed = {k: v for k, v in changes.items() if row.get(k) is None or float(v) != float(row.get(k))}
+    after = rec.recommend(subject.request(changes), k=K, filters=filters)
+    before_ids = [i.product_id for i in result.items]
+    after_ids = [i.product_id for i in after.items]
+    left, right = st.columns(2)
+    with left:
+        st.markdown("##### Current top 5")
+        st.dataframe(pd.DataFrame([{"rank": i.rank, X.NAME: i.product.get(X.NAME, i.product_id), "score": round(i.score, 4)}
+                                   for i in result.items]), hide_index=True, width="stretch")
+    with right:
+        st.markdown("##### What-if top 5" + (" (unchanged inputs)" if not changed else ""))
+        marks = X.rank_changes(before_ids, after_ids)
+        st.dataframe(pd.DataFrame([{"rank": i.rank, X.NAME: i.product.get(X.NAME, i.product_id), "score": round(i.score, 4), "move": m}
+                                   for i, m in zip(after.items, marks)]), hide_index=True, width="stretch", key="whatif_table")
+    dropped = [i.product.get(X.NAME, i.product_id) for i in result.items if i.product_id not in after_ids]
+    if dropped:
+        st.caption("Dropped out of the top 5: " + ", ".join(map(str, dropped)))
+    if after.message:
+        st.warning(after.message)
+
+
+def embeddings_tab(model_dir: str, data_dir: str | None, rec: Recommender, subject: Subject, result) -> None:
+    explainer = load_explainer(model_dir, data_dir)
+    projection = load_projection(model_dir, data_dir)
+    x = explainer.encode(pd.DataFrame([subject.row]))
+    customer = explainer.embed(x, subject.holdings)[0]
+    points = projection.transform(rec.product_embeddings)
+    me = projection.transform(customer)[0]
+    recommended = {i.product_id for i in result.items}
+    ids = list(rec.pipeline.product_ids_)
+    names = [str(p.get(X.NAME, pid)) for p, pid in zip(rec.products, ids)]
+    category = rec.schema.products.category
+    kinds = [str(p.get(category, "")) if category else "" for p in rec.products]
+    fig = go.Figure()
+    for kind in sorted(set(kinds)):
+        index = [j for j, k in enumerate(kinds) if k == kind]
+        fig.add_trace(go.Scatter(x=points[index, 0], y=points[index, 1], mode="markers", name=kind.replace("_", " ") or "products",
+                                 marker=dict(size=11, opacity=0.75), text=[names[j] for j in index],
+                                 hovertemplate="%{text}<extra></extra>"))
+    top = [j for j, pid in enumerate(ids) if pid in recommended]
+    fig.add_trace(go.Scatter(x=points[top, 0], y=points[top, 1], mode="markers+text", name="recommended",
+                             marker=dict(size=20, symbol="circle-open", line=dict(width=3, color="#d62728")),
+                             text=[names[j] for j in top], textposition="top center", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[me[0]], y=[me[1]], mode="markers+text", name="this customer", text=["customer"],
+                             textposition="bottom center", marker=dict(size=22, symbol="star", color="#111111")))
+    share = projection.explained
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis_title=f"PC 1 ({share[0]:.0%} of variance)", yaxis_title=f"PC 2 ({share[1]:.0%} of variance)")
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(fig, width="stretch", key="embedding_map")
+        st.caption("The first two principal components of the product embeddings; the customer is projected the same way. "
+                   "Distances on the map are approximate; the cosine similarities in the table are exact.")
+    with right:
+        st.markdown("##### Nearest products (any eligibility)")
+        near = X.nearest_products(customer, rec.product_embeddings, ids, k=10)
+        near.insert(1, X.NAME, [names[ids.index(p)] for p in near[S.PRODUCT_ID]])
+        near["recommended"] = ["✅" if p in recommended else "" for p in near[S.PRODUCT_ID]]
+        st.dataframe(near.round(4), hide_index=True, width="stretch")
+
+
+def shap_chart(explainer: X.CustomerExplainer, x: np.ndarray, values: np.ndarray, title: str) -> go.Figure:
+    labels = [f"{name} = {text}" for name, text in zip(explainer.feature_names, explainer.decode_values(x))]
+    order = np.argsort(np.abs(values))
+    colors = ["#2ca02c" if v > 0 else "#d62728" for v in values[order]]
+    fig = go.Figure(go.Bar(x=values[order], y=[labels[i] for i in order], orientation="h", marker_color=colors,
+                           text=[f"{v:+.4f}" for v in values[order]], textposition="auto"))
+    fig.update_layout(title=title, height=max(360, 24 * len(values)), margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis_title="contribution to the cosine similarity")
+    return fig
+
+
+def explain_tab(model_dir: str, data_dir: str | None, rec: Recommender, subject: Subject, result) -> None:
+    if not result.items:
+        st.info("No recommendation to explain under these filters.")
+        return
+    explainer = load_explainer(model_dir, data_dir)
+    options = {f"#{i.rank} · {i.product.get(X.NAME, i.product_id)} ({i.product_id})": i.product_id for i in result.items}
+    label = st.selectbox("Recommended product", list(options), key="shap_product")
+    product_id = options[label]
+    st.caption("Permutation SHAP: each feature's contribution to this customer's similarity with the product, against "
+               f"{len(explainer.background_matrix())} background customers; the holdings are held fixed.")
+    x = explainer.encode(pd.DataFrame([subject.row]))
+    request = (subject.key, product_id)
+    if st.button("Explain this recommendation", type="primary", key="shap_button"):
+        start = time.perf_counter()
+        with st.spinner("Computing SHAP values (the first explanation also compiles SHAP's numba code)…"):
+            out = shap_explanation(model_dir, data_dir, subject.key, tuple(x[0].tolist()), tuple(subject.holdings), product_id)
+        st.session_state["shap"] = {"request": request, "out": out, "wall": time.perf_counter() - start}
+    state = st.session_state.get("shap")
+    if state and state["request"] == request:
+        out = state["out"]
+        values = np.asarray(out["values"])
+        gap = X.additivity_gap(out["base"], values, out["score"])
+        st.plotly_chart(shap_chart(explainer, x, values, f"Why {label.split(' · ', 1)[1]}"), width="stretch", key="shap_chart")
+        line = (f"base value {out['base']:.4f} + sum of contributions {values.sum():+.4f} = {out['base'] + values.sum():.4f}, "
+                f"model score = {out['score']:.4f} (difference {gap:.1e}")
+        if gap < 1e-4:
+            st.success(line + " < 1e-4)")
+        else:
+            st.warning(line + " ≥ 1e-4): the explanation does not add up to the score")
+        st.caption(f"Explained in {state['wall']:.2f} s (SHAP {out['seconds']:.2f} s; repeated requests are cached).")
+    st.divider()
+    st.markdown(f"##### Global view: mean |SHAP| over {GLOBAL_SAMPLE} customers for {label.split(' · ', 1)[1]}")
+    key = ("global", product_id)
+    if st.button("Compute the global importance", key="global_button"):
+        with st.spinner(f"Explaining {GLOBAL_SAMPLE} customers…"):
+            st.session_state["global"] = {"key": key, "frame": global_importance(model_dir, data_dir, product_id)}
+    state = st.session_state.get("global")
+    if state and state["key"] == key:
+        frame = state["frame"].iloc[::-1]
+        fig = go.Figure(go.Bar(x=frame.mean_abs_shap, y=frame.feature, orientation="h", marker_color=ACCENT))
+        fig.update_layout(height=max(360, 22 * len(frame)), margin=dict(l=10, r=10, t=10, b=10), xaxis_title="mean |SHAP|")
+        st.plotly_chart(fig, width="stretch", key="global_chart")
+
+
+def evaluation_data_dir(rec: Recommender, model_dir: str, data_dir: str | None) -> Path | None:
+    """Held-out data next to the model's training split when there is one, else the loaded data."""
+    from finrec.artifacts import read_manifest
+
+    recorded = read_manifest(model_dir, verify=False).get("data_path")
+    if recorded and (Path(recorded).parent / "test").is_dir():
+        return Path(recorded).parent / "test"
+    return Path(data_dir) if data_dir else (Path(recorded) if recorded else None)
+
+
+@st.cache_data(show_spinner="Evaluating…")
+def compute_evaluation(model_dir: str, data_dir: str | None, eval_dir: str) -> dict:
+    from finrec.data.io import load_dataset
+    from finrec.evaluate.report import evaluate
+
+    rec = load_recommender(model_dir, data_dir)
+    return {"k": K, "data": eval_dir, "results": evaluate(rec.trained, load_dataset(eval_dir), k=K)}
+
+
+def model_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
+    config = rec.trained.config
+    history = rec.trained.history
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Products", len(rec.pipeline.product_ids_))
+    c2.metric("Known customers", f"{len(rec.known_customers):,}")
+    c3.metric("Embedding size", rec.product_embeddings.shape[1])
+    c4.metric("Epochs trained", len(history.get("loss", [])))
+    st.markdown("##### Ranking quality")
+    path = Path(model_dir).resolve().parent / EVALUATION_FILE
+    evaluation = None
+    if path.is_file():
+        try:
+            evaluation = json.loads(path.read_text(encoding="utf-8"))
+            st.caption(f"From `{path}` (data: `{evaluation.get('data')}`)")
+        except (OSError, json.JSONDecodeError) as exc:
+            st.warning(f"{path}: cannot read it ({exc})")
+    if evaluation is None:
+        eval_dir = evaluation_data_dir(rec, model_dir, data_dir)
+        if eval_dir is None:
+            st.info("No evaluation file and no data to evaluate on.")
+        else:
+            st.caption(f"No `{EVALUATION_FILE}` next to the model. Evaluate on `{eval_dir}`"
+                       + ("" if eval_dir.name == "test" else " (customers the model may have seen: optimistic)"))
+            if st.button("Compute the evaluation", key="evaluate_button") or st.session_state.get("evaluated") == str(eval_dir):
+                evaluation = compute_evaluation(model_dir, data_dir, str(eval_dir))
+                st.session_state["evaluated"] = str(eval_dir)
+    if evaluation:
+        table = pd.DataFrame(evaluation["results"]).T
+        st.dataframe(table.style.format("{:.4f}", subset=[c for c in table.columns if c != "customers"]),
+                     width="stretch", key="evaluation_table")
+    st.markdown("##### Training curves")
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    monitor = f"val_ndcg@{config.training.eval_k}"
+    left, right = st.columns(2)
+    if len(epochs):
+        loss = go.Figure(go.Scatter(x=epochs, y=history["loss"], mode="lines+markers", line_color=ACCENT))
+        loss.update_layout(title="training loss", xaxis_title="epoch", height=300, margin=dict(l=10, r=10, t=40, b=10))
+        left.plotly_chart(loss, width="stretch", key="loss_curve")
+    if history.get(monitor):
+        ndcg = go.Figure(go.Scatter(x=epochs, y=history[monitor], mode="lines+markers", line_color="#2ca02c"))
+        ndcg.update_layout(title=f"validation nDCG@{config.training.eval_k}", xaxis_title="epoch", height=300,
+                           margin=dict(l=10, r=10, t=40, b=10))
+        right.plotly_chart(ndcg, width="stretch", key="ndcg_curve")
+    with st.expander("Configuration"):
+        st.json(config.to_dict())
+
+
+# ------------------------------------------------------------------------------------ page
+def page() -> None:
+    st.markdown(
+        f"<h2 style='margin-bottom:0;color:{ACCENT}'>🏦 finrec · product recommendations</h2>"
+        "<p style='color:#666;margin-top:0'>A two-tower model matches each customer with the bank's products; "
+        "suitability and eligibility rules are applied before the top 5.</p>",
+        unsafe_allow_html=True,
+    )
+    model_dir = st.sidebar.text_input("Model directory", value=DEFAULT_MODEL, key="model_dir").strip() or DEFAULT_MODEL
+    if not (Path(model_dir) / MANIFEST).is_file():
+        start_panel(model_dir)
+        return
+    # FINREC_DATA belongs to FINREC_MODEL; another model uses the data its manifest records, and a
+    # model just built here uses the whole demo bank it was built from.
+    data_dir = (os.environ.get("FINREC_DATA") or None) if model_dir == DEFAULT_MODEL else None
+    built = st.session_state.get("built_data")
+    if built and Path(built).parent == Path(model_dir).parent and not os.environ.get("FINREC_DATA"):
+        data_dir = built
+    rec = load_recommender(model_dir, data_dir)
+    subject = choose_customer(rec)
+    filters = choose_filters(rec)
+    names = ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model"]
+    if subject is None:
+        (tab,) = st.tabs(["Model"])
+        with tab:
+            model_tab(model_dir, data_dir, rec)
+        return
+    start = time.perf_counter()
+    result = rec.recommend(subject.request(), k=K, filters=filters)
+    st.markdown(f"#### {subject.label}")
+    tabs = dict(zip(names, st.tabs(names)))
+    with tabs["Recommendations"]:
+        recommendations_tab(rec, subject, filters, result)
+        st.caption(f"Recommended in {(time.perf_counter() - start) * 1000:.1f} ms")
+    with tabs["Profile"]:
+        profile_tab(rec, subject, population_frame(model_dir, data_dir))
+    with tabs["What-if"]:
+        what_if_tab(rec, subject, filters, result)
+    with tabs["Embeddings"]:
+        embeddings_tab(model_dir, data_dir, rec, subject, result)
+    with tabs["Explain (SHAP)"]:
+        explain_tab(model_dir, data_dir, rec, subject, result)
+    with tabs["Model"]:
+        model_tab(model_dir, data_dir, rec)
+
+
+def _is_streamlit_control(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("streamlit")
+
+
+try:
+    page()
+except FinrecError as exc:
+    st.error(str(exc))
+except Exception as exc:  # noqa: BLE001 - no raw tracebacks on the page
+    if _is_streamlit_control(exc) or os.environ.get("FINREC_DEBUG"):
+        raise
+    st.error(f"Internal error: {type(exc).__name__}: {exc} (set FINREC_DEBUG=1 to see the traceback)")

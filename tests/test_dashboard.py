@@ -1,0 +1,181 @@
+"""The Streamlit dashboard, driven in-process with ``streamlit.testing``."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from finrec.data import schema as S  # noqa: E402
+
+SCRIPT = str(Path(__file__).resolve().parents[1] / "Recommendation_Dashboard.py")
+
+
+@pytest.fixture
+def app(monkeypatch, model_dir, small_data_dir):
+    monkeypatch.setenv("FINREC_MODEL", str(model_dir))
+    monkeypatch.setenv("FINREC_DATA", str(small_data_dir))
+    at = AppTest.from_file(SCRIPT, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def rerun(widget) -> AppTest:
+    """Run the app after changing ``widget``; the page must show no exception and no error."""
+    at = widget.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first dataframe on the page with ``column`` (AppTest does not expose their keys)."""
+    for element in at.dataframe:
+        value = element.value
+        if column in value.columns:
+            return value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def recommendations(at: AppTest) -> pd.DataFrame:
+    return frame_with(at, "suitability")
+
+
+def risk(table: pd.DataFrame) -> pd.Series:
+    return table[S.SYNTHETIC.risk_level]
+
+
+def test_page_shows_five_recommendations(app):
+    assert not app.error
+    assert [t.label for t in app.tabs] == ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model"]
+    table = recommendations(app)
+    assert len(table) == 5 and table["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert table["suitability"].str.startswith("✅ Suitable").all()
+    assert any("Recommended in" in c.value for c in app.caption)
+    assert len(app.get("plotly_chart")) >= 5  # percentiles, gauge, map, two curves
+
+
+def test_customer_and_filter_controls(app, small_dataset):
+    first = app.selectbox(key="customer_id").value
+    other = app.selectbox(key="customer_id").options[3]
+    rerun(app.selectbox(key="customer_id").set_value(other))
+    assert any(other in m.value for m in app.markdown) and other != first
+
+    rerun(app.radio(key="preset").set_value("conservative"))
+    assert (risk(recommendations(app)) <= 3).all()
+
+    category = S.SYNTHETIC.category
+    rerun(app.multiselect(key="categories").set_value(["savings_account", "term_deposit"]))
+    table = recommendations(app)
+    assert set(table[category]) <= {"savings_account", "term_deposit"}
+    assert any("Fewer than 5" in w.value for w in app.warning) or len(table) == 5
+
+    rerun(app.multiselect(key="categories").set_value([]))
+    rerun(app.radio(key="preset").set_value("balanced"))
+    held = set(small_dataset.holdings.product_id[small_dataset.holdings.customer_id == other])
+    rerun(app.checkbox(key="exclude_held").uncheck())
+    assert len(recommendations(app)) == 5
+    rerun(app.checkbox(key="exclude_held").check())
+    assert not set(recommendations(app)[S.PRODUCT_ID]) & held
+
+
+def test_segment_search_and_bands(app, small_dataset):
+    customers = small_dataset.customers
+    rerun(app.text_input(key="search").input(customers.customer_id.iloc[10]))
+    assert app.selectbox(key="customer_id").value == customers.customer_id.iloc[10]
+    rerun(app.text_input(key="search").input(""))
+    segment = app.selectbox(key="segment").value
+    value = sorted(customers[segment].unique())[0]
+    rerun(app.multiselect(key=f"segment_values_{segment}").set_value([value]))
+    rerun(app.slider(key="age_band").set_value((30, 50)))
+    rerun(app.slider(key="risk_band").set_value((4, 7)))
+    chosen = customers.set_index("customer_id").loc[app.selectbox(key="customer_id").value]
+    assert chosen[segment] == value and 30 <= chosen[S.AGE] <= 50 and chosen[S.SYNTHETIC.risk_tolerance] >= 4
+    rerun(app.text_input(key="search").input("no-such-customer"))
+    assert any("No customer matches" in w.value for w in app.sidebar.warning)
+
+
+def test_what_if_slider(app):
+    cid = app.selectbox(key="customer_id").value
+    before = recommendations(app)
+    assert frame_with(app, "move")["move"].eq("=").all()
+    rerun(app.slider(key=f"wi_risk_id:{cid}").set_value(1))
+    after = frame_with(app, "move")
+    assert len(after) >= 1 and "move" in after
+    assert (recommendations(app)["product_id"] == before["product_id"]).all()  # the original is unchanged
+    rerun(app.slider(key=f"wi_income_id:{cid}").set_value(0.0))
+    rerun(app.slider(key=f"wi_digital_id:{cid}").set_value(1.0))
+
+
+def _upload(app: AppTest, data: bytes, name: str = "customers.csv") -> AppTest:
+    app.radio(key="source").set_value("Upload CSV").run()
+    app.file_uploader(key="upload").set_value((name, data, "text/csv"))
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_upload_good_csv(app, small_dataset):
+    frame = small_dataset.customers.iloc[:3]
+    _upload(app, frame.to_csv(index=False).encode())
+    assert not app.error
+    assert app.selectbox(key="upload_customer").options == frame.customer_id.tolist()
+    assert len(recommendations(app)) == 5
+
+
+@pytest.mark.parametrize("change, column, row", [
+    (lambda f: f.drop(columns=[S.INCOME]), S.INCOME, None),
+    (lambda f: f.assign(**{S.CREDIT_SCORE: ["high", 700]}), S.CREDIT_SCORE, 1),
+    (lambda f: f.assign(**{S.INCOME: [1000.0, -1.0]}), S.INCOME, 2),
+    (lambda f: f.assign(**{S.AGE: [12, 40]}), S.AGE, 1),
+])
+def test_upload_bad_csv_names_the_column(app, small_dataset, change, column, row):
+    bad = change(small_dataset.customers.iloc[:2].copy())
+    _upload(app, bad.to_csv(index=False).encode())
+    assert len(app.error) == 1
+    message = app.error[0].value
+    assert column in message and (row is None or f"row {row}" in message)
+    assert "Traceback" not in message
+
+
+def test_upload_too_big(app):
+    _upload(app, b"a,b\n" + b"1,2\n" * 300_000, "big.csv")
+    assert "1 MB" in app.error[0].value
+
+
+def test_shap_explanation(app):
+    rerun(app.button(key="shap_button").click())
+    assert any("difference" in s.value and "< 1e-4" in s.value for s in app.success)
+    assert any(c.value.startswith("Explained in") for c in app.caption)
+    assert len(app.get("plotly_chart")) >= 6
+
+
+def test_model_tab_evaluates_on_demand(app):
+    assert app.button(key="evaluate_button")
+    rerun(app.button(key="evaluate_button").click())
+    table = frame_with(app, "customers")
+    assert {"model", "popularity", "random"} <= set(table.index)
+
+
+def test_start_panel_without_a_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("FINREC_MODEL", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("FINREC_DATA", raising=False)
+    at = AppTest.from_file(SCRIPT, default_timeout=60).run()
+    assert not at.exception
+    assert at.button(key="build").label == "Build the demo bank and train the default model"
+    assert not at.tabs
+
+
+def test_damaged_model_is_an_error_not_a_traceback(monkeypatch, tmp_path, model_dir):
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    (broken / "history.json").write_text("{}")
+    monkeypatch.setenv("FINREC_MODEL", str(broken))
+    at = AppTest.from_file(SCRIPT, default_timeout=60).run()
+    assert not at.exception
+    assert "history.json" in at.error[0].value
