@@ -79,3 +79,18 @@ def test_exclude_protected_drops_columns(small_dataset):
     p = FeaturePipeline(small_dataset.schema, exclude_protected=True).fit(small_dataset)
     used = [s.column for s in p.customer_numeric_] + list(p.customer_vocab_)
     assert "gender" not in used and "age" not in used
+
+
+def test_transform_record_equals_frame_path(pipeline, small_dataset):
+    rng = np.random.default_rng(0)
+    rows = small_dataset.customers.sample(25, random_state=1).copy()
+    rows.loc[rows.index[:5], "income"] = np.nan
+    rows.loc[rows.index[5:8], "region"] = "Atlantis"
+    for _, row in rows.iterrows():
+        held = sorted(rng.choice(pipeline.n_products, size=2, replace=False).tolist())
+        links = pd.DataFrame({"customer_id": [row["customer_id"]] * 2, "product_id": [pipeline.product_ids_[j] for j in held]})
+        frame = pipeline.transform_customers(row.to_frame().T.astype(small_dataset.customers.dtypes.to_dict()), links)
+        record = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.to_dict().items()}
+        fast = pipeline.transform_record(record, held)
+        for key in frame:
+            np.testing.assert_allclose(fast[key], frame[key], atol=1e-6, err_msg=key)

@@ -165,6 +165,26 @@ class FeaturePipeline:
             out[HOLDINGS_INPUT] = self.holdings_matrix(ids, holdings).astype("float32")
         return out
 
+    def transform_record(self, record: dict[str, Any], held_positions: list[int] | np.ndarray = ()) -> dict[str, np.ndarray]:
+        """The inputs of one customer given as a dict of raw values, without pandas (the request
+        path: ~20 µs instead of ~10 ms). Identical to ``transform_customers`` on a one-row frame."""
+        numeric = np.empty((1, len(self.customer_numeric_)), dtype="float32")
+        for j, stats in enumerate(self.customer_numeric_):
+            value = record.get(stats.column)
+            numeric[0, j] = stats.transform(np.array([np.nan if value is None else float(value)]))[0]
+        out = {CUSTOMER_NUMERIC: numeric}
+        if not hasattr(self, "_code_of"):
+            self._code_of = {col: {v: i + 1 for i, v in enumerate(vocab)} for col, vocab in self.customer_vocab_.items()}
+        for i, col in enumerate(self.customer_vocab_):
+            value = record.get(col)
+            missing = value is None or (isinstance(value, float) and np.isnan(value))
+            out[f"customer_cat_{i}"] = np.array([0 if missing else self._code_of[col].get(str(value), 0)], dtype="int32")
+        if self.use_holdings:
+            holdings = np.zeros((1, self.n_products), dtype="float32")
+            holdings[0, np.asarray(held_positions, dtype=int)] = 1.0
+            out[HOLDINGS_INPUT] = holdings
+        return out
+
     def transform_products(self, products: pd.DataFrame) -> dict[str, np.ndarray]:
         """Model inputs for the catalogue, in the fitted product order."""
         pid = self.schema.products.id

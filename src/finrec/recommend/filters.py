@@ -126,6 +126,21 @@ def customer_attributes(customers: pd.DataFrame, schema: S.DatasetSchema) -> dic
     }
 
 
+def record_attributes(record: dict[str, Any], schema: S.DatasetSchema) -> dict[str, np.ndarray]:
+    """``customer_attributes`` for one customer given as a dict of already-checked values."""
+
+    def value(name: str | None) -> np.ndarray:
+        raw = record.get(name) if name else None
+        return np.array([np.nan if raw is None else float(raw)])
+
+    return {
+        "risk_tolerance": value(schema.customers.risk),
+        S.INCOME: value(S.INCOME),
+        S.CREDIT_SCORE: value(S.CREDIT_SCORE),
+        S.AGE: value(S.AGE),
+    }
+
+
 def exclusion_masks(attributes: dict[str, np.ndarray], held: np.ndarray, catalogue: Catalogue, filters: Filters) -> dict[str, np.ndarray]:
     """bool [n, P] per rule (True = excluded by that rule); rules that do not apply are absent."""
     masks: dict[str, np.ndarray] = {}

@@ -31,6 +31,10 @@ preallocated buffers, so the intermediate activations stay in cache and the matm
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +45,66 @@ UNIT_NORM_EPSILON = 1e-12
 DEFAULT_CHUNK = 2048  # rows per pass: activations stay in L2/L3, matmuls stay BLAS-efficient
 
 _F32 = np.float32
+# Batches of at least this many rows are split over worker threads (with BLAS limited to one
+# thread each, when threadpoolctl is installed): OpenBLAS' own threading of many medium-sized
+# matmuls collapses as soon as another process busies a core (10x slower on 2 shared cores).
+PARALLEL_MIN_ROWS = 32768
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Inside: BLAS runs single-threaded (our worker threads do the parallelism). Yields False,
+    and changes nothing, without threadpoolctl. Reference-counted, so overlapping calls from
+    several threads restore the original limit once, when the last one leaves."""
+    global _blas_users, _blas_limit
+    try:
+        import threadpoolctl
+    except ImportError:
+        yield False
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limit = threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield True
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_ranges(n: int, chunk: int, workers: int | None, run) -> None:
+    """``run(start, stop)`` over [0, n): at once when small, else split at chunk boundaries
+    over worker threads (numpy releases the GIL in matmuls and ufuncs)."""
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or n < PARALLEL_MIN_ROWS:
+        run(0, n)
+        return
+    with _single_threaded_blas() as limited:
+        if not limited:
+            run(0, n)
+            return
+        chunks = -(-n // chunk)
+        per_worker = -(-chunks // workers)
+        bounds = [(start, min(start + per_worker * chunk, n)) for start in range(0, n, per_worker * chunk)]
+        with ThreadPoolExecutor(len(bounds)) as pool:
+            for future in [pool.submit(run, start, stop) for start, stop in bounds]:
+                future.result()
 
 
 def _numpy(value) -> np.ndarray:
@@ -84,10 +148,11 @@ class NumpyTower:
     layers: list[np.ndarray]  # augmented kernels: (dense + folded BN, ReLU) ..., then the output
     flops: int  # of the Keras model, 2 x multiply-adds (see ``flops_per_customer``)
     chunk_size: int = DEFAULT_CHUNK
+    workers: int | None = None  # threads for large batches; None: the CPUs this process may use
 
     # ------------------------------------------------------------------------ construction
     @classmethod
-    def from_keras(cls, tower, chunk_size: int = DEFAULT_CHUNK) -> "NumpyTower":
+    def from_keras(cls, tower, chunk_size: int = DEFAULT_CHUNK, workers: int | None = None) -> "NumpyTower":
         """Extract the weights of ``tower`` (the customer tower, or a two-tower model that
         contains a ``customer_tower`` layer)."""
         from keras import layers as KL
@@ -181,7 +246,7 @@ class NumpyTower:
 
         return cls(parts=parts, input_width=input_width, bag=bag, crosses=crosses,
                    layers=[_augment(kernel, bias) for kernel, bias in linears],
-                   flops=int(flops_per_example(tower)), chunk_size=chunk_size)
+                   flops=int(flops_per_example(tower)), chunk_size=chunk_size, workers=workers)
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -212,7 +277,12 @@ class NumpyTower:
         out = np.empty((n, self.embedding_dim), dtype=_F32)
         if n == 0:
             return out
-        c = min(n, self.chunk_size)
+        _run_ranges(n, self.chunk_size, self.workers, lambda start, stop: self._forward(arrays, out, start, stop))
+        return out
+
+    def _forward(self, arrays: list[np.ndarray], out: np.ndarray, begin: int, end: int) -> None:
+        """Rows begin:end of ``out``, chunk by chunk through this call's own buffers."""
+        c = min(end - begin, self.chunk_size)
         d = self.input_width
         # Work buffers, reused by every chunk; each ends in a column of ones (the bias input).
         x_in = np.ones((c, d + 1), dtype=_F32)
@@ -222,8 +292,8 @@ class NumpyTower:
         # np.maximum against an array is several times faster than against a scalar 0
         zeros = np.zeros(max((a.size for a in acts), default=0), dtype=_F32)
         norms = np.empty(c, dtype=_F32)
-        for start in range(0, n, c):
-            stop = min(start + c, n)
+        for start in range(begin, end, c):
+            stop = min(start + c, end)
             m = stop - start
             x = x_in[:m]
             # -- the concatenated input
@@ -259,7 +329,6 @@ class NumpyTower:
             np.maximum(s, _F32(UNIT_NORM_EPSILON * UNIT_NORM_EPSILON), out=s)
             np.sqrt(s, out=s)
             np.divide(y, s[:, None], out=y)
-        return out
 
 
 # ---------------------------------------------------------------------------------- top K
@@ -267,7 +336,7 @@ SMALL_TOP_K = 64  # up to this many rows, sort each row; beyond, select column-w
 TOP_K_CHUNK = 8192
 
 
-def top_k(scores: np.ndarray, excluded: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k(scores: np.ndarray, excluded: np.ndarray | None, k: int, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` products per row, best first: indices int [n, k'] and scores [n, k'].
 
     ``excluded`` (bool [n, P], or None) products are never returned, nor are products whose
@@ -285,10 +354,11 @@ def top_k(scores: np.ndarray, excluded: np.ndarray | None, k: int) -> tuple[np.n
         if excluded.shape != scores.shape:
             raise ValueError(f"excluded has shape {excluded.shape}, scores {scores.shape}")
     return _top_k(lambda: scores, lambda start, stop, out: np.copyto(out, scores[start:stop].T),
-                  scores.shape[0], scores.shape[1], scores.dtype, excluded, k)
+                  scores.shape[0], scores.shape[1], scores.dtype, excluded, k, workers=workers)
 
 
-def _top_k(scores, columns_of, n: int, p: int, dtype, excluded: np.ndarray | None, k: int, chunk: int | None = None):
+def _top_k(scores, columns_of, n: int, p: int, dtype, excluded: np.ndarray | None, k: int,
+           chunk: int | None = None, workers: int | None = None):
     """``top_k``. ``scores()`` gives the whole [n, P] matrix (used for a few rows);
     ``columns_of(start, stop, out)`` writes the scores of rows start:stop transposed, [P, m],
     into ``out`` (so the whole matrix never has to exist at once)."""
@@ -306,49 +376,54 @@ def _top_k(scores, columns_of, n: int, p: int, dtype, excluded: np.ndarray | Non
         # Many rows: per chunk, scores as [P, m] so that each of the k passes is a handful of
         # vectorised operations across customers instead of one small call per row.
         c = min(n, chunk or TOP_K_CHUNK)
-        flat = np.empty(p * c, dtype=dtype)
-        hit = np.empty(p * c, dtype=bool)
-        weight_type = np.uint8 if p <= 256 else np.int32
-        ranks = np.empty(p * c, dtype=weight_type)
-        reverse = (p - 1 - np.arange(p)).astype(weight_type)[:, None]  # the lower index wins ties
-        if excluded is not None:
-            excluded_bytes = np.empty(p * c, dtype=np.uint8)
-            penalty = np.empty(p * c, dtype=dtype)
-        tops, picks = np.empty((k, c), dtype=dtype), np.empty((k, c), dtype=np.intp)
-        offsets = np.arange(c)
-        for start in range(0, n, c):
-            stop = min(start + c, n)
-            m = stop - start
-
-            def view(buffer):  # a contiguous [P, m] view of a flat buffer
-                return buffer[: p * m].reshape(p, m)
-
-            columns = view(flat)
-            columns_of(start, stop, columns)
-            if excluded is not None:
-                # +inf where allowed, -inf where excluded: min() keeps the score or excludes it
-                g = view(penalty)
-                np.copyto(view(excluded_bytes), excluded[start:stop].view(np.uint8).T)
-                np.copyto(g, view(excluded_bytes))
-                np.subtract(0.5, g, out=g)
-                np.multiply(g, np.inf, out=g)
-                np.minimum(columns, g, out=columns)
-            h, r = view(hit), view(ranks)
-            for j in range(k):
-                top, pick = tops[j, :m], picks[j, :m]
-                columns.max(axis=0, out=top)
-                np.equal(columns, top, out=h)
-                np.multiply(h, reverse, out=r)
-                np.subtract(p - 1, r.max(axis=0), out=pick, casting="unsafe")
-                flat[pick * m + offsets[:m]] = -np.inf  # knock the pick out for the next pass
-            index[start:stop] = picks[:, :m].T
-            best[start:stop] = tops[:, :m].T
+        _run_ranges(n, c, workers, lambda start, stop: _select(columns_of, p, dtype, excluded, k, c, index, best, start, stop))
     missing = best == -np.inf
     if missing.any():
         index[missing] = -1
         keep = int((~missing).sum(axis=1).max())
         index, best = index[:, :keep], best[:, :keep]
     return index, best
+
+
+def _select(columns_of, p, dtype, excluded, k, c, index, best, begin, end) -> None:
+    """Rows begin:end of ``index`` and ``best``, chunks of ``c`` rows, this call's own buffers."""
+    flat = np.empty(p * c, dtype=dtype)
+    hit = np.empty(p * c, dtype=bool)
+    weight_type = np.uint8 if p <= 256 else np.int32
+    ranks = np.empty(p * c, dtype=weight_type)
+    reverse = (p - 1 - np.arange(p)).astype(weight_type)[:, None]  # the lower index wins ties
+    if excluded is not None:
+        excluded_bytes = np.empty(p * c, dtype=np.uint8)
+        penalty = np.empty(p * c, dtype=dtype)
+    tops, picks = np.empty((k, c), dtype=dtype), np.empty((k, c), dtype=np.intp)
+    offsets = np.arange(c)
+    for start in range(begin, end, c):
+        stop = min(start + c, end)
+        m = stop - start
+
+        def view(buffer):  # a contiguous [P, m] view of a flat buffer
+            return buffer[: p * m].reshape(p, m)
+
+        columns = view(flat)
+        columns_of(start, stop, columns)
+        if excluded is not None:
+            # +inf where allowed, -inf where excluded: min() keeps the score or excludes it
+            g = view(penalty)
+            np.copyto(view(excluded_bytes), excluded[start:stop].view(np.uint8).T)
+            np.copyto(g, view(excluded_bytes))
+            np.subtract(0.5, g, out=g)
+            np.multiply(g, np.inf, out=g)
+            np.minimum(columns, g, out=columns)
+        h, r = view(hit), view(ranks)
+        for j in range(k):
+            top, pick = tops[j, :m], picks[j, :m]
+            columns.max(axis=0, out=top)
+            np.equal(columns, top, out=h)
+            np.multiply(h, reverse, out=r)
+            np.subtract(p - 1, r.max(axis=0), out=pick, casting="unsafe")
+            flat[pick * m + offsets[:m]] = -np.inf  # knock the pick out for the next pass
+        index[start:stop] = picks[:, :m].T
+        best[start:stop] = tops[:, :m].T
 
 
 @dataclass
@@ -377,7 +452,7 @@ class ProductIndex:
         return np.asarray(customer_embeddings, dtype=_F32) @ self._transposed
 
     def recommend(self, customer_embeddings: np.ndarray, excluded: np.ndarray | None = None, k: int = 5,
-                  chunk_size: int = TOP_K_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+                  chunk_size: int = TOP_K_CHUNK, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``top_k(self.scores(customer_embeddings), excluded, k)`` with the scores computed
         chunk by chunk (the [n, P] matrix never exists whole)."""
         emb = np.asarray(customer_embeddings, dtype=_F32)
@@ -390,7 +465,7 @@ class ProductIndex:
         def columns_of(start, stop, out):  # [P, m] = P_emb @ emb[start:stop]^T
             np.matmul(self.product_embeddings, emb[start:stop].T, out=out)
 
-        return _top_k(lambda: self.scores(emb), columns_of, n, p, _F32, excluded, k, chunk_size)
+        return _top_k(lambda: self.scores(emb), columns_of, n, p, _F32, excluded, k, chunk_size, workers)
 
 
 __all__ = ["NumpyTower", "ProductIndex", "top_k", "UNIT_NORM_EPSILON"]

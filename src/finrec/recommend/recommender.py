@@ -135,33 +135,44 @@ class Recommender:
         )
 
     def _from_features(self, features: dict) -> CustomerContext:
-        """A new customer given as raw feature values; ``holdings`` may list held product ids."""
+        """A new customer given as raw feature values; ``holdings`` may list held product ids.
+        Missing features are imputed like missing values in training (median / OOV)."""
         features = dict(features)
         held_ids = features.pop(S.HOLDINGS, None) or []
         if isinstance(held_ids, str) or not isinstance(held_ids, (list, tuple)):
             raise DataError("features.holdings must be a list of product ids")
-        unknown = [p for p in held_ids if str(p) not in set(self.pipeline.product_ids_)]
-        if unknown:
-            raise DataError(f"features.holdings: unknown product id(s) {', '.join(map(repr, unknown[:5]))}")
-        cid = self.schema.customers.id
-        frame = pd.DataFrame([{**features, cid: str(features.get(cid, "new"))}])
+        positions = self.pipeline.product_positions([str(p) for p in held_ids]) if held_ids else np.array([], int)
+        if (positions < 0).any():
+            unknown = [held_ids[i] for i in np.flatnonzero(positions < 0)[:5]]
+            raise DataError(f"features.holdings: unknown product id(s) {', '.join(repr(str(p)) for p in unknown)}")
+        record: dict[str, Any] = {}
         for column in self.schema.customers.numeric_features:
-            if column in frame:
-                value = frame[column].iloc[0]
-                if value is not None and not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
-                    raise DataError(f"features.{column} must be a number, got {value!r}")
-                if isinstance(value, float) and math.isinf(value):
-                    raise DataError(f"features.{column} must be finite")
+            value = features.get(column)
+            if value is None:
+                continue
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise DataError(f"features.{column} must be a number, got {_plain(value)!r}")
+            if not math.isfinite(float(value)):
+                raise DataError(f"features.{column} must be a finite number, got {_plain(value)!r}")
+            record[column] = float(value)
         risk = self.schema.customers.risk
-        if risk and risk in frame and frame[risk].notna().all():
-            r = float(frame[risk].iloc[0])
+        if risk and risk in record:
+            r = record[risk]
             if not r.is_integer() or not S.RISK_MIN <= r <= S.RISK_MAX:
-                raise DataError(f"features.{risk} must be an integer from {S.RISK_MIN} to {S.RISK_MAX}, got {frame[risk].iloc[0]!r}")
-        missing = [c for c in self.schema.customers.feature_columns if c not in frame]
-        for column in missing:  # imputed by the pipeline (numeric median / OOV category)
-            frame[column] = np.nan if column in self.schema.customers.numeric_features else None
-        holdings = pd.DataFrame({S.CUSTOMER_ID: [frame[cid].iloc[0]] * len(held_ids), S.PRODUCT_ID: [str(p) for p in held_ids]})
-        return self.context(frame, holdings)
+                raise DataError(f"features.{risk} must be an integer from {S.RISK_MIN} to {S.RISK_MAX}, got {_plain(features[risk])!r}")
+        for column in self.schema.customers.categorical_features:
+            value = features.get(column)
+            if value is not None:
+                if isinstance(value, (dict, list, tuple)):
+                    raise DataError(f"features.{column} must be a single value, got {type(value).__name__}")
+                record[column] = str(value)
+        cid = self.schema.customers.id
+        return CustomerContext(
+            ids=np.array([str(features.get(cid, "new"))], dtype=object),
+            inputs=self.pipeline.transform_record(record, positions),
+            attributes=F.record_attributes(record, self.schema),
+            held=np.isin(np.arange(self.pipeline.n_products), positions)[None, :],
+        )
 
     # ------------------------------------------------------------------------------ scoring
     def scores(self, context: CustomerContext) -> np.ndarray:
@@ -227,6 +238,11 @@ class Recommender:
         record = self.dataset.customers.iloc[row].to_dict()
         held = [self.pipeline.product_ids_[j] for j in np.flatnonzero(self._known.held[row])]
         return {"customer_id": str(customer_id), "attributes": _jsonable(record), "holdings": held}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as plain Python values, for messages."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _product_details(products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> list[dict[str, Any]]:
