@@ -124,16 +124,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _filters_from(args) -> dict:
+    filters = {"preset": args.preset, "suitability": not args.no_suitability, "exclude_held": not args.include_held}
+    if args.category:
+        filters["include_categories"] = args.category
+    if args.exclude_category:
+        filters["exclude_categories"] = args.exclude_category
+    return filters
+
+
 def cmd_score(args) -> int:
     _quiet_backend()
     from finrec.artifacts import load_model_dir
-    from finrec.data.io import load_dataset
+    from finrec.data.io import read_schema
     from finrec.recommend.batch import score_dataset
+    from finrec.recommend.recommender import Recommender
 
-    dataset = load_dataset(args.data, require_interactions=False)
-    loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
-    rows = score_dataset(loaded.trained, dataset, args.out, k=args.k)
-    print(f"wrote {rows} recommendations for {len(dataset.customers)} customers to {args.out}")
+    schema = read_schema(args.data)
+    loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
+    filters = {"suitability": False, "eligibility": False} if args.unfiltered else _filters_from(args)
+    customers, rows = score_dataset(Recommender(loaded.trained), args.data, args.out, k=args.k, filters=filters,
+                                    chunk_rows=args.chunk_rows)
+    print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
     return 0
 
 
@@ -142,12 +154,7 @@ def cmd_recommend(args) -> int:
     from finrec.recommend.recommender import Recommender
 
     recommender = Recommender.load(args.model, args.data)
-    filters = {"preset": args.preset, "suitability": not args.no_suitability, "exclude_held": not args.include_held}
-    if args.category:
-        filters["include_categories"] = args.category
-    if args.exclude_category:
-        filters["exclude_categories"] = args.exclude_category
-    result = recommender.recommend(args.customer_id, k=args.k, filters=filters)
+    result = recommender.recommend(args.customer_id, k=args.k, filters=_filters_from(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
         return 0
@@ -170,6 +177,14 @@ def cmd_serve(args) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
+
+
+def _filter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["balanced", "conservative", "risk_tolerant"], default="balanced")
+    p.add_argument("--category", action="append", help="only these product categories (repeatable)")
+    p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
+    p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
+    p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help=".csv or .parquet")
     p.add_argument("--k", type=_positive_int, default=5)
+    _filter_arguments(p)
+    p.add_argument("--unfiltered", action="store_true",
+                   help="exclude held products only, as `evaluate` ranks (to recompute its metrics)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=262_144, help="customers per chunk (bounds memory)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("recommend", help="the top K eligible products of one customer, with reasons")
@@ -225,11 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customer-id", required=True)
     p.add_argument("--data", type=Path, help="customer data (default: the model's training data)")
     p.add_argument("-k", "--k", type=_positive_int, default=5)
-    p.add_argument("--preset", choices=["balanced", "conservative", "risk_tolerant"], default="balanced")
-    p.add_argument("--category", action="append", help="only these product categories (repeatable)")
-    p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
-    p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
-    p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
+    _filter_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
 

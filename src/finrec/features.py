@@ -83,7 +83,7 @@ def _vocabulary(values: pd.Series) -> list[str]:
 
 def _codes(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
     """Vocabulary position + 1; 0 for missing or unseen values (the OOV slot)."""
-    text = values.map(lambda v: None if pd.isna(v) else str(v))
+    text = values.astype(str).where(values.notna(), None)
     codes = pd.Categorical(text, categories=vocabulary).codes.astype("int32")
     return codes + 1
 
@@ -151,8 +151,10 @@ class FeaturePipeline:
         if missing:
             raise DataError(f"{where}: missing column(s) the model was trained with: {', '.join(missing)}")
 
-    def transform_customers(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-        """Model inputs for customers (rows in the order given)."""
+    def transform_customers(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None,
+                            held: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for customers (rows in the order given). Holdings come from the
+        ``holdings`` link table or, already as bool [n, P], from ``held``."""
         self.check_customer_columns(customers)
         numeric = np.empty((len(customers), len(self.customer_numeric_)), dtype="float32")
         for j, stats in enumerate(self.customer_numeric_):
@@ -161,8 +163,11 @@ class FeaturePipeline:
         for i, (col, vocab) in enumerate(self.customer_vocab_.items()):
             out[f"customer_cat_{i}"] = _codes(customers[col], vocab)
         if self.use_holdings:
-            ids = customers[self.schema.customers.id].to_numpy() if self.schema.customers.id in customers else None
-            out[HOLDINGS_INPUT] = self.holdings_matrix(ids, holdings).astype("float32")
+            if held is None:
+                cid = self.schema.customers.id
+                ids = customers[cid].to_numpy() if cid in customers else np.full(len(customers), None)
+                held = self.holdings_matrix(ids, holdings)
+            out[HOLDINGS_INPUT] = held.astype("float32")
         return out
 
     def transform_record(self, record: dict[str, Any], held_positions: list[int] | np.ndarray = ()) -> dict[str, np.ndarray]:

@@ -141,14 +141,30 @@ def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.D
 
 
 def _ids_as_text(values: pd.Series) -> pd.Series:
-    def clean(v):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return None
-        if isinstance(v, (float, np.floating)) and float(v).is_integer():
-            return str(int(v))
-        return str(v).strip()
+    """Ids as stripped text (object dtype, None when missing); ``7``, ``7.0`` and ``"7"`` agree."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype(str).astype(object)
+    if pd.api.types.is_float_dtype(values):
+        whole = values.notna() & (values == values.round())
+        text = values.astype(object).where(values.notna(), None)
+        text[whole] = values[whole].astype("int64").astype(str)
+        text[~whole & values.notna()] = values[~whole & values.notna()].astype(str)
+        return text.astype(object)
+    text = values.astype(object)
+    missing = text.isna()
+    if missing.any():
+        text = text.where(~missing, None)
+    stripped = text[~missing].astype(str).str.strip()
+    text = text.copy()
+    text[~missing] = stripped
+    return text
 
-    return values.map(clean).astype(object)
+
+def as_category_text(values: pd.Series) -> pd.Series:
+    """Category values as text (object dtype), None when missing."""
+    missing = values.isna()
+    text = values.astype(str).astype(object)
+    return text.where(~missing, None) if missing.any() else text
 
 
 def read_schema(directory: Path) -> S.DatasetSchema:
@@ -236,7 +252,7 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
         V.check_risk_scale(df, table.risk, where)
         df[table.risk] = df[table.risk].astype("int64")
     for column in table.categorical_features:
-        df[column] = df[column].map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+        df[column] = as_category_text(df[column])
     return df.reset_index(drop=True)
 
 

@@ -1,4 +1,11 @@
-"""Batch scoring: the top K products of every customer in a dataset, held products excluded."""
+"""Batch scoring: the top K eligible products of every customer in a table of any size.
+
+The customers file (Parquet or CSV) is read in chunks, so memory is bounded by the chunk size,
+the catalogue and the holdings lookup, not by the number of customers. Each chunk goes through
+the same numpy path as a single request (``Recommender``): features, customer tower, cosine
+against the precomputed product embeddings, the filter masks, then a partial sort. Rows are
+streamed to one output file that replaces ``out`` only when complete.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +13,120 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
+from finrec.atomic import atomic_path
 from finrec.data import schema as S
-from finrec.data.io import Dataset, write_table
+from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_table
+from finrec.recommend import filters as F
 from finrec.recommend.index import top_k
 
+OUTPUT_SCHEMA = pa.schema([
+    (S.CUSTOMER_ID, pa.string()),
+    ("rank", pa.int16()),
+    (S.PRODUCT_ID, pa.string()),
+    ("score", pa.float32()),
+])
+DEFAULT_CHUNK_ROWS = 262_144
 
-def recommendations_frame(customer_ids: np.ndarray, product_ids: np.ndarray, index: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """Long table ``customer_id, rank, product_id, score`` without the excluded (-inf) slots."""
+
+class HoldingsLookup:
+    """bool [n, P] rows of held products for any list of customer ids, built once."""
+
+    def __init__(self, pipeline, holdings: pd.DataFrame | None):
+        self.n_products = pipeline.n_products
+        if holdings is None or len(holdings) == 0:
+            self.index = pd.Index([], dtype=object)
+            self.matrix = np.zeros((0, self.n_products), dtype=bool)
+            return
+        self.index = pd.Index(holdings[S.CUSTOMER_ID].astype(str).unique())
+        self.matrix = pipeline.holdings_matrix(self.index.to_numpy(), holdings)
+
+    def rows(self, customer_ids: np.ndarray) -> np.ndarray:
+        positions = self.index.get_indexer(pd.Index(customer_ids))
+        held = np.zeros((len(customer_ids), self.n_products), dtype=bool)
+        found = positions >= 0
+        held[found] = self.matrix[positions[found]]
+        return held
+
+
+def score_frame(recommender, customers: pd.DataFrame, held: np.ndarray, k: int, filters: F.Filters) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (indices int [n, k'], scores [n, k'], -inf where fewer are eligible) for a frame
+    of validated customers."""
+    inputs = recommender.pipeline.transform_customers(customers, held=held)
+    scores = recommender.tower(inputs) @ recommender.product_embeddings.T
+    attributes = F.customer_attributes(customers, recommender.schema)
+    masks = F.exclusion_masks(attributes, held, recommender.catalogue, filters)
+    return top_k(scores, F.combine(masks, scores.shape), k)
+
+
+def topk_table(customer_ids: np.ndarray, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """Long table ``customer_id, rank, product_id, score``; slots with no eligible product dropped."""
     n, k = index.shape
     valid = np.isfinite(scores).ravel()
-    return pd.DataFrame({
-        S.CUSTOMER_ID: np.repeat(customer_ids, k)[valid],
-        "rank": np.tile(np.arange(1, k + 1), n)[valid],
-        S.PRODUCT_ID: product_ids[index.ravel()][valid],
-        "score": scores.ravel()[valid].astype("float32"),
-    })
+    owner = np.repeat(np.arange(n), k)[valid]
+    return pa.table({
+        S.CUSTOMER_ID: pa.array(customer_ids, pa.string()).take(owner),
+        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)[valid]),
+        S.PRODUCT_ID: product_ids.take(index.ravel()[valid]),
+        "score": pa.array(scores.ravel()[valid].astype(np.float32)),
+    }, schema=OUTPUT_SCHEMA)
 
 
-def score_dataset(trained, dataset: Dataset, out: str | Path, k: int = 5) -> int:
-    """Write the top ``k`` of every customer in ``dataset`` to ``out`` (CSV when the name ends
-    in .csv, else Parquet). Returns the number of rows written."""
-    cid = dataset.schema.customers.id
-    ids = dataset.customers[cid].to_numpy()
-    scores = trained.score(dataset.customers, dataset.holdings)
-    held = trained.pipeline.holdings_matrix(ids, dataset.holdings)
-    index, top = top_k(scores, held, k)
-    frame = recommendations_frame(ids, np.asarray(trained.pipeline.product_ids_, dtype=object), index, top)
-    write_table(frame, out)
-    return len(frame)
+def _escape(array: pa.Array) -> pa.Array:
+    values = pd.Series(array.to_numpy(zero_copy_only=False), dtype=object)
+    risky = values.str.startswith(FORMULA_PREFIXES).fillna(False).to_numpy(dtype=bool)
+    if not risky.any():
+        return array
+    values[risky] = "'" + values[risky]
+    return pa.array(values, pa.string())
+
+
+class TopKWriter:
+    """Streams tables to Parquet, or CSV with formula escaping when the name ends in .csv."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.csv = self.path.suffix == ".csv"
+        self.rows = 0
+
+    def __enter__(self):
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._writer = pacsv.CSVWriter(str(tmp), OUTPUT_SCHEMA) if self.csv else pq.ParquetWriter(str(tmp), OUTPUT_SCHEMA)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        if self.csv:
+            table = table.set_column(0, S.CUSTOMER_ID, _escape(table.column(0).combine_chunks()))
+            table = table.set_column(2, S.PRODUCT_ID, _escape(table.column(2).combine_chunks()))
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def __exit__(self, kind, value, traceback):
+        self._writer.close()
+        return self._atomic.__exit__(kind, value, traceback)
+
+
+def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[int, int]:
+    """Write the top ``k`` eligible products of every customer in ``data_dir``'s customers table
+    to ``out``. Returns (customers scored, rows written)."""
+    filters = F.Filters.build(filters)
+    data_dir = Path(data_dir)
+    customers_path = find_table(data_dir, S.CUSTOMERS)
+    holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
+    holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
+    lookup = HoldingsLookup(recommender.pipeline, holdings)
+    product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
+    table = recommender.schema.customers
+    n_customers = 0
+    with TopKWriter(Path(out)) as writer:
+        for chunk in iter_customer_chunks(customers_path, table, chunk_rows):
+            ids = chunk[table.id].to_numpy()
+            index, scores = score_frame(recommender, chunk, lookup.rows(ids), k, filters)
+            writer.write(topk_table(ids, product_ids, index, scores))
+            n_customers += len(chunk)
+    return n_customers, writer.rows
