@@ -8,7 +8,6 @@ the logic lives in ``finrec.recommend`` and ``finrec.explain``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import threading
@@ -148,7 +147,7 @@ def build_demo(model_dir: Path) -> None:
     root = model_dir.parent
     bank, split = root / "bank", root / "split"
     status = st.status("Building the demo bank…", expanded=True)
-    status.write(f"Generating 8,000 synthetic customers into `{bank}`")
+    status.write(f"Generating {GeneratorSettings().n_customers:,} synthetic customers into `{bank}`")
     write_dataset(generate(GeneratorSettings()), S.SYNTHETIC.schema(), bank)
     status.write(f"Splitting by customer into `{split}/train` and `{split}/test`")
     dataset = load_dataset(bank)
@@ -168,23 +167,7 @@ def build_demo(model_dir: Path) -> None:
             text = f"epoch {epoch + 1}/{epochs}" + (f" · validation nDCG@{config.training.eval_k} {value:.4f}" if value is not None else "")
             bar.progress(min(1.0, (epoch + 1) / epochs), text=text)
 
-    train_set = load_dataset(split / "train")
-    if "callbacks" in inspect.signature(T.fit).parameters:
-        trained = T.fit(train_set, config, verbose=0, callbacks=[Progress()])
-    else:
-        # finrec.train.fit takes no callbacks: piggy-back on its validation callback.
-        original = T.RankingValidation
-
-        class WithProgress(original):
-            def on_epoch_end(self, epoch, logs=None):
-                super().on_epoch_end(epoch, logs)
-                Progress().on_epoch_end(epoch, logs)
-
-        T.RankingValidation = WithProgress
-        try:
-            trained = T.fit(train_set, config, verbose=0)
-        finally:
-            T.RankingValidation = original
+    trained = T.fit(load_dataset(split / "train"), config, verbose=0, callbacks=[Progress()])
     bar.progress(1.0, text="Training finished (early stopping restores the best epoch)")
     save_model_dir(trained, model_dir, data_fingerprint=fingerprint(split / "train"), data_path=str((split / "train").resolve()))
     status.write("Evaluating on the held-out customers")

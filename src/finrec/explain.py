@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
-from finrec.data import synthetic as _synthetic
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.errors import DataError, FinrecError
 from finrec.features import HOLDINGS_INPUT
@@ -43,12 +42,12 @@ VALUE_RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 # Customer columns shown as percentile bars, when the schema has them (the synthetic bank names
 # the last three; other schemas fall back to their first numeric columns).
-PROFILE_COLUMNS = (S.INCOME, _synthetic._SAVINGS, S.CREDIT_SCORE, _synthetic._UTIL, _synthetic._ENG)
-DIGITAL_ENGAGEMENT = _synthetic._ENG
-SEGMENT_COLUMNS = (_synthetic._EMPLOYMENT, _synthetic._CHANNEL)
+PROFILE_COLUMNS = S.SYNTHETIC.customer_profile
+DIGITAL_ENGAGEMENT = S.SYNTHETIC.digital_engagement
+SEGMENT_COLUMNS = S.SYNTHETIC.customer_segments
 # Product detail columns of the synthetic catalogue shown on the recommendation cards.
-NAME, YIELD, DURATION = _synthetic.NAME, _synthetic._YIELD, _synthetic._DURATION
-FEE, DIGITAL_ONLY = _synthetic._FEE, _synthetic._DIGITAL
+NAME, YIELD, DURATION = S.SYNTHETIC.product_name, S.SYNTHETIC.product_yield, S.SYNTHETIC.product_duration
+FEE, DIGITAL_ONLY = S.SYNTHETIC.product_fee, S.SYNTHETIC.product_digital
 
 
 class CustomerExplainer:

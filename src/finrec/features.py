@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from finrec.data import schema as S
 from finrec.data.io import Dataset
@@ -81,11 +83,27 @@ def _vocabulary(values: pd.Series) -> list[str]:
     return sorted({str(v) for v in values.dropna()})
 
 
-def _codes(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
+def as_arrow_text(values) -> pa.Array:
+    """Values as an Arrow string array (nulls kept); zero-copy for Arrow-backed pandas text."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == pa.string() else pc.cast(values, pa.string())
+    try:
+        return pa.array(values, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        series = pd.Series(values, dtype=object)
+        return pa.array(series.astype(str).where(series.notna(), None), type=pa.string(), from_pandas=True)
+
+
+def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
+    """Index of each value in ``vocabulary`` (hash lookup in Arrow); -1 when absent or missing."""
+    return pc.index_in(as_arrow_text(values), value_set=vocabulary).fill_null(-1).to_numpy(zero_copy_only=False)
+
+
+def _codes(values: pd.Series, vocabulary: list[str] | pa.Array) -> np.ndarray:
     """Vocabulary position + 1; 0 for missing or unseen values (the OOV slot)."""
-    text = values.astype(str).where(values.notna(), None)
-    codes = pd.Categorical(text, categories=vocabulary).codes.astype("int32")
-    return codes + 1
+    if not isinstance(vocabulary, pa.Array):
+        vocabulary = pa.array(vocabulary, type=pa.string())
+    return (positions_in(values, vocabulary) + 1).astype("int32")
 
 
 class FeaturePipeline:
@@ -117,7 +135,6 @@ class FeaturePipeline:
             for col in p.numeric_features
         ]
         self.product_vocab_ = {col: _vocabulary(dataset.products[col]) for col in p.categorical_features}
-        self._index = pd.Index(self.product_ids_)
         adopted = self.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
         self.product_popularity_ = np.bincount(adopted[adopted >= 0], minlength=self.n_products).tolist()
         return self
@@ -160,8 +177,8 @@ class FeaturePipeline:
         for j, stats in enumerate(self.customer_numeric_):
             numeric[:, j] = stats.transform(pd.to_numeric(customers[stats.column], errors="coerce").to_numpy())
         out = {CUSTOMER_NUMERIC: numeric}
-        for i, (col, vocab) in enumerate(self.customer_vocab_.items()):
-            out[f"customer_cat_{i}"] = _codes(customers[col], vocab)
+        for i, col in enumerate(self.customer_vocab_):
+            out[f"customer_cat_{i}"] = _codes(customers[col], self._arrow_vocab(col))
         if self.use_holdings:
             if held is None:
                 cid = self.schema.customers.id
@@ -206,9 +223,17 @@ class FeaturePipeline:
             out[f"product_cat_{i}"] = _codes(products[col], vocab)
         return out
 
+    def _arrow_vocab(self, column: str) -> pa.Array:
+        cache = self.__dict__.setdefault("_arrow_vocabs", {})
+        if column not in cache:
+            cache[column] = pa.array(self.customer_vocab_[column], type=pa.string())
+        return cache[column]
+
     def product_positions(self, product_ids) -> np.ndarray:
         """Catalogue index of each product id; -1 for ids the model does not know."""
-        return self._index.get_indexer(pd.Index(np.asarray(product_ids, dtype=object).astype(str)))
+        if "_arrow_products" not in self.__dict__:
+            self._arrow_products = pa.array(self.product_ids_, type=pa.string())
+        return positions_in(product_ids, self._arrow_products)
 
     def holdings_matrix(self, customer_ids, links: pd.DataFrame | None) -> np.ndarray:
         """bool [n, P]: True where the customer holds (or, for interactions, took up) the product."""
@@ -216,8 +241,8 @@ class FeaturePipeline:
         matrix = np.zeros((n, self.n_products), dtype=bool)
         if links is None or len(links) == 0 or n == 0:
             return matrix
-        rows = pd.Index(np.asarray(customer_ids).astype(str)).get_indexer(links[S.CUSTOMER_ID].astype(str))
-        cols = self.product_positions(links[S.PRODUCT_ID].to_numpy())
+        rows = positions_in(links[S.CUSTOMER_ID], as_arrow_text(customer_ids))
+        cols = self.product_positions(links[S.PRODUCT_ID])
         keep = (rows >= 0) & (cols >= 0)
         matrix[rows[keep], cols[keep]] = True
         return matrix
@@ -251,5 +276,4 @@ class FeaturePipeline:
             pipeline.product_popularity_ = [int(v) for v in raw["product_popularity"]]
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"feature pipeline file is incomplete or altered ({exc!r})") from None
-        pipeline._index = pd.Index(pipeline.product_ids_)
         return pipeline

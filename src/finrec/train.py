@@ -162,9 +162,11 @@ def set_seed(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = None) -> TrainedModel:
+def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = None,
+        callbacks: list[keras.callbacks.Callback] | None = None) -> TrainedModel:
     """Train a two-tower model on ``dataset`` (a validation split of its customers is held out
-    for early stopping). Same data, config and seed give the same model."""
+    for early stopping). Same data, config and seed give the same model. Extra ``callbacks``
+    (a progress bar, say) see the validation metrics in their epoch logs."""
     config = (config or Config()).validate()
     training = config.training
     set_seed(training.seed)
@@ -207,6 +209,7 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
             monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",
             patience=training.patience, restore_best_weights=True,
         ),
+        *(callbacks or []),
     ]
     validation_data = None
     if training.monitor == "loss":

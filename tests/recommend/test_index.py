@@ -109,6 +109,26 @@ def test_numpy_tower_on_the_trained_model(trained, small_dataset):
     np.testing.assert_allclose(index.scores(got), trained.score(small_dataset.customers, small_dataset.holdings), atol=ATOL, rtol=0)
 
 
+def test_worker_threads_give_the_same_results(trained, small_dataset, monkeypatch):
+    """Large batches are split over threads (BLAS single-threaded meanwhile, then restored)."""
+    import finrec.recommend.index as index_module
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    blas_threads = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    inputs = trained.pipeline.transform_customers(small_dataset.customers, small_dataset.holdings)
+    held = inputs["holdings"] > 0
+    index = ProductIndex.from_trained(trained)
+    serial = NumpyTower.from_keras(trained.model, chunk_size=100, workers=1)
+    expected = serial(inputs)
+    expected_top = index.recommend(expected, held, 5, chunk_size=100, workers=1)
+    monkeypatch.setattr(index_module, "PARALLEL_MIN_ROWS", 1)
+    parallel = NumpyTower.from_keras(trained.model, chunk_size=100, workers=3)
+    np.testing.assert_array_equal(parallel(inputs), expected)
+    for got, want in zip(index.recommend(expected, held, 5, chunk_size=100, workers=3), expected_top):
+        np.testing.assert_array_equal(got, want)
+    assert [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"] == blas_threads
+
+
 def test_numpy_tower_reports_missing_inputs(trained):
     with pytest.raises(KeyError, match="holdings"):
         NumpyTower.from_keras(trained.model)({"customer_numeric": np.zeros((1, 3), "float32")})

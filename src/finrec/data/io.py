@@ -141,7 +141,7 @@ def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.D
 
 
 def _ids_as_text(values: pd.Series) -> pd.Series:
-    """Ids as stripped text (object dtype, None when missing); ``7``, ``7.0`` and ``"7"`` agree."""
+    """Ids as stripped text (missing stays missing); ``7``, ``7.0`` and ``"7"`` agree."""
     if pd.api.types.is_integer_dtype(values):
         return values.astype(str).astype(object)
     if pd.api.types.is_float_dtype(values):
@@ -150,6 +150,8 @@ def _ids_as_text(values: pd.Series) -> pd.Series:
         text[whole] = values[whole].astype("int64").astype(str)
         text[~whole & values.notna()] = values[~whole & values.notna()].astype(str)
         return text.astype(object)
+    if pd.api.types.is_string_dtype(values) and values.dtype != object:
+        return values.str.strip()  # Arrow-backed text: stays columnar, no per-value Python
     text = values.astype(object)
     missing = text.isna()
     if missing.any():
@@ -161,7 +163,9 @@ def _ids_as_text(values: pd.Series) -> pd.Series:
 
 
 def as_category_text(values: pd.Series) -> pd.Series:
-    """Category values as text (object dtype), None when missing."""
+    """Category values as text (missing stays missing)."""
+    if pd.api.types.is_string_dtype(values) and values.dtype != object:
+        return values
     missing = values.isna()
     text = values.astype(str).astype(object)
     return text.where(~missing, None) if missing.any() else text

@@ -230,14 +230,23 @@ class SyntheticColumns:
     )
     customer_log_numeric: tuple[str, ...] = ("income", "savings", "debt", "loan_amount")
     customer_protected: tuple[str, ...] = ("gender", "age")
+    # Where a customer stands against all customers, in the dashboard's profile.
+    customer_profile: tuple[str, ...] = ("income", "savings", "credit_score", "credit_utilization", "digital_engagement")
     product_numeric: tuple[str, ...] = (
         "expected_yield", "duration_months", "min_income", "min_credit_score", "min_age",
         "max_age", "monthly_fee", "digital_only",
     )
     product_categorical: tuple[str, ...] = ()
+    customer_segments: tuple[str, ...] = ("employment", "channel")
+    digital_engagement: str = "digital_engagement"
     risk_tolerance: str = "risk_tolerance"
     risk_level: str = "risk_level"
     category: str = "product_type"
+    product_name: str = "name"
+    product_yield: str = "expected_yield"
+    product_duration: str = "duration_months"
+    product_fee: str = "monthly_fee"
+    product_digital: str = "digital_only"
 
     def schema(self) -> DatasetSchema:
         return DatasetSchema(

@@ -57,9 +57,12 @@ def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.D
         raw = out[column]
         if pd.api.types.is_bool_dtype(raw):
             raw = raw.astype(float)
-        values = pd.to_numeric(raw, errors="coerce")
-        not_number = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
-        if not_number.any():
+        if pd.api.types.is_numeric_dtype(raw):
+            values, not_number = raw, None  # already numbers: nothing can fail to parse
+        else:
+            values = pd.to_numeric(raw, errors="coerce")
+            not_number = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        if not_number is not None and not_number.any():
             rows = np.flatnonzero(not_number.to_numpy())
             raise DataError(
                 f"{where}: column '{column}' must be numeric; {len(rows)} value(s) are not numbers, "

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from finrec.atomic import atomic_path
 from finrec.data import schema as S
 from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_table
+from finrec.features import as_arrow_text, positions_in
 from finrec.recommend import filters as F
 from finrec.recommend.index import top_k
 
@@ -38,14 +40,14 @@ class HoldingsLookup:
     def __init__(self, pipeline, holdings: pd.DataFrame | None):
         self.n_products = pipeline.n_products
         if holdings is None or len(holdings) == 0:
-            self.index = pd.Index([], dtype=object)
+            self.index = pa.array([], type=pa.string())
             self.matrix = np.zeros((0, self.n_products), dtype=bool)
             return
-        self.index = pd.Index(holdings[S.CUSTOMER_ID].astype(str).unique())
-        self.matrix = pipeline.holdings_matrix(self.index.to_numpy(), holdings)
+        self.index = pc.unique(as_arrow_text(holdings[S.CUSTOMER_ID]))
+        self.matrix = pipeline.holdings_matrix(self.index, holdings)
 
-    def rows(self, customer_ids: np.ndarray) -> np.ndarray:
-        positions = self.index.get_indexer(pd.Index(customer_ids))
+    def rows(self, customer_ids) -> np.ndarray:
+        positions = positions_in(customer_ids, self.index)
         held = np.zeros((len(customer_ids), self.n_products), dtype=bool)
         found = positions >= 0
         held[found] = self.matrix[positions[found]]

@@ -27,6 +27,9 @@ folds it for inference:
 The concatenation order is read from the model graph (the inbound layers of ``<tower>_concat``).
 All math is float32; a batch is processed in chunks of ``chunk_size`` rows through
 preallocated buffers, so the intermediate activations stay in cache and the matmuls go to BLAS.
+Batches of ``PARALLEL_MIN_ROWS`` rows or more are split over ``workers`` threads (default: the
+CPUs this process may use) with BLAS limited to one thread meanwhile, when ``threadpoolctl`` is
+installed (it comes with scikit-learn); without it they run in one thread on threaded BLAS.
 """
 
 from __future__ import annotations
@@ -91,8 +94,11 @@ def default_workers() -> int:
 def _run_ranges(n: int, chunk: int, workers: int | None, run) -> None:
     """``run(start, stop)`` over [0, n): at once when small, else split at chunk boundaries
     over worker threads (numpy releases the GIL in matmuls and ufuncs)."""
+    if n < PARALLEL_MIN_ROWS or workers is not None and workers <= 1:
+        run(0, n)
+        return
     workers = default_workers() if workers is None else workers
-    if workers <= 1 or n < PARALLEL_MIN_ROWS:
+    if workers <= 1:
         run(0, n)
         return
     with _single_threaded_blas() as limited:
@@ -363,20 +369,21 @@ def _top_k(scores, columns_of, n: int, p: int, dtype, excluded: np.ndarray | Non
     ``columns_of(start, stop, out)`` writes the scores of rows start:stop transposed, [P, m],
     into ``out`` (so the whole matrix never has to exist at once)."""
     k = max(0, min(int(k), p))
-    index = np.empty((n, k), dtype=np.intp)
-    best = np.empty((n, k), dtype=dtype)
     if n <= SMALL_TOP_K:
         # A few rows (a single request): one stable sort per row; -inf sorts last.
         masked = np.array(scores(), dtype=dtype, copy=True)
         if excluded is not None:
-            masked[excluded] = -np.inf
-        index[:] = np.argsort(-masked, axis=1, kind="stable")[:, :k]
-        best[:] = np.take_along_axis(masked, index, axis=1)
-    elif k:
-        # Many rows: per chunk, scores as [P, m] so that each of the k passes is a handful of
-        # vectorised operations across customers instead of one small call per row.
-        c = min(n, chunk or TOP_K_CHUNK)
-        _run_ranges(n, c, workers, lambda start, stop: _select(columns_of, p, dtype, excluded, k, c, index, best, start, stop))
+            np.putmask(masked, excluded, -np.inf)
+        index = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+        best = masked[np.arange(n)[:, None], index]
+    else:
+        index = np.empty((n, k), dtype=np.intp)
+        best = np.empty((n, k), dtype=dtype)
+        if k:
+            # Many rows: per chunk, scores as [P, m] so that each of the k passes is a handful
+            # of vectorised operations across customers instead of one small call per row.
+            c = min(n, chunk or TOP_K_CHUNK)
+            _run_ranges(n, c, workers, lambda start, stop: _select(columns_of, p, dtype, excluded, k, c, index, best, start, stop))
     missing = best == -np.inf
     if missing.any():
         index[missing] = -1

@@ -27,8 +27,9 @@ from finrec.recommend import filters as F
 from finrec.recommend.index import NumpyTower, top_k
 
 # Product columns shown with each recommendation when the catalogue has them.
-DETAIL_COLUMNS = ("name", "product_type", "risk_level", "expected_yield", "duration_months", "min_income",
-                  "min_credit_score", "min_age", "max_age", "monthly_fee", "digital_only")
+_SYN = S.SYNTHETIC
+DETAIL_COLUMNS = (_SYN.product_name, _SYN.category, _SYN.risk_level, _SYN.product_yield, _SYN.product_duration,
+                  S.MIN_INCOME, S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE, _SYN.product_fee, _SYN.product_digital)
 
 
 @dataclass
