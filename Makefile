@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
 	touch $(STAMP)
 
-# Debian's Chromium for the browser test, driven by the playwright package (never `playwright install`).
+# Debian's Chromium (and an emoji font for the dashboard's badges) for the browser test, driven
+# by the playwright package (never `playwright install`).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v chromium >/dev/null 2>&1 && [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; } || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; }
 
 $(DEMO)/bank/schema.yaml: | $(STAMP)
 	$(FINREC) generate --out $(DEMO)/bank
@@ -31,7 +33,8 @@ $(DEMO)/model/manifest.json: $(DEMO)/bank/schema.yaml
 demo: $(DEMO)/model/manifest.json
 	$(FINREC) evaluate --model $(DEMO)/model --data $(DEMO)/split/test --json $(DEMO)/model-evaluation.json
 	$(FINREC) score --model $(DEMO)/model --data $(DEMO)/split/test --out $(DEMO)/top5.csv --k 5
-	@echo "Sample top-5 (first held-out customer):" && head -6 $(DEMO)/top5.csv
+	@echo && $(FINREC) recommend --model $(DEMO)/model --data $(DEMO)/split/test \
+		--customer-id "$$(sed -n 2p $(DEMO)/top5.csv | cut -d, -f1)" -k 5 && echo
 	@if [ -f Recommendation_Dashboard.py ]; then FINREC_MODEL=$(DEMO)/model FINREC_DATA=$(DEMO)/bank $(VENV)/bin/streamlit run Recommendation_Dashboard.py; fi
 
 test: $(STAMP) chromium
@@ -42,6 +45,9 @@ test-fast: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/quality_default.py
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/batch_scoring.py
+	$(PY) benchmarks/load.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build
