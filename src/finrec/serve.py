@@ -24,7 +24,7 @@ exception types only, never customer feature values (uvicorn's access log is off
 guard (503 when it runs over). Measured with ``benchmarks/load.py`` on 2 cores against calling
 it directly on the event loop: the thread pool had the lower p99 at 16 clients, both for known
 customers (78-100 ms vs 103-124 ms, on a machine shared with other jobs) and, by far, once new
-customers (pandas, ~20 ms each) are in the mix, since those no longer stall the loop.
+customers are in the mix (measured when they still took ~20 ms each), since those cannot stall the loop.
 """
 
 from __future__ import annotations
