@@ -9,6 +9,7 @@ streamed to one output file that replaces ``out`` only when complete.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +126,21 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
     table = recommender.schema.customers
     n_customers = 0
-    with TopKWriter(Path(out)) as writer:
-        for chunk in iter_customer_chunks(customers_path, table, chunk_rows):
+    chunks = iter_customer_chunks(customers_path, table, chunk_rows)
+    # Reading the next chunk and writing the last one overlap with scoring this one: Arrow's
+    # reader and writer and the numpy tower release the GIL.
+    with TopKWriter(Path(out)) as writer, ThreadPoolExecutor(max_workers=2) as pool:
+        upcoming = pool.submit(next, chunks, None)
+        written = None
+        while (chunk := upcoming.result()) is not None:
+            upcoming = pool.submit(next, chunks, None)
             ids = chunk[table.id].to_numpy()
             index, scores = score_frame(recommender, chunk, lookup.rows(ids), k, filters)
-            writer.write(topk_table(ids, product_ids, index, scores))
+            result = topk_table(ids, product_ids, index, scores)
+            if written is not None:
+                written.result()
+            written = pool.submit(writer.write, result)
             n_customers += len(chunk)
+        if written is not None:
+            written.result()
     return n_customers, writer.rows
