@@ -42,6 +42,7 @@ from finrec.data import schema as S  # noqa: E402
 from finrec.data.io import validate_tables  # noqa: E402
 from finrec.data.synthetic import GeneratorSettings, generate  # noqa: E402
 from finrec.model.two_tower import customer_embeddings, towers_of  # noqa: E402
+from finrec.recommend.recommender import Recommender
 from finrec.recommend.index import NumpyTower, ProductIndex  # noqa: E402
 from finrec.train import fit  # noqa: E402
 
@@ -106,7 +107,16 @@ def main(argv: list[str] | None = None) -> dict:
         return index.recommend(tower(x), excluded, K)
 
     embedded = [(tower(x), excluded) for x, excluded in singles]
+    # The whole request as the API serves it: lookup, tower, all filters, top-5, result objects.
+    recommender = Recommender(trained, dataset)
+    by_id = [(customer_id, None) for customer_id in dataset.customers[cid].to_numpy()[: len(singles)]]
+    by_features = [({**{k: v for k, v in row.items() if k != cid and v == v}, "holdings": []}, None)
+                   for row in dataset.customers.iloc[: min(len(singles), 500)].to_dict("records")]
     single = {
+        "recommender_by_id_filtered_top5": percentiles_ms(
+            time_each(lambda c, _: recommender.recommend(c, k=K), by_id, args.reps, 300)),
+        "recommender_by_features_filtered_top5": percentiles_ms(
+            time_each(lambda c, _: recommender.recommend(c, k=K), by_features, args.reps, 300)),
         "numpy_tower_scores_top5": percentiles_ms(time_each(request, singles, args.reps, 300)),
         "numpy_tower_only": percentiles_ms(time_each(lambda x, _: tower(x), singles, args.reps, 300)),
         "scores_top5_only": percentiles_ms(time_each(lambda e, excluded: index.recommend(e, excluded, K), embedded, args.reps, 300)),

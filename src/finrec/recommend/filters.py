@@ -96,7 +96,9 @@ class Catalogue:
     def from_products(cls, products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> "Catalogue":
         table = products.set_index(products[schema.products.id].astype(str)).loc[product_ids]
         p = schema.products
-        terms = {c: table[c].to_numpy(dtype="float64") for c in (S.MIN_INCOME, S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE) if c in table}
+        # A product with no stated term sets no bar: missing minimums are -inf, maximums +inf.
+        unset = {S.MIN_INCOME: -np.inf, S.MIN_CREDIT_SCORE: -np.inf, S.MIN_AGE: -np.inf, S.MAX_AGE: np.inf}
+        terms = {c: _filled(table[c].to_numpy(dtype="float64"), fill) for c, fill in unset.items() if c in table}
         return cls(
             product_ids=np.asarray(product_ids, dtype=object),
             risk=table[p.risk].to_numpy(dtype="float64") if p.risk else None,
@@ -147,7 +149,7 @@ def exclusion_masks(attributes: dict[str, np.ndarray], held: np.ndarray, catalog
     if filters.exclude_held:
         masks["held"] = held
     if catalogue.risk is not None:
-        tolerance = np.nan_to_num(attributes["risk_tolerance"], nan=S.RISK_MIN)[:, None]
+        tolerance = _filled(attributes["risk_tolerance"], S.RISK_MIN)[:, None]
         if filters.suitability:
             masks["suitability"] = catalogue.risk[None, :] > tolerance
         if filters.max_risk is not None:
@@ -162,7 +164,7 @@ def exclusion_masks(attributes: dict[str, np.ndarray], held: np.ndarray, catalog
     if filters.eligibility:
         # A customer value that is unknown fails no term: the bank checks it at application.
         def below(value: np.ndarray, minimum: np.ndarray) -> np.ndarray:
-            return np.nan_to_num(value, nan=np.inf)[:, None] < np.nan_to_num(minimum, nan=-np.inf)[None, :]
+            return _filled(value, np.inf)[:, None] < minimum[None, :]
 
         if S.MIN_INCOME in catalogue.terms:
             masks["income"] = below(attributes[S.INCOME], catalogue.terms[S.MIN_INCOME])
@@ -173,10 +175,15 @@ def exclusion_masks(attributes: dict[str, np.ndarray], held: np.ndarray, catalog
         if S.MIN_AGE in catalogue.terms:
             age_bad |= below(age, catalogue.terms[S.MIN_AGE])
         if S.MAX_AGE in catalogue.terms:
-            age_bad |= np.nan_to_num(age, nan=-np.inf)[:, None] > np.nan_to_num(catalogue.terms[S.MAX_AGE], nan=np.inf)[None, :]
+            age_bad |= _filled(age, -np.inf)[:, None] > catalogue.terms[S.MAX_AGE][None, :]
         if S.MIN_AGE in catalogue.terms or S.MAX_AGE in catalogue.terms:
             masks["age"] = age_bad
     return masks
+
+
+def _filled(values: np.ndarray, fill: float) -> np.ndarray:
+    """``values`` with NaN replaced (np.nan_to_num is ~10x slower on the few-element arrays of a request)."""
+    return np.where(np.isnan(values), fill, values)
 
 
 def combine(masks: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -237,4 +244,6 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "unknown"
     value = float(value)
+    if not np.isfinite(value):
+        return "no limit"
     return f"{value:,.0f}" if value.is_integer() or abs(value) >= 100 else f"{value:.2f}"
