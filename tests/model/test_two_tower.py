@@ -81,29 +81,36 @@ def test_invariance_to_customer_id_and_row_order(trained, small_dataset):
 JAX_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ["KERAS_BACKEND"] = "jax"
-    import keras, numpy as np
+    import jax, keras, numpy as np
     assert keras.backend.backend() == "jax"
     from finrec.config import Config, ModelConfig, TrainConfig
     from finrec.data import schema as S
     from finrec.data.io import validate_tables
     from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.model import losses as L
     from finrec.train import fit
     ds = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=400, seed=1)))
-    for loss in ("softmax", "in_batch", "sampled", "triplet"):
+    # Each fit compiles a new XLA program (slow on 2 cores): train with two losses, and check the
+    # gradients of the others directly on JAX arrays.
+    for loss in ("softmax", "sampled"):
         cfg = Config(model=ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8, cross_layers=1),
                      training=TrainConfig(epochs=2, batch_size=64, loss=loss))
         trained = fit(ds, cfg, verbose=0)
-        losses = trained.history["loss"]
-        assert all(np.isfinite(losses)), losses
+        assert all(np.isfinite(trained.history["loss"])), trained.history
+    y = np.array([[1, 0, -1, 0], [0, 1, 0, 0]], "float32")
+    scores = np.random.default_rng(0).uniform(-1, 1, (2, 4)).astype("float32")
+    for loss in (L.InBatchSoftmax(np.log(np.full(4, 0.25)), 0.1), L.HardNegativeTriplet(0.2, 2)):
+        grad = jax.grad(lambda s: loss(y, s))(scores)
+        assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).sum() > 0
     trained.model.save(sys.argv[1])
-    print("jax ok", losses)
+    print("jax ok")
 """)
 
 
 @pytest.mark.slow
 def test_trains_on_jax_and_loads_on_tensorflow(tmp_path, small_dataset):
     path = tmp_path / "jax.keras"
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(path)], capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(path)], capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "jax ok" in done.stdout
     model = keras.saving.load_model(path, safe_mode=True, compile=False)  # this process runs TensorFlow
