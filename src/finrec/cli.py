@@ -118,9 +118,15 @@ def cmd_evaluate(args) -> int:
     loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
     print(format_table(results, args.k))
+    output = {"k": args.k, "data": str(args.data), "results": results}
+    if args.fairness:
+        from finrec.evaluate.fairness import fairness_report, format_fairness
+
+        output["fairness"] = fairness_report(loaded.trained, dataset, k=args.k)
+        print(format_fairness(output["fairness"]))
     if args.json:
         with atomic_file(args.json) as handle:
-            json.dump({"k": args.k, "data": str(args.data), "results": results}, handle, indent=1)
+            json.dump(output, handle, indent=1)
     return 0
 
 
@@ -143,6 +149,13 @@ def cmd_score(args) -> int:
     schema = read_schema(args.data)
     loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
     filters = {"suitability": False, "eligibility": False} if args.unfiltered else _filters_from(args)
+    if args.engine == "ray":
+        from finrec.recommend.ray_engine import score_dataset_ray
+
+        customers, rows = score_dataset_ray(args.model, args.data, args.out, k=args.k, filters=filters,
+                                            batch_rows=min(args.chunk_rows, 65_536))
+        print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
+        return 0
     customers, rows = score_dataset(Recommender(loaded.trained), args.data, args.out, k=args.k, filters=filters,
                                     chunk_rows=args.chunk_rows)
     print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
@@ -226,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, default=5)
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.add_argument("--fairness", action="store_true", help="also metrics and exposure per group of each protected column")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="write the top K products of every customer")
@@ -237,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unfiltered", action="store_true",
                    help="exclude held products only, as `evaluate` ranks (to recompute its metrics)")
     p.add_argument("--chunk-rows", type=_positive_int, default=262_144, help="customers per chunk (bounds memory)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: score on Ray Data (RAY_ADDRESS names a cluster; else a local Ray)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("recommend", help="the top K eligible products of one customer, with reasons")

@@ -211,7 +211,7 @@ def check_ranges(frame: pd.DataFrame, where: str, ranges: Mapping[str, tuple[flo
             span = (f"from {low:g} to {high:g}" if low is not None and high is not None
                     else f"at least {low:g}" if low is not None else f"at most {high:g}")
             raise DataError(f"{where}: column '{column}' must be {span}; {len(rows)} row(s) are not, "
-                            f"e.g. row {rows[0] + 1}: {frame[column].iloc[rows[0]]!r}")
+                            f"e.g. row {rows[0] + 1}: {_plain_value(frame[column].iloc[rows[0]])}")
 
 
 # ---------------------------------------------------------------------------------- recommendation views
@@ -361,3 +361,9 @@ __all__ = [
     "recommendations_table", "suitability_badge",
     "MAX_UPLOAD_BYTES", "VALUE_RANGES",
 ]
+
+
+def _plain_value(value) -> str:
+    """A cell as a person writes it: 300, not np.float64(300.0)."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return f"{value:g}" if isinstance(value, float) else repr(value)

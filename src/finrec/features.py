@@ -34,6 +34,7 @@ from finrec.errors import ArtifactError, DataError
 
 FORMAT_VERSION = 1
 SKEW_FOR_LOG = 2.0
+STANDARDIZED_LIMIT = 1e4
 
 CUSTOMER_NUMERIC = "customer_numeric"
 PRODUCT_NUMERIC = "product_numeric"
@@ -56,7 +57,8 @@ class NumericStats:
         if self.log:
             x = np.sign(x) * np.log1p(np.abs(x))
         x[np.isnan(x)] = self.median
-        return (x - self.mean) / self.std
+        # Absurd but finite values (1e300) must not become inf in the float32 model input.
+        return np.clip((x - self.mean) / self.std, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT)
 
     @classmethod
     def fit(cls, column: str, values: np.ndarray, log: bool | None) -> "NumericStats":
@@ -267,7 +269,8 @@ class FeaturePipeline:
         try:
             if raw["format_version"] != FORMAT_VERSION:
                 raise ArtifactError(f"feature pipeline format {raw['format_version']} is not supported (expected {FORMAT_VERSION})")
-            pipeline = cls(S.DatasetSchema.from_dict(raw["schema"]), raw["use_holdings"], raw["exclude_protected"])
+            schema = S.DatasetSchema.from_dict(raw["schema"], source="pipeline.json: schema")
+            pipeline = cls(schema, raw["use_holdings"], raw["exclude_protected"])
             pipeline.customer_numeric_ = [NumericStats(**s) for s in raw["customer_numeric"]]
             pipeline.customer_vocab_ = {k: list(v) for k, v in raw["customer_vocab"].items()}
             pipeline.product_ids_ = list(raw["product_ids"])

@@ -41,7 +41,9 @@ from typing import Annotated, Any, Literal
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Path as PathParam, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationInfo, field_validator
 
@@ -313,6 +315,17 @@ def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_bo
         # or a customer's values); the type, the field's ``loc`` and the message are enough.
         detail = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": _message(e)} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI answers a body that json.loads cannot even start on (bytes that are not UTF-8,
+        # nesting deeper than the parser's recursion limit) with a bare 400; it is invalid JSON
+        # like any other: a 422 that says so.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse(status_code=422, content={"detail": [{
+                "type": "json_invalid", "loc": ["body"],
+                "msg": "JSON decode error: the body is not UTF-8 JSON, or is nested too deeply"}]})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(UnknownCustomerError)
     async def unknown_customer(request: Request, exc: UnknownCustomerError):

@@ -121,10 +121,21 @@ def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> 
         raise DataError(f"{where}: the file has no header and no rows") from None
     except (pd.errors.ParserError, ValueError) as exc:
         raise DataError(f"{where}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
+    _check_separator(df, where)
     unnamed = [c for c in df.columns if str(c).startswith("Unnamed:")]
     if unnamed and len(unnamed) == len(df.columns):
         raise DataError(f"{where}: the first line is not a header of column names")
     return df
+
+
+def _check_separator(df: pd.DataFrame, where) -> None:
+    """A one-column table whose header holds another separator was not written with commas."""
+    if len(df.columns) == 1:
+        header = str(df.columns[0])
+        for sep in (";", "\t", "|"):
+            if sep in header:
+                raise DataError(f"{where}: the header is one column {header[:80]!r}: the file looks separated by "
+                                f"{sep!r}; finrec reads comma-separated files")
 
 
 def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.DataFrame:
@@ -252,6 +263,7 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     V.require_no_missing_ids(df, table.id, where)
     V.require_unique(df, table.id, where)
     df = V.coerce_numeric(df, table.numeric_features, where)
+    V.check_plausible(df, table, where)
     if table.risk:
         V.check_risk_scale(df, table.risk, where)
         df[table.risk] = df[table.risk].astype("int64")
@@ -277,15 +289,21 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             offset += len(chunk)
     elif path.suffix == ".csv":
         try:
-            reader = pd.read_csv(path, dtype={table.id: str}, chunksize=chunk_rows)
+            reader = pd.read_csv(path, dtype={table.id: str}, chunksize=chunk_rows, encoding="utf-8")
             offset = 0
             for chunk in reader:
+                if offset == 0:
+                    _check_separator(chunk, path)
                 chunk[table.id] = _ids_as_text(chunk[table.id]) if table.id in chunk.columns else None
                 yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
                 offset += len(chunk)
+            if offset == 0:
+                raise DataError(f"{path}: the table is empty (a header and no rows)")
         except pd.errors.EmptyDataError:
             raise DataError(f"{path}: the file is empty") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?") from None
+        except (pd.errors.ParserError, ValueError) as exc:
             raise DataError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")

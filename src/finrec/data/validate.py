@@ -91,6 +91,45 @@ def check_risk_scale(df: pd.DataFrame, column: str, where: str) -> None:
         )
 
 
+# Plausibility limits enforced whatever the schema says: an age outside this range is a typo (a
+# birth year, a sign), and a money amount (a ``log_numeric`` column) is never negative (its log
+# transform would turn the whole column into NaN).
+AGE_RANGE = (0.0, 130.0)
+
+
+def plausible_limits(table: S.TableSchema) -> dict[str, tuple[float | None, float | None]]:
+    """Column -> (minimum, maximum), inclusive, for the columns of ``table`` that have limits."""
+    limits: dict[str, tuple[float | None, float | None]] = {c: (0.0, None) for c in (table.log_numeric or ())}
+    if S.AGE in table.numeric_features:
+        limits[S.AGE] = AGE_RANGE
+    return limits
+
+
+def limit_text(low: float | None, high: float | None) -> str:
+    if low == 0 and high is None:
+        return "must be at least 0 (an amount of money)"
+    if high is None:
+        return f"must be at least {low:g}"
+    return f"must be from {low:g} to {high:g}"
+
+
+def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
+    """Refuse values outside ``plausible_limits`` (missing values are left to the imputer)."""
+    for column, (low, high) in plausible_limits(table).items():
+        if column not in df.columns:
+            continue
+        values = df[column].to_numpy(dtype="float64")
+        bad = np.zeros(len(values), dtype=bool)
+        if low is not None:
+            bad |= values < low
+        if high is not None:
+            bad |= values > high
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise DataError(f"{where}: column '{column}' {limit_text(low, high)}; {len(rows)} row(s) are out of range, "
+                            f"e.g. row {rows[0] + 1}: {values[rows[0]]:g}")
+
+
 def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
     """Every column the schema names must exist in the table."""
     named = [table.id, *table.numeric, *table.categorical]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
+from finrec.data import validate as V
 from finrec.data.io import Dataset, load_dataset
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
 from finrec.recommend import filters as F
@@ -151,16 +152,21 @@ class Recommender:
             value = features.get(column)
             if value is None:
                 continue
+            # Messages name the field and the kind of value, never the value (it is customer data).
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise DataError(f"features.{column} must be a number, got {_plain(value)!r}")
+                raise DataError(f"features.{column} must be a number, got {type(_plain(value)).__name__}")
             if not math.isfinite(float(value)):
-                raise DataError(f"features.{column} must be a finite number, got {_plain(value)!r}")
+                raise DataError(f"features.{column} must be a finite number")
             record[column] = float(value)
+        for column, (low, high) in V.plausible_limits(self.schema.customers).items():
+            value = record.get(column)
+            if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+                raise DataError(f"features.{column} {V.limit_text(low, high)}")
         risk = self.schema.customers.risk
         if risk and risk in record:
             r = record[risk]
             if not r.is_integer() or not S.RISK_MIN <= r <= S.RISK_MAX:
-                raise DataError(f"features.{risk} must be an integer from {S.RISK_MIN} to {S.RISK_MAX}, got {_plain(features[risk])!r}")
+                raise DataError(f"features.{risk} must be an integer from {S.RISK_MIN} to {S.RISK_MAX}")
         for column in self.schema.customers.categorical_features:
             value = features.get(column)
             if value is not None:

@@ -1,0 +1,286 @@
+"""Every bad input of ``corpus.py`` through every entry point: the Python API, the CLI (in
+process), the dashboard's upload validator and the REST API. A bad input gives a ``FinrecError``
+naming the problem, exit status 2, or a 4xx; never a traceback, an internal error or a 5xx."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+import corpus
+from corpus import BODY_CASES, CONFIG_CASES, DATA_CASES, FEATURE_CASES, MODEL_CASES
+from finrec.cli import main
+from finrec.data import schema as S
+from finrec.data.io import load_dataset
+from finrec.errors import FinrecError
+
+UPLOAD_CASES = [case for case in DATA_CASES if case.upload]
+INVALID_DATA = [case for case in DATA_CASES if not case.valid]
+VALID_DATA = [case for case in DATA_CASES if case.valid]
+
+
+def test_the_corpus_is_large_enough():
+    bad = len(INVALID_DATA) + len(MODEL_CASES) + len(CONFIG_CASES) + len(BODY_CASES) + len(FEATURE_CASES)
+    assert bad >= 40
+    names = [c.name for c in [*DATA_CASES, *MODEL_CASES, *CONFIG_CASES, *BODY_CASES, *FEATURE_CASES]]
+    assert len(names) == len(set(names))
+
+
+def assert_clean(text: str) -> None:
+    assert "Traceback" not in text and "internal error" not in text, text[-2000:]
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert_clean(err)
+    return code, out, err
+
+
+def assert_fragments(text: str, fragments) -> None:
+    for fragment in fragments:
+        assert fragment in text, f"{fragment!r} not in: {text[:600]}"
+
+
+# ------------------------------------------------------------------------------------ Python API
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=str)
+def test_python_api(case, damaged):
+    directory = damaged(case)
+    if case.valid:
+        dataset = load_dataset(directory)
+        assert len(dataset.customers) > 0
+        return
+    with pytest.raises(case.error) as info:
+        load_dataset(directory)
+    assert_fragments(str(info.value), case.fragments)
+
+
+def test_extra_columns_are_kept_out_of_the_features(damaged, fast_config):
+    from finrec.features import FeaturePipeline
+
+    dataset = load_dataset(damaged(next(c for c in DATA_CASES if c.name == "extra_columns_are_ignored")))
+    assert "notes" in dataset.customers  # carried along, untouched
+    pipeline = FeaturePipeline(dataset.schema).fit(dataset)
+    used = [s.column for s in pipeline.customer_numeric_] + list(pipeline.customer_vocab_)
+    assert "notes" not in used and "score_2031" not in used
+
+
+def test_unicode_and_control_characters_survive_loading(damaged):
+    for name, text in (("unicode_strings", corpus.UNICODE_TEXT), ("control_characters", corpus.CONTROL_TEXT)):
+        dataset = load_dataset(damaged(next(c for c in DATA_CASES if c.name == name)))
+        assert dataset.customers["region"].iloc[1] == text
+
+
+def test_formula_ids_load_as_text(damaged):
+    dataset = load_dataset(damaged(next(c for c in DATA_CASES if c.name == "formula_ids_load")))
+    assert set(corpus.FORMULA_IDS) <= set(dataset.customer_ids)
+
+
+@pytest.mark.parametrize("case", corpus.params(MODEL_CASES))
+def test_python_api_models(case, model_dir, tmp_path):
+    from finrec.artifacts import load_model_dir
+
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target)
+    case.damage(target)
+    with pytest.raises(case.error) as info:
+        load_model_dir(target)
+    assert_fragments(str(info.value), case.fragments)
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=str)
+def test_python_api_configs(case, tmp_path):
+    from finrec.config import Config
+
+    path = tmp_path / "config.yaml"
+    path.write_bytes(case.text if isinstance(case.text, bytes) else case.text.encode())
+    with pytest.raises(case.error) as info:
+        Config.from_yaml(path)
+    assert_fragments(str(info.value), case.fragments)
+
+
+# ------------------------------------------------------------------------------------ dashboard upload
+
+
+@pytest.mark.parametrize("case", UPLOAD_CASES, ids=str)
+def test_dashboard_upload(case, damaged):
+    from finrec.explain import read_customer_upload
+
+    directory = damaged(case)
+    data = (directory / "customers.csv").read_bytes()
+    if case.valid:
+        assert len(read_customer_upload(data, S.SYNTHETIC.schema(), name="customers.csv")) > 0
+        return
+    with pytest.raises(FinrecError) as info:
+        read_customer_upload(data, S.SYNTHETIC.schema(), name="customers.csv")
+    assert_fragments(str(info.value), case.upload_fragments if case.upload_fragments is not None else case.fragments)
+
+
+def test_dashboard_upload_limits(csv_data_dir):
+    from finrec.explain import MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, read_customer_upload
+
+    data = (csv_data_dir / "customers.csv").read_bytes()
+    header, body = data.split(b"\n", 1)
+    huge = header + b"\n" + body * (MAX_UPLOAD_BYTES // len(body) + 1)
+    with pytest.raises(FinrecError, match="uploads are limited"):
+        read_customer_upload(huge, S.SYNTHETIC.schema())
+    rows = body.splitlines()
+    many = header + b"\n" + b"\n".join(r.replace(b"C0", b"X%d" % i, 1) for i in range(4) for r in rows) + b"\n"
+    assert len(many) < MAX_UPLOAD_BYTES and 4 * len(rows) > MAX_UPLOAD_ROWS
+    with pytest.raises(FinrecError, match=f"at most {MAX_UPLOAD_ROWS}"):
+        read_customer_upload(many, S.SYNTHETIC.schema())
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+@pytest.mark.parametrize("case", INVALID_DATA, ids=str)
+def test_cli_evaluate_and_train(case, damaged, tmp_path, capsys):
+    # Data is read before the model: an absent model proves the data check came first.
+    directory = damaged(case)
+    code, _, err = run_cli(capsys, "evaluate", "--model", tmp_path / "no-model", "--data", directory)
+    assert code == 2, err
+    assert err.startswith("finrec evaluate: error:") and err.count("\n") == 1, err
+    assert_fragments(err, case.fragments)
+    code, _, err = run_cli(capsys, "train", "--data", directory, "--out", tmp_path / "model", "--epochs", 1)
+    assert code == 2, err
+    assert_fragments(err, case.fragments)
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=str)
+def test_cli_configs(case, csv_data_dir, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(case.text if isinstance(case.text, bytes) else case.text.encode())
+    code, _, err = run_cli(capsys, "train", "--data", csv_data_dir, "--out", tmp_path / "m", "--config", path)
+    assert code == 2, err
+    assert_fragments(err, case.fragments)
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_config_file_missing(csv_data_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--data", csv_data_dir, "--out", tmp_path / "m", "--config", tmp_path / "nope.yaml")
+    assert code == 2 and "no such config file" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MODEL_CASES, ids=str)
+def test_cli_models(case, model_dir, csv_data_dir, tmp_path, capsys):
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target)
+    case.damage(target)
+    code, _, err = run_cli(capsys, "evaluate", "--model", target, "--data", csv_data_dir)
+    assert code == 2, err
+    assert_fragments(err, case.fragments)
+    code, _, err = run_cli(capsys, "score", "--model", target, "--data", csv_data_dir, "--out", tmp_path / "top.csv")
+    assert code == 2, err
+    assert not (tmp_path / "top.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", VALID_DATA, ids=str)
+def test_cli_valid_inputs_are_scored(case, damaged, model_dir, tmp_path, capsys):
+    directory = damaged(case)
+    code, out, err = run_cli(capsys, "evaluate", "--model", model_dir, "--data", directory, "--k", 3)
+    assert code == 0, err
+    assert "model" in out
+    out_path = tmp_path / "top.csv"
+    code, _, err = run_cli(capsys, "score", "--model", model_dir, "--data", directory, "--out", out_path, "--k", 2)
+    assert code == 0, err
+    top = pd.read_csv(out_path, dtype={"customer_id": str})
+    assert len(top) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in UPLOAD_CASES if not c.valid], ids=str)
+def test_cli_score_refuses_bad_customers(case, damaged, model_dir, tmp_path, capsys):
+    # ``score`` reads the customers table in chunks, its own code path.
+    directory = damaged(case)
+    out_path = tmp_path / "top.parquet"
+    code, _, err = run_cli(capsys, "score", "--model", model_dir, "--data", directory, "--out", out_path, "--chunk-rows", 64)
+    assert code == 2, err
+    fragments = [f for f in case.fragments if f not in ("customers",)]
+    assert_fragments(err, fragments)
+    assert not out_path.exists()
+
+
+@pytest.mark.slow
+def test_score_csv_escapes_formula_ids(damaged, model_dir, tmp_path, capsys):
+    directory = damaged(next(c for c in DATA_CASES if c.name == "formula_ids_load"))
+    out_path = tmp_path / "top.csv"
+    code, _, err = run_cli(capsys, "score", "--model", model_dir, "--data", directory, "--out", out_path, "--k", 2)
+    assert code == 0, err
+    lines = out_path.read_text().splitlines()
+    cells = [line.split(",")[0] for line in lines[1:]]
+    for formula in corpus.FORMULA_IDS:
+        assert formula not in cells
+    for cell in cells:
+        assert not cell.lstrip('"').startswith(("=", "+", "-", "@")), cell
+    escaped = {c.strip('"') for c in cells if c.lstrip('"').startswith("'")}
+    assert {"'" + f for f in corpus.FORMULA_IDS if "," not in f and '"' not in f} <= escaped | {c.strip('"') for c in cells}
+    # Read back, the escaped ids are the original ids behind a quote.
+    top = pd.read_csv(out_path, dtype={"customer_id": str})
+    assert {"'" + f for f in corpus.FORMULA_IDS} <= set(top["customer_id"])
+
+
+# ------------------------------------------------------------------------------------ REST API
+
+
+def _post(server, body: bytes):
+    import httpx
+
+    return httpx.post(f"{server['base']}/recommendations", content=body,
+                      headers={"content-type": "application/json"}, timeout=20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BODY_CASES + FEATURE_CASES, ids=str)
+def test_rest_api(case, server):
+    response = _post(server, case.body)
+    assert response.status_code in case.status, (response.status_code, response.text[:500])
+    assert response.status_code < 500
+    assert_clean(response.text)
+    if case.fragment:
+        assert case.fragment in response.text
+    # A refused value is never echoed back: a response names the field, not what was in it.
+    if response.status_code >= 400:
+        for value in ("123456.789", "123456", "one hundred twenty-three thousand", "300.25"):
+            assert value not in response.text, response.text
+
+
+@pytest.mark.slow
+def test_rest_api_unknown_paths_and_methods(server):
+    import httpx
+
+    base = server["base"]
+    for method, path in [("GET", "/recommendations"), ("DELETE", "/products"), ("GET", "/nope"),
+                         ("GET", "/customers/" + "x" * 300), ("GET", "/customers/%00%ff"),
+                         ("GET", "/customers/%3Dcmd%7C")]:
+        response = httpx.request(method, base + path, timeout=20)
+        assert 400 <= response.status_code < 500, (method, path, response.status_code)
+        assert_clean(response.text)
+
+
+@pytest.mark.slow
+def test_rest_api_lying_content_length(server):
+    import httpx
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(server["base"])
+    with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+        sock.sendall(b"POST /recommendations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: nope\r\n\r\n{}")
+        answer = sock.recv(4096).decode(errors="replace")
+    status = int(answer.split(" ", 2)[1])
+    assert 400 <= status < 500, answer
+    assert "Traceback" not in answer
+    body = json.dumps({"customer_id": "x" * 100_000}).encode()
+    response = httpx.post(f"{server['base']}/recommendations", content=body,
+                          headers={"content-type": "application/json"}, timeout=20)
+    assert response.status_code == 413
