@@ -185,7 +185,7 @@ def cmd_serve(args) -> int:
     _quiet_backend()
     from finrec.serve import run
 
-    run(args.model, data_dir=args.data, host=args.host, port=args.port)
+    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="customer data (default: the model's training data)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=_positive_int, default=1, help="server processes (each loads the model)")
     p.set_defaults(func=cmd_serve)
     return parser
 
