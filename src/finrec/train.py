@@ -163,10 +163,16 @@ def set_seed(seed: int) -> None:
 
 
 def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = None,
-        callbacks: list[keras.callbacks.Callback] | None = None) -> TrainedModel:
+        callbacks: list[keras.callbacks.Callback] | None = None, batch_multiple: int = 1) -> TrainedModel:
     """Train a two-tower model on ``dataset`` (a validation split of its customers is held out
     for early stopping). Same data, config and seed give the same model. Extra ``callbacks``
-    (a progress bar, say) see the validation metrics in their epoch logs."""
+    (a progress bar, say) see the validation metrics in their epoch logs.
+
+    ``dataset`` may also be a ``finrec.data.stream.StreamingSource``: the tables are then read
+    in chunks (data larger than memory). ``batch_multiple`` > 1 drops the last few examples so
+    that every batch divides by it (data parallelism: the device count)."""
+    if not isinstance(dataset, Dataset):
+        return dataset.fit(config, verbose=verbose, callbacks=callbacks, batch_multiple=batch_multiple)
     config = (config or Config()).validate()
     training = config.training
     set_seed(training.seed)
@@ -186,6 +192,9 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     model = build_two_tower(pipeline, catalogue, config.model)
 
     examples = build_examples(pipeline, train_data)
+    if len(examples) % batch_multiple:
+        keep = len(examples) - len(examples) % batch_multiple
+        examples.customer_rows, examples.positives = examples.customer_rows[:keep], examples.positives[:keep]
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
     loss = _loss(training, counts)
     sample_from = (counts + 1.0) / (counts + 1.0).sum() if training.loss == "sampled" else None
@@ -202,8 +211,9 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     k = training.eval_k
     monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
     # With weight averaging, validation and early stopping judge the averaged weights.
-    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
-    callbacks += [
+    # (A new name: rebinding ``callbacks`` here used to drop the caller's callbacks.)
+    all_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
+    all_callbacks += [
         RankingValidation(val_examples.inputs, relevant, excluded, k),
         keras.callbacks.EarlyStopping(
             monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",
@@ -219,7 +229,7 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
         verbose = 1 if sys.stdout.isatty() else 2
     log.info("training on %d examples from %d customers (%d validation customers)", len(examples), len(train_ids), len(val_ids))
     start = time.perf_counter()
-    history = model.fit(batches, epochs=training.epochs, validation_data=validation_data, callbacks=callbacks, verbose=verbose)
+    history = model.fit(batches, epochs=training.epochs, validation_data=validation_data, callbacks=all_callbacks, verbose=verbose)
     seconds = time.perf_counter() - start
     record = {name: [float(v) for v in values] for name, values in history.history.items()}
     record["fit_seconds"] = [seconds]

@@ -1,0 +1,587 @@
+"""Training on data larger than memory: the tables are read in chunks, never whole.
+
+>>> trained = fit_streaming("data/huge", Config(), chunk_rows=200_000)   # or fit(StreamingSource(...))
+
+How it works (three passes over the files, then one pass per epoch over a local copy):
+
+1. **Partition.** The customers file is read in chunks (``iter_customer_chunks``: validated
+   slice by slice) and the interactions and holdings files in Arrow record batches. Every row is
+   routed by a hash of its customer id, so a customer's features and links land together without
+   any lookup table: a fraction ``validation_fraction`` of the customers goes to the validation
+   set (capped at ``max_validation`` customers, which are held in memory like in ``fit``), the
+   rest to ``B`` bucket files in a scratch directory, ``B`` chosen so a bucket holds about 0.8
+   ``chunk_rows`` customers.
+2. **Feature statistics in one pass** over the training customers (the same partition pass):
+   means and standard deviations from running shifted sums (exact up to rounding), skewness (for
+   detecting heavy-tailed columns) from the third moment, vocabularies as running sets, and the
+   **median from a reservoir sample** of ``reservoir`` observed values per column (Algorithm R):
+   exact while a column has at most ``reservoir`` observed values, an approximation (a quantile
+   of a uniform sample) beyond. The median only imputes missing values.
+3. **Count.** Each bucket's links are deduplicated and counted, giving the number of batches of
+   every epoch up front (``len``) and the product popularity.
+
+Each epoch visits the buckets in a new random order; a bucket is read in pieces of at most
+``chunk_rows`` customers (``StreamingBatches.max_rows_held`` records the largest), turned into
+``TrainingExamples`` with ``build_examples`` and cut into shuffled batches by ``TrainingBatches``:
+the (x, y) batches are those of in-memory training, shuffled within a bucket instead of across
+the whole data set (buckets are random samples of customers, so the batches are too). The last
+batch of each piece may be short.
+
+Differences from ``fit`` on a ``Dataset``: the validation customers are chosen by hash rather
+than by a permutation (the same fraction, a different sample); uniqueness of customer ids and
+references of links are checked within a bucket only (links to unknown customers or products are
+dropped and counted, not refused); the median is approximate above ``reservoir`` values.
+Memory: one piece of customers (``chunk_rows``), the links of one bucket, the validation set and
+the reservoirs (8 bytes x ``reservoir`` x numeric columns).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from finrec.config import Config
+from finrec.data import schema as S
+from finrec.data.io import Dataset, _ids_as_text, find_table, iter_customer_chunks, read_schema, read_table
+from finrec.errors import DataError
+from finrec.features import FeaturePipeline, NumericStats, as_arrow_text, _vocabulary
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_ROWS = 200_000
+DEFAULT_RESERVOIR = 100_000
+DEFAULT_MAX_VALIDATION = 50_000
+_BUCKET_FILL = 0.8
+_SPLIT_KEY = "finrec-val-split"  # 16 characters: pandas' hash key
+_BUCKET_KEY = "finrec-bucketing"
+
+
+def _unit_hash(ids: np.ndarray, key: str, seed: int) -> np.ndarray:
+    """A stable pseudo-random number in [0, 1) per id (same id, key and seed: same number)."""
+    salted = np.asarray([f"{seed}:{v}" for v in ids], dtype=object) if seed else np.asarray(ids, dtype=object)
+    h = pd.util.hash_array(salted, hash_key=key, categorize=False)
+    return (h >> np.uint64(11)).astype("float64") / float(1 << 53)
+
+
+# ------------------------------------------------------------------------------ statistics
+
+
+class _Moments:
+    """Running count, shifted sums (for mean, variance, third moment), min of observed values."""
+
+    def __init__(self, third: bool = True):
+        self.n = 0
+        self.shift = None
+        self.s1 = self.s2 = self.s3 = 0.0
+        self.min = math.inf
+        self.third = third
+
+    def update(self, x: np.ndarray) -> None:
+        if len(x) == 0:
+            return
+        if self.shift is None:
+            self.shift = float(x.mean()) if np.isfinite(x.mean()) else 0.0
+        d = x - self.shift
+        self.n += len(x)
+        self.s1 += float(d.sum())
+        self.s2 += float((d * d).sum())
+        if self.third:
+            self.s3 += float((d * d * d).sum())
+        self.min = min(self.min, float(x.min()))
+
+    def mean_var(self) -> tuple[float, float]:
+        m1 = self.s1 / self.n
+        return self.shift + m1, max(self.s2 / self.n - m1 * m1, 0.0)
+
+    def skewness(self) -> float:
+        m1, m2 = self.s1 / self.n, self.s2 / self.n
+        var = m2 - m1 * m1
+        if var <= 0:
+            return 0.0
+        m3 = self.s3 / self.n - 3 * m1 * m2 + 2 * m1**3
+        return float(m3 / var**1.5)
+
+
+class NumericAccumulator:
+    """One numeric column's ``NumericStats`` fitted in one pass over chunks (see the module
+    docstring: exact moments, reservoir median)."""
+
+    def __init__(self, column: str, log: bool | None, reservoir: int = DEFAULT_RESERVOIR, seed: int = 0):
+        self.column, self.log = column, log
+        self.raw = _Moments(third=True)
+        self.logged = _Moments(third=False)
+        self.missing = 0
+        self.capacity = reservoir
+        self.sample = np.empty(reservoir, dtype="float64")
+        self.filled = 0
+        self.rng = np.random.default_rng(seed)
+
+    def update(self, values: np.ndarray) -> None:
+        x = np.asarray(values, dtype="float64")
+        observed = x[~np.isnan(x)]
+        self.missing += len(x) - len(observed)
+        if len(observed) == 0:
+            return
+        seen = self.raw.n
+        self.raw.update(observed)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.logged.update(np.log1p(observed))
+        # Algorithm R, vectorised: item t (0-based, global) replaces slot j ~ U{0..t} if j < capacity.
+        take = min(self.capacity - self.filled, len(observed))
+        if take > 0:
+            self.sample[self.filled : self.filled + take] = observed[:take]
+            self.filled += take
+        rest = observed[take:]
+        if len(rest):
+            t = seen + take + np.arange(len(rest))
+            slots = (self.rng.random(len(rest)) * (t + 1)).astype("int64")
+            hit = slots < self.capacity
+            self.sample[slots[hit]] = rest[hit]  # later items overwrite earlier ones, as in sequence
+
+    def result(self) -> NumericStats:
+        n_obs = self.raw.n
+        log = self.log
+        if log is None:
+            log = bool(n_obs > 2 and self.raw.min >= 0 and self.raw.skewness() > 2.0)
+        if n_obs == 0:
+            return NumericStats(column=self.column, log=log, median=0.0, mean=0.0, std=1.0)
+        sample = self.sample[: self.filled]
+        moments = self.logged if log else self.raw
+        median = float(np.median(np.log1p(sample) if log else sample))
+        mean_obs, var_obs = moments.mean_var()
+        total = n_obs + self.missing
+        # Statistics of the column as the model sees it: missing values imputed with the median.
+        mean = (n_obs * mean_obs + self.missing * median) / total
+        var = (n_obs * (var_obs + (mean_obs - mean) ** 2) + self.missing * (median - mean) ** 2) / total
+        std = math.sqrt(max(var, 0.0))
+        return NumericStats(column=self.column, log=log, median=median, mean=float(mean), std=std if std > 1e-12 else 1.0)
+
+
+class StreamingPipelineFit:
+    """Fits a ``FeaturePipeline``'s customer statistics chunk by chunk; products are small and
+    fitted exactly, as in ``FeaturePipeline.fit``."""
+
+    def __init__(self, schema: S.DatasetSchema, use_holdings: bool = True, exclude_protected: bool = False,
+                 reservoir: int = DEFAULT_RESERVOIR, seed: int = 0):
+        self.pipeline = FeaturePipeline(schema, use_holdings, exclude_protected)
+        c = self.pipeline.schema.customers
+        log_c = set(c.log_numeric) if c.log_numeric is not None else None
+        self.numeric = [NumericAccumulator(col, None if log_c is None else col in log_c, reservoir, seed + i)
+                        for i, col in enumerate(c.numeric_features)]
+        self.vocab: dict[str, set[str]] = {col: set() for col in c.categorical_features}
+        self.rows = 0
+
+    def update(self, customers: pd.DataFrame) -> None:
+        self.rows += len(customers)
+        for acc in self.numeric:
+            acc.update(pd.to_numeric(customers[acc.column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
+        for col, seen in self.vocab.items():
+            seen.update(str(v) for v in pc.unique(as_arrow_text(customers[col]).drop_null()).to_pylist())
+
+    def finish(self, products: pd.DataFrame, popularity: np.ndarray | None = None) -> FeaturePipeline:
+        p = self.pipeline
+        ps = p.schema.products
+        log_p = set(ps.log_numeric) if ps.log_numeric is not None else None
+        p.customer_numeric_ = [acc.result() for acc in self.numeric]
+        p.customer_vocab_ = {col: sorted(seen) for col, seen in self.vocab.items()}
+        p.product_ids_ = [str(v) for v in products[ps.id]]
+        p.product_numeric_ = [NumericStats.fit(col, products[col].to_numpy(), None if log_p is None else col in log_p)
+                              for col in ps.numeric_features]
+        p.product_vocab_ = {col: _vocabulary(products[col]) for col in ps.categorical_features}
+        counts = np.zeros(p.n_products, dtype="int64") if popularity is None else np.asarray(popularity, dtype="int64")
+        p.product_popularity_ = [int(v) for v in counts]
+        return p
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _link_batches(path: Path, chunk_rows: int):
+    """Record batches (customer_id, product_id as text) of a link table, CSV or Parquet."""
+    columns = [S.CUSTOMER_ID, S.PRODUCT_ID]
+    if path.suffix == ".parquet":
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    elif path.suffix == ".csv":
+        options = pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in columns})
+        batches = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)),
+                                 convert_options=options)
+    else:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
+    for batch in batches:
+        frame = batch.to_pandas()
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        for column in columns:
+            frame[column] = _ids_as_text(frame[column])
+        frame = frame.dropna(subset=columns)
+        yield frame[columns]
+
+
+def _count_rows(path: Path, table: S.TableSchema, chunk_rows: int) -> int:
+    if path.suffix == ".parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    return sum(len(c) for c in pd.read_csv(path, usecols=[table.id], dtype=str, chunksize=chunk_rows))
+
+
+class _Writers:
+    """One Parquet writer per output file, opened on first write."""
+
+    def __init__(self):
+        self.open: dict[Path, pq.ParquetWriter] = {}
+
+    def write(self, path: Path, frame: pd.DataFrame) -> None:
+        if len(frame) == 0:
+            return
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        writer = self.open.get(path)
+        if writer is None:
+            writer = self.open[path] = pq.ParquetWriter(str(path), table.schema)
+        elif table.schema != writer.schema:
+            table = table.cast(writer.schema)
+        writer.write_table(table)
+
+    def close(self) -> None:
+        for writer in self.open.values():
+            writer.close()
+        self.open.clear()
+
+
+@dataclass
+class Piece:
+    bucket: int
+    start: int  # first customer row of the piece in the bucket file
+    rows: int
+    examples: int
+
+
+@dataclass
+class StreamingLayout:
+    """What the partition and count passes found."""
+
+    directory: Path
+    schema: S.DatasetSchema
+    products: pd.DataFrame
+    pipeline: FeaturePipeline
+    pieces: list[Piece]
+    validation: Dataset
+    chunk_rows: int
+    train_customers: int
+    customers_with_positives: int
+    dropped_links: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def examples(self) -> int:
+        return sum(p.examples for p in self.pieces)
+
+    def customers_file(self, bucket: int) -> Path:
+        return self.directory / f"customers_{bucket:05d}.parquet"
+
+    def links_file(self, name: str, bucket: int) -> Path:
+        return self.directory / f"{name}_{bucket:05d}.parquet"
+
+    def read_links(self, name: str, bucket: int, ids: pa.Array | None = None) -> pd.DataFrame:
+        path = self.links_file(name, bucket)
+        if not path.exists():
+            return pd.DataFrame({S.CUSTOMER_ID: pd.Series(dtype=object), S.PRODUCT_ID: pd.Series(dtype=object)})
+        table = pq.read_table(path)
+        if ids is not None:
+            table = table.filter(pc.is_in(table.column(S.CUSTOMER_ID), value_set=ids))
+        return table.to_pandas().drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True)
+
+    def read_piece(self, piece: Piece) -> Dataset:
+        """The customers of one piece (at most ``chunk_rows``) with their links."""
+        parquet = pq.ParquetFile(self.customers_file(piece.bucket))
+        customers = None
+        offset = 0
+        for batch in parquet.iter_batches(batch_size=self.chunk_rows):
+            if offset == piece.start:
+                customers = batch.to_pandas()
+                break
+            offset += batch.num_rows
+        if customers is None:  # pragma: no cover - the layout and the files disagree
+            raise DataError(f"{self.customers_file(piece.bucket)}: piece at row {piece.start} not found")
+        ids = as_arrow_text(customers[self.schema.customers.id])
+        return Dataset(schema=self.schema, customers=customers, products=self.products,
+                       interactions=self.read_links(S.INTERACTIONS, piece.bucket, ids),
+                       holdings=self.read_links(S.HOLDINGS, piece.bucket, ids))
+
+
+def partition(data_dir: str | Path, workdir: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+              validation_fraction: float = 0.1, seed: int = 0, use_holdings: bool = True,
+              exclude_protected: bool = False, reservoir: int = DEFAULT_RESERVOIR,
+              max_validation: int = DEFAULT_MAX_VALIDATION) -> StreamingLayout:
+    """Passes 1-3 of the module docstring: bucket files in ``workdir``, the fitted pipeline, the
+    validation set and the batch counts."""
+    started = time.perf_counter()
+    data_dir, workdir = Path(data_dir), Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    schema = read_schema(data_dir)
+    table = schema.customers
+    products_path = find_table(data_dir, S.PRODUCTS)
+    from finrec.data.io import prepare_entities
+
+    products = prepare_entities(read_table(products_path, (schema.products.id,)), schema.products, str(products_path))
+    customers_path = find_table(data_dir, S.CUSTOMERS)
+    interactions_path = find_table(data_dir, S.INTERACTIONS)
+    holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
+
+    n_rows = _count_rows(customers_path, table, chunk_rows)
+    val_share = min(validation_fraction, max_validation / max(n_rows, 1))
+    n_buckets = max(1, math.ceil(n_rows * (1 - val_share) / (_BUCKET_FILL * chunk_rows)))
+    val_dir = workdir / "validation"
+    val_dir.mkdir(exist_ok=True)
+
+    def route(ids) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=object)
+        is_val = _unit_hash(ids, _SPLIT_KEY, seed) < val_share
+        bucket = np.minimum((_unit_hash(ids, _BUCKET_KEY, seed) * n_buckets).astype("int64"), n_buckets - 1)
+        return is_val, bucket
+
+    stats = StreamingPipelineFit(schema, use_holdings, exclude_protected, reservoir, seed)
+    writers = _Writers()
+    try:
+        for chunk in iter_customer_chunks(customers_path, table, chunk_rows):
+            is_val, bucket = route(chunk[table.id].to_numpy())
+            writers.write(val_dir / "customers.parquet", chunk[is_val])
+            train = chunk[~is_val]
+            stats.update(train)
+            for b in np.unique(bucket[~is_val]):
+                writers.write(workdir / f"customers_{b:05d}.parquet", train[bucket[~is_val] == b])
+        for name, path in ((S.INTERACTIONS, interactions_path), (S.HOLDINGS, holdings_path)):
+            if path is None:
+                continue
+            for links in _link_batches(path, chunk_rows):
+                is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
+                writers.write(val_dir / f"{name}.parquet", links[is_val])
+                train = links[~is_val]
+                for b in np.unique(bucket[~is_val]):
+                    writers.write(workdir / f"{name}_{b:05d}.parquet", train[bucket[~is_val] == b])
+    finally:
+        writers.close()
+    partitioned = time.perf_counter()
+
+    # Count pass: examples per piece, popularity, links that match no customer or product.
+    pipeline = stats.finish(products)
+    layout = StreamingLayout(workdir, schema, products, pipeline, [], None, chunk_rows, stats.rows, 0)  # type: ignore[arg-type]
+    popularity = np.zeros(pipeline.n_products, dtype="int64")
+    matched = 0
+    for b in range(n_buckets):
+        path = layout.customers_file(b)
+        if not path.exists():
+            continue
+        interactions = layout.read_links(S.INTERACTIONS, b)
+        start = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[table.id]):
+            ids = as_arrow_text(batch.column(0))
+            mine = interactions[pc.is_in(as_arrow_text(interactions[S.CUSTOMER_ID]), value_set=ids).to_numpy(zero_copy_only=False)]
+            positions = pipeline.product_positions(mine[S.PRODUCT_ID].to_numpy())
+            known = positions >= 0
+            popularity += np.bincount(positions[known], minlength=pipeline.n_products)
+            layout.customers_with_positives += int(mine[S.CUSTOMER_ID][known].nunique())
+            layout.pieces.append(Piece(b, start, batch.num_rows, int(known.sum())))
+            matched += len(mine)
+            start += batch.num_rows
+        layout.dropped_links += len(interactions) - matched
+        matched = 0
+    pipeline.product_popularity_ = [int(v) for v in popularity]
+    layout.validation = _read_validation(val_dir, schema, products)
+    layout.seconds = {"partition": partitioned - started, "count": time.perf_counter() - partitioned}
+    if layout.dropped_links:
+        log.warning("%d interaction(s) name a customer that is not in the customers table; skipped", layout.dropped_links)
+    return layout
+
+
+def _read_validation(val_dir: Path, schema: S.DatasetSchema, products: pd.DataFrame) -> Dataset:
+    def read(name: str) -> pd.DataFrame:
+        path = val_dir / f"{name}.parquet"
+        if path.exists():
+            frame = pq.read_table(path).to_pandas()
+            return frame.drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True) if name != S.CUSTOMERS else frame
+        if name == S.CUSTOMERS:
+            return pd.DataFrame({schema.customers.id: pd.Series(dtype=object)})
+        return pd.DataFrame({S.CUSTOMER_ID: pd.Series(dtype=object), S.PRODUCT_ID: pd.Series(dtype=object)})
+
+    return Dataset(schema=schema, customers=read(S.CUSTOMERS), products=products,
+                   interactions=read(S.INTERACTIONS), holdings=read(S.HOLDINGS))
+
+
+# ------------------------------------------------------------------------------ batches
+
+
+class StreamingBatches(keras.utils.PyDataset):
+    """Batches ``(x, y)`` exactly as ``TrainingBatches`` builds them, one piece of at most
+    ``chunk_rows`` customers in memory at a time. Batches never span two pieces; random access
+    works (Keras peeks at the first batches) but sequential access is what is fast."""
+
+    def __init__(self, layout: StreamingLayout, batch_size: int, seed: int,
+                 sample_from: np.ndarray | None = None, num_negatives: int = 0, batch_multiple: int = 1):
+        super().__init__()
+        self.layout = layout
+        self.batch_size = batch_size
+        self.seed = seed
+        self.sample_from = sample_from
+        self.num_negatives = num_negatives
+        self.batch_multiple = batch_multiple
+        self.epoch = 0
+        self.max_rows_held = 0
+        self.pieces_loaded = 0
+        self._cached: tuple[int, object] | None = None
+        self._plan()
+
+    def _batches_in(self, piece: Piece) -> int:
+        n = piece.examples - piece.examples % self.batch_multiple
+        return math.ceil(n / self.batch_size)
+
+    def _plan(self) -> None:
+        """Visit order of the pieces this epoch, and the first batch index of each."""
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.layout.pieces))
+        self.order = [int(i) for i in order if self._batches_in(self.layout.pieces[i]) > 0]
+        counts = [self._batches_in(self.layout.pieces[i]) for i in self.order]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype("int64")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _batches(self, slot: int):
+        if self._cached is None or self._cached[0] != slot:
+            from finrec.train import TrainingBatches, build_examples
+
+            self._cached = None  # drop the previous piece before reading the next
+            piece_index = self.order[slot]
+            data = self.layout.read_piece(self.layout.pieces[piece_index])
+            self.max_rows_held = max(self.max_rows_held, len(data.customers))
+            self.pieces_loaded += 1
+            examples = build_examples(self.layout.pipeline, data)
+            keep = len(examples) - len(examples) % self.batch_multiple
+            if keep < len(examples):  # data parallelism needs batches divisible by the device count
+                examples.customer_rows, examples.positives = examples.customer_rows[:keep], examples.positives[:keep]
+            rng = np.random.default_rng([self.seed, self.epoch, piece_index])
+            self._cached = (slot, TrainingBatches(examples, self.batch_size, rng, self.sample_from, self.num_negatives))
+        return self._cached[1]
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        slot = int(np.searchsorted(self.starts, index, side="right") - 1)
+        return self._batches(slot)[index - int(self.starts[slot])]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._cached = None
+        self._plan()
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@dataclass
+class StreamingSource:
+    """A dataset directory to train on in chunks: pass it to ``finrec.train.fit``."""
+
+    data_dir: Path
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    workdir: Path | None = None  # scratch space for the bucket files (default: a temporary directory)
+    reservoir: int = DEFAULT_RESERVOIR
+    max_validation: int = DEFAULT_MAX_VALIDATION
+
+    def __post_init__(self):
+        self.data_dir = Path(self.data_dir)
+        if self.chunk_rows < 1:
+            raise DataError(f"chunk_rows must be a positive integer, got {self.chunk_rows}")
+        self.last_batches: StreamingBatches | None = None
+        self.last_layout: StreamingLayout | None = None
+
+    def fit(self, config: Config | None = None, verbose: int | None = None,
+            callbacks: list[keras.callbacks.Callback] | None = None, batch_multiple: int = 1):
+        from finrec.train import (RankingValidation, TrainedModel, _loss, build_examples, set_seed)
+        from finrec.model.two_tower import build_two_tower
+
+        config = (config or Config()).validate()
+        training = config.training
+        set_seed(training.seed)
+        scratch = Path(tempfile.mkdtemp(prefix="finrec-stream-", dir=self.workdir))
+        try:
+            layout = partition(self.data_dir, scratch, self.chunk_rows, training.validation_fraction, training.seed,
+                               config.model.use_holdings, config.model.exclude_protected, self.reservoir,
+                               self.max_validation)
+            self.last_layout = layout
+            if layout.customers_with_positives < 10:
+                raise DataError(f"interactions: only {layout.customers_with_positives} training customer(s) have "
+                                "interactions; training needs at least 10")
+            pipeline = layout.pipeline
+            model = build_two_tower(pipeline, pipeline.transform_products(layout.products), config.model)
+            counts = np.asarray(pipeline.product_popularity_, dtype="float64")
+            loss = _loss(training, counts)
+            sample_from = (counts + 1.0) / (counts + 1.0).sum() if training.loss == "sampled" else None
+            batches = StreamingBatches(layout, training.batch_size, training.seed, sample_from,
+                                       training.num_negatives, batch_multiple)
+            self.last_batches = batches
+            use_ema = training.ema_momentum > 0
+            optimizer = keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay,
+                                               use_ema=use_ema, ema_momentum=training.ema_momentum or 0.99)
+            model.compile(optimizer=optimizer, loss=loss)
+
+            val_data = layout.validation
+            cid = layout.schema.customers.id
+            val_examples = build_examples(pipeline, val_data)
+            val_ids = val_data.customers[cid].to_numpy()
+            relevant = pipeline.holdings_matrix(val_ids, val_data.interactions)
+            excluded = pipeline.holdings_matrix(val_ids, val_data.holdings) & ~relevant
+            k = training.eval_k
+            monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
+            all_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
+            all_callbacks += [
+                RankingValidation(val_examples.inputs, relevant, excluded, k),
+                keras.callbacks.EarlyStopping(monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",
+                                              patience=training.patience, restore_best_weights=True),
+                *(callbacks or []),
+            ]
+            validation_data = None
+            if training.monitor == "loss":
+                from finrec.train import TrainingBatches
+
+                validation_data = TrainingBatches(val_examples, training.batch_size,
+                                                  np.random.default_rng(training.seed + 1), sample_from,
+                                                  training.num_negatives, shuffle=False)
+            if verbose is None:
+                verbose = 1 if sys.stdout.isatty() else 2
+            log.info("streaming training on %d examples in %d piece(s) of <= %d customers (%d validation customers)",
+                     layout.examples, len(layout.pieces), self.chunk_rows, len(val_data.customers))
+            start = time.perf_counter()
+            # shuffle=False: Keras would visit the batches in random order, loading a piece per
+            # batch; StreamingBatches shuffles pieces and examples itself.
+            history = model.fit(batches, epochs=training.epochs, validation_data=validation_data,
+                                callbacks=all_callbacks, verbose=verbose, shuffle=False)
+            seconds = time.perf_counter() - start
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        record = {name: [float(v) for v in values] for name, values in history.history.items()}
+        record["fit_seconds"] = [seconds]
+        record["train_examples"] = [float(layout.examples)]
+        record["prepare_seconds"] = [sum(layout.seconds.values())]
+        return TrainedModel(model=model, pipeline=pipeline, config=config, products=layout.products, history=record)
+
+
+def fit_streaming(data_dir: str | Path, config: Config | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                  verbose: int | None = None, callbacks=None, workdir: str | Path | None = None):
+    """Train like ``finrec.train.fit`` on a dataset directory of any size (see the module docstring)."""
+    return StreamingSource(Path(data_dir), chunk_rows, Path(workdir) if workdir else None).fit(config, verbose, callbacks)

@@ -1,0 +1,79 @@
+"""Data-parallel training on 2 (host-platform) JAX devices matches one-device training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("jax")
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import keras
+    from finrec.config import Config, ModelConfig, TrainConfig
+    from finrec.data import schema as S
+    from finrec.data.io import validate_tables
+    from finrec.data.split import split_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.distributed import fit_data_parallel
+    from finrec.evaluate.report import evaluate
+    from finrec.train import fit
+
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if not seen:
+                dist = keras.distribution.distribution()
+                seen.append(len(dist.device_mesh.devices.ravel()) if dist is not None else 1)
+
+    data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=4000, seed=5)))
+    train, test = split_dataset(data, 0.2, 0)
+    config = Config(model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
+                    training=TrainConfig(epochs=4, batch_size=128, patience=3)).validate()
+    one = fit(train, config, verbose=0)
+    many = fit_data_parallel(train, config, verbose=0, callbacks=[Watch()])
+    weight = many.model.trainable_weights[0].value
+    print("RESULT " + json.dumps({
+        "devices": keras.distribution.list_devices(),
+        "mesh_devices_during_fit": seen[0],
+        "weight_devices": len(weight.sharding.device_set),
+        "single": evaluate(one, test, k=5)["model"]["ndcg@5"],
+        "parallel": evaluate(many, test, k=5)["model"]["ndcg@5"],
+        "epochs": len(many.history["loss"]),
+    }))
+""")
+
+
+@pytest.mark.slow
+def test_data_parallel_on_two_devices_matches_one_device():
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
+    assert len(result["devices"]) == 2
+    assert result["mesh_devices_during_fit"] == 2
+    assert result["weight_devices"] == 2  # weights replicated on both devices
+    assert result["epochs"] >= 1
+    assert result["parallel"] == pytest.approx(result["single"], abs=0.03), result
+
+
+def test_data_parallel_needs_jax_and_a_divisible_batch(small_dataset):
+    import keras
+
+    from finrec.config import Config, TrainConfig
+    from finrec.distributed import fit_data_parallel
+    from finrec.errors import ConfigError
+
+    if keras.backend.backend() != "jax":
+        with pytest.raises(ConfigError, match="JAX"):
+            fit_data_parallel(small_dataset, Config())
+    else:  # pragma: no cover - the suite runs on TensorFlow
+        with pytest.raises(ConfigError, match="divide"):
+            fit_data_parallel(small_dataset, Config(training=TrainConfig(batch_size=129)), devices=["cpu:0", "cpu:1"])

@@ -1,0 +1,116 @@
+"""Streaming training: one-pass feature statistics, bounded chunks, same batches and metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.data import schema as S
+from finrec.data.stream import NumericAccumulator, StreamingBatches, StreamingPipelineFit, StreamingSource, partition
+from finrec.features import FeaturePipeline, NumericStats
+from finrec.model import losses as L
+
+
+def _chunks(values: np.ndarray, size: int):
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@pytest.mark.parametrize("log", [None, True, False])
+def test_numeric_accumulator_matches_in_memory_stats(log):
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(8, 1.5, 5000)  # heavy-tailed: detected as log
+    x[rng.random(5000) < 0.1] = np.nan
+    acc = NumericAccumulator("income", log)
+    for chunk in _chunks(x, 333):
+        acc.update(chunk)
+    got, want = acc.result(), NumericStats.fit("income", x, log)
+    assert got.log == want.log
+    for name in ("median", "mean", "std"):
+        assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-9)
+
+
+def test_reservoir_median_is_close_beyond_the_reservoir():
+    x = np.random.default_rng(1).normal(50, 10, 200_000)
+    acc = NumericAccumulator("age", False, reservoir=20_000)
+    for chunk in _chunks(x, 7_000):
+        acc.update(chunk)
+    got = acc.result()
+    assert got.median == pytest.approx(np.median(x), abs=0.3)  # ~3 standard errors of the sample median
+    assert got.mean == pytest.approx(x.mean(), rel=1e-9)
+    assert got.std == pytest.approx(x.std(), rel=1e-9)
+
+
+def test_streaming_pipeline_fit_equals_feature_pipeline_fit(small_dataset):
+    fitter = StreamingPipelineFit(small_dataset.schema)
+    customers = small_dataset.customers
+    for start in range(0, len(customers), 256):
+        fitter.update(customers.iloc[start : start + 256])
+    streamed = fitter.finish(small_dataset.products)
+    exact = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    assert streamed.customer_vocab_ == exact.customer_vocab_
+    assert streamed.product_ids_ == exact.product_ids_
+    assert [vars(s) for s in streamed.product_numeric_] == [vars(s) for s in exact.product_numeric_]
+    for a, b in zip(streamed.customer_numeric_, exact.customer_numeric_):
+        assert (a.column, a.log, a.median) == (b.column, b.log, b.median)
+        assert a.mean == pytest.approx(b.mean, rel=1e-9, abs=1e-12)
+        assert a.std == pytest.approx(b.std, rel=1e-9)
+
+
+def test_streaming_batches_cover_every_example_with_role_coded_targets(small_data_dir, small_dataset, tmp_path):
+    chunk_rows = 200
+    layout = partition(small_data_dir, tmp_path / "work", chunk_rows=chunk_rows)
+    assert len(layout.pieces) > 3  # several buckets: the data really is streamed
+    batches = StreamingBatches(layout, batch_size=64, seed=0)
+    seen = []
+    for i in range(len(batches)):
+        x, y = batches[i]
+        assert set(x) == set(layout.pipeline.customer_input_spec())
+        assert len(y) <= 64 and y.shape[1] == layout.pipeline.n_products
+        assert ((y == L.POSITIVE).sum(axis=1) == 1).all()
+        assert set(np.unique(y)) <= {L.POSITIVE, L.MASKED, L.OTHER}
+        seen.append(len(y))
+    # The memory bound: never more than chunk_rows customers held, every piece read once.
+    assert batches.max_rows_held <= chunk_rows
+    assert batches.pieces_loaded == len(layout.pieces)
+    # Every training interaction is one example; together with validation: all of them.
+    n_val = len(layout.validation.interactions)
+    assert sum(seen) == layout.examples == len(small_dataset.interactions) - n_val
+    assert layout.train_customers + len(layout.validation.customers) == len(small_dataset.customers)
+    # A new epoch: another order, the same examples.
+    batches.on_epoch_end()
+    assert sum(len(batches[i][1]) for i in range(len(batches))) == layout.examples
+
+
+def test_batch_multiple_makes_every_batch_divisible(small_data_dir, tmp_path):
+    layout = partition(small_data_dir, tmp_path / "work", chunk_rows=300)
+    batches = StreamingBatches(layout, batch_size=64, seed=0, batch_multiple=2)
+    assert all(len(batches[i][1]) % 2 == 0 for i in range(len(batches)))
+
+
+@pytest.mark.slow
+def test_streaming_training_is_as_good_as_in_memory(tmp_path, fast_config):
+    from finrec.config import Config, TrainConfig
+    from finrec.data.io import dataset_tables, validate_tables, write_dataset
+    from finrec.data.split import split_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.evaluate.report import evaluate
+    from finrec.train import fit
+
+    data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=5000, seed=3)))
+    train, test = split_dataset(data, 0.2, 0)
+    write_dataset(dataset_tables(train), data.schema, tmp_path / "train")
+    config = Config(model=fast_config.model, training=TrainConfig(epochs=5, batch_size=128, patience=3)).validate()
+
+    in_memory = fit(train, config, verbose=0)
+    source = StreamingSource(tmp_path / "train", chunk_rows=500, workdir=tmp_path)
+    streamed = fit(source, config, verbose=0)
+
+    assert source.last_batches.max_rows_held <= 500
+    assert len(source.last_layout.pieces) >= 8
+    a = evaluate(in_memory, test, k=5)["model"]["ndcg@5"]
+    b = evaluate(streamed, test, k=5)["model"]["ndcg@5"]
+    assert b == pytest.approx(a, abs=0.03), (a, b)
+    assert b > evaluate(in_memory, test, k=5)["popularity"]["ndcg@5"]
+    assert not list(tmp_path.glob("finrec-stream-*"))  # the scratch files are gone
