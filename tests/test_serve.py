@@ -268,3 +268,29 @@ def test_the_log_never_shows_feature_values(client, server):
     time.sleep(0.2)
     text = server["log"].read_text(errors="replace")
     assert "987654" not in text and "sixty-one" not in text
+
+
+def test_a_stalled_body_gets_408():
+    """A client that announces a body and never sends it is cut off with 408 (the middleware's
+    read timeout), not left holding the connection."""
+    import anyio
+
+    from finrec.serve import BodySizeLimit
+
+    sent = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def stalled_receive():
+        await anyio.sleep(5)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"content-length", b"10")]}
+    anyio.run(BodySizeLimit(app, max_bytes=100, read_timeout=0.05), scope, stalled_receive, send)
+    assert sent[0]["status"] == 408

@@ -36,6 +36,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import FastAPI, Path as PathParam, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -171,16 +172,23 @@ class ErrorBody(BaseModel):
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The request body was refused while it streamed in (too large, or too slow)."""
+
+
+BODY_READ_TIMEOUT_S = 10.0
+# Idle keep-alive connections close after 5 s; past 512 open requests a worker answers 503.
+SERVER_LIMITS = {"timeout_keep_alive": 5, "limit_concurrency": 512}
 
 
 class BodySizeLimit:
     """413 for a request body over ``max_bytes``: by Content-Length before anything is read, and
-    counted as a chunked (or lying) body streams in."""
+    counted as a chunked (or lying) body streams in. 408 for a body that stalls for more than
+    ``read_timeout`` seconds (a slow client must not hold a connection open forever)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, read_timeout: float = BODY_READ_TIMEOUT_S):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -194,23 +202,28 @@ class BodySizeLimit:
                 if length > self.max_bytes:
                     return await _send_json(send, 413, {"detail": f"request body over {self.max_bytes} bytes"})
         seen = 0
-        too_large = False
+        refused: tuple[int, str] | None = None
         started = False
 
         async def limited_receive():
-            nonlocal seen, too_large
-            message = await receive()
+            nonlocal seen, refused
+            try:
+                with anyio.fail_after(self.read_timeout):
+                    message = await receive()
+            except TimeoutError:
+                refused = (408, f"the request body did not arrive within {self.read_timeout:g} s")
+                raise BodyTooLarge from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    too_large = True
+                    refused = (413, f"request body over {self.max_bytes} bytes")
                     raise BodyTooLarge
             return message
 
         async def guarded_send(message):
             nonlocal started
-            if too_large and not started:
-                return  # whatever the app answers to the aborted read (FastAPI: a 400), the client gets the 413
+            if refused and not started:
+                return  # whatever the app answers to the aborted read (FastAPI: a 400), the client gets ours
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -219,8 +232,8 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
             pass
-        if too_large and not started:
-            await _send_json(send, 413, {"detail": f"request body over {self.max_bytes} bytes"})
+        if refused and not started:
+            await _send_json(send, refused[0], {"detail": refused[1]})
 
 
 class CatchAll:
@@ -436,11 +449,12 @@ def run(model_dir: str | Path, data_dir: str | Path | None = None, host: str = "
         os.environ["FINREC_SERVE_MODEL"] = str(model_dir)
         os.environ["FINREC_SERVE_DATA"] = str(data_dir or "")
         uvicorn.run("finrec.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False)
+                    log_level="warning", access_log=False, **SERVER_LIMITS)
         return
 
     app = create_app(model_dir, data_dir)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                            **SERVER_LIMITS)
     server = uvicorn.Server(config)
 
     def stop() -> None:
