@@ -272,6 +272,19 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     return df.reset_index(drop=True)
 
 
+def read_id_column(path: Path, column: str) -> pa.Array:
+    """One table's id column, normalized as ``read_table`` normalizes ids, in file order."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            values = pq.read_table(path, columns=[column]).column(0).to_pandas()
+        else:
+            values = pd.read_csv(path, usecols=[column], dtype={column: str})[column]
+    except (pa.ArrowException, OSError, ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the id column '{column}' ({str(exc).splitlines()[0][:200]})") from None
+    return pa.array(_ids_as_text(values), type=pa.string(), from_pandas=True)
+
+
 def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
     """Yield validated slices of a customers file of any size, holding one slice in memory."""
     path = Path(path)

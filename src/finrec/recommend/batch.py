@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from finrec.atomic import atomic_path
 from finrec.data import schema as S
-from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_table
+from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
 from finrec.features import as_arrow_text, positions_in
 from finrec.recommend import filters as F
 from finrec.recommend.index import top_k
@@ -52,6 +52,30 @@ class HoldingsLookup:
         held = np.zeros((len(customer_ids), self.n_products), dtype=bool)
         found = positions >= 0
         held[found] = self.matrix[positions[found]]
+        return held
+
+
+class HoldingsByRow:
+    """Held products by the customer's row number in the customers file. All ids are matched
+    once up front; each chunk is then a slice of sorted row numbers, so the cost stays linear
+    in the data (a per-chunk lookup against every holder would grow with chunks x holders)."""
+
+    def __init__(self, pipeline, customer_ids: pa.Array, holdings: pd.DataFrame | None):
+        self.n_products = pipeline.n_products
+        if holdings is None or len(holdings) == 0:
+            self.rows, self.cols = np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return
+        rows = positions_in(holdings[S.CUSTOMER_ID], customer_ids)
+        cols = pipeline.product_positions(holdings[S.PRODUCT_ID])
+        keep = (rows >= 0) & (cols >= 0)
+        order = np.argsort(rows[keep], kind="stable")
+        self.rows, self.cols = rows[keep][order], cols[keep][order]
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """bool [stop - start, P] for the customers in file rows ``start:stop``."""
+        lo, hi = np.searchsorted(self.rows, [start, stop])
+        held = np.zeros((stop - start, self.n_products), dtype=bool)
+        held[self.rows[lo:hi] - start, self.cols[lo:hi]] = True
         return held
 
 
@@ -122,9 +146,9 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     customers_path = find_table(data_dir, S.CUSTOMERS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
-    lookup = HoldingsLookup(recommender.pipeline, holdings)
-    product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
     table = recommender.schema.customers
+    lookup = HoldingsByRow(recommender.pipeline, read_id_column(customers_path, table.id), holdings)
+    product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
     n_customers = 0
     chunks = iter_customer_chunks(customers_path, table, chunk_rows)
     # Reading the next chunk and writing the last one overlap with scoring this one: Arrow's
@@ -135,7 +159,8 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
         while (chunk := upcoming.result()) is not None:
             upcoming = pool.submit(next, chunks, None)
             ids = chunk[table.id].to_numpy()
-            index, scores = score_frame(recommender, chunk, lookup.rows(ids), k, filters)
+            held = lookup.slice(n_customers, n_customers + len(chunk))
+            index, scores = score_frame(recommender, chunk, held, k, filters)
             result = topk_table(ids, product_ids, index, scores)
             if written is not None:
                 written.result()
