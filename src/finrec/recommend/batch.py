@@ -9,6 +9,7 @@ streamed to one output file that replaces ``out`` only when complete.
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -147,10 +148,14 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
     table = recommender.schema.customers
+    chunks = iter_customer_chunks(customers_path, table, chunk_rows)
+    # The first chunk is read before anything else, so a broken file fails with the contract's
+    # own message (empty, wrong separator, missing column) rather than in the id-column read.
+    first = next(chunks, None)
+    chunks = itertools.chain([first] if first is not None else [], chunks)
     lookup = HoldingsByRow(recommender.pipeline, read_id_column(customers_path, table.id), holdings)
     product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
     n_customers = 0
-    chunks = iter_customer_chunks(customers_path, table, chunk_rows)
     # Reading the next chunk and writing the last one overlap with scoring this one: Arrow's
     # reader and writer and the numpy tower release the GIL.
     with TopKWriter(Path(out)) as writer, ThreadPoolExecutor(max_workers=2) as pool:
