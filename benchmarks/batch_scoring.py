@@ -22,7 +22,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np
 
 from finrec.config import Config
 from finrec.data import schema as S

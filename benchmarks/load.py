@@ -27,7 +27,6 @@ import platform
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,15 +37,11 @@ from pathlib import Path
 
 import httpx
 
+from finrec.serve_process import ServerProcess
+
 RESULTS = Path(__file__).parent / "results" / "load.json"
 P99_TARGET_MS = 20.0
 TARGET_CLIENTS = 16
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cli(*args: str) -> None:
@@ -60,40 +55,6 @@ def build_model(workdir: Path, customers: int, epochs: int) -> tuple[Path, Path]
     cli("generate", "--out", str(data), "--customers", str(customers))
     cli("train", "--data", str(data), "--out", str(model), "--epochs", str(epochs))
     return model, data
-
-
-def start_server(model: Path, data: Path, port: int, log_path: Path, workers: int = 1) -> subprocess.Popen:
-    log = open(log_path, "wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "finrec.cli", "serve", "--model", str(model), "--data", str(data),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-
-
-def wait_ready(base: str, server: subprocess.Popen, timeout: float = 120.0) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with status {server.returncode} before it was ready")
-        try:
-            # Every worker process must have its model: several answers in a row, on new connections.
-            if all(httpx.get(f"{base}/ready", timeout=2.0).status_code == 200 for _ in range(12)):
-                return time.perf_counter() - start
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"the server was not ready after {timeout:.0f}s")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
 
 
 def request_bodies(customer_ids: list[str], product_ids: list[str], n: int, features_share: float = 0.0, seed: int = 0) -> list[dict]:
@@ -251,11 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         bodies = request_bodies(customer_ids, product_ids, n=max(args.requests, 1000))
         mixed_bodies = request_bodies(customer_ids, product_ids, n=max(args.requests, 1000), features_share=args.features_share)
 
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        server = start_server(model, data, port, workdir / "server.log", args.workers)
+        server = ServerProcess(model, data, workdir / "server.log", workers=args.workers)
+        base = server.base_url
         try:
-            ready_s = wait_ready(base, server)
+            ready_s = server.wait_ready(consecutive=12)  # every worker process has its model
             print(f"server pid {server.pid} ready on {base} after {ready_s:.1f}s", flush=True)
             run_level(base, 4, bodies, args.warmup, args.time_cap)
 
@@ -276,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 mixed = None
         finally:
-            stop_server(server)
-            log_text = (workdir / "server.log").read_text(errors="replace")
+            server.stop()
+            log_text = server.log_text()
             if log_text.strip():
                 print("server log (last lines):\n" + "\n".join(log_text.splitlines()[-20:]), flush=True)
         cpus = os.cpu_count()

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from finrec.serve_process import ServerProcess
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 FORMULA = "=cmd|' /C calc'!A0"
@@ -48,46 +48,6 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model_dir, data_dir, log_path: Path, ready_timeout: float = 180):
-    import httpx
-
-    port = free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "finrec.cli", "serve", "--model", str(model_dir), "--data", str(data_dir),
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {log_path.read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not become ready")
-
-
-def stop_server(process) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def requests_mix(customer_ids: list[str], product_ids: list[str]):
@@ -198,12 +158,10 @@ def run(model_dir, data_dir, seconds: float, clients: int, log_path: Path) -> di
     dataset = load_dataset(data_dir, require_interactions=False)
     customer_ids = [str(c) for c in dataset.customer_ids[:2000]]
     product_ids = [str(p) for p in dataset.product_ids]
-    process, base = start_server(model_dir, data_dir, log_path)
-    try:
-        result = asyncio.run(soak(base, process.pid, seconds, clients, customer_ids, product_ids))
-        result["server_alive"] = process.poll() is None
-    finally:
-        stop_server(process)
+    with ServerProcess(model_dir, data_dir, log_path) as server:
+        server.wait_ready()
+        result = asyncio.run(soak(server.base_url, server.pid, seconds, clients, customer_ids, product_ids))
+        result["server_alive"] = server.process.poll() is None
     return result
 
 

@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finrec.data import schema as S
 from finrec.features import FeaturePipeline
 from finrec.errors import DataError
 

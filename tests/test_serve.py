@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+from finrec.serve_process import ServerProcess, free_port
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -19,49 +20,14 @@ pytestmark = pytest.mark.slow
 READY_TIMEOUT_S = 90
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_dir, small_data_dir, tmp_path_factory):
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "finrec.cli", "serve", "--model", str(model_dir), "--data", str(small_data_dir),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    base = f"http://127.0.0.1:{port}"
-    early = []  # /ready answers seen while the model loads
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited ({process.returncode}): {log_path.read_text(errors='replace')[-2000:]}")
-            try:
-                response = httpx.get(f"{base}/ready", timeout=2)
-                if response.status_code == 200:
-                    break
-                early.append((response.status_code, response.json()))
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready after {READY_TIMEOUT_S}s: {log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-        yield {"base": base, "log": log_path, "pid": process.pid, "early": early}
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        log.close()
+    with ServerProcess(model_dir, small_data_dir, tmp_path_factory.mktemp("serve") / "server.log") as process:
+        try:
+            process.wait_ready(timeout=READY_TIMEOUT_S)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield {"base": process.base_url, "log": process.log_path, "pid": process.pid, "early": process.early}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +75,7 @@ def test_health_and_ready(client, server):
 
 def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
     process = subprocess.run(
-        [sys.executable, "-m", "finrec.cli", "serve", "--model", str(tmp_path / "missing"), "--port", str(_free_port())],
+        [sys.executable, "-m", "finrec.cli", "serve", "--model", str(tmp_path / "missing"), "--port", str(free_port())],
         capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert process.returncode == 2, process.stderr[-2000:]

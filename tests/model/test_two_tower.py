@@ -10,7 +10,7 @@ import pytest
 
 from finrec.config import ModelConfig
 from finrec.features import FeaturePipeline
-from finrec.model.two_tower import build_two_tower, customer_embeddings, product_embeddings, towers_of
+from finrec.model.two_tower import build_two_tower, product_embeddings, towers_of
 
 
 @pytest.fixture(scope="module")

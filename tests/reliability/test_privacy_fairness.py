@@ -14,7 +14,6 @@ import pytest
 
 import corpus
 from finrec.cli import main
-from finrec.data.io import load_dataset
 
 DISTINCT = "123456.789"
 DISTINCT_AGE = "77.125"
