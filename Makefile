@@ -34,7 +34,7 @@ demo: $(DEMO)/model/manifest.json
 	$(FINREC) evaluate --model $(DEMO)/model --data $(DEMO)/split/test --json $(DEMO)/model-evaluation.json
 	$(FINREC) score --model $(DEMO)/model --data $(DEMO)/split/test --out $(DEMO)/top5.csv --k 5
 	@echo && $(FINREC) recommend --model $(DEMO)/model --data $(DEMO)/split/test \
-		--customer-id "$$(sed -n 2p $(DEMO)/top5.csv | cut -d, -f1)" -k 5 && echo
+		--customer-id "$$(sed -n 2p $(DEMO)/top5.csv | cut -d, -f1 | tr -d '"')" -k 5 && echo
 	@if [ -f Recommendation_Dashboard.py ]; then FINREC_MODEL=$(DEMO)/model FINREC_DATA=$(DEMO)/bank $(VENV)/bin/streamlit run Recommendation_Dashboard.py; fi
 
 test: $(STAMP) chromium
