@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian's Chromium (and an emoji font for the dashboard's badges) for the browser test, driven
-# by the playwright package (never `playwright install`).
+# by the playwright package (never a browser download of its own).
 chromium:
 	@{ command -v chromium >/dev/null 2>&1 && [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; } || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; }

@@ -28,6 +28,7 @@ import pandas as pd
 
 from finrec.data import schema as S
 from finrec.data.io import prepare_entities, read_csv_bytes
+from finrec.data.validate import check_limits
 from finrec.errors import DataError, FinrecError
 from finrec.features import HOLDINGS_INPUT
 
@@ -197,24 +198,10 @@ def read_customer_upload(data: bytes, schema: S.DatasetSchema, name: str = "uplo
 
 
 def check_ranges(frame: pd.DataFrame, where: str, ranges: Mapping[str, tuple[float | None, float | None]] = VALUE_RANGES) -> None:
-    for column, (low, high) in ranges.items():
-        if column not in frame:
-            continue
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
-        bad = np.zeros(len(values), dtype=bool)
-        if low is not None:
-            bad |= values < low
-        if high is not None:
-            bad |= values > high
-        if bad.any():
-            rows = np.flatnonzero(bad)
-            span = (f"from {low:g} to {high:g}" if low is not None and high is not None
-                    else f"at least {low:g}" if low is not None else f"at most {high:g}")
-            raise DataError(f"{where}: column '{column}' must be {span}; {len(rows)} row(s) are not, "
-                            f"e.g. row {rows[0] + 1}: {_plain_value(frame[column].iloc[rows[0]])}")
+    """The upload's stricter ranges (a bank customer is an adult with a credit score on the scale)."""
+    check_limits(frame, ranges, where)
 
 
-# ---------------------------------------------------------------------------------- recommendation views
 def _number(value) -> float | None:
     try:
         out = float(value)
@@ -362,8 +349,3 @@ __all__ = [
     "MAX_UPLOAD_BYTES", "VALUE_RANGES",
 ]
 
-
-def _plain_value(value) -> str:
-    """A cell as a person writes it: 300, not np.float64(300.0)."""
-    value = value.item() if isinstance(value, np.generic) else value
-    return f"{value:g}" if isinstance(value, float) else repr(value)

@@ -3,7 +3,7 @@ wrong and a few of them, so that a user can find and fix them."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -110,15 +110,18 @@ def limit_text(low: float | None, high: float | None) -> str:
         return "must be at least 0 (an amount of money)"
     if high is None:
         return f"must be at least {low:g}"
+    if low is None:
+        return f"must be at most {high:g}"
     return f"must be from {low:g} to {high:g}"
 
 
-def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
-    """Refuse values outside ``plausible_limits`` (missing values are left to the imputer)."""
-    for column, (low, high) in plausible_limits(table).items():
+def check_limits(df: pd.DataFrame, limits: Mapping[str, tuple[float | None, float | None]], where: str) -> None:
+    """Refuse values outside inclusive (minimum, maximum) limits per column; missing values and
+    absent columns pass (the imputer and the schema check deal with those)."""
+    for column, (low, high) in limits.items():
         if column not in df.columns:
             continue
-        values = df[column].to_numpy(dtype="float64")
+        values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype="float64")
         bad = np.zeros(len(values), dtype=bool)
         if low is not None:
             bad |= values < low
@@ -128,6 +131,11 @@ def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
             rows = np.flatnonzero(bad)
             raise DataError(f"{where}: column '{column}' {limit_text(low, high)}; {len(rows)} row(s) are out of range, "
                             f"e.g. row {rows[0] + 1}: {values[rows[0]]:g}")
+
+
+def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
+    """Refuse values outside ``plausible_limits``."""
+    check_limits(df, plausible_limits(table), where)
 
 
 def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
