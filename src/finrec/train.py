@@ -154,6 +154,42 @@ def _loss(training: TrainConfig, positive_counts: np.ndarray) -> keras.losses.Lo
     return L.HardNegativeTriplet(training.margin, training.hard_negatives)
 
 
+def compile_for_training(model: keras.Model, training: TrainConfig, loss: keras.losses.Loss) -> None:
+    """AdamW, with an exponential moving average of the weights when ``ema_momentum`` > 0."""
+    optimizer = keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay,
+                                       use_ema=training.ema_momentum > 0, ema_momentum=training.ema_momentum or 0.99)
+    model.compile(optimizer=optimizer, loss=loss)
+
+
+def validation_setup(pipeline: FeaturePipeline, val_data: Dataset, training: TrainConfig,
+                     sample_from: np.ndarray | None, callbacks: list | None) -> tuple[list, TrainingBatches | None]:
+    """(callbacks for ``model.fit``, its ``validation_data``): ranking metrics of the validation
+    customers in the epoch logs, early stopping on them (or on the validation loss), then the
+    caller's callbacks, which see those metrics."""
+    cid = val_data.schema.customers.id
+    val_examples = build_examples(pipeline, val_data)
+    val_ids = val_data.customers[cid].to_numpy()
+    relevant = pipeline.holdings_matrix(val_ids, val_data.interactions)
+    excluded = pipeline.holdings_matrix(val_ids, val_data.holdings) & ~relevant
+    k = training.eval_k
+    monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
+    # With weight averaging, validation and early stopping judge the averaged weights.
+    fit_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if training.ema_momentum > 0 else []
+    fit_callbacks += [
+        RankingValidation(val_examples.inputs, relevant, excluded, k),
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",
+            patience=training.patience, restore_best_weights=True,
+        ),
+        *(callbacks or []),
+    ]
+    validation_data = None
+    if training.monitor == "loss":
+        validation_data = TrainingBatches(val_examples, training.batch_size, np.random.default_rng(training.seed + 1),
+                                          sample_from, training.num_negatives, shuffle=False)
+    return fit_callbacks, validation_data
+
+
 def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
@@ -199,32 +235,8 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     loss = _loss(training, counts)
     sample_from = (counts + 1.0) / (counts + 1.0).sum() if training.loss == "sampled" else None
     batches = TrainingBatches(examples, training.batch_size, rng, sample_from, training.num_negatives)
-    use_ema = training.ema_momentum > 0
-    optimizer = keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay,
-                                       use_ema=use_ema, ema_momentum=training.ema_momentum or 0.99)
-    model.compile(optimizer=optimizer, loss=loss)
-
-    val_examples = build_examples(pipeline, val_data)
-    val_ids_all = val_data.customers[cid].to_numpy()
-    relevant = pipeline.holdings_matrix(val_ids_all, val_data.interactions)
-    excluded = pipeline.holdings_matrix(val_ids_all, val_data.holdings) & ~relevant
-    k = training.eval_k
-    monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
-    # With weight averaging, validation and early stopping judge the averaged weights.
-    # (A new name: rebinding ``callbacks`` here used to drop the caller's callbacks.)
-    all_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
-    all_callbacks += [
-        RankingValidation(val_examples.inputs, relevant, excluded, k),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",
-            patience=training.patience, restore_best_weights=True,
-        ),
-        *(callbacks or []),
-    ]
-    validation_data = None
-    if training.monitor == "loss":
-        validation_data = TrainingBatches(val_examples, training.batch_size, np.random.default_rng(training.seed + 1),
-                                          sample_from, training.num_negatives, shuffle=False)
+    compile_for_training(model, training, loss)
+    all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     log.info("training on %d examples from %d customers (%d validation customers)", len(examples), len(train_ids), len(val_ids))

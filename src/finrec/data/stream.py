@@ -512,7 +512,7 @@ class StreamingSource:
 
     def fit(self, config: Config | None = None, verbose: int | None = None,
             callbacks: list[keras.callbacks.Callback] | None = None, batch_multiple: int = 1):
-        from finrec.train import (RankingValidation, TrainedModel, _loss, build_examples, set_seed)
+        from finrec.train import TrainedModel, _loss, compile_for_training, set_seed, validation_setup
         from finrec.model.two_tower import build_two_tower
 
         config = (config or Config()).validate()
@@ -535,33 +535,9 @@ class StreamingSource:
             batches = StreamingBatches(layout, training.batch_size, training.seed, sample_from,
                                        training.num_negatives, batch_multiple)
             self.last_batches = batches
-            use_ema = training.ema_momentum > 0
-            optimizer = keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay,
-                                               use_ema=use_ema, ema_momentum=training.ema_momentum or 0.99)
-            model.compile(optimizer=optimizer, loss=loss)
-
+            compile_for_training(model, training, loss)
             val_data = layout.validation
-            cid = layout.schema.customers.id
-            val_examples = build_examples(pipeline, val_data)
-            val_ids = val_data.customers[cid].to_numpy()
-            relevant = pipeline.holdings_matrix(val_ids, val_data.interactions)
-            excluded = pipeline.holdings_matrix(val_ids, val_data.holdings) & ~relevant
-            k = training.eval_k
-            monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
-            all_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
-            all_callbacks += [
-                RankingValidation(val_examples.inputs, relevant, excluded, k),
-                keras.callbacks.EarlyStopping(monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",
-                                              patience=training.patience, restore_best_weights=True),
-                *(callbacks or []),
-            ]
-            validation_data = None
-            if training.monitor == "loss":
-                from finrec.train import TrainingBatches
-
-                validation_data = TrainingBatches(val_examples, training.batch_size,
-                                                  np.random.default_rng(training.seed + 1), sample_from,
-                                                  training.num_negatives, shuffle=False)
+            all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
             if verbose is None:
                 verbose = 1 if sys.stdout.isatty() else 2
             log.info("streaming training on %d examples in %d piece(s) of <= %d customers (%d validation customers)",
