@@ -143,21 +143,22 @@ def cmd_score(args) -> int:
     _quiet_backend()
     from finrec.artifacts import load_model_dir
     from finrec.data.io import read_schema
-    from finrec.recommend.batch import score_dataset
+    from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, score_dataset
     from finrec.recommend.recommender import Recommender
 
     schema = read_schema(args.data)
     loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
     filters = {"suitability": False, "eligibility": False} if args.unfiltered else _filters_from(args)
+    chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
     if args.engine == "ray":
         from finrec.recommend.ray_engine import score_dataset_ray
 
         customers, rows = score_dataset_ray(args.model, args.data, args.out, k=args.k, filters=filters,
-                                            batch_rows=min(args.chunk_rows, 65_536))
+                                            batch_rows=min(chunk_rows, 65_536))
         print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
         return 0
     customers, rows = score_dataset(Recommender(loaded.trained), args.data, args.out, k=args.k, filters=filters,
-                                    chunk_rows=args.chunk_rows)
+                                    chunk_rows=chunk_rows)
     print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
     return 0
 
@@ -250,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     _filter_arguments(p)
     p.add_argument("--unfiltered", action="store_true",
                    help="exclude held products only, as `evaluate` ranks (to recompute its metrics)")
-    p.add_argument("--chunk-rows", type=_positive_int, default=262_144, help="customers per chunk (bounds memory)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=None,
+                   help="customers per chunk (bounds memory; default 131,072)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: score on Ray Data (RAY_ADDRESS names a cluster; else a local Ray)")
     p.set_defaults(func=cmd_score)

@@ -53,12 +53,14 @@ class NumericStats:
     std: float
 
     def transform(self, values: np.ndarray) -> np.ndarray:
-        x = values.astype("float64", copy=True)
+        x = values.astype("float64", copy=True)  # then in place: this runs on every batch row
         if self.log:
-            x = np.sign(x) * np.log1p(np.abs(x))
+            np.copysign(np.log1p(np.abs(x)), x, out=x)
         x[np.isnan(x)] = self.median
+        np.subtract(x, self.mean, out=x)
+        np.divide(x, self.std, out=x)
         # Absurd but finite values (1e300) must not become inf in the float32 model input.
-        return np.clip((x - self.mean) / self.std, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT)
+        return np.clip(x, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT, out=x)
 
     @classmethod
     def fit(cls, column: str, values: np.ndarray, log: bool | None) -> "NumericStats":
@@ -101,10 +103,34 @@ def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
     return pc.index_in(as_arrow_text(values), value_set=vocabulary).fill_null(-1).to_numpy(zero_copy_only=False)
 
 
+def run_positions(values, ids: pa.Array) -> np.ndarray:
+    """``positions_in(values, ids)`` for a link table's customer column, with a fast path for
+    the usual export order: the links grouped by customer, the groups in ``ids``' order and
+    every id present (in a bank everyone holds at least an account). That is checked exactly,
+    in a few vectorised string comparisons, and costs ~15x less than hashing a million ids;
+    any other order takes the hash lookup."""
+    values = as_arrow_text(values)
+    ids = as_arrow_text(ids)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    n = len(values)
+    if 0 < len(ids) <= n and values.null_count == 0:
+        starts = np.ones(n, dtype=bool)
+        starts[1:] = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
+        run = np.cumsum(starts) - 1
+        if run[-1] + 1 == len(ids) and pc.all(pc.equal(values.filter(starts), ids)).as_py():
+            return run
+    return positions_in(values, ids)
+
+
 def _codes(values: pd.Series, vocabulary: list[str] | pa.Array) -> np.ndarray:
     """Vocabulary position + 1; 0 for missing or unseen values (the OOV slot)."""
     if not isinstance(vocabulary, pa.Array):
         vocabulary = pa.array(vocabulary, type=pa.string())
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        # Look up the few distinct categories, not every row (a Parquet dictionary column).
+        slots = np.append(positions_in(values.cat.categories.astype(str), vocabulary) + 1, 0).astype("int32")
+        return slots[values.cat.codes.to_numpy()]  # code -1 (missing) picks the trailing 0
     return (positions_in(values, vocabulary) + 1).astype("int32")
 
 

@@ -146,3 +146,33 @@ def test_csv_output_escapes_formulas(tmp_path):
     path = write_table(pd.DataFrame({"customer_id": ["=cmd|' /C calc'!A0", "ok", "@x"], "score": [-1.5, 2.0, 3.0]}), tmp_path / "o.csv")
     text = path.read_text()
     assert "'=cmd" in text and "'@x" in text and "-1.5" in text
+
+
+@pytest.mark.parametrize("ids, duplicated", [
+    (["a", "b", "c"], None),  # sorted: the neighbour comparison proves uniqueness
+    (["c", "a", "b"], None),  # unsorted: the hash check
+    (["a", "b", "b", "c"], "'b'"),  # sorted but not strictly
+    (["b", "a", "b"], "'b'"),
+    (["a", None, "a"], "'a'"),  # a gap in a sorted-looking column must not hide a duplicate
+])
+@pytest.mark.parametrize("dtype", ["str", object])
+def test_require_unique_fast_and_slow_paths(ids, duplicated, dtype):
+    from finrec.data.validate import require_unique
+
+    df = pd.DataFrame({"customer_id": pd.Series(ids, dtype=dtype)})
+    if duplicated is None:
+        require_unique(df, "customer_id", "customers.csv")
+    else:
+        with pytest.raises(DataError, match=f"customers.csv: column 'customer_id' must be unique.*{duplicated}"):
+            require_unique(df, "customer_id", "customers.csv")
+
+
+def test_prepare_entities_leaves_the_callers_frame_alone(small_tables):
+    from finrec.data.io import prepare_entities
+
+    raw = small_tables[S.CUSTOMERS].head(100).copy()
+    raw["age"] = raw["age"].astype(str)  # text numbers get coerced in the result only
+    before = raw.copy()
+    prepared = prepare_entities(raw, S.SYNTHETIC.schema().customers, "customers")
+    assert prepared["age"].dtype == "float64"
+    pd.testing.assert_frame_equal(raw, before)

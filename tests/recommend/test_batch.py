@@ -35,3 +35,26 @@ def test_rewrite_replaces_output_atomically(rec, small_data_dir, tmp_path):
     score_dataset(rec, small_data_dir, out, k=3, chunk_rows=1000)
     assert pd.read_parquet(out)["rank"].max() == 3 > first["rank"].max()
     assert [p.name for p in tmp_path.iterdir()] == ["top.parquet"]
+
+
+def test_same_output_whatever_the_threads_and_holdings_order(rec, small_data_dir, tmp_path):
+    """The fast path for holdings listed in customer order and the hash lookup for any other
+    order, and one or several worker threads, all write the same rows."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    reference = tmp_path / "reference.parquet"
+    score_dataset(rec, small_data_dir, reference, k=4, chunk_rows=250, workers=1)
+    expected = pq.read_table(reference)
+    assert expected.schema.field("customer_id").type == "string"  # plain text, not a dictionary
+    assert expected.schema.field("product_id").type == "string"
+
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(small_data_dir, shuffled)
+    holdings = pd.read_parquet(shuffled / "holdings.parquet")
+    holdings.sample(frac=1.0, random_state=1).to_parquet(shuffled / "holdings.parquet", index=False)
+    for data_dir, workers in [(small_data_dir, 3), (shuffled, 1), (shuffled, 2)]:
+        out = tmp_path / f"top-{data_dir.name}-{workers}.parquet"
+        score_dataset(rec, data_dir, out, k=4, chunk_rows=250, workers=workers)
+        assert pq.read_table(out).equals(expected)

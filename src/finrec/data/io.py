@@ -177,6 +177,8 @@ def as_category_text(values: pd.Series) -> pd.Series:
     """Category values as text (missing stays missing)."""
     if pd.api.types.is_string_dtype(values) and values.dtype != object:
         return values
+    if isinstance(values.dtype, pd.CategoricalDtype) and pd.api.types.is_string_dtype(values.cat.categories):
+        return values  # text categories (a Parquet dictionary column): already text, and cheap
     missing = values.isna()
     text = values.astype(str).astype(object)
     return text.where(~missing, None) if missing.any() else text
@@ -258,7 +260,7 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     """Validate a customers or products table and type its feature columns."""
     V.check_schema_columns(df, table, where)
     V.require_rows(df, where)
-    df = df.copy()
+    df = df.copy(deep=False)  # copy-on-write (pandas 3): the caller's frame is never changed
     df[table.id] = _ids_as_text(df[table.id])
     V.require_no_missing_ids(df, table.id, where)
     V.require_unique(df, table.id, where)
@@ -293,11 +295,16 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             parquet = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        # Categorical text arrives dictionary-encoded (pandas Categorical): decoding is faster
+        # and the feature codes come from the few categories instead of every row.
+        fields = parquet.schema_arrow
+        text = [c for c in table.categorical_features
+                if c in fields.names and (pa.types.is_string(fields.field(c).type) or pa.types.is_large_string(fields.field(c).type))]
+        if text:
+            parquet = pq.ParquetFile(path, read_dictionary=text)
         offset = 0
         for batch in parquet.iter_batches(batch_size=chunk_rows):
             chunk = batch.to_pandas()
-            if table.id in chunk.columns:
-                chunk[table.id] = _ids_as_text(chunk[table.id])
             yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
             offset += len(chunk)
     elif path.suffix == ".csv":

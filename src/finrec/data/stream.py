@@ -309,16 +309,19 @@ class StreamingLayout:
 
     def read_piece(self, piece: Piece) -> Dataset:
         """The customers of one piece (at most ``chunk_rows``) with their links."""
+        # By row numbers, not batch boundaries: a reader may cut batches at row groups
+        # (dictionary-encoded columns do), so a piece may span several batches.
         parquet = pq.ParquetFile(self.customers_file(piece.bucket))
-        customers = None
-        offset = 0
+        stop, offset, parts = piece.start + piece.rows, 0, []
         for batch in parquet.iter_batches(batch_size=self.chunk_rows):
-            if offset == piece.start:
-                customers = batch.to_pandas()
-                break
+            if offset + batch.num_rows > piece.start:
+                parts.append(batch.slice(max(0, piece.start - offset), stop - max(offset, piece.start)))
             offset += batch.num_rows
-        if customers is None:  # pragma: no cover - the layout and the files disagree
-            raise DataError(f"{self.customers_file(piece.bucket)}: piece at row {piece.start} not found")
+            if offset >= stop:
+                break
+        if offset < stop:  # pragma: no cover - the layout and the files disagree
+            raise DataError(f"{self.customers_file(piece.bucket)}: rows {piece.start}-{stop} not found")
+        customers = pa.Table.from_batches(parts).to_pandas()
         ids = as_arrow_text(customers[self.schema.customers.id])
         return Dataset(schema=self.schema, customers=customers, products=self.products,
                        interactions=self.read_links(S.INTERACTIONS, piece.bucket, ids),

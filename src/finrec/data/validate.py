@@ -7,6 +7,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from finrec.data import schema as S
 from finrec.errors import DataError, SchemaError
@@ -33,7 +35,18 @@ def require_rows(df: pd.DataFrame, where: str) -> None:
         raise DataError(f"{where}: the table is empty (a header and no rows)")
 
 
+def _strictly_increasing(values: pd.Series) -> bool:
+    """True for text in strictly increasing order (as exports sorted by id are): one vectorised
+    comparison of neighbours, where a uniqueness check would hash every value."""
+    if len(values) < 2 or values.dtype == object or not pd.api.types.is_string_dtype(values):
+        return False
+    text = pa.array(values)
+    return text.null_count == 0 and bool(pc.all(pc.less(text[:-1], text[1:])).as_py())
+
+
 def require_unique(df: pd.DataFrame, column: str, where: str) -> None:
+    if _strictly_increasing(df[column]) or df[column].is_unique:  # duplicates are rare: find them only then
+        return
     dup = df[column][df[column].duplicated(keep=False)]
     if len(dup):
         raise DataError(
@@ -52,7 +65,7 @@ def require_no_missing_ids(df: pd.DataFrame, column: str, where: str) -> None:
 def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.DataFrame:
     """Return ``df`` with ``columns`` as float64; fail on text that is not a number or on
     infinities. Missing values stay NaN (the feature pipeline imputes them)."""
-    out = df.copy()
+    out = df.copy(deep=False)  # copy-on-write (pandas 3): replacing columns leaves ``df`` as it was
     for column in columns:
         raw = out[column]
         if pd.api.types.is_bool_dtype(raw):

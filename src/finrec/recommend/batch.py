@@ -9,8 +9,11 @@ streamed to one output file that replaces ``out`` only when complete.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import itertools
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +26,9 @@ import pyarrow.parquet as pq
 from finrec.atomic import atomic_path
 from finrec.data import schema as S
 from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
-from finrec.features import as_arrow_text, positions_in
+from finrec.features import as_arrow_text, positions_in, run_positions
 from finrec.recommend import filters as F
-from finrec.recommend.index import top_k
+from finrec.recommend.index import default_workers, single_threaded_blas, top_k
 
 OUTPUT_SCHEMA = pa.schema([
     (S.CUSTOMER_ID, pa.string()),
@@ -33,7 +36,7 @@ OUTPUT_SCHEMA = pa.schema([
     (S.PRODUCT_ID, pa.string()),
     ("score", pa.float32()),
 ])
-DEFAULT_CHUNK_ROWS = 262_144
+DEFAULT_CHUNK_ROWS = 131_072  # measured best of 64k/128k/256k on 1M customers, 2 cores
 
 
 class HoldingsLookup:
@@ -66,7 +69,7 @@ class HoldingsByRow:
         if holdings is None or len(holdings) == 0:
             self.rows, self.cols = np.zeros(0, np.int64), np.zeros(0, np.int64)
             return
-        rows = positions_in(holdings[S.CUSTOMER_ID], customer_ids)
+        rows = run_positions(holdings[S.CUSTOMER_ID], customer_ids)
         cols = pipeline.product_positions(holdings[S.PRODUCT_ID])
         keep = (rows >= 0) & (cols >= 0)
         order = np.argsort(rows[keep], kind="stable")
@@ -80,23 +83,48 @@ class HoldingsByRow:
         return held
 
 
+@dataclass
+class PreparedChunk:
+    """A chunk of validated customers turned into everything ranking needs (no pandas left)."""
+
+    ids: pa.Array  # string [n]
+    inputs: dict[str, np.ndarray]  # the customer tower's inputs
+    attributes: dict[str, np.ndarray]  # the raw columns the filter rules compare with
+    held: np.ndarray  # bool [n, P]
+
+
+def prepare_chunk(recommender, customers: pd.DataFrame, held: np.ndarray) -> PreparedChunk:
+    return PreparedChunk(
+        ids=as_arrow_text(customers[recommender.schema.customers.id]),
+        inputs=recommender.pipeline.transform_customers(customers, held=held),
+        attributes=F.customer_attributes(customers, recommender.schema),
+        held=held,
+    )
+
+
+def rank_chunk(recommender, chunk: PreparedChunk, k: int, filters: F.Filters,
+               workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (indices int [n, k'], scores [n, k'], -inf where fewer are eligible)."""
+    tower = recommender.tower if workers is None else dataclasses.replace(recommender.tower, workers=workers)
+    scores = tower(chunk.inputs) @ recommender.product_embeddings.T
+    masks = F.exclusion_masks(chunk.attributes, chunk.held, recommender.catalogue, filters)
+    return top_k(scores, F.combine(masks, scores.shape), k, workers=workers)
+
+
 def score_frame(recommender, customers: pd.DataFrame, held: np.ndarray, k: int, filters: F.Filters) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (indices int [n, k'], scores [n, k'], -inf where fewer are eligible) for a frame
     of validated customers."""
-    inputs = recommender.pipeline.transform_customers(customers, held=held)
-    scores = recommender.tower(inputs) @ recommender.product_embeddings.T
-    attributes = F.customer_attributes(customers, recommender.schema)
-    masks = F.exclusion_masks(attributes, held, recommender.catalogue, filters)
-    return top_k(scores, F.combine(masks, scores.shape), k)
+    return rank_chunk(recommender, prepare_chunk(recommender, customers, held), k, filters)
 
 
-def topk_table(customer_ids: np.ndarray, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray) -> pa.Table:
-    """Long table ``customer_id, rank, product_id, score``; slots with no eligible product dropped."""
+def topk_table(customer_ids, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """Long table ``customer_id, rank, product_id, score``; slots with no eligible product dropped.
+    ``customer_ids``: [n] Arrow or numpy text."""
     n, k = index.shape
     valid = np.isfinite(scores).ravel()
     owner = np.repeat(np.arange(n), k)[valid]
     return pa.table({
-        S.CUSTOMER_ID: pa.array(customer_ids, pa.string()).take(owner),
+        S.CUSTOMER_ID: as_arrow_text(customer_ids).take(owner),
         "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)[valid]),
         S.PRODUCT_ID: product_ids.take(index.ravel()[valid]),
         "score": pa.array(scores.ravel()[valid].astype(np.float32)),
@@ -123,7 +151,10 @@ class TopKWriter:
     def __enter__(self):
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self._writer = pacsv.CSVWriter(str(tmp), OUTPUT_SCHEMA) if self.csv else pq.ParquetWriter(str(tmp), OUTPUT_SCHEMA)
+        # Customer ids are all distinct: dictionary-encoding them and their min/max statistics
+        # only cost time (together about half of the write, measured on 1M customers).
+        self._writer = pacsv.CSVWriter(str(tmp), OUTPUT_SCHEMA) if self.csv else pq.ParquetWriter(
+            str(tmp), OUTPUT_SCHEMA, use_dictionary=["rank", S.PRODUCT_ID], write_statistics=["rank", S.PRODUCT_ID, "score"])
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -139,38 +170,50 @@ class TopKWriter:
 
 
 def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[int, int]:
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None) -> tuple[int, int]:
     """Write the top ``k`` eligible products of every customer in ``data_dir``'s customers table
-    to ``out``. Returns (customers scored, rows written)."""
+    to ``out``. Returns (customers scored, rows written).
+
+    This thread reads and validates chunks and writes finished ones in file order; ``workers``
+    threads (default: the CPUs this process may use) each featurize, rank (tower, cosine,
+    filters, top-k) and tabulate a whole chunk. At most ``workers`` chunks wait at once, so
+    memory stays bounded. Arrow, the Parquet writer and numpy's kernels release the GIL, so
+    the threads share the cores (the measurements are in docs/benchmarks.md)."""
     filters = F.Filters.build(filters)
     data_dir = Path(data_dir)
     customers_path = find_table(data_dir, S.CUSTOMERS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
-    holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
     table = recommender.schema.customers
     chunks = iter_customer_chunks(customers_path, table, chunk_rows)
     # The first chunk is read before anything else, so a broken file fails with the contract's
     # own message (empty, wrong separator, missing column) rather than in the id-column read.
     first = next(chunks, None)
     chunks = itertools.chain([first] if first is not None else [], chunks)
-    lookup = HoldingsByRow(recommender.pipeline, read_id_column(customers_path, table.id), holdings)
     product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
-    n_customers = 0
-    # Reading the next chunk and writing the last one overlap with scoring this one: Arrow's
-    # reader and writer and the numpy tower release the GIL.
-    with TopKWriter(Path(out)) as writer, ThreadPoolExecutor(max_workers=2) as pool:
-        upcoming = pool.submit(next, chunks, None)
-        written = None
-        while (chunk := upcoming.result()) is not None:
-            upcoming = pool.submit(next, chunks, None)
-            ids = chunk[table.id].to_numpy()
-            held = lookup.slice(n_customers, n_customers + len(chunk))
-            index, scores = score_frame(recommender, chunk, held, k, filters)
-            result = topk_table(ids, product_ids, index, scores)
-            if written is not None:
-                written.result()
-            written = pool.submit(writer.write, result)
+
+    # BLAS threads would fight our own threads for the two cores (OpenBLAS spins idle
+    # threads): the chunk workers are the parallelism.
+    def match_holdings() -> HoldingsByRow:
+        holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
+        return HoldingsByRow(recommender.pipeline, read_id_column(customers_path, table.id), holdings)
+
+    workers = workers or default_workers()
+    with (TopKWriter(Path(out)) as writer, ThreadPoolExecutor(max_workers=workers) as pool,
+          ThreadPoolExecutor(max_workers=1) as side, single_threaded_blas()):
+        lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
+
+        def score(start: int, chunk: pd.DataFrame) -> pa.Table:
+            prepared = prepare_chunk(recommender, chunk, lookup.result().slice(start, start + len(chunk)))
+            index, scores = rank_chunk(recommender, prepared, k, filters, workers=1)
+            return topk_table(prepared.ids, product_ids, index, scores)
+
+        in_flight: collections.deque = collections.deque()
+        n_customers = 0
+        for chunk in chunks:
+            in_flight.append(pool.submit(score, n_customers, chunk))
             n_customers += len(chunk)
-        if written is not None:
-            written.result()
+            while len(in_flight) > workers or (in_flight and in_flight[0].done()):
+                writer.write(in_flight.popleft().result())
+        while in_flight:
+            writer.write(in_flight.popleft().result())
     return n_customers, writer.rows

@@ -59,7 +59,7 @@ _blas_limit = None
 
 
 @contextlib.contextmanager
-def _single_threaded_blas():
+def single_threaded_blas():
     """Inside: BLAS runs single-threaded (our worker threads do the parallelism). Yields False,
     and changes nothing, without threadpoolctl. Reference-counted, so overlapping calls from
     several threads restore the original limit once, when the last one leaves."""
@@ -101,7 +101,7 @@ def _run_ranges(n: int, chunk: int, workers: int | None, run) -> None:
     if workers <= 1:
         run(0, n)
         return
-    with _single_threaded_blas() as limited:
+    with single_threaded_blas() as limited:
         if not limited:
             run(0, n)
             return
