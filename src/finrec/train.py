@@ -77,7 +77,10 @@ class TrainingBatches(keras.utils.PyDataset):
         return math.ceil(len(self.examples) / self.batch_size)
 
     def __getitem__(self, index: int):
-        batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.batch_of(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+
+    def batch_of(self, batch: np.ndarray):
+        """``(x, y)`` for the examples numbered ``batch`` (int [B])."""
         rows = self.examples.customer_rows[batch]
         positives = self.examples.positives[batch]
         x = {name: values[rows] for name, values in self.examples.inputs.items()}
@@ -100,6 +103,55 @@ class TrainingBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         if self.shuffle:
             self.order = self.rng.permutation(len(self.examples))
+
+    def tf_example_numbers(self):
+        """Endless ``tf.data.Dataset`` of batches of example numbers (int64 [<= B]): each epoch
+        a permutation of all examples, drawn in the graph from a seed taken from ``rng``. A
+        Python generator anywhere in a pipeline slowed every TensorFlow training step from 43
+        to 66-90 ms on 2 cores, even one called once per epoch."""
+        import tensorflow as tf
+
+        seed = int(self.rng.integers(2**31 - 1))
+        n, size, n_batches = len(self.examples), self.batch_size, len(self)
+
+        def epoch(number):
+            order = tf.range(n, dtype=tf.int64)
+            if self.shuffle:
+                order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(seed, tf.int64), number]))
+            return tf.data.Dataset.range(n_batches).map(lambda i: order[i * size : (i + 1) * size])
+
+        return tf.data.Dataset.range(2**62).flat_map(epoch)
+
+    def as_tf_dataset(self):
+        """The batches of ``batch_of`` as an endless ``tf.data.Dataset`` for the TensorFlow
+        backend (fit it with ``steps_per_epoch=len(self)``: Keras ends an epoch after that many
+        steps without exhausting the data). Keras feeds a ``PyDataset`` to TensorFlow through
+        ``from_generator``, converting every batch in Python: on 2 cores that halved the
+        training throughput (benchmarks/throughput.py); here the shuffle, the slicing and the
+        gathers all run in the graph. None for the sampled loss, whose negatives are drawn per
+        batch in numpy."""
+        if self.sample_from is not None:
+            return None
+        import tensorflow as tf
+
+        tables = (self.examples.inputs, self.examples.customer_rows, self.examples.positives, self.examples.never_negative)
+
+        def gather(batch, tables):  # batch_of, in the graph
+            inputs, customer_rows, positives, never_negative = tables
+            rows = tf.gather(customer_rows, batch)
+            x = {name: tf.gather(values, rows) for name, values in inputs.items()}
+            y = tf.where(tf.gather(never_negative, rows), L.MASKED, L.OTHER)
+            picks = tf.stack([tf.range(tf.size(batch, out_type=tf.int64)), tf.gather(positives, batch)], axis=1)
+            y = tf.tensor_scatter_nd_update(y, picks, tf.fill(tf.shape(batch), L.POSITIVE))
+            return x, y
+
+        # The tables travel as a repeated dataset element, as Keras does for arrays, rather than
+        # as constants captured by the map function (which tf.data would serialize).
+        batches = tf.data.Dataset.zip((self.tf_example_numbers(), tf.data.Dataset.from_tensors(tables).repeat()))
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        batches = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+        return batches.prefetch(tf.data.AUTOTUNE)
 
 
 class RankingValidation(keras.callbacks.Callback):
@@ -241,7 +293,10 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
         verbose = 1 if sys.stdout.isatty() else 2
     log.info("training on %d examples from %d customers (%d validation customers)", len(examples), len(train_ids), len(val_ids))
     start = time.perf_counter()
-    history = model.fit(batches, epochs=training.epochs, validation_data=validation_data, callbacks=all_callbacks, verbose=verbose)
+    feed = batches.as_tf_dataset() if keras.backend.backend() == "tensorflow" else None
+    # shuffle=False: the batches already hold examples reshuffled every epoch; Keras would also
+    # shuffle a PyDataset's batch order (not a tf.data one's), and both feeds must train alike.
+    history = model.fit(feed or batches, steps_per_epoch=len(batches) if feed else None, epochs=training.epochs, shuffle=False, validation_data=validation_data, callbacks=all_callbacks, verbose=verbose)
     seconds = time.perf_counter() - start
     record = {name: [float(v) for v in values] for name, values in history.history.items()}
     record["fit_seconds"] = [seconds]
