@@ -1,6 +1,6 @@
 """The dashboard in a real browser: Streamlit server + headless Debian Chromium via Playwright.
 
-Never runs ``playwright install``: it uses ``/usr/bin/chromium`` (``make chromium`` installs it).
+Never downloads a browser through Playwright: it uses ``/usr/bin/chromium`` (``make chromium`` installs it).
 """
 
 import os
