@@ -43,6 +43,11 @@ class TrainingExamples:
     def __len__(self) -> int:
         return len(self.positives)
 
+    def drop_remainder(self, multiple: int) -> None:
+        """Keep a multiple of ``multiple`` examples (data parallelism: the device count)."""
+        keep = len(self) - len(self) % multiple
+        self.customer_rows, self.positives = self.customer_rows[:keep], self.positives[:keep]
+
 
 def build_examples(pipeline: FeaturePipeline, dataset: Dataset) -> TrainingExamples:
     cid = dataset.schema.customers.id
@@ -280,9 +285,7 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     model = build_two_tower(pipeline, catalogue, config.model)
 
     examples = build_examples(pipeline, train_data)
-    if len(examples) % batch_multiple:
-        keep = len(examples) - len(examples) % batch_multiple
-        examples.customer_rows, examples.positives = examples.customer_rows[:keep], examples.positives[:keep]
+    examples.drop_remainder(batch_multiple)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
     loss = _loss(training, counts)
     sample_from = (counts + 1.0) / (counts + 1.0).sum() if training.loss == "sampled" else None

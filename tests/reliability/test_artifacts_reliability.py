@@ -22,9 +22,13 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "finrec"
 
 
 def _train(data_dir, out: Path, epochs: int) -> subprocess.Popen:
+    # Patience = epochs: early stopping must not end a run the test means to kill mid-fit
+    # (training got fast enough to finish within the test's wait).
+    config = out.parent / "train-config.yaml"
+    config.write_text(f"training:\n  patience: {epochs}\n", encoding="utf-8")
     return subprocess.Popen([sys.executable, "-m", "finrec.cli", "train", "--data", str(data_dir), "--out", str(out),
-                             "--epochs", str(epochs)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                             "--epochs", str(epochs), "--config", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 def _kill(process: subprocess.Popen) -> None:

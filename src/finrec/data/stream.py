@@ -474,9 +474,7 @@ class StreamingBatches(keras.utils.PyDataset):
             self.max_rows_held = max(self.max_rows_held, len(data.customers))
             self.pieces_loaded += 1
             examples = build_examples(self.layout.pipeline, data)
-            keep = len(examples) - len(examples) % self.batch_multiple
-            if keep < len(examples):  # data parallelism needs batches divisible by the device count
-                examples.customer_rows, examples.positives = examples.customer_rows[:keep], examples.positives[:keep]
+            examples.drop_remainder(self.batch_multiple)
             rng = np.random.default_rng([self.seed, self.epoch, piece_index])
             self._cached = (slot, TrainingBatches(examples, self.batch_size, rng, self.sample_from, self.num_negatives))
         return self._cached[1]

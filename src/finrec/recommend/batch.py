@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import itertools
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,43 +82,21 @@ class HoldingsByRow:
         return held
 
 
-@dataclass
-class PreparedChunk:
-    """A chunk of validated customers turned into everything ranking needs (no pandas left)."""
-
-    ids: pa.Array  # string [n]
-    inputs: dict[str, np.ndarray]  # the customer tower's inputs
-    attributes: dict[str, np.ndarray]  # the raw columns the filter rules compare with
-    held: np.ndarray  # bool [n, P]
-
-
-def prepare_chunk(recommender, customers: pd.DataFrame, held: np.ndarray) -> PreparedChunk:
-    return PreparedChunk(
-        ids=as_arrow_text(customers[recommender.schema.customers.id]),
-        inputs=recommender.pipeline.transform_customers(customers, held=held),
-        attributes=F.customer_attributes(customers, recommender.schema),
-        held=held,
-    )
-
-
-def rank_chunk(recommender, chunk: PreparedChunk, k: int, filters: F.Filters,
-               workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (indices int [n, k'], scores [n, k'], -inf where fewer are eligible)."""
-    tower = recommender.tower if workers is None else dataclasses.replace(recommender.tower, workers=workers)
-    scores = tower(chunk.inputs) @ recommender.product_embeddings.T
-    masks = F.exclusion_masks(chunk.attributes, chunk.held, recommender.catalogue, filters)
-    return top_k(scores, F.combine(masks, scores.shape), k, workers=workers)
-
-
-def score_frame(recommender, customers: pd.DataFrame, held: np.ndarray, k: int, filters: F.Filters) -> tuple[np.ndarray, np.ndarray]:
+def score_frame(recommender, customers: pd.DataFrame, held: np.ndarray, k: int, filters: F.Filters,
+                workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (indices int [n, k'], scores [n, k'], -inf where fewer are eligible) for a frame
-    of validated customers."""
-    return rank_chunk(recommender, prepare_chunk(recommender, customers, held), k, filters)
+    of validated customers; ``workers`` threads for the tower and top-k (None: the tower's own)."""
+    inputs = recommender.pipeline.transform_customers(customers, held=held)
+    tower = recommender.tower if workers is None else dataclasses.replace(recommender.tower, workers=workers)
+    scores = tower(inputs) @ recommender.product_embeddings.T
+    attributes = F.customer_attributes(customers, recommender.schema)
+    masks = F.exclusion_masks(attributes, held, recommender.catalogue, filters)
+    return top_k(scores, F.combine(masks, scores.shape), k, workers=workers)
 
 
 def topk_table(customer_ids, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray) -> pa.Table:
     """Long table ``customer_id, rank, product_id, score``; slots with no eligible product dropped.
-    ``customer_ids``: [n] Arrow or numpy text."""
+    ``customer_ids``: [n] text (Arrow, pandas or numpy)."""
     n, k = index.shape
     valid = np.isfinite(scores).ravel()
     owner = np.repeat(np.arange(n), k)[valid]
@@ -191,21 +168,21 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     chunks = itertools.chain([first] if first is not None else [], chunks)
     product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
 
-    # BLAS threads would fight our own threads for the two cores (OpenBLAS spins idle
-    # threads): the chunk workers are the parallelism.
     def match_holdings() -> HoldingsByRow:
         holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
         return HoldingsByRow(recommender.pipeline, read_id_column(customers_path, table.id), holdings)
 
     workers = workers or default_workers()
+    # BLAS threads would fight the chunk workers for the cores (OpenBLAS spins idle threads):
+    # the workers are the parallelism.
     with (TopKWriter(Path(out)) as writer, ThreadPoolExecutor(max_workers=workers) as pool,
           ThreadPoolExecutor(max_workers=1) as side, single_threaded_blas()):
         lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
 
         def score(start: int, chunk: pd.DataFrame) -> pa.Table:
-            prepared = prepare_chunk(recommender, chunk, lookup.result().slice(start, start + len(chunk)))
-            index, scores = rank_chunk(recommender, prepared, k, filters, workers=1)
-            return topk_table(prepared.ids, product_ids, index, scores)
+            held = lookup.result().slice(start, start + len(chunk))
+            index, scores = score_frame(recommender, chunk, held, k, filters, workers=1)
+            return topk_table(chunk[table.id], product_ids, index, scores)
 
         in_flight: collections.deque = collections.deque()
         n_customers = 0
