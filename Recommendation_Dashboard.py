@@ -142,7 +142,7 @@ def build_demo(model_dir: Path) -> None:
     from finrec.data.split import split_dataset
     from finrec.data.synthetic import GeneratorSettings, generate
     from finrec.evaluate.report import evaluate
-    from finrec import train as T
+    from finrec.training import fit
 
     root = model_dir.parent
     bank, split = root / "bank", root / "split"
@@ -167,7 +167,7 @@ def build_demo(model_dir: Path) -> None:
             text = f"epoch {epoch + 1}/{epochs}" + (f" · validation nDCG@{config.training.eval_k} {value:.4f}" if value is not None else "")
             bar.progress(min(1.0, (epoch + 1) / epochs), text=text)
 
-    trained = T.fit(load_dataset(split / "train"), config, verbose=0, callbacks=[Progress()])
+    trained = fit(load_dataset(split / "train"), config, verbose=0, callbacks=[Progress()])
     bar.progress(1.0, text="Training finished (early stopping restores the best epoch)")
     save_model_dir(trained, model_dir, data_fingerprint=fingerprint(split / "train"), data_path=str((split / "train").resolve()))
     status.write("Evaluating on the held-out customers")

@@ -30,7 +30,7 @@ from finrec.data.synthetic import GeneratorSettings, generate
 from finrec.recommend import filters as F
 from finrec.recommend.batch import HoldingsLookup, score_dataset, score_frame
 from finrec.recommend.recommender import Recommender
-from finrec.train import fit
+from finrec.training.train import fit
 
 RESULTS = Path(__file__).parent / "results" / "batch_scoring.json"
 

@@ -44,7 +44,7 @@ from finrec.data.synthetic import GeneratorSettings, generate  # noqa: E402
 from finrec.model.two_tower import customer_embeddings, towers_of  # noqa: E402
 from finrec.recommend.recommender import Recommender
 from finrec.recommend.index import NumpyTower, ProductIndex  # noqa: E402
-from finrec.train import fit  # noqa: E402
+from finrec.training.train import fit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "inference.json"
 K = 5

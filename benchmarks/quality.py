@@ -159,7 +159,7 @@ def run_one(dataset: str, seed: int, variants: list[str], backend: str, lgbm_thr
     import keras
 
     from finrec.evaluate import baselines
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     started = time.perf_counter()
     train, test = load_dataset(dataset, seed)

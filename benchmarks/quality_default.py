@@ -26,7 +26,7 @@ from finrec.data.io import validate_tables
 from finrec.data.split import split_dataset
 from finrec.data.synthetic import GeneratorSettings, generate
 from finrec.evaluate.report import evaluate
-from finrec.train import fit
+from finrec.training.train import fit
 
 RESULTS = Path(__file__).parent / "results" / "quality_default.json"
 

@@ -5,7 +5,7 @@ batch-score, peak memory, for 10k, 100k and 1M customers (10M with --max 1000000
 
 Each size runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own.
 Steps: ``generate`` (synthetic bank, no ground truth) + ``write`` (Parquet); ``train`` = one
-epoch of ``finrec.train.fit`` with the default model at batch 4096 (in memory: ``load_dataset``
+epoch of ``finrec.training.fit`` with the default model at batch 4096 (in memory: ``load_dataset``
 then ``fit``; with ``--stream``: ``StreamingSource`` + ``fit``, chunked) including the
 validation callback, plus ``load`` (reading and validating the tables; for --stream the
 partition pass, reported separately); ``evaluate`` = ``finrec.evaluate.report.evaluate`` on all
@@ -39,7 +39,7 @@ def worker(n: int, stream: bool, chunk_rows: int) -> dict:
     from finrec.evaluate.report import evaluate
     from finrec.recommend.batch import score_dataset
     from finrec.recommend.recommender import Recommender
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     out: dict = {"customers": n, "mode": "streaming" if stream else "in-memory"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +54,7 @@ def worker(n: int, stream: bool, chunk_rows: int) -> dict:
         del tables
         config = Config().with_overrides(epochs=1, batch_size=4096)
         if stream:
-            from finrec.data.stream import StreamingSource
+            from finrec.training.stream import StreamingSource
 
             source = StreamingSource(data_dir, chunk_rows=chunk_rows, workdir=Path(tmp))
             trained = fit(source, config, verbose=0)
@@ -89,7 +89,7 @@ STEPS = ("generate_s", "write_s", "load_s", "train_epoch_s", "evaluate_s", "scor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max", type=int, default=1_000_000, help="largest size (10000000 to include 10M)")
-    parser.add_argument("--stream", action="store_true", help="train with finrec.data.stream (chunked)")
+    parser.add_argument("--stream", action="store_true", help="train with finrec.training.stream (chunked)")
     parser.add_argument("--chunk-rows", type=int, default=200_000)
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -3,7 +3,7 @@ same size, on the TensorFlow (jit_compile False) and JAX backends.
 
     .venv/bin/python benchmarks/throughput.py [--customers 100000] [--epochs 4] [--backends tensorflow jax]
 
-finrec: ``finrec.train.fit`` with a customer tower of widths 256-128, a 64-d embedding, batch
+finrec: ``finrec.training.fit`` with a customer tower of widths 256-128, a 64-d embedding, batch
 4096, softmax over the 25-product catalogue (EMA, the per-epoch validation nDCG and early
 stopping on, as in production). Plain: a minimal Functional model, Dense 256-128-64 + softmax
 over 32 classes, random data, batch 4096, Adam; plain+bn+dropout: the same with finrec's
@@ -62,7 +62,7 @@ def run_finrec(customers: int, epochs: int, batch: int) -> dict:
     from finrec.data import schema as S
     from finrec.data.io import validate_tables
     from finrec.data.synthetic import GeneratorSettings, generate
-    from finrec.train import fit
+    from finrec.training.train import fit
     import keras
 
     data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=customers, seed=0, ground_truth=False)))

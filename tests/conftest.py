@@ -41,7 +41,7 @@ def fast_config():
 
 @pytest.fixture(scope="session")
 def trained(small_dataset, fast_config):
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     return fit(small_dataset, fast_config, verbose=0)
 

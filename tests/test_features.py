@@ -1,8 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from finrec.features import FeaturePipeline
 from finrec.errors import DataError
@@ -110,48 +108,3 @@ def test_categorical_dtype_codes_equal_text_codes(pipeline, small_dataset):
         np.testing.assert_array_equal(as_category[name], as_text[name])
     i = list(pipeline.customer_vocab_).index("region")
     assert as_category[f"customer_cat_{i}"][3] == 0 and as_category[f"customer_cat_{i}"][7] == 0
-
-
-@pytest.mark.parametrize("links, ids", [
-    (["a", "a", "b", "c", "c", "c"], ["a", "b", "c"]),  # grouped, in order, everyone: fast path
-    (["a", "b", "b", "c"], ["a", "c", "b"]),  # grouped, another order
-    (["a", "b", "a"], ["a", "b"]),  # not grouped
-    (["a", "c"], ["a", "b", "c"]),  # someone holds nothing
-    (["a", None, "b"], ["a", "b"]),  # a missing id
-    (["a", "x", "b"], ["a", "x", "b"]),
-    (["a", "x"], ["a", "b"]),  # an unknown id, the right count
-    ([], ["a"]),
-    (["a"], []),
-])
-def test_run_positions_equals_hash_lookup(links, ids):
-    import pyarrow as pa
-
-    from finrec.features import positions_in, run_positions
-
-    links, ids = pa.array(links, pa.string()), pa.array(ids, pa.string())
-    np.testing.assert_array_equal(run_positions(links, ids), positions_in(links, ids))
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from("abcdef"), min_size=0, max_size=6, unique=True),
-       st.lists(st.tuples(st.sampled_from("abcdefg"), st.integers(1, 3)), max_size=8), st.booleans())
-def test_run_positions_property(ids, runs, in_id_order):
-    import pyarrow as pa
-
-    from finrec.features import positions_in, run_positions
-
-    if in_id_order:  # the export order the fast path is for: every id, grouped, in order
-        runs = [(i, n) for i, (_, n) in zip(ids, runs + [("a", 1)] * len(ids))]
-    links = pa.array([i for i, n in runs for _ in range(n)], pa.string())
-    ids = pa.array(ids, pa.string())
-    np.testing.assert_array_equal(run_positions(links, ids), positions_in(links, ids))
-
-
-def test_run_positions_skips_the_hash_for_grouped_links(monkeypatch):
-    import pyarrow as pa
-
-    from finrec import features
-
-    monkeypatch.setattr(features, "positions_in", lambda *a: pytest.fail("hash lookup used"))
-    links, ids = pa.array(["a", "a", "b", "c"]), pa.array(["a", "b", "c"])
-    np.testing.assert_array_equal(features.run_positions(links, ids), [0, 0, 1, 2])

@@ -7,7 +7,7 @@ import pytest
 from finrec.config import Config, TrainConfig
 from finrec.features import FeaturePipeline
 from finrec.model import losses as L
-from finrec.train import TrainingBatches, build_examples, fit
+from finrec.training.train import TrainingBatches, build_examples, fit
 
 
 def test_batches_code_roles_and_sample_negatives(small_dataset):

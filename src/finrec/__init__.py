@@ -1,7 +1,7 @@
 """finrec: personalized bank product recommendations with a Keras 3 two-tower model.
 
 One module per stage: ``finrec.data`` (schema, synthetic bank, io, validation, split),
-``finrec.features``, ``finrec.model``, ``finrec.train``, ``finrec.evaluate``,
+``finrec.features``, ``finrec.model``, ``finrec.training``, ``finrec.evaluate``,
 ``finrec.recommend``, ``finrec.explain``, ``finrec.serve`` and ``finrec.cli``. Importing the
 package itself imports none of them (nor TensorFlow).
 """

@@ -59,7 +59,7 @@ def schema_hash(schema_dict: dict) -> str:
 
 def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", data_path: str | None = None,
                    extra: dict[str, Any] | None = None) -> Path:
-    """Write ``trained`` (a ``finrec.train.TrainedModel``) to ``out``, replacing any previous
+    """Write ``trained`` (a ``finrec.training.TrainedModel``) to ``out``, replacing any previous
     model there only once the new one is complete."""
     import keras
 
@@ -117,7 +117,7 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
 class LoadedArtifacts:
     path: Path
     manifest: dict[str, Any]
-    trained: Any  # finrec.train.TrainedModel
+    trained: Any  # finrec.training.TrainedModel
 
 
 def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -> LoadedArtifacts:
@@ -126,7 +126,7 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     import keras
 
     from finrec.features import FeaturePipeline
-    from finrec.train import TrainedModel
+    from finrec.training.train import TrainedModel
 
     path = Path(path)
     manifest = read_manifest(path)

@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     from finrec.artifacts import save_model_dir
     from finrec.config import Config
     from finrec.data.io import fingerprint, load_dataset
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)

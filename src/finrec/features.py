@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from finrec.data import schema as S
+from finrec.data.ids import as_arrow_text, positions_in
 from finrec.data.io import Dataset
 from finrec.errors import ArtifactError, DataError
 
@@ -83,44 +83,8 @@ def _skewness(x: np.ndarray) -> float:
     return float(((x - x.mean()) ** 3).mean() / std**3) if std > 0 else 0.0
 
 
-def _vocabulary(values: pd.Series) -> list[str]:
+def fit_vocabulary(values: pd.Series) -> list[str]:
     return sorted({str(v) for v in values.dropna()})
-
-
-def as_arrow_text(values) -> pa.Array:
-    """Values as an Arrow string array (nulls kept); zero-copy for Arrow-backed pandas text."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values if values.type == pa.string() else pc.cast(values, pa.string())
-    try:
-        return pa.array(values, type=pa.string(), from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        series = pd.Series(values, dtype=object)
-        return pa.array(series.astype(str).where(series.notna(), None), type=pa.string(), from_pandas=True)
-
-
-def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
-    """Index of each value in ``vocabulary`` (hash lookup in Arrow); -1 when absent or missing."""
-    return pc.index_in(as_arrow_text(values), value_set=vocabulary).fill_null(-1).to_numpy(zero_copy_only=False)
-
-
-def run_positions(values, ids: pa.Array) -> np.ndarray:
-    """``positions_in(values, ids)`` for a link table's customer column, with a fast path for
-    the usual export order: the links grouped by customer, the groups in ``ids``' order and
-    every id present (in a bank everyone holds at least an account). That is checked exactly,
-    in a few vectorised string comparisons, and costs ~15x less than hashing a million ids;
-    any other order takes the hash lookup."""
-    values = as_arrow_text(values)
-    ids = as_arrow_text(ids)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    n = len(values)
-    if 0 < len(ids) <= n and values.null_count == 0:
-        starts = np.ones(n, dtype=bool)
-        starts[1:] = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
-        run = np.cumsum(starts) - 1
-        if run[-1] + 1 == len(ids) and pc.all(pc.equal(values.filter(starts), ids)).as_py():
-            return run
-    return positions_in(values, ids)
 
 
 def _codes(values: pd.Series, vocabulary: list[str] | pa.Array) -> np.ndarray:
@@ -156,13 +120,13 @@ class FeaturePipeline:
             NumericStats.fit(col, dataset.customers[col].to_numpy(), None if log_c is None else col in log_c)
             for col in c.numeric_features
         ]
-        self.customer_vocab_ = {col: _vocabulary(dataset.customers[col]) for col in c.categorical_features}
+        self.customer_vocab_ = {col: fit_vocabulary(dataset.customers[col]) for col in c.categorical_features}
         self.product_ids_ = [str(v) for v in dataset.products[p.id]]
         self.product_numeric_ = [
             NumericStats.fit(col, dataset.products[col].to_numpy(), None if log_p is None else col in log_p)
             for col in p.numeric_features
         ]
-        self.product_vocab_ = {col: _vocabulary(dataset.products[col]) for col in p.categorical_features}
+        self.product_vocab_ = {col: fit_vocabulary(dataset.products[col]) for col in p.categorical_features}
         adopted = self.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
         self.product_popularity_ = np.bincount(adopted[adopted >= 0], minlength=self.n_products).tolist()
         return self

@@ -88,7 +88,7 @@ JAX_SCRIPT = textwrap.dedent("""
     from finrec.data.io import validate_tables
     from finrec.data.synthetic import GeneratorSettings, generate
     from finrec.model import losses as L
-    from finrec.train import fit
+    from finrec.training.train import fit
     ds = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=400, seed=1)))
     # Each fit compiles a new XLA program (slow on 2 cores): train once, and check the gradients
     # of the other losses directly on JAX arrays.

@@ -84,7 +84,7 @@ def test_killed_while_saving_keeps_a_complete_model(model_dir, small_data_dir, t
 @pytest.mark.slow
 def test_same_data_and_seed_give_the_same_metrics(small_dataset, fast_config):
     from finrec.evaluate.report import evaluate
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     config = fast_config.with_overrides(epochs=2, seed=3)
     first = evaluate(fit(small_dataset, config, verbose=0), small_dataset, k=5)

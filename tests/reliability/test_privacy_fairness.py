@@ -78,7 +78,7 @@ def blind(small_dataset, fast_config):
     """A model trained with ``exclude_protected=True``."""
     import dataclasses
 
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     config = dataclasses.replace(fast_config, model=dataclasses.replace(fast_config.model, exclude_protected=True))
     return fit(small_dataset, config.with_overrides(epochs=1), verbose=0)

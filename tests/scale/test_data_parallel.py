@@ -20,9 +20,9 @@ SCRIPT = textwrap.dedent("""
     from finrec.data.io import validate_tables
     from finrec.data.split import split_dataset
     from finrec.data.synthetic import GeneratorSettings, generate
-    from finrec.distributed import fit_data_parallel
+    from finrec.training.distributed import fit_data_parallel
     from finrec.evaluate.report import evaluate
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     seen = []
 
@@ -68,7 +68,7 @@ def test_data_parallel_needs_jax_and_a_divisible_batch(small_dataset):
     import keras
 
     from finrec.config import Config, TrainConfig
-    from finrec.distributed import fit_data_parallel
+    from finrec.training.distributed import fit_data_parallel
     from finrec.errors import ConfigError
 
     if keras.backend.backend() != "jax":

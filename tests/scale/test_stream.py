@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from finrec.data import schema as S
-from finrec.data.stream import NumericAccumulator, StreamingBatches, StreamingPipelineFit, StreamingSource, partition
+from finrec.training.stream import NumericAccumulator, StreamingBatches, StreamingPipelineFit, StreamingSource, partition
 from finrec.features import FeaturePipeline, NumericStats
 from finrec.model import losses as L
 
@@ -95,7 +95,7 @@ def test_streaming_training_is_as_good_as_in_memory(tmp_path, fast_config):
     from finrec.data.split import split_dataset
     from finrec.data.synthetic import GeneratorSettings, generate
     from finrec.evaluate.report import evaluate
-    from finrec.train import fit
+    from finrec.training.train import fit
 
     data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=5000, seed=3)))
     train, test = split_dataset(data, 0.2, 0)

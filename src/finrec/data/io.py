@@ -20,6 +20,7 @@ import yaml
 from finrec.atomic import atomic_directory, atomic_path
 from finrec.data import schema as S
 from finrec.data import validate as V
+from finrec.data.ids import ids_as_text
 from finrec.errors import DataError, SchemaError
 
 # Refuse files larger than this before reading them: a bank's customer table is big, but a
@@ -107,7 +108,7 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
     for column in id_columns:
         if column in df.columns:
-            df[column] = _ids_as_text(df[column])
+            df[column] = ids_as_text(df[column])
     return df
 
 
@@ -147,30 +148,8 @@ def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.D
     df = _read_csv(_io.BytesIO(data), id_columns, where)
     for column in id_columns:
         if column in df.columns:
-            df[column] = _ids_as_text(df[column])
+            df[column] = ids_as_text(df[column])
     return df
-
-
-def _ids_as_text(values: pd.Series) -> pd.Series:
-    """Ids as stripped text (missing stays missing); ``7``, ``7.0`` and ``"7"`` agree."""
-    if pd.api.types.is_integer_dtype(values):
-        return values.astype(str).astype(object)
-    if pd.api.types.is_float_dtype(values):
-        whole = values.notna() & (values == values.round())
-        text = values.astype(object).where(values.notna(), None)
-        text[whole] = values[whole].astype("int64").astype(str)
-        text[~whole & values.notna()] = values[~whole & values.notna()].astype(str)
-        return text.astype(object)
-    if pd.api.types.is_string_dtype(values) and values.dtype != object:
-        return values.str.strip()  # Arrow-backed text: stays columnar, no per-value Python
-    text = values.astype(object)
-    missing = text.isna()
-    if missing.any():
-        text = text.where(~missing, None)
-    stripped = text[~missing].astype(str).str.strip()
-    text = text.copy()
-    text[~missing] = stripped
-    return text
 
 
 def as_category_text(values: pd.Series) -> pd.Series:
@@ -228,7 +207,7 @@ def validate_tables(schema: S.DatasetSchema, tables: dict[str, pd.DataFrame], so
         df = tables[name].copy()
         V.require_columns(df, (S.CUSTOMER_ID, S.PRODUCT_ID, *extra), where(name))
         for column in (S.CUSTOMER_ID, S.PRODUCT_ID):
-            df[column] = _ids_as_text(df[column])
+            df[column] = ids_as_text(df[column])
         V.require_no_missing_ids(df, S.CUSTOMER_ID, where(name))
         V.require_no_missing_ids(df, S.PRODUCT_ID, where(name))
         V.check_references(df, S.CUSTOMER_ID, customer_index, where(name), S.CUSTOMERS)
@@ -261,7 +240,7 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     V.check_schema_columns(df, table, where)
     V.require_rows(df, where)
     df = df.copy(deep=False)  # copy-on-write (pandas 3): the caller's frame is never changed
-    df[table.id] = _ids_as_text(df[table.id])
+    df[table.id] = ids_as_text(df[table.id])
     V.require_no_missing_ids(df, table.id, where)
     V.require_unique(df, table.id, where)
     df = V.coerce_numeric(df, table.numeric_features, where)
@@ -284,7 +263,7 @@ def read_id_column(path: Path, column: str) -> pa.Array:
             values = pd.read_csv(path, usecols=[column], dtype={column: str})[column]
     except (pa.ArrowException, OSError, ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the id column '{column}' ({str(exc).splitlines()[0][:200]})") from None
-    return pa.array(_ids_as_text(values), type=pa.string(), from_pandas=True)
+    return pa.array(ids_as_text(values), type=pa.string(), from_pandas=True)
 
 
 def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
@@ -314,7 +293,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             for chunk in reader:
                 if offset == 0:
                     _check_separator(chunk, path)
-                chunk[table.id] = _ids_as_text(chunk[table.id]) if table.id in chunk.columns else None
+                chunk[table.id] = ids_as_text(chunk[table.id]) if table.id in chunk.columns else None
                 yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
                 offset += len(chunk)
             if offset == 0:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from finrec.atomic import atomic_path
 from finrec.data import schema as S
 from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
-from finrec.features import as_arrow_text, positions_in, run_positions
+from finrec.data.ids import as_arrow_text, positions_in, run_positions
 from finrec.recommend import filters as F
 from finrec.recommend.index import default_workers, single_threaded_blas, top_k
 

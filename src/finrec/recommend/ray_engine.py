@@ -74,11 +74,11 @@ class ScoreBatches:
         self.table = self.recommender.schema.customers
 
     def __call__(self, batch) -> pa.Table:
-        from finrec.data.io import _ids_as_text
+        from finrec.data.ids import ids_as_text
         from finrec.recommend.batch import score_frame, topk_table
 
         if self.table.id in batch.columns:
-            batch[self.table.id] = _ids_as_text(batch[self.table.id])
+            batch[self.table.id] = ids_as_text(batch[self.table.id])
         chunk = prepare_entities(batch, self.table, "customers (ray batch)")
         ids = chunk[self.table.id].to_numpy()
         index, scores = score_frame(self.recommender, chunk, self.lookup.rows(ids), self.k, self.filters)

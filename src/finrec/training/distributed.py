@@ -17,6 +17,7 @@ import keras
 
 from finrec.config import Config
 from finrec.errors import ConfigError
+from finrec.training.train import fit
 
 
 def data_parallel_devices(devices: list[str] | None = None) -> list[str]:
@@ -28,10 +29,8 @@ def data_parallel_devices(devices: list[str] | None = None) -> list[str]:
 
 def fit_data_parallel(dataset, config: Config | None = None, devices: list[str] | None = None,
                       verbose: int | None = None, callbacks=None):
-    """``finrec.train.fit`` with the batches sharded over ``devices`` (a ``Dataset`` or a
-    ``finrec.data.stream.StreamingSource``). The previous distribution is restored afterwards."""
-    from finrec.train import fit
-
+    """``finrec.training.fit`` with the batches sharded over ``devices`` (a ``Dataset`` or a
+    ``finrec.training.stream.StreamingSource``). The previous distribution is restored afterwards."""
     config = (config or Config()).validate()
     devices = data_parallel_devices(devices)
     if config.training.batch_size % len(devices):

@@ -3,6 +3,9 @@ validation nDCG, and a ``TrainedModel`` holding everything the artifact needs.
 
 >>> trained = fit(dataset, Config())
 >>> scores = trained.score(dataset.customers, dataset.holdings)   # cosine [n, P]
+
+``fit`` (in memory) and ``finrec.training.stream.StreamingSource`` (in chunks) only prepare
+different data; both hand it to ``train_model``, the one routine that builds, compiles and fits.
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ class TrainedModel:
         return self.customer_embeddings(customers, holdings) @ self.product_embeddings_.T
 
 
-def _loss(training: TrainConfig, positive_counts: np.ndarray) -> keras.losses.Loss:
+def make_loss(training: TrainConfig, positive_counts: np.ndarray) -> keras.losses.Loss:
     log_q = L.log_sampling_probability(positive_counts)
     if training.loss == "softmax":
         return L.CatalogueSoftmax(training.temperature)
@@ -255,15 +258,57 @@ def set_seed(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def sampling_distribution(training: TrainConfig, counts: np.ndarray) -> np.ndarray | None:
+    """q [P] from which the sampled loss draws negatives (add-one smoothed popularity); None for
+    the other losses."""
+    if training.loss != "sampled":
+        return None
+    counts = np.asarray(counts, dtype="float64")
+    return (counts + 1.0) / (counts + 1.0).sum()
+
+
+def train_model(pipeline: FeaturePipeline, products: pd.DataFrame, val_data: Dataset, counts: np.ndarray,
+                make_batches, config: Config, verbose: int | None = None,
+                callbacks: list[keras.callbacks.Callback] | None = None,
+                record: dict[str, list[float]] | None = None) -> TrainedModel:
+    """The one fit routine: build the two towers over ``products``, compile with the configured
+    loss, and fit the batches ``make_batches(sample_from)`` returns, validating on ``val_data``.
+
+    ``counts`` [P] are the training positives per product (logQ and sampling); ``record`` adds
+    entries to the history. The batches may offer ``as_tf_dataset()``: on TensorFlow that pure
+    tf.data feed replaces Keras' Python generator (which slowed every step, see its docstring)."""
+    training = config.training
+    model = build_two_tower(pipeline, pipeline.transform_products(products), config.model)
+    sample_from = sampling_distribution(training, counts)
+    batches = make_batches(sample_from)
+    compile_for_training(model, training, make_loss(training, counts))
+    all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    to_tf = getattr(batches, "as_tf_dataset", None)
+    feed = to_tf() if to_tf is not None and keras.backend.backend() == "tensorflow" else None
+    start = time.perf_counter()
+    # shuffle=False: the batches already hold examples reshuffled every epoch; Keras would also
+    # shuffle a PyDataset's batch order (not a tf.data one's), so both feeds train alike, and a
+    # streamed one would load a piece per batch.
+    history = model.fit(feed or batches, steps_per_epoch=len(batches) if feed else None, epochs=training.epochs,
+                        shuffle=False, validation_data=validation_data, callbacks=all_callbacks, verbose=verbose)
+    seconds = time.perf_counter() - start
+    history_record = {name: [float(v) for v in values] for name, values in history.history.items()}
+    history_record["fit_seconds"] = [seconds]
+    history_record.update(record or {})
+    return TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history_record)
+
+
 def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = None,
         callbacks: list[keras.callbacks.Callback] | None = None, batch_multiple: int = 1) -> TrainedModel:
     """Train a two-tower model on ``dataset`` (a validation split of its customers is held out
     for early stopping). Same data, config and seed give the same model. Extra ``callbacks``
     (a progress bar, say) see the validation metrics in their epoch logs.
 
-    ``dataset`` may also be a ``finrec.data.stream.StreamingSource``: the tables are then read
-    in chunks (data larger than memory). ``batch_multiple`` > 1 drops the last few examples so
-    that every batch divides by it (data parallelism: the device count)."""
+    ``dataset`` may also be a ``finrec.training.stream.StreamingSource``: the tables are then
+    read in chunks (data larger than memory). ``batch_multiple`` > 1 drops the last few examples
+    so that every batch divides by it (data parallelism: the device count)."""
     if not isinstance(dataset, Dataset):
         return dataset.fit(config, verbose=verbose, callbacks=callbacks, batch_multiple=batch_multiple)
     config = (config or Config()).validate()
@@ -281,27 +326,13 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     val_data = dataset.subset_customers(val_ids)
 
     pipeline = FeaturePipeline(dataset.schema, config.model.use_holdings, config.model.exclude_protected).fit(train_data)
-    catalogue = pipeline.transform_products(dataset.products)
-    model = build_two_tower(pipeline, catalogue, config.model)
-
     examples = build_examples(pipeline, train_data)
     examples.drop_remainder(batch_multiple)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
-    loss = _loss(training, counts)
-    sample_from = (counts + 1.0) / (counts + 1.0).sum() if training.loss == "sampled" else None
-    batches = TrainingBatches(examples, training.batch_size, rng, sample_from, training.num_negatives)
-    compile_for_training(model, training, loss)
-    all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
     log.info("training on %d examples from %d customers (%d validation customers)", len(examples), len(train_ids), len(val_ids))
-    start = time.perf_counter()
-    feed = batches.as_tf_dataset() if keras.backend.backend() == "tensorflow" else None
-    # shuffle=False: the batches already hold examples reshuffled every epoch; Keras would also
-    # shuffle a PyDataset's batch order (not a tf.data one's), and both feeds must train alike.
-    history = model.fit(feed or batches, steps_per_epoch=len(batches) if feed else None, epochs=training.epochs, shuffle=False, validation_data=validation_data, callbacks=all_callbacks, verbose=verbose)
-    seconds = time.perf_counter() - start
-    record = {name: [float(v) for v in values] for name, values in history.history.items()}
-    record["fit_seconds"] = [seconds]
-    record["train_examples"] = [float(len(examples))]
-    return TrainedModel(model=model, pipeline=pipeline, config=config, products=dataset.products, history=record)
+
+    def make_batches(sample_from):
+        return TrainingBatches(examples, training.batch_size, rng, sample_from, training.num_negatives)
+
+    return train_model(pipeline, dataset.products, val_data, counts, make_batches, config, verbose, callbacks,
+                       record={"train_examples": [float(len(examples))]})

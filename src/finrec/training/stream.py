@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,9 +55,11 @@ import pyarrow.parquet as pq
 
 from finrec.config import Config
 from finrec.data import schema as S
-from finrec.data.io import Dataset, _ids_as_text, find_table, iter_customer_chunks, read_schema, read_table
+from finrec.data.ids import as_arrow_text, ids_as_text
+from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
 from finrec.errors import DataError
-from finrec.features import FeaturePipeline, NumericStats, as_arrow_text, _vocabulary
+from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary
+from finrec.training.train import TrainingBatches, build_examples, set_seed, train_model
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class StreamingPipelineFit:
         p.product_ids_ = [str(v) for v in products[ps.id]]
         p.product_numeric_ = [NumericStats.fit(col, products[col].to_numpy(), None if log_p is None else col in log_p)
                               for col in ps.numeric_features]
-        p.product_vocab_ = {col: _vocabulary(products[col]) for col in ps.categorical_features}
+        p.product_vocab_ = {col: fit_vocabulary(products[col]) for col in ps.categorical_features}
         counts = np.zeros(p.n_products, dtype="int64") if popularity is None else np.asarray(popularity, dtype="int64")
         p.product_popularity_ = [int(v) for v in counts]
         return p
@@ -230,7 +231,7 @@ def _link_batches(path: Path, chunk_rows: int):
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
         for column in columns:
-            frame[column] = _ids_as_text(frame[column])
+            frame[column] = ids_as_text(frame[column])
         frame = frame.dropna(subset=columns)
         yield frame[columns]
 
@@ -466,8 +467,6 @@ class StreamingBatches(keras.utils.PyDataset):
 
     def _batches(self, slot: int):
         if self._cached is None or self._cached[0] != slot:
-            from finrec.train import TrainingBatches, build_examples
-
             self._cached = None  # drop the previous piece before reading the next
             piece_index = self.order[slot]
             data = self.layout.read_piece(self.layout.pieces[piece_index])
@@ -496,7 +495,7 @@ class StreamingBatches(keras.utils.PyDataset):
 
 @dataclass
 class StreamingSource:
-    """A dataset directory to train on in chunks: pass it to ``finrec.train.fit``."""
+    """A dataset directory to train on in chunks: pass it to ``finrec.training.fit``."""
 
     data_dir: Path
     chunk_rows: int = DEFAULT_CHUNK_ROWS
@@ -513,9 +512,6 @@ class StreamingSource:
 
     def fit(self, config: Config | None = None, verbose: int | None = None,
             callbacks: list[keras.callbacks.Callback] | None = None, batch_multiple: int = 1):
-        from finrec.train import TrainedModel, _loss, compile_for_training, set_seed, validation_setup
-        from finrec.model.two_tower import build_two_tower
-
         config = (config or Config()).validate()
         training = config.training
         set_seed(training.seed)
@@ -528,37 +524,23 @@ class StreamingSource:
             if layout.customers_with_positives < 10:
                 raise DataError(f"interactions: only {layout.customers_with_positives} training customer(s) have "
                                 "interactions; training needs at least 10")
-            pipeline = layout.pipeline
-            model = build_two_tower(pipeline, pipeline.transform_products(layout.products), config.model)
-            counts = np.asarray(pipeline.product_popularity_, dtype="float64")
-            loss = _loss(training, counts)
-            sample_from = (counts + 1.0) / (counts + 1.0).sum() if training.loss == "sampled" else None
-            batches = StreamingBatches(layout, training.batch_size, training.seed, sample_from,
-                                       training.num_negatives, batch_multiple)
-            self.last_batches = batches
-            compile_for_training(model, training, loss)
-            val_data = layout.validation
-            all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
-            if verbose is None:
-                verbose = 1 if sys.stdout.isatty() else 2
             log.info("streaming training on %d examples in %d piece(s) of <= %d customers (%d validation customers)",
-                     layout.examples, len(layout.pieces), self.chunk_rows, len(val_data.customers))
-            start = time.perf_counter()
-            # shuffle=False: Keras would visit the batches in random order, loading a piece per
-            # batch; StreamingBatches shuffles pieces and examples itself.
-            history = model.fit(batches, epochs=training.epochs, validation_data=validation_data,
-                                callbacks=all_callbacks, verbose=verbose, shuffle=False)
-            seconds = time.perf_counter() - start
+                     layout.examples, len(layout.pieces), self.chunk_rows, len(layout.validation.customers))
+
+            def make_batches(sample_from):
+                self.last_batches = StreamingBatches(layout, training.batch_size, training.seed, sample_from,
+                                                     training.num_negatives, batch_multiple)
+                return self.last_batches
+
+            return train_model(layout.pipeline, layout.products, layout.validation, layout.pipeline.product_popularity_,
+                               make_batches, config, verbose, callbacks,
+                               record={"train_examples": [float(layout.examples)],
+                                       "prepare_seconds": [sum(layout.seconds.values())]})
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        record = {name: [float(v) for v in values] for name, values in history.history.items()}
-        record["fit_seconds"] = [seconds]
-        record["train_examples"] = [float(layout.examples)]
-        record["prepare_seconds"] = [sum(layout.seconds.values())]
-        return TrainedModel(model=model, pipeline=pipeline, config=config, products=layout.products, history=record)
 
 
 def fit_streaming(data_dir: str | Path, config: Config | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                   verbose: int | None = None, callbacks=None, workdir: str | Path | None = None):
-    """Train like ``finrec.train.fit`` on a dataset directory of any size (see the module docstring)."""
+    """Train like ``finrec.training.fit`` on a dataset directory of any size (see the module docstring)."""
     return StreamingSource(Path(data_dir), chunk_rows, Path(workdir) if workdir else None).fit(config, verbose, callbacks)

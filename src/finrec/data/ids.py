@@ -1,0 +1,71 @@
+"""The id rule, in one place: ``7``, ``7.0`` and ``"7"`` name the same customer or product.
+
+Ids are compared as stripped text everywhere (files, requests, link tables). These helpers turn
+whatever a file or a request holds into that text, as pandas objects or Arrow string arrays, and
+look ids up in a vocabulary of ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def ids_as_text(values: pd.Series) -> pd.Series:
+    """Ids as stripped text (missing stays missing); ``7``, ``7.0`` and ``"7"`` agree."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype(str).astype(object)
+    if pd.api.types.is_float_dtype(values):
+        whole = values.notna() & (values == values.round())
+        text = values.astype(object).where(values.notna(), None)
+        text[whole] = values[whole].astype("int64").astype(str)
+        text[~whole & values.notna()] = values[~whole & values.notna()].astype(str)
+        return text.astype(object)
+    if pd.api.types.is_string_dtype(values) and values.dtype != object:
+        return values.str.strip()  # Arrow-backed text: stays columnar, no per-value Python
+    text = values.astype(object)
+    missing = text.isna()
+    if missing.any():
+        text = text.where(~missing, None)
+    stripped = text[~missing].astype(str).str.strip()
+    text = text.copy()
+    text[~missing] = stripped
+    return text
+
+
+def as_arrow_text(values) -> pa.Array:
+    """Values as an Arrow string array (nulls kept); zero-copy for Arrow-backed pandas text."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == pa.string() else pc.cast(values, pa.string())
+    try:
+        return pa.array(values, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        series = pd.Series(values, dtype=object)
+        return pa.array(series.astype(str).where(series.notna(), None), type=pa.string(), from_pandas=True)
+
+
+def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
+    """Index of each value in ``vocabulary`` (hash lookup in Arrow); -1 when absent or missing."""
+    return pc.index_in(as_arrow_text(values), value_set=vocabulary).fill_null(-1).to_numpy(zero_copy_only=False)
+
+
+def run_positions(values, ids: pa.Array) -> np.ndarray:
+    """``positions_in(values, ids)`` for a link table's customer column, with a fast path for
+    the usual export order: the links grouped by customer, the groups in ``ids``' order and
+    every id present (in a bank everyone holds at least an account). That is checked exactly,
+    in a few vectorised string comparisons, and costs ~15x less than hashing a million ids;
+    any other order takes the hash lookup."""
+    values = as_arrow_text(values)
+    ids = as_arrow_text(ids)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    n = len(values)
+    if 0 < len(ids) <= n and values.null_count == 0:
+        starts = np.ones(n, dtype=bool)
+        starts[1:] = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
+        run = np.cumsum(starts) - 1
+        if run[-1] + 1 == len(ids) and pc.all(pc.equal(values.filter(starts), ids)).as_py():
+            return run
+    return positions_in(values, ids)
