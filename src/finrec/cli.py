@@ -194,7 +194,9 @@ def cmd_serve(args) -> int:
 
 
 def _filter_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=["balanced", "conservative", "risk_tolerant"], default="balanced")
+    from finrec.recommend.filters import DEFAULT_PRESET, PRESET_HELP, PRESET_NAMES
+
+    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=PRESET_HELP)
     p.add_argument("--category", action="append", help="only these product categories (repeatable)")
     p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
     p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")

@@ -11,7 +11,6 @@ The defaults are the configuration the quality study picked (``docs/benchmarks.m
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from finrec.errors import ConfigError
+from finrec.errors import ConfigError, reject_unknown
 
 LOSSES = ("softmax", "in_batch", "sampled", "triplet")
 MONITORS = ("ndcg", "loss")
@@ -123,7 +122,7 @@ class Config:
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping with sections 'model' and 'training'")
-        _reject_unknown(raw, {"model", "training"}, source)
+        reject_unknown(raw, {"model", "training"}, source, ConfigError)
         model = _section(ModelConfig, raw.get("model") or {}, f"{source}: model")
         training = _section(TrainConfig, raw.get("training") or {}, f"{source}: training")
         return cls(model=model, training=training).validate()
@@ -154,19 +153,11 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
-
-
 def _section(kind: type, raw: Any, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
     known = {f.name: f for f in fields(kind)}
-    _reject_unknown(raw, set(known), where)
+    reject_unknown(raw, known, where, ConfigError)
     hints = typing.get_type_hints(kind)
     values = {}
     for key, value in raw.items():

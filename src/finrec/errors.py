@@ -8,6 +8,9 @@ traceback for these.
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class FinrecError(Exception):
     """Base class for errors caused by the user's input."""
@@ -31,3 +34,14 @@ class ArtifactError(FinrecError):
 
 class UnknownCustomerError(FinrecError):
     """A customer id that the loaded data does not contain."""
+
+
+def reject_unknown(keys: Iterable, allowed: Iterable[str], where: str, error: type[FinrecError] = FinrecError) -> None:
+    """Refuse the first key not in ``allowed``, naming it, a close match if there is one, and
+    every allowed key: a typo in a config, a schema or a filter must not pass silently."""
+    allowed = sorted(allowed)
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise error(f"{where}: unknown key '{key}'{hint}; allowed keys: {', '.join(allowed)}")

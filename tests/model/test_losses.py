@@ -92,3 +92,27 @@ def test_softmax_gradient_pushes_positive_up():
         out = loss(np.array([[P, O, O]], "float32"), scores)
     grad = tape.gradient(out, scores).numpy()[0]
     assert grad[0] < 0 and grad[1] > 0 and grad[2] > 0
+
+
+@pytest.mark.parametrize("loss", [L.CatalogueSoftmax(temperature=1.0), L.InBatchSoftmax(np.zeros(3, "float32"), 1.0),
+                                  L.HardNegativeTriplet(margin=0.5, hard_negatives=1)], ids=lambda x: type(x).__name__)
+def test_sample_weight_weights_rows(loss):
+    # Two rows with different losses: weights (3, 1) give the weighted mean, (1, 0) the first row
+    # alone; dropping sample_weight silently (as before) would return the plain mean for both.
+    y = np.array([[P, O, O], [O, P, O]], "float32")
+    s = np.array([[0.9, 0.1, 0.0], [0.8, 0.1, 0.3]], "float32")
+    # Each row's loss within the batch (in-batch rows share candidates, so not row by row).
+    rows, terms = loss.row_terms(y, s)
+    one = list(ops.convert_to_numpy(rows) / ops.convert_to_numpy(terms))
+    assert one[0] != pytest.approx(one[1])
+    weighted = float(ops.convert_to_numpy(loss(y, s, sample_weight=np.array([3.0, 1.0], "float32"))))
+    first = float(ops.convert_to_numpy(loss(y, s, sample_weight=np.array([1.0, 0.0], "float32"))))
+    assert weighted == pytest.approx((3 * one[0] + one[1]) / 4, rel=1e-5)
+    assert first == pytest.approx(one[0], rel=1e-5)
+    assert value(loss, y, s) == pytest.approx(np.mean(one), rel=1e-5)
+
+
+def test_all_zero_weights_give_zero_not_nan():
+    got = L.CatalogueSoftmax(1.0)(np.array([[P, O]], "float32"), np.array([[0.1, 0.2]], "float32"),
+                                  sample_weight=np.zeros(1, "float32"))
+    assert float(ops.convert_to_numpy(got)) == 0.0

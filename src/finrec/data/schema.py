@@ -12,11 +12,10 @@ Column names used across finrec live here and nowhere else.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from finrec.errors import SchemaError
+from finrec.errors import SchemaError, reject_unknown
 
 CUSTOMERS = "customers"
 PRODUCTS = "products"
@@ -145,21 +144,13 @@ class DatasetSchema:
         against the tables (``finrec.data.validate``)."""
         if not isinstance(raw, dict):
             raise SchemaError(f"{source}: expected a mapping with keys 'customers' and 'products', got {type(raw).__name__}")
-        _reject_unknown(raw.keys(), {CUSTOMERS, PRODUCTS}, source)
+        reject_unknown(raw.keys(), {CUSTOMERS, PRODUCTS}, source, SchemaError)
         for key in (CUSTOMERS, PRODUCTS):
             if key not in raw:
                 raise SchemaError(f"{source}: missing section '{key}'")
         customers = _table_from_dict(raw[CUSTOMERS], _CUSTOMER_KEYS, "risk_tolerance", f"{source}: {CUSTOMERS}")
         products = _table_from_dict(raw[PRODUCTS], _PRODUCT_KEYS, "risk_level", f"{source}: {PRODUCTS}")
         return cls(customers=customers, products=products)
-
-
-def _reject_unknown(keys, allowed: set[str], where: str) -> None:
-    for key in keys:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise SchemaError(f"{where}: unknown key '{key}'{hint}; allowed keys: {', '.join(sorted(allowed))}")
 
 
 def _column_list(value: Any, where: str) -> tuple[str, ...]:
@@ -187,7 +178,7 @@ def _optional_column(value: Any, where: str) -> str | None:
 def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> TableSchema:
     if not isinstance(raw, dict):
         raise SchemaError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    _reject_unknown(raw.keys(), allowed, where)
+    reject_unknown(raw.keys(), allowed, where, SchemaError)
     ident = _optional_column(raw.get("id"), f"{where}.id")
     if ident is None:
         raise SchemaError(f"{where}: 'id' (the id column) is required")

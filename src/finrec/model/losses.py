@@ -40,27 +40,50 @@ def logq_correct(logits, log_q):
 
 
 def softmax_cross_entropy(logits, positive):
-    """Mean over rows of ``logsumexp(logits) - logit(positive)``. [B, P], bool [B, P] -> scalar."""
+    """Per row ``logsumexp(logits) - logit(positive)``. [B, P], bool [B, P] -> [B]."""
     positive_logit = ops.sum(ops.where(positive, logits, ops.zeros_like(logits)), axis=1)
-    return ops.mean(ops.logsumexp(logits, axis=1) - positive_logit)
+    return ops.logsumexp(logits, axis=1) - positive_logit
+
+
+def weighted_mean(values, counts, sample_weight=None):
+    """``sum_i w_i values_i / sum_i w_i counts_i`` (0 when the denominator is 0): each row's
+    loss ``values`` [B] averaged over the ``counts`` [B] of terms it holds, rows weighted by
+    ``sample_weight`` [B] (1 when None). -> scalar."""
+    if sample_weight is not None:
+        weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        values, counts = values * weight, counts * weight
+    total = ops.sum(counts)
+    return ops.where(total > 0, ops.sum(values) / ops.maximum(total, 1e-12), ops.zeros_like(total))
 
 
 class RetrievalLoss(keras.losses.Loss):
-    """Base class: ``call(y_true, scores)`` with the role-coded target above."""
+    """Base class: ``row_terms(y_true, scores) -> (loss [B], terms [B])`` with the role-coded
+    target above; the loss is the mean over terms, each row weighted by ``sample_weight`` [B]
+    when one is given (a customer's importance, say)."""
 
     def __init__(self, temperature: float = 0.1, name: str | None = None):
         super().__init__(name=name or type(self).__name__.lower(), reduction="none")
         self.temperature = temperature
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        # The reduction happens inside ``call``: rows are not independent for in-batch negatives.
-        return self.call(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"))
+        # The reduction happens here, not in Keras: rows are not independent for in-batch
+        # negatives, and a triplet row holds several terms.
+        values, counts = self.row_terms(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"))
+        return weighted_mean(values, counts, sample_weight)
+
+    def call(self, y_true, y_pred):
+        return self(y_true, y_pred)
+
+    def row_terms(self, y_true, scores):
+        """One softmax cross-entropy term per row: ``(row_loss(y_true, scores), ones)``."""
+        values = self.row_loss(y_true, scores)
+        return values, ops.ones_like(values)
 
 
 class CatalogueSoftmax(RetrievalLoss):
     """Softmax over every product the customer does not hold (exact; no sampling)."""
 
-    def call(self, y_true, scores):
+    def row_loss(self, y_true, scores):
         keep = ops.not_equal(y_true, MASKED)
         return softmax_cross_entropy(mask_logits(scores / self.temperature, keep), positive_mask(y_true))
 
@@ -78,7 +101,7 @@ class InBatchSoftmax(RetrievalLoss):
         super().__init__(temperature, name)
         self.log_q = np.asarray(log_q, dtype="float32")
 
-    def call(self, y_true, scores):
+    def row_loss(self, y_true, scores):
         positive = positive_mask(y_true)
         in_batch = ops.any(positive, axis=0, keepdims=True)  # [1, P]
         keep = ops.logical_and(ops.logical_or(positive, in_batch), ops.not_equal(y_true, MASKED))
@@ -94,7 +117,7 @@ class SampledSoftmax(RetrievalLoss):
         super().__init__(temperature, name)
         self.log_q = np.asarray(log_q, dtype="float32")
 
-    def call(self, y_true, scores):
+    def row_loss(self, y_true, scores):
         positive = positive_mask(y_true)
         keep = ops.logical_or(positive, ops.equal(y_true, SAMPLED))
         logits = logq_correct(scores / self.temperature, ops.convert_to_tensor(self.log_q))
@@ -111,7 +134,7 @@ class HardNegativeTriplet(RetrievalLoss):
         self.margin = margin
         self.hard_negatives = hard_negatives
 
-    def call(self, y_true, scores):
+    def row_terms(self, y_true, scores):
         positive = positive_mask(y_true)
         positive_score = ops.sum(ops.where(positive, scores, ops.zeros_like(scores)), axis=1, keepdims=True)
         negatives = ops.logical_and(ops.logical_not(positive), ops.not_equal(y_true, MASKED))
@@ -119,7 +142,7 @@ class HardNegativeTriplet(RetrievalLoss):
         hardest, _ = ops.top_k(candidate_scores, k=self.hard_negatives)
         valid = ops.cast(ops.greater(hardest, _NEG_INF / 2), "float32")
         violation = ops.relu(self.margin - positive_score + hardest) * valid
-        return ops.sum(violation) / ops.maximum(ops.sum(valid), 1.0)
+        return ops.sum(violation, axis=1), ops.sum(valid, axis=1)
 
 
 def log_sampling_probability(positive_counts: np.ndarray, smoothing: float = 1.0) -> np.ndarray:

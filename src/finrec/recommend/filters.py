@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
-from finrec.errors import FinrecError
+from finrec.errors import FinrecError, reject_unknown
 
 RULES = ("held", "suitability", "risk_cap", "category", "income", "credit_score", "age")
 CONSERVATIVE_MAX_RISK = 3
@@ -54,10 +54,7 @@ class Filters:
             return preset(value)
         if not isinstance(value, dict):
             raise FinrecError(f"filters: expected a mapping or a preset name, got {type(value).__name__}")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(value) - known
-        if unknown:
-            raise FinrecError(f"filters: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        reject_unknown(value, cls.__dataclass_fields__, "filters")
         values = dict(value)
         base = preset(values.pop("preset")) if values.get("preset") else cls()
         for key in ("include_categories", "exclude_categories"):
@@ -70,17 +67,22 @@ class Filters:
 
 
 def preset(name: str) -> Filters:
-    """``conservative``: suitability plus a risk ceiling of 3 (deposits, bonds, cautious funds).
-    ``risk_tolerant``: suitability at the customer's own tolerance, no further ceiling.
-    ``balanced`` is the default."""
-    presets = {
-        "balanced": Filters(preset="balanced"),
-        "conservative": Filters(max_risk=CONSERVATIVE_MAX_RISK, preset="conservative"),
-        "risk_tolerant": Filters(preset="risk_tolerant"),
-    }
-    if name not in presets:
-        raise FinrecError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
-    return presets[name]
+    """The filters of a named preset (``PRESETS``)."""
+    if name not in PRESETS:
+        raise FinrecError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+# The presets every entry point offers (CLI choices, API, dashboard), defined here only.
+PRESETS: dict[str, Filters] = {
+    "balanced": Filters(preset="balanced"),
+    "conservative": Filters(max_risk=CONSERVATIVE_MAX_RISK, preset="conservative"),
+    "risk_tolerant": Filters(preset="risk_tolerant"),
+}
+PRESET_NAMES = tuple(PRESETS)
+DEFAULT_PRESET = "balanced"
+PRESET_HELP = (f"conservative: risk level at most {CONSERVATIVE_MAX_RISK}; balanced (the default) and risk_tolerant: "
+               "the customer's own tolerance; every preset keeps risk within the customer's tolerance")
 
 
 @dataclass
