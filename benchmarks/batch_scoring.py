@@ -28,7 +28,7 @@ from finrec.data import schema as S
 from finrec.data.io import validate_tables, write_dataset, load_dataset
 from finrec.data.synthetic import GeneratorSettings, generate
 from finrec.recommend import filters as F
-from finrec.recommend.batch import HoldingsLookup, score_dataset, score_frame
+from finrec.recommend.batch import HoldingsLookup, score_dataset
 from finrec.recommend.recommender import Recommender
 from finrec.training.train import fit
 
@@ -73,7 +73,7 @@ def main() -> None:
             rec.tower(inputs)
             tower_only.append(len(sample) / (time.perf_counter() - start))
         start = time.perf_counter()
-        score_frame(rec, sample, held, 5, F.Filters())
+        rec.rank(rec.context(sample, held=held), 5, F.Filters())
         frame_rate = len(sample) / (time.perf_counter() - start)
 
     flops = rec.tower.flops_per_customer() + 2 * rec.product_embeddings.size

@@ -148,7 +148,9 @@ def cmd_score(args) -> int:
 
     schema = read_schema(args.data)
     loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
-    filters = {"suitability": False, "eligibility": False} if args.unfiltered else _filters_from(args)
+    from finrec.recommend.filters import UNFILTERED
+
+    filters = UNFILTERED if args.unfiltered else _filters_from(args)
     chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
     if args.engine == "ray":
         from finrec.recommend.ray_engine import score_dataset_ray

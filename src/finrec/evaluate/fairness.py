@@ -32,6 +32,8 @@ from finrec.data import schema as S
 from finrec.data.io import Dataset
 from finrec.evaluate.metrics import summarize
 from finrec.evaluate.report import ranking_task
+from finrec.recommend import filters as F
+from finrec.recommend.recommender import Recommender
 
 AGE_BANDS = ((None, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, None, "60+"))
 MISSING = "missing"
@@ -78,14 +80,6 @@ def _categories(trained, dataset: Dataset) -> np.ndarray:
     return table.loc[pipeline.product_ids_, column].astype(str).to_numpy(dtype=object)
 
 
-def _top_k(scores: np.ndarray, held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(product index [n, k], valid bool [n, k]): the best ``k`` products each customer does not hold."""
-    masked = np.where(held, -np.inf, scores.astype("float64"))
-    k = min(k, masked.shape[1])
-    index = np.argsort(-masked, axis=1, kind="stable")[:, :k]
-    return index, np.isfinite(np.take_along_axis(masked, index, axis=1))
-
-
 def _clean(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
@@ -101,9 +95,13 @@ def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
     if not groups:
         return report
 
-    scores = trained.score(customers, dataset.holdings) if len(customers) else np.zeros((0, pipeline.n_products))
-    held = pipeline.holdings_matrix(all_ids, dataset.holdings)
-    top, valid = _top_k(scores, held, k)
+    # Ranked as ``finrec evaluate`` ranks (held products excluded, no other filter), through the
+    # recommender's ranking core, so the exposure measured is the exposure served.
+    recommender = Recommender(trained)
+    context = recommender.context(customers, dataset.holdings)
+    ranking = recommender.rank(context, k, F.UNFILTERED)
+    top, valid = ranking.index, np.isfinite(ranking.scores)
+    scores = recommender.scores(context)
     categories = _categories(trained, dataset)
     category_order = list(dict.fromkeys(categories))
     slot_category = categories[top]

@@ -10,7 +10,6 @@ streamed to one output file that replaces ``out`` only when complete.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ from finrec.data import schema as S
 from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
 from finrec.data.ids import as_arrow_text, positions_in, run_positions
 from finrec.recommend import filters as F
-from finrec.recommend.index import default_workers, single_threaded_blas, top_k
+from finrec.recommend.index import default_workers, single_threaded_blas
 
 OUTPUT_SCHEMA = pa.schema([
     (S.CUSTOMER_ID, pa.string()),
@@ -80,18 +79,6 @@ class HoldingsByRow:
         held = np.zeros((stop - start, self.n_products), dtype=bool)
         held[self.rows[lo:hi] - start, self.cols[lo:hi]] = True
         return held
-
-
-def score_frame(recommender, customers: pd.DataFrame, held: np.ndarray, k: int, filters: F.Filters,
-                workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (indices int [n, k'], scores [n, k'], -inf where fewer are eligible) for a frame
-    of validated customers; ``workers`` threads for the tower and top-k (None: the tower's own)."""
-    inputs = recommender.pipeline.transform_customers(customers, held=held)
-    tower = recommender.tower if workers is None else dataclasses.replace(recommender.tower, workers=workers)
-    scores = tower(inputs) @ recommender.product_embeddings.T
-    attributes = F.customer_attributes(customers, recommender.schema)
-    masks = F.exclusion_masks(attributes, held, recommender.catalogue, filters)
-    return top_k(scores, F.combine(masks, scores.shape), k, workers=workers)
 
 
 def topk_table(customer_ids, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray) -> pa.Table:
@@ -181,8 +168,8 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
 
         def score(start: int, chunk: pd.DataFrame) -> pa.Table:
             held = lookup.result().slice(start, start + len(chunk))
-            index, scores = score_frame(recommender, chunk, held, k, filters, workers=1)
-            return topk_table(chunk[table.id], product_ids, index, scores)
+            ranking = recommender.rank(recommender.context(chunk, held=held), k, filters, workers=1)
+            return topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores)
 
         in_flight: collections.deque = collections.deque()
         n_customers = 0

@@ -80,6 +80,8 @@ PRESETS: dict[str, Filters] = {
     "risk_tolerant": Filters(preset="risk_tolerant"),
 }
 PRESET_NAMES = tuple(PRESETS)
+# How ``finrec evaluate`` ranks: held products out, no suitability or eligibility rule.
+UNFILTERED = Filters(suitability=False, eligibility=False)
 DEFAULT_PRESET = "balanced"
 PRESET_HELP = (f"conservative: risk level at most {CONSERVATIVE_MAX_RISK}; balanced (the default) and risk_tolerant: "
                "the customer's own tolerance; every preset keeps risk within the customer's tolerance")

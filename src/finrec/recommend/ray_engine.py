@@ -6,7 +6,7 @@ cluster.
 The customers Parquet is read with ``ray.data.read_parquet``; ``map_batches`` runs
 ``ScoreBatches``, a callable class that rebuilds the ``Recommender`` once per worker from the model
 directory's bytes (shipped through the object store, so workers need no shared filesystem for the
-model) and returns the top-k table of each batch with the local engine's code (``score_frame`` +
+model) and returns the top-k table of each batch with the local engine's code (``Recommender.rank`` +
 ``topk_table``): the same rankings as ``finrec.recommend.batch.score_dataset``.
 
 Output: a name ending in ``.parquet`` or ``.csv`` is one file, written atomically by the driver
@@ -75,14 +75,15 @@ class ScoreBatches:
 
     def __call__(self, batch) -> pa.Table:
         from finrec.data.ids import ids_as_text
-        from finrec.recommend.batch import score_frame, topk_table
+        from finrec.recommend.batch import topk_table
 
         if self.table.id in batch.columns:
             batch[self.table.id] = ids_as_text(batch[self.table.id])
         chunk = prepare_entities(batch, self.table, "customers (ray batch)")
         ids = chunk[self.table.id].to_numpy()
-        index, scores = score_frame(self.recommender, chunk, self.lookup.rows(ids), self.k, self.filters)
-        return topk_table(ids, self.product_ids, index, scores)
+        context = self.recommender.context(chunk, held=self.lookup.rows(ids))
+        ranking = self.recommender.rank(context, self.k, self.filters)
+        return topk_table(ids, self.product_ids, ranking.index, ranking.scores)
 
 
 def score_dataset_ray(model_dir: str | Path, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,

@@ -8,10 +8,14 @@ At load the product embeddings are read from the model directory, the customer t
 into a numpy forward pass (``NumpyTower``, BatchNorm folded) and the known customers' inputs are
 transformed once; a request is a row lookup, one small matmul per layer, the filter masks and a
 partial sort.
+
+``Recommender.rank`` is the one ranking core: a single request, ``finrec score`` (local and on
+Ray) and the fairness report all rank through it, so they cannot disagree.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +28,9 @@ from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.io import Dataset, load_dataset
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
+from finrec.model.two_tower import CUSTOMER_TOWER
 from finrec.recommend import filters as F
-from finrec.recommend.index import NumpyTower, top_k
+from finrec.recommend.index import NumpyTower, ProductIndex
 
 # Product columns shown with each recommendation when the catalogue has them.
 _SYN = S.SYNTHETIC
@@ -72,13 +77,24 @@ class CustomerContext:
     held: np.ndarray  # bool [n, P]
 
 
+@dataclass
+class Ranking:
+    """The top ``k`` of ``n`` customers under some filters."""
+
+    index: np.ndarray  # int [n, k'], best first; -1 where fewer products are eligible
+    scores: np.ndarray  # float32 [n, k'] cosine; -inf where fewer products are eligible
+    masks: dict[str, np.ndarray]  # rule -> bool [n, P], True = excluded by that rule
+    excluded: np.ndarray  # bool [n, P], any rule
+
+
 class Recommender:
     def __init__(self, trained, dataset: Dataset | None = None):
         self.trained = trained
         self.pipeline = trained.pipeline
         self.schema = self.pipeline.full_schema
-        self.tower = NumpyTower.from_keras(trained.model.get_layer("customer_tower"))
-        self.product_embeddings = np.ascontiguousarray(trained.product_embeddings_, dtype="float32")
+        self.tower = NumpyTower.from_keras(trained.model.get_layer(CUSTOMER_TOWER))
+        self.index = ProductIndex(trained.product_embeddings_)
+        self.product_embeddings = self.index.product_embeddings
         self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)
         self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_)
         self.dataset = dataset
@@ -111,14 +127,21 @@ class Recommender:
         return self.dataset.customers
 
     # ------------------------------------------------------------------------------ inputs
-    def context(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None) -> CustomerContext:
+    def context(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None,
+                held: np.ndarray | None = None) -> CustomerContext:
+        """Validated customers in model-ready form; their holdings as a links table or, when
+        already matched to the rows, as ``held`` bool [n, P]."""
         cid = self.schema.customers.id
-        ids = customers[cid].astype(str).to_numpy() if cid in customers else np.array([None] * len(customers), dtype=object)
+        ids = customers[cid].to_numpy() if cid in customers else np.array([None] * len(customers), dtype=object)
+        if ids.dtype != object:  # validated tables hold ids as text already; converting costs ~0.15 s per million
+            ids = ids.astype(str).astype(object)
+        if held is None:
+            held = self.pipeline.holdings_matrix(ids, holdings)
         return CustomerContext(
             ids=ids,
-            inputs=self.pipeline.transform_customers(customers, holdings),
+            inputs=self.pipeline.transform_customers(customers, held=held),
             attributes=F.customer_attributes(customers, self.schema),
-            held=self.pipeline.holdings_matrix(ids, holdings),
+            held=held,
         )
 
     def _single(self, customer: str | dict) -> CustomerContext:
@@ -182,12 +205,28 @@ class Recommender:
         )
 
     # ------------------------------------------------------------------------------ scoring
+    def embed(self, context: CustomerContext, workers: int | None = None) -> np.ndarray:
+        """Customer embeddings float32 [n, D] through the numpy tower (``workers`` threads; None:
+        the tower's own setting)."""
+        tower = self.tower if workers is None else dataclasses.replace(self.tower, workers=workers)
+        return tower(context.inputs)
+
     def scores(self, context: CustomerContext) -> np.ndarray:
         """Cosine similarity float32 [n, P]."""
-        return self.tower(context.inputs) @ self.product_embeddings.T
+        return self.index.scores(self.embed(context))
 
     def masks(self, context: CustomerContext, filters: F.Filters) -> dict[str, np.ndarray]:
         return F.exclusion_masks(context.attributes, context.held, self.catalogue, filters)
+
+    def rank(self, context: CustomerContext, k: int, filters: F.Filters | dict | str | None = None,
+             workers: int | None = None) -> Ranking:
+        """The ranking core: embeddings, the filter masks, then the top ``k`` eligible products
+        of every customer in ``context`` (the [n, P] scores are computed chunk by chunk)."""
+        filters = F.Filters.build(filters)
+        masks = self.masks(context, filters)
+        excluded = F.combine(masks, context.held.shape)
+        index, best = self.index.recommend(self.embed(context, workers), excluded, k, workers=workers)
+        return Ranking(index, best, masks, excluded)
 
     def recommend(self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None) -> RecommendationResult:
         """Top ``k`` eligible products for a known ``customer_id`` or a dict of raw features.
@@ -198,12 +237,10 @@ class Recommender:
             raise FinrecError(f"k must be a positive integer, got {k!r}")
         filters = F.Filters.build(filters)
         context = self._single(customer)
-        scores = self.scores(context)
-        masks = self.masks(context, filters)
-        excluded = F.combine(masks, scores.shape)
-        index, top = top_k(scores, excluded, k)
+        ranking = self.rank(context, k, filters)
+        masks, excluded = ranking.masks, ranking.excluded
         items = []
-        for rank, (j, score) in enumerate(zip(index[0], top[0]), start=1):
+        for rank, (j, score) in enumerate(zip(ranking.index[0], ranking.scores[0]), start=1):
             if not np.isfinite(score):
                 break
             items.append(Recommendation(
