@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -146,7 +145,3 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     trained = TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history,
                            product_embeddings_=embeddings)
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
-
-
-def products_frame(path: str | os.PathLike) -> pd.DataFrame:
-    return pq.read_table(Path(path) / PRODUCTS_FILE).to_pandas()

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from finrec.errors import FinrecError
@@ -48,9 +49,33 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _quiet_backend() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def _quiet_backend(verbose: int = 0) -> None:
+    """A user sees finrec's own output only: TensorFlow's C++ start-up lines (oneDNN, absl, CUDA
+    probing) and the libraries' Python warnings appear with ``-v``. Runs before any backend is
+    imported; a TF_CPP_MIN_LOG_LEVEL the user set is kept."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    for module in ("tensorflow", "keras", "jax", "absl", "google", "ray", "numba"):
+        warnings.filterwarnings("ignore", module=module)
+    for name in ("tensorflow", "absl", "jax", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _epoch_lines(epochs: int, k: int):
+    """One line per epoch in finrec's words, instead of Keras' progress bar (which ``-v`` shows)."""
+    import keras
+
+    def line(epoch, logs):
+        parts = [f"epoch {epoch + 1}/{epochs}", f"loss {logs.get('loss', float('nan')):.4f}"]
+        if f"val_ndcg@{k}" in logs:
+            parts.append(f"validation nDCG@{k} {logs[f'val_ndcg@{k}']:.4f}")
+        print(", ".join(parts), flush=True)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=line)
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -87,7 +112,6 @@ def cmd_split(args) -> int:
 
 
 def cmd_train(args) -> int:
-    _quiet_backend()
     from finrec.artifacts import save_model_dir
     from finrec.config import Config
     from finrec.data.io import fingerprint, load_dataset
@@ -96,9 +120,12 @@ def cmd_train(args) -> int:
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
-    trained = fit(dataset, config)
-    history = trained.history
     k = config.training.eval_k
+    if args.verbose:
+        trained = fit(dataset, config)
+    else:
+        trained = fit(dataset, config, verbose=0, callbacks=[_epoch_lines(config.training.epochs, k)])
+    history = trained.history
     key = f"val_ndcg@{k}"
     best = max(history.get(key, [float("nan")]))
     save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()))
@@ -108,7 +135,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    _quiet_backend()
     from finrec.artifacts import load_model_dir
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset
@@ -140,7 +166,6 @@ def _filters_from(args) -> dict:
 
 
 def cmd_score(args) -> int:
-    _quiet_backend()
     from finrec.artifacts import load_model_dir
     from finrec.data.io import read_schema
     from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, score_dataset
@@ -166,7 +191,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    _quiet_backend()
     from finrec.recommend.recommender import Recommender
 
     recommender = Recommender.load(args.model, args.data)
@@ -185,7 +209,6 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    _quiet_backend()
     from finrec.serve import run
 
     run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers)
@@ -283,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_backend(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -14,6 +14,7 @@ import pytest
 
 import corpus
 from finrec.cli import main
+from finrec.model.towers import CUSTOMER_TOWER
 
 DISTINCT = "123456.789"
 DISTINCT_AGE = "77.125"
@@ -93,7 +94,7 @@ def test_protected_columns_are_not_model_inputs(blind, small_dataset):
     assert not used & protected
     assert len(pipeline.customer_numeric_) + len(pipeline.customer_vocab_) > 0
     # the model's inputs are exactly the pipeline's: no slot for a protected column
-    names = {tensor.name for tensor in blind.model.get_layer("customer_tower").inputs}
+    names = {tensor.name for tensor in blind.model.get_layer(CUSTOMER_TOWER).inputs}
     assert not any(column in name for name in names for column in protected)
 
 

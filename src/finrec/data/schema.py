@@ -71,17 +71,6 @@ class TableSchema:
     log_numeric: tuple[str, ...] | None = None
 
     @property
-    def feature_columns(self) -> tuple[str, ...]:
-        """Every feature column, risk and category included, in a stable order."""
-        cols = list(self.numeric)
-        if self.risk and self.risk not in cols:
-            cols.append(self.risk)
-        cols.extend(self.categorical)
-        if self.category and self.category not in cols:
-            cols.append(self.category)
-        return tuple(cols)
-
-    @property
     def numeric_features(self) -> tuple[str, ...]:
         """Numeric model inputs: the numeric list plus the risk column."""
         cols = list(self.numeric)

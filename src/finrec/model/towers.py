@@ -22,6 +22,10 @@ from finrec.config import ModelConfig
 
 HOLDINGS_BAG_DIM = 16
 
+# Stable layer names: the numpy inference path finds the customer tower by this name.
+CUSTOMER_TOWER = "customer_tower"
+PRODUCT_TOWER = "product_tower"
+
 
 @keras.saving.register_keras_serializable(package="finrec")
 class CrossLayer(layers.Layer):
@@ -91,11 +95,11 @@ def tower(
 
 
 def customer_tower(input_spec: dict[str, tuple[str, int]], config: ModelConfig) -> keras.Model:
-    return tower("customer_tower", input_spec, config.customer_widths, config)
+    return tower(CUSTOMER_TOWER, input_spec, config.customer_widths, config)
 
 
 def product_tower(input_spec: dict[str, tuple[str, int]], config: ModelConfig) -> keras.Model:
-    return tower("product_tower", input_spec, config.product_widths, config, config.product_id_embedding_dim)
+    return tower(PRODUCT_TOWER, input_spec, config.product_widths, config, config.product_id_embedding_dim)
 
 
 def flops_per_example(model: keras.Model) -> int:
@@ -110,4 +114,4 @@ def flops_per_example(model: keras.Model) -> int:
     return total
 
 
-__all__ = ["CrossLayer", "customer_tower", "product_tower", "tower", "flops_per_example", "ops"]
+__all__ = ["CUSTOMER_TOWER", "PRODUCT_TOWER", "CrossLayer", "customer_tower", "product_tower", "tower", "flops_per_example", "ops"]

@@ -20,10 +20,7 @@ from keras import layers, ops
 
 from finrec.config import ModelConfig
 from finrec.features import PRODUCT_INDEX, FeaturePipeline
-from finrec.model.towers import customer_tower, product_tower
-
-CUSTOMER_TOWER = "customer_tower"
-PRODUCT_TOWER = "product_tower"
+from finrec.model.towers import CUSTOMER_TOWER, customer_tower, product_tower
 SIMILARITY = "catalogue_similarity"
 
 

@@ -163,10 +163,10 @@ class NumpyTower:
         contains a ``customer_tower`` layer)."""
         from keras import layers as KL
 
-        from finrec.model.towers import CrossLayer, flops_per_example
+        from finrec.model.towers import CUSTOMER_TOWER, CrossLayer, flops_per_example
 
         if not any(layer.name.endswith("_output") for layer in tower.layers):
-            tower = tower.get_layer("customer_tower")
+            tower = tower.get_layer(CUSTOMER_TOWER)
         name = tower.name
         by_name = {layer.name: layer for layer in tower.layers}
 
@@ -255,10 +255,6 @@ class NumpyTower:
                    flops=int(flops_per_example(tower)), chunk_size=chunk_size, workers=workers)
 
     # ------------------------------------------------------------------------ properties
-    @property
-    def input_names(self) -> list[str]:
-        return [part.input for part in self.parts]
-
     @property
     def embedding_dim(self) -> int:
         return self.layers[-1].shape[1]

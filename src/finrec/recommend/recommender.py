@@ -28,7 +28,7 @@ from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.io import Dataset, load_dataset
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
-from finrec.model.two_tower import CUSTOMER_TOWER
+from finrec.model.towers import CUSTOMER_TOWER
 from finrec.recommend import filters as F
 from finrec.recommend.index import NumpyTower, ProductIndex
 

@@ -1,6 +1,6 @@
 """Training on data larger than memory: the tables are read in chunks, never whole.
 
->>> trained = fit_streaming("data/huge", Config(), chunk_rows=200_000)   # or fit(StreamingSource(...))
+>>> trained = fit(StreamingSource("data/huge", chunk_rows=200_000), Config())
 
 How it works (three passes over the files, then one pass per epoch over a local copy):
 
@@ -538,9 +538,3 @@ class StreamingSource:
                                        "prepare_seconds": [sum(layout.seconds.values())]})
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def fit_streaming(data_dir: str | Path, config: Config | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                  verbose: int | None = None, callbacks=None, workdir: str | Path | None = None):
-    """Train like ``finrec.training.fit`` on a dataset directory of any size (see the module docstring)."""
-    return StreamingSource(Path(data_dir), chunk_rows, Path(workdir) if workdir else None).fit(config, verbose, callbacks)
