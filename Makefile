@@ -8,7 +8,7 @@ DEMO := demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install demo test test-fast chromium benchmarks clean
+.PHONY: install demo test test-fast lint format chromium benchmarks clean
 
 install: $(STAMP)
 
@@ -37,7 +37,16 @@ demo: $(DEMO)/model/manifest.json
 		--customer-id "$$(sed -n 2p $(DEMO)/top5.csv | cut -d, -f1 | tr -d '"')" -k 5 && echo
 	@if [ -f Recommendation_Dashboard.py ]; then FINREC_MODEL=$(DEMO)/model FINREC_DATA=$(DEMO)/bank $(VENV)/bin/streamlit run Recommendation_Dashboard.py; fi
 
-test: $(STAMP) chromium
+# The form of the code: ruff's lint rules and its formatter (pyproject.toml), checked, never rewritten.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint chromium
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

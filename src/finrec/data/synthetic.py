@@ -485,7 +485,6 @@ def _customers(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str
     p_retired = _sigmoid((a - 64) / 1.5)
     rest = np.clip(1 - p_student - p_retired, 0, 1)
     employment = _pick(rng, np.stack([0.78 * rest, 0.13 * rest, 0.09 * rest, p_retired, p_student], axis=1))
-    student, retired = employment == 4, employment == 3
     unemployed, self_employed = employment == 2, employment == 1
 
     edu_logits = np.stack([

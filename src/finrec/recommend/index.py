@@ -404,7 +404,7 @@ def _select(columns_of, p, dtype, excluded, k, c, index, best, begin, end) -> No
         stop = min(start + c, end)
         m = stop - start
 
-        def view(buffer):  # a contiguous [P, m] view of a flat buffer
+        def view(buffer, m=m):  # a contiguous [P, m] view of a flat buffer
             return buffer[: p * m].reshape(p, m)
 
         columns = view(flat)
