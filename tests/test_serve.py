@@ -358,3 +358,11 @@ def test_limits_from_the_environment_are_validated(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("FINREC_SERVE_MAX_REQUESTS", "many")
     assert main(["serve", "--model", str(tmp_path), "--port", str(free_port())]) == 2
     assert "FINREC_SERVE_MAX_REQUESTS must be a positive integer, got 'many'" in capsys.readouterr().err
+
+
+def test_a_lone_surrogate_in_a_response_is_escaped_not_a_500():
+    """The last line behind the request checks: a string no UTF-8 encoder takes still renders."""
+    from finrec.serve import SafeJSONResponse
+
+    assert SafeJSONResponse({"detail": "unknown 'C\ud800'"}).body == b'{"detail":"unknown \'C\\ud800\'"}'
+    assert SafeJSONResponse({"detail": "Zürich"}).body == '{"detail":"Zürich"}'.encode()

@@ -110,8 +110,10 @@ class FiltersIn(BaseModel):
     exclude_held: StrictBool = Field(True, description="leave out products the customer already holds")
     suitability: StrictBool = Field(True, description="leave out products above the customer's risk tolerance")
     max_risk: StrictInt | None = Field(None, ge=S.RISK_MIN, le=S.RISK_MAX, description="risk level ceiling (SRI 1-7)")
-    include_categories: list[Text] = Field(default_factory=list, max_length=100, description="only these product categories")
-    exclude_categories: list[Text] = Field(default_factory=list, max_length=100, description="never these product categories")
+    include_categories: list[Text] = Field(default_factory=list, max_length=100,
+                                           description="only these product categories")
+    exclude_categories: list[Text] = Field(default_factory=list, max_length=100,
+                                           description="never these product categories")
     eligibility: StrictBool = Field(True, description="apply the products' income / credit score / age terms")
     preset: Literal["balanced", "conservative", "risk_tolerant"] | None = Field(
         None, description="conservative: risk level at most 3; balanced (default) and risk_tolerant: the customer's tolerance")
