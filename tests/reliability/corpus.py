@@ -425,6 +425,66 @@ FEATURE_CASES: list[BodyCase] = [
     BodyCase("holdings_numbers", _j({"features": {"holdings": [1, 2]}}), (422,)),
 ]
 
+# ------------------------------------------------------------------------------------ issue 11: REST bodies
+# Each was a 500 or a silent coercion: integer literals past the float range, lone surrogate
+# escapes (json.loads takes them; no UTF-8 encoder does), NaN / Infinity, deep nesting, and loose
+# filter types ("no", 0, true) that turned a filter off or to 1. Raw bytes where the literal matters.
+
+LONE_SURROGATE = b'"\\ud800"'  # the JSON text "\ud800": a high surrogate with no low one after it
+DIGITS_400 = b"9" * 400  # a valid JSON integer no float holds
+C1 = b'{"customer_id": "C1", '
+
+
+def _deep(depth: int) -> bytes:
+    return b'{"a": ' * depth + b"1" + b"}" * depth
+
+
+def _filters(filters: dict) -> bytes:
+    return _j({"customer_id": "C1", "filters": filters})
+
+
+BODY_CASES += [
+    BodyCase("filter_exclude_held_text", _filters({"exclude_held": "no"}), (422,), "exclude_held"),
+    BodyCase("filter_suitability_zero", _filters({"suitability": 0}), (422,), "suitability"),
+    BodyCase("filter_eligibility_text", _filters({"eligibility": "false"}), (422,), "eligibility"),
+    BodyCase("filter_max_risk_true", _filters({"max_risk": True}), (422,), "max_risk"),
+    BodyCase("filter_max_risk_text", _filters({"max_risk": "3"}), (422,), "max_risk"),
+    BodyCase("filter_max_risk_float", _filters({"max_risk": 3.0}), (422,), "max_risk"),
+    BodyCase("filter_max_risk_400_digits", C1 + b'"filters": {"max_risk": ' + DIGITS_400 + b"}}", (422,), "max_risk"),
+    BodyCase("filter_max_risk_nan", C1 + b'"filters": {"max_risk": NaN}}', (422,), "max_risk"),
+    BodyCase("k_400_digits", C1 + b'"k": ' + DIGITS_400 + b"}", (422,), '"k"'),
+    BodyCase("k_infinity", C1 + b'"k": Infinity}', (422,), '"k"'),
+    BodyCase("k_true", _j({"customer_id": "C1", "k": True}), (422,), '"k"'),
+    BodyCase("include_categories_lone_surrogate", C1 + b'"filters": {"include_categories": [' + LONE_SURROGATE + b"]}}",
+             (422,), "include_categories"),
+    BodyCase("exclude_categories_lone_surrogate", C1 + b'"filters": {"exclude_categories": ["fund", "\\udfff"]}}',
+             (422,), "exclude_categories"),
+    BodyCase("customer_id_lone_surrogate", b'{"customer_id": ' + LONE_SURROGATE + b"}", (422,), "customer_id"),
+    BodyCase("customer_id_surrogate_pair", b'{"customer_id": "C\\ud83d\\ude42"}', (404,)),  # a valid pair is text
+    BodyCase("preset_lone_surrogate", C1 + b'"filters": {"preset": ' + LONE_SURROGATE + b"}}", (422,), "preset"),
+    BodyCase("key_lone_surrogate", C1 + LONE_SURROGATE + b": 1}", (422,)),
+    BodyCase("deeply_nested_objects", b'{"customer_id": ' + _deep(5000) + b"}", (422,)),
+    BodyCase("nested_900_deep_id", b'{"customer_id": ' + _deep(900) + b"}", (422,), "customer_id"),
+    BodyCase("nested_900_deep_filters", C1 + b'"filters": {"include_categories": ' + b"[" * 900 + b"]" * 900 + b"}}",
+             (422,), "include_categories"),
+]
+
+FEATURE_CASES += [
+    BodyCase("income_400_digits", b'{"features": {"income": ' + DIGITS_400 + b"}}", (422,), "income"),
+    BodyCase("income_minus_400_digits", b'{"features": {"income": -' + DIGITS_400 + b"}}", (422,), "income"),
+    BodyCase("risk_400_digits", b'{"features": {"risk_tolerance": ' + DIGITS_400 + b"}}", (422,), "risk_tolerance"),
+    BodyCase("unknown_feature_400_digits", b'{"features": {"favourite_number": ' + DIGITS_400 + b"}}", (422,),
+             "favourite_number"),
+    BodyCase("income_300_digits_is_a_number", b'{"features": {"income": 1' + b"0" * 300 + b"}}", (200,)),
+    BodyCase("region_lone_surrogate", b'{"features": {"income": 5e4, "region": ' + LONE_SURROGATE + b"}}", (422,),
+             "region"),
+    BodyCase("holdings_lone_surrogate", b'{"features": {"holdings": [' + LONE_SURROGATE + b"]}}", (422,), "holdings"),
+    BodyCase("feature_name_lone_surrogate", b'{"features": {' + LONE_SURROGATE + b": 1}}", (422,), "surrogate"),
+    BodyCase("region_nan", b'{"features": {"region": NaN}}', (422,), "region"),
+    BodyCase("region_minus_infinity", b'{"features": {"region": -Infinity}}', (422,), "region"),
+    BodyCase("income_nested_900_deep", b'{"features": {"income": ' + b"[" * 900 + b"]" * 900 + b"}}", (422,), "income"),
+]
+
 def params(cases):
     """``cases`` as pytest parameters; a case with a ``known_bug`` is a strict expected failure."""
     import pytest
