@@ -50,6 +50,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, 
                       ValidationInfo, field_validator)
 
 from finrec.data import schema as S
+from finrec.recommend import filters as F
 from finrec.errors import ConfigError, FinrecError, UnknownCustomerError
 
 log = logging.getLogger("finrec.serve")
@@ -115,8 +116,7 @@ class FiltersIn(BaseModel):
     exclude_categories: list[Text] = Field(default_factory=list, max_length=100,
                                            description="never these product categories")
     eligibility: StrictBool = Field(True, description="apply the products' income / credit score / age terms")
-    preset: Literal["balanced", "conservative", "risk_tolerant"] | None = Field(
-        None, description="conservative: risk level at most 3; balanced (default) and risk_tolerant: the customer's tolerance")
+    preset: Literal[F.PRESET_NAMES] | None = Field(None, description=F.PRESET_HELP)
 
 
 class RecommendationRequest(BaseModel):
