@@ -39,6 +39,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -211,7 +221,8 @@ def cmd_recommend(args) -> int:
 def cmd_serve(args) -> int:
     from finrec.serve import run
 
-    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers)
+    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers,
+        body_timeout=args.body_timeout, max_requests=args.max_requests)
     return 0
 
 
@@ -299,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes (each loads the model)")
+    p.add_argument("--body-timeout", type=_positive_float, default=None,
+                   help="seconds from a request's start by which its whole body must arrive, else 408 (default 10)")
+    p.add_argument("--max-requests", type=_positive_int, default=None,
+                   help="requests in progress per process, /health and /ready aside, else 503 (default 512)")
     p.set_defaults(func=cmd_serve)
     return parser
 
