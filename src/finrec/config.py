@@ -18,9 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from finrec.errors import ConfigError
+from finrec.errors import ConfigError, safe_text
+from finrec.safeyaml import load_yaml
 
 LOSSES = ("softmax", "in_batch", "sampled", "triplet")
 MONITORS = ("ndcg", "loss")
@@ -132,11 +131,9 @@ class Config:
     def from_yaml(cls, path: str | Path) -> "Config":
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = load_yaml(path, ConfigError)
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_dict(raw, source=str(path))
 
 
@@ -146,25 +143,25 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 
 def _positive(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {safe_text(value, quote=True)}")
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {safe_text(value, quote=True)}")
 
 
 def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
     for key in raw:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            close = difflib.get_close_matches(str(key)[:100], sorted(allowed), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+            raise ConfigError(f"{where}: unknown key {safe_text(str(key), quote=True)}{hint}")
 
 
 def _section(kind: type, raw: Any, where: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {safe_text(raw, quote=True)}")
     known = {f.name: f for f in fields(kind)}
     _reject_unknown(raw, set(known), where)
     hints = typing.get_type_hints(kind)
@@ -178,23 +175,23 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {safe_text(value, quote=True)}")
         return tuple(_coerce(v, typing.get_args(hint)[0], name) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+            raise ConfigError(f"{name}: expected true or false, got {safe_text(value, quote=True)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {safe_text(value, quote=True)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {safe_text(value, quote=True)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected text, got {value!r}")
+            raise ConfigError(f"{name}: expected text, got {safe_text(value, quote=True)}")
         return value
     if isinstance(hint, types.UnionType):  # pragma: no cover - no optional fields yet
         return value
