@@ -385,7 +385,8 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             for chunk in reader:
                 if offset == 0:
                     _check_separator(chunk, path)
-                chunk[table.id] = _ids_as_text(chunk[table.id]) if table.id in chunk.columns else None
+                if table.id in chunk.columns:  # else prepare_entities names the missing column
+                    chunk[table.id] = _ids_as_text(chunk[table.id])
                 yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
                 offset += len(chunk)
             if offset == 0:

@@ -88,8 +88,8 @@ def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.D
             rows = np.flatnonzero(not_number.to_numpy())
             raise DataError(
                 f"{where}: column {_name(column)} must be numeric; {len(rows)} value(s) are not numbers, "
-                f"e.g. row {rows[0] + 1}: {safe_text(raw.iloc[rows[0]], quote=True)} "
-                f"(other values: {_examples(raw.iloc[rows[1:]])})"
+                f"e.g. row {rows[0] + 1}: {safe_text(raw.iloc[rows[0]], quote=True)}"
+                + (f" (other values: {_examples(raw.iloc[rows[1:]])})" if len(rows) > 1 else "")
             )
         values = values.astype("float64")
         infinite = np.isinf(values.to_numpy())
