@@ -41,12 +41,16 @@ class _StrictLoader(yaml.SafeLoader):
                 try:
                     first = seen.get(key)
                 except TypeError:
-                    raise yaml.constructor.ConstructorError(None, None, "a key that is a list or mapping",
-                                                            key_node.start_mark) from None
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "a key that is a list or mapping", key_node.start_mark
+                    ) from None
                 if first is not None:
                     raise _Refused(
-                        None, None, f"duplicate key {safe_text(key, 80, quote=True)} (first at line {first.line + 1})",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key {safe_text(key, 80, quote=True)} (first at line {first.line + 1})",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
@@ -54,7 +58,7 @@ class _StrictLoader(yaml.SafeLoader):
 def parse_yaml(text: str, source: str, error: type[FinrecError]) -> Any:
     """The value of a YAML document held in ``text``; ``source`` names it in messages."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no Python tags
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source} line {mark.line + 1}" if mark is not None else source

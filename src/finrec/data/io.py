@@ -204,8 +204,7 @@ def _check_separator(df: pd.DataFrame, where) -> None:
         for sep in (";", "\t", "|"):
             if sep in header:
                 raise DataError(f"{where}: the header is one column {safe_text(header, 80, quote=True)}: the file "
-                                f"looks separated by "
-                                f"{sep!r}; finrec reads comma-separated files")
+                                f"looks separated by {sep!r}; finrec reads comma-separated files")
 
 
 def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.DataFrame:
