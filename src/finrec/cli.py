@@ -21,7 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from finrec.errors import FinrecError
+from finrec.errors import MAX_MESSAGE_CHARS, FinrecError, safe_text
 
 log = logging.getLogger("finrec")
 
@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FinrecError as exc:
-        print(f"finrec {args.command}: error: {exc}", file=sys.stderr)
+        # The last guard before the terminal: bounded, and no escape sequence from the input gets through.
+        print(f"finrec {args.command}: error: {safe_text(str(exc), MAX_MESSAGE_CHARS)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print(f"finrec {args.command}: interrupted; nothing was written", file=sys.stderr)
@@ -334,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         if os.environ.get("FINREC_DEBUG"):
             raise
-        print(f"finrec {args.command}: internal error: {type(exc).__name__}: {exc} (set FINREC_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(f"finrec {args.command}: internal error: {type(exc).__name__}: {safe_text(str(exc), MAX_MESSAGE_CHARS)} "
+              "(set FINREC_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
 
 

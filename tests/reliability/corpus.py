@@ -20,6 +20,7 @@ from typing import Callable
 
 import pandas as pd
 
+from finrec.data import schema as S
 from finrec.errors import ArtifactError, ConfigError, DataError, FinrecError, SchemaError
 
 FORMULA_ID = "=cmd|' /C calc'!A0"
@@ -494,3 +495,223 @@ def params(cases):
 
 
 ALL_ERRORS = (DataError, SchemaError, ConfigError, ArtifactError)
+
+
+# ------------------------------------------------------------------------------------ issue 11: loaders
+# The model directory's manifest and resealed foreign files, YAML aliases / duplicate keys / size,
+# binary, sparse and huge tables, terminal escapes and numpy reprs in messages. Every message of
+# every case is also checked to be bounded and printable (``test_corpus.assert_safe_message``).
+
+ESCAPE_TEXT = "\x1b]0;pwned\x07\x1b[2J\x1b[31m"  # OSC window title, clear screen, red
+# Nine levels of nine aliases: 9**9 (387 million) strings once expanded.
+BILLION_LAUGHS = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, name in zip("abcdefgh", "bcdefghi")
+)
+
+
+def _sparse(table: str, suffix: str, size: int = 2 * 1024**3) -> Callable[[Path], None]:
+    """The table replaced by a sparse file of ``size`` NUL bytes (no disk used), as truncate -s 2G makes."""
+    def damage(d: Path) -> None:
+        for old in S.TABLE_SUFFIXES:
+            (d / f"{table}{old}").unlink(missing_ok=True)
+        with open(d / f"{table}{suffix}", "wb") as handle:
+            handle.truncate(size)
+    return damage
+
+
+def _header(fn: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def change(data: bytes) -> bytes:
+        head, rest = data.split(b"\n", 1)
+        return fn(head) + b"\n" + rest
+    return transform_bytes(C, change)
+
+
+def _many_unknown_long_ids(df):
+    df.loc[0:49, "customer_id"] = [f"{'X' * 1000}{i}" for i in range(50)]
+
+
+def _schema_append(text: str) -> Callable[[Path], None]:
+    def damage(d: Path) -> None:
+        path = d / "schema.yaml"
+        path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+    return damage
+
+
+def _schema_nested_duplicate(d: Path) -> None:
+    text = (d / "schema.yaml").read_text(encoding="utf-8")
+    text = text.replace("  id: customer_id\n", "  id: customer_id\n  id: age\n", 1)
+    (d / "schema.yaml").write_text(text, encoding="utf-8")
+
+
+DATA_CASES += [
+    # binary, sparse and huge files: refused after a small read, quickly, with a short message
+    Case("sparse_2gb_customers", _sparse(C, ".csv"), ("customers.csv", "binary", "NUL")),
+    Case("nul_bytes_file", raw_bytes(C, b"\x00" * 100_000), ("customers", "binary"), upload=True),
+    Case("nul_bytes_after_header", transform_bytes(C, lambda b: b.split(b"\n", 1)[0] + b"\n" + b"\x00" * 100_000),
+         ("customers", "binary"), upload=True),
+    Case("utf16_text", transform_bytes(C, lambda b: b.decode("utf-8").encode("utf-16")), ("binary", "UTF-8"),
+         upload=True),
+    Case("header_over_1mb", _header(lambda h: h + b",x" + b"y" * 5_000_000), ("customers.csv", "first line", "1 MB"),
+         upload=True, upload_fragments=("uploads are limited",)),
+    Case("huge_column_name", _header(lambda h: b"z" * 600_000 + h[len(b"customer_id"):]),
+         ("'customer_id'", "more character"), SchemaError, upload=True),
+    Case("sparse_parquet", _sparse(P, ".parquet"), ("products.parquet", "PAR1")),
+    Case("parquet_without_magic", _sparse(P, ".parquet", 4096), ("products.parquet", "PAR1")),
+    # escapes from the file are shown escaped, never sent to the terminal
+    Case("escape_codes_in_header", _header(lambda h: ESCAPE_TEXT.encode() + h),
+         ("'customer_id'", "\\x1b]0;pwned\\x07"), SchemaError, upload=True),
+    Case("escape_codes_in_cell", set_cell(C, "income", ESCAPE_TEXT + "12"), ("'income' must be numeric", "\\x1b[31m"),
+         upload=True),
+    Case("many_long_unknown_ids", edit(I, _many_unknown_long_ids), ("not in customers", "... and 45 more")),
+    # plain numbers: `row 2: nan`, not np.float64(nan); `row(s) 2, 3`, not np.int64(2)
+    Case("missing_risk_prints_nan", set_cell(C, "risk_tolerance", ""), ("row 2: nan",), upload=True),
+    Case("empty_ids_print_plain_rows", edit(C, lambda df: df.assign(customer_id=["", "", *df["customer_id"][2:]])),
+         ("at row(s) 1, 2",), upload=True),
+    # schema.yaml: aliases, duplicate keys, size, nesting
+    Case("schema_billion_laughs", schema_text(BILLION_LAUGHS), ("schema.yaml line 1", "aliases"), SchemaError),
+    Case("schema_merge_key", _schema_append("extra: &x {id: a}\nmore:\n  <<: *x\n"), ("aliases",), SchemaError),
+    Case("schema_duplicate_top_key", _schema_append("customers:\n  id: customer_id\n"),
+         ("schema.yaml line", "duplicate key 'customers' (first at line 1)"), SchemaError),
+    Case("schema_duplicate_nested_key", _schema_nested_duplicate, ("line 3", "duplicate key 'id' (first at line 2)"),
+         SchemaError),
+    Case("schema_over_1mb", _schema_append("#" + "x" * 1_100_000 + "\n"), ("schema.yaml", "over 1024 KB"), SchemaError),
+    Case("schema_deeply_nested", schema_text("customers: " + "[" * 50_000 + "]" * 50_000 + "\n"),
+         ("schema.yaml", "nested too deeply"), SchemaError),
+    # (a plain YAML key stops at 1024 characters; 1000 is still far over a message's share)
+    Case("schema_long_escaped_key", _schema_append('"\\e]0;pwned\\a' + "k" * 1000 + '": 1\n'),
+         ("unknown key", "\\x1b]0;pwned", "more character"), SchemaError),
+]
+
+
+def _resealed(name: str, change: Callable[[Path], None]) -> Callable[[Path], None]:
+    """``name`` changed, and its checksum in the manifest updated to match: the content checks
+    behind the checksum must refuse it."""
+    import hashlib
+
+    def damage(d: Path) -> None:
+        change(d / name)
+        raw = json.loads((d / "manifest.json").read_text())
+        raw["files"][name] = hashlib.sha256((d / name).read_bytes()).hexdigest()
+        (d / "manifest.json").write_text(json.dumps(raw))
+    return damage
+
+
+def _text(text: str) -> Callable[[Path], None]:
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
+def _json_edit(fn: Callable[[dict], None]) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        raw = json.loads(path.read_text())
+        fn(raw)
+        path.write_text(json.dumps(raw))
+    return change
+
+
+def _npy(make) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        import numpy as np
+
+        np.save(path, make(np.load(path)), allow_pickle=False)
+    return change
+
+
+def _parquet(fn) -> Callable[[Path], None]:
+    return lambda path: fn(pd.read_parquet(path)).to_parquet(path)
+
+
+def _and(*damages):
+    def damage(d: Path) -> None:
+        for fn in damages:
+            fn(d)
+    return damage
+
+
+def _fewer_products(raw: dict) -> None:
+    raw["product_ids"] = raw["product_ids"][:3]
+    raw["product_popularity"] = raw["product_popularity"][:3]
+
+
+_DEEP_JSON = "[" * 100_000 + "]" * 100_000
+_PASSWD = "../../etc/passwd"
+
+MODEL_CASES += [
+    # the manifest lists exactly the files of the format, each inside the directory
+    Case("manifest_files_emptied", _and(_manifest(lambda m: m.__setitem__("files", {})), _alter_pipeline),
+         ("manifest.json does not list", "pipeline.json"), ArtifactError),
+    Case("manifest_entry_dropped", _and(_manifest(lambda m: m["files"].pop("pipeline.json")), _alter_pipeline),
+         ("manifest.json does not list pipeline.json",), ArtifactError),
+    Case("manifest_extra_entry", _manifest(lambda m: m["files"].__setitem__("notes.txt", "0" * 64)),
+         ("not part of a finrec model", "'notes.txt'"), ArtifactError),
+    Case("manifest_entry_outside", _manifest(lambda m: m["files"].__setitem__(_PASSWD, "0" * 64)),
+         (f"'{_PASSWD}'", "not a file of the model directory"), ArtifactError),
+    Case("manifest_entry_absolute", _manifest(lambda m: m["files"].__setitem__("/etc/passwd", "0" * 64)),
+         ("'/etc/passwd'", "not a file of the model directory"), ArtifactError),
+    Case("manifest_entry_in_subdirectory", _manifest(lambda m: m["files"].__setitem__("sub/model.keras", "0" * 64)),
+         ("'sub/model.keras'", "not a file of the model directory"), ArtifactError),
+    Case("manifest_files_is_a_list", _manifest(lambda m: m.__setitem__("files", ["model.keras"])),
+         ("'files' map",), ArtifactError),
+    Case("manifest_checksum_not_text", _manifest(lambda m: m["files"].__setitem__("model.keras", 5)),
+         ("'model.keras'", "SHA-256"), ArtifactError),
+    Case("manifest_format_true", _manifest(lambda m: m.__setitem__("format_version", True)), ("True", "retrain"),
+         ArtifactError),
+    Case("manifest_data_path_not_text", _manifest(lambda m: m.__setitem__("data_path", 5)), ("'data_path'",),
+         ArtifactError),
+    Case("manifest_100k_deep", lambda d: (d / "manifest.json").write_text(_DEEP_JSON),
+         ("manifest.json", "nested too deeply"), ArtifactError),
+    Case("manifest_over_1mb", lambda d: (d / "manifest.json").write_text(json.dumps({"x": "y" * 1_100_000})),
+         ("manifest.json", "over 1 MB"), ArtifactError),
+    Case("manifest_escape_codes", _manifest(lambda m: m["files"].__setitem__(ESCAPE_TEXT + "n" * 5000, "0" * 64)),
+         ("\\x1b]0;pwned", "more character"), ArtifactError),
+    # foreign content behind a resealed checksum
+    Case("pipeline_resealed_deep", _resealed("pipeline.json", _text(_DEEP_JSON)),
+         ("pipeline.json", "nested too deeply"), ArtifactError),
+    Case("pipeline_resealed_list", _resealed("pipeline.json", _text("[1, 2]")), ("pipeline.json", "JSON object"),
+         ArtifactError),
+    Case("pipeline_resealed_text_mean",
+         _resealed("pipeline.json", _json_edit(lambda r: r["customer_numeric"][0].__setitem__("mean", "x"))),
+         ("pipeline.json", "'customer_numeric'[0]"), ArtifactError),
+    Case("pipeline_resealed_holdings_text",
+         _resealed("pipeline.json", _json_edit(lambda r: r.__setitem__("use_holdings", "no"))),
+         ("pipeline.json", "'use_holdings'"), ArtifactError),
+    Case("pipeline_resealed_vocab_grown",
+         _resealed("pipeline.json", _json_edit(lambda r: r["customer_vocab"]["gender"].append("other"))),
+         ("model.keras", "customer_tower", "different models"), ArtifactError),
+    Case("pipeline_resealed_fewer_products", _resealed("pipeline.json", _json_edit(_fewer_products)),
+         ("product_embeddings.npy", "different models"), ArtifactError),
+    Case("config_resealed_alias_bomb", _resealed("config.yaml", _text(BILLION_LAUGHS)), ("config.yaml", "aliases"),
+         ArtifactError),
+    Case("config_resealed_duplicate_key", _resealed("config.yaml", _text("model: {}\nmodel: {}\n")),
+         ("config.yaml line 2", "duplicate key 'model'"), ArtifactError),
+    Case("config_resealed_list", _resealed("config.yaml", _text("- 1\n")), ("config.yaml", "expected a mapping"),
+         ArtifactError),
+    Case("history_resealed_list", _resealed("history.json", _text("[1]")), ("history.json",), ArtifactError),
+    Case("embeddings_resealed_nan", _resealed("product_embeddings.npy", _npy(lambda e: e * float("nan"))),
+         ("product_embeddings.npy", "finite"), ArtifactError),
+    Case("embeddings_resealed_fewer_rows", _resealed("product_embeddings.npy", _npy(lambda e: e[:3])),
+         ("product_embeddings.npy", "3 rows"), ArtifactError),
+    Case("embeddings_resealed_other_dimension", _resealed("product_embeddings.npy", _npy(lambda e: e[:, :3])),
+         ("model.keras", "different models"), ArtifactError),
+    Case("embeddings_resealed_text", _resealed("product_embeddings.npy", _npy(lambda e: e.astype(str))),
+         ("product_embeddings.npy",), ArtifactError),
+    Case("products_resealed_without_id",
+         _resealed("products.parquet", _parquet(lambda df: df.drop(columns="product_id"))),
+         ("products.parquet", "'product_id'"), ArtifactError),
+    Case("products_resealed_fewer", _resealed("products.parquet", _parquet(lambda df: df.head(3))),
+         ("products.parquet", "not those of pipeline.json"), ArtifactError),
+]
+
+CONFIG_CASES += [
+    ConfigCase("config_billion_laughs", BILLION_LAUGHS, ("line 1", "aliases")),
+    ConfigCase("config_merge_key", "base: &b {epochs: 1}\ntraining:\n  <<: *b\n", ("aliases",)),
+    ConfigCase("config_duplicate_section", "training: {epochs: 1}\ntraining: {epochs: 2}\n",
+               ("line 2", "duplicate key 'training' (first at line 1)")),
+    ConfigCase("config_duplicate_nested_key", "training:\n  epochs: 1\n  epochs: 2\n",
+               ("line 3", "duplicate key 'epochs' (first at line 2)")),
+    ConfigCase("config_over_1mb", "#" + "x" * 1_100_000 + "\n", ("over 1024 KB",)),
+    ConfigCase("config_deeply_nested", "model: " + "[" * 50_000 + "]" * 50_000 + "\n", ("nested too deeply",)),
+    ConfigCase("config_integer_of_5000_digits", "training: {epochs: 1" + "0" * 5000 + "}\n", ("not valid YAML",)),
+    ConfigCase("config_escape_codes_in_value", 'training: {loss: "\\e]0;pwned\\a\\e[31mhinge"}\n',
+               ("training.loss", "\\x1b]0;pwned\\x07")),
+    ConfigCase("config_long_value", f"training: {{loss: {'x' * 100_000}}}\n", ("training.loss", "more character")),
+]

@@ -12,10 +12,11 @@ Column names used across finrec live here and nowhere else.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from finrec.errors import SchemaError, reject_unknown
+from finrec.errors import SchemaError, reject_unknown, safe_items, safe_text
 
 CUSTOMERS = "customers"
 PRODUCTS = "products"
@@ -146,13 +147,13 @@ def _column_list(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise SchemaError(f"{where}: expected a list of column names, got {value!r}")
+        raise SchemaError(f"{where}: expected a list of column names, got {safe_text(value, quote=True)}")
     for item in value:
         if not isinstance(item, str) or not item:
-            raise SchemaError(f"{where}: column names must be non-empty strings, got {item!r}")
+            raise SchemaError(f"{where}: column names must be non-empty strings, got {safe_text(item, quote=True)}")
     if len(set(value)) != len(value):
-        dupes = sorted({v for v in value if list(value).count(v) > 1})
-        raise SchemaError(f"{where}: column listed twice: {', '.join(dupes)}")
+        dupes = sorted(v for v, n in Counter(value).items() if n > 1)  # linear: a schema may list 10^5 names
+        raise SchemaError(f"{where}: column listed twice: {safe_items(dupes, quote=False)}")
     return tuple(value)
 
 
@@ -160,7 +161,7 @@ def _optional_column(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise SchemaError(f"{where}: expected a column name, got {value!r}")
+        raise SchemaError(f"{where}: expected a column name, got {safe_text(value, quote=True)}")
     return value
 
 
@@ -175,15 +176,16 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
     categorical = _column_list(raw.get("categorical"), f"{where}.categorical")
     overlap = set(numeric) & set(categorical)
     if overlap:
-        raise SchemaError(f"{where}: columns listed as both numeric and categorical: {', '.join(sorted(overlap))}")
+        raise SchemaError(f"{where}: columns listed as both numeric and categorical: "
+                          f"{safe_items(sorted(overlap), quote=False)}")
     if ident in numeric or ident in categorical:
-        raise SchemaError(f"{where}: the id column '{ident}' cannot also be a feature")
+        raise SchemaError(f"{where}: the id column {safe_text(ident, quote=True)} cannot also be a feature")
     log_numeric = raw.get("log_numeric")
     log_cols = None if log_numeric is None else _column_list(log_numeric, f"{where}.log_numeric")
     if log_cols:
         stray = [c for c in log_cols if c not in numeric]
         if stray:
-            raise SchemaError(f"{where}.log_numeric: not in the numeric list: {', '.join(stray)}")
+            raise SchemaError(f"{where}.log_numeric: not in the numeric list: {safe_items(stray, quote=False)}")
     protected = _column_list(raw.get("protected"), f"{where}.protected")
     return TableSchema(
         id=ident,
