@@ -169,7 +169,7 @@ def check_writable(target: str | os.PathLike, kind: str, marker: str | None = No
     for parent in target.absolute().parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
-                raise FinrecError(f"{shown}: {parent} is a file, not a directory; nothing was written")
+                raise FinrecError(f"{shown}: {parent} is not a directory; nothing was written")
             break
     if not target.exists():
         return

@@ -103,8 +103,7 @@ def cmd_train(args) -> int:
 
     # Checked before the (long) training as well as by save_model_dir: the atomic swap onto the
     # data directory, or onto a directory holding it, would delete the data.
-    refuse_overlap(args.out, {"--data": args.data, "--config": args.config},
-                   what="--out")
+    refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
     check_writable(args.out, "directory", marker=MANIFEST, what="--out")
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
@@ -130,8 +129,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         from finrec.atomic import check_writable, refuse_overlap
 
-        refuse_overlap(args.json, {"--data": args.data, "--model": args.model},
-                       what="--json")
+        refuse_overlap(args.json, {"--data": args.data, "--model": args.model}, what="--json")
         check_writable(args.json, "file", what="--json")
     dataset = load_dataset(args.data)
     loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())

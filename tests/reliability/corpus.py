@@ -544,7 +544,7 @@ OUTPUT_CASES: list[OutputCase] = [
     OutputCase("train_out_is_config", "train", lambda w: w.config, _over("is"), "config", api=False),
     OutputCase("train_out_is_other_files", "train", lambda w: w.notes, _other_files("manifest.json")),
     OutputCase("train_out_is_a_file", "train", lambda w: w.notes / "a.txt", ("is a file",)),
-    OutputCase("train_out_below_a_file", "train", lambda w: w.notes / "a.txt" / "m", ("a.txt is a file",)),
+    OutputCase("train_out_below_a_file", "train", lambda w: w.notes / "a.txt" / "m", ("a.txt is not a directory",)),
     # score: one output file
     OutputCase("score_out_is_customers_table", "score", lambda w: w.data / "customers.csv", _over("lies inside"),
                "data"),
@@ -557,7 +557,7 @@ OUTPUT_CASES: list[OutputCase] = [
                "model", api=False),
     OutputCase("score_out_is_a_directory", "score", lambda w: w.notes, ("is a directory",)),
     OutputCase("score_out_unknown_suffix", "score", lambda w: w.root / "top.txt", (".csv or .parquet", "'.txt'")),
-    OutputCase("score_out_below_a_file", "score", lambda w: w.notes / "a.txt" / "top.csv", ("a.txt is a file",)),
+    OutputCase("score_out_below_a_file", "score", lambda w: w.notes / "a.txt" / "top.csv", ("a.txt is not a directory",)),
     # score --engine ray: a .csv/.parquet file, or a new directory of part files
     OutputCase("ray_out_is_customers_table", "score-ray", lambda w: w.data / "customers.csv", _over("lies inside"),
                "data"),
