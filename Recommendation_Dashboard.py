@@ -133,6 +133,27 @@ def population_frame(model_dir: str, data_dir: str | None) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------ start
+def check_demo_targets(model_dir: Path) -> None:
+    """Refuse, before anything is written, a demo build that would overwrite an input (the data
+    in FINREC_DATA, the model in FINREC_MODEL when another one is being built) or a directory of
+    other files, or whose model directory is one of the demo's own outputs."""
+    from finrec.atomic import check_writable, refuse_overlap
+
+    root = model_dir.parent
+    bank, split, evaluation = root / "bank", root / "split", root / EVALUATION_FILE
+    inputs = {"the data in FINREC_DATA": os.environ.get("FINREC_DATA") or None}
+    if (Path(DEFAULT_MODEL) / MANIFEST).is_file() and Path(DEFAULT_MODEL).resolve() != model_dir.resolve():
+        inputs["the model in FINREC_MODEL"] = DEFAULT_MODEL
+    outputs = [(bank, "directory", S.SCHEMA_FILE), (split / "train", "directory", S.SCHEMA_FILE),
+               (split / "test", "directory", S.SCHEMA_FILE), (model_dir, "directory", MANIFEST),
+               (evaluation, "file", None)]
+    for path, kind, marker in outputs:
+        refuse_overlap(path, inputs, what="the demo's output")
+        check_writable(path, kind, marker=marker, what="the demo's output")
+    refuse_overlap(model_dir, {"the demo bank": bank, "the demo split": split, "the evaluation file": evaluation},
+                   what="the model directory")
+
+
 def build_demo(model_dir: Path) -> None:
     """Generate the synthetic bank, split it, train the default model and evaluate it."""
     from finrec.artifacts import save_model_dir
@@ -146,6 +167,7 @@ def build_demo(model_dir: Path) -> None:
 
     root = model_dir.parent
     bank, split = root / "bank", root / "split"
+    check_demo_targets(model_dir)
     status = st.status("Building the demo bank…", expanded=True)
     status.write(f"Generating {GeneratorSettings().n_customers:,} synthetic customers into `{bank}`")
     write_dataset(generate(GeneratorSettings()), S.SYNTHETIC.schema(), bank)

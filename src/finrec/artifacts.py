@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from finrec.atomic import atomic_directory, recover
+from finrec.atomic import atomic_directory, check_writable, recover, refuse_overlap
 from finrec.config import Config
 from finrec.errors import ArtifactError, FinrecError, safe_items, safe_text
 from finrec.safeyaml import load_yaml
@@ -61,10 +62,13 @@ def schema_hash(schema_dict: dict) -> str:
 def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", data_path: str | None = None,
                    extra: dict[str, Any] | None = None) -> Path:
     """Write ``trained`` (a ``finrec.training.TrainedModel``) to ``out``, replacing any previous
-    model there only once the new one is complete."""
+    model there only once the new one is complete. ``out`` must not overlap the training data
+    (``data_path``) nor be a directory of other files: the swap would delete them."""
     import keras
 
     out = Path(out)
+    refuse_overlap(out, {"the training data": data_path}, what="the model directory")
+    check_writable(out, "directory", marker=MANIFEST, what="the model directory")
     with atomic_directory(out) as tmp:
         trained.model.save(tmp / MODEL_FILE)
         (tmp / PIPELINE_FILE).write_text(json.dumps(trained.pipeline.to_dict(), indent=1), encoding="utf-8")

@@ -92,10 +92,12 @@ def _epoch_lines(epochs: int, k: int):
 
 
 def cmd_generate(args) -> int:
+    from finrec.atomic import check_writable
     from finrec.data import schema as S
     from finrec.data.io import write_dataset
     from finrec.data.synthetic import GeneratorSettings, generate
 
+    check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
     settings = GeneratorSettings(
         n_customers=args.customers, n_products=args.products, seed=args.seed, difficulty=args.difficulty,
         ground_truth=not args.no_ground_truth,
@@ -109,24 +111,34 @@ def cmd_generate(args) -> int:
 
 
 def cmd_split(args) -> int:
+    from finrec.atomic import check_writable, refuse_overlap
+    from finrec.data import schema as S
     from finrec.data.io import dataset_tables, load_dataset, write_dataset
     from finrec.data.split import split_dataset
 
+    out = Path(args.out)
+    for part in ("train", "test"):
+        refuse_overlap(out / part, {"--data": args.data}, what=f"the {part} output")
+        check_writable(out / part, "directory", marker=S.SCHEMA_FILE, what=f"the {part} output")
     dataset = load_dataset(args.data)
     train, test = split_dataset(dataset, args.holdout, args.seed)
-    out = Path(args.out)
-    write_dataset(dataset_tables(train), dataset.schema, out / "train")
-    write_dataset(dataset_tables(test), dataset.schema, out / "test")
+    write_dataset(dataset_tables(train), dataset.schema, out / "train", source=args.data)
+    write_dataset(dataset_tables(test), dataset.schema, out / "test", source=args.data)
     print(f"wrote {out / 'train'} ({len(train.customers)} customers) and {out / 'test'} ({len(test.customers)} held-out customers)")
     return 0
 
 
 def cmd_train(args) -> int:
-    from finrec.artifacts import save_model_dir
+    from finrec.artifacts import MANIFEST, save_model_dir
+    from finrec.atomic import check_writable, refuse_overlap
     from finrec.config import Config
     from finrec.data.io import fingerprint, load_dataset
     from finrec.training.train import fit
 
+    # Checked before the (long) training as well as by save_model_dir: the atomic swap onto the
+    # data directory, or onto a directory holding it, would delete the data.
+    refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
+    check_writable(args.out, "directory", marker=MANIFEST, what="--out")
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
@@ -150,6 +162,11 @@ def cmd_evaluate(args) -> int:
     from finrec.data.io import load_dataset
     from finrec.evaluate.report import evaluate, format_table
 
+    if args.json:
+        from finrec.atomic import check_writable, refuse_overlap
+
+        refuse_overlap(args.json, {"--data": args.data, "--model": args.model}, what="--json")
+        check_writable(args.json, "file", what="--json")
     dataset = load_dataset(args.data)
     loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
@@ -178,9 +195,16 @@ def _filters_from(args) -> dict:
 def cmd_score(args) -> int:
     from finrec.artifacts import load_model_dir
     from finrec.data.io import read_schema
-    from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, score_dataset
+    from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, check_scores_output, score_dataset
     from finrec.recommend.recommender import Recommender
 
+    inputs = {"--data": args.data, "--model": args.model}
+    if args.engine == "ray":
+        from finrec.recommend.ray_engine import check_ray_output
+
+        check_ray_output(args.out, inputs, what="--out")
+    else:
+        check_scores_output(args.out, inputs, what="--out")
     schema = read_schema(args.data)
     loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
     from finrec.recommend.filters import UNFILTERED

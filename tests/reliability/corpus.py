@@ -715,3 +715,181 @@ CONFIG_CASES += [
                ("training.loss", "\\x1b]0;pwned\\x07")),
     ConfigCase("config_long_value", f"training: {{loss: {'x' * 100_000}}}\n", ("training.loss", "more character")),
 ]
+
+
+# ------------------------------------------------------------------------------------ outputs over inputs
+# Issue 11, "data loss": an output path that is, contains or lies inside an input (the data
+# directory, one of its tables, the model directory, the config file), or that a writer cannot
+# write (a directory where a file goes, a directory of other files, a path below a file, an
+# unknown suffix), is refused before anything is written. ``test_outputs.py`` runs each case
+# through the CLI, the Python API where it has the writer, and the dashboard's demo button.
+
+
+@dataclass(frozen=True)
+class Where:
+    """The inputs of an output case, all under ``root``: a CSV dataset, a model directory, a
+    config file, a directory of unrelated files, a symlink to the dataset."""
+
+    root: Path
+
+    data = property(lambda self: self.root / "data")
+    model = property(lambda self: self.root / "model")
+    config = property(lambda self: self.root / "config.yaml")
+    notes = property(lambda self: self.root / "notes")  # holds notes/a.txt
+    alias = property(lambda self: self.root / "alias")  # a symlink to data
+
+
+def make_where(root: Path, data: Path, model: Path) -> Where:
+    where = Where(root)
+    shutil.copytree(data, where.data)
+    shutil.copytree(model, where.model)
+    where.config.write_text("training: {epochs: 1}\n")
+    where.notes.mkdir()
+    (where.notes / "a.txt").write_text("a file that is not finrec's\n")
+    where.alias.symlink_to(where.data, target_is_directory=True)
+    return where
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    """Every path under ``root``: file bytes (SHA-256), link targets and directories, so a test
+    can assert that a refused run changed nothing, not even a leftover temporary file."""
+    import hashlib
+    import os
+
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                state[key] = "link:" + os.readlink(path)
+            elif path.is_dir():
+                state[key] = "dir"
+            else:
+                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def _link_holdings_from_elsewhere(where: Where) -> None:
+    """holdings.csv is a symlink to a file outside the dataset (a shared export)."""
+    shared = where.root / "shared"
+    shared.mkdir()
+    (where.data / "holdings.csv").rename(shared / "holdings.csv")
+    (where.data / "holdings.csv").symlink_to(shared / "holdings.csv")
+
+
+def _split_train_links_to_data(where: Where) -> None:
+    (where.root / "splits").mkdir()
+    (where.root / "splits" / "train").symlink_to(where.data, target_is_directory=True)
+
+
+@dataclass(frozen=True)
+class OutputCase:
+    """``command`` with its output at ``out(where)``; ``fragments`` must be in the message and,
+    when the output overlaps an input, ``input`` names it ("data", "model", "config": the message
+    must show its path). ``api``: the Python writer knows the input at stake (it is not told
+    about a config file; ``score_dataset`` gets a recommender, not the model directory)."""
+
+    name: str
+    command: str  # generate | split | train | evaluate | score | score-ray
+    out: Callable[[Where], Path]
+    fragments: tuple[str, ...]
+    input: str | None = None
+    api: bool = True
+    prepare: Callable[[Where], None] | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _over(relation: str) -> tuple[str, ...]:
+    return (f" {relation} ", "must not overwrite an input", "nothing was written")
+
+
+def _other_files(marker: str) -> tuple[str, ...]:
+    return ("holds other files", marker, "nothing was written")
+
+
+def _split_has_other_files(where: Where) -> None:
+    (where.root / "train").mkdir()
+    (where.root / "train" / "x.txt").write_text("not a dataset\n")
+
+
+OUTPUT_CASES: list[OutputCase] = [
+    # train: the atomic swap of the model directory would delete whatever it replaces
+    OutputCase("train_out_is_data", "train", lambda w: w.data, _over("is"), "data"),
+    OutputCase("train_out_is_parent_of_data", "train", lambda w: w.root, _over("contains"), "data"),
+    OutputCase("train_out_inside_data", "train", lambda w: w.data / "model", _over("lies inside"), "data"),
+    OutputCase("train_out_is_data_via_symlink", "train", lambda w: w.alias, ("that is", *_over("is")), "data"),
+    OutputCase("train_out_is_data_via_dotdot", "train", lambda w: w.data / ".." / "data", _over("is"), "data"),
+    OutputCase("train_out_is_config", "train", lambda w: w.config, _over("is"), "config", api=False),
+    OutputCase("train_out_is_other_files", "train", lambda w: w.notes, _other_files("manifest.json")),
+    OutputCase("train_out_is_a_file", "train", lambda w: w.notes / "a.txt", ("is a file",)),
+    OutputCase("train_out_below_a_file", "train", lambda w: w.notes / "a.txt" / "m", ("a.txt is not a directory",)),
+    # score: one output file
+    OutputCase("score_out_is_customers_table", "score", lambda w: w.data / "customers.csv", _over("lies inside"),
+               "data"),
+    OutputCase("score_out_is_data", "score", lambda w: w.data, _over("is"), "data"),
+    OutputCase("score_out_is_table_via_symlink", "score", lambda w: w.alias / "customers.csv",
+               ("that is", *_over("lies inside")), "data"),
+    OutputCase("score_out_is_linked_table", "score", lambda w: w.root / "shared" / "holdings.csv",
+               ("a link to", *_over("is")), "data", prepare=_link_holdings_from_elsewhere),
+    OutputCase("score_out_is_model_file", "score", lambda w: w.model / "products.parquet", _over("lies inside"),
+               "model", api=False),
+    OutputCase("score_out_is_a_directory", "score", lambda w: w.notes, ("is a directory",)),
+    OutputCase("score_out_unknown_suffix", "score", lambda w: w.root / "top.txt", (".csv or .parquet", "'.txt'")),
+    OutputCase("score_out_below_a_file", "score", lambda w: w.notes / "a.txt" / "top.csv", ("a.txt is not a directory",)),
+    # score --engine ray: a .csv/.parquet file, or a new directory of part files
+    OutputCase("ray_out_is_customers_table", "score-ray", lambda w: w.data / "customers.csv", _over("lies inside"),
+               "data"),
+    OutputCase("ray_out_is_data", "score-ray", lambda w: w.data, _over("is"), "data"),
+    OutputCase("ray_out_is_parent_of_data", "score-ray", lambda w: w.root, _over("contains"), "data"),
+    OutputCase("ray_out_is_model_file", "score-ray", lambda w: w.model / "model.keras", _over("lies inside"), "model"),
+    OutputCase("ray_out_is_model", "score-ray", lambda w: w.model, _over("is"), "model"),
+    OutputCase("ray_out_is_other_files", "score-ray", lambda w: w.notes, ("not empty",)),
+    # evaluate --json (no Python writer: evaluate returns the results)
+    OutputCase("evaluate_json_is_customers_table", "evaluate", lambda w: w.data / "customers.csv",
+               _over("lies inside"), "data", api=False),
+    OutputCase("evaluate_json_is_model_file", "evaluate", lambda w: w.model / "history.json", _over("lies inside"),
+               "model", api=False),
+    OutputCase("evaluate_json_is_data", "evaluate", lambda w: w.data, _over("is"), "data", api=False),
+    OutputCase("evaluate_json_is_a_directory", "evaluate", lambda w: w.notes, ("is a directory",), api=False),
+    # split writes OUT/train and OUT/test
+    OutputCase("split_out_is_data", "split", lambda w: w.data, _over("lies inside"), "data"),
+    OutputCase("split_out_inside_data", "split", lambda w: w.data / "parts", _over("lies inside"), "data"),
+    OutputCase("split_train_is_data_via_symlink", "split", lambda w: w.root / "splits", _over("is"), "data",
+               prepare=_split_train_links_to_data),
+    OutputCase("split_out_holds_other_files", "split", lambda w: w.root, _other_files("schema.yaml"),
+               prepare=_split_has_other_files),
+    # generate has no input, but must not swap away a directory of other files
+    OutputCase("generate_out_is_other_files", "generate", lambda w: w.notes, _other_files("schema.yaml")),
+    OutputCase("generate_out_is_a_file", "generate", lambda w: w.notes / "a.txt", ("is a file",)),
+]
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    """The dashboard's "build the demo" button with FINREC_MODEL (the model directory to build)
+    and FINREC_DATA (``data``: where the copy of the dataset lives, None for unset) relative to
+    the case's root; ``typed``: a model directory typed in the sidebar instead."""
+
+    name: str
+    model: str
+    data: str | None
+    fragments: tuple[str, ...]
+    typed: str | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+DEMO_CASES: list[DemoCase] = [
+    DemoCase("demo_bank_is_finrec_data", "demo/model", "demo/bank", ("is the data in FINREC_DATA",)),
+    DemoCase("demo_split_is_finrec_data", "demo/model", "demo/split/train", ("is the data in FINREC_DATA",)),
+    DemoCase("demo_outputs_inside_finrec_data", "data/model", "data", ("lies inside the data in FINREC_DATA",)),
+    DemoCase("demo_model_is_finrec_data", "data", "data", ("is the data in FINREC_DATA",)),
+    DemoCase("demo_model_is_other_files", "notes", None, ("holds other files", "manifest.json")),
+    DemoCase("demo_model_is_its_own_bank", "demo/bank", None, ("is the demo bank",)),
+    DemoCase("demo_typed_model_inside_finrec_model", "model", None, ("the model in FINREC_MODEL",),
+             typed="model/sub/model"),
+]

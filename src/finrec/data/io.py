@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from finrec.atomic import atomic_directory, atomic_path
+from finrec.atomic import atomic_directory, atomic_path, check_writable, refuse_overlap
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.ids import ids_as_text
@@ -405,11 +405,16 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, directory: str | Path, fmt: str = "parquet") -> Path:
-    """Write a dataset directory atomically (all tables and ``schema.yaml``)."""
+def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, directory: str | Path, fmt: str = "parquet",
+                  source: str | Path | None = None) -> Path:
+    """Write a dataset directory atomically (all tables and ``schema.yaml``). ``source``, the
+    dataset the tables came from, must not overlap ``directory``; an existing ``directory``
+    must be a dataset (it has a ``schema.yaml``) or empty."""
     if fmt not in ("parquet", "csv"):
         raise DataError(f"unknown format {fmt!r} (use parquet or csv)")
     directory = Path(directory)
+    refuse_overlap(directory, {"the source dataset": source}, what="the dataset directory")
+    check_writable(directory, "directory", marker=S.SCHEMA_FILE, what="the dataset directory")
     with atomic_directory(directory) as tmp:
         for name, df in tables.items():
             if df is None:
