@@ -237,7 +237,8 @@ def choose_customer(rec: Recommender, plan: X.DisplayPlan) -> Subject | None:
         st.sidebar.warning("No customer data is loaded with this model: upload customer profiles instead.")
         return None
     keep = np.ones(len(customers), dtype=bool)
-    search = st.sidebar.text_input("Search by customer id", key="search", placeholder=f"e.g. {customers[cid].iloc[0]}").strip()
+    search = st.sidebar.text_input("Search by customer id", key="search",
+                                   placeholder=f"e.g. {customers[cid].iloc[0]}").strip()
     if search:
         keep &= customers[cid].astype(str).str.contains(search, case=False, regex=False).to_numpy()
     with st.sidebar.expander("Segment filters", expanded=False):
@@ -367,7 +368,8 @@ def profile_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, populat
         st.markdown("##### Where this customer stands among all customers")
         ranks = X.percentile_ranks(population, row, plan.profile)
         if len(ranks):
-            labels = [f"{plan.label(c)} ({X.display_value(v) or 'missing'})" for c, v in zip(ranks.feature, ranks.value)]
+            labels = [f"{plan.label(c)} ({X.display_value(v) or 'missing'})"
+                      for c, v in zip(ranks.feature, ranks.value)]
             fig = go.Figure(go.Bar(x=ranks.percentile, y=labels, orientation="h", marker_color=ACCENT,
                                    text=[f"{p:.0f}th pct" if not np.isnan(p) else "missing" for p in ranks.percentile],
                                    textposition="auto"))
@@ -390,9 +392,12 @@ def profile_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, populat
         if subject.holdings:
             positions = rec.pipeline.product_positions(subject.holdings)
             category = rec.schema.products.category
-            held = pd.DataFrame([{rec.schema.products.id: p, "name": plan.title(rec.products[i], p),
-                                  **({category: X.display_value(rec.products[i].get(category)) or ""} if category else {})}
-                                 for p, i in zip(subject.holdings, positions)])
+            held = []
+            for product_id, i in zip(subject.holdings, positions):
+                held.append({rec.schema.products.id: product_id, "name": plan.title(rec.products[i], product_id)})
+                if category:
+                    held[-1][category] = X.display_value(rec.products[i].get(category)) or "—"
+            held = pd.DataFrame(held)
             st.dataframe(held, hide_index=True, width="stretch")
         else:
             st.caption("No products held" + (" (uploaded profiles carry no holdings)" if subject.customer_id is None else ""))
@@ -423,13 +428,14 @@ def what_if_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters
     left, right = st.columns(2)
     with left:
         st.markdown(f"##### Current top {K}")
-        st.dataframe(pd.DataFrame([{"rank": i.rank, "product": plan.title(i.product, i.product_id), "score": round(i.score, 4)}
-                                   for i in result.items]), hide_index=True, width="stretch")
+        current = [{"rank": i.rank, "product": plan.title(i.product, i.product_id), "score": round(i.score, 4)}
+                   for i in result.items]
+        st.dataframe(pd.DataFrame(current), hide_index=True, width="stretch")
     with right:
         st.markdown(f"##### What-if top {K}" + (" (unchanged inputs)" if not changed else ""))
         marks = X.rank_changes(before_ids, after_ids)
-        st.dataframe(pd.DataFrame([{"rank": i.rank, "product": plan.title(i.product, i.product_id), "score": round(i.score, 4),
-                                    "move": m} for i, m in zip(after.items, marks)]),
+        st.dataframe(pd.DataFrame([{"rank": i.rank, "product": plan.title(i.product, i.product_id),
+                                    "score": round(i.score, 4), "move": m} for i, m in zip(after.items, marks)]),
                      hide_index=True, width="stretch", key="whatif_table")
     dropped = [plan.title(i.product, i.product_id) for i in result.items if i.product_id not in after_ids]
     if dropped:
@@ -496,7 +502,8 @@ def explain_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan: X.
         st.info("No recommendation to explain under these filters.")
         return
     explainer = load_explainer(model_dir, data_dir)
-    options = {f"#{i.rank} · {plan.title(i.product, i.product_id)} ({i.product_id})": i.product_id for i in result.items}
+    options = {f"#{i.rank} · {plan.title(i.product, i.product_id)} ({i.product_id})": i.product_id
+               for i in result.items}
     label = st.selectbox("Recommended product", list(options), key="shap_product")
     product_id = options[label]
     st.caption("Permutation SHAP: each feature's contribution to this customer's similarity with the product, against "

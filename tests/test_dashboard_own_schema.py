@@ -44,7 +44,8 @@ def own_bank(directory: Path) -> tuple[Path, set[str]]:
                       "categorical": [f"{C}{c}" for c in syn.customer_categorical],
                       "log_numeric": [f"{C}{c}" for c in syn.customer_log_numeric]},
         "products": {"id": f"{P}{S.PRODUCT_ID}", "category": f"{P}{syn.category}", "categorical": [f"{P}currency"],
-                     "numeric": [f"{P}{c}" for c in ("expected_yield", "duration_months", "monthly_fee", "min_income")]},
+                     "numeric": [f"{P}{c}" for c in ("expected_yield", "duration_months", "monthly_fee",
+                                                      "min_income")]},
     })
     assert not schema.display.to_dict()  # nothing to lean on: the page derives every column
     return write_dataset(tables, schema, directory, fmt="csv"), synthetic
@@ -63,7 +64,8 @@ def bank(tmp_path_factory):
     config = Config(model=ModelConfig(customer_widths=(32,), product_widths=(16,), embedding_dim=8),
                     training=TrainConfig(epochs=2, batch_size=128, patience=1)).validate()
     (root / "config.yaml").write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
-    assert main(["train", "--data", str(data), "--out", str(root / "model"), "--config", str(root / "config.yaml")]) == 0
+    args = ["train", "--data", data, "--out", root / "model", "--config", root / "config.yaml"]
+    assert main([str(a) for a in args]) == 0
     return {"data": data, "model": root / "model", "customers": header[S.CUSTOMERS]}
 
 

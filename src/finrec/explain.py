@@ -21,10 +21,9 @@ badge, rank changes between two top-K lists and the 2-D projection of the embedd
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -408,8 +407,10 @@ def slider_spec(column: str, value, population: pd.DataFrame, schema: S.DatasetS
     if column == schema.customers.risk:
         start = int(round(current)) if current is not None else S.RISK_MIN
         return SliderSpec(column, label, S.RISK_MIN, S.RISK_MAX, min(max(start, S.RISK_MIN), S.RISK_MAX), 1, True)
-    base = pd.to_numeric(population[column], errors="coerce").dropna() if column in population else pd.Series(dtype=float)
-    base = base[np.isfinite(base)]
+    base = pd.Series(dtype="float64")
+    if column in population:
+        base = pd.to_numeric(population[column], errors="coerce").astype("float64")
+        base = base[np.isfinite(base)]
     if len(base):
         low, high, middle = float(base.quantile(0.01)), float(base.quantile(0.99)), float(base.median())
         integer = bool((base == np.round(base)).all())

@@ -370,7 +370,8 @@ def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, dire
                 escape_formulas(df).to_csv(path, index=False)
             else:
                 pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
-        (tmp / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema.to_dict(display=True), sort_keys=False), encoding="utf-8")
+        text = yaml.safe_dump(schema.to_dict(display=True), sort_keys=False)
+        (tmp / S.SCHEMA_FILE).write_text(text, encoding="utf-8")
     return directory
 
 
