@@ -233,10 +233,14 @@ def cmd_recommend(args) -> int:
         print(json.dumps(result.to_dict(), indent=1, default=str))
         return 0
     print(f"Top {args.k} for customer {args.customer_id} ({result.eligible} eligible products)")
+    category, risk = recommender.schema.products.category, recommender.schema.products.risk
     for item in result.items:
         product = item.product
-        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}  {product.get('product_type', '')}, "
-              f"risk {product.get('risk_level', '?')}  [{item.reason}]")
+        # Only what this catalogue has: no "risk ?" for a bank without risk levels.
+        about = [str(product[category]) if category and product.get(category) is not None else "",
+                 f"risk {product[risk]}" if risk and product.get(risk) is not None else ""]
+        about = ", ".join(a for a in about if a)
+        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}  {about}  [{item.reason}]")
     if result.message:
         print(f"note: {result.message}")
     return 0

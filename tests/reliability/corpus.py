@@ -263,6 +263,38 @@ DATA_CASES: list[Case] = [
     Case("directory_is_a_file", _file_not_dir, ("not a directory",)),
 ]
 
+# ---- issue 11, "Your own data in the dashboard": the display hints of schema.yaml are checked like
+# every other key, and are no part of the model's contract (changing them never invalidates a model).
+
+
+def _display(**changes):
+    def fn(raw):
+        raw.setdefault("display", {}).update(changes)
+    return fn
+
+
+DATA_CASES += [
+    Case("display_hints_changed", schema_edit(_display(what_if=["savings", "debt"], segments=["region"],
+                                                       product_details=["expected_yield"],
+                                                       labels={"savings": "Savings (EUR)"}))),
+    Case("display_hints_removed", schema_edit(lambda r: r.pop("display"))),
+    Case("display_unknown_key", schema_edit(_display(colour="blue")), ("display: unknown key 'colour'",), SchemaError),
+    Case("display_key_typo", schema_edit(lambda r: r["display"].__setitem__("whatif", r["display"].pop("what_if"))),
+         ("unknown key 'whatif'", "did you mean 'what_if'"), SchemaError),
+    Case("display_what_if_absent_column", schema_edit(_display(what_if=["net_worth"])),
+         ("display.what_if", "'net_worth'", "not a numeric customer column"), SchemaError),
+    Case("display_segment_is_numeric", schema_edit(_display(segments=["income"])),
+         ("display.segments", "'income'", "not a categorical customer column"), SchemaError),
+    Case("display_product_column_absent", schema_edit(_display(product_details=["coupon"])),
+         ("display section", "'coupon'", "products"), SchemaError),
+    Case("display_label_of_no_column", schema_edit(_display(labels={"shoe_size": "Shoe size"})),
+         ("display.labels", "'shoe_size'"), SchemaError),
+    Case("display_label_empty", schema_edit(_display(labels={"income": " "})),
+         ("display.labels.income", "non-empty"), SchemaError),
+    Case("display_is_a_list", schema_edit(lambda r: r.__setitem__("display", ["profile"])),
+         ("display: expected a mapping",), SchemaError),
+]
+
 
 # ------------------------------------------------------------------------------------ models
 

@@ -265,6 +265,7 @@ def validate_tables(schema: S.DatasetSchema, tables: dict[str, pd.DataFrame], so
 
     customers = prepare_entities(tables[S.CUSTOMERS], schema.customers, where(S.CUSTOMERS))
     products = prepare_entities(tables[S.PRODUCTS], schema.products, where(S.PRODUCTS))
+    V.check_display_columns(products, schema.display, where(S.PRODUCTS))
     customer_index = pd.Index(customers[schema.customers.id])
     product_index = pd.Index(products[schema.products.id])
 
@@ -424,7 +425,8 @@ def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, dire
                 escape_formulas(df).to_csv(path, index=False)
             else:
                 pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
-        (tmp / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema.to_dict(), sort_keys=False), encoding="utf-8")
+        text = yaml.safe_dump(schema.to_dict(display=True), sort_keys=False)
+        (tmp / S.SCHEMA_FILE).write_text(text, encoding="utf-8")
     return directory
 
 

@@ -174,6 +174,16 @@ def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> 
         )
 
 
+def check_display_columns(df: pd.DataFrame, hints: S.DisplayHints, where: str) -> None:
+    """The products columns that ``schema.yaml``'s display section names must exist."""
+    missing = [c for c in hints.product_columns if c not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"schema.yaml's display section names column(s) {', '.join(repr(c) for c in missing[:5])} that {where} "
+            f"does not have; its columns are: {', '.join(map(str, df.columns[:20]))}"
+        )
+
+
 def check_references(link: pd.DataFrame, column: str, known: pd.Index, where: str, target: str) -> None:
     unknown = ~link[column].isin(known)
     if unknown.any():
