@@ -10,6 +10,7 @@ Layout::
       products.parquet         the catalogue with its details (for the recommender)
       config.yaml              the training configuration
       history.json             per-epoch training and validation metrics
+      calibration.json         optional: per-product maps from score to adoption probability
 
 A file that is missing, truncated or altered fails its checksum and the directory is refused
 with a message naming the file.
@@ -42,6 +43,8 @@ EMBEDDINGS_FILE = "product_embeddings.npy"
 PRODUCTS_FILE = "products.parquet"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.json"
+# Optional: a model without it loads and ranks, with no probabilities (finrec.training.calibration).
+CALIBRATION_FILE = "calibration.json"
 
 
 def _sha256(path: Path) -> str:
@@ -70,6 +73,8 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
         pq.write_table(pa.Table.from_pandas(trained.products, preserve_index=False), tmp / PRODUCTS_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(trained.config.to_dict(), sort_keys=False), encoding="utf-8")
         (tmp / HISTORY_FILE).write_text(json.dumps(trained.history, indent=1), encoding="utf-8")
+        if getattr(trained, "calibration", None) is not None:
+            (tmp / CALIBRATION_FILE).write_text(json.dumps(trained.calibration.to_dict()), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -143,5 +148,18 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     except Exception as exc:  # noqa: BLE001 - any failure to parse a file means a damaged artifact
         raise ArtifactError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     trained = TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history,
-                           product_embeddings_=embeddings)
+                           product_embeddings_=embeddings, calibration=_load_calibration(path, manifest))
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
+
+
+def _load_calibration(path: Path, manifest: dict[str, Any]):
+    """The model's ``Calibration``, or None when it has none (a model trained before it existed)."""
+    from finrec.training.calibration import Calibration
+
+    if CALIBRATION_FILE not in manifest.get("files", {}):
+        return None
+    try:
+        raw = json.loads((path / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError(f"{path}: {CALIBRATION_FILE} is damaged (not valid JSON)") from None
+    return Calibration.from_dict(raw, source=str(path / CALIBRATION_FILE))

@@ -12,7 +12,7 @@ Column names used across finrec live here and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from finrec.errors import SchemaError, reject_unknown
@@ -48,7 +48,7 @@ AGE = "age"
 RISK_MIN, RISK_MAX = 1, 7
 
 _CUSTOMER_KEYS = {"id", "numeric", "categorical", "risk_tolerance", "protected", "log_numeric"}
-_PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric"}
+_PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric", "value"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class TableSchema:
     category: str | None = None
     protected: tuple[str, ...] = ()
     log_numeric: tuple[str, ...] | None = None
+    # Products only: the column holding the money one adoption is worth (``finrec plan``); not a
+    # model feature unless also listed as numeric.
+    value: str | None = None
 
     @property
     def numeric_features(self) -> tuple[str, ...]:
@@ -111,7 +114,14 @@ class DatasetSchema:
             out[PRODUCTS]["category"] = p.category
         if p.log_numeric is not None:
             out[PRODUCTS]["log_numeric"] = list(p.log_numeric)
+        if p.value:
+            out[PRODUCTS]["value"] = p.value
         return out
+
+    def without_value(self) -> "DatasetSchema":
+        """The schema without the products' value column: what a model depends on (the value is
+        campaign data, so a model trained before it was named still matches)."""
+        return DatasetSchema(customers=self.customers, products=replace(self.products, value=None))
 
     def without_protected(self) -> "DatasetSchema":
         """The schema with the customers' protected columns removed from the features."""
@@ -193,6 +203,7 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
         category=_optional_column(raw.get("category"), f"{where}.category"),
         protected=protected,
         log_numeric=log_cols,
+        value=_optional_column(raw.get("value"), f"{where}.value") if "value" in allowed else None,
     )
 
 

@@ -45,6 +45,7 @@ class Recommendation:
     score: float
     product: dict[str, Any]
     reason: str
+    probability: float | None = None  # calibrated P(adopts); None when the model has no calibration
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Recommender:
         self.product_embeddings = self.index.product_embeddings
         self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)
         self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_)
+        self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
@@ -215,6 +217,13 @@ class Recommender:
         """Cosine similarity float32 [n, P]."""
         return self.index.scores(self.embed(context))
 
+    def probabilities(self, context: CustomerContext | None = None, scores: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated adoption probabilities float32 [n, P] of the customers in ``context`` (or of
+        given cosine ``scores`` [n, P]); a model without calibration raises ``FinrecError``."""
+        if self.calibration is None:
+            raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
+        return self.calibration(self.scores(context) if scores is None else scores)
+
     def masks(self, context: CustomerContext, filters: F.Filters) -> dict[str, np.ndarray]:
         return F.exclusion_masks(context.attributes, context.held, self.catalogue, filters)
 
@@ -249,6 +258,7 @@ class Recommender:
                 score=float(score),
                 product=self.products[j],
                 reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
+                probability=self._probability(j, score),
             ))
         eligible = int((~excluded[0]).sum())
         message = None
@@ -256,6 +266,11 @@ class Recommender:
             message = f"only {eligible} product(s) are eligible under these filters; returning {len(items)} instead of {k}"
         customer_id = None if isinstance(customer, dict) else str(customer)
         return RecommendationResult(customer_id, int(k), items, eligible, filters, message)
+
+    def _probability(self, j: int, score: float) -> float | None:
+        if self.calibration is None:
+            return None
+        return float(np.interp(score, self.calibration.knots_x[j], self.calibration.knots_y[j]))
 
     def audit(self, customer: str | dict, filters: F.Filters | dict | str | None = None) -> pd.DataFrame:
         """Every product with its score and, when excluded, the rule that removed it and why."""
