@@ -87,14 +87,20 @@ def main() -> None:
     rows = {}
     for name, predicted in candidates.items():
         p, t, y = predicted[eligible], true[eligible], adopted[eligible]
-        rows[name] = {"ece": expected_calibration_error(p, t), "mse_true": float(np.mean((p - t) ** 2)),
-                      "brier": brier_score(p, y), "mean_predicted": float(p.mean())}
+        rows[name] = {
+            "ece": expected_calibration_error(p, t),
+            "mse_true": float(np.mean((p - t) ** 2)),
+            "brier": brier_score(p, y),
+            "mean_predicted": float(p.mean()),
+        }
     calibrated = candidates["isotonic calibration"][eligible]
     reliability = reliability_table(calibrated, true[eligible], bins=10)
 
-    print(f"Calibration on {len(ids)} held-out customers x {pipeline.n_products} products "
-          f"({int(eligible.sum())} pairs not held; mean true probability {true[eligible].mean():.4f}; "
-          f"Brier of the true probabilities {brier_score(true[eligible], adopted[eligible]):.4f})")
+    print(
+        f"Calibration on {len(ids)} held-out customers x {pipeline.n_products} products "
+        f"({int(eligible.sum())} pairs not held; mean true probability {true[eligible].mean():.4f}; "
+        f"Brier of the true probabilities {brier_score(true[eligible], adopted[eligible]):.4f})"
+    )
     print(f"{'probabilities':<36}{'ECE':>9}{'MSE vs true':>13}{'Brier':>9}{'mean':>9}")
     for name, r in rows.items():
         print(f"{name:<36}{r['ece']:>9.4f}{r['mse_true']:>13.5f}{r['brier']:>9.4f}{r['mean_predicted']:>9.4f}")
@@ -103,14 +109,29 @@ def main() -> None:
     for r in reliability:
         print(f"{r['pairs']:>8}{r['predicted']:>11.4f}{r['true']:>9.4f}")
     cal = trained.calibration
-    print(f"calibrated on {cal.customers} validation customers; {sum(cal.pooled)} of {len(cal.pooled)} products "
-          f"with too few adoptions use the pooled map; fit {fit_seconds:.1f}s on {os.cpu_count()} cores")
+    print(
+        f"calibrated on {cal.customers} validation customers; {sum(cal.pooled)} of {len(cal.pooled)} products "
+        f"with too few adoptions use the pooled map; fit {fit_seconds:.1f}s on {os.cpu_count()} cores"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": platform.machine(), "cores": os.cpu_count(), "customers": args.customers, "seed": args.seed,
-        "draws": args.draws, "held_out_customers": len(ids), "rows": rows, "reliability": reliability,
-        "calibration_customers": cal.customers, "pooled_products": int(sum(cal.pooled)), "fit_seconds": fit_seconds,
-    }, indent=1))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": platform.machine(),
+                "cores": os.cpu_count(),
+                "customers": args.customers,
+                "seed": args.seed,
+                "draws": args.draws,
+                "held_out_customers": len(ids),
+                "rows": rows,
+                "reliability": reliability,
+                "calibration_customers": cal.customers,
+                "pooled_products": int(sum(cal.pooled)),
+                "fit_seconds": fit_seconds,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {RESULTS}")
 
 

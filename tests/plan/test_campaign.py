@@ -15,7 +15,7 @@ from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import load_dataset
 from finrec.errors import DataError, FinrecError
-from finrec.plan.campaign import build_problem, plan_campaign, plan_table, product_values, read_capacities
+from finrec.plan.campaign import build_problem, plan_campaign, product_values, read_capacities
 from finrec.recommend import filters as F
 from finrec.recommend.recommender import Recommender
 
@@ -86,8 +86,12 @@ def test_values_from_the_schema_column(small_dataset):
     products = small_dataset.products.assign(margin=np.arange(len(small_dataset.products), dtype=float))
     ids = list(products["product_id"])[::-1]
     assert (product_values(products, small_dataset.schema, ids) == 1).all()
-    schema = S.DatasetSchema.from_dict({**small_dataset.schema.to_dict(),
-                                       "products": {**small_dataset.schema.to_dict()["products"], "value": "margin"}})
+    schema = S.DatasetSchema.from_dict(
+        {
+            **small_dataset.schema.to_dict(),
+            "products": {**small_dataset.schema.to_dict()["products"], "value": "margin"},
+        }
+    )
     np.testing.assert_array_equal(product_values(products, schema, ids), np.arange(len(ids), dtype=float)[::-1])
     with pytest.raises(DataError, match="margin"):
         product_values(products.assign(margin=-1.0), schema, ids)
@@ -107,8 +111,25 @@ def test_cli_plan_end_to_end(model_dir, small_data_dir, recommender, tmp_path, c
     pd.DataFrame({"product_id": list(products["product_id"][:3]), "capacity": [5, 20, 0]}).to_csv(caps, index=False)
     out, summary = tmp_path / "plan.csv", tmp_path / "plan.json"
 
-    code = main(["plan", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--capacity", str(caps),
-                 "--contacts-per-customer", "2", "--min-probability", "0.01", "--json", str(summary)])
+    code = main(
+        [
+            "plan",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--capacity",
+            str(caps),
+            "--contacts-per-customer",
+            "2",
+            "--min-probability",
+            "0.01",
+            "--json",
+            str(summary),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "greedy" in printed and "proven" in printed
@@ -138,10 +159,21 @@ def test_cli_plan_refuses_bad_input(model_dir, small_data_dir, tmp_path, capsys)
     out = tmp_path / "plan.parquet"
     caps = tmp_path / "caps.csv"
     caps.write_text("product_id,capacity\nNOPE,3\n")
-    code = main(["plan", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out), "--capacity", str(caps)])
+    code = main(
+        ["plan", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out), "--capacity", str(caps)]
+    )
     assert code == 2 and "NOPE" in capsys.readouterr().err and not out.exists()
-    code = main(["plan", "--model", str(model_dir), "--data", str(small_data_dir),
-                 "--out", str(small_data_dir / "customers.parquet")])
+    code = main(
+        [
+            "plan",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(small_data_dir),
+            "--out",
+            str(small_data_dir / "customers.parquet"),
+        ]
+    )
     assert code == 2 and "overwrite" in capsys.readouterr().err
 
 

@@ -75,7 +75,9 @@ def product_values(products: pd.DataFrame, schema: S.DatasetSchema, product_ids:
     table = products.set_index(products[schema.products.id].astype(str))
     missing = [p for p in product_ids if p not in table.index]
     if missing:
-        raise DataError(f"products: the model's product(s) {', '.join(map(repr, missing[:5]))} are not in the products table")
+        raise DataError(
+            f"products: the model's product(s) {', '.join(map(repr, missing[:5]))} are not in the products table"
+        )
     values = pd.to_numeric(table.loc[product_ids, column], errors="coerce").to_numpy(dtype="float64")
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
@@ -99,7 +101,9 @@ def read_capacities(path: str | Path, product_ids: list[str]) -> np.ndarray:
     position = {pid: j for j, pid in enumerate(product_ids)}
     unknown = [pid for pid in ids if pid not in position]
     if unknown:
-        raise DataError(f"{path}: unknown product_id(s) {', '.join(map(repr, unknown[:5]))} (not in the model's catalogue)")
+        raise DataError(
+            f"{path}: unknown product_id(s) {', '.join(map(repr, unknown[:5]))} (not in the model's catalogue)"
+        )
     raw = table[CAPACITY]
     numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
     bad = ~np.isfinite(numbers) | (numbers < 0) | (numbers != np.round(numbers))
@@ -111,14 +115,22 @@ def read_capacities(path: str | Path, product_ids: list[str]) -> np.ndarray:
     return capacity
 
 
-def build_problem(recommender, data_dir: str | Path, filters=None, min_probability: float = 0.0,
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS, values: np.ndarray | None = None) -> CampaignProblem:
+def build_problem(
+    recommender,
+    data_dir: str | Path,
+    filters=None,
+    min_probability: float = 0.0,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    values: np.ndarray | None = None,
+) -> CampaignProblem:
     """The calibrated probability of every customer of ``data_dir`` for every product, 0 where a
     filter forbids the offer or the probability is below ``min_probability``; values from the
     schema's value column (``product_values``) unless given."""
     start = time.perf_counter()
     if recommender.calibration is None:
-        raise FinrecError("this model has no calibration (calibration.json), so no probabilities to plan with; retrain it")
+        raise FinrecError(
+            "this model has no calibration (calibration.json), so no probabilities to plan with; retrain it"
+        )
     if not 0.0 <= min_probability < 1.0:
         raise FinrecError(f"min probability must be in [0, 1), got {min_probability}")
     filters = F.Filters.build(filters)
@@ -151,12 +163,21 @@ def build_problem(recommender, data_dir: str | Path, filters=None, min_probabili
         probability[offset:stop] = p
         tolerance[offset:stop] = context.attributes["risk_tolerance"]
         offset = stop
-    return CampaignProblem(ids, product_ids, probability, np.asarray(values, dtype="float64"), tolerance, rules,
-                           recommender.catalogue, time.perf_counter() - start)
+    return CampaignProblem(
+        ids,
+        product_ids,
+        probability,
+        np.asarray(values, dtype="float64"),
+        tolerance,
+        rules,
+        recommender.catalogue,
+        time.perf_counter() - start,
+    )
 
 
-def plan_campaign(problem: CampaignProblem, capacity: np.ndarray | None = None, contacts: int = 1,
-                  solver: str = "auto") -> CampaignResult:
+def plan_campaign(
+    problem: CampaignProblem, capacity: np.ndarray | None = None, contacts: int = 1, solver: str = "auto"
+) -> CampaignResult:
     """Solve the campaign problem: ``solver`` is ``exact`` (min-cost flow), ``dual`` or ``auto``
     (exact up to ``EXACT_MAX_PAIRS`` allowed pairs). The shadow prices always come from the
     dual method; with the exact solver its bound is also kept when it is the tighter one."""
@@ -168,8 +189,16 @@ def plan_campaign(problem: CampaignProblem, capacity: np.ndarray | None = None, 
     dual = solve_dual(w, capacity, contacts)
     if solver == "exact" or (solver == "auto" and int((w > 0).sum()) <= EXACT_MAX_PAIRS):
         exact = solve_exact(w, capacity, contacts)
-        plan = Plan(exact.rows, exact.cols, exact.value, min(exact.bound, dual.bound), dual.prices, exact.method,
-                    exact.seconds, dual.sweeps)
+        plan = Plan(
+            exact.rows,
+            exact.cols,
+            exact.value,
+            min(exact.bound, dual.bound),
+            dual.prices,
+            exact.method,
+            exact.seconds,
+            dual.sweeps,
+        )
     else:
         plan = dual
     return CampaignResult(plan, baseline, problem, capacity, contacts)
@@ -182,10 +211,15 @@ def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) 
     tol = problem.tolerance[rows]
     key = cols.astype(np.float64) * 1000.0 + np.where(np.isnan(tol), -1.0, tol)
     unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    sentences = np.array([
-        F.describe_allowed({"risk_tolerance": tol[i : i + 1].astype("float64")}, problem.catalogue, masks, 0, int(cols[i]))
-        for i in first
-    ], dtype=object)
+    sentences = np.array(
+        [
+            F.describe_allowed(
+                {"risk_tolerance": tol[i : i + 1].astype("float64")}, problem.catalogue, masks, 0, int(cols[i])
+            )
+            for i in first
+        ],
+        dtype=object,
+    )
     return sentences[inverse] if len(unique) else np.array([], dtype=object)
 
 
@@ -194,13 +228,15 @@ def plan_table(problem: CampaignProblem, plan: Plan) -> pd.DataFrame:
     order = np.lexsort((plan.cols, plan.rows))
     rows, cols = plan.rows[order], plan.cols[order]
     probability = problem.probability[rows, cols]
-    return pd.DataFrame({
-        S.CUSTOMER_ID: problem.customer_ids.take(pa.array(rows)).to_numpy(zero_copy_only=False),
-        S.PRODUCT_ID: np.asarray(problem.product_ids, dtype=object)[cols],
-        S.PROBABILITY: probability,
-        "expected_value": probability.astype("float64") * problem.values[cols],
-        "reason": offer_reasons(problem, rows, cols),
-    })
+    return pd.DataFrame(
+        {
+            S.CUSTOMER_ID: problem.customer_ids.take(pa.array(rows)).to_numpy(zero_copy_only=False),
+            S.PRODUCT_ID: np.asarray(problem.product_ids, dtype=object)[cols],
+            S.PROBABILITY: probability,
+            "expected_value": probability.astype("float64") * problem.values[cols],
+            "reason": offer_reasons(problem, rows, cols),
+        }
+    )
 
 
 def write_plan(table: pd.DataFrame, out: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
@@ -211,8 +247,11 @@ def write_plan(table: pd.DataFrame, out: str | Path, inputs: tuple[str | Path, .
     target = out.resolve()
     for source in map(Path, inputs):
         # A dataset directory's tables and schema are inputs even when this run read only some.
-        clash = target == source.resolve() or (source.is_dir() and target.parent == source.resolve()
-                                               and (target.stem in S.TABLES or target.name == S.SCHEMA_FILE))
+        clash = target == source.resolve() or (
+            source.is_dir()
+            and target.parent == source.resolve()
+            and (target.stem in S.TABLES or target.name == S.SCHEMA_FILE)
+        )
         if clash:
             raise FinrecError(f"--out {out}: would overwrite an input ({source}); write the plan elsewhere")
     return write_table(table, out)
@@ -223,8 +262,11 @@ def summary(result: CampaignResult) -> dict:
     problem, plan, base = result.problem, result.plan, result.greedy
 
     def totals(p: Plan) -> dict:
-        return {"offers": int(len(p.rows)), "expected_adoptions": float(problem.probability[p.rows, p.cols].astype("float64").sum()),
-                "expected_value": float(p.value)}
+        return {
+            "offers": int(len(p.rows)),
+            "expected_adoptions": float(problem.probability[p.rows, p.cols].astype("float64").sum()),
+            "expected_value": float(p.value),
+        }
 
     used = np.bincount(plan.cols, minlength=len(problem.product_ids))
     binding = [j for j in range(len(used)) if np.isfinite(result.capacity[j]) and used[j] >= result.capacity[j]]
@@ -239,8 +281,10 @@ def summary(result: CampaignResult) -> dict:
         "bound": float(plan.bound),
         "gap": float(plan.gap),
         "relative_gap": float(plan.relative_gap),
-        "shadow_prices": {problem.product_ids[j]: {"capacity": int(result.capacity[j]), "price": float(plan.prices[j])}
-                          for j in binding},
+        "shadow_prices": {
+            problem.product_ids[j]: {"capacity": int(result.capacity[j]), "price": float(plan.prices[j])}
+            for j in binding
+        },
         "offers_per_product": {problem.product_ids[j]: int(used[j]) for j in np.flatnonzero(used)},
         "seconds": {"build": problem.seconds, "solve": plan.seconds, "greedy": base.seconds},
     }
@@ -258,8 +302,10 @@ def format_summary(info: dict) -> str:
     gain = p["expected_value"] - g["expected_value"]
     ratio = f" ({gain / g['expected_value']:+.1%})" if g["expected_value"] > 0 else ""
     lines.append(f"plan - greedy: {gain:+.2f}{ratio}")
-    lines.append(f"proven: no plan is worth more than {info['bound']:.2f}; this one is within {info['gap']:.4g} "
-                 f"({info['relative_gap']:.3%}) of the best")
+    lines.append(
+        f"proven: no plan is worth more than {info['bound']:.2f}; this one is within {info['gap']:.4g} "
+        f"({info['relative_gap']:.3%}) of the best"
+    )
     if info["shadow_prices"]:
         lines.append("binding capacities (shadow price: what one more slot is worth):")
         for pid, row in sorted(info["shadow_prices"].items(), key=lambda item: -item[1]["price"]):

@@ -79,7 +79,11 @@ def check_problem(w: np.ndarray, capacity: np.ndarray, contacts: int) -> tuple[n
     capacity = np.asarray(capacity, dtype="float64")
     if capacity.shape != (w.shape[1],):
         raise FinrecError(f"capacity must have one entry per product ({w.shape[1]}), got shape {capacity.shape}")
-    if np.isnan(capacity).any() or (capacity < 0).any() or (np.isfinite(capacity) & (capacity != np.round(capacity))).any():
+    if (
+        np.isnan(capacity).any()
+        or (capacity < 0).any()
+        or (np.isfinite(capacity) & (capacity != np.round(capacity))).any()
+    ):
         raise FinrecError("capacities must be whole numbers >= 0 (or unlimited)")
     if isinstance(contacts, bool) or not isinstance(contacts, (int, np.integer)) or contacts < 1:
         raise FinrecError(f"contacts per customer must be a positive integer, got {contacts!r}")
@@ -132,8 +136,15 @@ def greedy(w: np.ndarray, capacity: np.ndarray, contacts: int = 1) -> Plan:
     accepted = _within_capacity(cols, vals, capacity)
     rows, cols = rows[accepted], cols[accepted]
     value = plan_value(w, rows, cols)
-    return Plan(rows, cols, value, bound=np.inf, prices=np.zeros(w.shape[1]), method="greedy",
-                seconds=time.perf_counter() - start)
+    return Plan(
+        rows,
+        cols,
+        value,
+        bound=np.inf,
+        prices=np.zeros(w.shape[1]),
+        method="greedy",
+        seconds=time.perf_counter() - start,
+    )
 
 
 # ---------------------------------------------------------------------------------- exact
@@ -185,8 +196,14 @@ def solve_exact(w: np.ndarray, capacity: np.ndarray, contacts: int = 1) -> Plan:
 # ---------------------------------------------------------------------------------- dual
 
 
-def solve_dual(w: np.ndarray, capacity: np.ndarray, contacts: int = 1, max_sweeps: int = 60,
-               tolerance: float = 1e-4, time_limit: float | None = None) -> Plan:
+def solve_dual(
+    w: np.ndarray,
+    capacity: np.ndarray,
+    contacts: int = 1,
+    max_sweeps: int = 60,
+    tolerance: float = 1e-4,
+    time_limit: float | None = None,
+) -> Plan:
     """Coordinate descent on the dual ``D`` (module docstring), then a plan read off the prices.
 
     Each sweep sets every capacitated product's price, in turn, to the exact minimiser of ``D``
@@ -238,8 +255,16 @@ def solve_dual(w: np.ndarray, capacity: np.ndarray, contacts: int = 1, max_sweep
         out_of_time = time_limit is not None and time.perf_counter() - start > time_limit
         if not moved or best_bound - best.value <= tolerance * best_bound or out_of_time:
             break
-    return Plan(best.rows, best.cols, best.value, max(best_bound, best.value), prices, "dual",
-                time.perf_counter() - start, sweeps)
+    return Plan(
+        best.rows,
+        best.cols,
+        best.value,
+        max(best_bound, best.value),
+        prices,
+        "dual",
+        time.perf_counter() - start,
+        sweeps,
+    )
 
 
 def _clearing_price(surplus: np.ndarray, cap: int) -> float:
@@ -265,7 +290,9 @@ def _read_plan(w, capacity, c, lam, values, index) -> tuple[np.ndarray, np.ndarr
     return _fill(w, capacity, c, rows, cols)
 
 
-def _within_capacity(cols: np.ndarray, priority: np.ndarray, capacity: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
+def _within_capacity(
+    cols: np.ndarray, priority: np.ndarray, capacity: np.ndarray, tie: np.ndarray | None = None
+) -> np.ndarray:
     """bool [m]: the offers each product keeps, the highest ``priority`` first, ``capacity`` at most."""
     keys = (cols, -priority) if tie is None else (cols, -priority, -tie)
     order = np.lexsort(keys[::-1])  # lexsort sorts by the last key first

@@ -73,10 +73,16 @@ class Calibration:
             "event": self.event,
             "customers": int(self.customers),
             "products": [
-                {"product_id": pid, "x": [float(v) for v in x], "y": [float(v) for v in y],
-                 "positives": int(pos), "pooled": bool(pooled)}
-                for pid, x, y, pos, pooled in zip(self.product_ids, self.knots_x, self.knots_y,
-                                                  self.positives, self.pooled)
+                {
+                    "product_id": pid,
+                    "x": [float(v) for v in x],
+                    "y": [float(v) for v in y],
+                    "positives": int(pos),
+                    "pooled": bool(pooled),
+                }
+                for pid, x, y, pos, pooled in zip(
+                    self.product_ids, self.knots_x, self.knots_y, self.positives, self.pooled
+                )
             ],
         }
 
@@ -89,22 +95,40 @@ class Calibration:
             knots_x = [np.asarray(p["x"], dtype="float64") for p in products]
             knots_y = [np.asarray(p["y"], dtype="float64") for p in products]
             calibration = cls(
-                product_ids=[str(p["product_id"]) for p in products], knots_x=knots_x, knots_y=knots_y,
-                customers=int(raw.get("customers", 0)), positives=[int(p.get("positives", 0)) for p in products],
-                pooled=[bool(p.get("pooled", False)) for p in products], event=str(raw.get("event", EVENT)),
+                product_ids=[str(p["product_id"]) for p in products],
+                knots_x=knots_x,
+                knots_y=knots_y,
+                customers=int(raw.get("customers", 0)),
+                positives=[int(p.get("positives", 0)) for p in products],
+                pooled=[bool(p.get("pooled", False)) for p in products],
+                event=str(raw.get("event", EVENT)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{source}: damaged calibration ({type(exc).__name__}: {exc})") from None
         for pid, x, y in zip(calibration.product_ids, knots_x, knots_y):
-            ok = (x.ndim == 1 and len(x) == len(y) and len(x) >= 1 and np.all(np.isfinite(x)) and np.all(np.isfinite(y))
-                  and np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0) and y.min() >= 0 and y.max() <= 1)
+            ok = (
+                x.ndim == 1
+                and len(x) == len(y)
+                and len(x) >= 1
+                and np.all(np.isfinite(x))
+                and np.all(np.isfinite(y))
+                and np.all(np.diff(x) >= 0)
+                and np.all(np.diff(y) >= 0)
+                and y.min() >= 0
+                and y.max() <= 1
+            )
             if not ok:
                 raise ArtifactError(f"{source}: the map of product {pid!r} is not a non-decreasing map into [0, 1]")
         return calibration
 
 
-def fit_calibration(scores: np.ndarray, adopted: np.ndarray, eligible: np.ndarray, product_ids: list[str],
-                    min_positives: int = MIN_POSITIVES) -> Calibration:
+def fit_calibration(
+    scores: np.ndarray,
+    adopted: np.ndarray,
+    eligible: np.ndarray,
+    product_ids: list[str],
+    min_positives: int = MIN_POSITIVES,
+) -> Calibration:
     """Fit the per-product maps (module docstring) on ``scores`` float [n, P], ``adopted`` bool
     [n, P] and ``eligible`` bool [n, P] (False for held products: they are never offered, so they
     are not data for the probability of adopting them)."""
@@ -142,8 +166,14 @@ def fit_calibration(scores: np.ndarray, adopted: np.ndarray, eligible: np.ndarra
             pooled.append(True)
         knots_x.append(kx)
         knots_y.append(ky)
-    return Calibration(list(map(str, product_ids)), knots_x, knots_y, customers=int(scores.shape[0]),
-                       positives=positives, pooled=pooled)
+    return Calibration(
+        list(map(str, product_ids)),
+        knots_x,
+        knots_y,
+        customers=int(scores.shape[0]),
+        positives=positives,
+        pooled=pooled,
+    )
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -169,8 +199,10 @@ def reliability_table(predicted: np.ndarray, true: np.ndarray, bins: int = 10) -
     mean true probability (or outcome)."""
     predicted, true = np.asarray(predicted, "float64").ravel(), np.asarray(true, "float64").ravel()
     order = np.argsort(predicted, kind="stable")
-    return [{"pairs": len(part), "predicted": float(predicted[part].mean()), "true": float(true[part].mean())}
-            for part in np.array_split(order, min(bins, len(order)))]
+    return [
+        {"pairs": len(part), "predicted": float(predicted[part].mean()), "true": float(true[part].mean())}
+        for part in np.array_split(order, min(bins, len(order)))
+    ]
 
 
 def brier_score(predicted: np.ndarray, outcome: np.ndarray) -> float:

@@ -1,0 +1,233 @@
+"""Calibrated adoption probabilities: the fit, its storage, and every place that shows them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.artifacts import CALIBRATION_FILE, load_model_dir
+from finrec.cli import main
+from finrec.data import schema as S
+from finrec.data.io import validate_tables
+from finrec.data.synthetic import GeneratorSettings, generate, period_adoption_probabilities
+from finrec.errors import ArtifactError
+from finrec.recommend.recommender import Recommender
+from finrec.training.calibration import (
+    Calibration,
+    brier_score,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_table,
+)
+
+
+def synthetic_scores(n=4000, P=3, seed=0):
+    """Scores whose true adoption probability is a known increasing function per product."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(-1, 1, (n, P))
+    true = 1 / (1 + np.exp(-(3 * scores - 2 - np.arange(P))))
+    adopted = rng.random((n, P)) < true
+    return scores, adopted, true
+
+
+def test_isotonic_maps_match_scikit_learn_and_are_monotone():
+    from sklearn.isotonic import IsotonicRegression
+
+    scores, adopted, _ = synthetic_scores()
+    eligible = np.ones_like(adopted)
+    eligible[::7, 1] = False  # a held product is no data for its own probability
+    calibration = fit_calibration(scores, adopted, eligible, ["a", "b", "c"])
+    probs = calibration(scores)
+    for j in range(3):
+        mask = eligible[:, j]
+        reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(scores[mask, j], adopted[mask, j])
+        np.testing.assert_allclose(probs[:, j], reference.predict(scores[:, j]), atol=1e-6)
+        order = np.argsort(scores[:, j])
+        assert (np.diff(probs[order, j]) >= -1e-7).all()
+    assert probs.min() >= 0 and probs.max() <= 1
+    np.testing.assert_allclose(
+        calibration.at(np.array([[2, 0], [-1, 1]]), scores[:2, [2, 0]]),
+        [[probs[0, 2], probs[0, 0]], [np.nan, probs[1, 0]]],
+        atol=1e-6,
+    )
+
+
+def test_calibration_recovers_known_probabilities():
+    scores, adopted, true = synthetic_scores(n=20000)
+    calibration = fit_calibration(scores, adopted, np.ones_like(adopted), ["a", "b", "c"])
+    test_scores, _, test_true = synthetic_scores(n=20000, seed=1)
+    assert expected_calibration_error(calibration(test_scores), test_true) < 0.01
+    assert expected_calibration_error(np.clip(test_scores, 0, 1), test_true) > 0.1
+
+
+def test_rare_products_use_the_pooled_map_at_their_own_rate():
+    scores, adopted, _ = synthetic_scores(n=3000)
+    adopted[:, 2] = False
+    adopted[:5, 2] = True  # 5 adoptions: too few for a map of its own
+    calibration = fit_calibration(scores, adopted, np.ones_like(adopted), ["a", "b", "c"], min_positives=20)
+    assert calibration.pooled == [False, False, True]
+    mean = calibration(scores)[:, 2].mean()
+    assert mean == pytest.approx((5 + adopted.mean()) / (3000 + 1), rel=0.05)
+
+
+def test_json_round_trip_and_damage():
+    scores, adopted, _ = synthetic_scores()
+    calibration = fit_calibration(scores, adopted, np.ones_like(adopted), ["a", "b", "c"])
+    again = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    np.testing.assert_array_equal(again(scores), calibration(scores))
+    raw = calibration.to_dict()
+    raw["products"][0]["y"] = list(reversed(raw["products"][0]["y"]))
+    with pytest.raises(ArtifactError, match="non-decreasing"):
+        Calibration.from_dict(raw)
+    with pytest.raises(ArtifactError, match="damaged"):
+        Calibration.from_dict({"format": 1})
+
+
+def test_measures_by_hand():
+    predicted = np.array([0.1, 0.2, 0.3, 0.4])
+    true = np.array([0.0, 0.2, 0.5, 0.4])
+    # Two equal-mass bins: |0.15 - 0.1| and |0.35 - 0.45|, each half the pairs.
+    assert expected_calibration_error(predicted, true, bins=2) == pytest.approx(0.5 * 0.05 + 0.5 * 0.1)
+    assert brier_score(predicted, [0, 0, 1, 1]) == pytest.approx((0.01 + 0.04 + 0.49 + 0.36) / 4)
+    assert reliability_table(predicted, true, bins=2)[1] == {
+        "pairs": 2,
+        "predicted": pytest.approx(0.35),
+        "true": pytest.approx(0.45),
+    }
+
+
+def test_period_probabilities_by_simulation():
+    # One customer, two products available: with one adoption always, P(adopt) = the first choice.
+    first = np.array([[0.7, 0.3, 0.0]])
+    settings = GeneratorSettings(adoptions_per_customer=0.9)  # p0 = 0.1, m = 1 otherwise
+    p = period_adoption_probabilities(first, settings, draws=20000, seed=0)
+    np.testing.assert_allclose(p[0], [0.9 * 0.7, 0.9 * 0.3, 0.0], atol=0.01)
+
+
+@pytest.mark.slow
+def test_trained_model_is_calibrated_on_new_customers(trained):
+    assert trained.calibration is not None and trained.calibration.customers > 0
+    settings = GeneratorSettings(n_customers=1500, seed=8)
+    fresh = validate_tables(S.SYNTHETIC.schema(), generate(settings))
+    pipeline = trained.pipeline
+    ids = fresh.customers["customer_id"].to_numpy()
+    held = pipeline.holdings_matrix(ids, fresh.holdings)
+    first = np.zeros(held.shape)
+    gt = fresh.ground_truth
+    first[pd.Index(ids).get_indexer(gt["customer_id"]), pipeline.product_positions(gt["product_id"])] = gt[
+        "probability"
+    ]
+    true = period_adoption_probabilities(first, settings, draws=400, seed=0)
+    cosine = trained.score(fresh.customers, fresh.holdings)
+    calibrated = trained.calibration(cosine)
+    ece, ece_raw = (expected_calibration_error(p[~held], true[~held]) for p in (calibrated, np.clip(cosine, 0, 1)))
+    assert ece < 0.03 and ece < ece_raw / 2, (ece, ece_raw)
+
+
+@pytest.mark.slow
+def test_model_dir_carries_the_calibration(model_dir, trained, small_dataset):
+    loaded = load_model_dir(model_dir)
+    assert CALIBRATION_FILE in loaded.manifest["files"]
+    recommender = Recommender(loaded.trained, small_dataset)
+    customer = str(small_dataset.customers["customer_id"].iloc[0])
+    result = recommender.recommend(customer, k=3)
+    context = recommender.context(small_dataset.customers.iloc[:1], small_dataset.holdings)
+    probs = recommender.probabilities(context)[0]
+    for item in result.items:
+        j = recommender.pipeline.product_ids_.index(item.product_id)
+        assert item.probability == pytest.approx(float(probs[j]), abs=1e-6)
+    assert "probability" in result.to_dict()["recommendations"][0]
+
+
+@pytest.mark.slow
+def test_a_model_without_calibration_still_recommends(model_dir, small_dataset, small_data_dir, tmp_path, capsys):
+    bare = tmp_path / "model"
+    shutil.copytree(model_dir, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    del manifest["files"][CALIBRATION_FILE]
+    (bare / CALIBRATION_FILE).unlink()
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    recommender = Recommender(load_model_dir(bare).trained, small_dataset)
+    items = recommender.recommend(str(small_dataset.customers["customer_id"].iloc[0]), k=2).items
+    assert items and all(item.probability is None for item in items)
+    code = main(
+        [
+            "score",
+            "--model",
+            str(bare),
+            "--data",
+            str(small_data_dir),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--probabilities",
+        ]
+    )
+    assert code == 2 and "no calibration" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_damaged_calibration_is_refused(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    (copy / CALIBRATION_FILE).write_text("{}")
+    with pytest.raises(ArtifactError, match=CALIBRATION_FILE):
+        load_model_dir(copy)
+
+
+@pytest.mark.slow
+def test_score_probabilities_column(model_dir, small_data_dir, tmp_path):
+    out = tmp_path / "top.csv"
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(small_data_dir),
+                "--out",
+                str(out),
+                "--k",
+                "3",
+                "--probabilities",
+            ]
+        )
+        == 0
+    )
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["customer_id", "rank", "product_id", "score", "probability"]
+    assert table["probability"].between(0, 1).all()
+    calibration = load_model_dir(model_dir).trained.calibration
+    ids = list(calibration.product_ids)
+    expected = [
+        np.interp(s, calibration.knots_x[ids.index(p)], calibration.knots_y[ids.index(p)])
+        for s, p in zip(table["score"], table["product_id"])
+    ]
+    np.testing.assert_allclose(table["probability"], expected, atol=1e-5)
+    plain = tmp_path / "plain.csv"
+    assert (
+        main(["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(plain), "--k", "3"]) == 0
+    )
+    assert "probability" not in pd.read_csv(plain).columns
+
+
+@pytest.mark.slow
+def test_rest_api_returns_probability_beside_score(model_dir, small_data_dir, small_dataset):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from finrec.serve import create_app
+
+    with TestClient(create_app(model_dir, small_data_dir)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:  # loads in the background
+            time.sleep(0.2)
+        customer = str(small_dataset.customers["customer_id"].iloc[0])
+        body = client.post("/recommendations", json={"customer_id": customer, "k": 2}).json()
+    for item in body["recommendations"]:
+        assert 0 <= item["probability"] <= 1 and "score" in item
