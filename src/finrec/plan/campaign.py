@@ -186,7 +186,7 @@ def plan_campaign(
     w = problem.weights
     capacity = np.full(w.shape[1], np.inf) if capacity is None else np.asarray(capacity, dtype="float64")
     baseline = greedy(w, capacity, contacts)
-    dual = solve_dual(w, capacity, contacts)
+    dual = solve_dual(w, capacity, contacts, baseline=baseline)
     if solver == "exact" or (solver == "auto" and int((w > 0).sum()) <= EXACT_MAX_PAIRS):
         exact = solve_exact(w, capacity, contacts)
         plan = Plan(

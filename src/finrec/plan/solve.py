@@ -26,11 +26,10 @@ Solvers:
 - ``solve_exact``: OR-Tools' min-cost flow on the whole graph (weights scaled to integers; the
   rounding is bounded and reported). Memory and time grow with the allowed pairs: it suits up
   to a few million of them.
-- ``solve_dual``: coordinate descent on ``D`` (each price in turn set to its exact minimiser
-  given the others), each customer keeping its top ``c + 1`` reduced values so that an update
-  costs O(customers); the plan is read off the prices (each customer's best reduced offers,
-  trimmed to the capacities by surplus) and its leftover capacity filled in rounds. It streams
-  through [n, P] in float32 and reports the gap it proves.
+- ``solve_dual``: for millions of customers. Coordinate descent on ``D`` (each price in turn
+  set to its exact minimiser given the others) gives near-optimal prices and the bound; the
+  prices then prune every customer to a few candidate offers, and min-cost flow solves the
+  pruned problem exactly for the customers a capacity concerns. It reports the gap it proves.
 - ``greedy``: the baseline a ranked list gives: each customer's best ``c`` offers, each product
   taking them in order of value until full.
 """
@@ -151,31 +150,39 @@ def greedy(w: np.ndarray, capacity: np.ndarray, contacts: int = 1) -> Plan:
 
 
 def solve_exact(w: np.ndarray, capacity: np.ndarray, contacts: int = 1) -> Plan:
-    """The optimum by OR-Tools' min-cost flow: source -> customer (capacity ``contacts``) ->
-    product (1 per pair, cost -w scaled to integers) -> sink (capacity ``cap_j``), plus a
-    source -> sink bypass at cost 0 so that nobody has to be contacted. ``bound`` adds the
-    worst-case effect of rounding the weights (at most one rounding unit per offer); ``prices``
-    come from ``solve_dual`` started cold (0 where it is not needed)."""
-    from ortools.graph.python import min_cost_flow
-
+    """The optimum by OR-Tools' min-cost flow (``flow_plan``) over every allowed pair. ``bound``
+    adds the worst-case effect of rounding the weights to integers."""
     start = time.perf_counter()
     w, capacity = check_problem(w, capacity, contacts)
-    n, P = w.shape
     pair_rows, pair_cols = np.nonzero(w > 0)
+    rows, cols, rounding = flow_plan(w, capacity, contacts, pair_rows, pair_cols)
+    value = plan_value(w, rows, cols)
+    return Plan(rows, cols, value, value + rounding, np.zeros(w.shape[1]), "exact (min-cost flow)",
+                time.perf_counter() - start)
+
+
+def flow_plan(w: np.ndarray, capacity: np.ndarray, contacts: int, pair_rows: np.ndarray,
+              pair_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The best plan using only the given pairs, by min-cost flow: source -> customer (capacity
+    ``contacts``) -> product (1 per pair, cost -w scaled to integers) -> sink (capacity
+    ``cap_j``), plus a source -> sink bypass at cost 0 so that nobody has to be contacted.
+    Returns (rows, cols, the most the rounding of weights can have cost: one unit per offer)."""
+    from ortools.graph.python import min_cost_flow
+
+    P = w.shape[1]
     if len(pair_rows) == 0:
-        return Plan(pair_rows, pair_cols, 0.0, 0.0, np.zeros(P), "exact (min-cost flow)", time.perf_counter() - start)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0.0
     active, customer_node = np.unique(pair_rows, return_inverse=True)
     na = len(active)
     source, sink = 0, na + P + 1
-    top = float(w.max())
-    scale = EXACT_SCALE / top
-    costs = -np.rint(w[pair_rows, pair_cols].astype("float64") * scale).astype(np.int64)
+    pair_w = w[pair_rows, pair_cols].astype("float64")
+    scale = EXACT_SCALE / float(pair_w.max())
     supply = na * contacts
     product_caps = np.where(np.isfinite(capacity), np.minimum(capacity, supply), supply).astype(np.int64)
     tails = np.concatenate([np.zeros(na, np.int64), 1 + customer_node, 1 + na + np.arange(P), [source]])
     heads = np.concatenate([1 + np.arange(na), 1 + na + pair_cols, np.full(P, sink), [sink]])
     caps = np.concatenate([np.full(na, contacts, np.int64), np.ones(len(pair_rows), np.int64), product_caps, [supply]])
-    unit = np.concatenate([np.zeros(na, np.int64), costs, np.zeros(P, np.int64), [0]])
+    unit = np.concatenate([np.zeros(na, np.int64), -np.rint(pair_w * scale).astype(np.int64), np.zeros(P, np.int64), [0]])
     flow = min_cost_flow.SimpleMinCostFlow()
     flow.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, unit)
     flow.set_node_supply(source, supply)
@@ -183,88 +190,94 @@ def solve_exact(w: np.ndarray, capacity: np.ndarray, contacts: int = 1) -> Plan:
     status = flow.solve()
     if status != flow.OPTIMAL:
         raise FinrecError(f"the min-cost flow solver did not find an optimum (status {status})")
-    arcs = na + np.arange(len(pair_rows))
-    chosen = flow.flows(arcs) > 0
-    rows, cols = pair_rows[chosen].astype(np.int64), pair_cols[chosen].astype(np.int64)
-    value = plan_value(w, rows, cols)
-    # True optimum <= rounded optimum + K/2 units <= this plan's true value + K units (K offers at most).
-    offers_max = min(na * contacts, float(np.where(np.isfinite(capacity), capacity, supply).sum()))
-    bound = value + offers_max / scale
-    return Plan(rows, cols, value, bound, np.zeros(P), "exact (min-cost flow)", time.perf_counter() - start)
+    chosen = flow.flows(na + np.arange(len(pair_rows))) > 0
+    # True optimum <= rounded optimum + K/2 units <= the plan's true value + K units (K offers at most).
+    offers_max = min(supply, float(np.where(np.isfinite(capacity), capacity, supply).sum()))
+    return pair_rows[chosen].astype(np.int64), pair_cols[chosen].astype(np.int64), offers_max / scale
 
 
 # ---------------------------------------------------------------------------------- dual
 
 
-def solve_dual(
-    w: np.ndarray,
-    capacity: np.ndarray,
-    contacts: int = 1,
-    max_sweeps: int = 60,
-    tolerance: float = 1e-4,
-    time_limit: float | None = None,
-) -> Plan:
-    """Coordinate descent on the dual ``D`` (module docstring), then a plan read off the prices.
+def solve_dual(w: np.ndarray, capacity: np.ndarray, contacts: int = 1, max_sweeps: int = 30,
+               tolerance: float = 1e-6, candidates: int = 2, time_limit: float | None = None,
+               baseline: Plan | None = None) -> Plan:
+    """Prices by coordinate descent on the dual ``D``, then the best plan among near-optimal pairs.
 
-    Each sweep sets every capacitated product's price, in turn, to the exact minimiser of ``D``
-    over that price with the others fixed: with ``t_i`` the ``c``-th largest reduced value of
-    customer i among the other products (0 if fewer are positive) and ``s_i = w_ij - t_i`` (how
-    much i gains from j over its alternative), ``lambda_j = max(0, the (cap_j + 1)-th largest
-    s_i)``, so that exactly ``cap_j`` customers prefer j. It stops when the plan's proven
-    relative gap ``(D - value) / D`` is at most ``tolerance``, when a sweep changes no price,
-    after ``max_sweeps`` sweeps or after ``time_limit`` seconds. The plan returned is the best
-    one found (it is never worse than ``greedy``, which is one of the candidates)."""
+    1. Each sweep sets every capacitated product's price, in turn, to the exact minimiser of
+       ``D`` over that price with the others fixed: with ``t_i`` the ``c``-th largest reduced
+       value ``max(w_ik - lambda_k, 0)`` of customer i over the other products and
+       ``s_i = w_ij - t_i`` (what i gains from j over its alternative), ``lambda_j = max(0, the
+       (cap_j + 1)-th largest s_i)``: at most ``cap_j`` customers strictly prefer j. Each
+       customer's top ``c + 1`` reduced values are kept, so an update costs O(customers). It
+       stops when a sweep lowers ``D`` by less than ``tolerance`` (relative), after
+       ``max_sweeps`` sweeps or after ``time_limit`` seconds; ``D`` at the best prices is the
+       bound.
+    2. Candidate pairs: each customer's ``contacts + candidates`` allowed offers of highest
+       reduced value ``w - lambda``. A customer whose candidates are all unlimited products takes
+       its best ``contacts`` of them; the others (those a capacity concerns) go to the exact
+       min-cost flow (``flow_plan``) over their candidate pairs. The plan is the optimum over the
+       candidate pairs (greedy's, if that is ever better; ``baseline`` is greedy's plan when the
+       caller has it already) and ``bound - value`` is its proven gap.
+    """
     start = time.perf_counter()
     w, capacity = check_problem(w, capacity, contacts)
     n, P = w.shape
     c = contacts
     capped = np.flatnonzero(np.isfinite(capacity))
-    prices = np.zeros(P)
-    best = greedy(w, capacity, c)
-    best_bound = dual_value(w, capacity, c, prices)
-    best.method = "dual"
-    if len(capped) == 0 or n == 0:  # nothing binds: each customer's best c offers are optimal
-        plan = _read_plan(w, capacity, c, prices, *_top(w, c + 1))
-        return Plan(plan[0], plan[1], plan_value(w, *plan), best_bound, prices, "dual", time.perf_counter() - start)
     lam = np.zeros(P, dtype=np.float32)
     values, index = _top(w, c + 1)
-    sweeps = 0
-    while sweeps < max_sweeps:
+    best_bound, prices, sweeps = float(values[:, :c].astype("float64").sum()), np.zeros(P), 0
+    while len(capped) and sweeps < max_sweeps:
         sweeps += 1
-        moved = False
         for j in capped:
             in_top = (index[:, :c] == j).any(axis=1)
             alternative = np.where(in_top, values[:, c], values[:, c - 1])
-            surplus = w[:, j] - alternative
-            new = np.float32(_clearing_price(surplus, int(capacity[j])))
+            new = np.float32(_clearing_price(w[:, j] - alternative, int(capacity[j])))
             if new == lam[j]:
                 continue
-            moved = True
             lam[j] = new
-            stale = (index == j).any(axis=1) | (w[:, j] - new > values[:, c])
-            rows = np.flatnonzero(stale)
-            if len(rows):
-                values[rows], index[rows] = _top(w[rows] - lam, c + 1)
+            stale = np.flatnonzero((index == j).any(axis=1) | (w[:, j] - new > values[:, c]))
+            if len(stale):
+                values[stale], index[stale] = _top(w[stale] - lam, c + 1)
         bound = float((lam[capped].astype("float64") * capacity[capped]).sum() + values[:, :c].astype("float64").sum())
+        improved = best_bound - bound
         if bound < best_bound:
             best_bound, prices = bound, lam.astype("float64")
-        rows_, cols_ = _read_plan(w, capacity, c, lam, values, index)
-        value = plan_value(w, rows_, cols_)
-        if value > best.value:
-            best = Plan(rows_, cols_, value, best_bound, prices, "dual")
         out_of_time = time_limit is not None and time.perf_counter() - start > time_limit
-        if not moved or best_bound - best.value <= tolerance * best_bound or out_of_time:
+        if improved <= tolerance * abs(best_bound) or out_of_time:
             break
-    return Plan(
-        best.rows,
-        best.cols,
-        best.value,
-        max(best_bound, best.value),
-        prices,
-        "dual",
-        time.perf_counter() - start,
-        sweeps,
-    )
+    rows, cols = _candidate_plan(w, capacity, c, prices.astype(np.float32), c + candidates)
+    value = plan_value(w, rows, cols)
+    base = baseline if baseline is not None else greedy(w, capacity, c)
+    if base.value > value:
+        rows, cols, value = base.rows, base.cols, base.value
+    return Plan(rows, cols, value, max(best_bound, value), prices, "dual (prices + min-cost flow on candidates)",
+                time.perf_counter() - start, sweeps)
+
+
+def _candidate_plan(w, capacity, c, lam, k) -> tuple[np.ndarray, np.ndarray]:
+    """The best plan over each customer's ``k`` allowed offers of highest reduced value."""
+    n, P = w.shape
+    k = min(k, P)
+    reduced = np.where(w > 0, w - lam, -np.inf).astype(np.float32)
+    part = np.argpartition(-reduced, k - 1, axis=1)[:, :k] if k < P else np.broadcast_to(np.arange(P), (n, P))
+    allowed = np.take_along_axis(w, part, axis=1) > 0
+    concerned = (np.isfinite(capacity)[part] & allowed).any(axis=1)
+    # Customers no capacity concerns: their best c candidates by value, independently of everyone.
+    free = np.flatnonzero(~concerned)
+    by_value = np.where(allowed[free], np.take_along_axis(w[free], part[free], axis=1), -np.inf)
+    order = np.argsort(-by_value, axis=1, kind="stable")[:, :c]
+    take = np.isfinite(np.take_along_axis(by_value, order, axis=1))
+    free_rows = np.repeat(free, order.shape[1]).reshape(order.shape)[take]
+    free_cols = np.take_along_axis(part[free], order, axis=1)[take]
+    # The others: exactly, by min-cost flow over their candidate pairs.
+    mine = np.flatnonzero(concerned)
+    pair_rows = np.repeat(mine, k)
+    pair_cols = part[mine].ravel()
+    keep = allowed[mine].ravel()
+    rows, cols, _ = flow_plan(w, capacity, c, pair_rows[keep], pair_cols[keep])
+    return np.concatenate([free_rows, rows]).astype(np.int64), np.concatenate([free_cols, cols]).astype(np.int64)
 
 
 def _clearing_price(surplus: np.ndarray, cap: int) -> float:
@@ -274,20 +287,6 @@ def _clearing_price(surplus: np.ndarray, cap: int) -> float:
         return 0.0
     kth = len(surplus) - cap - 1
     return max(float(np.partition(surplus, kth)[kth]), 0.0)
-
-
-def _read_plan(w, capacity, c, lam, values, index) -> tuple[np.ndarray, np.ndarray]:
-    """Each customer's top ``c`` positive reduced offers; a product over its capacity keeps the
-    customers with the largest surplus over their next option; leftover capacity is then filled."""
-    n = len(w)
-    rows = np.repeat(np.arange(n), c)
-    cols = index[:, :c].ravel()
-    surplus = (values[:, :c] - values[:, c : c + 1]).ravel()
-    keep = cols >= 0
-    rows, cols, surplus = rows[keep], cols[keep], surplus[keep]
-    accepted = _within_capacity(cols, surplus, capacity, tie=w[rows, cols])
-    rows, cols = rows[accepted], cols[accepted]
-    return _fill(w, capacity, c, rows, cols)
 
 
 def _within_capacity(
@@ -302,43 +301,6 @@ def _within_capacity(
     keep = np.zeros(len(cols), dtype=bool)
     keep[order] = rank < capacity[sorted_cols]
     return keep
-
-
-def _fill(w, capacity, c, rows, cols) -> tuple[np.ndarray, np.ndarray]:
-    """Leftover capacity to customers with contacts left: in rounds, each such customer proposes
-    its most valuable allowed offer among products with room, and each product takes the most
-    valuable proposals it has room for."""
-    n, P = w.shape
-    used = np.bincount(rows, minlength=n)
-    room = capacity - np.bincount(cols, minlength=P)
-    taken_rows, taken_cols = [rows], [cols]
-    free = np.flatnonzero(used < c)
-    if len(free) == 0 or not (room > 0).any():
-        return rows.astype(np.int64), cols.astype(np.int64)
-    candidate = w[free].copy()
-    offered = np.zeros_like(candidate, dtype=bool)
-    position = np.full(n, -1)
-    position[free] = np.arange(len(free))
-    mine = position[rows] >= 0
-    offered[position[rows[mine]], cols[mine]] = True
-    candidate[offered] = 0
-    left = c - used[free]
-    while True:
-        candidate[:, room <= 0] = 0
-        candidate[left <= 0] = 0
-        pick = candidate.argmax(axis=1)
-        gain = candidate[np.arange(len(free)), pick]
-        proposing = np.flatnonzero(gain > 0)
-        if len(proposing) == 0:
-            break
-        accepted = _within_capacity(pick[proposing], gain[proposing], room)
-        who, what = proposing[accepted], pick[proposing[accepted]]
-        taken_rows.append(free[who])
-        taken_cols.append(what)
-        room -= np.bincount(what, minlength=P)
-        left[who] -= 1
-        candidate[who, what] = 0
-    return np.concatenate(taken_rows).astype(np.int64), np.concatenate(taken_cols).astype(np.int64)
 
 
 def _top(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
