@@ -47,9 +47,24 @@ from finrec.training.train import fit
 
 RESULTS = Path(__file__).parent / "results" / "plan.json"
 # Money per adoption by product type (illustrative margins) and capacities as a share of customers.
-MARGIN = {"current_account": 50, "savings_account": 80, "term_deposit": 120, "credit_card": 150, "personal_loan": 400,
-          "mortgage": 2500, "investment_fund": 300, "pension": 600, "insurance": 200}
-CAPACITY_SHARE = {"mortgage": 0.004, "personal_loan": 0.01, "investment_fund": 0.01, "pension": 0.01, "credit_card": 0.02}
+MARGIN = {
+    "current_account": 50,
+    "savings_account": 80,
+    "term_deposit": 120,
+    "credit_card": 150,
+    "personal_loan": 400,
+    "mortgage": 2500,
+    "investment_fund": 300,
+    "pension": 600,
+    "insurance": 200,
+}
+CAPACITY_SHARE = {
+    "mortgage": 0.004,
+    "personal_loan": 0.01,
+    "investment_fund": 0.01,
+    "pension": 0.01,
+    "credit_card": 0.02,
+}
 
 
 def with_margins(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], S.DatasetSchema]:
@@ -83,7 +98,9 @@ def quality(workdir: Path, seed: int = 0, draws: int = 1000) -> tuple[dict, Path
     pipeline = trained.pipeline
     first = np.zeros((n, len(pids)))
     gt = test.ground_truth
-    first[pd.Index(ids).get_indexer(gt["customer_id"]), pipeline.product_positions(gt["product_id"])] = gt["probability"]
+    first[pd.Index(ids).get_indexer(gt["customer_id"]), pipeline.product_positions(gt["product_id"])] = gt[
+        "probability"
+    ]
     true = period_adoption_probabilities(first, settings, draws=draws, seed=seed)
     context = recommender.context(test.customers, test.holdings)
     allowed = ~F.combine(recommender.masks(context, F.Filters.build("balanced")), context.held.shape)
@@ -98,10 +115,16 @@ def quality(workdir: Path, seed: int = 0, draws: int = 1000) -> tuple[dict, Path
             return float(w_true[plan.rows, plan.cols].astype("float64").sum())
 
         rows[contacts] = {
-            "plan_true_value": true_value(result.plan), "greedy_true_value": true_value(result.greedy),
-            "ceiling_true_value": ceiling.value, "plan_predicted_value": result.plan.value,
-            "binding": int(sum(np.bincount(result.plan.cols, minlength=len(pids))[np.isfinite(capacity)]
-                               >= capacity[np.isfinite(capacity)])),
+            "plan_true_value": true_value(result.plan),
+            "greedy_true_value": true_value(result.greedy),
+            "ceiling_true_value": ceiling.value,
+            "plan_predicted_value": result.plan.value,
+            "binding": int(
+                sum(
+                    np.bincount(result.plan.cols, minlength=len(pids))[np.isfinite(capacity)]
+                    >= capacity[np.isfinite(capacity)]
+                )
+            ),
         }
         rows[contacts]["plan_over_ceiling"] = rows[contacts]["plan_true_value"] / ceiling.value
         rows[contacts]["greedy_over_ceiling"] = rows[contacts]["greedy_true_value"] / ceiling.value
@@ -110,12 +133,27 @@ def quality(workdir: Path, seed: int = 0, draws: int = 1000) -> tuple[dict, Path
     solvers = {}
     w = problem.weights
     for contacts in (1, 2):
-        exact, dual, base = solve_exact(w, capacity, contacts), solve_dual(w, capacity, contacts), greedy(w, capacity, contacts)
-        solvers[contacts] = {"exact_value": exact.value, "exact_seconds": exact.seconds, "dual_value": dual.value,
-                             "dual_bound": dual.bound, "dual_seconds": dual.seconds, "dual_sweeps": dual.sweeps,
-                             "dual_over_exact": dual.value / exact.value, "greedy_value": base.value}
-    return {"customers": n, "capacity": {pid: c for pid, c in zip(pids, capacity.tolist()) if np.isfinite(c)},
-            "plans": rows, "solvers": solvers}, model_dir
+        exact, dual, base = (
+            solve_exact(w, capacity, contacts),
+            solve_dual(w, capacity, contacts),
+            greedy(w, capacity, contacts),
+        )
+        solvers[contacts] = {
+            "exact_value": exact.value,
+            "exact_seconds": exact.seconds,
+            "dual_value": dual.value,
+            "dual_bound": dual.bound,
+            "dual_seconds": dual.seconds,
+            "dual_sweeps": dual.sweeps,
+            "dual_over_exact": dual.value / exact.value,
+            "greedy_value": base.value,
+        }
+    return {
+        "customers": n,
+        "capacity": {pid: c for pid, c in zip(pids, capacity.tolist()) if np.isfinite(c)},
+        "plans": rows,
+        "solvers": solvers,
+    }, model_dir
 
 
 def scale(workdir: Path, model_dir: Path, customers: int, seed: int = 1) -> dict:
@@ -126,13 +164,32 @@ def scale(workdir: Path, model_dir: Path, customers: int, seed: int = 1) -> dict
     pids = list(tables["products"]["product_id"])
     caps = capacities(tables["products"], pids, customers)
     caps_path = workdir / "caps.csv"
-    pd.DataFrame({"product_id": [p for p, c in zip(pids, caps) if np.isfinite(c)],
-                  "capacity": [int(c) for c in caps if np.isfinite(c)]}).to_csv(caps_path, index=False)
+    pd.DataFrame(
+        {
+            "product_id": [p for p, c in zip(pids, caps) if np.isfinite(c)],
+            "capacity": [int(c) for c in caps if np.isfinite(c)],
+        }
+    ).to_csv(caps_path, index=False)
     del tables
     summary = workdir / "summary.json"
-    command = [sys.executable, "-m", "finrec.cli", "plan", "--model", str(model_dir), "--data", str(data),
-               "--out", str(workdir / "plan.parquet"), "--capacity", str(caps_path), "--solver", "dual",
-               "--json", str(summary)]
+    command = [
+        sys.executable,
+        "-m",
+        "finrec.cli",
+        "plan",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(workdir / "plan.parquet"),
+        "--capacity",
+        str(caps_path),
+        "--solver",
+        "dual",
+        "--json",
+        str(summary),
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "src"})
     seconds = time.perf_counter() - start
@@ -140,8 +197,14 @@ def scale(workdir: Path, model_dir: Path, customers: int, seed: int = 1) -> dict
         raise SystemExit(f"finrec plan failed: {done.stderr}")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
     info = json.loads(summary.read_text())
-    return {"customers": customers, "generate_seconds": generate_seconds, "plan_seconds_end_to_end": seconds,
-            "peak_rss_mib": peak, "summary": info, "stdout": done.stdout}
+    return {
+        "customers": customers,
+        "generate_seconds": generate_seconds,
+        "plan_seconds_end_to_end": seconds,
+        "peak_rss_mib": peak,
+        "summary": info,
+        "stdout": done.stdout,
+    }
 
 
 def main() -> None:
@@ -161,21 +224,29 @@ def main() -> None:
             out["quality"], model_dir = quality(workdir, args.seed)
             q = out["quality"]
             print(f"Quality on {q['customers']} held-out customers, capacities {q['capacity']}")
-            print(f"{'contacts':<10}{'plan':>12}{'greedy':>12}{'ceiling':>12}{'plan/ceil':>11}{'greedy/ceil':>12}{'binding':>9}")
+            print(
+                f"{'contacts':<10}{'plan':>12}{'greedy':>12}{'ceiling':>12}{'plan/ceil':>11}{'greedy/ceil':>12}{'binding':>9}"
+            )
             for contacts, r in q["plans"].items():
-                print(f"{contacts:<10}{r['plan_true_value']:>12.0f}{r['greedy_true_value']:>12.0f}{r['ceiling_true_value']:>12.0f}"
-                      f"{r['plan_over_ceiling']:>11.3f}{r['greedy_over_ceiling']:>12.3f}{r['binding']:>9}")
+                print(
+                    f"{contacts:<10}{r['plan_true_value']:>12.0f}{r['greedy_true_value']:>12.0f}{r['ceiling_true_value']:>12.0f}"
+                    f"{r['plan_over_ceiling']:>11.3f}{r['greedy_over_ceiling']:>12.3f}{r['binding']:>9}"
+                )
             print("(true expected value of each plan; ceiling: the best plan computed from the true probabilities)")
             print(f"{'contacts':<10}{'exact':>12}{'s':>7}{'dual':>12}{'bound':>12}{'s':>7}{'dual/exact':>11}")
             for contacts, r in q["solvers"].items():
-                print(f"{contacts:<10}{r['exact_value']:>12.1f}{r['exact_seconds']:>7.2f}{r['dual_value']:>12.1f}"
-                      f"{r['dual_bound']:>12.1f}{r['dual_seconds']:>7.2f}{r['dual_over_exact']:>11.5f}")
+                print(
+                    f"{contacts:<10}{r['exact_value']:>12.1f}{r['exact_seconds']:>7.2f}{r['dual_value']:>12.1f}"
+                    f"{r['dual_bound']:>12.1f}{r['dual_seconds']:>7.2f}{r['dual_over_exact']:>11.5f}"
+                )
         s = scale(workdir, model_dir, args.customers)
         out["scale"] = s
         info = s["summary"]
-        print(f"Scale: {args.customers} customers x {info['products']} products, `finrec plan --solver dual` end to end "
-              f"{s['plan_seconds_end_to_end']:.1f}s (build {info['seconds']['build']:.1f}s, solve {info['seconds']['solve']:.1f}s), "
-              f"peak RSS {s['peak_rss_mib']:.0f} MiB, {os.cpu_count()} cores")
+        print(
+            f"Scale: {args.customers} customers x {info['products']} products, `finrec plan --solver dual` end to end "
+            f"{s['plan_seconds_end_to_end']:.1f}s (build {info['seconds']['build']:.1f}s, solve {info['seconds']['solve']:.1f}s), "
+            f"peak RSS {s['peak_rss_mib']:.0f} MiB, {os.cpu_count()} cores"
+        )
         print(s["stdout"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1, default=str))

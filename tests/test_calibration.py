@@ -20,72 +20,103 @@ from finrec.recommend.recommender import Recommender
 from finrec.training.calibration import (
     Calibration,
     brier_score,
+    centred_knots,
+    choice_probabilities,
     expected_calibration_error,
     fit_calibration,
     reliability_table,
 )
 
 
+T = 0.5
+
+
 def synthetic_scores(n=4000, P=3, seed=0):
-    """Scores whose true adoption probability is a known increasing function per product."""
+    """Cosine scores, some products held, and a true adoption probability that is a known
+    increasing function of each product's choice probability q."""
     rng = np.random.default_rng(seed)
     scores = rng.uniform(-1, 1, (n, P))
-    true = 1 / (1 + np.exp(-(3 * scores - 2 - np.arange(P))))
+    held = rng.random((n, P)) < 0.15
+    q = choice_probabilities(scores, held, T)
+    true = np.where(held, 0.0, 0.8 * q**1.5 * (1 + np.arange(P)) / P)
     adopted = rng.random((n, P)) < true
-    return scores, adopted, true
+    return scores, adopted, held, true
 
 
-def test_isotonic_maps_match_scikit_learn_and_are_monotone():
+def test_choice_probabilities_by_a_loop():
+    scores = np.array([[0.1, 0.5, -0.2], [0.3, 0.3, 0.9], [0.2, 0.1, 0.0]])
+    held = np.array([[False, True, False], [False, False, False], [True, True, True]])
+    q = choice_probabilities(scores, held, T)
+    for i in range(3):
+        free = [j for j in range(3) if not held[i, j]]
+        total = sum(np.exp(scores[i, j] / T) for j in free)
+        for j in range(3):
+            assert q[i, j] == pytest.approx(0.0 if held[i, j] else np.exp(scores[i, j] / T) / total)
+
+
+def test_plain_isotonic_maps_match_scikit_learn():
     from sklearn.isotonic import IsotonicRegression
 
-    scores, adopted, _ = synthetic_scores()
-    eligible = np.ones_like(adopted)
-    eligible[::7, 1] = False  # a held product is no data for its own probability
-    calibration = fit_calibration(scores, adopted, eligible, ["a", "b", "c"])
-    probs = calibration(scores)
+    scores, adopted, held, _ = synthetic_scores()
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, centred=False)
+    probs = calibration(scores, held)
+    q = choice_probabilities(scores, held, T)
     for j in range(3):
-        mask = eligible[:, j]
-        reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(scores[mask, j], adopted[mask, j])
-        np.testing.assert_allclose(probs[:, j], reference.predict(scores[:, j]), atol=1e-6)
-        order = np.argsort(scores[:, j])
-        assert (np.diff(probs[order, j]) >= -1e-7).all()
-    assert probs.min() >= 0 and probs.max() <= 1
-    np.testing.assert_allclose(
-        calibration.at(np.array([[2, 0], [-1, 1]]), scores[:2, [2, 0]]),
-        [[probs[0, 2], probs[0, 0]], [np.nan, probs[1, 0]]],
-        atol=1e-6,
-    )
+        mask = ~held[:, j]
+        reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(q[mask, j], adopted[mask, j])
+        np.testing.assert_allclose(probs[mask, j], reference.predict(q[mask, j]), atol=1e-6)
+    assert (probs[held] == 0).all() and probs.min() >= 0 and probs.max() <= 1
+
+
+def test_centred_knots_sit_at_the_block_means():
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.random(500)
+    y = (rng.random(500) < x**2).astype(float)
+    kx, ky = centred_knots(x, y)
+    fitted = IsotonicRegression(y_min=0, y_max=1).fit(x, y).predict(x)
+    levels = np.unique(fitted)
+    np.testing.assert_allclose(ky[1:-1], levels)
+    for level, centre in zip(levels, kx[1:-1]):
+        assert centre == pytest.approx(x[fitted == level].mean())
+    assert (np.diff(kx) > 0).all() and (np.diff(ky[1:-1]) > 0).all()
+    assert kx[0] == x.min() and kx[-1] == x.max() and 0 <= ky[0] <= ky[1] and ky[-2] <= ky[-1] <= 1
 
 
 def test_calibration_recovers_known_probabilities():
-    scores, adopted, true = synthetic_scores(n=20000)
-    calibration = fit_calibration(scores, adopted, np.ones_like(adopted), ["a", "b", "c"])
-    test_scores, _, test_true = synthetic_scores(n=20000, seed=1)
-    assert expected_calibration_error(calibration(test_scores), test_true) < 0.01
-    assert expected_calibration_error(np.clip(test_scores, 0, 1), test_true) > 0.1
+    scores, adopted, held, _ = synthetic_scores(n=20000)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    test_scores, _, test_held, test_true = synthetic_scores(n=20000, seed=1)
+    free = ~test_held
+    assert expected_calibration_error(calibration(test_scores, test_held)[free], test_true[free]) < 0.01
+    assert expected_calibration_error(np.clip(test_scores, 0, 1)[free], test_true[free]) > 0.1
 
 
 def test_rare_products_use_the_pooled_map_at_their_own_rate():
-    scores, adopted, _ = synthetic_scores(n=3000)
+    scores, adopted, held, _ = synthetic_scores(n=3000)
     adopted[:, 2] = False
-    adopted[:5, 2] = True  # 5 adoptions: too few for a map of its own
-    calibration = fit_calibration(scores, adopted, np.ones_like(adopted), ["a", "b", "c"], min_positives=20)
+    adopted[np.flatnonzero(~held[:, 2])[:5], 2] = True  # 5 adoptions: too few for a map of its own
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, min_positives=20)
     assert calibration.pooled == [False, False, True]
-    mean = calibration(scores)[:, 2].mean()
-    assert mean == pytest.approx((5 + adopted.mean()) / (3000 + 1), rel=0.05)
+    free = ~held[:, 2]
+    mean = calibration(scores, held)[free, 2].mean()
+    assert mean == pytest.approx((5 + adopted[~held].mean()) / (free.sum() + 1), rel=0.05)
 
 
 def test_json_round_trip_and_damage():
-    scores, adopted, _ = synthetic_scores()
-    calibration = fit_calibration(scores, adopted, np.ones_like(adopted), ["a", "b", "c"])
+    scores, adopted, held, _ = synthetic_scores()
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
     again = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
-    np.testing.assert_array_equal(again(scores), calibration(scores))
+    np.testing.assert_array_equal(again(scores, held), calibration(scores, held))
     raw = calibration.to_dict()
     raw["products"][0]["y"] = list(reversed(raw["products"][0]["y"]))
     with pytest.raises(ArtifactError, match="non-decreasing"):
         Calibration.from_dict(raw)
     with pytest.raises(ArtifactError, match="damaged"):
-        Calibration.from_dict({"format": 1})
+        Calibration.from_dict({**calibration.to_dict(), "temperature": -1})
+    with pytest.raises(ArtifactError, match="damaged"):
+        Calibration.from_dict({"format": 2})
 
 
 def test_measures_by_hand():
@@ -124,7 +155,7 @@ def test_trained_model_is_calibrated_on_new_customers(trained):
     ]
     true = period_adoption_probabilities(first, settings, draws=400, seed=0)
     cosine = trained.score(fresh.customers, fresh.holdings)
-    calibrated = trained.calibration(cosine)
+    calibrated = trained.calibration(cosine, held)
     ece, ece_raw = (expected_calibration_error(p[~held], true[~held]) for p in (calibrated, np.clip(cosine, 0, 1)))
     assert ece < 0.03 and ece < ece_raw / 2, (ece, ece_raw)
 
@@ -202,13 +233,12 @@ def test_score_probabilities_column(model_dir, small_data_dir, tmp_path):
     table = pd.read_csv(out)
     assert list(table.columns) == ["customer_id", "rank", "product_id", "score", "probability"]
     assert table["probability"].between(0, 1).all()
-    calibration = load_model_dir(model_dir).trained.calibration
-    ids = list(calibration.product_ids)
-    expected = [
-        np.interp(s, calibration.knots_x[ids.index(p)], calibration.knots_y[ids.index(p)])
-        for s, p in zip(table["score"], table["product_id"])
-    ]
-    np.testing.assert_allclose(table["probability"], expected, atol=1e-5)
+    # The same probabilities as a single request gives (one ranking core, one calibration).
+    recommender = Recommender.load(model_dir, small_data_dir)
+    for customer, rows in list(table.groupby("customer_id"))[:30]:
+        expected = {item.product_id: item.probability for item in recommender.recommend(str(customer), k=3).items}
+        for pid, probability in zip(rows["product_id"], rows["probability"]):
+            assert probability == pytest.approx(expected[pid], abs=1e-5)
     plain = tmp_path / "plain.csv"
     assert (
         main(["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(plain), "--k", "3"]) == 0

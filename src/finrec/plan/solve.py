@@ -157,12 +157,14 @@ def solve_exact(w: np.ndarray, capacity: np.ndarray, contacts: int = 1) -> Plan:
     pair_rows, pair_cols = np.nonzero(w > 0)
     rows, cols, rounding = flow_plan(w, capacity, contacts, pair_rows, pair_cols)
     value = plan_value(w, rows, cols)
-    return Plan(rows, cols, value, value + rounding, np.zeros(w.shape[1]), "exact (min-cost flow)",
-                time.perf_counter() - start)
+    return Plan(
+        rows, cols, value, value + rounding, np.zeros(w.shape[1]), "exact (min-cost flow)", time.perf_counter() - start
+    )
 
 
-def flow_plan(w: np.ndarray, capacity: np.ndarray, contacts: int, pair_rows: np.ndarray,
-              pair_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def flow_plan(
+    w: np.ndarray, capacity: np.ndarray, contacts: int, pair_rows: np.ndarray, pair_cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The best plan using only the given pairs, by min-cost flow: source -> customer (capacity
     ``contacts``) -> product (1 per pair, cost -w scaled to integers) -> sink (capacity
     ``cap_j``), plus a source -> sink bypass at cost 0 so that nobody has to be contacted.
@@ -182,7 +184,9 @@ def flow_plan(w: np.ndarray, capacity: np.ndarray, contacts: int, pair_rows: np.
     tails = np.concatenate([np.zeros(na, np.int64), 1 + customer_node, 1 + na + np.arange(P), [source]])
     heads = np.concatenate([1 + np.arange(na), 1 + na + pair_cols, np.full(P, sink), [sink]])
     caps = np.concatenate([np.full(na, contacts, np.int64), np.ones(len(pair_rows), np.int64), product_caps, [supply]])
-    unit = np.concatenate([np.zeros(na, np.int64), -np.rint(pair_w * scale).astype(np.int64), np.zeros(P, np.int64), [0]])
+    unit = np.concatenate(
+        [np.zeros(na, np.int64), -np.rint(pair_w * scale).astype(np.int64), np.zeros(P, np.int64), [0]]
+    )
     flow = min_cost_flow.SimpleMinCostFlow()
     flow.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, unit)
     flow.set_node_supply(source, supply)
@@ -199,9 +203,16 @@ def flow_plan(w: np.ndarray, capacity: np.ndarray, contacts: int, pair_rows: np.
 # ---------------------------------------------------------------------------------- dual
 
 
-def solve_dual(w: np.ndarray, capacity: np.ndarray, contacts: int = 1, max_sweeps: int = 30,
-               tolerance: float = 1e-6, candidates: int = 2, time_limit: float | None = None,
-               baseline: Plan | None = None) -> Plan:
+def solve_dual(
+    w: np.ndarray,
+    capacity: np.ndarray,
+    contacts: int = 1,
+    max_sweeps: int = 30,
+    tolerance: float = 1e-6,
+    candidates: int = 2,
+    time_limit: float | None = None,
+    baseline: Plan | None = None,
+) -> Plan:
     """Prices by coordinate descent on the dual ``D``, then the best plan among near-optimal pairs.
 
     1. Each sweep sets every capacitated product's price, in turn, to the exact minimiser of
@@ -252,8 +263,16 @@ def solve_dual(w: np.ndarray, capacity: np.ndarray, contacts: int = 1, max_sweep
     base = baseline if baseline is not None else greedy(w, capacity, c)
     if base.value > value:
         rows, cols, value = base.rows, base.cols, base.value
-    return Plan(rows, cols, value, max(best_bound, value), prices, "dual (prices + min-cost flow on candidates)",
-                time.perf_counter() - start, sweeps)
+    return Plan(
+        rows,
+        cols,
+        value,
+        max(best_bound, value),
+        prices,
+        "dual (prices + min-cost flow on candidates)",
+        time.perf_counter() - start,
+        sweeps,
+    )
 
 
 def _candidate_plan(w, capacity, c, lam, k) -> tuple[np.ndarray, np.ndarray]:

@@ -182,8 +182,12 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
 
         def score(start: int, chunk: pd.DataFrame) -> pa.Table:
             held = lookup.result().slice(start, start + len(chunk))
-            ranking = recommender.rank(recommender.context(chunk, held=held), k, filters, workers=1)
-            chosen = calibration.at(ranking.index, ranking.scores) if calibration else None
+            context = recommender.context(chunk, held=held)
+            ranking = recommender.rank(context, k, filters, workers=1)
+            chosen = None
+            if calibration is not None:  # the whole row is needed (a softmax): one more tower pass
+                full = recommender.probabilities(context, recommender.index.scores(recommender.embed(context, workers=1)))
+                chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
             return topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores, chosen)
 
         in_flight: collections.deque = collections.deque()

@@ -217,12 +217,13 @@ class Recommender:
         """Cosine similarity float32 [n, P]."""
         return self.index.scores(self.embed(context))
 
-    def probabilities(self, context: CustomerContext | None = None, scores: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated adoption probabilities float32 [n, P] of the customers in ``context`` (or of
-        given cosine ``scores`` [n, P]); a model without calibration raises ``FinrecError``."""
+    def probabilities(self, context: CustomerContext, scores: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated adoption probabilities float32 [n, P] of the customers in ``context`` (their
+        cosine ``scores`` [n, P] when already computed); 0 for held products. A model without
+        calibration raises ``FinrecError``."""
         if self.calibration is None:
             raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
-        return self.calibration(self.scores(context) if scores is None else scores)
+        return self.calibration(self.scores(context) if scores is None else scores, context.held)
 
     def masks(self, context: CustomerContext, filters: F.Filters) -> dict[str, np.ndarray]:
         return F.exclusion_masks(context.attributes, context.held, self.catalogue, filters)
@@ -248,6 +249,8 @@ class Recommender:
         context = self._single(customer)
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
+        # One more tower pass for one customer: the probability needs the whole row (a softmax).
+        probabilities = self.probabilities(context)[0] if self.calibration is not None else None
         items = []
         for rank, (j, score) in enumerate(zip(ranking.index[0], ranking.scores[0]), start=1):
             if not np.isfinite(score):
@@ -258,7 +261,7 @@ class Recommender:
                 score=float(score),
                 product=self.products[j],
                 reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
-                probability=self._probability(j, score),
+                probability=None if probabilities is None else float(probabilities[j]),
             ))
         eligible = int((~excluded[0]).sum())
         message = None
@@ -266,11 +269,6 @@ class Recommender:
             message = f"only {eligible} product(s) are eligible under these filters; returning {len(items)} instead of {k}"
         customer_id = None if isinstance(customer, dict) else str(customer)
         return RecommendationResult(customer_id, int(k), items, eligible, filters, message)
-
-    def _probability(self, j: int, score: float) -> float | None:
-        if self.calibration is None:
-            return None
-        return float(np.interp(score, self.calibration.knots_x[j], self.calibration.knots_y[j]))
 
     def audit(self, customer: str | dict, filters: F.Filters | dict | str | None = None) -> pd.DataFrame:
         """Every product with its score and, when excluded, the rule that removed it and why."""

@@ -364,4 +364,4 @@ def calibrate(trained: TrainedModel, dataset: Dataset) -> Calibration:
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
     scores = trained.score(dataset.customers, dataset.holdings)
-    return fit_calibration(scores, adopted, ~held, list(pipeline.product_ids_))
+    return fit_calibration(scores, adopted, held, list(pipeline.product_ids_), trained.config.training.temperature)
