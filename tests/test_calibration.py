@@ -27,7 +27,6 @@ from finrec.training.calibration import (
     reliability_table,
 )
 
-
 T = 0.5
 
 
@@ -261,3 +260,26 @@ def test_rest_api_returns_probability_beside_score(model_dir, small_data_dir, sm
         body = client.post("/recommendations", json={"customer_id": customer, "k": 2}).json()
     for item in body["recommendations"]:
         assert 0 <= item["probability"] <= 1 and "score" in item
+
+
+@pytest.mark.slow
+def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_dir, tmp_path, capsys):
+    from finrec.data.io import write_dataset
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    # The training data itself is refused: its customers taught the model.
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["data_path"] = str(small_data_dir)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["calibrate", "--model", str(copy), "--data", str(small_data_dir)]) == 2
+    assert "trained on" in capsys.readouterr().err
+    tables = generate(GeneratorSettings(n_customers=800, seed=21))
+    for name in ("customers", "holdings", "interactions", "ground_truth"):  # new people, new ids
+        tables[name] = tables[name].assign(customer_id="N" + tables[name]["customer_id"].astype(str))
+    fresh = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "fresh")
+    before = load_model_dir(copy).trained.calibration
+    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    loaded = load_model_dir(copy)  # checksums verified: the directory was rewritten whole
+    assert loaded.trained.calibration.customers == 800 != before.customers
+    assert loaded.manifest["calibration_data"] == str(fresh.resolve())

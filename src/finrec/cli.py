@@ -6,6 +6,7 @@
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
     finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
+    finrec calibrate --model MODEL_DIR --data DIR
     finrec plan      --model MODEL_DIR --data DIR --out plan.csv [--capacity caps.csv] [--contacts-per-customer 1]
     finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000]
 
@@ -211,19 +212,49 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def _load_model_for(model_dir: Path, schema):
+    """The model directory, checked against the data's schema. The products' value column is
+    campaign data, not a model input: a model trained before it was named still matches."""
+    from finrec.artifacts import load_model_dir, read_manifest, schema_hash
+
+    expect = schema.to_dict()
+    if schema.products.value and schema_hash(expect) != read_manifest(model_dir, verify=False).get("schema_hash"):
+        expect = schema.without_value().to_dict()
+    return load_model_dir(model_dir, expect_schema=expect)
+
+
+def cmd_calibrate(args) -> int:
+    from finrec.artifacts import save_model_dir
+    from finrec.data import schema as S
+    from finrec.data.io import find_table, fingerprint, load_dataset, read_id_column
+    from finrec.training.train import calibrate
+
+    dataset = load_dataset(args.data)
+    loaded = _load_model_for(args.model, dataset.schema)
+    manifest = loaded.manifest
+    trained_on = manifest.get("data_path")
+    # Calibrating on customers the model learned from would make it look surer than it is.
+    if trained_on and Path(trained_on).is_dir():
+        seen = set(read_id_column(find_table(Path(trained_on), S.CUSTOMERS), dataset.schema.customers.id).to_pylist())
+        overlap = [c for c in dataset.customers[dataset.schema.customers.id].astype(str) if c in seen]
+        if overlap:
+            raise FinrecError(f"{args.data}: {len(overlap)} customer(s) (e.g. {overlap[0]!r}) are in the data the model "
+                              f"was trained on ({trained_on}); calibrate on held-out customers")
+    trained = loaded.trained
+    trained.calibration = calibrate(trained, dataset)
+    save_model_dir(trained, args.model, data_fingerprint=manifest.get("data_fingerprint", ""), data_path=trained_on,
+                   extra={"calibration_data": str(Path(args.data).resolve()),
+                          "calibration_fingerprint": fingerprint(args.data)})
+    print(f"calibrated {args.model} on {trained.calibration.customers} customers of {args.data}")
+    return 0
+
+
 def cmd_plan(args) -> int:
-    from finrec.artifacts import load_model_dir
     from finrec.data.io import read_schema
     from finrec.plan import campaign
     from finrec.recommend.recommender import Recommender
 
-    schema = read_schema(args.data)
-    # The products' value column is campaign data, not a model input: a model trained before
-    # it was named still matches.
-    try:
-        loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
-    except FinrecError:
-        loaded = load_model_dir(args.model, expect_schema=schema.without_value().to_dict())
+    loaded = _load_model_for(args.model, read_schema(args.data))
     recommender = Recommender(loaded.trained)
     problem = campaign.build_problem(recommender, args.data, _filters_from(args), args.min_probability,
                             **({"chunk_rows": args.chunk_rows} if args.chunk_rows else {}))
@@ -338,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     _filter_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("calibrate", help="refit a model's probabilities on held-out customers (rewrites the model)")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="held-out customers with their interactions")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("plan", help="a campaign: whom to contact with which product, under capacities")
     p.add_argument("--model", required=True, type=Path)
