@@ -137,13 +137,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from finrec.artifacts import load_model_dir
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset
     from finrec.evaluate.report import evaluate, format_table
 
     dataset = load_dataset(args.data)
-    loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
+    loaded = _load_model_for(args.model, dataset.schema)
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
     print(format_table(results, args.k))
     output = {"k": args.k, "data": str(args.data), "results": results}
@@ -168,13 +167,11 @@ def _filters_from(args) -> dict:
 
 
 def cmd_score(args) -> int:
-    from finrec.artifacts import load_model_dir
     from finrec.data.io import read_schema
     from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, score_dataset
     from finrec.recommend.recommender import Recommender
 
-    schema = read_schema(args.data)
-    loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
+    loaded = _load_model_for(args.model, read_schema(args.data))
     from finrec.recommend.filters import UNFILTERED
 
     filters = UNFILTERED if args.unfiltered else _filters_from(args)

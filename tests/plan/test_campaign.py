@@ -15,7 +15,7 @@ from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import load_dataset
 from finrec.errors import DataError, FinrecError
-from finrec.plan.campaign import build_problem, plan_campaign, product_values, read_capacities
+from finrec.plan.campaign import build_problem, plan_campaign, plan_table, product_values, read_capacities
 from finrec.recommend import filters as F
 from finrec.recommend.recommender import Recommender
 
@@ -188,3 +188,25 @@ def test_a_model_without_calibration_cannot_plan(model_dir, small_data_dir, tmp_
     assert recommender.calibration is None
     with pytest.raises(FinrecError, match="no calibration"):
         build_problem(recommender, small_data_dir)
+
+
+def test_naming_a_value_column_later_keeps_the_model_usable(model_dir, small_data_dir, tmp_path, capsys):
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    products = pd.read_parquet(data / "products.parquet")
+    products.assign(margin=2.0).to_parquet(data / "products.parquet")
+    schema = yaml.safe_load((data / "schema.yaml").read_text())
+    schema["products"]["value"] = "margin"
+    (data / "schema.yaml").write_text(yaml.safe_dump(schema))
+    assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "s.parquet")]) == 0
+    recommender = Recommender.load(model_dir, data)
+    assert recommender.recommend(str(recommender.known_customers["customer_id"].iloc[0]), k=1).items
+    capsys.readouterr()
+
+
+def test_an_empty_plan_writes_an_empty_table(problem, tmp_path):
+    result = plan_campaign(problem, np.zeros(len(problem.product_ids)), 1)
+    assert len(result.plan.rows) == 0 and result.plan.value == 0
+    table = plan_table(problem, result.plan)
+    assert list(table.columns) == ["customer_id", "product_id", "probability", "expected_value", "reason"]
+    assert len(table) == 0

@@ -118,7 +118,9 @@ class Recommender:
         dataset = None
         if data_dir and Path(data_dir).is_dir():
             dataset = load_dataset(data_dir, require_interactions=False)
-            if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
+            # The products' value column (``finrec plan``) is no model input: it may be named later.
+            model_schema = loaded.trained.pipeline.full_schema
+            if dataset.schema.without_value().to_dict() != model_schema.without_value().to_dict():
                 raise FinrecError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
         return cls(loaded.trained, dataset)
 
