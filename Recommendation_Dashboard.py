@@ -639,6 +639,85 @@ def model_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
 
 
 # ------------------------------------------------------------------------------------ page
+# ------------------------------------------------------------------------------------ campaign
+CAMPAIGN_SHARE = 0.01  # default capacity of each product: this share of the customers
+
+
+@st.cache_resource(show_spinner="Scoring every customer for the campaign…", max_entries=4)
+def campaign_problem(model_dir: str, data_dir: str | None, filters_json: str):
+    from finrec.plan.campaign import build_problem
+
+    rec = load_recommender(model_dir, data_dir)
+    return build_problem(rec, rec.dataset.source, filters=json.loads(filters_json))
+
+
+def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters: F.Filters) -> None:
+    """Set capacities and contacts; see the optimal plan against greedy, the shadow prices, and
+    the offers per product and segment (``finrec plan`` on the customers loaded here)."""
+    from dataclasses import asdict, replace
+
+    from finrec.plan.campaign import format_summary, plan_campaign, plan_table, summary
+
+    if rec.calibration is None:
+        st.info("This model has no calibration, so no probabilities to plan with: retrain it, or run "
+                "`finrec calibrate --model M --data HELD_OUT`.")
+        return
+    if rec.dataset is None or rec.dataset.source is None:
+        st.info("No customer data is loaded to plan a campaign for.")
+        return
+    # A campaign never relaxes held products, suitability or the eligibility terms.
+    filters = replace(filters, exclude_held=True, suitability=True, eligibility=True)
+    problem = campaign_problem(model_dir, data_dir, json.dumps(asdict(filters)))
+    n = len(problem.customer_ids)
+    st.caption(f"{n:,} customers x {len(problem.product_ids)} products; every filter in the sidebar applies "
+               "(held products always excluded). Value per adoption: the schema's value column, else 1.")
+    with st.form("campaign"):
+        left, right = st.columns(2)
+        contacts = left.number_input("Contacts per customer", min_value=1, max_value=5, value=1, key="campaign_contacts")
+        floor = right.slider("Minimum probability", 0.0, 0.5, 0.0, 0.01, key="campaign_floor")
+        default = int(round(CAMPAIGN_SHARE * n))
+        limits = st.data_editor(
+            pd.DataFrame({"product_id": problem.product_ids, "capacity": [default] * len(problem.product_ids)}),
+            column_config={"capacity": st.column_config.NumberColumn(min_value=0, step=1, help="empty = unlimited")},
+            disabled=["product_id"], hide_index=True, key="campaign_capacities", width="stretch")
+        planned = st.form_submit_button("Plan the campaign")
+    if planned:
+        capacity = pd.to_numeric(limits["capacity"], errors="coerce").to_numpy(dtype="float64")
+        capacity = np.where(np.isnan(capacity), np.inf, np.floor(np.maximum(capacity, 0)))
+        probability = np.where(problem.probability >= floor, problem.probability, 0).astype(np.float32)
+        result = plan_campaign(replace(problem, probability=probability), capacity, int(contacts))
+        st.session_state["campaign_plan"] = (summary(result), plan_table(result.problem, result.plan))
+    if "campaign_plan" not in st.session_state:
+        st.info("Set the capacities and press **Plan the campaign**.")
+        return
+    info, table = st.session_state["campaign_plan"]
+    plan, base = info["plan"], info["greedy"]
+    a, b, c = st.columns(3)
+    a.metric("Expected value (optimal plan)", f"{plan['expected_value']:,.1f}",
+             delta=f"{plan['expected_value'] - base['expected_value']:+,.1f} vs greedy")
+    b.metric("Expected adoptions", f"{plan['expected_adoptions']:,.1f}",
+             delta=f"{plan['expected_adoptions'] - base['expected_adoptions']:+,.1f} vs greedy")
+    c.metric("Proven gap to the best plan", f"{info['relative_gap']:.3%}")
+    with st.expander("Summary as `finrec plan` prints it"):
+        st.code(format_summary(info))
+    if info["shadow_prices"]:
+        st.markdown("**Binding capacities** — what one more slot is worth")
+        st.dataframe(pd.DataFrame([{"product_id": pid, **row} for pid, row in info["shadow_prices"].items()])
+                     .sort_values("price", ascending=False), hide_index=True, key="campaign_prices")
+    segment = next((c for c in S.SYNTHETIC.customer_segments if c in rec.dataset.customers), None)
+    offers = table
+    if segment is not None:
+        segments = rec.dataset.customers.set_index(rec.schema.customers.id)[segment].astype(str)
+        offers = table.assign(**{segment: table["customer_id"].map(segments)})
+        st.markdown(f"**Offers per product and {segment}**")
+        st.dataframe(pd.crosstab(offers["product_id"], offers[segment], margins=True, margins_name="total"),
+                     key="campaign_segments")
+    from finrec.data.io import escape_formulas
+
+    st.download_button("Download the plan (CSV)", escape_formulas(offers).to_csv(index=False).encode(), "plan.csv",
+                       "text/csv")
+
+
 def page() -> None:
     st.markdown(
         f"<h2 style='margin-bottom:0;color:{ACCENT}'>🏦 finrec · product recommendations</h2>"
@@ -660,7 +739,7 @@ def page() -> None:
     plan = display_plan(model_dir, data_dir, rec)
     subject = choose_customer(rec, plan)
     filters = choose_filters(rec)
-    names = ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model"]
+    names = ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model", "Campaign"]
     if subject is None:
         (tab,) = st.tabs(["Model"])
         with tab:
@@ -683,6 +762,8 @@ def page() -> None:
         explain_tab(model_dir, data_dir, rec, plan, subject, result)
     with tabs["Model"]:
         model_tab(model_dir, data_dir, rec)
+    with tabs["Campaign"]:
+        campaign_tab(model_dir, data_dir, rec, filters)
 
 
 def _is_streamlit_control(exc: BaseException) -> bool:

@@ -50,7 +50,8 @@ def risk(table: pd.DataFrame) -> pd.Series:
 
 def test_page_shows_five_recommendations(app):
     assert not app.error
-    assert [t.label for t in app.tabs] == ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model"]
+    assert [t.label for t in app.tabs] == ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model",
+                                           "Campaign"]
     table = recommendations(app)
     assert len(table) == 5 and table["rank"].tolist() == [1, 2, 3, 4, 5]
     assert table["suitability"].str.startswith("✅ Suitable").all()
@@ -229,3 +230,15 @@ def test_a_damaged_evaluation_file_is_reported_not_raised(monkeypatch, tmp_path,
     at.run()
     assert not at.exception, at.exception
     assert any("model-evaluation.json: cannot read it" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_campaign_tab_plans_against_greedy(app):
+    at = rerun(app.number_input(key="campaign_contacts").set_value(2))
+    at = rerun(next(b for b in at.button if b.label == "Plan the campaign").click())
+    labels = {m.label: m for m in at.metric}
+    assert "Expected value (optimal plan)" in labels
+    assert not labels["Expected value (optimal plan)"].delta.startswith("-")  # never below greedy
+    prices = frame_with(at, "price")
+    assert (prices["price"] >= 0).all() and len(prices) >= 1  # 1% of customers per product binds somewhere
+    segments = frame_with(at, "total")
+    assert segments.loc["total", "total"] <= 2 * 1500

@@ -10,6 +10,7 @@ Layout::
       products.parquet         the catalogue with its details (for the recommender)
       config.yaml              the training configuration
       history.json             per-epoch training and validation metrics
+      calibration.json         optional: per-product maps from score to adoption probability
 
 A file that is missing, truncated or altered fails its checksum and the directory is refused
 with a message naming the file.
@@ -45,6 +46,8 @@ EMBEDDINGS_FILE = "product_embeddings.npy"
 PRODUCTS_FILE = "products.parquet"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.json"
+# Optional: a model without it loads and ranks, with no probabilities (finrec.training.calibration).
+CALIBRATION_FILE = "calibration.json"
 
 
 def _sha256(path: Path) -> str:
@@ -76,6 +79,8 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
         pq.write_table(pa.Table.from_pandas(trained.products, preserve_index=False), tmp / PRODUCTS_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(trained.config.to_dict(), sort_keys=False), encoding="utf-8")
         (tmp / HISTORY_FILE).write_text(json.dumps(trained.history, indent=1), encoding="utf-8")
+        if getattr(trained, "calibration", None) is not None:
+            (tmp / CALIBRATION_FILE).write_text(json.dumps(trained.calibration.to_dict()), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -95,6 +100,9 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
 # The files of the format, exactly: a manifest that omits one (whose checksum would then go
 # unchecked) or names another is refused.
 REQUIRED_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, EMBEDDINGS_FILE, PRODUCTS_FILE)
+# Files a model may carry (a model trained before they existed has none); checked like the rest
+# whenever the manifest lists them, and no other name is accepted.
+OPTIONAL_FILES = (CALIBRATION_FILE,)
 # Read limits for the JSON files, far above what training writes: a file is never read whole
 # into memory before its size is known.
 MAX_MANIFEST_BYTES = 1024**2
@@ -144,7 +152,7 @@ def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
             raise ArtifactError(f"{path}: {MANIFEST}: the checksum of {safe_text(name, quote=True)} is not a SHA-256 "
                                 f"hex digest: {safe_text(checksum, 80, quote=True)}")
     missing = [name for name in REQUIRED_FILES if name not in files]
-    extra = sorted(name for name in files if name not in REQUIRED_FILES)
+    extra = sorted(name for name in files if name not in REQUIRED_FILES and name not in OPTIONAL_FILES)
     if missing:
         raise ArtifactError(f"{path}: {MANIFEST} does not list {safe_items(missing, quote=False)}: damaged or "
                             "altered (every file of the model must be listed with its checksum)")
@@ -163,7 +171,8 @@ def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
 
 def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The manifest of a model directory, after checking its structure and, with ``verify``,
-    every file's checksum. The manifest must list exactly ``REQUIRED_FILES``."""
+    every file's checksum. The manifest must list exactly ``REQUIRED_FILES``, and may list
+    ``OPTIONAL_FILES``."""
     path = Path(path)
     recover(path)
     if not path.is_dir():
@@ -173,7 +182,7 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
         raise ArtifactError(f"{path}: not a finrec model directory ({MANIFEST} is missing)")
     manifest = _check_manifest(path, _read_json(manifest_path, MAX_MANIFEST_BYTES))
     if verify:
-        for name in REQUIRED_FILES:
+        for name in (*REQUIRED_FILES, *(name for name in OPTIONAL_FILES if name in manifest["files"])):
             file = path / name
             if not file.is_file():
                 raise ArtifactError(f"{path}: {name} is missing")
@@ -346,6 +355,14 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     except Exception as exc:  # noqa: BLE001 - a foreign Keras model lacks the towers or layers looked up
         raise ArtifactError(f"{path}: {MODEL_FILE} is not a finrec two-tower model "
                             f"({type(exc).__name__}: {safe_text(str(exc).split(chr(10), 1)[0])})") from None
+    calibration = _part(path, CALIBRATION_FILE, _load_calibration) if CALIBRATION_FILE in manifest["files"] else None
     trained = TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history,
-                           product_embeddings_=embeddings)
+                           product_embeddings_=embeddings, calibration=calibration)
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
+
+
+def _load_calibration(file: Path):
+    """The model's ``Calibration`` (per-product maps from score to adoption probability)."""
+    from finrec.training.calibration import Calibration
+
+    return Calibration.from_dict(_read_json(file, MAX_JSON_BYTES), source=str(file))

@@ -6,6 +6,8 @@
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
     finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
+    finrec calibrate --model MODEL_DIR --data DIR
+    finrec plan      --model MODEL_DIR --data DIR --out plan.csv [--capacity caps.csv] [--contacts-per-customer 1]
     finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000]
 
 Errors in the input print one clear line and exit with status 2; nothing is half-written.
@@ -157,7 +159,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from finrec.artifacts import load_model_dir
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset
     from finrec.evaluate.report import evaluate, format_table
@@ -168,7 +169,7 @@ def cmd_evaluate(args) -> int:
         refuse_overlap(args.json, {"--data": args.data, "--model": args.model}, what="--json")
         check_writable(args.json, "file", what="--json")
     dataset = load_dataset(args.data)
-    loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
+    loaded = _load_model_for(args.model, dataset.schema)
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
     print(format_table(results, args.k))
     output = {"k": args.k, "data": str(args.data), "results": results}
@@ -193,7 +194,6 @@ def _filters_from(args) -> dict:
 
 
 def cmd_score(args) -> int:
-    from finrec.artifacts import load_model_dir
     from finrec.data.io import read_schema
     from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, check_scores_output, score_dataset
     from finrec.recommend.recommender import Recommender
@@ -205,13 +205,14 @@ def cmd_score(args) -> int:
         check_ray_output(args.out, inputs, what="--out")
     else:
         check_scores_output(args.out, inputs, what="--out")
-    schema = read_schema(args.data)
-    loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
+    loaded = _load_model_for(args.model, read_schema(args.data))
     from finrec.recommend.filters import UNFILTERED
 
     filters = UNFILTERED if args.unfiltered else _filters_from(args)
     chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
     if args.engine == "ray":
+        if args.probabilities:
+            raise FinrecError("--probabilities is not available with --engine ray yet; use the local engine")
         from finrec.recommend.ray_engine import score_dataset_ray
 
         customers, rows = score_dataset_ray(args.model, args.data, args.out, k=args.k, filters=filters,
@@ -219,7 +220,7 @@ def cmd_score(args) -> int:
         print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
         return 0
     customers, rows = score_dataset(Recommender(loaded.trained), args.data, args.out, k=args.k, filters=filters,
-                                    chunk_rows=chunk_rows)
+                                    chunk_rows=chunk_rows, probabilities=args.probabilities)
     print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
     return 0
 
@@ -244,6 +245,77 @@ def cmd_recommend(args) -> int:
     if result.message:
         print(f"note: {result.message}")
     return 0
+
+
+def _load_model_for(model_dir: Path, schema):
+    """The model directory, checked against the data's schema. The products' value column is
+    campaign data, not a model input: a model trained before it was named still matches."""
+    from finrec.artifacts import load_model_dir, read_manifest, schema_hash
+
+    expect = schema.to_dict()
+    if schema.products.value and schema_hash(expect) != read_manifest(model_dir, verify=False).get("schema_hash"):
+        expect = schema.without_value().to_dict()
+    return load_model_dir(model_dir, expect_schema=expect)
+
+
+def cmd_calibrate(args) -> int:
+    from finrec.artifacts import save_model_dir
+    from finrec.data import schema as S
+    from finrec.data.io import find_table, fingerprint, load_dataset, read_id_column
+    from finrec.training.train import calibrate
+
+    dataset = load_dataset(args.data)
+    loaded = _load_model_for(args.model, dataset.schema)
+    manifest = loaded.manifest
+    trained_on = manifest.get("data_path")
+    # Calibrating on customers the model learned from would make it look surer than it is.
+    if trained_on and Path(trained_on).is_dir():
+        seen = set(read_id_column(find_table(Path(trained_on), S.CUSTOMERS), dataset.schema.customers.id).to_pylist())
+        overlap = [c for c in dataset.customers[dataset.schema.customers.id].astype(str) if c in seen]
+        if overlap:
+            raise FinrecError(f"{args.data}: {len(overlap)} customer(s) (e.g. {overlap[0]!r}) are in the data the model "
+                              f"was trained on ({trained_on}); calibrate on held-out customers")
+    trained = loaded.trained
+    trained.calibration = calibrate(trained, dataset)
+    save_model_dir(trained, args.model, data_fingerprint=manifest.get("data_fingerprint", ""), data_path=trained_on,
+                   extra={"calibration_data": str(Path(args.data).resolve()),
+                          "calibration_fingerprint": fingerprint(args.data)})
+    print(f"calibrated {args.model} on {trained.calibration.customers} customers of {args.data}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from finrec.data.io import read_schema
+    from finrec.plan import campaign
+    from finrec.recommend.recommender import Recommender
+
+    loaded = _load_model_for(args.model, read_schema(args.data))
+    recommender = Recommender(loaded.trained)
+    problem = campaign.build_problem(recommender, args.data, _filters_from(args), args.min_probability,
+                            **({"chunk_rows": args.chunk_rows} if args.chunk_rows else {}))
+    capacity = campaign.read_capacities(args.capacity, problem.product_ids) if args.capacity else None
+    result = campaign.plan_campaign(problem, capacity, args.contacts_per_customer, solver=args.solver)
+    info = campaign.summary(result)
+    campaign.write_plan(campaign.plan_table(problem, result.plan), args.out,
+               inputs=tuple(p for p in (args.data, args.model, args.capacity) if p))
+    print(campaign.format_summary(info))
+    print(f"wrote {info['plan']['offers']} offers to {args.out}")
+    if args.json:
+        from finrec.atomic import atomic_file
+
+        with atomic_file(args.json) as handle:
+            json.dump(info, handle, indent=1)
+    return 0
+
+
+def _probability_floor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {value}")
+    return value
 
 
 def cmd_serve(args) -> int:
@@ -321,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="customers per chunk (bounds memory; default 131,072)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: score on Ray Data (RAY_ADDRESS names a cluster; else a local Ray)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="add a probability column: the calibrated chance the customer adopts the product")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("recommend", help="the top K eligible products of one customer, with reasons")
@@ -331,6 +405,33 @@ def build_parser() -> argparse.ArgumentParser:
     _filter_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("calibrate", help="refit a model's probabilities on held-out customers (rewrites the model)")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="held-out customers with their interactions")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("plan", help="a campaign: whom to contact with which product, under capacities")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="dataset directory: the customers to plan for")
+    p.add_argument("--out", required=True, type=Path, help="the plan, .csv or .parquet")
+    p.add_argument("--capacity", type=Path, help="table product_id, capacity (products not listed: unlimited)")
+    p.add_argument("--contacts-per-customer", type=_positive_int, default=1, help="most offers per customer (default 1)")
+    p.add_argument("--min-probability", type=_probability_floor, default=0.0,
+                   help="never offer below this calibrated adoption probability (default 0)")
+    p.add_argument("--solver", choices=["auto", "exact", "dual"], default="auto",
+                   help="exact: min-cost flow; dual: prices per capacity, for millions of customers; auto: by size")
+    from finrec.recommend.filters import DEFAULT_PRESET, PRESET_HELP, PRESET_NAMES
+
+    # Held products, suitability and the eligibility terms always apply to a campaign: only the
+    # tightening filters are offered here.
+    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=PRESET_HELP)
+    p.add_argument("--category", action="append", help="only these product categories (repeatable)")
+    p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
+    p.set_defaults(no_suitability=False, include_held=False)
+    p.add_argument("--chunk-rows", type=_positive_int, default=None, help="customers read per chunk")
+    p.add_argument("--json", type=Path, help="also write the summary as JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("serve", help="the REST API")
     p.add_argument("--model", required=True, type=Path)

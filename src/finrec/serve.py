@@ -166,6 +166,8 @@ class RecommendationItem(BaseModel):
     rank: int
     product_id: str
     score: float
+    probability: float | None = Field(None, description="calibrated probability that the customer adopts the product "
+                                                         "in the period; null when the model has no calibration")
     product: ProductDetails
     reason: str
 
@@ -538,7 +540,8 @@ def _response(result) -> dict[str, Any]:
         "message": result.message,
         "filters": {name: getattr(result.filters, name) for name in FiltersOut.model_fields},
         "recommendations": [
-            {"rank": item.rank, "product_id": item.product_id, "score": item.score, "product": item.product, "reason": item.reason}
+            {"rank": item.rank, "product_id": item.product_id, "score": item.score, "probability": item.probability,
+             "product": item.product, "reason": item.reason}
             for item in result.items
         ],
     }

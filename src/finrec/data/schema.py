@@ -19,7 +19,7 @@ Column names used across finrec live here and nowhere else.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from finrec.errors import SchemaError, reject_unknown, safe_items, safe_text
@@ -55,7 +55,7 @@ AGE = "age"
 RISK_MIN, RISK_MAX = 1, 7
 
 _CUSTOMER_KEYS = {"id", "numeric", "categorical", "risk_tolerance", "protected", "log_numeric"}
-_PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric"}
+_PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric", "value"}
 DISPLAY = "display"
 _DISPLAY_KEYS = {"profile", "what_if", "segments", "product_name", "product_details", "labels"}
 MAX_LABEL_CHARS = 80
@@ -79,6 +79,9 @@ class TableSchema:
     category: str | None = None
     protected: tuple[str, ...] = ()
     log_numeric: tuple[str, ...] | None = None
+    # Products only: the column holding the money one adoption is worth (``finrec plan``); not a
+    # model feature unless also listed as numeric.
+    value: str | None = None
 
     @property
     def numeric_features(self) -> tuple[str, ...]:
@@ -169,7 +172,14 @@ class DatasetSchema:
         hints = self.display.to_dict()
         if display and hints:
             out[DISPLAY] = hints
+        if p.value:
+            out[PRODUCTS]["value"] = p.value
         return out
+
+    def without_value(self) -> "DatasetSchema":
+        """The schema without the products' value column: what a model depends on (the value is
+        campaign data, so a model trained before it was named still matches)."""
+        return replace(self, products=replace(self.products, value=None))
 
     def without_protected(self) -> "DatasetSchema":
         """The schema with the customers' protected columns removed from the features."""
@@ -253,6 +263,7 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
         category=_optional_column(raw.get("category"), f"{where}.category"),
         protected=protected,
         log_numeric=log_cols,
+        value=_optional_column(raw.get("value"), f"{where}.value") if "value" in allowed else None,
     )
 
 

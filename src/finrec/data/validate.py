@@ -164,7 +164,7 @@ def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
 def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
     """Every column the schema names must exist in the table."""
     named = [table.id, *table.numeric, *table.categorical]
-    named += [c for c in (table.risk, table.category) if c]
+    named += [c for c in (table.risk, table.category, table.value) if c]
     named += list(table.protected)
     missing = [c for c in dict.fromkeys(named) if c not in df.columns]
     if missing:

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from finrec.atomic import atomic_path, check_writable, refuse_overlap
 from finrec.data import schema as S
-from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
 from finrec.data.ids import as_arrow_text, positions_in, run_positions
+from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
 from finrec.errors import FinrecError
 from finrec.recommend import filters as F
 from finrec.recommend.index import default_workers, single_threaded_blas
@@ -35,6 +35,8 @@ OUTPUT_SCHEMA = pa.schema([
     (S.PRODUCT_ID, pa.string()),
     ("score", pa.float32()),
 ])
+# ``finrec score --probabilities``: the calibrated adoption probability beside the score.
+PROBABILITY_SCHEMA = OUTPUT_SCHEMA.append(pa.field(S.PROBABILITY, pa.float32()))
 DEFAULT_CHUNK_ROWS = 131_072  # measured best of 64k/128k/256k on 1M customers, 2 cores
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
@@ -95,18 +97,23 @@ class HoldingsByRow:
         return held
 
 
-def topk_table(customer_ids, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray) -> pa.Table:
-    """Long table ``customer_id, rank, product_id, score``; slots with no eligible product dropped.
-    ``customer_ids``: [n] text (Arrow, pandas or numpy)."""
+def topk_table(customer_ids, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray,
+               probabilities: np.ndarray | None = None) -> pa.Table:
+    """Long table ``customer_id, rank, product_id, score`` [+ ``probability`` when given, [n, k]];
+    slots with no eligible product dropped. ``customer_ids``: [n] text (Arrow, pandas or numpy)."""
     n, k = index.shape
     valid = np.isfinite(scores).ravel()
     owner = np.repeat(np.arange(n), k)[valid]
-    return pa.table({
+    columns = {
         S.CUSTOMER_ID: as_arrow_text(customer_ids).take(owner),
         "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)[valid]),
         S.PRODUCT_ID: product_ids.take(index.ravel()[valid]),
         "score": pa.array(scores.ravel()[valid].astype(np.float32)),
-    }, schema=OUTPUT_SCHEMA)
+    }
+    if probabilities is None:
+        return pa.table(columns, schema=OUTPUT_SCHEMA)
+    columns[S.PROBABILITY] = pa.array(probabilities.ravel()[valid].astype(np.float32))
+    return pa.table(columns, schema=PROBABILITY_SCHEMA)
 
 
 def _escape(array: pa.Array) -> pa.Array:
@@ -121,8 +128,9 @@ def _escape(array: pa.Array) -> pa.Array:
 class TopKWriter:
     """Streams tables to Parquet, or CSV with formula escaping when the name ends in .csv."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, schema: pa.Schema = OUTPUT_SCHEMA):
         self.path = Path(path)
+        self.schema = schema
         self.csv = self.path.suffix == ".csv"
         self.rows = 0
 
@@ -131,8 +139,8 @@ class TopKWriter:
         tmp = self._atomic.__enter__()
         # Customer ids are all distinct: dictionary-encoding them and their min/max statistics
         # only cost time (together about half of the write, measured on 1M customers).
-        self._writer = pacsv.CSVWriter(str(tmp), OUTPUT_SCHEMA) if self.csv else pq.ParquetWriter(
-            str(tmp), OUTPUT_SCHEMA, use_dictionary=["rank", S.PRODUCT_ID], write_statistics=["rank", S.PRODUCT_ID, "score"])
+        self._writer = pacsv.CSVWriter(str(tmp), self.schema) if self.csv else pq.ParquetWriter(
+            str(tmp), self.schema, use_dictionary=["rank", S.PRODUCT_ID], write_statistics=["rank", S.PRODUCT_ID, "score"])
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -148,9 +156,11 @@ class TopKWriter:
 
 
 def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None) -> tuple[int, int]:
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None,
+                  probabilities: bool = False) -> tuple[int, int]:
     """Write the top ``k`` eligible products of every customer in ``data_dir``'s customers table
-    to ``out``. Returns (customers scored, rows written).
+    to ``out``. Returns (customers scored, rows written). ``probabilities`` adds the calibrated
+    adoption probability of each row (the model must have a calibration).
 
     This thread reads and validates chunks and writes finished ones in file order; ``workers``
     threads (default: the CPUs this process may use) each featurize, rank (tower, cosine,
@@ -158,6 +168,9 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     memory stays bounded. Arrow, the Parquet writer and numpy's kernels release the GIL, so
     the threads share the cores (the measurements are in docs/benchmarks.md)."""
     filters = F.Filters.build(filters)
+    calibration = recommender.calibration if probabilities else None
+    if probabilities and calibration is None:
+        raise FinrecError("--probabilities: this model has no calibration (calibration.json); retrain it")
     data_dir = Path(data_dir)
     source = recommender.dataset.source if getattr(recommender, "dataset", None) is not None else None
     check_scores_output(out, {"the data directory": data_dir, "the recommender's data": source})
@@ -178,14 +191,19 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     workers = workers or default_workers()
     # BLAS threads would fight the chunk workers for the cores (OpenBLAS spins idle threads):
     # the workers are the parallelism.
-    with (TopKWriter(Path(out)) as writer, ThreadPoolExecutor(max_workers=workers) as pool,
+    with (TopKWriter(Path(out), PROBABILITY_SCHEMA if calibration else OUTPUT_SCHEMA) as writer, ThreadPoolExecutor(max_workers=workers) as pool,
           ThreadPoolExecutor(max_workers=1) as side, single_threaded_blas()):
         lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
 
         def score(start: int, chunk: pd.DataFrame) -> pa.Table:
             held = lookup.result().slice(start, start + len(chunk))
-            ranking = recommender.rank(recommender.context(chunk, held=held), k, filters, workers=1)
-            return topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores)
+            context = recommender.context(chunk, held=held)
+            ranking = recommender.rank(context, k, filters, workers=1)
+            chosen = None
+            if calibration is not None:  # the whole row is needed (a softmax): one more tower pass
+                full = recommender.probabilities(context, recommender.index.scores(recommender.embed(context, workers=1)))
+                chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
+            return topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores, chosen)
 
         in_flight: collections.deque = collections.deque()
         n_customers = 0

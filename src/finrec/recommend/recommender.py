@@ -43,6 +43,7 @@ class Recommendation:
     score: float
     product: dict[str, Any]
     reason: str
+    probability: float | None = None  # calibrated P(adopts); None when the model has no calibration
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Recommender:
         self.name_column, self.detail_columns = product_columns(trained.products, self.schema, self.display)
         shown = [c for c in (self.name_column, *self.detail_columns) if c]
         self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_, shown)
+        self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
@@ -118,7 +120,9 @@ class Recommender:
         dataset = None
         if data_dir and Path(data_dir).is_dir():
             dataset = load_dataset(data_dir, require_interactions=False)
-            if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
+            # The products' value column (``finrec plan``) is no model input: it may be named later.
+            model_schema = loaded.trained.pipeline.full_schema
+            if dataset.schema.without_value().to_dict() != model_schema.without_value().to_dict():
                 raise FinrecError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
         return cls(loaded.trained, dataset)
 
@@ -217,6 +221,14 @@ class Recommender:
         """Cosine similarity float32 [n, P]."""
         return self.index.scores(self.embed(context))
 
+    def probabilities(self, context: CustomerContext, scores: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated adoption probabilities float32 [n, P] of the customers in ``context`` (their
+        cosine ``scores`` [n, P] when already computed); 0 for held products. A model without
+        calibration raises ``FinrecError``."""
+        if self.calibration is None:
+            raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
+        return self.calibration(self.scores(context) if scores is None else scores, context.held)
+
     def masks(self, context: CustomerContext, filters: F.Filters) -> dict[str, np.ndarray]:
         return F.exclusion_masks(context.attributes, context.held, self.catalogue, filters)
 
@@ -241,6 +253,8 @@ class Recommender:
         context = self._single(customer)
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
+        # One more tower pass for one customer: the probability needs the whole row (a softmax).
+        probabilities = self.probabilities(context)[0] if self.calibration is not None else None
         items = []
         for rank, (j, score) in enumerate(zip(ranking.index[0], ranking.scores[0]), start=1):
             if not np.isfinite(score):
@@ -251,6 +265,7 @@ class Recommender:
                 score=float(score),
                 product=self.products[j],
                 reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
+                probability=None if probabilities is None else float(probabilities[j]),
             ))
         eligible = int((~excluded[0]).sum())
         message = None

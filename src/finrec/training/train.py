@@ -29,6 +29,7 @@ from finrec.evaluate.metrics import summarize
 from finrec.features import FeaturePipeline
 from finrec.model import losses as L
 from finrec.model.two_tower import build_two_tower, customer_embeddings, product_embeddings
+from finrec.training.calibration import Calibration, fit_calibration
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ class TrainedModel:
     products: pd.DataFrame
     history: dict[str, list[float]] = field(default_factory=dict)
     product_embeddings_: np.ndarray | None = None
+    calibration: Calibration | None = None  # cosine -> adoption probability; None: no probabilities
 
     def __post_init__(self):
         if self.product_embeddings_ is None:
@@ -321,8 +323,13 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
         raise DataError(f"interactions: only {len(with_positives)} customer(s) have interactions; training needs at least 10")
     train_ids, val_ids = split_customer_ids(np.sort(with_positives.astype(str)), training.validation_fraction, rng)
     cid = dataset.schema.customers.id
-    without_positives = dataset.customers[cid][~dataset.customers[cid].isin(with_positives)]
-    train_data = dataset.subset_customers(np.concatenate([train_ids, without_positives.to_numpy(dtype=str)]))
+    without_positives = dataset.customers[cid][~dataset.customers[cid].isin(with_positives)].to_numpy(dtype=str)
+    # The same share of the customers who adopted nothing is held out for the calibration, so
+    # that its set has the population's mix; drawn from its own stream, training's draws are the
+    # same as without it.
+    quiet_train, quiet_val = _hold_out(np.sort(without_positives), training.validation_fraction,
+                                       np.random.default_rng([training.seed, 1]))
+    train_data = dataset.subset_customers(np.concatenate([train_ids, quiet_train]))
     val_data = dataset.subset_customers(val_ids)
 
     pipeline = FeaturePipeline(dataset.schema, config.model.use_holdings, config.model.exclude_protected).fit(train_data)
@@ -334,5 +341,27 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
     def make_batches(sample_from):
         return TrainingBatches(examples, training.batch_size, rng, sample_from, training.num_negatives)
 
-    return train_model(pipeline, dataset.products, val_data, counts, make_batches, config, verbose, callbacks,
-                       record={"train_examples": [float(len(examples))]})
+    trained = train_model(pipeline, dataset.products, val_data, counts, make_batches, config, verbose, callbacks,
+                          record={"train_examples": [float(len(examples))]})
+    trained.calibration = calibrate(trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])))
+    return trained
+
+
+def _hold_out(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``split_customer_ids`` that also accepts sets too small to split (all kept)."""
+    if int(round(len(ids) * fraction)) in (0, len(ids)):
+        return ids, ids[:0]
+    return split_customer_ids(ids, fraction, rng)
+
+
+def calibrate(trained: TrainedModel, dataset: Dataset) -> Calibration:
+    """Fit ``trained``'s probability maps (``finrec.training.calibration``) on ``dataset``, whose
+    customers the model must not have been trained on: every one of them is data, adopters of
+    nothing included; products they hold are left out."""
+    cid = dataset.schema.customers.id
+    ids = dataset.customers[cid].to_numpy()
+    pipeline = trained.pipeline
+    held = pipeline.holdings_matrix(ids, dataset.holdings)
+    adopted = pipeline.holdings_matrix(ids, dataset.interactions)
+    scores = trained.score(dataset.customers, dataset.holdings)
+    return fit_calibration(scores, adopted, held, list(pipeline.product_ids_), trained.config.training.temperature)

@@ -1,0 +1,270 @@
+"""``finrec plan``: how good the plan is against the truth, and how fast it plans at scale.
+
+1. Quality. The default bank (30,000 customers) is split 80/20 by customer; the default model is
+   trained on the 80% (with its calibration) and plans a campaign for the 20%, with margins per
+   product type and capacities that bind. Every plan is judged by its TRUE expected value
+   (the synthetic bank's period adoption probabilities x margin): the model's optimal plan, the
+   greedy plan from the same probabilities, and the best plan computed from the true
+   probabilities themselves (the ceiling), under the same filters, capacities and contact limit.
+2. Exact vs dual on the held-out customers: value, proven gap and seconds of each solver.
+3. Scale: a bank of ``--customers`` (default 1,000,000) x 25 products planned end to end by the
+   CLI (``finrec plan --solver dual``, Parquet out) in a child process: wall time and peak memory.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/plan.py [--customers 1000000] [--skip-quality]
+
+Writes benchmarks/results/plan.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pandas as pd
+
+from finrec.artifacts import save_model_dir
+from finrec.config import Config
+from finrec.data import schema as S
+from finrec.data.io import dataset_tables, validate_tables, write_dataset
+from finrec.data.split import split_dataset
+from finrec.data.synthetic import GeneratorSettings, generate, period_adoption_probabilities
+from finrec.plan.campaign import build_problem, plan_campaign
+from finrec.plan.solve import greedy, solve_dual, solve_exact
+from finrec.recommend import filters as F
+from finrec.recommend.recommender import Recommender
+from finrec.training.train import fit
+
+RESULTS = Path(__file__).parent / "results" / "plan.json"
+# Money per adoption by product type (illustrative margins) and capacities as a share of customers.
+MARGIN = {
+    "current_account": 50,
+    "savings_account": 80,
+    "term_deposit": 120,
+    "credit_card": 150,
+    "personal_loan": 400,
+    "mortgage": 2500,
+    "investment_fund": 300,
+    "pension": 600,
+    "insurance": 200,
+}
+CAPACITY_SHARE = {
+    "mortgage": 0.004,
+    "personal_loan": 0.01,
+    "investment_fund": 0.01,
+    "pension": 0.01,
+    "credit_card": 0.02,
+}
+
+
+def with_margins(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], S.DatasetSchema]:
+    products = tables["products"].assign(margin=lambda p: p["product_type"].map(MARGIN).astype(float))
+    schema_dict = S.SYNTHETIC.schema().to_dict()
+    schema_dict["products"]["value"] = "margin"
+    return {**tables, "products": products}, S.DatasetSchema.from_dict(schema_dict)
+
+
+def capacities(products: pd.DataFrame, product_ids: list[str], customers: int) -> np.ndarray:
+    share = products.set_index("product_id").loc[product_ids, "product_type"].map(CAPACITY_SHARE)
+    return np.where(share.notna(), np.round(share.fillna(0).to_numpy() * customers), np.inf)
+
+
+def quality(workdir: Path, seed: int = 0, draws: int = 1000) -> tuple[dict, Path]:
+    settings = GeneratorSettings(seed=seed)
+    tables, schema = with_margins(generate(settings))
+    dataset = validate_tables(schema, tables)
+    train, test = split_dataset(dataset, holdout_fraction=0.2, seed=seed)
+    trained = fit(train, Config().with_overrides(seed=seed), verbose=0)
+    model_dir = save_model_dir(trained, workdir / "model")
+    test_dir = write_dataset(dataset_tables(test), schema, workdir / "test")
+
+    recommender = Recommender(trained)
+    problem = build_problem(recommender, test_dir, filters="balanced")
+    pids = problem.product_ids
+    n = len(problem.customer_ids)
+    capacity = capacities(dataset.products, pids, n)
+
+    ids = test.customers["customer_id"].to_numpy()
+    pipeline = trained.pipeline
+    first = np.zeros((n, len(pids)))
+    gt = test.ground_truth
+    first[pd.Index(ids).get_indexer(gt["customer_id"]), pipeline.product_positions(gt["product_id"])] = gt[
+        "probability"
+    ]
+    true = period_adoption_probabilities(first, settings, draws=draws, seed=seed)
+    context = recommender.context(test.customers, test.holdings)
+    allowed = ~F.combine(recommender.masks(context, F.Filters.build("balanced")), context.held.shape)
+    w_true = (true * allowed * problem.values).astype(np.float32)
+
+    rows = {}
+    for contacts in (1, 2):
+        result = plan_campaign(problem, capacity, contacts, solver="exact")
+        ceiling = solve_exact(w_true, capacity, contacts)
+        # What a perfect ranking signal would give: the true first-choice probabilities x value.
+        first_plan = solve_exact((first * allowed * problem.values).astype(np.float32), capacity, contacts)
+
+        def true_value(plan):
+            return float(w_true[plan.rows, plan.cols].astype("float64").sum())
+
+        rows[contacts] = {
+            "plan_true_value": true_value(result.plan),
+            "greedy_true_value": true_value(result.greedy),
+            "ceiling_true_value": ceiling.value,
+            "plan_predicted_value": result.plan.value,
+            "first_choice_true_value": true_value(first_plan),
+            "binding": int(
+                sum(
+                    np.bincount(result.plan.cols, minlength=len(pids))[np.isfinite(capacity)]
+                    >= capacity[np.isfinite(capacity)]
+                )
+            ),
+        }
+        rows[contacts]["plan_over_ceiling"] = rows[contacts]["plan_true_value"] / ceiling.value
+        rows[contacts]["greedy_over_ceiling"] = rows[contacts]["greedy_true_value"] / ceiling.value
+        rows[contacts]["first_choice_over_ceiling"] = rows[contacts]["first_choice_true_value"] / ceiling.value
+
+    # Exact vs dual on the same problem.
+    solvers = {}
+    w = problem.weights
+    for contacts in (1, 2):
+        exact, dual, base = (
+            solve_exact(w, capacity, contacts),
+            solve_dual(w, capacity, contacts),
+            greedy(w, capacity, contacts),
+        )
+        solvers[contacts] = {
+            "exact_value": exact.value,
+            "exact_seconds": exact.seconds,
+            "dual_value": dual.value,
+            "dual_bound": dual.bound,
+            "dual_seconds": dual.seconds,
+            "dual_sweeps": dual.sweeps,
+            "dual_over_exact": dual.value / exact.value,
+            "greedy_value": base.value,
+        }
+    return {
+        "customers": n,
+        "capacity": {pid: c for pid, c in zip(pids, capacity.tolist()) if np.isfinite(c)},
+        "plans": rows,
+        "solvers": solvers,
+    }, model_dir
+
+
+def scale(workdir: Path, model_dir: Path, customers: int, seed: int = 1) -> dict:
+    start = time.perf_counter()
+    tables, schema = with_margins(generate(GeneratorSettings(n_customers=customers, seed=seed, ground_truth=False)))
+    data = write_dataset(tables, schema, workdir / f"bank_{customers}")
+    generate_seconds = time.perf_counter() - start
+    pids = list(tables["products"]["product_id"])
+    caps = capacities(tables["products"], pids, customers)
+    caps_path = workdir / "caps.csv"
+    pd.DataFrame(
+        {
+            "product_id": [p for p, c in zip(pids, caps) if np.isfinite(c)],
+            "capacity": [int(c) for c in caps if np.isfinite(c)],
+        }
+    ).to_csv(caps_path, index=False)
+    del tables
+    summary = workdir / "summary.json"
+    command = [
+        sys.executable,
+        "-m",
+        "finrec.cli",
+        "plan",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(workdir / "plan.parquet"),
+        "--capacity",
+        str(caps_path),
+        "--solver",
+        "dual",
+        "--json",
+        str(summary),
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "src"})
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"finrec plan failed: {done.stderr}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    info = json.loads(summary.read_text())
+    return {
+        "customers": customers,
+        "generate_seconds": generate_seconds,
+        "plan_seconds_end_to_end": seconds,
+        "peak_rss_mib": peak,
+        "summary": info,
+        "stdout": done.stdout,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=1_000_000, help="customers of the scale run")
+    parser.add_argument("--skip-quality", action="store_true", help="scale only (a model is then trained quickly)")
+    parser.add_argument("--skip-scale", action="store_true", help="quality only")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out: dict = {"machine": platform.machine(), "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if args.skip_quality:
+            tables, schema = with_margins(generate(GeneratorSettings(seed=args.seed)))
+            trained = fit(validate_tables(schema, tables), Config().with_overrides(seed=args.seed, epochs=3), verbose=0)
+            model_dir = save_model_dir(trained, workdir / "model")
+        else:
+            out["quality"], model_dir = quality(workdir, args.seed)
+            q = out["quality"]
+            print(f"Quality on {q['customers']} held-out customers, capacities {q['capacity']}")
+            print(
+                f"{'contacts':<10}{'plan':>12}{'greedy':>12}{'ceiling':>12}{'plan/ceil':>11}{'greedy/ceil':>12}{'binding':>9}"
+            )
+            for contacts, r in q["plans"].items():
+                print(
+                    f"{contacts:<10}{r['plan_true_value']:>12.0f}{r['greedy_true_value']:>12.0f}{r['ceiling_true_value']:>12.0f}"
+                    f"{r['plan_over_ceiling']:>11.3f}{r['greedy_over_ceiling']:>12.3f}{r['binding']:>9}"
+                )
+            print("(true expected value of each plan; ceiling: the best plan computed from the true probabilities)")
+            print(
+                "plan from the true first-choice probabilities instead of the model's, over the ceiling: "
+                + ", ".join(f"{r['first_choice_over_ceiling']:.3f} ({c} contact(s))" for c, r in q["plans"].items())
+            )
+            print(f"{'contacts':<10}{'exact':>12}{'s':>7}{'dual':>12}{'bound':>12}{'s':>7}{'dual/exact':>11}")
+            for contacts, r in q["solvers"].items():
+                print(
+                    f"{contacts:<10}{r['exact_value']:>12.1f}{r['exact_seconds']:>7.2f}{r['dual_value']:>12.1f}"
+                    f"{r['dual_bound']:>12.1f}{r['dual_seconds']:>7.2f}{r['dual_over_exact']:>11.5f}"
+                )
+        if args.skip_scale:
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.with_name("plan_quality.json").write_text(json.dumps(out, indent=1, default=str))
+            return
+        s = scale(workdir, model_dir, args.customers)
+        out["scale"] = s
+        info = s["summary"]
+        print(
+            f"Scale: {args.customers} customers x {info['products']} products, `finrec plan --solver dual` end to end "
+            f"{s['plan_seconds_end_to_end']:.1f}s (build {info['seconds']['build']:.1f}s, solve {info['seconds']['solve']:.1f}s), "
+            f"peak RSS {s['peak_rss_mib']:.0f} MiB, {os.cpu_count()} cores"
+        )
+        print(s["stdout"])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1, default=str))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""A campaign plan from a model and a customers table: whom to contact, with which product.
+
+>>> recommender = Recommender(load_model_dir("models/default").trained)
+>>> problem = build_problem(recommender, "data/bank", filters="balanced", min_probability=0.01)
+>>> result = plan_campaign(problem, capacity=read_capacities("caps.csv", problem.product_ids), contacts=1)
+>>> print(format_summary(result)); write_plan(plan_table(problem, result.plan), "plan.csv")
+
+``build_problem`` streams the customers table in chunks through the recommender's one ranking
+core (``Recommender.context`` and ``Recommender.masks``): every pair a filter forbids gets
+probability 0, so no solver can choose it. The probability is the model's calibrated adoption
+probability; the value of an adoption comes from the products column the schema names
+(``products: {value: margin}``), else 1. ``plan_campaign`` solves the problem of
+``finrec.plan.solve`` exactly (min-cost flow) when it is small enough and by its dual otherwise,
+and sets both beside the greedy plan a ranked list would give.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from finrec.data import schema as S
+from finrec.data.io import find_table, iter_customer_chunks, read_id_column, read_table, write_table
+from finrec.errors import DataError, FinrecError
+from finrec.plan.solve import Plan, greedy, solve_dual, solve_exact
+from finrec.recommend import filters as F
+from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HoldingsByRow
+
+# The exact solver's graph holds one arc per allowed pair: beyond this many, the dual method.
+EXACT_MAX_PAIRS = 2_000_000
+CAPACITY = "capacity"
+PLAN_COLUMNS = (S.CUSTOMER_ID, S.PRODUCT_ID, S.PROBABILITY, "expected_value", "reason")
+
+
+@dataclass
+class CampaignProblem:
+    """Everything the solvers and the output need, [n] customers x [P] products."""
+
+    customer_ids: pa.Array  # [n] text, file order
+    product_ids: list[str]  # [P] catalogue order
+    probability: np.ndarray  # float32 [n, P]; 0 where an offer is not allowed
+    values: np.ndarray  # float64 [P], money per adoption
+    tolerance: np.ndarray  # float32 [n], the customers' risk tolerance (for the reasons)
+    rules: tuple[str, ...]  # the filter rules that were applied
+    catalogue: F.Catalogue
+    seconds: float = 0.0
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Expected value of each offer, float32 [n, P]."""
+        return self.probability * self.values.astype(np.float32)
+
+
+@dataclass
+class CampaignResult:
+    plan: Plan
+    greedy: Plan
+    problem: CampaignProblem
+    capacity: np.ndarray  # float64 [P], inf = unlimited
+    contacts: int
+    extra: dict = field(default_factory=dict)
+
+
+def product_values(products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> np.ndarray:
+    """float64 [P]: the value column the schema names (``products: {value: margin}``), in
+    catalogue order; 1 for every product without one."""
+    column = schema.products.value
+    if not column:
+        return np.ones(len(product_ids))
+    table = products.set_index(products[schema.products.id].astype(str))
+    missing = [p for p in product_ids if p not in table.index]
+    if missing:
+        raise DataError(
+            f"products: the model's product(s) {', '.join(map(repr, missing[:5]))} are not in the products table"
+        )
+    values = pd.to_numeric(table.loc[product_ids, column], errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        examples = ", ".join(repr(p) for p in np.asarray(product_ids)[bad][:5])
+        raise DataError(f"products: column '{column}' (the value) must be a finite number >= 0; not so for {examples}")
+    return values
+
+
+def read_capacities(path: str | Path, product_ids: list[str]) -> np.ndarray:
+    """float64 [P] from a CSV or Parquet table ``product_id, capacity`` (the most offers of that
+    product); products not listed are unlimited (inf)."""
+    path = Path(path)
+    table = read_table(path, (S.PRODUCT_ID,))
+    missing = [c for c in (S.PRODUCT_ID, CAPACITY) if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected columns product_id, capacity")
+    ids = table[S.PRODUCT_ID].astype(str)
+    dupes = ids[ids.duplicated()].unique()
+    if len(dupes):
+        raise DataError(f"{path}: product_id listed twice: {', '.join(map(repr, dupes[:5]))}")
+    position = {pid: j for j, pid in enumerate(product_ids)}
+    unknown = [pid for pid in ids if pid not in position]
+    if unknown:
+        raise DataError(
+            f"{path}: unknown product_id(s) {', '.join(map(repr, unknown[:5]))} (not in the model's catalogue)"
+        )
+    raw = table[CAPACITY]
+    numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(numbers) | (numbers < 0) | (numbers != np.round(numbers))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: column 'capacity' must hold whole numbers >= 0; row {row + 2} has {raw.iloc[row]!r}")
+    capacity = np.full(len(product_ids), np.inf)
+    capacity[[position[pid] for pid in ids]] = numbers
+    return capacity
+
+
+def build_problem(
+    recommender,
+    data_dir: str | Path,
+    filters=None,
+    min_probability: float = 0.0,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    values: np.ndarray | None = None,
+) -> CampaignProblem:
+    """The calibrated probability of every customer of ``data_dir`` for every product, 0 where a
+    filter forbids the offer or the probability is below ``min_probability``; values from the
+    schema's value column (``product_values``) unless given."""
+    start = time.perf_counter()
+    if recommender.calibration is None:
+        raise FinrecError(
+            "this model has no calibration (calibration.json), so no probabilities to plan with; retrain it"
+        )
+    if not 0.0 <= min_probability < 1.0:
+        raise FinrecError(f"min probability must be in [0, 1), got {min_probability}")
+    filters = F.Filters.build(filters)
+    data_dir = Path(data_dir)
+    schema = recommender.schema
+    customers_path = find_table(data_dir, S.CUSTOMERS)
+    holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
+    product_ids = [str(p) for p in recommender.pipeline.product_ids_]
+    if values is None:
+        from finrec.data.io import read_schema
+
+        data_schema = read_schema(data_dir)
+        products = read_table(find_table(data_dir, S.PRODUCTS), (data_schema.products.id,))
+        values = product_values(products, data_schema, product_ids)
+    ids = read_id_column(customers_path, schema.customers.id)
+    holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
+    held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings)
+    n, P = len(ids), len(product_ids)
+    probability = np.zeros((n, P), dtype=np.float32)
+    tolerance = np.full(n, np.nan, dtype=np.float32)
+    rules: tuple[str, ...] = ()
+    offset = 0
+    for chunk in iter_customer_chunks(customers_path, schema.customers, chunk_rows):
+        stop = offset + len(chunk)
+        context = recommender.context(chunk, held=held_by_row.slice(offset, stop))
+        masks = recommender.masks(context, filters)
+        rules = tuple(masks)
+        p = recommender.probabilities(context)
+        p[F.combine(masks, p.shape) | (p < min_probability)] = 0.0
+        probability[offset:stop] = p
+        tolerance[offset:stop] = context.attributes["risk_tolerance"]
+        offset = stop
+    return CampaignProblem(
+        ids,
+        product_ids,
+        probability,
+        np.asarray(values, dtype="float64"),
+        tolerance,
+        rules,
+        recommender.catalogue,
+        time.perf_counter() - start,
+    )
+
+
+def plan_campaign(
+    problem: CampaignProblem, capacity: np.ndarray | None = None, contacts: int = 1, solver: str = "auto"
+) -> CampaignResult:
+    """Solve the campaign problem: ``solver`` is ``exact`` (min-cost flow), ``dual`` or ``auto``
+    (exact up to ``EXACT_MAX_PAIRS`` allowed pairs). The shadow prices always come from the
+    dual method; with the exact solver its bound is also kept when it is the tighter one."""
+    if solver not in ("auto", "exact", "dual"):
+        raise FinrecError(f"solver must be auto, exact or dual, got {solver!r}")
+    w = problem.weights
+    capacity = np.full(w.shape[1], np.inf) if capacity is None else np.asarray(capacity, dtype="float64")
+    baseline = greedy(w, capacity, contacts)
+    dual = solve_dual(w, capacity, contacts, baseline=baseline)
+    if solver == "exact" or (solver == "auto" and int((w > 0).sum()) <= EXACT_MAX_PAIRS):
+        exact = solve_exact(w, capacity, contacts)
+        plan = Plan(
+            exact.rows,
+            exact.cols,
+            exact.value,
+            min(exact.bound, dual.bound),
+            dual.prices,
+            exact.method,
+            exact.seconds,
+            dual.sweeps,
+        )
+    else:
+        plan = dual
+    return CampaignResult(plan, baseline, problem, capacity, contacts)
+
+
+def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Why each offer is allowed (``filters.describe_allowed``), [m] text. The sentence depends
+    only on the product and the customer's risk tolerance, so it is built once per such pair."""
+    masks = dict.fromkeys(problem.rules)  # describe_allowed asks only which rules were applied
+    tol = problem.tolerance[rows]
+    key = cols.astype(np.float64) * 1000.0 + np.where(np.isnan(tol), -1.0, tol)
+    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    sentences = np.array(
+        [
+            F.describe_allowed(
+                {"risk_tolerance": tol[i : i + 1].astype("float64")}, problem.catalogue, masks, 0, int(cols[i])
+            )
+            for i in first
+        ],
+        dtype=object,
+    )
+    return sentences[inverse] if len(unique) else np.array([], dtype=object)
+
+
+def plan_table(problem: CampaignProblem, plan: Plan) -> pd.DataFrame:
+    """``customer_id, product_id, probability, expected_value, reason``, customers in file order."""
+    order = np.lexsort((plan.cols, plan.rows))
+    rows, cols = plan.rows[order], plan.cols[order]
+    probability = problem.probability[rows, cols]
+    return pd.DataFrame(
+        {
+            S.CUSTOMER_ID: problem.customer_ids.take(pa.array(rows)).to_numpy(zero_copy_only=False),
+            S.PRODUCT_ID: np.asarray(problem.product_ids, dtype=object)[cols],
+            S.PROBABILITY: probability,
+            "expected_value": probability.astype("float64") * problem.values[cols],
+            "reason": offer_reasons(problem, rows, cols),
+        }
+    )
+
+
+def write_plan(table: pd.DataFrame, out: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Write the plan atomically: CSV when ``out`` ends in .csv, else Parquet; never over an input."""
+    out = Path(out)
+    if out.suffix not in S.TABLE_SUFFIXES:
+        raise FinrecError(f"--out {out}: use a .csv or .parquet file name")
+    target = out.resolve()
+    for source in map(Path, inputs):
+        # A dataset directory's tables and schema are inputs even when this run read only some.
+        clash = target == source.resolve() or (
+            source.is_dir()
+            and target.parent == source.resolve()
+            and (target.stem in S.TABLES or target.name == S.SCHEMA_FILE)
+        )
+        if clash:
+            raise FinrecError(f"--out {out}: would overwrite an input ({source}); write the plan elsewhere")
+    return write_table(table, out)
+
+
+def summary(result: CampaignResult) -> dict:
+    """Totals of the plan and of greedy, the proven gap and the shadow prices of binding capacities."""
+    problem, plan, base = result.problem, result.plan, result.greedy
+
+    def totals(p: Plan) -> dict:
+        return {
+            "offers": int(len(p.rows)),
+            "expected_adoptions": float(problem.probability[p.rows, p.cols].astype("float64").sum()),
+            "expected_value": float(p.value),
+        }
+
+    used = np.bincount(plan.cols, minlength=len(problem.product_ids))
+    binding = [j for j in range(len(used)) if np.isfinite(result.capacity[j]) and used[j] >= result.capacity[j]]
+    return {
+        "customers": int(len(problem.customer_ids)),
+        "products": len(problem.product_ids),
+        "allowed_pairs": int((problem.probability > 0).sum()),
+        "contacts_per_customer": result.contacts,
+        "method": plan.method,
+        "plan": totals(plan),
+        "greedy": totals(base),
+        "bound": float(plan.bound),
+        "gap": float(plan.gap),
+        "relative_gap": float(plan.relative_gap),
+        "shadow_prices": {
+            problem.product_ids[j]: {"capacity": int(result.capacity[j]), "price": float(plan.prices[j])}
+            for j in binding
+        },
+        "offers_per_product": {problem.product_ids[j]: int(used[j]) for j in np.flatnonzero(used)},
+        "seconds": {"build": problem.seconds, "solve": plan.seconds, "greedy": base.seconds},
+    }
+
+
+def format_summary(info: dict) -> str:
+    p, g = info["plan"], info["greedy"]
+    lines = [
+        f"{info['customers']} customers x {info['products']} products, {info['allowed_pairs']} allowed offers, "
+        f"{info['contacts_per_customer']} contact(s) per customer; solver: {info['method']}",
+        f"{'':<8}{'offers':>10}{'expected adoptions':>20}{'expected value':>18}",
+        f"{'plan':<8}{p['offers']:>10}{p['expected_adoptions']:>20.2f}{p['expected_value']:>18.2f}",
+        f"{'greedy':<8}{g['offers']:>10}{g['expected_adoptions']:>20.2f}{g['expected_value']:>18.2f}",
+    ]
+    gain = p["expected_value"] - g["expected_value"]
+    ratio = f" ({gain / g['expected_value']:+.1%})" if g["expected_value"] > 0 else ""
+    lines.append(f"plan - greedy: {gain:+.2f}{ratio}")
+    lines.append(
+        f"proven: no plan is worth more than {info['bound']:.2f}; this one is within {info['gap']:.4g} "
+        f"({info['relative_gap']:.3%}) of the best"
+    )
+    if info["shadow_prices"]:
+        lines.append("binding capacities (shadow price: what one more slot is worth):")
+        for pid, row in sorted(info["shadow_prices"].items(), key=lambda item: -item[1]["price"]):
+            lines.append(f"  {pid:<24} capacity {row['capacity']:>9}  one more slot is worth {row['price']:.4f}")
+    else:
+        lines.append("no capacity binds")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""``finrec plan`` end to end: limits respected exactly, no forbidden offer, better than greedy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from finrec.artifacts import load_model_dir
+from finrec.cli import main
+from finrec.data import schema as S
+from finrec.data.io import load_dataset
+from finrec.errors import DataError, FinrecError
+from finrec.plan.campaign import build_problem, plan_campaign, plan_table, product_values, read_capacities
+from finrec.recommend import filters as F
+from finrec.recommend.recommender import Recommender
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def recommender(model_dir):
+    return Recommender(load_model_dir(model_dir).trained)
+
+
+@pytest.fixture(scope="module")
+def problem(recommender, small_data_dir):
+    return build_problem(recommender, small_data_dir, filters="balanced", chunk_rows=400)
+
+
+def forbidden(recommender, data_dir, filters) -> np.ndarray:
+    """bool [n, P]: what the recommender's own masks exclude, for the customers in file order."""
+    dataset = load_dataset(data_dir)
+    context = recommender.context(dataset.customers, dataset.holdings)
+    return F.combine(recommender.masks(context, F.Filters.build(filters)), context.held.shape)
+
+
+def test_problem_forbids_exactly_what_the_filters_forbid(recommender, problem, small_data_dir):
+    excluded = forbidden(recommender, small_data_dir, "balanced")
+    assert excluded.any()
+    assert (problem.probability[excluded] == 0).all()
+    dataset = load_dataset(small_data_dir)
+    context = recommender.context(dataset.customers, dataset.holdings)
+    expected = np.where(excluded, 0, recommender.probabilities(context))
+    # Chunks change only the last float32 bits of the tower (steep isotonic steps magnify them a little).
+    np.testing.assert_allclose(problem.probability, expected, atol=1e-4)
+
+
+def test_plan_respects_capacities_contacts_and_filters(recommender, problem, small_data_dir):
+    capacity = np.full(len(problem.product_ids), np.inf)
+    capacity[:5] = [3, 0, 10, 25, 1]
+    for contacts in (1, 2):
+        result = plan_campaign(problem, capacity, contacts, solver="exact")
+        plan = result.plan
+        excluded = forbidden(recommender, small_data_dir, "balanced")
+        assert not excluded[plan.rows, plan.cols].any()
+        assert (np.bincount(plan.rows, minlength=len(problem.customer_ids)) <= contacts).all()
+        assert (np.bincount(plan.cols, minlength=len(capacity)) <= capacity).all()
+        assert plan.value >= result.greedy.value - 1e-9
+        dual = plan_campaign(problem, capacity, contacts, solver="dual").plan
+        assert dual.value <= plan.value + 1e-6 and dual.bound >= plan.value - 1e-6
+
+
+def test_capacities_table(tmp_path):
+    ids = ["A", "B", "C"]
+    path = tmp_path / "caps.csv"
+    pd.DataFrame({"product_id": ["B", "A"], "capacity": [5, 0]}).to_csv(path, index=False)
+    np.testing.assert_array_equal(read_capacities(path, ids), [0, 5, np.inf])
+    for frame, message in [
+        ({"product_id": ["Z"], "capacity": [1]}, "unknown product_id"),
+        ({"product_id": ["A", "A"], "capacity": [1, 2]}, "listed twice"),
+        ({"product_id": ["A"], "capacity": [-1]}, "whole numbers"),
+        ({"product_id": ["A"], "capacity": [1.5]}, "whole numbers"),
+        ({"product_id": ["A"], "cap": [1]}, "missing column"),
+    ]:
+        pd.DataFrame(frame).to_csv(path, index=False)
+        with pytest.raises(DataError, match=message):
+            read_capacities(path, ids)
+
+
+def test_values_from_the_schema_column(small_dataset):
+    products = small_dataset.products.assign(margin=np.arange(len(small_dataset.products), dtype=float))
+    ids = list(products["product_id"])[::-1]
+    assert (product_values(products, small_dataset.schema, ids) == 1).all()
+    schema = S.DatasetSchema.from_dict(
+        {
+            **small_dataset.schema.to_dict(),
+            "products": {**small_dataset.schema.to_dict()["products"], "value": "margin"},
+        }
+    )
+    np.testing.assert_array_equal(product_values(products, schema, ids), np.arange(len(ids), dtype=float)[::-1])
+    with pytest.raises(DataError, match="margin"):
+        product_values(products.assign(margin=-1.0), schema, ids)
+
+
+def test_cli_plan_end_to_end(model_dir, small_data_dir, recommender, tmp_path, capsys):
+    # The same bank with a margin per product, named in schema.yaml as the value.
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    products = pd.read_parquet(data / "products.parquet")
+    margins = dict(zip(products["product_id"], 1.0 + np.arange(len(products)) % 7 * 100.0))
+    products.assign(margin=products["product_id"].map(margins)).to_parquet(data / "products.parquet")
+    schema = yaml.safe_load((data / "schema.yaml").read_text())
+    schema["products"]["value"] = "margin"
+    (data / "schema.yaml").write_text(yaml.safe_dump(schema))
+    caps = tmp_path / "caps.csv"
+    pd.DataFrame({"product_id": list(products["product_id"][:3]), "capacity": [5, 20, 0]}).to_csv(caps, index=False)
+    out, summary = tmp_path / "plan.csv", tmp_path / "plan.json"
+
+    code = main(
+        [
+            "plan",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--capacity",
+            str(caps),
+            "--contacts-per-customer",
+            "2",
+            "--min-probability",
+            "0.01",
+            "--json",
+            str(summary),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "greedy" in printed and "proven" in printed
+    plan = pd.read_csv(out, dtype={"customer_id": str})
+    assert list(plan.columns) == ["customer_id", "product_id", "probability", "expected_value", "reason"]
+    assert plan["customer_id"].value_counts().max() <= 2
+    counts = plan["product_id"].value_counts()
+    for pid, cap in zip(products["product_id"][:3], [5, 20, 0]):
+        assert counts.get(pid, 0) <= cap
+    assert (plan["probability"] >= 0.01).all()
+    np.testing.assert_allclose(plan["expected_value"], plan["probability"] * plan["product_id"].map(margins), rtol=1e-5)
+    assert not plan.duplicated(["customer_id", "product_id"]).any()
+    # No offer the recommender's filters forbid.
+    excluded = forbidden(recommender, small_data_dir, "balanced")
+    ids = load_dataset(small_data_dir).customers["customer_id"].astype(str)
+    rows = pd.Index(ids).get_indexer(plan["customer_id"])
+    cols = pd.Index(recommender.pipeline.product_ids_).get_indexer(plan["product_id"])
+    assert (rows >= 0).all() and not excluded[rows, cols].any()
+    assert plan["reason"].str.contains("within tolerance").all()
+    info = json.loads(summary.read_text())
+    assert info["plan"]["expected_value"] >= info["greedy"]["expected_value"] - 1e-9
+    assert info["plan"]["expected_value"] == pytest.approx(plan["expected_value"].sum(), rel=1e-5)
+    assert info["bound"] >= info["plan"]["expected_value"]
+
+
+def test_cli_plan_refuses_bad_input(model_dir, small_data_dir, tmp_path, capsys):
+    out = tmp_path / "plan.parquet"
+    caps = tmp_path / "caps.csv"
+    caps.write_text("product_id,capacity\nNOPE,3\n")
+    code = main(
+        ["plan", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out), "--capacity", str(caps)]
+    )
+    assert code == 2 and "NOPE" in capsys.readouterr().err and not out.exists()
+    code = main(
+        [
+            "plan",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(small_data_dir),
+            "--out",
+            str(small_data_dir / "customers.parquet"),
+        ]
+    )
+    assert code == 2 and "overwrite" in capsys.readouterr().err
+
+
+def test_a_model_without_calibration_cannot_plan(model_dir, small_data_dir, tmp_path):
+    bare = tmp_path / "model"
+    shutil.copytree(model_dir, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    del manifest["files"]["calibration.json"]
+    (bare / "calibration.json").unlink()
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    recommender = Recommender(load_model_dir(bare).trained)
+    assert recommender.calibration is None
+    with pytest.raises(FinrecError, match="no calibration"):
+        build_problem(recommender, small_data_dir)
+
+
+def test_naming_a_value_column_later_keeps_the_model_usable(model_dir, small_data_dir, tmp_path, capsys):
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    products = pd.read_parquet(data / "products.parquet")
+    products.assign(margin=2.0).to_parquet(data / "products.parquet")
+    schema = yaml.safe_load((data / "schema.yaml").read_text())
+    schema["products"]["value"] = "margin"
+    (data / "schema.yaml").write_text(yaml.safe_dump(schema))
+    assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "s.parquet")]) == 0
+    recommender = Recommender.load(model_dir, data)
+    assert recommender.recommend(str(recommender.known_customers["customer_id"].iloc[0]), k=1).items
+    capsys.readouterr()
+
+
+def test_an_empty_plan_writes_an_empty_table(problem, tmp_path):
+    result = plan_campaign(problem, np.zeros(len(problem.product_ids)), 1)
+    assert len(result.plan.rows) == 0 and result.plan.value == 0
+    table = plan_table(problem, result.plan)
+    assert list(table.columns) == ["customer_id", "product_id", "probability", "expected_value", "reason"]
+    assert len(table) == 0

@@ -1,0 +1,285 @@
+"""Calibrated adoption probabilities: the fit, its storage, and every place that shows them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.artifacts import CALIBRATION_FILE, load_model_dir
+from finrec.cli import main
+from finrec.data import schema as S
+from finrec.data.io import validate_tables
+from finrec.data.synthetic import GeneratorSettings, generate, period_adoption_probabilities
+from finrec.errors import ArtifactError
+from finrec.recommend.recommender import Recommender
+from finrec.training.calibration import (
+    Calibration,
+    brier_score,
+    centred_knots,
+    choice_probabilities,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_table,
+)
+
+T = 0.5
+
+
+def synthetic_scores(n=4000, P=3, seed=0):
+    """Cosine scores, some products held, and a true adoption probability that is a known
+    increasing function of each product's choice probability q."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(-1, 1, (n, P))
+    held = rng.random((n, P)) < 0.15
+    q = choice_probabilities(scores, held, T)
+    true = np.where(held, 0.0, 0.8 * q**1.5 * (1 + np.arange(P)) / P)
+    adopted = rng.random((n, P)) < true
+    return scores, adopted, held, true
+
+
+def test_choice_probabilities_by_a_loop():
+    scores = np.array([[0.1, 0.5, -0.2], [0.3, 0.3, 0.9], [0.2, 0.1, 0.0]])
+    held = np.array([[False, True, False], [False, False, False], [True, True, True]])
+    q = choice_probabilities(scores, held, T)
+    for i in range(3):
+        free = [j for j in range(3) if not held[i, j]]
+        total = sum(np.exp(scores[i, j] / T) for j in free)
+        for j in range(3):
+            assert q[i, j] == pytest.approx(0.0 if held[i, j] else np.exp(scores[i, j] / T) / total)
+
+
+def test_plain_isotonic_maps_match_scikit_learn():
+    from sklearn.isotonic import IsotonicRegression
+
+    scores, adopted, held, _ = synthetic_scores()
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, centred=False)
+    probs = calibration(scores, held)
+    q = choice_probabilities(scores, held, T)
+    for j in range(3):
+        mask = ~held[:, j]
+        reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(q[mask, j], adopted[mask, j])
+        np.testing.assert_allclose(probs[mask, j], reference.predict(q[mask, j]), atol=1e-6)
+    assert (probs[held] == 0).all() and probs.min() >= 0 and probs.max() <= 1
+
+
+def test_centred_knots_sit_at_the_block_means():
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.random(500)
+    y = (rng.random(500) < x**2).astype(float)
+    kx, ky = centred_knots(x, y)
+    fitted = IsotonicRegression(y_min=0, y_max=1).fit(x, y).predict(x)
+    levels = np.unique(fitted)
+    np.testing.assert_allclose(ky[1:-1], levels)
+    for level, centre in zip(levels, kx[1:-1]):
+        assert centre == pytest.approx(x[fitted == level].mean())
+    assert (np.diff(kx) > 0).all() and (np.diff(ky[1:-1]) > 0).all()
+    assert kx[0] == x.min() and kx[-1] == x.max() and 0 <= ky[0] <= ky[1] and ky[-2] <= ky[-1] <= 1
+
+
+def test_calibration_recovers_known_probabilities():
+    scores, adopted, held, _ = synthetic_scores(n=20000)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    test_scores, _, test_held, test_true = synthetic_scores(n=20000, seed=1)
+    free = ~test_held
+    assert expected_calibration_error(calibration(test_scores, test_held)[free], test_true[free]) < 0.01
+    assert expected_calibration_error(np.clip(test_scores, 0, 1)[free], test_true[free]) > 0.1
+
+
+def test_rare_products_use_the_pooled_map_at_their_own_rate():
+    scores, adopted, held, _ = synthetic_scores(n=3000)
+    adopted[:, 2] = False
+    adopted[np.flatnonzero(~held[:, 2])[:5], 2] = True  # 5 adoptions: too few for a map of its own
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, min_positives=20)
+    assert calibration.pooled == [False, False, True]
+    free = ~held[:, 2]
+    mean = calibration(scores, held)[free, 2].mean()
+    assert mean == pytest.approx((5 + adopted[~held].mean()) / (free.sum() + 1), rel=0.05)
+
+
+def test_json_round_trip_and_damage():
+    scores, adopted, held, _ = synthetic_scores()
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    again = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    np.testing.assert_array_equal(again(scores, held), calibration(scores, held))
+    raw = calibration.to_dict()
+    raw["products"][0]["y"] = list(reversed(raw["products"][0]["y"]))
+    with pytest.raises(ArtifactError, match="non-decreasing"):
+        Calibration.from_dict(raw)
+    with pytest.raises(ArtifactError, match="damaged"):
+        Calibration.from_dict({**calibration.to_dict(), "temperature": -1})
+    with pytest.raises(ArtifactError, match="damaged"):
+        Calibration.from_dict({"format": 2})
+
+
+def test_measures_by_hand():
+    predicted = np.array([0.1, 0.2, 0.3, 0.4])
+    true = np.array([0.0, 0.2, 0.5, 0.4])
+    # Two equal-mass bins: |0.15 - 0.1| and |0.35 - 0.45|, each half the pairs.
+    assert expected_calibration_error(predicted, true, bins=2) == pytest.approx(0.5 * 0.05 + 0.5 * 0.1)
+    assert brier_score(predicted, [0, 0, 1, 1]) == pytest.approx((0.01 + 0.04 + 0.49 + 0.36) / 4)
+    assert reliability_table(predicted, true, bins=2)[1] == {
+        "pairs": 2,
+        "predicted": pytest.approx(0.35),
+        "true": pytest.approx(0.45),
+    }
+
+
+def test_period_probabilities_by_simulation():
+    # One customer, two products available: with one adoption always, P(adopt) = the first choice.
+    first = np.array([[0.7, 0.3, 0.0]])
+    settings = GeneratorSettings(adoptions_per_customer=0.9)  # p0 = 0.1, m = 1 otherwise
+    p = period_adoption_probabilities(first, settings, draws=20000, seed=0)
+    np.testing.assert_allclose(p[0], [0.9 * 0.7, 0.9 * 0.3, 0.0], atol=0.01)
+
+
+@pytest.mark.slow
+def test_trained_model_is_calibrated_on_new_customers(trained):
+    assert trained.calibration is not None and trained.calibration.customers > 0
+    settings = GeneratorSettings(n_customers=1500, seed=8)
+    fresh = validate_tables(S.SYNTHETIC.schema(), generate(settings))
+    pipeline = trained.pipeline
+    ids = fresh.customers["customer_id"].to_numpy()
+    held = pipeline.holdings_matrix(ids, fresh.holdings)
+    first = np.zeros(held.shape)
+    gt = fresh.ground_truth
+    first[pd.Index(ids).get_indexer(gt["customer_id"]), pipeline.product_positions(gt["product_id"])] = gt[
+        "probability"
+    ]
+    true = period_adoption_probabilities(first, settings, draws=400, seed=0)
+    cosine = trained.score(fresh.customers, fresh.holdings)
+    calibrated = trained.calibration(cosine, held)
+    ece, ece_raw = (expected_calibration_error(p[~held], true[~held]) for p in (calibrated, np.clip(cosine, 0, 1)))
+    assert ece < 0.03 and ece < ece_raw / 2, (ece, ece_raw)
+
+
+@pytest.mark.slow
+def test_model_dir_carries_the_calibration(model_dir, trained, small_dataset):
+    loaded = load_model_dir(model_dir)
+    assert CALIBRATION_FILE in loaded.manifest["files"]
+    recommender = Recommender(loaded.trained, small_dataset)
+    customer = str(small_dataset.customers["customer_id"].iloc[0])
+    result = recommender.recommend(customer, k=3)
+    context = recommender.context(small_dataset.customers.iloc[:1], small_dataset.holdings)
+    probs = recommender.probabilities(context)[0]
+    for item in result.items:
+        j = recommender.pipeline.product_ids_.index(item.product_id)
+        assert item.probability == pytest.approx(float(probs[j]), abs=1e-6)
+    assert "probability" in result.to_dict()["recommendations"][0]
+
+
+@pytest.mark.slow
+def test_a_model_without_calibration_still_recommends(model_dir, small_dataset, small_data_dir, tmp_path, capsys):
+    bare = tmp_path / "model"
+    shutil.copytree(model_dir, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    del manifest["files"][CALIBRATION_FILE]
+    (bare / CALIBRATION_FILE).unlink()
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    recommender = Recommender(load_model_dir(bare).trained, small_dataset)
+    items = recommender.recommend(str(small_dataset.customers["customer_id"].iloc[0]), k=2).items
+    assert items and all(item.probability is None for item in items)
+    code = main(
+        [
+            "score",
+            "--model",
+            str(bare),
+            "--data",
+            str(small_data_dir),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--probabilities",
+        ]
+    )
+    assert code == 2 and "no calibration" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_damaged_calibration_is_refused(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    (copy / CALIBRATION_FILE).write_text("{}")
+    with pytest.raises(ArtifactError, match=CALIBRATION_FILE):
+        load_model_dir(copy)
+
+
+@pytest.mark.slow
+def test_score_probabilities_column(model_dir, small_data_dir, tmp_path):
+    out = tmp_path / "top.csv"
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(small_data_dir),
+                "--out",
+                str(out),
+                "--k",
+                "3",
+                "--probabilities",
+            ]
+        )
+        == 0
+    )
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["customer_id", "rank", "product_id", "score", "probability"]
+    assert table["probability"].between(0, 1).all()
+    # The same probabilities as a single request gives (one ranking core, one calibration).
+    recommender = Recommender.load(model_dir, small_data_dir)
+    for customer, rows in list(table.groupby("customer_id"))[:30]:
+        expected = {item.product_id: item.probability for item in recommender.recommend(str(customer), k=3).items}
+        for pid, probability in zip(rows["product_id"], rows["probability"]):
+            assert probability == pytest.approx(expected[pid], abs=1e-5)
+    plain = tmp_path / "plain.csv"
+    assert (
+        main(["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(plain), "--k", "3"]) == 0
+    )
+    assert "probability" not in pd.read_csv(plain).columns
+
+
+@pytest.mark.slow
+def test_rest_api_returns_probability_beside_score(model_dir, small_data_dir, small_dataset):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from finrec.serve import create_app
+
+    with TestClient(create_app(model_dir, small_data_dir)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:  # loads in the background
+            time.sleep(0.2)
+        customer = str(small_dataset.customers["customer_id"].iloc[0])
+        body = client.post("/recommendations", json={"customer_id": customer, "k": 2}).json()
+    for item in body["recommendations"]:
+        assert 0 <= item["probability"] <= 1 and "score" in item
+
+
+@pytest.mark.slow
+def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_dir, tmp_path, capsys):
+    from finrec.data.io import write_dataset
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    # The training data itself is refused: its customers taught the model.
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["data_path"] = str(small_data_dir)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["calibrate", "--model", str(copy), "--data", str(small_data_dir)]) == 2
+    assert "trained on" in capsys.readouterr().err
+    tables = generate(GeneratorSettings(n_customers=800, seed=21))
+    for name in ("customers", "holdings", "interactions", "ground_truth"):  # new people, new ids
+        tables[name] = tables[name].assign(customer_id="N" + tables[name]["customer_id"].astype(str))
+    fresh = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "fresh")
+    before = load_model_dir(copy).trained.calibration
+    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    loaded = load_model_dir(copy)  # checksums verified: the directory was rewritten whole
+    assert loaded.trained.calibration.customers == 800 != before.customers
+    assert loaded.manifest["calibration_data"] == str(fresh.resolve())
