@@ -10,6 +10,7 @@ Layout::
       products.parquet         the catalogue with its details (for the recommender)
       config.yaml              the training configuration
       history.json             per-epoch training and validation metrics
+      monitoring.json          optional: the training population's distributions (``finrec monitor``)
 
 A file that is missing, truncated or altered fails its checksum and the directory is refused
 with a message naming the file.
@@ -42,6 +43,8 @@ EMBEDDINGS_FILE = "product_embeddings.npy"
 PRODUCTS_FILE = "products.parquet"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.json"
+# Optional: models trained before monitoring existed (or saved without a reference) lack it.
+MONITORING_FILE = "monitoring.json"
 
 
 def _sha256(path: Path) -> str:
@@ -57,9 +60,10 @@ def schema_hash(schema_dict: dict) -> str:
 
 
 def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", data_path: str | None = None,
-                   extra: dict[str, Any] | None = None) -> Path:
+                   extra: dict[str, Any] | None = None, monitoring: dict[str, Any] | None = None) -> Path:
     """Write ``trained`` (a ``finrec.training.TrainedModel``) to ``out``, replacing any previous
-    model there only once the new one is complete."""
+    model there only once the new one is complete. ``monitoring`` (from
+    ``finrec.governance.monitor.build_reference``) is written as ``monitoring.json``."""
     import keras
 
     out = Path(out)
@@ -70,6 +74,8 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
         pq.write_table(pa.Table.from_pandas(trained.products, preserve_index=False), tmp / PRODUCTS_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(trained.config.to_dict(), sort_keys=False), encoding="utf-8")
         (tmp / HISTORY_FILE).write_text(json.dumps(trained.history, indent=1), encoding="utf-8")
+        if monitoring is not None:
+            (tmp / MONITORING_FILE).write_text(json.dumps(monitoring, indent=1), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -145,3 +151,16 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     trained = TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history,
                            product_embeddings_=embeddings)
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
+
+
+def read_monitoring(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The monitoring reference of a model directory (checksums verified), or None for a model
+    saved without one."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if MONITORING_FILE not in manifest.get("files", {}):
+        return None
+    try:
+        return json.loads((path / MONITORING_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError(f"{path}: {MONITORING_FILE} is damaged (not valid JSON)") from None

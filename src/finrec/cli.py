@@ -128,7 +128,10 @@ def cmd_train(args) -> int:
     history = trained.history
     key = f"val_ndcg@{k}"
     best = max(history.get(key, [float("nan")]))
-    save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()))
+    from finrec.governance.monitor import reference_for
+
+    save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()),
+                   monitoring=reference_for(trained, dataset, k=k, seed=config.training.seed))
     epochs = len(history.get("loss", []))
     print(f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}")
     return 0
@@ -213,6 +216,36 @@ def cmd_serve(args) -> int:
 
     run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers)
     return 0
+
+
+# ------------------------------------------------------------------------------------ governance
+
+EXIT_DRIFT = 3
+
+
+def cmd_monitor(args) -> int:
+    from finrec.atomic import atomic_file
+    from finrec.governance.monitor import STATUSES, format_report, monitor_model
+
+    report = monitor_model(args.model, args.data, seed=args.seed)
+    print(format_report(report))
+    if args.json:
+        with atomic_file(args.json) as handle:
+            json.dump(report, handle, indent=1)
+    if args.fail_on and STATUSES.index(report["summary"]["status"]) >= STATUSES.index(args.fail_on):
+        print(f"finrec monitor: drift at or above {args.fail_on!r} (exit {EXIT_DRIFT})", file=sys.stderr)
+        return EXIT_DRIFT
+    return 0
+
+
+def _governance_parsers(sub) -> None:
+    p = sub.add_parser("monitor", help="population stability (PSI) of a scoring population against the training one")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="the scoring population (a dataset directory)")
+    p.add_argument("--json", type=Path, help="also write the report as JSON")
+    p.add_argument("--fail-on", choices=["warn", "alert"], help=f"exit {EXIT_DRIFT} when any entry reaches this status")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample scored when the data is large")
+    p.set_defaults(func=cmd_monitor)
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -300,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes (each loads the model)")
     p.set_defaults(func=cmd_serve)
+    _governance_parsers(sub)
     return parser
 
 
