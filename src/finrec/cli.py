@@ -214,7 +214,7 @@ def cmd_recommend(args) -> int:
 def cmd_serve(args) -> int:
     from finrec.serve import run
 
-    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers)
+    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers, registry_root=args.root)
     return 0
 
 
@@ -238,6 +238,51 @@ def cmd_monitor(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from finrec.governance.registry import Registry
+
+    registry = Registry(args.root)
+    if args.action == "add":
+        metrics = None
+        if args.metrics:
+            try:
+                raw = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise FinrecError(f"{args.metrics}: cannot read the metrics JSON ({type(exc).__name__})") from None
+            # `finrec evaluate --json` output: the model's row; any other JSON object as is
+            metrics = raw.get("results", {}).get("model", raw) if isinstance(raw, dict) else None
+            if not isinstance(metrics, dict):
+                raise FinrecError(f"{args.metrics}: expected a JSON object of metrics")
+        version = registry.add(args.model, metrics=metrics, report=args.report, note=args.note)
+        print(f"registered {args.model} as {version} in {args.root}")
+        if args.promote:
+            registry.promote(version)
+            print(f"promoted {version}")
+        return 0
+    if args.action == "promote":
+        state = registry.promote(args.version)
+        print(f"promoted {state['promoted']}")
+        return 0
+    if args.action == "rollback":
+        state = registry.rollback()
+        print(f"rolled back to {state['promoted']} (from {state['events'][-1]['previous']})")
+        return 0
+    versions = registry.versions()
+    if args.json:
+        print(json.dumps({"promoted": registry.promoted, "versions": versions}, indent=1))
+        return 0
+    if not versions:
+        print(f"{args.root}: no versions yet (`finrec models add --root {args.root} --model DIR`)")
+        return 0
+    print(f"  {'version':<9}{'registered':<27}{'val nDCG':>10}  {'data':<18}source")
+    for info in versions:
+        ndcg = next((v for k, v in (info.get("metrics") or {}).items() if "ndcg" in k), None)
+        print(f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(info.get('registered')):<27}"
+              f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
+              f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}")
+    return 0
+
+
 def _governance_parsers(sub) -> None:
     p = sub.add_parser("monitor", help="population stability (PSI) of a scoring population against the training one")
     p.add_argument("--model", required=True, type=Path)
@@ -246,6 +291,24 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--fail-on", choices=["warn", "alert"], help=f"exit {EXIT_DRIFT} when any entry reaches this status")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample scored when the data is large")
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("models", help="the model registry: list, add, promote, rollback")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="every version; * marks the promoted one")
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("add", help="copy a trained model directory in as a new version")
+    a.add_argument("--model", required=True, type=Path)
+    a.add_argument("--metrics", type=Path, help="metrics JSON (e.g. from `finrec evaluate --json`); "
+                   "default: the best epoch's validation metrics")
+    a.add_argument("--report", type=Path, help="its validation report (from `finrec report`), kept beside it")
+    a.add_argument("--note", help="a free-text note kept with the version")
+    a.add_argument("--promote", action="store_true", help="also promote it")
+    a = actions.add_parser("promote", help="serve this version from now on")
+    a.add_argument("version", help="a version id such as v0002")
+    actions.add_parser("rollback", help="back to the version promoted before the current one")
+    for a in actions.choices.values():
+        a.add_argument("--root", required=True, type=Path, help="the registry directory")
+    p.set_defaults(func=cmd_models)
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -327,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("serve", help="the REST API")
-    p.add_argument("--model", required=True, type=Path)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path)
+    source.add_argument("--root", type=Path, help="a model registry: serve its promoted version, follow promotions")
     p.add_argument("--data", type=Path, help="customer data (default: the model's training data)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
