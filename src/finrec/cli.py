@@ -283,6 +283,43 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
+    """A model directory, or with ``--root`` a version id of that registry (the champion defaults
+    to the promoted version)."""
+    from finrec.governance.registry import Registry, promoted_model
+
+    if root is None:
+        if name is None:
+            raise FinrecError(f"--{role} is required (a model directory, or a version id with --root)")
+        return name
+    if name is None:
+        if role != "champion":
+            raise FinrecError(f"--{role} is required")
+        return promoted_model(root)[1]
+    return name if name.is_dir() else Registry(root).model_path(str(name))
+
+
+def cmd_compare(args) -> int:
+    from finrec.artifacts import load_model_dir
+    from finrec.atomic import atomic_file
+    from finrec.data.io import load_dataset
+    from finrec.governance.compare import compare_models, format_comparison
+
+    dataset = load_dataset(args.data)
+    champion = _registry_model(args.champion, args.root, "champion")
+    challenger = _registry_model(args.challenger, args.root, "challenger")
+    models = [load_model_dir(path, expect_schema=dataset.schema.to_dict()).trained for path in (champion, challenger)]
+    result = compare_models(*models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence,
+                            seed=args.seed)
+    result = {"champion": str(champion), "challenger": str(challenger), "data": str(args.data), **result}
+    print(f"champion {champion}\nchallenger {challenger}")
+    print(format_comparison(result))
+    if args.json:
+        with atomic_file(args.json) as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
 def _governance_parsers(sub) -> None:
     p = sub.add_parser("monitor", help="population stability (PSI) of a scoring population against the training one")
     p.add_argument("--model", required=True, type=Path)
@@ -309,6 +346,18 @@ def _governance_parsers(sub) -> None:
     for a in actions.choices.values():
         a.add_argument("--root", required=True, type=Path, help="the registry directory")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("compare", help="champion vs challenger: metric differences with paired bootstrap intervals")
+    p.add_argument("--champion", type=Path, help="model directory (or, with --root, a version id; default: promoted)")
+    p.add_argument("--challenger", type=Path, help="model directory (or, with --root, a version id)")
+    p.add_argument("--data", required=True, type=Path, help="held-out customers with interactions")
+    p.add_argument("--root", type=Path, help="a model registry whose version ids --champion/--challenger may name")
+    p.add_argument("--k", type=_positive_int, default=5)
+    p.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
+    p.add_argument("--confidence", type=_fraction, default=0.95)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--json", type=Path, help="also write the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
 
 
 # ------------------------------------------------------------------------------------ parser
