@@ -320,6 +320,25 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from finrec.atomic import atomic_file
+    from finrec.governance.report import build_report, render_html, render_markdown
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm", ".md"):
+        raise FinrecError(f"--out {out}: the name must end in .html or .md")
+    for given in (args.model, args.data, *args.seed_models):
+        if out.resolve().is_relative_to(Path(given).resolve()):
+            raise FinrecError(f"--out {out}: inside the input {given}; write the report elsewhere")
+    report = build_report(args.model, args.data, k=args.k, seed=args.seed, seed_models=args.seed_models,
+                          shap_customers=args.shap_customers, lightgbm=not args.no_lightgbm)
+    text = render_markdown(report) if out.suffix.lower() == ".md" else render_html(report)
+    with atomic_file(out) as handle:
+        handle.write(text)
+    print(f"wrote {out} ({len(report['sections'])} sections)")
+    return 0
+
+
 def _governance_parsers(sub) -> None:
     p = sub.add_parser("monitor", help="population stability (PSI) of a scoring population against the training one")
     p.add_argument("--model", required=True, type=Path)
@@ -358,6 +377,19 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--json", type=Path, help="also write the comparison as JSON")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="the validation report of a model on a dataset (HTML or Markdown)")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="held-out customers (with or without interactions)")
+    p.add_argument("--out", required=True, type=Path, help="report.html or report.md")
+    p.add_argument("--k", type=_positive_int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the bootstrap and the random baseline")
+    p.add_argument("--seed-models", type=Path, nargs="*", default=[],
+                   help="the same configuration trained with other seeds, for the stability section")
+    p.add_argument("--shap-customers", type=_positive_int, default=20, help="customers explained for mean |SHAP|")
+    p.add_argument("--no-lightgbm", action="store_true", help="skip the LightGBM baseline (it is trained on the "
+                   "model's training data, which takes a while on a large bank)")
+    p.set_defaults(func=cmd_report)
 
 
 # ------------------------------------------------------------------------------------ parser
