@@ -6,7 +6,11 @@
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
     finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
-    finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000]
+    finrec serve     --model MODEL_DIR | --root REGISTRY [--host 127.0.0.1] [--port 8000]
+    finrec monitor   --model MODEL_DIR --data DIR [--json FILE] [--fail-on alert]
+    finrec models    list|add|promote|rollback --root REGISTRY ...
+    finrec compare   --champion MODEL_DIR --challenger MODEL_DIR --data DIR [--json FILE]
+    finrec report    --model MODEL_DIR --data DIR --out report.html|report.md
 
 Errors in the input print one clear line and exit with status 2; nothing is half-written.
 """
