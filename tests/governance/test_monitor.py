@@ -146,3 +146,14 @@ def test_monitor_command(monitored_model_dir, model_dir, tmp_path, population, c
     # a model saved without a reference: one clear line, exit 2
     assert main(["monitor", "--model", str(model_dir), "--data", str(data)]) == 2
     assert "predates monitoring" in capsys.readouterr().err
+
+
+def test_sampling_noise_matches_simulated_psi():
+    """Two samples of one population: the mean PSI is close to (B - 1)(1/n_ref + 1/n_cur)."""
+    rng = np.random.default_rng(5)
+    values = []
+    for _ in range(300):
+        reference = M.numeric_reference(rng.lognormal(10, 1, 2000))
+        values.append(M.compare(reference, rng.lognormal(10, 1, 500))["psi"])
+    assert M.sampling_noise(10, 2000, 500) == pytest.approx(9 * (1 / 2000 + 1 / 500))
+    assert np.mean(values) == pytest.approx(M.sampling_noise(10, 2000, 500), rel=0.15)
