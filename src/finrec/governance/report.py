@@ -504,11 +504,11 @@ def fairness_section(ctx: Context) -> Section:
 
 def explanation_section(ctx: Context, n_customers: int) -> Section:
     section = Section("9. Global explanations")
-    try:
-        import shap
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("shap") is None:
         return section.p("shap is not installed (`pip install finrec[dashboard]`): no SHAP values.")
-    from finrec.explain import CustomerExplainer
+    from finrec.explain import CustomerExplainer, permutation_shap
 
     customers = ctx.dataset.customers
     explainer = CustomerExplainer(ctx.recommender, background=customers, max_background=30, seed=ctx.seed)
@@ -526,10 +526,7 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
         product = ctx.trained.pipeline.product_ids_[ranking.index[i, 0]]
         score = explainer.score_function(product, held_by.get(str(sample[cid].iloc[i]), []))
         x = explainer.encode(sample.iloc[[i]])
-        result = shap.PermutationExplainer(score, background)(
-            x, max_evals=2 * len(explainer.feature_names) + 1, silent=True
-        )
-        values.append(np.abs(result.values[0]))
+        values.append(np.abs(permutation_shap(score, x, background)[0]))
     if not values:
         return section.p("No customer of this data has an eligible product: nothing to explain.")
     mean = np.mean(values, axis=0)
