@@ -33,7 +33,6 @@ from finrec.recommend import filters as F  # noqa: E402
 from finrec.recommend.recommender import Recommender  # noqa: E402
 
 K = 5
-PRESETS = ("balanced", "conservative", "risk_tolerant")
 MAX_LISTED_IDS = 500
 GLOBAL_SAMPLE = 50
 EVALUATION_FILE = "model-evaluation.json"
@@ -68,7 +67,11 @@ def load_recommender(model_dir: str, data_dir: str | None) -> Recommender:
 def load_explainer(model_dir: str, data_dir: str | None) -> X.CustomerExplainer:
     explainer = X.CustomerExplainer(load_recommender(model_dir, data_dir), max_background=100, seed=0)
     # SHAP's first call compiles numba code (10-40 s): do it in the background while the user reads.
-    threading.Thread(target=_warm_up_shap, args=(explainer,), daemon=True, name="shap-warm-up").start()
+    # FINREC_SHAP_WARMUP=0 turns that off: CPython 3.11 keeps the AST builder's recursion counter
+    # per interpreter, so a compile in this thread racing another thread's compile (Streamlit's
+    # script, pytest's assertion rewriting) can fail with "AST constructor recursion depth mismatch".
+    if os.environ.get("FINREC_SHAP_WARMUP", "1") != "0":
+        threading.Thread(target=_warm_up_shap, args=(explainer,), daemon=True, name="shap-warm-up").start()
     return explainer
 
 
@@ -132,7 +135,56 @@ def population_frame(model_dir: str, data_dir: str | None) -> pd.DataFrame:
     return load_recommender(model_dir, data_dir).known_customers
 
 
+@st.cache_data(show_spinner=False)
+def sensitivity_ranking(model_dir: str, data_dir: str | None) -> list[str] | None:
+    """Numeric features by a cheap global importance (shuffling each one); None without customers."""
+    if len(load_recommender(model_dir, data_dir).known_customers) == 0:
+        return None
+    return list(load_explainer(model_dir, data_dir).numeric_sensitivity().index)
+
+
+def display_plan(model_dir: str, data_dir: str | None, rec: Recommender) -> X.DisplayPlan:
+    """The columns shown for this schema: its display hints, else ranked by global SHAP once it
+    has been computed on the Explain tab, by the cheap proxy before."""
+    state = st.session_state.get("global")
+    ranking = list(state["frame"]["feature"]) if state else sensitivity_ranking(model_dir, data_dir)
+    return X.display_plan(rec, ranking)
+
+
+def shown_path(path: str | Path | None) -> str:
+    """A path for the page: relative to the working directory when inside it, else its last two
+    parts (the page never shows where a server keeps its files)."""
+    if path is None:
+        return "—"
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(Path(*path.parts[-2:])) if len(path.parts) >= 2 else path.name
+
+
 # ------------------------------------------------------------------------------------ start
+def check_demo_targets(model_dir: Path) -> None:
+    """Refuse, before anything is written, a demo build that would overwrite an input (the data
+    in FINREC_DATA, the model in FINREC_MODEL when another one is being built) or a directory of
+    other files, or whose model directory is one of the demo's own outputs."""
+    from finrec.atomic import check_writable, refuse_overlap
+
+    root = model_dir.parent
+    bank, split, evaluation = root / "bank", root / "split", root / EVALUATION_FILE
+    inputs = {"the data in FINREC_DATA": os.environ.get("FINREC_DATA") or None}
+    if (Path(DEFAULT_MODEL) / MANIFEST).is_file() and Path(DEFAULT_MODEL).resolve() != model_dir.resolve():
+        inputs["the model in FINREC_MODEL"] = DEFAULT_MODEL
+    outputs = [(bank, "directory", S.SCHEMA_FILE), (split / "train", "directory", S.SCHEMA_FILE),
+               (split / "test", "directory", S.SCHEMA_FILE), (model_dir, "directory", MANIFEST),
+               (evaluation, "file", None)]
+    for path, kind, marker in outputs:
+        refuse_overlap(path, inputs, what="the demo's output")
+        check_writable(path, kind, marker=marker, what="the demo's output")
+    refuse_overlap(model_dir, {"the demo bank": bank, "the demo split": split, "the evaluation file": evaluation},
+                   what="the model directory")
+
+
 def build_demo(model_dir: Path) -> None:
     """Generate the synthetic bank, split it, train the default model and evaluate it."""
     from finrec.artifacts import save_model_dir
@@ -146,6 +198,7 @@ def build_demo(model_dir: Path) -> None:
 
     root = model_dir.parent
     bank, split = root / "bank", root / "split"
+    check_demo_targets(model_dir)
     status = st.status("Building the demo bank…", expanded=True)
     status.write(f"Generating {GeneratorSettings().n_customers:,} synthetic customers into `{bank}`")
     write_dataset(generate(GeneratorSettings()), S.SYNTHETIC.schema(), bank)
@@ -182,13 +235,16 @@ def build_demo(model_dir: Path) -> None:
 
 
 def start_panel(model_dir: str) -> None:
+    from finrec.data.synthetic import GeneratorSettings
+
+    bank = GeneratorSettings()
     with st.container(border=True):
         st.subheader("No model yet")
         st.markdown(
             f"There is no finrec model at `{model_dir}`. One click builds the synthetic demo bank "
-            f"(8,000 customers, 25 products) next to it, splits it by customer, trains the default "
-            f"two-tower model and evaluates it on the held-out customers (a few minutes on 2 cores). "
-            f"Or enter another model directory in the sidebar."
+            f"({bank.n_customers:,} customers, {bank.n_products:,} products) next to it, splits it by customer, "
+            f"trains the default two-tower model and evaluates it on the held-out customers (a few minutes on "
+            f"2 cores). Or enter another model directory in the sidebar."
         )
         if st.button("Build the demo bank and train the default model", type="primary", key="build"):
             build_demo(Path(model_dir))
@@ -197,7 +253,7 @@ def start_panel(model_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ sidebar
-def choose_customer(rec: Recommender) -> Subject | None:
+def choose_customer(rec: Recommender, plan: X.DisplayPlan) -> Subject | None:
     schema = rec.schema.customers
     cid = schema.id
     st.sidebar.header("Customer")
@@ -210,25 +266,25 @@ def choose_customer(rec: Recommender) -> Subject | None:
         st.sidebar.warning("No customer data is loaded with this model: upload customer profiles instead.")
         return None
     keep = np.ones(len(customers), dtype=bool)
-    search = st.sidebar.text_input("Search by customer id", key="search", placeholder="e.g. C0000042").strip()
+    search = st.sidebar.text_input("Search by customer id", key="search",
+                                   placeholder=f"e.g. {customers[cid].iloc[0]}").strip()
     if search:
         keep &= customers[cid].astype(str).str.contains(search, case=False, regex=False).to_numpy()
     with st.sidebar.expander("Segment filters", expanded=False):
-        categorical = [c for c in schema.categorical if c in customers]
+        categorical = [c for c in plan.segments if c in customers]
         if categorical:
-            default = next((c for c in X.SEGMENT_COLUMNS if c in categorical), categorical[0])
-            segment = st.selectbox("Segment", categorical, index=categorical.index(default), key="segment")
+            segment = st.selectbox("Segment", categorical, index=0, key="segment", format_func=plan.label)
             values = sorted(customers[segment].dropna().astype(str).unique())
-            chosen = st.multiselect(f"{segment} is", values, key=f"segment_values_{segment}")
+            chosen = st.multiselect(f"{plan.label(segment)} is", values, key=f"segment_values_{segment}")
             if chosen:
                 keep &= customers[segment].astype(str).isin(chosen).to_numpy()
-        if S.AGE in customers:
-            lo, hi = int(customers[S.AGE].min()), int(customers[S.AGE].max())
+        age = pd.to_numeric(customers[S.AGE], errors="coerce").to_numpy(dtype="float64") if S.AGE in customers else None
+        if age is not None and np.isfinite(age).any():
+            lo, hi = int(np.nanmin(age)), int(np.ceil(np.nanmax(age)))
             band = st.slider("Age band", lo, max(hi, lo + 1), (lo, max(hi, lo + 1)), key="age_band")
-            age = customers[S.AGE].to_numpy(dtype="float64")
             keep &= (age >= band[0]) & (age <= band[1])
         if schema.risk and schema.risk in customers:
-            band = st.slider("Risk tolerance", S.RISK_MIN, S.RISK_MAX, (S.RISK_MIN, S.RISK_MAX), key="risk_band")
+            band = st.slider(plan.label(schema.risk), S.RISK_MIN, S.RISK_MAX, (S.RISK_MIN, S.RISK_MAX), key="risk_band")
             risk = customers[schema.risk].to_numpy(dtype="float64")
             keep &= (risk >= band[0]) & (risk <= band[1])
     matches = customers[cid].astype(str).to_numpy()[keep]
@@ -269,8 +325,7 @@ def uploaded_customer(rec: Recommender) -> Subject | None:
 
 def choose_filters(rec: Recommender) -> F.Filters:
     st.sidebar.header("Filters")
-    preset = st.sidebar.radio("Preset", PRESETS, key="preset", horizontal=True,
-                              help="conservative: risk level at most 3; every preset keeps risk within the customer's tolerance")
+    preset = st.sidebar.radio("Preset", F.PRESET_NAMES, key="preset", horizontal=True, help=F.PRESET_HELP)
     categories = st.sidebar.multiselect("Only these categories", rec.catalogue.categories, key="categories",
                                         help="empty = every category")
     exclude_held = st.sidebar.checkbox("Exclude products already held", value=True, key="exclude_held")
@@ -282,62 +337,67 @@ def tolerance_of(rec: Recommender, subject: Subject):
     return subject.row.get(rec.schema.customers.risk) if rec.schema.customers.risk else None
 
 
-def recommendations_tab(rec: Recommender, subject: Subject, filters: F.Filters, result) -> None:
+def recommendations_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters: F.Filters, result) -> None:
     tolerance = tolerance_of(rec, subject)
     top = f"{result.items[0].score:.3f}" if result.items else "—"
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Eligible products", f"{result.eligible} of {len(rec.pipeline.product_ids_)}")
-    c2.metric("Preset", (filters.preset or "balanced").replace("_", " "))
-    c3.metric("Risk tolerance", "unknown" if tolerance is None else f"{int(tolerance)} / {S.RISK_MAX}")
-    c4.metric("Best match (cosine)", top)
+    metrics = [("Eligible products", f"{result.eligible} of {len(rec.pipeline.product_ids_)}"),
+               ("Preset", (filters.preset or "balanced").replace("_", " "))]
+    if rec.schema.customers.risk:
+        metrics.append((plan.label(rec.schema.customers.risk),
+                        "unknown" if tolerance is None else f"{int(tolerance)} / {S.RISK_MAX}"))
+    metrics.append(("Best match (cosine)", top))
+    for cell, (label, value) in zip(st.columns(len(metrics)), metrics):
+        cell.metric(label, value)
     if result.message:
         st.warning(f"Fewer than {K} recommendations: {result.message}.")
     if not result.items:
         return
-    table = X.recommendations_table(result, rec.schema, tolerance)
+    table = X.recommendations_table(result, plan, rec.schema, tolerance)
     category = rec.schema.products.category
-    risk = rec.schema.products.risk
-    columns = st.columns(len(table))
-    for column, record in zip(columns, table.to_dict("records")):
+    columns = st.columns(len(result.items))
+    for column, item, record in zip(columns, result.items, table.to_dict("records")):
         with column.container(border=True):
-            st.markdown(f"**#{record['rank']} · {record[X.NAME]}**")
-            if category:
-                st.caption(str(record[category]).replace("_", " "))
-            st.metric("Similarity", f"{record['score']:.3f}")
-            details = []
-            if risk:
-                details.append(f"Risk level **{record[risk]}** / 7")
-            if record.get(X.YIELD) is not None:
-                details.append(f"Expected yield **{record[X.YIELD]:.2f}%**")
-            details.append(f"Duration **{record[X.DURATION]}**")
-            details.append(f"Terms: {record['terms']}")
-            st.markdown("  \n".join(details))
-            st.markdown(record["suitability"])
-    st.dataframe(
-        table, hide_index=True, width="stretch", key="recommendations_table",
-        column_config={"score": st.column_config.ProgressColumn("score", min_value=-1.0, max_value=1.0, format="%.3f")},
-    )
+            st.markdown(f"**#{item.rank} · {plan.title(item.product, item.product_id)}**")
+            kind = X.display_value(item.product.get(category)) if category else None
+            if kind:
+                st.caption(kind.replace("_", " "))
+            st.metric("Similarity", f"{item.score:.3f}")
+            details = [f"{label} **{text}**" for label, text in X.product_fields(item.product, plan, rec.schema)]
+            terms = X.product_terms(item.product)
+            if terms:
+                details.append(f"Terms: {terms}")
+            if details:
+                st.markdown("  \n".join(details))
+            if "suitability" in record:
+                st.markdown(record["suitability"])
+    config = {"score": st.column_config.ProgressColumn("score", min_value=-1.0, max_value=1.0, format="%.3f")}
+    config.update({c: st.column_config.Column(plan.label(c)) for c in table.columns if c in plan.product_details})
+    st.dataframe(table, hide_index=True, width="stretch", key="recommendations_table", column_config=config)
     with st.expander("Why not the other products? (audit of every product)"):
         st.dataframe(rec.audit(subject.request(), filters), hide_index=True, width="stretch")
 
 
-def profile_tab(rec: Recommender, subject: Subject, population: pd.DataFrame) -> None:
+def metric_grid(cells: list[tuple[str, str]], per_row: int = 4) -> None:
+    for first in range(0, len(cells), per_row):
+        row = cells[first:first + per_row]
+        for cell, (label, value) in zip(st.columns(per_row), row):
+            cell.metric(label, value)
+
+
+def profile_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, population: pd.DataFrame) -> None:
     schema = rec.schema.customers
     row = subject.row
-    numeric = [c for c in (S.AGE, S.INCOME, *X.PROFILE_COLUMNS[1:2], S.CREDIT_SCORE) if c in schema.numeric]
-    categorical = [c for c in X.SEGMENT_COLUMNS if c in schema.categorical]
-    cells = st.columns(max(1, len(numeric) + len(categorical)))
-    for cell, column in zip(cells, numeric + categorical):
-        value = row.get(column)
-        text = "—" if value is None else (f"{value:,.0f}" if isinstance(value, (int, float)) else str(value).replace("_", " "))
-        cell.metric(column.replace("_", " ").capitalize(), text)
+    cells = [(plan.label(c), (X.display_value(row.get(c)) or "—").replace("_", " "))
+             for c in (*plan.profile, *plan.segments[:2])]
+    if cells:
+        metric_grid(cells)
     left, right = st.columns([3, 2])
     with left:
         st.markdown("##### Where this customer stands among all customers")
-        ranks = X.percentile_ranks(population, row, X.profile_columns(rec.schema))
+        ranks = X.percentile_ranks(population, row, plan.profile)
         if len(ranks):
-            labels = [f"{c.replace('_', ' ')} ({v:,.3g})" if abs(v) < 100 else f"{c.replace('_', ' ')} ({v:,.0f})"
-                      for c, v in zip(ranks.feature, ranks.value.fillna(np.nan))]
+            labels = [f"{plan.label(c)} ({X.display_value(v) or 'missing'})"
+                      for c, v in zip(ranks.feature, ranks.value)]
             fig = go.Figure(go.Bar(x=ranks.percentile, y=labels, orientation="h", marker_color=ACCENT,
                                    text=[f"{p:.0f}th pct" if not np.isnan(p) else "missing" for p in ranks.percentile],
                                    textposition="auto"))
@@ -347,7 +407,7 @@ def profile_tab(rec: Recommender, subject: Subject, population: pd.DataFrame) ->
     with right:
         tolerance = tolerance_of(rec, subject)
         if schema.risk:
-            st.markdown("##### Risk tolerance")
+            st.markdown(f"##### {plan.label(schema.risk)}")
             gauge = go.Figure(go.Indicator(
                 mode="gauge+number", value=float(tolerance) if tolerance is not None else 0,
                 gauge=dict(axis=dict(range=[S.RISK_MIN, S.RISK_MAX], dtick=1), bar=dict(color=ACCENT),
@@ -359,60 +419,61 @@ def profile_tab(rec: Recommender, subject: Subject, population: pd.DataFrame) ->
         st.markdown("##### Holdings")
         if subject.holdings:
             positions = rec.pipeline.product_positions(subject.holdings)
-            held = pd.DataFrame([{S.PRODUCT_ID: p, **{k: rec.products[i].get(k) for k in (X.NAME, rec.schema.products.category) if k}}
-                                 for p, i in zip(subject.holdings, positions)])
+            category = rec.schema.products.category
+            held = []
+            for product_id, i in zip(subject.holdings, positions):
+                held.append({rec.schema.products.id: product_id, "name": plan.title(rec.products[i], product_id)})
+                if category:
+                    held[-1][category] = X.display_value(rec.products[i].get(category)) or "—"
+            held = pd.DataFrame(held)
             st.dataframe(held, hide_index=True, width="stretch")
         else:
             st.caption("No products held" + (" (uploaded profiles carry no holdings)" if subject.customer_id is None else ""))
     with st.expander("All attributes"):
-        st.dataframe(pd.DataFrame([row]).T.rename(columns={0: "value"}).astype(str), width="stretch")
+        values = [X.display_value(v) or "—" for v in row.values()]
+        st.dataframe(pd.DataFrame({"value": values}, index=[str(k) for k in row]), width="stretch")
 
 
-def what_if_tab(rec: Recommender, subject: Subject, filters: F.Filters, result) -> None:
-    schema = rec.schema.customers
+def what_if_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters: F.Filters, result) -> None:
     row = subject.row
     population = rec.known_customers
-    st.markdown("Change the customer's situation and compare the new top 5 with the current one.")
-    changes: dict = {}
-    cols = st.columns(4)
-    if S.INCOME in schema.numeric:
-        income = float(row.get(S.INCOME) or 0.0)
-        top = float(population[S.INCOME].quantile(0.99)) if S.INCOME in population and len(population) else income * 2
-        top = max(top, income * 1.5, 1000.0)
-        changes[S.INCOME] = cols[0].slider("Income", 0.0, float(round(top, -3)), float(min(income, top)), step=500.0,
-                                           key=f"wi_income_{subject.key}")
-    if schema.risk:
-        tolerance = int(row.get(schema.risk) or S.RISK_MIN)
-        changes[schema.risk] = cols[1].slider("Risk tolerance", S.RISK_MIN, S.RISK_MAX, tolerance, key=f"wi_risk_{subject.key}")
-    if X.DIGITAL_ENGAGEMENT in schema.numeric:
-        engagement = float(row.get(X.DIGITAL_ENGAGEMENT) or 0.0)
-        changes[X.DIGITAL_ENGAGEMENT] = cols[2].slider("Digital engagement", 0.0, 1.0, min(max(engagement, 0.0), 1.0), step=0.01,
-                                                       key=f"wi_digital_{subject.key}")
-    if S.AGE in schema.numeric:
-        age = int(row.get(S.AGE) or 40)
-        changes[S.AGE] = cols[3].slider("Age", 18, 100, min(max(age, 18), 100), key=f"wi_age_{subject.key}")
-    changed = {k: v for k, v in changes.items() if row.get(k) is None or float(v) != float(row.get(k))}
-    after = rec.recommend(subject.request(changes), k=K, filters=filters)
+    st.markdown(f"Change the customer's situation and compare the new top {K} with the current one.")
+    if not plan.what_if:
+        st.info("This schema has no numeric customer feature to change.")
+        return
+    specs = [X.slider_spec(c, row.get(c), population, rec.schema, plan.label(c)) for c in plan.what_if]
+    changed: dict = {}
+    per_row = 4
+    for first in range(0, len(specs), per_row):
+        for cell, spec in zip(st.columns(per_row), specs[first:first + per_row]):
+            value = cell.slider(spec.label, spec.low, spec.high, spec.value, step=spec.step,
+                                key=f"wi_{spec.column}_{subject.key}")
+            if value != spec.value:
+                changed[spec.column] = value
+    after = rec.recommend(subject.request(changed), k=K, filters=filters)
     before_ids = [i.product_id for i in result.items]
     after_ids = [i.product_id for i in after.items]
     left, right = st.columns(2)
     with left:
-        st.markdown("##### Current top 5")
-        st.dataframe(pd.DataFrame([{"rank": i.rank, X.NAME: i.product.get(X.NAME, i.product_id), "score": round(i.score, 4)}
-                                   for i in result.items]), hide_index=True, width="stretch")
+        st.markdown(f"##### Current top {K}")
+        current = [{"rank": i.rank, "product": plan.title(i.product, i.product_id), "score": round(i.score, 4)}
+                   for i in result.items]
+        st.dataframe(pd.DataFrame(current), hide_index=True, width="stretch")
     with right:
-        st.markdown("##### What-if top 5" + (" (unchanged inputs)" if not changed else ""))
+        st.markdown(f"##### What-if top {K}" + (" (unchanged inputs)" if not changed else ""))
         marks = X.rank_changes(before_ids, after_ids)
-        st.dataframe(pd.DataFrame([{"rank": i.rank, X.NAME: i.product.get(X.NAME, i.product_id), "score": round(i.score, 4), "move": m}
-                                   for i, m in zip(after.items, marks)]), hide_index=True, width="stretch", key="whatif_table")
-    dropped = [i.product.get(X.NAME, i.product_id) for i in result.items if i.product_id not in after_ids]
+        st.dataframe(pd.DataFrame([{"rank": i.rank, "product": plan.title(i.product, i.product_id),
+                                    "score": round(i.score, 4), "move": m} for i, m in zip(after.items, marks)]),
+                     hide_index=True, width="stretch", key="whatif_table")
+    dropped = [plan.title(i.product, i.product_id) for i in result.items if i.product_id not in after_ids]
     if dropped:
-        st.caption("Dropped out of the top 5: " + ", ".join(map(str, dropped)))
+        st.caption(f"Dropped out of the top {K}: " + ", ".join(dropped))
     if after.message:
         st.warning(after.message)
 
 
-def embeddings_tab(model_dir: str, data_dir: str | None, rec: Recommender, subject: Subject, result) -> None:
+def embeddings_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan: X.DisplayPlan, subject: Subject,
+                   result) -> None:
     explainer = load_explainer(model_dir, data_dir)
     projection = load_projection(model_dir, data_dir)
     x = explainer.encode(pd.DataFrame([subject.row]))
@@ -421,9 +482,9 @@ def embeddings_tab(model_dir: str, data_dir: str | None, rec: Recommender, subje
     me = projection.transform(customer)[0]
     recommended = {i.product_id for i in result.items}
     ids = list(rec.pipeline.product_ids_)
-    names = [str(p.get(X.NAME, pid)) for p, pid in zip(rec.products, ids)]
+    names = [plan.title(p, pid) for p, pid in zip(rec.products, ids)]
     category = rec.schema.products.category
-    kinds = [str(p.get(category, "")) if category else "" for p in rec.products]
+    kinds = [(X.display_value(p.get(category)) or "") if category else "" for p in rec.products]
     fig = go.Figure()
     for kind in sorted(set(kinds)):
         index = [j for j, k in enumerate(kinds) if k == kind]
@@ -447,7 +508,7 @@ def embeddings_tab(model_dir: str, data_dir: str | None, rec: Recommender, subje
     with right:
         st.markdown("##### Nearest products (any eligibility)")
         near = X.nearest_products(customer, rec.product_embeddings, ids, k=10)
-        near.insert(1, X.NAME, [names[ids.index(p)] for p in near[S.PRODUCT_ID]])
+        near.insert(1, "product", [names[ids.index(p)] for p in near[S.PRODUCT_ID]])
         near["recommended"] = ["✅" if p in recommended else "" for p in near[S.PRODUCT_ID]]
         st.dataframe(near.round(4), hide_index=True, width="stretch")
 
@@ -463,12 +524,14 @@ def shap_chart(explainer: X.CustomerExplainer, x: np.ndarray, values: np.ndarray
     return fig
 
 
-def explain_tab(model_dir: str, data_dir: str | None, rec: Recommender, subject: Subject, result) -> None:
+def explain_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan: X.DisplayPlan, subject: Subject,
+                result) -> None:
     if not result.items:
         st.info("No recommendation to explain under these filters.")
         return
     explainer = load_explainer(model_dir, data_dir)
-    options = {f"#{i.rank} · {i.product.get(X.NAME, i.product_id)} ({i.product_id})": i.product_id for i in result.items}
+    options = {f"#{i.rank} · {plan.title(i.product, i.product_id)} ({i.product_id})": i.product_id
+               for i in result.items}
     label = st.selectbox("Recommended product", list(options), key="shap_product")
     product_id = options[label]
     st.caption("Permutation SHAP: each feature's contribution to this customer's similarity with the product, against "
@@ -540,21 +603,26 @@ def model_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
     if path.is_file():
         try:
             evaluation = json.loads(path.read_text(encoding="utf-8"))
-            st.caption(f"From `{path}` (data: `{evaluation.get('data')}`)")
-        except (OSError, json.JSONDecodeError) as exc:
-            st.warning(f"{path}: cannot read it ({exc})")
+            if not (isinstance(evaluation, dict) and isinstance(evaluation.get("results"), dict)):
+                raise ValueError("not written by `finrec evaluate --json`")
+            st.caption(f"From `{shown_path(path)}` (data: `{shown_path(evaluation.get('data'))}`)")
+        except (OSError, ValueError, RecursionError) as exc:  # a damaged or foreign file: say so, evaluate anew
+            evaluation = None
+            st.warning(f"{shown_path(path)}: cannot read it ({type(exc).__name__})")
     if evaluation is None:
         eval_dir = evaluation_data_dir(rec, model_dir, data_dir)
         if eval_dir is None:
             st.info("No evaluation file and no data to evaluate on.")
         else:
-            st.caption(f"No `{EVALUATION_FILE}` next to the model. Evaluate on `{eval_dir}`"
+            st.caption(f"No `{EVALUATION_FILE}` next to the model. Evaluate on `{shown_path(eval_dir)}`"
                        + ("" if eval_dir.name == "test" else " (customers the model may have seen: optimistic)"))
             if st.button("Compute the evaluation", key="evaluate_button") or st.session_state.get("evaluated") == str(eval_dir):
                 evaluation = compute_evaluation(model_dir, data_dir, str(eval_dir))
                 st.session_state["evaluated"] = str(eval_dir)
     if evaluation:
         table = pd.DataFrame(evaluation["results"]).T
+        if "customers" in table:  # a count: the transpose made it a float like every metric
+            table["customers"] = pd.to_numeric(table["customers"], errors="coerce").round().astype("Int64")
         st.dataframe(table.style.format("{:.4f}", subset=[c for c in table.columns if c != "customers"]),
                      width="stretch", key="evaluation_table")
     st.markdown("##### Training curves")
@@ -645,7 +713,8 @@ def page() -> None:
     if built and Path(built).parent == Path(model_dir).parent and not os.environ.get("FINREC_DATA"):
         data_dir = built
     rec = load_recommender(model_dir, data_dir)
-    subject = choose_customer(rec)
+    plan = display_plan(model_dir, data_dir, rec)
+    subject = choose_customer(rec, plan)
     filters = choose_filters(rec)
     names = ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model", "Monitoring"]
     if subject is None:
@@ -660,16 +729,16 @@ def page() -> None:
     st.markdown(f"#### {subject.label}")
     tabs = dict(zip(names, st.tabs(names)))
     with tabs["Recommendations"]:
-        recommendations_tab(rec, subject, filters, result)
+        recommendations_tab(rec, plan, subject, filters, result)
         st.caption(f"Recommended in {(time.perf_counter() - start) * 1000:.1f} ms")
     with tabs["Profile"]:
-        profile_tab(rec, subject, population_frame(model_dir, data_dir))
+        profile_tab(rec, plan, subject, population_frame(model_dir, data_dir))
     with tabs["What-if"]:
-        what_if_tab(rec, subject, filters, result)
+        what_if_tab(rec, plan, subject, filters, result)
     with tabs["Embeddings"]:
-        embeddings_tab(model_dir, data_dir, rec, subject, result)
+        embeddings_tab(model_dir, data_dir, rec, plan, subject, result)
     with tabs["Explain (SHAP)"]:
-        explain_tab(model_dir, data_dir, rec, subject, result)
+        explain_tab(model_dir, data_dir, rec, plan, subject, result)
     with tabs["Model"]:
         model_tab(model_dir, data_dir, rec)
     with tabs["Monitoring"]:

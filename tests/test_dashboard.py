@@ -41,7 +41,7 @@ def frame_with(at: AppTest, column: str) -> pd.DataFrame:
 
 
 def recommendations(at: AppTest) -> pd.DataFrame:
-    return frame_with(at, "suitability")
+    return frame_with(at, "reason")
 
 
 def risk(table: pd.DataFrame) -> pd.Series:
@@ -70,9 +70,16 @@ def test_customer_and_filter_controls(app, small_dataset):
 
     category = S.SYNTHETIC.category
     rerun(app.multiselect(key="categories").set_value(["savings_account", "term_deposit"]))
+    assert set(recommendations(app)[category]) <= {"savings_account", "term_deposit"}
+
+    # Both mortgages are open to this customer and nothing else is in the category: exactly two
+    # recommendations and the warning that there are fewer than five.
+    rerun(app.radio(key="preset").set_value("balanced"))
+    rerun(app.selectbox(key="customer_id").set_value(_mortgage_customer(app, small_dataset)))
+    rerun(app.multiselect(key="categories").set_value(["mortgage"]))
     table = recommendations(app)
-    assert set(table[category]) <= {"savings_account", "term_deposit"}
-    assert any("Fewer than 5" in w.value for w in app.warning) or len(table) == 5
+    assert table[category].tolist() == ["mortgage", "mortgage"]
+    assert sum("Fewer than 5" in w.value and "only 2 product(s)" in w.value for w in app.warning) == 1
 
     rerun(app.multiselect(key="categories").set_value([]))
     rerun(app.radio(key="preset").set_value("balanced"))
@@ -81,6 +88,19 @@ def test_customer_and_filter_controls(app, small_dataset):
     assert len(recommendations(app)) == 5
     rerun(app.checkbox(key="exclude_held").check())
     assert not set(recommendations(app)[S.PRODUCT_ID]) & held
+
+
+def _mortgage_customer(app: AppTest, small_dataset) -> str:
+    """A listed customer whom both mortgages of the catalogue accept and who holds neither."""
+    c = small_dataset.customers
+    mortgages = small_dataset.products[small_dataset.products[S.SYNTHETIC.category] == "mortgage"]
+    assert len(mortgages) == 2
+    holders = set(small_dataset.holdings.customer_id[small_dataset.holdings.product_id.isin(mortgages.product_id)])
+    ok = ((c[S.INCOME] >= mortgages[S.MIN_INCOME].max()) & (c[S.CREDIT_SCORE] >= mortgages[S.MIN_CREDIT_SCORE].max())
+          & (c[S.AGE] >= mortgages[S.MIN_AGE].max()) & (c[S.AGE] <= mortgages[S.MAX_AGE].min())
+          & (c[S.SYNTHETIC.risk_tolerance] >= mortgages[S.SYNTHETIC.risk_level].max()) & ~c.customer_id.isin(holders))
+    listed = set(app.selectbox(key="customer_id").options)
+    return next(cid for cid in c.customer_id[ok] if cid in listed)
 
 
 def test_segment_search_and_bands(app, small_dataset):
@@ -103,12 +123,18 @@ def test_what_if_slider(app):
     cid = app.selectbox(key="customer_id").value
     before = recommendations(app)
     assert frame_with(app, "move")["move"].eq("=").all()
-    rerun(app.slider(key=f"wi_risk_id:{cid}").set_value(1))
+    # The synthetic bank's schema.yaml names its what-if columns.
+    sliders = [s for s in app.slider if str(s.key).startswith("wi_")]
+    assert [s.label for s in sliders] == ["Income", "Risk tolerance", "Digital engagement", "Age"]
+    rerun(app.slider(key=f"wi_risk_tolerance_id:{cid}").set_value(1))
     after = frame_with(app, "move")
-    assert len(after) >= 1 and "move" in after
+    risky = set(before.loc[before[S.SYNTHETIC.risk_level] > 1, "name"])
+    assert risky and not risky & set(after["product"])  # a tolerance of 1 leaves only risk-1 products
     assert (recommendations(app)["product_id"] == before["product_id"]).all()  # the original is unchanged
-    rerun(app.slider(key=f"wi_income_id:{cid}").set_value(0.0))
-    rerun(app.slider(key=f"wi_digital_id:{cid}").set_value(1.0))
+    income = app.slider(key=f"wi_income_id:{cid}")
+    rerun(income.set_value(income.min))
+    engagement = app.slider(key=f"wi_digital_engagement_id:{cid}")
+    rerun(engagement.set_value(engagement.max))
 
 
 def _upload(app: AppTest, data: bytes, name: str = "customers.csv") -> AppTest:
@@ -154,11 +180,16 @@ def test_shap_explanation(app):
     assert len(app.get("plotly_chart")) >= 6
 
 
-def test_model_tab_evaluates_on_demand(app):
+def test_model_tab_evaluates_on_demand(app, small_data_dir):
     assert app.button(key="evaluate_button")
+    shown = [c.value for c in app.caption if "Evaluate on" in c.value]
+    # Where the server keeps its files is not the page's business: the data's last two parts only.
+    assert len(shown) == 1 and f"`{Path(*Path(small_data_dir).parts[-2:])}`" in shown[0]
+    assert str(Path(small_data_dir).parent) not in shown[0]
     rerun(app.button(key="evaluate_button").click())
     table = frame_with(app, "customers")
     assert {"model", "popularity", "random"} <= set(table.index)
+    assert pd.api.types.is_integer_dtype(table["customers"]) and (table["customers"] > 0).all()
 
 
 def test_start_panel_without_a_model(monkeypatch, tmp_path):
@@ -168,6 +199,10 @@ def test_start_panel_without_a_model(monkeypatch, tmp_path):
     assert not at.exception
     assert at.button(key="build").label == "Build the demo bank and train the default model"
     assert not at.tabs
+    from finrec.data.synthetic import GeneratorSettings
+
+    bank = GeneratorSettings()
+    assert any(f"({bank.n_customers:,} customers, {bank.n_products} products)" in m.value for m in at.markdown)
 
 
 def test_damaged_model_is_an_error_not_a_traceback(monkeypatch, tmp_path, model_dir):
@@ -180,3 +215,18 @@ def test_damaged_model_is_an_error_not_a_traceback(monkeypatch, tmp_path, model_
     at = AppTest.from_file(SCRIPT, default_timeout=60).run()
     assert not at.exception
     assert "history.json" in at.error[0].value
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, "[1, 2]", '{"results": 3}', "{not json"])
+def test_a_damaged_evaluation_file_is_reported_not_raised(monkeypatch, tmp_path, model_dir, small_data_dir, content):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    (tmp_path / "model-evaluation.json").write_text(content, encoding="utf-8")
+    monkeypatch.setenv("FINREC_MODEL", str(model))
+    monkeypatch.setenv("FINREC_DATA", str(small_data_dir))
+    at = AppTest.from_file(SCRIPT, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("model-evaluation.json: cannot read it" in w.value for w in at.warning), [w.value for w in at.warning]

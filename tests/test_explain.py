@@ -130,7 +130,74 @@ def test_views():
     assert X.rank_changes(["a", "b", "c"], ["b", "a", "c", "d"]) == ["▲1", "▼1", "=", "🆕 new"]
     assert X.suitability_badge(3, 5) == "✅ Suitable: risk 3 ≤ tolerance 5"
     assert X.suitability_badge(6, 5).startswith("⛔")
-    assert "income ≥ 20,000" in X.product_terms({S.MIN_INCOME: 20000.0, S.MIN_AGE: 18, S.MAX_AGE: 75})
+    assert X.product_terms({S.MIN_INCOME: 20000.0, S.MIN_AGE: 18, S.MAX_AGE: 75}) == "income ≥ 20,000; age 18–75"
+    assert X.product_terms({S.MIN_INCOME: 0.0, S.MIN_AGE: None, "expected_yield": 2.0}) == ""
+
+
+@pytest.mark.parametrize("value, binary, text", [
+    (None, False, None), (float("nan"), False, None), (np.float64("nan"), False, None), ("", False, None),
+    ("nan", False, None), ("None", False, None), ("?", False, None), (" <NA> ", False, None),
+    (1, True, "yes"), (0.0, True, "no"), (1, False, "1"), (52560.0, False, "52,560"), (0.358, False, "0.358"),
+    (-3.9, False, "-3.9"), (True, False, "yes"), ("self_employed", False, "self_employed"),
+])
+def test_display_value_never_shows_an_empty_word(value, binary, text):
+    assert X.display_value(value, binary=binary) == text
+
+
+def test_display_plan_follows_the_hints(rec):
+    plan = X.display_plan(rec, ranking=["debt", "savings"])  # the synthetic schema.yaml names everything
+    hints = S.SYNTHETIC.display
+    assert plan.what_if == hints.what_if and plan.profile == hints.profile and plan.segments == hints.segments
+    assert plan.product_name == "name" and plan.product_details == hints.product_details
+    assert plan.binary == {"digital_only"} and plan.label("expected_yield") == "Expected yield (%)"
+
+
+def test_display_plan_is_derived_without_hints(rec, explainer):
+    import copy
+
+    bare = copy.copy(rec)
+    bare.display = S.DisplayHints()
+    c = rec.schema.customers
+    ranking = list(explainer.numeric_sensitivity().index)
+    assert sorted(ranking) == sorted(explainer.numeric) and len(ranking) == len(c.numeric_features)
+    plan = X.display_plan(bare, ranking)
+    assert plan.what_if == tuple(ranking[:X.MAX_WHAT_IF])
+    assert plan.profile == tuple([col for col in ranking if col != c.risk][:X.MAX_PROFILE])
+    # Before any ranking: the schema's numeric features, in order, capped.
+    assert X.display_plan(bare).what_if == c.numeric_features[:X.MAX_WHAT_IF]
+    assert set(plan.segments) == set(c.categorical_features)  # every one has 2-20 values
+    assert plan.product_name == rec.name_column
+
+
+def test_numeric_sensitivity_finds_a_feature_that_moves_the_scores(explainer):
+    sensitivity = explainer.numeric_sensitivity()
+    assert sensitivity.is_monotonic_decreasing and (sensitivity >= 0).all() and sensitivity.iloc[0] > 0
+    pd.testing.assert_series_equal(sensitivity, explainer.numeric_sensitivity())  # seeded
+
+
+def test_product_fields_and_table_leave_out_missing_values(rec):
+    plan = X.display_plan(rec)
+    product = {"name": "Plain", "product_type": "insurance", "risk_level": 2, "expected_yield": None,
+               "duration_months": float("nan"), "monthly_fee": 5.0, "digital_only": 0}
+    fields = X.product_fields(product, plan, rec.schema)
+    assert fields == [("Risk level", "2 / 7"), ("Monthly fee", "5"), ("Digital only", "no")]
+    result = rec.recommend(rec.known_customers[rec.schema.customers.id].iloc[0], k=5)
+    table = X.recommendations_table(result, plan, rec.schema, tolerance=5)
+    assert list(table.columns[:4]) == ["rank", "product_id", "name", "score"]
+    assert not table.isna().any().any() and "suitability" in table
+
+
+def test_slider_spec(small_dataset, rec):
+    customers, schema = small_dataset.customers, rec.schema
+    risk = X.slider_spec("risk_tolerance", 4, customers, schema)
+    assert (risk.low, risk.high, risk.value, risk.step, risk.integer) == (1, 7, 4, 1, True)
+    age = X.slider_spec("age", None, customers, schema, "Age")
+    assert age.integer and age.value == round(customers.age.median()) and age.low <= customers.age.quantile(0.01)
+    income = X.slider_spec("income", 1e7, customers, schema)  # whole amounts in this bank
+    assert income.integer and income.high >= 1e7 and income.low >= 0 and income.value == 1e7
+    share = X.slider_spec("credit_utilization", 0.5, customers, schema)
+    assert not share.integer and share.step <= 0.02 and share.low <= 0.5 <= share.high
+    assert X.slider_spec("income", -5.0, customers.iloc[:0], schema).low <= -5.0  # no customers: around the value
 
 
 # ------------------------------------------------------------------------------------ uploads

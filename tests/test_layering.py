@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finrec"
 # Bottom to top. ``evaluate.metrics`` holds pure numpy metric functions with no finrec import:
 # training's validation callback computes the same metrics that ``finrec evaluate`` reports.
 FLOORS = [
-    ("finrec.errors", "finrec.atomic", "finrec.config", "finrec.evaluate.metrics"),
+    ("finrec.errors", "finrec.atomic", "finrec.safeyaml", "finrec.config", "finrec.evaluate.metrics"),
     ("finrec.data",),
     ("finrec.features",),
     ("finrec.model",),

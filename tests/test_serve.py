@@ -236,27 +236,133 @@ def test_the_log_never_shows_feature_values(client, server):
     assert "987654" not in text and "sixty-one" not in text
 
 
-def test_a_stalled_body_gets_408():
-    """A client that announces a body and never sends it is cut off with 408 (the middleware's
-    read timeout), not left holding the connection."""
+def _drive(middleware, scope, receive) -> list[dict]:
+    """Run an ASGI middleware on one request; the messages it sent."""
     import anyio
-
-    from finrec.serve import BodySizeLimit
 
     sent = []
 
-    async def app(scope, receive, send):
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+    async def send(message):
+        sent.append(message)
+
+    anyio.run(middleware, scope, receive, send)
+    return sent
+
+
+async def _reading_app(scope, receive, send):
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_a_stalled_body_gets_408():
+    """A client that announces a body and never sends it is cut off with 408, not left holding
+    the connection."""
+    import anyio
+
+    from finrec.serve import BodySizeLimit
 
     async def stalled_receive():
         await anyio.sleep(5)
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "headers": [(b"content-length", b"10")]}
-    anyio.run(BodySizeLimit(app, max_bytes=100, read_timeout=0.05), scope, stalled_receive, send)
+    scope = {"type": "http", "path": "/recommendations", "headers": [(b"content-length", b"10")]}
+    sent = _drive(BodySizeLimit(_reading_app, max_bytes=100, body_timeout=0.05), scope, stalled_receive)
     assert sent[0]["status"] == 408
+
+
+def test_a_trickling_body_gets_408_at_the_total_deadline():
+    """One byte at a time, each well within the deadline, does not reset it: the whole body must be
+    in ``body_timeout`` seconds after the request started."""
+    import anyio
+
+    from finrec.serve import BodySizeLimit
+
+    async def trickle():
+        await anyio.sleep(0.02)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    scope = {"type": "http", "path": "/recommendations", "headers": [(b"content-length", b"90")]}
+    start = time.monotonic()
+    sent = _drive(BodySizeLimit(_reading_app, max_bytes=100, body_timeout=0.3), scope, trickle)
+    assert sent[0]["status"] == 408
+    assert 0.25 < time.monotonic() - start < 1.0
+    assert b"0.3 s" in sent[1]["body"]
+
+
+def test_max_requests_spares_the_liveness_probes():
+    """Past ``max_requests`` requests in progress a new one gets 503 at once, but /health and
+    /ready are not counted and still reach the app."""
+    import anyio
+
+    from finrec.serve import BodySizeLimit
+
+    async def main():
+        gate = anyio.Event()
+        statuses = {}
+
+        async def app(scope, receive, send):
+            if scope["path"] == "/slow":
+                await gate.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        limit = BodySizeLimit(app, max_bytes=100, body_timeout=10, max_requests=2)
+
+        async def request(name, path):
+            async def receive():
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message):
+                if message["type"] == "http.response.start":
+                    statuses[name] = message["status"], dict(message["headers"])
+            await limit({"type": "http", "path": path, "headers": []}, receive, send)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request, "slow1", "/slow")
+            tg.start_soon(request, "slow2", "/slow")
+            await anyio.sleep(0.05)
+            assert limit.in_progress == 2
+            await request("third", "/recommendations")
+            await request("health", "/health")
+            await request("ready", "/ready")
+            gate.set()
+        await request("after", "/recommendations")
+        return statuses, limit.in_progress
+
+    statuses, left = anyio.run(main)
+    assert statuses["third"][0] == 503 and statuses["third"][1][b"retry-after"] == b"1"
+    assert statuses["health"][0] == statuses["ready"][0] == 200
+    assert statuses["slow1"][0] == statuses["slow2"][0] == statuses["after"][0] == 200
+    assert left == 0
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"body_timeout": 0}, "body_timeout must be a positive number, got '0'"),
+    ({"body_timeout": float("nan")}, "body_timeout"),
+    ({"max_requests": 2.5}, "max_requests must be a positive integer"),
+    ({"max_requests": True}, "max_requests"),
+])
+def test_limits_are_validated(tmp_path, kwargs, words):
+    from finrec.errors import ConfigError
+    from finrec.serve import create_app
+
+    with pytest.raises(ConfigError, match=words):
+        create_app(tmp_path, **kwargs)
+
+
+def test_limits_from_the_environment_are_validated(tmp_path, monkeypatch, capsys):
+    from finrec.cli import main
+
+    monkeypatch.setenv("FINREC_SERVE_MAX_REQUESTS", "many")
+    assert main(["serve", "--model", str(tmp_path), "--port", str(free_port())]) == 2
+    assert "FINREC_SERVE_MAX_REQUESTS must be a positive integer, got 'many'" in capsys.readouterr().err
+
+
+def test_a_lone_surrogate_in_a_response_is_escaped_not_a_500():
+    """The last line behind the request checks: a string no UTF-8 encoder takes still renders."""
+    from finrec.serve import SafeJSONResponse
+
+    assert SafeJSONResponse({"detail": "unknown 'C\ud800'"}).body == b'{"detail":"unknown \'C\\ud800\'"}'
+    assert SafeJSONResponse({"detail": "Zürich"}).body == '{"detail":"Zürich"}'.encode()

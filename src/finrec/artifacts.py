@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from finrec.atomic import atomic_directory, recover
+from finrec.atomic import atomic_directory, check_writable, recover, refuse_overlap
 from finrec.config import Config
-from finrec.errors import ArtifactError, FinrecError
+from finrec.errors import ArtifactError, FinrecError, safe_items, safe_text
+from finrec.safeyaml import load_yaml
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,11 +65,14 @@ def schema_hash(schema_dict: dict) -> str:
 def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", data_path: str | None = None,
                    extra: dict[str, Any] | None = None, monitoring: dict[str, Any] | None = None) -> Path:
     """Write ``trained`` (a ``finrec.training.TrainedModel``) to ``out``, replacing any previous
-    model there only once the new one is complete. ``monitoring`` (from
-    ``finrec.governance.monitor.build_reference``) is written as ``monitoring.json``."""
+    model there only once the new one is complete. ``out`` must not overlap the training data
+    (``data_path``) nor be a directory of other files: the swap would delete them. ``monitoring``
+    (from ``finrec.governance.monitor.build_reference``) is written as ``monitoring.json``."""
     import keras
 
     out = Path(out)
+    refuse_overlap(out, {"the training data": data_path}, what="the model directory")
+    check_writable(out, "directory", marker=MANIFEST, what="the model directory")
     with atomic_directory(out) as tmp:
         trained.model.save(tmp / MODEL_FILE)
         (tmp / PIPELINE_FILE).write_text(json.dumps(trained.pipeline.to_dict(), indent=1), encoding="utf-8")
@@ -92,29 +98,94 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
     return out
 
 
+# The files of the format, exactly: a manifest that omits one (whose checksum would then go
+# unchecked) or names another is refused.
+REQUIRED_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, EMBEDDINGS_FILE, PRODUCTS_FILE)
+# Read limits for the JSON files, far above what training writes: a file is never read whole
+# into memory before its size is known.
+MAX_MANIFEST_BYTES = 1024**2
+MAX_JSON_BYTES = 256 * 1024**2
+_SHA256_HEX = frozenset("0123456789abcdef")
+MAX_DETAIL_CHARS = 1000
+
+
+def _read_json(file: Path, limit: int) -> Any:
+    """A JSON file's value; a file over ``limit`` bytes, not UTF-8, not JSON, or nested past
+    Python's recursion limit is an ``ArtifactError`` naming the file."""
+    with open(file, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ArtifactError(f"{file}: over {limit // 1024**2} MB; not a file finrec wrote")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ArtifactError(f"{file}: damaged (JSON nested too deeply)") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+        raise ArtifactError(f"{file}: damaged (not valid JSON)") from None
+
+
+def _check_file_name(path: Path, name: Any) -> str:
+    """A manifest entry names a file directly inside the model directory, nothing else."""
+    if not isinstance(name, str):
+        raise ArtifactError(f"{path}: {MANIFEST} lists a file name that is not text: {safe_text(name)}")
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
+        raise ArtifactError(f"{path}: {MANIFEST} names {safe_text(name, quote=True)}, which is not a file of the "
+                            "model directory; refused")
+    return name
+
+
+def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
+    if not isinstance(manifest, dict) or not (type(manifest.get("format_version")) is int
+                                              and manifest["format_version"] == FORMAT_VERSION):
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{path}: model format {safe_text(found, 40, quote=True)} is not supported by this finrec "
+                            f"(expects {FORMAT_VERSION}); retrain it")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{path}: {MANIFEST} has no 'files' map of file names to SHA-256 checksums; "
+                            "damaged or altered")
+    for name, checksum in files.items():
+        _check_file_name(path, name)
+        if not (isinstance(checksum, str) and len(checksum) == 64 and set(checksum) <= _SHA256_HEX):
+            raise ArtifactError(f"{path}: {MANIFEST}: the checksum of {safe_text(name, quote=True)} is not a SHA-256 "
+                                f"hex digest: {safe_text(checksum, 80, quote=True)}")
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    extra = sorted(name for name in files if name not in REQUIRED_FILES)
+    if missing:
+        raise ArtifactError(f"{path}: {MANIFEST} does not list {safe_items(missing, quote=False)}: damaged or "
+                            "altered (every file of the model must be listed with its checksum)")
+    if extra:
+        raise ArtifactError(f"{path}: {MANIFEST} lists file(s) that are not part of a finrec model: "
+                            f"{safe_items(extra)}; damaged or altered")
+    for key in ("schema_hash", "data_fingerprint", "created", "keras_version", "backend"):
+        if key in manifest and not isinstance(manifest[key], str):
+            raise ArtifactError(f"{path}: {MANIFEST}: '{key}' must be text, got {safe_text(manifest[key], 80)}")
+    if "schema_hash" not in manifest:
+        raise ArtifactError(f"{path}: {MANIFEST} has no 'schema_hash'; damaged or altered")
+    if manifest.get("data_path") is not None and not isinstance(manifest["data_path"], str):
+        raise ArtifactError(f"{path}: {MANIFEST}: 'data_path' must be text, got {safe_text(manifest['data_path'], 80)}")
+    return manifest
+
+
 def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
-    """The manifest of a model directory, after checking the format and every file's checksum."""
+    """The manifest of a model directory, after checking its structure and, with ``verify``,
+    every file's checksum. The manifest must list exactly ``REQUIRED_FILES``."""
     path = Path(path)
     recover(path)
     if not path.is_dir():
         raise ArtifactError(f"{path}: no model directory here (train one with `finrec train --data DIR --out {path}`)")
     manifest_path = path / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: not a finrec model directory ({MANIFEST} is missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ArtifactError(f"{manifest_path}: damaged (not valid JSON)") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        found = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise ArtifactError(f"{path}: model format {found!r} is not supported by this finrec (expects {FORMAT_VERSION}); retrain it")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: not a finrec model directory ({MANIFEST} is missing)")
+    manifest = _check_manifest(path, _read_json(manifest_path, MAX_MANIFEST_BYTES))
     if verify:
-        for name, expected in manifest.get("files", {}).items():
+        for name in REQUIRED_FILES:
             file = path / name
             if not file.is_file():
                 raise ArtifactError(f"{path}: {name} is missing")
-            if _sha256(file) != expected:
-                raise ArtifactError(f"{path}: {name} is damaged or was altered (checksum mismatch); retrain or restore it")
+            if _sha256(file) != manifest["files"][name]:
+                raise ArtifactError(f"{path}: {name} is damaged or was altered (checksum mismatch); "
+                                    "retrain or restore it")
     return manifest
 
 
@@ -125,29 +196,162 @@ class LoadedArtifacts:
     trained: Any  # finrec.training.TrainedModel
 
 
-def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -> LoadedArtifacts:
-    """Load and check a model directory; ``expect_schema`` (a schema dict) must match the one the
-    model was trained on when given."""
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_pipeline_json(raw: Any) -> dict[str, Any]:
+    """The shape of ``pipeline.json``, checked before ``FeaturePipeline.from_dict`` trusts it: a
+    value of the wrong type would otherwise surface later, as a wrong ranking or a crash."""
+    def fail(what: str):
+        raise ArtifactError(f"{what}; damaged or altered")
+
+    if not isinstance(raw, dict):
+        fail("expected a JSON object")
+    keys = ("format_version", "schema", "use_holdings", "exclude_protected", "customer_numeric", "customer_vocab",
+            "product_ids", "product_numeric", "product_vocab", "product_popularity")
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        fail(f"missing {safe_items(missing)}")
+    for key in ("use_holdings", "exclude_protected"):
+        if not isinstance(raw[key], bool):
+            fail(f"'{key}' must be true or false, got {safe_text(raw[key], 40)}")
+    for side in ("customer", "product"):
+        stats = raw[f"{side}_numeric"]
+        if not isinstance(stats, list):
+            fail(f"'{side}_numeric' must be a list")
+        for i, entry in enumerate(stats):
+            if not (isinstance(entry, dict) and set(entry) == {"column", "log", "median", "mean", "std"}
+                    and isinstance(entry["column"], str) and isinstance(entry["log"], bool)
+                    and all(_finite_number(entry[k]) for k in ("median", "mean", "std")) and entry["std"] > 0):
+                fail(f"'{side}_numeric'[{i}] is not a column's statistics (column, log, median, mean, std > 0)")
+        vocab = raw[f"{side}_vocab"]
+        if not (isinstance(vocab, dict) and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                                for v in vocab.values())):
+            fail(f"'{side}_vocab' must map each categorical column to a list of its values")
+    ids = raw["product_ids"]
+    if not (isinstance(ids, list) and ids and all(isinstance(x, str) for x in ids)) or len(set(ids)) != len(ids):
+        fail("'product_ids' must be a non-empty list of distinct product ids")
+    popularity = raw["product_popularity"]
+    if not (isinstance(popularity, list) and len(popularity) == len(ids)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in popularity)):
+        fail("'product_popularity' must be one count per product")
+    return raw
+
+
+def _load_pipeline(file: Path):
+    from finrec.features import FeaturePipeline
+
+    pipeline = FeaturePipeline.from_dict(_check_pipeline_json(_read_json(file, MAX_JSON_BYTES)))
+    for side, table, stats, vocab in (
+        ("customer", pipeline.schema.customers, pipeline.customer_numeric_, pipeline.customer_vocab_),
+        ("product", pipeline.schema.products, pipeline.product_numeric_, pipeline.product_vocab_),
+    ):
+        if [s.column for s in stats] != list(table.numeric_features) or list(vocab) != list(table.categorical_features):
+            raise ArtifactError(f"the {side} features do not match its schema; damaged or altered")
+    return pipeline
+
+
+def _load_history(file: Path) -> dict[str, list]:
+    history = _read_json(file, MAX_JSON_BYTES)
+    if not (isinstance(history, dict) and all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+                                              for v in history.values())):
+        raise ArtifactError("expected a JSON object of metric name -> list of numbers; "
+                            "damaged or altered")
+    return history
+
+
+def _load_embeddings(file: Path) -> np.ndarray:
+    embeddings = np.load(file, allow_pickle=False)
+    if not (isinstance(embeddings, np.ndarray) and embeddings.ndim == 2 and embeddings.dtype.kind == "f"
+            and np.isfinite(embeddings).all()):
+        raise ArtifactError("expected a finite float matrix [products, dimension]; "
+                            "damaged or altered")
+    return embeddings.astype("float32", copy=False)
+
+
+def _check_tower(tower, spec: dict[str, tuple[str, int]], dimension: int) -> None:
     import keras
 
-    from finrec.features import FeaturePipeline
+    inputs = tower.input
+    sizes = {layer.name: layer.input_dim for layer in tower.layers if isinstance(layer, keras.layers.Embedding)}
+    ok = isinstance(inputs, dict) and set(inputs) == set(spec) and tuple(tower.output.shape) == (None, dimension)
+    for name, (kind, size) in spec.items() if ok else ():
+        shape = tuple(inputs[name].shape)
+        if kind == "categorical":
+            ok = ok and shape == (None,) and sizes.get(f"{tower.name}_emb_{name}") == size
+        else:
+            ok = ok and shape == (None, size)
+    if not ok:
+        raise ArtifactError(f"{MODEL_FILE}: its {tower.name} does not fit {PIPELINE_FILE} and {EMBEDDINGS_FILE} "
+                            "(inputs or sizes differ); the files come from different models")
+
+
+def _check_consistent(pipeline, model, embeddings: np.ndarray, products: pd.DataFrame) -> None:
+    """The files of one model agree: the same catalogue, the same input sizes and dimension."""
+    from finrec.model.two_tower import SIMILARITY, towers_of
+
+    n_products = pipeline.n_products
+    if embeddings.shape[0] != n_products:
+        raise ArtifactError(f"{EMBEDDINGS_FILE}: {embeddings.shape[0]} rows for the {n_products} products of "
+                            f"{PIPELINE_FILE}; the files come from different models")
+    product_id = pipeline.schema.products.id
+    if product_id not in products.columns:
+        raise ArtifactError(f"{PRODUCTS_FILE}: no product id column {safe_text(product_id, quote=True)}")
+    ids = products[product_id].astype(str)
+    unknown = set(pipeline.product_ids_) - set(ids)
+    if not ids.is_unique or unknown:
+        raise ArtifactError(f"{PRODUCTS_FILE}: its products are not those of {PIPELINE_FILE} (missing: "
+                            f"{safe_items(sorted(unknown))}); the files come from different models")
+    customer_tower, product_tower = towers_of(model)
+    shapes = model.get_layer(SIMILARITY).feature_shapes
+    _check_tower(customer_tower, pipeline.customer_input_spec(), embeddings.shape[1])
+    _check_tower(product_tower, pipeline.product_input_spec(), embeddings.shape[1])
+    if any(shape[0] != n_products for shape in shapes.values()):
+        raise ArtifactError(f"{MODEL_FILE}: its catalogue has a different number of products than {PIPELINE_FILE}")
+
+
+def _part(path: Path, name: str, load):
+    """``load(path / name)``, every failure an ``ArtifactError`` that names the file."""
+    file = path / name
+    try:
+        return load(file)
+    except FinrecError as exc:
+        text = safe_text(str(exc), MAX_DETAIL_CHARS)
+        if text.startswith(str(path)):  # already names the file (the YAML loader's messages)
+            raise ArtifactError(text) from None
+        raise ArtifactError(f"{file}: {text.removeprefix(f'{name}: ')}") from None
+    except RecursionError:
+        raise ArtifactError(f"{file}: damaged (nested too deeply)") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a file means a damaged artifact
+        first = safe_text(str(exc).split("\n", 1)[0])
+        raise ArtifactError(f"{file}: cannot load the model from it ({type(exc).__name__}: {first})") from None
+
+
+def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -> LoadedArtifacts:
+    """Load and check a model directory; ``expect_schema`` (a schema dict) must match the one the
+    model was trained on when given. Every failure is an ``ArtifactError`` naming the file."""
+    import keras
+
     from finrec.training.train import TrainedModel
 
     path = Path(path)
     manifest = read_manifest(path)
-    if expect_schema is not None and schema_hash(expect_schema) != manifest.get("schema_hash"):
+    if expect_schema is not None and schema_hash(expect_schema) != manifest["schema_hash"]:
         raise ArtifactError(f"{path}: this model was trained on a different schema than the data given")
+    pipeline = _part(path, PIPELINE_FILE, _load_pipeline)
+    config = _part(path, CONFIG_FILE, lambda file: Config.from_dict(load_yaml(file, ArtifactError), source=str(file)))
+    history = _part(path, HISTORY_FILE, _load_history)
+    embeddings = _part(path, EMBEDDINGS_FILE, _load_embeddings)
+    products = _part(path, PRODUCTS_FILE, lambda file: pq.read_table(file).to_pandas())
+    model = _part(path, MODEL_FILE, lambda file: keras.saving.load_model(file, compile=False, safe_mode=True))
     try:
-        pipeline = FeaturePipeline.from_dict(json.loads((path / PIPELINE_FILE).read_text(encoding="utf-8")))
-        config = Config.from_dict(yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")), source=str(path / CONFIG_FILE))
-        history = json.loads((path / HISTORY_FILE).read_text(encoding="utf-8"))
-        embeddings = np.load(path / EMBEDDINGS_FILE, allow_pickle=False)
-        products = pq.read_table(path / PRODUCTS_FILE).to_pandas()
-        model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+        _check_consistent(pipeline, model, embeddings, products)
     except FinrecError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any failure to parse a file means a damaged artifact
-        raise ArtifactError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # noqa: BLE001 - a foreign Keras model lacks the towers or layers looked up
+        raise ArtifactError(f"{path}: {MODEL_FILE} is not a finrec two-tower model "
+                            f"({type(exc).__name__}: {safe_text(str(exc).split(chr(10), 1)[0])})") from None
     trained = TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history,
                            product_embeddings_=embeddings)
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)

@@ -15,7 +15,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
+
+from finrec.errors import FinrecError
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -68,21 +70,22 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary directory is removed and ``target`` is untouched.
     """
     target = Path(target).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(target, "directory")
+    _make_parent(target)
     recover(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(_writable(target, lambda: tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
     try:
         yield tmp
         _fsync_tree(tmp)
         if not target.exists():
             os.rename(tmp, target)
         elif _exchange(tmp, target):
-            shutil.rmtree(tmp)  # tmp now holds the previous version
+            _remove(tmp)  # tmp now holds the previous version (or the symlink that was at target)
         else:
             backup = target.with_name(target.name + _BACKUP_SUFFIX)
             os.rename(target, backup)
             os.rename(tmp, target)
-            shutil.rmtree(backup)
+            _remove(backup)
         _fsync_dir(target.parent)
     finally:
         if tmp.exists():
@@ -93,8 +96,9 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
 def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator:
     """Open a temporary file beside ``target``; on normal exit it replaces ``target``."""
     target = Path(target).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    check_writable(target, "file")
+    _make_parent(target)
+    fd, tmp_name = _writable(target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode) as handle:
@@ -115,8 +119,10 @@ def atomic_path(target: str | os.PathLike) -> contextlib.AbstractContextManager[
 
 @contextlib.contextmanager
 def _atomic_path(target: Path) -> Iterator[Path]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent, suffix=target.suffix)
+    check_writable(target, "file")
+    _make_parent(target)
+    fd, tmp_name = _writable(
+        target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent, suffix=target.suffix))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -128,3 +134,95 @@ def _atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# Where a writer may write: outputs never destroy inputs
+
+
+def _remove(path: Path) -> None:
+    """Delete what a swap left behind: a directory tree, or a file or symlink (never followed)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
+
+
+def _make_parent(target: Path) -> None:
+    _writable(target, lambda: target.parent.mkdir(parents=True, exist_ok=True))
+
+
+def _writable(target: Path, action):
+    try:
+        return action()
+    except PermissionError:
+        raise FinrecError(f"{target}: permission denied; nothing was written, choose another path") from None
+
+
+def check_writable(target: str | os.PathLike, kind: str, marker: str | None = None, what: str = "the output") -> None:
+    """Refuse, before anything is written, a ``target`` that a writer of ``kind`` ("file" or
+    "directory") cannot or must not replace: one whose parent is a file, a directory where a file
+    goes (or the reverse), or, with ``marker``, a non-empty directory without that file (``finrec
+    generate --out .`` would otherwise swap the working directory away)."""
+    target = Path(target)
+    shown = f"{what} {target}" if what else str(target)
+    for parent in target.absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise FinrecError(f"{shown}: {parent} is not a directory; nothing was written")
+            break
+    if not target.exists():
+        return
+    if kind == "file" and target.is_dir():
+        raise FinrecError(f"{shown} is a directory; name a file to write (nothing was written)")
+    if kind == "directory" and not target.is_dir():
+        raise FinrecError(f"{shown} is a file; name a directory to write (nothing was written)")
+    if kind == "directory" and marker and not (target / marker).is_file() and any(target.iterdir()):
+        raise FinrecError(f"{shown} holds other files and no {marker}: writing there would delete them; "
+                          f"remove it yourself or choose another path (nothing was written)")
+
+
+def _overlap(target: Path, real: Path) -> str | None:
+    if target == real:
+        return "is"
+    if real in target.parents:
+        return "lies inside"
+    if target in real.parents:
+        return "contains"
+    with contextlib.suppress(OSError):
+        if target.exists() and real.exists() and os.path.samefile(target, real):
+            return "is"
+    return None
+
+
+def _guarded(path: Path) -> Iterator[Path]:
+    """``path`` and, in a directory, the entries that are symlinks: each is protected where it
+    really lives (a table linked in from elsewhere is an input there too)."""
+    yield path
+    if path.is_dir():
+        with contextlib.suppress(OSError):
+            for entry in path.iterdir():
+                if entry.is_symlink():
+                    yield entry
+
+
+def refuse_overlap(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
+                   what: str = "the output") -> None:
+    """Raise ``FinrecError`` when the output path ``out`` is, contains or lies inside one of
+    ``inputs`` (a description such as "the data directory" -> its path; ``None`` is skipped).
+
+    Paths are compared after resolving symlinks and ``..``, so an alias of an input is caught.
+    Call it before anything is written: an atomic swap onto the data directory, or onto a
+    directory holding it, would delete the data."""
+    target = Path(out).resolve()
+    shown = f"{what} {out}" + (f" (that is {target})" if target != Path(out).absolute() else "")
+    for label, path in inputs.items():
+        if path is None:
+            continue
+        for candidate in _guarded(Path(path)):
+            real = candidate.resolve()
+            relation = _overlap(target, real)
+            if relation:
+                place = str(path) if candidate == Path(path) else f"{candidate} (a link to {real})"
+                raise FinrecError(f"{shown} {relation} {label} {place}: an output must not overwrite an "
+                                  f"input; nothing was written, choose another path")

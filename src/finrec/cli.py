@@ -25,7 +25,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from finrec.errors import FinrecError
+from finrec.errors import MAX_MESSAGE_CHARS, FinrecError, safe_text
 
 log = logging.getLogger("finrec")
 
@@ -40,6 +40,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
     return value
 
 
@@ -86,10 +96,12 @@ def _epoch_lines(epochs: int, k: int):
 
 
 def cmd_generate(args) -> int:
+    from finrec.atomic import check_writable
     from finrec.data import schema as S
     from finrec.data.io import write_dataset
     from finrec.data.synthetic import GeneratorSettings, generate
 
+    check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
     settings = GeneratorSettings(
         n_customers=args.customers, n_products=args.products, seed=args.seed, difficulty=args.difficulty,
         ground_truth=not args.no_ground_truth,
@@ -103,24 +115,34 @@ def cmd_generate(args) -> int:
 
 
 def cmd_split(args) -> int:
+    from finrec.atomic import check_writable, refuse_overlap
+    from finrec.data import schema as S
     from finrec.data.io import dataset_tables, load_dataset, write_dataset
     from finrec.data.split import split_dataset
 
+    out = Path(args.out)
+    for part in ("train", "test"):
+        refuse_overlap(out / part, {"--data": args.data}, what=f"the {part} output")
+        check_writable(out / part, "directory", marker=S.SCHEMA_FILE, what=f"the {part} output")
     dataset = load_dataset(args.data)
     train, test = split_dataset(dataset, args.holdout, args.seed)
-    out = Path(args.out)
-    write_dataset(dataset_tables(train), dataset.schema, out / "train")
-    write_dataset(dataset_tables(test), dataset.schema, out / "test")
+    write_dataset(dataset_tables(train), dataset.schema, out / "train", source=args.data)
+    write_dataset(dataset_tables(test), dataset.schema, out / "test", source=args.data)
     print(f"wrote {out / 'train'} ({len(train.customers)} customers) and {out / 'test'} ({len(test.customers)} held-out customers)")
     return 0
 
 
 def cmd_train(args) -> int:
-    from finrec.artifacts import save_model_dir
+    from finrec.artifacts import MANIFEST, save_model_dir
+    from finrec.atomic import check_writable, refuse_overlap
     from finrec.config import Config
     from finrec.data.io import fingerprint, load_dataset
     from finrec.training.train import fit
 
+    # Checked before the (long) training as well as by save_model_dir: the atomic swap onto the
+    # data directory, or onto a directory holding it, would delete the data.
+    refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
+    check_writable(args.out, "directory", marker=MANIFEST, what="--out")
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
@@ -147,6 +169,11 @@ def cmd_evaluate(args) -> int:
     from finrec.data.io import load_dataset
     from finrec.evaluate.report import evaluate, format_table
 
+    if args.json:
+        from finrec.atomic import check_writable, refuse_overlap
+
+        refuse_overlap(args.json, {"--data": args.data, "--model": args.model}, what="--json")
+        check_writable(args.json, "file", what="--json")
     dataset = load_dataset(args.data)
     loaded = load_model_dir(args.model, expect_schema=dataset.schema.to_dict())
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
@@ -175,9 +202,16 @@ def _filters_from(args) -> dict:
 def cmd_score(args) -> int:
     from finrec.artifacts import load_model_dir
     from finrec.data.io import read_schema
-    from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, score_dataset
+    from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, check_scores_output, score_dataset
     from finrec.recommend.recommender import Recommender
 
+    inputs = {"--data": args.data, "--model": args.model}
+    if args.engine == "ray":
+        from finrec.recommend.ray_engine import check_ray_output
+
+        check_ray_output(args.out, inputs, what="--out")
+    else:
+        check_scores_output(args.out, inputs, what="--out")
     schema = read_schema(args.data)
     loaded = load_model_dir(args.model, expect_schema=schema.to_dict())
     from finrec.recommend.filters import UNFILTERED
@@ -206,10 +240,14 @@ def cmd_recommend(args) -> int:
         print(json.dumps(result.to_dict(), indent=1, default=str))
         return 0
     print(f"Top {args.k} for customer {args.customer_id} ({result.eligible} eligible products)")
+    category, risk = recommender.schema.products.category, recommender.schema.products.risk
     for item in result.items:
         product = item.product
-        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}  {product.get('product_type', '')}, "
-              f"risk {product.get('risk_level', '?')}  [{item.reason}]")
+        # Only what this catalogue has: no "risk ?" for a bank without risk levels.
+        about = [str(product[category]) if category and product.get(category) is not None else "",
+                 f"risk {product[risk]}" if risk and product.get(risk) is not None else ""]
+        about = ", ".join(a for a in about if a)
+        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}  {about}  [{item.reason}]")
     if result.message:
         print(f"note: {result.message}")
     return 0
@@ -218,7 +256,8 @@ def cmd_recommend(args) -> int:
 def cmd_serve(args) -> int:
     from finrec.serve import run
 
-    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers, registry_root=args.root)
+    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers,
+        body_timeout=args.body_timeout, max_requests=args.max_requests, registry_root=args.root)
     return 0
 
 
@@ -482,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes (each loads the model)")
+    p.add_argument("--body-timeout", type=_positive_float, default=None,
+                   help="seconds from a request's start by which its whole body must arrive, else 408 (default 10)")
+    p.add_argument("--max-requests", type=_positive_int, default=None,
+                   help="requests in progress per process, /health and /ready aside, else 503 (default 512)")
     p.set_defaults(func=cmd_serve)
     _governance_parsers(sub)
     return parser
@@ -495,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FinrecError as exc:
-        print(f"finrec {args.command}: error: {exc}", file=sys.stderr)
+        # The last guard before the terminal: bounded, and no escape sequence from the input gets through.
+        print(f"finrec {args.command}: error: {safe_text(str(exc), MAX_MESSAGE_CHARS)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print(f"finrec {args.command}: interrupted; nothing was written", file=sys.stderr)
@@ -503,8 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         if os.environ.get("FINREC_DEBUG"):
             raise
-        print(f"finrec {args.command}: internal error: {type(exc).__name__}: {exc} (set FINREC_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(f"finrec {args.command}: internal error: {type(exc).__name__}: {safe_text(str(exc), MAX_MESSAGE_CHARS)} "
+              "(set FINREC_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
 
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from finrec.errors import ConfigError, reject_unknown
+from finrec.errors import ConfigError, reject_unknown, safe_text
+from finrec.safeyaml import load_yaml
 
 LOSSES = ("softmax", "in_batch", "sampled", "triplet")
 MONITORS = ("ndcg", "loss")
@@ -131,11 +130,9 @@ class Config:
     def from_yaml(cls, path: str | Path) -> "Config":
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = load_yaml(path, ConfigError)
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_dict(raw, source=str(path))
 
 
@@ -145,17 +142,17 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 
 def _positive(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {safe_text(value, quote=True)}")
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {safe_text(value, quote=True)}")
 
 
 def _section(kind: type, raw: Any, where: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {safe_text(raw, quote=True)}")
     known = {f.name: f for f in fields(kind)}
     reject_unknown(raw, known, where, ConfigError)
     hints = typing.get_type_hints(kind)
@@ -169,23 +166,23 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {safe_text(value, quote=True)}")
         return tuple(_coerce(v, typing.get_args(hint)[0], name) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+            raise ConfigError(f"{name}: expected true or false, got {safe_text(value, quote=True)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {safe_text(value, quote=True)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {safe_text(value, quote=True)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected text, got {value!r}")
+            raise ConfigError(f"{name}: expected text, got {safe_text(value, quote=True)}")
         return value
     if isinstance(hint, types.UnionType):  # pragma: no cover - no optional fields yet
         return value

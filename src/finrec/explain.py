@@ -13,13 +13,15 @@ out-of-vocabulary slot; ``i`` = the ``i``-th vocabulary entry), numerics stay ra
 the pipeline imputes it). The holdings are held fixed: they are the context of the explanation,
 not one of its features.
 
-The rest of the module is the dashboard's logic in testable form: reading an uploaded customer
-CSV in memory, percentile ranks against the customer base, the suitability badge, rank changes
-between two top-K lists and the 2-D projection of the embedding space.
+The rest of the module is the dashboard's logic in testable form: which columns it shows for a
+schema (``display_plan``: the schema's display hints, else derived from the data), reading an
+uploaded customer CSV in memory, percentile ranks against the customer base, the suitability
+badge, rank changes between two top-K lists and the 2-D projection of the embedding space.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -28,27 +30,27 @@ import pandas as pd
 
 from finrec.data import schema as S
 from finrec.data.io import prepare_entities, read_csv_bytes
-from finrec.data.validate import check_limits
+from finrec.data.validate import check_limits, plausible_limits
 from finrec.errors import DataError, FinrecError
 from finrec.features import HOLDINGS_INPUT
 
 # Uploads are small profiles typed in or exported by an adviser, never a customer base.
 MAX_UPLOAD_BYTES = 1024 * 1024
 MAX_UPLOAD_ROWS = 1000
-# Plausibility ranges of customer columns when the table has them: (minimum, maximum), inclusive.
+# Stricter ranges of the data contract's eligibility columns (``finrec.data.schema``) for an
+# uploaded profile, when the table has them: (minimum, maximum), inclusive.
 VALUE_RANGES: dict[str, tuple[float | None, float | None]] = {
     S.INCOME: (0.0, None),
     S.AGE: (18.0, 120.0),
     S.CREDIT_SCORE: (300.0, 850.0),
 }
-# Customer columns shown as percentile bars, when the schema has them (the synthetic bank names
-# the last three; other schemas fall back to their first numeric columns).
-PROFILE_COLUMNS = S.SYNTHETIC.customer_profile
-DIGITAL_ENGAGEMENT = S.SYNTHETIC.digital_engagement
-SEGMENT_COLUMNS = S.SYNTHETIC.customer_segments
-# Product detail columns of the synthetic catalogue shown on the recommendation cards.
-NAME, YIELD, DURATION = S.SYNTHETIC.product_name, S.SYNTHETIC.product_yield, S.SYNTHETIC.product_duration
-FEE, DIGITAL_ONLY = S.SYNTHETIC.product_fee, S.SYNTHETIC.product_digital
+# How many columns the dashboard derives when the schema's display hints do not name them.
+MAX_WHAT_IF = 4
+MAX_PROFILE = 6
+# A categorical column with more distinct values than this is no segment (an id, a postcode).
+MAX_SEGMENT_VALUES = 20
+# Text that a missing value turns into on the way through pandas, CSV or str(): never shown.
+_EMPTY_TEXT = {"", "nan", "none", "null", "nat", "<na>", "?"}
 
 
 class CustomerExplainer:
@@ -171,6 +173,21 @@ class CustomerExplainer:
         frame = pd.DataFrame([profile["attributes"]])
         return self.encode(frame), list(profile["holdings"])
 
+    def numeric_sensitivity(self, seed: int = 0) -> pd.Series:
+        """A cheap global importance of the numeric features, highest first: the mean absolute
+        change of every product's score when one feature is shuffled across the background
+        customers (no SHAP; one forward pass per feature)."""
+        X0 = self.background_matrix()
+        products = np.asarray(self.recommender.product_embeddings, dtype="float32")
+        base = self.embed(X0) @ products.T
+        rng = np.random.default_rng(seed)
+        out = {}
+        for j, column in enumerate(self.numeric):
+            shuffled = X0.copy()
+            shuffled[:, j] = rng.permutation(shuffled[:, j])
+            out[column] = float(np.abs(self.embed(shuffled) @ products.T - base).mean())
+        return pd.Series(out, dtype="float64").sort_values(ascending=False, kind="stable")
+
 
 def additivity_gap(base_value: float, contributions: np.ndarray, model_score: float) -> float:
     """|base + sum(contributions) - score|: 0 for an exact (efficient) attribution."""
@@ -211,59 +228,216 @@ def _number(value) -> float | None:
 
 
 def product_terms(product: Mapping[str, object]) -> str:
-    """The eligibility terms and fees of a product in a short phrase."""
+    """The contract's eligibility terms of a product in a short phrase ("" when it has none)."""
     parts = []
     income, score = _number(product.get(S.MIN_INCOME)), _number(product.get(S.MIN_CREDIT_SCORE))
     lo, hi = _number(product.get(S.MIN_AGE)), _number(product.get(S.MAX_AGE))
-    fee, digital = _number(product.get(FEE)), _number(product.get(DIGITAL_ONLY))
     if income:
         parts.append(f"income ≥ {income:,.0f}")
     if score:
         parts.append(f"credit score ≥ {score:.0f}")
-    if lo is not None or hi is not None:
+    if lo or hi is not None:
         parts.append(f"age {lo or 0:.0f}–{hi:.0f}" if hi is not None else f"age ≥ {lo:.0f}")
-    if fee:
-        parts.append(f"fee {fee:g}/month")
-    if digital:
-        parts.append("digital only")
-    return "; ".join(parts) or "no terms"
+    return "; ".join(parts)
 
 
-def duration_text(months) -> str:
-    value = _number(months)
-    return "open-ended" if not value else f"{value:.0f} months"
+def display_value(value, binary: bool = False) -> str | None:
+    """A cell as display text, or None when it holds no value (None, NaN, "", "nan", ...)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        if binary and value in (0, 1):
+            return "yes" if value else "no"
+        if float(value).is_integer():
+            return f"{int(value):,}"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    text = str(value).strip()
+    return None if text.lower() in _EMPTY_TEXT else text
 
 
-def recommendations_table(result, schema: S.DatasetSchema, tolerance) -> pd.DataFrame:
-    """One row per recommended product: rank, name, category, score, risk, yield, duration,
-    terms, suitability badge and the filters' reason."""
-    risk_col, category_col = schema.products.risk, schema.products.category
+@dataclass(frozen=True)
+class DisplayPlan:
+    """Which columns the dashboard shows for one schema, and their labels.
+
+    ``profile`` and ``what_if`` are numeric customer features, ``segments`` categorical ones,
+    ``product_name`` / ``product_details`` products columns; ``binary`` the detail columns that
+    hold only 0 and 1 (shown as yes / no)."""
+
+    profile: tuple[str, ...]
+    what_if: tuple[str, ...]
+    segments: tuple[str, ...]
+    product_name: str | None
+    product_details: tuple[str, ...]
+    binary: frozenset[str]
+    hints: S.DisplayHints
+
+    def label(self, column: str) -> str:
+        return self.hints.label(column)
+
+    def title(self, product: Mapping[str, object], product_id: str) -> str:
+        """A product's name, or its id when the catalogue has no name for it."""
+        name = display_value(product.get(self.product_name)) if self.product_name else None
+        return name or str(product_id)
+
+
+def display_plan(recommender, ranking: Sequence[str] | None = None, max_what_if: int = MAX_WHAT_IF,
+                 max_profile: int = MAX_PROFILE) -> DisplayPlan:
+    """The columns to show for ``recommender``'s schema: its display hints where they are given,
+    else derived from the data.
+
+    ``ranking`` orders customer features by importance (global SHAP, or
+    ``CustomerExplainer.numeric_sensitivity`` before SHAP is computed); the what-if sliders and the
+    profile take its first numeric features, or the schema's first ones when it is None. Segments
+    are the categorical features with 2 to ``MAX_SEGMENT_VALUES`` values among the customers;
+    product details are the recommender's (``recommender.product_columns``)."""
+    schema, hints = recommender.schema, recommender.display
+    population = recommender.known_customers
+    numeric = list(schema.customers.numeric_features)
+    ordered = numeric if ranking is None else [c for c in dict.fromkeys(ranking) if c in numeric]
+    what_if = hints.what_if if hints.what_if is not None else tuple(ordered[:max_what_if])
+    if hints.profile is not None:
+        profile = hints.profile
+    else:  # the risk tolerance has its own gauge
+        profile = tuple([c for c in ordered if c != schema.customers.risk][:max_profile])
+    if hints.segments is not None:
+        segments = hints.segments
+    else:
+        segments = tuple(c for c in schema.customers.categorical_features
+                         if c not in population or 2 <= population[c].nunique() <= MAX_SEGMENT_VALUES)
+    details = tuple(recommender.detail_columns)
+    binary = set()
+    for column in details:
+        values = [p.get(column) for p in recommender.products]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and not pd.isna(v)]
+        if numbers and len(numbers) == sum(v is not None for v in values) and set(numbers) <= {0, 1}:
+            binary.add(column)
+    return DisplayPlan(profile=tuple(profile), what_if=tuple(what_if), segments=tuple(segments),
+                       product_name=recommender.name_column, product_details=details, binary=frozenset(binary),
+                       hints=hints)
+
+
+def product_fields(product: Mapping[str, object], plan: DisplayPlan, schema: S.DatasetSchema) -> list[tuple[str, str]]:
+    """(label, text) of each detail of a product that has a value, for its card. The category
+    (the card's caption) and the eligibility terms (``product_terms``) are left out."""
+    out = []
+    skip = {schema.products.category, *(S.MIN_INCOME, S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE)}
+    for column in plan.product_details:
+        if column in skip:
+            continue
+        text = display_value(product.get(column), binary=column in plan.binary)
+        if text is None:
+            continue
+        if column == schema.products.risk:
+            text = f"{text} / {S.RISK_MAX}"
+        out.append((plan.label(column), text))
+    return out
+
+
+def suitability_applies(schema: S.DatasetSchema) -> bool:
+    """Suitability compares the product's risk level with the customer's tolerance: both needed."""
+    return bool(schema.products.risk and schema.customers.risk)
+
+
+def recommendations_table(result, plan: DisplayPlan, schema: S.DatasetSchema, tolerance) -> pd.DataFrame:
+    """One row per recommended product: rank, id, name, score, the plan's product details, the
+    eligibility terms and the suitability badge when they apply, and the filters' reason.
+    Detail columns that none of the products has are left out; in a column that some have, the
+    others read "—"."""
+    risk_col = schema.products.risk
     rows = []
     for item in result.items:
         product = item.product
-        rows.append({
-            "rank": item.rank,
-            S.PRODUCT_ID: item.product_id,
-            NAME: product.get(NAME, item.product_id),
-            category_col or "category": product.get(category_col) if category_col else None,
-            "score": round(item.score, 4),
-            risk_col or "risk": product.get(risk_col) if risk_col else None,
-            YIELD: product.get(YIELD),
-            DURATION: duration_text(product.get(DURATION)),
-            "terms": product_terms(product),
-            "suitability": suitability_badge(product.get(risk_col) if risk_col else None, tolerance),
-            "reason": item.reason,
-        })
-    return pd.DataFrame(rows)
+        row = {"rank": item.rank, schema.products.id: item.product_id}
+        if plan.product_name:
+            row[plan.product_name] = plan.title(product, item.product_id)
+        row["score"] = round(item.score, 4)
+        for column in plan.product_details:
+            value = product.get(column)
+            row[column] = None if display_value(value) is None else value
+        row["terms"] = product_terms(product)
+        if suitability_applies(schema):
+            row["suitability"] = suitability_badge(product.get(risk_col), tolerance)
+        row["reason"] = item.reason
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in [*plan.product_details, "terms"]:
+        if column not in table:
+            continue
+        text = table[column].map(lambda v, c=column: display_value(v, binary=c in plan.binary))
+        if text.isna().all():
+            table = table.drop(columns=[column])
+        elif text.isna().any():  # a grid shows a missing cell as "None": say "—" instead
+            table[column] = text.fillna("—")
+    return table
+
+
+# ---------------------------------------------------------------------------------- what-if
+@dataclass(frozen=True)
+class SliderSpec:
+    """A what-if slider for one numeric customer column; ``value`` is its starting position."""
+
+    column: str
+    label: str
+    low: float
+    high: float
+    value: float
+    step: float
+    integer: bool
+
+
+def _nice_step(span: float) -> float:
+    """1, 2 or 5 times a power of ten, about a hundredth of ``span``."""
+    raw = max(span / 100.0, 1e-9)
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def slider_spec(column: str, value, population: pd.DataFrame, schema: S.DatasetSchema,
+                label: str | None = None) -> SliderSpec:
+    """The range of a what-if slider: the customers' 1st to 99th percentile (widened to hold
+    ``value``, kept within the column's plausible limits), integer steps for integer columns
+    and the 1-7 scale for the risk tolerance; a missing ``value`` starts at the median."""
+    label = label or S.DisplayHints().label(column)
+    current = display_value(value)
+    current = None if current is None else float(value)
+    if column == schema.customers.risk:
+        start = int(round(current)) if current is not None else S.RISK_MIN
+        return SliderSpec(column, label, S.RISK_MIN, S.RISK_MAX, min(max(start, S.RISK_MIN), S.RISK_MAX), 1, True)
+    base = pd.Series(dtype="float64")
+    if column in population:
+        base = pd.to_numeric(population[column], errors="coerce").astype("float64")
+        base = base[np.isfinite(base)]
+    if len(base):
+        low, high, middle = float(base.quantile(0.01)), float(base.quantile(0.99)), float(base.median())
+        integer = bool((base == np.round(base)).all())
+    else:
+        middle = current if current is not None else 0.0
+        low, high = min(0.0, 2 * middle), max(0.0, 2 * middle, 1.0)
+        integer = current is None or float(current).is_integer()
+    limit_low, limit_high = plausible_limits(schema.customers).get(column, (None, None))
+    if limit_low is not None:
+        low = max(low, limit_low)
+    if limit_high is not None:
+        high = min(high, limit_high)
+    start = current if current is not None else middle
+    low, high = min(low, start), max(high, start)
+    if high <= low:
+        high = low + 1.0
+    step = _nice_step(high - low)
+    if integer:
+        step = max(1.0, round(step))
+        start = float(round(start)) if current is None else start
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+    if integer and float(start).is_integer():
+        return SliderSpec(column, label, int(low), int(high), int(start), int(step), True)
+    return SliderSpec(column, label, float(low), float(high), float(start), float(step), False)
 
 
 # ---------------------------------------------------------------------------------- profile views
-def profile_columns(schema: S.DatasetSchema, preferred: Sequence[str] = PROFILE_COLUMNS, n: int = 5) -> list[str]:
-    numeric = list(schema.customers.numeric)
-    chosen = [c for c in preferred if c in numeric]
-    return chosen or numeric[:n]
-
-
 def percentile_ranks(population: pd.DataFrame, values: Mapping[str, object], columns: Sequence[str]) -> pd.DataFrame:
     """For each column: the value and its percentile in ``population`` (share of customers with
     a lower value plus half the ties, in %; NaN when the value is missing)."""
@@ -343,10 +517,10 @@ def nearest_products(customer_embedding: np.ndarray, product_embeddings: np.ndar
 
 
 __all__ = [
-    "CustomerExplainer", "EmbeddingProjection", "additivity_gap", "check_ranges", "nearest_products",
-    "percentile_ranks", "product_terms", "profile_columns", "rank_changes", "read_customer_upload",
-    "recommendations_table", "suitability_badge",
-    "MAX_UPLOAD_BYTES", "VALUE_RANGES",
+    "CustomerExplainer", "DisplayPlan", "EmbeddingProjection", "SliderSpec", "additivity_gap", "check_ranges",
+    "display_plan", "display_value", "nearest_products", "percentile_ranks", "product_fields", "product_terms",
+    "rank_changes", "read_customer_upload", "recommendations_table", "slider_spec", "suitability_applies",
+    "suitability_badge", "MAX_UPLOAD_BYTES", "VALUE_RANGES",
 ]
 
 

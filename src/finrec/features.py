@@ -243,7 +243,7 @@ class FeaturePipeline:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
-            "schema": self.full_schema.to_dict(),
+            "schema": self.full_schema.to_dict(display=True),  # the hints travel with the model
             "use_holdings": self.use_holdings,
             "exclude_protected": self.exclude_protected,
             "customer_numeric": [vars(s) for s in self.customer_numeric_],

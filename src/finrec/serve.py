@@ -13,8 +13,11 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 Status codes: 422 for a body that breaks the request schema (``loc`` names the field) or that
 the library refuses (``FinrecError``: a non-numeric feature, an unknown held product, a bad
 filter), 404 for an unknown customer, 413 for a body over ``max_body_bytes`` (by Content-Length
-or, for chunked uploads, counted as it streams), 503 until the model is ready, 500 with a
-generic message for anything unexpected (never a traceback in a response).
+or, for chunked uploads, counted as it streams), 408 for a body not in ``body_timeout`` seconds
+after the request started (one total deadline, however it trickles), 503 until the model is ready
+and past ``max_requests`` requests in progress (``/health`` and ``/ready`` are never counted, so
+slow clients cannot starve the probes), 500 with a generic message for anything unexpected
+(never a traceback in a response).
 
 The model loads in a background thread started by the lifespan handler, so ``/health`` answers
 at once and ``/ready`` turns 200 when the recommender is in place. Logs carry ids, paths and
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import traceback
@@ -42,10 +46,12 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationInfo, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      ValidationInfo, field_validator)
 
 from finrec.data import schema as S
-from finrec.errors import FinrecError, UnknownCustomerError
+from finrec.recommend import filters as F
+from finrec.errors import ConfigError, FinrecError, UnknownCustomerError
 
 log = logging.getLogger("finrec.serve")
 
@@ -58,6 +64,41 @@ NOT_LOADED = "the model is still loading"
 
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
 FeatureValue = Scalar | list[StrictStr]
+NOT_UNICODE = "not valid Unicode text: it holds a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+
+
+def _is_unicode(text: str) -> bool:
+    # json.loads accepts a lone "\ud800" escape and makes a str that no UTF-8 encoder (Arrow, the
+    # response renderer) will take: refused at the boundary, where the field can still be named.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unicode(text: str) -> str:
+    if not _is_unicode(text):
+        raise ValueError(NOT_UNICODE)
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_unicode)]
+
+
+def _feature_problem(name: str, value: Any) -> str | None:
+    """Why a feature value cannot even reach the library (which words the rest), or None."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(item, str) and not _is_unicode(item) for item in items):
+        return f"features.{name}: {NOT_UNICODE}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:  # an integer literal of 310+ digits is a valid JSON number but no float
+            float(value)
+        except OverflowError:
+            return f"features.{name}: a {len(str(abs(value)))}-digit integer is beyond the float range (1.8e308)"
+    if isinstance(value, float) and not math.isfinite(value):  # NaN, Infinity, 1e309: Python's JSON extensions
+        return f"features.{name}: NaN, Infinity and numbers beyond 1.8e308 are refused (null marks a missing value)"
+    return None
 
 
 class FiltersIn(BaseModel):
@@ -65,14 +106,17 @@ class FiltersIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    exclude_held: bool = Field(True, description="leave out products the customer already holds")
-    suitability: bool = Field(True, description="leave out products above the customer's risk tolerance")
-    max_risk: int | None = Field(None, ge=S.RISK_MIN, le=S.RISK_MAX, description="risk level ceiling (SRI 1-7)")
-    include_categories: list[StrictStr] = Field(default_factory=list, max_length=100, description="only these product categories")
-    exclude_categories: list[StrictStr] = Field(default_factory=list, max_length=100, description="never these product categories")
-    eligibility: bool = Field(True, description="apply the products' income / credit score / age terms")
-    preset: Literal["balanced", "conservative", "risk_tolerant"] | None = Field(
-        None, description="conservative: risk level at most 3; balanced (default) and risk_tolerant: the customer's tolerance")
+    # Strict types: "no", 0 or "false" for a boolean (and true or "3" for an integer) would
+    # otherwise be coerced, turning a filter off or to 1 without a word.
+    exclude_held: StrictBool = Field(True, description="leave out products the customer already holds")
+    suitability: StrictBool = Field(True, description="leave out products above the customer's risk tolerance")
+    max_risk: StrictInt | None = Field(None, ge=S.RISK_MIN, le=S.RISK_MAX, description="risk level ceiling (SRI 1-7)")
+    include_categories: list[Text] = Field(default_factory=list, max_length=100,
+                                           description="only these product categories")
+    exclude_categories: list[Text] = Field(default_factory=list, max_length=100,
+                                           description="never these product categories")
+    eligibility: StrictBool = Field(True, description="apply the products' income / credit score / age terms")
+    preset: Literal[F.PRESET_NAMES] | None = Field(None, description=F.PRESET_HELP)
 
 
 class RecommendationRequest(BaseModel):
@@ -86,8 +130,8 @@ class RecommendationRequest(BaseModel):
         ]},
     )
 
-    customer_id: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None
-    features: dict[Annotated[str, Field(max_length=200)], FeatureValue] | None = Field(
+    customer_id: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+    features: dict[Annotated[Text, Field(max_length=200)], FeatureValue] | None = Field(
         None, validate_default=True, max_length=MAX_FEATURES,
         description=f"raw customer columns; `{S.HOLDINGS}` lists the product ids already held")
     k: StrictInt = Field(5, ge=1, le=MAX_K, description="how many products to return")
@@ -109,6 +153,9 @@ class RecommendationRequest(BaseModel):
                     raise ValueError(f"features.{S.HOLDINGS} must be a list of product ids")
                 if name == S.HOLDINGS and isinstance(item, list) and len(item) > MAX_HOLDINGS:
                     raise ValueError(f"features.{S.HOLDINGS}: at most {MAX_HOLDINGS} product ids")
+                problem = _feature_problem(name, item)
+                if problem:
+                    raise ValueError(problem)
         return value
 
 
@@ -176,20 +223,34 @@ class BodyTooLarge(Exception):
     """The request body was refused while it streamed in (too large, or too slow)."""
 
 
-BODY_READ_TIMEOUT_S = 10.0
-# Idle keep-alive connections close after 5 s; past 512 open requests a worker answers 503.
-SERVER_LIMITS = {"timeout_keep_alive": 5, "limit_concurrency": 512}
+BODY_TIMEOUT_S = 10.0  # the whole body must be in within this many seconds of the request's start
+MAX_REQUESTS = 512  # requests in progress at once, per process (the liveness probes aside)
+LIVENESS_PATHS = frozenset({"/health", "/ready"})
+# uvicorn's own limit counts every open connection, idle keep-alive ones too, and past it answers
+# even /health with 503: it stays only as a backstop on connections, far above MAX_REQUESTS.
+CONNECTIONS_PER_REQUEST = 4
+KEEP_ALIVE_S = 5  # idle keep-alive connections close after this
+ENV_BODY_TIMEOUT = "FINREC_SERVE_BODY_TIMEOUT_S"  # how ``run`` (and each worker process) gets them
+ENV_MAX_REQUESTS = "FINREC_SERVE_MAX_REQUESTS"
 
 
 class BodySizeLimit:
-    """413 for a request body over ``max_bytes``: by Content-Length before anything is read, and
-    counted as a chunked (or lying) body streams in. 408 for a body that stalls for more than
-    ``read_timeout`` seconds (a slow client must not hold a connection open forever)."""
+    """The request limits, before the app sees a request:
 
-    def __init__(self, app, max_bytes: int, read_timeout: float = BODY_READ_TIMEOUT_S):
+    - 413 for a body over ``max_bytes``: by Content-Length before anything is read, and counted
+      as a chunked (or lying) body streams in;
+    - 408 for a body not complete ``body_timeout`` seconds after the request started: one total
+      deadline, so a client trickling a byte at a time cannot hold the request open for ever;
+    - 503 (``Retry-After``) past ``max_requests`` requests in progress, so that slow bodies hold
+      at most that many; ``/health`` and ``/ready`` are not counted and answer all the same.
+    """
+
+    def __init__(self, app, max_bytes: int, body_timeout: float = BODY_TIMEOUT_S, max_requests: int = MAX_REQUESTS):
         self.app = app
         self.max_bytes = max_bytes
-        self.read_timeout = read_timeout
+        self.body_timeout = body_timeout
+        self.max_requests = max_requests
+        self.in_progress = 0  # one event loop per process: no lock needed
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -202,23 +263,42 @@ class BodySizeLimit:
                     return await _send_json(send, 400, {"detail": "invalid Content-Length header"})
                 if length > self.max_bytes:
                     return await _send_json(send, 413, {"detail": f"request body over {self.max_bytes} bytes"})
+        if scope.get("path") in LIVENESS_PATHS:
+            return await self._limited(scope, receive, send)
+        if self.in_progress >= self.max_requests:
+            busy = {"detail": f"over {self.max_requests} requests in progress; retry shortly"}
+            return await _send_json(send, 503, busy, [(b"retry-after", b"1")])
+        self.in_progress += 1
+        try:
+            await self._limited(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+    async def _limited(self, scope, receive, send):
+        deadline = anyio.current_time() + self.body_timeout
         seen = 0
+        body_done = False
         refused: tuple[int, str] | None = None
         started = False
 
         async def limited_receive():
-            nonlocal seen, refused
+            nonlocal seen, refused, body_done
+            if body_done:  # later reads wait for the client to disconnect: no deadline on those
+                return await receive()
             try:
-                with anyio.fail_after(self.read_timeout):
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
                     message = await receive()
             except TimeoutError:
-                refused = (408, f"the request body did not arrive within {self.read_timeout:g} s")
+                refused = (408, f"the request body did not arrive within {self.body_timeout:g} s")
                 raise BodyTooLarge from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     refused = (413, f"request body over {self.max_bytes} bytes")
                     raise BodyTooLarge
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         async def guarded_send(message):
@@ -266,23 +346,63 @@ class CatchAll:
                 await _send_json(send, 500, {"detail": "internal server error"})
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": payload})
 
 
 # ------------------------------------------------------------------------------------ app
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON that a lone surrogate in a string cannot turn into a 500: it goes out as its
+    ``\\udXXX`` escape (ASCII, still valid JSON) instead of failing to encode as UTF-8."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _positive(label: str, value, kind: type):
+    """``value`` as a positive, finite ``kind`` (int or float); ``ConfigError`` naming ``label`` if not."""
+    try:
+        number = kind(value)
+        ok = (number > 0 and math.isfinite(number) and not isinstance(value, bool)
+              and not (kind is int and isinstance(value, float)))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        wanted = "integer" if kind is int else "number"
+        raise ConfigError(f"{label} must be a positive {wanted}, got {str(value)[:40]!r}")
+    return number
+
+
+def _from_env(label: str, value, env: str, default, kind: type):
+    """``value`` if given, else the environment variable ``env`` if set, else ``default``."""
+    if value is not None:
+        return _positive(label, value, kind)
+    if os.environ.get(env):
+        return _positive(env, os.environ[env], kind)
+    return default
+
+
 def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None, max_body_bytes: int = 64_000,
+               body_timeout: float = BODY_TIMEOUT_S, max_requests: int = MAX_REQUESTS,
                registry_root: str | Path | None = None, poll_seconds: float = 1.0) -> FastAPI:
     """The ASGI app; the recommender loads in a background thread once the app starts.
+    ``body_timeout``: seconds from a request's start by which its whole body must be in (408
+    after); ``max_requests``: requests in progress at once, the liveness probes aside (503 past it).
 
     With ``registry_root`` (instead of ``model_dir``) the promoted version of that model registry
     is served, and a newly promoted one replaces it without dropping a request (see
     ``_watch_registry``)."""
+    body_timeout = _positive("body_timeout", body_timeout, float)
+    max_requests = _positive("max_requests", max_requests, int)
 
     def load(app: FastAPI) -> None:
         state = app.state
@@ -326,9 +446,10 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         version="0.1.0",
         summary="Personalized bank product recommendations (Two-Tower model) with suitability filters.",
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
     app.add_middleware(CatchAll)
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, body_timeout=body_timeout, max_requests=max_requests)
     app.add_middleware(ModelVersionHeader)
 
     @app.exception_handler(RequestValidationError)
@@ -336,7 +457,7 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         # FastAPI's default echoes each bad ``input`` (which can be a NaN it then fails to render,
         # or a customer's values); the type, the field's ``loc`` and the message are enough.
         detail = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": _message(e)} for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": detail})
+        return SafeJSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -344,18 +465,18 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         # nesting deeper than the parser's recursion limit) with a bare 400; it is invalid JSON
         # like any other: a 422 that says so.
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            return JSONResponse(status_code=422, content={"detail": [{
+            return SafeJSONResponse(status_code=422, content={"detail": [{
                 "type": "json_invalid", "loc": ["body"],
                 "msg": "JSON decode error: the body is not UTF-8 JSON, or is nested too deeply"}]})
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(UnknownCustomerError)
     async def unknown_customer(request: Request, exc: UnknownCustomerError):
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
+        return SafeJSONResponse(status_code=404, content={"detail": str(exc)})
 
     @app.exception_handler(FinrecError)
     async def finrec_error(request: Request, exc: FinrecError):
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+        return SafeJSONResponse(status_code=422, content={"detail": str(exc)})
 
     def ready_recommender(request: Request):
         recommender = request.app.state.recommender
@@ -366,7 +487,7 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
 
     @app.exception_handler(_NotReady)
     async def not_ready(request: Request, exc: _NotReady):
-        return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "5"})
+        return SafeJSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "5"})
 
     errors = {
         404: {"model": ErrorBody, "description": "unknown customer_id"},
@@ -386,8 +507,8 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         # built here and sent as is; response_model above documents it in the OpenAPI schema.
         result = recommender.recommend(customer, k=body.k, filters=filters)
         version = getattr(recommender, "model_version", None)
-        return JSONResponse({**_response(result), "model_version": version},
-                            headers={MODEL_VERSION_HEADER: version} if version else None)
+        return SafeJSONResponse({**_response(result), "model_version": version},
+                                headers={MODEL_VERSION_HEADER: version} if version else None)
 
     @app.get("/products", response_model=ProductsResponse, tags=["catalogue"], responses={503: errors[503]})
     async def products(request: Request):
@@ -414,8 +535,8 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         if state.recommender is not None:
             return {"status": "ready"}
         if state.load_error:
-            return JSONResponse(status_code=503, content={"status": "failed", "detail": state.load_error})
-        return JSONResponse(status_code=503, content={"status": "loading", "detail": NOT_LOADED})
+            return SafeJSONResponse(status_code=503, content={"status": "failed", "detail": state.load_error})
+        return SafeJSONResponse(status_code=503, content={"status": "loading", "detail": NOT_LOADED})
 
     return app
 
@@ -450,16 +571,25 @@ def _message(error: dict) -> str:
 def app_from_env() -> FastAPI:
     """The app for worker processes (``finrec serve --workers N``), configured by environment."""
     return create_app(os.environ.get("FINREC_SERVE_MODEL") or None, os.environ.get("FINREC_SERVE_DATA") or None,
+                      body_timeout=_from_env("body_timeout", None, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float),
+                      max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int),
                       registry_root=os.environ.get("FINREC_SERVE_ROOT") or None)
 
 
 def run(model_dir: str | Path | None, data_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        workers: int = 1, registry_root: str | Path | None = None) -> None:
+        workers: int = 1, body_timeout: float | None = None, max_requests: int | None = None,
+        registry_root: str | Path | None = None) -> None:
     """Serve with uvicorn until interrupted; stops (and raises ``FinrecError``) if the model fails to load.
     ``workers`` > 1 starts that many processes (each loads the model), to use every core.
-    ``registry_root`` serves the promoted version of a model registry instead of ``model_dir``."""
+    ``body_timeout`` and ``max_requests`` (see ``create_app``; per process) default to the
+    environment variables ``FINREC_SERVE_BODY_TIMEOUT_S`` and ``FINREC_SERVE_MAX_REQUESTS``, then
+    to 10 s and 512. ``registry_root`` serves the promoted version of a model registry instead of
+    ``model_dir``."""
     import uvicorn
 
+    body_timeout = _from_env("body_timeout", body_timeout, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float)
+    max_requests = _from_env("max_requests", max_requests, ENV_MAX_REQUESTS, MAX_REQUESTS, int)
+    limits = {"timeout_keep_alive": KEEP_ALIVE_S, "limit_concurrency": CONNECTIONS_PER_REQUEST * max_requests}
     if workers > 1:
         from finrec.artifacts import read_manifest
 
@@ -467,13 +597,16 @@ def run(model_dir: str | Path | None, data_dir: str | Path | None = None, host: 
         os.environ["FINREC_SERVE_MODEL"] = str(model_dir or "")
         os.environ["FINREC_SERVE_ROOT"] = str(registry_root or "")
         os.environ["FINREC_SERVE_DATA"] = str(data_dir or "")
+        os.environ[ENV_BODY_TIMEOUT] = repr(body_timeout)
+        os.environ[ENV_MAX_REQUESTS] = str(max_requests)
         uvicorn.run("finrec.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False, **SERVER_LIMITS)
+                    log_level="warning", access_log=False, **limits)
         return
 
-    app = create_app(model_dir, data_dir, registry_root=registry_root)
+    app = create_app(model_dir, data_dir, body_timeout=body_timeout, max_requests=max_requests,
+                     registry_root=registry_root)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                            **SERVER_LIMITS)
+                            **limits)
     server = uvicorn.Server(config)
 
     def stop() -> None:

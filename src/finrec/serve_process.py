@@ -28,10 +28,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """Starts ``python -m finrec.cli serve`` on 127.0.0.1; output goes to ``log_path``. With
-    ``root`` (a model registry) it serves the registry's promoted version instead of ``model_dir``."""
+    """Starts ``python -m finrec.cli serve`` on 127.0.0.1; output goes to ``log_path``. ``env``
+    adds environment variables, e.g. ``FINREC_SERVE_BODY_TIMEOUT_S`` (see ``finrec.serve.run``).
+    With ``root`` (a model registry) it serves the registry's promoted version instead of ``model_dir``."""
 
-    def __init__(self, model_dir, data_dir=None, log_path=None, workers: int = 1, verbose: bool = False, root=None):
+    def __init__(self, model_dir, data_dir=None, log_path=None, workers: int = 1, verbose: bool = False,
+                 env: dict[str, str] | None = None, root=None):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="finrec-serve-", suffix=".log")[1])
@@ -43,7 +45,7 @@ class ServerProcess:
             command += ["--data", str(data_dir)]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
     @property
     def pid(self) -> int:

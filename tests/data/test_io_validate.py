@@ -176,3 +176,43 @@ def test_prepare_entities_leaves_the_callers_frame_alone(small_tables):
     prepared = prepare_entities(raw, S.SYNTHETIC.schema().customers, "customers")
     assert prepared["age"].dtype == "float64"
     pd.testing.assert_frame_equal(raw, before)
+
+
+# ------------------------------------------------------------------------------------ display hints
+DISPLAY = {"profile": ["income", "age"], "what_if": ["income", "risk"], "segments": ["segment"],
+           "product_name": "title", "product_details": ["ptype", "yield"], "labels": {"yield": "Yield (%)"}}
+
+
+def test_display_hints_load_and_stay_out_of_the_model_contract(tmp_path, small_tables):
+    t = tables()
+    t["products"]["title"] = ["Deposit", "Fund"]
+    ds = load_dataset(write(tmp_path, t, {**SCHEMA, "display": DISPLAY}))
+    hints = ds.schema.display
+    assert hints.what_if == ("income", "risk") and hints.product_name == "title"
+    assert hints.label("yield") == "Yield (%)" and hints.label("risk_level") == "Risk level"
+    # The schema hash and every "same schema?" check read to_dict(): hints change nothing there.
+    assert ds.schema.to_dict() == S.DatasetSchema.from_dict(SCHEMA).to_dict()
+    assert ds.schema.to_dict(display=True)["display"] == DISPLAY
+    # The synthetic bank is one schema among others: its hints are in the schema.yaml it writes.
+    out = write_dataset(small_tables, S.SYNTHETIC.schema(), tmp_path / "bank")
+    written = yaml.safe_load((out / "schema.yaml").read_text())["display"]
+    assert written["what_if"] == list(S.SYNTHETIC.display.what_if)
+    assert load_dataset(out).schema.display == S.SYNTHETIC.display
+
+
+@pytest.mark.parametrize("display, fragments", [
+    ({"colour": "blue"}, ("display: unknown key 'colour'",)),
+    ({"whatif": ["income"]}, ("unknown key 'whatif'", "did you mean 'what_if'")),
+    ({"what_if": ["net_worth"]}, ("display.what_if", "'net_worth'", "not a numeric customer column")),
+    ({"what_if": ["segment"]}, ("display.what_if", "'segment'", "numeric")),
+    ({"segments": ["income"]}, ("display.segments", "'income'", "not a categorical customer column")),
+    ({"profile": "income"}, ("display.profile", "expected a list")),
+    ({"labels": {"nothing": "x"}}, ("display.labels", "'nothing'")),
+    ({"labels": {"income": ""}}, ("display.labels.income", "non-empty")),
+    ({"labels": ["income"]}, ("display.labels", "expected a mapping")),
+    (["profile"], ("display: expected a mapping",)),
+    ({"product_name": "title"}, ("display section", "'title'", "products")),
+    ({"product_details": ["ptype", "rate"]}, ("display section", "'rate'", "products")),
+])
+def test_display_hints_are_checked(tmp_path, display, fragments):
+    expect(tmp_path, tables(), *fragments, schema={**SCHEMA, "display": display}, error=SchemaError)

@@ -88,3 +88,40 @@ def test_load_from_model_dir(model_dir, small_data_dir):
     assert rec.recommend(cid).items
     profile = rec.customer_profile(cid)
     assert profile["attributes"]["customer_id"] == cid
+
+
+def test_display_hints_follow_the_data_and_never_invalidate_the_model(model_dir, small_data_dir, tmp_path):
+    import shutil
+
+    import yaml
+
+    from finrec.data import schema as S
+
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    raw = yaml.safe_load((data / "schema.yaml").read_text())
+    raw["display"] = {"what_if": ["savings"], "product_details": ["expected_yield"]}
+    (data / "schema.yaml").write_text(yaml.safe_dump(raw))
+    rec = Recommender.load(model_dir, data)
+    assert rec.display.what_if == ("savings",) and rec.detail_columns == ("expected_yield",)
+    item = rec.recommend(rec.known_customers.customer_id.iloc[0]).items[0]
+    # The name and the detail shown, plus what the filters read (risk, category, eligibility terms).
+    assert set(item.product) == {"name", "expected_yield", "risk_level", "product_type", S.MIN_INCOME,
+                                 S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE}
+    # Served without data, the model shows the hints it was trained with.
+    assert Recommender.load(model_dir).display == S.SYNTHETIC.display
+
+
+def test_product_columns_are_derived_without_hints(small_dataset):
+    from dataclasses import replace
+
+    from finrec.data import schema as S
+    from finrec.recommend.recommender import product_columns
+
+    bare = replace(small_dataset.schema, display=S.DisplayHints())
+    name, details = product_columns(small_dataset.products, bare)
+    p = bare.products
+    assert name == "name"  # the one text column outside the features that tells products apart
+    assert details == (p.category, p.risk, *p.numeric)
+    unnamed = small_dataset.products.drop(columns=["name"])
+    assert product_columns(unnamed, bare)[0] is None

@@ -20,6 +20,7 @@ from typing import Callable
 
 import pandas as pd
 
+from finrec.data import schema as S
 from finrec.errors import ArtifactError, ConfigError, DataError, FinrecError, SchemaError
 
 FORMULA_ID = "=cmd|' /C calc'!A0"
@@ -262,6 +263,38 @@ DATA_CASES: list[Case] = [
     Case("directory_is_a_file", _file_not_dir, ("not a directory",)),
 ]
 
+# ---- issue 11, "Your own data in the dashboard": the display hints of schema.yaml are checked like
+# every other key, and are no part of the model's contract (changing them never invalidates a model).
+
+
+def _display(**changes):
+    def fn(raw):
+        raw.setdefault("display", {}).update(changes)
+    return fn
+
+
+DATA_CASES += [
+    Case("display_hints_changed", schema_edit(_display(what_if=["savings", "debt"], segments=["region"],
+                                                       product_details=["expected_yield"],
+                                                       labels={"savings": "Savings (EUR)"}))),
+    Case("display_hints_removed", schema_edit(lambda r: r.pop("display"))),
+    Case("display_unknown_key", schema_edit(_display(colour="blue")), ("display: unknown key 'colour'",), SchemaError),
+    Case("display_key_typo", schema_edit(lambda r: r["display"].__setitem__("whatif", r["display"].pop("what_if"))),
+         ("unknown key 'whatif'", "did you mean 'what_if'"), SchemaError),
+    Case("display_what_if_absent_column", schema_edit(_display(what_if=["net_worth"])),
+         ("display.what_if", "'net_worth'", "not a numeric customer column"), SchemaError),
+    Case("display_segment_is_numeric", schema_edit(_display(segments=["income"])),
+         ("display.segments", "'income'", "not a categorical customer column"), SchemaError),
+    Case("display_product_column_absent", schema_edit(_display(product_details=["coupon"])),
+         ("display section", "'coupon'", "products"), SchemaError),
+    Case("display_label_of_no_column", schema_edit(_display(labels={"shoe_size": "Shoe size"})),
+         ("display.labels", "'shoe_size'"), SchemaError),
+    Case("display_label_empty", schema_edit(_display(labels={"income": " "})),
+         ("display.labels.income", "non-empty"), SchemaError),
+    Case("display_is_a_list", schema_edit(lambda r: r.__setitem__("display", ["profile"])),
+         ("display: expected a mapping",), SchemaError),
+]
+
 
 # ------------------------------------------------------------------------------------ models
 
@@ -425,6 +458,66 @@ FEATURE_CASES: list[BodyCase] = [
     BodyCase("holdings_numbers", _j({"features": {"holdings": [1, 2]}}), (422,)),
 ]
 
+# ------------------------------------------------------------------------------------ issue 11: REST bodies
+# Each was a 500 or a silent coercion: integer literals past the float range, lone surrogate
+# escapes (json.loads takes them; no UTF-8 encoder does), NaN / Infinity, deep nesting, and loose
+# filter types ("no", 0, true) that turned a filter off or to 1. Raw bytes where the literal matters.
+
+LONE_SURROGATE = b'"\\ud800"'  # the JSON text "\ud800": a high surrogate with no low one after it
+DIGITS_400 = b"9" * 400  # a valid JSON integer no float holds
+C1 = b'{"customer_id": "C1", '
+
+
+def _deep(depth: int) -> bytes:
+    return b'{"a": ' * depth + b"1" + b"}" * depth
+
+
+def _filters(filters: dict) -> bytes:
+    return _j({"customer_id": "C1", "filters": filters})
+
+
+BODY_CASES += [
+    BodyCase("filter_exclude_held_text", _filters({"exclude_held": "no"}), (422,), "exclude_held"),
+    BodyCase("filter_suitability_zero", _filters({"suitability": 0}), (422,), "suitability"),
+    BodyCase("filter_eligibility_text", _filters({"eligibility": "false"}), (422,), "eligibility"),
+    BodyCase("filter_max_risk_true", _filters({"max_risk": True}), (422,), "max_risk"),
+    BodyCase("filter_max_risk_text", _filters({"max_risk": "3"}), (422,), "max_risk"),
+    BodyCase("filter_max_risk_float", _filters({"max_risk": 3.0}), (422,), "max_risk"),
+    BodyCase("filter_max_risk_400_digits", C1 + b'"filters": {"max_risk": ' + DIGITS_400 + b"}}", (422,), "max_risk"),
+    BodyCase("filter_max_risk_nan", C1 + b'"filters": {"max_risk": NaN}}', (422,), "max_risk"),
+    BodyCase("k_400_digits", C1 + b'"k": ' + DIGITS_400 + b"}", (422,), '"k"'),
+    BodyCase("k_infinity", C1 + b'"k": Infinity}', (422,), '"k"'),
+    BodyCase("k_true", _j({"customer_id": "C1", "k": True}), (422,), '"k"'),
+    BodyCase("include_categories_lone_surrogate", C1 + b'"filters": {"include_categories": [' + LONE_SURROGATE + b"]}}",
+             (422,), "include_categories"),
+    BodyCase("exclude_categories_lone_surrogate", C1 + b'"filters": {"exclude_categories": ["fund", "\\udfff"]}}',
+             (422,), "exclude_categories"),
+    BodyCase("customer_id_lone_surrogate", b'{"customer_id": ' + LONE_SURROGATE + b"}", (422,), "customer_id"),
+    BodyCase("customer_id_surrogate_pair", b'{"customer_id": "C\\ud83d\\ude42"}', (404,)),  # a valid pair is text
+    BodyCase("preset_lone_surrogate", C1 + b'"filters": {"preset": ' + LONE_SURROGATE + b"}}", (422,), "preset"),
+    BodyCase("key_lone_surrogate", C1 + LONE_SURROGATE + b": 1}", (422,)),
+    BodyCase("deeply_nested_objects", b'{"customer_id": ' + _deep(5000) + b"}", (422,)),
+    BodyCase("nested_900_deep_id", b'{"customer_id": ' + _deep(900) + b"}", (422,), "customer_id"),
+    BodyCase("nested_900_deep_filters", C1 + b'"filters": {"include_categories": ' + b"[" * 900 + b"]" * 900 + b"}}",
+             (422,), "include_categories"),
+]
+
+FEATURE_CASES += [
+    BodyCase("income_400_digits", b'{"features": {"income": ' + DIGITS_400 + b"}}", (422,), "income"),
+    BodyCase("income_minus_400_digits", b'{"features": {"income": -' + DIGITS_400 + b"}}", (422,), "income"),
+    BodyCase("risk_400_digits", b'{"features": {"risk_tolerance": ' + DIGITS_400 + b"}}", (422,), "risk_tolerance"),
+    BodyCase("unknown_feature_400_digits", b'{"features": {"favourite_number": ' + DIGITS_400 + b"}}", (422,),
+             "favourite_number"),
+    BodyCase("income_300_digits_is_a_number", b'{"features": {"income": 1' + b"0" * 300 + b"}}", (200,)),
+    BodyCase("region_lone_surrogate", b'{"features": {"income": 5e4, "region": ' + LONE_SURROGATE + b"}}", (422,),
+             "region"),
+    BodyCase("holdings_lone_surrogate", b'{"features": {"holdings": [' + LONE_SURROGATE + b"]}}", (422,), "holdings"),
+    BodyCase("feature_name_lone_surrogate", b'{"features": {' + LONE_SURROGATE + b": 1}}", (422,), "surrogate"),
+    BodyCase("region_nan", b'{"features": {"region": NaN}}', (422,), "region"),
+    BodyCase("region_minus_infinity", b'{"features": {"region": -Infinity}}', (422,), "region"),
+    BodyCase("income_nested_900_deep", b'{"features": {"income": ' + b"[" * 900 + b"]" * 900 + b"}}", (422,), "income"),
+]
+
 def params(cases):
     """``cases`` as pytest parameters; a case with a ``known_bug`` is a strict expected failure."""
     import pytest
@@ -434,3 +527,401 @@ def params(cases):
 
 
 ALL_ERRORS = (DataError, SchemaError, ConfigError, ArtifactError)
+
+
+# ------------------------------------------------------------------------------------ issue 11: loaders
+# The model directory's manifest and resealed foreign files, YAML aliases / duplicate keys / size,
+# binary, sparse and huge tables, terminal escapes and numpy reprs in messages. Every message of
+# every case is also checked to be bounded and printable (``test_corpus.assert_safe_message``).
+
+ESCAPE_TEXT = "\x1b]0;pwned\x07\x1b[2J\x1b[31m"  # OSC window title, clear screen, red
+# Nine levels of nine aliases: 9**9 (387 million) strings once expanded.
+BILLION_LAUGHS = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, name in zip("abcdefgh", "bcdefghi")
+)
+
+
+def _sparse(table: str, suffix: str, size: int = 2 * 1024**3) -> Callable[[Path], None]:
+    """The table replaced by a sparse file of ``size`` NUL bytes (no disk used), as truncate -s 2G makes."""
+    def damage(d: Path) -> None:
+        for old in S.TABLE_SUFFIXES:
+            (d / f"{table}{old}").unlink(missing_ok=True)
+        with open(d / f"{table}{suffix}", "wb") as handle:
+            handle.truncate(size)
+    return damage
+
+
+def _header(fn: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def change(data: bytes) -> bytes:
+        head, rest = data.split(b"\n", 1)
+        return fn(head) + b"\n" + rest
+    return transform_bytes(C, change)
+
+
+def _many_unknown_long_ids(df):
+    df.loc[0:49, "customer_id"] = [f"{'X' * 1000}{i}" for i in range(50)]
+
+
+def _schema_append(text: str) -> Callable[[Path], None]:
+    def damage(d: Path) -> None:
+        path = d / "schema.yaml"
+        path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+    return damage
+
+
+def _schema_nested_duplicate(d: Path) -> None:
+    text = (d / "schema.yaml").read_text(encoding="utf-8")
+    text = text.replace("  id: customer_id\n", "  id: customer_id\n  id: age\n", 1)
+    (d / "schema.yaml").write_text(text, encoding="utf-8")
+
+
+DATA_CASES += [
+    # binary, sparse and huge files: refused after a small read, quickly, with a short message
+    Case("sparse_2gb_customers", _sparse(C, ".csv"), ("customers.csv", "binary", "NUL")),
+    Case("nul_bytes_file", raw_bytes(C, b"\x00" * 100_000), ("customers", "binary"), upload=True),
+    Case("nul_bytes_after_header", transform_bytes(C, lambda b: b.split(b"\n", 1)[0] + b"\n" + b"\x00" * 100_000),
+         ("customers", "binary"), upload=True),
+    Case("utf16_text", transform_bytes(C, lambda b: b.decode("utf-8").encode("utf-16")), ("binary", "UTF-8"),
+         upload=True),
+    Case("header_over_1mb", _header(lambda h: h + b",x" + b"y" * 5_000_000), ("customers.csv", "first line", "1 MB"),
+         upload=True, upload_fragments=("uploads are limited",)),
+    Case("huge_column_name", _header(lambda h: b"z" * 600_000 + h[len(b"customer_id"):]),
+         ("'customer_id'", "more character"), SchemaError, upload=True),
+    Case("sparse_parquet", _sparse(P, ".parquet"), ("products.parquet", "PAR1")),
+    Case("parquet_without_magic", _sparse(P, ".parquet", 4096), ("products.parquet", "PAR1")),
+    # escapes from the file are shown escaped, never sent to the terminal
+    Case("escape_codes_in_header", _header(lambda h: ESCAPE_TEXT.encode() + h),
+         ("'customer_id'", "\\x1b]0;pwned\\x07"), SchemaError, upload=True),
+    Case("escape_codes_in_cell", set_cell(C, "income", ESCAPE_TEXT + "12"), ("'income' must be numeric", "\\x1b[31m"),
+         upload=True),
+    Case("many_long_unknown_ids", edit(I, _many_unknown_long_ids), ("not in customers", "... and 45 more")),
+    # plain numbers: `row 2: nan`, not np.float64(nan); `row(s) 2, 3`, not np.int64(2)
+    Case("missing_risk_prints_nan", set_cell(C, "risk_tolerance", ""), ("row 2: nan",), upload=True),
+    Case("empty_ids_print_plain_rows", edit(C, lambda df: df.assign(customer_id=["", "", *df["customer_id"][2:]])),
+         ("at row(s) 1, 2",), upload=True),
+    # schema.yaml: aliases, duplicate keys, size, nesting
+    Case("schema_billion_laughs", schema_text(BILLION_LAUGHS), ("schema.yaml line 1", "aliases"), SchemaError),
+    Case("schema_merge_key", _schema_append("extra: &x {id: a}\nmore:\n  <<: *x\n"), ("aliases",), SchemaError),
+    Case("schema_duplicate_top_key", _schema_append("customers:\n  id: customer_id\n"),
+         ("schema.yaml line", "duplicate key 'customers' (first at line 1)"), SchemaError),
+    Case("schema_duplicate_nested_key", _schema_nested_duplicate, ("line 3", "duplicate key 'id' (first at line 2)"),
+         SchemaError),
+    Case("schema_over_1mb", _schema_append("#" + "x" * 1_100_000 + "\n"), ("schema.yaml", "over 1024 KB"), SchemaError),
+    Case("schema_deeply_nested", schema_text("customers: " + "[" * 50_000 + "]" * 50_000 + "\n"),
+         ("schema.yaml", "nested too deeply"), SchemaError),
+    # (a plain YAML key stops at 1024 characters; 1000 is still far over a message's share)
+    Case("schema_long_escaped_key", _schema_append('"\\e]0;pwned\\a' + "k" * 1000 + '": 1\n'),
+         ("unknown key", "\\x1b]0;pwned", "more character"), SchemaError),
+]
+
+
+def _resealed(name: str, change: Callable[[Path], None]) -> Callable[[Path], None]:
+    """``name`` changed, and its checksum in the manifest updated to match: the content checks
+    behind the checksum must refuse it."""
+    import hashlib
+
+    def damage(d: Path) -> None:
+        change(d / name)
+        raw = json.loads((d / "manifest.json").read_text())
+        raw["files"][name] = hashlib.sha256((d / name).read_bytes()).hexdigest()
+        (d / "manifest.json").write_text(json.dumps(raw))
+    return damage
+
+
+def _text(text: str) -> Callable[[Path], None]:
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
+def _json_edit(fn: Callable[[dict], None]) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        raw = json.loads(path.read_text())
+        fn(raw)
+        path.write_text(json.dumps(raw))
+    return change
+
+
+def _npy(make) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        import numpy as np
+
+        np.save(path, make(np.load(path)), allow_pickle=False)
+    return change
+
+
+def _parquet(fn) -> Callable[[Path], None]:
+    return lambda path: fn(pd.read_parquet(path)).to_parquet(path)
+
+
+def _and(*damages):
+    def damage(d: Path) -> None:
+        for fn in damages:
+            fn(d)
+    return damage
+
+
+def _fewer_products(raw: dict) -> None:
+    raw["product_ids"] = raw["product_ids"][:3]
+    raw["product_popularity"] = raw["product_popularity"][:3]
+
+
+_DEEP_JSON = "[" * 100_000 + "]" * 100_000
+_PASSWD = "../../etc/passwd"
+
+MODEL_CASES += [
+    # the manifest lists exactly the files of the format, each inside the directory
+    Case("manifest_files_emptied", _and(_manifest(lambda m: m.__setitem__("files", {})), _alter_pipeline),
+         ("manifest.json does not list", "pipeline.json"), ArtifactError),
+    Case("manifest_entry_dropped", _and(_manifest(lambda m: m["files"].pop("pipeline.json")), _alter_pipeline),
+         ("manifest.json does not list pipeline.json",), ArtifactError),
+    Case("manifest_extra_entry", _manifest(lambda m: m["files"].__setitem__("notes.txt", "0" * 64)),
+         ("not part of a finrec model", "'notes.txt'"), ArtifactError),
+    Case("manifest_entry_outside", _manifest(lambda m: m["files"].__setitem__(_PASSWD, "0" * 64)),
+         (f"'{_PASSWD}'", "not a file of the model directory"), ArtifactError),
+    Case("manifest_entry_absolute", _manifest(lambda m: m["files"].__setitem__("/etc/passwd", "0" * 64)),
+         ("'/etc/passwd'", "not a file of the model directory"), ArtifactError),
+    Case("manifest_entry_in_subdirectory", _manifest(lambda m: m["files"].__setitem__("sub/model.keras", "0" * 64)),
+         ("'sub/model.keras'", "not a file of the model directory"), ArtifactError),
+    Case("manifest_files_is_a_list", _manifest(lambda m: m.__setitem__("files", ["model.keras"])),
+         ("'files' map",), ArtifactError),
+    Case("manifest_checksum_not_text", _manifest(lambda m: m["files"].__setitem__("model.keras", 5)),
+         ("'model.keras'", "SHA-256"), ArtifactError),
+    Case("manifest_format_true", _manifest(lambda m: m.__setitem__("format_version", True)), ("True", "retrain"),
+         ArtifactError),
+    Case("manifest_data_path_not_text", _manifest(lambda m: m.__setitem__("data_path", 5)), ("'data_path'",),
+         ArtifactError),
+    Case("manifest_100k_deep", lambda d: (d / "manifest.json").write_text(_DEEP_JSON),
+         ("manifest.json", "nested too deeply"), ArtifactError),
+    Case("manifest_over_1mb", lambda d: (d / "manifest.json").write_text(json.dumps({"x": "y" * 1_100_000})),
+         ("manifest.json", "over 1 MB"), ArtifactError),
+    Case("manifest_escape_codes", _manifest(lambda m: m["files"].__setitem__(ESCAPE_TEXT + "n" * 5000, "0" * 64)),
+         ("\\x1b]0;pwned", "more character"), ArtifactError),
+    # foreign content behind a resealed checksum
+    Case("pipeline_resealed_deep", _resealed("pipeline.json", _text(_DEEP_JSON)),
+         ("pipeline.json", "nested too deeply"), ArtifactError),
+    Case("pipeline_resealed_list", _resealed("pipeline.json", _text("[1, 2]")), ("pipeline.json", "JSON object"),
+         ArtifactError),
+    Case("pipeline_resealed_text_mean",
+         _resealed("pipeline.json", _json_edit(lambda r: r["customer_numeric"][0].__setitem__("mean", "x"))),
+         ("pipeline.json", "'customer_numeric'[0]"), ArtifactError),
+    Case("pipeline_resealed_holdings_text",
+         _resealed("pipeline.json", _json_edit(lambda r: r.__setitem__("use_holdings", "no"))),
+         ("pipeline.json", "'use_holdings'"), ArtifactError),
+    Case("pipeline_resealed_vocab_grown",
+         _resealed("pipeline.json", _json_edit(lambda r: r["customer_vocab"]["gender"].append("other"))),
+         ("model.keras", "customer_tower", "different models"), ArtifactError),
+    Case("pipeline_resealed_fewer_products", _resealed("pipeline.json", _json_edit(_fewer_products)),
+         ("product_embeddings.npy", "different models"), ArtifactError),
+    Case("config_resealed_alias_bomb", _resealed("config.yaml", _text(BILLION_LAUGHS)), ("config.yaml", "aliases"),
+         ArtifactError),
+    Case("config_resealed_duplicate_key", _resealed("config.yaml", _text("model: {}\nmodel: {}\n")),
+         ("config.yaml line 2", "duplicate key 'model'"), ArtifactError),
+    Case("config_resealed_list", _resealed("config.yaml", _text("- 1\n")), ("config.yaml", "expected a mapping"),
+         ArtifactError),
+    Case("history_resealed_list", _resealed("history.json", _text("[1]")), ("history.json",), ArtifactError),
+    Case("embeddings_resealed_nan", _resealed("product_embeddings.npy", _npy(lambda e: e * float("nan"))),
+         ("product_embeddings.npy", "finite"), ArtifactError),
+    Case("embeddings_resealed_fewer_rows", _resealed("product_embeddings.npy", _npy(lambda e: e[:3])),
+         ("product_embeddings.npy", "3 rows"), ArtifactError),
+    Case("embeddings_resealed_other_dimension", _resealed("product_embeddings.npy", _npy(lambda e: e[:, :3])),
+         ("model.keras", "different models"), ArtifactError),
+    Case("embeddings_resealed_text", _resealed("product_embeddings.npy", _npy(lambda e: e.astype(str))),
+         ("product_embeddings.npy",), ArtifactError),
+    Case("products_resealed_without_id",
+         _resealed("products.parquet", _parquet(lambda df: df.drop(columns="product_id"))),
+         ("products.parquet", "'product_id'"), ArtifactError),
+    Case("products_resealed_fewer", _resealed("products.parquet", _parquet(lambda df: df.head(3))),
+         ("products.parquet", "not those of pipeline.json"), ArtifactError),
+]
+
+CONFIG_CASES += [
+    ConfigCase("config_billion_laughs", BILLION_LAUGHS, ("line 1", "aliases")),
+    ConfigCase("config_merge_key", "base: &b {epochs: 1}\ntraining:\n  <<: *b\n", ("aliases",)),
+    ConfigCase("config_duplicate_section", "training: {epochs: 1}\ntraining: {epochs: 2}\n",
+               ("line 2", "duplicate key 'training' (first at line 1)")),
+    ConfigCase("config_duplicate_nested_key", "training:\n  epochs: 1\n  epochs: 2\n",
+               ("line 3", "duplicate key 'epochs' (first at line 2)")),
+    ConfigCase("config_over_1mb", "#" + "x" * 1_100_000 + "\n", ("over 1024 KB",)),
+    ConfigCase("config_deeply_nested", "model: " + "[" * 50_000 + "]" * 50_000 + "\n", ("nested too deeply",)),
+    ConfigCase("config_integer_of_5000_digits", "training: {epochs: 1" + "0" * 5000 + "}\n", ("not valid YAML",)),
+    ConfigCase("config_escape_codes_in_value", 'training: {loss: "\\e]0;pwned\\a\\e[31mhinge"}\n',
+               ("training.loss", "\\x1b]0;pwned\\x07")),
+    ConfigCase("config_long_value", f"training: {{loss: {'x' * 100_000}}}\n", ("training.loss", "more character")),
+]
+
+
+# ------------------------------------------------------------------------------------ outputs over inputs
+# Issue 11, "data loss": an output path that is, contains or lies inside an input (the data
+# directory, one of its tables, the model directory, the config file), or that a writer cannot
+# write (a directory where a file goes, a directory of other files, a path below a file, an
+# unknown suffix), is refused before anything is written. ``test_outputs.py`` runs each case
+# through the CLI, the Python API where it has the writer, and the dashboard's demo button.
+
+
+@dataclass(frozen=True)
+class Where:
+    """The inputs of an output case, all under ``root``: a CSV dataset, a model directory, a
+    config file, a directory of unrelated files, a symlink to the dataset."""
+
+    root: Path
+
+    data = property(lambda self: self.root / "data")
+    model = property(lambda self: self.root / "model")
+    config = property(lambda self: self.root / "config.yaml")
+    notes = property(lambda self: self.root / "notes")  # holds notes/a.txt
+    alias = property(lambda self: self.root / "alias")  # a symlink to data
+
+
+def make_where(root: Path, data: Path, model: Path) -> Where:
+    where = Where(root)
+    shutil.copytree(data, where.data)
+    shutil.copytree(model, where.model)
+    where.config.write_text("training: {epochs: 1}\n")
+    where.notes.mkdir()
+    (where.notes / "a.txt").write_text("a file that is not finrec's\n")
+    where.alias.symlink_to(where.data, target_is_directory=True)
+    return where
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    """Every path under ``root``: file bytes (SHA-256), link targets and directories, so a test
+    can assert that a refused run changed nothing, not even a leftover temporary file."""
+    import hashlib
+    import os
+
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                state[key] = "link:" + os.readlink(path)
+            elif path.is_dir():
+                state[key] = "dir"
+            else:
+                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def _link_holdings_from_elsewhere(where: Where) -> None:
+    """holdings.csv is a symlink to a file outside the dataset (a shared export)."""
+    shared = where.root / "shared"
+    shared.mkdir()
+    (where.data / "holdings.csv").rename(shared / "holdings.csv")
+    (where.data / "holdings.csv").symlink_to(shared / "holdings.csv")
+
+
+def _split_train_links_to_data(where: Where) -> None:
+    (where.root / "splits").mkdir()
+    (where.root / "splits" / "train").symlink_to(where.data, target_is_directory=True)
+
+
+@dataclass(frozen=True)
+class OutputCase:
+    """``command`` with its output at ``out(where)``; ``fragments`` must be in the message and,
+    when the output overlaps an input, ``input`` names it ("data", "model", "config": the message
+    must show its path). ``api``: the Python writer knows the input at stake (it is not told
+    about a config file; ``score_dataset`` gets a recommender, not the model directory)."""
+
+    name: str
+    command: str  # generate | split | train | evaluate | score | score-ray
+    out: Callable[[Where], Path]
+    fragments: tuple[str, ...]
+    input: str | None = None
+    api: bool = True
+    prepare: Callable[[Where], None] | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _over(relation: str) -> tuple[str, ...]:
+    return (f" {relation} ", "must not overwrite an input", "nothing was written")
+
+
+def _other_files(marker: str) -> tuple[str, ...]:
+    return ("holds other files", marker, "nothing was written")
+
+
+def _split_has_other_files(where: Where) -> None:
+    (where.root / "train").mkdir()
+    (where.root / "train" / "x.txt").write_text("not a dataset\n")
+
+
+OUTPUT_CASES: list[OutputCase] = [
+    # train: the atomic swap of the model directory would delete whatever it replaces
+    OutputCase("train_out_is_data", "train", lambda w: w.data, _over("is"), "data"),
+    OutputCase("train_out_is_parent_of_data", "train", lambda w: w.root, _over("contains"), "data"),
+    OutputCase("train_out_inside_data", "train", lambda w: w.data / "model", _over("lies inside"), "data"),
+    OutputCase("train_out_is_data_via_symlink", "train", lambda w: w.alias, ("that is", *_over("is")), "data"),
+    OutputCase("train_out_is_data_via_dotdot", "train", lambda w: w.data / ".." / "data", _over("is"), "data"),
+    OutputCase("train_out_is_config", "train", lambda w: w.config, _over("is"), "config", api=False),
+    OutputCase("train_out_is_other_files", "train", lambda w: w.notes, _other_files("manifest.json")),
+    OutputCase("train_out_is_a_file", "train", lambda w: w.notes / "a.txt", ("is a file",)),
+    OutputCase("train_out_below_a_file", "train", lambda w: w.notes / "a.txt" / "m", ("a.txt is not a directory",)),
+    # score: one output file
+    OutputCase("score_out_is_customers_table", "score", lambda w: w.data / "customers.csv", _over("lies inside"),
+               "data"),
+    OutputCase("score_out_is_data", "score", lambda w: w.data, _over("is"), "data"),
+    OutputCase("score_out_is_table_via_symlink", "score", lambda w: w.alias / "customers.csv",
+               ("that is", *_over("lies inside")), "data"),
+    OutputCase("score_out_is_linked_table", "score", lambda w: w.root / "shared" / "holdings.csv",
+               ("a link to", *_over("is")), "data", prepare=_link_holdings_from_elsewhere),
+    OutputCase("score_out_is_model_file", "score", lambda w: w.model / "products.parquet", _over("lies inside"),
+               "model", api=False),
+    OutputCase("score_out_is_a_directory", "score", lambda w: w.notes, ("is a directory",)),
+    OutputCase("score_out_unknown_suffix", "score", lambda w: w.root / "top.txt", (".csv or .parquet", "'.txt'")),
+    OutputCase("score_out_below_a_file", "score", lambda w: w.notes / "a.txt" / "top.csv", ("a.txt is not a directory",)),
+    # score --engine ray: a .csv/.parquet file, or a new directory of part files
+    OutputCase("ray_out_is_customers_table", "score-ray", lambda w: w.data / "customers.csv", _over("lies inside"),
+               "data"),
+    OutputCase("ray_out_is_data", "score-ray", lambda w: w.data, _over("is"), "data"),
+    OutputCase("ray_out_is_parent_of_data", "score-ray", lambda w: w.root, _over("contains"), "data"),
+    OutputCase("ray_out_is_model_file", "score-ray", lambda w: w.model / "model.keras", _over("lies inside"), "model"),
+    OutputCase("ray_out_is_model", "score-ray", lambda w: w.model, _over("is"), "model"),
+    OutputCase("ray_out_is_other_files", "score-ray", lambda w: w.notes, ("not empty",)),
+    # evaluate --json (no Python writer: evaluate returns the results)
+    OutputCase("evaluate_json_is_customers_table", "evaluate", lambda w: w.data / "customers.csv",
+               _over("lies inside"), "data", api=False),
+    OutputCase("evaluate_json_is_model_file", "evaluate", lambda w: w.model / "history.json", _over("lies inside"),
+               "model", api=False),
+    OutputCase("evaluate_json_is_data", "evaluate", lambda w: w.data, _over("is"), "data", api=False),
+    OutputCase("evaluate_json_is_a_directory", "evaluate", lambda w: w.notes, ("is a directory",), api=False),
+    # split writes OUT/train and OUT/test
+    OutputCase("split_out_is_data", "split", lambda w: w.data, _over("lies inside"), "data"),
+    OutputCase("split_out_inside_data", "split", lambda w: w.data / "parts", _over("lies inside"), "data"),
+    OutputCase("split_train_is_data_via_symlink", "split", lambda w: w.root / "splits", _over("is"), "data",
+               prepare=_split_train_links_to_data),
+    OutputCase("split_out_holds_other_files", "split", lambda w: w.root, _other_files("schema.yaml"),
+               prepare=_split_has_other_files),
+    # generate has no input, but must not swap away a directory of other files
+    OutputCase("generate_out_is_other_files", "generate", lambda w: w.notes, _other_files("schema.yaml")),
+    OutputCase("generate_out_is_a_file", "generate", lambda w: w.notes / "a.txt", ("is a file",)),
+]
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    """The dashboard's "build the demo" button with FINREC_MODEL (the model directory to build)
+    and FINREC_DATA (``data``: where the copy of the dataset lives, None for unset) relative to
+    the case's root; ``typed``: a model directory typed in the sidebar instead."""
+
+    name: str
+    model: str
+    data: str | None
+    fragments: tuple[str, ...]
+    typed: str | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+DEMO_CASES: list[DemoCase] = [
+    DemoCase("demo_bank_is_finrec_data", "demo/model", "demo/bank", ("is the data in FINREC_DATA",)),
+    DemoCase("demo_split_is_finrec_data", "demo/model", "demo/split/train", ("is the data in FINREC_DATA",)),
+    DemoCase("demo_outputs_inside_finrec_data", "data/model", "data", ("lies inside the data in FINREC_DATA",)),
+    DemoCase("demo_model_is_finrec_data", "data", "data", ("is the data in FINREC_DATA",)),
+    DemoCase("demo_model_is_other_files", "notes", None, ("holds other files", "manifest.json")),
+    DemoCase("demo_model_is_its_own_bank", "demo/bank", None, ("is the demo bank",)),
+    DemoCase("demo_typed_model_inside_finrec_model", "model", None, ("the model in FINREC_MODEL",),
+             typed="model/sub/model"),
+]

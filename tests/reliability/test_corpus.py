@@ -15,7 +15,7 @@ from corpus import BODY_CASES, CONFIG_CASES, DATA_CASES, FEATURE_CASES, MODEL_CA
 from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import load_dataset
-from finrec.errors import FinrecError
+from finrec.errors import MAX_MESSAGE_CHARS, FinrecError
 
 UPLOAD_CASES = [case for case in DATA_CASES if case.upload]
 INVALID_DATA = [case for case in DATA_CASES if not case.valid]
@@ -33,10 +33,20 @@ def assert_clean(text: str) -> None:
     assert "Traceback" not in text and "internal error" not in text, text[-2000:]
 
 
+def assert_safe_message(text: str) -> None:
+    """A refusal is short, printable (no escape sequence reaches a terminal) and has plain numbers."""
+    text = text.rstrip("\n")
+    assert len(text) <= MAX_MESSAGE_CHARS + 100, f"{len(text)} characters: {text[:300]!r}"
+    assert text.isprintable(), repr(text[:600])
+    assert "np.int64(" not in text and "np.float64(" not in text, text[:600]
+
+
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     assert_clean(err)
+    if code == 2:
+        assert_safe_message(err)
     return code, out, err
 
 
@@ -58,6 +68,7 @@ def test_python_api(case, damaged):
     with pytest.raises(case.error) as info:
         load_dataset(directory)
     assert_fragments(str(info.value), case.fragments)
+    assert_safe_message(str(info.value))
 
 
 def test_extra_columns_are_kept_out_of_the_features(damaged, fast_config):
@@ -91,6 +102,7 @@ def test_python_api_models(case, model_dir, tmp_path):
     with pytest.raises(case.error) as info:
         load_model_dir(target)
     assert_fragments(str(info.value), case.fragments)
+    assert_safe_message(str(info.value))
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=str)
@@ -102,6 +114,7 @@ def test_python_api_configs(case, tmp_path):
     with pytest.raises(case.error) as info:
         Config.from_yaml(path)
     assert_fragments(str(info.value), case.fragments)
+    assert_safe_message(str(info.value))
 
 
 # ------------------------------------------------------------------------------------ dashboard upload
@@ -119,6 +132,7 @@ def test_dashboard_upload(case, damaged):
     with pytest.raises(FinrecError) as info:
         read_customer_upload(data, S.SYNTHETIC.schema(), name="customers.csv")
     assert_fragments(str(info.value), case.upload_fragments if case.upload_fragments is not None else case.fragments)
+    assert_safe_message(str(info.value))
 
 
 def test_dashboard_upload_limits(csv_data_dir):

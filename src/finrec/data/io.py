@@ -17,15 +17,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from finrec.atomic import atomic_directory, atomic_path
+from finrec.atomic import atomic_directory, atomic_path, check_writable, refuse_overlap
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.ids import ids_as_text
-from finrec.errors import DataError, SchemaError
+from finrec.errors import DataError, SchemaError, safe_items, safe_text
+from finrec.safeyaml import load_yaml
 
 # Refuse files larger than this before reading them: a bank's customer table is big, but a
 # multi-gigabyte CSV is better converted to Parquet and scored in chunks (``finrec score``).
 MAX_CSV_BYTES = 2 * 1024**3
+# A CSV file is sniffed before pandas sees it: its first line must end within this many bytes,
+# and a NUL byte in that line, or more than a few in its first or last block, marks a binary file
+# (a spreadsheet, an archive, UTF-16 text, or a sparse file of zeros) refused after a small read.
+MAX_HEADER_BYTES = 1024**2
+SNIFF_BYTES = 64 * 1024
+MAX_SNIFF_NULS = 8
+PARQUET_MAGIC = b"PAR1"
 # Cells a spreadsheet would run as a formula; written CSV files prefix them with a quote.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -82,10 +90,14 @@ def find_table(directory: Path, name: str, required: bool = True) -> Path | None
         if required:
             raise DataError(
                 f"{directory}: missing table '{name}' (expected {name}.csv or {name}.parquet); "
-                f"the directory has: {', '.join(sorted(p.name for p in directory.iterdir())[:20]) or 'nothing'}"
+                f"the directory has: {_listing(directory)}"
             )
         return None
     return found[0]
+
+
+def _listing(directory: Path) -> str:
+    return safe_items(sorted(p.name for p in directory.iterdir()), 20, quote=False) or "nothing"
 
 
 def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -96,13 +108,15 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     if path.suffix == ".parquet":
+        check_parquet_file(path)
         try:
             df = pq.read_table(path).to_pandas()
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
     elif path.suffix == ".csv":
         if path.stat().st_size > MAX_CSV_BYTES:
             raise DataError(f"{path}: {path.stat().st_size / 1e9:.1f} GB is over the CSV limit; convert it to Parquet")
+        check_csv_file(path)
         df = _read_csv(path, id_columns)
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
@@ -110,6 +124,61 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
         if column in df.columns:
             df[column] = ids_as_text(df[column])
     return df
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, bounded and escaped (it may quote the file)."""
+    text = str(exc)
+    return safe_text(text.split("\n", 1)[0] if text else type(exc).__name__)
+
+
+def _check_csv_head(head: bytes, tail: bytes, size: int, where) -> None:
+    """Refuse a "CSV" file that is obviously not one, from its first ``MAX_HEADER_BYTES`` (or
+    fewer) and its last ``SNIFF_BYTES``, before pandas reads it whole."""
+    end = head.find(b"\n")
+    header = head if end < 0 else head[:end]
+    if b"\0" in header or head[:SNIFF_BYTES].count(b"\0") > MAX_SNIFF_NULS or tail.count(b"\0") > MAX_SNIFF_NULS:
+        raise DataError(f"{where}: a binary file, not CSV text (it holds NUL bytes); is it really a CSV file? "
+                        "(a spreadsheet or UTF-16 text must be saved as UTF-8 CSV)")
+    if end < 0 and size > len(head):
+        raise DataError(f"{where}: the first line runs past {MAX_HEADER_BYTES // 1024**2} MB without a line break; "
+                        "it is not a header of column names")
+
+
+def check_csv_file(path: Path) -> None:
+    """Refuse an obviously binary or header-less CSV file after reading a few blocks of it."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(MAX_HEADER_BYTES)
+        tail = b""
+        if size > len(head):
+            handle.seek(max(len(head), size - SNIFF_BYTES))
+            tail = handle.read(SNIFF_BYTES)
+    _check_csv_head(head, tail, size, path)
+
+
+def check_parquet_file(path: Path) -> None:
+    """Refuse a ".parquet" file without the Parquet marker at its start and end (8 bytes read)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(max(0, size - 4))
+        tail = handle.read(4)
+    if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+        raise DataError(f"{path}: not a readable Parquet file (it does not start and end with the Parquet "
+                        f"marker PAR1); is it really a Parquet file?")
+
+
+def _sniff(path: Path) -> None:
+    """The cheap checks of ``read_table`` for readers that stream a file (no size limit)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix == ".parquet":
+        check_parquet_file(path)
+    elif path.suffix == ".csv":
+        check_csv_file(path)
 
 
 def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> pd.DataFrame:
@@ -121,7 +190,7 @@ def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> 
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: the file has no header and no rows") from None
     except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{where}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{where}: not a readable CSV file ({_first_line(exc)})") from None
     _check_separator(df, where)
     unnamed = [c for c in df.columns if str(c).startswith("Unnamed:")]
     if unnamed and len(unnamed) == len(df.columns):
@@ -135,8 +204,8 @@ def _check_separator(df: pd.DataFrame, where) -> None:
         header = str(df.columns[0])
         for sep in (";", "\t", "|"):
             if sep in header:
-                raise DataError(f"{where}: the header is one column {header[:80]!r}: the file looks separated by "
-                                f"{sep!r}; finrec reads comma-separated files")
+                raise DataError(f"{where}: the header is one column {safe_text(header, 80, quote=True)}: the file "
+                                f"looks separated by {sep!r}; finrec reads comma-separated files")
 
 
 def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.DataFrame:
@@ -145,6 +214,8 @@ def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.D
 
     if not data.strip():
         raise DataError(f"{where}: the file is empty")
+    tail = data[-SNIFF_BYTES:] if len(data) > MAX_HEADER_BYTES else b""
+    _check_csv_head(data[:MAX_HEADER_BYTES], tail, len(data), where)
     df = _read_csv(_io.BytesIO(data), id_columns, where)
     for column in id_columns:
         if column in df.columns:
@@ -167,11 +238,7 @@ def read_schema(directory: Path) -> S.DatasetSchema:
     path = directory / S.SCHEMA_FILE
     if not path.is_file():
         raise SchemaError(f"{directory}: missing {S.SCHEMA_FILE} (it says which columns are ids, numeric and categorical)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SchemaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return S.DatasetSchema.from_dict(raw, source=str(path))
+    return S.DatasetSchema.from_dict(load_yaml(path, SchemaError), source=str(path))
 
 
 def load_dataset(directory: str | Path, require_interactions: bool = True) -> Dataset:
@@ -198,6 +265,7 @@ def validate_tables(schema: S.DatasetSchema, tables: dict[str, pd.DataFrame], so
 
     customers = prepare_entities(tables[S.CUSTOMERS], schema.customers, where(S.CUSTOMERS))
     products = prepare_entities(tables[S.PRODUCTS], schema.products, where(S.PRODUCTS))
+    V.check_display_columns(products, schema.display, where(S.PRODUCTS))
     customer_index = pd.Index(customers[schema.customers.id])
     product_index = pd.Index(products[schema.products.id])
 
@@ -256,24 +324,27 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
 def read_id_column(path: Path, column: str) -> pa.Array:
     """One table's id column, normalized as ``read_table`` normalizes ids, in file order."""
     path = Path(path)
+    _sniff(path)
     try:
         if path.suffix == ".parquet":
             values = pq.read_table(path, columns=[column]).column(0).to_pandas()
         else:
             values = pd.read_csv(path, usecols=[column], dtype={column: str})[column]
     except (pa.ArrowException, OSError, ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the id column '{column}' ({str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: cannot read the id column {safe_text(column, quote=True)} "
+                        f"({_first_line(exc)})") from None
     return pa.array(ids_as_text(values), type=pa.string(), from_pandas=True)
 
 
 def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
     """Yield validated slices of a customers file of any size, holding one slice in memory."""
     path = Path(path)
+    _sniff(path)
     if path.suffix == ".parquet":
         try:
             parquet = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
         # Categorical text arrives dictionary-encoded (pandas Categorical): decoding is faster
         # and the feature codes come from the few categories instead of every row.
         fields = parquet.schema_arrow
@@ -293,7 +364,8 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             for chunk in reader:
                 if offset == 0:
                     _check_separator(chunk, path)
-                chunk[table.id] = ids_as_text(chunk[table.id]) if table.id in chunk.columns else None
+                if table.id in chunk.columns:  # else prepare_entities names the missing column
+                    chunk[table.id] = ids_as_text(chunk[table.id])
                 yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
                 offset += len(chunk)
             if offset == 0:
@@ -303,7 +375,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?") from None
         except (pd.errors.ParserError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
+            raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
 
@@ -334,11 +406,16 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, directory: str | Path, fmt: str = "parquet") -> Path:
-    """Write a dataset directory atomically (all tables and ``schema.yaml``)."""
+def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, directory: str | Path, fmt: str = "parquet",
+                  source: str | Path | None = None) -> Path:
+    """Write a dataset directory atomically (all tables and ``schema.yaml``). ``source``, the
+    dataset the tables came from, must not overlap ``directory``; an existing ``directory``
+    must be a dataset (it has a ``schema.yaml``) or empty."""
     if fmt not in ("parquet", "csv"):
         raise DataError(f"unknown format {fmt!r} (use parquet or csv)")
     directory = Path(directory)
+    refuse_overlap(directory, {"the source dataset": source}, what="the dataset directory")
+    check_writable(directory, "directory", marker=S.SCHEMA_FILE, what="the dataset directory")
     with atomic_directory(directory) as tmp:
         for name, df in tables.items():
             if df is None:
@@ -348,7 +425,8 @@ def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, dire
                 escape_formulas(df).to_csv(path, index=False)
             else:
                 pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
-        (tmp / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema.to_dict(), sort_keys=False), encoding="utf-8")
+        text = yaml.safe_dump(schema.to_dict(display=True), sort_keys=False)
+        (tmp / S.SCHEMA_FILE).write_text(text, encoding="utf-8")
     return directory
 
 

@@ -6,16 +6,23 @@ A dataset is a directory holding ``customers``, ``products``, ``interactions`` a
     customers: {id: customer_id, numeric: [...], categorical: [...], risk_tolerance: risk_tolerance}
     products:  {id: product_id, numeric: [...], categorical: [...], risk_level: risk_level,
                 category: product_type}
+    display:   {profile: [...], what_if: [...], segments: [...], product_name: name,
+                product_details: [...], labels: {column: text}}          # optional
+
+``display`` only says how the dashboard shows the data; it is no model input, and ``to_dict()``
+(the form the model's schema hash is computed from) leaves it out, so editing it never
+invalidates a model.
 
 Column names used across finrec live here and nowhere else.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from finrec.errors import SchemaError, reject_unknown
+from finrec.errors import SchemaError, reject_unknown, safe_items, safe_text
 
 CUSTOMERS = "customers"
 PRODUCTS = "products"
@@ -49,6 +56,9 @@ RISK_MIN, RISK_MAX = 1, 7
 
 _CUSTOMER_KEYS = {"id", "numeric", "categorical", "risk_tolerance", "protected", "log_numeric"}
 _PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric"}
+DISPLAY = "display"
+_DISPLAY_KEYS = {"profile", "what_if", "segments", "product_name", "product_details", "labels"}
+MAX_LABEL_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -88,12 +98,57 @@ class TableSchema:
 
 
 @dataclass(frozen=True)
+class DisplayHints:
+    """How the dashboard shows a dataset (the ``display:`` section of ``schema.yaml``).
+
+    Every hint is optional; what is not given is derived from the data (``finrec.explain``):
+    ``profile`` and ``what_if`` are numeric customer features (the profile's figures and the
+    what-if sliders), ``segments`` categorical customer features (the segment filter),
+    ``product_name`` the products column that names a product and ``product_details`` the
+    products columns shown on a recommendation; ``labels`` maps a column to its friendly name.
+    """
+
+    profile: tuple[str, ...] | None = None
+    what_if: tuple[str, ...] | None = None
+    segments: tuple[str, ...] | None = None
+    product_name: str | None = None
+    product_details: tuple[str, ...] | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # pairs, so that the schema stays hashable
+
+    def label(self, column: str) -> str:
+        """The friendly name of ``column``: its label, else the name with spaces for underscores."""
+        return dict(self.labels).get(column) or str(column).replace("_", " ").capitalize()
+
+    @property
+    def product_columns(self) -> tuple[str, ...]:
+        """Products columns the hints name; they must exist in the products table."""
+        named = [self.product_name] if self.product_name else []
+        return tuple(dict.fromkeys([*named, *(self.product_details or ())]))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("profile", "what_if", "segments", "product_details"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = list(value)
+        if self.product_name:
+            out["product_name"] = self.product_name
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        return out
+
+
+@dataclass(frozen=True)
 class DatasetSchema:
     customers: TableSchema
     products: TableSchema
+    display: DisplayHints = DisplayHints()
 
-    def to_dict(self) -> dict[str, Any]:
-        """The ``schema.yaml`` form of this schema."""
+    def to_dict(self, display: bool = False) -> dict[str, Any]:
+        """The ``schema.yaml`` form of this schema; ``display=True`` adds the display hints.
+
+        Without them it is the model's contract: the schema hash and every "same schema?" check
+        compare this form, so a display hint never makes a model refuse its data."""
         c, p = self.customers, self.products
         out: dict[str, Any] = {
             CUSTOMERS: {"id": c.id, "numeric": list(c.numeric), "categorical": list(c.categorical)},
@@ -111,6 +166,9 @@ class DatasetSchema:
             out[PRODUCTS]["category"] = p.category
         if p.log_numeric is not None:
             out[PRODUCTS]["log_numeric"] = list(p.log_numeric)
+        hints = self.display.to_dict()
+        if display and hints:
+            out[DISPLAY] = hints
         return out
 
     def without_protected(self) -> "DatasetSchema":
@@ -125,7 +183,7 @@ class DatasetSchema:
             protected=c.protected,
             log_numeric=None if c.log_numeric is None else tuple(x for x in c.log_numeric if x not in drop),
         )
-        return DatasetSchema(customers=customers, products=self.products)
+        return DatasetSchema(customers=customers, products=self.products, display=self.display)
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = SCHEMA_FILE) -> "DatasetSchema":
@@ -133,26 +191,27 @@ class DatasetSchema:
         against the tables (``finrec.data.validate``)."""
         if not isinstance(raw, dict):
             raise SchemaError(f"{source}: expected a mapping with keys 'customers' and 'products', got {type(raw).__name__}")
-        reject_unknown(raw.keys(), {CUSTOMERS, PRODUCTS}, source, SchemaError)
+        reject_unknown(raw.keys(), {CUSTOMERS, PRODUCTS, DISPLAY}, source, SchemaError)
         for key in (CUSTOMERS, PRODUCTS):
             if key not in raw:
                 raise SchemaError(f"{source}: missing section '{key}'")
         customers = _table_from_dict(raw[CUSTOMERS], _CUSTOMER_KEYS, "risk_tolerance", f"{source}: {CUSTOMERS}")
         products = _table_from_dict(raw[PRODUCTS], _PRODUCT_KEYS, "risk_level", f"{source}: {PRODUCTS}")
-        return cls(customers=customers, products=products)
+        display = _display_from_dict(raw.get(DISPLAY), customers, products, f"{source}: {DISPLAY}")
+        return cls(customers=customers, products=products, display=display)
 
 
 def _column_list(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise SchemaError(f"{where}: expected a list of column names, got {value!r}")
+        raise SchemaError(f"{where}: expected a list of column names, got {safe_text(value, quote=True)}")
     for item in value:
         if not isinstance(item, str) or not item:
-            raise SchemaError(f"{where}: column names must be non-empty strings, got {item!r}")
+            raise SchemaError(f"{where}: column names must be non-empty strings, got {safe_text(item, quote=True)}")
     if len(set(value)) != len(value):
-        dupes = sorted({v for v in value if list(value).count(v) > 1})
-        raise SchemaError(f"{where}: column listed twice: {', '.join(dupes)}")
+        dupes = sorted(v for v, n in Counter(value).items() if n > 1)  # linear: a schema may list 10^5 names
+        raise SchemaError(f"{where}: column listed twice: {safe_items(dupes, quote=False)}")
     return tuple(value)
 
 
@@ -160,7 +219,7 @@ def _optional_column(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise SchemaError(f"{where}: expected a column name, got {value!r}")
+        raise SchemaError(f"{where}: expected a column name, got {safe_text(value, quote=True)}")
     return value
 
 
@@ -175,15 +234,16 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
     categorical = _column_list(raw.get("categorical"), f"{where}.categorical")
     overlap = set(numeric) & set(categorical)
     if overlap:
-        raise SchemaError(f"{where}: columns listed as both numeric and categorical: {', '.join(sorted(overlap))}")
+        raise SchemaError(f"{where}: columns listed as both numeric and categorical: "
+                          f"{safe_items(sorted(overlap), quote=False)}")
     if ident in numeric or ident in categorical:
-        raise SchemaError(f"{where}: the id column '{ident}' cannot also be a feature")
+        raise SchemaError(f"{where}: the id column {safe_text(ident, quote=True)} cannot also be a feature")
     log_numeric = raw.get("log_numeric")
     log_cols = None if log_numeric is None else _column_list(log_numeric, f"{where}.log_numeric")
     if log_cols:
         stray = [c for c in log_cols if c not in numeric]
         if stray:
-            raise SchemaError(f"{where}.log_numeric: not in the numeric list: {', '.join(stray)}")
+            raise SchemaError(f"{where}.log_numeric: not in the numeric list: {safe_items(stray, quote=False)}")
     protected = _column_list(raw.get("protected"), f"{where}.protected")
     return TableSchema(
         id=ident,
@@ -194,6 +254,46 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
         protected=protected,
         log_numeric=log_cols,
     )
+
+
+def _display_from_dict(raw: Any, customers: TableSchema, products: TableSchema, where: str) -> DisplayHints:
+    """Parse the display hints; customer hints must name the schema's features of the right kind
+    (products columns are checked against the table, as they need not be features)."""
+    if raw is None:
+        return DisplayHints()
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    reject_unknown(raw.keys(), _DISPLAY_KEYS, where, SchemaError)
+    lists: dict[str, tuple[str, ...] | None] = {}
+    for key in ("profile", "what_if", "segments", "product_details"):
+        lists[key] = None if raw.get(key) is None else _column_list(raw.get(key), f"{where}.{key}")
+    kinds = {"profile": ("numeric", customers.numeric_features), "what_if": ("numeric", customers.numeric_features),
+             "segments": ("categorical", customers.categorical_features)}
+    for key, (kind, allowed) in kinds.items():
+        stray = [c for c in lists[key] or () if c not in allowed]
+        if stray:
+            listed = ", ".join(allowed) or "none"
+            raise SchemaError(f"{where}.{key}: {', '.join(repr(c) for c in stray[:5])} is not a {kind} customer "
+                              f"column of the schema (its {kind} columns: {listed[:300]})")
+    labels = raw.get("labels")
+    if labels is None:
+        labels = {}
+    if not isinstance(labels, dict):
+        raise SchemaError(f"{where}.labels: expected a mapping of column name to label, got {type(labels).__name__}")
+    known = {customers.id, *customers.numeric_features, *customers.categorical_features, products.id,
+             *products.numeric_features, *products.categorical_features, *(lists["product_details"] or ())}
+    name = _optional_column(raw.get("product_name"), f"{where}.product_name")
+    known.update([name] if name else [])
+    for column, text in labels.items():
+        if not isinstance(column, str) or column not in known:
+            raise SchemaError(f"{where}.labels: {str(column)[:100]!r} is not a column the schema or the display "
+                              "section names")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_LABEL_CHARS:
+            raise SchemaError(f"{where}.labels.{column}: expected a non-empty text of at most {MAX_LABEL_CHARS} "
+                              f"characters, got {str(text)[:100]!r}")
+    return DisplayHints(profile=lists["profile"], what_if=lists["what_if"], segments=lists["segments"],
+                        product_name=name, product_details=lists["product_details"],
+                        labels=tuple((str(k), v.strip()) for k, v in labels.items()))
 
 
 @dataclass(frozen=True)
@@ -210,23 +310,24 @@ class SyntheticColumns:
     )
     customer_log_numeric: tuple[str, ...] = ("income", "savings", "debt", "loan_amount")
     customer_protected: tuple[str, ...] = ("gender", "age")
-    # Where a customer stands against all customers, in the dashboard's profile.
-    customer_profile: tuple[str, ...] = ("income", "savings", "credit_score", "credit_utilization", "digital_engagement")
     product_numeric: tuple[str, ...] = (
         "expected_yield", "duration_months", "min_income", "min_credit_score", "min_age",
         "max_age", "monthly_fee", "digital_only",
     )
     product_categorical: tuple[str, ...] = ()
-    customer_segments: tuple[str, ...] = ("employment", "channel")
-    digital_engagement: str = "digital_engagement"
     risk_tolerance: str = "risk_tolerance"
     risk_level: str = "risk_level"
     category: str = "product_type"
-    product_name: str = "name"
-    product_yield: str = "expected_yield"
-    product_duration: str = "duration_months"
-    product_fee: str = "monthly_fee"
-    product_digital: str = "digital_only"
+    # How the dashboard shows this bank: written into its schema.yaml like any bank's hints.
+    display: DisplayHints = DisplayHints(
+        profile=("age", "income", "savings", "credit_score", "credit_utilization", "digital_engagement"),
+        what_if=("income", "risk_tolerance", "digital_engagement", "age"),
+        segments=("employment", "channel"),
+        product_name="name",
+        product_details=("product_type", "risk_level", "expected_yield", "duration_months", "monthly_fee",
+                         "digital_only", "min_income", "min_credit_score", "min_age", "max_age"),
+        labels=(("expected_yield", "Expected yield (%)"), ("duration_months", "Duration (months, 0 = open-ended)")),
+    )
 
     def schema(self) -> DatasetSchema:
         return DatasetSchema(
@@ -246,6 +347,7 @@ class SyntheticColumns:
                 category=self.category,
                 log_numeric=(),
             ),
+            display=self.display,
         )
 
 

@@ -11,22 +11,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from finrec.data import schema as S
-from finrec.errors import DataError, SchemaError
+from finrec.errors import DataError, SchemaError, safe_items, safe_text
 
 MAX_EXAMPLES = 5
+MAX_COLUMNS_SHOWN = 20
 
 
 def _examples(values: Iterable) -> str:
-    shown = [repr(v) for v in list(values)[:MAX_EXAMPLES]]
-    return ", ".join(shown)
+    """A few of ``values`` for a message: bounded, escaped, numpy scalars as plain numbers."""
+    return safe_items(values, MAX_EXAMPLES)
+
+
+def _name(column) -> str:
+    return safe_text(column, quote=True)
+
+
+def _columns(columns: Iterable) -> str:
+    return safe_items(columns, MAX_COLUMNS_SHOWN, quote=False)
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], where: str, error=DataError) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise error(
-            f"{where}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"the file has: {', '.join(map(str, df.columns[:20]))}"
+            f"{where}: missing column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)}; "
+            f"the file has: {_columns(df.columns)}"
         )
 
 
@@ -50,7 +59,7 @@ def require_unique(df: pd.DataFrame, column: str, where: str) -> None:
     dup = df[column][df[column].duplicated(keep=False)]
     if len(dup):
         raise DataError(
-            f"{where}: column '{column}' must be unique; {dup.nunique()} id(s) appear more than once, "
+            f"{where}: column {_name(column)} must be unique; {dup.nunique()} id(s) appear more than once, "
             f"e.g. {_examples(dup.unique())}"
         )
 
@@ -59,7 +68,7 @@ def require_no_missing_ids(df: pd.DataFrame, column: str, where: str) -> None:
     bad = df[column].isna() | (df[column].astype(str).str.strip() == "")
     if bad.any():
         rows = np.flatnonzero(bad.to_numpy())
-        raise DataError(f"{where}: column '{column}' has {len(rows)} empty id(s), at row(s) {_examples(rows + 1)}")
+        raise DataError(f"{where}: column {_name(column)} has {len(rows)} empty id(s), at row(s) {_examples(rows + 1)}")
 
 
 def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.DataFrame:
@@ -78,15 +87,16 @@ def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.D
         if not_number is not None and not_number.any():
             rows = np.flatnonzero(not_number.to_numpy())
             raise DataError(
-                f"{where}: column '{column}' must be numeric; {len(rows)} value(s) are not numbers, "
-                f"e.g. row {rows[0] + 1}: {raw.iloc[rows[0]]!r} (other values: {_examples(raw.iloc[rows[1:]])})"
+                f"{where}: column {_name(column)} must be numeric; {len(rows)} value(s) are not numbers, "
+                f"e.g. row {rows[0] + 1}: {safe_text(raw.iloc[rows[0]], quote=True)}"
+                + (f" (other values: {_examples(raw.iloc[rows[1:]])})" if len(rows) > 1 else "")
             )
         values = values.astype("float64")
         infinite = np.isinf(values.to_numpy())
         if infinite.any():
             rows = np.flatnonzero(infinite)
             raise DataError(
-                f"{where}: column '{column}' has {len(rows)} infinite value(s), at row(s) {_examples(rows + 1)}"
+                f"{where}: column {_name(column)} has {len(rows)} infinite value(s), at row(s) {_examples(rows + 1)}"
             )
         out[column] = values
     return out
@@ -99,8 +109,8 @@ def check_risk_scale(df: pd.DataFrame, column: str, where: str) -> None:
     if bad.any():
         rows = np.flatnonzero(bad)
         raise DataError(
-            f"{where}: column '{column}' must be an integer from {S.RISK_MIN} to {S.RISK_MAX}; "
-            f"{len(rows)} row(s) are not, e.g. row {rows[0] + 1}: {df[column].iloc[rows[0]]!r}"
+            f"{where}: column {_name(column)} must be an integer from {S.RISK_MIN} to {S.RISK_MAX}; "
+            f"{len(rows)} row(s) are not, e.g. row {rows[0] + 1}: {safe_text(df[column].iloc[rows[0]], quote=True)}"
         )
 
 
@@ -142,8 +152,8 @@ def check_limits(df: pd.DataFrame, limits: Mapping[str, tuple[float | None, floa
             bad |= values > high
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise DataError(f"{where}: column '{column}' {limit_text(low, high)}; {len(rows)} row(s) are out of range, "
-                            f"e.g. row {rows[0] + 1}: {values[rows[0]]:g}")
+            raise DataError(f"{where}: column {_name(column)} {limit_text(low, high)}; {len(rows)} row(s) are out of "
+                            f"range, e.g. row {rows[0] + 1}: {values[rows[0]]:g}")
 
 
 def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
@@ -159,8 +169,18 @@ def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> 
     missing = [c for c in dict.fromkeys(named) if c not in df.columns]
     if missing:
         raise SchemaError(
-            f"schema.yaml names column(s) {', '.join(repr(c) for c in missing)} that {where} does not have; "
-            f"its columns are: {', '.join(map(str, df.columns[:20]))}"
+            f"schema.yaml names column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)} that {where} does not have; "
+            f"its columns are: {_columns(df.columns)}"
+        )
+
+
+def check_display_columns(df: pd.DataFrame, hints: S.DisplayHints, where: str) -> None:
+    """The products columns that ``schema.yaml``'s display section names must exist."""
+    missing = [c for c in hints.product_columns if c not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"schema.yaml's display section names column(s) {', '.join(repr(c) for c in missing[:5])} that {where} "
+            f"does not have; its columns are: {', '.join(map(str, df.columns[:20]))}"
         )
 
 
@@ -183,7 +203,7 @@ def check_timestamps(df: pd.DataFrame, where: str) -> pd.DataFrame:
         rows = np.flatnonzero(bad.to_numpy())
         raise DataError(
             f"{where}: column '{S.TIMESTAMP}' has {len(rows)} value(s) that are not dates, "
-            f"e.g. row {rows[0] + 1}: {df[S.TIMESTAMP].iloc[rows[0]]!r}"
+            f"e.g. row {rows[0] + 1}: {safe_text(df[S.TIMESTAMP].iloc[rows[0]], quote=True)}"
         )
     out = df.copy()
     out[S.TIMESTAMP] = parsed

@@ -21,10 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from finrec.atomic import atomic_path
+from finrec.atomic import atomic_path, check_writable, refuse_overlap
 from finrec.data import schema as S
 from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
 from finrec.data.ids import as_arrow_text, positions_in, run_positions
+from finrec.errors import FinrecError
 from finrec.recommend import filters as F
 from finrec.recommend.index import default_workers, single_threaded_blas
 
@@ -35,6 +36,19 @@ OUTPUT_SCHEMA = pa.schema([
     ("score", pa.float32()),
 ])
 DEFAULT_CHUNK_ROWS = 131_072  # measured best of 64k/128k/256k on 1M customers, 2 cores
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+def check_scores_output(out, inputs: dict, what: str = "out") -> None:
+    """Refuse, before any work, an output the scorer must not or cannot write: one over an input
+    (``inputs``: description -> path), a name that is neither .csv nor .parquet, an existing
+    directory, a path below a file."""
+    out = Path(out)
+    refuse_overlap(out, inputs, what=what)
+    check_writable(out, "file", what=what)
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise FinrecError(f"{what} {out}: name a file ending in .csv or .parquet "
+                          f"(got {repr(out.suffix) if out.suffix else 'no suffix'}); nothing was written")
 
 
 class HoldingsLookup:
@@ -145,6 +159,8 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     the threads share the cores (the measurements are in docs/benchmarks.md)."""
     filters = F.Filters.build(filters)
     data_dir = Path(data_dir)
+    source = recommender.dataset.source if getattr(recommender, "dataset", None) is not None else None
+    check_scores_output(out, {"the data directory": data_dir, "the recommender's data": source})
     customers_path = find_table(data_dir, S.CUSTOMERS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     table = recommender.schema.customers

@@ -3,7 +3,9 @@ cluster.
 
 >>> score_dataset_ray("models/default", "data/huge", "top5.parquet", k=5)
 
-The customers Parquet is read with ``ray.data.read_parquet``; ``map_batches`` runs
+The customers table is read with ``ray.data.read_parquet`` or ``ray.data.read_csv`` (every CSV
+column as text, then typed per batch as the local engine's pandas reader types it: ids stay
+text, a column of numbers becomes numbers); ``map_batches`` runs
 ``ScoreBatches``, a callable class that rebuilds the ``Recommender`` once per worker from the model
 directory's bytes (shipped through the object store, so workers need no shared filesystem for the
 model) and returns the top-k table of each batch with the local engine's code (``Recommender.rank`` +
@@ -12,7 +14,8 @@ model) and returns the top-k table of each batch with the local engine's code (`
 Output: a name ending in ``.parquet`` or ``.csv`` is one file, written atomically by the driver
 as the results stream back in input order (the top-k rows are small: k per customer); any other
 name is a directory of Parquet part files written by the workers (``Dataset.write_parquet``;
-not atomic, part names chosen by Ray), the choice for very large outputs on a cluster.
+not atomic, part names chosen by Ray), the choice for very large outputs on a cluster; it must
+not exist yet or be empty.
 
 Where Ray runs: ``address`` (or the ``RAY_ADDRESS`` environment variable) names a running
 cluster; without either, a local Ray instance is started with ``num_cpus``. Each worker reads
@@ -21,18 +24,80 @@ the holdings table once (one bool row per customer who holds something).
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from finrec.atomic import check_writable, refuse_overlap
 from finrec.data import schema as S
 from finrec.data.io import find_table, prepare_entities, read_schema, read_table
-from finrec.errors import FinrecError
+from finrec.errors import DataError, FinrecError
 
 DEFAULT_BATCH_ROWS = 65_536
+# pandas.read_csv's default missing-value markers, so that a CSV cell is missing on Ray exactly
+# when it is missing for the local engine (Arrow's own list lacks "None" and "<NA>").
+PANDAS_NA_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+_BOOLEANS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+
+
+def check_ray_output(out, inputs: dict, what: str = "out") -> None:
+    """Refuse, before any work, an output over an input (``inputs``: description -> path), or one
+    the engine cannot write: a .csv/.parquet name as the local engine checks it; any other name
+    is a directory of part files, which must be new or empty (old parts would be counted and
+    mixed with the new ones)."""
+    from finrec.recommend.batch import OUTPUT_SUFFIXES, check_scores_output
+
+    out = Path(out)
+    if out.suffix in OUTPUT_SUFFIXES:
+        check_scores_output(out, inputs, what=what)
+        return
+    refuse_overlap(out, inputs, what=what)
+    check_writable(out, "directory", what=what)
+    if out.is_dir() and any(out.iterdir()):
+        raise FinrecError(f"{what} {out}: the directory of part files is not empty; name a new one "
+                          f"(nothing was written)")
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return next(csv.reader(handle), [])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV header ({exc})") from None
+
+
+def _csv_convert_options(path: Path):
+    """Every column as text: Arrow infers types from the first block and fails on a later block
+    that disagrees (whole numbers, then a decimal), so types are settled per batch instead."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(column_types={name: pa.string() for name in _csv_header(path)},
+                                null_values=list(PANDAS_NA_VALUES), strings_can_be_null=True)
+
+
+def _typed_like_pandas(values: pd.Series) -> pd.Series:
+    """A text column as ``pandas.read_csv`` types it: numbers when every present value is one,
+    booleans when every one is a boolean word, else the text. Category values are then the same
+    strings as in the local engine ("1" from 1, "1.0" from 1.0 beside a missing value)."""
+    # Plain Python values first: on Ray's Arrow-backed text, pd.to_numeric answers NaN *values*
+    # (not missing) for words, so every word would pass as a number.
+    values = pd.Series(values.to_numpy(dtype=object, na_value=None), index=values.index, name=values.name)
+    present = values.notna()
+    if not present.any():
+        return values
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers[present].notna().all():
+        return numbers
+    words = values[present].astype(str)
+    if words.isin(list(_BOOLEANS)).all():
+        return values.map(_BOOLEANS.get).astype(object if not present.all() else bool)
+    return values
 
 
 def _require_ray():
@@ -50,7 +115,7 @@ def _model_files(model_dir: Path) -> dict[str, bytes]:
 class ScoreBatches:
     """``map_batches`` callable: loads the model once per worker, scores pandas batches."""
 
-    def __init__(self, model_ref, k: int, filters, holdings_path: str | None):
+    def __init__(self, model_ref, k: int, filters, holdings_path: str | None, text_columns: bool = False):
         import ray
 
         from finrec.artifacts import load_model_dir
@@ -72,6 +137,7 @@ class ScoreBatches:
         self.lookup = HoldingsLookup(self.recommender.pipeline, holdings)
         self.product_ids = pa.array(self.recommender.pipeline.product_ids_, pa.string())
         self.table = self.recommender.schema.customers
+        self.text_columns = text_columns  # a CSV read as text: type the feature columns as pandas would
 
     def __call__(self, batch) -> pa.Table:
         from finrec.data.ids import ids_as_text
@@ -79,6 +145,10 @@ class ScoreBatches:
 
         if self.table.id in batch.columns:
             batch[self.table.id] = ids_as_text(batch[self.table.id])
+        if self.text_columns:
+            for column in (*self.table.numeric_features, *self.table.categorical_features):
+                if column in batch.columns:
+                    batch[column] = _typed_like_pandas(batch[column])
         chunk = prepare_entities(batch, self.table, "customers (ray batch)")
         ids = chunk[self.table.id].to_numpy()
         context = self.recommender.context(chunk, held=self.lookup.rows(ids))
@@ -89,18 +159,20 @@ class ScoreBatches:
 def score_dataset_ray(model_dir: str | Path, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
                       batch_rows: int = DEFAULT_BATCH_ROWS, address: str | None = None, num_cpus: int | None = None,
                       concurrency: int | None = None) -> tuple[int, int]:
-    """Score every customer in ``data_dir`` on Ray; returns (customers scored, rows written).
-    ``concurrency`` scoring actors of one CPU each (default: the cluster's CPUs less one, at
-    least 1), each loading the model once; leave CPUs for the Parquet read tasks."""
-    ray = _require_ray()
+    """Score every customer in ``data_dir`` (a Parquet or CSV customers table) on Ray; returns
+    (customers scored, rows written). ``concurrency`` scoring actors of one CPU each (default:
+    the cluster's CPUs less one, at least 1), each loading the model once; leave CPUs for the
+    read tasks."""
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
+    check_ray_output(out, {"the data directory": data_dir, "the model directory": model_dir})
+    ray = _require_ray()
     from finrec.artifacts import load_model_dir
 
     schema = read_schema(data_dir)
     load_model_dir(model_dir, expect_schema=schema.to_dict())  # refuse a damaged or mismatched model here
     customers_path = find_table(data_dir, S.CUSTOMERS)
-    if customers_path.suffix != ".parquet":
-        raise FinrecError(f"{customers_path}: the ray engine reads Parquet; convert the table or use --engine local")
+    is_csv = customers_path.suffix == ".csv"
+    convert_options = _csv_convert_options(customers_path) if is_csv else None
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
 
     started_here = False
@@ -115,10 +187,15 @@ def score_dataset_ray(model_dir: str | Path, data_dir: str | Path, out: str | Pa
         if concurrency is None:  # leave one CPU for the read tasks: actors holding all of them starve the reads
             concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
         model_ref = ray.put(_model_files(model_dir))
-        ds = ray.data.read_parquet(str(customers_path.resolve()))
+        if is_csv:
+            # No hive partitioning: a directory named key=value must not add a column.
+            ds = ray.data.read_csv(str(customers_path.resolve()), convert_options=convert_options, partitioning=None)
+        else:
+            ds = ray.data.read_parquet(str(customers_path.resolve()))
         scored = ds.map_batches(
             ScoreBatches,
-            fn_constructor_args=(model_ref, k, filters, str(holdings_path.resolve()) if holdings_path else None),
+            fn_constructor_args=(model_ref, k, filters, str(holdings_path.resolve()) if holdings_path else None,
+                                 is_csv),
             batch_size=batch_rows,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -133,7 +210,9 @@ def score_dataset_ray(model_dir: str | Path, data_dir: str | Path, out: str | Pa
         else:
             scored.write_parquet(str(out.resolve()))
             rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
-        return pq.ParquetFile(customers_path).metadata.num_rows, rows
+        # A CSV has no row count in its metadata: Ray counts it (another read, on the cluster).
+        n_customers = ds.count() if is_csv else pq.ParquetFile(customers_path).metadata.num_rows
+        return n_customers, rows
     finally:
         if started_here:
             ray.shutdown()

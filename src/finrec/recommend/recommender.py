@@ -32,10 +32,8 @@ from finrec.model.towers import CUSTOMER_TOWER
 from finrec.recommend import filters as F
 from finrec.recommend.index import NumpyTower, ProductIndex
 
-# Product columns shown with each recommendation when the catalogue has them.
-_SYN = S.SYNTHETIC
-DETAIL_COLUMNS = (_SYN.product_name, _SYN.category, _SYN.risk_level, _SYN.product_yield, _SYN.product_duration,
-                  S.MIN_INCOME, S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE, _SYN.product_fee, _SYN.product_digital)
+# Eligibility terms of the data contract: carried with each recommendation when the table has them.
+TERM_COLUMNS = (S.MIN_INCOME, S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE)
 
 
 @dataclass
@@ -96,7 +94,11 @@ class Recommender:
         self.index = ProductIndex(trained.product_embeddings_)
         self.product_embeddings = self.index.product_embeddings
         self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)
-        self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_)
+        # The data's schema.yaml is the bank's current word on display; the model's copy serves without data.
+        self.display = (dataset.schema if dataset is not None else self.schema).display
+        self.name_column, self.detail_columns = product_columns(trained.products, self.schema, self.display)
+        shown = [c for c in (self.name_column, *self.detail_columns) if c]
+        self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_, shown)
         self.dataset = dataset
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
@@ -289,9 +291,40 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _product_details(products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> list[dict[str, Any]]:
+def product_columns(products: pd.DataFrame, schema: S.DatasetSchema,
+                    hints: S.DisplayHints | None = None) -> tuple[str | None, tuple[str, ...]]:
+    """(name column or None, detail columns) of a catalogue: what a recommendation carries.
+
+    The display hints decide when given; otherwise the name is the first text column outside the
+    features whose values tell every product apart, and the details are every product feature
+    (category, risk, numeric, categorical) plus the contract's eligibility terms, in schema order."""
+    hints = hints or schema.display
+    p = schema.products
+    name = hints.product_name
+    if name is None:
+        features = {p.id, *p.numeric_features, *p.categorical_features}
+        for column in products.columns:
+            values = products[column]
+            if column in features or not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+                continue
+            if values.notna().all() and values.astype(str).str.strip().ne("").all() and values.is_unique:
+                name = str(column)
+                break
+    if hints.product_details is not None:
+        details = list(hints.product_details)
+    else:
+        details = [c for c in (p.category, p.risk) if c] + [*p.numeric, *p.categorical]
+        details += [c for c in TERM_COLUMNS if c in products]
+    details = [c for c in dict.fromkeys(details) if c != name and c in products]
+    return name, tuple(details)
+
+
+def _product_details(products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str],
+                     shown: list[str]) -> list[dict[str, Any]]:
     table = products.set_index(products[schema.products.id].astype(str)).loc[product_ids]
-    columns = [c for c in dict.fromkeys([*DETAIL_COLUMNS, *(c for c in (schema.products.risk, schema.products.category) if c)]) if c in table]
+    # The filters' inputs always travel with a recommendation, whatever the display hints say.
+    carried = [*shown, *(c for c in (schema.products.risk, schema.products.category) if c), *TERM_COLUMNS]
+    columns = [c for c in dict.fromkeys(carried) if c in table]
     return [_jsonable(record) for record in table[columns].to_dict("records")]
 
 
