@@ -101,6 +101,9 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
 # The files of the format, exactly: a manifest that omits one (whose checksum would then go
 # unchecked) or names another is refused.
 REQUIRED_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, EMBEDDINGS_FILE, PRODUCTS_FILE)
+# Files a model may have, checked like the others when its manifest lists them: models saved
+# before monitoring, or without a reference, lack monitoring.json.
+OPTIONAL_FILES = (MONITORING_FILE,)
 # Read limits for the JSON files, far above what training writes: a file is never read whole
 # into memory before its size is known.
 MAX_MANIFEST_BYTES = 1024**2
@@ -150,7 +153,7 @@ def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
             raise ArtifactError(f"{path}: {MANIFEST}: the checksum of {safe_text(name, quote=True)} is not a SHA-256 "
                                 f"hex digest: {safe_text(checksum, 80, quote=True)}")
     missing = [name for name in REQUIRED_FILES if name not in files]
-    extra = sorted(name for name in files if name not in REQUIRED_FILES)
+    extra = sorted(name for name in files if name not in REQUIRED_FILES and name not in OPTIONAL_FILES)
     if missing:
         raise ArtifactError(f"{path}: {MANIFEST} does not list {safe_items(missing, quote=False)}: damaged or "
                             "altered (every file of the model must be listed with its checksum)")
@@ -169,7 +172,8 @@ def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
 
 def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The manifest of a model directory, after checking its structure and, with ``verify``,
-    every file's checksum. The manifest must list exactly ``REQUIRED_FILES``."""
+    every file's checksum. The manifest must list exactly ``REQUIRED_FILES`` and may list
+    ``OPTIONAL_FILES``."""
     path = Path(path)
     recover(path)
     if not path.is_dir():
@@ -179,7 +183,7 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
         raise ArtifactError(f"{path}: not a finrec model directory ({MANIFEST} is missing)")
     manifest = _check_manifest(path, _read_json(manifest_path, MAX_MANIFEST_BYTES))
     if verify:
-        for name in REQUIRED_FILES:
+        for name in (*REQUIRED_FILES, *(n for n in OPTIONAL_FILES if n in manifest["files"])):
             file = path / name
             if not file.is_file():
                 raise ArtifactError(f"{path}: {name} is missing")
@@ -364,7 +368,7 @@ def read_monitoring(path: str | os.PathLike) -> dict[str, Any] | None:
     manifest = read_manifest(path)
     if MONITORING_FILE not in manifest.get("files", {}):
         return None
-    try:
-        return json.loads((path / MONITORING_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ArtifactError(f"{path}: {MONITORING_FILE} is damaged (not valid JSON)") from None
+    reference = _read_json(path / MONITORING_FILE, MAX_JSON_BYTES)
+    if not isinstance(reference, dict):
+        raise ArtifactError(f"{path}: {MONITORING_FILE} is damaged (not a JSON object)")
+    return reference

@@ -157,3 +157,17 @@ def test_sampling_noise_matches_simulated_psi():
         values.append(M.compare(reference, rng.lognormal(10, 1, 500))["psi"])
     assert M.sampling_noise(10, 2000, 500) == pytest.approx(9 * (1 / 2000 + 1 / 500))
     assert np.mean(values) == pytest.approx(M.sampling_noise(10, 2000, 500), rel=0.15)
+
+
+def test_the_reference_is_checked_like_every_model_file(monitored_model_dir, tmp_path):
+    import shutil
+
+    from finrec.artifacts import MONITORING_FILE, load_model_dir, read_monitoring
+    from finrec.errors import ArtifactError
+
+    assert read_monitoring(monitored_model_dir)["version"] == M.REFERENCE_VERSION
+    load_model_dir(monitored_model_dir)  # an optional file the manifest lists is accepted
+    altered = shutil.copytree(monitored_model_dir, tmp_path / "altered")
+    (altered / MONITORING_FILE).write_text('{"version": 1}')
+    with pytest.raises(ArtifactError, match="monitoring.json is damaged or was altered"):
+        read_monitoring(altered)
