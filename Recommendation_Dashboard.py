@@ -222,7 +222,11 @@ def build_demo(model_dir: Path) -> None:
 
     trained = fit(load_dataset(split / "train"), config, verbose=0, callbacks=[Progress()])
     bar.progress(1.0, text="Training finished (early stopping restores the best epoch)")
-    save_model_dir(trained, model_dir, data_fingerprint=fingerprint(split / "train"), data_path=str((split / "train").resolve()))
+    from finrec.governance.monitor import reference_for
+
+    train_data = load_dataset(split / "train")
+    save_model_dir(trained, model_dir, data_fingerprint=fingerprint(split / "train"), data_path=str((split / "train").resolve()),
+                   monitoring=reference_for(trained, train_data, k=K, seed=config.training.seed))
     status.write("Evaluating on the held-out customers")
     results = evaluate(trained, load_dataset(split / "test"), k=K)
     with atomic_file(root / EVALUATION_FILE) as handle:
@@ -638,6 +642,58 @@ def model_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
         st.json(config.to_dict())
 
 
+# ------------------------------------------------------------------------------------ monitoring
+STATUS_MARK = {"ok": "🟢 ok", "warn": "🟠 warn", "alert": "🔴 alert"}
+
+
+@st.cache_data(show_spinner="Comparing with the training population…", max_entries=8)
+def compute_monitoring(model_dir: str, check_dir: str) -> dict:
+    from finrec.governance.monitor import monitor_model
+
+    return monitor_model(model_dir, check_dir)
+
+
+def monitoring_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
+    """``finrec monitor`` on a scoring population: PSI per feature, the scores and the recommended mix."""
+    from finrec.artifacts import read_monitoring
+
+    if read_monitoring(model_dir) is None:
+        st.info("This model predates monitoring (no `monitoring.json`): retrain it with `finrec train` to record "
+                "the training population, then compare new customers with it here.")
+        return
+    default = evaluation_data_dir(rec, model_dir, data_dir)
+    check_dir = st.text_input("Scoring population (a dataset directory)", value=str(default or ""), key="monitor_data").strip()
+    if not check_dir:
+        return
+    if not (st.button("Check for drift", key="monitor_button") or st.session_state.get("monitored") == (model_dir, check_dir)):
+        st.caption("Population stability index (PSI) of each customer feature, of the scores and of the recommended "
+                   "product mix against the training population: ok below 0.10, warn below 0.25, alert above.")
+        return
+    st.session_state["monitored"] = (model_dir, check_dir)
+    report = compute_monitoring(model_dir, check_dir)
+    summary = report["summary"]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Customers checked", f"{report['customers']:,}")
+    c2.metric("ok", summary["ok"])
+    c3.metric("warn", summary["warn"])
+    c4.metric("alert", summary["alert"])
+    rows = [{"feature": name, **entry} for name, entry in report["features"].items()]
+    rows += [{"feature": "(model scores)", **report["scores"]}, {"feature": "(recommended mix)", **report["recommendations"]}]
+    table = pd.DataFrame(rows)
+    table["status"] = table["status"].map(STATUS_MARK)
+    columns = [c for c in ("feature", "kind", "psi", "status", "missing_share", "reference_missing_share", "unseen_share",
+                           "mean", "reference_mean") if c in table]
+    table = table[columns].sort_values("psi", ascending=False, na_position="first")
+    st.dataframe(table, hide_index=True, width="stretch", key="monitoring_table")
+    chart = table.dropna(subset=["psi"]).iloc[::-1]
+    colors = ["#d62728" if v >= 0.25 else "#ff7f0e" if v >= 0.10 else "#2ca02c" for v in chart["psi"]]
+    fig = go.Figure(go.Bar(x=chart["psi"], y=chart["feature"], orientation="h", marker_color=colors))
+    for threshold in (0.10, 0.25):
+        fig.add_vline(x=threshold, line_dash="dash", line_color="#888")
+    fig.update_layout(height=max(320, 22 * len(chart)), margin=dict(l=10, r=10, t=10, b=10), xaxis_title="PSI")
+    st.plotly_chart(fig, width="stretch", key="monitoring_chart")
+
+
 # ------------------------------------------------------------------------------------ page
 # ------------------------------------------------------------------------------------ campaign
 CAMPAIGN_SHARE = 0.01  # default capacity of each product: this share of the customers
@@ -739,11 +795,13 @@ def page() -> None:
     plan = display_plan(model_dir, data_dir, rec)
     subject = choose_customer(rec, plan)
     filters = choose_filters(rec)
-    names = ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model", "Campaign"]
+    names = ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model", "Campaign", "Monitoring"]
     if subject is None:
-        (tab,) = st.tabs(["Model"])
+        tab, monitoring = st.tabs(["Model", "Monitoring"])
         with tab:
             model_tab(model_dir, data_dir, rec)
+        with monitoring:
+            monitoring_tab(model_dir, data_dir, rec)
         return
     start = time.perf_counter()
     result = rec.recommend(subject.request(), k=K, filters=filters)
@@ -764,6 +822,8 @@ def page() -> None:
         model_tab(model_dir, data_dir, rec)
     with tabs["Campaign"]:
         campaign_tab(model_dir, data_dir, rec, filters)
+    with tabs["Monitoring"]:
+        monitoring_tab(model_dir, data_dir, rec)
 
 
 def _is_streamlit_control(exc: BaseException) -> bool:

@@ -266,12 +266,16 @@ def test_rest_api_returns_probability_beside_score(model_dir, small_data_dir, sm
 def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_dir, tmp_path, capsys):
     from finrec.data.io import write_dataset
 
+    from finrec.artifacts import read_monitoring, save_model_dir
+    from finrec.data.io import load_dataset
+    from finrec.governance.monitor import reference_for
+
     copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
+    trained = load_model_dir(model_dir).trained
+    # As `finrec train` writes it: the training data recorded, with the monitoring reference.
+    reference = reference_for(trained, load_dataset(small_data_dir), k=5, seed=0)
+    save_model_dir(trained, copy, data_path=str(small_data_dir), monitoring=reference)
     # The training data itself is refused: its customers taught the model.
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["data_path"] = str(small_data_dir)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
     assert main(["calibrate", "--model", str(copy), "--data", str(small_data_dir)]) == 2
     assert "trained on" in capsys.readouterr().err
     tables = generate(GeneratorSettings(n_customers=800, seed=21))
@@ -283,3 +287,4 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     loaded = load_model_dir(copy)  # checksums verified: the directory was rewritten whole
     assert loaded.trained.calibration.customers == 800 != before.customers
     assert loaded.manifest["calibration_data"] == str(fresh.resolve())
+    assert read_monitoring(copy) == json.loads(json.dumps(reference))  # the reference survives the rewrite

@@ -51,7 +51,7 @@ def risk(table: pd.DataFrame) -> pd.Series:
 def test_page_shows_five_recommendations(app):
     assert not app.error
     assert [t.label for t in app.tabs] == ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model",
-                                           "Campaign"]
+                                           "Campaign", "Monitoring"]
     table = recommendations(app)
     assert len(table) == 5 and table["rank"].tolist() == [1, 2, 3, 4, 5]
     assert table["suitability"].str.startswith("✅ Suitable").all()

@@ -11,6 +11,7 @@ Layout::
       config.yaml              the training configuration
       history.json             per-epoch training and validation metrics
       calibration.json         optional: per-product maps from score to adoption probability
+      monitoring.json          optional: the training population's distributions (``finrec monitor``)
 
 A file that is missing, truncated or altered fails its checksum and the directory is refused
 with a message naming the file.
@@ -48,6 +49,8 @@ CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.json"
 # Optional: a model without it loads and ranks, with no probabilities (finrec.training.calibration).
 CALIBRATION_FILE = "calibration.json"
+# Optional: models trained before monitoring existed (or saved without a reference) lack it.
+MONITORING_FILE = "monitoring.json"
 
 
 def _sha256(path: Path) -> str:
@@ -63,10 +66,11 @@ def schema_hash(schema_dict: dict) -> str:
 
 
 def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", data_path: str | None = None,
-                   extra: dict[str, Any] | None = None) -> Path:
+                   extra: dict[str, Any] | None = None, monitoring: dict[str, Any] | None = None) -> Path:
     """Write ``trained`` (a ``finrec.training.TrainedModel``) to ``out``, replacing any previous
     model there only once the new one is complete. ``out`` must not overlap the training data
-    (``data_path``) nor be a directory of other files: the swap would delete them."""
+    (``data_path``) nor be a directory of other files: the swap would delete them. ``monitoring``
+    (from ``finrec.governance.monitor.build_reference``) is written as ``monitoring.json``."""
     import keras
 
     out = Path(out)
@@ -81,6 +85,8 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
         (tmp / HISTORY_FILE).write_text(json.dumps(trained.history, indent=1), encoding="utf-8")
         if getattr(trained, "calibration", None) is not None:
             (tmp / CALIBRATION_FILE).write_text(json.dumps(trained.calibration.to_dict()), encoding="utf-8")
+        if monitoring is not None:
+            (tmp / MONITORING_FILE).write_text(json.dumps(monitoring, indent=1), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -102,7 +108,7 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
 REQUIRED_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, EMBEDDINGS_FILE, PRODUCTS_FILE)
 # Files a model may carry (a model trained before they existed has none); checked like the rest
 # whenever the manifest lists them, and no other name is accepted.
-OPTIONAL_FILES = (CALIBRATION_FILE,)
+OPTIONAL_FILES = (CALIBRATION_FILE, MONITORING_FILE)
 # Read limits for the JSON files, far above what training writes: a file is never read whole
 # into memory before its size is known.
 MAX_MANIFEST_BYTES = 1024**2
@@ -366,3 +372,16 @@ def _load_calibration(file: Path):
     from finrec.training.calibration import Calibration
 
     return Calibration.from_dict(_read_json(file, MAX_JSON_BYTES), source=str(file))
+
+
+def read_monitoring(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The monitoring reference of a model directory (checksums verified), or None for a model
+    saved without one."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if MONITORING_FILE not in manifest.get("files", {}):
+        return None
+    reference = _read_json(path / MONITORING_FILE, MAX_JSON_BYTES)
+    if not isinstance(reference, dict):
+        raise ArtifactError(f"{path}: {MONITORING_FILE} is damaged (not a JSON object)")
+    return reference

@@ -9,6 +9,11 @@
     finrec calibrate --model MODEL_DIR --data DIR
     finrec plan      --model MODEL_DIR --data DIR --out plan.csv [--capacity caps.csv] [--contacts-per-customer 1]
     finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000]
+    finrec serve     --model MODEL_DIR | --root REGISTRY [--host 127.0.0.1] [--port 8000]
+    finrec monitor   --model MODEL_DIR --data DIR [--json FILE] [--fail-on alert]
+    finrec models    list|add|promote|rollback --root REGISTRY ...
+    finrec compare   --champion MODEL_DIR --challenger MODEL_DIR --data DIR [--json FILE]
+    finrec report    --model MODEL_DIR --data DIR --out report.html|report.md
 
 Errors in the input print one clear line and exit with status 2; nothing is half-written.
 """
@@ -152,7 +157,10 @@ def cmd_train(args) -> int:
     history = trained.history
     key = f"val_ndcg@{k}"
     best = max(history.get(key, [float("nan")]))
-    save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()))
+    from finrec.governance.monitor import reference_for
+
+    save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()),
+                   monitoring=reference_for(trained, dataset, k=k, seed=config.training.seed))
     epochs = len(history.get("loss", []))
     print(f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}")
     return 0
@@ -259,9 +267,10 @@ def _load_model_for(model_dir: Path, schema):
 
 
 def cmd_calibrate(args) -> int:
-    from finrec.artifacts import save_model_dir
+    from finrec.artifacts import read_monitoring, save_model_dir
     from finrec.data import schema as S
     from finrec.data.io import find_table, fingerprint, load_dataset, read_id_column
+    from finrec.errors import safe_text
     from finrec.training.train import calibrate
 
     dataset = load_dataset(args.data)
@@ -273,11 +282,13 @@ def cmd_calibrate(args) -> int:
         seen = set(read_id_column(find_table(Path(trained_on), S.CUSTOMERS), dataset.schema.customers.id).to_pylist())
         overlap = [c for c in dataset.customers[dataset.schema.customers.id].astype(str) if c in seen]
         if overlap:
-            raise FinrecError(f"{args.data}: {len(overlap)} customer(s) (e.g. {overlap[0]!r}) are in the data the model "
+            raise FinrecError(f"{args.data}: {len(overlap)} customer(s) (e.g. {safe_text(overlap[0], quote=True)}) are in the data the model "
                               f"was trained on ({trained_on}); calibrate on held-out customers")
     trained = loaded.trained
     trained.calibration = calibrate(trained, dataset)
+    # Rewritten whole (atomically), so the monitoring reference recorded at training is carried over.
     save_model_dir(trained, args.model, data_fingerprint=manifest.get("data_fingerprint", ""), data_path=trained_on,
+                   monitoring=read_monitoring(args.model),
                    extra={"calibration_data": str(Path(args.data).resolve()),
                           "calibration_fingerprint": fingerprint(args.data)})
     print(f"calibrated {args.model} on {trained.calibration.customers} customers of {args.data}")
@@ -322,8 +333,182 @@ def cmd_serve(args) -> int:
     from finrec.serve import run
 
     run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers,
-        body_timeout=args.body_timeout, max_requests=args.max_requests)
+        body_timeout=args.body_timeout, max_requests=args.max_requests, registry_root=args.root)
     return 0
+
+
+# ------------------------------------------------------------------------------------ governance
+
+EXIT_DRIFT = 3
+
+
+def cmd_monitor(args) -> int:
+    from finrec.atomic import atomic_file
+    from finrec.governance.monitor import STATUSES, format_report, monitor_model
+
+    report = monitor_model(args.model, args.data, seed=args.seed)
+    print(format_report(report))
+    if args.json:
+        with atomic_file(args.json) as handle:
+            json.dump(report, handle, indent=1)
+    if args.fail_on and STATUSES.index(report["summary"]["status"]) >= STATUSES.index(args.fail_on):
+        print(f"finrec monitor: drift at or above {args.fail_on!r} (exit {EXIT_DRIFT})", file=sys.stderr)
+        return EXIT_DRIFT
+    return 0
+
+
+def cmd_models(args) -> int:
+    from finrec.governance.registry import Registry
+
+    registry = Registry(args.root)
+    if args.action == "add":
+        metrics = None
+        if args.metrics:
+            try:
+                raw = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise FinrecError(f"{args.metrics}: cannot read the metrics JSON ({type(exc).__name__})") from None
+            # `finrec evaluate --json` output: the model's row; any other JSON object as is
+            metrics = raw.get("results", {}).get("model", raw) if isinstance(raw, dict) else None
+            if not isinstance(metrics, dict):
+                raise FinrecError(f"{args.metrics}: expected a JSON object of metrics")
+        version = registry.add(args.model, metrics=metrics, report=args.report, note=args.note)
+        print(f"registered {args.model} as {version} in {args.root}")
+        if args.promote:
+            registry.promote(version)
+            print(f"promoted {version}")
+        return 0
+    if args.action == "promote":
+        state = registry.promote(args.version)
+        print(f"promoted {state['promoted']}")
+        return 0
+    if args.action == "rollback":
+        state = registry.rollback()
+        print(f"rolled back to {state['promoted']} (from {state['events'][-1]['previous']})")
+        return 0
+    versions = registry.versions()
+    if args.json:
+        print(json.dumps({"promoted": registry.promoted, "versions": versions}, indent=1))
+        return 0
+    if not versions:
+        print(f"{args.root}: no versions yet (`finrec models add --root {args.root} --model DIR`)")
+        return 0
+    print(f"  {'version':<9}{'registered':<27}{'val nDCG':>10}  {'data':<18}source")
+    for info in versions:
+        ndcg = next((v for k, v in (info.get("metrics") or {}).items() if "ndcg" in k), None)
+        print(f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(info.get('registered')):<27}"
+              f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
+              f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}")
+    return 0
+
+
+def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
+    """A model directory, or with ``--root`` a version id of that registry (the champion defaults
+    to the promoted version)."""
+    from finrec.governance.registry import Registry, promoted_model
+
+    if root is None:
+        if name is None:
+            raise FinrecError(f"--{role} is required (a model directory, or a version id with --root)")
+        return name
+    if name is None:
+        if role != "champion":
+            raise FinrecError(f"--{role} is required")
+        return promoted_model(root)[1]
+    return name if name.is_dir() else Registry(root).model_path(str(name))
+
+
+def cmd_compare(args) -> int:
+    from finrec.artifacts import load_model_dir
+    from finrec.atomic import atomic_file
+    from finrec.data.io import load_dataset
+    from finrec.governance.compare import compare_models, format_comparison
+
+    dataset = load_dataset(args.data)
+    champion = _registry_model(args.champion, args.root, "champion")
+    challenger = _registry_model(args.challenger, args.root, "challenger")
+    models = [load_model_dir(path, expect_schema=dataset.schema.to_dict()).trained for path in (champion, challenger)]
+    result = compare_models(*models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence,
+                            seed=args.seed)
+    result = {"champion": str(champion), "challenger": str(challenger), "data": str(args.data), **result}
+    print(f"champion {champion}\nchallenger {challenger}")
+    print(format_comparison(result))
+    if args.json:
+        with atomic_file(args.json) as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from finrec.atomic import atomic_file
+    from finrec.governance.report import build_report, render_html, render_markdown
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm", ".md"):
+        raise FinrecError(f"--out {out}: the name must end in .html or .md")
+    for given in (args.model, args.data, *args.seed_models):
+        if out.resolve().is_relative_to(Path(given).resolve()):
+            raise FinrecError(f"--out {out}: inside the input {given}; write the report elsewhere")
+    report = build_report(args.model, args.data, k=args.k, seed=args.seed, seed_models=args.seed_models,
+                          shap_customers=args.shap_customers, lightgbm=not args.no_lightgbm)
+    text = render_markdown(report) if out.suffix.lower() == ".md" else render_html(report)
+    with atomic_file(out) as handle:
+        handle.write(text)
+    print(f"wrote {out} ({len(report['sections'])} sections)")
+    return 0
+
+
+def _governance_parsers(sub) -> None:
+    p = sub.add_parser("monitor", help="population stability (PSI) of a scoring population against the training one")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="the scoring population (a dataset directory)")
+    p.add_argument("--json", type=Path, help="also write the report as JSON")
+    p.add_argument("--fail-on", choices=["warn", "alert"], help=f"exit {EXIT_DRIFT} when any entry reaches this status")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample scored when the data is large")
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("models", help="the model registry: list, add, promote, rollback")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="every version; * marks the promoted one")
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("add", help="copy a trained model directory in as a new version")
+    a.add_argument("--model", required=True, type=Path)
+    a.add_argument("--metrics", type=Path, help="metrics JSON (e.g. from `finrec evaluate --json`); "
+                   "default: the best epoch's validation metrics")
+    a.add_argument("--report", type=Path, help="its validation report (from `finrec report`), kept beside it")
+    a.add_argument("--note", help="a free-text note kept with the version")
+    a.add_argument("--promote", action="store_true", help="also promote it")
+    a = actions.add_parser("promote", help="serve this version from now on")
+    a.add_argument("version", help="a version id such as v0002")
+    actions.add_parser("rollback", help="back to the version promoted before the current one")
+    for a in actions.choices.values():
+        a.add_argument("--root", required=True, type=Path, help="the registry directory")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("compare", help="champion vs challenger: metric differences with paired bootstrap intervals")
+    p.add_argument("--champion", type=Path, help="model directory (or, with --root, a version id; default: promoted)")
+    p.add_argument("--challenger", type=Path, help="model directory (or, with --root, a version id)")
+    p.add_argument("--data", required=True, type=Path, help="held-out customers with interactions")
+    p.add_argument("--root", type=Path, help="a model registry whose version ids --champion/--challenger may name")
+    p.add_argument("--k", type=_positive_int, default=5)
+    p.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
+    p.add_argument("--confidence", type=_fraction, default=0.95)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--json", type=Path, help="also write the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="the validation report of a model on a dataset (HTML or Markdown)")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="held-out customers (with or without interactions)")
+    p.add_argument("--out", required=True, type=Path, help="report.html or report.md")
+    p.add_argument("--k", type=_positive_int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the bootstrap and the random baseline")
+    p.add_argument("--seed-models", type=Path, nargs="*", default=[],
+                   help="the same configuration trained with other seeds, for the stability section")
+    p.add_argument("--shap-customers", type=_positive_int, default=20, help="customers explained for mean |SHAP|")
+    p.add_argument("--no-lightgbm", action="store_true", help="skip the LightGBM baseline (it is trained on the "
+                   "model's training data, which takes a while on a large bank)")
+    p.set_defaults(func=cmd_report)
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -434,7 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("serve", help="the REST API")
-    p.add_argument("--model", required=True, type=Path)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path)
+    source.add_argument("--root", type=Path, help="a model registry: serve its promoted version, follow promotions")
     p.add_argument("--data", type=Path, help="customer data (default: the model's training data)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -444,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=_positive_int, default=None,
                    help="requests in progress per process, /health and /ready aside, else 503 (default 512)")
     p.set_defaults(func=cmd_serve)
+    _governance_parsers(sub)
     return parser
 
 

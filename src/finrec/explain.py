@@ -523,3 +523,13 @@ __all__ = [
     "suitability_badge", "MAX_UPLOAD_BYTES", "VALUE_RANGES",
 ]
 
+
+
+def permutation_shap(score, x: np.ndarray, background: np.ndarray, max_evals: int | None = None) -> np.ndarray:
+    """SHAP values float [n, F] of ``score`` (``f(X [n, F]) -> [n]``) at the rows ``x``, by SHAP's
+    ``PermutationExplainer`` against ``background`` (the validation report's global view). shap
+    is imported here, on first use: it is an optional dependency."""
+    import shap
+
+    evals = max_evals if max_evals is not None else 2 * x.shape[1] + 1
+    return np.asarray(shap.PermutationExplainer(score, background)(x, max_evals=evals, silent=True).values)

@@ -189,6 +189,7 @@ class RecommendationResponse(BaseModel):
     message: str | None = Field(description="set when fewer than k products are eligible")
     filters: FiltersOut = Field(description="the filters as applied")
     recommendations: list[RecommendationItem]
+    model_version: str | None = Field(None, description="the model version that produced these recommendations")
 
 
 class Product(BaseModel):
@@ -392,11 +393,16 @@ def _from_env(label: str, value, env: str, default, kind: type):
     return default
 
 
-def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_body_bytes: int = 64_000,
-               body_timeout: float = BODY_TIMEOUT_S, max_requests: int = MAX_REQUESTS) -> FastAPI:
+def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None, max_body_bytes: int = 64_000,
+               body_timeout: float = BODY_TIMEOUT_S, max_requests: int = MAX_REQUESTS,
+               registry_root: str | Path | None = None, poll_seconds: float = 1.0) -> FastAPI:
     """The ASGI app; the recommender loads in a background thread once the app starts.
     ``body_timeout``: seconds from a request's start by which its whole body must be in (408
-    after); ``max_requests``: requests in progress at once, the liveness probes aside (503 past it)."""
+    after); ``max_requests``: requests in progress at once, the liveness probes aside (503 past it).
+
+    With ``registry_root`` (instead of ``model_dir``) the promoted version of that model registry
+    is served, and a newly promoted one replaces it without dropping a request (see
+    ``_watch_registry``)."""
     body_timeout = _positive("body_timeout", body_timeout, float)
     max_requests = _positive("max_requests", max_requests, int)
 
@@ -405,10 +411,14 @@ def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_bo
         try:
             from finrec.recommend.recommender import Recommender
 
-            recommender = Recommender.load(model_dir, data_dir)
+            version, path = _model_source(model_dir, registry_root)
+            recommender = Recommender.load(path, data_dir)
+            recommender.model_version = version
             state.products = [{S.PRODUCT_ID: str(pid), **details}
                               for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)]
             state.recommender = recommender
+            if registry_root is not None:
+                state.watcher = _watch_registry(app, registry_root, version, data_dir, poll_seconds)
             log.info("model %s loaded: %d products, %d known customers", model_dir, len(state.products),
                      len(recommender.known_customers))
         except FinrecError as exc:
@@ -427,8 +437,11 @@ def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_bo
         app.state.products = []
         if not hasattr(app.state, "on_load_failure"):
             app.state.on_load_failure = None
+        app.state.watcher = None
         threading.Thread(target=load, args=(app,), name="finrec-load", daemon=True).start()
         yield
+        if app.state.watcher is not None:
+            app.state.watcher.stop()
 
     app = FastAPI(
         title="finrec",
@@ -439,6 +452,7 @@ def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_bo
     )
     app.add_middleware(CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, body_timeout=body_timeout, max_requests=max_requests)
+    app.add_middleware(ModelVersionHeader)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -494,7 +508,9 @@ def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_bo
         # Sub-millisecond numpy work: a thread hop would cost more than it saves. The body is
         # built here and sent as is; response_model above documents it in the OpenAPI schema.
         result = recommender.recommend(customer, k=body.k, filters=filters)
-        return SafeJSONResponse(_response(result))
+        version = getattr(recommender, "model_version", None)
+        return SafeJSONResponse({**_response(result), "model_version": version},
+                                headers={MODEL_VERSION_HEADER: version} if version else None)
 
     @app.get("/products", response_model=ProductsResponse, tags=["catalogue"], responses={503: errors[503]})
     async def products(request: Request):
@@ -557,18 +573,21 @@ def _message(error: dict) -> str:
 
 def app_from_env() -> FastAPI:
     """The app for worker processes (``finrec serve --workers N``), configured by environment."""
-    return create_app(os.environ["FINREC_SERVE_MODEL"], os.environ.get("FINREC_SERVE_DATA") or None,
+    return create_app(os.environ.get("FINREC_SERVE_MODEL") or None, os.environ.get("FINREC_SERVE_DATA") or None,
                       body_timeout=_from_env("body_timeout", None, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float),
-                      max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int))
+                      max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int),
+                      registry_root=os.environ.get("FINREC_SERVE_ROOT") or None)
 
 
-def run(model_dir: str | Path, data_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        workers: int = 1, body_timeout: float | None = None, max_requests: int | None = None) -> None:
+def run(model_dir: str | Path | None, data_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+        workers: int = 1, body_timeout: float | None = None, max_requests: int | None = None,
+        registry_root: str | Path | None = None) -> None:
     """Serve with uvicorn until interrupted; stops (and raises ``FinrecError``) if the model fails to load.
     ``workers`` > 1 starts that many processes (each loads the model), to use every core.
     ``body_timeout`` and ``max_requests`` (see ``create_app``; per process) default to the
     environment variables ``FINREC_SERVE_BODY_TIMEOUT_S`` and ``FINREC_SERVE_MAX_REQUESTS``, then
-    to 10 s and 512."""
+    to 10 s and 512. ``registry_root`` serves the promoted version of a model registry instead of
+    ``model_dir``."""
     import uvicorn
 
     body_timeout = _from_env("body_timeout", body_timeout, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float)
@@ -577,8 +596,9 @@ def run(model_dir: str | Path, data_dir: str | Path | None = None, host: str = "
     if workers > 1:
         from finrec.artifacts import read_manifest
 
-        read_manifest(model_dir)  # fail fast, once, on a missing or damaged model
-        os.environ["FINREC_SERVE_MODEL"] = str(model_dir)
+        read_manifest(_model_source(model_dir, registry_root)[1])  # fail fast, once, on a missing or damaged model
+        os.environ["FINREC_SERVE_MODEL"] = str(model_dir or "")
+        os.environ["FINREC_SERVE_ROOT"] = str(registry_root or "")
         os.environ["FINREC_SERVE_DATA"] = str(data_dir or "")
         os.environ[ENV_BODY_TIMEOUT] = repr(body_timeout)
         os.environ[ENV_MAX_REQUESTS] = str(max_requests)
@@ -586,7 +606,8 @@ def run(model_dir: str | Path, data_dir: str | Path | None = None, host: str = "
                     log_level="warning", access_log=False, **limits)
         return
 
-    app = create_app(model_dir, data_dir, body_timeout=body_timeout, max_requests=max_requests)
+    app = create_app(model_dir, data_dir, body_timeout=body_timeout, max_requests=max_requests,
+                     registry_root=registry_root)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             **limits)
     server = uvicorn.Server(config)
@@ -599,3 +620,66 @@ def run(model_dir: str | Path, data_dir: str | Path | None = None, host: str = "
     error = getattr(app.state, "load_error", None)
     if error:
         raise FinrecError(error)
+
+
+# ------------------------------------------------------------------------------------ model versions
+
+MODEL_VERSION_HEADER = "x-model-version"
+
+
+def _model_source(model_dir, registry_root) -> tuple[str, Path]:
+    """(version, model directory): the promoted version of ``registry_root``, or ``model_dir``
+    named after its folder."""
+    if registry_root is not None:
+        from finrec.governance.registry import promoted_model
+
+        return promoted_model(registry_root)
+    return Path(model_dir).name, Path(model_dir)
+
+
+def _watch_registry(app: FastAPI, root, version: str, data_dir, poll_seconds: float):
+    """Poll the registry; load a newly promoted version beside the one serving (or take it from
+    the warm standbys, see ``PointerWatcher``), then swap it in.
+
+    A request reads ``app.state.recommender`` once and uses that object to the end, and the swap
+    is one attribute assignment: a request is answered whole by the old version or whole by the
+    new one, and none waits on a load."""
+    from finrec.governance.registry import PointerWatcher
+    from finrec.recommend.recommender import Recommender
+
+    def load(new_version: str, path: Path):
+        recommender = Recommender.load(path, data_dir)
+        recommender.model_version = new_version
+        products = [{S.PRODUCT_ID: str(pid), **details}
+                    for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)]
+        return recommender, products
+
+    def install(new_version: str, loaded) -> None:
+        recommender, products = loaded
+        app.state.products = products
+        app.state.recommender = recommender
+
+    return PointerWatcher(root, version, load, install, interval=poll_seconds).start()
+
+
+class ModelVersionHeader:
+    """Adds ``x-model-version`` (the version serving now) to every response that lacks one."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope["app"].state if "app" in scope else None
+
+        async def tagged_send(message):
+            if message["type"] == "http.response.start":
+                recommender = getattr(state, "recommender", None) if state is not None else None
+                version = getattr(recommender, "model_version", None)
+                headers = list(message.get("headers", ()))
+                if version and not any(name == MODEL_VERSION_HEADER.encode() for name, _ in headers):
+                    message = {**message, "headers": [*headers, (MODEL_VERSION_HEADER.encode(), version.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, tagged_send)

@@ -1,0 +1,325 @@
+"""The model registry: numbered versions of model directories and the one that is promoted.
+
+Layout::
+
+    ROOT/
+      registry.json          the pointer: {"promoted": "v0002", "stack": ["v0001", "v0002"], "events": [...]}
+      versions/
+        v0001/
+          model/             a model directory, copied in whole (``finrec.artifacts`` layout)
+          version.json       when and from where it was registered, its metrics and data fingerprint
+          report.html        optional: its validation report (``finrec report``)
+      .lock                  serialises the commands that change the registry
+
+``add`` copies a model directory in atomically (a version directory is complete or absent);
+``promote`` points ``registry.json`` at a version and pushes it on the stack; ``rollback`` pops
+the stack, back to the version promoted before. ``registry.json`` is replaced atomically, so a
+server polling it (``finrec serve --root``, ``PointerWatcher``) reads the old pointer or the new
+one, never half a file. Every promotion and rollback is kept in ``events`` as an audit trail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finrec.artifacts import read_manifest
+from finrec.atomic import atomic_directory, atomic_file
+from finrec.errors import FinrecError
+
+log = logging.getLogger(__name__)
+
+POINTER = "registry.json"
+VERSIONS = "versions"
+MODEL = "model"
+VERSION_INFO = "version.json"
+REPORT = "report.html"
+LOCK = ".lock"
+_VERSION_ID = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(FinrecError):
+    """A registry command that cannot be carried out (unknown version, nothing to roll back to)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def best_epoch_metrics(history: dict[str, list[float]]) -> dict[str, float]:
+    """The validation metrics of the epoch with the best validation nDCG (the weights training
+    kept), from a model's ``history.json``."""
+    ndcg = next((name for name in history if name.startswith("val_ndcg@")), None)
+    if ndcg is None or not history[ndcg]:
+        return {}
+    best = max(range(len(history[ndcg])), key=history[ndcg].__getitem__)
+    return {
+        name: float(values[best]) for name, values in history.items() if name.startswith("val_") and len(values) > best
+    }
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------------------ reading
+    def state(self) -> dict[str, Any]:
+        """The pointer: ``{"promoted": id or None, "stack": [...], "events": [...]}``."""
+        return read_pointer(self.root)
+
+    @property
+    def promoted(self) -> str | None:
+        return self.state()["promoted"]
+
+    def version_ids(self) -> list[str]:
+        folder = self.root / VERSIONS
+        if not folder.is_dir():
+            return []
+        ids = [p.name for p in folder.iterdir() if p.is_dir() and _VERSION_ID.match(p.name)]
+        return sorted(ids, key=lambda v: int(v[1:]))
+
+    def model_path(self, version: str) -> Path:
+        """The model directory of ``version``; a ``RegistryError`` naming the known ones if absent."""
+        path = self.root / VERSIONS / str(version) / MODEL
+        if not _VERSION_ID.match(str(version)) or not path.is_dir():
+            known = ", ".join(self.version_ids()) or "none yet (add one with `finrec models add`)"
+            raise RegistryError(f"{self.root}: no version {version!r}; versions: {known}")
+        return path
+
+    def info(self, version: str) -> dict[str, Any]:
+        path = self.model_path(version).parent / VERSION_INFO
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {"version": version}
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version's ``version.json``, oldest first, with ``promoted`` set on the one served."""
+        promoted = self.promoted
+        return [{**self.info(v), "promoted": v == promoted} for v in self.version_ids()]
+
+    # ------------------------------------------------------------------------------ changing
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def add(
+        self,
+        model_dir: str | Path,
+        metrics: dict[str, Any] | None = None,
+        report: str | Path | None = None,
+        note: str | None = None,
+    ) -> str:
+        """Copy the model directory ``model_dir`` in as a new version (its checksums are checked
+        first); returns the new version id. ``metrics`` default to the best epoch's validation
+        metrics from the model's training history."""
+        model_dir = Path(model_dir)
+        manifest = read_manifest(model_dir)
+        if metrics is None:
+            try:
+                metrics = best_epoch_metrics(json.loads((model_dir / "history.json").read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError):
+                metrics = {}
+        with self._locked():
+            ids = self.version_ids()
+            version = f"v{(int(ids[-1][1:]) + 1 if ids else 1):04d}"
+            with atomic_directory(self.root / VERSIONS / version) as tmp:
+                shutil.copytree(model_dir, tmp / MODEL, ignore=shutil.ignore_patterns(".*"))
+                if report is not None:
+                    shutil.copyfile(report, tmp / REPORT)
+                info = {
+                    "version": version,
+                    "registered": _now(),
+                    "source": str(model_dir.resolve()),
+                    "created": manifest.get("created"),
+                    "data_fingerprint": manifest.get("data_fingerprint"),
+                    "schema_hash": manifest.get("schema_hash"),
+                    "metrics": metrics,
+                    "note": note,
+                }
+                (tmp / VERSION_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+            read_manifest(self.root / VERSIONS / version / MODEL)  # the copy is whole
+        return version
+
+    def promote(self, version: str) -> dict[str, Any]:
+        """Serve ``version`` from now on (its files are checked first); returns the new pointer."""
+        read_manifest(self.model_path(version))
+        with self._locked():
+            state = self.state()
+            previous = state["promoted"]
+            if previous == version:
+                return state
+            state["promoted"] = version
+            state["stack"].append(version)
+            state["events"].append({"action": "promote", "version": version, "previous": previous, "at": _now()})
+            self._write(state)
+        return state
+
+    def rollback(self) -> dict[str, Any]:
+        """Back to the version promoted before the current one; returns the new pointer."""
+        with self._locked():
+            state = self.state()
+            if len(state["stack"]) < 2:
+                raise RegistryError(
+                    f"{self.root}: nothing to roll back to "
+                    f"({'no version is promoted' if not state['stack'] else 'only one promotion so far'})"
+                )
+            current = state["stack"].pop()
+            target = state["stack"][-1]
+            read_manifest(self.model_path(target))
+            state["promoted"] = target
+            state["events"].append({"action": "rollback", "version": target, "previous": current, "at": _now()})
+            self._write(state)
+        return state
+
+    def _write(self, state: dict[str, Any]) -> None:
+        with atomic_file(self.root / POINTER) as handle:
+            json.dump(state, handle, indent=1)
+
+
+def read_pointer(root: str | Path) -> dict[str, Any]:
+    """``registry.json`` of ``root`` (an empty pointer when nothing was promoted yet)."""
+    path = Path(root) / POINTER
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"promoted": None, "stack": [], "events": []}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise RegistryError(f"{path}: damaged (not valid JSON)") from None
+    if not isinstance(state, dict) or not isinstance(state.get("stack"), list):
+        raise RegistryError(f"{path}: not a finrec registry pointer")
+    state.setdefault("events", [])
+    return state
+
+
+def promoted_model(root: str | Path) -> tuple[str, Path]:
+    """(version id, model directory) of the promoted version; a ``RegistryError`` if none is."""
+    registry = Registry(root)
+    version = registry.promoted
+    if version is None:
+        raise RegistryError(f"{root}: no version is promoted (run `finrec models promote --root {root} VERSION`)")
+    return version, registry.model_path(version)
+
+
+class PointerWatcher:
+    """Polls ``ROOT/registry.json`` every ``interval`` seconds in a daemon thread and puts the
+    promoted version in place when it changes: ``load(version, model_dir)`` builds what serves
+    (a ``Recommender``), ``install(version, loaded)`` swaps it in.
+
+    Warm standby: between changes the watcher also loads the versions a switch most likely goes
+    to -- the one promoted before the current one (a rollback) and the newest registered one (a
+    promotion) -- so that a switch to them is a swap, not a load of seconds. At most those two
+    are kept. When ``load`` raises, the failure is logged, the version in place keeps serving,
+    and that version is not tried again until the pointer changes."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        current: str | None,
+        load: Callable[[str, Path], Any],
+        install: Callable[[str, Any], None],
+        interval: float = 1.0,
+        standby: bool = True,
+    ):
+        self.registry = Registry(root)
+        self.current = current
+        self.load = load
+        self.install = install
+        self.interval = interval
+        self.standby = standby
+        self.ready: dict[str, Any] = {}  # version -> loaded, the warm standbys
+        self._failed: set[str] = set()  # not retried until the pointer changes
+        self._seen: str | None = current
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="finrec-registry-watch", daemon=True)
+
+    def start(self) -> PointerWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _load(self, version: str) -> Any:
+        if version in self.ready:
+            return self.ready.pop(version)
+        return self.load(version, self.registry.model_path(version))
+
+    def check(self) -> bool:
+        """One poll; True when a new version was put in place."""
+        try:
+            state = self.registry.state()
+        except FinrecError as exc:
+            log.warning("registry %s: %s", self.registry.root, exc)
+            return False
+        version = state["promoted"]
+        changed = False
+        if version != self._seen:
+            self._failed.clear()
+            self._seen = version
+        if version is not None and version != self.current and version not in self._failed:
+            try:
+                loaded = self._load(version)
+            except Exception as exc:  # noqa: BLE001 - keep serving the version in place
+                self._failed.add(version)
+                log.error(
+                    "version %s could not be loaded, still serving %s: %s",
+                    version,
+                    self.current,
+                    exc if isinstance(exc, FinrecError) else type(exc).__name__,
+                )
+            else:
+                previous = self.current
+                self.install(version, loaded)
+                self.current, changed = version, True
+                log.warning("now serving model version %s (was %s)", version, previous)
+        if self.standby:
+            self._warm(state)
+        return changed
+
+    def standby_versions(self, state: dict[str, Any]) -> list[str]:
+        """The rollback target and the newest registered version, except the one serving."""
+        wanted = []
+        if len(state["stack"]) >= 2:
+            wanted.append(state["stack"][-2])
+        ids = self.registry.version_ids()
+        if ids:
+            wanted.append(ids[-1])
+        return [v for v in dict.fromkeys(wanted) if v != self.current and v not in self._failed]
+
+    def _warm(self, state: dict[str, Any]) -> None:
+        wanted = self.standby_versions(state)
+        for version in list(self.ready):
+            if version not in wanted:
+                del self.ready[version]
+        for version in wanted:
+            if version not in self.ready:
+                try:
+                    self.ready[version] = self.load(version, self.registry.model_path(version))
+                    log.warning("model version %s loaded as a standby", version)
+                except Exception as exc:  # noqa: BLE001 - a broken standby must not stop the watcher
+                    self._failed.add(version)
+                    log.error(
+                        "standby version %s could not be loaded: %s",
+                        version,
+                        exc if isinstance(exc, FinrecError) else type(exc).__name__,
+                    )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()

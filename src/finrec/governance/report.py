@@ -1,0 +1,740 @@
+"""The validation report a model-risk team reviews before go-live (SR 11-7 / OCC 2011-12: conceptual
+soundness, outcomes analysis, ongoing monitoring), generated from a model directory and a dataset:
+
+    finrec report --model models/default --data data/split/test --out report.html   # or report.md
+
+Every section is computed, none is hand-written: intended use; the data (tables, sizes, date range,
+each feature's distribution, missingness and drift from training, the fingerprint); the method
+(towers, loss, configuration, training curves); performance on the customers of the data against
+the baselines with bootstrap intervals; performance by segment; stability across seeds (other
+models given with ``--seed-models``); calibration; fairness; global explanations (mean |SHAP|);
+the suitability audit; limitations and monitoring thresholds; the versions of every library.
+
+Data without outcomes (no ``interactions``) still gets every section that does not need them;
+the outcome sections then say that they need interactions. Plots are SVG images inside the file.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html import escape
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finrec.data import schema as S
+from finrec.governance import svg
+from finrec.governance.compare import paired_bootstrap, per_customer_metrics
+from finrec.governance.monitor import ALERT_PSI, WARN_PSI
+
+MAX_EVAL_CUSTOMERS = 20_000
+RESAMPLES = 1000
+LIBRARIES = (
+    "finrec",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "keras",
+    "tensorflow",
+    "jax",
+    "scikit-learn",
+    "lightgbm",
+    "shap",
+    "fastapi",
+    "streamlit",
+)
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[tuple] = field(default_factory=list)  # ("p", text) | ("table", columns, rows) | ("img", svg, alt)
+
+    def p(self, text: str) -> Section:
+        self.blocks.append(("p", text))
+        return self
+
+    def table(self, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Section:
+        columns = columns or (list(rows[0]) if rows else [])
+        self.blocks.append(("table", columns, rows))
+        return self
+
+    def img(self, svg_text: str, alt: str) -> Section:
+        self.blocks.append(("img", svg_text, alt))
+        return self
+
+
+@dataclass
+class Context:
+    """Everything the sections share: the model, the data and the ranking of its customers."""
+
+    model_dir: Path
+    data_dir: Path
+    manifest: dict
+    trained: Any
+    dataset: Any
+    recommender: Any
+    k: int
+    seed: int
+    eval_ids: np.ndarray | None = None  # customers with outcomes (a sample beyond MAX_EVAL_CUSTOMERS)
+    relevant: np.ndarray | None = None
+    excluded: np.ndarray | None = None
+    eval_customers: pd.DataFrame | None = None
+    model_scores: np.ndarray | None = None
+
+    @property
+    def has_outcomes(self) -> bool:
+        return self.eval_ids is not None and len(self.eval_ids) > 0
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.{digits}f}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return str(value)
+
+
+def _interval(row: dict[str, float]) -> str:
+    return f"{row['difference']:.4f} [{row['low']:.4f}, {row['high']:.4f}]"
+
+
+def _mean_interval(values: np.ndarray, seed: int) -> dict[str, float]:
+    return paired_bootstrap(np.zeros(len(values)), values, np.random.default_rng(seed), resamples=RESAMPLES)
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
+def intended_use(ctx: Context) -> Section:
+    categories = (
+        sorted(ctx.trained.products[ctx.trained.pipeline.full_schema.products.category].astype(str).unique())
+        if ctx.trained.pipeline.full_schema.products.category
+        else []
+    )
+    section = Section("1. Intended use and out-of-scope uses")
+    section.p(
+        f"Intended use: ranking the {len(ctx.trained.products)} products of the bank's catalogue"
+        + (f" ({', '.join(categories)})" if categories else "")
+        + " for each existing or prospective retail customer, to support advisers and marketing. Recommendations "
+        "are shown after the suitability rule (product risk level at most the customer's risk tolerance) and the "
+        "products' eligibility terms have removed what may not be offered."
+    )
+    section.p(
+        "Out of scope: credit decisions (approval, limits, pricing) and any automated decision with legal or "
+        "similarly significant effect; advice without a suitability assessment by the bank; customers outside the "
+        "population of the training data (see the drift column of section 2); products added to the catalogue "
+        "after training (the model must be retrained to score them)."
+    )
+    return section
+
+
+def data_section(ctx: Context, drift: dict | None) -> Section:
+    dataset, manifest = ctx.dataset, ctx.manifest
+    section = Section("2. Data")
+    section.table(
+        [
+            {"": "training data", "value": str(manifest.get("data_path") or "-")},
+            {"": "training data fingerprint (manifest)", "value": str(manifest.get("data_fingerprint") or "-")},
+            {"": "schema hash", "value": str(manifest.get("schema_hash"))},
+            {"": "data of this report", "value": str(ctx.data_dir)},
+        ]
+    )
+    tables = [
+        {"table": S.CUSTOMERS, "rows": len(dataset.customers)},
+        {"table": S.PRODUCTS, "rows": len(dataset.products)},
+        {"table": S.INTERACTIONS, "rows": len(dataset.interactions)},
+        {"table": S.HOLDINGS, "rows": len(dataset.holdings)},
+        {"table": S.GROUND_TRUTH, "rows": "absent" if dataset.ground_truth is None else len(dataset.ground_truth)},
+    ]
+    section.table(tables)
+    if S.TIMESTAMP in dataset.interactions and len(dataset.interactions):
+        stamps = pd.to_datetime(dataset.interactions[S.TIMESTAMP], errors="coerce").dropna()
+        if len(stamps):
+            section.p(f"Interactions from {stamps.min():%Y-%m-%d} to {stamps.max():%Y-%m-%d}.")
+    else:
+        section.p("The interactions carry no timestamp: no date range.")
+    schema = ctx.trained.pipeline.full_schema
+    customers = dataset.customers
+    features = drift["features"] if drift else {}
+    rows = []
+    for column in schema.customers.numeric_features:
+        values = pd.to_numeric(customers[column], errors="coerce") if column in customers else pd.Series(dtype=float)
+        q = values.quantile([0.05, 0.5, 0.95]) if values.notna().any() else pd.Series([np.nan] * 3)
+        entry = features.get(column, {})
+        rows.append(
+            {
+                "feature": column,
+                "kind": "numeric",
+                "missing": f"{values.isna().mean():.1%}",
+                "mean": _number(values.mean()),
+                "p5": _number(q.iloc[0]),
+                "median": _number(q.iloc[1]),
+                "p95": _number(q.iloc[2]),
+                "PSI vs training": _number(entry.get("psi")),
+                "drift": entry.get("status", "-"),
+            }
+        )
+    for column in schema.customers.categorical_features:
+        values = customers[column] if column in customers else pd.Series(dtype=object)
+        shares = values.astype(str)[values.notna()].value_counts(normalize=True)
+        top = ", ".join(f"{name} {share:.0%}" for name, share in shares.head(4).items())
+        entry = features.get(column, {})
+        rows.append(
+            {
+                "feature": column,
+                "kind": f"categorical ({len(shares)})",
+                "missing": f"{values.isna().mean():.1%}",
+                "mean": top,
+                "p5": "",
+                "median": "",
+                "p95": "",
+                "PSI vs training": _number(entry.get("psi")),
+                "drift": entry.get("status", "-"),
+            }
+        )
+    section.p(
+        "Each customer feature of this data (mean and quantiles; for a category, its most frequent values) "
+        "and its population stability index against the training population"
+        + ("" if drift else " (not available: the model has no monitoring reference; retrain to record one)")
+        + "."
+    )
+    section.table(rows)
+    for column in list(schema.customers.numeric_features)[:12]:
+        if column in customers:
+            values = pd.to_numeric(customers[column], errors="coerce").dropna()
+            if len(values):
+                counts, edges = np.histogram(values, bins=20)
+                section.img(
+                    svg.histogram(counts.tolist(), [_number(e, 2) for e in edges[:-1]], column),
+                    f"histogram of {column}",
+                )
+    return section
+
+
+def method_section(ctx: Context) -> Section:
+    config = ctx.trained.config
+    section = Section("3. Method")
+    model = ctx.trained.model
+    section.p(
+        "A two-tower model (Keras 3): a customer tower and a product tower of Dense + BatchNormalization + ReLU "
+        "+ Dropout blocks map into one L2-normalised embedding space; the score is their cosine similarity. "
+        f"Loss: {config.training.loss} (temperature {config.training.temperature}); trained with AdamW and early "
+        f"stopping on validation nDCG@{config.training.eval_k}; {model.count_params():,} parameters."
+    )
+    rows = [
+        {"section": name, "setting": key, "value": str(value)}
+        for name, part in config.to_dict().items()
+        if isinstance(part, dict)
+        for key, value in part.items()
+    ]
+    section.table(rows)
+    history = ctx.trained.history
+    losses = {name: values for name, values in history.items() if name in ("loss", "val_loss")}
+    if losses:
+        section.img(svg.line_chart(losses, "training loss per epoch", "epoch"), "training loss")
+    quality = {
+        name: values for name, values in history.items() if name.startswith("val_") and "@" in name or name == "val_mrr"
+    }
+    if quality:
+        section.img(svg.line_chart(quality, "validation metrics per epoch", "epoch"), "validation metrics")
+    return section
+
+
+def _prepare_outcomes(ctx: Context) -> None:
+    from finrec.evaluate.report import ranking_task
+
+    if len(ctx.dataset.interactions) == 0:
+        return
+    ids, relevant, excluded = ranking_task(ctx.trained.pipeline, ctx.dataset)
+    if len(ids) > MAX_EVAL_CUSTOMERS:
+        keep = np.sort(np.random.default_rng(ctx.seed).choice(len(ids), MAX_EVAL_CUSTOMERS, replace=False))
+        ids, relevant, excluded = ids[keep], relevant[keep], excluded[keep]
+    cid = ctx.dataset.schema.customers.id
+    ctx.eval_ids, ctx.relevant, ctx.excluded = ids, relevant, excluded
+    ctx.eval_customers = ctx.dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
+    ctx.model_scores = ctx.trained.score(ctx.eval_customers, ctx.dataset.holdings)
+
+
+NO_OUTCOMES = (
+    "This data has no interactions (outcomes), so {what} cannot be measured here; run the report on "
+    "held-out customers with interactions (`finrec split`) to fill it."
+)
+
+
+def performance_section(ctx: Context, lightgbm: bool) -> Section:
+    from finrec.evaluate import baselines
+
+    section = Section("4. Performance on the customers of this data")
+    if not ctx.has_outcomes:
+        return section.p(NO_OUTCOMES.format(what="ranking performance"))
+    k, n = ctx.k, len(ctx.eval_ids)
+    pipeline = ctx.trained.pipeline
+    scores = {
+        "model": ctx.model_scores,
+        "popularity": baselines.popularity_scores(n, np.asarray(pipeline.product_popularity_)),
+        "random": baselines.random_scores(n, pipeline.n_products, np.random.default_rng(ctx.seed)),
+    }
+    notes = []
+    if lightgbm:
+        lgbm = _lightgbm_scores(ctx)
+        if isinstance(lgbm, str):
+            notes.append(lgbm)
+        else:
+            scores["LightGBM"] = lgbm
+    if ctx.dataset.ground_truth is not None:
+        scores["oracle"] = baselines.oracle_scores(ctx.eval_ids, pipeline.product_ids_, ctx.dataset.ground_truth)
+    else:
+        notes.append("No ground truth in this data: no oracle (the best ranking the true adoption probabilities give).")
+    rows, bars = [], {}
+    for name, s in scores.items():
+        _, per_customer = per_customer_metrics(s, ctx.relevant, ctx.excluded, k)
+        row = {"ranker": name, "customers": len(per_customer[f"ndcg@{k}"])}
+        for metric in (f"ndcg@{k}", f"recall@{k}", f"hit_rate@{k}", "mrr"):
+            interval = _mean_interval(per_customer[metric], ctx.seed)
+            row[metric] = _interval(interval)
+            if metric == f"ndcg@{k}":
+                bars[name] = interval["difference"]
+        rows.append(row)
+    section.p(
+        f"{n:,} customers with outcomes; every product they do not hold is ranked. Each cell is the mean with "
+        f"its 95% bootstrap interval ({RESAMPLES} resamples of customers, seed {ctx.seed})."
+    )
+    section.table(rows)
+    section.img(svg.bar_chart(list(bars), list(bars.values()), f"nDCG@{k} by ranker"), f"nDCG@{k} by ranker")
+    for note in notes:
+        section.p(note)
+    return section
+
+
+def _lightgbm_scores(ctx: Context):
+    try:
+        import lightgbm  # noqa: F401
+    except ImportError:
+        return "LightGBM is not installed (`pip install finrec[baselines]`): no LightGBM baseline."
+    from finrec.data.io import load_dataset
+    from finrec.evaluate.baselines import LightGBMBaseline
+
+    path = ctx.manifest.get("data_path")
+    if not path or not Path(path).is_dir():
+        return (
+            "The training data recorded in the manifest is gone: no LightGBM baseline (it is trained on the same data)."
+        )
+    train = load_dataset(path)
+    model = LightGBMBaseline(num_threads=2).fit(train, seed=ctx.seed)
+    return model.score(ctx.eval_customers, ctx.dataset.holdings)
+
+
+def segments(ctx: Context, customers: pd.DataFrame) -> dict[str, pd.Series]:
+    """Segment labels of ``customers``: age band, income quartile, risk tolerance, cold (no holdings)."""
+    out: dict[str, pd.Series] = {}
+    if S.AGE in customers:
+        out["age band"] = pd.cut(
+            pd.to_numeric(customers[S.AGE], errors="coerce"),
+            [0, 30, 45, 60, np.inf],
+            right=False,
+            labels=["<30", "30-44", "45-59", "60+"],
+        ).astype(str)
+    if S.INCOME in customers:
+        income = pd.to_numeric(customers[S.INCOME], errors="coerce")
+        out["income band"] = pd.qcut(
+            income.rank(method="first"), 4, labels=["Q1 (lowest)", "Q2", "Q3", "Q4 (highest)"]
+        ).astype(str)
+    risk = ctx.trained.pipeline.full_schema.customers.risk
+    if risk and risk in customers:
+        out["risk tolerance"] = customers[risk].astype("Int64").astype(str)
+    cid = ctx.dataset.schema.customers.id
+    holders = set(ctx.dataset.holdings[S.CUSTOMER_ID].astype(str))
+    out["cold (no holdings)"] = customers[cid].astype(str).isin(holders).map({True: "holds products", False: "cold"})
+    return out
+
+
+def segment_section(ctx: Context) -> Section:
+    section = Section("5. Performance by segment")
+    if not ctx.has_outcomes:
+        return section.p(NO_OUTCOMES.format(what="performance by segment"))
+    k = ctx.k
+    rows_kept, per_customer = per_customer_metrics(ctx.model_scores, ctx.relevant, ctx.excluded, k)
+    customers = ctx.eval_customers.iloc[rows_kept].reset_index(drop=True)
+    rows = []
+    for name, labels in segments(ctx, customers).items():
+        for group in sorted(labels.unique()):
+            members = (labels == group).to_numpy()
+            interval = _mean_interval(per_customer[f"ndcg@{k}"][members], ctx.seed)
+            rows.append(
+                {
+                    "segment": name,
+                    "group": group,
+                    "customers": int(members.sum()),
+                    f"ndcg@{k}": _interval(interval),
+                    f"recall@{k}": _number(float(per_customer[f"recall@{k}"][members].mean())),
+                }
+            )
+    section.p(f"The model's nDCG@{k} (mean and 95% bootstrap interval) and recall@{k} within each segment.")
+    return section.table(rows)
+
+
+def stability_section(ctx: Context, seed_models: list[Path]) -> Section:
+    from finrec.artifacts import load_model_dir
+
+    section = Section("6. Stability across seeds")
+    if not seed_models:
+        return section.p(
+            "One model was given. Train the same configuration with other seeds (`finrec train --seed S`) "
+            "and pass them with `--seed-models DIR ...` to measure how much the metrics move with the seed."
+        )
+    if not ctx.has_outcomes:
+        return section.p(NO_OUTCOMES.format(what="stability across seeds"))
+    rows, values = [], []
+    models = [(ctx.model_dir, ctx.trained)] + [(p, load_model_dir(p).trained) for p in seed_models]
+    for path, trained in models:
+        scores = ctx.model_scores if trained is ctx.trained else trained.score(ctx.eval_customers, ctx.dataset.holdings)
+        _, per_customer = per_customer_metrics(scores, ctx.relevant, ctx.excluded, ctx.k)
+        ndcg = float(per_customer[f"ndcg@{ctx.k}"].mean())
+        values.append(ndcg)
+        rows.append(
+            {
+                "model": str(path),
+                "seed": trained.config.training.seed,
+                f"ndcg@{ctx.k}": _number(ndcg),
+                "recall": _number(float(per_customer[f"recall@{ctx.k}"].mean())),
+            }
+        )
+    section.table(rows)
+    return section.p(
+        f"nDCG@{ctx.k} across {len(values)} seeds: mean {np.mean(values):.4f}, standard deviation "
+        f"{np.std(values, ddof=1) if len(values) > 1 else 0:.4f}, range {min(values):.4f}-{max(values):.4f}."
+    )
+
+
+def calibration_section(ctx: Context) -> Section:
+    section = Section("7. Calibration")
+    section.p(
+        "The model's score is a cosine similarity, not a probability: calibration here asks whether a higher "
+        "score means a likelier adoption, per decile of the scores of the products ranked."
+    )
+    if not ctx.has_outcomes:
+        return section.p(NO_OUTCOMES.format(what="the observed adoption rate per score decile"))
+    rankable = ~ctx.excluded
+    scores = ctx.model_scores[rankable]
+    adopted = ctx.relevant[rankable]
+    truth = None
+    if ctx.dataset.ground_truth is not None:
+        from finrec.evaluate import baselines
+
+        probabilities = baselines.oracle_scores(
+            ctx.eval_ids, ctx.trained.pipeline.product_ids_, ctx.dataset.ground_truth
+        )
+        truth = probabilities[rankable]
+    edges = np.quantile(scores, np.linspace(0, 1, 11))
+    decile = np.clip(np.searchsorted(edges[1:-1], scores, side="right"), 0, 9)
+    rows, observed, expected = [], [], []
+    for d in range(10):
+        members = decile == d
+        if not members.any():
+            continue
+        row = {
+            "score decile": d + 1,
+            "score range": f"{scores[members].min():.3f} to {scores[members].max():.3f}",
+            "pairs": int(members.sum()),
+            "observed adoption rate": f"{adopted[members].mean():.4f}",
+        }
+        observed.append(float(adopted[members].mean()))
+        if truth is not None:
+            row["mean true probability"] = f"{truth[members].mean():.4f}"
+            expected.append(float(truth[members].mean()))
+        rows.append(row)
+    section.table(rows)
+    series = {"observed": observed, **({"true probability": expected} if expected else {})}
+    section.img(svg.line_chart(series, "adoption rate by score decile", "score decile"), "calibration")
+    rising = bool(np.all(np.diff(observed) >= -0.01)) if len(observed) > 1 else True
+    return section.p(
+        (
+            "The observed adoption rate rises with the score decile."
+            if rising
+            else "The observed adoption rate does not rise steadily with the score: review before use."
+        )
+        + ("" if truth is not None else " No ground truth in this data: no true probabilities.")
+    )
+
+
+def fairness_section(ctx: Context) -> Section:
+    from finrec.evaluate.fairness import fairness_report
+
+    section = Section("8. Fairness")
+    if not ctx.trained.pipeline.full_schema.customers.protected:
+        return section.p("The schema lists no protected customer columns (customers.protected in schema.yaml).")
+    report = fairness_report(ctx.trained, ctx.dataset, k=ctx.k)
+    section.p(
+        f"Per group of each protected column: the metrics (where outcomes exist) and the exposure, the share of "
+        f"the group's top-{ctx.k} slots that goes to each product category, with the largest ratio between groups "
+        f"(as `finrec evaluate --fairness`). Exclusion of protected columns from the model: "
+        f"{'yes' if ctx.trained.config.model.exclude_protected else 'no'}."
+    )
+    for column, body in report["columns"].items():
+        rows = [
+            {
+                "group": group,
+                "customers": values["customers"],
+                "evaluated": values["evaluated"],
+                **{m: _number(values[m]) for m in (f"ndcg@{ctx.k}", f"recall@{ctx.k}", "mrr")},
+            }
+            for group, values in body["groups"].items()
+        ]
+        section.p(f"By {column}:").table(rows)
+        exposure = [
+            {
+                "category": category,
+                **{group: f"{values['exposure'][category]:.3f}" for group, values in body["groups"].items()},
+                "max ratio": _number(ratio["ratio"], 2),
+            }
+            for category, ratio in body["max_ratio"].items()
+        ]
+        section.table(exposure)
+    return section
+
+
+def explanation_section(ctx: Context, n_customers: int) -> Section:
+    section = Section("9. Global explanations")
+    from importlib.util import find_spec
+
+    if find_spec("shap") is None:
+        return section.p("shap is not installed (`pip install finrec[dashboard]`): no SHAP values.")
+    from finrec.explain import CustomerExplainer, permutation_shap
+
+    customers = ctx.dataset.customers
+    explainer = CustomerExplainer(ctx.recommender, background=customers, max_background=30, seed=ctx.seed)
+    rng = np.random.default_rng(ctx.seed)
+    pick = np.sort(rng.choice(len(customers), size=min(n_customers, len(customers)), replace=False))
+    sample = customers.iloc[pick].reset_index(drop=True)
+    ranking = ctx.recommender.rank(ctx.recommender.context(sample, ctx.dataset.holdings), 1)
+    background = explainer.background_matrix()
+    cid = ctx.dataset.schema.customers.id
+    held_by = ctx.dataset.holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
+    values = []
+    for i in range(len(sample)):
+        if ranking.index[i, 0] < 0:
+            continue
+        product = ctx.trained.pipeline.product_ids_[ranking.index[i, 0]]
+        score = explainer.score_function(product, held_by.get(str(sample[cid].iloc[i]), []))
+        x = explainer.encode(sample.iloc[[i]])
+        values.append(np.abs(permutation_shap(score, x, background)[0]))
+    if not values:
+        return section.p("No customer of this data has an eligible product: nothing to explain.")
+    mean = np.mean(values, axis=0)
+    order = np.argsort(-mean)
+    section.p(
+        f"Mean |SHAP| of each customer feature on the cosine score of each customer's top recommendation, over "
+        f"{len(values)} customers of this data (permutation SHAP, {len(background)} background customers, seed "
+        f"{ctx.seed}); the holdings are the context, not a feature."
+    )
+    names = [explainer.feature_names[j] for j in order]
+    section.img(svg.bar_chart(names, [float(mean[j]) for j in order], "mean |SHAP| per feature"), "mean |SHAP|")
+    return section.table([{"feature": n, "mean |SHAP|": f"{mean[j]:.5f}"} for n, j in zip(names, order)])
+
+
+def suitability_section(ctx: Context) -> Section:
+    from finrec.recommend import filters as F
+
+    section = Section("10. Suitability audit")
+    customers = ctx.dataset.customers
+    if len(customers) > MAX_EVAL_CUSTOMERS:
+        customers = customers.sample(MAX_EVAL_CUSTOMERS, random_state=ctx.seed).reset_index(drop=True)
+    context = ctx.recommender.context(customers, ctx.dataset.holdings)
+    ranking = ctx.recommender.rank(context, ctx.k)  # the default filters, as served
+    rows = []
+    already = np.zeros_like(ranking.excluded)
+    for rule in F.RULES:
+        if rule in ranking.masks:
+            mask = ranking.masks[rule]
+            rows.append(
+                {
+                    "rule": rule,
+                    "customer-product pairs removed": int(mask.sum()),
+                    "removed first by this rule": int((mask & ~already).sum()),
+                }
+            )
+            already |= mask
+    section.p(
+        f"{len(customers):,} customers ranked under the default filters (top {ctx.k}); each rule's exclusions "
+        "(a pair can be removed by several rules; 'first' counts it once, in the rules' order)."
+    )
+    section.table(rows)
+    schema = ctx.trained.pipeline.full_schema
+    risk_c, risk_p = schema.customers.risk, schema.products.risk
+    if not (risk_c and risk_p):
+        return section.p(
+            "The schema names no risk tolerance or product risk level: the suitability rule does not apply."
+        )
+    # Checked from the raw columns, independently of the filter code: a missing tolerance counts as 1.
+    tolerance = pd.to_numeric(customers[risk_c], errors="coerce").fillna(S.RISK_MIN).to_numpy()
+    levels = ctx.trained.products.set_index(ctx.trained.products[schema.products.id].astype(str))[risk_p]
+    level = pd.to_numeric(levels.loc[ctx.trained.pipeline.product_ids_], errors="coerce").to_numpy()
+    shown = ranking.index >= 0
+    rows_idx = np.nonzero(shown)[0]
+    unsuitable = int((level[ranking.index[shown]] > tolerance[rows_idx]).sum())
+    section.table([{"recommendations made": int(shown.sum()), "unsuitable recommended": unsuitable}])
+    return section.p(
+        "Zero unsuitable products were recommended."
+        if unsuitable == 0
+        else f"{unsuitable} recommendations exceed the customer's risk tolerance: do not deploy."
+    )
+
+
+def limitations_section(ctx: Context, drift: dict | None) -> Section:
+    section = Section("11. Limitations and monitoring")
+    section.p(
+        "The model learns from past adoptions, which reflect past marketing and eligibility: it can repeat "
+        "their biases (see section 8). Scores are similarities, not probabilities (section 7). New products "
+        "need retraining. Customers unlike the training population get less reliable rankings."
+    )
+    section.p(
+        f"Monitoring (`finrec monitor --model M --data D`): the population stability index of each customer "
+        f"feature, of the score distribution and of the recommended-product mix against the training population; "
+        f"status ok below {WARN_PSI}, warn below {ALERT_PSI}, alert from {ALERT_PSI}. An alert calls for review "
+        "and, if confirmed, retraining."
+    )
+    if drift is None:
+        return section.p("This model has no monitoring reference (trained before monitoring): retrain to record one.")
+    s = drift["summary"]
+    section.p(f"This data against the training population: {s['ok']} ok, {s['warn']} warn, {s['alert']} alert.")
+    return section.table(
+        [
+            {"output": name, "PSI": _number(drift[name]["psi"]), "status": drift[name]["status"]}
+            for name in ("scores", "recommendations")
+        ]
+    )
+
+
+def versions_section(ctx: Context) -> Section:
+    section = Section("12. Versions")
+    rows = [
+        {"component": "python", "version": sys.version.split()[0]},
+        {"component": "platform", "version": platform.platform()},
+    ]
+    for name in LIBRARIES:
+        try:
+            rows.append({"component": name, "version": metadata.version(name)})
+        except metadata.PackageNotFoundError:
+            continue
+    rows += [
+        {"component": "keras backend (training)", "version": str(ctx.manifest.get("backend"))},
+        {"component": "keras (training)", "version": str(ctx.manifest.get("keras_version"))},
+        {"component": "model created", "version": str(ctx.manifest.get("created"))},
+    ]
+    return section.table(rows)
+
+
+# ------------------------------------------------------------------------------------ building and rendering
+
+
+def build_report(
+    model_dir, data_dir, k: int = 5, seed: int = 0, seed_models=(), shap_customers: int = 20, lightgbm: bool = True
+) -> dict[str, Any]:
+    """The report as ``{"title", "subtitle", "sections": [Section]}`` (render with ``render_html``
+    or ``render_markdown``)."""
+    from finrec.artifacts import load_model_dir, read_monitoring
+    from finrec.data.io import load_dataset
+    from finrec.errors import DataError
+    from finrec.governance.monitor import monitor
+    from finrec.recommend.recommender import Recommender
+
+    loaded = load_model_dir(model_dir)
+    dataset = load_dataset(data_dir, require_interactions=False)
+    if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
+        raise DataError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
+    recommender = Recommender(loaded.trained, dataset)
+    ctx = Context(Path(model_dir), Path(data_dir), loaded.manifest, loaded.trained, dataset, recommender, k, seed)
+    _prepare_outcomes(ctx)
+    reference = read_monitoring(model_dir)
+    drift = monitor(reference, recommender, dataset.customers, dataset.holdings, seed=seed) if reference else None
+    sections = [
+        intended_use(ctx),
+        data_section(ctx, drift),
+        method_section(ctx),
+        performance_section(ctx, lightgbm),
+        segment_section(ctx),
+        stability_section(ctx, [Path(p) for p in seed_models]),
+        calibration_section(ctx),
+        fairness_section(ctx),
+        explanation_section(ctx, shap_customers),
+        suitability_section(ctx),
+        limitations_section(ctx, drift),
+        versions_section(ctx),
+    ]
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return {
+        "title": f"Validation report: {Path(model_dir).name}",
+        "subtitle": f"model {model_dir} · data {data_dir} · generated {now} by finrec report",
+        "sections": sections,
+    }
+
+
+_CSS = """body{font-family:Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
+h1{color:#1f5f8b}h2{border-bottom:2px solid #1f5f8b;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#eef3f7}img{margin:.4em .4em .4em 0;vertical-align:top}.sub{color:#666}"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(report['title'])}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{escape(report['title'])}</h1>"
+        f"<p class='sub'>{escape(report['subtitle'])}</p><nav><ol>"
+    ]
+    parts += [
+        f"<li><a href='#s{i}'>{escape(s.title.split('. ', 1)[-1])}</a></li>" for i, s in enumerate(report["sections"])
+    ]
+    parts.append("</ol></nav>")
+    for i, section in enumerate(report["sections"]):
+        parts.append(f"<section id='s{i}'><h2>{escape(section.title)}</h2>")
+        for block in section.blocks:
+            if block[0] == "p":
+                parts.append(f"<p>{escape(block[1])}</p>")
+            elif block[0] == "table":
+                _, columns, rows = block
+                parts.append(
+                    "<table><thead><tr>"
+                    + "".join(f"<th>{escape(str(c))}</th>" for c in columns)
+                    + "</tr></thead><tbody>"
+                )
+                parts += [
+                    "<tr>" + "".join(f"<td>{escape(str(row.get(c, '')))}</td>" for c in columns) + "</tr>"
+                    for row in rows
+                ]
+                parts.append("</tbody></table>")
+            else:
+                parts.append(f"<img src='{svg.data_uri(block[1])}' alt='{escape(block[2])}'>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# {report['title']}", "", f"_{report['subtitle']}_", ""]
+    for section in report["sections"]:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if block[0] == "p":
+                lines += [block[1], ""]
+            elif block[0] == "table":
+                _, columns, rows = block
+                lines.append("| " + " | ".join(_md_cell(c) or " " for c in columns) + " |")
+                lines.append("|" + "---|" * len(columns))
+                lines += ["| " + " | ".join(_md_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+                lines.append("")
+            else:
+                lines += [f"![{block[2]}]({svg.data_uri(block[1])})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""PSI against hand-computed values, the binning, and drift flagged on exactly the shifted features."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.cli import EXIT_DRIFT, main
+from finrec.data import schema as S
+from finrec.data.io import write_dataset
+from finrec.data.synthetic import GeneratorSettings, generate
+from finrec.governance import monitor as M
+
+
+def naive_psi(expected, actual, floor=M.PSI_FLOOR):
+    e_total, a_total = sum(expected), sum(actual)
+    total = 0.0
+    for e, a in zip(expected, actual):
+        e, a = max(e / e_total, floor), max(a / a_total, floor)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+def test_psi_matches_hand_computed_values():
+    # (0.25 - 0.5) ln(0.25/0.5) + (0.75 - 0.5) ln(0.75/0.5) = 0.1732868 + 0.1013663
+    assert M.psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.2746531, abs=1e-7)
+    # counts are normalised: the same distributions
+    assert M.psi([10, 10], [5, 15]) == pytest.approx(0.2746531, abs=1e-7)
+    # an empty reference bin is floored at 1e-4 (no renormalisation):
+    # (0.5 - 1) ln(0.5/1) + (0.5 - 0.0001) ln(0.5/0.0001) = 0.3465736 + 4.2577451
+    assert M.psi([1.0, 0.0], [0.5, 0.5]) == pytest.approx(4.2577451 + 0.3465736, abs=1e-6)
+    assert M.psi([0.2, 0.3, 0.5], [0.2, 0.3, 0.5]) == 0.0
+
+
+def test_psi_equals_a_naive_loop_and_is_symmetric():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        e, a = rng.random(8), rng.random(8)
+        e[rng.integers(8)] = 0.0
+        assert M.psi(e, a) == pytest.approx(naive_psi(e, a), rel=1e-12)
+        assert M.psi(e, a) == pytest.approx(M.psi(a, e), rel=1e-12)
+    with pytest.raises(ValueError):
+        M.psi([0.5, 0.5], [1.0])
+
+
+def test_status_thresholds():
+    assert [M.status_of(v) for v in (0.0, 0.0999, 0.10, 0.2499, 0.25, 3.0, float("nan"))] == [
+        "ok",
+        "ok",
+        "warn",
+        "warn",
+        "alert",
+        "alert",
+        "alert",
+    ]
+
+
+def test_quantile_bins_with_a_missing_bin():
+    values = np.arange(1, 11, dtype=float)
+    edges = M.quantile_edges(values, n_bins=5)
+    assert edges == [2.0, 4.0, 6.0, 8.0]  # observed values at the 20/40/60/80% positions
+    counts = M.numeric_counts(np.append(values, [np.nan, np.nan]), edges)
+    assert counts.tolist() == [2, 2, 2, 2, 2, 2]  # five bins, then the missing one
+    # few distinct values: tied quantiles merge into fewer bins; a value on an edge goes left
+    assert M.quantile_edges(np.array([1, 1, 1, 2, 2, 3] * 10), n_bins=10) == [1.0, 2.0, 3.0]
+    assert M.numeric_counts(np.array([1.0, 2.0, 2.5, 9.0]), [1.0, 2.0]).tolist() == [1, 1, 2, 0]
+
+
+def test_categories_unseen_and_missing():
+    counts, unseen = M.categorical_counts(pd.Series(["a", "b", "b", "z", None]), ["a", "b"])
+    assert counts.tolist() == [1, 2, 1, 1] and list(unseen) == ["z"]
+    reference = M.categorical_reference(pd.Series(["a", "b", "b", "a"]))
+    result = M.compare(reference, pd.Series(["a", "b", "c", "c"]))
+    assert result["unseen_share"] == 0.5 and result["unseen_examples"] == ["c"]
+    # shares: reference (0.5, 0.5, 0, 0), now (0.25, 0.25, 0.5, 0)
+    assert result["psi"] == pytest.approx(naive_psi([0.5, 0.5, 0, 0], [0.25, 0.25, 0.5, 0]), abs=1e-6)
+    assert result["status"] == "alert"
+
+
+def test_many_categories_fold_into_other():
+    values = pd.Series([f"id{i}" for i in range(50)])
+    reference = M.categorical_reference(values, max_categories=10)
+    assert len(reference["categories"]) == 11 and reference["categories"][-1] == M.OTHER
+    assert M.compare(reference, values)["psi"] == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+SHIFTED = {"income", "region", "credit_utilization"}
+
+
+@pytest.fixture(scope="module")
+def population():
+    """A fresh draw of the same bank (a new seed): the same population, other customers."""
+    return generate(GeneratorSettings(n_customers=4000, seed=99))
+
+
+def shifted(tables):
+    customers = tables["customers"].copy()
+    customers["income"] = customers["income"] * 1.6  # rescaled (say, another currency)
+    top = customers["region"].value_counts().index[0]
+    customers["region"] = customers["region"].replace({top: top.upper() + "_RENAMED"})  # a renamed category
+    blank = np.random.default_rng(1).random(len(customers)) < 0.4
+    customers["credit_utilization"] = customers["credit_utilization"].mask(blank)  # values blanked
+    return {**tables, "customers": customers}
+
+
+def test_monitor_flags_exactly_the_shifted_features(monitored_model_dir, tmp_path, population):
+    data = write_dataset(shifted(population), S.SYNTHETIC.schema(), tmp_path / "shifted")
+    report = M.monitor_model(monitored_model_dir, data)
+    statuses = {name: entry["status"] for name, entry in report["features"].items()}
+    assert {name for name, status in statuses.items() if status == "alert"} == SHIFTED, report["features"]
+    assert {name for name, status in statuses.items() if status != "alert"} == set(statuses) - SHIFTED
+    assert all(statuses[name] == "ok" for name in set(statuses) - SHIFTED), report["features"]
+    region = report["features"]["region"]
+    assert region["unseen_share"] > 0.1 and region["unseen_examples"][0].endswith("_RENAMED")
+    assert report["features"]["credit_utilization"]["missing_share"] == pytest.approx(0.4, abs=0.03)
+    assert report["summary"]["status"] == "alert"
+
+
+def test_the_same_population_is_stable(monitored_model_dir, tmp_path, population):
+    data = write_dataset(population, S.SYNTHETIC.schema(), tmp_path / "fresh")
+    report = M.monitor_model(monitored_model_dir, data)
+    worst = max(entry["psi"] for entry in report["features"].values())
+    assert all(entry["status"] == "ok" for entry in report["features"].values()), report["features"]
+    assert worst < 0.05  # sampling noise, well under the 0.10 threshold
+    assert report["scores"]["status"] == "ok", report["scores"]
+    assert report["recommendations"]["status"] == "ok", report["recommendations"]
+    assert set(report["scores"]) >= {"psi", "status"} and set(report["recommendations"]) >= {"psi", "status"}
+
+
+def test_monitor_command(monitored_model_dir, model_dir, tmp_path, population, capsys):
+    data = write_dataset(shifted(population), S.SYNTHETIC.schema(), tmp_path / "shifted")
+    out = tmp_path / "drift.json"
+    assert main(["monitor", "--model", str(monitored_model_dir), "--data", str(data), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["features"]["income"]["status"] == "alert"
+    assert "income" in capsys.readouterr().out
+    assert (
+        main(["monitor", "--model", str(monitored_model_dir), "--data", str(data), "--fail-on", "alert"]) == EXIT_DRIFT
+    )
+    # a model saved without a reference: one clear line, exit 2
+    assert main(["monitor", "--model", str(model_dir), "--data", str(data)]) == 2
+    assert "predates monitoring" in capsys.readouterr().err
+
+
+def test_sampling_noise_matches_simulated_psi():
+    """Two samples of one population: the mean PSI is close to (B - 1)(1/n_ref + 1/n_cur)."""
+    rng = np.random.default_rng(5)
+    values = []
+    for _ in range(300):
+        reference = M.numeric_reference(rng.lognormal(10, 1, 2000))
+        values.append(M.compare(reference, rng.lognormal(10, 1, 500))["psi"])
+    assert M.sampling_noise(10, 2000, 500) == pytest.approx(9 * (1 / 2000 + 1 / 500))
+    assert np.mean(values) == pytest.approx(M.sampling_noise(10, 2000, 500), rel=0.15)
+
+
+def test_the_reference_is_checked_like_every_model_file(monitored_model_dir, tmp_path):
+    import shutil
+
+    from finrec.artifacts import MONITORING_FILE, load_model_dir, read_monitoring
+    from finrec.errors import ArtifactError
+
+    assert read_monitoring(monitored_model_dir)["version"] == M.REFERENCE_VERSION
+    load_model_dir(monitored_model_dir)  # an optional file the manifest lists is accepted
+    altered = shutil.copytree(monitored_model_dir, tmp_path / "altered")
+    (altered / MONITORING_FILE).write_text('{"version": 1}')
+    with pytest.raises(ArtifactError, match="monitoring.json is damaged or was altered"):
+        read_monitoring(altered)

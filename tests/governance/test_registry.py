@@ -1,0 +1,119 @@
+"""The model registry: versions, promotion, rollback, the pointer a server follows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finrec.cli import main
+from finrec.errors import FinrecError
+from finrec.governance.registry import POINTER, PointerWatcher, Registry, RegistryError, best_epoch_metrics
+
+
+def test_add_promote_rollback(model_dir, tmp_path):
+    registry = Registry(tmp_path / "reg")
+    assert registry.versions() == [] and registry.promoted is None
+    v1 = registry.add(model_dir)
+    v2 = registry.add(model_dir, metrics={"ndcg@5": 0.5}, note="challenger")
+    assert (v1, v2) == ("v0001", "v0002")
+    assert (registry.model_path(v2) / "model.keras").is_file()
+    assert registry.info(v2)["metrics"] == {"ndcg@5": 0.5} and registry.info(v2)["note"] == "challenger"
+    assert "val_ndcg@5" in registry.info(v1)["metrics"]  # from the training history by default
+
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback()
+    registry.promote(v1)
+    registry.promote(v2)
+    assert registry.promoted == v2 and [v["promoted"] for v in registry.versions()] == [False, True]
+    state = registry.rollback()
+    assert state["promoted"] == v1 and state["stack"] == [v1]
+    assert [(e["action"], e["version"], e["previous"]) for e in state["events"]] == [
+        ("promote", v1, None),
+        ("promote", v2, v1),
+        ("rollback", v1, v2),
+    ]
+    # the pointer on disk is the same, whole JSON
+    assert json.loads((tmp_path / "reg" / POINTER).read_text())["promoted"] == v1
+    with pytest.raises(RegistryError, match="no version 'v0009'; versions: v0001, v0002"):
+        registry.promote("v0009")
+
+
+def test_a_damaged_version_is_never_promoted(model_dir, tmp_path):
+    registry = Registry(tmp_path / "reg")
+    version = registry.add(model_dir)
+    (registry.model_path(version) / "pipeline.json").write_text("{}")
+    with pytest.raises(FinrecError, match="pipeline.json is damaged"):
+        registry.promote(version)
+    assert registry.promoted is None
+
+
+def test_watcher_swaps_on_promotion_and_keeps_serving_after_a_failed_load(model_dir, tmp_path):
+    registry = Registry(tmp_path / "reg")
+    v1, v2, v3 = (registry.add(model_dir) for _ in range(3))
+    registry.promote(v1)
+    loads, serving = [], {}
+
+    def load(version, path):
+        loads.append(version)
+        if version == v3:
+            raise FinrecError("broken")
+        return f"model {path.parent.name}"
+
+    def install(version, loaded):
+        serving["now"] = (version, loaded)
+
+    watcher = PointerWatcher(registry.root, v1, load, install, standby=False)
+    assert watcher.check() is False and loads == []  # nothing changed
+    registry.promote(v2)
+    assert watcher.check() is True and watcher.current == v2 and serving["now"] == (v2, f"model {v2}")
+    registry.promote(v3)
+    assert watcher.check() is False and watcher.current == v2  # still serving v2
+    assert watcher.check() is False and loads == [v2, v3]  # and v3 is not retried every second
+    registry.rollback()
+    assert watcher.check() is False and watcher.current == v2 and serving["now"][0] == v2
+
+
+def test_watcher_keeps_the_rollback_target_and_the_newest_version_warm(model_dir, tmp_path):
+    registry = Registry(tmp_path / "reg")
+    v1, v2 = registry.add(model_dir), registry.add(model_dir)
+    registry.promote(v1)
+    loads, serving = [], {}
+
+    def load(version, path):
+        loads.append(version)
+        return version
+
+    watcher = PointerWatcher(registry.root, v1, load, lambda version, loaded: serving.update(now=loaded))
+    watcher.check()
+    assert set(watcher.ready) == {v2} and loads == [v2]  # the newest, ready before its promotion
+    registry.promote(v2)
+    assert watcher.check() is True and serving["now"] == v2 and loads == [v2, v1]  # a swap; v1 is the standby
+    assert set(watcher.ready) == {v1}
+    registry.rollback()
+    assert watcher.check() is True and serving["now"] == v1 and loads == [v2, v1, v2]
+    watcher.check()
+    assert loads == [v2, v1, v2]  # nothing loaded while nothing changes
+
+
+def test_best_epoch_metrics():
+    history = {"loss": [3, 2, 1], "val_ndcg@5": [0.1, 0.3, 0.2], "val_mrr": [0.2, 0.4, 0.3]}
+    assert best_epoch_metrics(history) == {"val_ndcg@5": 0.3, "val_mrr": 0.4}
+    assert best_epoch_metrics({"loss": [1.0]}) == {}
+
+
+def test_models_command(model_dir, tmp_path, capsys):
+    root = str(tmp_path / "reg")
+    metrics = tmp_path / "eval.json"
+    metrics.write_text(json.dumps({"k": 5, "results": {"model": {"ndcg@5": 0.42}, "random": {"ndcg@5": 0.1}}}))
+    assert main(["models", "add", "--root", root, "--model", str(model_dir), "--promote"]) == 0
+    assert main(["models", "add", "--root", root, "--model", str(model_dir), "--metrics", str(metrics)]) == 0
+    assert main(["models", "promote", "v0002", "--root", root]) == 0
+    capsys.readouterr()
+    assert main(["models", "list", "--root", root]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("* v0002") and "0.4200" in lines[-1] and lines[-2].startswith("  v0001")
+    assert main(["models", "rollback", "--root", root]) == 0
+    assert "rolled back to v0001 (from v0002)" in capsys.readouterr().out
+    assert main(["models", "rollback", "--root", root]) == 2
+    assert main(["models", "add", "--root", root, "--model", str(tmp_path / "none")]) == 2

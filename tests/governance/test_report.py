@@ -1,0 +1,134 @@
+"""The validation report: built from the model and the data, with and without outcomes, and
+rendered in a real browser (Debian's Chromium through Playwright; never `playwright install`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finrec.cli import main
+from finrec.data import schema as S
+from finrec.data.io import write_dataset
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+SECTIONS = [
+    "Intended use",
+    "Data",
+    "Method",
+    "Performance on the customers",
+    "Performance by segment",
+    "Stability across seeds",
+    "Calibration",
+    "Fairness",
+    "Global explanations",
+    "Suitability audit",
+    "Limitations and monitoring",
+    "Versions",
+]
+
+
+@pytest.fixture(scope="module")
+def reports(monitored_model_dir, small_tables, tmp_path_factory):
+    """One report on data with outcomes and ground truth, one on a user's profiles only."""
+    folder = tmp_path_factory.mktemp("reports")
+    profiles = write_dataset(
+        {name: small_tables[name] for name in (S.CUSTOMERS, S.PRODUCTS, S.HOLDINGS)},
+        S.SYNTHETIC.schema(),
+        folder / "profiles",
+    )
+    with_truth = write_dataset(small_tables, S.SYNTHETIC.schema(), folder / "bank")
+    out = {}
+    for name, data, suffix in (("bank", with_truth, ".html"), ("profiles", profiles, ".html"), ("md", profiles, ".md")):
+        path = folder / f"report-{name}{suffix}"
+        assert (
+            main(
+                [
+                    "report",
+                    "--model",
+                    str(monitored_model_dir),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(path),
+                    "--shap-customers",
+                    "4",
+                    "--no-lightgbm",
+                ]
+            )
+            == 0
+        )
+        out[name] = path
+    return out
+
+
+def test_report_sections_are_filled(reports):
+    html = reports["bank"].read_text()
+    for title in SECTIONS:
+        assert title in html
+    assert "oracle" in html and "popularity" in html and "random" in html  # the baselines
+    assert "95% bootstrap interval" in html and "age band" in html and "cold" in html
+    assert "Zero unsuitable products were recommended." in html
+    assert "mean true probability" in html  # calibration against the ground truth
+    assert html.count("<img src='data:image/svg+xml;base64,") >= 5
+    profiles = reports["profiles"].read_text()
+    assert "no interactions (outcomes)" in profiles and "Zero unsuitable products were recommended." in profiles
+    markdown = reports["md"].read_text()
+    assert markdown.startswith("# Validation report") and "## 12. Versions" in markdown and "| --- |" not in markdown
+
+
+def test_report_refuses_to_overwrite_an_input(monitored_model_dir, small_data_dir, capsys):
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                str(monitored_model_dir),
+                "--data",
+                str(small_data_dir),
+                "--out",
+                str(Path(monitored_model_dir) / "r.html"),
+            ]
+        )
+        == 2
+    )
+    assert "inside the input" in capsys.readouterr().err
+    assert main(["report", "--model", str(monitored_model_dir), "--data", str(small_data_dir), "--out", "r.pdf"]) == 2
+
+
+@pytest.mark.browser
+def test_report_opens_in_chromium(reports):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (run `make chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            for name in ("bank", "profiles"):
+                page = browser.new_page(viewport={"width": 1200, "height": 1600})
+                page.goto(reports[name].as_uri(), wait_until="load")
+                headings = page.locator("h2").all_inner_texts()
+                titles = [h.split(". ", 1)[1] for h in headings]
+                assert len(titles) == len(SECTIONS) and all(t.startswith(e) for t, e in zip(titles, SECTIONS)), titles
+                # every section has content, every image decoded
+                assert page.evaluate("[...document.querySelectorAll('section')].every(s => s.children.length > 1)")
+                images = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+                assert images and all(images)
+                page.screenshot(path=str(ARTIFACTS / f"report-{name}.png"), full_page=True)
+                page.close()
+        finally:
+            browser.close()
