@@ -145,3 +145,10 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     trained = TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history,
                            product_embeddings_=embeddings)
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
+
+
+def model_version(manifest: dict[str, Any]) -> str:
+    """A short id of one trained model: its creation time and a digest of its files' checksums
+    (two models with the same files have the same id; any retraining changes it)."""
+    files = json.dumps(manifest.get("files", {}), sort_keys=True).encode()
+    return f"{manifest.get('created', 'unknown')}/{hashlib.sha256(files).hexdigest()[:12]}"

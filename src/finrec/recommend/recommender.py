@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.io import Dataset, load_dataset
@@ -55,6 +56,10 @@ class RecommendationResult:
     eligible: int
     filters: F.Filters
     message: str | None = None
+    # Every product a rule removed, as (product_id, rule) in catalogue order: what a record of
+    # the recommendation keeps (the rule names, never the customer's values).
+    exclusions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    objected: bool = False  # the customer objected to profiling for marketing: nothing was ranked
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +103,7 @@ class Recommender:
         self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)
         self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_)
         self.dataset = dataset
+        self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
         if dataset is not None:
@@ -109,7 +115,7 @@ class Recommender:
     def load(cls, model_dir: str | Path, data_dir: str | Path | None = None) -> "Recommender":
         """Load a model directory; known customers come from ``data_dir`` or, when omitted, from
         the training data recorded in the model's manifest (if it is still there)."""
-        from finrec.artifacts import load_model_dir
+        from finrec.artifacts import load_model_dir, model_version
 
         loaded = load_model_dir(model_dir)
         data_dir = data_dir or loaded.manifest.get("data_path")
@@ -118,7 +124,9 @@ class Recommender:
             dataset = load_dataset(data_dir, require_interactions=False)
             if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
                 raise FinrecError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
-        return cls(loaded.trained, dataset)
+        recommender = cls(loaded.trained, dataset)
+        recommender.model_version = model_version(loaded.manifest)
+        return recommender
 
     @property
     def known_customers(self) -> pd.DataFrame:
@@ -196,6 +204,8 @@ class Recommender:
                 if isinstance(value, (dict, list, tuple)):
                     raise DataError(f"features.{column} must be a single value, got {type(value).__name__}")
                 record[column] = str(value)
+        for column, value in C.check_record(features, self.schema.customers).items():
+            record.setdefault(column, value)
         cid = self.schema.customers.id
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
@@ -225,7 +235,21 @@ class Recommender:
         filters = F.Filters.build(filters)
         masks = self.masks(context, filters)
         excluded = F.combine(masks, context.held.shape)
-        index, best = self.index.recommend(self.embed(context, workers), excluded, k, workers=workers)
+        objected = context.attributes.get("objected")
+        if objected is None or not objected.any():
+            index, best = self.index.recommend(self.embed(context, workers), excluded, k, workers=workers)
+            return Ranking(index, best, masks, excluded)
+        # Customers who objected to profiling are not even embedded: their rows stay empty.
+        keep = np.flatnonzero(~objected)
+        width = min(k, excluded.shape[1])
+        index = np.full((len(objected), width), -1, dtype=np.int64)
+        best = np.full((len(objected), width), -np.inf, dtype=np.float32)
+        if len(keep):
+            sub = CustomerContext(ids=context.ids[keep], inputs={n: v[keep] for n, v in context.inputs.items()},
+                                  attributes={}, held=context.held[keep])
+            sub_index, sub_best = self.index.recommend(self.embed(sub, workers), excluded[keep], k, workers=workers)
+            index[keep, : sub_index.shape[1]] = sub_index
+            best[keep, : sub_best.shape[1]] = sub_best
         return Ranking(index, best, masks, excluded)
 
     def recommend(self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None) -> RecommendationResult:
@@ -237,6 +261,10 @@ class Recommender:
             raise FinrecError(f"k must be a positive integer, got {k!r}")
         filters = F.Filters.build(filters)
         context = self._single(customer)
+        customer_id = None if isinstance(customer, dict) else str(customer)
+        if context.attributes["objected"][0]:
+            # GDPR Art. 21(3): no profiling for marketing at all, so no ranking and no exclusions to record.
+            return RecommendationResult(customer_id, int(k), [], 0, filters, F.CONSENT_MESSAGE, objected=True)
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
         items = []
@@ -254,8 +282,18 @@ class Recommender:
         message = None
         if len(items) < k:
             message = f"only {eligible} product(s) are eligible under these filters; returning {len(items)} instead of {k}"
-        customer_id = None if isinstance(customer, dict) else str(customer)
-        return RecommendationResult(customer_id, int(k), items, eligible, filters, message)
+        return RecommendationResult(customer_id, int(k), items, eligible, filters, message,
+                                    exclusions=self._exclusions(masks))
+
+    def _exclusions(self, masks: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+        """(product_id, first rule in ``F.RULES`` order) for every product excluded in row 0."""
+        rules = [rule for rule in F.RULES if rule in masks]
+        if not rules:
+            return []
+        stacked = np.stack([masks[rule][0] for rule in rules])  # [R, P]
+        first = stacked.argmax(axis=0)
+        ids = self.pipeline.product_ids_
+        return [(str(ids[j]), rules[first[j]]) for j in np.flatnonzero(stacked.any(axis=0))]
 
     def audit(self, customer: str | dict, filters: F.Filters | dict | str | None = None) -> pd.DataFrame:
         """Every product with its score and, when excluded, the rule that removed it and why."""
@@ -270,7 +308,7 @@ class Recommender:
                 S.PRODUCT_ID: pid,
                 "score": float(scores[j]),
                 "excluded_by": rule,
-                "detail": F.describe_exclusion(rule, context.attributes, self.catalogue, 0, j) if rule else "eligible",
+                "detail": F.describe_exclusion(rule, context.attributes, self.catalogue, 0, j, filters) if rule else "eligible",
             })
         return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
