@@ -184,9 +184,12 @@ def cmd_score(args) -> int:
                                             batch_rows=min(chunk_rows, 65_536))
         print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
         return 0
+    stats: dict = {}
     customers, rows = score_dataset(Recommender(loaded.trained), args.data, args.out, k=args.k, filters=filters,
-                                    chunk_rows=chunk_rows)
-    print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
+                                    chunk_rows=chunk_rows, stats=stats)
+    print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
+    if stats["objected"]:
+        print(f"{stats['objected']} customer(s) objected to profiling for marketing: not scored, absent from the output")
     return 0
 
 

@@ -134,9 +134,12 @@ class TopKWriter:
 
 
 def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None) -> tuple[int, int]:
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None,
+                  stats: dict | None = None) -> tuple[int, int]:
     """Write the top ``k`` eligible products of every customer in ``data_dir``'s customers table
-    to ``out``. Returns (customers scored, rows written).
+    to ``out``. Returns (customers read, rows written); ``stats``, when given, receives
+    ``objected``: the customers who objected to profiling for marketing, who are neither ranked
+    nor in the output (``Recommender.rank`` leaves their rows empty).
 
     This thread reads and validates chunks and writes finished ones in file order; ``workers``
     threads (default: the CPUs this process may use) each featurize, rank (tower, cosine,
@@ -166,10 +169,20 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
           ThreadPoolExecutor(max_workers=1) as side, single_threaded_blas()):
         lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
 
-        def score(start: int, chunk: pd.DataFrame) -> pa.Table:
+        objected = 0
+
+        def score(start: int, chunk: pd.DataFrame) -> tuple[pa.Table, int]:
             held = lookup.result().slice(start, start + len(chunk))
-            ranking = recommender.rank(recommender.context(chunk, held=held), k, filters, workers=1)
-            return topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores)
+            context = recommender.context(chunk, held=held)
+            ranking = recommender.rank(context, k, filters, workers=1)
+            table_ = topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores)
+            return table_, int(context.attributes["objected"].sum())
+
+        def write(done) -> None:
+            nonlocal objected
+            table_, count = done.result()
+            writer.write(table_)
+            objected += count
 
         in_flight: collections.deque = collections.deque()
         n_customers = 0
@@ -177,7 +190,9 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
             in_flight.append(pool.submit(score, n_customers, chunk))
             n_customers += len(chunk)
             while len(in_flight) > workers or (in_flight and in_flight[0].done()):
-                writer.write(in_flight.popleft().result())
+                write(in_flight.popleft())
         while in_flight:
-            writer.write(in_flight.popleft().result())
+            write(in_flight.popleft())
+    if stats is not None:
+        stats["objected"] = objected
     return n_customers, writer.rows

@@ -375,7 +375,7 @@ def _affordability_text(attributes: dict[str, np.ndarray], catalogue: Catalogue,
     ratio = _ratio(attributes, catalogue, row, column)
     if np.isnan(ratio):
         return "affordable" if passed else "credit score below the cut-off"
-    return f"debt service to income after this credit {ratio:.0%}"
+    return f"debt service to income after this credit {ratio:.0%}" + (" within the limit" if passed else "")
 
 
 def _describe_affordability(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
