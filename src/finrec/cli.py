@@ -6,7 +6,8 @@
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
     finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
-    finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000]
+    finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000] [--records FILE]
+    finrec records verify FILE [--head HASH]
 
 Errors in the input print one clear line and exit with status 2; nothing is half-written.
 """
@@ -214,7 +215,20 @@ def cmd_recommend(args) -> int:
 def cmd_serve(args) -> int:
     from finrec.serve import run
 
-    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers)
+    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers, records=args.records)
+    return 0
+
+
+def cmd_records_verify(args) -> int:
+    from finrec.governance.records import verify
+
+    result = verify(args.file, head=args.head)
+    if not result.ok:
+        where = f"line {result.bad_line}" if result.bad_line else "the end"
+        print(f"finrec records verify: {args.file}: {where}: {result.problem} "
+              f"({result.lines} line(s) before it are intact)", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    print(f"{args.file}: {result.lines} record(s), chain intact; head {result.head}")
     return 0
 
 
@@ -302,7 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes (each loads the model)")
+    p.add_argument("--records", type=Path, help="append every recommendation served to this hash-chained record log")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("records", help="the record log of recommendations served")
+    records = p.add_subparsers(dest="records_command", required=True, metavar="ACTION")
+    q = records.add_parser("verify", help="check a record log's hash chain; exit 2 naming the first bad line")
+    q.add_argument("file", type=Path)
+    q.add_argument("--head", help="a head hash kept elsewhere: the log must still contain that line")
+    q.set_defaults(func=cmd_records_verify)
     return parser
 
 

@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.data.validate import check_limits
@@ -66,11 +67,24 @@ class CustomerExplainer:
         self.categorical = list(self.pipeline.customer_vocab_)
         self.feature_names = [*self.numeric, *self.categorical]
         self.vocab = {col: list(v) for col, v in self.pipeline.customer_vocab_.items()}
-        self.background = recommender.known_customers if background is None else background
+        background = recommender.known_customers if background is None else background
+        # Customers who objected to profiling for marketing are no one's reference either.
+        self.background = background[~self.objected(background)] if len(background) else background
         self.max_background = int(max_background)
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._background: np.ndarray | None = None
         self._id = self.pipeline.schema.customers.id
+
+    # ------------------------------------------------------------------------ consent
+    def objected(self, customers: pd.DataFrame) -> np.ndarray:
+        """bool [n]: the customers who objected to profiling for marketing (schema ``consent``)."""
+        return C.customer_profile(customers, self.pipeline.full_schema.customers)["objected"]
+
+    def refuse_objected(self, customers: pd.DataFrame) -> None:
+        """Raise ``FinrecError`` when any of ``customers`` objected: no explanation (SHAP profiles)."""
+        if self.objected(customers).any():
+            raise FinrecError("the customer objected to profiling for direct marketing (GDPR Art. 21(2)); "
+                              "no recommendation and no explanation are produced")
 
     # ------------------------------------------------------------------------ encoding
     def encode(self, customers: pd.DataFrame) -> np.ndarray:
@@ -169,6 +183,7 @@ class CustomerExplainer:
         """(encoded row [1, F], held product ids) of a customer of the recommender's data."""
         profile = self.recommender.customer_profile(customer_id)
         frame = pd.DataFrame([profile["attributes"]])
+        self.refuse_objected(frame)
         return self.encode(frame), list(profile["holdings"])
 
 

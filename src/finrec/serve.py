@@ -73,6 +73,9 @@ class FiltersIn(BaseModel):
     eligibility: bool = Field(True, description="apply the products' income / credit score / age terms")
     preset: Literal["balanced", "conservative", "risk_tolerant"] | None = Field(
         None, description="conservative: risk level at most 3; balanced (default) and risk_tolerant: the customer's tolerance")
+    max_debt_service_ratio: float | None = Field(
+        None, gt=0, le=5, description="credit affordability: the most of a year's income debt service may take after the new credit (0.4 = 40%)")
+    credit_score_cutoff: float | None = Field(None, description="credit products need at least this credit score")
 
 
 class RecommendationRequest(BaseModel):
@@ -131,6 +134,10 @@ class FiltersOut(BaseModel):
     exclude_categories: list[str]
     eligibility: bool
     preset: str | None
+    target_market: bool
+    affordability: bool
+    max_debt_service_ratio: float
+    credit_score_cutoff: float | None
 
 
 class RecommendationResponse(BaseModel):
@@ -140,6 +147,8 @@ class RecommendationResponse(BaseModel):
     message: str | None = Field(description="set when fewer than k products are eligible")
     filters: FiltersOut = Field(description="the filters as applied")
     recommendations: list[RecommendationItem]
+    objected: bool = Field(False, description="the customer objected to profiling for marketing: no recommendation, "
+                                              "and message says so")
 
 
 class Product(BaseModel):
@@ -275,8 +284,14 @@ async def _send_json(send, status: int, body: dict) -> None:
 # ------------------------------------------------------------------------------------ app
 
 
-def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_body_bytes: int = 64_000) -> FastAPI:
-    """The ASGI app; the recommender loads in a background thread once the app starts."""
+def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_body_bytes: int = 64_000,
+               records: str | Path | None = None) -> FastAPI:
+    """The ASGI app; the recommender loads in a background thread once the app starts. With
+    ``records`` (a file), every recommendation served is appended to that hash-chained record
+    log (``finrec.governance.records``) before the response is sent."""
+    from finrec.governance.records import RecordLog, record_of
+
+    record_log = RecordLog(records) if records else None
 
     def load(app: FastAPI) -> None:
         state = app.state
@@ -371,6 +386,9 @@ def create_app(model_dir: str | Path, data_dir: str | Path | None = None, max_bo
         # Sub-millisecond numpy work: a thread hop would cost more than it saves. The body is
         # built here and sent as is; response_model above documents it in the OpenAPI schema.
         result = recommender.recommend(customer, k=body.k, filters=filters)
+        if record_log is not None:
+            # Recorded before it is shown: an fsync'd append, off the event loop.
+            await anyio.to_thread.run_sync(record_log.append, record_of(result, recommender.model_version))
         return JSONResponse(_response(result))
 
     @app.get("/products", response_model=ProductsResponse, tags=["catalogue"], responses={503: errors[503]})
@@ -420,6 +438,7 @@ def _response(result) -> dict[str, Any]:
             {"rank": item.rank, "product_id": item.product_id, "score": item.score, "product": item.product, "reason": item.reason}
             for item in result.items
         ],
+        "objected": result.objected,
     }
 
 
@@ -433,11 +452,12 @@ def _message(error: dict) -> str:
 
 def app_from_env() -> FastAPI:
     """The app for worker processes (``finrec serve --workers N``), configured by environment."""
-    return create_app(os.environ["FINREC_SERVE_MODEL"], os.environ.get("FINREC_SERVE_DATA") or None)
+    return create_app(os.environ["FINREC_SERVE_MODEL"], os.environ.get("FINREC_SERVE_DATA") or None,
+                      records=os.environ.get("FINREC_SERVE_RECORDS") or None)
 
 
 def run(model_dir: str | Path, data_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        workers: int = 1) -> None:
+        workers: int = 1, records: str | Path | None = None) -> None:
     """Serve with uvicorn until interrupted; stops (and raises ``FinrecError``) if the model fails to load.
     ``workers`` > 1 starts that many processes (each loads the model), to use every core."""
     import uvicorn
@@ -448,11 +468,12 @@ def run(model_dir: str | Path, data_dir: str | Path | None = None, host: str = "
         read_manifest(model_dir)  # fail fast, once, on a missing or damaged model
         os.environ["FINREC_SERVE_MODEL"] = str(model_dir)
         os.environ["FINREC_SERVE_DATA"] = str(data_dir or "")
+        os.environ["FINREC_SERVE_RECORDS"] = str(records or "")
         uvicorn.run("finrec.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level="warning", access_log=False, **SERVER_LIMITS)
         return
 
-    app = create_app(model_dir, data_dir)
+    app = create_app(model_dir, data_dir, records=records)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             **SERVER_LIMITS)
     server = uvicorn.Server(config)

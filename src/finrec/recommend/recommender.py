@@ -60,6 +60,7 @@ class RecommendationResult:
     # the recommendation keeps (the rule names, never the customer's values).
     exclusions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     objected: bool = False  # the customer objected to profiling for marketing: nothing was ranked
+    rules: list[str] = dataclasses.field(default_factory=list)  # the rules applied, in ``F.RULES`` order
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,7 +265,8 @@ class Recommender:
         customer_id = None if isinstance(customer, dict) else str(customer)
         if context.attributes["objected"][0]:
             # GDPR Art. 21(3): no profiling for marketing at all, so no ranking and no exclusions to record.
-            return RecommendationResult(customer_id, int(k), [], 0, filters, F.CONSENT_MESSAGE, objected=True)
+            return RecommendationResult(customer_id, int(k), [], 0, filters, F.CONSENT_MESSAGE, objected=True,
+                                        rules=["consent"])
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
         items = []
@@ -283,7 +285,7 @@ class Recommender:
         if len(items) < k:
             message = f"only {eligible} product(s) are eligible under these filters; returning {len(items)} instead of {k}"
         return RecommendationResult(customer_id, int(k), items, eligible, filters, message,
-                                    exclusions=self._exclusions(masks))
+                                    exclusions=self._exclusions(masks), rules=[r for r in F.RULES if r in masks])
 
     def _exclusions(self, masks: dict[str, np.ndarray]) -> list[tuple[str, str]]:
         """(product_id, first rule in ``F.RULES`` order) for every product excluded in row 0."""
