@@ -359,8 +359,8 @@ def check_record(features: dict, table: S.TableSchema) -> dict:
             out[column] = str(value)
     if table.consent and features.get(table.consent) is not None:
         value = features[table.consent]
-        if isinstance(value, (dict, list, tuple)):
+        word = str(value).strip().lower() if isinstance(value, (str, bool, int, float, np.generic)) else None
+        if word not in _OBJECTED and word not in _CONSENTED:
             raise DataError(f"features.{table.consent} must be true/false or 1/0")
-        objected(pd.Series([value], name=table.consent, dtype=object), "features")
         out[table.consent] = value
     return out
