@@ -101,9 +101,27 @@ customer adopts ``m`` products: ``m = 0`` with probability ``p0`` (10%), otherwi
 default 1.6 becomes 1.0). The products are the Gumbel-top-m of ``U/T`` over non-held products
 (Plackett-Luce without replacement); the first pick gets the earliest date.
 
+The rules: a product the default filters exclude for a customer (``forbidden``: suitability of
+investment products, target market, negative target market, affordability at a 40% debt
+service to income, and the income, credit score and age terms) is never adopted; adoptions and
+the ground truth are drawn over the products neither held nor forbidden (holdings, from before,
+are not). The number of adoptions is clipped to the products left.
+
 Ground truth: for every customer and every product not held,
-``probability = softmax over non-held products of U/T``: exactly the distribution of the first
-adoption. It sums to 1 per customer.
+``probability = softmax over non-held, non-forbidden products of U/T`` (0 for forbidden ones):
+exactly the distribution of the first adoption. It sums to 1 per customer (0 for a customer the
+rules leave nothing, which only a tiny catalogue allows).
+
+Compliance columns
+------------------
+Drawn from a fourth random stream (so the columns above are the same as before they existed):
+``marketing_consent`` (0 for 8% of customers: objected to profiling for marketing),
+``knowledge_level`` 1-3 (education, savings, risk tolerance), ``loss_capacity`` 1-4 (savings,
+income, debt), ``investment_objective`` (preservation, income, growth, retirement; by age and
+risk tolerance), ``horizon_years`` (shorter with age); ``monthly_debt_service`` follows from the
+loans and card balance. Funds and pensions carry target-market terms (``tm_*``, a variant keeps
+its base's) and credit products ``monthly_payment`` (the annuity of 15,000 / 250,000 for loans /
+mortgages over their term at their rate; 3% of a card limit of 15% of the minimum income).
 """
 
 from __future__ import annotations
