@@ -69,25 +69,37 @@ def main(argv: list[str] | None = None) -> dict:
     consent = dataset.customers[S.SYNTHETIC.consent].to_numpy() == 1
     customers = dataset.customers[consent]
     ids = customers["customer_id"].tolist()[:2000]
-    features = [{**{k: v for k, v in row.items() if k != "customer_id" and v == v}, "holdings": []}
-                for row in customers.iloc[:500].to_dict("records")]
-    settings = {"all_rules": Filters(credit_score_cutoff=600),
-                "without_new_rules": Filters(target_market=False, affordability=False)}
+    features = [
+        {**{k: v for k, v in row.items() if k != "customer_id" and v == v}, "holdings": []}
+        for row in customers.iloc[:500].to_dict("records")
+    ]
+    settings = {
+        "all_rules": Filters(credit_score_cutoff=600),
+        "without_new_rules": Filters(target_market=False, affordability=False),
+    }
     rows = {}
     for name, filters in settings.items():
         rows[f"by_id_{name}"] = timed(lambda c, f=filters: rec.recommend(c, k=K, filters=f), ids, args.reps)
         rows[f"by_features_{name}"] = timed(lambda c, f=filters: rec.recommend(c, k=K, filters=f), features, args.reps)
     results = [rec.recommend(c, k=K, filters=settings["all_rules"]) for c in ids[:500]]
     with tempfile.TemporaryDirectory() as tmp, RecordLog(Path(tmp) / "records.jsonl") as log:
-        rows["record_append_fsync"] = timed(lambda r: log.append(record_of(r, "bench")), results,
-                                            min(args.reps, 1000), warmup=20)
+        rows["record_append_fsync"] = timed(
+            lambda r: log.append(record_of(r, "bench")), results, min(args.reps, 1000), warmup=20
+        )
 
     print(f"{'request':<40}{'p50 ms':>10}{'p99 ms':>10}")
     for name, row in rows.items():
         print(f"{name:<40}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}")
-    out = {"customers": args.customers, "epochs": args.epochs, "k": K, "cpus": os.cpu_count(),
-           "affinity": len(os.sched_getaffinity(0)), "load_before": load_before, "load_after": os.getloadavg(),
-           "results": rows}
+    out = {
+        "customers": args.customers,
+        "epochs": args.epochs,
+        "k": K,
+        "cpus": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "results": rows,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))
     return out

@@ -15,9 +15,13 @@ N = 100_000
 
 
 def _record(i: int) -> dict:
-    return {"time": "2026-11-29T12:00:00.000000Z", "customer_id": f"C{i:07d}", "model_version": "m/abc",
-            "items": [{"rank": 1, "product_id": "SAV_BASIC", "score": 0.5}],
-            "excluded": [{"product_id": "FUND_CRYPTO", "rule": "negative_target_market"}]}
+    return {
+        "time": "2026-11-29T12:00:00.000000Z",
+        "customer_id": f"C{i:07d}",
+        "model_version": "m/abc",
+        "items": [{"rank": 1, "product_id": "SAV_BASIC", "score": 0.5}],
+        "excluded": [{"product_id": "FUND_CRYPTO", "rule": "negative_target_market"}],
+    }
 
 
 @pytest.fixture(scope="module")

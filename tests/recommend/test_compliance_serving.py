@@ -6,7 +6,6 @@ import json
 import time
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -88,8 +87,9 @@ def test_explanations_refuse_objected_customers(rec, objected_ids):
     assert not set(explainer.background["customer_id"]) & set(objected_ids)
 
 
-def test_api_answers_objections_and_records_every_recommendation(model_dir, small_data_dir, small_dataset,
-                                                                 objected_ids, tmp_path):
+def test_api_answers_objections_and_records_every_recommendation(
+    model_dir, small_data_dir, small_dataset, objected_ids, tmp_path
+):
     from fastapi.testclient import TestClient
 
     from finrec.serve import create_app
@@ -107,8 +107,9 @@ def test_api_answers_objections_and_records_every_recommendation(model_dir, smal
         body = refused.json()
         assert body["recommendations"] == [] and body["objected"] and "objected to profiling" in body["message"]
         for cid in consenting:
-            answer = client.post("/recommendations", json={"customer_id": cid, "k": 5,
-                                                           "filters": {"max_debt_service_ratio": 0.3}})
+            answer = client.post(
+                "/recommendations", json={"customer_id": cid, "k": 5, "filters": {"max_debt_service_ratio": 0.3}}
+            )
             assert answer.status_code == 200 and answer.json()["recommendations"]
             assert answer.json()["filters"]["max_debt_service_ratio"] == 0.3
     result = verify(log)

@@ -30,8 +30,8 @@ Shapes: customer arrays [n], product arrays [P], masks bool [n, P], True = exclu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -72,8 +72,10 @@ def objected(values: pd.Series, where: str) -> np.ndarray:
         bad = ~np.isnan(numbers) & (numbers != 0) & (numbers != 1)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{where}: column '{values.name}' must be true/false or 1/0; "
-                            f"{int(bad.sum())} value(s) are not, e.g. row {row + 1}: {numbers[row]:g}")
+            raise DataError(
+                f"{where}: column '{values.name}' must be true/false or 1/0; "
+                f"{int(bad.sum())} value(s) are not, e.g. row {row + 1}: {numbers[row]:g}"
+            )
         return numbers == 0
     text = values.astype(object).where(values.notna(), None)
     out = np.zeros(len(values), dtype=bool)
@@ -87,8 +89,10 @@ def objected(values: pd.Series, where: str) -> np.ndarray:
         elif word not in _CONSENTED and word:
             bad.append(i)
     if bad:
-        raise DataError(f"{where}: column '{values.name}' must be true/false or 1/0; {len(bad)} value(s) are not, "
-                        f"e.g. row {bad[0] + 1}: {text.iloc[bad[0]]!r}")
+        raise DataError(
+            f"{where}: column '{values.name}' must be true/false or 1/0; {len(bad)} value(s) are not, "
+            f"e.g. row {bad[0] + 1}: {text.iloc[bad[0]]!r}"
+        )
     return out
 
 
@@ -115,7 +119,7 @@ class LabelTerm:
     stated: np.ndarray  # bool [P]
 
     @classmethod
-    def from_cells(cls, cells: Iterable) -> "LabelTerm":
+    def from_cells(cls, cells: Iterable) -> LabelTerm:
         sets = label_sets(cells)
         vocabulary = {label: i for i, label in enumerate(sorted(set().union(*(s for s in sets if s))))}
         table = np.zeros((len(vocabulary) + 1, len(sets)), dtype=bool)
@@ -127,8 +131,11 @@ class LabelTerm:
     def contains(self, values: np.ndarray) -> np.ndarray:
         """bool [n, P]: customer label ``values[i]`` is listed by product p (False when unknown)."""
         other = len(self.vocabulary)
-        codes = np.fromiter((self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
-                            dtype=np.intp, count=len(values))
+        codes = np.fromiter(
+            (self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
+            dtype=np.intp,
+            count=len(values),
+        )
         return self.table[codes]
 
 
@@ -141,8 +148,10 @@ def regimes_of(labels: pd.Series, mapping: dict[str, str], where: str) -> np.nda
         label = None if label is None else str(label)
         regime = mapping.get(label, label) if label is not None else None
         if regime not in S.REGIMES:
-            raise DataError(f"{where}: column '{labels.name}' row {i + 1}: regime label {label!r} is not one of "
-                            f"{', '.join(S.REGIMES)} and schema.yaml's 'regimes' does not map it")
+            raise DataError(
+                f"{where}: column '{labels.name}' row {i + 1}: regime label {label!r} is not one of "
+                f"{', '.join(S.REGIMES)} and schema.yaml's 'regimes' does not map it"
+            )
         out.append(regime)
     return np.array(out, dtype=object)
 
@@ -208,9 +217,15 @@ def debt_service_ratio_after(income: np.ndarray, debt_service: np.ndarray, payme
     return np.where(income > 0, ratio, np.where(np.isnan(income), np.nan, np.inf))
 
 
-def unaffordable(income: np.ndarray, debt_service: np.ndarray | None, credit_score: np.ndarray,
-                 payment: np.ndarray | None, applies: np.ndarray, max_ratio: float | None,
-                 cutoff: float | None) -> np.ndarray:
+def unaffordable(
+    income: np.ndarray,
+    debt_service: np.ndarray | None,
+    credit_score: np.ndarray,
+    payment: np.ndarray | None,
+    applies: np.ndarray,
+    max_ratio: float | None,
+    cutoff: float | None,
+) -> np.ndarray:
     """bool [n, P]: credit product p fails the creditworthiness assessment for customer c::
 
         12 * (debt_service_c + payment_p) / income_c > max_ratio     (when p states a payment)
@@ -235,8 +250,13 @@ def _rows(customer: dict[str, np.ndarray]) -> int:
 def numeric_columns(table: S.TableSchema) -> dict[str, str]:
     """Column -> role of the compliance columns that hold numbers (levels, years, amounts)."""
     out = {column: role for role, column in table.profile if role in NUMERIC_PROFILE}
-    out.update({column: term for term, column in table.target_market
-                if term in MINIMUM_TERMS or term in NEGATIVE_MAXIMUM_TERMS})
+    out.update(
+        {
+            column: term
+            for term, column in table.target_market
+            if term in MINIMUM_TERMS or term in NEGATIVE_MAXIMUM_TERMS
+        }
+    )
     if table.credit_payment:
         out[table.credit_payment] = "credit_payment"
     return out
@@ -292,8 +312,9 @@ def product_payments(products: pd.DataFrame, table: S.TableSchema) -> np.ndarray
 
 
 def _labels(values) -> np.ndarray:
-    return np.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values],
-                    dtype=object)
+    return np.array(
+        [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object
+    )
 
 
 def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str = S.CUSTOMERS) -> dict[str, np.ndarray]:
@@ -310,7 +331,9 @@ def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str =
             out[role] = np.full(n, np.nan)
     for role in LABEL_PROFILE:
         column = named.get(role)
-        out[role] = _labels(customers[column].tolist()) if column and column in customers else np.full(n, None, dtype=object)
+        out[role] = (
+            _labels(customers[column].tolist()) if column and column in customers else np.full(n, None, dtype=object)
+        )
     if table.consent and table.consent in customers:
         out["objected"] = objected(customers[table.consent], where)
     else:
@@ -347,8 +370,11 @@ def check_record(features: dict, table: S.TableSchema) -> dict:
         if value is None:
             continue
         if role in NUMERIC_PROFILE:
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(float(value)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, np.integer, np.floating))
+                or not math.isfinite(float(value))
+            ):
                 raise DataError(f"features.{column} must be a finite number")
             if role in _NON_NEGATIVE and value < 0:
                 raise DataError(f"features.{column} must be at least 0")

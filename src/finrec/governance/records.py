@@ -36,7 +36,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def line_hash(line: bytes) -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def record_of(result, model_version: str | None, time: str | None = None) -> dict[str, Any]:
@@ -67,8 +67,10 @@ def record_of(result, model_version: str | None, time: str | None = None) -> dic
         "rules": list(result.rules),
         "objected": bool(result.objected),
         "message": result.message,
-        "items": [{"rank": item.rank, "product_id": item.product_id, "score": round(float(item.score), 6)}
-                  for item in result.items],
+        "items": [
+            {"rank": item.rank, "product_id": item.product_id, "score": round(float(item.score), 6)}
+            for item in result.items
+        ],
         "excluded": [{"product_id": pid, "rule": rule} for pid, rule in result.exclusions],
     }
 
@@ -92,7 +94,7 @@ class RecordLog:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "RecordLog":
+    def __enter__(self) -> RecordLog:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -108,8 +110,9 @@ class RecordLog:
                 if self._tail is None or self._tail[0] != size:
                     self._tail = (size, *_read_tail(handle, size, self.path))
                 _, prev, seq = self._tail
-                line = json.dumps({"seq": seq, **record, "prev": prev}, ensure_ascii=False, separators=(",", ":"),
-                                  allow_nan=False).encode("utf-8")
+                line = json.dumps(
+                    {"seq": seq, **record, "prev": prev}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+                ).encode("utf-8")
                 handle.seek(0, os.SEEK_END)
                 handle.write(line + b"\n")
                 handle.flush()
@@ -132,8 +135,9 @@ def _read_tail(handle, size: int, path: Path) -> tuple[str, int]:
         handle.seek(start)
         data = handle.read(size - start)
         if not data.endswith(b"\n"):
-            raise FinrecError(f"{path}: the record log ends with an incomplete line; "
-                              f"check it with `finrec records verify {path}`")
+            raise FinrecError(
+                f"{path}: the record log ends with an incomplete line; check it with `finrec records verify {path}`"
+            )
         body = data[:-1]
         cut = body.rfind(b"\n")
         if cut >= 0 or start == 0:
@@ -143,8 +147,9 @@ def _read_tail(handle, size: int, path: Path) -> tuple[str, int]:
     try:
         seq = json.loads(last)["seq"]
     except (ValueError, KeyError, TypeError):
-        raise FinrecError(f"{path}: the last line of the record log is not a record; "
-                          f"check it with `finrec records verify {path}`") from None
+        raise FinrecError(
+            f"{path}: the last line of the record log is not a record; check it with `finrec records verify {path}`"
+        ) from None
     return line_hash(last), int(seq) + 1
 
 
@@ -183,19 +188,34 @@ def verify(path: str | os.PathLike, head: str | None = None) -> Verification:
             if not isinstance(record, dict):
                 return Verification(False, number - 1, prev, number, "not a JSON record")
             if record.get("seq") != number - 1:
-                return Verification(False, number - 1, prev, number,
-                                    f"its seq is {record.get('seq')!r} where {number - 1} was expected: a line before "
-                                    "it was deleted, or this line was inserted or moved")
+                return Verification(
+                    False,
+                    number - 1,
+                    prev,
+                    number,
+                    f"its seq is {record.get('seq')!r} where {number - 1} was expected: a line before "
+                    "it was deleted, or this line was inserted or moved",
+                )
             if record.get("prev") != prev:
                 if number == 1:
-                    return Verification(False, 0, prev, 1, "the first line does not start the chain (prev is not GENESIS)")
-                return Verification(False, number - 2, before, number - 1,
-                                    f"its hash is not the one line {number} records: it was altered "
-                                    f"(or line {number}'s prev was)")
+                    return Verification(
+                        False, 0, prev, 1, "the first line does not start the chain (prev is not GENESIS)"
+                    )
+                return Verification(
+                    False,
+                    number - 2,
+                    before,
+                    number - 1,
+                    f"its hash is not the one line {number} records: it was altered (or line {number}'s prev was)",
+                )
             before, prev = prev, line_hash(line)
             head_seen = head_seen or prev == head
     if not head_seen:
-        return Verification(False, number, prev, number or None,
-                            f"no line has the head hash {head}: lines were deleted or altered at the end, "
-                            "or the log was rewritten")
+        return Verification(
+            False,
+            number,
+            prev,
+            number or None,
+            f"no line has the head hash {head}: lines were deleted or altered at the end, or the log was rewritten",
+        )
     return Verification(True, number, prev)
