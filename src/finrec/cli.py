@@ -163,6 +163,10 @@ def _filters_from(args) -> dict:
         filters["include_categories"] = args.category
     if args.exclude_category:
         filters["exclude_categories"] = args.exclude_category
+    if args.max_debt_service_ratio is not None:
+        filters["max_debt_service_ratio"] = args.max_debt_service_ratio
+    if args.credit_score_cutoff is not None:
+        filters["credit_score_cutoff"] = args.credit_score_cutoff
     return filters
 
 
@@ -243,6 +247,9 @@ def _filter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
     p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
     p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
+    p.add_argument("--max-debt-service-ratio", type=float, default=None,
+                   help="credit affordability: debt service after the new credit, as a share of income (default 0.40)")
+    p.add_argument("--credit-score-cutoff", type=float, default=None, help="credit products need at least this credit score")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,8 @@ def test_recommend_answers_an_objection_with_no_items(rec, objected_ids):
     new = rec.recommend({**row, CONSENT: "no"}, k=5)
     assert new.objected and new.items == []
     assert not rec.recommend({**row, CONSENT: 1}, k=5).objected
+    audit = rec.audit(objected_ids[0])
+    assert (audit.excluded_by == "consent").all() and audit.score.isna().all()
 
 
 def test_score_leaves_objected_customers_out(rec, small_data_dir, objected_ids, tmp_path):

@@ -375,7 +375,7 @@ def _affordability_text(attributes: dict[str, np.ndarray], catalogue: Catalogue,
     ratio = _ratio(attributes, catalogue, row, column)
     if np.isnan(ratio):
         return "affordable" if passed else "credit score below the cut-off"
-    return f"debt service to income after this credit {ratio:.0%}" + (" within the limit" if passed else "")
+    return f"debt service to income after this credit {ratio:.1%}" + (" within the limit" if passed else "")
 
 
 def _describe_affordability(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
@@ -386,7 +386,7 @@ def _describe_affordability(attributes: dict[str, np.ndarray], catalogue: Catalo
     if stated and np.isnan(ratio):
         return "affordability cannot be assessed: income or current debt service is not on record"
     if stated and ratio > limits.max_debt_service_ratio:
-        return (f"debt service to income after this credit {ratio:.0%} is above the limit "
+        return (f"debt service to income after this credit {ratio:.1%} is above the limit "
                 f"{limits.max_debt_service_ratio:.0%}")
     score = attributes[S.CREDIT_SCORE][row]
     return f"credit score {_fmt(score)} is below the cut-off {_fmt(limits.credit_score_cutoff)}"

@@ -301,8 +301,10 @@ class Recommender:
         """Every product with its score and, when excluded, the rule that removed it and why."""
         filters = F.Filters.build(filters)
         context = self._single(customer)
-        scores = self.scores(context)[0]
         masks = self.masks(context, filters)
+        # A customer who objected to profiling is not scored, not even for an audit.
+        objected = bool(context.attributes["objected"][0])
+        scores = np.full(len(self.pipeline.product_ids_), np.nan) if objected else self.scores(context)[0]
         rows = []
         for j, pid in enumerate(self.pipeline.product_ids_):
             rule = F.first_reason(masks, 0, j)
