@@ -121,6 +121,10 @@ def cmd_train(args) -> int:
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
+    if not args.include_objected:
+        from finrec.data.compliance import without_objections
+
+        dataset, left_out = without_objections(dataset)
     k = config.training.eval_k
     if args.verbose:
         trained = fit(dataset, config)
@@ -132,6 +136,8 @@ def cmd_train(args) -> int:
     save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()))
     epochs = len(history.get("loss", []))
     print(f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}")
+    if not args.include_objected and left_out:
+        print(f"left out {left_out} customer(s) who objected to profiling for marketing (--include-objected keeps them)")
     return 0
 
 
@@ -283,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (model: / training: sections)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--include-objected", action="store_true",
+                   help="also train on customers who objected to profiling for marketing (left out by default)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="ranking metrics of a model and the baselines on a dataset")

@@ -252,3 +252,13 @@ def test_bad_values_are_named(table, column, value, fragment):
     frame.loc[3, column] = value
     with pytest.raises(DataError, match=fragment):
         validate_tables(S.DatasetSchema.from_dict(SCHEMA), tables)
+
+
+def test_training_data_without_objections(bank):
+    from finrec.data.compliance import without_objections
+
+    kept, left_out = without_objections(bank)
+    objected = bank.customers.consent.map(lambda v: None if v is None else str(v).lower()).isin(["no", "0", "false"])
+    assert left_out == int(objected.sum()) > 0
+    assert set(kept.customers.customer_id) == set(bank.customers.customer_id[~objected])
+    assert set(kept.interactions.customer_id) <= set(kept.customers.customer_id)

@@ -390,3 +390,17 @@ def check_record(features: dict, table: S.TableSchema) -> dict:
             raise DataError(f"features.{table.consent} must be true/false or 1/0")
         out[table.consent] = value
     return out
+
+
+def without_objections(dataset):
+    """(the ``finrec.data.io.Dataset`` without the customers who objected to profiling for
+    marketing, how many were left out). GDPR Art. 21(3): their data is no longer processed for
+    that purpose, so a marketing model is not trained on it either."""
+    table = dataset.schema.customers
+    if not table.consent:
+        return dataset, 0
+    objected_rows = objected(dataset.customers[table.consent], f"{S.CUSTOMERS}.{table.consent}")
+    if not objected_rows.any():
+        return dataset, 0
+    keep = dataset.customers[table.id][~objected_rows]
+    return dataset.subset_customers(keep), int(objected_rows.sum())
