@@ -266,7 +266,8 @@ def recommendations_table(result, schema: S.DatasetSchema, tolerance) -> pd.Data
             YIELD: product.get(YIELD),
             DURATION: duration_text(product.get(DURATION)),
             "terms": product_terms(product),
-            "suitability": suitability_badge(product.get(risk_col) if risk_col else None, tolerance),
+            "suitability": regime_badge(getattr(item, "regime", None))
+            or suitability_badge(product.get(risk_col) if risk_col else None, tolerance),
             "reason": item.reason,
         })
     return pd.DataFrame(rows)
@@ -294,6 +295,15 @@ def percentile_ranks(population: pd.DataFrame, values: Mapping[str, object], col
             pct = 100.0 * ((base < value).sum() + 0.5 * (base == value).sum()) / len(base)
         rows.append({"feature": column, "value": value, "percentile": pct})
     return pd.DataFrame(rows, columns=["feature", "value", "percentile"])
+
+
+def regime_badge(regime: str | None) -> str | None:
+    """The badge of a product the risk-tolerance test does not apply to (None: it applies)."""
+    if regime == "credit":
+        return "✅ Affordable (credit: assessed on debt service, not risk tolerance)"
+    if regime in ("deposit", "insurance", "other"):
+        return f"✅ Eligible ({regime}: eligibility terms only)"
+    return None
 
 
 def suitability_badge(risk_level, tolerance) -> str:

@@ -127,3 +127,22 @@ def test_api_answers_objections_and_records_every_recommendation(
     for column in ("income", "savings", "debt", "credit_score", "monthly_debt_service"):
         assert f"{customer[column]:g}" not in text.replace(consenting[-1], ""), column
     assert "tolerance" not in text and "is below" not in text  # no reason sentences (they quote values)
+
+
+def test_dashboard_table_badges_follow_the_regime(rec, small_dataset):
+    from finrec.explain import recommendations_table
+
+    consenting = small_dataset.customers[small_dataset.customers[CONSENT] == 1]
+    seen = set()
+    for cid, tolerance in zip(consenting.customer_id[:300], consenting.risk_tolerance[:300]):
+        result = rec.recommend(cid, k=5)
+        table = recommendations_table(result, rec.schema, tolerance)
+        for item, badge in zip(result.items, table.suitability):
+            seen.add(item.regime)
+            if item.regime == "credit":
+                assert badge.startswith("✅ Affordable")
+            elif item.regime == "investment":
+                assert badge.startswith("✅ Suitable")
+            else:
+                assert badge.startswith("✅ Eligible")
+    assert {"credit", "deposit"} <= seen

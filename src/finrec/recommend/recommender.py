@@ -46,6 +46,7 @@ class Recommendation:
     score: float
     product: dict[str, Any]
     reason: str
+    regime: str | None = None  # the product's regime when the schema names one
 
 
 @dataclass
@@ -279,6 +280,7 @@ class Recommender:
                 score=float(score),
                 product=self.products[j],
                 reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
+                regime=None if self.catalogue.regime is None else str(self.catalogue.regime[j]),
             ))
         eligible = int((~excluded[0]).sum())
         message = None
