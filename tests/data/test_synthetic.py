@@ -56,7 +56,10 @@ def _pairs(df: pd.DataFrame) -> pd.Series:
 def test_tables_and_columns_follow_the_schema(bank):
     assert set(bank) == {CUSTOMERS, PRODUCTS, INTERACTIONS, HOLDINGS, GROUND_TRUTH}
     c, p = SCHEMA.customers, SCHEMA.products
-    assert list(bank[CUSTOMERS].columns) == [c.id, *c.numeric, *c.categorical, c.risk, *c.compliance_columns]
+    # The original columns in their order, then the compliance columns (some also model features).
+    assert list(bank[CUSTOMERS].columns) == [c.id, *SYNTHETIC.customer_numeric, *SYNTHETIC.customer_categorical, c.risk,
+                                             *c.compliance_columns]
+    assert set(c.numeric) | set(c.categorical) <= set(bank[CUSTOMERS].columns)
     assert set(bank[PRODUCTS].columns) == {p.id, "name", *p.numeric, *p.categorical, p.risk, p.category,
                                            *p.compliance_columns}
     assert list(bank[INTERACTIONS].columns) == [CUSTOMER_ID, PRODUCT_ID, TIMESTAMP]

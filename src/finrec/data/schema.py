@@ -339,21 +339,29 @@ class SyntheticColumns:
     credit_payment: str = "monthly_payment"
 
     def schema(self) -> DatasetSchema:
+        # The compliance attributes are model features too: the adoptions they bind are then
+        # learnable, not only filtered.
+        profile = dict(self.compliance_profile)
+        tm = dict(self.target_market)
+        customer_numeric = (*self.customer_numeric, profile["knowledge"], profile["loss_capacity"],
+                            profile["horizon"], profile["debt_service"])
+        product_numeric = (*self.product_numeric, tm["knowledge"], tm["loss_capacity"], tm["horizon"],
+                           tm["negative_loss_capacity"], self.credit_payment)
         return DatasetSchema(
             customers=TableSchema(
                 id=CUSTOMER_ID,
-                numeric=self.customer_numeric,
-                categorical=self.customer_categorical,
+                numeric=customer_numeric,
+                categorical=(*self.customer_categorical, profile["objective"]),
                 risk=self.risk_tolerance,
                 protected=self.customer_protected,
-                log_numeric=self.customer_log_numeric,
+                log_numeric=(*self.customer_log_numeric, profile["debt_service"]),
                 consent=self.consent,
                 profile=self.compliance_profile,
             ),
             products=TableSchema(
                 id=PRODUCT_ID,
-                numeric=self.product_numeric,
-                categorical=self.product_categorical,
+                numeric=product_numeric,
+                categorical=(*self.product_categorical, tm["objectives"], tm["negative_objectives"]),
                 risk=self.risk_level,
                 category=self.category,
                 log_numeric=(),
