@@ -117,7 +117,8 @@ def global_importance(model_dir: str, data_dir: str | None, product_id: str, n: 
 
     rec = load_recommender(model_dir, data_dir)
     explainer = load_explainer(model_dir, data_dir)
-    ids = rec.known_customers[rec.schema.customers.id].to_numpy()
+    known = rec.known_customers
+    ids = known[rec.schema.customers.id].to_numpy()[~explainer.objected(known)]  # only those who did not object
     pick = np.random.default_rng(seed).choice(len(ids), size=min(n, len(ids)), replace=False)
     background = explainer.background_matrix()[:50]
     rows = []
@@ -536,6 +537,7 @@ def explain_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan: X.
     product_id = options[label]
     st.caption("Permutation SHAP: each feature's contribution to this customer's similarity with the product, against "
                f"{len(explainer.background_matrix())} background customers; the holdings are held fixed.")
+    explainer.refuse_objected(pd.DataFrame([subject.row]))
     x = explainer.encode(pd.DataFrame([subject.row]))
     request = (subject.key, product_id)
     if st.button("Explain this recommendation", type="primary", key="shap_button"):
@@ -694,6 +696,39 @@ def monitoring_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> No
     st.plotly_chart(fig, width="stretch", key="monitoring_chart")
 
 
+# ------------------------------------------------------------------------------------ compliance
+RECORDS = os.environ.get("FINREC_RECORDS") or None  # a record log of what the page shows
+
+
+@st.cache_resource
+def record_log(path: str):
+    from finrec.governance.records import RecordLog
+
+    return RecordLog(path)
+
+
+def record_shown(rec: Recommender, subject: Subject, filters: F.Filters, result) -> None:
+    """Append what this page shows to FINREC_RECORDS, once per customer and filters in a session
+    (Streamlit reruns the page on every click; the recommendation shown is the same)."""
+    if not RECORDS:
+        return
+    from finrec.governance.records import record_of
+
+    key = (subject.key, repr(filters))
+    if st.session_state.get("last_recorded") != key:
+        record_log(RECORDS).append(record_of(result, rec.model_version))
+        st.session_state["last_recorded"] = key
+
+
+def objected_notice(model_dir: str, data_dir: str | None, rec: Recommender, subject: Subject, result) -> None:
+    """A customer who objected to profiling: no recommendation, no what-if, no embedding, no SHAP."""
+    st.warning(f"No recommendation: {result.message}. Their data is not used for what-if, embeddings or "
+               "explanations either.")
+    (tab,) = st.tabs(["Model"])
+    with tab:
+        model_tab(model_dir, data_dir, rec)
+
+
 # ------------------------------------------------------------------------------------ page
 # ------------------------------------------------------------------------------------ campaign
 CAMPAIGN_SHARE = 0.01  # default capacity of each product: this share of the customers
@@ -805,7 +840,11 @@ def page() -> None:
         return
     start = time.perf_counter()
     result = rec.recommend(subject.request(), k=K, filters=filters)
+    record_shown(rec, subject, filters, result)
     st.markdown(f"#### {subject.label}")
+    if result.objected:
+        objected_notice(model_dir, data_dir, rec, subject, result)
+        return
     tabs = dict(zip(names, st.tabs(names)))
     with tabs["Recommendations"]:
         recommendations_tab(rec, plan, subject, filters, result)

@@ -54,7 +54,7 @@ def test_page_shows_five_recommendations(app):
                                            "Campaign", "Monitoring"]
     table = recommendations(app)
     assert len(table) == 5 and table["rank"].tolist() == [1, 2, 3, 4, 5]
-    assert table["suitability"].str.startswith("✅ Suitable").all()
+    assert table["suitability"].str.startswith("✅").all()  # suitable, affordable or eligible by regime
     assert any("Recommended in" in c.value for c in app.caption)
     assert len(app.get("plotly_chart")) >= 5  # percentiles, gauge, map, two curves
 
@@ -242,3 +242,13 @@ def test_campaign_tab_plans_against_greedy(app):
     assert (prices["price"] >= 0).all() and len(prices) >= 1  # 1% of customers per product binds somewhere
     segments = frame_with(at, "total")
     assert segments.loc["total", "total"] <= 2 * 1500
+
+
+def test_customer_who_objected_gets_a_notice_and_no_recommendation(app, small_dataset):
+    customers = small_dataset.customers
+    objected = set(customers.customer_id[customers[S.SYNTHETIC.consent] == 0])
+    option = next(o for o in app.selectbox(key="customer_id").options if str(o).split(" ")[0] in objected)
+    at = rerun(app.selectbox(key="customer_id").set_value(option))
+    assert any("objected to profiling" in w.value for w in at.warning)
+    assert [t.label for t in at.tabs] == ["Model"]
+    assert not any("suitability" in d.value.columns for d in at.dataframe)

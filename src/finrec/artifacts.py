@@ -385,3 +385,10 @@ def read_monitoring(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(reference, dict):
         raise ArtifactError(f"{path}: {MONITORING_FILE} is damaged (not a JSON object)")
     return reference
+
+
+def model_version(manifest: dict[str, Any]) -> str:
+    """A short id of one trained model: its creation time and a digest of its files' checksums
+    (two models with the same files have the same id; any retraining changes it)."""
+    files = json.dumps(manifest.get("files", {}), sort_keys=True).encode()
+    return f"{manifest.get('created', 'unknown')}/{hashlib.sha256(files).hexdigest()[:12]}"

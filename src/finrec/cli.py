@@ -8,8 +8,8 @@
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
     finrec calibrate --model MODEL_DIR --data DIR
     finrec plan      --model MODEL_DIR --data DIR --out plan.csv [--capacity caps.csv] [--contacts-per-customer 1]
-    finrec serve     --model MODEL_DIR [--host 127.0.0.1] [--port 8000]
-    finrec serve     --model MODEL_DIR | --root REGISTRY [--host 127.0.0.1] [--port 8000]
+    finrec serve     --model MODEL_DIR | --root REGISTRY [--host 127.0.0.1] [--port 8000] [--records FILE]
+    finrec records verify FILE [--head HASH]
     finrec monitor   --model MODEL_DIR --data DIR [--json FILE] [--fail-on alert]
     finrec models    list|add|promote|rollback --root REGISTRY ...
     finrec compare   --champion MODEL_DIR --challenger MODEL_DIR --data DIR [--json FILE]
@@ -149,6 +149,10 @@ def cmd_train(args) -> int:
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
+    if not args.include_objected:
+        from finrec.data.compliance import without_objections
+
+        dataset, left_out = without_objections(dataset)
     k = config.training.eval_k
     if args.verbose:
         trained = fit(dataset, config)
@@ -163,6 +167,8 @@ def cmd_train(args) -> int:
                    monitoring=reference_for(trained, dataset, k=k, seed=config.training.seed))
     epochs = len(history.get("loss", []))
     print(f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}")
+    if not args.include_objected and left_out:
+        print(f"left out {left_out} customer(s) who objected to profiling for marketing (--include-objected keeps them)")
     return 0
 
 
@@ -198,6 +204,10 @@ def _filters_from(args) -> dict:
         filters["include_categories"] = args.category
     if args.exclude_category:
         filters["exclude_categories"] = args.exclude_category
+    if args.max_debt_service_ratio is not None:
+        filters["max_debt_service_ratio"] = args.max_debt_service_ratio
+    if args.credit_score_cutoff is not None:
+        filters["credit_score_cutoff"] = args.credit_score_cutoff
     return filters
 
 
@@ -227,9 +237,12 @@ def cmd_score(args) -> int:
                                             batch_rows=min(chunk_rows, 65_536))
         print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
         return 0
+    stats: dict = {}
     customers, rows = score_dataset(Recommender(loaded.trained), args.data, args.out, k=args.k, filters=filters,
-                                    chunk_rows=chunk_rows, probabilities=args.probabilities)
-    print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
+                                    chunk_rows=chunk_rows, probabilities=args.probabilities, stats=stats)
+    print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
+    if stats["objected"]:
+        print(f"{stats['objected']} customer(s) objected to profiling for marketing: not scored, absent from the output")
     return 0
 
 
@@ -330,10 +343,27 @@ def _probability_floor(text: str) -> float:
 
 
 def cmd_serve(args) -> int:
+    from finrec.atomic import refuse_overlap
     from finrec.serve import run
 
+    if args.records:  # the log is an output: never a file of the model, the registry or the data
+        refuse_overlap(args.records, {"--model": args.model, "--root": args.root, "--data": args.data}, what="--records")
     run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers,
-        body_timeout=args.body_timeout, max_requests=args.max_requests, registry_root=args.root)
+        body_timeout=args.body_timeout, max_requests=args.max_requests, registry_root=args.root,
+        records=args.records)
+    return 0
+
+
+def cmd_records_verify(args) -> int:
+    from finrec.governance.records import verify
+
+    result = verify(args.file, head=args.head)
+    if not result.ok:
+        where = f"line {result.bad_line}" if result.bad_line else "the end"
+        print(f"finrec records verify: {args.file}: {where}: {result.problem} "
+              f"({result.lines} line(s) before it are intact)", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    print(f"{args.file}: {result.lines} record(s), chain intact; head {result.head}")
     return 0
 
 
@@ -522,6 +552,9 @@ def _filter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
     p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
     p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
+    p.add_argument("--max-debt-service-ratio", type=float, default=None,
+                   help="credit affordability: debt service after the new credit, as a share of income (default 0.40)")
+    p.add_argument("--credit-score-cutoff", type=float, default=None, help="credit products need at least this credit score")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -555,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (model: / training: sections)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--include-objected", action="store_true",
+                   help="also train on customers who objected to profiling for marketing (left out by default)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="ranking metrics of a model and the baselines on a dataset")
@@ -630,7 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds from a request's start by which its whole body must arrive, else 408 (default 10)")
     p.add_argument("--max-requests", type=_positive_int, default=None,
                    help="requests in progress per process, /health and /ready aside, else 503 (default 512)")
+    p.add_argument("--records", type=Path, help="append every recommendation served to this hash-chained record log")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("records", help="the record log of recommendations served")
+    records = p.add_subparsers(dest="records_command", required=True, metavar="ACTION")
+    q = records.add_parser("verify", help="check a record log's hash chain; exit 2 naming the first bad line")
+    q.add_argument("file", type=Path)
+    q.add_argument("--head", help="a head hash kept elsewhere: the log must still contain that line")
+    q.set_defaults(func=cmd_records_verify)
     _governance_parsers(sub)
     return parser
 

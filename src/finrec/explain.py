@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.data.validate import check_limits, plausible_limits
@@ -68,11 +69,24 @@ class CustomerExplainer:
         self.categorical = list(self.pipeline.customer_vocab_)
         self.feature_names = [*self.numeric, *self.categorical]
         self.vocab = {col: list(v) for col, v in self.pipeline.customer_vocab_.items()}
-        self.background = recommender.known_customers if background is None else background
+        background = recommender.known_customers if background is None else background
+        # Customers who objected to profiling for marketing are no one's reference either.
+        self.background = background[~self.objected(background)] if len(background) else background
         self.max_background = int(max_background)
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._background: np.ndarray | None = None
         self._id = self.pipeline.schema.customers.id
+
+    # ------------------------------------------------------------------------ consent
+    def objected(self, customers: pd.DataFrame) -> np.ndarray:
+        """bool [n]: the customers who objected to profiling for marketing (schema ``consent``)."""
+        return C.customer_profile(customers, self.pipeline.full_schema.customers)["objected"]
+
+    def refuse_objected(self, customers: pd.DataFrame) -> None:
+        """Raise ``FinrecError`` when any of ``customers`` objected: no explanation (SHAP profiles)."""
+        if self.objected(customers).any():
+            raise FinrecError("the customer objected to profiling for direct marketing (GDPR Art. 21(2)); "
+                              "no recommendation and no explanation are produced")
 
     # ------------------------------------------------------------------------ encoding
     def encode(self, customers: pd.DataFrame) -> np.ndarray:
@@ -171,6 +185,7 @@ class CustomerExplainer:
         """(encoded row [1, F], held product ids) of a customer of the recommender's data."""
         profile = self.recommender.customer_profile(customer_id)
         frame = pd.DataFrame([profile["attributes"]])
+        self.refuse_objected(frame)
         return self.encode(frame), list(profile["holdings"])
 
     def numeric_sensitivity(self, seed: int = 0) -> pd.Series:
@@ -359,8 +374,10 @@ def recommendations_table(result, plan: DisplayPlan, schema: S.DatasetSchema, to
             value = product.get(column)
             row[column] = None if display_value(value) is None else value
         row["terms"] = product_terms(product)
-        if suitability_applies(schema):
-            row["suitability"] = suitability_badge(product.get(risk_col), tolerance)
+        # A regime names its own rule (target market, affordability); else the risk-tolerance badge.
+        badge = regime_badge(getattr(item, "regime", None))
+        if badge or suitability_applies(schema):
+            row["suitability"] = badge or suitability_badge(product.get(risk_col), tolerance)
         row["reason"] = item.reason
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -453,6 +470,15 @@ def percentile_ranks(population: pd.DataFrame, values: Mapping[str, object], col
             pct = 100.0 * ((base < value).sum() + 0.5 * (base == value).sum()) / len(base)
         rows.append({"feature": column, "value": value, "percentile": pct})
     return pd.DataFrame(rows, columns=["feature", "value", "percentile"])
+
+
+def regime_badge(regime: str | None) -> str | None:
+    """The badge of a product the risk-tolerance test does not apply to (None: it applies)."""
+    if regime == "credit":
+        return "✅ Affordable (credit: assessed on debt service, not risk tolerance)"
+    if regime in ("deposit", "insurance", "other"):
+        return f"✅ Eligible ({regime}: eligibility terms only)"
+    return None
 
 
 def suitability_badge(risk_level, tolerance) -> str:

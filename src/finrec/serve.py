@@ -117,6 +117,10 @@ class FiltersIn(BaseModel):
                                            description="never these product categories")
     eligibility: StrictBool = Field(True, description="apply the products' income / credit score / age terms")
     preset: Literal[F.PRESET_NAMES] | None = Field(None, description=F.PRESET_HELP)
+    max_debt_service_ratio: StrictFloat | StrictInt | None = Field(
+        None, gt=0, le=5, description="credit affordability: the most of a year's income debt service may take after "
+                                      "the new credit (0.4 = 40%)")
+    credit_score_cutoff: StrictFloat | StrictInt | None = Field(None, description="credit products need at least this credit score")
 
 
 class RecommendationRequest(BaseModel):
@@ -180,6 +184,10 @@ class FiltersOut(BaseModel):
     exclude_categories: list[str]
     eligibility: bool
     preset: str | None
+    target_market: bool
+    affordability: bool
+    max_debt_service_ratio: float
+    credit_score_cutoff: float | None
 
 
 class RecommendationResponse(BaseModel):
@@ -190,6 +198,8 @@ class RecommendationResponse(BaseModel):
     filters: FiltersOut = Field(description="the filters as applied")
     recommendations: list[RecommendationItem]
     model_version: str | None = Field(None, description="the model version that produced these recommendations")
+    objected: bool = Field(False, description="the customer objected to profiling for marketing: no recommendation, "
+                                              "and message says so")
 
 
 class Product(BaseModel):
@@ -395,16 +405,21 @@ def _from_env(label: str, value, env: str, default, kind: type):
 
 def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None, max_body_bytes: int = 64_000,
                body_timeout: float = BODY_TIMEOUT_S, max_requests: int = MAX_REQUESTS,
-               registry_root: str | Path | None = None, poll_seconds: float = 1.0) -> FastAPI:
+               registry_root: str | Path | None = None, poll_seconds: float = 1.0,
+               records: str | Path | None = None) -> FastAPI:
     """The ASGI app; the recommender loads in a background thread once the app starts.
     ``body_timeout``: seconds from a request's start by which its whole body must be in (408
     after); ``max_requests``: requests in progress at once, the liveness probes aside (503 past it).
 
     With ``registry_root`` (instead of ``model_dir``) the promoted version of that model registry
     is served, and a newly promoted one replaces it without dropping a request (see
-    ``_watch_registry``)."""
+    ``_watch_registry``). With ``records`` (a file), every recommendation served is appended to
+    that hash-chained record log (``finrec.governance.records``) before the response is sent."""
     body_timeout = _positive("body_timeout", body_timeout, float)
     max_requests = _positive("max_requests", max_requests, int)
+    from finrec.governance.records import RecordLog, record_of
+
+    record_log = RecordLog(records) if records else None
 
     def load(app: FastAPI) -> None:
         state = app.state
@@ -508,6 +523,9 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         # Sub-millisecond numpy work: a thread hop would cost more than it saves. The body is
         # built here and sent as is; response_model above documents it in the OpenAPI schema.
         result = recommender.recommend(customer, k=body.k, filters=filters)
+        if record_log is not None:
+            # Recorded before it is shown: an fsync'd append, off the event loop.
+            await anyio.to_thread.run_sync(record_log.append, record_of(result, recommender.model_version))
         version = getattr(recommender, "model_version", None)
         return SafeJSONResponse({**_response(result), "model_version": version},
                                 headers={MODEL_VERSION_HEADER: version} if version else None)
@@ -560,6 +578,7 @@ def _response(result) -> dict[str, Any]:
              "product": item.product, "reason": item.reason}
             for item in result.items
         ],
+        "objected": result.objected,
     }
 
 
@@ -576,12 +595,13 @@ def app_from_env() -> FastAPI:
     return create_app(os.environ.get("FINREC_SERVE_MODEL") or None, os.environ.get("FINREC_SERVE_DATA") or None,
                       body_timeout=_from_env("body_timeout", None, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float),
                       max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int),
-                      registry_root=os.environ.get("FINREC_SERVE_ROOT") or None)
+                      registry_root=os.environ.get("FINREC_SERVE_ROOT") or None,
+                      records=os.environ.get("FINREC_SERVE_RECORDS") or None)
 
 
 def run(model_dir: str | Path | None, data_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
         workers: int = 1, body_timeout: float | None = None, max_requests: int | None = None,
-        registry_root: str | Path | None = None) -> None:
+        registry_root: str | Path | None = None, records: str | Path | None = None) -> None:
     """Serve with uvicorn until interrupted; stops (and raises ``FinrecError``) if the model fails to load.
     ``workers`` > 1 starts that many processes (each loads the model), to use every core.
     ``body_timeout`` and ``max_requests`` (see ``create_app``; per process) default to the
@@ -602,12 +622,13 @@ def run(model_dir: str | Path | None, data_dir: str | Path | None = None, host: 
         os.environ["FINREC_SERVE_DATA"] = str(data_dir or "")
         os.environ[ENV_BODY_TIMEOUT] = repr(body_timeout)
         os.environ[ENV_MAX_REQUESTS] = str(max_requests)
+        os.environ["FINREC_SERVE_RECORDS"] = str(records or "")
         uvicorn.run("finrec.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level="warning", access_log=False, **limits)
         return
 
     app = create_app(model_dir, data_dir, body_timeout=body_timeout, max_requests=max_requests,
-                     registry_root=registry_root)
+                     registry_root=registry_root, records=records)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             **limits)
     server = uvicorn.Server(config)

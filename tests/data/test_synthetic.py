@@ -23,7 +23,7 @@ from finrec.data.schema import (
     SYNTHETIC,
     TIMESTAMP,
 )
-from finrec.data.synthetic import BASE_CATALOGUE_SIZE, TEMPERATURE, GeneratorSettings, generate, utility
+from finrec.data.synthetic import BASE_CATALOGUE_SIZE, TEMPERATURE, GeneratorSettings, forbidden, generate, utility
 from finrec.errors import ConfigError
 
 SCHEMA = SYNTHETIC.schema()
@@ -56,8 +56,12 @@ def _pairs(df: pd.DataFrame) -> pd.Series:
 def test_tables_and_columns_follow_the_schema(bank):
     assert set(bank) == {CUSTOMERS, PRODUCTS, INTERACTIONS, HOLDINGS, GROUND_TRUTH}
     c, p = SCHEMA.customers, SCHEMA.products
-    assert list(bank[CUSTOMERS].columns) == [c.id, *c.numeric, *c.categorical, c.risk]
-    assert set(bank[PRODUCTS].columns) == {p.id, "name", *p.numeric, *p.categorical, p.risk, p.category}
+    # The original columns in their order, then the compliance columns (some also model features).
+    assert list(bank[CUSTOMERS].columns) == [c.id, *SYNTHETIC.customer_numeric, *SYNTHETIC.customer_categorical, c.risk,
+                                             *c.compliance_columns]
+    assert set(c.numeric) | set(c.categorical) <= set(bank[CUSTOMERS].columns)
+    assert set(bank[PRODUCTS].columns) == {p.id, "name", *p.numeric, *p.categorical, p.risk, p.category,
+                                           *p.compliance_columns}
     assert list(bank[INTERACTIONS].columns) == [CUSTOMER_ID, PRODUCT_ID, TIMESTAMP]
     assert list(bank[HOLDINGS].columns) == [CUSTOMER_ID, PRODUCT_ID]
     assert list(bank[GROUND_TRUTH].columns) == [CUSTOMER_ID, PRODUCT_ID, PROBABILITY]
@@ -160,7 +164,12 @@ def test_ground_truth_is_a_distribution_over_non_held_products(bank):
     sums = gt.groupby(CUSTOMER_ID)[PROBABILITY].sum()
     assert len(sums) == N
     np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-9)
-    assert (gt[PROBABILITY] > 0).all()
+    # Positive exactly where the rules allow the product (forbidden ones are never adopted).
+    rules = forbidden(bank[CUSTOMERS], bank[PRODUCTS])
+    rows = pd.Index(bank[CUSTOMERS][CUSTOMER_ID]).get_indexer(gt[CUSTOMER_ID])
+    cols = pd.Index(bank[PRODUCTS][PRODUCT_ID]).get_indexer(gt[PRODUCT_ID])
+    np.testing.assert_array_equal(gt[PROBABILITY].to_numpy() > 0, ~rules[rows, cols])
+    assert rules[rows, cols].mean() > 0.05  # the rules bite
     assert not _pairs(gt).isin(set(_pairs(bank[HOLDINGS]))).any()
     assert len(gt) == N * len(bank[PRODUCTS]) - len(bank[HOLDINGS])
 
@@ -187,7 +196,7 @@ def test_utility_reproduces_ground_truth(which, difficulty, request):
     held = np.zeros((len(ids), len(pids)), dtype=bool)
     held[pd.Index(ids).get_indexer(h[CUSTOMER_ID]), pd.Index(pids).get_indexer(h[PRODUCT_ID])] = True
     U = utility(cust, prod, held, difficulty=difficulty) / TEMPERATURE[difficulty]
-    U[held] = -np.inf
+    U[held | forbidden(cust, prod)] = -np.inf
     e = np.exp(U - U.max(axis=1, keepdims=True))
     prob = e / e.sum(axis=1, keepdims=True)
     gt = bank[GROUND_TRUTH]
@@ -293,7 +302,10 @@ def test_small_catalogue_keeps_core_products():
     prod = out[PRODUCTS]
     assert len(prod) == 5 and "CUR_BASIC" in set(prod[PRODUCT_ID])
     assert not _pairs(out[INTERACTIONS]).isin(set(_pairs(out[HOLDINGS]))).any()
-    np.testing.assert_allclose(out[GROUND_TRUTH].groupby(CUSTOMER_ID)[PROBABILITY].sum(), 1.0, atol=1e-9)
+    # In a catalogue this small the rules can leave a customer nothing: no adoption, probability 0.
+    sums = out[GROUND_TRUTH].groupby(CUSTOMER_ID)[PROBABILITY].sum()
+    assert np.all(np.isclose(sums, 1.0, atol=1e-9) | (sums == 0))
+    assert not set(sums.index[sums == 0]) & set(out[INTERACTIONS][CUSTOMER_ID])
 
 
 # ---------------------------------------------------------------- reproducibility and settings

@@ -21,8 +21,12 @@ def test_recommend_known_customer(rec, small_dataset):
     tolerance = small_dataset.customers.risk_tolerance.iloc[0]
     for item in result.items:
         assert item.product_id not in held
-        assert item.product["risk_level"] <= tolerance
-        assert "within tolerance" in item.reason
+        # Suitability binds investment products; credit is assessed by affordability instead.
+        if item.product["product_type"] in ("investment_fund", "pension"):
+            assert item.product["risk_level"] <= tolerance
+            assert "within tolerance" in item.reason
+        if item.product["product_type"] in ("credit_card", "personal_loan", "mortgage"):
+            assert "debt service to income after this credit" in item.reason
 
 
 def test_scores_match_keras(rec, trained, small_dataset):
@@ -45,7 +49,8 @@ def test_fewer_than_k_never_filled_with_unsuitable(rec, small_dataset):
 def test_audit_names_the_rule(rec, small_dataset):
     cid = small_dataset.customer_ids[0]
     audit = rec.audit(cid, "conservative")
-    assert set(audit.excluded_by.dropna()) <= {"held", "suitability", "risk_cap", "category", "income", "credit_score", "age"}
+    assert set(audit.excluded_by.dropna()) <= {"held", "suitability", "risk_cap", "target_market", "negative_target_market",
+                                               "affordability", "category", "income", "credit_score", "age"}
     held = set(small_dataset.holdings.product_id[small_dataset.holdings.customer_id == cid])
     assert set(audit.product_id[audit.excluded_by == "held"]) == held
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from finrec.atomic import atomic_directory, atomic_path, check_writable, refuse_overlap
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.ids import ids_as_text
@@ -318,6 +319,7 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
         df[table.risk] = df[table.risk].astype("int64")
     for column in table.categorical_features:
         df[column] = as_category_text(df[column])
+    df = C.prepare(df, table, where)
     return df.reset_index(drop=True)
 
 

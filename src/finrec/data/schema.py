@@ -54,8 +54,24 @@ AGE = "age"
 
 RISK_MIN, RISK_MAX = 1, 7
 
-_CUSTOMER_KEYS = {"id", "numeric", "categorical", "risk_tolerance", "protected", "log_numeric"}
-_PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric", "value"}
+# Compliance columns (all optional; see ``finrec.data.compliance`` for the rules that read them).
+# The regimes a product can fall under; a schema maps the user's own labels onto these.
+REGIMES = ("investment", "credit", "deposit", "insurance", "other")
+# Customer attributes a schema may name, as ``customers: {knowledge: my_column, ...}``.
+CUSTOMER_PROFILE_KEYS = ("knowledge", "loss_capacity", "objective", "horizon", "client_type", "debt_service")
+# Target-market terms a schema may name, as ``products: {target_market: {knowledge: my_column, ...}}``,
+# and the customer attribute each one is compared with.
+TARGET_MARKET_KEYS = {
+    "knowledge": "knowledge", "loss_capacity": "loss_capacity", "horizon": "horizon",
+    "objectives": "objective", "client_types": "client_type",
+    "negative_objectives": "objective", "negative_client_types": "client_type",
+    "negative_knowledge": "knowledge", "negative_loss_capacity": "loss_capacity",
+}
+
+_CUSTOMER_KEYS = {"id", "numeric", "categorical", "risk_tolerance", "protected", "log_numeric", "consent",
+                  *CUSTOMER_PROFILE_KEYS}
+_PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric", "regime", "regimes",
+                 "target_market", "credit_payment", "value"}
 DISPLAY = "display"
 _DISPLAY_KEYS = {"profile", "what_if", "segments", "product_name", "product_details", "labels"}
 MAX_LABEL_CHARS = 80
@@ -82,6 +98,25 @@ class TableSchema:
     # Products only: the column holding the money one adoption is worth (``finrec plan``); not a
     # model feature unless also listed as numeric.
     value: str | None = None
+    # Compliance columns (filter inputs only, never model features unless also listed above).
+    # Customers: ``consent`` (false / 0 = objected to profiling for marketing) and ``profile``
+    # (role -> column, roles from CUSTOMER_PROFILE_KEYS). Products: ``regime`` (the column of
+    # regime labels), ``regime_labels`` (label -> one of REGIMES), ``target_market`` (term ->
+    # column, terms from TARGET_MARKET_KEYS) and ``credit_payment`` (monthly debt service a credit
+    # product adds). Mappings are tuples of pairs so the schema stays hashable.
+    consent: str | None = None
+    profile: tuple[tuple[str, str], ...] = ()
+    regime: str | None = None
+    regime_labels: tuple[tuple[str, str], ...] = ()
+    target_market: tuple[tuple[str, str], ...] = ()
+    credit_payment: str | None = None
+
+    @property
+    def compliance_columns(self) -> tuple[str, ...]:
+        """Every column the compliance keys name (for the presence check)."""
+        named = [self.consent, self.regime, self.credit_payment, *(c for _, c in self.profile),
+                 *(c for _, c in self.target_market)]
+        return tuple(dict.fromkeys(c for c in named if c))
 
     @property
     def numeric_features(self) -> tuple[str, ...]:
@@ -174,6 +209,19 @@ class DatasetSchema:
             out[DISPLAY] = hints
         if p.value:
             out[PRODUCTS]["value"] = p.value
+        # Compliance keys only when set, so the schema (and its hash) of data without them is unchanged.
+        if c.consent:
+            out[CUSTOMERS]["consent"] = c.consent
+        for role, column in c.profile:
+            out[CUSTOMERS][role] = column
+        if p.regime:
+            out[PRODUCTS]["regime"] = p.regime
+        if p.regime_labels:
+            out[PRODUCTS]["regimes"] = dict(p.regime_labels)
+        if p.target_market:
+            out[PRODUCTS]["target_market"] = dict(p.target_market)
+        if p.credit_payment:
+            out[PRODUCTS]["credit_payment"] = p.credit_payment
         return out
 
     def without_value(self) -> "DatasetSchema":
@@ -192,6 +240,8 @@ class DatasetSchema:
             risk=c.risk if c.risk not in drop else None,
             protected=c.protected,
             log_numeric=None if c.log_numeric is None else tuple(x for x in c.log_numeric if x not in drop),
+            consent=c.consent,
+            profile=c.profile,
         )
         return DatasetSchema(customers=customers, products=self.products, display=self.display)
 
@@ -207,6 +257,15 @@ class DatasetSchema:
                 raise SchemaError(f"{source}: missing section '{key}'")
         customers = _table_from_dict(raw[CUSTOMERS], _CUSTOMER_KEYS, "risk_tolerance", f"{source}: {CUSTOMERS}")
         products = _table_from_dict(raw[PRODUCTS], _PRODUCT_KEYS, "risk_level", f"{source}: {PRODUCTS}")
+        # A product term is only checkable against a customer attribute the schema names.
+        declared = dict(customers.profile)
+        needs = [(f"target_market.{term}", TARGET_MARKET_KEYS[term]) for term, _ in products.target_market]
+        if products.credit_payment:
+            needs.append(("credit_payment", "debt_service"))
+        for term, role in needs:
+            if role not in declared:
+                raise SchemaError(f"{source}: {PRODUCTS}.{term} is compared with the customers' '{role}' column, "
+                                  f"which {CUSTOMERS} does not name (add '{role}: <column>' to {CUSTOMERS})")
         display = _display_from_dict(raw.get(DISPLAY), customers, products, f"{source}: {DISPLAY}")
         return cls(customers=customers, products=products, display=display)
 
@@ -255,6 +314,7 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
         if stray:
             raise SchemaError(f"{where}.log_numeric: not in the numeric list: {safe_items(stray, quote=False)}")
     protected = _column_list(raw.get("protected"), f"{where}.protected")
+    compliance = _compliance_from_dict(raw, where)
     return TableSchema(
         id=ident,
         numeric=numeric,
@@ -264,6 +324,7 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
         protected=protected,
         log_numeric=log_cols,
         value=_optional_column(raw.get("value"), f"{where}.value") if "value" in allowed else None,
+        **compliance,
     )
 
 
@@ -307,6 +368,38 @@ def _display_from_dict(raw: Any, customers: TableSchema, products: TableSchema, 
                         labels=tuple((str(k), v.strip()) for k, v in labels.items()))
 
 
+def _compliance_from_dict(raw: dict, where: str) -> dict[str, Any]:
+    """The compliance keys of one table section (absent keys: empty)."""
+    out: dict[str, Any] = {}
+    if "consent" in raw:
+        out["consent"] = _optional_column(raw["consent"], f"{where}.consent")
+    profile = [(role, _optional_column(raw[role], f"{where}.{role}")) for role in CUSTOMER_PROFILE_KEYS if role in raw]
+    if profile:
+        out["profile"] = tuple((role, column) for role, column in profile if column)
+    if "regime" in raw:
+        out["regime"] = _optional_column(raw["regime"], f"{where}.regime")
+    if raw.get("regimes") is not None:
+        labels = raw["regimes"]
+        if not isinstance(labels, dict) or not labels:
+            raise SchemaError(f"{where}.regimes: expected a mapping of your labels to {', '.join(REGIMES)}")
+        for label, regime in labels.items():
+            if regime not in REGIMES:
+                raise SchemaError(f"{where}.regimes: label {label!r} maps to {regime!r}; choose one of {', '.join(REGIMES)}")
+        if not out.get("regime"):
+            raise SchemaError(f"{where}.regimes: labels are given but no 'regime' column is named")
+        out["regime_labels"] = tuple((str(label), str(regime)) for label, regime in labels.items())
+    if raw.get("target_market") is not None:
+        terms = raw["target_market"]
+        if not isinstance(terms, dict):
+            raise SchemaError(f"{where}.target_market: expected a mapping of terms to columns, got {type(terms).__name__}")
+        reject_unknown(terms.keys(), TARGET_MARKET_KEYS, f"{where}.target_market", SchemaError)
+        out["target_market"] = tuple((term, _optional_column(column, f"{where}.target_market.{term}"))
+                                     for term, column in terms.items() if column is not None)
+    if "credit_payment" in raw:
+        out["credit_payment"] = _optional_column(raw["credit_payment"], f"{where}.credit_payment")
+    return out
+
+
 @dataclass(frozen=True)
 class SyntheticColumns:
     """Column names of the built-in synthetic bank (see ``finrec.data.synthetic``)."""
@@ -339,24 +432,55 @@ class SyntheticColumns:
                          "digital_only", "min_income", "min_credit_score", "min_age", "max_age"),
         labels=(("expected_yield", "Expected yield (%)"), ("duration_months", "Duration (months, 0 = open-ended)")),
     )
+    # Compliance columns (finrec.data.compliance): filter inputs, not model features.
+    consent: str = "marketing_consent"
+    compliance_profile: tuple[tuple[str, str], ...] = (
+        ("knowledge", "knowledge_level"), ("loss_capacity", "loss_capacity"), ("objective", "investment_objective"),
+        ("horizon", "horizon_years"), ("debt_service", "monthly_debt_service"),
+    )
+    regime_labels: tuple[tuple[str, str], ...] = (
+        ("current_account", "deposit"), ("savings_account", "deposit"), ("term_deposit", "deposit"),
+        ("credit_card", "credit"), ("personal_loan", "credit"), ("mortgage", "credit"),
+        ("investment_fund", "investment"), ("pension", "investment"), ("insurance", "insurance"),
+    )
+    target_market: tuple[tuple[str, str], ...] = (
+        ("knowledge", "tm_min_knowledge"), ("loss_capacity", "tm_min_loss_capacity"),
+        ("horizon", "tm_min_horizon_years"), ("objectives", "tm_objectives"),
+        ("negative_objectives", "tm_negative_objectives"), ("negative_loss_capacity", "tm_negative_max_loss_capacity"),
+    )
+    credit_payment: str = "monthly_payment"
 
     def schema(self) -> DatasetSchema:
+        # The compliance attributes are model features too: the adoptions they bind are then
+        # learnable, not only filtered.
+        profile = dict(self.compliance_profile)
+        tm = dict(self.target_market)
+        customer_numeric = (*self.customer_numeric, profile["knowledge"], profile["loss_capacity"],
+                            profile["horizon"], profile["debt_service"])
+        product_numeric = (*self.product_numeric, tm["knowledge"], tm["loss_capacity"], tm["horizon"],
+                           tm["negative_loss_capacity"], self.credit_payment)
         return DatasetSchema(
             customers=TableSchema(
                 id=CUSTOMER_ID,
-                numeric=self.customer_numeric,
-                categorical=self.customer_categorical,
+                numeric=customer_numeric,
+                categorical=(*self.customer_categorical, profile["objective"]),
                 risk=self.risk_tolerance,
                 protected=self.customer_protected,
-                log_numeric=self.customer_log_numeric,
+                log_numeric=(*self.customer_log_numeric, profile["debt_service"]),
+                consent=self.consent,
+                profile=self.compliance_profile,
             ),
             products=TableSchema(
                 id=PRODUCT_ID,
-                numeric=self.product_numeric,
-                categorical=self.product_categorical,
+                numeric=product_numeric,
+                categorical=(*self.product_categorical, tm["objectives"], tm["negative_objectives"]),
                 risk=self.risk_level,
                 category=self.category,
                 log_numeric=(),
+                regime=self.category,
+                regime_labels=self.regime_labels,
+                target_market=self.target_market,
+                credit_payment=self.credit_payment,
             ),
             display=self.display,
         )

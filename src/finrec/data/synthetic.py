@@ -101,9 +101,27 @@ customer adopts ``m`` products: ``m = 0`` with probability ``p0`` (10%), otherwi
 default 1.6 becomes 1.0). The products are the Gumbel-top-m of ``U/T`` over non-held products
 (Plackett-Luce without replacement); the first pick gets the earliest date.
 
+The rules: a product the default filters exclude for a customer (``forbidden``: suitability of
+investment products, target market, negative target market, affordability at a 40% debt
+service to income, and the income, credit score and age terms) is never adopted; adoptions and
+the ground truth are drawn over the products neither held nor forbidden (holdings, from before,
+are not). The number of adoptions is clipped to the products left.
+
 Ground truth: for every customer and every product not held,
-``probability = softmax over non-held products of U/T``: exactly the distribution of the first
-adoption. It sums to 1 per customer.
+``probability = softmax over non-held, non-forbidden products of U/T`` (0 for forbidden ones):
+exactly the distribution of the first adoption. It sums to 1 per customer (0 for a customer the
+rules leave nothing, which only a tiny catalogue allows).
+
+Compliance columns
+------------------
+Drawn from a fourth random stream (so the columns above are the same as before they existed):
+``marketing_consent`` (0 for 8% of customers: objected to profiling for marketing),
+``knowledge_level`` 1-3 (education, savings, risk tolerance), ``loss_capacity`` 1-4 (savings,
+income, debt), ``investment_objective`` (preservation, income, growth, retirement; by age and
+risk tolerance), ``horizon_years`` (shorter with age); ``monthly_debt_service`` follows from the
+loans and card balance. Funds and pensions carry target-market terms (``tm_*``, a variant keeps
+its base's) and credit products ``monthly_payment`` (the annuity of 15,000 / 250,000 for loans /
+mortgages over their term at their rate; 3% of a card limit of 15% of the minimum income).
 """
 
 from __future__ import annotations
@@ -115,6 +133,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from finrec.data import compliance as C
 from finrec.data.schema import (
     AGE,
     CREDIT_SCORE,
@@ -138,7 +157,7 @@ from finrec.data.schema import (
 )
 from finrec.errors import ConfigError
 
-__all__ = ["GeneratorSettings", "generate", "utility", "DIFFICULTIES", "TEMPERATURE", "BASE_CATALOGUE_SIZE"]
+__all__ = ["GeneratorSettings", "generate", "utility", "forbidden", "DIFFICULTIES", "TEMPERATURE", "BASE_CATALOGUE_SIZE"]
 
 DIFFICULTIES = ("default", "hard")
 MAX_CUSTOMERS = 50_000_000
@@ -174,6 +193,22 @@ _FEATURES = (
     "unemployed", "z_edu", "z_loan",
 )
 _FEATURE_INDEX = {f: i for i, f in enumerate(_FEATURES)}
+
+OBJECTIVES = ("preservation", "income", "growth", "retirement")
+OBJECTION_P = 0.08  # share of customers who objected to profiling for marketing
+# Target market of the base investment products: minimum knowledge (1-3), loss capacity (1-4)
+# and horizon (years), the objectives it serves, those of its negative target market, and the
+# loss capacity at or below which a customer is in its negative target market.
+_TARGET_MARKET = {
+    "FUND_BOND": (1, 2, 3, "income|preservation|retirement", None, np.nan),
+    "FUND_BALANCED": (2, 2, 5, "growth|income|retirement", "preservation", 1),
+    "FUND_EQUITY": (2, 3, 7, "growth|retirement", "preservation|income", 1),
+    "FUND_CRYPTO": (3, 4, 5, "growth", "preservation|income|retirement", 2),
+    "PENSION_SAFE": (1, 1, 10, "retirement|preservation", None, np.nan),
+    "PENSION_GROWTH": (1, 2, 15, "retirement|growth", "preservation", 1),
+}
+# The amount a typical credit of each type lends, for its monthly payment.
+_TYPICAL_AMOUNT = {"personal_loan": 15000.0, "mortgage": 250000.0}
 
 HOLD_CURRENT_P = 0.97
 EXTRA_HOLDINGS_MEAN = 0.8
@@ -411,6 +446,7 @@ def _catalogue(n_products: int, rng: np.random.Generator, k: float) -> _Catalogu
         _DIGITAL: np.array([r[9] for r in rows], dtype=np.int64),
     })
     frame = frame[[PRODUCT_ID, NAME, SYNTHETIC.category, SYNTHETIC.risk_level, *SYNTHETIC.product_numeric]]
+    frame = _with_product_terms(frame, bases)
 
     W = np.zeros((len(_FEATURES), P))
     K = np.zeros((len(TYPES), P))
@@ -580,6 +616,116 @@ def _utility_inputs(customers: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
+# Compliance columns and the rules that bind adoption
+
+
+def _with_compliance_columns(customers: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Add the suitability profile, marketing consent and monthly debt service (see the README's
+    compliance section), drawn from their own stream ``rng``."""
+    n = len(customers)
+    a = customers[AGE].to_numpy(np.float64)
+    income = customers[INCOME].to_numpy(np.float64)
+    savings = customers[_SAVINGS].to_numpy(np.float64)
+    loan = customers[_LOAN].to_numpy(np.float64)
+    card = np.maximum(customers[_DEBT].to_numpy(np.float64) - loan, 0.0)
+    edu = pd.Categorical(customers[_EDUCATION], categories=EDUCATIONS).codes.astype(np.float64)
+    rt = customers[SYNTHETIC.risk_tolerance].to_numpy(np.float64)
+    dti = customers[_DTI].to_numpy(np.float64)
+    z_sav = (np.log1p(savings) - math.log(20000)) / 1.3
+    z_inc = (np.log(income) - math.log(40000)) / 0.6
+
+    knowledge = 1 + np.digitize(0.6 * edu + 0.6 * z_sav + 0.2 * (rt - 4) + rng.standard_normal(n), [0.4, 1.6])
+    capacity = 1 + np.digitize(0.8 * z_sav + 0.5 * z_inc - 0.4 * np.minimum(dti, 5) + 0.8 * rng.standard_normal(n),
+                               [-0.9, 0.2, 1.4])
+    logits = np.stack([
+        0.8 - 0.5 * (rt - 3.5) + 0.02 * (a - 50),       # preservation
+        0.2 + 0.03 * (a - 50),                           # income
+        0.6 + 0.5 * (rt - 3.5) - 0.03 * (a - 40),        # growth
+        0.9 - 0.15 * np.abs(a - 52) / 5,                 # retirement
+    ], axis=1)
+    objective = np.argmax(logits + rng.gumbel(size=(n, 4)), axis=1)
+    horizon = np.maximum(1, np.round(np.clip(67 - a, 2, 35) * rng.uniform(0.3, 1.0, n))).astype(np.int64)
+    consent = (rng.random(n) >= OBJECTION_P).astype(np.int64)
+    # Loans up to half a year's income repay over 5 years at 8%, larger ones over 25 years at 4%
+    # (annuity factors); cards pay 3% of the balance a month.
+    debt_service = np.round(np.where(loan <= 0.5 * income, 0.020276, 0.005278) * loan + 0.03 * card)
+
+    names = dict(SYNTHETIC.compliance_profile)
+    out = customers.copy()
+    out[SYNTHETIC.consent] = consent
+    out[names["knowledge"]] = knowledge.astype(np.int64)
+    out[names["loss_capacity"]] = capacity.astype(np.int64)
+    out[names["objective"]] = np.array(OBJECTIVES, dtype=object)[objective]
+    out[names["horizon"]] = horizon
+    out[names["debt_service"]] = debt_service
+    return out
+
+
+def _annuity(amount: float, apr_percent: float, months: int) -> float:
+    r = abs(apr_percent) / 100 / 12
+    return amount / months if r == 0 else amount * r / (1 - (1 + r) ** -months)
+
+
+def _with_product_terms(frame: pd.DataFrame, bases: list[_Base]) -> pd.DataFrame:
+    """Add the target-market terms of investment products (a variant keeps its base's) and the
+    monthly payment of credit products: 3% of a card limit (15% of the minimum income, at least
+    2,000), the annuity of a typical loan or mortgage over the product's term at its rate."""
+    tm = dict(SYNTHETIC.target_market)
+    rows = [_TARGET_MARKET.get(b.pid, (np.nan, np.nan, np.nan, None, None, np.nan)) for b in bases]
+    out = frame.copy()
+    for i, term in enumerate(("knowledge", "loss_capacity", "horizon", "objectives", "negative_objectives",
+                              "negative_loss_capacity")):
+        values = [r[i] for r in rows]
+        out[tm[term]] = pd.Series(values, dtype=object if term.endswith("objectives") else np.float64)
+    payment = np.full(len(frame), np.nan)
+    for j, b in enumerate(bases):
+        if b.ptype == "credit_card":
+            payment[j] = 0.03 * max(2000.0, 0.15 * float(frame[MIN_INCOME].iloc[j]))
+        elif b.ptype in _TYPICAL_AMOUNT:
+            payment[j] = _annuity(_TYPICAL_AMOUNT[b.ptype], float(frame[_YIELD].iloc[j]), int(frame[_DURATION].iloc[j]))
+    out[SYNTHETIC.credit_payment] = np.round(payment, 2)
+    return out
+
+
+def _rules(customers: pd.DataFrame, products: pd.DataFrame):
+    """``forbidden(sl)`` -> bool [n, P]: what the default filters exclude for customers ``sl``
+    besides held products: suitability of investment products, the target market and negative
+    target market, affordability at the default limit, and the eligibility terms (income,
+    credit score, age). The same functions as the recommender's filters (``finrec.data.compliance``)."""
+    schema = SYNTHETIC.schema()
+    profile = C.customer_profile(customers, schema.customers)
+    terms = C.product_terms(products, schema.products)
+    regime = C.product_regimes(products, schema.products)
+    payment = C.product_payments(products, schema.products)
+    investment, credit = regime == "investment", regime == "credit"
+    income = customers[INCOME].to_numpy(np.float64)
+    score = customers[CREDIT_SCORE].to_numpy(np.float64)
+    age = customers[AGE].to_numpy(np.float64)
+    rt = customers[SYNTHETIC.risk_tolerance].to_numpy(np.float64)
+    risk = products[SYNTHETIC.risk_level].to_numpy(np.float64)
+    terms_min = {c: products[c].to_numpy(np.float64) for c in (MIN_INCOME, MIN_CREDIT_SCORE, MIN_AGE, MAX_AGE)}
+
+    def forbidden(sl: slice) -> np.ndarray:
+        part = {name: values[sl] for name, values in profile.items()}
+        out = C.outside_target_market(part, terms, investment) | C.in_negative_target_market(part, terms, investment)
+        out |= C.unaffordable(income[sl], part["debt_service"], score[sl], payment, credit,
+                              C.DEFAULT_MAX_DEBT_SERVICE_RATIO, None)
+        out |= (risk[None, :] > rt[sl, None]) & investment[None, :]
+        out |= income[sl, None] < terms_min[MIN_INCOME][None, :]
+        out |= score[sl, None] < terms_min[MIN_CREDIT_SCORE][None, :]
+        out |= (age[sl, None] < terms_min[MIN_AGE][None, :]) | (age[sl, None] > terms_min[MAX_AGE][None, :])
+        return out
+
+    return forbidden
+
+
+def forbidden(customers: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
+    """bool [n_customers, n_products] for frames made by ``generate``: the products the rules
+    forbid each customer (``_rules``); their adoption probability is 0 and nobody adopts them."""
+    return _rules(customers, products)(slice(None))
+
+
+# --------------------------------------------------------------------------------------------
 # Utility and sampling
 # --------------------------------------------------------------------------------------------
 
@@ -624,7 +770,8 @@ def utility(customers: pd.DataFrame, products: pd.DataFrame, held: np.ndarray | 
 
     ``held`` is an optional boolean [n_customers, n_products] matrix of holdings. The products must
     come from ``generate`` (the per-product coefficients are looked up by product id). The ground
-    truth is ``softmax(U / TEMPERATURE[difficulty])`` over the products not held.
+    truth is ``softmax(U / TEMPERATURE[difficulty])`` over the products neither held nor
+    ``forbidden``.
     """
     if difficulty not in DIFFICULTIES:
         raise ConfigError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
@@ -693,14 +840,18 @@ def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.
         raise ConfigError(f"settings must be a GeneratorSettings, got {type(settings).__name__}")
     settings.validate()
     seq = np.random.SeedSequence(int(settings.seed))
-    rng_c, rng_p, rng_s = (np.random.default_rng(s) for s in seq.spawn(3))
+    # The fourth stream draws the compliance columns: spawning it leaves the first three (and so
+    # every column they drew before those columns existed) exactly as they were.
+    rng_c, rng_p, rng_s, rng_x = (np.random.default_rng(s) for s in seq.spawn(4))
     k = _INTERACTION_SCALE[settings.difficulty]
     T = TEMPERATURE[settings.difficulty]
     mean = settings.adoptions_per_customer * (HARD_ADOPTION_FACTOR if settings.difficulty == "hard" else 1.0)
 
     customers, cust = _customers(settings.n_customers, rng_c)
+    customers = _with_compliance_columns(customers, rng_x)
     cat = _catalogue(settings.n_products, rng_p, k)
     products = cat.frame
+    forbidden_in = _rules(customers, products)
     P = len(products)
     is_current = cat.type_idx == _TYPE_INDEX["current_account"]
     n = settings.n_customers
@@ -732,17 +883,21 @@ def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.
         hr, hp = np.nonzero(held)
         hold_c.append(hr + start)
         hold_p.append(hp)
-        # 3. adoptions: Plackett-Luce on the final utility, never a held product
+        # 3. adoptions: Plackett-Luce on the final utility, never a held product nor one the
+        # rules forbid (a customer who cannot take a product up does not)
         V = _with_holdings(U0, held, cat) / T
-        V[held] = -np.inf
-        m = _adoption_counts(rng_s, P - held.sum(axis=1), mean)
+        V[held | forbidden_in(sl)] = -np.inf
+        m = _adoption_counts(rng_s, np.isfinite(V).sum(axis=1), mean)
         G = V + rng_s.gumbel(size=(nc, P))
         rows, cols = _top_m(G, m)
         act_c.append(rows + start)
         act_p.append(cols)
         if settings.ground_truth:
-            e = np.exp(V - V.max(axis=1, keepdims=True))
-            prob = e / e.sum(axis=1, keepdims=True)
+            # A customer the rules leave nothing (possible in a tiny catalogue) gets probability 0 everywhere.
+            top = V.max(axis=1, keepdims=True)
+            e = np.exp(V - np.where(np.isfinite(top), top, 0.0))
+            total = e.sum(axis=1, keepdims=True)
+            prob = e / np.where(total > 0, total, 1.0)
             gr, gp = np.nonzero(~held)
             gt_c.append(gr + start)
             gt_p.append(gp)

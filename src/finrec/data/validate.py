@@ -166,6 +166,7 @@ def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> 
     named = [table.id, *table.numeric, *table.categorical]
     named += [c for c in (table.risk, table.category, table.value) if c]
     named += list(table.protected)
+    named += list(table.compliance_columns)
     missing = [c for c in dict.fromkeys(named) if c not in df.columns]
     if missing:
         raise SchemaError(

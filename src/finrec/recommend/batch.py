@@ -157,10 +157,12 @@ class TopKWriter:
 
 def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
                   chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None,
-                  probabilities: bool = False) -> tuple[int, int]:
+                  probabilities: bool = False, stats: dict | None = None) -> tuple[int, int]:
     """Write the top ``k`` eligible products of every customer in ``data_dir``'s customers table
-    to ``out``. Returns (customers scored, rows written). ``probabilities`` adds the calibrated
-    adoption probability of each row (the model must have a calibration).
+    to ``out``. Returns (customers read, rows written). ``probabilities`` adds the calibrated
+    adoption probability of each row (the model must have a calibration). ``stats``, when given,
+    receives ``objected``: the customers who objected to profiling for marketing, who are neither
+    ranked nor in the output (``Recommender.rank`` leaves their rows empty).
 
     This thread reads and validates chunks and writes finished ones in file order; ``workers``
     threads (default: the CPUs this process may use) each featurize, rank (tower, cosine,
@@ -195,7 +197,9 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
           ThreadPoolExecutor(max_workers=1) as side, single_threaded_blas()):
         lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
 
-        def score(start: int, chunk: pd.DataFrame) -> pa.Table:
+        objected = 0
+
+        def score(start: int, chunk: pd.DataFrame) -> tuple[pa.Table, int]:
             held = lookup.result().slice(start, start + len(chunk))
             context = recommender.context(chunk, held=held)
             ranking = recommender.rank(context, k, filters, workers=1)
@@ -203,7 +207,14 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
             if calibration is not None:  # the whole row is needed (a softmax): one more tower pass
                 full = recommender.probabilities(context, recommender.index.scores(recommender.embed(context, workers=1)))
                 chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
-            return topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores, chosen)
+            table_ = topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores, chosen)
+            return table_, int(context.attributes["objected"].sum())
+
+        def write(done) -> None:
+            nonlocal objected
+            table_, count = done.result()
+            writer.write(table_)
+            objected += count
 
         in_flight: collections.deque = collections.deque()
         n_customers = 0
@@ -211,7 +222,9 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
             in_flight.append(pool.submit(score, n_customers, chunk))
             n_customers += len(chunk)
             while len(in_flight) > workers or (in_flight and in_flight[0].done()):
-                writer.write(in_flight.popleft().result())
+                write(in_flight.popleft())
         while in_flight:
-            writer.write(in_flight.popleft().result())
+            write(in_flight.popleft())
+    if stats is not None:
+        stats["objected"] = objected
     return n_customers, writer.rows

@@ -2,14 +2,24 @@
 
 Rules, in the order an exclusion is attributed (the first rule that removes a product names it):
 
+0. ``consent``: the customer objected to profiling for marketing (GDPR Art. 21(2)); every
+   product, always (not a filter a caller can turn off);
 1. ``held``: the customer already holds the product (on by default);
 2. ``suitability``: product risk level above the customer's risk tolerance (MiFID II / PRIIPs
    SRI 1-7; on by default; a customer with no recorded tolerance is treated as 1, the most
    cautious). A preset can tighten it, never loosen it;
 3. ``risk_cap``: the preset's ceiling (``conservative``: risk level at most 3);
-4. ``category``: not among the included categories, or among the excluded ones;
-5. ``income`` / ``credit_score`` / ``age``: the product's eligibility terms
+4. ``target_market`` / ``negative_target_market``: outside the product's target market, or in
+   its negative target market (``finrec.data.compliance``);
+5. ``affordability``: a credit product whose debt service to income after the new credit is
+   above ``max_debt_service_ratio``, or a credit score below ``credit_score_cutoff``;
+6. ``category``: not among the included categories, or among the excluded ones;
+7. ``income`` / ``credit_score`` / ``age``: the product's eligibility terms
    (``min_income``, ``min_credit_score``, ``min_age``, ``max_age``) when both tables have them.
+
+When the schema names a product ``regime`` column, rules 2-4 apply to ``investment`` products
+only and rule 5 to ``credit`` products only (deposits, insurance and the rest: eligibility
+terms). Without it, rules 2-3 apply to every product, as before regimes existed.
 
 Shapes: customer columns are [n]; product attributes [P]; every mask is bool [n, P], True =
 excluded.
@@ -23,11 +33,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.errors import FinrecError, reject_unknown
 
-RULES = ("held", "suitability", "risk_cap", "category", "income", "credit_score", "age")
+RULES = ("consent", "held", "suitability", "risk_cap", "target_market", "negative_target_market", "affordability",
+         "category", "income", "credit_score", "age")
 CONSERVATIVE_MAX_RISK = 3
+DEFAULT_MAX_DEBT_SERVICE_RATIO = C.DEFAULT_MAX_DEBT_SERVICE_RATIO
+CONSENT_MESSAGE = ("the customer objected to profiling for direct marketing (GDPR Art. 21(2)); "
+                   "no personalised recommendation is made")
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,10 @@ class Filters:
     exclude_categories: tuple[str, ...] = ()
     eligibility: bool = True
     preset: str | None = None
+    target_market: bool = True
+    affordability: bool = True
+    max_debt_service_ratio: float = DEFAULT_MAX_DEBT_SERVICE_RATIO
+    credit_score_cutoff: float | None = None
 
     @classmethod
     def build(cls, value: "Filters | dict | str | None" = None) -> "Filters":
@@ -63,6 +82,12 @@ class Filters:
         max_risk = values.get("max_risk")
         if max_risk is not None and (not isinstance(max_risk, int) or not S.RISK_MIN <= max_risk <= S.RISK_MAX):
             raise FinrecError(f"filters.max_risk must be an integer from {S.RISK_MIN} to {S.RISK_MAX}, got {max_risk!r}")
+        ratio = values.get("max_debt_service_ratio", base.max_debt_service_ratio)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 5:
+            raise FinrecError(f"filters.max_debt_service_ratio must be a number in (0, 5] (0.4 = 40% of income), got {ratio!r}")
+        cutoff = values.get("credit_score_cutoff")
+        if cutoff is not None and (isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not np.isfinite(cutoff)):
+            raise FinrecError(f"filters.credit_score_cutoff must be a number, got {cutoff!r}")
         return replace(base, **values)
 
 
@@ -95,6 +120,9 @@ class Catalogue:
     risk: np.ndarray | None
     category: np.ndarray | None
     terms: dict[str, np.ndarray] = field(default_factory=dict)
+    regime: np.ndarray | None = None  # [P] canonical regime (``S.REGIMES``), None without a regime column
+    target_market: dict = field(default_factory=dict)  # term -> float [P] or ``LabelTerm``
+    payment: np.ndarray | None = None  # [P] monthly payment of a credit product (NaN = not stated)
 
     @classmethod
     def from_products(cls, products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> "Catalogue":
@@ -108,7 +136,19 @@ class Catalogue:
             risk=table[p.risk].to_numpy(dtype="float64") if p.risk else None,
             category=table[p.category].astype(str).to_numpy() if p.category else None,
             terms=terms,
+            regime=C.product_regimes(table, p),
+            target_market=C.product_terms(table, p),
+            payment=C.product_payments(table, p),
         )
+
+    def regime_is(self, regime: str) -> np.ndarray:
+        """bool [P]: products of ``regime``; without a regime column every product counts as any
+        regime, except that only products stating a payment count as credit."""
+        if self.regime is not None:
+            return self.regime == regime
+        if regime == "credit":
+            return ~np.isnan(self.payment) if self.payment is not None else np.zeros(len(self.product_ids), bool)
+        return np.ones(len(self.product_ids), dtype=bool)
 
     @property
     def categories(self) -> list[str]:
@@ -129,6 +169,7 @@ def customer_attributes(customers: pd.DataFrame, schema: S.DatasetSchema) -> dic
         S.INCOME: column(S.INCOME),
         S.CREDIT_SCORE: column(S.CREDIT_SCORE),
         S.AGE: column(S.AGE),
+        **C.customer_profile(customers, schema.customers),
     }
 
 
@@ -144,20 +185,36 @@ def record_attributes(record: dict[str, Any], schema: S.DatasetSchema) -> dict[s
         S.INCOME: value(S.INCOME),
         S.CREDIT_SCORE: value(S.CREDIT_SCORE),
         S.AGE: value(S.AGE),
+        **C.record_profile(record, schema.customers),
     }
 
 
 def exclusion_masks(attributes: dict[str, np.ndarray], held: np.ndarray, catalogue: Catalogue, filters: Filters) -> dict[str, np.ndarray]:
     """bool [n, P] per rule (True = excluded by that rule); rules that do not apply are absent."""
     masks: dict[str, np.ndarray] = {}
+    objected = attributes.get("objected")
+    if objected is not None and objected.any():
+        masks["consent"] = np.broadcast_to(objected[:, None], held.shape)
     if filters.exclude_held:
         masks["held"] = held
+    investment = catalogue.regime_is("investment")
     if catalogue.risk is not None:
         tolerance = _filled(attributes["risk_tolerance"], S.RISK_MIN)[:, None]
         if filters.suitability:
-            masks["suitability"] = catalogue.risk[None, :] > tolerance
+            masks["suitability"] = (catalogue.risk[None, :] > tolerance) & investment[None, :]
         if filters.max_risk is not None:
-            masks["risk_cap"] = np.broadcast_to(catalogue.risk[None, :] > filters.max_risk, held.shape)
+            masks["risk_cap"] = np.broadcast_to((catalogue.risk > filters.max_risk) & investment, held.shape)
+    if filters.target_market and catalogue.target_market:
+        outside = C.outside_target_market(attributes, catalogue.target_market, investment)
+        if outside.any() or len(outside) == 1:
+            masks["target_market"] = outside
+        negative = C.in_negative_target_market(attributes, catalogue.target_market, investment)
+        if negative.any() or len(negative) == 1:
+            masks["negative_target_market"] = negative
+    if filters.affordability and (catalogue.payment is not None or filters.credit_score_cutoff is not None):
+        masks["affordability"] = C.unaffordable(
+            attributes[S.INCOME], attributes.get("debt_service"), attributes[S.CREDIT_SCORE], catalogue.payment,
+            catalogue.regime_is("credit"), filters.max_debt_service_ratio, filters.credit_score_cutoff)
     if catalogue.category is not None and (filters.include_categories or filters.exclude_categories):
         bad = np.zeros(len(catalogue.category), dtype=bool)
         if filters.include_categories:
@@ -205,9 +262,16 @@ def first_reason(masks: dict[str, np.ndarray], row: int, column: int) -> str | N
     return None
 
 
-def describe_exclusion(rule: str, attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int) -> str:
-    """A sentence for an auditor."""
+def describe_exclusion(rule: str, attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
+                       filters: Filters | None = None) -> str:
+    """A sentence for an auditor (``filters``: the limits applied, for the affordability rule)."""
     tolerance = attributes["risk_tolerance"][row]
+    if rule == "consent":
+        return "the customer objected to profiling for direct marketing"
+    if rule in ("target_market", "negative_target_market"):
+        return _describe_target_market(rule, attributes, catalogue, row, column)
+    if rule == "affordability":
+        return _describe_affordability(attributes, catalogue, row, column, filters)
     if rule == "held":
         return "already held"
     if rule == "suitability":
@@ -230,10 +294,19 @@ def describe_exclusion(rule: str, attributes: dict[str, np.ndarray], catalogue: 
 def describe_allowed(attributes: dict[str, np.ndarray], catalogue: Catalogue, masks: dict[str, np.ndarray], row: int, column: int) -> str:
     """Why a recommended product passed every active rule."""
     parts = []
-    if "suitability" in masks:
+    investment = catalogue.regime is None or catalogue.regime[column] == "investment"
+    if catalogue.regime is not None:
+        parts.append(f"{catalogue.regime[column]} product")
+    if "suitability" in masks and investment:
         parts.append(f"risk {int(catalogue.risk[column])} within tolerance {_fmt(attributes['risk_tolerance'][row])}")
-    if "risk_cap" in masks:
+    if "risk_cap" in masks and investment:
         parts.append("within the preset's risk ceiling")
+    if "target_market" in masks and investment and _sets_target_market(catalogue, column):
+        parts.append("inside the target market")
+    if "negative_target_market" in masks and investment and _sets_target_market(catalogue, column):
+        parts.append("outside the negative target market")
+    if "affordability" in masks and catalogue.regime_is("credit")[column]:
+        parts.append(_affordability_text(attributes, catalogue, row, column, passed=True))
     terms = [name for name in ("income", "credit_score", "age") if name in masks]
     if terms:
         parts.append("meets the " + ", ".join(t.replace("_", " ") for t in terms) + " terms")
@@ -251,3 +324,69 @@ def _fmt(value: Any) -> str:
     if not np.isfinite(value):
         return "no limit"
     return f"{value:,.0f}" if value.is_integer() or abs(value) >= 100 else f"{value:.2f}"
+
+
+
+def _sets_target_market(catalogue: Catalogue, column: int) -> bool:
+    for term in catalogue.target_market.values():
+        if isinstance(term, C.LabelTerm) and term.stated[column]:
+            return True
+        if isinstance(term, np.ndarray) and not np.isnan(term[column]):
+            return True
+    return False
+
+
+_TERM_WORDS = {"knowledge": "knowledge and experience", "loss_capacity": "loss capacity", "horizon": "horizon (years)",
+               "objective": "objective", "client_type": "client type"}
+
+
+def _describe_target_market(rule: str, attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int) -> str:
+    """Which target-market term failed, for an auditor (the first failing term)."""
+    one = {name: values[row : row + 1] for name, values in attributes.items()}
+    applies = np.zeros(len(catalogue.product_ids), dtype=bool)
+    applies[column] = True
+    check = C.outside_target_market if rule == "target_market" else C.in_negative_target_market
+    for term, values in catalogue.target_market.items():
+        if check(one, {term: values}, applies)[0, column]:
+            role = S.TARGET_MARKET_KEYS[term]
+            customer = attributes[role][row]
+            shown = customer if isinstance(customer, str) else _fmt(customer)
+            if isinstance(values, C.LabelTerm):
+                listed = sorted(label for label, i in values.vocabulary.items() if values.table[i, column])
+                relation = "is listed in" if rule == "negative_target_market" else "is not among"
+                return f"{_TERM_WORDS[role]} {shown} {relation} {'|'.join(listed)}"
+            bound = _fmt(values[column])
+            if rule == "negative_target_market":
+                return f"{_TERM_WORDS[role]} {shown} is at or below the negative target market's {bound}"
+            return f"{_TERM_WORDS[role]} {shown} is below the target market's minimum {bound}"
+    return rule.replace("_", " ")
+
+
+def _ratio(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int) -> float:
+    """Debt service to income after product ``column`` (NaN when not computable)."""
+    if catalogue.payment is None or np.isnan(catalogue.payment[column]):
+        return float("nan")
+    return float(C.debt_service_ratio_after(attributes[S.INCOME][row : row + 1], attributes["debt_service"][row : row + 1],
+                                            catalogue.payment[column : column + 1])[0, 0])
+
+
+def _affordability_text(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
+                        passed: bool) -> str:
+    ratio = _ratio(attributes, catalogue, row, column)
+    if np.isnan(ratio):
+        return "affordable" if passed else "credit score below the cut-off"
+    return f"debt service to income after this credit {ratio:.1%}" + (" within the limit" if passed else "")
+
+
+def _describe_affordability(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
+                            filters: Filters | None) -> str:
+    limits = filters or Filters()
+    stated = catalogue.payment is not None and not np.isnan(catalogue.payment[column])
+    ratio = _ratio(attributes, catalogue, row, column)
+    if stated and np.isnan(ratio):
+        return "affordability cannot be assessed: income or current debt service is not on record"
+    if stated and ratio > limits.max_debt_service_ratio:
+        return (f"debt service to income after this credit {ratio:.1%} is above the limit "
+                f"{limits.max_debt_service_ratio:.0%}")
+    score = attributes[S.CREDIT_SCORE][row]
+    return f"credit score {_fmt(score)} is below the cut-off {_fmt(limits.credit_score_cutoff)}"

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.io import Dataset, load_dataset
@@ -44,6 +45,7 @@ class Recommendation:
     product: dict[str, Any]
     reason: str
     probability: float | None = None  # calibrated P(adopts); None when the model has no calibration
+    regime: str | None = None  # the product's regime when the schema names one
 
 
 @dataclass
@@ -54,6 +56,11 @@ class RecommendationResult:
     eligible: int
     filters: F.Filters
     message: str | None = None
+    # Every product a rule removed, as (product_id, rule) in catalogue order: what a record of
+    # the recommendation keeps (the rule names, never the customer's values).
+    exclusions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    objected: bool = False  # the customer objected to profiling for marketing: nothing was ranked
+    rules: list[str] = dataclasses.field(default_factory=list)  # the rules applied, in ``F.RULES`` order
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +109,7 @@ class Recommender:
         self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_, shown)
         self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
+        self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
         if dataset is not None:
@@ -113,7 +121,7 @@ class Recommender:
     def load(cls, model_dir: str | Path, data_dir: str | Path | None = None) -> "Recommender":
         """Load a model directory; known customers come from ``data_dir`` or, when omitted, from
         the training data recorded in the model's manifest (if it is still there)."""
-        from finrec.artifacts import load_model_dir
+        from finrec.artifacts import load_model_dir, model_version
 
         loaded = load_model_dir(model_dir)
         data_dir = data_dir or loaded.manifest.get("data_path")
@@ -124,7 +132,9 @@ class Recommender:
             model_schema = loaded.trained.pipeline.full_schema
             if dataset.schema.without_value().to_dict() != model_schema.without_value().to_dict():
                 raise FinrecError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
-        return cls(loaded.trained, dataset)
+        recommender = cls(loaded.trained, dataset)
+        recommender.model_version = model_version(loaded.manifest)
+        return recommender
 
     @property
     def known_customers(self) -> pd.DataFrame:
@@ -202,6 +212,8 @@ class Recommender:
                 if isinstance(value, (dict, list, tuple)):
                     raise DataError(f"features.{column} must be a single value, got {type(value).__name__}")
                 record[column] = str(value)
+        for column, value in C.check_record(features, self.schema.customers).items():
+            record.setdefault(column, value)
         cid = self.schema.customers.id
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
@@ -239,7 +251,21 @@ class Recommender:
         filters = F.Filters.build(filters)
         masks = self.masks(context, filters)
         excluded = F.combine(masks, context.held.shape)
-        index, best = self.index.recommend(self.embed(context, workers), excluded, k, workers=workers)
+        objected = context.attributes.get("objected")
+        if objected is None or not objected.any():
+            index, best = self.index.recommend(self.embed(context, workers), excluded, k, workers=workers)
+            return Ranking(index, best, masks, excluded)
+        # Customers who objected to profiling are not even embedded: their rows stay empty.
+        keep = np.flatnonzero(~objected)
+        width = min(k, excluded.shape[1])
+        index = np.full((len(objected), width), -1, dtype=np.int64)
+        best = np.full((len(objected), width), -np.inf, dtype=np.float32)
+        if len(keep):
+            sub = CustomerContext(ids=context.ids[keep], inputs={n: v[keep] for n, v in context.inputs.items()},
+                                  attributes={}, held=context.held[keep])
+            sub_index, sub_best = self.index.recommend(self.embed(sub, workers), excluded[keep], k, workers=workers)
+            index[keep, : sub_index.shape[1]] = sub_index
+            best[keep, : sub_best.shape[1]] = sub_best
         return Ranking(index, best, masks, excluded)
 
     def recommend(self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None) -> RecommendationResult:
@@ -251,6 +277,11 @@ class Recommender:
             raise FinrecError(f"k must be a positive integer, got {k!r}")
         filters = F.Filters.build(filters)
         context = self._single(customer)
+        customer_id = None if isinstance(customer, dict) else str(customer)
+        if context.attributes["objected"][0]:
+            # GDPR Art. 21(3): no profiling for marketing at all, so no ranking and no exclusions to record.
+            return RecommendationResult(customer_id, int(k), [], 0, filters, F.CONSENT_MESSAGE, objected=True,
+                                        rules=["consent"])
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
         # One more tower pass for one customer: the probability needs the whole row (a softmax).
@@ -266,20 +297,33 @@ class Recommender:
                 product=self.products[j],
                 reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
                 probability=None if probabilities is None else float(probabilities[j]),
+                regime=None if self.catalogue.regime is None else str(self.catalogue.regime[j]),
             ))
         eligible = int((~excluded[0]).sum())
         message = None
         if len(items) < k:
             message = f"only {eligible} product(s) are eligible under these filters; returning {len(items)} instead of {k}"
-        customer_id = None if isinstance(customer, dict) else str(customer)
-        return RecommendationResult(customer_id, int(k), items, eligible, filters, message)
+        return RecommendationResult(customer_id, int(k), items, eligible, filters, message,
+                                    exclusions=self._exclusions(masks), rules=[r for r in F.RULES if r in masks])
+
+    def _exclusions(self, masks: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+        """(product_id, first rule in ``F.RULES`` order) for every product excluded in row 0."""
+        rules = [rule for rule in F.RULES if rule in masks]
+        if not rules:
+            return []
+        stacked = np.stack([masks[rule][0] for rule in rules])  # [R, P]
+        first = stacked.argmax(axis=0)
+        ids = self.pipeline.product_ids_
+        return [(str(ids[j]), rules[first[j]]) for j in np.flatnonzero(stacked.any(axis=0))]
 
     def audit(self, customer: str | dict, filters: F.Filters | dict | str | None = None) -> pd.DataFrame:
         """Every product with its score and, when excluded, the rule that removed it and why."""
         filters = F.Filters.build(filters)
         context = self._single(customer)
-        scores = self.scores(context)[0]
         masks = self.masks(context, filters)
+        # A customer who objected to profiling is not scored, not even for an audit.
+        objected = bool(context.attributes["objected"][0])
+        scores = np.full(len(self.pipeline.product_ids_), np.nan) if objected else self.scores(context)[0]
         rows = []
         for j, pid in enumerate(self.pipeline.product_ids_):
             rule = F.first_reason(masks, 0, j)
@@ -287,7 +331,7 @@ class Recommender:
                 S.PRODUCT_ID: pid,
                 "score": float(scores[j]),
                 "excluded_by": rule,
-                "detail": F.describe_exclusion(rule, context.attributes, self.catalogue, 0, j) if rule else "eligible",
+                "detail": F.describe_exclusion(rule, context.attributes, self.catalogue, 0, j, filters) if rule else "eligible",
             })
         return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 

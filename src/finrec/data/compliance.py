@@ -1,0 +1,406 @@
+"""The compliance rules per product regime, as pure numpy functions over raw columns.
+
+finrec applies these rules as masks before the top K (``finrec.recommend.filters``); the
+synthetic bank uses the same functions so that its true adoption process respects them. Both
+read the columns a ``schema.yaml`` names (``finrec.data.schema``): none is required, and a rule
+whose columns are absent does not run.
+
+Regimes (``products: {regime: COLUMN, regimes: {your_label: investment, ...}}``):
+
+- ``investment`` (MiFID II Art. 25(2), ESMA35-43-1163 / ESMA35-43-620): the product's risk level
+  against the customer's risk tolerance (``suitability``), the manufacturer's target market
+  (``target_market``) and negative target market (``negative_target_market``);
+- ``credit`` (EU Consumer Credit Directive, creditworthiness): ``affordability`` only, never the
+  risk level;
+- ``deposit``, ``insurance``, ``other``: the eligibility terms only (``min_income`` ...).
+
+Scales: ``knowledge`` (knowledge and experience) and ``loss_capacity`` (ability to bear losses)
+are ordinal levels, higher = more (the synthetic bank: knowledge 1 basic, 2 informed, 3 advanced;
+loss capacity 1 no capital loss, 2 limited loss, 3 loss of the capital, 4 loss beyond it);
+``horizon`` is in years; ``objective`` and ``client_type`` are labels. A product's list terms
+(``objectives`` ...) are labels separated by ``|``; an empty cell sets no term.
+
+A customer value that is unknown (missing) cannot show that the customer is inside a target
+market, outside a negative one, or able to afford a credit: each of those rules excludes the
+product then. (The eligibility terms are the opposite: an unknown value fails no term, the bank
+checks it at application; ``finrec.recommend.filters``.)
+
+Shapes: customer arrays [n], product arrays [P], masks bool [n, P], True = excluded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from finrec.data import schema as S
+from finrec.data import validate as V
+from finrec.errors import DataError
+
+LIST_SEPARATOR = "|"
+# A common supervisory ceiling on debt service to income (several EU macroprudential DSTI limits
+# sit at 40-50%); a bank sets its own through ``Filters.max_debt_service_ratio``.
+DEFAULT_MAX_DEBT_SERVICE_RATIO = 0.40
+# Target-market terms compared as customer value >= product minimum.
+MINIMUM_TERMS = ("knowledge", "loss_capacity", "horizon")
+# Terms whose product cell lists the labels a customer's value must be among.
+LIST_TERMS = ("objectives", "client_types")
+# Negative target market: the customer is in it when their label is listed ...
+NEGATIVE_LIST_TERMS = ("negative_objectives", "negative_client_types")
+# ... or their level is at or below the product's value.
+NEGATIVE_MAXIMUM_TERMS = ("negative_knowledge", "negative_loss_capacity")
+NUMERIC_PROFILE = ("knowledge", "loss_capacity", "horizon", "debt_service")
+LABEL_PROFILE = ("objective", "client_type")
+
+# Words accepted in a consent column, besides 0 and 1 (case-insensitive).
+_OBJECTED = {"false", "no", "n", "f", "0", "0.0"}
+_CONSENTED = {"true", "yes", "y", "t", "1", "1.0"}
+
+
+def objected(values: pd.Series, where: str) -> np.ndarray:
+    """bool [n]: True where the customer objected to profiling for marketing (GDPR Art. 21(2)).
+
+    ``false``/``0``/``no`` = objected; ``true``/``1``/``yes`` and a missing value = no objection
+    on record. Anything else is refused, naming the column and a row."""
+    if pd.api.types.is_bool_dtype(values):
+        return ~values.to_numpy(dtype=bool)
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.to_numpy(dtype="float64")
+        bad = ~np.isnan(numbers) & (numbers != 0) & (numbers != 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{where}: column '{values.name}' must be true/false or 1/0; "
+                f"{int(bad.sum())} value(s) are not, e.g. row {row + 1}: {numbers[row]:g}"
+            )
+        return numbers == 0
+    text = values.astype(object).where(values.notna(), None)
+    out = np.zeros(len(values), dtype=bool)
+    bad = []
+    for i, value in enumerate(text):
+        if value is None:
+            continue
+        word = str(value).strip().lower()
+        if word in _OBJECTED:
+            out[i] = True
+        elif word not in _CONSENTED and word:
+            bad.append(i)
+    if bad:
+        raise DataError(
+            f"{where}: column '{values.name}' must be true/false or 1/0; {len(bad)} value(s) are not, "
+            f"e.g. row {bad[0] + 1}: {text.iloc[bad[0]]!r}"
+        )
+    return out
+
+
+def label_sets(values: Iterable) -> list[frozenset[str] | None]:
+    """``"growth|income"`` -> {"growth", "income"}; a missing or empty cell -> None (no term)."""
+    out: list[frozenset[str] | None] = []
+    for value in values:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            out.append(None)
+            continue
+        labels = frozenset(part.strip() for part in str(value).split(LIST_SEPARATOR) if part.strip())
+        out.append(labels or None)
+    return out
+
+
+@dataclass(frozen=True)
+class LabelTerm:
+    """A list term of every product, ready for fast membership tests: ``table[code, p]`` is True
+    when label ``code`` is listed by product p (the last row: a label no product lists, or an
+    unknown one); ``stated[p]`` is True when p sets the term at all."""
+
+    vocabulary: dict[str, int]
+    table: np.ndarray  # bool [L + 1, P]
+    stated: np.ndarray  # bool [P]
+
+    @classmethod
+    def from_cells(cls, cells: Iterable) -> LabelTerm:
+        sets = label_sets(cells)
+        vocabulary = {label: i for i, label in enumerate(sorted(set().union(*(s for s in sets if s))))}
+        table = np.zeros((len(vocabulary) + 1, len(sets)), dtype=bool)
+        for j, labels in enumerate(sets):
+            for label in labels or ():
+                table[vocabulary[label], j] = True
+        return cls(vocabulary, table, np.array([s is not None for s in sets], dtype=bool))
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        """bool [n, P]: customer label ``values[i]`` is listed by product p (False when unknown)."""
+        other = len(self.vocabulary)
+        codes = np.fromiter(
+            (self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
+            dtype=np.intp,
+            count=len(values),
+        )
+        return self.table[codes]
+
+
+def regimes_of(labels: pd.Series, mapping: dict[str, str], where: str) -> np.ndarray:
+    """[P] canonical regime per product: the label itself when it is one of ``S.REGIMES``, else
+    ``mapping[label]``. An unmapped label is refused (a typo must not silently skip a rule)."""
+    text = labels.astype(object).where(labels.notna(), None)
+    out = []
+    for i, label in enumerate(text):
+        label = None if label is None else str(label)
+        regime = mapping.get(label, label) if label is not None else None
+        if regime not in S.REGIMES:
+            raise DataError(
+                f"{where}: column '{labels.name}' row {i + 1}: regime label {label!r} is not one of "
+                f"{', '.join(S.REGIMES)} and schema.yaml's 'regimes' does not map it"
+            )
+        out.append(regime)
+    return np.array(out, dtype=object)
+
+
+def _unknown(values: np.ndarray) -> np.ndarray:
+    """bool [n]: the label is missing (labels are text; anything else counts as unknown)."""
+    return np.fromiter((not isinstance(v, str) for v in values), dtype=bool, count=len(values))
+
+
+def outside_target_market(customer: dict[str, np.ndarray], terms: dict, applies: np.ndarray) -> np.ndarray:
+    """bool [n, P]: the customer is outside product p's (positive) target market.
+
+    ``terms``: term -> float [P] (NaN = not set) for the level terms, ``LabelTerm`` for the list
+    terms. For each term the product sets (and only for products where ``applies``)::
+
+        knowledge_c < knowledge_p,  loss_capacity_c < loss_capacity_p,  horizon_c < horizon_p,
+        objective_c not in objectives_p,  client_type_c not in client_types_p
+
+    any of which (or an unknown customer value) puts the customer outside."""
+    n, P = _rows(customer), len(applies)
+    out = np.zeros((n, P), dtype=bool)
+    for term in MINIMUM_TERMS:
+        if term in terms:
+            minimum = terms[term]
+            value = customer[term][:, None]
+            out |= ~np.isnan(minimum)[None, :] & (np.isnan(value) | (value < minimum[None, :]))
+    for term in LIST_TERMS:
+        if term in terms:
+            term_ = terms[term]
+            out |= term_.stated[None, :] & ~term_.contains(customer[S.TARGET_MARKET_KEYS[term]])
+    return out & applies[None, :]
+
+
+def in_negative_target_market(customer: dict[str, np.ndarray], terms: dict, applies: np.ndarray) -> np.ndarray:
+    """bool [n, P]: the customer is in product p's negative target market::
+
+        objective_c in negative_objectives_p,  client_type_c in negative_client_types_p,
+        knowledge_c <= negative_knowledge_p,   loss_capacity_c <= negative_loss_capacity_p
+
+    (an unknown customer value counts as in it, for a product that sets that term)."""
+    n, P = _rows(customer), len(applies)
+    out = np.zeros((n, P), dtype=bool)
+    for term in NEGATIVE_LIST_TERMS:
+        if term in terms:
+            term_ = terms[term]
+            values = customer[S.TARGET_MARKET_KEYS[term]]
+            out |= term_.contains(values) | (term_.stated[None, :] & _unknown(values)[:, None])
+    for term in NEGATIVE_MAXIMUM_TERMS:
+        if term in terms:
+            maximum = terms[term]
+            value = customer[S.TARGET_MARKET_KEYS[term]][:, None]
+            out |= ~np.isnan(maximum)[None, :] & (np.isnan(value) | (value <= maximum[None, :]))
+    return out & applies[None, :]
+
+
+def debt_service_ratio_after(income: np.ndarray, debt_service: np.ndarray, payment: np.ndarray) -> np.ndarray:
+    """float [n, P]: ``12 * (debt_service_c + payment_p) / income_c``: the share of yearly income
+    that would go to debt service after taking product p (monthly amounts, yearly income). NaN
+    when income or debt service is unknown, +inf when income is not positive."""
+    income = income[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = 12.0 * (debt_service[:, None] + payment[None, :]) / income
+    return np.where(income > 0, ratio, np.where(np.isnan(income), np.nan, np.inf))
+
+
+def unaffordable(
+    income: np.ndarray,
+    debt_service: np.ndarray | None,
+    credit_score: np.ndarray,
+    payment: np.ndarray | None,
+    applies: np.ndarray,
+    max_ratio: float | None,
+    cutoff: float | None,
+) -> np.ndarray:
+    """bool [n, P]: credit product p fails the creditworthiness assessment for customer c::
+
+        12 * (debt_service_c + payment_p) / income_c > max_ratio     (when p states a payment)
+        credit_score_c < cutoff                                       (when a cut-off is set)
+
+    an unknown income, debt service or credit score fails the part that needs it."""
+    n, P = len(income), len(applies)
+    out = np.zeros((n, P), dtype=bool)
+    if max_ratio is not None and payment is not None and debt_service is not None:
+        ratio = debt_service_ratio_after(income, debt_service, payment)
+        stated = ~np.isnan(payment)[None, :]
+        out |= stated & (np.isnan(ratio) | (ratio > max_ratio))
+    if cutoff is not None:
+        out |= (np.isnan(credit_score) | (credit_score < cutoff))[:, None]
+    return out & applies[None, :]
+
+
+def _rows(customer: dict[str, np.ndarray]) -> int:
+    return len(next(iter(customer.values())))
+
+
+def numeric_columns(table: S.TableSchema) -> dict[str, str]:
+    """Column -> role of the compliance columns that hold numbers (levels, years, amounts)."""
+    out = {column: role for role, column in table.profile if role in NUMERIC_PROFILE}
+    out.update(
+        {
+            column: term
+            for term, column in table.target_market
+            if term in MINIMUM_TERMS or term in NEGATIVE_MAXIMUM_TERMS
+        }
+    )
+    if table.credit_payment:
+        out[table.credit_payment] = "credit_payment"
+    return out
+
+
+# Roles whose values are amounts or durations, never negative.
+_NON_NEGATIVE = {"horizon", "debt_service", "credit_payment"}
+
+
+def prepare(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.DataFrame:
+    """Type and check a table's compliance columns: numbers where a number is expected (missing
+    stays NaN), amounts and horizons at least 0, consent values readable, regime labels mapped.
+    Called by ``finrec.data.io.prepare_entities`` after the feature columns."""
+    numeric = numeric_columns(table)
+    if not numeric and not table.consent and not table.regime:
+        return df
+    df = V.coerce_numeric(df, [c for c in numeric if c not in table.numeric_features], where)
+    V.check_limits(df, {c: (0.0, None) for c, role in numeric.items() if role in _NON_NEGATIVE}, where)
+    if table.consent:
+        objected(df[table.consent], where)
+    if table.regime:
+        regimes_of(df[table.regime], dict(table.regime_labels), where)
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the columns a schema names
+
+
+def product_terms(products: pd.DataFrame, table: S.TableSchema) -> dict:
+    """Target-market term -> float [P] (NaN = not set) or ``LabelTerm``, in ``products`` order."""
+    terms: dict = {}
+    for term, column in table.target_market:
+        if term in LIST_TERMS or term in NEGATIVE_LIST_TERMS:
+            terms[term] = LabelTerm.from_cells(products[column].astype(object).where(products[column].notna(), None))
+        else:
+            terms[term] = pd.to_numeric(products[column], errors="coerce").to_numpy(dtype="float64")
+    return terms
+
+
+def product_regimes(products: pd.DataFrame, table: S.TableSchema) -> np.ndarray | None:
+    """[P] canonical regime per product, or None when the schema names no regime column."""
+    if not table.regime:
+        return None
+    return regimes_of(products[table.regime], dict(table.regime_labels), f"{S.PRODUCTS}.{table.regime}")
+
+
+def product_payments(products: pd.DataFrame, table: S.TableSchema) -> np.ndarray | None:
+    """float [P] monthly payment each credit product adds (NaN = not stated), or None."""
+    if not table.credit_payment:
+        return None
+    return pd.to_numeric(products[table.credit_payment], errors="coerce").to_numpy(dtype="float64")
+
+
+def _labels(values) -> np.ndarray:
+    return np.array(
+        [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object
+    )
+
+
+def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str = S.CUSTOMERS) -> dict[str, np.ndarray]:
+    """The customer side of the rules: float [n] per numeric role (NaN = unknown or not named),
+    object [n] per label role (None = unknown), and ``objected`` bool [n]."""
+    n = len(customers)
+    named = dict(table.profile)
+    out: dict[str, np.ndarray] = {}
+    for role in NUMERIC_PROFILE:
+        column = named.get(role)
+        if column and column in customers:
+            out[role] = pd.to_numeric(customers[column], errors="coerce").to_numpy(dtype="float64")
+        else:
+            out[role] = np.full(n, np.nan)
+    for role in LABEL_PROFILE:
+        column = named.get(role)
+        out[role] = (
+            _labels(customers[column].tolist()) if column and column in customers else np.full(n, None, dtype=object)
+        )
+    if table.consent and table.consent in customers:
+        out["objected"] = objected(customers[table.consent], where)
+    else:
+        out["objected"] = np.zeros(n, dtype=bool)
+    return out
+
+
+def record_profile(record: dict, table: S.TableSchema) -> dict[str, np.ndarray]:
+    """``customer_profile`` of one customer given as a dict keyed by column name (values already
+    checked; see ``check_record``)."""
+    named = dict(table.profile)
+    out: dict[str, np.ndarray] = {}
+    for role in NUMERIC_PROFILE:
+        value = record.get(named[role]) if role in named else None
+        out[role] = np.array([np.nan if value is None else float(value)])
+    for role in LABEL_PROFILE:
+        value = record.get(named[role]) if role in named else None
+        out[role] = np.array([None if value is None else str(value)], dtype=object)
+    consent = record.get(table.consent) if table.consent else None
+    out["objected"] = np.array([consent is not None and str(consent).strip().lower() in _OBJECTED])
+    return out
+
+
+def check_record(features: dict, table: S.TableSchema) -> dict:
+    """The compliance values of a customer given as raw features, checked: numbers for the
+    numeric roles (at least 0 for amounts and horizons), text for labels, true/false or 1/0 for
+    consent. Messages name the field, never the value."""
+    import math
+
+    named = dict(table.profile)
+    out: dict = {}
+    for role, column in named.items():
+        value = features.get(column)
+        if value is None:
+            continue
+        if role in NUMERIC_PROFILE:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, np.integer, np.floating))
+                or not math.isfinite(float(value))
+            ):
+                raise DataError(f"features.{column} must be a finite number")
+            if role in _NON_NEGATIVE and value < 0:
+                raise DataError(f"features.{column} must be at least 0")
+            out[column] = float(value)
+        else:
+            if isinstance(value, (dict, list, tuple)):
+                raise DataError(f"features.{column} must be a single value")
+            out[column] = str(value)
+    if table.consent and features.get(table.consent) is not None:
+        value = features[table.consent]
+        word = str(value).strip().lower() if isinstance(value, (str, bool, int, float, np.generic)) else None
+        if word not in _OBJECTED and word not in _CONSENTED:
+            raise DataError(f"features.{table.consent} must be true/false or 1/0")
+        out[table.consent] = value
+    return out
+
+
+def without_objections(dataset):
+    """(the ``finrec.data.io.Dataset`` without the customers who objected to profiling for
+    marketing, how many were left out). GDPR Art. 21(3): their data is no longer processed for
+    that purpose, so a marketing model is not trained on it either."""
+    table = dataset.schema.customers
+    if not table.consent:
+        return dataset, 0
+    objected_rows = objected(dataset.customers[table.consent], f"{S.CUSTOMERS}.{table.consent}")
+    if not objected_rows.any():
+        return dataset, 0
+    keep = dataset.customers[table.id][~objected_rows]
+    return dataset.subset_customers(keep), int(objected_rows.sum())

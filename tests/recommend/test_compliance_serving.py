@@ -1,0 +1,148 @@
+"""Consent and the rules at every entry point, on the synthetic bank and a model trained on it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from finrec.data import schema as S
+from finrec.data.synthetic import GeneratorSettings, forbidden, generate
+from finrec.errors import FinrecError
+from finrec.governance.records import verify
+from finrec.recommend import filters as F
+from finrec.recommend.batch import score_dataset
+from finrec.recommend.recommender import Recommender
+
+CONSENT = S.SYNTHETIC.consent
+
+
+@pytest.fixture(scope="module")
+def rec(trained, small_dataset):
+    return Recommender(trained, small_dataset)
+
+
+@pytest.fixture(scope="module")
+def objected_ids(small_dataset):
+    customers = small_dataset.customers
+    ids = customers.customer_id[customers[CONSENT] == 0].tolist()
+    assert len(ids) > 50  # the synthetic bank has objections to test with
+    return ids
+
+
+def test_no_recommendation_breaks_a_rule_over_every_customer_of_the_default_bank(trained):
+    """The property the filters exist for, over all 30,000 customers of the default bank."""
+    bank = generate(GeneratorSettings())
+    rec = Recommender(trained)
+    context = rec.context(bank["customers"], bank["holdings"])
+    ranking = rec.rank(context, 5)
+    rows, slots = np.nonzero(np.isfinite(ranking.scores))
+    cols = ranking.index[rows, slots]
+    rules = forbidden(bank["customers"], bank["products"])
+    assert not rules[rows, cols].any()
+    assert not context.held[rows, cols].any()
+    objected = bank["customers"][CONSENT].to_numpy() == 0
+    assert objected.any() and not np.isin(rows, np.flatnonzero(objected)).any()
+    # Customers who did not object all get recommendations, and the rules did bite.
+    assert set(rows) == set(np.flatnonzero(~objected))
+    regime = rec.catalogue.regime
+    assert ranking.masks["affordability"][:, regime == "credit"].any()
+    assert ranking.masks["target_market"][:, regime == "investment"].any()
+    # Credit products stay eligible for customers whose risk tolerance is below their risk level.
+    credit = regime == "credit"
+    above = rec.catalogue.risk[None, :] > bank["customers"]["risk_tolerance"].to_numpy()[:, None]
+    assert not ranking.masks["suitability"][:, credit].any()
+    assert (above & ~ranking.excluded)[:, credit].any()
+
+
+def test_recommend_answers_an_objection_with_no_items(rec, objected_ids):
+    result = rec.recommend(objected_ids[0], k=5)
+    assert result.objected and result.items == [] and result.eligible == 0
+    assert "objected to profiling" in result.message
+    row = rec.known_customers.set_index("customer_id").loc[objected_ids[0]].to_dict()
+    new = rec.recommend({**row, CONSENT: "no"}, k=5)
+    assert new.objected and new.items == []
+    assert not rec.recommend({**row, CONSENT: 1}, k=5).objected
+    audit = rec.audit(objected_ids[0])
+    assert (audit.excluded_by == "consent").all() and audit.score.isna().all()
+
+
+def test_score_leaves_objected_customers_out(rec, small_data_dir, objected_ids, tmp_path):
+    stats: dict = {}
+    out = tmp_path / "top.parquet"
+    customers, rows = score_dataset(rec, small_data_dir, out, k=3, stats=stats, chunk_rows=500)
+    scored = set(pq.read_table(out).column("customer_id").to_pylist())
+    assert stats["objected"] == len(objected_ids)
+    assert not scored & set(objected_ids)
+    assert len(scored) == customers - len(objected_ids)
+
+
+def test_explanations_refuse_objected_customers(rec, objected_ids):
+    from finrec.explain import CustomerExplainer
+
+    explainer = CustomerExplainer(rec, max_background=50)
+    with pytest.raises(FinrecError, match="objected"):
+        explainer.known_customer(objected_ids[0])
+    assert not set(explainer.background["customer_id"]) & set(objected_ids)
+
+
+def test_api_answers_objections_and_records_every_recommendation(
+    model_dir, small_data_dir, small_dataset, objected_ids, tmp_path
+):
+    from fastapi.testclient import TestClient
+
+    from finrec.serve import create_app
+
+    log = tmp_path / "records.jsonl"
+    app = create_app(model_dir, small_data_dir, records=log)
+    consenting = small_dataset.customers.customer_id[small_dataset.customers[CONSENT] == 1].head(3).tolist()
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        refused = client.post("/recommendations", json={"customer_id": objected_ids[0], "k": 5})
+        assert refused.status_code == 200
+        body = refused.json()
+        assert body["recommendations"] == [] and body["objected"] and "objected to profiling" in body["message"]
+        for cid in consenting:
+            answer = client.post(
+                "/recommendations", json={"customer_id": cid, "k": 5, "filters": {"max_debt_service_ratio": 0.3}}
+            )
+            assert answer.status_code == 200 and answer.json()["recommendations"]
+            assert answer.json()["filters"]["max_debt_service_ratio"] == 0.3
+    result = verify(log)
+    assert result.ok and result.lines == 1 + len(consenting)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]["objected"] and records[0]["items"] == [] and records[0]["customer_id"] == objected_ids[0]
+    last = records[-1]
+    assert last["customer_id"] == consenting[-1] and last["model_version"] and last["items"]
+    assert {e["rule"] for e in last["excluded"]} <= set(F.RULES) and "held" in last["rules"]
+    # No feature value of the customer is written: only ids, rule names, scores and settings.
+    customer = small_dataset.customers.set_index("customer_id").loc[consenting[-1]]
+    text = log.read_text()
+    for column in ("income", "savings", "debt", "credit_score", "monthly_debt_service"):
+        assert f"{customer[column]:g}" not in text.replace(consenting[-1], ""), column
+    assert "tolerance" not in text and "is below" not in text  # no reason sentences (they quote values)
+
+
+def test_dashboard_table_badges_follow_the_regime(rec, small_dataset):
+    from finrec.explain import recommendations_table
+
+    consenting = small_dataset.customers[small_dataset.customers[CONSENT] == 1]
+    seen = set()
+    for cid, tolerance in zip(consenting.customer_id[:300], consenting.risk_tolerance[:300]):
+        result = rec.recommend(cid, k=5)
+        table = recommendations_table(result, rec.schema, tolerance)
+        for item, badge in zip(result.items, table.suitability):
+            seen.add(item.regime)
+            if item.regime == "credit":
+                assert badge.startswith("✅ Affordable")
+            elif item.regime == "investment":
+                assert badge.startswith("✅ Suitable")
+            else:
+                assert badge.startswith("✅ Eligible")
+    assert {"credit", "deposit"} <= seen
