@@ -320,7 +320,7 @@ class SyntheticColumns:
     product_duration: str = "duration_months"
     product_fee: str = "monthly_fee"
     product_digital: str = "digital_only"
-    # Compliance columns (finrec.data.compliance): filter inputs, not model features.
+    # Compliance columns (finrec.data.compliance); ``schema()`` lists most of them as model features too.
     consent: str = "marketing_consent"
     compliance_profile: tuple[tuple[str, str], ...] = (
         ("knowledge", "knowledge_level"), ("loss_capacity", "loss_capacity"), ("objective", "investment_objective"),
