@@ -39,7 +39,7 @@ def fast_config():
     from finrec.config import Config, ModelConfig, TrainConfig
 
     return Config(model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
-                  training=TrainConfig(epochs=3, batch_size=128, patience=2)).validate()
+                  training=TrainConfig(epochs=5, batch_size=128, patience=2)).validate()
 
 
 @pytest.fixture(scope="session")

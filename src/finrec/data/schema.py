@@ -432,7 +432,7 @@ class SyntheticColumns:
                          "digital_only", "min_income", "min_credit_score", "min_age", "max_age"),
         labels=(("expected_yield", "Expected yield (%)"), ("duration_months", "Duration (months, 0 = open-ended)")),
     )
-    # Compliance columns (finrec.data.compliance): filter inputs, not model features.
+    # Compliance columns (finrec.data.compliance); ``schema()`` lists most of them as model features too.
     consent: str = "marketing_consent"
     compliance_profile: tuple[tuple[str, str], ...] = (
         ("knowledge", "knowledge_level"), ("loss_capacity", "loss_capacity"), ("objective", "investment_objective"),
