@@ -209,7 +209,7 @@ def test_schema_round_trips_and_keeps_old_hashes():
         "products": {"id": "p", "numeric": [], "categorical": []},
     }
     assert S.DatasetSchema.from_dict(plain).to_dict() == plain
-    assert S.DatasetSchema.from_dict(S.SYNTHETIC.schema().to_dict()) == S.SYNTHETIC.schema()
+    assert S.DatasetSchema.from_dict(S.SYNTHETIC.schema().to_dict(display=True)) == S.SYNTHETIC.schema()
 
 
 @pytest.mark.parametrize(

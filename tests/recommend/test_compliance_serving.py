@@ -130,13 +130,14 @@ def test_api_answers_objections_and_records_every_recommendation(
 
 
 def test_dashboard_table_badges_follow_the_regime(rec, small_dataset):
-    from finrec.explain import recommendations_table
+    from finrec.explain import display_plan, recommendations_table
 
     consenting = small_dataset.customers[small_dataset.customers[CONSENT] == 1]
+    plan = display_plan(rec)
     seen = set()
     for cid, tolerance in zip(consenting.customer_id[:300], consenting.risk_tolerance[:300]):
         result = rec.recommend(cid, k=5)
-        table = recommendations_table(result, rec.schema, tolerance)
+        table = recommendations_table(result, plan, rec.schema, tolerance)
         for item, badge in zip(result.items, table.suitability):
             seen.add(item.regime)
             if item.regime == "credit":
