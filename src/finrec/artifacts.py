@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +35,8 @@ import yaml
 from finrec.atomic import atomic_directory, recover
 from finrec.config import Config
 from finrec.errors import ArtifactError, FinrecError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -154,7 +157,7 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
 
 def _load_calibration(path: Path, manifest: dict[str, Any]):
     """The model's ``Calibration``, or None when it has none (a model trained before it existed)."""
-    from finrec.training.calibration import Calibration
+    from finrec.training.calibration import CALIBRATION_FORMAT, Calibration
 
     if CALIBRATION_FILE not in manifest.get("files", {}):
         return None
@@ -162,4 +165,9 @@ def _load_calibration(path: Path, manifest: dict[str, Any]):
         raw = json.loads((path / CALIBRATION_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ArtifactError(f"{path}: {CALIBRATION_FILE} is damaged (not valid JSON)") from None
+    if isinstance(raw, dict) and raw.get("format") != CALIBRATION_FORMAT:
+        # Another finrec's calibration: the model still ranks; `finrec calibrate` writes a new one.
+        log.warning("%s: calibration format %r is not this finrec's (%d); the model has no probabilities until "
+                    "`finrec calibrate` refits them", path, raw.get("format"), CALIBRATION_FORMAT)
+        return None
     return Calibration.from_dict(raw, source=str(path / CALIBRATION_FILE))

@@ -202,7 +202,8 @@ def cmd_recommend(args) -> int:
     print(f"Top {args.k} for customer {args.customer_id} ({result.eligible} eligible products)")
     for item in result.items:
         product = item.product
-        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}  {product.get('product_type', '')}, "
+        chance = "" if item.probability is None else f"  P(adopt) {item.probability:.1%}"
+        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}{chance}  {product.get('product_type', '')}, "
               f"risk {product.get('risk_level', '?')}  [{item.reason}]")
     if result.message:
         print(f"note: {result.message}")
