@@ -288,3 +288,19 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     assert loaded.trained.calibration.customers == 800 != before.customers
     assert loaded.manifest["calibration_data"] == str(fresh.resolve())
     assert read_monitoring(copy) == json.loads(json.dumps(reference))  # the reference survives the rewrite
+
+
+@pytest.mark.slow
+def test_another_calibration_format_loads_without_probabilities(model_dir, small_dataset, tmp_path):
+    import hashlib
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    raw = json.loads((copy / CALIBRATION_FILE).read_text())
+    (copy / CALIBRATION_FILE).write_text(json.dumps({**raw, "format": 99}))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][CALIBRATION_FILE] = hashlib.sha256((copy / CALIBRATION_FILE).read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    recommender = Recommender(load_model_dir(copy).trained, small_dataset)
+    assert recommender.calibration is None
+    assert recommender.recommend(str(small_dataset.customers["customer_id"].iloc[0]), k=1).items[0].probability is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from finrec.atomic import atomic_directory, check_writable, recover, refuse_over
 from finrec.config import Config
 from finrec.errors import ArtifactError, FinrecError, safe_items, safe_text
 from finrec.safeyaml import load_yaml
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -368,10 +371,17 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
 
 
 def _load_calibration(file: Path):
-    """The model's ``Calibration`` (per-product maps from score to adoption probability)."""
-    from finrec.training.calibration import Calibration
+    """The model's ``Calibration`` (per-product maps from score to adoption probability), or None
+    for another finrec's calibration format: the model still ranks, and `finrec calibrate` writes
+    a new one."""
+    from finrec.training.calibration import CALIBRATION_FORMAT, Calibration
 
-    return Calibration.from_dict(_read_json(file, MAX_JSON_BYTES), source=str(file))
+    raw = _read_json(file, MAX_JSON_BYTES)
+    if isinstance(raw, dict) and raw.get("format") != CALIBRATION_FORMAT:
+        log.warning("%s: calibration format %s is not this finrec's (%d); the model has no probabilities until "
+                    "`finrec calibrate` refits them", file, safe_text(raw.get("format"), 40), CALIBRATION_FORMAT)
+        return None
+    return Calibration.from_dict(raw, source=str(file))
 
 
 def read_monitoring(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -262,7 +262,8 @@ def cmd_recommend(args) -> int:
         about = [str(product[category]) if category and product.get(category) is not None else "",
                  f"risk {product[risk]}" if risk and product.get(risk) is not None else ""]
         about = ", ".join(a for a in about if a)
-        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}  {about}  [{item.reason}]")
+        chance = "" if item.probability is None else f"  P(adopt) {item.probability:.1%}"
+        print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}{chance}  {about}  [{item.reason}]")
     if result.message:
         print(f"note: {result.message}")
     return 0

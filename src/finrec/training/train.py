@@ -190,7 +190,7 @@ class TrainedModel:
     products: pd.DataFrame
     history: dict[str, list[float]] = field(default_factory=dict)
     product_embeddings_: np.ndarray | None = None
-    calibration: Calibration | None = None  # cosine -> adoption probability; None: no probabilities
+    calibration: Calibration | None = None  # scores -> adoption probabilities; None: the model has none
 
     def __post_init__(self):
         if self.product_embeddings_ is None:
