@@ -92,7 +92,9 @@ def load_projection(model_dir: str, data_dir: str | None) -> X.EmbeddingProjecti
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def shap_explanation(model_dir: str, data_dir: str | None, subject_key: str, x: tuple, holdings: tuple, product_id: str) -> dict:
+def shap_explanation(
+    model_dir: str, data_dir: str | None, subject_key: str, x: tuple, holdings: tuple, product_id: str
+) -> dict:
     """SHAP values of one customer for one product (cached per customer and product)."""
     import shap
 
@@ -111,7 +113,9 @@ def shap_explanation(model_dir: str, data_dir: str | None, subject_key: str, x: 
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def global_importance(model_dir: str, data_dir: str | None, product_id: str, n: int = GLOBAL_SAMPLE, seed: int = 0) -> pd.DataFrame:
+def global_importance(
+    model_dir: str, data_dir: str | None, product_id: str, n: int = GLOBAL_SAMPLE, seed: int = 0
+) -> pd.DataFrame:
     """Mean |SHAP| per feature over ``n`` sampled customers (each with their own holdings)."""
     import shap
 
@@ -125,10 +129,14 @@ def global_importance(model_dir: str, data_dir: str | None, product_id: str, n: 
     for customer_id in ids[pick]:
         x, held = explainer.known_customer(customer_id)
         score = explainer.score_function(product_id, held)
-        values = shap.PermutationExplainer(score, background)(x, max_evals=4 * len(explainer.feature_names) + 1, silent=True)
+        values = shap.PermutationExplainer(score, background)(
+            x, max_evals=4 * len(explainer.feature_names) + 1, silent=True
+        )
         rows.append(np.abs(values.values[0]))
     mean = np.mean(rows, axis=0)
-    return pd.DataFrame({"feature": explainer.feature_names, "mean_abs_shap": mean}).sort_values("mean_abs_shap", ascending=False)
+    return pd.DataFrame({"feature": explainer.feature_names, "mean_abs_shap": mean}).sort_values(
+        "mean_abs_shap", ascending=False
+    )
 
 
 @st.cache_data(show_spinner=False)
@@ -176,14 +184,21 @@ def check_demo_targets(model_dir: Path) -> None:
     inputs = {"the data in FINREC_DATA": os.environ.get("FINREC_DATA") or None}
     if (Path(DEFAULT_MODEL) / MANIFEST).is_file() and Path(DEFAULT_MODEL).resolve() != model_dir.resolve():
         inputs["the model in FINREC_MODEL"] = DEFAULT_MODEL
-    outputs = [(bank, "directory", S.SCHEMA_FILE), (split / "train", "directory", S.SCHEMA_FILE),
-               (split / "test", "directory", S.SCHEMA_FILE), (model_dir, "directory", MANIFEST),
-               (evaluation, "file", None)]
+    outputs = [
+        (bank, "directory", S.SCHEMA_FILE),
+        (split / "train", "directory", S.SCHEMA_FILE),
+        (split / "test", "directory", S.SCHEMA_FILE),
+        (model_dir, "directory", MANIFEST),
+        (evaluation, "file", None),
+    ]
     for path, kind, marker in outputs:
         refuse_overlap(path, inputs, what="the demo's output")
         check_writable(path, kind, marker=marker, what="the demo's output")
-    refuse_overlap(model_dir, {"the demo bank": bank, "the demo split": split, "the evaluation file": evaluation},
-                   what="the model directory")
+    refuse_overlap(
+        model_dir,
+        {"the demo bank": bank, "the demo split": split, "the evaluation file": evaluation},
+        what="the model directory",
+    )
 
 
 def build_demo(model_dir: Path) -> None:
@@ -218,7 +233,9 @@ def build_demo(model_dir: Path) -> None:
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(monitor)
-            text = f"epoch {epoch + 1}/{epochs}" + (f" · validation nDCG@{config.training.eval_k} {value:.4f}" if value is not None else "")
+            text = f"epoch {epoch + 1}/{epochs}" + (
+                f" · validation nDCG@{config.training.eval_k} {value:.4f}" if value is not None else ""
+            )
             bar.progress(min(1.0, (epoch + 1) / epochs), text=text)
 
     trained = fit(load_dataset(split / "train"), config, verbose=0, callbacks=[Progress()])
@@ -226,8 +243,13 @@ def build_demo(model_dir: Path) -> None:
     from finrec.governance.monitor import reference_for
 
     train_data = load_dataset(split / "train")
-    save_model_dir(trained, model_dir, data_fingerprint=fingerprint(split / "train"), data_path=str((split / "train").resolve()),
-                   monitoring=reference_for(trained, train_data, k=K, seed=config.training.seed))
+    save_model_dir(
+        trained,
+        model_dir,
+        data_fingerprint=fingerprint(split / "train"),
+        data_path=str((split / "train").resolve()),
+        monitoring=reference_for(trained, train_data, k=K, seed=config.training.seed),
+    )
     status.write("Evaluating on the held-out customers")
     results = evaluate(trained, load_dataset(split / "test"), k=K)
     with atomic_file(root / EVALUATION_FILE) as handle:
@@ -267,8 +289,9 @@ def choose_customer(rec: Recommender, plan: X.DisplayPlan) -> Subject | None:
         st.sidebar.warning("No customer data is loaded with this model: upload customer profiles instead.")
         return None
     keep = np.ones(len(customers), dtype=bool)
-    search = st.sidebar.text_input("Search by customer id", key="search",
-                                   placeholder=f"e.g. {customers[cid].iloc[0]}").strip()
+    search = st.sidebar.text_input(
+        "Search by customer id", key="search", placeholder=f"e.g. {customers[cid].iloc[0]}"
+    ).strip()
     if search:
         keep &= customers[cid].astype(str).str.contains(search, case=False, regex=False).to_numpy()
     with st.sidebar.expander("Segment filters", expanded=False):
@@ -289,21 +312,32 @@ def choose_customer(rec: Recommender, plan: X.DisplayPlan) -> Subject | None:
             risk = customers[schema.risk].to_numpy(dtype="float64")
             keep &= (risk >= band[0]) & (risk <= band[1])
     matches = customers[cid].astype(str).to_numpy()[keep]
-    st.sidebar.caption(f"{len(matches):,} of {len(customers):,} customers match"
-                       + (f"; the first {MAX_LISTED_IDS} are listed" if len(matches) > MAX_LISTED_IDS else ""))
+    st.sidebar.caption(
+        f"{len(matches):,} of {len(customers):,} customers match"
+        + (f"; the first {MAX_LISTED_IDS} are listed" if len(matches) > MAX_LISTED_IDS else "")
+    )
     if len(matches) == 0:
         st.sidebar.warning("No customer matches these filters.")
         return None
     customer_id = st.sidebar.selectbox("Customer id", list(matches[:MAX_LISTED_IDS]), key="customer_id")
     profile = rec.customer_profile(customer_id)
-    return Subject(key=f"id:{customer_id}", label=f"Customer {customer_id}", row=profile["attributes"],
-                   holdings=list(profile["holdings"]), customer_id=customer_id)
+    return Subject(
+        key=f"id:{customer_id}",
+        label=f"Customer {customer_id}",
+        row=profile["attributes"],
+        holdings=list(profile["holdings"]),
+        customer_id=customer_id,
+    )
 
 
 def uploaded_customer(rec: Recommender) -> Subject | None:
-    upload = st.sidebar.file_uploader(f"Customer profiles (CSV, at most {X.MAX_UPLOAD_BYTES // 1024**2} MB)", type=["csv"], key="upload")
-    st.sidebar.caption("One row per customer with the id and every customer column of the model's schema. "
-                       "The file stays in memory and is never written to disk.")
+    upload = st.sidebar.file_uploader(
+        f"Customer profiles (CSV, at most {X.MAX_UPLOAD_BYTES // 1024**2} MB)", type=["csv"], key="upload"
+    )
+    st.sidebar.caption(
+        "One row per customer with the id and every customer column of the model's schema. "
+        "The file stays in memory and is never written to disk."
+    )
     if upload is None:
         st.info("Upload a CSV of customer profiles in the sidebar to see their recommendations.")
         return None
@@ -327,8 +361,9 @@ def uploaded_customer(rec: Recommender) -> Subject | None:
 def choose_filters(rec: Recommender) -> F.Filters:
     st.sidebar.header("Filters")
     preset = st.sidebar.radio("Preset", F.PRESET_NAMES, key="preset", horizontal=True, help=F.PRESET_HELP)
-    categories = st.sidebar.multiselect("Only these categories", rec.catalogue.categories, key="categories",
-                                        help="empty = every category")
+    categories = st.sidebar.multiselect(
+        "Only these categories", rec.catalogue.categories, key="categories", help="empty = every category"
+    )
     exclude_held = st.sidebar.checkbox("Exclude products already held", value=True, key="exclude_held")
     return F.Filters.build({"preset": preset, "include_categories": list(categories), "exclude_held": exclude_held})
 
@@ -341,11 +376,17 @@ def tolerance_of(rec: Recommender, subject: Subject):
 def recommendations_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters: F.Filters, result) -> None:
     tolerance = tolerance_of(rec, subject)
     top = f"{result.items[0].score:.3f}" if result.items else "—"
-    metrics = [("Eligible products", f"{result.eligible} of {len(rec.pipeline.product_ids_)}"),
-               ("Preset", (filters.preset or "balanced").replace("_", " "))]
+    metrics = [
+        ("Eligible products", f"{result.eligible} of {len(rec.pipeline.product_ids_)}"),
+        ("Preset", (filters.preset or "balanced").replace("_", " ")),
+    ]
     if rec.schema.customers.risk:
-        metrics.append((plan.label(rec.schema.customers.risk),
-                        "unknown" if tolerance is None else f"{int(tolerance)} / {S.RISK_MAX}"))
+        metrics.append(
+            (
+                plan.label(rec.schema.customers.risk),
+                "unknown" if tolerance is None else f"{int(tolerance)} / {S.RISK_MAX}",
+            )
+        )
     metrics.append(("Best match (cosine)", top))
     for cell, (label, value) in zip(st.columns(len(metrics)), metrics):
         cell.metric(label, value)
@@ -380,7 +421,7 @@ def recommendations_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject,
 
 def metric_grid(cells: list[tuple[str, str]], per_row: int = 4) -> None:
     for first in range(0, len(cells), per_row):
-        row = cells[first:first + per_row]
+        row = cells[first : first + per_row]
         for cell, (label, value) in zip(st.columns(per_row), row):
             cell.metric(label, value)
 
@@ -388,8 +429,10 @@ def metric_grid(cells: list[tuple[str, str]], per_row: int = 4) -> None:
 def profile_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, population: pd.DataFrame) -> None:
     schema = rec.schema.customers
     row = subject.row
-    cells = [(plan.label(c), (X.display_value(row.get(c)) or "—").replace("_", " "))
-             for c in (*plan.profile, *plan.segments[:2])]
+    cells = [
+        (plan.label(c), (X.display_value(row.get(c)) or "—").replace("_", " "))
+        for c in (*plan.profile, *plan.segments[:2])
+    ]
     if cells:
         metric_grid(cells)
     left, right = st.columns([3, 2])
@@ -397,24 +440,46 @@ def profile_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, populat
         st.markdown("##### Where this customer stands among all customers")
         ranks = X.percentile_ranks(population, row, plan.profile)
         if len(ranks):
-            labels = [f"{plan.label(c)} ({X.display_value(v) or 'missing'})"
-                      for c, v in zip(ranks.feature, ranks.value)]
-            fig = go.Figure(go.Bar(x=ranks.percentile, y=labels, orientation="h", marker_color=ACCENT,
-                                   text=[f"{p:.0f}th pct" if not np.isnan(p) else "missing" for p in ranks.percentile],
-                                   textposition="auto"))
-            fig.update_layout(xaxis=dict(range=[0, 100], title="percentile"), height=300, margin=dict(l=10, r=10, t=10, b=10),
-                              yaxis=dict(autorange="reversed"))
+            labels = [
+                f"{plan.label(c)} ({X.display_value(v) or 'missing'})" for c, v in zip(ranks.feature, ranks.value)
+            ]
+            fig = go.Figure(
+                go.Bar(
+                    x=ranks.percentile,
+                    y=labels,
+                    orientation="h",
+                    marker_color=ACCENT,
+                    text=[f"{p:.0f}th pct" if not np.isnan(p) else "missing" for p in ranks.percentile],
+                    textposition="auto",
+                )
+            )
+            fig.update_layout(
+                xaxis=dict(range=[0, 100], title="percentile"),
+                height=300,
+                margin=dict(l=10, r=10, t=10, b=10),
+                yaxis=dict(autorange="reversed"),
+            )
             st.plotly_chart(fig, width="stretch", key="percentiles")
     with right:
         tolerance = tolerance_of(rec, subject)
         if schema.risk:
             st.markdown(f"##### {plan.label(schema.risk)}")
-            gauge = go.Figure(go.Indicator(
-                mode="gauge+number", value=float(tolerance) if tolerance is not None else 0,
-                gauge=dict(axis=dict(range=[S.RISK_MIN, S.RISK_MAX], dtick=1), bar=dict(color=ACCENT),
-                           steps=[dict(range=[1, 3], color="#d9f0d3"), dict(range=[3, 5], color="#fff3c4"),
-                                  dict(range=[5, 7], color="#f8d0c8")]),
-                number=dict(suffix=" / 7")))
+            gauge = go.Figure(
+                go.Indicator(
+                    mode="gauge+number",
+                    value=float(tolerance) if tolerance is not None else 0,
+                    gauge=dict(
+                        axis=dict(range=[S.RISK_MIN, S.RISK_MAX], dtick=1),
+                        bar=dict(color=ACCENT),
+                        steps=[
+                            dict(range=[1, 3], color="#d9f0d3"),
+                            dict(range=[3, 5], color="#fff3c4"),
+                            dict(range=[5, 7], color="#f8d0c8"),
+                        ],
+                    ),
+                    number=dict(suffix=" / 7"),
+                )
+            )
             gauge.update_layout(height=220, margin=dict(l=20, r=20, t=10, b=10))
             st.plotly_chart(gauge, width="stretch", key="risk_gauge")
         st.markdown("##### Holdings")
@@ -429,7 +494,9 @@ def profile_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, populat
             held = pd.DataFrame(held)
             st.dataframe(held, hide_index=True, width="stretch")
         else:
-            st.caption("No products held" + (" (uploaded profiles carry no holdings)" if subject.customer_id is None else ""))
+            st.caption(
+                "No products held" + (" (uploaded profiles carry no holdings)" if subject.customer_id is None else "")
+            )
     with st.expander("All attributes"):
         values = [X.display_value(v) or "—" for v in row.values()]
         st.dataframe(pd.DataFrame({"value": values}, index=[str(k) for k in row]), width="stretch")
@@ -446,9 +513,10 @@ def what_if_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters
     changed: dict = {}
     per_row = 4
     for first in range(0, len(specs), per_row):
-        for cell, spec in zip(st.columns(per_row), specs[first:first + per_row]):
-            value = cell.slider(spec.label, spec.low, spec.high, spec.value, step=spec.step,
-                                key=f"wi_{spec.column}_{subject.key}")
+        for cell, spec in zip(st.columns(per_row), specs[first : first + per_row]):
+            value = cell.slider(
+                spec.label, spec.low, spec.high, spec.value, step=spec.step, key=f"wi_{spec.column}_{subject.key}"
+            )
             if value != spec.value:
                 changed[spec.column] = value
     after = rec.recommend(subject.request(changed), k=K, filters=filters)
@@ -457,15 +525,30 @@ def what_if_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters
     left, right = st.columns(2)
     with left:
         st.markdown(f"##### Current top {K}")
-        current = [{"rank": i.rank, "product": plan.title(i.product, i.product_id), "score": round(i.score, 4)}
-                   for i in result.items]
+        current = [
+            {"rank": i.rank, "product": plan.title(i.product, i.product_id), "score": round(i.score, 4)}
+            for i in result.items
+        ]
         st.dataframe(pd.DataFrame(current), hide_index=True, width="stretch")
     with right:
         st.markdown(f"##### What-if top {K}" + (" (unchanged inputs)" if not changed else ""))
         marks = X.rank_changes(before_ids, after_ids)
-        st.dataframe(pd.DataFrame([{"rank": i.rank, "product": plan.title(i.product, i.product_id),
-                                    "score": round(i.score, 4), "move": m} for i, m in zip(after.items, marks)]),
-                     hide_index=True, width="stretch", key="whatif_table")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "rank": i.rank,
+                        "product": plan.title(i.product, i.product_id),
+                        "score": round(i.score, 4),
+                        "move": m,
+                    }
+                    for i, m in zip(after.items, marks)
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="whatif_table",
+        )
     dropped = [plan.title(i.product, i.product_id) for i in result.items if i.product_id not in after_ids]
     if dropped:
         st.caption(f"Dropped out of the top {K}: " + ", ".join(dropped))
@@ -473,8 +556,9 @@ def what_if_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters
         st.warning(after.message)
 
 
-def embeddings_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan: X.DisplayPlan, subject: Subject,
-                   result) -> None:
+def embeddings_tab(
+    model_dir: str, data_dir: str | None, rec: Recommender, plan: X.DisplayPlan, subject: Subject, result
+) -> None:
     explainer = load_explainer(model_dir, data_dir)
     projection = load_projection(model_dir, data_dir)
     x = explainer.encode(pd.DataFrame([subject.row]))
@@ -489,23 +573,55 @@ def embeddings_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan:
     fig = go.Figure()
     for kind in sorted(set(kinds)):
         index = [j for j, k in enumerate(kinds) if k == kind]
-        fig.add_trace(go.Scatter(x=points[index, 0], y=points[index, 1], mode="markers", name=kind.replace("_", " ") or "products",
-                                 marker=dict(size=11, opacity=0.75), text=[names[j] for j in index],
-                                 hovertemplate="%{text}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=points[index, 0],
+                y=points[index, 1],
+                mode="markers",
+                name=kind.replace("_", " ") or "products",
+                marker=dict(size=11, opacity=0.75),
+                text=[names[j] for j in index],
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
     top = [j for j, pid in enumerate(ids) if pid in recommended]
-    fig.add_trace(go.Scatter(x=points[top, 0], y=points[top, 1], mode="markers+text", name="recommended",
-                             marker=dict(size=20, symbol="circle-open", line=dict(width=3, color="#d62728")),
-                             text=[names[j] for j in top], textposition="top center", hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=[me[0]], y=[me[1]], mode="markers+text", name="this customer", text=["customer"],
-                             textposition="bottom center", marker=dict(size=22, symbol="star", color="#111111")))
+    fig.add_trace(
+        go.Scatter(
+            x=points[top, 0],
+            y=points[top, 1],
+            mode="markers+text",
+            name="recommended",
+            marker=dict(size=20, symbol="circle-open", line=dict(width=3, color="#d62728")),
+            text=[names[j] for j in top],
+            textposition="top center",
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[me[0]],
+            y=[me[1]],
+            mode="markers+text",
+            name="this customer",
+            text=["customer"],
+            textposition="bottom center",
+            marker=dict(size=22, symbol="star", color="#111111"),
+        )
+    )
     share = projection.explained
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=30, b=10),
-                      xaxis_title=f"PC 1 ({share[0]:.0%} of variance)", yaxis_title=f"PC 2 ({share[1]:.0%} of variance)")
+    fig.update_layout(
+        height=520,
+        margin=dict(l=10, r=10, t=30, b=10),
+        xaxis_title=f"PC 1 ({share[0]:.0%} of variance)",
+        yaxis_title=f"PC 2 ({share[1]:.0%} of variance)",
+    )
     left, right = st.columns([3, 2])
     with left:
         st.plotly_chart(fig, width="stretch", key="embedding_map")
-        st.caption("The first two principal components of the product embeddings; the customer is projected the same way. "
-                   "Distances on the map are approximate; the cosine similarities in the table are exact.")
+        st.caption(
+            "The first two principal components of the product embeddings; the customer is projected the same way. "
+            "Distances on the map are approximate; the cosine similarities in the table are exact."
+        )
     with right:
         st.markdown("##### Nearest products (any eligibility)")
         near = X.nearest_products(customer, rec.product_embeddings, ids, k=10)
@@ -518,41 +634,63 @@ def shap_chart(explainer: X.CustomerExplainer, x: np.ndarray, values: np.ndarray
     labels = [f"{name} = {text}" for name, text in zip(explainer.feature_names, explainer.decode_values(x))]
     order = np.argsort(np.abs(values))
     colors = ["#2ca02c" if v > 0 else "#d62728" for v in values[order]]
-    fig = go.Figure(go.Bar(x=values[order], y=[labels[i] for i in order], orientation="h", marker_color=colors,
-                           text=[f"{v:+.4f}" for v in values[order]], textposition="auto"))
-    fig.update_layout(title=title, height=max(360, 24 * len(values)), margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis_title="contribution to the cosine similarity")
+    fig = go.Figure(
+        go.Bar(
+            x=values[order],
+            y=[labels[i] for i in order],
+            orientation="h",
+            marker_color=colors,
+            text=[f"{v:+.4f}" for v in values[order]],
+            textposition="auto",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        height=max(360, 24 * len(values)),
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis_title="contribution to the cosine similarity",
+    )
     return fig
 
 
-def explain_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan: X.DisplayPlan, subject: Subject,
-                result) -> None:
+def explain_tab(
+    model_dir: str, data_dir: str | None, rec: Recommender, plan: X.DisplayPlan, subject: Subject, result
+) -> None:
     if not result.items:
         st.info("No recommendation to explain under these filters.")
         return
     explainer = load_explainer(model_dir, data_dir)
-    options = {f"#{i.rank} · {plan.title(i.product, i.product_id)} ({i.product_id})": i.product_id
-               for i in result.items}
+    options = {
+        f"#{i.rank} · {plan.title(i.product, i.product_id)} ({i.product_id})": i.product_id for i in result.items
+    }
     label = st.selectbox("Recommended product", list(options), key="shap_product")
     product_id = options[label]
-    st.caption("Permutation SHAP: each feature's contribution to this customer's similarity with the product, against "
-               f"{len(explainer.background_matrix())} background customers; the holdings are held fixed.")
+    st.caption(
+        "Permutation SHAP: each feature's contribution to this customer's similarity with the product, against "
+        f"{len(explainer.background_matrix())} background customers; the holdings are held fixed."
+    )
     explainer.refuse_objected(pd.DataFrame([subject.row]))
     x = explainer.encode(pd.DataFrame([subject.row]))
     request = (subject.key, product_id)
     if st.button("Explain this recommendation", type="primary", key="shap_button"):
         start = time.perf_counter()
         with st.spinner("Computing SHAP values (the first explanation also compiles SHAP's numba code)…"):
-            out = shap_explanation(model_dir, data_dir, subject.key, tuple(x[0].tolist()), tuple(subject.holdings), product_id)
+            out = shap_explanation(
+                model_dir, data_dir, subject.key, tuple(x[0].tolist()), tuple(subject.holdings), product_id
+            )
         st.session_state["shap"] = {"request": request, "out": out, "wall": time.perf_counter() - start}
     state = st.session_state.get("shap")
     if state and state["request"] == request:
         out = state["out"]
         values = np.asarray(out["values"])
         gap = X.additivity_gap(out["base"], values, out["score"])
-        st.plotly_chart(shap_chart(explainer, x, values, f"Why {label.split(' · ', 1)[1]}"), width="stretch", key="shap_chart")
-        line = (f"base value {out['base']:.4f} + sum of contributions {values.sum():+.4f} = {out['base'] + values.sum():.4f}, "
-                f"model score = {out['score']:.4f} (difference {gap:.1e}")
+        st.plotly_chart(
+            shap_chart(explainer, x, values, f"Why {label.split(' · ', 1)[1]}"), width="stretch", key="shap_chart"
+        )
+        line = (
+            f"base value {out['base']:.4f} + sum of contributions {values.sum():+.4f} = {out['base'] + values.sum():.4f}, "
+            f"model score = {out['score']:.4f} (difference {gap:.1e}"
+        )
         if gap < 1e-4:
             st.success(line + " < 1e-4)")
         else:
@@ -568,7 +706,9 @@ def explain_tab(model_dir: str, data_dir: str | None, rec: Recommender, plan: X.
     if state and state["key"] == key:
         frame = state["frame"].iloc[::-1]
         fig = go.Figure(go.Bar(x=frame.mean_abs_shap, y=frame.feature, orientation="h", marker_color=ACCENT))
-        fig.update_layout(height=max(360, 22 * len(frame)), margin=dict(l=10, r=10, t=10, b=10), xaxis_title="mean |SHAP|")
+        fig.update_layout(
+            height=max(360, 22 * len(frame)), margin=dict(l=10, r=10, t=10, b=10), xaxis_title="mean |SHAP|"
+        )
         st.plotly_chart(fig, width="stretch", key="global_chart")
 
 
@@ -616,17 +756,24 @@ def model_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
         if eval_dir is None:
             st.info("No evaluation file and no data to evaluate on.")
         else:
-            st.caption(f"No `{EVALUATION_FILE}` next to the model. Evaluate on `{shown_path(eval_dir)}`"
-                       + ("" if eval_dir.name == "test" else " (customers the model may have seen: optimistic)"))
-            if st.button("Compute the evaluation", key="evaluate_button") or st.session_state.get("evaluated") == str(eval_dir):
+            st.caption(
+                f"No `{EVALUATION_FILE}` next to the model. Evaluate on `{shown_path(eval_dir)}`"
+                + ("" if eval_dir.name == "test" else " (customers the model may have seen: optimistic)")
+            )
+            if st.button("Compute the evaluation", key="evaluate_button") or st.session_state.get("evaluated") == str(
+                eval_dir
+            ):
                 evaluation = compute_evaluation(model_dir, data_dir, str(eval_dir))
                 st.session_state["evaluated"] = str(eval_dir)
     if evaluation:
         table = pd.DataFrame(evaluation["results"]).T
         if "customers" in table:  # a count: the transpose made it a float like every metric
             table["customers"] = pd.to_numeric(table["customers"], errors="coerce").round().astype("Int64")
-        st.dataframe(table.style.format("{:.4f}", subset=[c for c in table.columns if c != "customers"]),
-                     width="stretch", key="evaluation_table")
+        st.dataframe(
+            table.style.format("{:.4f}", subset=[c for c in table.columns if c != "customers"]),
+            width="stretch",
+            key="evaluation_table",
+        )
     st.markdown("##### Training curves")
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     monitor = f"val_ndcg@{config.training.eval_k}"
@@ -637,8 +784,12 @@ def model_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
         left.plotly_chart(loss, width="stretch", key="loss_curve")
     if history.get(monitor):
         ndcg = go.Figure(go.Scatter(x=epochs, y=history[monitor], mode="lines+markers", line_color="#2ca02c"))
-        ndcg.update_layout(title=f"validation nDCG@{config.training.eval_k}", xaxis_title="epoch", height=300,
-                           margin=dict(l=10, r=10, t=40, b=10))
+        ndcg.update_layout(
+            title=f"validation nDCG@{config.training.eval_k}",
+            xaxis_title="epoch",
+            height=300,
+            margin=dict(l=10, r=10, t=40, b=10),
+        )
         right.plotly_chart(ndcg, width="stretch", key="ndcg_curve")
     with st.expander("Configuration"):
         st.json(config.to_dict())
@@ -660,16 +811,25 @@ def monitoring_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> No
     from finrec.artifacts import read_monitoring
 
     if read_monitoring(model_dir) is None:
-        st.info("This model predates monitoring (no `monitoring.json`): retrain it with `finrec train` to record "
-                "the training population, then compare new customers with it here.")
+        st.info(
+            "This model predates monitoring (no `monitoring.json`): retrain it with `finrec train` to record "
+            "the training population, then compare new customers with it here."
+        )
         return
     default = evaluation_data_dir(rec, model_dir, data_dir)
-    check_dir = st.text_input("Scoring population (a dataset directory)", value=str(default or ""), key="monitor_data").strip()
+    check_dir = st.text_input(
+        "Scoring population (a dataset directory)", value=str(default or ""), key="monitor_data"
+    ).strip()
     if not check_dir:
         return
-    if not (st.button("Check for drift", key="monitor_button") or st.session_state.get("monitored") == (model_dir, check_dir)):
-        st.caption("Population stability index (PSI) of each customer feature, of the scores and of the recommended "
-                   "product mix against the training population: ok below 0.10, warn below 0.25, alert above.")
+    if not (
+        st.button("Check for drift", key="monitor_button")
+        or st.session_state.get("monitored") == (model_dir, check_dir)
+    ):
+        st.caption(
+            "Population stability index (PSI) of each customer feature, of the scores and of the recommended "
+            "product mix against the training population: ok below 0.10, warn below 0.25, alert above."
+        )
         return
     st.session_state["monitored"] = (model_dir, check_dir)
     report = compute_monitoring(model_dir, check_dir)
@@ -680,11 +840,27 @@ def monitoring_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> No
     c3.metric("warn", summary["warn"])
     c4.metric("alert", summary["alert"])
     rows = [{"feature": name, **entry} for name, entry in report["features"].items()]
-    rows += [{"feature": "(model scores)", **report["scores"]}, {"feature": "(recommended mix)", **report["recommendations"]}]
+    rows += [
+        {"feature": "(model scores)", **report["scores"]},
+        {"feature": "(recommended mix)", **report["recommendations"]},
+    ]
     table = pd.DataFrame(rows)
     table["status"] = table["status"].map(STATUS_MARK)
-    columns = [c for c in ("feature", "kind", "psi", "status", "missing_share", "reference_missing_share", "unseen_share",
-                           "mean", "reference_mean") if c in table]
+    columns = [
+        c
+        for c in (
+            "feature",
+            "kind",
+            "psi",
+            "status",
+            "missing_share",
+            "reference_missing_share",
+            "unseen_share",
+            "mean",
+            "reference_mean",
+        )
+        if c in table
+    ]
     table = table[columns].sort_values("psi", ascending=False, na_position="first")
     st.dataframe(table, hide_index=True, width="stretch", key="monitoring_table")
     chart = table.dropna(subset=["psi"]).iloc[::-1]
@@ -722,8 +898,9 @@ def record_shown(rec: Recommender, subject: Subject, filters: F.Filters, result)
 
 def objected_notice(model_dir: str, data_dir: str | None, rec: Recommender, subject: Subject, result) -> None:
     """A customer who objected to profiling: no recommendation, no what-if, no embedding, no SHAP."""
-    st.warning(f"No recommendation: {result.message}. Their data is not used for what-if, embeddings or "
-               "explanations either.")
+    st.warning(
+        f"No recommendation: {result.message}. Their data is not used for what-if, embeddings or explanations either."
+    )
     (tab,) = st.tabs(["Model"])
     with tab:
         model_tab(model_dir, data_dir, rec)
@@ -750,8 +927,10 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
     from finrec.plan.campaign import format_summary, plan_campaign, plan_table, summary
 
     if rec.calibration is None:
-        st.info("This model has no calibration, so no probabilities to plan with: retrain it, or run "
-                "`finrec calibrate --model M --data HELD_OUT`.")
+        st.info(
+            "This model has no calibration, so no probabilities to plan with: retrain it, or run "
+            "`finrec calibrate --model M --data HELD_OUT`."
+        )
         return
     if rec.dataset is None or rec.dataset.source is None:
         st.info("No customer data is loaded to plan a campaign for.")
@@ -760,17 +939,25 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
     filters = replace(filters, exclude_held=True, suitability=True, eligibility=True)
     problem = campaign_problem(model_dir, data_dir, json.dumps(asdict(filters)))
     n = len(problem.customer_ids)
-    st.caption(f"{n:,} customers x {len(problem.product_ids)} products; every filter in the sidebar applies "
-               "(held products always excluded). Value per adoption: the schema's value column, else 1.")
+    st.caption(
+        f"{n:,} customers x {len(problem.product_ids)} products; every filter in the sidebar applies "
+        "(held products always excluded). Value per adoption: the schema's value column, else 1."
+    )
     with st.form("campaign"):
         left, right = st.columns(2)
-        contacts = left.number_input("Contacts per customer", min_value=1, max_value=5, value=1, key="campaign_contacts")
+        contacts = left.number_input(
+            "Contacts per customer", min_value=1, max_value=5, value=1, key="campaign_contacts"
+        )
         floor = right.slider("Minimum probability", 0.0, 0.5, 0.0, 0.01, key="campaign_floor")
         default = int(round(CAMPAIGN_SHARE * n))
         limits = st.data_editor(
             pd.DataFrame({"product_id": problem.product_ids, "capacity": [default] * len(problem.product_ids)}),
             column_config={"capacity": st.column_config.NumberColumn(min_value=0, step=1, help="empty = unlimited")},
-            disabled=["product_id"], hide_index=True, key="campaign_capacities", width="stretch")
+            disabled=["product_id"],
+            hide_index=True,
+            key="campaign_capacities",
+            width="stretch",
+        )
         planned = st.form_submit_button("Plan the campaign")
     if planned:
         capacity = pd.to_numeric(limits["capacity"], errors="coerce").to_numpy(dtype="float64")
@@ -784,29 +971,43 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
     info, table = st.session_state["campaign_plan"]
     plan, base = info["plan"], info["greedy"]
     a, b, c = st.columns(3)
-    a.metric("Expected value (optimal plan)", f"{plan['expected_value']:,.1f}",
-             delta=f"{plan['expected_value'] - base['expected_value']:+,.1f} vs greedy")
-    b.metric("Expected adoptions", f"{plan['expected_adoptions']:,.1f}",
-             delta=f"{plan['expected_adoptions'] - base['expected_adoptions']:+,.1f} vs greedy")
+    a.metric(
+        "Expected value (optimal plan)",
+        f"{plan['expected_value']:,.1f}",
+        delta=f"{plan['expected_value'] - base['expected_value']:+,.1f} vs greedy",
+    )
+    b.metric(
+        "Expected adoptions",
+        f"{plan['expected_adoptions']:,.1f}",
+        delta=f"{plan['expected_adoptions'] - base['expected_adoptions']:+,.1f} vs greedy",
+    )
     c.metric("Proven gap to the best plan", f"{info['relative_gap']:.3%}")
     with st.expander("Summary as `finrec plan` prints it"):
         st.code(format_summary(info))
     if info["shadow_prices"]:
         st.markdown("**Binding capacities** — what one more slot is worth")
-        st.dataframe(pd.DataFrame([{"product_id": pid, **row} for pid, row in info["shadow_prices"].items()])
-                     .sort_values("price", ascending=False), hide_index=True, key="campaign_prices")
+        st.dataframe(
+            pd.DataFrame([{"product_id": pid, **row} for pid, row in info["shadow_prices"].items()]).sort_values(
+                "price", ascending=False
+            ),
+            hide_index=True,
+            key="campaign_prices",
+        )
     segment = next((c for c in S.SYNTHETIC.customer_segments if c in rec.dataset.customers), None)
     offers = table
     if segment is not None:
         segments = rec.dataset.customers.set_index(rec.schema.customers.id)[segment].astype(str)
         offers = table.assign(**{segment: table["customer_id"].map(segments)})
         st.markdown(f"**Offers per product and {segment}**")
-        st.dataframe(pd.crosstab(offers["product_id"], offers[segment], margins=True, margins_name="total"),
-                     key="campaign_segments")
+        st.dataframe(
+            pd.crosstab(offers["product_id"], offers[segment], margins=True, margins_name="total"),
+            key="campaign_segments",
+        )
     from finrec.data.io import escape_formulas
 
-    st.download_button("Download the plan (CSV)", escape_formulas(offers).to_csv(index=False).encode(), "plan.csv",
-                       "text/csv")
+    st.download_button(
+        "Download the plan (CSV)", escape_formulas(offers).to_csv(index=False).encode(), "plan.csv", "text/csv"
+    )
 
 
 def page() -> None:

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from finrec.config import Config
 from finrec.data import schema as S
-from finrec.data.io import validate_tables, write_dataset, load_dataset
+from finrec.data.io import load_dataset, validate_tables, write_dataset
 from finrec.data.synthetic import GeneratorSettings, generate
 from finrec.recommend import filters as F
 from finrec.recommend.batch import HoldingsLookup, score_dataset
@@ -67,6 +67,7 @@ def main() -> None:
             scores = rec.tower(inputs) @ rec.product_embeddings.T
             masks = F.exclusion_masks(attributes, held, rec.catalogue, F.Filters())
             from finrec.recommend.index import top_k
+
             top_k(scores, F.combine(masks, scores.shape), 5)
             compute.append(len(sample) / (time.perf_counter() - start))
             start = time.perf_counter()
@@ -91,15 +92,21 @@ def main() -> None:
         "peak_rss_mb": peak_mb,
         "cores": os.cpu_count(),
     }
-    print(f"Batch scoring, default model (widths {list(trained.config.model.customer_widths)}, "
-          f"embedding {trained.config.model.embedding_dim}), {args.customers:,} customers, {os.cpu_count()} cores")
+    print(
+        f"Batch scoring, default model (widths {list(trained.config.model.customer_widths)}, "
+        f"embedding {trained.config.model.embedding_dim}), {args.customers:,} customers, {os.cpu_count()} cores"
+    )
     print(f"{'stage':<44}{'customers/s (median)':>22}")
-    print(f"{'end to end (read, features, score, filter, top-5, write)':<44}{result['end_to_end_customers_per_s']:>22,.0f}")
+    print(
+        f"{'end to end (read, features, score, filter, top-5, write)':<44}{result['end_to_end_customers_per_s']:>22,.0f}"
+    )
     print(f"{'features + score + filter + top-5 (in memory)':<44}{frame_rate:>22,.0f}")
     print(f"{'score + filter + top-5 (inputs ready)':<44}{result['compute_customers_per_s']:>22,.0f}")
     print(f"{'customer tower only':<44}{result['tower_only_customers_per_s']:>22,.0f}")
-    print(f"FLOPs per customer (tower + cosine): {flops:,}; the tower ran at {result['achieved_gflops_tower']:.1f} GFLOP/s; "
-          f"at 100 GFLOP/s (2 AVX2 cores, rough peak) the limit would be {100e9 / flops:,.0f} customers/s")
+    print(
+        f"FLOPs per customer (tower + cosine): {flops:,}; the tower ran at {result['achieved_gflops_tower']:.1f} GFLOP/s; "
+        f"at 100 GFLOP/s (2 AVX2 cores, rough peak) the limit would be {100e9 / flops:,.0f} customers/s"
+    )
     print(f"peak RSS {peak_mb:,.0f} MB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))

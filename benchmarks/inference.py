@@ -42,8 +42,8 @@ from finrec.data import schema as S  # noqa: E402
 from finrec.data.io import validate_tables  # noqa: E402
 from finrec.data.synthetic import GeneratorSettings, generate  # noqa: E402
 from finrec.model.two_tower import customer_embeddings, towers_of  # noqa: E402
-from finrec.recommend.recommender import Recommender
 from finrec.recommend.index import NumpyTower, ProductIndex  # noqa: E402
+from finrec.recommend.recommender import Recommender
 from finrec.training.train import fit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "inference.json"
@@ -52,8 +52,12 @@ K = 5
 
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "reps": len(ms)}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "reps": len(ms),
+    }
 
 
 def time_each(fn, arguments: list, reps: int, warmup: int) -> list[float]:
@@ -100,8 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     max_abs_diff = float(np.abs(tower(inputs) - customer_embeddings(model, inputs)).max())
 
     # ---------------------------------------------------------------- one customer
-    singles = [({name: value[i : i + 1] for name, value in inputs.items()}, held[i : i + 1])
-               for i in range(min(n_customers, 2000))]
+    singles = [
+        ({name: value[i : i + 1] for name, value in inputs.items()}, held[i : i + 1])
+        for i in range(min(n_customers, 2000))
+    ]
 
     def request(x, excluded):
         return index.recommend(tower(x), excluded, K)
@@ -110,19 +116,28 @@ def main(argv: list[str] | None = None) -> dict:
     # The whole request as the API serves it: lookup, tower, all filters, top-5, result objects.
     recommender = Recommender(trained, dataset)
     by_id = [(customer_id, None) for customer_id in dataset.customers[cid].to_numpy()[: len(singles)]]
-    by_features = [({**{k: v for k, v in row.items() if k != cid and v == v}, "holdings": []}, None)
-                   for row in dataset.customers.iloc[: min(len(singles), 500)].to_dict("records")]
+    by_features = [
+        ({**{k: v for k, v in row.items() if k != cid and v == v}, "holdings": []}, None)
+        for row in dataset.customers.iloc[: min(len(singles), 500)].to_dict("records")
+    ]
     single = {
         "recommender_by_id_filtered_top5": percentiles_ms(
-            time_each(lambda c, _: recommender.recommend(c, k=K), by_id, args.reps, 300)),
+            time_each(lambda c, _: recommender.recommend(c, k=K), by_id, args.reps, 300)
+        ),
         "recommender_by_features_filtered_top5": percentiles_ms(
-            time_each(lambda c, _: recommender.recommend(c, k=K), by_features, args.reps, 300)),
+            time_each(lambda c, _: recommender.recommend(c, k=K), by_features, args.reps, 300)
+        ),
         "numpy_tower_scores_top5": percentiles_ms(time_each(request, singles, args.reps, 300)),
         "numpy_tower_only": percentiles_ms(time_each(lambda x, _: tower(x), singles, args.reps, 300)),
-        "scores_top5_only": percentiles_ms(time_each(lambda e, excluded: index.recommend(e, excluded, K), embedded, args.reps, 300)),
-        "keras_predict": percentiles_ms(time_each(lambda x, _: model.predict(x, verbose=0), singles, args.keras_reps, 5)),
+        "scores_top5_only": percentiles_ms(
+            time_each(lambda e, excluded: index.recommend(e, excluded, K), embedded, args.reps, 300)
+        ),
+        "keras_predict": percentiles_ms(
+            time_each(lambda x, _: model.predict(x, verbose=0), singles, args.keras_reps, 5)
+        ),
         "keras_eager_tower_call": percentiles_ms(
-            time_each(lambda x, _: keras_tower(x, training=False), singles, args.keras_reps, 5)),
+            time_each(lambda x, _: keras_tower(x, training=False), singles, args.keras_reps, 5)
+        ),
     }
 
     # ---------------------------------------------------------------- batch
@@ -159,18 +174,28 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     result = {
-        "model": {"config": asdict(config.model), "products": index.n_products, "embedding_dim": tower.embedding_dim,
-                  "customer_inputs": {k: list(v) for k, v in pipeline.customer_input_spec().items()}},
+        "model": {
+            "config": asdict(config.model),
+            "products": index.n_products,
+            "embedding_dim": tower.embedding_dim,
+            "customer_inputs": {k: list(v) for k, v in pipeline.customer_input_spec().items()},
+        },
         "numpy_vs_keras_max_abs_diff": max_abs_diff,
         "extract_ms": extract_ms,
         "single_customer": single,
         "batch": batch,
         "environment": {
-            "python": sys.version.split()[0], "numpy": np.__version__, "keras": keras.__version__,
-            "backend": keras.backend.backend(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "keras": keras.__version__,
+            "backend": keras.backend.backend(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
             "blas_threads_env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")},
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
         },
     }
 
@@ -180,11 +205,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {name:<40} {stats['p50_ms']:>8.3f}  {stats['p99_ms']:>8.3f}  {stats['reps']:>6}")
     print(f"\nbatch of {args.batch} customers (median of {args.runs} runs)")
     print(f"  end to end: {seconds * 1e3:8.1f} ms  {batch['end_to_end_customers_per_s']:>12,.0f} customers/s")
-    print(f"  tower:      {tower_seconds * 1e3:8.1f} ms  {batch['tower_customers_per_s']:>12,.0f} customers/s"
-          f"  {flops} FLOPs/customer -> {batch['tower_gflops_per_s']:.1f} GFLOP/s")
+    print(
+        f"  tower:      {tower_seconds * 1e3:8.1f} ms  {batch['tower_customers_per_s']:>12,.0f} customers/s"
+        f"  {flops} FLOPs/customer -> {batch['tower_gflops_per_s']:.1f} GFLOP/s"
+    )
     print(f"  scores+top{K}: {batch['scores_top5_seconds_median'] * 1e3:6.1f} ms")
-    print(f"\ncpus {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}); "
-          f"load average before {load_before[0]:.2f}, after {result['environment']['loadavg_after'][0]:.2f}")
+    print(
+        f"\ncpus {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}); "
+        f"load average before {load_before[0]:.2f}, after {result['environment']['loadavg_after'][0]:.2f}"
+    )
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -45,8 +45,9 @@ TARGET_CLIENTS = 16
 
 
 def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "finrec.cli", *args], check=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [sys.executable, "-m", "finrec.cli", *args], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
 
 
 def build_model(workdir: Path, customers: int, epochs: int) -> tuple[Path, Path]:
@@ -57,18 +58,29 @@ def build_model(workdir: Path, customers: int, epochs: int) -> tuple[Path, Path]
     return model, data
 
 
-def request_bodies(customer_ids: list[str], product_ids: list[str], n: int, features_share: float = 0.0, seed: int = 0) -> list[dict]:
+def request_bodies(
+    customer_ids: list[str], product_ids: list[str], n: int, features_share: float = 0.0, seed: int = 0
+) -> list[dict]:
     rng = random.Random(seed)
-    filters = [None, {"preset": "conservative"}, {"include_categories": ["investment_fund", "savings_account"]},
-               {"preset": "risk_tolerant", "exclude_held": True}]
+    filters = [
+        None,
+        {"preset": "conservative"},
+        {"include_categories": ["investment_fund", "savings_account"]},
+        {"preset": "risk_tolerant", "exclude_held": True},
+    ]
     bodies = []
     for _ in range(n):
         body: dict = {"k": rng.choice([3, 5, 5, 10])}
         if rng.random() < features_share:
             body["features"] = {
-                "age": rng.randint(18, 80), "income": round(rng.uniform(12_000, 150_000)), "savings": rng.randint(0, 200_000),
-                "credit_score": rng.randint(450, 850), "risk_tolerance": rng.randint(1, 7), "region": "north",
-                "employment": "employed", "holdings": rng.sample(product_ids, 2),
+                "age": rng.randint(18, 80),
+                "income": round(rng.uniform(12_000, 150_000)),
+                "savings": rng.randint(0, 200_000),
+                "credit_score": rng.randint(450, 850),
+                "risk_tolerance": rng.randint(1, 7),
+                "region": "north",
+                "employment": "employed",
+                "holdings": rng.sample(product_ids, 2),
             }
         else:
             body["customer_id"] = rng.choice(customer_ids)
@@ -157,8 +169,23 @@ def run_level_wrk(base: str, clients: int, bodies: list[dict], seconds: float, w
     latency measured is the server's, not the client's Python. Bounded by ``seconds``."""
     script = workdir / f"wrk-{clients}.lua"
     script.write_text(WRK_SCRIPT % ",".join(f"[[{json.dumps(b)}]]" for b in bodies))
-    done = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{max(1, int(seconds))}s", "--latency", "--timeout", "10s",
-                           "-s", str(script), base], capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{max(1, int(seconds))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     out = done.stdout
     pct = {m.group(1): _wrk_ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -166,8 +193,15 @@ def run_level_wrk(base: str, clients: int, bodies: list[dict], seconds: float, w
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"clients": clients, "requests": requests, "p50_ms": pct["50"], "p99_ms": pct["99"], "errors": errors,
-            "req_per_s": rate, "client": "wrk"}
+    return {
+        "clients": clients,
+        "requests": requests,
+        "p50_ms": pct["50"],
+        "p99_ms": pct["99"],
+        "errors": errors,
+        "req_per_s": rate,
+        "client": "wrk",
+    }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -187,13 +221,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per level (at most)")
     parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per level (at most)")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests first")
-    parser.add_argument("--mixed-clients", type=int, default=TARGET_CLIENTS,
-                        help="one more level with --features-share of the requests by features (0: skip)")
-    parser.add_argument("--features-share", type=float, default=0.1, help="share of new-customer requests in the mixed level")
+    parser.add_argument(
+        "--mixed-clients",
+        type=int,
+        default=TARGET_CLIENTS,
+        help="one more level with --features-share of the requests by features (0: skip)",
+    )
+    parser.add_argument(
+        "--features-share", type=float, default=0.1, help="share of new-customer requests in the mixed level"
+    )
     parser.add_argument("--customers", type=int, default=8000, help="size of the generated bank")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python",
-                        help="wrk (C, light; the default when installed) or Python threads with httpx")
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="wrk (C, light; the default when installed) or Python threads with httpx",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per level with wrk")
     parser.add_argument("--workers", type=int, default=2, help="server processes (finrec serve --workers)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -210,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         customer_ids = dataset.customers[dataset.schema.customers.id].astype(str).tolist()
         product_ids = dataset.products[dataset.schema.products.id].astype(str).tolist()
         bodies = request_bodies(customer_ids, product_ids, n=max(args.requests, 1000))
-        mixed_bodies = request_bodies(customer_ids, product_ids, n=max(args.requests, 1000), features_share=args.features_share)
+        mixed_bodies = request_bodies(
+            customer_ids, product_ids, n=max(args.requests, 1000), features_share=args.features_share
+        )
 
         server = ServerProcess(model, data, workdir / "server.log", workers=args.workers)
         base = server.base_url
@@ -228,11 +274,16 @@ def main(argv: list[str] | None = None) -> int:
             for clients in args.levels:
                 result = level(clients, bodies)
                 levels.append(result)
-                print(f"  {clients} client(s): {result['requests']} requests, p99 {result['p99_ms']:.2f} ms", flush=True)
+                print(
+                    f"  {clients} client(s): {result['requests']} requests, p99 {result['p99_ms']:.2f} ms", flush=True
+                )
             if args.mixed_clients:
                 mixed = level(args.mixed_clients, mixed_bodies)
                 mixed["features_share"] = args.features_share
-                print(f"  {args.mixed_clients} client(s), {args.features_share:.0%} by features: p99 {mixed['p99_ms']:.2f} ms", flush=True)
+                print(
+                    f"  {args.mixed_clients} client(s), {args.features_share:.0%} by features: p99 {mixed['p99_ms']:.2f} ms",
+                    flush=True,
+                )
             else:
                 mixed = None
         finally:
@@ -241,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             if log_text.strip():
                 print("server log (last lines):\n" + "\n".join(log_text.splitlines()[-20:]), flush=True)
         cpus = os.cpu_count()
-        note = (f"the load generator ({args.client}) and the server share this machine's {cpus} CPU core(s)"
-                + ("; the clients' own Python time is inside each latency" if args.client == "python" else ""))
+        note = f"the load generator ({args.client}) and the server share this machine's {cpus} CPU core(s)" + (
+            "; the clients' own Python time is inside each latency" if args.client == "python" else ""
+        )
         report = {
             "benchmark": "load",
             "endpoint": "POST /recommendations",
@@ -260,18 +312,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'req/s':>8}")
     for r in levels:
-        print(f"{r['clients']:>7} {r['requests']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {r['req_per_s']:>8.1f}")
+        print(
+            f"{r['clients']:>7} {r['requests']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {r['req_per_s']:>8.1f}"
+        )
     if mixed:
         r = mixed
         label = f"{r['clients']}+feat"
-        print(f"{label:>7} {r['requests']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {r['req_per_s']:>8.1f}"
-              f"   ({r['features_share']:.0%} of requests by features: a new customer)")
+        print(
+            f"{label:>7} {r['requests']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {r['req_per_s']:>8.1f}"
+            f"   ({r['features_share']:.0%} of requests by features: a new customer)"
+        )
     print(f"note: {note}")
     target = next((r for r in levels if r["clients"] == TARGET_CLIENTS), None)
     ok = True
     if target is not None:
         ok = target["p99_ms"] < P99_TARGET_MS and target["errors"] == 0
-        print(f"target (p99 < {P99_TARGET_MS:.0f} ms at {TARGET_CLIENTS} clients, no errors): {'met' if ok else 'MISSED'}")
+        print(
+            f"target (p99 < {P99_TARGET_MS:.0f} ms at {TARGET_CLIENTS} clients, no errors): {'met' if ok else 'MISSED'}"
+        )
     if any(r["errors"] for r in levels + ([mixed] if mixed else [])):
         ok = False
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,18 @@ DATASETS = {
     "hard": {"difficulty": "hard", "n_customers": 30000},
 }
 BASELINES = ("random", "popularity", "oracle")
-VARIANTS = ("default", "in_batch", "sampled", "triplet", "cross1", "no_holdings", "wide",
-            "temp0.05", "temp0.2", "lightgbm")
+VARIANTS = (
+    "default",
+    "in_batch",
+    "sampled",
+    "triplet",
+    "cross1",
+    "no_holdings",
+    "wide",
+    "temp0.05",
+    "temp0.2",
+    "lightgbm",
+)
 VARIANT_TEXT = {
     "default": "Config() defaults",
     "in_batch": "training.loss: in_batch",
@@ -82,8 +92,11 @@ def variant_config(name: str, n_products: int, seed: int, extra: dict | None = N
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     for key, value in (extra or {}).items():
         (model if key in {f.name for f in dataclasses.fields(ModelConfig)} else training)[key] = value
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model),
-                                 training=dataclasses.replace(config.training, **training))
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, **model),
+        training=dataclasses.replace(config.training, **training),
+    )
     return config.validate()
 
 
@@ -137,9 +150,12 @@ class Task:
         for name, mask in (("relevant", relevant), ("other", other)):
             values = np.asarray(scores, dtype="float64")[mask]
             hist, _ = np.histogram(np.clip(values, -1.0, 1.0), bins=edges)
-            out[name] = {"n": int(values.size), "mean": float(values.mean()),
-                         "quantiles": dict(zip([str(q) for q in quantiles], np.quantile(values, quantiles).tolist())),
-                         "histogram": (hist / max(values.size, 1)).tolist()}
+            out[name] = {
+                "n": int(values.size),
+                "mean": float(values.mean()),
+                "quantiles": dict(zip([str(q) for q in quantiles], np.quantile(values, quantiles).tolist())),
+                "histogram": (hist / max(values.size, 1)).tolist(),
+            }
         out["histogram_edges"] = edges.tolist()
         # Probability that a random relevant product outscores a random other one, per customer.
         out["auc"] = _mean_auc(np.asarray(scores, dtype="float64"), relevant, other)
@@ -154,8 +170,9 @@ def _mean_auc(scores, relevant, other) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def run_one(dataset: str, seed: int, variants: list[str], backend: str, lgbm_threads: int,
-            extra: dict, store: dict) -> None:
+def run_one(
+    dataset: str, seed: int, variants: list[str], backend: str, lgbm_threads: int, extra: dict, store: dict
+) -> None:
     import keras
 
     from finrec.evaluate import baselines
@@ -164,9 +181,12 @@ def run_one(dataset: str, seed: int, variants: list[str], backend: str, lgbm_thr
     started = time.perf_counter()
     train, test = load_dataset(dataset, seed)
     task = Task(train, test)
-    print(f"[{dataset} seed {seed}] data ready in {time.perf_counter() - started:.1f}s: "
-          f"{len(task.ids)} held-out customers ranked ({task.with_holdings.sum()} with holdings), "
-          f"{task.pipeline.n_products} products", flush=True)
+    print(
+        f"[{dataset} seed {seed}] data ready in {time.perf_counter() - started:.1f}s: "
+        f"{len(task.ids)} held-out customers ranked ({task.with_holdings.sum()} with holdings), "
+        f"{task.pipeline.n_products} products",
+        flush=True,
+    )
     rng = np.random.default_rng(seed)
     n, n_products = task.relevant.shape
     fixed = {
@@ -194,24 +214,38 @@ def run_one(dataset: str, seed: int, variants: list[str], backend: str, lgbm_thr
             hidden = trained.score(task.customers, None)
             epochs = len(trained.history["loss"])
             monitor = trained.history.get(f"val_ndcg@{K}", [])
-            entry = {"fit_seconds": seconds, "epochs": epochs, "epoch_seconds": trained.history["fit_seconds"][0] / epochs,
-                     "best_epoch": int(np.argmax(monitor)) + 1 if monitor else None,
-                     "best_val_ndcg": float(max(monitor)) if monitor else None,
-                     "config": config.to_dict(), "score_distribution": task.score_distribution(scores)}
+            entry = {
+                "fit_seconds": seconds,
+                "epochs": epochs,
+                "epoch_seconds": trained.history["fit_seconds"][0] / epochs,
+                "best_epoch": int(np.argmax(monitor)) + 1 if monitor else None,
+                "best_val_ndcg": float(max(monitor)) if monitor else None,
+                "config": config.to_dict(),
+                "score_distribution": task.score_distribution(scores),
+            }
             key_backend = keras.backend.backend()
         entry["metrics"] = task.metrics(scores, hidden)
         record(store, dataset, variant + suffix, seed, key_backend, entry)
         m = entry["metrics"]["all"]
-        print(f"[{dataset} seed {seed}] {variant + suffix:<14} {key_backend:<10} ndcg@5 {m['ndcg@5']:.4f} mrr {m['mrr']:.4f} "
-              f"(oracle {task.metrics(fixed['oracle'])['all']['ndcg@5']:.4f}) fit {seconds:.1f}s"
-              + (f", {entry['epochs']} epochs" if "epochs" in entry else f", {entry['rounds']} rounds"), flush=True)
+        print(
+            f"[{dataset} seed {seed}] {variant + suffix:<14} {key_backend:<10} ndcg@5 {m['ndcg@5']:.4f} mrr {m['mrr']:.4f} "
+            f"(oracle {task.metrics(fixed['oracle'])['all']['ndcg@5']:.4f}) fit {seconds:.1f}s"
+            + (f", {entry['epochs']} epochs" if "epochs" in entry else f", {entry['rounds']} rounds"),
+            flush=True,
+        )
         save(store)
 
 
 def record(store: dict, dataset: str, variant: str, seed: int, backend: str, entry: dict) -> None:
     key = f"{dataset}|{variant}|{seed}|{backend}"
-    store["runs"][key] = {"dataset": dataset, "variant": variant, "seed": seed, "backend": backend,
-                          "date": datetime.date.today().isoformat(), **entry}
+    store["runs"][key] = {
+        "dataset": dataset,
+        "variant": variant,
+        "seed": seed,
+        "backend": backend,
+        "date": datetime.date.today().isoformat(),
+        **entry,
+    }
 
 
 def load_store() -> dict:
@@ -248,13 +282,20 @@ def _stat(values: list[float]) -> dict:
     present = [v for v in values if v == v]
     if not present:
         return {"median": float("nan"), "std": float("nan"), "values": values}
-    return {"median": statistics.median(present), "std": statistics.stdev(present) if len(present) > 1 else 0.0,
-            "values": values}
+    return {
+        "median": statistics.median(present),
+        "std": statistics.stdev(present) if len(present) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def save(store: dict) -> None:
-    store["machine"] = {"platform": platform.platform(), "machine": platform.machine(), "cores": os.cpu_count(),
-                        "python": platform.python_version()}
+    store["machine"] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
     store["summary"] = summarize_runs(store["runs"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
@@ -279,17 +320,25 @@ def markdown(store: dict) -> str:
         keys = sorted((k for k in summary if k.startswith(dataset + "|")), key=rank)
         if not keys:
             continue
-        lines += [f"#### Dataset `{dataset}` ({_describe(dataset)})", "",
-                  "| ranker | backend | seeds | " + " | ".join(METRICS) + " | fit s | epochs |",
-                  "|---|---|---|" + "---:|" * (len(METRICS) + 2)]
+        lines += [
+            f"#### Dataset `{dataset}` ({_describe(dataset)})",
+            "",
+            "| ranker | backend | seeds | " + " | ".join(METRICS) + " | fit s | epochs |",
+            "|---|---|---|" + "---:|" * (len(METRICS) + 2),
+        ]
         for key in keys:
             s = summary[key]
             _, variant, backend = key.split("|")
             cells = [f"{s['all'][m]['median']:.4f} ± {s['all'][m]['std']:.4f}" for m in METRICS]
-            fit = f"{s['fit_seconds']['median']:.1f} ± {s['fit_seconds']['std']:.1f}" if variant not in BASELINES else "-"
+            fit = (
+                f"{s['fit_seconds']['median']:.1f} ± {s['fit_seconds']['std']:.1f}" if variant not in BASELINES else "-"
+            )
             epochs = ",".join(str(e) for e in s.get("epochs", [])) or "-"
-            lines.append(f"| {variant} | {backend} | {','.join(map(str, s['seeds']))} | " + " | ".join(cells)
-                         + f" | {fit} | {epochs} |")
+            lines.append(
+                f"| {variant} | {backend} | {','.join(map(str, s['seeds']))} | "
+                + " | ".join(cells)
+                + f" | {fit} | {epochs} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -302,8 +351,18 @@ def _describe(dataset: str) -> str:
 def compare_backends(args) -> None:
     for backend in ("tensorflow", "jax"):
         env = dict(os.environ, KERAS_BACKEND=backend)
-        cmd = [sys.executable, __file__, "--datasets", "default", "--variants", "default", "--seeds", "0",
-               "--backend", backend]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--datasets",
+            "default",
+            "--variants",
+            "default",
+            "--seeds",
+            "0",
+            "--backend",
+            backend,
+        ]
         print("$ KERAS_BACKEND=" + backend + " " + " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, env=env, check=True)
 
@@ -311,15 +370,29 @@ def compare_backends(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["default"], choices=sorted(DATASETS))
-    parser.add_argument("--variants", nargs="+", default=["default", "lightgbm"],
-                        help=f"any of {', '.join(VARIANTS)}, or 'all'")
+    parser.add_argument(
+        "--variants", nargs="+", default=["default", "lightgbm"], help=f"any of {', '.join(VARIANTS)}, or 'all'"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None,
-                        help="Keras backend for this process (default: KERAS_BACKEND or tensorflow)")
-    parser.add_argument("--lgbm-threads", type=int, default=1,
-                        help="LightGBM threads (1: OpenMP threads spin against other load on a shared 2-core box)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra config overrides for the finrec variants, e.g. epochs=60 patience=8 (recorded in the variant name)")
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax"],
+        default=None,
+        help="Keras backend for this process (default: KERAS_BACKEND or tensorflow)",
+    )
+    parser.add_argument(
+        "--lgbm-threads",
+        type=int,
+        default=1,
+        help="LightGBM threads (1: OpenMP threads spin against other load on a shared 2-core box)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config overrides for the finrec variants, e.g. epochs=60 patience=8 (recorded in the variant name)",
+    )
     parser.add_argument("--compare-backends", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print the stored results as markdown tables")
     args = parser.parse_args()

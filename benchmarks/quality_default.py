@@ -39,8 +39,13 @@ def run(seed: int) -> dict:
     trained = fit(train, config, verbose=0)
     fit_seconds = time.perf_counter() - start
     results = evaluate(trained, test, k=5, seed=seed)
-    return {"seed": seed, "fit_seconds": fit_seconds, "epochs": len(trained.history["loss"]),
-            "train_examples": int(trained.history["train_examples"][0]), "results": results}
+    return {
+        "seed": seed,
+        "fit_seconds": fit_seconds,
+        "epochs": len(trained.history["loss"]),
+        "train_examples": int(trained.history["train_examples"][0]),
+        "results": results,
+    }
 
 
 def main() -> None:
@@ -52,7 +57,9 @@ def main() -> None:
     def stat(values):
         return statistics.median(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
-    print(f"Held-out customers of the default synthetic bank ({GeneratorSettings.n_customers} customers), seeds {args.seeds}")
+    print(
+        f"Held-out customers of the default synthetic bank ({GeneratorSettings.n_customers} customers), seeds {args.seeds}"
+    )
     print(f"{'ranker':<12}{'ndcg@5':>16}{'mrr':>16}{'map@5':>16}{'hit_rate@5':>16}")
     for name in ("model", "oracle", "popularity", "random"):
         cells = []
@@ -62,13 +69,22 @@ def main() -> None:
         print(f"{name:<12}" + "".join(f"{c:>16}" for c in cells))
     ratios = [r["results"]["model"]["ndcg@5"] / r["results"]["oracle"]["ndcg@5"] for r in runs]
     fits = [r["fit_seconds"] for r in runs]
-    print(f"model / oracle nDCG@5: median {statistics.median(ratios):.3f}, min {min(ratios):.3f} (per seed: "
-          + ", ".join(f"{x:.3f}" for x in ratios) + ")")
-    print(f"fit time: median {statistics.median(fits):.1f}s, max {max(fits):.1f}s "
-          f"({runs[0]['train_examples']} examples, epochs {[r['epochs'] for r in runs]}), {os.cpu_count()} cores")
+    print(
+        f"model / oracle nDCG@5: median {statistics.median(ratios):.3f}, min {min(ratios):.3f} (per seed: "
+        + ", ".join(f"{x:.3f}" for x in ratios)
+        + ")"
+    )
+    print(
+        f"fit time: median {statistics.median(fits):.1f}s, max {max(fits):.1f}s "
+        f"({runs[0]['train_examples']} examples, epochs {[r['epochs'] for r in runs]}), {os.cpu_count()} cores"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": platform.machine(), "cores": os.cpu_count(), "runs": runs,
-                                   "ndcg_ratio_to_oracle": ratios}, indent=1))
+    RESULTS.write_text(
+        json.dumps(
+            {"machine": platform.machine(), "cores": os.cpu_count(), "runs": runs, "ndcg_ratio_to_oracle": ratios},
+            indent=1,
+        )
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -99,7 +99,9 @@ def main() -> None:
 
     rows = []
     for n in (s for s in SIZES if s <= args.max):
-        cmd = [sys.executable, __file__, "--worker", str(n), "--chunk-rows", str(args.chunk_rows)] + (["--stream"] if args.stream else [])
+        cmd = [sys.executable, __file__, "--worker", str(n), "--chunk-rows", str(args.chunk_rows)] + (
+            ["--stream"] if args.stream else []
+        )
         t = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         if done.returncode != 0:
@@ -120,8 +122,17 @@ def main() -> None:
             print(f"{'  x prev':>11}" + "".join(f"{row['growth'].get(k, float('nan')):>14.1f}" for k in STEPS))
     results = RESULTS.with_name("scale_stream.json") if args.stream else RESULTS
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps({"mode": "streaming" if args.stream else "in-memory", "batch_size": 4096,
-                                   "note": "one run per size on 2 shared CPUs: noisy", "sizes": rows}, indent=1))
+    results.write_text(
+        json.dumps(
+            {
+                "mode": "streaming" if args.stream else "in-memory",
+                "batch_size": 4096,
+                "note": "one run per size on 2 shared CPUs: noisy",
+                "sizes": rows,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {results}")
 
 

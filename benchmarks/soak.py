@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from finrec.serve_process import ServerProcess
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
@@ -52,23 +53,44 @@ def rss_mb(pid: int) -> float | None:
 
 def requests_mix(customer_ids: list[str], product_ids: list[str]):
     """(kind, body bytes, expected statuses): a weighted draw of good and bad requests."""
+
     def by_id():
-        return "good_id", json.dumps({"customer_id": random.choice(customer_ids), "k": random.randint(1, 10)}).encode(), {200}
+        return (
+            "good_id",
+            json.dumps({"customer_id": random.choice(customer_ids), "k": random.randint(1, 10)}).encode(),
+            {200},
+        )
 
     def by_features():
-        features = {"age": random.randint(18, 90), "income": round(random.uniform(0, 2e5), 2),
-                    "savings": random.uniform(0, 1e5), "risk_tolerance": random.randint(1, 7),
-                    "region": random.choice(["north", "south", "Zürich", FORMULA]),
-                    "holdings": random.sample(product_ids, random.randint(0, 2))}
+        features = {
+            "age": random.randint(18, 90),
+            "income": round(random.uniform(0, 2e5), 2),
+            "savings": random.uniform(0, 1e5),
+            "risk_tolerance": random.randint(1, 7),
+            "region": random.choice(["north", "south", "Zürich", FORMULA]),
+            "holdings": random.sample(product_ids, random.randint(0, 2)),
+        }
         return "good_features", json.dumps({"features": features, "k": 5}).encode(), {200}
 
     bad = [
         lambda: ("malformed_json", b'{"customer_id": "C1",', {422}),
         lambda: ("unknown_customer", json.dumps({"customer_id": f"NOPE-{random.randint(0, 10**9)}"}).encode(), {404}),
         lambda: ("oversize", json.dumps({"customer_id": "x" * 70_000}).encode(), {413}),
-        lambda: ("invalid_k", json.dumps({"customer_id": random.choice(customer_ids), "k": random.choice([0, -1, 51, "5"])}).encode(), {422}),
-        lambda: ("unknown_filter", json.dumps({"customer_id": random.choice(customer_ids), "filters": {"colour": "red"}}).encode(), {422}),
-        lambda: ("bad_feature", json.dumps({"features": {"income": random.choice(["lots", -5.0, None, True])}}).encode(), {200, 422}),
+        lambda: (
+            "invalid_k",
+            json.dumps({"customer_id": random.choice(customer_ids), "k": random.choice([0, -1, 51, "5"])}).encode(),
+            {422},
+        ),
+        lambda: (
+            "unknown_filter",
+            json.dumps({"customer_id": random.choice(customer_ids), "filters": {"colour": "red"}}).encode(),
+            {422},
+        ),
+        lambda: (
+            "bad_feature",
+            json.dumps({"features": {"income": random.choice(["lots", -5.0, None, True])}}).encode(),
+            {200, 422},
+        ),
     ]
     while True:
         r = random.random()
@@ -107,7 +129,9 @@ async def soak(base: str, pid: int, seconds: float, clients: int, customer_ids, 
                 kind, body, expected = next(mix)
                 t0 = time.perf_counter()
                 try:
-                    response = await http.post("/recommendations", content=body, headers={"content-type": "application/json"})
+                    response = await http.post(
+                        "/recommendations", content=body, headers={"content-type": "application/json"}
+                    )
                     status = response.status_code
                     text = response.text
                 except httpx.HTTPError as exc:
@@ -144,10 +168,12 @@ async def soak(base: str, pid: int, seconds: float, clients: int, customer_ids, 
         "good_requests": len(latencies),
         "good_p50_ms": round(float(np.percentile(lat, 50)), 1),
         "good_p99_ms": round(float(np.percentile(lat, 99)), 1),
-        "rss_mb": {"start": round(float(values[0]), 1) if len(values) else None,
-                   "end": round(float(values[-1]), 1) if len(values) else None,
-                   "max": round(float(values.max()), 1) if len(values) else None,
-                   "slope_mb_per_min": round(slope, 2)},
+        "rss_mb": {
+            "start": round(float(values[0]), 1) if len(values) else None,
+            "end": round(float(values[-1]), 1) if len(values) else None,
+            "max": round(float(values.max()), 1) if len(values) else None,
+            "slope_mb_per_min": round(slope, 2),
+        },
         "rss_samples": [[round(t, 1), round(v, 1)] for t, v in rss],
     }
 
@@ -168,14 +194,18 @@ def run(model_dir, data_dir, seconds: float, clients: int, log_path: Path) -> di
 def table(result: dict) -> str:
     lines = [f"{'kind':<18}{'requests':>10}  statuses", "-" * 50]
     for kind, statuses in sorted(result["by_kind"].items()):
-        lines.append(f"{kind:<18}{sum(statuses.values()):>10}  " + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())))
+        lines.append(
+            f"{kind:<18}{sum(statuses.values()):>10}  " + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()))
+        )
     rss = result["rss_mb"]
-    lines += ["-" * 50,
-              f"{result['requests']} requests in {result['seconds']}s from {result['clients']} clients "
-              f"({result['requests_per_s']}/s); 5xx: {result['five_xx']}",
-              f"good requests: p50 {result['good_p50_ms']} ms, p99 {result['good_p99_ms']} ms",
-              f"server RSS: start {rss['start']} MB, end {rss['end']} MB, max {rss['max']} MB, "
-              f"slope {rss['slope_mb_per_min']} MB/min"]
+    lines += [
+        "-" * 50,
+        f"{result['requests']} requests in {result['seconds']}s from {result['clients']} clients "
+        f"({result['requests_per_s']}/s); 5xx: {result['five_xx']}",
+        f"good requests: p50 {result['good_p50_ms']} ms, p99 {result['good_p99_ms']} ms",
+        f"server RSS: start {rss['start']} MB, end {rss['end']} MB, max {rss['max']} MB, "
+        f"slope {rss['slope_mb_per_min']} MB/min",
+    ]
     return "\n".join(lines)
 
 
@@ -196,11 +226,27 @@ def main(argv=None) -> int:
             from finrec.data.io import write_dataset
             from finrec.data.synthetic import GeneratorSettings, generate
 
-            data_dir = write_dataset(generate(GeneratorSettings(n_customers=3000, seed=0)), S.SYNTHETIC.schema(), tmp / "bank")
+            data_dir = write_dataset(
+                generate(GeneratorSettings(n_customers=3000, seed=0)), S.SYNTHETIC.schema(), tmp / "bank"
+            )
         if model_dir is None:
             model_dir = tmp / "model"
-            subprocess.run([sys.executable, "-m", "finrec.cli", "train", "--data", str(data_dir), "--out", str(model_dir),
-                            "--epochs", "2"], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "finrec.cli",
+                    "train",
+                    "--data",
+                    str(data_dir),
+                    "--out",
+                    str(model_dir),
+                    "--epochs",
+                    "2",
+                ],
+                check=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )
         result = run(model_dir, data_dir, args.seconds, args.clients, tmp / "server.log")
     print(table(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,22 +52,35 @@ def _summary(timer, examples: int, jit) -> dict:
     steady = timer.epochs[1:]
     epoch = statistics.median(e for e, _, _ in steady)
     train = statistics.median(t for _, t, _ in steady)
-    return {"examples_per_epoch": examples, "epochs_measured": len(steady), "batches_per_epoch": steady[0][2],
-            "epoch_s": epoch, "train_s": train, "examples_per_s_epoch": examples / epoch,
-            "examples_per_s_train": examples / train, "first_epoch_s": timer.epochs[0][0], "jit_compile": str(jit)}
+    return {
+        "examples_per_epoch": examples,
+        "epochs_measured": len(steady),
+        "batches_per_epoch": steady[0][2],
+        "epoch_s": epoch,
+        "train_s": train,
+        "examples_per_s_epoch": examples / epoch,
+        "examples_per_s_train": examples / train,
+        "first_epoch_s": timer.epochs[0][0],
+        "jit_compile": str(jit),
+    }
 
 
 def run_finrec(customers: int, epochs: int, batch: int) -> dict:
+    import keras
+
     from finrec.config import Config, ModelConfig, TrainConfig
     from finrec.data import schema as S
     from finrec.data.io import validate_tables
     from finrec.data.synthetic import GeneratorSettings, generate
     from finrec.training.train import fit
-    import keras
 
-    data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=customers, seed=0, ground_truth=False)))
-    config = Config(model=ModelConfig(customer_widths=(256, 128), embedding_dim=64),
-                    training=TrainConfig(batch_size=batch, epochs=epochs, patience=epochs)).validate()
+    data = validate_tables(
+        S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=customers, seed=0, ground_truth=False))
+    )
+    config = Config(
+        model=ModelConfig(customer_widths=(256, 128), embedding_dim=64),
+        training=TrainConfig(batch_size=batch, epochs=epochs, patience=epochs),
+    ).validate()
     timer = _timer()
     original = keras.Model.compile
 
@@ -84,8 +97,9 @@ def run_finrec(customers: int, epochs: int, batch: int) -> dict:
     return out
 
 
-def run_plain(examples: int, epochs: int, batch: int, features: int = 64, classes: int = 32,
-              regularized: bool = False) -> dict:
+def run_plain(
+    examples: int, epochs: int, batch: int, features: int = 64, classes: int = 32, regularized: bool = False
+) -> dict:
     """The reference model; ``regularized`` adds finrec's BatchNorm + Dropout(0.1) after each
     hidden Dense, to show where the difference between the two comes from."""
     import keras
@@ -129,24 +143,44 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    results = {"settings": {"customers": args.customers, "epochs": args.epochs, "batch": args.batch,
-                            "cpus": os.cpu_count(), "note": "shared CPUs: medians of the steady epochs"}}
+    results = {
+        "settings": {
+            "customers": args.customers,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "cpus": os.cpu_count(),
+            "note": "shared CPUs: medians of the steady epochs",
+        }
+    }
     for backend in args.backends:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        cmd = [sys.executable, __file__, "--worker", "--customers", str(args.customers), "--epochs", str(args.epochs),
-               "--batch", str(args.batch)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--customers",
+            str(args.customers),
+            "--epochs",
+            str(args.epochs),
+            "--batch",
+            str(args.batch),
+        ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{backend} worker failed")
         results[backend] = json.loads(next(l[7:] for l in done.stdout.splitlines() if l.startswith("RESULT ")))
 
-    print(f"{'backend':<11}{'model':<18}{'examples/s (epoch)':>20}{'examples/s (train)':>20}{'epoch s':>9}{'1st epoch s':>13}")
+    print(
+        f"{'backend':<11}{'model':<18}{'examples/s (epoch)':>20}{'examples/s (train)':>20}{'epoch s':>9}{'1st epoch s':>13}"
+    )
     for backend in args.backends:
         for name in ("finrec", "plain", "plain+bn+dropout"):
             r = results[backend][name]
-            print(f"{backend:<11}{name:<18}{r['examples_per_s_epoch']:>20,.0f}{r['examples_per_s_train']:>20,.0f}"
-                  f"{r['epoch_s']:>9.2f}{r['first_epoch_s']:>13.2f}")
+            print(
+                f"{backend:<11}{name:<18}{r['examples_per_s_epoch']:>20,.0f}{r['examples_per_s_train']:>20,.0f}"
+                f"{r['epoch_s']:>9.2f}{r['first_epoch_s']:>13.2f}"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
     print(f"wrote {RESULTS}")

@@ -38,8 +38,10 @@ def small_data_dir(tmp_path_factory, small_tables):
 def fast_config():
     from finrec.config import Config, ModelConfig, TrainConfig
 
-    return Config(model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
-                  training=TrainConfig(epochs=5, batch_size=128, patience=2)).validate()
+    return Config(
+        model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
+        training=TrainConfig(epochs=5, batch_size=128, patience=2),
+    ).validate()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ from finrec.errors import ArtifactError
 def test_roundtrip_scores_identical(model_dir, trained, small_dataset):
     loaded = load_model_dir(model_dir).trained
     customers = small_dataset.customers.iloc[:40]
-    np.testing.assert_allclose(loaded.score(customers, small_dataset.holdings), trained.score(customers, small_dataset.holdings), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.score(customers, small_dataset.holdings), trained.score(customers, small_dataset.holdings), atol=1e-6
+    )
     assert loaded.pipeline.product_ids_ == trained.pipeline.product_ids_
     assert loaded.config == trained.config
 

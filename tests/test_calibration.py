@@ -264,10 +264,8 @@ def test_rest_api_returns_probability_beside_score(model_dir, small_data_dir, sm
 
 @pytest.mark.slow
 def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_dir, tmp_path, capsys):
-    from finrec.data.io import write_dataset
-
     from finrec.artifacts import read_monitoring, save_model_dir
-    from finrec.data.io import load_dataset
+    from finrec.data.io import load_dataset, write_dataset
     from finrec.governance.monitor import reference_for
 
     copy = tmp_path / "model"

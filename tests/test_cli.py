@@ -15,8 +15,14 @@ def finrec(*args, cwd=None):
     # As a user runs it: none of the variables that quiet TensorFlow (the Makefile sets one).
     quiet = ("TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL", "GRPC_VERBOSITY", "PYTHONWARNINGS")
     env = {key: value for key, value in os.environ.items() if key not in quiet}
-    done = subprocess.run([sys.executable, "-m", "finrec.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "finrec.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+    )
     if done.returncode == 0:  # only finrec's own output: no TensorFlow start-up lines or warnings
         assert done.stderr == "", done.stderr[-2000:]
     return done
@@ -67,6 +73,8 @@ def test_missing_model_dir(tmp_path, small_data_dir, capsys):
 
 def test_bad_config_file(tmp_path, small_data_dir, capsys):
     (tmp_path / "c.yaml").write_text("training: {epochs: -1}\n")
-    code = main(["train", "--data", str(small_data_dir), "--out", str(tmp_path / "m"), "--config", str(tmp_path / "c.yaml")])
+    code = main(
+        ["train", "--data", str(small_data_dir), "--out", str(tmp_path / "m"), "--config", str(tmp_path / "c.yaml")]
+    )
     assert code == 2 and "training.epochs" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

@@ -16,15 +16,18 @@ def test_yaml_overrides(tmp_path):
     assert config.model.customer_widths == (32, 16) and config.training.loss == "triplet"
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ({"training": {"los": "softmax"}}, "did you mean 'loss'"),
-    ({"training": {"loss": "hinge"}}, "training.loss must be one of"),
-    ({"model": {"embedding_dim": 0}}, "model.embedding_dim"),
-    ({"model": {"dropout": 1.5}}, "model.dropout"),
-    ({"model": {"customer_widths": 64}}, "expected a list"),
-    ({"training": {"epochs": "ten"}}, "expected an integer"),
-    ({"optimizer": {}}, "unknown key 'optimizer'"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"training": {"los": "softmax"}}, "did you mean 'loss'"),
+        ({"training": {"loss": "hinge"}}, "training.loss must be one of"),
+        ({"model": {"embedding_dim": 0}}, "model.embedding_dim"),
+        ({"model": {"dropout": 1.5}}, "model.dropout"),
+        ({"model": {"customer_widths": 64}}, "expected a list"),
+        ({"training": {"epochs": "ten"}}, "expected an integer"),
+        ({"optimizer": {}}, "unknown key 'optimizer'"),
+    ],
+)
 def test_invalid_configs_name_the_field(raw, fragment):
     with pytest.raises(ConfigError, match=None) as info:
         Config.from_dict(raw)

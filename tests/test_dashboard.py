@@ -50,8 +50,16 @@ def risk(table: pd.DataFrame) -> pd.Series:
 
 def test_page_shows_five_recommendations(app):
     assert not app.error
-    assert [t.label for t in app.tabs] == ["Recommendations", "Profile", "What-if", "Embeddings", "Explain (SHAP)", "Model",
-                                           "Campaign", "Monitoring"]
+    assert [t.label for t in app.tabs] == [
+        "Recommendations",
+        "Profile",
+        "What-if",
+        "Embeddings",
+        "Explain (SHAP)",
+        "Model",
+        "Campaign",
+        "Monitoring",
+    ]
     table = recommendations(app)
     assert len(table) == 5 and table["rank"].tolist() == [1, 2, 3, 4, 5]
     assert table["suitability"].str.startswith("✅").all()  # suitable, affordable or eligible by regime
@@ -96,9 +104,14 @@ def _mortgage_customer(app: AppTest, small_dataset) -> str:
     mortgages = small_dataset.products[small_dataset.products[S.SYNTHETIC.category] == "mortgage"]
     assert len(mortgages) == 2
     holders = set(small_dataset.holdings.customer_id[small_dataset.holdings.product_id.isin(mortgages.product_id)])
-    ok = ((c[S.INCOME] >= mortgages[S.MIN_INCOME].max()) & (c[S.CREDIT_SCORE] >= mortgages[S.MIN_CREDIT_SCORE].max())
-          & (c[S.AGE] >= mortgages[S.MIN_AGE].max()) & (c[S.AGE] <= mortgages[S.MAX_AGE].min())
-          & (c[S.SYNTHETIC.risk_tolerance] >= mortgages[S.SYNTHETIC.risk_level].max()) & ~c.customer_id.isin(holders))
+    ok = (
+        (c[S.INCOME] >= mortgages[S.MIN_INCOME].max())
+        & (c[S.CREDIT_SCORE] >= mortgages[S.MIN_CREDIT_SCORE].max())
+        & (c[S.AGE] >= mortgages[S.MIN_AGE].max())
+        & (c[S.AGE] <= mortgages[S.MAX_AGE].min())
+        & (c[S.SYNTHETIC.risk_tolerance] >= mortgages[S.SYNTHETIC.risk_level].max())
+        & ~c.customer_id.isin(holders)
+    )
     listed = set(app.selectbox(key="customer_id").options)
     return next(cid for cid in c.customer_id[ok] if cid in listed)
 
@@ -153,12 +166,15 @@ def test_upload_good_csv(app, small_dataset):
     assert len(recommendations(app)) == 5
 
 
-@pytest.mark.parametrize("change, column, row", [
-    (lambda f: f.drop(columns=[S.INCOME]), S.INCOME, None),
-    (lambda f: f.assign(**{S.CREDIT_SCORE: ["high", 700]}), S.CREDIT_SCORE, 1),
-    (lambda f: f.assign(**{S.INCOME: [1000.0, -1.0]}), S.INCOME, 2),
-    (lambda f: f.assign(**{S.AGE: [12, 40]}), S.AGE, 1),
-])
+@pytest.mark.parametrize(
+    "change, column, row",
+    [
+        (lambda f: f.drop(columns=[S.INCOME]), S.INCOME, None),
+        (lambda f: f.assign(**{S.CREDIT_SCORE: ["high", 700]}), S.CREDIT_SCORE, 1),
+        (lambda f: f.assign(**{S.INCOME: [1000.0, -1.0]}), S.INCOME, 2),
+        (lambda f: f.assign(**{S.AGE: [12, 40]}), S.AGE, 1),
+    ],
+)
 def test_upload_bad_csv_names_the_column(app, small_dataset, change, column, row):
     bad = change(small_dataset.customers.iloc[:2].copy())
     _upload(app, bad.to_csv(index=False).encode())

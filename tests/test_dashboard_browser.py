@@ -42,13 +42,33 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 90.0) 
 @pytest.fixture
 def server(model_dir, small_data_dir, tmp_path):
     port = _free_port()
-    env = {**os.environ, "FINREC_MODEL": str(model_dir), "FINREC_DATA": str(small_data_dir),
-           "TF_CPP_MIN_LOG_LEVEL": "3", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {
+        **os.environ,
+        "FINREC_MODEL": str(model_dir),
+        "FINREC_DATA": str(small_data_dir),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    }
     log = open(tmp_path / "streamlit.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "Recommendation_Dashboard.py"),
-         "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "Recommendation_Dashboard.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         _wait_for_port(port, process)
@@ -71,9 +91,17 @@ def test_dashboard_in_chromium(server, small_dataset):
     ARTIFACTS.mkdir(exist_ok=True)
     customer = str(small_dataset.customer_ids[21])
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 3000})
             page.goto(server, wait_until="domcontentloaded")

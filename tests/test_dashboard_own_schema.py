@@ -39,14 +39,22 @@ def own_bank(directory: Path) -> tuple[Path, set[str]]:
     products[f"{P}currency"] = np.where(products[f"{P}{syn.category}"] == "insurance", None, "EUR")
     tables = {**tables, S.CUSTOMERS: customers, S.PRODUCTS: products}
     numeric = [f"{C}{c}" for c in syn.customer_numeric]
-    schema = S.DatasetSchema.from_dict({
-        "customers": {"id": f"{C}{S.CUSTOMER_ID}", "numeric": numeric,
-                      "categorical": [f"{C}{c}" for c in syn.customer_categorical],
-                      "log_numeric": [f"{C}{c}" for c in syn.customer_log_numeric]},
-        "products": {"id": f"{P}{S.PRODUCT_ID}", "category": f"{P}{syn.category}", "categorical": [f"{P}currency"],
-                     "numeric": [f"{P}{c}" for c in ("expected_yield", "duration_months", "monthly_fee",
-                                                      "min_income")]},
-    })
+    schema = S.DatasetSchema.from_dict(
+        {
+            "customers": {
+                "id": f"{C}{S.CUSTOMER_ID}",
+                "numeric": numeric,
+                "categorical": [f"{C}{c}" for c in syn.customer_categorical],
+                "log_numeric": [f"{C}{c}" for c in syn.customer_log_numeric],
+            },
+            "products": {
+                "id": f"{P}{S.PRODUCT_ID}",
+                "category": f"{P}{syn.category}",
+                "categorical": [f"{P}currency"],
+                "numeric": [f"{P}{c}" for c in ("expected_yield", "duration_months", "monthly_fee", "min_income")],
+            },
+        }
+    )
     assert not schema.display.to_dict()  # nothing to lean on: the page derives every column
     return write_dataset(tables, schema, directory, fmt="csv"), synthetic
 
@@ -58,11 +66,15 @@ def bank(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("own")
     data, synthetic = own_bank(root / "bank")
-    header = {name: (data / f"{name}.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
-              for name in (S.CUSTOMERS, S.PRODUCTS)}
+    header = {
+        name: (data / f"{name}.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+        for name in (S.CUSTOMERS, S.PRODUCTS)
+    }
     assert not synthetic & {*header[S.CUSTOMERS], *header[S.PRODUCTS]}
-    config = Config(model=ModelConfig(customer_widths=(32,), product_widths=(16,), embedding_dim=8),
-                    training=TrainConfig(epochs=2, batch_size=128, patience=1)).validate()
+    config = Config(
+        model=ModelConfig(customer_widths=(32,), product_widths=(16,), embedding_dim=8),
+        training=TrainConfig(epochs=2, batch_size=128, patience=1),
+    ).validate()
     (root / "config.yaml").write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
     args = ["train", "--data", data, "--out", root / "model", "--config", root / "config.yaml"]
     assert main([str(a) for a in args]) == 0

@@ -4,7 +4,9 @@ from finrec.errors import ConfigError, FinrecError, reject_unknown
 
 
 def test_reject_unknown_names_the_key_a_close_match_and_the_allowed_keys():
-    with pytest.raises(ConfigError, match=r"training: unknown key 'epocs' \(did you mean 'epochs'\?\); allowed keys: epochs, seed"):
+    with pytest.raises(
+        ConfigError, match=r"training: unknown key 'epocs' \(did you mean 'epochs'\?\); allowed keys: epochs, seed"
+    ):
         reject_unknown(["seed", "epocs"], {"epochs", "seed"}, "training", ConfigError)
 
 

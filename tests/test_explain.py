@@ -134,12 +134,27 @@ def test_views():
     assert X.product_terms({S.MIN_INCOME: 0.0, S.MIN_AGE: None, "expected_yield": 2.0}) == ""
 
 
-@pytest.mark.parametrize("value, binary, text", [
-    (None, False, None), (float("nan"), False, None), (np.float64("nan"), False, None), ("", False, None),
-    ("nan", False, None), ("None", False, None), ("?", False, None), (" <NA> ", False, None),
-    (1, True, "yes"), (0.0, True, "no"), (1, False, "1"), (52560.0, False, "52,560"), (0.358, False, "0.358"),
-    (-3.9, False, "-3.9"), (True, False, "yes"), ("self_employed", False, "self_employed"),
-])
+@pytest.mark.parametrize(
+    "value, binary, text",
+    [
+        (None, False, None),
+        (float("nan"), False, None),
+        (np.float64("nan"), False, None),
+        ("", False, None),
+        ("nan", False, None),
+        ("None", False, None),
+        ("?", False, None),
+        (" <NA> ", False, None),
+        (1, True, "yes"),
+        (0.0, True, "no"),
+        (1, False, "1"),
+        (52560.0, False, "52,560"),
+        (0.358, False, "0.358"),
+        (-3.9, False, "-3.9"),
+        (True, False, "yes"),
+        ("self_employed", False, "self_employed"),
+    ],
+)
 def test_display_value_never_shows_an_empty_word(value, binary, text):
     assert X.display_value(value, binary=binary) == text
 
@@ -161,10 +176,10 @@ def test_display_plan_is_derived_without_hints(rec, explainer):
     ranking = list(explainer.numeric_sensitivity().index)
     assert sorted(ranking) == sorted(explainer.numeric) and len(ranking) == len(c.numeric_features)
     plan = X.display_plan(bare, ranking)
-    assert plan.what_if == tuple(ranking[:X.MAX_WHAT_IF])
-    assert plan.profile == tuple([col for col in ranking if col != c.risk][:X.MAX_PROFILE])
+    assert plan.what_if == tuple(ranking[: X.MAX_WHAT_IF])
+    assert plan.profile == tuple([col for col in ranking if col != c.risk][: X.MAX_PROFILE])
     # Before any ranking: the schema's numeric features, in order, capped.
-    assert X.display_plan(bare).what_if == c.numeric_features[:X.MAX_WHAT_IF]
+    assert X.display_plan(bare).what_if == c.numeric_features[: X.MAX_WHAT_IF]
     assert set(plan.segments) == set(c.categorical_features)  # every one has 2-20 values
     assert plan.product_name == rec.name_column
 
@@ -177,8 +192,15 @@ def test_numeric_sensitivity_finds_a_feature_that_moves_the_scores(explainer):
 
 def test_product_fields_and_table_leave_out_missing_values(rec):
     plan = X.display_plan(rec)
-    product = {"name": "Plain", "product_type": "insurance", "risk_level": 2, "expected_yield": None,
-               "duration_months": float("nan"), "monthly_fee": 5.0, "digital_only": 0}
+    product = {
+        "name": "Plain",
+        "product_type": "insurance",
+        "risk_level": 2,
+        "expected_yield": None,
+        "duration_months": float("nan"),
+        "monthly_fee": 5.0,
+        "digital_only": 0,
+    }
     fields = X.product_fields(product, plan, rec.schema)
     assert fields == [("Risk level", "2 / 7"), ("Monthly fee", "5"), ("Digital only", "no")]
     result = rec.recommend(rec.known_customers[rec.schema.customers.id].iloc[0], k=5)
@@ -210,13 +232,22 @@ def test_upload_good(small_dataset):
     assert frame[small_dataset.schema.customers.id].tolist() == small_dataset.customers.customer_id.iloc[:3].tolist()
 
 
-@pytest.mark.parametrize("change, pattern", [
-    (lambda f: f.drop(columns=[S.INCOME]), f"'{S.INCOME}'"),
-    (lambda f: f.assign(**{S.CREDIT_SCORE: ["high", 700, 700]}), f"column '{S.CREDIT_SCORE}' must be numeric.*row 1"),
-    (lambda f: f.assign(**{S.INCOME: [100.0, -5.0, 100.0]}), f"column '{S.INCOME}' must be at least 0.*row 2"),
-    (lambda f: f.assign(**{S.AGE: [40, 40, 130]}), f"column '{S.AGE}' must be from 18 to 120.*row 3"),
-    (lambda f: f.assign(**{S.SYNTHETIC.risk_tolerance: [9, 2, 2]}), f"column '{S.SYNTHETIC.risk_tolerance}'.*1 to 7.*row 1"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (lambda f: f.drop(columns=[S.INCOME]), f"'{S.INCOME}'"),
+        (
+            lambda f: f.assign(**{S.CREDIT_SCORE: ["high", 700, 700]}),
+            f"column '{S.CREDIT_SCORE}' must be numeric.*row 1",
+        ),
+        (lambda f: f.assign(**{S.INCOME: [100.0, -5.0, 100.0]}), f"column '{S.INCOME}' must be at least 0.*row 2"),
+        (lambda f: f.assign(**{S.AGE: [40, 40, 130]}), f"column '{S.AGE}' must be from 18 to 120.*row 3"),
+        (
+            lambda f: f.assign(**{S.SYNTHETIC.risk_tolerance: [9, 2, 2]}),
+            f"column '{S.SYNTHETIC.risk_tolerance}'.*1 to 7.*row 1",
+        ),
+    ],
+)
 def test_upload_refused_with_column_and_row(small_dataset, change, pattern):
     bad = change(small_dataset.customers.iloc[:3].copy())
     with pytest.raises(DataError, match=pattern):

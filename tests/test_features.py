@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finrec.features import FeaturePipeline
 from finrec.errors import DataError
+from finrec.features import FeaturePipeline
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,9 @@ def test_transform_record_equals_frame_path(pipeline, small_dataset):
     rows.loc[rows.index[5:8], "region"] = "Atlantis"
     for _, row in rows.iterrows():
         held = sorted(rng.choice(pipeline.n_products, size=2, replace=False).tolist())
-        links = pd.DataFrame({"customer_id": [row["customer_id"]] * 2, "product_id": [pipeline.product_ids_[j] for j in held]})
+        links = pd.DataFrame(
+            {"customer_id": [row["customer_id"]] * 2, "product_id": [pipeline.product_ids_[j] for j in held]}
+        )
         frame = pipeline.transform_customers(row.to_frame().T.astype(small_dataset.customers.dtypes.to_dict()), links)
         record = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.to_dict().items()}
         fast = pipeline.transform_record(record, held)

@@ -66,8 +66,11 @@ def test_no_import_runs_back_up(path):
     if here == "finrec":
         return
     mine = floor_of(here)
-    upward = sorted(name for name in imports_of(path) if name.startswith("finrec.") and _floor_or_none(name) is not None
-                    and _floor_or_none(name) > mine)
+    upward = sorted(
+        name
+        for name in imports_of(path)
+        if name.startswith("finrec.") and _floor_or_none(name) is not None and _floor_or_none(name) > mine
+    )
     assert not upward, f"{here} (floor {mine}) imports from a floor above it: {upward}"
 
 

@@ -16,4 +16,6 @@ def test_version_matches_pyproject():
 
 def test_importing_the_package_loads_no_backend():
     code = "import sys, finrec; print(sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )

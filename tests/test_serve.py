@@ -52,8 +52,11 @@ def ids(small_dataset):
     holdings = small_dataset.holdings
     holders = holdings.groupby("customer_id")["product_id"].apply(list)
     customer = str(holders.index[0])
-    return {"customer": customer, "held": [str(p) for p in holders.iloc[0]],
-            "customers": [str(c) for c in small_dataset.customers["customer_id"].head(20)]}
+    return {
+        "customer": customer,
+        "held": [str(p) for p in holders.iloc[0]],
+        "customers": [str(c) for c in small_dataset.customers["customer_id"].head(20)],
+    }
 
 
 def _detail_locs(response) -> list[list]:
@@ -76,7 +79,10 @@ def test_health_and_ready(client, server):
 def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "finrec.cli", "serve", "--model", str(tmp_path / "missing"), "--port", str(free_port())],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert process.returncode == 2, process.stderr[-2000:]
     assert "finrec serve: error:" in process.stderr
@@ -130,14 +136,24 @@ def test_recommendations_by_id(client, ids):
 
 def test_k_is_respected_across_customers(client, ids):
     for customer in ids["customers"][:10]:
-        body = client.post("/recommendations", json={"customer_id": customer, "k": 2, "filters": {"suitability": False}}).json()
+        body = client.post(
+            "/recommendations", json={"customer_id": customer, "k": 2, "filters": {"suitability": False}}
+        ).json()
         assert len(body["recommendations"]) == 2
 
 
 def test_recommendations_by_features(client, ids):
     held = ids["held"][:1]
-    features = {"age": 35, "income": 48000, "savings": 12000, "credit_score": 700, "risk_tolerance": 5,
-                "region": "north", "employment": "employed", "holdings": held}
+    features = {
+        "age": 35,
+        "income": 48000,
+        "savings": 12000,
+        "credit_score": 700,
+        "risk_tolerance": 5,
+        "region": "north",
+        "employment": "employed",
+        "holdings": held,
+    }
     response = client.post("/recommendations", json={"features": features, "k": 3})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -149,16 +165,22 @@ def test_recommendations_by_features(client, ids):
 
 def test_conservative_preset_caps_risk(client, ids):
     for customer in ids["customers"][:8]:
-        body = client.post("/recommendations", json={"customer_id": customer, "k": 10,
-                                                     "filters": {"preset": "conservative"}}).json()
+        body = client.post(
+            "/recommendations", json={"customer_id": customer, "k": 10, "filters": {"preset": "conservative"}}
+        ).json()
         assert body["filters"]["max_risk"] == 3
         assert all(item["product"]["risk_level"] <= 3 for item in body["recommendations"])
 
 
 def test_include_categories(client, ids):
-    body = client.post("/recommendations", json={
-        "customer_id": ids["customer"], "k": 10,
-        "filters": {"include_categories": ["savings_account", "term_deposit"], "suitability": False}}).json()
+    body = client.post(
+        "/recommendations",
+        json={
+            "customer_id": ids["customer"],
+            "k": 10,
+            "filters": {"include_categories": ["savings_account", "term_deposit"], "suitability": False},
+        },
+    ).json()
     assert body["recommendations"]
     assert {item["product"]["product_type"] for item in body["recommendations"]} <= {"savings_account", "term_deposit"}
 
@@ -166,29 +188,35 @@ def test_include_categories(client, ids):
 # ------------------------------------------------------------------------------------ errors
 
 
-@pytest.mark.parametrize("payload, loc", [
-    ({"k": 3}, ["body", "features"]),
-    ({"customer_id": "C1", "features": {"age": 30}}, ["body", "features"]),
-    ({"customer_id": "C1", "k": 0}, ["body", "k"]),
-    ({"customer_id": "C1", "k": "five"}, ["body", "k"]),
-    ({"customer_id": "C1", "k": 51}, ["body", "k"]),
-    ({"customer_id": "C1", "filters": {"colour": "red"}}, ["body", "filters", "colour"]),
-    ({"customer_id": "C1", "filters": {"preset": "yolo"}}, ["body", "filters", "preset"]),
-    ({"customer_id": "C1", "filters": {"max_risk": 9}}, ["body", "filters", "max_risk"]),
-    ({"customer_id": 42}, ["body", "customer_id"]),
-    ({"customer_id": "C1", "extra": True}, ["body", "extra"]),
-])
+@pytest.mark.parametrize(
+    "payload, loc",
+    [
+        ({"k": 3}, ["body", "features"]),
+        ({"customer_id": "C1", "features": {"age": 30}}, ["body", "features"]),
+        ({"customer_id": "C1", "k": 0}, ["body", "k"]),
+        ({"customer_id": "C1", "k": "five"}, ["body", "k"]),
+        ({"customer_id": "C1", "k": 51}, ["body", "k"]),
+        ({"customer_id": "C1", "filters": {"colour": "red"}}, ["body", "filters", "colour"]),
+        ({"customer_id": "C1", "filters": {"preset": "yolo"}}, ["body", "filters", "preset"]),
+        ({"customer_id": "C1", "filters": {"max_risk": 9}}, ["body", "filters", "max_risk"]),
+        ({"customer_id": 42}, ["body", "customer_id"]),
+        ({"customer_id": "C1", "extra": True}, ["body", "extra"]),
+    ],
+)
 def test_invalid_bodies_are_422_naming_the_field(client, payload, loc):
     response = client.post("/recommendations", json=payload)
     assert response.status_code == 422, response.text
     assert loc in _detail_locs(response)
 
 
-@pytest.mark.parametrize("features, words", [
-    ({"income": "a lot"}, "income"),
-    ({"risk_tolerance": 9}, "risk_tolerance"),
-    ({"income": 1000, "holdings": ["NO_SUCH_PRODUCT"]}, "NO_SUCH_PRODUCT"),
-])
+@pytest.mark.parametrize(
+    "features, words",
+    [
+        ({"income": "a lot"}, "income"),
+        ({"risk_tolerance": 9}, "risk_tolerance"),
+        ({"income": 1000, "holdings": ["NO_SUCH_PRODUCT"]}, "NO_SUCH_PRODUCT"),
+    ],
+)
 def test_values_the_library_refuses_are_422_with_its_message(client, features, words):
     response = client.post("/recommendations", json={"features": features})
     assert response.status_code == 422, response.text
@@ -201,8 +229,17 @@ def test_unknown_customer_is_404(client):
     assert response.json() == {"detail": "unknown customer_id 'NOPE-999'"}
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"customer_id": "C1",}', b"", b"[1, 2]",
-                                 b'{"customer_id": NaN}', b'{"features": {"income": Infinity}}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b'{"customer_id": "C1",}',
+        b"",
+        b"[1, 2]",
+        b'{"customer_id": NaN}',
+        b'{"features": {"income": Infinity}}',
+    ],
+)
 def test_malformed_json_is_422(client, raw):
     response = client.post("/recommendations", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
@@ -317,6 +354,7 @@ def test_max_requests_spares_the_liveness_probes():
             async def send(message):
                 if message["type"] == "http.response.start":
                     statuses[name] = message["status"], dict(message["headers"])
+
             await limit({"type": "http", "path": path, "headers": []}, receive, send)
 
         async with anyio.create_task_group() as tg:
@@ -338,12 +376,15 @@ def test_max_requests_spares_the_liveness_probes():
     assert left == 0
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"body_timeout": 0}, "body_timeout must be a positive number, got '0'"),
-    ({"body_timeout": float("nan")}, "body_timeout"),
-    ({"max_requests": 2.5}, "max_requests must be a positive integer"),
-    ({"max_requests": True}, "max_requests"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"body_timeout": 0}, "body_timeout must be a positive number, got '0'"),
+        ({"body_timeout": float("nan")}, "body_timeout"),
+        ({"max_requests": 2.5}, "max_requests must be a positive integer"),
+        ({"max_requests": True}, "max_requests"),
+    ],
+)
 def test_limits_are_validated(tmp_path, kwargs, words):
     from finrec.errors import ConfigError
     from finrec.serve import create_app

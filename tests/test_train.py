@@ -62,8 +62,12 @@ def test_tf_feed_shuffles_every_epoch_and_builds_the_numpy_batches(small_dataset
         np.testing.assert_array_equal(y.numpy(), want_y)
         for name in want_x:
             np.testing.assert_array_equal(x[name].numpy(), want_x[name])
-    assert TrainingBatches(examples, 300, np.random.default_rng(4), sample_from=np.full(25, 1 / 25),
-                           num_negatives=3).as_tf_dataset() is None  # sampled negatives stay in numpy
+    assert (
+        TrainingBatches(
+            examples, 300, np.random.default_rng(4), sample_from=np.full(25, 1 / 25), num_negatives=3
+        ).as_tf_dataset()
+        is None
+    )  # sampled negatives stay in numpy
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the tf.data feed is for the TensorFlow backend")

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,14 @@ def schema_hash(schema_dict: dict) -> str:
     return hashlib.sha256(json.dumps(schema_dict, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", data_path: str | None = None,
-                   extra: dict[str, Any] | None = None, monitoring: dict[str, Any] | None = None) -> Path:
+def save_model_dir(
+    trained,
+    out: str | os.PathLike,
+    data_fingerprint: str = "",
+    data_path: str | None = None,
+    extra: dict[str, Any] | None = None,
+    monitoring: dict[str, Any] | None = None,
+) -> Path:
     """Write ``trained`` (a ``finrec.training.TrainedModel``) to ``out``, replacing any previous
     model there only once the new one is complete. ``out`` must not overlap the training data
     (``data_path``) nor be a directory of other files: the swap would delete them. ``monitoring``
@@ -93,7 +99,7 @@ def save_model_dir(trained, out: str | os.PathLike, data_fingerprint: str = "", 
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
             "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
             "schema_hash": schema_hash(trained.pipeline.full_schema.to_dict()),
@@ -140,34 +146,46 @@ def _check_file_name(path: Path, name: Any) -> str:
     if not isinstance(name, str):
         raise ArtifactError(f"{path}: {MANIFEST} lists a file name that is not text: {safe_text(name)}")
     if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
-        raise ArtifactError(f"{path}: {MANIFEST} names {safe_text(name, quote=True)}, which is not a file of the "
-                            "model directory; refused")
+        raise ArtifactError(
+            f"{path}: {MANIFEST} names {safe_text(name, quote=True)}, which is not a file of the "
+            "model directory; refused"
+        )
     return name
 
 
 def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
-    if not isinstance(manifest, dict) or not (type(manifest.get("format_version")) is int
-                                              and manifest["format_version"] == FORMAT_VERSION):
+    if not isinstance(manifest, dict) or not (
+        type(manifest.get("format_version")) is int and manifest["format_version"] == FORMAT_VERSION
+    ):
         found = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise ArtifactError(f"{path}: model format {safe_text(found, 40, quote=True)} is not supported by this finrec "
-                            f"(expects {FORMAT_VERSION}); retrain it")
+        raise ArtifactError(
+            f"{path}: model format {safe_text(found, 40, quote=True)} is not supported by this finrec "
+            f"(expects {FORMAT_VERSION}); retrain it"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict):
-        raise ArtifactError(f"{path}: {MANIFEST} has no 'files' map of file names to SHA-256 checksums; "
-                            "damaged or altered")
+        raise ArtifactError(
+            f"{path}: {MANIFEST} has no 'files' map of file names to SHA-256 checksums; damaged or altered"
+        )
     for name, checksum in files.items():
         _check_file_name(path, name)
         if not (isinstance(checksum, str) and len(checksum) == 64 and set(checksum) <= _SHA256_HEX):
-            raise ArtifactError(f"{path}: {MANIFEST}: the checksum of {safe_text(name, quote=True)} is not a SHA-256 "
-                                f"hex digest: {safe_text(checksum, 80, quote=True)}")
+            raise ArtifactError(
+                f"{path}: {MANIFEST}: the checksum of {safe_text(name, quote=True)} is not a SHA-256 "
+                f"hex digest: {safe_text(checksum, 80, quote=True)}"
+            )
     missing = [name for name in REQUIRED_FILES if name not in files]
     extra = sorted(name for name in files if name not in REQUIRED_FILES and name not in OPTIONAL_FILES)
     if missing:
-        raise ArtifactError(f"{path}: {MANIFEST} does not list {safe_items(missing, quote=False)}: damaged or "
-                            "altered (every file of the model must be listed with its checksum)")
+        raise ArtifactError(
+            f"{path}: {MANIFEST} does not list {safe_items(missing, quote=False)}: damaged or "
+            "altered (every file of the model must be listed with its checksum)"
+        )
     if extra:
-        raise ArtifactError(f"{path}: {MANIFEST} lists file(s) that are not part of a finrec model: "
-                            f"{safe_items(extra)}; damaged or altered")
+        raise ArtifactError(
+            f"{path}: {MANIFEST} lists file(s) that are not part of a finrec model: "
+            f"{safe_items(extra)}; damaged or altered"
+        )
     for key in ("schema_hash", "data_fingerprint", "created", "keras_version", "backend"):
         if key in manifest and not isinstance(manifest[key], str):
             raise ArtifactError(f"{path}: {MANIFEST}: '{key}' must be text, got {safe_text(manifest[key], 80)}")
@@ -196,8 +214,9 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
             if not file.is_file():
                 raise ArtifactError(f"{path}: {name} is missing")
             if _sha256(file) != manifest["files"][name]:
-                raise ArtifactError(f"{path}: {name} is damaged or was altered (checksum mismatch); "
-                                    "retrain or restore it")
+                raise ArtifactError(
+                    f"{path}: {name} is damaged or was altered (checksum mismatch); retrain or restore it"
+                )
     return manifest
 
 
@@ -215,13 +234,24 @@ def _finite_number(value: Any) -> bool:
 def _check_pipeline_json(raw: Any) -> dict[str, Any]:
     """The shape of ``pipeline.json``, checked before ``FeaturePipeline.from_dict`` trusts it: a
     value of the wrong type would otherwise surface later, as a wrong ranking or a crash."""
+
     def fail(what: str):
         raise ArtifactError(f"{what}; damaged or altered")
 
     if not isinstance(raw, dict):
         fail("expected a JSON object")
-    keys = ("format_version", "schema", "use_holdings", "exclude_protected", "customer_numeric", "customer_vocab",
-            "product_ids", "product_numeric", "product_vocab", "product_popularity")
+    keys = (
+        "format_version",
+        "schema",
+        "use_holdings",
+        "exclude_protected",
+        "customer_numeric",
+        "customer_vocab",
+        "product_ids",
+        "product_numeric",
+        "product_vocab",
+        "product_popularity",
+    )
     missing = [k for k in keys if k not in raw]
     if missing:
         fail(f"missing {safe_items(missing)}")
@@ -233,20 +263,30 @@ def _check_pipeline_json(raw: Any) -> dict[str, Any]:
         if not isinstance(stats, list):
             fail(f"'{side}_numeric' must be a list")
         for i, entry in enumerate(stats):
-            if not (isinstance(entry, dict) and set(entry) == {"column", "log", "median", "mean", "std"}
-                    and isinstance(entry["column"], str) and isinstance(entry["log"], bool)
-                    and all(_finite_number(entry[k]) for k in ("median", "mean", "std")) and entry["std"] > 0):
+            if not (
+                isinstance(entry, dict)
+                and set(entry) == {"column", "log", "median", "mean", "std"}
+                and isinstance(entry["column"], str)
+                and isinstance(entry["log"], bool)
+                and all(_finite_number(entry[k]) for k in ("median", "mean", "std"))
+                and entry["std"] > 0
+            ):
                 fail(f"'{side}_numeric'[{i}] is not a column's statistics (column, log, median, mean, std > 0)")
         vocab = raw[f"{side}_vocab"]
-        if not (isinstance(vocab, dict) and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
-                                                for v in vocab.values())):
+        if not (
+            isinstance(vocab, dict)
+            and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in vocab.values())
+        ):
             fail(f"'{side}_vocab' must map each categorical column to a list of its values")
     ids = raw["product_ids"]
     if not (isinstance(ids, list) and ids and all(isinstance(x, str) for x in ids)) or len(set(ids)) != len(ids):
         fail("'product_ids' must be a non-empty list of distinct product ids")
     popularity = raw["product_popularity"]
-    if not (isinstance(popularity, list) and len(popularity) == len(ids)
-            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in popularity)):
+    if not (
+        isinstance(popularity, list)
+        and len(popularity) == len(ids)
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in popularity)
+    ):
         fail("'product_popularity' must be one count per product")
     return raw
 
@@ -266,19 +306,23 @@ def _load_pipeline(file: Path):
 
 def _load_history(file: Path) -> dict[str, list]:
     history = _read_json(file, MAX_JSON_BYTES)
-    if not (isinstance(history, dict) and all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
-                                              for v in history.values())):
-        raise ArtifactError("expected a JSON object of metric name -> list of numbers; "
-                            "damaged or altered")
+    if not (
+        isinstance(history, dict)
+        and all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in history.values())
+    ):
+        raise ArtifactError("expected a JSON object of metric name -> list of numbers; damaged or altered")
     return history
 
 
 def _load_embeddings(file: Path) -> np.ndarray:
     embeddings = np.load(file, allow_pickle=False)
-    if not (isinstance(embeddings, np.ndarray) and embeddings.ndim == 2 and embeddings.dtype.kind == "f"
-            and np.isfinite(embeddings).all()):
-        raise ArtifactError("expected a finite float matrix [products, dimension]; "
-                            "damaged or altered")
+    if not (
+        isinstance(embeddings, np.ndarray)
+        and embeddings.ndim == 2
+        and embeddings.dtype.kind == "f"
+        and np.isfinite(embeddings).all()
+    ):
+        raise ArtifactError("expected a finite float matrix [products, dimension]; damaged or altered")
     return embeddings.astype("float32", copy=False)
 
 
@@ -295,8 +339,10 @@ def _check_tower(tower, spec: dict[str, tuple[str, int]], dimension: int) -> Non
         else:
             ok = ok and shape == (None, size)
     if not ok:
-        raise ArtifactError(f"{MODEL_FILE}: its {tower.name} does not fit {PIPELINE_FILE} and {EMBEDDINGS_FILE} "
-                            "(inputs or sizes differ); the files come from different models")
+        raise ArtifactError(
+            f"{MODEL_FILE}: its {tower.name} does not fit {PIPELINE_FILE} and {EMBEDDINGS_FILE} "
+            "(inputs or sizes differ); the files come from different models"
+        )
 
 
 def _check_consistent(pipeline, model, embeddings: np.ndarray, products: pd.DataFrame) -> None:
@@ -305,16 +351,20 @@ def _check_consistent(pipeline, model, embeddings: np.ndarray, products: pd.Data
 
     n_products = pipeline.n_products
     if embeddings.shape[0] != n_products:
-        raise ArtifactError(f"{EMBEDDINGS_FILE}: {embeddings.shape[0]} rows for the {n_products} products of "
-                            f"{PIPELINE_FILE}; the files come from different models")
+        raise ArtifactError(
+            f"{EMBEDDINGS_FILE}: {embeddings.shape[0]} rows for the {n_products} products of "
+            f"{PIPELINE_FILE}; the files come from different models"
+        )
     product_id = pipeline.schema.products.id
     if product_id not in products.columns:
         raise ArtifactError(f"{PRODUCTS_FILE}: no product id column {safe_text(product_id, quote=True)}")
     ids = products[product_id].astype(str)
     unknown = set(pipeline.product_ids_) - set(ids)
     if not ids.is_unique or unknown:
-        raise ArtifactError(f"{PRODUCTS_FILE}: its products are not those of {PIPELINE_FILE} (missing: "
-                            f"{safe_items(sorted(unknown))}); the files come from different models")
+        raise ArtifactError(
+            f"{PRODUCTS_FILE}: its products are not those of {PIPELINE_FILE} (missing: "
+            f"{safe_items(sorted(unknown))}); the files come from different models"
+        )
     customer_tower, product_tower = towers_of(model)
     shapes = model.get_layer(SIMILARITY).feature_shapes
     _check_tower(customer_tower, pipeline.customer_input_spec(), embeddings.shape[1])
@@ -362,11 +412,20 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     except FinrecError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a foreign Keras model lacks the towers or layers looked up
-        raise ArtifactError(f"{path}: {MODEL_FILE} is not a finrec two-tower model "
-                            f"({type(exc).__name__}: {safe_text(str(exc).split(chr(10), 1)[0])})") from None
+        raise ArtifactError(
+            f"{path}: {MODEL_FILE} is not a finrec two-tower model "
+            f"({type(exc).__name__}: {safe_text(str(exc).split(chr(10), 1)[0])})"
+        ) from None
     calibration = _part(path, CALIBRATION_FILE, _load_calibration) if CALIBRATION_FILE in manifest["files"] else None
-    trained = TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history,
-                           product_embeddings_=embeddings, calibration=calibration)
+    trained = TrainedModel(
+        model=model,
+        pipeline=pipeline,
+        config=config,
+        products=products,
+        history=history,
+        product_embeddings_=embeddings,
+        calibration=calibration,
+    )
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
 
 
@@ -378,8 +437,13 @@ def _load_calibration(file: Path):
 
     raw = _read_json(file, MAX_JSON_BYTES)
     if isinstance(raw, dict) and raw.get("format") != CALIBRATION_FORMAT:
-        log.warning("%s: calibration format %s is not this finrec's (%d); the model has no probabilities until "
-                    "`finrec calibrate` refits them", file, safe_text(raw.get("format"), 40), CALIBRATION_FORMAT)
+        log.warning(
+            "%s: calibration format %s is not this finrec's (%d); the model has no probabilities until "
+            "`finrec calibrate` refits them",
+            file,
+            safe_text(raw.get("format"), 40),
+            CALIBRATION_FORMAT,
+        )
         return None
     return Calibration.from_dict(raw, source=str(file))
 

@@ -14,8 +14,8 @@ import ctypes
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from finrec.errors import FinrecError
 
@@ -122,7 +122,8 @@ def _atomic_path(target: Path) -> Iterator[Path]:
     check_writable(target, "file")
     _make_parent(target)
     fd, tmp_name = _writable(
-        target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent, suffix=target.suffix))
+        target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent, suffix=target.suffix)
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -178,8 +179,10 @@ def check_writable(target: str | os.PathLike, kind: str, marker: str | None = No
     if kind == "directory" and not target.is_dir():
         raise FinrecError(f"{shown} is a file; name a directory to write (nothing was written)")
     if kind == "directory" and marker and not (target / marker).is_file() and any(target.iterdir()):
-        raise FinrecError(f"{shown} holds other files and no {marker}: writing there would delete them; "
-                          f"remove it yourself or choose another path (nothing was written)")
+        raise FinrecError(
+            f"{shown} holds other files and no {marker}: writing there would delete them; "
+            f"remove it yourself or choose another path (nothing was written)"
+        )
 
 
 def _overlap(target: Path, real: Path) -> str | None:
@@ -206,8 +209,9 @@ def _guarded(path: Path) -> Iterator[Path]:
                     yield entry
 
 
-def refuse_overlap(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
-                   what: str = "the output") -> None:
+def refuse_overlap(
+    out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], what: str = "the output"
+) -> None:
     """Raise ``FinrecError`` when the output path ``out`` is, contains or lies inside one of
     ``inputs`` (a description such as "the data directory" -> its path; ``None`` is skipped).
 
@@ -224,5 +228,7 @@ def refuse_overlap(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLik
             relation = _overlap(target, real)
             if relation:
                 place = str(path) if candidate == Path(path) else f"{candidate} (a link to {real})"
-                raise FinrecError(f"{shown} {relation} {label} {place}: an output must not overwrite an "
-                                  f"input; nothing was written, choose another path")
+                raise FinrecError(
+                    f"{shown} {relation} {label} {place}: an output must not overwrite an "
+                    f"input; nothing was written, choose another path"
+                )

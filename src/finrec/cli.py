@@ -106,14 +106,19 @@ def cmd_generate(args) -> int:
 
     check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
     settings = GeneratorSettings(
-        n_customers=args.customers, n_products=args.products, seed=args.seed, difficulty=args.difficulty,
+        n_customers=args.customers,
+        n_products=args.products,
+        seed=args.seed,
+        difficulty=args.difficulty,
         ground_truth=not args.no_ground_truth,
     )
     tables = generate(settings)
     write_dataset(tables, S.SYNTHETIC.schema(), args.out, fmt=args.format)
     points = len(tables["interactions"]) + len(tables["holdings"])
-    print(f"wrote {args.out}: {len(tables['customers'])} customers, {len(tables['products'])} products, "
-          f"{len(tables['interactions'])} interactions, {len(tables['holdings'])} holdings ({points} customer-product points)")
+    print(
+        f"wrote {args.out}: {len(tables['customers'])} customers, {len(tables['products'])} products, "
+        f"{len(tables['interactions'])} interactions, {len(tables['holdings'])} holdings ({points} customer-product points)"
+    )
     return 0
 
 
@@ -131,7 +136,9 @@ def cmd_split(args) -> int:
     train, test = split_dataset(dataset, args.holdout, args.seed)
     write_dataset(dataset_tables(train), dataset.schema, out / "train", source=args.data)
     write_dataset(dataset_tables(test), dataset.schema, out / "test", source=args.data)
-    print(f"wrote {out / 'train'} ({len(train.customers)} customers) and {out / 'test'} ({len(test.customers)} held-out customers)")
+    print(
+        f"wrote {out / 'train'} ({len(train.customers)} customers) and {out / 'test'} ({len(test.customers)} held-out customers)"
+    )
     return 0
 
 
@@ -163,12 +170,21 @@ def cmd_train(args) -> int:
     best = max(history.get(key, [float("nan")]))
     from finrec.governance.monitor import reference_for
 
-    save_model_dir(trained, args.out, data_fingerprint=fingerprint(args.data), data_path=str(Path(args.data).resolve()),
-                   monitoring=reference_for(trained, dataset, k=k, seed=config.training.seed))
+    save_model_dir(
+        trained,
+        args.out,
+        data_fingerprint=fingerprint(args.data),
+        data_path=str(Path(args.data).resolve()),
+        monitoring=reference_for(trained, dataset, k=k, seed=config.training.seed),
+    )
     epochs = len(history.get("loss", []))
-    print(f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}")
+    print(
+        f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}"
+    )
     if not args.include_objected and left_out:
-        print(f"left out {left_out} customer(s) who objected to profiling for marketing (--include-objected keeps them)")
+        print(
+            f"left out {left_out} customer(s) who objected to profiling for marketing (--include-objected keeps them)"
+        )
     return 0
 
 
@@ -233,16 +249,27 @@ def cmd_score(args) -> int:
             raise FinrecError("--probabilities is not available with --engine ray yet; use the local engine")
         from finrec.recommend.ray_engine import score_dataset_ray
 
-        customers, rows = score_dataset_ray(args.model, args.data, args.out, k=args.k, filters=filters,
-                                            batch_rows=min(chunk_rows, 65_536))
+        customers, rows = score_dataset_ray(
+            args.model, args.data, args.out, k=args.k, filters=filters, batch_rows=min(chunk_rows, 65_536)
+        )
         print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
         return 0
     stats: dict = {}
-    customers, rows = score_dataset(Recommender(loaded.trained), args.data, args.out, k=args.k, filters=filters,
-                                    chunk_rows=chunk_rows, probabilities=args.probabilities, stats=stats)
+    customers, rows = score_dataset(
+        Recommender(loaded.trained),
+        args.data,
+        args.out,
+        k=args.k,
+        filters=filters,
+        chunk_rows=chunk_rows,
+        probabilities=args.probabilities,
+        stats=stats,
+    )
     print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
     if stats["objected"]:
-        print(f"{stats['objected']} customer(s) objected to profiling for marketing: not scored, absent from the output")
+        print(
+            f"{stats['objected']} customer(s) objected to profiling for marketing: not scored, absent from the output"
+        )
     return 0
 
 
@@ -259,8 +286,10 @@ def cmd_recommend(args) -> int:
     for item in result.items:
         product = item.product
         # Only what this catalogue has: no "risk ?" for a bank without risk levels.
-        about = [str(product[category]) if category and product.get(category) is not None else "",
-                 f"risk {product[risk]}" if risk and product.get(risk) is not None else ""]
+        about = [
+            str(product[category]) if category and product.get(category) is not None else "",
+            f"risk {product[risk]}" if risk and product.get(risk) is not None else "",
+        ]
         about = ", ".join(a for a in about if a)
         chance = "" if item.probability is None else f"  P(adopt) {item.probability:.1%}"
         print(f"{item.rank:>2}. {item.product_id:<20} score {item.score:+.3f}{chance}  {about}  [{item.reason}]")
@@ -296,15 +325,21 @@ def cmd_calibrate(args) -> int:
         seen = set(read_id_column(find_table(Path(trained_on), S.CUSTOMERS), dataset.schema.customers.id).to_pylist())
         overlap = [c for c in dataset.customers[dataset.schema.customers.id].astype(str) if c in seen]
         if overlap:
-            raise FinrecError(f"{args.data}: {len(overlap)} customer(s) (e.g. {safe_text(overlap[0], quote=True)}) are in the data the model "
-                              f"was trained on ({trained_on}); calibrate on held-out customers")
+            raise FinrecError(
+                f"{args.data}: {len(overlap)} customer(s) (e.g. {safe_text(overlap[0], quote=True)}) are in the data the model "
+                f"was trained on ({trained_on}); calibrate on held-out customers"
+            )
     trained = loaded.trained
     trained.calibration = calibrate(trained, dataset)
     # Rewritten whole (atomically), so the monitoring reference recorded at training is carried over.
-    save_model_dir(trained, args.model, data_fingerprint=manifest.get("data_fingerprint", ""), data_path=trained_on,
-                   monitoring=read_monitoring(args.model),
-                   extra={"calibration_data": str(Path(args.data).resolve()),
-                          "calibration_fingerprint": fingerprint(args.data)})
+    save_model_dir(
+        trained,
+        args.model,
+        data_fingerprint=manifest.get("data_fingerprint", ""),
+        data_path=trained_on,
+        monitoring=read_monitoring(args.model),
+        extra={"calibration_data": str(Path(args.data).resolve()), "calibration_fingerprint": fingerprint(args.data)},
+    )
     print(f"calibrated {args.model} on {trained.calibration.customers} customers of {args.data}")
     return 0
 
@@ -316,13 +351,21 @@ def cmd_plan(args) -> int:
 
     loaded = _load_model_for(args.model, read_schema(args.data))
     recommender = Recommender(loaded.trained)
-    problem = campaign.build_problem(recommender, args.data, _filters_from(args), args.min_probability,
-                            **({"chunk_rows": args.chunk_rows} if args.chunk_rows else {}))
+    problem = campaign.build_problem(
+        recommender,
+        args.data,
+        _filters_from(args),
+        args.min_probability,
+        **({"chunk_rows": args.chunk_rows} if args.chunk_rows else {}),
+    )
     capacity = campaign.read_capacities(args.capacity, problem.product_ids) if args.capacity else None
     result = campaign.plan_campaign(problem, capacity, args.contacts_per_customer, solver=args.solver)
     info = campaign.summary(result)
-    campaign.write_plan(campaign.plan_table(problem, result.plan), args.out,
-               inputs=tuple(p for p in (args.data, args.model, args.capacity) if p))
+    campaign.write_plan(
+        campaign.plan_table(problem, result.plan),
+        args.out,
+        inputs=tuple(p for p in (args.data, args.model, args.capacity) if p),
+    )
     print(campaign.format_summary(info))
     print(f"wrote {info['plan']['offers']} offers to {args.out}")
     if args.json:
@@ -348,10 +391,20 @@ def cmd_serve(args) -> int:
     from finrec.serve import run
 
     if args.records:  # the log is an output: never a file of the model, the registry or the data
-        refuse_overlap(args.records, {"--model": args.model, "--root": args.root, "--data": args.data}, what="--records")
-    run(args.model, data_dir=args.data, host=args.host, port=args.port, workers=args.workers,
-        body_timeout=args.body_timeout, max_requests=args.max_requests, registry_root=args.root,
-        records=args.records)
+        refuse_overlap(
+            args.records, {"--model": args.model, "--root": args.root, "--data": args.data}, what="--records"
+        )
+    run(
+        args.model,
+        data_dir=args.data,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        body_timeout=args.body_timeout,
+        max_requests=args.max_requests,
+        registry_root=args.root,
+        records=args.records,
+    )
     return 0
 
 
@@ -361,8 +414,11 @@ def cmd_records_verify(args) -> int:
     result = verify(args.file, head=args.head)
     if not result.ok:
         where = f"line {result.bad_line}" if result.bad_line else "the end"
-        print(f"finrec records verify: {args.file}: {where}: {result.problem} "
-              f"({result.lines} line(s) before it are intact)", file=sys.stderr)
+        print(
+            f"finrec records verify: {args.file}: {where}: {result.problem} "
+            f"({result.lines} line(s) before it are intact)",
+            file=sys.stderr,
+        )
         return EXIT_INPUT_ERROR
     print(f"{args.file}: {result.lines} record(s), chain intact; head {result.head}")
     return 0
@@ -427,9 +483,11 @@ def cmd_models(args) -> int:
     print(f"  {'version':<9}{'registered':<27}{'val nDCG':>10}  {'data':<18}source")
     for info in versions:
         ndcg = next((v for k, v in (info.get("metrics") or {}).items() if "ndcg" in k), None)
-        print(f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(info.get('registered')):<27}"
-              f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
-              f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}")
+        print(
+            f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(info.get('registered')):<27}"
+            f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
+            f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}"
+        )
     return 0
 
 
@@ -459,8 +517,9 @@ def cmd_compare(args) -> int:
     champion = _registry_model(args.champion, args.root, "champion")
     challenger = _registry_model(args.challenger, args.root, "challenger")
     models = [load_model_dir(path, expect_schema=dataset.schema.to_dict()).trained for path in (champion, challenger)]
-    result = compare_models(*models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence,
-                            seed=args.seed)
+    result = compare_models(
+        *models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence, seed=args.seed
+    )
     result = {"champion": str(champion), "challenger": str(challenger), "data": str(args.data), **result}
     print(f"champion {champion}\nchallenger {challenger}")
     print(format_comparison(result))
@@ -480,8 +539,15 @@ def cmd_report(args) -> int:
     for given in (args.model, args.data, *args.seed_models):
         if out.resolve().is_relative_to(Path(given).resolve()):
             raise FinrecError(f"--out {out}: inside the input {given}; write the report elsewhere")
-    report = build_report(args.model, args.data, k=args.k, seed=args.seed, seed_models=args.seed_models,
-                          shap_customers=args.shap_customers, lightgbm=not args.no_lightgbm)
+    report = build_report(
+        args.model,
+        args.data,
+        k=args.k,
+        seed=args.seed,
+        seed_models=args.seed_models,
+        shap_customers=args.shap_customers,
+        lightgbm=not args.no_lightgbm,
+    )
     text = render_markdown(report) if out.suffix.lower() == ".md" else render_html(report)
     with atomic_file(out) as handle:
         handle.write(text)
@@ -504,8 +570,11 @@ def _governance_parsers(sub) -> None:
     a.add_argument("--json", action="store_true")
     a = actions.add_parser("add", help="copy a trained model directory in as a new version")
     a.add_argument("--model", required=True, type=Path)
-    a.add_argument("--metrics", type=Path, help="metrics JSON (e.g. from `finrec evaluate --json`); "
-                   "default: the best epoch's validation metrics")
+    a.add_argument(
+        "--metrics",
+        type=Path,
+        help="metrics JSON (e.g. from `finrec evaluate --json`); default: the best epoch's validation metrics",
+    )
     a.add_argument("--report", type=Path, help="its validation report (from `finrec report`), kept beside it")
     a.add_argument("--note", help="a free-text note kept with the version")
     a.add_argument("--promote", action="store_true", help="also promote it")
@@ -534,11 +603,20 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="report.html or report.md")
     p.add_argument("--k", type=_positive_int, default=5)
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, the bootstrap and the random baseline")
-    p.add_argument("--seed-models", type=Path, nargs="*", default=[],
-                   help="the same configuration trained with other seeds, for the stability section")
+    p.add_argument(
+        "--seed-models",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="the same configuration trained with other seeds, for the stability section",
+    )
     p.add_argument("--shap-customers", type=_positive_int, default=20, help="customers explained for mean |SHAP|")
-    p.add_argument("--no-lightgbm", action="store_true", help="skip the LightGBM baseline (it is trained on the "
-                   "model's training data, which takes a while on a large bank)")
+    p.add_argument(
+        "--no-lightgbm",
+        action="store_true",
+        help="skip the LightGBM baseline (it is trained on the "
+        "model's training data, which takes a while on a large bank)",
+    )
     p.set_defaults(func=cmd_report)
 
 
@@ -553,9 +631,15 @@ def _filter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
     p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
     p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
-    p.add_argument("--max-debt-service-ratio", type=float, default=None,
-                   help="credit affordability: debt service after the new credit, as a share of income (default 0.40)")
-    p.add_argument("--credit-score-cutoff", type=float, default=None, help="credit products need at least this credit score")
+    p.add_argument(
+        "--max-debt-service-ratio",
+        type=float,
+        default=None,
+        help="credit affordability: debt service after the new credit, as a share of income (default 0.40)",
+    )
+    p.add_argument(
+        "--credit-score-cutoff", type=float, default=None, help="credit products need at least this credit score"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -568,8 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="build the synthetic bank dataset")
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
     p.add_argument("--customers", type=_positive_int, default=GeneratorSettings.n_customers)
-    p.add_argument("--products", type=_positive_int, default=GeneratorSettings.n_products,
-                   help="the base catalogue has 25; more builds variants")
+    p.add_argument(
+        "--products",
+        type=_positive_int,
+        default=GeneratorSettings.n_products,
+        help="the base catalogue has 25; more builds variants",
+    )
     p.add_argument("--difficulty", choices=["default", "hard"], default="default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
@@ -589,8 +677,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (model: / training: sections)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--include-objected", action="store_true",
-                   help="also train on customers who objected to profiling for marketing (left out by default)")
+    p.add_argument(
+        "--include-objected",
+        action="store_true",
+        help="also train on customers who objected to profiling for marketing (left out by default)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="ranking metrics of a model and the baselines on a dataset")
@@ -599,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, default=5)
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
-    p.add_argument("--fairness", action="store_true", help="also metrics and exposure per group of each protected column")
+    p.add_argument(
+        "--fairness", action="store_true", help="also metrics and exposure per group of each protected column"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="write the top K products of every customer")
@@ -608,14 +701,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help=".csv or .parquet")
     p.add_argument("--k", type=_positive_int, default=5)
     _filter_arguments(p)
-    p.add_argument("--unfiltered", action="store_true",
-                   help="exclude held products only, as `evaluate` ranks (to recompute its metrics)")
-    p.add_argument("--chunk-rows", type=_positive_int, default=None,
-                   help="customers per chunk (bounds memory; default 131,072)")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="ray: score on Ray Data (RAY_ADDRESS names a cluster; else a local Ray)")
-    p.add_argument("--probabilities", action="store_true",
-                   help="add a probability column: the calibrated chance the customer adopts the product")
+    p.add_argument(
+        "--unfiltered",
+        action="store_true",
+        help="exclude held products only, as `evaluate` ranks (to recompute its metrics)",
+    )
+    p.add_argument(
+        "--chunk-rows", type=_positive_int, default=None, help="customers per chunk (bounds memory; default 131,072)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: score on Ray Data (RAY_ADDRESS names a cluster; else a local Ray)",
+    )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="add a probability column: the calibrated chance the customer adopts the product",
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("recommend", help="the top K eligible products of one customer, with reasons")
@@ -637,11 +741,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="dataset directory: the customers to plan for")
     p.add_argument("--out", required=True, type=Path, help="the plan, .csv or .parquet")
     p.add_argument("--capacity", type=Path, help="table product_id, capacity (products not listed: unlimited)")
-    p.add_argument("--contacts-per-customer", type=_positive_int, default=1, help="most offers per customer (default 1)")
-    p.add_argument("--min-probability", type=_probability_floor, default=0.0,
-                   help="never offer below this calibrated adoption probability (default 0)")
-    p.add_argument("--solver", choices=["auto", "exact", "dual"], default="auto",
-                   help="exact: min-cost flow; dual: prices per capacity, for millions of customers; auto: by size")
+    p.add_argument(
+        "--contacts-per-customer", type=_positive_int, default=1, help="most offers per customer (default 1)"
+    )
+    p.add_argument(
+        "--min-probability",
+        type=_probability_floor,
+        default=0.0,
+        help="never offer below this calibrated adoption probability (default 0)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=["auto", "exact", "dual"],
+        default="auto",
+        help="exact: min-cost flow; dual: prices per capacity, for millions of customers; auto: by size",
+    )
     from finrec.recommend.filters import DEFAULT_PRESET, PRESET_HELP, PRESET_NAMES
 
     # Held products, suitability and the eligibility terms always apply to a campaign: only the
@@ -662,10 +776,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes (each loads the model)")
-    p.add_argument("--body-timeout", type=_positive_float, default=None,
-                   help="seconds from a request's start by which its whole body must arrive, else 408 (default 10)")
-    p.add_argument("--max-requests", type=_positive_int, default=None,
-                   help="requests in progress per process, /health and /ready aside, else 503 (default 512)")
+    p.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds from a request's start by which its whole body must arrive, else 408 (default 10)",
+    )
+    p.add_argument(
+        "--max-requests",
+        type=_positive_int,
+        default=None,
+        help="requests in progress per process, /health and /ready aside, else 503 (default 512)",
+    )
     p.add_argument("--records", type=Path, help="append every recommendation served to this hash-chained record log")
     p.set_defaults(func=cmd_serve)
 
@@ -683,7 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_backend(args.verbose)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except FinrecError as exc:
@@ -696,8 +820,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         if os.environ.get("FINREC_DEBUG"):
             raise
-        print(f"finrec {args.command}: internal error: {type(exc).__name__}: {safe_text(str(exc), MAX_MESSAGE_CHARS)} "
-              "(set FINREC_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"finrec {args.command}: internal error: {type(exc).__name__}: {safe_text(str(exc), MAX_MESSAGE_CHARS)} "
+            "(set FINREC_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
 
 

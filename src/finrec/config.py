@@ -97,12 +97,12 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.model.validate()
         self.training.validate()
         return self
 
-    def with_overrides(self, **training: Any) -> "Config":
+    def with_overrides(self, **training: Any) -> Config:
         """A copy with some training fields replaced (the CLI's --epochs, --seed)."""
         changes = {k: v for k, v in training.items() if v is not None}
         if not changes:
@@ -116,7 +116,7 @@ class Config:
         }
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str = "config") -> "Config":
+    def from_dict(cls, raw: Any, source: str = "config") -> Config:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -127,7 +127,7 @@ class Config:
         return cls(model=model, training=training).validate()
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Config":
+    def from_yaml(cls, path: str | Path) -> Config:
         path = Path(path)
         try:
             raw = load_yaml(path, ConfigError)

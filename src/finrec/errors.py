@@ -9,7 +9,7 @@ traceback for these.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class FinrecError(Exception):
@@ -108,4 +108,6 @@ def reject_unknown(keys: Iterable, allowed: Iterable[str], where: str, error: ty
         if key not in allowed:
             close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise error(f"{where}: unknown key {safe_text(str(key), quote=True)}{hint}; allowed keys: {', '.join(allowed)}")
+            raise error(
+                f"{where}: unknown key {safe_text(str(key), quote=True)}{hint}; allowed keys: {', '.join(allowed)}"
+            )

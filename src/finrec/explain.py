@@ -22,8 +22,8 @@ badge, rank changes between two top-K lists and the 2-D projection of the embedd
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,8 +61,13 @@ class CustomerExplainer:
     to: ``background_matrix()`` draws ``max_background`` of its rows with ``seed``.
     """
 
-    def __init__(self, recommender, background: pd.DataFrame | None = None, max_background: int = 100,
-                 seed: int | np.random.Generator = 0):
+    def __init__(
+        self,
+        recommender,
+        background: pd.DataFrame | None = None,
+        max_background: int = 100,
+        seed: int | np.random.Generator = 0,
+    ):
         self.recommender = recommender
         self.pipeline = recommender.pipeline
         self.numeric = [stats.column for stats in self.pipeline.customer_numeric_]
@@ -85,8 +90,10 @@ class CustomerExplainer:
     def refuse_objected(self, customers: pd.DataFrame) -> None:
         """Raise ``FinrecError`` when any of ``customers`` objected: no explanation (SHAP profiles)."""
         if self.objected(customers).any():
-            raise FinrecError("the customer objected to profiling for direct marketing (GDPR Art. 21(2)); "
-                              "no recommendation and no explanation are produced")
+            raise FinrecError(
+                "the customer objected to profiling for direct marketing (GDPR Art. 21(2)); "
+                "no recommendation and no explanation are produced"
+            )
 
     # ------------------------------------------------------------------------ encoding
     def encode(self, customers: pd.DataFrame) -> np.ndarray:
@@ -210,16 +217,19 @@ def additivity_gap(base_value: float, contributions: np.ndarray, model_score: fl
 
 
 # ---------------------------------------------------------------------------------- uploads
-def read_customer_upload(data: bytes, schema: S.DatasetSchema, name: str = "upload",
-                         max_bytes: int = MAX_UPLOAD_BYTES) -> pd.DataFrame:
+def read_customer_upload(
+    data: bytes, schema: S.DatasetSchema, name: str = "upload", max_bytes: int = MAX_UPLOAD_BYTES
+) -> pd.DataFrame:
     """Validate an uploaded customers CSV held in memory; ``DataError`` names the column and row.
 
     The table must have the id and every column the schema names; numbers must be numbers, the
     risk tolerance an integer 1-7, and ``VALUE_RANGES`` must hold (negative income, an age outside
     18-120, ... are refused)."""
     if len(data) > max_bytes:
-        raise DataError(f"{name}: the file is {len(data) / 1024**2:.1f} MB; uploads are limited to "
-                        f"{max_bytes / 1024**2:.0f} MB (score a large table with `finrec score`)")
+        raise DataError(
+            f"{name}: the file is {len(data) / 1024**2:.1f} MB; uploads are limited to "
+            f"{max_bytes / 1024**2:.0f} MB (score a large table with `finrec score`)"
+        )
     table = schema.customers
     frame = read_csv_bytes(data, (table.id,), name)
     if len(frame) > MAX_UPLOAD_ROWS:
@@ -229,7 +239,9 @@ def read_customer_upload(data: bytes, schema: S.DatasetSchema, name: str = "uplo
     return frame
 
 
-def check_ranges(frame: pd.DataFrame, where: str, ranges: Mapping[str, tuple[float | None, float | None]] = VALUE_RANGES) -> None:
+def check_ranges(
+    frame: pd.DataFrame, where: str, ranges: Mapping[str, tuple[float | None, float | None]] = VALUE_RANGES
+) -> None:
     """The upload's stricter ranges (a bank customer is an adult with a credit score on the scale)."""
     check_limits(frame, ranges, where)
 
@@ -299,8 +311,9 @@ class DisplayPlan:
         return name or str(product_id)
 
 
-def display_plan(recommender, ranking: Sequence[str] | None = None, max_what_if: int = MAX_WHAT_IF,
-                 max_profile: int = MAX_PROFILE) -> DisplayPlan:
+def display_plan(
+    recommender, ranking: Sequence[str] | None = None, max_what_if: int = MAX_WHAT_IF, max_profile: int = MAX_PROFILE
+) -> DisplayPlan:
     """The columns to show for ``recommender``'s schema: its display hints where they are given,
     else derived from the data.
 
@@ -321,8 +334,11 @@ def display_plan(recommender, ranking: Sequence[str] | None = None, max_what_if:
     if hints.segments is not None:
         segments = hints.segments
     else:
-        segments = tuple(c for c in schema.customers.categorical_features
-                         if c not in population or 2 <= population[c].nunique() <= MAX_SEGMENT_VALUES)
+        segments = tuple(
+            c
+            for c in schema.customers.categorical_features
+            if c not in population or 2 <= population[c].nunique() <= MAX_SEGMENT_VALUES
+        )
     details = tuple(recommender.detail_columns)
     binary = set()
     for column in details:
@@ -330,9 +346,15 @@ def display_plan(recommender, ranking: Sequence[str] | None = None, max_what_if:
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and not pd.isna(v)]
         if numbers and len(numbers) == sum(v is not None for v in values) and set(numbers) <= {0, 1}:
             binary.add(column)
-    return DisplayPlan(profile=tuple(profile), what_if=tuple(what_if), segments=tuple(segments),
-                       product_name=recommender.name_column, product_details=details, binary=frozenset(binary),
-                       hints=hints)
+    return DisplayPlan(
+        profile=tuple(profile),
+        what_if=tuple(what_if),
+        segments=tuple(segments),
+        product_name=recommender.name_column,
+        product_details=details,
+        binary=frozenset(binary),
+        hints=hints,
+    )
 
 
 def product_fields(product: Mapping[str, object], plan: DisplayPlan, schema: S.DatasetSchema) -> list[tuple[str, str]]:
@@ -413,8 +435,9 @@ def _nice_step(span: float) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
 
 
-def slider_spec(column: str, value, population: pd.DataFrame, schema: S.DatasetSchema,
-                label: str | None = None) -> SliderSpec:
+def slider_spec(
+    column: str, value, population: pd.DataFrame, schema: S.DatasetSchema, label: str | None = None
+) -> SliderSpec:
     """The range of a what-if slider: the customers' 1st to 99th percentile (widened to hold
     ``value``, kept within the column's plausible limits), integer steps for integer columns
     and the 1-7 scale for the risk tolerance; a missing ``value`` starts at the median."""
@@ -518,7 +541,7 @@ class EmbeddingProjection:
     explained: np.ndarray  # share of variance of the two axes
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray) -> "EmbeddingProjection":
+    def fit(cls, embeddings: np.ndarray) -> EmbeddingProjection:
         E = np.asarray(embeddings, dtype="float64")
         mean = E.mean(axis=0)
         _, s, vt = np.linalg.svd(E - mean, full_matrices=False)
@@ -534,8 +557,9 @@ class EmbeddingProjection:
         return (np.atleast_2d(np.asarray(X, dtype="float64")) - self.mean) @ self.components.T
 
 
-def nearest_products(customer_embedding: np.ndarray, product_embeddings: np.ndarray, product_ids: Sequence[str],
-                     k: int = 10) -> pd.DataFrame:
+def nearest_products(
+    customer_embedding: np.ndarray, product_embeddings: np.ndarray, product_ids: Sequence[str], k: int = 10
+) -> pd.DataFrame:
     """The ``k`` products with the highest cosine similarity to the customer (any eligibility)."""
     scores = np.asarray(product_embeddings, dtype="float64") @ np.asarray(customer_embedding, dtype="float64").ravel()
     order = np.argsort(-scores, kind="stable")[:k]
@@ -543,12 +567,27 @@ def nearest_products(customer_embedding: np.ndarray, product_embeddings: np.ndar
 
 
 __all__ = [
-    "CustomerExplainer", "DisplayPlan", "EmbeddingProjection", "SliderSpec", "additivity_gap", "check_ranges",
-    "display_plan", "display_value", "nearest_products", "percentile_ranks", "product_fields", "product_terms",
-    "rank_changes", "read_customer_upload", "recommendations_table", "slider_spec", "suitability_applies",
-    "suitability_badge", "MAX_UPLOAD_BYTES", "VALUE_RANGES",
+    "CustomerExplainer",
+    "DisplayPlan",
+    "EmbeddingProjection",
+    "SliderSpec",
+    "additivity_gap",
+    "check_ranges",
+    "display_plan",
+    "display_value",
+    "nearest_products",
+    "percentile_ranks",
+    "product_fields",
+    "product_terms",
+    "rank_changes",
+    "read_customer_upload",
+    "recommendations_table",
+    "slider_spec",
+    "suitability_applies",
+    "suitability_badge",
+    "MAX_UPLOAD_BYTES",
+    "VALUE_RANGES",
 ]
-
 
 
 def permutation_shap(score, x: np.ndarray, background: np.ndarray, max_evals: int | None = None) -> np.ndarray:

@@ -63,7 +63,7 @@ class NumericStats:
         return np.clip(x, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT, out=x)
 
     @classmethod
-    def fit(cls, column: str, values: np.ndarray, log: bool | None) -> "NumericStats":
+    def fit(cls, column: str, values: np.ndarray, log: bool | None) -> NumericStats:
         x = values.astype("float64")
         observed = x[~np.isnan(x)]
         if log is None:
@@ -112,7 +112,7 @@ class FeaturePipeline:
         self.exclude_protected = exclude_protected
 
     # ---------------------------------------------------------------------------- fitting
-    def fit(self, dataset: Dataset) -> "FeaturePipeline":
+    def fit(self, dataset: Dataset) -> FeaturePipeline:
         c, p = self.schema.customers, self.schema.products
         log_c = set(c.log_numeric) if c.log_numeric is not None else None
         log_p = set(p.log_numeric) if p.log_numeric is not None else None
@@ -160,8 +160,9 @@ class FeaturePipeline:
         if missing:
             raise DataError(f"{where}: missing column(s) the model was trained with: {', '.join(missing)}")
 
-    def transform_customers(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None,
-                            held: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def transform_customers(
+        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, held: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Model inputs for customers (rows in the order given). Holdings come from the
         ``holdings`` link table or, already as bool [n, P], from ``held``."""
         self.check_customer_columns(customers)
@@ -179,7 +180,9 @@ class FeaturePipeline:
             out[HOLDINGS_INPUT] = held.astype("float32")
         return out
 
-    def transform_record(self, record: dict[str, Any], held_positions: list[int] | np.ndarray = ()) -> dict[str, np.ndarray]:
+    def transform_record(
+        self, record: dict[str, Any], held_positions: list[int] | np.ndarray = ()
+    ) -> dict[str, np.ndarray]:
         """The inputs of one customer given as a dict of raw values, without pandas (the request
         path: ~20 µs instead of ~10 ms). Identical to ``transform_customers`` on a one-row frame."""
         numeric = np.empty((1, len(self.customer_numeric_)), dtype="float32")
@@ -188,11 +191,15 @@ class FeaturePipeline:
             numeric[0, j] = stats.transform(np.array([np.nan if value is None else float(value)]))[0]
         out = {CUSTOMER_NUMERIC: numeric}
         if not hasattr(self, "_code_of"):
-            self._code_of = {col: {v: i + 1 for i, v in enumerate(vocab)} for col, vocab in self.customer_vocab_.items()}
+            self._code_of = {
+                col: {v: i + 1 for i, v in enumerate(vocab)} for col, vocab in self.customer_vocab_.items()
+            }
         for i, col in enumerate(self.customer_vocab_):
             value = record.get(col)
             missing = value is None or (isinstance(value, float) and np.isnan(value))
-            out[f"customer_cat_{i}"] = np.array([0 if missing else self._code_of[col].get(str(value), 0)], dtype="int32")
+            out[f"customer_cat_{i}"] = np.array(
+                [0 if missing else self._code_of[col].get(str(value), 0)], dtype="int32"
+            )
         if self.use_holdings:
             holdings = np.zeros((1, self.n_products), dtype="float32")
             holdings[0, np.asarray(held_positions, dtype=int)] = 1.0
@@ -255,10 +262,12 @@ class FeaturePipeline:
         }
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "FeaturePipeline":
+    def from_dict(cls, raw: dict[str, Any]) -> FeaturePipeline:
         try:
             if raw["format_version"] != FORMAT_VERSION:
-                raise ArtifactError(f"feature pipeline format {raw['format_version']} is not supported (expected {FORMAT_VERSION})")
+                raise ArtifactError(
+                    f"feature pipeline format {raw['format_version']} is not supported (expected {FORMAT_VERSION})"
+                )
             schema = S.DatasetSchema.from_dict(raw["schema"], source="pipeline.json: schema")
             pipeline = cls(schema, raw["use_holdings"], raw["exclude_protected"])
             pipeline.customer_numeric_ = [NumericStats(**s) for s in raw["customer_numeric"]]

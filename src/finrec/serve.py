@@ -41,17 +41,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import FastAPI, Path as PathParam, Request
+from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      ValidationInfo, field_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finrec.data import schema as S
-from finrec.recommend import filters as F
 from finrec.errors import ConfigError, FinrecError, UnknownCustomerError
+from finrec.recommend import filters as F
 
 log = logging.getLogger("finrec.serve")
 
@@ -111,16 +122,24 @@ class FiltersIn(BaseModel):
     exclude_held: StrictBool = Field(True, description="leave out products the customer already holds")
     suitability: StrictBool = Field(True, description="leave out products above the customer's risk tolerance")
     max_risk: StrictInt | None = Field(None, ge=S.RISK_MIN, le=S.RISK_MAX, description="risk level ceiling (SRI 1-7)")
-    include_categories: list[Text] = Field(default_factory=list, max_length=100,
-                                           description="only these product categories")
-    exclude_categories: list[Text] = Field(default_factory=list, max_length=100,
-                                           description="never these product categories")
+    include_categories: list[Text] = Field(
+        default_factory=list, max_length=100, description="only these product categories"
+    )
+    exclude_categories: list[Text] = Field(
+        default_factory=list, max_length=100, description="never these product categories"
+    )
     eligibility: StrictBool = Field(True, description="apply the products' income / credit score / age terms")
     preset: Literal[F.PRESET_NAMES] | None = Field(None, description=F.PRESET_HELP)
     max_debt_service_ratio: StrictFloat | StrictInt | None = Field(
-        None, gt=0, le=5, description="credit affordability: the most of a year's income debt service may take after "
-                                      "the new credit (0.4 = 40%)")
-    credit_score_cutoff: StrictFloat | StrictInt | None = Field(None, description="credit products need at least this credit score")
+        None,
+        gt=0,
+        le=5,
+        description="credit affordability: the most of a year's income debt service may take after "
+        "the new credit (0.4 = 40%)",
+    )
+    credit_score_cutoff: StrictFloat | StrictInt | None = Field(
+        None, description="credit products need at least this credit score"
+    )
 
 
 class RecommendationRequest(BaseModel):
@@ -128,16 +147,21 @@ class RecommendationRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [
-            {"customer_id": "C0000042", "k": 5, "filters": {"preset": "conservative"}},
-            {"features": {"age": 41, "income": 52000, "risk_tolerance": 4, "holdings": []}, "k": 3},
-        ]},
+        json_schema_extra={
+            "examples": [
+                {"customer_id": "C0000042", "k": 5, "filters": {"preset": "conservative"}},
+                {"features": {"age": 41, "income": 52000, "risk_tolerance": 4, "holdings": []}, "k": 3},
+            ]
+        },
     )
 
     customer_id: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
     features: dict[Annotated[Text, Field(max_length=200)], FeatureValue] | None = Field(
-        None, validate_default=True, max_length=MAX_FEATURES,
-        description=f"raw customer columns; `{S.HOLDINGS}` lists the product ids already held")
+        None,
+        validate_default=True,
+        max_length=MAX_FEATURES,
+        description=f"raw customer columns; `{S.HOLDINGS}` lists the product ids already held",
+    )
     k: StrictInt = Field(5, ge=1, le=MAX_K, description="how many products to return")
     filters: FiltersIn | None = None
 
@@ -170,8 +194,11 @@ class RecommendationItem(BaseModel):
     rank: int
     product_id: str
     score: float
-    probability: float | None = Field(None, description="calibrated probability that the customer adopts the product "
-                                                         "in the period; null when the model has no calibration")
+    probability: float | None = Field(
+        None,
+        description="calibrated probability that the customer adopts the product "
+        "in the period; null when the model has no calibration",
+    )
     product: ProductDetails
     reason: str
 
@@ -198,8 +225,9 @@ class RecommendationResponse(BaseModel):
     filters: FiltersOut = Field(description="the filters as applied")
     recommendations: list[RecommendationItem]
     model_version: str | None = Field(None, description="the model version that produced these recommendations")
-    objected: bool = Field(False, description="the customer objected to profiling for marketing: no recommendation, "
-                                              "and message says so")
+    objected: bool = Field(
+        False, description="the customer objected to profiling for marketing: no recommendation, and message says so"
+    )
 
 
 class Product(BaseModel):
@@ -360,9 +388,18 @@ class CatchAll:
 
 async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        (b"connection", b"close"), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -384,8 +421,12 @@ def _positive(label: str, value, kind: type):
     """``value`` as a positive, finite ``kind`` (int or float); ``ConfigError`` naming ``label`` if not."""
     try:
         number = kind(value)
-        ok = (number > 0 and math.isfinite(number) and not isinstance(value, bool)
-              and not (kind is int and isinstance(value, float)))
+        ok = (
+            number > 0
+            and math.isfinite(number)
+            and not isinstance(value, bool)
+            and not (kind is int and isinstance(value, float))
+        )
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
@@ -403,10 +444,16 @@ def _from_env(label: str, value, env: str, default, kind: type):
     return default
 
 
-def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None, max_body_bytes: int = 64_000,
-               body_timeout: float = BODY_TIMEOUT_S, max_requests: int = MAX_REQUESTS,
-               registry_root: str | Path | None = None, poll_seconds: float = 1.0,
-               records: str | Path | None = None) -> FastAPI:
+def create_app(
+    model_dir: str | Path | None,
+    data_dir: str | Path | None = None,
+    max_body_bytes: int = 64_000,
+    body_timeout: float = BODY_TIMEOUT_S,
+    max_requests: int = MAX_REQUESTS,
+    registry_root: str | Path | None = None,
+    poll_seconds: float = 1.0,
+    records: str | Path | None = None,
+) -> FastAPI:
     """The ASGI app; the recommender loads in a background thread once the app starts.
     ``body_timeout``: seconds from a request's start by which its whole body must be in (408
     after); ``max_requests``: requests in progress at once, the liveness probes aside (503 past it).
@@ -429,19 +476,27 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
             version, path = _model_source(model_dir, registry_root)
             recommender = Recommender.load(path, data_dir)
             recommender.model_version = version
-            state.products = [{S.PRODUCT_ID: str(pid), **details}
-                              for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)]
+            state.products = [
+                {S.PRODUCT_ID: str(pid), **details}
+                for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)
+            ]
             state.recommender = recommender
             if registry_root is not None:
                 state.watcher = _watch_registry(app, registry_root, version, data_dir, poll_seconds)
-            log.info("model %s loaded: %d products, %d known customers", model_dir, len(state.products),
-                     len(recommender.known_customers))
+            log.info(
+                "model %s loaded: %d products, %d known customers",
+                model_dir,
+                len(state.products),
+                len(recommender.known_customers),
+            )
         except FinrecError as exc:
             state.load_error = str(exc)
             log.error("the model failed to load: %s", exc)
         except Exception as exc:  # noqa: BLE001
             state.load_error = f"{type(exc).__name__} while loading the model"
-            log.error("the model failed to load: %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            log.error(
+                "the model failed to load: %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__))
+            )
         if state.load_error and state.on_load_failure is not None:
             state.on_load_failure()
 
@@ -482,9 +537,18 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         # nesting deeper than the parser's recursion limit) with a bare 400; it is invalid JSON
         # like any other: a 422 that says so.
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            return SafeJSONResponse(status_code=422, content={"detail": [{
-                "type": "json_invalid", "loc": ["body"],
-                "msg": "JSON decode error: the body is not UTF-8 JSON, or is nested too deeply"}]})
+            return SafeJSONResponse(
+                status_code=422,
+                content={
+                    "detail": [
+                        {
+                            "type": "json_invalid",
+                            "loc": ["body"],
+                            "msg": "JSON decode error: the body is not UTF-8 JSON, or is nested too deeply",
+                        }
+                    ]
+                },
+            )
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(UnknownCustomerError)
@@ -513,8 +577,12 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         503: {"model": ErrorBody, "description": "the model is not loaded (yet)"},
     }
 
-    @app.post("/recommendations", response_model=RecommendationResponse, tags=["recommendations"],
-              responses={code: errors[code] for code in (404, 413, 503)})
+    @app.post(
+        "/recommendations",
+        response_model=RecommendationResponse,
+        tags=["recommendations"],
+        responses={code: errors[code] for code in (404, 413, 503)},
+    )
     async def recommendations(body: RecommendationRequest, request: Request):
         """The top ``k`` eligible products for a known customer or for one given by features."""
         recommender = ready_recommender(request)
@@ -527,8 +595,10 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
             # Recorded before it is shown: an fsync'd append, off the event loop.
             await anyio.to_thread.run_sync(record_log.append, record_of(result, recommender.model_version))
         version = getattr(recommender, "model_version", None)
-        return SafeJSONResponse({**_response(result), "model_version": version},
-                                headers={MODEL_VERSION_HEADER: version} if version else None)
+        return SafeJSONResponse(
+            {**_response(result), "model_version": version},
+            headers={MODEL_VERSION_HEADER: version} if version else None,
+        )
 
     @app.get("/products", response_model=ProductsResponse, tags=["catalogue"], responses={503: errors[503]})
     async def products(request: Request):
@@ -537,8 +607,12 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         items = request.app.state.products
         return {"count": len(items), "products": items}
 
-    @app.get("/customers/{customer_id}", response_model=CustomerProfile, tags=["customers"],
-             responses={404: errors[404], 503: errors[503]})
+    @app.get(
+        "/customers/{customer_id}",
+        response_model=CustomerProfile,
+        tags=["customers"],
+        responses={404: errors[404], 503: errors[503]},
+    )
     async def customer(request: Request, customer_id: Annotated[str, PathParam(max_length=200)]):
         """A known customer's attributes and held products."""
         return ready_recommender(request).customer_profile(customer_id)
@@ -548,7 +622,13 @@ def create_app(model_dir: str | Path | None, data_dir: str | Path | None = None,
         """The process is alive (always 200)."""
         return {"status": "ok"}
 
-    @app.get("/ready", response_model=Status, response_model_exclude_none=True, tags=["operations"], responses={503: {"model": Status}})
+    @app.get(
+        "/ready",
+        response_model=Status,
+        response_model_exclude_none=True,
+        tags=["operations"],
+        responses={503: {"model": Status}},
+    )
     async def ready(request: Request):
         """200 once the model is loaded; 503 while it loads or after it failed to load."""
         state = request.app.state
@@ -574,8 +654,14 @@ def _response(result) -> dict[str, Any]:
         "message": result.message,
         "filters": {name: getattr(result.filters, name) for name in FiltersOut.model_fields},
         "recommendations": [
-            {"rank": item.rank, "product_id": item.product_id, "score": item.score, "probability": item.probability,
-             "product": item.product, "reason": item.reason}
+            {
+                "rank": item.rank,
+                "product_id": item.product_id,
+                "score": item.score,
+                "probability": item.probability,
+                "product": item.product,
+                "reason": item.reason,
+            }
             for item in result.items
         ],
         "objected": result.objected,
@@ -592,16 +678,27 @@ def _message(error: dict) -> str:
 
 def app_from_env() -> FastAPI:
     """The app for worker processes (``finrec serve --workers N``), configured by environment."""
-    return create_app(os.environ.get("FINREC_SERVE_MODEL") or None, os.environ.get("FINREC_SERVE_DATA") or None,
-                      body_timeout=_from_env("body_timeout", None, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float),
-                      max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int),
-                      registry_root=os.environ.get("FINREC_SERVE_ROOT") or None,
-                      records=os.environ.get("FINREC_SERVE_RECORDS") or None)
+    return create_app(
+        os.environ.get("FINREC_SERVE_MODEL") or None,
+        os.environ.get("FINREC_SERVE_DATA") or None,
+        body_timeout=_from_env("body_timeout", None, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float),
+        max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int),
+        registry_root=os.environ.get("FINREC_SERVE_ROOT") or None,
+        records=os.environ.get("FINREC_SERVE_RECORDS") or None,
+    )
 
 
-def run(model_dir: str | Path | None, data_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        workers: int = 1, body_timeout: float | None = None, max_requests: int | None = None,
-        registry_root: str | Path | None = None, records: str | Path | None = None) -> None:
+def run(
+    model_dir: str | Path | None,
+    data_dir: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    body_timeout: float | None = None,
+    max_requests: int | None = None,
+    registry_root: str | Path | None = None,
+    records: str | Path | None = None,
+) -> None:
     """Serve with uvicorn until interrupted; stops (and raises ``FinrecError``) if the model fails to load.
     ``workers`` > 1 starts that many processes (each loads the model), to use every core.
     ``body_timeout`` and ``max_requests`` (see ``create_app``; per process) default to the
@@ -623,14 +720,27 @@ def run(model_dir: str | Path | None, data_dir: str | Path | None = None, host: 
         os.environ[ENV_BODY_TIMEOUT] = repr(body_timeout)
         os.environ[ENV_MAX_REQUESTS] = str(max_requests)
         os.environ["FINREC_SERVE_RECORDS"] = str(records or "")
-        uvicorn.run("finrec.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False, **limits)
+        uvicorn.run(
+            "finrec.serve:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+            **limits,
+        )
         return
 
-    app = create_app(model_dir, data_dir, body_timeout=body_timeout, max_requests=max_requests,
-                     registry_root=registry_root, records=records)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                            **limits)
+    app = create_app(
+        model_dir,
+        data_dir,
+        body_timeout=body_timeout,
+        max_requests=max_requests,
+        registry_root=registry_root,
+        records=records,
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", **limits)
     server = uvicorn.Server(config)
 
     def stop() -> None:
@@ -671,8 +781,10 @@ def _watch_registry(app: FastAPI, root, version: str, data_dir, poll_seconds: fl
     def load(new_version: str, path: Path):
         recommender = Recommender.load(path, data_dir)
         recommender.model_version = new_version
-        products = [{S.PRODUCT_ID: str(pid), **details}
-                    for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)]
+        products = [
+            {S.PRODUCT_ID: str(pid), **details}
+            for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)
+        ]
         return recommender, products
 
     def install(new_version: str, loaded) -> None:

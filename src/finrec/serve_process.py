@@ -32,20 +32,44 @@ class ServerProcess:
     adds environment variables, e.g. ``FINREC_SERVE_BODY_TIMEOUT_S`` (see ``finrec.serve.run``).
     With ``root`` (a model registry) it serves the registry's promoted version instead of ``model_dir``."""
 
-    def __init__(self, model_dir, data_dir=None, log_path=None, workers: int = 1, verbose: bool = False,
-                 env: dict[str, str] | None = None, root=None):
+    def __init__(
+        self,
+        model_dir,
+        data_dir=None,
+        log_path=None,
+        workers: int = 1,
+        verbose: bool = False,
+        env: dict[str, str] | None = None,
+        root=None,
+    ):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="finrec-serve-", suffix=".log")[1])
         self.early: list[tuple[int, object]] = []  # /ready answers seen while the model loads
         source = ["--root", str(root)] if root is not None else ["--model", str(model_dir)]
-        command = [sys.executable, "-m", "finrec.cli", *(["-v"] if verbose else []), "serve", *source,
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        command = [
+            sys.executable,
+            "-m",
+            "finrec.cli",
+            *(["-v"] if verbose else []),
+            "serve",
+            *source,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+        ]
         if data_dir is not None:
             command += ["--data", str(data_dir)]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+            )
 
     @property
     def pid(self) -> int:
@@ -92,7 +116,7 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,9 +10,15 @@ from hypothesis import strategies as st
 from finrec.data.ids import as_arrow_text, ids_as_text, positions_in
 
 
-@pytest.mark.parametrize("values", [
-    pd.Series([7, 8]), pd.Series([7.0, 8.0]), pd.Series(["7", " 8 "]), pd.Series(["7", "8"], dtype="string[pyarrow]"),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series([7, 8]),
+        pd.Series([7.0, 8.0]),
+        pd.Series(["7", " 8 "]),
+        pd.Series(["7", "8"], dtype="string[pyarrow]"),
+    ],
+)
 def test_integers_floats_and_text_give_the_same_ids(values):
     assert list(ids_as_text(values)) == ["7", "8"]
 
@@ -28,17 +34,20 @@ def test_positions_in_finds_text_and_marks_unknown_and_missing():
     assert as_arrow_text(pd.Series(["x", None])).null_count == 1
 
 
-@pytest.mark.parametrize("links, ids", [
-    (["a", "a", "b", "c", "c", "c"], ["a", "b", "c"]),  # grouped, in order, everyone: fast path
-    (["a", "b", "b", "c"], ["a", "c", "b"]),  # grouped, another order
-    (["a", "b", "a"], ["a", "b"]),  # not grouped
-    (["a", "c"], ["a", "b", "c"]),  # someone holds nothing
-    (["a", None, "b"], ["a", "b"]),  # a missing id
-    (["a", "x", "b"], ["a", "x", "b"]),
-    (["a", "x"], ["a", "b"]),  # an unknown id, the right count
-    ([], ["a"]),
-    (["a"], []),
-])
+@pytest.mark.parametrize(
+    "links, ids",
+    [
+        (["a", "a", "b", "c", "c", "c"], ["a", "b", "c"]),  # grouped, in order, everyone: fast path
+        (["a", "b", "b", "c"], ["a", "c", "b"]),  # grouped, another order
+        (["a", "b", "a"], ["a", "b"]),  # not grouped
+        (["a", "c"], ["a", "b", "c"]),  # someone holds nothing
+        (["a", None, "b"], ["a", "b"]),  # a missing id
+        (["a", "x", "b"], ["a", "x", "b"]),
+        (["a", "x"], ["a", "b"]),  # an unknown id, the right count
+        ([], ["a"]),
+        (["a"], []),
+    ],
+)
 def test_run_positions_equals_hash_lookup(links, ids):
     import pyarrow as pa
 
@@ -49,8 +58,11 @@ def test_run_positions_equals_hash_lookup(links, ids):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from("abcdef"), min_size=0, max_size=6, unique=True),
-       st.lists(st.tuples(st.sampled_from("abcdefg"), st.integers(1, 3)), max_size=8), st.booleans())
+@given(
+    st.lists(st.sampled_from("abcdef"), min_size=0, max_size=6, unique=True),
+    st.lists(st.tuples(st.sampled_from("abcdefg"), st.integers(1, 3)), max_size=8),
+    st.booleans(),
+)
 def test_run_positions_property(ids, runs, in_id_order):
     import pyarrow as pa
 

@@ -8,20 +8,40 @@ import pytest
 import yaml
 
 from finrec.data import schema as S
-from finrec.data.io import load_dataset, read_csv_bytes, write_dataset, write_table, fingerprint
+from finrec.data.io import fingerprint, load_dataset, read_csv_bytes, write_dataset, write_table
 from finrec.errors import DataError, SchemaError
 
 SCHEMA = {
-    "customers": {"id": "customer_id", "numeric": ["age", "income"], "categorical": ["segment"], "risk_tolerance": "risk"},
-    "products": {"id": "product_id", "numeric": ["yield"], "categorical": [], "risk_level": "risk_level", "category": "ptype"},
+    "customers": {
+        "id": "customer_id",
+        "numeric": ["age", "income"],
+        "categorical": ["segment"],
+        "risk_tolerance": "risk",
+    },
+    "products": {
+        "id": "product_id",
+        "numeric": ["yield"],
+        "categorical": [],
+        "risk_level": "risk_level",
+        "category": "ptype",
+    },
 }
 
 
 def tables():
     return {
-        "customers": pd.DataFrame({"customer_id": [1, 2, 3], "age": [30, 40, np.nan], "income": [1e4, 2e4, 3e4],
-                                   "segment": ["a", "b", "a"], "risk": [1, 4, 7]}),
-        "products": pd.DataFrame({"product_id": ["p1", "p2"], "yield": [0.1, 2.5], "risk_level": [1, 5], "ptype": ["dep", "fund"]}),
+        "customers": pd.DataFrame(
+            {
+                "customer_id": [1, 2, 3],
+                "age": [30, 40, np.nan],
+                "income": [1e4, 2e4, 3e4],
+                "segment": ["a", "b", "a"],
+                "risk": [1, 4, 7],
+            }
+        ),
+        "products": pd.DataFrame(
+            {"product_id": ["p1", "p2"], "yield": [0.1, 2.5], "risk_level": [1, 5], "ptype": ["dep", "fund"]}
+        ),
         "interactions": pd.DataFrame({"customer_id": [1, 2, 3], "product_id": ["p1", "p2", "p1"]}),
         "holdings": pd.DataFrame({"customer_id": [2], "product_id": ["p1"]}),
     }
@@ -143,18 +163,23 @@ def test_write_dataset_roundtrip_and_fingerprint(tmp_path, small_tables):
 
 
 def test_csv_output_escapes_formulas(tmp_path):
-    path = write_table(pd.DataFrame({"customer_id": ["=cmd|' /C calc'!A0", "ok", "@x"], "score": [-1.5, 2.0, 3.0]}), tmp_path / "o.csv")
+    path = write_table(
+        pd.DataFrame({"customer_id": ["=cmd|' /C calc'!A0", "ok", "@x"], "score": [-1.5, 2.0, 3.0]}), tmp_path / "o.csv"
+    )
     text = path.read_text()
     assert "'=cmd" in text and "'@x" in text and "-1.5" in text
 
 
-@pytest.mark.parametrize("ids, duplicated", [
-    (["a", "b", "c"], None),  # sorted: the neighbour comparison proves uniqueness
-    (["c", "a", "b"], None),  # unsorted: the hash check
-    (["a", "b", "b", "c"], "'b'"),  # sorted but not strictly
-    (["b", "a", "b"], "'b'"),
-    (["a", None, "a"], "'a'"),  # a gap in a sorted-looking column must not hide a duplicate
-])
+@pytest.mark.parametrize(
+    "ids, duplicated",
+    [
+        (["a", "b", "c"], None),  # sorted: the neighbour comparison proves uniqueness
+        (["c", "a", "b"], None),  # unsorted: the hash check
+        (["a", "b", "b", "c"], "'b'"),  # sorted but not strictly
+        (["b", "a", "b"], "'b'"),
+        (["a", None, "a"], "'a'"),  # a gap in a sorted-looking column must not hide a duplicate
+    ],
+)
 @pytest.mark.parametrize("dtype", ["str", object])
 def test_require_unique_fast_and_slow_paths(ids, duplicated, dtype):
     from finrec.data.validate import require_unique
@@ -179,8 +204,14 @@ def test_prepare_entities_leaves_the_callers_frame_alone(small_tables):
 
 
 # ------------------------------------------------------------------------------------ display hints
-DISPLAY = {"profile": ["income", "age"], "what_if": ["income", "risk"], "segments": ["segment"],
-           "product_name": "title", "product_details": ["ptype", "yield"], "labels": {"yield": "Yield (%)"}}
+DISPLAY = {
+    "profile": ["income", "age"],
+    "what_if": ["income", "risk"],
+    "segments": ["segment"],
+    "product_name": "title",
+    "product_details": ["ptype", "yield"],
+    "labels": {"yield": "Yield (%)"},
+}
 
 
 def test_display_hints_load_and_stay_out_of_the_model_contract(tmp_path, small_tables):
@@ -200,19 +231,22 @@ def test_display_hints_load_and_stay_out_of_the_model_contract(tmp_path, small_t
     assert load_dataset(out).schema.display == S.SYNTHETIC.display
 
 
-@pytest.mark.parametrize("display, fragments", [
-    ({"colour": "blue"}, ("display: unknown key 'colour'",)),
-    ({"whatif": ["income"]}, ("unknown key 'whatif'", "did you mean 'what_if'")),
-    ({"what_if": ["net_worth"]}, ("display.what_if", "'net_worth'", "not a numeric customer column")),
-    ({"what_if": ["segment"]}, ("display.what_if", "'segment'", "numeric")),
-    ({"segments": ["income"]}, ("display.segments", "'income'", "not a categorical customer column")),
-    ({"profile": "income"}, ("display.profile", "expected a list")),
-    ({"labels": {"nothing": "x"}}, ("display.labels", "'nothing'")),
-    ({"labels": {"income": ""}}, ("display.labels.income", "non-empty")),
-    ({"labels": ["income"]}, ("display.labels", "expected a mapping")),
-    (["profile"], ("display: expected a mapping",)),
-    ({"product_name": "title"}, ("display section", "'title'", "products")),
-    ({"product_details": ["ptype", "rate"]}, ("display section", "'rate'", "products")),
-])
+@pytest.mark.parametrize(
+    "display, fragments",
+    [
+        ({"colour": "blue"}, ("display: unknown key 'colour'",)),
+        ({"whatif": ["income"]}, ("unknown key 'whatif'", "did you mean 'what_if'")),
+        ({"what_if": ["net_worth"]}, ("display.what_if", "'net_worth'", "not a numeric customer column")),
+        ({"what_if": ["segment"]}, ("display.what_if", "'segment'", "numeric")),
+        ({"segments": ["income"]}, ("display.segments", "'income'", "not a categorical customer column")),
+        ({"profile": "income"}, ("display.profile", "expected a list")),
+        ({"labels": {"nothing": "x"}}, ("display.labels", "'nothing'")),
+        ({"labels": {"income": ""}}, ("display.labels.income", "non-empty")),
+        ({"labels": ["income"]}, ("display.labels", "expected a mapping")),
+        (["profile"], ("display: expected a mapping",)),
+        ({"product_name": "title"}, ("display section", "'title'", "products")),
+        ({"product_details": ["ptype", "rate"]}, ("display section", "'rate'", "products")),
+    ],
+)
 def test_display_hints_are_checked(tmp_path, display, fragments):
     expect(tmp_path, tables(), *fragments, schema={**SCHEMA, "display": display}, error=SchemaError)

@@ -57,11 +57,23 @@ def test_tables_and_columns_follow_the_schema(bank):
     assert set(bank) == {CUSTOMERS, PRODUCTS, INTERACTIONS, HOLDINGS, GROUND_TRUTH}
     c, p = SCHEMA.customers, SCHEMA.products
     # The original columns in their order, then the compliance columns (some also model features).
-    assert list(bank[CUSTOMERS].columns) == [c.id, *SYNTHETIC.customer_numeric, *SYNTHETIC.customer_categorical, c.risk,
-                                             *c.compliance_columns]
+    assert list(bank[CUSTOMERS].columns) == [
+        c.id,
+        *SYNTHETIC.customer_numeric,
+        *SYNTHETIC.customer_categorical,
+        c.risk,
+        *c.compliance_columns,
+    ]
     assert set(c.numeric) | set(c.categorical) <= set(bank[CUSTOMERS].columns)
-    assert set(bank[PRODUCTS].columns) == {p.id, "name", *p.numeric, *p.categorical, p.risk, p.category,
-                                           *p.compliance_columns}
+    assert set(bank[PRODUCTS].columns) == {
+        p.id,
+        "name",
+        *p.numeric,
+        *p.categorical,
+        p.risk,
+        p.category,
+        *p.compliance_columns,
+    }
     assert list(bank[INTERACTIONS].columns) == [CUSTOMER_ID, PRODUCT_ID, TIMESTAMP]
     assert list(bank[HOLDINGS].columns) == [CUSTOMER_ID, PRODUCT_ID]
     assert list(bank[GROUND_TRUTH].columns) == [CUSTOMER_ID, PRODUCT_ID, PROBABILITY]
@@ -106,8 +118,17 @@ def test_ids_unique_and_readable(bank):
     assert cust[CUSTOMER_ID].is_unique and prod[PRODUCT_ID].is_unique
     assert cust[CUSTOMER_ID].iloc[0] == "C0000001"
     assert cust[CUSTOMER_ID].str.fullmatch(r"C\d{7}").all()
-    assert {"CUR_BASIC", "SAV_PLUS", "TD_12M", "CC_GOLD", "PL_STANDARD", "MORT_FIXED25",
-            "FUND_EQUITY", "PENSION_GROWTH", "INS_HOME"} <= set(prod[PRODUCT_ID])
+    assert {
+        "CUR_BASIC",
+        "SAV_PLUS",
+        "TD_12M",
+        "CC_GOLD",
+        "PL_STANDARD",
+        "MORT_FIXED25",
+        "FUND_EQUITY",
+        "PENSION_GROWTH",
+        "INS_HOME",
+    } <= set(prod[PRODUCT_ID])
     assert prod[CAT].nunique() >= 9
 
 

@@ -40,8 +40,9 @@ def test_beats_popularity_on_held_out_ndcg(fitted, split):
     customers, relevant, excluded = _held_out_rows(fitted, split[1])
     scores = fitted.score(customers, split[1].holdings)
     lgbm = summarize(scores, relevant, excluded, k=5)
-    popular = summarize(popularity_scores(len(customers), np.asarray(fitted.pipeline_.product_popularity_)),
-                        relevant, excluded, k=5)
+    popular = summarize(
+        popularity_scores(len(customers), np.asarray(fitted.pipeline_.product_popularity_)), relevant, excluded, k=5
+    )
     assert lgbm["customers"] > 100
     assert lgbm["ndcg@5"] > popular["ndcg@5"] + 0.03
 

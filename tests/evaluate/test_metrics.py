@@ -248,8 +248,13 @@ def test_end_to_end_with_exclusion_hand_computed():
     assert rel.tolist() == [[False, False, True, False, False]]
     out = summarize(scores, relevant, excluded, k=2)
     assert out == {
-        "ndcg@2": 0.0, "map@2": 0.0, "precision@2": 0.0, "recall@2": 0.0,
-        "hit_rate@2": 0.0, "mrr": pytest.approx(1 / 3), "customers": 1,
+        "ndcg@2": 0.0,
+        "map@2": 0.0,
+        "precision@2": 0.0,
+        "recall@2": 0.0,
+        "hit_rate@2": 0.0,
+        "mrr": pytest.approx(1 / 3),
+        "customers": 1,
     }
     # k=3: hit at rank 3 -> precision 1/3, recall 1, ndcg = (1/log2 4)/1 = 0.5, AP = (1/3)/1
     out = summarize(scores, relevant, excluded, k=3)
@@ -303,8 +308,14 @@ def test_shape_mismatches():
 
 @pytest.mark.parametrize(
     "seed,n,P,k,truncate",
-    [(0, 50, 5, 1, None), (1, 80, 25, 5, None), (2, 60, 40, 10, 20), (3, 40, 7, 12, None),
-     (4, 100, 200, 5, 30), (5, 30, 3, 3, 2)],
+    [
+        (0, 50, 5, 1, None),
+        (1, 80, 25, 5, None),
+        (2, 60, 40, 10, 20),
+        (3, 40, 7, 12, None),
+        (4, 100, 200, 5, 30),
+        (5, 30, 3, 3, 2),
+    ],
 )
 def test_vectorised_matches_naive(seed, n, P, k, truncate):
     rng = np.random.default_rng(seed)
@@ -408,9 +419,7 @@ def test_perfect_ranking(case):
 
 
 # Few distinct values so ties are common, plus NaN and -inf.
-_score_elements = st.one_of(
-    st.sampled_from([-1.0, 0.0, 0.5, 1.0, math.nan, -math.inf]), st.floats(-3, 3)
-)
+_score_elements = st.one_of(st.sampled_from([-1.0, 0.0, 0.5, 1.0, math.nan, -math.inf]), st.floats(-3, 3))
 
 
 @settings(max_examples=100, deadline=None)
@@ -490,8 +499,18 @@ def test_summarize_without_excluded_and_float32():
 
 def test_metric_order_and_keys():
     assert METRIC_ORDER == [
-        "ndcg@{k}", "map@{k}", "precision@{k}", "recall@{k}", "hit_rate@{k}", "mrr",
+        "ndcg@{k}",
+        "map@{k}",
+        "precision@{k}",
+        "recall@{k}",
+        "hit_rate@{k}",
+        "mrr",
     ]
     assert metric_keys(10) == [
-        "ndcg@10", "map@10", "precision@10", "recall@10", "hit_rate@10", "mrr",
+        "ndcg@10",
+        "map@10",
+        "precision@10",
+        "recall@10",
+        "hit_rate@10",
+        "mrr",
     ]

@@ -43,7 +43,9 @@ def test_in_batch_accidental_hit_is_one_column():
     log_q = np.zeros(3, "float32")
     # Both rows took up product 0: the other row's positive is the same column, never a negative.
     y = [[P, O, O], [P, O, O]]
-    assert value(L.InBatchSoftmax(log_q, temperature=1.0), y, [[0.3, 0.9, 0.9], [0.1, 0.5, 0.5]]) == pytest.approx(0.0, abs=1e-6)
+    assert value(L.InBatchSoftmax(log_q, temperature=1.0), y, [[0.3, 0.9, 0.9], [0.1, 0.5, 0.5]]) == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 def test_in_batch_masks_held_products_of_the_row():
@@ -94,8 +96,15 @@ def test_softmax_gradient_pushes_positive_up():
     assert grad[0] < 0 and grad[1] > 0 and grad[2] > 0
 
 
-@pytest.mark.parametrize("loss", [L.CatalogueSoftmax(temperature=1.0), L.InBatchSoftmax(np.zeros(3, "float32"), 1.0),
-                                  L.HardNegativeTriplet(margin=0.5, hard_negatives=1)], ids=lambda x: type(x).__name__)
+@pytest.mark.parametrize(
+    "loss",
+    [
+        L.CatalogueSoftmax(temperature=1.0),
+        L.InBatchSoftmax(np.zeros(3, "float32"), 1.0),
+        L.HardNegativeTriplet(margin=0.5, hard_negatives=1),
+    ],
+    ids=lambda x: type(x).__name__,
+)
 def test_sample_weight_weights_rows(loss):
     # Two rows with different losses: weights (3, 1) give the weighted mean, (1, 0) the first row
     # alone; dropping sample_weight silently (as before) would return the plain mean for both.
@@ -113,6 +122,7 @@ def test_sample_weight_weights_rows(loss):
 
 
 def test_all_zero_weights_give_zero_not_nan():
-    got = L.CatalogueSoftmax(1.0)(np.array([[P, O]], "float32"), np.array([[0.1, 0.2]], "float32"),
-                                  sample_weight=np.zeros(1, "float32"))
+    got = L.CatalogueSoftmax(1.0)(
+        np.array([[P, O]], "float32"), np.array([[0.1, 0.2]], "float32"), sample_weight=np.zeros(1, "float32")
+    )
     assert float(ops.convert_to_numpy(got)) == 0.0

@@ -34,7 +34,9 @@ def test_both_towers_are_functional_models(trained):
 
 def test_cross_layer_option_builds_and_roundtrips(tmp_path, pipeline, small_dataset):
     catalogue = pipeline.transform_products(small_dataset.products)
-    model = build_two_tower(pipeline, catalogue, ModelConfig(cross_layers=2, customer_widths=(16,), product_widths=(16,)))
+    model = build_two_tower(
+        pipeline, catalogue, ModelConfig(cross_layers=2, customer_widths=(16,), product_widths=(16,))
+    )
     assert any("cross" in layer.name for layer in towers_of(model)[0].layers)
     x = pipeline.transform_customers(small_dataset.customers.iloc[:20], small_dataset.holdings)
     model.save(tmp_path / "m.keras")
@@ -45,7 +47,9 @@ def test_cross_layer_option_builds_and_roundtrips(tmp_path, pipeline, small_data
 
 def test_without_holdings_has_no_holdings_input(small_dataset):
     p = FeaturePipeline(small_dataset.schema, use_holdings=False).fit(small_dataset)
-    model = build_two_tower(p, p.transform_products(small_dataset.products), ModelConfig(customer_widths=(8,), product_widths=(8,)))
+    model = build_two_tower(
+        p, p.transform_products(small_dataset.products), ModelConfig(customer_widths=(8,), product_widths=(8,))
+    )
     assert "holdings" not in towers_of(model)[0].input
 
 

@@ -13,8 +13,14 @@ def rec(trained, small_dataset):
     return Recommender(trained, small_dataset)
 
 
-@pytest.mark.parametrize("filters, suffix", [(None, ".parquet"), ("conservative", ".csv"),
-                                             ({"include_categories": ["investment_fund", "pension"]}, ".parquet")])
+@pytest.mark.parametrize(
+    "filters, suffix",
+    [
+        (None, ".parquet"),
+        ("conservative", ".csv"),
+        ({"include_categories": ["investment_fund", "pension"]}, ".parquet"),
+    ],
+)
 def test_batch_equals_single_requests(rec, small_data_dir, tmp_path, filters, suffix):
     out = tmp_path / f"top{suffix}"
     customers, rows = score_dataset(rec, small_data_dir, out, k=4, filters=filters, chunk_rows=333)

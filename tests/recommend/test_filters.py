@@ -8,20 +8,32 @@ from finrec.data import schema as S
 from finrec.errors import FinrecError
 from finrec.recommend import filters as F
 
-SCHEMA = S.DatasetSchema.from_dict({
-    "customers": {"id": "customer_id", "numeric": ["age", "income", "credit_score"], "risk_tolerance": "risk_tolerance"},
-    "products": {"id": "product_id", "numeric": ["min_income", "min_credit_score", "min_age", "max_age"],
-                 "risk_level": "risk_level", "category": "product_type"},
-})
-PRODUCTS = pd.DataFrame({
-    "product_id": ["dep", "fund", "crypto", "loan", "student"],
-    "risk_level": [1, 4, 7, 2, 1],
-    "product_type": ["deposit", "fund", "fund", "loan", "account"],
-    "min_income": [0, 0, 0, 30000, 0],
-    "min_credit_score": [0, 0, 0, 650, 0],
-    "min_age": [18, 18, 18, 18, 18],
-    "max_age": [99, 99, 99, 70, 25],
-})
+SCHEMA = S.DatasetSchema.from_dict(
+    {
+        "customers": {
+            "id": "customer_id",
+            "numeric": ["age", "income", "credit_score"],
+            "risk_tolerance": "risk_tolerance",
+        },
+        "products": {
+            "id": "product_id",
+            "numeric": ["min_income", "min_credit_score", "min_age", "max_age"],
+            "risk_level": "risk_level",
+            "category": "product_type",
+        },
+    }
+)
+PRODUCTS = pd.DataFrame(
+    {
+        "product_id": ["dep", "fund", "crypto", "loan", "student"],
+        "risk_level": [1, 4, 7, 2, 1],
+        "product_type": ["deposit", "fund", "fund", "loan", "account"],
+        "min_income": [0, 0, 0, 30000, 0],
+        "min_credit_score": [0, 0, 0, 650, 0],
+        "min_age": [18, 18, 18, 18, 18],
+        "max_age": [99, 99, 99, 70, 25],
+    }
+)
 CATALOGUE = F.Catalogue.from_products(PRODUCTS, SCHEMA, list(PRODUCTS.product_id))
 
 

@@ -67,7 +67,9 @@ ARCHITECTURES = [
 def test_numpy_tower_matches_keras(pipelines, small_dataset, cross, dropout, widths, holdings):
     rng = np.random.default_rng(cross * 100 + len(widths) * 10 + holdings)
     pipeline = pipelines[holdings]
-    config = ModelConfig(customer_widths=widths, product_widths=(16,), embedding_dim=8, cross_layers=cross, dropout=dropout)
+    config = ModelConfig(
+        customer_widths=widths, product_widths=(16,), embedding_dim=8, cross_layers=cross, dropout=dropout
+    )
     model = build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config)
     customer_tower = towers_of(model)[0]
     randomize_batchnorm(customer_tower, rng)
@@ -90,23 +92,31 @@ def test_numpy_tower_after_training_mode_updates(pipelines, small_dataset):
     rng = np.random.default_rng(1)
     pipeline = pipelines[True]
     config = ModelConfig(customer_widths=(32, 16), product_widths=(16,), embedding_dim=8, cross_layers=1, dropout=0.2)
-    customer_tower = towers_of(build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config))[0]
+    customer_tower = towers_of(build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config))[
+        0
+    ]
     inputs = random_inputs(pipeline.customer_input_spec(), 512, rng)
     for _ in range(5):
         customer_tower(inputs, training=True)
     moved = keras.ops.convert_to_numpy(customer_tower.get_layer("customer_tower_bn_0").moving_variance)
     assert np.abs(moved - 1).max() > 0.01
-    np.testing.assert_allclose(NumpyTower.from_keras(customer_tower)(inputs), keras_embeddings(customer_tower, inputs), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(
+        NumpyTower.from_keras(customer_tower)(inputs), keras_embeddings(customer_tower, inputs), atol=ATOL, rtol=0
+    )
 
 
 def test_numpy_tower_on_the_trained_model(trained, small_dataset):
     inputs = trained.pipeline.transform_customers(small_dataset.customers, small_dataset.holdings)
     tower = NumpyTower.from_keras(trained.model)
     got = tower(inputs)
-    np.testing.assert_allclose(got, trained.customer_embeddings(small_dataset.customers, small_dataset.holdings), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(
+        got, trained.customer_embeddings(small_dataset.customers, small_dataset.holdings), atol=ATOL, rtol=0
+    )
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     index = ProductIndex.from_trained(trained)
-    np.testing.assert_allclose(index.scores(got), trained.score(small_dataset.customers, small_dataset.holdings), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(
+        index.scores(got), trained.score(small_dataset.customers, small_dataset.holdings), atol=ATOL, rtol=0
+    )
 
 
 def test_worker_threads_give_the_same_results(trained, small_dataset, monkeypatch):
@@ -126,7 +136,9 @@ def test_worker_threads_give_the_same_results(trained, small_dataset, monkeypatc
     np.testing.assert_array_equal(parallel(inputs), expected)
     for got, want in zip(index.recommend(expected, held, 5, chunk_size=100, workers=3), expected_top):
         np.testing.assert_array_equal(got, want)
-    assert [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"] == blas_threads
+    assert [
+        info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"
+    ] == blas_threads
 
 
 def test_numpy_tower_reports_missing_inputs(trained):

@@ -49,8 +49,18 @@ def test_fewer_than_k_never_filled_with_unsuitable(rec, small_dataset):
 def test_audit_names_the_rule(rec, small_dataset):
     cid = small_dataset.customer_ids[0]
     audit = rec.audit(cid, "conservative")
-    assert set(audit.excluded_by.dropna()) <= {"held", "suitability", "risk_cap", "target_market", "negative_target_market",
-                                               "affordability", "category", "income", "credit_score", "age"}
+    assert set(audit.excluded_by.dropna()) <= {
+        "held",
+        "suitability",
+        "risk_cap",
+        "target_market",
+        "negative_target_market",
+        "affordability",
+        "category",
+        "income",
+        "credit_score",
+        "age",
+    }
     held = set(small_dataset.holdings.product_id[small_dataset.holdings.customer_id == cid])
     assert set(audit.product_id[audit.excluded_by == "held"]) == held
 
@@ -70,11 +80,14 @@ def test_new_customer_with_missing_and_unseen_values(rec):
     assert len(result.items) == 3
 
 
-@pytest.mark.parametrize("features, fragment", [
-    ({"income": "lots"}, "features.income"),
-    ({"risk_tolerance": 9}, "features.risk_tolerance"),
-    ({"holdings": ["NOPE"]}, "unknown product"),
-])
+@pytest.mark.parametrize(
+    "features, fragment",
+    [
+        ({"income": "lots"}, "features.income"),
+        ({"risk_tolerance": 9}, "features.risk_tolerance"),
+        ({"holdings": ["NOPE"]}, "unknown product"),
+    ],
+)
 def test_bad_features(rec, features, fragment):
     with pytest.raises(DataError, match=fragment):
         rec.recommend(features)
@@ -111,8 +124,16 @@ def test_display_hints_follow_the_data_and_never_invalidate_the_model(model_dir,
     assert rec.display.what_if == ("savings",) and rec.detail_columns == ("expected_yield",)
     item = rec.recommend(rec.known_customers.customer_id.iloc[0]).items[0]
     # The name and the detail shown, plus what the filters read (risk, category, eligibility terms).
-    assert set(item.product) == {"name", "expected_yield", "risk_level", "product_type", S.MIN_INCOME,
-                                 S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE}
+    assert set(item.product) == {
+        "name",
+        "expected_yield",
+        "risk_level",
+        "product_type",
+        S.MIN_INCOME,
+        S.MIN_CREDIT_SCORE,
+        S.MIN_AGE,
+        S.MAX_AGE,
+    }
     # Served without data, the model shows the hints it was trained with.
     assert Recommender.load(model_dir).display == S.SYNTHETIC.display
 

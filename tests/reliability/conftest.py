@@ -25,8 +25,10 @@ def csv_data_dir(tmp_path_factory, small_tables):
     """The first customers of the small bank (with their links), as CSV tables."""
     customers = small_tables["customers"].head(N_CUSTOMERS)
     keep = set(customers["customer_id"])
-    tables = {name: (df[df["customer_id"].isin(keep)] if name not in ("customers", "products") and df is not None else df)
-              for name, df in small_tables.items()}
+    tables = {
+        name: (df[df["customer_id"].isin(keep)] if name not in ("customers", "products") and df is not None else df)
+        for name, df in small_tables.items()
+    }
     tables["customers"] = customers
     return write_dataset(tables, S.SYNTHETIC.schema(), tmp_path_factory.mktemp("csv") / "bank", fmt="csv")
 
@@ -42,6 +44,7 @@ def damaged(csv_data_dir, tmp_path):
         shutil.copytree(csv_data_dir, target)
         case.damage(target)
         return target
+
     return make
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -65,12 +65,14 @@ def edit(table: str, fn: Callable[[pd.DataFrame], pd.DataFrame | None]) -> Calla
         df = read(d, table)
         out = fn(df)
         write(d, table, df if out is None else out)
+
     return damage
 
 
 def set_cell(table: str, column: str, value: str, row: int = 1) -> Callable[[Path], None]:
     def fn(df):
         df.loc[row, column] = value
+
     return edit(table, fn)
 
 
@@ -81,6 +83,7 @@ def drop_column(table: str, column: str) -> Callable[[Path], None]:
 def raw_bytes(table: str, data: bytes) -> Callable[[Path], None]:
     def damage(d: Path) -> None:
         (d / f"{table}.csv").write_bytes(data)
+
     return damage
 
 
@@ -88,12 +91,14 @@ def transform_bytes(table: str, fn: Callable[[bytes], bytes]) -> Callable[[Path]
     def damage(d: Path) -> None:
         path = d / f"{table}.csv"
         path.write_bytes(fn(path.read_bytes()))
+
     return damage
 
 
 def schema_text(text: str) -> Callable[[Path], None]:
     def damage(d: Path) -> None:
         (d / "schema.yaml").write_text(text, encoding="utf-8")
+
     return damage
 
 
@@ -104,12 +109,14 @@ def schema_edit(fn: Callable[[dict], None]) -> Callable[[Path], None]:
         raw = yaml.safe_load((d / "schema.yaml").read_text())
         fn(raw)
         (d / "schema.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
     return damage
 
 
 def _rename_key(section: str, old: str, new: str):
     def fn(raw):
         raw[section][new] = raw[section].pop(old)
+
     return fn
 
 
@@ -142,6 +149,7 @@ def _semicolons(data: bytes) -> bytes:
 def _drop_table(table: str):
     def damage(d: Path) -> None:
         (d / f"{table}.csv").unlink()
+
     return damage
 
 
@@ -169,6 +177,7 @@ def _file_not_dir(d: Path) -> None:
 
 def rename_ids(*values: str) -> Callable[[Path], None]:
     """The first customers renamed to ``values``, consistently in every table."""
+
     def damage(d: Path) -> None:
         customers = read(d, "customers")
         renames = {customers.loc[i, "customer_id"]: value for i, value in enumerate(values)}
@@ -177,6 +186,7 @@ def rename_ids(*values: str) -> Callable[[Path], None]:
                 df = read(d, table)
                 df["customer_id"] = df["customer_id"].replace(renames)
                 write(d, table, df)
+
     return damage
 
 
@@ -198,7 +208,9 @@ DATA_CASES: list[Case] = [
     Case("extra_column_in_interactions", edit(I, lambda df: df.assign(channel="web"))),
     # wrong types
     Case("text_in_numeric", set_cell(C, "income", "lots"), ("'income' must be numeric", "'lots'"), upload=True),
-    Case("thousands_separator_in_numeric", set_cell(C, "savings", "1,000"), ("'savings' must be numeric",), upload=True),
+    Case(
+        "thousands_separator_in_numeric", set_cell(C, "savings", "1,000"), ("'savings' must be numeric",), upload=True
+    ),
     Case("yes_in_numeric", set_cell(C, "age", "yes"), ("'age' must be numeric",), upload=True),
     Case("missing_numeric_is_imputed", set_cell(C, "income", ""), upload=True),
     Case("literal_nan_is_missing", set_cell(C, "income", "NaN"), upload=True),
@@ -222,12 +234,22 @@ DATA_CASES: list[Case] = [
     Case("duplicate_customer_id", edit(C, _duplicate_first_id), ("'customer_id'", "must be unique"), upload=True),
     Case("duplicate_product_id", set_cell(P, "product_id", "CUR_BASIC", row=1), ("'product_id'", "must be unique")),
     Case("empty_customer_id", set_cell(C, "customer_id", " "), ("'customer_id'", "empty id"), upload=True),
-    Case("interaction_unknown_customer", set_cell(I, "customer_id", "NOBODY"), ("interactions", "'NOBODY'", "not in customers")),
-    Case("interaction_unknown_product", set_cell(I, "product_id", "NO_SUCH"), ("interactions", "'NO_SUCH'", "not in products")),
+    Case(
+        "interaction_unknown_customer",
+        set_cell(I, "customer_id", "NOBODY"),
+        ("interactions", "'NOBODY'", "not in customers"),
+    ),
+    Case(
+        "interaction_unknown_product",
+        set_cell(I, "product_id", "NO_SUCH"),
+        ("interactions", "'NO_SUCH'", "not in products"),
+    ),
     Case("holding_unknown_product", set_cell(H, "product_id", "GHOST"), ("holdings", "'GHOST'")),
     Case("interaction_empty_customer", set_cell(I, "customer_id", ""), ("interactions", "empty id")),
     Case("formula_ids_load", rename_ids(*FORMULA_IDS)),
-    Case("whitespace_around_ids", edit(C, lambda df: df.assign(customer_id="  " + df["customer_id"] + " ")), upload=True),
+    Case(
+        "whitespace_around_ids", edit(C, lambda df: df.assign(customer_id="  " + df["customer_id"] + " ")), upload=True
+    ),
     Case("very_long_and_unicode_ids", rename_ids("X" * 5000, UNICODE_TEXT, "tab\there")),
     # files
     Case("empty_file", raw_bytes(C, b""), ("customers", "empty"), upload=True),
@@ -247,16 +269,35 @@ DATA_CASES: list[Case] = [
     Case("control_characters", set_cell(C, "region", CONTROL_TEXT), upload=True),
     Case("nul_byte", transform_bytes(C, lambda b: b.replace(b"north", b"no\x00rth", 1)), upload=True),
     # schema
-    Case("schema_names_absent_column", schema_edit(lambda r: r["customers"]["numeric"].append("net_worth")),
-         ("'net_worth'", "schema.yaml"), SchemaError),
-    Case("schema_key_typo", schema_edit(_rename_key("customers", "categorical", "categorcal")),
-         ("'categorcal'", "did you mean 'categorical'"), SchemaError),
-    Case("schema_not_yaml", schema_text("customers: {id: [unclosed\n\t: :"), ("schema.yaml", "not valid YAML"), SchemaError),
+    Case(
+        "schema_names_absent_column",
+        schema_edit(lambda r: r["customers"]["numeric"].append("net_worth")),
+        ("'net_worth'", "schema.yaml"),
+        SchemaError,
+    ),
+    Case(
+        "schema_key_typo",
+        schema_edit(_rename_key("customers", "categorical", "categorcal")),
+        ("'categorcal'", "did you mean 'categorical'"),
+        SchemaError,
+    ),
+    Case(
+        "schema_not_yaml",
+        schema_text("customers: {id: [unclosed\n\t: :"),
+        ("schema.yaml", "not valid YAML"),
+        SchemaError,
+    ),
     Case("schema_binary", lambda d: (d / "schema.yaml").write_bytes(bytes(range(256))), ("schema.yaml",), SchemaError),
     Case("schema_is_a_list", schema_text("- customers\n- products\n"), ("expected a mapping",), SchemaError),
-    Case("schema_missing_section", schema_edit(lambda r: r.pop("products")), ("missing section 'products'",), SchemaError),
-    Case("schema_numeric_is_text", schema_edit(lambda r: r["customers"].__setitem__("numeric", "age")),
-         ("expected a list",), SchemaError),
+    Case(
+        "schema_missing_section", schema_edit(lambda r: r.pop("products")), ("missing section 'products'",), SchemaError
+    ),
+    Case(
+        "schema_numeric_is_text",
+        schema_edit(lambda r: r["customers"].__setitem__("numeric", "age")),
+        ("expected a list",),
+        SchemaError,
+    ),
     Case("schema_missing", _no_schema, ("missing schema.yaml",), SchemaError),
     # the directory
     Case("directory_does_not_exist", _not_a_dir, ("not a directory",)),
@@ -270,29 +311,66 @@ DATA_CASES: list[Case] = [
 def _display(**changes):
     def fn(raw):
         raw.setdefault("display", {}).update(changes)
+
     return fn
 
 
 DATA_CASES += [
-    Case("display_hints_changed", schema_edit(_display(what_if=["savings", "debt"], segments=["region"],
-                                                       product_details=["expected_yield"],
-                                                       labels={"savings": "Savings (EUR)"}))),
+    Case(
+        "display_hints_changed",
+        schema_edit(
+            _display(
+                what_if=["savings", "debt"],
+                segments=["region"],
+                product_details=["expected_yield"],
+                labels={"savings": "Savings (EUR)"},
+            )
+        ),
+    ),
     Case("display_hints_removed", schema_edit(lambda r: r.pop("display"))),
     Case("display_unknown_key", schema_edit(_display(colour="blue")), ("display: unknown key 'colour'",), SchemaError),
-    Case("display_key_typo", schema_edit(lambda r: r["display"].__setitem__("whatif", r["display"].pop("what_if"))),
-         ("unknown key 'whatif'", "did you mean 'what_if'"), SchemaError),
-    Case("display_what_if_absent_column", schema_edit(_display(what_if=["net_worth"])),
-         ("display.what_if", "'net_worth'", "not a numeric customer column"), SchemaError),
-    Case("display_segment_is_numeric", schema_edit(_display(segments=["income"])),
-         ("display.segments", "'income'", "not a categorical customer column"), SchemaError),
-    Case("display_product_column_absent", schema_edit(_display(product_details=["coupon"])),
-         ("display section", "'coupon'", "products"), SchemaError),
-    Case("display_label_of_no_column", schema_edit(_display(labels={"shoe_size": "Shoe size"})),
-         ("display.labels", "'shoe_size'"), SchemaError),
-    Case("display_label_empty", schema_edit(_display(labels={"income": " "})),
-         ("display.labels.income", "non-empty"), SchemaError),
-    Case("display_is_a_list", schema_edit(lambda r: r.__setitem__("display", ["profile"])),
-         ("display: expected a mapping",), SchemaError),
+    Case(
+        "display_key_typo",
+        schema_edit(lambda r: r["display"].__setitem__("whatif", r["display"].pop("what_if"))),
+        ("unknown key 'whatif'", "did you mean 'what_if'"),
+        SchemaError,
+    ),
+    Case(
+        "display_what_if_absent_column",
+        schema_edit(_display(what_if=["net_worth"])),
+        ("display.what_if", "'net_worth'", "not a numeric customer column"),
+        SchemaError,
+    ),
+    Case(
+        "display_segment_is_numeric",
+        schema_edit(_display(segments=["income"])),
+        ("display.segments", "'income'", "not a categorical customer column"),
+        SchemaError,
+    ),
+    Case(
+        "display_product_column_absent",
+        schema_edit(_display(product_details=["coupon"])),
+        ("display section", "'coupon'", "products"),
+        SchemaError,
+    ),
+    Case(
+        "display_label_of_no_column",
+        schema_edit(_display(labels={"shoe_size": "Shoe size"})),
+        ("display.labels", "'shoe_size'"),
+        SchemaError,
+    ),
+    Case(
+        "display_label_empty",
+        schema_edit(_display(labels={"income": " "})),
+        ("display.labels.income", "non-empty"),
+        SchemaError,
+    ),
+    Case(
+        "display_is_a_list",
+        schema_edit(lambda r: r.__setitem__("display", ["profile"])),
+        ("display: expected a mapping",),
+        SchemaError,
+    ),
 ]
 
 
@@ -304,6 +382,7 @@ def _truncate(name: str, keep: float = 0.5):
         path = d / name
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * keep)])
+
     return damage
 
 
@@ -316,6 +395,7 @@ def _alter_pipeline(d: Path) -> None:
 def _unlink(name: str):
     def damage(d: Path) -> None:
         (d / name).unlink()
+
     return damage
 
 
@@ -324,6 +404,7 @@ def _manifest(fn):
         raw = json.loads((d / "manifest.json").read_text())
         fn(raw)
         (d / "manifest.json").write_text(json.dumps(raw))
+
     return damage
 
 
@@ -351,9 +432,21 @@ MODEL_CASES: list[Case] = [
     Case("empty_model_keras", _truncate("model.keras", 0.0), ("model.keras", "damaged"), ArtifactError),
     Case("altered_pipeline_json", _alter_pipeline, ("pipeline.json", "altered"), ArtifactError),
     Case("missing_manifest", _unlink("manifest.json"), ("manifest.json is missing",), ArtifactError),
-    Case("missing_embeddings", _unlink("product_embeddings.npy"), ("product_embeddings.npy is missing",), ArtifactError),
-    Case("manifest_not_json", lambda d: (d / "manifest.json").write_text("{not json"), ("manifest.json", "not valid JSON"), ArtifactError),
-    Case("manifest_future_format", _manifest(lambda m: m.__setitem__("format_version", 99)), ("99", "retrain"), ArtifactError),
+    Case(
+        "missing_embeddings", _unlink("product_embeddings.npy"), ("product_embeddings.npy is missing",), ArtifactError
+    ),
+    Case(
+        "manifest_not_json",
+        lambda d: (d / "manifest.json").write_text("{not json"),
+        ("manifest.json", "not valid JSON"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_future_format",
+        _manifest(lambda m: m.__setitem__("format_version", 99)),
+        ("99", "retrain"),
+        ArtifactError,
+    ),
     Case("manifest_is_a_list", lambda d: (d / "manifest.json").write_text("[1, 2]"), ("format",), ArtifactError),
     Case("pipeline_resealed_incomplete", _pipeline_resealed, ("pipeline.json",), ArtifactError),
     Case("model_resealed_garbage", _model_resealed_garbage, ("cannot load the model",), ArtifactError),
@@ -488,29 +581,46 @@ BODY_CASES += [
     BodyCase("k_400_digits", C1 + b'"k": ' + DIGITS_400 + b"}", (422,), '"k"'),
     BodyCase("k_infinity", C1 + b'"k": Infinity}', (422,), '"k"'),
     BodyCase("k_true", _j({"customer_id": "C1", "k": True}), (422,), '"k"'),
-    BodyCase("include_categories_lone_surrogate", C1 + b'"filters": {"include_categories": [' + LONE_SURROGATE + b"]}}",
-             (422,), "include_categories"),
-    BodyCase("exclude_categories_lone_surrogate", C1 + b'"filters": {"exclude_categories": ["fund", "\\udfff"]}}',
-             (422,), "exclude_categories"),
+    BodyCase(
+        "include_categories_lone_surrogate",
+        C1 + b'"filters": {"include_categories": [' + LONE_SURROGATE + b"]}}",
+        (422,),
+        "include_categories",
+    ),
+    BodyCase(
+        "exclude_categories_lone_surrogate",
+        C1 + b'"filters": {"exclude_categories": ["fund", "\\udfff"]}}',
+        (422,),
+        "exclude_categories",
+    ),
     BodyCase("customer_id_lone_surrogate", b'{"customer_id": ' + LONE_SURROGATE + b"}", (422,), "customer_id"),
     BodyCase("customer_id_surrogate_pair", b'{"customer_id": "C\\ud83d\\ude42"}', (404,)),  # a valid pair is text
     BodyCase("preset_lone_surrogate", C1 + b'"filters": {"preset": ' + LONE_SURROGATE + b"}}", (422,), "preset"),
     BodyCase("key_lone_surrogate", C1 + LONE_SURROGATE + b": 1}", (422,)),
     BodyCase("deeply_nested_objects", b'{"customer_id": ' + _deep(5000) + b"}", (422,)),
     BodyCase("nested_900_deep_id", b'{"customer_id": ' + _deep(900) + b"}", (422,), "customer_id"),
-    BodyCase("nested_900_deep_filters", C1 + b'"filters": {"include_categories": ' + b"[" * 900 + b"]" * 900 + b"}}",
-             (422,), "include_categories"),
+    BodyCase(
+        "nested_900_deep_filters",
+        C1 + b'"filters": {"include_categories": ' + b"[" * 900 + b"]" * 900 + b"}}",
+        (422,),
+        "include_categories",
+    ),
 ]
 
 FEATURE_CASES += [
     BodyCase("income_400_digits", b'{"features": {"income": ' + DIGITS_400 + b"}}", (422,), "income"),
     BodyCase("income_minus_400_digits", b'{"features": {"income": -' + DIGITS_400 + b"}}", (422,), "income"),
     BodyCase("risk_400_digits", b'{"features": {"risk_tolerance": ' + DIGITS_400 + b"}}", (422,), "risk_tolerance"),
-    BodyCase("unknown_feature_400_digits", b'{"features": {"favourite_number": ' + DIGITS_400 + b"}}", (422,),
-             "favourite_number"),
+    BodyCase(
+        "unknown_feature_400_digits",
+        b'{"features": {"favourite_number": ' + DIGITS_400 + b"}}",
+        (422,),
+        "favourite_number",
+    ),
     BodyCase("income_300_digits_is_a_number", b'{"features": {"income": 1' + b"0" * 300 + b"}}", (200,)),
-    BodyCase("region_lone_surrogate", b'{"features": {"income": 5e4, "region": ' + LONE_SURROGATE + b"}}", (422,),
-             "region"),
+    BodyCase(
+        "region_lone_surrogate", b'{"features": {"income": 5e4, "region": ' + LONE_SURROGATE + b"}}", (422,), "region"
+    ),
     BodyCase("holdings_lone_surrogate", b'{"features": {"holdings": [' + LONE_SURROGATE + b"]}}", (422,), "holdings"),
     BodyCase("feature_name_lone_surrogate", b'{"features": {' + LONE_SURROGATE + b": 1}}", (422,), "surrogate"),
     BodyCase("region_nan", b'{"features": {"region": NaN}}', (422,), "region"),
@@ -518,12 +628,19 @@ FEATURE_CASES += [
     BodyCase("income_nested_900_deep", b'{"features": {"income": ' + b"[" * 900 + b"]" * 900 + b"}}", (422,), "income"),
 ]
 
+
 def params(cases):
     """``cases`` as pytest parameters; a case with a ``known_bug`` is a strict expected failure."""
     import pytest
 
-    return [pytest.param(c, id=str(c), marks=[pytest.mark.xfail(reason=c.known_bug, strict=True)]
-                         if getattr(c, "known_bug", None) else []) for c in cases]
+    return [
+        pytest.param(
+            c,
+            id=str(c),
+            marks=[pytest.mark.xfail(reason=c.known_bug, strict=True)] if getattr(c, "known_bug", None) else [],
+        )
+        for c in cases
+    ]
 
 
 ALL_ERRORS = (DataError, SchemaError, ConfigError, ArtifactError)
@@ -543,11 +660,13 @@ BILLION_LAUGHS = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol",
 
 def _sparse(table: str, suffix: str, size: int = 2 * 1024**3) -> Callable[[Path], None]:
     """The table replaced by a sparse file of ``size`` NUL bytes (no disk used), as truncate -s 2G makes."""
+
     def damage(d: Path) -> None:
         for old in S.TABLE_SUFFIXES:
             (d / f"{table}{old}").unlink(missing_ok=True)
         with open(d / f"{table}{suffix}", "wb") as handle:
             handle.truncate(size)
+
     return damage
 
 
@@ -555,6 +674,7 @@ def _header(fn: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     def change(data: bytes) -> bytes:
         head, rest = data.split(b"\n", 1)
         return fn(head) + b"\n" + rest
+
     return transform_bytes(C, change)
 
 
@@ -566,6 +686,7 @@ def _schema_append(text: str) -> Callable[[Path], None]:
     def damage(d: Path) -> None:
         path = d / "schema.yaml"
         path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+
     return damage
 
 
@@ -579,39 +700,83 @@ DATA_CASES += [
     # binary, sparse and huge files: refused after a small read, quickly, with a short message
     Case("sparse_2gb_customers", _sparse(C, ".csv"), ("customers.csv", "binary", "NUL")),
     Case("nul_bytes_file", raw_bytes(C, b"\x00" * 100_000), ("customers", "binary"), upload=True),
-    Case("nul_bytes_after_header", transform_bytes(C, lambda b: b.split(b"\n", 1)[0] + b"\n" + b"\x00" * 100_000),
-         ("customers", "binary"), upload=True),
-    Case("utf16_text", transform_bytes(C, lambda b: b.decode("utf-8").encode("utf-16")), ("binary", "UTF-8"),
-         upload=True),
-    Case("header_over_1mb", _header(lambda h: h + b",x" + b"y" * 5_000_000), ("customers.csv", "first line", "1 MB"),
-         upload=True, upload_fragments=("uploads are limited",)),
-    Case("huge_column_name", _header(lambda h: b"z" * 600_000 + h[len(b"customer_id"):]),
-         ("'customer_id'", "more character"), SchemaError, upload=True),
+    Case(
+        "nul_bytes_after_header",
+        transform_bytes(C, lambda b: b.split(b"\n", 1)[0] + b"\n" + b"\x00" * 100_000),
+        ("customers", "binary"),
+        upload=True,
+    ),
+    Case(
+        "utf16_text", transform_bytes(C, lambda b: b.decode("utf-8").encode("utf-16")), ("binary", "UTF-8"), upload=True
+    ),
+    Case(
+        "header_over_1mb",
+        _header(lambda h: h + b",x" + b"y" * 5_000_000),
+        ("customers.csv", "first line", "1 MB"),
+        upload=True,
+        upload_fragments=("uploads are limited",),
+    ),
+    Case(
+        "huge_column_name",
+        _header(lambda h: b"z" * 600_000 + h[len(b"customer_id") :]),
+        ("'customer_id'", "more character"),
+        SchemaError,
+        upload=True,
+    ),
     Case("sparse_parquet", _sparse(P, ".parquet"), ("products.parquet", "PAR1")),
     Case("parquet_without_magic", _sparse(P, ".parquet", 4096), ("products.parquet", "PAR1")),
     # escapes from the file are shown escaped, never sent to the terminal
-    Case("escape_codes_in_header", _header(lambda h: ESCAPE_TEXT.encode() + h),
-         ("'customer_id'", "\\x1b]0;pwned\\x07"), SchemaError, upload=True),
-    Case("escape_codes_in_cell", set_cell(C, "income", ESCAPE_TEXT + "12"), ("'income' must be numeric", "\\x1b[31m"),
-         upload=True),
+    Case(
+        "escape_codes_in_header",
+        _header(lambda h: ESCAPE_TEXT.encode() + h),
+        ("'customer_id'", "\\x1b]0;pwned\\x07"),
+        SchemaError,
+        upload=True,
+    ),
+    Case(
+        "escape_codes_in_cell",
+        set_cell(C, "income", ESCAPE_TEXT + "12"),
+        ("'income' must be numeric", "\\x1b[31m"),
+        upload=True,
+    ),
     Case("many_long_unknown_ids", edit(I, _many_unknown_long_ids), ("not in customers", "... and 45 more")),
     # plain numbers: `row 2: nan`, not np.float64(nan); `row(s) 2, 3`, not np.int64(2)
     Case("missing_risk_prints_nan", set_cell(C, "risk_tolerance", ""), ("row 2: nan",), upload=True),
-    Case("empty_ids_print_plain_rows", edit(C, lambda df: df.assign(customer_id=["", "", *df["customer_id"][2:]])),
-         ("at row(s) 1, 2",), upload=True),
+    Case(
+        "empty_ids_print_plain_rows",
+        edit(C, lambda df: df.assign(customer_id=["", "", *df["customer_id"][2:]])),
+        ("at row(s) 1, 2",),
+        upload=True,
+    ),
     # schema.yaml: aliases, duplicate keys, size, nesting
     Case("schema_billion_laughs", schema_text(BILLION_LAUGHS), ("schema.yaml line 1", "aliases"), SchemaError),
     Case("schema_merge_key", _schema_append("extra: &x {id: a}\nmore:\n  <<: *x\n"), ("aliases",), SchemaError),
-    Case("schema_duplicate_top_key", _schema_append("customers:\n  id: customer_id\n"),
-         ("schema.yaml line", "duplicate key 'customers' (first at line 1)"), SchemaError),
-    Case("schema_duplicate_nested_key", _schema_nested_duplicate, ("line 3", "duplicate key 'id' (first at line 2)"),
-         SchemaError),
+    Case(
+        "schema_duplicate_top_key",
+        _schema_append("customers:\n  id: customer_id\n"),
+        ("schema.yaml line", "duplicate key 'customers' (first at line 1)"),
+        SchemaError,
+    ),
+    Case(
+        "schema_duplicate_nested_key",
+        _schema_nested_duplicate,
+        ("line 3", "duplicate key 'id' (first at line 2)"),
+        SchemaError,
+    ),
     Case("schema_over_1mb", _schema_append("#" + "x" * 1_100_000 + "\n"), ("schema.yaml", "over 1024 KB"), SchemaError),
-    Case("schema_deeply_nested", schema_text("customers: " + "[" * 50_000 + "]" * 50_000 + "\n"),
-         ("schema.yaml", "nested too deeply"), SchemaError),
+    Case(
+        "schema_deeply_nested",
+        schema_text("customers: " + "[" * 50_000 + "]" * 50_000 + "\n"),
+        ("schema.yaml", "nested too deeply"),
+        SchemaError,
+    ),
     # (a plain YAML key stops at 1024 characters; 1000 is still far over a message's share)
-    Case("schema_long_escaped_key", _schema_append('"\\e]0;pwned\\a' + "k" * 1000 + '": 1\n'),
-         ("unknown key", "\\x1b]0;pwned", "more character"), SchemaError),
+    Case(
+        "schema_long_escaped_key",
+        _schema_append('"\\e]0;pwned\\a' + "k" * 1000 + '": 1\n'),
+        ("unknown key", "\\x1b]0;pwned", "more character"),
+        SchemaError,
+    ),
 ]
 
 
@@ -625,6 +790,7 @@ def _resealed(name: str, change: Callable[[Path], None]) -> Callable[[Path], Non
         raw = json.loads((d / "manifest.json").read_text())
         raw["files"][name] = hashlib.sha256((d / name).read_bytes()).hexdigest()
         (d / "manifest.json").write_text(json.dumps(raw))
+
     return damage
 
 
@@ -637,6 +803,7 @@ def _json_edit(fn: Callable[[dict], None]) -> Callable[[Path], None]:
         raw = json.loads(path.read_text())
         fn(raw)
         path.write_text(json.dumps(raw))
+
     return change
 
 
@@ -645,6 +812,7 @@ def _npy(make) -> Callable[[Path], None]:
         import numpy as np
 
         np.save(path, make(np.load(path)), allow_pickle=False)
+
     return change
 
 
@@ -656,6 +824,7 @@ def _and(*damages):
     def damage(d: Path) -> None:
         for fn in damages:
             fn(d)
+
     return damage
 
 
@@ -669,82 +838,199 @@ _PASSWD = "../../etc/passwd"
 
 MODEL_CASES += [
     # the manifest lists exactly the files of the format, each inside the directory
-    Case("manifest_files_emptied", _and(_manifest(lambda m: m.__setitem__("files", {})), _alter_pipeline),
-         ("manifest.json does not list", "pipeline.json"), ArtifactError),
-    Case("manifest_entry_dropped", _and(_manifest(lambda m: m["files"].pop("pipeline.json")), _alter_pipeline),
-         ("manifest.json does not list pipeline.json",), ArtifactError),
-    Case("manifest_extra_entry", _manifest(lambda m: m["files"].__setitem__("notes.txt", "0" * 64)),
-         ("not part of a finrec model", "'notes.txt'"), ArtifactError),
-    Case("manifest_entry_outside", _manifest(lambda m: m["files"].__setitem__(_PASSWD, "0" * 64)),
-         (f"'{_PASSWD}'", "not a file of the model directory"), ArtifactError),
-    Case("manifest_entry_absolute", _manifest(lambda m: m["files"].__setitem__("/etc/passwd", "0" * 64)),
-         ("'/etc/passwd'", "not a file of the model directory"), ArtifactError),
-    Case("manifest_entry_in_subdirectory", _manifest(lambda m: m["files"].__setitem__("sub/model.keras", "0" * 64)),
-         ("'sub/model.keras'", "not a file of the model directory"), ArtifactError),
-    Case("manifest_files_is_a_list", _manifest(lambda m: m.__setitem__("files", ["model.keras"])),
-         ("'files' map",), ArtifactError),
-    Case("manifest_checksum_not_text", _manifest(lambda m: m["files"].__setitem__("model.keras", 5)),
-         ("'model.keras'", "SHA-256"), ArtifactError),
-    Case("manifest_format_true", _manifest(lambda m: m.__setitem__("format_version", True)), ("True", "retrain"),
-         ArtifactError),
-    Case("manifest_data_path_not_text", _manifest(lambda m: m.__setitem__("data_path", 5)), ("'data_path'",),
-         ArtifactError),
-    Case("manifest_100k_deep", lambda d: (d / "manifest.json").write_text(_DEEP_JSON),
-         ("manifest.json", "nested too deeply"), ArtifactError),
-    Case("manifest_over_1mb", lambda d: (d / "manifest.json").write_text(json.dumps({"x": "y" * 1_100_000})),
-         ("manifest.json", "over 1 MB"), ArtifactError),
-    Case("manifest_escape_codes", _manifest(lambda m: m["files"].__setitem__(ESCAPE_TEXT + "n" * 5000, "0" * 64)),
-         ("\\x1b]0;pwned", "more character"), ArtifactError),
+    Case(
+        "manifest_files_emptied",
+        _and(_manifest(lambda m: m.__setitem__("files", {})), _alter_pipeline),
+        ("manifest.json does not list", "pipeline.json"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_entry_dropped",
+        _and(_manifest(lambda m: m["files"].pop("pipeline.json")), _alter_pipeline),
+        ("manifest.json does not list pipeline.json",),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_extra_entry",
+        _manifest(lambda m: m["files"].__setitem__("notes.txt", "0" * 64)),
+        ("not part of a finrec model", "'notes.txt'"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_entry_outside",
+        _manifest(lambda m: m["files"].__setitem__(_PASSWD, "0" * 64)),
+        (f"'{_PASSWD}'", "not a file of the model directory"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_entry_absolute",
+        _manifest(lambda m: m["files"].__setitem__("/etc/passwd", "0" * 64)),
+        ("'/etc/passwd'", "not a file of the model directory"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_entry_in_subdirectory",
+        _manifest(lambda m: m["files"].__setitem__("sub/model.keras", "0" * 64)),
+        ("'sub/model.keras'", "not a file of the model directory"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_files_is_a_list",
+        _manifest(lambda m: m.__setitem__("files", ["model.keras"])),
+        ("'files' map",),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_checksum_not_text",
+        _manifest(lambda m: m["files"].__setitem__("model.keras", 5)),
+        ("'model.keras'", "SHA-256"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_format_true",
+        _manifest(lambda m: m.__setitem__("format_version", True)),
+        ("True", "retrain"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_data_path_not_text",
+        _manifest(lambda m: m.__setitem__("data_path", 5)),
+        ("'data_path'",),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_100k_deep",
+        lambda d: (d / "manifest.json").write_text(_DEEP_JSON),
+        ("manifest.json", "nested too deeply"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_over_1mb",
+        lambda d: (d / "manifest.json").write_text(json.dumps({"x": "y" * 1_100_000})),
+        ("manifest.json", "over 1 MB"),
+        ArtifactError,
+    ),
+    Case(
+        "manifest_escape_codes",
+        _manifest(lambda m: m["files"].__setitem__(ESCAPE_TEXT + "n" * 5000, "0" * 64)),
+        ("\\x1b]0;pwned", "more character"),
+        ArtifactError,
+    ),
     # foreign content behind a resealed checksum
-    Case("pipeline_resealed_deep", _resealed("pipeline.json", _text(_DEEP_JSON)),
-         ("pipeline.json", "nested too deeply"), ArtifactError),
-    Case("pipeline_resealed_list", _resealed("pipeline.json", _text("[1, 2]")), ("pipeline.json", "JSON object"),
-         ArtifactError),
-    Case("pipeline_resealed_text_mean",
-         _resealed("pipeline.json", _json_edit(lambda r: r["customer_numeric"][0].__setitem__("mean", "x"))),
-         ("pipeline.json", "'customer_numeric'[0]"), ArtifactError),
-    Case("pipeline_resealed_holdings_text",
-         _resealed("pipeline.json", _json_edit(lambda r: r.__setitem__("use_holdings", "no"))),
-         ("pipeline.json", "'use_holdings'"), ArtifactError),
-    Case("pipeline_resealed_vocab_grown",
-         _resealed("pipeline.json", _json_edit(lambda r: r["customer_vocab"]["gender"].append("other"))),
-         ("model.keras", "customer_tower", "different models"), ArtifactError),
-    Case("pipeline_resealed_fewer_products", _resealed("pipeline.json", _json_edit(_fewer_products)),
-         ("product_embeddings.npy", "different models"), ArtifactError),
-    Case("config_resealed_alias_bomb", _resealed("config.yaml", _text(BILLION_LAUGHS)), ("config.yaml", "aliases"),
-         ArtifactError),
-    Case("config_resealed_duplicate_key", _resealed("config.yaml", _text("model: {}\nmodel: {}\n")),
-         ("config.yaml line 2", "duplicate key 'model'"), ArtifactError),
-    Case("config_resealed_list", _resealed("config.yaml", _text("- 1\n")), ("config.yaml", "expected a mapping"),
-         ArtifactError),
+    Case(
+        "pipeline_resealed_deep",
+        _resealed("pipeline.json", _text(_DEEP_JSON)),
+        ("pipeline.json", "nested too deeply"),
+        ArtifactError,
+    ),
+    Case(
+        "pipeline_resealed_list",
+        _resealed("pipeline.json", _text("[1, 2]")),
+        ("pipeline.json", "JSON object"),
+        ArtifactError,
+    ),
+    Case(
+        "pipeline_resealed_text_mean",
+        _resealed("pipeline.json", _json_edit(lambda r: r["customer_numeric"][0].__setitem__("mean", "x"))),
+        ("pipeline.json", "'customer_numeric'[0]"),
+        ArtifactError,
+    ),
+    Case(
+        "pipeline_resealed_holdings_text",
+        _resealed("pipeline.json", _json_edit(lambda r: r.__setitem__("use_holdings", "no"))),
+        ("pipeline.json", "'use_holdings'"),
+        ArtifactError,
+    ),
+    Case(
+        "pipeline_resealed_vocab_grown",
+        _resealed("pipeline.json", _json_edit(lambda r: r["customer_vocab"]["gender"].append("other"))),
+        ("model.keras", "customer_tower", "different models"),
+        ArtifactError,
+    ),
+    Case(
+        "pipeline_resealed_fewer_products",
+        _resealed("pipeline.json", _json_edit(_fewer_products)),
+        ("product_embeddings.npy", "different models"),
+        ArtifactError,
+    ),
+    Case(
+        "config_resealed_alias_bomb",
+        _resealed("config.yaml", _text(BILLION_LAUGHS)),
+        ("config.yaml", "aliases"),
+        ArtifactError,
+    ),
+    Case(
+        "config_resealed_duplicate_key",
+        _resealed("config.yaml", _text("model: {}\nmodel: {}\n")),
+        ("config.yaml line 2", "duplicate key 'model'"),
+        ArtifactError,
+    ),
+    Case(
+        "config_resealed_list",
+        _resealed("config.yaml", _text("- 1\n")),
+        ("config.yaml", "expected a mapping"),
+        ArtifactError,
+    ),
     Case("history_resealed_list", _resealed("history.json", _text("[1]")), ("history.json",), ArtifactError),
-    Case("embeddings_resealed_nan", _resealed("product_embeddings.npy", _npy(lambda e: e * float("nan"))),
-         ("product_embeddings.npy", "finite"), ArtifactError),
-    Case("embeddings_resealed_fewer_rows", _resealed("product_embeddings.npy", _npy(lambda e: e[:3])),
-         ("product_embeddings.npy", "3 rows"), ArtifactError),
-    Case("embeddings_resealed_other_dimension", _resealed("product_embeddings.npy", _npy(lambda e: e[:, :3])),
-         ("model.keras", "different models"), ArtifactError),
-    Case("embeddings_resealed_text", _resealed("product_embeddings.npy", _npy(lambda e: e.astype(str))),
-         ("product_embeddings.npy",), ArtifactError),
-    Case("products_resealed_without_id",
-         _resealed("products.parquet", _parquet(lambda df: df.drop(columns="product_id"))),
-         ("products.parquet", "'product_id'"), ArtifactError),
-    Case("products_resealed_fewer", _resealed("products.parquet", _parquet(lambda df: df.head(3))),
-         ("products.parquet", "not those of pipeline.json"), ArtifactError),
+    Case(
+        "embeddings_resealed_nan",
+        _resealed("product_embeddings.npy", _npy(lambda e: e * float("nan"))),
+        ("product_embeddings.npy", "finite"),
+        ArtifactError,
+    ),
+    Case(
+        "embeddings_resealed_fewer_rows",
+        _resealed("product_embeddings.npy", _npy(lambda e: e[:3])),
+        ("product_embeddings.npy", "3 rows"),
+        ArtifactError,
+    ),
+    Case(
+        "embeddings_resealed_other_dimension",
+        _resealed("product_embeddings.npy", _npy(lambda e: e[:, :3])),
+        ("model.keras", "different models"),
+        ArtifactError,
+    ),
+    Case(
+        "embeddings_resealed_text",
+        _resealed("product_embeddings.npy", _npy(lambda e: e.astype(str))),
+        ("product_embeddings.npy",),
+        ArtifactError,
+    ),
+    Case(
+        "products_resealed_without_id",
+        _resealed("products.parquet", _parquet(lambda df: df.drop(columns="product_id"))),
+        ("products.parquet", "'product_id'"),
+        ArtifactError,
+    ),
+    Case(
+        "products_resealed_fewer",
+        _resealed("products.parquet", _parquet(lambda df: df.head(3))),
+        ("products.parquet", "not those of pipeline.json"),
+        ArtifactError,
+    ),
 ]
 
 CONFIG_CASES += [
     ConfigCase("config_billion_laughs", BILLION_LAUGHS, ("line 1", "aliases")),
     ConfigCase("config_merge_key", "base: &b {epochs: 1}\ntraining:\n  <<: *b\n", ("aliases",)),
-    ConfigCase("config_duplicate_section", "training: {epochs: 1}\ntraining: {epochs: 2}\n",
-               ("line 2", "duplicate key 'training' (first at line 1)")),
-    ConfigCase("config_duplicate_nested_key", "training:\n  epochs: 1\n  epochs: 2\n",
-               ("line 3", "duplicate key 'epochs' (first at line 2)")),
+    ConfigCase(
+        "config_duplicate_section",
+        "training: {epochs: 1}\ntraining: {epochs: 2}\n",
+        ("line 2", "duplicate key 'training' (first at line 1)"),
+    ),
+    ConfigCase(
+        "config_duplicate_nested_key",
+        "training:\n  epochs: 1\n  epochs: 2\n",
+        ("line 3", "duplicate key 'epochs' (first at line 2)"),
+    ),
     ConfigCase("config_over_1mb", "#" + "x" * 1_100_000 + "\n", ("over 1024 KB",)),
     ConfigCase("config_deeply_nested", "model: " + "[" * 50_000 + "]" * 50_000 + "\n", ("nested too deeply",)),
     ConfigCase("config_integer_of_5000_digits", "training: {epochs: 1" + "0" * 5000 + "}\n", ("not valid YAML",)),
-    ConfigCase("config_escape_codes_in_value", 'training: {loss: "\\e]0;pwned\\a\\e[31mhinge"}\n',
-               ("training.loss", "\\x1b]0;pwned\\x07")),
+    ConfigCase(
+        "config_escape_codes_in_value",
+        'training: {loss: "\\e]0;pwned\\a\\e[31mhinge"}\n',
+        ("training.loss", "\\x1b]0;pwned\\x07"),
+    ),
     ConfigCase("config_long_value", f"training: {{loss: {'x' * 100_000}}}\n", ("training.loss", "more character")),
 ]
 
@@ -859,40 +1145,84 @@ OUTPUT_CASES: list[OutputCase] = [
     OutputCase("train_out_is_a_file", "train", lambda w: w.notes / "a.txt", ("is a file",)),
     OutputCase("train_out_below_a_file", "train", lambda w: w.notes / "a.txt" / "m", ("a.txt is not a directory",)),
     # score: one output file
-    OutputCase("score_out_is_customers_table", "score", lambda w: w.data / "customers.csv", _over("lies inside"),
-               "data"),
+    OutputCase(
+        "score_out_is_customers_table", "score", lambda w: w.data / "customers.csv", _over("lies inside"), "data"
+    ),
     OutputCase("score_out_is_data", "score", lambda w: w.data, _over("is"), "data"),
-    OutputCase("score_out_is_table_via_symlink", "score", lambda w: w.alias / "customers.csv",
-               ("that is", *_over("lies inside")), "data"),
-    OutputCase("score_out_is_linked_table", "score", lambda w: w.root / "shared" / "holdings.csv",
-               ("a link to", *_over("is")), "data", prepare=_link_holdings_from_elsewhere),
-    OutputCase("score_out_is_model_file", "score", lambda w: w.model / "products.parquet", _over("lies inside"),
-               "model", api=False),
+    OutputCase(
+        "score_out_is_table_via_symlink",
+        "score",
+        lambda w: w.alias / "customers.csv",
+        ("that is", *_over("lies inside")),
+        "data",
+    ),
+    OutputCase(
+        "score_out_is_linked_table",
+        "score",
+        lambda w: w.root / "shared" / "holdings.csv",
+        ("a link to", *_over("is")),
+        "data",
+        prepare=_link_holdings_from_elsewhere,
+    ),
+    OutputCase(
+        "score_out_is_model_file",
+        "score",
+        lambda w: w.model / "products.parquet",
+        _over("lies inside"),
+        "model",
+        api=False,
+    ),
     OutputCase("score_out_is_a_directory", "score", lambda w: w.notes, ("is a directory",)),
     OutputCase("score_out_unknown_suffix", "score", lambda w: w.root / "top.txt", (".csv or .parquet", "'.txt'")),
-    OutputCase("score_out_below_a_file", "score", lambda w: w.notes / "a.txt" / "top.csv", ("a.txt is not a directory",)),
+    OutputCase(
+        "score_out_below_a_file", "score", lambda w: w.notes / "a.txt" / "top.csv", ("a.txt is not a directory",)
+    ),
     # score --engine ray: a .csv/.parquet file, or a new directory of part files
-    OutputCase("ray_out_is_customers_table", "score-ray", lambda w: w.data / "customers.csv", _over("lies inside"),
-               "data"),
+    OutputCase(
+        "ray_out_is_customers_table", "score-ray", lambda w: w.data / "customers.csv", _over("lies inside"), "data"
+    ),
     OutputCase("ray_out_is_data", "score-ray", lambda w: w.data, _over("is"), "data"),
     OutputCase("ray_out_is_parent_of_data", "score-ray", lambda w: w.root, _over("contains"), "data"),
     OutputCase("ray_out_is_model_file", "score-ray", lambda w: w.model / "model.keras", _over("lies inside"), "model"),
     OutputCase("ray_out_is_model", "score-ray", lambda w: w.model, _over("is"), "model"),
     OutputCase("ray_out_is_other_files", "score-ray", lambda w: w.notes, ("not empty",)),
     # evaluate --json (no Python writer: evaluate returns the results)
-    OutputCase("evaluate_json_is_customers_table", "evaluate", lambda w: w.data / "customers.csv",
-               _over("lies inside"), "data", api=False),
-    OutputCase("evaluate_json_is_model_file", "evaluate", lambda w: w.model / "history.json", _over("lies inside"),
-               "model", api=False),
+    OutputCase(
+        "evaluate_json_is_customers_table",
+        "evaluate",
+        lambda w: w.data / "customers.csv",
+        _over("lies inside"),
+        "data",
+        api=False,
+    ),
+    OutputCase(
+        "evaluate_json_is_model_file",
+        "evaluate",
+        lambda w: w.model / "history.json",
+        _over("lies inside"),
+        "model",
+        api=False,
+    ),
     OutputCase("evaluate_json_is_data", "evaluate", lambda w: w.data, _over("is"), "data", api=False),
     OutputCase("evaluate_json_is_a_directory", "evaluate", lambda w: w.notes, ("is a directory",), api=False),
     # split writes OUT/train and OUT/test
     OutputCase("split_out_is_data", "split", lambda w: w.data, _over("lies inside"), "data"),
     OutputCase("split_out_inside_data", "split", lambda w: w.data / "parts", _over("lies inside"), "data"),
-    OutputCase("split_train_is_data_via_symlink", "split", lambda w: w.root / "splits", _over("is"), "data",
-               prepare=_split_train_links_to_data),
-    OutputCase("split_out_holds_other_files", "split", lambda w: w.root, _other_files("schema.yaml"),
-               prepare=_split_has_other_files),
+    OutputCase(
+        "split_train_is_data_via_symlink",
+        "split",
+        lambda w: w.root / "splits",
+        _over("is"),
+        "data",
+        prepare=_split_train_links_to_data,
+    ),
+    OutputCase(
+        "split_out_holds_other_files",
+        "split",
+        lambda w: w.root,
+        _other_files("schema.yaml"),
+        prepare=_split_has_other_files,
+    ),
     # generate has no input, but must not swap away a directory of other files
     OutputCase("generate_out_is_other_files", "generate", lambda w: w.notes, _other_files("schema.yaml")),
     OutputCase("generate_out_is_a_file", "generate", lambda w: w.notes / "a.txt", ("is a file",)),
@@ -922,6 +1252,7 @@ DEMO_CASES: list[DemoCase] = [
     DemoCase("demo_model_is_finrec_data", "data", "data", ("is the data in FINREC_DATA",)),
     DemoCase("demo_model_is_other_files", "notes", None, ("holds other files", "manifest.json")),
     DemoCase("demo_model_is_its_own_bank", "demo/bank", None, ("is the demo bank",)),
-    DemoCase("demo_typed_model_inside_finrec_model", "model", None, ("the model in FINREC_MODEL",),
-             typed="model/sub/model"),
+    DemoCase(
+        "demo_typed_model_inside_finrec_model", "model", None, ("the model in FINREC_MODEL",), typed="model/sub/model"
+    ),
 ]

@@ -26,9 +26,25 @@ def _train(data_dir, out: Path, epochs: int) -> subprocess.Popen:
     # (training got fast enough to finish within the test's wait).
     config = out.parent / "train-config.yaml"
     config.write_text(f"training:\n  patience: {epochs}\n", encoding="utf-8")
-    return subprocess.Popen([sys.executable, "-m", "finrec.cli", "train", "--data", str(data_dir), "--out", str(out),
-                             "--epochs", str(epochs), "--config", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finrec.cli",
+            "train",
+            "--data",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            str(epochs),
+            "--config",
+            str(config),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
 
 
 def _kill(process: subprocess.Popen) -> None:

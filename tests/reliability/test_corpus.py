@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import corpus
 import pandas as pd
 import pytest
-
-import corpus
 from corpus import BODY_CASES, CONFIG_CASES, DATA_CASES, FEATURE_CASES, MODEL_CASES
+
 from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import load_dataset
@@ -178,7 +178,9 @@ def test_cli_configs(case, csv_data_dir, tmp_path, capsys):
 
 
 def test_cli_config_file_missing(csv_data_dir, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "train", "--data", csv_data_dir, "--out", tmp_path / "m", "--config", tmp_path / "nope.yaml")
+    code, _, err = run_cli(
+        capsys, "train", "--data", csv_data_dir, "--out", tmp_path / "m", "--config", tmp_path / "nope.yaml"
+    )
     assert code == 2 and "no such config file" in err
 
 
@@ -216,7 +218,9 @@ def test_cli_score_refuses_bad_customers(case, damaged, model_dir, tmp_path, cap
     # ``score`` reads the customers table in chunks, its own code path.
     directory = damaged(case)
     out_path = tmp_path / "top.parquet"
-    code, _, err = run_cli(capsys, "score", "--model", model_dir, "--data", directory, "--out", out_path, "--chunk-rows", 64)
+    code, _, err = run_cli(
+        capsys, "score", "--model", model_dir, "--data", directory, "--out", out_path, "--chunk-rows", 64
+    )
     assert code == 2, err
     fragments = [f for f in case.fragments if f not in ("customers",)]
     assert_fragments(err, fragments)
@@ -236,7 +240,9 @@ def test_score_csv_escapes_formula_ids(damaged, model_dir, tmp_path, capsys):
     for cell in cells:
         assert not cell.lstrip('"').startswith(("=", "+", "-", "@")), cell
     escaped = {c.strip('"') for c in cells if c.lstrip('"').startswith("'")}
-    assert {"'" + f for f in corpus.FORMULA_IDS if "," not in f and '"' not in f} <= escaped | {c.strip('"') for c in cells}
+    assert {"'" + f for f in corpus.FORMULA_IDS if "," not in f and '"' not in f} <= escaped | {
+        c.strip('"') for c in cells
+    }
     # Read back, the escaped ids are the original ids behind a quote.
     top = pd.read_csv(out_path, dtype={"customer_id": str})
     assert {"'" + f for f in corpus.FORMULA_IDS} <= set(top["customer_id"])
@@ -248,8 +254,9 @@ def test_score_csv_escapes_formula_ids(damaged, model_dir, tmp_path, capsys):
 def _post(server, body: bytes):
     import httpx
 
-    return httpx.post(f"{server['base']}/recommendations", content=body,
-                      headers={"content-type": "application/json"}, timeout=20)
+    return httpx.post(
+        f"{server['base']}/recommendations", content=body, headers={"content-type": "application/json"}, timeout=20
+    )
 
 
 @pytest.mark.slow
@@ -272,9 +279,14 @@ def test_rest_api_unknown_paths_and_methods(server):
     import httpx
 
     base = server["base"]
-    for method, path in [("GET", "/recommendations"), ("DELETE", "/products"), ("GET", "/nope"),
-                         ("GET", "/customers/" + "x" * 300), ("GET", "/customers/%00%ff"),
-                         ("GET", "/customers/%3Dcmd%7C")]:
+    for method, path in [
+        ("GET", "/recommendations"),
+        ("DELETE", "/products"),
+        ("GET", "/nope"),
+        ("GET", "/customers/" + "x" * 300),
+        ("GET", "/customers/%00%ff"),
+        ("GET", "/customers/%3Dcmd%7C"),
+    ]:
         response = httpx.request(method, base + path, timeout=20)
         assert 400 <= response.status_code < 500, (method, path, response.status_code)
         assert_clean(response.text)
@@ -282,19 +294,23 @@ def test_rest_api_unknown_paths_and_methods(server):
 
 @pytest.mark.slow
 def test_rest_api_lying_content_length(server):
-    import httpx
     import socket
     from urllib.parse import urlparse
 
+    import httpx
+
     url = urlparse(server["base"])
     with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
-        sock.sendall(b"POST /recommendations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: nope\r\n\r\n{}")
+        sock.sendall(
+            b"POST /recommendations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: nope\r\n\r\n{}"
+        )
         answer = sock.recv(4096).decode(errors="replace")
     status = int(answer.split(" ", 2)[1])
     assert 400 <= status < 500, answer
     assert "Traceback" not in answer
     body = json.dumps({"customer_id": "x" * 100_000}).encode()
-    response = httpx.post(f"{server['base']}/recommendations", content=body,
-                          headers={"content-type": "application/json"}, timeout=20)
+    response = httpx.post(
+        f"{server['base']}/recommendations", content=body, headers={"content-type": "application/json"}, timeout=20
+    )
     assert response.status_code == 413

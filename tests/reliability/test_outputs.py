@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from corpus import DEMO_CASES, OUTPUT_CASES, Where, make_where, tree_state
+
 from finrec.cli import main
 from finrec.errors import FinrecError
 
@@ -45,14 +45,17 @@ def _assert_message(case, where: Where, message: str) -> None:
 
 def _cli_args(case, where: Where, out) -> list[str]:
     w = where
-    return [str(a) for a in {
-        "generate": ["generate", "--out", out, "--customers", 50],
-        "split": ["split", "--data", w.data, "--out", out],
-        "train": ["train", "--data", w.data, "--out", out, "--config", w.config, "--epochs", 1],
-        "evaluate": ["evaluate", "--model", w.model, "--data", w.data, "--json", out],
-        "score": ["score", "--model", w.model, "--data", w.data, "--out", out],
-        "score-ray": ["score", "--model", w.model, "--data", w.data, "--out", out, "--engine", "ray"],
-    }[case.command]]
+    return [
+        str(a)
+        for a in {
+            "generate": ["generate", "--out", out, "--customers", 50],
+            "split": ["split", "--data", w.data, "--out", out],
+            "train": ["train", "--data", w.data, "--out", out, "--config", w.config, "--epochs", 1],
+            "evaluate": ["evaluate", "--model", w.model, "--data", w.data, "--json", out],
+            "score": ["score", "--model", w.model, "--data", w.data, "--out", out],
+            "score-ray": ["score", "--model", w.model, "--data", w.data, "--out", out, "--engine", "ray"],
+        }[case.command]
+    ]
 
 
 @pytest.mark.parametrize("case", OUTPUT_CASES, ids=str)

@@ -9,10 +9,10 @@ import math
 import shutil
 import time
 
+import corpus
 import numpy as np
 import pytest
 
-import corpus
 from finrec.cli import main
 from finrec.model.towers import CUSTOMER_TOWER
 
@@ -35,10 +35,12 @@ def test_cli_logs_never_show_feature_values(csv_data_dir, tmp_path, capsys, capl
     caplog.set_level(logging.DEBUG)
     model = tmp_path / "model"
     texts = []
-    for args in (["-v", "train", "--data", data, "--out", model, "--epochs", 1],
-                 ["-v", "evaluate", "--model", model, "--data", data, "--fairness"],
-                 ["-v", "score", "--model", model, "--data", data, "--out", tmp_path / "top.csv"],
-                 ["-v", "recommend", "--model", model, "--data", data, "--customer-id", "C0000004"]):
+    for args in (
+        ["-v", "train", "--data", data, "--out", model, "--epochs", 1],
+        ["-v", "evaluate", "--model", model, "--data", data, "--fairness"],
+        ["-v", "score", "--model", model, "--data", data, "--out", tmp_path / "top.csv"],
+        ["-v", "recommend", "--model", model, "--data", data, "--customer-id", "C0000004"],
+    ):
         code = main([str(a) for a in args])
         out, err = capsys.readouterr()
         assert code == 0, err
@@ -104,7 +106,9 @@ def test_changing_gender_or_age_does_not_change_scores(blind, small_dataset):
     base = blind.score(customers, small_dataset.holdings)
     changed = customers.copy()
     genders = sorted(customers["gender"].dropna().unique())
-    changed["gender"] = [genders[(genders.index(g) + 1) % len(genders)] if g in genders else genders[0] for g in customers["gender"]]
+    changed["gender"] = [
+        genders[(genders.index(g) + 1) % len(genders)] if g in genders else genders[0] for g in customers["gender"]
+    ]
     changed["age"] = 95 - customers["age"]
     np.testing.assert_array_equal(base, blind.score(changed, small_dataset.holdings))
 
@@ -162,8 +166,9 @@ def test_fairness_without_protected_columns(trained, small_dataset):
 
     from finrec.evaluate.fairness import fairness_report, format_fairness
 
-    schema = dataclasses.replace(small_dataset.schema,
-                                 customers=dataclasses.replace(small_dataset.schema.customers, protected=()))
+    schema = dataclasses.replace(
+        small_dataset.schema, customers=dataclasses.replace(small_dataset.schema.customers, protected=())
+    )
     result = fairness_report(trained, dataclasses.replace(small_dataset, schema=schema))
     assert result["columns"] == {}
     assert "no protected" in format_fairness(result)
@@ -172,7 +177,9 @@ def test_fairness_without_protected_columns(trained, small_dataset):
 @pytest.mark.slow
 def test_cli_evaluate_fairness(model_dir, small_data_dir, tmp_path, capsys):
     out = tmp_path / "e.json"
-    code = main(["evaluate", "--model", str(model_dir), "--data", str(small_data_dir), "--fairness", "--json", str(out)])
+    code = main(
+        ["evaluate", "--model", str(model_dir), "--data", str(small_data_dir), "--fairness", "--json", str(out)]
+    )
     stdout, err = capsys.readouterr()
     assert code == 0, err
     assert "fairness by gender" in stdout and "fairness by age" in stdout and "max ratio" in stdout

@@ -23,15 +23,20 @@ def pipeline(small_dataset):
 
 
 def _numbers(max_magnitude: float = 1e30):
-    return st.one_of(st.none(), st.just(float("nan")),
-                     st.floats(min_value=-max_magnitude, max_value=max_magnitude, allow_nan=False),
-                     st.integers(min_value=-10**9, max_value=10**9))
+    return st.one_of(
+        st.none(),
+        st.just(float("nan")),
+        st.floats(min_value=-max_magnitude, max_value=max_magnitude, allow_nan=False),
+        st.integers(min_value=-(10**9), max_value=10**9),
+    )
 
 
 def _record(pipeline):
     numeric = {s.column: _numbers() for s in pipeline.customer_numeric_}
-    categorical = {col: st.one_of(st.none(), st.sampled_from(vocab or ["x"]), st.text(max_size=12))
-                   for col, vocab in pipeline.customer_vocab_.items()}
+    categorical = {
+        col: st.one_of(st.none(), st.sampled_from(vocab or ["x"]), st.text(max_size=12))
+        for col, vocab in pipeline.customer_vocab_.items()
+    }
     return st.fixed_dictionaries({}, optional={**numeric, **categorical})
 
 
@@ -72,7 +77,10 @@ def test_unseen_categories_map_to_the_oov_code(pipeline, values):
 @given(data=st.data())
 def test_transform_record_equals_transform_customers(pipeline, data):
     record = data.draw(_record(pipeline))
-    row = {s.column: np.nan if record.get(s.column) is None else float(record[s.column]) for s in pipeline.customer_numeric_}
+    row = {
+        s.column: np.nan if record.get(s.column) is None else float(record[s.column])
+        for s in pipeline.customer_numeric_
+    }
     for col in pipeline.customer_vocab_:
         row[col] = record.get(col)
     row[pipeline.schema.customers.id] = "N1"
@@ -86,16 +94,26 @@ def test_transform_record_equals_transform_customers(pipeline, data):
         np.testing.assert_allclose(one[name], many[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
-TABLE = S.TableSchema(id="customer_id", numeric=("age", "income"), categorical=("segment",), risk="risk",
-                      log_numeric=("income",))
+TABLE = S.TableSchema(
+    id="customer_id", numeric=("age", "income"), categorical=("segment",), risk="risk", log_numeric=("income",)
+)
 
 
 @SETTINGS
-@given(garbage=st.lists(st.text(max_size=15), min_size=1, max_size=6), column=st.sampled_from(["age", "income", "risk"]))
+@given(
+    garbage=st.lists(st.text(max_size=15), min_size=1, max_size=6), column=st.sampled_from(["age", "income", "risk"])
+)
 def test_garbage_in_numeric_columns_is_a_data_error(garbage, column):
     n = len(garbage)
-    frame = pd.DataFrame({"customer_id": [f"C{i}" for i in range(n)], "age": ["40"] * n, "income": ["1000"] * n,
-                          "segment": ["a"] * n, "risk": ["3"] * n})
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{i}" for i in range(n)],
+            "age": ["40"] * n,
+            "income": ["1000"] * n,
+            "segment": ["a"] * n,
+            "risk": ["3"] * n,
+        }
+    )
     frame[column] = pd.Series(garbage, dtype=object)
     try:
         out = prepare_entities(frame, TABLE, "customers")

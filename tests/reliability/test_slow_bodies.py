@@ -43,8 +43,10 @@ class SlowClient:
 
     def __init__(self, port: int):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.sock.sendall(b"POST /recommendations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: 1000\r\n\r\n{")
+        self.sock.sendall(
+            b"POST /recommendations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
         self.start = time.monotonic()
         self.answer = b""
         self.answered_after: float | None = None
@@ -120,16 +122,21 @@ def test_slow_bodies_get_408_and_cannot_starve_the_probes(server):
     assert len(probes) >= 2 * int(BODY_TIMEOUT_S / TRICKLE_S) - 2, probes
     assert {status for _, status in probes} == {200}, probes
     # Once the slow bodies are gone, requests are served again.
-    assert httpx.post(f"{server.base_url}/recommendations", json={"customer_id": "NOPE-1"}, timeout=5).status_code == 404
+    assert (
+        httpx.post(f"{server.base_url}/recommendations", json={"customer_id": "NOPE-1"}, timeout=5).status_code == 404
+    )
 
 
-@pytest.mark.parametrize("path, status", [
-    ("/customers/" + "9" * 400, 422),  # over the 200-character id limit
-    ("/customers/" + "9" * 150, 404),  # a long number is an id like any other
-    ("/customers/1e400", 404),
-    ("/customers/NaN", 404),
-    ("/customers/%ED%A0%80", 404),  # a UTF-8-encoded lone surrogate: not UTF-8, decoded with replacement
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/customers/" + "9" * 400, 422),  # over the 200-character id limit
+        ("/customers/" + "9" * 150, 404),  # a long number is an id like any other
+        ("/customers/1e400", 404),
+        ("/customers/NaN", 404),
+        ("/customers/%ED%A0%80", 404),  # a UTF-8-encoded lone surrogate: not UTF-8, decoded with replacement
+    ],
+)
 def test_odd_customer_paths_are_4xx(server, path, status):
     response = httpx.get(server.base_url + path, timeout=5)
     assert response.status_code == status, response.text[:300]

@@ -26,8 +26,9 @@ def test_short_soak(server, small_dataset):
     soak = _soak_module()
     customers = [str(c) for c in small_dataset.customer_ids[:500]]
     products = [str(p) for p in small_dataset.product_ids]
-    result = asyncio.run(soak.soak(server["base"], server["pid"], seconds=8, clients=16,
-                                   customer_ids=customers, product_ids=products))
+    result = asyncio.run(
+        soak.soak(server["base"], server["pid"], seconds=8, clients=16, customer_ids=customers, product_ids=products)
+    )
     assert result["five_xx"] == 0, result["five_xx_examples"]
     assert not result["unexpected_status"], result["unexpected_status"]
     assert result["good_requests"] > 50

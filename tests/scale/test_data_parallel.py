@@ -52,8 +52,9 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_data_parallel_on_two_devices_matches_one_device():
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(
+        os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="3"
+    )
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
@@ -68,8 +69,8 @@ def test_data_parallel_needs_jax_and_a_divisible_batch(small_dataset):
     import keras
 
     from finrec.config import Config, TrainConfig
-    from finrec.training.distributed import fit_data_parallel
     from finrec.errors import ConfigError
+    from finrec.training.distributed import fit_data_parallel
 
     if keras.backend.backend() != "jax":
         with pytest.raises(ConfigError, match="JAX"):

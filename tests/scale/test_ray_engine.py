@@ -17,8 +17,11 @@ def local_ray():
 
 
 def _sorted(path) -> pd.DataFrame:
-    frame = pq.read_table(path).to_pandas() if path.is_file() else pd.concat(
-        pq.read_table(p).to_pandas() for p in sorted(path.glob("*.parquet")))
+    frame = (
+        pq.read_table(path).to_pandas()
+        if path.is_file()
+        else pd.concat(pq.read_table(p).to_pandas() for p in sorted(path.glob("*.parquet")))
+    )
     return frame.sort_values(["customer_id", "rank"]).reset_index(drop=True)
 
 
@@ -30,11 +33,13 @@ def test_ray_scoring_matches_local_scoring(local_ray, model_dir, small_data_dir,
     from finrec.recommend.recommender import Recommender
 
     local = tmp_path / "local.parquet"
-    n_local, rows_local = score_dataset(Recommender(load_model_dir(model_dir).trained), small_data_dir, local, k=5,
-                                        filters={"preset": "conservative"})
+    n_local, rows_local = score_dataset(
+        Recommender(load_model_dir(model_dir).trained), small_data_dir, local, k=5, filters={"preset": "conservative"}
+    )
     on_ray = tmp_path / "ray.parquet"
-    n_ray, rows_ray = score_dataset_ray(model_dir, small_data_dir, on_ray, k=5, filters={"preset": "conservative"},
-                                        batch_rows=400)
+    n_ray, rows_ray = score_dataset_ray(
+        model_dir, small_data_dir, on_ray, k=5, filters={"preset": "conservative"}, batch_rows=400
+    )
     assert (n_ray, rows_ray) == (n_local, rows_local)
     # One file, in input order, the same rows (scores to float32 rounding of the same arithmetic).
     a, b = pq.read_table(local).to_pandas(), pq.read_table(on_ray).to_pandas()
@@ -45,8 +50,9 @@ def test_ray_scoring_matches_local_scoring(local_ray, model_dir, small_data_dir,
     parts = tmp_path / "parts"
     score_dataset_ray(model_dir, small_data_dir, parts, k=5, filters={"preset": "conservative"}, batch_rows=400)
     c, d = _sorted(parts), _sorted(local)
-    pd.testing.assert_frame_equal(c[["customer_id", "rank", "product_id"]], d[["customer_id", "rank", "product_id"]],
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        c[["customer_id", "rank", "product_id"]], d[["customer_id", "rank", "product_id"]], check_dtype=False
+    )
     assert (c["score"] - d["score"]).abs().max() < 1e-5
 
 
@@ -64,15 +70,20 @@ def test_ray_scores_csv_as_the_local_engine_does(local_ray, model_dir, small_tab
 
     customers = small_tables["customers"]
     renamed = dict(zip(customers["customer_id"], (f"{i:07d}" for i in range(len(customers)))))
-    tables = {name: (df.assign(customer_id=df["customer_id"].map(renamed)) if df is not None and "customer_id" in df
-                     else df) for name, df in small_tables.items()}
+    tables = {
+        name: (df.assign(customer_id=df["customer_id"].map(renamed)) if df is not None and "customer_id" in df else df)
+        for name, df in small_tables.items()
+    }
     csv_dir = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "csv", fmt="csv")
     parquet_dir = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "parquet")
     filters = {"preset": "conservative"}
     recommender = Recommender(load_model_dir(model_dir).trained)
     results = {}
-    for name, engine, data in [("local csv", "local", csv_dir), ("ray csv", "ray", csv_dir),
-                               ("local parquet", "local", parquet_dir)]:
+    for name, engine, data in [
+        ("local csv", "local", csv_dir),
+        ("ray csv", "ray", csv_dir),
+        ("local parquet", "local", parquet_dir),
+    ]:
         out = tmp_path / f"{name.replace(' ', '-')}.parquet"
         if engine == "ray":
             counts = score_dataset_ray(model_dir, data, out, k=5, filters=filters, batch_rows=400)
@@ -87,5 +98,7 @@ def test_ray_scores_csv_as_the_local_engine_does(local_ray, model_dir, small_tab
     for name in ("ray csv", "local parquet"):
         other_counts, b = results[name]
         assert other_counts == counts, name
-        pd.testing.assert_frame_equal(a[["customer_id", "rank", "product_id"]], b[["customer_id", "rank", "product_id"]])
+        pd.testing.assert_frame_equal(
+            a[["customer_id", "rank", "product_id"]], b[["customer_id", "rank", "product_id"]]
+        )
         assert (a["score"] - b["score"]).abs().max() < 1e-5, name

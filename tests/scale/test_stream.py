@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from finrec.data import schema as S
-from finrec.training.stream import NumericAccumulator, StreamingBatches, StreamingPipelineFit, StreamingSource, partition
 from finrec.features import FeaturePipeline, NumericStats
 from finrec.model import losses as L
+from finrec.training.stream import (
+    NumericAccumulator,
+    StreamingBatches,
+    StreamingPipelineFit,
+    StreamingSource,
+    partition,
+)
 
 
 def _chunks(values: np.ndarray, size: int):

@@ -7,9 +7,9 @@ customer and product ids may be integers or text in the user's files.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,7 @@ class Dataset:
     def product_ids(self) -> np.ndarray:
         return self.products[self.schema.products.id].to_numpy()
 
-    def subset_customers(self, ids) -> "Dataset":
+    def subset_customers(self, ids) -> Dataset:
         """The dataset restricted to the given customers (all products are kept)."""
         keep = pd.Index(ids)
         cid = self.schema.customers.id
@@ -139,11 +139,15 @@ def _check_csv_head(head: bytes, tail: bytes, size: int, where) -> None:
     end = head.find(b"\n")
     header = head if end < 0 else head[:end]
     if b"\0" in header or head[:SNIFF_BYTES].count(b"\0") > MAX_SNIFF_NULS or tail.count(b"\0") > MAX_SNIFF_NULS:
-        raise DataError(f"{where}: a binary file, not CSV text (it holds NUL bytes); is it really a CSV file? "
-                        "(a spreadsheet or UTF-16 text must be saved as UTF-8 CSV)")
+        raise DataError(
+            f"{where}: a binary file, not CSV text (it holds NUL bytes); is it really a CSV file? "
+            "(a spreadsheet or UTF-16 text must be saved as UTF-8 CSV)"
+        )
     if end < 0 and size > len(head):
-        raise DataError(f"{where}: the first line runs past {MAX_HEADER_BYTES // 1024**2} MB without a line break; "
-                        "it is not a header of column names")
+        raise DataError(
+            f"{where}: the first line runs past {MAX_HEADER_BYTES // 1024**2} MB without a line break; "
+            "it is not a header of column names"
+        )
 
 
 def check_csv_file(path: Path) -> None:
@@ -166,8 +170,10 @@ def check_parquet_file(path: Path) -> None:
         handle.seek(max(0, size - 4))
         tail = handle.read(4)
     if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
-        raise DataError(f"{path}: not a readable Parquet file (it does not start and end with the Parquet "
-                        f"marker PAR1); is it really a Parquet file?")
+        raise DataError(
+            f"{path}: not a readable Parquet file (it does not start and end with the Parquet "
+            f"marker PAR1); is it really a Parquet file?"
+        )
 
 
 def _sniff(path: Path) -> None:
@@ -187,7 +193,9 @@ def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> 
     try:
         df = pd.read_csv(source, dtype={c: str for c in id_columns}, keep_default_na=True, encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?") from None
+        raise DataError(
+            f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: the file has no header and no rows") from None
     except (pd.errors.ParserError, ValueError) as exc:
@@ -205,8 +213,10 @@ def _check_separator(df: pd.DataFrame, where) -> None:
         header = str(df.columns[0])
         for sep in (";", "\t", "|"):
             if sep in header:
-                raise DataError(f"{where}: the header is one column {safe_text(header, 80, quote=True)}: the file "
-                                f"looks separated by {sep!r}; finrec reads comma-separated files")
+                raise DataError(
+                    f"{where}: the header is one column {safe_text(header, 80, quote=True)}: the file "
+                    f"looks separated by {sep!r}; finrec reads comma-separated files"
+                )
 
 
 def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.DataFrame:
@@ -238,7 +248,9 @@ def as_category_text(values: pd.Series) -> pd.Series:
 def read_schema(directory: Path) -> S.DatasetSchema:
     path = directory / S.SCHEMA_FILE
     if not path.is_file():
-        raise SchemaError(f"{directory}: missing {S.SCHEMA_FILE} (it says which columns are ids, numeric and categorical)")
+        raise SchemaError(
+            f"{directory}: missing {S.SCHEMA_FILE} (it says which columns are ids, numeric and categorical)"
+        )
     return S.DatasetSchema.from_dict(load_yaml(path, SchemaError), source=str(path))
 
 
@@ -333,8 +345,9 @@ def read_id_column(path: Path, column: str) -> pa.Array:
         else:
             values = pd.read_csv(path, usecols=[column], dtype={column: str})[column]
     except (pa.ArrowException, OSError, ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the id column {safe_text(column, quote=True)} "
-                        f"({_first_line(exc)})") from None
+        raise DataError(
+            f"{path}: cannot read the id column {safe_text(column, quote=True)} ({_first_line(exc)})"
+        ) from None
     return pa.array(ids_as_text(values), type=pa.string(), from_pandas=True)
 
 
@@ -350,8 +363,12 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
         # Categorical text arrives dictionary-encoded (pandas Categorical): decoding is faster
         # and the feature codes come from the few categories instead of every row.
         fields = parquet.schema_arrow
-        text = [c for c in table.categorical_features
-                if c in fields.names and (pa.types.is_string(fields.field(c).type) or pa.types.is_large_string(fields.field(c).type))]
+        text = [
+            c
+            for c in table.categorical_features
+            if c in fields.names
+            and (pa.types.is_string(fields.field(c).type) or pa.types.is_large_string(fields.field(c).type))
+        ]
         if text:
             parquet = pq.ParquetFile(path, read_dictionary=text)
         offset = 0
@@ -375,7 +392,9 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
         except pd.errors.EmptyDataError:
             raise DataError(f"{path}: the file is empty") from None
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?") from None
+            raise DataError(
+                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
+            ) from None
         except (pd.errors.ParserError, ValueError) as exc:
             raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
     else:
@@ -408,8 +427,13 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def write_dataset(tables: dict[str, pd.DataFrame], schema: S.DatasetSchema, directory: str | Path, fmt: str = "parquet",
-                  source: str | Path | None = None) -> Path:
+def write_dataset(
+    tables: dict[str, pd.DataFrame],
+    schema: S.DatasetSchema,
+    directory: str | Path,
+    fmt: str = "parquet",
+    source: str | Path | None = None,
+) -> Path:
     """Write a dataset directory atomically (all tables and ``schema.yaml``). ``source``, the
     dataset the tables came from, must not overlap ``directory``; an existing ``directory``
     must be a dataset (it has a ``schema.yaml``) or empty."""

@@ -62,16 +62,40 @@ CUSTOMER_PROFILE_KEYS = ("knowledge", "loss_capacity", "objective", "horizon", "
 # Target-market terms a schema may name, as ``products: {target_market: {knowledge: my_column, ...}}``,
 # and the customer attribute each one is compared with.
 TARGET_MARKET_KEYS = {
-    "knowledge": "knowledge", "loss_capacity": "loss_capacity", "horizon": "horizon",
-    "objectives": "objective", "client_types": "client_type",
-    "negative_objectives": "objective", "negative_client_types": "client_type",
-    "negative_knowledge": "knowledge", "negative_loss_capacity": "loss_capacity",
+    "knowledge": "knowledge",
+    "loss_capacity": "loss_capacity",
+    "horizon": "horizon",
+    "objectives": "objective",
+    "client_types": "client_type",
+    "negative_objectives": "objective",
+    "negative_client_types": "client_type",
+    "negative_knowledge": "knowledge",
+    "negative_loss_capacity": "loss_capacity",
 }
 
-_CUSTOMER_KEYS = {"id", "numeric", "categorical", "risk_tolerance", "protected", "log_numeric", "consent",
-                  *CUSTOMER_PROFILE_KEYS}
-_PRODUCT_KEYS = {"id", "numeric", "categorical", "risk_level", "category", "log_numeric", "regime", "regimes",
-                 "target_market", "credit_payment", "value"}
+_CUSTOMER_KEYS = {
+    "id",
+    "numeric",
+    "categorical",
+    "risk_tolerance",
+    "protected",
+    "log_numeric",
+    "consent",
+    *CUSTOMER_PROFILE_KEYS,
+}
+_PRODUCT_KEYS = {
+    "id",
+    "numeric",
+    "categorical",
+    "risk_level",
+    "category",
+    "log_numeric",
+    "regime",
+    "regimes",
+    "target_market",
+    "credit_payment",
+    "value",
+}
 DISPLAY = "display"
 _DISPLAY_KEYS = {"profile", "what_if", "segments", "product_name", "product_details", "labels"}
 MAX_LABEL_CHARS = 80
@@ -114,8 +138,13 @@ class TableSchema:
     @property
     def compliance_columns(self) -> tuple[str, ...]:
         """Every column the compliance keys name (for the presence check)."""
-        named = [self.consent, self.regime, self.credit_payment, *(c for _, c in self.profile),
-                 *(c for _, c in self.target_market)]
+        named = [
+            self.consent,
+            self.regime,
+            self.credit_payment,
+            *(c for _, c in self.profile),
+            *(c for _, c in self.target_market),
+        ]
         return tuple(dict.fromkeys(c for c in named if c))
 
     @property
@@ -224,12 +253,12 @@ class DatasetSchema:
             out[PRODUCTS]["credit_payment"] = p.credit_payment
         return out
 
-    def without_value(self) -> "DatasetSchema":
+    def without_value(self) -> DatasetSchema:
         """The schema without the products' value column: what a model depends on (the value is
         campaign data, so a model trained before it was named still matches)."""
         return replace(self, products=replace(self.products, value=None))
 
-    def without_protected(self) -> "DatasetSchema":
+    def without_protected(self) -> DatasetSchema:
         """The schema with the customers' protected columns removed from the features."""
         c = self.customers
         drop = set(c.protected)
@@ -246,11 +275,13 @@ class DatasetSchema:
         return DatasetSchema(customers=customers, products=self.products, display=self.display)
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str = SCHEMA_FILE) -> "DatasetSchema":
+    def from_dict(cls, raw: Any, source: str = SCHEMA_FILE) -> DatasetSchema:
         """Parse and check the structure of a schema mapping; column presence is checked later
         against the tables (``finrec.data.validate``)."""
         if not isinstance(raw, dict):
-            raise SchemaError(f"{source}: expected a mapping with keys 'customers' and 'products', got {type(raw).__name__}")
+            raise SchemaError(
+                f"{source}: expected a mapping with keys 'customers' and 'products', got {type(raw).__name__}"
+            )
         reject_unknown(raw.keys(), {CUSTOMERS, PRODUCTS, DISPLAY}, source, SchemaError)
         for key in (CUSTOMERS, PRODUCTS):
             if key not in raw:
@@ -264,8 +295,10 @@ class DatasetSchema:
             needs.append(("credit_payment", "debt_service"))
         for term, role in needs:
             if role not in declared:
-                raise SchemaError(f"{source}: {PRODUCTS}.{term} is compared with the customers' '{role}' column, "
-                                  f"which {CUSTOMERS} does not name (add '{role}: <column>' to {CUSTOMERS})")
+                raise SchemaError(
+                    f"{source}: {PRODUCTS}.{term} is compared with the customers' '{role}' column, "
+                    f"which {CUSTOMERS} does not name (add '{role}: <column>' to {CUSTOMERS})"
+                )
         display = _display_from_dict(raw.get(DISPLAY), customers, products, f"{source}: {DISPLAY}")
         return cls(customers=customers, products=products, display=display)
 
@@ -303,8 +336,9 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
     categorical = _column_list(raw.get("categorical"), f"{where}.categorical")
     overlap = set(numeric) & set(categorical)
     if overlap:
-        raise SchemaError(f"{where}: columns listed as both numeric and categorical: "
-                          f"{safe_items(sorted(overlap), quote=False)}")
+        raise SchemaError(
+            f"{where}: columns listed as both numeric and categorical: {safe_items(sorted(overlap), quote=False)}"
+        )
     if ident in numeric or ident in categorical:
         raise SchemaError(f"{where}: the id column {safe_text(ident, quote=True)} cannot also be a feature")
     log_numeric = raw.get("log_numeric")
@@ -339,33 +373,53 @@ def _display_from_dict(raw: Any, customers: TableSchema, products: TableSchema, 
     lists: dict[str, tuple[str, ...] | None] = {}
     for key in ("profile", "what_if", "segments", "product_details"):
         lists[key] = None if raw.get(key) is None else _column_list(raw.get(key), f"{where}.{key}")
-    kinds = {"profile": ("numeric", customers.numeric_features), "what_if": ("numeric", customers.numeric_features),
-             "segments": ("categorical", customers.categorical_features)}
+    kinds = {
+        "profile": ("numeric", customers.numeric_features),
+        "what_if": ("numeric", customers.numeric_features),
+        "segments": ("categorical", customers.categorical_features),
+    }
     for key, (kind, allowed) in kinds.items():
         stray = [c for c in lists[key] or () if c not in allowed]
         if stray:
             listed = ", ".join(allowed) or "none"
-            raise SchemaError(f"{where}.{key}: {', '.join(repr(c) for c in stray[:5])} is not a {kind} customer "
-                              f"column of the schema (its {kind} columns: {listed[:300]})")
+            raise SchemaError(
+                f"{where}.{key}: {', '.join(repr(c) for c in stray[:5])} is not a {kind} customer "
+                f"column of the schema (its {kind} columns: {listed[:300]})"
+            )
     labels = raw.get("labels")
     if labels is None:
         labels = {}
     if not isinstance(labels, dict):
         raise SchemaError(f"{where}.labels: expected a mapping of column name to label, got {type(labels).__name__}")
-    known = {customers.id, *customers.numeric_features, *customers.categorical_features, products.id,
-             *products.numeric_features, *products.categorical_features, *(lists["product_details"] or ())}
+    known = {
+        customers.id,
+        *customers.numeric_features,
+        *customers.categorical_features,
+        products.id,
+        *products.numeric_features,
+        *products.categorical_features,
+        *(lists["product_details"] or ()),
+    }
     name = _optional_column(raw.get("product_name"), f"{where}.product_name")
     known.update([name] if name else [])
     for column, text in labels.items():
         if not isinstance(column, str) or column not in known:
-            raise SchemaError(f"{where}.labels: {str(column)[:100]!r} is not a column the schema or the display "
-                              "section names")
+            raise SchemaError(
+                f"{where}.labels: {str(column)[:100]!r} is not a column the schema or the display section names"
+            )
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_LABEL_CHARS:
-            raise SchemaError(f"{where}.labels.{column}: expected a non-empty text of at most {MAX_LABEL_CHARS} "
-                              f"characters, got {str(text)[:100]!r}")
-    return DisplayHints(profile=lists["profile"], what_if=lists["what_if"], segments=lists["segments"],
-                        product_name=name, product_details=lists["product_details"],
-                        labels=tuple((str(k), v.strip()) for k, v in labels.items()))
+            raise SchemaError(
+                f"{where}.labels.{column}: expected a non-empty text of at most {MAX_LABEL_CHARS} "
+                f"characters, got {str(text)[:100]!r}"
+            )
+    return DisplayHints(
+        profile=lists["profile"],
+        what_if=lists["what_if"],
+        segments=lists["segments"],
+        product_name=name,
+        product_details=lists["product_details"],
+        labels=tuple((str(k), v.strip()) for k, v in labels.items()),
+    )
 
 
 def _compliance_from_dict(raw: dict, where: str) -> dict[str, Any]:
@@ -384,17 +438,24 @@ def _compliance_from_dict(raw: dict, where: str) -> dict[str, Any]:
             raise SchemaError(f"{where}.regimes: expected a mapping of your labels to {', '.join(REGIMES)}")
         for label, regime in labels.items():
             if regime not in REGIMES:
-                raise SchemaError(f"{where}.regimes: label {label!r} maps to {regime!r}; choose one of {', '.join(REGIMES)}")
+                raise SchemaError(
+                    f"{where}.regimes: label {label!r} maps to {regime!r}; choose one of {', '.join(REGIMES)}"
+                )
         if not out.get("regime"):
             raise SchemaError(f"{where}.regimes: labels are given but no 'regime' column is named")
         out["regime_labels"] = tuple((str(label), str(regime)) for label, regime in labels.items())
     if raw.get("target_market") is not None:
         terms = raw["target_market"]
         if not isinstance(terms, dict):
-            raise SchemaError(f"{where}.target_market: expected a mapping of terms to columns, got {type(terms).__name__}")
+            raise SchemaError(
+                f"{where}.target_market: expected a mapping of terms to columns, got {type(terms).__name__}"
+            )
         reject_unknown(terms.keys(), TARGET_MARKET_KEYS, f"{where}.target_market", SchemaError)
-        out["target_market"] = tuple((term, _optional_column(column, f"{where}.target_market.{term}"))
-                                     for term, column in terms.items() if column is not None)
+        out["target_market"] = tuple(
+            (term, _optional_column(column, f"{where}.target_market.{term}"))
+            for term, column in terms.items()
+            if column is not None
+        )
     if "credit_payment" in raw:
         out["credit_payment"] = _optional_column(raw["credit_payment"], f"{where}.credit_payment")
     return out
@@ -405,18 +466,38 @@ class SyntheticColumns:
     """Column names of the built-in synthetic bank (see ``finrec.data.synthetic``)."""
 
     customer_numeric: tuple[str, ...] = (
-        "age", "income", "savings", "debt", "loan_amount", "credit_score", "credit_utilization",
-        "debt_to_income", "digital_engagement", "transactions_per_month", "tenure_years",
+        "age",
+        "income",
+        "savings",
+        "debt",
+        "loan_amount",
+        "credit_score",
+        "credit_utilization",
+        "debt_to_income",
+        "digital_engagement",
+        "transactions_per_month",
+        "tenure_years",
         "num_dependents",
     )
     customer_categorical: tuple[str, ...] = (
-        "gender", "marital_status", "region", "employment", "education", "channel",
+        "gender",
+        "marital_status",
+        "region",
+        "employment",
+        "education",
+        "channel",
     )
     customer_log_numeric: tuple[str, ...] = ("income", "savings", "debt", "loan_amount")
     customer_protected: tuple[str, ...] = ("gender", "age")
     product_numeric: tuple[str, ...] = (
-        "expected_yield", "duration_months", "min_income", "min_credit_score", "min_age",
-        "max_age", "monthly_fee", "digital_only",
+        "expected_yield",
+        "duration_months",
+        "min_income",
+        "min_credit_score",
+        "min_age",
+        "max_age",
+        "monthly_fee",
+        "digital_only",
     )
     product_categorical: tuple[str, ...] = ()
     risk_tolerance: str = "risk_tolerance"
@@ -428,25 +509,47 @@ class SyntheticColumns:
         what_if=("income", "risk_tolerance", "digital_engagement", "age"),
         segments=("employment", "channel"),
         product_name="name",
-        product_details=("product_type", "risk_level", "expected_yield", "duration_months", "monthly_fee",
-                         "digital_only", "min_income", "min_credit_score", "min_age", "max_age"),
+        product_details=(
+            "product_type",
+            "risk_level",
+            "expected_yield",
+            "duration_months",
+            "monthly_fee",
+            "digital_only",
+            "min_income",
+            "min_credit_score",
+            "min_age",
+            "max_age",
+        ),
         labels=(("expected_yield", "Expected yield (%)"), ("duration_months", "Duration (months, 0 = open-ended)")),
     )
     # Compliance columns (finrec.data.compliance); ``schema()`` lists most of them as model features too.
     consent: str = "marketing_consent"
     compliance_profile: tuple[tuple[str, str], ...] = (
-        ("knowledge", "knowledge_level"), ("loss_capacity", "loss_capacity"), ("objective", "investment_objective"),
-        ("horizon", "horizon_years"), ("debt_service", "monthly_debt_service"),
+        ("knowledge", "knowledge_level"),
+        ("loss_capacity", "loss_capacity"),
+        ("objective", "investment_objective"),
+        ("horizon", "horizon_years"),
+        ("debt_service", "monthly_debt_service"),
     )
     regime_labels: tuple[tuple[str, str], ...] = (
-        ("current_account", "deposit"), ("savings_account", "deposit"), ("term_deposit", "deposit"),
-        ("credit_card", "credit"), ("personal_loan", "credit"), ("mortgage", "credit"),
-        ("investment_fund", "investment"), ("pension", "investment"), ("insurance", "insurance"),
+        ("current_account", "deposit"),
+        ("savings_account", "deposit"),
+        ("term_deposit", "deposit"),
+        ("credit_card", "credit"),
+        ("personal_loan", "credit"),
+        ("mortgage", "credit"),
+        ("investment_fund", "investment"),
+        ("pension", "investment"),
+        ("insurance", "insurance"),
     )
     target_market: tuple[tuple[str, str], ...] = (
-        ("knowledge", "tm_min_knowledge"), ("loss_capacity", "tm_min_loss_capacity"),
-        ("horizon", "tm_min_horizon_years"), ("objectives", "tm_objectives"),
-        ("negative_objectives", "tm_negative_objectives"), ("negative_loss_capacity", "tm_negative_max_loss_capacity"),
+        ("knowledge", "tm_min_knowledge"),
+        ("loss_capacity", "tm_min_loss_capacity"),
+        ("horizon", "tm_min_horizon_years"),
+        ("objectives", "tm_objectives"),
+        ("negative_objectives", "tm_negative_objectives"),
+        ("negative_loss_capacity", "tm_negative_max_loss_capacity"),
     )
     credit_payment: str = "monthly_payment"
 
@@ -455,10 +558,21 @@ class SyntheticColumns:
         # learnable, not only filtered.
         profile = dict(self.compliance_profile)
         tm = dict(self.target_market)
-        customer_numeric = (*self.customer_numeric, profile["knowledge"], profile["loss_capacity"],
-                            profile["horizon"], profile["debt_service"])
-        product_numeric = (*self.product_numeric, tm["knowledge"], tm["loss_capacity"], tm["horizon"],
-                           tm["negative_loss_capacity"], self.credit_payment)
+        customer_numeric = (
+            *self.customer_numeric,
+            profile["knowledge"],
+            profile["loss_capacity"],
+            profile["horizon"],
+            profile["debt_service"],
+        )
+        product_numeric = (
+            *self.product_numeric,
+            tm["knowledge"],
+            tm["loss_capacity"],
+            tm["horizon"],
+            tm["negative_loss_capacity"],
+            self.credit_payment,
+        )
         return DatasetSchema(
             customers=TableSchema(
                 id=CUSTOMER_ID,
@@ -487,4 +601,3 @@ class SyntheticColumns:
 
 
 SYNTHETIC = SyntheticColumns()
-

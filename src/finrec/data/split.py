@@ -8,7 +8,9 @@ from finrec.data.io import Dataset
 from finrec.errors import ConfigError
 
 
-def split_customer_ids(ids: np.ndarray, holdout_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def split_customer_ids(
+    ids: np.ndarray, holdout_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle ``ids`` and cut off ``holdout_fraction`` of them. Returns (kept, held_out)."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ConfigError(f"holdout fraction must lie strictly between 0 and 1, got {holdout_fraction}")

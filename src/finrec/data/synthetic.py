@@ -157,7 +157,15 @@ from finrec.data.schema import (
 )
 from finrec.errors import ConfigError
 
-__all__ = ["GeneratorSettings", "generate", "utility", "forbidden", "DIFFICULTIES", "TEMPERATURE", "BASE_CATALOGUE_SIZE"]
+__all__ = [
+    "GeneratorSettings",
+    "generate",
+    "utility",
+    "forbidden",
+    "DIFFICULTIES",
+    "TEMPERATURE",
+    "BASE_CATALOGUE_SIZE",
+]
 
 DIFFICULTIES = ("default", "hard")
 MAX_CUSTOMERS = 50_000_000
@@ -184,13 +192,30 @@ CHANNELS = ("branch", "online", "mobile", "mixed")
 GENDERS = ("female", "male")
 
 TYPES = (
-    "current_account", "savings_account", "term_deposit", "credit_card", "personal_loan",
-    "mortgage", "investment_fund", "pension", "insurance",
+    "current_account",
+    "savings_account",
+    "term_deposit",
+    "credit_card",
+    "personal_loan",
+    "mortgage",
+    "investment_fund",
+    "pension",
+    "insurance",
 )
 _TYPE_INDEX = {t: i for i, t in enumerate(TYPES)}
 _FEATURES = (
-    "z_inc", "z_sav", "dti", "z_eng", "deps", "married", "student", "retired", "self_employed",
-    "unemployed", "z_edu", "z_loan",
+    "z_inc",
+    "z_sav",
+    "dti",
+    "z_eng",
+    "deps",
+    "married",
+    "student",
+    "retired",
+    "self_employed",
+    "unemployed",
+    "z_edu",
+    "z_loan",
 )
 _FEATURE_INDEX = {f: i for i, f in enumerate(_FEATURES)}
 
@@ -235,7 +260,7 @@ class GeneratorSettings:
     adoptions_per_customer: float = 1.6
     ground_truth: bool = True
 
-    def validate(self) -> "GeneratorSettings":
+    def validate(self) -> GeneratorSettings:
         """Raise ``ConfigError`` naming the first invalid setting; return self."""
         _check_int("n_customers", self.n_customers, 1, MAX_CUSTOMERS)
         _check_int("n_products", self.n_products, 5, MAX_PRODUCTS)
@@ -285,53 +310,261 @@ class _Base:
 
 _BASE_CATALOGUE: tuple[_Base, ...] = (
     _Base("CUR_BASIC", "Basic current account", "current_account", 1, 0.0, 0, 0, 0, 18, 85, 3.0, 0, 1.0),
-    _Base("CUR_PREMIUM", "Premium current account", "current_account", 1, 0.25, 0, 60000, 650, 18, 85, 14.0, 0, -0.5,
-          coef={"z_inc": 0.8}),
-    _Base("CUR_STUDENT", "Student current account", "current_account", 1, 0.0, 0, 0, 0, 18, 27, 0.0, 0, 0.5,
-          life=(20.0, 3.0, 1.0), coef={"student": 2.5}),
+    _Base(
+        "CUR_PREMIUM",
+        "Premium current account",
+        "current_account",
+        1,
+        0.25,
+        0,
+        60000,
+        650,
+        18,
+        85,
+        14.0,
+        0,
+        -0.5,
+        coef={"z_inc": 0.8},
+    ),
+    _Base(
+        "CUR_STUDENT",
+        "Student current account",
+        "current_account",
+        1,
+        0.0,
+        0,
+        0,
+        0,
+        18,
+        27,
+        0.0,
+        0,
+        0.5,
+        life=(20.0, 3.0, 1.0),
+        coef={"student": 2.5},
+    ),
     _Base("CUR_DIGITAL", "Digital current account", "current_account", 1, 0.0, 0, 0, 0, 18, 85, 0.0, 1, 0.3),
     _Base("SAV_BASIC", "Easy-access savings", "savings_account", 1, 1.25, 0, 0, 0, 18, 85, 0.0, 0, 0.6),
-    _Base("SAV_PLUS", "Savings plus (app)", "savings_account", 1, 2.6, 0, 25000, 0, 18, 85, 0.0, 1, 0.1,
-          coef={"z_sav": 0.3}),
+    _Base(
+        "SAV_PLUS",
+        "Savings plus (app)",
+        "savings_account",
+        1,
+        2.6,
+        0,
+        25000,
+        0,
+        18,
+        85,
+        0.0,
+        1,
+        0.1,
+        coef={"z_sav": 0.3},
+    ),
     _Base("TD_6M", "Term deposit 6 months", "term_deposit", 1, 2.7, 6, 0, 0, 18, 85, 0.0, 0, -0.2),
     _Base("TD_12M", "Term deposit 12 months", "term_deposit", 1, 3.0, 12, 0, 0, 18, 85, 0.0, 0, 0.0),
-    _Base("TD_36M", "Term deposit 36 months", "term_deposit", 1, 3.4, 36, 0, 0, 18, 85, 0.0, 0, -0.6,
-          life=(62.0, 12.0, 0.8)),
+    _Base(
+        "TD_36M",
+        "Term deposit 36 months",
+        "term_deposit",
+        1,
+        3.4,
+        36,
+        0,
+        0,
+        18,
+        85,
+        0.0,
+        0,
+        -0.6,
+        life=(62.0, 12.0, 0.8),
+    ),
     _Base("CC_BASIC", "Classic credit card", "credit_card", 1, -19.9, 0, 12000, 580, 18, 85, 0.0, 0, 0.6),
-    _Base("CC_GOLD", "Gold credit card", "credit_card", 1, -17.5, 0, 50000, 690, 21, 85, 9.0, 0, -0.3,
-          coef={"z_inc": 0.6}),
-    _Base("CC_CASHBACK", "Cashback card (app)", "credit_card", 1, -21.9, 0, 20000, 620, 18, 85, 2.0, 1, 0.2,
-          coef={"z_eng": 0.5}),
+    _Base(
+        "CC_GOLD", "Gold credit card", "credit_card", 1, -17.5, 0, 50000, 690, 21, 85, 9.0, 0, -0.3, coef={"z_inc": 0.6}
+    ),
+    _Base(
+        "CC_CASHBACK",
+        "Cashback card (app)",
+        "credit_card",
+        1,
+        -21.9,
+        0,
+        20000,
+        620,
+        18,
+        85,
+        2.0,
+        1,
+        0.2,
+        coef={"z_eng": 0.5},
+    ),
     _Base("PL_STANDARD", "Personal loan", "personal_loan", 1, -8.9, 60, 15000, 600, 18, 75, 0.0, 0, 0.1),
-    _Base("PL_CAR", "Car loan", "personal_loan", 1, -6.4, 72, 20000, 620, 18, 75, 0.0, 0, -0.2,
-          life=(40.0, 12.0, 0.5), coef={"deps": 0.2}),
-    _Base("MORT_FIXED25", "Fixed-rate mortgage 25y", "mortgage", 1, -3.9, 300, 30000, 660, 21, 60, 0.0, 0, -0.4,
-          life=(36.0, 8.0, 2.5)),
-    _Base("MORT_VARIABLE", "Variable-rate mortgage", "mortgage", 2, -3.3, 300, 35000, 680, 21, 60, 0.0, 0, -0.8,
-          life=(36.0, 8.0, 2.5)),
+    _Base(
+        "PL_CAR",
+        "Car loan",
+        "personal_loan",
+        1,
+        -6.4,
+        72,
+        20000,
+        620,
+        18,
+        75,
+        0.0,
+        0,
+        -0.2,
+        life=(40.0, 12.0, 0.5),
+        coef={"deps": 0.2},
+    ),
+    _Base(
+        "MORT_FIXED25",
+        "Fixed-rate mortgage 25y",
+        "mortgage",
+        1,
+        -3.9,
+        300,
+        30000,
+        660,
+        21,
+        60,
+        0.0,
+        0,
+        -0.4,
+        life=(36.0, 8.0, 2.5),
+    ),
+    _Base(
+        "MORT_VARIABLE",
+        "Variable-rate mortgage",
+        "mortgage",
+        2,
+        -3.3,
+        300,
+        35000,
+        680,
+        21,
+        60,
+        0.0,
+        0,
+        -0.8,
+        life=(36.0, 8.0, 2.5),
+    ),
     _Base("FUND_BOND", "Bond fund", "investment_fund", 3, 3.8, 0, 0, 0, 18, 85, 1.0, 0, -0.3),
     _Base("FUND_BALANCED", "Balanced fund", "investment_fund", 4, 5.2, 0, 0, 0, 18, 85, 1.0, 0, -0.2),
     _Base("FUND_EQUITY", "Global equity fund", "investment_fund", 6, 7.5, 0, 0, 0, 18, 85, 1.0, 0, -0.5),
     _Base("FUND_CRYPTO", "Crypto basket (app)", "investment_fund", 7, 12.0, 0, 0, 0, 18, 70, 0.0, 1, -1.5),
-    _Base("PENSION_SAFE", "Pension plan - secure", "pension", 2, 3.0, 0, 0, 0, 18, 64, 0.0, 0, -0.4,
-          life=(50.0, 10.0, 1.5)),
-    _Base("PENSION_GROWTH", "Pension plan - growth", "pension", 5, 6.0, 0, 0, 0, 18, 58, 0.0, 0, -0.6,
-          life=(42.0, 10.0, 1.5)),
-    _Base("INS_HOME", "Home insurance", "insurance", 1, 0.0, 12, 0, 0, 18, 85, 25.0, 0, -0.6,
-          coef={"held_mortgage": 2.5, "z_loan": 0.5}),
-    _Base("INS_LIFE", "Life insurance", "insurance", 1, 0.0, 240, 0, 0, 18, 70, 30.0, 0, -0.9,
-          life=(40.0, 12.0, 0.6), coef={"deps": 0.6, "married": 0.4, "held_mortgage": 1.0}),
-    _Base("INS_TRAVEL", "Travel insurance", "insurance", 1, 0.0, 12, 0, 0, 18, 85, 6.0, 0, -0.5,
-          life=(30.0, 12.0, 0.4), coef={"z_inc": 0.5, "z_eng": 0.5}),
+    _Base(
+        "PENSION_SAFE",
+        "Pension plan - secure",
+        "pension",
+        2,
+        3.0,
+        0,
+        0,
+        0,
+        18,
+        64,
+        0.0,
+        0,
+        -0.4,
+        life=(50.0, 10.0, 1.5),
+    ),
+    _Base(
+        "PENSION_GROWTH",
+        "Pension plan - growth",
+        "pension",
+        5,
+        6.0,
+        0,
+        0,
+        0,
+        18,
+        58,
+        0.0,
+        0,
+        -0.6,
+        life=(42.0, 10.0, 1.5),
+    ),
+    _Base(
+        "INS_HOME",
+        "Home insurance",
+        "insurance",
+        1,
+        0.0,
+        12,
+        0,
+        0,
+        18,
+        85,
+        25.0,
+        0,
+        -0.6,
+        coef={"held_mortgage": 2.5, "z_loan": 0.5},
+    ),
+    _Base(
+        "INS_LIFE",
+        "Life insurance",
+        "insurance",
+        1,
+        0.0,
+        240,
+        0,
+        0,
+        18,
+        70,
+        30.0,
+        0,
+        -0.9,
+        life=(40.0, 12.0, 0.6),
+        coef={"deps": 0.6, "married": 0.4, "held_mortgage": 1.0},
+    ),
+    _Base(
+        "INS_TRAVEL",
+        "Travel insurance",
+        "insurance",
+        1,
+        0.0,
+        12,
+        0,
+        0,
+        18,
+        85,
+        6.0,
+        0,
+        -0.5,
+        life=(30.0, 12.0, 0.4),
+        coef={"z_inc": 0.5, "z_eng": 0.5},
+    ),
 )
 BASE_CATALOGUE_SIZE = len(_BASE_CATALOGUE)
 
 # Which base products a catalogue smaller than the base one keeps, most important first.
 _PRIORITY = (
-    "CUR_BASIC", "SAV_BASIC", "CC_BASIC", "PL_STANDARD", "FUND_BALANCED", "MORT_FIXED25", "TD_12M",
-    "PENSION_GROWTH", "INS_HOME", "FUND_EQUITY", "CUR_DIGITAL", "SAV_PLUS", "CC_GOLD", "FUND_BOND",
-    "INS_LIFE", "CUR_STUDENT", "PENSION_SAFE", "TD_36M", "PL_CAR", "CC_CASHBACK", "CUR_PREMIUM",
-    "TD_6M", "MORT_VARIABLE", "INS_TRAVEL", "FUND_CRYPTO",
+    "CUR_BASIC",
+    "SAV_BASIC",
+    "CC_BASIC",
+    "PL_STANDARD",
+    "FUND_BALANCED",
+    "MORT_FIXED25",
+    "TD_12M",
+    "PENSION_GROWTH",
+    "INS_HOME",
+    "FUND_EQUITY",
+    "CUR_DIGITAL",
+    "SAV_PLUS",
+    "CC_GOLD",
+    "FUND_BOND",
+    "INS_LIFE",
+    "CUR_STUDENT",
+    "PENSION_SAFE",
+    "TD_36M",
+    "PL_CAR",
+    "CC_CASHBACK",
+    "CUR_PREMIUM",
+    "TD_6M",
+    "MORT_VARIABLE",
+    "INS_TRAVEL",
+    "FUND_CRYPTO",
 )
 
 # Per-type linear effects of the customer features and of held product types.
@@ -341,22 +574,48 @@ _TYPE_COEF: dict[str, dict[str, float]] = {
     "term_deposit": {"z_sav": 1.0, "z_eng": -0.3, "held_savings_account": 1.0},
     "credit_card": {"z_inc": 0.4, "dti": -0.6, "z_eng": 0.4, "student": -0.8, "held_current_account": 1.0},
     "personal_loan": {"dti": -1.0, "z_sav": -0.6, "deps": 0.25, "z_inc": 0.2, "held_credit_card": 0.4},
-    "mortgage": {"married": 0.8, "deps": 0.3, "z_inc": 0.5, "dti": -0.4, "z_loan": 1.0, "student": -2.0,
-                 "retired": -2.0},
-    "investment_fund": {"z_sav": 1.1, "z_inc": 0.3, "z_edu": 0.3, "held_savings_account": 0.6,
-                        "held_term_deposit": 0.4},
+    "mortgage": {
+        "married": 0.8,
+        "deps": 0.3,
+        "z_inc": 0.5,
+        "dti": -0.4,
+        "z_loan": 1.0,
+        "student": -2.0,
+        "retired": -2.0,
+    },
+    "investment_fund": {
+        "z_sav": 1.1,
+        "z_inc": 0.3,
+        "z_edu": 0.3,
+        "held_savings_account": 0.6,
+        "held_term_deposit": 0.4,
+    },
     "pension": {"z_inc": 0.5, "self_employed": 0.8, "retired": -2.5, "held_investment_fund": 0.4},
     "insurance": {"z_inc": 0.2},
 }
 # Holding a product of the same type lowers the utility of its siblings.
 _SAME_TYPE = {
-    "current_account": -3.0, "savings_account": -1.5, "term_deposit": -0.6, "credit_card": -1.5,
-    "personal_loan": -2.0, "mortgage": -4.0, "investment_fund": -0.4, "pension": -1.5, "insurance": -0.3,
+    "current_account": -3.0,
+    "savings_account": -1.5,
+    "term_deposit": -0.6,
+    "credit_card": -1.5,
+    "personal_loan": -2.0,
+    "mortgage": -4.0,
+    "investment_fund": -0.4,
+    "pension": -1.5,
+    "insurance": -0.3,
 }
 # Utility per percentage point of yield above the base product's (variants only).
 _YIELD_BETA = {
-    "current_account": 0.5, "savings_account": 0.8, "term_deposit": 0.8, "credit_card": 0.1,
-    "personal_loan": 0.5, "mortgage": 0.5, "investment_fund": 0.3, "pension": 0.3, "insurance": 0.0,
+    "current_account": 0.5,
+    "savings_account": 0.8,
+    "term_deposit": 0.8,
+    "credit_card": 0.1,
+    "personal_loan": 0.5,
+    "mortgage": 0.5,
+    "investment_fund": 0.3,
+    "pension": 0.3,
+    "insurance": 0.0,
 }
 _DURATIONS = {
     "term_deposit": (3, 6, 9, 12, 18, 24, 36, 48, 60),
@@ -374,15 +633,15 @@ _SUIT_BASE, _SUIT_STEP = 4.0, 3.0
 @dataclass(frozen=True)
 class _Catalogue:
     frame: pd.DataFrame
-    pop: np.ndarray          # [P]
-    W: np.ndarray            # [F, P] feature effects
-    K: np.ndarray            # [n_types, P] holdings effects
+    pop: np.ndarray  # [P]
+    W: np.ndarray  # [F, P] feature effects
+    K: np.ndarray  # [n_types, P] holdings effects
     life_c: np.ndarray
     life_w: np.ndarray
     life_a: np.ndarray
-    type_idx: np.ndarray     # [P] index into TYPES
-    risk_fit: np.ndarray     # [P] bool
-    attr: np.ndarray         # [P] variant attribute bonus
+    type_idx: np.ndarray  # [P] index into TYPES
+    risk_fit: np.ndarray  # [P] bool
+    attr: np.ndarray  # [P] variant attribute bonus
 
 
 def _catalogue(n_products: int, rng: np.random.Generator, k: float) -> _Catalogue:
@@ -391,8 +650,9 @@ def _catalogue(n_products: int, rng: np.random.Generator, k: float) -> _Catalogu
         bases = [b for b in _BASE_CATALOGUE if b.pid in keep]
         rows = [(b, b.pid, b.name, b.risk, b.yld, b.dur, b.min_inc, b.min_cs, b.fee, b.digital) for b in bases]
     else:
-        rows = [(b, b.pid, b.name, b.risk, b.yld, b.dur, b.min_inc, b.min_cs, b.fee, b.digital)
-                for b in _BASE_CATALOGUE]
+        rows = [
+            (b, b.pid, b.name, b.risk, b.yld, b.dur, b.min_inc, b.min_cs, b.fee, b.digital) for b in _BASE_CATALOGUE
+        ]
         n_var = n_products - BASE_CATALOGUE_SIZE
         j = np.arange(n_var)
         base_i = j % BASE_CATALOGUE_SIZE
@@ -425,26 +685,40 @@ def _catalogue(n_products: int, rng: np.random.Generator, k: float) -> _Catalogu
             min_cs = int(np.clip(b.min_cs + d_cs[v], 300, 850)) if b.min_cs > 0 else 0
             digital = 1 - b.digital if flip[v] else b.digital
             tag = f"V{version[v]:02d}"
-            rows.append((b, f"{b.pid}_{tag}", f"{b.name} {tag}", risk, round(float(yld), 2), dur,
-                         float(min_inc), min_cs, fee, digital))
+            rows.append(
+                (
+                    b,
+                    f"{b.pid}_{tag}",
+                    f"{b.name} {tag}",
+                    risk,
+                    round(float(yld), 2),
+                    dur,
+                    float(min_inc),
+                    min_cs,
+                    fee,
+                    digital,
+                )
+            )
 
     bases = [r[0] for r in rows]
     family = pd.Series([b.pid for b in bases]).value_counts()
     P = len(rows)
-    frame = pd.DataFrame({
-        PRODUCT_ID: [r[1] for r in rows],
-        NAME: [r[2] for r in rows],
-        SYNTHETIC.category: [b.ptype for b in bases],
-        SYNTHETIC.risk_level: np.array([r[3] for r in rows], dtype=np.int64),
-        _YIELD: np.array([r[4] for r in rows], dtype=np.float64),
-        _DURATION: np.array([r[5] for r in rows], dtype=np.int64),
-        MIN_INCOME: np.array([r[6] for r in rows], dtype=np.float64),
-        MIN_CREDIT_SCORE: np.array([r[7] for r in rows], dtype=np.int64),
-        MIN_AGE: np.array([b.min_age for b in bases], dtype=np.int64),
-        MAX_AGE: np.array([b.max_age for b in bases], dtype=np.int64),
-        _FEE: np.array([r[8] for r in rows], dtype=np.float64),
-        _DIGITAL: np.array([r[9] for r in rows], dtype=np.int64),
-    })
+    frame = pd.DataFrame(
+        {
+            PRODUCT_ID: [r[1] for r in rows],
+            NAME: [r[2] for r in rows],
+            SYNTHETIC.category: [b.ptype for b in bases],
+            SYNTHETIC.risk_level: np.array([r[3] for r in rows], dtype=np.int64),
+            _YIELD: np.array([r[4] for r in rows], dtype=np.float64),
+            _DURATION: np.array([r[5] for r in rows], dtype=np.int64),
+            MIN_INCOME: np.array([r[6] for r in rows], dtype=np.float64),
+            MIN_CREDIT_SCORE: np.array([r[7] for r in rows], dtype=np.int64),
+            MIN_AGE: np.array([b.min_age for b in bases], dtype=np.int64),
+            MAX_AGE: np.array([b.max_age for b in bases], dtype=np.int64),
+            _FEE: np.array([r[8] for r in rows], dtype=np.float64),
+            _DIGITAL: np.array([r[9] for r in rows], dtype=np.int64),
+        }
+    )
     frame = frame[[PRODUCT_ID, NAME, SYNTHETIC.category, SYNTHETIC.risk_level, *SYNTHETIC.product_numeric]]
     frame = _with_product_terms(frame, bases)
 
@@ -523,18 +797,27 @@ def _customers(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str
     employment = _pick(rng, np.stack([0.78 * rest, 0.13 * rest, 0.09 * rest, p_retired, p_student], axis=1))
     unemployed, self_employed = employment == 2, employment == 1
 
-    edu_logits = np.stack([
-        0.8 + 0.015 * (a - 40),
-        np.full(n, 0.5),
-        np.where(a < 22, -np.inf, 0.0),
-        np.where(a < 26, -np.inf, -1.6),
-    ], axis=1)
+    edu_logits = np.stack(
+        [
+            0.8 + 0.015 * (a - 40),
+            np.full(n, 0.5),
+            np.where(a < 22, -np.inf, 0.0),
+            np.where(a < 26, -np.inf, -1.6),
+        ],
+        axis=1,
+    )
     edu = np.argmax(edu_logits + rng.gumbel(size=(n, 4)), axis=1)
 
     emp_eff = np.array([0.0, 0.1, -0.9, -0.35, -1.3])[employment]
     sd = np.where(self_employed, 0.7, 0.45)
-    log_inc = (9.9 + 0.03 * (np.minimum(a, 50) - 18) - 0.008 * np.maximum(a - 55, 0)
-               + np.array([0.0, 0.25, 0.4, 0.55])[edu] + emp_eff + sd * rng.standard_normal(n))
+    log_inc = (
+        9.9
+        + 0.03 * (np.minimum(a, 50) - 18)
+        - 0.008 * np.maximum(a - 55, 0)
+        + np.array([0.0, 0.25, 0.4, 0.55])[edu]
+        + emp_eff
+        + sd * rng.standard_normal(n)
+    )
     income = np.maximum(np.round(np.exp(log_inc) / 10) * 10, 1200.0)
     li = np.log(income)
 
@@ -546,8 +829,11 @@ def _customers(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str
     has_mort = u < p_mort
     has_small = (~has_mort) & (u < p_mort + 0.25)
     amort = np.clip(1 - np.maximum(a - 35, 0) / 30, 0.15, 1)
-    loan_amount = np.where(has_mort, income * rng.uniform(2.0, 4.5, n) * amort,
-                           np.where(has_small, income * rng.uniform(0.05, 0.5, n), 0.0))
+    loan_amount = np.where(
+        has_mort,
+        income * rng.uniform(2.0, 4.5, n) * amort,
+        np.where(has_small, income * rng.uniform(0.05, 0.5, n), 0.0),
+    )
     loan_amount = np.round(loan_amount)
 
     util = np.round(_sigmoid(-1.0 - 0.6 * (li - 10.5) - 0.02 * (a - 40) + 0.9 * rng.standard_normal(n)), 3)
@@ -564,14 +850,31 @@ def _customers(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str
     ch_logits = np.stack([1.5 - 4 * eng + 0.02 * (a - 40), 0.3 + 0.5 * eng, -1.5 + 4 * eng, np.full(n, 0.4)], axis=1)
     channel = np.argmax(ch_logits + rng.gumbel(size=(n, 4)), axis=1)
 
-    rt_latent = (3.6 - 0.035 * (a - 40) + 0.7 * (li - 10.6) + 0.25 * (np.log1p(savings) - 10) + 0.3 * edu
-                 + 0.3 * self_employed + 0.9 * rng.standard_normal(n))
+    rt_latent = (
+        3.6
+        - 0.035 * (a - 40)
+        + 0.7 * (li - 10.6)
+        + 0.25 * (np.log1p(savings) - 10)
+        + 0.3 * edu
+        + 0.3 * self_employed
+        + 0.9 * rng.standard_normal(n)
+    )
     risk_tol = np.clip(np.round(rt_latent), RISK_MIN, RISK_MAX).astype(np.int64)
 
     cols = {
         CUSTOMER_ID: _customer_ids(n),
-        AGE: age, INCOME: income, _SAVINGS: savings, _DEBT: debt, _LOAN: loan_amount,
-        CREDIT_SCORE: credit_score, _UTIL: util, _DTI: dti, _ENG: eng, _TX: tx, _TENURE: tenure, _DEPS: deps,
+        AGE: age,
+        INCOME: income,
+        _SAVINGS: savings,
+        _DEBT: debt,
+        _LOAN: loan_amount,
+        CREDIT_SCORE: credit_score,
+        _UTIL: util,
+        _DTI: dti,
+        _ENG: eng,
+        _TX: tx,
+        _TENURE: tenure,
+        _DEPS: deps,
         _GENDER: np.array(GENDERS, dtype=object)[gender],
         _MARITAL: np.array(MARITAL, dtype=object)[marital],
         _REGION: np.array(REGIONS, dtype=object)[region],
@@ -591,20 +894,23 @@ def _utility_inputs(customers: pd.DataFrame) -> dict[str, np.ndarray]:
     income = col(INCOME).astype(np.float64)
     edu = pd.Categorical(customers[_EDUCATION], categories=EDUCATIONS).codes.astype(np.float64)
     emp = customers[_EMPLOYMENT].to_numpy()
-    X = np.stack([
-        (np.log(income) - math.log(40000)) / 0.6,
-        (np.log1p(col(_SAVINGS).astype(np.float64)) - math.log(20000)) / 1.3,
-        np.minimum(col(_DTI).astype(np.float64), 8.0),
-        col(_ENG).astype(np.float64) - 0.5,
-        np.minimum(col(_DEPS), 4).astype(np.float64),
-        (customers[_MARITAL].to_numpy() == "married").astype(np.float64),
-        (emp == "student").astype(np.float64),
-        (emp == "retired").astype(np.float64),
-        (emp == "self_employed").astype(np.float64),
-        (emp == "unemployed").astype(np.float64),
-        edu - 1.0,
-        np.log1p(col(_LOAN).astype(np.float64) / income),
-    ], axis=1)
+    X = np.stack(
+        [
+            (np.log(income) - math.log(40000)) / 0.6,
+            (np.log1p(col(_SAVINGS).astype(np.float64)) - math.log(20000)) / 1.3,
+            np.minimum(col(_DTI).astype(np.float64), 8.0),
+            col(_ENG).astype(np.float64) - 0.5,
+            np.minimum(col(_DEPS), 4).astype(np.float64),
+            (customers[_MARITAL].to_numpy() == "married").astype(np.float64),
+            (emp == "student").astype(np.float64),
+            (emp == "retired").astype(np.float64),
+            (emp == "self_employed").astype(np.float64),
+            (emp == "unemployed").astype(np.float64),
+            edu - 1.0,
+            np.log1p(col(_LOAN).astype(np.float64) / income),
+        ],
+        axis=1,
+    )
     return {
         "X": X,
         "age": col(AGE).astype(np.float64),
@@ -635,14 +941,18 @@ def _with_compliance_columns(customers: pd.DataFrame, rng: np.random.Generator) 
     z_inc = (np.log(income) - math.log(40000)) / 0.6
 
     knowledge = 1 + np.digitize(0.6 * edu + 0.6 * z_sav + 0.2 * (rt - 4) + rng.standard_normal(n), [0.4, 1.6])
-    capacity = 1 + np.digitize(0.8 * z_sav + 0.5 * z_inc - 0.4 * np.minimum(dti, 5) + 0.8 * rng.standard_normal(n),
-                               [-0.9, 0.2, 1.4])
-    logits = np.stack([
-        0.8 - 0.5 * (rt - 3.5) + 0.02 * (a - 50),       # preservation
-        0.2 + 0.03 * (a - 50),                           # income
-        0.6 + 0.5 * (rt - 3.5) - 0.03 * (a - 40),        # growth
-        0.9 - 0.15 * np.abs(a - 52) / 5,                 # retirement
-    ], axis=1)
+    capacity = 1 + np.digitize(
+        0.8 * z_sav + 0.5 * z_inc - 0.4 * np.minimum(dti, 5) + 0.8 * rng.standard_normal(n), [-0.9, 0.2, 1.4]
+    )
+    logits = np.stack(
+        [
+            0.8 - 0.5 * (rt - 3.5) + 0.02 * (a - 50),  # preservation
+            0.2 + 0.03 * (a - 50),  # income
+            0.6 + 0.5 * (rt - 3.5) - 0.03 * (a - 40),  # growth
+            0.9 - 0.15 * np.abs(a - 52) / 5,  # retirement
+        ],
+        axis=1,
+    )
     objective = np.argmax(logits + rng.gumbel(size=(n, 4)), axis=1)
     horizon = np.maximum(1, np.round(np.clip(67 - a, 2, 35) * rng.uniform(0.3, 1.0, n))).astype(np.int64)
     consent = (rng.random(n) >= OBJECTION_P).astype(np.int64)
@@ -673,8 +983,9 @@ def _with_product_terms(frame: pd.DataFrame, bases: list[_Base]) -> pd.DataFrame
     tm = dict(SYNTHETIC.target_market)
     rows = [_TARGET_MARKET.get(b.pid, (np.nan, np.nan, np.nan, None, None, np.nan)) for b in bases]
     out = frame.copy()
-    for i, term in enumerate(("knowledge", "loss_capacity", "horizon", "objectives", "negative_objectives",
-                              "negative_loss_capacity")):
+    for i, term in enumerate(
+        ("knowledge", "loss_capacity", "horizon", "objectives", "negative_objectives", "negative_loss_capacity")
+    ):
         values = [r[i] for r in rows]
         out[tm[term]] = pd.Series(values, dtype=object if term.endswith("objectives") else np.float64)
     payment = np.full(len(frame), np.nan)
@@ -708,8 +1019,9 @@ def _rules(customers: pd.DataFrame, products: pd.DataFrame):
     def forbidden(sl: slice) -> np.ndarray:
         part = {name: values[sl] for name, values in profile.items()}
         out = C.outside_target_market(part, terms, investment) | C.in_negative_target_market(part, terms, investment)
-        out |= C.unaffordable(income[sl], part["debt_service"], score[sl], payment, credit,
-                              C.DEFAULT_MAX_DEBT_SERVICE_RATIO, None)
+        out |= C.unaffordable(
+            income[sl], part["debt_service"], score[sl], payment, credit, C.DEFAULT_MAX_DEBT_SERVICE_RATIO, None
+        )
         out |= (risk[None, :] > rt[sl, None]) & investment[None, :]
         out |= income[sl, None] < terms_min[MIN_INCOME][None, :]
         out |= score[sl, None] < terms_min[MIN_CREDIT_SCORE][None, :]
@@ -764,8 +1076,9 @@ def _with_holdings(U0: np.ndarray, held: np.ndarray, cat: _Catalogue) -> np.ndar
     return U0 + held_types @ cat.K
 
 
-def utility(customers: pd.DataFrame, products: pd.DataFrame, held: np.ndarray | None = None,
-            difficulty: str = "default") -> np.ndarray:
+def utility(
+    customers: pd.DataFrame, products: pd.DataFrame, held: np.ndarray | None = None, difficulty: str = "default"
+) -> np.ndarray:
     """The latent utility U [n_customers, n_products] for frames made by ``generate``.
 
     ``held`` is an optional boolean [n_customers, n_products] matrix of holdings. The products must
@@ -804,8 +1117,14 @@ def _catalogue_from_frame(products: pd.DataFrame, k: float) -> _Catalogue:
     return _Catalogue(
         frame=products.reset_index(drop=True),
         pop=np.array([b.pop - math.log(family[b.pid]) for b in bases]),
-        W=full.W[:, idx], K=full.K[:, idx], life_c=full.life_c[idx], life_w=full.life_w[idx],
-        life_a=full.life_a[idx], type_idx=full.type_idx[idx], risk_fit=full.risk_fit[idx], attr=attr,
+        W=full.W[:, idx],
+        K=full.K[:, idx],
+        life_c=full.life_c[idx],
+        life_w=full.life_w[idx],
+        life_a=full.life_a[idx],
+        type_idx=full.type_idx[idx],
+        risk_fit=full.risk_fit[idx],
+        attr=attr,
     )
 
 
@@ -920,16 +1239,19 @@ def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.
 
     out = {CUSTOMERS: customers, PRODUCTS: products, INTERACTIONS: interactions, HOLDINGS: holdings}
     if settings.ground_truth:
-        out[GROUND_TRUTH] = pd.DataFrame({
-            CUSTOMER_ID: ids[np.concatenate(gt_c)],
-            PRODUCT_ID: pids[np.concatenate(gt_p)],
-            PROBABILITY: np.concatenate(gt_v),
-        })
+        out[GROUND_TRUTH] = pd.DataFrame(
+            {
+                CUSTOMER_ID: ids[np.concatenate(gt_c)],
+                PRODUCT_ID: pids[np.concatenate(gt_p)],
+                PROBABILITY: np.concatenate(gt_v),
+            }
+        )
     return out
 
 
-def period_adoption_probabilities(first_choice: np.ndarray, settings: GeneratorSettings, draws: int = 2000,
-                                  seed: int = 0) -> np.ndarray:
+def period_adoption_probabilities(
+    first_choice: np.ndarray, settings: GeneratorSettings, draws: int = 2000, seed: int = 0
+) -> np.ndarray:
     """P(customer adopts product p at all in the period) [n, P], by simulating the adoption step.
 
     ``first_choice`` [n, P] is the ground truth (softmax of U/T over products not held, 0 where

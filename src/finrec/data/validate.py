@@ -3,7 +3,7 @@ wrong and a few of them, so that a user can find and fix them."""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -34,8 +34,7 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], where: str, error=
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise error(
-            f"{where}: missing column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)}; "
-            f"the file has: {_columns(df.columns)}"
+            f"{where}: missing column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)}; the file has: {_columns(df.columns)}"
         )
 
 
@@ -152,8 +151,10 @@ def check_limits(df: pd.DataFrame, limits: Mapping[str, tuple[float | None, floa
             bad |= values > high
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise DataError(f"{where}: column {_name(column)} {limit_text(low, high)}; {len(rows)} row(s) are out of "
-                            f"range, e.g. row {rows[0] + 1}: {values[rows[0]]:g}")
+            raise DataError(
+                f"{where}: column {_name(column)} {limit_text(low, high)}; {len(rows)} row(s) are out of "
+                f"range, e.g. row {rows[0] + 1}: {values[rows[0]]:g}"
+            )
 
 
 def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
@@ -217,5 +218,7 @@ def check_probabilities(df: pd.DataFrame, where: str) -> pd.DataFrame:
     bad = np.isnan(values) | (values < 0) | (values > 1)
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise DataError(f"{where}: column '{S.PROBABILITY}' must lie in [0, 1]; {len(rows)} row(s) do not, e.g. row {rows[0] + 1}")
+        raise DataError(
+            f"{where}: column '{S.PROBABILITY}' must lie in [0, 1]; {len(rows)} row(s) do not, e.g. row {rows[0] + 1}"
+        )
     return out

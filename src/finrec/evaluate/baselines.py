@@ -43,10 +43,19 @@ class LightGBMBaseline:
     Needs the optional extra ``finrec[baselines]`` (lightgbm is imported inside ``fit``).
     """
 
-    def __init__(self, num_leaves: int = 31, learning_rate: float = 0.05, max_rounds: int = 1000,
-                 min_data_in_leaf: int = 20, feature_fraction: float = 0.8, bagging_fraction: float = 0.8,
-                 bagging_freq: int = 1, early_stopping_rounds: int = 30, validation_fraction: float = 0.1,
-                 num_threads: int | None = None):
+    def __init__(
+        self,
+        num_leaves: int = 31,
+        learning_rate: float = 0.05,
+        max_rounds: int = 1000,
+        min_data_in_leaf: int = 20,
+        feature_fraction: float = 0.8,
+        bagging_fraction: float = 0.8,
+        bagging_freq: int = 1,
+        early_stopping_rounds: int = 30,
+        validation_fraction: float = 0.1,
+        num_threads: int | None = None,
+    ):
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
         self.max_rounds = max_rounds
@@ -64,7 +73,9 @@ class LightGBMBaseline:
         pipeline.check_customer_columns(customers)
         columns: dict[str, object] = {}
         for stats in pipeline.customer_numeric_:
-            columns[f"num_{stats.column}"] = pd.to_numeric(customers[stats.column], errors="coerce").to_numpy(dtype="float64")
+            columns[f"num_{stats.column}"] = pd.to_numeric(customers[stats.column], errors="coerce").to_numpy(
+                dtype="float64"
+            )
         for col, vocab in pipeline.customer_vocab_.items():
             values = customers[col].astype(object).where(customers[col].notna(), None)
             text = np.array([None if v is None else str(v) for v in values], dtype=object)
@@ -75,7 +86,7 @@ class LightGBMBaseline:
             columns[f"held_{j}"] = held[:, j].astype("float32")
         return pd.DataFrame(columns, index=pd.RangeIndex(len(customers)))
 
-    def fit(self, dataset, seed: int = 0) -> "LightGBMBaseline":
+    def fit(self, dataset, seed: int = 0) -> LightGBMBaseline:
         import os
 
         import lightgbm as lgb
@@ -101,12 +112,20 @@ class LightGBMBaseline:
         _, val_ids = split_customer_ids(with_positives, self.validation_fraction, np.random.default_rng(seed))
         is_val = np.isin(customers[cid].astype(str).to_numpy()[rows], val_ids)
         params = {
-            "objective": "multiclass", "num_class": len(self.classes_), "metric": "multi_logloss",
-            "num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
-            "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction, "bagging_freq": self.bagging_freq,
-            "num_threads": self.num_threads or os.cpu_count() or 1, "seed": seed,
-            "deterministic": True, "force_row_wise": True, "verbosity": -1,
+            "objective": "multiclass",
+            "num_class": len(self.classes_),
+            "metric": "multi_logloss",
+            "num_leaves": self.num_leaves,
+            "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": self.bagging_freq,
+            "num_threads": self.num_threads or os.cpu_count() or 1,
+            "seed": seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
         }
         if len(self.classes_) == 1:  # one class: a constant model
             self.booster_ = None
@@ -114,8 +133,13 @@ class LightGBMBaseline:
             return self
         train_set = lgb.Dataset(x.iloc[rows[~is_val]].reset_index(drop=True), y[~is_val], free_raw_data=False)
         val_set = lgb.Dataset(x.iloc[rows[is_val]].reset_index(drop=True), y[is_val], reference=train_set)
-        self.booster_ = lgb.train(params, train_set, num_boost_round=self.max_rounds, valid_sets=[val_set],
-                                  callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+        self.booster_ = lgb.train(
+            params,
+            train_set,
+            num_boost_round=self.max_rounds,
+            valid_sets=[val_set],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         return self
 

@@ -49,7 +49,11 @@ def protected_groups(dataset: Dataset) -> dict[str, pd.Series]:
             x = pd.to_numeric(values, errors="coerce")
             labels = pd.Series(MISSING, index=values.index, dtype=object)
             for low, high, label in AGE_BANDS:
-                inside = x.notna() & (x >= (low if low is not None else -np.inf)) & (x < (high if high is not None else np.inf))
+                inside = (
+                    x.notna()
+                    & (x >= (low if low is not None else -np.inf))
+                    & (x < (high if high is not None else np.inf))
+                )
                 labels[inside] = label
         elif column in table.numeric_features:
             x = pd.to_numeric(values, errors="coerce")
@@ -139,7 +143,11 @@ def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
             highest = max(shares, key=shares.get)
             lowest = min(shares, key=shares.get)
             low = shares[lowest]
-            ratios[category] = {"ratio": (shares[highest] / low) if low > 0 else None, "highest": highest, "lowest": lowest}
+            ratios[category] = {
+                "ratio": (shares[highest] / low) if low > 0 else None,
+                "highest": highest,
+                "lowest": lowest,
+            }
         report["columns"][column] = {"groups": per_group, "max_ratio": ratios}
     return report
 
@@ -157,8 +165,10 @@ def format_fairness(report: dict[str, Any]) -> str:
         header = f"{'group':<12}{'customers':>10}{'evaluated':>10}{f'ndcg@{k}':>10}{f'recall@{k}':>11}{'mrr':>8}"
         lines += [header, "-" * len(header)]
         for group, values in groups.items():
-            cells = "".join(f"{'-' if values[m] is None else format(values[m], '.4f'):>{w}}"
-                            for m, w in ((f"ndcg@{k}", 10), (f"recall@{k}", 11), ("mrr", 8)))
+            cells = "".join(
+                f"{'-' if values[m] is None else format(values[m], '.4f'):>{w}}"
+                for m, w in ((f"ndcg@{k}", 10), (f"recall@{k}", 11), ("mrr", 8))
+            )
             lines.append(f"{group[:11]:<12}{values['customers']:>10d}{values['evaluated']:>10d}{cells}")
         categories = list(body["max_ratio"])
         names = list(groups)
@@ -168,7 +178,14 @@ def format_fairness(report: dict[str, Any]) -> str:
         lines += [header, "-" * len(header)]
         for category in categories:
             ratio = body["max_ratio"][category]["ratio"]
-            ratio_text = "inf" if ratio is None and body["max_ratio"][category]["highest"] else ("-" if ratio is None else f"{ratio:.2f}")
-            lines.append(f"{category[:19]:<20}" + "".join(f"{groups[g]['exposure'][category]:>12.3f}" for g in names)
-                         + f"{ratio_text:>12}")
+            ratio_text = (
+                "inf"
+                if ratio is None and body["max_ratio"][category]["highest"]
+                else ("-" if ratio is None else f"{ratio:.2f}")
+            )
+            lines.append(
+                f"{category[:19]:<20}"
+                + "".join(f"{groups[g]['exposure'][category]:>12.3f}" for g in names)
+                + f"{ratio_text:>12}"
+            )
     return "\n".join(lines)

@@ -96,10 +96,7 @@ def _check_rel(rel: object) -> np.ndarray:
 def _check_n_relevant(n_relevant: object, rel: np.ndarray) -> np.ndarray:
     n_rel = np.asarray(n_relevant)
     if n_rel.shape != (rel.shape[0],):
-        raise ValueError(
-            f"n_relevant must have shape ({rel.shape[0]},) to match rel {rel.shape}, "
-            f"got {n_rel.shape}"
-        )
+        raise ValueError(f"n_relevant must have shape ({rel.shape[0]},) to match rel {rel.shape}, got {n_rel.shape}")
     if n_rel.dtype.kind not in "iub":
         whole = n_rel.dtype.kind == "f" and np.all(np.isfinite(n_rel))
         if whole and np.all(n_rel == np.round(n_rel)):
@@ -118,9 +115,7 @@ def _check_n_relevant(n_relevant: object, rel: np.ndarray) -> np.ndarray:
     return n_rel
 
 
-def _nan_where_no_relevant(
-    values: np.ndarray, n_relevant: object | None, rel: np.ndarray
-) -> np.ndarray:
+def _nan_where_no_relevant(values: np.ndarray, n_relevant: object | None, rel: np.ndarray) -> np.ndarray:
     if n_relevant is None:
         return values
     n_rel = _check_n_relevant(n_relevant, rel)
@@ -399,11 +394,7 @@ def summarize(
     is NaN and ``"customers"`` is 0. MRR is over the full ranking of non-excluded items.
     """
     k = _check_k(k)
-    if (
-        isinstance(chunk_rows, bool)
-        or not isinstance(chunk_rows, numbers.Integral)
-        or chunk_rows < 1
-    ):
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     s = np.asarray(scores)
     rv = _as_bool_2d("relevant", relevant)

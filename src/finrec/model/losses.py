@@ -16,8 +16,8 @@ positive; logQ correction still matters, since the negatives are not drawn unifo
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 POSITIVE, MASKED, SAMPLED, OTHER = 1.0, -1.0, 2.0, 0.0

@@ -69,14 +69,18 @@ def tower(
                 parts.append(inputs[input_name])
         elif kind == "categorical":
             inputs[input_name] = keras.Input(shape=(), name=input_name, dtype="int32")
-            dim = id_embedding_dim if input_name == "product_index" and id_embedding_dim else categorical_embedding_dim(
-                size, config.max_categorical_embedding_dim
+            dim = (
+                id_embedding_dim
+                if input_name == "product_index" and id_embedding_dim
+                else categorical_embedding_dim(size, config.max_categorical_embedding_dim)
             )
             parts.append(layers.Embedding(size, dim, name=f"{name}_emb_{input_name}")(inputs[input_name]))
         elif kind == "multi_hot":
             inputs[input_name] = keras.Input(shape=(size,), name=input_name, dtype="float32")
             # A multi-hot row times a matrix is the sum of the held products' embeddings.
-            parts.append(layers.Dense(HOLDINGS_BAG_DIM, use_bias=False, name=f"{name}_bag_{input_name}")(inputs[input_name]))
+            parts.append(
+                layers.Dense(HOLDINGS_BAG_DIM, use_bias=False, name=f"{name}_bag_{input_name}")(inputs[input_name])
+            )
         else:  # pragma: no cover - the spec comes from our own pipeline
             raise ValueError(f"unknown input kind {kind!r}")
     x = layers.Concatenate(name=f"{name}_concat")(parts) if len(parts) > 1 else parts[0]
@@ -114,4 +118,13 @@ def flops_per_example(model: keras.Model) -> int:
     return total
 
 
-__all__ = ["CUSTOMER_TOWER", "PRODUCT_TOWER", "CrossLayer", "customer_tower", "product_tower", "tower", "flops_per_example", "ops"]
+__all__ = [
+    "CUSTOMER_TOWER",
+    "PRODUCT_TOWER",
+    "CrossLayer",
+    "customer_tower",
+    "product_tower",
+    "tower",
+    "flops_per_example",
+    "ops",
+]

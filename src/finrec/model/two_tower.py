@@ -21,6 +21,7 @@ from keras import layers, ops
 from finrec.config import ModelConfig
 from finrec.features import PRODUCT_INDEX, FeaturePipeline
 from finrec.model.towers import CUSTOMER_TOWER, customer_tower, product_tower
+
 SIMILARITY = "catalogue_similarity"
 
 
@@ -91,7 +92,10 @@ def build_two_tower(pipeline: FeaturePipeline, catalogue: dict[str, np.ndarray],
         name=SIMILARITY,
     )
     similarity.set_catalogue(catalogue)
-    inputs = {name: keras.Input(shape=tensor.shape[1:], name=name, dtype=tensor.dtype) for name, tensor in customers.input.items()}
+    inputs = {
+        name: keras.Input(shape=tensor.shape[1:], name=name, dtype=tensor.dtype)
+        for name, tensor in customers.input.items()
+    }
     scores = similarity(customers(inputs))
     return keras.Model(inputs, scores, name="two_tower")
 

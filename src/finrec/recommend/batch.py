@@ -29,12 +29,14 @@ from finrec.errors import FinrecError
 from finrec.recommend import filters as F
 from finrec.recommend.index import default_workers, single_threaded_blas
 
-OUTPUT_SCHEMA = pa.schema([
-    (S.CUSTOMER_ID, pa.string()),
-    ("rank", pa.int16()),
-    (S.PRODUCT_ID, pa.string()),
-    ("score", pa.float32()),
-])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        (S.CUSTOMER_ID, pa.string()),
+        ("rank", pa.int16()),
+        (S.PRODUCT_ID, pa.string()),
+        ("score", pa.float32()),
+    ]
+)
 # ``finrec score --probabilities``: the calibrated adoption probability beside the score.
 PROBABILITY_SCHEMA = OUTPUT_SCHEMA.append(pa.field(S.PROBABILITY, pa.float32()))
 DEFAULT_CHUNK_ROWS = 131_072  # measured best of 64k/128k/256k on 1M customers, 2 cores
@@ -49,8 +51,10 @@ def check_scores_output(out, inputs: dict, what: str = "out") -> None:
     refuse_overlap(out, inputs, what=what)
     check_writable(out, "file", what=what)
     if out.suffix not in OUTPUT_SUFFIXES:
-        raise FinrecError(f"{what} {out}: name a file ending in .csv or .parquet "
-                          f"(got {repr(out.suffix) if out.suffix else 'no suffix'}); nothing was written")
+        raise FinrecError(
+            f"{what} {out}: name a file ending in .csv or .parquet "
+            f"(got {repr(out.suffix) if out.suffix else 'no suffix'}); nothing was written"
+        )
 
 
 class HoldingsLookup:
@@ -97,8 +101,9 @@ class HoldingsByRow:
         return held
 
 
-def topk_table(customer_ids, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray,
-               probabilities: np.ndarray | None = None) -> pa.Table:
+def topk_table(
+    customer_ids, product_ids: pa.Array, index: np.ndarray, scores: np.ndarray, probabilities: np.ndarray | None = None
+) -> pa.Table:
     """Long table ``customer_id, rank, product_id, score`` [+ ``probability`` when given, [n, k]];
     slots with no eligible product dropped. ``customer_ids``: [n] text (Arrow, pandas or numpy)."""
     n, k = index.shape
@@ -139,8 +144,16 @@ class TopKWriter:
         tmp = self._atomic.__enter__()
         # Customer ids are all distinct: dictionary-encoding them and their min/max statistics
         # only cost time (together about half of the write, measured on 1M customers).
-        self._writer = pacsv.CSVWriter(str(tmp), self.schema) if self.csv else pq.ParquetWriter(
-            str(tmp), self.schema, use_dictionary=["rank", S.PRODUCT_ID], write_statistics=["rank", S.PRODUCT_ID, "score"])
+        self._writer = (
+            pacsv.CSVWriter(str(tmp), self.schema)
+            if self.csv
+            else pq.ParquetWriter(
+                str(tmp),
+                self.schema,
+                use_dictionary=["rank", S.PRODUCT_ID],
+                write_statistics=["rank", S.PRODUCT_ID, "score"],
+            )
+        )
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -155,9 +168,17 @@ class TopKWriter:
         return self._atomic.__exit__(kind, value, traceback)
 
 
-def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None,
-                  probabilities: bool = False, stats: dict | None = None) -> tuple[int, int]:
+def score_dataset(
+    recommender,
+    data_dir: str | Path,
+    out: str | Path,
+    k: int = 5,
+    filters=None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    workers: int | None = None,
+    probabilities: bool = False,
+    stats: dict | None = None,
+) -> tuple[int, int]:
     """Write the top ``k`` eligible products of every customer in ``data_dir``'s customers table
     to ``out``. Returns (customers read, rows written). ``probabilities`` adds the calibrated
     adoption probability of each row (the model must have a calibration). ``stats``, when given,
@@ -193,8 +214,12 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
     workers = workers or default_workers()
     # BLAS threads would fight the chunk workers for the cores (OpenBLAS spins idle threads):
     # the workers are the parallelism.
-    with (TopKWriter(Path(out), PROBABILITY_SCHEMA if calibration else OUTPUT_SCHEMA) as writer, ThreadPoolExecutor(max_workers=workers) as pool,
-          ThreadPoolExecutor(max_workers=1) as side, single_threaded_blas()):
+    with (
+        TopKWriter(Path(out), PROBABILITY_SCHEMA if calibration else OUTPUT_SCHEMA) as writer,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        ThreadPoolExecutor(max_workers=1) as side,
+        single_threaded_blas(),
+    ):
         lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
 
         objected = 0
@@ -205,7 +230,9 @@ def score_dataset(recommender, data_dir: str | Path, out: str | Path, k: int = 5
             ranking = recommender.rank(context, k, filters, workers=1)
             chosen = None
             if calibration is not None:  # the whole row is needed (a softmax): one more tower pass
-                full = recommender.probabilities(context, recommender.index.scores(recommender.embed(context, workers=1)))
+                full = recommender.probabilities(
+                    context, recommender.index.scores(recommender.embed(context, workers=1))
+                )
                 chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
             table_ = topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores, chosen)
             return table_, int(context.attributes["objected"].sum())

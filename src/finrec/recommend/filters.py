@@ -37,12 +37,24 @@ from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.errors import FinrecError, reject_unknown
 
-RULES = ("consent", "held", "suitability", "risk_cap", "target_market", "negative_target_market", "affordability",
-         "category", "income", "credit_score", "age")
+RULES = (
+    "consent",
+    "held",
+    "suitability",
+    "risk_cap",
+    "target_market",
+    "negative_target_market",
+    "affordability",
+    "category",
+    "income",
+    "credit_score",
+    "age",
+)
 CONSERVATIVE_MAX_RISK = 3
 DEFAULT_MAX_DEBT_SERVICE_RATIO = C.DEFAULT_MAX_DEBT_SERVICE_RATIO
-CONSENT_MESSAGE = ("the customer objected to profiling for direct marketing (GDPR Art. 21(2)); "
-                   "no personalised recommendation is made")
+CONSENT_MESSAGE = (
+    "the customer objected to profiling for direct marketing (GDPR Art. 21(2)); no personalised recommendation is made"
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,7 @@ class Filters:
     credit_score_cutoff: float | None = None
 
     @classmethod
-    def build(cls, value: "Filters | dict | str | None" = None) -> "Filters":
+    def build(cls, value: Filters | dict | str | None = None) -> Filters:
         """From a ``Filters``, a preset name, or a dict such as ``{"preset": "conservative",
         "include_categories": ["investment_fund"]}`` (unknown keys are refused)."""
         if value is None:
@@ -81,12 +93,18 @@ class Filters:
                 values[key] = tuple(values[key] or ())
         max_risk = values.get("max_risk")
         if max_risk is not None and (not isinstance(max_risk, int) or not S.RISK_MIN <= max_risk <= S.RISK_MAX):
-            raise FinrecError(f"filters.max_risk must be an integer from {S.RISK_MIN} to {S.RISK_MAX}, got {max_risk!r}")
+            raise FinrecError(
+                f"filters.max_risk must be an integer from {S.RISK_MIN} to {S.RISK_MAX}, got {max_risk!r}"
+            )
         ratio = values.get("max_debt_service_ratio", base.max_debt_service_ratio)
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 5:
-            raise FinrecError(f"filters.max_debt_service_ratio must be a number in (0, 5] (0.4 = 40% of income), got {ratio!r}")
+            raise FinrecError(
+                f"filters.max_debt_service_ratio must be a number in (0, 5] (0.4 = 40% of income), got {ratio!r}"
+            )
         cutoff = values.get("credit_score_cutoff")
-        if cutoff is not None and (isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not np.isfinite(cutoff)):
+        if cutoff is not None and (
+            isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not np.isfinite(cutoff)
+        ):
             raise FinrecError(f"filters.credit_score_cutoff must be a number, got {cutoff!r}")
         return replace(base, **values)
 
@@ -108,8 +126,10 @@ PRESET_NAMES = tuple(PRESETS)
 # How ``finrec evaluate`` ranks: held products out, no suitability or eligibility rule.
 UNFILTERED = Filters(suitability=False, eligibility=False)
 DEFAULT_PRESET = "balanced"
-PRESET_HELP = (f"conservative: risk level at most {CONSERVATIVE_MAX_RISK}; balanced (the default) and risk_tolerant: "
-               "the customer's own tolerance; every preset keeps risk within the customer's tolerance")
+PRESET_HELP = (
+    f"conservative: risk level at most {CONSERVATIVE_MAX_RISK}; balanced (the default) and risk_tolerant: "
+    "the customer's own tolerance; every preset keeps risk within the customer's tolerance"
+)
 
 
 @dataclass
@@ -125,7 +145,7 @@ class Catalogue:
     payment: np.ndarray | None = None  # [P] monthly payment of a credit product (NaN = not stated)
 
     @classmethod
-    def from_products(cls, products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> "Catalogue":
+    def from_products(cls, products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> Catalogue:
         table = products.set_index(products[schema.products.id].astype(str)).loc[product_ids]
         p = schema.products
         # A product with no stated term sets no bar: missing minimums are -inf, maximums +inf.
@@ -189,7 +209,9 @@ def record_attributes(record: dict[str, Any], schema: S.DatasetSchema) -> dict[s
     }
 
 
-def exclusion_masks(attributes: dict[str, np.ndarray], held: np.ndarray, catalogue: Catalogue, filters: Filters) -> dict[str, np.ndarray]:
+def exclusion_masks(
+    attributes: dict[str, np.ndarray], held: np.ndarray, catalogue: Catalogue, filters: Filters
+) -> dict[str, np.ndarray]:
     """bool [n, P] per rule (True = excluded by that rule); rules that do not apply are absent."""
     masks: dict[str, np.ndarray] = {}
     objected = attributes.get("objected")
@@ -213,8 +235,14 @@ def exclusion_masks(attributes: dict[str, np.ndarray], held: np.ndarray, catalog
             masks["negative_target_market"] = negative
     if filters.affordability and (catalogue.payment is not None or filters.credit_score_cutoff is not None):
         masks["affordability"] = C.unaffordable(
-            attributes[S.INCOME], attributes.get("debt_service"), attributes[S.CREDIT_SCORE], catalogue.payment,
-            catalogue.regime_is("credit"), filters.max_debt_service_ratio, filters.credit_score_cutoff)
+            attributes[S.INCOME],
+            attributes.get("debt_service"),
+            attributes[S.CREDIT_SCORE],
+            catalogue.payment,
+            catalogue.regime_is("credit"),
+            filters.max_debt_service_ratio,
+            filters.credit_score_cutoff,
+        )
     if catalogue.category is not None and (filters.include_categories or filters.exclude_categories):
         bad = np.zeros(len(catalogue.category), dtype=bool)
         if filters.include_categories:
@@ -262,8 +290,14 @@ def first_reason(masks: dict[str, np.ndarray], row: int, column: int) -> str | N
     return None
 
 
-def describe_exclusion(rule: str, attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
-                       filters: Filters | None = None) -> str:
+def describe_exclusion(
+    rule: str,
+    attributes: dict[str, np.ndarray],
+    catalogue: Catalogue,
+    row: int,
+    column: int,
+    filters: Filters | None = None,
+) -> str:
     """A sentence for an auditor (``filters``: the limits applied, for the affordability rule)."""
     tolerance = attributes["risk_tolerance"][row]
     if rule == "consent":
@@ -291,7 +325,9 @@ def describe_exclusion(rule: str, attributes: dict[str, np.ndarray], catalogue: 
     return rule
 
 
-def describe_allowed(attributes: dict[str, np.ndarray], catalogue: Catalogue, masks: dict[str, np.ndarray], row: int, column: int) -> str:
+def describe_allowed(
+    attributes: dict[str, np.ndarray], catalogue: Catalogue, masks: dict[str, np.ndarray], row: int, column: int
+) -> str:
     """Why a recommended product passed every active rule."""
     parts = []
     investment = catalogue.regime is None or catalogue.regime[column] == "investment"
@@ -326,7 +362,6 @@ def _fmt(value: Any) -> str:
     return f"{value:,.0f}" if value.is_integer() or abs(value) >= 100 else f"{value:.2f}"
 
 
-
 def _sets_target_market(catalogue: Catalogue, column: int) -> bool:
     for term in catalogue.target_market.values():
         if isinstance(term, C.LabelTerm) and term.stated[column]:
@@ -336,11 +371,18 @@ def _sets_target_market(catalogue: Catalogue, column: int) -> bool:
     return False
 
 
-_TERM_WORDS = {"knowledge": "knowledge and experience", "loss_capacity": "loss capacity", "horizon": "horizon (years)",
-               "objective": "objective", "client_type": "client type"}
+_TERM_WORDS = {
+    "knowledge": "knowledge and experience",
+    "loss_capacity": "loss capacity",
+    "horizon": "horizon (years)",
+    "objective": "objective",
+    "client_type": "client type",
+}
 
 
-def _describe_target_market(rule: str, attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int) -> str:
+def _describe_target_market(
+    rule: str, attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int
+) -> str:
     """Which target-market term failed, for an auditor (the first failing term)."""
     one = {name: values[row : row + 1] for name, values in attributes.items()}
     applies = np.zeros(len(catalogue.product_ids), dtype=bool)
@@ -366,27 +408,36 @@ def _ratio(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, co
     """Debt service to income after product ``column`` (NaN when not computable)."""
     if catalogue.payment is None or np.isnan(catalogue.payment[column]):
         return float("nan")
-    return float(C.debt_service_ratio_after(attributes[S.INCOME][row : row + 1], attributes["debt_service"][row : row + 1],
-                                            catalogue.payment[column : column + 1])[0, 0])
+    return float(
+        C.debt_service_ratio_after(
+            attributes[S.INCOME][row : row + 1],
+            attributes["debt_service"][row : row + 1],
+            catalogue.payment[column : column + 1],
+        )[0, 0]
+    )
 
 
-def _affordability_text(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
-                        passed: bool) -> str:
+def _affordability_text(
+    attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int, passed: bool
+) -> str:
     ratio = _ratio(attributes, catalogue, row, column)
     if np.isnan(ratio):
         return "affordable" if passed else "credit score below the cut-off"
     return f"debt service to income after this credit {ratio:.1%}" + (" within the limit" if passed else "")
 
 
-def _describe_affordability(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int,
-                            filters: Filters | None) -> str:
+def _describe_affordability(
+    attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int, filters: Filters | None
+) -> str:
     limits = filters or Filters()
     stated = catalogue.payment is not None and not np.isnan(catalogue.payment[column])
     ratio = _ratio(attributes, catalogue, row, column)
     if stated and np.isnan(ratio):
         return "affordability cannot be assessed: income or current debt service is not on record"
     if stated and ratio > limits.max_debt_service_ratio:
-        return (f"debt service to income after this credit {ratio:.1%} is above the limit "
-                f"{limits.max_debt_service_ratio:.0%}")
+        return (
+            f"debt service to income after this credit {ratio:.1%} is above the limit "
+            f"{limits.max_debt_service_ratio:.0%}"
+        )
     score = attributes[S.CREDIT_SCORE][row]
     return f"credit score {_fmt(score)} is below the cut-off {_fmt(limits.credit_score_cutoff)}"

@@ -158,7 +158,7 @@ class NumpyTower:
 
     # ------------------------------------------------------------------------ construction
     @classmethod
-    def from_keras(cls, tower, chunk_size: int = DEFAULT_CHUNK, workers: int | None = None) -> "NumpyTower":
+    def from_keras(cls, tower, chunk_size: int = DEFAULT_CHUNK, workers: int | None = None) -> NumpyTower:
         """Extract the weights of ``tower`` (the customer tower, or a two-tower model that
         contains a ``customer_tower`` layer)."""
         from keras import layers as KL
@@ -174,7 +174,9 @@ class NumpyTower:
             activation = getattr(dense.activation, "__name__", "linear")
             if activation != "linear":  # pragma: no cover - towers.py builds linear Dense layers
                 raise ValueError(f"{dense.name}: activation {activation!r} is not supported by the numpy tower")
-            return _numpy(dense.kernel).astype("float64"), (_numpy(dense.bias).astype("float64") if dense.use_bias else None)
+            return _numpy(dense.kernel).astype("float64"), (
+                _numpy(dense.bias).astype("float64") if dense.use_bias else None
+            )
 
         # -- the concatenated input, in the order of the Concatenate layer's inbound layers
         concat = by_name.get(f"{name}_concat")
@@ -183,20 +185,28 @@ class NumpyTower:
         else:  # a single part: whichever layer (or input) feeds the rest
             sources = [layer for layer in tower.layers if layer.name.startswith((f"{name}_emb_", f"{name}_bag_"))]
             if not sources:
-                sources = [layer for layer in tower.layers if isinstance(layer, KL.InputLayer) and layer.output.shape[-1]]
+                sources = [
+                    layer for layer in tower.layers if isinstance(layer, KL.InputLayer) and layer.output.shape[-1]
+                ]
             sources = sources[:1]
         parts: list[_Part] = []
         bag_kernel, offset = None, 0
         for source in sources:
             if source.name.startswith(f"{name}_emb_"):
                 table = _numpy(source.embeddings)
-                parts.append(_Part(source.name[len(f"{name}_emb_"):], "categorical", slice(offset, offset + table.shape[1]), table))
+                parts.append(
+                    _Part(
+                        source.name[len(f"{name}_emb_") :], "categorical", slice(offset, offset + table.shape[1]), table
+                    )
+                )
                 offset += table.shape[1]
             elif source.name.startswith(f"{name}_bag_"):
                 bag_kernel, bias = linear_of(source)
                 if bias is not None:  # pragma: no cover
                     raise ValueError(f"{source.name}: a bag with a bias is not supported")
-                parts.append(_Part(source.name[len(f"{name}_bag_"):], "multi_hot", slice(offset, offset + bag_kernel.shape[1])))
+                parts.append(
+                    _Part(source.name[len(f"{name}_bag_") :], "multi_hot", slice(offset, offset + bag_kernel.shape[1]))
+                )
                 offset += bag_kernel.shape[1]
             elif isinstance(source, KL.InputLayer):
                 width = int(source.output.shape[-1])
@@ -250,9 +260,16 @@ class NumpyTower:
                 input_width += shift
                 linears[0] = (first, bias)
 
-        return cls(parts=parts, input_width=input_width, bag=bag, crosses=crosses,
-                   layers=[_augment(kernel, bias) for kernel, bias in linears],
-                   flops=int(flops_per_example(tower)), chunk_size=chunk_size, workers=workers)
+        return cls(
+            parts=parts,
+            input_width=input_width,
+            bag=bag,
+            crosses=crosses,
+            layers=[_augment(kernel, bias) for kernel, bias in linears],
+            flops=int(flops_per_example(tower)),
+            chunk_size=chunk_size,
+            workers=workers,
+        )
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -338,7 +355,9 @@ SMALL_TOP_K = 64  # up to this many rows, sort each row; beyond, select column-w
 TOP_K_CHUNK = 8192
 
 
-def top_k(scores: np.ndarray, excluded: np.ndarray | None, k: int, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    scores: np.ndarray, excluded: np.ndarray | None, k: int, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` products per row, best first: indices int [n, k'] and scores [n, k'].
 
     ``excluded`` (bool [n, P], or None) products are never returned, nor are products whose
@@ -355,12 +374,29 @@ def top_k(scores: np.ndarray, excluded: np.ndarray | None, k: int, workers: int 
         excluded = np.asarray(excluded, dtype=bool)
         if excluded.shape != scores.shape:
             raise ValueError(f"excluded has shape {excluded.shape}, scores {scores.shape}")
-    return _top_k(lambda: scores, lambda start, stop, out: np.copyto(out, scores[start:stop].T),
-                  scores.shape[0], scores.shape[1], scores.dtype, excluded, k, workers=workers)
+    return _top_k(
+        lambda: scores,
+        lambda start, stop, out: np.copyto(out, scores[start:stop].T),
+        scores.shape[0],
+        scores.shape[1],
+        scores.dtype,
+        excluded,
+        k,
+        workers=workers,
+    )
 
 
-def _top_k(scores, columns_of, n: int, p: int, dtype, excluded: np.ndarray | None, k: int,
-           chunk: int | None = None, workers: int | None = None):
+def _top_k(
+    scores,
+    columns_of,
+    n: int,
+    p: int,
+    dtype,
+    excluded: np.ndarray | None,
+    k: int,
+    chunk: int | None = None,
+    workers: int | None = None,
+):
     """``top_k``. ``scores()`` gives the whole [n, P] matrix (used for a few rows);
     ``columns_of(start, stop, out)`` writes the scores of rows start:stop transposed, [P, m],
     into ``out`` (so the whole matrix never has to exist at once)."""
@@ -379,7 +415,12 @@ def _top_k(scores, columns_of, n: int, p: int, dtype, excluded: np.ndarray | Non
             # Many rows: per chunk, scores as [P, m] so that each of the k passes is a handful
             # of vectorised operations across customers instead of one small call per row.
             c = min(n, chunk or TOP_K_CHUNK)
-            _run_ranges(n, c, workers, lambda start, stop: _select(columns_of, p, dtype, excluded, k, c, index, best, start, stop))
+            _run_ranges(
+                n,
+                c,
+                workers,
+                lambda start, stop: _select(columns_of, p, dtype, excluded, k, c, index, best, start, stop),
+            )
     missing = best == -np.inf
     if missing.any():
         index[missing] = -1
@@ -443,7 +484,7 @@ class ProductIndex:
         self._transposed = np.ascontiguousarray(self.product_embeddings.T)
 
     @classmethod
-    def from_trained(cls, trained) -> "ProductIndex":
+    def from_trained(cls, trained) -> ProductIndex:
         return cls(trained.product_embeddings_)
 
     @property
@@ -454,8 +495,14 @@ class ProductIndex:
         """Cosine similarities float32 [n, P]."""
         return np.asarray(customer_embeddings, dtype=_F32) @ self._transposed
 
-    def recommend(self, customer_embeddings: np.ndarray, excluded: np.ndarray | None = None, k: int = 5,
-                  chunk_size: int = TOP_K_CHUNK, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(
+        self,
+        customer_embeddings: np.ndarray,
+        excluded: np.ndarray | None = None,
+        k: int = 5,
+        chunk_size: int = TOP_K_CHUNK,
+        workers: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``top_k(self.scores(customer_embeddings), excluded, k)`` with the scores computed
         chunk by chunk (the [n, P] matrix never exists whole)."""
         emb = np.asarray(customer_embeddings, dtype=_F32)

@@ -41,8 +41,27 @@ from finrec.errors import DataError, FinrecError
 DEFAULT_BATCH_ROWS = 65_536
 # pandas.read_csv's default missing-value markers, so that a CSV cell is missing on Ray exactly
 # when it is missing for the local engine (Arrow's own list lacks "None" and "<NA>").
-PANDAS_NA_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+PANDAS_NA_VALUES = (
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+)
 _BOOLEANS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
 
 
@@ -60,8 +79,9 @@ def check_ray_output(out, inputs: dict, what: str = "out") -> None:
     refuse_overlap(out, inputs, what=what)
     check_writable(out, "directory", what=what)
     if out.is_dir() and any(out.iterdir()):
-        raise FinrecError(f"{what} {out}: the directory of part files is not empty; name a new one "
-                          f"(nothing was written)")
+        raise FinrecError(
+            f"{what} {out}: the directory of part files is not empty; name a new one (nothing was written)"
+        )
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -77,8 +97,11 @@ def _csv_convert_options(path: Path):
     that disagrees (whole numbers, then a decimal), so types are settled per batch instead."""
     import pyarrow.csv as pacsv
 
-    return pacsv.ConvertOptions(column_types={name: pa.string() for name in _csv_header(path)},
-                                null_values=list(PANDAS_NA_VALUES), strings_can_be_null=True)
+    return pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in _csv_header(path)},
+        null_values=list(PANDAS_NA_VALUES),
+        strings_can_be_null=True,
+    )
 
 
 def _typed_like_pandas(values: pd.Series) -> pd.Series:
@@ -156,9 +179,17 @@ class ScoreBatches:
         return topk_table(ids, self.product_ids, ranking.index, ranking.scores)
 
 
-def score_dataset_ray(model_dir: str | Path, data_dir: str | Path, out: str | Path, k: int = 5, filters=None,
-                      batch_rows: int = DEFAULT_BATCH_ROWS, address: str | None = None, num_cpus: int | None = None,
-                      concurrency: int | None = None) -> tuple[int, int]:
+def score_dataset_ray(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    k: int = 5,
+    filters=None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    concurrency: int | None = None,
+) -> tuple[int, int]:
     """Score every customer in ``data_dir`` (a Parquet or CSV customers table) on Ray; returns
     (customers scored, rows written). ``concurrency`` scoring actors of one CPU each (default:
     the cluster's CPUs less one, at least 1), each loading the model once; leave CPUs for the
@@ -178,8 +209,13 @@ def score_dataset_ray(model_dir: str | Path, data_dir: str | Path, out: str | Pa
     started_here = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True)
+        ray.init(
+            address=address,
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
         started_here = True
     try:
         context = ray.data.DataContext.get_current()
@@ -194,8 +230,13 @@ def score_dataset_ray(model_dir: str | Path, data_dir: str | Path, out: str | Pa
             ds = ray.data.read_parquet(str(customers_path.resolve()))
         scored = ds.map_batches(
             ScoreBatches,
-            fn_constructor_args=(model_ref, k, filters, str(holdings_path.resolve()) if holdings_path else None,
-                                 is_csv),
+            fn_constructor_args=(
+                model_ref,
+                k,
+                filters,
+                str(holdings_path.resolve()) if holdings_path else None,
+                is_csv,
+            ),
             batch_size=batch_rows,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=concurrency),

@@ -118,7 +118,7 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model_dir: str | Path, data_dir: str | Path | None = None) -> "Recommender":
+    def load(cls, model_dir: str | Path, data_dir: str | Path | None = None) -> Recommender:
         """Load a model directory; known customers come from ``data_dir`` or, when omitted, from
         the training data recorded in the model's manifest (if it is still there)."""
         from finrec.artifacts import load_model_dir, model_version
@@ -143,8 +143,9 @@ class Recommender:
         return self.dataset.customers
 
     # ------------------------------------------------------------------------------ inputs
-    def context(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None,
-                held: np.ndarray | None = None) -> CustomerContext:
+    def context(
+        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, held: np.ndarray | None = None
+    ) -> CustomerContext:
         """Validated customers in model-ready form; their holdings as a links table or, when
         already matched to the rows, as ``held`` bool [n, P]."""
         cid = self.schema.customers.id
@@ -166,7 +167,9 @@ class Recommender:
         key = str(customer)
         row = self._row_of.get(key)
         if row is None:
-            raise UnknownCustomerError(f"unknown customer_id {key!r}" + ("" if self._known else " (no customer table is loaded)"))
+            raise UnknownCustomerError(
+                f"unknown customer_id {key!r}" + ("" if self._known else " (no customer table is loaded)")
+            )
         known = self._known
         return CustomerContext(
             ids=known.ids[row : row + 1],
@@ -244,8 +247,13 @@ class Recommender:
     def masks(self, context: CustomerContext, filters: F.Filters) -> dict[str, np.ndarray]:
         return F.exclusion_masks(context.attributes, context.held, self.catalogue, filters)
 
-    def rank(self, context: CustomerContext, k: int, filters: F.Filters | dict | str | None = None,
-             workers: int | None = None) -> Ranking:
+    def rank(
+        self,
+        context: CustomerContext,
+        k: int,
+        filters: F.Filters | dict | str | None = None,
+        workers: int | None = None,
+    ) -> Ranking:
         """The ranking core: embeddings, the filter masks, then the top ``k`` eligible products
         of every customer in ``context`` (the [n, P] scores are computed chunk by chunk)."""
         filters = F.Filters.build(filters)
@@ -261,14 +269,20 @@ class Recommender:
         index = np.full((len(objected), width), -1, dtype=np.int64)
         best = np.full((len(objected), width), -np.inf, dtype=np.float32)
         if len(keep):
-            sub = CustomerContext(ids=context.ids[keep], inputs={n: v[keep] for n, v in context.inputs.items()},
-                                  attributes={}, held=context.held[keep])
+            sub = CustomerContext(
+                ids=context.ids[keep],
+                inputs={n: v[keep] for n, v in context.inputs.items()},
+                attributes={},
+                held=context.held[keep],
+            )
             sub_index, sub_best = self.index.recommend(self.embed(sub, workers), excluded[keep], k, workers=workers)
             index[keep, : sub_index.shape[1]] = sub_index
             best[keep, : sub_best.shape[1]] = sub_best
         return Ranking(index, best, masks, excluded)
 
-    def recommend(self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None) -> RecommendationResult:
+    def recommend(
+        self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None
+    ) -> RecommendationResult:
         """Top ``k`` eligible products for a known ``customer_id`` or a dict of raw features.
 
         Filters are masks applied before top-K, so up to ``k`` eligible products come back; when
@@ -280,8 +294,9 @@ class Recommender:
         customer_id = None if isinstance(customer, dict) else str(customer)
         if context.attributes["objected"][0]:
             # GDPR Art. 21(3): no profiling for marketing at all, so no ranking and no exclusions to record.
-            return RecommendationResult(customer_id, int(k), [], 0, filters, F.CONSENT_MESSAGE, objected=True,
-                                        rules=["consent"])
+            return RecommendationResult(
+                customer_id, int(k), [], 0, filters, F.CONSENT_MESSAGE, objected=True, rules=["consent"]
+            )
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
         # One more tower pass for one customer: the probability needs the whole row (a softmax).
@@ -290,21 +305,33 @@ class Recommender:
         for rank, (j, score) in enumerate(zip(ranking.index[0], ranking.scores[0]), start=1):
             if not np.isfinite(score):
                 break
-            items.append(Recommendation(
-                rank=rank,
-                product_id=str(self.pipeline.product_ids_[j]),
-                score=float(score),
-                product=self.products[j],
-                reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
-                probability=None if probabilities is None else float(probabilities[j]),
-                regime=None if self.catalogue.regime is None else str(self.catalogue.regime[j]),
-            ))
+            items.append(
+                Recommendation(
+                    rank=rank,
+                    product_id=str(self.pipeline.product_ids_[j]),
+                    score=float(score),
+                    product=self.products[j],
+                    reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
+                    probability=None if probabilities is None else float(probabilities[j]),
+                    regime=None if self.catalogue.regime is None else str(self.catalogue.regime[j]),
+                )
+            )
         eligible = int((~excluded[0]).sum())
         message = None
         if len(items) < k:
-            message = f"only {eligible} product(s) are eligible under these filters; returning {len(items)} instead of {k}"
-        return RecommendationResult(customer_id, int(k), items, eligible, filters, message,
-                                    exclusions=self._exclusions(masks), rules=[r for r in F.RULES if r in masks])
+            message = (
+                f"only {eligible} product(s) are eligible under these filters; returning {len(items)} instead of {k}"
+            )
+        return RecommendationResult(
+            customer_id,
+            int(k),
+            items,
+            eligible,
+            filters,
+            message,
+            exclusions=self._exclusions(masks),
+            rules=[r for r in F.RULES if r in masks],
+        )
 
     def _exclusions(self, masks: dict[str, np.ndarray]) -> list[tuple[str, str]]:
         """(product_id, first rule in ``F.RULES`` order) for every product excluded in row 0."""
@@ -327,12 +354,16 @@ class Recommender:
         rows = []
         for j, pid in enumerate(self.pipeline.product_ids_):
             rule = F.first_reason(masks, 0, j)
-            rows.append({
-                S.PRODUCT_ID: pid,
-                "score": float(scores[j]),
-                "excluded_by": rule,
-                "detail": F.describe_exclusion(rule, context.attributes, self.catalogue, 0, j, filters) if rule else "eligible",
-            })
+            rows.append(
+                {
+                    S.PRODUCT_ID: pid,
+                    "score": float(scores[j]),
+                    "excluded_by": rule,
+                    "detail": F.describe_exclusion(rule, context.attributes, self.catalogue, 0, j, filters)
+                    if rule
+                    else "eligible",
+                }
+            )
         return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
     def customer_profile(self, customer_id: str) -> dict[str, Any]:
@@ -350,8 +381,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def product_columns(products: pd.DataFrame, schema: S.DatasetSchema,
-                    hints: S.DisplayHints | None = None) -> tuple[str | None, tuple[str, ...]]:
+def product_columns(
+    products: pd.DataFrame, schema: S.DatasetSchema, hints: S.DisplayHints | None = None
+) -> tuple[str | None, tuple[str, ...]]:
     """(name column or None, detail columns) of a catalogue: what a recommendation carries.
 
     The display hints decide when given; otherwise the name is the first text column outside the
@@ -378,8 +410,9 @@ def product_columns(products: pd.DataFrame, schema: S.DatasetSchema,
     return name, tuple(details)
 
 
-def _product_details(products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str],
-                     shown: list[str]) -> list[dict[str, Any]]:
+def _product_details(
+    products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str], shown: list[str]
+) -> list[dict[str, Any]]:
     table = products.set_index(products[schema.products.id].astype(str)).loc[product_ids]
     # The filters' inputs always travel with a recommendation, whatever the display hints say.
     carried = [*shown, *(c for c in (schema.products.risk, schema.products.category) if c), *TERM_COLUMNS]

@@ -23,12 +23,15 @@ from finrec.training.train import fit
 def data_parallel_devices(devices: list[str] | None = None) -> list[str]:
     """The devices to train on: the ones given, or every device Keras sees."""
     if keras.backend.backend() != "jax":
-        raise ConfigError(f"data-parallel training needs the JAX backend (KERAS_BACKEND=jax); this is {keras.backend.backend()}")
+        raise ConfigError(
+            f"data-parallel training needs the JAX backend (KERAS_BACKEND=jax); this is {keras.backend.backend()}"
+        )
     return list(devices) if devices else keras.distribution.list_devices()
 
 
-def fit_data_parallel(dataset, config: Config | None = None, devices: list[str] | None = None,
-                      verbose: int | None = None, callbacks=None):
+def fit_data_parallel(
+    dataset, config: Config | None = None, devices: list[str] | None = None, verbose: int | None = None, callbacks=None
+):
     """``finrec.training.fit`` with the batches sharded over ``devices`` (a ``Dataset`` or a
     ``finrec.training.stream.StreamingSource``). The previous distribution is restored afterwards."""
     config = (config or Config()).validate()

@@ -169,20 +169,30 @@ class NumericAccumulator:
         mean = (n_obs * mean_obs + self.missing * median) / total
         var = (n_obs * (var_obs + (mean_obs - mean) ** 2) + self.missing * (median - mean) ** 2) / total
         std = math.sqrt(max(var, 0.0))
-        return NumericStats(column=self.column, log=log, median=median, mean=float(mean), std=std if std > 1e-12 else 1.0)
+        return NumericStats(
+            column=self.column, log=log, median=median, mean=float(mean), std=std if std > 1e-12 else 1.0
+        )
 
 
 class StreamingPipelineFit:
     """Fits a ``FeaturePipeline``'s customer statistics chunk by chunk; products are small and
     fitted exactly, as in ``FeaturePipeline.fit``."""
 
-    def __init__(self, schema: S.DatasetSchema, use_holdings: bool = True, exclude_protected: bool = False,
-                 reservoir: int = DEFAULT_RESERVOIR, seed: int = 0):
+    def __init__(
+        self,
+        schema: S.DatasetSchema,
+        use_holdings: bool = True,
+        exclude_protected: bool = False,
+        reservoir: int = DEFAULT_RESERVOIR,
+        seed: int = 0,
+    ):
         self.pipeline = FeaturePipeline(schema, use_holdings, exclude_protected)
         c = self.pipeline.schema.customers
         log_c = set(c.log_numeric) if c.log_numeric is not None else None
-        self.numeric = [NumericAccumulator(col, None if log_c is None else col in log_c, reservoir, seed + i)
-                        for i, col in enumerate(c.numeric_features)]
+        self.numeric = [
+            NumericAccumulator(col, None if log_c is None else col in log_c, reservoir, seed + i)
+            for i, col in enumerate(c.numeric_features)
+        ]
         self.vocab: dict[str, set[str]] = {col: set() for col in c.categorical_features}
         self.rows = 0
 
@@ -200,8 +210,10 @@ class StreamingPipelineFit:
         p.customer_numeric_ = [acc.result() for acc in self.numeric]
         p.customer_vocab_ = {col: sorted(seen) for col, seen in self.vocab.items()}
         p.product_ids_ = [str(v) for v in products[ps.id]]
-        p.product_numeric_ = [NumericStats.fit(col, products[col].to_numpy(), None if log_p is None else col in log_p)
-                              for col in ps.numeric_features]
+        p.product_numeric_ = [
+            NumericStats.fit(col, products[col].to_numpy(), None if log_p is None else col in log_p)
+            for col in ps.numeric_features
+        ]
         p.product_vocab_ = {col: fit_vocabulary(products[col]) for col in ps.categorical_features}
         counts = np.zeros(p.n_products, dtype="int64") if popularity is None else np.asarray(popularity, dtype="int64")
         p.product_popularity_ = [int(v) for v in counts]
@@ -221,8 +233,9 @@ def _link_batches(path: Path, chunk_rows: int):
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     elif path.suffix == ".csv":
         options = pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in columns})
-        batches = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)),
-                                 convert_options=options)
+        batches = pacsv.open_csv(
+            path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)), convert_options=options
+        )
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
     for batch in batches:
@@ -324,15 +337,26 @@ class StreamingLayout:
             raise DataError(f"{self.customers_file(piece.bucket)}: rows {piece.start}-{stop} not found")
         customers = pa.Table.from_batches(parts).to_pandas()
         ids = as_arrow_text(customers[self.schema.customers.id])
-        return Dataset(schema=self.schema, customers=customers, products=self.products,
-                       interactions=self.read_links(S.INTERACTIONS, piece.bucket, ids),
-                       holdings=self.read_links(S.HOLDINGS, piece.bucket, ids))
+        return Dataset(
+            schema=self.schema,
+            customers=customers,
+            products=self.products,
+            interactions=self.read_links(S.INTERACTIONS, piece.bucket, ids),
+            holdings=self.read_links(S.HOLDINGS, piece.bucket, ids),
+        )
 
 
-def partition(data_dir: str | Path, workdir: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-              validation_fraction: float = 0.1, seed: int = 0, use_holdings: bool = True,
-              exclude_protected: bool = False, reservoir: int = DEFAULT_RESERVOIR,
-              max_validation: int = DEFAULT_MAX_VALIDATION) -> StreamingLayout:
+def partition(
+    data_dir: str | Path,
+    workdir: str | Path,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    use_holdings: bool = True,
+    exclude_protected: bool = False,
+    reservoir: int = DEFAULT_RESERVOIR,
+    max_validation: int = DEFAULT_MAX_VALIDATION,
+) -> StreamingLayout:
     """Passes 1-3 of the module docstring: bucket files in ``workdir``, the fitted pipeline, the
     validation set and the batch counts."""
     started = time.perf_counter()
@@ -396,7 +420,9 @@ def partition(data_dir: str | Path, workdir: str | Path, chunk_rows: int = DEFAU
         start = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[table.id]):
             ids = as_arrow_text(batch.column(0))
-            mine = interactions[pc.is_in(as_arrow_text(interactions[S.CUSTOMER_ID]), value_set=ids).to_numpy(zero_copy_only=False)]
+            mine = interactions[
+                pc.is_in(as_arrow_text(interactions[S.CUSTOMER_ID]), value_set=ids).to_numpy(zero_copy_only=False)
+            ]
             positions = pipeline.product_positions(mine[S.PRODUCT_ID].to_numpy())
             known = positions >= 0
             popularity += np.bincount(positions[known], minlength=pipeline.n_products)
@@ -410,7 +436,9 @@ def partition(data_dir: str | Path, workdir: str | Path, chunk_rows: int = DEFAU
     layout.validation = _read_validation(val_dir, schema, products)
     layout.seconds = {"partition": partitioned - started, "count": time.perf_counter() - partitioned}
     if layout.dropped_links:
-        log.warning("%d interaction(s) name a customer that is not in the customers table; skipped", layout.dropped_links)
+        log.warning(
+            "%d interaction(s) name a customer that is not in the customers table; skipped", layout.dropped_links
+        )
     return layout
 
 
@@ -419,13 +447,22 @@ def _read_validation(val_dir: Path, schema: S.DatasetSchema, products: pd.DataFr
         path = val_dir / f"{name}.parquet"
         if path.exists():
             frame = pq.read_table(path).to_pandas()
-            return frame.drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True) if name != S.CUSTOMERS else frame
+            return (
+                frame.drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True)
+                if name != S.CUSTOMERS
+                else frame
+            )
         if name == S.CUSTOMERS:
             return pd.DataFrame({schema.customers.id: pd.Series(dtype=object)})
         return pd.DataFrame({S.CUSTOMER_ID: pd.Series(dtype=object), S.PRODUCT_ID: pd.Series(dtype=object)})
 
-    return Dataset(schema=schema, customers=read(S.CUSTOMERS), products=products,
-                   interactions=read(S.INTERACTIONS), holdings=read(S.HOLDINGS))
+    return Dataset(
+        schema=schema,
+        customers=read(S.CUSTOMERS),
+        products=products,
+        interactions=read(S.INTERACTIONS),
+        holdings=read(S.HOLDINGS),
+    )
 
 
 # ------------------------------------------------------------------------------ batches
@@ -436,8 +473,15 @@ class StreamingBatches(keras.utils.PyDataset):
     ``chunk_rows`` customers in memory at a time. Batches never span two pieces; random access
     works (Keras peeks at the first batches) but sequential access is what is fast."""
 
-    def __init__(self, layout: StreamingLayout, batch_size: int, seed: int,
-                 sample_from: np.ndarray | None = None, num_negatives: int = 0, batch_multiple: int = 1):
+    def __init__(
+        self,
+        layout: StreamingLayout,
+        batch_size: int,
+        seed: int,
+        sample_from: np.ndarray | None = None,
+        num_negatives: int = 0,
+        batch_multiple: int = 1,
+    ):
         super().__init__()
         self.layout = layout
         self.batch_size = batch_size
@@ -510,31 +554,59 @@ class StreamingSource:
         self.last_batches: StreamingBatches | None = None
         self.last_layout: StreamingLayout | None = None
 
-    def fit(self, config: Config | None = None, verbose: int | None = None,
-            callbacks: list[keras.callbacks.Callback] | None = None, batch_multiple: int = 1):
+    def fit(
+        self,
+        config: Config | None = None,
+        verbose: int | None = None,
+        callbacks: list[keras.callbacks.Callback] | None = None,
+        batch_multiple: int = 1,
+    ):
         config = (config or Config()).validate()
         training = config.training
         set_seed(training.seed)
         scratch = Path(tempfile.mkdtemp(prefix="finrec-stream-", dir=self.workdir))
         try:
-            layout = partition(self.data_dir, scratch, self.chunk_rows, training.validation_fraction, training.seed,
-                               config.model.use_holdings, config.model.exclude_protected, self.reservoir,
-                               self.max_validation)
+            layout = partition(
+                self.data_dir,
+                scratch,
+                self.chunk_rows,
+                training.validation_fraction,
+                training.seed,
+                config.model.use_holdings,
+                config.model.exclude_protected,
+                self.reservoir,
+                self.max_validation,
+            )
             self.last_layout = layout
             if layout.customers_with_positives < 10:
-                raise DataError(f"interactions: only {layout.customers_with_positives} training customer(s) have "
-                                "interactions; training needs at least 10")
-            log.info("streaming training on %d examples in %d piece(s) of <= %d customers (%d validation customers)",
-                     layout.examples, len(layout.pieces), self.chunk_rows, len(layout.validation.customers))
+                raise DataError(
+                    f"interactions: only {layout.customers_with_positives} training customer(s) have "
+                    "interactions; training needs at least 10"
+                )
+            log.info(
+                "streaming training on %d examples in %d piece(s) of <= %d customers (%d validation customers)",
+                layout.examples,
+                len(layout.pieces),
+                self.chunk_rows,
+                len(layout.validation.customers),
+            )
 
             def make_batches(sample_from):
-                self.last_batches = StreamingBatches(layout, training.batch_size, training.seed, sample_from,
-                                                     training.num_negatives, batch_multiple)
+                self.last_batches = StreamingBatches(
+                    layout, training.batch_size, training.seed, sample_from, training.num_negatives, batch_multiple
+                )
                 return self.last_batches
 
-            return train_model(layout.pipeline, layout.products, layout.validation, layout.pipeline.product_popularity_,
-                               make_batches, config, verbose, callbacks,
-                               record={"train_examples": [float(layout.examples)],
-                                       "prepare_seconds": [sum(layout.seconds.values())]})
+            return train_model(
+                layout.pipeline,
+                layout.products,
+                layout.validation,
+                layout.pipeline.product_popularity_,
+                make_batches,
+                config,
+                verbose,
+                callbacks,
+                record={"train_examples": [float(layout.examples)], "prepare_seconds": [sum(layout.seconds.values())]},
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

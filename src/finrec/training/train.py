@@ -71,8 +71,15 @@ class TrainingBatches(keras.utils.PyDataset):
     ``finrec.model.losses``; for the sampled loss, ``num_negatives`` products per example are
     drawn from ``q`` (without replacement) and marked ``SAMPLED``."""
 
-    def __init__(self, examples: TrainingExamples, batch_size: int, rng: np.random.Generator,
-                 sample_from: np.ndarray | None = None, num_negatives: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        examples: TrainingExamples,
+        batch_size: int,
+        rng: np.random.Generator,
+        sample_from: np.ndarray | None = None,
+        num_negatives: int = 0,
+        shuffle: bool = True,
+    ):
         super().__init__()
         self.examples = examples
         self.batch_size = batch_size
@@ -126,7 +133,9 @@ class TrainingBatches(keras.utils.PyDataset):
         def epoch(number):
             order = tf.range(n, dtype=tf.int64)
             if self.shuffle:
-                order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(seed, tf.int64), number]))
+                order = tf.random.experimental.stateless_shuffle(
+                    order, seed=tf.stack([tf.constant(seed, tf.int64), number])
+                )
             return tf.data.Dataset.range(n_batches).map(lambda i: order[i * size : (i + 1) * size])
 
         return tf.data.Dataset.range(2**62).flat_map(epoch)
@@ -143,7 +152,12 @@ class TrainingBatches(keras.utils.PyDataset):
             return None
         import tensorflow as tf
 
-        tables = (self.examples.inputs, self.examples.customer_rows, self.examples.positives, self.examples.never_negative)
+        tables = (
+            self.examples.inputs,
+            self.examples.customer_rows,
+            self.examples.positives,
+            self.examples.never_negative,
+        )
 
         def gather(batch, tables):  # batch_of, in the graph
             inputs, customer_rows, positives, never_negative = tables
@@ -218,13 +232,22 @@ def make_loss(training: TrainConfig, positive_counts: np.ndarray) -> keras.losse
 
 def compile_for_training(model: keras.Model, training: TrainConfig, loss: keras.losses.Loss) -> None:
     """AdamW, with an exponential moving average of the weights when ``ema_momentum`` > 0."""
-    optimizer = keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay,
-                                       use_ema=training.ema_momentum > 0, ema_momentum=training.ema_momentum or 0.99)
+    optimizer = keras.optimizers.AdamW(
+        training.learning_rate,
+        weight_decay=training.weight_decay,
+        use_ema=training.ema_momentum > 0,
+        ema_momentum=training.ema_momentum or 0.99,
+    )
     model.compile(optimizer=optimizer, loss=loss)
 
 
-def validation_setup(pipeline: FeaturePipeline, val_data: Dataset, training: TrainConfig,
-                     sample_from: np.ndarray | None, callbacks: list | None) -> tuple[list, TrainingBatches | None]:
+def validation_setup(
+    pipeline: FeaturePipeline,
+    val_data: Dataset,
+    training: TrainConfig,
+    sample_from: np.ndarray | None,
+    callbacks: list | None,
+) -> tuple[list, TrainingBatches | None]:
     """(callbacks for ``model.fit``, its ``validation_data``): ranking metrics of the validation
     customers in the epoch logs, early stopping on them (or on the validation loss), then the
     caller's callbacks, which see those metrics."""
@@ -240,15 +263,23 @@ def validation_setup(pipeline: FeaturePipeline, val_data: Dataset, training: Tra
     fit_callbacks += [
         RankingValidation(val_examples.inputs, relevant, excluded, k),
         keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max" if training.monitor == "ndcg" else "min",
-            patience=training.patience, restore_best_weights=True,
+            monitor=monitor,
+            mode="max" if training.monitor == "ndcg" else "min",
+            patience=training.patience,
+            restore_best_weights=True,
         ),
         *(callbacks or []),
     ]
     validation_data = None
     if training.monitor == "loss":
-        validation_data = TrainingBatches(val_examples, training.batch_size, np.random.default_rng(training.seed + 1),
-                                          sample_from, training.num_negatives, shuffle=False)
+        validation_data = TrainingBatches(
+            val_examples,
+            training.batch_size,
+            np.random.default_rng(training.seed + 1),
+            sample_from,
+            training.num_negatives,
+            shuffle=False,
+        )
     return fit_callbacks, validation_data
 
 
@@ -269,10 +300,17 @@ def sampling_distribution(training: TrainConfig, counts: np.ndarray) -> np.ndarr
     return (counts + 1.0) / (counts + 1.0).sum()
 
 
-def train_model(pipeline: FeaturePipeline, products: pd.DataFrame, val_data: Dataset, counts: np.ndarray,
-                make_batches, config: Config, verbose: int | None = None,
-                callbacks: list[keras.callbacks.Callback] | None = None,
-                record: dict[str, list[float]] | None = None) -> TrainedModel:
+def train_model(
+    pipeline: FeaturePipeline,
+    products: pd.DataFrame,
+    val_data: Dataset,
+    counts: np.ndarray,
+    make_batches,
+    config: Config,
+    verbose: int | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    record: dict[str, list[float]] | None = None,
+) -> TrainedModel:
     """The one fit routine: build the two towers over ``products``, compile with the configured
     loss, and fit the batches ``make_batches(sample_from)`` returns, validating on ``val_data``.
 
@@ -293,8 +331,15 @@ def train_model(pipeline: FeaturePipeline, products: pd.DataFrame, val_data: Dat
     # shuffle=False: the batches already hold examples reshuffled every epoch; Keras would also
     # shuffle a PyDataset's batch order (not a tf.data one's), so both feeds train alike, and a
     # streamed one would load a piece per batch.
-    history = model.fit(feed or batches, steps_per_epoch=len(batches) if feed else None, epochs=training.epochs,
-                        shuffle=False, validation_data=validation_data, callbacks=all_callbacks, verbose=verbose)
+    history = model.fit(
+        feed or batches,
+        steps_per_epoch=len(batches) if feed else None,
+        epochs=training.epochs,
+        shuffle=False,
+        validation_data=validation_data,
+        callbacks=all_callbacks,
+        verbose=verbose,
+    )
     seconds = time.perf_counter() - start
     history_record = {name: [float(v) for v in values] for name, values in history.history.items()}
     history_record["fit_seconds"] = [seconds]
@@ -302,8 +347,13 @@ def train_model(pipeline: FeaturePipeline, products: pd.DataFrame, val_data: Dat
     return TrainedModel(model=model, pipeline=pipeline, config=config, products=products, history=history_record)
 
 
-def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = None,
-        callbacks: list[keras.callbacks.Callback] | None = None, batch_multiple: int = 1) -> TrainedModel:
+def fit(
+    dataset: Dataset,
+    config: Config | None = None,
+    verbose: int | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    batch_multiple: int = 1,
+) -> TrainedModel:
     """Train a two-tower model on ``dataset`` (a validation split of its customers is held out
     for early stopping). Same data, config and seed give the same model. Extra ``callbacks``
     (a progress bar, say) see the validation metrics in their epoch logs.
@@ -320,29 +370,48 @@ def fit(dataset: Dataset, config: Config | None = None, verbose: int | None = No
 
     with_positives = dataset.interactions[S.CUSTOMER_ID].unique()
     if len(with_positives) < 10:
-        raise DataError(f"interactions: only {len(with_positives)} customer(s) have interactions; training needs at least 10")
+        raise DataError(
+            f"interactions: only {len(with_positives)} customer(s) have interactions; training needs at least 10"
+        )
     train_ids, val_ids = split_customer_ids(np.sort(with_positives.astype(str)), training.validation_fraction, rng)
     cid = dataset.schema.customers.id
     without_positives = dataset.customers[cid][~dataset.customers[cid].isin(with_positives)].to_numpy(dtype=str)
     # The same share of the customers who adopted nothing is held out for the calibration, so
     # that its set has the population's mix; drawn from its own stream, training's draws are the
     # same as without it.
-    quiet_train, quiet_val = _hold_out(np.sort(without_positives), training.validation_fraction,
-                                       np.random.default_rng([training.seed, 1]))
+    quiet_train, quiet_val = _hold_out(
+        np.sort(without_positives), training.validation_fraction, np.random.default_rng([training.seed, 1])
+    )
     train_data = dataset.subset_customers(np.concatenate([train_ids, quiet_train]))
     val_data = dataset.subset_customers(val_ids)
 
-    pipeline = FeaturePipeline(dataset.schema, config.model.use_holdings, config.model.exclude_protected).fit(train_data)
+    pipeline = FeaturePipeline(dataset.schema, config.model.use_holdings, config.model.exclude_protected).fit(
+        train_data
+    )
     examples = build_examples(pipeline, train_data)
     examples.drop_remainder(batch_multiple)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
-    log.info("training on %d examples from %d customers (%d validation customers)", len(examples), len(train_ids), len(val_ids))
+    log.info(
+        "training on %d examples from %d customers (%d validation customers)",
+        len(examples),
+        len(train_ids),
+        len(val_ids),
+    )
 
     def make_batches(sample_from):
         return TrainingBatches(examples, training.batch_size, rng, sample_from, training.num_negatives)
 
-    trained = train_model(pipeline, dataset.products, val_data, counts, make_batches, config, verbose, callbacks,
-                          record={"train_examples": [float(len(examples))]})
+    trained = train_model(
+        pipeline,
+        dataset.products,
+        val_data,
+        counts,
+        make_batches,
+        config,
+        verbose,
+        callbacks,
+        record={"train_examples": [float(len(examples))]},
+    )
     trained.calibration = calibrate(trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])))
     return trained
 
