@@ -919,7 +919,7 @@ def campaign_problem(model_dir: str, data_dir: str | None, filters_json: str):
     return build_problem(rec, rec.dataset.source, filters=json.loads(filters_json))
 
 
-def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters: F.Filters) -> None:
+def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters: F.Filters, display) -> None:
     """Set capacities and contacts; see the optimal plan against greedy, the shadow prices, and
     the offers per product and segment (``finrec plan`` on the customers loaded here)."""
     from dataclasses import asdict, replace
@@ -993,7 +993,8 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
             hide_index=True,
             key="campaign_prices",
         )
-    segment = next((c for c in S.SYNTHETIC.customer_segments if c in rec.dataset.customers), None)
+    # The schema's segments (its display plan), not the synthetic bank's names.
+    segment = next((c for c in display.segments if c in rec.dataset.customers), None)
     offers = table
     if segment is not None:
         segments = rec.dataset.customers.set_index(rec.schema.customers.id)[segment].astype(str)
@@ -1061,7 +1062,7 @@ def page() -> None:
     with tabs["Model"]:
         model_tab(model_dir, data_dir, rec)
     with tabs["Campaign"]:
-        campaign_tab(model_dir, data_dir, rec, filters)
+        campaign_tab(model_dir, data_dir, rec, filters, plan)
     with tabs["Monitoring"]:
         monitoring_tab(model_dir, data_dir, rec)
 

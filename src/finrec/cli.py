@@ -623,14 +623,19 @@ def _governance_parsers(sub) -> None:
 # ------------------------------------------------------------------------------------ parser
 
 
-def _filter_arguments(p: argparse.ArgumentParser) -> None:
+def _filter_arguments(p: argparse.ArgumentParser, relaxable: bool = True) -> None:
+    """The filter flags, defined once; ``relaxable=False`` leaves out the two that turn a rule off
+    (a campaign plan never relaxes them)."""
     from finrec.recommend.filters import DEFAULT_PRESET, PRESET_HELP, PRESET_NAMES
 
     p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=PRESET_HELP)
     p.add_argument("--category", action="append", help="only these product categories (repeatable)")
     p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
-    p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
-    p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
+    if relaxable:
+        p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
+        p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
+    else:
+        p.set_defaults(no_suitability=False, include_held=False)
     p.add_argument(
         "--max-debt-service-ratio",
         type=float,
@@ -756,14 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="exact: min-cost flow; dual: prices per capacity, for millions of customers; auto: by size",
     )
-    from finrec.recommend.filters import DEFAULT_PRESET, PRESET_HELP, PRESET_NAMES
-
-    # Held products, suitability and the eligibility terms always apply to a campaign: only the
-    # tightening filters are offered here.
-    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=PRESET_HELP)
-    p.add_argument("--category", action="append", help="only these product categories (repeatable)")
-    p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
-    p.set_defaults(no_suitability=False, include_held=False)
+    # Held products, suitability and the eligibility terms always apply to a campaign.
+    _filter_arguments(p, relaxable=False)
     p.add_argument("--chunk-rows", type=_positive_int, default=None, help="customers read per chunk")
     p.add_argument("--json", type=Path, help="also write the summary as JSON")
     p.set_defaults(func=cmd_plan)

@@ -147,3 +147,18 @@ def test_dashboard_table_badges_follow_the_regime(rec, small_dataset):
             else:
                 assert badge.startswith("✅ Eligible")
     assert {"credit", "deposit"} <= seen
+
+
+def test_probabilities_never_score_objected_customers(rec, small_dataset, objected_ids, monkeypatch):
+    # A campaign plan and `score --probabilities` read these: objected customers get none, and
+    # the model never sees their rows.
+    customers = small_dataset.customers.head(200)
+    context = rec.context(customers, small_dataset.holdings)
+    objected = context.attributes["objected"]
+    assert objected.any() and not objected.all()
+    scored_rows = []
+    scores = rec.scores
+    monkeypatch.setattr(rec, "scores", lambda ctx: scored_rows.append(len(ctx.ids)) or scores(ctx))
+    p = rec.probabilities(context)
+    assert scored_rows == [int((~objected).sum())]
+    assert (p[objected] == 0).all() and p[~objected].sum() > 0

@@ -148,6 +148,6 @@ def test_product_columns_are_derived_without_hints(small_dataset):
     name, details = product_columns(small_dataset.products, bare)
     p = bare.products
     assert name == "name"  # the one text column outside the features that tells products apart
-    assert details == (p.category, p.risk, *p.numeric)
+    assert details == (p.category, p.risk, *p.numeric, *p.categorical)
     unnamed = small_dataset.products.drop(columns=["name"])
     assert product_columns(unnamed, bare)[0] is None

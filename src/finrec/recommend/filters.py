@@ -405,15 +405,15 @@ def _describe_target_market(
 
 
 def _ratio(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int) -> float:
-    """Debt service to income after product ``column`` (NaN when not computable)."""
-    if catalogue.payment is None or np.isnan(catalogue.payment[column]):
+    """Debt service to income after product ``column`` (NaN when not computable, or when the
+    caller kept only some attributes: a campaign plan's reasons carry the risk tolerance alone)."""
+    income, debt = attributes.get(S.INCOME), attributes.get("debt_service")
+    if catalogue.payment is None or income is None or debt is None or np.isnan(catalogue.payment[column]):
         return float("nan")
     return float(
-        C.debt_service_ratio_after(
-            attributes[S.INCOME][row : row + 1],
-            attributes["debt_service"][row : row + 1],
-            catalogue.payment[column : column + 1],
-        )[0, 0]
+        C.debt_service_ratio_after(income[row : row + 1], debt[row : row + 1], catalogue.payment[column : column + 1])[
+            0, 0
+        ]
     )
 
 

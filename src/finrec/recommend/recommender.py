@@ -82,6 +82,11 @@ class CustomerContext:
     attributes: dict[str, np.ndarray]
     held: np.ndarray  # bool [n, P]
 
+    def take(self, rows: np.ndarray) -> CustomerContext:
+        """The customers at ``rows`` (int [m]), for the model's inputs; the filters' attributes
+        are left behind (the masks are computed on the whole context)."""
+        return CustomerContext(self.ids[rows], {n: v[rows] for n, v in self.inputs.items()}, {}, self.held[rows])
+
 
 @dataclass
 class Ranking:
@@ -242,7 +247,16 @@ class Recommender:
         calibration raises ``FinrecError``."""
         if self.calibration is None:
             raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
-        return self.calibration(self.scores(context) if scores is None else scores, context.held)
+        objected = context.attributes.get("objected")
+        if scores is not None or objected is None or not objected.any():
+            return self.calibration(self.scores(context) if scores is None else scores, context.held)
+        # Customers who objected to profiling for marketing are not scored: their probabilities stay 0.
+        out = np.zeros(context.held.shape, dtype=np.float32)
+        keep = np.flatnonzero(~objected)
+        if len(keep):
+            sub = context.take(keep)
+            out[keep] = self.calibration(self.scores(sub), sub.held)
+        return out
 
     def masks(self, context: CustomerContext, filters: F.Filters) -> dict[str, np.ndarray]:
         return F.exclusion_masks(context.attributes, context.held, self.catalogue, filters)
@@ -269,12 +283,7 @@ class Recommender:
         index = np.full((len(objected), width), -1, dtype=np.int64)
         best = np.full((len(objected), width), -np.inf, dtype=np.float32)
         if len(keep):
-            sub = CustomerContext(
-                ids=context.ids[keep],
-                inputs={n: v[keep] for n, v in context.inputs.items()},
-                attributes={},
-                held=context.held[keep],
-            )
+            sub = context.take(keep)
             sub_index, sub_best = self.index.recommend(self.embed(sub, workers), excluded[keep], k, workers=workers)
             index[keep, : sub_index.shape[1]] = sub_index
             best[keep, : sub_best.shape[1]] = sub_best
