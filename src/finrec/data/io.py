@@ -49,6 +49,8 @@ class Dataset:
     products: pd.DataFrame
     interactions: pd.DataFrame
     holdings: pd.DataFrame = field(default_factory=lambda: _empty_links())
+    # Past snapshots (customer_id, product_id, as_of as datetime64), or None when not given.
+    holdings_history: pd.DataFrame | None = None
     ground_truth: pd.DataFrame | None = None
     source: Path | None = None
 
@@ -65,11 +67,13 @@ class Dataset:
         keep = pd.Index(ids)
         cid = self.schema.customers.id
         gt = self.ground_truth
+        hist = self.holdings_history
         return replace(
             self,
             customers=self.customers[self.customers[cid].isin(keep)].reset_index(drop=True),
             interactions=self.interactions[self.interactions[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True),
             holdings=self.holdings[self.holdings[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True),
+            holdings_history=None if hist is None else hist[hist[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True),
             ground_truth=None if gt is None else gt[gt[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True),
         )
 

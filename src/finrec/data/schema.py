@@ -28,6 +28,8 @@ CUSTOMERS = "customers"
 PRODUCTS = "products"
 INTERACTIONS = "interactions"
 HOLDINGS = "holdings"
+# Optional: one row per product a customer held at each past snapshot date (month ends, typically).
+HOLDINGS_HISTORY = "holdings_history"
 GROUND_TRUTH = "ground_truth"
 SCHEMA_FILE = "schema.yaml"
 
@@ -40,6 +42,7 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 CUSTOMER_ID = "customer_id"
 PRODUCT_ID = "product_id"
 TIMESTAMP = "timestamp"
+AS_OF = "as_of"  # the snapshot date of a holdings_history row
 PROBABILITY = "probability"
 
 # Product columns that the recommender treats as eligibility terms when the table has them.
