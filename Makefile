@@ -46,11 +46,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# One worker per core (two on the CI machine); a file's tests stay on one worker so its module
+# fixtures (a trained model, a server, a Ray cluster) are built once.
 test: lint chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest -n auto --dist loadfile -m "not slow and not browser"
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/quality_default.py

@@ -114,8 +114,9 @@ def test_slow_bodies_get_408_and_cannot_starve_the_probes(server):
         if client.status == 408:  # at the total deadline, however it trickled
             assert BODY_TIMEOUT_S - 0.2 <= client.answered_after <= BODY_TIMEOUT_S + MARGIN_S, client.answered_after
             assert client.body == {"detail": f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"}
-        else:  # past the limit: turned away at once, not queued behind the slow ones
-            assert client.answered_after < BODY_TIMEOUT_S / 2, client.answered_after
+        else:  # past the limit: turned away at once, not queued behind the slow ones (which end at the deadline;
+            # the margin below it absorbs a busy machine, e.g. the other test worker training a model)
+            assert client.answered_after < BODY_TIMEOUT_S - 0.5, client.answered_after
             assert b"retry-after: 1" in client.answer.lower()
     assert busy is not None and busy.status_code == 503 and busy.headers["retry-after"] == "1"
     # Liveness was never starved: both probes answered 200 at every round of the attack.

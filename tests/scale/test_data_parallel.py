@@ -32,10 +32,10 @@ SCRIPT = textwrap.dedent("""
                 dist = keras.distribution.distribution()
                 seen.append(len(dist.device_mesh.devices.ravel()) if dist is not None else 1)
 
-    data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=4000, seed=5)))
+    data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=2500, seed=5)))
     train, test = split_dataset(data, 0.2, 0)
     config = Config(model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
-                    training=TrainConfig(epochs=4, batch_size=128, patience=3)).validate()
+                    training=TrainConfig(epochs=3, batch_size=128, patience=3)).validate()
     one = fit(train, config, verbose=0)
     many = fit_data_parallel(train, config, verbose=0, callbacks=[Watch()])
     weight = many.model.trainable_weights[0].value
