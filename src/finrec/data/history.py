@@ -26,7 +26,8 @@ r"""A bank with a past: month-end holdings simulated forward, for ``generate(mon
                    home insurance +2.5 exp(-d/3), life insurance +1.0 exp(-d/6),
                    personal loans +0.6 exp(-d/3)
    where an event's month is uniform over the N + 1 months.
-3. **Adoptions**: a customer adopts in the month with probability ``q exp(-0.2 max(0, h - 2))``
+3. **Adoptions** (in the target month never of a product the last snapshot shows, though it may
+   have matured since: ``holdings`` is what a model sees): a customer adopts in the month with probability ``q exp(-0.2 max(0, h - 2))``
    (``h`` products held, ``q`` = 0.2 x the generator's ``adoptions_per_customer``, capped at
    0.95), then ``1 + Poisson(0.25)`` products (clipped to what is left), the Gumbel-top-m of
    ``U / T`` over the products neither held nor forbidden, as in the generator.
@@ -228,7 +229,7 @@ def simulate(
 
         # 2. who adopts this month (every customer's utility is needed in the target month
         # only, for the ground truth; before it, only the adopters' is)
-        available = (~held & ~forbidden).sum(axis=1)
+        available = (~held & ~forbidden & ~(last_snapshot if m == months + 1 else False)).sum(axis=1)
         n_held = held.sum(axis=1)
         p_adopt = market.monthly_p * np.exp(-SATURATION * np.maximum(n_held - 2, 0))
         count = np.where(rng.random(n) < p_adopt, 1 + rng.poisson(EXTRA_PER_MONTH, n), 0)
@@ -260,7 +261,10 @@ def simulate(
 
         # 4. adoptions: Gumbel-top-m of U / T over what is neither held nor forbidden
         V = U / market.temperature
-        V[held_who | forbidden[who]] = -np.inf
+        blocked = held_who | forbidden[who]
+        if target:  # nor what the last snapshot shows (a deposit maturing now moves the money elsewhere)
+            blocked |= last_snapshot[who]
+        V[blocked] = -np.inf
         rows, cols = market.top_m(V + rng.gumbel(size=V.shape), count[who])
         rows = who[rows]
         if target:
