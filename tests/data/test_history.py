@@ -16,7 +16,7 @@ from finrec.data.synthetic import GeneratorSettings, generate
 from finrec.errors import ConfigError, DataError
 
 MONTHS = 6
-SETTINGS = GeneratorSettings(n_customers=1500, seed=5, months=MONTHS)
+SETTINGS = GeneratorSettings(n_customers=800, seed=5, months=MONTHS)
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +112,15 @@ def test_the_truth_depends_on_the_past_alone():
     # savings account, which no history term touches differently in the two groups (a
     # probability alone also depends on how many products are left to choose from).
     types = ["current_account", "credit_card", "term_deposit", "savings_account"]
-    n, P = 6000, len(types)
+    n, P = 4000, len(types)
     U0, people = _identical(n, P)
     held = np.zeros((n, P), bool)
     held[:, 0] = True
     held[: n // 2, 1] = True  # half hold the card
     held[n // 2 :, 2] = True  # the other half a 6-month deposit
-    sim = H.simulate(U0, held, np.zeros((n, P), bool), people, _market(P, types, [0, 0, 6, 0]), 8, np.random.default_rng(0))
+    sim = H.simulate(
+        U0, held, np.zeros((n, P), bool), people, _market(P, types, [0, 0, 6, 0]), 8, np.random.default_rng(0)
+    )
     months = sim.snapshot_month
     ever = np.zeros((n, P), bool)
     ever[sim.snapshot_rows, sim.snapshot_cols] = True
