@@ -112,6 +112,15 @@ Ground truth: for every customer and every product not held,
 exactly the distribution of the first adoption. It sums to 1 per customer (0 for a customer the
 rules leave nothing, which only a tiny catalogue allows).
 
+A past (``months`` > 0)
+-----------------------
+``finrec.data.history.simulate`` replaces the adoption step: from the holdings above it runs
+``months`` months of life cycles, closures, life events and monthly adoptions, then the target
+month (January 2026). ``holdings_history`` holds the month-end snapshots, ``holdings`` the last,
+``interactions`` the target month's adoptions and the ground truth the target month's first-choice
+probabilities, which depend on the history (see that module). ``months=0`` draws exactly the
+frames it drew before the option existed (the history has a random stream of its own).
+
 Compliance columns
 ------------------
 Drawn from a fourth random stream (so the columns above are the same as before they existed):
