@@ -78,3 +78,96 @@ def test_bad_config_file(tmp_path, small_data_dir, capsys):
     )
     assert code == 2 and "training.epochs" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------------------ history and time
+
+
+@pytest.fixture(scope="module")
+def bank_with_past(tmp_path_factory):
+    bank = tmp_path_factory.mktemp("past") / "bank"
+    assert main(["generate", "--out", str(bank), "--customers", "400", "--months", "4", "--seed", "2"]) == 0
+    return bank
+
+
+def test_generate_months_writes_a_history(bank_with_past, capsys):
+    history = pd.read_parquet(bank_with_past / "holdings_history.parquet")
+    assert sorted(history["as_of"].dt.strftime("%Y-%m-%d").unique()) == [
+        "2025-09-30",
+        "2025-10-31",
+        "2025-11-30",
+        "2025-12-31",
+    ]
+
+
+def test_split_by_time_records_how(bank_with_past, tmp_path, capsys):
+    out = tmp_path / "oot"
+    code = main(["split", "--data", str(bank_with_past), "--out", str(out), "--by", "time", "--cutoff", "2025-12-31"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "features as of 2025-11-30" in printed and "adoptions after 2025-12-31" in printed
+    train = json.loads((out / "train" / "split.json").read_text())
+    test = json.loads((out / "test" / "split.json").read_text())
+    assert (train["by"], train["side"], train["cutoff"], train["features_as_of"]) == (
+        "time",
+        "train",
+        "2025-12-31",
+        "2025-11-30",
+    )
+    assert (test["side"], test["features_as_of"], test["adoptions_from"]) == ("test", "2025-12-31", "2026-01-01")
+    assert not (out / "train" / "ground_truth.parquet").exists() and (out / "test" / "ground_truth.parquet").exists()
+    code = main(["split", "--data", str(bank_with_past), "--out", str(tmp_path / "cs")])
+    assert code == 0
+    record = json.loads((tmp_path / "cs" / "test" / "split.json").read_text())
+    assert (record["by"], record["holdout"], record["seed"]) == ("customer", 0.2, 0)
+    # the customer split carries the history of its customers
+    history = pd.read_parquet(tmp_path / "cs" / "test" / "holdings_history.parquet")
+    customers = pd.read_parquet(tmp_path / "cs" / "test" / "customers.parquet")
+    assert len(history) > 0 and set(history["customer_id"]) <= set(customers["customer_id"])
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--by", "time"], "needs --cutoff"),
+        (["--cutoff", "2025-12-31"], "--cutoff goes with --by time"),
+        (["--by", "time", "--cutoff", "2025-12-31", "--holdout", "0.3"], "--holdout goes with --by customer"),
+        (["--by", "time", "--cutoff", "someday"], "'someday' is not a date"),
+        (["--by", "time", "--cutoff", "2030-01-01"], "outside the data's dates"),
+        (["--by", "time", "--cutoff", "2025-09-30"], "two snapshots up to the cutoff"),
+    ],
+)
+def test_split_by_time_refusals_exit_2(bank_with_past, tmp_path, capsys, extra, fragment):
+    code = main(["split", "--data", str(bank_with_past), "--out", str(tmp_path / "s"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_split_by_time_needs_timestamps(small_data_dir, tmp_path, capsys):
+    data = tmp_path / "bank"
+    import shutil
+
+    shutil.copytree(small_data_dir, data)
+    interactions = pd.read_parquet(data / "interactions.parquet").drop(columns=["timestamp"])
+    interactions.to_parquet(data / "interactions.parquet")
+    code = main(["split", "--data", str(data), "--out", str(tmp_path / "s"), "--by", "time", "--cutoff", "2026-06-30"])
+    assert code == 2 and "needs a 'timestamp' column" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_says_which_split_it_scored(bank_with_past, model_dir, tmp_path, capsys):
+    out = tmp_path / "oot"
+    assert (
+        main(["split", "--data", str(bank_with_past), "--out", str(out), "--by", "time", "--cutoff", "2025-12-31"]) == 0
+    )
+    capsys.readouterr()
+    code = main(
+        ["evaluate", "--model", str(model_dir), "--data", str(out / "test"), "--json", str(tmp_path / "e.json")]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.startswith("split: out of time, test side, cutoff 2025-12-31"), printed
+    assert json.loads((tmp_path / "e.json").read_text())["split"]["cutoff"] == "2025-12-31"
+    code = main(["evaluate", "--model", str(model_dir), "--data", str(bank_with_past)])
+    assert code == 0 and "split: not recorded" in capsys.readouterr().out

@@ -1256,3 +1256,54 @@ DEMO_CASES: list[DemoCase] = [
         "demo_typed_model_inside_finrec_model", "model", None, ("the model in FINREC_MODEL",), typed="model/sub/model"
     ),
 ]
+
+
+# ------------------------------------------------------------------------------------ holdings history
+
+
+def _history(fn: Callable[[pd.DataFrame], pd.DataFrame | None] | None = None) -> Callable[[Path], None]:
+    """Add a holdings_history.csv (the holdings, held at two month-ends before the 2026
+    adoptions), then apply ``fn`` to it."""
+
+    def damage(d: Path) -> None:
+        holdings = read(d, H)
+        history = pd.concat(
+            [holdings.assign(as_of="2025-11-30"), holdings.assign(as_of="2025-12-31")], ignore_index=True
+        )
+        out = fn(history) if fn else None
+        write(d, S.HOLDINGS_HISTORY, history if out is None else out)
+
+    return damage
+
+
+def _cell(column: str, value: str, row: int = 1):
+    def fn(df):
+        df.loc[row, column] = value
+
+    return fn
+
+
+def _first_adopter_snapshot_late(d: Path) -> None:
+    """A snapshot of the first adopter dated on the day of its adoption (the history must precede it)."""
+    _history()(d)
+    interactions = read(d, I)
+    history = read(d, S.HOLDINGS_HISTORY)
+    customer, day = interactions.loc[0, "customer_id"], interactions.loc[0, "timestamp"][:10]
+    row = pd.DataFrame({"customer_id": [customer], "product_id": [history.loc[0, "product_id"]], "as_of": [day]})
+    write(d, S.HOLDINGS_HISTORY, pd.concat([history, row], ignore_index=True))
+
+
+HH = S.HOLDINGS_HISTORY
+DATA_CASES += [
+    Case("history_valid", _history()),
+    Case("history_duplicate_rows_are_dropped", _history(lambda df: pd.concat([df, df.head(5)], ignore_index=True))),
+    Case("history_header_only", _history(lambda df: df.head(0))),
+    Case("history_missing_as_of", _history(lambda df: df.drop(columns=["as_of"])), (HH, "'as_of'")),
+    Case("history_unknown_customer", _history(_cell("customer_id", "NOBODY")), (HH, "'NOBODY'", "not in customers")),
+    Case("history_unknown_product", _history(_cell("product_id", "GHOST")), (HH, "'GHOST'", "not in products")),
+    Case("history_empty_id", _history(_cell("customer_id", " ")), (HH, "empty id", "row(s) 2")),
+    Case("history_bad_date", _history(_cell("as_of", "31/31/2025")), ("'as_of'", "not dates", "'31/31/2025'")),
+    Case("history_missing_date", _history(_cell("as_of", "")), ("'as_of'", "missing date", "row(s) 2")),
+    Case("history_after_adoptions", _first_adopter_snapshot_late, (HH, "on or after their first adoption")),
+    Case("history_binary", raw_bytes(HH, bytes(range(256)) * 40), (HH, "binary")),
+]

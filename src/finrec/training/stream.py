@@ -57,6 +57,7 @@ from finrec.config import Config
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text, ids_as_text
 from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
+from finrec.data.validate import parse_dates
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary
 from finrec.training.train import TrainingBatches, build_examples, set_seed, train_model
@@ -223,28 +224,36 @@ class StreamingPipelineFit:
 # ------------------------------------------------------------------------------ reading
 
 
-def _link_batches(path: Path, chunk_rows: int):
-    """Record batches (customer_id, product_id as text) of a link table, CSV or Parquet."""
-    columns = [S.CUSTOMER_ID, S.PRODUCT_ID]
+def _link_batches(path: Path, chunk_rows: int, dated: bool = False):
+    """Record batches (customer_id, product_id as text) of a link table, CSV or Parquet; with
+    ``dated``, of a holdings history (its ``as_of`` parsed, a missing or bad date refused)."""
+    columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *((S.AS_OF,) if dated else ())]
     if path.suffix == ".parquet":
         try:
             batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     elif path.suffix == ".csv":
-        options = pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in columns})
+        options = pacsv.ConvertOptions(
+            include_columns=columns, column_types={c: pa.string() for c in columns if c != S.AS_OF}
+        )
         batches = pacsv.open_csv(
             path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)), convert_options=options
         )
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
+    offset = 0
     for batch in batches:
         frame = batch.to_pandas()
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-        for column in columns:
+        for column in columns[:2]:
             frame[column] = ids_as_text(frame[column])
+        if dated:
+            where = f"{path} rows {offset + 1}-{offset + len(frame)}"
+            frame[S.AS_OF] = parse_dates(frame[S.AS_OF], S.AS_OF, where)
+        offset += len(frame)
         frame = frame.dropna(subset=columns)
         yield frame[columns]
 
@@ -301,6 +310,7 @@ class StreamingLayout:
     customers_with_positives: int
     dropped_links: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    has_history: bool = False  # the data has a holdings_history: pieces carry theirs
 
     @property
     def examples(self) -> int:
@@ -320,6 +330,18 @@ class StreamingLayout:
         if ids is not None:
             table = table.filter(pc.is_in(table.column(S.CUSTOMER_ID), value_set=ids))
         return table.to_pandas().drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True)
+
+    def read_history(self, bucket: int, ids: pa.Array | None = None) -> pd.DataFrame | None:
+        """The holdings history of a bucket's customers (``ids``), or None without a history."""
+        if not self.has_history:
+            return None
+        path = self.links_file(S.HOLDINGS_HISTORY, bucket)
+        if not path.exists():
+            return _empty_history()
+        table = pq.read_table(path)
+        if ids is not None:
+            table = table.filter(pc.is_in(table.column(S.CUSTOMER_ID), value_set=ids))
+        return table.to_pandas().drop_duplicates().reset_index(drop=True)
 
     def read_piece(self, piece: Piece) -> Dataset:
         """The customers of one piece (at most ``chunk_rows``) with their links."""
@@ -343,7 +365,18 @@ class StreamingLayout:
             products=self.products,
             interactions=self.read_links(S.INTERACTIONS, piece.bucket, ids),
             holdings=self.read_links(S.HOLDINGS, piece.bucket, ids),
+            holdings_history=self.read_history(piece.bucket, ids),
         )
+
+
+def _empty_history() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            S.CUSTOMER_ID: pd.Series(dtype=object),
+            S.PRODUCT_ID: pd.Series(dtype=object),
+            S.AS_OF: pd.Series(dtype="datetime64[ns]"),
+        }
+    )
 
 
 def partition(
@@ -371,6 +404,7 @@ def partition(
     customers_path = find_table(data_dir, S.CUSTOMERS)
     interactions_path = find_table(data_dir, S.INTERACTIONS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
+    history_path = find_table(data_dir, S.HOLDINGS_HISTORY, required=False)
 
     n_rows = _count_rows(customers_path, table, chunk_rows)
     val_share = min(validation_fraction, max_validation / max(n_rows, 1))
@@ -394,10 +428,16 @@ def partition(
             stats.update(train)
             for b in np.unique(bucket[~is_val]):
                 writers.write(workdir / f"customers_{b:05d}.parquet", train[bucket[~is_val] == b])
-        for name, path in ((S.INTERACTIONS, interactions_path), (S.HOLDINGS, holdings_path)):
+        # The history is routed like the other links, one record batch at a time: a bank's
+        # customers x months x products rows are never all in memory.
+        for name, path in (
+            (S.INTERACTIONS, interactions_path),
+            (S.HOLDINGS, holdings_path),
+            (S.HOLDINGS_HISTORY, history_path),
+        ):
             if path is None:
                 continue
-            for links in _link_batches(path, chunk_rows):
+            for links in _link_batches(path, chunk_rows, dated=name == S.HOLDINGS_HISTORY):
                 is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
                 writers.write(val_dir / f"{name}.parquet", links[is_val])
                 train = links[~is_val]
@@ -410,6 +450,7 @@ def partition(
     # Count pass: examples per piece, popularity, links that match no customer or product.
     pipeline = stats.finish(products)
     layout = StreamingLayout(workdir, schema, products, pipeline, [], None, chunk_rows, stats.rows, 0)  # type: ignore[arg-type]
+    layout.has_history = history_path is not None
     popularity = np.zeros(pipeline.n_products, dtype="int64")
     matched = 0
     for b in range(n_buckets):
@@ -433,7 +474,7 @@ def partition(
         layout.dropped_links += len(interactions) - matched
         matched = 0
     pipeline.product_popularity_ = [int(v) for v in popularity]
-    layout.validation = _read_validation(val_dir, schema, products)
+    layout.validation = _read_validation(val_dir, schema, products, history_path is not None)
     layout.seconds = {"partition": partitioned - started, "count": time.perf_counter() - partitioned}
     if layout.dropped_links:
         log.warning(
@@ -442,7 +483,9 @@ def partition(
     return layout
 
 
-def _read_validation(val_dir: Path, schema: S.DatasetSchema, products: pd.DataFrame) -> Dataset:
+def _read_validation(
+    val_dir: Path, schema: S.DatasetSchema, products: pd.DataFrame, has_history: bool = False
+) -> Dataset:
     def read(name: str) -> pd.DataFrame:
         path = val_dir / f"{name}.parquet"
         if path.exists():
@@ -462,7 +505,15 @@ def _read_validation(val_dir: Path, schema: S.DatasetSchema, products: pd.DataFr
         products=products,
         interactions=read(S.INTERACTIONS),
         holdings=read(S.HOLDINGS),
+        holdings_history=_read_validation_history(val_dir) if has_history else None,
     )
+
+
+def _read_validation_history(val_dir: Path) -> pd.DataFrame:
+    path = val_dir / f"{S.HOLDINGS_HISTORY}.parquet"
+    if not path.exists():
+        return _empty_history()
+    return pq.read_table(path).to_pandas().drop_duplicates().reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------ batches
