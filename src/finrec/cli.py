@@ -1,7 +1,7 @@
 """The ``finrec`` command line.
 
-    finrec generate  --out DIR [--customers N] [--products P] [--difficulty hard] [--seed S]
-    finrec split     --data DIR --out DIR [--holdout 0.2] [--seed S]
+    finrec generate  --out DIR [--customers N] [--products P] [--difficulty hard] [--seed S] [--months N]
+    finrec split     --data DIR --out DIR [--by customer] [--holdout 0.2] [--seed S] | --by time --cutoff DATE
     finrec train     --data DIR --out MODEL_DIR [--config FILE] [--epochs N] [--seed S]
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
     finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
@@ -66,6 +66,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _months(text: str) -> int:
+    from finrec.data.history import MAX_MONTHS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of months, got {text!r}") from None
+    if not 0 <= value <= MAX_MONTHS:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_MONTHS} months, got {value}")
+    return value
+
+
 def _quiet_backend(verbose: int = 0) -> None:
     """A user sees finrec's own output only: TensorFlow's C++ start-up lines (oneDNN, absl, CUDA
     probing) and the libraries' Python warnings appear with ``-v``. Runs before any backend is
@@ -111,13 +123,18 @@ def cmd_generate(args) -> int:
         seed=args.seed,
         difficulty=args.difficulty,
         ground_truth=not args.no_ground_truth,
+        months=args.months,
     )
     tables = generate(settings)
     write_dataset(tables, S.SYNTHETIC.schema(), args.out, fmt=args.format)
     points = len(tables["interactions"]) + len(tables["holdings"])
+    past = ""
+    if S.HOLDINGS_HISTORY in tables:
+        past = f", {len(tables[S.HOLDINGS_HISTORY])} history rows over {args.months} month-end(s)"
     print(
         f"wrote {args.out}: {len(tables['customers'])} customers, {len(tables['products'])} products, "
         f"{len(tables['interactions'])} interactions, {len(tables['holdings'])} holdings ({points} customer-product points)"
+        f"{past}"
     )
     return 0
 
@@ -129,13 +146,49 @@ def cmd_split(args) -> int:
     from finrec.data.split import split_dataset
 
     out = Path(args.out)
+    if args.by == "time" and args.cutoff is None:
+        raise FinrecError("split --by time needs --cutoff DATE (adoptions up to that day train, later ones test)")
+    if args.by == "customer" and args.cutoff is not None:
+        raise FinrecError("--cutoff goes with --by time; a split by customer has no cutoff")
+    if args.by == "time" and args.holdout is not None:
+        raise FinrecError(
+            "--holdout goes with --by customer; an out-of-time split holds out the adoptions after --cutoff"
+        )
     for part in ("train", "test"):
         refuse_overlap(out / part, {"--data": args.data}, what=f"the {part} output")
         check_writable(out / part, "directory", marker=S.SCHEMA_FILE, what=f"the {part} output")
-    dataset = load_dataset(args.data)
-    train, test = split_dataset(dataset, args.holdout, args.seed)
-    write_dataset(dataset_tables(train), dataset.schema, out / "train", source=args.data)
-    write_dataset(dataset_tables(test), dataset.schema, out / "test", source=args.data)
+    source = str(Path(args.data).resolve())
+    if args.by == "time":
+        from finrec.data.split import parse_cutoff, split_by_time
+
+        cutoff = parse_cutoff(args.cutoff)  # before the (long) load: a typo fails at once
+        # A log of every month's adoptions overlaps its history: the split cuts both at the cutoff.
+        dataset = load_dataset(args.data, history_order=False)
+        parts = split_by_time(dataset, cutoff)
+        train, test = parts.train, parts.test
+        records = {"train": {**parts.train_record, "source": source}, "test": {**parts.test_record, "source": source}}
+    else:
+        holdout = 0.2 if args.holdout is None else args.holdout
+        dataset = load_dataset(args.data)
+        train, test = split_dataset(dataset, holdout, args.seed)
+        records = {
+            part: {"by": "customer", "side": part, "holdout": holdout, "seed": args.seed, "source": source}
+            for part in ("train", "test")
+        }
+    write_dataset(dataset_tables(train), dataset.schema, out / "train", source=args.data, split=records["train"])
+    write_dataset(dataset_tables(test), dataset.schema, out / "test", source=args.data, split=records["test"])
+    if args.by == "time":
+        r, t = records["train"], records["test"]
+        print(
+            f"wrote {out / 'train'} ({r['adoptions']} adoptions {r['adoptions_from']} to {r['adoptions_to']}, features as of "
+            f"{r['features_as_of'] or 'holdings'}) and {out / 'test'} ({t['adoptions']} adoptions after {t['cutoff']}, "
+            f"features as of {t['features_as_of']}); {len(train.customers)} customers on both sides"
+        )
+        if r["adoptions_left_out"]:
+            print(
+                f"left out {r['adoptions_left_out']} adoption(s) older than the training features ({r['features_as_of']})"
+            )
+        return 0
     print(
         f"wrote {out / 'train'} ({len(train.customers)} customers) and {out / 'test'} ({len(test.customers)} held-out customers)"
     )
@@ -190,7 +243,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from finrec.atomic import atomic_file
-    from finrec.data.io import load_dataset
+    from finrec.data.io import load_dataset, read_split
     from finrec.evaluate.report import evaluate, format_table
 
     if args.json:
@@ -201,8 +254,10 @@ def cmd_evaluate(args) -> int:
     dataset = load_dataset(args.data)
     loaded = _load_model_for(args.model, dataset.schema)
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
+    split = read_split(args.data)
+    print(_split_line(split))
     print(format_table(results, args.k))
-    output = {"k": args.k, "data": str(args.data), "results": results}
+    output = {"k": args.k, "data": str(args.data), "split": split, "results": results}
     if args.fairness:
         from finrec.evaluate.fairness import fairness_report, format_fairness
 
@@ -212,6 +267,22 @@ def cmd_evaluate(args) -> int:
         with atomic_file(args.json) as handle:
             json.dump(output, handle, indent=1)
     return 0
+
+
+def _split_line(split: dict | None) -> str:
+    """Which split the scored data is, in one line (from its ``split.json``)."""
+    if not split:
+        return "split: not recorded (the data was not made by `finrec split`)"
+    side = safe_text(split.get("side", "?"))
+    if split.get("by") == "time":
+        return (
+            f"split: out of time, {side} side, cutoff {safe_text(split.get('cutoff'))} "
+            f"(features as of {safe_text(split.get('features_as_of'))}, adoptions {safe_text(split.get('adoptions_from'))} "
+            f"to {safe_text(split.get('adoptions_to'))})"
+        )
+    if split.get("by") == "customer":
+        return f"split: random customers, {side} side (holdout {split.get('holdout')}, seed {split.get('seed')})"
+    return f"split: {safe_text(split.get('by'))} ({side} side)"
 
 
 def _filters_from(args) -> dict:
@@ -667,12 +738,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     p.add_argument("--no-ground-truth", action="store_true", help="skip the true probabilities (smaller output)")
+    p.add_argument(
+        "--months",
+        type=_months,
+        default=0,
+        help="month-end holdings history before the target month (0: none); interactions are the target month's",
+    )
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("split", help="split a dataset by customer into train/ and test/")
+    p = sub.add_parser("split", help="split a dataset into train/ and test/: by customer, or out of time")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--holdout", type=_fraction, default=0.2, help="fraction of customers held out")
+    p.add_argument(
+        "--by", choices=["customer", "time"], default="customer", help="customer: random customers held out (default)"
+    )
+    p.add_argument("--cutoff", help="with --by time: adoptions up to this day (YYYY-MM-DD) train, later ones test")
+    p.add_argument("--holdout", type=_fraction, default=None, help="fraction of customers held out (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_split)
 

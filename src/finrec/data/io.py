@@ -7,6 +7,7 @@ customer and product ids may be integers or text in the user's files.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -258,7 +259,7 @@ def read_schema(directory: Path) -> S.DatasetSchema:
     return S.DatasetSchema.from_dict(load_yaml(path, SchemaError), source=str(path))
 
 
-def load_dataset(directory: str | Path, require_interactions: bool = True) -> Dataset:
+def load_dataset(directory: str | Path, require_interactions: bool = True, history_order: bool = True) -> Dataset:
     """Read and validate a dataset directory (see the data contract in the README)."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -270,12 +271,19 @@ def load_dataset(directory: str | Path, require_interactions: bool = True) -> Da
         required = name in (S.CUSTOMERS, S.PRODUCTS) or (name == S.INTERACTIONS and require_interactions)
         path = find_table(directory, name, required=required)
         if path is not None:
-            tables[name] = read_table(path, id_columns=ids)
-    return validate_tables(schema, tables, source=directory)
+            tables[name] = read_history(path) if name == S.HOLDINGS_HISTORY else read_table(path, id_columns=ids)
+    return validate_tables(schema, tables, source=directory, history_order=history_order)
 
 
-def validate_tables(schema: S.DatasetSchema, tables: dict[str, pd.DataFrame], source: Path | None = None) -> Dataset:
-    """Check every table against the contract and return a ``Dataset`` with typed columns."""
+def validate_tables(
+    schema: S.DatasetSchema,
+    tables: dict[str, pd.DataFrame],
+    source: Path | None = None,
+    history_order: bool = True,
+) -> Dataset:
+    """Check every table against the contract and return a ``Dataset`` with typed columns.
+    ``history_order=False`` accepts a history that overlaps the adoptions (a log that
+    ``finrec split --by time`` cuts); everything else about the history is checked as always."""
 
     def where(name: str) -> str:
         return f"{name} ({source / name if source else name})"
@@ -306,6 +314,11 @@ def validate_tables(schema: S.DatasetSchema, tables: dict[str, pd.DataFrame], so
         V.require_rows(interactions, where(S.INTERACTIONS))
         interactions = V.check_timestamps(interactions, where(S.INTERACTIONS))
     holdings = links(S.HOLDINGS)
+    history = None
+    if S.HOLDINGS_HISTORY in tables:
+        history = prepare_history(tables[S.HOLDINGS_HISTORY], customer_index, product_index, where(S.HOLDINGS_HISTORY))
+        if history_order:
+            V.check_history_order(history, interactions, where(S.HOLDINGS_HISTORY))
     ground_truth = links(S.GROUND_TRUTH, (S.PROBABILITY,))
     if ground_truth is not None:
         ground_truth = V.check_probabilities(ground_truth, where(S.GROUND_TRUTH))
@@ -315,9 +328,124 @@ def validate_tables(schema: S.DatasetSchema, tables: dict[str, pd.DataFrame], so
         products=products,
         interactions=interactions,
         holdings=holdings if holdings is not None else _empty_links(),
+        holdings_history=history,
         ground_truth=ground_truth,
         source=source,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The holdings history: many rows (customers x snapshots x products), so its ids are kept as
+# categoricals (an int32 customer code, an int8/int16 product code and the date: about 13-16
+# bytes a row where text ids take over 100) and it is read column by column.
+
+HISTORY_COLUMNS = (S.CUSTOMER_ID, S.PRODUCT_ID, S.AS_OF)
+
+
+def as_id_categorical(values: pd.Series) -> pd.Series:
+    """Ids as a categorical of stripped text (the id rule of ``ids_as_text``, applied to each
+    distinct value once); missing stays missing (code -1)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes = values.cat.codes.to_numpy()
+        uniques = pd.Series(values.cat.categories)
+    else:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        uniques = pd.Series(uniques)
+    text_codes, text_uniques = pd.factorize(ids_as_text(uniques), use_na_sentinel=True)
+    mapped = np.full(len(codes), -1, dtype=np.int64)
+    present = codes >= 0
+    mapped[present] = text_codes[codes[present]]
+    categories = pd.Index(np.asarray(text_uniques, dtype=object), dtype=str)
+    return pd.Series(pd.Categorical.from_codes(mapped, categories=categories), index=values.index, name=values.name)
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """Read a ``holdings_history`` file: only its three contract columns (others are left on
+    disk), ids as categoricals, dates as found (``prepare_history`` parses them)."""
+    path = Path(path)
+    _sniff(path)
+    if path.suffix == ".parquet":
+        try:
+            schema = pq.read_schema(path)
+            names = schema.names
+            columns = [c for c in HISTORY_COLUMNS if c in names]
+            text = [
+                c
+                for c in columns
+                if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)
+            ]
+            # Text read dictionary-encoded: pandas gets categoricals, never a string per row.
+            df = pq.read_table(path, columns=columns, read_dictionary=text).to_pandas()
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        for column in HISTORY_COLUMNS:
+            if column not in df.columns:
+                raise DataError(
+                    f"{path}: missing column {safe_text(column, quote=True)}; the file has: {safe_items(names, 20, quote=False)}"
+                )
+        return df
+    if path.suffix != ".csv":
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size / 1e9:.1f} GB is over the CSV limit; convert it to Parquet")
+    header = _read_csv_header(path)
+    missing = [c for c in HISTORY_COLUMNS if c not in header]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {safe_items(missing, 5)}; the file has: {safe_items(header, 20, quote=False)}"
+        )
+    try:
+        # Categories while reading: each distinct id and date is stored once.
+        return pd.read_csv(path, usecols=list(HISTORY_COLUMNS), dtype="category", encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
+        ) from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
+
+
+def _read_csv_header(path: Path) -> list[str]:
+    try:
+        frame = pd.read_csv(path, nrows=0, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file has no header and no rows") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
+    _check_separator(frame, path)
+    return [str(c) for c in frame.columns]
+
+
+def prepare_history(df: pd.DataFrame, customers: pd.Index, products: pd.Index, where: str) -> pd.DataFrame:
+    """Validate a holdings history and type it: ids as categoricals of text, ``as_of`` as
+    ``datetime64[ns]``. Refused: missing columns, empty or unknown ids, missing or unparseable
+    dates. Duplicate (customer, product, as_of) rows are dropped, as the other link tables drop
+    theirs: a repeated row states the same fact twice (an export joined twice), nothing to refuse.
+    An empty table is allowed: no customer has a past yet."""
+    V.require_columns(df, HISTORY_COLUMNS, where)
+    df = df.reset_index(drop=True)
+    out = pd.DataFrame(
+        {
+            S.CUSTOMER_ID: as_id_categorical(df[S.CUSTOMER_ID]),
+            S.PRODUCT_ID: as_id_categorical(df[S.PRODUCT_ID]),
+        }
+    )
+    V.check_id_codes(out[S.CUSTOMER_ID], customers, S.CUSTOMER_ID, where, S.CUSTOMERS)
+    V.check_id_codes(out[S.PRODUCT_ID], products, S.PRODUCT_ID, where, S.PRODUCTS)
+    out[S.AS_OF] = V.parse_dates(df[S.AS_OF], S.AS_OF, where)
+    # Duplicates found on integer keys (customer code, product code, date code), not on text.
+    date_codes = pd.factorize(out[S.AS_OF])[0].astype(np.int64)
+    n_products = max(len(out[S.PRODUCT_ID].cat.categories), 1)
+    key = out[S.CUSTOMER_ID].cat.codes.to_numpy(np.int64) * n_products + out[S.PRODUCT_ID].cat.codes.to_numpy(np.int64)
+    key = key * (int(date_codes.max(initial=0)) + 1) + date_codes
+    keep = ~pd.Series(key).duplicated().to_numpy()
+    if not keep.all():
+        out = out[keep]
+    return out.reset_index(drop=True)
 
 
 def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.DataFrame:
@@ -437,10 +565,12 @@ def write_dataset(
     directory: str | Path,
     fmt: str = "parquet",
     source: str | Path | None = None,
+    split: dict | None = None,
 ) -> Path:
     """Write a dataset directory atomically (all tables and ``schema.yaml``). ``source``, the
     dataset the tables came from, must not overlap ``directory``; an existing ``directory``
-    must be a dataset (it has a ``schema.yaml``) or empty."""
+    must be a dataset (it has a ``schema.yaml``) or empty. ``split``, how the directory was cut
+    from ``source``, is written beside the tables as ``split.json`` (see ``read_split``)."""
     if fmt not in ("parquet", "csv"):
         raise DataError(f"unknown format {fmt!r} (use parquet or csv)")
     directory = Path(directory)
@@ -457,7 +587,30 @@ def write_dataset(
                 pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
         text = yaml.safe_dump(schema.to_dict(display=True), sort_keys=False)
         (tmp / S.SCHEMA_FILE).write_text(text, encoding="utf-8")
+        if split is not None:
+            (tmp / S.SPLIT_FILE).write_text(json.dumps(split, indent=1, default=str), encoding="utf-8")
     return directory
+
+
+MAX_SPLIT_BYTES = 64 * 1024
+
+
+def read_split(directory: str | Path) -> dict | None:
+    """What ``split.json`` in a dataset directory says about how it was split; ``None`` when the
+    directory has none (it was not made by ``finrec split``). A file that is not a small JSON
+    object is refused."""
+    path = Path(directory) / S.SPLIT_FILE
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_SPLIT_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size} bytes; a split record is a small JSON object")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable JSON split record ({_first_line(exc)})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: a split record must be a JSON object, got {type(record).__name__}")
+    return record
 
 
 def dataset_tables(dataset: Dataset) -> dict[str, pd.DataFrame]:
@@ -467,6 +620,8 @@ def dataset_tables(dataset: Dataset) -> dict[str, pd.DataFrame]:
         S.INTERACTIONS: dataset.interactions,
         S.HOLDINGS: dataset.holdings,
     }
+    if dataset.holdings_history is not None:
+        tables[S.HOLDINGS_HISTORY] = dataset.holdings_history
     if dataset.ground_truth is not None:
         tables[S.GROUND_TRUTH] = dataset.ground_truth
     return tables

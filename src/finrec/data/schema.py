@@ -32,8 +32,10 @@ HOLDINGS = "holdings"
 HOLDINGS_HISTORY = "holdings_history"
 GROUND_TRUTH = "ground_truth"
 SCHEMA_FILE = "schema.yaml"
+# How a directory was cut from a larger dataset (``finrec split``): by customer or out of time.
+SPLIT_FILE = "split.json"
 
-TABLES = (CUSTOMERS, PRODUCTS, INTERACTIONS, HOLDINGS, GROUND_TRUTH)
+TABLES = (CUSTOMERS, PRODUCTS, INTERACTIONS, HOLDINGS, HOLDINGS_HISTORY, GROUND_TRUTH)
 REQUIRED_TABLES = (CUSTOMERS, PRODUCTS, INTERACTIONS)
 TABLE_SUFFIXES = (".parquet", ".csv")
 

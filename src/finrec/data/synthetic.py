@@ -134,13 +134,16 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import compliance as C
+from finrec.data import history
 from finrec.data.schema import (
     AGE,
+    AS_OF,
     CREDIT_SCORE,
     CUSTOMER_ID,
     CUSTOMERS,
     GROUND_TRUTH,
     HOLDINGS,
+    HOLDINGS_HISTORY,
     INCOME,
     INTERACTIONS,
     MAX_AGE,
@@ -259,12 +262,16 @@ class GeneratorSettings:
     difficulty: str = "default"
     adoptions_per_customer: float = 1.6
     ground_truth: bool = True
+    # Months of history before the target month (``finrec.data.history``); 0: no history, and
+    # the adoptions of a year drawn from the holdings as they are (the behaviour before history).
+    months: int = 0
 
     def validate(self) -> GeneratorSettings:
         """Raise ``ConfigError`` naming the first invalid setting; return self."""
         _check_int("n_customers", self.n_customers, 1, MAX_CUSTOMERS)
         _check_int("n_products", self.n_products, 5, MAX_PRODUCTS)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("months", self.months, 0, history.MAX_MONTHS)
         if not isinstance(self.difficulty, str) or self.difficulty not in DIFFICULTIES:
             raise ConfigError(
                 f"difficulty must be one of {', '.join(repr(d) for d in DIFFICULTIES)}, got {self.difficulty!r}"
@@ -1177,6 +1184,19 @@ def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.
     chunk = max(1, 6_000_000 // P)
 
     hold_c, hold_p, act_c, act_p, gt_c, gt_p, gt_v = [], [], [], [], [], [], []
+    past_c, past_p, past_m = [], [], []
+    if settings.months:
+        # A fifth stream, spawned after the four above: with months=0 nothing changes.
+        rng_h = np.random.default_rng(seq.spawn(1)[0])
+        market = history.Market(
+            product_ids=products[PRODUCT_ID].to_numpy(dtype=object),
+            product_types=products[SYNTHETIC.category].to_numpy(dtype=object),
+            durations=products[_DURATION].to_numpy(np.int64),
+            with_holdings=lambda U, held: _with_holdings(U, held, cat),
+            top_m=_top_m,
+            temperature=T,
+            monthly_p=min(history.MAX_MONTHLY_P, history.MONTHLY_SHARE * mean),
+        )
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         nc = sl.stop - sl.start
@@ -1199,9 +1219,34 @@ def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.
         G[held] = -np.inf
         rows, cols = _top_m(G, np.minimum(extra, P - held.sum(axis=1)))
         held[rows, cols] = True
+        if settings.months:
+            # 3'. a past: month-ends of life cycles and life events, then the target month
+            sim = history.simulate(
+                U0,
+                held,
+                forbidden_in(sl),
+                _people(customers, cust, sl),
+                market,
+                settings.months,
+                rng_h,
+                settings.ground_truth,
+            )
+            held = sim.held
+            past_c.append(sim.snapshot_rows + start)
+            past_p.append(sim.snapshot_cols)
+            past_m.append(sim.snapshot_month)
         hr, hp = np.nonzero(held)
         hold_c.append(hr + start)
         hold_p.append(hp)
+        if settings.months:
+            act_c.append(sim.adopt_rows + start)
+            act_p.append(sim.adopt_cols)
+            if settings.ground_truth:
+                gr, gp = np.nonzero(~held)
+                gt_c.append(gr + start)
+                gt_p.append(gp)
+                gt_v.append(sim.probability[gr, gp])
+            continue
         # 3. adoptions: Plackett-Luce on the final utility, never a held product nor one the
         # rules forbid (a customer who cannot take a product up does not)
         V = _with_holdings(U0, held, cat) / T
@@ -1228,16 +1273,31 @@ def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.
     holdings = pd.DataFrame({CUSTOMER_ID: ids[hc], PRODUCT_ID: pids[hp]})
 
     ac, ap = np.concatenate(act_c), np.concatenate(act_p)
-    # dates in 2026, ascending in pick order within a customer
-    days = rng_s.integers(0, 365, len(ac))
+    # dates in 2026 (with a past: in its target month), ascending in pick order within a customer
+    if settings.months:
+        first_day, n_days = history.target_month_days()
+        days = rng_h.integers(0, n_days, len(ac))
+    else:
+        first_day = np.datetime64(f"{_YEAR}-01-01")
+        days = rng_s.integers(0, 365, len(ac))
     first = np.r_[True, ac[1:] != ac[:-1]] if len(ac) else np.empty(0, bool)
     group = np.cumsum(first) - 1
     order = np.lexsort((days, group))
     days = days[order]  # sorted within each customer's contiguous block
-    dates = (np.datetime64(f"{_YEAR}-01-01") + days.astype("timedelta64[D]")).astype(str).astype(object)
+    dates = (first_day + days.astype("timedelta64[D]")).astype(str).astype(object)
     interactions = pd.DataFrame({CUSTOMER_ID: ids[ac], PRODUCT_ID: pids[ap], TIMESTAMP: dates})
 
     out = {CUSTOMERS: customers, PRODUCTS: products, INTERACTIONS: interactions, HOLDINGS: holdings}
+    if settings.months:
+        # Ids as categoricals: a history has months x holdings rows, each id stored once.
+        month = np.concatenate(past_m).astype(np.int64)
+        out[HOLDINGS_HISTORY] = pd.DataFrame(
+            {
+                CUSTOMER_ID: pd.Categorical.from_codes(np.concatenate(past_c), categories=pd.Index(ids, dtype=str)),
+                PRODUCT_ID: pd.Categorical.from_codes(np.concatenate(past_p), categories=pd.Index(pids, dtype=str)),
+                AS_OF: history.month_ends(settings.months)[month - 1],
+            }
+        )
     if settings.ground_truth:
         out[GROUND_TRUTH] = pd.DataFrame(
             {
@@ -1247,6 +1307,18 @@ def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.
             }
         )
     return out
+
+
+def _people(customers: pd.DataFrame, cust: dict[str, np.ndarray], sl: slice) -> dict[str, np.ndarray]:
+    """What the life events of ``history.simulate`` depend on, for customers ``sl``."""
+    employment = customers[_EMPLOYMENT].to_numpy()[sl]
+    income = customers[INCOME].to_numpy(np.float64)[sl]
+    return {
+        "age": cust["age"][sl],
+        "employed": np.isin(employment, ("employed", "self_employed")),
+        "dependents": customers[_DEPS].to_numpy()[sl],
+        "loan_to_income": customers[_LOAN].to_numpy(np.float64)[sl] / income,
+    }
 
 
 def period_adoption_probabilities(

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from finrec.data import schema as S
+from finrec.data.ids import as_arrow_text, positions_in
 from finrec.errors import DataError, SchemaError, safe_items, safe_text
 
 MAX_EXAMPLES = 5
@@ -222,3 +223,102 @@ def check_probabilities(df: pd.DataFrame, where: str) -> pd.DataFrame:
             f"{where}: column '{S.PROBABILITY}' must lie in [0, 1]; {len(rows)} row(s) do not, e.g. row {rows[0] + 1}"
         )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Dates and the holdings history
+
+
+def parse_dates(values: pd.Series, column: str, where: str, allow_missing: bool = False) -> pd.Series:
+    """``values`` as naive ``datetime64[ns]`` (an offset is converted to UTC first). Each distinct
+    text is parsed once (a history repeats a few month-ends over millions of rows). A value that
+    is not a date is refused, naming the row; so is a missing one unless ``allow_missing``."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert(None).astype("datetime64[ns]")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values.astype("datetime64[ns]")
+    else:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        text = pd.Series(uniques, dtype=object)
+        try:
+            unique_dates = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+        except (ValueError, TypeError, OverflowError):  # pragma: no cover - coerce keeps these rare
+            unique_dates = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+        bad_unique = unique_dates.isna().to_numpy()
+        if bad_unique.any():
+            rows = np.flatnonzero(bad_unique[codes] & (codes >= 0))
+            raise DataError(
+                f"{where}: column {_name(column)} has {len(rows)} value(s) that are not dates, "
+                f"e.g. row {rows[0] + 1}: {safe_text(values.iloc[rows[0]], quote=True)}"
+            )
+        lookup = unique_dates.dt.tz_convert(None).astype("datetime64[ns]").to_numpy()
+        out = np.full(len(codes), np.datetime64("NaT", "ns"))
+        present = codes >= 0
+        out[present] = lookup[codes[present]]
+        parsed = pd.Series(out, index=values.index, dtype="datetime64[ns]")
+    if not allow_missing:
+        missing = parsed.isna().to_numpy()
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            raise DataError(
+                f"{where}: column {_name(column)} has {len(rows)} missing date(s), at row(s) {_examples(rows + 1)}; "
+                "every snapshot needs its date"
+            )
+    return parsed
+
+
+def check_id_codes(values: pd.Series, known: pd.Index, column: str, where: str, target: str) -> None:
+    """Missing, empty and unknown ids of a categorical id column, checked on its categories
+    (a few thousand) rather than its rows (millions)."""
+    codes = values.cat.codes.to_numpy()
+    categories = values.cat.categories
+    empty = np.flatnonzero(pd.Series(categories).astype(str).str.strip().to_numpy() == "")
+    bad = codes < 0
+    if len(empty):
+        bad |= np.isin(codes, empty)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(f"{where}: column {_name(column)} has {len(rows)} empty id(s), at row(s) {_examples(rows + 1)}")
+    unknown = np.flatnonzero(positions_in(categories, as_arrow_text(known)) < 0)
+    if len(unknown):
+        used = np.isin(codes, unknown)
+        if used.any():
+            values_used = categories[np.unique(codes[used])]
+            raise DataError(
+                f"{where}: {int(used.sum())} row(s) name {column} values that are not in {target}, "
+                f"e.g. {_examples(values_used)}"
+            )
+
+
+def check_history_order(history: pd.DataFrame, interactions: pd.DataFrame, where: str) -> None:
+    """The history describes the time before the adoptions it explains: for every customer, each
+    snapshot (the state at the end of its ``as_of`` day) must fall before that customer's first
+    adoption (its ``timestamp`` day). Without timestamps there is nothing to compare: the latest
+    snapshot is then taken as the current state, just before the adoptions."""
+    if S.TIMESTAMP not in interactions.columns or len(history) == 0 or len(interactions) == 0:
+        return
+    stamps = interactions[S.TIMESTAMP]
+    if isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        stamps = stamps.dt.tz_convert(None)
+    # Grouped by the history's customer codes: no id text is rebuilt for its millions of rows.
+    customers = history[S.CUSTOMER_ID]
+    if not isinstance(customers.dtype, pd.CategoricalDtype):
+        customers = customers.astype("category")
+    categories = customers.cat.categories
+    codes = customers.cat.codes.to_numpy()
+    last = history[S.AS_OF].dt.floor("D").groupby(codes, sort=False).max()
+    mine = categories.get_indexer(interactions[S.CUSTOMER_ID].astype(str))
+    days = stamps.dt.floor("D").to_numpy()
+    first = pd.Series(days[mine >= 0]).groupby(mine[mine >= 0], sort=False).min().dropna()
+    if first.empty:
+        return
+    both = pd.DataFrame({"last": last}).join(first.rename("first"), how="inner")
+    late = both[both["last"] >= both["first"]]
+    if len(late):
+        customer = categories[late.index[0]]
+        raise DataError(
+            f"{where}: {len(late)} customer(s) have a snapshot dated on or after their first adoption in "
+            f"interactions, e.g. customer {safe_text(customer, quote=True)}: snapshot {late['last'].iloc[0]:%Y-%m-%d}, "
+            f"adoption {late['first'].iloc[0]:%Y-%m-%d}; the history must end before the adoptions it explains "
+            "(a log of every month's adoptions goes through `finrec split --by time`, which cuts both at a cutoff)"
+        )
