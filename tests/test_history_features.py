@@ -227,3 +227,36 @@ def test_trained_model_with_history_saves_loads_and_serves_the_same(bank_with_hi
     assert len(rec.recommend({**features, "history": past}, k=3).items) == 3
     with pytest.raises(DataError, match="features.history"):
         rec._single({**features, "history": [{"product_id": "nope", "as_of": "2023-05-31"}]})
+
+
+def test_id_dropout_zeroes_unknown_products_and_a_share_in_training():
+    from finrec.model.history import IdDropout
+
+    emb = np.ones((400, 3), "float32")
+    known = np.ones(400, "float32")
+    known[:2] = 0.0
+    layer = IdDropout(0.25, seed=1)
+    served = keras.ops.convert_to_numpy(layer([emb, known], training=False))
+    assert (served[:2] == 0).all() and (served[2:] == 1).all()
+    trained = keras.ops.convert_to_numpy(layer([emb, known], training=True))
+    assert (trained[:2] == 0).all() and 50 < (trained[2:, 0] == 0).sum() < 150
+
+
+def test_lightgbm_lag_features_are_the_lag_table(bank_with_history):
+    pytest.importorskip("lightgbm")
+    from finrec.evaluate.baselines import LightGBMBaseline
+
+    data = bank_with_history.subset_customers(bank_with_history.customers[S.CUSTOMER_ID].iloc[:500])
+    model = LightGBMBaseline(max_rounds=2, num_threads=1, history_lags=2).fit(data)
+    x = model.features(data.customers.iloc[:40], data.holdings, data.holdings_history)
+    assert {"lag_1_0", "lag_2_0", "since_add_0", "since_drop_0", "adds_0", "drops_0"} <= set(x.columns)
+    cube = model.lags_.ownership(
+        data.customers[S.CUSTOMER_ID].iloc[:40].to_numpy(),
+        data.holdings_history,
+        model.pipeline_.holdings_matrix(data.customers[S.CUSTOMER_ID].iloc[:40].to_numpy(), data.holdings),
+        model.pipeline_.product_positions,
+    )
+    np.testing.assert_array_equal(x["since_drop_3"].to_numpy(), model.lags_.lag_table(cube)["since_drop"][:, 3])
+    assert model.score(data.customers.iloc[:40], data.holdings, data.holdings_history).shape == (40, 25)
+    plain = LightGBMBaseline(max_rounds=1, num_threads=1).fit(data)
+    assert not any(c.startswith("lag_") for c in plain.features(data.customers.iloc[:5], data.holdings).columns)
