@@ -227,6 +227,18 @@ def test_trained_model_with_history_saves_loads_and_serves_the_same(bank_with_hi
     assert len(rec.recommend({**features, "history": past}, k=3).items) == 3
     with pytest.raises(DataError, match="features.history"):
         rec._single({**features, "history": [{"product_id": "nope", "as_of": "2023-05-31"}]})
+    # finrec score reads the history in chunks and ranks as the in-memory path does
+    from finrec.data.io import dataset_tables, write_dataset
+    from finrec.recommend.batch import score_dataset
+
+    some = data.subset_customers(data.customers[S.CUSTOMER_ID].iloc[:300])
+    folder = write_dataset(dataset_tables(some), some.schema, tmp_path / "d")
+    score_dataset(rec, folder, tmp_path / "top.csv", k=1, chunk_rows=128, workers=1)
+    top = pd.read_csv(tmp_path / "top.csv", dtype=str)
+    full = Recommender(loaded, some)
+    best = full.rank(full._known, 1, None).index[:, 0]
+    want_top = dict(zip(some.customers[S.CUSTOMER_ID], np.asarray(pipeline.product_ids_)[best]))
+    assert top[S.PRODUCT_ID].tolist() == [want_top[c] for c in top[S.CUSTOMER_ID]]
 
 
 def test_id_dropout_zeroes_unknown_products_and_a_share_in_training():
