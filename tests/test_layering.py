@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finrec"
 FLOORS = [
     ("finrec.errors", "finrec.atomic", "finrec.safeyaml", "finrec.config", "finrec.evaluate.metrics"),
     ("finrec.data",),
-    ("finrec.features",),
+    ("finrec.features", "finrec.history_features"),
     ("finrec.model",),
     ("finrec.training",),
     ("finrec.artifacts",),

@@ -336,6 +336,10 @@ def _check_tower(tower, spec: dict[str, tuple[str, int]], dimension: int) -> Non
         shape = tuple(inputs[name].shape)
         if kind == "categorical":
             ok = ok and shape == (None,) and sizes.get(f"{tower.name}_emb_{name}") == size
+        elif kind == "known":
+            ok = ok and shape == (None,)
+        elif isinstance(size, (tuple, list)):  # history inputs: [n, *size]
+            ok = ok and shape == (None, *size)
         else:
             ok = ok and shape == (None, size)
     if not ok:
@@ -347,7 +351,7 @@ def _check_tower(tower, spec: dict[str, tuple[str, int]], dimension: int) -> Non
 
 def _check_consistent(pipeline, model, embeddings: np.ndarray, products: pd.DataFrame) -> None:
     """The files of one model agree: the same catalogue, the same input sizes and dimension."""
-    from finrec.model.two_tower import SIMILARITY, towers_of
+    from finrec.model.two_tower import PRODUCT_KNOWN, SIMILARITY, towers_of
 
     n_products = pipeline.n_products
     if embeddings.shape[0] != n_products:
@@ -368,7 +372,10 @@ def _check_consistent(pipeline, model, embeddings: np.ndarray, products: pd.Data
     customer_tower, product_tower = towers_of(model)
     shapes = model.get_layer(SIMILARITY).feature_shapes
     _check_tower(customer_tower, pipeline.customer_input_spec(), embeddings.shape[1])
-    _check_tower(product_tower, pipeline.product_input_spec(), embeddings.shape[1])
+    product_spec = pipeline.product_input_spec()
+    if PRODUCT_KNOWN in shapes:  # model.product_id_dropout > 0
+        product_spec[PRODUCT_KNOWN] = ("known", n_products)
+    _check_tower(product_tower, product_spec, embeddings.shape[1])
     if any(shape[0] != n_products for shape in shapes.values()):
         raise ArtifactError(f"{MODEL_FILE}: its catalogue has a different number of products than {PIPELINE_FILE}")
 

@@ -21,6 +21,7 @@ from finrec.errors import ConfigError, reject_unknown, safe_text
 from finrec.safeyaml import load_yaml
 
 LOSSES = ("softmax", "in_batch", "sampled", "triplet")
+HISTORY_ENCODERS = ("events", "flat", "gru", "none")  # finrec.history_features.ENCODERS
 MONITORS = ("ndcg", "loss")
 
 
@@ -37,6 +38,13 @@ class ModelConfig:
     product_id_embedding_dim: int = 16
     use_holdings: bool = True
     exclude_protected: bool = False
+    # holdings_history (when the data has one): the last ``history_lags`` snapshots, encoded by
+    # ``history_encoder`` (events per product, the block flattened, a GRU over snapshots, none).
+    history_lags: int = 6
+    history_encoder: str = "events"
+    # > 0: the product-id embedding is dropped for that share of products in training and is
+    # zero for products without training adoptions (new products rank by their attributes).
+    product_id_dropout: float = 0.0
 
     def validate(self) -> None:
         _positive(self.embedding_dim, "model.embedding_dim")
@@ -50,6 +58,11 @@ class ModelConfig:
             raise ConfigError(f"model.cross_layers must be >= 0, got {self.cross_layers}")
         _positive(self.max_categorical_embedding_dim, "model.max_categorical_embedding_dim")
         _positive(self.product_id_embedding_dim, "model.product_id_embedding_dim")
+        _choice(self.history_encoder, HISTORY_ENCODERS, "model.history_encoder")
+        if not isinstance(self.history_lags, int) or not 1 <= self.history_lags <= 24:
+            raise ConfigError(f"model.history_lags must be an integer from 1 to 24, got {self.history_lags!r}")
+        if not 0.0 <= self.product_id_dropout < 1.0:
+            raise ConfigError(f"model.product_id_dropout must lie in [0, 1), got {self.product_id_dropout}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,9 @@ class TrainConfig:
     monitor: str = "ndcg"
     eval_k: int = 5
     seed: int = 0
+    # Cold start: zero the holdings and history of this share of the training rows (in the model,
+    # so every feed gets it), so that customers with nothing held are a case it has learned.
+    holdings_dropout: float = 0.0
 
     def validate(self) -> None:
         _choice(self.loss, LOSSES, "training.loss")
@@ -88,6 +104,8 @@ class TrainConfig:
             raise ConfigError("training.weight_decay and training.margin must be >= 0")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"training.ema_momentum must lie in [0, 1), got {self.ema_momentum}")
+        if not 0.0 <= self.holdings_dropout < 1.0:
+            raise ConfigError(f"training.holdings_dropout must lie in [0, 1), got {self.holdings_dropout}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ConfigError(f"training.validation_fraction must lie in (0, 0.5), got {self.validation_fraction}")
 

@@ -74,7 +74,10 @@ NOT_LOADED = "the model is still loading"
 # ------------------------------------------------------------------------------------ schemas
 
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
-FeatureValue = Scalar | list[StrictStr]
+HistoryEntry = dict[Literal["product_id", "as_of"], Annotated[StrictStr, Field(max_length=200)]]
+FeatureValue = Scalar | list[StrictStr] | list[HistoryEntry]
+HISTORY = "history"  # features.history: a new customer's past snapshots [{product_id, as_of}, ...]
+MAX_HISTORY = 10000
 NOT_UNICODE = "not valid Unicode text: it holds a lone surrogate (an unpaired \\ud800-\\udfff escape)"
 
 
@@ -160,7 +163,8 @@ class RecommendationRequest(BaseModel):
         None,
         validate_default=True,
         max_length=MAX_FEATURES,
-        description=f"raw customer columns; `{S.HOLDINGS}` lists the product ids already held",
+        description=f"raw customer columns; `{S.HOLDINGS}` lists the product ids already held, "
+        f"`{HISTORY}` (optional) past snapshots as {{product_id, as_of}} entries",
     )
     k: StrictInt = Field(5, ge=1, le=MAX_K, description="how many products to return")
     filters: FiltersIn | None = None
@@ -175,8 +179,16 @@ class RecommendationRequest(BaseModel):
             raise ValueError("give exactly one of customer_id or features" + (", not both" if given else ""))
         if value is not None:
             for name, item in value.items():
+                if name == HISTORY:
+                    if item is not None and not (
+                        isinstance(item, list) and all(isinstance(e, dict) and len(e) == 2 for e in item)
+                    ):
+                        raise ValueError(f"features.{HISTORY} must be a list of {{product_id, as_of}} entries")
+                    if item is not None and len(item) > MAX_HISTORY:
+                        raise ValueError(f"features.{HISTORY}: at most {MAX_HISTORY} entries")
+                    continue
                 if isinstance(item, list) and name != S.HOLDINGS:
-                    raise ValueError(f"features.{name}: only {S.HOLDINGS} may be a list")
+                    raise ValueError(f"features.{name}: only {S.HOLDINGS} and {HISTORY} may be lists")
                 if name == S.HOLDINGS and not (item is None or isinstance(item, list)):
                     raise ValueError(f"features.{S.HOLDINGS} must be a list of product ids")
                 if name == S.HOLDINGS and isinstance(item, list) and len(item) > MAX_HOLDINGS:

@@ -36,6 +36,9 @@ class LightGBMBaseline:
     features are the customer's numeric columns (raw, NaN allowed), its categorical columns as
     pandas ``category`` (the training vocabulary; unseen values become missing) and the holdings
     multi-hot. 10% of the training customers with adoptions are held out for early stopping.
+    ``history_lags`` > 0 adds, when the data has a ``holdings_history``, the Santander winners'
+    lag set per product (``HistoryFeatures.lag_table``): ownership 1..lags snapshots back, months
+    since the last add and drop (NaN: never), add and drop counts.
 
     >>> model = LightGBMBaseline().fit(train_dataset, seed=0)
     >>> scores = model.score(test.customers, test.holdings)   # class probabilities [n, P]
@@ -55,6 +58,7 @@ class LightGBMBaseline:
         early_stopping_rounds: int = 30,
         validation_fraction: float = 0.1,
         num_threads: int | None = None,
+        history_lags: int = 0,
     ):
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
@@ -66,8 +70,11 @@ class LightGBMBaseline:
         self.early_stopping_rounds = early_stopping_rounds
         self.validation_fraction = validation_fraction
         self.num_threads = num_threads
+        self.history_lags = history_lags
 
-    def features(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None) -> pd.DataFrame:
+    def features(
+        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """The feature frame of ``customers`` (rows in the order given)."""
         pipeline = self.pipeline_
         pipeline.check_customer_columns(customers)
@@ -84,6 +91,11 @@ class LightGBMBaseline:
         held = pipeline.holdings_matrix(customers[cid].to_numpy(), holdings)
         for j in range(pipeline.n_products):
             columns[f"held_{j}"] = held[:, j].astype("float32")
+        if getattr(self, "lags_", None) is not None:
+            cube = self.lags_.ownership(customers[cid].to_numpy(), history, held, pipeline.product_positions)
+            for name, values in self.lags_.lag_table(cube).items():
+                for j in range(pipeline.n_products):
+                    columns[f"{name}_{j}"] = values[:, j]
         return pd.DataFrame(columns, index=pd.RangeIndex(len(customers)))
 
     def fit(self, dataset, seed: int = 0) -> LightGBMBaseline:
@@ -93,8 +105,13 @@ class LightGBMBaseline:
 
         from finrec.data.split import split_customer_ids
         from finrec.features import FeaturePipeline
+        from finrec.history_features import HistoryFeatures
 
-        self.pipeline_ = FeaturePipeline(dataset.schema, use_holdings=True).fit(dataset)
+        self.pipeline_ = FeaturePipeline(dataset.schema, use_holdings=True, history_encoder="none").fit(dataset)
+        has_history = dataset.holdings_history is not None and len(dataset.holdings_history) > 0
+        self.lags_ = None
+        if self.history_lags > 0 and has_history:
+            self.lags_ = HistoryFeatures(self.history_lags, "events").fit(self.pipeline_.n_products)
         cid = dataset.schema.customers.id
         customers = dataset.customers.reset_index(drop=True)
         rows = pd.Index(customers[cid].astype(str)).get_indexer(dataset.interactions[S.CUSTOMER_ID].astype(str))
@@ -106,7 +123,7 @@ class LightGBMBaseline:
         # Classes are the products seen as adoptions; score() maps them back to catalogue columns.
         self.classes_ = np.unique(labels)
         y = np.searchsorted(self.classes_, labels)
-        x = self.features(customers, dataset.holdings)
+        x = self.features(customers, dataset.holdings, dataset.holdings_history)
 
         with_positives = np.unique(customers[cid].astype(str).to_numpy()[rows])
         _, val_ids = split_customer_ids(with_positives, self.validation_fraction, np.random.default_rng(seed))
@@ -143,7 +160,9 @@ class LightGBMBaseline:
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         return self
 
-    def score(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None) -> np.ndarray:
+    def score(
+        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """Class probabilities, float [n, P] in the pipeline's product order; products never
         adopted in training score 0."""
         out = np.zeros((len(customers), self.pipeline_.n_products), dtype="float64")
@@ -152,7 +171,7 @@ class LightGBMBaseline:
         if self.booster_ is None:
             out[:, self.classes_] = 1.0
             return out
-        x = self.features(customers.reset_index(drop=True), holdings)
+        x = self.features(customers.reset_index(drop=True), holdings, history)
         proba = self.booster_.predict(x, num_iteration=self.best_iteration_)
         out[:, self.classes_] = np.asarray(proba).reshape(len(customers), len(self.classes_))
         return out

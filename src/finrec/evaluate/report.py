@@ -25,20 +25,25 @@ def ranking_task(pipeline, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np
 
 def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
     """Metrics of the model and of the random, popularity and (with ground truth) oracle
-    baselines: ``{"model": {...}, "popularity": {...}, ...}``."""
+    baselines: ``{"model": {...}, "popularity": {...}, ...}``; ``"model:cold"``: the model on
+    the customers who hold nothing (new customers), when there are any."""
     pipeline = trained.pipeline
     ids, relevant, excluded = ranking_task(pipeline, dataset)
     cid = dataset.schema.customers.id
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
     n, n_products = relevant.shape
     scores = {
-        "model": trained.score(customers, dataset.holdings) if n else np.zeros((0, n_products)),
+        "model": trained.score(customers, dataset.holdings, dataset.holdings_history) if n else np.zeros((0, n_products)),
         "popularity": baselines.popularity_scores(n, np.asarray(pipeline.product_popularity_)),
         "random": baselines.random_scores(n, n_products, np.random.default_rng(seed)),
     }
     if dataset.ground_truth is not None:
         scores["oracle"] = baselines.oracle_scores(ids, pipeline.product_ids_, dataset.ground_truth)
-    return {name: summarize(s, relevant, excluded, k=k) for name, s in scores.items()}
+    results = {name: summarize(s, relevant, excluded, k=k) for name, s in scores.items()}
+    cold = ~pipeline.holdings_matrix(ids, dataset.holdings).any(axis=1) if n else np.zeros(0, bool)
+    if cold.any():
+        results["model:cold"] = summarize(scores["model"][cold], relevant[cold], excluded[cold], k=k)
+    return results
 
 
 def format_table(results: dict[str, dict[str, float]], k: int) -> str:

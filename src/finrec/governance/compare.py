@@ -136,7 +136,7 @@ def compare_models(
         ids, relevant, excluded = ranking_task(trained.pipeline, dataset)
         cid = dataset.schema.customers.id
         customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
-        scores = trained.score(customers, dataset.holdings)
+        scores = trained.score(customers, dataset.holdings, dataset.holdings_history)
         rows, metrics = per_customer_metrics(scores, relevant, excluded, k)
         per_model.append(({str(c): i for i, c in enumerate(ids[rows])}, metrics))
     (first, a), (second, b) = per_model

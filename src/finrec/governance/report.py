@@ -261,7 +261,7 @@ def _prepare_outcomes(ctx: Context) -> None:
     cid = ctx.dataset.schema.customers.id
     ctx.eval_ids, ctx.relevant, ctx.excluded = ids, relevant, excluded
     ctx.eval_customers = ctx.dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
-    ctx.model_scores = ctx.trained.score(ctx.eval_customers, ctx.dataset.holdings)
+    ctx.model_scores = ctx.trained.score(ctx.eval_customers, ctx.dataset.holdings, ctx.dataset.holdings_history)
 
 
 NO_OUTCOMES = (
@@ -396,7 +396,9 @@ def stability_section(ctx: Context, seed_models: list[Path]) -> Section:
     rows, values = [], []
     models = [(ctx.model_dir, ctx.trained)] + [(p, load_model_dir(p).trained) for p in seed_models]
     for path, trained in models:
-        scores = ctx.model_scores if trained is ctx.trained else trained.score(ctx.eval_customers, ctx.dataset.holdings)
+        scores = ctx.model_scores if trained is ctx.trained else trained.score(
+            ctx.eval_customers, ctx.dataset.holdings, ctx.dataset.holdings_history
+        )
         _, per_customer = per_customer_metrics(scores, ctx.relevant, ctx.excluded, ctx.k)
         ndcg = float(per_customer[f"ndcg@{ctx.k}"].mean())
         values.append(ndcg)

@@ -19,6 +19,7 @@ import keras
 from keras import layers, ops
 
 from finrec.config import ModelConfig
+from finrec.model.history import HISTORY_KINDS, ColdStartDropout, IdDropout, history_encoder
 
 HOLDINGS_BAG_DIM = 16
 
@@ -55,13 +56,29 @@ def tower(
     widths: tuple[int, ...],
     config: ModelConfig,
     id_embedding_dim: int | None = None,
+    cold_start_dropout: float = 0.0,
+    id_dropout: float = 0.0,
 ) -> keras.Model:
     """Build one tower from an input spec of ``name -> (kind, size)`` (see ``FeaturePipeline``).
 
     kinds: ``numeric`` (float [b, size]), ``categorical`` (int [b], vocabulary ``size``, code 0 =
-    OOV), ``multi_hot`` (float [b, size], summed into a bag of embeddings).
+    OOV), ``multi_hot`` (float [b, size], summed into a bag of embeddings), ``history_*`` (float
+    [b, *size], through ``finrec.model.history.history_encoder``), ``known`` (float [b]: the
+    product tower's id embedding is zeroed where 0, see ``IdDropout``). ``cold_start_dropout`` > 0
+    zeroes holdings and history together for that share of the training rows.
     """
     inputs, parts = {}, []
+    dropped = [n for n, (kind, _) in input_spec.items() if kind == "multi_hot" or kind in HISTORY_KINDS]
+    held_in: dict = {}
+    for input_name in dropped:
+        kind, size = input_spec[input_name]
+        shape = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+        inputs[input_name] = keras.Input(shape=shape, name=input_name, dtype="float32")
+    if dropped and cold_start_dropout > 0:
+        outs = ColdStartDropout(cold_start_dropout, name=f"{name}_coldstart")([inputs[n] for n in dropped])
+        held_in = dict(zip(dropped, outs))
+    else:
+        held_in = {n: inputs[n] for n in dropped}
     for input_name, (kind, size) in input_spec.items():
         if kind == "numeric":
             inputs[input_name] = keras.Input(shape=(size,), name=input_name, dtype="float32")
@@ -76,13 +93,20 @@ def tower(
             )
             parts.append(layers.Embedding(size, dim, name=f"{name}_emb_{input_name}")(inputs[input_name]))
         elif kind == "multi_hot":
-            inputs[input_name] = keras.Input(shape=(size,), name=input_name, dtype="float32")
             # A multi-hot row times a matrix is the sum of the held products' embeddings.
             parts.append(
-                layers.Dense(HOLDINGS_BAG_DIM, use_bias=False, name=f"{name}_bag_{input_name}")(inputs[input_name])
+                layers.Dense(HOLDINGS_BAG_DIM, use_bias=False, name=f"{name}_bag_{input_name}")(held_in[input_name])
             )
+        elif kind in HISTORY_KINDS:
+            parts.append(history_encoder(kind, input_name, name)(held_in[input_name]))
+        elif kind == "known":
+            inputs[input_name] = keras.Input(shape=(), name=input_name, dtype="float32")
         else:  # pragma: no cover - the spec comes from our own pipeline
             raise ValueError(f"unknown input kind {kind!r}")
+    if "known" in {kind for kind, _ in input_spec.values()}:
+        # The id embedding (parts[0]: product_index comes first) of unknown products is zero.
+        known = next(n for n, (kind, _) in input_spec.items() if kind == "known")
+        parts[0] = IdDropout(id_dropout, name=f"{name}_id_dropout")([parts[0], inputs[known]])
     x = layers.Concatenate(name=f"{name}_concat")(parts) if len(parts) > 1 else parts[0]
     x0 = x
     for i in range(config.cross_layers):
@@ -95,15 +119,25 @@ def tower(
             x = layers.Dropout(config.dropout, name=f"{name}_dropout_{i}")(x)
     x = layers.Dense(config.embedding_dim, name=f"{name}_output")(x)
     outputs = layers.UnitNormalization(name=f"{name}_l2")(x)
+    inputs = {n: inputs[n] for n in input_spec}  # the spec's order, whichever were made first
     return keras.Model(inputs, outputs, name=name)
 
 
-def customer_tower(input_spec: dict[str, tuple[str, int]], config: ModelConfig) -> keras.Model:
-    return tower(CUSTOMER_TOWER, input_spec, config.customer_widths, config)
+def customer_tower(
+    input_spec: dict[str, tuple[str, int]], config: ModelConfig, cold_start_dropout: float = 0.0
+) -> keras.Model:
+    return tower(CUSTOMER_TOWER, input_spec, config.customer_widths, config, cold_start_dropout=cold_start_dropout)
 
 
 def product_tower(input_spec: dict[str, tuple[str, int]], config: ModelConfig) -> keras.Model:
-    return tower(PRODUCT_TOWER, input_spec, config.product_widths, config, config.product_id_embedding_dim)
+    return tower(
+        PRODUCT_TOWER,
+        input_spec,
+        config.product_widths,
+        config,
+        config.product_id_embedding_dim,
+        id_dropout=config.product_id_dropout,
+    )
 
 
 def flops_per_example(model: keras.Model) -> int:

@@ -23,6 +23,7 @@ from finrec.features import PRODUCT_INDEX, FeaturePipeline
 from finrec.model.towers import CUSTOMER_TOWER, customer_tower, product_tower
 
 SIMILARITY = "catalogue_similarity"
+PRODUCT_KNOWN = "product_known"  # float [P]: 1 for products with training adoptions
 
 
 @keras.saving.register_keras_serializable(package="finrec")
@@ -80,11 +81,19 @@ class CatalogueSimilarity(layers.Layer):
         return cls(**config)
 
 
-def build_two_tower(pipeline: FeaturePipeline, catalogue: dict[str, np.ndarray], config: ModelConfig) -> keras.Model:
-    """The training model: customer inputs -> cosine scores [B, P] against the catalogue."""
-    customers = customer_tower(pipeline.customer_input_spec(), config)
-    products = product_tower(pipeline.product_input_spec(), config)
-    integer = [name for name, (kind, _) in pipeline.product_input_spec().items() if kind == "categorical"]
+def build_two_tower(
+    pipeline: FeaturePipeline, catalogue: dict[str, np.ndarray], config: ModelConfig, holdings_dropout: float = 0.0
+) -> keras.Model:
+    """The training model: customer inputs -> cosine scores [B, P] against the catalogue.
+    ``holdings_dropout`` (training only) zeroes holdings and history of that share of the rows."""
+    customers = customer_tower(pipeline.customer_input_spec(), config, holdings_dropout)
+    product_spec = pipeline.product_input_spec()
+    if config.product_id_dropout > 0:
+        # Products without training adoptions get a zero id embedding (IdDropout).
+        catalogue = {**catalogue, PRODUCT_KNOWN: (np.asarray(pipeline.product_popularity_) > 0).astype("float32")}
+        product_spec[PRODUCT_KNOWN] = ("known", pipeline.n_products)
+    products = product_tower(product_spec, config)
+    integer = [name for name, (kind, _) in product_spec.items() if kind == "categorical"]
     similarity = CatalogueSimilarity(
         products,
         feature_shapes={name: value.shape for name, value in catalogue.items()},

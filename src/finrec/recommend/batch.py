@@ -24,7 +24,14 @@ import pyarrow.parquet as pq
 from finrec.atomic import atomic_path, check_writable, refuse_overlap
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text, positions_in, run_positions
-from finrec.data.io import FORMULA_PREFIXES, find_table, iter_customer_chunks, read_id_column, read_table
+from finrec.data.io import (
+    FORMULA_PREFIXES,
+    find_table,
+    iter_customer_chunks,
+    read_history,
+    read_id_column,
+    read_table,
+)
 from finrec.errors import FinrecError
 from finrec.recommend import filters as F
 from finrec.recommend.index import default_workers, single_threaded_blas
@@ -211,6 +218,15 @@ def score_dataset(
         holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
         return HoldingsByRow(recommender.pipeline, read_id_column(customers_path, table.id), holdings)
 
+    # A model with history features reads the history table whole (every chunk takes its rows by
+    # customer id, against the table's common latest snapshot); without them it is never read.
+    history_path = find_table(data_dir, S.HOLDINGS_HISTORY, required=False)
+    history = (
+        read_history(history_path)
+        if history_path is not None and getattr(recommender.pipeline, "history_", None) is not None
+        else None
+    )
+
     workers = workers or default_workers()
     # BLAS threads would fight the chunk workers for the cores (OpenBLAS spins idle threads):
     # the workers are the parallelism.
@@ -226,7 +242,7 @@ def score_dataset(
 
         def score(start: int, chunk: pd.DataFrame) -> tuple[pa.Table, int]:
             held = lookup.result().slice(start, start + len(chunk))
-            context = recommender.context(chunk, held=held)
+            context = recommender.context(chunk, held=held, history=history)
             ranking = recommender.rank(context, k, filters, workers=1)
             chosen = None
             if calibration is not None:  # the whole row is needed (a softmax): one more tower pass

@@ -16,6 +16,7 @@ folds it for inference:
 - ``<tower>_bag_<input>`` (holdings, Dense without bias): without cross layers it is folded into
   the first Dense (``holdings @ (W_bag @ W_1)``), with cross layers it stays a matmul because
   the crosses need the concatenated ``x0`` itself;
+- ``<tower>_hist_<input>`` history encoders: their numpy twins (``history_twin``);
 - ``<tower>_cross_<i>``: ``x0 * (x W + b) + x``;
 - ``<tower>_dense_<i>`` + ``<tower>_bn_<i>``: the inference-mode BatchNorm
   ``gamma (x - mean) / sqrt(var + eps) + beta`` is folded into the kernel and a bias; ReLU;
@@ -124,9 +125,10 @@ class _Part:
     """One block of the concatenated tower input: ``columns`` of the concat, fed by ``input``."""
 
     input: str
-    kind: str  # "numeric" | "categorical" | "multi_hot"
+    kind: str  # "numeric" | "categorical" | "multi_hot" | "history"
     columns: slice  # where it lands in the buffer the first matmul reads
     table: np.ndarray | None = None  # embedding table [vocab, dim] (categorical)
+    encode: object = None  # history: the numpy twin of its encoder (finrec.recommend.history_twin)
 
 
 def _augment(kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -164,6 +166,7 @@ class NumpyTower:
         from keras import layers as KL
 
         from finrec.model.towers import CUSTOMER_TOWER, CrossLayer, flops_per_example
+        from finrec.recommend.history_twin import twin_of
 
         if not any(layer.name.endswith("_output") for layer in tower.layers):
             tower = tower.get_layer(CUSTOMER_TOWER)
@@ -208,6 +211,11 @@ class NumpyTower:
                     _Part(source.name[len(f"{name}_bag_") :], "multi_hot", slice(offset, offset + bag_kernel.shape[1]))
                 )
                 offset += bag_kernel.shape[1]
+            elif source.name.startswith(f"{name}_hist_"):
+                encode, width = twin_of(source)
+                parts.append(_Part(source.name[len(f"{name}_hist_") :], "history", slice(offset, offset + width)))
+                parts[-1].encode = encode
+                offset += width
             elif isinstance(source, KL.InputLayer):
                 width = int(source.output.shape[-1])
                 parts.append(_Part(source.name, "numeric", slice(offset, offset + width)))
@@ -321,6 +329,8 @@ class NumpyTower:
                     x[:, part.columns] = part.table.take(array[start:stop], axis=0)
                 elif part.kind == "multi_hot" and self.bag is not None:
                     np.matmul(np.asarray(array[start:stop], dtype=_F32), self.bag[1], out=x[:, part.columns])
+                elif part.kind == "history":
+                    x[:, part.columns] = part.encode(array[start:stop])
                 else:
                     np.copyto(x[:, part.columns], array[start:stop], casting="unsafe")
             # -- DCN-v2 crosses: x_{l+1} = x0 * (x_l W + b) + x_l

@@ -118,7 +118,7 @@ class Recommender:
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
         if dataset is not None:
-            self._known = self.context(dataset.customers, dataset.holdings)
+            self._known = self.context(dataset.customers, dataset.holdings, history=dataset.holdings_history)
             self._row_of = {str(cid): i for i, cid in enumerate(self._known.ids)}
 
     # ------------------------------------------------------------------------------ loading
@@ -149,10 +149,14 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ inputs
     def context(
-        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, held: np.ndarray | None = None
+        self,
+        customers: pd.DataFrame,
+        holdings: pd.DataFrame | None = None,
+        held: np.ndarray | None = None,
+        history: pd.DataFrame | None = None,
     ) -> CustomerContext:
         """Validated customers in model-ready form; their holdings as a links table or, when
-        already matched to the rows, as ``held`` bool [n, P]."""
+        already matched to the rows, as ``held`` bool [n, P]; ``history``: their holdings_history."""
         cid = self.schema.customers.id
         ids = customers[cid].to_numpy() if cid in customers else np.array([None] * len(customers), dtype=object)
         if ids.dtype != object:  # validated tables hold ids as text already; converting costs ~0.15 s per million
@@ -161,7 +165,7 @@ class Recommender:
             held = self.pipeline.holdings_matrix(ids, holdings)
         return CustomerContext(
             ids=ids,
-            inputs=self.pipeline.transform_customers(customers, held=held),
+            inputs=self.pipeline.transform_customers(customers, held=held, history=history),
             attributes=F.customer_attributes(customers, self.schema),
             held=held,
         )
@@ -184,10 +188,12 @@ class Recommender:
         )
 
     def _from_features(self, features: dict) -> CustomerContext:
-        """A new customer given as raw feature values; ``holdings`` may list held product ids.
+        """A new customer given as raw feature values; ``holdings`` may list held product ids and
+        ``history`` past snapshots ``[{"product_id", "as_of"}, ...]`` (absent: no history).
         Missing features are imputed like missing values in training (median / OOV)."""
         features = dict(features)
         held_ids = features.pop(S.HOLDINGS, None) or []
+        history = features.pop("history", None)
         if isinstance(held_ids, str) or not isinstance(held_ids, (list, tuple)):
             raise DataError("features.holdings must be a list of product ids")
         positions = self.pipeline.product_positions([str(p) for p in held_ids]) if held_ids else np.array([], int)
@@ -225,7 +231,7 @@ class Recommender:
         cid = self.schema.customers.id
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
-            inputs=self.pipeline.transform_record(record, positions),
+            inputs=self.pipeline.transform_record(record, positions, history),
             attributes=F.record_attributes(record, self.schema),
             held=np.isin(np.arange(self.pipeline.n_products), positions)[None, :],
         )

@@ -56,7 +56,7 @@ class TrainingExamples:
 def build_examples(pipeline: FeaturePipeline, dataset: Dataset) -> TrainingExamples:
     cid = dataset.schema.customers.id
     customers = dataset.customers
-    inputs = pipeline.transform_customers(customers, dataset.holdings)
+    inputs = pipeline.transform_customers(customers, dataset.holdings, history=dataset.holdings_history)
     rows = pd.Index(customers[cid].astype(str)).get_indexer(dataset.interactions[S.CUSTOMER_ID].astype(str))
     positives = pipeline.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
     keep = (rows >= 0) & (positives >= 0)
@@ -210,13 +210,18 @@ class TrainedModel:
         if self.product_embeddings_ is None:
             self.product_embeddings_ = product_embeddings(self.model)
 
-    def customer_embeddings(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None) -> np.ndarray:
-        """float32 [n, D] through the Keras customer tower."""
-        return customer_embeddings(self.model, self.pipeline.transform_customers(customers, holdings))
+    def customer_embeddings(
+        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
+    ) -> np.ndarray:
+        """float32 [n, D] through the Keras customer tower (``history``: their holdings_history)."""
+        inputs = self.pipeline.transform_customers(customers, holdings, history=history)
+        return customer_embeddings(self.model, inputs)
 
-    def score(self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None) -> np.ndarray:
+    def score(
+        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """Cosine similarity of each customer with each product: float32 [n, P]."""
-        return self.customer_embeddings(customers, holdings) @ self.product_embeddings_.T
+        return self.customer_embeddings(customers, holdings, history) @ self.product_embeddings_.T
 
 
 def make_loss(training: TrainConfig, positive_counts: np.ndarray) -> keras.losses.Loss:
@@ -318,7 +323,9 @@ def train_model(
     entries to the history. The batches may offer ``as_tf_dataset()``: on TensorFlow that pure
     tf.data feed replaces Keras' Python generator (which slowed every step, see its docstring)."""
     training = config.training
-    model = build_two_tower(pipeline, pipeline.transform_products(products), config.model)
+    model = build_two_tower(
+        pipeline, pipeline.transform_products(products), config.model, config.training.holdings_dropout
+    )
     sample_from = sampling_distribution(training, counts)
     batches = make_batches(sample_from)
     compile_for_training(model, training, make_loss(training, counts))
@@ -385,9 +392,14 @@ def fit(
     train_data = dataset.subset_customers(np.concatenate([train_ids, quiet_train]))
     val_data = dataset.subset_customers(val_ids)
 
-    pipeline = FeaturePipeline(dataset.schema, config.model.use_holdings, config.model.exclude_protected).fit(
-        train_data
-    )
+    model_config = config.model
+    pipeline = FeaturePipeline(
+        dataset.schema,
+        model_config.use_holdings,
+        model_config.exclude_protected,
+        model_config.history_lags,
+        model_config.history_encoder,
+    ).fit(train_data)
     examples = build_examples(pipeline, train_data)
     examples.drop_remainder(batch_multiple)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
@@ -432,5 +444,5 @@ def calibrate(trained: TrainedModel, dataset: Dataset) -> Calibration:
     pipeline = trained.pipeline
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
-    scores = trained.score(dataset.customers, dataset.holdings)
+    scores = trained.score(dataset.customers, dataset.holdings, dataset.holdings_history)
     return fit_calibration(scores, adopted, held, list(pipeline.product_ids_), trained.config.training.temperature)

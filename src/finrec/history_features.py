@@ -1,0 +1,209 @@
+"""Features from the ``holdings_history`` table: how each customer's holdings changed.
+
+The history (one row per product held at each past snapshot, ``as_of`` a date) is put on a
+monthly grid ending at the customer's prediction time: the latest snapshot month ``r`` of the
+history given (the whole table's latest month, so a customer who closed everything still gets
+the common reference) and then the current ``holdings`` as month ``r + 1``. Over the last
+``HORIZON`` history months plus the current one, ownership is a cube O [n, T = HORIZON + 1, P]:
+
+- an *add* of product p at month j: held at j, not at j - 1 (held at the window's start counts
+  as an add there: its start is unknown, at least that old); a *drop*: held at j - 1, not at j;
+- per product (the ``events`` block, float32 [n, P, F]): ownership at each of the last ``lags``
+  history months (lag 1 = the latest snapshot), months since the last add and since the last
+  drop as one-hot time buckets (``TIME_BUCKETS``; never in the window = all zeros), log1p of the
+  add and drop counts, and the tenure of the current holding as time buckets (zeros when not
+  held). A customer without history has an all-zero block, as holdings dropout makes it;
+- the snapshot sequence for a sequence encoder (float32 [n, lags + 1, P]: the last ``lags``
+  history months, oldest first, then the current holdings);
+- the Santander winners' raw set for trees (``lag_table``): lags, months since the last add and
+  drop (NaN: never), add and drop counts.
+
+The buckets are fixed (no fitted statistics); ``HistoryFeatures`` records the lags and the
+encoder so the saved pipeline rebuilds the same inputs. Memory is O(n x T x P) bools per call:
+callers transform customers in chunks for large tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finrec.data import schema as S
+from finrec.errors import ArtifactError, DataError
+
+HORIZON = 24  # history months looked at (adds and drops older than that are outside the window)
+# Months since an event, bucketed: 0, 1, 2, 3, 4-6, 7-12, 13+ (lower edges); the model learns a
+# weight per bucket, which is the "learned encoding of time".
+TIME_BUCKETS = (0, 1, 2, 3, 4, 7, 13)
+ENCODERS = ("events", "flat", "gru", "none")
+
+EVENTS_INPUT = "history_events"  # float32 [n, P, F]
+FLAT_INPUT = "history_flat"  # float32 [n, P * F]
+SEQUENCE_INPUT = "history_sequence"  # float32 [n, lags + 1, P]
+
+
+def months(values) -> np.ndarray:
+    """Calendar month numbers (year * 12 + month - 1) of dates; raises DataError on bad dates."""
+    dates = pd.to_datetime(pd.Series(values), errors="coerce")
+    if dates.isna().any():
+        raise DataError(f"{S.HOLDINGS_HISTORY}: {int(dates.isna().sum())} unparseable or missing {S.AS_OF} date(s)")
+    return (dates.dt.year.to_numpy() * 12 + dates.dt.month.to_numpy() - 1).astype("int64")
+
+
+def _buckets(since: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """One-hot time buckets float32 [..., len(TIME_BUCKETS)]; rows where ``valid`` is False are zero."""
+    slot = np.digitize(since, TIME_BUCKETS) - 1  # bucket index, -1 below 0 (cannot happen)
+    out = np.zeros(since.shape + (len(TIME_BUCKETS),), dtype="float32")
+    idx = np.nonzero(valid)
+    out[idx + (slot[idx],)] = 1.0
+    return out
+
+
+class HistoryFeatures:
+    """The history part of a ``FeaturePipeline``: ``lags`` snapshots and the tower's ``encoder``
+    (``events``: per-product event block; ``flat``: the same block flattened; ``gru``: the
+    snapshot sequence).
+
+    >>> h = HistoryFeatures(lags=6, encoder="events").fit(n_products=27)
+    >>> inputs = h.transform(customer_ids, history, current_held, product_positions)
+    """
+
+    def __init__(self, lags: int = 6, encoder: str = "events"):
+        if encoder not in ENCODERS or encoder == "none":
+            raise ValueError(f"history encoder must be one of events, flat, gru; got {encoder!r}")
+        if not 1 <= lags <= HORIZON:
+            raise ValueError(f"history lags must lie in [1, {HORIZON}], got {lags}")
+        self.lags = int(lags)
+        self.encoder = encoder
+
+    def fit(self, n_products: int) -> HistoryFeatures:
+        self.n_products_ = int(n_products)
+        return self
+
+    @property
+    def n_event_features(self) -> int:
+        return self.lags + 3 * len(TIME_BUCKETS) + 2
+
+    def input_spec(self) -> dict[str, tuple[str, Any]]:
+        """Input name -> (kind, shape without the batch)."""
+        p, f = self.n_products_, self.n_event_features
+        if self.encoder == "events":
+            return {EVENTS_INPUT: ("history_events", (p, f))}
+        if self.encoder == "flat":
+            return {FLAT_INPUT: ("history_flat", (p * f,))}
+        return {SEQUENCE_INPUT: ("history_sequence", (self.lags + 1, p))}
+
+    # ------------------------------------------------------------------------ the cube
+    def ownership(self, customer_ids, history: pd.DataFrame | None, held: np.ndarray, product_positions) -> np.ndarray:
+        """bool [n, HORIZON + 1, P]: history months r - HORIZON + 1 .. r, then ``held`` (the
+        current snapshot). ``product_positions(ids) -> int`` maps product ids (-1 unknown)."""
+        n, p = held.shape
+        cube = np.zeros((n, HORIZON + 1, p), dtype=bool)
+        cube[:, HORIZON] = held
+        if history is None or len(history) == 0 or n == 0:
+            return cube
+        month = months(history[S.AS_OF])
+        reference = month.max()
+        step = HORIZON - 1 - (reference - month)  # r -> HORIZON - 1
+        rows = pd.Index(pd.Series(customer_ids).astype(str)).get_indexer(history[S.CUSTOMER_ID].astype(str))
+        cols = product_positions(history[S.PRODUCT_ID].to_numpy())
+        keep = (rows >= 0) & (cols >= 0) & (step >= 0)
+        cube[rows[keep], step[keep], cols[keep]] = True
+        return cube
+
+    # ------------------------------------------------------------------------ features
+    @staticmethod
+    def events_of(cube: np.ndarray, lags: int) -> dict[str, np.ndarray]:
+        """The raw event quantities of an ownership cube [n, T, P]: lags bool [n, P, lags]
+        (lag 1 first), since_add / since_drop / tenure int [n, P] (-1: none), adds / drops int [n, P]."""
+        t = cube.shape[1]
+        now = t - 1
+        prev = np.concatenate([np.zeros_like(cube[:, :1]), cube[:, :-1]], axis=1)
+        adds = cube & ~prev
+        drops = prev & ~cube
+        drops[:, 0] = False
+
+        def since_last(events):  # months from the last event to now, -1 when none
+            last = now - np.argmax(events[:, ::-1], axis=1)
+            return np.where(events.any(axis=1), now - last, -1)
+
+        since_add = since_last(adds)
+        held = cube[:, now]
+        lag_block = np.stack([cube[:, now - k] for k in range(1, lags + 1)], axis=-1)
+        return {
+            "lags": lag_block,
+            "since_add": since_add,
+            "since_drop": since_last(drops),
+            "tenure": np.where(held, since_add, -1),
+            "adds": adds.sum(axis=1),
+            "drops": drops.sum(axis=1),
+        }
+
+    def event_block(self, cube: np.ndarray) -> np.ndarray:
+        """float32 [n, P, F]: lags, buckets(since add), buckets(since drop), log1p counts, buckets(tenure)."""
+        e = self.events_of(cube, self.lags)
+        parts = [
+            e["lags"].astype("float32"),
+            _buckets(e["since_add"], e["since_add"] >= 0),
+            _buckets(e["since_drop"], e["since_drop"] >= 0),
+            np.log1p(e["adds"]).astype("float32")[..., None],
+            np.log1p(e["drops"]).astype("float32")[..., None],
+            _buckets(e["tenure"], e["tenure"] >= 0),
+        ]
+        return np.concatenate(parts, axis=-1)
+
+    def transform(
+        self, customer_ids, history: pd.DataFrame | None, held: np.ndarray, product_positions
+    ) -> dict[str, np.ndarray]:
+        """The model inputs of the encoder (see ``input_spec``)."""
+        cube = self.ownership(customer_ids, history, held, product_positions)
+        if self.encoder == "gru":
+            return {SEQUENCE_INPUT: cube[:, HORIZON - self.lags :].astype("float32")}
+        block = self.event_block(cube)
+        if self.encoder == "flat":
+            return {FLAT_INPUT: block.reshape(len(block), -1)}
+        return {EVENTS_INPUT: block}
+
+    def lag_table(self, cube: np.ndarray) -> dict[str, np.ndarray]:
+        """The Santander winners' set, float [n, P] per name: ``lag_<k>``, ``since_add``,
+        ``since_drop`` (NaN: never), ``adds``, ``drops``."""
+        e = self.events_of(cube, self.lags)
+        out = {f"lag_{k + 1}": e["lags"][..., k].astype("float32") for k in range(self.lags)}
+        for name in ("since_add", "since_drop"):
+            out[name] = np.where(e[name] >= 0, e[name], np.nan).astype("float32")
+        out["adds"], out["drops"] = e["adds"].astype("float32"), e["drops"].astype("float32")
+        return out
+
+    # ------------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {"lags": self.lags, "encoder": self.encoder, "n_products": self.n_products_, "horizon": HORIZON}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> HistoryFeatures:
+        try:
+            if raw["horizon"] != HORIZON:
+                raise ArtifactError(f"history features: horizon {raw['horizon']} is not supported ({HORIZON})")
+            return cls(int(raw["lags"]), str(raw["encoder"])).fit(int(raw["n_products"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"history features in the pipeline file are incomplete or altered ({exc!r})") from None
+
+
+def history_records(entries, where: str = "features.history") -> pd.DataFrame:
+    """A new customer's history given as a list of ``{"product_id": .., "as_of": ..}`` (the API)
+    as a ``holdings_history`` frame for that one customer (id ``"new"``)."""
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, (list, tuple)):
+        raise DataError(f"{where} must be a list of {{product_id, as_of}} entries")
+    rows = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or S.PRODUCT_ID not in entry or S.AS_OF not in entry:
+            raise DataError(f"{where}[{i}] must be a mapping with '{S.PRODUCT_ID}' and '{S.AS_OF}'")
+        rows.append((str(entry[S.PRODUCT_ID]), entry[S.AS_OF]))
+    frame = pd.DataFrame(rows, columns=[S.PRODUCT_ID, S.AS_OF])
+    frame.insert(0, S.CUSTOMER_ID, "new")
+    try:
+        frame[S.AS_OF] = pd.to_datetime(frame[S.AS_OF], errors="raise")
+    except (ValueError, TypeError):
+        raise DataError(f"{where}: an '{S.AS_OF}' value is not a date") from None
+    return frame
