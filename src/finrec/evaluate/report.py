@@ -33,7 +33,9 @@ def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, 
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
     n, n_products = relevant.shape
     scores = {
-        "model": trained.score(customers, dataset.holdings, dataset.holdings_history) if n else np.zeros((0, n_products)),
+        "model": trained.score(customers, dataset.holdings, dataset.holdings_history)
+        if n
+        else np.zeros((0, n_products)),
         "popularity": baselines.popularity_scores(n, np.asarray(pipeline.product_popularity_)),
         "random": baselines.random_scores(n, n_products, np.random.default_rng(seed)),
     }

@@ -396,8 +396,10 @@ def stability_section(ctx: Context, seed_models: list[Path]) -> Section:
     rows, values = [], []
     models = [(ctx.model_dir, ctx.trained)] + [(p, load_model_dir(p).trained) for p in seed_models]
     for path, trained in models:
-        scores = ctx.model_scores if trained is ctx.trained else trained.score(
-            ctx.eval_customers, ctx.dataset.holdings, ctx.dataset.holdings_history
+        scores = (
+            ctx.model_scores
+            if trained is ctx.trained
+            else trained.score(ctx.eval_customers, ctx.dataset.holdings, ctx.dataset.holdings_history)
         )
         _, per_customer = per_customer_metrics(scores, ctx.relevant, ctx.excluded, ctx.k)
         ndcg = float(per_customer[f"ndcg@{ctx.k}"].mean())
