@@ -173,6 +173,13 @@ def summarize(runs: dict) -> dict:
     return out
 
 
+def _median_of(runs: dict, story: str, ranker: str, seeds: list[int], metric: str) -> float:
+    values = [runs[f"{story}|{ranker}|{s}"] for s in seeds]
+    if metric == "fit_seconds":
+        return statistics.median(v["fit_seconds"] for v in values)
+    return statistics.median(v["metrics"]["all"][metric] for v in values)
+
+
 def table(store: dict, label: str, story_names) -> str:
     """One row per story: medians over the seeds every ranker of the row has."""
     runs = store["runs"]
@@ -195,18 +202,14 @@ def table(store: dict, label: str, story_names) -> str:
         if not seeds:
             continue
 
-        def med(ranker, metric, seeds=seeds):
-            values = [runs[f"{story}|{ranker}|{s}"] for s in seeds]
-            if metric == "fit_seconds":
-                return statistics.median(v["fit_seconds"] for v in values)
-            return statistics.median(v["metrics"]["all"][metric] for v in values)
-
-        def per_seed(fn, seeds=seeds):
-            return statistics.median(fn(s) for s in seeds)
-
         nd = f"ndcg@{K}"
-        ratio = per_seed(
-            lambda s: runs[f"{story}|{finrec}|{s}"]["metrics"]["all"][nd] / runs[f"{story}|oracle|{s}"]["metrics"]["all"][nd]
+
+        def med(ranker, metric, story=story, seeds=seeds):
+            return _median_of(runs, story, ranker, seeds, metric)
+
+        ratio = statistics.median(
+            runs[f"{story}|{finrec}|{s}"]["metrics"]["all"][nd] / runs[f"{story}|oracle|{s}"]["metrics"]["all"][nd]
+            for s in seeds
         )
         lines.append(
             f"{story:<13}{','.join(map(str, seeds)):>7} | {med(finrec, nd):>13.4f}{med('lightgbm_tuned', nd):>10.4f}"

@@ -219,3 +219,19 @@ def test_holdings_adoptions_climb_the_ladders(banks):
     next_rung = [p in previous and (c, previous[p]) in held for c, p in zip(a[CUSTOMER_ID], a[PRODUCT_ID])]
     assert np.mean(next_rung) > 0.5
     assert len(tables[HOLDINGS]) / N > 1.8
+
+
+def test_cli_generate_story_and_its_errors(tmp_path, capsys):
+    from finrec.cli import main
+
+    assert main(["generate", "--out", str(tmp_path / "bank"), "--story", "small", "--customers", "300"]) == 0
+    data = load_dataset(tmp_path / "bank")
+    assert len(data.customers) == 300 and data.ground_truth is not None
+    assert "branch" not in data.customers.columns and len(data.products) == 32
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--out", str(tmp_path / "x"), "--story", "nope"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    assert main(["generate", "--out", str(tmp_path / "y"), "--story", "messy", "--products", "40"]) == 2
+    assert "--products applies to the default bank only" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

@@ -58,9 +58,7 @@ def test_scores_have_the_catalogue_shape_and_beat_popularity(tuned, split):
     scores = tuned.score(test.customers.iloc[:30], test.holdings)
     assert scores.shape == (30, tuned.pipeline_.n_products)
     model = _ndcg(tuned, test, lambda c: tuned.score(c, test.holdings))
-    popular = _ndcg(
-        tuned, test, lambda c: popularity_scores(len(c), np.asarray(tuned.pipeline_.product_popularity_))
-    )
+    popular = _ndcg(tuned, test, lambda c: popularity_scores(len(c), np.asarray(tuned.pipeline_.product_popularity_)))
     assert model["customers"] > 100
     assert model["ndcg@5"] > popular["ndcg@5"] + 0.03
 
