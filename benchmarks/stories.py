@@ -10,6 +10,7 @@ interactions, every product they do not hold ranked (binary nDCG@5 and MRR,
 oracle ranks by the true adoption probabilities.
 
     .venv/bin/python benchmarks/stories.py                                   # everything, 3 seeds
+    .venv/bin/python benchmarks/stories.py --seeds 0 --lgbm-threads 1        # as the stored runs were made
     .venv/bin/python benchmarks/stories.py --stories small messy --seeds 0    # a piece
     .venv/bin/python benchmarks/stories.py --variants finrec --config my.yaml --label wide
     .venv/bin/python benchmarks/stories.py --table [--label wide]            # the table from stored runs
@@ -232,9 +233,17 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--config", type=Path, help="a finrec config YAML (default: Config() defaults)")
     parser.add_argument("--label", help="the finrec ranker's label (default: the config file's stem, or 'default')")
-    parser.add_argument("--lgbm-trials", type=int, default=12, help="TunedLightGBM's trial budget")
+    parser.add_argument(
+        "--lgbm-trials", type=int, default=6, help="TunedLightGBM's trial budget (the stored runs used 6)"
+    )
     parser.add_argument("--lgbm-seconds", type=float, default=None, help="TunedLightGBM's time budget (search)")
-    parser.add_argument("--lgbm-threads", type=int, default=None, help="LightGBM threads (default: every core)")
+    parser.add_argument(
+        "--lgbm-threads",
+        type=int,
+        default=None,
+        help="LightGBM threads (default: every core, as on a user's machine; the stored runs used 1 because "
+        "OpenMP threads spin against other load on a shared 2-core box)",
+    )
     parser.add_argument("--table", action="store_true", help="only print the table of the stored runs")
     args = parser.parse_args()
     args.label = args.label or (args.config.stem if args.config else "default")

@@ -309,6 +309,7 @@ class TunedLightGBM:
         )
 
     def fit(self, dataset, seed: int = 0) -> TunedLightGBM:
+        import os
         import time
 
         from finrec.data.split import split_customer_ids
@@ -362,7 +363,7 @@ class TunedLightGBM:
             "max_seconds": self.max_seconds,
             "search_seconds": search_seconds,
             "total_seconds": time.perf_counter() - started,
-            "num_threads": self.num_threads,
+            "num_threads": self.num_threads or os.cpu_count() or 1,
             "objective": objective,
         }
         return self
