@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "stories.json"
+RESULTS = Path(__file__).parent / "results" / "stories.json"  # --results moves it (pieces run side by side)
 K = 5
 DEFAULT_BANK = "default"
 VARIANTS = ("finrec", "lightgbm")
@@ -227,6 +227,7 @@ def table(store: dict, label: str, story_names) -> str:
 
 
 def main() -> None:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stories", nargs="+", default=None, help=f"any of {', '.join(stories())} (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -245,13 +246,23 @@ def main() -> None:
         "OpenMP threads spin against other load on a shared 2-core box)",
     )
     parser.add_argument("--table", action="store_true", help="only print the table of the stored runs")
+    parser.add_argument("--results", type=Path, default=None, help=f"the results file (default {RESULTS})")
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="merge the runs of these results files into the store"
+    )
     args = parser.parse_args()
+    if args.results:
+        RESULTS = args.results
     args.label = args.label or (args.config.stem if args.config else "default")
     names = args.stories or list(stories())
     for name in names:
         if name not in stories():
             raise SystemExit(f"unknown story {name!r}; choose from {', '.join(stories())}")
     store = load_store()
+    for path in args.merge:
+        store["runs"].update(json.loads(Path(path).read_text())["runs"])
+    if args.merge:
+        save(store)
     if not args.table:
         for story in names:
             for seed in args.seeds:
