@@ -33,6 +33,13 @@ references of links are checked within a bucket only (links to unknown customers
 dropped and counted, not refused); the median is approximate above ``reservoir`` values.
 Memory: one piece of customers (``chunk_rows``), the links of one bucket, the validation set and
 the reservoirs (8 bytes x ``reservoir`` x numeric columns).
+
+A ``holdings_history`` is routed like the links, one record batch at a time; the same pass counts
+the training customers' history rows and their latest snapshot month, all the pipeline's history
+state needs (``FeaturePipeline.fit_history``). Each piece's history features are built from its
+bucket's history against that month, so they equal the in-memory ones. They are the largest
+inputs (float32 [rows, P, F] for the ``events`` encoder: ~16 KB a customer with 27 products),
+so with history ``chunk_rows`` bounds most of the memory.
 """
 
 from __future__ import annotations
