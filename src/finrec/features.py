@@ -144,8 +144,13 @@ class FeaturePipeline:
         adopted = self.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
         self.product_popularity_ = np.bincount(adopted[adopted >= 0], minlength=self.n_products).tolist()
         history = dataset.holdings_history
+        return self.fit_history(0 if history is None else len(history))
+
+    def fit_history(self, history_rows: int) -> FeaturePipeline:
+        """The history part, from the number of history rows of the training customers (all it
+        needs: the streaming fit counts them in its pass). After the catalogue is fitted."""
         self.history_ = None
-        if self.history_encoder != "none" and history is not None and len(history):
+        if self.history_encoder != "none" and history_rows > 0:
             self.history_ = HistoryFeatures(self.history_lags, self.history_encoder).fit(self.n_products)
         return self
 
@@ -186,10 +191,13 @@ class FeaturePipeline:
         holdings: pd.DataFrame | None = None,
         held: np.ndarray | None = None,
         history: pd.DataFrame | None = None,
+        history_reference: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Model inputs for customers (rows in the order given). Holdings come from the
         ``holdings`` link table or, already as bool [n, P], from ``held``; ``history`` is their
-        ``holdings_history`` (None: no history, as for a new customer)."""
+        ``holdings_history`` (None: no history, as for a new customer). ``history_reference``:
+        the whole table's latest snapshot month when ``history`` is one chunk's slice of it
+        (``history_features.months``; None: the latest month in ``history``)."""
         self.check_customer_columns(customers)
         numeric = np.empty((len(customers), len(self.customer_numeric_)), dtype="float32")
         for j, stats in enumerate(self.customer_numeric_):
@@ -205,7 +213,11 @@ class FeaturePipeline:
             if self.use_holdings:
                 out[HOLDINGS_INPUT] = held.astype("float32")
             if self.history_ is not None:
-                out.update(self.history_.transform(ids, history, np.asarray(held, bool), self.product_positions))
+                out.update(
+                    self.history_.transform(
+                        ids, history, np.asarray(held, bool), self.product_positions, history_reference
+                    )
+                )
         return out
 
     def transform_record(

@@ -96,20 +96,30 @@ class HistoryFeatures:
         return {SEQUENCE_INPUT: ("history_sequence", (self.lags + 1, p))}
 
     # ------------------------------------------------------------------------ the cube
-    def ownership(self, customer_ids, history: pd.DataFrame | None, held: np.ndarray, product_positions) -> np.ndarray:
+    def ownership(
+        self,
+        customer_ids,
+        history: pd.DataFrame | None,
+        held: np.ndarray,
+        product_positions,
+        reference: int | None = None,
+    ) -> np.ndarray:
         """bool [n, HORIZON + 1, P]: history months r - HORIZON + 1 .. r, then ``held`` (the
-        current snapshot). ``product_positions(ids) -> int`` maps product ids (-1 unknown)."""
+        current snapshot). ``product_positions(ids) -> int`` maps product ids (-1 unknown).
+        ``reference``: the month number r (``months``) when ``history`` is a slice of a larger
+        table (a chunk's customers), so that every slice shares the table's latest snapshot;
+        None: the latest month of ``history`` itself."""
         n, p = held.shape
         cube = np.zeros((n, HORIZON + 1, p), dtype=bool)
         cube[:, HORIZON] = held
         if history is None or len(history) == 0 or n == 0:
             return cube
         month = months(history[S.AS_OF])
-        reference = month.max()
+        reference = month.max() if reference is None else reference
         step = HORIZON - 1 - (reference - month)  # r -> HORIZON - 1
         rows = pd.Index(pd.Series(customer_ids).astype(str)).get_indexer(history[S.CUSTOMER_ID].astype(str))
         cols = product_positions(history[S.PRODUCT_ID].to_numpy())
-        keep = (rows >= 0) & (cols >= 0) & (step >= 0)
+        keep = (rows >= 0) & (cols >= 0) & (step >= 0) & (step < HORIZON)  # a later month: not this reference's past
         cube[rows[keep], step[keep], cols[keep]] = True
         return cube
 
@@ -155,10 +165,10 @@ class HistoryFeatures:
         return np.concatenate(parts, axis=-1)
 
     def transform(
-        self, customer_ids, history: pd.DataFrame | None, held: np.ndarray, product_positions
+        self, customer_ids, history: pd.DataFrame | None, held: np.ndarray, product_positions, reference=None
     ) -> dict[str, np.ndarray]:
-        """The model inputs of the encoder (see ``input_spec``)."""
-        cube = self.ownership(customer_ids, history, held, product_positions)
+        """The model inputs of the encoder (see ``input_spec``; ``reference`` as in ``ownership``)."""
+        cube = self.ownership(customer_ids, history, held, product_positions, reference)
         if self.encoder == "gru":
             return {SEQUENCE_INPUT: cube[:, HORIZON - self.lags :].astype("float32")}
         block = self.event_block(cube)

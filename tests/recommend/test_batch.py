@@ -64,3 +64,58 @@ def test_same_output_whatever_the_threads_and_holdings_order(rec, small_data_dir
         out = tmp_path / f"top-{data_dir.name}-{workers}.parquet"
         score_dataset(rec, data_dir, out, k=4, chunk_rows=250, workers=workers)
         assert pq.read_table(out).equals(expected)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_history_is_read_per_chunk_and_ranks_as_in_memory(tmp_path, fmt):
+    """A model with history features scores a bank with a past in tiny chunks, each reading only
+    its customers' history (``HistoryByChunk``), and ranks every customer exactly as the whole
+    table in memory does, also when most customers lack the latest snapshot (a chunk's own latest
+    month is then older than the table's, which the features must not take as "now")."""
+    import keras
+
+    from finrec.config import ModelConfig
+    from finrec.data import schema as S
+    from finrec.data.io import load_dataset, read_id_column, write_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.features import FeaturePipeline
+    from finrec.model.two_tower import build_two_tower
+    from finrec.recommend.batch import HistoryByChunk, RowOfId
+    from finrec.training.train import TrainedModel
+
+    tables = generate(GeneratorSettings(n_customers=300, seed=4, months=4, ground_truth=False))
+    history = tables[S.HOLDINGS_HISTORY]
+    latest = history[S.AS_OF] == history[S.AS_OF].max()
+    first = history[S.CUSTOMER_ID][latest].iloc[0]
+    tables[S.HOLDINGS_HISTORY] = history[~latest | (history[S.CUSTOMER_ID] == first)].reset_index(drop=True)
+    folder = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bank", fmt=fmt)
+    data = load_dataset(folder)
+    pipeline = FeaturePipeline(data.schema).fit(data)
+    assert pipeline.history_ is not None
+    config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8)
+    keras.utils.set_random_seed(0)
+    model = build_two_tower(pipeline, pipeline.transform_products(data.products), config, 0.0)
+    trained = TrainedModel(model, pipeline, config, data.products)
+
+    # Each chunk's slice is exactly its customers' history.
+    ids = read_id_column(next(folder.glob("customers.*")), S.CUSTOMER_ID)
+    by_chunk = HistoryByChunk(next(folder.glob("holdings_history.*")), RowOfId(ids), 7, tmp_path / "work")
+    part = by_chunk.slice(14, 21)
+    want = data.holdings_history[data.holdings_history[S.CUSTOMER_ID].isin(ids[14:21].to_pylist())]
+    assert len(part) == len(want) > 0 and set(part[S.CUSTOMER_ID]) <= set(ids[14:21].to_pylist())
+
+    out = tmp_path / "top.parquet"
+    score_dataset(Recommender(trained), folder, out, k=3, chunk_rows=7, workers=2)
+    top = pd.read_parquet(out)
+    full = Recommender(trained, data)
+    ranking = full.rank(full._known, 3, None)
+    want_top = {
+        (cid, r + 1): (pipeline.product_ids_[i], s)
+        for cid, row, srow in zip(full._known.ids, ranking.index, ranking.scores)
+        for r, (i, s) in enumerate(zip(row, srow))
+        if i >= 0
+    }
+    assert len(top) == len(want_top)
+    for cid, rank, pid, score in top[["customer_id", "rank", "product_id", "score"]].itertuples(index=False):
+        assert want_top[(cid, rank)][0] == pid
+        assert score == pytest.approx(want_top[(cid, rank)][1], abs=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from finrec.data import schema as S
@@ -145,3 +146,72 @@ def test_history_is_streamed_with_its_customers(tmp_path, fmt):
     original = tables[S.HOLDINGS_HISTORY]
     key = lambda df: set(zip(df[S.CUSTOMER_ID].astype(str), df[S.PRODUCT_ID].astype(str), df[S.AS_OF]))  # noqa: E731
     assert key(streamed) == key(original) and len(streamed) == len(original)
+
+
+def _history_bank(tmp_path, n_customers=600, months=4, seed=1):
+    """A bank with a past in which most customers lack the latest snapshot (they closed
+    everything last month): a piece's own latest month is then older than the table's, which
+    the streamed features must not use as their reference."""
+    from finrec.data.io import write_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+
+    tables = generate(GeneratorSettings(n_customers=n_customers, seed=seed, months=months, ground_truth=False))
+    history = tables[S.HOLDINGS_HISTORY]
+    latest = history[S.AS_OF] == history[S.AS_OF].max()
+    keep_latest = history[S.CUSTOMER_ID].isin(history[S.CUSTOMER_ID][latest].iloc[:3])
+    tables[S.HOLDINGS_HISTORY] = history[~latest | keep_latest].reset_index(drop=True)
+    return write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bank")
+
+
+def test_streamed_history_features_equal_the_in_memory_ones(tmp_path):
+    from finrec.data.io import load_dataset
+    from finrec.training.train import build_examples
+
+    data_dir = _history_bank(tmp_path)
+    layout = partition(data_dir, tmp_path / "work", chunk_rows=150)
+    pipeline = layout.pipeline
+    assert pipeline.history_ is not None and len(layout.pieces) > 2
+    dataset = load_dataset(data_dir)
+    # The history state is what the in-memory fit gives on the same training customers.
+    train_ids = pd.concat([layout.read_piece(p).customers[S.CUSTOMER_ID] for p in layout.pieces])
+    exact = FeaturePipeline(dataset.schema).fit(dataset.subset_customers(train_ids))
+    assert exact.history_.to_dict() == pipeline.history_.to_dict()
+    # Every piece's inputs equal the whole table's, transformed at once, for its customers.
+    whole = pipeline.transform_customers(dataset.customers, dataset.holdings, history=dataset.holdings_history)
+    row_of = pd.Index(dataset.customers[S.CUSTOMER_ID])
+    own_reference_differs = False
+    for piece in layout.pieces:
+        data = layout.read_piece(piece)
+        streamed = build_examples(pipeline, data, layout.history_reference).inputs
+        rows = row_of.get_indexer(data.customers[S.CUSTOMER_ID])
+        assert (rows >= 0).all()
+        assert set(streamed) == set(whole) and "history_events" in streamed
+        for name, values in streamed.items():
+            np.testing.assert_array_equal(values, whole[name][rows], err_msg=name)
+        assert streamed["history_events"].any()
+        alone = build_examples(pipeline, data).inputs["history_events"]  # the piece's own latest month
+        own_reference_differs |= not np.array_equal(alone, streamed["history_events"])
+    assert own_reference_differs  # the bank really tests the shared reference
+
+
+@pytest.mark.slow
+def test_streamed_training_learns_from_the_history(tmp_path, fast_config):
+    from finrec.data.io import load_dataset
+    from finrec.recommend.recommender import Recommender
+    from finrec.training.train import fit
+
+    data_dir = _history_bank(tmp_path, n_customers=600, months=4, seed=2)
+    source = StreamingSource(data_dir, chunk_rows=200, workdir=tmp_path)
+    trained = fit(source, fast_config.with_overrides(epochs=1), verbose=0)
+    assert "history_events" in trained.pipeline.customer_input_spec()
+    assert source.last_batches.max_rows_held <= 200 and len(source.last_layout.pieces) > 2
+    # The tower reads the history: zeroing it moves the embeddings.
+    data = load_dataset(data_dir)
+    inputs = trained.pipeline.transform_customers(data.customers, data.holdings, history=data.holdings_history)
+    assert inputs["history_events"].any()
+    tower = Recommender(trained).tower
+    blank = dict(inputs, history_events=np.zeros_like(inputs["history_events"]))
+    assert not np.allclose(tower(inputs), tower(blank), atol=1e-3)
+    # Without history (encoder none) the history table is not even routed.
+    off = partition(data_dir, tmp_path / "off", chunk_rows=200, history_encoder="none")
+    assert not off.has_history and off.pipeline.history_ is None

@@ -10,7 +10,10 @@ streamed to one output file that replaces ``out`` only when complete.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
+import math
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,11 +31,11 @@ from finrec.data.io import (
     FORMULA_PREFIXES,
     find_table,
     iter_customer_chunks,
-    read_history,
     read_id_column,
     read_table,
 )
 from finrec.errors import FinrecError
+from finrec.history_features import months
 from finrec.recommend import filters as F
 from finrec.recommend.index import default_workers, single_threaded_blas
 
@@ -106,6 +109,93 @@ class HoldingsByRow:
         held = np.zeros((stop - start, self.n_products), dtype=bool)
         held[self.rows[lo:hi] - start, self.cols[lo:hi]] = True
         return held
+
+
+class RowOfId:
+    """Row numbers of ids in the customers file, for many lookups without a hash table of every
+    id rebuilt per lookup: the ids' 64-bit hashes sorted once (16 bytes a customer), each lookup
+    a binary search, then checked against the id text (a collision or an absent id gives -1; a
+    repeated id, its first row, as ``positions_in``)."""
+
+    def __init__(self, ids: pa.Array, step: int = 1 << 20):
+        self.ids = as_arrow_text(ids)
+        hashes = np.concatenate(
+            [np.zeros(0, np.uint64)] + [self._hash(self.ids[i : i + step]) for i in range(0, len(ids), step)]
+        )
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted = hashes[self.order]
+
+    @staticmethod
+    def _hash(values: pa.Array) -> np.ndarray:
+        return pd.util.hash_array(np.asarray(values.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
+
+    def __call__(self, values) -> np.ndarray:
+        values = as_arrow_text(values)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if len(self.sorted) == 0 or len(values) == 0:
+            return np.full(len(values), -1, dtype=np.int64)
+        hashes = self._hash(values)
+        at = np.minimum(np.searchsorted(self.sorted, hashes), len(self.sorted) - 1)
+        rows = np.where(self.sorted[at] == hashes, self.order[at], -1).astype(np.int64)
+        same = pc.equal(values, self.ids.take(pa.array(np.maximum(rows, 0)))).fill_null(False)
+        rows[~same.to_numpy(zero_copy_only=False)] = -1
+        return rows
+
+
+class HistoryByChunk:
+    """The holdings history of any run of rows of the customers file, without the table in
+    memory. One pass reads the history in record batches (``finrec.training.stream``'s reader,
+    dates checked as there), finds each row's customer row (``RowOfId``) and routes it to a
+    bucket file of ``rows_per_bucket`` consecutive customer rows (a multiple of the scoring
+    chunk); a chunk then reads only its bucket(s), filtered to its rows. ``reference`` is the
+    table's latest snapshot month, which every chunk's features share (as the whole table would
+    give them). Memory: one record batch and the row lookup."""
+
+    BATCH_ROWS = 1 << 20
+
+    def __init__(self, path: Path, rows: RowOfId, chunk_rows: int, workdir: Path, max_buckets: int = 256):
+        from finrec.training.stream import BucketWriters, link_batches
+
+        n_chunks = max(1, math.ceil(len(rows.ids) / chunk_rows))
+        self.rows_per_bucket = chunk_rows * math.ceil(n_chunks / max_buckets)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.reference: int | None = None
+        writers = BucketWriters()
+        try:
+            for links in link_batches(Path(path), self.BATCH_ROWS, dated=True):
+                if len(links) == 0:
+                    continue
+                latest = int(months(links[S.AS_OF]).max())
+                self.reference = latest if self.reference is None else max(self.reference, latest)
+                row = rows(links[S.CUSTOMER_ID])
+                known = row >= 0
+                links = links[known].assign(row=row[known])
+                bucket = links["row"].to_numpy() // self.rows_per_bucket
+                for b in np.unique(bucket):
+                    writers.write(self._file(int(b)), links[bucket == b])
+        finally:
+            writers.close()
+
+    def _file(self, bucket: int) -> Path:
+        return self.workdir / f"history_{bucket:05d}.parquet"
+
+    def slice(self, start: int, stop: int) -> pd.DataFrame:
+        """The history rows (customer_id, product_id, as_of) of the customers in file rows ``start:stop``."""
+        parts = []
+        for b in range(start // self.rows_per_bucket, (stop - 1) // self.rows_per_bucket + 1):
+            if self._file(b).exists():
+                parts.append(pq.read_table(self._file(b), filters=[("row", ">=", start), ("row", "<", stop)]))
+        if not parts:
+            return pd.DataFrame(
+                {
+                    S.CUSTOMER_ID: pd.Series(dtype=object),
+                    S.PRODUCT_ID: pd.Series(dtype=object),
+                    S.AS_OF: pd.Series(dtype="datetime64[ns]"),
+                }
+            )
+        return pa.concat_tables(parts).drop_columns(["row"]).to_pandas()
 
 
 def topk_table(
@@ -214,19 +304,22 @@ def score_dataset(
     chunks = itertools.chain([first] if first is not None else [], chunks)
     product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
 
+    customer_ids = None
+
     def match_holdings() -> HoldingsByRow:
+        nonlocal customer_ids
+        customer_ids = read_id_column(customers_path, table.id)
         holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
-        return HoldingsByRow(recommender.pipeline, read_id_column(customers_path, table.id), holdings)
+        return HoldingsByRow(recommender.pipeline, customer_ids, holdings)
 
-    # A model with history features reads the history table whole (every chunk takes its rows by
-    # customer id, against the table's common latest snapshot); without them it is never read.
+    # A model with history features routes the history once to scratch files by customer row
+    # (never the whole table in memory); each chunk reads its customers' rows and builds their
+    # features against the table's common latest snapshot. Without them it is never read.
     history_path = find_table(data_dir, S.HOLDINGS_HISTORY, required=False)
-    history = (
-        read_history(history_path)
-        if history_path is not None and getattr(recommender.pipeline, "history_", None) is not None
-        else None
-    )
+    if getattr(recommender.pipeline, "history_", None) is None:
+        history_path = None
 
+    scratch = tempfile.TemporaryDirectory(prefix="finrec-score-") if history_path is not None else None
     workers = workers or default_workers()
     # BLAS threads would fight the chunk workers for the cores (OpenBLAS spins idle threads):
     # the workers are the parallelism.
@@ -235,14 +328,23 @@ def score_dataset(
         ThreadPoolExecutor(max_workers=workers) as pool,
         ThreadPoolExecutor(max_workers=1) as side,
         single_threaded_blas(),
+        scratch or contextlib.nullcontext(),
     ):
         lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
+        by_chunk = (
+            side.submit(lambda: HistoryByChunk(history_path, RowOfId(customer_ids), chunk_rows, Path(scratch.name)))
+            if scratch is not None
+            else None
+        )
 
         objected = 0
 
         def score(start: int, chunk: pd.DataFrame) -> tuple[pa.Table, int]:
             held = lookup.result().slice(start, start + len(chunk))
-            context = recommender.context(chunk, held=held, history=history)
+            history, reference = None, None
+            if by_chunk is not None:
+                history, reference = by_chunk.result().slice(start, start + len(chunk)), by_chunk.result().reference
+            context = recommender.context(chunk, held=held, history=history, history_reference=reference)
             ranking = recommender.rank(context, k, filters, workers=1)
             chosen = None
             if calibration is not None:  # the whole row is needed (a softmax): one more tower pass

@@ -154,9 +154,11 @@ class Recommender:
         holdings: pd.DataFrame | None = None,
         held: np.ndarray | None = None,
         history: pd.DataFrame | None = None,
+        history_reference: int | None = None,
     ) -> CustomerContext:
         """Validated customers in model-ready form; their holdings as a links table or, when
-        already matched to the rows, as ``held`` bool [n, P]; ``history``: their holdings_history."""
+        already matched to the rows, as ``held`` bool [n, P]; ``history``: their holdings_history
+        (``history_reference``: as in ``FeaturePipeline.transform_customers``, for a chunk)."""
         cid = self.schema.customers.id
         ids = customers[cid].to_numpy() if cid in customers else np.array([None] * len(customers), dtype=object)
         if ids.dtype != object:  # validated tables hold ids as text already; converting costs ~0.15 s per million
@@ -165,7 +167,9 @@ class Recommender:
             held = self.pipeline.holdings_matrix(ids, holdings)
         return CustomerContext(
             ids=ids,
-            inputs=self.pipeline.transform_customers(customers, held=held, history=history),
+            inputs=self.pipeline.transform_customers(
+                customers, held=held, history=history, history_reference=history_reference
+            ),
             attributes=F.customer_attributes(customers, self.schema),
             held=held,
         )

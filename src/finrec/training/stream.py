@@ -33,6 +33,13 @@ references of links are checked within a bucket only (links to unknown customers
 dropped and counted, not refused); the median is approximate above ``reservoir`` values.
 Memory: one piece of customers (``chunk_rows``), the links of one bucket, the validation set and
 the reservoirs (8 bytes x ``reservoir`` x numeric columns).
+
+A ``holdings_history`` is routed like the links, one record batch at a time; the same pass counts
+the training customers' history rows and their latest snapshot month, all the pipeline's history
+state needs (``FeaturePipeline.fit_history``). Each piece's history features are built from its
+bucket's history against that month, so they equal the in-memory ones. They are the largest
+inputs (float32 [rows, P, F] for the ``events`` encoder: 27 products x 29 features x 4 bytes, ~3 KB a customer),
+so with history ``chunk_rows`` bounds most of the memory.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schem
 from finrec.data.validate import parse_dates
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary
+from finrec.history_features import months
 from finrec.training.train import TrainingBatches, build_examples, set_seed, train_model
 
 log = logging.getLogger(__name__)
@@ -186,8 +194,10 @@ class StreamingPipelineFit:
         exclude_protected: bool = False,
         reservoir: int = DEFAULT_RESERVOIR,
         seed: int = 0,
+        history_lags: int = 6,
+        history_encoder: str = "events",
     ):
-        self.pipeline = FeaturePipeline(schema, use_holdings, exclude_protected)
+        self.pipeline = FeaturePipeline(schema, use_holdings, exclude_protected, history_lags, history_encoder)
         c = self.pipeline.schema.customers
         log_c = set(c.log_numeric) if c.log_numeric is not None else None
         self.numeric = [
@@ -204,7 +214,11 @@ class StreamingPipelineFit:
         for col, seen in self.vocab.items():
             seen.update(str(v) for v in pc.unique(as_arrow_text(customers[col]).drop_null()).to_pylist())
 
-    def finish(self, products: pd.DataFrame, popularity: np.ndarray | None = None) -> FeaturePipeline:
+    def finish(
+        self, products: pd.DataFrame, popularity: np.ndarray | None = None, history_rows: int = 0
+    ) -> FeaturePipeline:
+        """The fitted pipeline; ``history_rows``: the training customers' history rows counted in
+        the pass (the history features need nothing else, see ``FeaturePipeline.fit_history``)."""
         p = self.pipeline
         ps = p.schema.products
         log_p = set(ps.log_numeric) if ps.log_numeric is not None else None
@@ -218,13 +232,13 @@ class StreamingPipelineFit:
         p.product_vocab_ = {col: fit_vocabulary(products[col]) for col in ps.categorical_features}
         counts = np.zeros(p.n_products, dtype="int64") if popularity is None else np.asarray(popularity, dtype="int64")
         p.product_popularity_ = [int(v) for v in counts]
-        return p
+        return p.fit_history(history_rows)
 
 
 # ------------------------------------------------------------------------------ reading
 
 
-def _link_batches(path: Path, chunk_rows: int, dated: bool = False):
+def link_batches(path: Path, chunk_rows: int, dated: bool = False):
     """Record batches (customer_id, product_id as text) of a link table, CSV or Parquet; with
     ``dated``, of a holdings history (its ``as_of`` parsed, a missing or bad date refused)."""
     columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *((S.AS_OF,) if dated else ())]
@@ -264,7 +278,7 @@ def _count_rows(path: Path, table: S.TableSchema, chunk_rows: int) -> int:
     return sum(len(c) for c in pd.read_csv(path, usecols=[table.id], dtype=str, chunksize=chunk_rows))
 
 
-class _Writers:
+class BucketWriters:
     """One Parquet writer per output file, opened on first write."""
 
     def __init__(self):
@@ -310,7 +324,10 @@ class StreamingLayout:
     customers_with_positives: int
     dropped_links: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-    has_history: bool = False  # the data has a holdings_history: pieces carry theirs
+    has_history: bool = False  # the data has a holdings_history (and the model uses it): pieces carry theirs
+    # The training customers' latest snapshot month (``history_features.months``): every piece's
+    # history features are built against it, as in memory against the whole table's.
+    history_reference: int | None = None
 
     @property
     def examples(self) -> int:
@@ -389,9 +406,12 @@ def partition(
     exclude_protected: bool = False,
     reservoir: int = DEFAULT_RESERVOIR,
     max_validation: int = DEFAULT_MAX_VALIDATION,
+    history_lags: int = 6,
+    history_encoder: str = "events",
 ) -> StreamingLayout:
     """Passes 1-3 of the module docstring: bucket files in ``workdir``, the fitted pipeline, the
-    validation set and the batch counts."""
+    validation set and the batch counts. With ``history_encoder`` "none" the holdings history is
+    not read at all."""
     started = time.perf_counter()
     data_dir, workdir = Path(data_dir), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -405,6 +425,8 @@ def partition(
     interactions_path = find_table(data_dir, S.INTERACTIONS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     history_path = find_table(data_dir, S.HOLDINGS_HISTORY, required=False)
+    if history_encoder == "none":
+        history_path = None
 
     n_rows = _count_rows(customers_path, table, chunk_rows)
     val_share = min(validation_fraction, max_validation / max(n_rows, 1))
@@ -418,8 +440,11 @@ def partition(
         bucket = np.minimum((_unit_hash(ids, _BUCKET_KEY, seed) * n_buckets).astype("int64"), n_buckets - 1)
         return is_val, bucket
 
-    stats = StreamingPipelineFit(schema, use_holdings, exclude_protected, reservoir, seed)
-    writers = _Writers()
+    stats = StreamingPipelineFit(
+        schema, use_holdings, exclude_protected, reservoir, seed, history_lags, history_encoder
+    )
+    writers = BucketWriters()
+    history_rows, reference = 0, None  # the training customers' history: rows, latest month
     try:
         for chunk in iter_customer_chunks(customers_path, table, chunk_rows):
             is_val, bucket = route(chunk[table.id].to_numpy())
@@ -437,10 +462,14 @@ def partition(
         ):
             if path is None:
                 continue
-            for links in _link_batches(path, chunk_rows, dated=name == S.HOLDINGS_HISTORY):
+            for links in link_batches(path, chunk_rows, dated=name == S.HOLDINGS_HISTORY):
                 is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
                 writers.write(val_dir / f"{name}.parquet", links[is_val])
                 train = links[~is_val]
+                if name == S.HOLDINGS_HISTORY and len(train):
+                    history_rows += len(train)
+                    latest = int(months(train[S.AS_OF]).max())
+                    reference = latest if reference is None else max(reference, latest)
                 for b in np.unique(bucket[~is_val]):
                     writers.write(workdir / f"{name}_{b:05d}.parquet", train[bucket[~is_val] == b])
     finally:
@@ -448,9 +477,10 @@ def partition(
     partitioned = time.perf_counter()
 
     # Count pass: examples per piece, popularity, links that match no customer or product.
-    pipeline = stats.finish(products)
+    pipeline = stats.finish(products, history_rows=history_rows)
     layout = StreamingLayout(workdir, schema, products, pipeline, [], None, chunk_rows, stats.rows, 0)  # type: ignore[arg-type]
     layout.has_history = history_path is not None
+    layout.history_reference = reference
     popularity = np.zeros(pipeline.n_products, dtype="int64")
     matched = 0
     for b in range(n_buckets):
@@ -567,7 +597,7 @@ class StreamingBatches(keras.utils.PyDataset):
             data = self.layout.read_piece(self.layout.pieces[piece_index])
             self.max_rows_held = max(self.max_rows_held, len(data.customers))
             self.pieces_loaded += 1
-            examples = build_examples(self.layout.pipeline, data)
+            examples = build_examples(self.layout.pipeline, data, self.layout.history_reference)
             examples.drop_remainder(self.batch_multiple)
             rng = np.random.default_rng([self.seed, self.epoch, piece_index])
             self._cached = (slot, TrainingBatches(examples, self.batch_size, rng, self.sample_from, self.num_negatives))
@@ -627,6 +657,8 @@ class StreamingSource:
                 config.model.exclude_protected,
                 self.reservoir,
                 self.max_validation,
+                config.model.history_lags,
+                config.model.history_encoder,
             )
             self.last_layout = layout
             if layout.customers_with_positives < 10:

@@ -53,10 +53,15 @@ class TrainingExamples:
         self.customer_rows, self.positives = self.customer_rows[:keep], self.positives[:keep]
 
 
-def build_examples(pipeline: FeaturePipeline, dataset: Dataset) -> TrainingExamples:
+def build_examples(
+    pipeline: FeaturePipeline, dataset: Dataset, history_reference: int | None = None
+) -> TrainingExamples:
+    """``history_reference``: see ``FeaturePipeline.transform_customers`` (a streamed piece)."""
     cid = dataset.schema.customers.id
     customers = dataset.customers
-    inputs = pipeline.transform_customers(customers, dataset.holdings, history=dataset.holdings_history)
+    inputs = pipeline.transform_customers(
+        customers, dataset.holdings, history=dataset.holdings_history, history_reference=history_reference
+    )
     rows = pd.Index(customers[cid].astype(str)).get_indexer(dataset.interactions[S.CUSTOMER_ID].astype(str))
     positives = pipeline.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
     keep = (rows >= 0) & (positives >= 0)
