@@ -9,7 +9,7 @@
     finrec calibrate --model MODEL_DIR --data DIR
     finrec plan      --model MODEL_DIR --data DIR --out plan.csv [--capacity caps.csv] [--contacts-per-customer 1]
     finrec serve     --model MODEL_DIR | --root REGISTRY [--host 127.0.0.1] [--port 8000] [--records FILE]
-    finrec records verify FILE [--head HASH]
+    finrec records verify FILE [--head HASH] [--key-file F]
     finrec monitor   --model MODEL_DIR --data DIR [--json FILE] [--fail-on alert]
     finrec models    list|add|promote|rollback --root REGISTRY ...
     finrec compare   --champion MODEL_DIR --challenger MODEL_DIR --data DIR [--json FILE]
@@ -409,9 +409,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_records_verify(args) -> int:
-    from finrec.governance.records import verify
+    from finrec.governance.records import KEY_FROM_ENV, read_key_file, verify
 
-    result = verify(args.file, head=args.head)
+    key = read_key_file(args.key_file, "--key-file") if args.key_file else KEY_FROM_ENV
+    result = verify(args.file, head=args.head, key=key)
     if not result.ok:
         where = f"line {result.bad_line}" if result.bad_line else "the end"
         print(
@@ -420,7 +421,10 @@ def cmd_records_verify(args) -> int:
             file=sys.stderr,
         )
         return EXIT_INPUT_ERROR
-    print(f"{args.file}: {result.lines} record(s), chain intact; head {result.head}")
+    keyed = " (keyed: HMAC chain and head checked)" if result.keyed else ""
+    print(f"{args.file}: {result.lines} record(s), chain and head file intact{keyed}; head {result.head}")
+    if result.after_head:
+        print(f"note: {result.after_head} line(s) after the head file's head (a writer stopped between line and head)")
     return 0
 
 
@@ -795,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = records.add_parser("verify", help="check a record log's hash chain; exit 2 naming the first bad line")
     q.add_argument("file", type=Path)
     q.add_argument("--head", help="a head hash kept elsewhere: the log must still contain that line")
+    q.add_argument(
+        "--key-file", type=Path, help="the log's secret key (default: FINREC_RECORDS_KEY or FINREC_RECORDS_KEY_FILE)"
+    )
     q.set_defaults(func=cmd_records_verify)
     _governance_parsers(sub)
     return parser
