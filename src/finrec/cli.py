@@ -244,27 +244,31 @@ def cmd_score(args) -> int:
 
     filters = UNFILTERED if args.unfiltered else _filters_from(args)
     chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
+    stats: dict = {}
     if args.engine == "ray":
-        if args.probabilities:
-            raise FinrecError("--probabilities is not available with --engine ray yet; use the local engine")
         from finrec.recommend.ray_engine import score_dataset_ray
 
         customers, rows = score_dataset_ray(
-            args.model, args.data, args.out, k=args.k, filters=filters, batch_rows=min(chunk_rows, 65_536)
+            args.model,
+            args.data,
+            args.out,
+            k=args.k,
+            filters=filters,
+            batch_rows=min(chunk_rows, 65_536),
+            probabilities=args.probabilities,
+            stats=stats,
         )
-        print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
-        return 0
-    stats: dict = {}
-    customers, rows = score_dataset(
-        Recommender(loaded.trained),
-        args.data,
-        args.out,
-        k=args.k,
-        filters=filters,
-        chunk_rows=chunk_rows,
-        probabilities=args.probabilities,
-        stats=stats,
-    )
+    else:
+        customers, rows = score_dataset(
+            Recommender(loaded.trained),
+            args.data,
+            args.out,
+            k=args.k,
+            filters=filters,
+            chunk_rows=chunk_rows,
+            probabilities=args.probabilities,
+            stats=stats,
+        )
     print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
     if stats["objected"]:
         print(

@@ -96,6 +96,9 @@ class Ranking:
     scores: np.ndarray  # float32 [n, k'] cosine; -inf where fewer products are eligible
     masks: dict[str, np.ndarray]  # rule -> bool [n, P], True = excluded by that rule
     excluded: np.ndarray  # bool [n, P], any rule
+    # float32 [n, D] customer embeddings (zero rows for customers who objected, who are not embedded):
+    # what the calibrated probabilities of the same customers need, without a second tower pass.
+    embeddings: np.ndarray | None = None
 
 
 class Recommender:
@@ -248,8 +251,12 @@ class Recommender:
         if self.calibration is None:
             raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
         objected = context.attributes.get("objected")
-        if scores is not None or objected is None or not objected.any():
+        if objected is None or not objected.any():
             return self.calibration(self.scores(context) if scores is None else scores, context.held)
+        if scores is not None:
+            out = self.calibration(scores, context.held)
+            out[objected] = 0
+            return out
         # Customers who objected to profiling for marketing are not scored: their probabilities stay 0.
         out = np.zeros(context.held.shape, dtype=np.float32)
         keep = np.flatnonzero(~objected)
@@ -275,19 +282,29 @@ class Recommender:
         excluded = F.combine(masks, context.held.shape)
         objected = context.attributes.get("objected")
         if objected is None or not objected.any():
-            index, best = self.index.recommend(self.embed(context, workers), excluded, k, workers=workers)
-            return Ranking(index, best, masks, excluded)
+            embeddings = self.embed(context, workers)
+            index, best = self.index.recommend(embeddings, excluded, k, workers=workers)
+            return Ranking(index, best, masks, excluded, embeddings)
         # Customers who objected to profiling are not even embedded: their rows stay empty.
         keep = np.flatnonzero(~objected)
         width = min(k, excluded.shape[1])
         index = np.full((len(objected), width), -1, dtype=np.int64)
         best = np.full((len(objected), width), -np.inf, dtype=np.float32)
+        embeddings = np.zeros((len(objected), self.index.product_embeddings.shape[1]), dtype=np.float32)
         if len(keep):
             sub = context.take(keep)
-            sub_index, sub_best = self.index.recommend(self.embed(sub, workers), excluded[keep], k, workers=workers)
+            embeddings[keep] = self.embed(sub, workers)
+            sub_index, sub_best = self.index.recommend(embeddings[keep], excluded[keep], k, workers=workers)
             index[keep, : sub_index.shape[1]] = sub_index
             best[keep, : sub_best.shape[1]] = sub_best
-        return Ranking(index, best, masks, excluded)
+        return Ranking(index, best, masks, excluded, embeddings)
+
+    def ranked_probabilities(self, context: CustomerContext, ranking: Ranking) -> np.ndarray:
+        """float32 [n, k']: the calibrated probability of each product ``ranking`` chose (0 where
+        it chose none), from the ranking's embeddings: no second tower pass."""
+        full = self.probabilities(context, self.index.scores(ranking.embeddings))
+        chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
+        return np.where(ranking.index >= 0, chosen, np.float32(0))
 
     def recommend(
         self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None
