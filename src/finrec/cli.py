@@ -8,6 +8,7 @@
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
     finrec calibrate --model MODEL_DIR --data DIR
     finrec plan      --model MODEL_DIR --data DIR --out plan.csv [--capacity caps.csv] [--contacts-per-customer 1]
+                     [--max-exposure-ratio R [--protected COLUMN]]
     finrec serve     --model MODEL_DIR | --root REGISTRY [--host 127.0.0.1] [--port 8000] [--records FILE]
     finrec records verify FILE [--head HASH] [--key-file F]
     finrec monitor   --model MODEL_DIR --data DIR [--json FILE] [--fail-on alert]
@@ -348,6 +349,29 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _exposure_column(args, schema) -> str | None:
+    """The protected column an exposure limit compares groups of (--protected, else the first)."""
+    if args.max_exposure_ratio is None:
+        if args.protected:
+            raise FinrecError("--protected names the groups of --max-exposure-ratio; give that too")
+        return None
+    if args.protected:
+        return args.protected
+    if not schema.customers.protected:
+        raise FinrecError("--max-exposure-ratio: the schema lists no protected customer column (customers.protected)")
+    return schema.customers.protected[0]
+
+
+def _exposure_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 1, got {text}")
+    return value
+
+
 def cmd_plan(args) -> int:
     from finrec.data.io import read_schema
     from finrec.plan import campaign
@@ -361,9 +385,12 @@ def cmd_plan(args) -> int:
         _filters_from(args),
         args.min_probability,
         **({"chunk_rows": args.chunk_rows} if args.chunk_rows else {}),
+        group_column=_exposure_column(args, recommender.schema),
     )
     capacity = campaign.read_capacities(args.capacity, problem.product_ids) if args.capacity else None
-    result = campaign.plan_campaign(problem, capacity, args.contacts_per_customer, solver=args.solver)
+    result = campaign.plan_campaign(
+        problem, capacity, args.contacts_per_customer, solver=args.solver, max_exposure_ratio=args.max_exposure_ratio
+    )
     info = campaign.summary(result)
     campaign.write_plan(
         campaign.plan_table(problem, result.plan),
@@ -769,6 +796,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="exact: min-cost flow; dual: prices per capacity, for millions of customers; auto: by size",
     )
+    p.add_argument(
+        "--max-exposure-ratio",
+        type=_exposure_ratio,
+        default=None,
+        help="no protected group gets a product category at more than R times another group's rate per customer",
+    )
+    p.add_argument("--protected", help="the protected customer column of --max-exposure-ratio (default: the first)")
     # Held products, suitability and the eligibility terms always apply to a campaign.
     _filter_arguments(p, relaxable=False)
     p.add_argument("--chunk-rows", type=_positive_int, default=None, help="customers read per chunk")

@@ -45,27 +45,27 @@ MISSING = "missing"
 def protected_groups(dataset: Dataset) -> dict[str, pd.Series]:
     """Column -> group label of each customer (aligned with ``dataset.customers``)."""
     table = dataset.schema.customers
-    out: dict[str, pd.Series] = {}
-    for column in table.protected:
-        values = dataset.customers[column]
-        if column == S.AGE:
-            x = pd.to_numeric(values, errors="coerce")
-            labels = pd.Series(MISSING, index=values.index, dtype=object)
-            for low, high, label in AGE_BANDS:
-                inside = (
-                    x.notna()
-                    & (x >= (low if low is not None else -np.inf))
-                    & (x < (high if high is not None else np.inf))
-                )
-                labels[inside] = label
-        elif column in table.numeric_features:
-            x = pd.to_numeric(values, errors="coerce")
-            bands = pd.qcut(x, 4, duplicates="drop")
-            labels = bands.astype(object).map(lambda b: MISSING if pd.isna(b) else f"{b.left:g}-{b.right:g}")
-        else:
-            labels = values.astype(object).map(lambda v: MISSING if pd.isna(v) else str(v))
-        out[column] = labels.reset_index(drop=True)
-    return out
+    return {column: group_labels(dataset.customers[column], column, table) for column in table.protected}
+
+
+def group_labels(values: pd.Series, column: str, table: S.TableSchema) -> pd.Series:
+    """The group label of each value of protected ``column`` (age bands, quartiles of another
+    number, else the value; ``missing`` for a missing one), index reset."""
+    if column == S.AGE:
+        x = pd.to_numeric(values, errors="coerce")
+        labels = pd.Series(MISSING, index=values.index, dtype=object)
+        for low, high, label in AGE_BANDS:
+            inside = (
+                x.notna() & (x >= (low if low is not None else -np.inf)) & (x < (high if high is not None else np.inf))
+            )
+            labels[inside] = label
+    elif column in table.numeric_features:
+        x = pd.to_numeric(values, errors="coerce")
+        bands = pd.qcut(x, 4, duplicates="drop")
+        labels = bands.astype(object).map(lambda b: MISSING if pd.isna(b) else f"{b.left:g}-{b.right:g}")
+    else:
+        labels = values.astype(object).map(lambda v: MISSING if pd.isna(v) else str(v))
+    return labels.reset_index(drop=True)
 
 
 def _group_order(column: str, labels: pd.Series) -> list[str]:

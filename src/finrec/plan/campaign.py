@@ -27,6 +27,8 @@ import pyarrow as pa
 from finrec.data import schema as S
 from finrec.data.io import find_table, iter_customer_chunks, read_id_column, read_table, write_table
 from finrec.errors import DataError, FinrecError
+from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
+from finrec.plan.exposure import ExposureLimit, solve_dual_fair, solve_exact_fair
 from finrec.plan.solve import Plan, greedy, solve_dual, solve_exact
 from finrec.recommend import filters as F
 from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HoldingsByRow
@@ -49,6 +51,11 @@ class CampaignProblem:
     rules: tuple[str, ...]  # the filter rules that were applied
     catalogue: F.Catalogue
     seconds: float = 0.0
+    # With ``build_problem(group_column=...)``: the protected group of each customer (int [n]) and
+    # the groups' labels, as ``evaluate --fairness`` forms them.
+    groups: np.ndarray | None = None
+    group_names: tuple[str, ...] = ()
+    group_column: str | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -122,10 +129,13 @@ def build_problem(
     min_probability: float = 0.0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     values: np.ndarray | None = None,
+    group_column: str | None = None,
 ) -> CampaignProblem:
     """The calibrated probability of every customer of ``data_dir`` for every product, 0 where a
     filter forbids the offer or the probability is below ``min_probability``; values from the
-    schema's value column (``product_values``) unless given."""
+    schema's value column (``product_values``) unless given. ``group_column``: a protected
+    customer column whose groups an exposure limit (``plan_campaign(max_exposure_ratio=...)``)
+    will compare."""
     start = time.perf_counter()
     if recommender.calibration is None:
         raise FinrecError(
@@ -152,8 +162,14 @@ def build_problem(
     probability = np.zeros((n, P), dtype=np.float32)
     tolerance = np.full(n, np.nan, dtype=np.float32)
     rules: tuple[str, ...] = ()
+    if group_column is not None and group_column not in schema.customers.protected:
+        listed = ", ".join(schema.customers.protected) or "none"
+        raise FinrecError(f"--protected {group_column!r}: not a protected customer column of the schema ({listed})")
+    group_values: list[pd.Series] = []
     offset = 0
     for chunk in iter_customer_chunks(customers_path, schema.customers, chunk_rows):
+        if group_column is not None:
+            group_values.append(chunk[group_column])
         stop = offset + len(chunk)
         context = recommender.context(chunk, held=held_by_row.slice(offset, stop))
         masks = recommender.masks(context, filters)
@@ -163,6 +179,13 @@ def build_problem(
         probability[offset:stop] = p
         tolerance[offset:stop] = context.attributes["risk_tolerance"]
         offset = stop
+    groups, group_names = None, ()
+    if group_column is not None:
+        from finrec.evaluate.fairness import group_labels
+
+        labels = group_labels(pd.concat(group_values, ignore_index=True), group_column, schema.customers)
+        codes, names = pd.factorize(labels, sort=True)
+        groups, group_names = codes.astype(np.int64), tuple(str(n) for n in names)
     return CampaignProblem(
         ids,
         product_ids,
@@ -172,21 +195,44 @@ def build_problem(
         rules,
         recommender.catalogue,
         time.perf_counter() - start,
+        groups,
+        group_names,
+        group_column,
     )
 
 
+def exposure_limit(problem: CampaignProblem, ratio: float) -> ExposureLimit:
+    """The limit over the problem's protected groups and the catalogue's categories (the product
+    id where there is no category column), as ``evaluate --fairness`` measures exposure."""
+    if problem.groups is None:
+        raise FinrecError("an exposure limit needs the customers' protected groups: build_problem(group_column=...)")
+    names = problem.catalogue.category if problem.catalogue.category is not None else problem.product_ids
+    codes, categories = pd.factorize(pd.Series(np.asarray(names, dtype=object)), sort=True)
+    return ExposureLimit(problem.groups, codes, ratio, problem.group_names, tuple(str(c) for c in categories))
+
+
 def plan_campaign(
-    problem: CampaignProblem, capacity: np.ndarray | None = None, contacts: int = 1, solver: str = "auto"
+    problem: CampaignProblem,
+    capacity: np.ndarray | None = None,
+    contacts: int = 1,
+    solver: str = "auto",
+    max_exposure_ratio: float | None = None,
 ) -> CampaignResult:
     """Solve the campaign problem: ``solver`` is ``exact`` (min-cost flow), ``dual`` or ``auto``
     (exact up to ``EXACT_MAX_PAIRS`` allowed pairs). The shadow prices always come from the
-    dual method; with the exact solver its bound is also kept when it is the tighter one."""
+    dual method; with the exact solver its bound is also kept when it is the tighter one.
+
+    ``max_exposure_ratio`` R: no protected group (``problem.groups``) gets a product category at
+    more than R times another group's rate per customer (``finrec.plan.exposure``); the plan
+    without the limit is solved too, and ``extra["exposure"]`` reports what the limit costs."""
     if solver not in ("auto", "exact", "dual"):
         raise FinrecError(f"solver must be auto, exact or dual, got {solver!r}")
     w = problem.weights
     capacity = np.full(w.shape[1], np.inf) if capacity is None else np.asarray(capacity, dtype="float64")
     baseline = greedy(w, capacity, contacts)
     dual = solve_dual(w, capacity, contacts, baseline=baseline)
+    if max_exposure_ratio is not None:
+        return _fair_campaign(problem, w, capacity, contacts, solver, max_exposure_ratio, baseline, dual)
     if solver == "exact" or (solver == "auto" and int((w > 0).sum()) <= EXACT_MAX_PAIRS):
         exact = solve_exact(w, capacity, contacts)
         plan = Plan(
@@ -202,6 +248,29 @@ def plan_campaign(
     else:
         plan = dual
     return CampaignResult(plan, baseline, problem, capacity, contacts)
+
+
+def _fair_campaign(problem, w, capacity, contacts, solver, ratio, baseline, dual) -> CampaignResult:
+    limit = exposure_limit(problem, ratio)
+    unlimited = dual
+    small = int((w > 0).sum()) <= FAIR_EXACT_MAX_PAIRS
+    if solver == "exact" or (solver == "auto" and small):
+        unlimited = solve_exact(w, capacity, contacts)
+        fair = solve_exact_fair(w, capacity, contacts, limit)
+    else:
+        fair = solve_dual_fair(w, capacity, contacts, limit)
+    exposure = {
+        "column": problem.group_column,
+        "max_ratio": float(ratio),
+        "groups": list(limit.group_names),
+        "value_without_limit": float(unlimited.value),
+        "value_with_limit": float(fair.value),
+        "cost": float(unlimited.value - fair.value),
+        "worst_ratio_without_limit": limit.worst_ratio(unlimited.rows, unlimited.cols),
+        "worst_ratio": limit.worst_ratio(fair.rows, fair.cols),
+        "holds": limit.holds(fair.rows, fair.cols),
+    }
+    return CampaignResult(fair, baseline, problem, capacity, contacts, extra={"exposure": exposure})
 
 
 def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -287,6 +356,7 @@ def summary(result: CampaignResult) -> dict:
         },
         "offers_per_product": {problem.product_ids[j]: int(used[j]) for j in np.flatnonzero(used)},
         "seconds": {"build": problem.seconds, "solve": plan.seconds, "greedy": base.seconds},
+        **({"exposure": result.extra["exposure"]} if "exposure" in result.extra else {}),
     }
 
 
@@ -312,4 +382,12 @@ def format_summary(info: dict) -> str:
             lines.append(f"  {pid:<24} capacity {row['capacity']:>9}  one more slot is worth {row['price']:.4f}")
     else:
         lines.append("no capacity binds")
+    if "exposure" in info:
+        e = info["exposure"]
+        lines.append(
+            f"exposure limit over {e['column']} ({len(e['groups'])} groups): rate ratio <= {e['max_ratio']:g} "
+            f"({'holds' if e['holds'] else 'BROKEN'}; {e['worst_ratio']:.3f} in the plan, "
+            f"{e['worst_ratio_without_limit']:.3f} without the limit); it costs {e['cost']:.2f} of value "
+            f"({e['value_without_limit']:.2f} without it)"
+        )
     return "\n".join(lines)
