@@ -247,3 +247,20 @@ def test_cli_plan_with_an_exposure_limit(model_dir, small_data_dir, tmp_path, ca
         main([*args, "--out", str(tmp_path / "x.csv"), "--max-exposure-ratio", "0.5"])
     assert main([*args, "--out", str(tmp_path / "x.csv"), "--max-exposure-ratio", "2", "--protected", "income"]) == 2
     assert "not a protected customer column" in capsys.readouterr().err
+
+
+def test_credit_offers_state_their_affordability_ratio(recommender, problem):
+    """A credit offer's reason gives the debt service to income ratio after the credit, as a
+    single recommendation's reason does."""
+    from finrec.plan.campaign import offer_reasons
+
+    credit = np.flatnonzero(problem.catalogue.regime_is("credit") & ~np.isnan(problem.catalogue.payment))
+    rows, cols = np.nonzero(problem.probability[:, credit] > 0)
+    cols = credit[cols]
+    known = np.isfinite(problem.income[rows]) & np.isfinite(problem.debt_service[rows]) & (problem.income[rows] > 0)
+    rows, cols = rows[known][:200], cols[known][:200]
+    assert len(rows)
+    reasons = offer_reasons(problem, rows, cols)
+    for i, j, reason in zip(rows[:20], cols[:20], reasons[:20]):
+        ratio = 12.0 * (problem.debt_service[i] + problem.catalogue.payment[j]) / problem.income[i]
+        assert f"debt service to income after this credit {ratio:.1%} within the limit" in reason, reason

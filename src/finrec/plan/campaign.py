@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from finrec.data import schema as S
+from finrec.data.compliance import debt_service_ratio_after
 from finrec.data.io import find_table, iter_customer_chunks, read_id_column, read_table, write_table
 from finrec.errors import DataError, FinrecError
 from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
@@ -56,6 +57,10 @@ class CampaignProblem:
     groups: np.ndarray | None = None
     group_names: tuple[str, ...] = ()
     group_column: str | None = None
+    # float32 [n] yearly income and monthly debt service (NaN unknown): the affordability ratio
+    # of a credit offer in its reason.
+    income: np.ndarray | None = None
+    debt_service: np.ndarray | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -161,6 +166,8 @@ def build_problem(
     n, P = len(ids), len(product_ids)
     probability = np.zeros((n, P), dtype=np.float32)
     tolerance = np.full(n, np.nan, dtype=np.float32)
+    income = np.full(n, np.nan, dtype=np.float32)
+    debt_service = np.full(n, np.nan, dtype=np.float32)
     rules: tuple[str, ...] = ()
     if group_column is not None and group_column not in schema.customers.protected:
         listed = ", ".join(schema.customers.protected) or "none"
@@ -178,6 +185,9 @@ def build_problem(
         p[F.combine(masks, p.shape) | (p < min_probability)] = 0.0
         probability[offset:stop] = p
         tolerance[offset:stop] = context.attributes["risk_tolerance"]
+        income[offset:stop] = context.attributes[S.INCOME]
+        if "debt_service" in context.attributes:
+            debt_service[offset:stop] = context.attributes["debt_service"]
         offset = stop
     groups, group_names = None, ()
     if group_column is not None:
@@ -198,6 +208,8 @@ def build_problem(
         groups,
         group_names,
         group_column,
+        income,
+        debt_service,
     )
 
 
@@ -275,7 +287,9 @@ def _fair_campaign(problem, w, capacity, contacts, solver, ratio, baseline, dual
 
 def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Why each offer is allowed (``filters.describe_allowed``), [m] text. The sentence depends
-    only on the product and the customer's risk tolerance, so it is built once per such pair."""
+    on the product and the customer's risk tolerance, so it is built once per such pair; a credit
+    offer's then states its debt service to income ratio after the credit (affordability), where
+    the customer's income and debt service are on record."""
     masks = dict.fromkeys(problem.rules)  # describe_allowed asks only which rules were applied
     tol = problem.tolerance[rows]
     key = cols.astype(np.float64) * 1000.0 + np.where(np.isnan(tol), -1.0, tol)
@@ -289,7 +303,28 @@ def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) 
         ],
         dtype=object,
     )
-    return sentences[inverse] if len(unique) else np.array([], dtype=object)
+    reasons = sentences[inverse] if len(unique) else np.array([], dtype=object)
+    catalogue = problem.catalogue
+    if "affordability" not in masks or catalogue.payment is None or problem.income is None or not len(rows):
+        return reasons
+    payment = catalogue.payment[cols]
+    credit = catalogue.regime_is("credit")[cols] & ~np.isnan(payment)
+    picked = np.flatnonzero(credit)
+    ratio = np.full(len(picked), np.nan)
+    for j in np.unique(cols[picked]):
+        mine = cols[picked] == j
+        customers = rows[picked[mine]]
+        ratio[mine] = debt_service_ratio_after(
+            problem.income[customers].astype("float64"),
+            problem.debt_service[customers].astype("float64"),
+            catalogue.payment[j : j + 1],
+        )[:, 0]
+    stated = np.isfinite(ratio)
+    for index, value in zip(picked[stated].tolist(), ratio[stated].tolist()):
+        reasons[index] = reasons[index].replace(
+            "affordable", f"debt service to income after this credit {value:.1%} within the limit", 1
+        )
+    return reasons
 
 
 def plan_table(problem: CampaignProblem, plan: Plan) -> pd.DataFrame:
