@@ -393,7 +393,7 @@ def cmd_plan(args) -> int:
     )
     info = campaign.summary(result)
     campaign.write_plan(
-        campaign.plan_table(problem, result.plan),
+        campaign.plan_arrow(problem, result.plan),
         args.out,
         inputs=tuple(p for p in (args.data, args.model, args.capacity) if p),
     )

@@ -420,14 +420,16 @@ def escape_formulas(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table atomically: Parquet, or CSV (with formula escaping) when the name ends .csv."""
+def write_table(df: pd.DataFrame | pa.Table, path: str | Path, **parquet_options) -> Path:
+    """Write a table atomically: Parquet, or CSV (with formula escaping) when the name ends .csv.
+    An Arrow table goes to Parquet as it is (``parquet_options`` for ``pq.write_table``)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".csv":
-            escape_formulas(df).to_csv(tmp, index=False)
+            escape_formulas(df.to_pandas() if isinstance(df, pa.Table) else df).to_csv(tmp, index=False)
         else:
-            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+            table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+            pq.write_table(table, tmp, **parquet_options)
     return path
 
 
