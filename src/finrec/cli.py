@@ -154,6 +154,10 @@ def cmd_train(args) -> int:
     # data directory, or onto a directory holding it, would delete the data.
     refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
     check_writable(args.out, "directory", marker=MANIFEST, what="--out")
+    if args.mlflow is not None:  # before the (long) training: MLflow present, the store not inside --out
+        from finrec.governance.tracking import check_tracking
+
+        check_tracking(args.mlflow or None, args.out)
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
@@ -186,6 +190,18 @@ def cmd_train(args) -> int:
         print(
             f"left out {left_out} customer(s) who objected to profiling for marketing (--include-objected keeps them)"
         )
+    if args.mlflow is not None:
+        from finrec.governance.tracking import log_training_run
+
+        run_id = log_training_run(
+            args.mlflow or None,
+            args.out,
+            config.to_dict(),
+            history,
+            metrics={f"best_val_ndcg@{k}": best, "epochs": float(epochs)},
+            run_name=Path(args.out).name,
+        )
+        print(f"logged MLflow run {run_id} (parameters, metrics, the model directory)")
     return 0
 
 
@@ -721,6 +737,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-objected",
         action="store_true",
         help="also train on customers who objected to profiling for marketing (left out by default)",
+    )
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log the run to MLflow (pip install 'finrec[mlflow]'): parameters, metrics, the model directory; "
+        "URI default ./mlruns (a local file store)",
     )
     p.set_defaults(func=cmd_train)
 
