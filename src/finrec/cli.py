@@ -587,7 +587,7 @@ def cmd_report(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm", ".md"):
         raise FinrecError(f"--out {out}: the name must end in .html or .md")
-    for given in (args.model, args.data, *args.seed_models):
+    for given in (args.model, args.data, *args.seed_models, *([args.train_data] if args.train_data else [])):
         if out.resolve().is_relative_to(Path(given).resolve()):
             raise FinrecError(f"--out {out}: inside the input {given}; write the report elsewhere")
     report = build_report(
@@ -598,6 +598,8 @@ def cmd_report(args) -> int:
         seed_models=args.seed_models,
         shap_customers=args.shap_customers,
         lightgbm=not args.no_lightgbm,
+        seeds=args.seeds,
+        train_data=args.train_data,
     )
     text = render_markdown(report) if out.suffix.lower() == ".md" else render_html(report)
     with atomic_file(out) as handle:
@@ -661,6 +663,13 @@ def _governance_parsers(sub) -> None:
         default=[],
         help="the same configuration trained with other seeds, for the stability section",
     )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=0,
+        help="retrain the model's configuration with N other seeds on its training data (stability section)",
+    )
+    p.add_argument("--train-data", type=Path, help="the training data for --seeds (default: the manifest's)")
     p.add_argument("--shap-customers", type=_positive_int, default=20, help="customers explained for mean |SHAP|")
     p.add_argument(
         "--no-lightgbm",

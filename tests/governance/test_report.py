@@ -10,6 +10,7 @@ import pytest
 from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import write_dataset
+from finrec.errors import FinrecError
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +133,33 @@ def test_report_opens_in_chromium(reports):
                 page.close()
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_report_retrains_other_seeds_itself(monitored_model_dir, small_data_dir, small_dataset):
+    """`report --seeds N`: the stability section retrains the model's configuration with N other
+    seeds on its training data and tables each one's nDCG beside the model's."""
+    from finrec.artifacts import load_model_dir
+    from finrec.governance import report as R
+    from finrec.recommend.recommender import Recommender
+
+    loaded = load_model_dir(monitored_model_dir)
+    ctx = R.Context(
+        monitored_model_dir,
+        small_data_dir,
+        loaded.manifest,
+        loaded.trained,
+        small_dataset,
+        Recommender(loaded.trained, small_dataset),
+        5,
+        0,
+    )
+    R._prepare_outcomes(ctx)
+    retrained = R.retrain_seeds(ctx, 2, train_data=small_data_dir, epochs=1)
+    base = loaded.trained.config.training.seed
+    assert [t.config.training.seed for _, t in retrained] == [base + 1, base + 2]
+    section = R.stability_section(ctx, [], retrained)
+    text = R.render_markdown({"title": "t", "subtitle": "", "sections": [section]})
+    assert text.count("retrained here, seed") == 2 and "across 3 seeds" in text
+    with pytest.raises(FinrecError, match="--train-data"):
+        R.retrain_seeds(ctx, 1, train_data=small_data_dir / "missing")
