@@ -27,7 +27,7 @@ import pandas as pd
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
-from finrec.data.io import Dataset, load_dataset
+from finrec.data.io import Dataset, directory_stamp, load_dataset
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
 from finrec.model.towers import CUSTOMER_TOWER
 from finrec.recommend import filters as F
@@ -126,16 +126,20 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model_dir: str | Path, data_dir: str | Path | None = None) -> Recommender:
+    def load(
+        cls, model_dir: str | Path, data_dir: str | Path | None = None, datasets: dict | None = None
+    ) -> Recommender:
         """Load a model directory; known customers come from ``data_dir`` or, when omitted, from
-        the training data recorded in the model's manifest (if it is still there)."""
+        the training data recorded in the model's manifest (if it is still there). ``datasets``:
+        a cache of loaded data directories kept by the caller (``serve --root`` loads version
+        after version on the same data): reused while the directory's files are unchanged."""
         from finrec.artifacts import load_model_dir, model_version
 
         loaded = load_model_dir(model_dir)
         data_dir = data_dir or loaded.manifest.get("data_path")
         dataset = None
         if data_dir and Path(data_dir).is_dir():
-            dataset = load_dataset(data_dir, require_interactions=False)
+            dataset = _cached_dataset(Path(data_dir), datasets)
             # The products' value column (``finrec plan``) is no model input: it may be named later.
             model_schema = loaded.trained.pipeline.full_schema
             if dataset.schema.without_value().to_dict() != model_schema.without_value().to_dict():
@@ -400,6 +404,21 @@ class Recommender:
         record = self.dataset.customers.iloc[row].to_dict()
         held = [self.pipeline.product_ids_[j] for j in np.flatnonzero(self._known.held[row])]
         return {"customer_id": str(customer_id), "attributes": _jsonable(record), "holdings": held}
+
+
+def _cached_dataset(data_dir: Path, cache: dict | None) -> Dataset:
+    """``load_dataset(data_dir)``, from ``cache`` when its files (names, sizes, mtimes) are unchanged."""
+    if cache is None:
+        return load_dataset(data_dir, require_interactions=False)
+    stamp = directory_stamp(data_dir)
+    key = str(data_dir.resolve())
+    hit = cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    dataset = load_dataset(data_dir, require_interactions=False)
+    cache.clear()  # one data directory at a time: the older one is not served any more
+    cache[key] = (stamp, dataset)
+    return dataset
 
 
 def _plain(value: Any) -> Any:
