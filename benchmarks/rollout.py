@@ -28,60 +28,15 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
-
 from finrec.governance.registry import Registry
+from finrec.serve_clients import CLIENTS, Clients, wait_for_log
 from finrec.serve_process import ServerProcess
 
-CLIENTS = 16
+SWITCH_TIMEOUT = 60.0
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
-
-
-class Clients:
-    def __init__(self, base_url: str, customer_ids: list[str]):
-        self.base_url, self.customer_ids = base_url, customer_ids
-        self.answers: list[list[tuple[float, object, str | None]]] = [[] for _ in range(CLIENTS)]
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)]
-
-    def _run(self, number: int) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
-            i = number
-            while not self.stop.is_set():
-                body = {"customer_id": self.customer_ids[i % len(self.customer_ids)], "k": 5}
-                i += CLIENTS
-                try:
-                    response = client.post("/recommendations", json=body)
-                    version = response.json().get("model_version") if response.status_code == 200 else None
-                    self.answers[number].append((time.monotonic(), response.status_code, version))
-                except Exception as exc:  # noqa: BLE001 - a failed request
-                    self.answers[number].append((time.monotonic(), type(exc).__name__, None))
-
-    def switch_time(self, version: str, since: float, timeout: float = 60.0) -> float | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            firsts = []
-            for answers in self.answers:
-                seen = next((t for t, _, v in reversed(answers) if t >= since and v == version), None)
-                if seen is None:
-                    break
-                firsts.append(min(t for t, _, v in answers if t >= since and v == version))
-            else:
-                return max(firsts) - since
-            time.sleep(0.05)
-        return None
-
-
-def wait_for_log(server: ServerProcess, text: str, count: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while server.log_text().count(text) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {text!r} in the log: {server.log_text()[-1500:]}")
-        time.sleep(0.1)
 
 
 def main() -> None:
@@ -102,33 +57,26 @@ def main() -> None:
         registry.promote(v1)
         with ServerProcess(None, args.data, Path(tmp) / "server.log", root=registry.root) as server:
             server.wait_ready()
-            clients = Clients(server.base_url, ids)
-            for thread in clients.threads:
-                thread.start()
-            try:
-                wait_for_log(server, f"version {v3} loaded as a standby", 1)
+            with Clients(server.base_url, ids, k=5) as clients:
+                wait_for_log(server, f"version {v3} loaded as a standby")
                 for _ in range(args.repeats):
                     since = time.monotonic()
                     registry.promote(v3)
-                    timings["promote (warm)"].append(clients.switch_time(v3, since))
+                    timings["promote (warm)"].append(clients.wait_for(v3, since, SWITCH_TIMEOUT))
                     time.sleep(args.settle)  # v1, replaced, loads as the rollback standby
                     since = time.monotonic()
                     registry.rollback()
-                    timings["rollback (warm)"].append(clients.switch_time(v1, since))
+                    timings["rollback (warm)"].append(clients.wait_for(v1, since, SWITCH_TIMEOUT))
                     time.sleep(args.settle)
                     # v2 is neither the newest nor the rollback target: not kept loaded
                     since = time.monotonic()
                     registry.promote(v2)
-                    timings["promote (cold)"].append(clients.switch_time(v2, since))
+                    timings["promote (cold)"].append(clients.wait_for(v2, since, SWITCH_TIMEOUT))
                     time.sleep(args.settle)
                     registry.rollback()  # back to v1 with the stack as it began: v2 stays cold next time
-                    clients.switch_time(v1, time.monotonic())
+                    clients.wait_for(v1, time.monotonic(), SWITCH_TIMEOUT)
                     time.sleep(args.settle)
-            finally:
-                clients.stop.set()
-                for thread in clients.threads:
-                    thread.join(timeout=30)
-        answers = [a for per_client in clients.answers for a in per_client]
+        answers = clients.all()
         total, failed = len(answers), sum(1 for _, status, _ in answers if status != 200)
     print(f"{CLIENTS} clients, {total} requests, {failed} failed")
     print(f"{'switch':<18}{'median s':>10}{'max s':>9}  all")

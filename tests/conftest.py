@@ -17,6 +17,7 @@ from finrec.data.io import validate_tables, write_dataset
 from finrec.data.synthetic import GeneratorSettings, generate
 
 SMALL = GeneratorSettings(n_customers=1500, seed=7)
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here (`make chromium`)
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +57,30 @@ def model_dir(tmp_path_factory, trained):
     from finrec.artifacts import save_model_dir
 
     return save_model_dir(trained, tmp_path_factory.mktemp("models") / "model")
+
+
+@pytest.fixture
+def chromium():
+    """A headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright), closed after
+    the test; the test is skipped when either is missing."""
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (run `make chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Streamlit server + headless Debian Chromium via Playwright.
 
-Never downloads a browser through Playwright: it uses ``/usr/bin/chromium`` (``make chromium`` installs it).
+Never downloads a browser through Playwright: the ``chromium`` fixture (tests/conftest.py) launches
+``/usr/bin/chromium``.
 """
 
 import os
@@ -16,7 +17,6 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -84,49 +84,29 @@ def server(model_dir, small_data_dir, tmp_path):
         log.close()
 
 
-def test_dashboard_in_chromium(server, small_dataset):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (run `make chromium`)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_dashboard_in_chromium(server, small_dataset, chromium):
     ARTIFACTS.mkdir(exist_ok=True)
     customer = str(small_dataset.customer_ids[21])
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 3000})
-            page.goto(server, wait_until="domcontentloaded")
-            page.get_by_text("Best match (cosine)").wait_for(timeout=120_000)
-            # choose a customer by searching for the id
-            search = page.get_by_label("Search by customer id")
-            search.fill(customer)
-            search.press("Enter")
-            page.get_by_text(f"Customer {customer}", exact=True).wait_for(timeout=60_000)
-            page.wait_for_timeout(1500)
-            cards = page.get_by_text("Similarity", exact=True)
-            assert cards.count() == 5
-            # Each card carries its regime's badge: suitable (investments), affordable (credit), eligible (the rest).
-            badges = sum(
-                page.get_by_text(b, exact=False).count() for b in ("✅ Suitable", "✅ Affordable", "✅ Eligible")
-            )
-            assert badges >= 5
-            page.screenshot(path=str(ARTIFACTS / "dashboard-recommendations.png"), full_page=False)
-            # the SHAP explanation of the top product
-            page.get_by_role("tab", name="Explain (SHAP)").click()
-            page.get_by_role("button", name="Explain this recommendation").click()
-            page.get_by_text("< 1e-4", exact=False).wait_for(timeout=120_000)
-            page.wait_for_timeout(1500)
-            assert page.locator(".js-plotly-plot").count() >= 1
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
-            assert not page.get_by_text("Traceback").count()
-        finally:
-            browser.close()
+    page = chromium.new_page(viewport={"width": 1400, "height": 3000})
+    page.goto(server, wait_until="domcontentloaded")
+    page.get_by_text("Best match (cosine)").wait_for(timeout=120_000)
+    # choose a customer by searching for the id
+    search = page.get_by_label("Search by customer id")
+    search.fill(customer)
+    search.press("Enter")
+    page.get_by_text(f"Customer {customer}", exact=True).wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    cards = page.get_by_text("Similarity", exact=True)
+    assert cards.count() == 5
+    # Each card carries its regime's badge: suitable (investments), affordable (credit), eligible (the rest).
+    badges = sum(page.get_by_text(b, exact=False).count() for b in ("✅ Suitable", "✅ Affordable", "✅ Eligible"))
+    assert badges >= 5
+    page.screenshot(path=str(ARTIFACTS / "dashboard-recommendations.png"), full_page=False)
+    # the SHAP explanation of the top product
+    page.get_by_role("tab", name="Explain (SHAP)").click()
+    page.get_by_role("button", name="Explain this recommendation").click()
+    page.get_by_text("< 1e-4", exact=False).wait_for(timeout=120_000)
+    page.wait_for_timeout(1500)
+    assert page.locator(".js-plotly-plot").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
+    assert not page.get_by_text("Traceback").count()

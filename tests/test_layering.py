@@ -23,9 +23,9 @@ FLOORS = [
     ("finrec.training",),
     ("finrec.artifacts",),
     ("finrec.evaluate", "finrec.recommend", "finrec.explain", "finrec.plan", "finrec.governance"),
-    ("finrec.cli", "finrec.serve", "finrec.serve_process"),
+    ("finrec.cli", "finrec.serve", "finrec.serve_process", "finrec.serve_clients"),
 ]
-ADAPTERS = ("finrec.cli", "finrec.serve", "finrec.serve_process")
+ADAPTERS = ("finrec.cli", "finrec.serve", "finrec.serve_process", "finrec.serve_clients")
 ADAPTER_ONLY = ("streamlit", "fastapi", "starlette", "uvicorn", "shap")
 
 

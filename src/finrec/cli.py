@@ -8,8 +8,9 @@
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
     finrec calibrate --model MODEL_DIR --data DIR
     finrec plan      --model MODEL_DIR --data DIR --out plan.csv [--capacity caps.csv] [--contacts-per-customer 1]
+                     [--max-exposure-ratio R [--protected COLUMN]]
     finrec serve     --model MODEL_DIR | --root REGISTRY [--host 127.0.0.1] [--port 8000] [--records FILE]
-    finrec records verify FILE [--head HASH]
+    finrec records verify FILE [--head HASH] [--key-file F]
     finrec monitor   --model MODEL_DIR --data DIR [--json FILE] [--fail-on alert]
     finrec models    list|add|promote|rollback --root REGISTRY ...
     finrec compare   --champion MODEL_DIR --challenger MODEL_DIR --data DIR [--json FILE]
@@ -221,6 +222,10 @@ def cmd_train(args) -> int:
     # data directory, or onto a directory holding it, would delete the data.
     refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
     check_writable(args.out, "directory", marker=MANIFEST, what="--out")
+    if args.mlflow is not None:  # before the (long) training: MLflow present, the store not inside --out
+        from finrec.governance.tracking import check_tracking
+
+        check_tracking(args.mlflow or None, args.out)
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
@@ -253,6 +258,18 @@ def cmd_train(args) -> int:
         print(
             f"left out {left_out} customer(s) who objected to profiling for marketing (--include-objected keeps them)"
         )
+    if args.mlflow is not None:
+        from finrec.governance.tracking import log_training_run
+
+        run_id = log_training_run(
+            args.mlflow or None,
+            args.out,
+            config.to_dict(),
+            history,
+            metrics={f"best_val_ndcg@{k}": best, "epochs": float(epochs)},
+            run_name=Path(args.out).name,
+        )
+        print(f"logged MLflow run {run_id} (parameters, metrics, the model directory)")
     return 0
 
 
@@ -330,27 +347,31 @@ def cmd_score(args) -> int:
 
     filters = UNFILTERED if args.unfiltered else _filters_from(args)
     chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
+    stats: dict = {}
     if args.engine == "ray":
-        if args.probabilities:
-            raise FinrecError("--probabilities is not available with --engine ray yet; use the local engine")
         from finrec.recommend.ray_engine import score_dataset_ray
 
         customers, rows = score_dataset_ray(
-            args.model, args.data, args.out, k=args.k, filters=filters, batch_rows=min(chunk_rows, 65_536)
+            args.model,
+            args.data,
+            args.out,
+            k=args.k,
+            filters=filters,
+            batch_rows=min(chunk_rows, 65_536),
+            probabilities=args.probabilities,
+            stats=stats,
         )
-        print(f"wrote {rows} recommendations for {customers} customers to {args.out}")
-        return 0
-    stats: dict = {}
-    customers, rows = score_dataset(
-        Recommender(loaded.trained),
-        args.data,
-        args.out,
-        k=args.k,
-        filters=filters,
-        chunk_rows=chunk_rows,
-        probabilities=args.probabilities,
-        stats=stats,
-    )
+    else:
+        customers, rows = score_dataset(
+            Recommender(loaded.trained),
+            args.data,
+            args.out,
+            k=args.k,
+            filters=filters,
+            chunk_rows=chunk_rows,
+            probabilities=args.probabilities,
+            stats=stats,
+        )
     print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
     if stats["objected"]:
         print(
@@ -430,6 +451,29 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _exposure_column(args, schema) -> str | None:
+    """The protected column an exposure limit compares groups of (--protected, else the first)."""
+    if args.max_exposure_ratio is None:
+        if args.protected:
+            raise FinrecError("--protected names the groups of --max-exposure-ratio; give that too")
+        return None
+    if args.protected:
+        return args.protected
+    if not schema.customers.protected:
+        raise FinrecError("--max-exposure-ratio: the schema lists no protected customer column (customers.protected)")
+    return schema.customers.protected[0]
+
+
+def _exposure_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 1, got {text}")
+    return value
+
+
 def cmd_plan(args) -> int:
     from finrec.data.io import read_schema
     from finrec.plan import campaign
@@ -443,12 +487,15 @@ def cmd_plan(args) -> int:
         _filters_from(args),
         args.min_probability,
         **({"chunk_rows": args.chunk_rows} if args.chunk_rows else {}),
+        group_column=_exposure_column(args, recommender.schema),
     )
     capacity = campaign.read_capacities(args.capacity, problem.product_ids) if args.capacity else None
-    result = campaign.plan_campaign(problem, capacity, args.contacts_per_customer, solver=args.solver)
+    result = campaign.plan_campaign(
+        problem, capacity, args.contacts_per_customer, solver=args.solver, max_exposure_ratio=args.max_exposure_ratio
+    )
     info = campaign.summary(result)
     campaign.write_plan(
-        campaign.plan_table(problem, result.plan),
+        campaign.plan_arrow(problem, result.plan),
         args.out,
         inputs=tuple(p for p in (args.data, args.model, args.capacity) if p),
     )
@@ -495,9 +542,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_records_verify(args) -> int:
-    from finrec.governance.records import verify
+    from finrec.governance.records import KEY_FROM_ENV, read_key_file, verify
 
-    result = verify(args.file, head=args.head)
+    key = read_key_file(args.key_file, "--key-file") if args.key_file else KEY_FROM_ENV
+    result = verify(args.file, head=args.head, key=key)
     if not result.ok:
         where = f"line {result.bad_line}" if result.bad_line else "the end"
         print(
@@ -506,7 +554,10 @@ def cmd_records_verify(args) -> int:
             file=sys.stderr,
         )
         return EXIT_INPUT_ERROR
-    print(f"{args.file}: {result.lines} record(s), chain intact; head {result.head}")
+    keyed = " (keyed: HMAC chain and head checked)" if result.keyed else ""
+    print(f"{args.file}: {result.lines} record(s), chain and head file intact{keyed}; head {result.head}")
+    if result.after_head:
+        print(f"note: {result.after_head} line(s) after the head file's head (a writer stopped between line and head)")
     return 0
 
 
@@ -622,7 +673,7 @@ def cmd_report(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm", ".md"):
         raise FinrecError(f"--out {out}: the name must end in .html or .md")
-    for given in (args.model, args.data, *args.seed_models):
+    for given in (args.model, args.data, *args.seed_models, *([args.train_data] if args.train_data else [])):
         if out.resolve().is_relative_to(Path(given).resolve()):
             raise FinrecError(f"--out {out}: inside the input {given}; write the report elsewhere")
     report = build_report(
@@ -633,6 +684,8 @@ def cmd_report(args) -> int:
         seed_models=args.seed_models,
         shap_customers=args.shap_customers,
         lightgbm=not args.no_lightgbm,
+        seeds=args.seeds,
+        train_data=args.train_data,
     )
     text = render_markdown(report) if out.suffix.lower() == ".md" else render_html(report)
     with atomic_file(out) as handle:
@@ -696,6 +749,13 @@ def _governance_parsers(sub) -> None:
         default=[],
         help="the same configuration trained with other seeds, for the stability section",
     )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=0,
+        help="retrain the model's configuration with N other seeds on its training data (stability section)",
+    )
+    p.add_argument("--train-data", type=Path, help="the training data for --seeds (default: the manifest's)")
     p.add_argument("--shap-customers", type=_positive_int, default=20, help="customers explained for mean |SHAP|")
     p.add_argument(
         "--no-lightgbm",
@@ -799,6 +859,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also train on customers who objected to profiling for marketing (left out by default)",
     )
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log the run to MLflow (pip install 'finrec[mlflow]'): parameters, metrics, the model directory; "
+        "URI default ./mlruns (a local file store)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="ranking metrics of a model and the baselines on a dataset")
@@ -873,6 +942,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="exact: min-cost flow; dual: prices per capacity, for millions of customers; auto: by size",
     )
+    p.add_argument(
+        "--max-exposure-ratio",
+        type=_exposure_ratio,
+        default=None,
+        help="no protected group gets a product category at more than R times another group's rate per customer",
+    )
+    p.add_argument("--protected", help="the protected customer column of --max-exposure-ratio (default: the first)")
     # Held products, suitability and the eligibility terms always apply to a campaign.
     _filter_arguments(p, relaxable=False)
     p.add_argument("--chunk-rows", type=_positive_int, default=None, help="customers read per chunk")
@@ -907,6 +983,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = records.add_parser("verify", help="check a record log's hash chain; exit 2 naming the first bad line")
     q.add_argument("file", type=Path)
     q.add_argument("--head", help="a head hash kept elsewhere: the log must still contain that line")
+    q.add_argument(
+        "--key-file", type=Path, help="the log's secret key (default: FINREC_RECORDS_KEY or FINREC_RECORDS_KEY_FILE)"
+    )
     q.set_defaults(func=cmd_records_verify)
     _governance_parsers(sub)
     return parser

@@ -790,8 +790,10 @@ def _watch_registry(app: FastAPI, root, version: str, data_dir, poll_seconds: fl
     from finrec.governance.registry import PointerWatcher
     from finrec.recommend.recommender import Recommender
 
+    datasets: dict = {}  # the data directory, loaded once for every version while unchanged
+
     def load(new_version: str, path: Path):
-        recommender = Recommender.load(path, data_dir)
+        recommender = Recommender.load(path, data_dir, datasets=datasets)
         recommender.model_version = new_version
         products = [
             {S.PRODUCT_ID: str(pid), **details}

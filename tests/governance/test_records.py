@@ -1,15 +1,17 @@
-"""The record log: the hash chain, each kind of tampering in a 100k-record log, concurrent writers."""
+"""The record log: the hash chain, each kind of tampering in a 100k-record log (a deletion at the end
+caught by the head file, without a head kept elsewhere), the keyed log, concurrent writers."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
 import pytest
 
 from finrec.cli import main
 from finrec.errors import FinrecError
-from finrec.governance.records import GENESIS, RecordLog, line_hash, verify
+from finrec.governance.records import GENESIS, RecordLog, head_path, key_from_env, line_hash, verify
 
 N = 100_000
 
@@ -24,10 +26,19 @@ def _record(i: int) -> dict:
     }
 
 
+KEY = b"k" * 24
+
+
+@pytest.fixture(autouse=True)
+def _no_key_from_env(monkeypatch):
+    monkeypatch.delenv("FINREC_RECORDS_KEY", raising=False)
+    monkeypatch.delenv("FINREC_RECORDS_KEY_FILE", raising=False)
+
+
 @pytest.fixture(scope="module")
 def big_log(tmp_path_factory):
     path = tmp_path_factory.mktemp("records") / "records.jsonl"
-    with RecordLog(path, durable=False) as log:
+    with RecordLog(path, durable=False, key=None) as log:
         for i in range(N):
             head = log.append(_record(i))
     return path, head
@@ -37,16 +48,20 @@ def _lines(path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
 
 
-def _write(tmp_path, lines: list[bytes]):
+def _write(tmp_path, lines: list[bytes], head_of=None):
+    """The tampered lines as a log; with ``head_of``, beside that log's head file, as an attacker
+    who edits the log in place leaves it."""
     out = tmp_path / "tampered.jsonl"
     out.write_bytes(b"".join(lines))
+    if head_of is not None:
+        shutil.copyfile(head_path(head_of), head_path(out))
     return out
 
 
 def test_chain_is_intact_and_each_line_points_at_the_previous(big_log):
     path, head = big_log
     result = verify(path)
-    assert result.ok and result.lines == N and result.head == head
+    assert result.ok and result.lines == N and result.head == head and result.after_head == 0
     lines = _lines(path)
     first, second = json.loads(lines[0]), json.loads(lines[1])
     assert first["prev"] == GENESIS and first["seq"] == 0
@@ -86,27 +101,119 @@ def test_altered_line_is_named(big_log, tmp_path):
     assert not result.ok and result.bad_line == 12_345 and "altered" in result.problem
 
 
-def test_deleted_tail_is_found_against_a_kept_head(big_log, tmp_path):
+def test_deleted_tail_is_found_by_the_head_file(big_log, tmp_path):
     path, head = big_log
-    lines = _lines(path)[:-3]
-    short = _write(tmp_path, lines)
-    assert verify(short).ok  # a shorter chain is still a chain ...
-    result = verify(short, head=head)  # ... but not the one whose head was kept
-    assert not result.ok and "head" in result.problem
-    assert verify(path, head=head).ok
+    short = _write(tmp_path, _lines(path)[:-3], head_of=path)  # the last 3 lines deleted in place
+    result = verify(short)
+    assert not result.ok and result.lines == N - 3 and "deleted" in result.problem
+    head_path(short).unlink()  # ... and the head file with them
+    result = verify(short)
+    assert not result.ok and "no head" in result.problem
+    assert not verify(short, head=head).ok  # a head kept elsewhere still shows it
+
+
+def test_altered_tail_is_found_by_the_head_file(big_log, tmp_path):
+    """The last line rewritten: no later line's prev betrays it; the head file does."""
+    lines = _lines(big_log[0])
+    record = json.loads(lines[-1])
+    record["customer_id"] = "C9999999"
+    lines[-1] = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    result = verify(_write(tmp_path, lines, head_of=big_log[0]))
+    assert not result.ok and result.bad_line == N and "altered" in result.problem
+
+
+def test_writer_refuses_a_log_cut_at_the_end(tmp_path):
+    """Appending to a shortened log would write a new, matching head and hide the deletion."""
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=None) as log:
+        for i in range(5):
+            log.append(_record(i))
+    path.write_bytes(b"".join(_lines(path)[:-2]))
+    with pytest.raises(FinrecError, match="does not match its head file"), RecordLog(path, key=None) as log:
+        log.append(_record(9))
+    assert not verify(path).ok
+
+
+def test_a_writer_stopped_between_line_and_head_leaves_a_valid_log(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=None) as log:
+        for i in range(3):
+            log.append(_record(i))
+    kept = head_path(path).read_bytes()
+    with RecordLog(path, key=None) as log:
+        log.append(_record(3))
+    head_path(path).write_bytes(kept)  # the 4th head never reached the disk
+    result = verify(path)
+    assert result.ok and result.lines == 4 and result.after_head == 1
+    with RecordLog(path, key=None) as log:  # the next writer picks up from there
+        log.append(_record(4))
+    assert verify(path).ok and verify(path).after_head == 0
+
+
+def test_keyed_log_cannot_be_recomputed_without_the_key(tmp_path, monkeypatch):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(20):
+            log.append(_record(i))
+    assert verify(path, key=KEY).ok and verify(path, key=KEY).keyed
+    assert not verify(path, key=None).ok and "keyed" in verify(path, key=None).problem
+    assert not verify(path, key=b"x" * 24).ok  # another key
+    # A forger without the key rewrites line 10 and recomputes the chain with SHA-256 (as one
+    # could for an unkeyed log): the chain no longer checks under the key.
+    lines = _lines(path)
+    records = [json.loads(line) for line in lines]
+    records[9]["customer_id"] = "C9999999"
+    prev = records[8]["prev"]
+    forged = []
+    for i, record in enumerate(records):
+        if i >= 9:
+            record["prev"] = prev if i == 9 else line_hash(forged[-1][:-1])
+        forged.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+    result = verify(_write(tmp_path, forged, head_of=path), key=KEY)
+    assert not result.ok and result.bad_line is not None
+    # Cut at the end: the head file cannot be rewritten to match without the key.
+    short = _write(tmp_path, lines[:-1], head_of=path)
+    assert not verify(short, key=KEY).ok
+    # The key from the environment, for the writer and for verify.
+    monkeypatch.setenv("FINREC_RECORDS_KEY", KEY.decode())
+    assert key_from_env() == KEY
+    with RecordLog(path) as log:
+        log.append(_record(20))
+    assert verify(path).ok and verify(path).lines == 21
+    with pytest.raises(FinrecError, match="is keyed"), RecordLog(path, key=None) as log:
+        log.append(_record(21))
+    monkeypatch.setenv("FINREC_RECORDS_KEY", "short")
+    with pytest.raises(FinrecError, match="at least 16"):
+        key_from_env()
+
+
+def test_cli_verify_with_key_file(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(0))
+        log.append(_record(1))
+    key_file = tmp_path / "key"
+    key_file.write_bytes(KEY + b"\n")
+    assert main(["records", "verify", str(path), "--key-file", str(key_file)]) == 0
+    assert "keyed" in capsys.readouterr().out
+    assert main(["records", "verify", str(path)]) == 2
+    assert "FINREC_RECORDS_KEY" in capsys.readouterr().err
+    short = _write(tmp_path, _lines(path)[:-1], head_of=path)
+    assert main(["records", "verify", str(short), "--key-file", str(key_file)]) == 2
+    assert "deleted" in capsys.readouterr().err
 
 
 def test_garbage_and_torn_lines(tmp_path):
     path = tmp_path / "r.jsonl"
-    with RecordLog(path) as log:
+    with RecordLog(path, key=None) as log:
         for i in range(3):
             log.append(_record(i))
     lines = _lines(path)
     assert verify(_write(tmp_path, [lines[0], b"not json\n", *lines[2:]])).bad_line == 2
-    torn = _write(tmp_path, [*lines, lines[0][:10]])
+    torn = _write(tmp_path, [*lines, lines[0][:10]], head_of=path)
     assert verify(torn).bad_line == 4
-    with pytest.raises(FinrecError, match="incomplete line"):
-        RecordLog(torn).append(_record(9))
+    with pytest.raises(FinrecError, match="incomplete line"), RecordLog(torn) as log:
+        log.append(_record(9))
 
 
 def test_cli_verify_exit_codes(big_log, tmp_path, capsys):
@@ -122,7 +229,7 @@ def test_cli_verify_exit_codes(big_log, tmp_path, capsys):
 def test_threads_and_processes_share_one_chain(tmp_path):
     """Two writers on one file (as two server processes would be) and threads on each."""
     path = tmp_path / "shared.jsonl"
-    logs = [RecordLog(path, durable=False), RecordLog(path, durable=False)]
+    logs = [RecordLog(path, durable=False, key=KEY), RecordLog(path, durable=False, key=KEY)]
 
     def write(log, start):
         for i in range(start, start + 300):
@@ -133,5 +240,5 @@ def test_threads_and_processes_share_one_chain(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    result = verify(path)
-    assert result.ok and result.lines == 1200
+    result = verify(path, key=KEY)
+    assert result.ok and result.lines == 1200 and result.after_head == 0

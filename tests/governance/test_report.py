@@ -10,10 +10,10 @@ import pytest
 from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import write_dataset
+from finrec.errors import FinrecError
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SECTIONS = [
     "Intended use",
@@ -100,35 +100,47 @@ def test_report_refuses_to_overwrite_an_input(monitored_model_dir, small_data_di
 
 
 @pytest.mark.browser
-def test_report_opens_in_chromium(reports):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (run `make chromium`)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_report_opens_in_chromium(reports, chromium):
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            for name in ("bank", "profiles"):
-                page = browser.new_page(viewport={"width": 1200, "height": 1600})
-                page.goto(reports[name].as_uri(), wait_until="load")
-                headings = page.locator("h2").all_inner_texts()
-                titles = [h.split(". ", 1)[1] for h in headings]
-                assert len(titles) == len(SECTIONS) and all(t.startswith(e) for t, e in zip(titles, SECTIONS)), titles
-                # every section has content, every image decoded
-                assert page.evaluate("[...document.querySelectorAll('section')].every(s => s.children.length > 1)")
-                images = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
-                assert images and all(images)
-                page.screenshot(path=str(ARTIFACTS / f"report-{name}.png"), full_page=True)
-                page.close()
-        finally:
-            browser.close()
+    for name in ("bank", "profiles"):
+        page = chromium.new_page(viewport={"width": 1200, "height": 1600})
+        page.goto(reports[name].as_uri(), wait_until="load")
+        headings = page.locator("h2").all_inner_texts()
+        titles = [h.split(". ", 1)[1] for h in headings]
+        assert len(titles) == len(SECTIONS) and all(t.startswith(e) for t, e in zip(titles, SECTIONS)), titles
+        # every section has content, every image decoded
+        assert page.evaluate("[...document.querySelectorAll('section')].every(s => s.children.length > 1)")
+        images = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+        assert images and all(images)
+        page.screenshot(path=str(ARTIFACTS / f"report-{name}.png"), full_page=True)
+        page.close()
+
+
+@pytest.mark.slow
+def test_report_retrains_other_seeds_itself(monitored_model_dir, small_data_dir, small_dataset):
+    """`report --seeds N`: the stability section retrains the model's configuration with N other
+    seeds on its training data and tables each one's nDCG beside the model's."""
+    from finrec.artifacts import load_model_dir
+    from finrec.governance import report as R
+    from finrec.recommend.recommender import Recommender
+
+    loaded = load_model_dir(monitored_model_dir)
+    ctx = R.Context(
+        monitored_model_dir,
+        small_data_dir,
+        loaded.manifest,
+        loaded.trained,
+        small_dataset,
+        Recommender(loaded.trained, small_dataset),
+        5,
+        0,
+    )
+    R._prepare_outcomes(ctx)
+    retrained = R.retrain_seeds(ctx, 2, train_data=small_data_dir, epochs=1)
+    base = loaded.trained.config.training.seed
+    assert [t.config.training.seed for _, t in retrained] == [base + 1, base + 2]
+    section = R.stability_section(ctx, [], retrained)
+    text = R.render_markdown({"title": "t", "subtitle": "", "sections": [section]})
+    assert text.count("retrained here, seed") == 2 and "across 3 seeds" in text
+    with pytest.raises(FinrecError, match="--train-data"):
+        R.retrain_seeds(ctx, 1, train_data=small_data_dir / "missing")

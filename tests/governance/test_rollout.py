@@ -3,12 +3,12 @@ with zero failed requests and the served version switching within 5 s."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from finrec.governance.registry import Registry
+from finrec.serve_clients import Clients, wait_for_log
 from finrec.serve_process import ServerProcess
 
 httpx = pytest.importorskip("httpx")
@@ -17,73 +17,12 @@ pytest.importorskip("uvicorn")
 
 pytestmark = pytest.mark.slow
 
-CLIENTS = 16
 SWITCH_WITHIN_S = 5.0
 
 
-class Clients:
-    """``CLIENTS`` threads posting recommendations back to back until stopped; each answer is
-    kept as (monotonic time, status or exception name, model_version)."""
-
-    def __init__(self, base_url: str, customer_ids: list[str]):
-        self.base_url = base_url
-        self.customer_ids = customer_ids
-        self.results: list[list[tuple[float, object, str | None]]] = [[] for _ in range(CLIENTS)]
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)]
-
-    def _run(self, number: int) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
-            i = number
-            while not self.stop.is_set():
-                body = {"customer_id": self.customer_ids[i % len(self.customer_ids)], "k": 3}
-                i += CLIENTS
-                try:
-                    response = client.post("/recommendations", json=body)
-                    version = response.json().get("model_version") if response.status_code == 200 else None
-                    self.results[number].append((time.monotonic(), response.status_code, version))
-                except Exception as exc:  # noqa: BLE001 - counted as a failed request
-                    self.results[number].append((time.monotonic(), type(exc).__name__, None))
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def all(self):
-        return sorted(item for per_client in self.results for item in per_client)
-
-    def first_with(self, version: str, after: float) -> float | None:
-        """When every client had seen ``version`` (after ``after``), the latest of their first sightings."""
-        firsts = []
-        for per_client in self.results:
-            seen = [t for t, _, v in per_client if t >= after and v == version]
-            if not seen:
-                return None
-            firsts.append(seen[0])
-        return max(firsts)
-
-    def wait_for(self, version: str, after: float, timeout: float) -> float | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = self.first_with(version, after)
-            if seen is not None:
-                return seen - after
-            time.sleep(0.05)
-        return None
-
-
-def wait_for_standby(server: ServerProcess, version: str, timeout: float = 120.0) -> None:
+def wait_for_standby(server: ServerProcess, version: str) -> None:
     """The server loads the next likely versions ahead (``PointerWatcher``'s warm standby)."""
-    deadline = time.monotonic() + timeout
-    while f"version {version} loaded as a standby" not in server.log_text():
-        assert time.monotonic() < deadline, server.log_text()[-2000:]
-        time.sleep(0.1)
+    wait_for_log(server, f"version {version} loaded as a standby")
 
 
 def test_promotion_and_rollback_under_load(model_dir, small_dataset, small_data_dir, tmp_path):

@@ -213,3 +213,54 @@ def test_an_empty_plan_writes_an_empty_table(problem, tmp_path):
     table = plan_table(problem, result.plan)
     assert list(table.columns) == ["customer_id", "product_id", "probability", "expected_value", "reason"]
     assert len(table) == 0
+
+
+def test_cli_plan_with_an_exposure_limit(model_dir, small_data_dir, tmp_path, capsys):
+    """--max-exposure-ratio over gender: the written plan's offer rates per category, counted from
+    the file and the customers table, stay within the ratio; the cost in value is reported."""
+    out, summary = tmp_path / "fair.parquet", tmp_path / "fair.json"
+    caps = tmp_path / "caps.csv"
+    products = pd.read_parquet(small_data_dir / "products.parquet")
+    pd.DataFrame({"product_id": list(products["product_id"][:4]), "capacity": [30, 30, 30, 30]}).to_csv(
+        caps, index=False
+    )
+    args = ["plan", "--model", str(model_dir), "--data", str(small_data_dir), "--capacity", str(caps)]
+    code = main([*args, "--out", str(out), "--json", str(summary), "--max-exposure-ratio", "1.1", "--solver", "dual"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "exposure limit over gender" in printed and "holds" in printed
+    info = json.loads(summary.read_text())["exposure"]
+    assert info["holds"] and info["worst_ratio"] <= 1.1 + 1e-9 and info["cost"] >= 0
+    plan = pd.read_parquet(out)
+    dataset = load_dataset(small_data_dir)
+    from finrec.data.compliance import without_objections
+
+    gender = dataset.customers.set_index("customer_id")["gender"].astype(str)
+    sizes = gender.value_counts()
+    category = products.set_index("product_id")["product_type"]
+    counts = pd.crosstab(plan["customer_id"].map(gender), plan["product_id"].map(category))
+    rates = counts.reindex(sizes.index, fill_value=0).div(sizes, axis=0)
+    offered = rates.loc[:, rates.max() > 0]
+    assert (offered.max() <= 1.1 * offered.min() + 1e-9).all()
+    assert not set(plan["customer_id"]) - set(without_objections(dataset)[0].customers["customer_id"])
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "x.csv"), "--max-exposure-ratio", "0.5"])
+    assert main([*args, "--out", str(tmp_path / "x.csv"), "--max-exposure-ratio", "2", "--protected", "income"]) == 2
+    assert "not a protected customer column" in capsys.readouterr().err
+
+
+def test_credit_offers_state_their_affordability_ratio(recommender, problem):
+    """A credit offer's reason gives the debt service to income ratio after the credit, as a
+    single recommendation's reason does."""
+    from finrec.plan.campaign import offer_reasons
+
+    credit = np.flatnonzero(problem.catalogue.regime_is("credit") & ~np.isnan(problem.catalogue.payment))
+    rows, cols = np.nonzero(problem.probability[:, credit] > 0)
+    cols = credit[cols]
+    known = np.isfinite(problem.income[rows]) & np.isfinite(problem.debt_service[rows]) & (problem.income[rows] > 0)
+    rows, cols = rows[known][:200], cols[known][:200]
+    assert len(rows)
+    reasons = offer_reasons(problem, rows, cols)
+    for i, j, reason in zip(rows[:20], cols[:20], reasons[:20]):
+        ratio = 12.0 * (problem.debt_service[i] + problem.catalogue.payment[j]) / problem.income[i]
+        assert f"debt service to income after this credit {ratio:.1%} within the limit" in reason, reason

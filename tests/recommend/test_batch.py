@@ -119,3 +119,27 @@ def test_history_is_read_per_chunk_and_ranks_as_in_memory(tmp_path, fmt):
     for cid, rank, pid, score in top[["customer_id", "rank", "product_id", "score"]].itertuples(index=False):
         assert want_top[(cid, rank)][0] == pid
         assert score == pytest.approx(want_top[(cid, rank)][1], abs=1e-5)
+
+
+def test_probabilities_come_from_the_ranking_pass(rec, small_data_dir, tmp_path, monkeypatch):
+    """With --probabilities each chunk goes through the customer tower once (the calibration reads
+    the ranking's embeddings), and gives what the full probability row gives."""
+    context = rec.context(rec.known_customers, rec.dataset.holdings)
+    embedded = []
+    embed = rec.embed
+
+    def counting(ctx, workers=None):
+        embedded.append(len(ctx.ids))
+        return embed(ctx, workers)
+
+    monkeypatch.setattr(rec, "embed", counting)
+    out = tmp_path / "top.parquet"
+    customers, _ = score_dataset(rec, small_data_dir, out, k=3, chunk_rows=500, probabilities=True)
+    monkeypatch.undo()
+    assert sum(embedded) == customers - int(context.attributes["objected"].sum())  # each one embedded once
+    table = pd.read_parquet(out)
+    full = rec.probabilities(context)
+    row = {cid: i for i, cid in enumerate(context.ids)}
+    cols = {pid: j for j, pid in enumerate(rec.pipeline.product_ids_)}
+    expected = full[table.customer_id.map(row).to_numpy(), table.product_id.map(cols).to_numpy()]
+    np.testing.assert_allclose(table.probability, expected, atol=1e-5)

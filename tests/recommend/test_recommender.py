@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
+from finrec.recommend import filters as F
 from finrec.recommend.recommender import Recommender
 
 
@@ -49,18 +50,8 @@ def test_fewer_than_k_never_filled_with_unsuitable(rec, small_dataset):
 def test_audit_names_the_rule(rec, small_dataset):
     cid = small_dataset.customer_ids[0]
     audit = rec.audit(cid, "conservative")
-    assert set(audit.excluded_by.dropna()) <= {
-        "held",
-        "suitability",
-        "risk_cap",
-        "target_market",
-        "negative_target_market",
-        "affordability",
-        "category",
-        "income",
-        "credit_score",
-        "age",
-    }
+    # Every rule but consent (this customer did not object: nothing would be ranked at all).
+    assert set(audit.excluded_by.dropna()) <= set(F.RULES) - {"consent"}
     held = set(small_dataset.holdings.product_id[small_dataset.holdings.customer_id == cid])
     assert set(audit.product_id[audit.excluded_by == "held"]) == held
 
@@ -151,3 +142,21 @@ def test_product_columns_are_derived_without_hints(small_dataset):
     assert details == (p.category, p.risk, *p.numeric, *p.categorical)
     unnamed = small_dataset.products.drop(columns=["name"])
     assert product_columns(unnamed, bare)[0] is None
+
+
+def test_load_reuses_a_cached_dataset_while_its_files_are_unchanged(model_dir, small_data_dir, tmp_path):
+    """serve --root loads version after version on one data directory: loaded once while unchanged."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data_dir, data)
+    cache: dict = {}
+    first = Recommender.load(model_dir, data, datasets=cache)
+    second = Recommender.load(model_dir, data, datasets=cache)
+    assert second.dataset is first.dataset and len(cache) == 1
+    (data / "customers.parquet").write_bytes((data / "customers.parquet").read_bytes())  # touched: reloaded
+    third = Recommender.load(model_dir, data, datasets=cache)
+    assert third.dataset is not first.dataset and len(cache) == 1
+    assert [i.product_id for i in third.recommend(third.known_customers.customer_id.iloc[0]).items] == [
+        i.product_id for i in first.recommend(first.known_customers.customer_id.iloc[0]).items
+    ]

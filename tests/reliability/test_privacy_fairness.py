@@ -124,15 +124,20 @@ def report(trained, small_dataset):
 
 
 def test_fairness_groups_partition_the_customers(report, small_dataset):
+    """... every customer who did not object to profiling for marketing: those are not scored."""
+    from finrec.data.compliance import without_objections
+
+    kept, objected = without_objections(small_dataset)
+    assert objected > 0 and report["objected"] == objected and report["customers"] == len(kept.customers)
     assert set(report["columns"]) == {"gender", "age"}
-    n = len(small_dataset.customers)
+    n = len(kept.customers)
     for column, body in report["columns"].items():
         assert sum(g["customers"] for g in body["groups"].values()) == n, column
         assert all(g["evaluated"] <= g["customers"] for g in body["groups"].values())
     assert set(report["columns"]["age"]["groups"]) <= {"<30", "30-44", "45-59", "60+", "missing"}
-    ages = small_dataset.customers["age"]
+    ages = kept.customers["age"]
     assert report["columns"]["age"]["groups"]["<30"]["customers"] == int((ages < 30).sum())
-    assert report["columns"]["gender"]["groups"].keys() == set(small_dataset.customers["gender"].astype(str))
+    assert report["columns"]["gender"]["groups"].keys() == set(kept.customers["gender"].astype(str))
 
 
 def test_fairness_exposure_sums_to_one(report, trained):
@@ -151,10 +156,11 @@ def test_fairness_exposure_sums_to_one(report, trained):
 
 
 def test_fairness_metrics_match_evaluate_for_one_group(report, trained, small_dataset):
-    # With a single group holding everyone, the group's metrics are the overall ones.
+    # Over the groups, the metrics are the overall ones (of the customers who did not object).
+    from finrec.data.compliance import without_objections
     from finrec.evaluate.report import evaluate
 
-    overall = evaluate(trained, small_dataset, k=5)["model"]
+    overall = evaluate(trained, without_objections(small_dataset)[0], k=5)["model"]
     gender = report["columns"]["gender"]["groups"]
     weighted = sum(g["ndcg@5"] * g["evaluated"] for g in gender.values() if g["evaluated"]) / overall["customers"]
     assert math.isclose(weighted, overall["ndcg@5"], rel_tol=1e-5)

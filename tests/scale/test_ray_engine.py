@@ -33,18 +33,35 @@ def test_ray_scoring_matches_local_scoring(local_ray, model_dir, small_data_dir,
     from finrec.recommend.recommender import Recommender
 
     local = tmp_path / "local.parquet"
+    local_stats, ray_stats = {}, {}
     n_local, rows_local = score_dataset(
-        Recommender(load_model_dir(model_dir).trained), small_data_dir, local, k=5, filters={"preset": "conservative"}
+        Recommender(load_model_dir(model_dir).trained),
+        small_data_dir,
+        local,
+        k=5,
+        filters={"preset": "conservative"},
+        probabilities=True,
+        stats=local_stats,
     )
     on_ray = tmp_path / "ray.parquet"
     n_ray, rows_ray = score_dataset_ray(
-        model_dir, small_data_dir, on_ray, k=5, filters={"preset": "conservative"}, batch_rows=400
+        model_dir,
+        small_data_dir,
+        on_ray,
+        k=5,
+        filters={"preset": "conservative"},
+        batch_rows=400,
+        probabilities=True,
+        stats=ray_stats,
     )
     assert (n_ray, rows_ray) == (n_local, rows_local)
+    # Customers who objected: left out and counted by both engines alike.
+    assert ray_stats["objected"] == local_stats["objected"] > 0
     # One file, in input order, the same rows (scores to float32 rounding of the same arithmetic).
     a, b = pq.read_table(local).to_pandas(), pq.read_table(on_ray).to_pandas()
     pd.testing.assert_frame_equal(a[["customer_id", "rank", "product_id"]], b[["customer_id", "rank", "product_id"]])
     assert (a["score"] - b["score"]).abs().max() < 1e-5
+    assert (a["probability"] - b["probability"]).abs().max() < 1e-5 and a["probability"].gt(0).any()
 
     # A name without a table suffix: a directory of part files written by the workers.
     parts = tmp_path / "parts"

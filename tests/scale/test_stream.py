@@ -66,7 +66,7 @@ def test_streaming_pipeline_fit_equals_feature_pipeline_fit(small_dataset):
 
 def test_streaming_batches_cover_every_example_with_role_coded_targets(small_data_dir, small_dataset, tmp_path):
     chunk_rows = 200
-    layout = partition(small_data_dir, tmp_path / "work", chunk_rows=chunk_rows)
+    layout = partition(small_data_dir, tmp_path / "work", chunk_rows=chunk_rows, include_objected=True)
     assert len(layout.pieces) > 3  # several buckets: the data really is streamed
     batches = StreamingBatches(layout, batch_size=64, seed=0)
     seen = []
@@ -95,6 +95,26 @@ def test_batch_multiple_makes_every_batch_divisible(small_data_dir, tmp_path):
     assert all(len(batches[i][1]) % 2 == 0 for i in range(len(batches)))
 
 
+def test_objected_customers_and_their_links_are_left_out(small_data_dir, small_dataset, tmp_path):
+    """As `finrec train` leaves them out (GDPR Art. 21(3)): not in a bucket, not in validation."""
+    import pandas as pd
+
+    from finrec.data.compliance import without_objections
+
+    kept, n_objected = without_objections(small_dataset)
+    assert n_objected > 0
+    layout = partition(small_data_dir, tmp_path / "work", chunk_rows=300)
+    assert layout.objected == n_objected
+    assert layout.train_customers + len(layout.validation.customers) == len(kept.customers)
+    objected = set(small_dataset.customers.customer_id) - set(kept.customers.customer_id)
+    seen = set(layout.validation.customers.customer_id) | set(layout.validation.interactions.customer_id)
+    for path in layout.directory.glob("*.parquet"):
+        seen |= set(pd.read_parquet(path, columns=["customer_id"]).customer_id)
+    assert seen and not seen & objected
+    n_val = len(layout.validation.interactions)
+    assert layout.examples == len(kept.interactions) - n_val and layout.dropped_links == 0
+
+
 @pytest.mark.slow
 def test_streaming_training_is_as_good_as_in_memory(tmp_path, fast_config):
     from finrec.config import Config, TrainConfig
@@ -109,7 +129,9 @@ def test_streaming_training_is_as_good_as_in_memory(tmp_path, fast_config):
     write_dataset(dataset_tables(train), data.schema, tmp_path / "train")
     config = Config(model=fast_config.model, training=TrainConfig(epochs=5, batch_size=128, patience=3)).validate()
 
-    in_memory = fit(train, config, verbose=0)
+    from finrec.data.compliance import without_objections
+
+    in_memory = fit(without_objections(train)[0], config, verbose=0)  # both leave out who objected
     source = StreamingSource(tmp_path / "train", chunk_rows=500, workdir=tmp_path)
     streamed = fit(source, config, verbose=0)
 

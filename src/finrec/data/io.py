@@ -548,14 +548,24 @@ def escape_formulas(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table atomically: Parquet, or CSV (with formula escaping) when the name ends .csv."""
+def directory_stamp(directory: str | Path) -> tuple:
+    """(name, size, mtime) of every file in ``directory``: equal stamps, unchanged files (as far as a
+    cache of the loaded tables needs to know)."""
+    return tuple(
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(directory).iterdir() if p.is_file())
+    )
+
+
+def write_table(df: pd.DataFrame | pa.Table, path: str | Path, **parquet_options) -> Path:
+    """Write a table atomically: Parquet, or CSV (with formula escaping) when the name ends .csv.
+    An Arrow table goes to Parquet as it is (``parquet_options`` for ``pq.write_table``)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".csv":
-            escape_formulas(df).to_csv(tmp, index=False)
+            escape_formulas(df.to_pandas() if isinstance(df, pa.Table) else df).to_csv(tmp, index=False)
         else:
-            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+            table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+            pq.write_table(table, tmp, **parquet_options)
     return path
 
 

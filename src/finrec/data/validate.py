@@ -188,7 +188,12 @@ def check_display_columns(df: pd.DataFrame, hints: S.DisplayHints, where: str) -
 
 
 def check_references(link: pd.DataFrame, column: str, known: pd.Index, where: str, target: str) -> None:
-    unknown = ~link[column].isin(known)
+    # Arrow's hash lookup: pandas' isin on Arrow-backed text turns every value into a Python
+    # object first (2.6 s of a 7 s model load on a 30,000-customer bank, measured).
+    from finrec.data.ids import as_arrow_text
+
+    found = pc.is_in(as_arrow_text(link[column]), value_set=as_arrow_text(known))
+    unknown = pd.Series(~found.to_numpy(zero_copy_only=False), index=link.index)
     if unknown.any():
         values = link.loc[unknown, column].unique()
         raise DataError(

@@ -14,7 +14,9 @@ missing value being its own group), and for each group the report gives:
 and, per category, the largest ratio between two groups' shares (``max_ratio``, with the groups
 it is between; ``None`` when a group gets no slot of a category another group gets), so that a
 bank can see a product family steered away from a group. Exposure is over every customer of the
-data, whether or not they have interactions.
+data, whether or not they have interactions, except those who objected to profiling for
+marketing (the schema's consent column): they are not scored at all (GDPR Art. 21(3)), and
+``objected`` counts them.
 
 >>> report = fairness_report(trained, dataset, k=5)
 >>> report["columns"]["gender"]["groups"]["F"]["exposure"]["mortgage"]
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
+from finrec.data.compliance import without_objections
 from finrec.data.io import Dataset
 from finrec.evaluate.metrics import summarize
 from finrec.evaluate.report import ranking_task
@@ -42,27 +45,27 @@ MISSING = "missing"
 def protected_groups(dataset: Dataset) -> dict[str, pd.Series]:
     """Column -> group label of each customer (aligned with ``dataset.customers``)."""
     table = dataset.schema.customers
-    out: dict[str, pd.Series] = {}
-    for column in table.protected:
-        values = dataset.customers[column]
-        if column == S.AGE:
-            x = pd.to_numeric(values, errors="coerce")
-            labels = pd.Series(MISSING, index=values.index, dtype=object)
-            for low, high, label in AGE_BANDS:
-                inside = (
-                    x.notna()
-                    & (x >= (low if low is not None else -np.inf))
-                    & (x < (high if high is not None else np.inf))
-                )
-                labels[inside] = label
-        elif column in table.numeric_features:
-            x = pd.to_numeric(values, errors="coerce")
-            bands = pd.qcut(x, 4, duplicates="drop")
-            labels = bands.astype(object).map(lambda b: MISSING if pd.isna(b) else f"{b.left:g}-{b.right:g}")
-        else:
-            labels = values.astype(object).map(lambda v: MISSING if pd.isna(v) else str(v))
-        out[column] = labels.reset_index(drop=True)
-    return out
+    return {column: group_labels(dataset.customers[column], column, table) for column in table.protected}
+
+
+def group_labels(values: pd.Series, column: str, table: S.TableSchema) -> pd.Series:
+    """The group label of each value of protected ``column`` (age bands, quartiles of another
+    number, else the value; ``missing`` for a missing one), index reset."""
+    if column == S.AGE:
+        x = pd.to_numeric(values, errors="coerce")
+        labels = pd.Series(MISSING, index=values.index, dtype=object)
+        for low, high, label in AGE_BANDS:
+            inside = (
+                x.notna() & (x >= (low if low is not None else -np.inf)) & (x < (high if high is not None else np.inf))
+            )
+            labels[inside] = label
+    elif column in table.numeric_features:
+        x = pd.to_numeric(values, errors="coerce")
+        bands = pd.qcut(x, 4, duplicates="drop")
+        labels = bands.astype(object).map(lambda b: MISSING if pd.isna(b) else f"{b.left:g}-{b.right:g}")
+    else:
+        labels = values.astype(object).map(lambda v: MISSING if pd.isna(v) else str(v))
+    return labels.reset_index(drop=True)
 
 
 def _group_order(column: str, labels: pd.Series) -> list[str]:
@@ -90,12 +93,13 @@ def _clean(value: float) -> float | None:
 
 def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
     """Per protected column: per group metrics and exposure, and the max exposure ratio per category."""
+    dataset, objected = without_objections(dataset)  # not profiled, not even to measure fairness
     pipeline = trained.pipeline
     cid = dataset.schema.customers.id
     customers = dataset.customers.reset_index(drop=True)
     all_ids = customers[cid].to_numpy()
     groups = protected_groups(dataset)
-    report: dict[str, Any] = {"k": int(k), "customers": int(len(customers)), "columns": {}}
+    report: dict[str, Any] = {"k": int(k), "customers": int(len(customers)), "objected": objected, "columns": {}}
     if not groups:
         return report
 
@@ -158,6 +162,8 @@ def format_fairness(report: dict[str, Any]) -> str:
     if not report["columns"]:
         return "fairness: the schema lists no protected customer columns (customers.protected in schema.yaml)"
     lines: list[str] = []
+    if report.get("objected"):
+        lines.append(f"fairness: {report['objected']} customer(s) who objected to profiling for marketing left out")
     for column, body in report["columns"].items():
         groups = body["groups"]
         lines.append("")

@@ -17,21 +17,37 @@ from the customer's data as it stood and the model version named.
 ``prev`` chains the lines: the first line carries ``GENESIS``, every other one the SHA-256 (hex)
 of the previous line's bytes (without its newline). Deleting, inserting, reordering or editing a
 line breaks the chain at the first line after the change, and ``seq`` (0, 1, 2, ...) must run
-without gaps. Deleting lines at the end leaves a valid shorter chain: ``verify`` returns the
-last line's hash (the head), which an auditor can keep elsewhere and give back as ``head``.
-Anyone who can rewrite the whole file can also recompute the chain; the head kept elsewhere is
-what makes that visible.
+without gaps.
+
+The head file (``<log>.head``) makes a deletion at the end visible too: it records the number of
+lines and the last line's hash, and is rewritten with each append, after the line, under the same
+lock. It has two fixed slots written in turn with one ``pwrite`` each, every slot with its own
+checksum, so a torn write leaves the other (previous) slot valid: the file always holds the old
+head or the new one, never a mix (the scheme of a file system's superblock copies). ``verify``
+fails when the log has fewer lines than the head names, or no line with the head's hash there.
+A log that runs on past the head (a writer stopped between the line and the head) is intact as
+far as the chain goes; ``Verification.after_head`` counts those lines.
+
+With a secret key (``FINREC_RECORDS_KEY``, or a file named by ``FINREC_RECORDS_KEY_FILE``; at least
+16 bytes) every hash is an HMAC-SHA-256 under that key, the chain's and the head's: whoever can
+rewrite the files but lacks the key can neither recompute the chain after an edit, nor append
+lines, nor write a head that matches a shortened log. The head file records whether the log is
+keyed; a keyed log is checked only with its key. What a key cannot show: a log cut back to an
+older head together with a copy of that older head file - a head hash kept elsewhere (``head``)
+still shows that.
 
 Writers: one ``RecordLog`` per process appends under a thread lock and an exclusive ``flock`` on
-the file (so several server processes can share one log), re-reading the last line when another
-process appended; each line is written with one ``write`` and ``fsync``-ed before ``append``
-returns.
+the log (so several server processes can share one log), re-reading the last lines and the head
+when another process appended; each line is written with one ``write`` and ``fsync``-ed, then the
+head slot, before ``append`` returns. A writer refuses a log that does not match its head file
+(it would otherwise cover a deletion at the end with a new head).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import threading
@@ -43,12 +59,54 @@ from typing import Any
 from finrec.errors import FinrecError
 
 GENESIS = "0" * 64
+HEAD_SUFFIX = ".head"
+KEY_ENV = "FINREC_RECORDS_KEY"
+KEY_FILE_ENV = "FINREC_RECORDS_KEY_FILE"
+MIN_KEY_BYTES = 16
+_SLOT = 256  # bytes per head slot; the head file is two of them
 _TAIL_BLOCK = 1 << 16
+KEY_FROM_ENV: Any = object()  # ``key`` default: read the key from the environment
 
 
-def line_hash(line: bytes) -> str:
-    """SHA-256 (hex) of one line's bytes, without the newline."""
-    return hashlib.sha256(line).hexdigest()
+def line_hash(line: bytes, key: bytes | None = None) -> str:
+    """SHA-256 (hex) of one line's bytes, without the newline; HMAC-SHA-256 under ``key`` if given."""
+    if key is None:
+        return hashlib.sha256(line).hexdigest()
+    return hmac.new(key, line, hashlib.sha256).hexdigest()
+
+
+def head_path(path: str | os.PathLike) -> Path:
+    """The head file of the record log at ``path``: ``<path>.head``."""
+    return Path(f"{os.fspath(path)}{HEAD_SUFFIX}")
+
+
+def key_from_env(environ: dict[str, str] | None = None) -> bytes | None:
+    """The record log's secret key: ``FINREC_RECORDS_KEY`` (the key's text) or the contents of the
+    file named by ``FINREC_RECORDS_KEY_FILE`` (a trailing newline dropped); None when neither is set."""
+    environ = os.environ if environ is None else environ
+    text, file = environ.get(KEY_ENV) or None, environ.get(KEY_FILE_ENV) or None
+    if text and file:
+        raise FinrecError(f"set {KEY_ENV} or {KEY_FILE_ENV}, not both")
+    if file:
+        return read_key_file(file, KEY_FILE_ENV)
+    return None if text is None else _checked_key(text.encode("utf-8"), KEY_ENV)
+
+
+def read_key_file(path: str | os.PathLike, what: str = "the key file") -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise FinrecError(f"{what}: {path}: no such file")
+    with open(path, "rb") as handle:
+        raw = handle.read(4097)
+    if len(raw) > 4096:
+        raise FinrecError(f"{what}: {path}: over 4096 bytes; a key is expected")
+    return _checked_key(raw.rstrip(b"\r\n"), f"{what} ({path})")
+
+
+def _checked_key(key: bytes, what: str) -> bytes:
+    if len(key) < MIN_KEY_BYTES:
+        raise FinrecError(f"{what}: the record log's key has {len(key)} byte(s); at least {MIN_KEY_BYTES} are needed")
+    return key
 
 
 def utc_now() -> str:
@@ -75,24 +133,100 @@ def record_of(result, model_version: str | None, time: str | None = None) -> dic
     }
 
 
-class RecordLog:
-    """Appends records to a JSON-lines file, chaining each line to the previous one."""
+# ------------------------------------------------------------------------------------ head file
 
-    def __init__(self, path: str | os.PathLike, durable: bool = True):
-        """``durable=False`` skips the fsync of each line (bulk loads and tests only)."""
+
+@dataclass(frozen=True)
+class Head:
+    lines: int  # lines in the log when the head was written
+    head: str  # hash of the last of them
+    keyed: bool  # hashes are HMACs under the log's key
+
+
+def _head_body(head: Head) -> bytes:
+    return json.dumps(
+        {"lines": head.lines, "head": head.head, "keyed": head.keyed}, sort_keys=True, separators=(",", ":")
+    ).encode()
+
+
+def _slot(head: Head, key: bytes | None) -> bytes:
+    check = line_hash(_head_body(head), key if head.keyed else None)
+    raw = json.dumps(
+        {"lines": head.lines, "head": head.head, "keyed": head.keyed, "check": check}, separators=(",", ":")
+    ).encode()
+    return raw.ljust(_SLOT - 1) + b"\n"
+
+
+def read_head(path: str | os.PathLike, key: bytes | None) -> Head | None:
+    """The newest valid slot of the log's head file; None when there is none (or it is empty).
+
+    Raises ``FinrecError`` when no slot is valid, or the head is keyed and ``key`` is None."""
+    file = head_path(path)
+    if not file.exists():
+        return None
+    if not file.is_file():
+        raise FinrecError(f"{file}: the record log's head file must be a file")
+    with open(file, "rb") as handle:
+        data = handle.read(2 * _SLOT + 1)
+    if not data:  # created by a writer that has not appended yet
+        return None
+    heads, keyed_without_key = [], False
+    for index in (0, 1):
+        try:
+            slot = json.loads(data[index * _SLOT : (index + 1) * _SLOT])
+            head = Head(slot["lines"], slot["head"], slot["keyed"])
+            valid = type(head.lines) is int and head.lines >= 0 and isinstance(head.head, str)
+            valid = valid and type(head.keyed) is bool and isinstance(slot["check"], str)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            continue
+        if not valid:
+            continue
+        if head.keyed and key is None:
+            keyed_without_key = True
+            continue
+        expected = line_hash(_head_body(head), key if head.keyed else None)
+        if hmac.compare_digest(expected, slot["check"]):
+            heads.append(head)
+    if heads:
+        return max(heads, key=lambda h: h.lines)
+    if keyed_without_key:
+        raise FinrecError(
+            f"{file}: the log is keyed; set {KEY_ENV} or {KEY_FILE_ENV} (or pass --key-file) to check or append to it"
+        )
+    raise FinrecError(f"{file}: no valid head in the head file (it was altered, or written under another key)")
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+class RecordLog:
+    """Appends records to a JSON-lines file, chaining each line to the previous one, and keeps the
+    head file (``<path>.head``) in step."""
+
+    def __init__(self, path: str | os.PathLike, durable: bool = True, key: bytes | None = KEY_FROM_ENV):
+        """``durable=False`` skips the fsyncs of each append (bulk loads and tests only). ``key``:
+        the secret of a keyed log (default: from ``FINREC_RECORDS_KEY`` / ``FINREC_RECORDS_KEY_FILE``;
+        None for an unkeyed log)."""
         self.path = Path(path)
         self.durable = durable
+        self.key = key_from_env() if key is KEY_FROM_ENV else (None if key is None else _checked_key(key, "key"))
         if self.path.exists() and not self.path.is_file():
             raise FinrecError(f"{self.path}: the record log must be a file")
         if not self.path.parent.is_dir():
             raise FinrecError(f"{self.path.parent}: no such directory for the record log")
         self._lock = threading.Lock()
         self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the process's life; closed by close()
+        try:
+            self._head_fd = os.open(head_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            self._file.close()
+            raise FinrecError(f"{head_path(self.path)}: cannot open the head file ({exc.strerror})") from None
         # (file size, hash of the last line, next seq) as this process last saw the file
         self._tail: tuple[int, str, int] | None = None
 
     def close(self) -> None:
         self._file.close()
+        os.close(self._head_fd)
 
     def __enter__(self) -> RecordLog:
         return self
@@ -108,7 +242,7 @@ class RecordLog:
             try:
                 size = os.fstat(handle.fileno()).st_size
                 if self._tail is None or self._tail[0] != size:
-                    self._tail = (size, *_read_tail(handle, size, self.path))
+                    self._tail = (size, *self._checked_tail(size))
                 _, prev, seq = self._tail
                 line = json.dumps(
                     {"seq": seq, **record, "prev": prev}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
@@ -118,17 +252,55 @@ class RecordLog:
                 handle.flush()
                 if self.durable:
                     os.fsync(handle.fileno())
-                digest = line_hash(line)
+                digest = line_hash(line, self.key)
+                # The head only after the line is on disk: after a crash it may lag, never lead.
+                os.pwrite(
+                    self._head_fd, _slot(Head(seq + 1, digest, self.key is not None), self.key), (seq + 1) % 2 * _SLOT
+                )
+                if self.durable:
+                    os.fdatasync(self._head_fd)
                 self._tail = (size + len(line) + 1, digest, seq + 1)
                 return digest
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
+    def _checked_tail(self, size: int) -> tuple[str, int]:
+        """(hash of the last line, next seq), once the log is found to match its head file."""
+        last, before = _read_tail(self._file, size, self.path)
+        lines = 0 if last is None else _seq_of(last, self.path) + 1
+        try:
+            head = read_head(self.path, self.key)
+        except FinrecError as exc:
+            raise FinrecError(f"{exc}; not appending to {self.path}") from None
+        if head is None or (head.lines == 0 and lines == 0):
+            if lines:
+                raise FinrecError(
+                    f"{self.path}: the record log has {lines} line(s) but no head file {head_path(self.path)} "
+                    f"(deleted, or the log predates head files): not appending; check it with "
+                    f"`finrec records verify {self.path} --head H` and start a new log"
+                )
+            return GENESIS, 0
+        if head.keyed != (self.key is not None):
+            state = "with a key" if head.keyed else "without a key"
+            raise FinrecError(f"{self.path}: the record log was written {state}; not appending to it otherwise")
+        ok = (head.lines == lines and last is not None and head.head == line_hash(last, self.key)) or (
+            # a writer stopped between its line and its head: the head names the line before
+            head.lines == lines - 1
+            and (head.head == line_hash(before, self.key) if before is not None else head.lines == 0)
+        )
+        if not ok:
+            raise FinrecError(
+                f"{self.path}: the record log has {lines} line(s) and does not match its head file, which records "
+                f"{head.lines}: lines at the end were deleted or altered; not appending (check it with "
+                f"`finrec records verify {self.path}`)"
+            )
+        return line_hash(last, self.key), lines
 
-def _read_tail(handle, size: int, path: Path) -> tuple[str, int]:
-    """(hash of the last line, the next seq) of a log of ``size`` bytes; (GENESIS, 0) when empty."""
+
+def _read_tail(handle, size: int, path: Path) -> tuple[bytes | None, bytes | None]:
+    """The last line and the one before it (None where the log has fewer) of a log of ``size`` bytes."""
     if size == 0:
-        return GENESIS, 0
+        return None, None
     block = _TAIL_BLOCK
     while True:
         start = max(0, size - block)
@@ -140,17 +312,27 @@ def _read_tail(handle, size: int, path: Path) -> tuple[str, int]:
             )
         body = data[:-1]
         cut = body.rfind(b"\n")
-        if cut >= 0 or start == 0:
+        cut2 = body.rfind(b"\n", 0, cut) if cut >= 0 else -1
+        if cut2 >= 0 or start == 0:
             last = body[cut + 1 :]
-            break
+            before = body[cut2 + 1 : cut] if cut >= 0 else None
+            return last, before
         block *= 4
+
+
+def _seq_of(line: bytes, path: Path) -> int:
     try:
-        seq = json.loads(last)["seq"]
+        seq = json.loads(line)["seq"]
+        if type(seq) is not int:
+            raise TypeError
+        return seq
     except (ValueError, KeyError, TypeError):
         raise FinrecError(
             f"{path}: the last line of the record log is not a record; check it with `finrec records verify {path}`"
         ) from None
-    return line_hash(last), int(seq) + 1
+
+
+# ------------------------------------------------------------------------------------ verify
 
 
 @dataclass
@@ -160,36 +342,56 @@ class Verification:
     head: str  # hash of the last good line (GENESIS for an empty log)
     bad_line: int | None = None  # 1-based number of the first bad line
     problem: str | None = None
+    keyed: bool = False  # the hashes were checked as HMACs under the log's key
+    after_head: int = 0  # lines past the head file's head (a writer stopped between line and head)
 
 
-def verify(path: str | os.PathLike, head: str | None = None) -> Verification:
-    """Check the chain of a record log, line by line; stop at the first bad line.
+def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None = KEY_FROM_ENV) -> Verification:
+    """Check the chain of a record log, line by line, then its head file; stop at the first problem.
 
     Line n (1-based) is bad when it is not a JSON object or its ``seq`` is not n - 1 (a line
     before it was deleted, or it was inserted or moved); line n - 1 is bad when line n's
-    ``prev`` is not its hash (it was altered; ``GENESIS`` for the first line). With ``head`` (a
-    hash kept elsewhere), the log must still contain the line with that hash: deleting or
-    altering lines at the end is caught too."""
+    ``prev`` is not its hash (it was altered; ``GENESIS`` for the first line). Then the head file
+    must name a line of the log by number and hash: fewer lines, or another line there, means
+    lines at the end were deleted or altered. With ``head`` (a hash kept elsewhere), the log must
+    also still contain the line with that hash. ``key`` (default: from the environment) is needed
+    for a keyed log and refused for an unkeyed one."""
     path = Path(path)
     if not path.is_file():
         raise FinrecError(f"{path}: no such record log")
+    key = key_from_env() if key is KEY_FROM_ENV else key
+    head_problem = None
+    try:
+        stored = read_head(path, key)
+    except FinrecError as exc:
+        stored, head_problem = None, str(exc)
+        if "is keyed" in head_problem:
+            return Verification(False, 0, GENESIS, None, head_problem)
+    if stored is not None and key is not None and not stored.keyed:
+        return Verification(False, 0, GENESIS, None, "a key was given but the log was written without one")
+    keyed = key is not None
+    chain_key = key if keyed else None
     prev = before = GENESIS
     number = 0
+    at_stored = None  # hash of the line the head file names
     head_seen = head is None or head == GENESIS
+
+    def bad(lines, last, line, problem):
+        return Verification(False, lines, last, line, problem, keyed)
+
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.endswith(b"\n"):
-                return Verification(False, number - 1, prev, number, "incomplete line (no newline)")
+                return bad(number - 1, prev, number, "incomplete line (no newline)")
             line = raw[:-1]
             try:
                 record = json.loads(line)
             except (ValueError, UnicodeDecodeError):
                 record = None
             if not isinstance(record, dict):
-                return Verification(False, number - 1, prev, number, "not a JSON record")
+                return bad(number - 1, prev, number, "not a JSON record")
             if record.get("seq") != number - 1:
-                return Verification(
-                    False,
+                return bad(
                     number - 1,
                     prev,
                     number,
@@ -198,24 +400,48 @@ def verify(path: str | os.PathLike, head: str | None = None) -> Verification:
                 )
             if record.get("prev") != prev:
                 if number == 1:
-                    return Verification(
-                        False, 0, prev, 1, "the first line does not start the chain (prev is not GENESIS)"
-                    )
-                return Verification(
-                    False,
+                    return bad(0, prev, 1, "the first line does not start the chain (prev is not GENESIS)")
+                return bad(
                     number - 2,
                     before,
                     number - 1,
-                    f"its hash is not the one line {number} records: it was altered (or line {number}'s prev was)",
+                    f"its hash is not the one line {number} records: it was altered (or line {number}'s prev was)"
+                    + (" or the log was written under another key" if keyed else ""),
                 )
-            before, prev = prev, line_hash(line)
+            before, prev = prev, line_hash(line, chain_key)
             head_seen = head_seen or prev == head
+            if stored is not None and number == stored.lines:
+                at_stored = prev
+    if head_problem is not None:
+        return bad(number, prev, None, head_problem)
+    if stored is None and number:
+        return bad(
+            number,
+            prev,
+            None,
+            f"no head in {head_path(path)} (missing or empty): lines at the end may have been deleted (it was removed, or the log "
+            "predates head files; --head checks against a head kept elsewhere)",
+        )
+    if stored is not None and stored.lines > number:
+        return bad(
+            number,
+            prev,
+            None,
+            f"the log has {number} line(s) where its head file records {stored.lines}: lines at the end were deleted",
+        )
+    if stored is not None and stored.lines and at_stored != stored.head:
+        return bad(
+            number,
+            prev,
+            stored.lines,
+            f"line {stored.lines} is not the last line its head file records: lines at the end were altered or "
+            "replaced",
+        )
     if not head_seen:
-        return Verification(
-            False,
+        return bad(
             number,
             prev,
             number or None,
             f"no line has the head hash {head}: lines were deleted or altered at the end, or the log was rewritten",
         )
-    return Verification(True, number, prev)
+    return Verification(True, number, prev, keyed=keyed, after_head=number - stored.lines if stored else 0)

@@ -382,19 +382,47 @@ def segment_section(ctx: Context) -> Section:
     return section.table(rows)
 
 
-def stability_section(ctx: Context, seed_models: list[Path]) -> Section:
+def retrain_seeds(ctx: Context, seeds: int, train_data: Path | None = None, epochs: int | None = None) -> list:
+    """The model's configuration retrained with ``seeds`` other seeds (the model's seed + 1, + 2,
+    ...) on its training data (``train_data``, else the directory its manifest names), leaving
+    out customers who objected to profiling as ``finrec train`` does: [(label, TrainedModel)]."""
+    from finrec.data.compliance import without_objections
+    from finrec.data.io import load_dataset
+    from finrec.errors import FinrecError
+    from finrec.training.train import fit
+
+    source = train_data or ctx.manifest.get("data_path")
+    if not source or not Path(source).is_dir():
+        raise FinrecError(
+            f"--seeds: the model's training data {source or '(not recorded)'} is not there; name it with --train-data"
+        )
+    dataset, _ = without_objections(load_dataset(source))
+    config = ctx.trained.config
+    base = config.training.seed
+    out = []
+    for i in range(1, seeds + 1):
+        trained = fit(dataset, config.with_overrides(seed=base + i, epochs=epochs), verbose=0)
+        out.append((f"retrained here, seed {base + i}", trained))
+    return out
+
+
+def stability_section(ctx: Context, seed_models: list[Path], retrained: list | None = None) -> Section:
+    """nDCG across seeds: the model and ``seed_models`` (directories trained elsewhere) and
+    ``retrained`` ([(label, TrainedModel)] from ``retrain_seeds``: ``finrec report --seeds N``)."""
     from finrec.artifacts import load_model_dir
 
     section = Section("6. Stability across seeds")
-    if not seed_models:
+    retrained = retrained or []
+    if not seed_models and not retrained:
         return section.p(
-            "One model was given. Train the same configuration with other seeds (`finrec train --seed S`) "
-            "and pass them with `--seed-models DIR ...` to measure how much the metrics move with the seed."
+            "One model was given. `finrec report --seeds N` retrains its configuration with N other seeds on its "
+            "training data; or train them yourself (`finrec train --seed S`) and pass them with "
+            "`--seed-models DIR ...`, to measure how much the metrics move with the seed."
         )
     if not ctx.has_outcomes:
         return section.p(NO_OUTCOMES.format(what="stability across seeds"))
     rows, values = [], []
-    models = [(ctx.model_dir, ctx.trained)] + [(p, load_model_dir(p).trained) for p in seed_models]
+    models = [(ctx.model_dir, ctx.trained)] + [(p, load_model_dir(p).trained) for p in seed_models] + retrained
     for path, trained in models:
         scores = (
             ctx.model_scores
@@ -641,10 +669,20 @@ def versions_section(ctx: Context) -> Section:
 
 
 def build_report(
-    model_dir, data_dir, k: int = 5, seed: int = 0, seed_models=(), shap_customers: int = 20, lightgbm: bool = True
+    model_dir,
+    data_dir,
+    k: int = 5,
+    seed: int = 0,
+    seed_models=(),
+    shap_customers: int = 20,
+    lightgbm: bool = True,
+    seeds: int = 0,
+    train_data=None,
+    seed_epochs: int | None = None,
 ) -> dict[str, Any]:
     """The report as ``{"title", "subtitle", "sections": [Section]}`` (render with ``render_html``
-    or ``render_markdown``)."""
+    or ``render_markdown``). ``seeds``: retrain the model's configuration with that many other
+    seeds for the stability section (``retrain_seeds``; ``seed_epochs`` caps their epochs)."""
     from finrec.artifacts import load_model_dir, read_monitoring
     from finrec.data.io import load_dataset
     from finrec.errors import DataError
@@ -666,7 +704,11 @@ def build_report(
         method_section(ctx),
         performance_section(ctx, lightgbm),
         segment_section(ctx),
-        stability_section(ctx, [Path(p) for p in seed_models]),
+        stability_section(
+            ctx,
+            [Path(p) for p in seed_models],
+            retrain_seeds(ctx, seeds, Path(train_data) if train_data else None, seed_epochs) if seeds else None,
+        ),
         calibration_section(ctx),
         fairness_section(ctx),
         explanation_section(ctx, shap_customers),

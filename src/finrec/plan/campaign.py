@@ -25,8 +25,11 @@ import pandas as pd
 import pyarrow as pa
 
 from finrec.data import schema as S
+from finrec.data.compliance import debt_service_ratio_after
 from finrec.data.io import find_table, iter_customer_chunks, read_id_column, read_table, write_table
 from finrec.errors import DataError, FinrecError
+from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
+from finrec.plan.exposure import ExposureLimit, solve_dual_fair, solve_exact_fair
 from finrec.plan.solve import Plan, greedy, solve_dual, solve_exact
 from finrec.recommend import filters as F
 from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HoldingsByRow
@@ -49,6 +52,15 @@ class CampaignProblem:
     rules: tuple[str, ...]  # the filter rules that were applied
     catalogue: F.Catalogue
     seconds: float = 0.0
+    # With ``build_problem(group_column=...)``: the protected group of each customer (int [n]) and
+    # the groups' labels, as ``evaluate --fairness`` forms them.
+    groups: np.ndarray | None = None
+    group_names: tuple[str, ...] = ()
+    group_column: str | None = None
+    # float32 [n] yearly income and monthly debt service (NaN unknown): the affordability ratio
+    # of a credit offer in its reason.
+    income: np.ndarray | None = None
+    debt_service: np.ndarray | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -122,10 +134,13 @@ def build_problem(
     min_probability: float = 0.0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     values: np.ndarray | None = None,
+    group_column: str | None = None,
 ) -> CampaignProblem:
     """The calibrated probability of every customer of ``data_dir`` for every product, 0 where a
     filter forbids the offer or the probability is below ``min_probability``; values from the
-    schema's value column (``product_values``) unless given."""
+    schema's value column (``product_values``) unless given. ``group_column``: a protected
+    customer column whose groups an exposure limit (``plan_campaign(max_exposure_ratio=...)``)
+    will compare."""
     start = time.perf_counter()
     if recommender.calibration is None:
         raise FinrecError(
@@ -151,9 +166,17 @@ def build_problem(
     n, P = len(ids), len(product_ids)
     probability = np.zeros((n, P), dtype=np.float32)
     tolerance = np.full(n, np.nan, dtype=np.float32)
+    income = np.full(n, np.nan, dtype=np.float32)
+    debt_service = np.full(n, np.nan, dtype=np.float32)
     rules: tuple[str, ...] = ()
+    if group_column is not None and group_column not in schema.customers.protected:
+        listed = ", ".join(schema.customers.protected) or "none"
+        raise FinrecError(f"--protected {group_column!r}: not a protected customer column of the schema ({listed})")
+    group_values: list[pd.Series] = []
     offset = 0
     for chunk in iter_customer_chunks(customers_path, schema.customers, chunk_rows):
+        if group_column is not None:
+            group_values.append(chunk[group_column])
         stop = offset + len(chunk)
         context = recommender.context(chunk, held=held_by_row.slice(offset, stop))
         masks = recommender.masks(context, filters)
@@ -162,7 +185,17 @@ def build_problem(
         p[F.combine(masks, p.shape) | (p < min_probability)] = 0.0
         probability[offset:stop] = p
         tolerance[offset:stop] = context.attributes["risk_tolerance"]
+        income[offset:stop] = context.attributes[S.INCOME]
+        if "debt_service" in context.attributes:
+            debt_service[offset:stop] = context.attributes["debt_service"]
         offset = stop
+    groups, group_names = None, ()
+    if group_column is not None:
+        from finrec.evaluate.fairness import group_labels
+
+        labels = group_labels(pd.concat(group_values, ignore_index=True), group_column, schema.customers)
+        codes, names = pd.factorize(labels, sort=True)
+        groups, group_names = codes.astype(np.int64), tuple(str(n) for n in names)
     return CampaignProblem(
         ids,
         product_ids,
@@ -172,21 +205,46 @@ def build_problem(
         rules,
         recommender.catalogue,
         time.perf_counter() - start,
+        groups,
+        group_names,
+        group_column,
+        income,
+        debt_service,
     )
 
 
+def exposure_limit(problem: CampaignProblem, ratio: float) -> ExposureLimit:
+    """The limit over the problem's protected groups and the catalogue's categories (the product
+    id where there is no category column), as ``evaluate --fairness`` measures exposure."""
+    if problem.groups is None:
+        raise FinrecError("an exposure limit needs the customers' protected groups: build_problem(group_column=...)")
+    names = problem.catalogue.category if problem.catalogue.category is not None else problem.product_ids
+    codes, categories = pd.factorize(pd.Series(np.asarray(names, dtype=object)), sort=True)
+    return ExposureLimit(problem.groups, codes, ratio, problem.group_names, tuple(str(c) for c in categories))
+
+
 def plan_campaign(
-    problem: CampaignProblem, capacity: np.ndarray | None = None, contacts: int = 1, solver: str = "auto"
+    problem: CampaignProblem,
+    capacity: np.ndarray | None = None,
+    contacts: int = 1,
+    solver: str = "auto",
+    max_exposure_ratio: float | None = None,
 ) -> CampaignResult:
     """Solve the campaign problem: ``solver`` is ``exact`` (min-cost flow), ``dual`` or ``auto``
     (exact up to ``EXACT_MAX_PAIRS`` allowed pairs). The shadow prices always come from the
-    dual method; with the exact solver its bound is also kept when it is the tighter one."""
+    dual method; with the exact solver its bound is also kept when it is the tighter one.
+
+    ``max_exposure_ratio`` R: no protected group (``problem.groups``) gets a product category at
+    more than R times another group's rate per customer (``finrec.plan.exposure``); the plan
+    without the limit is solved too, and ``extra["exposure"]`` reports what the limit costs."""
     if solver not in ("auto", "exact", "dual"):
         raise FinrecError(f"solver must be auto, exact or dual, got {solver!r}")
     w = problem.weights
     capacity = np.full(w.shape[1], np.inf) if capacity is None else np.asarray(capacity, dtype="float64")
     baseline = greedy(w, capacity, contacts)
     dual = solve_dual(w, capacity, contacts, baseline=baseline)
+    if max_exposure_ratio is not None:
+        return _fair_campaign(problem, w, capacity, contacts, solver, max_exposure_ratio, baseline, dual)
     if solver == "exact" or (solver == "auto" and int((w > 0).sum()) <= EXACT_MAX_PAIRS):
         exact = solve_exact(w, capacity, contacts)
         plan = Plan(
@@ -204,9 +262,34 @@ def plan_campaign(
     return CampaignResult(plan, baseline, problem, capacity, contacts)
 
 
+def _fair_campaign(problem, w, capacity, contacts, solver, ratio, baseline, dual) -> CampaignResult:
+    limit = exposure_limit(problem, ratio)
+    unlimited = dual
+    small = int((w > 0).sum()) <= FAIR_EXACT_MAX_PAIRS
+    if solver == "exact" or (solver == "auto" and small):
+        unlimited = solve_exact(w, capacity, contacts)
+        fair = solve_exact_fair(w, capacity, contacts, limit)
+    else:
+        fair = solve_dual_fair(w, capacity, contacts, limit)
+    exposure = {
+        "column": problem.group_column,
+        "max_ratio": float(ratio),
+        "groups": list(limit.group_names),
+        "value_without_limit": float(unlimited.value),
+        "value_with_limit": float(fair.value),
+        "cost": float(unlimited.value - fair.value),
+        "worst_ratio_without_limit": limit.worst_ratio(unlimited.rows, unlimited.cols),
+        "worst_ratio": limit.worst_ratio(fair.rows, fair.cols),
+        "holds": limit.holds(fair.rows, fair.cols),
+    }
+    return CampaignResult(fair, baseline, problem, capacity, contacts, extra={"exposure": exposure})
+
+
 def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Why each offer is allowed (``filters.describe_allowed``), [m] text. The sentence depends
-    only on the product and the customer's risk tolerance, so it is built once per such pair."""
+    on the product and the customer's risk tolerance, so it is built once per such pair; a credit
+    offer's then states its debt service to income ratio after the credit (affordability), where
+    the customer's income and debt service are on record."""
     masks = dict.fromkeys(problem.rules)  # describe_allowed asks only which rules were applied
     tol = problem.tolerance[rows]
     key = cols.astype(np.float64) * 1000.0 + np.where(np.isnan(tol), -1.0, tol)
@@ -220,27 +303,57 @@ def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) 
         ],
         dtype=object,
     )
-    return sentences[inverse] if len(unique) else np.array([], dtype=object)
+    reasons = sentences[inverse] if len(unique) else np.array([], dtype=object)
+    catalogue = problem.catalogue
+    if "affordability" not in masks or catalogue.payment is None or problem.income is None or not len(rows):
+        return reasons
+    payment = catalogue.payment[cols]
+    credit = catalogue.regime_is("credit")[cols] & ~np.isnan(payment)
+    picked = np.flatnonzero(credit)
+    ratio = np.full(len(picked), np.nan)
+    for j in np.unique(cols[picked]):
+        mine = cols[picked] == j
+        customers = rows[picked[mine]]
+        ratio[mine] = debt_service_ratio_after(
+            problem.income[customers].astype("float64"),
+            problem.debt_service[customers].astype("float64"),
+            catalogue.payment[j : j + 1],
+        )[:, 0]
+    stated = np.isfinite(ratio)
+    for index, value in zip(picked[stated].tolist(), ratio[stated].tolist()):
+        reasons[index] = reasons[index].replace(
+            "affordable", f"debt service to income after this credit {value:.1%} within the limit", 1
+        )
+    return reasons
 
 
 def plan_table(problem: CampaignProblem, plan: Plan) -> pd.DataFrame:
     """``customer_id, product_id, probability, expected_value, reason``, customers in file order."""
+    return plan_arrow(problem, plan).to_pandas()
+
+
+def plan_arrow(problem: CampaignProblem, plan: Plan) -> pa.Table:
+    """``plan_table`` as an Arrow table, built without a Python object per offer: ids taken from
+    Arrow arrays, the product ids and reasons as indices into their few distinct values."""
     order = np.lexsort((plan.cols, plan.rows))
     rows, cols = plan.rows[order], plan.cols[order]
     probability = problem.probability[rows, cols]
-    return pd.DataFrame(
+    reasons = offer_reasons(problem, rows, cols)
+    codes, distinct = pd.factorize(reasons)
+    return pa.table(
         {
-            S.CUSTOMER_ID: problem.customer_ids.take(pa.array(rows)).to_numpy(zero_copy_only=False),
-            S.PRODUCT_ID: np.asarray(problem.product_ids, dtype=object)[cols],
-            S.PROBABILITY: probability,
-            "expected_value": probability.astype("float64") * problem.values[cols],
-            "reason": offer_reasons(problem, rows, cols),
+            S.CUSTOMER_ID: problem.customer_ids.take(pa.array(rows)),
+            S.PRODUCT_ID: pa.array(problem.product_ids, pa.string()).take(pa.array(cols)),
+            S.PROBABILITY: pa.array(probability),
+            "expected_value": pa.array(probability.astype("float64") * problem.values[cols]),
+            "reason": pa.array(list(distinct), pa.string()).take(pa.array(codes.astype(np.int64))),
         }
     )
 
 
-def write_plan(table: pd.DataFrame, out: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
-    """Write the plan atomically: CSV when ``out`` ends in .csv, else Parquet; never over an input."""
+def write_plan(table: pd.DataFrame | pa.Table, out: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Write the plan atomically: CSV when ``out`` ends in .csv, else Parquet (an Arrow table
+    straight from Arrow, customer ids without dictionary or statistics); never over an input."""
     out = Path(out)
     if out.suffix not in S.TABLE_SUFFIXES:
         raise FinrecError(f"--out {out}: use a .csv or .parquet file name")
@@ -254,6 +367,8 @@ def write_plan(table: pd.DataFrame, out: str | Path, inputs: tuple[str | Path, .
         )
         if clash:
             raise FinrecError(f"--out {out}: would overwrite an input ({source}); write the plan elsewhere")
+    if isinstance(table, pa.Table):  # customer ids are all distinct: no dictionary, no statistics for them
+        return write_table(table, out, use_dictionary=[S.PRODUCT_ID, "reason"], write_statistics=[S.PRODUCT_ID])
     return write_table(table, out)
 
 
@@ -287,6 +402,7 @@ def summary(result: CampaignResult) -> dict:
         },
         "offers_per_product": {problem.product_ids[j]: int(used[j]) for j in np.flatnonzero(used)},
         "seconds": {"build": problem.seconds, "solve": plan.seconds, "greedy": base.seconds},
+        **({"exposure": result.extra["exposure"]} if "exposure" in result.extra else {}),
     }
 
 
@@ -312,4 +428,12 @@ def format_summary(info: dict) -> str:
             lines.append(f"  {pid:<24} capacity {row['capacity']:>9}  one more slot is worth {row['price']:.4f}")
     else:
         lines.append("no capacity binds")
+    if "exposure" in info:
+        e = info["exposure"]
+        lines.append(
+            f"exposure limit over {e['column']} ({len(e['groups'])} groups): rate ratio <= {e['max_ratio']:g} "
+            f"({'holds' if e['holds'] else 'BROKEN'}; {e['worst_ratio']:.3f} in the plan, "
+            f"{e['worst_ratio_without_limit']:.3f} without the limit); it costs {e['cost']:.2f} of value "
+            f"({e['value_without_limit']:.2f} without it)"
+        )
     return "\n".join(lines)

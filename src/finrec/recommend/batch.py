@@ -346,12 +346,8 @@ def score_dataset(
                 history, reference = by_chunk.result().slice(start, start + len(chunk)), by_chunk.result().reference
             context = recommender.context(chunk, held=held, history=history, history_reference=reference)
             ranking = recommender.rank(context, k, filters, workers=1)
-            chosen = None
-            if calibration is not None:  # the whole row is needed (a softmax): one more tower pass
-                full = recommender.probabilities(
-                    context, recommender.index.scores(recommender.embed(context, workers=1))
-                )
-                chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
+            # The calibration needs the whole score row (a softmax): from the ranking's embeddings.
+            chosen = recommender.ranked_probabilities(context, ranking) if calibration is not None else None
             table_ = topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores, chosen)
             return table_, int(context.attributes["objected"].sum())
 

@@ -9,7 +9,10 @@ text, a column of numbers becomes numbers); ``map_batches`` runs
 ``ScoreBatches``, a callable class that rebuilds the ``Recommender`` once per worker from the model
 directory's bytes (shipped through the object store, so workers need no shared filesystem for the
 model) and returns the top-k table of each batch with the local engine's code (``Recommender.rank`` +
-``topk_table``): the same rankings as ``finrec.recommend.batch.score_dataset``.
+``topk_table``): the same rankings as ``finrec.recommend.batch.score_dataset``, and with
+``probabilities`` the same calibrated probabilities from the ranking's own embeddings. Customers
+who objected to profiling for marketing are neither ranked nor in the output; the driver counts
+them from the consent column (one column read), as the local engine reports them.
 
 Output: a name ending in ``.parquet`` or ``.csv`` is one file, written atomically by the driver
 as the results stream back in input order (the top-k rows are small: k per customer); any other
@@ -35,7 +38,7 @@ import pyarrow.parquet as pq
 
 from finrec.atomic import check_writable, refuse_overlap
 from finrec.data import schema as S
-from finrec.data.io import find_table, prepare_entities, read_schema, read_table
+from finrec.data.io import find_table, prepare_entities, read_id_column, read_schema, read_table
 from finrec.errors import DataError, FinrecError
 
 DEFAULT_BATCH_ROWS = 65_536
@@ -123,6 +126,16 @@ def _typed_like_pandas(values: pd.Series) -> pd.Series:
     return values
 
 
+def count_objected(customers_path: Path, table: S.TableSchema) -> int:
+    """Customers in the file who objected to profiling for marketing (0 without a consent column)."""
+    if not table.consent:
+        return 0
+    from finrec.data.compliance import objected
+
+    values = read_id_column(customers_path, table.consent).to_pandas().rename(table.consent)
+    return int(objected(values, f"{S.CUSTOMERS}.{table.consent}").sum())
+
+
 def _require_ray():
     try:
         import ray
@@ -138,7 +151,15 @@ def _model_files(model_dir: Path) -> dict[str, bytes]:
 class ScoreBatches:
     """``map_batches`` callable: loads the model once per worker, scores pandas batches."""
 
-    def __init__(self, model_ref, k: int, filters, holdings_path: str | None, text_columns: bool = False):
+    def __init__(
+        self,
+        model_ref,
+        k: int,
+        filters,
+        holdings_path: str | None,
+        text_columns: bool = False,
+        probabilities: bool = False,
+    ):
         import ray
 
         from finrec.artifacts import load_model_dir
@@ -161,6 +182,7 @@ class ScoreBatches:
         self.product_ids = pa.array(self.recommender.pipeline.product_ids_, pa.string())
         self.table = self.recommender.schema.customers
         self.text_columns = text_columns  # a CSV read as text: type the feature columns as pandas would
+        self.probabilities = probabilities
 
     def __call__(self, batch) -> pa.Table:
         from finrec.data.ids import ids_as_text
@@ -176,7 +198,8 @@ class ScoreBatches:
         ids = chunk[self.table.id].to_numpy()
         context = self.recommender.context(chunk, held=self.lookup.rows(ids))
         ranking = self.recommender.rank(context, self.k, self.filters)
-        return topk_table(ids, self.product_ids, ranking.index, ranking.scores)
+        chosen = self.recommender.ranked_probabilities(context, ranking) if self.probabilities else None
+        return topk_table(ids, self.product_ids, ranking.index, ranking.scores, chosen)
 
 
 def score_dataset_ray(
@@ -189,18 +212,24 @@ def score_dataset_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     concurrency: int | None = None,
+    probabilities: bool = False,
+    stats: dict | None = None,
 ) -> tuple[int, int]:
     """Score every customer in ``data_dir`` (a Parquet or CSV customers table) on Ray; returns
-    (customers scored, rows written). ``concurrency`` scoring actors of one CPU each (default:
+    (customers read, rows written). ``concurrency`` scoring actors of one CPU each (default:
     the cluster's CPUs less one, at least 1), each loading the model once; leave CPUs for the
-    read tasks."""
+    read tasks. ``probabilities`` adds the calibrated adoption probability of each row (the
+    model must have a calibration); ``stats``, when given, receives ``objected`` as from the
+    local engine: the customers who objected to profiling for marketing, absent from the output."""
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     check_ray_output(out, {"the data directory": data_dir, "the model directory": model_dir})
     ray = _require_ray()
     from finrec.artifacts import load_model_dir
 
     schema = read_schema(data_dir)
-    load_model_dir(model_dir, expect_schema=schema.to_dict())  # refuse a damaged or mismatched model here
+    loaded = load_model_dir(model_dir, expect_schema=schema.to_dict())  # refuse a damaged or mismatched model here
+    if probabilities and getattr(loaded.trained, "calibration", None) is None:
+        raise FinrecError("--probabilities: this model has no calibration (calibration.json); retrain it")
     customers_path = find_table(data_dir, S.CUSTOMERS)
     is_csv = customers_path.suffix == ".csv"
     convert_options = _csv_convert_options(customers_path) if is_csv else None
@@ -236,15 +265,16 @@ def score_dataset_ray(
                 filters,
                 str(holdings_path.resolve()) if holdings_path else None,
                 is_csv,
+                probabilities,
             ),
             batch_size=batch_rows,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=concurrency),
         )
         if out.suffix in (".parquet", ".csv"):
-            from finrec.recommend.batch import TopKWriter
+            from finrec.recommend.batch import OUTPUT_SCHEMA, PROBABILITY_SCHEMA, TopKWriter
 
-            with TopKWriter(out) as writer:
+            with TopKWriter(out, PROBABILITY_SCHEMA if probabilities else OUTPUT_SCHEMA) as writer:
                 for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
                     writer.write(table)
             rows = writer.rows
@@ -253,6 +283,8 @@ def score_dataset_ray(
             rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
         # A CSV has no row count in its metadata: Ray counts it (another read, on the cluster).
         n_customers = ds.count() if is_csv else pq.ParquetFile(customers_path).metadata.num_rows
+        if stats is not None:
+            stats["objected"] = count_objected(customers_path, schema.customers)
         return n_customers, rows
     finally:
         if started_here:

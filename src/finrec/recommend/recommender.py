@@ -27,7 +27,7 @@ import pandas as pd
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
-from finrec.data.io import Dataset, load_dataset
+from finrec.data.io import Dataset, directory_stamp, load_dataset
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
 from finrec.model.towers import CUSTOMER_TOWER
 from finrec.recommend import filters as F
@@ -96,6 +96,9 @@ class Ranking:
     scores: np.ndarray  # float32 [n, k'] cosine; -inf where fewer products are eligible
     masks: dict[str, np.ndarray]  # rule -> bool [n, P], True = excluded by that rule
     excluded: np.ndarray  # bool [n, P], any rule
+    # float32 [n, D] customer embeddings (zero rows for customers who objected, who are not embedded):
+    # what the calibrated probabilities of the same customers need, without a second tower pass.
+    embeddings: np.ndarray | None = None
 
 
 class Recommender:
@@ -123,16 +126,20 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model_dir: str | Path, data_dir: str | Path | None = None) -> Recommender:
+    def load(
+        cls, model_dir: str | Path, data_dir: str | Path | None = None, datasets: dict | None = None
+    ) -> Recommender:
         """Load a model directory; known customers come from ``data_dir`` or, when omitted, from
-        the training data recorded in the model's manifest (if it is still there)."""
+        the training data recorded in the model's manifest (if it is still there). ``datasets``:
+        a cache of loaded data directories kept by the caller (``serve --root`` loads version
+        after version on the same data): reused while the directory's files are unchanged."""
         from finrec.artifacts import load_model_dir, model_version
 
         loaded = load_model_dir(model_dir)
         data_dir = data_dir or loaded.manifest.get("data_path")
         dataset = None
         if data_dir and Path(data_dir).is_dir():
-            dataset = load_dataset(data_dir, require_interactions=False)
+            dataset = _cached_dataset(Path(data_dir), datasets)
             # The products' value column (``finrec plan``) is no model input: it may be named later.
             model_schema = loaded.trained.pipeline.full_schema
             if dataset.schema.without_value().to_dict() != model_schema.without_value().to_dict():
@@ -258,8 +265,12 @@ class Recommender:
         if self.calibration is None:
             raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
         objected = context.attributes.get("objected")
-        if scores is not None or objected is None or not objected.any():
+        if objected is None or not objected.any():
             return self.calibration(self.scores(context) if scores is None else scores, context.held)
+        if scores is not None:
+            out = self.calibration(scores, context.held)
+            out[objected] = 0
+            return out
         # Customers who objected to profiling for marketing are not scored: their probabilities stay 0.
         out = np.zeros(context.held.shape, dtype=np.float32)
         keep = np.flatnonzero(~objected)
@@ -285,19 +296,29 @@ class Recommender:
         excluded = F.combine(masks, context.held.shape)
         objected = context.attributes.get("objected")
         if objected is None or not objected.any():
-            index, best = self.index.recommend(self.embed(context, workers), excluded, k, workers=workers)
-            return Ranking(index, best, masks, excluded)
+            embeddings = self.embed(context, workers)
+            index, best = self.index.recommend(embeddings, excluded, k, workers=workers)
+            return Ranking(index, best, masks, excluded, embeddings)
         # Customers who objected to profiling are not even embedded: their rows stay empty.
         keep = np.flatnonzero(~objected)
         width = min(k, excluded.shape[1])
         index = np.full((len(objected), width), -1, dtype=np.int64)
         best = np.full((len(objected), width), -np.inf, dtype=np.float32)
+        embeddings = np.zeros((len(objected), self.index.product_embeddings.shape[1]), dtype=np.float32)
         if len(keep):
             sub = context.take(keep)
-            sub_index, sub_best = self.index.recommend(self.embed(sub, workers), excluded[keep], k, workers=workers)
+            embeddings[keep] = self.embed(sub, workers)
+            sub_index, sub_best = self.index.recommend(embeddings[keep], excluded[keep], k, workers=workers)
             index[keep, : sub_index.shape[1]] = sub_index
             best[keep, : sub_best.shape[1]] = sub_best
-        return Ranking(index, best, masks, excluded)
+        return Ranking(index, best, masks, excluded, embeddings)
+
+    def ranked_probabilities(self, context: CustomerContext, ranking: Ranking) -> np.ndarray:
+        """float32 [n, k']: the calibrated probability of each product ``ranking`` chose (0 where
+        it chose none), from the ranking's embeddings: no second tower pass."""
+        full = self.probabilities(context, self.index.scores(ranking.embeddings))
+        chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
+        return np.where(ranking.index >= 0, chosen, np.float32(0))
 
     def recommend(
         self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None
@@ -393,6 +414,21 @@ class Recommender:
         record = self.dataset.customers.iloc[row].to_dict()
         held = [self.pipeline.product_ids_[j] for j in np.flatnonzero(self._known.held[row])]
         return {"customer_id": str(customer_id), "attributes": _jsonable(record), "holdings": held}
+
+
+def _cached_dataset(data_dir: Path, cache: dict | None) -> Dataset:
+    """``load_dataset(data_dir)``, from ``cache`` when its files (names, sizes, mtimes) are unchanged."""
+    if cache is None:
+        return load_dataset(data_dir, require_interactions=False)
+    stamp = directory_stamp(data_dir)
+    key = str(data_dir.resolve())
+    hit = cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    dataset = load_dataset(data_dir, require_interactions=False)
+    cache.clear()  # one data directory at a time: the older one is not served any more
+    cache[key] = (stamp, dataset)
+    return dataset
 
 
 def _plain(value: Any) -> Any:

@@ -31,6 +31,9 @@ Differences from ``fit`` on a ``Dataset``: the validation customers are chosen b
 than by a permutation (the same fraction, a different sample); uniqueness of customer ids and
 references of links are checked within a bucket only (links to unknown customers or products are
 dropped and counted, not refused); the median is approximate above ``reservoir`` values.
+Customers who objected to profiling for marketing are left out by default, with their links, as
+``finrec train`` leaves them out (``StreamingSource.include_objected`` keeps them): the streamed
+directory cannot be filtered by ``without_objections`` beforehand.
 Memory: one piece of customers (``chunk_rows``), the links of one bucket, the validation set and
 the reservoirs (8 bytes x ``reservoir`` x numeric columns).
 
@@ -61,6 +64,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from finrec.config import Config
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text, ids_as_text
 from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
@@ -328,6 +332,7 @@ class StreamingLayout:
     # The training customers' latest snapshot month (``history_features.months``): every piece's
     # history features are built against it, as in memory against the whole table's.
     history_reference: int | None = None
+    objected: int = 0  # customers left out: they objected to profiling for marketing
 
     @property
     def examples(self) -> int:
@@ -408,10 +413,15 @@ def partition(
     max_validation: int = DEFAULT_MAX_VALIDATION,
     history_lags: int = 6,
     history_encoder: str = "events",
+    include_objected: bool = False,
 ) -> StreamingLayout:
     """Passes 1-3 of the module docstring: bucket files in ``workdir``, the fitted pipeline, the
     validation set and the batch counts. With ``history_encoder`` "none" the holdings history is
-    not read at all."""
+    not read at all.
+
+    Customers who objected to profiling for marketing (the schema's consent column) are left out,
+    with their links, as ``finrec train`` leaves them out (GDPR Art. 21(3)); ``include_objected``
+    keeps them. Their ids are held in memory while partitioning (the links are filtered by them)."""
     started = time.perf_counter()
     data_dir, workdir = Path(data_dir), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -445,14 +455,21 @@ def partition(
     )
     writers = BucketWriters()
     history_rows, reference = 0, None  # the training customers' history: rows, latest month
+    left_out: list[pa.Array] = []  # ids of the customers who objected
     try:
         for chunk in iter_customer_chunks(customers_path, table, chunk_rows):
+            if table.consent and not include_objected:
+                objected = C.objected(chunk[table.consent], f"{S.CUSTOMERS}.{table.consent}")
+                if objected.any():
+                    left_out.append(as_arrow_text(chunk[table.id][objected]))
+                    chunk = chunk[~objected]
             is_val, bucket = route(chunk[table.id].to_numpy())
             writers.write(val_dir / "customers.parquet", chunk[is_val])
             train = chunk[~is_val]
             stats.update(train)
             for b in np.unique(bucket[~is_val]):
                 writers.write(workdir / f"customers_{b:05d}.parquet", train[bucket[~is_val] == b])
+        objected_ids = pa.concat_arrays(left_out) if left_out else None
         # The history is routed like the other links, one record batch at a time: a bank's
         # customers x months x products rows are never all in memory.
         for name, path in (
@@ -463,6 +480,9 @@ def partition(
             if path is None:
                 continue
             for links in link_batches(path, chunk_rows, dated=name == S.HOLDINGS_HISTORY):
+                if objected_ids is not None:
+                    gone = pc.is_in(as_arrow_text(links[S.CUSTOMER_ID]), value_set=objected_ids)
+                    links = links[~gone.to_numpy(zero_copy_only=False)]
                 is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
                 writers.write(val_dir / f"{name}.parquet", links[is_val])
                 train = links[~is_val]
@@ -481,6 +501,7 @@ def partition(
     layout = StreamingLayout(workdir, schema, products, pipeline, [], None, chunk_rows, stats.rows, 0)  # type: ignore[arg-type]
     layout.has_history = history_path is not None
     layout.history_reference = reference
+    layout.objected = sum(len(ids) for ids in left_out)
     popularity = np.zeros(pipeline.n_products, dtype="int64")
     matched = 0
     for b in range(n_buckets):
@@ -627,6 +648,7 @@ class StreamingSource:
     workdir: Path | None = None  # scratch space for the bucket files (default: a temporary directory)
     reservoir: int = DEFAULT_RESERVOIR
     max_validation: int = DEFAULT_MAX_VALIDATION
+    include_objected: bool = False  # also train on customers who objected to profiling for marketing
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
@@ -659,8 +681,11 @@ class StreamingSource:
                 self.max_validation,
                 config.model.history_lags,
                 config.model.history_encoder,
+                self.include_objected,
             )
             self.last_layout = layout
+            if layout.objected:
+                log.info("left out %d customer(s) who objected to profiling for marketing", layout.objected)
             if layout.customers_with_positives < 10:
                 raise DataError(
                     f"interactions: only {layout.customers_with_positives} training customer(s) have "
