@@ -222,6 +222,8 @@ def cmd_train(args) -> int:
     # data directory, or onto a directory holding it, would delete the data.
     refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
     check_writable(args.out, "directory", marker=MANIFEST, what="--out")
+    if args.mlflow_register and args.mlflow is None:
+        raise FinrecError("--mlflow-register needs --mlflow (the run whose model directory it registers)")
     if args.mlflow is not None:  # before the (long) training: MLflow present, the store not inside --out
         from finrec.governance.tracking import check_tracking
 
@@ -268,8 +270,11 @@ def cmd_train(args) -> int:
             history,
             metrics={f"best_val_ndcg@{k}": best, "epochs": float(epochs)},
             run_name=Path(args.out).name,
+            register=args.mlflow_register,
         )
         print(f"logged MLflow run {run_id} (parameters, metrics, the model directory)")
+        if args.mlflow_register:
+            print(f"registered it as a new version of MLflow model {args.mlflow_register!r}")
     return 0
 
 
@@ -867,6 +872,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         help="log the run to MLflow (pip install 'finrec[mlflow]'): parameters, metrics, the model directory; "
         "URI default ./mlruns (a local file store)",
+    )
+    p.add_argument(
+        "--mlflow-register",
+        metavar="NAME",
+        default=None,
+        help="with --mlflow: also register the logged model directory as a new version of MLflow model NAME",
     )
     p.set_defaults(func=cmd_train)
 

@@ -144,3 +144,23 @@ def test_report_retrains_other_seeds_itself(monitored_model_dir, small_data_dir,
     assert text.count("retrained here, seed") == 2 and "across 3 seeds" in text
     with pytest.raises(FinrecError, match="--train-data"):
         R.retrain_seeds(ctx, 1, train_data=small_data_dir / "missing")
+
+
+def test_report_compares_with_a_tuned_lightgbm(trained, small_dataset, small_data_dir, tmp_path):
+    """With the training data still where the manifest says, the performance section has a row for
+    LightGBM tuned on that data (``TunedLightGBM``), beside the model and the oracle."""
+    pytest.importorskip("lightgbm")
+    from finrec.artifacts import save_model_dir
+    from finrec.governance.monitor import reference_for
+
+    model = save_model_dir(
+        trained,
+        tmp_path / "model",
+        data_path=str(Path(small_data_dir).resolve()),
+        monitoring=reference_for(trained, small_dataset),
+    )
+    out = tmp_path / "report.md"
+    args = ["report", "--model", str(model), "--data", str(small_data_dir), "--out", str(out), "--shap-customers", "2"]
+    assert main(args) == 0
+    performance = out.read_text().split("## 4. Performance on the customers")[1].split("\n## ")[0]
+    assert "| LightGBM (tuned) |" in performance and "| oracle |" in performance

@@ -34,6 +34,25 @@ def test_a_run_lands_in_a_local_file_store(tmp_path):
     assert client.get_experiment(run.info.experiment_id).name == "finrec"
 
 
+def test_a_run_registers_a_new_model_version_each_time(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.json").write_text('{"format": 1}')
+    store = tmp_path / "mlruns"
+    first = log_training_run(str(store), model, {}, {"loss": [1.0]}, register="bank-recs")
+    second = log_training_run(str(store), model, {}, {"loss": [0.9]}, register="bank-recs")
+    client = mlflow.tracking.MlflowClient(tracking_uri(str(store)))
+    versions = {str(v.version): v for v in client.search_model_versions("name='bank-recs'")}
+    assert sorted(versions) == ["1", "2"]
+    assert versions["1"].run_id == first and versions["2"].run_id == second
+    assert versions["2"].source.endswith("/model")
+
+
+def test_register_without_mlflow_is_refused_before_training(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "m"), "--mlflow-register", "x"])
+    assert code == 2 and "--mlflow-register needs --mlflow" in capsys.readouterr().err
+
+
 def test_flat_params():
     assert flat_params({"a": {"b": 1, "c": {"d": "x"}}, "e": None}) == {"a.b": "1", "a.c.d": "x", "e": "None"}
 

@@ -153,7 +153,8 @@ def test_history_is_streamed_with_its_customers(tmp_path, fmt):
 
     tables = generate(GeneratorSettings(n_customers=600, seed=1, months=3, ground_truth=False))
     data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bank", fmt=fmt)
-    layout = partition(data, tmp_path / "work", chunk_rows=150)
+    # Every customer kept (objected ones too), so the routed rows can be compared with the table.
+    layout = partition(data, tmp_path / "work", chunk_rows=150, include_objected=True)
     assert layout.has_history and len(layout.pieces) > 2
     parts = [layout.validation.holdings_history]
     for piece in layout.pieces:
@@ -237,3 +238,20 @@ def test_streamed_training_learns_from_the_history(tmp_path, fast_config):
     # Without history (encoder none) the history table is not even routed.
     off = partition(data_dir, tmp_path / "off", chunk_rows=200, history_encoder="none")
     assert not off.has_history and off.pipeline.history_ is None
+
+
+def test_objected_customers_history_is_left_out(tmp_path):
+    from finrec.data import compliance as C
+    from finrec.data.io import write_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+
+    tables = generate(GeneratorSettings(n_customers=600, seed=2, months=3, ground_truth=False))
+    table = S.SYNTHETIC.schema().customers
+    customers = tables[S.CUSTOMERS]
+    objected = set(customers[table.id][C.objected(customers[table.consent], "customers.consent")].astype(str))
+    data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bank")
+    layout = partition(data, tmp_path / "work", chunk_rows=150)
+    seen = set(layout.validation.holdings_history[S.CUSTOMER_ID].astype(str))
+    for piece in layout.pieces:
+        seen |= set(layout.read_piece(piece).holdings_history[S.CUSTOMER_ID].astype(str))
+    assert objected and seen and not seen & objected

@@ -76,8 +76,11 @@ def log_training_run(
     history: dict[str, list[float]],
     metrics: dict[str, float] | None = None,
     run_name: str | None = None,
+    register: str | None = None,
 ) -> str:
-    """Log one run (parameters, per-epoch history, ``metrics``, the model directory); returns its id."""
+    """Log one run (parameters, per-epoch history, ``metrics``, the model directory); returns its id.
+    ``register``: also add the logged model directory as a new version of that registered model
+    (created on first use) in MLflow's model registry."""
     uri = check_tracking(uri, model_dir)
     import mlflow
 
@@ -97,7 +100,25 @@ def log_training_run(
         if finite:
             mlflow.log_metrics(finite)
         mlflow.log_artifacts(str(model_dir), artifact_path="model")
-        return run.info.run_id
+    if register:
+        register_version(register, run.info.run_id)
+    return run.info.run_id
+
+
+def register_version(name: str, run_id: str) -> str:
+    """A new version of registered model ``name`` whose source is the run's ``model`` artifacts;
+    returns the version. The client API, not ``mlflow.register_model``: MLflow 3 registers only
+    its own logged-model flavours that way, and a finrec model directory is not one."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="finrec two-tower recommender")
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    return str(client.create_model_version(name, source=source, run_id=run_id).version)
 
 
 def _metric_name(name: str) -> str:
