@@ -21,12 +21,20 @@ from finrec.errors import ConfigError, reject_unknown, safe_text
 from finrec.safeyaml import load_yaml
 
 LOSSES = ("softmax", "in_batch", "sampled", "triplet")
+NUMERIC_ENCODINGS = ("none", "ple", "periodic")
 MONITORS = ("ndcg", "loss")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Tower shapes. Both towers map into one ``embedding_dim`` space, L2-normalized."""
+    """Tower shapes. Both towers map into one ``embedding_dim`` space, L2-normalized.
+
+    ``numeric_encoding``: how the customer tower sees numeric columns: ``none`` (standardized
+    values), ``ple`` (piecewise-linear encoding over ``numeric_bins`` quantile bins) or
+    ``periodic`` (``periodic_frequencies`` trainable frequencies, initial scale
+    ``periodic_sigma``), each then mapped per column to ``numeric_embedding_dim`` values.
+    ``ensemble_size`` k > 1: k members sharing the hidden layers (TabM-mini); the exported
+    embeddings are k * ``embedding_dim`` wide and score as the members' mean cosine."""
 
     embedding_dim: int = 32
     customer_widths: tuple[int, ...] = (128, 64)
@@ -37,9 +45,26 @@ class ModelConfig:
     product_id_embedding_dim: int = 16
     use_holdings: bool = True
     exclude_protected: bool = False
+    numeric_encoding: str = "none"
+    numeric_bins: int = 16
+    numeric_embedding_dim: int = 8
+    periodic_frequencies: int = 16
+    periodic_sigma: float = 0.1
+    ensemble_size: int = 1
 
     def validate(self) -> None:
         _positive(self.embedding_dim, "model.embedding_dim")
+        _choice(self.numeric_encoding, NUMERIC_ENCODINGS, "model.numeric_encoding")
+        for name in ("numeric_bins", "numeric_embedding_dim", "periodic_frequencies", "ensemble_size"):
+            _positive(getattr(self, name), f"model.{name}")
+        if self.numeric_bins < 2 or self.numeric_bins > 256:
+            raise ConfigError(f"model.numeric_bins must lie in [2, 256], got {self.numeric_bins}")
+        if self.ensemble_size > 32:
+            raise ConfigError(f"model.ensemble_size must be at most 32, got {self.ensemble_size}")
+        if not self.periodic_sigma > 0:
+            raise ConfigError(f"model.periodic_sigma must be > 0, got {self.periodic_sigma}")
+        if self.ensemble_size > 1 and not (self.customer_widths and self.product_widths):
+            raise ConfigError("model.ensemble_size > 1 needs at least one hidden layer in each tower (the shared part)")
         for name in ("customer_widths", "product_widths"):
             widths = getattr(self, name)
             for width in widths:

@@ -83,6 +83,17 @@ def _skewness(x: np.ndarray) -> float:
     return float(((x - x.mean()) ** 3).mean() / std**3) if std > 0 else 0.0
 
 
+def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
+    """Distinct bin edges (at most ``n_bins`` + 1) at the quantiles of ``values`` [n]; a constant
+    column has a single edge (no bin)."""
+    values = np.asarray(values, dtype="float64")
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return [0.0]
+    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)))
+    return [float(e) for e in edges]
+
+
 def fit_vocabulary(values: pd.Series) -> list[str]:
     return sorted({str(v) for v in values.dropna()})
 
@@ -105,11 +116,21 @@ class FeaturePipeline:
     >>> x = pipeline.transform_customers(train_dataset.customers, train_dataset.holdings)
     """
 
-    def __init__(self, schema: S.DatasetSchema, use_holdings: bool = True, exclude_protected: bool = False):
+    def __init__(
+        self,
+        schema: S.DatasetSchema,
+        use_holdings: bool = True,
+        exclude_protected: bool = False,
+        numeric_bins: int = 0,
+    ):
         self.schema = schema.without_protected() if exclude_protected else schema
         self.full_schema = schema
         self.use_holdings = use_holdings
         self.exclude_protected = exclude_protected
+        # > 0: fit that many quantile bins per customer numeric column (in the standardized
+        # scale the model sees) for the piecewise-linear encoding (finrec.model.numeric).
+        self.numeric_bins = numeric_bins
+        self.customer_bins_: list[list[float]] | None = None
 
     # ---------------------------------------------------------------------------- fitting
     def fit(self, dataset: Dataset) -> FeaturePipeline:
@@ -127,6 +148,15 @@ class FeaturePipeline:
             for col in p.numeric_features
         ]
         self.product_vocab_ = {col: fit_vocabulary(dataset.products[col]) for col in p.categorical_features}
+        self.customer_bins_ = None
+        if self.numeric_bins:
+            self.customer_bins_ = [
+                quantile_edges(
+                    stats.transform(pd.to_numeric(dataset.customers[stats.column], errors="coerce").to_numpy()),
+                    self.numeric_bins,
+                )
+                for stats in self.customer_numeric_
+            ]
         adopted = self.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
         self.product_popularity_ = np.bincount(adopted[adopted >= 0], minlength=self.n_products).tolist()
         return self
@@ -259,6 +289,7 @@ class FeaturePipeline:
             "product_numeric": [vars(s) for s in self.product_numeric_],
             "product_vocab": self.product_vocab_,
             "product_popularity": self.product_popularity_,
+            "customer_bins": self.customer_bins_,
         }
 
     @classmethod
@@ -276,6 +307,9 @@ class FeaturePipeline:
             pipeline.product_numeric_ = [NumericStats(**s) for s in raw["product_numeric"]]
             pipeline.product_vocab_ = {k: list(v) for k, v in raw["product_vocab"].items()}
             pipeline.product_popularity_ = [int(v) for v in raw["product_popularity"]]
+            bins = raw.get("customer_bins")  # absent in files written before the encoding existed
+            pipeline.customer_bins_ = None if bins is None else [[float(v) for v in e] for e in bins]
+            pipeline.numeric_bins = 0 if bins is None else max((len(e) - 1 for e in bins), default=0)
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"feature pipeline file is incomplete or altered ({exc!r})") from None
         return pipeline
