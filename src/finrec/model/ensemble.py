@@ -58,9 +58,7 @@ class MemberDense(layers.Layer):
 
     def build(self, input_shape):
         members, width = int(input_shape[1]), int(input_shape[2])
-        self.kernel = self.add_weight(
-            name="kernel", shape=(members, width, self.units), initializer="glorot_uniform"
-        )
+        self.kernel = self.add_weight(name="kernel", shape=(members, width, self.units), initializer="glorot_uniform")
         self.bias = self.add_weight(name="bias", shape=(members, self.units), initializer="zeros")
 
     def call(self, x):

@@ -131,8 +131,7 @@ class PeriodicEmbedding(layers.Layer):
         return {**super().get_config(), "frequencies": self.frequencies, "dim": self.dim, "sigma": self.sigma}
 
     def numpy_twin(self) -> NumpyPeriodic:
-        coefficients = _to_numpy(self.coefficients) * np.float32(2.0 * math.pi)
-        return NumpyPeriodic(coefficients, *_block_diagonal(self.kernel, self.bias))
+        return NumpyPeriodic(_to_numpy(self.coefficients), *_block_diagonal(self.kernel, self.bias))
 
 
 def _to_numpy(weight) -> np.ndarray:
@@ -172,12 +171,13 @@ class NumpyPiecewiseLinear:
 class NumpyPeriodic:
     """The numpy twin of ``PeriodicEmbedding``: ``x`` float32 [n, F] -> [n, F * dim]."""
 
-    coefficients: np.ndarray  # [F, K], 2 pi included
+    coefficients: np.ndarray  # [F, K]
     kernel: np.ndarray  # block-diagonal [F * 2K, F * dim]
     bias: np.ndarray  # [F * dim]
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
-        v = np.asarray(x, dtype=np.float32)[:, :, None] * self.coefficients
+        # (2 pi x) c, in float32 and in this order, as the Keras layer computes it
+        v = (np.float32(2.0 * math.pi) * np.asarray(x, dtype=np.float32))[:, :, None] * self.coefficients
         features = np.concatenate([np.cos(v), np.sin(v)], axis=-1)
         np.matmul(features.reshape(len(x), -1), self.kernel, out=out)
         out += self.bias
