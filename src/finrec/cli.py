@@ -1,6 +1,6 @@
 """The ``finrec`` command line.
 
-    finrec generate  --out DIR [--customers N] [--products P] [--difficulty hard] [--seed S]
+    finrec generate  --out DIR [--story NAME] [--customers N] [--products P] [--difficulty hard] [--seed S]
     finrec split     --data DIR --out DIR [--holdout 0.2] [--seed S]
     finrec train     --data DIR --out MODEL_DIR [--config FILE] [--epochs N] [--seed S]
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
@@ -105,15 +105,24 @@ def cmd_generate(args) -> int:
     from finrec.data.synthetic import GeneratorSettings, generate
 
     check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
-    settings = GeneratorSettings(
-        n_customers=args.customers,
-        n_products=args.products,
-        seed=args.seed,
-        difficulty=args.difficulty,
-        ground_truth=not args.no_ground_truth,
-    )
-    tables = generate(settings)
-    write_dataset(tables, S.SYNTHETIC.schema(), args.out, fmt=args.format)
+    if args.story != "default":
+        from finrec.data.stories import generate_story
+        from finrec.errors import ConfigError
+
+        for flag, value in (("--products", args.products), ("--difficulty", args.difficulty)):
+            if value is not None:
+                raise ConfigError(f"{flag} applies to the default bank only; --story {args.story} has its own catalogue")
+        tables, schema = generate_story(args.story, args.customers, args.seed, ground_truth=not args.no_ground_truth)
+    else:
+        settings = GeneratorSettings(
+            n_customers=args.customers or GeneratorSettings.n_customers,
+            n_products=args.products or GeneratorSettings.n_products,
+            seed=args.seed,
+            difficulty=args.difficulty or "default",
+            ground_truth=not args.no_ground_truth,
+        )
+        tables, schema = generate(settings), S.SYNTHETIC.schema()
+    write_dataset(tables, schema, args.out, fmt=args.format)
     points = len(tables["interactions"]) + len(tables["holdings"])
     print(
         f"wrote {args.out}: {len(tables['customers'])} customers, {len(tables['products'])} products, "
@@ -694,16 +703,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from finrec.data.stories import DEFAULT_CUSTOMERS, STORY_TEXT
+
     p = sub.add_parser("generate", help="build the synthetic bank dataset")
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
-    p.add_argument("--customers", type=_positive_int, default=GeneratorSettings.n_customers)
+    p.add_argument(
+        "--story",
+        choices=["default", *STORY_TEXT],
+        default="default",
+        help="which bank: default (the synthetic bank), or a development story: "
+        + "; ".join(f"{name}: {text}" for name, text in STORY_TEXT.items()).replace("%", "%%"),
+    )
+    p.add_argument(
+        "--customers",
+        type=_positive_int,
+        default=None,
+        help=f"default {GeneratorSettings.n_customers} (stories: "
+        + ", ".join(f"{name} {n}" for name, n in DEFAULT_CUSTOMERS.items())
+        + ")",
+    )
     p.add_argument(
         "--products",
         type=_positive_int,
-        default=GeneratorSettings.n_products,
-        help="the base catalogue has 25; more builds variants",
+        default=None,
+        help=f"default bank only: the base catalogue has {GeneratorSettings.n_products}; more builds variants",
     )
-    p.add_argument("--difficulty", choices=["default", "hard"], default="default")
+    p.add_argument("--difficulty", choices=["default", "hard"], default=None, help="default bank only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     p.add_argument("--no-ground-truth", action="store_true", help="skip the true probabilities (smaller output)")

@@ -165,6 +165,9 @@ __all__ = [
     "DIFFICULTIES",
     "TEMPERATURE",
     "BASE_CATALOGUE_SIZE",
+    "sample_customers",
+    "top_m",
+    "adoption_counts",
 ]
 
 DIFFICULTIES = ("default", "hard")
@@ -1272,3 +1275,27 @@ def period_adoption_probabilities(
         rows, cols = _top_m(logits + rng.gumbel(size=(n, P)), m)
         counts[rows, cols] += 1
     return counts / draws
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks for the other generative stories (``finrec.data.stories``): the same customers and the
+# same sampling steps, so every story's adoptions follow one documented process.
+
+
+def sample_customers(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """The customer columns this bank draws (demographics, money, behaviour; no compliance
+    columns), ``n`` rows from ``rng``: what ``generate`` draws from its first stream."""
+    _check_int("n_customers", n, 1, MAX_CUSTOMERS)
+    return _customers(n, rng)[0]
+
+
+def top_m(G: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of each row's ``m[row]`` largest entries of ``G`` [n, P], largest first
+    per row: with Gumbel noise added to log-probabilities, a Plackett-Luce draw without replacement."""
+    return _top_m(G, np.asarray(m))
+
+
+def adoption_counts(rng: np.random.Generator, available: np.ndarray, mean: float) -> np.ndarray:
+    """How many products each customer adopts (the module docstring's count model with mean
+    ``mean``), clipped to ``available`` [n]."""
+    return _adoption_counts(rng, np.asarray(available), mean)
