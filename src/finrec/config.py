@@ -82,7 +82,9 @@ class TrainConfig:
     """Optimisation. ``loss`` is one of softmax (over the whole catalogue), in_batch or sampled
     (negatives with logQ correction and accidental-hit removal) or triplet (hard negatives).
     ``ema_momentum`` > 0 keeps an exponential moving average of the weights, which validation
-    judges and the saved model uses (0 turns it off)."""
+    judges and the saved model uses (0 turns it off). Early stopping never ends training before
+    ``min_epochs`` (on a small bank an epoch is a handful of steps and the first epochs' scores
+    are noise)."""
 
     loss: str = "softmax"
     temperature: float = 0.1
@@ -95,6 +97,7 @@ class TrainConfig:
     weight_decay: float = 0.0001
     ema_momentum: float = 0.99
     patience: int = 5
+    min_epochs: int = 0
     validation_fraction: float = 0.1
     monitor: str = "ndcg"
     eval_k: int = 5
@@ -111,6 +114,8 @@ class TrainConfig:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0 or self.margin < 0:
             raise ConfigError("training.weight_decay and training.margin must be >= 0")
+        if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
+            raise ConfigError(f"training.min_epochs must be an integer >= 0, got {self.min_epochs!r}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"training.ema_momentum must lie in [0, 1), got {self.ema_momentum}")
         if not 0.0 < self.validation_fraction < 0.5:

@@ -152,6 +152,17 @@ def test_config_validates_the_new_fields():
     ):
         with pytest.raises(ConfigError, match=word):
             Config.from_dict({"model": bad})
+    with pytest.raises(ConfigError, match="min_epochs"):
+        Config.from_dict({"training": {"min_epochs": -1}})
+
+
+def test_min_epochs_holds_off_early_stopping(small_dataset):
+    from finrec.training.train import validation_setup
+
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    callbacks, _ = validation_setup(pipeline, small_dataset, TrainConfig(min_epochs=7), None, None)
+    stopping = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+    assert len(stopping) == 1 and stopping[0].start_from_epoch == 7
 
 
 def test_train_save_load_and_batch_score(tmp_path, small_dataset, small_data_dir):

@@ -269,6 +269,7 @@ def validation_setup(
             mode="max" if training.monitor == "ndcg" else "min",
             patience=training.patience,
             restore_best_weights=True,
+            start_from_epoch=training.min_epochs,
         ),
         *(callbacks or []),
     ]
