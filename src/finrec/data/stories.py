@@ -50,8 +50,8 @@ Stories (``STORIES``):
     random), employer sector 15% (not at random: the not employed). 30 products, 12k customers.
 ``holdings``
     Next product in a ladder: five product ladders (everyday banking, cards, lending,
-    saving-to-investing, protection); a rung is hard to adopt without the one below
-    (-2.5) and holding it lifts the next (+3.5); customer features matter little.
+    saving-to-investing, protection); a rung's utility is -2.5 without the rung below it held
+    and +3.5 with it; customer features (income, age) matter little.
     24 products, 12k customers.
 """
 
