@@ -288,6 +288,19 @@ def _check_pipeline_json(raw: Any) -> dict[str, Any]:
         and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in popularity)
     ):
         fail("'product_popularity' must be one count per product")
+    bins = raw.get("customer_bins")  # optional: only the piecewise-linear encoding has them
+    if bins is not None and not (
+        isinstance(bins, list)
+        and len(bins) == len(raw["customer_numeric"])
+        and all(
+            isinstance(e, list)
+            and 1 <= len(e) <= 257
+            and all(_finite_number(v) for v in e)
+            and all(a < b for a, b in zip(e, e[1:]))
+            for e in bins
+        )
+    ):
+        fail("'customer_bins' must be, per customer numeric column, a list of increasing finite bin edges")
     return raw
 
 

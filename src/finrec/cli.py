@@ -278,6 +278,48 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    import csv
+
+    import yaml
+
+    from finrec.atomic import atomic_directory, check_writable, refuse_overlap
+    from finrec.config import Config
+    from finrec.data.compliance import without_objections
+    from finrec.data.io import load_dataset
+    from finrec.training.tune import tune
+
+    refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
+    check_writable(args.out, "directory", marker="trials.json", what="--out")
+    base = Config.from_yaml(args.config) if args.config else Config()
+    dataset, _ = without_objections(load_dataset(args.data))  # as finrec train sees it
+
+    def progress(row):
+        print(f"trial {row['trial']}: validation nDCG {row['score']:.4f} in {row['seconds']:.1f}s", flush=True)
+
+    result = tune(dataset, base, args.budget, args.trials, args.seed, progress=progress)
+    columns = list(result.rows[0])
+    with atomic_directory(args.out) as tmp:
+        (tmp / "config.yaml").write_text(
+            f"# finrec tune: best of {len(result.rows)} trial(s), {result.metric} {result.best_score:.4f}\n"
+            + yaml.safe_dump(result.best.to_dict(), sort_keys=False)
+        )
+        with open(tmp / "trials.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            writer.writerows(
+                {k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in result.rows
+            )
+        (tmp / "trials.json").write_text(
+            json.dumps({"metric": result.metric, "best_score": result.best_score, "trials": result.rows}, indent=1)
+        )
+    print(
+        f"best {result.metric} {result.best_score:.4f} of {len(result.rows)} trial(s); "
+        f"config written to {args.out / 'config.yaml'} (finrec train --config)"
+    )
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset, read_split
@@ -880,6 +922,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --mlflow: also register the logged model directory as a new version of MLflow model NAME",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search the model and training settings on your data within a time budget")
+    p.add_argument("--data", required=True, type=Path, help="training data (its validation split judges)")
+    p.add_argument("--out", required=True, type=Path, help="directory for config.yaml, trials.csv, trials.json")
+    p.add_argument("--budget", required=True, type=_positive_float, help="seconds for the whole search")
+    p.add_argument("--trials", type=_positive_int, help="at most this many trials (the first is the base config)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search")
+    p.add_argument("--config", type=Path, help="base YAML config (default: the built-in defaults)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="ranking metrics of a model and the baselines on a dataset")
     p.add_argument("--model", required=True, type=Path)

@@ -22,12 +22,20 @@ from finrec.safeyaml import load_yaml
 
 LOSSES = ("softmax", "in_batch", "sampled", "triplet")
 HISTORY_ENCODERS = ("events", "flat", "gru", "none")  # finrec.history_features.ENCODERS
+NUMERIC_ENCODINGS = ("none", "ple", "periodic")
 MONITORS = ("ndcg", "loss")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Tower shapes. Both towers map into one ``embedding_dim`` space, L2-normalized."""
+    """Tower shapes. Both towers map into one ``embedding_dim`` space, L2-normalized.
+
+    ``numeric_encoding``: how the customer tower sees numeric columns: ``none`` (standardized
+    values), ``ple`` (piecewise-linear encoding over ``numeric_bins`` quantile bins) or
+    ``periodic`` (``periodic_frequencies`` trainable frequencies, initial scale
+    ``periodic_sigma``), each then mapped per column to ``numeric_embedding_dim`` values.
+    ``ensemble_size`` k > 1: k members sharing the hidden layers (TabM-mini); the exported
+    embeddings are k * ``embedding_dim`` wide and score as the members' mean cosine."""
 
     embedding_dim: int = 32
     customer_widths: tuple[int, ...] = (128, 64)
@@ -45,9 +53,26 @@ class ModelConfig:
     # > 0: the product-id embedding is dropped for that share of products in training and is
     # zero for products without training adoptions (new products rank by their attributes).
     product_id_dropout: float = 0.0
+    numeric_encoding: str = "none"
+    numeric_bins: int = 16
+    numeric_embedding_dim: int = 8
+    periodic_frequencies: int = 16
+    periodic_sigma: float = 0.1
+    ensemble_size: int = 1
 
     def validate(self) -> None:
         _positive(self.embedding_dim, "model.embedding_dim")
+        _choice(self.numeric_encoding, NUMERIC_ENCODINGS, "model.numeric_encoding")
+        for name in ("numeric_bins", "numeric_embedding_dim", "periodic_frequencies", "ensemble_size"):
+            _positive(getattr(self, name), f"model.{name}")
+        if self.numeric_bins < 2 or self.numeric_bins > 256:
+            raise ConfigError(f"model.numeric_bins must lie in [2, 256], got {self.numeric_bins}")
+        if self.ensemble_size > 32:
+            raise ConfigError(f"model.ensemble_size must be at most 32, got {self.ensemble_size}")
+        if not self.periodic_sigma > 0:
+            raise ConfigError(f"model.periodic_sigma must be > 0, got {self.periodic_sigma}")
+        if self.ensemble_size > 1 and not (self.customer_widths and self.product_widths):
+            raise ConfigError("model.ensemble_size > 1 needs at least one hidden layer in each tower (the shared part)")
         for name in ("customer_widths", "product_widths"):
             widths = getattr(self, name)
             for width in widths:
@@ -70,7 +95,9 @@ class TrainConfig:
     """Optimisation. ``loss`` is one of softmax (over the whole catalogue), in_batch or sampled
     (negatives with logQ correction and accidental-hit removal) or triplet (hard negatives).
     ``ema_momentum`` > 0 keeps an exponential moving average of the weights, which validation
-    judges and the saved model uses (0 turns it off)."""
+    judges and the saved model uses (0 turns it off). Early stopping never ends training before
+    ``min_epochs`` (on a small bank an epoch is a handful of steps and the first epochs' scores
+    are noise)."""
 
     loss: str = "softmax"
     temperature: float = 0.1
@@ -83,6 +110,7 @@ class TrainConfig:
     weight_decay: float = 0.0001
     ema_momentum: float = 0.99
     patience: int = 5
+    min_epochs: int = 0
     validation_fraction: float = 0.1
     monitor: str = "ndcg"
     eval_k: int = 5
@@ -102,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0 or self.margin < 0:
             raise ConfigError("training.weight_decay and training.margin must be >= 0")
+        if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
+            raise ConfigError(f"training.min_epochs must be an integer >= 0, got {self.min_epochs!r}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"training.ema_momentum must lie in [0, 1), got {self.ema_momentum}")
         if not 0.0 <= self.holdings_dropout < 1.0:

@@ -87,6 +87,17 @@ def _skewness(x: np.ndarray) -> float:
     return float(((x - x.mean()) ** 3).mean() / std**3) if std > 0 else 0.0
 
 
+def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
+    """Distinct bin edges (at most ``n_bins`` + 1) at the quantiles of ``values`` [n]; a constant
+    column has a single edge (no bin)."""
+    values = np.asarray(values, dtype="float64")
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return [0.0]
+    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)))
+    return [float(e) for e in edges]
+
+
 def fit_vocabulary(values: pd.Series) -> list[str]:
     return sorted({str(v) for v in values.dropna()})
 
@@ -116,6 +127,7 @@ class FeaturePipeline:
         exclude_protected: bool = False,
         history_lags: int = 6,
         history_encoder: str = "events",
+        numeric_bins: int = 0,
     ):
         self.schema = schema.without_protected() if exclude_protected else schema
         self.full_schema = schema
@@ -124,6 +136,10 @@ class FeaturePipeline:
         self.history_lags = history_lags
         self.history_encoder = history_encoder
         self.history_: HistoryFeatures | None = None
+        # > 0: fit that many quantile bins per customer numeric column (in the standardized
+        # scale the model sees) for the piecewise-linear encoding (finrec.model.numeric).
+        self.numeric_bins = numeric_bins
+        self.customer_bins_: list[list[float]] | None = None
 
     # ---------------------------------------------------------------------------- fitting
     def fit(self, dataset: Dataset) -> FeaturePipeline:
@@ -141,6 +157,15 @@ class FeaturePipeline:
             for col in p.numeric_features
         ]
         self.product_vocab_ = {col: fit_vocabulary(dataset.products[col]) for col in p.categorical_features}
+        self.customer_bins_ = None
+        if self.numeric_bins:
+            self.customer_bins_ = [
+                quantile_edges(
+                    stats.transform(pd.to_numeric(dataset.customers[stats.column], errors="coerce").to_numpy()),
+                    self.numeric_bins,
+                )
+                for stats in self.customer_numeric_
+            ]
         adopted = self.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
         self.product_popularity_ = np.bincount(adopted[adopted >= 0], minlength=self.n_products).tolist()
         history = dataset.holdings_history
@@ -313,6 +338,7 @@ class FeaturePipeline:
             "product_vocab": self.product_vocab_,
             "product_popularity": self.product_popularity_,
             "history": None if self.history_ is None else self.history_.to_dict(),
+            "customer_bins": self.customer_bins_,
         }
 
     @classmethod
@@ -333,6 +359,9 @@ class FeaturePipeline:
             if raw.get("history") is not None:  # absent in pipelines saved before history existed
                 pipeline.history_ = HistoryFeatures.from_dict(raw["history"])
                 pipeline.history_lags, pipeline.history_encoder = pipeline.history_.lags, pipeline.history_.encoder
+            bins = raw.get("customer_bins")  # absent in files written before the encoding existed
+            pipeline.customer_bins_ = None if bins is None else [[float(v) for v in e] for e in bins]
+            pipeline.numeric_bins = 0 if bins is None else max((len(e) - 1 for e in bins), default=0)
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"feature pipeline file is incomplete or altered ({exc!r})") from None
         return pipeline

@@ -145,6 +145,24 @@ class HardNegativeTriplet(RetrievalLoss):
         return ops.sum(violation, axis=1), ops.sum(valid, axis=1)
 
 
+class MemberMean(RetrievalLoss):
+    """An ensemble's loss (``finrec.model.ensemble``): ``base`` applied to each of the ``members``
+    score blocks of ``scores`` [B, k * P] (member i in columns i * P .. (i + 1) * P) against the
+    one target [B, P], averaged over the members' terms: each member learns as its own model."""
+
+    def __init__(self, base: RetrievalLoss, members: int, name: str | None = None):
+        super().__init__(base.temperature, name or f"{base.name}_member_mean")
+        self.base, self.members = base, int(members)
+
+    def row_terms(self, y_true, scores):
+        n_products = ops.shape(y_true)[1]
+        values, counts = 0.0, 0.0
+        for i in range(self.members):
+            v, c = self.base.row_terms(y_true, scores[:, i * n_products : (i + 1) * n_products])
+            values, counts = values + v, counts + c
+        return values, counts
+
+
 def log_sampling_probability(positive_counts: np.ndarray, smoothing: float = 1.0) -> np.ndarray:
     """log q for each product from its count of training positives (add-``smoothing``)."""
     counts = np.asarray(positive_counts, dtype="float64") + smoothing

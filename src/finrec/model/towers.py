@@ -19,7 +19,9 @@ import keras
 from keras import layers, ops
 
 from finrec.config import ModelConfig
+from finrec.model.ensemble import MemberDense, MemberInput, MemberNormalize
 from finrec.model.history import HISTORY_KINDS, ColdStartDropout, IdDropout, history_encoder
+from finrec.model.numeric import PeriodicEmbedding, PiecewiseLinearEmbedding, numeric_embedding
 
 HOLDINGS_BAG_DIM = 16
 
@@ -58,6 +60,7 @@ def tower(
     id_embedding_dim: int | None = None,
     cold_start_dropout: float = 0.0,
     id_dropout: float = 0.0,
+    numeric_edges: list[list[float]] | None = None,
 ) -> keras.Model:
     """Build one tower from an input spec of ``name -> (kind, size)`` (see ``FeaturePipeline``).
 
@@ -66,6 +69,13 @@ def tower(
     [b, *size], through ``finrec.model.history.history_encoder``), ``known`` (float [b]: the
     product tower's id embedding is zeroed where 0, see ``IdDropout``). ``cold_start_dropout`` > 0
     zeroes holdings and history together for that share of the training rows.
+
+    With ``numeric_edges`` (the pipeline's quantile bins) or ``config.numeric_encoding``
+    'periodic', the ``customer_numeric`` input goes through a numeric embedding
+    (``finrec.model.numeric``) first. With ``config.ensemble_size`` k > 1 the hidden layers run
+    on k scaled copies of the features and the output is k unit vectors side by side / sqrt(k)
+    (``finrec.model.ensemble``): [b, k * embedding_dim]. The history encoders' outputs and the
+    numeric embedding are parts of the one concatenation; the ensemble's copies start after it.
     """
     inputs, parts = {}, []
     dropped = [n for n, (kind, _) in input_spec.items() if kind == "multi_hot" or kind in HISTORY_KINDS]
@@ -82,7 +92,11 @@ def tower(
     for input_name, (kind, size) in input_spec.items():
         if kind == "numeric":
             inputs[input_name] = keras.Input(shape=(size,), name=input_name, dtype="float32")
-            if size:
+            encoding = config.numeric_encoding if input_name == "customer_numeric" else "none"
+            if size and encoding != "none":
+                layer = numeric_embedding(encoding, numeric_edges, config, name=f"{name}_numemb_{input_name}")
+                parts.append(layer(inputs[input_name]))
+            elif size:
                 parts.append(inputs[input_name])
         elif kind == "categorical":
             inputs[input_name] = keras.Input(shape=(), name=input_name, dtype="int32")
@@ -111,22 +125,39 @@ def tower(
     x0 = x
     for i in range(config.cross_layers):
         x = CrossLayer(name=f"{name}_cross_{i}")([x0, x])
+    members = config.ensemble_size
+    if members > 1:
+        x = MemberInput(members, name=f"{name}_members")(x)
     for i, width in enumerate(widths):
         x = layers.Dense(width, use_bias=False, name=f"{name}_dense_{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn_{i}")(x)
         x = layers.ReLU(name=f"{name}_relu_{i}")(x)
         if config.dropout > 0:
             x = layers.Dropout(config.dropout, name=f"{name}_dropout_{i}")(x)
-    x = layers.Dense(config.embedding_dim, name=f"{name}_output")(x)
-    outputs = layers.UnitNormalization(name=f"{name}_l2")(x)
+    if members > 1:
+        x = MemberDense(config.embedding_dim, name=f"{name}_output")(x)
+        outputs = MemberNormalize(name=f"{name}_l2")(x)
+    else:
+        x = layers.Dense(config.embedding_dim, name=f"{name}_output")(x)
+        outputs = layers.UnitNormalization(name=f"{name}_l2")(x)
     inputs = {n: inputs[n] for n in input_spec}  # the spec's order, whichever were made first
     return keras.Model(inputs, outputs, name=name)
 
 
 def customer_tower(
-    input_spec: dict[str, tuple[str, int]], config: ModelConfig, cold_start_dropout: float = 0.0
+    input_spec: dict[str, tuple[str, int]],
+    config: ModelConfig,
+    cold_start_dropout: float = 0.0,
+    numeric_edges: list[list[float]] | None = None,
 ) -> keras.Model:
-    return tower(CUSTOMER_TOWER, input_spec, config.customer_widths, config, cold_start_dropout=cold_start_dropout)
+    return tower(
+        CUSTOMER_TOWER,
+        input_spec,
+        config.customer_widths,
+        config,
+        cold_start_dropout=cold_start_dropout,
+        numeric_edges=numeric_edges,
+    )
 
 
 def product_tower(input_spec: dict[str, tuple[str, int]], config: ModelConfig) -> keras.Model:
@@ -141,12 +172,17 @@ def product_tower(input_spec: dict[str, tuple[str, int]], config: ModelConfig) -
 
 
 def flops_per_example(model: keras.Model) -> int:
-    """Multiply-adds x 2 of the Dense and cross layers for one example (embeddings are lookups)."""
+    """Multiply-adds x 2 of the Dense, cross and numeric-embedding layers for one example
+    (embeddings are lookups); an ensemble's shared layers count once per member."""
+    members = max([layer.members for layer in model.layers if isinstance(layer, MemberInput)], default=1)
     total = 0
     for layer in model.layers:
         if isinstance(layer, layers.Dense):
             kernel = layer.kernel
-            total += 2 * math.prod(kernel.shape)
+            # The holdings bag and history encoders run before the ensemble's copies: once.
+            total += 2 * math.prod(kernel.shape) * (1 if "_bag_" in layer.name or "_hist_" in layer.name else members)
+        elif isinstance(layer, (MemberDense, PiecewiseLinearEmbedding, PeriodicEmbedding)):
+            total += 2 * math.prod(layer.kernel.shape)
         elif isinstance(layer, CrossLayer):
             total += 2 * math.prod(layer.dense.kernel.shape) + 3 * layer.dense.kernel.shape[0]
     return total

@@ -20,6 +20,7 @@ from keras import layers, ops
 
 from finrec.config import ModelConfig
 from finrec.features import PRODUCT_INDEX, FeaturePipeline
+from finrec.model.ensemble import member_scores
 from finrec.model.towers import CUSTOMER_TOWER, customer_tower, product_tower
 
 SIMILARITY = "catalogue_similarity"
@@ -32,10 +33,17 @@ class CatalogueSimilarity(layers.Layer):
 
     Shapes: customer embeddings [B, D] -> scores [B, P]. ``feature_shapes`` maps each product
     tower input to its [P, ...] shape; integer inputs are listed in ``integer_features``.
+
+    An ensemble of ``members`` k > 1 (``finrec.model.ensemble``) outputs every member's cosine,
+    [B, k * P], for ``losses.MemberMean``; the embeddings themselves stay [B, k * D] whose dot
+    product is the members' mean cosine (what serving ranks by).
     """
 
-    def __init__(self, product_tower: keras.Model, feature_shapes: dict, integer_features: list, **kwargs):
+    def __init__(
+        self, product_tower: keras.Model, feature_shapes: dict, integer_features: list, members: int = 1, **kwargs
+    ):
         super().__init__(**kwargs)
+        self.members = int(members)
         self.product_tower = product_tower
         self.feature_shapes = {k: tuple(v) for k, v in feature_shapes.items()}
         self.integer_features = list(integer_features)
@@ -58,12 +66,18 @@ class CatalogueSimilarity(layers.Layer):
         """[P, D]."""
         return self.product_tower(self.catalogue_inputs(), training=training)
 
+    @property
+    def n_products(self) -> int:
+        return next(iter(self.feature_shapes.values()))[0]
+
     def call(self, customer_embeddings, training=False):
-        return ops.matmul(customer_embeddings, ops.transpose(self.product_embeddings(training=training)))
+        products = self.product_embeddings(training=training)
+        if self.members > 1:
+            return member_scores(customer_embeddings, products, self.members, self.n_products)
+        return ops.matmul(customer_embeddings, ops.transpose(products))
 
     def compute_output_shape(self, input_shape):
-        n_products = next(iter(self.feature_shapes.values()))[0]
-        return (input_shape[0], n_products)
+        return (input_shape[0], self.members * self.n_products)
 
     def get_config(self):
         config = super().get_config()
@@ -71,6 +85,7 @@ class CatalogueSimilarity(layers.Layer):
             product_tower=keras.saving.serialize_keras_object(self.product_tower),
             feature_shapes={k: list(v) for k, v in self.feature_shapes.items()},
             integer_features=self.integer_features,
+            members=self.members,
         )
         return config
 
@@ -86,7 +101,7 @@ def build_two_tower(
 ) -> keras.Model:
     """The training model: customer inputs -> cosine scores [B, P] against the catalogue.
     ``holdings_dropout`` (training only) zeroes holdings and history of that share of the rows."""
-    customers = customer_tower(pipeline.customer_input_spec(), config, holdings_dropout)
+    customers = customer_tower(pipeline.customer_input_spec(), config, holdings_dropout, pipeline.customer_bins_)
     product_spec = pipeline.product_input_spec()
     if config.product_id_dropout > 0:
         # Products without training adoptions get a zero id embedding (IdDropout).
@@ -98,6 +113,7 @@ def build_two_tower(
         products,
         feature_shapes={name: value.shape for name, value in catalogue.items()},
         integer_features=integer,
+        members=config.ensemble_size,
         name=SIMILARITY,
     )
     similarity.set_catalogue(catalogue)

@@ -129,13 +129,16 @@ class _Part:
     columns: slice  # where it lands in the buffer the first matmul reads
     table: np.ndarray | None = None  # embedding table [vocab, dim] (categorical)
     encode: object = None  # history: the numpy twin of its encoder (finrec.recommend.history_twin)
+    twin: object | None = None  # numpy twin of a numeric embedding layer (finrec.model.numeric)
 
 
 def _augment(kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """[in, out] kernel and bias -> float32 [in + 1, out] with the bias as its last row: the
-    activations carry a constant 1 column, so the matmul adds the bias for free."""
-    bias = np.zeros(kernel.shape[1]) if bias is None else bias
-    return np.ascontiguousarray(np.vstack([kernel, bias[None, :]]), dtype=_F32)
+    activations carry a constant 1 column, so the matmul adds the bias for free. Per member
+    (an ensemble): [k, in, out] and [k, out] (or [out], shared) -> [k, in + 1, out]."""
+    bias = np.zeros(kernel.shape[-1]) if bias is None else bias
+    bias = np.broadcast_to(bias, kernel.shape[:-2] + (kernel.shape[-1],))
+    return np.ascontiguousarray(np.concatenate([kernel, bias[..., None, :]], axis=-2), dtype=_F32)
 
 
 @dataclass
@@ -155,6 +158,9 @@ class NumpyTower:
     crosses: list[np.ndarray]  # augmented [d + 1, d] per cross layer
     layers: list[np.ndarray]  # augmented kernels: (dense + folded BN, ReLU) ..., then the output
     flops: int  # of the Keras model, 2 x multiply-adds (see ``flops_per_customer``)
+    # k > 1: an ensemble (finrec.model.ensemble): layers[0] and layers[-1] are per member,
+    # [k, in + 1, out] (the members' input scales folded into the first), the rest shared.
+    members: int = 1
     chunk_size: int = DEFAULT_CHUNK
     workers: int | None = None  # threads for large batches; None: the CPUs this process may use
 
@@ -165,6 +171,7 @@ class NumpyTower:
         contains a ``customer_tower`` layer)."""
         from keras import layers as KL
 
+        from finrec.model.ensemble import MemberDense
         from finrec.model.towers import CUSTOMER_TOWER, CrossLayer, flops_per_example
         from finrec.recommend.history_twin import twin_of
 
@@ -186,7 +193,11 @@ class NumpyTower:
         if concat is not None:
             sources = [node.operation for node in concat._inbound_nodes[0].parent_nodes]
         else:  # a single part: whichever layer (or input) feeds the rest
-            sources = [layer for layer in tower.layers if layer.name.startswith((f"{name}_emb_", f"{name}_bag_"))]
+            sources = [
+                layer
+                for layer in tower.layers
+                if layer.name.startswith((f"{name}_emb_", f"{name}_bag_", f"{name}_numemb_", f"{name}_hist_"))
+            ]
             if not sources:
                 sources = [
                     layer for layer in tower.layers if isinstance(layer, KL.InputLayer) and layer.output.shape[-1]
@@ -215,6 +226,13 @@ class NumpyTower:
                 encode, width = twin_of(source)
                 parts.append(_Part(source.name[len(f"{name}_hist_") :], "history", slice(offset, offset + width)))
                 parts[-1].encode = encode
+                offset += width
+            elif source.name.startswith(f"{name}_numemb_"):
+                twin = source.numpy_twin()
+                width = int(source.output.shape[-1])
+                parts.append(
+                    _Part(source.name[len(f"{name}_numemb_") :], "numeric", slice(offset, offset + width), twin=twin)
+                )
                 offset += width
             elif isinstance(source, KL.InputLayer):
                 width = int(source.output.shape[-1])
@@ -247,7 +265,18 @@ class NumpyTower:
                 kernel, bias = kernel * scale, bias * scale + shift
             linears.append((kernel, bias))
             i += 1
-        linears.append(linear_of(by_name[f"{name}_output"]))
+        output = by_name[f"{name}_output"]
+        if isinstance(output, MemberDense):
+            linears.append((_numpy(output.kernel).astype("float64"), _numpy(output.bias).astype("float64")))
+        else:
+            linears.append(linear_of(output))
+        members = 1
+        if f"{name}_members" in by_name:
+            # member i's first layer reads x * r_i: fold r_i into the rows of the shared kernel
+            r = _numpy(by_name[f"{name}_members"].r).astype("float64")  # [k, in]
+            members = r.shape[0]
+            kernel, bias = linears[0]
+            linears[0] = (r[:, :, None] * kernel, np.broadcast_to(bias, (members,) + bias.shape))
 
         # -- without crosses the holdings bag is linear into the first linear layer: fold it
         # (the raw multi-hot row takes the bag's place in the input, times W_bag @ W_1[bag rows]).
@@ -258,8 +287,11 @@ class NumpyTower:
             if crosses:
                 bag = (cols, np.ascontiguousarray(bag_kernel, dtype=_F32))
             else:
-                first, bias = linears[0]
-                first = np.concatenate([first[: cols.start], bag_kernel @ first[cols], first[cols.stop :]])
+                first, bias = linears[0]  # [in, out], or [k, in, out] per member
+                first = np.concatenate(
+                    [first[..., : cols.start, :], bag_kernel @ first[..., cols, :], first[..., cols.stop :, :]],
+                    axis=-2,
+                )
                 shift = bag_kernel.shape[0] - (cols.stop - cols.start)
                 for part in parts:
                     if part.columns.start >= cols.stop:
@@ -275,6 +307,7 @@ class NumpyTower:
             crosses=crosses,
             layers=[_augment(kernel, bias) for kernel, bias in linears],
             flops=int(flops_per_example(tower)),
+            members=members,
             chunk_size=chunk_size,
             workers=workers,
         )
@@ -282,7 +315,7 @@ class NumpyTower:
     # ------------------------------------------------------------------------ properties
     @property
     def embedding_dim(self) -> int:
-        return self.layers[-1].shape[1]
+        return self.members * self.layers[-1].shape[-1]
 
     def flops_per_customer(self) -> int:
         """2 x multiply-adds of the Keras tower's Dense and cross layers for one customer (the
@@ -315,7 +348,14 @@ class NumpyTower:
         x_in = np.ones((c, d + 1), dtype=_F32)
         if self.crosses:
             cross_bufs = (np.ones((c, d + 1), dtype=_F32), np.ones((c, d + 1), dtype=_F32))
-        acts = [np.ones((c, kernel.shape[1] + 1), dtype=_F32) for kernel in self.layers[:-1]]
+        acts = [np.ones((c, kernel.shape[-1] + 1), dtype=_F32) for kernel in self.layers[:-1]]
+        if self.members > 1:
+            k = self.members
+            member_bufs = (
+                [np.ones((k * c, kernel.shape[-1] + 1), dtype=_F32) for kernel in self.layers[:-1]],
+                np.empty((k, c, self.layers[-1].shape[-1]), dtype=_F32),
+                np.empty((k, c, 1), dtype=_F32),
+            )
         # np.maximum against an array is several times faster than against a scalar 0
         zeros = np.zeros(max((a.size for a in acts), default=0), dtype=_F32)
         norms = np.empty(c, dtype=_F32)
@@ -327,6 +367,8 @@ class NumpyTower:
             for part, array in zip(self.parts, arrays):
                 if part.kind == "categorical":
                     x[:, part.columns] = part.table.take(array[start:stop], axis=0)
+                elif part.twin is not None:
+                    part.twin(array[start:stop], x[:, part.columns])
                 elif part.kind == "multi_hot" and self.bag is not None:
                     np.matmul(np.asarray(array[start:stop], dtype=_F32), self.bag[1], out=x[:, part.columns])
                 elif part.kind == "history":
@@ -344,6 +386,9 @@ class NumpyTower:
                     nxt[:, d] = 1.0
                     cur = nxt
                 x = cur
+            if self.members > 1:
+                self._members_forward(x, member_bufs, out[start:stop])
+                continue
             # -- (dense + folded BN + ReLU) x widths
             for kernel, act in zip(self.layers[:-1], acts):
                 y = act[:m]
@@ -358,6 +403,27 @@ class NumpyTower:
             np.maximum(s, _F32(UNIT_NORM_EPSILON * UNIT_NORM_EPSILON), out=s)
             np.sqrt(s, out=s)
             np.divide(y, s[:, None], out=y)
+
+    def _members_forward(self, x: np.ndarray, bufs, out: np.ndarray) -> None:
+        """An ensemble's layers for one chunk: ``x`` [m, d + 1] (with its ones) -> ``out`` [m, k * D].
+        The members' first layers in one batched matmul, the shared layers over all k * m rows,
+        one head per member, each member's vector normalized (as ``MemberNormalize``)."""
+        acts, heads, norms = bufs
+        k, m = self.members, len(x)
+        h = acts[0][: k * m]
+        np.matmul(x[None], self.layers[0], out=h.reshape(k, m, -1)[:, :, :-1])
+        np.maximum(h, 0.0, out=h)  # the ones stay ones
+        for kernel, act in zip(self.layers[1:-1], acts[1:]):
+            y = act[: k * m]
+            np.matmul(h, kernel, out=y[:, :-1])
+            np.maximum(y, 0.0, out=y)
+            h = y
+        e, s = heads[:, :m], norms[:, :m]
+        np.matmul(h.reshape(k, m, -1), self.layers[-1], out=e)
+        np.sqrt(np.einsum("kmd,kmd->km", e, e)[:, :, None], out=s)
+        np.maximum(s, _F32(UNIT_NORM_EPSILON), out=s)
+        s *= _F32(np.sqrt(k))
+        np.divide(e, s, out=out.reshape(m, k, -1).transpose(1, 0, 2))
 
 
 # ---------------------------------------------------------------------------------- top K

@@ -24,7 +24,7 @@ from finrec.config import Config, TrainConfig
 from finrec.data import schema as S
 from finrec.data.io import Dataset
 from finrec.data.split import split_customer_ids
-from finrec.errors import DataError
+from finrec.errors import ConfigError, DataError
 from finrec.evaluate.metrics import summarize
 from finrec.features import FeaturePipeline
 from finrec.model import losses as L
@@ -229,15 +229,17 @@ class TrainedModel:
         return self.customer_embeddings(customers, holdings, history) @ self.product_embeddings_.T
 
 
-def make_loss(training: TrainConfig, positive_counts: np.ndarray) -> keras.losses.Loss:
+def make_loss(training: TrainConfig, positive_counts: np.ndarray, members: int = 1) -> keras.losses.Loss:
     log_q = L.log_sampling_probability(positive_counts)
     if training.loss == "softmax":
-        return L.CatalogueSoftmax(training.temperature)
-    if training.loss == "in_batch":
-        return L.InBatchSoftmax(log_q, training.temperature)
-    if training.loss == "sampled":
-        return L.SampledSoftmax(log_q, training.temperature)
-    return L.HardNegativeTriplet(training.margin, training.hard_negatives)
+        loss = L.CatalogueSoftmax(training.temperature)
+    elif training.loss == "in_batch":
+        loss = L.InBatchSoftmax(log_q, training.temperature)
+    elif training.loss == "sampled":
+        loss = L.SampledSoftmax(log_q, training.temperature)
+    else:
+        loss = L.HardNegativeTriplet(training.margin, training.hard_negatives)
+    return L.MemberMean(loss, members) if members > 1 else loss
 
 
 def compile_for_training(model: keras.Model, training: TrainConfig, loss: keras.losses.Loss) -> None:
@@ -277,6 +279,7 @@ def validation_setup(
             mode="max" if training.monitor == "ndcg" else "min",
             patience=training.patience,
             restore_best_weights=True,
+            start_from_epoch=training.min_epochs,
         ),
         *(callbacks or []),
     ]
@@ -328,12 +331,17 @@ def train_model(
     entries to the history. The batches may offer ``as_tf_dataset()``: on TensorFlow that pure
     tf.data feed replaces Keras' Python generator (which slowed every step, see its docstring)."""
     training = config.training
+    if numeric_bins_of(config) and pipeline.customer_bins_ is None:
+        raise ConfigError(
+            "model.numeric_encoding 'ple' needs quantile bins the feature pipeline did not fit "
+            "(streamed training does not fit them yet): use numeric_encoding 'none' or 'periodic'"
+        )
     model = build_two_tower(
         pipeline, pipeline.transform_products(products), config.model, config.training.holdings_dropout
     )
     sample_from = sampling_distribution(training, counts)
     batches = make_batches(sample_from)
-    compile_for_training(model, training, make_loss(training, counts))
+    compile_for_training(model, training, make_loss(training, counts, config.model.ensemble_size))
     all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -404,6 +412,7 @@ def fit(
         model_config.exclude_protected,
         model_config.history_lags,
         model_config.history_encoder,
+        numeric_bins_of(config),
     ).fit(train_data)
     examples = build_examples(pipeline, train_data)
     examples.drop_remainder(batch_multiple)
@@ -431,6 +440,11 @@ def fit(
     )
     trained.calibration = calibrate(trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])))
     return trained
+
+
+def numeric_bins_of(config: Config) -> int:
+    """The quantile bins the feature pipeline fits: only the piecewise-linear encoding uses them."""
+    return config.model.numeric_bins if config.model.numeric_encoding == "ple" else 0
 
 
 def _hold_out(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,209 @@
+"""Numeric embeddings (PLE, periodic) and the TabM-mini ensemble: the Keras layers against their
+numpy twins in the serving tower, the ensemble's one-dot-product identity, its loss, the bins'
+persistence, and a save / load / batch-score round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.artifacts import load_model_dir, save_model_dir
+from finrec.config import Config, ModelConfig, TrainConfig
+from finrec.errors import ConfigError
+from finrec.features import CUSTOMER_NUMERIC, FeaturePipeline, quantile_edges
+from finrec.model import losses as L
+from finrec.model.numeric import PiecewiseLinearEmbedding
+from finrec.model.towers import flops_per_example
+from finrec.model.two_tower import build_two_tower, product_embeddings, towers_of
+from finrec.recommend.index import NumpyTower, ProductIndex
+from finrec.training.train import fit, make_loss
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def ple_pipeline(small_dataset):
+    return FeaturePipeline(small_dataset.schema, numeric_bins=8).fit(small_dataset)
+
+
+def random_inputs(spec, n, rng):
+    out = {}
+    for name, (kind, size) in spec.items():
+        if kind == "numeric":
+            out[name] = rng.normal(0, 2, (n, size)).astype("float32")
+        elif kind == "categorical":
+            out[name] = rng.integers(0, size, n).astype("int32")
+        else:
+            out[name] = (rng.random((n, size)) < 0.2).astype("float32")
+    return out
+
+
+def randomize(tower, rng):
+    """Move the BatchNorm statistics and the members' scales off their initial values, so that
+    the numpy tower's folding is exercised."""
+    for layer in tower.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            d = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 1, d))
+            layer.moving_variance.assign(rng.uniform(0.1, 4.0, d))
+            layer.gamma.assign(rng.uniform(0.5, 2.0, d))
+        elif layer.name.endswith("_members"):
+            layer.r.assign(rng.normal(1, 0.5, layer.r.shape))
+
+
+CASES = [
+    # (numeric_encoding, ensemble_size, cross_layers, widths)
+    ("ple", 1, 0, (32, 16)),
+    ("periodic", 1, 0, (32,)),
+    ("none", 4, 0, (32, 16)),
+    ("ple", 3, 0, (32, 16, 8)),
+    ("periodic", 2, 1, (32,)),
+]
+
+
+@pytest.mark.parametrize("encoding, members, cross, widths", CASES)
+def test_numpy_tower_matches_keras(ple_pipeline, small_dataset, encoding, members, cross, widths):
+    rng = np.random.default_rng(members * 10 + cross)
+    config = ModelConfig(
+        customer_widths=widths,
+        product_widths=(16,),
+        embedding_dim=8,
+        cross_layers=cross,
+        numeric_encoding=encoding,
+        ensemble_size=members,
+    )
+    model = build_two_tower(ple_pipeline, ple_pipeline.transform_products(small_dataset.products), config)
+    customer_tower = towers_of(model)[0]
+    randomize(customer_tower, rng)
+    inputs = random_inputs(ple_pipeline.customer_input_spec(), 300, rng)
+    if encoding == "ple":  # beyond every bin (the pipeline's clip); cos/sin of such values differ by float32 ulps
+        inputs[CUSTOMER_NUMERIC][0], inputs[CUSTOMER_NUMERIC][1] = -1e4, 1e4
+    expected = keras.ops.convert_to_numpy(customer_tower(inputs, training=False))
+    assert expected.shape == (300, members * 8)
+    tower = NumpyTower.from_keras(model, chunk_size=64)
+    got = tower(inputs)
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(tower({k: v[7:8] for k, v in inputs.items()}), expected[7:8], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert tower.embedding_dim == members * 8
+    assert tower.flops_per_customer() == flops_per_example(customer_tower)
+
+
+def test_piecewise_linear_encoding_is_a_ramp_per_bin():
+    layer = PiecewiseLinearEmbedding([[0.0, 1.0, 3.0], [5.0]], dim=2)
+    x = np.array([[-1.0, 0.0], [0.5, 9.0], [2.0, 9.0], [7.0, 9.0]], dtype="float32")
+    encoded = keras.ops.convert_to_numpy(layer.encode(x))
+    # feature 0: bins [0, 1) and [1, 3); feature 1 is constant (a single edge): no bin, always 0
+    np.testing.assert_allclose(encoded[:, 0], [[0, 0], [0.5, 0], [1, 0.5], [1, 1]], atol=1e-6)
+    assert (encoded[:, 1] == 0).all()
+
+
+def test_quantile_edges_are_distinct_and_ignore_missing():
+    values = np.array([0, 0, 0, 0, 1, 2, 3, np.nan, 4], dtype=float)
+    edges = quantile_edges(values, 4)
+    assert edges == sorted(set(edges)) and edges[0] == 0 and edges[-1] == 4
+    assert quantile_edges(np.full(10, 2.0), 8) == [2.0]
+
+
+def test_ensemble_dot_product_is_the_members_mean_cosine(ple_pipeline, small_dataset):
+    config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=4, ensemble_size=3)
+    model = build_two_tower(ple_pipeline, ple_pipeline.transform_products(small_dataset.products), config)
+    inputs = random_inputs(ple_pipeline.customer_input_spec(), 20, np.random.default_rng(0))
+    customers = keras.ops.convert_to_numpy(towers_of(model)[0](inputs, training=False))
+    products = product_embeddings(model)
+    member_scores = keras.ops.convert_to_numpy(model(inputs, training=False))  # [B, k * P]
+    n_products = ple_pipeline.n_products
+    assert member_scores.shape == (20, 3 * n_products)
+    per_member = member_scores.reshape(20, 3, n_products)
+    np.testing.assert_allclose(customers @ products.T, per_member.mean(axis=1), atol=1e-5)
+    c, p = customers.reshape(20, 3, 4), products.reshape(-1, 3, 4)
+    for i in range(3):  # each member's block is its own cosine
+        cos = (c[:, i] / np.linalg.norm(c[:, i], axis=1, keepdims=True)) @ (
+            p[:, i] / np.linalg.norm(p[:, i], axis=1, keepdims=True)
+        ).T
+        np.testing.assert_allclose(per_member[:, i], cos, atol=1e-5)
+
+
+def test_member_mean_loss_averages_the_members():
+    rng = np.random.default_rng(0)
+    y = np.zeros((6, 5), "float32")
+    y[np.arange(6), rng.integers(0, 5, 6)] = L.POSITIVE
+    y[0, (np.argmax(y[0]) + 1) % 5] = L.MASKED
+    blocks = [rng.uniform(-1, 1, (6, 5)).astype("float32") for _ in range(3)]
+    base = L.CatalogueSoftmax(0.1)
+    combined = float(L.MemberMean(base, 3)(y, np.concatenate(blocks, axis=1)))
+    assert combined == pytest.approx(np.mean([float(base(y, b)) for b in blocks]), rel=1e-5)
+    assert isinstance(make_loss(TrainConfig(), np.ones(5), members=3), L.MemberMean)
+    assert isinstance(make_loss(TrainConfig(), np.ones(5)), L.CatalogueSoftmax)
+
+
+def test_config_validates_the_new_fields():
+    Config.from_dict({"model": {"numeric_encoding": "ple", "numeric_bins": 32, "ensemble_size": 4}})
+    for bad, word in (
+        ({"numeric_encoding": "splines"}, "numeric_encoding"),
+        ({"numeric_bins": 1}, "numeric_bins"),
+        ({"ensemble_size": 0}, "ensemble_size"),
+        ({"ensemble_size": 2, "customer_widths": []}, "hidden layer"),
+        ({"periodic_sigma": 0}, "periodic_sigma"),
+    ):
+        with pytest.raises(ConfigError, match=word):
+            Config.from_dict({"model": bad})
+    with pytest.raises(ConfigError, match="min_epochs"):
+        Config.from_dict({"training": {"min_epochs": -1}})
+
+
+def test_min_epochs_holds_off_early_stopping(small_dataset):
+    from finrec.training.train import validation_setup
+
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    callbacks, _ = validation_setup(pipeline, small_dataset, TrainConfig(min_epochs=7), None, None)
+    stopping = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+    assert len(stopping) == 1 and stopping[0].start_from_epoch == 7
+
+
+def test_train_save_load_and_batch_score(tmp_path, small_dataset, small_data_dir):
+    """A short real fit of PLE + a 2-member ensemble; the saved model reloads in safe mode with
+    its bins, and batch scoring ranks by the one [P, k * d] product matrix."""
+    from finrec.recommend.batch import score_dataset
+    from finrec.recommend.recommender import Recommender
+
+    config = Config(
+        ModelConfig(
+            customer_widths=(32,), product_widths=(16,), embedding_dim=8, numeric_encoding="ple", ensemble_size=2
+        ),
+        TrainConfig(epochs=1, batch_size=256, patience=1),
+    ).validate()
+    trained = fit(small_dataset, config, verbose=0)
+    assert np.isfinite(trained.history["loss"]).all()
+    assert trained.pipeline.customer_bins_ and trained.product_embeddings_.shape[1] == 16
+    path = save_model_dir(trained, tmp_path / "model")
+    loaded = load_model_dir(path).trained
+    assert loaded.pipeline.customer_bins_ == trained.pipeline.customer_bins_
+    inputs = loaded.pipeline.transform_customers(small_dataset.customers, small_dataset.holdings)
+    emb = NumpyTower.from_keras(loaded.model)(inputs)
+    np.testing.assert_allclose(
+        emb, trained.customer_embeddings(small_dataset.customers, small_dataset.holdings), atol=ATOL
+    )
+    scores = ProductIndex.from_trained(loaded).scores(emb)
+
+    n, written = score_dataset(Recommender.load(path), small_data_dir, tmp_path / "scores.parquet", k=1)
+    top = pd.read_parquet(tmp_path / "scores.parquet")
+    assert n == len(small_dataset.customers) and written > 0
+    row = {str(c): i for i, c in enumerate(small_dataset.customers[small_dataset.schema.customers.id])}
+    some = top.head(50)
+    expected = np.array(
+        [scores[row[c], loaded.pipeline.product_ids_.index(p)] for c, p in zip(some.customer_id, some.product_id)]
+    )
+    np.testing.assert_allclose(some.score.to_numpy(), expected, atol=1e-4)
+
+
+def test_old_pipeline_files_load_without_bins(ple_pipeline):
+    raw = ple_pipeline.to_dict()
+    assert raw["customer_bins"] == ple_pipeline.customer_bins_
+    del raw["customer_bins"]
+    assert FeaturePipeline.from_dict(raw).customer_bins_ is None
+    assert dataclasses.asdict(ModelConfig())["numeric_encoding"] == "none"
