@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from finrec.data import schema as S
-from finrec.features import FeaturePipeline, NumericStats
+from finrec.features import FeaturePipeline, NumericStats, quantile_edges
 from finrec.model import losses as L
 from finrec.training.stream import (
     NumericAccumulator,
@@ -62,6 +62,22 @@ def test_streaming_pipeline_fit_equals_feature_pipeline_fit(small_dataset):
         assert (a.column, a.log, a.median) == (b.column, b.log, b.median)
         assert a.mean == pytest.approx(b.mean, rel=1e-9, abs=1e-12)
         assert a.std == pytest.approx(b.std, rel=1e-9)
+
+
+def test_streaming_pipeline_fits_the_quantile_bins_of_the_piecewise_linear_encoding(small_dataset):
+    """Streamed, the bins come from each column's reservoir sample (missing values left out); on a
+    bank smaller than the reservoir they are the in-memory bins of the observed values."""
+    fitter = StreamingPipelineFit(small_dataset.schema, numeric_bins=8)
+    customers = small_dataset.customers
+    for start in range(0, len(customers), 256):
+        fitter.update(customers.iloc[start : start + 256])
+    streamed = fitter.finish(small_dataset.products)
+    exact = FeaturePipeline(small_dataset.schema, numeric_bins=8).fit(small_dataset)
+    assert streamed.customer_bins_ is not None and len(streamed.customer_bins_) == len(exact.customer_bins_)
+    for stats, edges in zip(streamed.customer_numeric_, streamed.customer_bins_):
+        observed = pd.to_numeric(customers[stats.column], errors="coerce").dropna().to_numpy()
+        assert edges == pytest.approx(quantile_edges(stats.transform(observed), 8))
+        assert 1 <= len(edges) <= 9 and edges == sorted(edges)
 
 
 def test_streaming_batches_cover_every_example_with_role_coded_targets(small_data_dir, small_dataset, tmp_path):
@@ -255,3 +271,21 @@ def test_objected_customers_history_is_left_out(tmp_path):
     for piece in layout.pieces:
         seen |= set(layout.read_piece(piece).holdings_history[S.CUSTOMER_ID].astype(str))
     assert objected and seen and not seen & objected
+
+
+def test_streamed_training_takes_the_piecewise_linear_encoding(small_data_dir, tmp_path, fast_config):
+    import dataclasses
+
+    from finrec.config import Config
+    from finrec.training.train import fit
+
+    config = Config(
+        model=dataclasses.replace(fast_config.model, numeric_encoding="ple", numeric_bins=4),
+        training=dataclasses.replace(fast_config.training, epochs=1),
+    ).validate()
+    trained = fit(StreamingSource(small_data_dir, chunk_rows=500, workdir=tmp_path), config, verbose=0)
+    assert trained.pipeline.customer_bins_ is not None
+    assert any(
+        "piecewise" in type(layer).__name__.lower() for layer in trained.model.get_layer("customer_tower").layers
+    )
+    assert np.isfinite(trained.history["loss"]).all()

@@ -70,9 +70,9 @@ from finrec.data.ids import as_arrow_text, ids_as_text
 from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
 from finrec.data.validate import parse_dates
 from finrec.errors import DataError
-from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary
+from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
 from finrec.history_features import months
-from finrec.training.train import TrainingBatches, build_examples, set_seed, train_model
+from finrec.training.train import TrainingBatches, build_examples, numeric_bins_of, set_seed, train_model
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,11 @@ class StreamingPipelineFit:
         seed: int = 0,
         history_lags: int = 6,
         history_encoder: str = "events",
+        numeric_bins: int = 0,
     ):
-        self.pipeline = FeaturePipeline(schema, use_holdings, exclude_protected, history_lags, history_encoder)
+        self.pipeline = FeaturePipeline(
+            schema, use_holdings, exclude_protected, history_lags, history_encoder, numeric_bins
+        )
         c = self.pipeline.schema.customers
         log_c = set(c.log_numeric) if c.log_numeric is not None else None
         self.numeric = [
@@ -227,6 +230,13 @@ class StreamingPipelineFit:
         ps = p.schema.products
         log_p = set(ps.log_numeric) if ps.log_numeric is not None else None
         p.customer_numeric_ = [acc.result() for acc in self.numeric]
+        if p.numeric_bins:
+            # The piecewise-linear encoding's quantile bins, from each column's reservoir sample
+            # (approximate above ``reservoir`` values, like the median; missing values left out).
+            p.customer_bins_ = [
+                quantile_edges(stats.transform(acc.sample[: acc.filled]), p.numeric_bins)
+                for acc, stats in zip(self.numeric, p.customer_numeric_)
+            ]
         p.customer_vocab_ = {col: sorted(seen) for col, seen in self.vocab.items()}
         p.product_ids_ = [str(v) for v in products[ps.id]]
         p.product_numeric_ = [
@@ -414,6 +424,7 @@ def partition(
     history_lags: int = 6,
     history_encoder: str = "events",
     include_objected: bool = False,
+    numeric_bins: int = 0,
 ) -> StreamingLayout:
     """Passes 1-3 of the module docstring: bucket files in ``workdir``, the fitted pipeline, the
     validation set and the batch counts. With ``history_encoder`` "none" the holdings history is
@@ -451,7 +462,7 @@ def partition(
         return is_val, bucket
 
     stats = StreamingPipelineFit(
-        schema, use_holdings, exclude_protected, reservoir, seed, history_lags, history_encoder
+        schema, use_holdings, exclude_protected, reservoir, seed, history_lags, history_encoder, numeric_bins
     )
     writers = BucketWriters()
     history_rows, reference = 0, None  # the training customers' history: rows, latest month
@@ -682,6 +693,7 @@ class StreamingSource:
                 config.model.history_lags,
                 config.model.history_encoder,
                 self.include_objected,
+                numeric_bins_of(config),
             )
             self.last_layout = layout
             if layout.objected:

@@ -334,7 +334,7 @@ def train_model(
     if numeric_bins_of(config) and pipeline.customer_bins_ is None:
         raise ConfigError(
             "model.numeric_encoding 'ple' needs quantile bins the feature pipeline did not fit "
-            "(streamed training does not fit them yet): use numeric_encoding 'none' or 'periodic'"
+            "(a pipeline built without numeric_bins): fit it with FeaturePipeline(..., numeric_bins=N)"
         )
     model = build_two_tower(
         pipeline, pipeline.transform_products(products), config.model, config.training.holdings_dropout
