@@ -2,7 +2,8 @@
 
     finrec generate  --out DIR [--story NAME] [--customers N] [--products P] [--difficulty hard] [--seed S] [--months N]
     finrec split     --data DIR --out DIR [--by customer] [--holdout 0.2] [--seed S] | --by time --cutoff DATE
-    finrec train     --data DIR --out MODEL_DIR [--config FILE] [--epochs N] [--seed S]
+    finrec train     --data DIR --out MODEL_DIR [--config FILE] [--epochs N] [--seed S] [--mlflow [URI]]
+    finrec tune      --data DIR --out DIR --budget SECONDS [--trials N] [--seed S] [--config FILE]
     finrec evaluate  --model MODEL_DIR --data DIR [--k 5] [--json FILE]
     finrec score     --model MODEL_DIR --data DIR --out FILE [--k K]
     finrec recommend --model MODEL_DIR --customer-id ID [-k 5] [--preset conservative] [--category C] [--json]
