@@ -361,7 +361,8 @@ def _split_line(split: dict | None) -> str:
             f"to {safe_text(split.get('adoptions_to'))})"
         )
     if split.get("by") == "customer":
-        return f"split: random customers, {side} side (holdout {split.get('holdout')}, seed {split.get('seed')})"
+        holdout, seed = safe_text(split.get("holdout")), safe_text(split.get("seed"))
+        return f"split: random customers, {side} side (holdout {holdout}, seed {seed})"
     return f"split: {safe_text(split.get('by'))} ({side} side)"
 
 

@@ -74,3 +74,15 @@ def test_cli_train_logs_the_run(small_data_dir, tmp_path, capsys):
     run = client.get_run(run_id)
     assert "model.embedding_dim" in run.data.params and "loss" in run.data.metrics
     assert "model/manifest.json" in {a.path for a in client.list_artifacts(run_id, "model")}
+
+
+def test_a_store_that_cannot_be_written_is_a_finrec_error(tmp_path):
+    from finrec.errors import FinrecError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.json").write_text('{"format": 1}')
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the store should be")
+    with pytest.raises(FinrecError, match="--mlflow"):
+        log_training_run(str(blocked), model, {}, {"loss": [1.0]})

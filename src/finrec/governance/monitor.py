@@ -190,15 +190,17 @@ def model_outputs(
     k: int,
     rng: np.random.Generator,
     max_customers: int = MAX_SCORED_CUSTOMERS,
+    history: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, pd.Series]:
     """(top-``k`` scores, recommended product ids) of up to ``max_customers`` customers (a seeded
-    sample beyond that) under the default filters, flattened over customers and ranks."""
+    sample beyond that) under the default filters, flattened over customers and ranks; with their
+    ``history`` (a holdings_history) as the model is served."""
     if len(customers) > max_customers:
         rows = np.sort(rng.choice(len(customers), size=max_customers, replace=False))
         customers = customers.iloc[rows].reset_index(drop=True)
     if len(customers) == 0:
         return np.zeros(0), pd.Series([], dtype=object)
-    ranking = recommender.rank(recommender.context(customers, holdings), k)
+    ranking = recommender.rank(recommender.context(customers, holdings, history=history), k)
     shown = ranking.index >= 0
     product_ids = np.asarray(recommender.pipeline.product_ids_, dtype=object)
     return ranking.scores[shown].astype("float64"), pd.Series(product_ids[ranking.index[shown]])
@@ -216,12 +218,15 @@ def build_reference(
     k: int = 5,
     seed: int = 0,
     n_bins: int = N_BINS,
+    history: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The reference distributions of a training population (what ``monitoring.json`` holds)."""
     numeric, categorical = feature_columns(recommender.schema)
     features = {name: numeric_reference(_numeric(customers, name), n_bins) for name in numeric}
     features |= {name: categorical_reference(customers[name]) for name in categorical}
-    scores, recommended = model_outputs(recommender, customers, holdings, k, np.random.default_rng(seed))
+    scores, recommended = model_outputs(
+        recommender, customers, holdings, k, np.random.default_rng(seed), history=history
+    )
     recommendations = categorical_reference(recommended)
     # Every catalogue product is a known bin, so a product never recommended at training but
     # recommended now is drift in the mix, not an "unseen" value.
@@ -246,6 +251,7 @@ def monitor(
     customers: pd.DataFrame,
     holdings: pd.DataFrame | None = None,
     seed: int = 0,
+    history: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Compare a scoring population with ``reference``: ``{"features": {name: {psi, status,
     ...}}, "scores": {...}, "recommendations": {...}, "summary": {...}}``."""
@@ -270,7 +276,7 @@ def monitor(
         values = _numeric(customers, name) if entry["kind"] == "numeric" else customers[name]
         features[name] = compare(entry, values, warn, alert)
     scores, recommended = model_outputs(
-        recommender, customers, holdings, int(reference["k"]), np.random.default_rng(seed)
+        recommender, customers, holdings, int(reference["k"]), np.random.default_rng(seed), history=history
     )
     report = {
         "customers": int(len(customers)),
@@ -348,7 +354,9 @@ def reference_for(trained, dataset, k: int = 5, seed: int = 0) -> dict[str, Any]
     ``dataset``: pass it to ``finrec.artifacts.save_model_dir(..., monitoring=...)``."""
     from finrec.recommend.recommender import Recommender
 
-    return build_reference(Recommender(trained), dataset.customers, dataset.holdings, k=k, seed=seed)
+    return build_reference(
+        Recommender(trained), dataset.customers, dataset.holdings, k=k, seed=seed, history=dataset.holdings_history
+    )
 
 
 def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
@@ -368,5 +376,12 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
     dataset = load_dataset(data_dir, require_interactions=False)
     if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
         raise DataError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
-    report = monitor(reference, Recommender(loaded.trained), dataset.customers, dataset.holdings, seed=seed)
+    report = monitor(
+        reference,
+        Recommender(loaded.trained),
+        dataset.customers,
+        dataset.holdings,
+        seed=seed,
+        history=dataset.holdings_history,
+    )
     return {"model": str(model_dir), "data": str(data_dir), **report}

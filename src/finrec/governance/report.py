@@ -321,6 +321,7 @@ def _lightgbm_scores(ctx: Context):
         import lightgbm  # noqa: F401
     except ImportError:
         return "LightGBM is not installed (`pip install finrec[baselines]`): no LightGBM baseline."
+    from finrec.data.compliance import without_objections
     from finrec.data.io import load_dataset
     from finrec.evaluate.baselines import TunedLightGBM
 
@@ -329,7 +330,7 @@ def _lightgbm_scores(ctx: Context):
         return (
             "The training data recorded in the manifest is gone: no LightGBM baseline (it is trained on the same data)."
         )
-    train = load_dataset(path)
+    train, _ = without_objections(load_dataset(path))  # as finrec train fitted the model
     # Tuned on a validation split of the training data, as a bank's analysts would run it; a small
     # fixed budget keeps the report to minutes (benchmarks/stories.py uses 6 trials).
     model = TunedLightGBM(max_trials=LIGHTGBM_TRIALS).fit(train, seed=ctx.seed)
@@ -550,7 +551,9 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     rng = np.random.default_rng(ctx.seed)
     pick = np.sort(rng.choice(len(customers), size=min(n_customers, len(customers)), replace=False))
     sample = customers.iloc[pick].reset_index(drop=True)
-    ranking = ctx.recommender.rank(ctx.recommender.context(sample, ctx.dataset.holdings), 1)
+    ranking = ctx.recommender.rank(
+        ctx.recommender.context(sample, ctx.dataset.holdings, history=ctx.dataset.holdings_history), 1
+    )
     background = explainer.background_matrix()
     cid = ctx.dataset.schema.customers.id
     held_by = ctx.dataset.holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
@@ -583,7 +586,7 @@ def suitability_section(ctx: Context) -> Section:
     customers = ctx.dataset.customers
     if len(customers) > MAX_EVAL_CUSTOMERS:
         customers = customers.sample(MAX_EVAL_CUSTOMERS, random_state=ctx.seed).reset_index(drop=True)
-    context = ctx.recommender.context(customers, ctx.dataset.holdings)
+    context = ctx.recommender.context(customers, ctx.dataset.holdings, history=ctx.dataset.holdings_history)
     ranking = ctx.recommender.rank(context, ctx.k)  # the default filters, as served
     rows = []
     already = np.zeros_like(ranking.excluded)
@@ -700,7 +703,13 @@ def build_report(
     ctx = Context(Path(model_dir), Path(data_dir), loaded.manifest, loaded.trained, dataset, recommender, k, seed)
     _prepare_outcomes(ctx)
     reference = read_monitoring(model_dir)
-    drift = monitor(reference, recommender, dataset.customers, dataset.holdings, seed=seed) if reference else None
+    drift = (
+        monitor(
+            reference, recommender, dataset.customers, dataset.holdings, seed=seed, history=dataset.holdings_history
+        )
+        if reference
+        else None
+    )
     sections = [
         intended_use(ctx),
         data_section(ctx, drift),

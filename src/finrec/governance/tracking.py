@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from finrec.errors import FinrecError
+from finrec.errors import FinrecError, safe_text
 
 DEFAULT_URI = "mlruns"
 EXPERIMENT = "finrec"
@@ -82,6 +82,16 @@ def log_training_run(
     ``register``: also add the logged model directory as a new version of that registered model
     (created on first use) in MLflow's model registry."""
     uri = check_tracking(uri, model_dir)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _log_training_run(uri, model_dir, config, history, metrics, run_name, register)
+    except (MlflowException, OSError) as exc:  # a server that refuses, a store that cannot be written
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinrecError(f"--mlflow {safe_text(uri)}: {safe_text(first)}") from None
+
+
+def _log_training_run(uri, model_dir, config, history, metrics, run_name, register) -> str:
     import mlflow
 
     if local_store(uri) is not None:

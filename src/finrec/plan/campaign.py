@@ -32,7 +32,7 @@ from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
 from finrec.plan.exposure import ExposureLimit, solve_dual_fair, solve_exact_fair
 from finrec.plan.solve import Plan, greedy, solve_dual, solve_exact
 from finrec.recommend import filters as F
-from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HoldingsByRow
+from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HistoryByChunk, HoldingsByRow, RowOfId
 
 # The exact solver's graph holds one arc per allowed pair: beyond this many, the dual method.
 EXACT_MAX_PAIRS = 2_000_000
@@ -173,12 +173,28 @@ def build_problem(
         listed = ", ".join(schema.customers.protected) or "none"
         raise FinrecError(f"--protected {group_column!r}: not a protected customer column of the schema ({listed})")
     group_values: list[pd.Series] = []
+    # A model with history features plans on the scores it serves: each chunk reads its
+    # customers' history (routed once to scratch files, as finrec score does).
+    history_path = find_table(data_dir, S.HOLDINGS_HISTORY, required=False)
+    scratch = None
+    by_chunk = None
+    if history_path is not None and getattr(recommender.pipeline, "history_", None) is not None:
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="finrec-plan-")
+        by_chunk = HistoryByChunk(history_path, RowOfId(ids), chunk_rows, Path(scratch.name))
     offset = 0
     for chunk in iter_customer_chunks(customers_path, schema.customers, chunk_rows):
         if group_column is not None:
             group_values.append(chunk[group_column])
         stop = offset + len(chunk)
-        context = recommender.context(chunk, held=held_by_row.slice(offset, stop))
+        history = None if by_chunk is None else by_chunk.slice(offset, stop)
+        context = recommender.context(
+            chunk,
+            held=held_by_row.slice(offset, stop),
+            history=history,
+            history_reference=None if by_chunk is None else by_chunk.reference,
+        )
         masks = recommender.masks(context, filters)
         rules = tuple(masks)
         p = recommender.probabilities(context)
@@ -189,6 +205,8 @@ def build_problem(
         if "debt_service" in context.attributes:
             debt_service[offset:stop] = context.attributes["debt_service"]
         offset = stop
+    if scratch is not None:
+        scratch.cleanup()
     groups, group_names = None, ()
     if group_column is not None:
         from finrec.evaluate.fairness import group_labels

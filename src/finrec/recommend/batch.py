@@ -167,11 +167,15 @@ class HistoryByChunk:
             for links in link_batches(Path(path), self.BATCH_ROWS, dated=True):
                 if len(links) == 0:
                     continue
-                latest = int(months(links[S.AS_OF]).max())
-                self.reference = latest if self.reference is None else max(self.reference, latest)
                 row = rows(links[S.CUSTOMER_ID])
                 known = row >= 0
                 links = links[known].assign(row=row[known])
+                if len(links) == 0:
+                    continue
+                # The latest snapshot of the customers scored: a stray later row of an unknown
+                # customer must not shift everyone's lags.
+                latest = int(months(links[S.AS_OF]).max())
+                self.reference = latest if self.reference is None else max(self.reference, latest)
                 bucket = links["row"].to_numpy() // self.rows_per_bucket
                 for b in np.unique(bucket):
                     writers.write(self._file(int(b)), links[bucket == b])

@@ -230,6 +230,15 @@ def score_dataset_ray(
     loaded = load_model_dir(model_dir, expect_schema=schema.to_dict())  # refuse a damaged or mismatched model here
     if probabilities and getattr(loaded.trained, "calibration", None) is None:
         raise FinrecError("--probabilities: this model has no calibration (calibration.json); retrain it")
+    if (
+        getattr(loaded.trained.pipeline, "history_", None) is not None
+        and find_table(data_dir, S.HOLDINGS_HISTORY, required=False) is not None
+    ):
+        # Its workers read customers and holdings only: scoring without the history would
+        # silently rank differently from the local engine.
+        raise FinrecError(
+            "--engine ray does not read holdings_history yet, and this model uses it: use the local engine"
+        )
     customers_path = find_table(data_dir, S.CUSTOMERS)
     is_csv = customers_path.suffix == ".csv"
     convert_options = _csv_convert_options(customers_path) if is_csv else None
