@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -193,18 +194,25 @@ def _sniff(path: Path) -> None:
         check_csv_file(path)
 
 
-def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> pd.DataFrame:
-    where = where or str(source)
+@contextmanager
+def _csv_errors(where, empty: str = "the file has no header and no rows"):
+    """pandas' failures to read a CSV file as one bounded ``DataError`` naming ``where``."""
     try:
-        df = pd.read_csv(source, dtype={c: str for c in id_columns}, keep_default_na=True, encoding="utf-8")
-    except UnicodeDecodeError as exc:
+        yield
+    except UnicodeDecodeError as exc:  # before ValueError, its base
         raise DataError(
             f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
         ) from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{where}: the file has no header and no rows") from None
+        raise DataError(f"{where}: {empty}") from None
     except (pd.errors.ParserError, ValueError) as exc:
         raise DataError(f"{where}: not a readable CSV file ({_first_line(exc)})") from None
+
+
+def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> pd.DataFrame:
+    where = where or str(source)
+    with _csv_errors(where):
+        df = pd.read_csv(source, dtype={c: str for c in id_columns}, keep_default_na=True, encoding="utf-8")
     _check_separator(df, where)
     unnamed = [c for c in df.columns if str(c).startswith("Unnamed:")]
     if unnamed and len(unnamed) == len(df.columns):
@@ -394,28 +402,14 @@ def read_history(path: Path) -> pd.DataFrame:
         raise DataError(
             f"{path}: missing column(s) {safe_items(missing, 5)}; the file has: {safe_items(header, 20, quote=False)}"
         )
-    try:
+    with _csv_errors(path):
         # Categories while reading: each distinct id and date is stored once.
         return pd.read_csv(path, usecols=list(HISTORY_COLUMNS), dtype="category", encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
-        ) from None
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
 
 
 def _read_csv_header(path: Path) -> list[str]:
-    try:
+    with _csv_errors(path):
         frame = pd.read_csv(path, nrows=0, encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file has no header and no rows") from None
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
     _check_separator(frame, path)
     return [str(c) for c in frame.columns]
 
@@ -509,7 +503,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
             offset += len(chunk)
     elif path.suffix == ".csv":
-        try:
+        with _csv_errors(path, empty="the file is empty"):
             reader = pd.read_csv(path, dtype={table.id: str}, chunksize=chunk_rows, encoding="utf-8")
             offset = 0
             for chunk in reader:
@@ -521,14 +515,6 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
                 offset += len(chunk)
             if offset == 0:
                 raise DataError(f"{path}: the table is empty (a header and no rows)")
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{path}: the file is empty") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
-            ) from None
-        except (pd.errors.ParserError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
 
