@@ -289,3 +289,27 @@ def test_streamed_training_takes_the_piecewise_linear_encoding(small_data_dir, t
         "piecewise" in type(layer).__name__.lower() for layer in trained.model.get_layer("customer_tower").layers
     )
     assert np.isfinite(trained.history["loss"]).all()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_snapshot_after_an_adoption_is_refused_when_streaming(tmp_path, fmt):
+    """As the in-memory loader refuses it: a history row dated on or after the customer's first
+    adoption would let training see the future."""
+    from finrec.data.io import write_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.errors import DataError
+
+    tables = generate(GeneratorSettings(n_customers=400, seed=3, months=3, ground_truth=False))
+    assert S.TIMESTAMP in tables[S.INTERACTIONS]
+    fine = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "fine", fmt=fmt)
+    assert partition(fine, tmp_path / "work-fine", chunk_rows=100, include_objected=True).has_history
+
+    adopter = tables[S.INTERACTIONS][S.CUSTOMER_ID].iloc[0]
+    late = pd.to_datetime(tables[S.INTERACTIONS][S.TIMESTAMP]).max() + pd.Timedelta(days=31)
+    history = tables[S.HOLDINGS_HISTORY].copy()
+    history[S.AS_OF] = pd.to_datetime(history[S.AS_OF])
+    history.loc[history[S.CUSTOMER_ID] == adopter, S.AS_OF] = late.normalize()
+    tables[S.HOLDINGS_HISTORY] = history
+    leaky = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "leaky", fmt=fmt)
+    with pytest.raises(DataError, match="holdings_history"):
+        partition(leaky, tmp_path / "work-leaky", chunk_rows=100, include_objected=True)

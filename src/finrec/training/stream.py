@@ -47,6 +47,7 @@ so with history ``chunk_rows`` bounds most of the memory.
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import shutil
@@ -68,7 +69,7 @@ from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text, ids_as_text
 from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
-from finrec.data.validate import parse_dates
+from finrec.data.validate import check_history_order, parse_dates
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
 from finrec.history_features import months
@@ -252,10 +253,14 @@ class StreamingPipelineFit:
 # ------------------------------------------------------------------------------ reading
 
 
-def link_batches(path: Path, chunk_rows: int, dated: bool = False):
+def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool = False):
     """Record batches (customer_id, product_id as text) of a link table, CSV or Parquet; with
-    ``dated``, of a holdings history (its ``as_of`` parsed, a missing or bad date refused)."""
+    ``dated``, of a holdings history (its ``as_of`` parsed, a missing or bad date refused); with
+    ``stamped``, with the interactions' ``timestamp`` too when the file has one (parsed; missing
+    allowed), so the history's order can be checked against it."""
     columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *((S.AS_OF,) if dated else ())]
+    if stamped and S.TIMESTAMP in _column_names(path):
+        columns.append(S.TIMESTAMP)
     if path.suffix == ".parquet":
         try:
             batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
@@ -278,12 +283,22 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False):
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
         for column in columns[:2]:
             frame[column] = ids_as_text(frame[column])
+        where = f"{path} rows {offset + 1}-{offset + len(frame)}"
         if dated:
-            where = f"{path} rows {offset + 1}-{offset + len(frame)}"
             frame[S.AS_OF] = parse_dates(frame[S.AS_OF], S.AS_OF, where)
+        if S.TIMESTAMP in columns:
+            frame[S.TIMESTAMP] = parse_dates(frame[S.TIMESTAMP], S.TIMESTAMP, where, allow_missing=True)
         offset += len(frame)
-        frame = frame.dropna(subset=columns)
+        frame = frame.dropna(subset=[c for c in columns if c != S.TIMESTAMP])
         yield frame[columns]
+
+
+def _column_names(path: Path) -> list[str]:
+    """The column names of a CSV or Parquet table, from its header or schema alone."""
+    if path.suffix == ".parquet":
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        return next(csv.reader(handle), [])
 
 
 def _count_rows(path: Path, table: S.TableSchema, chunk_rows: int) -> int:
@@ -490,7 +505,9 @@ def partition(
         ):
             if path is None:
                 continue
-            for links in link_batches(path, chunk_rows, dated=name == S.HOLDINGS_HISTORY):
+            for links in link_batches(
+                path, chunk_rows, dated=name == S.HOLDINGS_HISTORY, stamped=name == S.INTERACTIONS
+            ):
                 if objected_ids is not None:
                     gone = pc.is_in(as_arrow_text(links[S.CUSTOMER_ID]), value_set=objected_ids)
                     links = links[~gone.to_numpy(zero_copy_only=False)]
@@ -520,6 +537,10 @@ def partition(
         if not path.exists():
             continue
         interactions = layout.read_links(S.INTERACTIONS, b)
+        if history_path is not None and S.TIMESTAMP in interactions.columns:
+            # As the in-memory loader checks: no snapshot on or after a customer's first adoption
+            # (a month-by-month adoption log would otherwise train on the future).
+            check_history_order(layout.read_history(b), interactions, str(history_path))
         start = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[table.id]):
             ids = as_arrow_text(batch.column(0))
@@ -537,6 +558,8 @@ def partition(
         matched = 0
     pipeline.product_popularity_ = [int(v) for v in popularity]
     layout.validation = _read_validation(val_dir, schema, products, history_path is not None)
+    if history_path is not None and S.TIMESTAMP in layout.validation.interactions.columns:
+        check_history_order(layout.validation.holdings_history, layout.validation.interactions, str(history_path))
     layout.seconds = {"partition": partitioned - started, "count": time.perf_counter() - partitioned}
     if layout.dropped_links:
         log.warning(
