@@ -34,24 +34,7 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "model_study.json"
 CONFIGS = HERE / "configs"
-DEFAULT_BANK = "default"
-
-
-def load_split(story: str, seed: int):
-    from finrec.data import schema as S
-    from finrec.data.compliance import without_objections
-    from finrec.data.io import validate_tables
-    from finrec.data.split import split_dataset
-    from finrec.data.stories import generate_story
-    from finrec.data.synthetic import GeneratorSettings, generate
-
-    if story == DEFAULT_BANK:
-        tables, schema = generate(GeneratorSettings(seed=seed)), S.SYNTHETIC.schema()
-    else:
-        tables, schema = generate_story(story, seed=seed)
-    train, test = split_dataset(validate_tables(schema, tables), holdout_fraction=0.2, seed=seed)
-    train, _ = without_objections(train)
-    return train, test
+from stories import DEFAULT_BANK, load_split  # noqa: E402  (the same banks and splits)
 
 
 def config_of(name: str, seed: int):

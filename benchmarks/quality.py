@@ -248,9 +248,10 @@ def record(store: dict, dataset: str, variant: str, seed: int, backend: str, ent
     }
 
 
-def load_store() -> dict:
-    if RESULTS.exists():
-        store = json.loads(RESULTS.read_text())
+def load_store(path: Path = RESULTS) -> dict:
+    """The stored runs of a results file (``{"runs": {}}`` when there is none yet)."""
+    if path.exists():
+        store = json.loads(path.read_text())
         store.setdefault("runs", {})
         return store
     return {"runs": {}}

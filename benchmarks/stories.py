@@ -136,11 +136,9 @@ def record(store: dict, story: str, ranker: str, seed: int, entry: dict) -> None
 
 
 def load_store() -> dict:
-    if RESULTS.exists():
-        store = json.loads(RESULTS.read_text())
-        store.setdefault("runs", {})
-        return store
-    return {"runs": {}}
+    import quality
+
+    return quality.load_store(RESULTS)  # RESULTS as --results set it
 
 
 def save(store: dict) -> None:
