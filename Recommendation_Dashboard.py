@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,25 +64,7 @@ def load_recommender(model_dir: str, data_dir: str | None) -> Recommender:
 
 @st.cache_resource(show_spinner=False)
 def load_explainer(model_dir: str, data_dir: str | None) -> X.CustomerExplainer:
-    explainer = X.CustomerExplainer(load_recommender(model_dir, data_dir), max_background=100, seed=0)
-    # SHAP's first call compiles numba code (10-40 s): do it in the background while the user reads.
-    # FINREC_SHAP_WARMUP=0 turns that off: CPython 3.11 keeps the AST builder's recursion counter
-    # per interpreter, so a compile in this thread racing another thread's compile (Streamlit's
-    # script, pytest's assertion rewriting) can fail with "AST constructor recursion depth mismatch".
-    if os.environ.get("FINREC_SHAP_WARMUP", "1") != "0":
-        threading.Thread(target=_warm_up_shap, args=(explainer,), daemon=True, name="shap-warm-up").start()
-    return explainer
-
-
-def _warm_up_shap(explainer: X.CustomerExplainer) -> None:
-    try:
-        import shap
-
-        background = explainer.background_matrix()
-        score = explainer.score_function(explainer.pipeline.product_ids_[0])
-        shap.PermutationExplainer(score, background[:10])(background[:1], silent=True)
-    except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first explanation
-        pass
+    return X.CustomerExplainer(load_recommender(model_dir, data_dir), max_background=100, seed=0)
 
 
 @st.cache_resource(show_spinner=False)
@@ -96,8 +77,7 @@ def shap_explanation(
     model_dir: str, data_dir: str | None, subject_key: str, x: tuple, holdings: tuple, product_id: str
 ) -> dict:
     """SHAP values of one customer for one product (cached per customer and product)."""
-    import shap
-
+    shap = X.load_shap()
     explainer = load_explainer(model_dir, data_dir)
     row = np.asarray([x], dtype="float64")
     score = explainer.score_function(product_id, holdings)
@@ -117,8 +97,7 @@ def global_importance(
     model_dir: str, data_dir: str | None, product_id: str, n: int = GLOBAL_SAMPLE, seed: int = 0
 ) -> pd.DataFrame:
     """Mean |SHAP| per feature over ``n`` sampled customers (each with their own holdings)."""
-    import shap
-
+    shap = X.load_shap()
     rec = load_recommender(model_dir, data_dir)
     explainer = load_explainer(model_dir, data_dir)
     known = rec.known_customers
@@ -674,7 +653,7 @@ def explain_tab(
     request = (subject.key, product_id)
     if st.button("Explain this recommendation", type="primary", key="shap_button"):
         start = time.perf_counter()
-        with st.spinner("Computing SHAP values (the first explanation also compiles SHAP's numba code)…"):
+        with st.spinner("Computing SHAP values…"):
             out = shap_explanation(
                 model_dir, data_dir, subject.key, tuple(x[0].tolist()), tuple(subject.holdings), product_id
             )

@@ -6,9 +6,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# The dashboard's background SHAP warm-up compiles code in a thread that outlives each in-process
-# test; on CPython 3.11 a compile racing another (the next test's) can fail spuriously.
-os.environ.setdefault("FINREC_SHAP_WARMUP", "0")
 
 import pytest
 

@@ -1,3 +1,9 @@
+import json
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +13,8 @@ from finrec.data import schema as S
 from finrec.errors import DataError, FinrecError
 from finrec.recommend.recommender import Recommender
 
+# Not importorskip: importing shap here would decide its JIT setting before load_shap does.
+NEEDS_SHAP = pytest.mark.skipif(find_spec("shap") is None, reason="shap is not installed")
 ALL = {"suitability": False, "exclude_held": False, "eligibility": False}
 
 
@@ -44,8 +52,9 @@ def test_score_function_is_vectorised(rec, explainer, small_dataset):
     np.testing.assert_allclose(many[[0, 99, 199]], one_by_one, atol=1e-6)
 
 
+@NEEDS_SHAP
 def test_permutation_shap_adds_up_to_the_score(rec, explainer, small_dataset):
-    shap = pytest.importorskip("shap")
+    shap = X.load_shap()
     cid = small_dataset.customer_ids[11]
     x, held = explainer.known_customer(cid)
     pid = rec.recommend(cid, k=1).items[0].product_id
@@ -54,6 +63,26 @@ def test_permutation_shap_adds_up_to_the_score(rec, explainer, small_dataset):
     base = float(np.ravel(out.base_values)[0])
     assert X.additivity_gap(base, out.values[0], f(x)[0]) < 1e-4
     assert base == pytest.approx(f(explainer.background_matrix()).mean(), abs=1e-6)
+
+
+LOAD_SHAP = """
+import json, sys, numba
+from finrec.explain import load_shap
+shap = load_shap()
+print(json.dumps({"interpreted": not isinstance(shap.links.identity, numba.core.dispatcher.Dispatcher),
+                  "restored": numba.config.DISABLE_JIT == 0}))
+"""
+
+
+@NEEDS_SHAP
+@pytest.mark.parametrize("jit", ["0", "1"])
+def test_shap_kernels_are_interpreted_unless_asked(jit):
+    """The first explanation must not wait 10-60 s for numba to compile SHAP's kernels; the switch
+    is put back so that other numba users still compile."""
+    env = {**os.environ, "FINREC_SHAP_JIT": jit, "NUMBA_DISABLE_JIT": "0"}
+    out = subprocess.run([sys.executable, "-c", LOAD_SHAP], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"interpreted": jit == "0", "restored": True}
 
 
 def test_encode_decode_round_trip(explainer, small_dataset):

@@ -22,6 +22,8 @@ badge, rank changes between two top-K lists and the 2-D projection of the embedd
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -585,16 +587,39 @@ __all__ = [
     "slider_spec",
     "suitability_applies",
     "suitability_badge",
+    "load_shap",
     "MAX_UPLOAD_BYTES",
     "VALUE_RANGES",
 ]
 
 
-def permutation_shap(score, x: np.ndarray, background: np.ndarray, max_evals: int | None = None) -> np.ndarray:
-    """SHAP values float [n, F] of ``score`` (``f(X [n, F]) -> [n]``) at the rows ``x``, by SHAP's
-    ``PermutationExplainer`` against ``background`` (the validation report's global view). shap
-    is imported here, on first use: it is an optional dependency."""
+def load_shap():
+    """The ``shap`` module, imported on first use (an optional dependency) with numba's JIT off.
+
+    SHAP compiles its numba kernels on the first explanation in every process: 11 s on an idle
+    2-core machine, up to a minute on a busy one. Interpreted, the same kernels explain one customer
+    in about 15 ms and a 200-row global view in about 1.5 s (4x the compiled speed): a dashboard
+    session or a report never explains enough rows to repay the compile. ``FINREC_SHAP_JIT=1``
+    keeps the JIT for long batch explanation jobs. Numba reads the switch when shap's kernels are
+    decorated, at shap's import, and it is restored at once so no other numba user is affected.
+    """
+    if "shap" not in sys.modules and os.environ.get("FINREC_SHAP_JIT", "0") != "1":
+        import numba
+
+        previous = numba.config.DISABLE_JIT
+        numba.config.DISABLE_JIT = True
+        try:
+            import shap
+        finally:
+            numba.config.DISABLE_JIT = previous
     import shap
 
+    return shap
+
+
+def permutation_shap(score, x: np.ndarray, background: np.ndarray, max_evals: int | None = None) -> np.ndarray:
+    """SHAP values float [n, F] of ``score`` (``f(X [n, F]) -> [n]``) at the rows ``x``, by SHAP's
+    ``PermutationExplainer`` against ``background`` (the validation report's global view)."""
+    shap = load_shap()
     evals = max_evals if max_evals is not None else 2 * x.shape[1] + 1
     return np.asarray(shap.PermutationExplainer(score, background)(x, max_evals=evals, silent=True).values)
