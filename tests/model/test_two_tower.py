@@ -1,9 +1,5 @@
 """Model structure, save/load, backends, and behaviour a banker would expect."""
 
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -80,42 +76,3 @@ def test_invariance_to_customer_id_and_row_order(trained, small_dataset):
     np.testing.assert_allclose(trained.score(customers), trained.score(renamed), atol=1e-6)
     reversed_scores = trained.score(customers.iloc[::-1])
     np.testing.assert_allclose(trained.score(customers)[::-1], reversed_scores, atol=1e-6)
-
-
-JAX_SCRIPT = textwrap.dedent("""
-    import os, sys
-    os.environ["KERAS_BACKEND"] = "jax"
-    import jax, keras, numpy as np
-    assert keras.backend.backend() == "jax"
-    from finrec.config import Config, ModelConfig, TrainConfig
-    from finrec.data import schema as S
-    from finrec.data.io import validate_tables
-    from finrec.data.synthetic import GeneratorSettings, generate
-    from finrec.model import losses as L
-    from finrec.training.train import fit
-    ds = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=400, seed=1)))
-    # Each fit compiles a new XLA program (slow on 2 cores): train once, and check the gradients
-    # of the other losses directly on JAX arrays.
-    cfg = Config(model=ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8, cross_layers=1),
-                 training=TrainConfig(epochs=2, batch_size=64))
-    trained = fit(ds, cfg, verbose=0)
-    assert all(np.isfinite(trained.history["loss"])), trained.history
-    y = np.array([[1, 2, -1, 0], [0, 1, 0, 2]], "float32")
-    scores = np.random.default_rng(0).uniform(-1, 1, (2, 4)).astype("float32")
-    log_q = np.log(np.full(4, 0.25))
-    for loss in (L.InBatchSoftmax(log_q, 0.1), L.SampledSoftmax(log_q, 0.1), L.HardNegativeTriplet(0.2, 2)):
-        grad = jax.grad(lambda s: loss(y, s))(scores)
-        assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).sum() > 0
-    trained.model.save(sys.argv[1])
-    print("jax ok")
-""")
-
-
-@pytest.mark.slow
-def test_trains_on_jax_and_loads_on_tensorflow(tmp_path, small_dataset):
-    path = tmp_path / "jax.keras"
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(path)], capture_output=True, text=True, timeout=420)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "jax ok" in done.stdout
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)  # this process runs TensorFlow
-    assert model.output.shape[-1] == len(small_dataset.products)
