@@ -131,11 +131,15 @@ class LabelTerm:
     def contains(self, values: np.ndarray) -> np.ndarray:
         """bool [n, P]: customer label ``values[i]`` is listed by product p (False when unknown)."""
         other = len(self.vocabulary)
-        codes = np.fromiter(
-            (self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
-            dtype=np.intp,
-            count=len(values),
-        )
+        if _text_or_missing(values):  # a hash lookup in C: ~30x faster than a dict.get per customer
+            codes = pd.Index(np.array(list(self.vocabulary), dtype=object), dtype=object).get_indexer(values)
+            codes[codes < 0] = other
+        else:
+            codes = np.fromiter(
+                (self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
+                dtype=np.intp,
+                count=len(values),
+            )
         return self.table[codes]
 
 
@@ -158,7 +162,16 @@ def regimes_of(labels: pd.Series, mapping: dict[str, str], where: str) -> np.nda
 
 def _unknown(values: np.ndarray) -> np.ndarray:
     """bool [n]: the label is missing (labels are text; anything else counts as unknown)."""
+    if _text_or_missing(values):
+        return pd.isna(values)
     return np.fromiter((not isinstance(v, str) for v in values), dtype=bool, count=len(values))
+
+
+def _text_or_missing(values: np.ndarray) -> bool:
+    """Every value is text or missing (``customer_profile``'s labels are): what the vectorised
+    label lookups assume; anything else takes the per-value path."""
+    values = np.asarray(values, dtype=object)
+    return values.ndim == 1 and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
 
 
 def outside_target_market(customer: dict[str, np.ndarray], terms: dict, applies: np.ndarray) -> np.ndarray:
@@ -317,6 +330,14 @@ def _labels(values) -> np.ndarray:
     )
 
 
+def _column_labels(column: pd.Series) -> np.ndarray:
+    """``_labels`` of a column; a categorical one maps its few categories, not each row."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        categories = np.append(_labels(column.cat.categories.tolist()), None)
+        return categories[column.cat.codes.to_numpy()]  # code -1 (missing) -> the appended None
+    return _labels(column.tolist())
+
+
 def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str = S.CUSTOMERS) -> dict[str, np.ndarray]:
     """The customer side of the rules: float [n] per numeric role (NaN = unknown or not named),
     object [n] per label role (None = unknown), and ``objected`` bool [n]."""
@@ -332,7 +353,7 @@ def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str =
     for role in LABEL_PROFILE:
         column = named.get(role)
         out[role] = (
-            _labels(customers[column].tolist()) if column and column in customers else np.full(n, None, dtype=object)
+            _column_labels(customers[column]) if column and column in customers else np.full(n, None, dtype=object)
         )
     if table.consent and table.consent in customers:
         out["objected"] = objected(customers[table.consent], where)
