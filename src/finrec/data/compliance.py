@@ -132,7 +132,9 @@ class LabelTerm:
         """bool [n, P]: customer label ``values[i]`` is listed by product p (False when unknown)."""
         other = len(self.vocabulary)
         if _text_or_missing(values):  # a hash lookup in C: ~30x faster than a dict.get per customer
-            codes = pd.Index(np.array(list(self.vocabulary), dtype=object), dtype=object).get_indexer(values)
+            # Both sides as object Indexes: an array target would be converted to Arrow strings first (5x slower).
+            labels = pd.Index(np.array(list(self.vocabulary), dtype=object), dtype=object)
+            codes = labels.get_indexer(pd.Index(np.asarray(values, dtype=object), dtype=object))
             codes[codes < 0] = other
         else:
             codes = np.fromiter(
@@ -224,10 +226,14 @@ def debt_service_ratio_after(income: np.ndarray, debt_service: np.ndarray, payme
     """float [n, P]: ``12 * (debt_service_c + payment_p) / income_c``: the share of yearly income
     that would go to debt service after taking product p (monthly amounts, yearly income). NaN
     when income or debt service is unknown, +inf when income is not positive."""
-    income = income[:, None]
+    # In place in one [n, P] buffer (a plan checks a million customers): the same operations.
+    ratio = np.add(debt_service[:, None], payment[None, :], dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = 12.0 * (debt_service[:, None] + payment[None, :]) / income
-    return np.where(income > 0, ratio, np.where(np.isnan(income), np.nan, np.inf))
+        np.multiply(12.0, ratio, out=ratio)
+        np.divide(ratio, income[:, None], out=ratio)
+    unusable = ~(income > 0)
+    ratio[unusable] = np.where(np.isnan(income[unusable]), np.nan, np.inf)[:, None]
+    return ratio
 
 
 def unaffordable(
