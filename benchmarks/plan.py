@@ -12,7 +12,9 @@
 
     PYTHONPATH=src .venv/bin/python benchmarks/plan.py [--customers 1000000] [--skip-quality]
 
-Writes benchmarks/results/plan.json.
+Writes benchmarks/results/plan.json (a section a run skips keeps its previous figures). With
+``--skip-quality`` the scale run plans with a default-architecture model trained for 3 epochs
+on the default bank (the plan's speed does not depend on how well the model is trained).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,16 @@ def quality(workdir: Path, seed: int = 0, draws: int = 1000) -> tuple[dict, Path
     }, model_dir
 
 
+# The plan's peak memory, measured by a small go-between process: a child started straight from
+# this one (which holds the generated bank) inherits its memory high-water mark through fork and
+# exec on Linux, so this process's RUSAGE_CHILDREN would report ~2 GB whatever the plan used.
+PEAK_WRAPPER = (
+    "import resource, subprocess, sys; done = subprocess.run(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(done.returncode)"
+)
+
+
 def scale(workdir: Path, model_dir: Path, customers: int, seed: int = 1) -> dict:
     start = time.perf_counter()
     tables, schema = with_margins(generate(GeneratorSettings(n_customers=customers, seed=seed, ground_truth=False)))
@@ -176,7 +187,12 @@ def scale(workdir: Path, model_dir: Path, customers: int, seed: int = 1) -> dict
     ).to_csv(caps_path, index=False)
     del tables
     summary = workdir / "summary.json"
+    peak_file = workdir / "peak_kib"
     command = [
+        sys.executable,
+        "-c",
+        PEAK_WRAPPER,
+        str(peak_file),
         sys.executable,
         "-m",
         "finrec.cli",
@@ -194,18 +210,21 @@ def scale(workdir: Path, model_dir: Path, customers: int, seed: int = 1) -> dict
         "--json",
         str(summary),
     ]
+    load_before = os.getloadavg()  # the machine may be shared: the 1-minute load says how busy it was
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "src"})
     seconds = time.perf_counter() - start
+    load_after = os.getloadavg()
     if done.returncode != 0:
         raise SystemExit(f"finrec plan failed: {done.stderr}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    peak = int(peak_file.read_text()) / 1024  # KiB on Linux
     info = json.loads(summary.read_text())
     return {
         "customers": customers,
         "generate_seconds": generate_seconds,
         "plan_seconds_end_to_end": seconds,
         "peak_rss_mib": peak,
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]},
         "summary": info,
         "stdout": done.stdout,
     }
@@ -262,6 +281,8 @@ def main() -> None:
         )
         print(s["stdout"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if RESULTS.exists():  # a section this run skipped keeps its last measured figures
+        out = {**json.loads(RESULTS.read_text()), **out}
     RESULTS.write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {RESULTS}")
 

@@ -366,6 +366,21 @@ def _check_consistent(pipeline, model, embeddings: np.ndarray, products: pd.Data
     """The files of one model agree: the same catalogue, the same input sizes and dimension."""
     from finrec.model.two_tower import PRODUCT_KNOWN, SIMILARITY, towers_of
 
+    _check_products(pipeline, embeddings, products)
+    n_products = pipeline.n_products
+    customer_tower, product_tower = towers_of(model)
+    shapes = model.get_layer(SIMILARITY).feature_shapes
+    _check_tower(customer_tower, pipeline.customer_input_spec(), embeddings.shape[1])
+    product_spec = pipeline.product_input_spec()
+    if PRODUCT_KNOWN in shapes:  # model.product_id_dropout > 0
+        product_spec[PRODUCT_KNOWN] = ("known", n_products)
+    _check_tower(product_tower, product_spec, embeddings.shape[1])
+    if any(shape[0] != n_products for shape in shapes.values()):
+        raise ArtifactError(f"{MODEL_FILE}: its catalogue has a different number of products than {PIPELINE_FILE}")
+
+
+def _check_products(pipeline, embeddings: np.ndarray, products: pd.DataFrame) -> None:
+    """The product embeddings and the products table are those of the pipeline's catalogue."""
     n_products = pipeline.n_products
     if embeddings.shape[0] != n_products:
         raise ArtifactError(
@@ -382,15 +397,6 @@ def _check_consistent(pipeline, model, embeddings: np.ndarray, products: pd.Data
             f"{PRODUCTS_FILE}: its products are not those of {PIPELINE_FILE} (missing: "
             f"{safe_items(sorted(unknown))}); the files come from different models"
         )
-    customer_tower, product_tower = towers_of(model)
-    shapes = model.get_layer(SIMILARITY).feature_shapes
-    _check_tower(customer_tower, pipeline.customer_input_spec(), embeddings.shape[1])
-    product_spec = pipeline.product_input_spec()
-    if PRODUCT_KNOWN in shapes:  # model.product_id_dropout > 0
-        product_spec[PRODUCT_KNOWN] = ("known", n_products)
-    _check_tower(product_tower, product_spec, embeddings.shape[1])
-    if any(shape[0] != n_products for shape in shapes.values()):
-        raise ArtifactError(f"{MODEL_FILE}: its catalogue has a different number of products than {PIPELINE_FILE}")
 
 
 def _part(path: Path, name: str, load):
@@ -410,13 +416,16 @@ def _part(path: Path, name: str, load):
         raise ArtifactError(f"{file}: cannot load the model from it ({type(exc).__name__}: {first})") from None
 
 
-def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -> LoadedArtifacts:
+def load_model_dir(
+    path: str | os.PathLike, expect_schema: dict | None = None, keras_model: bool = True
+) -> LoadedArtifacts:
     """Load and check a model directory; ``expect_schema`` (a schema dict) must match the one the
-    model was trained on when given. Every failure is an ``ArtifactError`` naming the file."""
-    import keras
+    model was trained on when given. Every failure is an ``ArtifactError`` naming the file.
 
-    from finrec.training.train import TrainedModel
-
+    ``keras_model=False``: for a caller that only serves through the numpy tower (``finrec
+    plan``): when the customer tower has only Keras' standard layers its weights are read from
+    ``model.keras`` without importing Keras (``ServingModel``, ~10 s less); otherwise the Keras
+    model is loaded as usual."""
     path = Path(path)
     manifest = read_manifest(path)
     if expect_schema is not None and schema_hash(expect_schema) != manifest["schema_hash"]:
@@ -426,6 +435,20 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
     history = _part(path, HISTORY_FILE, _load_history)
     embeddings = _part(path, EMBEDDINGS_FILE, _load_embeddings)
     products = _part(path, PRODUCTS_FILE, lambda file: pq.read_table(file).to_pandas())
+    spec = None if keras_model else _part(path, MODEL_FILE, _read_customer_tower)
+    if spec is not None:
+        try:
+            _check_products(pipeline, embeddings, products)
+            _check_saved_tower(spec, pipeline.customer_input_spec(), embeddings.shape[1])
+        except FinrecError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
+        calibration = _load_calibration_of(path, manifest)
+        served = ServingModel(pipeline, config, products, history, embeddings, calibration, spec)
+        return LoadedArtifacts(path=path, manifest=manifest, trained=served)
+    import keras
+
+    from finrec.training.train import TrainedModel
+
     model = _part(path, MODEL_FILE, lambda file: keras.saving.load_model(file, compile=False, safe_mode=True))
     try:
         _check_consistent(pipeline, model, embeddings, products)
@@ -436,7 +459,6 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
             f"{path}: {MODEL_FILE} is not a finrec two-tower model "
             f"({type(exc).__name__}: {safe_text(str(exc).split(chr(10), 1)[0])})"
         ) from None
-    calibration = _part(path, CALIBRATION_FILE, _load_calibration) if CALIBRATION_FILE in manifest["files"] else None
     trained = TrainedModel(
         model=model,
         pipeline=pipeline,
@@ -444,9 +466,79 @@ def load_model_dir(path: str | os.PathLike, expect_schema: dict | None = None) -
         products=products,
         history=history,
         product_embeddings_=embeddings,
-        calibration=calibration,
+        calibration=_load_calibration_of(path, manifest),
     )
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
+
+
+def _load_calibration_of(path: Path, manifest: dict[str, Any]):
+    return _part(path, CALIBRATION_FILE, _load_calibration) if CALIBRATION_FILE in manifest["files"] else None
+
+
+@dataclass
+class ServingModel:
+    """A model directory loaded without Keras (``load_model_dir(keras_model=False)``): what the
+    numpy serving path (``finrec.recommend.Recommender``) reads of a ``TrainedModel``, with the
+    customer tower's weights (``tower_spec``) in place of the Keras model."""
+
+    pipeline: Any  # finrec.features.FeaturePipeline
+    config: Config
+    products: pd.DataFrame
+    history: dict[str, list]
+    product_embeddings_: np.ndarray
+    calibration: Any  # finrec.training.calibration.Calibration | None
+    tower_spec: Any  # finrec.model.tower_spec.TowerSpec
+    model: None = None
+
+
+def _read_customer_tower(file: Path):
+    """The customer tower's ``TowerSpec`` read from ``model.keras`` (a zip of ``config.json`` and
+    the HDF5 weights) with h5py, not Keras; None when h5py is missing, the tower holds a layer
+    only Keras can read (``finrec.model.tower_spec.spec_from_saved``) or anything in the file is
+    not as expected: Keras then reads it and has the last word."""
+    import io
+    import zipfile
+
+    from finrec.model.tower_spec import CUSTOMER_TOWER, spec_from_saved
+
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py comes with Keras
+        return None
+    try:
+        with zipfile.ZipFile(file) as archive:
+            config = json.loads(archive.read("config.json"))
+            weights = archive.read("model.weights.h5")
+        variables: dict[str, list[np.ndarray]] = {}
+        with h5py.File(io.BytesIO(weights), "r") as store:
+            # Keras keeps a layer's variables in a group ``.../vars`` whose "name" attribute is the layer's name.
+            towers = [g for g in store["layers"].values() if g["vars"].attrs.get("name") == CUSTOMER_TOWER]
+            if len(towers) != 1:
+                return None
+            for group in towers[0]["layers"].values():
+                found = group["vars"]
+                variables[str(found.attrs["name"])] = [np.asarray(found[str(i)]) for i in range(len(found))]
+        return spec_from_saved(config, variables, CUSTOMER_TOWER)
+    except (OSError, KeyError, IndexError, TypeError, ValueError, AttributeError, zipfile.BadZipFile):
+        return None
+
+
+def _check_saved_tower(spec, inputs: dict[str, tuple[str, int]], dimension: int) -> None:
+    """``_check_tower`` for a tower read without Keras: the same inputs, sizes and dimension."""
+    ok = set(spec.input_shapes) == set(inputs) and spec.output_dim == dimension
+    for name, (kind, size) in inputs.items() if ok else ():
+        shape = spec.input_shapes[name]
+        if kind == "categorical":
+            ok = ok and shape == () and spec.embedding_sizes.get(f"{spec.name}_emb_{name}") == size
+        elif isinstance(size, (tuple, list)):
+            ok = ok and shape == tuple(size)
+        else:
+            ok = ok and shape == (size,)
+    if not ok:
+        raise ArtifactError(
+            f"{MODEL_FILE}: its {spec.name} does not fit {PIPELINE_FILE} and {EMBEDDINGS_FILE} "
+            "(inputs or sizes differ); the files come from different models"
+        )
 
 
 def _load_calibration(file: Path):

@@ -454,15 +454,16 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def _load_model_for(model_dir: Path, schema):
+def _load_model_for(model_dir: Path, schema, keras_model: bool = True):
     """The model directory, checked against the data's schema. The products' value column is
-    campaign data, not a model input: a model trained before it was named still matches."""
+    campaign data, not a model input: a model trained before it was named still matches.
+    ``keras_model=False``: the numpy tower is all the caller needs (``load_model_dir``)."""
     from finrec.artifacts import load_model_dir, read_manifest, schema_hash
 
     expect = schema.to_dict()
     if schema.products.value and schema_hash(expect) != read_manifest(model_dir, verify=False).get("schema_hash"):
         expect = schema.without_value().to_dict()
-    return load_model_dir(model_dir, expect_schema=expect)
+    return load_model_dir(model_dir, expect_schema=expect, keras_model=keras_model)
 
 
 def cmd_calibrate(args) -> int:
@@ -528,7 +529,8 @@ def cmd_plan(args) -> int:
     from finrec.plan import campaign
     from finrec.recommend.recommender import Recommender
 
-    loaded = _load_model_for(args.model, read_schema(args.data))
+    # The plan scores through the numpy tower only: no Keras import when the tower allows (~10 s).
+    loaded = _load_model_for(args.model, read_schema(args.data), keras_model=False)
     recommender = Recommender(loaded.trained)
     problem = campaign.build_problem(
         recommender,

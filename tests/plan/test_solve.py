@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from finrec.errors import FinrecError
-from finrec.plan.solve import _top, dual_value, greedy, solve_dual, solve_exact
+from finrec.plan.solve import _top, _top_allowed, dual_value, greedy, solve_dual, solve_exact
 
 INF = np.inf
 
@@ -152,3 +152,23 @@ def test_zero_capacity_and_nothing_allowed():
 def test_bad_problems_are_refused(capacity, contacts):
     with pytest.raises(FinrecError):
         solve_exact(np.ones((2, 2), dtype=np.float32), np.array(capacity), contacts)
+
+
+def test_top_breaks_ties_by_the_lower_column():
+    values = np.array([[1, 3, 3, 0, 3], [0, 0, 0, 0, 0], [2, 2, 1, 1, 5]], dtype=np.float32)
+    top_values, top_index = _top(values, 3)
+    np.testing.assert_array_equal(top_values, [[3, 3, 3], [0, 0, 0], [5, 2, 2]])
+    np.testing.assert_array_equal(top_index, [[1, 2, 4], [-1, -1, -1], [4, 0, 1]])
+
+
+def test_top_allowed_picks_the_best_reduced_values_among_allowed_offers():
+    rng = np.random.default_rng(7)
+    w = np.where(rng.random((60, 8)) < 0.6, rng.random((60, 8)), 0).astype(np.float32)
+    lam = rng.random(8).astype(np.float32) * 0.5
+    for k in (1, 3, 5, 8):
+        part, allowed = _top_allowed(w, lam, k)
+        for i in range(len(w)):
+            ok = np.flatnonzero(w[i] > 0)
+            best = ok[np.argsort(-(w[i, ok] - lam[ok]), kind="stable")][:k]
+            assert sorted(part[i][allowed[i]].tolist()) == sorted(best.tolist())
+            assert allowed[i].sum() == min(k, len(ok))

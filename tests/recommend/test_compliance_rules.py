@@ -262,3 +262,23 @@ def test_training_data_without_objections(bank):
     assert left_out == int(objected.sum()) > 0
     assert set(kept.customers.customer_id) == set(bank.customers.customer_id[~objected])
     assert set(kept.interactions.customer_id) <= set(kept.customers.customer_id)
+
+
+def test_label_lookups_agree_with_the_per_value_definition():
+    """The vectorised label paths (text or missing values) give what the per-value rule gives:
+    a label is known only when it is text, and matches only a label the product lists."""
+    from finrec.data import compliance as C
+
+    term = C.LabelTerm.from_cells(["growth|income", None, "income"])
+    mixed = np.array(["growth", None, "income", "other", np.nan, "", "Growth"], dtype=object)
+    expected_codes = [term.vocabulary.get(v, len(term.vocabulary)) if isinstance(v, str) else 2 for v in mixed]
+    np.testing.assert_array_equal(term.contains(mixed), term.table[expected_codes])
+    np.testing.assert_array_equal(C._unknown(mixed), [not isinstance(v, str) for v in mixed])
+    odd = np.array(["growth", 7, None], dtype=object)  # not all text: the per-value path
+    np.testing.assert_array_equal(term.contains(odd), term.table[[term.vocabulary["growth"], 2, 2]])
+    np.testing.assert_array_equal(C._unknown(odd), [False, True, True])
+    column = pd.Series(["growth", None, "income", "growth"])
+    for series in (column, column.astype("category"), column.astype(object)):
+        assert C._column_labels(series).tolist() == ["growth", None, "income", "growth"]
+    numbers = pd.Series([1, None, 3, 1], dtype="category")  # categories that are not text
+    assert C._column_labels(numbers).tolist() == C._labels(numbers.tolist()).tolist()

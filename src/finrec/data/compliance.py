@@ -131,11 +131,17 @@ class LabelTerm:
     def contains(self, values: np.ndarray) -> np.ndarray:
         """bool [n, P]: customer label ``values[i]`` is listed by product p (False when unknown)."""
         other = len(self.vocabulary)
-        codes = np.fromiter(
-            (self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
-            dtype=np.intp,
-            count=len(values),
-        )
+        if _text_or_missing(values):  # a hash lookup in C: ~30x faster than a dict.get per customer
+            # Both sides as object Indexes: an array target would be converted to Arrow strings first (5x slower).
+            labels = pd.Index(np.array(list(self.vocabulary), dtype=object), dtype=object)
+            codes = labels.get_indexer(pd.Index(np.asarray(values, dtype=object), dtype=object))
+            codes[codes < 0] = other
+        else:
+            codes = np.fromiter(
+                (self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
+                dtype=np.intp,
+                count=len(values),
+            )
         return self.table[codes]
 
 
@@ -158,7 +164,16 @@ def regimes_of(labels: pd.Series, mapping: dict[str, str], where: str) -> np.nda
 
 def _unknown(values: np.ndarray) -> np.ndarray:
     """bool [n]: the label is missing (labels are text; anything else counts as unknown)."""
+    if _text_or_missing(values):
+        return pd.isna(values)
     return np.fromiter((not isinstance(v, str) for v in values), dtype=bool, count=len(values))
+
+
+def _text_or_missing(values: np.ndarray) -> bool:
+    """Every value is text or missing (``customer_profile``'s labels are): what the vectorised
+    label lookups assume; anything else takes the per-value path."""
+    values = np.asarray(values, dtype=object)
+    return values.ndim == 1 and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
 
 
 def outside_target_market(customer: dict[str, np.ndarray], terms: dict, applies: np.ndarray) -> np.ndarray:
@@ -211,10 +226,14 @@ def debt_service_ratio_after(income: np.ndarray, debt_service: np.ndarray, payme
     """float [n, P]: ``12 * (debt_service_c + payment_p) / income_c``: the share of yearly income
     that would go to debt service after taking product p (monthly amounts, yearly income). NaN
     when income or debt service is unknown, +inf when income is not positive."""
-    income = income[:, None]
+    # In place in one [n, P] buffer (a plan checks a million customers): the same operations.
+    ratio = np.add(debt_service[:, None], payment[None, :], dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = 12.0 * (debt_service[:, None] + payment[None, :]) / income
-    return np.where(income > 0, ratio, np.where(np.isnan(income), np.nan, np.inf))
+        np.multiply(12.0, ratio, out=ratio)
+        np.divide(ratio, income[:, None], out=ratio)
+    unusable = ~(income > 0)
+    ratio[unusable] = np.where(np.isnan(income[unusable]), np.nan, np.inf)[:, None]
+    return ratio
 
 
 def unaffordable(
@@ -317,6 +336,14 @@ def _labels(values) -> np.ndarray:
     )
 
 
+def _column_labels(column: pd.Series) -> np.ndarray:
+    """``_labels`` of a column; a categorical one maps its few categories, not each row."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        categories = np.append(_labels(column.cat.categories.tolist()), None)
+        return categories[column.cat.codes.to_numpy()]  # code -1 (missing) -> the appended None
+    return _labels(column.tolist())
+
+
 def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str = S.CUSTOMERS) -> dict[str, np.ndarray]:
     """The customer side of the rules: float [n] per numeric role (NaN = unknown or not named),
     object [n] per label role (None = unknown), and ``objected`` bool [n]."""
@@ -332,7 +359,7 @@ def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str =
     for role in LABEL_PROFILE:
         column = named.get(role)
         out[role] = (
-            _labels(customers[column].tolist()) if column and column in customers else np.full(n, None, dtype=object)
+            _column_labels(customers[column]) if column and column in customers else np.full(n, None, dtype=object)
         )
     if table.consent and table.consent in customers:
         out["objected"] = objected(customers[table.consent], where)

@@ -22,12 +22,10 @@ from finrec.config import ModelConfig
 from finrec.model.ensemble import MemberDense, MemberInput, MemberNormalize
 from finrec.model.history import HISTORY_KINDS, ColdStartDropout, IdDropout, history_encoder
 from finrec.model.numeric import PeriodicEmbedding, PiecewiseLinearEmbedding, numeric_embedding
+from finrec.model.tower_spec import CUSTOMER_TOWER, PRODUCT_TOWER  # stable names, defined without Keras
 
 HOLDINGS_BAG_DIM = 16
 
-# Stable layer names: the numpy inference path finds the customer tower by this name.
-CUSTOMER_TOWER = "customer_tower"
-PRODUCT_TOWER = "product_tower"
 
 
 @keras.saving.register_keras_serializable(package="finrec")

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from finrec.model.tower_spec import CUSTOMER_TOWER, BatchNorm, TowerSource, TowerSpec
+
 # keras.layers.UnitNormalization: ops.normalize(x, order=2, epsilon=1e-12), computed as
 # x * minimum(rsqrt(sum(x^2)), 1 / epsilon), i.e. the norm is floored at epsilon.
 UNIT_NORM_EPSILON = 1e-12
@@ -141,6 +143,100 @@ def _augment(kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([kernel, bias[..., None, :]], axis=-2), dtype=_F32)
 
 
+def _spec_of_keras(tower) -> TowerSpec:
+    """The weights of a Keras customer tower (or of the two-tower model holding one) as a
+    ``TowerSpec``, read by the stable layer names of ``finrec.model.towers``."""
+    from keras import layers as KL
+
+    from finrec.model.ensemble import MemberDense
+    from finrec.model.towers import CrossLayer, flops_per_example
+    from finrec.recommend.history_twin import twin_of
+
+    if not any(layer.name.endswith("_output") for layer in tower.layers):
+        tower = tower.get_layer(CUSTOMER_TOWER)
+    name = tower.name
+    by_name = {layer.name: layer for layer in tower.layers}
+
+    def linear_of(dense) -> tuple[np.ndarray, np.ndarray | None]:
+        activation = getattr(dense.activation, "__name__", "linear")
+        if activation != "linear":  # pragma: no cover - towers.py builds linear Dense layers
+            raise ValueError(f"{dense.name}: activation {activation!r} is not supported by the numpy tower")
+        return _numpy(dense.kernel).astype("float64"), (
+            _numpy(dense.bias).astype("float64") if dense.use_bias else None
+        )
+
+    # -- the concatenated input, in the order of the Concatenate layer's inbound layers
+    concat = by_name.get(f"{name}_concat")
+    if concat is not None:
+        sources = [node.operation for node in concat._inbound_nodes[0].parent_nodes]
+    else:  # a single part: whichever layer (or input) feeds the rest
+        sources = [
+            layer
+            for layer in tower.layers
+            if layer.name.startswith((f"{name}_emb_", f"{name}_bag_", f"{name}_numemb_", f"{name}_hist_"))
+        ]
+        if not sources:
+            sources = [layer for layer in tower.layers if isinstance(layer, KL.InputLayer) and layer.output.shape[-1]]
+        sources = sources[:1]
+    parts: list[TowerSource] = []
+    for source in sources:
+        if source.name.startswith(f"{name}_emb_"):
+            table = _numpy(source.embeddings)
+            parts.append(TowerSource(source.name[len(f"{name}_emb_") :], "categorical", table.shape[1], table=table))
+        elif source.name.startswith(f"{name}_bag_"):
+            bag_kernel, bias = linear_of(source)
+            if bias is not None:  # pragma: no cover
+                raise ValueError(f"{source.name}: a bag with a bias is not supported")
+            parts.append(
+                TowerSource(source.name[len(f"{name}_bag_") :], "multi_hot", bag_kernel.shape[1], kernel=bag_kernel)
+            )
+        elif source.name.startswith(f"{name}_hist_"):
+            encode, width = twin_of(source)
+            parts.append(TowerSource(source.name[len(f"{name}_hist_") :], "history", width, encode=encode))
+        elif source.name.startswith(f"{name}_numemb_"):
+            width = int(source.output.shape[-1])
+            parts.append(TowerSource(source.name[len(f"{name}_numemb_") :], "numeric", width, twin=source.numpy_twin()))
+        elif isinstance(source, KL.InputLayer):
+            parts.append(TowerSource(source.name, "numeric", int(source.output.shape[-1])))
+        else:  # pragma: no cover - towers.py builds only these
+            raise ValueError(f"{name}: unexpected input layer {source.name!r} of the concatenation")
+
+    crosses = [
+        linear_of(by_name[f"{name}_cross_{i}"].dense)
+        for i in range(sum(isinstance(layer, CrossLayer) for layer in tower.layers))
+    ]
+    dense: list[tuple[np.ndarray, np.ndarray | None, BatchNorm | None]] = []
+    i = 0
+    while f"{name}_dense_{i}" in by_name:
+        kernel, bias = linear_of(by_name[f"{name}_dense_{i}"])
+        bn = by_name.get(f"{name}_bn_{i}")
+        if bn is not None:
+            bn = BatchNorm(
+                _numpy(bn.moving_mean),
+                _numpy(bn.moving_variance),
+                _numpy(bn.gamma) if bn.scale else None,
+                _numpy(bn.beta) if bn.center else None,
+                float(bn.epsilon),
+            )
+        dense.append((kernel, bias, bn))
+        i += 1
+    output = by_name[f"{name}_output"]
+    if isinstance(output, MemberDense):
+        output = (_numpy(output.kernel).astype("float64"), _numpy(output.bias).astype("float64"))
+    else:
+        output = linear_of(output)
+    members = by_name.get(f"{name}_members")
+    return TowerSpec(
+        name=name,
+        sources=parts,
+        crosses=crosses,
+        dense=dense,
+        output=output,
+        member_scales=None if members is None else _numpy(members.r).astype("float64"),
+        flops=int(flops_per_example(tower)),
+    )
+
+
 @dataclass
 class NumpyTower:
     """A Keras customer tower as a numpy forward pass: ``tower(inputs) -> float32 [n, D]``.
@@ -169,111 +265,51 @@ class NumpyTower:
     def from_keras(cls, tower, chunk_size: int = DEFAULT_CHUNK, workers: int | None = None) -> NumpyTower:
         """Extract the weights of ``tower`` (the customer tower, or a two-tower model that
         contains a ``customer_tower`` layer)."""
-        from keras import layers as KL
+        return cls.from_spec(_spec_of_keras(tower), chunk_size, workers)
 
-        from finrec.model.ensemble import MemberDense
-        from finrec.model.towers import CUSTOMER_TOWER, CrossLayer, flops_per_example
-        from finrec.recommend.history_twin import twin_of
-
-        if not any(layer.name.endswith("_output") for layer in tower.layers):
-            tower = tower.get_layer(CUSTOMER_TOWER)
-        name = tower.name
-        by_name = {layer.name: layer for layer in tower.layers}
-
-        def linear_of(dense) -> tuple[np.ndarray, np.ndarray | None]:
-            activation = getattr(dense.activation, "__name__", "linear")
-            if activation != "linear":  # pragma: no cover - towers.py builds linear Dense layers
-                raise ValueError(f"{dense.name}: activation {activation!r} is not supported by the numpy tower")
-            return _numpy(dense.kernel).astype("float64"), (
-                _numpy(dense.bias).astype("float64") if dense.use_bias else None
-            )
-
-        # -- the concatenated input, in the order of the Concatenate layer's inbound layers
-        concat = by_name.get(f"{name}_concat")
-        if concat is not None:
-            sources = [node.operation for node in concat._inbound_nodes[0].parent_nodes]
-        else:  # a single part: whichever layer (or input) feeds the rest
-            sources = [
-                layer
-                for layer in tower.layers
-                if layer.name.startswith((f"{name}_emb_", f"{name}_bag_", f"{name}_numemb_", f"{name}_hist_"))
-            ]
-            if not sources:
-                sources = [
-                    layer for layer in tower.layers if isinstance(layer, KL.InputLayer) and layer.output.shape[-1]
-                ]
-            sources = sources[:1]
+    @classmethod
+    def from_spec(cls, spec: TowerSpec, chunk_size: int = DEFAULT_CHUNK, workers: int | None = None) -> NumpyTower:
+        """Fold a tower's weights (``finrec.model.tower_spec``: from a Keras tower or read from a
+        saved model without Keras) into the numpy forward pass."""
         parts: list[_Part] = []
         bag_kernel, offset = None, 0
-        for source in sources:
-            if source.name.startswith(f"{name}_emb_"):
-                table = _numpy(source.embeddings)
-                parts.append(
-                    _Part(
-                        source.name[len(f"{name}_emb_") :], "categorical", slice(offset, offset + table.shape[1]), table
-                    )
+        for source in spec.sources:
+            parts.append(
+                _Part(
+                    source.input,
+                    source.kind,
+                    slice(offset, offset + source.width),
+                    table=source.table,
+                    encode=source.encode,
+                    twin=source.twin,
                 )
-                offset += table.shape[1]
-            elif source.name.startswith(f"{name}_bag_"):
-                bag_kernel, bias = linear_of(source)
-                if bias is not None:  # pragma: no cover
-                    raise ValueError(f"{source.name}: a bag with a bias is not supported")
-                parts.append(
-                    _Part(source.name[len(f"{name}_bag_") :], "multi_hot", slice(offset, offset + bag_kernel.shape[1]))
-                )
-                offset += bag_kernel.shape[1]
-            elif source.name.startswith(f"{name}_hist_"):
-                encode, width = twin_of(source)
-                parts.append(_Part(source.name[len(f"{name}_hist_") :], "history", slice(offset, offset + width)))
-                parts[-1].encode = encode
-                offset += width
-            elif source.name.startswith(f"{name}_numemb_"):
-                twin = source.numpy_twin()
-                width = int(source.output.shape[-1])
-                parts.append(
-                    _Part(source.name[len(f"{name}_numemb_") :], "numeric", slice(offset, offset + width), twin=twin)
-                )
-                offset += width
-            elif isinstance(source, KL.InputLayer):
-                width = int(source.output.shape[-1])
-                parts.append(_Part(source.name, "numeric", slice(offset, offset + width)))
-                offset += width
-            else:  # pragma: no cover - towers.py builds only these
-                raise ValueError(f"{name}: unexpected input layer {source.name!r} of the concatenation")
+            )
+            if source.kind == "multi_hot":
+                bag_kernel = source.kernel
+            offset += source.width
         input_width = offset
 
-        crosses = [
-            _augment(*linear_of(by_name[f"{name}_cross_{i}"].dense))
-            for i in range(sum(isinstance(layer, CrossLayer) for layer in tower.layers))
-        ]
+        crosses = [_augment(kernel, bias) for kernel, bias in spec.crosses]
 
         linears: list[tuple[np.ndarray, np.ndarray]] = []  # float64 (kernel, bias)
-        i = 0
-        while f"{name}_dense_{i}" in by_name:
-            kernel, bias = linear_of(by_name[f"{name}_dense_{i}"])
+        for kernel, bias, bn in spec.dense:
             bias = np.zeros(kernel.shape[1]) if bias is None else bias
-            bn = by_name.get(f"{name}_bn_{i}")
             if bn is not None:
                 # Inference BatchNorm is affine per feature: fold it into the kernel and bias
                 # (in float64, rounded to float32 once).
-                scale = 1.0 / np.sqrt(_numpy(bn.moving_variance).astype("float64") + float(bn.epsilon))
-                if bn.scale:
-                    scale = scale * _numpy(bn.gamma)
-                shift = -_numpy(bn.moving_mean) * scale
-                if bn.center:
-                    shift = shift + _numpy(bn.beta)
+                scale = 1.0 / np.sqrt(bn.moving_variance.astype("float64") + bn.epsilon)
+                if bn.gamma is not None:
+                    scale = scale * bn.gamma
+                shift = -bn.moving_mean * scale
+                if bn.beta is not None:
+                    shift = shift + bn.beta
                 kernel, bias = kernel * scale, bias * scale + shift
             linears.append((kernel, bias))
-            i += 1
-        output = by_name[f"{name}_output"]
-        if isinstance(output, MemberDense):
-            linears.append((_numpy(output.kernel).astype("float64"), _numpy(output.bias).astype("float64")))
-        else:
-            linears.append(linear_of(output))
+        linears.append(spec.output)
         members = 1
-        if f"{name}_members" in by_name:
+        if spec.member_scales is not None:
             # member i's first layer reads x * r_i: fold r_i into the rows of the shared kernel
-            r = _numpy(by_name[f"{name}_members"].r).astype("float64")  # [k, in]
+            r = spec.member_scales  # [k, in]
             members = r.shape[0]
             kernel, bias = linears[0]
             linears[0] = (r[:, :, None] * kernel, np.broadcast_to(bias, (members,) + bias.shape))
@@ -306,7 +342,7 @@ class NumpyTower:
             bag=bag,
             crosses=crosses,
             layers=[_augment(kernel, bias) for kernel, bias in linears],
-            flops=int(flops_per_example(tower)),
+            flops=int(spec.flops),
             members=members,
             chunk_size=chunk_size,
             workers=workers,

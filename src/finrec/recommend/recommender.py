@@ -29,7 +29,6 @@ from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.io import Dataset, directory_stamp, load_dataset
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
-from finrec.model.towers import CUSTOMER_TOWER
 from finrec.recommend import filters as F
 from finrec.recommend.index import NumpyTower, ProductIndex
 
@@ -106,7 +105,9 @@ class Recommender:
         self.trained = trained
         self.pipeline = trained.pipeline
         self.schema = self.pipeline.full_schema
-        self.tower = NumpyTower.from_keras(trained.model.get_layer(CUSTOMER_TOWER))
+        # A model loaded without Keras (``load_model_dir(keras_model=False)``) brings its tower's weights.
+        spec = getattr(trained, "tower_spec", None)
+        self.tower = NumpyTower.from_spec(spec) if spec is not None else NumpyTower.from_keras(trained.model)
         self.index = ProductIndex(trained.product_embeddings_)
         self.product_embeddings = self.index.product_embeddings
         self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)

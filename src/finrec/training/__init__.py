@@ -4,8 +4,17 @@
 
 >>> from finrec.training import fit
 >>> trained = fit(dataset, Config())
+
+The names below are imported on first use: ``finrec.training.calibration`` (which serving
+reads) must not pull in Keras and TensorFlow through this package.
 """
 
-from finrec.training.train import TrainedModel, fit, train_model
-
 __all__ = ["TrainedModel", "fit", "train_model"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from finrec.training import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module 'finrec.training' has no attribute {name!r}")

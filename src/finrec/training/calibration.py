@@ -152,11 +152,17 @@ def centred_knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def choice_probabilities(scores: np.ndarray, held: np.ndarray, temperature: float) -> np.ndarray:
     """q [n, P] float64: softmax of ``scores / temperature`` over each row's products not held (0
     where held; a row holding everything is all 0)."""
-    logits = np.where(held, -np.inf, np.asarray(scores, "float64") / temperature)
-    top = logits.max(axis=1, keepdims=True)
-    e = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
-    total = e.sum(axis=1, keepdims=True)
-    return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    # The same operations as np.where / exp / divide, in place in one float64 buffer: a plan
+    # scores a million customers x the catalogue through here.
+    q = np.divide(scores, temperature, dtype=np.float64)
+    q[np.asarray(held, dtype=bool)] = -np.inf
+    top = q.max(axis=1, keepdims=True)
+    q -= np.where(np.isfinite(top), top, 0.0)
+    np.exp(q, out=q)
+    total = q.sum(axis=1, keepdims=True)
+    np.divide(q, total, out=q, where=total > 0)
+    q[~(total[:, 0] > 0)] = 0.0
+    return q
 
 
 def fit_calibration(

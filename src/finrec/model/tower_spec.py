@@ -1,0 +1,170 @@
+"""The customer tower's weights as plain arrays: what the numpy tower folds, with no Keras import.
+
+``finrec.recommend.index.NumpyTower`` turns a ``TowerSpec`` into its numpy forward pass. A spec
+comes from a live Keras tower (``NumpyTower.from_keras``) or, for a tower made only of Keras'
+standard layers, straight from a saved model's ``config.json`` and weights (``spec_from_saved``,
+fed by ``finrec.artifacts``): loading TensorFlow costs ~10 s of a command that only needs the
+customer embeddings, such as ``finrec plan``.
+
+Importing this module imports no Keras: it holds the tower names and plain dataclasses only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Stable layer names: the numpy inference path finds the customer tower by this name.
+CUSTOMER_TOWER = "customer_tower"
+PRODUCT_TOWER = "product_tower"
+
+# The Keras layers a saved tower may hold for ``spec_from_saved`` (anything else: load Keras).
+STANDARD_LAYERS = frozenset(
+    {"InputLayer", "Embedding", "Dense", "Concatenate", "BatchNormalization", "ReLU", "Dropout", "UnitNormalization"}
+)
+
+
+@dataclass
+class TowerSource:
+    """One block of the concatenated tower input, fed by model input ``input``."""
+
+    input: str
+    kind: str  # "numeric" | "categorical" | "multi_hot" | "history"
+    width: int  # its columns in the concatenation
+    table: np.ndarray | None = None  # categorical: the embedding table float32 [vocab, width]
+    kernel: np.ndarray | None = None  # multi_hot: the holdings bag float64 [P, width] (no bias)
+    encode: object = None  # history: the numpy twin of its encoder (finrec.recommend.history_twin)
+    twin: object = None  # numeric embedding: its numpy twin (finrec.model.numeric)
+
+
+@dataclass
+class BatchNorm:
+    """Inference-mode BatchNorm statistics (float32 [units]); gamma/beta None when not used."""
+
+    moving_mean: np.ndarray
+    moving_variance: np.ndarray
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    epsilon: float
+
+
+@dataclass
+class TowerSpec:
+    """The customer tower, layer by layer: kernels and biases float64, as the folding reads them."""
+
+    name: str
+    sources: list[TowerSource]  # in the order of the concatenation
+    crosses: list[tuple[np.ndarray, np.ndarray | None]]  # per cross layer: its Dense (kernel, bias)
+    dense: list[tuple[np.ndarray, np.ndarray | None, BatchNorm | None]]  # hidden layers, then ReLU
+    output: tuple[np.ndarray, np.ndarray | None]  # the output Dense ([k, in, out] for an ensemble)
+    member_scales: np.ndarray | None  # an ensemble's per-member input scales float64 [k, in]
+    flops: int  # 2 x multiply-adds of the Keras tower (finrec.model.towers.flops_per_example)
+    # Saved towers only: input name -> shape without the batch axis, and the embedding sizes:
+    # what ``finrec.artifacts`` checks against the feature pipeline.
+    input_shapes: dict[str, tuple] = field(default_factory=dict)
+    embedding_sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.output[0].shape[-1])
+
+
+def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], name: str = CUSTOMER_TOWER):
+    """The ``TowerSpec`` of tower ``name`` of a saved two-tower model, from its ``config.json``
+    (parsed) and its weights (layer name -> the layer's variables in Keras' order, float32);
+    None when the tower has a layer outside ``STANDARD_LAYERS`` (an ensemble, crosses, history
+    or numeric embeddings, cold-start dropouts): those need Keras to be read."""
+    tower = next(
+        (
+            layer
+            for layer in model_config.get("config", {}).get("layers", [])
+            if layer.get("class_name") == "Functional" and layer.get("config", {}).get("name") == name
+        ),
+        None,
+    )
+    if tower is None:
+        return None
+    layers = tower["config"]["layers"]
+    if any(layer.get("class_name") not in STANDARD_LAYERS or layer.get("module") != "keras.layers" for layer in layers):
+        return None
+    by_name = {layer["config"]["name"]: layer for layer in layers}
+    config = {n: layer["config"] for n, layer in by_name.items()}
+
+    def weights(layer: str, count: int) -> list[np.ndarray]:
+        found = variables.get(layer)
+        if found is None or len(found) != count:
+            raise ValueError(f"{layer}: expected {count} weight arrays, found {0 if found is None else len(found)}")
+        return [np.asarray(v, dtype=np.float32) for v in found]
+
+    def linear(layer: str) -> tuple[np.ndarray, np.ndarray | None]:
+        c = config[layer]
+        if by_name[layer]["class_name"] != "Dense" or c.get("activation", "linear") != "linear":
+            raise ValueError(f"{layer}: not a linear Dense layer")
+        found = weights(layer, 2 if c["use_bias"] else 1)
+        return found[0].astype("float64"), (found[1].astype("float64") if c["use_bias"] else None)
+
+    concat = by_name.get(f"{name}_concat")
+    if concat is not None:
+        inbound = concat["inbound_nodes"][0]["args"][0]
+        sources = [tensor["config"]["keras_history"][0] for tensor in inbound]
+    else:  # a single part: whichever layer (or input) feeds the rest
+        prefixes = (f"{name}_emb_", f"{name}_bag_")
+        sources = [n for n in by_name if n.startswith(prefixes)] or [
+            n
+            for n, layer in by_name.items()
+            if layer["class_name"] == "InputLayer" and (config[n]["batch_shape"][1:] or [0])[-1]
+        ]
+        sources = sources[:1]
+    parts: list[TowerSource] = []
+    embedding_sizes: dict[str, int] = {}
+    for source in sources:
+        kind = by_name[source]["class_name"]
+        if source.startswith(f"{name}_emb_") and kind == "Embedding":
+            (table,) = weights(source, 1)
+            parts.append(TowerSource(source[len(f"{name}_emb_") :], "categorical", table.shape[1], table=table))
+            embedding_sizes[source] = int(config[source]["input_dim"])
+        elif source.startswith(f"{name}_bag_") and kind == "Dense":
+            kernel, bias = linear(source)
+            if bias is not None:
+                raise ValueError(f"{source}: a bag with a bias is not supported")
+            parts.append(TowerSource(source[len(f"{name}_bag_") :], "multi_hot", kernel.shape[1], kernel=kernel))
+        elif kind == "InputLayer":
+            parts.append(TowerSource(source, "numeric", int(config[source]["batch_shape"][-1])))
+        else:
+            raise ValueError(f"{name}: unexpected input layer {source!r} of the concatenation")
+
+    dense: list[tuple[np.ndarray, np.ndarray | None, BatchNorm | None]] = []
+    i = 0
+    while f"{name}_dense_{i}" in by_name:
+        kernel, bias = linear(f"{name}_dense_{i}")
+        bn_name = f"{name}_bn_{i}"
+        bn = None
+        if bn_name in by_name:
+            c = config[bn_name]
+            if c.get("axis", -1) not in (-1, [-1]):
+                raise ValueError(f"{bn_name}: only the last axis is supported")
+            found = weights(bn_name, 2 + bool(c["scale"]) + bool(c["center"]))
+            gamma = found.pop(0) if c["scale"] else None
+            beta = found.pop(0) if c["center"] else None
+            bn = BatchNorm(found[0], found[1], gamma, beta, float(c["epsilon"]))
+        dense.append((kernel, bias, bn))
+        i += 1
+    output = linear(f"{name}_output")
+    dense_layers = [n for n, layer in by_name.items() if layer["class_name"] == "Dense"]
+    flops = sum(2 * math.prod(weights(n, 2 if config[n]["use_bias"] else 1)[0].shape) for n in dense_layers)
+    inputs = {
+        n: tuple(config[n]["batch_shape"][1:]) for n, layer in by_name.items() if layer["class_name"] == "InputLayer"
+    }
+    return TowerSpec(
+        name=name,
+        sources=parts,
+        crosses=[],
+        dense=dense,
+        output=output,
+        member_scales=None,
+        flops=int(flops),
+        input_shapes=inputs,
+        embedding_sizes=embedding_sizes,
+    )

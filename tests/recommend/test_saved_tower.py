@@ -1,0 +1,91 @@
+"""The customer tower read from a saved model without Keras: the same numpy tower as from Keras."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finrec.artifacts import ServingModel, _check_saved_tower, _read_customer_tower, load_model_dir
+from finrec.config import ModelConfig
+from finrec.errors import ArtifactError
+from finrec.features import FeaturePipeline
+from finrec.model.two_tower import build_two_tower, towers_of
+from finrec.recommend.index import NumpyTower
+from finrec.recommend.recommender import Recommender
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def same_tower(a: NumpyTower, b: NumpyTower) -> None:
+    """Bit for bit: the folded kernels, the input layout and the flops."""
+    assert len(a.layers) == len(b.layers) and all(np.array_equal(x, y) for x, y in zip(a.layers, b.layers))
+    assert (a.input_width, a.flops, a.members, a.bag is None) == (b.input_width, b.flops, b.members, b.bag is None)
+    assert [(p.input, p.kind, p.columns) for p in a.parts] == [(p.input, p.kind, p.columns) for p in b.parts]
+    for p, q in zip(a.parts, b.parts):
+        assert (p.table is None and q.table is None) or np.array_equal(p.table, q.table)
+
+
+@pytest.mark.parametrize("widths, holdings", [((32, 16), True), ((), False)])
+def test_saved_standard_tower_folds_like_keras(tmp_path, small_dataset, widths, holdings):
+    import keras
+
+    pipeline = FeaturePipeline(small_dataset.schema, use_holdings=holdings).fit(small_dataset)
+    config = ModelConfig(customer_widths=widths, product_widths=(16,), embedding_dim=8, dropout=0.2)
+    model = build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config)
+    rng = np.random.default_rng(3)
+    for layer in towers_of(model)[0].layers:  # moved BatchNorm statistics: the folding is exercised
+        if isinstance(layer, keras.layers.BatchNormalization):
+            d = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 1, d))
+            layer.moving_variance.assign(rng.uniform(0.1, 4.0, d))
+            layer.gamma.assign(rng.uniform(0.5, 2.0, d))
+            layer.beta.assign(rng.normal(0, 0.5, d))
+    model.save(tmp_path / "model.keras")
+    spec = _read_customer_tower(tmp_path / "model.keras")
+    assert spec is not None
+    same_tower(NumpyTower.from_spec(spec), NumpyTower.from_keras(model))
+    _check_saved_tower(spec, pipeline.customer_input_spec(), 8)
+    with pytest.raises(ArtifactError, match="does not fit"):
+        _check_saved_tower(spec, pipeline.customer_input_spec(), 16)
+
+
+def test_a_tower_keras_must_read_is_left_to_keras(tmp_path, small_dataset):
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8, cross_layers=1)
+    build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config).save(tmp_path / "m.keras")
+    assert _read_customer_tower(tmp_path / "m.keras") is None  # a CrossLayer: registered, not standard
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(tmp_path / "m.keras") as source, zipfile.ZipFile(broken, "w") as target:
+        target.writestr("config.json", json.dumps({"config": {"layers": "not a list"}}))
+        target.writestr("model.weights.h5", source.read("model.weights.h5"))
+    assert _read_customer_tower(broken) is None
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    assert _read_customer_tower(tmp_path / "junk.keras") is None
+
+
+def test_a_model_directory_without_keras_serves_the_same(model_dir, small_dataset):
+    served = load_model_dir(model_dir, keras_model=False).trained
+    assert isinstance(served, ServingModel) and served.model is None
+    keras_loaded = load_model_dir(model_dir).trained
+    fast, slow = Recommender(served), Recommender(keras_loaded)
+    same_tower(fast.tower, slow.tower)
+    customers = small_dataset.customers.head(300)
+    holdings = small_dataset.holdings[small_dataset.holdings["customer_id"].isin(customers["customer_id"])]
+    a, b = fast.context(customers, holdings), slow.context(customers, holdings)
+    np.testing.assert_array_equal(fast.probabilities(a), slow.probabilities(b))
+
+
+def test_loading_for_the_numpy_tower_imports_no_keras(model_dir):
+    code = (
+        "import sys; from finrec.artifacts import load_model_dir; from finrec.recommend.recommender import Recommender;"
+        f"Recommender(load_model_dir({str(model_dir)!r}, keras_model=False).trained);"
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'Keras was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr[-2000:]
