@@ -391,7 +391,7 @@ def cmd_score(args) -> int:
         check_ray_output(args.out, inputs, what="--out")
     else:
         check_scores_output(args.out, inputs, what="--out")
-    loaded = _load_model_for(args.model, read_schema(args.data))
+    loaded = _load_model_for(args.model, read_schema(args.data), keras_model=False)  # scores through the numpy tower
     from finrec.recommend.filters import UNFILTERED
 
     filters = UNFILTERED if args.unfiltered else _filters_from(args)

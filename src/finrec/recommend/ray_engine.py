@@ -174,7 +174,8 @@ class ScoreBatches:
                 path = Path(tmp) / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
-            self.recommender = Recommender(load_model_dir(tmp).trained)
+            # The numpy tower is all a worker scores with: no Keras import in each actor (~10 s).
+            self.recommender = Recommender(load_model_dir(tmp, keras_model=False).trained)
         self.k = k
         self.filters = F.Filters.build(filters)
         holdings = read_table(Path(holdings_path), (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
@@ -227,7 +228,8 @@ def score_dataset_ray(
     from finrec.artifacts import load_model_dir
 
     schema = read_schema(data_dir)
-    loaded = load_model_dir(model_dir, expect_schema=schema.to_dict())  # refuse a damaged or mismatched model here
+    # Refuse a damaged or mismatched model here, as the workers will read it.
+    loaded = load_model_dir(model_dir, expect_schema=schema.to_dict(), keras_model=False)
     if probabilities and getattr(loaded.trained, "calibration", None) is None:
         raise FinrecError("--probabilities: this model has no calibration (calibration.json); retrain it")
     if (
