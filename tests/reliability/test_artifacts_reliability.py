@@ -102,9 +102,11 @@ def test_same_data_and_seed_give_the_same_metrics(small_dataset, fast_config):
     from finrec.evaluate.report import evaluate
     from finrec.training.train import fit
 
-    config = fast_config.with_overrides(epochs=2, seed=3)
-    first = evaluate(fit(small_dataset, config, verbose=0), small_dataset, k=5)
-    second = evaluate(fit(small_dataset, config, verbose=0), small_dataset, k=5)
+    # Determinism does not depend on the data's size: 600 customers, one epoch.
+    data = small_dataset.subset_customers(small_dataset.customer_ids[:600])
+    config = fast_config.with_overrides(epochs=1, seed=3)
+    first = evaluate(fit(data, config, verbose=0), data, k=5)
+    second = evaluate(fit(data, config, verbose=0), data, k=5)
     assert first.keys() == second.keys()
     for name in first:
         for key, value in first[name].items():
