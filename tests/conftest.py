@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Two workers share 2 cores (make test runs pytest -n auto): OpenMP libraries (LightGBM) that
+# start a thread per core busy-wait on each other, 10x slower, so each worker gets one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

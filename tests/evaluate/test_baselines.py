@@ -79,3 +79,18 @@ def test_deterministic_with_a_seed(fitted, split):
     customers = test.customers.iloc[:100]
     np.testing.assert_array_equal(again.score(customers, test.holdings), fitted.score(customers, test.holdings))
     assert again.best_iteration_ == fitted.best_iteration_
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("", None), ("0", None), ("two", None), (None, None)])
+def test_lightgbm_threads_honour_omp_num_threads(monkeypatch, value, expected):
+    """An explicit num_threads would override OMP_NUM_THREADS, the limit a user (or a test runner
+    with one worker per core) sets for every OpenMP library."""
+    import os
+
+    from finrec.evaluate.baselines import default_threads
+
+    if value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert default_threads() == (expected or os.cpu_count())
