@@ -27,12 +27,25 @@ def load(cache: Path, bank_seed: str, variant: str):
 # ------------------------------------------------------------------------------ estimators
 
 
-def isotonic(v, held, centred=True):
+def isotonic(v, held, centred=True, method="isotonic"):
     cal = fit_calibration(
         v["cal_scores"], v["cal_adopted"], v["cal_held"], list(range(v["cal_scores"].shape[1])),
-        float(v["temperature"]), centred=centred,
+        float(v["temperature"]), centred=centred, method=method,
     )  # fmt: skip
     return cal(v["test_scores"], held).astype("float64")
+
+
+def shipped(v, held):
+    """``fit_calibration``'s default, as ``finrec train`` fits it."""
+    cal = fit_calibration(
+        v["cal_scores"], v["cal_adopted"], v["cal_held"], list(range(v["cal_scores"].shape[1])),
+        float(v["temperature"]),
+    )  # fmt: skip
+    return cal(v["test_scores"], held).astype("float64")
+
+
+def subset(v, rows):
+    return {**v, **{k: v[k][rows] for k in ("cal_scores", "cal_adopted", "cal_held")}}
 
 
 def _logit_features(q):
@@ -119,7 +132,8 @@ def estimators(truth, variants):
     if base is None:
         return out
     iso = isotonic(base, held)
-    out["isotonic (shipped)"] = iso
+    out["isotonic (centred, shipped before)"] = iso
+    out["fit_calibration's default (shipped)"] = shipped(base, held)
     out["isotonic, plain steps"] = isotonic(base, held, centred=False)
     oracle = oracle_recalibration(base, held, true)
     out["oracle recalibration of the model's q"] = oracle
@@ -127,15 +141,26 @@ def estimators(truth, variants):
     ratio = np.divide(iso, oracle, out=np.ones_like(iso), where=oracle > 0)
     out["truth x (isotonic / oracle map)"] = true * ratio
     out["platt per product (log q)"] = platt(base, held)
+    half = subset(base, np.random.default_rng(0).random(len(base["cal_scores"])) < 0.5)
+    out["isotonic, half the calibration customers"] = isotonic(half, held)
+    out["platt, half the calibration customers"] = platt(half, held)
+    adopters = subset(base, base["cal_adopted"].any(axis=1))
+    out["isotonic, adopters only"] = isotonic(adopters, held)
+    out["platt, adopters only"] = shipped(adopters, held)
     out["platt, shared slope"] = platt(base, held, shared_slope=True)
     ensemble = [v for k, v in variants.items() if k.startswith("seed") or k == "base"]
     if len(ensemble) > 1:
         out[f"mean of {len(ensemble)} seeds' isotonic"] = np.mean([isotonic(v, held) for v in ensemble], axis=0)
-        out[f"mean of {len(ensemble)} seeds' platt"] = np.mean([platt(v, held) for v in ensemble], axis=0)
+        members = np.array([shipped(v, held) for v in ensemble])
+        mean, spread = members.mean(axis=0), members.std(axis=0, ddof=1)
+        out[f"mean of {len(ensemble)} seeds' platt"] = mean
+        # The optimiser's-curse remedy: each pair shrunk by its own uncertainty (the seeds' spread).
+        for lam in (0.5, 1.0):
+            out[f"  same, minus {lam} x the seeds' spread"] = np.clip(mean - lam * spread, 0.0, 1.0)
     for name, v in variants.items():
         if name.startswith(("ens", "epochs", "monitor", "patience", "cfg-")) or name == "lgbm":
             out[f"{name}: isotonic"] = isotonic(v, held)
-            out[f"{name}: platt"] = platt(v, held)
+            out[f"{name}: platt (shipped)"] = shipped(v, held)
             out[f"{name}: oracle recalibration"] = oracle_recalibration(v, held, true)
     return out
 

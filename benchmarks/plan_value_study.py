@@ -23,7 +23,6 @@ through the same calibration with temperature 1). Timings: a shared 2-core machi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

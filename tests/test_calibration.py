@@ -57,7 +57,7 @@ def test_plain_isotonic_maps_match_scikit_learn():
     from sklearn.isotonic import IsotonicRegression
 
     scores, adopted, held, _ = synthetic_scores()
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, centred=False)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, centred=False, method="isotonic")
     probs = calibration(scores, held)
     q = choice_probabilities(scores, held, T)
     for j in range(3):
@@ -83,30 +83,83 @@ def test_centred_knots_sit_at_the_block_means():
     assert kx[0] == x.min() and kx[-1] == x.max() and 0 <= ky[0] <= ky[1] and ky[-2] <= ky[-1] <= 1
 
 
-def test_calibration_recovers_known_probabilities():
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_calibration_recovers_known_probabilities(method):
     scores, adopted, held, _ = synthetic_scores(n=20000)
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, method=method)
+    assert calibration.method == method
     test_scores, _, test_held, test_true = synthetic_scores(n=20000, seed=1)
     free = ~test_held
     assert expected_calibration_error(calibration(test_scores, test_held)[free], test_true[free]) < 0.01
     assert expected_calibration_error(np.clip(test_scores, 0, 1)[free], test_true[free]) > 0.1
 
 
-def test_rare_products_use_the_pooled_map_at_their_own_rate():
+def test_platt_maps_are_the_logistic_regression_on_log_q():
+    from sklearn.linear_model import LogisticRegression
+
+    scores, adopted, held, _ = synthetic_scores()
+    probs = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)(scores, held)
+    q = choice_probabilities(scores, held, T)
+    for j in range(3):
+        free = ~held[:, j]
+        z = np.log(q[free, j])[:, None]
+        reference = LogisticRegression(C=1e6).fit(z, adopted[free, j]).predict_proba(z)[:, 1]
+        np.testing.assert_allclose(probs[free, j], reference, atol=2e-3)
+        # Strictly increasing in q: the calibrated order is the model's (no ties for a plan to break).
+        order = np.argsort(q[free, j])
+        assert (np.diff(probs[free, j][order]) >= 0).all() and len(np.unique(probs[free, j])) > 0.9 * free.sum()
+    assert (probs[held] == 0).all()
+
+
+def test_a_backwards_product_gets_its_rate_not_a_falling_map():
+    scores, adopted, held, _ = synthetic_scores()
+    q = choice_probabilities(scores, held, T)
+    adopted[:, 1] = np.random.default_rng(3).random(len(q)) < 0.3 * (1 - q[:, 1])  # falls with q
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    probs = calibration(scores, held)[~held[:, 1], 1]
+    assert np.ptp(probs) < 1e-9 and probs.mean() == pytest.approx(adopted[~held[:, 1], 1].mean(), rel=1e-3)
+
+
+def test_platt_tempers_the_top_where_isotonic_overstates_it():
+    """A plan picks each product's top customers: there the isotonic map's last blocks, fitted on
+    a handful of lucky adopters, overstate the probability of new customers; the two-parameter
+    map does not (benchmarks/plan_value_study.py measured it on the development banks)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n, P=4):
+        scores = rng.normal(0, 0.3, (n, P))
+        held = np.zeros((n, P), bool)
+        true = 1 / (1 + np.exp(0.5 - 1.2 * np.log(choice_probabilities(scores, held, T))))
+        return scores, held, true, rng.random((n, P)) < true
+
+    scores, held, _, adopted = draw(3000)  # the calibration customers
+    new_scores, new_held, new_true, _ = draw(20000)  # the customers a campaign plans for
+    ratio = {}
+    for method in ("platt", "isotonic"):
+        probs = fit_calibration(scores, adopted, held, list("abcd"), T, method=method)(new_scores, new_held)
+        top = np.argsort(-probs, axis=0)[:200]  # each product's best 1%
+        ratio[method] = np.take_along_axis(probs, top, 0).sum() / np.take_along_axis(new_true, top, 0).sum()
+    assert abs(ratio["platt"] - 1) < 0.05 and ratio["isotonic"] > 1.15, ratio
+
+
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_rare_products_use_the_pooled_map_at_their_own_rate(method):
     scores, adopted, held, _ = synthetic_scores(n=3000)
     adopted[:, 2] = False
     adopted[np.flatnonzero(~held[:, 2])[:5], 2] = True  # 5 adoptions: too few for a map of its own
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, min_positives=20)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, min_positives=20, method=method)
     assert calibration.pooled == [False, False, True]
     free = ~held[:, 2]
     mean = calibration(scores, held)[free, 2].mean()
     assert mean == pytest.approx((5 + adopted[~held].mean()) / (free.sum() + 1), rel=0.05)
 
 
-def test_json_round_trip_and_damage():
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_json_round_trip_and_damage(method):
     scores, adopted, held, _ = synthetic_scores()
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, method=method)
     again = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    assert again.method == method
     np.testing.assert_array_equal(again(scores, held), calibration(scores, held))
     raw = calibration.to_dict()
     raw["products"][0]["y"] = list(reversed(raw["products"][0]["y"]))
