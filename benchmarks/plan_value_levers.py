@@ -86,6 +86,39 @@ def platt(v, held, shared_slope=False, strength=1.0):
     return out
 
 
+def beta_calibration(v, held):
+    """Per product: logit P = c + a ln q - b ln(1 - q) (Kull et al. 2017's beta calibration,
+    Platt's extension for scores that are probabilities), logistic regression on the calibration
+    customers; a negative a or b is dropped (the map stays monotone)."""
+    from sklearn.linear_model import LogisticRegression
+
+    T = float(v["temperature"])
+    qc = choice_probabilities(v["cal_scores"], v["cal_held"], T)
+    qt = choice_probabilities(v["test_scores"], held, T)
+
+    def feats(q):
+        q = np.clip(q, 1e-12, 1 - 1e-9)
+        return np.stack([np.log(q), -np.log1p(-q)], axis=1)
+
+    out = np.zeros_like(qt)
+    for j in range(qc.shape[1]):
+        mask = ~v["cal_held"][:, j]
+        X, y = feats(qc[mask, j]), v["cal_adopted"][mask, j]
+        if y.sum() < 2:
+            out[:, j] = y.mean() if len(y) else 0.0
+            continue
+        cols = [0, 1]
+        for _ in range(2):
+            m = LogisticRegression(C=1e4, max_iter=2000).fit(X[:, cols], y)
+            keep = [c for c, w in zip(cols, m.coef_[0]) if w > 0]
+            if keep == cols:
+                break
+            cols = keep or [0]
+        out[:, j] = m.predict_proba(feats(qt[:, j])[:, cols])[:, 1]
+    out[held] = 0
+    return out
+
+
 def oracle_recalibration(v, held, true):
     """The model's choice probability mapped per product by the isotonic fit of the TRUE
     probabilities on the held-out customers: the model's ranking with a perfect calibration."""
@@ -133,7 +166,7 @@ def estimators(truth, variants):
         return out
     iso = isotonic(base, held)
     out["isotonic (centred, shipped before)"] = iso
-    out["fit_calibration's default (shipped)"] = shipped(base, held)
+    out["beta calibration (shipped)"] = shipped(base, held)
     out["isotonic, plain steps"] = isotonic(base, held, centred=False)
     oracle = oracle_recalibration(base, held, true)
     out["oracle recalibration of the model's q"] = oracle
@@ -146,7 +179,8 @@ def estimators(truth, variants):
     out["platt, half the calibration customers"] = platt(half, held)
     adopters = subset(base, base["cal_adopted"].any(axis=1))
     out["isotonic, adopters only"] = isotonic(adopters, held)
-    out["platt, adopters only"] = shipped(adopters, held)
+    out["beta (shipped), adopters only"] = shipped(adopters, held)
+    out["beta calibration per product"] = beta_calibration(base, held)
     out["platt, shared slope"] = platt(base, held, shared_slope=True)
     ensemble = [v for k, v in variants.items() if k.startswith("seed") or k == "base"]
     if len(ensemble) > 1:
@@ -160,7 +194,7 @@ def estimators(truth, variants):
     for name, v in variants.items():
         if name.startswith(("ens", "epochs", "monitor", "patience", "cfg-")) or name == "lgbm":
             out[f"{name}: isotonic"] = isotonic(v, held)
-            out[f"{name}: platt (shipped)"] = shipped(v, held)
+            out[f"{name}: shipped (beta)"] = shipped(v, held)
             out[f"{name}: oracle recalibration"] = oracle_recalibration(v, held, true)
     return out
 

@@ -54,6 +54,11 @@ CAPACITY_BY_TYPE = {
 }  # fmt: skip
 
 
+def label(bank: str, customers: int | None) -> str:
+    """The cache name of a bank: its name, and its size when not the default."""
+    return bank if customers is None else f"{bank}{customers // 1000}k"
+
+
 def load_bank(bank: str, seed: int, customers: int | None):
     """(dataset, period-count mean) of the default bank or a story."""
     from finrec.data.io import validate_tables
@@ -88,10 +93,10 @@ def calibration_ids(dataset, config) -> np.ndarray:
     return np.concatenate([val_ids, quiet_val])
 
 
-def bank_arrays(bank: str, seed: int, trained, dataset, settings, test, draws: int = 8000) -> Path:
+def bank_arrays(bank: str, seed: int, customers, trained, dataset, settings, test, draws: int = 8000) -> Path:
     """Cache the held-out truth of one bank: true period probabilities, allowed mask, values,
     capacity (``trained``: a finrec model of the bank, for its product order and filters)."""
-    path = CACHE / f"{bank}_{seed}_truth.npz"
+    path = CACHE / f"{label(bank, customers)}_{seed}_truth.npz"
     if path.exists():
         return path
     from finrec.data import schema as S
@@ -123,7 +128,7 @@ def bank_arrays(bank: str, seed: int, trained, dataset, settings, test, draws: i
 
 
 def fit_variant(bank: str, seed: int, variant: str, customers: int | None) -> Path:
-    path = CACHE / f"{bank}_{seed}_{variant}.npz"
+    path = CACHE / f"{label(bank, customers)}_{seed}_{variant}.npz"
     if path.exists():
         return path
     from finrec.config import Config
@@ -166,7 +171,7 @@ def fit_variant(bank: str, seed: int, variant: str, customers: int | None) -> Pa
         pipeline, temperature = model.pipeline_, 1.0
     else:
         trained = fit(train, config, verbose=0)
-        bank_arrays(bank, seed, trained, dataset, settings, test)
+        bank_arrays(bank, seed, customers, trained, dataset, settings, test)
         score = lambda d: trained.score(d.customers, d.holdings, d.holdings_history)  # noqa: E731
         pipeline, temperature = trained.pipeline, trained.config.training.temperature
     seconds = time.perf_counter() - start

@@ -7,32 +7,36 @@ model was not trained on, with every customer of that set as data, including tho
 nothing (zeros for every product)::
 
     q(c, p)     = softmax over the products c does not hold of cos(c, p) / T
-    p_hat(c, p) = f_p(q(c, p)),   f_p(q) = sigmoid(a_p + b_p * ln q)   (Platt, the default)
-                                  or the centred isotonic fit of y(c, p) on q(c, p)
+    p_hat(c, p) = f_p(q(c, p)),   f_p(q) = sigmoid(c_p + a_p ln q - b_p ln(1 - q))
 
 where ``T`` is the training temperature and ``y(c, p)`` is 1 when c adopted p in the period of
-the data (its ``interactions``) and 0 otherwise.
-``(a_p, b_p)`` is the logistic regression of ``y(c, p)`` on ``ln q(c, p)`` over the customers
-not holding p (``b_p >= 0``, so the map never reverses the model's order). Two numbers per
-product instead of one step per block: on the development banks (benchmarks/plan_value_study.py)
-the isotonic map's top block, fitted on a few dozen lucky adopters, overstated the probability of
-exactly the customers a campaign picks (the plan's predicted value 1.13-1.20x its true value,
-Platt's 0.99-1.04x), and the plans built on Platt's probabilities were worth as much or more
-(0.1-1.3% of the ceiling). ``method="isotonic"`` keeps the isotonic map. ``q`` is the model's own choice distribution
+the data (its ``interactions``) and 0 otherwise. ``q`` is the model's own choice distribution
 (what the softmax loss trains): a customer with many attractive products is less likely to take
 any one of them, which the bare cosine cannot say; on the default synthetic bank it cut the
 squared error against the true probabilities from 0.0040 to 0.0015 (benchmarks/calibration.py).
-The isotonic fit (pool-adjacent-violators, scikit-learn's ``IsotonicRegression``) is *centred*
-(``centred_knots``): each block of equal fitted value becomes one knot at its members' mean,
-so the map rises strictly between blocks and customers keep their order (``plan`` picks the
-best few hundred of a product; ties would make that pick random). A product with fewer than
-``min_positives`` adoptions in the calibration set gets the pooled map of all products, scaled
-to its own adoption rate (Platt: the pooled slope with its own intercept), so a rare product is
-not pinned to 0. Held products get 0.
 
-The maps are stored as JSON (knots only, never a pickle; a Platt map as ``PLATT_KNOTS`` knots
-spaced evenly in ln q, within 2e-3 of the curve for slopes up to 3) and applied with ``np.interp``, so serving
-needs no scikit-learn and reads either method the same way.
+``f_p`` is beta calibration (Kull, Silva Filho and Flach, AISTATS 2017), the default: the
+logistic regression of ``y(c, p)`` on ``ln q`` and ``-ln(1 - q)`` over the customers not holding
+p, with ``a_p, b_p >= 0`` so the map never reverses the model's order (customers keep their
+order, strictly: a plan picking the best few hundred of a product has no ties to break at
+random). ``method="platt"`` drops the second term (Platt scaling on ``ln q``); beta calibration
+also bends where ``q`` nears 1 (the next rung of a product ladder), where Platt underestimated.
+``method="isotonic"`` is the *centred* isotonic fit (``centred_knots``: each block of the
+pool-adjacent-violators fit becomes one knot at its members' mean). Three numbers per product
+rather than one step per block: on the development banks (benchmarks/plan_value_study.py,
+docs/benchmarks.md) the isotonic map's top blocks, fitted on a few dozen lucky adopters,
+overstated exactly the customers a campaign picks (a plan's predicted value 1.11-1.20x its true
+value), and plans built on the logistic maps were worth about as much (-0.3% to +1.1% of the
+ceiling).
+
+A product with fewer than ``min_positives`` adoptions in the calibration set gets the pooled map
+of all products, at its own (add-one smoothed) adoption rate: the isotonic map rescaled, the
+logistic map's slopes with its own intercept. So a rare product is not pinned to 0. Held
+products get 0.
+
+The maps are stored as JSON (knots only, never a pickle; a logistic map as ``LOGISTIC_KNOTS``
+knots spaced evenly in logit q) and applied with ``np.interp``, so serving needs no
+scikit-learn and reads every method the same way.
 """
 
 from __future__ import annotations
@@ -48,11 +52,14 @@ CALIBRATION_FORMAT = 2
 MIN_POSITIVES = 20
 EVENT = "adopts the product within the period the training interactions cover"
 METHODS = {  # method -> how calibration.json describes it
+    "beta": "beta calibration per product: sigmoid(c + a ln q - b ln(1 - q)), a, b >= 0, "
+    "q = softmax(cos / temperature) over products not held",
     "platt": "Platt per product: sigmoid(a + b ln q), q = softmax(cos / temperature) over products not held",
     "isotonic": "centred isotonic per product, on softmax(cos / temperature) over products not held",
 }
-PLATT_KNOTS = 256
-Q_FLOOR = 1e-12  # ln q of a product the softmax all but rules out
+LOGISTIC_KNOTS = 256
+Q_FLOOR = 1e-12  # q of a product the softmax all but rules out
+Q_TOP = 1 - 1e-6  # the logistic maps treat q above this as this (a customer with one product left has q = 1)
 
 
 def _method_of(text) -> str:
@@ -75,7 +82,7 @@ class Calibration:
     positives: list[int] = field(default_factory=list)  # adoptions per product in that set
     pooled: list[bool] = field(default_factory=list)  # products that use the pooled map
     event: str = EVENT
-    method: str = "platt"  # how the knots were fitted (METHODS); applying them is the same for all
+    method: str = "beta"  # how the knots were fitted (METHODS); applying them is the same for all
 
     def __call__(self, scores: np.ndarray, held: np.ndarray) -> np.ndarray:
         """Probabilities float32 [n, P] for cosine ``scores`` [n, P] and ``held`` bool [n, P]
@@ -193,11 +200,11 @@ def fit_calibration(
     temperature: float,
     min_positives: int = MIN_POSITIVES,
     centred: bool = True,
-    method: str = "platt",
+    method: str = "beta",
 ) -> Calibration:
     """Fit the per-product maps (module docstring) on cosine ``scores`` float [n, P], ``adopted``
     bool [n, P] and ``held`` bool [n, P] (held products are never offered, so they are no data
-    for the probability of adopting them). ``method``: "platt" (default) or "isotonic";
+    for the probability of adopting them). ``method``: "beta" (default), "platt" or "isotonic";
     ``centred=False`` keeps the isotonic fit's plain steps."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -208,7 +215,7 @@ def fit_calibration(
     if not eligible.any():
         raise ValueError("no customer-product pair to calibrate on (every product is held)")
     q = choice_probabilities(scores, held, temperature)
-    fit = _platt_maps if method == "platt" else _isotonic_maps
+    fit = _isotonic_maps if method == "isotonic" else _logistic_maps(method)
     knots_x, knots_y, positives, pooled = fit(q, adopted, eligible, min_positives, centred)
     return Calibration(
         list(map(str, product_ids)),
@@ -261,89 +268,114 @@ def _isotonic_maps(q, adopted, eligible, min_positives, centred):
     return knots_x, knots_y, positives, pooled
 
 
-def _platt_maps(q, adopted, eligible, min_positives, centred):
-    z = np.log(np.maximum(q, Q_FLOOR))
-    pooled_a, pooled_b = platt_fit(z[eligible], adopted[eligible])
-    base_rate = adopted[eligible].mean()
-    knots_x, knots_y, positives, pooled = [], [], [], []
-    for j in range(q.shape[1]):
-        mask = eligible[:, j]
-        x, y = z[mask, j], adopted[mask, j]
-        count = int(y.sum())
-        positives.append(count)
-        if count >= min_positives:
-            a, b = platt_fit(x, y)
-        else:
-            # Rare: the pooled slope, and the intercept that gives the product's own (add-one
-            # smoothed) adoption rate on average over its customers.
-            b = pooled_b
-            a = platt_intercept(x, b, _smoothed_rate(count, len(y), base_rate)) if len(x) else pooled_a
-        pooled.append(count < min_positives)
-        kx, ky = platt_knots(a, b, x.min() if len(x) else np.log(Q_FLOOR))
-        knots_x.append(kx)
-        knots_y.append(ky)
-    return knots_x, knots_y, positives, pooled
+def logistic_features(q: np.ndarray, method: str) -> np.ndarray:
+    """[..., d] inputs of the logistic maps: ``ln q`` (Platt), and ``-ln(1 - q)`` beside it (beta)."""
+    q = np.clip(q, Q_FLOOR, Q_TOP)
+    columns = [np.log(q)] if method == "platt" else [np.log(q), -np.log1p(-q)]
+    return np.stack(columns, axis=-1)
+
+
+def _logistic_maps(method):
+    def fit(q, adopted, eligible, min_positives, centred):
+        X = logistic_features(q, method)  # [n, P, d]
+        pooled_c, pooled_w = logistic_fit(X[eligible], adopted[eligible])
+        base_rate = adopted[eligible].mean()
+        knots_x, knots_y, positives, pooled = [], [], [], []
+        for j in range(q.shape[1]):
+            mask = eligible[:, j]
+            x, y = X[mask, j], adopted[mask, j]
+            count = int(y.sum())
+            positives.append(count)
+            if count >= min_positives:
+                c, w = logistic_fit(x, y)
+            else:
+                # Rare: the pooled slopes, and the intercept that gives the product's own (add-one
+                # smoothed) adoption rate on average over its customers.
+                w = pooled_w
+                c = logistic_intercept(x @ w, _smoothed_rate(count, len(y), base_rate)) if len(y) else pooled_c
+            pooled.append(count < min_positives)
+            grid = knot_grid(q[mask, j].min() if mask.any() else Q_FLOOR)
+            knots_x.append(grid)
+            knots_y.append(_sigmoid(c + logistic_features(grid, method) @ w))
+        return knots_x, knots_y, positives, pooled
+
+    return fit
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * t))  # no overflow warning for large |t|
 
 
-def platt_fit(z: np.ndarray, y: np.ndarray, ridge: float = 1e-3, iterations: int = 100) -> tuple[float, float]:
-    """(a, b) of the logistic regression ``P(y) = sigmoid(a + b z)`` by Newton's method (a tiny
-    ``ridge`` keeps a separable set finite), with ``b >= 0``: a fit whose slope would come out
-    negative (a product the model ranks backwards, or noise) gets ``b = 0``, the product's rate."""
-    z, y = np.asarray(z, "float64"), np.asarray(y, "float64")
+def logistic_fit(X: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[float, np.ndarray]:
+    """(c, w) of the logistic regression ``P(y) = sigmoid(c + X w)`` (X [n, d]) with every
+    ``w >= 0``, so the map never reverses the model's order: a weight that comes out negative is
+    fixed at 0 and the rest refitted (all at 0: the product's rate)."""
+    X, y = np.asarray(X, "float64"), np.asarray(y, "float64")
+    free = np.ones(X.shape[1], dtype=bool)
+    while True:
+        c, w = _newton_logistic(X[:, free], y, ridge)
+        if (w >= 0).all():
+            out = np.zeros(X.shape[1])
+            out[free] = w
+            return c, out
+        keep = np.flatnonzero(free)
+        free[keep[w < 0]] = False
+
+
+def _newton_logistic(X: np.ndarray, y: np.ndarray, ridge: float, iterations: int = 100) -> tuple[float, np.ndarray]:
+    """Newton's method with step halving on the log loss plus ``ridge / 2 * |theta|^2`` (which
+    keeps a separable set finite); the intercept starts at the rate's logit."""
     rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6)) if len(y) else 0.5
-    theta = np.array([np.log(rate / (1 - rate)), 0.0])
-    X = np.stack([np.ones_like(z), z], axis=1)
+    A = np.concatenate([np.ones((len(y), 1)), X], axis=1)
+    theta = np.zeros(A.shape[1])
+    theta[0] = np.log(rate / (1 - rate))
+    if A.shape[1] == 1 or not len(y):
+        return float(theta[0]), theta[1:]
 
     def loss(t):
-        s = X @ t
+        s = A @ t
         return float(np.sum(np.logaddexp(0.0, s) - y * s) + 0.5 * ridge * t @ t)
 
     current = loss(theta)
     for _ in range(iterations):
-        p = _sigmoid(X @ theta)
-        gradient = X.T @ (p - y) + ridge * theta
-        hessian = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        p = _sigmoid(A @ theta)
+        gradient = A.T @ (p - y) + ridge * theta
+        hessian = (A * (p * (1 - p))[:, None]).T @ A + ridge * np.eye(A.shape[1])
         step = np.linalg.solve(hessian, gradient)
         t = 1.0
         while t > 1e-8:  # halve the step until the loss does not rise
-            candidate = theta - t * step
-            value = loss(candidate)
+            value = loss(theta - t * step)
             if value <= current:
                 break
             t *= 0.5
         if t <= 1e-8:
             break
-        theta, previous, current = candidate, current, value
+        theta, previous, current = theta - t * step, current, value
         if previous - current < 1e-12 * max(1.0, abs(current)):
             break
-    a, b = float(theta[0]), float(theta[1])
-    if b < 0:
-        return float(np.log(rate / (1 - rate))), 0.0
-    return a, b
+    return float(theta[0]), theta[1:]
 
 
-def platt_intercept(z: np.ndarray, b: float, rate: float) -> float:
-    """The intercept a with ``mean sigmoid(a + b z) = rate`` (bisection; the mean rises with a)."""
+def logistic_intercept(s: np.ndarray, rate: float) -> float:
+    """The intercept c with ``mean sigmoid(c + s) = rate`` (bisection; the mean rises with c)."""
     rate = float(np.clip(rate, 1e-9, 1 - 1e-9))
     low, high = -60.0, 60.0
     for _ in range(100):
         middle = 0.5 * (low + high)
-        if _sigmoid(middle + b * z).mean() < rate:
+        if _sigmoid(middle + s).mean() < rate:
             low = middle
         else:
             high = middle
     return 0.5 * (low + high)
 
 
-def platt_knots(a: float, b: float, z_low: float) -> tuple[np.ndarray, np.ndarray]:
-    """Knots (q, sigmoid(a + b ln q)) spaced evenly in ln q from ``z_low`` (the lowest ln q seen,
-    floored at ln 1e-9) to ln 1 = 0; below the first knot np.interp holds its value."""
-    z = np.linspace(max(min(float(z_low), -1e-6), np.log(1e-9)), 0.0, PLATT_KNOTS)
-    return np.exp(z), _sigmoid(a + b * z)
+def knot_grid(q_low: float) -> np.ndarray:
+    """``LOGISTIC_KNOTS`` values of q spaced evenly in logit q from ``q_low`` (the lowest q seen,
+    floored at 1e-9) to ``Q_TOP``: dense at both ends, where ln q and ln(1 - q) move fast. Outside
+    the knots np.interp holds the end values."""
+    low = max(min(float(q_low), 0.5), 1e-9)
+    u = np.linspace(np.log(low / (1 - low)), np.log(Q_TOP / (1 - Q_TOP)), LOGISTIC_KNOTS)
+    return _sigmoid(u)
 
 
 # ---------------------------------------------------------------------------------- measuring
