@@ -21,10 +21,12 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,7 @@ from finrec.data import schema as S
 from finrec.data.io import validate_tables
 from finrec.data.split import split_dataset
 from finrec.data.synthetic import GeneratorSettings, generate, period_adoption_probabilities
-from finrec.training.calibration import brier_score, expected_calibration_error, reliability_table
+from finrec.training.calibration import brier_score, expected_calibration_error, fit_calibration, reliability_table
 from finrec.training.train import fit
 
 RESULTS = Path(__file__).parent / "results" / "calibration.json"
@@ -79,10 +81,24 @@ def main() -> None:
     softmax /= softmax.sum(axis=1, keepdims=True)
     # The share of training customers who adopted anything: what a softmax over the catalogue lacks.
     any_rate = train.interactions[S.CUSTOMER_ID].nunique() / len(train.customers)
+    # The previous default, the centred isotonic map, refitted on the same calibration customers.
+    from plan_value_study import calibration_ids
+
+    cal_data = train.subset_customers(calibration_ids(train, trained.config))
+    cal_ids = cal_data.customers[S.CUSTOMER_ID].to_numpy()
+    isotonic = fit_calibration(
+        trained.score(cal_data.customers, cal_data.holdings),
+        pipeline.holdings_matrix(cal_ids, cal_data.interactions),
+        pipeline.holdings_matrix(cal_ids, cal_data.holdings),
+        list(pipeline.product_ids_),
+        trained.config.training.temperature,
+        method="isotonic",
+    )
     candidates = {
         "cosine, clipped to [0, 1]": np.clip(cosine, 0, 1),
         "softmax(cos/T) x P(any adoption)": softmax * any_rate,
-        "calibrated (this model)": trained.calibration(cosine, held),
+        "centred isotonic per product": isotonic(cosine, held),
+        f"calibrated (this model: {trained.calibration.method})": trained.calibration(cosine, held),
     }
     rows = {}
     for name, predicted in candidates.items():
@@ -93,7 +109,7 @@ def main() -> None:
             "brier": brier_score(p, y),
             "mean_predicted": float(p.mean()),
         }
-    calibrated = candidates["calibrated (this model)"][eligible]
+    calibrated = candidates[f"calibrated (this model: {trained.calibration.method})"][eligible]
     reliability = reliability_table(calibrated, true[eligible], bins=10)
 
     print(
@@ -101,9 +117,9 @@ def main() -> None:
         f"({int(eligible.sum())} pairs not held; mean true probability {true[eligible].mean():.4f}; "
         f"Brier of the true probabilities {brier_score(true[eligible], adopted[eligible]):.4f})"
     )
-    print(f"{'probabilities':<36}{'ECE':>9}{'MSE vs true':>13}{'Brier':>9}{'mean':>9}")
+    print(f"{'probabilities':<44}{'ECE':>9}{'MSE vs true':>13}{'Brier':>9}{'mean':>9}")
     for name, r in rows.items():
-        print(f"{name:<36}{r['ece']:>9.4f}{r['mse_true']:>13.5f}{r['brier']:>9.4f}{r['mean_predicted']:>9.4f}")
+        print(f"{name:<44}{r['ece']:>9.4f}{r['mse_true']:>13.5f}{r['brier']:>9.4f}{r['mean_predicted']:>9.4f}")
     print("reliability of the calibrated probabilities (10 equal-mass bins):")
     print(f"{'pairs':>8}{'predicted':>11}{'true':>9}")
     for r in reliability:
@@ -127,6 +143,7 @@ def main() -> None:
                 "reliability": reliability,
                 "calibration_customers": cal.customers,
                 "pooled_products": int(sum(cal.pooled)),
+                "method": cal.method,
                 "fit_seconds": fit_seconds,
             },
             indent=1,

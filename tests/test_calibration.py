@@ -57,7 +57,7 @@ def test_plain_isotonic_maps_match_scikit_learn():
     from sklearn.isotonic import IsotonicRegression
 
     scores, adopted, held, _ = synthetic_scores()
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, centred=False)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, centred=False, method="isotonic")
     probs = calibration(scores, held)
     q = choice_probabilities(scores, held, T)
     for j in range(3):
@@ -83,30 +83,106 @@ def test_centred_knots_sit_at_the_block_means():
     assert kx[0] == x.min() and kx[-1] == x.max() and 0 <= ky[0] <= ky[1] and ky[-2] <= ky[-1] <= 1
 
 
-def test_calibration_recovers_known_probabilities():
+@pytest.mark.parametrize("method", ["beta", "platt", "isotonic"])
+def test_calibration_recovers_known_probabilities(method):
     scores, adopted, held, _ = synthetic_scores(n=20000)
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, method=method)
+    assert calibration.method == method
     test_scores, _, test_held, test_true = synthetic_scores(n=20000, seed=1)
     free = ~test_held
     assert expected_calibration_error(calibration(test_scores, test_held)[free], test_true[free]) < 0.01
     assert expected_calibration_error(np.clip(test_scores, 0, 1)[free], test_true[free]) > 0.1
 
 
-def test_rare_products_use_the_pooled_map_at_their_own_rate():
+@pytest.mark.parametrize("method", ["beta", "platt"])
+def test_logistic_maps_are_scikit_learns_logistic_regression(method):
+    from sklearn.linear_model import LogisticRegression
+
+    scores, adopted, held, _ = synthetic_scores()
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, method=method)
+    probs = calibration(scores, held)
+    q = choice_probabilities(scores, held, T)
+    for j in range(3):
+        free = ~held[:, j]
+        qj = np.clip(q[free, j], 1e-12, 1 - 1e-6)  # q = 1 for a customer holding all but one
+        X = np.log(qj)[:, None] if method == "platt" else np.stack([np.log(qj), -np.log1p(-qj)], 1)
+        model = LogisticRegression(C=1e6, max_iter=1000).fit(X, adopted[free, j])
+        if (model.coef_ >= 0).all():  # the unconstrained fit is the constrained one
+            np.testing.assert_allclose(probs[free, j], model.predict_proba(X)[:, 1], atol=2e-3)
+        # Strictly increasing in q: the calibrated order is the model's (no ties for a plan to break).
+        order = np.argsort(q[free, j])
+        assert (np.diff(probs[free, j][order]) >= 0).all() and len(np.unique(probs[free, j])) > 0.9 * free.sum()
+    assert (probs[held] == 0).all()
+
+
+def test_a_backwards_product_gets_its_rate_not_a_falling_map():
+    scores, adopted, held, _ = synthetic_scores()
+    q = choice_probabilities(scores, held, T)
+    adopted[:, 1] = np.random.default_rng(3).random(len(q)) < 0.3 * (1 - q[:, 1])  # falls with q
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    probs = calibration(scores, held)[~held[:, 1], 1]
+    assert np.ptp(probs) < 1e-9 and probs.mean() == pytest.approx(adopted[~held[:, 1], 1].mean(), rel=1e-3)
+
+
+def test_the_logistic_map_tempers_the_top_where_isotonic_overstates_it():
+    """A plan picks each product's top customers: there the isotonic map's last blocks, fitted on
+    a handful of lucky adopters, overstate the probability of new customers; the two-parameter
+    map does not (benchmarks/plan_value_study.py measured it on the development banks)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n, P=4):
+        scores = rng.normal(0, 0.3, (n, P))
+        held = np.zeros((n, P), bool)
+        true = 1 / (1 + np.exp(0.5 - 1.2 * np.log(choice_probabilities(scores, held, T))))
+        return scores, held, true, rng.random((n, P)) < true
+
+    scores, held, _, adopted = draw(3000)  # the calibration customers
+    new_scores, new_held, new_true, _ = draw(20000)  # the customers a campaign plans for
+    ratio = {}
+    for method in ("beta", "isotonic"):
+        probs = fit_calibration(scores, adopted, held, list("abcd"), T, method=method)(new_scores, new_held)
+        top = np.argsort(-probs, axis=0)[:200]  # each product's best 1%
+        ratio[method] = np.take_along_axis(probs, top, 0).sum() / np.take_along_axis(new_true, top, 0).sum()
+    assert abs(ratio["beta"] - 1) < 0.05 and ratio["isotonic"] > 1.15, ratio
+
+
+def test_beta_bends_where_q_nears_one_and_platt_cannot():
+    """The next rung of a ladder: q near 1 for many customers, and the adoption probability
+    saturating below 1 there. Beta calibration follows it; Platt's one slope in ln q cannot."""
+    rng = np.random.default_rng(2)
+    n = 20000
+    scores = np.stack([rng.normal(0, 0.6, n), np.zeros(n)], axis=1)  # q of product 0 spans (0, 1)
+    held = np.zeros((n, 2), bool)
+    q = choice_probabilities(scores, held, T)
+    true = 1 / (1 + np.exp(-(0.5 + 1.0 * np.log(q) - 0.8 * np.log1p(-q))))
+    adopted = rng.random((n, 2)) < true
+    error = {
+        method: expected_calibration_error(
+            fit_calibration(scores, adopted, held, ["a", "b"], T, method=method)(scores, held)[:, 0], true[:, 0]
+        )
+        for method in ("beta", "platt")
+    }
+    assert error["beta"] < 0.01 < error["platt"], error
+
+
+@pytest.mark.parametrize("method", ["beta", "isotonic"])
+def test_rare_products_use_the_pooled_map_at_their_own_rate(method):
     scores, adopted, held, _ = synthetic_scores(n=3000)
     adopted[:, 2] = False
     adopted[np.flatnonzero(~held[:, 2])[:5], 2] = True  # 5 adoptions: too few for a map of its own
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, min_positives=20)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, min_positives=20, method=method)
     assert calibration.pooled == [False, False, True]
     free = ~held[:, 2]
     mean = calibration(scores, held)[free, 2].mean()
     assert mean == pytest.approx((5 + adopted[~held].mean()) / (free.sum() + 1), rel=0.05)
 
 
-def test_json_round_trip_and_damage():
+@pytest.mark.parametrize("method", ["beta", "platt", "isotonic"])
+def test_json_round_trip_and_damage(method):
     scores, adopted, held, _ = synthetic_scores()
-    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, method=method)
     again = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    assert again.method == method
     np.testing.assert_array_equal(again(scores, held), calibration(scores, held))
     raw = calibration.to_dict()
     raw["products"][0]["y"] = list(reversed(raw["products"][0]["y"]))

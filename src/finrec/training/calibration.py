@@ -7,22 +7,36 @@ model was not trained on, with every customer of that set as data, including tho
 nothing (zeros for every product)::
 
     q(c, p)     = softmax over the products c does not hold of cos(c, p) / T
-    p_hat(c, p) = f_p(q(c, p)),   f_p = centred isotonic fit of y(c, p) on q(c, p), c not holding p
+    p_hat(c, p) = f_p(q(c, p)),   f_p(q) = sigmoid(c_p + a_p ln q - b_p ln(1 - q))
 
 where ``T`` is the training temperature and ``y(c, p)`` is 1 when c adopted p in the period of
 the data (its ``interactions``) and 0 otherwise. ``q`` is the model's own choice distribution
 (what the softmax loss trains): a customer with many attractive products is less likely to take
 any one of them, which the bare cosine cannot say; on the default synthetic bank it cut the
 squared error against the true probabilities from 0.0040 to 0.0015 (benchmarks/calibration.py).
-The isotonic fit (pool-adjacent-violators, scikit-learn's ``IsotonicRegression``) is *centred*
-(``centred_knots``): each block of equal fitted value becomes one knot at its members' mean,
-so the map rises strictly between blocks and customers keep their order (``plan`` picks the
-best few hundred of a product; ties would make that pick random). A product with fewer than
-``min_positives`` adoptions in the calibration set gets the pooled map of all products, scaled
-to its own adoption rate, so a rare product is not pinned to 0. Held products get 0.
 
-The maps are stored as JSON (knots only, never a pickle) and applied with ``np.interp``, so
-serving needs no scikit-learn.
+``f_p`` is beta calibration (Kull, Silva Filho and Flach, AISTATS 2017), the default: the
+logistic regression of ``y(c, p)`` on ``ln q`` and ``-ln(1 - q)`` over the customers not holding
+p, with ``a_p, b_p >= 0`` so the map never reverses the model's order (customers keep their
+order, strictly: a plan picking the best few hundred of a product has no ties to break at
+random). ``method="platt"`` drops the second term (Platt scaling on ``ln q``); beta calibration
+also bends where ``q`` nears 1 (the next rung of a product ladder), where Platt underestimated.
+``method="isotonic"`` is the *centred* isotonic fit (``centred_knots``: each block of the
+pool-adjacent-violators fit becomes one knot at its members' mean). Three numbers per product
+rather than one step per block: on the development banks (benchmarks/plan_value_study.py,
+docs/benchmarks.md) the isotonic map's top blocks, fitted on a few dozen lucky adopters,
+overstated exactly the customers a campaign picks (a plan's predicted value 1.11-1.20x its true
+value), and plans built on the logistic maps were worth about as much (-0.3% to +1.1% of the
+ceiling).
+
+A product with fewer than ``min_positives`` adoptions in the calibration set gets the pooled map
+of all products, at its own (add-one smoothed) adoption rate: the isotonic map rescaled, the
+logistic map's slopes with its own intercept. So a rare product is not pinned to 0. Held
+products get 0.
+
+The maps are stored as JSON (knots only, never a pickle; a logistic map as ``LOGISTIC_KNOTS``
+knots spaced evenly in logit q) and applied with ``np.interp``, so serving needs no
+scikit-learn and reads every method the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +51,23 @@ from finrec.errors import ArtifactError
 CALIBRATION_FORMAT = 2
 MIN_POSITIVES = 20
 EVENT = "adopts the product within the period the training interactions cover"
+METHODS = {  # method -> how calibration.json describes it
+    "beta": "beta calibration per product: sigmoid(c + a ln q - b ln(1 - q)), a, b >= 0, "
+    "q = softmax(cos / temperature) over products not held",
+    "platt": "Platt per product: sigmoid(a + b ln q), q = softmax(cos / temperature) over products not held",
+    "isotonic": "centred isotonic per product, on softmax(cos / temperature) over products not held",
+}
+LOGISTIC_KNOTS = 256
+Q_FLOOR = 1e-12  # q of a product the softmax all but rules out
+Q_TOP = 1 - 1e-6  # the logistic maps treat q above this as this (a customer with one product left has q = 1)
+
+
+def _method_of(text) -> str:
+    """The method name of a stored description (older files: the isotonic one)."""
+    for name, description in METHODS.items():
+        if text == description:
+            return name
+    return "isotonic"
 
 
 @dataclass
@@ -51,6 +82,7 @@ class Calibration:
     positives: list[int] = field(default_factory=list)  # adoptions per product in that set
     pooled: list[bool] = field(default_factory=list)  # products that use the pooled map
     event: str = EVENT
+    method: str = "beta"  # how the knots were fitted (METHODS); applying them is the same for all
 
     def __call__(self, scores: np.ndarray, held: np.ndarray) -> np.ndarray:
         """Probabilities float32 [n, P] for cosine ``scores`` [n, P] and ``held`` bool [n, P]
@@ -70,7 +102,7 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": CALIBRATION_FORMAT,
-            "method": "centred isotonic per product, on softmax(cos / temperature) over products not held",
+            "method": METHODS.get(self.method, self.method),
             "temperature": float(self.temperature),
             "event": self.event,
             "customers": int(self.customers),
@@ -108,6 +140,7 @@ class Calibration:
                 positives=[int(p.get("positives", 0)) for p in products],
                 pooled=[bool(p.get("pooled", False)) for p in products],
                 event=str(raw.get("event", EVENT)),
+                method=_method_of(raw.get("method")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{source}: damaged calibration ({type(exc).__name__}: {exc})") from None
@@ -173,48 +206,23 @@ def fit_calibration(
     temperature: float,
     min_positives: int = MIN_POSITIVES,
     centred: bool = True,
+    method: str = "beta",
 ) -> Calibration:
     """Fit the per-product maps (module docstring) on cosine ``scores`` float [n, P], ``adopted``
     bool [n, P] and ``held`` bool [n, P] (held products are never offered, so they are no data
-    for the probability of adopting them). ``centred=False`` keeps the plain isotonic steps."""
-    from sklearn.isotonic import IsotonicRegression
-
+    for the probability of adopting them). ``method``: "beta" (default), "platt" or "isotonic";
+    ``centred=False`` keeps the isotonic fit's plain steps."""
+    if method not in METHODS:
+        raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
     scores, adopted, held = np.asarray(scores, "float64"), np.asarray(adopted, bool), np.asarray(held, bool)
     if not scores.shape == adopted.shape == held.shape or scores.shape[1] != len(product_ids):
         raise ValueError("scores, adopted and held must all be [n, P] with P = len(product_ids)")
     eligible = ~held
     if not eligible.any():
         raise ValueError("no customer-product pair to calibrate on (every product is held)")
-    scores = choice_probabilities(scores, held, temperature)
-
-    def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if centred:
-            return centred_knots(x, y)
-        model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, y)
-        return model.X_thresholds_.astype("float64"), model.y_thresholds_.astype("float64")
-
-    # The pooled map for rare products: all products' pairs together.
-    pooled_x, pooled_y = isotonic(scores[eligible], adopted[eligible].astype("float64"))
-    base_rate = adopted[eligible].mean()
-    knots_x, knots_y, positives, pooled = [], [], [], []
-    for j in range(scores.shape[1]):
-        mask = eligible[:, j]
-        x, y = scores[mask, j], adopted[mask, j].astype("float64")
-        count = int(y.sum())
-        positives.append(count)
-        if count >= min_positives:
-            kx, ky = isotonic(x, y)
-            pooled.append(False)
-        else:
-            # Rare: the pooled shape, rescaled so that its mean over this product's customers
-            # equals the product's own (add-one smoothed) adoption rate.
-            rate = (count + base_rate) / (len(y) + 1) if len(y) else base_rate
-            shape = np.interp(x, pooled_x, pooled_y).mean() if len(x) else base_rate
-            scale = rate / shape if shape > 0 else 0.0
-            kx, ky = pooled_x, np.clip(pooled_y * scale, 0.0, 1.0)
-            pooled.append(True)
-        knots_x.append(kx)
-        knots_y.append(ky)
+    q = choice_probabilities(scores, held, temperature)
+    fit = _isotonic_maps if method == "isotonic" else _logistic_maps(method)
+    knots_x, knots_y, positives, pooled = fit(q, adopted, eligible, min_positives, centred)
     return Calibration(
         list(map(str, product_ids)),
         float(temperature),
@@ -223,7 +231,157 @@ def fit_calibration(
         customers=int(scores.shape[0]),
         positives=positives,
         pooled=pooled,
+        method=method,
     )
+
+
+def _smoothed_rate(count: int, n: int, base_rate: float) -> float:
+    """A rare product's adoption rate, add-one smoothed toward the rate of all products."""
+    return (count + base_rate) / (n + 1) if n else base_rate
+
+
+def _isotonic_maps(q, adopted, eligible, min_positives, centred):
+    from sklearn.isotonic import IsotonicRegression
+
+    def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if centred:
+            return centred_knots(x, y)
+        model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, y)
+        return model.X_thresholds_.astype("float64"), model.y_thresholds_.astype("float64")
+
+    # The pooled map for rare products: all products' pairs together.
+    pooled_x, pooled_y = isotonic(q[eligible], adopted[eligible].astype("float64"))
+    base_rate = adopted[eligible].mean()
+    knots_x, knots_y, positives, pooled = [], [], [], []
+    for j in range(q.shape[1]):
+        mask = eligible[:, j]
+        x, y = q[mask, j], adopted[mask, j].astype("float64")
+        count = int(y.sum())
+        positives.append(count)
+        if count >= min_positives:
+            kx, ky = isotonic(x, y)
+            pooled.append(False)
+        else:
+            # Rare: the pooled shape, rescaled so that its mean over this product's customers
+            # equals the product's own (add-one smoothed) adoption rate.
+            rate = _smoothed_rate(count, len(y), base_rate)
+            shape = np.interp(x, pooled_x, pooled_y).mean() if len(x) else base_rate
+            scale = rate / shape if shape > 0 else 0.0
+            kx, ky = pooled_x, np.clip(pooled_y * scale, 0.0, 1.0)
+            pooled.append(True)
+        knots_x.append(kx)
+        knots_y.append(ky)
+    return knots_x, knots_y, positives, pooled
+
+
+def logistic_features(q: np.ndarray, method: str) -> np.ndarray:
+    """[..., d] inputs of the logistic maps: ``ln q`` (Platt), and ``-ln(1 - q)`` beside it (beta)."""
+    q = np.clip(q, Q_FLOOR, Q_TOP)
+    columns = [np.log(q)] if method == "platt" else [np.log(q), -np.log1p(-q)]
+    return np.stack(columns, axis=-1)
+
+
+def _logistic_maps(method):
+    def fit(q, adopted, eligible, min_positives, centred):
+        X = logistic_features(q, method)  # [n, P, d]
+        pooled_c, pooled_w = logistic_fit(X[eligible], adopted[eligible])
+        base_rate = adopted[eligible].mean()
+        knots_x, knots_y, positives, pooled = [], [], [], []
+        for j in range(q.shape[1]):
+            mask = eligible[:, j]
+            x, y = X[mask, j], adopted[mask, j]
+            count = int(y.sum())
+            positives.append(count)
+            if count >= min_positives:
+                c, w = logistic_fit(x, y)
+            else:
+                # Rare: the pooled slopes, and the intercept that gives the product's own (add-one
+                # smoothed) adoption rate on average over its customers.
+                w = pooled_w
+                c = logistic_intercept(x @ w, _smoothed_rate(count, len(y), base_rate)) if len(y) else pooled_c
+            pooled.append(count < min_positives)
+            grid = knot_grid(q[mask, j].min() if mask.any() else Q_FLOOR)
+            knots_x.append(grid)
+            knots_y.append(_sigmoid(c + logistic_features(grid, method) @ w))
+        return knots_x, knots_y, positives, pooled
+
+    return fit
+
+
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * t))  # no overflow warning for large |t|
+
+
+def logistic_fit(X: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[float, np.ndarray]:
+    """(c, w) of the logistic regression ``P(y) = sigmoid(c + X w)`` (X [n, d]) with every
+    ``w >= 0``, so the map never reverses the model's order: a weight that comes out negative is
+    fixed at 0 and the rest refitted (all at 0: the product's rate)."""
+    X, y = np.asarray(X, "float64"), np.asarray(y, "float64")
+    free = np.ones(X.shape[1], dtype=bool)
+    while True:
+        c, w = _newton_logistic(X[:, free], y, ridge)
+        if (w >= 0).all():
+            out = np.zeros(X.shape[1])
+            out[free] = w
+            return c, out
+        keep = np.flatnonzero(free)
+        free[keep[w < 0]] = False
+
+
+def _newton_logistic(X: np.ndarray, y: np.ndarray, ridge: float, iterations: int = 100) -> tuple[float, np.ndarray]:
+    """Newton's method with step halving on the log loss plus ``ridge / 2 * |theta|^2`` (which
+    keeps a separable set finite); the intercept starts at the rate's logit."""
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6)) if len(y) else 0.5
+    A = np.concatenate([np.ones((len(y), 1)), X], axis=1)
+    theta = np.zeros(A.shape[1])
+    theta[0] = np.log(rate / (1 - rate))
+    if A.shape[1] == 1 or not len(y):
+        return float(theta[0]), theta[1:]
+
+    def loss(t):
+        s = A @ t
+        return float(np.sum(np.logaddexp(0.0, s) - y * s) + 0.5 * ridge * t @ t)
+
+    current = loss(theta)
+    for _ in range(iterations):
+        p = _sigmoid(A @ theta)
+        gradient = A.T @ (p - y) + ridge * theta
+        hessian = (A * (p * (1 - p))[:, None]).T @ A + ridge * np.eye(A.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        t = 1.0
+        while t > 1e-8:  # halve the step until the loss does not rise
+            value = loss(theta - t * step)
+            if value <= current:
+                break
+            t *= 0.5
+        if t <= 1e-8:
+            break
+        theta, previous, current = theta - t * step, current, value
+        if previous - current < 1e-12 * max(1.0, abs(current)):
+            break
+    return float(theta[0]), theta[1:]
+
+
+def logistic_intercept(s: np.ndarray, rate: float) -> float:
+    """The intercept c with ``mean sigmoid(c + s) = rate`` (bisection; the mean rises with c)."""
+    rate = float(np.clip(rate, 1e-9, 1 - 1e-9))
+    low, high = -60.0, 60.0
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        if _sigmoid(middle + s).mean() < rate:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)
+
+
+def knot_grid(q_low: float) -> np.ndarray:
+    """``LOGISTIC_KNOTS`` values of q spaced evenly in logit q from ``q_low`` (the lowest q seen,
+    floored at 1e-9) to ``Q_TOP``: dense at both ends, where ln q and ln(1 - q) move fast. Outside
+    the knots np.interp holds the end values."""
+    low = max(min(float(q_low), 0.5), 1e-9)
+    u = np.linspace(np.log(low / (1 - low)), np.log(Q_TOP / (1 - Q_TOP)), LOGISTIC_KNOTS)
+    return _sigmoid(u)
 
 
 # ---------------------------------------------------------------------------------- measuring
