@@ -27,7 +27,6 @@ from finrec.model.tower_spec import CUSTOMER_TOWER, PRODUCT_TOWER  # stable name
 HOLDINGS_BAG_DIM = 16
 
 
-
 @keras.saving.register_keras_serializable(package="finrec")
 class CrossLayer(layers.Layer):
     """DCN-v2 feature cross: ``x_{l+1} = x_0 * (W x_l + b) + x_l``.
