@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_index import randomize_batchnorm  # this directory's sibling (pytest's rootdir import mode)
 
 from finrec.artifacts import ServingModel, _check_saved_tower, _read_customer_tower, load_model_dir
 from finrec.config import ModelConfig
@@ -33,19 +34,11 @@ def same_tower(a: NumpyTower, b: NumpyTower) -> None:
 
 @pytest.mark.parametrize("widths, holdings", [((32, 16), True), ((), False)])
 def test_saved_standard_tower_folds_like_keras(tmp_path, small_dataset, widths, holdings):
-    import keras
 
     pipeline = FeaturePipeline(small_dataset.schema, use_holdings=holdings).fit(small_dataset)
     config = ModelConfig(customer_widths=widths, product_widths=(16,), embedding_dim=8, dropout=0.2)
     model = build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config)
-    rng = np.random.default_rng(3)
-    for layer in towers_of(model)[0].layers:  # moved BatchNorm statistics: the folding is exercised
-        if isinstance(layer, keras.layers.BatchNormalization):
-            d = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 1, d))
-            layer.moving_variance.assign(rng.uniform(0.1, 4.0, d))
-            layer.gamma.assign(rng.uniform(0.5, 2.0, d))
-            layer.beta.assign(rng.normal(0, 0.5, d))
+    randomize_batchnorm(towers_of(model)[0], np.random.default_rng(3))
     model.save(tmp_path / "model.keras")
     spec = _read_customer_tower(tmp_path / "model.keras")
     assert spec is not None
