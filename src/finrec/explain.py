@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -593,6 +594,9 @@ __all__ = [
 ]
 
 
+_SHAP_IMPORT = threading.Lock()
+
+
 def load_shap():
     """The ``shap`` module, imported on first use (an optional dependency) with numba's JIT off.
 
@@ -603,16 +607,17 @@ def load_shap():
     keeps the JIT for long batch explanation jobs. Numba reads the switch when shap's kernels are
     decorated, at shap's import, and it is restored at once so no other numba user is affected.
     """
-    if "shap" not in sys.modules and os.environ.get("FINREC_SHAP_JIT", "0") != "1":
-        import numba
+    with _SHAP_IMPORT:  # two dashboard sessions' first explanations must not interleave the switch
+        if "shap" not in sys.modules and os.environ.get("FINREC_SHAP_JIT", "0") != "1":
+            import numba
 
-        previous = numba.config.DISABLE_JIT
-        numba.config.DISABLE_JIT = True
-        try:
-            import shap
-        finally:
-            numba.config.DISABLE_JIT = previous
-    import shap
+            previous = numba.config.DISABLE_JIT
+            numba.config.DISABLE_JIT = True
+            try:
+                import shap
+            finally:
+                numba.config.DISABLE_JIT = previous
+        import shap
 
     return shap
 

@@ -82,3 +82,38 @@ def test_loading_for_the_numpy_tower_imports_no_keras(model_dir):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC)})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "layer, cut",
+    [("customer_tower_emb_customer_cat_0", 0), ("customer_tower_bn_0", 0), ("customer_tower_output", 1)],
+    ids=["short_embedding_table", "short_batchnorm_vector", "short_bias"],
+)
+def test_saved_weights_of_another_shape_are_left_to_keras(tmp_path, small_dataset, layer, cut):
+    """A resealed model.keras whose weights no longer fit its config: Keras refuses it, and the
+    reader without Keras must not serve it (a vector of length 1 would broadcast into wrong scores)."""
+    import io
+
+    import h5py
+
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8)
+    model = build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    assert _read_customer_tower(path) is not None
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    buffer = io.BytesIO(files["model.weights.h5"])
+    with h5py.File(buffer, "r+") as store:
+        (tower,) = [g for g in store["layers"].values() if g["vars"].attrs.get("name") == "customer_tower"]
+        (group,) = [g for g in tower["layers"].values() if g["vars"].attrs.get("name") == layer]
+        name = str(cut) if str(cut) in group["vars"] else "0"
+        values = np.asarray(group["vars"][name])
+        del group["vars"][name]
+        group["vars"][name] = values[:1]
+    files["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    assert _read_customer_tower(path) is None

@@ -92,15 +92,17 @@ def test_formula_ids_load_as_text(damaged):
     assert set(corpus.FORMULA_IDS) <= set(dataset.customer_ids)
 
 
+@pytest.mark.parametrize("keras_model", [True, False], ids=["keras", "numpy"])
 @pytest.mark.parametrize("case", corpus.params(MODEL_CASES))
-def test_python_api_models(case, model_dir, tmp_path):
+def test_python_api_models(case, keras_model, model_dir, tmp_path):
+    """Both loaders refuse every damaged model alike: score and plan read the tower without Keras."""
     from finrec.artifacts import load_model_dir
 
     target = tmp_path / "model"
     shutil.copytree(model_dir, target)
     case.damage(target)
     with pytest.raises(case.error) as info:
-        load_model_dir(target)
+        load_model_dir(target, keras_model=keras_model)
     assert_fragments(str(info.value), case.fragments)
     assert_safe_message(str(info.value))
 

@@ -103,7 +103,22 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
         if by_name[layer]["class_name"] != "Dense" or c.get("activation", "linear") != "linear":
             raise ValueError(f"{layer}: not a linear Dense layer")
         found = weights(layer, 2 if c["use_bias"] else 1)
+        # Keras refuses weights whose shapes differ from the config; so must this reader (a
+        # bias or BatchNorm vector of length 1 would otherwise broadcast into wrong scores).
+        if found[0].ndim != 2 or found[0].shape[1] != c["units"]:
+            raise ValueError(f"{layer}: kernel of shape {found[0].shape}, expected (n, {c['units']})")
+        if c["use_bias"] and found[1].shape != (c["units"],):
+            raise ValueError(f"{layer}: bias of shape {found[1].shape}, expected ({c['units']},)")
         return found[0].astype("float64"), (found[1].astype("float64") if c["use_bias"] else None)
+
+    def fed_width(layer: str) -> int:
+        """The last dimension of the input layer feeding ``layer``."""
+        feeding = by_name[layer]["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0]
+        return int(config[feeding]["batch_shape"][-1])
+
+    def require_rows(layer: str, kernel: np.ndarray, width: int) -> None:
+        if kernel.shape[0] != width:
+            raise ValueError(f"{layer}: kernel of shape {kernel.shape}, expected ({width}, ...) from the layer before")
 
     concat = by_name.get(f"{name}_concat")
     if concat is not None:
@@ -123,12 +138,16 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
         kind = by_name[source]["class_name"]
         if source.startswith(f"{name}_emb_") and kind == "Embedding":
             (table,) = weights(source, 1)
+            want = (int(config[source]["input_dim"]), int(config[source]["output_dim"]))
+            if table.shape != want:
+                raise ValueError(f"{source}: embedding table of shape {table.shape}, expected {want}")
             parts.append(TowerSource(source[len(f"{name}_emb_") :], "categorical", table.shape[1], table=table))
             embedding_sizes[source] = int(config[source]["input_dim"])
         elif source.startswith(f"{name}_bag_") and kind == "Dense":
             kernel, bias = linear(source)
             if bias is not None:
                 raise ValueError(f"{source}: a bag with a bias is not supported")
+            require_rows(source, kernel, fed_width(source))
             parts.append(TowerSource(source[len(f"{name}_bag_") :], "multi_hot", kernel.shape[1], kernel=kernel))
         elif kind == "InputLayer":
             parts.append(TowerSource(source, "numeric", int(config[source]["batch_shape"][-1])))
@@ -136,9 +155,12 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
             raise ValueError(f"{name}: unexpected input layer {source!r} of the concatenation")
 
     dense: list[tuple[np.ndarray, np.ndarray | None, BatchNorm | None]] = []
+    width = sum(part.width for part in parts)
     i = 0
     while f"{name}_dense_{i}" in by_name:
         kernel, bias = linear(f"{name}_dense_{i}")
+        require_rows(f"{name}_dense_{i}", kernel, width)
+        width = kernel.shape[1]
         bn_name = f"{name}_bn_{i}"
         bn = None
         if bn_name in by_name:
@@ -146,12 +168,15 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
             if c.get("axis", -1) not in (-1, [-1]):
                 raise ValueError(f"{bn_name}: only the last axis is supported")
             found = weights(bn_name, 2 + bool(c["scale"]) + bool(c["center"]))
+            if any(v.shape != (width,) for v in found):
+                raise ValueError(f"{bn_name}: variables of shapes {[v.shape for v in found]}, expected ({width},)")
             gamma = found.pop(0) if c["scale"] else None
             beta = found.pop(0) if c["center"] else None
             bn = BatchNorm(found[0], found[1], gamma, beta, float(c["epsilon"]))
         dense.append((kernel, bias, bn))
         i += 1
     output = linear(f"{name}_output")
+    require_rows(f"{name}_output", output[0], width)
     dense_layers = [n for n, layer in by_name.items() if layer["class_name"] == "Dense"]
     flops = sum(2 * math.prod(weights(n, 2 if config[n]["use_bias"] else 1)[0].shape) for n in dense_layers)
     inputs = {
