@@ -440,6 +440,10 @@ def load_model_dir(
         try:
             _check_products(pipeline, embeddings, products)
             _check_saved_tower(spec, pipeline.customer_input_spec(), embeddings.shape[1])
+            if spec.catalogue != pipeline.n_products:
+                raise ArtifactError(
+                    f"{MODEL_FILE}: its catalogue has a different number of products than {PIPELINE_FILE}"
+                )
         except FinrecError as exc:
             raise ArtifactError(f"{path}: {exc}") from None
         calibration = _load_calibration_of(path, manifest)

@@ -41,7 +41,7 @@ def test_saved_standard_tower_folds_like_keras(tmp_path, small_dataset, widths, 
     randomize_batchnorm(towers_of(model)[0], np.random.default_rng(3))
     model.save(tmp_path / "model.keras")
     spec = _read_customer_tower(tmp_path / "model.keras")
-    assert spec is not None
+    assert spec is not None and spec.catalogue == pipeline.n_products
     same_tower(NumpyTower.from_spec(spec), NumpyTower.from_keras(model))
     _check_saved_tower(spec, pipeline.customer_input_spec(), 8)
     with pytest.raises(ArtifactError, match="does not fit"):

@@ -794,6 +794,32 @@ def _resealed(name: str, change: Callable[[Path], None]) -> Callable[[Path], Non
     return damage
 
 
+def _keras_config(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """Rewrite the ``config.json`` inside a ``model.keras`` zip, the weights left as they are."""
+    import zipfile
+
+    def damage(path: Path) -> None:
+        with zipfile.ZipFile(path) as archive:
+            files = {name: archive.read(name) for name in archive.namelist()}
+        config = json.loads(files["config.json"])
+        change(config)
+        files["config.json"] = json.dumps(config).encode()
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+
+    return damage
+
+
+def _grow_catalogue(config: dict) -> None:
+    """A model of the same customer tower that scores one more product than the pipeline has."""
+    for layer in config["config"]["layers"]:
+        if layer["config"].get("name") == "catalogue_similarity":
+            shapes = layer["config"]["feature_shapes"]
+            for name, shape in shapes.items():
+                shapes[name] = [shape[0] + 1, *shape[1:]]
+
+
 def _text(text: str) -> Callable[[Path], None]:
     return lambda path: path.write_text(text, encoding="utf-8")
 
@@ -972,6 +998,12 @@ MODEL_CASES += [
         ArtifactError,
     ),
     Case("history_resealed_list", _resealed("history.json", _text("[1]")), ("history.json",), ArtifactError),
+    Case(
+        "model_keras_resealed_other_catalogue",
+        _resealed("model.keras", _keras_config(_grow_catalogue)),
+        ("model.keras",),
+        ArtifactError,
+    ),
     Case(
         "embeddings_resealed_nan",
         _resealed("product_embeddings.npy", _npy(lambda e: e * float("nan"))),

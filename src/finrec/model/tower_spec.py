@@ -19,6 +19,7 @@ import numpy as np
 # Stable layer names: the numpy inference path finds the customer tower by this name.
 CUSTOMER_TOWER = "customer_tower"
 PRODUCT_TOWER = "product_tower"
+SIMILARITY = "catalogue_similarity"  # the two-tower model's layer scoring the catalogue
 
 # The Keras layers a saved tower may hold for ``spec_from_saved`` (anything else: load Keras).
 STANDARD_LAYERS = frozenset(
@@ -65,6 +66,7 @@ class TowerSpec:
     # what ``finrec.artifacts`` checks against the feature pipeline.
     input_shapes: dict[str, tuple] = field(default_factory=dict)
     embedding_sizes: dict[str, int] = field(default_factory=dict)
+    catalogue: int | None = None  # the products the similarity layer scores
 
     @property
     def output_dim(self) -> int:
@@ -182,6 +184,15 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
     inputs = {
         n: tuple(config[n]["batch_shape"][1:]) for n, layer in by_name.items() if layer["class_name"] == "InputLayer"
     }
+    # The catalogue the saved model scores, as Keras' load would check it against the pipeline.
+    similarity = [
+        layer["config"].get("feature_shapes", {})
+        for layer in model_config.get("config", {}).get("layers", [])
+        if layer.get("config", {}).get("name") == SIMILARITY
+    ]
+    sizes = {int(shape[0]) for shapes in similarity for shape in shapes.values()}
+    if len(similarity) != 1 or len(sizes) != 1:
+        raise ValueError(f"{SIMILARITY}: not one layer with one catalogue size")
     return TowerSpec(
         name=name,
         sources=parts,
@@ -192,4 +203,5 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
         flops=int(flops),
         input_shapes=inputs,
         embedding_sizes=embedding_sizes,
+        catalogue=sizes.pop(),
     )

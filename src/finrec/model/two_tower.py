@@ -21,9 +21,9 @@ from keras import layers, ops
 from finrec.config import ModelConfig
 from finrec.features import PRODUCT_INDEX, FeaturePipeline
 from finrec.model.ensemble import member_scores
+from finrec.model.tower_spec import SIMILARITY
 from finrec.model.towers import CUSTOMER_TOWER, customer_tower, product_tower
 
-SIMILARITY = "catalogue_similarity"
 PRODUCT_KNOWN = "product_known"  # float [P]: 1 for products with training adoptions
 
 
