@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from towers_util import randomize_batchnorm  # tests/towers_util.py
 
 from finrec.artifacts import load_model_dir, save_model_dir
 from finrec.config import Config, ModelConfig, TrainConfig
@@ -45,13 +46,9 @@ def random_inputs(spec, n, rng):
 def randomize(tower, rng):
     """Move the BatchNorm statistics and the members' scales off their initial values, so that
     the numpy tower's folding is exercised."""
+    randomize_batchnorm(tower, rng)
     for layer in tower.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            d = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 1, d))
-            layer.moving_variance.assign(rng.uniform(0.1, 4.0, d))
-            layer.gamma.assign(rng.uniform(0.5, 2.0, d))
-        elif layer.name.endswith("_members"):
+        if layer.name.endswith("_members"):
             layer.r.assign(rng.normal(1, 0.5, layer.r.shape))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from towers_util import randomize_batchnorm  # tests/towers_util.py
 
 from finrec.config import ModelConfig
 from finrec.features import FeaturePipeline
@@ -33,18 +34,6 @@ def random_inputs(spec: dict, n: int, rng: np.random.Generator) -> dict[str, np.
         else:
             out[name] = (rng.random((n, size)) < 0.2).astype("float32")
     return out
-
-
-def randomize_batchnorm(tower: keras.Model, rng: np.random.Generator) -> None:
-    """Moving stats start at mean 0 / variance 1: move them (and gamma, beta) so that the
-    folding of the BatchNorm into the Dense kernels is actually exercised."""
-    for layer in tower.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            d = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 1, d))
-            layer.moving_variance.assign(rng.uniform(0.1, 4.0, d))
-            layer.gamma.assign(rng.uniform(0.5, 2.0, d))
-            layer.beta.assign(rng.normal(0, 0.5, d))
 
 
 def keras_embeddings(tower: keras.Model, inputs: dict) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_index import randomize_batchnorm  # this directory's sibling (pytest's rootdir import mode)
+from towers_util import randomize_batchnorm  # tests/towers_util.py
 
 from finrec.artifacts import ServingModel, _check_saved_tower, _read_customer_tower, load_model_dir
 from finrec.config import ModelConfig
