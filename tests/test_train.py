@@ -91,3 +91,39 @@ def test_tf_dataset_feed_trains_as_well_as_the_python_feed(small_dataset, fast_c
     python_fed = fit(small_dataset, config, verbose=0).history["val_ndcg@5"]
     assert max(fed) > fed[0] and max(python_fed) > python_fed[0]  # both learn
     assert abs(max(fed) - max(python_fed)) < 0.03
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the tf.data feed is for the TensorFlow backend")
+def test_soft_targets_travel_beside_the_roles_in_both_feeds(small_dataset):
+    examples = _examples(small_dataset)
+    n_products = examples.never_negative.shape[1]
+    rng = np.random.default_rng(0)
+    examples.soft_targets = rng.dirichlet(np.ones(n_products), size=len(examples.never_negative)).astype("float32")
+    fed = TrainingBatches(examples, 100, np.random.default_rng(3))
+    x, y = fed[0]
+    rows = examples.customer_rows[fed.order[:100]]
+    assert y.shape == (100, 2 * n_products)
+    np.testing.assert_array_equal(y[:, n_products:], examples.soft_targets[rows])
+    assert (y[:, :n_products] == L.POSITIVE).sum(axis=1).tolist() == [1] * 100
+    twin = TrainingBatches(examples, 100, np.random.default_rng(3))
+    first = next(iter(twin.tf_example_numbers())).numpy()
+    _, tf_y = next(iter(TrainingBatches(examples, 100, np.random.default_rng(3)).as_tf_dataset()))
+    np.testing.assert_array_equal(tf_y.numpy(), fed.batch_of(first)[1])
+
+
+def test_effective_batch_size_keeps_enough_steps_per_epoch():
+    from finrec.training.train import SMALLEST_BATCH, effective_batch_size
+
+    floor = TrainConfig(batch_size=512, min_steps_per_epoch=50)
+    assert effective_batch_size(floor, 100_000) == 512  # large data: the configured batch
+    assert effective_batch_size(floor, 3_500) == 70  # a 5k-customer bank: 50 steps, not 7
+    assert effective_batch_size(floor, 500) == SMALLEST_BATCH  # never below 32
+    assert effective_batch_size(floor, 3_500, multiple=4) == 68  # data parallel: divides by the devices
+    assert effective_batch_size(TrainConfig(batch_size=512, min_steps_per_epoch=0), 3_500) == 512  # off
+
+
+def test_distilled_fit_records_the_teacher_and_a_plain_fit_does_not(small_dataset, fast_config):
+    distilled = fit(small_dataset, fast_config.with_overrides(epochs=1, distill=0.5), verbose=0)
+    plain = fit(small_dataset, fast_config.with_overrides(epochs=1, distill=0.0), verbose=0)
+    assert distilled.history["distilled"] == [1.0] and plain.history["distilled"] == [0.0]
+    assert distilled.model.loss.name.endswith("_distilled") and not plain.model.loss.name.endswith("_distilled")

@@ -126,3 +126,70 @@ def test_all_zero_weights_give_zero_not_nan():
         np.array([[P, O]], "float32"), np.array([[0.1, 0.2]], "float32"), sample_weight=np.zeros(1, "float32")
     )
     assert float(ops.convert_to_numpy(got)) == 0.0
+
+
+def naive_distillation(roles, q, scores, weight, temperature):
+    """Row by row: (1 - w) * label cross-entropy (held masked) + w * cross-entropy against q
+    over the products q allows."""
+    rows = []
+    for r, qs, s in zip(roles, q, scores):
+        s = np.asarray(s, "float64") / temperature
+        keep = [j for j, role in enumerate(r) if role != M]
+        label = lse(s[keep]) - s[r.index(P)]
+        allowed = [j for j, v in enumerate(qs) if v > 0]
+        soft = lse(s[allowed]) - sum(qs[j] * s[j] for j in allowed) if allowed else 0.0
+        rows.append((1 - weight) * label + weight * soft)
+    return np.mean(rows)
+
+
+def test_distillation_matches_a_naive_loop():
+    roles = [[P, O, M, O], [O, O, P, O], [M, M, M, P]]
+    # Held products get no teacher mass; the last row's only allowed product is its positive.
+    q = [[0.5, 0.3, 0.0, 0.2], [0.1, 0.1, 0.7, 0.1], [0.0, 0.0, 0.0, 1.0]]
+    scores = [[0.3, -0.1, 0.9, 0.2], [0.0, 0.5, 0.1, -0.4], [0.2, 0.1, 0.0, 0.3]]
+    for weight in (0.0, 0.5, 0.8):
+        loss = L.Distillation(L.CatalogueSoftmax(temperature=0.2), weight)
+        got = value(loss, np.concatenate([roles, q], axis=1), scores)
+        assert got == pytest.approx(naive_distillation(roles, q, scores, weight, 0.2), rel=1e-5)
+    # Weight 0 is the label loss alone.
+    plain = value(L.CatalogueSoftmax(temperature=0.2), roles, scores)
+    assert value(L.Distillation(L.CatalogueSoftmax(0.2), 0.0), np.concatenate([roles, q], axis=1), scores) == (
+        pytest.approx(plain, rel=1e-6)
+    )
+
+
+def test_distillation_row_without_teacher_mass_adds_nothing():
+    # Every product held but the positive, and the teacher gave no mass: the soft term is 0, not
+    # a huge number from an empty logsumexp.
+    roles, q, scores = [[P, M]], [[0.0, 0.0]], [[0.1, 0.5]]
+    got = value(L.Distillation(L.CatalogueSoftmax(1.0), 0.5), np.concatenate([roles, q], axis=1), scores)
+    assert got == pytest.approx(0.5 * 0.0, abs=1e-6)  # the label term of a one-product softmax is 0
+
+
+def test_distillation_pulls_scores_towards_the_teacher():
+    import keras
+
+    roles = np.array([[P, O, O]], "float32")
+    q = np.array([[0.1, 0.1, 0.8]], "float32")  # the teacher prefers product 2, the label product 0
+    scores = keras.Variable(np.zeros((1, 3), "float32"))
+    loss = L.Distillation(L.CatalogueSoftmax(1.0), 0.9)
+    y = np.concatenate([roles, q], axis=1)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        value_ = loss(y, scores)
+    grad = ops.convert_to_numpy(tape.gradient(value_, scores.value))[0]
+    assert grad[2] < 0 < grad[1]  # descending the gradient raises product 2 and lowers product 1
+
+
+def test_member_mean_of_distillation_splits_scores_not_targets():
+    roles = [[P, O, O], [O, P, M]]
+    q = [[0.6, 0.4, 0.0], [0.2, 0.8, 0.0]]
+    blocks = [
+        np.array([[0.1, 0.2, 0.3], [0.3, 0.0, -0.2]], "float32"),
+        np.array([[0.5, -0.2, 0.1], [0.0, 0.1, 0.4]], "float32"),
+    ]
+    base = L.Distillation(L.CatalogueSoftmax(0.5), 0.7)
+    y = np.concatenate([roles, q], axis=1).astype("float32")
+    combined = float(L.MemberMean(base, 2)(y, np.concatenate(blocks, axis=1)))
+    assert combined == pytest.approx(np.mean([float(base(y, b)) for b in blocks]), rel=1e-5)

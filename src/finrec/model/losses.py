@@ -145,6 +145,29 @@ class HardNegativeTriplet(RetrievalLoss):
         return ops.sum(violation, axis=1), ops.sum(valid, axis=1)
 
 
+class Distillation(RetrievalLoss):
+    """``(1 - weight) * base + weight * soft cross-entropy`` against a teacher's distribution.
+
+    ``y_true`` [B, 2P]: the role-coded target (columns 0..P) then the teacher's probabilities q
+    (columns P..2P; 0 where the product is held, summing to 1 over the rest). The soft term is
+    ``logsumexp_{q > 0}(s / T) - sum_p q_p s_p / T`` per row: the cross-entropy of the student's
+    softmax over the products the teacher allows."""
+
+    def __init__(self, base: RetrievalLoss, weight: float, name: str | None = None):
+        super().__init__(base.temperature, name or f"{base.name}_distilled")
+        self.base, self.weight = base, float(weight)
+
+    def row_terms(self, y_true, scores):
+        n_products = ops.shape(scores)[1]
+        roles, q = y_true[:, :n_products], y_true[:, n_products:]
+        values, counts = self.base.row_terms(roles, scores)
+        logits = scores / self.temperature
+        allowed = ops.greater(q, 0.0)
+        soft = ops.logsumexp(mask_logits(logits, allowed), axis=1) - ops.sum(q * logits, axis=1)
+        soft = ops.where(ops.any(allowed, axis=1), soft, ops.zeros_like(soft))  # nothing allowed: no term
+        return (1.0 - self.weight) * values + self.weight * soft * counts, counts
+
+
 class MemberMean(RetrievalLoss):
     """An ensemble's loss (``finrec.model.ensemble``): ``base`` applied to each of the ``members``
     score blocks of ``scores`` [B, k * P] (member i in columns i * P .. (i + 1) * P) against the
@@ -155,7 +178,7 @@ class MemberMean(RetrievalLoss):
         self.base, self.members = base, int(members)
 
     def row_terms(self, y_true, scores):
-        n_products = ops.shape(y_true)[1]
+        n_products = ops.shape(scores)[1] // self.members
         values, counts = 0.0, 0.0
         for i in range(self.members):
             v, c = self.base.row_terms(y_true, scores[:, i * n_products : (i + 1) * n_products])

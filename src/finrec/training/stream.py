@@ -73,7 +73,14 @@ from finrec.data.validate import check_history_order, parse_dates
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
 from finrec.history_features import months
-from finrec.training.train import TrainingBatches, build_examples, numeric_bins_of, set_seed, train_model
+from finrec.training.train import (
+    TrainingBatches,
+    build_examples,
+    effective_batch_size,
+    numeric_bins_of,
+    set_seed,
+    train_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -719,6 +726,9 @@ class StreamingSource:
                 numeric_bins_of(config),
             )
             self.last_layout = layout
+            if training.distill > 0:
+                # The teacher needs every training row at once, which a streamed fit never has.
+                log.warning("training.distill is ignored by the streamed fit: it trains on the adoptions alone")
             if layout.objected:
                 log.info("left out %d customer(s) who objected to profiling for marketing", layout.objected)
             if layout.customers_with_positives < 10:
@@ -736,7 +746,12 @@ class StreamingSource:
 
             def make_batches(sample_from):
                 self.last_batches = StreamingBatches(
-                    layout, training.batch_size, training.seed, sample_from, training.num_negatives, batch_multiple
+                    layout,
+                    effective_batch_size(training, layout.examples, batch_multiple),
+                    training.seed,
+                    sample_from,
+                    training.num_negatives,
+                    batch_multiple,
                 )
                 return self.last_batches
 
@@ -749,7 +764,11 @@ class StreamingSource:
                 config,
                 verbose,
                 callbacks,
-                record={"train_examples": [float(layout.examples)], "prepare_seconds": [sum(layout.seconds.values())]},
+                record={
+                    "train_examples": [float(layout.examples)],
+                    "prepare_seconds": [sum(layout.seconds.values())],
+                    "distilled": [0.0],
+                },
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

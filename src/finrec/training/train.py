@@ -30,6 +30,7 @@ from finrec.features import FeaturePipeline
 from finrec.model import losses as L
 from finrec.model.two_tower import build_two_tower, customer_embeddings, product_embeddings
 from finrec.training.calibration import Calibration, fit_calibration
+from finrec.training.trees import fit_teacher, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class TrainingExamples:
     customer_rows: np.ndarray  # int [N]
     positives: np.ndarray  # int [N]
     never_negative: np.ndarray  # bool [n_customers, P]
+    soft_targets: np.ndarray | None = None  # float32 [n_customers, P]: a teacher's q (losses.Distillation)
 
     def __len__(self) -> int:
         return len(self.positives)
@@ -110,6 +112,8 @@ class TrainingBatches(keras.utils.PyDataset):
             y[self._sampled(len(batch), y.shape[1])] = L.SAMPLED
             y[self.examples.never_negative[rows]] = L.MASKED
         y[np.arange(len(batch)), positives] = L.POSITIVE
+        if self.examples.soft_targets is not None:
+            y = np.concatenate([y, self.examples.soft_targets[rows]], axis=1)
         return x, y
 
     def _sampled(self, n: int, n_products: int) -> np.ndarray:
@@ -163,14 +167,19 @@ class TrainingBatches(keras.utils.PyDataset):
             self.examples.positives,
             self.examples.never_negative,
         )
+        soft = self.examples.soft_targets
+        if soft is not None:
+            tables = (*tables, soft)
 
         def gather(batch, tables):  # batch_of, in the graph
-            inputs, customer_rows, positives, never_negative = tables
+            inputs, customer_rows, positives, never_negative = tables[:4]
             rows = tf.gather(customer_rows, batch)
             x = {name: tf.gather(values, rows) for name, values in inputs.items()}
             y = tf.where(tf.gather(never_negative, rows), L.MASKED, L.OTHER)
             picks = tf.stack([tf.range(tf.size(batch, out_type=tf.int64)), tf.gather(positives, batch)], axis=1)
             y = tf.tensor_scatter_nd_update(y, picks, tf.fill(tf.shape(batch), L.POSITIVE))
+            if soft is not None:
+                y = tf.concat([y, tf.gather(tables[4], rows)], axis=1)
             return x, y
 
         # The tables travel as a repeated dataset element, as Keras does for arrays, rather than
@@ -229,7 +238,9 @@ class TrainedModel:
         return self.customer_embeddings(customers, holdings, history) @ self.product_embeddings_.T
 
 
-def make_loss(training: TrainConfig, positive_counts: np.ndarray, members: int = 1) -> keras.losses.Loss:
+def make_loss(
+    training: TrainConfig, positive_counts: np.ndarray, members: int = 1, distill: bool = False
+) -> keras.losses.Loss:
     log_q = L.log_sampling_probability(positive_counts)
     if training.loss == "softmax":
         loss = L.CatalogueSoftmax(training.temperature)
@@ -239,6 +250,8 @@ def make_loss(training: TrainConfig, positive_counts: np.ndarray, members: int =
         loss = L.SampledSoftmax(log_q, training.temperature)
     else:
         loss = L.HardNegativeTriplet(training.margin, training.hard_negatives)
+    if distill:
+        loss = L.Distillation(loss, training.distill)
     return L.MemberMean(loss, members) if members > 1 else loss
 
 
@@ -345,7 +358,8 @@ def train_model(
     )
     sample_from = sampling_distribution(training, counts)
     batches = make_batches(sample_from)
-    compile_for_training(model, training, make_loss(training, counts, config.model.ensemble_size))
+    distill = getattr(getattr(batches, "examples", None), "soft_targets", None) is not None
+    compile_for_training(model, training, make_loss(training, counts, config.model.ensemble_size, distill))
     all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -420,6 +434,9 @@ def fit(
     ).fit(train_data)
     examples = build_examples(pipeline, train_data)
     examples.drop_remainder(batch_multiple)
+    if training.distill > 0:
+        # Fitted on the training customers only: validation and calibration stay unseen.
+        examples.soft_targets = teacher_targets(fit_teacher(train_data, training.seed), train_data, pipeline)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
     log.info(
         "training on %d examples from %d customers (%d validation customers)",
@@ -429,7 +446,8 @@ def fit(
     )
 
     def make_batches(sample_from):
-        return TrainingBatches(examples, training.batch_size, rng, sample_from, training.num_negatives)
+        size = effective_batch_size(training, len(examples), batch_multiple)
+        return TrainingBatches(examples, size, rng, sample_from, training.num_negatives)
 
     trained = train_model(
         pipeline,
@@ -440,10 +458,23 @@ def fit(
         config,
         verbose,
         callbacks,
-        record={"train_examples": [float(len(examples))]},
+        record={"train_examples": [float(len(examples))], "distilled": [float(examples.soft_targets is not None)]},
     )
     trained.calibration = calibrate(trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])))
     return trained
+
+
+SMALLEST_BATCH = 32
+
+
+def effective_batch_size(training: TrainConfig, n_examples: int, multiple: int = 1) -> int:
+    """``training.batch_size``, shrunk on small data so that an epoch has at least
+    ``min_steps_per_epoch`` steps, never below ``SMALLEST_BATCH`` (and a multiple of
+    ``multiple``, the devices of data parallelism)."""
+    size = training.batch_size
+    if training.min_steps_per_epoch > 0:
+        size = min(size, max(SMALLEST_BATCH, n_examples // training.min_steps_per_epoch))
+    return max(multiple, size - size % multiple)
 
 
 def numeric_bins_of(config: Config) -> int:

@@ -1,0 +1,69 @@
+"""The gradient-boosted teacher (finrec.training.trees): its targets and what distillation gives."""
+
+import numpy as np
+import pytest
+
+from finrec.config import Config
+from finrec.errors import ConfigError
+from finrec.features import FeaturePipeline
+from finrec.training.trees import TEACHER, fit_teacher, teacher_targets
+
+
+@pytest.fixture(scope="module")
+def teacher_and_pipeline(small_dataset):
+    return fit_teacher(small_dataset, seed=0), FeaturePipeline(small_dataset.schema).fit(small_dataset)
+
+
+def test_teacher_targets_are_a_distribution_over_products_not_held(small_dataset, teacher_and_pipeline):
+    teacher, pipeline = teacher_and_pipeline
+    q = teacher_targets(teacher, small_dataset, pipeline)
+    ids = small_dataset.customers[small_dataset.schema.customers.id].to_numpy()
+    held = pipeline.holdings_matrix(ids, small_dataset.holdings)
+    assert q.shape == (len(ids), pipeline.n_products) and q.dtype == np.float32
+    assert (q[held] == 0).all() and (q >= 0).all()
+    live = ~held.all(axis=1)
+    np.testing.assert_allclose(q[live].sum(axis=1), 1.0, rtol=1e-5)
+    # The same customer's row equals the teacher's own probabilities renormalized by hand.
+    raw = teacher.score(small_dataset.customers.iloc[:3], small_dataset.holdings)
+    raw[held[:3]] = 0
+    np.testing.assert_allclose(q[:3], raw / raw.sum(axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_teacher_targets_follow_our_catalogue_order_not_the_teachers(small_dataset, teacher_and_pipeline):
+    teacher, pipeline = teacher_and_pipeline
+    q = teacher_targets(teacher, small_dataset, pipeline)
+    reordered = small_dataset.products.iloc[::-1].reset_index(drop=True)
+    other = FeaturePipeline(small_dataset.schema).fit(
+        type(small_dataset)(**{**vars(small_dataset), "products": reordered})
+    )
+    q_other = teacher_targets(teacher, small_dataset, other)
+    order = [pipeline.product_ids_.index(p) for p in other.product_ids_]
+    np.testing.assert_allclose(q_other, q[:, order], rtol=1e-6)
+
+
+def test_teacher_ranks_adopted_products_above_the_rest(small_dataset, teacher_and_pipeline):
+    # A teacher worth learning from: its mass on the adopted products beats popularity's.
+    teacher, pipeline = teacher_and_pipeline
+    q = teacher_targets(teacher, small_dataset, pipeline)
+    ids = small_dataset.customers[small_dataset.schema.customers.id].to_numpy()
+    adopted = pipeline.holdings_matrix(ids, small_dataset.interactions)
+    popularity = np.asarray(pipeline.product_popularity_, "float64")
+    held = pipeline.holdings_matrix(ids, small_dataset.holdings)
+    pop = np.where(held, 0.0, popularity)
+    pop = pop / np.maximum(pop.sum(axis=1, keepdims=True), 1e-12)
+    rows = adopted.any(axis=1)
+    assert (q * adopted)[rows].sum(axis=1).mean() > (pop * adopted)[rows].sum(axis=1).mean()
+    assert teacher.num_leaves == TEACHER["num_leaves"] and teacher.best_iteration_ >= 1
+
+
+def test_config_checks_distill_and_the_step_floor():
+    Config.from_dict({"training": {"distill": 0.8, "min_steps_per_epoch": 50}})
+    for bad, word in (
+        ({"distill": 1.0}, "distill"),
+        ({"distill": -0.1}, "distill"),
+        ({"min_steps_per_epoch": -1}, "min_steps_per_epoch"),
+        ({"min_steps_per_epoch": 2.5}, "min_steps_per_epoch"),
+    ):
+        with pytest.raises(ConfigError, match=word):
+            Config.from_dict({"training": bad})
+
