@@ -66,4 +66,3 @@ def test_config_checks_distill_and_the_step_floor():
     ):
         with pytest.raises(ConfigError, match=word):
             Config.from_dict({"training": bad})
-

@@ -99,6 +99,26 @@ def test_piecewise_linear_encoding_is_a_ramp_per_bin():
     assert (encoded[:, 1] == 0).all()
 
 
+def test_piecewise_linear_twin_equals_the_layer_at_edges_and_beyond():
+    # The twin looks up the value's bin instead of a dot product over every bin: check it on
+    # values below, on and above every edge, inside bins, and a feature without a bin (padding).
+    edges = [[-1.0, -0.2, 0.0, 0.7, 2.5], [5.0], [0.0, 1e-3, 1.0]]
+    layer = PiecewiseLinearEmbedding(edges, dim=3)
+    layer.build((None, 3))
+    rng = np.random.default_rng(5)
+    for weight in layer.weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    points = sorted({v for e in edges for v in e} | {-1e4, 1e4, -0.6, 0.35, 3.0, 5e-4, 0.5})
+    x = np.array([[a, b, c] for a in points for b in (-1e4, 5.0, 6.0) for c in points], dtype="float32")
+    expected = keras.ops.convert_to_numpy(layer(x))
+    got = np.empty_like(expected)
+    layer.numpy_twin()(x, got)
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+    strided = np.zeros((len(x), expected.shape[1] + 4), dtype="float32")  # the tower writes into a column slice
+    layer.numpy_twin()(x, strided[:, 2:-2])
+    np.testing.assert_allclose(strided[:, 2:-2], expected, atol=2e-5, rtol=1e-5)
+
+
 def test_quantile_edges_are_distinct_and_ignore_missing():
     values = np.array([0, 0, 0, 0, 1, 2, 3, np.nan, 4], dtype=float)
     edges = quantile_edges(values, 4)

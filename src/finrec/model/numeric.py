@@ -88,7 +88,7 @@ class PiecewiseLinearEmbedding(layers.Layer):
         return {**super().get_config(), "edges": self.edges, "dim": self.dim}
 
     def numpy_twin(self) -> NumpyPiecewiseLinear:
-        return NumpyPiecewiseLinear(self._left, self._width, *_block_diagonal(self.kernel, self.bias))
+        return NumpyPiecewiseLinear.from_weights(self._left, self._width, _to_numpy(self.kernel), _to_numpy(self.bias))
 
 
 @keras.saving.register_keras_serializable(package="finrec")
@@ -151,20 +151,48 @@ def _block_diagonal(kernel, bias) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class NumpyPiecewiseLinear:
-    """The numpy twin of ``PiecewiseLinearEmbedding``: ``x`` float32 [n, F] -> [n, F * dim]."""
+    """The numpy twin of ``PiecewiseLinearEmbedding``: ``x`` float32 [n, F] -> [n, F * dim].
 
-    left: np.ndarray  # [F, T]
+    Of a value's encoding only one component is fractional: those of the bins below it are 1 and
+    those above 0. So ``encoding @ W_f + b_f`` is ``start[f, k] + frac * W_f[k]`` with k the bin
+    the value falls in and ``start[f, k] = b_f + sum_{t < k} W_f[t]`` (prefix sums, computed
+    once): a lookup and one multiply-add per output instead of a T-long dot product (32 bins: 1/32
+    of the work of the dense form, which had cost more than the rest of the tower)."""
+
+    left: np.ndarray  # [F, T]: each bin's left edge (padding bins: far above any value)
     width: np.ndarray  # [F, T]
-    kernel: np.ndarray  # block-diagonal [F * T, F * dim]
-    bias: np.ndarray  # [F * dim]
+    start: np.ndarray  # [F * (T + 1), dim]: row f * (T + 1) + k + 1 = b_f + sum_{t <= k - 1} W_f[t]; k = -1: b_f
+    step: np.ndarray  # [F * (T + 1), dim]: row f * (T + 1) + k + 1 = W_f[k]; k = -1: 0
+
+    @classmethod
+    def from_weights(cls, left: np.ndarray, width: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
+        """From the layer's bin table and weights: ``kernel`` [F, T, dim], ``bias`` [F, dim]."""
+        kernel, bias = np.asarray(kernel, "float64"), np.asarray(bias, "float64")
+        n_features, n_bins, dim = kernel.shape
+        step = np.concatenate([np.zeros((n_features, 1, dim)), kernel], axis=1)  # [F, T + 1, dim]
+        start = bias[:, None, :] + np.cumsum(step, axis=1) - step
+        return cls(
+            np.asarray(left, "float32"),
+            np.asarray(width, "float32"),
+            start.reshape(-1, dim).astype("float32"),
+            step.reshape(-1, dim).astype("float32"),
+        )
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
-        ratio = np.subtract(np.asarray(x, dtype=np.float32)[:, :, None], self.left)
-        np.divide(ratio, self.width, out=ratio)
-        np.clip(ratio, 0.0, 1.0, out=ratio)
-        np.matmul(ratio.reshape(len(x), -1), self.kernel, out=out)
-        out += self.bias
-        np.maximum(out, 0.0, out=out)
+        x = np.asarray(x, dtype=np.float32)
+        n_features, n_bins = self.left.shape
+        # k: the last bin whose left edge is <= x (-1 below the first); rows of the tables: k + 1.
+        rows = np.empty(x.shape, dtype=np.intp)
+        for f in range(n_features):
+            rows[:, f] = np.searchsorted(self.left[f], x[:, f], side="right")
+        bins = np.maximum(rows - 1, 0)
+        columns = np.arange(n_features)
+        frac = (x - self.left[columns, bins]) / self.width[columns, bins]
+        np.clip(frac, 0.0, 1.0, out=frac)
+        rows += columns * (n_bins + 1)
+        h = self.start[rows] + frac[:, :, None] * self.step[rows]  # [n, F, dim]
+        np.maximum(h, 0.0, out=h)
+        out[...] = h.reshape(len(x), -1)
 
 
 @dataclass
