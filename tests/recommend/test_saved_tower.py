@@ -48,6 +48,23 @@ def test_saved_standard_tower_folds_like_keras(tmp_path, small_dataset, widths, 
         _check_saved_tower(spec, pipeline.customer_input_spec(), 16)
 
 
+def test_saved_ple_tower_reads_without_keras_and_scores_like_it(tmp_path, small_dataset):
+    # The piecewise-linear encoding is finrec's own layer: the reader rebuilds its numpy twin from
+    # the bins in config.json and the weights, as from_keras does from the live layer.
+    pipeline = FeaturePipeline(small_dataset.schema, numeric_bins=8).fit(small_dataset)
+    config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8, numeric_encoding="ple")
+    model = build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config)
+    randomize_batchnorm(towers_of(model)[0], np.random.default_rng(4))
+    model.save(tmp_path / "model.keras")
+    spec = _read_customer_tower(tmp_path / "model.keras")
+    assert spec is not None
+    fast, slow = NumpyTower.from_spec(spec), NumpyTower.from_keras(model)
+    same_tower(fast, slow)
+    inputs = pipeline.transform_customers(small_dataset.customers.head(200), small_dataset.holdings)
+    np.testing.assert_array_equal(fast(inputs), slow(inputs))
+    _check_saved_tower(spec, pipeline.customer_input_spec(), 8)
+
+
 def test_a_tower_keras_must_read_is_left_to_keras(tmp_path, small_dataset):
     pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
     config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8, cross_layers=1)
@@ -86,8 +103,13 @@ def test_loading_for_the_numpy_tower_imports_no_keras(model_dir):
 
 @pytest.mark.parametrize(
     "layer, cut",
-    [("customer_tower_emb_customer_cat_0", 0), ("customer_tower_bn_0", 0), ("customer_tower_output", 1)],
-    ids=["short_embedding_table", "short_batchnorm_vector", "short_bias"],
+    [
+        ("customer_tower_emb_customer_cat_0", 0),
+        ("customer_tower_bn_0", 0),
+        ("customer_tower_output", 1),
+        ("customer_tower_numemb_customer_numeric", 0),
+    ],
+    ids=["short_embedding_table", "short_batchnorm_vector", "short_bias", "short_ple_kernel"],
 )
 def test_saved_weights_of_another_shape_are_left_to_keras(tmp_path, small_dataset, layer, cut):
     """A resealed model.keras whose weights no longer fit its config: Keras refuses it, and the
@@ -96,8 +118,8 @@ def test_saved_weights_of_another_shape_are_left_to_keras(tmp_path, small_datase
 
     import h5py
 
-    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
-    config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8)
+    pipeline = FeaturePipeline(small_dataset.schema, numeric_bins=8).fit(small_dataset)
+    config = ModelConfig(customer_widths=(16,), product_widths=(16,), embedding_dim=8, numeric_encoding="ple")
     model = build_two_tower(pipeline, pipeline.transform_products(small_dataset.products), config)
     path = tmp_path / "model.keras"
     model.save(path)

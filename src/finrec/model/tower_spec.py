@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from finrec.model.numeric_twin import NumpyPiecewiseLinear, bin_table
+
 # Stable layer names: the numpy inference path finds the customer tower by this name.
 CUSTOMER_TOWER = "customer_tower"
 PRODUCT_TOWER = "product_tower"
@@ -25,6 +27,15 @@ SIMILARITY = "catalogue_similarity"  # the two-tower model's layer scoring the c
 STANDARD_LAYERS = frozenset(
     {"InputLayer", "Embedding", "Dense", "Concatenate", "BatchNormalization", "ReLU", "Dropout", "UnitNormalization"}
 )
+# finrec's own layers it reads too (registered name -> class name): no Keras code runs in them at
+# inference that numpy cannot.
+FINREC_LAYERS = {"finrec>PiecewiseLinearEmbedding": "PiecewiseLinearEmbedding"}
+
+
+def _readable(layer: dict) -> bool:
+    if layer.get("class_name") in STANDARD_LAYERS and layer.get("module") == "keras.layers":
+        return True
+    return FINREC_LAYERS.get(layer.get("registered_name")) == layer.get("class_name")
 
 
 @dataclass
@@ -76,8 +87,9 @@ class TowerSpec:
 def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], name: str = CUSTOMER_TOWER):
     """The ``TowerSpec`` of tower ``name`` of a saved two-tower model, from its ``config.json``
     (parsed) and its weights (layer name -> the layer's variables in Keras' order, float32);
-    None when the tower has a layer outside ``STANDARD_LAYERS`` (an ensemble, crosses, history
-    or numeric embeddings, cold-start dropouts): those need Keras to be read."""
+    None when the tower has a layer outside ``STANDARD_LAYERS`` and ``FINREC_LAYERS`` (an
+    ensemble, crosses, history encoders, periodic embeddings, cold-start dropouts): those need
+    Keras to be read."""
     tower = next(
         (
             layer
@@ -89,7 +101,7 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
     if tower is None:
         return None
     layers = tower["config"]["layers"]
-    if any(layer.get("class_name") not in STANDARD_LAYERS or layer.get("module") != "keras.layers" for layer in layers):
+    if not all(_readable(layer) for layer in layers):
         return None
     by_name = {layer["config"]["name"]: layer for layer in layers}
     config = {n: layer["config"] for n, layer in by_name.items()}
@@ -127,7 +139,7 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
         inbound = concat["inbound_nodes"][0]["args"][0]
         sources = [tensor["config"]["keras_history"][0] for tensor in inbound]
     else:  # a single part: whichever layer (or input) feeds the rest
-        prefixes = (f"{name}_emb_", f"{name}_bag_")
+        prefixes = (f"{name}_emb_", f"{name}_bag_", f"{name}_numemb_")
         sources = [n for n in by_name if n.startswith(prefixes)] or [
             n
             for n, layer in by_name.items()
@@ -136,6 +148,7 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
         sources = sources[:1]
     parts: list[TowerSource] = []
     embedding_sizes: dict[str, int] = {}
+    extra_flops = 0  # of the numeric embedding, counted as flops_per_example does
     for source in sources:
         kind = by_name[source]["class_name"]
         if source.startswith(f"{name}_emb_") and kind == "Embedding":
@@ -151,6 +164,19 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
                 raise ValueError(f"{source}: a bag with a bias is not supported")
             require_rows(source, kernel, fed_width(source))
             parts.append(TowerSource(source[len(f"{name}_bag_") :], "multi_hot", kernel.shape[1], kernel=kernel))
+        elif source.startswith(f"{name}_numemb_") and kind == "PiecewiseLinearEmbedding":
+            left, width = bin_table(config[source]["edges"])
+            dim = int(config[source]["dim"])
+            kernel, bias = weights(source, 2)
+            n_features = fed_width(source)
+            if kernel.shape != (*left.shape, dim) or bias.shape != (left.shape[0], dim) or n_features != left.shape[0]:
+                raise ValueError(
+                    f"{source}: kernel {kernel.shape} and bias {bias.shape} for {n_features} input column(s), "
+                    f"expected {(*left.shape, dim)} and {(left.shape[0], dim)} from its bins"
+                )
+            twin = NumpyPiecewiseLinear.from_weights(left, width, kernel, bias)
+            parts.append(TowerSource(source[len(f"{name}_numemb_") :], "numeric", n_features * dim, twin=twin))
+            extra_flops += 2 * kernel.size
         elif kind == "InputLayer":
             parts.append(TowerSource(source, "numeric", int(config[source]["batch_shape"][-1])))
         else:
@@ -200,7 +226,7 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
         dense=dense,
         output=output,
         member_scales=None,
-        flops=int(flops),
+        flops=int(flops + extra_flops),
         input_shapes=inputs,
         embedding_sizes=embedding_sizes,
         catalogue=sizes.pop(),
