@@ -39,12 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--config", type=Path, help="a finrec config YAML (default: the default config)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where the JSON goes (default {RESULTS})")
     args = parser.parse_args()
+    config = Config.from_yaml(args.config) if args.config else Config()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=8000, seed=0)))
-        trained = fit(train, Config().with_overrides(epochs=3), verbose=0)
+        trained = fit(train, config.with_overrides(epochs=3), verbose=0)
         rec = Recommender(trained)
         tables = generate(GeneratorSettings(n_customers=args.customers, seed=1, ground_truth=False))
         write_dataset(tables, S.SYNTHETIC.schema(), tmp / "big")
@@ -91,6 +94,7 @@ def main() -> None:
         "achieved_gflops_tower": statistics.median(tower_only) * rec.tower.flops_per_customer() / 1e9,
         "peak_rss_mb": peak_mb,
         "cores": os.cpu_count(),
+        "config": trained.config.to_dict(),
     }
     print(
         f"Batch scoring, default model (widths {list(trained.config.model.customer_widths)}, "
@@ -108,9 +112,9 @@ def main() -> None:
         f"at 100 GFLOP/s (2 AVX2 cores, rough peak) the limit would be {100e9 / flops:,.0f} customers/s"
     )
     print(f"peak RSS {peak_mb:,.0f} MB")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
-    print(f"wrote {RESULTS}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
