@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from finrec.cli import main
@@ -164,3 +165,18 @@ def test_report_compares_with_a_tuned_lightgbm(trained, small_dataset, small_dat
     assert main(args) == 0
     performance = out.read_text().split("## 4. Performance on the customers")[1].split("\n## ")[0]
     assert "| LightGBM (tuned) |" in performance and "| oracle |" in performance
+
+
+def test_the_suitability_check_counts_investment_products_only_where_regimes_are_known():
+    # Found when the default model changed (issue 12): a credit product whose risk level was
+    # above a customer's tolerance reached a top 5, which the suitability rule allows (it binds
+    # investment advice), and the report said "do not deploy".
+    from finrec.governance.report import unsuitable_recommendations
+
+    level = np.array([5.0, 5.0, 1.0])  # a credit product, an investment fund, a deposit
+    regimes = np.array(["credit", "investment", "deposit"], dtype=object)
+    tolerance = np.array([2.0, 6.0])
+    index = np.array([[0, 2], [1, -1]])  # customer 0 got the card and the deposit; customer 1 the fund
+    assert unsuitable_recommendations(index, level, regimes, tolerance) == 0
+    assert unsuitable_recommendations(np.array([[1, 0]]), level, regimes, np.array([2.0])) == 1  # the fund
+    assert unsuitable_recommendations(index, level, None, tolerance) == 1  # no regimes: every product counts

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.governance import svg
 from finrec.governance.compare import paired_bootstrap, per_customer_metrics
@@ -579,6 +580,20 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     return section.table([{"feature": n, "mean |SHAP|": f"{mean[j]:.5f}"} for n, j in zip(names, order)])
 
 
+def unsuitable_recommendations(
+    index: np.ndarray, level: np.ndarray, regimes: np.ndarray | None, tolerance: np.ndarray
+) -> int:
+    """Recommendations (``index`` int [n, k], -1 = none) of a product whose risk ``level`` [P]
+    exceeds the customer's ``tolerance`` [n]. Suitability binds investment advice (MiFID II Art.
+    25(2)): where ``regimes`` [P] are known, a deposit, card or loan above the tolerance is no
+    breach (their own rules apply); without them every product counts."""
+    level = np.asarray(level, dtype="float64")
+    if regimes is not None:
+        level = np.where(np.asarray(regimes) == "investment", level, -np.inf)
+    shown = index >= 0
+    return int((level[index[shown]] > np.asarray(tolerance)[np.nonzero(shown)[0]]).sum())
+
+
 def suitability_section(ctx: Context) -> Section:
     from finrec.recommend import filters as F
 
@@ -616,9 +631,10 @@ def suitability_section(ctx: Context) -> Section:
     tolerance = pd.to_numeric(customers[risk_c], errors="coerce").fillna(S.RISK_MIN).to_numpy()
     levels = ctx.trained.products.set_index(ctx.trained.products[schema.products.id].astype(str))[risk_p]
     level = pd.to_numeric(levels.loc[ctx.trained.pipeline.product_ids_], errors="coerce").to_numpy()
+    ordered = ctx.trained.products.set_index(ctx.trained.products[schema.products.id].astype(str))
+    regimes = C.product_regimes(ordered.loc[ctx.trained.pipeline.product_ids_], schema.products)
     shown = ranking.index >= 0
-    rows_idx = np.nonzero(shown)[0]
-    unsuitable = int((level[ranking.index[shown]] > tolerance[rows_idx]).sum())
+    unsuitable = unsuitable_recommendations(ranking.index, level, regimes, tolerance)
     section.table([{"recommendations made": int(shown.sum()), "unsuitable recommended": unsuitable}])
     return section.p(
         "Zero unsuitable products were recommended."
