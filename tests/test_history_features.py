@@ -143,7 +143,12 @@ def test_numpy_tower_equals_keras_with_history(bank_with_history, encoder):
     inputs = pipeline.transform_customers(data.customers.iloc[:300], data.holdings, history=data.holdings_history)
     assert pipeline.history_ is not None and any(k.startswith("history_") for k in inputs)
     keras.utils.set_random_seed(0)
-    tower = customer_tower(pipeline.customer_input_spec(), ModelConfig(customer_widths=(16,)), cold_start_dropout=0.3)
+    tower = customer_tower(
+        pipeline.customer_input_spec(),
+        ModelConfig(customer_widths=(16,)),
+        cold_start_dropout=0.3,
+        numeric_edges=pipeline.customer_bins_,
+    )
     for layer in tower.layers:  # non-trivial BatchNorm statistics and biases
         for w in layer.weights:
             if "moving_variance" in w.path or "bias" in w.path or "gamma" in w.path:
@@ -192,7 +197,7 @@ def test_without_history_the_pipeline_and_the_tower_are_todays(small_dataset):
     inputs = plain.transform_customers(small_dataset.customers.iloc[:50], small_dataset.holdings)
     assert set(inputs) == {"customer_numeric", "holdings"} | {k for k in inputs if k.startswith("customer_cat_")}
     keras.utils.set_random_seed(0)
-    tower = customer_tower(plain.customer_input_spec(), ModelConfig())
+    tower = customer_tower(plain.customer_input_spec(), ModelConfig(), numeric_edges=plain.customer_bins_)
     assert not any("hist" in layer.name or "coldstart" in layer.name for layer in tower.layers)
 
 

@@ -114,6 +114,25 @@ def save_model_dir(
 
 # The files of the format, exactly: a manifest that omits one (whose checksum would then go
 # unchecked) or names another is refused.
+# Fields whose default changed after models were saved without them (issue 12: PLE, distillation
+# and the step floor became the default): a config.yaml written before they existed describes a
+# model trained with the old values, which it must keep saying.
+DEFAULTS_BEFORE = {
+    "model": {"numeric_encoding": "none", "numeric_bins": 16},
+    "training": {"distill": 0.0, "min_steps_per_epoch": 0},
+}
+
+
+def _load_config(file: Path) -> Config:
+    raw = load_yaml(file, ArtifactError)
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        for section, old in DEFAULTS_BEFORE.items():
+            if isinstance(raw.get(section), dict):
+                raw[section] = {**old, **raw[section]}
+    return Config.from_dict(raw, source=str(file))
+
+
 REQUIRED_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, EMBEDDINGS_FILE, PRODUCTS_FILE)
 # Files a model may carry (a model trained before they existed has none); checked like the rest
 # whenever the manifest lists them, and no other name is accepted.
@@ -431,7 +450,7 @@ def load_model_dir(
     if expect_schema is not None and schema_hash(expect_schema) != manifest["schema_hash"]:
         raise ArtifactError(f"{path}: this model was trained on a different schema than the data given")
     pipeline = _part(path, PIPELINE_FILE, _load_pipeline)
-    config = _part(path, CONFIG_FILE, lambda file: Config.from_dict(load_yaml(file, ArtifactError), source=str(file)))
+    config = _part(path, CONFIG_FILE, _load_config)
     history = _part(path, HISTORY_FILE, _load_history)
     embeddings = _part(path, EMBEDDINGS_FILE, _load_embeddings)
     products = _part(path, PRODUCTS_FILE, lambda file: pq.read_table(file).to_pandas())

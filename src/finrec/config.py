@@ -24,6 +24,7 @@ LOSSES = ("softmax", "in_batch", "sampled", "triplet")
 HISTORY_ENCODERS = ("events", "flat", "gru", "none")  # finrec.history_features.ENCODERS
 NUMERIC_ENCODINGS = ("none", "ple", "periodic")
 MONITORS = ("ndcg", "loss")
+DEFAULT_NUMERIC_BINS = 32  # the default model's PLE bins, which a feature pipeline fits unless told
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ class ModelConfig:
     # > 0: the product-id embedding is dropped for that share of products in training and is
     # zero for products without training adoptions (new products rank by their attributes).
     product_id_dropout: float = 0.0
-    numeric_encoding: str = "none"
-    numeric_bins: int = 16
+    numeric_encoding: str = "ple"
+    numeric_bins: int = DEFAULT_NUMERIC_BINS
     numeric_embedding_dim: int = 8
     periodic_frequencies: int = 16
     periodic_sigma: float = 0.1
@@ -120,11 +121,11 @@ class TrainConfig:
     holdings_dropout: float = 0.0
     # > 0: the loss also matches a gradient-boosted teacher's adoption distribution per customer
     # (knowledge distillation), with this weight; the label's term keeps 1 - weight.
-    distill: float = 0.0
+    distill: float = 0.8
     # On small data the batch shrinks (to no fewer than 32 examples) so that an epoch has at
     # least this many steps: with 5k customers and batch 512 an epoch was 7 steps, and the
     # weight average and early stopping judged a model that had barely moved (0 turns it off).
-    min_steps_per_epoch: int = 0
+    min_steps_per_epoch: int = 50
 
     def validate(self) -> None:
         _choice(self.loss, LOSSES, "training.loss")

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from finrec.config import DEFAULT_NUMERIC_BINS
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text, positions_in
 from finrec.data.io import Dataset
@@ -127,7 +128,7 @@ class FeaturePipeline:
         exclude_protected: bool = False,
         history_lags: int = 6,
         history_encoder: str = "events",
-        numeric_bins: int = 0,
+        numeric_bins: int = DEFAULT_NUMERIC_BINS,
     ):
         self.schema = schema.without_protected() if exclude_protected else schema
         self.full_schema = schema
@@ -137,7 +138,8 @@ class FeaturePipeline:
         self.history_encoder = history_encoder
         self.history_: HistoryFeatures | None = None
         # > 0: fit that many quantile bins per customer numeric column (in the standardized
-        # scale the model sees) for the piecewise-linear encoding (finrec.model.numeric).
+        # scale the model sees) for the piecewise-linear encoding (finrec.model.numeric). By
+        # default the bins the default model needs; 0 for a model without the encoding.
         self.numeric_bins = numeric_bins
         self.customer_bins_: list[list[float]] | None = None
 

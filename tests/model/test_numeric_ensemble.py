@@ -4,12 +4,11 @@ persistence, and a save / load / batch-score round trip."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from towers_util import randomize_batchnorm  # tests/towers_util.py
 
 from finrec.artifacts import load_model_dir, save_model_dir
@@ -223,4 +222,22 @@ def test_old_pipeline_files_load_without_bins(ple_pipeline):
     assert raw["customer_bins"] == ple_pipeline.customer_bins_
     del raw["customer_bins"]
     assert FeaturePipeline.from_dict(raw).customer_bins_ is None
-    assert dataclasses.asdict(ModelConfig())["numeric_encoding"] == "none"
+
+
+def test_a_config_saved_before_the_new_defaults_keeps_its_old_values(tmp_path):
+    # PLE, distillation and the step floor became defaults after models were saved without the
+    # keys: such a config.yaml must still describe the model it trained.
+    from finrec.artifacts import _load_config
+
+    old = tmp_path / "config.yaml"
+    old.write_text("model: {embedding_dim: 16}\ntraining: {epochs: 3}\n", encoding="utf-8")
+    config = _load_config(old)
+    assert (config.model.numeric_encoding, config.training.distill, config.training.min_steps_per_epoch) == (
+        "none",
+        0.0,
+        0,
+    )
+    assert (config.model.embedding_dim, config.training.epochs) == (16, 3)
+    new = tmp_path / "new.yaml"
+    new.write_text(yaml.safe_dump(Config().to_dict()), encoding="utf-8")
+    assert _load_config(new) == Config()  # a config written today reads back as written
