@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 RESULTS = Path(__file__).parent / "results" / "stories.json"  # --results moves it (pieces run side by side)
 K = 5
 DEFAULT_BANK = "default"
-VARIANTS = ("finrec", "lightgbm")
+VARIANTS = ("finrec", "lightgbm", "teacher")  # teacher: finrec's distillation teacher on its own
 
 
 def stories() -> tuple[str, ...]:
@@ -103,6 +103,15 @@ def run_one(story: str, seed: int, variants: list[str], args, store: dict) -> No
                 "trials": model.trials_,
             }
             detail = f"{model.budget_['trials']} trials, best {model.best_params_}"
+        elif variant == "teacher":
+            from finrec.training.trees import TEACHER, fit_teacher
+
+            model = fit_teacher(train, seed=seed)
+            seconds = time.perf_counter() - start
+            scores = model.score(task.customers, task.holdings)
+            ranker = "teacher"
+            entry = {"params": TEACHER, "rounds": model.best_iteration_}
+            detail = f"{model.best_iteration_} rounds"
         else:
             config = Config.from_yaml(args.config) if args.config else Config()
             config = config.with_overrides(seed=seed)

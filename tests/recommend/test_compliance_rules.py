@@ -272,7 +272,10 @@ def test_label_lookups_agree_with_the_per_value_definition():
     term = C.LabelTerm.from_cells(["growth|income", None, "income"])
     mixed = np.array(["growth", None, "income", "other", np.nan, "", "Growth"], dtype=object)
     expected_codes = [term.vocabulary.get(v, len(term.vocabulary)) if isinstance(v, str) else 2 for v in mixed]
-    np.testing.assert_array_equal(term.contains(mixed), term.table[expected_codes])
+    np.testing.assert_array_equal(term.contains(mixed), term.table[expected_codes])  # few: dict lookups
+    many = np.tile(mixed, 20)  # more than C._FEW values: the pandas hash lookup
+    assert len(many) > C._FEW
+    np.testing.assert_array_equal(term.contains(many), term.table[np.tile(expected_codes, 20)])
     np.testing.assert_array_equal(C._unknown(mixed), [not isinstance(v, str) for v in mixed])
     odd = np.array(["growth", 7, None], dtype=object)  # not all text: the per-value path
     np.testing.assert_array_equal(term.contains(odd), term.table[[term.vocabulary["growth"], 2, 2]])

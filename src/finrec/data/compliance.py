@@ -131,7 +131,9 @@ class LabelTerm:
     def contains(self, values: np.ndarray) -> np.ndarray:
         """bool [n, P]: customer label ``values[i]`` is listed by product p (False when unknown)."""
         other = len(self.vocabulary)
-        if _text_or_missing(values):  # a hash lookup in C: ~30x faster than a dict.get per customer
+        # Few values (a request): dict lookups; building two pandas Indexes cost ~0.6 ms of a
+        # 2 ms request. Many values: one hash lookup in C, ~30x faster than a dict.get each.
+        if len(values) > _FEW and _text_or_missing(values):
             # Both sides as object Indexes: an array target would be converted to Arrow strings first (5x slower).
             labels = pd.Index(np.array(list(self.vocabulary), dtype=object), dtype=object)
             codes = labels.get_indexer(pd.Index(np.asarray(values, dtype=object), dtype=object))
@@ -143,6 +145,9 @@ class LabelTerm:
                 count=len(values),
             )
         return self.table[codes]
+
+
+_FEW = 64
 
 
 def regimes_of(labels: pd.Series, mapping: dict[str, str], where: str) -> np.ndarray:

@@ -340,8 +340,13 @@ class Recommender:
             )
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
-        # One more tower pass for one customer: the probability needs the whole row (a softmax).
-        probabilities = self.probabilities(context)[0] if self.calibration is not None else None
+        # The probability needs the customer's whole row of scores (a softmax): from the ranking's
+        # embedding, not a second tower pass.
+        probabilities = (
+            self.probabilities(context, self.index.scores(ranking.embeddings))[0]
+            if self.calibration is not None
+            else None
+        )
         items = []
         for rank, (j, score) in enumerate(zip(ranking.index[0], ranking.scores[0]), start=1):
             if not np.isfinite(score):
