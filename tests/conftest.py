@@ -41,7 +41,9 @@ def fast_config():
 
     return Config(
         model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
-        training=TrainConfig(epochs=5, batch_size=128, patience=2),
+        # Fast: no tree teacher and the batch as given (the defaults distil and shrink the batch
+        # of small data; tests/test_trees.py, test_train.py and every CLI run cover those paths).
+        training=TrainConfig(epochs=5, batch_size=128, patience=2, distill=0.0, min_steps_per_epoch=0),
     ).validate()
 
 
