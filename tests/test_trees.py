@@ -66,3 +66,16 @@ def test_config_checks_distill_and_the_step_floor():
     ):
         with pytest.raises(ConfigError, match=word):
             Config.from_dict({"training": bad})
+
+
+def test_lightgbm_threads_sleep_when_idle_unless_the_user_chose(monkeypatch, small_dataset):
+    import os
+
+    from finrec.training import trees
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    trees._passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    trees.LightGBMBaseline(max_rounds=2).fit(small_dataset)  # fit sets it before importing lightgbm
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
