@@ -127,3 +127,12 @@ def test_distilled_fit_records_the_teacher_and_a_plain_fit_does_not(small_datase
     plain = fit(small_dataset, fast_config.with_overrides(epochs=1, distill=0.0), verbose=0)
     assert distilled.history["distilled"] == [1.0] and plain.history["distilled"] == [0.0]
     assert distilled.model.loss.name.endswith("_distilled") and not plain.model.loss.name.endswith("_distilled")
+
+
+def test_distilled_fit_can_stop_on_the_validation_loss(small_dataset, fast_config):
+    # Validation customers have no teacher targets: their batches carry zero columns, so the
+    # distilled loss reads the same [B, 2P] shape and reduces to the label's term there.
+    config = fast_config.with_overrides(epochs=2, distill=0.5, monitor="loss")
+    trained = fit(small_dataset, config, verbose=0)
+    assert trained.history["distilled"] == [1.0]
+    assert len(trained.history["val_loss"]) == 2 and all(np.isfinite(trained.history["val_loss"]))

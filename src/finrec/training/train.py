@@ -276,6 +276,7 @@ def validation_setup(
     training: TrainConfig,
     sample_from: np.ndarray | None,
     callbacks: list | None,
+    distill: bool = False,
 ) -> tuple[list, TrainingBatches | None]:
     """(callbacks for ``model.fit``, its ``validation_data``): ranking metrics of the validation
     customers in the epoch logs, early stopping on them (or on the validation loss), then the
@@ -302,6 +303,10 @@ def validation_setup(
     ]
     validation_data = None
     if training.monitor == "loss":
+        if distill:
+            # The loss reads a teacher's columns; validation customers have none (the teacher
+            # never saw them), so their soft term is 0 and the validation loss is the label's.
+            val_examples.soft_targets = np.zeros(val_examples.never_negative.shape, dtype="float32")
         validation_data = TrainingBatches(
             val_examples,
             training.batch_size,
@@ -360,7 +365,7 @@ def train_model(
     batches = make_batches(sample_from)
     distill = getattr(getattr(batches, "examples", None), "soft_targets", None) is not None
     compile_for_training(model, training, make_loss(training, counts, config.model.ensemble_size, distill))
-    all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks)
+    all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks, distill)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     to_tf = getattr(batches, "as_tf_dataset", None)
