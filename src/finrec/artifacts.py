@@ -112,8 +112,6 @@ def save_model_dir(
     return out
 
 
-# The files of the format, exactly: a manifest that omits one (whose checksum would then go
-# unchecked) or names another is refused.
 # Fields whose default changed after models were saved without them (issue 12: PLE, distillation
 # and the step floor became the default): a config.yaml written before they existed describes a
 # model trained with the old values, which it must keep saying.
@@ -133,6 +131,8 @@ def _load_config(file: Path) -> Config:
     return Config.from_dict(raw, source=str(file))
 
 
+# The files of the format, exactly: a manifest that omits one (whose checksum would then go
+# unchecked) or names another is refused.
 REQUIRED_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, EMBEDDINGS_FILE, PRODUCTS_FILE)
 # Files a model may carry (a model trained before they existed has none); checked like the rest
 # whenever the manifest lists them, and no other name is accepted.
