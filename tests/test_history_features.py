@@ -277,3 +277,26 @@ def test_lightgbm_lag_features_are_the_lag_table(bank_with_history):
     assert model.score(data.customers.iloc[:40], data.holdings, data.holdings_history).shape == (40, 25)
     plain = LightGBMBaseline(max_rounds=1, num_threads=1).fit(data)
     assert not any(c.startswith("lag_") for c in plain.features(data.customers.iloc[:5], data.holdings).columns)
+
+
+def test_the_teacher_sees_the_history_as_lags_when_the_model_does(bank_with_history, fast_config, monkeypatch):
+    # The Santander winners' lag set is tree ground: the teacher gets it, the towers learn from
+    # the teacher; a model told to ignore the history (encoder none) gets a teacher without it.
+    from finrec.training import train as T
+    from finrec.training.trees import fit_teacher
+
+    seen = []
+
+    def spy(dataset, seed=0, history_lags=0):
+        teacher = fit_teacher(dataset, seed, history_lags=history_lags)
+        seen.append((history_lags, teacher.lags_ is not None))
+        return teacher
+
+    monkeypatch.setattr(T, "fit_teacher", spy)
+    for encoder in ("events", "none"):
+        config = dataclasses.replace(
+            fast_config.with_overrides(epochs=1, distill=0.5),
+            model=dataclasses.replace(fast_config.model, history_encoder=encoder, history_lags=3),
+        ).validate()
+        T.fit(bank_with_history, config, verbose=0)
+    assert seen == [(3, True), (0, False)]

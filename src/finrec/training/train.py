@@ -441,7 +441,9 @@ def fit(
     examples.drop_remainder(batch_multiple)
     if training.distill > 0:
         # Fitted on the training customers only: validation and calibration stay unseen.
-        examples.soft_targets = teacher_targets(fit_teacher(train_data, training.seed), train_data, pipeline)
+        lags = model_config.history_lags if model_config.history_encoder != "none" else 0
+        teacher = fit_teacher(train_data, training.seed, history_lags=lags)
+        examples.soft_targets = teacher_targets(teacher, train_data, pipeline)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
     log.info(
         "training on %d examples from %d customers (%d validation customers)",

@@ -272,11 +272,13 @@ TEACHER = {
 }
 
 
-def fit_teacher(dataset, seed: int = 0) -> LightGBMBaseline:
+def fit_teacher(dataset, seed: int = 0, history_lags: int = 0) -> LightGBMBaseline:
     """The distillation teacher (``TEACHER``) fitted on ``dataset``'s adoptions; it stops early
-    on 10% of those customers (``LightGBMBaseline.fit``)."""
+    on 10% of those customers (``LightGBMBaseline.fit``). ``history_lags`` > 0 gives it the
+    Santander winners' lag features where the data has a ``holdings_history`` (the trees' own
+    ground: hundreds of sparse binary columns), whose knowledge the towers then learn."""
     start = time.perf_counter()
-    teacher = LightGBMBaseline(**TEACHER).fit(dataset, seed=seed)
+    teacher = LightGBMBaseline(**TEACHER, history_lags=history_lags).fit(dataset, seed=seed)
     log.info("distillation teacher: %d rounds in %.1f s", teacher.best_iteration_, time.perf_counter() - start)
     return teacher
 
