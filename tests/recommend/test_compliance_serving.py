@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -124,8 +125,10 @@ def test_api_answers_objections_and_records_every_recommendation(
     # No feature value of the customer is written: only ids, rule names, scores and settings.
     customer = small_dataset.customers.set_index("customer_id").loc[consenting[-1]]
     text = log.read_text()
+    # Whole numbers only: a value's digits inside a hex digest (the chain's hashes) are no leak.
+    numbers = set(re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])", text.replace(consenting[-1], "")))
     for column in ("income", "savings", "debt", "credit_score", "monthly_debt_service"):
-        assert f"{customer[column]:g}" not in text.replace(consenting[-1], ""), column
+        assert f"{customer[column]:g}" not in numbers, column
     assert "tolerance" not in text and "is below" not in text  # no reason sentences (they quote values)
 
 
