@@ -118,6 +118,46 @@ def test_piecewise_linear_twin_equals_the_layer_at_edges_and_beyond():
     np.testing.assert_allclose(strided[:, 2:-2], expected, atol=2e-5, rtol=1e-5)
 
 
+def test_piecewise_linear_twin_counts_bins_exactly_on_crowded_and_skewed_edges():
+    # The twin finds each value's bin from a grid, then steps against the edges: the count must
+    # equal searchsorted's for quantile edges an outlier stretches (one edge at 1e4), for edges
+    # closer than the grid's cells, and for values on every edge, between them, beyond, and NaN.
+    rng = np.random.default_rng(11)
+    bulk = np.sort(rng.normal(size=40))
+    edges = [
+        [*np.quantile(bulk, np.linspace(0, 1, 31)).tolist(), 1e4],  # a far outlier as the last edge
+        [-1e4, *np.linspace(-0.5, 0.5, 30).tolist()],  # and as the first
+        np.cumsum(np.full(33, 1e-5)).tolist(),  # 33 edges within 3.3e-4: 4096 cells cannot split them
+        [0.0, 1.0],
+        [2.0],  # no bin
+    ]
+    layer = PiecewiseLinearEmbedding(edges, dim=4)
+    layer.build((None, len(edges)))
+    for weight in layer.weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    twin = layer.numpy_twin()
+    on_edges = [np.array(e, dtype="float32") for e in edges]
+    columns = [
+        np.concatenate(
+            [e, np.nextafter(e, np.float32(-np.inf)), rng.normal(size=300).astype("float32") * s, [-1e4, 1e4]]
+        )
+        for e, s in zip(on_edges, (3.0, 1.0, 1e-4, 1.0, 1.0))
+    ]
+    n = max(len(c) for c in columns)
+    x = np.stack([np.resize(c, n) for c in columns], axis=1).astype("float32")
+    counts = twin.rows(x) - (np.arange(len(edges)) * (twin.breaks.shape[1] + 2) + 1)
+    expected_counts = np.stack(
+        [np.searchsorted(twin.breaks[f], x[:, f], side="right") for f in range(len(edges))], axis=1
+    )
+    np.testing.assert_array_equal(counts, expected_counts)
+    got = np.empty((n, 4 * len(edges)), dtype="float32")
+    twin(x, got)
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(layer(x)), atol=2e-5, rtol=1e-5)
+    x[3, 1] = np.nan  # as the Keras layer: NaN in, NaN out (for that feature only)
+    twin(x, got)
+    assert np.isnan(got[3, 4:8]).all() and not np.isnan(np.delete(got[3], range(4, 8))).any()
+
+
 def test_quantile_edges_are_distinct_and_ignore_missing():
     values = np.array([0, 0, 0, 0, 1, 2, 3, np.nan, 4], dtype=float)
     edges = quantile_edges(values, 4)
