@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.io import validate_tables
 from finrec.errors import DataError, SchemaError
@@ -267,8 +268,6 @@ def test_training_data_without_objections(bank):
 def test_label_lookups_agree_with_the_per_value_definition():
     """The vectorised label paths (text or missing values) give what the per-value rule gives:
     a label is known only when it is text, and matches only a label the product lists."""
-    from finrec.data import compliance as C
-
     term = C.LabelTerm.from_cells(["growth|income", None, "income"])
     mixed = np.array(["growth", None, "income", "other", np.nan, "", "Growth"], dtype=object)
     expected_codes = [term.vocabulary.get(v, len(term.vocabulary)) if isinstance(v, str) else 2 for v in mixed]
@@ -285,3 +284,26 @@ def test_label_lookups_agree_with_the_per_value_definition():
         assert C._column_labels(series).tolist() == ["growth", None, "income", "growth"]
     numbers = pd.Series([1, None, 3, 1], dtype="category")  # categories that are not text
     assert C._column_labels(numbers).tolist() == C._labels(numbers.tolist()).tolist()
+
+
+def test_label_lookups_agree_for_a_request_and_a_batch():
+    # A batch hashes each distinct label once (pd.factorize); a request looks each value up in
+    # a dict. Both must treat missing values and non-text alike (unknown, listed by nothing).
+    term = C.LabelTerm.from_cells(["growth|income", None, "income", "retirement"])
+    values = np.array(["growth", None, np.nan, "income", 7, "cash", pd.NA, "retirement", "income"], dtype=object)
+    batch = np.resize(values, 10 * len(values))  # over C._FEW: the hashed path
+    expected = np.array(
+        [
+            [v == "growth" or v == "income", False, v == "income", v == "retirement"]
+            if isinstance(v, str)
+            else [False] * 4
+            for v in values
+        ]
+    )
+    for i in range(0, len(batch), len(values)):  # the request path, a few values at a time
+        np.testing.assert_array_equal(term.contains(batch[i : i + len(values)]), expected)
+    np.testing.assert_array_equal(term.contains(batch), np.tile(expected, (10, 1)))
+    np.testing.assert_array_equal(term.contains(batch, np.array([2, 0])), np.tile(expected[:, [2, 0]], (10, 1)))
+    unknown = np.array([not isinstance(v, str) for v in batch])
+    np.testing.assert_array_equal(C.Labels.of(batch).unknown(), unknown)
+    np.testing.assert_array_equal(C._unknown(batch[:9]), unknown[:9])
