@@ -53,6 +53,8 @@ VARIANTS = (
     "wide",
     "temp0.05",
     "temp0.2",
+    "holdings_dropout0.1",
+    "holdings_dropout0.2",
     "lightgbm",
 )
 VARIANT_TEXT = {
@@ -65,6 +67,8 @@ VARIANT_TEXT = {
     "wide": "model.customer_widths = product_widths = [256, 128], embedding_dim 64",
     "temp0.05": "training.temperature: 0.05",
     "temp0.2": "training.temperature: 0.2",
+    "holdings_dropout0.1": "training.holdings_dropout: 0.1 (cold start: holdings and history zeroed for 10% of rows)",
+    "holdings_dropout0.2": "training.holdings_dropout: 0.2",
     "lightgbm": "LightGBMBaseline (multiclass, 31 leaves, lr 0.05, early stopping 30)",
 }
 
@@ -88,6 +92,8 @@ def variant_config(name: str, n_products: int, seed: int, extra: dict | None = N
         model.update(customer_widths=(256, 128), product_widths=(256, 128), embedding_dim=64)
     elif name.startswith("temp"):
         training["temperature"] = float(name[4:])
+    elif name.startswith("holdings_dropout"):
+        training["holdings_dropout"] = float(name[len("holdings_dropout") :])
     elif name != "default":
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     for key, value in (extra or {}).items():
@@ -171,7 +177,14 @@ def _mean_auc(scores, relevant, other) -> float:
 
 
 def run_one(
-    dataset: str, seed: int, variants: list[str], backend: str, lgbm_threads: int, extra: dict, store: dict
+    dataset: str,
+    seed: int,
+    variants: list[str],
+    backend: str,
+    lgbm_threads: int,
+    extra: dict,
+    store: dict,
+    path: Path = RESULTS,
 ) -> None:
     import keras
 
@@ -233,7 +246,7 @@ def run_one(
             + (f", {entry['epochs']} epochs" if "epochs" in entry else f", {entry['rounds']} rounds"),
             flush=True,
         )
-        save(store)
+        save(store, path)
 
 
 def record(store: dict, dataset: str, variant: str, seed: int, backend: str, entry: dict) -> None:
@@ -290,7 +303,7 @@ def _stat(values: list[float]) -> dict:
     }
 
 
-def save(store: dict) -> None:
+def save(store: dict, path: Path = RESULTS) -> None:
     store["machine"] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -298,10 +311,10 @@ def save(store: dict) -> None:
         "python": platform.python_version(),
     }
     store["summary"] = summarize_runs(store["runs"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(store, indent=1, sort_keys=True))
-    tmp.replace(RESULTS)
+    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------- markdown
@@ -394,12 +407,15 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="extra config overrides for the finrec variants, e.g. epochs=60 patience=8 (recorded in the variant name)",
     )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"the results file to merge into (default {RESULTS})"
+    )
     parser.add_argument("--compare-backends", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print the stored results as markdown tables")
     args = parser.parse_args()
 
     if args.markdown:
-        print(markdown(load_store()))
+        print(markdown(load_store(args.results)))
         return
     if args.compare_backends:
         compare_backends(args)
@@ -415,12 +431,12 @@ def main() -> None:
         extra[key] = json.loads(value) if value[:1] in "0123456789-[tf" else value
         if isinstance(extra[key], list):
             extra[key] = tuple(extra[key])
-    store = load_store()
+    store = load_store(args.results)
     for dataset in args.datasets:
         for seed in args.seeds:
-            run_one(dataset, seed, variants, os.environ["KERAS_BACKEND"], args.lgbm_threads, extra, store)
-    save(store)
-    print(f"wrote {RESULTS}")
+            run_one(dataset, seed, variants, os.environ["KERAS_BACKEND"], args.lgbm_threads, extra, store, args.results)
+    save(store, args.results)
+    print(f"wrote {args.results}")
 
 
 import numpy as np  # noqa: E402  (after the environment is set; numpy does not pick the backend)
