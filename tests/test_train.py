@@ -25,6 +25,28 @@ def test_batches_code_roles_and_sample_negatives(small_dataset):
     assert set(x) == set(examples.inputs)
 
 
+def test_a_product_nobody_adopted_is_never_a_negative(small_dataset):
+    # A launch: product j has no adoptions (nor holders) in the training data. It was not on
+    # offer, so no example may push it down; every other product stays a negative where not held.
+    import dataclasses
+
+    j_id = str(small_dataset.products.product_id.iloc[3])
+    launch = dataclasses.replace(
+        small_dataset,
+        interactions=small_dataset.interactions[small_dataset.interactions.product_id.astype(str) != j_id],
+        holdings=small_dataset.holdings[small_dataset.holdings.product_id.astype(str) != j_id],
+    )
+    pipeline = FeaturePipeline(launch.schema).fit(launch)
+    j = int(pipeline.product_positions(np.array([j_id]))[0])
+    examples = build_examples(pipeline, launch)
+    assert examples.never_negative[:, j].all()
+    x, y = TrainingBatches(examples, 64, np.random.default_rng(0))[0]
+    assert (y[:, j] == L.MASKED).all() and (y == L.OTHER).any(axis=0).sum() == pipeline.n_products - 1
+    # With the product adopted it is an ordinary negative again.
+    full = build_examples(FeaturePipeline(small_dataset.schema).fit(small_dataset), small_dataset)
+    assert not full.never_negative[:, j].all()
+
+
 def test_fit_runs_caller_callbacks_with_validation_metrics(small_dataset, monkeypatch):
     seen = []
 
