@@ -117,7 +117,7 @@ def save_model_dir(
 # model trained with the old values, which it must keep saying.
 DEFAULTS_BEFORE = {
     "model": {"numeric_encoding": "none", "numeric_bins": 16},
-    "training": {"distill": 0.0, "min_steps_per_epoch": 0},
+    "training": {"distill": 0.0, "min_steps_per_epoch": 0, "holdings_dropout": 0.0},
 }
 
 

@@ -118,7 +118,9 @@ class TrainConfig:
     seed: int = 0
     # Cold start: zero the holdings and history of this share of the training rows (in the model,
     # so every feed gets it), so that customers with nothing held are a case it has learned.
-    holdings_dropout: float = 0.0
+    # 0.1 (issue 13): the default bank's loss when holdings are withheld fell from 0.049 to 0.015
+    # nDCG@5 (LightGBM: 0.036), and the six development banks moved -0.001 to +0.006.
+    holdings_dropout: float = 0.1
     # > 0: the loss also matches a gradient-boosted teacher's adoption distribution per customer
     # (knowledge distillation), with this weight; the label's term keeps 1 - weight.
     distill: float = 0.8

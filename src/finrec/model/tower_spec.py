@@ -28,8 +28,11 @@ STANDARD_LAYERS = frozenset(
     {"InputLayer", "Embedding", "Dense", "Concatenate", "BatchNormalization", "ReLU", "Dropout", "UnitNormalization"}
 )
 # finrec's own layers it reads too (registered name -> class name): no Keras code runs in them at
-# inference that numpy cannot.
-FINREC_LAYERS = {"finrec>PiecewiseLinearEmbedding": "PiecewiseLinearEmbedding"}
+# inference that numpy cannot (the cold-start dropout is the identity there).
+FINREC_LAYERS = {
+    "finrec>PiecewiseLinearEmbedding": "PiecewiseLinearEmbedding",
+    "finrec>ColdStartDropout": "ColdStartDropout",
+}
 
 
 def _readable(layer: dict) -> bool:
@@ -88,8 +91,7 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
     """The ``TowerSpec`` of tower ``name`` of a saved two-tower model, from its ``config.json``
     (parsed) and its weights (layer name -> the layer's variables in Keras' order, float32);
     None when the tower has a layer outside ``STANDARD_LAYERS`` and ``FINREC_LAYERS`` (an
-    ensemble, crosses, history encoders, periodic embeddings, cold-start dropouts): those need
-    Keras to be read."""
+    ensemble, crosses, history encoders, periodic embeddings): those need Keras to be read."""
     tower = next(
         (
             layer
@@ -126,8 +128,11 @@ def spec_from_saved(model_config: dict, variables: dict[str, list[np.ndarray]], 
         return found[0].astype("float64"), (found[1].astype("float64") if c["use_bias"] else None)
 
     def fed_width(layer: str) -> int:
-        """The last dimension of the input layer feeding ``layer``."""
-        feeding = by_name[layer]["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0]
+        """The last dimension of the input layer feeding ``layer`` (through the cold-start
+        dropout, whose output i is its input i)."""
+        feeding, _, index = by_name[layer]["inbound_nodes"][0]["args"][0]["config"]["keras_history"]
+        while by_name[feeding]["class_name"] == "ColdStartDropout":
+            feeding, _, index = by_name[feeding]["inbound_nodes"][0]["args"][0][index]["config"]["keras_history"]
         return int(config[feeding]["batch_shape"][-1])
 
     def require_rows(layer: str, kernel: np.ndarray, width: int) -> None:
