@@ -73,3 +73,22 @@ def test_overwrite_is_atomic_and_keeps_old_on_failure(trained, tmp_path, monkeyp
     assert (target / "manifest.json").read_text() == before
     load_model_dir(target)  # still loadable
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp directory left behind
+
+
+def test_a_config_saved_before_a_default_changed_keeps_the_old_value(tmp_path):
+    # A model directory's config.yaml written before a key existed trained with the old default;
+    # reading it must not silently take today's (retraining from it would change the model).
+    from finrec.artifacts import DEFAULTS_BEFORE, _load_config
+    from finrec.config import Config
+
+    old = tmp_path / "config.yaml"
+    old.write_text("model: {embedding_dim: 32}\ntraining: {epochs: 7}\n")
+    loaded = _load_config(old)
+    for section, values in DEFAULTS_BEFORE.items():
+        for key, value in values.items():
+            assert getattr(getattr(loaded, section), key) == value, (section, key)
+    assert loaded.training.epochs == 7 and loaded.training.holdings_dropout == 0.0
+    assert Config().training.holdings_dropout == 0.1  # today's default differs: the case that matters
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("model: {embedding_dim: 32}\ntraining: {holdings_dropout: 0.3}\n")
+    assert _load_config(explicit).training.holdings_dropout == 0.3
