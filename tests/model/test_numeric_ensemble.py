@@ -153,6 +153,12 @@ def test_piecewise_linear_twin_counts_bins_exactly_on_crowded_and_skewed_edges()
     got = np.empty((n, 4 * len(edges)), dtype="float32")
     twin(x, got)
     np.testing.assert_allclose(got, keras.ops.convert_to_numpy(layer(x)), atol=2e-5, rtol=1e-5)
+    # Beyond the outermost edges the encoding is flat: +-inf give what +-1e4 give (the pipeline's
+    # clip; every edge here lies within it), and no count steps past a feature's last break.
+    x[:2] = [[np.inf] * len(edges), [-np.inf] * len(edges)]
+    twin(x, got)
+    bounds = np.array([[1e4] * len(edges), [-1e4] * len(edges)], dtype="float32")
+    np.testing.assert_allclose(got[:2], keras.ops.convert_to_numpy(layer(bounds)), atol=2e-5, rtol=1e-5)
     x[3, 1] = np.nan  # as the Keras layer: NaN in, NaN out (for that feature only)
     twin(x, got)
     assert np.isnan(got[3, 4:8]).all() and not np.isnan(np.delete(got[3], range(4, 8))).any()

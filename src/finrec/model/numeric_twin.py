@@ -30,6 +30,14 @@ def bin_table(edges: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
 
 # The bin lookup's grid: cells per feature between its first and last break.
 _GRID = 4096
+_LARGEST = np.finfo(np.float32).max
+
+
+def _finite(x) -> np.ndarray:
+    """float32 ``x`` with +-inf as the largest finite values: the encoding is flat beyond the
+    edges, so the output is the same, and no value can step past a feature's +inf sentinel.
+    NaN stays NaN. (The pipeline clips standardized values to +-1e4: this is for other callers.)"""
+    return np.clip(np.asarray(x, dtype=np.float32), -_LARGEST, _LARGEST)
 
 
 @dataclass
@@ -127,9 +135,12 @@ class NumpyPiecewiseLinear:
     def rows(self, x: np.ndarray) -> np.ndarray:
         """intp [n, F]: f * (T + 3) + s + 1 with s the count of feature f's breaks <= x[:, f]
         (``np.searchsorted(breaks[f], x[:, f], side='right')``), a row of ``origin``, ``slope`` and ``value``."""
-        x = np.asarray(x, dtype=np.float32)
-        t = np.multiply(x, self._scale)
-        t += self._shift
+        return self._rows(_finite(x))
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # a huge value's cell overflows to inf: the last cell
+            t = np.multiply(x, self._scale)
+            t += self._shift
         # fmax/fmin rather than clip: a NaN lands in the first cell (a valid index) and comes out
         # NaN, as from the Keras layer, instead of an undefined integer.
         np.fmax(t, self._floor, out=t)
@@ -151,9 +162,9 @@ class NumpyPiecewiseLinear:
     def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
         # Measured per 2,048 rows x 17 features x 8 dims: arithmetic on the [n, F, dim] block
         # written through a strided view of ``out`` costs 4x that on a contiguous block and a copy.
-        x = np.asarray(x, dtype=np.float32)
+        x = _finite(x)
         n, n_features = x.shape
-        rows = self.rows(x)
+        rows = self._rows(x)
         local = x - np.take(self.origin, rows)  # [n, F]
         h = np.take(self.slope, rows, axis=0)  # [n, F, dim]
         h *= local[:, :, None]
