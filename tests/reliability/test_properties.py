@@ -143,3 +143,25 @@ def test_summarize_stays_in_the_unit_interval(n, p, k, seed):
             assert np.isnan(value)
         else:
             assert 0.0 <= value <= 1.0, (key, value)
+
+
+@SETTINGS
+@given(
+    edges=st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=40, unique=True).map(sorted),
+    values=st.lists(
+        st.one_of(st.floats(width=32, allow_nan=False), st.sampled_from([0.0, 1e-30, -1e-30])), min_size=1, max_size=60
+    ),
+)
+def test_the_ple_twin_counts_bins_as_searchsorted_does(edges, values):
+    # The serving twin of the piecewise-linear encoding finds each value's bin from a grid and
+    # steps against the edges: for any edges and any finite or infinite value, the count must be
+    # np.searchsorted's over its breaks (bug class: a count off by one, or stepping past a feature).
+    from finrec.model.numeric_twin import NumpyPiecewiseLinear, bin_table
+
+    left, width = bin_table([edges, [0.0, 1.0]])
+    twin = NumpyPiecewiseLinear.from_weights(left, width, np.ones((*left.shape, 2)), np.zeros((2, 2)))
+    x = np.array([[v, 0.5] for v in values + edges], dtype=np.float32)
+    counts = twin.rows(x) - (np.arange(2) * (twin.breaks.shape[1] + 2) + 1)
+    finite = np.clip(x[:, 0], -np.finfo(np.float32).max, np.finfo(np.float32).max)
+    np.testing.assert_array_equal(counts[:, 0], np.searchsorted(twin.breaks[0], finite, side="right"))
+    assert (counts[:, 1] == 1).all()
