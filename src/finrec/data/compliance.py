@@ -211,7 +211,7 @@ def outside_target_market(customer: dict[str, np.ndarray], terms: dict, applies:
         objective_c not in objectives_p,  client_type_c not in client_types_p
 
     any of which (or an unknown customer value) puts the customer outside."""
-    out, cols = _on_applying(len(next(iter(customer.values()))), applies)
+    out, cols = _on_applying(_rows(customer), applies)
     sub = np.zeros((len(out), len(cols)), dtype=bool)
     for term in MINIMUM_TERMS:
         if term in terms:
@@ -233,7 +233,7 @@ def in_negative_target_market(customer: dict[str, np.ndarray], terms: dict, appl
         knowledge_c <= negative_knowledge_p,   loss_capacity_c <= negative_loss_capacity_p
 
     (an unknown customer value counts as in it, for a product that sets that term)."""
-    out, cols = _on_applying(len(next(iter(customer.values()))), applies)
+    out, cols = _on_applying(_rows(customer), applies)
     sub = np.zeros((len(out), len(cols)), dtype=bool)
     for term in NEGATIVE_LIST_TERMS:
         if term in terms:
@@ -290,6 +290,10 @@ def unaffordable(
         sub |= (np.isnan(credit_score) | (credit_score < cutoff))[:, None]
     out[:, cols] = sub
     return out
+
+
+def _rows(customer: dict[str, np.ndarray]) -> int:
+    return len(next(iter(customer.values())))
 
 
 def _on_applying(n: int, applies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
