@@ -45,6 +45,11 @@ def test_a_product_nobody_adopted_is_never_a_negative(small_dataset):
     # With the product adopted it is an ordinary negative again.
     full = build_examples(FeaturePipeline(small_dataset.schema).fit(small_dataset), small_dataset)
     assert not full.never_negative[:, j].all()
+    # Held by some but adopted by none: on offer and unpopular, a negative for those without it.
+    unpopular = dataclasses.replace(launch, holdings=small_dataset.holdings)
+    kept = build_examples(FeaturePipeline(unpopular.schema).fit(unpopular), unpopular)
+    holders = pipeline.holdings_matrix(unpopular.customers.customer_id.to_numpy(), unpopular.holdings)[:, j]
+    assert holders.any() and (kept.never_negative[:, j] == holders).all()
 
 
 def test_fit_runs_caller_callbacks_with_validation_metrics(small_dataset, monkeypatch):
