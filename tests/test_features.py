@@ -110,3 +110,38 @@ def test_categorical_dtype_codes_equal_text_codes(pipeline, small_dataset):
         np.testing.assert_array_equal(as_category[name], as_text[name])
     i = list(pipeline.customer_vocab_).index("region")
     assert as_category[f"customer_cat_{i}"][3] == 0 and as_category[f"customer_cat_{i}"][7] == 0
+
+
+def test_split_edges_are_narrow_bins_at_the_thresholds():
+    from finrec.features import SPLIT_HALF_WIDTH as H
+    from finrec.features import with_split_edges
+
+    edges = [0.0, 1.0, 2.0, 3.0]
+    # A threshold between edges adds two; one on an edge replaces it; inf and NaN are skipped.
+    merged = with_split_edges(edges, [1.5, 2.0, np.inf, np.nan])
+    assert merged == [0.0, 1.0, 1.5 - H, 1.5 + H, 2.0 - H, 2.0 + H, 3.0]
+    assert np.all(np.diff(merged) > 0)
+    # The bin budget: thresholds given first are kept first.
+    assert with_split_edges(edges, [0.5, 1.5, 2.5], max_bins=5) == [0.0, 0.5 - H, 0.5 + H, 1.0, 2.0, 3.0]
+
+
+def test_split_bins_make_a_step_of_the_encoding_at_a_raw_threshold(small_dataset):
+    from finrec.model.numeric import PiecewiseLinearEmbedding
+
+    pipeline = FeaturePipeline(small_dataset.schema, numeric_bins=8).fit(small_dataset)
+    j = [s.column for s in pipeline.customer_numeric_].index("income")  # a log-scaled column
+    before = list(pipeline.customer_bins_[j])
+    pipeline.add_split_bins({"income": [50_000.0], "no_such_column": [1.0]})
+    edges = pipeline.customer_bins_[j]
+    assert len(edges) == len(before) + 2
+    # 100 below and above 50,000 (the bin is 0.002 standard deviations of log income wide,
+    # about 60), the encoding differs by one whole bin: a step at the threshold, however wide
+    # the quantile bins around it (thousands).
+    stats = pipeline.customer_numeric_[j]
+    x = stats.transform(np.array([49_900.0, 50_100.0]))
+    layer = PiecewiseLinearEmbedding([edges], dim=1)
+    enc = np.asarray(layer.encode(x[:, None].astype("float32")))[:, 0, :]
+    step = enc[1] - enc[0]
+    assert np.isclose(step.max(), 1.0, atol=1e-3) and np.sort(step)[-2] < 0.05
+    with pytest.raises(ValueError, match="no numeric bins"):
+        FeaturePipeline(small_dataset.schema, numeric_bins=0).fit(small_dataset).add_split_bins({"income": [1.0]})

@@ -79,3 +79,24 @@ def test_lightgbm_threads_sleep_when_idle_unless_the_user_chose(monkeypatch, sma
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     trees.LightGBMBaseline(max_rounds=2).fit(small_dataset)  # fit sets it before importing lightgbm
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_numeric_splits_find_the_age_limit_a_rule_sets(small_dataset):
+    # Customers over 45 adopt one product, the rest another: the tree's most useful age split
+    # is the limit itself (ages are whole years, so between 45 and 46).
+    from finrec.data import schema as S
+
+    customers = small_dataset.customers
+    old = customers["age"].to_numpy() > 45
+    products = small_dataset.products[S.PRODUCT_ID].to_numpy()
+    interactions = small_dataset.interactions.iloc[: len(customers)].copy()
+    interactions[S.CUSTOMER_ID] = customers[S.CUSTOMER_ID].to_numpy()
+    interactions[S.PRODUCT_ID] = np.where(old, products[0], products[1])
+    data = type(small_dataset)(**{**vars(small_dataset), "interactions": interactions.reset_index(drop=True)})
+    teacher = fit_teacher(data, seed=0)
+    splits = teacher.numeric_splits(3)
+    assert any(45 <= t <= 46 for t in splits["age"])
+    best = teacher.numeric_splits(1)
+    assert set(best) <= set(small_dataset.schema.customers.numeric_features)
+    assert all(len(v) == 1 for v in best.values()) and 45 <= best["age"][0] <= 46
+    assert all(np.isfinite(v).all() and np.all(np.diff(v) > 0) for v in splits.values())

@@ -56,6 +56,10 @@ class ModelConfig:
     product_id_dropout: float = 0.0
     numeric_encoding: str = "ple"
     numeric_bins: int = DEFAULT_NUMERIC_BINS
+    # > 0 with PLE and a distillation teacher: each numeric column also gets a narrow bin (a
+    # step) at each of the teacher's ``split_bins`` most useful split thresholds on it, so a
+    # rule's threshold (age 25, an income floor) is a step the tower can take exactly.
+    split_bins: int = 0
     numeric_embedding_dim: int = 8
     periodic_frequencies: int = 16
     periodic_sigma: float = 0.1
@@ -68,6 +72,8 @@ class ModelConfig:
             _positive(getattr(self, name), f"model.{name}")
         if self.numeric_bins < 2 or self.numeric_bins > 256:
             raise ConfigError(f"model.numeric_bins must lie in [2, 256], got {self.numeric_bins}")
+        if not isinstance(self.split_bins, int) or not 0 <= self.split_bins <= 64:
+            raise ConfigError(f"model.split_bins must be an integer from 0 to 64, got {self.split_bins!r}")
         if self.ensemble_size > 32:
             raise ConfigError(f"model.ensemble_size must be at most 32, got {self.ensemble_size}")
         if not self.periodic_sigma > 0:

@@ -99,6 +99,27 @@ def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
     return [float(e) for e in edges]
 
 
+# Half the width of a split bin, in standard deviations: narrow enough that almost no customer
+# falls inside it, so its encoding is a step (0 below the threshold, 1 above).
+SPLIT_HALF_WIDTH = 1e-3
+
+
+def with_split_edges(edges: list[float], thresholds, max_bins: int = 256) -> list[float]:
+    """``edges`` (increasing) with a narrow bin [t - h, t + h] (``SPLIT_HALF_WIDTH``) around each
+    threshold t (same scale), quantile edges inside one dropped; at most ``max_bins`` bins (the
+    thresholds given first are kept first)."""
+    merged = list(edges)
+    for t in thresholds:
+        if not np.isfinite(t):
+            continue
+        lo, hi = t - SPLIT_HALF_WIDTH, t + SPLIT_HALF_WIDTH
+        candidate = sorted([e for e in merged if not lo <= e <= hi] + [lo, hi])
+        if len(candidate) - 1 > max_bins:
+            break
+        merged = candidate
+    return [float(e) for e in merged]
+
+
 def fit_vocabulary(values: pd.Series) -> list[str]:
     return sorted({str(v) for v in values.dropna()})
 
@@ -172,6 +193,18 @@ class FeaturePipeline:
         self.product_popularity_ = np.bincount(adopted[adopted >= 0], minlength=self.n_products).tolist()
         history = dataset.holdings_history
         return self.fit_history(0 if history is None else len(history))
+
+    def add_split_bins(self, thresholds: dict[str, list[float]]) -> FeaturePipeline:
+        """Narrow bins at ``thresholds`` (column -> raw-scale values, e.g. a tree's splits) added
+        to the fitted quantile bins of those customer numeric columns (``with_split_edges``)."""
+        if self.customer_bins_ is None:
+            raise ValueError("add_split_bins: the pipeline has no numeric bins (numeric_bins=0)")
+        for j, stats in enumerate(self.customer_numeric_):
+            found = thresholds.get(stats.column)
+            if found:
+                scaled = stats.transform(np.asarray(found, dtype="float64"))
+                self.customer_bins_[j] = with_split_edges(self.customer_bins_[j], scaled)
+        return self
 
     def fit_history(self, history_rows: int) -> FeaturePipeline:
         """The history part, from the number of history rows of the training customers (all it

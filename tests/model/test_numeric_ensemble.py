@@ -4,6 +4,8 @@ persistence, and a save / load / batch-score round trip."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pandas as pd
@@ -211,6 +213,9 @@ def test_config_validates_the_new_fields():
         ({"ensemble_size": 0}, "ensemble_size"),
         ({"ensemble_size": 2, "customer_widths": []}, "hidden layer"),
         ({"periodic_sigma": 0}, "periodic_sigma"),
+        ({"split_bins": -1}, "split_bins"),
+        ({"split_bins": 65}, "split_bins"),
+        ({"split_bins": 2.5}, "split_bins"),
     ):
         with pytest.raises(ConfigError, match=word):
             Config.from_dict({"model": bad})
@@ -287,3 +292,33 @@ def test_a_config_saved_before_the_new_defaults_keeps_its_old_values(tmp_path):
     new = tmp_path / "new.yaml"
     new.write_text(yaml.safe_dump(Config().to_dict()), encoding="utf-8")
     assert _load_config(new) == Config()  # a config written today reads back as written
+
+
+def test_split_bins_come_from_the_teacher_and_survive_save_load(tmp_path, small_dataset):
+    """``model.split_bins``: the teacher's split thresholds become narrow PLE bins (the teacher is
+    fitted for them even without distillation); the saved model and its numpy tower keep them."""
+    from finrec.features import SPLIT_HALF_WIDTH
+
+    base = Config(
+        ModelConfig(customer_widths=(32,), product_widths=(16,), embedding_dim=8, numeric_bins=8),
+        TrainConfig(epochs=1, batch_size=256, patience=1, distill=0.0, min_steps_per_epoch=0),
+    )
+    plain = fit(small_dataset, base.validate(), verbose=0)
+    model = dataclasses.replace(base.model, split_bins=3)
+    split = fit(small_dataset, dataclasses.replace(base, model=model).validate(), verbose=0)
+
+    def narrow(edges):
+        return int(np.isclose(np.diff(edges), 2 * SPLIT_HALF_WIDTH, rtol=1e-6).sum())
+
+    assert sum(narrow(e) for e in plain.pipeline.customer_bins_) == 0
+    added = [narrow(e) for e in split.pipeline.customer_bins_]
+    assert sum(added) >= 3 and max(added) <= 3  # at most 3 per column
+    path = save_model_dir(split, tmp_path / "model")
+    loaded = load_model_dir(path).trained
+    assert loaded.pipeline.customer_bins_ == split.pipeline.customer_bins_
+    inputs = loaded.pipeline.transform_customers(small_dataset.customers, small_dataset.holdings)
+    np.testing.assert_allclose(
+        NumpyTower.from_keras(loaded.model)(inputs),
+        split.customer_embeddings(small_dataset.customers, small_dataset.holdings),
+        atol=ATOL,
+    )

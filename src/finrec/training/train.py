@@ -447,11 +447,16 @@ def fit(
     ).fit(train_data)
     examples = build_examples(pipeline, train_data)
     examples.drop_remainder(batch_multiple)
-    if training.distill > 0:
+    split_bins = model_config.split_bins if pipeline.customer_bins_ is not None else 0
+    if training.distill > 0 or split_bins:
         # Fitted on the training customers only: validation and calibration stay unseen.
         lags = model_config.history_lags if model_config.history_encoder != "none" else 0
         teacher = fit_teacher(train_data, training.seed, history_lags=lags)
-        examples.soft_targets = teacher_targets(teacher, train_data, pipeline)
+        if training.distill > 0:
+            examples.soft_targets = teacher_targets(teacher, train_data, pipeline)
+        if split_bins:
+            # Before the model is built: its PLE layer takes the bins.
+            pipeline.add_split_bins(teacher.numeric_splits(split_bins))
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
     log.info(
         "training on %d examples from %d customers (%d validation customers)",

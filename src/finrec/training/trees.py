@@ -168,6 +168,32 @@ class LightGBMBaseline:
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         return self
 
+    def numeric_splits(self, top: int) -> dict[str, list[float]]:
+        """Per customer numeric column, the ``top`` split thresholds (raw scale) of the fitted
+        trees that carry the most summed split gain, increasing; columns never split are absent.
+        Where a tree splits is where the data has a step (an age limit, an income floor)."""
+        boosters = [self.booster_] if self.booster_ is not None else list(getattr(self, "boosters_", {}).values())
+        gains: dict[str, dict[float, float]] = {}
+        for booster in boosters:
+            model = booster.dump_model(num_iteration=booster.best_iteration or None)
+            names = model["feature_names"]
+            stack = [tree["tree_structure"] for tree in model["tree_info"]]
+            while stack:
+                node = stack.pop()
+                if "split_feature" not in node:
+                    continue
+                name = names[node["split_feature"]]
+                # LightGBM writes 1e300 for "every value" (a split sending only missing values left).
+                if name.startswith("num_") and node.get("decision_type") == "<=" and abs(node["threshold"]) < 1e30:
+                    column = gains.setdefault(name[len("num_") :], {})
+                    threshold = float(node["threshold"])
+                    column[threshold] = column.get(threshold, 0.0) + float(node["split_gain"])
+                stack += [node["left_child"], node["right_child"]]
+        return {
+            column: sorted(t for t, _ in sorted(found.items(), key=lambda item: -item[1])[:top])
+            for column, found in gains.items()
+        }
+
     def _tree_params(self, seed: int) -> dict:
 
         return {

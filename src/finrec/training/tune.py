@@ -53,6 +53,7 @@ SPACE: dict[str, Callable[[np.random.Generator], Any]] = {
     "model.numeric_bins": _choice(8, 16, 32),
     "model.ensemble_size": _choice(1, 2, 4),
     "training.distill": _choice(0.0, 0.5, 0.8, 0.9),
+    "model.split_bins": _choice(0, 8),
 }
 
 
