@@ -313,3 +313,26 @@ def test_a_snapshot_after_an_adoption_is_refused_when_streaming(tmp_path, fmt):
     leaky = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "leaky", fmt=fmt)
     with pytest.raises(DataError, match="holdings_history"):
         partition(leaky, tmp_path / "work-leaky", chunk_rows=100, include_objected=True)
+
+
+def test_bucket_writers_route_in_order_and_write_few_row_groups(tmp_path):
+    # Routed batch by batch, each file used to get one row group per batch (a count that grew
+    # with the square of the data, benchmarks/scale.py); buffered, a file gets one per flush.
+    import pyarrow.parquet as pq
+
+    from finrec.training.stream import BucketWriters
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(10_000)], "x": np.arange(10_000)})
+    bucket = rng.integers(0, 5, len(frame))
+    writers = BucketWriters(buffer_cells=8_000)  # 4,000 rows of 2 columns: a flush every few batches
+    for start in range(0, len(frame), 100):
+        writers.route(
+            frame.iloc[start : start + 100], bucket[start : start + 100], lambda b: tmp_path / f"b{b}.parquet"
+        )
+    writers.close()
+    for b in range(5):
+        written = pq.ParquetFile(tmp_path / f"b{b}.parquet")
+        expected = frame[bucket == b].reset_index(drop=True)
+        pd.testing.assert_frame_equal(written.read().to_pandas(), expected, check_dtype=False)
+        assert written.num_row_groups <= 3  # 100 batches, 2-3 flushes

@@ -176,9 +176,7 @@ class HistoryByChunk:
                 # customer must not shift everyone's lags.
                 latest = int(months(links[S.AS_OF]).max())
                 self.reference = latest if self.reference is None else max(self.reference, latest)
-                bucket = links["row"].to_numpy() // self.rows_per_bucket
-                for b in np.unique(bucket):
-                    writers.write(self._file(int(b)), links[bucket == b])
+                writers.route(links, links["row"].to_numpy() // self.rows_per_bucket, self._file)
         finally:
             writers.close()
 
