@@ -395,7 +395,7 @@ def cmd_score(args) -> int:
     from finrec.recommend.filters import UNFILTERED
 
     filters = UNFILTERED if args.unfiltered else _filters_from(args)
-    chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
+    chunk_rows = args.chunk_rows  # None: the scorer's default (smaller for a model with history)
     stats: dict = {}
     if args.engine == "ray":
         from finrec.recommend.ray_engine import score_dataset_ray
@@ -406,7 +406,7 @@ def cmd_score(args) -> int:
             args.out,
             k=args.k,
             filters=filters,
-            batch_rows=min(chunk_rows, 65_536),
+            batch_rows=min(chunk_rows or DEFAULT_CHUNK_ROWS, 65_536),
             probabilities=args.probabilities,
             stats=stats,
         )
@@ -959,7 +959,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="exclude held products only, as `evaluate` ranks (to recompute its metrics)",
     )
     p.add_argument(
-        "--chunk-rows", type=_positive_int, default=None, help="customers per chunk (bounds memory; default 131,072)"
+        "--chunk-rows",
+        type=_positive_int,
+        default=None,
+        help="customers per chunk (bounds memory; default 131,072, 32,768 for a model with history)",
     )
     p.add_argument(
         "--engine",

@@ -67,7 +67,7 @@ def test_same_output_whatever_the_threads_and_holdings_order(rec, small_data_dir
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
-def test_history_is_read_per_chunk_and_ranks_as_in_memory(tmp_path, fmt):
+def test_history_is_read_per_chunk_and_ranks_as_in_memory(tmp_path, fmt, monkeypatch):
     """A model with history features scores a bank with a past in tiny chunks, each reading only
     its customers' history (``HistoryByChunk``), and ranks every customer exactly as the whole
     table in memory does, also when most customers lack the latest snapshot (a chunk's own latest
@@ -119,6 +119,20 @@ def test_history_is_read_per_chunk_and_ranks_as_in_memory(tmp_path, fmt):
     for cid, rank, pid, score in top[["customer_id", "rank", "product_id", "score"]].itertuples(index=False):
         assert want_top[(cid, rank)][0] == pid
         assert score == pytest.approx(want_top[(cid, rank)][1], abs=1e-5)
+
+    # Without chunk_rows, a model with history takes the smaller history chunk (its inputs are
+    # a products x events block per customer), and ranks the same.
+    from finrec.recommend import batch
+
+    sizes = []
+    chunks = batch.iter_customer_chunks
+    monkeypatch.setattr(batch, "HISTORY_CHUNK_ROWS", 11)
+    monkeypatch.setattr(batch, "iter_customer_chunks", lambda *a: sizes.append(a[2]) or chunks(*a))
+    score_dataset(Recommender(trained), folder, tmp_path / "default.parquet", k=3, workers=2)
+    assert sizes == [11]
+    again = pd.read_parquet(tmp_path / "default.parquet")
+    assert again[["customer_id", "rank", "product_id"]].equals(top[["customer_id", "rank", "product_id"]])
+    np.testing.assert_allclose(again["score"], top["score"], atol=1e-6)  # BLAS blocks differ by chunk
 
 
 def test_probabilities_come_from_the_ranking_pass(rec, small_data_dir, tmp_path, monkeypatch):

@@ -50,6 +50,10 @@ OUTPUT_SCHEMA = pa.schema(
 # ``finrec score --probabilities``: the calibrated adoption probability beside the score.
 PROBABILITY_SCHEMA = OUTPUT_SCHEMA.append(pa.field(S.PROBABILITY, pa.float32()))
 DEFAULT_CHUNK_ROWS = 131_072  # measured best of 64k/128k/256k on 1M customers, 2 cores
+# With history features a customer's inputs hold a products x event-features block (25 x 29
+# floats on the synthetic bank, about 9 KB a customer with the arrays that build it): chunks of
+# 131k customers peaked at 4.5 GB at 1M customers (benchmarks/scale.py --months 12).
+HISTORY_CHUNK_ROWS = 32_768
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
@@ -273,7 +277,7 @@ def score_dataset(
     out: str | Path,
     k: int = 5,
     filters=None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     workers: int | None = None,
     probabilities: bool = False,
     stats: dict | None = None,
@@ -298,6 +302,14 @@ def score_dataset(
     check_scores_output(out, {"the data directory": data_dir, "the recommender's data": source})
     customers_path = find_table(data_dir, S.CUSTOMERS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
+    # A model with history features routes the history once to scratch files by customer row
+    # (never the whole table in memory); each chunk reads its customers' rows and builds their
+    # features against the table's common latest snapshot. Without them it is never read.
+    history_path = find_table(data_dir, S.HOLDINGS_HISTORY, required=False)
+    if getattr(recommender.pipeline, "history_", None) is None:
+        history_path = None
+    if chunk_rows is None:
+        chunk_rows = DEFAULT_CHUNK_ROWS if history_path is None else HISTORY_CHUNK_ROWS
     table = recommender.schema.customers
     chunks = iter_customer_chunks(customers_path, table, chunk_rows)
     # The first chunk is read before anything else, so a broken file fails with the contract's
@@ -313,13 +325,6 @@ def score_dataset(
         customer_ids = read_id_column(customers_path, table.id)
         holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
         return HoldingsByRow(recommender.pipeline, customer_ids, holdings)
-
-    # A model with history features routes the history once to scratch files by customer row
-    # (never the whole table in memory); each chunk reads its customers' rows and builds their
-    # features against the table's common latest snapshot. Without them it is never read.
-    history_path = find_table(data_dir, S.HOLDINGS_HISTORY, required=False)
-    if getattr(recommender.pipeline, "history_", None) is None:
-        history_path = None
 
     scratch = tempfile.TemporaryDirectory(prefix="finrec-score-") if history_path is not None else None
     workers = workers or default_workers()
