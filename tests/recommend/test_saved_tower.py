@@ -91,10 +91,14 @@ def test_a_model_directory_without_keras_serves_the_same(model_dir, small_datase
     np.testing.assert_array_equal(fast.probabilities(a), slow.probabilities(b))
 
 
-def test_loading_for_the_numpy_tower_imports_no_keras(model_dir):
+def test_loading_and_batch_scoring_on_the_numpy_tower_import_no_keras(model_dir, small_data_dir, tmp_path):
+    # finrec score and plan skip TensorFlow's import (~10 s): the holdings reader they share
+    # with the streamed trainer once came from its Keras module and brought it back.
     code = (
         "import sys; from finrec.artifacts import load_model_dir; from finrec.recommend.recommender import Recommender;"
-        f"Recommender(load_model_dir({str(model_dir)!r}, keras_model=False).trained);"
+        "from finrec.recommend.batch import score_dataset;"
+        f"rec = Recommender(load_model_dir({str(model_dir)!r}, keras_model=False).trained);"
+        f"assert score_dataset(rec, {str(small_data_dir)!r}, {str(tmp_path / 'top.parquet')!r}, k=2)[1] > 0;"
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'Keras was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC)})

@@ -160,7 +160,7 @@ def test_link_batches_of_a_dictionary_encoded_id_column_carry_only_their_own_ids
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from finrec.training import stream
+    from finrec.data import links
 
     seen = []  # the values each id-text conversion had to work through
 
@@ -168,8 +168,8 @@ def test_link_batches_of_a_dictionary_encoded_id_column_carry_only_their_own_ids
         seen.append(len(values.cat.categories) if isinstance(values.dtype, pd.CategoricalDtype) else len(values))
         return ids_as_text(values)
 
-    ids_as_text = stream.ids_as_text
-    monkeypatch.setattr(stream, "ids_as_text", recording)
+    ids_as_text = links.ids_as_text
+    monkeypatch.setattr(links, "ids_as_text", recording)
     ids = [f" CU-{i:05d} " for i in range(5000)]
     frame = pd.DataFrame(
         {
@@ -181,7 +181,7 @@ def test_link_batches_of_a_dictionary_encoded_id_column_carry_only_their_own_ids
     path = tmp_path / "holdings_history.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
     assert pa.types.is_dictionary(pq.ParquetFile(path).schema_arrow.field("customer_id").type)
-    batches = list(stream.link_batches(path, 100, dated=True))
+    batches = list(links.link_batches(path, 100, dated=True))
     assert len(seen) == 100 and max(seen) <= 100  # each batch's own ids, not the file's 5000
     assert [len(b) for b in batches] == [100] * 50
     first = batches[0]

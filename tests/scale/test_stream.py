@@ -320,7 +320,7 @@ def test_bucket_writers_route_in_order_and_write_few_row_groups(tmp_path):
     # with the square of the data, benchmarks/scale.py); buffered, a file gets one per flush.
     import pyarrow.parquet as pq
 
-    from finrec.training.stream import BucketWriters
+    from finrec.data.links import BucketWriters
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(10_000)], "x": np.arange(10_000)})

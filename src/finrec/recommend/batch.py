@@ -33,6 +33,7 @@ from finrec.data.io import (
     iter_customer_chunks,
     read_id_column,
 )
+from finrec.data.links import BucketWriters, link_batches
 from finrec.errors import FinrecError
 from finrec.history_features import months
 from finrec.recommend import filters as F
@@ -110,8 +111,6 @@ class HoldingsByRow:
     def from_file(cls, pipeline, path: Path | None, rows: RowOfId) -> HoldingsByRow:
         """The same from a holdings file read in record batches (never the whole table in memory:
         at 1M customers it was about 3M rows of text), each batch's customers found by ``rows``."""
-        from finrec.training.stream import link_batches
-
         self = cls(pipeline, rows.ids, None)
         if path is None:
             return self
@@ -179,8 +178,6 @@ class HistoryByChunk:
     BATCH_ROWS = 1 << 20
 
     def __init__(self, path: Path, rows: RowOfId, chunk_rows: int, workdir: Path, max_buckets: int = 256):
-        from finrec.training.stream import BucketWriters, link_batches
-
         n_chunks = max(1, math.ceil(len(rows.ids) / chunk_rows))
         self.rows_per_bucket = chunk_rows * math.ceil(n_chunks / max_buckets)
         self.workdir = Path(workdir)

@@ -47,7 +47,6 @@ so with history ``chunk_rows`` bounds most of the memory.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import shutil
@@ -61,15 +60,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from finrec.config import Config
 from finrec.data import compliance as C
 from finrec.data import schema as S
-from finrec.data.ids import as_arrow_text, ids_as_text
+from finrec.data.ids import as_arrow_text
 from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
-from finrec.data.validate import check_history_order, parse_dates
+from finrec.data.links import BucketWriters, link_batches
+from finrec.data.validate import check_history_order
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
 from finrec.history_features import months
@@ -263,129 +262,10 @@ class StreamingPipelineFit:
 # ------------------------------------------------------------------------------ reading
 
 
-def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool = False):
-    """Record batches (customer_id, product_id as text) of a link table, CSV or Parquet; with
-    ``dated``, of a holdings history (its ``as_of`` parsed, a missing or bad date refused); with
-    ``stamped``, with the interactions' ``timestamp`` too when the file has one (parsed; missing
-    allowed), so the history's order can be checked against it."""
-    columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *((S.AS_OF,) if dated else ())]
-    if stamped and S.TIMESTAMP in _column_names(path):
-        columns.append(S.TIMESTAMP)
-    if path.suffix == ".parquet":
-        try:
-            batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    elif path.suffix == ".csv":
-        options = pacsv.ConvertOptions(
-            include_columns=columns, column_types={c: pa.string() for c in columns if c != S.AS_OF}
-        )
-        batches = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)), convert_options=options
-        )
-    else:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
-    offset = 0
-    for batch in batches:
-        # A Parquet column written from pandas categories comes back dictionary-encoded, and each
-        # batch carries the whole file's dictionary: text work on it (ids_as_text) then costs the
-        # file's distinct ids per batch, which grew the pass with the square of the customers
-        # (100k customers x 12 months: 211 s). Decoded, each batch costs its own rows.
-        if any(pa.types.is_dictionary(field.type) for field in batch.schema):
-            batch = pa.RecordBatch.from_arrays(
-                [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns],
-                names=batch.schema.names,
-            )
-        frame = batch.to_pandas()
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-        for column in columns[:2]:
-            frame[column] = ids_as_text(frame[column])
-        where = f"{path} rows {offset + 1}-{offset + len(frame)}"
-        if dated:
-            frame[S.AS_OF] = parse_dates(frame[S.AS_OF], S.AS_OF, where)
-        if S.TIMESTAMP in columns:
-            frame[S.TIMESTAMP] = parse_dates(frame[S.TIMESTAMP], S.TIMESTAMP, where, allow_missing=True)
-        offset += len(frame)
-        frame = frame.dropna(subset=[c for c in columns if c != S.TIMESTAMP])
-        yield frame[columns]
-
-
-def _column_names(path: Path) -> list[str]:
-    """The column names of a CSV or Parquet table, from its header or schema alone."""
-    if path.suffix == ".parquet":
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        return next(csv.reader(handle), [])
-
-
 def _count_rows(path: Path, table: S.TableSchema, chunk_rows: int) -> int:
     if path.suffix == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
     return sum(len(c) for c in pd.read_csv(path, usecols=[table.id], dtype=str, chunksize=chunk_rows))
-
-
-class BucketWriters:
-    """Parquet files written piece by piece (one writer per file, opened on first write).
-
-    Rows wait in memory until the cells pending in all files pass ``buffer_cells``; then each
-    file's pending rows are written as one row group. Written as they came, a table routed batch
-    by batch to many buckets made one tiny row group per batch and bucket, a number that grows
-    with the square of the data, and so did the time to write and read them (1M customers x 12
-    months: 50M history rows in 2,500 batches to 60 buckets). Everything is written at once
-    because a pending piece may be a slice that keeps its whole batch in memory."""
-
-    def __init__(self, buffer_cells: int = 1 << 22):
-        self.open: dict[Path, pq.ParquetWriter] = {}
-        self.pending: dict[Path, list[pd.DataFrame]] = {}
-        self.cells = 0
-        self.buffer_cells = buffer_cells
-
-    def write(self, path: Path, frame: pd.DataFrame) -> None:
-        if len(frame) == 0:
-            return
-        self.pending.setdefault(path, []).append(frame)
-        self.cells += frame.size
-        if self.cells > self.buffer_cells:
-            self.flush()
-
-    def route(self, frame: pd.DataFrame, bucket: np.ndarray, path_of) -> None:
-        """Row i of ``frame`` to file ``path_of(bucket[i])`` (int [n]), rows keeping their order:
-        one sort and one gather, then a slice per bucket."""
-        order = np.argsort(bucket, kind="stable")
-        ordered, sorted_bucket = frame.iloc[order], bucket[order]
-        bounds = np.flatnonzero(np.diff(sorted_bucket)) + 1
-        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
-            if stop > start:
-                self.write(path_of(int(sorted_bucket[start])), ordered.iloc[start:stop])
-
-    def flush(self) -> None:
-        for path in list(self.pending):
-            self._flush(path)
-        self.cells = 0
-
-    def _flush(self, path: Path) -> None:
-        frames = self.pending.pop(path)
-        table = pa.Table.from_pandas(
-            frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True), preserve_index=False
-        )
-        writer = self.open.get(path)
-        if writer is None:
-            writer = self.open[path] = pq.ParquetWriter(str(path), table.schema)
-        elif table.schema != writer.schema:
-            table = table.cast(writer.schema)
-        writer.write_table(table)
-
-    def close(self) -> None:
-        """Write what is pending and close every file."""
-        try:
-            self.flush()
-        finally:
-            for writer in self.open.values():
-                writer.close()
-            self.open.clear()
-            self.pending.clear()
 
 
 @dataclass
