@@ -4,7 +4,7 @@ perhaps a date per row) read in record batches, and rows routed to bucket files.
 The streamed trainer (``finrec.training.stream``), batch scoring and campaign planning read link
 tables this way so that a bank's customers x months x products rows are never all in memory.
 No Keras here: ``finrec score`` and ``finrec plan`` on the numpy tower import this module and
-must not pay TensorFlow's import (about 10 s and 700 MB).
+must not pay TensorFlow's import (about 10 s and 750 MB).
 """
 
 from __future__ import annotations
