@@ -157,31 +157,3 @@ def test_probabilities_come_from_the_ranking_pass(rec, small_data_dir, tmp_path,
     cols = {pid: j for j, pid in enumerate(rec.pipeline.product_ids_)}
     expected = full[table.customer_id.map(row).to_numpy(), table.product_id.map(cols).to_numpy()]
     np.testing.assert_allclose(table.probability, expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
-def test_holdings_read_in_batches_match_the_whole_table(rec, small_dataset, tmp_path, monkeypatch, suffix):
-    # Scoring and planning read the holdings in record batches (the whole table was ~3M rows
-    # of text at 1M customers); every batch boundary, shuffled rows, unknown customers and
-    # products must give the rows the in-memory lookup gives.
-    import pyarrow as pa
-
-    from finrec.data import schema as S
-    from finrec.recommend import batch
-
-    holdings = small_dataset.holdings[[S.CUSTOMER_ID, S.PRODUCT_ID]].sample(frac=1.0, random_state=3)
-    extra = pd.DataFrame(
-        {S.CUSTOMER_ID: ["nobody", holdings.iloc[0, 0]], S.PRODUCT_ID: [holdings.iloc[0, 1], "NO_SUCH"]}
-    )
-    holdings = pd.concat([holdings, extra], ignore_index=True).astype(str)
-    path = tmp_path / f"holdings{suffix}"
-    holdings.to_parquet(path, index=False) if suffix == ".parquet" else holdings.to_csv(path, index=False)
-    ids = pa.array(small_dataset.customers[S.CUSTOMER_ID].astype(str).to_numpy())
-    monkeypatch.setattr(batch.HistoryByChunk, "BATCH_ROWS", 97)
-    streamed = batch.HoldingsByRow.from_file(rec.pipeline, path, batch.RowOfId(ids))
-    whole = batch.HoldingsByRow(rec.pipeline, ids, holdings)
-    for start, stop in [(0, len(ids)), (5, 40), (len(ids) - 3, len(ids))]:
-        np.testing.assert_array_equal(streamed.slice(start, stop), whole.slice(start, stop))
-    assert streamed.slice(0, len(ids)).sum() == len(holdings) - 2 > 0
-    empty = batch.HoldingsByRow.from_file(rec.pipeline, None, batch.RowOfId(ids))
-    assert not empty.slice(0, len(ids)).any()

@@ -92,8 +92,9 @@ def test_a_model_directory_without_keras_serves_the_same(model_dir, small_datase
 
 
 def test_loading_and_batch_scoring_on_the_numpy_tower_import_no_keras(model_dir, small_data_dir, tmp_path):
-    # finrec score and plan skip TensorFlow's import (~10 s): the holdings reader they share
-    # with the streamed trainer once came from its Keras module and brought it back.
+    # finrec score and plan skip TensorFlow's import (~10 s): the link-table reader batch scoring
+    # shares with the streamed trainer (finrec.data.links) once came from the trainer's Keras
+    # module and brought it back.
     code = (
         "import sys; from finrec.artifacts import load_model_dir; from finrec.recommend.recommender import Recommender;"
         "from finrec.recommend.batch import score_dataset;"

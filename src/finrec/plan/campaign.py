@@ -161,8 +161,8 @@ def build_problem(
         products = read_table(find_table(data_dir, S.PRODUCTS), (data_schema.products.id,))
         values = product_values(products, data_schema, product_ids)
     ids = read_id_column(customers_path, schema.customers.id)
-    row_of = RowOfId(ids)
-    held_by_row = HoldingsByRow.from_file(recommender.pipeline, holdings_path, row_of)
+    holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
+    held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings)
     n, P = len(ids), len(product_ids)
     probability = np.zeros((n, P), dtype=np.float32)
     tolerance = np.full(n, np.nan, dtype=np.float32)
@@ -182,7 +182,7 @@ def build_problem(
         import tempfile
 
         scratch = tempfile.TemporaryDirectory(prefix="finrec-plan-")
-        by_chunk = HistoryByChunk(history_path, row_of, chunk_rows, Path(scratch.name))
+        by_chunk = HistoryByChunk(history_path, RowOfId(ids), chunk_rows, Path(scratch.name))
     offset = 0
     for chunk in iter_customer_chunks(customers_path, schema.customers, chunk_rows):
         if group_column is not None:

@@ -32,6 +32,7 @@ from finrec.data.io import (
     find_table,
     iter_customer_chunks,
     read_id_column,
+    read_table,
 )
 from finrec.data.links import BucketWriters, link_batches
 from finrec.errors import FinrecError
@@ -106,25 +107,6 @@ class HoldingsByRow:
         keep = (rows >= 0) & (cols >= 0)
         order = np.argsort(rows[keep], kind="stable")
         self.rows, self.cols = rows[keep][order], cols[keep][order]
-
-    @classmethod
-    def from_file(cls, pipeline, path: Path | None, rows: RowOfId) -> HoldingsByRow:
-        """The same from a holdings file read in record batches (never the whole table in memory:
-        at 1M customers it was about 3M rows of text), each batch's customers found by ``rows``."""
-        self = cls(pipeline, rows.ids, None)
-        if path is None:
-            return self
-        found_rows, found_cols = [self.rows], [self.cols]
-        for links in link_batches(Path(path), HistoryByChunk.BATCH_ROWS):
-            row = rows(links[S.CUSTOMER_ID])
-            col = pipeline.product_positions(links[S.PRODUCT_ID])
-            keep = (row >= 0) & (col >= 0)
-            found_rows.append(row[keep])
-            found_cols.append(col[keep])
-        rows_, cols = np.concatenate(found_rows), np.concatenate(found_cols)
-        order = np.argsort(rows_, kind="stable")
-        self.rows, self.cols = rows_[order], cols[order]
-        return self
 
     def slice(self, start: int, stop: int) -> np.ndarray:
         """bool [stop - start, P] for the customers in file rows ``start:stop``."""
@@ -335,12 +317,16 @@ def score_dataset(
     chunks = itertools.chain([first] if first is not None else [], chunks)
     product_ids = pa.array(recommender.pipeline.product_ids_, pa.string())
 
-    row_of: RowOfId | None = None
+    customer_ids = None
 
     def match_holdings() -> HoldingsByRow:
-        nonlocal row_of
-        row_of = RowOfId(read_id_column(customers_path, table.id))
-        return HoldingsByRow.from_file(recommender.pipeline, holdings_path, row_of)
+        # The whole holdings table at once: the export order's fast path (run_positions) costs
+        # half the CPU of reading it in batches and hashing each batch's ids (measured on 600k
+        # customers), and batches did not lower the scorer's peak memory (docs/benchmarks.md).
+        nonlocal customer_ids
+        customer_ids = read_id_column(customers_path, table.id)
+        holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
+        return HoldingsByRow(recommender.pipeline, customer_ids, holdings)
 
     scratch = tempfile.TemporaryDirectory(prefix="finrec-score-") if history_path is not None else None
     workers = workers or default_workers()
@@ -355,7 +341,7 @@ def score_dataset(
     ):
         lookup = side.submit(match_holdings)  # meanwhile this thread reads the first chunks
         by_chunk = (
-            side.submit(lambda: HistoryByChunk(history_path, row_of, chunk_rows, Path(scratch.name)))
+            side.submit(lambda: HistoryByChunk(history_path, RowOfId(customer_ids), chunk_rows, Path(scratch.name)))
             if scratch is not None
             else None
         )
