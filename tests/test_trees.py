@@ -84,15 +84,7 @@ def test_lightgbm_threads_sleep_when_idle_unless_the_user_chose(monkeypatch, sma
 def test_numeric_splits_find_the_age_limit_a_rule_sets(small_dataset):
     # Customers over 45 adopt one product, the rest another: the tree's most useful age split
     # is the limit itself (ages are whole years, so between 45 and 46).
-    from finrec.data import schema as S
-
-    customers = small_dataset.customers
-    old = customers["age"].to_numpy() > 45
-    products = small_dataset.products[S.PRODUCT_ID].to_numpy()
-    interactions = small_dataset.interactions.iloc[: len(customers)].copy()
-    interactions[S.CUSTOMER_ID] = customers[S.CUSTOMER_ID].to_numpy()
-    interactions[S.PRODUCT_ID] = np.where(old, products[0], products[1])
-    data = type(small_dataset)(**{**vars(small_dataset), "interactions": interactions.reset_index(drop=True)})
+    data = _age_driven(small_dataset)
     teacher = fit_teacher(data, seed=0)
     splits = teacher.numeric_splits(3)
     assert any(45 <= t <= 46 for t in splits["age"])
@@ -100,3 +92,40 @@ def test_numeric_splits_find_the_age_limit_a_rule_sets(small_dataset):
     assert set(best) <= set(small_dataset.schema.customers.numeric_features)
     assert all(len(v) == 1 for v in best.values()) and 45 <= best["age"][0] <= 46
     assert all(np.isfinite(v).all() and np.all(np.diff(v) > 0) for v in splits.values())
+
+
+def _age_driven(dataset):
+    """``dataset`` with adoptions decided by age alone: over 45 one product, the rest another."""
+    from finrec.data import schema as S
+
+    customers = dataset.customers
+    old = customers["age"].to_numpy() > 45
+    products = dataset.products[S.PRODUCT_ID].to_numpy()
+    interactions = dataset.interactions.iloc[: len(customers)].copy()
+    interactions[S.CUSTOMER_ID] = customers[S.CUSTOMER_ID].to_numpy()
+    interactions[S.PRODUCT_ID] = np.where(old, products[0], products[1])
+    return type(dataset)(**{**vars(dataset), "interactions": interactions.reset_index(drop=True)})
+
+
+def test_a_teacher_excluding_protected_columns_cannot_see_them(small_dataset):
+    # A model trained with exclude_protected must not learn a protected column through its
+    # teacher's targets: the teacher's scores do not move when the protected values do.
+    data = _age_driven(small_dataset)
+    protected = list(data.schema.customers.protected)
+    assert "age" in protected
+    changed = data.customers.copy()
+    changed["age"] = np.where(changed["age"] > 45, 30, 60)
+    blind = fit_teacher(data, seed=0, exclude_protected=True)
+    np.testing.assert_array_equal(blind.score(data.customers, data.holdings), blind.score(changed, data.holdings))
+    assert not set(protected) & {c[len("num_") :] for c in blind.features(data.customers.iloc[:2], data.holdings)}
+    seeing = fit_teacher(data, seed=0)  # the same teacher with the column: its scores follow age
+    assert np.abs(seeing.score(data.customers, data.holdings) - seeing.score(changed, data.holdings)).max() > 0.1
+
+
+def test_a_teacher_without_holdings_does_not_read_them(small_dataset):
+    blind = fit_teacher(small_dataset, seed=0, use_holdings=False)
+    assert not [c for c in blind.features(small_dataset.customers.iloc[:2], small_dataset.holdings) if "held" in c]
+    none = small_dataset.holdings.iloc[:0]
+    np.testing.assert_array_equal(
+        blind.score(small_dataset.customers, small_dataset.holdings), blind.score(small_dataset.customers, none)
+    )

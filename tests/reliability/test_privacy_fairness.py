@@ -113,6 +113,28 @@ def test_changing_gender_or_age_does_not_change_scores(blind, small_dataset):
     np.testing.assert_array_equal(base, blind.score(changed, small_dataset.holdings))
 
 
+def test_training_hands_its_model_options_to_the_teacher(monkeypatch, small_dataset):
+    # Found 2026-11-30: the distillation teacher always read the protected columns and the
+    # holdings, so a model trained with exclude_protected learned them through its targets.
+    from finrec.config import Config
+    from finrec.training import train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(dataset, seed=0, **options):
+        seen.update(options)
+        raise Stop
+
+    monkeypatch.setattr(train, "fit_teacher", spy)
+    config = Config.from_dict({"model": {"exclude_protected": True, "use_holdings": False}})
+    with pytest.raises(Stop):
+        train.fit(small_dataset, config, verbose=0)
+    assert seen["exclude_protected"] is True and seen["use_holdings"] is False
+
+
 # ------------------------------------------------------------------------------------ fairness report
 
 

@@ -451,7 +451,13 @@ def fit(
     if training.distill > 0 or split_bins:
         # Fitted on the training customers only: validation and calibration stay unseen.
         lags = model_config.history_lags if model_config.history_encoder != "none" else 0
-        teacher = fit_teacher(train_data, training.seed, history_lags=lags)
+        teacher = fit_teacher(
+            train_data,
+            training.seed,
+            history_lags=lags,
+            exclude_protected=model_config.exclude_protected,
+            use_holdings=model_config.use_holdings,
+        )
         if training.distill > 0:
             examples.soft_targets = teacher_targets(teacher, train_data, pipeline)
         if split_bins:

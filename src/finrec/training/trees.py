@@ -47,6 +47,10 @@ class LightGBMBaseline:
     lag set per product (``HistoryFeatures.lag_table``): ownership 1..lags snapshots back, months
     since the last add and drop (NaN: never), add and drop counts.
 
+    ``exclude_protected`` leaves the schema's protected customer columns out, and
+    ``use_holdings=False`` the holdings, as the model options of the same names do: the teacher
+    of a model that must not see a column must not see it either, or its targets carry it.
+
     ``objective="binary"`` fits one binary model per product instead (rows: every training
     customer not holding it; label: adopted it), which scales to large catalogues where one
     multiclass tree per class and round does not; the score is each model's probability.
@@ -72,6 +76,8 @@ class LightGBMBaseline:
         history_lags: int = 0,
         lambda_l2: float = 0.0,
         objective: str = "multiclass",
+        exclude_protected: bool = False,
+        use_holdings: bool = True,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -88,6 +94,8 @@ class LightGBMBaseline:
         self.validation_fraction = validation_fraction
         self.num_threads = num_threads
         self.history_lags = history_lags
+        self.exclude_protected = exclude_protected
+        self.use_holdings = use_holdings
 
     def features(
         self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
@@ -106,8 +114,9 @@ class LightGBMBaseline:
             columns[f"cat_{col}"] = pd.Categorical(text, categories=vocab)
         cid = pipeline.schema.customers.id
         held = pipeline.holdings_matrix(customers[cid].to_numpy(), holdings)
-        for j in range(pipeline.n_products):
-            columns[f"held_{j}"] = held[:, j].astype("float32")
+        if getattr(self, "use_holdings", True):
+            for j in range(pipeline.n_products):
+                columns[f"held_{j}"] = held[:, j].astype("float32")
         if getattr(self, "lags_", None) is not None:
             cube = self.lags_.ownership(customers[cid].to_numpy(), history, held, pipeline.product_positions)
             for name, values in self.lags_.lag_table(cube).items():
@@ -123,7 +132,9 @@ class LightGBMBaseline:
         from finrec.features import FeaturePipeline
         from finrec.history_features import HistoryFeatures
 
-        self.pipeline_ = FeaturePipeline(dataset.schema, use_holdings=True, history_encoder="none").fit(dataset)
+        self.pipeline_ = FeaturePipeline(
+            dataset.schema, use_holdings=True, exclude_protected=self.exclude_protected, history_encoder="none"
+        ).fit(dataset)
         has_history = dataset.holdings_history is not None and len(dataset.holdings_history) > 0
         self.lags_ = None
         if self.history_lags > 0 and has_history:
@@ -298,13 +309,19 @@ TEACHER = {
 }
 
 
-def fit_teacher(dataset, seed: int = 0, history_lags: int = 0) -> LightGBMBaseline:
+def fit_teacher(
+    dataset, seed: int = 0, history_lags: int = 0, exclude_protected: bool = False, use_holdings: bool = True
+) -> LightGBMBaseline:
     """The distillation teacher (``TEACHER``) fitted on ``dataset``'s adoptions; it stops early
     on 10% of those customers (``LightGBMBaseline.fit``). ``history_lags`` > 0 gives it the
     Santander winners' lag features where the data has a ``holdings_history`` (the trees' own
-    ground: hundreds of sparse binary columns), whose knowledge the towers then learn."""
+    ground: hundreds of sparse binary columns), whose knowledge the towers then learn.
+    ``exclude_protected`` and ``use_holdings``: the student's model options, which bind the
+    teacher too (see ``LightGBMBaseline``)."""
     start = time.perf_counter()
-    teacher = LightGBMBaseline(**TEACHER, history_lags=history_lags).fit(dataset, seed=seed)
+    teacher = LightGBMBaseline(
+        **TEACHER, history_lags=history_lags, exclude_protected=exclude_protected, use_holdings=use_holdings
+    ).fit(dataset, seed=seed)
     log.info("distillation teacher: %d rounds in %.1f s", teacher.best_iteration_, time.perf_counter() - start)
     return teacher
 
