@@ -287,8 +287,8 @@ def test_the_teacher_sees_the_history_as_lags_when_the_model_does(bank_with_hist
 
     seen = []
 
-    def spy(dataset, seed=0, history_lags=0):
-        teacher = fit_teacher(dataset, seed, history_lags=history_lags)
+    def spy(dataset, seed=0, history_lags=0, **options):
+        teacher = fit_teacher(dataset, seed, history_lags=history_lags, **options)
         seen.append((history_lags, teacher.lags_ is not None))
         return teacher
 
