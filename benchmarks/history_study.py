@@ -11,7 +11,10 @@ held-out customers who hold nothing (``cold``). LightGBM with and without the Sa
 ``--split time`` validates out of time instead (``finrec split --by time`` at the history's last
 month-end: train on that month's adoptions, test on the target month of every customer); its
 runs are keyed with a ``/time`` suffix. A variant ``<encoder>+drop<rate>`` trains with that
-holdings dropout (``events+drop0.1`` is today's default config).
+holdings dropout (``events+drop0.1`` is today's default config). ``--tree-blend`` sets
+``model.tree_blend`` for the finrec variants (default ``auto``, which blends on this bank: it has
+a history); runs with a blend are keyed with a ``/blend`` suffix, the runs made before the blend
+existed have none.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def metrics(score, test, pipeline) -> dict:
     return out
 
 
-def run(variant: str, train, test, seed: int, epochs: int) -> dict:
+def run(variant: str, train, test, seed: int, epochs: int, tree_blend: str = "auto") -> dict:
     start = time.perf_counter()
     if variant.startswith("lgbm"):
         model = baselines.LightGBMBaseline(num_threads=2, history_lags=6 if variant == "lgbm_lags" else 0)
@@ -84,12 +87,13 @@ def run(variant: str, train, test, seed: int, epochs: int) -> dict:
 
         encoder, _, dropout = variant.partition("+drop")
         config = Config(
-            model=ModelConfig(history_encoder=encoder),
+            model=ModelConfig(history_encoder=encoder, tree_blend=tree_blend),
             training=TrainConfig(epochs=epochs, seed=seed, holdings_dropout=float(dropout or 0)),
         ).validate()
         trained = fit(train, config, verbose=0)
         result = metrics(trained.score, test, trained.pipeline)
         result["epochs"] = len(trained.history["loss"])
+        result["tree_blend_weight"] = trained.history.get("tree_blend_weight", [0.0])[0]
     if test.ground_truth is not None:
         pipeline = FeaturePipeline(train.schema).fit(train)
         ids, relevant, excluded = ranking_task(pipeline, test)
@@ -107,6 +111,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--variants", nargs="+", default=["none", "events", "flat", "gru", "lgbm", "lgbm_lags"])
     parser.add_argument("--split", choices=("customers", "time"), default="customers")
+    parser.add_argument("--tree-blend", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/history_study.json"))
     args = parser.parse_args()
     train, test = bank(args.customers, args.months, args.seed, args.split)
@@ -114,8 +119,10 @@ def main() -> None:
         train, test = (dataclasses.replace(d, holdings_history=None) for d in (train, test))
     store = json.loads(args.out.read_text()) if args.out.exists() else {}
     for variant in args.variants:
-        result = run(variant, train, test, args.seed, args.epochs)
+        result = run(variant, train, test, args.seed, args.epochs, args.tree_blend)
         key = f"{args.customers}c/{args.months}m/seed{args.seed}/{variant}" + ("/time" if args.split == "time" else "")
+        if not variant.startswith("lgbm") and args.tree_blend != "never" and train.holdings_history is not None:
+            key += "/blend"
         store[key] = result
         print(key, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
         args.out.write_text(json.dumps(store, indent=1, sort_keys=True))

@@ -129,3 +129,55 @@ def test_a_teacher_without_holdings_does_not_read_them(small_dataset):
     np.testing.assert_array_equal(
         blind.score(small_dataset.customers, small_dataset.holdings), blind.score(small_dataset.customers, none)
     )
+
+
+def test_teacher_logits_are_its_log_probabilities_less_the_row_mean(small_dataset, teacher_and_pipeline):
+    teacher, _ = teacher_and_pipeline
+    customers = small_dataset.customers.iloc[:50]
+    logits = teacher.logits(customers, small_dataset.holdings)
+    proba = teacher.score(customers, small_dataset.holdings)
+    known = teacher.classes_
+    assert logits.shape == proba.shape and logits.dtype == np.float32
+    np.testing.assert_allclose(logits[:, known].mean(axis=1), 0.0, atol=1e-5)
+    others = np.setdiff1d(np.arange(logits.shape[1]), known)
+    assert (logits[:, others] == 0).all()
+    softmax = np.exp(logits[:, known]) / np.exp(logits[:, known]).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(softmax, proba[:, known], rtol=1e-4, atol=1e-6)
+    # Given as the held matrix instead of the link table: the same.
+    held = teacher.pipeline_.holdings_matrix(customers["customer_id"].to_numpy(), small_dataset.holdings)
+    np.testing.assert_array_equal(teacher.logits(customers, held=held), logits)
+
+
+def test_a_teacher_survives_its_json_form(small_dataset, teacher_and_pipeline):
+    import json
+
+    from finrec.training.trees import LightGBMBaseline
+
+    teacher, _ = teacher_and_pipeline
+    again = LightGBMBaseline.from_dict(json.loads(json.dumps(teacher.to_dict())))
+    customers = small_dataset.customers.iloc[:200]
+    np.testing.assert_array_equal(
+        again.logits(customers, small_dataset.holdings), teacher.logits(customers, small_dataset.holdings)
+    )
+
+
+def test_a_tree_blend_is_a_dot_product_of_longer_vectors(teacher_and_pipeline):
+    from finrec.training.trees import TreeBlend
+
+    teacher, _ = teacher_and_pipeline
+    rng = np.random.default_rng(0)
+    embeddings, products = rng.normal(size=(7, 4)).astype("float32"), rng.normal(size=(5, 4)).astype("float32")
+    part = rng.normal(size=(7, 5)).astype("float32")
+    blend = TreeBlend(teacher, 0.3, 0.1)
+    got = blend.customer_vectors(embeddings, part) @ blend.product_vectors(products).T
+    np.testing.assert_allclose(got, 0.7 * embeddings @ products.T + part, rtol=1e-5, atol=1e-6)
+
+
+def test_tree_blend_setting_is_checked_and_yaml_booleans_are_named():
+    Config.from_dict({"model": {"tree_blend": "always"}})
+    for bad in ("on", "sometimes"):
+        with pytest.raises(ConfigError, match="model.tree_blend must be one of auto, always, never"):
+            Config.from_dict({"model": {"tree_blend": bad}})
+    # `tree_blend: off` in a YAML file arrives as False: the message says why.
+    with pytest.raises(ConfigError, match="model.tree_blend: expected text, got the boolean False"):
+        Config.from_dict({"model": {"tree_blend": False}})

@@ -12,6 +12,8 @@ Layout::
       history.json             per-epoch training and validation metrics
       calibration.json         optional: per-product maps from score to adoption probability
       monitoring.json          optional: the training population's distributions (``finrec monitor``)
+      tree_blend.json          optional: the tree teacher blended into the scores, its weight and its
+                               LightGBM model in LightGBM's text format (``model.tree_blend``)
 
 A file that is missing, truncated or altered fails its checksum and the directory is refused
 with a message naming the file.
@@ -54,6 +56,8 @@ HISTORY_FILE = "history.json"
 CALIBRATION_FILE = "calibration.json"
 # Optional: models trained before monitoring existed (or saved without a reference) lack it.
 MONITORING_FILE = "monitoring.json"
+# Optional: only a model whose validation chose a tree blend has it (finrec.training.trees.TreeBlend).
+BLEND_FILE = "tree_blend.json"
 
 
 def _sha256(path: Path) -> str:
@@ -94,6 +98,8 @@ def save_model_dir(
         (tmp / HISTORY_FILE).write_text(json.dumps(trained.history, indent=1), encoding="utf-8")
         if getattr(trained, "calibration", None) is not None:
             (tmp / CALIBRATION_FILE).write_text(json.dumps(trained.calibration.to_dict()), encoding="utf-8")
+        if getattr(trained, "blend", None) is not None:
+            (tmp / BLEND_FILE).write_text(json.dumps(trained.blend.to_dict()), encoding="utf-8")
         if monitoring is not None:
             (tmp / MONITORING_FILE).write_text(json.dumps(monitoring, indent=1), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())
@@ -116,7 +122,7 @@ def save_model_dir(
 # and the step floor became the default): a config.yaml written before they existed describes a
 # model trained with the old values, which it must keep saying.
 DEFAULTS_BEFORE = {
-    "model": {"numeric_encoding": "none", "numeric_bins": 16},
+    "model": {"numeric_encoding": "none", "numeric_bins": 16, "tree_blend": "never"},
     "training": {"distill": 0.0, "min_steps_per_epoch": 0, "holdings_dropout": 0.0},
 }
 
@@ -136,7 +142,7 @@ def _load_config(file: Path) -> Config:
 REQUIRED_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, EMBEDDINGS_FILE, PRODUCTS_FILE)
 # Files a model may carry (a model trained before they existed has none); checked like the rest
 # whenever the manifest lists them, and no other name is accepted.
-OPTIONAL_FILES = (CALIBRATION_FILE, MONITORING_FILE)
+OPTIONAL_FILES = (CALIBRATION_FILE, MONITORING_FILE, BLEND_FILE)
 # Read limits for the JSON files, far above what training writes: a file is never read whole
 # into memory before its size is known.
 MAX_MANIFEST_BYTES = 1024**2
@@ -466,7 +472,8 @@ def load_model_dir(
         except FinrecError as exc:
             raise ArtifactError(f"{path}: {exc}") from None
         calibration = _load_calibration_of(path, manifest)
-        served = ServingModel(pipeline, config, products, history, embeddings, calibration, spec)
+        blend = _load_blend_of(path, manifest, pipeline)
+        served = ServingModel(pipeline, config, products, history, embeddings, calibration, spec, blend)
         return LoadedArtifacts(path=path, manifest=manifest, trained=served)
     import keras
 
@@ -490,12 +497,35 @@ def load_model_dir(
         history=history,
         product_embeddings_=embeddings,
         calibration=_load_calibration_of(path, manifest),
+        blend=_load_blend_of(path, manifest, pipeline),
     )
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
 
 
 def _load_calibration_of(path: Path, manifest: dict[str, Any]):
     return _part(path, CALIBRATION_FILE, _load_calibration) if CALIBRATION_FILE in manifest["files"] else None
+
+
+def _load_blend_of(path: Path, manifest: dict[str, Any], pipeline):
+    """The model's ``TreeBlend``, None when it has none; its catalogue must be the pipeline's."""
+    if BLEND_FILE not in manifest["files"]:
+        return None
+    blend = _part(path, BLEND_FILE, _load_blend)
+    if list(blend.teacher.pipeline_.product_ids_) != list(pipeline.product_ids_):
+        raise ArtifactError(f"{path / BLEND_FILE}: its catalogue is not that of {PIPELINE_FILE}")
+    return blend
+
+
+def _load_blend(file: Path):
+    from finrec.training.trees import TreeBlend
+
+    raw = _read_json(file, MAX_JSON_BYTES)
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{file}: not a tree blend (expected a JSON object)")
+    blend = TreeBlend.from_dict(raw)
+    if not (0.0 < blend.weight < 1.0 and blend.temperature > 0 and math.isfinite(blend.temperature)):
+        raise ArtifactError(f"{file}: weight {blend.weight} or temperature {blend.temperature} out of range")
+    return blend
 
 
 @dataclass
@@ -511,6 +541,7 @@ class ServingModel:
     product_embeddings_: np.ndarray
     calibration: Any  # finrec.training.calibration.Calibration | None
     tower_spec: Any  # finrec.model.tower_spec.TowerSpec
+    blend: Any = None  # finrec.training.trees.TreeBlend | None
     model: None = None
 
 

@@ -36,7 +36,6 @@ from finrec.data import schema as S
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.data.validate import check_limits, plausible_limits
 from finrec.errors import DataError, FinrecError
-from finrec.features import HOLDINGS_INPUT
 
 # Uploads are small profiles typed in or exported by an adviser, never a customer base.
 MAX_UPLOAD_BYTES = 1024 * 1024
@@ -158,11 +157,12 @@ class CustomerExplainer:
         return row
 
     def embed(self, X: np.ndarray, holdings_ids: Iterable[str] = ()) -> np.ndarray:
-        """Customer embeddings float32 [n, D] for encoded rows that all hold ``holdings_ids``."""
-        inputs = self.pipeline.transform_customers(self.decode(X))
-        if HOLDINGS_INPUT in inputs:
-            inputs[HOLDINGS_INPUT][:] = self.holdings_row(holdings_ids)
-        return self.recommender.tower(inputs)
+        """Customer vectors for encoded rows that all hold ``holdings_ids``: float32 [n, D], or
+        [n, D + P] with a tree blend (``Recommender.embed``), against the recommender's
+        ``product_embeddings``."""
+        customers = self.decode(X)
+        held = np.repeat(self.holdings_row(holdings_ids)[None, :] > 0, len(customers), axis=0)
+        return self.recommender.embed(self.recommender.context(customers, held=held))
 
     def score_function(self, product_id: str, holdings_ids: Iterable[str] = ()):
         """``f(X [n, F]) -> [n]``: cosine similarity of each encoded customer (holding

@@ -80,11 +80,14 @@ class CustomerContext:
     inputs: dict[str, np.ndarray]
     attributes: dict[str, np.ndarray]
     held: np.ndarray  # bool [n, P]
+    # float32 [n, P]: the tree blend's part of the scores (``TreeBlend.part``); None without a blend
+    tree: np.ndarray | None = None
 
     def take(self, rows: np.ndarray) -> CustomerContext:
         """The customers at ``rows`` (int [m]), for the model's inputs; the filters' attributes
         are left behind (the masks are computed on the whole context)."""
-        return CustomerContext(self.ids[rows], {n: v[rows] for n, v in self.inputs.items()}, {}, self.held[rows])
+        tree = None if self.tree is None else self.tree[rows]
+        return CustomerContext(self.ids[rows], {n: v[rows] for n, v in self.inputs.items()}, {}, self.held[rows], tree)
 
 
 @dataclass
@@ -108,7 +111,10 @@ class Recommender:
         # A model loaded without Keras (``load_model_dir(keras_model=False)``) brings its tower's weights.
         spec = getattr(trained, "tower_spec", None)
         self.tower = NumpyTower.from_spec(spec) if spec is not None else NumpyTower.from_keras(trained.model)
-        self.index = ProductIndex(trained.product_embeddings_)
+        # A tree blend ranks through the same core: each product's vector gains its unit vector.
+        self.blend = getattr(trained, "blend", None)
+        embeddings = trained.product_embeddings_
+        self.index = ProductIndex(embeddings if self.blend is None else self.blend.product_vectors(embeddings))
         self.product_embeddings = self.index.product_embeddings
         self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)
         # The data's schema.yaml is the bank's current word on display; the model's copy serves without data.
@@ -173,14 +179,30 @@ class Recommender:
             ids = ids.astype(str).astype(object)
         if held is None:
             held = self.pipeline.holdings_matrix(ids, holdings)
+        attributes = F.customer_attributes(customers, self.schema)
         return CustomerContext(
             ids=ids,
             inputs=self.pipeline.transform_customers(
                 customers, held=held, history=history, history_reference=history_reference
             ),
-            attributes=F.customer_attributes(customers, self.schema),
+            attributes=attributes,
             held=held,
+            tree=self._tree(customers, held, attributes.get("objected"), history, history_reference),
         )
+
+    def _tree(self, customers, held, objected, history=None, reference=None) -> np.ndarray | None:
+        """The tree blend's part (``TreeBlend.part``) of ``customers``; None without a blend.
+        Customers who objected to profiling for marketing are not run through the trees either:
+        their rows stay 0, as they are never ranked."""
+        if self.blend is None:
+            return None
+        if objected is None or not objected.any():
+            return self.blend.part(customers, held, history, reference)
+        out = np.zeros(held.shape, dtype=np.float32)
+        keep = np.flatnonzero(~objected)
+        if len(keep):
+            out[keep] = self.blend.part(customers.iloc[keep], held[keep], history, reference)
+        return out
 
     def _single(self, customer: str | dict) -> CustomerContext:
         if isinstance(customer, dict):
@@ -197,6 +219,7 @@ class Recommender:
             inputs={name: values[row : row + 1] for name, values in known.inputs.items()},
             attributes={name: values[row : row + 1] for name, values in known.attributes.items()},
             held=known.held[row : row + 1],
+            tree=None if known.tree is None else known.tree[row : row + 1],
         )
 
     def _from_features(self, features: dict) -> CustomerContext:
@@ -241,22 +264,45 @@ class Recommender:
         for column, value in C.check_record(features, self.schema.customers).items():
             record.setdefault(column, value)
         cid = self.schema.customers.id
+        held = np.isin(np.arange(self.pipeline.n_products), positions)[None, :]
+        inputs = self.pipeline.transform_record(record, positions, history)  # checks the history first
+        attributes = F.record_attributes(record, self.schema)
+        tree = None
+        if self.blend is not None:
+            from finrec.history_features import history_records
+
+            c = self.schema.customers
+            columns = (*c.numeric_features, *c.categorical_features)
+            frame = pd.DataFrame([{c.id: "new", **{column: record.get(column) for column in columns}}])
+            for column in c.numeric_features:
+                frame[column] = pd.to_numeric(frame[column], errors="coerce")
+            tree = self._tree(frame, held, attributes.get("objected"), history_records(history) if history else None)
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
-            inputs=self.pipeline.transform_record(record, positions, history),
-            attributes=F.record_attributes(record, self.schema),
-            held=np.isin(np.arange(self.pipeline.n_products), positions)[None, :],
+            inputs=inputs,
+            attributes=attributes,
+            held=held,
+            tree=tree,
         )
 
     # ------------------------------------------------------------------------------ scoring
     def embed(self, context: CustomerContext, workers: int | None = None) -> np.ndarray:
-        """Customer embeddings float32 [n, D] through the numpy tower (``workers`` threads; None:
-        the tower's own setting)."""
+        """Customer vectors through the numpy tower (``workers`` threads; None: the tower's own
+        setting): the embeddings float32 [n, D], or with a tree blend [n, D + P] (``TreeBlend``),
+        against ``self.product_embeddings`` either way."""
         tower = self.tower if workers is None else dataclasses.replace(self.tower, workers=workers)
-        return tower(context.inputs)
+        embeddings = tower(context.inputs)
+        if self.blend is None:
+            return embeddings
+        if context.tree is None:
+            raise FinrecError(
+                "this model blends a tree model into its scores: build the context with Recommender.context"
+            )
+        return self.blend.customer_vectors(embeddings, context.tree)
 
     def scores(self, context: CustomerContext) -> np.ndarray:
-        """Cosine similarity float32 [n, P]."""
+        """Scores float32 [n, P]: the cosine similarity, or with a tree blend the blended score
+        (``finrec.training.trees.TreeBlend``)."""
         return self.index.scores(self.embed(context))
 
     def probabilities(self, context: CustomerContext, scores: np.ndarray | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ from finrec.features import FeaturePipeline
 from finrec.model import losses as L
 from finrec.model.two_tower import build_two_tower, customer_embeddings, product_embeddings
 from finrec.training.calibration import Calibration, fit_calibration
-from finrec.training.trees import fit_teacher, teacher_targets
+from finrec.training.trees import BLEND_WEIGHTS, TreeBlend, fit_teacher, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ class TrainedModel:
     history: dict[str, list[float]] = field(default_factory=dict)
     product_embeddings_: np.ndarray | None = None
     calibration: Calibration | None = None  # scores -> adoption probabilities; None: the model has none
+    blend: TreeBlend | None = None  # the tree teacher blended into the scores (model.tree_blend); None: towers alone
 
     def __post_init__(self):
         if self.product_embeddings_ is None:
@@ -242,8 +243,13 @@ class TrainedModel:
     def score(
         self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
     ) -> np.ndarray:
-        """Cosine similarity of each customer with each product: float32 [n, P]."""
-        return self.customer_embeddings(customers, holdings, history) @ self.product_embeddings_.T
+        """Cosine similarity of each customer with each product, float32 [n, P]; with a tree
+        blend, ``(1 - weight) * cosine + weight * temperature * t(c)`` (``TreeBlend``)."""
+        cosine = self.customer_embeddings(customers, holdings, history) @ self.product_embeddings_.T
+        if self.blend is None:
+            return cosine
+        held = self.pipeline.holdings_matrix(customers[self.pipeline.schema.customers.id].to_numpy(), holdings)
+        return cosine * np.float32(1.0 - self.blend.weight) + self.blend.part(customers, held, history)
 
 
 def make_loss(
@@ -448,7 +454,9 @@ def fit(
     examples = build_examples(pipeline, train_data)
     examples.drop_remainder(batch_multiple)
     split_bins = model_config.split_bins if pipeline.customer_bins_ is not None else 0
-    if training.distill > 0 or split_bins:
+    blend = wants_blend(model_config, dataset)
+    teacher = None
+    if training.distill > 0 or split_bins or blend:
         # Fitted on the training customers only: validation and calibration stay unseen.
         lags = model_config.history_lags if model_config.history_encoder != "none" else 0
         teacher = fit_teacher(
@@ -486,8 +494,48 @@ def fit(
         callbacks,
         record={"train_examples": [float(len(examples))], "distilled": [float(examples.soft_targets is not None)]},
     )
+    if blend and teacher is not None:
+        trained.blend = choose_blend(trained, teacher, val_data)
     trained.calibration = calibrate(trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])))
     return trained
+
+
+def wants_blend(model_config, dataset: Dataset) -> bool:
+    """Whether ``fit`` tries a tree blend: ``model.tree_blend`` ``always``, or ``auto`` on data
+    with a holdings history that the model reads (its teacher then has the lag features)."""
+    if model_config.tree_blend == "auto":
+        history = dataset.holdings_history
+        return history is not None and len(history) > 0 and model_config.history_encoder != "none"
+    return model_config.tree_blend == "always"
+
+
+def choose_blend(
+    trained: TrainedModel, teacher, val_data: Dataset, weights: tuple[float, ...] = BLEND_WEIGHTS
+) -> TreeBlend | None:
+    """The tree blend (``TreeBlend``) whose weight ranks the validation customers best (nDCG at
+    ``training.eval_k``; a tie goes to the smaller weight), or None when that weight is 0. The
+    teacher never saw these customers; the towers' early stopping did, which favours the towers."""
+    if list(teacher.pipeline_.product_ids_) != list(trained.pipeline.product_ids_):
+        log.warning("tree blend skipped: the teacher's catalogue order differs from the model's")
+        return None
+    pipeline, training = trained.pipeline, trained.config.training
+    cid = val_data.schema.customers.id
+    ids = val_data.customers[cid].to_numpy()
+    held = pipeline.holdings_matrix(ids, val_data.holdings)
+    relevant = pipeline.holdings_matrix(ids, val_data.interactions)
+    excluded = held & ~relevant
+    cosine = trained.score(val_data.customers, val_data.holdings, val_data.holdings_history)
+    unit = TreeBlend(teacher, 1.0, training.temperature).part(
+        val_data.customers, held, val_data.holdings_history
+    )  # temperature * t(c)
+    k = training.eval_k
+    found = {w: summarize((1 - w) * cosine + w * unit, relevant, excluded, k=k)[f"ndcg@{k}"] for w in weights}
+    best = max(found, key=lambda w: (found[w], -w))
+    log.info(
+        "tree blend: validation nDCG@%d by weight %s; chosen %s", k, {w: round(v, 4) for w, v in found.items()}, best
+    )
+    trained.history["tree_blend_weight"] = [float(best)]
+    return TreeBlend(teacher, float(best), training.temperature) if best > 0 else None
 
 
 SMALLEST_BATCH = 32

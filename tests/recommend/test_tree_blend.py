@@ -1,0 +1,186 @@
+"""A tree blend (``model.tree_blend``, ``finrec.training.trees.TreeBlend``) ranks the same through
+every path: training's scores, the numpy recommender (by id and by raw features), a saved and
+loaded model, and batch scoring in chunks with a history."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.config import Config, ModelConfig, TrainConfig
+from finrec.data import schema as S
+from finrec.recommend.recommender import Recommender
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    """A bank with a past where most customers lack the latest snapshot: a chunk's own latest
+    month is then older than the table's, which the trees' lags must not take as "now"."""
+    from finrec.data.io import load_dataset, write_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+
+    tables = generate(GeneratorSettings(n_customers=900, seed=4, months=5))
+    history = tables[S.HOLDINGS_HISTORY]
+    latest = history[S.AS_OF] == history[S.AS_OF].max()
+    keep = set(history[S.CUSTOMER_ID][latest].iloc[:40])
+    tables[S.HOLDINGS_HISTORY] = history[~latest | history[S.CUSTOMER_ID].isin(keep)].reset_index(drop=True)
+    folder = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path_factory.mktemp("blend") / "bank")
+    return folder, load_dataset(folder)
+
+
+def small_config(tree_blend: str) -> Config:
+    return Config(
+        model=ModelConfig(customer_widths=(32,), product_widths=(32,), embedding_dim=16, tree_blend=tree_blend),
+        training=TrainConfig(epochs=2, batch_size=128, distill=0.0, min_steps_per_epoch=0),
+    ).validate()
+
+
+@pytest.fixture(scope="module")
+def blended(bank):
+    """A model trained with ``tree_blend: always`` whose blend weight is forced to 0.5 (the
+    validation customers of so small a bank may pick 0, which is no blend to test)."""
+    from finrec.training import train
+
+    _, data = bank
+    trained = train.fit(data, small_config("never"), verbose=0)
+    teacher = train.fit_teacher(data, 0, history_lags=trained.config.model.history_lags)
+    trained.blend = train.choose_blend(trained, teacher, data.subset_customers(_adopters(data)[:200]), weights=(0.5,))
+    assert trained.blend is not None and trained.blend.weight == 0.5
+    return trained
+
+
+def _adopters(data) -> np.ndarray:
+    return np.sort(data.interactions[S.CUSTOMER_ID].astype(str).unique())
+
+
+def test_fit_tries_a_blend_only_where_asked(bank, trained, monkeypatch):
+    from finrec.training import train
+
+    _, data = bank
+    calls = []
+    real = train.choose_blend
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "choose_blend", spy)
+    assert train.wants_blend(ModelConfig(), data) and not train.wants_blend(ModelConfig(tree_blend="never"), data)
+    assert not train.wants_blend(ModelConfig(history_encoder="none"), data)  # told to ignore the history
+    without_history = type(data)(**{**vars(data), "holdings_history": None})
+    assert not train.wants_blend(ModelConfig(), without_history)
+    assert train.wants_blend(ModelConfig(tree_blend="always"), without_history)
+    fitted = train.fit(data, small_config("auto"), verbose=0)
+    assert calls == [1] and "tree_blend_weight" in fitted.history
+    assert (fitted.blend is None) == (fitted.history["tree_blend_weight"][0] == 0.0)
+    # The session's model (no history, default auto) has no blend and never fitted one.
+    assert trained.blend is None and "tree_blend_weight" not in trained.history
+
+
+def test_the_chosen_weight_is_the_best_on_the_validation_customers(bank, blended):
+    from finrec.evaluate.metrics import summarize
+    from finrec.training import train
+
+    _, data = bank
+    val = data.subset_customers(_adopters(data)[200:500])
+    teacher = blended.blend.teacher
+    assert train.choose_blend(blended, teacher, val, weights=(0.0,)) is None
+    weights = (0.0, 0.3, 0.6, 0.9)
+    chosen = train.choose_blend(blended, teacher, val, weights=weights)
+    ids = val.customers[S.CUSTOMER_ID].to_numpy()
+    pipeline = blended.pipeline
+    relevant = pipeline.holdings_matrix(ids, val.interactions)
+    excluded = pipeline.holdings_matrix(ids, val.holdings) & ~relevant
+    cosine = (
+        blended.score(val.customers, val.holdings, val.holdings_history)
+        - blended.blend.part(val.customers, pipeline.holdings_matrix(ids, val.holdings), val.holdings_history)
+    ) / (1 - blended.blend.weight)
+    unit = teacher.logits(val.customers, val.holdings, val.holdings_history) * blended.config.training.temperature
+    found = [summarize((1 - w) * cosine + w * unit, relevant, excluded, k=5)["ndcg@5"] for w in weights]
+    best = weights[int(np.argmax(found))]
+    assert (chosen.weight if chosen is not None else 0.0) == best
+
+
+def test_blended_scores_agree_on_every_path(bank, blended, tmp_path):
+    from finrec.artifacts import BLEND_FILE, load_model_dir, save_model_dir
+
+    folder, data = bank
+    want = blended.score(data.customers, data.holdings, data.holdings_history)
+    cosine = blended.customer_embeddings(data.customers, data.holdings, data.holdings_history)
+    cosine = cosine @ blended.product_embeddings_.T
+    assert np.abs(want - cosine).max() > 0.01  # the trees move the scores
+    rec = Recommender(blended, data)
+    context = rec._known
+    objected = context.attributes["objected"]
+    assert objected.any() and (~objected).sum() > 500
+    np.testing.assert_allclose(rec.scores(context)[~objected], want[~objected], atol=1e-5)
+    # Objectors are not profiled by the trees either.
+    assert (context.tree[objected] == 0).all() and np.abs(context.tree[~objected]).max() > 0
+
+    save_model_dir(blended, tmp_path / "model")
+    raw = json.loads((tmp_path / "model" / BLEND_FILE).read_text())
+    assert raw["weight"] == 0.5 and "pandas_categorical" in raw["teacher"]["booster"]
+    loaded = Recommender(load_model_dir(tmp_path / "model").trained, data)
+    np.testing.assert_array_equal(loaded.scores(loaded._known), rec.scores(context))
+
+    # One customer by id and the same customer as raw values, holdings and history: one ranking.
+    row = int(np.flatnonzero(~objected & (data.customers[S.CUSTOMER_ID].isin(data.holdings_history[S.CUSTOMER_ID])))[0])
+    cid = str(data.customers[S.CUSTOMER_ID].iloc[row])
+    record = data.customers.iloc[row].to_dict()
+    record["holdings"] = data.holdings[data.holdings[S.CUSTOMER_ID] == cid][S.PRODUCT_ID].tolist()
+    past = data.holdings_history[data.holdings_history[S.CUSTOMER_ID] == cid]
+    record["history"] = [{"product_id": p, "as_of": str(d.date())} for p, d in zip(past[S.PRODUCT_ID], past[S.AS_OF])]
+    by_id, by_values = rec.recommend(cid, k=5), rec.recommend(record, k=5)
+    assert [i.product_id for i in by_id.items] == [i.product_id for i in by_values.items]
+    np.testing.assert_allclose([i.score for i in by_id.items], [i.score for i in by_values.items], atol=1e-5)
+
+
+def test_batch_scoring_in_chunks_ranks_as_in_memory(bank, blended, tmp_path):
+    from finrec.recommend.batch import score_dataset
+
+    folder, data = bank
+    out = tmp_path / "top.parquet"
+    score_dataset(Recommender(blended), folder, out, k=3, chunk_rows=64, workers=2)
+    top = pd.read_parquet(out)
+    full = Recommender(blended, data)
+    ranking = full.rank(full._known, 3, None)
+    ids = full.pipeline.product_ids_
+    want = {
+        (cid, r + 1): (ids[i], s)
+        for cid, row, srow in zip(full._known.ids, ranking.index, ranking.scores)
+        for r, (i, s) in enumerate(zip(row, srow))
+        if i >= 0
+    }
+    assert len(top) == len(want) > 0
+    for cid, rank, pid, score in top[["customer_id", "rank", "product_id", "score"]].itertuples(index=False):
+        assert want[(cid, rank)][0] == pid and abs(want[(cid, rank)][1] - score) < 1e-5
+
+
+def test_a_blend_file_that_is_not_the_models_is_refused(bank, blended, tmp_path):
+    import hashlib
+
+    from finrec.artifacts import BLEND_FILE, MANIFEST, load_model_dir, save_model_dir
+    from finrec.errors import ArtifactError
+
+    save_model_dir(blended, tmp_path / "model")
+    file = tmp_path / "model" / BLEND_FILE
+    for change, message in (
+        (lambda raw: raw.update(weight=1.5), "out of range"),
+        (
+            lambda raw: raw["teacher"]["pipeline"].update(product_ids=raw["teacher"]["pipeline"]["product_ids"][::-1]),
+            "catalogue",
+        ),
+        (lambda raw: raw.pop("teacher"), BLEND_FILE),
+    ):
+        raw = json.loads(file.read_text())
+        change(raw)
+        file.write_text(json.dumps(raw))
+        manifest = json.loads((tmp_path / "model" / MANIFEST).read_text())
+        manifest["files"][BLEND_FILE] = hashlib.sha256(file.read_bytes()).hexdigest()
+        (tmp_path / "model" / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match=message):
+            load_model_dir(tmp_path / "model")
+        save_model_dir(blended, tmp_path / "model")
