@@ -184,3 +184,22 @@ def test_a_blend_file_that_is_not_the_models_is_refused(bank, blended, tmp_path)
         with pytest.raises(ArtifactError, match=message):
             load_model_dir(tmp_path / "model")
         save_model_dir(blended, tmp_path / "model")
+
+
+def test_explanations_score_the_blend(bank, blended):
+    # SHAP explains the score the customer is ranked by: with a blend, the trees' part included.
+    from finrec.explain import CustomerExplainer
+
+    _, data = bank
+    rec = Recommender(blended, data)
+    explainer = CustomerExplainer(rec)
+    customers = explainer.background.head(20).reset_index(drop=True)
+    X = explainer.encode(customers)
+    product = rec.pipeline.product_ids_[3]
+    got = explainer.score_function(product)(X)
+    decoded = explainer.decode(X)
+    nothing = np.zeros((len(X), rec.pipeline.n_products), dtype=bool)
+    context = rec.context(decoded, held=nothing)
+    np.testing.assert_allclose(got, rec.scores(context)[:, 3], atol=1e-5)
+    towers_only = rec.tower(context.inputs) @ blended.product_embeddings_[3]
+    assert np.abs(got - towers_only).max() > 1e-3

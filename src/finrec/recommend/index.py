@@ -597,7 +597,12 @@ class ProductIndex:
 
     @classmethod
     def from_trained(cls, trained) -> ProductIndex:
-        return cls(trained.product_embeddings_)
+        """The index of a trained (or loaded) model: its product embeddings, or with a tree blend
+        its product vectors ``[v_p, e_p]`` (``finrec.training.trees.TreeBlend``), which score the
+        blend against the customer vectors ``Recommender.embed`` gives."""
+        blend = getattr(trained, "blend", None)
+        embeddings = trained.product_embeddings_
+        return cls(embeddings if blend is None else blend.product_vectors(embeddings))
 
     @property
     def n_products(self) -> int:

@@ -113,8 +113,7 @@ class Recommender:
         self.tower = NumpyTower.from_spec(spec) if spec is not None else NumpyTower.from_keras(trained.model)
         # A tree blend ranks through the same core: each product's vector gains its unit vector.
         self.blend = getattr(trained, "blend", None)
-        embeddings = trained.product_embeddings_
-        self.index = ProductIndex(embeddings if self.blend is None else self.blend.product_vectors(embeddings))
+        self.index = ProductIndex.from_trained(trained)
         self.product_embeddings = self.index.product_embeddings
         self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)
         # The data's schema.yaml is the bank's current word on display; the model's copy serves without data.

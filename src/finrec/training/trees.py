@@ -6,7 +6,8 @@ competition; ``shared/reference.md``), because a bank's rules are thresholds and
 find and a smooth MLP does not. Distillation gives the towers that knowledge: a small, fixed tree
 model (``TEACHER``, seconds to fit) is fitted on the training customers, and its adoption
 distribution over each customer's products not held becomes a second target of the loss
-(``finrec.model.losses.Distillation``). Serving does not change: the towers alone rank.
+(``finrec.model.losses.Distillation``). Distillation alone changes nothing at serving: the towers
+rank. A ``TreeBlend`` (``model.tree_blend``) also adds the teacher's log-probabilities to the scores.
 """
 
 from __future__ import annotations
