@@ -181,3 +181,25 @@ def test_tree_blend_setting_is_checked_and_yaml_booleans_are_named():
     # `tree_blend: off` in a YAML file arrives as False: the message says why.
     with pytest.raises(ConfigError, match="model.tree_blend: expected text, got the boolean False"):
         Config.from_dict({"model": {"tree_blend": False}})
+
+
+def test_one_record_and_a_matrix_give_the_trees_the_frame_they_were_fitted_on(small_dataset, teacher_and_pipeline):
+    teacher, _ = teacher_and_pipeline
+    customers = small_dataset.customers.iloc[:40].copy().reset_index(drop=True)
+    numeric = teacher.pipeline_.customer_numeric_[0].column
+    category = next(iter(teacher.pipeline_.customer_vocab_))
+    customers.loc[0, numeric] = np.nan  # missing
+    customers[category] = customers[category].astype(object)
+    customers.loc[1, category] = "a value never seen"
+    customers.loc[2, category] = None
+    held = teacher.pipeline_.holdings_matrix(customers["customer_id"].to_numpy(), small_dataset.holdings)
+    frame = teacher.features(customers, held=held)
+    matrix = teacher.matrix(customers, held=held)
+    # LightGBM reads the frame's categories as their codes: both inputs predict the same.
+    np.testing.assert_array_equal(
+        teacher.booster_.predict(frame, raw_score=True), teacher.booster_.predict(matrix, raw_score=True)
+    )
+    assert np.isnan(matrix[0, 0]) and np.isnan(matrix[1:3, frame.columns.get_loc(f"cat_{category}")]).all()
+    for row in range(5):
+        record = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in customers.iloc[row].items()}
+        np.testing.assert_array_equal(teacher.record_matrix(record, held[row : row + 1]), matrix[row : row + 1])

@@ -268,14 +268,11 @@ class Recommender:
         attributes = F.record_attributes(record, self.schema)
         tree = None
         if self.blend is not None:
-            from finrec.history_features import history_records
+            tree = np.zeros(held.shape, dtype=np.float32)
+            if not attributes["objected"][0]:  # an objector is not run through the trees either
+                from finrec.history_features import history_records
 
-            c = self.schema.customers
-            columns = (*c.numeric_features, *c.categorical_features)
-            frame = pd.DataFrame([{c.id: "new", **{column: record.get(column) for column in columns}}])
-            for column in c.numeric_features:
-                frame[column] = pd.to_numeric(frame[column], errors="coerce")
-            tree = self._tree(frame, held, attributes.get("objected"), history_records(history) if history else None)
+                tree = self.blend.record_part(record, held, history_records(history) if history else None)
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
             inputs=inputs,

@@ -107,24 +107,77 @@ class LightGBMBaseline:
         held: np.ndarray | None = None,
         reference: int | None = None,
     ) -> pd.DataFrame:
-        """The feature frame of ``customers`` (rows in the order given). Their holdings come from
-        the ``holdings`` link table or, already matched to the rows in the catalogue's order, as
-        ``held`` bool [n, P]; ``reference``: the history's latest month when ``history`` is one
-        chunk's slice of a larger table (``HistoryFeatures.ownership``)."""
+        """The feature frame of ``customers`` (rows in the order given), categoricals as pandas
+        categories: what ``fit`` trains on. Their holdings come from the ``holdings`` link table
+        or, already matched to the rows in the catalogue's order, as ``held`` bool [n, P];
+        ``reference``: the history's latest month when ``history`` is one chunk's slice of a
+        larger table (``HistoryFeatures.ownership``)."""
+        columns = self._columns(customers, holdings, history, held, reference)
+        for col, vocab in self.pipeline_.customer_vocab_.items():
+            codes = columns[f"cat_{col}"]
+            columns[f"cat_{col}"] = pd.Categorical.from_codes(np.where(np.isnan(codes), -1, codes).astype(int), vocab)
+        return pd.DataFrame(columns, index=pd.RangeIndex(len(customers)))
+
+    def matrix(
+        self,
+        customers: pd.DataFrame,
+        holdings: pd.DataFrame | None = None,
+        history: pd.DataFrame | None = None,
+        held: np.ndarray | None = None,
+        reference: int | None = None,
+    ) -> np.ndarray:
+        """float64 [n, F]: ``features`` with each category as its code (NaN: missing or unseen),
+        as LightGBM reads a pandas frame; predicting from it skips pandas' conversion."""
+        return _stack(self._columns(customers, holdings, history, held, reference), len(customers))
+
+    def record_matrix(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None) -> np.ndarray:
+        """float64 [1, F]: ``matrix`` of one customer given as raw values (the request path:
+        dict lookups instead of pandas, which cost ~20 ms a request); ``held`` bool [1, P];
+        ``history``: its snapshots as a frame of customer id ``"new"`` or None."""
+        pipeline = self.pipeline_
+        numeric = {}
+        for stats in pipeline.customer_numeric_:
+            value = record.get(stats.column)
+            numeric[stats.column] = np.array([np.nan if value is None else float(value)])
+        codes = {}
+        if not hasattr(self, "_code_of"):
+            self._code_of = {
+                col: {v: i for i, v in enumerate(vocab)} for col, vocab in pipeline.customer_vocab_.items()
+            }
+        for col in pipeline.customer_vocab_:
+            value = record.get(col)
+            missing = value is None or (isinstance(value, float) and np.isnan(value))
+            code = -1 if missing else self._code_of[col].get(str(value), -1)
+            codes[col] = np.array([np.nan if code < 0 else float(code)])
+        columns = self._assemble(numeric, codes, np.array(["new"], dtype=object), held, history, None)
+        return _stack(columns, 1)
+
+    def _columns(self, customers, holdings, history, held, reference) -> dict[str, np.ndarray]:
         pipeline = self.pipeline_
         pipeline.check_customer_columns(customers)
-        columns: dict[str, object] = {}
-        for stats in pipeline.customer_numeric_:
-            columns[f"num_{stats.column}"] = pd.to_numeric(customers[stats.column], errors="coerce").to_numpy(
-                dtype="float64"
-            )
+        numeric = {
+            stats.column: pd.to_numeric(customers[stats.column], errors="coerce").to_numpy(dtype="float64")
+            for stats in pipeline.customer_numeric_
+        }
+        codes = {}
         for col, vocab in pipeline.customer_vocab_.items():
             values = customers[col].astype(object).where(customers[col].notna(), None)
             text = np.array([None if v is None else str(v) for v in values], dtype=object)
-            columns[f"cat_{col}"] = pd.Categorical(text, categories=vocab)
+            found = pd.Categorical(text, categories=vocab).codes.astype("float64")
+            found[found < 0] = np.nan
+            codes[col] = found
         cid = pipeline.schema.customers.id
         ids = customers[cid].to_numpy() if cid in customers else np.full(len(customers), None)
         held = pipeline.holdings_matrix(ids, holdings) if held is None else np.asarray(held, dtype=bool)
+        return self._assemble(numeric, codes, ids, held, history, reference)
+
+    def _assemble(self, numeric, codes, ids, held, history, reference) -> dict[str, np.ndarray]:
+        """The columns in the order the trees were fitted on: numerics, category codes,
+        holdings, then the lag set."""
+        pipeline = self.pipeline_
+        columns: dict[str, np.ndarray] = {f"num_{s.column}": numeric[s.column] for s in pipeline.customer_numeric_}
+        columns.update({f"cat_{col}": codes[col] for col in pipeline.customer_vocab_})
+        held = np.asarray(held, dtype=bool)
         if getattr(self, "use_holdings", True):
             for j in range(pipeline.n_products):
                 columns[f"held_{j}"] = held[:, j].astype("float32")
@@ -133,7 +186,7 @@ class LightGBMBaseline:
             for name, values in self.lags_.lag_table(cube).items():
                 for j in range(pipeline.n_products):
                     columns[f"{name}_{j}"] = values[:, j]
-        return pd.DataFrame(columns, index=pd.RangeIndex(len(customers)))
+        return columns
 
     def fit(self, dataset, seed: int = 0) -> LightGBMBaseline:
         _passive_openmp()
@@ -280,7 +333,7 @@ class LightGBMBaseline:
         if len(customers) == 0:
             return out
         if self.objective == "binary":
-            x = self.features(customers.reset_index(drop=True), holdings, history)
+            x = self.matrix(customers.reset_index(drop=True), holdings, history)
             for p in self.classes_:
                 booster = self.boosters_.get(p)
                 if booster is None:
@@ -291,7 +344,7 @@ class LightGBMBaseline:
         if self.booster_ is None:
             out[:, self.classes_] = 1.0
             return out
-        x = self.features(customers.reset_index(drop=True), holdings, history)
+        x = self.matrix(customers.reset_index(drop=True), holdings, history)
         proba = self.booster_.predict(x, num_iteration=self.best_iteration_)
         out[:, self.classes_] = np.asarray(proba).reshape(len(customers), len(self.classes_))
         return out
@@ -308,14 +361,22 @@ class LightGBMBaseline:
         each product less the row's mean over the products it knows, which is its
         log-probability up to a per-customer constant; 0 for a product never adopted in
         training (arguments as ``features``)."""
-        out = np.zeros((len(customers), self.pipeline_.n_products), dtype=np.float32)
         if self.objective != "multiclass" or self.booster_ is None or len(customers) == 0:
+            return np.zeros((len(customers), self.pipeline_.n_products), dtype=np.float32)
+        return self._logits_of(self.matrix(customers.reset_index(drop=True), holdings, history, held, reference))
+
+    def _logits_of(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x), self.pipeline_.n_products), dtype=np.float32)
+        if self.objective != "multiclass" or self.booster_ is None or len(x) == 0:
             return out
-        x = self.features(customers.reset_index(drop=True), holdings, history, held, reference)
         raw = np.asarray(self.booster_.predict(x, num_iteration=self.best_iteration_, raw_score=True), "float64")
-        raw = raw.reshape(len(customers), len(self.classes_))
+        raw = raw.reshape(len(x), len(self.classes_))
         out[:, self.classes_] = raw - raw.mean(axis=1, keepdims=True)
         return out
+
+    def record_logits(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None) -> np.ndarray:
+        """``logits`` of one customer given as raw values (``record_matrix``): float32 [1, P]."""
+        return self._logits_of(self.record_matrix(record, held, history))
 
     def to_dict(self) -> dict:
         """A fitted multiclass model as JSON-ready values: its settings, its feature pipeline,
@@ -355,6 +416,13 @@ class LightGBMBaseline:
         model.best_iteration_ = int(raw["best_iteration"])
         model.booster_ = None if raw["booster"] is None else lgb.Booster(model_str=str(raw["booster"]))
         return model
+
+
+def _stack(columns: dict[str, np.ndarray], n: int) -> np.ndarray:
+    out = np.empty((n, len(columns)), dtype="float64")
+    for j, values in enumerate(columns.values()):
+        out[:, j] = values
+    return out
 
 
 def _passive_openmp() -> None:
@@ -448,6 +516,11 @@ class TreeBlend:
     ) -> np.ndarray:
         """float32 [n, P]: ``weight * temperature * t(c)`` of ``customers`` holding ``held``."""
         logits = self.teacher.logits(customers, held=held, history=history, reference=reference)
+        return (logits * np.float32(self.weight * self.temperature)).astype(np.float32, copy=False)
+
+    def record_part(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None) -> np.ndarray:
+        """``part`` of one customer given as raw values (``LightGBMBaseline.record_matrix``)."""
+        logits = self.teacher.record_logits(record, held, history)
         return (logits * np.float32(self.weight * self.temperature)).astype(np.float32, copy=False)
 
     def customer_vectors(self, embeddings: np.ndarray, part: np.ndarray) -> np.ndarray:
