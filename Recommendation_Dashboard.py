@@ -716,7 +716,7 @@ def model_tab(model_dir: str, data_dir: str | None, rec: Recommender) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Products", len(rec.pipeline.product_ids_))
     c2.metric("Known customers", f"{len(rec.known_customers):,}")
-    c3.metric("Embedding size", rec.product_embeddings.shape[1])
+    c3.metric("Embedding size", rec.tower.embedding_dim)  # the towers' (a tree blend lengthens the vectors)
     c4.metric("Epochs trained", len(history.get("loss", [])))
     st.markdown("##### Ranking quality")
     path = Path(model_dir).resolve().parent / EVALUATION_FILE

@@ -203,3 +203,17 @@ def test_explanations_score_the_blend(bank, blended):
     np.testing.assert_allclose(got, rec.scores(context)[:, 3], atol=1e-5)
     towers_only = rec.tower(context.inputs) @ blended.product_embeddings_[3]
     assert np.abs(got - towers_only).max() > 1e-3
+
+
+def test_the_model_risk_report_states_the_blend_and_the_teacher(blended, trained):
+    # A validator signs off the scoring function: the report's method section names the trees.
+    import types
+
+    from finrec.governance.report import scoring_notes
+
+    notes = scoring_notes(blended)
+    assert len(notes) == 1 and notes[0].startswith("Tree blend: the score is 0.5 x the cosine + 0.5 x 0.1 x")
+    assert "with the holdings history's lag features" in notes[0] and "protected columns included" in notes[0]
+    assert scoring_notes(trained) == []  # the session's model: no teacher, no blend
+    distilled = scoring_notes(types.SimpleNamespace(config=Config(), blend=None))
+    assert len(distilled) == 1 and "0.8 x the cross-entropy against a multiclass LightGBM teacher" in distilled[0]

@@ -238,6 +238,8 @@ def method_section(ctx: Context) -> Section:
         if isinstance(part, dict)
         for key, value in part.items()
     ]
+    for text in scoring_notes(ctx.trained):
+        section.p(text)
     section.table(rows)
     history = ctx.trained.history
     losses = {name: values for name, values in history.items() if name in ("loss", "val_loss")}
@@ -249,6 +251,31 @@ def method_section(ctx: Context) -> Section:
     if quality:
         section.img(svg.line_chart(quality, "validation metrics per epoch", "epoch"), "validation metrics")
     return section
+
+
+def scoring_notes(trained) -> list[str]:
+    """What a validator must know beyond the towers: a tree teacher the loss distils, and a tree
+    model blended into the score itself."""
+    notes = []
+    training = trained.config.training
+    if training.distill > 0:
+        notes.append(
+            f"Distillation: the loss is {1 - training.distill:.2g} x the adoptions' cross-entropy + "
+            f"{training.distill:.2g} x the cross-entropy against a multiclass LightGBM teacher fitted on the "
+            "training customers. The teacher is not used at scoring unless a tree blend is listed below."
+        )
+    blend = getattr(trained, "blend", None)
+    if blend is not None:
+        teacher = blend.teacher
+        lags = "with the holdings history's lag features" if teacher.lags_ is not None else "without history features"
+        protected = "protected columns excluded" if teacher.exclude_protected else "protected columns included"
+        notes.append(
+            f"Tree blend: the score is {1 - blend.weight:.2g} x the cosine + {blend.weight:.2g} x "
+            f"{blend.temperature:g} x the LightGBM model's logit less its mean over the products "
+            f"(weight chosen on validation customers). The LightGBM model ({teacher.best_iteration_} rounds, "
+            f"{len(teacher.classes_)} products, {protected}, {lags}) runs on every customer scored."
+        )
+    return notes
 
 
 def _prepare_outcomes(ctx: Context) -> None:
