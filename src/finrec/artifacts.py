@@ -511,8 +511,27 @@ def _load_blend_of(path: Path, manifest: dict[str, Any], pipeline):
     if BLEND_FILE not in manifest["files"]:
         return None
     blend = _part(path, BLEND_FILE, _load_blend)
-    if list(blend.teacher.pipeline_.product_ids_) != list(pipeline.product_ids_):
+    teacher = blend.teacher
+    if list(teacher.pipeline_.product_ids_) != list(pipeline.product_ids_):
         raise ArtifactError(f"{path / BLEND_FILE}: its catalogue is not that of {PIPELINE_FILE}")
+    classes = np.asarray(teacher.classes_)
+    booster = teacher.booster_
+    problem = None
+    if (
+        classes.size == 0
+        or (classes < 0).any()
+        or (classes >= pipeline.n_products).any()
+        or (np.diff(classes) <= 0).any()
+    ):
+        problem = "its products are not increasing positions in the catalogue"
+    elif booster is not None and booster.num_model_per_iteration() != len(classes):
+        problem = f"its trees score {booster.num_model_per_iteration()} products, its list names {len(classes)}"
+    elif booster is not None:
+        width = teacher.record_matrix({}, np.zeros((1, pipeline.n_products), dtype=bool)).shape[1]
+        if booster.num_feature() != width:
+            problem = f"its trees read {booster.num_feature()} features, its settings give {width}"
+    if problem:
+        raise ArtifactError(f"{path / BLEND_FILE}: {problem}; damaged or altered")
     return blend
 
 

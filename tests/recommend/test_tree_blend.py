@@ -117,8 +117,9 @@ def test_blended_scores_agree_on_every_path(bank, blended, tmp_path):
     objected = context.attributes["objected"]
     assert objected.any() and (~objected).sum() > 500
     np.testing.assert_allclose(rec.scores(context)[~objected], want[~objected], atol=1e-5)
-    # Objectors are not profiled by the trees either.
+    # Objectors are not profiled by the trees either, in serving nor in training's scores.
     assert (context.tree[objected] == 0).all() and np.abs(context.tree[~objected]).max() > 0
+    np.testing.assert_allclose(want[objected], (1 - blended.blend.weight) * cosine[objected], atol=1e-6)
 
     save_model_dir(blended, tmp_path / "model")
     raw = json.loads((tmp_path / "model" / BLEND_FILE).read_text())
@@ -174,6 +175,9 @@ def test_a_blend_file_that_is_not_the_models_is_refused(bank, blended, tmp_path)
             "catalogue",
         ),
         (lambda raw: raw.pop("teacher"), BLEND_FILE),
+        (lambda raw: raw["teacher"].update(classes=raw["teacher"]["classes"] + [99]), "increasing positions"),
+        (lambda raw: raw["teacher"].update(classes=raw["teacher"]["classes"][:-1]), "its trees score"),
+        (lambda raw: raw["teacher"].update(use_holdings=False), "its trees read"),
     ):
         raw = json.loads(file.read_text())
         change(raw)

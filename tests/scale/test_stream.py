@@ -234,7 +234,7 @@ def test_streamed_history_features_equal_the_in_memory_ones(tmp_path):
 
 
 @pytest.mark.slow
-def test_streamed_training_learns_from_the_history(tmp_path, fast_config):
+def test_streamed_training_learns_from_the_history(tmp_path, fast_config, caplog):
     from finrec.data.io import load_dataset
     from finrec.recommend.recommender import Recommender
     from finrec.training.train import fit
@@ -243,6 +243,8 @@ def test_streamed_training_learns_from_the_history(tmp_path, fast_config):
     source = StreamingSource(data_dir, chunk_rows=200, workdir=tmp_path)
     trained = fit(source, fast_config.with_overrides(epochs=1), verbose=0)
     assert "history_events" in trained.pipeline.customer_input_spec()
+    # The default blends where a history is read; a streamed fit cannot, and says so.
+    assert "model.tree_blend is ignored by the streamed fit" in caplog.text and trained.blend is None
     assert source.last_batches.max_rows_held <= 200 and len(source.last_layout.pieces) > 2
     # The tower reads the history: zeroing it moves the embeddings.
     data = load_dataset(data_dir)

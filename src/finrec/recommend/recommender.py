@@ -195,13 +195,7 @@ class Recommender:
         their rows stay 0, as they are never ranked."""
         if self.blend is None:
             return None
-        if objected is None or not objected.any():
-            return self.blend.part(customers, held, history, reference)
-        out = np.zeros(held.shape, dtype=np.float32)
-        keep = np.flatnonzero(~objected)
-        if len(keep):
-            out[keep] = self.blend.part(customers.iloc[keep], held[keep], history, reference)
-        return out
+        return self.blend.part(customers, held, history, reference, skip=objected)
 
     def _single(self, customer: str | dict) -> CustomerContext:
         if isinstance(customer, dict):

@@ -660,7 +660,9 @@ class StreamingSource:
                 log.warning("training.distill is ignored by the streamed fit: it trains on the adoptions alone")
             if config.model.split_bins:
                 log.warning("model.split_bins is ignored by the streamed fit: its bins are quantiles alone")
-            if config.model.tree_blend == "always":
+            blend = config.model.tree_blend
+            if blend == "always" or (blend == "auto" and layout.has_history and config.model.history_encoder != "none"):
+                # The trees, like the distillation teacher, need every training row at once.
                 log.warning("model.tree_blend is ignored by the streamed fit: the towers rank alone")
             if layout.objected:
                 log.info("left out %d customer(s) who objected to profiling for marketing", layout.objected)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from finrec.config import Config, TrainConfig
 from finrec.data import schema as S
+from finrec.data.compliance import customer_profile
 from finrec.data.io import Dataset
 from finrec.data.split import split_customer_ids
 from finrec.errors import ConfigError, DataError
@@ -249,7 +250,9 @@ class TrainedModel:
         if self.blend is None:
             return cosine
         held = self.pipeline.holdings_matrix(customers[self.pipeline.schema.customers.id].to_numpy(), holdings)
-        return cosine * np.float32(1.0 - self.blend.weight) + self.blend.part(customers, held, history)
+        # As in serving, customers who objected to profiling are not run through the trees.
+        objected = customer_profile(customers, self.pipeline.full_schema.customers)["objected"]
+        return cosine * np.float32(1.0 - self.blend.weight) + self.blend.part(customers, held, history, skip=objected)
 
 
 def make_loss(

@@ -513,9 +513,21 @@ class TreeBlend:
         held: np.ndarray,
         history: pd.DataFrame | None = None,
         reference: int | None = None,
+        skip: np.ndarray | None = None,
     ) -> np.ndarray:
-        """float32 [n, P]: ``weight * temperature * t(c)`` of ``customers`` holding ``held``."""
-        logits = self.teacher.logits(customers, held=held, history=history, reference=reference)
+        """float32 [n, P]: ``weight * temperature * t(c)`` of ``customers`` holding ``held``;
+        rows where ``skip`` (bool [n]) is True are never run through the trees and stay 0: the
+        customers who objected to profiling for marketing."""
+        held = np.asarray(held, dtype=bool)
+        if skip is None or not skip.any():
+            logits = self.teacher.logits(customers, held=held, history=history, reference=reference)
+        else:
+            logits = np.zeros(held.shape, dtype=np.float32)
+            keep = np.flatnonzero(~skip)
+            if len(keep):
+                logits[keep] = self.teacher.logits(
+                    customers.iloc[keep], held=held[keep], history=history, reference=reference
+                )
         return (logits * np.float32(self.weight * self.temperature)).astype(np.float32, copy=False)
 
     def record_part(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None) -> np.ndarray:
