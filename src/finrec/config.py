@@ -68,9 +68,9 @@ class ModelConfig:
     ensemble_size: int = 1
     # The tree teacher's log-probabilities blended into the scores (finrec.training.trees.TreeBlend),
     # with a weight the validation customers choose (0: no blend). ``auto``: where the data has a
-    # holdings_history the model reads, whose lag features trees read better than the towers (out of time +0.005
-    # to +0.008 nDCG@5); without one the blend gained 0 to +0.005 and LightGBM's prediction
-    # would make batch scoring about 10x slower. ``always`` or ``never``: as they say.
+    # holdings_history the model reads, whose lag features trees read better than the towers
+    # (out of time +0.005 to +0.007 nDCG@5); without one the blend gained 0 to +0.005 and
+    # LightGBM's prediction makes batch scoring about 9x slower. ``always`` / ``never``: as said.
     tree_blend: str = "auto"
 
     def validate(self) -> None:
