@@ -94,10 +94,9 @@ def test_the_chosen_weight_is_the_best_on_the_validation_customers(bank, blended
     pipeline = blended.pipeline
     relevant = pipeline.holdings_matrix(ids, val.interactions)
     excluded = pipeline.holdings_matrix(ids, val.holdings) & ~relevant
-    cosine = (
-        blended.score(val.customers, val.holdings, val.holdings_history)
-        - blended.blend.part(val.customers, pipeline.holdings_matrix(ids, val.holdings), val.holdings_history)
-    ) / (1 - blended.blend.weight)
+    # The towers' own cosine, not the blend ``blended`` already carries.
+    cosine = blended.customer_embeddings(val.customers, val.holdings, val.holdings_history)
+    cosine = cosine @ blended.product_embeddings_.T
     unit = teacher.logits(val.customers, val.holdings, val.holdings_history) * blended.config.training.temperature
     found = [summarize((1 - w) * cosine + w * unit, relevant, excluded, k=5)["ndcg@5"] for w in weights]
     best = weights[int(np.argmax(found))]
@@ -221,3 +220,21 @@ def test_the_model_risk_report_states_the_blend_and_the_teacher(blended, trained
     assert scoring_notes(trained) == []  # the session's model: no teacher, no blend
     distilled = scoring_notes(types.SimpleNamespace(config=Config(), blend=None))
     assert len(distilled) == 1 and "0.8 x the cross-entropy against a multiclass LightGBM teacher" in distilled[0]
+
+
+def test_the_choice_reads_the_towers_not_a_blend_the_model_already_has(bank, blended, caplog):
+    import dataclasses
+    import logging
+
+    from finrec.training import train
+
+    _, data = bank
+    val = data.subset_customers(_adopters(data)[200:500])
+    towers_only = dataclasses.replace(blended, blend=None, history=dict(blended.history))
+    found = []
+    for model in (towers_only, blended):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="finrec.training.train"):
+            train.choose_blend(model, blended.blend.teacher, val, weights=(0.0, 0.4))
+        found.append([r.getMessage() for r in caplog.records if "tree blend: validation" in r.getMessage()])
+    assert found[0] and found[0] == found[1]

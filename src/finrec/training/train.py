@@ -527,7 +527,11 @@ def choose_blend(
     held = pipeline.holdings_matrix(ids, val_data.holdings)
     relevant = pipeline.holdings_matrix(ids, val_data.interactions)
     excluded = held & ~relevant
-    cosine = trained.score(val_data.customers, val_data.holdings, val_data.holdings_history)
+    # The towers' own cosine, whatever blend ``trained`` may already carry.
+    embeddings = trained.customer_embeddings(val_data.customers, val_data.holdings, val_data.holdings_history)
+    cosine = embeddings @ trained.product_embeddings_.T
+    # Validation customers are training data: whose data trains is the caller's choice (``finrec
+    # train`` leaves out customers who objected to profiling), as for the towers and the teacher.
     unit = TreeBlend(teacher, 1.0, training.temperature).part(
         val_data.customers, held, val_data.holdings_history
     )  # temperature * t(c)

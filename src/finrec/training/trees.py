@@ -199,6 +199,7 @@ class LightGBMBaseline:
         self.pipeline_ = FeaturePipeline(
             dataset.schema, use_holdings=True, exclude_protected=self.exclude_protected, history_encoder="none"
         ).fit(dataset)
+        self.__dict__.pop("_code_of", None)  # record_matrix's lookups belong to the previous vocabulary
         has_history = dataset.holdings_history is not None and len(dataset.holdings_history) > 0
         self.lags_ = None
         if self.history_lags > 0 and has_history:
