@@ -12,9 +12,9 @@ held-out customers who hold nothing (``cold``). LightGBM with and without the Sa
 month-end: train on that month's adoptions, test on the target month of every customer); its
 runs are keyed with a ``/time`` suffix. A variant ``<encoder>+drop<rate>`` trains with that
 holdings dropout (``events+drop0.1`` is today's default config). ``--tree-blend`` sets
-``model.tree_blend`` for the finrec variants (default ``auto``, which blends on this bank: it has
-a history); runs with a blend are keyed with a ``/blend`` suffix, the runs made before the blend
-existed have none.
+``model.tree_blend`` for the finrec variants (default ``auto``, which tries a blend on this bank
+where the encoder reads the history); runs that tried one are keyed with a ``/blend`` suffix, the
+runs made before the blend existed have none.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def run(variant: str, train, test, seed: int, epochs: int, tree_blend: str = "au
         trained = fit(train, config, verbose=0)
         result = metrics(trained.score, test, trained.pipeline)
         result["epochs"] = len(trained.history["loss"])
-        result["tree_blend_weight"] = trained.history.get("tree_blend_weight", [0.0])[0]
+        if "tree_blend_weight" in trained.history:  # a blend was tried (0: the validation chose none)
+            result["tree_blend_weight"] = trained.history["tree_blend_weight"][0]
     if test.ground_truth is not None:
         pipeline = FeaturePipeline(train.schema).fit(train)
         ids, relevant, excluded = ranking_task(pipeline, test)
@@ -121,7 +122,7 @@ def main() -> None:
     for variant in args.variants:
         result = run(variant, train, test, args.seed, args.epochs, args.tree_blend)
         key = f"{args.customers}c/{args.months}m/seed{args.seed}/{variant}" + ("/time" if args.split == "time" else "")
-        if not variant.startswith("lgbm") and args.tree_blend != "never" and train.holdings_history is not None:
+        if "tree_blend_weight" in result:
             key += "/blend"
         store[key] = result
         print(key, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
