@@ -287,6 +287,14 @@ def compile_for_training(model: keras.Model, training: TrainConfig, loss: keras.
     model.optimizer.build(model.trainable_variables)
 
 
+def ranking_targets(pipeline: FeaturePipeline, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(relevant, excluded), bool [n, P] in ``data``'s customer order: the products each customer
+    adopted, and those held but not adopted (never ranked)."""
+    ids = data.customers[data.schema.customers.id].to_numpy()
+    relevant = pipeline.holdings_matrix(ids, data.interactions)
+    return relevant, pipeline.holdings_matrix(ids, data.holdings) & ~relevant
+
+
 def validation_setup(
     pipeline: FeaturePipeline,
     val_data: Dataset,
@@ -298,11 +306,8 @@ def validation_setup(
     """(callbacks for ``model.fit``, its ``validation_data``): ranking metrics of the validation
     customers in the epoch logs, early stopping on them (or on the validation loss), then the
     caller's callbacks, which see those metrics."""
-    cid = val_data.schema.customers.id
     val_examples = build_examples(pipeline, val_data)
-    val_ids = val_data.customers[cid].to_numpy()
-    relevant = pipeline.holdings_matrix(val_ids, val_data.interactions)
-    excluded = pipeline.holdings_matrix(val_ids, val_data.holdings) & ~relevant
+    relevant, excluded = ranking_targets(pipeline, val_data)
     k = training.eval_k
     monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
     # With weight averaging, validation and early stopping judge the averaged weights.
@@ -522,11 +527,9 @@ def choose_blend(
         log.warning("tree blend skipped: the teacher's catalogue order differs from the model's")
         return None
     pipeline, training = trained.pipeline, trained.config.training
-    cid = val_data.schema.customers.id
-    ids = val_data.customers[cid].to_numpy()
+    ids = val_data.customers[val_data.schema.customers.id].to_numpy()
     held = pipeline.holdings_matrix(ids, val_data.holdings)
-    relevant = pipeline.holdings_matrix(ids, val_data.interactions)
-    excluded = held & ~relevant
+    relevant, excluded = ranking_targets(pipeline, val_data)
     # The towers' own cosine, whatever blend ``trained`` may already carry.
     embeddings = trained.customer_embeddings(val_data.customers, val_data.holdings, val_data.holdings_history)
     cosine = embeddings @ trained.product_embeddings_.T
