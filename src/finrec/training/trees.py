@@ -13,6 +13,7 @@ rank. A ``TreeBlend`` (``model.tree_blend``) also adds the teacher's log-probabi
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import pandas as pd
 
 from finrec.data import schema as S
 from finrec.features import FeaturePipeline
+from finrec.training.forest import Forest
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +201,9 @@ class LightGBMBaseline:
         self.pipeline_ = FeaturePipeline(
             dataset.schema, use_holdings=True, exclude_protected=self.exclude_protected, history_encoder="none"
         ).fit(dataset)
-        self.__dict__.pop("_code_of", None)  # record_matrix's lookups belong to the previous vocabulary
+        # record_matrix's lookups and the walked trees belong to the previous fit
+        self.__dict__.pop("_code_of", None)
+        self.__dict__.pop("forest_", None)
         has_history = dataset.holdings_history is not None and len(dataset.holdings_history) > 0
         self.lags_ = None
         if self.history_lags > 0 and has_history:
@@ -370,10 +374,18 @@ class LightGBMBaseline:
         out = np.zeros((len(x), self.pipeline_.n_products), dtype=np.float32)
         if self.objective != "multiclass" or self.booster_ is None or len(x) == 0:
             return out
-        raw = np.asarray(self.booster_.predict(x, num_iteration=self.best_iteration_, raw_score=True), "float64")
-        raw = raw.reshape(len(x), len(self.classes_))
+        raw = self.forest().raw_score(x)
         out[:, self.classes_] = raw - raw.mean(axis=1, keepdims=True)
         return out
+
+    def forest(self) -> Forest:
+        """The booster's trees up to its best round as a ``Forest``: what ``logits`` walks,
+        2x faster than LightGBM's own prediction and equal to it (``finrec.training.forest``).
+        Built once, under a lock: the batch scorer's threads ask for it at once."""
+        with _FOREST_LOCK:
+            if getattr(self, "forest_", None) is None:
+                self.forest_ = Forest.from_model_text(self.booster_.model_to_string(num_iteration=self.best_iteration_))
+        return self.forest_
 
     def record_logits(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None) -> np.ndarray:
         """``logits`` of one customer given as raw values (``record_matrix``): float32 [1, P]."""
@@ -417,6 +429,9 @@ class LightGBMBaseline:
         model.best_iteration_ = int(raw["best_iteration"])
         model.booster_ = None if raw["booster"] is None else lgb.Booster(model_str=str(raw["booster"]))
         return model
+
+
+_FOREST_LOCK = threading.Lock()
 
 
 def _stack(columns: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -502,7 +517,7 @@ class TreeBlend:
     It is still a dot product: the customer vector ``[(1 - weight) u_c, weight * temperature *
     t(c)]`` against the product vector ``[v_p, e_p]`` (e_p: the p-th unit vector). Product
     vectors stay precomputed and one ranking core serves both; only the customer side runs the
-    trees (LightGBM's prediction: about 34 µs a customer for 1,700 trees on 2 cores)."""
+    trees (``LightGBMBaseline.forest``: about 27 µs a customer for 2,050 trees on 2 cores)."""
 
     teacher: LightGBMBaseline
     weight: float

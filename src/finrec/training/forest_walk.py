@@ -1,0 +1,49 @@
+"""The loop that walks a ``Forest`` (``finrec.training.forest``), compiled by numba and cached on
+disk (beside this file, or in the user's cache where the package directory is read-only)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_DEFAULT_LEFT = 2
+_ZERO_THRESHOLD = 1e-35  # LightGBM's kZeroThreshold: |x| at most this is zero for a Zero-missing split
+BLOCK = 256  # rows that step through a tree together (their inputs stay in the L2 cache)
+
+
+@numba.njit(nogil=True, cache=True)
+def walk(
+    x, depth, node_start, leaf_start, tree_class, feature, threshold, kind, flags, table_start, go_left, leaf, out
+):
+    n = x.shape[0]
+    at = np.zeros(BLOCK, np.int64)
+    for first in range(0, n, BLOCK):
+        m = min(n, first + BLOCK) - first
+        for t in range(depth.shape[0]):
+            nodes = node_start[t]
+            leaves = leaf_start[t] - (2 ** depth[t] - 1)
+            at[:m] = 0
+            for _ in range(depth[t]):
+                for r in range(m):
+                    k = at[r]
+                    j = nodes + k
+                    value = x[first + r, feature[j]]
+                    if kind[j] == 0:
+                        # not >, rather than <=: a pass-through node (threshold +inf) may read a
+                        # column that holds NaN, and NaN must go left there too
+                        left = not value > threshold[j]
+                    elif kind[j] == 1:
+                        left = go_left[table_start[j] + np.int64(value)] == 1
+                    else:  # LightGBM's missing-value rule, in full
+                        missing = (flags[j] >> 2) & 3
+                        if np.isnan(value) and missing != 2:
+                            value = 0.0
+                        if (missing == 1 and -_ZERO_THRESHOLD <= value <= _ZERO_THRESHOLD) or (
+                            missing == 2 and np.isnan(value)
+                        ):
+                            left = (flags[j] & _DEFAULT_LEFT) != 0
+                        else:
+                            left = value <= threshold[j]
+                    at[r] = 2 * k + 2 - np.int64(left)
+            for r in range(m):
+                out[first + r, tree_class[t]] += leaf[leaves + at[r]]

@@ -1,0 +1,101 @@
+"""The walked forest equals LightGBM's own prediction, split rule by split rule."""
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from finrec.training.forest import Forest
+
+
+def _frame(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Numerics with NaNs and exact zeros, one numeric that is never missing, and a categorical
+    of 80 levels (its bitsets then span three 32-bit words); a label that reads all of them."""
+    income = rng.lognormal(10, 1, n)
+    income[rng.random(n) < 0.2] = np.nan
+    balance = rng.normal(0, 1, n)
+    balance[rng.random(n) < 0.3] = 0.0
+    age = rng.integers(18, 90, n).astype(float)
+    region = rng.integers(0, 80, n)
+    logit = 0.8 * np.nan_to_num(np.log(income) - 10, nan=-1.5) + (balance == 0) + (age > 60) + (region % 7 == 0)
+    label = np.digitize(logit + rng.logistic(0, 0.5, n), [0.0, 1.0, 2.0])
+    frame = pd.DataFrame(
+        {"income": income, "balance": balance, "age": age, "region": pd.Categorical(region, categories=range(80))}
+    )
+    return frame, label
+
+
+@pytest.fixture(scope="module")
+def booster() -> lgb.Booster:
+    frame, label = _frame(np.random.default_rng(0), 4000)
+    params = {"objective": "multiclass", "num_class": 4, "num_leaves": 7, "min_data_in_leaf": 20, "verbose": -1}
+    params |= {"cat_smooth": 1, "min_data_per_group": 5, "max_cat_threshold": 64, "num_threads": 1}
+    return lgb.train(params, lgb.Dataset(frame, label), num_boost_round=30)
+
+
+def _codes(frame: pd.DataFrame) -> np.ndarray:
+    """float64 [n, 4] as LightGBM reads the frame: category codes, NaN where missing."""
+    x = frame.assign(region=frame["region"].cat.codes.astype(float)).to_numpy(dtype=np.float64)
+    x[x[:, 3] < 0, 3] = np.nan
+    return x
+
+
+def test_the_walk_equals_lightgbm_on_missing_zero_and_unseen_values(booster):
+    text = booster.model_to_string()
+    assert (
+        "decision_type=" in text
+        and any(  # the model has both kinds of split and a NaN rule
+            int(d) & 1 for line in text.splitlines() if line.startswith("decision_type=") for d in line[14:].split()
+        )
+    )
+    forest = Forest.from_model_text(text)
+    assert (forest.kind == 1).any() and (forest.kind == 2).any()
+    frame, _ = _frame(np.random.default_rng(1), 3000)
+    x = _codes(frame)
+    rng = np.random.default_rng(2)
+    x[rng.random(len(x)) < 0.1, 3] = np.nan  # missing category
+    x[rng.random(len(x)) < 0.05, 3] = 500.0  # a code no split names
+    x[rng.random(len(x)) < 0.05, 3] = -3.0  # negative
+    x[rng.random(len(x)) < 0.05, 2] = np.nan  # missing where training never had one
+    x[rng.random(len(x)) < 0.05, 0] = 0.0
+    expected = booster.predict(x, raw_score=True)
+    np.testing.assert_array_equal(forest.raw_score(x), expected)
+    # The caller's array is read, never cleaned in place.
+    assert np.isnan(x[:, 3]).any()
+    # Block boundaries (256 rows) and a single row change nothing.
+    np.testing.assert_array_equal(forest.raw_score(x[255:513]), expected[255:513])
+    np.testing.assert_array_equal(forest.raw_score(x[7:8]), expected[7:8])
+    assert forest.raw_score(x[:0]).shape == (0, 4)
+
+
+def test_a_best_iteration_and_one_leaf_trees_are_walked_as_saved(booster):
+    forest = Forest.from_model_text(booster.model_to_string(num_iteration=10))
+    assert len(forest.depth) == 40
+    x = _codes(_frame(np.random.default_rng(3), 500)[0])
+    np.testing.assert_array_equal(forest.raw_score(x), booster.predict(x, raw_score=True, num_iteration=10))
+    # A regression on a constant label: one tree of one leaf, no splits at all.
+    flat = lgb.train({"objective": "regression", "verbose": -1}, lgb.Dataset(np.ones((50, 2)), np.ones(50)), 1)
+    one = Forest.from_model_text(flat.model_to_string())
+    assert one.depth.tolist() == [0] and one.n_classes == 1
+    np.testing.assert_allclose(one.raw_score(np.zeros((3, 2))), flat.predict(np.zeros((3, 2)), raw_score=True)[:, None])
+
+
+def test_a_wrong_width_is_named(booster):
+    forest = Forest.from_model_text(booster.model_to_string())
+    with pytest.raises(ValueError, match=r"reads 4 features; got an array of shape \(2, 3\)"):
+        forest.raw_score(np.zeros((2, 3)))
+
+
+def test_threads_walk_one_forest_at_once(booster):
+    from concurrent.futures import ThreadPoolExecutor
+
+    forest = Forest.from_model_text(booster.model_to_string())
+    x = _codes(_frame(np.random.default_rng(4), 2000)[0])
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(forest.raw_score, np.array_split(x, 8)))
+    expected = booster.predict(x, raw_score=True)
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
+    # One call split over its own threads (2,048 rows each at least) writes every row once.
+    wide = np.concatenate([x] * 4)
+    np.testing.assert_array_equal(forest.raw_score(wide, threads=3), np.concatenate([expected] * 4))
+    np.testing.assert_array_equal(forest.raw_score(wide, threads=1), np.concatenate([expected] * 4))
