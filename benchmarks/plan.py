@@ -87,13 +87,13 @@ def capacities(products: pd.DataFrame, product_ids: list[str], customers: int) -
 DRAWS = 8000
 
 
-def quality(workdir: Path, seed: int = 0, draws: int = DRAWS) -> tuple[dict, Path]:
+def quality(workdir: Path, seed: int = 0, draws: int = DRAWS, config: Config | None = None) -> tuple[dict, Path]:
     settings = GeneratorSettings(seed=seed)
     tables, schema = with_margins(generate(settings))
     dataset = validate_tables(schema, tables)
     train, test = split_dataset(dataset, holdout_fraction=0.2, seed=seed)
     # As `finrec train` does: customers who objected to profiling are no training data.
-    trained = fit(without_objections(train)[0], Config().with_overrides(seed=seed), verbose=0)
+    trained = fit(without_objections(train)[0], (config or Config()).with_overrides(seed=seed), verbose=0)
     model_dir = save_model_dir(trained, workdir / "model")
     test_dir = write_dataset(dataset_tables(test), schema, workdir / "test")
 
@@ -249,16 +249,23 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true", help="scale only (a model is then trained quickly)")
     parser.add_argument("--skip-scale", action="store_true", help="quality only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", type=Path, help="a finrec config YAML for the model (default: the default config)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where the JSON goes (default plan.json; with --skip-scale plan_quality[_seedS].json)",
+    )
     args = parser.parse_args()
+    config = Config.from_yaml(args.config) if args.config else Config()
     out: dict = {"machine": platform.machine(), "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.skip_quality:
             tables, schema = with_margins(generate(GeneratorSettings(seed=args.seed)))
-            trained = fit(validate_tables(schema, tables), Config().with_overrides(seed=args.seed, epochs=3), verbose=0)
+            trained = fit(validate_tables(schema, tables), config.with_overrides(seed=args.seed, epochs=3), verbose=0)
             model_dir = save_model_dir(trained, workdir / "model")
         else:
-            out["quality"], model_dir = quality(workdir, args.seed)
+            out["quality"], model_dir = quality(workdir, args.seed, config=config)
             q = out["quality"]
             print(f"Quality on {q['customers']} held-out customers, capacities {q['capacity']}")
             print(
@@ -285,7 +292,7 @@ def main() -> None:
         if args.skip_scale:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             name = "plan_quality.json" if args.seed == 0 else f"plan_quality_seed{args.seed}.json"
-            RESULTS.with_name(name).write_text(json.dumps(out, indent=1, default=str))
+            (args.results or RESULTS.with_name(name)).write_text(json.dumps(out, indent=1, default=str))
             return
         s = scale(workdir, model_dir, args.customers)
         out["scale"] = s
@@ -296,11 +303,12 @@ def main() -> None:
             f"peak RSS {s['peak_rss_mib']:.0f} MiB, {os.cpu_count()} cores"
         )
         print(s["stdout"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if RESULTS.exists():  # a section this run skipped keeps its last measured figures
-        out = {**json.loads(RESULTS.read_text()), **out}
-    RESULTS.write_text(json.dumps(out, indent=1, default=str))
-    print(f"wrote {RESULTS}")
+    results = args.results or RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    if results.exists():  # a section this run skipped keeps its last measured figures
+        out = {**json.loads(results.read_text()), **out}
+    results.write_text(json.dumps(out, indent=1, default=str))
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
