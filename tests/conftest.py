@@ -40,9 +40,10 @@ def fast_config():
     from finrec.config import Config, ModelConfig, TrainConfig
 
     return Config(
-        model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16),
-        # Fast: no tree teacher and the batch as given (the defaults distil and shrink the batch
-        # of small data; tests/test_trees.py, test_train.py and every CLI run cover those paths).
+        model=ModelConfig(customer_widths=(64, 32), product_widths=(32,), embedding_dim=16, tree_blend="auto"),
+        # Fast: no tree teacher, no blend (this bank has no history) and the batch as given (the
+        # defaults distil, blend and shrink the batch of small data; tests/test_trees.py,
+        # test_train.py, recommend/test_tree_blend.py and every CLI run cover those paths).
         training=TrainConfig(epochs=5, batch_size=128, patience=2, distill=0.0, min_steps_per_epoch=0),
     ).validate()
 

@@ -68,15 +68,17 @@ def test_fit_tries_a_blend_only_where_asked(bank, trained, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "choose_blend", spy)
-    assert train.wants_blend(ModelConfig(), data) and not train.wants_blend(ModelConfig(tree_blend="never"), data)
-    assert not train.wants_blend(ModelConfig(history_encoder="none"), data)  # told to ignore the history
+    auto = ModelConfig(tree_blend="auto")
+    assert train.wants_blend(auto, data) and not train.wants_blend(ModelConfig(tree_blend="never"), data)
+    assert not train.wants_blend(ModelConfig(tree_blend="auto", history_encoder="none"), data)  # no history read
     without_history = type(data)(**{**vars(data), "holdings_history": None})
-    assert not train.wants_blend(ModelConfig(), without_history)
-    assert train.wants_blend(ModelConfig(tree_blend="always"), without_history)
+    assert not train.wants_blend(auto, without_history)
+    # The default tries it on every bank: the validation customers choose the weight (0: none).
+    assert ModelConfig().tree_blend == "always" and train.wants_blend(ModelConfig(), without_history)
     fitted = train.fit(data, small_config("auto"), verbose=0)
     assert calls == [1] and "tree_blend_weight" in fitted.history
     assert (fitted.blend is None) == (fitted.history["tree_blend_weight"][0] == 0.0)
-    # The session's model (no history, default auto) has no blend and never fitted one.
+    # The session's model (tree_blend auto, no history) has no blend and never fitted one.
     assert trained.blend is None and "tree_blend_weight" not in trained.history
 
 
