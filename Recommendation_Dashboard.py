@@ -366,7 +366,7 @@ def recommendations_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject,
                 "unknown" if tolerance is None else f"{int(tolerance)} / {S.RISK_MAX}",
             )
         )
-    metrics.append(("Best match (cosine)", top))
+    metrics.append((f"Best match ({'cosine' if rec.blend is None else 'blended score'})", top))
     for cell, (label, value) in zip(st.columns(len(metrics)), metrics):
         cell.metric(label, value)
     if result.message:
@@ -382,7 +382,7 @@ def recommendations_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject,
             kind = X.display_value(item.product.get(category)) if category else None
             if kind:
                 st.caption(kind.replace("_", " "))
-            st.metric("Similarity", f"{item.score:.3f}")
+            st.metric("Similarity" if rec.blend is None else "Score", f"{item.score:.3f}")
             details = [f"{label} **{text}**" for label, text in X.product_fields(item.product, plan, rec.schema)]
             terms = X.product_terms(item.product)
             if terms:
@@ -627,7 +627,7 @@ def shap_chart(explainer: X.CustomerExplainer, x: np.ndarray, values: np.ndarray
         title=title,
         height=max(360, 24 * len(values)),
         margin=dict(l=10, r=10, t=40, b=10),
-        xaxis_title="contribution to the cosine similarity",
+        xaxis_title="contribution to the score",
     )
     return fig
 

@@ -124,7 +124,10 @@ def test_the_page_shows_this_banks_columns(app, bank):
     assert {f"{P}{S.PRODUCT_ID}", f"{P}name", f"{P}product_type", f"{P}monthly_fee"} <= set(table.columns)
     assert "suitability" not in table and not any("Risk" in t or "tolerance" in t for t in texts(recs))
     assert any(label(f"{P}monthly_fee") in t for t in texts(recs))
-    assert [m.label for m in recs.metric] == ["Eligible products", "Preset", "Best match (cosine)"] + ["Similarity"] * 5
+    # The default config tries a tree blend: the labels then say score, not cosine.
+    blended = (bank["model"] / "tree_blend.json").exists()
+    best, each = ("Best match (blended score)", "Score") if blended else ("Best match (cosine)", "Similarity")
+    assert [m.label for m in recs.metric] == ["Eligible products", "Preset", best] + [each] * 5
     for node in (recs, profile, what_if, app.sidebar):
         assert_no_empty_words(node)
     # A grid shows a missing cell as "None": every cell has a value ("—" where a product has none).

@@ -80,10 +80,14 @@ def test_a_best_iteration_and_one_leaf_trees_are_walked_as_saved(booster):
     np.testing.assert_allclose(one.raw_score(np.zeros((3, 2))), flat.predict(np.zeros((3, 2)), raw_score=True)[:, None])
 
 
-def test_a_wrong_width_is_named(booster):
+def test_a_wrong_width_and_linear_trees_are_named(booster):
     forest = Forest.from_model_text(booster.model_to_string())
     with pytest.raises(ValueError, match=r"reads 4 features; got an array of shape \(2, 3\)"):
         forest.raw_score(np.zeros((2, 3)))
+    x = np.random.default_rng(5).normal(size=(200, 2))
+    linear = lgb.train({"objective": "regression", "linear_tree": True, "verbose": -1}, lgb.Dataset(x, x[:, 0]), 2)
+    with pytest.raises(ValueError, match="linear trees"):
+        Forest.from_model_text(linear.model_to_string())
 
 
 def test_threads_walk_one_forest_at_once(booster):

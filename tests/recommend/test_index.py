@@ -211,3 +211,13 @@ def test_product_index_recommend_matches_top_k_in_chunks():
         np.testing.assert_array_equal(got[0], expected[0])
         # (BLAS may block a smaller matmul differently: the last bits of a score can differ)
         np.testing.assert_allclose(got[1], expected[1], atol=1e-6, rtol=0)
+
+
+def test_customer_vectors_of_the_wrong_width_are_named():
+    # A tree blend's index holds [v_p, e_p] (D + P columns): the towers' embeddings alone are the
+    # wrong width, and used to fail deep in numpy's matmul.
+    index = ProductIndex(np.eye(6, 10, dtype="float32"))
+    with pytest.raises(ValueError, match=r"customer vectors must be \[n, 10\].*Recommender.embed.*\(3, 4\)"):
+        index.scores(np.zeros((3, 4), dtype="float32"))
+    with pytest.raises(ValueError, match=r"must be \[n, 10\]"):
+        index.recommend(np.zeros((3, 4), dtype="float32"), k=2)

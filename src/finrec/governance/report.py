@@ -481,9 +481,10 @@ def stability_section(ctx: Context, seed_models: list[Path], retrained: list | N
 
 def calibration_section(ctx: Context) -> Section:
     section = Section("7. Calibration")
+    blended = " blended with the tree model's log-probabilities (section 3)" if ctx.trained.blend is not None else ""
     section.p(
-        "The model's score is a cosine similarity, not a probability: calibration here asks whether a higher "
-        "score means a likelier adoption, per decile of the scores of the products ranked."
+        f"The model's score is a cosine similarity{blended}, not a probability: calibration here asks whether a "
+        "higher score means a likelier adoption, per decile of the scores of the products ranked."
     )
     if not ctx.has_outcomes:
         return section.p(NO_OUTCOMES.format(what="the observed adoption rate per score decile"))
@@ -598,7 +599,7 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     mean = np.mean(values, axis=0)
     order = np.argsort(-mean)
     section.p(
-        f"Mean |SHAP| of each customer feature on the cosine score of each customer's top recommendation, over "
+        f"Mean |SHAP| of each customer feature on the score of each customer's top recommendation, over "
         f"{len(values)} customers of this data (permutation SHAP, {len(background)} background customers, seed "
         f"{ctx.seed}); the holdings are the context, not a feature."
     )

@@ -610,7 +610,15 @@ class ProductIndex:
 
     def scores(self, customer_embeddings: np.ndarray) -> np.ndarray:
         """Cosine similarities float32 [n, P]."""
-        return np.asarray(customer_embeddings, dtype=_F32) @ self._transposed
+        emb = np.asarray(customer_embeddings, dtype=_F32)
+        self._check_width(emb)
+        return emb @ self._transposed
+
+    def _check_width(self, emb: np.ndarray) -> None:
+        width = self.product_embeddings.shape[1]
+        if emb.ndim != 2 or emb.shape[1] != width:
+            blend = " (a tree blend's products have D + P: customer vectors come from Recommender.embed)"
+            raise ValueError(f"customer vectors must be [n, {width}]{blend}, got shape {emb.shape}")
 
     def recommend(
         self,
@@ -623,6 +631,7 @@ class ProductIndex:
         """``top_k(self.scores(customer_embeddings), excluded, k)`` with the scores computed
         chunk by chunk (the [n, P] matrix never exists whole)."""
         emb = np.asarray(customer_embeddings, dtype=_F32)
+        self._check_width(emb)
         n, p = len(emb), self.n_products
         if excluded is not None:
             excluded = np.asarray(excluded, dtype=bool)

@@ -185,6 +185,8 @@ def _parse_tree(block: str) -> dict:
     """One ``Tree=`` block: split nodes' arrays (empty for a one-leaf tree) and the leaves,
     with each categorical node's category set read from its bitset words."""
     raw = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    if raw.get("is_linear", "0") != "0":
+        raise ValueError("a forest of linear trees (linear_tree) is not walked: its leaves are models, not values")
     tree = {"leaf_value": [float(v) for v in raw["leaf_value"].split()], "feature": [], "categories": {}}
     if int(raw["num_leaves"]) == 1:
         return tree
