@@ -103,3 +103,39 @@ def test_threads_walk_one_forest_at_once(booster):
     wide = np.concatenate([x] * 4)
     np.testing.assert_array_equal(forest.raw_score(wide, threads=3), np.concatenate([expected] * 4))
     np.testing.assert_array_equal(forest.raw_score(wide, threads=1), np.concatenate([expected] * 4))
+
+
+def test_zero_as_missing_and_lightgbms_zero_threshold():
+    # A model where zero means missing (Zero-type splits), read on values at and around
+    # kZeroThreshold (1e-35 as a float32), which LightGBM reads as 0.0 before any tree.
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3000, 3))
+    x[rng.random(x.shape) < 0.3] = 0.0
+    y = (x[:, 0] > 0.2).astype(float) + (x[:, 1] == 0) + rng.normal(0, 0.1, 3000)
+    booster = lgb.train(
+        {"objective": "regression", "zero_as_missing": True, "num_leaves": 7, "verbose": -1}, lgb.Dataset(x, y), 20
+    )
+    forest = Forest.from_model_text(booster.model_to_string())
+    assert (forest.kind == 2).any() and ((forest.flags >> 2) & 3 == 1).any()
+    probe = rng.normal(size=(400, 3))
+    tiny = [1.0000000180025095e-35, -1.0000000180025095e-35, 5e-36, -5e-36, 2e-35, -2e-35, np.inf, -np.inf, np.nan]
+    # every value in every column: row i holds tiny[i], tiny[i + 1], tiny[i + 2]
+    probe[: len(tiny)] = np.array(tiny)[(np.arange(len(tiny))[:, None] + np.arange(3)) % len(tiny)]
+    np.testing.assert_array_equal(forest.raw_score(probe)[:, 0], booster.predict(probe, raw_score=True))
+
+
+def test_odd_category_values_and_infinities_go_where_lightgbm_sends_them(booster):
+    forest = Forest.from_model_text(booster.model_to_string())
+    x = _codes(_frame(np.random.default_rng(7), 600)[0])
+    odd = [-0.5, -0.99, 0.5, 3.7, 2.0**31, 1e300, -np.inf, np.inf, 79.999, -1e-40]
+    x[: len(odd), 3] = odd
+    x[len(odd) : 2 * len(odd), 0] = [np.inf, -np.inf] * (len(odd) // 2)
+    np.testing.assert_array_equal(forest.raw_score(x), booster.predict(x, raw_score=True))
+
+
+def test_deep_trees_are_refused(booster, monkeypatch):
+    from finrec.training import forest as forest_module
+
+    monkeypatch.setattr(forest_module, "_MAX_DEPTH", 2)
+    with pytest.raises(ValueError, match=r"a tree of depth \d+ is not walked \(at most 2"):
+        Forest.from_model_text(booster.model_to_string())

@@ -6,7 +6,7 @@ model-agnostic explainer (SHAP's ``PermutationExplainer``) can perturb them:
 >>> explainer = CustomerExplainer(recommender)
 >>> x = explainer.encode(customers_frame.iloc[[0]])                 # float [1, F]
 >>> f = explainer.score_function("P_FUND_BAL", holdings_ids=["P_CURRENT"])
->>> f(x)                                                             # cosine similarity [1]
+>>> f(x)                                                             # the score [1]
 
 Categoricals are encoded as their vocabulary code (``0`` = missing or unseen, the model's
 out-of-vocabulary slot; ``i`` = the ``i``-th vocabulary entry), numerics stay raw (NaN allowed:
@@ -165,8 +165,8 @@ class CustomerExplainer:
         return self.recommender.embed(self.recommender.context(customers, held=held))
 
     def score_function(self, product_id: str, holdings_ids: Iterable[str] = ()):
-        """``f(X [n, F]) -> [n]``: cosine similarity of each encoded customer (holding
-        ``holdings_ids``) with ``product_id``; vectorised over rows."""
+        """``f(X [n, F]) -> [n]``: the score (cosine, or blended with the trees) of each encoded
+        customer (holding ``holdings_ids``) for ``product_id``; vectorised over rows."""
         position = int(self.pipeline.product_positions([str(product_id)])[0])
         if position < 0:
             raise FinrecError(f"unknown product_id {product_id!r}")
@@ -563,10 +563,12 @@ class EmbeddingProjection:
 def nearest_products(
     customer_embedding: np.ndarray, product_embeddings: np.ndarray, product_ids: Sequence[str], k: int = 10
 ) -> pd.DataFrame:
-    """The ``k`` products with the highest cosine similarity to the customer (any eligibility)."""
+    """The ``k`` products with the highest score for the customer (any eligibility): the cosine
+    similarity, or with a tree blend the blended score (both vectors from ``Recommender.embed``
+    and ``Recommender.product_embeddings``)."""
     scores = np.asarray(product_embeddings, dtype="float64") @ np.asarray(customer_embedding, dtype="float64").ravel()
     order = np.argsort(-scores, kind="stable")[:k]
-    return pd.DataFrame({S.PRODUCT_ID: [product_ids[i] for i in order], "cosine": scores[order]})
+    return pd.DataFrame({S.PRODUCT_ID: [product_ids[i] for i in order], "score": scores[order]})
 
 
 __all__ = [
@@ -610,6 +612,10 @@ def load_shap():
     with _SHAP_IMPORT:  # two dashboard sessions' first explanations must not interleave the switch
         if "shap" not in sys.modules and os.environ.get("FINREC_SHAP_JIT", "0") != "1":
             import numba
+
+            # The tree blend's loop is decorated at its import: first, or a thread scoring
+            # meanwhile would get it interpreted for the whole process.
+            import finrec.training.forest_walk  # noqa: F401
 
             previous = numba.config.DISABLE_JIT
             numba.config.DISABLE_JIT = True

@@ -12,8 +12,9 @@ threshold is the exact double LightGBM compares against. The decision rules are 
 - numerical: a NaN counts as 0.0 unless the node's missing type is NaN; a missing value
   (type Zero: |x| <= 1e-35; type NaN: NaN) goes to the node's default side; otherwise left iff
   ``x <= threshold``;
-- categorical: NaN or a negative value goes right; else left iff ``int(x)`` is in the node's
-  category bitset.
+- categorical: NaN, or a value whose ``int(x)`` is negative, goes right; else left iff ``int(x)``
+  is in the node's category bitset;
+- before any tree, |x| <= kZeroThreshold (1e-35 as a float32) reads as 0.0.
 
 Each tree is laid out complete (heap order, the children of node k at 2k+1 and 2k+2; a leaf above
 the tree's depth is reached through pass-through nodes whose threshold is +inf), so a row takes
@@ -40,10 +41,12 @@ from dataclasses import dataclass
 import numpy as np
 
 _CATEGORICAL = 1
+ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold, a float literal widened
+_MAX_DEPTH = 20  # a complete tree of depth d has 2^d - 1 nodes: deeper trees are refused
 _ROWS_PER_THREAD = 2048  # below this a thread's start costs more than its share of the walk
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Forest:
     """Every tree of a LightGBM model, complete and in heap order, in one set of arrays.
 
@@ -78,10 +81,11 @@ class Forest:
         """Parse LightGBM's model text (``Booster.model_to_string``): the header's
         ``num_tree_per_iteration`` and ``max_feature_idx``, then each ``Tree=`` block."""
         header, _, body = text.partition("\nTree=")
+        body = body.split("\nend of trees", 1)[0]  # then feature importances, whose names could read "Tree="
         fields = dict(line.split("=", 1) for line in header.splitlines() if "=" in line)
         n_classes = int(fields.get("num_tree_per_iteration", "1"))
         n_features = int(fields["max_feature_idx"]) + 1
-        trees = [_parse_tree(block.split("\nend of trees", 1)[0]) for block in body.split("\nTree=")] if body else []
+        trees = [_parse_tree(block) for block in body.split("\nTree=")] if body else []
         categorical: dict[int, int] = {}
         with_missing: set[int] = set()
         for tree in trees:
@@ -99,7 +103,7 @@ class Forest:
 
         depth, node_start, leaf_start = [], [0], [0]
         columns: dict[str, list] = {k: [] for k in ("feature", "threshold", "kind", "flags", "table_start", "leaf")}
-        go_left = [0]  # index 0: the table a plain compare's (unused) lookup reads
+        go_left = _Tables()
         for tree in trees:
             d, arrays = _layout(tree, categorical, with_missing, go_left)
             depth.append(d)
@@ -124,7 +128,7 @@ class Forest:
             kind=joined("kind", np.int8),
             flags=joined("flags", np.int8),
             table_start=joined("table_start", np.int64),
-            go_left=np.asarray(go_left, np.uint8),
+            go_left=go_left.joined(),
             leaf_value=joined("leaf", np.float64),
             clean=np.asarray(clean, np.int32),
             categorical=np.asarray(sorted(categorical), np.int32),
@@ -144,6 +148,8 @@ class Forest:
         x = np.array(x, dtype=np.float64, order="C")  # a copy: the cleaning below writes to it
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"the forest reads {self.n_features} features; got an array of shape {x.shape}")
+        # LightGBM reads |x| <= kZeroThreshold (1e-35 as a float32) as 0.0 before any tree sees it
+        x[np.abs(x) <= ZERO_THRESHOLD] = 0.0
         if len(self.clean):
             part = x[:, self.clean]
             part[np.isnan(part)] = 0.0
@@ -206,10 +212,31 @@ def _parse_tree(block: str) -> dict:
     return tree
 
 
-def _layout(tree: dict, categorical: dict[int, int], with_missing: set[int], go_left: list[int]) -> tuple:
+class _Tables:
+    """The categorical nodes' go-left tables, one array: ``add`` returns where a table starts."""
+
+    def __init__(self) -> None:
+        self.parts = [np.zeros(1, np.uint8)]  # index 0: the table a plain compare never reads
+        self.size = 1
+
+    def add(self, table: np.ndarray) -> int:
+        start = self.size
+        self.parts.append(table)
+        self.size += len(table)
+        return start
+
+    def joined(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+
+def _layout(tree: dict, categorical: dict[int, int], with_missing: set[int], go_left: _Tables) -> tuple:
     """One parsed tree, complete to its depth d and in heap order: (d, (feature, threshold, kind,
     flags, table_start, leaves)). Its category tables are appended to ``go_left``."""
     d = _depth(tree, 0) if tree["feature"] else 0
+    if d > _MAX_DEPTH:
+        raise ValueError(
+            f"a tree of depth {d} is not walked (at most {_MAX_DEPTH}: its complete layout has 2^depth nodes)"
+        )
     nodes = 2**d - 1
     feature = np.zeros(nodes, np.int32)
     threshold = np.full(nodes, np.inf)  # a pass-through node: every value goes left
@@ -229,10 +256,9 @@ def _layout(tree: dict, categorical: dict[int, int], with_missing: set[int], go_
         flags[k] = tree["decision"][child]
         if flags[k] & _CATEGORICAL:
             kind[k] = 1
-            table_start[k] = len(go_left)
             table = np.zeros(categorical[f] + 1, np.uint8)
             table[list(tree["categories"][child])] = 1
-            go_left.extend(table.tolist())
+            table_start[k] = go_left.add(table)
         else:
             kind[k] = 2 if f in with_missing else 0
             threshold[k] = tree["threshold"][child]
@@ -250,6 +276,11 @@ def _depth(tree: dict, node: int) -> int:
 
 
 def _cpus() -> int:
+    """``OMP_NUM_THREADS`` where it is set (Ray sets 1 in its workers; LightGBM's predict
+    honoured it), else the CPUs this process may use."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

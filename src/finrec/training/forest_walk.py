@@ -1,5 +1,6 @@
 """The loop that walks a ``Forest`` (``finrec.training.forest``), compiled by numba and cached on
-disk (beside this file, or in the user's cache where the package directory is read-only)."""
+disk (beside this file, or in the user's cache where the package directory is read-only; in
+memory only where neither can be written)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import numba
 import numpy as np
 
 _DEFAULT_LEFT = 2
-_ZERO_THRESHOLD = 1e-35  # LightGBM's kZeroThreshold: |x| at most this is zero for a Zero-missing split
+_ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float literal, widened)
 BLOCK = 256  # rows that step through a tree together (their inputs stay in the L2 cache)
 
 
-@numba.njit(nogil=True, cache=True)
 def walk(
     x, depth, node_start, leaf_start, tree_class, feature, threshold, kind, flags, table_start, go_left, leaf, out
 ):
@@ -47,3 +47,11 @@ def walk(
                     at[r] = 2 * k + 2 - np.int64(left)
             for r in range(m):
                 out[first + r, tree_class[t]] += leaf[leaves + at[r]]
+
+
+# Cached on disk where a location is writable; numba raises at decoration where none is (a
+# read-only install and home), and the loop then compiles in memory (~2 s) in each process.
+try:
+    walk = numba.njit(nogil=True, cache=True)(walk)
+except RuntimeError:  # pragma: no cover - depends on the file system
+    walk = numba.njit(nogil=True)(walk)
