@@ -599,7 +599,9 @@ def embeddings_tab(
         st.plotly_chart(fig, width="stretch", key="embedding_map")
         st.caption(
             "The first two principal components of the product embeddings; the customer is projected the same way. "
-            "Distances on the map are approximate; the cosine similarities in the table are exact."
+            "Distances on the map are approximate; the "
+            + ("cosine similarities" if rec.blend is None else "blended scores (the trees' part included)")
+            + " in the table are exact."
         )
     with right:
         st.markdown("##### Nearest products (any eligibility)")
@@ -645,7 +647,7 @@ def explain_tab(
     label = st.selectbox("Recommended product", list(options), key="shap_product")
     product_id = options[label]
     st.caption(
-        "Permutation SHAP: each feature's contribution to this customer's similarity with the product, against "
+        "Permutation SHAP: each feature's contribution to this customer's score for the product, against "
         f"{len(explainer.background_matrix())} background customers; the holdings are held fixed."
     )
     explainer.refuse_objected(pd.DataFrame([subject.row]))

@@ -139,8 +139,8 @@ def test_embedding_is_the_recommenders(rec, explainer, small_dataset):
     embedding = explainer.embed(x, held)[0]
     scores = rec.audit(cid, ALL).set_index(S.PRODUCT_ID)["score"]
     near = X.nearest_products(embedding, rec.product_embeddings, rec.pipeline.product_ids_, k=5)
-    np.testing.assert_allclose(near.cosine, scores.loc[near[S.PRODUCT_ID]].to_numpy(), atol=1e-5)
-    assert near.cosine.is_monotonic_decreasing
+    np.testing.assert_allclose(near.score, scores.loc[near[S.PRODUCT_ID]].to_numpy(), atol=1e-5)
+    assert near.score.is_monotonic_decreasing
 
 
 def test_projection_of_products(rec):

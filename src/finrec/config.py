@@ -70,7 +70,7 @@ class ModelConfig:
     # with a weight the validation customers choose (0: no blend). ``always`` (the default): tried
     # on every bank; on the six development banks it never lost and gained up to +0.005 nDCG@5,
     # and with a history +0.005 to +0.007 out of time. The cost is the trees' walk at scoring
-    # (batch scoring about 5x slower). ``auto``: only where the data has a holdings_history the
+    # (batch scoring about 6x slower). ``auto``: only where the data has a holdings_history the
     # model reads; ``never``: the towers alone, at full batch speed.
     tree_blend: str = "always"
 
