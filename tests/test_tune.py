@@ -7,6 +7,7 @@ import csv
 import json
 import types
 
+import numpy as np
 import pytest
 
 from finrec.cli import main
@@ -103,3 +104,29 @@ def test_cli_tiny_run_writes_a_loadable_config(tmp_path, small_data_dir, capsys)
     with open(out / "trials.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and float(rows[0]["score"]) == pytest.approx(table["trials"][0]["score"])
+
+
+def test_a_trial_is_scored_by_the_scores_it_ships():
+    from finrec.training.tune import trial_score
+
+    towers = {"val_ndcg@5": [0.50, 0.55, 0.54]}
+    assert trial_score(towers, 5) == 0.55  # the towers' best epoch
+    # A fit that tried a tree blend ships the blended score: its validation figure decides.
+    assert trial_score({**towers, "blend_val_ndcg@5": [0.58], "tree_blend_weight": [0.4]}, 5) == 0.58
+    assert trial_score({**towers, "blend_val_ndcg@5": [0.55], "tree_blend_weight": [0.0]}, 5) == 0.55
+    assert np.isnan(trial_score({"loss": [1.0]}, 5))
+
+
+def test_tune_ranks_blended_trials_by_the_blend():
+    class Blended(FakeRun):
+        def fit(self, data, config):
+            trained = super().fit(data, config)
+            # The towers' figure says trial 0 wins; the blended figure says the last one does.
+            trained.history["blend_val_ndcg@5"] = [0.1 * len(self.seen)]
+            trained.history["tree_blend_weight"] = [0.5]
+            return trained
+
+    run = Blended()
+    result = tune("d", Config(), 1e9, max_trials=3, seed=1, fit_fn=run.fit, clock=run.clock)
+    assert [row["score"] for row in result.rows] == pytest.approx([0.1, 0.2, 0.3])
+    assert result.best_score == pytest.approx(0.3) and all(row["tree_blend_weight"] == 0.5 for row in result.rows)

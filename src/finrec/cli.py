@@ -254,8 +254,17 @@ def cmd_train(args) -> int:
         monitoring=reference_for(trained, dataset, k=k, seed=config.training.seed),
     )
     epochs = len(history.get("loss", []))
+    blend = ""
+    if f"blend_val_ndcg@{k}" in history:
+        weight = history["tree_blend_weight"][0]
+        blend = (
+            f", with the tree blend (weight {weight:g}) {history[f'blend_val_ndcg@{k}'][0]:.4f}"
+            if weight > 0
+            else ", no tree blend chosen"
+        )
     print(
-        f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}; model written to {args.out}"
+        f"trained {epochs} epoch(s) in {history['fit_seconds'][0]:.1f}s; best validation nDCG@{k} {best:.4f}{blend}; "
+        f"model written to {args.out}"
     )
     if not args.include_objected and left_out:
         print(

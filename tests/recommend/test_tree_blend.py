@@ -103,6 +103,8 @@ def test_the_chosen_weight_is_the_best_on_the_validation_customers(bank, blended
     found = [summarize((1 - w) * cosine + w * unit, relevant, excluded, k=5)["ndcg@5"] for w in weights]
     best = weights[int(np.argmax(found))]
     assert (chosen.weight if chosen is not None else 0.0) == best
+    # The shipped score's validation figure is recorded for `finrec tune` to rank trials by.
+    assert blended.history["blend_val_ndcg@5"] == [pytest.approx(max(found), abs=1e-6)]
 
 
 def test_blended_scores_agree_on_every_path(bank, blended, tmp_path):

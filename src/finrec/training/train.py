@@ -545,6 +545,9 @@ def choose_blend(
         "tree blend: validation nDCG@%d by weight %s; chosen %s", k, {w: round(v, 4) for w, v in found.items()}, best
     )
     trained.history["tree_blend_weight"] = [float(best)]
+    # The validation figure of the scores the model ships (the towers' own is val_ndcg@k):
+    # what `finrec tune` ranks trials by.
+    trained.history[f"blend_val_ndcg@{k}"] = [float(found[best])]
     return TreeBlend(teacher, float(best), training.temperature) if best > 0 else None
 
 

@@ -60,7 +60,9 @@ SPACE: dict[str, Callable[[np.random.Generator], Any]] = {
 @dataclass
 class TuneResult:
     """``best``: the winning config; ``rows``: one dict per trial (``trial``, ``score``,
-    ``seconds``, ``epochs``, the sampled fields), in the order run."""
+    ``seconds``, ``epochs``, the blend weight the fit chose where it tried one, the sampled
+    fields), in the order run. ``score`` is ``trial_score``: the validation nDCG of the scores
+    the model ships, blended where a tree blend was tried."""
 
     best: Config
     best_score: float
@@ -85,6 +87,17 @@ def sample_config(base: Config, rng: np.random.Generator) -> tuple[Config, dict[
 def _values_of(config: Config) -> dict[str, Any]:
     plain = config.to_dict()
     return {name: plain[name.split(".")[0]][name.split(".")[1]] for name in SPACE}
+
+
+def trial_score(history: dict[str, list[float]], k: int) -> float:
+    """A trial's validation nDCG@k: of the scores the model ships, so the blended score where
+    the fit tried a tree blend (``blend_val_ndcg@k``, the chosen weight's, 0 included), else
+    the towers' best epoch (``val_ndcg@k``); NaN without either."""
+    blended = history.get(f"blend_val_ndcg@{k}", [])
+    if blended:
+        return float(blended[0])
+    towers = history.get(f"val_ndcg@{k}", [])
+    return float(max(towers)) if towers else float("nan")
 
 
 def tune(
@@ -128,9 +141,10 @@ def tune(
         trained = fit_fn(dataset, config)
         seconds = clock() - began
         slowest = max(slowest, seconds)
-        history = trained.history.get(metric, [])
-        score = float(max(history)) if history else float("nan")
+        score = trial_score(trained.history, base.training.eval_k)
         row = {"trial": trial, "score": score, "seconds": round(seconds, 2), "epochs": len(trained.history["loss"])}
+        if "tree_blend_weight" in trained.history:
+            row["tree_blend_weight"] = trained.history["tree_blend_weight"][0]
         row.update({k: list(v) if isinstance(v, tuple) else v for k, v in drawn.items()})
         result.rows.append(row)
         if score > result.best_score:  # NaN never wins
@@ -142,4 +156,4 @@ def tune(
     return result
 
 
-__all__ = ["SPACE", "TuneResult", "sample_config", "tune"]
+__all__ = ["SPACE", "TuneResult", "sample_config", "trial_score", "tune"]
