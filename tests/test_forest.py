@@ -105,20 +105,26 @@ def test_threads_walk_one_forest_at_once(booster):
     np.testing.assert_array_equal(forest.raw_score(wide, threads=1), np.concatenate([expected] * 4))
 
 
-def test_zero_as_missing_and_lightgbms_zero_threshold():
-    # A model where zero means missing (Zero-type splits), read on values at and around
-    # kZeroThreshold (1e-35 as a float32), which LightGBM reads as 0.0 before any tree.
+@pytest.mark.parametrize("zero_as_missing", [False, True])
+def test_zero_as_missing_and_lightgbms_zero_threshold(zero_as_missing):
+    # Zero set apart from the negatives: LightGBM splits at -kZeroThreshold (1e-35 as a float32),
+    # or with zero_as_missing sends zeros to a default side (Zero-type splits). It reads
+    # |x| <= kZeroThreshold as 0.0 before any tree: a value of exactly -kZeroThreshold sits on
+    # the zero side, not at the split's threshold.
     rng = np.random.default_rng(6)
     x = rng.normal(size=(3000, 3))
     x[rng.random(x.shape) < 0.3] = 0.0
-    y = (x[:, 0] > 0.2).astype(float) + (x[:, 1] == 0) + rng.normal(0, 0.1, 3000)
-    booster = lgb.train(
-        {"objective": "regression", "zero_as_missing": True, "num_leaves": 7, "verbose": -1}, lgb.Dataset(x, y), 20
-    )
+    y = (x[:, 0] > 0.2) + 2.0 * (x[:, 1] == 0) + rng.normal(0, 0.1, 3000)
+    params = {"objective": "regression", "zero_as_missing": zero_as_missing, "num_leaves": 7, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(x, y), 20)
     forest = Forest.from_model_text(booster.model_to_string())
-    assert (forest.kind == 2).any() and ((forest.flags >> 2) & 3 == 1).any()
+    k = 1.0000000180025095e-35
+    if zero_as_missing:
+        assert ((forest.flags >> 2) & 3 == 1).any()
+    else:
+        assert (forest.threshold == -k).any()
     probe = rng.normal(size=(400, 3))
-    tiny = [1.0000000180025095e-35, -1.0000000180025095e-35, 5e-36, -5e-36, 2e-35, -2e-35, np.inf, -np.inf, np.nan]
+    tiny = [k, -k, 5e-36, -5e-36, 2e-35, -2e-35, 0.0, np.inf, -np.inf, np.nan]
     # every value in every column: row i holds tiny[i], tiny[i + 1], tiny[i + 2]
     probe[: len(tiny)] = np.array(tiny)[(np.arange(len(tiny))[:, None] + np.arange(3)) % len(tiny)]
     np.testing.assert_array_equal(forest.raw_score(probe)[:, 0], booster.predict(probe, raw_score=True))
