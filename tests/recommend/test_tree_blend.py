@@ -242,3 +242,35 @@ def test_the_choice_reads_the_towers_not_a_blend_the_model_already_has(bank, ble
             train.choose_blend(model, blended.blend.teacher, val, weights=(0.0, 0.4))
         found.append([r.getMessage() for r in caplog.records if "tree blend: validation" in r.getMessage()])
     assert found[0] and found[0] == found[1]
+
+
+def test_the_shipped_blend_refits_its_teacher_on_every_training_customer(bank, monkeypatch):
+    from finrec.training import train
+    from finrec.training.trees import TreeBlend
+
+    _, data = bank
+    seen, teachers = [], []
+    real_teacher, real_calibrate = train.fit_teacher, train.calibrate
+
+    def teacher_spy(dataset, *args, **kwargs):
+        seen.append(set(dataset.customers[S.CUSTOMER_ID].astype(str)))
+        teachers.append(real_teacher(dataset, *args, **kwargs))
+        return teachers[-1]
+
+    def calibrate_spy(trained, *args, **kwargs):
+        # The calibration is fitted while the blend's teacher is still the one that never saw
+        # the validation customers.
+        assert len(seen) == 1
+        return real_calibrate(trained, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit_teacher", teacher_spy)
+    monkeypatch.setattr(train, "calibrate", calibrate_spy)
+    monkeypatch.setattr(train, "choose_blend", lambda trained, teacher, val, **_: TreeBlend(teacher, 0.5, 0.1))
+    fitted = train.fit(data, small_config("always"), verbose=0)
+    everyone = set(data.customers[S.CUSTOMER_ID].astype(str))
+    assert len(seen) == 2 and seen[0] < everyone and seen[1] == everyone
+    assert fitted.blend.weight == 0.5 and fitted.blend.teacher is teachers[1]
+    # Without a blend chosen, no second teacher is fitted.
+    seen.clear()
+    monkeypatch.setattr(train, "choose_blend", lambda *a, **k: None)
+    assert train.fit(data, small_config("always"), verbose=0).blend is None and len(seen) == 1
