@@ -270,7 +270,11 @@ def test_the_shipped_blend_refits_its_teacher_on_every_training_customer(bank, m
     everyone = set(data.customers[S.CUSTOMER_ID].astype(str))
     assert len(seen) == 2 and seen[0] < everyone and seen[1] == everyone
     assert fitted.blend.weight == 0.5 and fitted.blend.teacher is teachers[1]
-    # Without a blend chosen, no second teacher is fitted.
+    # Above REFIT_MAX_CUSTOMERS (a large bank, where the refit costs more than it gained), or
+    # without a blend chosen, no second teacher is fitted.
+    seen.clear()
+    monkeypatch.setattr(train, "REFIT_MAX_CUSTOMERS", len(everyone) - 1)
+    assert train.fit(data, small_config("always"), verbose=0).blend.teacher is teachers[-1] and len(seen) == 1
     seen.clear()
     monkeypatch.setattr(train, "choose_blend", lambda *a, **k: None)
     assert train.fit(data, small_config("always"), verbose=0).blend is None and len(seen) == 1
