@@ -275,6 +275,12 @@ def scoring_notes(trained) -> list[str]:
             f"(weight chosen on validation customers). The LightGBM model ({teacher.best_iteration_} rounds, "
             f"{len(teacher.classes_)} products, {protected}, {lags}) runs on every customer scored."
         )
+        if trained.history.get("tree_blend_refit"):
+            notes.append(
+                "The blend's LightGBM model was refitted on every training customer after its weight and the "
+                "calibration were chosen with one fitted without the validation customers (a small bank: the trees "
+                "gain from the larger sample)."
+            )
     return notes
 
 
