@@ -274,13 +274,10 @@ def test_the_shipped_blend_refits_its_teacher_on_every_training_customer(bank, m
 
     assert fitted.history["tree_blend_refit"] == [1.0]
     assert any("refitted on every training customer" in note for note in scoring_notes(fitted))
-    # Above REFIT_MAX_CUSTOMERS (a large bank, where the refit costs more than it gained), or
-    # without a blend chosen, no second teacher is fitted.
+    # Above REFIT_MAX_CUSTOMERS (a large bank, where the refit costs more than it gained), no
+    # second teacher is fitted.
     seen.clear()
     monkeypatch.setattr(train, "REFIT_MAX_CUSTOMERS", len(everyone) - 1)
     large = train.fit(data, small_config("always"), verbose=0)
     assert large.blend.teacher is teachers[-1] and len(seen) == 1 and "tree_blend_refit" not in large.history
     assert not any("refitted" in note for note in scoring_notes(large))
-    seen.clear()
-    monkeypatch.setattr(train, "choose_blend", lambda *a, **k: None)
-    assert train.fit(data, small_config("always"), verbose=0).blend is None and len(seen) == 1
