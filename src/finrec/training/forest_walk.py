@@ -7,8 +7,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from finrec.training.forest import ZERO_THRESHOLD
+
 _DEFAULT_LEFT = 2
-_ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float literal, widened)
+_ZERO_THRESHOLD = ZERO_THRESHOLD
 BLOCK = 256  # rows that step through a tree together (their inputs stay in the L2 cache)
 
 

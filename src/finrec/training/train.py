@@ -467,14 +467,7 @@ def fit(
     teacher = None
     if training.distill > 0 or split_bins or blend:
         # Fitted on the training customers only: validation and calibration stay unseen.
-        lags = model_config.history_lags if model_config.history_encoder != "none" else 0
-        teacher = fit_teacher(
-            train_data,
-            training.seed,
-            history_lags=lags,
-            exclude_protected=model_config.exclude_protected,
-            use_holdings=model_config.use_holdings,
-        )
+        teacher = teacher_for(train_data, config)
         if training.distill > 0:
             examples.soft_targets = teacher_targets(teacher, train_data, pipeline)
         if split_bins:
@@ -524,15 +517,20 @@ def refit_blend(blend: TreeBlend, dataset: Dataset, config: Config) -> TreeBlend
     and the calibration were chosen with a teacher that never saw the validation customers, as
     they must be; the trees then learn from the 25% more adopters. ``fit`` refits only up to
     ``REFIT_MAX_CUSTOMERS`` (measurements in docs/benchmarks.md)."""
+    return dataclasses.replace(blend, teacher=teacher_for(dataset, config))
+
+
+def teacher_for(dataset: Dataset, config: Config):
+    """The tree teacher of ``config``'s model fitted on ``dataset``: the lag features where the
+    model reads the history, and the model's own protected-column and holdings options."""
     model_config = config.model
-    teacher = fit_teacher(
+    return fit_teacher(
         dataset,
         config.training.seed,
         history_lags=model_config.history_lags if model_config.history_encoder != "none" else 0,
         exclude_protected=model_config.exclude_protected,
         use_holdings=model_config.use_holdings,
     )
-    return dataclasses.replace(blend, teacher=teacher)
 
 
 def wants_blend(model_config, dataset: Dataset) -> bool:
