@@ -138,6 +138,31 @@ def test_soft_targets_travel_beside_the_roles_in_both_feeds(small_dataset):
     np.testing.assert_array_equal(tf_y.numpy(), fed.batch_of(first)[1])
 
 
+def test_steps_per_execution_is_the_largest_divisor_of_the_epoch():
+    from finrec.training.train import steps_per_execution
+
+    assert steps_per_execution(47) == 47  # a whole epoch per call
+    assert steps_per_execution(1) == 1
+    assert steps_per_execution(2400, most=1000) == 800  # divides the epoch: no step of the next
+    assert steps_per_execution(1009, most=1000) == 1  # a prime past the cap: one step a call
+    with pytest.raises(ValueError, match="got 0"):
+        steps_per_execution(0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the tf.data feed is for the TensorFlow backend")
+def test_many_steps_per_call_train_exactly_as_one_step_per_call(small_dataset, fast_config, monkeypatch):
+    from finrec.training import train as T
+
+    config = fast_config.with_overrides(epochs=2)
+    calls = fit(small_dataset, config, verbose=0)
+    assert calls.model.steps_per_execution > 1
+    monkeypatch.setattr(T, "steps_per_execution", lambda steps: 1)
+    steps = fit(small_dataset, config, verbose=0)
+    assert steps.model.steps_per_execution == 1
+    assert calls.history["loss"] == steps.history["loss"]
+    assert calls.history["val_ndcg@5"] == steps.history["val_ndcg@5"]
+
+
 def test_effective_batch_size_keeps_enough_steps_per_epoch():
     from finrec.training.train import SMALLEST_BATCH, effective_batch_size
 

@@ -273,15 +273,36 @@ def make_loss(
     return L.MemberMean(loss, members) if members > 1 else loss
 
 
-def compile_for_training(model: keras.Model, training: TrainConfig, loss: keras.losses.Loss) -> None:
-    """AdamW, with an exponential moving average of the weights when ``ema_momentum`` > 0."""
+# Training steps per call of the compiled step at most (``steps_per_execution``).
+MOST_STEPS_PER_EXECUTION = 1000
+
+
+def steps_per_execution(steps_per_epoch: int, most: int = MOST_STEPS_PER_EXECUTION) -> int:
+    """The largest divisor of ``steps_per_epoch`` up to ``most``: how many training steps Keras
+    runs in one call of its compiled function on the tf.data feed.
+
+    Each call costs ~12 ms of Python on 2 cores, as much as a step of the default model: one
+    call per epoch trained the 30k-customer default bank's towers in 23.9 s instead of 47.3 s.
+    A divisor, because Keras runs whole calls: 16 steps a call on a 47-step epoch would run 48
+    and start the next epoch's batches early. So the fit is step for step the same as one step a
+    call (the same losses, to the last digit). ``most`` keeps a huge epoch's progress bar moving."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch!r}")
+    return max(d for d in range(1, min(steps_per_epoch, most) + 1) if steps_per_epoch % d == 0)
+
+
+def compile_for_training(
+    model: keras.Model, training: TrainConfig, loss: keras.losses.Loss, steps_per_execution: int = 1
+) -> None:
+    """AdamW, with an exponential moving average of the weights when ``ema_momentum`` > 0.
+    ``steps_per_execution``: training steps per call of the compiled step (see ``train_model``)."""
     optimizer = keras.optimizers.AdamW(
         training.learning_rate,
         weight_decay=training.weight_decay,
         use_ema=training.ema_momentum > 0,
         ema_momentum=training.ema_momentum or 0.99,
     )
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=optimizer, loss=loss, steps_per_execution=steps_per_execution)
     # Keras on TensorFlow builds the optimizer inside the first traced training step; variables
     # created while tracing make tf.function trace the whole step a second time, about 5 s of
     # CPU per fit on 2 cores whatever the data size.
@@ -387,12 +408,17 @@ def train_model(
     sample_from = sampling_distribution(training, counts)
     batches = make_batches(sample_from)
     distill = getattr(getattr(batches, "examples", None), "soft_targets", None) is not None
-    compile_for_training(model, training, make_loss(training, counts, config.model.ensemble_size, distill))
+    to_tf = getattr(batches, "as_tf_dataset", None)
+    feed = to_tf() if to_tf is not None and keras.backend.backend() == "tensorflow" else None
+    compile_for_training(
+        model,
+        training,
+        make_loss(training, counts, config.model.ensemble_size, distill),
+        steps_per_execution=steps_per_execution(len(batches)) if feed is not None else 1,
+    )
     all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks, distill)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    to_tf = getattr(batches, "as_tf_dataset", None)
-    feed = to_tf() if to_tf is not None and keras.backend.backend() == "tensorflow" else None
     start = time.perf_counter()
     # shuffle=False: the batches already hold examples reshuffled every epoch; Keras would also
     # shuffle a PyDataset's batch order (not a tf.data one's), so both feeds train alike, and a
