@@ -81,6 +81,27 @@ def test_deterministic_with_a_seed(fitted, split):
     assert again.best_iteration_ == fitted.best_iteration_
 
 
+def test_early_stopping_holds_out_the_drawn_customers_adoptions(split, monkeypatch):
+    import lightgbm as lgb
+
+    from finrec.data.split import split_customer_ids
+
+    sizes = []
+
+    def train(params, train_set, **kwargs):
+        sizes.append((train_set.construct().num_data(), kwargs["valid_sets"][0].construct().num_data()))
+        return real_train(params, train_set, **kwargs)
+
+    real_train = lgb.train
+    monkeypatch.setattr(lgb, "train", train)
+    model = LightGBMBaseline(**LGBM).fit(split[0], seed=0)
+    adopters = split[0].interactions["customer_id"].astype(str)
+    _, val_ids = split_customer_ids(np.unique(adopters.to_numpy()), model.validation_fraction, np.random.default_rng(0))
+    held_out = int(adopters.isin(set(val_ids)).sum())
+    assert 0 < held_out < len(adopters)
+    assert sizes == [(len(adopters) - held_out, held_out)]
+
+
 @pytest.mark.parametrize("value, expected", [("3", 3), ("", None), ("0", None), ("two", None), (None, None)])
 def test_lightgbm_threads_honour_omp_num_threads(monkeypatch, value, expected):
     """An explicit num_threads would override OMP_NUM_THREADS, the limit a user (or a test runner

@@ -225,7 +225,7 @@ class LightGBMBaseline:
 
         with_positives = np.unique(customers[cid].astype(str).to_numpy()[rows])
         _, val_ids = split_customer_ids(with_positives, self.validation_fraction, np.random.default_rng(seed))
-        is_val = np.isin(customers[cid].astype(str).to_numpy()[rows], val_ids)
+        is_val = _member(customers[cid].astype(str).to_numpy()[rows], val_ids)
         params = {
             "objective": "multiclass",
             "num_class": len(self.classes_),
@@ -302,7 +302,7 @@ class LightGBMBaseline:
         held = self.pipeline_.holdings_matrix(ids, dataset.holdings)
         x = self.features(customers, dataset.holdings, dataset.holdings_history)
         _, val_ids = split_customer_ids(ids.astype(str), self.validation_fraction, np.random.default_rng(seed))
-        is_val = np.isin(ids.astype(str), val_ids)
+        is_val = _member(ids.astype(str), val_ids)
         params = {"objective": "binary", "metric": "binary_logloss", **self._tree_params(seed)}
         self.classes_ = np.flatnonzero(adopted.any(axis=0))
         self.boosters_, self.rates_, rounds = {}, {}, []
@@ -432,6 +432,12 @@ class LightGBMBaseline:
 
 
 _FOREST_LOCK = threading.Lock()
+
+
+def _member(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """bool [n]: ``np.isin(values, ids)`` for strings, by hashing: ``np.isin`` sorts object
+    arrays, 1.7-2.0 s of every teacher fit on the 30k-customer bank."""
+    return pd.Index(ids).get_indexer(values) >= 0
 
 
 def _stack(columns: dict[str, np.ndarray], n: int) -> np.ndarray:
