@@ -194,6 +194,19 @@ def test_json_round_trip_and_damage(method):
         Calibration.from_dict({"format": 2})
 
 
+def test_probabilities_at_chosen_products_equal_the_whole_rows():
+    scores, adopted, held, _ = synthetic_scores(n=500, P=3)
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)
+    rng = np.random.default_rng(1)
+    index = rng.integers(-1, 3, size=(500, 2))  # -1: no product chosen in that slot
+    whole = calibration(scores, held)
+    expected = np.where(index >= 0, np.take_along_axis(whole, np.maximum(index, 0), axis=1), 0.0)
+    assert (index >= 0).any() and (index < 0).any() and held[np.arange(500), index[:, 0]].any()
+    np.testing.assert_array_equal(calibration.at(scores, held, index), expected)  # held products: 0
+    with pytest.raises(ValueError, match="catalogue positions"):
+        calibration.at(scores, held, np.full((500, 2), 3))
+
+
 def test_measures_by_hand():
     predicted = np.array([0.1, 0.2, 0.3, 0.4])
     true = np.array([0.0, 0.2, 0.5, 0.4])

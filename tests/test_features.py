@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,6 +97,18 @@ def test_transform_record_equals_frame_path(pipeline, small_dataset):
         fast = pipeline.transform_record(record, held)
         for key in frame:
             np.testing.assert_allclose(fast[key], frame[key], atol=1e-6, err_msg=key)
+
+
+def test_a_refitted_pipeline_transforms_records_with_its_new_statistics(small_dataset):
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    record = {k: v for k, v in small_dataset.customers.iloc[0].to_dict().items() if v == v}
+    before = pipeline.transform_record(record)["customer_numeric"]
+    richer = small_dataset.customers.assign(income=small_dataset.customers["income"] * 3)
+    pipeline.fit(dataclasses.replace(small_dataset, customers=richer))
+    after = pipeline.transform_record(record)["customer_numeric"]
+    frame = pipeline.transform_customers(small_dataset.customers.iloc[:1])["customer_numeric"]
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, frame, atol=1e-6)
 
 
 def test_categorical_dtype_codes_equal_text_codes(pipeline, small_dataset):

@@ -353,9 +353,10 @@ class Recommender:
     def ranked_probabilities(self, context: CustomerContext, ranking: Ranking) -> np.ndarray:
         """float32 [n, k']: the calibrated probability of each product ``ranking`` chose (0 where
         it chose none), from the ranking's embeddings: no second tower pass."""
-        full = self.probabilities(context, self.index.scores(ranking.embeddings))
-        chosen = np.take_along_axis(full, np.maximum(ranking.index, 0), axis=1)
-        return np.where(ranking.index >= 0, chosen, np.float32(0))
+        if self.calibration is None:
+            raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
+        # Customers who objected were not ranked: their index is all -1, their probabilities 0.
+        return self.calibration.at(self.index.scores(ranking.embeddings), context.held, ranking.index)
 
     def recommend(
         self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None
@@ -376,13 +377,7 @@ class Recommender:
             )
         ranking = self.rank(context, k, filters)
         masks, excluded = ranking.masks, ranking.excluded
-        # The probability needs the customer's whole row of scores (a softmax): from the ranking's
-        # embedding, not a second tower pass.
-        probabilities = (
-            self.probabilities(context, self.index.scores(ranking.embeddings))[0]
-            if self.calibration is not None
-            else None
-        )
+        probabilities = self.ranked_probabilities(context, ranking)[0] if self.calibration is not None else None
         items = []
         for rank, (j, score) in enumerate(zip(ranking.index[0], ranking.scores[0]), start=1):
             if not np.isfinite(score):
@@ -394,7 +389,7 @@ class Recommender:
                     score=float(score),
                     product=self.products[j],
                     reason=F.describe_allowed(context.attributes, self.catalogue, masks, 0, j),
-                    probability=None if probabilities is None else float(probabilities[j]),
+                    probability=None if probabilities is None else float(probabilities[rank - 1]),
                     regime=None if self.catalogue.regime is None else str(self.catalogue.regime[j]),
                 )
             )

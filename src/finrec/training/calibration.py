@@ -99,6 +99,26 @@ class Calibration:
         out[held] = 0.0
         return out
 
+    def at(self, scores: np.ndarray, held: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """float32 [n, k]: ``self(scores, held)`` at the products ``index`` (int [n, k], catalogue
+        positions; -1: none, probability 0). Only those products' maps run: a request needs the
+        5 it returns, not all 25 (their ``np.interp`` calls were a sixth of a request's time)."""
+        scores, held, index = np.asarray(scores), np.asarray(held, dtype=bool), np.asarray(index)
+        if scores.ndim != 2 or scores.shape[1] != len(self.product_ids) or held.shape != scores.shape:
+            raise ValueError(
+                f"expected scores and held [n, {len(self.product_ids)}], got {scores.shape} and {held.shape}"
+            )
+        if index.ndim != 2 or len(index) != len(scores) or (index >= len(self.product_ids)).any():
+            raise ValueError(f"expected an index [{len(scores)}, k] of catalogue positions or -1, got {index.shape}")
+        q = choice_probabilities(scores, held, self.temperature)
+        out = np.zeros(index.shape, dtype=np.float32)
+        rows, slots = np.nonzero((index >= 0) & ~np.take_along_axis(held, np.maximum(index, 0), axis=1))
+        products = index[rows, slots]
+        for j in np.unique(products):
+            pick = products == j
+            out[rows[pick], slots[pick]] = np.interp(q[rows[pick], j], self.knots_x[j], self.knots_y[j])
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": CALIBRATION_FORMAT,
