@@ -203,6 +203,9 @@ def test_probabilities_at_chosen_products_equal_the_whole_rows():
     expected = np.where(index >= 0, np.take_along_axis(whole, np.maximum(index, 0), axis=1), 0.0)
     assert (index >= 0).any() and (index < 0).any() and held[np.arange(500), index[:, 0]].any()
     np.testing.assert_array_equal(calibration.at(scores, held, index), expected)  # held products: 0
+    for row in range(20):  # one customer at a time: the request path
+        one = calibration.at(scores[row : row + 1], held[row : row + 1], index[row : row + 1])
+        np.testing.assert_array_equal(one, expected[row : row + 1])
     with pytest.raises(ValueError, match="catalogue positions"):
         calibration.at(scores, held, np.full((500, 2), 3))
 

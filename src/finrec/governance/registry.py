@@ -57,14 +57,20 @@ def _now() -> str:
 
 def best_epoch_metrics(history: dict[str, list[float]]) -> dict[str, float]:
     """The validation metrics of the epoch with the best validation nDCG (the weights training
-    kept), from a model's ``history.json``."""
+    kept), from a model's ``history.json``; with a tree blend also the blend's weight and its
+    validation nDCG (``blend_val_ndcg@k``): the score the model ships, which the towers' own
+    figures understate."""
     ndcg = next((name for name in history if name.startswith("val_ndcg@")), None)
     if ndcg is None or not history[ndcg]:
         return {}
     best = max(range(len(history[ndcg])), key=history[ndcg].__getitem__)
-    return {
+    metrics = {
         name: float(values[best]) for name, values in history.items() if name.startswith("val_") and len(values) > best
     }
+    for name, values in history.items():
+        if (name.startswith("blend_val_") or name == "tree_blend_weight") and values:
+            metrics[name] = float(values[-1])
+    return metrics
 
 
 class Registry:

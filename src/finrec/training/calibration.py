@@ -112,6 +112,11 @@ class Calibration:
             raise ValueError(f"expected an index [{len(scores)}, k] of catalogue positions or -1, got {index.shape}")
         q = choice_probabilities(scores, held, self.temperature)
         out = np.zeros(index.shape, dtype=np.float32)
+        if len(index) == 1:  # a request: the same np.interp, one product at a time (no array bookkeeping)
+            for slot, j in enumerate(index[0].tolist()):
+                if j >= 0 and not held[0, j]:
+                    out[0, slot] = np.interp(q[0, j], self.knots_x[j], self.knots_y[j])
+            return out
         rows, slots = np.nonzero((index >= 0) & ~np.take_along_axis(held, np.maximum(index, 0), axis=1))
         products = index[rows, slots]
         for j in np.unique(products):

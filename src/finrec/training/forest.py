@@ -148,18 +148,11 @@ class Forest:
         x = np.array(x, dtype=np.float64, order="C")  # a copy: the cleaning below writes to it
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"the forest reads {self.n_features} features; got an array of shape {x.shape}")
-        # LightGBM reads |x| <= kZeroThreshold (1e-35 as a float32) as 0.0 before any tree sees it
-        x[np.abs(x) <= ZERO_THRESHOLD] = 0.0
-        if len(self.clean):
-            part = x[:, self.clean]
-            part[np.isnan(part)] = 0.0
-            x[:, self.clean] = part
-        if len(self.categorical):
-            codes = np.trunc(x[:, self.categorical])
-            outside = np.isnan(codes) | (codes < 0) | (codes >= self.vocabulary)
-            x[:, self.categorical] = np.where(outside, self.vocabulary, codes)
+        # LightGBM reads |x| <= kZeroThreshold (1e-35 as a float32) as 0.0 before any tree sees
+        # it, NaN as 0.0 in the columns no tree reads as missing, and category codes as integers
+        prepare, walk = _compiled()
+        prepare(x, self.clean, self.categorical, self.vocabulary)
         out = np.zeros((len(x), self.n_classes), dtype=np.float64)
-        walk = _walk()
         arrays = (
             self.depth,
             self.node_start,
@@ -287,9 +280,9 @@ def _cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _walk():
-    """The compiled loop (``finrec.training.forest_walk``), imported on first use: numba
-    (~0.5 s to import) loads only for a model that blends."""
-    from finrec.training.forest_walk import walk
+def _compiled():
+    """The compiled loops (``finrec.training.forest_walk``: prepare, walk), imported on first
+    use: numba (~0.5 s to import) loads only for a model that blends."""
+    from finrec.training.forest_walk import prepare, walk
 
-    return walk
+    return prepare, walk

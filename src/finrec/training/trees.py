@@ -181,8 +181,9 @@ class LightGBMBaseline:
         columns.update({f"cat_{col}": codes[col] for col in pipeline.customer_vocab_})
         held = np.asarray(held, dtype=bool)
         if getattr(self, "use_holdings", True):
+            as_float = held.astype("float32")
             for j in range(pipeline.n_products):
-                columns[f"held_{j}"] = held[:, j].astype("float32")
+                columns[f"held_{j}"] = as_float[:, j]
         if getattr(self, "lags_", None) is not None:
             cube = self.lags_.ownership(ids, history, held, pipeline.product_positions, reference)
             for name, values in self.lags_.lag_table(cube).items():
