@@ -281,9 +281,9 @@ def steps_per_execution(steps_per_epoch: int, most: int = MOST_STEPS_PER_EXECUTI
     """The largest divisor of ``steps_per_epoch`` up to ``most``: how many training steps Keras
     runs in one call of its compiled function on the tf.data feed.
 
-    Each call costs ~12 ms of Python on 2 cores, as much as a step of the default model: one
-    call per epoch trained the 30k-customer default bank's towers in 23.9 s instead of 47.3 s.
-    A divisor, because Keras runs whole calls: 16 steps a call on a 47-step epoch would run 48
+    Each call cost ~12 ms of Python on 2 cores (cProfile), as much as a step of the default
+    model: with one call per epoch the default bank's whole fit takes 0.77-0.80 of the time
+    (``benchmarks/quality_default.py``, docs/benchmarks.md). A divisor, because Keras runs whole calls: 16 steps a call on a 47-step epoch would run 48
     and start the next epoch's batches early. So the fit is step for step the same as one step a
     call (the same losses, to the last digit). ``most`` keeps a huge epoch's progress bar moving."""
     if steps_per_epoch < 1:
