@@ -34,6 +34,7 @@ from finrec.recommend.index import NumpyTower, ProductIndex
 
 # Eligibility terms of the data contract: carried with each recommendation when the table has them.
 TERM_COLUMNS = (S.MIN_INCOME, S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE)
+NO_CALIBRATION = "this model has no calibration (calibration.json): retrain it to get probabilities"
 
 
 @dataclass
@@ -300,7 +301,7 @@ class Recommender:
         cosine ``scores`` [n, P] when already computed); 0 for held products. A model without
         calibration raises ``FinrecError``."""
         if self.calibration is None:
-            raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
+            raise FinrecError(NO_CALIBRATION)
         objected = context.attributes.get("objected")
         if objected is None or not objected.any():
             return self.calibration(self.scores(context) if scores is None else scores, context.held)
@@ -354,7 +355,7 @@ class Recommender:
         """float32 [n, k']: the calibrated probability of each product ``ranking`` chose (0 where
         it chose none), from the ranking's embeddings: no second tower pass."""
         if self.calibration is None:
-            raise FinrecError("this model has no calibration (calibration.json): retrain it to get probabilities")
+            raise FinrecError(NO_CALIBRATION)
         # Customers who objected were not ranked: their index is all -1, their probabilities 0.
         return self.calibration.at(self.index.scores(ranking.embeddings), context.held, ranking.index)
 

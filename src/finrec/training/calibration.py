@@ -87,11 +87,7 @@ class Calibration:
     def __call__(self, scores: np.ndarray, held: np.ndarray) -> np.ndarray:
         """Probabilities float32 [n, P] for cosine ``scores`` [n, P] and ``held`` bool [n, P]
         (catalogue order); 0 for held products."""
-        scores, held = np.asarray(scores), np.asarray(held, dtype=bool)
-        if scores.ndim != 2 or scores.shape[1] != len(self.product_ids) or held.shape != scores.shape:
-            raise ValueError(
-                f"expected scores and held [n, {len(self.product_ids)}], got {scores.shape} and {held.shape}"
-            )
+        scores, held = self._rows(scores, held)
         q = choice_probabilities(scores, held, self.temperature)
         out = np.empty(scores.shape, dtype=np.float32)
         for j, (x, y) in enumerate(zip(self.knots_x, self.knots_y)):
@@ -103,11 +99,7 @@ class Calibration:
         """float32 [n, k]: ``self(scores, held)`` at the products ``index`` (int [n, k], catalogue
         positions; -1: none, probability 0). Only those products' maps run: a request needs the
         5 it returns, not all 25 (their ``np.interp`` calls were a sixth of a request's time)."""
-        scores, held, index = np.asarray(scores), np.asarray(held, dtype=bool), np.asarray(index)
-        if scores.ndim != 2 or scores.shape[1] != len(self.product_ids) or held.shape != scores.shape:
-            raise ValueError(
-                f"expected scores and held [n, {len(self.product_ids)}], got {scores.shape} and {held.shape}"
-            )
+        (scores, held), index = self._rows(scores, held), np.asarray(index)
         if index.ndim != 2 or len(index) != len(scores) or (index >= len(self.product_ids)).any():
             raise ValueError(f"expected an index [{len(scores)}, k] of catalogue positions or -1, got {index.shape}")
         q = choice_probabilities(scores, held, self.temperature)
@@ -123,6 +115,15 @@ class Calibration:
             pick = products == j
             out[rows[pick], slots[pick]] = np.interp(q[rows[pick], j], self.knots_x[j], self.knots_y[j])
         return out
+
+    def _rows(self, scores: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``scores`` and ``held`` as arrays, checked to be [n, P] both."""
+        scores, held = np.asarray(scores), np.asarray(held, dtype=bool)
+        if scores.ndim != 2 or scores.shape[1] != len(self.product_ids) or held.shape != scores.shape:
+            raise ValueError(
+                f"expected scores and held [n, {len(self.product_ids)}], got {scores.shape} and {held.shape}"
+            )
+        return scores, held
 
     def to_dict(self) -> dict[str, Any]:
         return {

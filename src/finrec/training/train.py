@@ -283,9 +283,10 @@ def steps_per_execution(steps_per_epoch: int, most: int = MOST_STEPS_PER_EXECUTI
 
     Each call cost ~12 ms of Python on 2 cores (cProfile), as much as a step of the default
     model: with one call per epoch the default bank's whole fit takes 0.77-0.80 of the time
-    (``benchmarks/quality_default.py``, docs/benchmarks.md). A divisor, because Keras runs whole calls: 16 steps a call on a 47-step epoch would run 48
-    and start the next epoch's batches early. So the fit is step for step the same as one step a
-    call (the same losses, to the last digit). ``most`` keeps a huge epoch's progress bar moving."""
+    (``benchmarks/quality_default.py``, docs/benchmarks.md). A divisor, because Keras runs whole
+    calls: 16 steps a call on a 47-step epoch would run 48 and start the next epoch's batches
+    early. So the fit is step for step the same as one step a call (the same losses, to the last
+    digit). ``most`` keeps a huge epoch's progress bar moving."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch!r}")
     return max(d for d in range(1, min(steps_per_epoch, most) + 1) if steps_per_epoch % d == 0)
