@@ -12,7 +12,9 @@ held-out customers who hold nothing (``cold``). LightGBM with and without the Sa
 month-end: train on that month's adoptions, test on the target month of every customer); its
 runs are keyed with a ``/time`` suffix. A variant ``<encoder>+drop<rate>`` trains with that
 holdings dropout (``events+drop0.1`` is today's default config). ``lgbm_lags_tuned`` is the
-quality table's tuned LightGBM (6 trials) given the lag set. ``--tree-blend`` sets
+quality table's tuned LightGBM (6 trials) given the lag set; ``lgbm_lags_tuned+months`` also trains
+it on ``--history-months`` earlier months. ``--history-months N`` sets ``training.history_months``
+for the finrec variants (runs keyed ``/hmN``). ``--tree-blend`` sets
 ``model.tree_blend`` for the finrec variants (default ``auto``, which tries a blend on this bank
 where the encoder reads the history); runs that tried one are keyed with a ``/blend`` suffix, the
 runs made before the blend existed have none.
@@ -77,11 +79,18 @@ def metrics(score, test, pipeline) -> dict:
     return out
 
 
-def run(variant: str, train, test, seed: int, epochs: int, tree_blend: str = "auto") -> dict:
+def run(
+    variant: str, train, test, seed: int, epochs: int, tree_blend: str = "auto", history_months: int | None = None
+) -> dict:
+    """One variant's figures; ``history_months`` None: ``TrainConfig``'s default."""
+    history_months = TrainConfig().history_months if history_months is None else history_months
     start = time.perf_counter()
-    if variant == "lgbm_lags_tuned":
-        # The quality table's tuned baseline (stories.py's budget: 6 trials), given the lags.
-        model = baselines.TunedLightGBM(max_trials=6, num_threads=2, history_lags=6).fit(train, seed=seed)
+    if variant.startswith("lgbm_lags_tuned"):
+        # The quality table's tuned baseline (stories.py's budget: 6 trials), given the lags; with
+        # ``+months`` also the earlier months (``--history-months``), as the towers get them.
+        months = history_months if variant.endswith("+months") else 0
+        model = baselines.TunedLightGBM(max_trials=6, num_threads=2, history_lags=6, history_months=months)
+        model.fit(train, seed=seed)
         result = metrics(model.score, test, model.pipeline_)
         result["best_params"] = model.best_params_
     elif variant.startswith("lgbm"):
@@ -94,11 +103,14 @@ def run(variant: str, train, test, seed: int, epochs: int, tree_blend: str = "au
         encoder, _, dropout = variant.partition("+drop")
         config = Config(
             model=ModelConfig(history_encoder=encoder, tree_blend=tree_blend),
-            training=TrainConfig(epochs=epochs, seed=seed, holdings_dropout=float(dropout or 0)),
+            training=TrainConfig(
+                epochs=epochs, seed=seed, holdings_dropout=float(dropout or 0), history_months=history_months
+            ),
         ).validate()
         trained = fit(train, config, verbose=0)
         result = metrics(trained.score, test, trained.pipeline)
         result["epochs"] = len(trained.history["loss"])
+        result["train_examples"] = trained.history["train_examples"][0]
         if "tree_blend_weight" in trained.history:  # a blend was tried (0: the validation chose none)
             result["tree_blend_weight"] = trained.history["tree_blend_weight"][0]
     if test.ground_truth is not None:
@@ -119,6 +131,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["none", "events", "flat", "gru", "lgbm", "lgbm_lags"])
     parser.add_argument("--split", choices=("customers", "time"), default="customers")
     parser.add_argument("--tree-blend", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument(
+        "--history-months",
+        type=int,
+        default=None,
+        help="training.history_months (default: the config's; runs keyed /hmN)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/history_study.json"))
     args = parser.parse_args()
     train, test = bank(args.customers, args.months, args.seed, args.split)
@@ -126,8 +144,10 @@ def main() -> None:
         train, test = (dataclasses.replace(d, holdings_history=None) for d in (train, test))
     store = json.loads(args.out.read_text()) if args.out.exists() else {}
     for variant in args.variants:
-        result = run(variant, train, test, args.seed, args.epochs, args.tree_blend)
+        result = run(variant, train, test, args.seed, args.epochs, args.tree_blend, args.history_months)
         key = f"{args.customers}c/{args.months}m/seed{args.seed}/{variant}" + ("/time" if args.split == "time" else "")
+        if args.history_months is not None and (not variant.startswith("lgbm") or variant.endswith("+months")):
+            key += f"/hm{args.history_months}"
         if "tree_blend_weight" in result:
             key += "/blend"
         store[key] = result

@@ -26,6 +26,9 @@ def test_yaml_overrides(tmp_path):
         ({"model": {"customer_widths": 64}}, "expected a list"),
         ({"training": {"epochs": "ten"}}, "expected an integer"),
         ({"optimizer": {}}, "unknown key 'optimizer'"),
+        ({"training": {"history_months": -1}}, "training.history_months must be an integer from 0 to 24, got -1"),
+        ({"training": {"history_months": 2.5}}, "expected an integer"),
+        ({"training": {"history_months": 25}}, "training.history_months must be an integer from 0 to 24, got 25"),
     ],
 )
 def test_invalid_configs_name_the_field(raw, fragment):

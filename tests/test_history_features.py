@@ -12,12 +12,14 @@ import pytest
 
 from finrec.config import Config, ModelConfig, TrainConfig
 from finrec.data import schema as S
+from finrec.data.io import Dataset
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline
-from finrec.history_features import HORIZON, TIME_BUCKETS, HistoryFeatures
+from finrec.history_features import HORIZON, TIME_BUCKETS, HistoryFeatures, earlier_months, months
 from finrec.model.history import ColdStartDropout
 from finrec.model.towers import customer_tower
 from finrec.recommend.index import NumpyTower
+from finrec.training.train import TrainingExamples
 
 PRODUCTS = ["A", "B", "C"]
 
@@ -305,3 +307,202 @@ def test_the_teacher_sees_the_history_as_lags_when_the_model_does(bank_with_hist
         # A chosen blend refits its teacher on every training customer: the same lags again.
         assert len(seen) == (2 if trained.history.get("tree_blend_refit") else 1)
     assert set(by_encoder["events"]) == {(3, True)} and set(by_encoder["none"]) == {(0, False)}
+
+
+# ------------------------------------------------------------------------ earlier months
+def hand_dataset() -> Dataset:
+    schema = S.SYNTHETIC.schema()
+    current = pd.DataFrame([(c, p) for c, held in CURRENT.items() for p in held], columns=[S.CUSTOMER_ID, S.PRODUCT_ID])
+    return Dataset(
+        schema=schema,
+        customers=pd.DataFrame({schema.customers.id: list(HAND)}),
+        products=pd.DataFrame({schema.products.id: PRODUCTS}),
+        interactions=pd.DataFrame({S.CUSTOMER_ID: ["c2"], S.PRODUCT_ID: ["A"], S.TIMESTAMP: [month_end(10)]}),
+        holdings=current,
+        holdings_history=hand_history(),
+    )
+
+
+def naive_earlier_months(count: int) -> list[dict]:
+    """Month by month, back from the latest snapshot (9): the adds by the next snapshot (10:
+    the current holdings) of each customer who held something then."""
+    held = {m: {c: {p for p, ms in HAND[c].items() if m in ms} for c in HAND} for m in range(10)}
+    held[10] = {c: set(CURRENT[c]) for c in HAND}
+    out = []
+    for m in range(9, 9 - count, -1):
+        adds = {(c, p) for c in HAND if held[m][c] for p in held[m + 1][c] - held[m][c]}
+        if adds:
+            out.append({"month": m, "adds": adds, "held": {(c, p) for c, _ in adds for p in held[m][c]}})
+    return out
+
+
+@pytest.mark.parametrize("count", [1, 3, 4, 10, 20])
+def test_earlier_months_are_each_snapshots_adds_with_the_holdings_and_history_of_then(count):
+    found = earlier_months(hand_dataset(), count)
+    expected = naive_earlier_months(min(count, 10))
+    assert [len(part.interactions) for part, _ in found] == [len(e["adds"]) for e in expected]
+    for (part, reference), e in zip(found, expected, strict=True):
+        pairs = lambda links: set(zip(links[S.CUSTOMER_ID], links[S.PRODUCT_ID], strict=True))  # noqa: E731
+        assert pairs(part.interactions) == e["adds"]
+        assert pairs(part.holdings) == e["held"]
+        assert set(part.customers["customer_id"]) == {c for c, _ in e["adds"]}
+        # Only what was known then: snapshots before the month, the reference the one before.
+        snapshot = months(part.holdings_history[S.AS_OF]) if len(part.holdings_history) else np.array([])
+        assert (snapshot < months([month_end(e["month"])])[0]).all()
+        assert reference == (months([month_end(e["month"] - 1)])[0] if e["month"] > 0 else None)
+        assert (part.interactions[S.TIMESTAMP] > month_end(e["month"])).all()
+        assert part.ground_truth is None
+
+
+def test_earlier_months_need_a_history_and_a_positive_count(small_dataset):
+    assert earlier_months(small_dataset, 3) == []
+    assert earlier_months(hand_dataset(), 0) == []
+
+
+def test_earlier_months_train_with_the_features_of_then_and_never_the_validation_customers(
+    bank_with_history, fast_config, monkeypatch
+):
+    from finrec.governance.report import scoring_notes
+    from finrec.training import train as T
+
+    parts, validated = [], []
+    real_build, real_setup = T.build_examples, T.validation_setup
+
+    def build_spy(pipeline, dataset, history_reference=None):
+        examples = real_build(pipeline, dataset, history_reference=history_reference)
+        if not validated:  # the validation set's own examples come later
+            parts.append((dataset, history_reference, examples))
+        return examples
+
+    def setup_spy(pipeline, val_data, *args, **kwargs):
+        validated.append(set(val_data.customers["customer_id"]))
+        return real_setup(pipeline, val_data, *args, **kwargs)
+
+    monkeypatch.setattr(T, "build_examples", build_spy)
+    monkeypatch.setattr(T, "validation_setup", setup_spy)
+    config = fast_config.with_overrides(epochs=1, history_months=3, distill=0.5)
+    trained = T.fit(bank_with_history, config, verbose=0)
+
+    (target, _, first), *earlier = parts
+    assert len(earlier) == 3 and trained.history["earlier_months"] == [3.0]
+    # The model-risk report says what trained it.
+    assert any("those of 3 earlier month(s)" in note for note in scoring_notes(trained))
+    assert trained.history["train_examples"] == [float(sum(len(e) for _, _, e in parts))]
+    for dataset, reference, examples in earlier:
+        # The training customers' past months, never a validation customer's.
+        assert set(dataset.customers["customer_id"]) <= set(target.customers["customer_id"])
+        assert not set(dataset.customers["customer_id"]) & validated[0]
+        # Each row's history input is the one its month's own dataset gives.
+        again = trained.pipeline.transform_customers(
+            dataset.customers, dataset.holdings, history=dataset.holdings_history, history_reference=reference
+        )
+        assert np.array_equal(again["history_events"], examples.inputs["history_events"])
+        assert examples.soft_targets is not None and examples.soft_targets.shape == (
+            len(dataset.customers),
+            trained.pipeline.n_products,
+        )
+    # Without it, the same fit trains on the target month alone.
+    parts.clear()
+    validated.clear()
+    T.fit(bank_with_history, fast_config.with_overrides(epochs=1, distill=0.5), verbose=0)
+    assert len(parts) == 1 and len(parts[0][2]) == len(first)
+
+
+def test_examples_extend_keeps_each_rows_customer_and_targets():
+    def examples(n, offset, soft=True):
+        return TrainingExamples(
+            {"x": np.arange(n, dtype="float32")[:, None] + offset},
+            np.arange(n) % max(n - 1, 1),
+            np.arange(n) + offset,
+            np.eye(n, 3, dtype=bool),
+            np.full((n, 3), offset, dtype="float32") if soft else None,
+        )
+
+    a, b = examples(3, 0), examples(2, 10)
+    joined = a.extend(b)
+    assert len(joined) == 5
+    # Every example still points at its own customer's input row and mask.
+    for i in range(5):
+        source, j = (a, i) if i < 3 else (b, i - 3)
+        assert joined.inputs["x"][joined.customer_rows[i]] == source.inputs["x"][source.customer_rows[j]]
+        assert np.array_equal(
+            joined.never_negative[joined.customer_rows[i]], source.never_negative[source.customer_rows[j]]
+        )
+        assert np.array_equal(
+            joined.soft_targets[joined.customer_rows[i]], source.soft_targets[source.customer_rows[j]]
+        )
+        assert joined.positives[i] == source.positives[j]
+    with pytest.raises(ValueError, match="teacher"):
+        a.extend(examples(2, 10, soft=False))
+
+
+def test_the_teacher_trains_on_earlier_months_but_stops_on_the_latest(bank_with_history, monkeypatch):
+    import lightgbm as lgb
+
+    from finrec.data.split import split_customer_ids
+    from finrec.training.trees import TEACHER, LightGBMBaseline
+
+    seen = {}
+    real_train = lgb.train
+
+    def spy(params, train_set, *args, valid_sets=(), **kwargs):
+        seen["train"], seen["val"] = train_set, valid_sets[0]
+        return real_train(params, train_set, *args, valid_sets=valid_sets, **kwargs)
+
+    monkeypatch.setattr(lgb, "train", spy)
+    parts = earlier_months(bank_with_history, 2)
+    teacher = LightGBMBaseline(**TEACHER, history_lags=3).fit(bank_with_history, seed=0, earlier=parts)
+
+    # The stop set is the latest month of 10% of its adopters, drawn as without earlier months.
+    adopters = np.unique(bank_with_history.interactions[S.CUSTOMER_ID].astype(str))
+    _, stop = split_customer_ids(adopters, 0.1, np.random.default_rng(0))
+    stop = set(stop)
+    latest = bank_with_history.interactions[S.CUSTOMER_ID].astype(str)
+    assert seen["val"].num_data() == latest.isin(stop).sum()
+    # Training rows: the latest month's other adoptions, then each earlier month's, theirs too
+    # only for customers outside the stop set, with the features of then.
+    expected = [
+        teacher.features(bank_with_history.customers, bank_with_history.holdings, bank_with_history.holdings_history)
+    ]
+    rows = [bank_with_history.customers["customer_id"].astype(str).tolist().index(c) for c in latest if c not in stop]
+    expected[0] = expected[0].iloc[rows]
+    for part, reference in parts:
+        ids = part.customers["customer_id"].astype(str).tolist()
+        taken = [ids.index(c) for c in part.interactions[S.CUSTOMER_ID].astype(str) if c not in stop]
+        frame = teacher.features(part.customers, part.holdings, part.holdings_history, reference=reference)
+        expected.append(frame.iloc[taken])
+    expected = pd.concat(expected, ignore_index=True)
+    assert len(parts) == 2 and len(expected) > len(rows)
+    pd.testing.assert_frame_equal(seen["train"].data, expected)
+    with pytest.raises(ValueError, match="multiclass"):
+        LightGBMBaseline(objective="binary").fit(bank_with_history, earlier=parts)
+
+
+def test_tuned_lightgbm_trains_each_fit_on_the_earlier_months_of_its_own_customers(bank_with_history, monkeypatch):
+    from finrec.evaluate.baselines import TunedLightGBM
+    from finrec.training.trees import LightGBMBaseline
+
+    fits = []
+    real_fit = LightGBMBaseline.fit
+
+    def spy(self, dataset, seed=0, earlier=()):
+        fits.append((set(dataset.customers["customer_id"]), [set(p.customers["customer_id"]) for p, _ in earlier]))
+        return real_fit(self, dataset, seed=seed, earlier=earlier)
+
+    monkeypatch.setattr(LightGBMBaseline, "fit", spy)
+    grid = {
+        "num_leaves": (7,),
+        "min_data_in_leaf": (20, 50),
+        "learning_rate": (0.1,),
+        "feature_fraction": (1.0,),
+        "lambda_l2": (0.0,),
+    }
+    TunedLightGBM(max_trials=2, num_threads=1, grid=grid, max_rounds=30, history_lags=3, history_months=2).fit(
+        bank_with_history, seed=0
+    )
+    (trial, trial_earlier), _, (final, final_earlier) = fits
+    assert len(trial_earlier) == len(final_earlier) == 2
+    # A trial's earlier months are its fitting customers' (never the validation ones); the refit's
+    # are every customer's.
+    assert all(ids <= trial for ids in trial_earlier) and final == set(bank_with_history.customers["customer_id"])
+    assert sum(map(len, final_earlier)) > sum(map(len, trial_earlier))

@@ -147,6 +147,10 @@ class TrainConfig:
     # least this many steps: with 5k customers and batch 512 an epoch was 7 steps, and the
     # weight average and early stopping judged a model that had barely moved (0 turns it off).
     min_steps_per_epoch: int = 50
+    # With a holdings_history, the adds of this many earlier months (one per snapshot, back from
+    # the latest) are training examples too, with the features the customers had then
+    # (``history_features.earlier_months``); the validation customers' months never train.
+    history_months: int = 0
 
     def validate(self) -> None:
         _choice(self.loss, LOSSES, "training.loss")
@@ -171,6 +175,12 @@ class TrainConfig:
             or self.min_steps_per_epoch < 0
         ):
             raise ConfigError(f"training.min_steps_per_epoch must be an integer >= 0, got {self.min_steps_per_epoch!r}")
+        if (
+            isinstance(self.history_months, bool)
+            or not isinstance(self.history_months, int)
+            or not 0 <= self.history_months <= 24
+        ):
+            raise ConfigError(f"training.history_months must be an integer from 0 to 24, got {self.history_months!r}")
         if not 0.0 <= self.distill < 1.0:
             raise ConfigError(f"training.distill must lie in [0, 1), got {self.distill}")
         if not 0.0 < self.validation_fraction < 0.5:

@@ -25,12 +25,14 @@ callers transform customers in chunks for large tables.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
+from finrec.data.io import Dataset
 from finrec.errors import ArtifactError, DataError
 
 HORIZON = 24  # history months looked at (adds and drops older than that are outside the window)
@@ -217,3 +219,58 @@ def history_records(entries, where: str = "features.history") -> pd.DataFrame:
     except (ValueError, TypeError):
         raise DataError(f"{where}: an '{S.AS_OF}' value is not a date") from None
     return frame
+
+
+# ---------------------------------------------------------------------------- earlier months
+def earlier_months(dataset: Dataset, count: int) -> list[tuple[Dataset, int | None]]:
+    """The adoptions of up to ``count`` months before the dataset's own, read off its history:
+    the Santander winners trained on several months, not only the latest.
+
+    Back from the latest, each snapshot month ``m`` of ``dataset.holdings_history`` becomes a
+    dataset as it stood then: ``holdings`` the snapshot at ``m``, ``holdings_history`` the
+    snapshots before ``m``, and ``interactions`` the products held at the next snapshot (the
+    current ``holdings`` after the latest one) but not at ``m``: that month's adds. Its customers
+    are those with an add who held something at ``m``: one who held nothing may not yet have
+    been a customer, and a first account opened with the bank is not what is recommended.
+    Customer attributes are today's (the contract keeps no past ones). Returns (dataset,
+    history reference month: its history's latest month, None when it has none), latest month
+    first, skipping months without an add; ground truth is dropped (it describes today).
+    """
+    history = dataset.holdings_history
+    if count <= 0 or history is None or len(history) == 0:
+        return []
+    cid = dataset.schema.customers.id
+    month = months(history[S.AS_OF])
+    snapshots = np.unique(month)[::-1]
+    customer = history[S.CUSTOMER_ID].astype(str).to_numpy()
+    key = _pair_keys(history)
+    later, later_key = dataset.holdings[[S.CUSTOMER_ID, S.PRODUCT_ID]], _pair_keys(dataset.holdings)
+    out: list[tuple[Dataset, int | None]] = []
+    for i, m in enumerate(snapshots[:count]):
+        at = month == m
+        now, now_key = history.loc[at, [S.CUSTOMER_ID, S.PRODUCT_ID]], key[at]
+        is_add = ~later_key.isin(now_key) & later[S.CUSTOMER_ID].astype(str).isin(customer[at])
+        adds = later[is_add.to_numpy()]
+        later, later_key = now, now_key
+        if len(adds) == 0:
+            continue
+        ids = pd.Index(adds[S.CUSTOMER_ID].astype(str).unique())
+        theirs = pd.Index(ids).get_indexer(customer) >= 0
+        # Dated the day after the snapshot: the adds happened after it, by the next one.
+        after = pd.Timestamp(year=int(m // 12), month=int(m % 12) + 1, day=1) + pd.offsets.MonthBegin(1)
+        as_then = replace(
+            dataset,
+            customers=dataset.customers[dataset.customers[cid].astype(str).isin(ids)].reset_index(drop=True),
+            holdings=now[theirs[at]].reset_index(drop=True),
+            interactions=adds.reset_index(drop=True).assign(**{S.TIMESTAMP: after}),
+            holdings_history=history[(month < m) & theirs].reset_index(drop=True),
+            ground_truth=None,
+        )
+        reference = int(snapshots[i + 1]) if i + 1 < len(snapshots) else None
+        out.append((as_then, reference))
+    return out
+
+
+def _pair_keys(links: pd.DataFrame) -> pd.Series:
+    """One text key per (customer, product) row, to compare snapshots."""
+    return links[S.CUSTOMER_ID].astype(str) + "\x1f" + links[S.PRODUCT_ID].astype(str)

@@ -241,10 +241,12 @@ def test_streamed_training_learns_from_the_history(tmp_path, fast_config, caplog
 
     data_dir = _history_bank(tmp_path, n_customers=600, months=4, seed=2)
     source = StreamingSource(data_dir, chunk_rows=200, workdir=tmp_path)
-    trained = fit(source, fast_config.with_overrides(epochs=1), verbose=0)
+    trained = fit(source, fast_config.with_overrides(epochs=1, history_months=2), verbose=0)
     assert "history_events" in trained.pipeline.customer_input_spec()
-    # The default blends where a history is read; a streamed fit cannot, and says so.
+    # The default blends where a history is read; a streamed fit cannot, and says so; nor does it
+    # train on earlier months.
     assert "model.tree_blend is ignored by the streamed fit" in caplog.text and trained.blend is None
+    assert "training.history_months is ignored by the streamed fit" in caplog.text
     assert source.last_batches.max_rows_held <= 200 and len(source.last_layout.pieces) > 2
     # The tower reads the history: zeroing it moves the embeddings.
     data = load_dataset(data_dir)

@@ -60,7 +60,9 @@ class TunedLightGBM:
     (at least one trial always runs). ``objective`` is "multiclass", "binary" (one model per
     product) or "auto": binary above ``PER_PRODUCT_ABOVE`` products. ``num_threads`` None uses
     every core, as on a user's machine, or ``OMP_NUM_THREADS`` where it is set. ``history_lags`` > 0 gives every trial the lag set
-    (``LightGBMBaseline``) when the data has a history.
+    (``LightGBMBaseline``) when the data has a history; ``history_months`` > 0 trains every fit on that
+    many earlier months too (``finrec.history_features.earlier_months``: the Santander winners'
+    practice), multiclass only; validation always judges the latest month.
 
     After ``fit``: ``best_params_``, ``trials_`` (one dict per trial: params, validation
     nDCG@k and MRR, rounds, seconds), ``budget_`` (trials run, search and refit seconds, the
@@ -79,6 +81,7 @@ class TunedLightGBM:
         max_rounds: int = 1000,
         early_stopping_rounds: int = 30,
         history_lags: int = 0,
+        history_months: int = 0,
     ):
         if objective not in (*OBJECTIVES, "auto"):
             raise ValueError(f"objective must be 'auto', 'multiclass' or 'binary', got {objective!r}")
@@ -96,6 +99,7 @@ class TunedLightGBM:
         self.max_rounds = max_rounds
         self.early_stopping_rounds = early_stopping_rounds
         self.history_lags = history_lags
+        self.history_months = history_months
 
     def candidates(self, seed: int) -> list[dict]:
         """The trial order: the anchors that lie in the grid, then the rest of the grid shuffled."""
@@ -122,6 +126,7 @@ class TunedLightGBM:
 
         from finrec.data.split import split_customer_ids
         from finrec.evaluate.metrics import summarize
+        from finrec.history_features import earlier_months
 
         started = time.perf_counter()
         n_products = len(dataset.products)
@@ -132,13 +137,14 @@ class TunedLightGBM:
             dataset.customer_ids, self.validation_fraction, np.random.default_rng(seed)
         )
         fit_part, val_part = dataset.subset_customers(fit_ids), dataset.subset_customers(val_ids)
+        earlier = earlier_months(fit_part, self.history_months)
         self.trials_ = []
         relevant = excluded = val_customers = None
         for params in self.candidates(seed)[: self.max_trials]:
             if self.trials_ and self.max_seconds is not None and time.perf_counter() - started >= self.max_seconds:
                 break
             t0 = time.perf_counter()
-            model = self._model(params, objective).fit(fit_part, seed=seed)
+            model = self._model(params, objective).fit(fit_part, seed=seed, earlier=earlier)
             if relevant is None:  # the validation ranking task, in the pipeline's product order
                 pipeline = model.pipeline_
                 cid = dataset.schema.customers.id
@@ -162,7 +168,9 @@ class TunedLightGBM:
         search_seconds = time.perf_counter() - started
         best = max(self.trials_, key=lambda t: t[f"ndcg@{self.k}"])
         self.best_params_ = dict(best["params"])
-        self.model_ = self._model(self.best_params_, objective).fit(dataset, seed=seed)
+        self.model_ = self._model(self.best_params_, objective).fit(
+            dataset, seed=seed, earlier=earlier_months(dataset, self.history_months)
+        )
         self.objective_ = objective
         self.best_iteration_ = self.model_.best_iteration_
         self.budget_ = {

@@ -258,6 +258,14 @@ def scoring_notes(trained) -> list[str]:
     model blended into the score itself."""
     notes = []
     training = trained.config.training
+    earlier = int(getattr(trained, "history", {}).get("earlier_months", [0])[0])
+    if earlier:
+        notes.append(
+            f"Training months: besides the latest month's adoptions, those of {earlier} earlier month(s), read off "
+            "the holdings history as the products held at one snapshot and not at the one before, with the "
+            "holdings and history of that time and today's customer attributes (the tree teacher trains on them "
+            "too). Only training customers' months are used; early stopping and the calibration judge the latest."
+        )
     if training.distill > 0:
         notes.append(
             f"Distillation: the loss is {1 - training.distill:.2g} x the adoptions' cross-entropy + "

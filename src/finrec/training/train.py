@@ -29,6 +29,7 @@ from finrec.data.split import split_customer_ids
 from finrec.errors import ConfigError, DataError
 from finrec.evaluate.metrics import summarize
 from finrec.features import FeaturePipeline
+from finrec.history_features import earlier_months
 from finrec.model import losses as L
 from finrec.model.two_tower import build_two_tower, customer_embeddings, product_embeddings
 from finrec.training.calibration import Calibration, fit_calibration
@@ -51,6 +52,19 @@ class TrainingExamples:
 
     def __len__(self) -> int:
         return len(self.positives)
+
+    def extend(self, more: TrainingExamples) -> TrainingExamples:
+        """These examples followed by ``more`` (its customers' rows after these)."""
+        if (self.soft_targets is None) != (more.soft_targets is None):
+            raise ValueError("cannot join examples with and without a teacher's targets")
+        n = len(self.never_negative)
+        return TrainingExamples(
+            {name: np.concatenate([x, more.inputs[name]]) for name, x in self.inputs.items()},
+            np.concatenate([self.customer_rows, more.customer_rows + n]),
+            np.concatenate([self.positives, more.positives]),
+            np.concatenate([self.never_negative, more.never_negative]),
+            None if self.soft_targets is None else np.concatenate([self.soft_targets, more.soft_targets]),
+        )
 
     def drop_remainder(self, multiple: int) -> None:
         """Keep a multiple of ``multiple`` examples (data parallelism: the device count)."""
@@ -487,24 +501,31 @@ def fit(
         model_config.history_encoder,
         numeric_bins_of(config),
     ).fit(train_data)
-    examples = build_examples(pipeline, train_data)
-    examples.drop_remainder(batch_multiple)
     split_bins = model_config.split_bins if pipeline.customer_bins_ is not None else 0
     blend = wants_blend(model_config, dataset)
+    # The training customers' earlier months (``history_months``), for the towers and the teacher.
+    earlier = earlier_months(train_data, training.history_months)
     teacher = None
     if training.distill > 0 or split_bins or blend:
         # Fitted on the training customers only: validation and calibration stay unseen.
-        teacher = teacher_for(train_data, config)
-        if training.distill > 0:
-            examples.soft_targets = teacher_targets(teacher, train_data, pipeline)
+        teacher = teacher_for(train_data, config, earlier)
         if split_bins:
             # Before the model is built: its PLE layer takes the bins.
             pipeline.add_split_bins(teacher.numeric_splits(split_bins))
+    months = [(train_data, None), *earlier]
+    examples = None
+    for part, reference in months:
+        more = build_examples(pipeline, part, history_reference=reference)
+        if training.distill > 0 and teacher is not None:
+            more.soft_targets = teacher_targets(teacher, part, pipeline, reference)
+        examples = more if examples is None else examples.extend(more)
+    examples.drop_remainder(batch_multiple)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
     log.info(
-        "training on %d examples from %d customers (%d validation customers)",
+        "training on %d examples from %d customers and %d earlier month(s) (%d validation customers)",
         len(examples),
         len(train_ids),
+        len(months) - 1,
         len(val_ids),
     )
 
@@ -521,7 +542,11 @@ def fit(
         config,
         verbose,
         callbacks,
-        record={"train_examples": [float(len(examples))], "distilled": [float(examples.soft_targets is not None)]},
+        record={
+            "train_examples": [float(len(examples))],
+            "distilled": [float(examples.soft_targets is not None)],
+            "earlier_months": [float(len(months) - 1)],
+        },
     )
     if blend and teacher is not None:
         trained.blend = choose_blend(trained, teacher, val_data)
@@ -545,12 +570,15 @@ def refit_blend(blend: TreeBlend, dataset: Dataset, config: Config) -> TreeBlend
     and the calibration were chosen with a teacher that never saw the validation customers, as
     they must be; the trees then learn from the 25% more adopters. ``fit`` refits only up to
     ``REFIT_MAX_CUSTOMERS`` (measurements in docs/benchmarks.md)."""
-    return dataclasses.replace(blend, teacher=teacher_for(dataset, config))
+    return dataclasses.replace(
+        blend, teacher=teacher_for(dataset, config, earlier_months(dataset, config.training.history_months))
+    )
 
 
-def teacher_for(dataset: Dataset, config: Config):
-    """The tree teacher of ``config``'s model fitted on ``dataset``: the lag features where the
-    model reads the history, and the model's own protected-column and holdings options."""
+def teacher_for(dataset: Dataset, config: Config, earlier: list | tuple = ()):
+    """The tree teacher of ``config``'s model fitted on ``dataset`` (and its ``earlier`` months):
+    the lag features where the model reads the history, and the model's own protected-column and
+    holdings options."""
     model_config = config.model
     return fit_teacher(
         dataset,
@@ -558,6 +586,7 @@ def teacher_for(dataset: Dataset, config: Config):
         history_lags=model_config.history_lags if model_config.history_encoder != "none" else 0,
         exclude_protected=model_config.exclude_protected,
         use_holdings=model_config.use_holdings,
+        earlier=earlier,
     )
 
 

@@ -191,7 +191,11 @@ class LightGBMBaseline:
                     columns[f"{name}_{j}"] = values[:, j]
         return columns
 
-    def fit(self, dataset, seed: int = 0) -> LightGBMBaseline:
+    def fit(self, dataset, seed: int = 0, earlier: list | tuple = ()) -> LightGBMBaseline:
+        """Fit on ``dataset``'s adoptions; ``earlier``: (dataset, history reference) pairs of
+        earlier months (``history_features.earlier_months``) whose adoptions train too (the
+        multiclass objective only). Early stopping judges 10% of the customers with adoptions
+        in ``dataset``, on its own month, and none of their earlier months trains."""
         _passive_openmp()
         import lightgbm as lgb
 
@@ -218,15 +222,30 @@ class LightGBMBaseline:
         if len(rows) == 0:
             raise ValueError("LightGBMBaseline.fit: the dataset has no interactions")
         if self.objective == "binary":
+            if len(earlier):
+                raise ValueError("LightGBMBaseline.fit: earlier months train the multiclass objective only")
             return self._fit_binary(dataset, customers, seed)
-        # Classes are the products seen as adoptions; score() maps them back to catalogue columns.
-        self.classes_ = np.unique(labels)
-        y = np.searchsorted(self.classes_, labels)
         x = self.features(customers, dataset.holdings, dataset.holdings_history)
-
         with_positives = np.unique(customers[cid].astype(str).to_numpy()[rows])
         _, val_ids = split_customer_ids(with_positives, self.validation_fraction, np.random.default_rng(seed))
         is_val = _member(customers[cid].astype(str).to_numpy()[rows], val_ids)
+        x_train, labels_train = [x.iloc[rows[~is_val]]], [labels[~is_val]]
+        for part, reference in earlier:
+            part_customers = part.customers.reset_index(drop=True)
+            part_ids = part_customers[cid].astype(str)
+            part_rows = pd.Index(part_ids).get_indexer(part.interactions[S.CUSTOMER_ID].astype(str))
+            part_labels = self.pipeline_.product_positions(part.interactions[S.PRODUCT_ID].to_numpy())
+            keep = (part_rows >= 0) & (part_labels >= 0)
+            keep[keep] = ~_member(part_ids.to_numpy()[part_rows[keep]], val_ids)
+            if keep.any():
+                part_x = self.features(part_customers, part.holdings, part.holdings_history, reference=reference)
+                x_train.append(part_x.iloc[part_rows[keep]])
+                labels_train.append(part_labels[keep])
+        # Classes are the products seen as adoptions; score() maps them back to catalogue columns.
+        self.classes_ = np.unique(np.concatenate([labels, *labels_train[1:]]))
+        y = np.searchsorted(self.classes_, labels)
+        x_train = pd.concat(x_train, ignore_index=True) if len(x_train) > 1 else x_train[0].reset_index(drop=True)
+        y_train = np.searchsorted(self.classes_, np.concatenate(labels_train))
         params = {
             "objective": "multiclass",
             "num_class": len(self.classes_),
@@ -237,7 +256,7 @@ class LightGBMBaseline:
             self.booster_ = None
             self.best_iteration_ = 0
             return self
-        train_set = lgb.Dataset(x.iloc[rows[~is_val]].reset_index(drop=True), y[~is_val], free_raw_data=False)
+        train_set = lgb.Dataset(x_train, y_train, free_raw_data=False)
         val_set = lgb.Dataset(x.iloc[rows[is_val]].reset_index(drop=True), y[is_val], reference=train_set)
         self.booster_ = lgb.train(
             params,
@@ -331,15 +350,19 @@ class LightGBMBaseline:
         return self
 
     def score(
-        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
+        self,
+        customers: pd.DataFrame,
+        holdings: pd.DataFrame | None = None,
+        history: pd.DataFrame | None = None,
+        reference: int | None = None,
     ) -> np.ndarray:
         """Class probabilities, float [n, P] in the pipeline's product order; products never
-        adopted in training score 0."""
+        adopted in training score 0 (``reference`` as in ``features``)."""
         out = np.zeros((len(customers), self.pipeline_.n_products), dtype="float64")
         if len(customers) == 0:
             return out
         if self.objective == "binary":
-            x = self.matrix(customers.reset_index(drop=True), holdings, history)
+            x = self.matrix(customers.reset_index(drop=True), holdings, history, reference=reference)
             for p in self.classes_:
                 booster = self.boosters_.get(p)
                 if booster is None:
@@ -350,7 +373,7 @@ class LightGBMBaseline:
         if self.booster_ is None:
             out[:, self.classes_] = 1.0
             return out
-        x = self.matrix(customers.reset_index(drop=True), holdings, history)
+        x = self.matrix(customers.reset_index(drop=True), holdings, history, reference=reference)
         proba = self.booster_.predict(x, num_iteration=self.best_iteration_)
         out[:, self.classes_] = np.asarray(proba).reshape(len(customers), len(self.classes_))
         return out
@@ -472,30 +495,38 @@ TEACHER = {
 
 
 def fit_teacher(
-    dataset, seed: int = 0, history_lags: int = 0, exclude_protected: bool = False, use_holdings: bool = True
+    dataset,
+    seed: int = 0,
+    history_lags: int = 0,
+    exclude_protected: bool = False,
+    use_holdings: bool = True,
+    earlier: list | tuple = (),
 ) -> LightGBMBaseline:
     """The distillation teacher (``TEACHER``) fitted on ``dataset``'s adoptions; it stops early
     on 10% of those customers (``LightGBMBaseline.fit``). ``history_lags`` > 0 gives it the
     Santander winners' lag features where the data has a ``holdings_history`` (the trees' own
     ground: hundreds of sparse binary columns), whose knowledge the towers then learn.
     ``exclude_protected`` and ``use_holdings``: the student's model options, which bind the
-    teacher too (see ``LightGBMBaseline``)."""
+    teacher too (see ``LightGBMBaseline``); ``earlier``: the earlier months that train the
+    towers (``LightGBMBaseline.fit``) train it too."""
     start = time.perf_counter()
     teacher = LightGBMBaseline(
         **TEACHER, history_lags=history_lags, exclude_protected=exclude_protected, use_holdings=use_holdings
-    ).fit(dataset, seed=seed)
+    ).fit(dataset, seed=seed, earlier=earlier)
     log.info("distillation teacher: %d rounds in %.1f s", teacher.best_iteration_, time.perf_counter() - start)
     return teacher
 
 
-def teacher_targets(teacher: LightGBMBaseline, dataset, pipeline: FeaturePipeline) -> np.ndarray:
+def teacher_targets(
+    teacher: LightGBMBaseline, dataset, pipeline: FeaturePipeline, history_reference: int | None = None
+) -> np.ndarray:
     """q, float32 [n_customers, P] in ``dataset``'s customer order and ``pipeline``'s product
     order: the teacher's class probabilities with held products set to 0, renormalized to sum
     to 1 over the rest of each row (a row is all 0 where every product is held or the teacher
-    gives the rest no mass)."""
+    gives the rest no mass). ``history_reference``: as in ``build_examples``."""
     cid = dataset.schema.customers.id
     ids = dataset.customers[cid].to_numpy()
-    q = teacher.score(dataset.customers, dataset.holdings, dataset.holdings_history)
+    q = teacher.score(dataset.customers, dataset.holdings, dataset.holdings_history, history_reference)
     # Columns by product id: the teacher's pipeline and ours may order the catalogue alike, but
     # nothing here relies on it.
     columns = pd.Index(teacher.pipeline_.product_ids_).get_indexer(pipeline.product_ids_)
