@@ -365,7 +365,7 @@ def test_earlier_months_train_with_the_features_of_then_and_never_the_validation
     from finrec.governance.report import scoring_notes
     from finrec.training import train as T
 
-    parts, validated = [], []
+    parts, validated, ranked = [], [], []
     real_build, real_setup = T.build_examples, T.validation_setup
 
     def build_spy(pipeline, dataset, history_reference=None):
@@ -376,7 +376,11 @@ def test_earlier_months_train_with_the_features_of_then_and_never_the_validation
 
     def setup_spy(pipeline, val_data, *args, **kwargs):
         validated.append(set(val_data.customers["customer_id"]))
-        return real_setup(pipeline, val_data, *args, **kwargs)
+        callbacks, data = real_setup(pipeline, val_data, *args, **kwargs)
+        ranking = next(c for c in callbacks if isinstance(c, T.RankingValidation))
+        earlier = args[4] if len(args) > 4 else kwargs.get("earlier", ())
+        ranked.append((len(val_data.customers), len(ranking.relevant), earlier))
+        return callbacks, data
 
     monkeypatch.setattr(T, "build_examples", build_spy)
     monkeypatch.setattr(T, "validation_setup", setup_spy)
@@ -401,11 +405,16 @@ def test_earlier_months_train_with_the_features_of_then_and_never_the_validation
             len(dataset.customers),
             trained.pipeline.n_products,
         )
+    # Early stopping ranks the validation customers' latest month and their own earlier months.
+    latest, rows, val_earlier = ranked[0]
+    assert len(val_earlier) == 3 and rows == latest + sum(len(p.customers) for p, _ in val_earlier)
+    assert all(set(p.customers["customer_id"]) <= validated[0] for p, _ in val_earlier)
     # Without it, the same fit trains on the target month alone.
     parts.clear()
     validated.clear()
-    T.fit(bank_with_history, fast_config.with_overrides(epochs=1, distill=0.5), verbose=0)
+    T.fit(bank_with_history, fast_config.with_overrides(epochs=1, distill=0.5, history_months=0), verbose=0)
     assert len(parts) == 1 and len(parts[0][2]) == len(first)
+    assert ranked[-1][1] == ranked[-1][0]
 
 
 def test_examples_extend_keeps_each_rows_customer_and_targets():

@@ -89,6 +89,10 @@ def _quiet_backend(verbose: int = 0) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    # On CPUs with AVX-512 / AMX, TensorFlow announces its oneDNN kernels through absl before any
+    # log level applies; only turning them off (its own advice) keeps the line away. A user's
+    # setting is kept, and ``-v`` leaves them on.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for module in ("tensorflow", "keras", "jax", "absl", "google", "ray", "numba"):
         warnings.filterwarnings("ignore", module=module)

@@ -218,7 +218,9 @@ def test_the_model_risk_report_states_the_blend_and_the_teacher(blended, trained
 
     from finrec.governance.report import scoring_notes
 
-    notes = scoring_notes(blended)
+    # This bank has a history: the default trained on its earlier months too, and says so first.
+    months, *notes = scoring_notes(blended)
+    assert months.startswith("Training months: besides the latest month's adoptions, those of")
     assert len(notes) == 1 and notes[0].startswith("Tree blend: the score is 0.5 x the cosine + 0.5 x 0.1 x")
     assert "with the holdings history's lag features" in notes[0] and "protected columns included" in notes[0]
     assert scoring_notes(trained) == []  # the session's model: no teacher, no blend
@@ -281,3 +283,36 @@ def test_the_shipped_blend_refits_its_teacher_on_every_training_customer(bank, m
     large = train.fit(data, small_config("always"), verbose=0)
     assert large.blend.teacher is teachers[-1] and len(seen) == 1 and "tree_blend_refit" not in large.history
     assert not any("refitted" in note for note in scoring_notes(large))
+
+
+def test_the_blend_weight_is_chosen_on_the_latest_and_the_earlier_months_together(bank, blended):
+    # Each earlier month's customers are ranked with the features of then, by the towers and the
+    # trees alike, and the chosen weight's figure is the nDCG over every month's rows at once.
+    from finrec.evaluate.metrics import summarize
+    from finrec.history_features import earlier_months
+    from finrec.training import train
+
+    _, data = bank
+    val = data.subset_customers(_adopters(data)[:200])
+    months = earlier_months(val, 4)  # (this bank's latest snapshot lacks most customers: no adds then)
+    assert len(months) >= 2
+    chosen = train.choose_blend(blended, blended.blend.teacher, val, weights=(0.5,), earlier=months)
+    assert chosen is not None and chosen.weight == 0.5
+    scores, relevant, excluded = [], [], []
+    for part, reference in [(val, None), *months]:
+        inputs = blended.pipeline.transform_customers(
+            part.customers, part.holdings, history=part.holdings_history, history_reference=reference
+        )
+        cosine = train.customer_embeddings(blended.model, inputs) @ blended.product_embeddings_.T
+        held = blended.pipeline.holdings_matrix(part.customers["customer_id"].to_numpy(), part.holdings)
+        trees = blended.blend.teacher.logits(
+            part.customers, held=held, history=part.holdings_history, reference=reference
+        )
+        scores.append(0.5 * cosine + 0.5 * 0.1 * trees)
+        rel, exc = train.ranking_targets(blended.pipeline, part)
+        relevant.append(rel)
+        excluded.append(exc)
+    expected = summarize(np.concatenate(scores), np.concatenate(relevant), np.concatenate(excluded), k=5)["ndcg@5"]
+    assert blended.history["blend_val_ndcg@5"] == [pytest.approx(expected, abs=1e-6)]
+    alone = summarize(scores[0], relevant[0], excluded[0], k=5)["ndcg@5"]
+    assert abs(alone - expected) > 1e-4  # the earlier months did count

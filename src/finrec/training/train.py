@@ -250,10 +250,17 @@ class TrainedModel:
             self.product_embeddings_ = product_embeddings(self.model)
 
     def customer_embeddings(
-        self, customers: pd.DataFrame, holdings: pd.DataFrame | None = None, history: pd.DataFrame | None = None
+        self,
+        customers: pd.DataFrame,
+        holdings: pd.DataFrame | None = None,
+        history: pd.DataFrame | None = None,
+        history_reference: int | None = None,
     ) -> np.ndarray:
-        """float32 [n, D] through the Keras customer tower (``history``: their holdings_history)."""
-        inputs = self.pipeline.transform_customers(customers, holdings, history=history)
+        """float32 [n, D] through the Keras customer tower (``history``: their holdings_history;
+        ``history_reference`` as in ``build_examples``)."""
+        inputs = self.pipeline.transform_customers(
+            customers, holdings, history=history, history_reference=history_reference
+        )
         return customer_embeddings(self.model, inputs)
 
     def score(
@@ -339,18 +346,25 @@ def validation_setup(
     sample_from: np.ndarray | None,
     callbacks: list | None,
     distill: bool = False,
+    earlier: list | tuple = (),
 ) -> tuple[list, TrainingBatches | None]:
     """(callbacks for ``model.fit``, its ``validation_data``): ranking metrics of the validation
     customers in the epoch logs, early stopping on them (or on the validation loss), then the
-    caller's callbacks, which see those metrics."""
+    caller's callbacks, which see those metrics. ``earlier``: the validation customers' earlier
+    months (``history_features.earlier_months``), ranked beside their latest one."""
     val_examples = build_examples(pipeline, val_data)
-    relevant, excluded = ranking_targets(pipeline, val_data)
+    inputs, targets = [val_examples.inputs], [ranking_targets(pipeline, val_data)]
+    for part, reference in earlier:
+        inputs.append(build_examples(pipeline, part, history_reference=reference).inputs)
+        targets.append(ranking_targets(pipeline, part))
+    inputs = {name: np.concatenate([x[name] for x in inputs]) for name in inputs[0]}
+    relevant, excluded = (np.concatenate(side) for side in zip(*targets, strict=True))
     k = training.eval_k
     monitor = f"val_ndcg@{k}" if training.monitor == "ndcg" else "val_loss"
     # With weight averaging, validation and early stopping judge the averaged weights.
     fit_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if training.ema_momentum > 0 else []
     fit_callbacks += [
-        RankingValidation(val_examples.inputs, relevant, excluded, k),
+        RankingValidation(inputs, relevant, excluded, k),
         keras.callbacks.EarlyStopping(
             monitor=monitor,
             mode="max" if training.monitor == "ndcg" else "min",
@@ -404,9 +418,11 @@ def train_model(
     verbose: int | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     record: dict[str, list[float]] | None = None,
+    val_earlier: list | tuple = (),
 ) -> TrainedModel:
     """The one fit routine: build the two towers over ``products``, compile with the configured
-    loss, and fit the batches ``make_batches(sample_from)`` returns, validating on ``val_data``.
+    loss, and fit the batches ``make_batches(sample_from)`` returns, validating on ``val_data``
+    (and its customers' ``val_earlier`` months, see ``validation_setup``).
 
     ``counts`` [P] are the training positives per product (logQ and sampling); ``record`` adds
     entries to the history. The batches may offer ``as_tf_dataset()``: on TensorFlow that pure
@@ -431,7 +447,9 @@ def train_model(
         make_loss(training, counts, config.model.ensemble_size, distill),
         steps_per_execution=steps_per_execution(len(batches)) if feed is not None else 1,
     )
-    all_callbacks, validation_data = validation_setup(pipeline, val_data, training, sample_from, callbacks, distill)
+    all_callbacks, validation_data = validation_setup(
+        pipeline, val_data, training, sample_from, callbacks, distill, val_earlier
+    )
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
@@ -503,8 +521,11 @@ def fit(
     ).fit(train_data)
     split_bins = model_config.split_bins if pipeline.customer_bins_ is not None else 0
     blend = wants_blend(model_config, dataset)
-    # The training customers' earlier months (``history_months``), for the towers and the teacher.
+    # The training customers' earlier months (``history_months``) train the towers and the
+    # teacher; the validation customers' are ranked beside their latest month, to stop the towers
+    # and choose the blend on several times as many adoptions.
     earlier = earlier_months(train_data, training.history_months)
+    val_earlier = earlier_months(val_data, training.history_months)
     teacher = None
     if training.distill > 0 or split_bins or blend:
         # Fitted on the training customers only: validation and calibration stay unseen.
@@ -547,9 +568,10 @@ def fit(
             "distilled": [float(examples.soft_targets is not None)],
             "earlier_months": [float(len(months) - 1)],
         },
+        val_earlier=val_earlier,
     )
     if blend and teacher is not None:
-        trained.blend = choose_blend(trained, teacher, val_data)
+        trained.blend = choose_blend(trained, teacher, val_data, earlier=val_earlier)
     trained.calibration = calibrate(trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])))
     if trained.blend is not None and len(dataset.customers) <= REFIT_MAX_CUSTOMERS:
         trained.blend = refit_blend(trained.blend, dataset, config)
@@ -600,26 +622,37 @@ def wants_blend(model_config, dataset: Dataset) -> bool:
 
 
 def choose_blend(
-    trained: TrainedModel, teacher, val_data: Dataset, weights: tuple[float, ...] = BLEND_WEIGHTS
+    trained: TrainedModel,
+    teacher,
+    val_data: Dataset,
+    weights: tuple[float, ...] = BLEND_WEIGHTS,
+    earlier: list | tuple = (),
 ) -> TreeBlend | None:
     """The tree blend (``TreeBlend``) whose weight ranks the validation customers best (nDCG at
-    ``training.eval_k``; a tie goes to the smaller weight), or None when that weight is 0. The
-    teacher never saw these customers; the towers' early stopping did, which favours the towers."""
+    ``training.eval_k``; a tie goes to the smaller weight), or None when that weight is 0.
+    ``earlier``: their earlier months (``history_features.earlier_months``), ranked beside the
+    latest. The teacher never saw these customers; the towers' early stopping did, which favours
+    the towers."""
     if list(teacher.pipeline_.product_ids_) != list(trained.pipeline.product_ids_):
         log.warning("tree blend skipped: the teacher's catalogue order differs from the model's")
         return None
     pipeline, training = trained.pipeline, trained.config.training
-    ids = val_data.customers[val_data.schema.customers.id].to_numpy()
-    held = pipeline.holdings_matrix(ids, val_data.holdings)
-    relevant, excluded = ranking_targets(pipeline, val_data)
-    # The towers' own cosine, whatever blend ``trained`` may already carry.
-    embeddings = trained.customer_embeddings(val_data.customers, val_data.holdings, val_data.holdings_history)
-    cosine = embeddings @ trained.product_embeddings_.T
-    # Validation customers are training data: whose data trains is the caller's choice (``finrec
-    # train`` leaves out customers who objected to profiling), as for the towers and the teacher.
-    unit = TreeBlend(teacher, 1.0, training.temperature).part(
-        val_data.customers, held, val_data.holdings_history
-    )  # temperature * t(c)
+    cosines, units, targets = [], [], []
+    for part, reference in [(val_data, None), *earlier]:
+        ids = part.customers[part.schema.customers.id].to_numpy()
+        # The towers' own cosine, whatever blend ``trained`` may already carry.
+        embeddings = trained.customer_embeddings(part.customers, part.holdings, part.holdings_history, reference)
+        cosines.append(embeddings @ trained.product_embeddings_.T)
+        # Validation customers are training data: whose data trains is the caller's choice
+        # (``finrec train`` leaves out customers who objected to profiling), as for the towers and
+        # the teacher.
+        held = pipeline.holdings_matrix(ids, part.holdings)
+        units.append(  # temperature * t(c)
+            TreeBlend(teacher, 1.0, training.temperature).part(part.customers, held, part.holdings_history, reference)
+        )
+        targets.append(ranking_targets(pipeline, part))
+    cosine, unit = np.concatenate(cosines), np.concatenate(units)
+    relevant, excluded = (np.concatenate(side) for side in zip(*targets, strict=True))
     k = training.eval_k
     found = {w: summarize((1 - w) * cosine + w * unit, relevant, excluded, k=k)[f"ndcg@{k}"] for w in weights}
     best = max(found, key=lambda w: (found[w], -w))
