@@ -150,8 +150,8 @@ class TrainConfig:
     # With a holdings_history, the adds of this many earlier months (one per snapshot, back from
     # the latest) are training examples too, with the features the customers had then
     # (``history_features.earlier_months``); the validation customers' months never train.
-    # 6 (issue 13; docs/benchmarks.md): on the bank with a past at the real data's size, +0.026
-    # to +0.034 nDCG@5 out of time and +0.006 to +0.042 by customer over 0, 3 seeds.
+    # 6 (issue 13; docs/benchmarks.md): on the bank with a past at the real data's size, 3 seeds,
+    # +0.025 to +0.033 nDCG@5 out of time and +0.017 to +0.043 by customer over 0.
     history_months: int = 6
 
     def validate(self) -> None:

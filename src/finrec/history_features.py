@@ -239,38 +239,40 @@ def earlier_months(dataset: Dataset, count: int) -> list[tuple[Dataset, int | No
     history = dataset.holdings_history
     if count <= 0 or history is None or len(history) == 0:
         return []
-    cid = dataset.schema.customers.id
+    holdings = dataset.holdings
+    # Customers and products as integer codes: the snapshots are compared as (customer, product)
+    # numbers, not text (24 months of 37,000 customers took 25 s with text keys).
+    n_history = len(history)
+    customer, customer_names = pd.factorize(pd.concat([history[S.CUSTOMER_ID], holdings[S.CUSTOMER_ID]]).astype(str))
+    product, _ = pd.factorize(pd.concat([history[S.PRODUCT_ID], holdings[S.PRODUCT_ID]]).astype(str))
+    key = customer.astype("int64") * (int(product.max()) + 1) + product
     month = months(history[S.AS_OF])
     snapshots = np.unique(month)[::-1]
-    customer = history[S.CUSTOMER_ID].astype(str).to_numpy()
-    key = _pair_keys(history)
-    later, later_key = dataset.holdings[[S.CUSTOMER_ID, S.PRODUCT_ID]], _pair_keys(dataset.holdings)
+    row_of = customer_names.get_indexer(dataset.customers[dataset.schema.customers.id].astype(str))
+    later, later_key, later_customer = holdings, key[n_history:], customer[n_history:]
     out: list[tuple[Dataset, int | None]] = []
     for i, m in enumerate(snapshots[:count]):
-        at = month == m
-        now, now_key = history.loc[at, [S.CUSTOMER_ID, S.PRODUCT_ID]], key[at]
-        is_add = ~later_key.isin(now_key) & later[S.CUSTOMER_ID].astype(str).isin(customer[at])
-        adds = later[is_add.to_numpy()]
-        later, later_key = now, now_key
+        at = np.flatnonzero(month == m)
+        held_then = np.zeros(len(customer_names), dtype=bool)
+        held_then[customer[at]] = True
+        is_add = ~np.isin(later_key, key[at]) & held_then[later_customer]
+        adds = later[is_add][[S.CUSTOMER_ID, S.PRODUCT_ID]]
+        theirs = np.zeros(len(customer_names), dtype=bool)
+        theirs[later_customer[is_add]] = True
+        later, later_key, later_customer = history.iloc[at], key[at], customer[at]
         if len(adds) == 0:
             continue
-        ids = pd.Index(adds[S.CUSTOMER_ID].astype(str).unique())
-        theirs = pd.Index(ids).get_indexer(customer) >= 0
         # Dated the day after the snapshot: the adds happened after it, by the next one.
         after = pd.Timestamp(year=int(m // 12), month=int(m % 12) + 1, day=1) + pd.offsets.MonthBegin(1)
+        past = np.flatnonzero((month < m) & theirs[customer[:n_history]])
         as_then = replace(
             dataset,
-            customers=dataset.customers[dataset.customers[cid].astype(str).isin(ids)].reset_index(drop=True),
-            holdings=now[theirs[at]].reset_index(drop=True),
+            customers=dataset.customers[(row_of >= 0) & theirs[np.maximum(row_of, 0)]].reset_index(drop=True),
+            holdings=later[theirs[later_customer]][[S.CUSTOMER_ID, S.PRODUCT_ID]].reset_index(drop=True),
             interactions=adds.reset_index(drop=True).assign(**{S.TIMESTAMP: after}),
-            holdings_history=history[(month < m) & theirs].reset_index(drop=True),
+            holdings_history=history.iloc[past].reset_index(drop=True),
             ground_truth=None,
         )
         reference = int(snapshots[i + 1]) if i + 1 < len(snapshots) else None
         out.append((as_then, reference))
     return out
-
-
-def _pair_keys(links: pd.DataFrame) -> pd.Series:
-    """One text key per (customer, product) row, to compare snapshots."""
-    return links[S.CUSTOMER_ID].astype(str) + "\x1f" + links[S.PRODUCT_ID].astype(str)
