@@ -264,7 +264,8 @@ def scoring_notes(trained) -> list[str]:
             f"Training months: besides the latest month's adoptions, those of {earlier} earlier month(s), read off "
             "the holdings history as the products held at one snapshot and not at the one before, with the "
             "holdings and history of that time and today's customer attributes (the tree teacher trains on them "
-            "too). Only training customers' months are used; early stopping and the calibration judge the latest."
+            "too). Early stopping and the blend's weight rank the validation customers' latest and earlier months, "
+            "which never train; the calibration reads the latest month alone."
         )
     if training.distill > 0:
         notes.append(

@@ -244,7 +244,7 @@ class LightGBMBaseline:
         # Classes are the products seen as adoptions; score() maps them back to catalogue columns.
         self.classes_ = np.unique(np.concatenate([labels, *labels_train[1:]]))
         y = np.searchsorted(self.classes_, labels)
-        x_train = pd.concat(x_train, ignore_index=True) if len(x_train) > 1 else x_train[0].reset_index(drop=True)
+        x_train = pd.concat(x_train, ignore_index=True)
         y_train = np.searchsorted(self.classes_, np.concatenate(labels_train))
         params = {
             "objective": "multiclass",
