@@ -113,6 +113,8 @@ def run(
         result["train_examples"] = trained.history["train_examples"][0]
         if "tree_blend_weight" in trained.history:  # a blend was tried (0: the validation chose none)
             result["tree_blend_weight"] = trained.history["tree_blend_weight"][0]
+            if "tree_blend_cold_weight" in trained.history:  # the weight of customers who hold nothing
+                result["tree_blend_cold_weight"] = trained.history["tree_blend_cold_weight"][0]
     if test.ground_truth is not None:
         pipeline = FeaturePipeline(train.schema).fit(train)
         ids, relevant, excluded = ranking_task(pipeline, test)

@@ -168,9 +168,35 @@ def test_a_tree_blend_is_a_dot_product_of_longer_vectors(teacher_and_pipeline):
     rng = np.random.default_rng(0)
     embeddings, products = rng.normal(size=(7, 4)).astype("float32"), rng.normal(size=(5, 4)).astype("float32")
     part = rng.normal(size=(7, 5)).astype("float32")
-    blend = TreeBlend(teacher, 0.3, 0.1)
-    got = blend.customer_vectors(embeddings, part) @ blend.product_vectors(products).T
-    np.testing.assert_allclose(got, 0.7 * embeddings @ products.T + part, rtol=1e-5, atol=1e-6)
+    held = rng.random((7, 5)) < 0.3
+    held[[1, 4]] = False  # two customers who hold nothing: the cold weight's
+    for blend, towers in (
+        (TreeBlend(teacher, 0.3, 0.1), np.full(7, 0.7)),
+        (TreeBlend(teacher, 0.3, 0.1, cold_weight=0.0), np.where(held.any(axis=1), 0.7, 1.0)),
+    ):
+        got = blend.customer_vectors(embeddings, part, held) @ blend.product_vectors(products).T
+        np.testing.assert_allclose(got, towers[:, None] * embeddings @ products.T + part, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(blend.cosine_part(embeddings @ products.T, held), got - part, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tree_blend_weighs_customers_who_hold_nothing_with_the_cold_weight(small_dataset, teacher_and_pipeline):
+    from finrec.training.trees import TreeBlend
+
+    teacher, pipeline = teacher_and_pipeline
+    customers = small_dataset.customers.iloc[:6].reset_index(drop=True)
+    held = pipeline.holdings_matrix(customers["customer_id"].to_numpy(), small_dataset.holdings)
+    held[[0, 3]] = False
+    assert held[[1, 2, 4, 5]].any(axis=1).all()
+    logits = teacher.logits(customers, held=held)
+    blend = TreeBlend(teacher, 0.6, 0.2, cold_weight=0.1)
+    np.testing.assert_allclose(blend.weights(held), [0.1, 0.6, 0.6, 0.1, 0.6, 0.6])
+    np.testing.assert_allclose(blend.part(customers, held), logits * (blend.weights(held) * 0.2)[:, None], rtol=1e-6)
+    record = customers.iloc[0].to_dict()
+    np.testing.assert_allclose(blend.record_part(record, held[:1]), 0.1 * 0.2 * logits[:1], rtol=1e-5, atol=1e-6)
+    # A model saved before the cold weight blends every customer alike; the weight round-trips.
+    assert TreeBlend(teacher, 0.6, 0.2).weights(held).tolist() == pytest.approx([0.6] * 6)
+    again = TreeBlend.from_dict(blend.to_dict())
+    assert again.cold_weight == 0.1 and "cold_weight" not in TreeBlend(teacher, 0.6, 0.2).to_dict()
 
 
 def test_tree_blend_setting_is_checked_and_yaml_booleans_are_named():

@@ -544,6 +544,8 @@ def _load_blend(file: Path):
     blend = TreeBlend.from_dict(raw)
     if not (0.0 < blend.weight < 1.0 and blend.temperature > 0 and math.isfinite(blend.temperature)):
         raise ArtifactError(f"{file}: weight {blend.weight} or temperature {blend.temperature} out of range")
+    if blend.cold_weight is not None and not 0.0 <= blend.cold_weight < 1.0:
+        raise ArtifactError(f"{file}: cold_weight {blend.cold_weight} out of range [0, 1)")
     return blend
 
 

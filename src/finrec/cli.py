@@ -261,8 +261,10 @@ def cmd_train(args) -> int:
     blend = ""
     if f"blend_val_ndcg@{k}" in history:
         weight = history["tree_blend_weight"][0]
+        cold = history.get("tree_blend_cold_weight", [weight])[0]
+        weights = f"weight {weight:g}" + (f", {cold:g} for customers who hold nothing" if cold != weight else "")
         blend = (
-            f", with the tree blend (weight {weight:g}) {history[f'blend_val_ndcg@{k}'][0]:.4f}"
+            f", with the tree blend ({weights}) {history[f'blend_val_ndcg@{k}'][0]:.4f}"
             if weight > 0
             else ", no tree blend chosen"
         )

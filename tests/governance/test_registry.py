@@ -100,11 +100,12 @@ def test_best_epoch_metrics():
     history = {"loss": [3, 2, 1], "val_ndcg@5": [0.1, 0.3, 0.2], "val_mrr": [0.2, 0.4, 0.3]}
     assert best_epoch_metrics(history) == {"val_ndcg@5": 0.3, "val_mrr": 0.4}
     assert best_epoch_metrics({"loss": [1.0]}) == {}
-    blended = {**history, "tree_blend_weight": [0.5], "blend_val_ndcg@5": [0.45]}
+    blended = {**history, "tree_blend_weight": [0.5], "tree_blend_cold_weight": [0.2], "blend_val_ndcg@5": [0.45]}
     assert best_epoch_metrics(blended) == {
         "val_ndcg@5": 0.3,
         "val_mrr": 0.4,
         "tree_blend_weight": 0.5,
+        "tree_blend_cold_weight": 0.2,
         "blend_val_ndcg@5": 0.45,
     }
 

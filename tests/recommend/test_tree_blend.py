@@ -4,6 +4,7 @@ loaded model, and batch scoring in chunks with a history."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -88,6 +89,13 @@ def test_the_chosen_weight_is_the_best_on_the_validation_customers(bank, blended
 
     _, data = bank
     val = data.subset_customers(_adopters(data)[200:500])
+    # A quarter of them hold nothing (and have no past), as new customers do.
+    new = val.customers[S.CUSTOMER_ID].iloc[::4]
+    val = dataclasses.replace(
+        val,
+        holdings=val.holdings[~val.holdings[S.CUSTOMER_ID].isin(new)],
+        holdings_history=val.holdings_history[~val.holdings_history[S.CUSTOMER_ID].isin(new)],
+    )
     teacher = blended.blend.teacher
     assert train.choose_blend(blended, teacher, val, weights=(0.0,)) is None
     weights = (0.0, 0.3, 0.6, 0.9)
@@ -96,15 +104,32 @@ def test_the_chosen_weight_is_the_best_on_the_validation_customers(bank, blended
     pipeline = blended.pipeline
     relevant = pipeline.holdings_matrix(ids, val.interactions)
     excluded = pipeline.holdings_matrix(ids, val.holdings) & ~relevant
-    # The towers' own cosine, not the blend ``blended`` already carries.
-    cosine = blended.customer_embeddings(val.customers, val.holdings, val.holdings_history)
-    cosine = cosine @ blended.product_embeddings_.T
-    unit = teacher.logits(val.customers, val.holdings, val.holdings_history) * blended.config.training.temperature
-    found = [summarize((1 - w) * cosine + w * unit, relevant, excluded, k=5)["ndcg@5"] for w in weights]
+    temperature = blended.config.training.temperature
+
+    def ndcgs(holdings, history, cold=None):
+        # The towers' own cosine, not the blend ``blended`` already carries.
+        cosine = blended.customer_embeddings(val.customers, holdings, history) @ blended.product_embeddings_.T
+        unit = teacher.logits(val.customers, holdings, history) * temperature
+        empty = ~pipeline.holdings_matrix(ids, holdings).any(axis=1)
+        found = []
+        for w in weights:
+            row = np.where(empty & (w > 0), w if cold is None else cold, w)[:, None]
+            found.append(summarize((1 - row) * cosine + row * unit, relevant, excluded, k=5)["ndcg@5"])
+        return found
+
+    # New customers' weight: the same customers with nothing held and no history.
+    found_cold = ndcgs(None, None)
+    cold = weights[int(np.argmax(found_cold))]
+    found = ndcgs(val.holdings, val.holdings_history, cold)
     best = weights[int(np.argmax(found))]
+    assert blended.history["tree_blend_cold_weight"] == [cold]
     assert (chosen.weight if chosen is not None else 0.0) == best
+    if chosen is not None:
+        assert chosen.cold_weight == cold
     # The shipped score's validation figure is recorded for `finrec tune` to rank trials by.
     assert blended.history["blend_val_ndcg@5"] == [pytest.approx(max(found), abs=1e-6)]
+    # The new customers' weight moves the figures of the others' (this test can tell).
+    assert found != ndcgs(val.holdings, val.holdings_history)
 
 
 def test_blended_scores_agree_on_every_path(bank, blended, tmp_path):
@@ -142,6 +167,42 @@ def test_blended_scores_agree_on_every_path(bank, blended, tmp_path):
     np.testing.assert_allclose([i.score for i in by_id.items], [i.score for i in by_values.items], atol=1e-5)
 
 
+def test_customers_who_hold_nothing_are_blended_with_the_cold_weight_on_every_path(bank, blended, tmp_path):
+    from finrec.artifacts import BLEND_FILE, load_model_dir, save_model_dir
+
+    _, data = bank
+    new = data.customers[S.CUSTOMER_ID].iloc[::4]
+    data = dataclasses.replace(
+        data,
+        holdings=data.holdings[~data.holdings[S.CUSTOMER_ID].isin(new)],
+        holdings_history=data.holdings_history[~data.holdings_history[S.CUSTOMER_ID].isin(new)],
+    )
+    model = dataclasses.replace(blended, blend=dataclasses.replace(blended.blend, cold_weight=0.1))
+    want = model.score(data.customers, data.holdings, data.holdings_history)
+    cosine = model.customer_embeddings(data.customers, data.holdings, data.holdings_history)
+    cosine = cosine @ model.product_embeddings_.T
+    ids = data.customers[S.CUSTOMER_ID].to_numpy()
+    held = model.pipeline.holdings_matrix(ids, data.holdings)
+    trees = model.blend.teacher.logits(data.customers, held=held, history=data.holdings_history)
+    rec = Recommender(model, data)
+    objected = rec._known.attributes["objected"]
+    empty, temperature = ~held.any(axis=1), model.config.training.temperature
+    assert (empty & ~objected).sum() > 100 and (~empty & ~objected).sum() > 100
+    for rows, w in ((empty & ~objected, 0.1), (~empty & ~objected, 0.5)):
+        np.testing.assert_allclose(want[rows], (1 - w) * cosine[rows] + w * temperature * trees[rows], atol=1e-5)
+    np.testing.assert_allclose(rec.scores(rec._known), want, atol=1e-5)
+    save_model_dir(model, tmp_path / "model")
+    assert json.loads((tmp_path / "model" / BLEND_FILE).read_text())["cold_weight"] == 0.1
+    loaded = Recommender(load_model_dir(tmp_path / "model").trained, data)
+    np.testing.assert_array_equal(loaded.scores(loaded._known), rec.scores(rec._known))
+    # A new customer given by raw values, nothing held and no history: the cold weight too.
+    row = int(np.flatnonzero(empty & ~objected)[0])
+    by_values = rec.recommend(data.customers.iloc[row].to_dict(), k=5)
+    top = np.argsort(-want[row], kind="stable")[:5]
+    assert [i.product_id for i in by_values.items] == [model.pipeline.product_ids_[j] for j in top]
+    np.testing.assert_allclose([i.score for i in by_values.items], want[row, top], atol=1e-5)
+
+
 def test_batch_scoring_in_chunks_ranks_as_in_memory(bank, blended, tmp_path):
     from finrec.recommend.batch import score_dataset
 
@@ -173,6 +234,8 @@ def test_a_blend_file_that_is_not_the_models_is_refused(bank, blended, tmp_path)
     file = tmp_path / "model" / BLEND_FILE
     for change, message in (
         (lambda raw: raw.update(weight=1.5), "out of range"),
+        (lambda raw: raw.update(cold_weight=-0.1), r"cold_weight -0.1 out of range \[0, 1\)"),
+        (lambda raw: raw.update(cold_weight="half"), "cannot load the model"),
         (
             lambda raw: raw["teacher"]["pipeline"].update(product_ids=raw["teacher"]["pipeline"]["product_ids"][::-1]),
             "catalogue",
@@ -223,6 +286,12 @@ def test_the_model_risk_report_states_the_blend_and_the_teacher(blended, trained
     assert months.startswith("Training months: besides the latest month's adoptions, those of")
     assert len(notes) == 1 and notes[0].startswith("Tree blend: the score is 0.5 x the cosine + 0.5 x 0.1 x")
     assert "with the holdings history's lag features" in notes[0] and "protected columns included" in notes[0]
+    # A cold weight of its own is stated; the same weight for every customer is not.
+    cold = types.SimpleNamespace(**{**vars(blended), "blend": dataclasses.replace(blended.blend, cold_weight=0.2)})
+    cold_notes = scoring_notes(cold)
+    assert len(cold_notes) == 3 and cold_notes[2].startswith(
+        "A customer who holds nothing (a new customer) is scored with the tree weight 0.2 instead of 0.5"
+    )
     assert scoring_notes(trained) == []  # the session's model: no teacher, no blend
     distilled = scoring_notes(types.SimpleNamespace(config=Config(), blend=None))
     assert len(distilled) == 1 and "0.8 x the cross-entropy against a multiclass LightGBM teacher" in distilled[0]

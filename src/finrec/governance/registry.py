@@ -68,7 +68,7 @@ def best_epoch_metrics(history: dict[str, list[float]]) -> dict[str, float]:
         name: float(values[best]) for name, values in history.items() if name.startswith("val_") and len(values) > best
     }
     for name, values in history.items():
-        if (name.startswith("blend_val_") or name == "tree_blend_weight") and values:
+        if (name.startswith("blend_val_") or name in ("tree_blend_weight", "tree_blend_cold_weight")) and values:
             metrics[name] = float(values[-1])
     return metrics
 

@@ -284,6 +284,12 @@ def scoring_notes(trained) -> list[str]:
             f"(weight chosen on validation customers). The LightGBM model ({teacher.best_iteration_} rounds, "
             f"{len(teacher.classes_)} products, {protected}, {lags}) runs on every customer scored."
         )
+        if blend.cold_weight is not None and blend.cold_weight != blend.weight:
+            notes.append(
+                f"A customer who holds nothing (a new customer) is scored with the tree weight {blend.cold_weight:.2g} "
+                f"instead of {blend.weight:.2g}: chosen on the same validation customers with their holdings and "
+                "history withheld, because the trees learn that case only from the few customers who hold nothing."
+            )
         if trained.history.get("tree_blend_refit"):
             notes.append(
                 "The blend's LightGBM model was refitted on every training customer after its weight and the "

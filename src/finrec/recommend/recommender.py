@@ -289,7 +289,7 @@ class Recommender:
             raise FinrecError(
                 "this model blends a tree model into its scores: build the context with Recommender.context"
             )
-        return self.blend.customer_vectors(embeddings, context.tree)
+        return self.blend.customer_vectors(embeddings, context.tree, context.held)
 
     def scores(self, context: CustomerContext) -> np.ndarray:
         """Scores float32 [n, P]: the cosine similarity, or with a tree blend the blended score

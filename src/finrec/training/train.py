@@ -274,7 +274,7 @@ class TrainedModel:
         held = self.pipeline.holdings_matrix(customers[self.pipeline.schema.customers.id].to_numpy(), holdings)
         # As in serving, customers who objected to profiling are not run through the trees.
         objected = customer_profile(customers, self.pipeline.full_schema.customers)["objected"]
-        return cosine * np.float32(1.0 - self.blend.weight) + self.blend.part(customers, held, history, skip=objected)
+        return self.blend.cosine_part(cosine, held) + self.blend.part(customers, held, history, skip=objected)
 
 
 def make_loss(
@@ -628,42 +628,67 @@ def choose_blend(
     weights: tuple[float, ...] = BLEND_WEIGHTS,
     earlier: list | tuple = (),
 ) -> TreeBlend | None:
-    """The tree blend (``TreeBlend``) whose weight ranks the validation customers best (nDCG at
-    ``training.eval_k``; a tie goes to the smaller weight), or None when that weight is 0.
+    """The tree blend (``TreeBlend``) whose weights rank the validation customers best (nDCG at
+    ``training.eval_k``; a tie goes to the smaller weight), or None when the weight is 0.
     ``earlier``: their earlier months (``history_features.earlier_months``), ranked beside the
-    latest. The teacher never saw these customers; the towers' early stopping did, which favours
-    the towers."""
+    latest. First the weight of customers who hold nothing (``TreeBlend.cold_weight``), on the
+    same customers with their holdings and history withheld, as new customers come; then the
+    weight of the rest, with that one applied to the validation customers who hold nothing.
+    The teacher never saw these customers; the towers' early stopping did, which favours the
+    towers."""
     if list(teacher.pipeline_.product_ids_) != list(trained.pipeline.product_ids_):
         log.warning("tree blend skipped: the teacher's catalogue order differs from the model's")
         return None
     pipeline, training = trained.pipeline, trained.config.training
-    cosines, units, targets = [], [], []
-    for part, reference in [(val_data, None), *earlier]:
+    parts = [(val_data, None), *earlier]
+    relevant, excluded = (np.concatenate(side) for side in zip(*(ranking_targets(pipeline, p) for p, _ in parts)))
+    k = training.eval_k
+
+    def ndcg(cosine, unit, row_weights):
+        w = row_weights[:, None]
+        return summarize((1 - w) * cosine + w * unit, relevant, excluded, k=k)[f"ndcg@{k}"]
+
+    cosine, unit, held = _blend_inputs(trained, teacher, parts, withheld=True)
+    found = {w: ndcg(cosine, unit, np.full(len(cosine), w)) for w in weights}
+    cold = max(found, key=lambda w: (found[w], -w))
+    log.info("tree blend for new customers: validation nDCG@%d by weight %s; chosen %s", k, _rounded(found), cold)
+    cosine, unit, held = _blend_inputs(trained, teacher, parts, withheld=False)
+    empty = ~held.any(axis=1)
+    # Weight 0 is no blend at all: new customers then rank by the towers too.
+    found = {w: ndcg(cosine, unit, np.where(empty, cold if w > 0 else 0.0, w)) for w in weights}
+    best = max(found, key=lambda w: (found[w], -w))
+    log.info("tree blend: validation nDCG@%d by weight %s; chosen %s", k, _rounded(found), best)
+    trained.history["tree_blend_weight"] = [float(best)]
+    trained.history["tree_blend_cold_weight"] = [float(cold)]
+    # The validation figure of the scores the model ships (the towers' own is val_ndcg@k):
+    # what `finrec tune` ranks trials by.
+    trained.history[f"blend_val_ndcg@{k}"] = [float(found[best])]
+    return TreeBlend(teacher, float(best), training.temperature, float(cold)) if best > 0 else None
+
+
+def _blend_inputs(trained: TrainedModel, teacher, parts, withheld: bool):
+    """(cosine, temperature * t(c), held) over ``parts`` ((dataset, history reference) pairs),
+    stacked: the towers' own cosine [n, P] whatever blend ``trained`` may already carry, the
+    teacher's unit part [n, P] and the holdings bool [n, P]; ``withheld``: every customer as
+    if new (no holdings, no history)."""
+    pipeline, temperature = trained.pipeline, trained.config.training.temperature
+    cosines, units, helds = [], [], []
+    for part, reference in parts:
         ids = part.customers[part.schema.customers.id].to_numpy()
-        # The towers' own cosine, whatever blend ``trained`` may already carry.
-        embeddings = trained.customer_embeddings(part.customers, part.holdings, part.holdings_history, reference)
+        holdings, history = (None, None) if withheld else (part.holdings, part.holdings_history)
+        embeddings = trained.customer_embeddings(part.customers, holdings, history, reference)
         cosines.append(embeddings @ trained.product_embeddings_.T)
         # Validation customers are training data: whose data trains is the caller's choice
         # (``finrec train`` leaves out customers who objected to profiling), as for the towers and
         # the teacher.
-        held = pipeline.holdings_matrix(ids, part.holdings)
-        units.append(  # temperature * t(c)
-            TreeBlend(teacher, 1.0, training.temperature).part(part.customers, held, part.holdings_history, reference)
-        )
-        targets.append(ranking_targets(pipeline, part))
-    cosine, unit = np.concatenate(cosines), np.concatenate(units)
-    relevant, excluded = (np.concatenate(side) for side in zip(*targets, strict=True))
-    k = training.eval_k
-    found = {w: summarize((1 - w) * cosine + w * unit, relevant, excluded, k=k)[f"ndcg@{k}"] for w in weights}
-    best = max(found, key=lambda w: (found[w], -w))
-    log.info(
-        "tree blend: validation nDCG@%d by weight %s; chosen %s", k, {w: round(v, 4) for w, v in found.items()}, best
-    )
-    trained.history["tree_blend_weight"] = [float(best)]
-    # The validation figure of the scores the model ships (the towers' own is val_ndcg@k):
-    # what `finrec tune` ranks trials by.
-    trained.history[f"blend_val_ndcg@{k}"] = [float(found[best])]
-    return TreeBlend(teacher, float(best), training.temperature) if best > 0 else None
+        held = pipeline.holdings_matrix(ids, holdings)
+        units.append(TreeBlend(teacher, 1.0, temperature).part(part.customers, held, history, reference))
+        helds.append(held)
+    return np.concatenate(cosines), np.concatenate(units), np.concatenate(helds)
+
+
+def _rounded(found: dict) -> dict:
+    return {w: round(v, 4) for w, v in found.items()}
 
 
 SMALLEST_BATCH = 32

@@ -555,11 +555,28 @@ class TreeBlend:
     It is still a dot product: the customer vector ``[(1 - weight) u_c, weight * temperature *
     t(c)]`` against the product vector ``[v_p, e_p]`` (e_p: the p-th unit vector). Product
     vectors stay precomputed and one ranking core serves both; only the customer side runs the
-    trees (``LightGBMBaseline.forest``: about 27 µs a customer for 2,050 trees on 2 cores)."""
+    trees (``LightGBMBaseline.forest``: about 27 µs a customer for 2,050 trees on 2 cores).
+
+    A customer who holds nothing (a new customer) is blended with ``cold_weight`` instead: the
+    validation customers choose it with their holdings and history withheld (``choose_blend``).
+    The trees learn new customers only from the few who hold nothing, while the towers train
+    with holdings dropout: on a bank with a past, a weight of 0.7-0.8 cost withheld customers
+    0.04-0.07 nDCG@5 where the towers alone lost 0.03. None (a model saved before): ``weight``.
+    The weight is still the customer's own, so the score stays one dot product."""
 
     teacher: LightGBMBaseline
     weight: float
     temperature: float
+    cold_weight: float | None = None
+
+    def weights(self, held: np.ndarray) -> np.ndarray:
+        """float32 [n]: each customer's weight, ``cold_weight`` where ``held`` (bool [n, P]) is
+        all False."""
+        held = np.asarray(held, dtype=bool)
+        out = np.full(len(held), self.weight, dtype=np.float32)
+        if self.cold_weight is not None:
+            out[~held.any(axis=1)] = self.cold_weight
+        return out
 
     def part(
         self,
@@ -569,7 +586,8 @@ class TreeBlend:
         reference: int | None = None,
         skip: np.ndarray | None = None,
     ) -> np.ndarray:
-        """float32 [n, P]: ``weight * temperature * t(c)`` of ``customers`` holding ``held``;
+        """float32 [n, P]: ``weight * temperature * t(c)`` of ``customers`` holding ``held``
+        (each customer's weight: ``weights``);
         rows where ``skip`` (bool [n]) is True are never run through the trees and stay 0: the
         customers who objected to profiling for marketing."""
         held = np.asarray(held, dtype=bool)
@@ -582,16 +600,25 @@ class TreeBlend:
                 logits[keep] = self.teacher.logits(
                     customers.iloc[keep], held=held[keep], history=history, reference=reference
                 )
-        return (logits * np.float32(self.weight * self.temperature)).astype(np.float32, copy=False)
+        return self._scaled(logits, held)
 
     def record_part(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None) -> np.ndarray:
         """``part`` of one customer given as raw values (``LightGBMBaseline.record_matrix``)."""
-        logits = self.teacher.record_logits(record, held, history)
-        return (logits * np.float32(self.weight * self.temperature)).astype(np.float32, copy=False)
+        return self._scaled(self.teacher.record_logits(record, held, history), held)
 
-    def customer_vectors(self, embeddings: np.ndarray, part: np.ndarray) -> np.ndarray:
-        """float32 [n, D + P] from the towers' embeddings [n, D] and ``part`` [n, P]."""
-        return np.concatenate([embeddings * np.float32(1.0 - self.weight), part], axis=1).astype(np.float32, copy=False)
+    def _scaled(self, logits: np.ndarray, held: np.ndarray) -> np.ndarray:
+        scale = self.weights(held) * np.float32(self.temperature)
+        return (logits * scale[:, None]).astype(np.float32, copy=False)
+
+    def cosine_part(self, cosine: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """``(1 - weight) * cosine`` row by row (``weights``): float32 [n, ...] for ``cosine``
+        (scores [n, P] or embeddings [n, D]) of customers holding ``held`` (bool [n, P])."""
+        return (cosine * (np.float32(1.0) - self.weights(held))[:, None]).astype(np.float32, copy=False)
+
+    def customer_vectors(self, embeddings: np.ndarray, part: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """float32 [n, D + P] from the towers' embeddings [n, D] and ``part`` [n, P] of customers
+        holding ``held`` (bool [n, P])."""
+        return np.concatenate([self.cosine_part(embeddings, held), part], axis=1).astype(np.float32, copy=False)
 
     @staticmethod
     def product_vectors(product_embeddings: np.ndarray) -> np.ndarray:
@@ -600,11 +627,20 @@ class TreeBlend:
         return np.concatenate([product_embeddings, np.eye(n, dtype=np.float32)], axis=1).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"weight": self.weight, "temperature": self.temperature, "teacher": self.teacher.to_dict()}
+        out = {"weight": self.weight, "temperature": self.temperature, "teacher": self.teacher.to_dict()}
+        if self.cold_weight is not None:
+            out["cold_weight"] = self.cold_weight
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict) -> TreeBlend:
-        return cls(LightGBMBaseline.from_dict(raw["teacher"]), float(raw["weight"]), float(raw["temperature"]))
+        cold = raw.get("cold_weight")
+        return cls(
+            LightGBMBaseline.from_dict(raw["teacher"]),
+            float(raw["weight"]),
+            float(raw["temperature"]),
+            None if cold is None else float(cold),
+        )
 
 
 __all__ = [
