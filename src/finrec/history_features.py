@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
+from finrec.data.ids import as_arrow_text, positions_in
 from finrec.data.io import Dataset
 from finrec.errors import ArtifactError, DataError
 
@@ -119,8 +120,8 @@ class HistoryFeatures:
         month = months(history[S.AS_OF])
         reference = month.max() if reference is None else reference
         step = HORIZON - 1 - (reference - month)  # r -> HORIZON - 1
-        rows = pd.Index(pd.Series(customer_ids).astype(str)).get_indexer(history[S.CUSTOMER_ID].astype(str))
-        cols = product_positions(history[S.PRODUCT_ID].to_numpy())
+        rows = positions_in(history[S.CUSTOMER_ID], as_arrow_text(np.asarray(customer_ids, dtype=object)))
+        cols = product_positions(history[S.PRODUCT_ID])
         keep = (rows >= 0) & (cols >= 0) & (step >= 0) & (step < HORIZON)  # a later month: not this reference's past
         cube[rows[keep], step[keep], cols[keep]] = True
         return cube

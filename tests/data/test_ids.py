@@ -35,6 +35,24 @@ def test_positions_in_finds_text_and_marks_unknown_and_missing():
 
 
 @pytest.mark.parametrize(
+    "values",
+    [
+        ["b", "z", None, "a", "b", "a"],  # unknown, missing, repeated
+        [None, None],  # no category at all
+        [],
+    ],
+)
+def test_a_categorical_column_finds_the_same_positions_through_its_categories(values):
+    # A Parquet dictionary column loads as a pandas categorical: the lookup goes through its
+    # categories (unused ones included) and must equal the lookup of its text.
+    vocabulary = pa.array(["a", "b", "c"])
+    column = pd.Series(pd.Categorical(values, categories=["unused", "a", "z", "b"] if values else []))
+    want = positions_in(pd.Series(values, dtype=object), vocabulary)
+    np.testing.assert_array_equal(positions_in(column, vocabulary), want)
+    np.testing.assert_array_equal(positions_in(column.array, vocabulary), want)  # a bare Categorical too
+
+
+@pytest.mark.parametrize(
     "links, ids",
     [
         (["a", "a", "b", "c", "c", "c"], ["a", "b", "c"]),  # grouped, in order, everyone: fast path

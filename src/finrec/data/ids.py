@@ -47,7 +47,17 @@ def as_arrow_text(values) -> pa.Array:
 
 
 def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
-    """Index of each value in ``vocabulary`` (hash lookup in Arrow); -1 when absent or missing."""
+    """Index of each value in ``vocabulary`` (hash lookup in Arrow); -1 when absent or missing.
+    A pandas categorical (what a Parquet file's dictionary column loads as: the holdings
+    history) looks each category up once and gathers by its codes: 0.01 s instead of 0.15 s
+    for a million rows, and the history's lookups run dozens of times in a fit."""
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        codes = np.asarray(values.cat.codes if isinstance(values, pd.Series) else values.codes)
+        found = positions_in(pd.Series(values.dtype.categories, dtype=object), vocabulary)
+        out = np.full(len(codes), -1, dtype=np.int64)
+        present = codes >= 0
+        out[present] = found[codes[present]]
+        return out
     return pc.index_in(as_arrow_text(values), value_set=vocabulary).fill_null(-1).to_numpy(zero_copy_only=False)
 
 
