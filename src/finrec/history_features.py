@@ -223,7 +223,7 @@ def history_records(entries, where: str = "features.history") -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- earlier months
-def earlier_months(dataset: Dataset, count: int) -> list[tuple[Dataset, int | None]]:
+def earlier_months(dataset: Dataset, count: int, snapshots=None) -> list[tuple[Dataset, int | None]]:
     """The adoptions of up to ``count`` months before the dataset's own, read off its history:
     the Santander winners trained on several months, not only the latest.
 
@@ -236,6 +236,10 @@ def earlier_months(dataset: Dataset, count: int) -> list[tuple[Dataset, int | No
     Customer attributes are today's (the contract keeps no past ones). Returns (dataset,
     history reference month: its history's latest month, None when it has none), latest month
     first, skipping months without an add; ground truth is dropped (it describes today).
+
+    ``snapshots``: the snapshot months (``months``) of the whole table when ``dataset`` is a part
+    of it (a streamed piece), so that every part steps through the same months: a customer's
+    months are then those the whole table gives it (one absent from a snapshot held nothing).
     """
     history = dataset.holdings_history
     if count <= 0 or history is None or len(history) == 0:
@@ -248,7 +252,7 @@ def earlier_months(dataset: Dataset, count: int) -> list[tuple[Dataset, int | No
     product, _ = pd.factorize(pd.concat([history[S.PRODUCT_ID], holdings[S.PRODUCT_ID]]).astype(str))
     key = customer.astype("int64") * (int(product.max()) + 1) + product
     month = months(history[S.AS_OF])
-    snapshots = np.unique(month)[::-1]
+    snapshots = np.unique(month if snapshots is None else np.asarray(snapshots, dtype="int64"))[::-1]
     row_of = customer_names.get_indexer(dataset.customers[dataset.schema.customers.id].astype(str))
     later, later_key, later_customer = holdings, key[n_history:], customer[n_history:]
     out: list[tuple[Dataset, int | None]] = []

@@ -233,6 +233,54 @@ def test_streamed_history_features_equal_the_in_memory_ones(tmp_path):
     assert own_reference_differs  # the bank really tests the shared reference
 
 
+def test_streamed_pieces_train_on_the_earlier_months_of_the_in_memory_fit(tmp_path):
+    # Each piece steps through the training customers' snapshot months: its examples, features of
+    # then included, are the in-memory fit's for its customers, and the count pass knows them.
+    from collections import Counter
+
+    from finrec.data.io import load_dataset
+    from finrec.history_features import earlier_months
+    from finrec.training.train import build_examples, example_pairs
+
+    data_dir = _history_bank(tmp_path, months=5)
+    layout = partition(data_dir, tmp_path / "work", chunk_rows=150, history_months=3)
+    pipeline = layout.pipeline
+    assert len(layout.pieces) > 2 and len(layout.snapshots) == 5 and layout.earlier_months_used >= 1
+
+    def keys(examples, ids):
+        names = sorted(examples.inputs)
+        return Counter(
+            (ids[r], int(p), b"".join(examples.inputs[n][r].tobytes() for n in names))
+            for r, p in zip(examples.customer_rows, examples.positives, strict=True)
+        )
+
+    streamed, latest_only, misaligned = Counter(), 0, False
+    for piece in layout.pieces:
+        data = layout.read_piece(piece)
+        examples = layout.piece_examples(data)
+        assert piece.examples == len(examples)
+        latest_only += len(example_pairs(pipeline, data)[0])
+        parts = [data, *(part for part, _ in layout.earlier(data))]
+        # A piece none of whose customers holds something at the latest snapshot steps through its
+        # own months wrongly: the shared ones are what make the pieces agree with memory.
+        own = earlier_months(data, 3)
+        misaligned |= [r for _, r in own] != [r for _, r in layout.earlier(data)]
+        streamed += keys(examples, np.concatenate([p.customers[S.CUSTOMER_ID].astype(str).to_numpy() for p in parts]))
+    dataset = load_dataset(data_dir)
+    train_ids = pd.concat([layout.read_piece(p).customers[S.CUSTOMER_ID] for p in layout.pieces])
+    train = dataset.subset_customers(train_ids)
+    expected, positives = Counter(), np.zeros(pipeline.n_products, dtype="int64")
+    months = earlier_months(train, 3)
+    for part, reference in [(train, layout.history_reference), *months]:
+        examples = build_examples(pipeline, part, reference)
+        expected += keys(examples, part.customers[S.CUSTOMER_ID].astype(str).to_numpy())
+        if part is not train:
+            positives += np.bincount(examples.positives, minlength=len(positives))
+    assert streamed == expected and layout.examples > latest_only
+    np.testing.assert_array_equal(layout.earlier_positives, positives)
+    assert layout.earlier_months_used == len(months) and misaligned
+
+
 @pytest.mark.slow
 def test_streamed_training_learns_from_the_history(tmp_path, fast_config, caplog):
     from finrec.data.io import load_dataset
@@ -241,12 +289,19 @@ def test_streamed_training_learns_from_the_history(tmp_path, fast_config, caplog
 
     data_dir = _history_bank(tmp_path, n_customers=600, months=4, seed=2)
     source = StreamingSource(data_dir, chunk_rows=200, workdir=tmp_path)
-    trained = fit(source, fast_config.with_overrides(epochs=1, history_months=2), verbose=0)
+    trained = fit(source, fast_config.with_overrides(epochs=1, history_months=3), verbose=0)
     assert "history_events" in trained.pipeline.customer_input_spec()
-    # The default blends where a history is read; a streamed fit cannot, and says so; nor does it
-    # train on earlier months.
+    # The default blends where a history is read; a streamed fit cannot, and says so. It trains on
+    # the earlier months as the in-memory fit does.
     assert "model.tree_blend is ignored by the streamed fit" in caplog.text and trained.blend is None
-    assert "training.history_months is ignored by the streamed fit" in caplog.text
+    # (This bank's latest two snapshots hold almost nothing: the third month back gives the adds.)
+    assert "history_months" not in caplog.text and trained.history["earlier_months"][0] >= 1
+    assert trained.history["train_examples"][0] == source.last_layout.examples
+    # The model-risk report says so, and names no teacher: the streamed fit has none.
+    from finrec.governance.report import scoring_notes
+
+    (months,) = scoring_notes(trained)
+    assert months.startswith("Training months: besides the latest month's adoptions") and "teacher" not in months
     assert source.last_batches.max_rows_held <= 200 and len(source.last_layout.pieces) > 2
     # The tower reads the history: zeroing it moves the embeddings.
     data = load_dataset(data_dir)

@@ -258,16 +258,21 @@ def scoring_notes(trained) -> list[str]:
     model blended into the score itself."""
     notes = []
     training = trained.config.training
-    earlier = int(getattr(trained, "history", {}).get("earlier_months", [0])[0])
+    history = getattr(trained, "history", {})
+    earlier = int(history.get("earlier_months", [0])[0])
+    # A streamed fit trains on the adoptions alone, whatever the config says (history "distilled" 0).
+    distilled = training.distill > 0 and history.get("distilled", [1.0])[0] > 0
     if earlier:
+        trees = distilled or getattr(trained, "blend", None) is not None
+        teacher = " (the tree teacher trains on them too)" if trees else ""
         notes.append(
             f"Training months: besides the latest month's adoptions, those of {earlier} earlier month(s), read off "
             "the holdings history as the products held at one snapshot and not at the one before, with the "
-            "holdings and history of that time and today's customer attributes (the tree teacher trains on them "
-            "too). Early stopping and the blend's weight rank the validation customers' latest and earlier months, "
-            "which never train; the calibration reads the latest month alone."
+            f"holdings and history of that time and today's customer attributes{teacher}. Early stopping and the "
+            "blend's weight rank the validation customers' latest and earlier months, which never train; the "
+            "calibration reads the latest month alone."
         )
-    if training.distill > 0:
+    if distilled:
         notes.append(
             f"Distillation: the loss is {1 - training.distill:.2g} x the adoptions' cross-entropy + "
             f"{training.distill:.2g} x the cross-entropy against a multiclass LightGBM teacher fitted on the "

@@ -43,6 +43,13 @@ state needs (``FeaturePipeline.fit_history``). Each piece's history features are
 bucket's history against that month, so they equal the in-memory ones. They are the largest
 inputs (float32 [rows, P, F] for the ``events`` encoder: 27 products x 29 features x 4 bytes, ~3 KB a customer),
 so with history ``chunk_rows`` bounds most of the memory.
+
+Earlier months (``training.history_months``) stream too: a piece's customers' adds at each of the
+last snapshots (``history_features.earlier_months``, stepping through the training customers'
+snapshot months, so each customer's months are those of the in-memory fit) are examples of the
+piece, with the features of then; the count pass reads every piece once more to count them. They
+add the month's adopters to a piece's inputs (a fraction of its customers a month), and the
+validation customers' earlier months are ranked beside their latest.
 """
 
 from __future__ import annotations
@@ -71,11 +78,12 @@ from finrec.data.links import BucketWriters, link_batches
 from finrec.data.validate import check_history_order
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
-from finrec.history_features import months
+from finrec.history_features import earlier_months, months
 from finrec.training.train import (
     TrainingBatches,
     build_examples,
     effective_batch_size,
+    example_pairs,
     numeric_bins_of,
     set_seed,
     train_model,
@@ -296,6 +304,25 @@ class StreamingLayout:
     # history features are built against it, as in memory against the whole table's.
     history_reference: int | None = None
     objected: int = 0  # customers left out: they objected to profiling for marketing
+    # Earlier months (``training.history_months``): each piece also trains on the adds of its
+    # customers' last ``history_months`` snapshots, stepping through the training customers'
+    # snapshot months (``snapshots``) as the in-memory fit steps through the whole table's.
+    history_months: int = 0
+    snapshots: tuple[int, ...] = ()
+    earlier_positives: np.ndarray | None = None  # int [P]: the earlier months' examples per product
+    earlier_months_used: int = 0  # how many earlier months gave examples
+
+    def piece_examples(self, data: Dataset):
+        """``build_examples`` of one piece's ``data``: its latest month, then its earlier ones."""
+        examples = build_examples(self.pipeline, data, self.history_reference)
+        for part, reference in self.earlier(data):
+            examples = examples.extend(build_examples(self.pipeline, part, reference))
+        return examples
+
+    def earlier(self, data: Dataset) -> list:
+        if not (self.has_history and self.history_months):
+            return []
+        return earlier_months(data, self.history_months, self.snapshots)
 
     @property
     def examples(self) -> int:
@@ -378,10 +405,12 @@ def partition(
     history_encoder: str = "events",
     include_objected: bool = False,
     numeric_bins: int = 0,
+    history_months: int = 0,
 ) -> StreamingLayout:
     """Passes 1-3 of the module docstring: bucket files in ``workdir``, the fitted pipeline, the
     validation set and the batch counts. With ``history_encoder`` "none" the holdings history is
-    not read at all.
+    not read at all. ``history_months`` > 0 with a history: the count pass reads every piece
+    whole to count its earlier months' adds too (``earlier_months``; one epoch's reading more).
 
     Customers who objected to profiling for marketing (the schema's consent column) are left out,
     with their links, as ``finrec train`` leaves them out (GDPR Art. 21(3)); ``include_objected``
@@ -419,6 +448,7 @@ def partition(
     )
     writers = BucketWriters()
     history_rows, reference = 0, None  # the training customers' history: rows, latest month
+    snapshot_months: set[int] = set()
     left_out: list[pa.Array] = []  # ids of the customers who objected
     try:
         for chunk in iter_customer_chunks(customers_path, table, chunk_rows):
@@ -453,8 +483,9 @@ def partition(
                 train = links[~is_val]
                 if name == S.HOLDINGS_HISTORY and len(train):
                     history_rows += len(train)
-                    latest = int(months(train[S.AS_OF]).max())
-                    reference = latest if reference is None else max(reference, latest)
+                    seen = np.unique(months(train[S.AS_OF]))
+                    snapshot_months.update(int(m) for m in seen)
+                    reference = int(seen[-1]) if reference is None else max(reference, int(seen[-1]))
                 writers.route(train, bucket[~is_val], lambda b, name=name: workdir / f"{name}_{b:05d}.parquet")
     finally:
         writers.close()
@@ -493,6 +524,8 @@ def partition(
         layout.dropped_links += len(interactions) - matched
         matched = 0
     pipeline.product_popularity_ = [int(v) for v in popularity]
+    if layout.has_history and history_months > 0:
+        _count_earlier_months(layout, history_months, tuple(sorted(snapshot_months)))
     layout.validation = _read_validation(val_dir, schema, products, history_path is not None)
     if history_path is not None and S.TIMESTAMP in layout.validation.interactions.columns:
         check_history_order(layout.validation.holdings_history, layout.validation.interactions, str(history_path))
@@ -502,6 +535,23 @@ def partition(
             "%d interaction(s) name a customer that is not in the customers table; skipped", layout.dropped_links
         )
     return layout
+
+
+def _count_earlier_months(layout: StreamingLayout, history_months: int, snapshots: tuple[int, ...]) -> None:
+    """Each piece's examples grow by its earlier months' (``StreamingLayout.piece_examples``),
+    counted here so that an epoch's length is known up front; their positives per product join
+    the popularity the loss's logQ reads, as in the in-memory fit."""
+    layout.history_months, layout.snapshots = history_months, snapshots
+    positives = np.zeros(layout.pipeline.n_products, dtype="int64")
+    used: set[int | None] = set()
+    for piece in layout.pieces:
+        for part, reference in layout.earlier(layout.read_piece(piece)):
+            found = example_pairs(layout.pipeline, part)[1]
+            piece.examples += len(found)
+            positives += np.bincount(found, minlength=len(positives))
+            used.add(reference)
+    layout.earlier_positives = positives
+    layout.earlier_months_used = len(used)
 
 
 def _read_validation(
@@ -588,7 +638,7 @@ class StreamingBatches(keras.utils.PyDataset):
             data = self.layout.read_piece(self.layout.pieces[piece_index])
             self.max_rows_held = max(self.max_rows_held, len(data.customers))
             self.pieces_loaded += 1
-            examples = build_examples(self.layout.pipeline, data, self.layout.history_reference)
+            examples = self.layout.piece_examples(data)
             examples.drop_remainder(self.batch_multiple)
             rng = np.random.default_rng([self.seed, self.epoch, piece_index])
             self._cached = (slot, TrainingBatches(examples, self.batch_size, rng, self.sample_from, self.num_negatives))
@@ -653,6 +703,7 @@ class StreamingSource:
                 config.model.history_encoder,
                 self.include_objected,
                 numeric_bins_of(config),
+                training.history_months,
             )
             self.last_layout = layout
             if training.distill > 0:
@@ -660,9 +711,6 @@ class StreamingSource:
                 log.warning("training.distill is ignored by the streamed fit: it trains on the adoptions alone")
             if config.model.split_bins:
                 log.warning("model.split_bins is ignored by the streamed fit: its bins are quantiles alone")
-            if training.history_months and layout.has_history:
-                # Not yet: each piece would need its customers' snapshots re-cut month by month.
-                log.warning("training.history_months is ignored by the streamed fit: it trains on the latest month")
             blend = config.model.tree_blend
             if blend == "always" or (blend == "auto" and layout.has_history and config.model.history_encoder != "none"):
                 # The trees, like the distillation teacher, need every training row at once.
@@ -675,12 +723,17 @@ class StreamingSource:
                     "interactions; training needs at least 10"
                 )
             log.info(
-                "streaming training on %d examples in %d piece(s) of <= %d customers (%d validation customers)",
+                "streaming training on %d examples (%d earlier month(s)) in %d piece(s) of <= %d customers "
+                "(%d validation customers)",
                 layout.examples,
+                layout.earlier_months_used,
                 len(layout.pieces),
                 self.chunk_rows,
                 len(layout.validation.customers),
             )
+            counts = np.asarray(layout.pipeline.product_popularity_, dtype="int64")
+            if layout.earlier_positives is not None:
+                counts = counts + layout.earlier_positives
 
             def make_batches(sample_from):
                 self.last_batches = StreamingBatches(
@@ -697,7 +750,7 @@ class StreamingSource:
                 layout.pipeline,
                 layout.products,
                 layout.validation,
-                layout.pipeline.product_popularity_,
+                counts,
                 make_batches,
                 config,
                 verbose,
@@ -706,7 +759,10 @@ class StreamingSource:
                     "train_examples": [float(layout.examples)],
                     "prepare_seconds": [sum(layout.seconds.values())],
                     "distilled": [0.0],
+                    "earlier_months": [float(layout.earlier_months_used)],
                 },
+                # The validation customers' earlier months are ranked beside their latest, as in memory.
+                val_earlier=layout.earlier(layout.validation),
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -81,9 +81,7 @@ def build_examples(
     inputs = pipeline.transform_customers(
         customers, dataset.holdings, history=dataset.holdings_history, history_reference=history_reference
     )
-    rows = pd.Index(customers[cid].astype(str)).get_indexer(dataset.interactions[S.CUSTOMER_ID].astype(str))
-    positives = pipeline.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
-    keep = (rows >= 0) & (positives >= 0)
+    rows, positives = example_pairs(pipeline, dataset)
     held = pipeline.holdings_matrix(customers[cid].to_numpy(), dataset.holdings)
     adopted = pipeline.holdings_matrix(customers[cid].to_numpy(), dataset.interactions)
     # An adoption of a held product is not a negative example either way; keep it as a positive.
@@ -94,7 +92,18 @@ def build_examples(
     # one seed 0.022 nDCG@5). A streamed piece judges holders within the piece.
     unavailable = (np.asarray(pipeline.product_popularity_) == 0) & ~held.any(axis=0)
     never_negative = held | adopted | unavailable[None, :]
-    return TrainingExamples(inputs, rows[keep].astype("int64"), positives[keep].astype("int64"), never_negative)
+    return TrainingExamples(inputs, rows, positives, never_negative)
+
+
+def example_pairs(pipeline: FeaturePipeline, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(customer rows, product positions), int64 [n]: one training example per adoption of a
+    known product by a customer of ``dataset`` (``build_examples``' examples, without their
+    features: what a streamed fit counts up front)."""
+    customers = dataset.customers[dataset.schema.customers.id]
+    rows = pd.Index(customers.astype(str)).get_indexer(dataset.interactions[S.CUSTOMER_ID].astype(str))
+    positives = pipeline.product_positions(dataset.interactions[S.PRODUCT_ID].to_numpy())
+    keep = (rows >= 0) & (positives >= 0)
+    return rows[keep].astype("int64"), positives[keep].astype("int64")
 
 
 class TrainingBatches(keras.utils.PyDataset):
