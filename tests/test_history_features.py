@@ -417,7 +417,7 @@ def test_earlier_months_train_with_the_features_of_then_and_never_the_validation
     assert ranked[-1][1] == ranked[-1][0]
 
 
-def test_examples_extend_keeps_each_rows_customer_and_targets():
+def test_examples_join_keeps_each_rows_customer_and_targets():
     def examples(n, offset, soft=True):
         return TrainingExamples(
             {"x": np.arange(n, dtype="float32")[:, None] + offset},
@@ -427,12 +427,12 @@ def test_examples_extend_keeps_each_rows_customer_and_targets():
             np.full((n, 3), offset, dtype="float32") if soft else None,
         )
 
-    a, b = examples(3, 0), examples(2, 10)
-    joined = a.extend(b)
-    assert len(joined) == 5
+    a, b, c = examples(3, 0), examples(2, 10), examples(4, 20)
+    joined = TrainingExamples.join([a, b, c])
+    assert len(joined) == 9 and TrainingExamples.join([a]).customer_rows.tolist() == a.customer_rows.tolist()
     # Every example still points at its own customer's input row and mask.
-    for i in range(5):
-        source, j = (a, i) if i < 3 else (b, i - 3)
+    for i in range(9):
+        source, j = (a, i) if i < 3 else (b, i - 3) if i < 5 else (c, i - 5)
         assert joined.inputs["x"][joined.customer_rows[i]] == source.inputs["x"][source.customer_rows[j]]
         assert np.array_equal(
             joined.never_negative[joined.customer_rows[i]], source.never_negative[source.customer_rows[j]]
@@ -442,7 +442,7 @@ def test_examples_extend_keeps_each_rows_customer_and_targets():
         )
         assert joined.positives[i] == source.positives[j]
     with pytest.raises(ValueError, match="teacher"):
-        a.extend(examples(2, 10, soft=False))
+        TrainingExamples.join([a, examples(2, 10, soft=False)])
 
 
 def test_the_teacher_trains_on_earlier_months_but_stops_on_the_latest(bank_with_history, monkeypatch):

@@ -29,6 +29,17 @@ def test_teacher_targets_are_a_distribution_over_products_not_held(small_dataset
     np.testing.assert_allclose(q[:3], raw / raw.sum(axis=1, keepdims=True), rtol=1e-5)
 
 
+def test_teacher_probabilities_are_lightgbms_own(small_dataset, teacher_and_pipeline):
+    # score() walks the forest and takes the softmax of its raw scores: LightGBM's multiclass
+    # probabilities, to round-off.
+    teacher, _ = teacher_and_pipeline
+    x = teacher.matrix(small_dataset.customers, small_dataset.holdings)
+    want = teacher.booster_.predict(x, num_iteration=teacher.best_iteration_)
+    got = teacher.score(small_dataset.customers, small_dataset.holdings)
+    assert len(teacher.classes_) > 3 and got.shape == (len(x), teacher.pipeline_.n_products)
+    np.testing.assert_allclose(got[:, teacher.classes_], want, rtol=1e-9, atol=1e-12)
+
+
 def test_teacher_targets_follow_our_catalogue_order_not_the_teachers(small_dataset, teacher_and_pipeline):
     teacher, pipeline = teacher_and_pipeline
     q = teacher_targets(teacher, small_dataset, pipeline)
@@ -193,6 +204,21 @@ def test_a_tree_blend_weighs_customers_who_hold_nothing_with_the_cold_weight(sma
     np.testing.assert_allclose(blend.part(customers, held), logits * (blend.weights(held) * 0.2)[:, None], rtol=1e-6)
     record = customers.iloc[0].to_dict()
     np.testing.assert_allclose(blend.record_part(record, held[:1]), 0.1 * 0.2 * logits[:1], rtol=1e-5, atol=1e-6)
+    # A cold weight of 0 leaves those customers to the towers: the trees never run on them.
+    rows = []
+    real = teacher.logits
+
+    def spy(frame, *args, **kwargs):
+        rows.append(len(frame))
+        return real(frame, *args, **kwargs)
+
+    teacher.logits = spy
+    try:
+        part = TreeBlend(teacher, 0.6, 0.2, cold_weight=0.0).part(customers, held)
+    finally:
+        del teacher.logits
+    assert rows == [4] and (part[[0, 3]] == 0).all()
+    np.testing.assert_allclose(part[[1, 2, 4, 5]], 0.6 * 0.2 * logits[[1, 2, 4, 5]], rtol=1e-5, atol=1e-7)
     # A model saved before the cold weight blends every customer alike; the weight round-trips.
     assert TreeBlend(teacher, 0.6, 0.2).weights(held).tolist() == pytest.approx([0.6] * 6)
     again = TreeBlend.from_dict(blend.to_dict())

@@ -201,7 +201,8 @@ class CustomerExplainer:
     def numeric_sensitivity(self, seed: int = 0) -> pd.Series:
         """A cheap global importance of the numeric features, highest first: the mean absolute
         change of every product's score when one feature is shuffled across the background
-        customers (no SHAP; one forward pass per feature)."""
+        customers (no SHAP; one forward pass per feature). They are scored holding nothing, as
+        ``score_function`` without holdings: a tree blend's weight for new customers applies."""
         X0 = self.background_matrix()
         products = np.asarray(self.recommender.product_embeddings, dtype="float32")
         base = self.embed(X0) @ products.T

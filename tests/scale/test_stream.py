@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -313,6 +315,14 @@ def test_streamed_training_learns_from_the_history(tmp_path, fast_config, caplog
     # Without history (encoder none) the history table is not even routed.
     off = partition(data_dir, tmp_path / "off", chunk_rows=200, history_encoder="none")
     assert not off.has_history and off.pipeline.history_ is None
+    # So such a model trains on the latest month alone, where the in-memory fit would read the
+    # months off the history anyway: it says so.
+    caplog.clear()
+    config = fast_config.with_overrides(epochs=1, history_months=3)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, history_encoder="none"))
+    blind = fit(StreamingSource(data_dir, chunk_rows=200, workdir=tmp_path), config, verbose=0)
+    assert "training.history_months is ignored by the streamed fit with model.history_encoder none" in caplog.text
+    assert blind.history["earlier_months"] == [0.0]
 
 
 def test_objected_customers_history_is_left_out(tmp_path):

@@ -53,12 +53,18 @@ def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
     for a million rows, and the history's lookups run dozens of times in a fit."""
     if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
         codes = np.asarray(values.cat.codes if isinstance(values, pd.Series) else values.codes)
-        found = positions_in(pd.Series(values.dtype.categories, dtype=object), vocabulary)
+        categories = values.dtype.categories
         out = np.full(len(codes), -1, dtype=np.int64)
         present = codes >= 0
-        out[present] = found[codes[present]]
+        if len(categories) <= len(codes):
+            found = positions_in(pd.Series(categories, dtype=object), vocabulary)
+            out[present] = found[codes[present]]
+        else:  # a small slice of a large column keeps every category: look up the used ones
+            used, inverse = np.unique(codes[present], return_inverse=True)
+            out[present] = positions_in(pd.Series(categories[used], dtype=object), vocabulary)[inverse]
         return out
-    return pc.index_in(as_arrow_text(values), value_set=vocabulary).fill_null(-1).to_numpy(zero_copy_only=False)
+    found = pc.index_in(as_arrow_text(values), value_set=vocabulary, skip_nulls=True)
+    return found.fill_null(-1).to_numpy(zero_copy_only=False)
 
 
 def run_positions(values, ids: pa.Array) -> np.ndarray:

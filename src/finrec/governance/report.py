@@ -268,9 +268,9 @@ def scoring_notes(trained) -> list[str]:
         notes.append(
             f"Training months: besides the latest month's adoptions, those of {earlier} earlier month(s), read off "
             "the holdings history as the products held at one snapshot and not at the one before, with the "
-            f"holdings and history of that time and today's customer attributes{teacher}. Early stopping and the "
-            "blend's weight rank the validation customers' latest and earlier months, which never train; the "
-            "calibration reads the latest month alone."
+            f"holdings and history of that time and today's customer attributes{teacher}. Early stopping (and a "
+            "tree blend's weight, where there is one) ranks the validation customers' latest and earlier months, "
+            "which never train; the calibration reads the latest month alone."
         )
     if distilled:
         notes.append(
@@ -291,7 +291,8 @@ def scoring_notes(trained) -> list[str]:
         )
         if blend.cold_weight is not None and blend.cold_weight != blend.weight:
             notes.append(
-                f"A customer who holds nothing (a new customer) is scored with the tree weight {blend.cold_weight:.2g} "
+                f"A customer who holds nothing (a new customer, or one who closed everything) is scored with the tree "
+                f"weight {blend.cold_weight:.2g} "
                 f"instead of {blend.weight:.2g}: chosen on the same validation customers with their holdings and "
                 "history withheld, because the trees learn that case only from the few customers who hold nothing."
             )

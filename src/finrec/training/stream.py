@@ -81,6 +81,7 @@ from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quant
 from finrec.history_features import earlier_months, months
 from finrec.training.train import (
     TrainingBatches,
+    TrainingExamples,
     build_examples,
     effective_batch_size,
     example_pairs,
@@ -314,10 +315,9 @@ class StreamingLayout:
 
     def piece_examples(self, data: Dataset):
         """``build_examples`` of one piece's ``data``: its latest month, then its earlier ones."""
-        examples = build_examples(self.pipeline, data, self.history_reference)
-        for part, reference in self.earlier(data):
-            examples = examples.extend(build_examples(self.pipeline, part, reference))
-        return examples
+        parts = [build_examples(self.pipeline, data, self.history_reference)]
+        parts += [build_examples(self.pipeline, part, reference) for part, reference in self.earlier(data)]
+        return TrainingExamples.join(parts)
 
     def earlier(self, data: Dataset) -> list:
         if not (self.has_history and self.history_months):
@@ -709,6 +709,14 @@ class StreamingSource:
             if training.distill > 0:
                 # The teacher needs every training row at once, which a streamed fit never has.
                 log.warning("training.distill is ignored by the streamed fit: it trains on the adoptions alone")
+            if training.history_months and config.model.history_encoder == "none":
+                if find_table(self.data_dir, S.HOLDINGS_HISTORY, required=False) is not None:
+                    # Unlike the in-memory fit, which reads the months off the history whatever
+                    # the encoder: here a model without history features never routes it.
+                    log.warning(
+                        "training.history_months is ignored by the streamed fit with model.history_encoder none: "
+                        "it trains on the latest month"
+                    )
             if config.model.split_bins:
                 log.warning("model.split_bins is ignored by the streamed fit: its bins are quantiles alone")
             blend = config.model.tree_blend

@@ -53,17 +53,20 @@ class TrainingExamples:
     def __len__(self) -> int:
         return len(self.positives)
 
-    def extend(self, more: TrainingExamples) -> TrainingExamples:
-        """These examples followed by ``more`` (its customers' rows after these)."""
-        if (self.soft_targets is None) != (more.soft_targets is None):
+    @staticmethod
+    def join(parts: list[TrainingExamples]) -> TrainingExamples:
+        """The examples of ``parts`` in order, each part's customers' rows after the previous
+        parts' (copied once: joining month by month would copy the inputs once per month)."""
+        first = parts[0]
+        if any((p.soft_targets is None) != (first.soft_targets is None) for p in parts):
             raise ValueError("cannot join examples with and without a teacher's targets")
-        n = len(self.never_negative)
+        offsets = np.cumsum([0] + [len(p.never_negative) for p in parts[:-1]])
         return TrainingExamples(
-            {name: np.concatenate([x, more.inputs[name]]) for name, x in self.inputs.items()},
-            np.concatenate([self.customer_rows, more.customer_rows + n]),
-            np.concatenate([self.positives, more.positives]),
-            np.concatenate([self.never_negative, more.never_negative]),
-            None if self.soft_targets is None else np.concatenate([self.soft_targets, more.soft_targets]),
+            {name: np.concatenate([p.inputs[name] for p in parts]) for name in first.inputs},
+            np.concatenate([p.customer_rows + offset for p, offset in zip(parts, offsets, strict=True)]),
+            np.concatenate([p.positives for p in parts]),
+            np.concatenate([p.never_negative for p in parts]),
+            None if first.soft_targets is None else np.concatenate([p.soft_targets for p in parts]),
         )
 
     def drop_remainder(self, multiple: int) -> None:
@@ -543,12 +546,12 @@ def fit(
             # Before the model is built: its PLE layer takes the bins.
             pipeline.add_split_bins(teacher.numeric_splits(split_bins))
     months = [(train_data, None), *earlier]
-    examples = None
+    parts = []
     for part, reference in months:
-        more = build_examples(pipeline, part, history_reference=reference)
+        parts.append(build_examples(pipeline, part, history_reference=reference))
         if training.distill > 0 and teacher is not None:
-            more.soft_targets = teacher_targets(teacher, part, pipeline, reference)
-        examples = more if examples is None else examples.extend(more)
+            parts[-1].soft_targets = teacher_targets(teacher, part, pipeline, reference)
+    examples = TrainingExamples.join(parts)
     examples.drop_remainder(batch_multiple)
     counts = np.bincount(examples.positives, minlength=pipeline.n_products)
     log.info(
@@ -668,7 +671,7 @@ def choose_blend(
     best = max(found, key=lambda w: (found[w], -w))
     log.info("tree blend: validation nDCG@%d by weight %s; chosen %s", k, _rounded(found), best)
     trained.history["tree_blend_weight"] = [float(best)]
-    trained.history["tree_blend_cold_weight"] = [float(cold)]
+    trained.history["tree_blend_cold_weight"] = [float(cold) if best > 0 else 0.0]
     # The validation figure of the scores the model ships (the towers' own is val_ndcg@k):
     # what `finrec tune` ranks trials by.
     trained.history[f"blend_val_ndcg@{k}"] = [float(found[best])]

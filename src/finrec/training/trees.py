@@ -374,8 +374,13 @@ class LightGBMBaseline:
             out[:, self.classes_] = 1.0
             return out
         x = self.matrix(customers.reset_index(drop=True), holdings, history, reference=reference)
-        proba = self.booster_.predict(x, num_iteration=self.best_iteration_)
-        out[:, self.classes_] = np.asarray(proba).reshape(len(customers), len(self.classes_))
+        # LightGBM's multiclass probability is the softmax of the raw scores, which the walked
+        # forest gives twice as fast (the teacher scores every training month in a fit).
+        raw = self.forest().raw_score(x)
+        raw -= raw.max(axis=1, keepdims=True)
+        proba = np.exp(raw)
+        proba /= proba.sum(axis=1, keepdims=True)
+        out[:, self.classes_] = proba
         return out
 
     def logits(
@@ -557,8 +562,9 @@ class TreeBlend:
     vectors stay precomputed and one ranking core serves both; only the customer side runs the
     trees (``LightGBMBaseline.forest``: about 27 µs a customer for 2,050 trees on 2 cores).
 
-    A customer who holds nothing (a new customer) is blended with ``cold_weight`` instead: the
-    validation customers choose it with their holdings and history withheld (``choose_blend``).
+    A customer who holds nothing (a new customer; also one who closed everything, history or not)
+    is blended with ``cold_weight`` instead: the validation customers choose it with their
+    holdings and history withheld (``choose_blend``).
     The trees learn new customers only from the few who hold nothing, while the towers train
     with holdings dropout: on a bank with a past, a weight of 0.7-0.8 cost withheld customers
     0.04-0.07 nDCG@5 where the towers alone lost 0.03. None (a model saved before): ``weight``.
@@ -591,7 +597,10 @@ class TreeBlend:
         rows where ``skip`` (bool [n]) is True are never run through the trees and stay 0: the
         customers who objected to profiling for marketing."""
         held = np.asarray(held, dtype=bool)
-        if skip is None or not skip.any():
+        # Rows weighted 0 (a cold weight of 0) need no trees either.
+        zero = self.weights(held) == 0
+        skip = zero if skip is None else np.asarray(skip, dtype=bool) | zero
+        if not skip.any():
             logits = self.teacher.logits(customers, held=held, history=history, reference=reference)
         else:
             logits = np.zeros(held.shape, dtype=np.float32)

@@ -145,6 +145,7 @@ def tune(
         row = {"trial": trial, "score": score, "seconds": round(seconds, 2), "epochs": len(trained.history["loss"])}
         if "tree_blend_weight" in trained.history:
             row["tree_blend_weight"] = trained.history["tree_blend_weight"][0]
+            row["tree_blend_cold_weight"] = trained.history.get("tree_blend_cold_weight", [0.0])[0]
         row.update({k: list(v) if isinstance(v, tuple) else v for k, v in drawn.items()})
         result.rows.append(row)
         if score > result.best_score:  # NaN never wins
