@@ -54,6 +54,10 @@ def test_output_shape_and_product_order(fitted, split):
     assert scores.shape == (40, fitted.pipeline_.n_products)
     assert fitted.pipeline_.product_ids_ == [str(p) for p in test.products[test.schema.products.id]]
     assert np.all(scores >= 0) and np.allclose(scores[:, fitted.classes_].sum(axis=1), 1.0)
+    # LightGBM's own probabilities, whether the forest walker takes its trees or not (31 leaves
+    # grow trees deeper than it walks: LightGBM then predicts).
+    want = fitted.booster_.predict(fitted.matrix(customers, test.holdings), num_iteration=fitted.best_iteration_)
+    np.testing.assert_allclose(scores[:, fitted.classes_], want, rtol=1e-9, atol=1e-12)
     # A row's scores do not depend on the other rows, nor on the order they come in.
     reversed_scores = fitted.score(customers.iloc[::-1], test.holdings)
     np.testing.assert_allclose(reversed_scores[::-1], scores, rtol=1e-12, atol=1e-12)

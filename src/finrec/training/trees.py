@@ -209,6 +209,7 @@ class LightGBMBaseline:
         # record_matrix's lookups and the walked trees belong to the previous fit
         self.__dict__.pop("_code_of", None)
         self.__dict__.pop("forest_", None)
+        self.__dict__.pop("_unwalkable", None)
         has_history = dataset.holdings_history is not None and len(dataset.holdings_history) > 0
         self.lags_ = None
         if self.history_lags > 0 and has_history:
@@ -374,14 +375,31 @@ class LightGBMBaseline:
             out[:, self.classes_] = 1.0
             return out
         x = self.matrix(customers.reset_index(drop=True), holdings, history, reference=reference)
+        forest = self._walkable_forest()
+        if forest is None:
+            proba = self.booster_.predict(x, num_iteration=self.best_iteration_)
+            out[:, self.classes_] = np.asarray(proba).reshape(len(customers), len(self.classes_))
+            return out
         # LightGBM's multiclass probability is the softmax of the raw scores, which the walked
         # forest gives twice as fast (the teacher scores every training month in a fit).
-        raw = self.forest().raw_score(x)
+        raw = forest.raw_score(x)
         raw -= raw.max(axis=1, keepdims=True)
         proba = np.exp(raw)
         proba /= proba.sum(axis=1, keepdims=True)
         out[:, self.classes_] = proba
         return out
+
+    def _walkable_forest(self) -> Forest | None:
+        """``forest()``, or None where a tree is too deep for the walker (a baseline with 31
+        leaves grows trees of depth 20 and more; the teacher's 7 leaves never do): LightGBM's
+        own prediction then scores. The answer is kept until the next fit."""
+        if getattr(self, "_unwalkable", False):
+            return None
+        try:
+            return self.forest()
+        except ValueError:
+            self._unwalkable = True
+            return None
 
     def logits(
         self,
