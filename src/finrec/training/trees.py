@@ -594,10 +594,10 @@ class TreeBlend:
     cold_weight: float | None = None
 
     def weights(self, held: np.ndarray) -> np.ndarray:
-        """float32 [n]: each customer's weight, ``cold_weight`` where ``held`` (bool [n, P]) is
+        """float64 [n]: each customer's weight, ``cold_weight`` where ``held`` (bool [n, P]) is
         all False."""
         held = np.asarray(held, dtype=bool)
-        out = np.full(len(held), self.weight, dtype=np.float32)
+        out = np.full(len(held), self.weight, dtype=np.float64)
         if self.cold_weight is not None:
             out[~held.any(axis=1)] = self.cold_weight
         return out
@@ -634,13 +634,15 @@ class TreeBlend:
         return self._scaled(self.teacher.record_logits(record, held, history), held)
 
     def _scaled(self, logits: np.ndarray, held: np.ndarray) -> np.ndarray:
-        scale = self.weights(held) * np.float32(self.temperature)
+        # The factors are rounded to float32 once, from float64, as a single weight's always were:
+        # a model scores to the bit as before the per-customer weights.
+        scale = (self.weights(held) * self.temperature).astype(np.float32)
         return (logits * scale[:, None]).astype(np.float32, copy=False)
 
     def cosine_part(self, cosine: np.ndarray, held: np.ndarray) -> np.ndarray:
         """``(1 - weight) * cosine`` row by row (``weights``): float32 [n, ...] for ``cosine``
         (scores [n, P] or embeddings [n, D]) of customers holding ``held`` (bool [n, P])."""
-        return (cosine * (np.float32(1.0) - self.weights(held))[:, None]).astype(np.float32, copy=False)
+        return (cosine * (1.0 - self.weights(held)).astype(np.float32)[:, None]).astype(np.float32, copy=False)
 
     def customer_vectors(self, embeddings: np.ndarray, part: np.ndarray, held: np.ndarray) -> np.ndarray:
         """float32 [n, D + P] from the towers' embeddings [n, D] and ``part`` [n, P] of customers
