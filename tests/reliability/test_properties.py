@@ -165,3 +165,28 @@ def test_the_ple_twin_counts_bins_as_searchsorted_does(edges, values):
     finite = np.clip(x[:, 0], -np.finfo(np.float32).max, np.finfo(np.float32).max)
     np.testing.assert_array_equal(counts[:, 0], np.searchsorted(twin.breaks[0], finite, side="right"))
     assert (counts[:, 1] == 1).all()
+
+
+@SETTINGS
+@given(
+    values=st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c", "zz"])), max_size=30),
+    vocabulary=st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c"])), unique=True, max_size=4),
+    extra=st.lists(st.sampled_from(["u", "v", "w", "x", "y"]), unique=True, max_size=5),
+)
+def test_id_lookup_of_text_and_categoricals_is_a_dict_lookup_where_missing_never_matches(values, vocabulary, extra):
+    # Found in review (2026-11-30): Arrow's index_in matched a missing id to a missing entry of the
+    # vocabulary; and a categorical column now takes its own path (through its categories, all of
+    # them or the used ones). Both must be the naive lookup.
+    import pyarrow as pa
+
+    from finrec.data.ids import positions_in
+
+    first = {}
+    for i, v in enumerate(vocabulary):
+        if v is not None:
+            first.setdefault(v, i)
+    want = [first.get(v, -1) if v is not None else -1 for v in values]
+    vocab = pa.array(vocabulary, type=pa.string())
+    categories = sorted({v for v in values if v is not None} | set(extra))
+    for column in (pd.Series(values, dtype=object), pd.Series(pd.Categorical(values, categories=categories))):
+        assert positions_in(column, vocab).tolist() == want
