@@ -175,20 +175,26 @@ def main() -> None:
     if args.months:
         results = results.with_name(f"{results.stem}_months{args.months}.json")
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(
-        json.dumps(
-            {
-                "mode": "streaming" if args.stream else "in-memory",
-                "batch_size": 4096,
-                "months": args.months,
-                "chunk_rows": args.chunk_rows,
-                "note": "one run per size on 2 shared CPUs: noisy",
-                "sizes": rows,
-            },
-            indent=1,
-        )
-    )
-    print(f"wrote {results}")
+    settings = {
+        "mode": "streaming" if args.stream else "in-memory",
+        "batch_size": 4096,
+        "months": args.months,
+        "chunk_rows": args.chunk_rows,
+    }
+    # The sizes run now replace their own rows; a stored size not run now is kept (a 1M row took
+    # most of an hour), unless the stored file ran with other settings.
+    kept = []
+    if results.exists():
+        stored = json.loads(results.read_text())
+        if all(stored.get(key) == value for key, value in settings.items()):
+            ran = {row["customers"] for row in rows}
+            kept = [row for row in stored.get("sizes", []) if row["customers"] not in ran]
+    sizes = sorted(kept + rows, key=lambda row: row["customers"])
+    body = {**settings, "note": "one run per size on 2 shared CPUs: noisy", "sizes": sizes}
+    tmp = results.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=1))
+    tmp.replace(results)
+    print(f"wrote {results} ({len(rows)} size(s) run now, {len(kept)} kept)")
 
 
 if __name__ == "__main__":
