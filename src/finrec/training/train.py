@@ -660,7 +660,7 @@ def choose_blend(
         w = row_weights[:, None]
         return summarize((1 - w) * cosine + w * unit, relevant, excluded, k=k)[f"ndcg@{k}"]
 
-    cosine, unit, held = _blend_inputs(trained, teacher, parts, withheld=True)
+    cosine, unit, _ = _blend_inputs(trained, teacher, parts, withheld=True)
     found = {w: ndcg(cosine, unit, np.full(len(cosine), w)) for w in weights}
     cold = max(found, key=lambda w: (found[w], -w))
     log.info("tree blend for new customers: validation nDCG@%d by weight %s; chosen %s", k, _rounded(found), cold)

@@ -616,8 +616,8 @@ class TreeBlend:
         customers who objected to profiling for marketing."""
         held = np.asarray(held, dtype=bool)
         # Rows weighted 0 (a cold weight of 0) need no trees either.
-        zero = self.weights(held) == 0
-        skip = zero if skip is None else np.asarray(skip, dtype=bool) | zero
+        weights = self.weights(held)
+        skip = weights == 0 if skip is None else np.asarray(skip, dtype=bool) | (weights == 0)
         if not skip.any():
             logits = self.teacher.logits(customers, held=held, history=history, reference=reference)
         else:
@@ -627,16 +627,16 @@ class TreeBlend:
                 logits[keep] = self.teacher.logits(
                     customers.iloc[keep], held=held[keep], history=history, reference=reference
                 )
-        return self._scaled(logits, held)
+        return self._scaled(logits, weights)
 
     def record_part(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None) -> np.ndarray:
         """``part`` of one customer given as raw values (``LightGBMBaseline.record_matrix``)."""
-        return self._scaled(self.teacher.record_logits(record, held, history), held)
+        return self._scaled(self.teacher.record_logits(record, held, history), self.weights(held))
 
-    def _scaled(self, logits: np.ndarray, held: np.ndarray) -> np.ndarray:
+    def _scaled(self, logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
         # The factors are rounded to float32 once, from float64, as a single weight's always were:
         # a model scores to the bit as before the per-customer weights.
-        scale = (self.weights(held) * self.temperature).astype(np.float32)
+        scale = (weights * self.temperature).astype(np.float32)
         return (logits * scale[:, None]).astype(np.float32, copy=False)
 
     def cosine_part(self, cosine: np.ndarray, held: np.ndarray) -> np.ndarray:
