@@ -2,7 +2,7 @@
 batch-score, peak memory, for 10k, 100k and 1M customers (10M with --max 10000000).
 
     .venv/bin/python benchmarks/scale.py [--max 1000000] [--stream] [--chunk-rows 200000]
-        [--months 12] [--sizes 100000 1000000] [--no-evaluate]
+        [--months 12] [--sizes 100000 1000000] [--no-evaluate] [--results PATH]
 
 Each size runs in its own subprocess. Memory is read from ``/proc/self/status``: ``VmHWM`` (the
 peak resident set) reset before each step by writing 5 to ``/proc/self/clear_refs``, so each
@@ -11,7 +11,8 @@ fork/exec and every earlier step's), and ``peak_rss_mb`` is the largest. ``--mon
 generates a bank with N month-ends of ``holdings_history`` (the default model then uses history
 features; streamed, the history is routed in record batches and read per piece, and ``score``
 reads it per chunk). ``--no-evaluate`` skips ``evaluate``, which loads every table in memory.
-Steps: ``generate`` (synthetic bank, no ground truth) + ``write`` (Parquet); ``train`` = one
+Steps: ``generate`` (synthetic bank, no ground truth, drawn and written to Parquet in blocks
+of 1M customers; rows stored before the blocks had a separate ``write`` step); ``train`` = one
 epoch of ``finrec.training.fit`` with the default model at batch 4096 (in memory: ``load_dataset``
 then ``fit``; with ``--stream``: ``StreamingSource`` + ``fit``, chunked) including the
 validation callback, plus ``load`` (reading and validating the tables; for --stream the
@@ -76,8 +77,8 @@ def worker(n: int, stream: bool, chunk_rows: int, months: int = 0, evaluate_step
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from finrec.config import Config
     from finrec.data import schema as S
-    from finrec.data.io import load_dataset, write_dataset
-    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.data.io import load_dataset, write_dataset_blocks
+    from finrec.data.synthetic import GeneratorSettings, generate_blocks
     from finrec.evaluate.report import evaluate
     from finrec.recommend.batch import score_dataset
     from finrec.recommend.recommender import Recommender
@@ -87,13 +88,14 @@ def worker(n: int, stream: bool, chunk_rows: int, months: int = 0, evaluate_step
     out["import_mb"] = _status_mb("VmRSS")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "bank"
+        # Drawn and written block by block (1M customers each), as ``finrec generate`` does: one
+        # step, so ``write_s`` is absent and ``generate_s`` includes the writing.
         with _Step(out, "generate"):
-            tables = generate(GeneratorSettings(n_customers=n, seed=0, ground_truth=False, months=months))
-        with _Step(out, "write"):
-            write_dataset(tables, S.SYNTHETIC.schema(), data_dir)
-        out["interactions"] = len(tables["interactions"])
-        out["history_rows"] = len(tables.get(S.HOLDINGS_HISTORY, ()))
-        del tables
+            settings = GeneratorSettings(n_customers=n, seed=0, ground_truth=False, months=months)
+            rows = write_dataset_blocks(generate_blocks(settings), S.SYNTHETIC.schema(), data_dir)
+        out["generate_includes_write"] = True
+        out["interactions"] = rows[S.INTERACTIONS]
+        out["history_rows"] = rows.get(S.HOLDINGS_HISTORY, 0)
         config = Config().with_overrides(epochs=1, batch_size=4096)
         dataset = None
         if stream:
@@ -141,6 +143,7 @@ def main() -> None:
     parser.add_argument("--months", type=int, default=0, help="month-ends of holdings history to generate")
     parser.add_argument("--sizes", type=int, nargs="+", help="these sizes instead of 10k, 100k, ... up to --max")
     parser.add_argument("--no-evaluate", action="store_true", help="skip evaluate (it loads every table)")
+    parser.add_argument("--results", type=Path, help="results file (default: by mode and months, as below)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -174,6 +177,7 @@ def main() -> None:
     results = RESULTS.with_name("scale_stream.json") if args.stream else RESULTS
     if args.months:
         results = results.with_name(f"{results.stem}_months{args.months}.json")
+    results = args.results or results
     results.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "mode": "streaming" if args.stream else "in-memory",

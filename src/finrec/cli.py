@@ -119,8 +119,8 @@ def _epoch_lines(epochs: int, k: int):
 def cmd_generate(args) -> int:
     from finrec.atomic import check_writable
     from finrec.data import schema as S
-    from finrec.data.io import write_dataset
-    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.data.io import write_dataset_blocks
+    from finrec.data.synthetic import GeneratorSettings, generate_blocks
 
     check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
     if args.story != "default":
@@ -137,6 +137,7 @@ def cmd_generate(args) -> int:
                     f"{flag} applies to the default bank only; --story {args.story} has its own catalogue"
                 )
         tables, schema = generate_story(args.story, args.customers, args.seed, ground_truth=not args.no_ground_truth)
+        blocks = [tables]
     else:
         settings = GeneratorSettings(
             n_customers=args.customers or GeneratorSettings.n_customers,
@@ -146,15 +147,16 @@ def cmd_generate(args) -> int:
             ground_truth=not args.no_ground_truth,
             months=args.months,
         )
-        tables, schema = generate(settings), S.SYNTHETIC.schema()
-    write_dataset(tables, schema, args.out, fmt=args.format)
-    points = len(tables["interactions"]) + len(tables["holdings"])
+        # Block by block: a bank of 10M customers with a history never sits in memory whole.
+        blocks, schema = generate_blocks(settings), S.SYNTHETIC.schema()
+    rows = write_dataset_blocks(blocks, schema, args.out, fmt=args.format)
+    points = rows[S.INTERACTIONS] + rows[S.HOLDINGS]
     past = ""
-    if S.HOLDINGS_HISTORY in tables:
-        past = f", {len(tables[S.HOLDINGS_HISTORY])} history rows over {args.months} month-end(s)"
+    if S.HOLDINGS_HISTORY in rows:
+        past = f", {rows[S.HOLDINGS_HISTORY]} history rows over {args.months} month-end(s)"
     print(
-        f"wrote {args.out}: {len(tables['customers'])} customers, {len(tables['products'])} products, "
-        f"{len(tables['interactions'])} interactions, {len(tables['holdings'])} holdings ({points} customer-product points)"
+        f"wrote {args.out}: {rows[S.CUSTOMERS]} customers, {rows[S.PRODUCTS]} products, "
+        f"{rows[S.INTERACTIONS]} interactions, {rows[S.HOLDINGS]} holdings ({points} customer-product points)"
         f"{past}"
     )
     return 0

@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from finrec.data import schema as S
-from finrec.data.io import fingerprint, load_dataset, read_csv_bytes, write_dataset, write_table
+from finrec.data.io import (
+    fingerprint,
+    load_dataset,
+    read_csv_bytes,
+    write_dataset,
+    write_dataset_blocks,
+    write_table,
+)
 from finrec.errors import DataError, SchemaError
 
 SCHEMA = {
@@ -160,6 +167,38 @@ def test_write_dataset_roundtrip_and_fingerprint(tmp_path, small_tables):
     write_dataset(small_tables, S.SYNTHETIC.schema(), out)  # rewriting the same data
     assert fingerprint(out) == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bank")]  # no temp dirs left
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_dataset_written_in_blocks_reads_as_the_whole(tmp_path, fmt):
+    from finrec.data.synthetic import GeneratorSettings, generate, generate_blocks
+
+    # 2,100 customers in blocks of 1,000: the last block's categorical ids fit int8 codes where
+    # the first block's need int16, so the Parquet writer must take the first block's types.
+    settings = GeneratorSettings(n_customers=2100, seed=2, months=3)
+    rows = write_dataset_blocks(
+        generate_blocks(settings, block_customers=1000), S.SYNTHETIC.schema(), tmp_path / "blocks", fmt
+    )
+    whole = generate(settings, block_customers=1000)
+    assert rows == {name: len(frame) for name, frame in whole.items()}
+    write_dataset(whole, S.SYNTHETIC.schema(), tmp_path / "whole", fmt)
+    a, b = load_dataset(tmp_path / "blocks"), load_dataset(tmp_path / "whole")
+    for name in ("customers", "products", "holdings", "interactions", "ground_truth", "holdings_history"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+
+
+def test_a_failed_block_leaves_the_existing_dataset_whole(tmp_path, small_tables):
+    out = write_dataset(small_tables, S.SYNTHETIC.schema(), tmp_path / "bank")
+    before = fingerprint(out)
+
+    def blocks():
+        yield small_tables
+        raise RuntimeError("the generator failed in block 2")
+
+    with pytest.raises(RuntimeError, match="block 2"):
+        write_dataset_blocks(blocks(), S.SYNTHETIC.schema(), out)
+    assert fingerprint(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]  # no temp dirs left
 
 
 def test_csv_output_escapes_formulas(tmp_path):

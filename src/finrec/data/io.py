@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -567,25 +567,57 @@ def write_dataset(
     dataset the tables came from, must not overlap ``directory``; an existing ``directory``
     must be a dataset (it has a ``schema.yaml``) or empty. ``split``, how the directory was cut
     from ``source``, is written beside the tables as ``split.json`` (see ``read_split``)."""
+    write_dataset_blocks([tables], schema, directory, fmt, source, split)
+    return Path(directory)
+
+
+def write_dataset_blocks(
+    blocks: Iterable[dict[str, pd.DataFrame]],
+    schema: S.DatasetSchema,
+    directory: str | Path,
+    fmt: str = "parquet",
+    source: str | Path | None = None,
+    split: dict | None = None,
+) -> dict[str, int]:
+    """``write_dataset`` for a dataset that arrives in blocks of rows (each a dict of tables,
+    as ``synthetic.generate_blocks`` yields them): each block is appended to its tables' files
+    (a Parquet row group; CSV rows under one header) and dropped, so only one block is ever in
+    memory. The directory appears whole or not at all. Returns the rows written per table."""
     if fmt not in ("parquet", "csv"):
         raise DataError(f"unknown format {fmt!r} (use parquet or csv)")
     directory = Path(directory)
     refuse_overlap(directory, {"the source dataset": source}, what="the dataset directory")
     check_writable(directory, "directory", marker=S.SCHEMA_FILE, what="the dataset directory")
+    rows: dict[str, int] = {}
+    writers: dict[str, pq.ParquetWriter] = {}
     with atomic_directory(directory) as tmp:
-        for name, df in tables.items():
-            if df is None:
-                continue
-            path = tmp / f"{name}.{fmt}"
-            if fmt == "csv":
-                escape_formulas(df).to_csv(path, index=False)
-            else:
-                pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+        try:
+            for tables in blocks:
+                for name, df in tables.items():
+                    if df is None:
+                        continue
+                    path = tmp / f"{name}.{fmt}"
+                    if fmt == "csv":
+                        escape_formulas(df).to_csv(
+                            path, index=False, mode="a" if name in rows else "w", header=name not in rows
+                        )
+                    else:
+                        table = pa.Table.from_pandas(df, preserve_index=False)
+                        if name not in writers:
+                            writers[name] = pq.ParquetWriter(path, table.schema)
+                        else:
+                            # A later block's categorical ids may fit smaller codes: the first block's types rule.
+                            table = table.cast(writers[name].schema)
+                        writers[name].write_table(table)
+                    rows[name] = rows.get(name, 0) + len(df)
+        finally:
+            for writer in writers.values():
+                writer.close()
         text = yaml.safe_dump(schema.to_dict(display=True), sort_keys=False)
         (tmp / S.SCHEMA_FILE).write_text(text, encoding="utf-8")
         if split is not None:
             (tmp / S.SPLIT_FILE).write_text(json.dumps(split, indent=1, default=str), encoding="utf-8")
-    return directory
+    return rows
 
 
 MAX_SPLIT_BYTES = 64 * 1024

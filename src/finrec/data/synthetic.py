@@ -137,10 +137,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from finrec.data import compliance as C
 from finrec.data import history
@@ -172,6 +174,8 @@ from finrec.errors import ConfigError
 __all__ = [
     "GeneratorSettings",
     "generate",
+    "generate_blocks",
+    "BLOCK_CUSTOMERS",
     "utility",
     "forbidden",
     "DIFFICULTIES",
@@ -184,6 +188,10 @@ __all__ = [
 
 DIFFICULTIES = ("default", "hard")
 MAX_CUSTOMERS = 50_000_000
+# Banks above this many customers are drawn in blocks (``generate_blocks``): a block of 1M with 12
+# months of history peaks near 4 GB, and a bank of 10M drawn whole would need ten times that.
+BLOCK_CUSTOMERS = 1_000_000
+BLOCK_KEY = 0xB10C  # the blocks' streams: SeedSequence(seed, spawn_key=(BLOCK_KEY, i))
 MAX_PRODUCTS = 5_000
 MAX_ADOPTIONS = 10.0
 NAME = "name"
@@ -793,12 +801,15 @@ def _pick(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((cum < u[:, None]).sum(axis=1), probs.shape[1] - 1)
 
 
-def _customer_ids(n: int) -> np.ndarray:
-    width = max(7, len(str(n)))
-    return np.array([f"C{i:0{width}d}" for i in range(1, n + 1)], dtype=object)
+def _customer_ids(n: int, start: int = 0, total: int | None = None) -> np.ndarray:
+    """Ids ``start + 1`` .. ``start + n``, zero-padded to the width of the bank's ``total``."""
+    width = max(7, len(str(n if total is None else total)))
+    return np.array([f"C{i:0{width}d}" for i in range(start + 1, start + n + 1)], dtype=object)
 
 
-def _customers(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def _customers(
+    n: int, rng: np.random.Generator, ids: np.ndarray | None = None
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     age = np.minimum(18 + np.floor(68 * rng.beta(1.9, 2.5, n)), 85).astype(np.int64)
     a = age.astype(np.float64)
     gender = rng.integers(0, 2, n)
@@ -881,7 +892,7 @@ def _customers(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str
     risk_tol = np.clip(np.round(rt_latent), RISK_MIN, RISK_MAX).astype(np.int64)
 
     cols = {
-        CUSTOMER_ID: _customer_ids(n),
+        CUSTOMER_ID: _customer_ids(n) if ids is None else ids,
         AGE: age,
         INCOME: income,
         _SAVINGS: savings,
@@ -1172,27 +1183,94 @@ def _adoption_counts(rng: np.random.Generator, available: np.ndarray, mean: floa
     return np.minimum(m, available)
 
 
-def generate(settings: GeneratorSettings = GeneratorSettings()) -> dict[str, pd.DataFrame]:
-    """Generate the synthetic bank described in the module docstring."""
+def generate(
+    settings: GeneratorSettings = GeneratorSettings(), block_customers: int = BLOCK_CUSTOMERS
+) -> dict[str, pd.DataFrame]:
+    """Generate the synthetic bank described in the module docstring: ``generate_blocks``'
+    blocks joined (one block, as it always was, up to ``block_customers`` customers)."""
+    blocks = list(generate_blocks(settings, block_customers))
+    if len(blocks) == 1:
+        return blocks[0]
+    out = {}
+    for name in blocks[0]:
+        parts = [block[name] for block in blocks if name in block]
+        if name == HOLDINGS_HISTORY:
+            # Each block's ids are categories of their own: unite them, not decode 12 x holdings rows.
+            out[name] = pd.DataFrame(
+                {
+                    c: union_categoricals([part[c] for part in parts])
+                    if c != AS_OF
+                    else np.concatenate([part[c].to_numpy() for part in parts])
+                    for c in parts[0].columns
+                }
+            )
+        else:
+            out[name] = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    return out
+
+
+def generate_blocks(
+    settings: GeneratorSettings = GeneratorSettings(), block_customers: int = BLOCK_CUSTOMERS
+) -> Iterator[dict[str, pd.DataFrame]]:
+    """The bank of ``generate``, ``block_customers`` customers at a time, for banks larger than
+    memory (``finrec generate`` writes them as they come; a block of 1M customers with 12 months
+    of history peaks near 4 GB).
+
+    The first block holds ``products``; every block holds its customers and their links. A bank
+    of at most ``block_customers`` customers is one block drawn from the seed's own streams, so
+    it is the bank ``generate`` has always made. A larger bank draws block ``i`` from streams of
+    its own (``SeedSequence(seed, spawn_key=(BLOCK_KEY, i))``) with the one catalogue of the
+    seed: the customers are the same kind of draw, and the ids run on across blocks."""
     if not isinstance(settings, GeneratorSettings):
         raise ConfigError(f"settings must be a GeneratorSettings, got {type(settings).__name__}")
     settings.validate()
+    _check_int("block_customers", block_customers, 1, MAX_CUSTOMERS)
+    return _blocks(settings, block_customers)  # checked now, not at the first block
+
+
+def _blocks(settings: GeneratorSettings, block_customers: int) -> Iterator[dict[str, pd.DataFrame]]:
     seq = np.random.SeedSequence(int(settings.seed))
     # The fourth stream draws the compliance columns: spawning it leaves the first three (and so
     # every column they drew before those columns existed) exactly as they were.
     rng_c, rng_p, rng_s, rng_x = (np.random.default_rng(s) for s in seq.spawn(4))
+    cat = _catalogue(settings.n_products, rng_p, _INTERACTION_SCALE[settings.difficulty])
+    n = settings.n_customers
+    if n <= block_customers:
+        yield _block(settings, cat, (rng_c, rng_s, rng_x), seq, 0, n)
+        return
+    for i, start in enumerate(range(0, n, block_customers)):
+        block_seq = np.random.SeedSequence(int(settings.seed), spawn_key=(BLOCK_KEY, i))
+        rng_c, _, rng_s, rng_x = (np.random.default_rng(s) for s in block_seq.spawn(4))
+        tables = _block(settings, cat, (rng_c, rng_s, rng_x), block_seq, start, n, min(block_customers, n - start))
+        if i:
+            del tables[PRODUCTS]
+        yield tables
+
+
+def _block(
+    settings: GeneratorSettings,
+    cat: _Catalogue,
+    rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator],
+    seq: np.random.SeedSequence,
+    start_id: int,
+    total: int,
+    size: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Customers ``start_id`` .. ``start_id + size`` of a bank of ``total`` and their links,
+    drawn from ``rngs`` (customers, sampling, compliance columns) and, with months, a stream
+    spawned from ``seq`` after its first four."""
+    rng_c, rng_s, rng_x = rngs
     k = _INTERACTION_SCALE[settings.difficulty]
     T = TEMPERATURE[settings.difficulty]
     mean = settings.adoptions_per_customer * (HARD_ADOPTION_FACTOR if settings.difficulty == "hard" else 1.0)
+    n = total if size is None else size
 
-    customers, cust = _customers(settings.n_customers, rng_c)
+    customers, cust = _customers(n, rng_c, _customer_ids(n, start_id, total))
     customers = _with_compliance_columns(customers, rng_x)
-    cat = _catalogue(settings.n_products, rng_p, k)
     products = cat.frame
     forbidden_in = _rules(customers, products)
     P = len(products)
     is_current = cat.type_idx == _TYPE_INDEX["current_account"]
-    n = settings.n_customers
     chunk = max(1, 6_000_000 // P)
 
     hold_c, hold_p, act_c, act_p, gt_c, gt_p, gt_v = [], [], [], [], [], [], []
