@@ -114,19 +114,26 @@ class NumpyPiecewiseLinear:
             if len(inner):
                 lo[f], hi[f] = inner[0], inner[-1]
         span = hi - lo
-        scale = np.where(span > 0, _GRID / np.where(span > 0, span, 1.0), 0.0)
         # The grid of feature f occupies cells f * (_GRID + 2) + c: c = 0 below lo, c = 1 + j
         # for [lo + j / scale, lo + (j + 1) / scale), c = _GRID + 1 at or past hi. x * scale +
         # shift, clipped to the feature's cells and truncated, is the cell.
         first = np.arange(n_features) * (_GRID + 2)
+        with np.errstate(over="ignore"):
+            scale = np.where(span > 0, _GRID / np.where(span > 0, span, 1.0), 0.0)
+            shift = first + 1 - lo * scale
+        # Breaks closer than float32 can scale (a span near 1e-38) get no grid: their values all
+        # start from the first cell and step, as a constant feature's do, instead of an inf
+        # scale turning 0 * inf into NaN.
+        gridded = (scale < _LARGEST) & (np.abs(shift) < _LARGEST)
+        scale, shift = np.where(gridded, scale, 0.0), np.where(gridded, shift, first + 1.0)
         self._scale = scale.astype(np.float32)
-        self._shift = (first + 1 - lo * scale).astype(np.float32)
+        self._shift = shift.astype(np.float32)
         self._floor = first.astype(np.float32)
         self._ceiling = (first + _GRID + 1).astype(np.float32)
         start = np.zeros((n_features, _GRID + 2), dtype=np.int64)  # breaks <= the cell's lower end
         for f in range(n_features):
             b = self.breaks[f, finite[f]].astype("float64")
-            if span[f] > 0:
+            if scale[f] > 0:
                 start[f, 1:] = np.searchsorted(b, lo[f] + np.arange(_GRID + 1) / scale[f], side="right")
             else:
                 start[f, 1:] = len(b)
