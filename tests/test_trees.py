@@ -185,9 +185,66 @@ def test_a_tree_blend_is_a_dot_product_of_longer_vectors(teacher_and_pipeline):
         (TreeBlend(teacher, 0.3, 0.1), np.full(7, 0.7)),
         (TreeBlend(teacher, 0.3, 0.1, cold_weight=0.0), np.where(held.any(axis=1), 0.7, 1.0)),
     ):
-        got = blend.customer_vectors(embeddings, part, held) @ blend.product_vectors(products).T
+        got = blend.customer_vectors(embeddings, part, held, products) @ blend.product_vectors(products).T
         np.testing.assert_allclose(got, towers[:, None] * embeddings @ products.T + part, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(blend.cosine_part(embeddings @ products.T, held), got - part, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def launch_teacher(small_dataset):
+    """A teacher that never saw product 3 adopted or held (a launch), and the product's position."""
+    import dataclasses
+
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    launch = pipeline.product_ids_[3]
+    drop = {
+        name: getattr(small_dataset, name)[getattr(small_dataset, name)["product_id"].astype(str) != launch]
+        for name in ("interactions", "holdings")
+    }
+    teacher = fit_teacher(dataclasses.replace(small_dataset, **drop), seed=0)
+    assert list(teacher.pipeline_.product_ids_) == list(pipeline.product_ids_)
+    return teacher, 3
+
+
+def test_a_launch_meets_the_known_products_on_the_towers_scale(launch_teacher):
+    # Found with benchmarks/cold_products.py (2026-11-30): the blend gave a product the teacher
+    # never saw a tree logit of 0 (the customer's mean), which put every launch mid-catalogue.
+    # Its part is now the towers' logit centred as the trees' are: weight * (cos_l - mean cos).
+    from finrec.training.trees import TreeBlend
+
+    teacher, launch = launch_teacher
+    n_products = teacher.pipeline_.n_products
+    blend = TreeBlend(teacher, 0.6, 0.1, cold_weight=0.2)
+    assert np.flatnonzero(blend.launches()).tolist() == [launch]
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(6, 4)).astype("float32")
+    products = rng.normal(size=(n_products, 4)).astype("float32")
+    part = rng.normal(size=(6, n_products)).astype("float32")
+    held = np.zeros((6, n_products), dtype=bool)
+    held[:4, 0] = True  # customers 4 and 5 hold nothing: the cold weight
+    filled = blend.with_launches(part, embeddings, products, held)
+    cosine = embeddings @ products.T
+    known = np.arange(n_products) != launch
+    weight = np.array([0.6] * 4 + [0.2] * 2)
+    np.testing.assert_allclose(
+        filled[:, launch], weight * (cosine[:, launch] - cosine[:, known].mean(axis=1)), atol=1e-5
+    )
+    np.testing.assert_array_equal(filled[:, known], part[:, known])
+    # Through the dot product, the launch scores cos_l - weight * (mean cos of the known products).
+    got = blend.customer_vectors(embeddings, part, held, products) @ blend.product_vectors(products).T
+    np.testing.assert_allclose(got[:, launch], cosine[:, launch] - weight * cosine[:, known].mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(got[:, known], ((1 - weight)[:, None] * cosine + part)[:, known], atol=1e-5)
+
+
+def test_a_blend_whose_teacher_knows_every_product_leaves_the_part_alone(teacher_and_pipeline):
+    from finrec.training.trees import TreeBlend
+
+    teacher, pipeline = teacher_and_pipeline
+    blend = TreeBlend(teacher, 0.5, 0.1)
+    assert not blend.launches().any()
+    part = np.ones((2, pipeline.n_products), dtype="float32")
+    embeddings = np.ones((2, 3), dtype="float32")
+    assert blend.with_launches(part, embeddings, np.ones((pipeline.n_products, 3), "float32"), part > 0) is part
 
 
 def test_a_tree_blend_weighs_customers_who_hold_nothing_with_the_cold_weight(small_dataset, teacher_and_pipeline):

@@ -258,7 +258,7 @@ def test_train_save_load_and_batch_score(tmp_path, small_dataset, small_data_dir
     recommender = Recommender.load(path)
     if loaded.blend is not None:  # the default tries a tree blend: the customer side gains the trees' part
         context = recommender.context(small_dataset.customers, small_dataset.holdings)
-        emb = loaded.blend.customer_vectors(emb, context.tree, context.held)
+        emb = loaded.blend.customer_vectors(emb, context.tree, context.held, loaded.product_embeddings_)
     scores = ProductIndex.from_trained(loaded).scores(emb)
 
     n, written = score_dataset(recommender, small_data_dir, tmp_path / "scores.parquet", k=1)

@@ -57,6 +57,17 @@ def _adopters(data) -> np.ndarray:
     return np.sort(data.interactions[S.CUSTOMER_ID].astype(str).unique())
 
 
+def _unit(teacher, cosine: np.ndarray, logits: np.ndarray, temperature: float) -> np.ndarray:
+    """The blend's part at weight 1, by hand: temperature x the trees' logit, and for a product
+    the teacher never saw adopted (this small bank has several) the towers' cosine less its mean
+    over the products the teacher knows."""
+    known = np.zeros(cosine.shape[1], dtype=bool)
+    known[teacher.classes_] = True
+    unit = logits * temperature
+    unit[:, ~known] = cosine[:, ~known] - cosine[:, known].mean(axis=1, keepdims=True)
+    return unit
+
+
 def test_fit_tries_a_blend_only_where_asked(bank, trained, monkeypatch):
     from finrec.training import train
 
@@ -109,7 +120,7 @@ def test_the_chosen_weight_is_the_best_on_the_validation_customers(bank, blended
     def ndcgs(holdings, history, cold=None):
         # The towers' own cosine, not the blend ``blended`` already carries.
         cosine = blended.customer_embeddings(val.customers, holdings, history) @ blended.product_embeddings_.T
-        unit = teacher.logits(val.customers, holdings, history) * temperature
+        unit = _unit(teacher, cosine, teacher.logits(val.customers, holdings, history), temperature)
         empty = ~pipeline.holdings_matrix(ids, holdings).any(axis=1)
         found = []
         for w in weights:
@@ -148,7 +159,9 @@ def test_blended_scores_agree_on_every_path(bank, blended, tmp_path):
     np.testing.assert_allclose(rec.scores(context)[~objected], want[~objected], atol=1e-5)
     # Objectors are not profiled by the trees either, in serving nor in training's scores.
     assert (context.tree[objected] == 0).all() and np.abs(context.tree[~objected]).max() > 0
-    np.testing.assert_allclose(want[objected], (1 - blended.blend.weight) * cosine[objected], atol=1e-6)
+    w, teacher = blended.blend.weight, blended.blend.teacher
+    towers_only = _unit(teacher, cosine, np.zeros_like(cosine), blended.config.training.temperature)
+    np.testing.assert_allclose(want[objected], ((1 - w) * cosine + w * towers_only)[objected], atol=1e-6)
 
     save_model_dir(blended, tmp_path / "model")
     raw = json.loads((tmp_path / "model" / BLEND_FILE).read_text())
@@ -190,7 +203,8 @@ def test_customers_who_hold_nothing_are_blended_with_the_cold_weight_on_every_pa
     empty, temperature = ~held.any(axis=1), model.config.training.temperature
     assert (empty & ~objected).sum() > 100 and (~empty & ~objected).sum() > 100
     for rows, w in ((empty & ~objected, 0.1), (~empty & ~objected, 0.5)):
-        np.testing.assert_allclose(want[rows], (1 - w) * cosine[rows] + w * temperature * trees[rows], atol=1e-5)
+        unit = _unit(model.blend.teacher, cosine, trees, temperature)
+        np.testing.assert_allclose(want[rows], (1 - w) * cosine[rows] + w * unit[rows], atol=1e-5)
     np.testing.assert_allclose(rec.scores(rec._known), want, atol=1e-5)
     save_model_dir(model, tmp_path / "model")
     assert json.loads((tmp_path / "model" / BLEND_FILE).read_text())["cold_weight"] == 0.1
@@ -202,6 +216,52 @@ def test_customers_who_hold_nothing_are_blended_with_the_cold_weight_on_every_pa
     top = np.argsort(-want[row], kind="stable")[:5]
     assert [i.product_id for i in by_values.items] == [model.pipeline.product_ids_[j] for j in top]
     np.testing.assert_allclose([i.score for i in by_values.items], want[row, top], atol=1e-5)
+
+
+def test_a_launch_is_scored_by_the_towers_on_every_path(bank, tmp_path):
+    # A product nobody adopted or held in training (a launch): the teacher has no logit for it,
+    # so its part is the towers' logit centred as the trees' are (TreeBlend.with_launches), in
+    # training's scores, the recommender, the choice of the weight and a saved model alike.
+    from finrec.artifacts import load_model_dir, save_model_dir
+    from finrec.data.io import dataset_tables, write_dataset
+    from finrec.recommend.batch import score_dataset
+    from finrec.training import train
+
+    _, data = bank
+    launch = "TD_12M"
+    data = dataclasses.replace(
+        data,
+        **{
+            name: getattr(data, name)[getattr(data, name)[S.PRODUCT_ID].astype(str) != launch]
+            for name in ("interactions", "holdings", "holdings_history")
+        },
+    )
+    trained = train.fit(data, small_config("never"), verbose=0)
+    teacher = train.fit_teacher(data, 0, history_lags=trained.config.model.history_lags)
+    trained.blend = train.choose_blend(trained, teacher, data.subset_customers(_adopters(data)[:200]), weights=(0.5,))
+    j = trained.pipeline.product_ids_.index(launch)
+    launches = trained.blend.launches()
+    assert launches[j]  # (with the products this small bank never saw adopted)
+    want = trained.score(data.customers, data.holdings, data.holdings_history)
+    cosine = trained.customer_embeddings(data.customers, data.holdings, data.holdings_history)
+    cosine = cosine @ trained.product_embeddings_.T
+    rec = Recommender(trained, data)
+    objected = rec._known.attributes["objected"]
+    np.testing.assert_allclose(
+        want[~objected, j], (cosine[:, j] - 0.5 * cosine[:, ~launches].mean(axis=1))[~objected], atol=1e-5
+    )
+    np.testing.assert_allclose(rec.scores(rec._known)[~objected], want[~objected], atol=1e-5)
+    save_model_dir(trained, tmp_path / "model")
+    loaded = Recommender(load_model_dir(tmp_path / "model").trained, data)
+    np.testing.assert_array_equal(loaded.scores(loaded._known), rec.scores(rec._known))
+    # Batch scoring (chunks, the history read per chunk) ranks the launch as in memory.
+    launched = write_dataset(dataset_tables(data), S.SYNTHETIC.schema(), tmp_path / "bank")
+    score_dataset(rec, launched, tmp_path / "top.parquet", k=3, chunk_rows=128)
+    top = pd.read_parquet(tmp_path / "top.parquet")
+    shown = top[top[S.PRODUCT_ID] == launch]
+    assert len(shown) > 0
+    row = {str(c): i for i, c in enumerate(data.customers[S.CUSTOMER_ID])}
+    np.testing.assert_allclose(shown["score"], [want[row[c], j] for c in shown[S.CUSTOMER_ID]], atol=1e-5)
 
 
 def test_batch_scoring_in_chunks_ranks_as_in_memory(bank, blended, tmp_path):
@@ -379,7 +439,7 @@ def test_the_blend_weight_is_chosen_on_the_latest_and_the_earlier_months_togethe
         trees = blended.blend.teacher.logits(
             part.customers, held=held, history=part.holdings_history, reference=reference
         )
-        scores.append(0.5 * cosine + 0.5 * 0.1 * trees)
+        scores.append(0.5 * cosine + 0.5 * _unit(blended.blend.teacher, cosine, trees, 0.1))
         rel, exc = train.ranking_targets(blended.pipeline, part)
         relevant.append(rel)
         excluded.append(exc)

@@ -289,7 +289,8 @@ class Recommender:
             raise FinrecError(
                 "this model blends a tree model into its scores: build the context with Recommender.context"
             )
-        return self.blend.customer_vectors(embeddings, context.tree, context.held)
+        # The towers' own product embeddings [P, D] (the index holds the blend's [P, D + P] vectors).
+        return self.blend.customer_vectors(embeddings, context.tree, context.held, self.trained.product_embeddings_)
 
     def scores(self, context: CustomerContext) -> np.ndarray:
         """Scores float32 [n, P]: the cosine similarity, or with a tree blend the blended score

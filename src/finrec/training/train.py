@@ -280,13 +280,16 @@ class TrainedModel:
     ) -> np.ndarray:
         """Cosine similarity of each customer with each product, float32 [n, P]; with a tree
         blend, ``(1 - weight) * cosine + weight * temperature * t(c)`` (``TreeBlend``)."""
-        cosine = self.customer_embeddings(customers, holdings, history) @ self.product_embeddings_.T
+        embeddings = self.customer_embeddings(customers, holdings, history)
+        cosine = embeddings @ self.product_embeddings_.T
         if self.blend is None:
             return cosine
         held = self.pipeline.holdings_matrix(customers[self.pipeline.schema.customers.id].to_numpy(), holdings)
         # As in serving, customers who objected to profiling are not run through the trees.
         objected = customer_profile(customers, self.pipeline.full_schema.customers)["objected"]
-        return self.blend.cosine_part(cosine, held) + self.blend.part(customers, held, history, skip=objected)
+        part = self.blend.part(customers, held, history, skip=objected)
+        part = self.blend.with_launches(part, embeddings, self.product_embeddings_, held)
+        return self.blend.cosine_part(cosine, held) + part
 
 
 def make_loss(
@@ -694,7 +697,9 @@ def _blend_inputs(trained: TrainedModel, teacher, parts, withheld: bool):
         # (``finrec train`` leaves out customers who objected to profiling), as for the towers and
         # the teacher.
         held = pipeline.holdings_matrix(ids, holdings)
-        units.append(TreeBlend(teacher, 1.0, temperature).part(part.customers, held, history, reference))
+        unit = TreeBlend(teacher, 1.0, temperature)
+        tree = unit.part(part.customers, held, history, reference)
+        units.append(unit.with_launches(tree, embeddings, trained.product_embeddings_, held))
         helds.append(held)
     return np.concatenate(cosines), np.concatenate(units), np.concatenate(helds)
 
