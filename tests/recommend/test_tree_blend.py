@@ -345,12 +345,17 @@ def test_the_model_risk_report_states_the_blend_and_the_teacher(blended, trained
     # This bank has a history: the default trained on its earlier months too, and says so first.
     months, *notes = scoring_notes(blended)
     assert months.startswith("Training months: besides the latest month's adoptions, those of")
-    assert len(notes) == 1 and notes[0].startswith("Tree blend: the score is 0.5 x the cosine + 0.5 x 0.1 x")
+    assert len(notes) == 2 and notes[0].startswith("Tree blend: the score is 0.5 x the cosine + 0.5 x 0.1 x")
     assert "with the holdings history's lag features" in notes[0] and "protected columns included" in notes[0]
+    # This small bank's training customers never adopted some products: the trees have no logit
+    # for them, and the report names them.
+    launches = [blended.pipeline.product_ids_[p] for p in np.flatnonzero(blended.blend.launches())]
+    assert 0 < len(launches) <= 5
+    assert notes[1].startswith(f"{len(launches)} product(s) no training customer adopted ({', '.join(launches)})")
     # A cold weight of its own is stated; the same weight for every customer is not.
     cold = types.SimpleNamespace(**{**vars(blended), "blend": dataclasses.replace(blended.blend, cold_weight=0.2)})
     cold_notes = scoring_notes(cold)
-    assert len(cold_notes) == 3 and cold_notes[2].startswith(
+    assert len(cold_notes) == 4 and cold_notes[3].startswith(
         "A customer who holds nothing (a new customer, or one who closed everything) is scored with the tree "
         "weight 0.2 instead of 0.5"
     )

@@ -289,6 +289,16 @@ def scoring_notes(trained) -> list[str]:
             f"(weight chosen on validation customers). The LightGBM model ({teacher.best_iteration_} rounds, "
             f"{len(teacher.classes_)} products, {protected}, {lags}) runs on every customer scored."
         )
+        launches = [trained.pipeline.product_ids_[p] for p in np.flatnonzero(blend.launches())]
+        if launches:
+            shown = ", ".join(str(p) for p in launches[:5]) + (
+                f" and {len(launches) - 5} more" if len(launches) > 5 else ""
+            )
+            notes.append(
+                f"{len(launches)} product(s) no training customer adopted ({shown}) have no LightGBM logit: "
+                "the two-tower model's own logit, centred over the products the LightGBM model knows, stands in "
+                "for it, so a new product is ranked by its attributes as the towers see them."
+            )
         if blend.cold_weight is not None and blend.cold_weight != blend.weight:
             notes.append(
                 f"A customer who holds nothing (a new customer, or one who closed everything) is scored with the tree "
