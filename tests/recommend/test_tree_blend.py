@@ -351,7 +351,9 @@ def test_the_model_risk_report_states_the_blend_and_the_teacher(blended, trained
     # for them, and the report names them.
     launches = [blended.pipeline.product_ids_[p] for p in np.flatnonzero(blended.blend.launches())]
     assert 0 < len(launches) <= 5
-    assert notes[1].startswith(f"{len(launches)} product(s) no training customer adopted ({', '.join(launches)})")
+    assert notes[1].startswith(
+        f"{len(launches)} product(s) the LightGBM model never saw adopted ({', '.join(launches)})"
+    )
     # A cold weight of its own is stated; the same weight for every customer is not.
     cold = types.SimpleNamespace(**{**vars(blended), "blend": dataclasses.replace(blended.blend, cold_weight=0.2)})
     cold_notes = scoring_notes(cold)

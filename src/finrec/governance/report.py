@@ -295,7 +295,7 @@ def scoring_notes(trained) -> list[str]:
                 f" and {len(launches) - 5} more" if len(launches) > 5 else ""
             )
             notes.append(
-                f"{len(launches)} product(s) no training customer adopted ({shown}) have no LightGBM logit: "
+                f"{len(launches)} product(s) the LightGBM model never saw adopted ({shown}) have no logit of its own: "
                 "the two-tower model's own logit, centred over the products the LightGBM model knows, stands in "
                 "for it, so a new product is ranked by its attributes as the towers see them."
             )
