@@ -53,51 +53,74 @@ def test_a_categorical_column_finds_the_same_positions_through_its_categories(va
 
 
 @pytest.mark.parametrize(
-    "links, ids",
+    "links, ids, near",
     [
-        (["a", "a", "b", "c", "c", "c"], ["a", "b", "c"]),  # grouped, in order, everyone: fast path
-        (["a", "b", "b", "c"], ["a", "c", "b"]),  # grouped, another order
-        (["a", "b", "a"], ["a", "b"]),  # not grouped
-        (["a", "c"], ["a", "b", "c"]),  # someone holds nothing
-        (["a", None, "b"], ["a", "b"]),  # a missing id
-        (["a", "x", "b"], ["a", "x", "b"]),
-        (["a", "x"], ["a", "b"]),  # an unknown id, the right count
-        ([], ["a"]),
-        (["a"], []),
+        (["a", "a", "b", "c", "c", "c"], ["a", "b", "c"], True),  # grouped, in order, everyone
+        (["a", "a", "b"], ["a", "b", "c"], True),  # a prefix of the file (a first batch)
+        (["a", "b", "b", "c"], ["a", "c", "b"], True),  # another order, within the window
+        (["a", "c"], ["a", "b", "c"], True),  # someone holds nothing
+        (["a", None, "b"], ["a", "b"], False),  # a missing id
+        (["a", "x"], ["a", "b"], False),  # an unknown id
+        ([], ["a"], False),
+        (["a"], [], False),
     ],
 )
-def test_run_positions_equals_hash_lookup(links, ids):
+def test_positions_near_is_the_hash_lookup_or_declines(links, ids, near):
     import pyarrow as pa
 
-    from finrec.data.ids import positions_in, run_positions
+    from finrec.data.ids import positions_in, positions_near
 
     links, ids = pa.array(links, pa.string()), pa.array(ids, pa.string())
-    np.testing.assert_array_equal(run_positions(links, ids), positions_in(links, ids))
+    found = positions_near(links, ids)
+    assert (found is not None) == near
+    if near:
+        np.testing.assert_array_equal(found, positions_in(links, ids))
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.sampled_from("abcdef"), min_size=0, max_size=6, unique=True),
-    st.lists(st.tuples(st.sampled_from("abcdefg"), st.integers(1, 3)), max_size=8),
-    st.booleans(),
+    st.lists(st.text("abc", min_size=1, max_size=4), max_size=1500, unique=True),
+    st.lists(st.integers(0, 3000), max_size=40),
+    st.data(),
 )
-def test_run_positions_property(ids, runs, in_id_order):
+def test_positions_near_never_disagrees_with_the_hash_lookup(ids, picks, data):
+    # Any links, any start: the windowed lookup either declines or gives the hash lookup's
+    # positions (ids unique, as a customers file's are); links among the ids from start - 1 to
+    # the window's end are never declined.
     import pyarrow as pa
 
-    from finrec.data.ids import positions_in, run_positions
+    from finrec.data.ids import positions_in, positions_near
 
-    if in_id_order:  # the export order the fast path is for: every id, grouped, in order
-        runs = [(i, n) for i, (_, n) in zip(ids, runs + [("a", 1)] * len(ids))]
-    links = pa.array([i for i, n in runs for _ in range(n)], pa.string())
-    ids = pa.array(ids, pa.string())
-    np.testing.assert_array_equal(run_positions(links, ids), positions_in(links, ids))
+    start = data.draw(st.integers(0, len(ids)))
+    near = data.draw(st.booleans()) and start < len(ids)
+    if near:
+        low = max(start - 1, 0)
+        reach = min(len(ids), low + 1024 + 2 * max(len(set(picks)), 1))
+        picks = sorted(low + p % (reach - low) for p in picks)
+    links = pa.array([ids[p % len(ids)] for p in picks] if ids else [], pa.string())
+    found = positions_near(links, pa.array(ids, pa.string()), start)
+    if found is not None:
+        np.testing.assert_array_equal(found, positions_in(links, pa.array(ids, pa.string())))
+    if near and len(links):
+        assert found is not None
 
 
-def test_run_positions_skips_the_hash_for_grouped_links(monkeypatch):
+def test_a_table_read_in_batches_in_the_files_order_is_looked_up_near_each_start():
     import pyarrow as pa
 
-    from finrec.data import ids as I
+    from finrec.data.ids import positions_in, positions_near
 
-    monkeypatch.setattr(I, "positions_in", lambda *a: pytest.fail("hash lookup used"))
-    links, ids = pa.array(["a", "a", "b", "c"]), pa.array(["a", "b", "c"])
-    np.testing.assert_array_equal(I.run_positions(links, ids), [0, 0, 1, 2])
+    ids = pa.array([f"c{i}" for i in range(5000)], pa.string())
+    rng = np.random.default_rng(0)
+    # Grouped by customer in the file's order, a fifth of the customers holding nothing.
+    links = pa.array([f"c{i}" for i in range(5000) if i % 5 for _ in range(rng.integers(1, 4))], pa.string())
+    cuts = [0, 7, 8, 3100, 6000, len(links)]
+    parts, start = [], 0
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        found = positions_near(links.slice(lo, hi - lo), ids, start)
+        assert found is not None
+        parts.append(found)
+        start = int(found.max()) + 1
+    np.testing.assert_array_equal(np.concatenate(parts), positions_in(links, ids))
+    # Far from the start given, the lookup declines rather than search every id.
+    assert positions_near(links.slice(6000, 10), ids, 0) is None

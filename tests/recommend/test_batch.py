@@ -157,3 +157,66 @@ def test_probabilities_come_from_the_ranking_pass(rec, small_data_dir, tmp_path,
     cols = {pid: j for j, pid in enumerate(rec.pipeline.product_ids_)}
     expected = full[table.customer_id.map(row).to_numpy(), table.product_id.map(cols).to_numpy()]
     np.testing.assert_allclose(table.probability, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["export", "shuffled", "gaps", "strays"])
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_holdings_by_row_read_in_batches_is_the_holdings_matrix(small_dataset, tmp_path, monkeypatch, order, fmt):
+    # The scorer keeps 6 bytes a holding, read batch by batch (7 rows here, so customers' links
+    # straddle batches): every slice must be the holdings matrix of its customers, whatever the
+    # file's order, with customers who hold nothing and links to unknown customers or products.
+    import pyarrow as pa
+
+    from finrec.data.io import write_table
+    from finrec.features import FeaturePipeline
+    from finrec.recommend import batch
+    from finrec.recommend.batch import HoldingsByRow
+
+    built = []
+    monkeypatch.setattr(batch, "RowOfId", lambda ids, _real=batch.RowOfId: built.append(1) or _real(ids))
+
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    ids = small_dataset.customers["customer_id"].astype(str).to_numpy()
+    position = {c: i for i, c in enumerate(ids)}
+    holdings = small_dataset.holdings[["customer_id", "product_id"]].astype(str)
+    holdings = holdings.iloc[np.argsort([position[c] for c in holdings["customer_id"]], kind="stable")]
+    rng = np.random.default_rng(3)
+    if order == "shuffled":
+        holdings = holdings.sample(frac=1.0, random_state=3)
+    elif order == "gaps":  # every fifth customer holds nothing
+        holdings = holdings[~holdings["customer_id"].isin(ids[::5])]
+    elif order == "strays":
+        strays = pd.DataFrame(
+            {"customer_id": ["nobody", ids[4], ids[9]], "product_id": ["CUR_BASIC", "NO_SUCH", "TD_6M"]}
+        )
+        holdings = pd.concat([holdings.iloc[:40], strays, holdings.iloc[40:]], ignore_index=True)
+    path = write_table(holdings.reset_index(drop=True), tmp_path / f"holdings.{fmt}")
+    by_row = HoldingsByRow(pipeline, pa.array(ids), path, batch_rows=7)
+    assert by_row.rows.dtype == np.int32 and by_row.cols.dtype == np.int16
+    # Only links far from the file's order, or to an unknown customer, need the lookup of every
+    # id (a CSV reads in blocks of 1 MB: this whole file, which its window then covers).
+    assert bool(built) == (order == "strays" or (order == "shuffled" and fmt == "parquet"))
+    want = pipeline.holdings_matrix(ids, holdings)
+    assert want.sum() > 100
+    for start in sorted(rng.choice(len(ids) - 50, 5, replace=False)):
+        np.testing.assert_array_equal(by_row.slice(start, start + 50), want[start : start + 50])
+    np.testing.assert_array_equal(by_row.slice(0, len(ids)), want)
+    assert not HoldingsByRow(pipeline, pa.array(ids), None).slice(0, 10).any()
+
+
+def test_holdings_in_the_export_order_never_hash_the_ids(small_dataset, tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from finrec.data.io import write_table
+    from finrec.features import FeaturePipeline
+    from finrec.recommend import batch
+
+    pipeline = FeaturePipeline(small_dataset.schema).fit(small_dataset)
+    ids = small_dataset.customers["customer_id"].astype(str).to_numpy()
+    position = {c: i for i, c in enumerate(ids)}
+    holdings = small_dataset.holdings[["customer_id", "product_id"]].astype(str)
+    holdings = holdings.iloc[np.argsort([position[c] for c in holdings["customer_id"]], kind="stable")]
+    path = write_table(holdings.reset_index(drop=True), tmp_path / "holdings.parquet")
+    monkeypatch.setattr(batch, "RowOfId", lambda *a: pytest.fail("the sorted-hash lookup was built"))
+    by_row = batch.HoldingsByRow(pipeline, pa.array(ids), path, batch_rows=11)
+    np.testing.assert_array_equal(by_row.slice(0, len(ids)), pipeline.holdings_matrix(ids, holdings))

@@ -161,8 +161,7 @@ def build_problem(
         products = read_table(find_table(data_dir, S.PRODUCTS), (data_schema.products.id,))
         values = product_values(products, data_schema, product_ids)
     ids = read_id_column(customers_path, schema.customers.id)
-    holdings = read_table(holdings_path, (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
-    held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings)
+    held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings_path)
     n, P = len(ids), len(product_ids)
     probability = np.zeros((n, P), dtype=np.float32)
     tolerance = np.full(n, np.nan, dtype=np.float32)
