@@ -236,6 +236,26 @@ def test_a_launch_meets_the_known_products_on_the_towers_scale(launch_teacher):
     np.testing.assert_allclose(got[:, known], ((1 - weight)[:, None] * cosine + part)[:, known], atol=1e-5)
 
 
+def test_a_blend_saved_before_the_launch_rule_scores_as_it_did(launch_teacher):
+    # Its weights and calibration were chosen with 0 in a launch's slot: loaded, it keeps that.
+    from finrec.training.trees import TreeBlend
+
+    teacher, launch = launch_teacher
+    blend = TreeBlend(teacher, 0.6, 0.1)
+    raw = blend.to_dict()
+    assert raw["launches_from"] == "towers" and TreeBlend.from_dict(raw).launches()[launch]
+    del raw["launches_from"]
+    old = TreeBlend.from_dict(raw)
+    assert old.launches_from == "zero" and not old.launches().any()
+    part = np.ones((3, teacher.pipeline_.n_products), dtype="float32")
+    embeddings = np.ones((3, 4), dtype="float32")
+    products = np.arange(4 * teacher.pipeline_.n_products, dtype="float32").reshape(-1, 4)
+    assert old.with_launches(part, embeddings, products, part > 0) is part
+    # The customers who objected to profiling keep their 0 in every slot, launches included.
+    skipped = blend.with_launches(0 * part, embeddings, products, part > 0, skip=np.array([False, True, False]))
+    assert (skipped[1] == 0).all() and (skipped[[0, 2], launch] != 0).all()
+
+
 def test_a_blend_whose_teacher_knows_every_product_leaves_the_part_alone(teacher_and_pipeline):
     from finrec.training.trees import TreeBlend
 

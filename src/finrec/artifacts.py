@@ -536,7 +536,7 @@ def _load_blend_of(path: Path, manifest: dict[str, Any], pipeline):
 
 
 def _load_blend(file: Path):
-    from finrec.training.trees import TreeBlend
+    from finrec.training.trees import LAUNCHES_FROM, TreeBlend
 
     raw = _read_json(file, MAX_JSON_BYTES)
     if not isinstance(raw, dict):
@@ -546,6 +546,10 @@ def _load_blend(file: Path):
         raise ArtifactError(f"{file}: weight {blend.weight} or temperature {blend.temperature} out of range")
     if blend.cold_weight is not None and not 0.0 <= blend.cold_weight < 1.0:
         raise ArtifactError(f"{file}: cold_weight {blend.cold_weight} out of range [0, 1)")
+    if blend.launches_from not in LAUNCHES_FROM:
+        raise ArtifactError(
+            f"{file}: launches_from {safe_text(blend.launches_from, quote=True)} is not one of {', '.join(LAUNCHES_FROM)}"
+        )
     return blend
 
 

@@ -159,9 +159,8 @@ def test_blended_scores_agree_on_every_path(bank, blended, tmp_path):
     np.testing.assert_allclose(rec.scores(context)[~objected], want[~objected], atol=1e-5)
     # Objectors are not profiled by the trees either, in serving nor in training's scores.
     assert (context.tree[objected] == 0).all() and np.abs(context.tree[~objected]).max() > 0
-    w, teacher = blended.blend.weight, blended.blend.teacher
-    towers_only = _unit(teacher, cosine, np.zeros_like(cosine), blended.config.training.temperature)
-    np.testing.assert_allclose(want[objected], ((1 - w) * cosine + w * towers_only)[objected], atol=1e-6)
+    # (Nor is a launch's part filled for them: they rank by the towers' cosine alone.)
+    np.testing.assert_allclose(want[objected], (1 - blended.blend.weight) * cosine[objected], atol=1e-6)
 
     save_model_dir(blended, tmp_path / "model")
     raw = json.loads((tmp_path / "model" / BLEND_FILE).read_text())
@@ -296,6 +295,7 @@ def test_a_blend_file_that_is_not_the_models_is_refused(bank, blended, tmp_path)
     for change, message in (
         (lambda raw: raw.update(weight=1.5), "out of range"),
         (lambda raw: raw.update(cold_weight=-0.1), r"cold_weight -0.1 out of range \[0, 1\)"),
+        (lambda raw: raw.update(launches_from="trees"), "launches_from 'trees' is not one of towers, zero"),
         (lambda raw: raw.update(cold_weight="half"), "cannot load the model"),
         (
             lambda raw: raw["teacher"]["pipeline"].update(product_ids=raw["teacher"]["pipeline"]["product_ids"][::-1]),

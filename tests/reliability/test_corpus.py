@@ -229,6 +229,29 @@ def test_cli_score_refuses_bad_customers(case, damaged, model_dir, tmp_path, cap
     assert not out_path.exists()
 
 
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda path: path.write_bytes(b""), "the file is empty"),
+        (lambda path: path.write_bytes(b"\x00\x01\x02PK\x03\x04" * 200), "holdings.csv"),
+        (lambda path: path.write_text("customer_id,product\nC0000001,CUR_BASIC\n"), "holdings.csv"),
+        (lambda path: path.write_text(path.read_text() + "C0000002,CUR_BASIC,extra,cells\n"), "holdings.csv"),
+    ],
+    ids=["empty", "binary", "no_product_id_column", "ragged_row"],
+)
+def test_cli_score_and_plan_refuse_a_bad_holdings_file(damage, fragment, csv_data_dir, model_dir, tmp_path, capsys):
+    # Found in review (2026-11-30): the scorer now reads the holdings in record batches, and a bad
+    # file came out as an Arrow error ("internal error") instead of the file's own message.
+    data = tmp_path / "bank"
+    shutil.copytree(csv_data_dir, data)
+    damage(data / "holdings.csv")
+    for command in (["score", "--out", tmp_path / "top.csv"], ["plan", "--out", tmp_path / "plan.csv"]):
+        code, _, err = run_cli(capsys, command[0], "--model", model_dir, "--data", data, *command[1:])
+        assert code == 2, err
+        assert "holdings.csv" in err and fragment in err
+        assert not (tmp_path / "top.csv").exists() and not (tmp_path / "plan.csv").exists()
+
+
 @pytest.mark.slow
 def test_score_csv_escapes_formula_ids(damaged, model_dir, tmp_path, capsys):
     directory = damaged(next(c for c in DATA_CASES if c.name == "formula_ids_load"))

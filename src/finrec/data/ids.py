@@ -69,7 +69,7 @@ def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
 
 def positions_near(values, ids: pa.Array, start: int = 0) -> np.ndarray | None:
     """int64 [n]: the positions in ``ids`` of ``values`` when they all lie near ``start``: in
-    ``ids[start - 1:]``, within twice the distinct values plus 1,024. That is a link table read in
+    ``ids[start - 1:]``, within twice the runs of equal values plus 1,024. That is a link table read in
     batches in the customers file's order (a batch may begin inside the links of the customer at
     ``start - 1``; customers who hold nothing are skipped). The lookup then hashes that window of
     ids, not all of them (10M customers: a fraction of a second a batch instead of seconds). None
@@ -83,9 +83,9 @@ def positions_near(values, ids: pa.Array, start: int = 0) -> np.ndarray | None:
     n = len(values)
     if n == 0 or values.null_count or not 0 <= start <= len(ids):
         return None
-    distinct = 1 + int(pc.sum(pc.not_equal(values[1:], values[:-1])).as_py() or 0)
+    runs = 1 + int(pc.sum(pc.not_equal(values[1:], values[:-1])).as_py() or 0)
     low = max(start - 1, 0)
-    window = ids.slice(low, 2 * distinct + 1024)
+    window = ids.slice(low, 2 * runs + 1024)
     found = pc.index_in(values, value_set=window)
     if found.null_count:
         return None

@@ -182,7 +182,7 @@ def check_parquet_file(path: Path) -> None:
         )
 
 
-def _sniff(path: Path) -> None:
+def check_table_file(path: Path) -> None:
     """The cheap checks of ``read_table`` for readers that stream a file (no size limit)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -371,7 +371,7 @@ def read_history(path: Path) -> pd.DataFrame:
     """Read a ``holdings_history`` file: only its three contract columns (others are left on
     disk), ids as categoricals, dates as found (``prepare_history`` parses them)."""
     path = Path(path)
-    _sniff(path)
+    check_table_file(path)
     if path.suffix == ".parquet":
         try:
             schema = pq.read_schema(path)
@@ -464,7 +464,7 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
 def read_id_column(path: Path, column: str) -> pa.Array:
     """One table's id column, normalized as ``read_table`` normalizes ids, in file order."""
     path = Path(path)
-    _sniff(path)
+    check_table_file(path)
     try:
         if path.suffix == ".parquet":
             values = pq.read_table(path, columns=[column]).column(0).to_pandas()
@@ -480,7 +480,7 @@ def read_id_column(path: Path, column: str) -> pa.Array:
 def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
     """Yield validated slices of a customers file of any size, holding one slice in memory."""
     path = Path(path)
-    _sniff(path)
+    check_table_file(path)
     if path.suffix == ".parquet":
         try:
             parquet = pq.ParquetFile(path)
@@ -581,8 +581,10 @@ def write_dataset_blocks(
 ) -> dict[str, int]:
     """``write_dataset`` for a dataset that arrives in blocks of rows (each a dict of tables,
     as ``synthetic.generate_blocks`` yields them): each block is appended to its tables' files
-    (a Parquet row group; CSV rows under one header) and dropped, so only one block is ever in
-    memory. The directory appears whole or not at all. Returns the rows written per table."""
+    (a Parquet row group; CSV rows under one header) and dropped before the next is asked for,
+    so one block is in memory at a time. A table's Parquet types are its first block's: a later
+    block is cast to them (its categorical codes may be narrower; wider ones would be refused).
+    The directory appears whole or not at all. Returns the rows written per table."""
     if fmt not in ("parquet", "csv"):
         raise DataError(f"unknown format {fmt!r} (use parquet or csv)")
     directory = Path(directory)
@@ -610,6 +612,7 @@ def write_dataset_blocks(
                             table = table.cast(writers[name].schema)
                         writers[name].write_table(table)
                     rows[name] = rows.get(name, 0) + len(df)
+                tables = df = table = None  # released before the next block is drawn
         finally:
             for writer in writers.values():
                 writer.close()

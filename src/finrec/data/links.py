@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 
 from finrec.data import schema as S
 from finrec.data.ids import ids_as_text
+from finrec.data.io import check_table_file
 from finrec.data.validate import parse_dates
-from finrec.errors import DataError
+from finrec.errors import DataError, safe_text
 
 
 def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool = False):
@@ -29,6 +30,9 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
     ``dated``, of a holdings history (its ``as_of`` parsed, a missing or bad date refused); with
     ``stamped``, with the interactions' ``timestamp`` too when the file has one (parsed; missing
     allowed), so the history's order can be checked against it."""
+    # The cheap checks of a table read whole (no such file, empty, not Parquet, binary): a bad
+    # file is the user's input error, never an Arrow traceback.
+    check_table_file(path)
     columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *((S.AS_OF,) if dated else ())]
     if stamped and S.TIMESTAMP in _column_names(path):
         columns.append(S.TIMESTAMP)
@@ -41,13 +45,16 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
         options = pacsv.ConvertOptions(
             include_columns=columns, column_types={c: pa.string() for c in columns if c != S.AS_OF}
         )
-        batches = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)), convert_options=options
-        )
+        try:
+            batches = pacsv.open_csv(
+                path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)), convert_options=options
+            )
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
     offset = 0
-    for batch in batches:
+    for batch in _readable(batches, path):
         # A Parquet column written from pandas categories comes back dictionary-encoded, and each
         # batch carries the whole file's dictionary: text work on it (ids_as_text) then costs the
         # file's distinct ids per batch, which grew the pass with the square of the customers
@@ -71,6 +78,20 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
         offset += len(frame)
         frame = frame.dropna(subset=[c for c in columns if c != S.TIMESTAMP])
         yield frame[columns]
+
+
+def _readable(batches, path: Path):
+    """``batches`` with a failure while reading (a bad row far into a CSV file, a damaged row
+    group) as one bounded ``DataError`` naming the file."""
+    try:
+        yield from batches
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable {path.suffix[1:].upper()} file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return safe_text(text.split("\n", 1)[0] if text else type(exc).__name__)
 
 
 def _column_names(path: Path) -> list[str]:

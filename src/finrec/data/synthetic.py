@@ -1245,6 +1245,7 @@ def _blocks(settings: GeneratorSettings, block_customers: int) -> Iterator[dict[
         if i:
             del tables[PRODUCTS]
         yield tables
+        del tables  # not held while the next block is drawn
 
 
 def _block(

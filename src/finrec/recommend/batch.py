@@ -110,6 +110,8 @@ class HoldingsByRow:
         rows, cols = [np.zeros(0, row_type)], [np.zeros(0, col_type)]
         row_of, next_row = None, 0
         for links in link_batches(Path(holdings_path), batch_rows) if holdings_path is not None else ():
+            if len(links) == 0:  # every row of the batch lacked an id
+                continue
             values = as_arrow_text(links[S.CUSTOMER_ID])
             found = positions_near(values, customer_ids, next_row)
             if found is None:

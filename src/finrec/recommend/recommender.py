@@ -290,7 +290,9 @@ class Recommender:
                 "this model blends a tree model into its scores: build the context with Recommender.context"
             )
         # The towers' own product embeddings [P, D] (the index holds the blend's [P, D + P] vectors).
-        return self.blend.customer_vectors(embeddings, context.tree, context.held, self.trained.product_embeddings_)
+        return self.blend.customer_vectors(
+            embeddings, context.tree, context.held, self.trained.product_embeddings_, context.attributes.get("objected")
+        )
 
     def scores(self, context: CustomerContext) -> np.ndarray:
         """Scores float32 [n, P]: the cosine similarity, or with a tree blend the blended score

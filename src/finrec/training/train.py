@@ -288,7 +288,7 @@ class TrainedModel:
         # As in serving, customers who objected to profiling are not run through the trees.
         objected = customer_profile(customers, self.pipeline.full_schema.customers)["objected"]
         part = self.blend.part(customers, held, history, skip=objected)
-        part = self.blend.with_launches(part, embeddings, self.product_embeddings_, held)
+        part = self.blend.with_launches(part, embeddings, self.product_embeddings_, held, skip=objected)
         return self.blend.cosine_part(cosine, held) + part
 
 

@@ -561,6 +561,8 @@ def teacher_targets(
 
 # The blend weights tried on the validation customers (``model.tree_blend``), 0 first: no blend.
 BLEND_WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+# Where a launch's blend part comes from (``TreeBlend.launches_from``).
+LAUNCHES_FROM = ("towers", "zero")
 
 
 @dataclass
@@ -599,6 +601,9 @@ class TreeBlend:
     weight: float
     temperature: float
     cold_weight: float | None = None
+    # "towers": the launches' part from the towers (``with_launches``); "zero": a model saved
+    # before, whose weights and calibration were chosen with 0 there, keeps its scores.
+    launches_from: str = "towers"
 
     def weights(self, held: np.ndarray) -> np.ndarray:
         """float64 [n]: each customer's weight, ``cold_weight`` where ``held`` (bool [n, P]) is
@@ -653,34 +658,55 @@ class TreeBlend:
 
     def launches(self) -> np.ndarray:
         """bool [P]: the products the teacher never saw adopted, in the pipeline's order (none
-        when the teacher gives no logits at all: every ``part`` is then 0)."""
+        when the teacher gives no logits at all, every ``part`` then 0, or for a model saved
+        before launches took the towers' part)."""
         launch = np.zeros(self.teacher.pipeline_.n_products, dtype=bool)
-        if self.teacher.objective == "multiclass" and self.teacher.booster_ is not None:
+        if (
+            self.launches_from == "towers"
+            and self.teacher.objective == "multiclass"
+            and self.teacher.booster_ is not None
+        ):
             launch[:] = True
             launch[self.teacher.classes_] = False
         return launch
 
     def with_launches(
-        self, part: np.ndarray, embeddings: np.ndarray, product_embeddings: np.ndarray, held: np.ndarray
+        self,
+        part: np.ndarray,
+        embeddings: np.ndarray,
+        product_embeddings: np.ndarray,
+        held: np.ndarray,
+        skip: np.ndarray | None = None,
     ) -> np.ndarray:
         """``part`` [n, P] with the launches' columns (``launches``) filled from the towers:
         ``weight * (cos(u_c, v_l) - mean_p cos(u_c, v_p))`` over the known products p, from the
-        customers' embeddings [n, D] and the products' [P, D]; ``part`` itself when there are none."""
+        customers' embeddings [n, D] and the products' [P, D]; ``part`` itself when there are none.
+        Rows where ``skip`` (bool [n]) is True stay as ``part`` has them (0: the customers who
+        objected to profiling, whom no part of the blend scores)."""
         launch = self.launches()
         if not launch.any() or launch.all():
             return part
         known_mean = embeddings @ product_embeddings[~launch].mean(axis=0)  # [n]: u_c . mean v_p
         filled = np.array(part, dtype=np.float32, copy=True)
         towers = embeddings @ product_embeddings[launch].T - known_mean[:, None]
-        filled[:, launch] = (towers * self.weights(held)[:, None]).astype(np.float32)
+        weights = self.weights(held)
+        if skip is not None:
+            weights = np.where(np.asarray(skip, dtype=bool), 0.0, weights)
+        filled[:, launch] = (towers * weights[:, None]).astype(np.float32)
         return filled
 
     def customer_vectors(
-        self, embeddings: np.ndarray, part: np.ndarray, held: np.ndarray, product_embeddings: np.ndarray
+        self,
+        embeddings: np.ndarray,
+        part: np.ndarray,
+        held: np.ndarray,
+        product_embeddings: np.ndarray,
+        skip: np.ndarray | None = None,
     ) -> np.ndarray:
         """float32 [n, D + P] from the towers' embeddings [n, D] and ``part`` [n, P] of customers
-        holding ``held`` (bool [n, P]); ``product_embeddings`` [P, D] fill the launches' part."""
-        part = self.with_launches(part, embeddings, product_embeddings, held)
+        holding ``held`` (bool [n, P]); ``product_embeddings`` [P, D] fill the launches' part
+        (``with_launches``, ``skip`` as there)."""
+        part = self.with_launches(part, embeddings, product_embeddings, held, skip)
         return np.concatenate([self.cosine_part(embeddings, held), part], axis=1).astype(np.float32, copy=False)
 
     @staticmethod
@@ -693,6 +719,7 @@ class TreeBlend:
         out = {"weight": self.weight, "temperature": self.temperature, "teacher": self.teacher.to_dict()}
         if self.cold_weight is not None:
             out["cold_weight"] = self.cold_weight
+        out["launches_from"] = self.launches_from
         return out
 
     @classmethod
@@ -703,11 +730,14 @@ class TreeBlend:
             float(raw["weight"]),
             float(raw["temperature"]),
             None if cold is None else float(cold),
+            # Absent: a model saved before launches took the towers' part scores as it did.
+            raw.get("launches_from", "zero"),
         )
 
 
 __all__ = [
     "BLEND_WEIGHTS",
+    "LAUNCHES_FROM",
     "OBJECTIVES",
     "TEACHER",
     "LightGBMBaseline",
