@@ -582,7 +582,8 @@ class TreeBlend:
     weight * mean cos`` and meets the other products on the towers' scale. A 0 there (the mean
     of the known products) put every launch mid-catalogue: on the default bank of 6,000 customers
     a left-out term deposit's real adopters found it in their top 5 at 0.03-0.11 against the
-    towers' 0.95 (``benchmarks/cold_products.py``).
+    towers' 0.95 (``benchmarks/cold_products.py``). A model saved before keeps the 0
+    (``launches_from`` "zero"): its weights and calibration were chosen with it.
 
     It is still a dot product: the customer vector ``[(1 - weight) u_c, weight * temperature *
     t(c)]`` against the product vector ``[v_p, e_p]`` (e_p: the p-th unit vector). Product
