@@ -57,6 +57,12 @@ def _escape(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, bounded and escaped (it may quote a file)."""
+    text = str(exc)
+    return safe_text(text.split("\n", 1)[0] if text else type(exc).__name__)
+
+
 def safe_text(value: object, limit: int = MAX_VALUE_CHARS, quote: bool = False) -> str:
     """``value`` as it may appear in a message: at most ``limit`` characters (then a count of the
     rest), non-printable characters escaped, numpy scalars as plain numbers. ``quote`` puts text

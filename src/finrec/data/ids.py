@@ -72,8 +72,8 @@ def positions_near(values, ids: pa.Array, start: int = 0) -> np.ndarray | None:
     ``ids[start - 1:]``, within twice the runs of equal values plus 1,024. That is a link table read in
     batches in the customers file's order (a batch may begin inside the links of the customer at
     ``start - 1``; customers who hold nothing are skipped). The lookup then hashes that window of
-    ids, not all of them (10M customers: a fraction of a second a batch instead of seconds). None
-    when a value is missing or lies elsewhere: the caller looks those up in all of ``ids``."""
+    ids, not all of them. None when a value is missing or lies elsewhere: the caller then looks
+    them up in all of ``ids``."""
     values = as_arrow_text(values)
     ids = as_arrow_text(ids)
     if isinstance(values, pa.ChunkedArray):

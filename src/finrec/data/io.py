@@ -24,7 +24,7 @@ from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.ids import ids_as_text
-from finrec.errors import DataError, SchemaError, safe_items, safe_text
+from finrec.errors import DataError, SchemaError, first_line, safe_items, safe_text
 from finrec.safeyaml import load_yaml
 
 # Refuse files larger than this before reading them: a bank's customer table is big, but a
@@ -119,7 +119,7 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
         try:
             df = pq.read_table(path).to_pandas()
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     elif path.suffix == ".csv":
         if path.stat().st_size > MAX_CSV_BYTES:
             raise DataError(f"{path}: {path.stat().st_size / 1e9:.1f} GB is over the CSV limit; convert it to Parquet")
@@ -131,12 +131,6 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
         if column in df.columns:
             df[column] = ids_as_text(df[column])
     return df
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, bounded and escaped (it may quote the file)."""
-    text = str(exc)
-    return safe_text(text.split("\n", 1)[0] if text else type(exc).__name__)
 
 
 def _check_csv_head(head: bytes, tail: bytes, size: int, where) -> None:
@@ -206,7 +200,7 @@ def _csv_errors(where, empty: str = "the file has no header and no rows"):
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: {empty}") from None
     except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{where}: not a readable CSV file ({_first_line(exc)})") from None
+        raise DataError(f"{where}: not a readable CSV file ({first_line(exc)})") from None
 
 
 def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> pd.DataFrame:
@@ -385,7 +379,7 @@ def read_history(path: Path) -> pd.DataFrame:
             # Text read dictionary-encoded: pandas gets categoricals, never a string per row.
             df = pq.read_table(path, columns=columns, read_dictionary=text).to_pandas()
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
         for column in HISTORY_COLUMNS:
             if column not in df.columns:
                 raise DataError(
@@ -472,7 +466,7 @@ def read_id_column(path: Path, column: str) -> pa.Array:
             values = pd.read_csv(path, usecols=[column], dtype={column: str})[column]
     except (pa.ArrowException, OSError, ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(
-            f"{path}: cannot read the id column {safe_text(column, quote=True)} ({_first_line(exc)})"
+            f"{path}: cannot read the id column {safe_text(column, quote=True)} ({first_line(exc)})"
         ) from None
     return pa.array(ids_as_text(values), type=pa.string(), from_pandas=True)
 
@@ -485,7 +479,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
         try:
             parquet = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
         # Categorical text arrives dictionary-encoded (pandas Categorical): decoding is faster
         # and the feature codes come from the few categories instead of every row.
         fields = parquet.schema_arrow
@@ -638,7 +632,7 @@ def read_split(directory: str | Path) -> dict | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable JSON split record ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable JSON split record ({first_line(exc)})") from None
     if not isinstance(record, dict):
         raise DataError(f"{path}: a split record must be a JSON object, got {type(record).__name__}")
     return record

@@ -22,7 +22,7 @@ from finrec.data import schema as S
 from finrec.data.ids import ids_as_text
 from finrec.data.io import check_table_file
 from finrec.data.validate import parse_dates
-from finrec.errors import DataError, safe_text
+from finrec.errors import DataError, first_line
 
 
 def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool = False):
@@ -50,7 +50,7 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
                 path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)), convert_options=options
             )
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
+            raise DataError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
     offset = 0
@@ -86,12 +86,7 @@ def _readable(batches, path: Path):
     try:
         yield from batches
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable {path.suffix[1:].upper()} file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return safe_text(text.split("\n", 1)[0] if text else type(exc).__name__)
+        raise DataError(f"{path}: not a readable {path.suffix[1:].upper()} file ({first_line(exc)})") from None
 
 
 def _column_names(path: Path) -> list[str]:
