@@ -188,3 +188,55 @@ def test_link_batches_of_a_dictionary_encoded_id_column_carry_only_their_own_ids
     assert not any(isinstance(first[c].dtype, pd.CategoricalDtype) for c in ("customer_id", "product_id"))
     assert first["customer_id"].tolist() == [i.strip() for i in ids[:100]]
     assert pd.concat(batches)["customer_id"].nunique() == 5000
+
+
+def test_streamed_parquet_reads_hold_one_row_group_not_the_file(tmp_path):
+    """Arrow's default pre-buffering kept every row group's raw bytes that a ``ParquetFile`` had
+    read until the reader went away: streaming a file held the whole file by its last batch (on
+    a 10M-customer bank, 3.5 GB of history). The streaming readers must hold about one row
+    group's worth, whatever the file's size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from finrec.data import schema as S
+    from finrec.data.io import iter_customer_chunks
+    from finrec.data.links import link_batches
+
+    rng = np.random.default_rng(0)
+    n, groups = 240_000, 24
+    # Random hex ids do not compress: the file's size is its data's.
+    ids = [f"{v:016x}" for v in rng.integers(0, 2**63, n)]
+    history = pa.table(
+        {
+            S.CUSTOMER_ID: ids,
+            S.PRODUCT_ID: [f"p{v:016x}" for v in rng.integers(0, 2**63, n)],
+            S.AS_OF: pa.array(np.full(n, np.datetime64("2026-01-31", "ns"))),
+        }
+    )
+    customers = pa.table(
+        {
+            "customer_id": ids,
+            "age": rng.uniform(18, 90, n),
+            "income": rng.uniform(0, 1e5, n),
+            "segment": rng.choice(["mass", "affluent"], n),
+            "risk": rng.integers(1, 6, n),
+        }
+    )
+    for name, table in (("history", history), ("customers", customers)):
+        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=n // groups, use_dictionary=False)
+    table = S.TableSchema(id="customer_id", numeric=("age", "income"), categorical=("segment",), risk="risk")
+    streams = {
+        "history": lambda: link_batches(tmp_path / "history.parquet", n // groups, dated=True),
+        "customers": lambda: iter_customer_chunks(tmp_path / "customers.parquet", table, n // groups),
+    }
+    for name, stream in streams.items():
+        size = (tmp_path / f"{name}.parquet").stat().st_size
+        base, held = pa.total_allocated_bytes(), []
+        for batch in stream():
+            held.append(pa.total_allocated_bytes() - base)
+            del batch
+        assert len(held) == groups
+        # Pre-buffered, what is held grows by the row groups read (a file this small is read at
+        # once, its ranges coalesced) to the file's size.
+        assert held[-1] - held[1] < size / 8, (name, held, size)
+        assert max(held) < size / 2, (name, held, size)

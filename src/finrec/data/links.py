@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from finrec.data import schema as S
 from finrec.data.ids import ids_as_text
-from finrec.data.io import check_table_file
+from finrec.data.io import check_table_file, open_parquet
 from finrec.data.validate import parse_dates
 from finrec.errors import DataError, first_line
 
@@ -38,7 +38,7 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
         columns.append(S.TIMESTAMP)
     if path.suffix == ".parquet":
         try:
-            batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
+            batches = open_parquet(path).iter_batches(batch_size=chunk_rows, columns=columns)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     elif path.suffix == ".csv":

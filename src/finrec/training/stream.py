@@ -73,7 +73,7 @@ from finrec.config import Config
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text
-from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
+from finrec.data.io import Dataset, find_table, iter_customer_chunks, open_parquet, read_schema, read_table
 from finrec.data.links import BucketWriters, link_batches
 from finrec.data.validate import check_history_order
 from finrec.errors import DataError
@@ -359,7 +359,7 @@ class StreamingLayout:
         """The customers of one piece (at most ``chunk_rows``) with their links."""
         # By row numbers, not batch boundaries: a reader may cut batches at row groups
         # (dictionary-encoded columns do), so a piece may span several batches.
-        parquet = pq.ParquetFile(self.customers_file(piece.bucket))
+        parquet = open_parquet(self.customers_file(piece.bucket))
         stop, offset, parts = piece.start + piece.rows, 0, []
         for batch in parquet.iter_batches(batch_size=self.chunk_rows):
             if offset + batch.num_rows > piece.start:
@@ -509,7 +509,7 @@ def partition(
             # (a month-by-month adoption log would otherwise train on the future).
             check_history_order(layout.read_history(b), interactions, str(history_path))
         start = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[table.id]):
+        for batch in open_parquet(path).iter_batches(batch_size=chunk_rows, columns=[table.id]):
             ids = as_arrow_text(batch.column(0))
             mine = interactions[
                 pc.is_in(as_arrow_text(interactions[S.CUSTOMER_ID]), value_set=ids).to_numpy(zero_copy_only=False)
