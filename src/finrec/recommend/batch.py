@@ -1,10 +1,10 @@
 """Batch scoring: the top K eligible products of every customer in a table of any size.
 
 The customers file (Parquet or CSV) is read in chunks, so the table is never whole in memory.
-Memory still grows with the customers: the id lookups and the holdings (6 bytes a holding), and
-with a history about 0.55 KB per customer more, not yet diagnosed (docs/benchmarks.md, the 10M
-run: +6.1 GB). Each chunk goes through
-the same numpy path as a single request (``Recommender``): features, customer tower, cosine
+Memory still grows with the customers: the id lookups, the holdings (6 bytes a holding) and,
+with a history, its scratch files' writers while the history is routed (+1.1 GB at 1M, +2.5 GB
+at 10M on the synthetic bank with 12 months; docs/benchmarks.md). Each chunk goes through the
+same numpy path as a single request (``Recommender``): features, customer tower, cosine
 against the precomputed product embeddings, the filter masks, then a partial sort. Rows are
 streamed to one output file that replaces ``out`` only when complete.
 """

@@ -19,7 +19,10 @@ threshold is the exact double LightGBM compares against. The decision rules are 
 Each tree is laid out complete (heap order, the children of node k at 2k+1 and 2k+2; a leaf above
 the tree's depth is reached through pass-through nodes whose threshold is +inf), so a row takes
 exactly ``depth`` steps and the rows of a block step together, level by level: independent work
-the processor overlaps, where a walk of one row down one tree waits on every load. Numerical
+the processor overlaps, where a walk of one row down one tree waits on every load. (Walking
+each row down its own path instead, 3-4 of a tree's 4-6 levels with no pass-through nodes, was
+measured slower on the default bank's teacher and real customers: 43.7 against 33.1 µs a
+customer, one core, interleaved in one process; on random inputs it had looked faster.) Numerical
 columns that no node treats as missing are cleaned (NaN -> 0.0, LightGBM's own rule) and
 categorical codes clipped to their vocabulary before the walk, which leaves one compare or one
 table lookup per step.
