@@ -102,7 +102,20 @@ def test_history_is_read_per_chunk_and_ranks_as_in_memory(tmp_path, fmt, monkeyp
     by_chunk = HistoryByChunk(next(folder.glob("holdings_history.*")), RowOfId(ids), 7, tmp_path / "work")
     part = by_chunk.slice(14, 21)
     want = data.holdings_history[data.holdings_history[S.CUSTOMER_ID].isin(ids[14:21].to_pylist())]
-    assert len(part) == len(want) > 0 and set(part[S.CUSTOMER_ID]) <= set(ids[14:21].to_pylist())
+    columns = [S.CUSTOMER_ID, S.PRODUCT_ID, S.AS_OF]
+    assert len(want) > 0 and list(part.columns) == columns
+    assert sorted(map(tuple, part[columns].astype(str).to_numpy())) == sorted(
+        map(tuple, want[columns].astype(str).to_numpy())
+    )
+    assert part[S.AS_OF].dtype == want[S.AS_OF].dtype
+    # A run of rows across two buckets, and one past every customer: the same rows, or none.
+    by_bucket = HistoryByChunk(next(folder.glob("holdings_history.*")), RowOfId(ids), 7, tmp_path / "b", max_buckets=3)
+    assert by_bucket.rows_per_bucket > 7
+    edge = by_bucket.rows_per_bucket - 3
+    across = by_bucket.slice(edge, edge + 7)
+    near = data.holdings_history[data.holdings_history[S.CUSTOMER_ID].isin(ids[edge : edge + 7].to_pylist())]
+    assert len(across) == len(near) > 0 and set(across[S.CUSTOMER_ID]) == set(near[S.CUSTOMER_ID])
+    assert len(by_bucket.slice(len(ids), len(ids) + 7)) == 0
 
     out = tmp_path / "top.parquet"
     score_dataset(Recommender(trained), folder, out, k=3, chunk_rows=7, workers=2)

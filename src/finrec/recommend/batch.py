@@ -35,7 +35,7 @@ from finrec.data.io import (
     iter_customer_chunks,
     read_id_column,
 )
-from finrec.data.links import BucketWriters, link_batches
+from finrec.data.links import link_batches
 from finrec.errors import FinrecError
 from finrec.history_features import months
 from finrec.recommend import filters as F
@@ -173,48 +173,82 @@ class RowOfId:
 class HistoryByChunk:
     """The holdings history of any run of rows of the customers file, without the table in
     memory. One pass reads the history in record batches (``finrec.training.stream``'s reader,
-    dates checked as there), finds each row's customer row (``RowOfId``) and routes it to a
+    dates checked as there), finds each row's customer row (``RowOfId``) and appends it to a
     bucket file of ``rows_per_bucket`` consecutive customer rows (a multiple of the scoring
     chunk); a chunk then reads only its bucket(s), filtered to its rows. ``reference`` is the
     table's latest snapshot month, which every chunk's features share (as the whole table would
-    give them). Memory: one record batch and the row lookup."""
+    give them). Memory: one record batch, the row lookup and the products' names.
+
+    A bucket file is an Arrow IPC stream of three numbers a row: the customer's row (int32), the
+    product's code (int32; ``products`` holds the names) and the snapshot date (timestamp); the
+    ids come back from the customers file's own id column. An open Parquet writer kept about
+    10 KB per row group written until it closed, and the routing writes one small row group per
+    batch and bucket: at 10M customers x 12 months the writers held about 0.9 GB. An IPC stream
+    keeps nothing, and writes several times faster (docs/benchmarks.md)."""
 
     BATCH_ROWS = 1 << 20
+    FORMAT = pa.ipc.IpcWriteOptions(compression="lz4")
 
     def __init__(self, path: Path, rows: RowOfId, chunk_rows: int, workdir: Path, max_buckets: int = 256):
         n_chunks = max(1, math.ceil(len(rows.ids) / chunk_rows))
         self.rows_per_bucket = chunk_rows * math.ceil(n_chunks / max_buckets)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ids = rows.ids
         self.reference: int | None = None
-        writers = BucketWriters()
+        codes: dict[str, int] = {}
+        writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         try:
             for links in link_batches(Path(path), self.BATCH_ROWS, dated=True):
                 if len(links) == 0:
                     continue
                 row = rows(links[S.CUSTOMER_ID])
                 known = row >= 0
-                links = links[known].assign(row=row[known])
-                if len(links) == 0:
+                if not known.any():
                     continue
+                links, row = links[known], row[known]
                 # The latest snapshot of the customers scored: a stray later row of an unknown
                 # customer must not shift everyone's lags.
                 latest = int(months(links[S.AS_OF]).max())
                 self.reference = latest if self.reference is None else max(self.reference, latest)
-                writers.route(links, links["row"].to_numpy() // self.rows_per_bucket, self._file)
+                local, names = pd.factorize(links[S.PRODUCT_ID].to_numpy())
+                product = np.array([codes.setdefault(name, len(codes)) for name in names], np.int32)[local]
+                bucket = row // self.rows_per_bucket
+                order = np.argsort(bucket, kind="stable")  # rows keep their order within a bucket
+                table = pa.table(
+                    {
+                        "row": pa.array(row[order].astype(np.int32)),
+                        "product": pa.array(product[order]),
+                        S.AS_OF: pa.array(links[S.AS_OF].to_numpy()[order]),
+                    }
+                )
+                bucket = bucket[order]
+                bounds = np.flatnonzero(np.diff(bucket)) + 1
+                for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)]):
+                    b = int(bucket[start])
+                    if b not in writers:
+                        writers[b] = pa.ipc.new_stream(str(self._file(b)), table.schema, options=self.FORMAT)
+                    writers[b].write_table(table.slice(start, stop - start))
         finally:
-            writers.close()
+            for writer in writers.values():
+                writer.close()
+        self.products = pa.array(list(codes), pa.string())
 
     def _file(self, bucket: int) -> Path:
-        return self.workdir / f"history_{bucket:05d}.parquet"
+        return self.workdir / f"history_{bucket:05d}.arrows"
 
     def slice(self, start: int, stop: int) -> pd.DataFrame:
-        """The history rows (customer_id, product_id, as_of) of the customers in file rows ``start:stop``."""
+        """The history rows (customer_id, product_id, as_of) of the customers in file rows
+        ``start:stop``, in the history file's order."""
         parts = []
         for b in range(start // self.rows_per_bucket, (stop - 1) // self.rows_per_bucket + 1):
             if self._file(b).exists():
-                parts.append(pq.read_table(self._file(b), filters=[("row", ">=", start), ("row", "<", stop)]))
-        if not parts:
+                with pa.ipc.open_stream(self._file(b)) as reader:
+                    table = reader.read_all()
+                row = table.column("row")
+                parts.append(table.filter(pc.and_(pc.greater_equal(row, start), pc.less(row, stop))))
+        table = pa.concat_tables(parts) if parts else None
+        if table is None or table.num_rows == 0:
             return pd.DataFrame(
                 {
                     S.CUSTOMER_ID: pd.Series(dtype=object),
@@ -222,7 +256,13 @@ class HistoryByChunk:
                     S.AS_OF: pd.Series(dtype="datetime64[ns]"),
                 }
             )
-        return pa.concat_tables(parts).drop_columns(["row"]).to_pandas()
+        return pd.DataFrame(
+            {
+                S.CUSTOMER_ID: self.ids.take(table.column("row")).to_pandas(),
+                S.PRODUCT_ID: self.products.take(table.column("product")).to_pandas(),
+                S.AS_OF: table.column(S.AS_OF).to_pandas(),
+            }
+        )
 
 
 def topk_table(

@@ -73,8 +73,8 @@ from finrec.config import Config
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text
-from finrec.data.io import Dataset, find_table, iter_customer_chunks, open_parquet, read_schema, read_table
-from finrec.data.links import BucketWriters, link_batches
+from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
+from finrec.data.links import BucketWriters, link_batches, read_bucket
 from finrec.data.validate import check_history_order
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
@@ -93,6 +93,7 @@ from finrec.training.train import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS = 200_000
+SCRATCH = ".arrows"  # bucket files: Arrow IPC streams (``finrec.data.links.BucketWriters``)
 DEFAULT_RESERVOIR = 100_000
 DEFAULT_MAX_VALIDATION = 50_000
 _BUCKET_FILL = 0.8
@@ -329,16 +330,16 @@ class StreamingLayout:
         return sum(p.examples for p in self.pieces)
 
     def customers_file(self, bucket: int) -> Path:
-        return self.directory / f"customers_{bucket:05d}.parquet"
+        return self.directory / f"customers_{bucket:05d}{SCRATCH}"
 
     def links_file(self, name: str, bucket: int) -> Path:
-        return self.directory / f"{name}_{bucket:05d}.parquet"
+        return self.directory / f"{name}_{bucket:05d}{SCRATCH}"
 
     def read_links(self, name: str, bucket: int, ids: pa.Array | None = None) -> pd.DataFrame:
         path = self.links_file(name, bucket)
         if not path.exists():
             return pd.DataFrame({S.CUSTOMER_ID: pd.Series(dtype=object), S.PRODUCT_ID: pd.Series(dtype=object)})
-        table = pq.read_table(path)
+        table = read_bucket(path)
         if ids is not None:
             table = table.filter(pc.is_in(table.column(S.CUSTOMER_ID), value_set=ids))
         return table.to_pandas().drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True)
@@ -350,26 +351,19 @@ class StreamingLayout:
         path = self.links_file(S.HOLDINGS_HISTORY, bucket)
         if not path.exists():
             return _empty_history()
-        table = pq.read_table(path)
+        table = read_bucket(path)
         if ids is not None:
             table = table.filter(pc.is_in(table.column(S.CUSTOMER_ID), value_set=ids))
         return table.to_pandas().drop_duplicates().reset_index(drop=True)
 
     def read_piece(self, piece: Piece) -> Dataset:
         """The customers of one piece (at most ``chunk_rows``) with their links."""
-        # By row numbers, not batch boundaries: a reader may cut batches at row groups
-        # (dictionary-encoded columns do), so a piece may span several batches.
-        parquet = open_parquet(self.customers_file(piece.bucket))
-        stop, offset, parts = piece.start + piece.rows, 0, []
-        for batch in parquet.iter_batches(batch_size=self.chunk_rows):
-            if offset + batch.num_rows > piece.start:
-                parts.append(batch.slice(max(0, piece.start - offset), stop - max(offset, piece.start)))
-            offset += batch.num_rows
-            if offset >= stop:
-                break
-        if offset < stop:  # pragma: no cover - the layout and the files disagree
-            raise DataError(f"{self.customers_file(piece.bucket)}: rows {piece.start}-{stop} not found")
-        customers = pa.Table.from_batches(parts).to_pandas()
+        table = read_bucket(self.customers_file(piece.bucket)).slice(piece.start, piece.rows)
+        if table.num_rows < piece.rows:  # pragma: no cover - the layout and the files disagree
+            raise DataError(
+                f"{self.customers_file(piece.bucket)}: rows {piece.start}-{piece.start + piece.rows} not found"
+            )
+        customers = table.to_pandas()
         ids = as_arrow_text(customers[self.schema.customers.id])
         return Dataset(
             schema=self.schema,
@@ -458,10 +452,10 @@ def partition(
                     left_out.append(as_arrow_text(chunk[table.id][objected]))
                     chunk = chunk[~objected]
             is_val, bucket = route(chunk[table.id].to_numpy())
-            writers.write(val_dir / "customers.parquet", chunk[is_val])
+            writers.write(val_dir / f"customers{SCRATCH}", chunk[is_val])
             train = chunk[~is_val]
             stats.update(train)
-            writers.route(train, bucket[~is_val], lambda b: workdir / f"customers_{b:05d}.parquet")
+            writers.route(train, bucket[~is_val], lambda b: workdir / f"customers_{b:05d}{SCRATCH}")
         objected_ids = pa.concat_arrays(left_out) if left_out else None
         # The history is routed like the other links, one record batch at a time: a bank's
         # customers x months x products rows are never all in memory.
@@ -479,14 +473,14 @@ def partition(
                     gone = pc.is_in(as_arrow_text(links[S.CUSTOMER_ID]), value_set=objected_ids)
                     links = links[~gone.to_numpy(zero_copy_only=False)]
                 is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
-                writers.write(val_dir / f"{name}.parquet", links[is_val])
+                writers.write(val_dir / f"{name}{SCRATCH}", links[is_val])
                 train = links[~is_val]
                 if name == S.HOLDINGS_HISTORY and len(train):
                     history_rows += len(train)
                     seen = np.unique(months(train[S.AS_OF]))
                     snapshot_months.update(int(m) for m in seen)
                     reference = int(seen[-1]) if reference is None else max(reference, int(seen[-1]))
-                writers.route(train, bucket[~is_val], lambda b, name=name: workdir / f"{name}_{b:05d}.parquet")
+                writers.route(train, bucket[~is_val], lambda b, name=name: workdir / f"{name}_{b:05d}{SCRATCH}")
     finally:
         writers.close()
     partitioned = time.perf_counter()
@@ -508,9 +502,9 @@ def partition(
             # As the in-memory loader checks: no snapshot on or after a customer's first adoption
             # (a month-by-month adoption log would otherwise train on the future).
             check_history_order(layout.read_history(b), interactions, str(history_path))
-        start = 0
-        for batch in open_parquet(path).iter_batches(batch_size=chunk_rows, columns=[table.id]):
-            ids = as_arrow_text(batch.column(0))
+        bucket_ids = read_bucket(path).column(table.id)
+        for start in range(0, len(bucket_ids), chunk_rows):
+            ids = as_arrow_text(bucket_ids.slice(start, chunk_rows))
             mine = interactions[
                 pc.is_in(as_arrow_text(interactions[S.CUSTOMER_ID]), value_set=ids).to_numpy(zero_copy_only=False)
             ]
@@ -518,9 +512,8 @@ def partition(
             known = positions >= 0
             popularity += np.bincount(positions[known], minlength=pipeline.n_products)
             layout.customers_with_positives += int(mine[S.CUSTOMER_ID][known].nunique())
-            layout.pieces.append(Piece(b, start, batch.num_rows, int(known.sum())))
+            layout.pieces.append(Piece(b, start, len(ids), int(known.sum())))
             matched += len(mine)
-            start += batch.num_rows
         layout.dropped_links += len(interactions) - matched
         matched = 0
     pipeline.product_popularity_ = [int(v) for v in popularity]
@@ -558,9 +551,9 @@ def _read_validation(
     val_dir: Path, schema: S.DatasetSchema, products: pd.DataFrame, has_history: bool = False
 ) -> Dataset:
     def read(name: str) -> pd.DataFrame:
-        path = val_dir / f"{name}.parquet"
+        path = val_dir / f"{name}{SCRATCH}"
         if path.exists():
-            frame = pq.read_table(path).to_pandas()
+            frame = read_bucket(path).to_pandas()
             return (
                 frame.drop_duplicates([S.CUSTOMER_ID, S.PRODUCT_ID]).reset_index(drop=True)
                 if name != S.CUSTOMERS
@@ -581,10 +574,10 @@ def _read_validation(
 
 
 def _read_validation_history(val_dir: Path) -> pd.DataFrame:
-    path = val_dir / f"{S.HOLDINGS_HISTORY}.parquet"
+    path = val_dir / f"{S.HOLDINGS_HISTORY}{SCRATCH}"
     if not path.exists():
         return _empty_history()
-    return pq.read_table(path).to_pandas().drop_duplicates().reset_index(drop=True)
+    return read_bucket(path).to_pandas().drop_duplicates().reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------ batches
