@@ -97,7 +97,8 @@ def _column_names(path: Path) -> list[str]:
         return next(csv.reader(handle), [])
 
 
-BUCKET_FORMAT = pa.ipc.IpcWriteOptions(compression="lz4")
+BUCKET_SUFFIX = ".arrows"  # scratch bucket files: Arrow IPC streams, lz4-compressed
+_BUCKET_FORMAT = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 class BucketWriters:
@@ -154,7 +155,7 @@ class BucketWriters:
         )
         writer = self.open.get(path)
         if writer is None:
-            writer = self.open[path] = pa.ipc.new_stream(str(path), table.schema, options=BUCKET_FORMAT)
+            writer = self.open[path] = open_bucket(path, table.schema)
             self.schemas[path] = table.schema
         elif table.schema != self.schemas[path]:
             table = table.cast(self.schemas[path])
@@ -173,10 +174,15 @@ class BucketWriters:
             self.pending.clear()
 
 
+def open_bucket(path: Path, schema: pa.Schema) -> pa.ipc.RecordBatchStreamWriter:
+    """A scratch bucket file opened for writing (``read_bucket`` reads it back)."""
+    return pa.ipc.new_stream(str(path), schema, options=_BUCKET_FORMAT)
+
+
 def read_bucket(path: Path) -> pa.Table:
-    """A file ``BucketWriters`` wrote, whole."""
+    """A bucket file (``BucketWriters``, ``open_bucket``) read whole."""
     with pa.ipc.open_stream(path) as reader:
         return reader.read_all()
 
 
-__all__ = ["BucketWriters", "link_batches", "read_bucket"]
+__all__ = ["BUCKET_SUFFIX", "BucketWriters", "link_batches", "open_bucket", "read_bucket"]

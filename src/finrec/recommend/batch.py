@@ -35,7 +35,7 @@ from finrec.data.io import (
     iter_customer_chunks,
     read_id_column,
 )
-from finrec.data.links import link_batches
+from finrec.data.links import BUCKET_SUFFIX, link_batches, open_bucket, read_bucket
 from finrec.errors import FinrecError
 from finrec.history_features import months
 from finrec.recommend import filters as F
@@ -187,7 +187,6 @@ class HistoryByChunk:
     keeps nothing, and writes several times faster (docs/benchmarks.md)."""
 
     BATCH_ROWS = 1 << 20
-    FORMAT = pa.ipc.IpcWriteOptions(compression="lz4")
 
     def __init__(self, path: Path, rows: RowOfId, chunk_rows: int, workdir: Path, max_buckets: int = 256):
         n_chunks = max(1, math.ceil(len(rows.ids) / chunk_rows))
@@ -227,7 +226,7 @@ class HistoryByChunk:
                 for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)]):
                     b = int(bucket[start])
                     if b not in writers:
-                        writers[b] = pa.ipc.new_stream(str(self._file(b)), table.schema, options=self.FORMAT)
+                        writers[b] = open_bucket(self._file(b), table.schema)
                     writers[b].write_table(table.slice(start, stop - start))
         finally:
             for writer in writers.values():
@@ -235,7 +234,7 @@ class HistoryByChunk:
         self.products = pa.array(list(codes), pa.string())
 
     def _file(self, bucket: int) -> Path:
-        return self.workdir / f"history_{bucket:05d}.arrows"
+        return self.workdir / f"history_{bucket:05d}{BUCKET_SUFFIX}"
 
     def slice(self, start: int, stop: int) -> pd.DataFrame:
         """The history rows (customer_id, product_id, as_of) of the customers in file rows
@@ -243,8 +242,7 @@ class HistoryByChunk:
         parts = []
         for b in range(start // self.rows_per_bucket, (stop - 1) // self.rows_per_bucket + 1):
             if self._file(b).exists():
-                with pa.ipc.open_stream(self._file(b)) as reader:
-                    table = reader.read_all()
+                table = read_bucket(self._file(b))
                 row = table.column("row")
                 parts.append(table.filter(pc.and_(pc.greater_equal(row, start), pc.less(row, stop))))
         table = pa.concat_tables(parts) if parts else None

@@ -74,7 +74,7 @@ from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text
 from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
-from finrec.data.links import BucketWriters, link_batches, read_bucket
+from finrec.data.links import BUCKET_SUFFIX, BucketWriters, link_batches, read_bucket
 from finrec.data.validate import check_history_order
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
@@ -93,7 +93,6 @@ from finrec.training.train import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS = 200_000
-SCRATCH = ".arrows"  # bucket files: Arrow IPC streams (``finrec.data.links.BucketWriters``)
 DEFAULT_RESERVOIR = 100_000
 DEFAULT_MAX_VALIDATION = 50_000
 _BUCKET_FILL = 0.8
@@ -330,10 +329,10 @@ class StreamingLayout:
         return sum(p.examples for p in self.pieces)
 
     def customers_file(self, bucket: int) -> Path:
-        return self.directory / f"customers_{bucket:05d}{SCRATCH}"
+        return self.directory / f"customers_{bucket:05d}{BUCKET_SUFFIX}"
 
     def links_file(self, name: str, bucket: int) -> Path:
-        return self.directory / f"{name}_{bucket:05d}{SCRATCH}"
+        return self.directory / f"{name}_{bucket:05d}{BUCKET_SUFFIX}"
 
     def read_links(self, name: str, bucket: int, ids: pa.Array | None = None) -> pd.DataFrame:
         path = self.links_file(name, bucket)
@@ -452,10 +451,10 @@ def partition(
                     left_out.append(as_arrow_text(chunk[table.id][objected]))
                     chunk = chunk[~objected]
             is_val, bucket = route(chunk[table.id].to_numpy())
-            writers.write(val_dir / f"customers{SCRATCH}", chunk[is_val])
+            writers.write(val_dir / f"customers{BUCKET_SUFFIX}", chunk[is_val])
             train = chunk[~is_val]
             stats.update(train)
-            writers.route(train, bucket[~is_val], lambda b: workdir / f"customers_{b:05d}{SCRATCH}")
+            writers.route(train, bucket[~is_val], lambda b: workdir / f"customers_{b:05d}{BUCKET_SUFFIX}")
         objected_ids = pa.concat_arrays(left_out) if left_out else None
         # The history is routed like the other links, one record batch at a time: a bank's
         # customers x months x products rows are never all in memory.
@@ -473,14 +472,14 @@ def partition(
                     gone = pc.is_in(as_arrow_text(links[S.CUSTOMER_ID]), value_set=objected_ids)
                     links = links[~gone.to_numpy(zero_copy_only=False)]
                 is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
-                writers.write(val_dir / f"{name}{SCRATCH}", links[is_val])
+                writers.write(val_dir / f"{name}{BUCKET_SUFFIX}", links[is_val])
                 train = links[~is_val]
                 if name == S.HOLDINGS_HISTORY and len(train):
                     history_rows += len(train)
                     seen = np.unique(months(train[S.AS_OF]))
                     snapshot_months.update(int(m) for m in seen)
                     reference = int(seen[-1]) if reference is None else max(reference, int(seen[-1]))
-                writers.route(train, bucket[~is_val], lambda b, name=name: workdir / f"{name}_{b:05d}{SCRATCH}")
+                writers.route(train, bucket[~is_val], lambda b, name=name: workdir / f"{name}_{b:05d}{BUCKET_SUFFIX}")
     finally:
         writers.close()
     partitioned = time.perf_counter()
@@ -551,7 +550,7 @@ def _read_validation(
     val_dir: Path, schema: S.DatasetSchema, products: pd.DataFrame, has_history: bool = False
 ) -> Dataset:
     def read(name: str) -> pd.DataFrame:
-        path = val_dir / f"{name}{SCRATCH}"
+        path = val_dir / f"{name}{BUCKET_SUFFIX}"
         if path.exists():
             frame = read_bucket(path).to_pandas()
             return (
@@ -574,7 +573,7 @@ def _read_validation(
 
 
 def _read_validation_history(val_dir: Path) -> pd.DataFrame:
-    path = val_dir / f"{S.HOLDINGS_HISTORY}{SCRATCH}"
+    path = val_dir / f"{S.HOLDINGS_HISTORY}{BUCKET_SUFFIX}"
     if not path.exists():
         return _empty_history()
     return read_bucket(path).to_pandas().drop_duplicates().reset_index(drop=True)
