@@ -1,9 +1,9 @@
 """Batch scoring: the top K eligible products of every customer in a table of any size.
 
 The customers file (Parquet or CSV) is read in chunks, so the table is never whole in memory.
-Memory still grows with the customers: the id lookups, the holdings (6 bytes a holding) and,
-with a history, its scratch files' writers while the history is routed (+1.1 GB at 1M, +2.5 GB
-at 10M on the synthetic bank with 12 months; docs/benchmarks.md). Each chunk goes through the
+Memory still grows with the customers: the id lookups and the holdings (6 bytes a holding);
+on the synthetic bank with 12 months of history the scorer added +1.1 GB at 1M and +2.3 GB at
+10M (docs/benchmarks.md). Each chunk goes through the
 same numpy path as a single request (``Recommender``): features, customer tower, cosine
 against the precomputed product embeddings, the filter masks, then a partial sort. Rows are
 streamed to one output file that replaces ``out`` only when complete.
@@ -181,10 +181,11 @@ class HistoryByChunk:
 
     A bucket file is an Arrow IPC stream of three numbers a row: the customer's row (int32), the
     product's code (int32; ``products`` holds the names) and the snapshot date (timestamp); the
-    ids come back from the customers file's own id column. An open Parquet writer kept about
-    10 KB per row group written until it closed, and the routing writes one small row group per
-    batch and bucket: at 10M customers x 12 months the writers held about 0.9 GB. An IPC stream
-    keeps nothing, and writes several times faster (docs/benchmarks.md)."""
+    ids come back from the customers file's own id column. With Parquet files (one small row
+    group per batch and bucket, about 10 KB each kept by the open writer) the scorer's RSS at 10M
+    customers x 12 months climbed by about 0.9 GB during the routing and fell when the writers
+    closed; with IPC streams it stays flat, and the peak fell from +2.5 to +2.3 GB
+    (docs/benchmarks.md)."""
 
     BATCH_ROWS = 1 << 20
 
