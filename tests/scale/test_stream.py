@@ -115,8 +115,8 @@ def test_batch_multiple_makes_every_batch_divisible(small_data_dir, tmp_path):
 
 def test_objected_customers_and_their_links_are_left_out(small_data_dir, small_dataset, tmp_path):
     """As `finrec train` leaves them out (GDPR Art. 21(3)): not in a bucket, not in validation."""
-
     from finrec.data.compliance import without_objections
+    from finrec.data.links import BUCKET_SUFFIX, read_bucket
 
     kept, n_objected = without_objections(small_dataset)
     assert n_objected > 0
@@ -125,9 +125,7 @@ def test_objected_customers_and_their_links_are_left_out(small_data_dir, small_d
     assert layout.train_customers + len(layout.validation.customers) == len(kept.customers)
     objected = set(small_dataset.customers.customer_id) - set(kept.customers.customer_id)
     seen = set(layout.validation.customers.customer_id) | set(layout.validation.interactions.customer_id)
-    from finrec.data.links import read_bucket
-
-    buckets = list(layout.directory.glob("*.arrows"))
+    buckets = list(layout.directory.glob(f"*{BUCKET_SUFFIX}"))
     assert buckets
     for path in buckets:
         seen |= set(read_bucket(path).column("customer_id").to_pylist())
