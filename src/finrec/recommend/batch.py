@@ -2,7 +2,7 @@
 
 The customers file (Parquet or CSV) is read in chunks, so the table is never whole in memory.
 Memory still grows with the customers: the id lookups and the holdings (6 bytes a holding);
-on the synthetic bank with 12 months of history the scorer added +1.1 GB at 1M and +2.3 GB at
+on the synthetic bank with 12 months of history the scorer added +1.0 GB at 1M and +2.3 GB at
 10M (docs/benchmarks.md). Each chunk goes through the
 same numpy path as a single request (``Recommender``): features, customer tower, cosine
 against the precomputed product embeddings, the filter masks, then a partial sort. Rows are
