@@ -87,7 +87,11 @@ def test_history_is_read_per_chunk_and_ranks_as_in_memory(tmp_path, fmt, monkeyp
     history = tables[S.HOLDINGS_HISTORY]
     latest = history[S.AS_OF] == history[S.AS_OF].max()
     first = history[S.CUSTOMER_ID][latest].iloc[0]
-    tables[S.HOLDINGS_HISTORY] = history[~latest | (history[S.CUSTOMER_ID] == first)].reset_index(drop=True)
+    # Shuffled and read 50 rows at a time: each batch meets the products in its own order, and
+    # the scratch files' product codes must still name the same products in every batch.
+    history = history[~latest | (history[S.CUSTOMER_ID] == first)]
+    tables[S.HOLDINGS_HISTORY] = history.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    monkeypatch.setattr(HistoryByChunk, "BATCH_ROWS", 50)
     folder = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bank", fmt=fmt)
     data = load_dataset(folder)
     pipeline = FeaturePipeline(data.schema).fit(data)

@@ -387,8 +387,8 @@ def test_a_snapshot_after_an_adoption_is_refused_when_streaming(tmp_path, fmt):
 
 def test_bucket_writers_route_in_order_and_write_few_batches(tmp_path):
     # Routed batch by batch, each file used to get one piece per batch (a count that grew with
-    # the square of the data, benchmarks/scale.py); buffered, a file gets one per flush. A later
-    # flush whose categories differ from the first's comes back with its own values.
+    # the square of the data, benchmarks/scale.py); buffered, a file gets one per flush. (Parts
+    # joined in a flush with different categories arrive as plain text.)
     import pyarrow as pa
 
     from finrec.data.links import BucketWriters, read_bucket
@@ -417,3 +417,23 @@ def test_bucket_writers_route_in_order_and_write_few_batches(tmp_path):
         pd.testing.assert_frame_equal(
             got.astype({"segment": str}), expected.astype({"segment": str}), check_dtype=False
         )
+
+
+def test_bucket_writers_write_a_later_flushs_own_categories(tmp_path):
+    # A flush of one frame keeps its categories: the stream carries a new dictionary, and each
+    # row reads back as its own category.
+    import pyarrow as pa
+
+    from finrec.data.links import BucketWriters, read_bucket
+
+    path = tmp_path / "b.arrows"
+    writers = BucketWriters(buffer_cells=1)  # every write is a flush
+    writers.write(path, pd.DataFrame({"segment": pd.Categorical(["a", "b", "a"]), "x": [1, 2, 3]}))
+    writers.write(path, pd.DataFrame({"segment": pd.Categorical(["c", "d"]), "x": [4, 5]}))
+    writers.close()
+    with pa.ipc.open_stream(path) as reader:
+        batches = list(reader)
+    assert len(batches) == 2 and all(pa.types.is_dictionary(b.schema.field("segment").type) for b in batches)
+    assert [b.column("segment").dictionary.to_pylist() for b in batches] == [["a", "b"], ["c", "d"]]
+    got = read_bucket(path).to_pandas()
+    assert got["segment"].astype(str).tolist() == ["a", "b", "a", "c", "d"] and got["x"].tolist() == [1, 2, 3, 4, 5]

@@ -9,6 +9,7 @@ must not pay TensorFlow's import (about 10 s and 750 MB).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -165,14 +166,16 @@ class BucketWriters:
         writer.write_table(table.combine_chunks())
 
     def close(self) -> None:
-        """Write what is pending and close every file."""
-        try:
-            self.flush()
-        finally:
-            for writer in self.open.values():
-                writer.close()
-            self.open.clear()
-            self.pending.clear()
+        """Write what is pending and close every file: each one, even when a write or another
+        file's close fails (a full disk)."""
+        with contextlib.ExitStack() as closing:
+            closing.callback(self.pending.clear)
+            closing.callback(self.open.clear)
+            try:
+                self.flush()
+            finally:
+                for writer in self.open.values():
+                    closing.callback(writer.close)
 
 
 def open_bucket(path: Path, schema: pa.Schema) -> pa.ipc.RecordBatchStreamWriter:

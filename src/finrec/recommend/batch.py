@@ -198,7 +198,9 @@ class HistoryByChunk:
         self.reference: int | None = None
         codes: dict[str, int] = {}
         writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
-        try:
+        row_type = np.int32 if len(rows.ids) < 2**31 else np.int64
+        # Every writer is closed, even when one close fails (a full disk) or the pass does.
+        with contextlib.ExitStack() as closing:
             for links in link_batches(Path(path), self.BATCH_ROWS, dated=True):
                 if len(links) == 0:
                     continue
@@ -217,7 +219,7 @@ class HistoryByChunk:
                 order = np.argsort(bucket, kind="stable")  # rows keep their order within a bucket
                 table = pa.table(
                     {
-                        "row": pa.array(row[order].astype(np.int32)),
+                        "row": pa.array(row[order].astype(row_type)),
                         "product": pa.array(product[order]),
                         S.AS_OF: pa.array(links[S.AS_OF].to_numpy()[order]),
                     }
@@ -227,11 +229,8 @@ class HistoryByChunk:
                 for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)]):
                     b = int(bucket[start])
                     if b not in writers:
-                        writers[b] = open_bucket(self._file(b), table.schema)
+                        writers[b] = closing.enter_context(open_bucket(self._file(b), table.schema))
                     writers[b].write_table(table.slice(start, stop - start))
-        finally:
-            for writer in writers.values():
-                writer.close()
         self.products = pa.array(list(codes), pa.string())
 
     def _file(self, bucket: int) -> Path:
@@ -239,7 +238,7 @@ class HistoryByChunk:
 
     def slice(self, start: int, stop: int) -> pd.DataFrame:
         """The history rows (customer_id, product_id, as_of) of the customers in file rows
-        ``start:stop``, in the history file's order."""
+        ``start:stop``: bucket by bucket, each in the history file's order."""
         parts = []
         for b in range(start // self.rows_per_bucket, (stop - 1) // self.rows_per_bucket + 1):
             if self._file(b).exists():
