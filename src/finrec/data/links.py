@@ -157,7 +157,7 @@ class BucketWriters:
         )
         writer = self.open.get(path)
         if writer is None:
-            writer = self.open[path] = open_bucket(path, table.schema)
+            writer = self.open[path] = pa.ipc.new_stream(str(path), table.schema, options=_BUCKET_FORMAT)
             self.schemas[path] = table.schema
         elif table.schema != self.schemas[path]:
             table = table.cast(self.schemas[path])
@@ -178,15 +178,10 @@ class BucketWriters:
                     closing.callback(writer.close)
 
 
-def open_bucket(path: Path, schema: pa.Schema) -> pa.ipc.RecordBatchStreamWriter:
-    """A scratch bucket file opened for writing (``read_bucket`` reads it back)."""
-    return pa.ipc.new_stream(str(path), schema, options=_BUCKET_FORMAT)
-
-
 def read_bucket(path: Path) -> pa.Table:
-    """A bucket file (``BucketWriters``, ``open_bucket``) read whole."""
+    """A file ``BucketWriters`` wrote, read whole."""
     with pa.ipc.open_stream(path) as reader:
         return reader.read_all()
 
 
-__all__ = ["BUCKET_SUFFIX", "BucketWriters", "link_batches", "open_bucket", "read_bucket"]
+__all__ = ["BUCKET_SUFFIX", "BucketWriters", "link_batches", "read_bucket"]

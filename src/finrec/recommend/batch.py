@@ -35,7 +35,7 @@ from finrec.data.io import (
     iter_customer_chunks,
     read_id_column,
 )
-from finrec.data.links import BUCKET_SUFFIX, link_batches, open_bucket, read_bucket
+from finrec.data.links import BUCKET_SUFFIX, BucketWriters, link_batches, read_bucket
 from finrec.errors import FinrecError
 from finrec.history_features import months
 from finrec.recommend import filters as F
@@ -177,7 +177,8 @@ class HistoryByChunk:
     bucket file of ``rows_per_bucket`` consecutive customer rows (a multiple of the scoring
     chunk); a chunk then reads only its bucket(s), filtered to its rows. ``reference`` is the
     table's latest snapshot month, which every chunk's features share (as the whole table would
-    give them). Memory: one record batch, the row lookup and the products' names.
+    give them). Memory: one record batch, the row lookup, the products' names and the
+    ``BucketWriters`` buffer (4M cells: 1.4M of these rows).
 
     A bucket file is an Arrow IPC stream of three numbers a row: the customer's row (int32), the
     product's code (int32; ``products`` holds the names) and the snapshot date (timestamp); the
@@ -197,10 +198,9 @@ class HistoryByChunk:
         self.ids = rows.ids
         self.reference: int | None = None
         codes: dict[str, int] = {}
-        writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         row_type = np.int32 if len(rows.ids) < 2**31 else np.int64
-        # Every writer is closed, even when one close fails (a full disk) or the pass does.
-        with contextlib.ExitStack() as closing:
+        writers = BucketWriters()
+        try:
             for links in link_batches(Path(path), self.BATCH_ROWS, dated=True):
                 if len(links) == 0:
                     continue
@@ -215,22 +215,12 @@ class HistoryByChunk:
                 self.reference = latest if self.reference is None else max(self.reference, latest)
                 local, names = pd.factorize(links[S.PRODUCT_ID].to_numpy())
                 product = np.array([codes.setdefault(name, len(codes)) for name in names], np.int32)[local]
-                bucket = row // self.rows_per_bucket
-                order = np.argsort(bucket, kind="stable")  # rows keep their order within a bucket
-                table = pa.table(
-                    {
-                        "row": pa.array(row[order].astype(row_type)),
-                        "product": pa.array(product[order]),
-                        S.AS_OF: pa.array(links[S.AS_OF].to_numpy()[order]),
-                    }
+                compact = pd.DataFrame(
+                    {"row": row.astype(row_type), "product": product, S.AS_OF: links[S.AS_OF].to_numpy()}
                 )
-                bucket = bucket[order]
-                bounds = np.flatnonzero(np.diff(bucket)) + 1
-                for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)]):
-                    b = int(bucket[start])
-                    if b not in writers:
-                        writers[b] = closing.enter_context(open_bucket(self._file(b), table.schema))
-                    writers[b].write_table(table.slice(start, stop - start))
+                writers.route(compact, row // self.rows_per_bucket, self._file)
+        finally:
+            writers.close()
         self.products = pa.array(list(codes), pa.string())
 
     def _file(self, bucket: int) -> Path:
