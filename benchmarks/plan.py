@@ -11,6 +11,7 @@
    CLI (``finrec plan --solver dual``, Parquet out) in a child process: wall time and peak memory.
 
     PYTHONPATH=src .venv/bin/python benchmarks/plan.py [--customers 1000000] [--skip-quality]
+    PYTHONPATH=src .venv/bin/python benchmarks/plan.py --skip-scale --months 12   # a bank with a past
 
 Writes benchmarks/results/plan.json (a section a run skips keeps its previous figures). With
 ``--skip-quality`` the scale run plans with a default-architecture model trained for 3 epochs
@@ -87,8 +88,10 @@ def capacities(products: pd.DataFrame, product_ids: list[str], customers: int) -
 DRAWS = 8000
 
 
-def quality(workdir: Path, seed: int = 0, draws: int = DRAWS, config: Config | None = None) -> tuple[dict, Path]:
-    settings = GeneratorSettings(seed=seed)
+def quality(
+    workdir: Path, seed: int = 0, draws: int = DRAWS, config: Config | None = None, months: int = 0
+) -> tuple[dict, Path]:
+    settings = GeneratorSettings(seed=seed, months=months)
     tables, schema = with_margins(generate(settings))
     dataset = validate_tables(schema, tables)
     train, test = split_dataset(dataset, holdout_fraction=0.2, seed=seed)
@@ -110,8 +113,9 @@ def quality(workdir: Path, seed: int = 0, draws: int = DRAWS, config: Config | N
     first[pd.Index(ids).get_indexer(gt["customer_id"]), pipeline.product_positions(gt["product_id"])] = gt[
         "probability"
     ]
-    true = period_adoption_probabilities(first, settings, draws=draws, seed=seed)
-    context = recommender.context(test.customers, test.holdings)
+    context = recommender.context(test.customers, test.holdings, history=test.holdings_history)
+    # A bank with a past: whether a customer adopts at all falls with the products it holds.
+    true = period_adoption_probabilities(first, settings, draws=draws, seed=seed, n_held=context.held.sum(axis=1))
     allowed = ~F.combine(recommender.masks(context, F.Filters.build("balanced")), context.held.shape)
     w_true = (true * allowed * problem.values).astype(np.float32)
 
@@ -166,8 +170,10 @@ def quality(workdir: Path, seed: int = 0, draws: int = DRAWS, config: Config | N
     return {
         "customers": n,
         "seed": seed,
+        "months": months,
         "draws": draws,
         "calibration": trained.calibration.method,
+        "adoption_model": trained.calibration.needs_adoption,
         "capacity": {pid: c for pid, c in zip(pids, capacity.tolist()) if np.isfinite(c)},
         "plans": rows,
         "solvers": solvers,
@@ -249,6 +255,9 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true", help="scale only (a model is then trained quickly)")
     parser.add_argument("--skip-scale", action="store_true", help="quality only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--months", type=int, default=0, help="quality on a bank with this many months of history (default 0: none)"
+    )
     parser.add_argument("--config", type=Path, help="a finrec config YAML for the model (default: the default config)")
     parser.add_argument(
         "--results",
@@ -265,7 +274,7 @@ def main() -> None:
             trained = fit(validate_tables(schema, tables), config.with_overrides(seed=args.seed, epochs=3), verbose=0)
             model_dir = save_model_dir(trained, workdir / "model")
         else:
-            out["quality"], model_dir = quality(workdir, args.seed, config=config)
+            out["quality"], model_dir = quality(workdir, args.seed, config=config, months=args.months)
             q = out["quality"]
             print(f"Quality on {q['customers']} held-out customers, capacities {q['capacity']}")
             print(
@@ -291,7 +300,8 @@ def main() -> None:
                 )
         if args.skip_scale:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            name = "plan_quality.json" if args.seed == 0 else f"plan_quality_seed{args.seed}.json"
+            name = "plan_quality" + (f"_months{args.months}" if args.months else "")
+            name += ".json" if args.seed == 0 else f"_seed{args.seed}.json"
             (args.results or RESULTS.with_name(name)).write_text(json.dumps(out, indent=1, default=str))
             return
         s = scale(workdir, model_dir, args.customers)

@@ -15,7 +15,7 @@ from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import validate_tables
 from finrec.data.synthetic import GeneratorSettings, generate, period_adoption_probabilities
-from finrec.errors import ArtifactError
+from finrec.errors import ArtifactError, FinrecError
 from finrec.recommend.recommender import Recommender
 from finrec.training.calibration import (
     Calibration,
@@ -232,6 +232,133 @@ def test_period_probabilities_by_simulation():
     np.testing.assert_allclose(p[0], [0.9 * 0.7, 0.9 * 0.3, 0.0], atol=0.01)
 
 
+def test_period_probabilities_of_a_bank_with_a_past():
+    # The target month: adopting at all with 0.4 exp(-0.15 max(0, h - 2)), then 1 + Poisson(0.25)
+    # products. With two available, both are taken when m >= 2 (1 - e^-0.25), else the first choice.
+    from finrec.data import history
+
+    first = np.array([[0.7, 0.3, 0.0], [0.7, 0.3, 0.0]])
+    settings = GeneratorSettings(months=6)  # monthly share 0.25 x 1.6 adoptions = 0.4
+    p = period_adoption_probabilities(first, settings, draws=40000, seed=0, n_held=np.array([2, 6]))
+    two = 1 - np.exp(-history.EXTRA_PER_MONTH)
+    for row, h in enumerate((2, 6)):
+        any_ = 0.4 * np.exp(-0.15 * max(0, h - 2))
+        np.testing.assert_allclose(
+            p[row], [any_ * (0.7 * (1 - two) + two), any_ * (0.3 * (1 - two) + two), 0], atol=0.01
+        )
+    with pytest.raises(ValueError, match="n_held"):
+        period_adoption_probabilities(first, settings, draws=10)
+
+
+@pytest.fixture(scope="module")
+def adoption_model(small_dataset):
+    from finrec.training.trees import fit_adoption_model
+
+    return fit_adoption_model(small_dataset, seed=0)
+
+
+def _with_adopting(n=4000, seed=0):
+    """Customers who adopt one product with a probability of their own (``pi``, known), chosen
+    by the choice probabilities q of their scores: P(adopt p) = pi * q_p, which no map of q
+    alone can follow. Returns scores, adopted, held, pi and that truth."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(-1, 1, (n, 3))
+    held = rng.random((n, 3)) < 0.15
+    held[held.all(axis=1), 0] = False
+    q = choice_probabilities(scores, held, T)
+    pi = rng.uniform(0.1, 0.9, n)
+    choice = (rng.random(n)[:, None] > np.cumsum(q, axis=1)).sum(axis=1).clip(0, 2)
+    adopted = np.zeros((n, 3), dtype=bool)
+    active = rng.random(n) < pi
+    adopted[np.flatnonzero(active), choice[active]] = True
+    return scores, adopted, held, pi, pi[:, None] * q
+
+
+def test_an_adoption_model_factors_the_probability(adoption_model):
+    from finrec.training.calibration import adoption_knots
+
+    scores, adopted, held, pi, _ = _with_adopting()
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, adoption_model=adoption_model, adoption=pi)
+    assert calibration.needs_adoption and calibration.customers == len(scores)
+    # The product maps are those of the customers who adopted something, fitted alone ...
+    some = adopted.any(axis=1)
+    alone = fit_calibration(scores[some], adopted[some], held[some], ["a", "b", "c"], T)
+    for x, y, x_alone, y_alone in zip(calibration.knots_x, calibration.knots_y, alone.knots_x, alone.knots_y):
+        np.testing.assert_array_equal(x, x_alone)
+        np.testing.assert_array_equal(y, y_alone)
+    # ... and g, Platt on logit pi over every customer, keeps the calibration customers' rate.
+    x, y = adoption_knots(pi, some)
+    np.testing.assert_array_equal(calibration.adoption_x, x)
+    g = np.interp(pi, x, y)
+    assert np.all(np.diff(y) >= 0) and abs(g.mean() - some.mean()) < 2e-3
+    np.testing.assert_allclose(g, pi, atol=0.05)  # pi is the truth here: g is near the identity
+    probabilities = calibration(scores, held, g)
+    np.testing.assert_allclose(probabilities, (g[:, None] * alone(scores, held)).astype(np.float32), rtol=1e-6)
+    index = np.argsort(-scores, axis=1)[:, :2]
+    np.testing.assert_array_equal(calibration.at(scores, held, index, g), np.take_along_axis(probabilities, index, 1))
+    for wrong in (None, g[:-1]):
+        with pytest.raises(ValueError, match="adoption"):
+            calibration(scores, held, wrong)
+        with pytest.raises(ValueError, match="adoption"):
+            calibration.at(scores, held, index, wrong)
+
+
+def test_the_adoption_model_brings_the_probabilities_near_the_truth(adoption_model):
+    # Where adopting at all differs by customer, the maps on q alone cannot follow it.
+    scores, adopted, held, pi, true = _with_adopting(n=20000)
+    free = ~held
+    plain = fit_calibration(scores, adopted, held, ["a", "b", "c"], T)(scores, held)
+    factored = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, adoption_model=adoption_model, adoption=pi)
+    g = np.interp(pi, factored.adoption_x, factored.adoption_y)
+    error_plain = np.mean((plain[free] - true[free]) ** 2)
+    error_factored = np.mean((factored(scores, held, g)[free] - true[free]) ** 2)
+    assert error_factored < 0.5 * error_plain, (error_factored, error_plain)
+
+
+def test_a_calibration_with_an_adoption_model_survives_json_and_damage(adoption_model, small_dataset):
+    scores, adopted, held, pi, _ = _with_adopting()
+    calibration = fit_calibration(scores, adopted, held, ["a", "b", "c"], T, adoption_model=adoption_model, adoption=pi)
+    raw = json.loads(json.dumps(calibration.to_dict()))
+    assert raw["format"] == 3 and fit_calibration(scores, adopted, held, ["a", "b", "c"], T).to_dict()["format"] == 2
+    again = Calibration.from_dict(raw)
+    assert len(again.knots_x) == 3
+    customers = small_dataset.customers.iloc[:100]
+    ids = customers["customer_id"].to_numpy()
+    held_here = adoption_model.pipeline_.holdings_matrix(ids, small_dataset.holdings)
+    g = calibration.adoption_probability(customers, held_here)
+    np.testing.assert_array_equal(again.adoption_probability(customers, held_here), g)
+    np.testing.assert_array_equal(again(scores[:100], held[:100], g), calibration(scores[:100], held[:100], g))
+    falling = json.loads(json.dumps(raw))
+    falling["adoption"]["y"] = falling["adoption"]["y"][::-1]
+    with pytest.raises(ArtifactError, match="adopting anything"):
+        Calibration.from_dict(falling)
+    without = {k: v for k, v in raw.items() if k != "adoption"}
+    with pytest.raises(ArtifactError, match="adoption"):
+        Calibration.from_dict(without)
+
+
+@pytest.mark.slow
+def test_a_context_without_adoption_is_refused_its_probabilities(trained, small_dataset):
+    recommender = Recommender(trained)
+    assert trained.calibration.needs_adoption
+    customers = small_dataset.customers.iloc[:20]
+    bare = recommender.context(customers, small_dataset.holdings, adoption=False)
+    assert bare.adoption is None
+    with pytest.raises(FinrecError, match="adoption=True"):
+        recommender.probabilities(bare)
+    full = recommender.context(customers, small_dataset.holdings)
+    np.testing.assert_array_equal(full.adoption, trained.calibration.adoption_probability(customers, full.held))
+    # One customer given as raw features (the request path) gets the probabilities of the frame path.
+    row = customers.iloc[3]
+    record = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+    record["holdings"] = [recommender.pipeline.product_ids_[j] for j in np.flatnonzero(full.held[3])]
+    result = recommender.recommend(record, k=3)
+    expected = recommender.probabilities(full)[3]
+    for item in result.items:
+        j = recommender.pipeline.product_ids_.index(item.product_id)
+        assert item.probability == pytest.approx(float(expected[j]), rel=1e-5)
+
+
 @pytest.mark.slow
 def test_trained_model_is_calibrated_on_new_customers(trained):
     assert trained.calibration is not None and trained.calibration.customers > 0
@@ -247,7 +374,10 @@ def test_trained_model_is_calibrated_on_new_customers(trained):
     ]
     true = period_adoption_probabilities(first, settings, draws=400, seed=0)
     cosine = trained.score(fresh.customers, fresh.holdings)
-    calibrated = trained.calibration(cosine, held)
+    # The generator's banks have customers who adopt nothing (10%): the calibration has an adoption model.
+    assert trained.calibration.needs_adoption
+    adoption = trained.calibration.adoption_probability(fresh.customers, held)
+    calibrated = trained.calibration(cosine, held, adoption)
     ece, ece_raw = (expected_calibration_error(p[~held], true[~held]) for p in (calibrated, np.clip(cosine, 0, 1)))
     assert ece < 0.03 and ece < ece_raw / 2, (ece, ece_raw)
 

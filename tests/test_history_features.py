@@ -515,3 +515,34 @@ def test_tuned_lightgbm_trains_each_fit_on_the_earlier_months_of_its_own_custome
     # are every customer's.
     assert all(ids <= trial for ids in trial_earlier) and final == set(bank_with_history.customers["customer_id"])
     assert sum(map(len, final_earlier)) > sum(map(len, trial_earlier))
+
+
+def test_adoption_probabilities_read_the_history_in_chunks_as_in_memory(bank_with_history, fast_config, tmp_path):
+    # Customers who adopted nothing give the calibration an adoption model, with the lag features
+    # where the model reads the history: `finrec score --probabilities` builds them chunk by chunk
+    # against the table's latest snapshot, and must give each customer its in-memory probability.
+    from finrec.data.io import dataset_tables, write_dataset
+    from finrec.recommend.batch import score_dataset
+    from finrec.recommend.recommender import Recommender
+    from finrec.training import train as T
+
+    config = fast_config.with_overrides(epochs=1)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, history_lags=3)).validate()
+    trained = T.fit(bank_with_history, config, verbose=0)
+    calibration = trained.calibration
+    assert calibration.needs_adoption and calibration.adoption_model.lags_ is not None
+    some = bank_with_history.subset_customers(bank_with_history.customers[S.CUSTOMER_ID].iloc[:300])
+    folder = write_dataset(dataset_tables(some), some.schema, tmp_path / "d")
+    score_dataset(
+        Recommender(trained), folder, tmp_path / "top.csv", k=2, chunk_rows=128, workers=1, probabilities=True
+    )
+    got = pd.read_csv(tmp_path / "top.csv", dtype={S.CUSTOMER_ID: str})
+    full = Recommender(trained, some)
+    context = full._known
+    probabilities = full.probabilities(context)
+    rows = pd.Index(context.ids.astype(str)).get_indexer(got[S.CUSTOMER_ID])
+    columns = full.pipeline.product_positions(got[S.PRODUCT_ID].to_numpy())
+    np.testing.assert_allclose(got[S.PROBABILITY].to_numpy(), probabilities[rows, columns], rtol=1e-5, atol=1e-7)
+    # The history moves the adoption model: without it the customers' probabilities differ.
+    alone = calibration.adoption_probability(some.customers, context.held)
+    assert not np.allclose(alone, context.adoption)

@@ -332,3 +332,90 @@ def test_one_record_and_a_matrix_give_the_trees_the_frame_they_were_fitted_on(sm
     for row in range(5):
         record = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in customers.iloc[row].items()}
         np.testing.assert_array_equal(teacher.record_matrix(record, held[row : row + 1]), matrix[row : row + 1])
+
+
+def _adoption_driven(dataset, seed: int = 0):
+    """``dataset`` where adopting anything at all depends on age: customers over 50 keep their
+    adoptions with probability 0.2, the others with 0.9 (so about 0.18 and 0.81 adopt)."""
+    from finrec.data import schema as S
+
+    customers = dataset.customers
+    keep = np.random.default_rng(seed).random(len(customers)) < np.where(customers["age"] > 50, 0.2, 0.9)
+    kept = dataset.interactions[S.CUSTOMER_ID].isin(customers[S.CUSTOMER_ID][keep])
+    return type(dataset)(**{**vars(dataset), "interactions": dataset.interactions[kept].reset_index(drop=True)})
+
+
+@pytest.fixture(scope="module")
+def adoption_data(small_dataset):
+    from finrec.training.trees import fit_adoption_model
+
+    data = _adoption_driven(small_dataset)
+    return data, fit_adoption_model(data, seed=0)
+
+
+def test_an_adoption_model_learns_who_adopts_at_all(adoption_data):
+    data, model = adoption_data
+    customers = data.customers
+    adopted = customers["customer_id"].isin(data.interactions["customer_id"]).to_numpy()
+    pi = model.adoption_probability(customers, data.holdings)
+    assert pi.shape == (len(customers),) and model.booster_ is not None and model.best_iteration_ > 1
+    old = customers["age"].to_numpy() > 50
+    # Each group's mean probability is its own adoption rate, and the groups are far apart.
+    for group in (old, ~old):
+        assert abs(pi[group].mean() - adopted[group].mean()) < 0.04, (pi[group].mean(), adopted[group].mean())
+    assert pi[~old].mean() - pi[old].mean() > 0.4
+    # Walked trees, LightGBM's own probabilities.
+    x = model.matrix(customers, data.holdings)
+    np.testing.assert_allclose(pi, model.booster_.predict(x, num_iteration=model.best_iteration_), rtol=1e-9)
+
+
+def test_an_adoption_model_reads_the_count_of_products_held(adoption_data, teacher_and_pipeline):
+    from finrec.training.trees import fit_adoption_model
+
+    data, model = adoption_data
+    customers = data.customers.iloc[:30]
+    frame = model.features(customers, data.holdings)
+    held = model.pipeline_.holdings_matrix(customers["customer_id"].to_numpy(), data.holdings)
+    np.testing.assert_array_equal(frame["held_count"].to_numpy(), held.sum(axis=1))
+    teacher, _ = teacher_and_pipeline
+    assert "held_count" not in teacher.features(customers, data.holdings)  # the teacher is as it was
+    blind = fit_adoption_model(data, seed=0, use_holdings=False)  # a model that must not see holdings
+    assert not [c for c in blind.features(customers, data.holdings) if "held" in c]
+
+
+def test_an_adoption_model_survives_json_and_scores_one_record_as_a_frame(adoption_data):
+    import json
+
+    from finrec.training.trees import LightGBMBaseline
+
+    data, model = adoption_data
+    raw = json.loads(json.dumps(model.to_dict()))
+    assert raw["objective"] == "adoption"
+    again = LightGBMBaseline.from_dict(raw)
+    customers = data.customers.iloc[:200].reset_index(drop=True)
+    pi = model.adoption_probability(customers, data.holdings)
+    np.testing.assert_array_equal(again.adoption_probability(customers, data.holdings), pi)
+    held = model.pipeline_.holdings_matrix(customers["customer_id"].to_numpy(), data.holdings)
+    for row in range(5):
+        record = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in customers.iloc[row].items()}
+        assert again.record_adoption_probability(record, held[row : row + 1])[0] == pi[row]
+    with pytest.raises(ValueError, match="objective='adoption'"):
+        LightGBMBaseline.from_dict({**raw, "objective": "multiclass"}).adoption_probability(customers, data.holdings)
+
+
+def test_an_adoption_model_with_too_few_who_adopted_nothing_is_the_base_rate(small_dataset):
+    from finrec.data import schema as S
+    from finrec.training.trees import fit_adoption_model
+
+    # Every customer adopted something but one: too few to split, the model is the rate itself.
+    interactions = small_dataset.interactions
+    ids = small_dataset.customers[S.CUSTOMER_ID]
+    everyone = interactions.iloc[np.arange(len(ids)) % len(interactions)].copy()
+    everyone[S.CUSTOMER_ID] = ids.to_numpy()
+    everyone = everyone[everyone[S.CUSTOMER_ID] != ids.iloc[0]]
+    data = type(small_dataset)(**{**vars(small_dataset), "interactions": everyone.reset_index(drop=True)})
+    model = fit_adoption_model(data, seed=0)
+    assert model.booster_ is None
+    pi = model.adoption_probability(data.customers, data.holdings)
+    np.testing.assert_allclose(pi, (len(ids) - 1) / len(ids))
+    assert model.record_adoption_probability({}, np.zeros((1, model.pipeline_.n_products), bool))[0] == pi[0]

@@ -624,16 +624,17 @@ def _load_calibration(file: Path):
     """The model's ``Calibration`` (per-product maps from score to adoption probability), or None
     for another finrec's calibration format: the model still ranks, and `finrec calibrate` writes
     a new one."""
-    from finrec.training.calibration import CALIBRATION_FORMAT, Calibration
+    from finrec.training.calibration import ADOPTION_FORMAT, CALIBRATION_FORMAT, Calibration
 
     raw = _read_json(file, MAX_JSON_BYTES)
-    if isinstance(raw, dict) and raw.get("format") != CALIBRATION_FORMAT:
+    if isinstance(raw, dict) and raw.get("format") not in (CALIBRATION_FORMAT, ADOPTION_FORMAT):
         log.warning(
-            "%s: calibration format %s is not this finrec's (%d); the model has no probabilities until "
+            "%s: calibration format %s is not this finrec's (%d or %d); the model has no probabilities until "
             "`finrec calibrate` refits them",
             file,
             safe_text(raw.get("format"), 40),
             CALIBRATION_FORMAT,
+            ADOPTION_FORMAT,
         )
         return None
     return Calibration.from_dict(raw, source=str(file))

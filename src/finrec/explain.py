@@ -162,7 +162,7 @@ class CustomerExplainer:
         ``product_embeddings``."""
         customers = self.decode(X)
         held = np.repeat(self.holdings_row(holdings_ids)[None, :] > 0, len(customers), axis=0)
-        return self.recommender.embed(self.recommender.context(customers, held=held))
+        return self.recommender.embed(self.recommender.context(customers, held=held, adoption=False))
 
     def score_function(self, product_id: str, holdings_ids: Iterable[str] = ()):
         """``f(X [n, F]) -> [n]``: the score (cosine, or blended with the trees) of each encoded

@@ -74,6 +74,8 @@ def test_report_sections_are_filled(reports):
     assert "95% bootstrap interval" in html and "age band" in html and "cold" in html
     assert "Zero unsuitable products were recommended." in html
     assert "mean true probability" in html  # calibration against the ground truth
+    # The bank has customers who adopted nothing: the calibration's adoption model is described.
+    assert "P(adopts anything) x P(p | adopts something)" in html
     assert html.count("<img src='data:image/svg+xml;base64,") >= 5
     profiles = reports["profiles"].read_text()
     assert "no interactions (outcomes)" in profiles and "Zero unsuitable products were recommended." in profiles

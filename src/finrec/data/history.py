@@ -155,6 +155,12 @@ def _targets(market: Market, key: str) -> np.ndarray:
     return (market.product_types == key) | (market.base_ids == key)
 
 
+def adoption_probability(n_held: np.ndarray, monthly_p: float) -> np.ndarray:
+    """float64 [n]: P(a customer adopts anything in a month) with ``n_held`` products held at its
+    start: ``monthly_p exp(-0.15 max(0, h - 2))`` (step 3 of the module docstring)."""
+    return monthly_p * np.exp(-SATURATION * np.maximum(np.asarray(n_held) - 2, 0))
+
+
 def simulate(
     U0: np.ndarray,
     held: np.ndarray,
@@ -230,8 +236,7 @@ def simulate(
         # 2. who adopts this month (every customer's utility is needed in the target month
         # only, for the ground truth; before it, only the adopters' is)
         available = (~held & ~forbidden & ~(last_snapshot if m == months + 1 else False)).sum(axis=1)
-        n_held = held.sum(axis=1)
-        p_adopt = market.monthly_p * np.exp(-SATURATION * np.maximum(n_held - 2, 0))
+        p_adopt = adoption_probability(held.sum(axis=1), market.monthly_p)
         count = np.where(rng.random(n) < p_adopt, 1 + rng.poisson(EXTRA_PER_MONTH, n), 0)
         count = np.minimum(count, available)
         target = m == months + 1

@@ -1413,7 +1413,11 @@ def _people(customers: pd.DataFrame, cust: dict[str, np.ndarray], sl: slice) -> 
 
 
 def period_adoption_probabilities(
-    first_choice: np.ndarray, settings: GeneratorSettings, draws: int = 2000, seed: int = 0
+    first_choice: np.ndarray,
+    settings: GeneratorSettings,
+    draws: int = 2000,
+    seed: int = 0,
+    n_held: np.ndarray | None = None,
 ) -> np.ndarray:
     """P(customer adopts product p at all in the period) [n, P], by simulating the adoption step.
 
@@ -1421,17 +1425,32 @@ def period_adoption_probabilities(
     held), which is all the adoption step depends on: each draw takes ``m`` from the count
     distribution of ``generate`` and the Gumbel-top-m of ``log first_choice`` (Plackett-Luce),
     and the result is the share of ``draws`` in which p was picked. Its standard error is at most
-    ``0.5 / sqrt(draws)`` per entry and averages out over many customers."""
+    ``0.5 / sqrt(draws)`` per entry and averages out over many customers.
+
+    A bank with a past (``settings.months`` > 0) draws the target month's count instead: 0 with
+    probability 1 - ``history.adoption_probability`` of the ``n_held`` products each customer
+    holds (int [n], required; the last snapshot's, which leaves out the month's own closures,
+    about 1% of holdings), else ``1 + Poisson(0.25)``."""
     first_choice = np.asarray(first_choice, dtype=np.float64)
     mean = settings.adoptions_per_customer * (HARD_ADOPTION_FACTOR if settings.difficulty == "hard" else 1.0)
     rng = np.random.default_rng(seed)
     n, P = first_choice.shape
     available = (first_choice > 0).sum(axis=1)
+    adopting = None
+    if settings.months:
+        if n_held is None or len(n_held) != n:
+            raise ValueError(f"a bank with a past needs n_held [{n}], the products each customer holds")
+        adopting = history.adoption_probability(n_held, min(history.MAX_MONTHLY_P, history.MONTHLY_SHARE * mean))
     with np.errstate(divide="ignore"):
         logits = np.log(first_choice)
     counts = np.zeros((n, P), dtype=np.int64)
     for _ in range(draws):
-        m = _adoption_counts(rng, available, mean)
+        if adopting is None:
+            m = _adoption_counts(rng, available, mean)
+        else:
+            m = np.where(
+                rng.random(n) < adopting, np.minimum(1 + rng.poisson(history.EXTRA_PER_MONTH, n), available), 0
+            )
         rows, cols = _top_m(logits + rng.gumbel(size=(n, P)), m)
         counts[rows, cols] += 1
     return counts / draws

@@ -106,7 +106,7 @@ def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
     # Ranked as ``finrec evaluate`` ranks (held products excluded, no other filter), through the
     # recommender's ranking core, so the exposure measured is the exposure served.
     recommender = Recommender(trained)
-    context = recommender.context(customers, dataset.holdings, history=dataset.holdings_history)
+    context = recommender.context(customers, dataset.holdings, history=dataset.holdings_history, adoption=False)
     ranking = recommender.rank(context, k, F.UNFILTERED)
     top, valid = ranking.index, np.isfinite(ranking.scores)
     scores = recommender.scores(context)

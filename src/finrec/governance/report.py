@@ -523,6 +523,20 @@ def calibration_section(ctx: Context) -> Section:
         f"The model's score is a cosine similarity{blended}, not a probability: calibration here asks whether a "
         "higher score means a likelier adoption, per decile of the scores of the products ranked."
     )
+    calibration = getattr(ctx.trained, "calibration", None)
+    if calibration is not None and calibration.needs_adoption:
+        model = calibration.adoption_model
+        lags = ", the holdings history's lag features" if model.lags_ is not None else ""
+        section.p(
+            "The probabilities a campaign plans with are factored: P(adopts product p) = P(adopts anything) x "
+            "P(p | adopts something). The first is a binary LightGBM model "
+            f"({model.best_iteration_} rounds; customer columns, holdings and their count{lags}) fitted on the "
+            "training customers, those who adopted nothing included, then mapped to the rate of "
+            f"{calibration.customers} calibration customers; the second, one map per product of the model's "
+            "choice probability, fitted on those of them who adopted something. A softmax over products cannot "
+            "say how likely a customer is to adopt at all; without the first factor every customer would get "
+            "the same chance of adopting something."
+        )
     if not ctx.has_outcomes:
         return section.p(NO_OUTCOMES.format(what="the observed adoption rate per score decile"))
     rankable = ~ctx.excluded
@@ -618,7 +632,7 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     pick = np.sort(rng.choice(len(customers), size=min(n_customers, len(customers)), replace=False))
     sample = customers.iloc[pick].reset_index(drop=True)
     ranking = ctx.recommender.rank(
-        ctx.recommender.context(sample, ctx.dataset.holdings, history=ctx.dataset.holdings_history), 1
+        ctx.recommender.context(sample, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False), 1
     )
     background = explainer.background_matrix()
     cid = ctx.dataset.schema.customers.id
@@ -666,7 +680,9 @@ def suitability_section(ctx: Context) -> Section:
     customers = ctx.dataset.customers
     if len(customers) > MAX_EVAL_CUSTOMERS:
         customers = customers.sample(MAX_EVAL_CUSTOMERS, random_state=ctx.seed).reset_index(drop=True)
-    context = ctx.recommender.context(customers, ctx.dataset.holdings, history=ctx.dataset.holdings_history)
+    context = ctx.recommender.context(
+        customers, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False
+    )
     ranking = ctx.recommender.rank(context, ctx.k)  # the default filters, as served
     rows = []
     already = np.zeros_like(ranking.excluded)

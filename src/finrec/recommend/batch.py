@@ -399,7 +399,9 @@ def score_dataset(
             history, reference = None, None
             if by_chunk is not None:
                 history, reference = by_chunk.result().slice(start, start + len(chunk)), by_chunk.result().reference
-            context = recommender.context(chunk, held=held, history=history, history_reference=reference)
+            context = recommender.context(
+                chunk, held=held, history=history, history_reference=reference, adoption=calibration is not None
+            )
             ranking = recommender.rank(context, k, filters, workers=1)
             # The calibration needs the whole score row (a softmax): from the ranking's embeddings.
             chosen = recommender.ranked_probabilities(context, ranking) if calibration is not None else None

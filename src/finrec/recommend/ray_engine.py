@@ -197,7 +197,7 @@ class ScoreBatches:
                     batch[column] = _typed_like_pandas(batch[column])
         chunk = prepare_entities(batch, self.table, "customers (ray batch)")
         ids = chunk[self.table.id].to_numpy()
-        context = self.recommender.context(chunk, held=self.lookup.rows(ids))
+        context = self.recommender.context(chunk, held=self.lookup.rows(ids), adoption=self.probabilities)
         ranking = self.recommender.rank(context, self.k, self.filters)
         chosen = self.recommender.ranked_probabilities(context, ranking) if self.probabilities else None
         return topk_table(ids, self.product_ids, ranking.index, ranking.scores, chosen)

@@ -83,12 +83,18 @@ class CustomerContext:
     held: np.ndarray  # bool [n, P]
     # float32 [n, P]: the tree blend's part of the scores (``TreeBlend.part``); None without a blend
     tree: np.ndarray | None = None
+    # float64 [n]: P(adopts anything in the period) (``Calibration.adoption_probability``), which
+    # the probabilities multiply in; None where the calibration has no adoption model or the
+    # context was built without it (ranking alone)
+    adoption: np.ndarray | None = None
 
     def take(self, rows: np.ndarray) -> CustomerContext:
         """The customers at ``rows`` (int [m]), for the model's inputs; the filters' attributes
         are left behind (the masks are computed on the whole context)."""
         tree = None if self.tree is None else self.tree[rows]
-        return CustomerContext(self.ids[rows], {n: v[rows] for n, v in self.inputs.items()}, {}, self.held[rows], tree)
+        adoption = None if self.adoption is None else self.adoption[rows]
+        inputs = {n: v[rows] for n, v in self.inputs.items()}
+        return CustomerContext(self.ids[rows], inputs, {}, self.held[rows], tree, adoption)
 
 
 @dataclass
@@ -169,10 +175,13 @@ class Recommender:
         held: np.ndarray | None = None,
         history: pd.DataFrame | None = None,
         history_reference: int | None = None,
+        adoption: bool = True,
     ) -> CustomerContext:
         """Validated customers in model-ready form; their holdings as a links table or, when
         already matched to the rows, as ``held`` bool [n, P]; ``history``: their holdings_history
-        (``history_reference``: as in ``FeaturePipeline.transform_customers``, for a chunk)."""
+        (``history_reference``: as in ``FeaturePipeline.transform_customers``, for a chunk).
+        ``adoption=False`` leaves out what only the probabilities need (the adoption model's
+        trees, where the calibration has one): a ranking that shows no probability."""
         cid = self.schema.customers.id
         ids = customers[cid].to_numpy() if cid in customers else np.array([None] * len(customers), dtype=object)
         if ids.dtype != object:  # validated tables hold ids as text already; converting costs ~0.15 s per million
@@ -188,7 +197,24 @@ class Recommender:
             attributes=attributes,
             held=held,
             tree=self._tree(customers, held, attributes.get("objected"), history, history_reference),
+            adoption=self._adoption(customers, held, attributes.get("objected"), history, history_reference)
+            if adoption
+            else None,
         )
+
+    def _adoption(self, customers, held, objected, history=None, reference=None) -> np.ndarray | None:
+        """P(adopts anything) of ``customers`` (``Calibration.adoption_probability``); None
+        without a calibration that multiplies it in. Customers who objected to profiling for
+        marketing are not run through its trees: 0, as their probabilities are."""
+        if self.calibration is None or not self.calibration.needs_adoption:
+            return None
+        if objected is None or not objected.any():
+            return self.calibration.adoption_probability(customers, held, history, reference)
+        out = np.zeros(len(customers))
+        keep = np.flatnonzero(~objected)
+        if len(keep):
+            out[keep] = self.calibration.adoption_probability(customers.iloc[keep], held[keep], history, reference)
+        return out
 
     def _tree(self, customers, held, objected, history=None, reference=None) -> np.ndarray | None:
         """The tree blend's part (``TreeBlend.part``) of ``customers``; None without a blend.
@@ -214,6 +240,7 @@ class Recommender:
             attributes={name: values[row : row + 1] for name, values in known.attributes.items()},
             held=known.held[row : row + 1],
             tree=None if known.tree is None else known.tree[row : row + 1],
+            adoption=None if known.adoption is None else known.adoption[row : row + 1],
         )
 
     def _from_features(self, features: dict) -> CustomerContext:
@@ -261,19 +288,25 @@ class Recommender:
         held = np.isin(np.arange(self.pipeline.n_products), positions)[None, :]
         inputs = self.pipeline.transform_record(record, positions, history)  # checks the history first
         attributes = F.record_attributes(record, self.schema)
-        tree = None
-        if self.blend is not None:
-            tree = np.zeros(held.shape, dtype=np.float32)
-            if not attributes["objected"][0]:  # an objector is not run through the trees either
-                from finrec.history_features import history_records
+        tree = adoption = None
+        if self.blend is not None or (self.calibration is not None and self.calibration.needs_adoption):
+            from finrec.history_features import history_records
 
-                tree = self.blend.record_part(record, held, history_records(history) if history else None)
+            past = history_records(history) if history else None
+            objected = attributes["objected"][0]  # an objector is not run through the trees either
+            if self.blend is not None:
+                tree = (
+                    np.zeros(held.shape, dtype=np.float32) if objected else self.blend.record_part(record, held, past)
+                )
+            if self.calibration is not None and self.calibration.needs_adoption:
+                adoption = np.zeros(1) if objected else self.calibration.record_adoption_probability(record, held, past)
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
             inputs=inputs,
             attributes=attributes,
             held=held,
             tree=tree,
+            adoption=adoption,
         )
 
     # ------------------------------------------------------------------------------ scoring
@@ -305,11 +338,12 @@ class Recommender:
         calibration raises ``FinrecError``."""
         if self.calibration is None:
             raise FinrecError(NO_CALIBRATION)
+        adoption = self._context_adoption(context)
         objected = context.attributes.get("objected")
         if objected is None or not objected.any():
-            return self.calibration(self.scores(context) if scores is None else scores, context.held)
+            return self.calibration(self.scores(context) if scores is None else scores, context.held, adoption)
         if scores is not None:
-            out = self.calibration(scores, context.held)
+            out = self.calibration(scores, context.held, adoption)
             out[objected] = 0
             return out
         # Customers who objected to profiling for marketing are not scored: their probabilities stay 0.
@@ -317,8 +351,17 @@ class Recommender:
         keep = np.flatnonzero(~objected)
         if len(keep):
             sub = context.take(keep)
-            out[keep] = self.calibration(self.scores(sub), sub.held)
+            out[keep] = self.calibration(self.scores(sub), sub.held, sub.adoption)
         return out
+
+    def _context_adoption(self, context: CustomerContext) -> np.ndarray | None:
+        """``context.adoption``, checked to be there when the calibration multiplies it in."""
+        if self.calibration.needs_adoption and context.adoption is None:
+            raise FinrecError(
+                "these probabilities need each customer's P(adopts anything): build the context with "
+                "Recommender.context(..., adoption=True)"
+            )
+        return context.adoption
 
     def masks(self, context: CustomerContext, filters: F.Filters) -> dict[str, np.ndarray]:
         return F.exclusion_masks(context.attributes, context.held, self.catalogue, filters)
@@ -360,7 +403,8 @@ class Recommender:
         if self.calibration is None:
             raise FinrecError(NO_CALIBRATION)
         # Customers who objected were not ranked: their index is all -1, their probabilities 0.
-        return self.calibration.at(self.index.scores(ranking.embeddings), context.held, ranking.index)
+        adoption = self._context_adoption(context)
+        return self.calibration.at(self.index.scores(ranking.embeddings), context.held, ranking.index, adoption)
 
     def recommend(
         self, customer: str | dict, k: int = 5, filters: F.Filters | dict | str | None = None

@@ -33,7 +33,7 @@ from finrec.history_features import earlier_months
 from finrec.model import losses as L
 from finrec.model.two_tower import build_two_tower, customer_embeddings, product_embeddings
 from finrec.training.calibration import Calibration, fit_calibration
-from finrec.training.trees import BLEND_WEIGHTS, TreeBlend, fit_teacher, teacher_targets
+from finrec.training.trees import BLEND_WEIGHTS, TreeBlend, fit_adoption_model, fit_teacher, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -587,7 +587,12 @@ def fit(
     )
     if blend and teacher is not None:
         trained.blend = choose_blend(trained, teacher, val_data, earlier=val_earlier)
-    trained.calibration = calibrate(trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])))
+    # Where some customers adopted nothing, how likely each is to adopt at all is a model of its own
+    # (``finrec.training.calibration``), fitted on the training customers like the teacher.
+    adoption_model = adoption_model_for(train_data, config) if len(quiet_train) else None
+    trained.calibration = calibrate(
+        trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])), adoption_model
+    )
     if trained.blend is not None and len(dataset.customers) <= REFIT_MAX_CUSTOMERS:
         trained.blend = refit_blend(trained.blend, dataset, config)
         trained.history["tree_blend_refit"] = [1.0]  # for the model-risk report's method section
@@ -624,6 +629,19 @@ def teacher_for(dataset: Dataset, config: Config, earlier: list | tuple = ()):
         exclude_protected=model_config.exclude_protected,
         use_holdings=model_config.use_holdings,
         earlier=earlier,
+    )
+
+
+def adoption_model_for(dataset: Dataset, config: Config):
+    """P(adopts anything) fitted on ``dataset`` (``fit_adoption_model``) with the options that bind
+    the teacher (``teacher_for``)."""
+    model_config = config.model
+    return fit_adoption_model(
+        dataset,
+        config.training.seed,
+        history_lags=model_config.history_lags if model_config.history_encoder != "none" else 0,
+        exclude_protected=model_config.exclude_protected,
+        use_holdings=model_config.use_holdings,
     )
 
 
@@ -733,14 +751,29 @@ def _hold_out(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> tup
     return split_customer_ids(ids, fraction, rng)
 
 
-def calibrate(trained: TrainedModel, dataset: Dataset) -> Calibration:
+def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None) -> Calibration:
     """Fit ``trained``'s probability maps (``finrec.training.calibration``) on ``dataset``, whose
     customers the model must not have been trained on: every one of them is data, adopters of
-    nothing included; products they hold are left out."""
+    nothing included; products they hold are left out. ``adoption_model``: P(adopts anything),
+    fitted on other customers (``adoption_model_for``); None keeps the one of ``trained``'s
+    calibration, if it has one (``finrec calibrate`` refits the maps on new data)."""
     cid = dataset.schema.customers.id
     ids = dataset.customers[cid].to_numpy()
     pipeline = trained.pipeline
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
     scores = trained.score(dataset.customers, dataset.holdings, dataset.holdings_history)
-    return fit_calibration(scores, adopted, held, list(pipeline.product_ids_), trained.config.training.temperature)
+    if adoption_model is None and getattr(trained, "calibration", None) is not None:
+        adoption_model = trained.calibration.adoption_model
+    adoption = None
+    if adoption_model is not None:
+        adoption = adoption_model.adoption_probability(dataset.customers, held=held, history=dataset.holdings_history)
+    return fit_calibration(
+        scores,
+        adopted,
+        held,
+        list(pipeline.product_ids_),
+        trained.config.training.temperature,
+        adoption_model=adoption_model,
+        adoption=adoption,
+    )

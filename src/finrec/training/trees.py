@@ -38,7 +38,7 @@ def default_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
 
 
-OBJECTIVES = ("multiclass", "binary")
+OBJECTIVES = ("multiclass", "binary", "adoption")
 
 
 class LightGBMBaseline:
@@ -58,6 +58,12 @@ class LightGBMBaseline:
     ``objective="binary"`` fits one binary model per product instead (rows: every training
     customer not holding it; label: adopted it), which scales to large catalogues where one
     multiclass tree per class and round does not; the score is each model's probability.
+
+    ``objective="adoption"`` fits one binary model of whether a customer adopts anything at all
+    (rows: every training customer, those who adopted nothing included), read by
+    ``adoption_probability``: the propensity a calibration multiplies into its probabilities
+    (``finrec.training.calibration``). Its features add the number of products held, a sum over
+    the holdings columns that trees would otherwise build split by split.
 
     >>> model = LightGBMBaseline().fit(train_dataset, seed=0)
     >>> scores = model.score(test.customers, test.holdings)   # class probabilities [n, P]
@@ -184,6 +190,8 @@ class LightGBMBaseline:
             as_float = held.astype("float32")
             for j in range(pipeline.n_products):
                 columns[f"held_{j}"] = as_float[:, j]
+            if self.objective == "adoption":
+                columns["held_count"] = held.sum(axis=1).astype("float64")
         if getattr(self, "lags_", None) is not None:
             cube = self.lags_.ownership(ids, history, held, pipeline.product_positions, reference)
             for name, values in self.lags_.lag_table(cube).items():
@@ -222,9 +230,11 @@ class LightGBMBaseline:
         rows, labels = rows[keep], labels[keep]
         if len(rows) == 0:
             raise ValueError("LightGBMBaseline.fit: the dataset has no interactions")
-        if self.objective == "binary":
+        if self.objective != "multiclass":
             if len(earlier):
                 raise ValueError("LightGBMBaseline.fit: earlier months train the multiclass objective only")
+            if self.objective == "adoption":
+                return self._fit_adoption(dataset, customers, rows, seed)
             return self._fit_binary(dataset, customers, seed)
         x = self.features(customers, dataset.holdings, dataset.holdings_history)
         with_positives = np.unique(customers[cid].astype(str).to_numpy()[rows])
@@ -350,6 +360,66 @@ class LightGBMBaseline:
         self.best_iteration_ = int(np.median(rounds)) if rounds else 0
         return self
 
+    def _fit_adoption(self, dataset, customers: pd.DataFrame, rows: np.ndarray, seed: int) -> LightGBMBaseline:
+        """``objective="adoption"``: label 1 for the customers at ``rows`` (those with an
+        adoption), 0 for the rest; early stopping on ``validation_fraction`` of all customers.
+        Too few of either class on either side leaves the base rate (``rate_``) alone."""
+        import lightgbm as lgb
+
+        from finrec.data.split import split_customer_ids
+
+        ids = customers[dataset.schema.customers.id].astype(str).to_numpy()
+        y = np.zeros(len(customers), dtype="float64")
+        y[rows] = 1.0
+        self.classes_ = np.empty(0, dtype=np.int64)
+        self.rate_ = float(y.mean())
+        self.booster_, self.best_iteration_ = None, 0
+        _, val_ids = split_customer_ids(ids, self.validation_fraction, np.random.default_rng(seed))
+        is_val = _member(ids, val_ids)
+        fit_y, val_y = y[~is_val], y[is_val]
+        if min(fit_y.sum(), len(fit_y) - fit_y.sum()) < 2 or min(val_y.sum(), len(val_y) - val_y.sum()) < 1:
+            return self
+        x = self.matrix(customers, dataset.holdings, dataset.holdings_history)
+        params = {"objective": "binary", "metric": "binary_logloss", **self._tree_params(seed)}
+        train_set = lgb.Dataset(x[~is_val], fit_y, free_raw_data=False)
+        self.booster_ = lgb.train(
+            params,
+            train_set,
+            num_boost_round=self.max_rounds,
+            valid_sets=[lgb.Dataset(x[is_val], val_y, reference=train_set)],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+        self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
+        return self
+
+    def adoption_probability(
+        self,
+        customers: pd.DataFrame,
+        holdings: pd.DataFrame | None = None,
+        history: pd.DataFrame | None = None,
+        held: np.ndarray | None = None,
+        reference: int | None = None,
+    ) -> np.ndarray:
+        """float64 [n]: P(the customer adopts anything in the period), the ``objective="adoption"``
+        model's probability (its base rate where it fitted no trees); arguments as ``features``."""
+        if self.booster_ is None or len(customers) == 0:
+            return self._adoption_of(np.empty((len(customers), 0)))
+        return self._adoption_of(self.matrix(customers.reset_index(drop=True), holdings, history, held, reference))
+
+    def record_adoption_probability(self, record: dict, held: np.ndarray, history: pd.DataFrame | None = None):
+        """``adoption_probability`` of one customer given as raw values: float64 [1]."""
+        if self.booster_ is None:
+            return self._adoption_of(np.empty((1, 0)))
+        return self._adoption_of(self.record_matrix(record, held, history))
+
+    def _adoption_of(self, x: np.ndarray) -> np.ndarray:
+        if self.objective != "adoption":
+            raise ValueError(f"adoption_probability needs objective='adoption', not {self.objective!r}")
+        if self.booster_ is None:
+            return np.full(len(x), self.rate_, dtype="float64")
+        raw = self.forest().raw_score(x)[:, 0]
+        return 1.0 / (1.0 + np.exp(-raw))
+
     def score(
         self,
         customers: pd.DataFrame,
@@ -439,12 +509,14 @@ class LightGBMBaseline:
         return self._logits_of(self.record_matrix(record, held, history))
 
     def to_dict(self) -> dict:
-        """A fitted multiclass model as JSON-ready values: its settings, its feature pipeline,
-        the booster as LightGBM's own text format (no pickle)."""
-        if self.objective != "multiclass":
-            raise ValueError("only a multiclass LightGBMBaseline can be saved")
+        """A fitted multiclass or adoption model as JSON-ready values: its settings, its feature
+        pipeline, the booster as LightGBM's own text format (no pickle)."""
+        if self.objective == "binary":
+            raise ValueError("a per-product binary LightGBMBaseline cannot be saved")
         lags = getattr(self, "lags_", None)
+        extra = {"objective": self.objective, "rate": self.rate_} if self.objective == "adoption" else {}
         return {
+            **extra,
             "num_leaves": self.num_leaves,
             "exclude_protected": self.exclude_protected,
             "use_holdings": self.use_holdings,
@@ -469,7 +541,11 @@ class LightGBMBaseline:
             history_lags=int(raw["history_lags"]),
             exclude_protected=bool(raw["exclude_protected"]),
             use_holdings=bool(raw["use_holdings"]),
+            # Absent: a teacher, the only kind saved before adoption models.
+            objective=str(raw.get("objective", "multiclass")),
         )
+        if model.objective == "adoption":
+            model.rate_ = float(raw["rate"])
         model.pipeline_ = FeaturePipeline.from_dict(raw["pipeline"])
         model.lags_ = None if raw["lags"] is None else HistoryFeatures.from_dict(raw["lags"])
         model.classes_ = np.asarray(raw["classes"], dtype=np.int64)
@@ -538,6 +614,24 @@ def fit_teacher(
     ).fit(dataset, seed=seed, earlier=earlier)
     log.info("distillation teacher: %d rounds in %.1f s", teacher.best_iteration_, time.perf_counter() - start)
     return teacher
+
+
+def fit_adoption_model(
+    dataset, seed: int = 0, history_lags: int = 0, exclude_protected: bool = False, use_holdings: bool = True
+) -> LightGBMBaseline:
+    """P(a customer adopts anything in the period): ``objective="adoption"`` with the teacher's
+    settings (``TEACHER``) and the same options (the model's protected columns and holdings bind
+    it too), fitted on every customer of ``dataset``, those who adopted nothing included."""
+    start = time.perf_counter()
+    model = LightGBMBaseline(
+        **TEACHER,
+        history_lags=history_lags,
+        exclude_protected=exclude_protected,
+        use_holdings=use_holdings,
+        objective="adoption",
+    ).fit(dataset, seed=seed)
+    log.info("adoption model: %d rounds in %.1f s", model.best_iteration_, time.perf_counter() - start)
+    return model
 
 
 def teacher_targets(
@@ -744,6 +838,7 @@ __all__ = [
     "LightGBMBaseline",
     "TreeBlend",
     "default_threads",
+    "fit_adoption_model",
     "fit_teacher",
     "teacher_targets",
 ]
