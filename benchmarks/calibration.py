@@ -7,10 +7,15 @@ simulated from the generator's first-choice probabilities (``ground_truth``) and
 counts (``period_adoption_probabilities``). Pairs: every held-out customer x product not held.
 
     PYTHONPATH=src .venv/bin/python benchmarks/calibration.py [--customers 30000] [--seed 0] [--draws 2000]
+    PYTHONPATH=src .venv/bin/python benchmarks/calibration.py --months 12   # a bank with a past
 
 Rows: the raw cosine clipped to [0, 1]; the model's own softmax over the catalogue (cosine /
 temperature) times the share of customers who adopt anything (a fair "uncalibrated" guess);
-the calibration stored with the model (centred isotonic per product on that softmax). Columns: ECE against the true probabilities (20 equal-mass bins),
+the centred isotonic map per product on that softmax, refitted on the model's calibration customers;
+the same maps on q alone with no adoption model (where the model has one: P(adopts anything) is
+then left to the maps); the calibration stored with the model. With ``--months`` the bank has a
+past, and adopting anything at all falls with the products held (``finrec.data.history``).
+Columns: ECE against the true probabilities (20 equal-mass bins),
 the mean squared error against them, and the Brier score against the held-out adoptions.
 Prints a reliability table and writes benchmarks/results/calibration.json.
 """
@@ -58,9 +63,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=GeneratorSettings.n_customers)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--draws", type=int, default=2000, help="simulations of the adoption step per customer")
+    parser.add_argument("--months", type=int, default=0, help="months of history of the bank (default 0: none)")
+    parser.add_argument("--results", type=Path, help="where the JSON goes (default calibration[_monthsN].json)")
     args = parser.parse_args()
 
-    settings = GeneratorSettings(n_customers=args.customers, seed=args.seed)
+    settings = GeneratorSettings(n_customers=args.customers, seed=args.seed, months=args.months)
     dataset = validate_tables(S.SYNTHETIC.schema(), generate(settings))
     train, test = split_dataset(dataset, holdout_fraction=0.2, seed=args.seed)
     start = time.perf_counter()
@@ -72,8 +79,9 @@ def main() -> None:
     held = pipeline.holdings_matrix(ids, test.holdings)
     adopted = pipeline.holdings_matrix(ids, test.interactions)
     first = truth_matrix(test, pipeline)
-    true = period_adoption_probabilities(first, settings, draws=args.draws, seed=args.seed)
-    cosine = trained.score(test.customers, test.holdings)
+    true = period_adoption_probabilities(first, settings, draws=args.draws, seed=args.seed, n_held=held.sum(axis=1))
+    cosine = trained.score(test.customers, test.holdings, test.holdings_history)
+    adoption = trained.calibration.adoption_probability(test.customers, held, test.holdings_history)
     eligible = ~held
 
     logits = np.where(held, -np.inf, cosine / trained.config.training.temperature)
@@ -86,20 +94,23 @@ def main() -> None:
 
     cal_data = train.subset_customers(calibration_ids(train, trained.config))
     cal_ids = cal_data.customers[S.CUSTOMER_ID].to_numpy()
-    isotonic = fit_calibration(
-        trained.score(cal_data.customers, cal_data.holdings),
+    cal_fit = (
+        trained.score(cal_data.customers, cal_data.holdings, cal_data.holdings_history),
         pipeline.holdings_matrix(cal_ids, cal_data.interactions),
         pipeline.holdings_matrix(cal_ids, cal_data.holdings),
         list(pipeline.product_ids_),
         trained.config.training.temperature,
-        method="isotonic",
     )
+    isotonic = fit_calibration(*cal_fit, method="isotonic")
     candidates = {
         "cosine, clipped to [0, 1]": np.clip(cosine, 0, 1),
         "softmax(cos/T) x P(any adoption)": softmax * any_rate,
         "centred isotonic per product": isotonic(cosine, held),
-        f"calibrated (this model: {trained.calibration.method})": trained.calibration(cosine, held),
     }
+    if trained.calibration.needs_adoption:
+        plain = fit_calibration(*cal_fit, method=trained.calibration.method)
+        candidates[f"{trained.calibration.method} on q alone (no adoption model)"] = plain(cosine, held)
+    candidates[f"calibrated (this model: {trained.calibration.method})"] = trained.calibration(cosine, held, adoption)
     rows = {}
     for name, predicted in candidates.items():
         p, t, y = predicted[eligible], true[eligible], adopted[eligible]
@@ -127,16 +138,22 @@ def main() -> None:
     cal = trained.calibration
     print(
         f"calibrated on {cal.customers} validation customers; {sum(cal.pooled)} of {len(cal.pooled)} products "
-        f"with too few adoptions use the pooled map; fit {fit_seconds:.1f}s on {os.cpu_count()} cores"
+        f"with too few adoptions use the pooled map; adoption model: "
+        f"{f'{cal.adoption_model.best_iteration_} rounds' if cal.needs_adoption else 'none'}; "
+        f"fit {fit_seconds:.1f}s on {os.cpu_count()} cores"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results = args.results or RESULTS.with_name(
+        f"calibration_months{args.months}.json" if args.months else RESULTS.name
+    )
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(
         json.dumps(
             {
                 "machine": platform.machine(),
                 "cores": os.cpu_count(),
                 "customers": args.customers,
                 "seed": args.seed,
+                "months": args.months,
                 "draws": args.draws,
                 "held_out_customers": len(ids),
                 "rows": rows,
@@ -144,12 +161,13 @@ def main() -> None:
                 "calibration_customers": cal.customers,
                 "pooled_products": int(sum(cal.pooled)),
                 "method": cal.method,
+                "adoption_model_rounds": cal.adoption_model.best_iteration_ if cal.needs_adoption else None,
                 "fit_seconds": fit_seconds,
             },
             indent=1,
         )
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
