@@ -92,7 +92,10 @@ def main() -> None:
     # The previous default, the centred isotonic map, refitted on the same calibration customers.
     from plan_value_study import calibration_ids
 
-    cal_data = train.subset_customers(calibration_ids(train, trained.config))
+    from finrec.data.compliance import without_objections
+
+    # As ``calibrate`` does: customers who objected to profiling are no calibration data.
+    cal_data = without_objections(train.subset_customers(calibration_ids(train, trained.config)))[0]
     cal_ids = cal_data.customers[S.CUSTOMER_ID].to_numpy()
     cal_fit = (
         trained.score(cal_data.customers, cal_data.holdings, cal_data.holdings_history),

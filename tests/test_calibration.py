@@ -360,6 +360,69 @@ def test_a_context_without_adoption_is_refused_its_probabilities(trained, small_
 
 
 @pytest.mark.slow
+def test_customers_who_objected_never_reach_the_adoption_trees(
+    trained, small_dataset, small_data_dir, tmp_path, monkeypatch
+):
+    from finrec.data.compliance import customer_profile
+    from finrec.recommend.batch import score_dataset
+    from finrec.training.train import calibrate
+
+    model = trained.calibration.adoption_model
+    seen = []
+    real = type(model).adoption_probability
+
+    def spy(self, customers, *args, **kwargs):
+        seen.append(customers[S.CUSTOMER_ID].astype(str).tolist())
+        return real(self, customers, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "adoption_probability", spy)
+    customers = small_dataset.customers
+    objected = customer_profile(customers, small_dataset.schema.customers)["objected"]
+    assert objected.sum() > 10
+    refused = set(customers[S.CUSTOMER_ID].astype(str)[objected])
+    recommender = Recommender(trained)
+    context = recommender.context(customers, small_dataset.holdings)
+    assert (context.adoption[objected] == 0).all() and (context.adoption[~objected] > 0).all()
+    calibrated = calibrate(trained, small_dataset)  # nor are they calibration data
+    assert calibrated.customers == int((~objected).sum())
+    assert len(seen) == 2 and not refused & set(seen[0]) and not refused & set(seen[1])
+    # A ranking alone never runs the adoption trees; with probabilities it does.
+    seen.clear()
+    score_dataset(recommender, small_data_dir, tmp_path / "top.csv", k=2, workers=1)
+    assert seen == []
+    score_dataset(recommender, small_data_dir, tmp_path / "p.csv", k=2, workers=1, probabilities=True)
+    assert seen and not refused & set(sum(seen, []))
+    # No customers at all: no probabilities, no error.
+    empty = recommender.context(customers.iloc[:0], small_dataset.holdings)
+    assert empty.adoption.shape == (0,) and recommender.probabilities(empty).shape == (0, len(trained.products))
+
+
+@pytest.mark.slow
+def test_an_adoption_model_that_is_not_the_models_is_refused(trained, tmp_path):
+    import hashlib
+
+    from finrec.artifacts import MANIFEST, save_model_dir
+
+    save_model_dir(trained, tmp_path / "model")
+    file = tmp_path / "model" / CALIBRATION_FILE
+    assert json.loads(file.read_text())["adoption"]["model"]["booster"] is not None
+    for change, message in (
+        (lambda model: model["pipeline"].update(product_ids=model["pipeline"]["product_ids"][::-1]), "catalogue"),
+        (lambda model: model.update(use_holdings=False), "its trees read"),
+        (lambda model: model.update(objective="multiclass"), "not one"),
+    ):
+        raw = json.loads(file.read_text())
+        change(raw["adoption"]["model"])
+        file.write_text(json.dumps(raw))
+        manifest = json.loads((tmp_path / "model" / MANIFEST).read_text())
+        manifest["files"][CALIBRATION_FILE] = hashlib.sha256(file.read_bytes()).hexdigest()
+        (tmp_path / "model" / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match=message):
+            load_model_dir(tmp_path / "model")
+        save_model_dir(trained, tmp_path / "model")
+
+
+@pytest.mark.slow
 def test_trained_model_is_calibrated_on_new_customers(trained):
     assert trained.calibration is not None and trained.calibration.customers > 0
     settings = GeneratorSettings(n_customers=1500, seed=8)
@@ -506,7 +569,17 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     before = load_model_dir(copy).trained.calibration
     assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
     loaded = load_model_dir(copy)  # checksums verified: the directory was rewritten whole
-    assert loaded.trained.calibration.customers == 800 != before.customers
+    # The customers who objected to profiling for marketing are no calibration data.
+    from finrec.data.compliance import customer_profile
+
+    objected = int(customer_profile(tables["customers"], S.SYNTHETIC.schema().customers)["objected"].sum())
+    assert objected > 0 and f"({objected} who objected" in capsys.readouterr().out
+    calibration = loaded.trained.calibration
+    assert calibration.customers == 800 - objected != before.customers
+    # The adoption model is the trained one, its map refitted on the new customers.
+    assert before.needs_adoption and calibration.needs_adoption
+    assert calibration.adoption_model.to_dict() == before.adoption_model.to_dict()
+    assert not np.array_equal(calibration.adoption_y, before.adoption_y)
     assert loaded.manifest["calibration_data"] == str(fresh.resolve())
     assert read_monitoring(copy) == json.loads(json.dumps(reference))  # the reference survives the rewrite
 

@@ -528,21 +528,32 @@ def test_adoption_probabilities_read_the_history_in_chunks_as_in_memory(bank_wit
 
     config = fast_config.with_overrides(epochs=1)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, history_lags=3)).validate()
-    trained = T.fit(bank_with_history, config, verbose=0)
+    # Whether a customer adopts at all follows its past: those with a long history mostly do not.
+    data = bank_with_history
+    rows = data.holdings_history.groupby(S.CUSTOMER_ID).size()
+    long_past = rows.index[rows > rows.median()].astype(str)
+    ids = data.interactions[S.CUSTOMER_ID].astype(str)
+    chance = np.where(ids.isin(long_past), 0.15, 0.95)
+    keep = np.random.default_rng(0).random(len(ids)) < chance
+    data = dataclasses.replace(data, interactions=data.interactions[keep].reset_index(drop=True))
+    trained = T.fit(data, config, verbose=0)
     calibration = trained.calibration
     assert calibration.needs_adoption and calibration.adoption_model.lags_ is not None
-    some = bank_with_history.subset_customers(bank_with_history.customers[S.CUSTOMER_ID].iloc[:300])
+    some = data.subset_customers(data.customers[S.CUSTOMER_ID].iloc[:300])
     folder = write_dataset(dataset_tables(some), some.schema, tmp_path / "d")
     score_dataset(
         Recommender(trained), folder, tmp_path / "top.csv", k=2, chunk_rows=128, workers=1, probabilities=True
     )
     got = pd.read_csv(tmp_path / "top.csv", dtype={S.CUSTOMER_ID: str})
-    full = Recommender(trained, some)
-    context = full._known
+    full = Recommender(trained)
+    context = full.context(some.customers, some.holdings, history=some.holdings_history)
     probabilities = full.probabilities(context)
     rows = pd.Index(context.ids.astype(str)).get_indexer(got[S.CUSTOMER_ID])
     columns = full.pipeline.product_positions(got[S.PRODUCT_ID].to_numpy())
     np.testing.assert_allclose(got[S.PROBABILITY].to_numpy(), probabilities[rows, columns], rtol=1e-5, atol=1e-7)
-    # The history moves the adoption model: without it the customers' probabilities differ.
+    # The history moves the adoption model: without it the customers' chances differ. (Those who
+    # objected to profiling are 0 either way: the trees never see them.)
+    served = ~context.attributes["objected"]
+    assert served.sum() > 200 and (context.adoption[~served] == 0).all()
     alone = calibration.adoption_probability(some.customers, context.held)
-    assert not np.allclose(alone, context.adoption)
+    assert np.abs(alone[served] - context.adoption[served]).max() > 0.01

@@ -471,7 +471,7 @@ def load_model_dir(
                 )
         except FinrecError as exc:
             raise ArtifactError(f"{path}: {exc}") from None
-        calibration = _load_calibration_of(path, manifest)
+        calibration = _load_calibration_of(path, manifest, pipeline)
         blend = _load_blend_of(path, manifest, pipeline)
         served = ServingModel(pipeline, config, products, history, embeddings, calibration, spec, blend)
         return LoadedArtifacts(path=path, manifest=manifest, trained=served)
@@ -496,14 +496,21 @@ def load_model_dir(
         products=products,
         history=history,
         product_embeddings_=embeddings,
-        calibration=_load_calibration_of(path, manifest),
+        calibration=_load_calibration_of(path, manifest, pipeline),
         blend=_load_blend_of(path, manifest, pipeline),
     )
     return LoadedArtifacts(path=path, manifest=manifest, trained=trained)
 
 
-def _load_calibration_of(path: Path, manifest: dict[str, Any]):
-    return _part(path, CALIBRATION_FILE, _load_calibration) if CALIBRATION_FILE in manifest["files"] else None
+def _load_calibration_of(path: Path, manifest: dict[str, Any], pipeline):
+    """The model's ``Calibration``, None when it has none; an adoption model in it must read the
+    pipeline's catalogue, as the blend's trees must."""
+    if CALIBRATION_FILE not in manifest["files"]:
+        return None
+    calibration = _part(path, CALIBRATION_FILE, _load_calibration)
+    if calibration is not None and calibration.adoption_model is not None:
+        _check_trees(path / CALIBRATION_FILE, calibration.adoption_model, pipeline, outputs=1)
+    return calibration
 
 
 def _load_blend_of(path: Path, manifest: dict[str, Any], pipeline):
@@ -511,28 +518,35 @@ def _load_blend_of(path: Path, manifest: dict[str, Any], pipeline):
     if BLEND_FILE not in manifest["files"]:
         return None
     blend = _part(path, BLEND_FILE, _load_blend)
-    teacher = blend.teacher
-    if list(teacher.pipeline_.product_ids_) != list(pipeline.product_ids_):
-        raise ArtifactError(f"{path / BLEND_FILE}: its catalogue is not that of {PIPELINE_FILE}")
-    classes = np.asarray(teacher.classes_)
-    booster = teacher.booster_
-    problem = None
+    classes = np.asarray(blend.teacher.classes_)
     if (
         classes.size == 0
         or (classes < 0).any()
         or (classes >= pipeline.n_products).any()
         or (np.diff(classes) <= 0).any()
     ):
-        problem = "its products are not increasing positions in the catalogue"
-    elif booster is not None and booster.num_model_per_iteration() != len(classes):
-        problem = f"its trees score {booster.num_model_per_iteration()} products, its list names {len(classes)}"
+        raise ArtifactError(
+            f"{path / BLEND_FILE}: its products are not increasing positions in the catalogue; damaged or altered"
+        )
+    _check_trees(path / BLEND_FILE, blend.teacher, pipeline, outputs=len(classes))
+    return blend
+
+
+def _check_trees(file: Path, trees, pipeline, outputs: int) -> None:
+    """A stored ``LightGBMBaseline`` must read ``pipeline``'s catalogue, its trees score ``outputs``
+    values a round and read as many features as its settings give."""
+    if list(trees.pipeline_.product_ids_) != list(pipeline.product_ids_):
+        raise ArtifactError(f"{file}: its catalogue is not that of {PIPELINE_FILE}")
+    booster = trees.booster_
+    problem = None
+    if booster is not None and booster.num_model_per_iteration() != outputs:
+        problem = f"its trees score {booster.num_model_per_iteration()} outputs a round, {outputs} expected"
     elif booster is not None:
-        width = teacher.record_matrix({}, np.zeros((1, pipeline.n_products), dtype=bool)).shape[1]
+        width = trees.record_matrix({}, np.zeros((1, pipeline.n_products), dtype=bool)).shape[1]
         if booster.num_feature() != width:
             problem = f"its trees read {booster.num_feature()} features, its settings give {width}"
     if problem:
-        raise ArtifactError(f"{path / BLEND_FILE}: {problem}; damaged or altered")
-    return blend
+        raise ArtifactError(f"{file}: {problem}; damaged or altered")
 
 
 def _load_blend(file: Path):

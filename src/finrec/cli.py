@@ -514,7 +514,13 @@ def cmd_calibrate(args) -> int:
         monitoring=read_monitoring(args.model),
         extra={"calibration_data": str(Path(args.data).resolve()), "calibration_fingerprint": fingerprint(args.data)},
     )
-    print(f"calibrated {args.model} on {trained.calibration.customers} customers of {args.data}")
+    calibration = trained.calibration
+    left_out = len(dataset.customers) - calibration.customers
+    print(
+        f"calibrated {args.model} on {calibration.customers} customers of {args.data}"
+        + (f" ({left_out} who objected to profiling for marketing left out)" if left_out else "")
+        + ("; P(adopts anything): the model's adoption model, its map refitted" if calibration.needs_adoption else "")
+    )
     return 0
 
 

@@ -527,10 +527,14 @@ def calibration_section(ctx: Context) -> Section:
     if calibration is not None and calibration.needs_adoption:
         model = calibration.adoption_model
         lags = ", the holdings history's lag features" if model.lags_ is not None else ""
+        fitted = (
+            f"{model.best_iteration_} rounds; customer columns, holdings and their count{lags}"
+            if model.booster_ is not None
+            else "no trees: too few customers of either kind, so the training customers' rate"
+        )
         section.p(
             "The probabilities a campaign plans with are factored: P(adopts product p) = P(adopts anything) x "
-            "P(p | adopts something). The first is a binary LightGBM model "
-            f"({model.best_iteration_} rounds; customer columns, holdings and their count{lags}) fitted on the "
+            f"P(p | adopts something). The first is a binary LightGBM model ({fitted}) fitted on the "
             "training customers, those who adopted nothing included, then mapped to the rate of "
             f"{calibration.customers} calibration customers; the second, one map per product of the model's "
             "choice probability, fitted on those of them who adopted something. A softmax over products cannot "

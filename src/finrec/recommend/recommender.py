@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,13 @@ class Recommender:
         self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
+        self._adoption_lock = threading.Lock()
         if dataset is not None:
-            self._known = self.context(dataset.customers, dataset.holdings, history=dataset.holdings_history)
+            # Without the adoption model's trees: a report that only ranks never needs them
+            # (``known_adoption`` runs them once, on first need).
+            self._known = self.context(
+                dataset.customers, dataset.holdings, history=dataset.holdings_history, adoption=False
+            )
             self._row_of = {str(cid): i for i, cid in enumerate(self._known.ids)}
 
     # ------------------------------------------------------------------------------ loading
@@ -159,7 +165,21 @@ class Recommender:
                 raise FinrecError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
         recommender = cls(loaded.trained, dataset)
         recommender.model_version = model_version(loaded.manifest)
+        recommender.known_adoption()  # at load, not in the first request for a known customer
         return recommender
+
+    def known_adoption(self) -> np.ndarray | None:
+        """float64 [n]: P(adopts anything) of every known customer (``CustomerContext.adoption``),
+        computed once, on first need; None without known customers or an adoption model."""
+        if self._known is None or self.calibration is None or not self.calibration.needs_adoption:
+            return None
+        with self._adoption_lock:
+            known = self._known
+            if known.adoption is None:
+                data = self.dataset
+                objected = known.attributes.get("objected")
+                known.adoption = self._adoption(data.customers, known.held, objected, data.holdings_history)
+        return known.adoption
 
     @property
     def known_customers(self) -> pd.DataFrame:
@@ -240,7 +260,7 @@ class Recommender:
             attributes={name: values[row : row + 1] for name, values in known.attributes.items()},
             held=known.held[row : row + 1],
             tree=None if known.tree is None else known.tree[row : row + 1],
-            adoption=None if known.adoption is None else known.adoption[row : row + 1],
+            adoption=None if (adoption := self.known_adoption()) is None else adoption[row : row + 1],
         )
 
     def _from_features(self, features: dict) -> CustomerContext:

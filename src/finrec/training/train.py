@@ -754,12 +754,18 @@ def _hold_out(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> tup
 def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None) -> Calibration:
     """Fit ``trained``'s probability maps (``finrec.training.calibration``) on ``dataset``, whose
     customers the model must not have been trained on: every one of them is data, adopters of
-    nothing included; products they hold are left out. ``adoption_model``: P(adopts anything),
+    nothing included, except those who objected to profiling for marketing; products they hold
+    are left out. ``adoption_model``: P(adopts anything),
     fitted on other customers (``adoption_model_for``); None keeps the one of ``trained``'s
     calibration, if it has one (``finrec calibrate`` refits the maps on new data)."""
     cid = dataset.schema.customers.id
-    ids = dataset.customers[cid].to_numpy()
     pipeline = trained.pipeline
+    # Customers who objected to profiling for marketing are neither scored nor run through the
+    # trees when served, so their outcomes are no data for the probabilities either.
+    objected = customer_profile(dataset.customers, pipeline.full_schema.customers)["objected"]
+    if objected.any():
+        dataset = dataset.subset_customers(dataset.customers[cid].to_numpy()[~objected])
+    ids = dataset.customers[cid].to_numpy()
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
     scores = trained.score(dataset.customers, dataset.holdings, dataset.holdings_history)

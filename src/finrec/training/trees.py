@@ -415,7 +415,7 @@ class LightGBMBaseline:
     def _adoption_of(self, x: np.ndarray) -> np.ndarray:
         if self.objective != "adoption":
             raise ValueError(f"adoption_probability needs objective='adoption', not {self.objective!r}")
-        if self.booster_ is None:
+        if self.booster_ is None or len(x) == 0:
             return np.full(len(x), self.rate_, dtype="float64")
         raw = self.forest().raw_score(x)[:, 0]
         return 1.0 / (1.0 + np.exp(-raw))
