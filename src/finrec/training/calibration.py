@@ -42,7 +42,7 @@ and factors the probability::
 with ``f_p`` fitted on the calibration customers who adopted something (P(p | adopts)) and
 ``g`` on all of them (P(adopts anything)). On a synthetic bank with a past, where adopting at
 all falls with the products held, it cut the squared error against the true probabilities by
-30% (``benchmarks/calibration.py --months 12``) and raised a capacity-bound plan's true value by
+28% (``benchmarks/calibration.py --months 12``) and raised a capacity-bound plan's true value by
 1.2-1.5 points of the ceiling (``benchmarks/plan.py --months 12``, two seeds; docs/benchmarks.md). Callers pass ``g(pi)`` as
 ``adoption`` (``adoption_probability``); without an adoption model the maps read ``q`` alone.
 
