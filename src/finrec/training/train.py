@@ -621,28 +621,25 @@ def teacher_for(dataset: Dataset, config: Config, earlier: list | tuple = ()):
     """The tree teacher of ``config``'s model fitted on ``dataset`` (and its ``earlier`` months):
     the lag features where the model reads the history, and the model's own protected-column and
     holdings options."""
-    model_config = config.model
-    return fit_teacher(
-        dataset,
-        config.training.seed,
-        history_lags=model_config.history_lags if model_config.history_encoder != "none" else 0,
-        exclude_protected=model_config.exclude_protected,
-        use_holdings=model_config.use_holdings,
-        earlier=earlier,
-    )
+    return fit_teacher(dataset, config.training.seed, earlier=earlier, **tree_options(config))
 
 
 def adoption_model_for(dataset: Dataset, config: Config):
     """P(adopts anything) fitted on ``dataset`` (``fit_adoption_model``) with the options that bind
     the teacher (``teacher_for``)."""
+    return fit_adoption_model(dataset, config.training.seed, **tree_options(config))
+
+
+def tree_options(config: Config) -> dict:
+    """What the model's options make of a tree model beside it: the lag features where the model
+    reads the history, and its protected-column and holdings options (a column the model must
+    not see, the trees must not see either)."""
     model_config = config.model
-    return fit_adoption_model(
-        dataset,
-        config.training.seed,
-        history_lags=model_config.history_lags if model_config.history_encoder != "none" else 0,
-        exclude_protected=model_config.exclude_protected,
-        use_holdings=model_config.use_holdings,
-    )
+    return {
+        "history_lags": model_config.history_lags if model_config.history_encoder != "none" else 0,
+        "exclude_protected": model_config.exclude_protected,
+        "use_holdings": model_config.use_holdings,
+    }
 
 
 def wants_blend(model_config, dataset: Dataset) -> bool:

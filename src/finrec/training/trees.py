@@ -269,14 +269,7 @@ class LightGBMBaseline:
             return self
         train_set = lgb.Dataset(x_train, y_train, free_raw_data=False)
         val_set = lgb.Dataset(x.iloc[rows[is_val]].reset_index(drop=True), y[is_val], reference=train_set)
-        self.booster_ = lgb.train(
-            params,
-            train_set,
-            num_boost_round=self.max_rounds,
-            valid_sets=[val_set],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-        )
-        self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
+        self.booster_, self.best_iteration_ = self._boost(params, train_set, val_set)
         return self
 
     def numeric_splits(self, top: int) -> dict[str, list[float]]:
@@ -347,15 +340,8 @@ class LightGBMBaseline:
                 continue
             train_set = lgb.Dataset(x[fit_rows].reset_index(drop=True), y[fit_rows])
             val_set = lgb.Dataset(x[val_rows].reset_index(drop=True), y[val_rows], reference=train_set)
-            booster = lgb.train(
-                params,
-                train_set,
-                num_boost_round=self.max_rounds,
-                valid_sets=[val_set],
-                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-            )
-            self.boosters_[p] = booster
-            rounds.append(int(booster.best_iteration or booster.current_iteration()))
+            self.boosters_[p], best = self._boost(params, train_set, val_set)
+            rounds.append(best)
         self.booster_ = None
         self.best_iteration_ = int(np.median(rounds)) if rounds else 0
         return self
@@ -382,15 +368,23 @@ class LightGBMBaseline:
         x = self.matrix(customers, dataset.holdings, dataset.holdings_history)
         params = {"objective": "binary", "metric": "binary_logloss", **self._tree_params(seed)}
         train_set = lgb.Dataset(x[~is_val], fit_y, free_raw_data=False)
-        self.booster_ = lgb.train(
+        val_set = lgb.Dataset(x[is_val], val_y, reference=train_set)
+        self.booster_, self.best_iteration_ = self._boost(params, train_set, val_set)
+        return self
+
+    def _boost(self, params: dict, train_set, val_set):
+        """(booster, best round): LightGBM trained on ``train_set`` until ``val_set``'s loss has not
+        improved for ``early_stopping_rounds`` rounds."""
+        import lightgbm as lgb
+
+        booster = lgb.train(
             params,
             train_set,
             num_boost_round=self.max_rounds,
-            valid_sets=[lgb.Dataset(x[is_val], val_y, reference=train_set)],
+            valid_sets=[val_set],
             callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
         )
-        self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
-        return self
+        return booster, int(booster.best_iteration or booster.current_iteration())
 
     def adoption_probability(
         self,
