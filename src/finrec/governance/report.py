@@ -538,8 +538,8 @@ def calibration_section(ctx: Context) -> Section:
             "training customers, those who adopted nothing included, then mapped to the rate of "
             f"{calibration.customers} calibration customers; the second, one map per product of the model's "
             "choice probability, fitted on those of them who adopted something. A softmax over products cannot "
-            "say how likely a customer is to adopt at all; without the first factor every customer would get "
-            "the same chance of adopting something."
+            "say how likely a customer is to adopt at all (a constant added to a customer's scores leaves it as "
+            "it is); without the first factor that chance could only follow the products' maps."
         )
     if not ctx.has_outcomes:
         return section.p(NO_OUTCOMES.format(what="the observed adoption rate per score decile"))
