@@ -130,3 +130,23 @@ def test_tune_ranks_blended_trials_by_the_blend():
     result = tune("d", Config(), 1e9, max_trials=3, seed=1, fit_fn=run.fit, clock=run.clock)
     assert [row["score"] for row in result.rows] == pytest.approx([0.1, 0.2, 0.3])
     assert result.best_score == pytest.approx(0.3) and all(row["tree_blend_weight"] == 0.5 for row in result.rows)
+
+
+@pytest.mark.slow
+def test_a_trial_stops_once_the_validation_has_judged_it(small_dataset, fast_config, monkeypatch):
+    # A trial's model is thrown away once scored: it is neither calibrated nor given an adoption
+    # model, and its validation score is the full fit's.
+    from finrec.training import train as T
+    from finrec.training.tune import trial_score
+
+    config = fast_config.with_overrides(epochs=1)
+    full = T.fit(small_dataset, config, verbose=0)
+    trial = T.fit(small_dataset, config, verbose=0, finish=False)
+    assert full.calibration is not None and full.calibration.needs_adoption and trial.calibration is None
+    k = config.training.eval_k
+    assert trial_score(trial.history, k) == trial_score(full.history, k) and not np.isnan(trial_score(full.history, k))
+    seen = []
+    real = T.fit
+    monkeypatch.setattr(T, "fit", lambda *a, **kw: seen.append(kw.get("finish")) or real(*a, **kw))
+    tune(small_dataset, config, budget_seconds=600, max_trials=1)
+    assert seen == [False]

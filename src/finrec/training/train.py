@@ -493,10 +493,13 @@ def fit(
     verbose: int | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     batch_multiple: int = 1,
+    finish: bool = True,
 ) -> TrainedModel:
     """Train a two-tower model on ``dataset`` (a validation split of its customers is held out
     for early stopping). Same data, config and seed give the same model. Extra ``callbacks``
-    (a progress bar, say) see the validation metrics in their epoch logs.
+    (a progress bar, say) see the validation metrics in their epoch logs. ``finish=False`` stops
+    once the validation customers have judged the model (its towers and blend): no calibration,
+    no adoption model, no refit of the blend's trees, which a trial of ``finrec tune`` never uses.
 
     ``dataset`` may also be a ``finrec.training.stream.StreamingSource``: the tables are then
     read in chunks (data larger than memory). ``batch_multiple`` > 1 drops the last few examples
@@ -587,6 +590,8 @@ def fit(
     )
     if blend and teacher is not None:
         trained.blend = choose_blend(trained, teacher, val_data, earlier=val_earlier)
+    if not finish:
+        return trained
     # Where some customers adopted nothing, how likely each is to adopt at all is a model of its own
     # (``finrec.training.calibration``), fitted on the training customers like the teacher.
     adoption_model = adoption_model_for(train_data, config) if len(quiet_train) else None

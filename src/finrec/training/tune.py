@@ -122,7 +122,8 @@ def tune(
         from finrec.training.train import fit
 
         def fit_fn(data, config):
-            return fit(data, config, verbose=0)
+            # A trial is judged on its validation score alone: no calibration, no refit.
+            return fit(data, config, verbose=0, finish=False)
 
     base = (base or Config()).validate()
     metric = f"val_ndcg@{base.training.eval_k}"
