@@ -15,7 +15,7 @@ from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import validate_tables
 from finrec.data.synthetic import GeneratorSettings, generate, period_adoption_probabilities
-from finrec.errors import ArtifactError, FinrecError
+from finrec.errors import ArtifactError, DataError, FinrecError
 from finrec.recommend.recommender import Recommender
 from finrec.training.calibration import (
     Calibration,
@@ -385,6 +385,8 @@ def test_customers_who_objected_never_reach_the_adoption_trees(
     assert (context.adoption[objected] == 0).all() and (context.adoption[~objected] > 0).all()
     calibrated = calibrate(trained, small_dataset)  # nor are they calibration data
     assert calibrated.customers == int((~objected).sum())
+    with pytest.raises(DataError, match="all 5 objected"):  # nobody left: a clear message, not a crash
+        calibrate(trained, small_dataset.subset_customers(customers[S.CUSTOMER_ID][objected].iloc[:5]))
     assert len(seen) == 2 and not refused & set(seen[0]) and not refused & set(seen[1])
     # A ranking alone never runs the adoption trees; with probabilities it does.
     seen.clear()

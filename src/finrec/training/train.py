@@ -765,6 +765,8 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None) -> C
     # Customers who objected to profiling for marketing are neither scored nor run through the
     # trees when served, so their outcomes are no data for the probabilities either.
     objected = customer_profile(dataset.customers, pipeline.full_schema.customers)["objected"]
+    if objected.all():
+        raise DataError(f"customers: all {len(objected)} objected to profiling for marketing; nothing to calibrate on")
     if objected.any():
         dataset = dataset.subset_customers(dataset.customers[cid].to_numpy()[~objected])
     ids = dataset.customers[cid].to_numpy()
