@@ -582,6 +582,13 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     assert before.needs_adoption and calibration.needs_adoption
     assert calibration.adoption_model.to_dict() == before.adoption_model.to_dict()
     assert not np.array_equal(calibration.adoption_y, before.adoption_y)
+    # A model without an adoption model keeps none, and says what it lacks.
+    bare = load_model_dir(copy).trained
+    bare.calibration = None
+    save_model_dir(bare, copy, data_path=str(small_data_dir), monitoring=reference)
+    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    assert "adopted nothing, but the model has no adoption model" in capsys.readouterr().out
+    assert not load_model_dir(copy).trained.calibration.needs_adoption
     assert loaded.manifest["calibration_data"] == str(fresh.resolve())
     assert read_monitoring(copy) == json.loads(json.dumps(reference))  # the reference survives the rewrite
 

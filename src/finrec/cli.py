@@ -521,6 +521,20 @@ def cmd_calibrate(args) -> int:
         + (f" ({left_out} who objected to profiling for marketing left out)" if left_out else "")
         + ("; P(adopts anything): the model's adoption model, its map refitted" if calibration.needs_adoption else "")
     )
+    if not calibration.needs_adoption:
+        from finrec.data.compliance import customer_profile
+
+        ids = dataset.customers[dataset.schema.customers.id].astype(str)
+        served = ~customer_profile(dataset.customers, dataset.schema.customers)["objected"]
+        quiet = int((~ids[served].isin(set(dataset.interactions[S.CUSTOMER_ID].astype(str)))).sum())
+        if quiet:
+            # The adoption model is fitted beside the towers, on training customers; fitting it
+            # here would judge its map on the customers that trained it.
+            print(
+                f"note: {quiet} of these customers adopted nothing, but the model has no adoption model, so "
+                "its probabilities cannot tell who is likelier to adopt at all; `finrec train` fits one when "
+                "the training data has such customers"
+            )
     return 0
 
 
