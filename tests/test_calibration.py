@@ -399,6 +399,77 @@ def test_customers_who_objected_never_reach_the_adoption_trees(
     assert empty.adoption.shape == (0,) and recommender.probabilities(empty).shape == (0, len(trained.products))
 
 
+def _adopting_by_age(dataset, seed=0):
+    """``dataset`` where adopting anything at all depends on age: customers over 50 keep their
+    adoptions with probability 0.2, the others with 0.9."""
+    customers = dataset.customers
+    keep = np.random.default_rng(seed).random(len(customers)) < np.where(customers["age"] > 50, 0.2, 0.9)
+    kept = dataset.interactions[S.CUSTOMER_ID].isin(customers[S.CUSTOMER_ID][keep])
+    return type(dataset)(**{**vars(dataset), "interactions": dataset.interactions[kept].reset_index(drop=True)})
+
+
+@pytest.mark.slow
+def test_a_model_without_an_adoption_model_gets_one_cross_fitted(trained, small_dataset, monkeypatch):
+    import copy
+
+    from finrec.data.compliance import customer_profile
+    from finrec.training import train as training
+
+    data = _adopting_by_age(small_dataset)
+    bare = copy.copy(trained)
+    bare.calibration = None  # as a model trained by streaming comes
+    fitted, predicted = [], []
+    real = training.adoption_model_for
+
+    def spy(dataset, config):
+        model = real(dataset, config)
+        fitted.append(set(dataset.customers[S.CUSTOMER_ID].astype(str)))
+        own = model.adoption_probability
+        index = len(fitted) - 1
+
+        def predict(customers, *args, **kwargs):
+            predicted.append((index, set(customers[S.CUSTOMER_ID].astype(str))))
+            return own(customers, *args, **kwargs)
+
+        model.adoption_probability = predict
+        return model
+
+    monkeypatch.setattr(training, "adoption_model_for", spy)
+    calibration = training.calibrate(bare, data)
+    assert calibration.needs_adoption
+    customers = data.customers
+    objected = customer_profile(customers, data.schema.customers)["objected"]
+    served = set(customers[S.CUSTOMER_ID].astype(str)[~objected])
+    # Two halves, each fitting a model that predicts the other half only; then one on everybody.
+    assert len(fitted) == 3 and fitted[2] == served
+    assert fitted[0] | fitted[1] == served and not fitted[0] & fitted[1]
+    assert [index for index, _ in predicted] == [0, 1]
+    for index, seen in predicted:
+        assert seen == served - fitted[index]
+    # Adopters and the rest are split evenly: both kinds in both halves.
+    adopters = set(data.interactions[S.CUSTOMER_ID].astype(str)) & served
+    for half in fitted[:2]:
+        assert abs(len(half & adopters) - len(adopters) / 2) <= 1
+        assert abs(len(half - adopters) - len(served - adopters) / 2) <= 1
+    # The shipped model with its map: each age group's mean probability is its own rate.
+    predicted.clear()
+    keep = ~objected
+    held = trained.pipeline.holdings_matrix(customers[S.CUSTOMER_ID].to_numpy()[keep], data.holdings)
+    g = calibration.adoption_probability(customers[keep], held)
+    adopted = customers[S.CUSTOMER_ID][keep].isin(adopters).to_numpy()
+    old = customers["age"].to_numpy()[keep] > 50
+    for group in (old, ~old):
+        assert abs(g[group].mean() - adopted[group].mean()) < 0.05, (g[group].mean(), adopted[group].mean())
+    assert g[~old].mean() - g[old].mean() > 0.4
+    # Too few who adopted nothing, or asked not to: no adoption model.
+    assert not training.calibrate(bare, data, fit_adoption=False).needs_adoption
+    monkeypatch.setattr(training, "CROSS_FIT_MIN", len(customers))
+    fitted.clear()
+    assert not training.calibrate(bare, data).needs_adoption and fitted == []
+    # A model that has one keeps it: nothing is fitted.
+    assert training.calibrate(trained, data).adoption_model is trained.calibration.adoption_model and fitted == []
+
+
 @pytest.mark.slow
 def test_an_adoption_model_that_is_not_the_models_is_refused(trained, tmp_path):
     import hashlib
@@ -551,7 +622,7 @@ def test_rest_api_returns_probability_beside_score(model_dir, small_data_dir, sm
 
 
 @pytest.mark.slow
-def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_dir, tmp_path, capsys):
+def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_dir, tmp_path, capsys, monkeypatch):
     from finrec.artifacts import read_monitoring, save_model_dir
     from finrec.data.io import load_dataset, write_dataset
     from finrec.governance.monitor import reference_for
@@ -582,12 +653,28 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     assert before.needs_adoption and calibration.needs_adoption
     assert calibration.adoption_model.to_dict() == before.adoption_model.to_dict()
     assert not np.array_equal(calibration.adoption_y, before.adoption_y)
-    # A model without an adoption model keeps none, and says what it lacks.
+    # A model without an adoption model gets one fitted on these customers, and says so ...
     bare = load_model_dir(copy).trained
     bare.calibration = None
     save_model_dir(bare, copy, data_path=str(small_data_dir), monitoring=reference)
     assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
-    assert "adopted nothing, but the model has no adoption model" in capsys.readouterr().out
+    assert "an adoption model fitted on these customers" in capsys.readouterr().out
+    crossed = load_model_dir(copy).trained.calibration
+    assert crossed.needs_adoption and crossed.adoption_model.to_dict() != before.adoption_model.to_dict()
+    assert crossed.adoption_cross_fitted and not before.adoption_cross_fitted
+    assert json.loads((copy / CALIBRATION_FILE).read_text())["adoption"]["cross_fitted"] is True
+    # Recalibrated again, it keeps that model and says where it came from.
+    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    assert "the model's adoption model, its map refitted" in capsys.readouterr().out
+    again = load_model_dir(copy).trained.calibration
+    assert again.adoption_cross_fitted and again.adoption_model.to_dict() == crossed.adoption_model.to_dict()
+    # ... unless too few of them adopted nothing: then it keeps none, and says what it lacks.
+    import finrec.training.train as training
+
+    save_model_dir(bare, copy, data_path=str(small_data_dir), monitoring=reference)
+    monkeypatch.setattr(training, "CROSS_FIT_MIN", 800)
+    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    assert "too few beside the others to fit an adoption model (at least 800" in capsys.readouterr().out
     assert not load_model_dir(copy).trained.calibration.needs_adoption
     assert loaded.manifest["calibration_data"] == str(fresh.resolve())
     assert read_monitoring(copy) == json.loads(json.dumps(reference))  # the reference survives the rewrite

@@ -504,6 +504,7 @@ def cmd_calibrate(args) -> int:
                 f"was trained on ({trained_on}); calibrate on held-out customers"
             )
     trained = loaded.trained
+    had_adoption = trained.calibration is not None and trained.calibration.needs_adoption
     trained.calibration = calibrate(trained, dataset)
     # Rewritten whole (atomically), so the monitoring reference recorded at training is carried over.
     save_model_dir(
@@ -516,24 +517,32 @@ def cmd_calibrate(args) -> int:
     )
     calibration = trained.calibration
     left_out = len(dataset.customers) - calibration.customers
+    if had_adoption:
+        adoption = "; P(adopts anything): the model's adoption model, its map refitted"
+    elif calibration.needs_adoption:
+        adoption = (
+            f"; P(adopts anything): an adoption model fitted on these customers "
+            f"({calibration.adoption_model.best_iteration_} rounds), its map on predictions of the half that did not fit it"
+        )
+    else:
+        adoption = ""
     print(
         f"calibrated {args.model} on {calibration.customers} customers of {args.data}"
         + (f" ({left_out} who objected to profiling for marketing left out)" if left_out else "")
-        + ("; P(adopts anything): the model's adoption model, its map refitted" if calibration.needs_adoption else "")
+        + adoption
     )
     if not calibration.needs_adoption:
         from finrec.data.compliance import customer_profile
+        from finrec.training.train import CROSS_FIT_MIN
 
         ids = dataset.customers[dataset.schema.customers.id].astype(str)
         served = ~customer_profile(dataset.customers, dataset.schema.customers)["objected"]
         quiet = int((~ids[served].isin(set(dataset.interactions[S.CUSTOMER_ID].astype(str)))).sum())
         if quiet:
-            # The adoption model is fitted beside the towers, on training customers; fitting it
-            # here would judge its map on the customers that trained it.
             print(
-                f"note: {quiet} of these customers adopted nothing, but the model has no adoption model, so "
-                "its probabilities cannot tell who is likelier to adopt at all; `finrec train` fits one when "
-                "the training data has such customers"
+                f"note: {quiet} of these customers adopted nothing, too few beside the others to fit an adoption "
+                f"model (at least {CROSS_FIT_MIN} of each kind), so its probabilities cannot tell who is likelier "
+                "to adopt at all"
             )
     return 0
 

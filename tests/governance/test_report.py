@@ -75,7 +75,7 @@ def test_report_sections_are_filled(reports):
     assert "Zero unsuitable products were recommended." in html
     assert "mean true probability" in html  # calibration against the ground truth
     # The bank has customers who adopted nothing: the calibration's adoption model is described.
-    assert "P(adopts anything) x P(p | adopts something)" in html
+    assert "P(adopts anything) x P(p | adopts something)" in html and "fitted on the training customers" in html
     assert html.count("<img src='data:image/svg+xml;base64,") >= 5
     profiles = reports["profiles"].read_text()
     assert "no interactions (outcomes)" in profiles and "Zero unsuitable products were recommended." in profiles
@@ -182,3 +182,21 @@ def test_the_suitability_check_counts_investment_products_only_where_regimes_are
     assert unsuitable_recommendations(index, level, regimes, tolerance) == 0
     assert unsuitable_recommendations(np.array([[1, 0]]), level, regimes, np.array([2.0])) == 1  # the fund
     assert unsuitable_recommendations(index, level, None, tolerance) == 1  # no regimes: every product counts
+
+
+def test_the_calibration_section_says_where_the_adoption_model_was_fitted(trained):
+    import copy
+    from types import SimpleNamespace
+
+    from finrec.governance.report import calibration_section
+
+    def text(cross_fitted):
+        calibration = copy.copy(trained.calibration)
+        calibration.adoption_cross_fitted = cross_fitted
+        ctx = SimpleNamespace(trained=SimpleNamespace(blend=None, calibration=calibration), has_outcomes=False)
+        return " ".join(block[1] for block in calibration_section(ctx).blocks if block[0] == "p")
+
+    assert "fitted on the training customers" in text(False) and "finrec calibrate" not in text(False)
+    crossed = text(True)
+    assert "fitted by `finrec calibrate` on calibration customers" in crossed
+    assert "models that had not seen them" in crossed and "training customers" not in crossed

@@ -530,13 +530,20 @@ def calibration_section(ctx: Context) -> Section:
         fitted = (
             f"{model.best_iteration_} rounds; customer columns, holdings and their count{lags}"
             if model.booster_ is not None
-            else "no trees: too few customers of either kind, so the training customers' rate"
+            else "no trees: too few customers of either kind, so the rate of those it was fitted on"
+        )
+        where = (
+            "fitted by `finrec calibrate` on calibration customers (the model came without one), those who adopted "
+            f"nothing included, then mapped to the rate of {calibration.customers} calibration customers by "
+            "predictions from models that had not seen them"
+            if calibration.adoption_cross_fitted
+            else "fitted on the training customers, those who adopted nothing included, then mapped to the rate of "
+            f"{calibration.customers} calibration customers"
         )
         section.p(
             "The probabilities a campaign plans with are factored: P(adopts product p) = P(adopts anything) x "
-            f"P(p | adopts something). The first is a binary LightGBM model ({fitted}) fitted on the "
-            "training customers, those who adopted nothing included, then mapped to the rate of "
-            f"{calibration.customers} calibration customers; the second, one map per product of the model's "
+            f"P(p | adopts something). The first is a binary LightGBM model ({fitted}) {where}; the second, one "
+            "map per product of the model's "
             "choice probability, fitted on those of them who adopted something. A softmax over products cannot "
             "say how likely a customer is to adopt at all (a constant added to a customer's scores leaves it as "
             "it is); without the first factor that chance could only follow the products' maps."

@@ -110,6 +110,9 @@ class Calibration:
     adoption_model: Any = None
     adoption_x: np.ndarray | None = None
     adoption_y: np.ndarray | None = None
+    # Where the adoption model was fitted: False, on the training customers (``fit``); True, on
+    # the calibration customers themselves, cross-fitted (``calibrate`` on a model without one).
+    adoption_cross_fitted: bool = False
 
     @property
     def needs_adoption(self) -> bool:
@@ -214,6 +217,8 @@ class Calibration:
                     "x": [float(v) for v in self.adoption_x],
                     "y": [float(v) for v in self.adoption_y],
                     "model": self.adoption_model.to_dict(),
+                    # Absent in files written before it existed: fitted on the training customers.
+                    **({"cross_fitted": True} if self.adoption_cross_fitted else {}),
                 }
             }
         return {
@@ -268,6 +273,7 @@ class Calibration:
                 calibration.adoption_x = np.asarray(adoption["x"], dtype="float64")
                 calibration.adoption_y = np.asarray(adoption["y"], dtype="float64")
                 calibration.adoption_model = LightGBMBaseline.from_dict(adoption["model"])
+                calibration.adoption_cross_fitted = adoption.get("cross_fitted", False) is True
                 if calibration.adoption_model.objective != "adoption":
                     raise ValueError("the adoption model is not one")
         except (KeyError, TypeError, ValueError) as exc:

@@ -753,13 +753,51 @@ def _hold_out(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> tup
     return split_customer_ids(ids, fraction, rng)
 
 
-def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None) -> Calibration:
+# Fewest customers of each kind (who adopted something, who adopted nothing) for ``calibrate`` to
+# cross-fit an adoption model of its own: each half then has 25 of each, a few trees' worth.
+CROSS_FIT_MIN = 50
+
+
+def cross_fitted_adoption(dataset: Dataset, adopted_any: np.ndarray, held: np.ndarray, config: Config) -> tuple | None:
+    """(adoption model, its out-of-fold P(adopts anything) float [n]) for the calibration
+    customers of ``dataset`` (rows in its order; ``adopted_any`` bool [n], ``held`` bool [n, P]),
+    or None with fewer than ``CROSS_FIT_MIN`` of either kind.
+
+    Why cross-fitted: ``g`` (``adoption_knots``) must read probabilities of customers the model
+    never saw, or it would trust the trees' fit to their own training data. So the customers are
+    split in two halves; a model fitted on each half predicts the other, ``g`` is fitted on those
+    predictions, and the model that ships is refitted on every customer (scikit-learn's
+    ``CalibratedClassifierCV(ensemble=False)`` does the same)."""
+    adopted_any = np.asarray(adopted_any, dtype=bool)
+    if min(int(adopted_any.sum()), int((~adopted_any).sum())) < CROSS_FIT_MIN:
+        return None
+    ids = dataset.customers[dataset.schema.customers.id].to_numpy()
+    # Halves drawn separately among adopters and the rest: both kinds in both halves.
+    half = np.zeros(len(ids), dtype=bool)
+    rng = np.random.default_rng([config.training.seed, 2])
+    for kind in (adopted_any, ~adopted_any):
+        rows = np.flatnonzero(kind)
+        half[rng.permutation(rows)[: len(rows) // 2]] = True
+    out_of_fold = np.empty(len(ids), dtype="float64")
+    for side in (half, ~half):
+        model = adoption_model_for(dataset.subset_customers(ids[~side]), config)
+        rows = np.flatnonzero(side)
+        out_of_fold[rows] = model.adoption_probability(
+            dataset.customers.iloc[rows], held=held[rows], history=dataset.holdings_history
+        )
+    return adoption_model_for(dataset, config), out_of_fold
+
+
+def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_adoption: bool = True) -> Calibration:
     """Fit ``trained``'s probability maps (``finrec.training.calibration``) on ``dataset``, whose
     customers the model must not have been trained on: every one of them is data, adopters of
     nothing included, except those who objected to profiling for marketing; products they hold
     are left out. ``adoption_model``: P(adopts anything),
     fitted on other customers (``adoption_model_for``); None keeps the one of ``trained``'s
-    calibration, if it has one (``finrec calibrate`` refits the maps on new data)."""
+    calibration, if it has one (``finrec calibrate`` refits the maps on new data). A model with
+    none (trained by streaming, or on data where everybody adopted) gets one cross-fitted on
+    ``dataset`` (``cross_fitted_adoption``) where it has enough customers who adopted nothing,
+    unless ``fit_adoption`` is False."""
     cid = dataset.schema.customers.id
     pipeline = trained.pipeline
     # Customers who objected to profiling for marketing are neither scored nor run through the
@@ -773,12 +811,18 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None) -> C
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
     scores = trained.score(dataset.customers, dataset.holdings, dataset.holdings_history)
+    cross_fitted = False
     if adoption_model is None and getattr(trained, "calibration", None) is not None:
         adoption_model = trained.calibration.adoption_model
+        cross_fitted = trained.calibration.adoption_cross_fitted
     adoption = None
     if adoption_model is not None:
         adoption = adoption_model.adoption_probability(dataset.customers, held=held, history=dataset.holdings_history)
-    return fit_calibration(
+    elif fit_adoption:
+        found = cross_fitted_adoption(dataset, adopted.any(axis=1), held, trained.config)
+        if found is not None:
+            (adoption_model, adoption), cross_fitted = found, True
+    calibration = fit_calibration(
         scores,
         adopted,
         held,
@@ -787,3 +831,5 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None) -> C
         adoption_model=adoption_model,
         adoption=adoption,
     )
+    calibration.adoption_cross_fitted = cross_fitted
+    return calibration
