@@ -24,6 +24,7 @@ from finrec.training.calibration import (
     choice_probabilities,
     expected_calibration_error,
     fit_calibration,
+    log_loss,
     reliability_table,
 )
 
@@ -470,6 +471,43 @@ def test_a_model_without_an_adoption_model_gets_one_cross_fitted(trained, small_
     assert training.calibrate(trained, data).adoption_model is trained.calibration.adoption_model and fitted == []
 
 
+def test_log_loss_by_a_loop_and_scikit_learn():
+    from sklearn.metrics import log_loss as sklearn_log_loss
+
+    rng = np.random.default_rng(3)
+    p, y = rng.uniform(0.01, 0.99, 200), rng.random(200) < 0.3
+    naive = -sum(np.log(pi) if yi else np.log(1 - pi) for pi, yi in zip(p, y)) / len(p)
+    assert log_loss(p, y) == pytest.approx(naive, rel=1e-12)
+    assert log_loss(p, y) == pytest.approx(sklearn_log_loss(y, p), rel=1e-9)
+    assert np.isfinite(log_loss(np.array([0.0, 1.0]), np.array([True, False])))  # clipped, not inf
+
+
+@pytest.mark.slow
+def test_an_adoption_model_that_learns_nothing_is_not_kept(trained, small_dataset):
+    import copy
+
+    from finrec.training.train import CROSS_FIT_MIN, calibrate, cross_fitted_adoption
+
+    # Whether a customer adopts at all is a coin, whatever its columns say.
+    customers = small_dataset.customers
+    keep = np.random.default_rng(5).random(len(customers)) < 0.5
+    kept = small_dataset.interactions[S.CUSTOMER_ID].isin(customers[S.CUSTOMER_ID][keep])
+    data = type(small_dataset)(
+        **{**vars(small_dataset), "interactions": small_dataset.interactions[kept].reset_index(drop=True)}
+    )
+    adopted_any = customers[S.CUSTOMER_ID].isin(data.interactions[S.CUSTOMER_ID]).to_numpy()
+    assert min(adopted_any.sum(), (~adopted_any).sum()) >= CROSS_FIT_MIN
+    held = trained.pipeline.holdings_matrix(customers[S.CUSTOMER_ID].to_numpy(), data.holdings)
+    assert cross_fitted_adoption(data, adopted_any, held, trained.config) is None
+    bare = copy.copy(trained)
+    bare.calibration = None
+    assert not calibrate(bare, data).needs_adoption
+    # Where adopting depends on age, the same customers give a model that is kept.
+    driven = _adopting_by_age(small_dataset)
+    adopted_any = customers[S.CUSTOMER_ID].isin(driven.interactions[S.CUSTOMER_ID]).to_numpy()
+    assert cross_fitted_adoption(driven, adopted_any, held, trained.config) is not None
+
+
 @pytest.mark.slow
 def test_an_adoption_model_that_is_not_the_models_is_refused(trained, tmp_path):
     import hashlib
@@ -653,28 +691,41 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     assert before.needs_adoption and calibration.needs_adoption
     assert calibration.adoption_model.to_dict() == before.adoption_model.to_dict()
     assert not np.array_equal(calibration.adoption_y, before.adoption_y)
-    # A model without an adoption model gets one fitted on these customers, and says so ...
+    # A model without an adoption model gets one fitted on these customers, and says so, where
+    # adopting at all differs from customer to customer (here: by age) ...
+    customers = tables["customers"]
+    keep = np.random.default_rng(4).random(len(customers)) < np.where(customers["age"] > 50, 0.2, 0.9)
+    driven_tables = dict(tables)
+    driven_tables["interactions"] = tables["interactions"][
+        tables["interactions"]["customer_id"].isin(customers["customer_id"][keep])
+    ]
+    driven = write_dataset(driven_tables, S.SYNTHETIC.schema(), tmp_path / "driven")
     bare = load_model_dir(copy).trained
     bare.calibration = None
     save_model_dir(bare, copy, data_path=str(small_data_dir), monitoring=reference)
-    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    assert main(["calibrate", "--model", str(copy), "--data", str(driven)]) == 0
     assert "an adoption model fitted on these customers" in capsys.readouterr().out
     crossed = load_model_dir(copy).trained.calibration
     assert crossed.needs_adoption and crossed.adoption_model.to_dict() != before.adoption_model.to_dict()
     assert crossed.adoption_cross_fitted and not before.adoption_cross_fitted
     assert json.loads((copy / CALIBRATION_FILE).read_text())["adoption"]["cross_fitted"] is True
     # Recalibrated again, it keeps that model and says where it came from.
-    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    assert main(["calibrate", "--model", str(copy), "--data", str(driven)]) == 0
     assert "the model's adoption model, its map refitted" in capsys.readouterr().out
     again = load_model_dir(copy).trained.calibration
     assert again.adoption_cross_fitted and again.adoption_model.to_dict() == crossed.adoption_model.to_dict()
-    # ... unless too few of them adopted nothing: then it keeps none, and says what it lacks.
+    # ... not where it is one chance in ten for everybody (the generator's bank): the trees
+    # predict no better than the rate, so none is kept, and it says so ...
+    save_model_dir(bare, copy, data_path=str(small_data_dir), monitoring=reference)
+    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
+    assert "predicted the other half no better than its adoption rate" in capsys.readouterr().out
+    assert not load_model_dir(copy).trained.calibration.needs_adoption
+    # ... nor where too few of them adopted nothing.
     import finrec.training.train as training
 
-    save_model_dir(bare, copy, data_path=str(small_data_dir), monitoring=reference)
     monkeypatch.setattr(training, "CROSS_FIT_MIN", 800)
-    assert main(["calibrate", "--model", str(copy), "--data", str(fresh)]) == 0
-    assert "too few beside the others to fit an adoption model (at least 800" in capsys.readouterr().out
+    assert main(["calibrate", "--model", str(copy), "--data", str(driven)]) == 0
+    assert "too few to fit an adoption model (at least 800 of each kind" in capsys.readouterr().out
     assert not load_model_dir(copy).trained.calibration.needs_adoption
     assert loaded.manifest["calibration_data"] == str(fresh.resolve())
     assert read_monitoring(copy) == json.loads(json.dumps(reference))  # the reference survives the rewrite

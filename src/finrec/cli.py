@@ -537,11 +537,18 @@ def cmd_calibrate(args) -> int:
 
         ids = dataset.customers[dataset.schema.customers.id].astype(str)
         served = ~customer_profile(dataset.customers, dataset.schema.customers)["objected"]
-        quiet = int((~ids[served].isin(set(dataset.interactions[S.CUSTOMER_ID].astype(str)))).sum())
-        if quiet:
+        adopted = ids[served].isin(set(dataset.interactions[S.CUSTOMER_ID].astype(str)))
+        quiet = int((~adopted).sum())
+        if quiet and min(quiet, int(adopted.sum())) >= CROSS_FIT_MIN:
             print(
-                f"note: {quiet} of these customers adopted nothing, too few beside the others to fit an adoption "
-                f"model (at least {CROSS_FIT_MIN} of each kind), so its probabilities cannot tell who is likelier "
+                f"note: {quiet} of these customers adopted nothing, but adoption models fitted on each half of them "
+                "predicted the other half no better than its adoption rate, so none was kept: the probabilities take "
+                "adopting at all as equally likely for everybody"
+            )
+        elif quiet:
+            print(
+                f"note: {quiet} of these customers adopted nothing: too few to fit an adoption model (at least "
+                f"{CROSS_FIT_MIN} of each kind, adopters and not), so its probabilities cannot tell who is likelier "
                 "to adopt at all"
             )
     return 0

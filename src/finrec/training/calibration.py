@@ -34,8 +34,9 @@ nothing, how likely a customer is to adopt *anything* differs from customer to c
 already holds eight products adopts less often than one who holds two), and ``q``, a share of
 one choice, cannot say it: a softmax is the same whatever constant is added to a customer's
 scores. Such a calibration also holds an adoption model (``LightGBMBaseline`` with
-``objective="adoption"``, fitted on the training customers) and a map ``g`` of its probability,
-and factors the probability::
+``objective="adoption"``, fitted on the training customers; or, for a model that came without
+one, cross-fitted on the calibration customers by ``finrec.training.train.calibrate``) and a map
+``g`` of its probability, and factors the probability::
 
     p_hat(c, p) = g(pi(c)) * f_p(q(c, p)),   g(pi) = sigmoid(c_0 + a_0 logit pi),  a_0 >= 0
 
@@ -591,3 +592,10 @@ def brier_score(predicted: np.ndarray, outcome: np.ndarray) -> float:
     """mean (predicted - outcome)^2 over the pairs."""
     predicted, outcome = np.asarray(predicted, "float64").ravel(), np.asarray(outcome, "float64").ravel()
     return float(np.mean((predicted - outcome) ** 2))
+
+
+def log_loss(predicted: np.ndarray, outcome: np.ndarray) -> float:
+    """-mean(y ln p + (1 - y) ln(1 - p)) over the pairs, p clipped to [1e-12, 1 - 1e-12]."""
+    p = np.clip(np.asarray(predicted, "float64").ravel(), 1e-12, 1 - 1e-12)
+    y = np.asarray(outcome, "float64").ravel()
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
