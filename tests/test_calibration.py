@@ -419,12 +419,13 @@ def test_a_model_without_an_adoption_model_gets_one_cross_fitted(trained, small_
     data = _adopting_by_age(small_dataset)
     bare = copy.copy(trained)
     bare.calibration = None  # as a model trained by streaming comes
-    fitted, predicted = [], []
+    fitted, predicted, models = [], [], []
     real = training.adoption_model_for
 
-    def spy(dataset, config):
-        model = real(dataset, config)
+    def spy(dataset, config, max_rounds=None):
+        model = real(dataset, config, max_rounds=max_rounds)
         fitted.append(set(dataset.customers[S.CUSTOMER_ID].astype(str)))
+        models.append(model)
         own = model.adoption_probability
         index = len(fitted) - 1
 
@@ -447,6 +448,10 @@ def test_a_model_without_an_adoption_model_gets_one_cross_fitted(trained, small_
     assert [index for index, _ in predicted] == [0, 1]
     for index, seen in predicted:
         assert seen == served - fitted[index]
+    # The model that ships has at most the halves' rounds: g was fitted on models of that size.
+    cap = max(1, models[0].best_iteration_, models[1].best_iteration_)
+    assert models[2].max_rounds == cap and models[2].best_iteration_ <= cap
+    assert calibration.adoption_model is models[2]
     # Adopters and the rest are split evenly: both kinds in both halves.
     adopters = set(data.interactions[S.CUSTOMER_ID].astype(str)) & served
     for half in fitted[:2]:

@@ -611,14 +611,21 @@ def fit_teacher(
 
 
 def fit_adoption_model(
-    dataset, seed: int = 0, history_lags: int = 0, exclude_protected: bool = False, use_holdings: bool = True
+    dataset,
+    seed: int = 0,
+    history_lags: int = 0,
+    exclude_protected: bool = False,
+    use_holdings: bool = True,
+    max_rounds: int | None = None,
 ) -> LightGBMBaseline:
     """P(a customer adopts anything in the period): ``objective="adoption"`` with the teacher's
     settings (``TEACHER``) and the same options (the model's protected columns and holdings bind
-    it too), fitted on every customer of ``dataset``, those who adopted nothing included."""
+    it too), fitted on every customer of ``dataset``, those who adopted nothing included;
+    ``max_rounds`` caps its boosting rounds (early stopping may end it sooner)."""
     start = time.perf_counter()
     model = LightGBMBaseline(
         **TEACHER,
+        **({"max_rounds": int(max_rounds)} if max_rounds is not None else {}),
         history_lags=history_lags,
         exclude_protected=exclude_protected,
         use_holdings=use_holdings,
