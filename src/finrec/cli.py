@@ -119,10 +119,18 @@ def _epoch_lines(epochs: int, k: int):
 def cmd_generate(args) -> int:
     from finrec.atomic import check_writable
     from finrec.data import schema as S
-    from finrec.data.io import write_dataset_blocks
+    from finrec.data.io import find_table, write_dataset_blocks
     from finrec.data.synthetic import GeneratorSettings, generate_blocks
 
     check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
+    out = Path(args.out)
+    if (out / S.SCHEMA_FILE).is_file() and find_table(out, S.GROUND_TRUTH, required=False) is None:
+        # A generated bank always has its ground truth; a dataset without one is a bank's own
+        # data, which a synthetic one must never replace.
+        raise FinrecError(
+            f"--out {out} holds a dataset without a ground_truth table (not one `finrec generate` wrote: "
+            "a bank's own data?); nothing was written, choose another directory"
+        )
     if args.story != "default":
         from finrec.data.stories import generate_story
         from finrec.errors import ConfigError
@@ -232,9 +240,11 @@ def cmd_train(args) -> int:
     if args.mlflow_register and args.mlflow is None:
         raise FinrecError("--mlflow-register needs --mlflow (the run whose model directory it registers)")
     if args.mlflow is not None:  # before the (long) training: MLflow present, the store not inside --out
-        from finrec.governance.tracking import check_tracking
+        from finrec.governance.tracking import check_tracking, local_store
 
-        check_tracking(args.mlflow or None, args.out)
+        store = local_store(check_tracking(args.mlflow or None, args.out))
+        if store is not None:  # a local store is an output like the model: never in an input
+            refuse_overlap(store, {"--data": args.data, "--config": args.config}, what="--mlflow")
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(epochs=args.epochs, seed=args.seed)
     dataset = load_dataset(args.data)
@@ -338,16 +348,23 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _check_json_output(path: Path | None, inputs: dict) -> None:
+    """``--json FILE``, checked before any work: neither an input nor inside one (nor another
+    output), and writable. Nothing is written when it fails."""
+    if path is None:
+        return
+    from finrec.atomic import check_writable, refuse_overlap
+
+    refuse_overlap(path, inputs, what="--json")
+    check_writable(path, "file", what="--json")
+
+
 def cmd_evaluate(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset, read_split
     from finrec.evaluate.report import evaluate, format_table
 
-    if args.json:
-        from finrec.atomic import check_writable, refuse_overlap
-
-        refuse_overlap(args.json, {"--data": args.data, "--model": args.model}, what="--json")
-        check_writable(args.json, "file", what="--json")
+    _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     dataset = load_dataset(args.data)
     loaded = _load_model_for(args.model, dataset.schema)
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
@@ -582,6 +599,9 @@ def cmd_plan(args) -> int:
     from finrec.plan import campaign
     from finrec.recommend.recommender import Recommender
 
+    _check_json_output(
+        args.json, {"--data": args.data, "--model": args.model, "--capacity": args.capacity, "--out": args.out}
+    )
     # The plan scores through the numpy tower only: no Keras import when the tower allows (~10 s).
     loaded = _load_model_for(args.model, read_schema(args.data), keras_model=False)
     recommender = Recommender(loaded.trained)
@@ -674,6 +694,7 @@ def cmd_monitor(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.governance.monitor import STATUSES, format_report, monitor_model
 
+    _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     report = monitor_model(args.model, args.data, seed=args.seed)
     print(format_report(report))
     if args.json:
@@ -757,6 +778,7 @@ def cmd_compare(args) -> int:
     dataset = load_dataset(args.data)
     champion = _registry_model(args.champion, args.root, "champion")
     challenger = _registry_model(args.challenger, args.root, "challenger")
+    _check_json_output(args.json, {"--data": args.data, "--champion": champion, "--challenger": challenger})
     models = [load_model_dir(path, expect_schema=dataset.schema.to_dict()).trained for path in (champion, challenger)]
     result = compare_models(
         *models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence, seed=args.seed

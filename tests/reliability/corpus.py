@@ -1141,7 +1141,7 @@ class OutputCase:
     about a config file; ``score_dataset`` gets a recommender, not the model directory)."""
 
     name: str
-    command: str  # generate | split | train | evaluate | score | score-ray
+    command: str  # generate | split | train | train-mlflow | evaluate | score | score-ray | monitor | plan | compare
     out: Callable[[Where], Path]
     fragments: tuple[str, ...]
     input: str | None = None
@@ -1255,10 +1255,64 @@ OUTPUT_CASES: list[OutputCase] = [
         _other_files("schema.yaml"),
         prepare=_split_has_other_files,
     ),
-    # generate has no input, but must not swap away a directory of other files
+    # monitor, plan and compare --json wrote over their inputs (the data's tables, the model's
+    # manifest, the capacity file, the plan itself) and exited 0: found by a tester, 2026-11-30
+    OutputCase(
+        "monitor_json_is_customers_table",
+        "monitor",
+        lambda w: w.data / "customers.csv",
+        _over("lies inside"),
+        "data",
+        api=False,
+    ),
+    OutputCase(
+        "monitor_json_is_model_manifest",
+        "monitor",
+        lambda w: w.model / "manifest.json",
+        _over("lies inside"),
+        "model",
+        api=False,
+    ),  # fmt: skip
+    OutputCase(
+        "plan_json_is_holdings_table",
+        "plan",
+        lambda w: w.data / "holdings.csv",
+        _over("lies inside"),
+        "data",
+        api=False,
+    ),  # fmt: skip
+    OutputCase("plan_json_is_its_plan", "plan", lambda w: w.root / "plan.csv", ("--out", *_over("is")), api=False),
+    OutputCase(
+        "compare_json_is_products_table",
+        "compare",
+        lambda w: w.data / "products.csv",
+        _over("lies inside"),
+        "data",
+        api=False,
+    ),  # fmt: skip
+    # train --mlflow: a local tracking store is written like the model, so never into the data
+    OutputCase(
+        "train_mlflow_inside_data", "train-mlflow", lambda w: w.data / "mlruns", _over("lies inside"), "data", api=False
+    ),  # fmt: skip
+    # generate has no input, but must not swap away a directory of other files, nor a bank's own
+    # data (a dataset without ground truth: generate replaced it, found by a tester)
     OutputCase("generate_out_is_other_files", "generate", lambda w: w.notes, _other_files("schema.yaml")),
     OutputCase("generate_out_is_a_file", "generate", lambda w: w.notes / "a.txt", ("is a file",)),
+    OutputCase(
+        "generate_out_is_a_banks_own_data",
+        "generate",
+        lambda w: w.root / "bank",
+        ("without a ground_truth table", "nothing was written"),
+        api=False,
+        prepare=lambda w: _copy_without_ground_truth(w.data, w.root / "bank"),
+    ),
 ]
+
+
+def _copy_without_ground_truth(data: Path, target: Path) -> None:
+    shutil.copytree(data, target)
+    for path in target.glob("ground_truth.*"):
+        path.unlink()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ SCRIPT = str(Path(__file__).resolve().parents[2] / "Recommendation_Dashboard.py"
 def test_every_entry_point_and_command_is_covered():
     names = [c.name for c in [*OUTPUT_CASES, *DEMO_CASES]]
     assert len(names) == len(set(names))
-    assert {c.command for c in OUTPUT_CASES} == {"generate", "split", "train", "evaluate", "score", "score-ray"}
+    assert {c.command for c in OUTPUT_CASES} == {
+        "generate", "split", "train", "train-mlflow", "evaluate", "score", "score-ray", "monitor", "plan", "compare"
+    }  # fmt: skip
     assert {c.command for c in API_CASES} == {"generate", "split", "train", "score", "score-ray"}
 
 
@@ -52,6 +54,22 @@ def _cli_args(case, where: Where, out) -> list[str]:
             "split": ["split", "--data", w.data, "--out", out],
             "train": ["train", "--data", w.data, "--out", out, "--config", w.config, "--epochs", 1],
             "evaluate": ["evaluate", "--model", w.model, "--data", w.data, "--json", out],
+            "monitor": ["monitor", "--model", w.model, "--data", w.data, "--json", out],
+            "plan": ["plan", "--model", w.model, "--data", w.data, "--out", w.root / "plan.csv", "--json", out],
+            "compare": ["compare", "--champion", w.model, "--challenger", w.model, "--data", w.data, "--json", out],
+            "train-mlflow": [
+                "train",
+                "--data",
+                w.data,
+                "--out",
+                w.root / "m",
+                "--config",
+                w.config,
+                "--epochs",
+                1,
+                "--mlflow",
+                out,
+            ],  # fmt: skip
             "score": ["score", "--model", w.model, "--data", w.data, "--out", out],
             "score-ray": ["score", "--model", w.model, "--data", w.data, "--out", out, "--engine", "ray"],
         }[case.command]
