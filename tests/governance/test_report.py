@@ -200,3 +200,25 @@ def test_the_calibration_section_says_where_the_adoption_model_was_fitted(traine
     crossed = text(True)
     assert "fitted by `finrec calibrate` on calibration customers" in crossed
     assert "models that had not seen them" in crossed and "training customers" not in crossed
+
+
+def test_segments_of_customers_without_an_age_or_income_are_a_group_of_their_own(trained, small_dataset):
+    from types import SimpleNamespace
+
+    from finrec.governance.report import segment_groups, segments
+
+    customers = small_dataset.customers.head(200).copy()
+    customers.loc[customers.index[:7], "age"] = np.nan  # the report crashed sorting NaN beside text
+    customers.loc[customers.index[3:12], "income"] = np.nan
+    customers["risk_tolerance"] = customers["risk_tolerance"].astype("float64")
+    customers.loc[customers.index[0], "risk_tolerance"] = np.nan
+    ctx = SimpleNamespace(trained=trained, dataset=small_dataset)
+    found = segments(ctx, customers)
+    for name, missing in (("age band", 7), ("income band", 9), ("risk tolerance", 1)):
+        labels = found[name]
+        assert (labels == "missing").sum() == missing, name
+        groups = segment_groups(labels)
+        assert groups[-1] == "missing" and all(isinstance(g, str) for g in groups)
+    # The quartiles are those of the incomes given: 191 customers in four groups of 47-48.
+    counts = found["income band"].value_counts()
+    assert sorted(counts.drop("missing")) == [47, 48, 48, 48]

@@ -30,6 +30,7 @@ import pandas as pd
 
 from finrec.data import compliance as C
 from finrec.data import schema as S
+from finrec.evaluate.fairness import MISSING
 from finrec.governance import svg
 from finrec.governance.compare import paired_bootstrap, per_customer_metrics
 from finrec.governance.monitor import ALERT_PSI, WARN_PSI
@@ -406,24 +407,38 @@ def segments(ctx: Context, customers: pd.DataFrame) -> dict[str, pd.Series]:
     """Segment labels of ``customers``: age band, income quartile, risk tolerance, cold (no holdings)."""
     out: dict[str, pd.Series] = {}
     if S.AGE in customers:
-        out["age band"] = pd.cut(
-            pd.to_numeric(customers[S.AGE], errors="coerce"),
-            [0, 30, 45, 60, np.inf],
-            right=False,
-            labels=["<30", "30-44", "45-59", "60+"],
-        ).astype(str)
+        out["age band"] = _with_missing(
+            pd.cut(
+                pd.to_numeric(customers[S.AGE], errors="coerce"),
+                [0, 30, 45, 60, np.inf],
+                right=False,
+                labels=["<30", "30-44", "45-59", "60+"],
+            )
+        )
     if S.INCOME in customers:
         income = pd.to_numeric(customers[S.INCOME], errors="coerce")
-        out["income band"] = pd.qcut(
-            income.rank(method="first"), 4, labels=["Q1 (lowest)", "Q2", "Q3", "Q4 (highest)"]
-        ).astype(str)
+        # Quartiles of the incomes given; a missing one is its own group (rank keeps it NaN).
+        out["income band"] = _with_missing(
+            pd.qcut(income.rank(method="first"), 4, labels=["Q1 (lowest)", "Q2", "Q3", "Q4 (highest)"])
+        )
     risk = ctx.trained.pipeline.full_schema.customers.risk
     if risk and risk in customers:
-        out["risk tolerance"] = customers[risk].astype("Int64").astype(str)
+        out["risk tolerance"] = _with_missing(pd.to_numeric(customers[risk], errors="coerce").astype("Int64"))
     cid = ctx.dataset.schema.customers.id
     holders = set(ctx.dataset.holdings[S.CUSTOMER_ID].astype(str))
     out["cold (no holdings)"] = customers[cid].astype(str).isin(holders).map({True: "holds products", False: "cold"})
     return out
+
+
+def _with_missing(values: pd.Series) -> pd.Series:
+    """Text labels of ``values``, ``missing`` where a value is: a customer without an age or an
+    income is a group of its own, not a crash in sorting the groups (found by a tester)."""
+    return values.astype(object).map(lambda v: MISSING if pd.isna(v) else str(v))
+
+
+def segment_groups(labels: pd.Series) -> list[str]:
+    """The groups of a segment's ``labels`` in order, ``missing`` last."""
+    return sorted(labels.unique(), key=lambda g: (g == MISSING, g))
 
 
 def segment_section(ctx: Context) -> Section:
@@ -435,7 +450,7 @@ def segment_section(ctx: Context) -> Section:
     customers = ctx.eval_customers.iloc[rows_kept].reset_index(drop=True)
     rows = []
     for name, labels in segments(ctx, customers).items():
-        for group in sorted(labels.unique()):
+        for group in segment_groups(labels):
             members = (labels == group).to_numpy()
             interval = _mean_interval(per_customer[f"ndcg@{k}"][members], ctx.seed)
             rows.append(
