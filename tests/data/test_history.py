@@ -321,3 +321,32 @@ def test_time_split_without_history(tmp_path):
     assert _pairs(parts.train.holdings) == {("1", "p1"), ("2", "p1")}
     # the test side's state at the cutoff includes what was adopted before it
     assert _pairs(parts.test.holdings) == {("1", "p1"), ("2", "p1"), ("1", "p2"), ("2", "p2")}
+
+
+def test_day_first_dates_are_read_day_first_and_offsets_become_utc():
+    from finrec.data.validate import parse_dates
+
+    # 11/12/2026 beside 30/06/2026 is 11 December, not 12 November.
+    got = parse_dates(pd.Series(["30/06/2026", "11/12/2026", None, "01.02.2026"]), "timestamp", "t", allow_missing=True)
+    expected = pd.to_datetime(["2026-06-30", "2026-12-11", None, "2026-02-01"])
+    assert got.tolist()[:2] == expected.tolist()[:2] and pd.isna(got[2]) and got[3] == expected[3]
+    # Month first where a second field above 12 says so; ISO dates are never read another way.
+    assert parse_dates(pd.Series(["06/30/2026", "12/11/2026"]), "t", "t").tolist() == list(
+        pd.to_datetime(["2026-06-30", "2026-12-11"])
+    )
+    assert parse_dates(pd.Series(["2026-01-02", "2026-02-01"]), "t", "t").tolist() == list(
+        pd.to_datetime(["2026-01-02", "2026-02-01"])
+    )
+    # Two offsets in one column (summer and winter time): both in UTC, naive.
+    got = parse_dates(pd.Series(["2026-06-30T10:00:00+02:00", "2026-12-11T10:00:00+01:00"]), "t", "t")
+    assert got.tolist() == list(pd.to_datetime(["2026-06-30 08:00", "2026-12-11 09:00"]))
+
+
+@pytest.mark.parametrize("text", ["12/01/2025", "01.12.2025", "Dec 1 2025", "20251201", "2025-13-01"])
+def test_a_cutoff_is_iso_or_refused(text):
+    from finrec.data.split import parse_cutoff
+    from finrec.errors import DataError
+
+    with pytest.raises(DataError, match="YYYY-MM-DD"):
+        parse_cutoff(text)
+    assert parse_cutoff("2025-12-01") == parse_cutoff("2025-12-01T15:30:00") == pd.Timestamp("2025-12-01")

@@ -190,6 +190,22 @@ def rename_ids(*values: str) -> Callable[[Path], None]:
     return damage
 
 
+def _dates_as(fmt: str, then=None):
+    """The interactions' timestamps written as ``fmt`` (e.g. day first), then ``then`` applied."""
+
+    def change(df):
+        text = pd.to_datetime(df["timestamp"], format="mixed").dt.strftime(fmt)
+        df["timestamp"] = then(text) if then else text
+
+    return change
+
+
+def _two_offsets(df):
+    # ISO 8601 in Madrid time: +02:00 in summer, +01:00 in winter.
+    stamps = pd.to_datetime(df["timestamp"], format="mixed")
+    df["timestamp"] = [t.strftime("%Y-%m-%dT10:00:00") + ("+02:00" if 4 <= t.month <= 9 else "+01:00") for t in stamps]
+
+
 def _extra_columns(df):
     df["notes"] = "free text, ignored"
     df["score_2031"] = "1.5"
@@ -230,6 +246,20 @@ DATA_CASES: list[Case] = [
     # dates
     Case("unparseable_date", set_cell(I, "timestamp", "31/31/2026"), ("'timestamp'", "not dates", "'31/31/2026'")),
     Case("date_is_text", set_cell(I, "timestamp", "yesterday"), ("'timestamp'", "'yesterday'")),
+    # A parser left to guess read 30/06/2026 as 30 June and 11/12/2026 as 12 November in one
+    # column, and two UTC offsets (summer and winter time) crashed every command (a tester).
+    Case("dates_day_first", edit(I, _dates_as("%d/%m/%Y"))),
+    Case("dates_with_two_utc_offsets", edit(I, _two_offsets)),
+    Case(
+        "dates_day_first_beside_month_first",
+        edit(I, _dates_as("%d/%m/%Y", then=lambda t: t.where(t.index != 0, "06/30/2026"))),
+        ("'timestamp'", "mixes day-first and month-first", "'06/30/2026'", "YYYY-MM-DD"),
+    ),
+    Case(
+        "dates_whose_day_and_month_cannot_be_told",
+        edit(I, _dates_as("%d/%m/%Y", then=lambda t: t.str.replace(r"^\d\d/", "05/", regex=True))),
+        ("'timestamp'", "cannot be told apart", "YYYY-MM-DD"),
+    ),
     # ids
     Case("duplicate_customer_id", edit(C, _duplicate_first_id), ("'customer_id'", "must be unique"), upload=True),
     Case("duplicate_product_id", set_cell(P, "product_id", "CUR_BASIC", row=1), ("'product_id'", "must be unique")),

@@ -3,6 +3,7 @@ out of time (``split_by_time``), so that it scores the months after those the mo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -55,9 +56,10 @@ def _day(value) -> str:
 
 
 def parse_cutoff(text) -> pd.Timestamp:
-    """A cutoff date (``2025-12-31``); a time of day is dropped: the cutoff is a whole day."""
+    """A cutoff date (``2025-12-31``, ISO 8601); a time of day is dropped: the cutoff is a whole
+    day. Only ISO: ``12/01/2025`` was read as 1 December where a reader of it may mean 12 January."""
     try:
-        value = pd.Timestamp(text)
+        value = pd.Timestamp(text) if re.match(r"^\d{4}-\d{2}-\d{2}(?:[T ]|$)", str(text)) else pd.NaT
     except (ValueError, TypeError):
         value = pd.NaT
     if pd.isna(value):

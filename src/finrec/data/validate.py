@@ -3,6 +3,7 @@ wrong and a few of them, so that a user can find and fix them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -203,18 +204,12 @@ def check_references(link: pd.DataFrame, column: str, known: pd.Index, where: st
 
 
 def check_timestamps(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``df`` with its ``timestamp`` column parsed as the history's dates are (``parse_dates``:
+    offsets to UTC, day-first and month-first never mixed); a missing timestamp stays missing."""
     if S.TIMESTAMP not in df.columns:
         return df
-    parsed = pd.to_datetime(df[S.TIMESTAMP], errors="coerce", format="mixed")
-    bad = parsed.isna() & df[S.TIMESTAMP].notna()
-    if bad.any():
-        rows = np.flatnonzero(bad.to_numpy())
-        raise DataError(
-            f"{where}: column '{S.TIMESTAMP}' has {len(rows)} value(s) that are not dates, "
-            f"e.g. row {rows[0] + 1}: {safe_text(df[S.TIMESTAMP].iloc[rows[0]], quote=True)}"
-        )
     out = df.copy()
-    out[S.TIMESTAMP] = parsed
+    out[S.TIMESTAMP] = parse_dates(df[S.TIMESTAMP], S.TIMESTAMP, where, allow_missing=True)
     return out
 
 
@@ -234,10 +229,44 @@ def check_probabilities(df: pd.DataFrame, where: str) -> pd.DataFrame:
 # Dates and the holdings history
 
 
+# A date written with its day and month first, in either order (30/06/2026, 06.30.2026, 1-2-26);
+# ISO dates (2026-06-30) start with the year and never match.
+_DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}(?!\d)")
+
+
+def _day_first(text: pd.Series, column: str, where: str) -> bool:
+    """Whether the column's day-month dates (``_DAY_MONTH``) put the day first. A parser left to
+    guess reads each value on its own: in one column 30/06/2026 came out as 30 June and
+    11/12/2026 as 12 November (found by a tester). So a column must show its order (some day
+    above 12) and keep it; else it is refused, asking for YYYY-MM-DD."""
+    found = text.astype(str).str.extract(_DAY_MONTH).dropna()
+    if found.empty:
+        return False
+    first, second = found[0].astype(int), found[1].astype(int)
+    # Both above 12 is no date at all: the parser refuses it, naming the row.
+    day_first, month_first = (first > 12) & (second <= 12), (second > 12) & (first <= 12)
+    if ((first > 12) & (second > 12)).all():
+        return False
+    if day_first.any() and month_first.any():
+        a, b = text[found.index[day_first.to_numpy()][0]], text[found.index[month_first.to_numpy()][0]]
+        raise DataError(
+            f"{where}: column {_name(column)} mixes day-first and month-first dates "
+            f"({safe_text(a, quote=True)} and {safe_text(b, quote=True)}); write dates as YYYY-MM-DD"
+        )
+    if not day_first.any() and not month_first.any():
+        example = text[found.index[0]]
+        raise DataError(
+            f"{where}: column {_name(column)} has dates whose day and month cannot be told apart, "
+            f"e.g. {safe_text(example, quote=True)} (no day above 12 shows the order); write dates as YYYY-MM-DD"
+        )
+    return bool(day_first.any())
+
+
 def parse_dates(values: pd.Series, column: str, where: str, allow_missing: bool = False) -> pd.Series:
     """``values`` as naive ``datetime64[ns]`` (an offset is converted to UTC first). Each distinct
     text is parsed once (a history repeats a few month-ends over millions of rows). A value that
-    is not a date is refused, naming the row; so is a missing one unless ``allow_missing``."""
+    is not a date is refused, naming the row; so is a missing one unless ``allow_missing``, and so
+    are day-month dates whose order is mixed or cannot be told (``_day_first``)."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert(None).astype("datetime64[ns]")
     if pd.api.types.is_datetime64_any_dtype(values):
@@ -245,8 +274,9 @@ def parse_dates(values: pd.Series, column: str, where: str, allow_missing: bool 
     else:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
         text = pd.Series(uniques, dtype=object)
+        dayfirst = _day_first(text, column, where)
         try:
-            unique_dates = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+            unique_dates = pd.to_datetime(text, errors="coerce", format="mixed", utc=True, dayfirst=dayfirst)
         except (ValueError, TypeError, OverflowError):  # pragma: no cover - coerce keeps these rare
             unique_dates = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
         bad_unique = unique_dates.isna().to_numpy()
