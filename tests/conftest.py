@@ -62,6 +62,27 @@ def model_dir(tmp_path_factory, trained):
     return save_model_dir(trained, tmp_path_factory.mktemp("models") / "model")
 
 
+@pytest.fixture(scope="session")
+def coded_education(small_dataset):
+    """The small bank with ``education`` as integer codes 1..k, every 17th customer's missing: its
+    ``dataset`` holds them as ``read_csv`` types such a column (float, NaN), and the customers
+    whose code is known come as that float, as int (a file or chunk without a gap) and as text
+    (a Parquet string column): ``as_float``, ``as_int``, ``as_text``."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    customers = small_dataset.customers
+    codes = (customers["education"].astype("category").cat.codes + 1).astype("float64")
+    codes.iloc[::17] = float("nan")
+    known = customers[codes.notna()].assign(education=codes[codes.notna()]).reset_index(drop=True)
+    return SimpleNamespace(
+        dataset=dataclasses.replace(small_dataset, customers=customers.assign(education=codes)),
+        as_float=known,
+        as_int=known.astype({"education": "int64"}),
+        as_text=known.astype({"education": "int64"}).astype({"education": str}),
+    )
+
+
 @pytest.fixture
 def chromium():
     """A headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright), closed after

@@ -288,3 +288,18 @@ def test_upload_too_big_or_empty(small_dataset):
         X.read_customer_upload(b"x" * (X.MAX_UPLOAD_BYTES + 1), small_dataset.schema, "big.csv")
     with pytest.raises(DataError, match="empty"):
         X.read_customer_upload(b"", small_dataset.schema, "empty.csv")
+
+
+def test_integer_categories_encode_alike_as_float_int_or_text(coded_education):
+    # SHAP's features are the pipeline's codes: 4, 4.0 and "4" are one value there too.
+    from types import SimpleNamespace
+
+    from finrec.features import FeaturePipeline
+
+    pipeline = FeaturePipeline(coded_education.dataset.schema).fit(coded_education.dataset)
+    stub = SimpleNamespace(pipeline=pipeline, known_customers=coded_education.as_float)
+    explainer = X.CustomerExplainer(stub, max_background=10)
+    expected = explainer.encode(coded_education.as_float)
+    assert (expected[:, explainer.feature_names.index("education")] > 0).all()
+    for frame in (coded_education.as_int, coded_education.as_text):
+        np.testing.assert_array_equal(explainer.encode(frame), expected)

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -159,3 +160,39 @@ def test_split_bins_make_a_step_of_the_encoding_at_a_raw_threshold(small_dataset
     assert np.isclose(step.max(), 1.0, atol=1e-3) and np.sort(step)[-2] < 0.05
     with pytest.raises(ValueError, match="no numeric bins"):
         FeaturePipeline(small_dataset.schema, numeric_bins=0).fit(small_dataset).add_split_bins({"income": [1.0]})
+
+
+@pytest.fixture(scope="module")
+def coded_pipeline(coded_education):
+    return FeaturePipeline(coded_education.dataset.schema).fit(coded_education.dataset)
+
+
+def test_integer_codes_read_as_float_int_or_text_are_the_same_inputs(coded_pipeline, coded_education):
+    # A CSV column of codes with a gap is float (4.0), the same rows in a chunk without one are
+    # int (4): both, and the text "4", must find the vocabulary the float column fitted.
+    assert coded_pipeline.customer_vocab_["education"] == ["1", "2", "3", "4"]
+    expected = coded_pipeline.transform_customers(coded_education.as_float)
+    for frame in (coded_education.as_int, coded_education.as_text):
+        got = coded_pipeline.transform_customers(frame)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    cat = f"customer_cat_{list(coded_pipeline.customer_vocab_).index('education')}"
+    assert (expected[cat] > 0).all()
+    record = coded_education.as_int.iloc[0].to_dict()
+    for value in (int(record["education"]), float(record["education"]), str(record["education"])):
+        got = coded_pipeline.transform_record({**record, "education": value})[cat]
+        assert got[0] == expected[cat][0], f"education {value!r}"
+
+
+def test_a_pipeline_saved_with_float_text_categories_still_finds_them(coded_pipeline, coded_education):
+    # Saved before the category rule, the vocabulary of a float column said "4.0"; each entry
+    # keeps its position (the code the model learned) and 4, 4.0 and "4" find it.
+    raw = json.loads(json.dumps(coded_pipeline.to_dict()))  # as pipeline.json holds it
+    raw["customer_vocab"]["education"] = [f"{float(v)}" for v in coded_pipeline.customer_vocab_["education"]]
+    old = FeaturePipeline.from_dict(raw)
+    assert old.customer_vocab_["education"] == coded_pipeline.customer_vocab_["education"]
+    expected = coded_pipeline.transform_customers(coded_education.as_float)
+    for frame in (coded_education.as_float, coded_education.as_int, coded_education.as_text):
+        got = old.transform_customers(frame)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)

@@ -419,3 +419,23 @@ def test_an_adoption_model_with_too_few_who_adopted_nothing_is_the_base_rate(sma
     pi = model.adoption_probability(data.customers, data.holdings)
     np.testing.assert_allclose(pi, (len(ids) - 1) / len(ids))
     assert model.record_adoption_probability({}, np.zeros((1, model.pipeline_.n_products), bool))[0] == pi[0]
+
+
+def test_trees_code_integer_categories_alike_as_float_int_or_text(coded_education):
+    # The trees look categories up in the pipeline's vocabulary too: a chunk read as int (4), or
+    # as text, must give the rows the float column (4.0, beside a gap) gives.
+    from finrec.training.trees import LightGBMBaseline
+
+    model = LightGBMBaseline(max_rounds=2, num_threads=1).fit(coded_education.dataset)
+    holdings = coded_education.dataset.holdings
+    expected = model.matrix(coded_education.as_float, holdings)
+    for frame in (coded_education.as_int, coded_education.as_text):
+        np.testing.assert_array_equal(model.matrix(frame, holdings), expected)
+    j = list(model.features(coded_education.as_float.iloc[:1]).columns).index("cat_education")
+    assert not np.isnan(expected[:, j]).any()
+    record = coded_education.as_int.iloc[0].to_dict()
+    held = model.pipeline_.holdings_matrix([record["customer_id"]], holdings)
+    row = model.matrix(coded_education.as_float.iloc[:1], holdings)
+    for value in (int(record["education"]), float(record["education"]), str(record["education"])):
+        got = model.record_matrix({**record, "education": value}, held)
+        assert got[0, j] == row[0, j], f"education {value!r}"

@@ -33,6 +33,7 @@ import pandas as pd
 
 from finrec.data import compliance as C
 from finrec.data import schema as S
+from finrec.data.categories import as_category_text
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.data.validate import check_limits, plausible_limits
 from finrec.errors import DataError, FinrecError
@@ -108,7 +109,7 @@ class CustomerExplainer:
         offset = len(self.numeric)
         for j, col in enumerate(self.categorical):
             if col in customers:
-                text = customers[col].map(lambda v: None if pd.isna(v) else str(v))
+                text = as_category_text(customers[col])
                 X[:, offset + j] = pd.Categorical(text, categories=self.vocab[col]).codes.astype("float64") + 1
             else:
                 X[:, offset + j] = 0.0

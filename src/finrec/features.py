@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from finrec.config import DEFAULT_NUMERIC_BINS
 from finrec.data import schema as S
+from finrec.data.categories import as_category_text, category_text, vocabulary_text
 from finrec.data.ids import as_arrow_text, positions_in
 from finrec.data.io import Dataset
 from finrec.errors import ArtifactError, DataError
@@ -133,7 +135,8 @@ def with_split_edges(edges: list[float], thresholds, max_bins: int = 256) -> lis
 
 
 def fit_vocabulary(values: pd.Series) -> list[str]:
-    return sorted({str(v) for v in values.dropna()})
+    """The sorted distinct category texts of ``values`` (``finrec.data.categories``)."""
+    return sorted(pc.unique(as_arrow_text(as_category_text(values)).drop_null()).to_pylist())
 
 
 def _codes(values: pd.Series, vocabulary: list[str] | pa.Array) -> np.ndarray:
@@ -142,9 +145,10 @@ def _codes(values: pd.Series, vocabulary: list[str] | pa.Array) -> np.ndarray:
         vocabulary = pa.array(vocabulary, type=pa.string())
     if isinstance(values.dtype, pd.CategoricalDtype):
         # Look up the few distinct categories, not every row (a Parquet dictionary column).
-        slots = np.append(positions_in(values.cat.categories.astype(str), vocabulary) + 1, 0).astype("int32")
+        categories = as_category_text(pd.Series(values.cat.categories, dtype=values.cat.categories.dtype))
+        slots = np.append(positions_in(categories, vocabulary) + 1, 0).astype("int32")
         return slots[values.cat.codes.to_numpy()]  # code -1 (missing) picks the trailing 0
-    return (positions_in(values, vocabulary) + 1).astype("int32")
+    return (positions_in(as_category_text(values), vocabulary) + 1).astype("int32")
 
 
 class FeaturePipeline:
@@ -314,11 +318,8 @@ class FeaturePipeline:
                 col: {v: i + 1 for i, v in enumerate(vocab)} for col, vocab in self.customer_vocab_.items()
             }
         for i, col in enumerate(self.customer_vocab_):
-            value = record.get(col)
-            missing = value is None or (isinstance(value, float) and np.isnan(value))
-            out[f"customer_cat_{i}"] = np.array(
-                [0 if missing else self._code_of[col].get(str(value), 0)], dtype="int32"
-            )
+            text = category_text(record.get(col))
+            out[f"customer_cat_{i}"] = np.array([0 if text is None else self._code_of[col].get(text, 0)], dtype="int32")
         if self.use_holdings:
             holdings = np.zeros((1, self.n_products), dtype="float32")
             holdings[0, np.asarray(held_positions, dtype=int)] = 1.0
@@ -404,10 +405,10 @@ class FeaturePipeline:
             schema = S.DatasetSchema.from_dict(raw["schema"], source="pipeline.json: schema")
             pipeline = cls(schema, raw["use_holdings"], raw["exclude_protected"])
             pipeline.customer_numeric_ = [NumericStats(**s) for s in raw["customer_numeric"]]
-            pipeline.customer_vocab_ = {k: list(v) for k, v in raw["customer_vocab"].items()}
+            pipeline.customer_vocab_ = {k: vocabulary_text(list(v)) for k, v in raw["customer_vocab"].items()}
             pipeline.product_ids_ = list(raw["product_ids"])
             pipeline.product_numeric_ = [NumericStats(**s) for s in raw["product_numeric"]]
-            pipeline.product_vocab_ = {k: list(v) for k, v in raw["product_vocab"].items()}
+            pipeline.product_vocab_ = {k: vocabulary_text(list(v)) for k, v in raw["product_vocab"].items()}
             pipeline.product_popularity_ = [int(v) for v in raw["product_popularity"]]
             if raw.get("history") is not None:  # absent in pipelines saved before history existed
                 pipeline.history_ = HistoryFeatures.from_dict(raw["history"])

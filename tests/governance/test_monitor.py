@@ -81,6 +81,32 @@ def test_categories_unseen_and_missing():
     assert result["status"] == "alert"
 
 
+def test_integer_categories_are_the_same_as_float_int_or_text(coded_education):
+    # The reference of a float column with gaps (4.0) sees the same rows read as int or text as
+    # no drift at all, not as every value unseen.
+    reference = M.categorical_reference(coded_education.dataset.customers["education"])
+    assert "4" in reference["categories"]
+    expected = M.compare(reference, coded_education.as_float["education"])
+    for frame in (coded_education.as_int, coded_education.as_text):
+        result = M.compare(reference, frame["education"])
+        assert result["unseen_share"] == 0 and result == expected
+
+
+def test_a_reference_saved_with_float_text_categories_still_finds_them(
+    monitored_model_dir, trained, small_dataset, coded_education
+):
+    from finrec.artifacts import read_monitoring
+    from finrec.recommend.recommender import Recommender
+
+    reference = read_monitoring(monitored_model_dir)
+    entry = M.categorical_reference(coded_education.dataset.customers["education"])
+    saved = {**entry, "categories": [f"{float(c)}" for c in entry["categories"]]}  # before the rule
+    customers = coded_education.as_int.iloc[:200]
+    report = M.monitor({**reference, "features": {"education": saved}}, Recommender(trained, small_dataset), customers)
+    assert report["features"]["education"] == M.compare(entry, customers["education"])
+    assert report["features"]["education"]["unseen_share"] == 0
+
+
 def test_many_categories_fold_into_other():
     values = pd.Series([f"id{i}" for i in range(50)])
     reference = M.categorical_reference(values, max_categories=10)

@@ -206,6 +206,12 @@ def _two_offsets(df):
     df["timestamp"] = [t.strftime("%Y-%m-%dT10:00:00") + ("+02:00" if 4 <= t.month <= 9 else "+01:00") for t in stamps]
 
 
+def _integer_codes_with_gaps(df):
+    # how a SQL export writes a nullable integer column: 1..4, an empty cell where missing
+    codes = (df["education"].astype("category").cat.codes + 1).astype(str)
+    df["education"] = codes.where(df.index % 17 != 0, "")
+
+
 def _extra_columns(df):
     df["notes"] = "free text, ignored"
     df["score_2031"] = "1.5"
@@ -230,6 +236,7 @@ DATA_CASES: list[Case] = [
     Case("yes_in_numeric", set_cell(C, "age", "yes"), ("'age' must be numeric",), upload=True),
     Case("missing_numeric_is_imputed", set_cell(C, "income", ""), upload=True),
     Case("literal_nan_is_missing", set_cell(C, "income", "NaN"), upload=True),
+    Case("integer_categories_with_gaps", edit(C, _integer_codes_with_gaps), upload=True),
     Case("infinity", set_cell(C, "income", "inf"), ("'income'", "infinite"), upload=True),
     Case("minus_infinity", set_cell(C, "debt", "-Infinity"), ("'debt'", "infinite"), upload=True),
     Case("overflowing_number", set_cell(C, "savings", "1e309"), ("'savings'", "infinite"), upload=True),

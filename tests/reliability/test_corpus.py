@@ -4,6 +4,7 @@ naming the problem, exit status 2, or a 4xx; never a traceback, an internal erro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -90,6 +91,37 @@ def test_unicode_and_control_characters_survive_loading(damaged):
 def test_formula_ids_load_as_text(damaged):
     dataset = load_dataset(damaged(next(c for c in DATA_CASES if c.name == "formula_ids_load")))
     assert set(corpus.FORMULA_IDS) <= set(dataset.customer_ids)
+
+
+def test_integer_categories_with_gaps_score_alike_in_any_chunk(damaged, fast_config, tmp_path, capsys):
+    # Found by a tester: read whole, the column of codes is float (4.0, beside the empty cells);
+    # a chunk without an empty cell is int (4). Every value of such a chunk was out of
+    # vocabulary, so a customer's top products depended on the chunk size.
+    from finrec.artifacts import save_model_dir
+    from finrec.recommend.recommender import Recommender
+    from finrec.training.train import fit
+
+    directory = damaged(next(c for c in DATA_CASES if c.name == "integer_categories_with_gaps"))
+    dataset = load_dataset(directory)
+    one_epoch = dataclasses.replace(fast_config, training=dataclasses.replace(fast_config.training, epochs=1))
+    trained = fit(dataset, one_epoch, verbose=0)
+    assert trained.pipeline.customer_vocab_["education"] == ["1", "2", "3", "4"]
+    model = save_model_dir(trained, tmp_path / "model")
+    tops = []
+    for chunk in ([], ["--chunk-rows", 10]):
+        out = tmp_path / f"top{len(tops)}.csv"
+        code, _, err = run_cli(capsys, "score", "--model", model, "--data", directory, "--out", out, "--k", 5, *chunk)
+        assert code == 0, err
+        tops.append(pd.read_csv(out, dtype={S.CUSTOMER_ID: str}))
+    pd.testing.assert_frame_equal(tops[0], tops[1])
+    # a request may send the code as a number, a whole float or text
+    features = dataset.customers.drop(columns=[S.CUSTOMER_ID]).iloc[1].to_dict()
+    rec = Recommender(trained, dataset)
+    every = {"suitability": False, "exclude_held": False, "eligibility": False}
+    scores = [rec.audit({**features, "education": value}, every)["score"].to_numpy() for value in (4, 4.0, "4")]
+    assert (scores[0] == scores[1]).all() and (scores[0] == scores[2]).all()
+    unseen = rec.audit({**features, "education": "unknown"}, every)["score"].to_numpy()
+    assert not (scores[0] == unseen).all()
 
 
 @pytest.mark.parametrize("keras_model", [True, False], ids=["keras", "numpy"])

@@ -214,3 +214,15 @@ def test_cli_evaluate_fairness(model_dir, small_data_dir, tmp_path, capsys):
     body = json.loads(out.read_text())
     assert set(body["fairness"]["columns"]) == {"gender", "age"}
     assert "results" in body
+
+
+def test_fairness_groups_of_integer_codes_are_one_whatever_the_reading(coded_education):
+    # A protected column of codes is one group per code, read as float beside a gap, as int or as text.
+    from finrec.evaluate.fairness import MISSING, group_labels
+
+    table = coded_education.dataset.schema.customers
+    with_gap = group_labels(coded_education.dataset.customers["education"], "education", table)
+    assert set(with_gap) == {"1", "2", "3", "4", MISSING}
+    expected = group_labels(coded_education.as_float["education"], "education", table).tolist()
+    for frame in (coded_education.as_int, coded_education.as_text):
+        assert group_labels(frame["education"], "education", table).tolist() == expected

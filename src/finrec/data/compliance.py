@@ -38,6 +38,7 @@ import pandas as pd
 
 from finrec.data import schema as S
 from finrec.data import validate as V
+from finrec.data.categories import category_text
 from finrec.errors import DataError
 
 LIST_SEPARATOR = "|"
@@ -367,9 +368,8 @@ def product_payments(products: pd.DataFrame, table: S.TableSchema) -> np.ndarray
 
 
 def _labels(values) -> np.ndarray:
-    return np.array(
-        [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object
-    )
+    # the category rule: a label column of codes read as float (4.0) still says "4"
+    return np.array([category_text(v) for v in values], dtype=object)
 
 
 def _column_labels(column: pd.Series) -> np.ndarray:
@@ -414,7 +414,7 @@ def record_profile(record: dict, table: S.TableSchema) -> dict[str, np.ndarray]:
         out[role] = np.array([np.nan if value is None else float(value)])
     for role in LABEL_PROFILE:
         value = record.get(named[role]) if role in named else None
-        out[role] = np.array([None if value is None else str(value)], dtype=object)
+        out[role] = np.array([category_text(value)], dtype=object)
     consent = record.get(table.consent) if table.consent else None
     out["objected"] = np.array([consent is not None and str(consent).strip().lower() in _OBJECTED])
     return out

@@ -23,6 +23,7 @@ from finrec.atomic import atomic_directory, atomic_path, check_writable, refuse_
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
+from finrec.data.categories import as_category_text
 from finrec.data.ids import ids_as_text
 from finrec.errors import DataError, SchemaError, first_line, safe_items, safe_text
 from finrec.safeyaml import load_yaml
@@ -239,17 +240,6 @@ def read_csv_bytes(data: bytes, id_columns: tuple[str, ...], where: str) -> pd.D
         if column in df.columns:
             df[column] = ids_as_text(df[column])
     return df
-
-
-def as_category_text(values: pd.Series) -> pd.Series:
-    """Category values as text (missing stays missing)."""
-    if pd.api.types.is_string_dtype(values) and values.dtype != object:
-        return values
-    if isinstance(values.dtype, pd.CategoricalDtype) and pd.api.types.is_string_dtype(values.cat.categories):
-        return values  # text categories (a Parquet dictionary column): already text, and cheap
-    missing = values.isna()
-    text = values.astype(str).astype(object)
-    return text.where(~missing, None) if missing.any() else text
 
 
 def read_schema(directory: Path) -> S.DatasetSchema:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
+from finrec.data.categories import as_category_text
 from finrec.data.compliance import without_objections
 from finrec.data.io import Dataset
 from finrec.evaluate.metrics import summarize
@@ -64,7 +65,8 @@ def group_labels(values: pd.Series, column: str, table: S.TableSchema) -> pd.Ser
         bands = pd.qcut(x, 4, duplicates="drop")
         labels = bands.astype(object).map(lambda b: MISSING if pd.isna(b) else f"{b.left:g}-{b.right:g}")
     else:
-        labels = values.astype(object).map(lambda v: MISSING if pd.isna(v) else str(v))
+        labels = as_category_text(values).astype(object)
+        labels = labels.where(labels.notna(), MISSING)
     return labels.reset_index(drop=True)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finrec.data.categories import as_category_text, vocabulary_text
 from finrec.errors import DataError
 
 REFERENCE_VERSION = 1
@@ -100,9 +101,9 @@ def categorical_counts(values: pd.Series, categories: list[str]) -> tuple[np.nda
     A category in ``categories`` named ``(other)`` collects every value outside the others that
     the reference folded into it (see ``categorical_reference``); without it, values outside
     ``categories`` are unseen."""
-    series = pd.Series(values, copy=False)
+    series = as_category_text(pd.Series(values, copy=False))
     missing = series.isna().to_numpy()
-    text = series[~missing].astype(str)
+    text = series[~missing].astype(object)
     position = {name: i for i, name in enumerate(categories)}
     codes = text.map(position)
     unseen_mask = codes.isna().to_numpy()
@@ -140,7 +141,7 @@ def categorical_reference(values: pd.Series, max_categories: int = MAX_CATEGORIE
     """Shares of each training category; beyond the ``max_categories`` most frequent, the rest
     share one ``(other)`` bin (an id-like column must not make a reference of a million bins)."""
     series = pd.Series(values, copy=False)
-    frequency = series.dropna().astype(str).value_counts(sort=True)
+    frequency = as_category_text(series).dropna().value_counts(sort=True)
     categories = sorted(frequency.index[:max_categories].tolist())
     if len(frequency) > max_categories:
         categories.append(OTHER)
@@ -273,7 +274,12 @@ def monitor(
                 "note": "column absent from the data",
             }
             continue
-        values = _numeric(customers, name) if entry["kind"] == "numeric" else customers[name]
+        if entry["kind"] == "numeric":
+            values = _numeric(customers, name)
+        else:
+            # a reference saved before the category rule holds "4.0" where the data now says "4"
+            values = customers[name]
+            entry = {**entry, "categories": vocabulary_text(list(entry["categories"]))}
         features[name] = compare(entry, values, warn, alert)
     scores, recommended = model_outputs(
         recommender, customers, holdings, int(reference["k"]), np.random.default_rng(seed), history=history

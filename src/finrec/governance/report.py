@@ -30,6 +30,7 @@ import pandas as pd
 
 from finrec.data import compliance as C
 from finrec.data import schema as S
+from finrec.data.categories import as_category_text
 from finrec.evaluate.fairness import MISSING
 from finrec.governance import svg
 from finrec.governance.compare import paired_bootstrap, per_customer_metrics
@@ -188,7 +189,7 @@ def data_section(ctx: Context, drift: dict | None) -> Section:
         )
     for column in schema.customers.categorical_features:
         values = customers[column] if column in customers else pd.Series(dtype=object)
-        shares = values.astype(str)[values.notna()].value_counts(normalize=True)
+        shares = as_category_text(values).dropna().value_counts(normalize=True)
         top = ", ".join(f"{name} {share:.0%}" for name, share in shares.head(4).items())
         entry = features.get(column, {})
         rows.append(

@@ -110,7 +110,8 @@ def _csv_convert_options(path: Path):
 def _typed_like_pandas(values: pd.Series) -> pd.Series:
     """A text column as ``pandas.read_csv`` types it: numbers when every present value is one,
     booleans when every one is a boolean word, else the text. Category values are then the same
-    strings as in the local engine ("1" from 1, "1.0" from 1.0 beside a missing value)."""
+    as in the local engine, which ``prepare_entities`` gives the category rule ("1" from 1 and
+    from 1.0 beside a missing value; ``finrec.data.categories``)."""
     # Plain Python values first: on Ray's Arrow-backed text, pd.to_numeric answers NaN *values*
     # (not missing) for words, so every word would pass as a number.
     values = pd.Series(values.to_numpy(dtype=object, na_value=None), index=values.index, name=values.name)

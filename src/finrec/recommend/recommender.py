@@ -28,6 +28,7 @@ import pandas as pd
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
+from finrec.data.categories import category_text
 from finrec.data.io import Dataset, directory_stamp, load_dataset
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
 from finrec.recommend import filters as F
@@ -301,7 +302,7 @@ class Recommender:
             if value is not None:
                 if isinstance(value, (dict, list, tuple)):
                     raise DataError(f"features.{column} must be a single value, got {type(value).__name__}")
-                record[column] = str(value)
+                record[column] = category_text(value)
         for column, value in C.check_record(features, self.schema.customers).items():
             record.setdefault(column, value)
         cid = self.schema.customers.id

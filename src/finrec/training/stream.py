@@ -238,7 +238,7 @@ class StreamingPipelineFit:
         for acc in self.numeric:
             acc.update(pd.to_numeric(customers[acc.column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
         for col, seen in self.vocab.items():
-            seen.update(str(v) for v in pc.unique(as_arrow_text(customers[col]).drop_null()).to_pylist())
+            seen.update(fit_vocabulary(customers[col]))
 
     def finish(
         self, products: pd.DataFrame, popularity: np.ndarray | None = None, history_rows: int = 0

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
+from finrec.data.categories import as_category_text, category_text
 from finrec.features import FeaturePipeline
 from finrec.training.forest import Forest
 
@@ -153,9 +154,8 @@ class LightGBMBaseline:
                 col: {v: i for i, v in enumerate(vocab)} for col, vocab in pipeline.customer_vocab_.items()
             }
         for col in pipeline.customer_vocab_:
-            value = record.get(col)
-            missing = value is None or (isinstance(value, float) and np.isnan(value))
-            code = -1 if missing else self._code_of[col].get(str(value), -1)
+            text = category_text(record.get(col))
+            code = -1 if text is None else self._code_of[col].get(text, -1)
             codes[col] = np.array([np.nan if code < 0 else float(code)])
         columns = self._assemble(numeric, codes, np.array(["new"], dtype=object), held, history, None)
         return _stack(columns, 1)
@@ -169,9 +169,7 @@ class LightGBMBaseline:
         }
         codes = {}
         for col, vocab in pipeline.customer_vocab_.items():
-            values = customers[col].astype(object).where(customers[col].notna(), None)
-            text = np.array([None if v is None else str(v) for v in values], dtype=object)
-            found = pd.Categorical(text, categories=vocab).codes.astype("float64")
+            found = pd.Categorical(as_category_text(customers[col]), categories=vocab).codes.astype("float64")
             found[found < 0] = np.nan
             codes[col] = found
         cid = pipeline.schema.customers.id
