@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -33,6 +34,41 @@ def small_dataset(small_tables):
 @pytest.fixture(scope="session")
 def small_data_dir(tmp_path_factory, small_tables):
     return write_dataset(small_tables, S.SYNTHETIC.schema(), tmp_path_factory.mktemp("data") / "bank")
+
+
+@pytest.fixture
+def updated_bank(small_data_dir, tmp_path):
+    """``updated_bank(edit)``: a copy of the small bank whose products table the bank changed
+    after training (``edit(products) -> products``); its path."""
+    import shutil
+
+    from finrec.data.io import find_table, read_table, write_table
+
+    made = []
+
+    def make(edit) -> Path:
+        made.append(edit)
+        target = tmp_path / f"updated{len(made)}"
+        shutil.copytree(small_data_dir, target)
+        path = find_table(target, S.PRODUCTS)
+        write_table(edit(read_table(path, (S.PRODUCT_ID,))), path)
+        return target
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def raise_the_bars():
+    """An ``updated_bank`` edit, the tester's (2026-12, cases/i13): FUND_BOND's risk level 3 ->
+    7, and a mortgage minimum income nobody has."""
+
+    def edit(products):
+        products = products.copy()
+        products.loc[products.product_id == "FUND_BOND", "risk_level"] = 7
+        products.loc[products.product_id == "MORT_FIXED25", "min_income"] = 10_000_000.0
+        return products
+
+    return edit
 
 
 @pytest.fixture(scope="session")

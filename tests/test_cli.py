@@ -171,3 +171,23 @@ def test_evaluate_says_which_split_it_scored(bank_with_past, model_dir, tmp_path
     assert json.loads((tmp_path / "e.json").read_text())["split"]["cutoff"] == "2025-12-31"
     code = main(["evaluate", "--model", str(model_dir), "--data", str(bank_with_past)])
     assert code == 0 and "split: not recorded" in capsys.readouterr().out
+
+
+def test_score_leaves_out_a_discontinued_product_and_names_an_unknown_one(model_dir, updated_bank, tmp_path, capsys):
+    """The bank's products table lacks a product the model knows (discontinued: never offered)
+    and lists one it does not (a launch the model cannot score): both said once, by id."""
+
+    def relaunch(products):
+        new = products[products.product_id == "SAV_BASIC"].assign(product_id="NEW_ACC", name="New account")
+        return pd.concat([products[products.product_id != "INS_TRAVEL"], new], ignore_index=True)
+
+    out = tmp_path / "top.csv"
+    data = updated_bank(relaunch)
+    code = main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--k", "25"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    top = pd.read_csv(out)
+    assert not top.product_id.isin(["INS_TRAVEL", "NEW_ACC"]).any() and top.product_id.nunique() > 10
+    assert err.count("1 product(s) of the model are not in this products table ('INS_TRAVEL')") == 1, err
+    assert err.count("1 product(s) are not in the model's catalogue ('NEW_ACC')") == 1 and "retrain" in err, err
+    assert "products.parquet" in err

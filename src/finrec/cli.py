@@ -413,6 +413,13 @@ def _filters_from(args) -> dict:
     return filters
 
 
+def _catalogue_notes(command: str, changes) -> None:
+    """Where the data's products table and the model's catalogue differ (``CatalogueChanges``),
+    said once on stderr: the output alone would not show what was left out."""
+    for note in changes.notes() if changes is not None else ():
+        print(f"finrec {command}: note: {safe_text(note, MAX_MESSAGE_CHARS)}", file=sys.stderr)
+
+
 def cmd_score(args) -> int:
     from finrec.data.io import read_schema
     from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, check_scores_output, score_dataset
@@ -455,6 +462,7 @@ def cmd_score(args) -> int:
             probabilities=args.probabilities,
             stats=stats,
         )
+    _catalogue_notes("score", stats.get("catalogue"))
     print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
     if stats["objected"]:
         print(
@@ -623,6 +631,7 @@ def cmd_plan(args) -> int:
         args.out,
         inputs=tuple(p for p in (args.data, args.model, args.capacity) if p),
     )
+    _catalogue_notes("plan", problem.catalogue_changes)
     print(campaign.format_summary(info))
     print(f"wrote {info['plan']['offers']} offers to {args.out}")
     if args.json:

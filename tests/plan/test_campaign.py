@@ -264,3 +264,44 @@ def test_credit_offers_state_their_affordability_ratio(recommender, problem):
     for i, j, reason in zip(rows[:20], cols[:20], reasons[:20]):
         ratio = 12.0 * (problem.debt_service[i] + problem.catalogue.payment[j]) / problem.income[i]
         assert f"debt service to income after this credit {ratio:.1%} within the limit" in reason, reason
+
+
+def test_cli_plan_filters_with_the_datas_products_table(model_dir, updated_bank, raise_the_bars, tmp_path, capsys):
+    """A catalogue changed after training: the plan offers nothing its new risk level or minimum
+    income forbids, nor a product the table no longer lists (whose value it may lack too), and
+    says which; with 25 contacts a customer, every allowed offer is in the plan."""
+
+    def update(products):
+        products = raise_the_bars(products)
+        products = products[products.product_id != "INS_TRAVEL"]
+        return products.assign(margin=1.0 + np.arange(len(products)) % 3)
+
+    data = updated_bank(update)
+    schema = yaml.safe_load((data / "schema.yaml").read_text())
+    schema["products"]["value"] = "margin"
+    (data / "schema.yaml").write_text(yaml.safe_dump(schema))
+    out, summary = tmp_path / "plan.csv", tmp_path / "plan.json"
+    args = [
+        "plan",
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--contacts-per-customer",
+        25,
+        "--json",
+        summary,
+    ]
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    plan = pd.read_csv(out, dtype={"customer_id": str})
+    customers = pd.read_parquet(data / "customers.parquet")  # its links still name the product: not load_dataset
+    tolerance = plan.customer_id.map(customers.set_index("customer_id")["risk_tolerance"])
+    assert (plan.product_id == "FUND_BOND").any() or (tolerance < 7).all()
+    assert not ((plan.product_id == "FUND_BOND") & (tolerance < 7)).any()
+    assert not plan.product_id.isin(["MORT_FIXED25", "INS_TRAVEL"]).any()
+    assert err.count("('INS_TRAVEL'): taken as discontinued, never offered") == 1, err
+    assert json.loads(summary.read_text())["catalogue"]["discontinued"] == ["INS_TRAVEL"]

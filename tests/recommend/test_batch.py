@@ -237,3 +237,40 @@ def test_holdings_in_the_export_order_never_hash_the_ids(small_dataset, tmp_path
     monkeypatch.setattr(batch, "RowOfId", lambda *a: pytest.fail("the sorted-hash lookup was built"))
     by_row = batch.HoldingsByRow(pipeline, pa.array(ids), path, batch_rows=11)
     np.testing.assert_array_equal(by_row.slice(0, len(ids)), pipeline.holdings_matrix(ids, holdings))
+
+
+def test_the_datas_products_table_is_what_the_filters_read(rec, small_data_dir, updated_bank, raise_the_bars, tmp_path):
+    """A catalogue updated after training (a fund's risk level raised, a mortgage's minimum
+    income out of reach) is what the rules read: the model's saved copy offered the fund to
+    customers below its new level and the mortgage to everybody (a tester's finding, 2026-12)."""
+    tolerance = rec.known_customers.set_index("customer_id")["risk_tolerance"]
+    runs = {}
+    for name, data in (("saved", small_data_dir), ("updated", updated_bank(raise_the_bars))):
+        stats: dict = {}
+        score_dataset(rec, data, tmp_path / f"{name}.parquet", k=25, stats=stats)
+        top = pd.read_parquet(tmp_path / f"{name}.parquet")
+        runs[name] = (top, top.customer_id.map(tolerance), stats.get("catalogue"))
+    top, tol, changes = runs["saved"]
+    assert ((top.product_id == "FUND_BOND") & (tol < 7)).any() and (top.product_id == "MORT_FIXED25").any()
+    top, tol, changes = runs["updated"]
+    assert not ((top.product_id == "FUND_BOND") & (tol < 7)).any()
+    assert "MORT_FIXED25" not in set(top.product_id)
+    assert changes.notes() == []  # the same products, only their attributes changed
+
+
+def test_an_unchanged_catalogue_scores_as_the_model_s_own(trained, small_data_dir, tmp_path):
+    """The data's products table, equal to the model's, changes no row: the same file as a data
+    directory without one (the model's catalogue), and the run says it found no difference."""
+    import shutil
+
+    from finrec.data import schema as S
+    from finrec.data.io import find_table
+
+    bare = tmp_path / "customers-only"
+    shutil.copytree(small_data_dir, bare)
+    find_table(bare, S.PRODUCTS).unlink()
+    stats: dict = {}
+    score_dataset(Recommender(trained), small_data_dir, tmp_path / "with.parquet", k=5, stats=stats)
+    score_dataset(Recommender(trained), bare, tmp_path / "without.parquet", k=5)
+    assert (tmp_path / "with.parquet").read_bytes() == (tmp_path / "without.parquet").read_bytes()
+    assert stats["catalogue"] is not None and stats["catalogue"].notes() == []

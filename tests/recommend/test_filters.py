@@ -108,3 +108,18 @@ def test_held_is_first_reason():
 def test_bad_filters_refused(bad):
     with pytest.raises(FinrecError):
         F.Filters.build(bad)
+
+
+def test_a_term_column_gone_from_the_datas_products_table_is_refused(small_dataset):
+    """An eligibility term outside the schema's features (read because the table has it) must not
+    vanish with the data's copy of the table: its rule would silently stop."""
+    from finrec.errors import DataError
+
+    products = small_dataset.products
+    ids = list(products.product_id)
+    with pytest.raises(DataError) as info:
+        F.current_products(products, products.drop(columns=S.MAX_AGE), small_dataset.schema, ids, "bank/products.csv")
+    assert str(info.value).startswith("bank/products.csv: no column 'max_age', which the age rule reads")
+    table, changes = F.current_products(products, products.iloc[1:], small_dataset.schema, ids, "p.csv")
+    catalogue = F.Catalogue.from_products(table, small_dataset.schema, ids, changes.discontinued)
+    assert changes.discontinued == (ids[0],) and list(np.flatnonzero(catalogue.discontinued)) == [0]

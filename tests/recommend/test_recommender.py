@@ -160,3 +160,22 @@ def test_load_reuses_a_cached_dataset_while_its_files_are_unchanged(model_dir, s
     assert [i.product_id for i in third.recommend(third.known_customers.customer_id.iloc[0]).items] == [
         i.product_id for i in first.recommend(first.known_customers.customer_id.iloc[0]).items
     ]
+
+
+def test_a_service_filters_with_its_datas_products_table(model_dir, updated_bank, raise_the_bars, small_dataset):
+    """``Recommender.load`` with data (``finrec serve --data``, ``recommend``): the rules and the
+    details shown read the data's catalogue; ``with_catalogue`` drops a discontinued product
+    from a copy, the caller's recommender unchanged."""
+    rec = Recommender.load(model_dir, updated_bank(raise_the_bars))
+    customers = rec.known_customers
+    cid = customers.customer_id[customers.risk_tolerance == 4].iloc[0]
+    audit = rec.audit(cid, {"exclude_held": False}).set_index("product_id")
+    assert audit.loc["FUND_BOND", "detail"] == "risk level 7 is above the customer's risk tolerance 4"
+    assert audit.loc["MORT_FIXED25", "excluded_by"] in ("income", "affordability")
+    assert rec.products[rec.pipeline.product_ids_.index("FUND_BOND")]["risk_level"] == 7
+
+    without = small_dataset.products[small_dataset.products.product_id != "INS_TRAVEL"]
+    fewer = rec.with_catalogue(without, "bank/products.csv")
+    assert fewer.audit(cid).set_index("product_id").loc["INS_TRAVEL", "excluded_by"] == "discontinued"
+    assert "INS_TRAVEL" not in [i.product_id for i in fewer.recommend(cid, k=25).items]
+    assert fewer.catalogue_changes.discontinued == ("INS_TRAVEL",) and rec.catalogue.discontinued is None

@@ -284,6 +284,23 @@ def test_cli_score_and_plan_refuse_a_bad_holdings_file(damage, fragment, csv_dat
         assert not (tmp_path / "top.csv").exists() and not (tmp_path / "plan.csv").exists()
 
 
+@pytest.mark.parametrize("column", ["min_income", "risk_level"])
+def test_cli_score_and_plan_refuse_a_products_table_without_a_rule_column(
+    column, csv_data_dir, model_dir, tmp_path, capsys
+):
+    # Found by a tester (2026-12): the filters read the model's saved catalogue, so a products
+    # table changed since training went unread; it is read now, and a rule with its column gone
+    # would silently stop (no income bar, or no suitability) rather than fail.
+    data = tmp_path / "bank"
+    shutil.copytree(csv_data_dir, data)
+    corpus.drop_column("products", column)(data)
+    for command in (["score", "--out", tmp_path / "top.csv"], ["plan", "--out", tmp_path / "plan.csv"]):
+        code, _, err = run_cli(capsys, command[0], "--model", model_dir, "--data", data, *command[1:])
+        assert code == 2, err
+        assert_fragments(err, (f"'{column}'", str(data / "products.csv")))
+        assert not (tmp_path / "top.csv").exists() and not (tmp_path / "plan.csv").exists()
+
+
 @pytest.mark.slow
 def test_score_csv_escapes_formula_ids(damaged, model_dir, tmp_path, capsys):
     directory = damaged(next(c for c in DATA_CASES if c.name == "formula_ids_load"))

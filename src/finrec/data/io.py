@@ -445,6 +445,15 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     return df.reset_index(drop=True)
 
 
+def read_products(directory: str | Path, table: S.TableSchema) -> tuple[pd.DataFrame, Path] | None:
+    """The validated products table of ``directory`` and its path; None when it has none (a
+    directory of customers alone, as ``finrec score`` accepts)."""
+    path = find_table(Path(directory), S.PRODUCTS, required=False)
+    if path is None:
+        return None
+    return prepare_entities(read_table(path, (table.id, S.PRODUCT_ID)), table, f"{S.PRODUCTS} ({path})"), path
+
+
 def open_parquet(path: Path, **options) -> pq.ParquetFile:
     """A Parquet file opened for reading in record batches, without pre-buffering.
 

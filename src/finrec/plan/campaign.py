@@ -61,6 +61,8 @@ class CampaignProblem:
     # of a credit offer in its reason.
     income: np.ndarray | None = None
     debt_service: np.ndarray | None = None
+    # How the data's products table, whose attributes the filters read, differs from the model's.
+    catalogue_changes: F.CatalogueChanges | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -80,17 +82,19 @@ class CampaignResult:
 
 def product_values(products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> np.ndarray:
     """float64 [P]: the value column the schema names (``products: {value: margin}``), in
-    catalogue order; 1 for every product without one."""
+    catalogue order; 1 for every product without one. A product the table lacks is worth 0: it
+    is discontinued, and the filters never offer it (``Recommender.for_data``)."""
     column = schema.products.value
     if not column:
         return np.ones(len(product_ids))
     table = products.set_index(products[schema.products.id].astype(str))
-    missing = [p for p in product_ids if p not in table.index]
-    if missing:
-        raise DataError(
-            f"products: the model's product(s) {', '.join(map(repr, missing[:5]))} are not in the products table"
-        )
-    values = pd.to_numeric(table.loc[product_ids, column], errors="coerce").to_numpy(dtype="float64")
+    listed = [p for p in product_ids if p in table.index]
+    values = np.zeros(len(product_ids))
+    if not listed:
+        return values
+    values[np.isin(product_ids, listed)] = pd.to_numeric(table.loc[listed, column], errors="coerce").to_numpy(
+        dtype="float64"
+    )
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         examples = ", ".join(repr(p) for p in np.asarray(product_ids)[bad][:5])
@@ -150,6 +154,7 @@ def build_problem(
         raise FinrecError(f"min probability must be in [0, 1), got {min_probability}")
     filters = F.Filters.build(filters)
     data_dir = Path(data_dir)
+    recommender = recommender.for_data(data_dir)
     schema = recommender.schema
     customers_path = find_table(data_dir, S.CUSTOMERS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
@@ -227,6 +232,7 @@ def build_problem(
         group_column,
         income,
         debt_service,
+        recommender.catalogue_changes,
     )
 
 
@@ -420,6 +426,7 @@ def summary(result: CampaignResult) -> dict:
         "offers_per_product": {problem.product_ids[j]: int(used[j]) for j in np.flatnonzero(used)},
         "seconds": {"build": problem.seconds, "solve": plan.seconds, "greedy": base.seconds},
         **({"exposure": result.extra["exposure"]} if "exposure" in result.extra else {}),
+        **({"catalogue": changes.to_dict()} if (changes := problem.catalogue_changes) and changes.notes() else {}),
     }
 
 

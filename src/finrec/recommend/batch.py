@@ -335,7 +335,9 @@ def score_dataset(
     to ``out``. Returns (customers read, rows written). ``probabilities`` adds the calibrated
     adoption probability of each row (the model must have a calibration). ``stats``, when given,
     receives ``objected``: the customers who objected to profiling for marketing, who are neither
-    ranked nor in the output (``Recommender.rank`` leaves their rows empty).
+    ranked nor in the output (``Recommender.rank`` leaves their rows empty); and ``catalogue``:
+    the ``CatalogueChanges`` of ``data_dir``'s products table, whose attributes the filters read
+    (``Recommender.for_data``), or None.
 
     This thread reads and validates chunks and writes finished ones in file order; ``workers``
     threads (default: the CPUs this process may use) each featurize, rank (tower, cosine,
@@ -349,6 +351,7 @@ def score_dataset(
     data_dir = Path(data_dir)
     source = recommender.dataset.source if getattr(recommender, "dataset", None) is not None else None
     check_scores_output(out, {"the data directory": data_dir, "the recommender's data": source})
+    recommender = recommender.for_data(data_dir)
     customers_path = find_table(data_dir, S.CUSTOMERS)
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     # A model with history features routes the history once to scratch files by customer row
@@ -425,4 +428,5 @@ def score_dataset(
             write(in_flight.popleft())
     if stats is not None:
         stats["objected"] = objected
+        stats["catalogue"] = recommender.catalogue_changes
     return n_customers, writer.rows

@@ -4,6 +4,8 @@ Rules, in the order an exclusion is attributed (the first rule that removes a pr
 
 0. ``consent``: the customer objected to profiling for marketing (GDPR Art. 21(2)); every
    product, always (not a filter a caller can turn off);
+   ``discontinued``: a product of the model's catalogue that the data's products table no
+   longer lists (``current_products``); always, too;
 1. ``held``: the customer already holds the product (on by default);
 2. ``suitability``: product risk level above the customer's risk tolerance (MiFID II / PRIIPs
    SRI 1-7; on by default; a customer with no recorded tolerance is treated as 1, the most
@@ -35,10 +37,11 @@ import pandas as pd
 
 from finrec.data import compliance as C
 from finrec.data import schema as S
-from finrec.errors import FinrecError, reject_unknown
+from finrec.errors import DataError, FinrecError, reject_unknown, safe_items
 
 RULES = (
     "consent",
+    "discontinued",
     "held",
     "suitability",
     "risk_cap",
@@ -143,9 +146,16 @@ class Catalogue:
     regime: np.ndarray | None = None  # [P] canonical regime (``S.REGIMES``), None without a regime column
     target_market: dict = field(default_factory=dict)  # term -> float [P] or ``LabelTerm``
     payment: np.ndarray | None = None  # [P] monthly payment of a credit product (NaN = not stated)
+    discontinued: np.ndarray | None = None  # bool [P]: not in the data's products table; None: all listed
 
     @classmethod
-    def from_products(cls, products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str]) -> Catalogue:
+    def from_products(
+        cls,
+        products: pd.DataFrame,
+        schema: S.DatasetSchema,
+        product_ids: list[str],
+        discontinued: tuple[str, ...] = (),
+    ) -> Catalogue:
         table = products.set_index(products[schema.products.id].astype(str)).loc[product_ids]
         p = schema.products
         # A product with no stated term sets no bar: missing minimums are -inf, maximums +inf.
@@ -159,6 +169,7 @@ class Catalogue:
             regime=C.product_regimes(table, p),
             target_market=C.product_terms(table, p),
             payment=C.product_payments(table, p),
+            discontinued=np.isin(np.asarray(product_ids, dtype=object), list(discontinued)) if discontinued else None,
         )
 
     def regime_is(self, regime: str) -> np.ndarray:
@@ -173,6 +184,65 @@ class Catalogue:
     @property
     def categories(self) -> list[str]:
         return sorted(set(self.category)) if self.category is not None else []
+
+
+# The eligibility terms and the rule each feeds (``exclusion_masks``).
+TERM_RULES = {S.MIN_INCOME: "income", S.MIN_CREDIT_SCORE: "credit_score", S.MIN_AGE: "age", S.MAX_AGE: "age"}
+
+
+@dataclass(frozen=True)
+class CatalogueChanges:
+    """How the data's products table (``source``) differs from the model's catalogue, by id."""
+
+    source: str
+    discontinued: tuple[str, ...] = ()  # the model's products the table lacks: never offered
+    unknown: tuple[str, ...] = ()  # the table's products the model lacks: cannot be scored
+
+    def notes(self) -> list[str]:
+        """One sentence per kind of difference (none when the table lists the model's products)."""
+        notes = []
+        if self.discontinued:
+            notes.append(
+                f"{self.source}: {len(self.discontinued)} product(s) of the model are not in this products table "
+                f"({safe_items(self.discontinued)}): taken as discontinued, never offered"
+            )
+        if self.unknown:
+            notes.append(
+                f"{self.source}: {len(self.unknown)} product(s) are not in the model's catalogue "
+                f"({safe_items(self.unknown)}): they cannot be scored and are left out; to offer them, retrain on "
+                "data whose products table has them (a product nobody has adopted yet ranks by its attributes)"
+            )
+        return notes
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "discontinued": list(self.discontinued), "unknown": list(self.unknown)}
+
+
+def current_products(
+    model_products: pd.DataFrame, products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str], source
+) -> tuple[pd.DataFrame, CatalogueChanges]:
+    """The model's products (``product_ids``) with the attributes of the data's validated
+    ``products`` table read from ``source``, and how the two differ. The bank's current table
+    wins: a rule must never run on a risk level or a minimum the bank has since changed. A term
+    column the model's catalogue has must still be there, or its rule would silently stop."""
+    gone = [c for c in TERM_RULES if c in model_products and c not in products]
+    if gone:
+        raise DataError(
+            f"{source}: no column {safe_items(gone)}, which the {TERM_RULES[gone[0]]} rule reads (the model's "
+            "catalogue has it); add it to the products table (an empty cell sets no bar for that product)"
+        )
+    key = schema.products.id
+    listed = products[key].astype(str)
+    known = set(product_ids)
+    present = set(listed)
+    discontinued = tuple(p for p in product_ids if p not in present)
+    unknown = tuple(p for p in listed if p not in known)
+    table = products[listed.isin(known).to_numpy()]
+    if discontinued:
+        # The model's own row only holds the product's place: the discontinued rule excludes it.
+        old = model_products[model_products[key].astype(str).isin(discontinued).to_numpy()]
+        table = pd.concat([table, old], ignore_index=True)
+    return table, CatalogueChanges(str(source), discontinued, unknown)
 
 
 def customer_attributes(customers: pd.DataFrame, schema: S.DatasetSchema) -> dict[str, np.ndarray]:
@@ -217,6 +287,8 @@ def exclusion_masks(
     objected = attributes.get("objected")
     if objected is not None and objected.any():
         masks["consent"] = np.broadcast_to(objected[:, None], held.shape)
+    if catalogue.discontinued is not None and catalogue.discontinued.any():
+        masks["discontinued"] = np.broadcast_to(catalogue.discontinued, held.shape)
     if filters.exclude_held:
         masks["held"] = held
     investment = catalogue.regime_is("investment")
@@ -302,6 +374,8 @@ def describe_exclusion(
     tolerance = attributes["risk_tolerance"][row]
     if rule == "consent":
         return "the customer objected to profiling for direct marketing"
+    if rule == "discontinued":
+        return "no longer in the data's products table (discontinued)"
     if rule in ("target_market", "negative_target_market"):
         return _describe_target_market(rule, attributes, catalogue, row, column)
     if rule == "affordability":

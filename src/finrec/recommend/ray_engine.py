@@ -160,6 +160,7 @@ class ScoreBatches:
         holdings_path: str | None,
         text_columns: bool = False,
         probabilities: bool = False,
+        data_dir: str | None = None,
     ):
         import ray
 
@@ -177,6 +178,8 @@ class ScoreBatches:
                 path.write_bytes(data)
             # The numpy tower is all a worker scores with: no Keras import in each actor (~10 s).
             self.recommender = Recommender(load_model_dir(tmp, keras_model=False).trained)
+        if data_dir is not None:  # the filters read the data's products table, as the local engine's
+            self.recommender = self.recommender.for_data(data_dir)
         self.k = k
         self.filters = F.Filters.build(filters)
         holdings = read_table(Path(holdings_path), (S.CUSTOMER_ID, S.PRODUCT_ID)) if holdings_path else None
@@ -221,8 +224,8 @@ def score_dataset_ray(
     (customers read, rows written). ``concurrency`` scoring actors of one CPU each (default:
     the cluster's CPUs less one, at least 1), each loading the model once; leave CPUs for the
     read tasks. ``probabilities`` adds the calibrated adoption probability of each row (the
-    model must have a calibration); ``stats``, when given, receives ``objected`` as from the
-    local engine: the customers who objected to profiling for marketing, absent from the output."""
+    model must have a calibration); ``stats``, when given, receives ``objected`` and ``catalogue``
+    as from the local engine (``score_dataset``)."""
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     check_ray_output(out, {"the data directory": data_dir, "the model directory": model_dir})
     ray = _require_ray()
@@ -233,6 +236,10 @@ def score_dataset_ray(
     loaded = load_model_dir(model_dir, expect_schema=schema.to_dict(), keras_model=False)
     if probabilities and getattr(loaded.trained, "calibration", None) is None:
         raise FinrecError("--probabilities: this model has no calibration (calibration.json); retrain it")
+    from finrec.recommend.recommender import Recommender
+
+    # Read here too, so a products table the filters cannot use is refused before Ray starts.
+    changes = Recommender(loaded.trained).for_data(data_dir).catalogue_changes
     if (
         getattr(loaded.trained.pipeline, "history_", None) is not None
         and find_table(data_dir, S.HOLDINGS_HISTORY, required=False) is not None
@@ -278,6 +285,7 @@ def score_dataset_ray(
                 str(holdings_path.resolve()) if holdings_path else None,
                 is_csv,
                 probabilities,
+                str(data_dir.resolve()),
             ),
             batch_size=batch_rows,
             batch_format="pandas",
@@ -297,6 +305,7 @@ def score_dataset_ray(
         n_customers = ds.count() if is_csv else pq.ParquetFile(customers_path).metadata.num_rows
         if stats is not None:
             stats["objected"] = count_objected(customers_path, schema.customers)
+            stats["catalogue"] = changes
         return n_customers, rows
     finally:
         if started_here:

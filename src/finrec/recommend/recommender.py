@@ -15,7 +15,9 @@ Ray) and the fairness report all rank through it, so they cannot disagree.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import math
 import threading
 from dataclasses import asdict, dataclass
@@ -29,13 +31,14 @@ from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.categories import category_text
-from finrec.data.io import Dataset, directory_stamp, load_dataset
+from finrec.data.io import Dataset, directory_stamp, find_table, load_dataset, read_products
 from finrec.errors import DataError, FinrecError, UnknownCustomerError
 from finrec.recommend import filters as F
 from finrec.recommend.index import NumpyTower, ProductIndex
 
 # Eligibility terms of the data contract: carried with each recommendation when the table has them.
-TERM_COLUMNS = (S.MIN_INCOME, S.MIN_CREDIT_SCORE, S.MIN_AGE, S.MAX_AGE)
+TERM_COLUMNS = tuple(F.TERM_RULES)
+log = logging.getLogger(__name__)
 NO_CALIBRATION = "this model has no calibration (calibration.json): retrain it to get probabilities"
 
 
@@ -124,12 +127,14 @@ class Recommender:
         self.blend = getattr(trained, "blend", None)
         self.index = ProductIndex.from_trained(trained)
         self.product_embeddings = self.index.product_embeddings
-        self.catalogue = F.Catalogue.from_products(trained.products, self.schema, self.pipeline.product_ids_)
         # The data's schema.yaml is the bank's current word on display; the model's copy serves without data.
         self.display = (dataset.schema if dataset is not None else self.schema).display
-        self.name_column, self.detail_columns = product_columns(trained.products, self.schema, self.display)
-        shown = [c for c in (self.name_column, *self.detail_columns) if c]
-        self.products = _product_details(trained.products, self.schema, self.pipeline.product_ids_, shown)
+        self.catalogue_changes: F.CatalogueChanges | None = None
+        if dataset is None:
+            self._use_products(trained.products)
+        else:
+            source = find_table(dataset.source, S.PRODUCTS) if dataset.source is not None else S.PRODUCTS
+            self._use_products(*self._current(dataset.products, source))
         self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
@@ -143,6 +148,36 @@ class Recommender:
                 dataset.customers, dataset.holdings, history=dataset.holdings_history, adoption=False
             )
             self._row_of = {str(cid): i for i, cid in enumerate(self._known.ids)}
+
+    # ------------------------------------------------------------------------------ catalogue
+    def _current(self, products: pd.DataFrame, source) -> tuple[pd.DataFrame, F.CatalogueChanges]:
+        return F.current_products(self.trained.products, products, self.schema, self.pipeline.product_ids_, source)
+
+    def _use_products(self, table: pd.DataFrame, changes: F.CatalogueChanges | None = None) -> None:
+        """Filter with, and show, the attributes of ``table`` (the model's products, in any order)."""
+        ids = self.pipeline.product_ids_
+        self.catalogue = F.Catalogue.from_products(
+            table, self.schema, ids, changes.discontinued if changes is not None else ()
+        )
+        self.catalogue_changes = changes
+        self.name_column, self.detail_columns = product_columns(table, self.schema, self.display)
+        shown = [c for c in (self.name_column, *self.detail_columns) if c]
+        self.products = _product_details(table, self.schema, ids, shown)
+
+    def with_catalogue(self, products: pd.DataFrame, source) -> Recommender:
+        """This recommender filtering with the data's validated ``products`` table (read from
+        ``source``) where it differs from the model's: the rules read its attributes, a product
+        it lacks is never offered, and ``catalogue_changes`` says what differs. A copy: the
+        caller's recommender keeps its catalogue."""
+        other = copy.copy(self)
+        other._use_products(*other._current(products, source))
+        return other
+
+    def for_data(self, data_dir: str | Path) -> Recommender:
+        """``with_catalogue`` of ``data_dir``'s products table; this recommender itself when the
+        directory has none (customers alone: the model's catalogue, or its data's, applies)."""
+        found = read_products(data_dir, self.schema.products)
+        return self if found is None else self.with_catalogue(*found)
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -165,6 +200,9 @@ class Recommender:
             if dataset.schema.without_value().to_dict() != model_schema.without_value().to_dict():
                 raise FinrecError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
         recommender = cls(loaded.trained, dataset)
+        # A service or a single request has no summary to carry it: the log says it, once a load.
+        for note in recommender.catalogue_changes.notes() if recommender.catalogue_changes else ():
+            log.warning("%s", note)
         recommender.model_version = model_version(loaded.manifest)
         recommender.known_adoption()  # at load, not in the first request for a known customer
         return recommender
