@@ -55,9 +55,26 @@ def test_missing_manifest_and_future_format(copy_dir, tmp_path):
 
 def test_other_schema_refused(model_dir, small_dataset):
     other = small_dataset.schema.to_dict()
-    other["customers"]["numeric"] = other["customers"]["numeric"][:-1]
-    with pytest.raises(ArtifactError, match="different schema"):
+    dropped = other["customers"]["numeric"][-1]
+    other["customers"]["numeric"] = [*other["customers"]["numeric"][:-1], "gross_income"]
+    with pytest.raises(ArtifactError, match="different schema") as info:
         load_model_dir(model_dir, expect_schema=other)
+    # The message says what differs, not only that something does (a tester had to guess).
+    assert f"customers.numeric: the model's only '{dropped}', the data's only 'gross_income'" in str(info.value)
+
+
+def test_schema_differences_name_each_place():
+    from finrec.data.schema import schema_differences
+
+    model = {"customers": {"id": "cid", "numeric": ["age", "income"], "risk": "rt"}, "products": {"id": "pid"}}
+    data = {"customers": {"id": "cid", "numeric": ["income", "age"], "risk": None}, "products": {"id": "product"}}
+    text = schema_differences(model, data)
+    assert "customers.numeric: the same columns in another order" in text
+    assert "customers.risk: the model's 'rt', the data's None" in text
+    assert "products.id: the model's 'pid', the data's 'product'" in text
+    many = {"t": {f"c{i}": i for i in range(9)}}
+    assert schema_differences(many, {"t": {}}, limit=2).endswith("(and 7 more)")
+    assert schema_differences(model, model) == ""
 
 
 def test_overwrite_is_atomic_and_keeps_old_on_failure(trained, tmp_path, monkeypatch):

@@ -68,6 +68,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _schema_difference(path: Path, data_schema: dict) -> str:
+    """ ": where they differ" from the model's own schema (its pipeline file), or "" when that
+    file cannot be read (the refusal stands either way)."""
+    from finrec.data.schema import schema_differences
+
+    try:
+        model_schema = _part(path, PIPELINE_FILE, _load_pipeline).full_schema.to_dict()
+    except FinrecError:
+        return ""
+    return ": " + schema_differences(model_schema, data_schema)
+
+
 def schema_hash(schema_dict: dict) -> str:
     return hashlib.sha256(json.dumps(schema_dict, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -454,7 +466,10 @@ def load_model_dir(
     path = Path(path)
     manifest = read_manifest(path)
     if expect_schema is not None and schema_hash(expect_schema) != manifest["schema_hash"]:
-        raise ArtifactError(f"{path}: this model was trained on a different schema than the data given")
+        raise ArtifactError(
+            f"{path}: this model was trained on a different schema than the data given"
+            + _schema_difference(path, expect_schema)
+        )
     pipeline = _part(path, PIPELINE_FILE, _load_pipeline)
     config = _part(path, CONFIG_FILE, _load_config)
     history = _part(path, HISTORY_FILE, _load_history)

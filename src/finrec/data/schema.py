@@ -606,3 +606,31 @@ class SyntheticColumns:
 
 
 SYNTHETIC = SyntheticColumns()
+
+
+def schema_differences(model: dict, data: dict, limit: int = 4) -> str:
+    """Where two schema dicts (``DatasetSchema.to_dict``) differ, in a few words: "customers.numeric:
+    the model's only 'income', the data's only 'gross_income'". For the message that refuses a
+    model on data of another schema, which said only that they differed (found by a tester)."""
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        elif a != b:
+            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+                mine, theirs = [x for x in a if x not in b], [x for x in b if x not in a]
+                if not mine and not theirs:
+                    found.append(f"{path}: the same columns in another order")
+                else:
+                    found.append(
+                        f"{path}: the model's only {safe_items(mine) if mine else 'none'}, "
+                        f"the data's only {safe_items(theirs) if theirs else 'none'}"
+                    )
+            else:
+                found.append(f"{path}: the model's {safe_text(a, quote=True)}, the data's {safe_text(b, quote=True)}")
+
+    walk(model, data, "")
+    more = f" (and {len(found) - limit} more)" if len(found) > limit else ""
+    return "; ".join(found[:limit]) + more

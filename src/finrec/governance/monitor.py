@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finrec.data import schema as S
 from finrec.data.categories import as_category_text, vocabulary_text
 from finrec.errors import DataError
 
@@ -381,7 +382,10 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
     if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
-        raise DataError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
+        raise DataError(
+            f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
+            + S.schema_differences(loaded.trained.pipeline.full_schema.to_dict(), dataset.schema.to_dict())
+        )
     report = monitor(
         reference,
         Recommender(loaded.trained),

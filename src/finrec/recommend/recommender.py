@@ -197,8 +197,12 @@ class Recommender:
             dataset = _cached_dataset(Path(data_dir), datasets)
             # The products' value column (``finrec plan``) is no model input: it may be named later.
             model_schema = loaded.trained.pipeline.full_schema
-            if dataset.schema.without_value().to_dict() != model_schema.without_value().to_dict():
-                raise FinrecError(f"{data_dir}: its schema differs from the one model {model_dir} was trained on")
+            mine, theirs = model_schema.without_value().to_dict(), dataset.schema.without_value().to_dict()
+            if mine != theirs:
+                raise FinrecError(
+                    f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
+                    + S.schema_differences(mine, theirs)
+                )
         recommender = cls(loaded.trained, dataset)
         # A service or a single request has no summary to carry it: the log says it, once a load.
         for note in recommender.catalogue_changes.notes() if recommender.catalogue_changes else ():
