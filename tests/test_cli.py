@@ -191,3 +191,27 @@ def test_score_leaves_out_a_discontinued_product_and_names_an_unknown_one(model_
     assert err.count("1 product(s) of the model are not in this products table ('INS_TRAVEL')") == 1, err
     assert err.count("1 product(s) are not in the model's catalogue ('NEW_ACC')") == 1 and "retrain" in err, err
     assert "products.parquet" in err
+
+
+def test_a_reader_that_stops_reading_is_no_internal_error(tmp_path):
+    # `finrec ... | head`: the pipe closes while the command still writes.
+    script = (
+        "import sys; from finrec import cli\n"
+        "def shout(args):\n"
+        "    for _ in range(100000): print('x' * 80)\n"
+        "    return 0\n"
+        "cli.cmd_generate = shout  # build_parser binds the command by name\n"
+        "sys.exit(cli.main(['generate', '--out', sys.argv[1]]))\n"
+    )
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    done = subprocess.run(
+        f'"{sys.executable}" -c "$S" "{tmp_path / "bank"}" | head -1; echo "rc=${{PIPESTATUS[0]}}"',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "S": script, "PYTHONPATH": src},
+        timeout=120,
+    )
+    assert done.stdout == "x" * 80 + "\nrc=141\n", done.stdout[-200:]
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr, done.stderr

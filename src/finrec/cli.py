@@ -36,6 +36,7 @@ log = logging.getLogger("finrec")
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE (128 + 13)
 
 
 def _positive_int(text: str) -> int:
@@ -1160,6 +1161,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"finrec {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (`finrec evaluate | head`): its choice, not an internal
+        # error. Python's advice: point stdout at devnull so the exit's flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         if os.environ.get("FINREC_DEBUG"):
             raise

@@ -73,8 +73,10 @@ def test_capacities_table(tmp_path):
     for frame, message in [
         ({"product_id": ["Z"], "capacity": [1]}, "unknown product_id"),
         ({"product_id": ["A", "A"], "capacity": [1, 2]}, "listed twice"),
-        ({"product_id": ["A"], "capacity": [-1]}, "whole numbers"),
-        ({"product_id": ["A"], "capacity": [1.5]}, "whole numbers"),
+        # The cell as written, never numpy's repr (np.int64(-5): a tester)
+        ({"product_id": ["A"], "capacity": [-1]}, "row 2 has -1$"),
+        ({"product_id": ["A"], "capacity": [1.5]}, "row 2 has 1.5$"),
+        ({"product_id": ["A"], "capacity": [None]}, "row 2 has an empty cell$"),
         ({"product_id": ["A"], "cap": [1]}, "missing column"),
     ]:
         pd.DataFrame(frame).to_csv(path, index=False)

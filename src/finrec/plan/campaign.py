@@ -27,7 +27,7 @@ import pyarrow as pa
 from finrec.data import schema as S
 from finrec.data.compliance import debt_service_ratio_after
 from finrec.data.io import find_table, iter_customer_chunks, read_id_column, read_table, write_table
-from finrec.errors import DataError, FinrecError
+from finrec.errors import DataError, FinrecError, safe_items, safe_text
 from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
 from finrec.plan.exposure import ExposureLimit, solve_dual_fair, solve_exact_fair
 from finrec.plan.solve import Plan, greedy, solve_dual, solve_exact
@@ -113,19 +113,22 @@ def read_capacities(path: str | Path, product_ids: list[str]) -> np.ndarray:
     ids = table[S.PRODUCT_ID].astype(str)
     dupes = ids[ids.duplicated()].unique()
     if len(dupes):
-        raise DataError(f"{path}: product_id listed twice: {', '.join(map(repr, dupes[:5]))}")
+        raise DataError(f"{path}: product_id listed twice: {safe_items(dupes)}")
     position = {pid: j for j, pid in enumerate(product_ids)}
     unknown = [pid for pid in ids if pid not in position]
     if unknown:
-        raise DataError(
-            f"{path}: unknown product_id(s) {', '.join(map(repr, unknown[:5]))} (not in the model's catalogue)"
-        )
+        raise DataError(f"{path}: unknown product_id(s) {safe_items(unknown)} (not in the model's catalogue)")
     raw = table[CAPACITY]
     numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
     bad = ~np.isfinite(numbers) | (numbers < 0) | (numbers != np.round(numbers))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: column 'capacity' must hold whole numbers >= 0; row {row + 2} has {raw.iloc[row]!r}")
+        # The cell as written (numpy's repr showed np.int64(-5)); an empty one is named as such.
+        cell = raw.iloc[row]
+        shown = (
+            "an empty cell" if pd.isna(cell) else safe_text(cell.item() if hasattr(cell, "item") else cell, quote=True)
+        )
+        raise DataError(f"{path}: column 'capacity' must hold whole numbers >= 0; row {row + 2} has {shown}")
     capacity = np.full(len(product_ids), np.inf)
     capacity[[position[pid] for pid in ids]] = numbers
     return capacity
