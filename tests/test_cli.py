@@ -215,3 +215,20 @@ def test_a_reader_that_stops_reading_is_no_internal_error(tmp_path):
     )
     assert done.stdout == "x" * 80 + "\nrc=141\n", done.stdout[-200:]
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_score_unfiltered_ranks_every_product_not_held(model_dir, small_dataset, small_data_dir, tmp_path):
+    from finrec.data.compliance import customer_profile
+
+    # As evaluate ranks: no target-market or affordability rule either (they had stayed on).
+    out = tmp_path / "all.csv"
+    n_products = len(small_dataset.products)
+    assert main(["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out),
+                 "--k", str(n_products), "--unfiltered"]) == 0  # fmt: skip
+    rows = pd.read_csv(out, dtype={"customer_id": str})
+    customers = small_dataset.customers
+    served = customers["customer_id"][~customer_profile(customers, small_dataset.schema.customers)["objected"]]
+    held = small_dataset.holdings.groupby("customer_id").size()
+    expected = n_products - held.reindex(served).fillna(0).astype(int)
+    got = rows.groupby("customer_id").size().reindex(served).fillna(0).astype(int)
+    assert (got.to_numpy() == expected.to_numpy()).all()

@@ -126,8 +126,10 @@ PRESETS: dict[str, Filters] = {
     "risk_tolerant": Filters(preset="risk_tolerant"),
 }
 PRESET_NAMES = tuple(PRESETS)
-# How ``finrec evaluate`` ranks: held products out, no suitability or eligibility rule.
-UNFILTERED = Filters(suitability=False, eligibility=False)
+# How ``finrec evaluate`` ranks: held products out, no other rule (the target-market and
+# affordability rules, added after it, had been left on: `score --unfiltered` then differed from
+# evaluate's ranking, found by a tester). Consent is no filter setting: objectors are never scored.
+UNFILTERED = Filters(suitability=False, eligibility=False, target_market=False, affordability=False)
 DEFAULT_PRESET = "balanced"
 PRESET_HELP = (
     f"conservative: risk level at most {CONSERVATIVE_MAX_RISK}; balanced (the default) and risk_tolerant: "
