@@ -232,3 +232,13 @@ def test_score_unfiltered_ranks_every_product_not_held(model_dir, small_dataset,
     expected = n_products - held.reindex(served).fillna(0).astype(int)
     got = rows.groupby("customer_id").size().reindex(served).fillna(0).astype(int)
     assert (got.to_numpy() == expected.to_numpy()).all()
+
+
+def test_python_dash_m_finrec_is_the_command_line(tmp_path):
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    done = subprocess.run([sys.executable, "-m", "finrec", "--help"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "plan" in done.stdout and "calibrate" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "finrec", "score", "--model", str(tmp_path / "none"), "--data",
+                          str(tmp_path), "--out", str(tmp_path / "o.csv")], capture_output=True, text=True, env=env)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("finrec score: error:"), bad.stderr
