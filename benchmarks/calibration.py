@@ -13,7 +13,9 @@ Rows: the raw cosine clipped to [0, 1]; the model's own softmax over the catalog
 temperature) times the share of customers who adopt anything (a fair "uncalibrated" guess);
 the centred isotonic map per product on that softmax, refitted on the model's calibration customers;
 the same maps on q alone with no adoption model (where the model has one: P(adopts anything) is
-then left to the maps); the calibration stored with the model. With ``--months`` the bank has a
+then left to the maps); the maps with an adoption model cross-fitted on the same calibration
+customers (what ``finrec calibrate`` gives a model without one, trained by streaming, say); the
+calibration stored with the model. With ``--months`` the bank has a
 past, and adopting anything at all falls with the products held (``finrec.data.history``).
 Columns: ECE against the true probabilities (20 equal-mass bins),
 the mean squared error against them, and the Brier score against the held-out adoptions.
@@ -23,6 +25,7 @@ Prints a reliability table and writes benchmarks/results/calibration.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -42,7 +45,7 @@ from finrec.data.io import validate_tables
 from finrec.data.split import split_dataset
 from finrec.data.synthetic import GeneratorSettings, generate, period_adoption_probabilities
 from finrec.training.calibration import brier_score, expected_calibration_error, fit_calibration, reliability_table
-from finrec.training.train import fit
+from finrec.training.train import calibrate, fit
 
 RESULTS = Path(__file__).parent / "results" / "calibration.json"
 
@@ -113,6 +116,13 @@ def main() -> None:
     if trained.calibration.needs_adoption:
         plain = fit_calibration(*cal_fit, method=trained.calibration.method)
         candidates[f"{trained.calibration.method} on q alone (no adoption model)"] = plain(cosine, held)
+        # What `finrec calibrate` gives a model that has no adoption model (trained by streaming):
+        # one cross-fitted on the same calibration customers.
+        bare = copy.copy(trained)
+        bare.calibration = None
+        crossed = calibrate(bare, cal_data)
+        crossed_adoption = crossed.adoption_probability(test.customers, held, test.holdings_history)
+        candidates["adoption model cross-fitted on them"] = crossed(cosine, held, crossed_adoption)
     candidates[f"calibrated (this model: {trained.calibration.method})"] = trained.calibration(cosine, held, adoption)
     rows = {}
     for name, predicted in candidates.items():

@@ -14,6 +14,7 @@ oracle ranks by the true adoption probabilities.
     .venv/bin/python benchmarks/stories.py --stories small messy --seeds 0    # a piece
     .venv/bin/python benchmarks/stories.py --variants finrec --config my.yaml --label wide
     .venv/bin/python benchmarks/stories.py --table [--label wide]            # the table from stored runs
+    .venv/bin/python benchmarks/stories.py --scale 4 --stories small --seeds 0 # 4x the customers: is the gap data?
 
 Runs are merged into benchmarks/results/stories.json keyed by story|ranker|seed (the finrec
 ranker is ``finrec:<label>``, ``finrec:default`` without ``--config``), so subsets can be run
@@ -50,21 +51,27 @@ def stories() -> tuple[str, ...]:
     return (DEFAULT_BANK, *STORIES)
 
 
-def load_split(story: str, seed: int):
+def load_split(story: str, seed: int, scale: float = 1.0):
     from finrec.data import schema as S
     from finrec.data.compliance import without_objections
     from finrec.data.io import validate_tables
     from finrec.data.split import split_dataset
-    from finrec.data.stories import generate_story
+    from finrec.data.stories import DEFAULT_CUSTOMERS, generate_story
     from finrec.data.synthetic import GeneratorSettings, generate
 
     if story == DEFAULT_BANK:
-        tables, schema = generate(GeneratorSettings(seed=seed)), S.SYNTHETIC.schema()
+        n = round(GeneratorSettings.n_customers * scale)
+        tables, schema = generate(GeneratorSettings(n_customers=n, seed=seed)), S.SYNTHETIC.schema()
     else:
-        tables, schema = generate_story(story, seed=seed)
+        tables, schema = generate_story(story, n_customers=round(DEFAULT_CUSTOMERS[story] * scale), seed=seed)
     train, test = split_dataset(validate_tables(schema, tables), holdout_fraction=0.2, seed=seed)
     train, _ = without_objections(train)
     return train, test
+
+
+def stored_name(story: str, scale: float) -> str:
+    """The story's key in the store: ``interactions``, or ``interactions@x4`` at 4x the customers."""
+    return story if scale == 1 else f"{story}@x{scale:g}"
 
 
 def run_one(story: str, seed: int, variants: list[str], args, store: dict) -> None:
@@ -75,7 +82,8 @@ def run_one(story: str, seed: int, variants: list[str], args, store: dict) -> No
     from finrec.training.train import fit
 
     started = time.perf_counter()
-    train, test = load_split(story, seed)
+    train, test = load_split(story, seed, args.scale)
+    story = stored_name(story, args.scale)
     task = Task(train, test)
     n, n_products = task.relevant.shape
     print(
@@ -252,6 +260,12 @@ def main() -> None:
         help="LightGBM threads (default: every core, as on a user's machine; the stored runs used 1 because "
         "OpenMP threads spin against other load on a shared 2-core box)",
     )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="customers as a multiple of each bank's own count (stored as STORY@xSCALE): how much of a gap is data",
+    )
     parser.add_argument("--table", action="store_true", help="only print the table of the stored runs")
     parser.add_argument("--results", type=Path, default=None, help=f"the results file (default {RESULTS})")
     parser.add_argument(
@@ -276,7 +290,7 @@ def main() -> None:
                 run_one(story, seed, args.variants, args, store)
         save(store)
         print(f"wrote {RESULTS}")
-    print(table(store, args.label, names))
+    print(table(store, args.label, [stored_name(name, args.scale) for name in names]))
 
 
 if __name__ == "__main__":

@@ -223,8 +223,23 @@ def test_score_unfiltered_ranks_every_product_not_held(model_dir, small_dataset,
     # As evaluate ranks: no target-market or affordability rule either (they had stayed on).
     out = tmp_path / "all.csv"
     n_products = len(small_dataset.products)
-    assert main(["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out),
-                 "--k", str(n_products), "--unfiltered"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(small_data_dir),
+                "--out",
+                str(out),
+                "--k",
+                str(n_products),
+                "--unfiltered",
+            ]
+        )
+        == 0
+    )
     rows = pd.read_csv(out, dtype={"customer_id": str})
     customers = small_dataset.customers
     served = customers["customer_id"][~customer_profile(customers, small_dataset.schema.customers)["objected"]]
@@ -239,6 +254,21 @@ def test_python_dash_m_finrec_is_the_command_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": src}
     done = subprocess.run([sys.executable, "-m", "finrec", "--help"], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and "plan" in done.stdout and "calibrate" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "finrec", "score", "--model", str(tmp_path / "none"), "--data",
-                          str(tmp_path), "--out", str(tmp_path / "o.csv")], capture_output=True, text=True, env=env)  # fmt: skip
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finrec",
+            "score",
+            "--model",
+            str(tmp_path / "none"),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("finrec score: error:"), bad.stderr

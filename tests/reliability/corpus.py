@@ -1309,7 +1309,7 @@ OUTPUT_CASES: list[OutputCase] = [
         _over("lies inside"),
         "model",
         api=False,
-    ),  # fmt: skip
+    ),
     OutputCase(
         "plan_json_is_holdings_table",
         "plan",
@@ -1317,7 +1317,7 @@ OUTPUT_CASES: list[OutputCase] = [
         _over("lies inside"),
         "data",
         api=False,
-    ),  # fmt: skip
+    ),
     OutputCase("plan_json_is_its_plan", "plan", lambda w: w.root / "plan.csv", ("--out", *_over("is")), api=False),
     OutputCase(
         "compare_json_is_products_table",
@@ -1326,11 +1326,11 @@ OUTPUT_CASES: list[OutputCase] = [
         _over("lies inside"),
         "data",
         api=False,
-    ),  # fmt: skip
+    ),
     # train --mlflow: a local tracking store is written like the model, so never into the data
     OutputCase(
         "train_mlflow_inside_data", "train-mlflow", lambda w: w.data / "mlruns", _over("lies inside"), "data", api=False
-    ),  # fmt: skip
+    ),
     # generate has no input, but must not swap away a directory of other files, nor a bank's own
     # data (a dataset without ground truth: generate replaced it, found by a tester)
     OutputCase("generate_out_is_other_files", "generate", lambda w: w.notes, _other_files("schema.yaml")),

@@ -22,8 +22,17 @@ def test_every_entry_point_and_command_is_covered():
     names = [c.name for c in [*OUTPUT_CASES, *DEMO_CASES]]
     assert len(names) == len(set(names))
     assert {c.command for c in OUTPUT_CASES} == {
-        "generate", "split", "train", "train-mlflow", "evaluate", "score", "score-ray", "monitor", "plan", "compare"
-    }  # fmt: skip
+        "generate",
+        "split",
+        "train",
+        "train-mlflow",
+        "evaluate",
+        "score",
+        "score-ray",
+        "monitor",
+        "plan",
+        "compare",
+    }
     assert {c.command for c in API_CASES} == {"generate", "split", "train", "score", "score-ray"}
 
 
@@ -69,7 +78,7 @@ def _cli_args(case, where: Where, out) -> list[str]:
                 1,
                 "--mlflow",
                 out,
-            ],  # fmt: skip
+            ],
             "score": ["score", "--model", w.model, "--data", w.data, "--out", out],
             "score-ray": ["score", "--model", w.model, "--data", w.data, "--out", out, "--engine", "ray"],
         }[case.command]
