@@ -24,6 +24,7 @@ FLOORS = [
     ("finrec.artifacts",),
     ("finrec.evaluate", "finrec.recommend", "finrec.explain", "finrec.plan", "finrec.governance"),
     ("finrec.cli", "finrec.serve", "finrec.serve_process", "finrec.serve_clients"),
+    ("finrec.__main__",),  # `python -m finrec`: the command line, nothing else
 ]
 ADAPTERS = ("finrec.cli", "finrec.serve", "finrec.serve_process", "finrec.serve_clients")
 ADAPTER_ONLY = ("streamlit", "fastapi", "starlette", "uvicorn", "shap")

@@ -325,6 +325,7 @@ def test_time_split_without_history(tmp_path):
 
 def test_day_first_dates_are_read_day_first_and_offsets_become_utc():
     from finrec.data.validate import parse_dates
+    from finrec.errors import DataError
 
     # 11/12/2026 beside 30/06/2026 is 11 December, not 12 November.
     got = parse_dates(pd.Series(["30/06/2026", "11/12/2026", None, "01.02.2026"]), "timestamp", "t", allow_missing=True)
@@ -337,6 +338,12 @@ def test_day_first_dates_are_read_day_first_and_offsets_become_utc():
     assert parse_dates(pd.Series(["2026-01-02", "2026-02-01"]), "t", "t").tolist() == list(
         pd.to_datetime(["2026-01-02", "2026-02-01"])
     )
+    # ... not even beside day-first dates (pandas given dayfirst read 2026-01-02 as 1 February).
+    got = parse_dates(pd.Series(["30/06/2026", "2026-01-02", "2026-01-02T10:00:00"]), "t", "t")
+    assert got.tolist() == [pd.Timestamp("2026-06-30"), pd.Timestamp("2026-01-02"), pd.Timestamp("2026-01-02 10:00")]
+    # An impossible date is no example of an ambiguous one.
+    with pytest.raises(DataError, match="e.g. '01/02/2026'"):
+        parse_dates(pd.Series(["13/14/2026", "01/02/2026"]), "t", "t")
     # Two offsets in one column (summer and winter time): both in UTC, naive.
     got = parse_dates(pd.Series(["2026-06-30T10:00:00+02:00", "2026-12-11T10:00:00+01:00"]), "t", "t")
     assert got.tolist() == list(pd.to_datetime(["2026-06-30 08:00", "2026-12-11 09:00"]))

@@ -234,19 +234,20 @@ def check_probabilities(df: pd.DataFrame, where: str) -> pd.DataFrame:
 _DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}(?!\d)")
 
 
-def _day_first(text: pd.Series, column: str, where: str) -> bool:
-    """Whether the column's day-month dates (``_DAY_MONTH``) put the day first. A parser left to
-    guess reads each value on its own: in one column 30/06/2026 came out as 30 June and
-    11/12/2026 as 12 November (found by a tester). So a column must show its order (some day
-    above 12) and keep it; else it is refused, asking for YYYY-MM-DD."""
-    found = text.astype(str).str.extract(_DAY_MONTH).dropna()
-    if found.empty:
-        return False
+def _day_first(text: pd.Series, column: str, where: str) -> tuple[np.ndarray, bool]:
+    """(bool [n]: which of ``text`` are day-month dates (``_DAY_MONTH``), whether they put the
+    day first). A parser left to guess reads each value on its own: in one column 30/06/2026 came
+    out as 30 June and 11/12/2026 as 12 November (found by a tester). So a column must show its
+    order (some day above 12) and keep it; else it is refused, asking for YYYY-MM-DD."""
+    extracted = text.astype(str).str.extract(_DAY_MONTH)
+    is_day_month = extracted[0].notna().to_numpy()
+    found = extracted.dropna()
     first, second = found[0].astype(int), found[1].astype(int)
     # Both above 12 is no date at all: the parser refuses it, naming the row.
     day_first, month_first = (first > 12) & (second <= 12), (second > 12) & (first <= 12)
-    if ((first > 12) & (second > 12)).all():
-        return False
+    possible = (first <= 12) | (second <= 12)
+    if not possible.any():
+        return is_day_month, False
     if day_first.any() and month_first.any():
         a, b = text[found.index[day_first.to_numpy()][0]], text[found.index[month_first.to_numpy()][0]]
         raise DataError(
@@ -254,12 +255,12 @@ def _day_first(text: pd.Series, column: str, where: str) -> bool:
             f"({safe_text(a, quote=True)} and {safe_text(b, quote=True)}); write dates as YYYY-MM-DD"
         )
     if not day_first.any() and not month_first.any():
-        example = text[found.index[0]]
+        example = text[found.index[possible.to_numpy()][0]]
         raise DataError(
             f"{where}: column {_name(column)} has dates whose day and month cannot be told apart, "
             f"e.g. {safe_text(example, quote=True)} (no day above 12 shows the order); write dates as YYYY-MM-DD"
         )
-    return bool(day_first.any())
+    return is_day_month, bool(day_first.any())
 
 
 def parse_dates(values: pd.Series, column: str, where: str, allow_missing: bool = False) -> pd.Series:
@@ -274,11 +275,17 @@ def parse_dates(values: pd.Series, column: str, where: str, allow_missing: bool 
     else:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
         text = pd.Series(uniques, dtype=object)
-        dayfirst = _day_first(text, column, where)
-        try:
-            unique_dates = pd.to_datetime(text, errors="coerce", format="mixed", utc=True, dayfirst=dayfirst)
-        except (ValueError, TypeError, OverflowError):  # pragma: no cover - coerce keeps these rare
-            unique_dates = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+        day_month, dayfirst = _day_first(text, column, where)
+        unique_dates = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+        # The order applies to day-month dates only: pandas given dayfirst also read the ISO
+        # 2026-01-02 beside them as 1 February (a reviewer).
+        for rows, first in ((day_month, dayfirst), (~day_month, False)):
+            if rows.any():
+                try:
+                    part = pd.to_datetime(text[rows], errors="coerce", format="mixed", utc=True, dayfirst=first)
+                except (ValueError, TypeError, OverflowError):  # pragma: no cover - coerce keeps these rare
+                    continue
+                unique_dates[rows] = part
         bad_unique = unique_dates.isna().to_numpy()
         if bad_unique.any():
             rows = np.flatnonzero(bad_unique[codes] & (codes >= 0))
