@@ -714,11 +714,19 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     assert crossed.needs_adoption and crossed.adoption_model.to_dict() != before.adoption_model.to_dict()
     assert crossed.adoption_cross_fitted and not before.adoption_cross_fitted
     assert json.loads((copy / CALIBRATION_FILE).read_text())["adoption"]["cross_fitted"] is True
-    # Recalibrated again, it keeps that model and says where it came from.
+    # Recalibrated again, it cross-fits anew: the old model was refitted on these very customers,
+    # whose outcomes its map must not be fitted on (same customers, same seed: the same model).
+    import finrec.training.train as training
+
+    fits = []
+    real = training.adoption_model_for
+    monkeypatch.setattr(training, "adoption_model_for", lambda *a, **k: fits.append(1) or real(*a, **k))
     assert main(["calibrate", "--model", str(copy), "--data", str(driven)]) == 0
-    assert "the model's adoption model, its map refitted" in capsys.readouterr().out
+    assert "an adoption model fitted on these customers" in capsys.readouterr().out and len(fits) == 3
     again = load_model_dir(copy).trained.calibration
     assert again.adoption_cross_fitted and again.adoption_model.to_dict() == crossed.adoption_model.to_dict()
+    np.testing.assert_array_equal(again.adoption_y, crossed.adoption_y)
+    monkeypatch.setattr(training, "adoption_model_for", real)
     # ... not where it is one chance in ten for everybody (the generator's bank): the trees
     # predict no better than the rate, so none is kept, and it says so ...
     save_model_dir(bare, copy, data_path=str(small_data_dir), monitoring=reference)
@@ -726,8 +734,6 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     assert "predicted the other half no better than its adoption rate" in capsys.readouterr().out
     assert not load_model_dir(copy).trained.calibration.needs_adoption
     # ... nor where too few of them adopted nothing.
-    import finrec.training.train as training
-
     monkeypatch.setattr(training, "CROSS_FIT_MIN", 800)
     assert main(["calibrate", "--model", str(copy), "--data", str(driven)]) == 0
     assert "too few to fit an adoption model (at least 800 of each kind" in capsys.readouterr().out

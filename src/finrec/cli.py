@@ -530,7 +530,6 @@ def cmd_calibrate(args) -> int:
                 f"was trained on ({trained_on}); calibrate on held-out customers"
             )
     trained = loaded.trained
-    had_adoption = trained.calibration is not None and trained.calibration.needs_adoption
     trained.calibration = calibrate(trained, dataset)
     # Rewritten whole (atomically), so the monitoring reference recorded at training is carried over.
     save_model_dir(
@@ -543,7 +542,7 @@ def cmd_calibrate(args) -> int:
     )
     calibration = trained.calibration
     left_out = len(dataset.customers) - calibration.customers
-    if had_adoption:
+    if calibration.needs_adoption and not calibration.adoption_cross_fitted:
         adoption = "; P(adopts anything): the model's adoption model, its map refitted"
     elif calibration.needs_adoption:
         adoption = (

@@ -595,8 +595,10 @@ def fit(
     # Where some customers adopted nothing, how likely each is to adopt at all is a model of its own
     # (``finrec.training.calibration``), fitted on the training customers like the teacher.
     adoption_model = adoption_model_for(train_data, config) if len(quiet_train) else None
+    # No cross-fit here: without customers who adopted nothing in training there are (almost)
+    # none among the calibration customers, and the adoption model is the training's to fit.
     trained.calibration = calibrate(
-        trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])), adoption_model
+        trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])), adoption_model, fit_adoption=False
     )
     if trained.blend is not None and len(dataset.customers) <= REFIT_MAX_CUSTOMERS:
         trained.blend = refit_blend(trained.blend, dataset, config)
@@ -816,9 +818,9 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
     are left out. ``adoption_model``: P(adopts anything),
     fitted on other customers (``adoption_model_for``); None keeps the one of ``trained``'s
     calibration, if it has one (``finrec calibrate`` refits the maps on new data). A model with
-    none (trained by streaming, or on data where everybody adopted) gets one cross-fitted on
-    ``dataset`` (``cross_fitted_adoption``) where it has enough customers who adopted nothing,
-    unless ``fit_adoption`` is False."""
+    none (trained by streaming, or on data where everybody adopted), or with one an earlier
+    calibration cross-fitted, gets one cross-fitted on ``dataset`` (``cross_fitted_adoption``)
+    where it has enough customers who adopted nothing, unless ``fit_adoption`` is False."""
     cid = dataset.schema.customers.id
     pipeline = trained.pipeline
     # Customers who objected to profiling for marketing are neither scored nor run through the
@@ -833,9 +835,12 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
     scores = trained.score(dataset.customers, dataset.holdings, dataset.holdings_history)
     cross_fitted = False
-    if adoption_model is None and getattr(trained, "calibration", None) is not None:
-        adoption_model = trained.calibration.adoption_model
-        cross_fitted = trained.calibration.adoption_cross_fitted
+    previous = getattr(trained, "calibration", None)
+    # A cross-fitted adoption model was refitted on the customers of an earlier calibration: its
+    # map must not be refitted on its own training customers, so each recalibration cross-fits
+    # anew (a reviewer). One fitted beside the towers, on training customers, is kept.
+    if adoption_model is None and previous is not None and not previous.adoption_cross_fitted:
+        adoption_model = previous.adoption_model
     adoption = None
     if adoption_model is not None:
         adoption = adoption_model.adoption_probability(dataset.customers, held=held, history=dataset.holdings_history)
