@@ -36,6 +36,8 @@ log = logging.getLogger("finrec")
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+# A dataset `finrec generate --no-ground-truth` wrote carries this file: it may be replaced.
+GENERATED_MARK = ".finrec-generated"
 EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE (128 + 13)
 
 
@@ -125,9 +127,10 @@ def cmd_generate(args) -> int:
 
     check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
     out = Path(args.out)
-    if (out / S.SCHEMA_FILE).is_file() and find_table(out, S.GROUND_TRUTH, required=False) is None:
-        # A generated bank always has its ground truth; a dataset without one is a bank's own
-        # data, which a synthetic one must never replace.
+    generated = find_table(out, S.GROUND_TRUTH, required=False) is not None or (out / GENERATED_MARK).is_file()
+    if (out / S.SCHEMA_FILE).is_file() and not generated:
+        # A generated bank has its ground truth (or, with --no-ground-truth, the mark); a dataset
+        # with neither is a bank's own data, which a synthetic one must never replace.
         raise FinrecError(
             f"--out {out} holds a dataset without a ground_truth table (not one `finrec generate` wrote: "
             "a bank's own data?); nothing was written, choose another directory"
@@ -159,6 +162,8 @@ def cmd_generate(args) -> int:
         # Block by block: a bank of 10M customers with a history never sits in memory whole.
         blocks, schema = generate_blocks(settings), S.SYNTHETIC.schema()
     rows = write_dataset_blocks(blocks, schema, args.out, fmt=args.format)
+    if args.no_ground_truth:  # what lets a later `generate` replace it (see above)
+        (out / GENERATED_MARK).write_text("written by finrec generate --no-ground-truth\n")
     points = rows[S.INTERACTIONS] + rows[S.HOLDINGS]
     past = ""
     if S.HOLDINGS_HISTORY in rows:

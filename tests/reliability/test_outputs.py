@@ -139,6 +139,10 @@ def test_split_beside_its_data_and_generate_over_a_dataset_are_allowed(where, ca
     assert main(["generate", "--out", str(where.root / "empty"), "--customers", "40"]) == 0
     (where.root / "fresh").mkdir()
     assert main(["generate", "--out", str(where.root / "fresh"), "--customers", "40"]) == 0
+    # A bank generated without its ground truth is still one generate may replace (a reviewer).
+    lean = str(where.root / "lean")
+    for _ in range(2):
+        assert main(["generate", "--out", lean, "--customers", "40", "--no-ground-truth"]) == 0, capsys.readouterr().err
 
 
 def test_retraining_replaces_a_model_directory(where, trained):
