@@ -197,3 +197,28 @@ def test_the_reference_is_checked_like_every_model_file(monitored_model_dir, tmp
     (altered / MONITORING_FILE).write_text('{"version": 1}')
     with pytest.raises(ArtifactError, match="monitoring.json is damaged or was altered"):
         read_monitoring(altered)
+
+
+def test_the_recommended_mix_is_that_of_the_datas_products_table(
+    monitored_model_dir, tmp_path, population, monkeypatch
+):
+    # A product the data's table no longer lists is never recommended, in monitoring as in score
+    # (monitor filtered with the model's saved copy of the catalogue: a reviewer).
+    seen = []
+    real = M.monitor
+
+    def spy(reference, recommender, *args, **kwargs):
+        seen.append(recommender.catalogue)
+        return real(reference, recommender, *args, **kwargs)
+
+    monkeypatch.setattr(M, "monitor", spy)
+    products = population["products"]
+    gone = str(products["product_id"].iloc[0])
+    tables = {
+        name: (df[df["product_id"].astype(str) != gone] if df is not None and "product_id" in df else df)
+        for name, df in population.items()
+    }
+    data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "fewer")
+    M.monitor_model(monitored_model_dir, data)
+    catalogue = seen[0]
+    assert catalogue.discontinued is not None and catalogue.discontinued.sum() == 1

@@ -222,3 +222,22 @@ def test_segments_of_customers_without_an_age_or_income_are_a_group_of_their_own
     # The quartiles are those of the incomes given: 191 customers in four groups of 47-48.
     counts = found["income band"].value_counts()
     assert sorted(counts.drop("missing")) == [47, 48, 48, 48]
+    # Fewer than four incomes: no quartiles, no crash.
+    customers.loc[customers.index[3:], "income"] = np.nan
+    assert "income band" not in segments(ctx, customers) and "age band" in segments(ctx, customers)
+
+
+def test_the_suitability_audit_reads_the_risk_levels_the_rules_read(trained, small_dataset):
+    from types import SimpleNamespace
+
+    from finrec.governance.report import suitability_section
+    from finrec.recommend.recommender import Recommender
+
+    # The bank has since lowered every product's risk level to 1: the rules offer them to
+    # everybody, and the audit must judge by the same levels (it read the model's old ones).
+    data = type(small_dataset)(**{**vars(small_dataset), "products": small_dataset.products.assign(risk_level=1)})
+    ctx = SimpleNamespace(dataset=data, recommender=Recommender(trained, data), trained=trained, k=5, seed=0)
+    texts = [block[1] for block in suitability_section(ctx).blocks if block[0] == "p"]
+    assert texts[-1] == "Zero unsuitable products were recommended.", texts
+    old = Recommender(trained)  # the model's own levels: investment products are held back
+    assert (ctx.recommender.catalogue.risk == 1).all() and (old.catalogue.risk > 1).any()

@@ -369,8 +369,10 @@ def reference_for(trained, dataset, k: int = 5, seed: int = 0) -> dict[str, Any]
 def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
     """``finrec monitor``: the drift report of the customers in ``data_dir`` against the
     reference saved in ``model_dir``."""
+    from pathlib import Path
+
     from finrec.artifacts import load_model_dir, read_monitoring
-    from finrec.data.io import load_dataset
+    from finrec.data.io import find_table, load_dataset
     from finrec.recommend.recommender import Recommender
 
     reference = read_monitoring(model_dir)
@@ -386,9 +388,12 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
             f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
             + S.schema_differences(loaded.trained.pipeline.full_schema.to_dict(), dataset.schema.to_dict())
         )
+    # The recommendations monitored are those `score` and `serve` make: filtered with the data's
+    # products table (a reviewer: the model's saved copy was used).
+    source = find_table(Path(data_dir), S.PRODUCTS)
     report = monitor(
         reference,
-        Recommender(loaded.trained),
+        Recommender(loaded.trained).with_catalogue(dataset.products, source),
         dataset.customers,
         dataset.holdings,
         seed=seed,

@@ -419,9 +419,11 @@ def segments(ctx: Context, customers: pd.DataFrame) -> dict[str, pd.Series]:
     if S.INCOME in customers:
         income = pd.to_numeric(customers[S.INCOME], errors="coerce")
         # Quartiles of the incomes given; a missing one is its own group (rank keeps it NaN).
-        out["income band"] = _with_missing(
-            pd.qcut(income.rank(method="first"), 4, labels=["Q1 (lowest)", "Q2", "Q3", "Q4 (highest)"])
-        )
+        # Fewer than four incomes make no quartiles (qcut raised on them: a reviewer).
+        if income.notna().sum() >= 4:
+            out["income band"] = _with_missing(
+                pd.qcut(income.rank(method="first"), 4, labels=["Q1 (lowest)", "Q2", "Q3", "Q4 (highest)"])
+            )
     risk = ctx.trained.pipeline.full_schema.customers.risk
     if risk and risk in customers:
         out["risk tolerance"] = _with_missing(pd.to_numeric(customers[risk], errors="coerce").astype("Int64"))
@@ -737,10 +739,14 @@ def suitability_section(ctx: Context) -> Section:
         )
     # Checked from the raw columns, independently of the filter code: a missing tolerance counts as 1.
     tolerance = pd.to_numeric(customers[risk_c], errors="coerce").fillna(S.RISK_MIN).to_numpy()
-    levels = ctx.trained.products.set_index(ctx.trained.products[schema.products.id].astype(str))[risk_p]
-    level = pd.to_numeric(levels.loc[ctx.trained.pipeline.product_ids_], errors="coerce").to_numpy()
-    ordered = ctx.trained.products.set_index(ctx.trained.products[schema.products.id].astype(str))
-    regimes = C.product_regimes(ordered.loc[ctx.trained.pipeline.product_ids_], schema.products)
+    # The data's products table where it lists a product (the rules read it: a risk level the
+    # bank has changed since training), the model's own row for one it no longer lists.
+    ids, key = ctx.trained.pipeline.product_ids_, schema.products.id
+    tables = [ctx.dataset.products, ctx.trained.products] if ctx.dataset is not None else [ctx.trained.products]
+    rows = pd.concat([t.set_index(t[key].astype(str)) for t in tables])
+    ordered = rows[~rows.index.duplicated(keep="first")].loc[ids]
+    level = pd.to_numeric(ordered[risk_p], errors="coerce").to_numpy()
+    regimes = C.product_regimes(ordered, schema.products)
     shown = ranking.index >= 0
     unsuitable = unsuitable_recommendations(ranking.index, level, regimes, tolerance)
     section.table([{"recommendations made": int(shown.sum()), "unsuitable recommended": unsuitable}])
