@@ -188,9 +188,13 @@ def test_a_pipeline_saved_with_float_text_categories_still_finds_them(coded_pipe
     # Saved before the category rule, the vocabulary of a float column said "4.0"; each entry
     # keeps its position (the code the model learned) and 4, 4.0 and "4" find it.
     raw = json.loads(json.dumps(coded_pipeline.to_dict()))  # as pipeline.json holds it
+    assert raw.pop("category_rule") == 1  # files written before the rule have no stamp
     raw["customer_vocab"]["education"] = [f"{float(v)}" for v in coded_pipeline.customer_vocab_["education"]]
     old = FeaturePipeline.from_dict(raw)
     assert old.customer_vocab_["education"] == coded_pipeline.customer_vocab_["education"]
+    # A file written under the rule is read as written: there "1.0" was text (a reviewer).
+    stamped = FeaturePipeline.from_dict({**raw, "category_rule": 1})
+    assert stamped.customer_vocab_["education"] == raw["customer_vocab"]["education"]
     expected = coded_pipeline.transform_customers(coded_education.as_float)
     for frame in (coded_education.as_float, coded_education.as_int, coded_education.as_text):
         got = old.transform_customers(frame)

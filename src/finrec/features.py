@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from finrec.config import DEFAULT_NUMERIC_BINS
 from finrec.data import schema as S
-from finrec.data.categories import as_category_text, category_text, vocabulary_text
+from finrec.data.categories import CATEGORY_RULE, as_category_text, category_text, vocabulary_text
 from finrec.data.ids import as_arrow_text, positions_in
 from finrec.data.io import Dataset
 from finrec.errors import ArtifactError, DataError
@@ -393,6 +393,7 @@ class FeaturePipeline:
             "product_popularity": self.product_popularity_,
             "history": None if self.history_ is None else self.history_.to_dict(),
             "customer_bins": self.customer_bins_,
+            "category_rule": CATEGORY_RULE,
         }
 
     @classmethod
@@ -405,10 +406,13 @@ class FeaturePipeline:
             schema = S.DatasetSchema.from_dict(raw["schema"], source="pipeline.json: schema")
             pipeline = cls(schema, raw["use_holdings"], raw["exclude_protected"])
             pipeline.customer_numeric_ = [NumericStats(**s) for s in raw["customer_numeric"]]
-            pipeline.customer_vocab_ = {k: vocabulary_text(list(v)) for k, v in raw["customer_vocab"].items()}
+            # A file from before the category rule (no stamp) may hold "4.0" where values now say "4".
+            older = raw.get("category_rule") is None
+            read = vocabulary_text if older else list
+            pipeline.customer_vocab_ = {k: read(list(v)) for k, v in raw["customer_vocab"].items()}
             pipeline.product_ids_ = list(raw["product_ids"])
             pipeline.product_numeric_ = [NumericStats(**s) for s in raw["product_numeric"]]
-            pipeline.product_vocab_ = {k: vocabulary_text(list(v)) for k, v in raw["product_vocab"].items()}
+            pipeline.product_vocab_ = {k: read(list(v)) for k, v in raw["product_vocab"].items()}
             pipeline.product_popularity_ = [int(v) for v in raw["product_popularity"]]
             if raw.get("history") is not None:  # absent in pipelines saved before history existed
                 pipeline.history_ = HistoryFeatures.from_dict(raw["history"])

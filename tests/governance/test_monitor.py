@@ -102,9 +102,14 @@ def test_a_reference_saved_with_float_text_categories_still_finds_them(
     entry = M.categorical_reference(coded_education.dataset.customers["education"])
     saved = {**entry, "categories": [f"{float(c)}" for c in entry["categories"]]}  # before the rule
     customers = coded_education.as_int.iloc[:200]
+    assert reference.pop("category_rule") == 1  # references saved before the rule have no stamp
     report = M.monitor({**reference, "features": {"education": saved}}, Recommender(trained, small_dataset), customers)
     assert report["features"]["education"] == M.compare(entry, customers["education"])
     assert report["features"]["education"]["unseen_share"] == 0
+    # Stamped, it is read as written: its "1.0" was text then, and "1" is another value.
+    stamped = {**reference, "category_rule": 1, "features": {"education": saved}}
+    report = M.monitor(stamped, Recommender(trained, small_dataset), customers)
+    assert report["features"]["education"]["unseen_share"] > 0.5
 
 
 def test_many_categories_fold_into_other():

@@ -14,6 +14,8 @@ categorical value becomes vocabulary text through ``category_text`` (one value) 
 - anything else is its ``str``.
 
 ``vocabulary_text`` reads a vocabulary saved before the rule (``"4.0"`` where it now says ``"4"``).
+Files written under the rule say so (``CATEGORY_RULE``), and are read as written: the text column
+``"1.0", "2.5", "3.0"`` must keep its ``"1.0"``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+# Written beside a saved vocabulary (pipeline.json, monitoring.json): its entries follow the rule.
+# Absent, the file predates it and ``vocabulary_text`` reads it (a reviewer: renaming every file
+# turned a text column's "1.0" out of vocabulary).
+CATEGORY_RULE = 1
 
 
 def category_text(value: Any) -> str | None:

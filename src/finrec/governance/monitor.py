@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
-from finrec.data.categories import as_category_text, vocabulary_text
+from finrec.data.categories import CATEGORY_RULE, as_category_text, vocabulary_text
 from finrec.errors import DataError
 
 REFERENCE_VERSION = 1
@@ -237,6 +237,7 @@ def build_reference(
     recommendations = {**recommendations, "categories": catalogue, "shares": _shares(counts)}
     return {
         "version": REFERENCE_VERSION,
+        "category_rule": CATEGORY_RULE,
         "customers": int(len(customers)),
         "k": int(k),
         "n_bins": int(n_bins),
@@ -278,9 +279,10 @@ def monitor(
         if entry["kind"] == "numeric":
             values = _numeric(customers, name)
         else:
-            # a reference saved before the category rule holds "4.0" where the data now says "4"
             values = customers[name]
-            entry = {**entry, "categories": vocabulary_text(list(entry["categories"]))}
+            if reference.get("category_rule") is None:
+                # saved before the category rule: it may hold "4.0" where the data now says "4"
+                entry = {**entry, "categories": vocabulary_text(list(entry["categories"]))}
         features[name] = compare(entry, values, warn, alert)
     scores, recommended = model_outputs(
         recommender, customers, holdings, int(reference["k"]), np.random.default_rng(seed), history=history
