@@ -272,3 +272,14 @@ def test_python_dash_m_finrec_is_the_command_line(tmp_path):
         env=env,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("finrec score: error:"), bad.stderr
+
+
+def test_a_broken_pipe_elsewhere_is_an_internal_error(monkeypatch, tmp_path, capsys):
+    import finrec.cli as cli
+
+    def lost(args):  # a service or a FIFO output that went away, stdout still open
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_generate", lost)
+    assert main(["generate", "--out", str(tmp_path / "bank")]) == 1
+    assert "internal error: BrokenPipeError" in capsys.readouterr().err

@@ -77,7 +77,8 @@ def _schema_difference(path: Path, data_schema: dict) -> str:
         model_schema = _part(path, PIPELINE_FILE, _load_pipeline).full_schema.to_dict()
     except FinrecError:
         return ""
-    return ": " + schema_differences(model_schema, data_schema)
+    found = schema_differences(model_schema, data_schema)
+    return f": {found}" if found else ""
 
 
 def schema_hash(schema_dict: dict) -> str:

@@ -1165,7 +1165,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"finrec {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            return _internal_error(args, exc)  # another pipe (a service, a FIFO --out): a failure
         # The reader stopped reading (`finrec evaluate | head`): its choice, not an internal
         # error. Python's advice: point stdout at devnull so the exit's flush cannot fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -1174,12 +1176,29 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         if os.environ.get("FINREC_DEBUG"):
             raise
-        print(
-            f"finrec {args.command}: internal error: {type(exc).__name__}: {safe_text(str(exc), MAX_MESSAGE_CHARS)} "
-            "(set FINREC_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL_ERROR
+        return _internal_error(args, exc)
+
+
+def _internal_error(args, exc: BaseException) -> int:
+    print(
+        f"finrec {args.command}: internal error: {type(exc).__name__}: {safe_text(str(exc), MAX_MESSAGE_CHARS)} "
+        "(set FINREC_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL_ERROR
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone: the kernel flags its write end
+    with POLLERR (Linux and macOS)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -73,3 +73,8 @@ def test_a_float_vocabulary_saved_before_the_rule_is_read_at_the_same_positions(
 )
 def test_a_text_vocabulary_is_kept(vocabulary):
     assert vocabulary_text(vocabulary) == vocabulary
+
+
+def test_a_float32_column_reads_as_a_request_sends_it():
+    column = pd.Series(np.array([0.1, 2.0, np.nan], dtype="float32"))
+    assert as_category_text(column).tolist() == ["0.1", "2", None] == [category_text(0.1), category_text(2), None]

@@ -70,7 +70,9 @@ def as_category_text(values: pd.Series) -> pd.Series:
 
 def _by_distinct(codes: np.ndarray, uniques, values: pd.Series) -> pd.Series:
     """The rule applied to each distinct value once, gathered by ``codes`` (-1: missing)."""
-    text = np.array([category_text(v) for v in uniques] + [None], dtype=object)
+    # numpy's own scalars: a float32 0.1 is "0.1" as a request sends it, not Python's widened
+    # 0.10000000149011612 (a reviewer).
+    text = np.array([category_text(v) for v in np.asarray(uniques)] + [None], dtype=object)
     return pd.Series(text[codes], index=values.index, name=values.name, dtype=object)
 
 
