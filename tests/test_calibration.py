@@ -503,14 +503,16 @@ def test_an_adoption_model_that_learns_nothing_is_not_kept(trained, small_datase
     adopted_any = customers[S.CUSTOMER_ID].isin(data.interactions[S.CUSTOMER_ID]).to_numpy()
     assert min(adopted_any.sum(), (~adopted_any).sum()) >= CROSS_FIT_MIN
     held = trained.pipeline.holdings_matrix(customers[S.CUSTOMER_ID].to_numpy(), data.holdings)
-    assert cross_fitted_adoption(data, adopted_any, held, trained.config) is None
+    model, _, why = cross_fitted_adoption(data, adopted_any, held, trained.config)
+    assert model is None and "no better than its adoption rate" in why
     bare = copy.copy(trained)
     bare.calibration = None
     assert not calibrate(bare, data).needs_adoption
     # Where adopting depends on age, the same customers give a model that is kept.
     driven = _adopting_by_age(small_dataset)
     adopted_any = customers[S.CUSTOMER_ID].isin(driven.interactions[S.CUSTOMER_ID]).to_numpy()
-    assert cross_fitted_adoption(driven, adopted_any, held, trained.config) is not None
+    model, out_of_fold, why = cross_fitted_adoption(driven, adopted_any, held, trained.config)
+    assert model is not None and out_of_fold.shape == (len(customers),) and why == ""
 
 
 @pytest.mark.slow

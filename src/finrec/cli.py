@@ -561,26 +561,8 @@ def cmd_calibrate(args) -> int:
         + (f" ({left_out} who objected to profiling for marketing left out)" if left_out else "")
         + adoption
     )
-    if not calibration.needs_adoption:
-        from finrec.data.compliance import customer_profile
-        from finrec.training.train import CROSS_FIT_MIN
-
-        ids = dataset.customers[dataset.schema.customers.id].astype(str)
-        served = ~customer_profile(dataset.customers, dataset.schema.customers)["objected"]
-        adopted = ids[served].isin(set(dataset.interactions[S.CUSTOMER_ID].astype(str)))
-        quiet = int((~adopted).sum())
-        if quiet and min(quiet, int(adopted.sum())) >= CROSS_FIT_MIN:
-            print(
-                f"note: {quiet} of these customers adopted nothing, but adoption models fitted on each half of them "
-                "predicted the other half no better than its adoption rate, so none was kept: the probabilities take "
-                "adopting at all as equally likely for everybody"
-            )
-        elif quiet:
-            print(
-                f"note: {quiet} of these customers adopted nothing: too few to fit an adoption model (at least "
-                f"{CROSS_FIT_MIN} of each kind, adopters and not), so its probabilities cannot tell who is likelier "
-                "to adopt at all"
-            )
+    if calibration.adoption_note:
+        print(f"note: {calibration.adoption_note}")
     return 0
 
 

@@ -114,6 +114,9 @@ class Calibration:
     # Where the adoption model was fitted: False, on the training customers (``fit``); True, on
     # the calibration customers themselves, cross-fitted (``calibrate`` on a model without one).
     adoption_cross_fitted: bool = False
+    # Why ``calibrate`` fitted no adoption model where some customers adopted nothing ("" when it
+    # did, or had nothing to say). Said by ``finrec calibrate``; not stored.
+    adoption_note: str = field(default="", compare=False)
 
     @property
     def needs_adoption(self) -> bool:

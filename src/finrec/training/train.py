@@ -760,11 +760,12 @@ def _hold_out(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> tup
 CROSS_FIT_MIN = 50
 
 
-def cross_fitted_adoption(dataset: Dataset, adopted_any: np.ndarray, held: np.ndarray, config: Config) -> tuple | None:
-    """(adoption model, its out-of-fold P(adopts anything) float [n]) for the calibration
-    customers of ``dataset`` (rows in its order; ``adopted_any`` bool [n], ``held`` bool [n, P]),
-    or None with fewer than ``CROSS_FIT_MIN`` of either kind, or where the out-of-fold
-    probabilities predict no better than the rate (their log loss against the other half's rate).
+def cross_fitted_adoption(dataset: Dataset, adopted_any: np.ndarray, held: np.ndarray, config: Config) -> tuple:
+    """(adoption model, its out-of-fold P(adopts anything) float [n], "") for the calibration
+    customers of ``dataset`` (rows in its order; ``adopted_any`` bool [n], ``held`` bool [n, P]);
+    (None, None, why) with fewer than ``CROSS_FIT_MIN`` of either kind, or where the out-of-fold
+    probabilities predict no better than the rate (their log loss against the other half's rate);
+    ``why`` is "" when every customer adopted something (nothing to say).
 
     Why cross-fitted: ``g`` (``adoption_knots``) must read probabilities of customers the model
     never saw, or it would trust the trees' fit to their own training data. So the customers are
@@ -772,8 +773,19 @@ def cross_fitted_adoption(dataset: Dataset, adopted_any: np.ndarray, held: np.nd
     predictions, and the model that ships is refitted on every customer with at most the halves'
     rounds (scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` refits the same way)."""
     adopted_any = np.asarray(adopted_any, dtype=bool)
-    if min(int(adopted_any.sum()), int((~adopted_any).sum())) < CROSS_FIT_MIN:
-        return None
+    quiet = int((~adopted_any).sum())
+    if min(int(adopted_any.sum()), quiet) < CROSS_FIT_MIN:
+        return (
+            None,
+            None,
+            (
+                f"{quiet} of these customers adopted nothing: too few to fit an adoption model (at least "
+                f"{CROSS_FIT_MIN} of each kind, adopters and not), so the probabilities cannot tell who is likelier "
+                "to adopt at all"
+                if quiet
+                else ""
+            ),
+        )
     ids = dataset.customers[dataset.schema.customers.id].to_numpy()
     # Halves drawn separately among adopters and the rest: both kinds in both halves.
     half = np.zeros(len(ids), dtype=bool)
@@ -803,12 +815,19 @@ def cross_fitted_adoption(dataset: Dataset, adopted_any: np.ndarray, held: np.nd
         x, y = adoption_knots(out_of_fold[~side], adopted_any[~side])
         mapped[side] = np.interp(out_of_fold[side], x, y)
     if log_loss(mapped, adopted_any) >= log_loss(rate, adopted_any):
-        log.info("adoption model not kept: on customers it did not see it predicts no better than the rate")
-        return None
+        return (
+            None,
+            None,
+            (
+                f"{quiet} of these customers adopted nothing, but adoption models fitted on each half of them "
+                "predicted the other half no better than its adoption rate, so none was kept: the probabilities "
+                "take adopting at all as equally likely for everybody"
+            ),
+        )
     # The model that ships is no sharper than those ``g`` is fitted on: refitted freely, it went
     # on to 16 rounds where the halves had stopped at 1, and ``g``, fitted on their nearly flat
     # probabilities, stretched its spread into an error 11% above no adoption model at all.
-    return adoption_model_for(dataset, config, max_rounds=max(1, *rounds)), out_of_fold
+    return adoption_model_for(dataset, config, max_rounds=max(1, *rounds)), out_of_fold, ""
 
 
 def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_adoption: bool = True) -> Calibration:
@@ -844,10 +863,10 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
     adoption = None
     if adoption_model is not None:
         adoption = adoption_model.adoption_probability(dataset.customers, held=held, history=dataset.holdings_history)
-    elif fit_adoption:
-        found = cross_fitted_adoption(dataset, adopted.any(axis=1), held, trained.config)
-        if found is not None:
-            (adoption_model, adoption), cross_fitted = found, True
+    note = ""
+    if adoption_model is None and fit_adoption:
+        adoption_model, adoption, note = cross_fitted_adoption(dataset, adopted.any(axis=1), held, trained.config)
+        cross_fitted = adoption_model is not None
     calibration = fit_calibration(
         scores,
         adopted,
@@ -858,4 +877,5 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
         adoption=adoption,
     )
     calibration.adoption_cross_fitted = cross_fitted
+    calibration.adoption_note = note
     return calibration
