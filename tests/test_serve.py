@@ -103,6 +103,19 @@ def test_products(client, small_dataset):
     assert body["count"] == len(small_dataset.products) == len(body["products"])
     assert {p["product_id"] for p in body["products"]} == set(small_dataset.products["product_id"].astype(str))
     assert all("risk_level" in p and "product_type" in p for p in body["products"])
+    assert all(p["offered"] is True for p in body["products"])  # the data lists every product
+
+
+def test_a_discontinued_product_is_listed_as_not_offered(trained, small_dataset):
+    from finrec.recommend.recommender import Recommender
+    from finrec.serve import catalogue_listing
+
+    products = small_dataset.products
+    gone = str(products["product_id"].iloc[0])
+    recommender = Recommender(trained).with_catalogue(products.iloc[1:], "products.csv")
+    listing = catalogue_listing(recommender)
+    assert [p["product_id"] for p in listing] == list(trained.pipeline.product_ids_)
+    assert {p["product_id"] for p in listing if not p["offered"]} == {gone}
 
 
 def test_customer_profile_and_404(client, ids):

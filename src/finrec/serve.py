@@ -248,6 +248,17 @@ class Product(BaseModel):
     product_id: str
 
 
+def catalogue_listing(recommender) -> list[dict[str, Any]]:
+    """``GET /products``: each product of the model, in its order, with the details shown in
+    recommendations and whether it is ``offered``: false for one the data's products table no
+    longer lists (the rules never offer it; the listing showed it like any other)."""
+    gone = recommender.catalogue.discontinued
+    return [
+        {S.PRODUCT_ID: str(pid), **details, "offered": not (gone is not None and bool(gone[j]))}
+        for j, (pid, details) in enumerate(zip(recommender.pipeline.product_ids_, recommender.products))
+    ]
+
+
 class ProductsResponse(BaseModel):
     count: int
     products: list[Product]
@@ -488,10 +499,7 @@ def create_app(
             version, path = _model_source(model_dir, registry_root)
             recommender = Recommender.load(path, data_dir)
             recommender.model_version = version
-            state.products = [
-                {S.PRODUCT_ID: str(pid), **details}
-                for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)
-            ]
+            state.products = catalogue_listing(recommender)
             state.recommender = recommender
             if registry_root is not None:
                 state.watcher = _watch_registry(app, registry_root, version, data_dir, poll_seconds)
@@ -795,11 +803,7 @@ def _watch_registry(app: FastAPI, root, version: str, data_dir, poll_seconds: fl
     def load(new_version: str, path: Path):
         recommender = Recommender.load(path, data_dir, datasets=datasets)
         recommender.model_version = new_version
-        products = [
-            {S.PRODUCT_ID: str(pid), **details}
-            for pid, details in zip(recommender.pipeline.product_ids_, recommender.products)
-        ]
-        return recommender, products
+        return recommender, catalogue_listing(recommender)
 
     def install(new_version: str, loaded) -> None:
         recommender, products = loaded
