@@ -31,7 +31,7 @@ import pandas as pd
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.categories import as_category_text
-from finrec.evaluate.fairness import MISSING
+from finrec.evaluate.fairness import MISSING, group_labels
 from finrec.governance import svg
 from finrec.governance.compare import paired_bootstrap, per_customer_metrics
 from finrec.governance.monitor import ALERT_PSI, WARN_PSI
@@ -407,15 +407,8 @@ def _lightgbm_scores(ctx: Context):
 def segments(ctx: Context, customers: pd.DataFrame) -> dict[str, pd.Series]:
     """Segment labels of ``customers``: age band, income quartile, risk tolerance, cold (no holdings)."""
     out: dict[str, pd.Series] = {}
-    if S.AGE in customers:
-        out["age band"] = _with_missing(
-            pd.cut(
-                pd.to_numeric(customers[S.AGE], errors="coerce"),
-                [0, 30, 45, 60, np.inf],
-                right=False,
-                labels=["<30", "30-44", "45-59", "60+"],
-            )
-        )
+    if S.AGE in customers:  # the fairness report's bands, "missing" included
+        out["age band"] = group_labels(customers[S.AGE], S.AGE, ctx.trained.pipeline.full_schema.customers)
     if S.INCOME in customers:
         income = pd.to_numeric(customers[S.INCOME], errors="coerce")
         # Quartiles of the incomes given; a missing one is its own group (rank keeps it NaN).
