@@ -70,13 +70,13 @@ def test_the_walk_equals_lightgbm_on_missing_zero_and_unseen_values(booster):
 
 def test_a_best_iteration_and_one_leaf_trees_are_walked_as_saved(booster):
     forest = Forest.from_model_text(booster.model_to_string(num_iteration=10))
-    assert len(forest.depth) == 40
+    assert len(forest.tree_class) == 40
     x = _codes(_frame(np.random.default_rng(3), 500)[0])
     np.testing.assert_array_equal(forest.raw_score(x), booster.predict(x, raw_score=True, num_iteration=10))
     # A regression on a constant label: one tree of one leaf, no splits at all.
     flat = lgb.train({"objective": "regression", "verbose": -1}, lgb.Dataset(np.ones((50, 2)), np.ones(50)), 1)
     one = Forest.from_model_text(flat.model_to_string())
-    assert one.depth.tolist() == [0] and one.n_classes == 1
+    assert one.node_start.tolist() == [0, 0] and one.leaf_start.tolist() == [0, 1] and one.n_classes == 1
     np.testing.assert_allclose(one.raw_score(np.zeros((3, 2))), flat.predict(np.zeros((3, 2)), raw_score=True)[:, None])
 
 
@@ -139,9 +139,25 @@ def test_odd_category_values_and_infinities_go_where_lightgbm_sends_them(booster
     np.testing.assert_array_equal(forest.raw_score(x), booster.predict(x, raw_score=True))
 
 
-def test_deep_trees_are_refused(booster, monkeypatch):
+def test_trees_of_64_leaves_are_walked_and_65_refused():
+    # Every bit of the 64-bit word is a leaf (the highest one included).
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(6000, 3))
+    y = np.exp(3 * x[:, 0]) + np.sin(4 * x[:, 1]) + rng.normal(0, 0.01, 6000)
+    params = {"objective": "regression", "num_leaves": 64, "min_data_in_leaf": 1, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(x, y), 5)
+    forest = Forest.from_model_text(booster.model_to_string())
+    assert (np.diff(forest.leaf_start) == 64).any()
+    probe = rng.normal(size=(1000, 3)) * 2
+    np.testing.assert_array_equal(forest.raw_score(probe)[:, 0], booster.predict(probe, raw_score=True))
+    bigger = lgb.train({**params, "num_leaves": 65}, lgb.Dataset(x, y), 1)
+    with pytest.raises(ValueError, match=r"a tree of 65 leaves is not walked \(at most 64: one bit per leaf"):
+        Forest.from_model_text(bigger.model_to_string())
+
+
+def test_trees_of_more_leaves_than_bits_are_refused(booster, monkeypatch):
     from finrec.training import forest as forest_module
 
-    monkeypatch.setattr(forest_module, "_MAX_DEPTH", 2)
-    with pytest.raises(ValueError, match=r"a tree of depth \d+ is not walked \(at most 2"):
+    monkeypatch.setattr(forest_module, "_MAX_LEAVES", 4)
+    with pytest.raises(ValueError, match=r"a tree of \d+ leaves is not walked \(at most 4: one bit per leaf"):
         Forest.from_model_text(booster.model_to_string())

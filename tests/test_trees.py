@@ -40,6 +40,26 @@ def test_teacher_probabilities_are_lightgbms_own(small_dataset, teacher_and_pipe
     np.testing.assert_allclose(got[:, teacher.classes_], want, rtol=1e-9, atol=1e-12)
 
 
+def test_trees_the_walk_refuses_are_scored_by_lightgbms_own_prediction(
+    small_dataset, teacher_and_pipeline, monkeypatch
+):
+    import copy
+
+    from finrec.training import forest as forest_module
+
+    teacher = copy.deepcopy(teacher_and_pipeline[0])
+    teacher.__dict__.pop("forest_", None)
+    walked = teacher.score(small_dataset.customers, small_dataset.holdings)
+    teacher.__dict__.pop("forest_", None)
+    monkeypatch.setattr(forest_module, "_MAX_LEAVES", 2)  # as a tree of more than 64 leaves would be
+    got = teacher.score(small_dataset.customers, small_dataset.holdings)
+    assert teacher._unwalkable and "forest_" not in teacher.__dict__
+    x = teacher.matrix(small_dataset.customers, small_dataset.holdings)
+    want = teacher.booster_.predict(x, num_iteration=teacher.best_iteration_)
+    np.testing.assert_array_equal(got[:, teacher.classes_], want)
+    np.testing.assert_allclose(got, walked, rtol=1e-9, atol=1e-12)
+
+
 def test_teacher_targets_follow_our_catalogue_order_not_the_teachers(small_dataset, teacher_and_pipeline):
     teacher, pipeline = teacher_and_pipeline
     q = teacher_targets(teacher, small_dataset, pipeline)

@@ -1,9 +1,11 @@
-"""A LightGBM multiclass booster's trees as flat arrays, walked by one compiled loop.
+"""A LightGBM booster's trees as flat arrays, walked by one compiled loop.
 
 The tree blend runs the teacher on every customer scored. LightGBM's own ``predict`` took 98-105 µs
 a customer on one core for the default bank's teacher (2,050 trees: 25 products x 82 rounds), 9x
-the rest of batch scoring; this walk takes 45-57 µs on the same trees and inputs (one core; both
-over 100,000 customers, one after the other, ``benchmarks/batch_scoring.py`` has the end to end).
+the rest of batch scoring. A first compiled walk (each tree laid out complete, the rows of a block
+stepping down it level by level) took 45-57 µs; this one takes about 5 (eighteenth session:
+1,750 trees, 100,000 customers of a fresh bank, one core, a scratch timing: 29.8 against 4.7 µs,
+equal to the last bit; ``benchmarks/batch_scoring.py`` has the end to end).
 
 The arrays come from the booster's text format, the one ``tree_blend.json`` stores, so every
 threshold is the exact double LightGBM compares against. The decision rules are LightGBM's
@@ -16,19 +18,22 @@ threshold is the exact double LightGBM compares against. The decision rules are 
   is in the node's category bitset;
 - before any tree, |x| <= kZeroThreshold (1e-35 as a float32) reads as 0.0.
 
-Each tree is laid out complete (heap order, the children of node k at 2k+1 and 2k+2; a leaf above
-the tree's depth is reached through pass-through nodes whose threshold is +inf), so a row takes
-exactly ``depth`` steps and the rows of a block step together, level by level: independent work
-the processor overlaps, where a walk of one row down one tree waits on every load. (Walking
-each row down its own path instead, 3-4 of a tree's 4-6 levels with no pass-through nodes, was
-measured slower on the default bank's teacher and real customers: 43.7 against 33.1 µs a
-customer, one core, interleaved in one process; on random inputs it had looked faster.) Numerical
-columns that no node treats as missing are cleaned (NaN -> 0.0, LightGBM's own rule) and
-categorical codes clipped to their vocabulary before the walk, which leaves one compare or one
-table lookup per step.
+**The walk tests every split of a tree, not a path down it** (QuickScorer: Lucchese et al.,
+SIGIR 2015). Number a tree's leaves left to right and give each row one bit per leaf, all set.
+A split that sends a row right rules out every leaf of its left subtree: those bits are cleared
+(``rule_out``, one 64-bit mask per split). The row's leaf is then the lowest bit left: a leaf
+left of it has a common ancestor with it that sent the row right, which cleared it, and nothing
+clears the leaf itself, whose ancestors' left subtrees hold it only where they sent the row left.
+A 7-leaf tree is 6 tests a row whatever its path, each the same compare over a block of rows laid
+out column by column: no load waits on the one before, and the compiler turns the compares into
+vector instructions. Trees of more than 64 leaves (a bit each) are refused: LightGBM's own
+prediction scores them (``LightGBMBaseline``). Numerical columns that no split treats as missing
+are cleaned (NaN -> 0.0, LightGBM's own rule) and categorical codes clipped to their vocabulary
+before the walk, which leaves one compare or one table lookup per test.
 
 The result is tested equal to ``Booster.predict(raw_score=True)`` on data with NaNs, zeros,
-negative and unseen categories (``tests/test_forest.py``).
+negative and unseen categories (``tests/test_forest.py``): each class's leaves are summed in
+the trees' order, as LightGBM sums them.
 
     >>> forest = Forest.from_model_text(booster.model_to_string(num_iteration=best))
     >>> forest.raw_score(x)     # float64 [n, K], as booster.predict(x, raw_score=True)
@@ -45,26 +50,27 @@ import numpy as np
 
 _CATEGORICAL = 1
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold, a float literal widened
-_MAX_DEPTH = 20  # a complete tree of depth d has 2^d - 1 nodes: deeper trees are refused
+_MAX_LEAVES = 64  # a bit per leaf in one 64-bit word: larger trees are refused
 _ROWS_PER_THREAD = 2048  # below this a thread's start costs more than its share of the walk
 
 
 @dataclass(frozen=True, eq=False)
 class Forest:
-    """Every tree of a LightGBM model, complete and in heap order, in one set of arrays.
+    """Every tree of a LightGBM model in one set of arrays.
 
-    Per tree t: ``depth`` int32 [T], its nodes from ``node_start[t]`` (2^depth - 1 of them), its
-    leaves from ``leaf_start[t]`` (2^depth), its class ``tree_class`` int32 [T]. Per node:
-    ``feature`` int32, ``threshold`` float64, ``kind`` int8 (0 a plain compare, 1 a category
-    lookup in ``go_left`` uint8 from ``table_start``, 2 a compare with LightGBM's missing-value
-    rule in ``flags``). Columns: ``clean`` int32, numerical columns whose NaN is read as 0.0;
-    ``categorical`` int32 with ``vocabulary`` int32, the codes any split names (a code outside
-    them, NaN or negative reads as ``vocabulary``, which every split sends right).
+    Per tree t: its splits from ``node_start[t]`` to ``node_start[t + 1]`` (LightGBM's order), its
+    leaves, left to right, from ``leaf_start[t]`` to ``leaf_start[t + 1]``, its class
+    ``tree_class`` int32 [T]. Per split: ``feature`` int32, ``threshold`` float64, ``kind`` int8
+    (0 a plain compare, 1 a category lookup in ``go_left`` uint8 from ``table_start``, 2 a compare
+    with LightGBM's missing-value rule in ``flags``), ``rule_out`` uint64, the tree's leaves with
+    the bits of the split's left subtree cleared (a row sent right keeps only these). Columns:
+    ``clean`` int32, numerical columns whose NaN is read as 0.0; ``categorical`` int32 with
+    ``vocabulary`` int32, the codes any split names (a code outside them, NaN or negative reads
+    as ``vocabulary``, which every split sends right).
     """
 
     n_classes: int
     n_features: int
-    depth: np.ndarray
     node_start: np.ndarray
     leaf_start: np.ndarray
     tree_class: np.ndarray
@@ -73,6 +79,7 @@ class Forest:
     kind: np.ndarray
     flags: np.ndarray
     table_start: np.ndarray
+    rule_out: np.ndarray
     go_left: np.ndarray
     leaf_value: np.ndarray
     clean: np.ndarray
@@ -104,16 +111,17 @@ class Forest:
                 f"columns {sorted(numeric & categorical.keys())} are split both as numbers and as categories"
             )
 
-        depth, node_start, leaf_start = [], [0], [0]
-        columns: dict[str, list] = {k: [] for k in ("feature", "threshold", "kind", "flags", "table_start", "leaf")}
+        node_start, leaf_start = [0], [0]
+        columns: dict[str, list] = {
+            k: [] for k in ("feature", "threshold", "kind", "flags", "table_start", "rule_out", "leaf")
+        }
         go_left = _Tables()
         for tree in trees:
-            d, arrays = _layout(tree, categorical, with_missing, go_left)
-            depth.append(d)
-            node_start.append(node_start[-1] + 2**d - 1)
-            leaf_start.append(leaf_start[-1] + 2**d)
+            arrays = _layout(tree, categorical, with_missing, go_left)
             for name, values in zip(columns, arrays):
                 columns[name].append(values)
+            node_start.append(node_start[-1] + len(arrays[0]))
+            leaf_start.append(leaf_start[-1] + len(arrays[-1]))
 
         def joined(name: str, dtype) -> np.ndarray:
             return np.concatenate(columns[name]).astype(dtype) if columns[name] else np.zeros(0, dtype)
@@ -122,7 +130,6 @@ class Forest:
         return cls(
             n_classes=n_classes,
             n_features=n_features,
-            depth=np.asarray(depth, np.int32),
             node_start=np.asarray(node_start, np.int64),
             leaf_start=np.asarray(leaf_start, np.int64),
             tree_class=np.arange(len(trees), dtype=np.int32) % n_classes,
@@ -131,6 +138,7 @@ class Forest:
             kind=joined("kind", np.int8),
             flags=joined("flags", np.int8),
             table_start=joined("table_start", np.int64),
+            rule_out=joined("rule_out", np.uint64),
             go_left=go_left.joined(),
             leaf_value=joined("leaf", np.float64),
             clean=np.asarray(clean, np.int32),
@@ -157,7 +165,6 @@ class Forest:
         prepare(x, self.clean, self.categorical, self.vocabulary)
         out = np.zeros((len(x), self.n_classes), dtype=np.float64)
         arrays = (
-            self.depth,
             self.node_start,
             self.leaf_start,
             self.tree_class,
@@ -166,6 +173,7 @@ class Forest:
             self.kind,
             self.flags,
             self.table_start,
+            self.rule_out,
             self.go_left,
             self.leaf_value,
         )
@@ -226,49 +234,47 @@ class _Tables:
 
 
 def _layout(tree: dict, categorical: dict[int, int], with_missing: set[int], go_left: _Tables) -> tuple:
-    """One parsed tree, complete to its depth d and in heap order: (d, (feature, threshold, kind,
-    flags, table_start, leaves)). Its category tables are appended to ``go_left``."""
-    d = _depth(tree, 0) if tree["feature"] else 0
-    if d > _MAX_DEPTH:
-        raise ValueError(
-            f"a tree of depth {d} is not walked (at most {_MAX_DEPTH}: its complete layout has 2^depth nodes)"
-        )
-    nodes = 2**d - 1
-    feature = np.zeros(nodes, np.int32)
-    threshold = np.full(nodes, np.inf)  # a pass-through node: every value goes left
-    kind = np.zeros(nodes, np.int8)
-    flags = np.zeros(nodes, np.int8)
-    table_start = np.zeros(nodes, np.int64)
-    leaves = np.zeros(2**d)
+    """One parsed tree's arrays: (feature, threshold, kind, flags, table_start, rule_out) per
+    split in LightGBM's order, and its leaf values left to right. Its category tables are
+    appended to ``go_left``."""
+    n_leaves = len(tree["leaf_value"])
+    if n_leaves > _MAX_LEAVES:
+        raise ValueError(f"a tree of {n_leaves} leaves is not walked (at most {_MAX_LEAVES}: one bit per leaf)")
+    splits = len(tree["feature"])
+    feature = np.zeros(splits, np.int32)
+    threshold = np.zeros(splits)
+    kind = np.zeros(splits, np.int8)
+    flags = np.zeros(splits, np.int8)
+    table_start = np.zeros(splits, np.int64)
+    rule_out = np.zeros(splits, np.uint64)
+    leaves = np.zeros(n_leaves)
+    every = (1 << n_leaves) - 1
+    position = 0  # the next leaf's place, left to right
 
-    def place(child: int, k: int, level: int) -> None:
-        if child < 0:  # a leaf: the leftmost position below k at the full depth
-            for _ in range(d - level):
-                k = 2 * k + 1
-            leaves[k - nodes] = tree["leaf_value"][~child]
-            return
+    def place(child: int) -> int:
+        """Lay out the subtree at ``child`` (a leaf where negative); its leaves' bits."""
+        nonlocal position
+        if child < 0:
+            leaves[position] = tree["leaf_value"][~child]
+            position += 1
+            return 1 << (position - 1)
         f = tree["feature"][child]
-        feature[k] = f
-        flags[k] = tree["decision"][child]
-        if flags[k] & _CATEGORICAL:
-            kind[k] = 1
+        feature[child] = f
+        flags[child] = tree["decision"][child]
+        if flags[child] & _CATEGORICAL:
+            kind[child] = 1
             table = np.zeros(categorical[f] + 1, np.uint8)
             table[list(tree["categories"][child])] = 1
-            table_start[k] = go_left.add(table)
+            table_start[child] = go_left.add(table)
         else:
-            kind[k] = 2 if f in with_missing else 0
-            threshold[k] = tree["threshold"][child]
-        place(tree["left"][child], 2 * k + 1, level + 1)
-        place(tree["right"][child], 2 * k + 2, level + 1)
+            kind[child] = 2 if f in with_missing else 0
+            threshold[child] = tree["threshold"][child]
+        left = place(tree["left"][child])
+        rule_out[child] = every & ~left
+        return left | place(tree["right"][child])
 
-    place(0 if tree["feature"] else ~0, 0, 0)
-    return d, (feature, threshold, kind, flags, table_start, leaves)
-
-
-def _depth(tree: dict, node: int) -> int:
-    if node < 0:
-        return 0
-    return 1 + max(_depth(tree, tree["left"][node]), _depth(tree, tree["right"][node]))
+    place(0 if splits else ~0)
+    return feature, threshold, kind, flags, table_start, rule_out, leaves
 
 
 def _cpus() -> int:
