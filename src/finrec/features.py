@@ -354,6 +354,11 @@ class FeaturePipeline:
             out[f"product_cat_{i}"] = _codes(products[col], vocab)
         return out
 
+    def category_positions(self, column: str, values: pd.Series) -> np.ndarray:
+        """int32 [n]: each of ``values``' position in the vocabulary of categorical ``column``;
+        -1 where missing or unseen (the tower's codes less one: one lookup for both)."""
+        return _codes(values, self._arrow_vocab(column)) - 1
+
     def _arrow_vocab(self, column: str) -> pa.Array:
         cache = self.__dict__.setdefault("_arrow_vocabs", {})
         if column not in cache:

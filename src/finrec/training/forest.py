@@ -156,7 +156,7 @@ class Forest:
         batch scorer's chunk workers, where more threads than cores gained nothing: 41,860
         customers/s end to end against 44,812 and 48,011, a noisy machine). The loop releases
         the GIL, so such threads do run at once."""
-        x = np.array(x, dtype=np.float64, order="C")  # a copy: the cleaning below writes to it
+        x = np.array(x, dtype=np.float64, order="K")  # a copy: the cleaning below writes to it
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"the forest reads {self.n_features} features; got an array of shape {x.shape}")
         # LightGBM reads |x| <= kZeroThreshold (1e-35 as a float32) as 0.0 before any tree sees

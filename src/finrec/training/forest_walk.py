@@ -31,8 +31,8 @@ def walk(
     one, shift = np.uint64(1), np.uint64(58)
     for first in range(0, n, BLOCK):
         m = min(n, first + BLOCK) - first
-        for r in range(m):
-            for c in range(width):
+        for c in range(width):  # contiguous reads from a column-major x (``LightGBMBaseline.matrix``)
+            for r in range(m):
                 columns[c, r] = x[first + r, c]
         total[:, :m] = 0.0
         for t in range(tree_class.shape[0]):

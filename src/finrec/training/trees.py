@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from finrec.data import schema as S
-from finrec.data.categories import as_category_text, category_text
+from finrec.data.categories import category_text
 from finrec.features import FeaturePipeline
 from finrec.training.forest import Forest
 
@@ -168,8 +168,10 @@ class LightGBMBaseline:
             for stats in pipeline.customer_numeric_
         }
         codes = {}
-        for col, vocab in pipeline.customer_vocab_.items():
-            found = pd.Categorical(as_category_text(customers[col]), categories=vocab).codes.astype("float64")
+        for col in pipeline.customer_vocab_:
+            # the tower's lookup (arrow, one hash per value): pandas' Categorical over text cost
+            # batch scoring a tenth of its time
+            found = pipeline.category_positions(col, customers[col]).astype("float64")
             found[found < 0] = np.nan
             codes[col] = found
         cid = pipeline.schema.customers.id
@@ -556,10 +558,13 @@ def _member(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _stack(columns: dict[str, np.ndarray], n: int) -> np.ndarray:
-    out = np.empty((n, len(columns)), dtype="float64")
+    """float64 [n, F], column-major: each column is written in one contiguous run (row-major,
+    every column touched every row's cache line: a tenth of a second per 200,000 customers), and
+    the forest reads its rows block by block, column by column, either way."""
+    out = np.empty((len(columns), n), dtype="float64")
     for j, values in enumerate(columns.values()):
-        out[:, j] = values
-    return out
+        out[j] = values
+    return out.T
 
 
 def _passive_openmp() -> None:
