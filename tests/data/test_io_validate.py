@@ -127,6 +127,18 @@ def test_empty_table(tmp_path):
     expect(tmp_path, t, "products", "empty")
 
 
+def test_header_only_interactions_are_no_outcomes_where_none_are_required(tmp_path):
+    # monitor, report, score and serve --data take a directory without interactions; one whose
+    # interactions export came back with a header and no rows was refused as an empty table.
+    t = tables()
+    t["interactions"] = t["interactions"].iloc[:0]
+    d = write(tmp_path, t)
+    ds = load_dataset(d, require_interactions=False)
+    assert len(ds.interactions) == 0 and len(ds.customers) == 3
+    with pytest.raises(DataError, match="interactions .* the table is empty"):
+        load_dataset(d)  # train and evaluate need outcomes
+
+
 def test_schema_key_typo_suggests_fix(tmp_path):
     bad = {**SCHEMA, "customers": {**SCHEMA["customers"], "categorcal": ["segment"]}}
     del bad["customers"]["categorical"]

@@ -264,7 +264,9 @@ def load_dataset(directory: str | Path, require_interactions: bool = True, histo
         path = find_table(directory, name, required=required)
         if path is not None:
             tables[name] = read_history(path) if name == S.HOLDINGS_HISTORY else read_table(path, id_columns=ids)
-    return validate_tables(schema, tables, source=directory, history_order=history_order)
+    return validate_tables(
+        schema, tables, source=directory, history_order=history_order, require_interactions=require_interactions
+    )
 
 
 def validate_tables(
@@ -272,10 +274,13 @@ def validate_tables(
     tables: dict[str, pd.DataFrame],
     source: Path | None = None,
     history_order: bool = True,
+    require_interactions: bool = True,
 ) -> Dataset:
     """Check every table against the contract and return a ``Dataset`` with typed columns.
     ``history_order=False`` accepts a history that overlaps the adoptions (a log that
-    ``finrec split --by time`` cuts); everything else about the history is checked as always."""
+    ``finrec split --by time`` cuts); everything else about the history is checked as always.
+    ``require_interactions=False`` (scoring, monitoring, serving) takes an interactions table of a
+    header and no rows as no outcomes, as it takes an absent one."""
 
     def where(name: str) -> str:
         return f"{name} ({source / name if source else name})"
@@ -303,7 +308,8 @@ def validate_tables(
     if interactions is None:
         interactions = _empty_links()
     else:
-        V.require_rows(interactions, where(S.INTERACTIONS))
+        if require_interactions:
+            V.require_rows(interactions, where(S.INTERACTIONS))
         interactions = V.check_timestamps(interactions, where(S.INTERACTIONS))
     holdings = links(S.HOLDINGS)
     history = None
