@@ -6,6 +6,7 @@ customer and product ids may be integers or text in the user's files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -190,13 +191,19 @@ def check_table_file(path: Path) -> None:
 
 
 @contextmanager
-def _csv_errors(where, empty: str = "the file has no header and no rows"):
-    """pandas' failures to read a CSV file as one bounded ``DataError`` naming ``where``."""
+def _csv_errors(where, empty: str = "the file has no header and no rows", source=None):
+    """pandas' failures to read a CSV file as one bounded ``DataError`` naming ``where``;
+    ``source`` (the path, or the bytes held in memory) lets a text that is not UTF-8 be
+    located by its line."""
     try:
         yield
     except UnicodeDecodeError as exc:  # before ValueError, its base
+        found = _first_non_utf8_line(where if source is None else source)
+        # pandas' offset is within the one cell it decoded, not the file: the line is found here.
+        at = f"line {found[0]}, near: {safe_text(found[1], 60)}" if found else exc.reason
         raise DataError(
-            f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
+            f"{where}: not UTF-8 text ({at}); a Latin-1 or Windows-1252 export must be saved as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8')"
         ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: {empty}") from None
@@ -204,9 +211,25 @@ def _csv_errors(where, empty: str = "the file has no header and no rows"):
         raise DataError(f"{where}: not a readable CSV file ({first_line(exc)})") from None
 
 
+def _first_non_utf8_line(source) -> tuple[int, bytes] | None:
+    """(number, the bytes around the fault) of the first line of a CSV file (a path, or an
+    in-memory upload) that is not UTF-8; None when every line is (or the file is gone)."""
+    try:
+        with open(source, "rb") if isinstance(source, (str, Path)) else contextlib.nullcontext(source) as handle:
+            handle.seek(0)
+            for number, line in enumerate(handle, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return number, line[max(0, exc.start - 20) : exc.end + 20].rstrip(b"\r\n")
+    except OSError:
+        return None
+    return None
+
+
 def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> pd.DataFrame:
     where = where or str(source)
-    with _csv_errors(where):
+    with _csv_errors(where, source=source):
         df = pd.read_csv(source, dtype={c: str for c in id_columns}, keep_default_na=True, encoding="utf-8")
     _check_separator(df, where)
     unnamed = [c for c in df.columns if str(c).startswith("Unnamed:")]
