@@ -139,6 +139,17 @@ def test_header_only_interactions_are_no_outcomes_where_none_are_required(tmp_pa
         load_dataset(d)  # train and evaluate need outcomes
 
 
+def test_column_names_differing_in_spaces_or_case_are_named(tmp_path):
+    # In the list of a file's columns 'income ' looks like 'income': the message names the pair.
+    t = tables()
+    t["customers"] = t["customers"].rename(columns={"income": "Income "})
+    expect(tmp_path, t, "'Income ' for 'income'", "spaces and case", error=SchemaError)
+    t = tables()
+    t["interactions"] = t["interactions"].rename(columns={"product_id": " product_id"})
+    (tmp_path / "b").mkdir()
+    expect(tmp_path / "b", t, "interactions", "missing column(s) 'product_id' (the file has ' product_id' for")
+
+
 def test_schema_key_typo_suggests_fix(tmp_path):
     bad = {**SCHEMA, "customers": {**SCHEMA["customers"], "categorcal": ["segment"]}}
     del bad["customers"]["categorical"]

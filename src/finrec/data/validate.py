@@ -32,11 +32,26 @@ def _columns(columns: Iterable) -> str:
     return safe_items(columns, MAX_COLUMNS_SHOWN, quote=False)
 
 
+def _near_names(missing: Iterable[str], columns: Iterable) -> str:
+    """A hint naming the table's columns that differ from a missing one only in surrounding
+    spaces or case (``'income '``, ``'Income'``): in a plain list of the columns they look the
+    same, and an export's header often carries them."""
+    by_key: dict[str, list] = {}
+    for column in columns:
+        by_key.setdefault(str(column).strip().casefold(), []).append(column)
+    pairs = [(near, name) for name in missing for near in by_key.get(str(name).strip().casefold(), ()) if near != name]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{safe_text(near, quote=True)} for {safe_text(name, quote=True)}" for near, name in pairs[:5])
+    return f" (the file has {shown}: names must match exactly, spaces and case included)"
+
+
 def require_columns(df: pd.DataFrame, columns: Iterable[str], where: str, error=DataError) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise error(
-            f"{where}: missing column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)}; the file has: {_columns(df.columns)}"
+            f"{where}: missing column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)}{_near_names(missing, df.columns)}; "
+            f"the file has: {_columns(df.columns)}"
         )
 
 
@@ -173,8 +188,8 @@ def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> 
     missing = [c for c in dict.fromkeys(named) if c not in df.columns]
     if missing:
         raise SchemaError(
-            f"schema.yaml names column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)} that {where} does not have; "
-            f"its columns are: {_columns(df.columns)}"
+            f"schema.yaml names column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)} that {where} does not have"
+            f"{_near_names(missing, df.columns)}; its columns are: {_columns(df.columns)}"
         )
 
 
