@@ -103,6 +103,21 @@ def test_unknown_product_in_interactions(tmp_path):
     expect(tmp_path, t, "interactions", "1 row(s)", "'p9'")
 
 
+@pytest.mark.parametrize(
+    "customers, interactions, hint",
+    [
+        (["0001", "0002", "0003"], ["1", "2", "3"], "'1' is '0001' in customers"),  # zeros a spreadsheet dropped
+        (["1", "2", "3"], ["1.0", "2.0", "3.0"], "'1.0' is '1' in customers"),  # an id column exported as float
+    ],
+)
+def test_unknown_ids_written_another_way_are_named(tmp_path, customers, interactions, hint):
+    t = tables()
+    t["customers"]["customer_id"] = customers
+    t["interactions"]["customer_id"] = interactions
+    t["holdings"]["customer_id"] = customers[1]
+    expect(tmp_path, t, "3 row(s)", hint, "compared as text")
+
+
 def test_unknown_customer_in_holdings(tmp_path):
     t = tables()
     t["holdings"].loc[0, "customer_id"] = 42

@@ -214,8 +214,26 @@ def check_references(link: pd.DataFrame, column: str, known: pd.Index, where: st
         values = link.loc[unknown, column].unique()
         raise DataError(
             f"{where}: {int(unknown.sum())} row(s) name {column} values that are not in {target}, "
-            f"e.g. {_examples(values)}"
+            f"e.g. {_examples(values)}{_id_form_hint(values, known, target)}"
         )
+
+
+def _id_form_hint(unknown, known: pd.Index, target: str) -> str:
+    """A hint when an unknown id is a known one written another way: with or without leading
+    zeros ('1' for '0000001', as a spreadsheet drops them) or a decimal '.0' ('7.0' for '7', as
+    an id column that once held a gap is exported). Ids are compared as text, so those differ."""
+    widths = set(pd.Series(known[:1000], dtype=object).astype(str).str.len())
+    for value in list(unknown)[:20]:
+        text = str(value)
+        base = text[:-2] if text.endswith(".0") else text
+        for candidate in (base, base.lstrip("0") or "0", *(base.zfill(w) for w in sorted(widths))):
+            if candidate != text and candidate in known:
+                return (
+                    f" ({safe_text(text, quote=True)} is {safe_text(candidate, quote=True)} in {target} written "
+                    "another way: ids are compared as text, so leading zeros and a decimal '.0' must be alike "
+                    "in every table)"
+                )
+    return ""
 
 
 def check_timestamps(df: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -343,7 +361,7 @@ def check_id_codes(values: pd.Series, known: pd.Index, column: str, where: str, 
             values_used = categories[np.unique(codes[used])]
             raise DataError(
                 f"{where}: {int(used.sum())} row(s) name {column} values that are not in {target}, "
-                f"e.g. {_examples(values_used)}"
+                f"e.g. {_examples(values_used)}{_id_form_hint(values_used, known, target)}"
             )
 
 
