@@ -130,6 +130,21 @@ def test_non_numeric_value(tmp_path):
     expect(tmp_path, t, "'income' must be numeric", "row 2", "'lots'")
 
 
+@pytest.mark.parametrize("value", ["20000,50", "1.234,56", "1,234.56"])
+def test_numbers_with_a_decimal_comma_or_thousands_separators_are_named(tmp_path, value):
+    t = tables()
+    t["customers"]["income"] = ["1000", value, "3000"]
+    expect(tmp_path, t, "'income' must be numeric", f"row 2: '{value}'", "decimal point (1234.56)")
+
+
+def test_plain_text_in_a_numeric_column_gets_no_decimal_hint(tmp_path):
+    t = tables()
+    t["customers"]["income"] = ["1000", "lots", "3000"]
+    with pytest.raises(DataError) as info:
+        load_dataset(write(tmp_path, t))
+    assert "decimal" not in str(info.value)
+
+
 def test_risk_out_of_scale(tmp_path):
     t = tables()
     t["customers"].loc[1, "risk"] = 9

@@ -87,6 +87,14 @@ def require_no_missing_ids(df: pd.DataFrame, column: str, where: str) -> None:
         raise DataError(f"{where}: column {_name(column)} has {len(rows)} empty id(s), at row(s) {_examples(rows + 1)}")
 
 
+# A number written with a decimal comma (1234,56; 1.234,56; 1 234,56) or comma thousands (1,234.56).
+_DECIMAL_COMMA = re.compile(r"[-+]?\d{1,3}([. \u00a0]?\d{3})*,\d+|[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
+_DECIMAL_COMMA_HINT = (
+    "; numbers must be written without thousands separators and with a decimal point (1234.56), "
+    "as a spreadsheet's English-locale CSV writes them"
+)
+
+
 def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.DataFrame:
     """Return ``df`` with ``columns`` as float64; fail on text that is not a number or on
     infinities. Missing values stay NaN (the feature pipeline imputes them)."""
@@ -102,10 +110,12 @@ def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.D
             not_number = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
         if not_number is not None and not_number.any():
             rows = np.flatnonzero(not_number.to_numpy())
+            first = raw.iloc[rows[0]]
             raise DataError(
                 f"{where}: column {_name(column)} must be numeric; {len(rows)} value(s) are not numbers, "
-                f"e.g. row {rows[0] + 1}: {safe_text(raw.iloc[rows[0]], quote=True)}"
+                f"e.g. row {rows[0] + 1}: {safe_text(first, quote=True)}"
                 + (f" (other values: {_examples(raw.iloc[rows[1:]])})" if len(rows) > 1 else "")
+                + (_DECIMAL_COMMA_HINT if _DECIMAL_COMMA.fullmatch(str(first).strip()) else "")
             )
         values = values.astype("float64")
         infinite = np.isinf(values.to_numpy())
