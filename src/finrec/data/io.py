@@ -6,11 +6,10 @@ customer and product ids may be integers or text in the user's files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -215,7 +214,7 @@ def _first_non_utf8_line(source) -> tuple[int, bytes] | None:
     """(number, the bytes around the fault) of the first line of a CSV file (a path, or an
     in-memory upload) that is not UTF-8; None when every line is (or the file is gone)."""
     try:
-        with open(source, "rb") if isinstance(source, (str, Path)) else contextlib.nullcontext(source) as handle:
+        with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as handle:
             handle.seek(0)
             for number, line in enumerate(handle, 1):
                 try:
