@@ -144,6 +144,17 @@ def _ragged(data: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+def _income_twice(data: bytes) -> bytes:
+    # Two columns named 'income' (gross and net, say): pandas reads the second as 'income.1'
+    # and the schema's 'income' was silently the first.
+    head, rest = data.split(b"\n", 1)
+    return head.replace(b"savings", b"income", 1) + b"\n" + rest
+
+
+def _trailing_empty_columns(data: bytes) -> bytes:
+    return b"\n".join(line + b",," if line else line for line in data.split(b"\n"))
+
+
 def _semicolons(data: bytes) -> bytes:
     return data.replace(b",", b";")
 
@@ -299,6 +310,8 @@ DATA_CASES: list[Case] = [
     Case("latin1_encoding", transform_bytes(C, _latin1), ("UTF-8", "line 5", "S\\xf6 Paul\\xf6"), upload=True),
     Case("ragged_rows", transform_bytes(C, _ragged), ("not a readable CSV",), upload=True),
     Case("semicolon_separated", transform_bytes(C, _semicolons), ("';'", "separated"), upload=True),
+    Case("column_named_twice", transform_bytes(C, _income_twice), ("'income' more than once",), upload=True),
+    Case("trailing_empty_columns", transform_bytes(C, _trailing_empty_columns), upload=True),
     Case("utf8_bom_and_crlf", transform_bytes(C, lambda b: b"\xef\xbb\xbf" + b.replace(b"\n", b"\r\n")), upload=True),
     Case("missing_table", _drop_table(P), ("missing table 'products'",)),
     Case("csv_and_parquet_both", _also_parquet, ("keep one",)),

@@ -6,8 +6,10 @@ customer and product ids may be integers or text in the user's files.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -231,10 +233,31 @@ def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> 
     with _csv_errors(where, source=source):
         df = pd.read_csv(source, dtype={c: str for c in id_columns}, keep_default_na=True, encoding="utf-8")
     _check_separator(df, where)
+    _check_duplicate_names(source, where)
     unnamed = [c for c in df.columns if str(c).startswith("Unnamed:")]
     if unnamed and len(unnamed) == len(df.columns):
         raise DataError(f"{where}: the first line is not a header of column names")
     return df
+
+
+def _check_duplicate_names(source, where) -> None:
+    """Refuse a header that names a column twice: pandas renames the second ``income`` to
+    ``income.1``, and the schema's ``income`` would silently be the first of the two."""
+    try:
+        with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as handle:
+            handle.seek(0)
+            line = handle.readline(MAX_HEADER_BYTES)
+            handle.seek(0)
+    except OSError:
+        return
+    # Empty names aside: a spreadsheet's trailing empty columns ("a,b,,") are harmless.
+    names = [name for name in next(csv.reader([line.decode("utf-8-sig", "replace")]), []) if name.strip()]
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise DataError(
+            f"{where}: the header names column(s) {safe_items(twice, 5)} more than once; "
+            "rename them so each column has its own name"
+        )
 
 
 def _check_separator(df: pd.DataFrame, where) -> None:
@@ -541,6 +564,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             for chunk in reader:
                 if offset == 0:
                     _check_separator(chunk, path)
+                    _check_duplicate_names(path, path)
                 if table.id in chunk.columns:  # else prepare_entities names the missing column
                     chunk[table.id] = ids_as_text(chunk[table.id])
                 yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")
