@@ -180,6 +180,23 @@ def test_column_names_differing_in_spaces_or_case_are_named(tmp_path):
     expect(tmp_path / "b", t, "interactions", "missing column(s) 'product_id' (the file has ' product_id' for")
 
 
+def test_a_parquet_file_with_a_column_named_twice_is_refused(tmp_path):
+    # Arrow allows two fields of one name; finrec score's chunked reader then met a frame where
+    # a column belonged: "internal error: TypeError".
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from finrec.data.io import iter_customer_chunks
+
+    d = write(tmp_path, tables(), fmt="parquet")
+    table = pq.read_table(d / "customers.parquet")
+    pq.write_table(table.append_column("income", pa.array([1.0, 2.0, 3.0])), d / "customers.parquet")
+    with pytest.raises(DataError, match="more than one column is named 'income'"):
+        load_dataset(d)
+    with pytest.raises(DataError, match="more than one column is named 'income'"):
+        next(iter_customer_chunks(d / "customers.parquet", S.DatasetSchema.from_dict(SCHEMA).customers))
+
+
 def test_schema_key_typo_suggests_fix(tmp_path):
     bad = {**SCHEMA, "customers": {**SCHEMA["customers"], "categorcal": ["segment"]}}
     del bad["customers"]["categorical"]

@@ -310,7 +310,7 @@ DATA_CASES: list[Case] = [
     Case("latin1_encoding", transform_bytes(C, _latin1), ("UTF-8", "line 5", "S\\xf6 Paul\\xf6"), upload=True),
     Case("ragged_rows", transform_bytes(C, _ragged), ("not a readable CSV",), upload=True),
     Case("semicolon_separated", transform_bytes(C, _semicolons), ("';'", "separated"), upload=True),
-    Case("column_named_twice", transform_bytes(C, _income_twice), ("'income' more than once",), upload=True),
+    Case("column_named_twice", transform_bytes(C, _income_twice), ("named 'income'",), upload=True),
     Case("trailing_empty_columns", transform_bytes(C, _trailing_empty_columns), upload=True),
     Case("utf8_bom_and_crlf", transform_bytes(C, lambda b: b"\xef\xbb\xbf" + b.replace(b"\n", b"\r\n")), upload=True),
     Case("missing_table", _drop_table(P), ("missing table 'products'",)),

@@ -120,6 +120,7 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     if path.suffix == ".parquet":
         check_parquet_file(path)
         try:
+            _refuse_repeated_names(pq.read_schema(path).names, path)
             df = pq.read_table(path).to_pandas()
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
@@ -250,12 +251,16 @@ def _check_duplicate_names(source, where) -> None:
             handle.seek(0)
     except OSError:
         return
-    # Empty names aside: a spreadsheet's trailing empty columns ("a,b,,") are harmless.
-    names = [name for name in next(csv.reader([line.decode("utf-8-sig", "replace")]), []) if name.strip()]
-    twice = [name for name, count in Counter(names).items() if count > 1]
+    _refuse_repeated_names(next(csv.reader([line.decode("utf-8-sig", "replace")]), []), where)
+
+
+def _refuse_repeated_names(names: Iterable[str], where) -> None:
+    """A CSV header or a Parquet schema that names a column twice (empty names aside: a
+    spreadsheet's trailing empty columns, "a,b,,", are harmless)."""
+    twice = [name for name, count in Counter(n for n in names if str(n).strip()).items() if count > 1]
     if twice:
         raise DataError(
-            f"{where}: the header names column(s) {safe_items(twice, 5)} more than once; "
+            f"{where}: more than one column is named {safe_items(twice, 5)}; "
             "rename them so each column has its own name"
         )
 
@@ -544,6 +549,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
         # Categorical text arrives dictionary-encoded (pandas Categorical): decoding is faster
         # and the feature codes come from the few categories instead of every row.
         fields = parquet.schema_arrow
+        _refuse_repeated_names(fields.names, path)  # else a column of the chunk is a frame of two
         text = [
             c
             for c in table.categorical_features
