@@ -273,8 +273,9 @@ def test_cli_score_refuses_bad_customers(case, damaged, model_dir, tmp_path, cap
             lambda path: path.write_text(path.read_text().replace("product_id", "product_id ", 1)),
             "'product_id ' for 'product_id'",
         ),
+        (lambda path: path.write_bytes(b"z" * 600_000 + path.read_bytes()), "holdings.csv"),
     ],
-    ids=["empty", "binary", "no_product_id_column", "ragged_row", "padded_column_name"],
+    ids=["empty", "binary", "no_product_id_column", "ragged_row", "padded_column_name", "huge_column_name"],
 )
 def test_cli_score_and_plan_refuse_a_bad_holdings_file(damage, fragment, csv_data_dir, model_dir, tmp_path, capsys):
     # Found in review (2026-11-30): the scorer now reads the holdings in record batches, and a bad

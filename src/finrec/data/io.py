@@ -251,7 +251,11 @@ def _check_duplicate_names(source, where) -> None:
             handle.seek(0)
     except OSError:
         return
-    _refuse_repeated_names(next(csv.reader([line.decode("utf-8-sig", "replace")]), []), where)
+    try:
+        names = next(csv.reader([line.decode("utf-8-sig", "replace")]), [])
+    except csv.Error:  # a name over the csv module's field limit: the schema check names it
+        return
+    _refuse_repeated_names(names, where)
 
 
 def _refuse_repeated_names(names: Iterable[str], where) -> None:

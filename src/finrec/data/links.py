@@ -104,7 +104,10 @@ def _column_names(path: Path) -> list[str]:
             raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     # utf-8-sig: a byte-order mark is no part of the first name (Arrow's reader drops it too).
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        return next(csv.reader(handle), [])
+        try:
+            return next(csv.reader(handle), [])
+        except csv.Error as exc:  # a name over the csv module's field limit (128 KB)
+            raise DataError(f"{path}: not a readable CSV header ({first_line(exc)})") from None
 
 
 BUCKET_SUFFIX = ".arrows"  # scratch bucket files: Arrow IPC streams, lz4-compressed
