@@ -103,6 +103,21 @@ def test_unknown_product_in_interactions(tmp_path):
     expect(tmp_path, t, "interactions", "1 row(s)", "'p9'")
 
 
+@pytest.mark.parametrize(
+    "customers, interactions, hint",
+    [
+        (["0001", "0002", "0003"], ["1", "2", "3"], "'1' is '0001' in customers"),  # zeros a spreadsheet dropped
+        (["1", "2", "3"], ["1.0", "2.0", "3.0"], "'1.0' is '1' in customers"),  # an id column exported as float
+    ],
+)
+def test_unknown_ids_written_another_way_are_named(tmp_path, customers, interactions, hint):
+    t = tables()
+    t["customers"]["customer_id"] = customers
+    t["interactions"]["customer_id"] = interactions
+    t["holdings"]["customer_id"] = customers[1]
+    expect(tmp_path, t, "3 row(s)", hint, "compared as text")
+
+
 def test_unknown_customer_in_holdings(tmp_path):
     t = tables()
     t["holdings"].loc[0, "customer_id"] = 42
@@ -115,6 +130,21 @@ def test_non_numeric_value(tmp_path):
     expect(tmp_path, t, "'income' must be numeric", "row 2", "'lots'")
 
 
+@pytest.mark.parametrize("value", ["20000,50", "1.234,56", "1,234.56"])
+def test_numbers_with_a_decimal_comma_or_thousands_separators_are_named(tmp_path, value):
+    t = tables()
+    t["customers"]["income"] = ["1000", value, "3000"]
+    expect(tmp_path, t, "'income' must be numeric", f"row 2: '{value}'", "decimal point (1234.56)")
+
+
+def test_plain_text_in_a_numeric_column_gets_no_decimal_hint(tmp_path):
+    t = tables()
+    t["customers"]["income"] = ["1000", "lots", "3000"]
+    with pytest.raises(DataError) as info:
+        load_dataset(write(tmp_path, t))
+    assert "decimal" not in str(info.value)
+
+
 def test_risk_out_of_scale(tmp_path):
     t = tables()
     t["customers"].loc[1, "risk"] = 9
@@ -125,6 +155,46 @@ def test_empty_table(tmp_path):
     t = tables()
     t["products"] = t["products"].iloc[:0]
     expect(tmp_path, t, "products", "empty")
+
+
+def test_header_only_interactions_are_no_outcomes_where_none_are_required(tmp_path):
+    # monitor, report, score and serve --data take a directory without interactions; one whose
+    # interactions export came back with a header and no rows was refused as an empty table.
+    t = tables()
+    t["interactions"] = t["interactions"].iloc[:0]
+    d = write(tmp_path, t)
+    ds = load_dataset(d, require_interactions=False)
+    assert len(ds.interactions) == 0 and len(ds.customers) == 3
+    with pytest.raises(DataError, match="interactions .* the table is empty"):
+        load_dataset(d)  # train and evaluate need outcomes
+
+
+def test_column_names_differing_in_spaces_or_case_are_named(tmp_path):
+    # In the list of a file's columns 'income ' looks like 'income': the message names the pair.
+    t = tables()
+    t["customers"] = t["customers"].rename(columns={"income": "Income "})
+    expect(tmp_path, t, "'Income ' for 'income'", "spaces and case", error=SchemaError)
+    t = tables()
+    t["interactions"] = t["interactions"].rename(columns={"product_id": " product_id"})
+    (tmp_path / "b").mkdir()
+    expect(tmp_path / "b", t, "interactions", "missing column(s) 'product_id' (the file has ' product_id' for")
+
+
+def test_a_parquet_file_with_a_column_named_twice_is_refused(tmp_path):
+    # Arrow allows two fields of one name; finrec score's chunked reader then met a frame where
+    # a column belonged: "internal error: TypeError".
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from finrec.data.io import iter_customer_chunks
+
+    d = write(tmp_path, tables(), fmt="parquet")
+    table = pq.read_table(d / "customers.parquet")
+    pq.write_table(table.append_column("income", pa.array([1.0, 2.0, 3.0])), d / "customers.parquet")
+    with pytest.raises(DataError, match="more than one column is named 'income'"):
+        load_dataset(d)
+    with pytest.raises(DataError, match="more than one column is named 'income'"):
+        next(iter_customer_chunks(d / "customers.parquet", S.DatasetSchema.from_dict(SCHEMA).customers))
 
 
 def test_schema_key_typo_suggests_fix(tmp_path):

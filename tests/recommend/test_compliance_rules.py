@@ -175,6 +175,14 @@ def test_consent_excludes_every_product_of_those_who_objected(bank):
     assert F.first_reason(masks, int(np.flatnonzero(objected)[0]), 0) == "consent"
 
 
+@pytest.mark.parametrize("dtype", ["boolean", "Int64"])
+def test_nullable_consent_column_with_a_gap_reads_as_no_objection(dtype):
+    # A Parquet export's nullable boolean (or Int64) consent column with a missing cell raised
+    # pandas' "cannot convert to 'bool'-dtype" ValueError: a traceback from finrec train.
+    values = pd.Series([True, False, None, True], dtype="boolean").astype(dtype)
+    np.testing.assert_array_equal(C.objected(values.rename("consent"), "customers"), [False, True, False, False])
+
+
 def test_audit_sentences_name_the_term(bank):
     masks, catalogue, attributes = _masks(bank, {"credit_score_cutoff": 600})
     seen = set()

@@ -91,6 +91,15 @@ def test_unknown_customer_and_bad_k(rec):
         rec.recommend(rec.known_customers.customer_id.iloc[0], k=0)
 
 
+def test_a_requested_id_is_stripped_as_the_files_ids_are(rec):
+    # The files' ids are stripped text; an id pasted from a padded export (' C0000008 ') was unknown.
+    cid = rec.known_customers.customer_id.iloc[0]
+    padded = rec.recommend(f" {cid}  ")
+    assert padded.customer_id == cid
+    assert [i.product_id for i in padded.items] == [i.product_id for i in rec.recommend(cid).items]
+    assert rec.customer_profile(f"{cid} ")["customer_id"] == cid
+
+
 def test_load_from_model_dir(model_dir, small_data_dir):
     rec = Recommender.load(model_dir, small_data_dir)
     cid = rec.known_customers.customer_id.iloc[0]

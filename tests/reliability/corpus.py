@@ -129,17 +129,30 @@ def _duplicate_first_id(df):
 
 
 def _latin1(data: bytes) -> bytes:
+    # The fourth row (line 5): pandas' offset of the fault is within the cell ("at byte 1"), which
+    # sent a user to the file's second byte; the message names the line.
     text = data.decode("utf-8").splitlines()
-    head, first, rest = text[0], text[1], text[2:]
-    cols = first.split(",")
+    cols = text[4].split(",")
     cols[-2] = "Sö Paulö"  # a categorical column (channel) in Latin-1
-    return "\n".join([head, ",".join(cols), *rest]).encode("latin-1") + b"\n"
+    text[4] = ",".join(cols)
+    return "\n".join(text).encode("latin-1") + b"\n"
 
 
 def _ragged(data: bytes) -> bytes:
     lines = data.split(b"\n")
     lines[3] = lines[3] + b",1,2,3"
     return b"\n".join(lines)
+
+
+def _income_twice(data: bytes) -> bytes:
+    # Two columns named 'income' (gross and net, say): pandas reads the second as 'income.1'
+    # and the schema's 'income' was silently the first.
+    head, rest = data.split(b"\n", 1)
+    return head.replace(b"savings", b"income", 1) + b"\n" + rest
+
+
+def _trailing_empty_columns(data: bytes) -> bytes:
+    return b"\n".join(line + b",," if line else line for line in data.split(b"\n"))
 
 
 def _semicolons(data: bytes) -> bytes:
@@ -294,9 +307,11 @@ DATA_CASES: list[Case] = [
     Case("interactions_header_only", _header_only(I), ("interactions", "empty")),
     Case("binary_file", raw_bytes(C, bytes(range(256)) * 40), ("customers",), upload=True),
     Case("gzip_bytes", raw_bytes(C, b"\x1f\x8b\x08\x00" + bytes(range(200)) * 5), ("customers",), upload=True),
-    Case("latin1_encoding", transform_bytes(C, _latin1), ("UTF-8",), upload=True),
+    Case("latin1_encoding", transform_bytes(C, _latin1), ("UTF-8", "line 5", "S\\xf6 Paul\\xf6"), upload=True),
     Case("ragged_rows", transform_bytes(C, _ragged), ("not a readable CSV",), upload=True),
     Case("semicolon_separated", transform_bytes(C, _semicolons), ("';'", "separated"), upload=True),
+    Case("column_named_twice", transform_bytes(C, _income_twice), ("named 'income'",), upload=True),
+    Case("trailing_empty_columns", transform_bytes(C, _trailing_empty_columns), upload=True),
     Case("utf8_bom_and_crlf", transform_bytes(C, lambda b: b"\xef\xbb\xbf" + b.replace(b"\n", b"\r\n")), upload=True),
     Case("missing_table", _drop_table(P), ("missing table 'products'",)),
     Case("csv_and_parquet_both", _also_parquet, ("keep one",)),

@@ -268,8 +268,14 @@ def test_cli_score_refuses_bad_customers(case, damaged, model_dir, tmp_path, cap
         (lambda path: path.write_bytes(b"\x00\x01\x02PK\x03\x04" * 200), "holdings.csv"),
         (lambda path: path.write_text("customer_id,product\nC0000001,CUR_BASIC\n"), "holdings.csv"),
         (lambda path: path.write_text(path.read_text() + "C0000002,CUR_BASIC,extra,cells\n"), "holdings.csv"),
+        # An export's padded header: Arrow's "in include_columns does not exist" hid the space.
+        (
+            lambda path: path.write_text(path.read_text().replace("product_id", "product_id ", 1)),
+            "'product_id ' for 'product_id'",
+        ),
+        (lambda path: path.write_bytes(b"z" * 600_000 + path.read_bytes()), "holdings.csv"),
     ],
-    ids=["empty", "binary", "no_product_id_column", "ragged_row"],
+    ids=["empty", "binary", "no_product_id_column", "ragged_row", "padded_column_name", "huge_column_name"],
 )
 def test_cli_score_and_plan_refuse_a_bad_holdings_file(damage, fragment, csv_data_dir, model_dir, tmp_path, capsys):
     # Found in review (2026-11-30): the scorer now reads the holdings in record batches, and a bad

@@ -67,7 +67,8 @@ def objected(values: pd.Series, where: str) -> np.ndarray:
     ``false``/``0``/``no`` = objected; ``true``/``1``/``yes`` and a missing value = no objection
     on record. Anything else is refused, naming the column and a row."""
     if pd.api.types.is_bool_dtype(values):
-        return ~values.to_numpy(dtype=bool)
+        # A nullable boolean (Parquet's ``boolean`` with a gap) may hold NA: no objection on record.
+        return ~values.to_numpy(dtype=bool, na_value=True)
     if pd.api.types.is_numeric_dtype(values):
         numbers = values.to_numpy(dtype="float64")
         bad = ~np.isnan(numbers) & (numbers != 0) & (numbers != 1)

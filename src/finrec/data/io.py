@@ -6,10 +6,12 @@ customer and product ids may be integers or text in the user's files.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -118,6 +120,7 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     if path.suffix == ".parquet":
         check_parquet_file(path)
         try:
+            _refuse_repeated_names(pq.read_schema(path).names, path)
             df = pq.read_table(path).to_pandas()
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
@@ -190,13 +193,19 @@ def check_table_file(path: Path) -> None:
 
 
 @contextmanager
-def _csv_errors(where, empty: str = "the file has no header and no rows"):
-    """pandas' failures to read a CSV file as one bounded ``DataError`` naming ``where``."""
+def _csv_errors(where, empty: str = "the file has no header and no rows", source=None):
+    """pandas' failures to read a CSV file as one bounded ``DataError`` naming ``where``;
+    ``source`` (the path, or the bytes held in memory) lets a text that is not UTF-8 be
+    located by its line."""
     try:
         yield
     except UnicodeDecodeError as exc:  # before ValueError, its base
+        found = _first_non_utf8_line(where if source is None else source)
+        # pandas' offset is within the one cell it decoded, not the file: the line is found here.
+        at = f"line {found[0]}, near: {safe_text(found[1], 60)}" if found else exc.reason
         raise DataError(
-            f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it really a CSV file?"
+            f"{where}: not UTF-8 text ({at}); a Latin-1 or Windows-1252 export must be saved as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8')"
         ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: {empty}") from None
@@ -204,15 +213,60 @@ def _csv_errors(where, empty: str = "the file has no header and no rows"):
         raise DataError(f"{where}: not a readable CSV file ({first_line(exc)})") from None
 
 
+def _first_non_utf8_line(source) -> tuple[int, bytes] | None:
+    """(number, the bytes around the fault) of the first line of a CSV file (a path, or an
+    in-memory upload) that is not UTF-8; None when every line is (or the file is gone)."""
+    try:
+        with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as handle:
+            handle.seek(0)
+            for number, line in enumerate(handle, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return number, line[max(0, exc.start - 20) : exc.end + 20].rstrip(b"\r\n")
+    except OSError:
+        return None
+    return None
+
+
 def _read_csv(source, id_columns: tuple[str, ...], where: str | None = None) -> pd.DataFrame:
     where = where or str(source)
-    with _csv_errors(where):
+    with _csv_errors(where, source=source):
         df = pd.read_csv(source, dtype={c: str for c in id_columns}, keep_default_na=True, encoding="utf-8")
     _check_separator(df, where)
+    _check_duplicate_names(source, where)
     unnamed = [c for c in df.columns if str(c).startswith("Unnamed:")]
     if unnamed and len(unnamed) == len(df.columns):
         raise DataError(f"{where}: the first line is not a header of column names")
     return df
+
+
+def _check_duplicate_names(source, where) -> None:
+    """Refuse a header that names a column twice: pandas renames the second ``income`` to
+    ``income.1``, and the schema's ``income`` would silently be the first of the two."""
+    try:
+        with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as handle:
+            handle.seek(0)
+            line = handle.readline(MAX_HEADER_BYTES)
+            handle.seek(0)
+    except OSError:
+        return
+    try:
+        names = next(csv.reader([line.decode("utf-8-sig", "replace")]), [])
+    except csv.Error:  # a name over the csv module's field limit: the schema check names it
+        return
+    _refuse_repeated_names(names, where)
+
+
+def _refuse_repeated_names(names: Iterable[str], where) -> None:
+    """A CSV header or a Parquet schema that names a column twice (empty names aside: a
+    spreadsheet's trailing empty columns, "a,b,,", are harmless)."""
+    twice = [name for name, count in Counter(n for n in names if str(n).strip()).items() if count > 1]
+    if twice:
+        raise DataError(
+            f"{where}: more than one column is named {safe_items(twice, 5)}; "
+            "rename them so each column has its own name"
+        )
 
 
 def _check_separator(df: pd.DataFrame, where) -> None:
@@ -264,7 +318,9 @@ def load_dataset(directory: str | Path, require_interactions: bool = True, histo
         path = find_table(directory, name, required=required)
         if path is not None:
             tables[name] = read_history(path) if name == S.HOLDINGS_HISTORY else read_table(path, id_columns=ids)
-    return validate_tables(schema, tables, source=directory, history_order=history_order)
+    return validate_tables(
+        schema, tables, source=directory, history_order=history_order, require_interactions=require_interactions
+    )
 
 
 def validate_tables(
@@ -272,10 +328,13 @@ def validate_tables(
     tables: dict[str, pd.DataFrame],
     source: Path | None = None,
     history_order: bool = True,
+    require_interactions: bool = True,
 ) -> Dataset:
     """Check every table against the contract and return a ``Dataset`` with typed columns.
     ``history_order=False`` accepts a history that overlaps the adoptions (a log that
-    ``finrec split --by time`` cuts); everything else about the history is checked as always."""
+    ``finrec split --by time`` cuts); everything else about the history is checked as always.
+    ``require_interactions=False`` (scoring, monitoring, serving) takes an interactions table of a
+    header and no rows as no outcomes, as it takes an absent one."""
 
     def where(name: str) -> str:
         return f"{name} ({source / name if source else name})"
@@ -303,7 +362,8 @@ def validate_tables(
     if interactions is None:
         interactions = _empty_links()
     else:
-        V.require_rows(interactions, where(S.INTERACTIONS))
+        if require_interactions:
+            V.require_rows(interactions, where(S.INTERACTIONS))
         interactions = V.check_timestamps(interactions, where(S.INTERACTIONS))
     holdings = links(S.HOLDINGS)
     history = None
@@ -493,6 +553,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
         # Categorical text arrives dictionary-encoded (pandas Categorical): decoding is faster
         # and the feature codes come from the few categories instead of every row.
         fields = parquet.schema_arrow
+        _refuse_repeated_names(fields.names, path)  # else a column of the chunk is a frame of two
         text = [
             c
             for c in table.categorical_features
@@ -513,6 +574,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
             for chunk in reader:
                 if offset == 0:
                     _check_separator(chunk, path)
+                    _check_duplicate_names(path, path)
                 if table.id in chunk.columns:  # else prepare_entities names the missing column
                     chunk[table.id] = ids_as_text(chunk[table.id])
                 yield prepare_entities(chunk, table, f"{path} rows {offset + 1}-{offset + len(chunk)}")

@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from finrec.data import schema as S
+from finrec.data import validate as V
 from finrec.data.ids import ids_as_text
 from finrec.data.io import check_table_file, open_parquet
 from finrec.data.validate import parse_dates
@@ -35,7 +36,11 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
     # file is the user's input error, never an Arrow traceback.
     check_table_file(path)
     columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *((S.AS_OF,) if dated else ())]
-    if stamped and S.TIMESTAMP in _column_names(path):
+    names = _column_names(path)
+    # Named before Arrow's "Column ... in include_columns does not exist", with the near names
+    # ('product_id ' for 'product_id') that a plain list of the columns hides.
+    V.require_columns(pd.DataFrame(columns=names), columns, str(path))
+    if stamped and S.TIMESTAMP in names:
         columns.append(S.TIMESTAMP)
     if path.suffix == ".parquet":
         try:
@@ -93,9 +98,16 @@ def _readable(batches, path: Path):
 def _column_names(path: Path) -> list[str]:
     """The column names of a CSV or Parquet table, from its header or schema alone."""
     if path.suffix == ".parquet":
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        return next(csv.reader(handle), [])
+        try:
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+    # utf-8-sig: a byte-order mark is no part of the first name (Arrow's reader drops it too).
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        try:
+            return next(csv.reader(handle), [])
+        except csv.Error as exc:  # a name over the csv module's field limit (128 KB)
+            raise DataError(f"{path}: not a readable CSV header ({first_line(exc)})") from None
 
 
 BUCKET_SUFFIX = ".arrows"  # scratch bucket files: Arrow IPC streams, lz4-compressed

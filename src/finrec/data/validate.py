@@ -32,11 +32,26 @@ def _columns(columns: Iterable) -> str:
     return safe_items(columns, MAX_COLUMNS_SHOWN, quote=False)
 
 
+def _near_names(missing: Iterable[str], columns: Iterable) -> str:
+    """A hint naming the table's columns that differ from a missing one only in surrounding
+    spaces or case (``'income '``, ``'Income'``): in a plain list of the columns they look the
+    same, and an export's header often carries them."""
+    by_key: dict[str, list] = {}
+    for column in columns:
+        by_key.setdefault(str(column).strip().casefold(), []).append(column)
+    pairs = [(near, name) for name in missing for near in by_key.get(str(name).strip().casefold(), ()) if near != name]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{safe_text(near, quote=True)} for {safe_text(name, quote=True)}" for near, name in pairs[:5])
+    return f" (the file has {shown}: names must match exactly, spaces and case included)"
+
+
 def require_columns(df: pd.DataFrame, columns: Iterable[str], where: str, error=DataError) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise error(
-            f"{where}: missing column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)}; the file has: {_columns(df.columns)}"
+            f"{where}: missing column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)}{_near_names(missing, df.columns)}; "
+            f"the file has: {_columns(df.columns)}"
         )
 
 
@@ -72,6 +87,14 @@ def require_no_missing_ids(df: pd.DataFrame, column: str, where: str) -> None:
         raise DataError(f"{where}: column {_name(column)} has {len(rows)} empty id(s), at row(s) {_examples(rows + 1)}")
 
 
+# A number written with a decimal comma (1234,56; 1.234,56; 1 234,56) or comma thousands (1,234.56).
+_DECIMAL_COMMA = re.compile(r"[-+]?\d{1,3}([. \u00a0]?\d{3})*,\d+|[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
+_DECIMAL_COMMA_HINT = (
+    "; numbers must be written without thousands separators and with a decimal point (1234.56), "
+    "as a spreadsheet's English-locale CSV writes them"
+)
+
+
 def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.DataFrame:
     """Return ``df`` with ``columns`` as float64; fail on text that is not a number or on
     infinities. Missing values stay NaN (the feature pipeline imputes them)."""
@@ -87,10 +110,12 @@ def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.D
             not_number = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
         if not_number is not None and not_number.any():
             rows = np.flatnonzero(not_number.to_numpy())
+            first = raw.iloc[rows[0]]
             raise DataError(
                 f"{where}: column {_name(column)} must be numeric; {len(rows)} value(s) are not numbers, "
-                f"e.g. row {rows[0] + 1}: {safe_text(raw.iloc[rows[0]], quote=True)}"
+                f"e.g. row {rows[0] + 1}: {safe_text(first, quote=True)}"
                 + (f" (other values: {_examples(raw.iloc[rows[1:]])})" if len(rows) > 1 else "")
+                + (_DECIMAL_COMMA_HINT if _DECIMAL_COMMA.fullmatch(str(first).strip()) else "")
             )
         values = values.astype("float64")
         infinite = np.isinf(values.to_numpy())
@@ -173,8 +198,8 @@ def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> 
     missing = [c for c in dict.fromkeys(named) if c not in df.columns]
     if missing:
         raise SchemaError(
-            f"schema.yaml names column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)} that {where} does not have; "
-            f"its columns are: {_columns(df.columns)}"
+            f"schema.yaml names column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)} that {where} does not have"
+            f"{_near_names(missing, df.columns)}; its columns are: {_columns(df.columns)}"
         )
 
 
@@ -199,8 +224,26 @@ def check_references(link: pd.DataFrame, column: str, known: pd.Index, where: st
         values = link.loc[unknown, column].unique()
         raise DataError(
             f"{where}: {int(unknown.sum())} row(s) name {column} values that are not in {target}, "
-            f"e.g. {_examples(values)}"
+            f"e.g. {_examples(values)}{_id_form_hint(values, known, target)}"
         )
+
+
+def _id_form_hint(unknown, known: pd.Index, target: str) -> str:
+    """A hint when an unknown id is a known one written another way: with or without leading
+    zeros ('1' for '0000001', as a spreadsheet drops them) or a decimal '.0' ('7.0' for '7', as
+    an id column that once held a gap is exported). Ids are compared as text, so those differ."""
+    widths = set(pd.Series(known[:1000], dtype=object).astype(str).str.len())
+    for value in list(unknown)[:20]:
+        text = str(value)
+        base = text[:-2] if text.endswith(".0") else text
+        for candidate in (base, base.lstrip("0") or "0", *(base.zfill(w) for w in sorted(widths))):
+            if candidate != text and candidate in known:
+                return (
+                    f" ({safe_text(text, quote=True)} is {safe_text(candidate, quote=True)} in {target} written "
+                    "another way: ids are compared as text, so leading zeros and a decimal '.0' must be alike "
+                    "in every table)"
+                )
+    return ""
 
 
 def check_timestamps(df: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -328,7 +371,7 @@ def check_id_codes(values: pd.Series, known: pd.Index, column: str, where: str, 
             values_used = categories[np.unique(codes[used])]
             raise DataError(
                 f"{where}: {int(used.sum())} row(s) name {column} values that are not in {target}, "
-                f"e.g. {_examples(values_used)}"
+                f"e.g. {_examples(values_used)}{_id_form_hint(values_used, known, target)}"
             )
 
 

@@ -291,7 +291,7 @@ class Recommender:
         if isinstance(customer, dict):
             return self._from_features(customer)
         key = str(customer)
-        row = self._row_of.get(key)
+        row = self._row_of.get(key.strip())  # ids are stripped text in the files: so in requests
         if row is None:
             raise UnknownCustomerError(
                 f"unknown customer_id {key!r}" + ("" if self._known else " (no customer table is loaded)")
@@ -480,7 +480,7 @@ class Recommender:
             raise FinrecError(f"k must be a positive integer, got {k!r}")
         filters = F.Filters.build(filters)
         context = self._single(customer)
-        customer_id = None if isinstance(customer, dict) else str(customer)
+        customer_id = None if isinstance(customer, dict) else str(customer).strip()
         if context.attributes["objected"][0]:
             # GDPR Art. 21(3): no profiling for marketing at all, so no ranking and no exclusions to record.
             return RecommendationResult(
@@ -556,12 +556,12 @@ class Recommender:
 
     def customer_profile(self, customer_id: str) -> dict[str, Any]:
         """The raw attributes and holdings of a known customer."""
-        row = self._row_of.get(str(customer_id))
+        row = self._row_of.get(str(customer_id).strip())
         if row is None:
             raise UnknownCustomerError(f"unknown customer_id {customer_id!r}")
         record = self.dataset.customers.iloc[row].to_dict()
         held = [self.pipeline.product_ids_[j] for j in np.flatnonzero(self._known.held[row])]
-        return {"customer_id": str(customer_id), "attributes": _jsonable(record), "holdings": held}
+        return {"customer_id": str(customer_id).strip(), "attributes": _jsonable(record), "holdings": held}
 
 
 def _cached_dataset(data_dir: Path, cache: dict | None) -> Dataset:
