@@ -161,3 +161,18 @@ def test_trees_of_more_leaves_than_bits_are_refused(booster, monkeypatch):
     monkeypatch.setattr(forest_module, "_MAX_LEAVES", 4)
     with pytest.raises(ValueError, match=r"a tree of \d+ leaves is not walked \(at most 4: one bit per leaf"):
         Forest.from_model_text(booster.model_to_string())
+
+
+def test_every_caller_shares_one_compiled_walk(booster):
+    # numba compiles a loop anew for each array layout: a service's first request after a batch
+    # load paid about a second on a cold cache when rows, columns and slices each had their own.
+    from finrec.training import forest_walk
+
+    forest = Forest.from_model_text(booster.model_to_string())
+    x = _codes(_frame(np.random.default_rng(9), 5000)[0])
+    expected = booster.predict(x, raw_score=True)
+    for data, threads in ((x, 1), (np.asfortranarray(x), 1), (np.asfortranarray(x), 2), (x[4:5], 1)):
+        np.testing.assert_array_equal(
+            forest.raw_score(data, threads=threads), expected[4:5] if len(data) == 1 else expected
+        )
+    assert len(forest_walk.walk.signatures) == 1 and len(forest_walk.prepare.signatures) == 1

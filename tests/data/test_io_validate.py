@@ -197,6 +197,33 @@ def test_a_parquet_file_with_a_column_named_twice_is_refused(tmp_path):
         next(iter_customer_chunks(d / "customers.parquet", S.DatasetSchema.from_dict(SCHEMA).customers))
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_streamed_link_tables_and_the_history_with_a_column_named_twice_are_refused(tmp_path, suffix):
+    # The streamed reader of holdings and interactions: from Parquet an internal error (the id a
+    # frame of two columns), from CSV the first of the two read without a word (a reviewer).
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from finrec.data.io import read_history
+    from finrec.data.links import link_batches
+
+    def save(name, columns, names):
+        table = pa.table([pa.array(c) for c in columns], names=names)
+        path = tmp_path / f"{name}{suffix}"
+        pq.write_table(table, path) if suffix == ".parquet" else pacsv.write_csv(table, path)
+        return path
+
+    links = save("holdings", [["C1"], ["P1"], ["P2"]], ["customer_id", "product_id", "product_id"])
+    with pytest.raises(DataError, match="more than one column is named 'product_id'"):
+        list(link_batches(links, 100))
+    history = save(
+        "history", [["C1"], ["P1"], ["2026-01-31"], ["2026-02-28"]], ["customer_id", "product_id", "as_of", "as_of"]
+    )
+    with pytest.raises(DataError, match="more than one column is named 'as_of'"):
+        read_history(history)
+
+
 def test_schema_key_typo_suggests_fix(tmp_path):
     bad = {**SCHEMA, "customers": {**SCHEMA["customers"], "categorcal": ["segment"]}}
     del bad["customers"]["categorical"]

@@ -120,7 +120,7 @@ def read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     if path.suffix == ".parquet":
         check_parquet_file(path)
         try:
-            _refuse_repeated_names(pq.read_schema(path).names, path)
+            refuse_repeated_names(pq.read_schema(path).names, path)
             df = pq.read_table(path).to_pandas()
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
@@ -255,10 +255,10 @@ def _check_duplicate_names(source, where) -> None:
         names = next(csv.reader([line.decode("utf-8-sig", "replace")]), [])
     except csv.Error:  # a name over the csv module's field limit: the schema check names it
         return
-    _refuse_repeated_names(names, where)
+    refuse_repeated_names(names, where)
 
 
-def _refuse_repeated_names(names: Iterable[str], where) -> None:
+def refuse_repeated_names(names: Iterable[str], where) -> None:
     """A CSV header or a Parquet schema that names a column twice (empty names aside: a
     spreadsheet's trailing empty columns, "a,b,,", are harmless)."""
     twice = [name for name, count in Counter(n for n in names if str(n).strip()).items() if count > 1]
@@ -420,6 +420,7 @@ def read_history(path: Path) -> pd.DataFrame:
         try:
             schema = pq.read_schema(path)
             names = schema.names
+            refuse_repeated_names(names, path)
             columns = [c for c in HISTORY_COLUMNS if c in names]
             text = [
                 c
@@ -441,6 +442,7 @@ def read_history(path: Path) -> pd.DataFrame:
     if path.stat().st_size > MAX_CSV_BYTES:
         raise DataError(f"{path}: {path.stat().st_size / 1e9:.1f} GB is over the CSV limit; convert it to Parquet")
     header = _read_csv_header(path)
+    _check_duplicate_names(path, path)  # pandas' header has renamed a second "as_of" to "as_of.1"
     missing = [c for c in HISTORY_COLUMNS if c not in header]
     if missing:
         raise DataError(
@@ -553,7 +555,7 @@ def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200
         # Categorical text arrives dictionary-encoded (pandas Categorical): decoding is faster
         # and the feature codes come from the few categories instead of every row.
         fields = parquet.schema_arrow
-        _refuse_repeated_names(fields.names, path)  # else a column of the chunk is a frame of two
+        refuse_repeated_names(fields.names, path)  # else a column of the chunk is a frame of two
         text = [
             c
             for c in table.categorical_features

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.ids import ids_as_text
-from finrec.data.io import check_table_file, open_parquet
+from finrec.data.io import check_table_file, open_parquet, refuse_repeated_names
 from finrec.data.validate import parse_dates
 from finrec.errors import DataError, first_line
 
@@ -37,6 +37,9 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
     check_table_file(path)
     columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *((S.AS_OF,) if dated else ())]
     names = _column_names(path)
+    # A name given twice: Parquet made the id a frame of two columns (an internal error), CSV
+    # silently took the first (a reviewer).
+    refuse_repeated_names(names, path)
     # Named before Arrow's "Column ... in include_columns does not exist", with the near names
     # ('product_id ' for 'product_id') that a plain list of the columns hides.
     V.require_columns(pd.DataFrame(columns=names), columns, str(path))

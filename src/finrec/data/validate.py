@@ -239,7 +239,7 @@ def _id_form_hint(unknown, known: pd.Index, target: str) -> str:
         for candidate in (base, base.lstrip("0") or "0", *(base.zfill(w) for w in sorted(widths))):
             if candidate != text and candidate in known:
                 return (
-                    f" ({safe_text(text, quote=True)} is {safe_text(candidate, quote=True)} in {target} written "
+                    f" (perhaps {safe_text(text, quote=True)} is {safe_text(candidate, quote=True)} in {target}, written "
                     "another way: ids are compared as text, so leading zeros and a decimal '.0' must be alike "
                     "in every table)"
                 )

@@ -28,7 +28,8 @@ clears the leaf itself, whose ancestors' left subtrees hold it only where they s
 A 7-leaf tree is 6 tests a row whatever its path, each the same compare over a block of rows laid
 out column by column: no load waits on the one before, and the compiler turns the compares into
 vector instructions. Trees of more than 64 leaves (a bit each) are refused: LightGBM's own
-prediction scores them (``LightGBMBaseline``). Numerical columns that no split treats as missing
+prediction then scores a baseline configured so (``LightGBMBaseline.score``); the teacher and
+the adoption model grow 7. Numerical columns that no split treats as missing
 are cleaned (NaN -> 0.0, LightGBM's own rule) and categorical codes clipped to their vocabulary
 before the walk, which leaves one compare or one table lookup per test.
 
@@ -157,14 +158,21 @@ class Forest:
         batch scorer's chunk workers, where more threads than cores gained nothing: 41,860
         customers/s end to end against 44,812 and 48,011, a noisy machine). The loop releases
         the GIL, so such threads do run at once."""
-        x = np.array(x, dtype=np.float64, order="K")  # a copy: the cleaning below writes to it
+        x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"the forest reads {self.n_features} features; got an array of shape {x.shape}")
+        # One layout for every caller: [F, n], row-major, each feature's values in one run. numba
+        # compiles a loop anew for each array layout it meets: with three (a batch's column-major
+        # matrix, a request's row, a thread's slice) a cold cache cost a service's first request
+        # about a second (a reviewer). A copy, which the cleaning below writes to; from
+        # ``LightGBMBaseline.matrix`` (column-major already) a plain memory copy.
+        columns = np.array(x.T, dtype=np.float64, order="C", copy=True)
+        n = len(x)
         # LightGBM reads |x| <= kZeroThreshold (1e-35 as a float32) as 0.0 before any tree sees
         # it, NaN as 0.0 in the columns no tree reads as missing, and category codes as integers
         prepare, walk = _compiled()
-        prepare(x, self.clean, self.categorical, self.vocabulary)
-        out = np.zeros((len(x), self.n_classes), dtype=np.float64)
+        prepare(columns, self.clean, self.categorical, self.vocabulary)
+        out = np.zeros((n, self.n_classes), dtype=np.float64)
         arrays = (
             self.node_start,
             self.leaf_start,
@@ -180,13 +188,13 @@ class Forest:
         )
         if threads is None:
             threads = _cpus() if threading.current_thread() is threading.main_thread() else 1
-        parts = min(threads, len(x) // _ROWS_PER_THREAD)
+        parts = min(threads, n // _ROWS_PER_THREAD)
         if parts <= 1:
-            walk(x, *arrays, out)
+            walk(columns, 0, n, *arrays, out)
             return out
-        bounds = np.linspace(0, len(x), parts + 1).astype(int)
+        bounds = np.linspace(0, n, parts + 1).astype(int)
         with ThreadPoolExecutor(parts) as pool:
-            done = [pool.submit(walk, x[a:b], *arrays, out[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            done = [pool.submit(walk, columns, a, b, *arrays, out) for a, b in zip(bounds[:-1], bounds[1:])]
             for future in done:
                 future.result()
         return out
