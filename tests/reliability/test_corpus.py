@@ -274,8 +274,26 @@ def test_cli_score_refuses_bad_customers(case, damaged, model_dir, tmp_path, cap
             "'product_id ' for 'product_id'",
         ),
         (lambda path: path.write_bytes(b"z" * 600_000 + path.read_bytes()), "holdings.csv"),
+        # Arrow said "invalid UTF8 data" without a line; a table read whole named it (a reviewer).
+        (
+            lambda path: path.write_bytes(path.read_bytes() + "C0000002,Pe\xf1a\n".encode("latin-1")),
+            "not UTF-8 text (line",
+        ),
+        (
+            lambda path: path.write_text("customer_id,product_id,product_id\nC0000001,CUR_BASIC,CUR_BASIC\n"),
+            "named 'product_id'",
+        ),
     ],
-    ids=["empty", "binary", "no_product_id_column", "ragged_row", "padded_column_name", "huge_column_name"],
+    ids=[
+        "empty",
+        "binary",
+        "no_product_id_column",
+        "ragged_row",
+        "padded_column_name",
+        "huge_column_name",
+        "latin1_cell",
+        "column_named_twice",
+    ],
 )
 def test_cli_score_and_plan_refuse_a_bad_holdings_file(damage, fragment, csv_data_dir, model_dir, tmp_path, capsys):
     # Found in review (2026-11-30): the scorer now reads the holdings in record batches, and a bad

@@ -200,17 +200,24 @@ def _csv_errors(where, empty: str = "the file has no header and no rows", source
     try:
         yield
     except UnicodeDecodeError as exc:  # before ValueError, its base
-        found = _first_non_utf8_line(where if source is None else source)
         # pandas' offset is within the one cell it decoded, not the file: the line is found here.
-        at = f"line {found[0]}, near: {safe_text(found[1], 60)}" if found else exc.reason
-        raise DataError(
-            f"{where}: not UTF-8 text ({at}); a Latin-1 or Windows-1252 export must be saved as UTF-8 "
-            "(a spreadsheet's 'CSV UTF-8')"
-        ) from None
+        raise not_utf8(where, where if source is None else source, exc.reason) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: {empty}") from None
     except (pd.errors.ParserError, ValueError) as exc:
         raise DataError(f"{where}: not a readable CSV file ({first_line(exc)})") from None
+
+
+def not_utf8(where, source, reason: str) -> DataError:
+    """The error for a CSV file (``source``: its path, or the bytes held in memory) that is not
+    UTF-8 text, naming its first such line; ``reason``, the reader's own words, where no line
+    is found."""
+    found = _first_non_utf8_line(source)
+    at = f"line {found[0]}, near: {safe_text(found[1], 60)}" if found else reason
+    return DataError(
+        f"{where}: not UTF-8 text ({at}); a Latin-1 or Windows-1252 export must be saved as UTF-8 "
+        "(a spreadsheet's 'CSV UTF-8')"
+    )
 
 
 def _first_non_utf8_line(source) -> tuple[int, bytes] | None:

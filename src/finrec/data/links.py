@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.ids import ids_as_text
-from finrec.data.io import check_table_file, open_parquet, refuse_repeated_names
+from finrec.data.io import check_table_file, not_utf8, open_parquet, refuse_repeated_names
 from finrec.data.validate import parse_dates
 from finrec.errors import DataError, first_line
 
@@ -59,7 +59,7 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
                 path, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)), convert_options=options
             )
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
+            raise _read_error(path, exc) from None
     else:
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .csv or .parquet)")
     offset = 0
@@ -95,7 +95,16 @@ def _readable(batches, path: Path):
     try:
         yield from batches
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable {path.suffix[1:].upper()} file ({first_line(exc)})") from None
+        raise _read_error(path, exc) from None
+
+
+def _read_error(path: Path, exc: Exception) -> DataError:
+    """Arrow's failure to read ``path`` as a bounded ``DataError``; a CSV file that is not UTF-8
+    text has its first such line named, as a table read whole has (Arrow says only "invalid
+    UTF8 data")."""
+    if path.suffix == ".csv" and "UTF8" in str(exc):
+        return not_utf8(path, path, first_line(exc))
+    return DataError(f"{path}: not a readable {path.suffix[1:].upper()} file ({first_line(exc)})")
 
 
 def _column_names(path: Path) -> list[str]:
