@@ -241,3 +241,27 @@ def test_the_suitability_audit_reads_the_risk_levels_the_rules_read(trained, sma
     assert texts[-1] == "Zero unsuitable products were recommended.", texts
     old = Recommender(trained)  # the model's own levels: investment products are held back
     assert (ctx.recommender.catalogue.risk == 1).all() and (old.catalogue.risk > 1).any()
+
+
+def test_a_report_on_customers_who_all_objected_explains_and_measures_nothing(trained, small_dataset):
+    from types import SimpleNamespace
+
+    from finrec.governance.report import explanation_section, fairness_section
+    from finrec.recommend.recommender import Recommender
+
+    # Every customer objected to profiling: none is ranked, none is background. The report
+    # failed on "no background customers: load the model with its customer data" (exit 2), and
+    # its fairness section drew tables without a row.
+    customers = small_dataset.customers.assign(marketing_consent=0)
+    data = type(small_dataset)(**{**vars(small_dataset), "customers": customers})
+    ctx = SimpleNamespace(dataset=data, recommender=Recommender(trained, data), trained=trained, k=5, seed=0)
+    texts = [block[1] for block in explanation_section(ctx, 4).blocks]
+    assert texts == [
+        "None of the 4 customers sampled has an eligible product (a customer who objected to profiling for "
+        "marketing is not profiled): nothing to explain."
+    ]
+    blocks = fairness_section(ctx).blocks
+    assert not [b for b in blocks if b[0] == "table"], blocks
+    texts = [block[1] for block in blocks]
+    assert f"{len(customers):,} customer(s) who objected to profiling for marketing are left out." in texts
+    assert "By gender: no customer of this data to measure." in texts

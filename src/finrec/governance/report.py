@@ -617,7 +617,12 @@ def fairness_section(ctx: Context) -> Section:
         f"(as `finrec evaluate --fairness`). Exclusion of protected columns from the model: "
         f"{'yes' if ctx.trained.config.model.exclude_protected else 'no'}."
     )
+    if report.get("objected"):
+        section.p(f"{report['objected']:,} customer(s) who objected to profiling for marketing are left out.")
     for column, body in report["columns"].items():
+        if not body["groups"]:
+            section.p(f"By {column}: no customer of this data to measure.")
+            continue
         rows = [
             {
                 "group": group,
@@ -656,19 +661,23 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     ranking = ctx.recommender.rank(
         ctx.recommender.context(sample, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False), 1
     )
+    explained = [i for i in range(len(sample)) if ranking.index[i, 0] >= 0]
+    if not explained:
+        # Checked before the background is drawn: it leaves out those who objected, so data in
+        # which every customer objected has none (the report failed on "no background customers").
+        return section.p(
+            f"None of the {len(sample):,} customers sampled has an eligible product (a customer who objected to "
+            "profiling for marketing is not profiled): nothing to explain."
+        )
     background = explainer.background_matrix()
     cid = ctx.dataset.schema.customers.id
     held_by = ctx.dataset.holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
     values = []
-    for i in range(len(sample)):
-        if ranking.index[i, 0] < 0:
-            continue
+    for i in explained:
         product = ctx.trained.pipeline.product_ids_[ranking.index[i, 0]]
         score = explainer.score_function(product, held_by.get(str(sample[cid].iloc[i]), []))
         x = explainer.encode(sample.iloc[[i]])
         values.append(np.abs(permutation_shap(score, x, background)[0]))
-    if not values:
-        return section.p("No customer of this data has an eligible product: nothing to explain.")
     mean = np.mean(values, axis=0)
     order = np.argsort(-mean)
     section.p(
