@@ -265,3 +265,28 @@ def test_a_report_on_customers_who_all_objected_explains_and_measures_nothing(tr
     texts = [block[1] for block in blocks]
     assert f"{len(customers):,} customer(s) who objected to profiling for marketing are left out." in texts
     assert "By gender: no customer of this data to measure." in texts
+
+
+def test_the_fairness_section_shows_a_category_one_group_never_sees_as_inf(trained, small_dataset, monkeypatch):
+    from types import SimpleNamespace
+
+    import finrec.evaluate.fairness as fairness
+    from finrec.governance.report import fairness_section
+
+    groups = {
+        "female": {"customers": 3, "evaluated": 0, "ndcg@5": None, "recall@5": None, "mrr": None,
+                   "exposure": {"mortgage": 0.0, "pension": 0.5}},
+        "male": {"customers": 4, "evaluated": 0, "ndcg@5": None, "recall@5": None, "mrr": None,
+                 "exposure": {"mortgage": 0.25, "pension": 0.5}},
+    }  # fmt: skip
+    ratios = {
+        "mortgage": {"ratio": None, "highest": "male", "lowest": "female"},
+        "pension": {"ratio": 1.0, "highest": "female", "lowest": "female"},
+    }
+    report = {"k": 5, "customers": 7, "objected": 0, "columns": {"gender": {"groups": groups, "max_ratio": ratios}}}
+    monkeypatch.setattr(fairness, "fairness_report", lambda *a, **k: report)
+    ctx = SimpleNamespace(dataset=small_dataset, trained=trained, k=5, seed=0)
+    exposure = [b for b in fairness_section(ctx).blocks if b[0] == "table"][-1][2]
+    # Women are never shown a mortgage: the strongest steering, printed "-" ("not applicable")
+    # where `finrec evaluate --fairness` prints inf.
+    assert [row["max ratio"] for row in exposure] == ["inf (none to female)", "1.00"]

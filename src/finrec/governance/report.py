@@ -637,12 +637,21 @@ def fairness_section(ctx: Context) -> Section:
             {
                 "category": category,
                 **{group: f"{values['exposure'][category]:.3f}" for group, values in body["groups"].items()},
-                "max ratio": _number(ratio["ratio"], 2),
+                "max ratio": _ratio_text(ratio),
             }
             for category, ratio in body["max_ratio"].items()
         ]
         section.table(exposure)
     return section
+
+
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    """A category's largest exposure ratio between groups; a group shown none of it while another
+    is has no finite ratio, and is the strongest steering there is: ``inf``, as ``finrec evaluate
+    --fairness`` prints it, naming that group (a bare ``-`` read as "not applicable")."""
+    if ratio["ratio"] is None and ratio.get("highest"):
+        return f"inf (none to {ratio['lowest']})"
+    return _number(ratio["ratio"], 2)
 
 
 def explanation_section(ctx: Context, n_customers: int) -> Section:
