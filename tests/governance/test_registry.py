@@ -125,3 +125,12 @@ def test_models_command(model_dir, tmp_path, capsys):
     assert "rolled back to v0001 (from v0002)" in capsys.readouterr().out
     assert main(["models", "rollback", "--root", root]) == 2
     assert main(["models", "add", "--root", root, "--model", str(tmp_path / "none")]) == 2
+
+
+def test_a_missing_report_is_refused_before_the_model_is_copied(model_dir, tmp_path, capsys):
+    root = tmp_path / "reg"
+    # It was an internal error (FileNotFoundError, exit 1) raised after the copy had begun.
+    code = main(["models", "add", "--root", str(root), "--model", str(model_dir), "--report", str(tmp_path / "r.html")])
+    assert code == 2
+    assert "r.html: no such report file" in capsys.readouterr().err
+    assert Registry(root).version_ids() == []

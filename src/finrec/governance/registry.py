@@ -136,6 +136,9 @@ class Registry:
         metrics from the model's training history."""
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
+        if report is not None and not Path(report).is_file():
+            # checked before the model is copied (a missing one was an internal error after it)
+            raise RegistryError(f"{report}: no such report file (write one with `finrec report --out FILE`)")
         if metrics is None:
             try:
                 metrics = best_epoch_metrics(json.loads((model_dir / "history.json").read_text(encoding="utf-8")))
