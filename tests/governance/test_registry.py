@@ -134,3 +134,16 @@ def test_a_missing_report_is_refused_before_the_model_is_copied(model_dir, tmp_p
     assert code == 2
     assert "r.html: no such report file" in capsys.readouterr().err
     assert Registry(root).version_ids() == []
+
+
+def test_a_version_deleted_by_hand_never_gives_its_id_to_the_next_model(model_dir, tmp_path):
+    import shutil
+
+    registry = Registry(tmp_path / "reg")
+    registry.promote(registry.add(model_dir))
+    registry.promote(registry.add(model_dir))
+    shutil.rmtree(tmp_path / "reg" / "versions" / "v0002")  # the promoted version, removed by hand
+    # The next model was v0002: registry.json still promoted v0002, so a model nobody
+    # promoted was served, under the old promotion's audit entry.
+    assert registry.add(model_dir) == "v0003"
+    assert registry.promoted == "v0002" and registry.version_ids() == ["v0001", "v0003"]

@@ -145,8 +145,7 @@ class Registry:
             except (OSError, json.JSONDecodeError):
                 metrics = {}
         with self._locked():
-            ids = self.version_ids()
-            version = f"v{(int(ids[-1][1:]) + 1 if ids else 1):04d}"
+            version = f"v{self._last_number() + 1:04d}"
             with atomic_directory(self.root / VERSIONS / version) as tmp:
                 shutil.copytree(model_dir, tmp / MODEL, ignore=shutil.ignore_patterns(".*"))
                 if report is not None:
@@ -164,6 +163,17 @@ class Registry:
                 (tmp / VERSION_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
             read_manifest(self.root / VERSIONS / version / MODEL)  # the copy is whole
         return version
+
+    def _last_number(self) -> int:
+        """The highest version number ever used: of the version directories and of every version
+        the pointer names. A number is never given twice: after a version directory was deleted
+        by hand, the next model got its id and, where it had been promoted, was served at once
+        under the old promotion, the audit trail naming it."""
+        state = self.state()
+        named = [*self.version_ids(), *state["stack"], *(event.get("version") for event in state["events"])]
+        named += [event.get("previous") for event in state["events"]]
+        numbers = [int(match.group(1)) for v in named if isinstance(v, str) and (match := _VERSION_ID.match(v))]
+        return max(numbers, default=0)
 
     def promote(self, version: str) -> dict[str, Any]:
         """Serve ``version`` from now on (its files are checked first); returns the new pointer."""
