@@ -703,7 +703,7 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from finrec.governance.registry import Registry
+    from finrec.governance.registry import Registry, RegistryError
 
     registry = Registry(args.root)
     if args.action == "add":
@@ -735,16 +735,25 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps({"promoted": registry.promoted, "versions": versions}, indent=1))
         return 0
-    if not versions:
+    promoted = registry.promoted
+    lost = promoted is not None and not any(info["promoted"] for info in versions)
+    if not versions and not lost:
         print(f"{args.root}: no versions yet (`finrec models add --root {args.root} --model DIR`)")
         return 0
     print(f"  {'version':<9}{'registered':<27}{'val nDCG':>10}  {'data':<18}source")
     for info in versions:
         ndcg = next((v for k, v in (info.get("metrics") or {}).items() if "ndcg" in k), None)
+        # version.json unreadable (deleted or damaged by hand): said, not printed as "None"
+        registered = info.get("registered") or "? (no version.json)"
         print(
-            f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(info.get('registered')):<27}"
+            f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(registered):<27}"
             f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
             f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}"
+        )
+    if lost:  # printed as nothing marked promoted, exit 0
+        raise RegistryError(
+            f"{args.root}: the promoted version {promoted} has no directory (deleted?); "
+            "`finrec models promote VERSION` or `finrec models rollback` serves another"
         )
     return 0
 

@@ -147,3 +147,21 @@ def test_a_version_deleted_by_hand_never_gives_its_id_to_the_next_model(model_di
     # promoted was served, under the old promotion's audit entry.
     assert registry.add(model_dir) == "v0003"
     assert registry.promoted == "v0002" and registry.version_ids() == ["v0001", "v0003"]
+
+
+def test_models_list_says_what_was_deleted_by_hand(model_dir, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "reg"
+    assert main(["models", "add", "--root", str(root), "--model", str(model_dir), "--promote"]) == 0
+    assert main(["models", "add", "--root", str(root), "--model", str(model_dir), "--promote"]) == 0
+    (root / "versions" / "v0001" / "version.json").unlink()
+    shutil.rmtree(root / "versions" / "v0002")
+    capsys.readouterr()
+    # It printed "None" as v0001's registration time, no version marked promoted, and exit 0.
+    assert main(["models", "list", "--root", str(root)]) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].startswith("  v0001    ? (no version.json)") and "None" not in out
+    assert "the promoted version v0002 has no directory (deleted?)" in err
+    assert main(["models", "rollback", "--root", str(root)]) == 0
+    assert main(["models", "list", "--root", str(root)]) == 0
