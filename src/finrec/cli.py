@@ -519,6 +519,7 @@ def cmd_calibrate(args) -> int:
     from finrec.data import schema as S
     from finrec.data.io import find_table, fingerprint, load_dataset, read_id_column
     from finrec.errors import safe_text
+    from finrec.training.calibration import MIN_POSITIVES
     from finrec.training.train import calibrate
 
     dataset = load_dataset(args.data)
@@ -535,7 +536,16 @@ def cmd_calibrate(args) -> int:
                 f"was trained on ({trained_on}); calibrate on held-out customers"
             )
     trained = loaded.trained
-    trained.calibration = calibrate(trained, dataset)
+    calibration = calibrate(trained, dataset)
+    # The model directory is rewritten in place: a handful of adoptions would replace the
+    # calibration it has with noise (10 customers moved products' probabilities 2-10x).
+    adoptions = sum(calibration.positives)
+    if adoptions < MIN_POSITIVES:
+        raise FinrecError(
+            f"{args.data}: {adoptions} adoption(s) of {calibration.customers} customer(s) to calibrate on; at least "
+            f"{MIN_POSITIVES} are needed (a product needs as many for a map of its own); the model is unchanged"
+        )
+    trained.calibration = calibration
     # Rewritten whole (atomically), so the monitoring reference recorded at training is carried over.
     save_model_dir(
         trained,
