@@ -758,3 +758,24 @@ def test_another_calibration_format_loads_without_probabilities(model_dir, small
     recommender = Recommender(load_model_dir(copy).trained, small_dataset)
     assert recommender.calibration is None
     assert recommender.recommend(str(small_dataset.customers["customer_id"].iloc[0]), k=1).items[0].probability is None
+
+
+@pytest.mark.slow
+def test_calibrate_refuses_a_handful_of_adoptions_and_leaves_the_model_as_it_was(model_dir, tmp_path, capsys):
+    from finrec.data.io import write_dataset
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    tables = generate(GeneratorSettings(n_customers=800, seed=22))
+    for name in ("customers", "holdings", "interactions", "ground_truth"):  # new people, new ids
+        tables[name] = tables[name].assign(customer_id="N" + tables[name]["customer_id"].astype(str))
+    few = tables["customers"]["customer_id"].head(10)
+    tables = {n: t[t["customer_id"].isin(few)] if "customer_id" in t else t for n, t in tables.items()}
+    tiny = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "tiny")
+    before = (copy / CALIBRATION_FILE).read_bytes()
+    # Ten customers' dozen adoptions replaced the model's calibration (exit 0): products'
+    # probabilities moved by factors of 2 to 10, and the one fitted at training was gone.
+    assert main(["calibrate", "--model", str(copy), "--data", str(tiny)]) == 2
+    err = capsys.readouterr().err
+    assert "adoption(s) of" in err and "at least 20 are needed" in err and "the model is unchanged" in err
+    assert (copy / CALIBRATION_FILE).read_bytes() == before

@@ -519,6 +519,7 @@ def cmd_calibrate(args) -> int:
     from finrec.data import schema as S
     from finrec.data.io import find_table, fingerprint, load_dataset, read_id_column
     from finrec.errors import safe_text
+    from finrec.training.calibration import MIN_POSITIVES
     from finrec.training.train import calibrate
 
     dataset = load_dataset(args.data)
@@ -535,7 +536,16 @@ def cmd_calibrate(args) -> int:
                 f"was trained on ({trained_on}); calibrate on held-out customers"
             )
     trained = loaded.trained
-    trained.calibration = calibrate(trained, dataset)
+    calibration = calibrate(trained, dataset)
+    # The model directory is rewritten in place: a handful of adoptions would replace the
+    # calibration it has with noise (10 customers moved products' probabilities 2-10x).
+    adoptions = sum(calibration.positives)
+    if adoptions < MIN_POSITIVES:
+        raise FinrecError(
+            f"{args.data}: {adoptions} adoption(s) of {calibration.customers} customer(s) to calibrate on; at least "
+            f"{MIN_POSITIVES} are needed (a product needs as many for a map of its own); the model is unchanged"
+        )
+    trained.calibration = calibration
     # Rewritten whole (atomically), so the monitoring reference recorded at training is carried over.
     save_model_dir(
         trained,
@@ -703,7 +713,7 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from finrec.governance.registry import Registry
+    from finrec.governance.registry import Registry, RegistryError
 
     registry = Registry(args.root)
     if args.action == "add":
@@ -735,16 +745,25 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps({"promoted": registry.promoted, "versions": versions}, indent=1))
         return 0
-    if not versions:
+    promoted = registry.promoted
+    lost = promoted is not None and not any(info["promoted"] for info in versions)
+    if not versions and not lost:
         print(f"{args.root}: no versions yet (`finrec models add --root {args.root} --model DIR`)")
         return 0
     print(f"  {'version':<9}{'registered':<27}{'val nDCG':>10}  {'data':<18}source")
     for info in versions:
         ndcg = next((v for k, v in (info.get("metrics") or {}).items() if "ndcg" in k), None)
+        # version.json unreadable (deleted or damaged by hand): said, not printed as "None"
+        registered = info.get("registered") or "? (no version.json)"
         print(
-            f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(info.get('registered')):<27}"
+            f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(registered):<27}"
             f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
             f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}"
+        )
+    if lost:  # printed as nothing marked promoted, exit 0
+        raise RegistryError(
+            f"{args.root}: the promoted version {promoted} has no directory (deleted?); "
+            "`finrec models promote VERSION` or `finrec models rollback` serves another"
         )
     return 0
 

@@ -113,3 +113,41 @@ def test_compare_command(model_dir, small_data_dir, tmp_path, capsys):
         == 0
     )
     assert main(["compare", "--root", str(root), "--challenger", "v0007", "--data", str(small_data_dir)]) == 2
+
+
+def test_a_challenger_without_a_product_is_graded_on_the_same_task():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    class Stub:
+        """A model that knows ``products`` and scores them ``points`` for every customer."""
+
+        def __init__(self, products, points):
+            self.pipeline = SimpleNamespace(product_ids_=list(products))
+            self.points = np.asarray(points, dtype="float32")
+
+        def score(self, customers, holdings, history):
+            return np.tile(self.points, (len(customers), 1))
+
+    # 30 customers adopted A, 10 adopted B. The challenger was trained without A.
+    ids = [f"c{i}" for i in range(40)]
+    dataset = SimpleNamespace(
+        schema=SimpleNamespace(customers=SimpleNamespace(id="customer_id")),
+        customers=pd.DataFrame({"customer_id": ids}),
+        interactions=pd.DataFrame({"customer_id": ids, "product_id": ["A"] * 30 + ["B"] * 10}),
+        holdings=pd.DataFrame({"customer_id": [], "product_id": []}),
+        holdings_history=None,
+    )
+    champion = Stub(["A", "B", "C"], [3, 2, 1])
+    challenger = Stub(["B", "C"], [2, 1])
+    result = C.compare_models(champion, challenger, dataset, k=5, resamples=200)
+    # Each was graded on its own catalogue: the A adopters left the challenger's task, and on
+    # the 10 B adopters it looked "better" (nDCG 1.0 against 0.63).
+    assert result["customers"] == 40
+    ndcg = result["metrics"]["ndcg@5"]
+    assert ndcg["champion"] == pytest.approx((30 + 10 / np.log2(3)) / 40)
+    assert ndcg["challenger"] == pytest.approx(10 / 40)  # an A it cannot rank is never a hit
+    assert ndcg["verdict"] == "worse" and result["metrics"]["mrr"]["challenger"] == pytest.approx(0.25)
+    assert result["catalogues"] == {"champion_only": ["A"], "challenger_only": []}
+    assert "only the champion knows 1 product(s) (A)" in C.format_comparison(result)

@@ -125,3 +125,43 @@ def test_models_command(model_dir, tmp_path, capsys):
     assert "rolled back to v0001 (from v0002)" in capsys.readouterr().out
     assert main(["models", "rollback", "--root", root]) == 2
     assert main(["models", "add", "--root", root, "--model", str(tmp_path / "none")]) == 2
+
+
+def test_a_missing_report_is_refused_before_the_model_is_copied(model_dir, tmp_path, capsys):
+    root = tmp_path / "reg"
+    # It was an internal error (FileNotFoundError, exit 1) raised after the copy had begun.
+    code = main(["models", "add", "--root", str(root), "--model", str(model_dir), "--report", str(tmp_path / "r.html")])
+    assert code == 2
+    assert "r.html: no such report file" in capsys.readouterr().err
+    assert Registry(root).version_ids() == []
+
+
+def test_a_version_deleted_by_hand_never_gives_its_id_to_the_next_model(model_dir, tmp_path):
+    import shutil
+
+    registry = Registry(tmp_path / "reg")
+    registry.promote(registry.add(model_dir))
+    registry.promote(registry.add(model_dir))
+    shutil.rmtree(tmp_path / "reg" / "versions" / "v0002")  # the promoted version, removed by hand
+    # The next model was v0002: registry.json still promoted v0002, so a model nobody
+    # promoted was served, under the old promotion's audit entry.
+    assert registry.add(model_dir) == "v0003"
+    assert registry.promoted == "v0002" and registry.version_ids() == ["v0001", "v0003"]
+
+
+def test_models_list_says_what_was_deleted_by_hand(model_dir, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "reg"
+    assert main(["models", "add", "--root", str(root), "--model", str(model_dir), "--promote"]) == 0
+    assert main(["models", "add", "--root", str(root), "--model", str(model_dir), "--promote"]) == 0
+    (root / "versions" / "v0001" / "version.json").unlink()
+    shutil.rmtree(root / "versions" / "v0002")
+    capsys.readouterr()
+    # It printed "None" as v0001's registration time, no version marked promoted, and exit 0.
+    assert main(["models", "list", "--root", str(root)]) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].startswith("  v0001    ? (no version.json)") and "None" not in out
+    assert "the promoted version v0002 has no directory (deleted?)" in err
+    assert main(["models", "rollback", "--root", str(root)]) == 0
+    assert main(["models", "list", "--root", str(root)]) == 0

@@ -241,3 +241,52 @@ def test_the_suitability_audit_reads_the_risk_levels_the_rules_read(trained, sma
     assert texts[-1] == "Zero unsuitable products were recommended.", texts
     old = Recommender(trained)  # the model's own levels: investment products are held back
     assert (ctx.recommender.catalogue.risk == 1).all() and (old.catalogue.risk > 1).any()
+
+
+def test_a_report_on_customers_who_all_objected_explains_and_measures_nothing(trained, small_dataset):
+    from types import SimpleNamespace
+
+    from finrec.governance.report import explanation_section, fairness_section
+    from finrec.recommend.recommender import Recommender
+
+    # Every customer objected to profiling: none is ranked, none is background. The report
+    # failed on "no background customers: load the model with its customer data" (exit 2), and
+    # its fairness section drew tables without a row.
+    customers = small_dataset.customers.assign(marketing_consent=0)
+    data = type(small_dataset)(**{**vars(small_dataset), "customers": customers})
+    ctx = SimpleNamespace(dataset=data, recommender=Recommender(trained, data), trained=trained, k=5, seed=0)
+    texts = [block[1] for block in explanation_section(ctx, 4).blocks]
+    assert texts == [
+        "None of the 4 customers sampled has an eligible product (a customer who objected to profiling for "
+        "marketing is not profiled): nothing to explain."
+    ]
+    blocks = fairness_section(ctx).blocks
+    assert not [b for b in blocks if b[0] == "table"], blocks
+    texts = [block[1] for block in blocks]
+    assert f"{len(customers):,} customer(s) who objected to profiling for marketing are left out." in texts
+    assert "By gender: no customer of this data to measure." in texts
+
+
+def test_the_fairness_section_shows_a_category_one_group_never_sees_as_inf(trained, small_dataset, monkeypatch):
+    from types import SimpleNamespace
+
+    import finrec.evaluate.fairness as fairness
+    from finrec.governance.report import fairness_section
+
+    groups = {
+        "female": {"customers": 3, "evaluated": 0, "ndcg@5": None, "recall@5": None, "mrr": None,
+                   "exposure": {"mortgage": 0.0, "pension": 0.5}},
+        "male": {"customers": 4, "evaluated": 0, "ndcg@5": None, "recall@5": None, "mrr": None,
+                 "exposure": {"mortgage": 0.25, "pension": 0.5}},
+    }  # fmt: skip
+    ratios = {
+        "mortgage": {"ratio": None, "highest": "male", "lowest": "female"},
+        "pension": {"ratio": 1.0, "highest": "female", "lowest": "female"},
+    }
+    report = {"k": 5, "customers": 7, "objected": 0, "columns": {"gender": {"groups": groups, "max_ratio": ratios}}}
+    monkeypatch.setattr(fairness, "fairness_report", lambda *a, **k: report)
+    ctx = SimpleNamespace(dataset=small_dataset, trained=trained, k=5, seed=0)
+    exposure = [b for b in fairness_section(ctx).blocks if b[0] == "table"][-1][2]
+    # Women are never shown a mortgage: the strongest steering, printed "-" ("not applicable")
+    # where `finrec evaluate --fairness` prints inf.
+    assert [row["max ratio"] for row in exposure] == ["inf (none to female)", "1.00"]

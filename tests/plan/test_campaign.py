@@ -306,3 +306,24 @@ def test_cli_plan_filters_with_the_datas_products_table(model_dir, updated_bank,
     assert not plan.product_id.isin(["MORT_FIXED25", "INS_TRAVEL"]).any()
     assert err.count("('INS_TRAVEL'): taken as discontinued, never offered") == 1, err
     assert json.loads(summary.read_text())["catalogue"]["discontinued"] == ["INS_TRAVEL"]
+
+
+def test_an_exposure_limit_over_one_group_says_it_compares_nothing():
+    from finrec.plan.campaign import format_summary
+
+    row = {"offers": 3, "expected_adoptions": 1.0, "expected_value": 1.0}
+    info = {
+        "customers": 3, "products": 2, "allowed_pairs": 6, "contacts_per_customer": 1, "method": "exact",
+        "plan": row, "greedy": row, "bound": 1.0, "gap": 0.0, "relative_gap": 0.0, "shadow_prices": {},
+    }  # fmt: skip
+    exposure = {
+        "column": "gender", "max_ratio": 1.0, "groups": ["missing"], "value_without_limit": 1.0,
+        "value_with_limit": 1.0, "cost": 0.0, "worst_ratio_without_limit": 1.0, "worst_ratio": 1.0, "holds": True,
+    }  # fmt: skip
+    # A protected column all missing (or of one value) is one group: the summary said the limit
+    # "holds" as though the groups had been compared.
+    text = format_summary({**info, "exposure": exposure})
+    assert "this data has 1 group ('missing'), no two to compare; the limit constrains nothing" in text
+    assert "holds" not in text
+    two = format_summary({**info, "exposure": {**exposure, "groups": ["female", "male"]}})
+    assert "exposure limit over gender (2 groups): rate ratio <= 1 (holds" in two

@@ -62,3 +62,20 @@ def test_the_limit_binds_and_holds_in_both_solvers(case, ratio):
     assert exact.bound - exact.value <= 1e-6 * exact.value  # SCIP proves its optimum
     assert dual.value >= 0.97 * exact.value
     assert dual.bound <= free.bound + 1e-6
+
+
+def test_a_huge_ratio_is_solved_as_the_limit_it_means(case):
+    w, capacity, groups, categories = case
+    # 1e300 is finite and >= 1, so it is accepted; SCIP refused its coefficient as infinite
+    # ("the integer program solver found no plan (status 4)", exit 2). It is still a limit:
+    # a category offered to one group must reach every group, as with any ratio.
+    limit = ExposureLimit(groups, categories, 1e300)
+    exact = solve_exact_fair(w, capacity, 1, limit)
+    free = solve_exact(w, capacity, 1)
+    assert limit.holds(exact.rows, exact.cols) and is_feasible(w, capacity, 1, exact.rows, exact.cols)
+    assert exact.value == pytest.approx(free.value)  # every group gets every category here
+    lonely = groups == 2
+    w_one = w.copy()
+    w_one[~lonely, 4:] = 0  # category 2 is allowed to group 2 alone: it may be offered to nobody
+    plan = solve_exact_fair(w_one, capacity, 1, limit)
+    assert limit.holds(plan.rows, plan.cols) and not np.isin(plan.cols, [4, 5]).any()

@@ -123,3 +123,24 @@ def test_a_term_column_gone_from_the_datas_products_table_is_refused(small_datas
     table, changes = F.current_products(products, products.iloc[1:], small_dataset.schema, ids, "p.csv")
     catalogue = F.Catalogue.from_products(table, small_dataset.schema, ids, changes.discontinued)
     assert changes.discontinued == (ids[0],) and list(np.flatnonzero(catalogue.discontinued)) == [0]
+
+
+def test_a_category_the_catalogue_lacks_is_refused():
+    # A typo excluded every product: `finrec plan --category morgage` wrote 0 offers, exit 0,
+    # and the API answered 200 with nothing; excluded, it removed nothing.
+    for key in ("include_categories", "exclude_categories"):
+        with pytest.raises(
+            FinrecError, match=rf"filters.{key}: unknown product category 'fnd' \(did you mean 'fund'\?\)"
+        ):
+            masks_for(CUSTOMER, {key: ["deposit", "fnd"]})
+    with pytest.raises(FinrecError, match="categories 'x', 'y'; the catalogue's: account, deposit, fund, loan$"):
+        masks_for(CUSTOMER, {"include_categories": ["x", "y"]})
+    # Without a category column the filter was skipped: every product came back.
+    bare = F.Catalogue.from_products(
+        PRODUCTS.drop(columns="product_type"),
+        S.DatasetSchema.from_dict({**SCHEMA.to_dict(), "products": {**SCHEMA.to_dict()["products"], "category": None}}),
+        list(PRODUCTS.product_id),
+    )
+    attrs = F.customer_attributes(pd.DataFrame([CUSTOMER]), SCHEMA)
+    with pytest.raises(FinrecError, match="no category column"):
+        F.exclusion_masks(attrs, np.zeros((1, 5), bool), bare, F.Filters.build({"include_categories": ["fund"]}))

@@ -28,11 +28,16 @@ _CHUNK = 200  # resamples drawn at a time: bounds memory at 200 x customers indi
 
 
 def per_customer_metrics(
-    scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | None, k: int = 5
+    scores: np.ndarray,
+    relevant: np.ndarray,
+    excluded: np.ndarray | None,
+    k: int = 5,
+    unrankable: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(rows evaluated, ``{metric: float [n_evaluated]}``): every metric of ``summarize`` per
     customer, for the customers with at least one relevant product that is not excluded (the
-    mean of each array is ``summarize``'s value)."""
+    mean of each array is ``summarize``'s value). ``unrankable`` (bool [P]): products the model
+    cannot rank; relevant ones count as relevant but are never a hit, at any rank."""
     relevant = np.asarray(relevant, dtype=bool)
     if excluded is not None:
         relevant = relevant & ~np.asarray(excluded, dtype=bool)
@@ -41,6 +46,8 @@ def per_customer_metrics(
     ex = None if excluded is None else np.asarray(excluded, dtype=bool)[rows]
     ranking = rank_items(np.asarray(scores)[rows], ex)
     rel = relevance_in_rank_order(ranking, relevant[rows])
+    if unrankable is not None:
+        rel = rel & ~np.asarray(unrankable, dtype=bool)[ranking]
     n_rel = n_relevant[rows]
     values = (
         ndcg_at_k(rel, n_rel, k),
@@ -128,34 +135,71 @@ def compare_models(
     seed: int = 0,
 ) -> dict:
     """Both ``TrainedModel``s on the customers of ``dataset`` that have interactions:
-    ``{"metrics": {metric: {champion, challenger, difference, low, high, share_better, verdict}}}``."""
-    from finrec.evaluate.report import ranking_task
+    ``{"metrics": {metric: {champion, challenger, difference, low, high, share_better, verdict}}}``.
 
+    Both are graded on one task, over the union of their catalogues: an adoption of a product
+    one model does not know stays relevant for it, ranked below all it knows (each model was
+    graded on its own catalogue: a challenger trained without a product dropped that product's
+    adoptions from its task, and its easier task read as an improvement); it is never a hit.
+    ``catalogues`` names
+    the products only one of them knows."""
+    first = [str(p) for p in champion.pipeline.product_ids_]
+    second = [str(p) for p in challenger.pipeline.product_ids_]
+    union = list(dict.fromkeys([*first, *second]))
+    ids, relevant, excluded = _ranking_task(union, dataset)
+    cid = dataset.schema.customers.id
+    customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
     per_model = []
-    for trained in (champion, challenger):
-        ids, relevant, excluded = ranking_task(trained.pipeline, dataset)
-        cid = dataset.schema.customers.id
-        customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
-        scores = trained.score(customers, dataset.holdings, dataset.holdings_history)
-        rows, metrics = per_customer_metrics(scores, relevant, excluded, k)
-        per_model.append(({str(c): i for i, c in enumerate(ids[rows])}, metrics))
-    (first, a), (second, b) = per_model
-    common = [c for c in first if c in second]
-    ia = np.array([first[c] for c in common], dtype="int64")
-    ib = np.array([second[c] for c in common], dtype="int64")
+    for trained, known in ((champion, first), (challenger, second)):
+        scores = np.full((len(ids), len(union)), -np.inf, dtype="float64")
+        if len(ids):
+            position = {p: j for j, p in enumerate(union)}
+            scores[:, [position[p] for p in known]] = trained.score(
+                customers, dataset.holdings, dataset.holdings_history
+            )
+        unknown = np.isin(np.asarray(union, dtype=object), np.asarray(known, dtype=object), invert=True)
+        per_model.append(per_customer_metrics(scores, relevant, excluded, k, unrankable=unknown)[1])
+    a, b = per_model
     rng = np.random.default_rng(seed)
     out = {}
     for key in metric_keys(k):
-        row = paired_bootstrap(a[key][ia], b[key][ib], rng, resamples, confidence)
+        row = paired_bootstrap(a[key], b[key], rng, resamples, confidence)
         out[key] = {**row, "verdict": verdict(row)}
     return {
         "k": k,
-        "customers": len(common),
+        "customers": len(a[metric_keys(k)[0]]),
         "resamples": resamples,
         "confidence": confidence,
         "seed": seed,
+        "catalogues": {
+            "champion_only": [p for p in first if p not in set(second)],
+            "challenger_only": [p for p in second if p not in set(first)],
+        },
         "metrics": out,
     }
+
+
+def _ranking_task(products: list[str], dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``finrec.evaluate.report.ranking_task`` over the catalogue ``products`` (ids as text)."""
+    from finrec.data import schema as S
+    from finrec.data.ids import as_arrow_text, positions_in
+
+    ids = dataset.customers[dataset.schema.customers.id].to_numpy()
+    vocabulary = as_arrow_text(ids)
+    catalogue = as_arrow_text(products)
+
+    def matrix(links) -> np.ndarray:
+        out = np.zeros((len(ids), len(products)), dtype=bool)
+        if links is not None and len(links) and len(ids):
+            rows = positions_in(links[S.CUSTOMER_ID], vocabulary)
+            cols = positions_in(links[S.PRODUCT_ID], catalogue)
+            keep = (rows >= 0) & (cols >= 0)
+            out[rows[keep], cols[keep]] = True
+        return out
+
+    relevant, held = matrix(dataset.interactions), matrix(dataset.holdings)
+    keep = (relevant & ~held).any(axis=1)
+    return ids[keep], relevant[keep], (held & ~relevant)[keep]
 
 
 def format_comparison(result: dict) -> str:
@@ -171,4 +215,11 @@ def format_comparison(result: dict) -> str:
     lines.append(
         f"{result['customers']} customers, paired bootstrap of {result['resamples']} resamples (seed {result['seed']})"
     )
+    for role, key in (("champion", "champion_only"), ("challenger", "challenger_only")):
+        only = result.get("catalogues", {}).get(key)
+        if only:
+            lines.append(
+                f"only the {role} knows {len(only)} product(s) ({', '.join(only[:5])}{', ...' if len(only) > 5 else ''}): "
+                "their adoptions count against the other model, which cannot rank them"
+            )
     return "\n".join(lines)

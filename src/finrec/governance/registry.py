@@ -136,14 +136,16 @@ class Registry:
         metrics from the model's training history."""
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
+        if report is not None and not Path(report).is_file():
+            # checked before the model is copied (a missing one was an internal error after it)
+            raise RegistryError(f"{report}: no such report file (write one with `finrec report --out FILE`)")
         if metrics is None:
             try:
                 metrics = best_epoch_metrics(json.loads((model_dir / "history.json").read_text(encoding="utf-8")))
             except (OSError, json.JSONDecodeError):
                 metrics = {}
         with self._locked():
-            ids = self.version_ids()
-            version = f"v{(int(ids[-1][1:]) + 1 if ids else 1):04d}"
+            version = f"v{self._last_number() + 1:04d}"
             with atomic_directory(self.root / VERSIONS / version) as tmp:
                 shutil.copytree(model_dir, tmp / MODEL, ignore=shutil.ignore_patterns(".*"))
                 if report is not None:
@@ -161,6 +163,17 @@ class Registry:
                 (tmp / VERSION_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
             read_manifest(self.root / VERSIONS / version / MODEL)  # the copy is whole
         return version
+
+    def _last_number(self) -> int:
+        """The highest version number ever used: of the version directories and of every version
+        the pointer names. A number is never given twice: after a version directory was deleted
+        by hand, the next model got its id and, where it had been promoted, was served at once
+        under the old promotion, the audit trail naming it."""
+        state = self.state()
+        named = [*self.version_ids(), *state["stack"], *(event.get("version") for event in state["events"])]
+        named += [event.get("previous") for event in state["events"]]
+        numbers = [int(match.group(1)) for v in named if isinstance(v, str) and (match := _VERSION_ID.match(v))]
+        return max(numbers, default=0)
 
     def promote(self, version: str) -> dict[str, Any]:
         """Serve ``version`` from now on (its files are checked first); returns the new pointer."""

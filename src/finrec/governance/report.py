@@ -617,7 +617,12 @@ def fairness_section(ctx: Context) -> Section:
         f"(as `finrec evaluate --fairness`). Exclusion of protected columns from the model: "
         f"{'yes' if ctx.trained.config.model.exclude_protected else 'no'}."
     )
+    if report.get("objected"):
+        section.p(f"{report['objected']:,} customer(s) who objected to profiling for marketing are left out.")
     for column, body in report["columns"].items():
+        if not body["groups"]:
+            section.p(f"By {column}: no customer of this data to measure.")
+            continue
         rows = [
             {
                 "group": group,
@@ -632,12 +637,21 @@ def fairness_section(ctx: Context) -> Section:
             {
                 "category": category,
                 **{group: f"{values['exposure'][category]:.3f}" for group, values in body["groups"].items()},
-                "max ratio": _number(ratio["ratio"], 2),
+                "max ratio": _ratio_text(ratio),
             }
             for category, ratio in body["max_ratio"].items()
         ]
         section.table(exposure)
     return section
+
+
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    """A category's largest exposure ratio between groups; a group shown none of it while another
+    is has no finite ratio, and is the strongest steering there is: ``inf``, as ``finrec evaluate
+    --fairness`` prints it, naming that group (a bare ``-`` read as "not applicable")."""
+    if ratio["ratio"] is None and ratio.get("highest"):
+        return f"inf (none to {ratio['lowest']})"
+    return _number(ratio["ratio"], 2)
 
 
 def explanation_section(ctx: Context, n_customers: int) -> Section:
@@ -656,19 +670,23 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     ranking = ctx.recommender.rank(
         ctx.recommender.context(sample, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False), 1
     )
+    explained = [i for i in range(len(sample)) if ranking.index[i, 0] >= 0]
+    if not explained:
+        # Checked before the background is drawn: it leaves out those who objected, so data in
+        # which every customer objected has none (the report failed on "no background customers").
+        return section.p(
+            f"None of the {len(sample):,} customers sampled has an eligible product (a customer who objected to "
+            "profiling for marketing is not profiled): nothing to explain."
+        )
     background = explainer.background_matrix()
     cid = ctx.dataset.schema.customers.id
     held_by = ctx.dataset.holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
     values = []
-    for i in range(len(sample)):
-        if ranking.index[i, 0] < 0:
-            continue
+    for i in explained:
         product = ctx.trained.pipeline.product_ids_[ranking.index[i, 0]]
         score = explainer.score_function(product, held_by.get(str(sample[cid].iloc[i]), []))
         x = explainer.encode(sample.iloc[[i]])
         values.append(np.abs(permutation_shap(score, x, background)[0]))
-    if not values:
-        return section.p("No customer of this data has an eligible product: nothing to explain.")
     mean = np.mean(values, axis=0)
     order = np.argsort(-mean)
     section.p(

@@ -455,7 +455,16 @@ def format_summary(info: dict) -> str:
             lines.append(f"  {pid:<24} capacity {row['capacity']:>9}  one more slot is worth {row['price']:.4f}")
     else:
         lines.append("no capacity binds")
-    if "exposure" in info:
+    if "exposure" in info and len(info["exposure"]["groups"]) < 2:
+        # One group (a column all missing reads as the one group 'missing') has no other to be
+        # compared with: "holds" claimed a fairness check that compared nothing.
+        e = info["exposure"]
+        only = f" ({', '.join(map(repr, e['groups']))})" if e["groups"] else ""
+        lines.append(
+            f"exposure limit over {e['column']}: this data has {len(e['groups'])} group{only}, no two to compare; "
+            f"the limit constrains nothing"
+        )
+    elif "exposure" in info:
         e = info["exposure"]
         lines.append(
             f"exposure limit over {e['column']} ({len(e['groups'])} groups): rate ratio <= {e['max_ratio']:g} "

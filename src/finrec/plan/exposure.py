@@ -215,6 +215,10 @@ def solve_exact_fair(
         solver.Add(solver.Sum([x[p] for p in np.flatnonzero(pair_cols == j)]) <= float(capacity[j]))
     groups, cats = limit.groups[pair_rows], limit.categories[pair_cols]
     present = np.flatnonzero(limit.sizes > 0)
+    # x_gk <= contacts n_g, so wherever x_hk >= 1 a ratio of contacts x max(n) already lets every
+    # x_gk through: a larger one is the same constraint (x_gk > 0 needs x_hk >= 1), and its
+    # coefficient went past SCIP's infinity (--max-exposure-ratio 1e300: "found no plan").
+    ratio = min(limit.ratio, float(contacts) * float(limit.sizes.max(initial=1.0)))
     for k in range(limit.n_categories):
         cells = {g: [x[p] for p in np.flatnonzero((groups == g) & (cats == k))] for g in present}
         for g in present:
@@ -223,7 +227,7 @@ def solve_exact_fair(
                     # x_gk n_h <= R x_hk n_g
                     solver.Add(
                         solver.Sum(cells[g]) * float(limit.sizes[h])
-                        <= limit.ratio * float(limit.sizes[g]) * solver.Sum(cells[h])
+                        <= ratio * float(limit.sizes[g]) * solver.Sum(cells[h])
                     )
     status = solver.Solve()
     if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):

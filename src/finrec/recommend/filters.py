@@ -29,6 +29,7 @@ excluded.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,7 +38,7 @@ import pandas as pd
 
 from finrec.data import compliance as C
 from finrec.data import schema as S
-from finrec.errors import DataError, FinrecError, reject_unknown, safe_items
+from finrec.errors import DataError, FinrecError, reject_unknown, safe_items, safe_text
 
 RULES = (
     "consent",
@@ -188,6 +189,29 @@ class Catalogue:
         return sorted(set(self.category)) if self.category is not None else []
 
 
+def check_categories(catalogue: Catalogue, filters: Filters) -> None:
+    """Refuse a category filter that names no category of the catalogue, or any without a
+    category column: a typo (``--category morgage``) excluded every product (a plan of 0 offers,
+    exit 0) or, excluded, none, and without the column the filter was skipped."""
+    for key in ("include_categories", "exclude_categories"):
+        names = getattr(filters, key)
+        if not names:
+            continue
+        if catalogue.category is None:
+            raise FinrecError(
+                f"filters.{key}: the products have no category column to filter by (products.category in schema.yaml)"
+            )
+        known = catalogue.categories
+        unknown = [str(name) for name in names if str(name) not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0][:100], known, n=1)
+            hint = f" (did you mean {safe_text(close[0], quote=True)}?)" if close else ""
+            raise FinrecError(
+                f"filters.{key}: unknown product categor{'y' if len(unknown) == 1 else 'ies'} "
+                f"{safe_items(unknown)}{hint}; the catalogue's: {safe_items(known, 20, quote=False)}"
+            )
+
+
 # The eligibility terms and the rule each feeds (``exclusion_masks``).
 TERM_RULES = {S.MIN_INCOME: "income", S.MIN_CREDIT_SCORE: "credit_score", S.MIN_AGE: "age", S.MAX_AGE: "age"}
 
@@ -317,6 +341,7 @@ def exclusion_masks(
             filters.max_debt_service_ratio,
             filters.credit_score_cutoff,
         )
+    check_categories(catalogue, filters)
     if catalogue.category is not None and (filters.include_categories or filters.exclude_categories):
         bad = np.zeros(len(catalogue.category), dtype=bool)
         if filters.include_categories:
