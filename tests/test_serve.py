@@ -228,6 +228,9 @@ def test_invalid_bodies_are_422_naming_the_field(client, payload, loc):
         ({"income": "a lot"}, "income"),
         ({"risk_tolerance": 9}, "risk_tolerance"),
         ({"income": 1000, "holdings": ["NO_SUCH_PRODUCT"]}, "NO_SUCH_PRODUCT"),
+        # a misspelled key was answered 200 as if the value were missing (a tester)
+        ({"income": 1000, "risk_tolerence": 7}, "unknown key 'risk_tolerence' (did you mean 'risk_tolerance'?)"),
+        ({"incme": 52000}, "unknown key 'incme' (did you mean 'income'?)"),
     ],
 )
 def test_values_the_library_refuses_are_422_with_its_message(client, features, words):

@@ -61,7 +61,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finrec.data import schema as S
-from finrec.errors import ConfigError, FinrecError, UnknownCustomerError
+from finrec.errors import ConfigError, DataError, FinrecError, UnknownCustomerError, reject_unknown
 from finrec.recommend import filters as F
 
 log = logging.getLogger("finrec.serve")
@@ -607,6 +607,8 @@ def create_app(
         """The top ``k`` eligible products for a known customer or for one given by features."""
         recommender = ready_recommender(request)
         filters = body.filters.model_dump(exclude_unset=True) if body.filters is not None else None
+        if body.features is not None:
+            check_feature_keys(recommender.schema, body.features)
         customer = body.customer_id if body.customer_id is not None else body.features
         # Sub-millisecond numpy work: a thread hop would cost more than it saves. The body is
         # built here and sent as is; response_model above documents it in the OpenAPI schema.
@@ -663,6 +665,24 @@ def create_app(
 
 class _NotReady(Exception):
     pass
+
+
+def check_feature_keys(schema: S.DatasetSchema, features: dict) -> None:
+    """Refuse a key of a request's ``features`` that names no customer column of the model's
+    schema (nor ``holdings`` or ``history``): a misspelled ``risk_tolerence`` was answered as if
+    the value were missing (imputed, or risk tolerance 1), with a 200 (a tester). Only here: the
+    dashboard hands the library whole table rows, which may carry columns the schema leaves out."""
+    table = schema.customers
+    allowed = {
+        table.id,
+        *table.numeric_features,
+        *table.categorical_features,
+        *table.protected,
+        *table.compliance_columns,
+        S.HOLDINGS,
+        HISTORY,
+    }
+    reject_unknown(features, allowed, "features", error=DataError)
 
 
 def _response(result) -> dict[str, Any]:

@@ -597,7 +597,8 @@ FEATURE_CASES: list[BodyCase] = [
     BodyCase("region_unicode", _j({"features": {"region": UNICODE_TEXT, "income": 5e4}}), (200,)),
     BodyCase("region_control", _j({"features": {"region": CONTROL_TEXT, "income": 5e4}}), (200,)),
     BodyCase("region_formula", _j({"features": {"region": FORMULA_ID}}), (200,)),
-    BodyCase("unknown_feature_name", _j({"features": {"favourite_colour": "red"}}), (200,)),
+    # Refused since a tester's sweep (2026-12): a misspelled risk_tolerance was answered as if missing.
+    BodyCase("unknown_feature_name", _j({"features": {"favourite_colour": "red"}}), (422,), "favourite_colour"),
     BodyCase("holdings_unknown", _j({"features": {"holdings": ["NO_SUCH_PRODUCT"]}}), (422,), "NO_SUCH_PRODUCT"),
     BodyCase("holdings_text", _j({"features": {"holdings": "CUR_BASIC"}}), (422,)),
     BodyCase("holdings_numbers", _j({"features": {"holdings": [1, 2]}}), (422,)),
