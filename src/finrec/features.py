@@ -151,6 +151,20 @@ def _codes(values: pd.Series, vocabulary: list[str] | pa.Array) -> np.ndarray:
     return (positions_in(as_category_text(values), vocabulary) + 1).astype("int32")
 
 
+def link_matrix(customer_ids, products: pa.Array, links: pd.DataFrame | None) -> np.ndarray:
+    """bool [n, P]: True where a row of ``links`` (customer_id, product_id) pairs one of the n
+    ``customer_ids`` with one of the P ``products`` (text ids, in that order)."""
+    n = 0 if customer_ids is None else len(customer_ids)
+    matrix = np.zeros((n, len(products)), dtype=bool)
+    if links is None or len(links) == 0 or n == 0:
+        return matrix
+    rows = positions_in(links[S.CUSTOMER_ID], as_arrow_text(customer_ids))
+    cols = positions_in(links[S.PRODUCT_ID], products)
+    keep = (rows >= 0) & (cols >= 0)
+    matrix[rows[keep], cols[keep]] = True
+    return matrix
+
+
 class FeaturePipeline:
     """Turns customers, holdings and products into model inputs.
 
@@ -367,21 +381,16 @@ class FeaturePipeline:
 
     def product_positions(self, product_ids) -> np.ndarray:
         """Catalogue index of each product id; -1 for ids the model does not know."""
+        return positions_in(product_ids, self._arrow_catalogue())
+
+    def _arrow_catalogue(self) -> pa.Array:
         if "_arrow_products" not in self.__dict__:
             self._arrow_products = pa.array(self.product_ids_, type=pa.string())
-        return positions_in(product_ids, self._arrow_products)
+        return self._arrow_products
 
     def holdings_matrix(self, customer_ids, links: pd.DataFrame | None) -> np.ndarray:
         """bool [n, P]: True where the customer holds (or, for interactions, took up) the product."""
-        n = 0 if customer_ids is None else len(customer_ids)
-        matrix = np.zeros((n, self.n_products), dtype=bool)
-        if links is None or len(links) == 0 or n == 0:
-            return matrix
-        rows = positions_in(links[S.CUSTOMER_ID], as_arrow_text(customer_ids))
-        cols = self.product_positions(links[S.PRODUCT_ID])
-        keep = (rows >= 0) & (cols >= 0)
-        matrix[rows[keep], cols[keep]] = True
-        return matrix
+        return link_matrix(customer_ids, self._arrow_catalogue(), links)
 
     # ---------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

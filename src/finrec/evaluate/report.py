@@ -8,17 +8,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from finrec.data.ids import as_arrow_text
 from finrec.data.io import Dataset
 from finrec.evaluate import baselines
 from finrec.evaluate.metrics import metric_keys, summarize
+from finrec.features import link_matrix
 
 
-def ranking_task(pipeline, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer ids, relevant bool [n, P], excluded bool [n, P]) for customers with interactions."""
+def ranking_task(
+    pipeline, dataset: Dataset, products: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer ids, relevant bool [n, P], excluded bool [n, P]) for customers with interactions,
+    over the pipeline's catalogue or the text ids ``products`` (``finrec compare``: two
+    catalogues' union)."""
     cid = dataset.schema.customers.id
     ids = dataset.customers[cid].to_numpy()
-    relevant = pipeline.holdings_matrix(ids, dataset.interactions)
-    held = pipeline.holdings_matrix(ids, dataset.holdings)
+    if products is None:
+        relevant = pipeline.holdings_matrix(ids, dataset.interactions)
+        held = pipeline.holdings_matrix(ids, dataset.holdings)
+    else:
+        catalogue = as_arrow_text(products)
+        relevant, held = (
+            link_matrix(ids, catalogue, dataset.interactions),
+            link_matrix(ids, catalogue, dataset.holdings),
+        )
     keep = (relevant & ~held).any(axis=1)
     return ids[keep], relevant[keep], (held & ~relevant)[keep]
 

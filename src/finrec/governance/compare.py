@@ -141,12 +141,13 @@ def compare_models(
     one model does not know stays relevant for it, ranked below all it knows (each model was
     graded on its own catalogue: a challenger trained without a product dropped that product's
     adoptions from its task, and its easier task read as an improvement); it is never a hit.
-    ``catalogues`` names
-    the products only one of them knows."""
+    ``catalogues`` names the products only one of them knows."""
     first = [str(p) for p in champion.pipeline.product_ids_]
     second = [str(p) for p in challenger.pipeline.product_ids_]
     union = list(dict.fromkeys([*first, *second]))
-    ids, relevant, excluded = _ranking_task(union, dataset)
+    from finrec.evaluate.report import ranking_task
+
+    ids, relevant, excluded = ranking_task(champion.pipeline, dataset, products=union)
     cid = dataset.schema.customers.id
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
     per_model = []
@@ -177,29 +178,6 @@ def compare_models(
         },
         "metrics": out,
     }
-
-
-def _ranking_task(products: list[str], dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``finrec.evaluate.report.ranking_task`` over the catalogue ``products`` (ids as text)."""
-    from finrec.data import schema as S
-    from finrec.data.ids import as_arrow_text, positions_in
-
-    ids = dataset.customers[dataset.schema.customers.id].to_numpy()
-    vocabulary = as_arrow_text(ids)
-    catalogue = as_arrow_text(products)
-
-    def matrix(links) -> np.ndarray:
-        out = np.zeros((len(ids), len(products)), dtype=bool)
-        if links is not None and len(links) and len(ids):
-            rows = positions_in(links[S.CUSTOMER_ID], vocabulary)
-            cols = positions_in(links[S.PRODUCT_ID], catalogue)
-            keep = (rows >= 0) & (cols >= 0)
-            out[rows[keep], cols[keep]] = True
-        return out
-
-    relevant, held = matrix(dataset.interactions), matrix(dataset.holdings)
-    keep = (relevant & ~held).any(axis=1)
-    return ids[keep], relevant[keep], (held & ~relevant)[keep]
 
 
 def format_comparison(result: dict) -> str:
