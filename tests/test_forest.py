@@ -166,13 +166,112 @@ def test_trees_of_more_leaves_than_bits_are_refused(booster, monkeypatch):
 def test_every_caller_shares_one_compiled_walk(booster):
     # numba compiles a loop anew for each array layout: a service's first request after a batch
     # load paid about a second on a cold cache when rows, columns and slices each had their own.
+    # (A forest's code and leaf-mask types are one more signature each: other tests' forests.)
     from finrec.training import forest_walk
 
     forest = Forest.from_model_text(booster.model_to_string())
     x = _codes(_frame(np.random.default_rng(9), 5000)[0])
     expected = booster.predict(x, raw_score=True)
+    forest.raw_score(x[:10])
+    compiled = len(forest_walk.walk.signatures)
     for data, threads in ((x, 1), (np.asfortranarray(x), 1), (np.asfortranarray(x), 2), (x[4:5], 1)):
         np.testing.assert_array_equal(
             forest.raw_score(data, threads=threads), expected[4:5] if len(data) == 1 else expected
         )
-    assert len(forest_walk.walk.signatures) == 1 and len(forest_walk.prepare.signatures) == 1
+    assert len(forest_walk.walk.signatures) == compiled
+
+
+def _at_the_thresholds(forest: Forest, column: int, rng: np.random.Generator) -> np.ndarray:
+    """Each threshold of ``column`` and the doubles either side of it, shuffled: the values a
+    code must place exactly (``x <= threshold`` is left, one ulp above is right)."""
+    cuts = np.unique(forest.threshold[(forest.feature == column) & (forest.kind != 1)])
+    values = np.concatenate([cuts, np.nextafter(cuts, -np.inf), np.nextafter(cuts, np.inf)])
+    return rng.permutation(values)
+
+
+@pytest.mark.parametrize(
+    "leaves, mask", [(8, np.uint8), (9, np.uint16), (16, np.uint16), (17, np.uint32), (33, np.uint64)]
+)
+def test_leaf_masks_take_the_narrowest_word_and_thresholds_of_wide_columns_two_bytes(leaves, mask):
+    # 700 bins a column: more thresholds than a byte counts, so codes are two bytes wide.
+    rng = np.random.default_rng(10)
+    x = np.column_stack([rng.lognormal(0, 3, 8000), rng.normal(size=8000), rng.integers(0, 5, 8000)])
+    y = np.sin(np.log(x[:, 0])) + x[:, 1] ** 2 + rng.normal(0, 0.05, 8000)
+    params = {"objective": "regression", "num_leaves": leaves, "min_data_in_leaf": 2, "max_bin": 700, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(x, y), 60)
+    forest = Forest.from_model_text(booster.model_to_string())
+    assert forest.rule_out.dtype == mask and np.diff(forest.leaf_start).max() > np.iinfo(mask).bits // 2
+    wide = len(np.unique(forest.threshold[forest.feature == 0])) > 255
+    assert forest.bound.dtype == (np.uint16 if wide else np.uint8)
+    probe = np.tile(rng.normal(size=(1, 3)), (3000, 1))
+    for column in (0, 1):
+        values = _at_the_thresholds(forest, column, rng)[:3000]
+        probe[: len(values), column] = values
+    probe[-500:] = rng.normal(size=(500, 3)) * [50, 3, 3]
+    np.testing.assert_array_equal(forest.raw_score(probe)[:, 0], booster.predict(probe, raw_score=True))
+
+
+def test_every_missing_rule_on_every_split_is_lightgbms():
+    # Each numerical split's missing type (none, zero, NaN) and default side rewritten at random
+    # in the model text, which LightGBM loads as it is (without the header's tree sizes, which the
+    # edit changes): every combination the walk's codes handle, against LightGBM's own reading,
+    # on NaNs, zeros, tiny values and the thresholds.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(4000, 3))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[rng.random(x.shape) < 0.2] = 0.0
+    y = np.nan_to_num(x[:, 0]) + (x[:, 1] == 0) + np.isnan(x[:, 2]) + rng.normal(0, 0.1, 4000)
+    booster = lgb.train({"objective": "regression", "num_leaves": 7, "verbose": -1}, lgb.Dataset(x, y), 15)
+    lines = booster.model_to_string().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("decision_type="):
+            types = [int(rng.choice([0, 2, 4, 6, 8, 10])) for _ in line[14:].split()]
+            lines[i] = "decision_type=" + " ".join(map(str, types))
+    text = "\n".join(line for line in lines if not line.startswith("tree_sizes=")) + "\n"
+    edited = lgb.Booster(model_str=text)
+    forest = Forest.from_model_text(text)
+    assert {0, 1, 2} <= set(((forest.flags[forest.kind == 2] >> 2) & 3).tolist())
+    probe = rng.normal(size=(3000, 3))
+    probe[rng.random(probe.shape) < 0.2] = np.nan
+    probe[rng.random(probe.shape) < 0.2] = 0.0
+    probe[rng.random(probe.shape) < 0.05] = -1e-36
+    for column in range(3):
+        values = _at_the_thresholds(forest, column, rng)[:1000]
+        probe[1000 : 1000 + len(values), column] = values
+    np.testing.assert_array_equal(forest.raw_score(probe)[:, 0], edited.predict(probe, raw_score=True))
+
+
+@pytest.mark.parametrize("levels", [3, 7, 8])
+def test_small_categories_are_tested_as_bits_and_odd_codes_still_go_right(levels):
+    # Up to 7 levels (and the code for "none of them") fit a byte's bits: each set is one AND.
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, levels, 5000)
+    x = np.column_stack([codes, rng.normal(size=5000)]).astype(float)
+    y = np.isin(codes, [0, levels - 1]) * 2.0 + x[:, 1] + rng.normal(0, 0.1, 5000)
+    params = {"objective": "regression", "num_leaves": 7, "min_data_per_group": 5, "cat_smooth": 1, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(x, y, categorical_feature=[0]), 20)
+    forest = Forest.from_model_text(booster.model_to_string())
+    assert (forest.kind == 3).any() == (levels < 8) and (forest.kind == 1).any() == (levels >= 8)
+    probe = np.column_stack([rng.integers(0, levels, 2000), rng.normal(size=2000)]).astype(float)
+    probe[:12, 0] = [np.nan, -1, -0.5, levels, levels + 0.5, 2.0**40, np.inf, -np.inf, 0.99, 1e-40, -1e-40, 300]
+    np.testing.assert_array_equal(forest.raw_score(probe)[:, 0], booster.predict(probe, raw_score=True))
+
+
+def test_thresholds_far_apart_or_crowded_are_placed_exactly():
+    # A column whose values span 1e-300 to 1e300 (its thresholds crowd a few grid cells) and one
+    # whose thresholds lie a few ulps apart (a grid too fine for the arithmetic): codes are
+    # counted exactly all the same.
+    rng = np.random.default_rng(13)
+    spread = 10.0 ** rng.uniform(-300, 300, 6000)
+    close = 1.0 + rng.integers(0, 40, 6000) * np.finfo(float).eps
+    y = np.log10(spread) / 100 + (close > 1 + 20 * np.finfo(float).eps) + rng.normal(0, 0.05, 6000)
+    x = np.column_stack([spread, close])
+    params = {"objective": "regression", "num_leaves": 15, "min_data_in_leaf": 5, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(x, y), 30)
+    forest = Forest.from_model_text(booster.model_to_string())
+    probe = x[:3000].copy()
+    for column in (0, 1):
+        values = _at_the_thresholds(forest, column, rng)[:1500]
+        probe[: len(values), column] = values
+    probe[-6:, 0] = [0.0, -1.0, 1e-320, np.inf, 1e308, 5e-324]
+    np.testing.assert_array_equal(forest.raw_score(probe)[:, 0], booster.predict(probe, raw_score=True))
