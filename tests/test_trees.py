@@ -179,6 +179,28 @@ def test_teacher_logits_are_its_log_probabilities_less_the_row_mean(small_datase
     np.testing.assert_array_equal(teacher.logits(customers, held=held), logits)
 
 
+def test_teacher_logits_are_the_float64_differences_rounded_once(small_dataset, teacher_and_pipeline):
+    # Two write paths (every product a class, written in place; some never adopted, scattered):
+    # both the float64 difference rounded to float32 once, the blend's scores to the bit.
+    import copy
+
+    teacher, _ = teacher_and_pipeline
+    customers = small_dataset.customers.iloc[:300]
+    x = teacher.matrix(customers.reset_index(drop=True), small_dataset.holdings)
+    raw = teacher.forest().raw_score(x)
+    expected = (raw - raw.mean(axis=1, keepdims=True)).astype(np.float32)
+    n_products = teacher.pipeline_.n_products
+    assert len(teacher.classes_) == n_products
+    np.testing.assert_array_equal(teacher.logits(customers, small_dataset.holdings), expected)
+    wider = copy.copy(teacher)  # the same trees read as a catalogue with one product more, never adopted
+    wider.pipeline_ = copy.copy(teacher.pipeline_)
+    wider.pipeline_.product_ids_ = [*teacher.pipeline_.product_ids_, "launched_later"]
+    assert wider.pipeline_.n_products == n_products + 1
+    logits = wider._logits_of(x)
+    np.testing.assert_array_equal(logits[:, :n_products], expected)
+    assert (logits[:, n_products] == 0).all()
+
+
 def test_a_teacher_survives_its_json_form(small_dataset, teacher_and_pipeline):
     import json
 
