@@ -409,17 +409,19 @@ class _Codes:
     def splits(self, feature, threshold, kind, table_start, tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each split's code row, its ``bound`` and its kind (a category split over a column of
         one-bit codes becomes kind 3, its set as bits)."""
-        row = np.array([self.row_of[int(f)] for f in feature], np.int32)
+        row = np.zeros(len(feature), np.int32)
         bound = np.zeros(len(feature), self.dtype)
         kind = kind.copy()
-        for j in range(len(feature)):
-            f = int(feature[j])
-            if kind[j] != _TABLE:
-                bound[j] = np.searchsorted(self.cuts[f], threshold[j])
-            elif self.row_kind[row[j]] == 3:
-                sent_left = tables[table_start[j] : table_start[j] + self.vocabulary[row[j]] + 1]
-                bound[j] = sum(1 << code for code in np.flatnonzero(sent_left == 1).tolist())
-                kind[j] = _BITS
+        for f, i in self.row_of.items():
+            at = np.flatnonzero(feature == f)
+            row[at] = i
+            if self.row_kind[i] <= 1:  # numerical: the threshold's place among the column's
+                bound[at] = np.searchsorted(self.cuts[f], threshold[at])
+            elif self.row_kind[i] == 3:
+                for j in at.tolist():
+                    sent_left = tables[table_start[j] : table_start[j] + self.vocabulary[i] + 1]
+                    bound[j] = sum(1 << code for code in np.flatnonzero(sent_left == 1).tolist())
+                kind[at] = _BITS
         return row, bound, kind
 
 
