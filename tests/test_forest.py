@@ -174,7 +174,10 @@ def test_every_caller_shares_one_compiled_walk(booster):
     expected = booster.predict(x, raw_score=True)
     forest.raw_score(x[:10])
     compiled = len(forest_walk.walk.signatures)
-    for data, threads in ((x, 1), (np.asfortranarray(x), 1), (np.asfortranarray(x), 2), (x[4:5], 1)):
+    read_only = np.asfortranarray(x)  # as pandas' to_numpy hands out
+    read_only.flags.writeable = False
+    callers = ((x, 1), (np.asfortranarray(x), 1), (np.asfortranarray(x), 2), (x[4:5], 1), (read_only, 1))
+    for data, threads in callers:
         np.testing.assert_array_equal(
             forest.raw_score(data, threads=threads), expected[4:5] if len(data) == 1 else expected
         )
@@ -212,7 +215,8 @@ def test_leaf_masks_take_the_narrowest_word_and_thresholds_of_wide_columns_two_b
 
 
 def test_every_missing_rule_on_every_split_is_lightgbms():
-    # Each numerical split's missing type (none, zero, NaN) and default side rewritten at random
+    # Each numerical split's missing type (none, zero, NaN, and 3, which LightGBM reads as none)
+    # and default side rewritten at random
     # in the model text, which LightGBM loads as it is (without the header's tree sizes, which the
     # edit changes): every combination the walk's codes handle, against LightGBM's own reading,
     # on NaNs, zeros, tiny values and the thresholds.
@@ -225,12 +229,12 @@ def test_every_missing_rule_on_every_split_is_lightgbms():
     lines = booster.model_to_string().splitlines()
     for i, line in enumerate(lines):
         if line.startswith("decision_type="):
-            types = [int(rng.choice([0, 2, 4, 6, 8, 10])) for _ in line[14:].split()]
+            types = [int(rng.choice([0, 2, 4, 6, 8, 10, 12, 14])) for _ in line[14:].split()]
             lines[i] = "decision_type=" + " ".join(map(str, types))
     text = "\n".join(line for line in lines if not line.startswith("tree_sizes=")) + "\n"
     edited = lgb.Booster(model_str=text)
     forest = Forest.from_model_text(text)
-    assert {0, 1, 2} <= set(((forest.flags[forest.kind == 2] >> 2) & 3).tolist())
+    assert {0, 1, 2, 3} <= set(((forest.flags[forest.kind == 2] >> 2) & 3).tolist())
     probe = rng.normal(size=(3000, 3))
     probe[rng.random(probe.shape) < 0.2] = np.nan
     probe[rng.random(probe.shape) < 0.2] = 0.0

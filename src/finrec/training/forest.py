@@ -33,12 +33,14 @@ the adoption model grow 7, whose masks are a byte.
 **Each value is tested as a code, not a double.** Before the trees, each column a split reads
 is encoded once per row: a numerical value becomes the number of its column's thresholds below
 it, so ``x > threshold`` is ``code > the threshold's place``, exactly; a category keeps its code,
-or becomes one bit of a byte where its column has at most 7 codes, so that a split's category
-set is one AND instead of a table lookup per row (the lookups cost more than all other tests
-together on the default bank's teacher). Codes are one byte where they all fit one (LightGBM's
-default of 255 bins gives at most 254 thresholds a column), wider where not: a vector
-instruction tests 4-8 times more rows than with doubles. Missing values keep LightGBM's rules:
-a column a split treats as missing gives NaN a code of its own and 0.0 one alone.
+or becomes one bit of the code where its column has fewer levels than the code has bits (7 with
+one-byte codes), so that a split's category set is one AND instead of a table lookup per row
+(the lookups cost more than all other tests together on the default bank's teacher). Codes are
+one byte where they all fit one, wider where not (LightGBM's default 255 bins give at most 254
+thresholds a column; a column with a missing-value rule adds two and a code for NaN, which can
+take it past a byte): a vector instruction tests 4-8 times more rows than with doubles. Missing
+values keep LightGBM's rules: a column a split treats as missing gives NaN a code of its own and
+0.0 one alone.
 
 The result is tested equal to ``Booster.predict(raw_score=True)`` on data with NaNs, zeros,
 negative and unseen categories, every missing-value rule, and each threshold with the doubles
@@ -211,6 +213,8 @@ class Forest:
         # first request about a second (a reviewer). From ``LightGBMBaseline.matrix``
         # (column-major already) and for one row this is a view; the walk only reads it.
         columns = np.ascontiguousarray(x.T, dtype=np.float64)
+        if not columns.flags.writeable:  # numba types a read-only array apart: a second compile
+            columns = columns.copy()
         n = len(x)
         out = np.zeros((n, self.n_classes), dtype=np.float64)
         arrays = (
@@ -382,7 +386,7 @@ class _Codes:
     def _grids(self, numeric: list[int], categorical: int) -> None:
         """Per numerical row, a uniform grid of ``_GRID`` cells per threshold from the lowest to
         the highest (or from the second to the last but one, where the two ends are too far
-        apart for doubles: LightGBM writes a NaN rule's threshold as the largest double); a
+        apart for doubles: LightGBM writes some NaN rules' thresholds as inf); a
         cell's entry is the count of thresholds below its lower end, where the walk starts
         looking for a value's code. Rows of one threshold, or no usable range, get none (the
         walk then steps from 0)."""

@@ -61,8 +61,8 @@ def walk(
                     missing = (flags[j] >> 2) & 3
                     default_left = (flags[j] & 2) != 0
                     # a NaN reads as 0.0 unless the missing type is NaN; missing as zero or as
-                    # NaN goes to the default side
-                    nan_left = default_left if missing != 0 else zero <= limit
+                    # NaN goes to the default side (LightGBM acts on types 1 and 2 only: 3 is none)
+                    nan_left = default_left if (missing == 1 or missing == 2) else zero <= limit
                     zero_default = missing == 1
                     for r in range(m):
                         code = column[r]

@@ -487,7 +487,7 @@ class LightGBMBaseline:
             return out
         raw = self.forest().raw_score(x)
         centred = raw.mean(axis=1, keepdims=True)
-        if len(self.classes_) == out.shape[1]:  # every product adopted in training: the common case
+        if np.array_equal(self.classes_, np.arange(out.shape[1])):  # every product a class: the common case
             # the float64 difference rounded once to float32 in place: the same bits as through a
             # float64 temporary and a scattered write, 4-5x faster (0.43 against 0.10 µs a row)
             np.subtract(raw, centred, out=out, casting="same_kind")
