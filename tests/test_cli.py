@@ -80,6 +80,16 @@ def test_bad_config_file(tmp_path, small_data_dir, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("command", ["split", "train", "tune", "evaluate", "monitor", "compare", "report"])
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_out_of_range_is_an_input_error(tmp_path, small_data_dir, command, seed, capsys):
+    # numpy and Keras refused these seeds mid-run, as an internal error (exit 1).
+    with pytest.raises(SystemExit) as info:
+        main([command, "--seed", seed])
+    assert info.value.code == 2
+    assert f"--seed: expected a whole number from 0 to 4294967295, got {seed}" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ history and time
 
 

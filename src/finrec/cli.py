@@ -30,6 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from finrec.config import MAX_SEED
 from finrec.errors import MAX_MESSAGE_CHARS, FinrecError, safe_text
 
 log = logging.getLogger("finrec")
@@ -68,6 +69,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {value}")
     return value
 
 
@@ -841,7 +852,7 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--data", required=True, type=Path, help="the scoring population (a dataset directory)")
     p.add_argument("--json", type=Path, help="also write the report as JSON")
     p.add_argument("--fail-on", choices=["warn", "alert"], help=f"exit {EXIT_DRIFT} when any entry reaches this status")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample scored when the data is large")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sample scored when the data is large")
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("models", help="the model registry: list, add, promote, rollback")
@@ -873,7 +884,7 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--k", type=_positive_int, default=5)
     p.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
     p.add_argument("--confidence", type=_fraction, default=0.95)
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap")
     p.add_argument("--json", type=Path, help="also write the comparison as JSON")
     p.set_defaults(func=cmd_compare)
 
@@ -882,7 +893,7 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--data", required=True, type=Path, help="held-out customers (with or without interactions)")
     p.add_argument("--out", required=True, type=Path, help="report.html or report.md")
     p.add_argument("--k", type=_positive_int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the bootstrap and the random baseline")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the samples, the bootstrap and the random baseline")
     p.add_argument(
         "--seed-models",
         type=Path,
@@ -986,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cutoff", help="with --by time: adoptions up to this day (YYYY-MM-DD) train, later ones test")
     p.add_argument("--holdout", type=_fraction, default=None, help="fraction of customers held out (default 0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train a model and write its directory")
@@ -994,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--config", type=Path, help="YAML config (model: / training: sections)")
     p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument(
         "--include-objected",
         action="store_true",
@@ -1022,7 +1033,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="directory for config.yaml, trials.csv, trials.json")
     p.add_argument("--budget", required=True, type=_positive_float, help="seconds for the whole search")
     p.add_argument("--trials", type=_positive_int, help="at most this many trials (the first is the base config)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the search")
     p.add_argument("--config", type=Path, help="base YAML config (default: the built-in defaults)")
     p.set_defaults(func=cmd_tune)
 
@@ -1031,7 +1042,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--k", type=_positive_int, default=5)
     p.add_argument("--json", type=Path, help="also write the results as JSON")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random baseline")
     p.add_argument(
         "--fairness", action="store_true", help="also metrics and exposure per group of each protected column"
     )
