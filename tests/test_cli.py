@@ -259,6 +259,19 @@ def test_score_unfiltered_ranks_every_product_not_held(model_dir, small_dataset,
     assert (got.to_numpy() == expected.to_numpy()).all()
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [["--category", "pension"], ["--preset", "conservative"], ["--include-held"], ["--credit-score-cutoff", "600"]],
+)
+def test_score_unfiltered_refuses_a_filter_beside_it(model_dir, small_data_dir, tmp_path, flags, capsys):
+    # The filter was silently dropped: `--unfiltered --category pension` wrote every category.
+    out = tmp_path / "all.csv"
+    argv = ["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out), "--unfiltered"]
+    assert main([*argv, *flags]) == 2
+    assert f"drop --unfiltered or {flags[0]}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_python_dash_m_finrec_is_the_command_line(tmp_path):
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
     env = {**os.environ, "PYTHONPATH": src}

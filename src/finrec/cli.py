@@ -418,7 +418,13 @@ def _split_line(split: dict | None) -> str:
 
 
 def _filters_from(args) -> dict:
-    filters = {"preset": args.preset, "suitability": not args.no_suitability, "exclude_held": not args.include_held}
+    from finrec.recommend.filters import DEFAULT_PRESET
+
+    filters = {
+        "preset": args.preset or DEFAULT_PRESET,
+        "suitability": not args.no_suitability,
+        "exclude_held": not args.include_held,
+    }
     if args.category:
         filters["include_categories"] = args.category
     if args.exclude_category:
@@ -428,6 +434,26 @@ def _filters_from(args) -> dict:
     if args.credit_score_cutoff is not None:
         filters["credit_score_cutoff"] = args.credit_score_cutoff
     return filters
+
+
+def _refuse_filters_with_unfiltered(args) -> None:
+    """--unfiltered is evaluate's ranking: a filter flag beside it was silently dropped (``--unfiltered
+    --category pension`` wrote every category)."""
+    given = {
+        "--preset": args.preset is not None,
+        "--category": bool(args.category),
+        "--exclude-category": bool(args.exclude_category),
+        "--no-suitability": args.no_suitability,
+        "--include-held": args.include_held,
+        "--max-debt-service-ratio": args.max_debt_service_ratio is not None,
+        "--credit-score-cutoff": args.credit_score_cutoff is not None,
+    }
+    flags = [flag for flag, present in given.items() if present]
+    if flags:
+        raise FinrecError(
+            f"--unfiltered ranks as `finrec evaluate` does (held products out, no other rule) and takes no filter; "
+            f"drop --unfiltered or {', '.join(flags)}"
+        )
 
 
 def _catalogue_notes(command: str, changes) -> None:
@@ -452,6 +478,8 @@ def cmd_score(args) -> int:
     loaded = _load_model_for(args.model, read_schema(args.data), keras_model=False)  # scores through the numpy tower
     from finrec.recommend.filters import UNFILTERED
 
+    if args.unfiltered:
+        _refuse_filters_with_unfiltered(args)
     filters = UNFILTERED if args.unfiltered else _filters_from(args)
     chunk_rows = args.chunk_rows  # None: the scorer's default (smaller for a model with history)
     stats: dict = {}
@@ -924,9 +952,10 @@ def _governance_parsers(sub) -> None:
 def _filter_arguments(p: argparse.ArgumentParser, relaxable: bool = True) -> None:
     """The filter flags, defined once; ``relaxable=False`` leaves out the two that turn a rule off
     (a campaign plan never relaxes them)."""
-    from finrec.recommend.filters import DEFAULT_PRESET, PRESET_HELP, PRESET_NAMES
+    from finrec.recommend.filters import PRESET_HELP, PRESET_NAMES
 
-    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=PRESET_HELP)
+    # None, not the default preset, so that `score --unfiltered` can tell a --preset given from none.
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None, help=PRESET_HELP)
     p.add_argument("--category", action="append", help="only these product categories (repeatable)")
     p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
     if relaxable:
