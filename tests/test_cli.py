@@ -166,6 +166,33 @@ def test_split_by_time_needs_timestamps(small_data_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_history_model_on_data_without_its_history_says_so(bank_with_past, tmp_path, capsys):
+    # The history table left behind, every customer was scored as one without a past, silently.
+    import shutil
+
+    config = tmp_path / "fast.yaml"
+    config.write_text(
+        "model: {customer_widths: [16], product_widths: [16], embedding_dim: 8, tree_blend: never}\n"
+        "training: {epochs: 1, distill: 0.0, min_steps_per_epoch: 0, history_months: 0}\n"
+    )
+    model = tmp_path / "m"
+    assert main(["train", "--data", str(bank_with_past), "--out", str(model), "--config", str(config)]) == 0
+    bare = tmp_path / "bare"
+    shutil.copytree(bank_with_past, bare)
+    next(bare.glob("holdings_history.*")).unlink()
+    capsys.readouterr()
+    note = "note: the model reads a holdings_history table and"
+    out = tmp_path / "top.csv"
+    assert main(["score", "--model", str(model), "--data", str(bare), "--out", str(out)]) == 0
+    assert note in capsys.readouterr().err
+    assert main(["score", "--model", str(model), "--data", str(bank_with_past), "--out", str(out)]) == 0
+    assert note not in capsys.readouterr().err
+    customer = pd.read_csv(out, dtype={"customer_id": str})["customer_id"].iloc[0]
+    assert main(["recommend", "--model", str(model), "--data", str(bare), "--customer-id", customer]) == 0
+    assert note in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_evaluate_says_which_split_it_scored(bank_with_past, model_dir, tmp_path, capsys):
     out = tmp_path / "oot"
     assert (
