@@ -80,6 +80,16 @@ def test_bad_config_file(tmp_path, small_data_dir, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("command", ["split", "train", "tune", "evaluate", "monitor", "compare", "report"])
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_out_of_range_is_an_input_error(tmp_path, small_data_dir, command, seed, capsys):
+    # numpy and Keras refused these seeds mid-run, as an internal error (exit 1).
+    with pytest.raises(SystemExit) as info:
+        main([command, "--seed", seed])
+    assert info.value.code == 2
+    assert f"--seed: expected a whole number from 0 to 4294967295, got {seed}" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ history and time
 
 
@@ -153,6 +163,33 @@ def test_split_by_time_needs_timestamps(small_data_dir, tmp_path, capsys):
     interactions.to_parquet(data / "interactions.parquet")
     code = main(["split", "--data", str(data), "--out", str(tmp_path / "s"), "--by", "time", "--cutoff", "2026-06-30"])
     assert code == 2 and "needs a 'timestamp' column" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_history_model_on_data_without_its_history_says_so(bank_with_past, tmp_path, capsys):
+    # The history table left behind, every customer was scored as one without a past, silently.
+    import shutil
+
+    config = tmp_path / "fast.yaml"
+    config.write_text(
+        "model: {customer_widths: [16], product_widths: [16], embedding_dim: 8, tree_blend: never}\n"
+        "training: {epochs: 1, distill: 0.0, min_steps_per_epoch: 0, history_months: 0}\n"
+    )
+    model = tmp_path / "m"
+    assert main(["train", "--data", str(bank_with_past), "--out", str(model), "--config", str(config)]) == 0
+    bare = tmp_path / "bare"
+    shutil.copytree(bank_with_past, bare)
+    next(bare.glob("holdings_history.*")).unlink()
+    capsys.readouterr()
+    note = "note: the model reads a holdings_history table and"
+    out = tmp_path / "top.csv"
+    assert main(["score", "--model", str(model), "--data", str(bare), "--out", str(out)]) == 0
+    assert note in capsys.readouterr().err
+    assert main(["score", "--model", str(model), "--data", str(bank_with_past), "--out", str(out)]) == 0
+    assert note not in capsys.readouterr().err
+    customer = pd.read_csv(out, dtype={"customer_id": str})["customer_id"].iloc[0]
+    assert main(["recommend", "--model", str(model), "--data", str(bare), "--customer-id", customer]) == 0
+    assert note in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -247,6 +284,19 @@ def test_score_unfiltered_ranks_every_product_not_held(model_dir, small_dataset,
     expected = n_products - held.reindex(served).fillna(0).astype(int)
     got = rows.groupby("customer_id").size().reindex(served).fillna(0).astype(int)
     assert (got.to_numpy() == expected.to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--category", "pension"], ["--preset", "conservative"], ["--include-held"], ["--credit-score-cutoff", "600"]],
+)
+def test_score_unfiltered_refuses_a_filter_beside_it(model_dir, small_data_dir, tmp_path, flags, capsys):
+    # The filter was silently dropped: `--unfiltered --category pension` wrote every category.
+    out = tmp_path / "all.csv"
+    argv = ["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out), "--unfiltered"]
+    assert main([*argv, *flags]) == 2
+    assert f"drop --unfiltered or {flags[0]}" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_python_dash_m_finrec_is_the_command_line(tmp_path):

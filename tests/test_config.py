@@ -29,6 +29,15 @@ def test_yaml_overrides(tmp_path):
         ({"training": {"history_months": -1}}, "training.history_months must be an integer from 0 to 24, got -1"),
         ({"training": {"history_months": 2.5}}, "expected an integer"),
         ({"training": {"history_months": 25}}, "training.history_months must be an integer from 0 to 24, got 25"),
+        # NaN compares false with every range check, so it passed them and trained a NaN model.
+        ({"training": {"weight_decay": float("nan")}}, "training.weight_decay: expected a finite number, got nan"),
+        ({"training": {"margin": float("nan")}}, "training.margin: expected a finite number"),
+        ({"training": {"learning_rate": float("inf")}}, "training.learning_rate: expected a finite number, got inf"),
+        ({"training": {"temperature": "1e999"}}, "training.temperature: expected a finite number"),
+        ({"model": {"periodic_sigma": float("inf")}}, "model.periodic_sigma: expected a finite number"),
+        # Keras and numpy refused these only once training had begun, as an internal error.
+        ({"training": {"seed": -1}}, "training.seed must be an integer from 0 to 4294967295, got -1"),
+        ({"training": {"seed": 2**32}}, "training.seed must be an integer from 0 to 4294967295, got 4294967296"),
     ],
 )
 def test_invalid_configs_name_the_field(raw, fragment):
@@ -40,3 +49,14 @@ def test_invalid_configs_name_the_field(raw, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         Config.from_yaml(tmp_path / "absent.yaml")
+
+
+def test_yaml_exponent_numbers_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as the text '1e-3'; it was refused as "expected a number".
+    path = tmp_path / "c.yaml"
+    path.write_text("training: {learning_rate: 1e-3, weight_decay: 5E-5, temperature: .5e+0}\n")
+    training = Config.from_yaml(path).training
+    assert (training.learning_rate, training.weight_decay, training.temperature) == (0.001, 5e-5, 0.5)
+    path.write_text("training: {learning_rate: 1e-3x}\n")
+    with pytest.raises(ConfigError, match="training.learning_rate: expected a number"):
+        Config.from_yaml(path)

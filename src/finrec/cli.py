@@ -30,6 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from finrec.config import MAX_SEED
 from finrec.errors import MAX_MESSAGE_CHARS, FinrecError, safe_text
 
 log = logging.getLogger("finrec")
@@ -68,6 +69,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {value}")
     return value
 
 
@@ -374,6 +385,7 @@ def cmd_evaluate(args) -> int:
     dataset = load_dataset(args.data)
     loaded = _load_model_for(args.model, dataset.schema)
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
+    _history_note("evaluate", loaded.trained.pipeline, args.data)
     split = read_split(args.data)
     print(_split_line(split))
     print(format_table(results, args.k))
@@ -407,7 +419,13 @@ def _split_line(split: dict | None) -> str:
 
 
 def _filters_from(args) -> dict:
-    filters = {"preset": args.preset, "suitability": not args.no_suitability, "exclude_held": not args.include_held}
+    from finrec.recommend.filters import DEFAULT_PRESET
+
+    filters = {
+        "preset": args.preset or DEFAULT_PRESET,
+        "suitability": not args.no_suitability,
+        "exclude_held": not args.include_held,
+    }
     if args.category:
         filters["include_categories"] = args.category
     if args.exclude_category:
@@ -417,6 +435,43 @@ def _filters_from(args) -> dict:
     if args.credit_score_cutoff is not None:
         filters["credit_score_cutoff"] = args.credit_score_cutoff
     return filters
+
+
+def _refuse_filters_with_unfiltered(args) -> None:
+    """--unfiltered is evaluate's ranking: a filter flag beside it was silently dropped (``--unfiltered
+    --category pension`` wrote every category)."""
+    given = {
+        "--preset": args.preset is not None,
+        "--category": bool(args.category),
+        "--exclude-category": bool(args.exclude_category),
+        "--no-suitability": args.no_suitability,
+        "--include-held": args.include_held,
+        "--max-debt-service-ratio": args.max_debt_service_ratio is not None,
+        "--credit-score-cutoff": args.credit_score_cutoff is not None,
+    }
+    flags = [flag for flag, present in given.items() if present]
+    if flags:
+        raise FinrecError(
+            f"--unfiltered ranks as `finrec evaluate` does (held products out, no other rule) and takes no filter; "
+            f"drop --unfiltered or {', '.join(flags)}"
+        )
+
+
+def _history_note(command: str, pipeline, data_dir) -> None:
+    """A model that reads a holdings_history, given data without one, scores every customer as
+    one with no past (a new customer): its ranking moved for about a third of a bank's top 5,
+    without a word when the table was left behind (a tester). Said once on stderr."""
+    from finrec.data import schema as S
+    from finrec.data.io import find_table
+
+    if getattr(pipeline, "history_", None) is None or data_dir is None:
+        return
+    if find_table(Path(data_dir), S.HOLDINGS_HISTORY, required=False) is None:
+        print(
+            f"finrec {command}: note: the model reads a {S.HOLDINGS_HISTORY} table and {safe_text(data_dir)} has "
+            "none: every customer is scored as one without a past, as a new customer is",
+            file=sys.stderr,
+        )
 
 
 def _catalogue_notes(command: str, changes) -> None:
@@ -441,6 +496,8 @@ def cmd_score(args) -> int:
     loaded = _load_model_for(args.model, read_schema(args.data), keras_model=False)  # scores through the numpy tower
     from finrec.recommend.filters import UNFILTERED
 
+    if args.unfiltered:
+        _refuse_filters_with_unfiltered(args)
     filters = UNFILTERED if args.unfiltered else _filters_from(args)
     chunk_rows = args.chunk_rows  # None: the scorer's default (smaller for a model with history)
     stats: dict = {}
@@ -469,6 +526,7 @@ def cmd_score(args) -> int:
             stats=stats,
         )
     _catalogue_notes("score", stats.get("catalogue"))
+    _history_note("score", loaded.trained.pipeline, args.data)
     print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
     if stats["objected"]:
         print(
@@ -482,6 +540,7 @@ def cmd_recommend(args) -> int:
 
     recommender = Recommender.load(args.model, args.data)
     result = recommender.recommend(args.customer_id, k=args.k, filters=_filters_from(args))
+    _history_note("recommend", recommender.pipeline, args.data)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
         return 0
@@ -629,6 +688,7 @@ def cmd_plan(args) -> int:
         inputs=tuple(p for p in (args.data, args.model, args.capacity) if p),
     )
     _catalogue_notes("plan", problem.catalogue_changes)
+    _history_note("plan", loaded.trained.pipeline, args.data)
     print(campaign.format_summary(info))
     print(f"wrote {info['plan']['offers']} offers to {args.out}")
     if args.json:
@@ -841,7 +901,7 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--data", required=True, type=Path, help="the scoring population (a dataset directory)")
     p.add_argument("--json", type=Path, help="also write the report as JSON")
     p.add_argument("--fail-on", choices=["warn", "alert"], help=f"exit {EXIT_DRIFT} when any entry reaches this status")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample scored when the data is large")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sample scored when the data is large")
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("models", help="the model registry: list, add, promote, rollback")
@@ -873,7 +933,7 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--k", type=_positive_int, default=5)
     p.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
     p.add_argument("--confidence", type=_fraction, default=0.95)
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap")
     p.add_argument("--json", type=Path, help="also write the comparison as JSON")
     p.set_defaults(func=cmd_compare)
 
@@ -882,7 +942,7 @@ def _governance_parsers(sub) -> None:
     p.add_argument("--data", required=True, type=Path, help="held-out customers (with or without interactions)")
     p.add_argument("--out", required=True, type=Path, help="report.html or report.md")
     p.add_argument("--k", type=_positive_int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the bootstrap and the random baseline")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the samples, the bootstrap and the random baseline")
     p.add_argument(
         "--seed-models",
         type=Path,
@@ -913,9 +973,10 @@ def _governance_parsers(sub) -> None:
 def _filter_arguments(p: argparse.ArgumentParser, relaxable: bool = True) -> None:
     """The filter flags, defined once; ``relaxable=False`` leaves out the two that turn a rule off
     (a campaign plan never relaxes them)."""
-    from finrec.recommend.filters import DEFAULT_PRESET, PRESET_HELP, PRESET_NAMES
+    from finrec.recommend.filters import PRESET_HELP, PRESET_NAMES
 
-    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=PRESET_HELP)
+    # None, not the default preset, so that `score --unfiltered` can tell a --preset given from none.
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None, help=PRESET_HELP)
     p.add_argument("--category", action="append", help="only these product categories (repeatable)")
     p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
     if relaxable:
@@ -986,7 +1047,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cutoff", help="with --by time: adoptions up to this day (YYYY-MM-DD) train, later ones test")
     p.add_argument("--holdout", type=_fraction, default=None, help="fraction of customers held out (default 0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train a model and write its directory")
@@ -994,7 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--config", type=Path, help="YAML config (model: / training: sections)")
     p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument(
         "--include-objected",
         action="store_true",
@@ -1022,7 +1083,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="directory for config.yaml, trials.csv, trials.json")
     p.add_argument("--budget", required=True, type=_positive_float, help="seconds for the whole search")
     p.add_argument("--trials", type=_positive_int, help="at most this many trials (the first is the base config)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the search")
     p.add_argument("--config", type=Path, help="base YAML config (default: the built-in defaults)")
     p.set_defaults(func=cmd_tune)
 
@@ -1031,7 +1092,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--k", type=_positive_int, default=5)
     p.add_argument("--json", type=Path, help="also write the results as JSON")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random baseline")
     p.add_argument(
         "--fairness", action="store_true", help="also metrics and exposure per group of each protected column"
     )

@@ -11,6 +11,8 @@ The defaults are the configuration the quality study picked (``docs/benchmarks.m
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -25,6 +27,8 @@ HISTORY_ENCODERS = ("events", "flat", "gru", "none")  # finrec.history_features.
 NUMERIC_ENCODINGS = ("none", "ple", "periodic")
 MONITORS = ("ndcg", "loss")
 TREE_BLENDS = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
+# Keras' set_random_seed and numpy's legacy generators take seeds below 2**32 only.
+MAX_SEED = 2**32 - 1
 DEFAULT_NUMERIC_BINS = 32  # the default model's PLE bins, which a feature pipeline fits unless told
 
 
@@ -187,6 +191,8 @@ class TrainConfig:
             raise ConfigError(f"training.distill must lie in [0, 1), got {self.distill}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ConfigError(f"training.validation_fraction must lie in (0, 0.5), got {self.validation_fraction}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"training.seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,11 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {safe_text(value, quote=True)}")
 
 
+# YAML 1.1 (PyYAML) reads 1e-3 as text (its floats need a dot and a signed exponent); YAML 1.2
+# and every user read it as a number, so a number field takes it as one.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _section(kind: type, raw: Any, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {safe_text(raw, quote=True)}")
@@ -274,8 +285,13 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected an integer, got {safe_text(value, quote=True)}")
         return value
     if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, got {safe_text(value, quote=True)}")
+        if not math.isfinite(value):
+            # YAML's .nan / .inf: the range checks below compare false with NaN and let it through.
+            raise ConfigError(f"{name}: expected a finite number, got {value}")
         return float(value)
     if hint is str:
         if isinstance(value, bool):  # YAML 1.1 reads unquoted on/off/yes/no as booleans

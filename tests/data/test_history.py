@@ -234,6 +234,35 @@ def test_bad_history_is_refused_with_where_and_what(tmp_path, history, fragments
         assert fragment in str(info.value), str(info.value)
 
 
+def _stray_rows(past, to: str, rows: int = 5) -> dict[str, pd.DataFrame]:
+    """``past`` with ``rows`` rows of its latest month dated ``to`` instead, as a typo would."""
+    history = past[S.HOLDINGS_HISTORY].copy()
+    latest = history.index[history[S.AS_OF] == history[S.AS_OF].max()]
+    history.loc[latest[:rows], S.AS_OF] = pd.Timestamp(to)
+    interactions = past[S.INTERACTIONS].drop(columns=[S.TIMESTAMP])  # as scoring data: nothing to compare with
+    return {**past, S.HOLDINGS_HISTORY: history, S.INTERACTIONS: interactions}
+
+
+@pytest.mark.parametrize(
+    "to, fragment",
+    [
+        ("2030-01-31", "the latest snapshot month, 2030-01, has 5 row(s), under half the"),
+        ("2026-02-28", "with no snapshot in the 1 month(s) between: a mistyped as_of date?"),
+    ],
+)
+def test_a_few_rows_dated_past_the_rest_are_refused(past, to, fragment):
+    # Every customer's past is read back from the table's latest month: 5 rows dated 2030 moved the
+    # whole bank's history out of the model's window, silently (no interactions to compare with).
+    with pytest.raises(DataError) as info:
+        validate_tables(S.SYNTHETIC.schema(), _stray_rows(past, to))
+    assert fragment in str(info.value) and "holdings_history" in str(info.value)
+
+
+def test_a_thin_latest_month_right_after_the_rest_is_accepted(past):
+    # Customers who closed everything last month: a history the features read as it is.
+    assert validate_tables(S.SYNTHETIC.schema(), _stray_rows(past, "2026-01-31")).holdings_history is not None
+
+
 def test_without_timestamps_the_latest_snapshot_is_current(tmp_path):
     # Nothing to compare with: a snapshot dated "after" undated adoptions is accepted.
     dataset = load_dataset(_write(tmp_path, _tables(_history(as_of="2026-06-30"), stamps=False)))

@@ -327,3 +327,36 @@ def test_an_exposure_limit_over_one_group_says_it_compares_nothing():
     assert "holds" not in text
     two = format_summary({**info, "exposure": {**exposure, "groups": ["female", "male"]}})
     assert "exposure limit over gender (2 groups): rate ratio <= 1 (holds" in two
+
+
+def test_a_capacity_of_zero_is_a_closed_product_not_a_priced_one(problem):
+    from finrec.plan.campaign import format_summary, summary
+
+    # Capacity 0 read as a binding capacity with a shadow price: it is no slot to buy more of.
+    capacity = np.full(len(problem.product_ids), np.inf)
+    capacity[0] = 0
+    info = summary(plan_campaign(problem, capacity, 1, solver="exact"))
+    closed = problem.product_ids[0]
+    assert info["closed"] == [closed] and closed not in info["shadow_prices"]
+    text = format_summary(info)
+    assert f"closed (capacity 0, never offered): {closed}" in text
+    assert f"  {closed} " not in text.split("binding capacities")[-1]
+
+
+def test_an_empty_plan_says_why(recommender, small_data_dir, tmp_path):
+    from finrec.plan.campaign import format_summary, summary
+
+    # Every customer objected to profiling: the summary said "0 allowed offers" and nothing else.
+    data = tmp_path / "objected"
+    shutil.copytree(small_data_dir, data)
+    customers = pd.read_parquet(data / "customers.parquet")
+    consent = recommender.schema.customers.consent
+    customers.assign(**{consent: 0}).to_parquet(data / "customers.parquet")
+    problem = build_problem(recommender, data, filters="balanced", chunk_rows=400)
+    text = format_summary(summary(plan_campaign(problem, None, 1)))
+    n = len(customers)
+    assert f"no offer is allowed: all {n} customers objected to profiling for marketing" in text
+    assert f"{n} customer(s) objected to profiling for marketing" in text
+    floor = build_problem(recommender, small_data_dir, filters="balanced", min_probability=0.999, chunk_rows=400)
+    text = format_summary(summary(plan_campaign(floor, None, 1)))
+    assert "no offer is allowed: the filters (and --min-probability) excluded every offer" in text

@@ -110,6 +110,15 @@ def test_bad_filters_refused(bad):
         F.Filters.build(bad)
 
 
+def test_a_category_both_included_and_excluded_is_refused():
+    # It emptied every customer's list: `score --category fund --exclude-category fund` wrote 0 rows, exit 0.
+    with pytest.raises(FinrecError, match="'fund' both included .* and excluded"):
+        F.Filters.build({"include_categories": ["fund", "dep"], "exclude_categories": ["fund"]})
+    assert F.Filters.build({"include_categories": ["dep"], "exclude_categories": ["fund"]}).include_categories == (
+        "dep",
+    )
+
+
 def test_a_term_column_gone_from_the_datas_products_table_is_refused(small_dataset):
     """An eligibility term outside the schema's features (read because the table has it) must not
     vanish with the data's copy of the table: its rule would silently stop."""

@@ -385,6 +385,23 @@ def test_a_snapshot_after_an_adoption_is_refused_when_streaming(tmp_path, fmt):
         partition(leaky, tmp_path / "work-leaky", chunk_rows=100, include_objected=True)
 
 
+def test_streamed_training_refuses_rows_dated_past_the_rest(tmp_path):
+    """As the loader (``check_latest_snapshot``): a few rows dated years past the rest, in data
+    whose adoptions carry no date to compare with, would move every customer's past back."""
+    from finrec.data.io import write_dataset
+    from finrec.data.synthetic import GeneratorSettings, generate
+    from finrec.errors import DataError
+
+    tables = generate(GeneratorSettings(n_customers=300, seed=3, months=3, ground_truth=False))
+    tables[S.INTERACTIONS] = tables[S.INTERACTIONS].drop(columns=[S.TIMESTAMP])
+    history = tables[S.HOLDINGS_HISTORY].copy()
+    history.loc[history.index[:4], S.AS_OF] = pd.Timestamp("2030-06-30")
+    tables[S.HOLDINGS_HISTORY] = history
+    data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "stray")
+    with pytest.raises(DataError, match="the latest snapshot month, 2030-06, has 4 row"):
+        partition(data, tmp_path / "work", chunk_rows=100, include_objected=True)
+
+
 def test_bucket_writers_route_in_order_and_write_few_batches(tmp_path):
     # Routed batch by batch, each file used to get one piece per batch (a count that grew with
     # the square of the data, benchmarks/scale.py); buffered, a file gets one per flush. (Parts

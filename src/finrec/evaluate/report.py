@@ -64,8 +64,11 @@ def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, 
 def format_table(results: dict[str, dict[str, float]], k: int) -> str:
     """A plain-text table: one row per ranker, one column per metric."""
     keys = metric_keys(k)
-    header = f"{'ranker':<12}" + "".join(f"{key:>13}" for key in keys) + f"{'customers':>11}"
+    # A k of 3+ digits makes "precision@100" longer than the usual column: the names ran together.
+    width = max(13, 1 + max(len(key) for key in keys))
+    header = f"{'ranker':<12}" + "".join(f"{key:>{width}}" for key in keys) + f"{'customers':>11}"
     lines = [header, "-" * len(header)]
     for name, metrics in results.items():
-        lines.append(f"{name:<12}" + "".join(f"{metrics[key]:>13.4f}" for key in keys) + f"{metrics['customers']:>11d}")
+        values = "".join(f"{metrics[key]:>{width}.4f}" for key in keys)
+        lines.append(f"{name:<12}" + values + f"{metrics['customers']:>11d}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finrec.config import MAX_SEED
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.categories import as_category_text
@@ -481,8 +482,9 @@ def retrain_seeds(ctx: Context, seeds: int, train_data: Path | None = None, epoc
     base = config.training.seed
     out = []
     for i in range(1, seeds + 1):
-        trained = fit(dataset, config.with_overrides(seed=base + i, epochs=epochs), verbose=0)
-        out.append((f"retrained here, seed {base + i}", trained))
+        seed = (base + i) % (MAX_SEED + 1)  # a model trained at the top seed wraps to 0, 1, ...
+        trained = fit(dataset, config.with_overrides(seed=seed, epochs=epochs), verbose=0)
+        out.append((f"retrained here, seed {seed}", trained))
     return out
 
 

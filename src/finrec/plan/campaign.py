@@ -63,6 +63,8 @@ class CampaignProblem:
     debt_service: np.ndarray | None = None
     # How the data's products table, whose attributes the filters read, differs from the model's.
     catalogue_changes: F.CatalogueChanges | None = None
+    # Customers who objected to profiling for marketing: in the problem, never offered anything.
+    objected: int = 0
 
     @property
     def weights(self) -> np.ndarray:
@@ -176,6 +178,7 @@ def build_problem(
     income = np.full(n, np.nan, dtype=np.float32)
     debt_service = np.full(n, np.nan, dtype=np.float32)
     rules: tuple[str, ...] = ()
+    objected = 0
     if group_column is not None and group_column not in schema.customers.protected:
         listed = ", ".join(schema.customers.protected) or "none"
         raise FinrecError(f"--protected {group_column!r}: not a protected customer column of the schema ({listed})")
@@ -204,6 +207,8 @@ def build_problem(
         )
         masks = recommender.masks(context, filters)
         rules = tuple(masks)
+        if (said := context.attributes.get("objected")) is not None:
+            objected += int(np.count_nonzero(said))
         p = recommender.probabilities(context)
         p[F.combine(masks, p.shape) | (p < min_probability)] = 0.0
         probability[offset:stop] = p
@@ -236,6 +241,7 @@ def build_problem(
         income,
         debt_service,
         recommender.catalogue_changes,
+        objected=objected,
     )
 
 
@@ -410,11 +416,14 @@ def summary(result: CampaignResult) -> dict:
         }
 
     used = np.bincount(plan.cols, minlength=len(problem.product_ids))
-    binding = [j for j in range(len(used)) if np.isfinite(result.capacity[j]) and used[j] >= result.capacity[j]]
+    # A capacity of 0 closes the product: no slot to price (it read as a binding capacity).
+    closed = [j for j in range(len(used)) if result.capacity[j] == 0]
+    binding = [j for j in range(len(used)) if 0 < result.capacity[j] < np.inf and used[j] >= result.capacity[j]]
     return {
         "customers": int(len(problem.customer_ids)),
         "products": len(problem.product_ids),
         "allowed_pairs": int((problem.probability > 0).sum()),
+        "objected": problem.objected,
         "contacts_per_customer": result.contacts,
         "method": plan.method,
         "plan": totals(plan),
@@ -426,6 +435,7 @@ def summary(result: CampaignResult) -> dict:
             problem.product_ids[j]: {"capacity": int(result.capacity[j]), "price": float(plan.prices[j])}
             for j in binding
         },
+        "closed": [problem.product_ids[j] for j in closed],
         "offers_per_product": {problem.product_ids[j]: int(used[j]) for j in np.flatnonzero(used)},
         "seconds": {"build": problem.seconds, "solve": plan.seconds, "greedy": base.seconds},
         **({"exposure": result.extra["exposure"]} if "exposure" in result.extra else {}),
@@ -449,6 +459,22 @@ def format_summary(info: dict) -> str:
         f"proven: no plan is worth more than {info['bound']:.2f}; this one is within {info['gap']:.4g} "
         f"({info['relative_gap']:.3%}) of the best"
     )
+    objected = info.get("objected", 0)
+    if objected:
+        lines.append(
+            f"{objected} customer(s) objected to profiling for marketing (GDPR Art. 21(2)): never offered anything"
+        )
+    if info["allowed_pairs"] == 0:
+        # "0 allowed offers" alone left the user to guess why the plan was empty.
+        why = (
+            f"all {info['customers']} customers objected to profiling for marketing"
+            if objected and objected >= info["customers"]
+            else "the filters (and --min-probability) excluded every offer"
+            + (f" to the {info['customers'] - objected} customer(s) who did not object" if objected else "")
+        )
+        lines.append(f"no offer is allowed: {why}")
+    if info.get("closed"):
+        lines.append(f"closed (capacity 0, never offered): {', '.join(info['closed'])}")
     if info["shadow_prices"]:
         lines.append("binding capacities (shadow price: what one more slot is worth):")
         for pid, row in sorted(info["shadow_prices"].items(), key=lambda item: -item[1]["price"]):

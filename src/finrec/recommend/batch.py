@@ -36,6 +36,7 @@ from finrec.data.io import (
     read_id_column,
 )
 from finrec.data.links import BUCKET_SUFFIX, BucketWriters, link_batches, read_bucket
+from finrec.data.validate import check_latest_snapshot, snapshot_month_rows
 from finrec.errors import FinrecError
 from finrec.history_features import months
 from finrec.recommend import filters as F
@@ -200,6 +201,7 @@ class HistoryByChunk:
         codes: dict[str, int] = {}
         row_type = np.int32 if len(rows.ids) < 2**31 else np.int64
         writers = BucketWriters()
+        per_month: dict[int, int] = {}  # the scored customers' history rows per snapshot month
         try:
             for links in link_batches(Path(path), self.BATCH_ROWS, dated=True):
                 if len(links) == 0:
@@ -213,6 +215,8 @@ class HistoryByChunk:
                 # customer must not shift everyone's lags.
                 latest = int(months(links[S.AS_OF]).max())
                 self.reference = latest if self.reference is None else max(self.reference, latest)
+                for month, count in snapshot_month_rows(links[S.AS_OF]).items():
+                    per_month[month] = per_month.get(month, 0) + count
                 local, names = pd.factorize(links[S.PRODUCT_ID].to_numpy())
                 product = np.array([codes.setdefault(name, len(codes)) for name in names], np.int32)[local]
                 compact = pd.DataFrame(
@@ -221,6 +225,7 @@ class HistoryByChunk:
                 writers.route(compact, row // self.rows_per_bucket, self._file)
         finally:
             writers.close()
+        check_latest_snapshot(per_month, str(path))
         self.products = pa.array(list(codes), pa.string())
 
     def _file(self, bucket: int) -> Path:

@@ -95,6 +95,13 @@ class Filters:
         for key in ("include_categories", "exclude_categories"):
             if key in values:
                 values[key] = tuple(values[key] or ())
+        both = set(map(str, values.get("include_categories", ()))) & set(map(str, values.get("exclude_categories", ())))
+        if both:
+            # Each such category was dropped, and with it every product: 0 recommendations, exit 0.
+            raise FinrecError(
+                f"filters: {safe_items(sorted(both))} both included (include_categories) and excluded "
+                "(exclude_categories); name a category in one of them"
+            )
         max_risk = values.get("max_risk")
         if max_risk is not None and (not isinstance(max_risk, int) or not S.RISK_MIN <= max_risk <= S.RISK_MAX):
             raise FinrecError(

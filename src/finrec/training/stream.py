@@ -75,7 +75,7 @@ from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text
 from finrec.data.io import Dataset, find_table, iter_customer_chunks, read_schema, read_table
 from finrec.data.links import BUCKET_SUFFIX, BucketWriters, link_batches, read_bucket
-from finrec.data.validate import check_history_order
+from finrec.data.validate import check_history_order, check_latest_snapshot, snapshot_month_rows
 from finrec.errors import DataError
 from finrec.features import FeaturePipeline, NumericStats, fit_vocabulary, quantile_edges
 from finrec.history_features import earlier_months, months
@@ -442,6 +442,7 @@ def partition(
     writers = BucketWriters()
     history_rows, reference = 0, None  # the training customers' history: rows, latest month
     snapshot_months: set[int] = set()
+    history_per_month: dict[int, int] = {}  # every history row kept, per snapshot month
     left_out: list[pa.Array] = []  # ids of the customers who objected
     try:
         for chunk in iter_customer_chunks(customers_path, table, chunk_rows):
@@ -471,6 +472,9 @@ def partition(
                 if objected_ids is not None:
                     gone = pc.is_in(as_arrow_text(links[S.CUSTOMER_ID]), value_set=objected_ids)
                     links = links[~gone.to_numpy(zero_copy_only=False)]
+                if name == S.HOLDINGS_HISTORY:
+                    for month, count in snapshot_month_rows(links[S.AS_OF]).items():
+                        history_per_month[month] = history_per_month.get(month, 0) + count
                 is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
                 writers.write(val_dir / f"{name}{BUCKET_SUFFIX}", links[is_val])
                 train = links[~is_val]
@@ -521,6 +525,8 @@ def partition(
     layout.validation = _read_validation(val_dir, schema, products, history_path is not None)
     if history_path is not None and S.TIMESTAMP in layout.validation.interactions.columns:
         check_history_order(layout.validation.holdings_history, layout.validation.interactions, str(history_path))
+    # After the order rule, as the loader: with dated adoptions, a late snapshot is named by its customer.
+    check_latest_snapshot(history_per_month, str(history_path))
     layout.seconds = {"partition": partitioned - started, "count": time.perf_counter() - partitioned}
     if layout.dropped_links:
         log.warning(
