@@ -918,7 +918,8 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
         return
     # A campaign never relaxes held products, suitability or the eligibility terms.
     filters = replace(filters, exclude_held=True, suitability=True, eligibility=True)
-    problem = campaign_problem(model_dir, data_dir, json.dumps(asdict(filters)))
+    filters_json = json.dumps(asdict(filters))
+    problem = campaign_problem(model_dir, data_dir, filters_json)
     n = len(problem.customer_ids)
     st.caption(
         f"{n:,} customers x {len(problem.product_ids)} products; every filter in the sidebar applies "
@@ -945,11 +946,20 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
         capacity = np.where(np.isnan(capacity), np.inf, np.floor(np.maximum(capacity, 0)))
         probability = np.where(problem.probability >= floor, problem.probability, 0).astype(np.float32)
         result = plan_campaign(replace(problem, probability=probability), capacity, int(contacts))
-        st.session_state["campaign_plan"] = (summary(result), plan_table(result.problem, result.plan))
+        st.session_state["campaign_plan"] = (
+            (model_dir, data_dir, filters_json),
+            summary(result),
+            plan_table(result.problem, result.plan),
+        )
     if "campaign_plan" not in st.session_state:
         st.info("Set the capacities and press **Plan the campaign**.")
         return
-    info, table = st.session_state["campaign_plan"]
+    made_for, info, table = st.session_state["campaign_plan"]
+    if made_for != (model_dir, data_dir, filters_json):
+        # A plan kept across a change of the sidebar's filters or model would offer what they now
+        # exclude, under a caption that says every filter applies.
+        st.info("The filters or the model changed since the last plan: press **Plan the campaign** to plan with them.")
+        return
     plan, base = info["plan"], info["greedy"]
     a, b, c = st.columns(3)
     a.metric(
