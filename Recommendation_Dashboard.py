@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,7 +266,8 @@ def choose_customer(rec: Recommender, plan: X.DisplayPlan) -> Subject | None:
         return uploaded_customer(rec)
     customers = rec.known_customers
     if len(customers) == 0:
-        st.sidebar.warning("No customer data is loaded with this model: upload customer profiles instead.")
+        moved = f" (its training data `{shown_path(rec.missing_data)}` is no longer there)" if rec.missing_data else ""
+        st.sidebar.warning(f"No customer data is loaded with this model{moved}: upload customer profiles instead.")
         return None
     keep = np.ones(len(customers), dtype=bool)
     search = st.sidebar.text_input(
@@ -641,6 +643,12 @@ def explain_tab(
         st.info("No recommendation to explain under these filters.")
         return
     explainer = load_explainer(model_dir, data_dir)
+    if len(explainer.background) == 0:
+        st.info(
+            "No customers to explain against: SHAP compares this customer with the model's customer data "
+            "(those who did not object to profiling), and none is loaded."
+        )
+        return
     options = {
         f"#{i.rank} · {plan.title(i.product, i.product_id)} ({i.product_id})": i.product_id for i in result.items
     }
@@ -700,7 +708,10 @@ def evaluation_data_dir(rec: Recommender, model_dir: str, data_dir: str | None) 
     recorded = read_manifest(model_dir, verify=False).get("data_path")
     if recorded and (Path(recorded).parent / "test").is_dir():
         return Path(recorded).parent / "test"
-    return Path(data_dir) if data_dir else (Path(recorded) if recorded else None)
+    if data_dir:
+        return Path(data_dir)
+    # A model whose training data has moved has nothing to evaluate on until it is named.
+    return Path(recorded) if recorded and Path(recorded).is_dir() else None
 
 
 @st.cache_data(show_spinner="Evaluating…")
@@ -1039,23 +1050,34 @@ def page() -> None:
         objected_notice(model_dir, data_dir, rec, subject, result)
         return
     tabs = dict(zip(names, st.tabs(names)))
-    with tabs["Recommendations"]:
+    with in_tab(tabs["Recommendations"]):
         recommendations_tab(rec, plan, subject, filters, result)
         st.caption(f"Recommended in {(time.perf_counter() - start) * 1000:.1f} ms")
-    with tabs["Profile"]:
+    with in_tab(tabs["Profile"]):
         profile_tab(rec, plan, subject, population_frame(model_dir, data_dir))
-    with tabs["What-if"]:
+    with in_tab(tabs["What-if"]):
         what_if_tab(rec, plan, subject, filters, result)
-    with tabs["Embeddings"]:
+    with in_tab(tabs["Embeddings"]):
         embeddings_tab(model_dir, data_dir, rec, plan, subject, result)
-    with tabs["Explain (SHAP)"]:
+    with in_tab(tabs["Explain (SHAP)"]):
         explain_tab(model_dir, data_dir, rec, plan, subject, result)
-    with tabs["Model"]:
+    with in_tab(tabs["Model"]):
         model_tab(model_dir, data_dir, rec)
-    with tabs["Campaign"]:
+    with in_tab(tabs["Campaign"]):
         campaign_tab(model_dir, data_dir, rec, filters, plan)
-    with tabs["Monitoring"]:
+    with in_tab(tabs["Monitoring"]):
         monitoring_tab(model_dir, data_dir, rec)
+
+
+@contextmanager
+def in_tab(tab):
+    """A ``FinrecError`` in one tab is said in that tab: the tabs after it still render (one
+    raised to the page left them all blank)."""
+    with tab:
+        try:
+            yield
+        except FinrecError as exc:
+            st.error(str(exc))
 
 
 def _is_streamlit_control(exc: BaseException) -> bool:

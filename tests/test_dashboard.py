@@ -259,6 +259,31 @@ def test_campaign_plan_is_not_shown_for_other_filters(app):
     assert offered and offered <= {"MORT_FIXED25", "MORT_VARIABLE"}
 
 
+def test_a_model_whose_data_has_moved_still_shows_every_tab(monkeypatch, tmp_path, model_dir, small_dataset):
+    """Without its customer data, an uploaded profile's Explain tab raised "no background
+    customers" to the page: the Model, Campaign and Monitoring tabs after it stayed blank, and
+    the sidebar did not say the data had moved (the tester's, 2027-01)."""
+    import json
+    import shutil
+
+    moved = tmp_path / "model"
+    shutil.copytree(model_dir, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["data_path"] = str(tmp_path / "moved-away" / "train")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("FINREC_MODEL", str(moved))
+    monkeypatch.delenv("FINREC_DATA", raising=False)
+    at = AppTest.from_file(SCRIPT, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert any("`moved-away/train` is no longer there" in w.value for w in at.sidebar.warning)
+    at = _upload(at, small_dataset.customers.iloc[:3].to_csv(index=False).encode())
+    assert not at.error, [e.value for e in at.error]
+    assert len(recommendations(at)) == 5
+    assert any("No customers to explain against" in i.value for i in at.info)
+    assert any("No customer data is loaded to plan a campaign for" in i.value for i in at.info)  # the Campaign tab
+    assert any("No evaluation file and no data to evaluate on" in i.value for i in at.info)  # the Model tab
+
+
 def test_customer_who_objected_gets_a_notice_and_no_recommendation(app, small_dataset):
     customers = small_dataset.customers
     objected = set(customers.customer_id[customers[S.SYNTHETIC.consent] == 0])

@@ -188,3 +188,28 @@ def test_a_service_filters_with_its_datas_products_table(model_dir, updated_bank
     assert fewer.audit(cid).set_index("product_id").loc["INS_TRAVEL", "excluded_by"] == "discontinued"
     assert "INS_TRAVEL" not in [i.product_id for i in fewer.recommend(cid, k=25).items]
     assert fewer.catalogue_changes.discontinued == ("INS_TRAVEL",) and rec.catalogue.discontinued is None
+
+
+def _moved_model(model_dir, tmp_path):
+    """A copy of the model whose manifest records training data that is no longer there."""
+    import json
+    import shutil
+
+    moved = tmp_path / "model"
+    shutil.copytree(model_dir, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["data_path"] = str(tmp_path / "moved-away" / "train")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    return moved
+
+
+def test_a_data_directory_that_is_not_there_is_named_not_taken_for_no_customers(model_dir, small_dataset, tmp_path):
+    """``recommend --data`` with a typo, or a model whose training data was moved, answered a
+    known customer "unknown customer_id ... (no customer table is loaded)" (the tester's, 2027-01)."""
+    known = small_dataset.customers.customer_id.iloc[0]
+    with pytest.raises(DataError, match="nowhere: no such data directory"):
+        Recommender.load(model_dir, tmp_path / "nowhere")
+    rec = Recommender.load(_moved_model(model_dir, tmp_path))
+    assert len(rec.known_customers) == 0 and rec.missing_data == str(tmp_path / "moved-away" / "train")
+    with pytest.raises(UnknownCustomerError, match="moved-away/train is no longer there; give the data directory"):
+        rec.recommend(known)

@@ -138,6 +138,9 @@ class Recommender:
         self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
+        # The training data the manifest records when it is no longer there (it was moved): why
+        # no customer is known, for the messages that say so.
+        self.missing_data: str | None = None
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
         self._adoption_lock = threading.Lock()
@@ -191,7 +194,11 @@ class Recommender:
         from finrec.artifacts import load_model_dir, model_version
 
         loaded = load_model_dir(model_dir)
-        data_dir = data_dir or loaded.manifest.get("data_path")
+        if data_dir and not Path(data_dir).is_dir():
+            # Loading no customers instead answered every known id "unknown customer_id".
+            raise DataError(f"{data_dir}: no such data directory")
+        recorded = loaded.manifest.get("data_path")
+        data_dir = data_dir or recorded
         dataset = None
         if data_dir and Path(data_dir).is_dir():
             dataset = _cached_dataset(Path(data_dir), datasets)
@@ -204,6 +211,8 @@ class Recommender:
                     + S.schema_differences(mine, theirs)
                 )
         recommender = cls(loaded.trained, dataset)
+        if dataset is None and recorded:
+            recommender.missing_data = str(recorded)
         # A service or a single request has no summary to carry it: the log says it, once a load.
         for note in recommender.catalogue_changes.notes() if recommender.catalogue_changes else ():
             log.warning("%s", note)
@@ -287,15 +296,21 @@ class Recommender:
             return None
         return self.blend.part(customers, held, history, reference, skip=objected)
 
+    def _no_customers(self) -> str:
+        if self.missing_data:
+            return (
+                f" (no customer table is loaded: the model's training data {self.missing_data} is no longer "
+                "there; give the data directory)"
+            )
+        return " (no customer table is loaded)"
+
     def _single(self, customer: str | dict) -> CustomerContext:
         if isinstance(customer, dict):
             return self._from_features(customer)
         key = str(customer)
         row = self._row_of.get(key.strip())  # ids are stripped text in the files: so in requests
         if row is None:
-            raise UnknownCustomerError(
-                f"unknown customer_id {key!r}" + ("" if self._known else " (no customer table is loaded)")
-            )
+            raise UnknownCustomerError(f"unknown customer_id {key!r}" + ("" if self._known else self._no_customers()))
         known = self._known
         return CustomerContext(
             ids=known.ids[row : row + 1],
