@@ -274,3 +274,23 @@ def test_an_unchanged_catalogue_scores_as_the_model_s_own(trained, small_data_di
     score_dataset(Recommender(trained), bare, tmp_path / "without.parquet", k=5)
     assert (tmp_path / "with.parquet").read_bytes() == (tmp_path / "without.parquet").read_bytes()
     assert stats["catalogue"] is not None and stats["catalogue"].notes() == []
+
+
+def test_a_customer_repeated_in_another_chunk_is_refused_not_scored_twice(rec, small_tables, tmp_path):
+    """Chunks were validated one at a time: an id repeated 7 rows later, in the next chunk, was
+    scored twice, its top k written twice (the tester's, 2027-01)."""
+    from finrec.data import schema as S
+    from finrec.data.io import write_dataset
+    from finrec.errors import DataError
+
+    customers = small_tables["customers"].iloc[:10]
+    tables = {**small_tables, "customers": pd.concat([customers, customers.iloc[[0]]], ignore_index=True)}
+    tables["holdings"] = small_tables["holdings"][small_tables["holdings"].customer_id.isin(customers.customer_id)]
+    tables["interactions"] = small_tables["interactions"].iloc[:0]
+    tables.pop("ground_truth", None)
+    data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bank", fmt="csv")
+    out = tmp_path / "top.csv"
+    first = customers.customer_id.iloc[0]
+    with pytest.raises(DataError, match=f"customers.csv: column 'customer_id' must be unique; 1 id.*'{first}'"):
+        score_dataset(rec, data, out, k=3, chunk_rows=7)
+    assert not out.exists()

@@ -119,3 +119,34 @@ def test_ray_scores_csv_as_the_local_engine_does(local_ray, model_dir, small_tab
             a[["customer_id", "rank", "product_id"]], b[["customer_id", "rank", "product_id"]]
         )
         assert (a["score"] - b["score"]).abs().max() < 1e-5, name
+
+
+def test_ray_refuses_what_the_local_engine_refuses(local_ray, model_dir, small_tables, tmp_path):
+    """Each Ray batch was validated alone: an id repeated in another batch was scored twice, a
+    customers CSV of a header alone gave an empty output with exit 0, and an unknown preset
+    killed every scoring actor in its constructor (ActorDiedError, not a FinrecError). The local
+    engine refuses all three by name (the tester's, 2027-01)."""
+    from finrec.data import schema as S
+    from finrec.data.io import write_dataset
+    from finrec.errors import DataError, FinrecError
+    from finrec.recommend.ray_engine import score_dataset_ray
+
+    customers = small_tables["customers"].iloc[:10]
+    tables = {
+        "customers": pd.concat([customers, customers.iloc[[0]]], ignore_index=True),
+        "products": small_tables["products"],
+        "interactions": small_tables["interactions"].iloc[:0],
+    }
+    repeated = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "repeated", fmt="csv")
+    out = tmp_path / "top.csv"
+    with pytest.raises(DataError, match="must be unique; 1 id"):
+        score_dataset_ray(model_dir, repeated, out, batch_rows=7)
+    header_only = write_dataset({**tables, "customers": customers.iloc[:0]}, S.SYNTHETIC.schema(), tmp_path / "empty")
+    (header_only / "customers.parquet").unlink()
+    customers.iloc[:0].to_csv(header_only / "customers.csv", index=False)
+    with pytest.raises(DataError, match="customers.csv: the table is empty"):
+        score_dataset_ray(model_dir, header_only, out)
+    good = write_dataset({**tables, "customers": customers}, S.SYNTHETIC.schema(), tmp_path / "good")
+    with pytest.raises(FinrecError, match="unknown preset 'cautious'"):
+        score_dataset_ray(model_dir, good, out, filters={"preset": "cautious"})
+    assert not out.exists()

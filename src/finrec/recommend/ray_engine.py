@@ -38,7 +38,14 @@ import pyarrow.parquet as pq
 
 from finrec.atomic import check_writable, refuse_overlap
 from finrec.data import schema as S
-from finrec.data.io import find_table, prepare_entities, read_id_column, read_schema, read_table
+from finrec.data.io import (
+    find_table,
+    prepare_entities,
+    read_customer_ids,
+    read_id_column,
+    read_schema,
+    read_table,
+)
 from finrec.errors import DataError, FinrecError
 
 DEFAULT_BATCH_ROWS = 65_536
@@ -226,8 +233,11 @@ def score_dataset_ray(
     read tasks. ``probabilities`` adds the calibrated adoption probability of each row (the
     model must have a calibration); ``stats``, when given, receives ``objected`` and ``catalogue``
     as from the local engine (``score_dataset``)."""
+    from finrec.recommend import filters as F
+
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     check_ray_output(out, {"the data directory": data_dir, "the model directory": model_dir})
+    filters = F.Filters.build(filters)  # here: a bad filter killed every scoring actor in its constructor
     ray = _require_ray()
     from finrec.artifacts import load_model_dir
 
@@ -251,6 +261,11 @@ def score_dataset_ray(
         )
     customers_path = find_table(data_dir, S.CUSTOMERS)
     is_csv = customers_path.suffix == ".csv"
+    # Each batch is validated alone: a customer repeated in another batch was scored twice, and
+    # a CSV of a header alone gave an empty output; the local engine refuses both.
+    n_customers = len(read_customer_ids(customers_path, schema.customers.id))
+    if is_csv and n_customers == 0:
+        raise DataError(f"{customers_path}: the table is empty (a header and no rows)")
     convert_options = _csv_convert_options(customers_path) if is_csv else None
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
 
@@ -301,8 +316,6 @@ def score_dataset_ray(
         else:
             scored.write_parquet(str(out.resolve()))
             rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
-        # A CSV has no row count in its metadata: Ray counts it (another read, on the cluster).
-        n_customers = ds.count() if is_csv else pq.ParquetFile(customers_path).metadata.num_rows
         if stats is not None:
             stats["objected"] = count_objected(customers_path, schema.customers)
             stats["catalogue"] = changes
