@@ -75,13 +75,20 @@ def load_projection(model_dir: str, data_dir: str | None) -> X.EmbeddingProjecti
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def shap_explanation(
-    model_dir: str, data_dir: str | None, subject_key: str, x: tuple, holdings: tuple, product_id: str
+    model_dir: str,
+    data_dir: str | None,
+    subject_key: str,
+    x: tuple,
+    holdings: tuple,
+    product_id: str,
+    customer_id: str | None = None,
 ) -> dict:
-    """SHAP values of one customer for one product (cached per customer and product)."""
+    """SHAP values of one customer for one product (cached per customer and product); a known
+    customer's history is held fixed with the holdings, as their recommendation was scored."""
     shap = X.load_shap()
     explainer = load_explainer(model_dir, data_dir)
     row = np.asarray([x], dtype="float64")
-    score = explainer.score_function(product_id, holdings)
+    score = explainer.score_function(product_id, holdings, customer_id)
     start = time.perf_counter()
     values = shap.PermutationExplainer(score, explainer.background_matrix())(row, silent=True)
     seconds = time.perf_counter() - start
@@ -108,7 +115,7 @@ def global_importance(
     rows = []
     for customer_id in ids[pick]:
         x, held = explainer.known_customer(customer_id)
-        score = explainer.score_function(product_id, held)
+        score = explainer.score_function(product_id, held, customer_id)
         values = shap.PermutationExplainer(score, background)(
             x, max_evals=4 * len(explainer.feature_names) + 1, silent=True
         )
@@ -543,7 +550,7 @@ def embeddings_tab(
     explainer = load_explainer(model_dir, data_dir)
     projection = load_projection(model_dir, data_dir)
     x = explainer.encode(pd.DataFrame([subject.row]))
-    customer = explainer.embed(x, subject.holdings)[0]
+    customer = explainer.embed(x, subject.holdings, subject.customer_id)[0]
     points = projection.transform(rec.product_embeddings)
     me = projection.transform(customer)[0]
     recommended = {i.product_id for i in result.items}
@@ -665,7 +672,13 @@ def explain_tab(
         start = time.perf_counter()
         with st.spinner("Computing SHAP values…"):
             out = shap_explanation(
-                model_dir, data_dir, subject.key, tuple(x[0].tolist()), tuple(subject.holdings), product_id
+                model_dir,
+                data_dir,
+                subject.key,
+                tuple(x[0].tolist()),
+                tuple(subject.holdings),
+                product_id,
+                subject.customer_id,
             )
         st.session_state["shap"] = {"request": request, "out": out, "wall": time.perf_counter() - start}
     state = st.session_state.get("shap")

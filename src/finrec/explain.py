@@ -37,6 +37,7 @@ from finrec.data.categories import as_category_text
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.data.validate import check_limits, plausible_limits
 from finrec.errors import DataError, FinrecError
+from finrec.history_features import months
 
 # Uploads are small profiles typed in or exported by an adviser, never a customer base.
 MAX_UPLOAD_BYTES = 1024 * 1024
@@ -53,6 +54,8 @@ MAX_WHAT_IF = 4
 MAX_PROFILE = 6
 # A categorical column with more distinct values than this is no segment (an id, a postcode).
 MAX_SEGMENT_VALUES = 20
+# The customer id of the rows ``decode`` makes (and of the history held fixed with them).
+_EXPLAINED = "explained"
 # Text that a missing value turns into on the way through pandas, CSV or str(): never shown.
 _EMPTY_TEXT = {"", "nan", "none", "null", "nat", "<na>", "?"}
 
@@ -84,6 +87,7 @@ class CustomerExplainer:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._background: np.ndarray | None = None
         self._id = self.pipeline.schema.customers.id
+        self._reference: int | None = None  # the history's latest snapshot month, read once
 
     # ------------------------------------------------------------------------ consent
     def objected(self, customers: pd.DataFrame) -> np.ndarray:
@@ -120,7 +124,7 @@ class CustomerExplainer:
         X = np.atleast_2d(np.asarray(X, dtype="float64"))
         if X.shape[1] != len(self.feature_names):
             raise FinrecError(f"expected {len(self.feature_names)} feature columns, got {X.shape[1]}")
-        columns: dict[str, object] = {self._id: np.full(len(X), "explained", dtype=object)}
+        columns: dict[str, object] = {self._id: np.full(len(X), _EXPLAINED, dtype=object)}
         for j, col in enumerate(self.numeric):
             columns[col] = X[:, j]
         offset = len(self.numeric)
@@ -157,17 +161,39 @@ class CustomerExplainer:
             row[positions] = 1.0
         return row
 
-    def embed(self, X: np.ndarray, holdings_ids: Iterable[str] = ()) -> np.ndarray:
-        """Customer vectors for encoded rows that all hold ``holdings_ids``: float32 [n, D], or
-        [n, D + P] with a tree blend (``Recommender.embed``), against the recommender's
-        ``product_embeddings``."""
+    def history_of(self, customer_id: str | None) -> tuple[pd.DataFrame | None, int | None]:
+        """(holdings_history rows, reference month) of a known customer, keyed to the rows that
+        ``decode`` makes, for a model with history features; (None, None) otherwise (an uploaded
+        profile has no past, as ``Recommender.recommend`` scores it). The reference is the whole
+        table's latest snapshot, as the recommender's known customers are scored."""
+        data = self.recommender.dataset
+        history = None if data is None else data.holdings_history
+        if customer_id is None or getattr(self.pipeline, "history_", None) is None or history is None:
+            return None, None
+        if len(history) == 0:
+            return None, None
+        if self._reference is None:
+            self._reference = int(months(history[S.AS_OF]).max())
+        mine = history[history[S.CUSTOMER_ID].astype(str) == str(customer_id).strip()]
+        return mine.assign(**{S.CUSTOMER_ID: _EXPLAINED}), self._reference
+
+    def embed(self, X: np.ndarray, holdings_ids: Iterable[str] = (), customer_id: str | None = None) -> np.ndarray:
+        """Customer vectors for encoded rows that all hold ``holdings_ids`` (and, for a model
+        with history features, all have known customer ``customer_id``'s history): float32
+        [n, D], or [n, D + P] with a tree blend (``Recommender.embed``), against the
+        recommender's ``product_embeddings``."""
         customers = self.decode(X)
         held = np.repeat(self.holdings_row(holdings_ids)[None, :] > 0, len(customers), axis=0)
-        return self.recommender.embed(self.recommender.context(customers, held=held, adoption=False))
+        history, reference = self.history_of(customer_id)
+        context = self.recommender.context(
+            customers, held=held, history=history, history_reference=reference, adoption=False
+        )
+        return self.recommender.embed(context)
 
-    def score_function(self, product_id: str, holdings_ids: Iterable[str] = ()):
+    def score_function(self, product_id: str, holdings_ids: Iterable[str] = (), customer_id: str | None = None):
         """``f(X [n, F]) -> [n]``: the score (cosine, or blended with the trees) of each encoded
-        customer (holding ``holdings_ids``) for ``product_id``; vectorised over rows."""
+        customer (holding ``holdings_ids``, with ``customer_id``'s history held fixed like the
+        holdings: see ``embed``) for ``product_id``; vectorised over rows."""
         position = int(self.pipeline.product_positions([str(product_id)])[0])
         if position < 0:
             raise FinrecError(f"unknown product_id {product_id!r}")
@@ -176,7 +202,7 @@ class CustomerExplainer:
         self.holdings_row(held)  # refuse unknown ids now rather than inside the explainer
 
         def score(X: np.ndarray) -> np.ndarray:
-            return (self.embed(X, held) @ product).astype("float64")
+            return (self.embed(X, held, customer_id) @ product).astype("float64")
 
         return score
 
