@@ -620,8 +620,8 @@ def embeddings_tab(
         st.dataframe(near.round(4), hide_index=True, width="stretch")
 
 
-def shap_chart(explainer: X.CustomerExplainer, x: np.ndarray, values: np.ndarray, title: str) -> go.Figure:
-    labels = [f"{name} = {text}" for name, text in zip(explainer.feature_names, explainer.decode_values(x))]
+def shap_chart(explainer: X.CustomerExplainer, texts: list[str], values: np.ndarray, title: str) -> go.Figure:
+    labels = [f"{name} = {text}" for name, text in zip(explainer.feature_names, texts)]
     order = np.argsort(np.abs(values))
     colors = ["#2ca02c" if v > 0 else "#d62728" for v in values[order]]
     fig = go.Figure(
@@ -687,7 +687,14 @@ def explain_tab(
         values = np.asarray(out["values"])
         gap = X.additivity_gap(out["base"], values, out["score"])
         st.plotly_chart(
-            shap_chart(explainer, x, values, f"Why {label.split(' · ', 1)[1]}"), width="stretch", key="shap_chart"
+            shap_chart(
+                explainer,
+                explainer.value_labels(pd.DataFrame([subject.row])),
+                values,
+                f"Why {label.split(' · ', 1)[1]}",
+            ),
+            width="stretch",
+            key="shap_chart",
         )
         line = (
             f"base value {out['base']:.4f} + sum of contributions {values.sum():+.4f} = {out['base'] + values.sum():.4f}, "

@@ -181,6 +181,17 @@ def test_shap_explanation(app):
     assert len(app.get("plotly_chart")) >= 6
 
 
+def test_shap_chart_shows_an_unseen_category_as_the_customer_has_it(app, small_dataset):
+    import json
+
+    profile = small_dataset.customers.iloc[:1].assign(channel="martian")
+    at = _upload(app, profile.to_csv(index=False).encode())
+    at = rerun(at.button(key="shap_button").click())
+    chart = next(c for c in at.get("plotly_chart") if "Why " in c.proto.spec)
+    labels = json.loads(chart.proto.spec)["data"][0]["y"]
+    assert "channel = martian (not seen in training: read as missing)" in labels
+
+
 def test_model_tab_evaluates_on_demand(app, small_data_dir):
     assert app.button(key="evaluate_button")
     shown = [c.value for c in app.caption if "Evaluate on" in c.value]

@@ -343,3 +343,14 @@ def test_a_known_customers_history_is_held_fixed_in_the_explained_score(history_
             history_rec.product_embeddings @ customer, audit.reindex(history_rec.pipeline.product_ids_), atol=1e-5
         )
     assert apart > 1e-4  # without the id: a new customer's score, no history (as an uploaded profile)
+
+
+def test_value_labels_say_a_category_the_model_never_saw(explainer, small_dataset):
+    """The SHAP chart labelled an unseen category "channel = missing": the customer's value was
+    hidden, and a missing value claimed (the tester's, 2027-01)."""
+    row = small_dataset.customers.iloc[[0]].assign(channel="martian", income=np.nan)
+    texts = dict(zip(explainer.feature_names, explainer.value_labels(row)))
+    assert texts["channel"] == "martian (not seen in training: read as missing)"
+    assert texts["income"] == "missing"
+    assert texts["employment"] == str(row["employment"].iloc[0])
+    assert explainer.value_labels(row.assign(channel=None))[explainer.feature_names.index("channel")] == "missing"

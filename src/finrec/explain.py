@@ -148,6 +148,20 @@ class CustomerExplainer:
                 out.append(str(value))
         return out
 
+    def value_labels(self, customers: pd.DataFrame) -> list[str]:
+        """The first customer's value of each feature as display text (``decode_values``), where
+        a category the model never saw, which it reads as missing, says both: "missing" alone
+        hid a value the customer has."""
+        x = self.encode(customers.iloc[:1])
+        out = self.decode_values(x)
+        offset = len(self.numeric)
+        for j, col in enumerate(self.categorical):
+            if x[0, offset + j] == 0 and col in customers:
+                recorded = display_value(customers[col].iloc[0])
+                if recorded is not None:
+                    out[offset + j] = f"{recorded} (not seen in training: read as missing)"
+        return out
+
     # ------------------------------------------------------------------------ scoring
     def holdings_row(self, holdings_ids: Iterable[str] = ()) -> np.ndarray:
         """float32 [P] multi-hot of the held products (unknown ids are refused)."""
