@@ -962,7 +962,7 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
             "Contacts per customer", min_value=1, max_value=5, value=1, key="campaign_contacts"
         )
         floor = right.slider("Minimum probability", 0.0, 0.5, 0.0, 0.01, key="campaign_floor")
-        default = int(round(CAMPAIGN_SHARE * n))
+        default = max(1, int(round(CAMPAIGN_SHARE * n)))  # 1% of under 50 customers rounded to none
         limits = st.data_editor(
             pd.DataFrame({"product_id": problem.product_ids, "capacity": [default] * len(problem.product_ids)}),
             column_config={"capacity": st.column_config.NumberColumn(min_value=0, step=1, help="empty = unlimited")},
@@ -1019,9 +1019,14 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
     segment = next((c for c in display.segments if c in rec.dataset.customers), None)
     offers = table
     if segment is not None:
-        segments = rec.dataset.customers.set_index(rec.schema.customers.id)[segment].astype(str)
+        # The page's words for a value, "missing" for none (astype(str) made a column "nan").
+        segments = (
+            rec.dataset.customers.set_index(rec.schema.customers.id)[segment]
+            .map(lambda v: X.display_value(v) or "missing")
+            .astype(str)
+        )
         offers = table.assign(**{segment: table["customer_id"].map(segments)})
-        st.markdown(f"**Offers per product and {segment}**")
+        st.markdown(f"**Offers per product and {display.label(segment)}**")
         st.dataframe(
             pd.crosstab(offers["product_id"], offers[segment], margins=True, margins_name="total"),
             key="campaign_segments",

@@ -295,6 +295,36 @@ def test_a_model_whose_data_has_moved_still_shows_every_tab(monkeypatch, tmp_pat
     assert any("No evaluation file and no data to evaluate on" in i.value for i in at.info)  # the Model tab
 
 
+def test_campaign_of_a_few_customers_offers_something_and_names_missing_segments(
+    monkeypatch, tmp_path, model_dir, small_tables
+):
+    """Under 50 customers, 1% of them rounded every default capacity to 0: the default plan
+    offered nothing. A customer without a segment value made a column "nan" (the tester's, 2027-01)."""
+    from finrec.data.io import write_dataset
+
+    customers = small_tables[S.CUSTOMERS].iloc[:40].copy()
+    customers.loc[customers.index[:30], "employment"] = None
+    ids = set(customers.customer_id)
+    tables = {
+        name: customers
+        if name == S.CUSTOMERS
+        else table[table.customer_id.isin(ids)]
+        if "customer_id" in table
+        else table
+        for name, table in small_tables.items()
+        if name != "ground_truth"
+    }
+    monkeypatch.setenv("FINREC_MODEL", str(model_dir))
+    monkeypatch.setenv("FINREC_DATA", str(write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "few")))
+    at = AppTest.from_file(SCRIPT, default_timeout=120).run()
+    assert not at.exception, at.exception
+    at = rerun(next(b for b in at.button if b.label == "Plan the campaign").click())
+    segments = frame_with(at, "total")
+    assert segments.loc["total", "total"] > 0
+    assert "missing" in segments.columns and not {"nan", "None"} & set(segments.columns)
+    assert any(m.value == "**Offers per product and Employment**" for m in at.markdown)
+
+
 def test_customer_who_objected_gets_a_notice_and_no_recommendation(app, small_dataset):
     customers = small_dataset.customers
     objected = set(customers.customer_id[customers[S.SYNTHETIC.consent] == 0])
