@@ -12,7 +12,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -934,7 +934,7 @@ def campaign_problem(model_dir: str, data_dir: str | None, filters_json: str):
 def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters: F.Filters, display) -> None:
     """Set capacities and contacts; see the optimal plan against greedy, the shadow prices, and
     the offers per product and segment (``finrec plan`` on the customers loaded here)."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from finrec.plan.campaign import format_summary, plan_campaign, plan_table, summary
 
@@ -1056,6 +1056,12 @@ def page() -> None:
     if built and Path(built).parent == Path(model_dir).parent and not os.environ.get("FINREC_DATA"):
         data_dir = built
     rec = load_recommender(model_dir, data_dir)
+    changes = rec.catalogue_changes
+    if changes is not None:
+        # Products the data's table lacks are never offered, yet are counted in "of 25" and
+        # listed in the campaign's capacities: only the server's log said why.
+        for note in replace(changes, source=shown_path(changes.source)).notes():
+            st.info(note)
     plan = display_plan(model_dir, data_dir, rec)
     subject = choose_customer(rec, plan)
     filters = choose_filters(rec)

@@ -325,6 +325,26 @@ def test_campaign_of_a_few_customers_offers_something_and_names_missing_segments
     assert any(m.value == "**Offers per product and Employment**" for m in at.markdown)
 
 
+def test_products_the_data_no_longer_lists_are_said_on_the_page(monkeypatch, model_dir, updated_bank):
+    """The page counted them in "1 of 25" and the campaign listed capacities for them; only the
+    server's log said they are never offered (the tester's, 2027-01)."""
+    from finrec.data.io import find_table, read_table, write_table
+
+    data = updated_bank(lambda products: products[products.product_id != "FUND_CRYPTO"])
+    for table in (S.HOLDINGS, S.INTERACTIONS, "ground_truth"):  # the bank's links to it are gone with it
+        path = find_table(data, table)
+        links = read_table(path, (S.CUSTOMER_ID, S.PRODUCT_ID))
+        write_table(links[links.product_id != "FUND_CRYPTO"], path)
+    monkeypatch.setenv("FINREC_MODEL", str(model_dir))
+    monkeypatch.setenv("FINREC_DATA", str(data))
+    at = AppTest.from_file(SCRIPT, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    notes = [i.value for i in at.info if "discontinued" in i.value]
+    assert len(notes) == 1 and "'FUND_CRYPTO'" in notes[0] and "never offered" in notes[0]
+    assert str(data.parent) not in notes[0]  # where the server keeps its files is not shown
+
+
 def test_customer_who_objected_gets_a_notice_and_no_recommendation(app, small_dataset):
     customers = small_dataset.customers
     objected = set(customers.customer_id[customers[S.SYNTHETIC.consent] == 0])
