@@ -404,7 +404,10 @@ def recommendations_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject,
     config.update({c: st.column_config.Column(plan.label(c)) for c in table.columns if c in plan.product_details})
     st.dataframe(table, hide_index=True, width="stretch", key="recommendations_table", column_config=config)
     with st.expander("Why not the other products? (audit of every product)"):
-        st.dataframe(rec.audit(subject.request(), filters), hide_index=True, width="stretch")
+        audit = rec.audit(subject.request(), filters)
+        text = [c for c in audit.columns if not pd.api.types.is_numeric_dtype(audit[c])]
+        # An eligible product's empty excluded_by showed as "None": "—", as in the table above.
+        st.dataframe(audit.fillna(dict.fromkeys(text, "—")), hide_index=True, width="stretch")
 
 
 def metric_grid(cells: list[tuple[str, str]], per_row: int = 4) -> None:

@@ -67,6 +67,13 @@ def test_page_shows_five_recommendations(app):
     assert len(app.get("plotly_chart")) >= 5  # percentiles, gauge, map, two curves
 
 
+def test_the_audit_of_every_product_shows_no_none(app):
+    audit = frame_with(app, "excluded_by")
+    eligible = audit["detail"] == "eligible"
+    assert eligible.any() and (audit.loc[eligible, "excluded_by"] == "—").all()
+    assert not audit.isna().any().any()
+
+
 def test_customer_and_filter_controls(app, small_dataset, model_dir, small_data_dir):
     first = app.selectbox(key="customer_id").value
     consenting = set(small_dataset.customers.customer_id[small_dataset.customers[S.SYNTHETIC.consent] == 1])
