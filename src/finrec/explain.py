@@ -88,6 +88,7 @@ class CustomerExplainer:
         self._background: np.ndarray | None = None
         self._id = self.pipeline.schema.customers.id
         self._reference: int | None = None  # the history's latest snapshot month, read once
+        self._history: tuple[str, pd.DataFrame] | None = None  # the last customer's history rows
 
     # ------------------------------------------------------------------------ consent
     def objected(self, customers: pd.DataFrame) -> np.ndarray:
@@ -176,20 +177,24 @@ class CustomerExplainer:
         return row
 
     def history_of(self, customer_id: str | None) -> tuple[pd.DataFrame | None, int | None]:
-        """(holdings_history rows, reference month) of a known customer, keyed to the rows that
-        ``decode`` makes, for a model with history features; (None, None) otherwise (an uploaded
-        profile has no past, as ``Recommender.recommend`` scores it). The reference is the whole
-        table's latest snapshot, as the recommender's known customers are scored."""
+        """(holdings_history rows, reference month) of a known customer, for a model with history
+        features; (None, None) otherwise (an uploaded profile has no past, as
+        ``Recommender.recommend`` scores it). The reference is the whole table's latest
+        snapshot, as the recommender's known customers are scored."""
         data = self.recommender.dataset
         history = None if data is None else data.holdings_history
         if customer_id is None or getattr(self.pipeline, "history_", None) is None or history is None:
             return None, None
         if len(history) == 0:
             return None, None
+        key = str(customer_id).strip()
         if self._reference is None:
             self._reference = int(months(history[S.AS_OF]).max())
-        mine = history[history[S.CUSTOMER_ID].astype(str) == str(customer_id).strip()]
-        return mine.assign(**{S.CUSTOMER_ID: _EXPLAINED}), self._reference
+        cached = self._history  # read once: another session's thread may replace it meanwhile
+        if cached is None or cached[0] != key:  # SHAP asks for one customer many times
+            cached = (key, history[history[S.CUSTOMER_ID].astype(str) == key].reset_index(drop=True))
+            self._history = cached
+        return cached[1], self._reference
 
     def embed(self, X: np.ndarray, holdings_ids: Iterable[str] = (), customer_id: str | None = None) -> np.ndarray:
         """Customer vectors for encoded rows that all hold ``holdings_ids`` (and, for a model
@@ -199,6 +204,14 @@ class CustomerExplainer:
         customers = self.decode(X)
         held = np.repeat(self.holdings_row(holdings_ids)[None, :] > 0, len(customers), axis=0)
         history, reference = self.history_of(customer_id)
+        if history is not None and len(history) and len(customers):
+            # History is matched to rows by id: rows sharing one id would leave all but the first
+            # without it (SHAP scores many rows at once). Each row gets its own id and copy.
+            ids = np.array([f"{_EXPLAINED}-{i}" for i in range(len(customers))], dtype=object)
+            customers[self._id] = ids
+            history = history.iloc[np.tile(np.arange(len(history)), len(customers))].assign(
+                **{S.CUSTOMER_ID: np.repeat(ids, len(history))}
+            )
         context = self.recommender.context(
             customers, held=held, history=history, history_reference=reference, adoption=False
         )
