@@ -510,7 +510,11 @@ def what_if_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters
             )
             if value != spec.value:
                 changed[spec.column] = value
-    after = rec.recommend(subject.request(changed), k=K, filters=filters)
+    if subject.customer_id is not None and changed:
+        # A known customer keeps their holdings and history: a dict of features is a new customer.
+        after = rec.what_if(subject.customer_id, changed, k=K, filters=filters)
+    else:
+        after = rec.recommend(subject.request(changed), k=K, filters=filters)
     before_ids = [i.product_id for i in result.items]
     after_ids = [i.product_id for i in after.items]
     left, right = st.columns(2)

@@ -37,7 +37,6 @@ from finrec.data.categories import as_category_text
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.data.validate import check_limits, plausible_limits
 from finrec.errors import DataError, FinrecError
-from finrec.history_features import months
 
 # Uploads are small profiles typed in or exported by an adviser, never a customer base.
 MAX_UPLOAD_BYTES = 1024 * 1024
@@ -87,8 +86,7 @@ class CustomerExplainer:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._background: np.ndarray | None = None
         self._id = self.pipeline.schema.customers.id
-        self._reference: int | None = None  # the history's latest snapshot month, read once
-        self._history: tuple[str, pd.DataFrame] | None = None  # the last customer's history rows
+        self._history: tuple | None = None  # (customer id, history rows, reference) of the last customer
 
     # ------------------------------------------------------------------------ consent
     def objected(self, customers: pd.DataFrame) -> np.ndarray:
@@ -181,20 +179,14 @@ class CustomerExplainer:
         features; (None, None) otherwise (an uploaded profile has no past, as
         ``Recommender.recommend`` scores it). The reference is the whole table's latest
         snapshot, as the recommender's known customers are scored."""
-        data = self.recommender.dataset
-        history = None if data is None else data.holdings_history
-        if customer_id is None or getattr(self.pipeline, "history_", None) is None or history is None:
-            return None, None
-        if len(history) == 0:
+        if customer_id is None:
             return None, None
         key = str(customer_id).strip()
-        if self._reference is None:
-            self._reference = int(months(history[S.AS_OF]).max())
         cached = self._history  # read once: another session's thread may replace it meanwhile
         if cached is None or cached[0] != key:  # SHAP asks for one customer many times
-            cached = (key, history[history[S.CUSTOMER_ID].astype(str) == key].reset_index(drop=True))
+            cached = (key, *self.recommender.known_history(key))
             self._history = cached
-        return cached[1], self._reference
+        return cached[1], cached[2]
 
     def embed(self, X: np.ndarray, holdings_ids: Iterable[str] = (), customer_id: str | None = None) -> np.ndarray:
         """Customer vectors for encoded rows that all hold ``holdings_ids`` (and, for a model
