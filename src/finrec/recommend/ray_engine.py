@@ -40,6 +40,7 @@ from finrec.atomic import check_writable, refuse_overlap
 from finrec.data import schema as S
 from finrec.data.io import (
     find_table,
+    iter_customer_chunks,
     prepare_entities,
     read_customer_ids,
     read_id_column,
@@ -281,11 +282,11 @@ def score_dataset_ray(
         )
     customers_path = find_table(data_dir, S.CUSTOMERS)
     is_csv = customers_path.suffix == ".csv"
-    # Each batch is validated alone: a customer repeated in another batch was scored twice, and
-    # a CSV of a header alone gave an empty output; the local engine refuses both.
+    # The file's first rows checked as the local engine checks them (separator, names, an empty
+    # table: Ray wrote an empty output for a CSV of a header alone); then every id, as each batch
+    # is validated alone and a customer repeated in another batch was scored twice.
+    next(iter_customer_chunks(customers_path, schema.customers, 1024), None)
     n_customers = len(read_customer_ids(customers_path, schema.customers.id))
-    if is_csv and n_customers == 0:
-        raise DataError(f"{customers_path}: the table is empty (a header and no rows)")
     convert_options = _csv_convert_options(customers_path) if is_csv else None
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     if holdings_path is not None:
