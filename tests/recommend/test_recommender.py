@@ -235,6 +235,11 @@ def test_what_if_changes_only_what_it_is_told(rec, small_dataset, fast_config):
     )
     assert [i.product_id for i in changed.items] == [i.product_id for i in as_dict.items]
     np.testing.assert_allclose([i.score for i in changed.items], [i.score for i in as_dict.items], atol=1e-6)
+    for change in ({"channel": "martian"}, {"channel": "branch"}, {S.INCOME: None}):
+        as_dict = rec.recommend({**profile["attributes"], **change, S.HOLDINGS: profile["holdings"]})
+        np.testing.assert_allclose(
+            [i.score for i in rec.what_if(cid, change).items], [i.score for i in as_dict.items], atol=1e-6
+        )
     with pytest.raises(DataError, match="'postcode' is no customer feature"):
         rec.what_if(cid, {"postcode": "1234"})
     with pytest.raises(DataError, match="features.risk_tolerance must be an integer from 1 to 7"):

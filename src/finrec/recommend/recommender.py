@@ -522,9 +522,9 @@ class Recommender:
         customers = self.dataset.customers.iloc[[row]].copy()
         self._from_features({**_jsonable(customers.iloc[0].to_dict()), **changes})  # the values checked
         for column, value in changes.items():
-            customers[column] = pd.Series([value], index=customers.index).astype(
-                customers[column].dtype if column in self.schema.customers.categorical_features else "float64"
-            )
+            # As text for a category (a pandas Categorical would make a value it lacks missing).
+            numeric = column in self.schema.customers.numeric_features
+            customers[column] = pd.Series([value], index=customers.index, dtype="float64" if numeric else object)
         history, reference = self.known_history(key)
         context = self.context(
             customers, held=self._known.held[row : row + 1], history=history, history_reference=reference
