@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -74,13 +75,20 @@ def load_projection(model_dir: str, data_dir: str | None) -> X.EmbeddingProjecti
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def shap_explanation(
-    model_dir: str, data_dir: str | None, subject_key: str, x: tuple, holdings: tuple, product_id: str
+    model_dir: str,
+    data_dir: str | None,
+    subject_key: str,
+    x: tuple,
+    holdings: tuple,
+    product_id: str,
+    customer_id: str | None = None,
 ) -> dict:
-    """SHAP values of one customer for one product (cached per customer and product)."""
+    """SHAP values of one customer for one product (cached per customer and product); a known
+    customer's history is held fixed with the holdings, as their recommendation was scored."""
     shap = X.load_shap()
     explainer = load_explainer(model_dir, data_dir)
     row = np.asarray([x], dtype="float64")
-    score = explainer.score_function(product_id, holdings)
+    score = explainer.score_function(product_id, holdings, customer_id)
     start = time.perf_counter()
     values = shap.PermutationExplainer(score, explainer.background_matrix())(row, silent=True)
     seconds = time.perf_counter() - start
@@ -107,7 +115,7 @@ def global_importance(
     rows = []
     for customer_id in ids[pick]:
         x, held = explainer.known_customer(customer_id)
-        score = explainer.score_function(product_id, held)
+        score = explainer.score_function(product_id, held, customer_id)
         values = shap.PermutationExplainer(score, background)(
             x, max_evals=4 * len(explainer.feature_names) + 1, silent=True
         )
@@ -265,7 +273,8 @@ def choose_customer(rec: Recommender, plan: X.DisplayPlan) -> Subject | None:
         return uploaded_customer(rec)
     customers = rec.known_customers
     if len(customers) == 0:
-        st.sidebar.warning("No customer data is loaded with this model: upload customer profiles instead.")
+        moved = f" (its training data `{shown_path(rec.missing_data)}` is no longer there)" if rec.missing_data else ""
+        st.sidebar.warning(f"No customer data is loaded with this model{moved}: upload customer profiles instead.")
         return None
     keep = np.ones(len(customers), dtype=bool)
     search = st.sidebar.text_input(
@@ -395,7 +404,10 @@ def recommendations_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject,
     config.update({c: st.column_config.Column(plan.label(c)) for c in table.columns if c in plan.product_details})
     st.dataframe(table, hide_index=True, width="stretch", key="recommendations_table", column_config=config)
     with st.expander("Why not the other products? (audit of every product)"):
-        st.dataframe(rec.audit(subject.request(), filters), hide_index=True, width="stretch")
+        audit = rec.audit(subject.request(), filters)
+        text = [c for c in audit.columns if not pd.api.types.is_numeric_dtype(audit[c])]
+        # An eligible product's empty excluded_by showed as "None": "—", as in the table above.
+        st.dataframe(audit.fillna(dict.fromkeys(text, "—")), hide_index=True, width="stretch")
 
 
 def metric_grid(cells: list[tuple[str, str]], per_row: int = 4) -> None:
@@ -498,7 +510,11 @@ def what_if_tab(rec: Recommender, plan: X.DisplayPlan, subject: Subject, filters
             )
             if value != spec.value:
                 changed[spec.column] = value
-    after = rec.recommend(subject.request(changed), k=K, filters=filters)
+    if subject.customer_id is not None and changed:
+        # A known customer keeps their holdings and history: a dict of features is a new customer.
+        after = rec.what_if(subject.customer_id, changed, k=K, filters=filters)
+    else:
+        after = rec.recommend(subject.request(changed), k=K, filters=filters)
     before_ids = [i.product_id for i in result.items]
     after_ids = [i.product_id for i in after.items]
     left, right = st.columns(2)
@@ -541,7 +557,7 @@ def embeddings_tab(
     explainer = load_explainer(model_dir, data_dir)
     projection = load_projection(model_dir, data_dir)
     x = explainer.encode(pd.DataFrame([subject.row]))
-    customer = explainer.embed(x, subject.holdings)[0]
+    customer = explainer.embed(x, subject.holdings, subject.customer_id)[0]
     points = projection.transform(rec.product_embeddings)
     me = projection.transform(customer)[0]
     recommended = {i.product_id for i in result.items}
@@ -611,8 +627,8 @@ def embeddings_tab(
         st.dataframe(near.round(4), hide_index=True, width="stretch")
 
 
-def shap_chart(explainer: X.CustomerExplainer, x: np.ndarray, values: np.ndarray, title: str) -> go.Figure:
-    labels = [f"{name} = {text}" for name, text in zip(explainer.feature_names, explainer.decode_values(x))]
+def shap_chart(explainer: X.CustomerExplainer, texts: list[str], values: np.ndarray, title: str) -> go.Figure:
+    labels = [f"{name} = {text}" for name, text in zip(explainer.feature_names, texts)]
     order = np.argsort(np.abs(values))
     colors = ["#2ca02c" if v > 0 else "#d62728" for v in values[order]]
     fig = go.Figure(
@@ -641,6 +657,12 @@ def explain_tab(
         st.info("No recommendation to explain under these filters.")
         return
     explainer = load_explainer(model_dir, data_dir)
+    if len(explainer.background) == 0:
+        st.info(
+            "No customers to explain against: SHAP compares this customer with the model's customer data "
+            "(those who did not object to profiling), and none is loaded."
+        )
+        return
     options = {
         f"#{i.rank} · {plan.title(i.product, i.product_id)} ({i.product_id})": i.product_id for i in result.items
     }
@@ -657,7 +679,13 @@ def explain_tab(
         start = time.perf_counter()
         with st.spinner("Computing SHAP values…"):
             out = shap_explanation(
-                model_dir, data_dir, subject.key, tuple(x[0].tolist()), tuple(subject.holdings), product_id
+                model_dir,
+                data_dir,
+                subject.key,
+                tuple(x[0].tolist()),
+                tuple(subject.holdings),
+                product_id,
+                subject.customer_id,
             )
         st.session_state["shap"] = {"request": request, "out": out, "wall": time.perf_counter() - start}
     state = st.session_state.get("shap")
@@ -666,7 +694,14 @@ def explain_tab(
         values = np.asarray(out["values"])
         gap = X.additivity_gap(out["base"], values, out["score"])
         st.plotly_chart(
-            shap_chart(explainer, x, values, f"Why {label.split(' · ', 1)[1]}"), width="stretch", key="shap_chart"
+            shap_chart(
+                explainer,
+                explainer.value_labels(pd.DataFrame([subject.row])),
+                values,
+                f"Why {label.split(' · ', 1)[1]}",
+            ),
+            width="stretch",
+            key="shap_chart",
         )
         line = (
             f"base value {out['base']:.4f} + sum of contributions {values.sum():+.4f} = {out['base'] + values.sum():.4f}, "
@@ -700,7 +735,10 @@ def evaluation_data_dir(rec: Recommender, model_dir: str, data_dir: str | None) 
     recorded = read_manifest(model_dir, verify=False).get("data_path")
     if recorded and (Path(recorded).parent / "test").is_dir():
         return Path(recorded).parent / "test"
-    return Path(data_dir) if data_dir else (Path(recorded) if recorded else None)
+    if data_dir:
+        return Path(data_dir)
+    # A model whose training data has moved has nothing to evaluate on until it is named.
+    return Path(recorded) if recorded and Path(recorded).is_dir() else None
 
 
 @st.cache_data(show_spinner="Evaluating…")
@@ -903,7 +941,7 @@ def campaign_problem(model_dir: str, data_dir: str | None, filters_json: str):
 def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters: F.Filters, display) -> None:
     """Set capacities and contacts; see the optimal plan against greedy, the shadow prices, and
     the offers per product and segment (``finrec plan`` on the customers loaded here)."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from finrec.plan.campaign import format_summary, plan_campaign, plan_table, summary
 
@@ -918,7 +956,8 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
         return
     # A campaign never relaxes held products, suitability or the eligibility terms.
     filters = replace(filters, exclude_held=True, suitability=True, eligibility=True)
-    problem = campaign_problem(model_dir, data_dir, json.dumps(asdict(filters)))
+    filters_json = json.dumps(asdict(filters))
+    problem = campaign_problem(model_dir, data_dir, filters_json)
     n = len(problem.customer_ids)
     st.caption(
         f"{n:,} customers x {len(problem.product_ids)} products; every filter in the sidebar applies "
@@ -930,7 +969,7 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
             "Contacts per customer", min_value=1, max_value=5, value=1, key="campaign_contacts"
         )
         floor = right.slider("Minimum probability", 0.0, 0.5, 0.0, 0.01, key="campaign_floor")
-        default = int(round(CAMPAIGN_SHARE * n))
+        default = max(1, int(round(CAMPAIGN_SHARE * n)))  # 1% of under 50 customers rounded to none
         limits = st.data_editor(
             pd.DataFrame({"product_id": problem.product_ids, "capacity": [default] * len(problem.product_ids)}),
             column_config={"capacity": st.column_config.NumberColumn(min_value=0, step=1, help="empty = unlimited")},
@@ -945,11 +984,20 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
         capacity = np.where(np.isnan(capacity), np.inf, np.floor(np.maximum(capacity, 0)))
         probability = np.where(problem.probability >= floor, problem.probability, 0).astype(np.float32)
         result = plan_campaign(replace(problem, probability=probability), capacity, int(contacts))
-        st.session_state["campaign_plan"] = (summary(result), plan_table(result.problem, result.plan))
+        st.session_state["campaign_plan"] = (
+            (model_dir, data_dir, filters_json),
+            summary(result),
+            plan_table(result.problem, result.plan),
+        )
     if "campaign_plan" not in st.session_state:
         st.info("Set the capacities and press **Plan the campaign**.")
         return
-    info, table = st.session_state["campaign_plan"]
+    made_for, info, table = st.session_state["campaign_plan"]
+    if made_for != (model_dir, data_dir, filters_json):
+        # A plan kept across a change of the sidebar's filters or model would offer what they now
+        # exclude, under a caption that says every filter applies.
+        st.info("The filters or the model changed since the last plan: press **Plan the campaign** to plan with them.")
+        return
     plan, base = info["plan"], info["greedy"]
     a, b, c = st.columns(3)
     a.metric(
@@ -978,9 +1026,14 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
     segment = next((c for c in display.segments if c in rec.dataset.customers), None)
     offers = table
     if segment is not None:
-        segments = rec.dataset.customers.set_index(rec.schema.customers.id)[segment].astype(str)
+        # The page's words for a value, "missing" for none (astype(str) made a column "nan").
+        segments = (
+            rec.dataset.customers.set_index(rec.schema.customers.id)[segment]
+            .map(lambda v: X.display_value(v) or "missing")
+            .astype(str)
+        )
         offers = table.assign(**{segment: table["customer_id"].map(segments)})
-        st.markdown(f"**Offers per product and {segment}**")
+        st.markdown(f"**Offers per product and {display.label(segment)}**")
         st.dataframe(
             pd.crosstab(offers["product_id"], offers[segment], margins=True, margins_name="total"),
             key="campaign_segments",
@@ -1010,6 +1063,12 @@ def page() -> None:
     if built and Path(built).parent == Path(model_dir).parent and not os.environ.get("FINREC_DATA"):
         data_dir = built
     rec = load_recommender(model_dir, data_dir)
+    changes = rec.catalogue_changes
+    if changes is not None:
+        # Products the data's table lacks are never offered, yet are counted in "of 25" and
+        # listed in the campaign's capacities: only the server's log said why.
+        for note in replace(changes, source=shown_path(changes.source)).notes():
+            st.info(note)
     plan = display_plan(model_dir, data_dir, rec)
     subject = choose_customer(rec, plan)
     filters = choose_filters(rec)
@@ -1029,23 +1088,34 @@ def page() -> None:
         objected_notice(model_dir, data_dir, rec, subject, result)
         return
     tabs = dict(zip(names, st.tabs(names)))
-    with tabs["Recommendations"]:
+    with in_tab(tabs["Recommendations"]):
         recommendations_tab(rec, plan, subject, filters, result)
         st.caption(f"Recommended in {(time.perf_counter() - start) * 1000:.1f} ms")
-    with tabs["Profile"]:
+    with in_tab(tabs["Profile"]):
         profile_tab(rec, plan, subject, population_frame(model_dir, data_dir))
-    with tabs["What-if"]:
+    with in_tab(tabs["What-if"]):
         what_if_tab(rec, plan, subject, filters, result)
-    with tabs["Embeddings"]:
+    with in_tab(tabs["Embeddings"]):
         embeddings_tab(model_dir, data_dir, rec, plan, subject, result)
-    with tabs["Explain (SHAP)"]:
+    with in_tab(tabs["Explain (SHAP)"]):
         explain_tab(model_dir, data_dir, rec, plan, subject, result)
-    with tabs["Model"]:
+    with in_tab(tabs["Model"]):
         model_tab(model_dir, data_dir, rec)
-    with tabs["Campaign"]:
+    with in_tab(tabs["Campaign"]):
         campaign_tab(model_dir, data_dir, rec, filters, plan)
-    with tabs["Monitoring"]:
+    with in_tab(tabs["Monitoring"]):
         monitoring_tab(model_dir, data_dir, rec)
+
+
+@contextmanager
+def in_tab(tab):
+    """A ``FinrecError`` in one tab is said in that tab: the tabs after it still render (one
+    raised to the page left them all blank)."""
+    with tab:
+        try:
+            yield
+        except FinrecError as exc:
+            st.error(str(exc))
 
 
 def _is_streamlit_control(exc: BaseException) -> bool:

@@ -67,6 +67,13 @@ def test_page_shows_five_recommendations(app):
     assert len(app.get("plotly_chart")) >= 5  # percentiles, gauge, map, two curves
 
 
+def test_the_audit_of_every_product_shows_no_none(app):
+    audit = frame_with(app, "excluded_by")
+    eligible = audit["detail"] == "eligible"
+    assert eligible.any() and (audit.loc[eligible, "excluded_by"] == "—").all()
+    assert not audit.isna().any().any()
+
+
 def test_customer_and_filter_controls(app, small_dataset, model_dir, small_data_dir):
     first = app.selectbox(key="customer_id").value
     consenting = set(small_dataset.customers.customer_id[small_dataset.customers[S.SYNTHETIC.consent] == 1])
@@ -181,6 +188,17 @@ def test_shap_explanation(app):
     assert len(app.get("plotly_chart")) >= 6
 
 
+def test_shap_chart_shows_an_unseen_category_as_the_customer_has_it(app, small_dataset):
+    import json
+
+    profile = small_dataset.customers.iloc[:1].assign(channel="martian")
+    at = _upload(app, profile.to_csv(index=False).encode())
+    at = rerun(at.button(key="shap_button").click())
+    chart = next(c for c in at.get("plotly_chart") if "Why " in c.proto.spec)
+    labels = json.loads(chart.proto.spec)["data"][0]["y"]
+    assert "channel = martian (not seen in training: read as missing)" in labels
+
+
 def test_model_tab_evaluates_on_demand(app, small_data_dir):
     assert app.button(key="evaluate_button")
     shown = [c.value for c in app.caption if "Evaluate on" in c.value]
@@ -243,6 +261,95 @@ def test_campaign_tab_plans_against_greedy(app):
     assert (prices["price"] >= 0).all() and len(prices) >= 1  # 1% of customers per product binds somewhere
     segments = frame_with(at, "total")
     assert segments.loc["total", "total"] <= 2 * 1500
+
+
+def test_campaign_plan_is_not_shown_for_other_filters(app):
+    """A plan made before the sidebar's filters changed offered what they now exclude (the
+    tester's, 2027-01: credit cards and funds listed after 'Only these categories: mortgage')."""
+    plan = next(b for b in app.button if b.label == "Plan the campaign")
+    at = rerun(plan.click())
+    assert len(frame_with(at, "total").index) > 3
+    at = rerun(at.multiselect(key="categories").set_value(["mortgage"]))
+    assert not any("total" in d.value.columns for d in at.dataframe)
+    assert any("filters or the model changed" in i.value for i in at.info)
+    at = rerun(next(b for b in at.button if b.label == "Plan the campaign").click())
+    offered = set(frame_with(at, "total").index) - {"total"}
+    assert offered and offered <= {"MORT_FIXED25", "MORT_VARIABLE"}
+
+
+def test_a_model_whose_data_has_moved_still_shows_every_tab(monkeypatch, tmp_path, model_dir, small_dataset):
+    """Without its customer data, an uploaded profile's Explain tab raised "no background
+    customers" to the page: the Model, Campaign and Monitoring tabs after it stayed blank, and
+    the sidebar did not say the data had moved (the tester's, 2027-01)."""
+    import json
+    import shutil
+
+    moved = tmp_path / "model"
+    shutil.copytree(model_dir, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["data_path"] = str(tmp_path / "moved-away" / "train")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("FINREC_MODEL", str(moved))
+    monkeypatch.delenv("FINREC_DATA", raising=False)
+    at = AppTest.from_file(SCRIPT, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert any("`moved-away/train` is no longer there" in w.value for w in at.sidebar.warning)
+    at = _upload(at, small_dataset.customers.iloc[:3].to_csv(index=False).encode())
+    assert not at.error, [e.value for e in at.error]
+    assert len(recommendations(at)) == 5
+    assert any("No customers to explain against" in i.value for i in at.info)
+    assert any("No customer data is loaded to plan a campaign for" in i.value for i in at.info)  # the Campaign tab
+    assert any("No evaluation file and no data to evaluate on" in i.value for i in at.info)  # the Model tab
+
+
+def test_campaign_of_a_few_customers_offers_something_and_names_missing_segments(
+    monkeypatch, tmp_path, model_dir, small_tables
+):
+    """Under 50 customers, 1% of them rounded every default capacity to 0: the default plan
+    offered nothing. A customer without a segment value made a column "nan" (the tester's, 2027-01)."""
+    from finrec.data.io import write_dataset
+
+    customers = small_tables[S.CUSTOMERS].iloc[:40].copy()
+    customers.loc[customers.index[:30], "employment"] = None
+    ids = set(customers.customer_id)
+    tables = {
+        name: customers
+        if name == S.CUSTOMERS
+        else table[table.customer_id.isin(ids)]
+        if "customer_id" in table
+        else table
+        for name, table in small_tables.items()
+        if name != "ground_truth"
+    }
+    monkeypatch.setenv("FINREC_MODEL", str(model_dir))
+    monkeypatch.setenv("FINREC_DATA", str(write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "few")))
+    at = AppTest.from_file(SCRIPT, default_timeout=120).run()
+    assert not at.exception, at.exception
+    at = rerun(next(b for b in at.button if b.label == "Plan the campaign").click())
+    segments = frame_with(at, "total")
+    assert segments.loc["total", "total"] > 0
+    assert "missing" in segments.columns and not {"nan", "None"} & set(segments.columns)
+    assert any(m.value == "**Offers per product and Employment**" for m in at.markdown)
+
+
+def test_products_the_data_no_longer_lists_are_said_on_the_page(monkeypatch, model_dir, updated_bank):
+    """The page counted them in "1 of 25" and the campaign listed capacities for them; only the
+    server's log said they are never offered (the tester's, 2027-01)."""
+    from finrec.data.io import find_table, read_table, write_table
+
+    data = updated_bank(lambda products: products[products.product_id != "FUND_CRYPTO"])
+    for table in (S.HOLDINGS, S.INTERACTIONS, "ground_truth"):  # the bank's links to it are gone with it
+        path = find_table(data, table)
+        links = read_table(path, (S.CUSTOMER_ID, S.PRODUCT_ID))
+        write_table(links[links.product_id != "FUND_CRYPTO"], path)
+    monkeypatch.setenv("FINREC_MODEL", str(model_dir))
+    monkeypatch.setenv("FINREC_DATA", str(data))
+    at = AppTest.from_file(SCRIPT, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    notes = [i.value for i in at.info if "discontinued" in i.value]
+    assert len(notes) == 1 and "'FUND_CRYPTO'" in notes[0] and "never offered" in notes[0]
+    assert str(data.parent) not in notes[0]  # where the server keeps its files is not shown
 
 
 def test_customer_who_objected_gets_a_notice_and_no_recommendation(app, small_dataset):

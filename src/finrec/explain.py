@@ -53,6 +53,8 @@ MAX_WHAT_IF = 4
 MAX_PROFILE = 6
 # A categorical column with more distinct values than this is no segment (an id, a postcode).
 MAX_SEGMENT_VALUES = 20
+# The customer id of the rows ``decode`` makes (and of the history held fixed with them).
+_EXPLAINED = "explained"
 # Text that a missing value turns into on the way through pandas, CSV or str(): never shown.
 _EMPTY_TEXT = {"", "nan", "none", "null", "nat", "<na>", "?"}
 
@@ -84,6 +86,7 @@ class CustomerExplainer:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._background: np.ndarray | None = None
         self._id = self.pipeline.schema.customers.id
+        self._history: tuple | None = None  # (customer id, history rows, reference) of the last customer
 
     # ------------------------------------------------------------------------ consent
     def objected(self, customers: pd.DataFrame) -> np.ndarray:
@@ -120,7 +123,7 @@ class CustomerExplainer:
         X = np.atleast_2d(np.asarray(X, dtype="float64"))
         if X.shape[1] != len(self.feature_names):
             raise FinrecError(f"expected {len(self.feature_names)} feature columns, got {X.shape[1]}")
-        columns: dict[str, object] = {self._id: np.full(len(X), "explained", dtype=object)}
+        columns: dict[str, object] = {self._id: np.full(len(X), _EXPLAINED, dtype=object)}
         for j, col in enumerate(self.numeric):
             columns[col] = X[:, j]
         offset = len(self.numeric)
@@ -144,6 +147,20 @@ class CustomerExplainer:
                 out.append(str(value))
         return out
 
+    def value_labels(self, customers: pd.DataFrame) -> list[str]:
+        """The first customer's value of each feature as display text (``decode_values``), where
+        a category the model never saw, which it reads as missing, says both: "missing" alone
+        hid a value the customer has."""
+        x = self.encode(customers.iloc[:1])
+        out = self.decode_values(x)
+        offset = len(self.numeric)
+        for j, col in enumerate(self.categorical):
+            if x[0, offset + j] == 0 and col in customers:
+                recorded = display_value(customers[col].iloc[0])
+                if recorded is not None:
+                    out[offset + j] = f"{recorded} (not seen in training: read as missing)"
+        return out
+
     # ------------------------------------------------------------------------ scoring
     def holdings_row(self, holdings_ids: Iterable[str] = ()) -> np.ndarray:
         """float32 [P] multi-hot of the held products (unknown ids are refused)."""
@@ -157,17 +174,45 @@ class CustomerExplainer:
             row[positions] = 1.0
         return row
 
-    def embed(self, X: np.ndarray, holdings_ids: Iterable[str] = ()) -> np.ndarray:
-        """Customer vectors for encoded rows that all hold ``holdings_ids``: float32 [n, D], or
-        [n, D + P] with a tree blend (``Recommender.embed``), against the recommender's
-        ``product_embeddings``."""
+    def history_of(self, customer_id: str | None) -> tuple[pd.DataFrame | None, int | None]:
+        """(holdings_history rows, reference month) of a known customer, for a model with history
+        features; (None, None) otherwise (an uploaded profile has no past, as
+        ``Recommender.recommend`` scores it). The reference is the whole table's latest
+        snapshot, as the recommender's known customers are scored."""
+        if customer_id is None:
+            return None, None
+        key = str(customer_id).strip()
+        cached = self._history  # read once: another session's thread may replace it meanwhile
+        if cached is None or cached[0] != key:  # SHAP asks for one customer many times
+            cached = (key, *self.recommender.known_history(key))
+            self._history = cached
+        return cached[1], cached[2]
+
+    def embed(self, X: np.ndarray, holdings_ids: Iterable[str] = (), customer_id: str | None = None) -> np.ndarray:
+        """Customer vectors for encoded rows that all hold ``holdings_ids`` (and, for a model
+        with history features, all have known customer ``customer_id``'s history): float32
+        [n, D], or [n, D + P] with a tree blend (``Recommender.embed``), against the
+        recommender's ``product_embeddings``."""
         customers = self.decode(X)
         held = np.repeat(self.holdings_row(holdings_ids)[None, :] > 0, len(customers), axis=0)
-        return self.recommender.embed(self.recommender.context(customers, held=held, adoption=False))
+        history, reference = self.history_of(customer_id)
+        if history is not None and len(history) and len(customers):
+            # History is matched to rows by id: rows sharing one id would leave all but the first
+            # without it (SHAP scores many rows at once). Each row gets its own id and copy.
+            ids = np.array([f"{_EXPLAINED}-{i}" for i in range(len(customers))], dtype=object)
+            customers[self._id] = ids
+            history = history.iloc[np.tile(np.arange(len(history)), len(customers))].assign(
+                **{S.CUSTOMER_ID: np.repeat(ids, len(history))}
+            )
+        context = self.recommender.context(
+            customers, held=held, history=history, history_reference=reference, adoption=False
+        )
+        return self.recommender.embed(context)
 
-    def score_function(self, product_id: str, holdings_ids: Iterable[str] = ()):
+    def score_function(self, product_id: str, holdings_ids: Iterable[str] = (), customer_id: str | None = None):
         """``f(X [n, F]) -> [n]``: the score (cosine, or blended with the trees) of each encoded
-        customer (holding ``holdings_ids``) for ``product_id``; vectorised over rows."""
+        customer (holding ``holdings_ids``, with ``customer_id``'s history held fixed like the
+        holdings: see ``embed``) for ``product_id``; vectorised over rows."""
         position = int(self.pipeline.product_positions([str(product_id)])[0])
         if position < 0:
             raise FinrecError(f"unknown product_id {product_id!r}")
@@ -176,7 +221,7 @@ class CustomerExplainer:
         self.holdings_row(held)  # refuse unknown ids now rather than inside the explainer
 
         def score(X: np.ndarray) -> np.ndarray:
-            return (self.embed(X, held) @ product).astype("float64")
+            return (self.embed(X, held, customer_id) @ product).astype("float64")
 
         return score
 

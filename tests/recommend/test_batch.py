@@ -294,3 +294,23 @@ def test_the_scorers_history_reader_refuses_rows_dated_past_the_rest(tmp_path):
         HistoryByChunk(path, RowOfId(pa.array(ids)), 8, tmp_path / "work")
     history[:80].to_parquet(path, index=False)
     assert HistoryByChunk(path, RowOfId(pa.array(ids)), 8, tmp_path / "ok").reference == 2025 * 12 + 11
+
+
+def test_a_customer_repeated_in_another_chunk_is_refused_not_scored_twice(rec, small_tables, tmp_path):
+    """Chunks were validated one at a time: an id repeated 7 rows later, in the next chunk, was
+    scored twice, its top k written twice (a tester)."""
+    from finrec.data import schema as S
+    from finrec.data.io import write_dataset
+    from finrec.errors import DataError
+
+    customers = small_tables["customers"].iloc[:10]
+    tables = {**small_tables, "customers": pd.concat([customers, customers.iloc[[0]]], ignore_index=True)}
+    tables["holdings"] = small_tables["holdings"][small_tables["holdings"].customer_id.isin(customers.customer_id)]
+    tables["interactions"] = small_tables["interactions"].iloc[:0]
+    tables.pop("ground_truth", None)
+    data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bank", fmt="csv")
+    out = tmp_path / "top.csv"
+    first = customers.customer_id.iloc[0]
+    with pytest.raises(DataError, match=f"customers.csv: column 'customer_id' must be unique; 1 id.*'{first}'"):
+        score_dataset(rec, data, out, k=3, chunk_rows=7)
+    assert not out.exists()

@@ -97,6 +97,21 @@ def test_eligibility_terms():
     assert "student" not in excluded(masks)
 
 
+def test_a_reason_never_says_an_unknown_value_meets_a_term():
+    """An unknown income or age fails no term (checked at application), yet the reason said
+    "meets the income, credit score, age terms" (the tester's, 2027-01)."""
+    masks, attrs = masks_for({**CUSTOMER, "income": np.nan, "age": np.nan})
+    loan = F.describe_allowed(attrs, CATALOGUE, masks, 0, 3)  # minimum income 30,000, age 18-70
+    assert "meets the credit score terms" in loan
+    assert "income, age unknown: the income, age terms are checked at application" in loan
+    assert "meets the income" not in loan
+    # A minimum of 0 bars no income: only the age terms were not checked.
+    dep = F.describe_allowed(attrs, CATALOGUE, masks, 0, 0)
+    assert "meets the income, credit score terms; age unknown" in dep
+    masks, attrs = masks_for(CUSTOMER)
+    assert "meets the income, credit score, age terms" in F.describe_allowed(attrs, CATALOGUE, masks, 0, 3)
+
+
 def test_held_is_first_reason():
     masks, _ = masks_for(CUSTOMER, held=[False, False, True, False, False])
     assert F.first_reason(masks, 0, 2) == "held"

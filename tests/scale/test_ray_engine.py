@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -119,3 +121,88 @@ def test_ray_scores_csv_as_the_local_engine_does(local_ray, model_dir, small_tab
             a[["customer_id", "rank", "product_id"]], b[["customer_id", "rank", "product_id"]]
         )
         assert (a["score"] - b["score"]).abs().max() < 1e-5, name
+
+
+def test_ray_refuses_what_the_local_engine_refuses(local_ray, model_dir, small_tables, tmp_path):
+    """Each Ray batch was validated alone: an id repeated in another batch was scored twice, a
+    customers CSV of a header alone gave an empty output with exit 0, and an unknown preset
+    killed every scoring actor in its constructor (ActorDiedError, not a FinrecError). The local
+    engine refuses all three by name (the tester's, 2027-01)."""
+    from finrec.data import schema as S
+    from finrec.data.io import write_dataset
+    from finrec.errors import DataError, FinrecError
+    from finrec.recommend.ray_engine import score_dataset_ray
+
+    customers = small_tables["customers"].iloc[:10]
+    tables = {
+        "customers": pd.concat([customers, customers.iloc[[0]]], ignore_index=True),
+        "products": small_tables["products"],
+        "interactions": small_tables["interactions"].iloc[:0],
+    }
+    repeated = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "repeated", fmt="csv")
+    out = tmp_path / "top.csv"
+    with pytest.raises(DataError, match="must be unique; 1 id"):
+        score_dataset_ray(model_dir, repeated, out, batch_rows=7)
+    header_only = write_dataset({**tables, "customers": customers.iloc[:0]}, S.SYNTHETIC.schema(), tmp_path / "empty")
+    (header_only / "customers.parquet").unlink()
+    customers.iloc[:0].to_csv(header_only / "customers.csv", index=False)
+    with pytest.raises(DataError, match="customers.csv.*the table is empty"):
+        score_dataset_ray(model_dir, header_only, out)
+    # The local engine's own words for a file separated by ';' (Ray's read named a missing id column).
+    text = (header_only / "customers.csv").read_text()
+    (header_only / "customers.csv").write_text(
+        text.replace(",", ";") + customers.iloc[:2].to_csv(index=False, header=False, sep=";")
+    )
+    with pytest.raises(DataError, match="separated by ';'"):
+        score_dataset_ray(model_dir, header_only, out)
+    good = write_dataset({**tables, "customers": customers}, S.SYNTHETIC.schema(), tmp_path / "good")
+    with pytest.raises(FinrecError, match="unknown preset 'cautious'"):
+        score_dataset_ray(model_dir, good, out, filters={"preset": "cautious"})
+    assert not out.exists()
+
+
+def test_bad_data_on_ray_is_a_data_error_naming_the_batch_not_an_internal_error(
+    local_ray, model_dir, small_tables, tmp_path
+):
+    """A value that is not a number (past the first rows) failed in a worker: Ray wrapped the DataError in its
+    UserCodeException, and the CLI said "internal error: RayTaskError(UserCodeException)" with
+    the remote traceback, exit 1; a holdings table without its customer_id column was a
+    KeyError in every actor's constructor (the tester's, 2027-01). The CLI exits 2 on the DataError."""
+    from finrec.data import schema as S
+    from finrec.data.io import write_dataset
+    from finrec.errors import DataError
+    from finrec.recommend.ray_engine import score_dataset_ray
+
+    customers = small_tables["customers"].iloc[:1100].astype({"age": object})
+    customers.loc[customers.index[1050], "age"] = "abc"
+    tables = {
+        "customers": customers,
+        "products": small_tables["products"],
+        "interactions": small_tables["interactions"].iloc[:0],
+    }
+    data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "bad-age", fmt="csv")
+    out = tmp_path / "top.csv"
+    with pytest.raises(DataError) as caught:
+        score_dataset_ray(model_dir, data, out, batch_rows=100)
+    message = str(caught.value)
+    # Ray cuts blocks as it likes: the batch's first id and the row in it must find the value.
+    found = re.search(r"the Ray batch of \d+ rows from customer_id '(\w+)'.*e\.g\. row (\d+): 'abc'", message)
+    assert found and "column 'age' must be numeric" in message and "\n" not in message, message
+    start = customers.customer_id.tolist().index(found[1])
+    assert customers.age.iloc[start + int(found[2]) - 1] == "abc"
+    # In the first rows, which the driver checks before Ray starts: the local engine's message.
+    early = write_dataset(
+        {**tables, "customers": customers.iloc[1040:]}, S.SYNTHETIC.schema(), tmp_path / "early", fmt="csv"
+    )
+    with pytest.raises(DataError, match=r"customers.csv rows 1-60: column 'age' must be numeric.*row 11: 'abc'"):
+        score_dataset_ray(model_dir, early, out)
+    holdings = write_dataset(
+        {**tables, "customers": customers.assign(age=40), "holdings": small_tables["holdings"].iloc[:5]},
+        S.SYNTHETIC.schema(),
+        tmp_path / "bad-holdings",
+        fmt="csv",
+    )
+    (holdings / "holdings.csv").write_text("custid,product_id\nC1,CUR_BASIC\n")
+    with pytest.raises(DataError, match="holdings.csv: missing column.*'customer_id'"):
+        score_dataset_ray(model_dir, holdings, out)
+    assert not out.exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -550,6 +551,22 @@ def read_id_column(path: Path, column: str) -> pa.Array:
             f"{path}: cannot read the id column {safe_text(column, quote=True)} ({first_line(exc)})"
         ) from None
     return pa.array(ids_as_text(values), type=pa.string(), from_pandas=True)
+
+
+def read_customer_ids(path: Path, column: str) -> pa.Array:
+    """A customers table's ids (``read_id_column``), refused when one repeats. A table read in
+    chunks is validated a chunk at a time: a customer repeated in another chunk was scored twice.
+    Empty ids are left to the chunks' own check, which names their rows."""
+    ids = read_id_column(path, column)
+    present = pc.filter(ids, pc.not_equal(pc.utf8_trim_whitespace(pc.fill_null(ids, "")), ""))
+    if len(present) == pc.count_distinct(present).as_py():
+        return ids
+    counts = pc.value_counts(present)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
+    raise DataError(
+        f"{path}: column {safe_text(column, quote=True)} must be unique; {len(repeated)} id(s) appear more "
+        f"than once, e.g. {safe_items(repeated)}"
+    )
 
 
 def iter_customer_chunks(path: Path, table: S.TableSchema, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:

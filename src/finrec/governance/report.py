@@ -686,7 +686,9 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     values = []
     for i in explained:
         product = ctx.trained.pipeline.product_ids_[ranking.index[i, 0]]
-        score = explainer.score_function(product, held_by.get(str(sample[cid].iloc[i]), []))
+        customer = str(sample[cid].iloc[i])
+        # Their history held fixed with their holdings: the score explained is the one ranked.
+        score = explainer.score_function(product, held_by.get(customer, []), customer)
         x = explainer.encode(sample.iloc[[i]])
         values.append(np.abs(permutation_shap(score, x, background)[0]))
     mean = np.mean(values, axis=0)

@@ -33,7 +33,7 @@ from finrec.data.io import (
     FORMULA_PREFIXES,
     find_table,
     iter_customer_chunks,
-    read_id_column,
+    read_customer_ids,
 )
 from finrec.data.links import BUCKET_SUFFIX, BucketWriters, link_batches, read_bucket
 from finrec.data.validate import check_latest_snapshot, snapshot_month_rows
@@ -379,7 +379,7 @@ def score_dataset(
 
     def match_holdings() -> HoldingsByRow:
         nonlocal customer_ids
-        customer_ids = read_id_column(customers_path, table.id)
+        customer_ids = read_customer_ids(customers_path, table.id)
         return HoldingsByRow(recommender.pipeline, customer_ids, holdings_path)
 
     scratch = tempfile.TemporaryDirectory(prefix="finrec-score-") if history_path is not None else None

@@ -452,13 +452,37 @@ def describe_allowed(
     if "affordability" in masks and catalogue.regime_is("credit")[column]:
         parts.append(_affordability_text(attributes, catalogue, row, column, passed=True))
     terms = [name for name in ("income", "credit_score", "age") if name in masks]
-    if terms:
-        parts.append("meets the " + ", ".join(t.replace("_", " ") for t in terms) + " terms")
+    # An unknown value fails no term (the bank checks it at application): "meets" would claim a
+    # check that was not made.
+    unknown = [name for name in terms if _term_unchecked(attributes, catalogue, name, row, column)]
+    met = [name for name in terms if name not in unknown]
+    if met:
+        parts.append("meets the " + ", ".join(t.replace("_", " ") for t in met) + " terms")
+    if unknown:
+        words = ", ".join(t.replace("_", " ") for t in unknown)
+        parts.append(f"{words} unknown: the {words} terms are checked at application")
     if "category" in masks:
         parts.append("matches the chosen categories")
     if "held" in masks:
         parts.append("not already held")
     return "; ".join(parts) if parts else "no filters applied"
+
+
+_TERM_BOUNDS = {"income": (S.MIN_INCOME,), "credit_score": (S.MIN_CREDIT_SCORE,), "age": (S.MIN_AGE, S.MAX_AGE)}
+_TERM_VALUES = {"income": S.INCOME, "credit_score": S.CREDIT_SCORE, "age": S.AGE}
+
+
+def _term_unchecked(attributes: dict, catalogue: Catalogue, name: str, row: int, column: int) -> bool:
+    """Whether the product sets a bar on ``name`` (income, credit score, age) that the customer's
+    unknown value was let through (a minimum of 0 bars none of these non-negative values)."""
+    values = attributes.get(_TERM_VALUES[name])
+    if values is None or not np.isnan(values[row]):
+        return False
+    for bound in _TERM_BOUNDS[name]:
+        limit = catalogue.terms[bound][column] if bound in catalogue.terms else np.nan
+        if np.isfinite(limit) and (bound == S.MAX_AGE or limit > 0):
+            return True
+    return False
 
 
 def _fmt(value: Any) -> str:

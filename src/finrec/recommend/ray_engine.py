@@ -38,7 +38,16 @@ import pyarrow.parquet as pq
 
 from finrec.atomic import check_writable, refuse_overlap
 from finrec.data import schema as S
-from finrec.data.io import find_table, prepare_entities, read_id_column, read_schema, read_table
+from finrec.data.io import (
+    find_table,
+    iter_customer_chunks,
+    prepare_entities,
+    read_customer_ids,
+    read_id_column,
+    read_schema,
+    read_table,
+)
+from finrec.data.links import link_batches
 from finrec.errors import DataError, FinrecError
 
 DEFAULT_BATCH_ROWS = 65_536
@@ -199,12 +208,31 @@ class ScoreBatches:
             for column in (*self.table.numeric_features, *self.table.categorical_features):
                 if column in batch.columns:
                     batch[column] = _typed_like_pandas(batch[column])
-        chunk = prepare_entities(batch, self.table, "customers (ray batch)")
+        # A batch does not know where in the file it starts: its first id says where to look.
+        first = batch[self.table.id].iloc[0] if self.table.id in batch.columns and len(batch) else None
+        start = "whose first row has no id" if first is None or pd.isna(first) else f"from customer_id {first!r}"
+        where = f"customers (the Ray batch of {len(batch)} rows {start}; rows counted in it)"
+        chunk = prepare_entities(batch, self.table, where)
         ids = chunk[self.table.id].to_numpy()
         context = self.recommender.context(chunk, held=self.lookup.rows(ids), adoption=self.probabilities)
         ranking = self.recommender.rank(context, self.k, self.filters)
         chosen = self.recommender.ranked_probabilities(context, ranking) if self.probabilities else None
         return topk_table(ids, self.product_ids, ranking.index, ranking.scores, chosen)
+
+
+def _finrec_cause(exc: BaseException, wrapper: type) -> FinrecError | None:
+    """The ``FinrecError`` a Ray error wraps (its ``cause``, or an exception chained to it);
+    Ray's own wrappers, which may subclass the cause's type, are looked through."""
+    stack, seen = [exc], set()
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, FinrecError) and not isinstance(error, wrapper):
+            return error
+        stack += [error.__context__, error.__cause__, getattr(error, "cause", None)]
+    return None
 
 
 def score_dataset_ray(
@@ -226,8 +254,11 @@ def score_dataset_ray(
     read tasks. ``probabilities`` adds the calibrated adoption probability of each row (the
     model must have a calibration); ``stats``, when given, receives ``objected`` and ``catalogue``
     as from the local engine (``score_dataset``)."""
+    from finrec.recommend import filters as F
+
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     check_ray_output(out, {"the data directory": data_dir, "the model directory": model_dir})
+    filters = F.Filters.build(filters)  # here: a bad filter killed every scoring actor in its constructor
     ray = _require_ray()
     from finrec.artifacts import load_model_dir
 
@@ -251,8 +282,17 @@ def score_dataset_ray(
         )
     customers_path = find_table(data_dir, S.CUSTOMERS)
     is_csv = customers_path.suffix == ".csv"
+    # The file's first rows checked as the local engine checks them (separator, names, an empty
+    # table: Ray wrote an empty output for a CSV of a header alone); then every id, as each batch
+    # is validated alone and a customer repeated in another batch was scored twice.
+    next(iter_customer_chunks(customers_path, schema.customers, 1024), None)
+    n_customers = len(read_customer_ids(customers_path, schema.customers.id))
     convert_options = _csv_convert_options(customers_path) if is_csv else None
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
+    if holdings_path is not None:
+        # Its header and first rows checked as the local engine checks them: in a worker's
+        # constructor a missing column was a KeyError ("internal error", exit 1).
+        next(iter(link_batches(holdings_path, 1024)), None)
 
     started_here = False
     if not ray.is_initialized():
@@ -268,6 +308,9 @@ def score_dataset_ray(
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # output in input order, like the local engine
+        # A worker's own exception, not Ray Data's UserCodeException, which drops it in transit
+        # (``_finrec_cause`` then finds the DataError in the task error).
+        context.raise_original_map_exception = True
         if concurrency is None:  # leave one CPU for the read tasks: actors holding all of them starve the reads
             concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
         model_ref = ray.put(_model_files(model_dir))
@@ -291,18 +334,25 @@ def score_dataset_ray(
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=concurrency),
         )
-        if out.suffix in (".parquet", ".csv"):
-            from finrec.recommend.batch import OUTPUT_SCHEMA, PROBABILITY_SCHEMA, TopKWriter
+        try:
+            if out.suffix in (".parquet", ".csv"):
+                from finrec.recommend.batch import OUTPUT_SCHEMA, PROBABILITY_SCHEMA, TopKWriter
 
-            with TopKWriter(out, PROBABILITY_SCHEMA if probabilities else OUTPUT_SCHEMA) as writer:
-                for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    writer.write(table)
-            rows = writer.rows
-        else:
-            scored.write_parquet(str(out.resolve()))
-            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
-        # A CSV has no row count in its metadata: Ray counts it (another read, on the cluster).
-        n_customers = ds.count() if is_csv else pq.ParquetFile(customers_path).metadata.num_rows
+                with TopKWriter(out, PROBABILITY_SCHEMA if probabilities else OUTPUT_SCHEMA) as writer:
+                    for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                        writer.write(table)
+                rows = writer.rows
+            else:
+                scored.write_parquet(str(out.resolve()))
+                rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
+        except ray.exceptions.RayError as exc:
+            # A worker's DataError (a value that is not a number, an empty id) reached the CLI
+            # wrapped in Ray's task error: "internal error" with a remote traceback, exit 1.
+            found = _finrec_cause(exc, ray.exceptions.RayError)
+            if found is None:
+                raise
+            # Ray appends its retry advice to the message: the first line is finrec's.
+            raise type(found)(str(found).split("\n", 1)[0]) from None
         if stats is not None:
             stats["objected"] = count_objected(customers_path, schema.customers)
             stats["catalogue"] = changes

@@ -138,6 +138,10 @@ class Recommender:
         self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
+        # The training data the manifest records when it is no longer there (it was moved): why
+        # no customer is known, for the messages that say so.
+        self.missing_data: str | None = None
+        self._history_reference: int | None = None  # see ``known_history``
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
         self._adoption_lock = threading.Lock()
@@ -191,7 +195,11 @@ class Recommender:
         from finrec.artifacts import load_model_dir, model_version
 
         loaded = load_model_dir(model_dir)
-        data_dir = data_dir or loaded.manifest.get("data_path")
+        if data_dir and not Path(data_dir).is_dir():
+            # Loading no customers instead answered every known id "unknown customer_id".
+            raise DataError(f"{data_dir}: no such data directory")
+        recorded = loaded.manifest.get("data_path")
+        data_dir = data_dir or recorded
         dataset = None
         if data_dir and Path(data_dir).is_dir():
             dataset = _cached_dataset(Path(data_dir), datasets)
@@ -204,6 +212,8 @@ class Recommender:
                     + S.schema_differences(mine, theirs)
                 )
         recommender = cls(loaded.trained, dataset)
+        if dataset is None and recorded:
+            recommender.missing_data = str(recorded)
         # A service or a single request has no summary to carry it: the log says it, once a load.
         for note in recommender.catalogue_changes.notes() if recommender.catalogue_changes else ():
             log.warning("%s", note)
@@ -287,15 +297,21 @@ class Recommender:
             return None
         return self.blend.part(customers, held, history, reference, skip=objected)
 
+    def _no_customers(self) -> str:
+        if self.missing_data:
+            return (
+                f" (no customer table is loaded: the model's training data {self.missing_data} is no longer "
+                "there; give the data directory)"
+            )
+        return " (no customer table is loaded)"
+
     def _single(self, customer: str | dict) -> CustomerContext:
         if isinstance(customer, dict):
             return self._from_features(customer)
         key = str(customer)
         row = self._row_of.get(key.strip())  # ids are stripped text in the files: so in requests
         if row is None:
-            raise UnknownCustomerError(
-                f"unknown customer_id {key!r}" + ("" if self._known else " (no customer table is loaded)")
-            )
+            raise UnknownCustomerError(f"unknown customer_id {key!r}" + ("" if self._known else self._no_customers()))
         known = self._known
         return CustomerContext(
             ids=known.ids[row : row + 1],
@@ -481,6 +497,58 @@ class Recommender:
         filters = F.Filters.build(filters)
         context = self._single(customer)
         customer_id = None if isinstance(customer, dict) else str(customer).strip()
+        return self._result(context, customer_id, k, filters)
+
+    def what_if(
+        self, customer_id: str, changes: dict, k: int = 5, filters: F.Filters | dict | str | None = None
+    ) -> RecommendationResult:
+        """``recommend`` for a known customer with some attributes changed (``changes``: column ->
+        value, checked as a request's features are): their holdings and their history stay
+        theirs. A dict of features is a new customer, with no history: on a model with history
+        features, any change moved the top K for that reason alone."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise FinrecError(f"k must be a positive integer, got {k!r}")
+        filters = F.Filters.build(filters)
+        key = str(customer_id).strip()
+        row = self._row_of.get(key)
+        if row is None:
+            raise UnknownCustomerError(
+                f"unknown customer_id {customer_id!r}" + ("" if self._known else self._no_customers())
+            )
+        columns = {*self.schema.customers.numeric_features, *self.schema.customers.categorical_features}
+        unknown = sorted(set(changes) - columns)
+        if unknown:
+            raise DataError(f"what-if: {', '.join(map(repr, unknown))} is no customer feature of this model")
+        customers = self.dataset.customers.iloc[[row]].copy()
+        self._from_features({**_jsonable(customers.iloc[0].to_dict()), **changes})  # the values checked
+        for column, value in changes.items():
+            # As text for a category (a pandas Categorical would make a value it lacks missing).
+            numeric = column in self.schema.customers.numeric_features
+            customers[column] = pd.Series([value], index=customers.index, dtype="float64" if numeric else object)
+        history, reference = self.known_history(key)
+        context = self.context(
+            customers, held=self._known.held[row : row + 1], history=history, history_reference=reference
+        )
+        return self._result(context, key, k, filters)
+
+    def known_history(self, customer_id: str) -> tuple[pd.DataFrame | None, int | None]:
+        """A known customer's holdings_history rows and the month their history features are
+        built against (the whole table's latest snapshot, as ``known_customers`` are scored), for
+        a model with history features; (None, None) otherwise."""
+        history = None if self.dataset is None else self.dataset.holdings_history
+        if getattr(self.pipeline, "history_", None) is None or history is None or len(history) == 0:
+            return None, None
+        if self._history_reference is None:
+            from finrec.history_features import months
+
+            self._history_reference = int(months(history[S.AS_OF]).max())
+        key = str(customer_id).strip()
+        return history[history[S.CUSTOMER_ID].astype(str) == key].reset_index(drop=True), self._history_reference
+
+    def _result(
+        self, context: CustomerContext, customer_id: str | None, k: int, filters: F.Filters
+    ) -> RecommendationResult:
+        """The recommendation of the one customer of ``context``."""
         if context.attributes["objected"][0]:
             # GDPR Art. 21(3): no profiling for marketing at all, so no ranking and no exclusions to record.
             return RecommendationResult(
