@@ -264,8 +264,8 @@ def test_campaign_tab_plans_against_greedy(app):
 
 
 def test_campaign_plan_is_not_shown_for_other_filters(app):
-    """A plan made before the sidebar's filters changed offered what they now exclude (the
-    tester's, 2027-01: credit cards and funds listed after 'Only these categories: mortgage')."""
+    """A plan made before the sidebar's filters changed offered what they now exclude (a
+    tester: credit cards and funds listed after 'Only these categories: mortgage')."""
     plan = next(b for b in app.button if b.label == "Plan the campaign")
     at = rerun(plan.click())
     assert len(frame_with(at, "total").index) > 3
@@ -280,7 +280,7 @@ def test_campaign_plan_is_not_shown_for_other_filters(app):
 def test_a_model_whose_data_has_moved_still_shows_every_tab(monkeypatch, tmp_path, model_dir, small_dataset):
     """Without its customer data, an uploaded profile's Explain tab raised "no background
     customers" to the page: the Model, Campaign and Monitoring tabs after it stayed blank, and
-    the sidebar did not say the data had moved (the tester's, 2027-01)."""
+    the sidebar did not say the data had moved (a tester)."""
     import json
     import shutil
 
@@ -306,7 +306,7 @@ def test_campaign_of_a_few_customers_offers_something_and_names_missing_segments
     monkeypatch, tmp_path, model_dir, small_tables
 ):
     """Under 50 customers, 1% of them rounded every default capacity to 0: the default plan
-    offered nothing. A customer without a segment value made a column "nan" (the tester's, 2027-01)."""
+    offered nothing. A customer without a segment value made a column "nan" (a tester)."""
     from finrec.data.io import write_dataset
 
     customers = small_tables[S.CUSTOMERS].iloc[:40].copy()
@@ -334,7 +334,7 @@ def test_campaign_of_a_few_customers_offers_something_and_names_missing_segments
 
 def test_products_the_data_no_longer_lists_are_said_on_the_page(monkeypatch, model_dir, updated_bank):
     """The page counted them in "1 of 25" and the campaign listed capacities for them; only the
-    server's log said they are never offered (the tester's, 2027-01)."""
+    server's log said they are never offered (a tester)."""
     from finrec.data.io import find_table, read_table, write_table
 
     data = updated_bank(lambda products: products[products.product_id != "FUND_CRYPTO"])

@@ -328,7 +328,7 @@ def history_rec(small_dataset, fast_config):
 def test_a_known_customers_history_is_held_fixed_in_the_explained_score(history_rec, small_dataset):
     """The explainer scored every customer as if they had no past: with history features its
     score (SHAP's "model score", the embedding map) was not the score ranked (0.28 against 0.30
-    on the tester's bank, 2027-01)."""
+    on a tester's bank)."""
     explainer = X.CustomerExplainer(history_rec, max_background=20, seed=0)
     apart = 0.0
     for row in (0, 7, 42):
@@ -347,7 +347,7 @@ def test_a_known_customers_history_is_held_fixed_in_the_explained_score(history_
 
 def test_value_labels_say_a_category_the_model_never_saw(explainer, small_dataset):
     """The SHAP chart labelled an unseen category "channel = missing": the customer's value was
-    hidden, and a missing value claimed (the tester's, 2027-01)."""
+    hidden, and a missing value claimed (a tester)."""
     row = small_dataset.customers.iloc[[0]].assign(channel="martian", income=np.nan)
     texts = dict(zip(explainer.feature_names, explainer.value_labels(row)))
     assert texts["channel"] == "martian (not seen in training: read as missing)"
@@ -358,7 +358,7 @@ def test_value_labels_say_a_category_the_model_never_saw(explainer, small_datase
 
 def test_a_history_held_fixed_applies_to_every_row_scored_at_once(history_rec, small_dataset):
     """Rows shared one id, and the history is matched by id: scored at once, only the first row
-    had the history, and SHAP's explanation missed its score by 7e-3 (the tester's, 2027-01)."""
+    had the history, and SHAP's explanation missed its score by 7e-3 (a tester)."""
     explainer = X.CustomerExplainer(history_rec, max_background=20, seed=0)
     cid = small_dataset.customer_ids[7]
     x, held = explainer.known_customer(cid)

@@ -205,7 +205,7 @@ def _moved_model(model_dir, tmp_path):
 
 def test_a_data_directory_that_is_not_there_is_named_not_taken_for_no_customers(model_dir, small_dataset, tmp_path):
     """``recommend --data`` with a typo, or a model whose training data was moved, answered a
-    known customer "unknown customer_id ... (no customer table is loaded)" (the tester's, 2027-01)."""
+    known customer "unknown customer_id ... (no customer table is loaded)" (a tester)."""
     known = small_dataset.customers.customer_id.iloc[0]
     with pytest.raises(DataError, match="nowhere: no such data directory"):
         Recommender.load(model_dir, tmp_path / "nowhere")
@@ -218,7 +218,7 @@ def test_a_data_directory_that_is_not_there_is_named_not_taken_for_no_customers(
 def test_what_if_changes_only_what_it_is_told(rec, small_dataset, fast_config):
     """The dashboard's what-if sent a changed customer as a dict of features: a new customer,
     without their history. On a model with history features the top 5 moved for 22 of 38
-    customers with nothing changed but the income (the tester's, 2027-01)."""
+    customers with nothing changed but the income (a tester)."""
     import dataclasses
 
     import pandas as pd

@@ -127,7 +127,7 @@ def test_ray_refuses_what_the_local_engine_refuses(local_ray, model_dir, small_t
     """Each Ray batch was validated alone: an id repeated in another batch was scored twice, a
     customers CSV of a header alone gave an empty output with exit 0, and an unknown preset
     killed every scoring actor in its constructor (ActorDiedError, not a FinrecError). The local
-    engine refuses all three by name (the tester's, 2027-01)."""
+    engine refuses all three by name (a tester)."""
     from finrec.data import schema as S
     from finrec.data.io import write_dataset
     from finrec.errors import DataError, FinrecError
@@ -167,7 +167,7 @@ def test_bad_data_on_ray_is_a_data_error_naming_the_batch_not_an_internal_error(
     """A value that is not a number (past the first rows) failed in a worker: Ray wrapped the DataError in its
     UserCodeException, and the CLI said "internal error: RayTaskError(UserCodeException)" with
     the remote traceback, exit 1; a holdings table without its customer_id column was a
-    KeyError in every actor's constructor (the tester's, 2027-01). The CLI exits 2 on the DataError."""
+    KeyError in every actor's constructor (a tester). The CLI exits 2 on the DataError."""
     from finrec.data import schema as S
     from finrec.data.io import write_dataset
     from finrec.errors import DataError
