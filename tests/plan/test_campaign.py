@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -15,7 +16,14 @@ from finrec.cli import main
 from finrec.data import schema as S
 from finrec.data.io import load_dataset
 from finrec.errors import DataError, FinrecError
-from finrec.plan.campaign import build_problem, plan_campaign, plan_table, product_values, read_capacities
+from finrec.plan.campaign import (
+    build_problem,
+    offer_reasons,
+    plan_campaign,
+    plan_table,
+    product_values,
+    read_capacities,
+)
 from finrec.recommend import filters as F
 from finrec.recommend.recommender import Recommender
 
@@ -360,3 +368,42 @@ def test_an_empty_plan_says_why(recommender, small_data_dir, tmp_path):
     floor = build_problem(recommender, small_data_dir, filters="balanced", min_probability=0.999, chunk_rows=400)
     text = format_summary(summary(plan_campaign(floor, None, 1)))
     assert "no offer is allowed: the filters (and --min-probability) excluded every offer" in text
+
+
+def test_a_customer_repeated_in_another_chunk_is_refused_before_any_offer(recommender, small_data_dir, tmp_path):
+    # Chunks are validated one at a time: an id repeated 400 rows later was two customers to the
+    # plan, who could get two offers with one contact each (the second tester).
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    path = next(data.glob("customers.*"))
+    customers = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
+    first = customers[S.SYNTHETIC.schema().customers.id].iloc[0]
+    repeated = pd.concat([customers, customers.iloc[[0]]], ignore_index=True)
+    repeated.to_parquet(path, index=False) if path.suffix == ".parquet" else repeated.to_csv(path, index=False)
+    with pytest.raises(DataError, match=f"must be unique; 1 id.*'{first}'"):
+        build_problem(recommender, data, filters="balanced", chunk_rows=400)
+
+
+def test_an_offers_reason_never_says_an_unknown_income_or_age_meets_a_term(recommender, small_data_dir, tmp_path):
+    # A plan's reasons carried the risk tolerance alone, so every offer "meets the income, credit
+    # score, age terms", checked or not (the second tester); the recommender's say "unknown".
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    path = next(data.glob("customers.*"))
+    customers = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    unknown = np.arange(len(customers)) % 2 == 0
+    customers.loc[unknown, [S.INCOME, S.AGE]] = np.nan
+    customers.to_parquet(path, index=False) if path.suffix == ".parquet" else customers.to_csv(path, index=False)
+    problem = build_problem(recommender, data, filters="balanced", chunk_rows=400)
+    rows, cols = np.nonzero(problem.probability > 0)
+    reasons = offer_reasons(problem, rows, cols)
+    barred = problem.catalogue.terms[S.MIN_INCOME][cols] > 0
+    assert (unknown[rows] & barred).any() and (~unknown[rows] & barred).any()
+    for reason, row_unknown, income_barred in zip(reasons, unknown[rows], barred):
+        if row_unknown and income_barred:
+            assert "meets the income" not in reason and re.search(r"income(, age)? unknown: the income", reason)
+        else:  # known, or a minimum of 0, which bars no income
+            assert "meets the income" in reason and "income unknown" not in reason
+    ages = np.isfinite(problem.catalogue.terms[S.MAX_AGE]) | (problem.catalogue.terms[S.MIN_AGE] > 0)
+    assert ages.all()  # every product here bars some age: an unknown one is never said to meet it
+    assert all("age unknown" in reason for reason in reasons[unknown[rows]])

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from finrec.data import schema as S
 from finrec.data.compliance import debt_service_ratio_after
-from finrec.data.io import find_table, iter_customer_chunks, read_id_column, read_table, write_table
+from finrec.data.io import find_table, iter_customer_chunks, read_customer_ids, read_table, write_table
 from finrec.errors import DataError, FinrecError, safe_items, safe_text
 from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
 from finrec.plan.exposure import ExposureLimit, solve_dual_fair, solve_exact_fair
@@ -38,6 +38,8 @@ from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HistoryByChunk, HoldingsB
 EXACT_MAX_PAIRS = 2_000_000
 CAPACITY = "capacity"
 PLAN_COLUMNS = (S.CUSTOMER_ID, S.PRODUCT_ID, S.PROBABILITY, "expected_value", "reason")
+# The eligibility terms' customer columns, a bit each in ``CampaignProblem.unknown_terms``.
+TERMS = tuple(F.TERM_VALUES.values())
 
 
 @dataclass
@@ -65,6 +67,9 @@ class CampaignProblem:
     catalogue_changes: F.CatalogueChanges | None = None
     # Customers who objected to profiling for marketing: in the problem, never offered anything.
     objected: int = 0
+    # uint8 [n]: a bit per eligibility term (``TERMS``) whose value the customer has not on
+    # record, which no term bars: their offers' reasons say it is checked at application.
+    unknown_terms: np.ndarray | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -170,12 +175,13 @@ def build_problem(
         data_schema = read_schema(data_dir)
         products = read_table(find_table(data_dir, S.PRODUCTS), (data_schema.products.id,))
         values = product_values(products, data_schema, product_ids)
-    ids = read_id_column(customers_path, schema.customers.id)
+    ids = read_customer_ids(customers_path, schema.customers.id)
     held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings_path)
     n, P = len(ids), len(product_ids)
     probability = np.zeros((n, P), dtype=np.float32)
     tolerance = np.full(n, np.nan, dtype=np.float32)
     income = np.full(n, np.nan, dtype=np.float32)
+    unknown_terms = np.zeros(n, dtype=np.uint8)
     debt_service = np.full(n, np.nan, dtype=np.float32)
     rules: tuple[str, ...] = ()
     objected = 0
@@ -214,6 +220,9 @@ def build_problem(
         probability[offset:stop] = p
         tolerance[offset:stop] = context.attributes["risk_tolerance"]
         income[offset:stop] = context.attributes[S.INCOME]
+        for bit, column in enumerate(TERMS):
+            if (on_record := context.attributes.get(column)) is not None:
+                unknown_terms[offset:stop] |= np.isnan(np.asarray(on_record, dtype="float64")).astype(np.uint8) << bit
         if "debt_service" in context.attributes:
             debt_service[offset:stop] = context.attributes["debt_service"]
         offset = stop
@@ -242,6 +251,7 @@ def build_problem(
         debt_service,
         recommender.catalogue_changes,
         objected=objected,
+        unknown_terms=unknown_terms,
     )
 
 
@@ -324,16 +334,17 @@ def offer_reasons(problem: CampaignProblem, rows: np.ndarray, cols: np.ndarray) 
     the customer's income and debt service are on record."""
     masks = dict.fromkeys(problem.rules)  # describe_allowed asks only which rules were applied
     tol = problem.tolerance[rows]
-    key = cols.astype(np.float64) * 1000.0 + np.where(np.isnan(tol), -1.0, tol)
+    unknown = np.zeros(len(rows), np.uint8) if problem.unknown_terms is None else problem.unknown_terms[rows]
+    key = (cols.astype(np.float64) * 1000.0 + np.where(np.isnan(tol), -1.0, tol)) * 8 + unknown
+
+    def attributes(i: int) -> dict[str, np.ndarray]:
+        # the terms' values matter only as known or not (1.0 or NaN): no reason prints them
+        known = {column: np.array([np.nan if unknown[i] >> bit & 1 else 1.0]) for bit, column in enumerate(TERMS)}
+        return {"risk_tolerance": tol[i : i + 1].astype("float64"), **known}
+
     unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     sentences = np.array(
-        [
-            F.describe_allowed(
-                {"risk_tolerance": tol[i : i + 1].astype("float64")}, problem.catalogue, masks, 0, int(cols[i])
-            )
-            for i in first
-        ],
-        dtype=object,
+        [F.describe_allowed(attributes(i), problem.catalogue, masks, 0, int(cols[i])) for i in first], dtype=object
     )
     reasons = sentences[inverse] if len(unique) else np.array([], dtype=object)
     catalogue = problem.catalogue

@@ -469,13 +469,14 @@ def describe_allowed(
 
 
 _TERM_BOUNDS = {"income": (S.MIN_INCOME,), "credit_score": (S.MIN_CREDIT_SCORE,), "age": (S.MIN_AGE, S.MAX_AGE)}
-_TERM_VALUES = {"income": S.INCOME, "credit_score": S.CREDIT_SCORE, "age": S.AGE}
+# The customer column each eligibility term reads.
+TERM_VALUES = {"income": S.INCOME, "credit_score": S.CREDIT_SCORE, "age": S.AGE}
 
 
 def _term_unchecked(attributes: dict, catalogue: Catalogue, name: str, row: int, column: int) -> bool:
     """Whether the product sets a bar on ``name`` (income, credit score, age) that the customer's
     unknown value was let through (a minimum of 0 bars none of these non-negative values)."""
-    values = attributes.get(_TERM_VALUES[name])
+    values = attributes.get(TERM_VALUES[name])
     if values is None or not np.isnan(values[row]):
         return False
     for bound in _TERM_BOUNDS[name]:
