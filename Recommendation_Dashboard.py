@@ -1026,12 +1026,12 @@ def campaign_tab(model_dir: str, data_dir: str | None, rec: Recommender, filters
     segment = next((c for c in display.segments if c in rec.dataset.customers), None)
     offers = table
     if segment is not None:
-        # The page's words for a value, "missing" for none (astype(str) made a column "nan").
-        segments = (
-            rec.dataset.customers.set_index(rec.schema.customers.id)[segment]
-            .map(lambda v: X.display_value(v) or "missing")
-            .astype(str)
-        )
+        # The page's words for a value, "missing" for none (astype(str) made a column "nan"): each
+        # distinct value worded once, not every customer's on every rerun.
+        values = rec.dataset.customers.set_index(rec.schema.customers.id)[segment]
+        codes, distinct = pd.factorize(values, use_na_sentinel=True)
+        words = np.array([str(X.display_value(v) or "missing") for v in distinct] + ["missing"], dtype=object)
+        segments = pd.Series(words[codes], index=values.index)  # code -1 (NA) is the last word
         offers = table.assign(**{segment: table["customer_id"].map(segments)})
         st.markdown(f"**Offers per product and {display.label(segment)}**")
         st.dataframe(

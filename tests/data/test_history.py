@@ -246,8 +246,8 @@ def _stray_rows(past, to: str, rows: int = 5) -> dict[str, pd.DataFrame]:
 @pytest.mark.parametrize(
     "to, fragment",
     [
-        ("2030-01-31", "the latest snapshot month, 2030-01, has 5 row(s), under half the"),
-        ("2026-02-28", "with no snapshot in the 1 month(s) between: a mistyped as_of date?"),
+        ("2030-01-31", "the latest snapshot month(s), 2030-01, hold 5 row(s), under half the"),
+        ("2026-02-28", "with no snapshot in the 1 month(s) between: mistyped as_of dates?"),
     ],
 )
 def test_a_few_rows_dated_past_the_rest_are_refused(past, to, fragment):
@@ -261,6 +261,21 @@ def test_a_few_rows_dated_past_the_rest_are_refused(past, to, fragment):
 def test_a_thin_latest_month_right_after_the_rest_is_accepted(past):
     # Customers who closed everything last month: a history the features read as it is.
     assert validate_tables(S.SYNTHETIC.schema(), _stray_rows(past, "2026-01-31")).holdings_history is not None
+
+
+def test_a_year_typo_over_two_months_is_refused_and_a_quarterly_history_accepted():
+    # Rows of November and December mistyped as 2030 make two thin months after the gap; a bank
+    # that snapshots every quarter has two empty months between its snapshots, and a thin last
+    # quarter (adopters' snapshots stop at their first adoption) is its own spacing (a reviewer).
+    from finrec.data.validate import check_latest_snapshot
+
+    monthly = {2025 * 12 + m: 100 for m in range(12)}
+    with pytest.raises(DataError, match=r"2030-11 to 2030-12, hold 10 row\(s\), under half the 100 of 2025-12"):
+        check_latest_snapshot({**monthly, 2030 * 12 + 10: 5, 2030 * 12 + 11: 5}, "holdings_history")
+    quarterly = {2025 * 12 + 2: 100, 2025 * 12 + 5: 100, 2025 * 12 + 8: 100, 2025 * 12 + 11: 45}
+    check_latest_snapshot(quarterly, "holdings_history")
+    with pytest.raises(DataError, match="2030-12, hold 45 row"):
+        check_latest_snapshot({**quarterly, 2025 * 12 + 11: 100, 2030 * 12 + 11: 45}, "holdings_history")
 
 
 def test_without_timestamps_the_latest_snapshot_is_current(tmp_path):

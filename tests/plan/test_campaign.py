@@ -367,7 +367,7 @@ def test_an_empty_plan_says_why(recommender, small_data_dir, tmp_path):
     assert f"{n} customer(s) objected to profiling for marketing" in text
     floor = build_problem(recommender, small_data_dir, filters="balanced", min_probability=0.999, chunk_rows=400)
     text = format_summary(summary(plan_campaign(floor, None, 1)))
-    assert "no offer is allowed: the filters (and --min-probability) excluded every offer" in text
+    assert "no offer is allowed: the filters (and the minimum probability) excluded every offer" in text
 
 
 def test_a_customer_repeated_in_another_chunk_is_refused_before_any_offer(recommender, small_data_dir, tmp_path):

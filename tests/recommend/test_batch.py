@@ -290,7 +290,7 @@ def test_the_scorers_history_reader_refuses_rows_dated_past_the_rest(tmp_path):
     history = pd.DataFrame({S.CUSTOMER_ID: ids + ids + ids[:3], S.PRODUCT_ID: "P1", S.AS_OF: pd.to_datetime(dates)})
     path = tmp_path / "holdings_history.parquet"
     history.to_parquet(path, index=False)
-    with pytest.raises(DataError, match="the latest snapshot month, 2030-12, has 3 row"):
+    with pytest.raises(DataError, match=r"the latest snapshot month\(s\), 2030-12, hold 3 row"):
         HistoryByChunk(path, RowOfId(pa.array(ids)), 8, tmp_path / "work")
     history[:80].to_parquet(path, index=False)
     assert HistoryByChunk(path, RowOfId(pa.array(ids)), 8, tmp_path / "ok").reference == 2025 * 12 + 11

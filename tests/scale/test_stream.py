@@ -398,7 +398,7 @@ def test_streamed_training_refuses_rows_dated_past_the_rest(tmp_path):
     history.loc[history.index[:4], S.AS_OF] = pd.Timestamp("2030-06-30")
     tables[S.HOLDINGS_HISTORY] = history
     data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / "stray")
-    with pytest.raises(DataError, match="the latest snapshot month, 2030-06, has 4 row"):
+    with pytest.raises(DataError, match=r"the latest snapshot month\(s\), 2030-06, hold 4 row"):
         partition(data, tmp_path / "work", chunk_rows=100, include_objected=True)
 
 

@@ -558,7 +558,7 @@ def read_customer_ids(path: Path, column: str) -> pa.Array:
     chunks is validated a chunk at a time: a customer repeated in another chunk was scored twice.
     Empty ids are left to the chunks' own check, which names their rows."""
     ids = read_id_column(path, column)
-    present = pc.filter(ids, pc.not_equal(pc.utf8_trim_whitespace(pc.fill_null(ids, "")), ""))
+    present = pc.filter(ids, pc.not_equal(pc.fill_null(ids, ""), ""))  # ids_as_text stripped them
     if len(present) == pc.count_distinct(present).as_py():
         return ids
     counts = pc.value_counts(present)

@@ -391,25 +391,31 @@ def check_latest_snapshot(rows_per_month: dict[int, int], where: str) -> None:
     """The features take the history's latest snapshot month as every customer's present, so a
     few rows dated past the rest by a typo (2030 for 2025) moved the whole bank's history back
     (out of the model's window, at 2030) without a word: 50 such rows changed 38% of a bank's
-    recommendations (a tester). Refused: a latest month with under half the rows of the month
-    before it with snapshots and months without any snapshot between them. A thin latest month
-    right after the one before stays accepted (customers who closed everything)."""
-    if len(rows_per_month) < 2:
-        return
-    previous, latest = sorted(rows_per_month)[-2:]
-    n_latest, n_previous = rows_per_month[latest], rows_per_month[previous]
-    if n_previous < MIN_SNAPSHOT_ROWS or 2 * n_latest >= n_previous or latest - previous < 2:
-        return
+    recommendations (a tester). Refused: the last one to three snapshot months when, together,
+    they hold under half the rows of the month before them and the months without a snapshot
+    before them are more than the history's own spacing (its widest gap between earlier
+    snapshots: a quarterly history's thin last quarter stays accepted, as does a thin latest
+    month right after the one before, customers who closed everything)."""
+    months = sorted(rows_per_month)
+    for tail in range(1, min(3, len(months) - 1) + 1):
+        body, late = months[:-tail], months[-tail:]
+        before, after = body[-1], late[0]
+        spacing = max((b - a for a, b in zip(body, body[1:])), default=1)
+        late_rows = sum(rows_per_month[m] for m in late)
+        n_before = rows_per_month[before]
+        if n_before < MIN_SNAPSHOT_ROWS or 2 * late_rows >= n_before or after - before <= max(1, spacing):
+            continue
 
-    def name(month: int) -> str:
-        return f"{month // 12:04d}-{month % 12 + 1:02d}"
+        def name(month: int) -> str:
+            return f"{month // 12:04d}-{month % 12 + 1:02d}"
 
-    raise DataError(
-        f"{where}: the latest snapshot month, {name(latest)}, has {n_latest} row(s), under half the {n_previous} "
-        f"of {name(previous)}, with no snapshot in the {latest - previous - 1} month(s) between: a mistyped "
-        "as_of date? Every customer's history is read back from the latest month, so these rows would move "
-        "the whole history back; correct the dates or leave those rows out"
-    )
+        named = name(after) if tail == 1 else f"{name(after)} to {name(late[-1])}"
+        raise DataError(
+            f"{where}: the latest snapshot month(s), {named}, hold {late_rows} row(s), under half the {n_before} "
+            f"of {name(before)}, with no snapshot in the {after - before - 1} month(s) between: mistyped as_of "
+            "dates? Every customer's history is read back from the latest month, so these rows would move the "
+            "whole history back; correct the dates or leave those rows out"
+        )
 
 
 def check_history_order(history: pd.DataFrame, interactions: pd.DataFrame, where: str) -> None:

@@ -480,7 +480,7 @@ def format_summary(info: dict) -> str:
         why = (
             f"all {info['customers']} customers objected to profiling for marketing"
             if objected and objected >= info["customers"]
-            else "the filters (and --min-probability) excluded every offer"
+            else "the filters (and the minimum probability) excluded every offer"
             + (f" to the {info['customers'] - objected} customer(s) who did not object" if objected else "")
         )
         lines.append(f"no offer is allowed: {why}")

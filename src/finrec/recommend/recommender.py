@@ -297,13 +297,16 @@ class Recommender:
             return None
         return self.blend.part(customers, held, history, reference, skip=objected)
 
-    def _no_customers(self) -> str:
-        if self.missing_data:
-            return (
-                f" (no customer table is loaded: the model's training data {self.missing_data} is no longer "
-                "there; give the data directory)"
-            )
-        return " (no customer table is loaded)"
+    def _unknown(self, customer_id) -> UnknownCustomerError:
+        """The error for an id no loaded customer has, saying why none is loaded where so."""
+        if self._known:
+            return UnknownCustomerError(f"unknown customer_id {customer_id!r}")
+        why = (
+            f": the model's training data {self.missing_data} is no longer there; give the data directory"
+            if self.missing_data
+            else ""
+        )
+        return UnknownCustomerError(f"unknown customer_id {customer_id!r} (no customer table is loaded{why})")
 
     def _single(self, customer: str | dict) -> CustomerContext:
         if isinstance(customer, dict):
@@ -311,7 +314,7 @@ class Recommender:
         key = str(customer)
         row = self._row_of.get(key.strip())  # ids are stripped text in the files: so in requests
         if row is None:
-            raise UnknownCustomerError(f"unknown customer_id {key!r}" + ("" if self._known else self._no_customers()))
+            raise self._unknown(key)
         known = self._known
         return CustomerContext(
             ids=known.ids[row : row + 1],
@@ -512,9 +515,7 @@ class Recommender:
         key = str(customer_id).strip()
         row = self._row_of.get(key)
         if row is None:
-            raise UnknownCustomerError(
-                f"unknown customer_id {customer_id!r}" + ("" if self._known else self._no_customers())
-            )
+            raise self._unknown(customer_id)
         columns = {*self.schema.customers.numeric_features, *self.schema.customers.categorical_features}
         unknown = sorted(set(changes) - columns)
         if unknown:
@@ -626,7 +627,7 @@ class Recommender:
         """The raw attributes and holdings of a known customer."""
         row = self._row_of.get(str(customer_id).strip())
         if row is None:
-            raise UnknownCustomerError(f"unknown customer_id {customer_id!r}")
+            raise self._unknown(customer_id)
         record = self.dataset.customers.iloc[row].to_dict()
         held = [self.pipeline.product_ids_[j] for j in np.flatnonzero(self._known.held[row])]
         return {"customer_id": str(customer_id).strip(), "attributes": _jsonable(record), "holdings": held}
