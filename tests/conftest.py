@@ -144,3 +144,27 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session")
+def history_rec(small_dataset, fast_config):
+    """A model with history features, on the small bank with a made-up past of 3 month-ends."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from finrec.recommend.recommender import Recommender
+    from finrec.training.train import fit
+
+    rng = np.random.default_rng(0)
+    h = small_dataset.holdings
+    months = [pd.Timestamp("2026-01-31") + pd.offsets.MonthEnd(m) for m in range(3)]
+    history = pd.concat(
+        [h[rng.random(len(h)) < 0.5 + 0.2 * m].assign(**{S.AS_OF: month}) for m, month in enumerate(months)],
+        ignore_index=True,
+    )
+    data = dataclasses.replace(small_dataset, holdings_history=history)
+    trained = fit(data, fast_config.with_overrides(epochs=1), verbose=0)
+    assert trained.pipeline.history_ is not None
+    return Recommender(trained, data)

@@ -305,26 +305,6 @@ def test_integer_categories_encode_alike_as_float_int_or_text(coded_education):
         np.testing.assert_array_equal(explainer.encode(frame), expected)
 
 
-@pytest.fixture(scope="module")
-def history_rec(small_dataset, fast_config):
-    """A model with history features, on the small bank with a made-up past of 3 month-ends."""
-    import dataclasses
-
-    from finrec.training.train import fit
-
-    rng = np.random.default_rng(0)
-    h = small_dataset.holdings
-    months = [pd.Timestamp("2026-01-31") + pd.offsets.MonthEnd(m) for m in range(3)]
-    history = pd.concat(
-        [h[rng.random(len(h)) < 0.5 + 0.2 * m].assign(**{S.AS_OF: month}) for m, month in enumerate(months)],
-        ignore_index=True,
-    )
-    data = dataclasses.replace(small_dataset, holdings_history=history)
-    trained = fit(data, fast_config.with_overrides(epochs=1), verbose=0)
-    assert trained.pipeline.history_ is not None
-    return Recommender(trained, data)
-
-
 def test_a_known_customers_history_is_held_fixed_in_the_explained_score(history_rec, small_dataset):
     """The explainer scored every customer as if they had no past: with history features its
     score (SHAP's "model score", the embedding map) was not the score ranked (0.28 against 0.30
