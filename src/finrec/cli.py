@@ -440,16 +440,7 @@ def _filters_from(args) -> dict:
 def _refuse_filters_with_unfiltered(args) -> None:
     """--unfiltered is evaluate's ranking: a filter flag beside it was silently dropped (``--unfiltered
     --category pension`` wrote every category)."""
-    given = {
-        "--preset": args.preset is not None,
-        "--category": bool(args.category),
-        "--exclude-category": bool(args.exclude_category),
-        "--no-suitability": args.no_suitability,
-        "--include-held": args.include_held,
-        "--max-debt-service-ratio": args.max_debt_service_ratio is not None,
-        "--credit-score-cutoff": args.credit_score_cutoff is not None,
-    }
-    flags = [flag for flag, present in given.items() if present]
+    flags = [flag for flag, dest in args.filter_flags if getattr(args, dest) not in (None, False)]
     if flags:
         raise FinrecError(
             f"--unfiltered ranks as `finrec evaluate` does (held products out, no other rule) and takes no filter; "
@@ -976,23 +967,33 @@ def _filter_arguments(p: argparse.ArgumentParser, relaxable: bool = True) -> Non
     from finrec.recommend.filters import PRESET_HELP, PRESET_NAMES
 
     # None, not the default preset, so that `score --unfiltered` can tell a --preset given from none.
-    p.add_argument("--preset", choices=PRESET_NAMES, default=None, help=PRESET_HELP)
-    p.add_argument("--category", action="append", help="only these product categories (repeatable)")
-    p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)")
+    added = [
+        p.add_argument("--preset", choices=PRESET_NAMES, default=None, help=PRESET_HELP),
+        p.add_argument("--category", action="append", help="only these product categories (repeatable)"),
+        p.add_argument("--exclude-category", action="append", help="never these categories (repeatable)"),
+    ]
     if relaxable:
-        p.add_argument("--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)")
-        p.add_argument("--include-held", action="store_true", help="allow products the customer already holds")
+        added += [
+            p.add_argument(
+                "--no-suitability", action="store_true", help="turn the risk-tolerance rule off (explicitly)"
+            ),
+            p.add_argument("--include-held", action="store_true", help="allow products the customer already holds"),
+        ]
     else:
         p.set_defaults(no_suitability=False, include_held=False)
-    p.add_argument(
-        "--max-debt-service-ratio",
-        type=float,
-        default=None,
-        help="credit affordability: debt service after the new credit, as a share of income (default 0.40)",
-    )
-    p.add_argument(
-        "--credit-score-cutoff", type=float, default=None, help="credit products need at least this credit score"
-    )
+    added += [
+        p.add_argument(
+            "--max-debt-service-ratio",
+            type=float,
+            default=None,
+            help="credit affordability: debt service after the new credit, as a share of income (default 0.40)",
+        ),
+        p.add_argument(
+            "--credit-score-cutoff", type=float, default=None, help="credit products need at least this credit score"
+        ),
+    ]
+    # Each flag and where it lands, for `score --unfiltered`, which takes none of them.
+    p.set_defaults(filter_flags=[(action.option_strings[0], action.dest) for action in added])
 
 
 def build_parser() -> argparse.ArgumentParser:

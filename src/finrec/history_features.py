@@ -34,6 +34,7 @@ import pandas as pd
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text, positions_in
 from finrec.data.io import Dataset
+from finrec.data.validate import months
 from finrec.errors import ArtifactError, DataError
 
 HORIZON = 24  # history months looked at (adds and drops older than that are outside the window)
@@ -45,14 +46,6 @@ ENCODERS = ("events", "flat", "gru", "none")
 EVENTS_INPUT = "history_events"  # float32 [n, P, F]
 FLAT_INPUT = "history_flat"  # float32 [n, P * F]
 SEQUENCE_INPUT = "history_sequence"  # float32 [n, lags + 1, P]
-
-
-def months(values) -> np.ndarray:
-    """Calendar month numbers (year * 12 + month - 1) of dates; raises DataError on bad dates."""
-    dates = pd.to_datetime(pd.Series(values), errors="coerce")
-    if dates.isna().any():
-        raise DataError(f"{S.HOLDINGS_HISTORY}: {int(dates.isna().sum())} unparseable or missing {S.AS_OF} date(s)")
-    return (dates.dt.year.to_numpy() * 12 + dates.dt.month.to_numpy() - 1).astype("int64")
 
 
 def _buckets(since: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -380,7 +380,7 @@ def validate_tables(
         if history_order:
             V.check_history_order(history, interactions, where(S.HOLDINGS_HISTORY))
         # After the order rule: with dated adoptions, a late snapshot is named by its customer.
-        V.check_latest_snapshot(V.snapshot_month_rows(history[S.AS_OF]), where(S.HOLDINGS_HISTORY))
+        V.check_latest_snapshot(V.snapshot_month_rows(V.months(history[S.AS_OF])), where(S.HOLDINGS_HISTORY))
     ground_truth = links(S.GROUND_TRUTH, (S.PROBABILITY,))
     if ground_truth is not None:
         ground_truth = V.check_probabilities(ground_truth, where(S.GROUND_TRUTH))

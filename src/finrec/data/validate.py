@@ -380,9 +380,16 @@ def check_id_codes(values: pd.Series, known: pd.Index, column: str, where: str, 
 MIN_SNAPSHOT_ROWS = 20
 
 
-def snapshot_month_rows(dates: pd.Series) -> dict[int, int]:
-    """Rows per calendar month (year * 12 + month - 1) of a history's ``as_of`` dates."""
-    month = dates.dt.year.to_numpy(np.int64) * 12 + dates.dt.month.to_numpy(np.int64) - 1
+def months(values) -> np.ndarray:
+    """Calendar month numbers (year * 12 + month - 1) of dates; raises DataError on bad dates."""
+    dates = pd.to_datetime(pd.Series(values), errors="coerce")
+    if dates.isna().any():
+        raise DataError(f"{S.HOLDINGS_HISTORY}: {int(dates.isna().sum())} unparseable or missing {S.AS_OF} date(s)")
+    return (dates.dt.year.to_numpy() * 12 + dates.dt.month.to_numpy() - 1).astype("int64")
+
+
+def snapshot_month_rows(month: np.ndarray) -> dict[int, int]:
+    """Rows per calendar month of a history, from its rows' month numbers (``months``)."""
     values, counts = np.unique(month, return_counts=True)
     return {int(m): int(c) for m, c in zip(values, counts)}
 

@@ -213,10 +213,11 @@ class HistoryByChunk:
                 links, row = links[known], row[known]
                 # The latest snapshot of the customers scored: a stray later row of an unknown
                 # customer must not shift everyone's lags.
-                latest = int(months(links[S.AS_OF]).max())
+                month = months(links[S.AS_OF])
+                latest = int(month.max())
                 self.reference = latest if self.reference is None else max(self.reference, latest)
-                for month, count in snapshot_month_rows(links[S.AS_OF]).items():
-                    per_month[month] = per_month.get(month, 0) + count
+                for number, count in snapshot_month_rows(month).items():
+                    per_month[number] = per_month.get(number, 0) + count
                 local, names = pd.factorize(links[S.PRODUCT_ID].to_numpy())
                 product = np.array([codes.setdefault(name, len(codes)) for name in names], np.int32)[local]
                 compact = pd.DataFrame(

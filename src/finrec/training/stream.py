@@ -473,14 +473,15 @@ def partition(
                     gone = pc.is_in(as_arrow_text(links[S.CUSTOMER_ID]), value_set=objected_ids)
                     links = links[~gone.to_numpy(zero_copy_only=False)]
                 if name == S.HOLDINGS_HISTORY:
-                    for month, count in snapshot_month_rows(links[S.AS_OF]).items():
-                        history_per_month[month] = history_per_month.get(month, 0) + count
+                    month = months(links[S.AS_OF])
+                    for number, count in snapshot_month_rows(month).items():
+                        history_per_month[number] = history_per_month.get(number, 0) + count
                 is_val, bucket = route(links[S.CUSTOMER_ID].to_numpy())
                 writers.write(val_dir / f"{name}{BUCKET_SUFFIX}", links[is_val])
                 train = links[~is_val]
                 if name == S.HOLDINGS_HISTORY and len(train):
                     history_rows += len(train)
-                    seen = np.unique(months(train[S.AS_OF]))
+                    seen = np.unique(month[~is_val])
                     snapshot_months.update(int(m) for m in seen)
                     reference = int(seen[-1]) if reference is None else max(reference, int(seen[-1]))
                 writers.route(train, bucket[~is_val], lambda b, name=name: workdir / f"{name}_{b:05d}{BUCKET_SUFFIX}")
