@@ -38,6 +38,13 @@ def test_yaml_overrides(tmp_path):
         # Keras and numpy refused these only once training had begun, as an internal error.
         ({"training": {"seed": -1}}, "training.seed must be an integer from 0 to 4294967295, got -1"),
         ({"training": {"seed": 2**32}}, "training.seed must be an integer from 0 to 4294967295, got 4294967296"),
+        # A size far past any use ran out of memory inside the fit with the allocator's traceback.
+        ({"model": {"embedding_dim": 10**7}}, "model.embedding_dim must be at most 8192, got 10000000"),
+        ({"model": {"customer_widths": [64, 10**6]}}, "model.customer_widths must be at most 8192, got 1000000"),
+        ({"model": {"product_widths": [8] * 9}}, "model.product_widths may have at most 8 hidden layers, got 9"),
+        ({"model": {"cross_layers": 1000}}, "model.cross_layers must be an integer from 0 to 8, got 1000"),
+        ({"model": {"cross_layers": -1}}, "model.cross_layers must be an integer from 0 to 8, got -1"),
+        ({"model": {"numeric_embedding_dim": 10**5}}, "model.numeric_embedding_dim must be at most 8192"),
     ],
 )
 def test_invalid_configs_name_the_field(raw, fragment):

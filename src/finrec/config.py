@@ -29,6 +29,9 @@ MONITORS = ("ndcg", "loss")
 TREE_BLENDS = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 # Keras' set_random_seed and numpy's legacy generators take seeds below 2**32 only.
 MAX_SEED = 2**32 - 1
+# Bounds on the towers' shapes: far above any size that helps, far below one that exhausts memory.
+MAX_WIDTH = 8192
+MAX_LAYERS = 8
 DEFAULT_NUMERIC_BINS = 32  # the default model's PLE bins, which a feature pipeline fits unless told
 
 
@@ -79,10 +82,10 @@ class ModelConfig:
     tree_blend: str = "always"
 
     def validate(self) -> None:
-        _positive(self.embedding_dim, "model.embedding_dim")
+        _positive(self.embedding_dim, "model.embedding_dim", MAX_WIDTH)
         _choice(self.numeric_encoding, NUMERIC_ENCODINGS, "model.numeric_encoding")
         for name in ("numeric_bins", "numeric_embedding_dim", "periodic_frequencies", "ensemble_size"):
-            _positive(getattr(self, name), f"model.{name}")
+            _positive(getattr(self, name), f"model.{name}", MAX_WIDTH)
         if self.numeric_bins < 2 or self.numeric_bins > 256:
             raise ConfigError(f"model.numeric_bins must lie in [2, 256], got {self.numeric_bins}")
         if not isinstance(self.split_bins, int) or not 0 <= self.split_bins <= 64:
@@ -95,14 +98,19 @@ class ModelConfig:
             raise ConfigError("model.ensemble_size > 1 needs at least one hidden layer in each tower (the shared part)")
         for name in ("customer_widths", "product_widths"):
             widths = getattr(self, name)
+            if len(widths) > MAX_LAYERS:
+                raise ConfigError(f"model.{name} may have at most {MAX_LAYERS} hidden layers, got {len(widths)}")
             for width in widths:
-                _positive(width, f"model.{name}")
+                _positive(width, f"model.{name}", MAX_WIDTH)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}")
-        if self.cross_layers < 0:
-            raise ConfigError(f"model.cross_layers must be >= 0, got {self.cross_layers}")
-        _positive(self.max_categorical_embedding_dim, "model.max_categorical_embedding_dim")
-        _positive(self.product_id_embedding_dim, "model.product_id_embedding_dim")
+        cross = self.cross_layers
+        if isinstance(cross, bool) or not isinstance(cross, int) or not 0 <= cross <= MAX_LAYERS:
+            raise ConfigError(
+                f"model.cross_layers must be an integer from 0 to {MAX_LAYERS}, got {safe_text(cross, quote=True)}"
+            )
+        _positive(self.max_categorical_embedding_dim, "model.max_categorical_embedding_dim", MAX_WIDTH)
+        _positive(self.product_id_embedding_dim, "model.product_id_embedding_dim", MAX_WIDTH)
         _choice(self.history_encoder, HISTORY_ENCODERS, "model.history_encoder")
         _choice(self.tree_blend, TREE_BLENDS, "model.tree_blend")
         if not isinstance(self.history_lags, int) or not 1 <= self.history_lags <= 24:
@@ -243,9 +251,13 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-def _positive(value: Any, name: str) -> None:
+def _positive(value: Any, name: str, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {safe_text(value, quote=True)}")
+    if most is not None and value > most:
+        # Far above any useful size, and well before a fit that runs out of memory with an
+        # allocator's traceback (a tester's embedding_dim of 10**7).
+        raise ConfigError(f"{name} must be at most {most}, got {value}")
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
