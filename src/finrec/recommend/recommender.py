@@ -142,6 +142,7 @@ class Recommender:
         # no customer is known, for the messages that say so.
         self.missing_data: str | None = None
         self._history_reference: int | None = None  # see ``known_history``
+        self._history_rows: dict[str, np.ndarray] | None = None  # id -> its rows, on first need
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
         self._adoption_lock = threading.Lock()
@@ -539,12 +540,15 @@ class Recommender:
         history = None if self.dataset is None else self.dataset.holdings_history
         if getattr(self.pipeline, "history_", None) is None or history is None or len(history) == 0:
             return None, None
-        if self._history_reference is None:
+        if self._history_rows is None:
             from finrec.history_features import months
 
             self._history_reference = int(months(history[S.AS_OF]).max())
-        key = str(customer_id).strip()
-        return history[history[S.CUSTOMER_ID].astype(str) == key].reset_index(drop=True), self._history_reference
+            # Grouped once: a scan of the table per call (the dashboard's explain and what-if)
+            # cost seconds on a history of millions of rows.
+            self._history_rows = history.groupby(history[S.CUSTOMER_ID].astype(str), sort=False).indices
+        rows = self._history_rows.get(str(customer_id).strip(), np.empty(0, dtype=np.intp))
+        return history.iloc[rows].reset_index(drop=True), self._history_reference
 
     def _result(
         self, context: CustomerContext, customer_id: str | None, k: int, filters: F.Filters
