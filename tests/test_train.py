@@ -188,3 +188,30 @@ def test_distilled_fit_can_stop_on_the_validation_loss(small_dataset, fast_confi
     trained = fit(small_dataset, config, verbose=0)
     assert trained.history["distilled"] == [1.0]
     assert len(trained.history["val_loss"]) == 2 and all(np.isfinite(trained.history["val_loss"]))
+
+
+def test_a_training_set_with_one_product_ever_adopted_is_warned_of(small_dataset, monkeypatch, caplog):
+    """Trained without a word before (a tester): the model can only learn to put that product first."""
+    import dataclasses
+
+    from finrec.data import schema as S
+    from finrec.training import train as T
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):  # the check runs before the split; the fit itself is not needed
+        raise Stop
+
+    monkeypatch.setattr(T, "split_customer_ids", stop)
+    interactions = small_dataset.interactions
+    first = interactions[S.PRODUCT_ID].iloc[0]
+    for data, warned in [
+        (dataclasses.replace(small_dataset, interactions=interactions[interactions[S.PRODUCT_ID] == first]), True),
+        (small_dataset, False),
+    ]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="finrec.training.train"), pytest.raises(Stop):
+            fit(data, Config())
+        message = f"every adoption is of one product ('{first}') of the catalogue's {len(small_dataset.products)}"
+        assert (message in caplog.text) is warned

@@ -26,7 +26,7 @@ from finrec.data import schema as S
 from finrec.data.compliance import customer_profile
 from finrec.data.io import Dataset
 from finrec.data.split import split_customer_ids
-from finrec.errors import ConfigError, DataError
+from finrec.errors import ConfigError, DataError, safe_text
 from finrec.evaluate.metrics import summarize
 from finrec.features import FeaturePipeline
 from finrec.history_features import earlier_months
@@ -515,6 +515,15 @@ def fit(
     if len(with_positives) < 10:
         raise DataError(
             f"interactions: only {len(with_positives)} customer(s) have interactions; training needs at least 10"
+        )
+    adopted = dataset.interactions[S.PRODUCT_ID].unique()
+    if len(adopted) < 2 <= len(dataset.products):
+        # Not refused (the rest still rank by their attributes), but not a model to trust silently.
+        log.warning(
+            "interactions: every adoption is of one product (%s) of the catalogue's %d: the model learns"
+            " to put it first and orders the others by their attributes alone",
+            safe_text(adopted[0], quote=True),
+            len(dataset.products),
         )
     train_ids, val_ids = split_customer_ids(np.sort(with_positives.astype(str)), training.validation_fraction, rng)
     cid = dataset.schema.customers.id
