@@ -94,6 +94,10 @@ def _empty_links() -> pd.DataFrame:
 
 def find_table(directory: Path, name: str, required: bool = True) -> Path | None:
     """The ``name.parquet`` or ``name.csv`` file in ``directory``."""
+    directory = Path(directory)
+    if required and not directory.is_dir():
+        # Listing what it holds raised a bare FileNotFoundError (build_problem's data_dir).
+        raise DataError(f"{directory}: no such data directory")
     found = [directory / f"{name}{suffix}" for suffix in S.TABLE_SUFFIXES if (directory / f"{name}{suffix}").exists()]
     if len(found) > 1:
         raise DataError(f"{directory}: both {found[0].name} and {found[1].name} exist; keep one")
