@@ -210,6 +210,7 @@ def build_problem(
             held=held_by_row.slice(offset, stop),
             history=history,
             history_reference=None if by_chunk is None else by_chunk.reference,
+            validated=True,  # iter_customer_chunks validated the chunk
         )
         masks = recommender.masks(context, filters)
         rules = tuple(masks)
