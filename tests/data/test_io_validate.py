@@ -425,3 +425,15 @@ def test_display_hints_load_and_stay_out_of_the_model_contract(tmp_path, small_t
 )
 def test_display_hints_are_checked(tmp_path, display, fragments):
     expect(tmp_path, tables(), *fragments, schema={**SCHEMA, "display": display}, error=SchemaError)
+
+
+def test_tables_given_from_python_are_checked_by_name_and_kind():
+    schema = S.DatasetSchema.from_dict(SCHEMA)
+    t = tables()
+    # 'holding' was dropped silently: every customer held nothing and got their products offered.
+    with pytest.raises(DataError, match="tables: unknown key 'holding' \\(did you mean 'holdings'\\?\\)"):
+        validate_tables(schema, {**t, "holding": t.pop("holdings")})
+    with pytest.raises(DataError, match="tables: missing table 'products'"):
+        validate_tables(schema, {"customers": t["customers"]})  # was a bare KeyError
+    with pytest.raises(DataError, match="customers.*expected a pandas DataFrame, got dict"):
+        validate_tables(schema, {**t, "customers": t["customers"].to_dict("list")})  # an AttributeError
