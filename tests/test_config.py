@@ -1,6 +1,6 @@
 import pytest
 
-from finrec.config import Config
+from finrec.config import Config, ModelConfig, TrainConfig
 from finrec.errors import ConfigError
 
 
@@ -67,3 +67,45 @@ def test_yaml_exponent_numbers_are_numbers(tmp_path):
     path.write_text("training: {learning_rate: 1e-3x}\n")
     with pytest.raises(ConfigError, match="training.learning_rate: expected a number"):
         Config.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (lambda: ModelConfig(dropout="0.1"), "model.dropout: expected a number, got '0.1'"),  # was a bare TypeError
+        (lambda: ModelConfig(customer_widths=64), "model.customer_widths: expected a list, got 64"),
+        (lambda: TrainConfig(learning_rate=None), "training.learning_rate: expected a number, got None"),
+        # These passed and meant something else: 'no' is a true string, 1.5 cross layers.
+        (lambda: ModelConfig(use_holdings="no"), "model.use_holdings: expected true or false, got 'no'"),
+        (lambda: ModelConfig(cross_layers=1.5), "model.cross_layers: expected an integer, got 1.5"),
+        (lambda: Config(model={"embedding_dim": 8}), "Config.model must be a ModelConfig.*Config.from_dict"),
+        (lambda: Config().with_overrides(epoch=3), "unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"),
+    ],
+)
+def test_a_config_built_in_python_is_typed_as_a_files_is(build, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        build()
+
+
+def test_numpy_numbers_and_arrays_in_a_config_are_the_plain_values():
+    # A notebook's np.int64(16) was "must be a positive integer, got 16".
+    import numpy as np
+
+    got = Config(
+        model=ModelConfig(embedding_dim=np.int64(16), customer_widths=np.array([64, 32]), use_holdings=np.bool_(True)),
+        training=TrainConfig(epochs=np.int64(3), learning_rate=np.float32(0.5)),
+    ).validate()
+    plain = Config(
+        model=ModelConfig(embedding_dim=16, customer_widths=(64, 32)), training=TrainConfig(epochs=3, learning_rate=0.5)
+    )
+    assert got == plain and Config.from_dict(got.to_dict()) == plain
+
+
+def test_fit_names_a_config_or_dataset_of_the_wrong_kind(small_dataset):
+    from finrec.errors import DataError
+    from finrec.training.train import fit
+
+    with pytest.raises(ConfigError, match="config must be a finrec.config.Config.*got dict"):
+        fit(small_dataset, {"training": {"epochs": 1}})  # was AttributeError: 'dict' ... 'validate'
+    with pytest.raises(DataError, match="dataset must be a finrec Dataset.*got dict"):
+        fit({"customers": None}, None)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from finrec.errors import ConfigError, reject_unknown, safe_text
 from finrec.safeyaml import load_yaml
 
@@ -80,6 +82,9 @@ class ModelConfig:
     # (batch scoring about 6x slower). ``auto``: only where the data has a holdings_history the
     # model reads; ``never``: the towers alone, at full batch speed.
     tree_blend: str = "always"
+
+    def __post_init__(self) -> None:
+        _type_fields(self, "model")
 
     def validate(self) -> None:
         _positive(self.embedding_dim, "model.embedding_dim", MAX_WIDTH)
@@ -166,6 +171,9 @@ class TrainConfig:
     # +0.025 to +0.033 nDCG@5 out of time and +0.017 to +0.043 by customer over 0.
     history_months: int = 6
 
+    def __post_init__(self) -> None:
+        _type_fields(self, "training")
+
     def validate(self) -> None:
         _choice(self.loss, LOSSES, "training.loss")
         _choice(self.monitor, MONITORS, "training.monitor")
@@ -208,6 +216,14 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        for name, kind in (("model", ModelConfig), ("training", TrainConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(
+                    f"Config.{name} must be a {kind.__name__} (a mapping of settings goes through "
+                    f"Config.from_dict), got {type(getattr(self, name)).__name__}"
+                )
+
     def validate(self) -> Config:
         self.model.validate()
         self.training.validate()
@@ -216,6 +232,7 @@ class Config:
     def with_overrides(self, **training: Any) -> Config:
         """A copy with some training fields replaced (the CLI's --epochs, --seed)."""
         changes = {k: v for k, v in training.items() if v is not None}
+        reject_unknown(changes, {f.name for f in fields(TrainConfig)}, "training overrides", ConfigError)
         if not changes:
             return self
         return dataclasses.replace(self, training=dataclasses.replace(self.training, **changes)).validate()
@@ -245,6 +262,31 @@ class Config:
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         return cls.from_dict(raw, source=str(path))
+
+
+def checked(config: Any) -> Config:
+    """The validated config a training entry point was given (None: the defaults)."""
+    if config is None:
+        return Config().validate()
+    if not isinstance(config, Config):
+        raise ConfigError(
+            f"config must be a finrec.config.Config (Config.from_dict / Config.from_yaml read one), "
+            f"got {type(config).__name__}"
+        )
+    return config.validate()
+
+
+def _type_fields(section: Any, where: str) -> None:
+    """Each field of a config section as its annotation says (``_coerce``, as a file's values
+    are read): built in Python with a wrong type, a field failed later as a bare TypeError
+    (``dropout="0.1"``), or passed and meant something else (``use_holdings="no"`` is true,
+    ``cross_layers=1.5``); numpy numbers and arrays become Python's."""
+    hints = typing.get_type_hints(type(section))
+    for f in fields(section):
+        value = getattr(section, f.name)
+        typed = _coerce(value, hints[f.name], f"{where}.{f.name}")
+        if typed is not value:
+            object.__setattr__(section, f.name, typed)
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
@@ -283,6 +325,10 @@ def _section(kind: type, raw: Any, where: str):
 
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()  # a numpy number or bool (a notebook's np.int64(64)) as Python's
+    elif isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

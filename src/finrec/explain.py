@@ -205,7 +205,13 @@ class CustomerExplainer:
                 **{S.CUSTOMER_ID: np.repeat(ids, len(history))}
             )
         context = self.recommender.context(
-            customers, held=held, history=history, history_reference=reference, adoption=False
+            # Decoded from the model's own encoding: the model's columns alone, as it reads them.
+            customers,
+            held=held,
+            history=history,
+            history_reference=reference,
+            adoption=False,
+            validated=True,
         )
         return self.recommender.embed(context)
 

@@ -12,6 +12,7 @@ from finrec.data.io import (
     fingerprint,
     load_dataset,
     read_csv_bytes,
+    validate_tables,
     write_dataset,
     write_dataset_blocks,
     write_table,
@@ -83,6 +84,14 @@ def test_missing_table(tmp_path):
     t = tables()
     del t["interactions"]
     expect(tmp_path, t, "missing table 'interactions'")
+
+
+def test_a_table_of_a_directory_that_is_not_there_is_named(tmp_path):
+    from finrec.data.io import find_table
+
+    with pytest.raises(DataError, match="nowhere: no such data directory"):
+        find_table(tmp_path / "nowhere", "customers")  # was a bare FileNotFoundError from its listing
+    assert find_table(tmp_path / "nowhere", "holdings", required=False) is None
 
 
 def test_missing_schema_column(tmp_path):
@@ -339,6 +348,36 @@ def test_prepare_entities_leaves_the_callers_frame_alone(small_tables):
     pd.testing.assert_frame_equal(raw, before)
 
 
+@pytest.mark.parametrize(
+    "column, kind",
+    [
+        (pd.Series(pd.to_datetime(["1990-01-01", None, "1970-06-30"])), "dates"),
+        (pd.Series(pd.to_datetime(["1990-01-01", None, "1970-06-30"])).dt.tz_localize("UTC"), "dates"),
+        (pd.Series(pd.to_datetime(["1990-01-01", None, "1970-06-30"])).astype("timestamp[us][pyarrow]"), "dates"),
+        (pd.Series(pd.to_datetime(["1990-01-01", None, "1970-06-30"])).astype("date32[pyarrow]"), "dates"),
+        (pd.Series(pd.period_range("2020-01", periods=3, freq="M")), "dates"),
+        (pd.Series(pd.to_timedelta(["1D", None, "2D"])), "durations"),
+        (pd.Series([1 + 2j, 3, 4]), "complex numbers"),
+    ],
+)
+def test_a_numeric_column_of_dates_or_durations_is_refused_not_read_as_their_nanoseconds(column, kind):
+    """A notebook's frame with a datetime in a numeric column (a birth date for ``age``, a
+    Timedelta tenure) was read as (micro)seconds since 1970, a missing date as -9.2e18, an Arrow
+    timestamp as all missing: scored silently on a number of nothing."""
+    t = tables()
+    t["customers"] = t["customers"].assign(income=column)
+    with pytest.raises(DataError, match=f"customers.*column 'income' must be numeric; it holds {kind}"):
+        validate_tables(S.DatasetSchema.from_dict(SCHEMA), t)
+
+
+def test_nullable_and_arrow_numbers_read_as_the_plain_ones():
+    t = tables()
+    plain = validate_tables(S.DatasetSchema.from_dict(SCHEMA), t).customers
+    t["customers"] = t["customers"].astype({"age": "Float64", "income": "int64[pyarrow]", "risk": "Int64"})
+    other = validate_tables(S.DatasetSchema.from_dict(SCHEMA), t).customers
+    pd.testing.assert_frame_equal(plain, other)
+
+
 # ------------------------------------------------------------------------------------ display hints
 DISPLAY = {
     "profile": ["income", "age"],
@@ -386,3 +425,15 @@ def test_display_hints_load_and_stay_out_of_the_model_contract(tmp_path, small_t
 )
 def test_display_hints_are_checked(tmp_path, display, fragments):
     expect(tmp_path, tables(), *fragments, schema={**SCHEMA, "display": display}, error=SchemaError)
+
+
+def test_tables_given_from_python_are_checked_by_name_and_kind():
+    schema = S.DatasetSchema.from_dict(SCHEMA)
+    t = tables()
+    # 'holding' was dropped silently: every customer held nothing and got their products offered.
+    with pytest.raises(DataError, match="tables: unknown key 'holding' \\(did you mean 'holdings'\\?\\)"):
+        validate_tables(schema, {**t, "holding": t.pop("holdings")})
+    with pytest.raises(DataError, match="tables: missing table 'products'"):
+        validate_tables(schema, {"customers": t["customers"]})  # was a bare KeyError
+    with pytest.raises(DataError, match="customers.*expected a pandas DataFrame, got dict"):
+        validate_tables(schema, {**t, "customers": t["customers"].to_dict("list")})  # an AttributeError

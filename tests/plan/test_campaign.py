@@ -351,6 +351,40 @@ def test_a_capacity_of_zero_is_a_closed_product_not_a_priced_one(problem):
     assert f"  {closed} " not in text.split("binding capacities")[-1]
 
 
+def test_capacities_from_python_are_matched_by_product_id(problem):
+    """A notebook gives capacities as a dict, a Series or a frame by product id: a dict and a frame
+    were bare TypeError/ValueError, and a Series by product id was read in its own order, landing
+    each capacity on another product (a silently different plan)."""
+    ids = problem.product_ids
+    capacity = np.full(len(ids), np.inf)
+    capacity[ids.index(ids[3])], capacity[ids.index(ids[7])] = 2, 0
+    expected = plan_campaign(problem, capacity, solver="exact")
+    shuffled = pd.Series(capacity, index=ids).iloc[::-1]
+    for given in (
+        {ids[3]: 2, ids[7]: 0},
+        pd.Series({ids[7]: 0, ids[3]: 2}),
+        shuffled,
+        pd.DataFrame({"product_id": [ids[7], ids[3]], "capacity": [0, 2]}, index=[10, 5]),
+        list(capacity),
+    ):
+        got = plan_campaign(problem, given, solver="exact")
+        np.testing.assert_array_equal(got.capacity, capacity)
+        assert got.plan.value == pytest.approx(expected.plan.value)
+    with pytest.raises(DataError, match=r"capacity: unknown product_id\(s\) 'NOPE'"):
+        plan_campaign(problem, {"NOPE": 1})
+    with pytest.raises(DataError, match="whole numbers >= 0; row 1 has -1"):
+        plan_campaign(problem, {ids[0]: -1})
+
+
+def test_plan_inputs_of_the_wrong_form_are_named(recommender, small_data_dir, tmp_path):
+    with pytest.raises(FinrecError, match="min probability must be a number in \\[0, 1\\), got '0.1'"):
+        build_problem(recommender, small_data_dir, min_probability="0.1")  # was a bare TypeError
+    with pytest.raises(FinrecError, match=r"values must have one entry per product \(\d+\), got shape \(2,\)"):
+        build_problem(recommender, small_data_dir, values=[1, 2])  # was a broadcast error at solve time
+    with pytest.raises(DataError, match="nowhere: no such data directory"):
+        build_problem(recommender, tmp_path / "nowhere")  # was a bare FileNotFoundError
+
+
 def test_an_empty_plan_says_why(recommender, small_data_dir, tmp_path):
     from finrec.plan.campaign import format_summary, summary
 

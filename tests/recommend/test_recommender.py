@@ -277,3 +277,67 @@ def test_known_history_is_each_customers_rows_of_the_table(history_rec, small_da
         pd.testing.assert_frame_equal(rows, expected)
         assert reference == latest.year * 12 + latest.month - 1
     assert len(history_rec.known_history("nobody")[0]) == 0
+
+
+# ------------------------------------------------------------------------------------ from a notebook
+def test_a_notebooks_customers_frame_is_checked_as_a_customers_table(rec, small_dataset):
+    """``Recommender.context`` takes a user's own frame (README: ``rec.context(customers,
+    holdings)``). It was not validated: without the consent column the customers who objected
+    to profiling were ranked, and ``"52,000"`` in a numeric column was imputed as missing."""
+    customers = small_dataset.customers.head(300)
+    objected = (customers["marketing_consent"] == 0).to_numpy()
+    assert objected.any()
+    with pytest.raises(DataError, match="'marketing_consent'"):
+        rec.context(customers.drop(columns="marketing_consent"), small_dataset.holdings)
+    written = customers.assign(income=customers["income"].map(lambda v: f"{v:,.0f}"))
+    with pytest.raises(DataError, match="column 'income' must be numeric.*thousands separators"):
+        rec.context(written, small_dataset.holdings)
+    with pytest.raises(DataError, match="column 'age' must be numeric; it holds dates"):
+        rec.context(customers.assign(age=pd.Timestamp("1980-01-01")), small_dataset.holdings)
+    # The same customers as a notebook types them score as the validated table does.
+    base = rec.scores(rec.context(customers, small_dataset.holdings))
+    typed = customers.astype(
+        {
+            "region": "category",
+            "channel": "string[pyarrow]",
+            "customer_id": "string[pyarrow]",
+            "risk_tolerance": "Int64",
+        }
+    )
+    typed.index = typed.index[::-1]  # an index of another order: rows are taken by position
+    np.testing.assert_array_equal(rec.scores(rec.context(typed, small_dataset.holdings)), base)
+    assert rec.context(customers.iloc[:0], small_dataset.holdings).held.shape == (0, rec.pipeline.n_products)
+
+
+def test_holdings_and_held_of_the_wrong_form_are_named(rec, small_dataset):
+    customers = small_dataset.customers.head(3)
+    with pytest.raises(DataError, match="holdings: missing column.*'customer_id'"):
+        rec.context(customers, pd.DataFrame({"cust": ["C1"], "product": ["P"]}))  # was a bare KeyError
+    with pytest.raises(DataError, match=r"held must have one row per customer.*got shape \(2, 3\)"):
+        rec.context(customers, held=np.zeros((2, 3), bool))  # was an IndexError deep in the trees
+    ones = rec.context(customers, held=np.ones((3, rec.pipeline.n_products), int))  # was a UFuncTypeError in rank
+    assert ones.held.dtype == bool and ones.held.all()
+    assert rec.rank(ones, 3).index.shape == (3, 0)
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.0, True, None, "3"])
+def test_rank_refuses_a_k_that_is_no_positive_integer(rec, small_dataset, k):
+    context = rec.context(small_dataset.customers.head(5), small_dataset.holdings)
+    with pytest.raises(FinrecError, match="k must be a positive integer"):
+        rec.rank(context, k)  # -1 was "negative dimensions", 2.0 and None bare TypeErrors
+
+
+def test_a_customer_that_is_neither_an_id_nor_features_is_named(rec, small_dataset):
+    row = small_dataset.customers.iloc[5]
+    with pytest.raises(DataError, match=r"got Series \(a row: pass row.to_dict\(\) or its id\)") as caught:
+        rec.recommend(row)  # was "unknown customer_id" with the printed row (customer data) in the message
+    assert len(str(caught.value)) < 200
+    for customer in (None, [row["customer_id"]], 1.5):
+        with pytest.raises(DataError, match="a customer is a customer_id"):
+            rec.recommend(customer)
+    with pytest.raises(DataError, match="changes must be a mapping"):
+        rec.what_if(row["customer_id"], None)  # was a bare TypeError
+    holdings = ["CUR_BASIC", "SAV_BASIC"]
+    as_list = rec.recommend({"age": 40, "holdings": holdings}, k=5)
+    for same in (np.array(holdings), pd.Series(holdings)):  # a Series was "truth value ... ambiguous"
+        assert rec.recommend({"age": 40, "holdings": same}, k=5).items == as_list.items

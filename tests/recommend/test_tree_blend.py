@@ -330,7 +330,7 @@ def test_explanations_score_the_blend(bank, blended):
     got = explainer.score_function(product)(X)
     decoded = explainer.decode(X)
     nothing = np.zeros((len(X), rec.pipeline.n_products), dtype=bool)
-    context = rec.context(decoded, held=nothing)
+    context = rec.context(decoded, held=nothing, validated=True)  # the model's columns alone, as explain passes them
     np.testing.assert_allclose(got, rec.scores(context)[:, 3], atol=1e-5)
     towers_only = rec.tower(context.inputs) @ blended.product_embeddings_[3]
     assert np.abs(got - towers_only).max() > 1e-3

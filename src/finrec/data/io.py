@@ -28,7 +28,7 @@ from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.categories import as_category_text
 from finrec.data.ids import ids_as_text
-from finrec.errors import DataError, SchemaError, first_line, safe_items, safe_text
+from finrec.errors import DataError, SchemaError, first_line, reject_unknown, safe_items, safe_text
 from finrec.safeyaml import load_yaml
 
 # Refuse files larger than this before reading them: a bank's customer table is big, but a
@@ -94,6 +94,10 @@ def _empty_links() -> pd.DataFrame:
 
 def find_table(directory: Path, name: str, required: bool = True) -> Path | None:
     """The ``name.parquet`` or ``name.csv`` file in ``directory``."""
+    directory = Path(directory)
+    if required and not directory.is_dir():
+        # Listing what it holds raised a bare FileNotFoundError (build_problem's data_dir).
+        raise DataError(f"{directory}: no such data directory")
     found = [directory / f"{name}{suffix}" for suffix in S.TABLE_SUFFIXES if (directory / f"{name}{suffix}").exists()]
     if len(found) > 1:
         raise DataError(f"{directory}: both {found[0].name} and {found[1].name} exist; keep one")
@@ -346,6 +350,16 @@ def validate_tables(
 
     def where(name: str) -> str:
         return f"{name} ({source / name if source else name})"
+
+    # From Python the tables are a dict of frames: a misspelt name ('holding') was left out
+    # silently (every customer then held nothing), a missing one or a dict a bare KeyError.
+    reject_unknown(tables, S.TABLES, "tables", DataError)
+    for name in (S.CUSTOMERS, S.PRODUCTS):
+        if name not in tables:
+            raise DataError(f"tables: missing table '{name}' (the tables given: {safe_items(tables, 10)})")
+    for name, table in tables.items():
+        if not isinstance(table, pd.DataFrame):
+            raise DataError(f"{where(name)}: expected a pandas DataFrame, got {type(table).__name__}")
 
     customers = prepare_entities(tables[S.CUSTOMERS], schema.customers, where(S.CUSTOMERS))
     products = prepare_entities(tables[S.PRODUCTS], schema.products, where(S.PRODUCTS))

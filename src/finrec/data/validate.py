@@ -101,6 +101,14 @@ def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.D
     out = df.copy(deep=False)  # copy-on-write (pandas 3): replacing columns leaves ``df`` as it was
     for column in columns:
         raw = out[column]
+        kind = _not_a_number_kind(raw)
+        if kind:
+            # pandas turns dates and durations into counts of (micro/nano)seconds and a missing
+            # one into -9.2e18, and an Arrow timestamp into all-missing: a number of nothing.
+            raise DataError(
+                f"{where}: column {_name(column)} must be numeric; it holds {kind} ({raw.dtype}); "
+                "convert it to a number first (e.g. years or days as a float)"
+            )
         if pd.api.types.is_bool_dtype(raw):
             raw = raw.astype(float)
         if pd.api.types.is_numeric_dtype(raw):
@@ -126,6 +134,23 @@ def coerce_numeric(df: pd.DataFrame, columns: Iterable[str], where: str) -> pd.D
             )
         out[column] = values
     return out
+
+
+def _not_a_number_kind(values: pd.Series) -> str | None:
+    """What a column of a dtype pandas would read as numbers, wrongly, holds (dates, durations,
+    periods, complex numbers); None for a column whose values are numbers, booleans or text."""
+    dtype = values.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype) or isinstance(dtype, pd.PeriodDtype):
+        return "dates"
+    if pd.api.types.is_timedelta64_dtype(dtype):
+        return "durations"
+    if pd.api.types.is_complex_dtype(dtype):
+        return "complex numbers"
+    if isinstance(dtype, pd.ArrowDtype):
+        arrow = dtype.pyarrow_dtype
+        if pa.types.is_temporal(arrow):
+            return "durations" if pa.types.is_duration(arrow) else "dates"
+    return None
 
 
 def check_risk_scale(df: pd.DataFrame, column: str, where: str) -> None:

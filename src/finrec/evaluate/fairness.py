@@ -108,7 +108,9 @@ def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
     # Ranked as ``finrec evaluate`` ranks (held products excluded, no other filter), through the
     # recommender's ranking core, so the exposure measured is the exposure served.
     recommender = Recommender(trained)
-    context = recommender.context(customers, dataset.holdings, history=dataset.holdings_history, adoption=False)
+    context = recommender.context(
+        customers, dataset.holdings, history=dataset.holdings_history, adoption=False, validated=True
+    )
     ranking = recommender.rank(context, k, F.UNFILTERED)
     top, valid = ranking.index, np.isfinite(ranking.scores)
     scores = recommender.scores(context)

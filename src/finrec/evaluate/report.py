@@ -10,6 +10,7 @@ import numpy as np
 
 from finrec.data.ids import as_arrow_text
 from finrec.data.io import Dataset
+from finrec.errors import FinrecError, safe_text
 from finrec.evaluate import baselines
 from finrec.evaluate.metrics import metric_keys, summarize
 from finrec.features import link_matrix
@@ -40,6 +41,9 @@ def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, 
     """Metrics of the model and of the random, popularity and (with ground truth) oracle
     baselines: ``{"model": {...}, "popularity": {...}, ...}``; ``"model:cold"``: the model on
     the customers who hold nothing (new customers), when there are any."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        # The metrics' own check raised a bare ValueError after the model had scored everyone.
+        raise FinrecError(f"k must be a positive integer, got {safe_text(k, quote=True)}")
     pipeline = trained.pipeline
     ids, relevant, excluded = ranking_task(pipeline, dataset)
     cid = dataset.schema.customers.id

@@ -202,7 +202,9 @@ def model_outputs(
         customers = customers.iloc[rows].reset_index(drop=True)
     if len(customers) == 0:
         return np.zeros(0), pd.Series([], dtype=object)
-    ranking = recommender.rank(recommender.context(customers, holdings, history=history, adoption=False), k)
+    ranking = recommender.rank(
+        recommender.context(customers, holdings, history=history, adoption=False, validated=True), k
+    )
     shown = ranking.index >= 0
     product_ids = np.asarray(recommender.pipeline.product_ids_, dtype=object)
     return ranking.scores[shown].astype("float64"), pd.Series(product_ids[ranking.index[shown]])

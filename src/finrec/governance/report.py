@@ -670,7 +670,10 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
     pick = np.sort(rng.choice(len(customers), size=min(n_customers, len(customers)), replace=False))
     sample = customers.iloc[pick].reset_index(drop=True)
     ranking = ctx.recommender.rank(
-        ctx.recommender.context(sample, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False), 1
+        ctx.recommender.context(
+            sample, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False, validated=True
+        ),
+        1,
     )
     explained = [i for i in range(len(sample)) if ranking.index[i, 0] >= 0]
     if not explained:
@@ -725,7 +728,7 @@ def suitability_section(ctx: Context) -> Section:
     if len(customers) > MAX_EVAL_CUSTOMERS:
         customers = customers.sample(MAX_EVAL_CUSTOMERS, random_state=ctx.seed).reset_index(drop=True)
     context = ctx.recommender.context(
-        customers, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False
+        customers, ctx.dataset.holdings, history=ctx.dataset.holdings_history, adoption=False, validated=True
     )
     ranking = ctx.recommender.rank(context, ctx.k)  # the default filters, as served
     rows = []

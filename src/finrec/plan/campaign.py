@@ -17,6 +17,7 @@ and sets both beside the greedy plan a ranked list would give.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pyarrow as pa
 
 from finrec.data import schema as S
 from finrec.data.compliance import debt_service_ratio_after
+from finrec.data.ids import ids_as_text
 from finrec.data.io import find_table, iter_customer_chunks, read_customer_ids, read_table, write_table
 from finrec.errors import DataError, FinrecError, safe_items, safe_text
 from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
@@ -113,21 +115,32 @@ def read_capacities(path: str | Path, product_ids: list[str]) -> np.ndarray:
     """float64 [P] from a CSV or Parquet table ``product_id, capacity`` (the most offers of that
     product); products not listed are unlimited (inf)."""
     path = Path(path)
-    table = read_table(path, (S.PRODUCT_ID,))
+    return capacity_table(read_table(path, (S.PRODUCT_ID,)), product_ids, str(path), first_row=2, unlimited=False)
+
+
+def capacity_table(
+    table: pd.DataFrame, product_ids: list[str], where: str, first_row: int = 1, unlimited: bool = True
+) -> np.ndarray:
+    """float64 [P] from a frame of columns ``product_id, capacity`` (``read_capacities``;
+    ``first_row``: the number a message gives the frame's first row, 2 in a file under its header;
+    ``unlimited``: infinity is taken as no limit, as in an array, not in a file)."""
     missing = [c for c in (S.PRODUCT_ID, CAPACITY) if c not in table.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected columns product_id, capacity")
-    ids = table[S.PRODUCT_ID].astype(str)
+        raise DataError(f"{where}: missing column(s) {', '.join(missing)}; expected columns product_id, capacity")
+    ids = ids_as_text(table[S.PRODUCT_ID].reset_index(drop=True))
     dupes = ids[ids.duplicated()].unique()
     if len(dupes):
-        raise DataError(f"{path}: product_id listed twice: {safe_items(dupes)}")
+        raise DataError(f"{where}: product_id listed twice: {safe_items(dupes)}")
     position = {pid: j for j, pid in enumerate(product_ids)}
     unknown = [pid for pid in ids if pid not in position]
     if unknown:
-        raise DataError(f"{path}: unknown product_id(s) {safe_items(unknown)} (not in the model's catalogue)")
-    raw = table[CAPACITY]
+        raise DataError(f"{where}: unknown product_id(s) {safe_items(unknown)} (not in the model's catalogue)")
+    raw = table[CAPACITY].reset_index(drop=True)
     numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
-    bad = ~np.isfinite(numbers) | (numbers < 0) | (numbers != np.round(numbers))
+    finite = np.isfinite(numbers)
+    bad = np.isnan(numbers) | (numbers < 0) | (finite & (numbers != np.round(numbers)))
+    if not unlimited:
+        bad |= ~finite
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         # The cell as written (numpy's repr showed np.int64(-5)); an empty one is named as such.
@@ -135,10 +148,38 @@ def read_capacities(path: str | Path, product_ids: list[str]) -> np.ndarray:
         shown = (
             "an empty cell" if pd.isna(cell) else safe_text(cell.item() if hasattr(cell, "item") else cell, quote=True)
         )
-        raise DataError(f"{path}: column 'capacity' must hold whole numbers >= 0; row {row + 2} has {shown}")
+        raise DataError(f"{where}: column 'capacity' must hold whole numbers >= 0; row {row + first_row} has {shown}")
     capacity = np.full(len(product_ids), np.inf)
     capacity[[position[pid] for pid in ids]] = numbers
     return capacity
+
+
+def capacity_vector(capacity, product_ids: list[str]) -> np.ndarray:
+    """float64 [P] in the catalogue's order from what a caller gives ``plan_campaign``: None
+    (unlimited), a mapping or a pandas Series product_id -> capacity or a frame ``product_id,
+    capacity`` (by id: products not named are unlimited), or one number per product in the
+    catalogue's order (``problem.product_ids``). A Series was read in its own order, so a
+    Series by product id landed its capacities on other products."""
+    if capacity is None:
+        return np.full(len(product_ids), np.inf)
+    if isinstance(capacity, pd.DataFrame):
+        return capacity_table(capacity, product_ids, "capacity")
+    if isinstance(capacity, pd.Series):
+        capacity = dict(zip(capacity.index, capacity.to_numpy()))
+    if isinstance(capacity, Mapping):
+        keys = list(capacity)
+        return capacity_table(
+            pd.DataFrame({S.PRODUCT_ID: pd.Series(keys, dtype=object), CAPACITY: [capacity[k] for k in keys]}),
+            product_ids,
+            "capacity",
+        )
+    try:
+        return np.asarray(capacity, dtype="float64")  # by position; solve.check_problem checks the rest
+    except (TypeError, ValueError):
+        raise FinrecError(
+            "capacity must be None, a mapping or Series of product_id -> capacity, a frame of product_id, "
+            f"capacity or one number per product, got {type(capacity).__name__}"
+        ) from None
 
 
 def build_problem(
@@ -160,8 +201,12 @@ def build_problem(
         raise FinrecError(
             "this model has no calibration (calibration.json), so no probabilities to plan with; retrain it"
         )
-    if not 0.0 <= min_probability < 1.0:
-        raise FinrecError(f"min probability must be in [0, 1), got {min_probability}")
+    if (
+        isinstance(min_probability, bool)
+        or not isinstance(min_probability, (int, float, np.integer, np.floating))
+        or not 0.0 <= min_probability < 1.0
+    ):
+        raise FinrecError(f"min probability must be a number in [0, 1), got {safe_text(min_probability, quote=True)}")
     filters = F.Filters.build(filters)
     data_dir = Path(data_dir)
     recommender = recommender.for_data(data_dir)
@@ -175,6 +220,8 @@ def build_problem(
         data_schema = read_schema(data_dir)
         products = read_table(find_table(data_dir, S.PRODUCTS), (data_schema.products.id,))
         values = product_values(products, data_schema, product_ids)
+    else:
+        values = _given_values(values, product_ids)
     ids = read_customer_ids(customers_path, schema.customers.id)
     held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings_path)
     n, P = len(ids), len(product_ids)
@@ -210,6 +257,7 @@ def build_problem(
             held=held_by_row.slice(offset, stop),
             history=history,
             history_reference=None if by_chunk is None else by_chunk.reference,
+            validated=True,  # iter_customer_chunks validated the chunk
         )
         masks = recommender.masks(context, filters)
         rules = tuple(masks)
@@ -255,6 +303,38 @@ def build_problem(
     )
 
 
+def _given_values(values, product_ids: list[str]) -> np.ndarray:
+    """``build_problem``'s ``values``: one finite number >= 0 per product of the catalogue, in its
+    order, or a mapping / Series product_id -> value (products not named are worth 1)."""
+    if isinstance(values, pd.Series):
+        values = dict(zip(values.index, values.to_numpy()))
+    if isinstance(values, Mapping):
+        known = {pid: j for j, pid in enumerate(product_ids)}
+        unknown = [str(p) for p in values if str(p).strip() not in known]
+        if unknown:
+            raise DataError(f"values: unknown product_id(s) {safe_items(unknown)} (not in the model's catalogue)")
+        out = np.ones(len(product_ids))
+        for pid, value in values.items():
+            out[known[str(pid).strip()]] = _number(value)
+        values = out
+    try:
+        array = np.asarray(values, dtype="float64")
+    except (TypeError, ValueError):
+        raise FinrecError(f"values must be one number per product, got {type(values).__name__}") from None
+    if array.shape != (len(product_ids),):
+        raise FinrecError(f"values must have one entry per product ({len(product_ids)}), got shape {array.shape}")
+    if not (np.isfinite(array) & (array >= 0)).all():
+        raise FinrecError("values must be finite numbers >= 0")
+    return array
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise FinrecError(f"values must be numbers, got {safe_text(value, quote=True)}") from None
+
+
 def exposure_limit(problem: CampaignProblem, ratio: float) -> ExposureLimit:
     """The limit over the problem's protected groups and the catalogue's categories (the product
     id where there is no category column), as ``evaluate --fairness`` measures exposure."""
@@ -267,13 +347,13 @@ def exposure_limit(problem: CampaignProblem, ratio: float) -> ExposureLimit:
 
 def plan_campaign(
     problem: CampaignProblem,
-    capacity: np.ndarray | None = None,
+    capacity: np.ndarray | Mapping | pd.Series | pd.DataFrame | None = None,
     contacts: int = 1,
     solver: str = "auto",
     max_exposure_ratio: float | None = None,
 ) -> CampaignResult:
     """Solve the campaign problem: ``solver`` is ``exact`` (min-cost flow), ``dual`` or ``auto``
-    (exact up to ``EXACT_MAX_PAIRS`` allowed pairs). The shadow prices always come from the
+    (exact up to ``EXACT_MAX_PAIRS`` allowed pairs); ``capacity``: see ``capacity_vector``. The shadow prices always come from the
     dual method; with the exact solver its bound is also kept when it is the tighter one.
 
     ``max_exposure_ratio`` R: no protected group (``problem.groups``) gets a product category at
@@ -282,7 +362,7 @@ def plan_campaign(
     if solver not in ("auto", "exact", "dual"):
         raise FinrecError(f"solver must be auto, exact or dual, got {solver!r}")
     w = problem.weights
-    capacity = np.full(w.shape[1], np.inf) if capacity is None else np.asarray(capacity, dtype="float64")
+    capacity = capacity_vector(capacity, problem.product_ids)
     baseline = greedy(w, capacity, contacts)
     dual = solve_dual(w, capacity, contacts, baseline=baseline)
     if max_exposure_ratio is not None:

@@ -409,7 +409,12 @@ def score_dataset(
             if by_chunk is not None:
                 history, reference = by_chunk.result().slice(start, start + len(chunk)), by_chunk.result().reference
             context = recommender.context(
-                chunk, held=held, history=history, history_reference=reference, adoption=calibration is not None
+                chunk,
+                held=held,
+                history=history,
+                history_reference=reference,
+                adoption=calibration is not None,
+                validated=True,  # iter_customer_chunks validated the chunk
             )
             ranking = recommender.rank(context, k, filters, workers=1)
             # The calibration needs the whole score row (a softmax): from the ranking's embeddings.

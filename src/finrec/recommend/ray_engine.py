@@ -214,7 +214,9 @@ class ScoreBatches:
         where = f"customers (the Ray batch of {len(batch)} rows {start}; rows counted in it)"
         chunk = prepare_entities(batch, self.table, where)
         ids = chunk[self.table.id].to_numpy()
-        context = self.recommender.context(chunk, held=self.lookup.rows(ids), adoption=self.probabilities)
+        context = self.recommender.context(
+            chunk, held=self.lookup.rows(ids), adoption=self.probabilities, validated=True
+        )
         ranking = self.recommender.rank(context, self.k, self.filters)
         chosen = self.recommender.ranked_probabilities(context, ranking) if self.probabilities else None
         return topk_table(ids, self.product_ids, ranking.index, ranking.scores, chosen)

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.categories import category_text
-from finrec.data.io import Dataset, directory_stamp, find_table, load_dataset, read_products
-from finrec.errors import DataError, FinrecError, UnknownCustomerError
+from finrec.data.io import Dataset, directory_stamp, find_table, load_dataset, prepare_entities, read_products
+from finrec.errors import DataError, FinrecError, UnknownCustomerError, safe_text
 from finrec.recommend import filters as F
 from finrec.recommend.index import NumpyTower, ProductIndex
 
@@ -150,7 +151,7 @@ class Recommender:
             # Without the adoption model's trees: a report that only ranks never needs them
             # (``known_adoption`` runs them once, on first need).
             self._known = self.context(
-                dataset.customers, dataset.holdings, history=dataset.holdings_history, adoption=False
+                dataset.customers, dataset.holdings, history=dataset.holdings_history, adoption=False, validated=True
             )
             self._row_of = {str(cid): i for i, cid in enumerate(self._known.ids)}
 
@@ -250,12 +251,31 @@ class Recommender:
         history: pd.DataFrame | None = None,
         history_reference: int | None = None,
         adoption: bool = True,
+        validated: bool = False,
     ) -> CustomerContext:
-        """Validated customers in model-ready form; their holdings as a links table or, when
-        already matched to the rows, as ``held`` bool [n, P]; ``history``: their holdings_history
+        """Customers in model-ready form; their holdings as a links table or, when already
+        matched to the rows, as ``held`` bool [n, P]; ``history``: their holdings_history
         (``history_reference``: as in ``FeaturePipeline.transform_customers``, for a chunk).
         ``adoption=False`` leaves out what only the probabilities need (the adoption model's
-        trees, where the calibration has one): a ranking that shows no probability."""
+        trees, where the calibration has one): a ranking that shows no probability.
+
+        ``customers`` are checked against the data contract as a customers table is
+        (``prepare_entities``) unless ``validated`` says they already were (a ``Dataset``'s,
+        a chunk of ``iter_customer_chunks``): a frame without the consent column ranked the
+        customers who objected, and text such as ``"52,000"`` in a numeric column was imputed."""
+        if not isinstance(customers, pd.DataFrame):
+            raise DataError(f"customers must be a pandas DataFrame, got {type(customers).__name__}")
+        if not validated:
+            if len(customers):
+                customers = prepare_entities(customers, self.schema.customers, S.CUSTOMERS)
+            else:  # no one to score: an empty context, as long as the columns are there
+                V.check_schema_columns(customers, self.schema.customers, S.CUSTOMERS)
+        if holdings is not None:
+            if not isinstance(holdings, pd.DataFrame):
+                raise DataError(f"holdings must be a pandas DataFrame, got {type(holdings).__name__}")
+            V.require_columns(holdings, (S.CUSTOMER_ID, S.PRODUCT_ID), S.HOLDINGS)
+        if held is not None:
+            held = _held_matrix(held, (len(customers), self.pipeline.n_products))
         cid = self.schema.customers.id
         ids = customers[cid].to_numpy() if cid in customers else np.array([None] * len(customers), dtype=object)
         if ids.dtype != object:  # validated tables hold ids as text already; converting costs ~0.15 s per million
@@ -312,8 +332,8 @@ class Recommender:
     def _single(self, customer: str | dict) -> CustomerContext:
         if isinstance(customer, dict):
             return self._from_features(customer)
-        key = str(customer)
-        row = self._row_of.get(key.strip())  # ids are stripped text in the files: so in requests
+        key = _customer_key(customer)  # ids are stripped text in the files: so in requests
+        row = self._row_of.get(key)
         if row is None:
             raise self._unknown(key)
         known = self._known
@@ -331,10 +351,13 @@ class Recommender:
         ``history`` past snapshots ``[{"product_id", "as_of"}, ...]`` (absent: no history).
         Missing features are imputed like missing values in training (median / OOV)."""
         features = dict(features)
-        held_ids = features.pop(S.HOLDINGS, None) or []
+        held_ids = features.pop(S.HOLDINGS, None)
         history = features.pop("history", None)
+        if isinstance(held_ids, (np.ndarray, pd.Series, pd.Index)) and held_ids.ndim == 1:
+            held_ids = held_ids.tolist()  # a notebook's array or column of ids: the same list
+        held_ids = [] if held_ids is None else held_ids
         if isinstance(held_ids, str) or not isinstance(held_ids, (list, tuple)):
-            raise DataError("features.holdings must be a list of product ids")
+            raise DataError(f"features.holdings must be a list of product ids, got {type(held_ids).__name__}")
         positions = self.pipeline.product_positions([str(p) for p in held_ids]) if held_ids else np.array([], int)
         if (positions < 0).any():
             unknown = [held_ids[i] for i in np.flatnonzero(positions < 0)[:5]]
@@ -458,6 +481,7 @@ class Recommender:
     ) -> Ranking:
         """The ranking core: embeddings, the filter masks, then the top ``k`` eligible products
         of every customer in ``context`` (the [n, P] scores are computed chunk by chunk)."""
+        _check_k(k)
         filters = F.Filters.build(filters)
         masks = self.masks(context, filters)
         excluded = F.combine(masks, context.held.shape)
@@ -496,11 +520,10 @@ class Recommender:
 
         Filters are masks applied before top-K, so up to ``k`` eligible products come back; when
         fewer are eligible, fewer are returned and ``message`` says so."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise FinrecError(f"k must be a positive integer, got {k!r}")
+        _check_k(k)
         filters = F.Filters.build(filters)
         context = self._single(customer)
-        customer_id = None if isinstance(customer, dict) else str(customer).strip()
+        customer_id = None if isinstance(customer, dict) else _customer_key(customer)
         return self._result(context, customer_id, k, filters)
 
     def what_if(
@@ -510,10 +533,11 @@ class Recommender:
         value, checked as a request's features are): their holdings and their history stay
         theirs. A dict of features is a new customer, with no history: on a model with history
         features, any change moved the top K for that reason alone."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise FinrecError(f"k must be a positive integer, got {k!r}")
+        _check_k(k)
+        if not isinstance(changes, Mapping):
+            raise DataError(f"what-if: changes must be a mapping of column -> value, got {type(changes).__name__}")
         filters = F.Filters.build(filters)
-        key = str(customer_id).strip()
+        key = _customer_key(customer_id)
         row = self._row_of.get(key)
         if row is None:
             raise self._unknown(customer_id)
@@ -529,7 +553,11 @@ class Recommender:
             customers[column] = pd.Series([value], index=customers.index, dtype="float64" if numeric else object)
         history, reference = self.known_history(key)
         context = self.context(
-            customers, held=self._known.held[row : row + 1], history=history, history_reference=reference
+            customers,
+            held=self._known.held[row : row + 1],
+            history=history,
+            history_reference=reference,
+            validated=True,  # the changes were checked as a request's features are, just above
         )
         return self._result(context, key, k, filters)
 
@@ -629,12 +657,47 @@ class Recommender:
 
     def customer_profile(self, customer_id: str) -> dict[str, Any]:
         """The raw attributes and holdings of a known customer."""
-        row = self._row_of.get(str(customer_id).strip())
+        row = self._row_of.get(_customer_key(customer_id))
         if row is None:
             raise self._unknown(customer_id)
         record = self.dataset.customers.iloc[row].to_dict()
         held = [self.pipeline.product_ids_[j] for j in np.flatnonzero(self._known.held[row])]
         return {"customer_id": str(customer_id).strip(), "attributes": _jsonable(record), "holdings": held}
+
+
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise FinrecError(f"k must be a positive integer, got {safe_text(k, quote=True)}")
+
+
+def _customer_key(customer) -> str:
+    """A customer id as the loaded tables hold it (stripped text). Anything but text or an
+    integer is refused: a pandas row, a list or None was looked up as its printed form and
+    answered "unknown customer_id" with the whole row in the message."""
+    if isinstance(customer, bool) or not isinstance(customer, (str, int, np.integer)):
+        raise DataError(
+            f"a customer is a customer_id (text or an integer) or a dict of features, got {type(customer).__name__}"
+            + (" (a row: pass row.to_dict() or its id)" if isinstance(customer, pd.Series) else "")
+        )
+    return str(customer).strip()
+
+
+def _held_matrix(held, shape: tuple[int, int]) -> np.ndarray:
+    """``held`` as bool ``shape`` (customers x the model's products); 0/1 numbers are taken."""
+    try:
+        matrix = np.asarray(held)
+    except (TypeError, ValueError):
+        raise DataError(f"held must be a bool array of shape {shape}, got {type(held).__name__}") from None
+    if matrix.shape != shape:
+        raise DataError(
+            f"held must have one row per customer and one column per product of the model {shape}, "
+            f"got shape {matrix.shape}"
+        )
+    if matrix.dtype == bool:
+        return matrix
+    if matrix.dtype.kind not in "iuf" or not np.isin(matrix, (0, 1)).all():
+        raise DataError(f"held must hold True/False (or 1/0), got dtype {matrix.dtype}")
+    return matrix.astype(bool)
 
 
 def _cached_dataset(data_dir: Path, cache: dict | None) -> Dataset:

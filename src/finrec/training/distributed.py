@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keras
 
-from finrec.config import Config
+from finrec.config import Config, checked
 from finrec.errors import ConfigError
 from finrec.training.train import fit
 
@@ -34,7 +34,7 @@ def fit_data_parallel(
 ):
     """``finrec.training.fit`` with the batches sharded over ``devices`` (a ``Dataset`` or a
     ``finrec.training.stream.StreamingSource``). The previous distribution is restored afterwards."""
-    config = (config or Config()).validate()
+    config = checked(config)
     devices = data_parallel_devices(devices)
     if config.training.batch_size % len(devices):
         raise ConfigError(f"training.batch_size {config.training.batch_size} must divide by the {len(devices)} devices")

@@ -69,7 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from finrec.config import Config
+from finrec.config import Config, checked
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.ids import as_arrow_text
@@ -683,7 +683,7 @@ class StreamingSource:
         callbacks: list[keras.callbacks.Callback] | None = None,
         batch_multiple: int = 1,
     ):
-        config = (config or Config()).validate()
+        config = checked(config)
         training = config.training
         set_seed(training.seed)
         scratch = Path(tempfile.mkdtemp(prefix="finrec-stream-", dir=self.workdir))

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from finrec.config import Config, TrainConfig
+from finrec.config import Config, TrainConfig, checked
 from finrec.data import schema as S
 from finrec.data.compliance import customer_profile
 from finrec.data.io import Dataset
@@ -505,8 +505,14 @@ def fit(
     read in chunks (data larger than memory). ``batch_multiple`` > 1 drops the last few examples
     so that every batch divides by it (data parallelism: the device count)."""
     if not isinstance(dataset, Dataset):
+        if not callable(getattr(dataset, "fit", None)):
+            # A notebook's DataFrame or dict of tables: a bare AttributeError ('... has no attribute fit').
+            raise DataError(
+                "dataset must be a finrec Dataset (finrec.data.io.load_dataset or validate_tables) or a "
+                f"StreamingSource, got {type(dataset).__name__}"
+            )
         return dataset.fit(config, verbose=verbose, callbacks=callbacks, batch_multiple=batch_multiple)
-    config = (config or Config()).validate()
+    config = checked(config)
     training = config.training
     set_seed(training.seed)
     rng = np.random.default_rng(training.seed)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from finrec.config import Config
+from finrec.config import Config, checked
 from finrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def tune(
             # A trial is judged on its validation score alone: no calibration, no refit.
             return fit(data, config, verbose=0, finish=False)
 
-    base = (base or Config()).validate()
+    base = checked(base)
     metric = f"val_ndcg@{base.training.eval_k}"
     rng = np.random.default_rng(seed)
     start = clock()
