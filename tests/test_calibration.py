@@ -779,3 +779,33 @@ def test_calibrate_refuses_a_handful_of_adoptions_and_leaves_the_model_as_it_was
     err = capsys.readouterr().err
     assert "adoption(s) of" in err and "at least 20 are needed" in err and "the model is unchanged" in err
     assert (copy / CALIBRATION_FILE).read_bytes() == before
+
+
+def test_evaluate_probabilities_checks_them_against_the_adoptions(model_dir, small_data_dir, tmp_path, capsys):
+    """``evaluate --probabilities``: the calibrated probabilities against the adoptions observed,
+    printed and in the JSON; a model without calibration is refused before any work."""
+    import shutil
+
+    out = tmp_path / "e.json"
+    code = main(
+        ["evaluate", "--model", str(model_dir), "--data", str(small_data_dir), "--probabilities", "--json", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    check = json.loads(out.read_text())["probabilities"]
+    assert check["pairs"] > 0 and 0 < check["brier"] < check["reference_brier"]
+    assert (
+        f"adoptions predicted {check['predicted_adoptions']:,.1f}, observed {check['observed_adoptions']:,}" in printed
+    )
+    assert len(check["products"]) == 25 and len(check["reliability"]) == 10
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    del manifest["files"][CALIBRATION_FILE]
+    (bare / CALIBRATION_FILE).unlink()
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    code = main(
+        ["evaluate", "--model", str(bare), "--data", str(small_data_dir), "--probabilities", "--json", str(out)]
+    )
+    assert code == 2 and "no calibration" in capsys.readouterr().err

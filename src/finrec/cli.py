@@ -384,6 +384,10 @@ def cmd_evaluate(args) -> int:
     _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     dataset = load_dataset(args.data)
     loaded = _load_model_for(args.model, dataset.schema)
+    if args.probabilities and getattr(loaded.trained, "calibration", None) is None:
+        from finrec.recommend.recommender import NO_CALIBRATION
+
+        raise FinrecError(f"{args.model}: {NO_CALIBRATION}")
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
     _history_note("evaluate", loaded.trained.pipeline, args.data)
     split = read_split(args.data)
@@ -395,6 +399,11 @@ def cmd_evaluate(args) -> int:
 
         output["fairness"] = fairness_report(loaded.trained, dataset, k=args.k)
         print(format_fairness(output["fairness"]))
+    if args.probabilities:
+        from finrec.evaluate.report import format_probability_check, probability_check
+
+        output["probabilities"] = probability_check(loaded.trained, dataset)
+        print(format_probability_check(output["probabilities"]))
     if args.json:
         with atomic_file(args.json) as handle:
             json.dump(output, handle, indent=1)
@@ -1096,6 +1105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random baseline")
     p.add_argument(
         "--fairness", action="store_true", help="also metrics and exposure per group of each protected column"
+    )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also the calibrated probabilities against the adoptions observed (Brier, ECE, per product)",
     )
     p.set_defaults(func=cmd_evaluate)
 

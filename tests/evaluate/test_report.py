@@ -23,3 +23,133 @@ def test_evaluate_refuses_a_k_that_is_no_positive_integer_before_scoring(k):
 
     with pytest.raises(FinrecError, match="k must be a positive integer"):
         evaluate(object(), object(), k=k)  # refused before the model or the data is read
+
+
+# ---------------------------------------------------------------------------- the probabilities
+def _naive_check(probability, held, adopted, bins):
+    """The check's figures by plain loops over the pairs."""
+    import math
+
+    pairs = [(probability[i, j], float(adopted[i, j])) for i in range(len(held)) for j in range(held.shape[1])]
+    pairs = [pair for pair, free in zip(pairs, (~held).ravel()) if free]
+    n = len(pairs)
+    rate = sum(y for _, y in pairs) / n
+    ordered = sorted(pairs, key=lambda pair: pair[0])  # ties: any order gives the same bin means here
+    size, extra = divmod(n, bins)
+    ece, start = 0.0, 0
+    for b in range(bins):
+        part = ordered[start : start + size + (b < extra)]
+        start += len(part)
+        ece += len(part) * abs(sum(p for p, _ in part) / len(part) - sum(y for _, y in part) / len(part))
+    products = []
+    for j in range(held.shape[1]):
+        ps = [probability[i, j] for i in range(len(held)) if not held[i, j]]
+        observed = sum(int(adopted[i, j]) for i in range(len(held)) if not held[i, j])
+        spread = sum(p * (1 - p) for p in ps)
+        products.append((sum(ps), observed, (observed - sum(ps)) / math.sqrt(spread) if spread > 0 else None))
+    return {
+        "brier": sum((p - y) ** 2 for p, y in pairs) / n,
+        "reference_brier": sum((rate - y) ** 2 for _, y in pairs) / n,
+        "log_loss": -sum(y * math.log(max(p, 1e-12)) + (1 - y) * math.log(max(1 - p, 1e-12)) for p, y in pairs) / n,
+        "ece": ece / n,
+        "products": products,
+    }
+
+
+def test_the_probability_check_is_the_recommenders_probabilities_against_the_adoptions(trained, small_dataset):
+    """Every customer who did not object, adopters of nothing included, x the products not held:
+    the same probabilities ``Recommender.probabilities`` gives, scored as plain loops score them."""
+
+    from finrec.data.compliance import customer_profile
+    from finrec.evaluate.report import probability_check
+    from finrec.recommend.recommender import Recommender
+
+    check = probability_check(trained, small_dataset, bins=7)
+    data = small_dataset
+    objected = customer_profile(data.customers, trained.pipeline.full_schema.customers)["objected"]
+    assert objected.any() and check["objected_left_out"] == int(objected.sum())
+    customers = data.customers[~objected].reset_index(drop=True)
+    ids = customers["customer_id"].to_numpy()
+    assert check["customers"] == len(ids) and check["sampled_from"] is None
+    rec = Recommender(trained, data)
+    probability = rec.probabilities(rec.context(customers, data.holdings)).astype("float64")
+    held = trained.pipeline.holdings_matrix(ids, data.holdings)
+    adopted = trained.pipeline.holdings_matrix(ids, data.interactions) & ~held
+    assert (~adopted.any(axis=1)).sum() > 50  # customers who adopted nothing are in
+    naive = _naive_check(probability, held, adopted, bins=7)
+    assert check["pairs"] == int((~held).sum())
+    assert check["observed_adoptions"] == int(adopted.sum())
+    assert check["predicted_adoptions"] == pytest.approx(probability[~held].sum(), rel=1e-6)
+    for key in ("brier", "reference_brier", "log_loss", "ece"):
+        assert check[key] == pytest.approx(naive[key], rel=1e-5), key
+    for row, (predicted, observed, z) in zip(check["products"], naive["products"]):
+        assert row["predicted"] == pytest.approx(predicted, rel=1e-5) and row["observed"] == observed
+        assert (row["z"] is None) == (z is None) and (z is None or row["z"] == pytest.approx(z, rel=1e-5, abs=1e-6))
+    assert len(check["reliability"]) == 7 and sum(r["pairs"] for r in check["reliability"]) == check["pairs"]
+    assert check["brier"] < check["reference_brier"]  # they tell the pairs apart better than the rate
+    sample = probability_check(trained, small_dataset, max_customers=300, seed=1)
+    assert sample["customers"] == 300 and sample["sampled_from"] == len(ids)
+    assert probability_check(trained, small_dataset, max_customers=300, seed=1) == sample
+
+
+def test_a_product_whose_probabilities_are_off_is_named(trained, small_dataset):
+    """Tripling one product's probabilities (a level a stale calibration could have) puts it
+    far beyond chance, and moves no other product; the text names it. (On the model's own
+    training customers several products are off already: they are no held-out data.)"""
+    import copy
+
+    import numpy as np
+
+    from finrec.evaluate.report import format_probability_check, off_by_chance, probability_check
+
+    before = probability_check(trained, small_dataset)
+    j = int(np.argmax([r["observed"] for r in before["products"]]))
+
+    class Tripled:
+        def __init__(self, inner):
+            self.inner, self.needs_adoption = inner, inner.needs_adoption
+
+        def adoption_probability(self, *args, **kwargs):
+            return self.inner.adoption_probability(*args, **kwargs)
+
+        def __call__(self, scores, held, adoption=None):
+            out = self.inner(scores, held, adoption)
+            out[:, j] = np.minimum(3 * out[:, j], 1)
+            return out
+
+    off = copy.copy(trained)
+    off.calibration = Tripled(trained.calibration)
+    after = probability_check(off, small_dataset)
+    z_before, z_after = before["products"][j]["z"], after["products"][j]["z"]
+    assert z_after < -3 and z_after < z_before - 3
+    assert [r["z"] for k, r in enumerate(after["products"]) if k != j] == [
+        r["z"] for k, r in enumerate(before["products"]) if k != j
+    ]
+    name = after["products"][j]["product_id"]
+    assert name in {r["product_id"] for r in off_by_chance(after)}
+    assert after["products"][j]["chance"] < before["products"][j]["chance"] * 1e-6
+    text = format_probability_check(after)
+    assert f"    {name}: predicted {after['products'][j]['predicted']:,.1f}" in text
+    assert after["brier"] > before["brier"]
+
+
+@pytest.mark.parametrize(
+    "observed, predicted", [(3, 0.2), (0, 0.2), (0, 9.0), (1, 4.0), (12, 4.0), (40, 9.5), (4, 4.0), (0, 0.0)]
+)
+def test_chance_is_the_two_sided_poisson_tail_below_ten_predicted(observed, predicted):
+    stats = pytest.importorskip("scipy.stats")
+    from finrec.evaluate.report import _chance
+
+    if predicted == 0:
+        assert _chance(observed, predicted, float("nan")) is None
+        return
+    tails = stats.poisson.cdf(observed, predicted), stats.poisson.sf(observed - 1, predicted)
+    assert _chance(observed, predicted, float("nan")) == pytest.approx(min(1.0, 2 * min(tails)), rel=1e-9, abs=1e-15)
+
+
+def test_chance_from_ten_predicted_is_the_normals_two_sided_tail():
+    stats = pytest.importorskip("scipy.stats")
+    from finrec.evaluate.report import _chance
+
+    for z in (-4.0, -1.0, 0.0, 2.5, 3.0):
+        assert _chance(0, 10.0, z) == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-12)

@@ -6,14 +6,25 @@ ranked; the interactions are the relevant products (metric definitions: ``metric
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
+from finrec.data.compliance import customer_profile
 from finrec.data.ids import as_arrow_text
 from finrec.data.io import Dataset
 from finrec.errors import FinrecError, safe_text
 from finrec.evaluate import baselines
 from finrec.evaluate.metrics import metric_keys, summarize
 from finrec.features import link_matrix
+from finrec.training.calibration import brier_score, expected_calibration_error, log_loss
+
+PROBABILITY_BINS = 10
+# A product's adoptions are "off by more than chance" where chance puts them as far from the
+# predicted count at most this often, both ways together: the normal's |z| > 3.
+OFF_BY_CHANCE = 0.0027
+POISSON_BELOW = 10.0  # predicted adoptions under which the Poisson tail judges, not the normal's
 
 
 def ranking_task(
@@ -76,3 +87,163 @@ def format_table(results: dict[str, dict[str, float]], k: int) -> str:
         values = "".join(f"{metrics[key]:>{width}.4f}" for key in keys)
         lines.append(f"{name:<12}" + values + f"{metrics['customers']:>11d}")
     return "\n".join(lines)
+
+
+def probability_check(
+    trained, dataset: Dataset, bins: int = PROBABILITY_BINS, max_customers: int | None = None, seed: int = 0
+) -> dict[str, Any] | None:
+    """The calibrated probabilities (those ``score --probabilities`` writes and ``plan`` plans
+    with) against the adoptions ``dataset`` observed; None for a model without calibration.
+
+    Pairs: every customer, those who adopted nothing included (the probabilities say how likely
+    that is too), x every product the customer does not hold; customers who objected to
+    profiling are left out, as they are never scored. With ``p`` a pair's probability and ``y``
+    1 where the customer adopted the product:
+
+    - ``brier = mean (p - y)^2``; ``reference_brier``: the same for one constant, the observed
+      rate of these pairs (``skill = 1 - brier / reference_brier`` > 0: the probabilities tell
+      the pairs apart better than the rate);
+    - ``log_loss = -mean(y ln p + (1 - y) ln(1 - p))``;
+    - ``ece = sum_b (n_b / N) |mean_b p - mean_b y|`` over ``bins`` bins of equal numbers of
+      pairs by ``p`` (``reliability``: each bin's pairs, mean ``p`` and observed rate);
+    - per product, adoptions ``predicted`` (``sum p``) and ``observed`` (``sum y``),
+      ``z = (observed - predicted) / sqrt(sum p (1 - p))`` and ``chance``: how often chance
+      alone puts the count at least that far from the predicted, both ways (from ``z`` by the
+      normal, or below ``POISSON_BELOW`` predicted adoptions from the Poisson tail, where the
+      normal overstates: 3 adoptions of a product predicted 0.2 are z +6.2 but chance 0.002).
+      Under ``OFF_BY_CHANCE`` the product's level is off (a capacity planned on it would be too).
+
+    ``max_customers``: a sample of that many customers (drawn with ``seed``) where there are more."""
+    calibration = getattr(trained, "calibration", None)
+    if calibration is None:
+        return None
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise FinrecError(f"bins must be a positive integer, got {safe_text(bins, quote=True)}")
+    pipeline = trained.pipeline
+    cid = dataset.schema.customers.id
+    objected = customer_profile(dataset.customers, pipeline.full_schema.customers)["objected"]
+    keep = np.flatnonzero(~objected)
+    if max_customers is not None and len(keep) > max_customers:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, max_customers, replace=False))
+    if len(keep) < len(objected):
+        dataset = dataset.subset_customers(dataset.customers[cid].to_numpy()[keep])
+    ids = dataset.customers[cid].to_numpy()
+    held = pipeline.holdings_matrix(ids, dataset.holdings)
+    adopted = pipeline.holdings_matrix(ids, dataset.interactions) & ~held
+    out: dict[str, Any] = {
+        "customers": len(ids),
+        "sampled_from": len(objected) - int(objected.sum()) if len(ids) < len(objected) - objected.sum() else None,
+        "objected_left_out": int(objected.sum()),
+        "pairs": int((~held).sum()),
+    }
+    if out["pairs"] == 0:
+        return {**out, "note": "no customer with a product they do not hold: nothing to compare"}
+    history = dataset.holdings_history
+    scores = trained.score(dataset.customers, dataset.holdings, history)
+    adoption = (
+        calibration.adoption_probability(dataset.customers, held, history) if calibration.needs_adoption else None
+    )
+    probability = calibration(scores, held, adoption).astype("float64")
+    pairs = ~held
+    p, y = probability[pairs], adopted[pairs].astype("float64")
+    rate = float(y.mean())
+    spread = (probability * (1 - probability) * pairs).sum(axis=0)
+    predicted, observed = probability.sum(axis=0), adopted.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(spread > 0, (observed - predicted) / np.sqrt(spread), np.nan)
+    order = np.argsort(p, kind="stable")
+    return {
+        **out,
+        "predicted_adoptions": float(p.sum()),
+        "observed_adoptions": int(y.sum()),
+        "brier": brier_score(p, y),
+        "reference_brier": rate * (1 - rate),  # mean (rate - y)^2 with y the pairs' own outcomes
+        "log_loss": log_loss(p, y),
+        "ece": expected_calibration_error(p, y, bins=bins),
+        "bins": int(min(bins, len(p))),
+        "reliability": [
+            {"pairs": len(part), "predicted": float(p[part].mean()), "observed": float(y[part].mean())}
+            for part in np.array_split(order, min(bins, len(p)))
+        ],
+        "products": [
+            {
+                "product_id": str(pid),
+                "predicted": float(predicted[j]),
+                "observed": int(observed[j]),
+                "z": None if math.isnan(z[j]) else float(z[j]),
+                "chance": _chance(int(observed[j]), float(predicted[j]), float(z[j])),
+            }
+            for j, pid in enumerate(pipeline.product_ids_)
+        ],
+    }
+
+
+def _chance(observed: int, predicted: float, z: float) -> float | None:
+    """Two-sided tail probability of a count ``observed`` so far from ``predicted`` (see
+    ``probability_check``); None where nothing was predicted and nothing observed."""
+    if predicted >= POISSON_BELOW:
+        return math.erfc(abs(z) / math.sqrt(2))
+    if predicted <= 0:
+        return None if observed == 0 else 0.0
+
+    def pmf(k: int) -> float:
+        return math.exp(k * math.log(predicted) - predicted - math.lgamma(k + 1))
+
+    if observed <= predicted:
+        tail = sum(pmf(k) for k in range(observed + 1))  # P(X <= observed)
+    else:  # P(X >= observed), summed upwards: 1 - P(X < observed) loses the small tail to round-off
+        tail, k, term = 0.0, observed, pmf(observed)
+        while term > tail * 1e-17:
+            tail, k = tail + term, k + 1
+            term = pmf(k)
+    return min(1.0, 2 * tail)
+
+
+def format_probability_check(check: dict[str, Any] | None) -> str:
+    """``probability_check`` as text: the totals, the scores, the reliability bins and the
+    products whose adoptions are off by more than chance."""
+    if check is None:
+        return "probabilities: this model has no calibration"
+    head = (
+        f"probabilities against the adoptions observed: {check['customers']:,} customers"
+        + (f" (a sample of {check['sampled_from']:,})" if check.get("sampled_from") else "")
+        + f", {check['pairs']:,} pairs of a customer and a product not held"
+        + (
+            f" ({check['objected_left_out']:,} who objected to profiling left out)"
+            if check["objected_left_out"]
+            else ""
+        )
+    )
+    if "note" in check:
+        return f"{head}\n  {check['note']}"
+    predicted, observed = check["predicted_adoptions"], check["observed_adoptions"]
+    skill = 1 - check["brier"] / check["reference_brier"] if check["reference_brier"] > 0 else float("nan")
+    lines = [
+        head,
+        f"  adoptions predicted {predicted:,.1f}, observed {observed:,}"
+        + (f" (observed / predicted {observed / predicted:.3f})" if predicted > 0 else ""),
+        f"  Brier {check['brier']:.5f} (a constant at the observed rate: {check['reference_brier']:.5f}; "
+        f"skill {skill:.3f}), log loss {check['log_loss']:.5f}, ECE {check['ece']:.5f} ({check['bins']} equal-mass bins)",
+        f"  {'pairs':>10}{'predicted':>11}{'observed':>10}",
+        *(f"  {r['pairs']:>10,}{r['predicted']:>11.4f}{r['observed']:>10.4f}" for r in check["reliability"]),
+    ]
+    off = off_by_chance(check)
+    if off:
+        lines.append(
+            f"  products whose adoptions are off the predicted by more than chance ({OFF_BY_CHANCE:g} or less):"
+        )
+        lines += [
+            f"    {safe_text(r['product_id'])}: predicted {r['predicted']:,.1f}, observed {r['observed']:,} "
+            f"(z {r['z']:+.1f}, chance {r['chance']:.2g})"
+            for r in off
+        ]
+    else:
+        lines.append(f"  every product's adoptions are within chance of the predicted (chance above {OFF_BY_CHANCE:g})")
+    return "\n".join(lines)
+
+
+def off_by_chance(check: dict[str, Any]) -> list[dict[str, Any]]:
+    """The products of ``probability_check`` whose adoptions chance puts so far from the
+    predicted at most ``OFF_BY_CHANCE`` of the time, the least likely first."""
+    off = [r for r in check["products"] if r["chance"] is not None and r["chance"] <= OFF_BY_CHANCE]
+    return sorted(off, key=lambda r: r["chance"])

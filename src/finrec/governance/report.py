@@ -596,13 +596,80 @@ def calibration_section(ctx: Context) -> Section:
     series = {"observed": observed, **({"true probability": expected} if expected else {})}
     section.img(svg.line_chart(series, "adoption rate by score decile", "score decile"), "calibration")
     rising = bool(np.all(np.diff(observed) >= -0.01)) if len(observed) > 1 else True
-    return section.p(
+    section.p(
         (
             "The observed adoption rate rises with the score decile."
             if rising
             else "The observed adoption rate does not rise steadily with the score: review before use."
         )
         + ("" if truth is not None else " No ground truth in this data: no true probabilities.")
+    )
+    return probability_part(section, ctx)
+
+
+def probability_part(section: Section, ctx: Context) -> Section:
+    """The calibrated probabilities against the adoptions observed (``probability_check``)."""
+    from finrec.evaluate.report import OFF_BY_CHANCE, off_by_chance, probability_check
+
+    check = probability_check(ctx.trained, ctx.dataset, max_customers=MAX_EVAL_CUSTOMERS, seed=ctx.seed)
+    if check is None:
+        return section.p("This model has no calibration: it gives no probabilities to check.")
+    if "note" in check:
+        return section.p(f"Calibrated probabilities: {check['note']}.")
+    predicted, observed = check["predicted_adoptions"], check["observed_adoptions"]
+    sample = f" (a sample of {check['sampled_from']:,})" if check.get("sampled_from") else ""
+    section.p(
+        f"The calibrated probabilities (those `finrec score --probabilities` writes and `finrec plan` plans with) "
+        f"against the adoptions this data observed: {check['customers']:,} customers{sample}, those who adopted "
+        f"nothing included, x the products each does not hold ({check['pairs']:,} pairs). Adoptions predicted "
+        f"{predicted:,.1f}, observed {observed:,}. Brier score {check['brier']:.5f} against "
+        f"{check['reference_brier']:.5f} for one constant at the observed rate; log loss {check['log_loss']:.5f}; "
+        f"expected calibration error {check['ece']:.5f} over {check['bins']} bins of equal numbers of pairs."
+    )
+    rows = check["reliability"]
+    section.table(
+        [
+            {
+                "bin": i + 1,
+                "pairs": f"{r['pairs']:,}",
+                "mean probability": f"{r['predicted']:.4f}",
+                "observed rate": f"{r['observed']:.4f}",
+            }
+            for i, r in enumerate(rows)
+        ]
+    )
+    section.img(
+        svg.line_chart(
+            {"mean probability": [r["predicted"] for r in rows], "observed rate": [r["observed"] for r in rows]},
+            "observed adoption rate by probability bin",
+            "probability bin (equal numbers of pairs)",
+        ),
+        "reliability of the probabilities",
+    )
+    off = off_by_chance(check)
+    section.table(
+        [
+            {
+                "product": r["product_id"],
+                "adoptions predicted": f"{r['predicted']:,.1f}",
+                "observed": f"{r['observed']:,}",
+                "z": "-" if r["z"] is None else f"{r['z']:+.1f}",
+                "chance": "-" if r["chance"] is None else f"{r['chance']:.2g}",
+            }
+            for r in check["products"]
+        ]
+    )
+    return section.p(
+        f"Off by more than chance (chance {OFF_BY_CHANCE:g} or less: how often chance alone puts the count so far "
+        "from the predicted, both ways; from z = (observed - predicted) / sqrt(sum p (1 - p)), or the Poisson tail "
+        "where under 10 adoptions are predicted): "
+        + ", ".join(f"{r['product_id']} ({r['chance']:.2g})" for r in off)
+        + ". A campaign planned on these products' probabilities over- or under-states their adoptions: "
+        "recalibrate (`finrec calibrate`) on recent held-out customers before planning. (Chance alone flags one of "
+        f"{len(check['products'])} products in about {min(1.0, len(check['products']) * OFF_BY_CHANCE):.0%} of "
+        "reports.)"
+        if off
+        else f"Every product's adoptions are within chance of the predicted (chance above {OFF_BY_CHANCE:g})."
     )
 
 
