@@ -333,3 +333,33 @@ def test_a_broken_pipe_elsewhere_is_an_internal_error(monkeypatch, tmp_path, cap
     monkeypatch.setattr(cli, "cmd_generate", lost)
     assert main(["generate", "--out", str(tmp_path / "bank")]) == 1
     assert "internal error: BrokenPipeError" in capsys.readouterr().err
+
+
+def test_evaluate_counts_adoptions_of_a_launch_the_model_does_not_know_as_misses(
+    model_dir, updated_bank, tmp_path, capsys
+):
+    """A tester's monthly cycle: last month's model on this month's data, where 25 customers took
+    up a product launched since. Those adoptions left the task without a word, and the old model
+    read better than the one trained with the launch; now they count as misses, named on stderr."""
+    from finrec.data.io import find_table, read_table, write_table
+
+    data = updated_bank(
+        lambda products: pd.concat(
+            [products, products[products.product_id == "SAV_BASIC"].assign(product_id="GREEN_SAVER")],
+            ignore_index=True,
+        )
+    )
+    path = find_table(data, "interactions")
+    interactions = read_table(path, ("customer_id", "product_id"))
+    customers = interactions["customer_id"].drop_duplicates().iloc[:25]
+    launch = pd.DataFrame({"customer_id": customers, "product_id": "GREEN_SAVER"})
+    write_table(pd.concat([interactions, launch], ignore_index=True), path)
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
+    err = capsys.readouterr().err
+    assert "25 adoption(s)" in err and "GREEN_SAVER (25)" in err and "count as misses" in err, err
+    with_launch = json.loads((tmp_path / "e.json").read_text())["results"]["model"]
+    write_table(interactions, path)  # the same data without the launch
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data), "--json", str(tmp_path / "f.json")]) == 0
+    without = json.loads((tmp_path / "f.json").read_text())["results"]["model"]
+    assert with_launch["customers"] == without["customers"]  # each of the 25 had adopted something else too
+    assert with_launch["recall@5"] < without["recall@5"]

@@ -379,13 +379,23 @@ def _check_json_output(path: Path | None, inputs: dict) -> None:
 def cmd_evaluate(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset, read_split
-    from finrec.evaluate.report import evaluate, format_table
+    from finrec.evaluate.report import evaluate, format_table, unknown_adoptions
 
     _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     dataset = load_dataset(args.data)
     loaded = _load_model_for(args.model, dataset.schema)
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
     _history_note("evaluate", loaded.trained.pipeline, args.data)
+    unknown = unknown_adoptions(loaded.trained.pipeline, dataset)
+    if unknown:
+        named = ", ".join(f"{safe_text(p, 40)} ({n})" for p, n in list(unknown.items())[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        print(
+            f"finrec evaluate: note: {sum(unknown.values())} adoption(s) in {safe_text(args.data)} are of "
+            f"{len(unknown)} product(s) the model does not know: {named}{more}; they count as misses (the model "
+            "cannot rank them): retrain with them to rank them",
+            file=sys.stderr,
+        )
     split = read_split(args.data)
     print(_split_line(split))
     print(format_table(results, args.k))

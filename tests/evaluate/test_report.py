@@ -13,3 +13,57 @@ def test_format_table_keeps_columns_apart_for_any_k(k):
     assert header.split() == ["ranker", *keys, "customers"]
     assert row.split() == ["model", *["0.5000"] * len(keys), "7"]
     assert len(rule) == len(header) == len(row)
+
+
+def _stub_model(products, points):
+    """A model that knows ``products`` and scores them ``points`` for every customer."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from finrec.data.ids import as_arrow_text
+    from finrec.features import link_matrix
+
+    class Pipeline:
+        product_ids_ = list(products)
+        product_popularity_ = list(points)
+
+        def holdings_matrix(self, ids, links):
+            return link_matrix(ids, as_arrow_text(self.product_ids_), links)
+
+    points = np.asarray(points, dtype="float32")
+    return SimpleNamespace(pipeline=Pipeline(), score=lambda customers, h, hh: np.tile(points, (len(customers), 1)))
+
+
+def test_an_adoption_of_a_product_the_model_does_not_know_is_a_miss():
+    # A tester's monthly cycle: NEW launched after last month's model was trained. Its
+    # adoptions left the task, so the old model scored higher on this month's data than the
+    # model trained with NEW (which `finrec compare` graded the other way).
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import pytest
+
+    from finrec.evaluate.report import evaluate, unknown_adoptions
+
+    ids = [f"c{i}" for i in range(40)]
+    dataset = SimpleNamespace(
+        schema=SimpleNamespace(customers=SimpleNamespace(id="customer_id")),
+        customers=pd.DataFrame({"customer_id": ids}),
+        interactions=pd.DataFrame({"customer_id": ids, "product_id": ["A"] * 30 + ["NEW"] * 10}),
+        holdings=pd.DataFrame({"customer_id": ["c0"], "product_id": ["B"]}),
+        holdings_history=None,
+        ground_truth=None,
+    )
+    old = _stub_model(["A", "B", "C"], [3, 2, 1])
+    assert unknown_adoptions(old.pipeline, dataset) == {"NEW": 10}
+    results = evaluate(old, dataset)
+    assert results["model"]["customers"] == 40
+    assert results["model"]["ndcg@5"] == pytest.approx(30 / 40)  # a NEW adoption is never a hit
+    assert results["model"]["mrr"] == pytest.approx(30 / 40)
+    assert results["popularity"]["customers"] == results["random"]["customers"] == 40
+    assert results["random"]["hit_rate@5"] == pytest.approx(30 / 40)
+    # the model that knows NEW is graded on the same 40 customers
+    new = _stub_model(["A", "B", "C", "NEW"], [3, 2, 1, 0])
+    assert unknown_adoptions(new.pipeline, dataset) == {}
+    assert evaluate(new, dataset)["model"]["customers"] == 40
