@@ -811,14 +811,14 @@ def cmd_models(args) -> int:
     if not versions and not lost:
         print(f"{args.root}: no versions yet (`finrec models add --root {args.root} --model DIR`)")
         return 0
-    print(f"  {'version':<9}{'registered':<27}{'val nDCG':>10}  {'data':<18}source")
+    print(f"  {'version':<9}{'registered':<27}{'nDCG':>8} {'measured on':<12}{'data':<18}source")
     for info in versions:
-        ndcg = next((v for k, v in (info.get("metrics") or {}).items() if "ndcg" in k), None)
+        ndcg, measured = _registry_ndcg(info.get("metrics"))
         # version.json unreadable (deleted or damaged by hand): said, not printed as "None"
         registered = info.get("registered") or "? (no version.json)"
         print(
             f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(registered):<27}"
-            f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
+            f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>8} {measured:<12}"
             f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}"
         )
     if lost:  # printed as nothing marked promoted, exit 0
@@ -827,6 +827,24 @@ def cmd_models(args) -> int:
             "`finrec models promote VERSION` or `finrec models rollback` serves another"
         )
     return 0
+
+
+def _registry_ndcg(metrics) -> tuple[float | None, str]:
+    """(nDCG, what it was measured on) for ``models list``: the tree blend's validation nDCG where
+    the model ships a blend (the towers' own figure understates it), else the validation nDCG,
+    else the nDCG of the metrics given to ``models add --metrics`` (``finrec evaluate --json``:
+    customers of the data evaluated). The column was "val nDCG" for all three, and read the
+    towers' figure first: a held-out nDCG beside a validation one, as if comparable."""
+    metrics = metrics if isinstance(metrics, dict) else {}
+
+    def first(prefix: str):
+        return next((v for k, v in metrics.items() if str(k).startswith(prefix) and isinstance(v, (int, float))), None)
+
+    for prefix, measured in (("blend_val_ndcg@", "validation"), ("val_ndcg@", "validation"), ("ndcg@", "--metrics")):
+        value = first(prefix)
+        if value is not None:
+            return value, measured
+    return None, "-"
 
 
 def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
