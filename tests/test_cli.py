@@ -363,3 +363,29 @@ def test_evaluate_counts_adoptions_of_a_launch_the_model_does_not_know_as_misses
     without = json.loads((tmp_path / "f.json").read_text())["results"]["model"]
     assert with_launch["customers"] == without["customers"]  # each of the 25 had adopted something else too
     assert with_launch["recall@5"] < without["recall@5"]
+
+
+def test_evaluate_says_when_the_adoptions_are_the_ones_the_model_was_trained_on(
+    trained, small_data_dir, updated_bank, tmp_path, capsys
+):
+    """A tester's monthly cycle: last month's test side given to this month's model, which was
+    trained on those same adoptions, read 0.68 nDCG@5 against 0.57 on held-out customers, with
+    no word. An out-of-time test side (the same customers, the next month's adoptions) is fine."""
+    from finrec.artifacts import save_model_dir
+    from finrec.data.io import find_table, read_table, write_table
+
+    model = save_model_dir(trained, tmp_path / "model", data_path=str(small_data_dir))
+    assert main(["evaluate", "--model", str(model), "--data", str(small_data_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "are in the data the model was trained on" in err and "the metrics are optimistic" in err, err
+    later = updated_bank(lambda products: products)  # the same customers, other adoptions
+    path = find_table(later, "interactions")
+    interactions = read_table(path, ("customer_id", "product_id"))
+    products = sorted(interactions["product_id"].unique())
+    rotate = dict(zip(products, products[1:] + products[:1], strict=True))
+    shifted = interactions.assign(product_id=interactions["product_id"].map(rotate))
+    key = ["customer_id", "product_id"]
+    pairs = shifted.merge(interactions[key], on=key, how="left", indicator=True)
+    write_table(pairs[pairs["_merge"] == "left_only"].drop(columns="_merge").drop_duplicates(), path)
+    assert main(["evaluate", "--model", str(model), "--data", str(later)]) == 0
+    assert "trained on" not in capsys.readouterr().err

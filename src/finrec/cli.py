@@ -379,7 +379,7 @@ def _check_json_output(path: Path | None, inputs: dict) -> None:
 def cmd_evaluate(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset, read_split
-    from finrec.evaluate.report import evaluate, format_table, unknown_adoptions
+    from finrec.evaluate.report import adoptions_trained_on, evaluate, format_table, unknown_adoptions
 
     _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     dataset = load_dataset(args.data)
@@ -394,6 +394,15 @@ def cmd_evaluate(args) -> int:
             f"finrec evaluate: note: {sum(unknown.values())} adoption(s) in {safe_text(args.data)} are of "
             f"{len(unknown)} product(s) the model does not know: {named}{more}; they count as misses (the model "
             "cannot rank them): retrain with them to rank them",
+            file=sys.stderr,
+        )
+    trained_on = loaded.manifest.get("data_path")
+    learned = adoptions_trained_on(dataset, trained_on)
+    if learned:
+        print(
+            f"finrec evaluate: note: {learned} of the {len(dataset.interactions)} adoption(s) in {safe_text(args.data)} "
+            f"are in the data the model was trained on ({safe_text(trained_on)}): the metrics are optimistic; "
+            "evaluate on held-out customers or a later month (`finrec split`)",
             file=sys.stderr,
         )
     split = read_split(args.data)

@@ -49,6 +49,37 @@ def unknown_adoptions(pipeline, dataset: Dataset) -> dict[str, int]:
     return dict(sorted(unknown.items(), key=lambda item: (-item[1], item[0])))
 
 
+def adoptions_trained_on(dataset: Dataset, training_dir) -> int:
+    """How many of the data's adoptions (customer, product pairs) are adoptions of the data the
+    model was trained on (``training_dir``, the manifest's ``data_path``): the model learned them,
+    so metrics over them are optimistic. 0 when that directory is gone or unreadable. Customers
+    alone would not do: an out-of-time test side holds the training customers, with the
+    adoptions of the month after."""
+    from pathlib import Path
+
+    from finrec.data import schema as S
+    from finrec.data.io import find_table, read_table
+    from finrec.errors import FinrecError
+
+    interactions = dataset.interactions
+    if training_dir is None or interactions is None or len(interactions) == 0:
+        return 0
+    try:
+        path = find_table(Path(training_dir), S.INTERACTIONS, required=False)
+        if path is None:
+            return 0
+        trained_on = read_table(path, (S.CUSTOMER_ID, S.PRODUCT_ID))
+    except (FinrecError, OSError):
+        return 0
+    if not {S.CUSTOMER_ID, S.PRODUCT_ID} <= set(trained_on.columns):
+        return 0
+
+    def pairs(links):
+        return links[S.CUSTOMER_ID].astype(str) + "\x1f" + links[S.PRODUCT_ID].astype(str)
+
+    return int(pairs(interactions).isin(set(pairs(trained_on))).sum())
+
+
 def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
     """Metrics of the model and of the random, popularity and (with ground truth) oracle
     baselines: ``{"model": {...}, "popularity": {...}, ...}``; ``"model:cold"``: the model on
