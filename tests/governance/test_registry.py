@@ -144,6 +144,20 @@ def test_models_list_shows_the_shipped_ndcg_and_says_what_it_was_measured_on(mod
     assert rows[2].split()[2:4] == ["0.5000", "validation"]
 
 
+@pytest.mark.parametrize("inside", [".", "registry"])
+def test_a_registry_inside_the_model_directory_is_refused(model_dir, tmp_path, capsys, inside):
+    # `finrec models add --root M --model M` wrote versions/ into the model directory, the copy
+    # of the model carrying the half-made versions/ inside it (a tester's monthly cycle).
+    import shutil
+
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    before = sorted(p.name for p in model.iterdir())
+    root = model / inside
+    assert main(["models", "add", "--root", str(root), "--model", str(model)]) == 2
+    assert "would lie inside the model directory" in capsys.readouterr().err
+    assert sorted(p.name for p in model.iterdir()) == before
+
+
 def test_a_missing_report_is_refused_before_the_model_is_copied(model_dir, tmp_path, capsys):
     root = tmp_path / "reg"
     # It was an internal error (FileNotFoundError, exit 1) raised after the copy had begun.
