@@ -389,3 +389,22 @@ def test_evaluate_says_when_the_adoptions_are_the_ones_the_model_was_trained_on(
     write_table(pairs[pairs["_merge"] == "left_only"].drop(columns="_merge").drop_duplicates(), path)
     assert main(["evaluate", "--model", str(model), "--data", str(later)]) == 0
     assert "trained on" not in capsys.readouterr().err
+
+
+def test_score_counts_only_the_customers_it_wrote_for(model_dir, small_data_dir, tmp_path, capsys):
+    """`finrec score --category mortgage` said "wrote N recommendations for <every customer
+    ranked>" while most customers had no eligible mortgage and no row in the file (a tester's
+    monthly cycle: 3,663 said, 1,008 written). Those without an eligible product are counted apart."""
+    import re
+
+    out = tmp_path / "top.csv"
+    code = main(
+        ["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out)]
+        + ["--category", "mortgage"]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    written = pd.read_csv(out, dtype={"customer_id": str})["customer_id"].nunique()
+    said = int(re.search(r"recommendations for (\d+) customers", printed).group(1))
+    empty = int(re.search(r"(\d+) customer\(s\) have no eligible product", printed).group(1))
+    assert said == written and empty > 0, printed

@@ -537,7 +537,10 @@ def cmd_score(args) -> int:
         )
     _catalogue_notes("score", stats.get("catalogue"))
     _history_note("score", loaded.trained.pipeline, args.data)
-    print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
+    empty = stats.get("no_eligible", 0)
+    print(f"wrote {rows} recommendations for {customers - stats['objected'] - empty} customers to {args.out}")
+    if empty:  # they were counted among the customers written for, with no row in the file
+        print(f"{empty} customer(s) have no eligible product under these filters: absent from the output")
     if stats["objected"]:
         print(
             f"{stats['objected']} customer(s) objected to profiling for marketing: not scored, absent from the output"
