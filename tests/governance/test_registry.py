@@ -124,6 +124,8 @@ def test_models_command(model_dir, tmp_path, capsys):
     assert main(["models", "rollback", "--root", root]) == 0
     assert "rolled back to v0001 (from v0002)" in capsys.readouterr().out
     assert main(["models", "rollback", "--root", root]) == 2
+    err = capsys.readouterr().err  # it said "only one promotion so far" after two and a rollback
+    assert "nothing was promoted before v0001, or each later promotion was rolled back" in err, err
     assert main(["models", "add", "--root", root, "--model", str(tmp_path / "none")]) == 2
 
 

@@ -202,9 +202,14 @@ class Registry:
         with self._locked():
             state = self.state()
             if len(state["stack"]) < 2:
+                # After a promotion and its rollback it said "only one promotion so far".
+                why = (
+                    "no version is promoted"
+                    if not state["stack"]
+                    else f"nothing was promoted before {state['stack'][0]}, or each later promotion was rolled back"
+                )
                 raise RegistryError(
-                    f"{self.root}: nothing to roll back to "
-                    f"({'no version is promoted' if not state['stack'] else 'only one promotion so far'})"
+                    f"{self.root}: nothing to roll back to ({why}); `finrec models promote VERSION` serves another"
                 )
             current = state["stack"].pop()
             target = state["stack"][-1]
