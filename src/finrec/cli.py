@@ -876,7 +876,6 @@ def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
 
 
 def cmd_compare(args) -> int:
-    from finrec.artifacts import load_model_dir
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset
     from finrec.governance.compare import compare_models, format_comparison
@@ -885,7 +884,8 @@ def cmd_compare(args) -> int:
     champion = _registry_model(args.champion, args.root, "champion")
     challenger = _registry_model(args.challenger, args.root, "challenger")
     _check_json_output(args.json, {"--data": args.data, "--champion": champion, "--challenger": challenger})
-    models = [load_model_dir(path, expect_schema=dataset.schema.to_dict()).trained for path in (champion, challenger)]
+    # as evaluate loads it: a products value column named after training is no model input
+    models = [_load_model_for(path, dataset.schema).trained for path in (champion, challenger)]
     result = compare_models(
         *models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence, seed=args.seed
     )

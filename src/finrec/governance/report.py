@@ -852,10 +852,15 @@ def build_report(
 
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
-    if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
+    # The products' value column is no model input: it may be named after training.
+    mine, theirs = (
+        loaded.trained.pipeline.full_schema.without_value().to_dict(),
+        dataset.schema.without_value().to_dict(),
+    )
+    if mine != theirs:
         raise DataError(
             f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-            + S.schema_differences(loaded.trained.pipeline.full_schema.to_dict(), dataset.schema.to_dict())
+            + S.schema_differences(mine, theirs)
         )
     recommender = Recommender(loaded.trained, dataset)
     ctx = Context(Path(model_dir), Path(data_dir), loaded.manifest, loaded.trained, dataset, recommender, k, seed)
