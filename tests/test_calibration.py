@@ -779,3 +779,21 @@ def test_calibrate_refuses_a_handful_of_adoptions_and_leaves_the_model_as_it_was
     err = capsys.readouterr().err
     assert "adoption(s) of" in err and "at least 20 are needed" in err and "the model is unchanged" in err
     assert (copy / CALIBRATION_FILE).read_bytes() == before
+
+
+def test_calibrate_refuses_a_copy_of_the_training_data_once_its_directory_is_gone(
+    trained, small_data_dir, tmp_path, capsys
+):
+    # A tester's monthly cycle: last month's split was moved away, and a copy of the training
+    # data was calibrated on without a word (the customer check reads the recorded directory).
+    from finrec.artifacts import read_manifest, save_model_dir
+    from finrec.cli import main
+    from finrec.data.io import fingerprint
+
+    model = save_model_dir(
+        trained, tmp_path / "model", data_fingerprint=fingerprint(small_data_dir), data_path=str(tmp_path / "moved")
+    )
+    before = read_manifest(model)
+    assert main(["calibrate", "--model", str(model), "--data", str(small_data_dir)]) == 2
+    assert "this is the data the model was trained on" in capsys.readouterr().err
+    assert read_manifest(model) == before

@@ -389,6 +389,14 @@ def test_evaluate_says_when_the_adoptions_are_the_ones_the_model_was_trained_on(
     write_table(pairs[pairs["_merge"] == "left_only"].drop(columns="_merge").drop_duplicates(), path)
     assert main(["evaluate", "--model", str(model), "--data", str(later)]) == 0
     assert "trained on" not in capsys.readouterr().err
+    # the training directory moved away since: a copy of it is known by its fingerprint
+    from finrec.data.io import fingerprint
+
+    moved = save_model_dir(
+        trained, tmp_path / "moved", data_fingerprint=fingerprint(small_data_dir), data_path=str(tmp_path / "gone")
+    )
+    assert main(["evaluate", "--model", str(moved), "--data", str(small_data_dir)]) == 0
+    assert "are in the data the model was trained on" in capsys.readouterr().err
 
 
 def test_score_counts_only_the_customers_it_wrote_for(model_dir, small_data_dir, tmp_path, capsys):

@@ -398,6 +398,12 @@ def cmd_evaluate(args) -> int:
         )
     trained_on = loaded.manifest.get("data_path")
     learned = adoptions_trained_on(dataset, trained_on)
+    recorded = loaded.manifest.get("data_fingerprint")
+    if not learned and not (trained_on and Path(trained_on).is_dir()) and recorded:
+        from finrec.data.io import fingerprint
+
+        # the training directory moved away: a copy of it is known by its files
+        learned = len(dataset.interactions) if fingerprint(args.data) == recorded else 0
     if learned:
         print(
             f"finrec evaluate: note: {learned} of the {len(dataset.interactions)} adoption(s) in {safe_text(args.data)} "
@@ -607,6 +613,25 @@ def cmd_calibrate(args) -> int:
                 f"{args.data}: {len(overlap)} customer(s) (e.g. {safe_text(overlap[0], quote=True)}) are in the data the model "
                 f"was trained on ({trained_on}); calibrate on held-out customers"
             )
+    else:
+        # The training directory moved or was deleted (last month's split): a copy of it was
+        # calibrated on without a word, every customer one the model learned from (a tester).
+        recorded = manifest.get("data_fingerprint")
+        if recorded and fingerprint(args.data) == recorded:
+            raise FinrecError(
+                f"{args.data}: this is the data the model was trained on (the same files as the manifest's "
+                f"fingerprint; {safe_text(trained_on or 'its training directory')} is gone); calibrate on held-out customers"
+            )
+        where = (
+            f"the data the model was trained on ({safe_text(trained_on)}) is gone"
+            if trained_on
+            else "the model does not record the data it was trained on"
+        )
+        print(
+            f"finrec calibrate: note: {where}, so whether these customers are held out cannot be checked; "
+            "calibrate on customers the model never saw",
+            file=sys.stderr,
+        )
     trained = loaded.trained
     calibration = calibrate(trained, dataset)
     # The model directory is rewritten in place: a handful of adoptions would replace the
