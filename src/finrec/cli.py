@@ -801,6 +801,8 @@ def cmd_monitor(args) -> int:
     _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     report = monitor_model(args.model, args.data, seed=args.seed)
     print(format_report(report))
+    for note in report.get("notes", ()):
+        print(f"finrec monitor: note: {safe_text(note, MAX_MESSAGE_CHARS)}", file=sys.stderr)
     if args.json:
         with atomic_file(args.json) as handle:
             json.dump(report, handle, indent=1)

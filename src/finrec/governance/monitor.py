@@ -407,4 +407,12 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
         seed=seed,
         history=dataset.holdings_history,
     )
-    return {"model": str(model_dir), "data": str(data_dir), **report}
+    notes = []
+    if getattr(loaded.trained.pipeline, "history_", None) is not None and dataset.holdings_history is None:
+        # The scores and the recommended mix moved to "alert" without a word (a tester's population
+        # without the table): every customer ranked as one without a past.
+        notes.append(
+            f"the model reads a {S.HOLDINGS_HISTORY} table and {data_dir} has none: every customer is scored as "
+            "one without a past, which moves the scores and the recommended mix"
+        )
+    return {"model": str(model_dir), "data": str(data_dir), **report, **({"notes": notes} if notes else {})}
