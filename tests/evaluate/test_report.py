@@ -67,3 +67,26 @@ def test_an_adoption_of_a_product_the_model_does_not_know_is_a_miss():
     new = _stub_model(["A", "B", "C", "NEW"], [3, 2, 1, 0])
     assert unknown_adoptions(new.pipeline, dataset) == {}
     assert evaluate(new, dataset)["model"]["customers"] == 40
+
+
+def test_fairness_counts_adoptions_of_an_unknown_product_as_misses(trained, small_dataset):
+    # `evaluate --fairness` still graded each group on the model's catalogue alone, after the
+    # main table counted adoptions of a launch as misses: the two tables disagreed.
+    import dataclasses
+
+    import pandas as pd
+
+    from finrec.evaluate.fairness import fairness_report
+
+    interactions = small_dataset.interactions
+    adopters = set(interactions["customer_id"].astype(str))
+    newcomers = [c for c in small_dataset.customers["customer_id"].astype(str) if c not in adopters][:40]
+    launch = pd.DataFrame({"customer_id": newcomers, "product_id": "GREEN_SAVER"})
+    with_launch = dataclasses.replace(small_dataset, interactions=pd.concat([interactions, launch], ignore_index=True))
+
+    def evaluated(dataset):
+        groups = fairness_report(trained, dataset, k=5)["columns"]["gender"]["groups"]
+        return sum(group["evaluated"] for group in groups.values())
+
+    # the newcomers adopted only the launch: they join the task, with nothing the model can hit
+    assert evaluated(with_launch) > evaluated(small_dataset)
