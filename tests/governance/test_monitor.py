@@ -267,20 +267,3 @@ def test_a_value_column_named_after_training_is_no_schema_change(
     err = capsys.readouterr().err
     assert code == 0, err
     assert "schema differs" not in err and "different schema" not in err
-
-
-def test_monitor_says_when_the_population_has_no_history_the_model_reads(history_rec, small_data_dir, tmp_path, capsys):
-    # A tester's population without its holdings_history: the recommended mix read "alert" and
-    # nothing said why (score, evaluate, recommend and plan say it).
-    from finrec.artifacts import save_model_dir
-
-    model = save_model_dir(
-        history_rec.trained,
-        tmp_path / "model",
-        monitoring=M.reference_for(history_rec.trained, history_rec.dataset),
-    )
-    assert (
-        main(["monitor", "--model", str(model), "--data", str(small_data_dir), "--json", str(tmp_path / "d.json")]) == 0
-    )
-    assert "has none: every customer is scored as one without a past" in capsys.readouterr().err
-    assert json.loads((tmp_path / "d.json").read_text())["notes"]

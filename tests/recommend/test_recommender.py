@@ -261,3 +261,26 @@ def test_what_if_changes_only_what_it_is_told(rec, small_dataset, history_rec):
             for i in with_history.recommend({**profile["attributes"], S.HOLDINGS: profile["holdings"]}).items
         ] != [i.product_id for i in before.items]
     assert moved  # a dict of features has no history: what the what-if used to show
+
+
+def test_monitor_says_when_the_population_has_no_history_the_model_reads(history_rec, small_data_dir, tmp_path, capsys):
+    # A tester's population without its holdings_history: the recommended mix read "alert" and
+    # nothing said why (score, evaluate, recommend and plan say it). Here, not in
+    # tests/governance/test_monitor.py: this file fits history_rec already (make test runs one
+    # worker per file), and that one would fit it a second time.
+    import json
+
+    from finrec.artifacts import save_model_dir
+    from finrec.cli import main
+    from finrec.governance import monitor as M
+
+    model = save_model_dir(
+        history_rec.trained,
+        tmp_path / "model",
+        monitoring=M.reference_for(history_rec.trained, history_rec.dataset),
+    )
+    assert (
+        main(["monitor", "--model", str(model), "--data", str(small_data_dir), "--json", str(tmp_path / "d.json")]) == 0
+    )
+    assert "has none: every customer is scored as one without a past" in capsys.readouterr().err
+    assert json.loads((tmp_path / "d.json").read_text())["notes"]
