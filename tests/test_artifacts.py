@@ -109,3 +109,26 @@ def test_a_config_saved_before_a_default_changed_keeps_the_old_value(tmp_path):
     explicit = tmp_path / "explicit.yaml"
     explicit.write_text("model: {embedding_dim: 32}\ntraining: {holdings_dropout: 0.3}\n")
     assert _load_config(explicit).training.holdings_dropout == 0.3
+
+
+def test_a_registry_a_version_or_a_dataset_given_as_the_model_says_where_the_model_is(tmp_path):
+    # A tester's monthly cycle passed each as --model and was told only "manifest.json is missing".
+    from finrec.artifacts import ArtifactError, read_manifest
+
+    version = tmp_path / "reg" / "versions" / "v0002"
+    (version / "model").mkdir(parents=True)
+    (version / "model" / "manifest.json").write_text("{}")
+    (tmp_path / "reg" / "registry.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "schema.yaml").write_text("customers: {}")
+    (tmp_path / "other").mkdir()
+    expected = {
+        version: f"the model is {version / 'model'}",
+        tmp_path / "reg": "is a model registry: pass --root",
+        tmp_path / "data": "pass it as --data",
+        tmp_path / "other": "(manifest.json is missing)",
+    }
+    for path, hint in expected.items():
+        with pytest.raises(ArtifactError) as error:
+            read_manifest(path)
+        assert hint in str(error.value), str(error.value)

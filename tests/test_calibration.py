@@ -809,3 +809,21 @@ def test_evaluate_probabilities_checks_them_against_the_adoptions(model_dir, sma
         ["evaluate", "--model", str(bare), "--data", str(small_data_dir), "--probabilities", "--json", str(out)]
     )
     assert code == 2 and "no calibration" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_copy_of_the_training_data_once_its_directory_is_gone(
+    trained, small_data_dir, tmp_path, capsys
+):
+    # A tester's monthly cycle: last month's split was moved away, and a copy of the training
+    # data was calibrated on without a word (the customer check reads the recorded directory).
+    from finrec.artifacts import read_manifest, save_model_dir
+    from finrec.cli import main
+    from finrec.data.io import fingerprint
+
+    model = save_model_dir(
+        trained, tmp_path / "model", data_fingerprint=fingerprint(small_data_dir), data_path=str(tmp_path / "moved")
+    )
+    before = read_manifest(model)
+    assert main(["calibrate", "--model", str(model), "--data", str(small_data_dir)]) == 2
+    assert "this is the data the model was trained on" in capsys.readouterr().err
+    assert read_manifest(model) == before

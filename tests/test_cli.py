@@ -333,3 +333,86 @@ def test_a_broken_pipe_elsewhere_is_an_internal_error(monkeypatch, tmp_path, cap
     monkeypatch.setattr(cli, "cmd_generate", lost)
     assert main(["generate", "--out", str(tmp_path / "bank")]) == 1
     assert "internal error: BrokenPipeError" in capsys.readouterr().err
+
+
+def test_evaluate_counts_adoptions_of_a_launch_the_model_does_not_know_as_misses(
+    model_dir, updated_bank, tmp_path, capsys
+):
+    """A tester's monthly cycle: last month's model on this month's data, where 25 customers took
+    up a product launched since. Those adoptions left the task without a word, and the old model
+    read better than the one trained with the launch; now they count as misses, named on stderr."""
+    from finrec.data.io import find_table, read_table, write_table
+
+    data = updated_bank(
+        lambda products: pd.concat(
+            [products, products[products.product_id == "SAV_BASIC"].assign(product_id="GREEN_SAVER")],
+            ignore_index=True,
+        )
+    )
+    path = find_table(data, "interactions")
+    interactions = read_table(path, ("customer_id", "product_id"))
+    customers = interactions["customer_id"].drop_duplicates().iloc[:25]
+    launch = pd.DataFrame({"customer_id": customers, "product_id": "GREEN_SAVER"})
+    write_table(pd.concat([interactions, launch], ignore_index=True), path)
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
+    err = capsys.readouterr().err
+    assert "25 adoption(s)" in err and "GREEN_SAVER (25)" in err and "count as misses" in err, err
+    with_launch = json.loads((tmp_path / "e.json").read_text())["results"]["model"]
+    write_table(interactions, path)  # the same data without the launch
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data), "--json", str(tmp_path / "f.json")]) == 0
+    without = json.loads((tmp_path / "f.json").read_text())["results"]["model"]
+    assert with_launch["customers"] == without["customers"]  # each of the 25 had adopted something else too
+    assert with_launch["recall@5"] < without["recall@5"]
+
+
+def test_evaluate_says_when_the_adoptions_are_the_ones_the_model_was_trained_on(
+    trained, small_data_dir, updated_bank, tmp_path, capsys
+):
+    """A tester's monthly cycle: last month's test side given to this month's model, which was
+    trained on those same adoptions, read 0.68 nDCG@5 against 0.57 on held-out customers, with
+    no word. An out-of-time test side (the same customers, the next month's adoptions) is fine."""
+    from finrec.artifacts import save_model_dir
+    from finrec.data.io import find_table, read_table, write_table
+
+    model = save_model_dir(trained, tmp_path / "model", data_path=str(small_data_dir))
+    assert main(["evaluate", "--model", str(model), "--data", str(small_data_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "are in the data the model was trained on" in err and "the metrics are optimistic" in err, err
+    later = updated_bank(lambda products: products)  # the same customers, other adoptions
+    path = find_table(later, "interactions")
+    interactions = read_table(path, ("customer_id", "product_id"))
+    products = sorted(interactions["product_id"].unique())
+    rotate = dict(zip(products, products[1:] + products[:1], strict=True))
+    shifted = interactions.assign(product_id=interactions["product_id"].map(rotate))
+    key = ["customer_id", "product_id"]
+    pairs = shifted.merge(interactions[key], on=key, how="left", indicator=True)
+    write_table(pairs[pairs["_merge"] == "left_only"].drop(columns="_merge").drop_duplicates(), path)
+    assert main(["evaluate", "--model", str(model), "--data", str(later)]) == 0
+    assert "trained on" not in capsys.readouterr().err
+    # the training directory moved away since: a copy of it is known by its fingerprint
+    from finrec.data.io import fingerprint
+
+    moved = save_model_dir(
+        trained, tmp_path / "moved", data_fingerprint=fingerprint(small_data_dir), data_path=str(tmp_path / "gone")
+    )
+    assert main(["evaluate", "--model", str(moved), "--data", str(small_data_dir)]) == 0
+    assert "are in the data the model was trained on" in capsys.readouterr().err
+
+
+def test_score_counts_only_the_customers_it_wrote_for(model_dir, small_data_dir, tmp_path, capsys):
+    """`finrec score --category mortgage` said "wrote N recommendations for <every customer
+    ranked>" while most customers had no eligible mortgage and no row in the file (a tester's
+    monthly cycle: 3,663 said, 1,008 written). Those without an eligible product are counted apart."""
+    import re
+
+    out = tmp_path / "top.csv"
+    code = main(
+        ["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out)]
+        + ["--category", "mortgage"]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    written = pd.read_csv(out, dtype={"customer_id": str})["customer_id"].nunique()
+    said = int(re.search(r"recommendations for (\d+) customers", printed).group(1))
+    empty = int(re.search(r"(\d+) customer\(s\) have no eligible product", printed).group(1))
+    assert said == written and empty > 0, printed

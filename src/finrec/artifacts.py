@@ -234,6 +234,22 @@ def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
     return manifest
 
 
+def _model_hint(path: Path) -> str:
+    """Where the model is, when ``path`` is a directory people pass for one: a registry, one of
+    its versions, or a dataset (a tester's monthly cycle passed each, and was told only that the
+    manifest was missing)."""
+    if (path / "model" / MANIFEST).is_file():  # a registry version: versions/v0002
+        return f"; the model is {path / 'model'}"
+    if (path / "registry.json").is_file() or (path / "versions").is_dir():
+        return (
+            f"; {path} is a model registry: pass --root {path} where the command takes it (serve, compare), "
+            f"or a version's model, {path / 'versions' / 'VERSION' / 'model'}"
+        )
+    if (path / "schema.yaml").is_file():
+        return "; it holds a dataset (schema.yaml): pass it as --data, and a model directory as --model"
+    return ""
+
+
 def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The manifest of a model directory, after checking its structure and, with ``verify``,
     every file's checksum. The manifest must list exactly ``REQUIRED_FILES``, and may list
@@ -244,7 +260,7 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
         raise ArtifactError(f"{path}: no model directory here (train one with `finrec train --data DIR --out {path}`)")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise ArtifactError(f"{path}: not a finrec model directory ({MANIFEST} is missing)")
+        raise ArtifactError(f"{path}: not a finrec model directory ({MANIFEST} is missing){_model_hint(path)}")
     manifest = _check_manifest(path, _read_json(manifest_path, MAX_MANIFEST_BYTES))
     if verify:
         for name in (*REQUIRED_FILES, *(name for name in OPTIONAL_FILES if name in manifest["files"])):

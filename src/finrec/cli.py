@@ -379,7 +379,7 @@ def _check_json_output(path: Path | None, inputs: dict) -> None:
 def cmd_evaluate(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset, read_split
-    from finrec.evaluate.report import evaluate, format_table
+    from finrec.evaluate.report import adoptions_trained_on, evaluate, format_table, unknown_adoptions
 
     _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     dataset = load_dataset(args.data)
@@ -390,6 +390,31 @@ def cmd_evaluate(args) -> int:
         raise FinrecError(f"{args.model}: {NO_CALIBRATION}")
     results = evaluate(loaded.trained, dataset, k=args.k, seed=args.seed)
     _history_note("evaluate", loaded.trained.pipeline, args.data)
+    unknown = unknown_adoptions(loaded.trained.pipeline, dataset)
+    if unknown:
+        named = ", ".join(f"{safe_text(p, 40)} ({n})" for p, n in list(unknown.items())[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        print(
+            f"finrec evaluate: note: {sum(unknown.values())} adoption(s) in {safe_text(args.data)} are of "
+            f"{len(unknown)} product(s) the model does not know: {named}{more}; they count as misses (the model "
+            "cannot rank them): retrain with them to rank them",
+            file=sys.stderr,
+        )
+    trained_on = loaded.manifest.get("data_path")
+    learned = adoptions_trained_on(dataset, trained_on)
+    recorded = loaded.manifest.get("data_fingerprint")
+    if not learned and not (trained_on and Path(trained_on).is_dir()) and recorded:
+        from finrec.data.io import fingerprint
+
+        # the training directory moved away: a copy of it is known by its files
+        learned = len(dataset.interactions) if fingerprint(args.data) == recorded else 0
+    if learned:
+        print(
+            f"finrec evaluate: note: {learned} of the {len(dataset.interactions)} adoption(s) in {safe_text(args.data)} "
+            f"are in the data the model was trained on ({safe_text(trained_on)}): the metrics are optimistic; "
+            "evaluate on held-out customers or a later month (`finrec split`)",
+            file=sys.stderr,
+        )
     split = read_split(args.data)
     print(_split_line(split))
     print(format_table(results, args.k))
@@ -527,7 +552,10 @@ def cmd_score(args) -> int:
         )
     _catalogue_notes("score", stats.get("catalogue"))
     _history_note("score", loaded.trained.pipeline, args.data)
-    print(f"wrote {rows} recommendations for {customers - stats['objected']} customers to {args.out}")
+    empty = stats.get("no_eligible", 0)
+    print(f"wrote {rows} recommendations for {customers - stats['objected'] - empty} customers to {args.out}")
+    if empty:  # they were counted among the customers written for, with no row in the file
+        print(f"{empty} customer(s) have no eligible product under these filters: absent from the output")
     if stats["objected"]:
         print(
             f"{stats['objected']} customer(s) objected to profiling for marketing: not scored, absent from the output"
@@ -594,6 +622,25 @@ def cmd_calibrate(args) -> int:
                 f"{args.data}: {len(overlap)} customer(s) (e.g. {safe_text(overlap[0], quote=True)}) are in the data the model "
                 f"was trained on ({trained_on}); calibrate on held-out customers"
             )
+    else:
+        # The training directory moved or was deleted (last month's split): a copy of it was
+        # calibrated on without a word, every customer one the model learned from (a tester).
+        recorded = manifest.get("data_fingerprint")
+        if recorded and fingerprint(args.data) == recorded:
+            raise FinrecError(
+                f"{args.data}: this is the data the model was trained on (the same files as the manifest's "
+                f"fingerprint; {safe_text(trained_on or 'its training directory')} is gone); calibrate on held-out customers"
+            )
+        where = (
+            f"the data the model was trained on ({safe_text(trained_on)}) is gone"
+            if trained_on
+            else "the model does not record the data it was trained on"
+        )
+        print(
+            f"finrec calibrate: note: {where}, so whether these customers are held out cannot be checked; "
+            "calibrate on customers the model never saw",
+            file=sys.stderr,
+        )
     trained = loaded.trained
     calibration = calibrate(trained, dataset)
     # The model directory is rewritten in place: a handful of adoptions would replace the
@@ -763,6 +810,8 @@ def cmd_monitor(args) -> int:
     _check_json_output(args.json, {"--data": args.data, "--model": args.model})
     report = monitor_model(args.model, args.data, seed=args.seed)
     print(format_report(report))
+    for note in report.get("notes", ()):
+        print(f"finrec monitor: note: {safe_text(note, MAX_MESSAGE_CHARS)}", file=sys.stderr)
     if args.json:
         with atomic_file(args.json) as handle:
             json.dump(report, handle, indent=1)
@@ -810,14 +859,14 @@ def cmd_models(args) -> int:
     if not versions and not lost:
         print(f"{args.root}: no versions yet (`finrec models add --root {args.root} --model DIR`)")
         return 0
-    print(f"  {'version':<9}{'registered':<27}{'val nDCG':>10}  {'data':<18}source")
+    print(f"  {'version':<9}{'registered':<27}{'nDCG':>8} {'measured on':<12}{'data':<18}source")
     for info in versions:
-        ndcg = next((v for k, v in (info.get("metrics") or {}).items() if "ndcg" in k), None)
+        ndcg, measured = _registry_ndcg(info.get("metrics"))
         # version.json unreadable (deleted or damaged by hand): said, not printed as "None"
         registered = info.get("registered") or "? (no version.json)"
         print(
             f"{'*' if info['promoted'] else ' '} {info['version']:<9}{str(registered):<27}"
-            f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>10}  "
+            f"{(f'{ndcg:.4f}' if isinstance(ndcg, (int, float)) else '-'):>8} {measured:<12}"
             f"{str(info.get('data_fingerprint') or '-')[:16]:<18}{info.get('source', '')}"
         )
     if lost:  # printed as nothing marked promoted, exit 0
@@ -826,6 +875,24 @@ def cmd_models(args) -> int:
             "`finrec models promote VERSION` or `finrec models rollback` serves another"
         )
     return 0
+
+
+def _registry_ndcg(metrics) -> tuple[float | None, str]:
+    """(nDCG, what it was measured on) for ``models list``: the tree blend's validation nDCG where
+    the model ships a blend (the towers' own figure understates it), else the validation nDCG,
+    else the nDCG of the metrics given to ``models add --metrics`` (``finrec evaluate --json``:
+    customers of the data evaluated). The column was "val nDCG" for all three, and read the
+    towers' figure first: a held-out nDCG beside a validation one, as if comparable."""
+    metrics = metrics if isinstance(metrics, dict) else {}
+
+    def first(prefix: str):
+        return next((v for k, v in metrics.items() if str(k).startswith(prefix) and isinstance(v, (int, float))), None)
+
+    for prefix, measured in (("blend_val_ndcg@", "validation"), ("val_ndcg@", "validation"), ("ndcg@", "--metrics")):
+        value = first(prefix)
+        if value is not None:
+            return value, measured
+    return None, "-"
 
 
 def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
@@ -845,7 +912,6 @@ def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
 
 
 def cmd_compare(args) -> int:
-    from finrec.artifacts import load_model_dir
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset
     from finrec.governance.compare import compare_models, format_comparison
@@ -854,7 +920,8 @@ def cmd_compare(args) -> int:
     champion = _registry_model(args.champion, args.root, "champion")
     challenger = _registry_model(args.challenger, args.root, "challenger")
     _check_json_output(args.json, {"--data": args.data, "--champion": champion, "--challenger": challenger})
-    models = [load_model_dir(path, expect_schema=dataset.schema.to_dict()).trained for path in (champion, challenger)]
+    # as evaluate loads it: a products value column named after training is no model input
+    models = [_load_model_for(path, dataset.schema).trained for path in (champion, challenger)]
     result = compare_models(
         *models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence, seed=args.seed
     )

@@ -124,7 +124,40 @@ def test_models_command(model_dir, tmp_path, capsys):
     assert main(["models", "rollback", "--root", root]) == 0
     assert "rolled back to v0001 (from v0002)" in capsys.readouterr().out
     assert main(["models", "rollback", "--root", root]) == 2
+    err = capsys.readouterr().err  # it said "only one promotion so far" after two and a rollback
+    assert "nothing was promoted before v0001, or each later promotion was rolled back" in err, err
     assert main(["models", "add", "--root", root, "--model", str(tmp_path / "none")]) == 2
+
+
+def test_models_list_shows_the_shipped_ndcg_and_says_what_it_was_measured_on(model_dir, tmp_path, capsys):
+    # A tester's monthly cycle: the column "val nDCG" showed the towers' validation nDCG of a
+    # model that ships a tree blend (0.5290; the blend's 0.5495 ships) beside last month's
+    # held-out nDCG given with --metrics (0.5411), as if the two were comparable.
+    registry = Registry(tmp_path / "reg")
+    registry.add(model_dir, metrics={"val_ndcg@5": 0.529, "tree_blend_weight": 0.8, "blend_val_ndcg@5": 0.5495})
+    registry.add(model_dir, metrics={"ndcg@5": 0.5411, "map@5": 0.45})
+    registry.add(model_dir, metrics={"val_map@5": 0.3, "val_ndcg@5": 0.5})
+    capsys.readouterr()
+    assert main(["models", "list", "--root", str(tmp_path / "reg")]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[2:5] == ["nDCG", "measured", "on"]
+    assert rows[0].split()[2:4] == ["0.5495", "validation"]
+    assert rows[1].split()[2:4] == ["0.5411", "--metrics"]
+    assert rows[2].split()[2:4] == ["0.5000", "validation"]
+
+
+@pytest.mark.parametrize("inside", [".", "registry"])
+def test_a_registry_inside_the_model_directory_is_refused(model_dir, tmp_path, capsys, inside):
+    # `finrec models add --root M --model M` wrote versions/ into the model directory, the copy
+    # of the model carrying the half-made versions/ inside it (a tester's monthly cycle).
+    import shutil
+
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    before = sorted(p.name for p in model.iterdir())
+    root = model / inside
+    assert main(["models", "add", "--root", str(root), "--model", str(model)]) == 2
+    assert "would lie inside the model directory" in capsys.readouterr().err
+    assert sorted(p.name for p in model.iterdir()) == before
 
 
 def test_a_missing_report_is_refused_before_the_model_is_copied(model_dir, tmp_path, capsys):

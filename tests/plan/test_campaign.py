@@ -103,8 +103,13 @@ def test_values_from_the_schema_column(small_dataset):
         }
     )
     np.testing.assert_array_equal(product_values(products, schema, ids), np.arange(len(ids), dtype=float)[::-1])
-    with pytest.raises(DataError, match="margin"):
+    with pytest.raises(DataError, match="margin") as error:
         product_values(products.assign(margin=-1.0), schema, ids)
+    # It read "not so for np.str_('INS_TRAVEL'), ..." (a tester naming a yield that is negative
+    # for credit products): the ids as text, each with its value, and the count.
+    message = str(error.value)
+    assert "np.str_" not in message and f"'{ids[0]}' (-1)" in message, message
+    assert f"{len(ids)} product(s) are not" in message
 
 
 def test_cli_plan_end_to_end(model_dir, small_data_dir, recommender, tmp_path, capsys):

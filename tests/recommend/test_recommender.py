@@ -341,3 +341,26 @@ def test_a_customer_that_is_neither_an_id_nor_features_is_named(rec, small_datas
     as_list = rec.recommend({"age": 40, "holdings": holdings}, k=5)
     for same in (np.array(holdings), pd.Series(holdings)):  # a Series was "truth value ... ambiguous"
         assert rec.recommend({"age": 40, "holdings": same}, k=5).items == as_list.items
+
+
+def test_monitor_says_when_the_population_has_no_history_the_model_reads(history_rec, small_data_dir, tmp_path, capsys):
+    # A tester's population without its holdings_history: the recommended mix read "alert" and
+    # nothing said why (score, evaluate, recommend and plan say it). Here, not in
+    # tests/governance/test_monitor.py: this file fits history_rec already (make test runs one
+    # worker per file), and that one would fit it a second time.
+    import json
+
+    from finrec.artifacts import save_model_dir
+    from finrec.cli import main
+    from finrec.governance import monitor as M
+
+    model = save_model_dir(
+        history_rec.trained,
+        tmp_path / "model",
+        monitoring=M.reference_for(history_rec.trained, history_rec.dataset),
+    )
+    assert (
+        main(["monitor", "--model", str(model), "--data", str(small_data_dir), "--json", str(tmp_path / "d.json")]) == 0
+    )
+    assert "has none: every customer is scored as one without a past" in capsys.readouterr().err
+    assert json.loads((tmp_path / "d.json").read_text())["notes"]

@@ -35,7 +35,7 @@ from finrec.data.categories import as_category_text
 from finrec.data.compliance import without_objections
 from finrec.data.io import Dataset
 from finrec.evaluate.metrics import summarize
-from finrec.evaluate.report import ranking_task
+from finrec.evaluate.report import ranking_task, unknown_adoptions
 from finrec.recommend import filters as F
 from finrec.recommend.recommender import Recommender
 
@@ -118,9 +118,16 @@ def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
     category_order = list(dict.fromkeys(categories))
     slot_category = categories[top]
 
-    eval_ids, relevant, excluded = ranking_task(pipeline, dataset)
+    # An adoption of a product the model does not know is a miss, as ``evaluate`` grades it.
+    unknown = list(unknown_adoptions(pipeline, dataset))
+    catalogue = [str(p) for p in pipeline.product_ids_]
+    eval_ids, relevant, excluded = ranking_task(pipeline, dataset, products=[*catalogue, *unknown] if unknown else None)
     position = pd.Index(all_ids.astype(str)).get_indexer(eval_ids.astype(str))
     eval_scores = scores[position]
+    never = None
+    if unknown:
+        eval_scores = np.hstack([eval_scores, np.full((len(eval_scores), len(unknown)), -np.inf)])
+        never = np.arange(eval_scores.shape[1]) >= len(catalogue)
 
     metric_names = [f"ndcg@{k}", f"recall@{k}", "mrr"]
     for column, labels in groups.items():
@@ -130,7 +137,7 @@ def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
         for group in _group_order(column, labels):
             members = label_values == group
             in_eval = eval_labels == group
-            metrics = summarize(eval_scores[in_eval], relevant[in_eval], excluded[in_eval], k=k)
+            metrics = summarize(eval_scores[in_eval], relevant[in_eval], excluded[in_eval], k=k, unrankable=never)
             slots = slot_category[members][valid[members]]
             counts = pd.Series(slots, dtype=object).value_counts()
             total = int(counts.sum())

@@ -373,6 +373,7 @@ def summarize(
     k: int = 5,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    unrankable: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Rank, score every metric, and average over the customers that can be evaluated.
 
@@ -384,6 +385,8 @@ def summarize(
         k: positive int cut-off.
         chunk_rows: rows processed at a time; bounds memory at about
             ``chunk_rows * P * 17`` bytes (float64 key, intp ranking, bool relevance).
+        unrankable: bool ``[P]`` or None; products the ranker cannot rank (a product the model
+            does not know): a relevant one counts as relevant but is never a hit, at any rank.
 
     Returns:
         ``{"ndcg@k", "map@k", "precision@k", "recall@k", "hit_rate@k", "mrr"}`` (with the actual
@@ -407,6 +410,11 @@ def summarize(
         ex = _as_bool_2d("excluded", excluded)
         if ex.shape != s.shape:
             raise ValueError(f"excluded has shape {ex.shape}, scores has shape {s.shape}")
+    never = None
+    if unrankable is not None:
+        never = np.asarray(unrankable, dtype=bool)
+        if never.shape != (s.shape[1],):
+            raise ValueError(f"unrankable has shape {never.shape}, expected ({s.shape[1]},)")
 
     keys = metric_keys(k)
     totals = dict.fromkeys(keys, 0.0)
@@ -426,6 +434,8 @@ def summarize(
         ex_c = None if ex_c is None else ex_c[keep]
         ranking = rank_items(s[start:stop][keep], ex_c)
         rel = relevance_in_rank_order(ranking, rel_c)  # rel_c is already masked by ex_c
+        if never is not None:
+            rel = rel & ~never[ranking]
         values = (
             ndcg_at_k(rel, n_rel, k),
             map_at_k(rel, n_rel, k),

@@ -48,31 +48,94 @@ def ranking_task(
     return ids[keep], relevant[keep], (held & ~relevant)[keep]
 
 
+def unknown_adoptions(pipeline, dataset: Dataset) -> dict[str, int]:
+    """``{product id: adoptions}`` of the data's interactions whose product the model's catalogue
+    lacks (a product launched after the model was trained), by count then id. ``evaluate``
+    counts them as misses; the model cannot rank them."""
+    interactions = dataset.interactions
+    if interactions is None or len(interactions) == 0:
+        return {}
+    known = set(str(p) for p in pipeline.product_ids_)
+    counts = interactions["product_id"].astype(str).value_counts()
+    unknown = {str(p): int(n) for p, n in counts.items() if p not in known}
+    return dict(sorted(unknown.items(), key=lambda item: (-item[1], item[0])))
+
+
+def adoptions_trained_on(dataset: Dataset, training_dir) -> int:
+    """How many of the data's adoptions (customer, product pairs) are adoptions of the data the
+    model was trained on (``training_dir``, the manifest's ``data_path``): the model learned them,
+    so metrics over them are optimistic. 0 when that directory is gone or unreadable. Customers
+    alone would not do: an out-of-time test side holds the training customers, with the
+    adoptions of the month after."""
+    from pathlib import Path
+
+    from finrec.data import schema as S
+    from finrec.data.io import find_table, read_table
+    from finrec.errors import FinrecError
+
+    interactions = dataset.interactions
+    if training_dir is None or interactions is None or len(interactions) == 0:
+        return 0
+    try:
+        path = find_table(Path(training_dir), S.INTERACTIONS, required=False)
+        if path is None:
+            return 0
+        trained_on = read_table(path, (S.CUSTOMER_ID, S.PRODUCT_ID))
+    except (FinrecError, OSError):
+        return 0
+    if not {S.CUSTOMER_ID, S.PRODUCT_ID} <= set(trained_on.columns):
+        return 0
+
+    def pairs(links):
+        return links[S.CUSTOMER_ID].astype(str) + "\x1f" + links[S.PRODUCT_ID].astype(str)
+
+    return int(pairs(interactions).isin(set(pairs(trained_on))).sum())
+
+
 def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
     """Metrics of the model and of the random, popularity and (with ground truth) oracle
     baselines: ``{"model": {...}, "popularity": {...}, ...}``; ``"model:cold"``: the model on
-    the customers who hold nothing (new customers), when there are any."""
+    the customers who hold nothing (new customers), when there are any.
+
+    An adoption of a product the model does not know (``unknown_adoptions``: launched after
+    it was trained) stays relevant and is never a hit, for the model and the baselines that rank
+    its catalogue, as ``finrec compare`` grades it: dropping those adoptions from the task (as
+    before) made last month's model look better on this month's data than the model trained
+    with the new product (a tester's monthly cycle). The oracle ranks them from the truth."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         # The metrics' own check raised a bare ValueError after the model had scored everyone.
         raise FinrecError(f"k must be a positive integer, got {safe_text(k, quote=True)}")
     pipeline = trained.pipeline
-    ids, relevant, excluded = ranking_task(pipeline, dataset)
+    catalogue = [str(p) for p in pipeline.product_ids_]
+    unknown = list(unknown_adoptions(pipeline, dataset))
+    products = [*catalogue, *unknown]
+    if unknown:
+        ids, relevant, excluded = ranking_task(pipeline, dataset, products=products)
+    else:
+        ids, relevant, excluded = ranking_task(pipeline, dataset)
     cid = dataset.schema.customers.id
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
-    n, n_products = relevant.shape
+    n, n_products = len(ids), len(catalogue)
+
+    def padded(s: np.ndarray) -> np.ndarray:  # the unknown products: never ranked
+        return np.hstack([s, np.full((len(s), len(unknown)), -np.inf)]) if unknown else s
+
     scores = {
-        "model": trained.score(customers, dataset.holdings, dataset.holdings_history)
-        if n
-        else np.zeros((0, n_products)),
-        "popularity": baselines.popularity_scores(n, np.asarray(pipeline.product_popularity_)),
-        "random": baselines.random_scores(n, n_products, np.random.default_rng(seed)),
+        "model": padded(
+            trained.score(customers, dataset.holdings, dataset.holdings_history) if n else np.zeros((0, n_products))
+        ),
+        "popularity": padded(baselines.popularity_scores(n, np.asarray(pipeline.product_popularity_))),
+        "random": padded(baselines.random_scores(n, n_products, np.random.default_rng(seed))),
     }
+    never = np.arange(len(products)) >= n_products if unknown else None
+    unrankable = dict.fromkeys(scores, never)
     if dataset.ground_truth is not None:
-        scores["oracle"] = baselines.oracle_scores(ids, pipeline.product_ids_, dataset.ground_truth)
-    results = {name: summarize(s, relevant, excluded, k=k) for name, s in scores.items()}
+        scores["oracle"] = baselines.oracle_scores(ids, products, dataset.ground_truth)
+        unrankable["oracle"] = None
+    results = {name: summarize(s, relevant, excluded, k=k, unrankable=unrankable[name]) for name, s in scores.items()}
     cold = ~pipeline.holdings_matrix(ids, dataset.holdings).any(axis=1) if n else np.zeros(0, bool)
     if cold.any():
-        results["model:cold"] = summarize(scores["model"][cold], relevant[cold], excluded[cold], k=k)
+        results["model:cold"] = summarize(scores["model"][cold], relevant[cold], excluded[cold], k=k, unrankable=never)
     return results
 
 

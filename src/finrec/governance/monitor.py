@@ -387,10 +387,16 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
         )
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
-    if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
+    # The products' value column (``finrec plan``) is no model input: it may be named later (it
+    # was refused here while score, plan and evaluate took it).
+    mine, theirs = (
+        loaded.trained.pipeline.full_schema.without_value().to_dict(),
+        dataset.schema.without_value().to_dict(),
+    )
+    if mine != theirs:
         raise DataError(
             f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-            + S.schema_differences(loaded.trained.pipeline.full_schema.to_dict(), dataset.schema.to_dict())
+            + S.schema_differences(mine, theirs)
         )
     # The recommendations monitored are those `score` and `serve` make: filtered with the data's
     # products table (a reviewer: the model's saved copy was used).
@@ -403,4 +409,12 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
         seed=seed,
         history=dataset.holdings_history,
     )
-    return {"model": str(model_dir), "data": str(data_dir), **report}
+    notes = []
+    if getattr(loaded.trained.pipeline, "history_", None) is not None and dataset.holdings_history is None:
+        # The scores and the recommended mix moved to "alert" without a word (a tester's population
+        # without the table): every customer ranked as one without a past.
+        notes.append(
+            f"the model reads a {S.HOLDINGS_HISTORY} table and {data_dir} has none: every customer is scored as "
+            "one without a past, which moves the scores and the recommended mix"
+        )
+    return {"model": str(model_dir), "data": str(data_dir), **report, **({"notes": notes} if notes else {})}

@@ -136,6 +136,14 @@ class Registry:
         metrics from the model's training history."""
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
+        root, source = self.root.resolve(), model_dir.resolve()
+        if root == source or source in root.parents:
+            # It wrote versions/ into the model directory, and the copy took the half-made
+            # versions/ with it: the model's own directory became a registry (a tester).
+            raise RegistryError(
+                f"{self.root}: the registry would lie inside the model directory {model_dir} and write its "
+                "versions into it; choose a registry directory outside the model (nothing was written)"
+            )
         if report is not None and not Path(report).is_file():
             # checked before the model is copied (a missing one was an internal error after it)
             raise RegistryError(f"{report}: no such report file (write one with `finrec report --out FILE`)")
@@ -194,9 +202,14 @@ class Registry:
         with self._locked():
             state = self.state()
             if len(state["stack"]) < 2:
+                # After a promotion and its rollback it said "only one promotion so far".
+                why = (
+                    "no version is promoted"
+                    if not state["stack"]
+                    else f"nothing was promoted before {state['stack'][0]}, or each later promotion was rolled back"
+                )
                 raise RegistryError(
-                    f"{self.root}: nothing to roll back to "
-                    f"({'no version is promoted' if not state['stack'] else 'only one promotion so far'})"
+                    f"{self.root}: nothing to roll back to ({why}); `finrec models promote VERSION` serves another"
                 )
             current = state["stack"].pop()
             target = state["stack"][-1]

@@ -363,6 +363,16 @@ def performance_section(ctx: Context, lightgbm: bool) -> Section:
         scores["oracle"] = baselines.oracle_scores(ctx.eval_ids, pipeline.product_ids_, ctx.dataset.ground_truth)
     else:
         notes.append("No ground truth in this data: no oracle (the best ranking the true adoption probabilities give).")
+    from finrec.evaluate.report import unknown_adoptions
+
+    unknown = unknown_adoptions(pipeline, ctx.dataset)
+    if unknown:  # this section grades the model's catalogue only: said, as evaluate and compare count them
+        notes.append(
+            f"{sum(unknown.values()):,} adoption(s) in this data are of {len(unknown)} product(s) the model does not "
+            f"know ({', '.join(list(unknown)[:5])}{' ...' if len(unknown) > 5 else ''}): they are left out of this "
+            "section's task, so its figures are higher than the model earns on this data; `finrec evaluate` and "
+            "`finrec compare` count them as misses."
+        )
     rows, bars = [], {}
     for name, s in scores.items():
         _, per_customer = per_customer_metrics(s, ctx.relevant, ctx.excluded, k)
@@ -912,10 +922,15 @@ def build_report(
 
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
-    if dataset.schema.to_dict() != loaded.trained.pipeline.full_schema.to_dict():
+    # The products' value column is no model input: it may be named after training.
+    mine, theirs = (
+        loaded.trained.pipeline.full_schema.without_value().to_dict(),
+        dataset.schema.without_value().to_dict(),
+    )
+    if mine != theirs:
         raise DataError(
             f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-            + S.schema_differences(loaded.trained.pipeline.full_schema.to_dict(), dataset.schema.to_dict())
+            + S.schema_differences(mine, theirs)
         )
     recommender = Recommender(loaded.trained, dataset)
     ctx = Context(Path(model_dir), Path(data_dir), loaded.manifest, loaded.trained, dataset, recommender, k, seed)

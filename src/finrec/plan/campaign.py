@@ -106,8 +106,15 @@ def product_values(products: pd.DataFrame, schema: S.DatasetSchema, product_ids:
     )
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
-        examples = ", ".join(repr(p) for p in np.asarray(product_ids)[bad][:5])
-        raise DataError(f"products: column '{column}' (the value) must be a finite number >= 0; not so for {examples}")
+        # The ids were numpy strings: "not so for np.str_('CC_BASIC')", and no value shown.
+        examples = ", ".join(
+            f"{safe_text(str(p), quote=True)} ({'empty or not a number' if np.isnan(v) else f'{v:g}'})"
+            for p, v in zip(np.asarray(product_ids)[bad][:5], values[bad][:5], strict=True)
+        )
+        raise DataError(
+            f"products: column '{column}' (the value) must be a finite number >= 0; {int(bad.sum())} product(s) "
+            f"are not: {examples}; fix the column or name another as products.value in schema.yaml"
+        )
     return values
 
 

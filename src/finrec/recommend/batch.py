@@ -401,9 +401,9 @@ def score_dataset(
             else None
         )
 
-        objected = 0
+        objected = no_eligible = 0
 
-        def score(start: int, chunk: pd.DataFrame) -> tuple[pa.Table, int]:
+        def score(start: int, chunk: pd.DataFrame) -> tuple[pa.Table, int, int]:
             held = lookup.result().slice(start, start + len(chunk))
             history, reference = None, None
             if by_chunk is not None:
@@ -420,13 +420,16 @@ def score_dataset(
             # The calibration needs the whole score row (a softmax): from the ranking's embeddings.
             chosen = recommender.ranked_probabilities(context, ranking) if calibration is not None else None
             table_ = topk_table(chunk[table.id], product_ids, ranking.index, ranking.scores, chosen)
-            return table_, int(context.attributes["objected"].sum())
+            objected_ = np.asarray(context.attributes["objected"], dtype=bool)
+            empty = ~np.isfinite(ranking.scores).any(axis=1) & ~objected_
+            return table_, int(objected_.sum()), int(empty.sum())
 
         def write(done) -> None:
-            nonlocal objected
-            table_, count = done.result()
+            nonlocal objected, no_eligible
+            table_, count, empty = done.result()
             writer.write(table_)
             objected += count
+            no_eligible += empty
 
         in_flight: collections.deque = collections.deque()
         n_customers = 0
@@ -439,5 +442,6 @@ def score_dataset(
             write(in_flight.popleft())
     if stats is not None:
         stats["objected"] = objected
+        stats["no_eligible"] = no_eligible  # ranked, no product passed the filters: no row
         stats["catalogue"] = recommender.catalogue_changes
     return n_customers, writer.rows
