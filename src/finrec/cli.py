@@ -248,11 +248,13 @@ def cmd_train(args) -> int:
     from finrec.atomic import check_writable, refuse_overlap
     from finrec.config import Config
     from finrec.data.io import fingerprint, load_dataset
+    from finrec.governance.registry import refuse_registry_write
     from finrec.training.train import fit
 
     # Checked before the (long) training as well as by save_model_dir: the atomic swap onto the
     # data directory, or onto a directory holding it, would delete the data.
     refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
+    refuse_registry_write(args.out, "--out")
     check_writable(args.out, "directory", marker=MANIFEST, what="--out")
     if args.mlflow_register and args.mlflow is None:
         raise FinrecError("--mlflow-register needs --mlflow (the run whose model directory it registers)")
@@ -606,9 +608,11 @@ def cmd_calibrate(args) -> int:
     from finrec.data import schema as S
     from finrec.data.io import find_table, fingerprint, load_dataset, read_id_column
     from finrec.errors import safe_text
+    from finrec.governance.registry import refuse_registry_write
     from finrec.training.calibration import MIN_POSITIVES
     from finrec.training.train import calibrate
 
+    refuse_registry_write(args.model, "--model")  # calibrate rewrites the model directory
     dataset = load_dataset(args.data)
     loaded = _load_model_for(args.model, dataset.schema)
     manifest = loaded.manifest
@@ -836,8 +840,15 @@ def cmd_models(args) -> int:
             metrics = raw.get("results", {}).get("model", raw) if isinstance(raw, dict) else None
             if not isinstance(metrics, dict):
                 raise FinrecError(f"{args.metrics}: expected a JSON object of metrics")
+        same = registry.same_model(args.model)
         version = registry.add(args.model, metrics=metrics, report=args.report, note=args.note)
         print(f"registered {args.model} as {version} in {args.root}")
+        if same:
+            print(
+                f"finrec models: note: {version} is the same model as {', '.join(same)} (the same files); "
+                "both ids now name it",
+                file=sys.stderr,
+            )
         if args.promote:
             registry.promote(version)
             print(f"promoted {version}")

@@ -198,3 +198,34 @@ def test_models_list_says_what_was_deleted_by_hand(model_dir, tmp_path, capsys):
     assert "the promoted version v0002 has no directory (deleted?)" in err
     assert main(["models", "rollback", "--root", str(root)]) == 0
     assert main(["models", "list", "--root", str(root)]) == 0
+
+
+def test_a_registered_version_is_never_rewritten(model_dir, small_data_dir, tmp_path, capsys):
+    """`calibrate --model ROOT/versions/v0001/model` rewrote a registered version in place and the
+    server loaded the changed model; `train --out` onto or inside a registry would replace its
+    versions (a tester's monthly cycle). Both are refused before any work; the files stay."""
+    root = tmp_path / "reg"
+    assert main(["models", "add", "--root", str(root), "--model", str(model_dir)]) == 0
+    version = root / "versions" / "v0001" / "model"
+    before = {p.name: p.read_bytes() for p in version.iterdir() if p.is_file()}
+    listing = sorted(p.name for p in root.iterdir())
+    capsys.readouterr()
+    for argv in (
+        ["calibrate", "--model", str(version), "--data", str(small_data_dir)],
+        ["train", "--data", str(small_data_dir), "--out", str(version)],
+        ["train", "--data", str(small_data_dir), "--out", str(root)],
+        ["train", "--data", str(small_data_dir), "--out", str(root / "new-model")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"inside the model registry {root.resolve()}; a registered version is never changed" in err, err
+    assert {p.name: p.read_bytes() for p in version.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in root.iterdir()) == listing
+
+
+def test_registering_the_same_model_again_says_so(model_dir, tmp_path, capsys):
+    root = str(tmp_path / "reg")
+    assert main(["models", "add", "--root", root, "--model", str(model_dir)]) == 0
+    assert "same model" not in capsys.readouterr().err
+    assert main(["models", "add", "--root", root, "--model", str(model_dir)]) == 0
+    assert "note: v0002 is the same model as v0001 (the same files)" in capsys.readouterr().err

@@ -73,6 +73,29 @@ def best_epoch_metrics(history: dict[str, list[float]]) -> dict[str, float]:
     return metrics
 
 
+def registry_holding(path: str | Path) -> Path | None:
+    """The registry whose root is ``path`` or one of its parents (a ``versions/`` folder beside
+    the lock every ``add`` leaves, or the pointer a ``promote`` writes), or None."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        if (folder / VERSIONS).is_dir() and ((folder / LOCK).is_file() or (folder / POINTER).is_file()):
+            return folder
+    return None
+
+
+def refuse_registry_write(path: str | Path, what: str) -> None:
+    """A command that writes a model directory (``train --out``, ``calibrate --model``) refuses
+    one at or inside a registry: a registered version is what was signed off and is served by
+    its id, yet ``calibrate`` rewrote it in place and the server loaded the changed model (a
+    tester); ``train --out`` onto the root would replace every version."""
+    root = registry_holding(path)
+    if root is not None:
+        raise RegistryError(
+            f"{what} {path}: inside the model registry {root}; a registered version is never changed. "
+            "Write a model elsewhere (calibrate a copy) and register it with `finrec models add`"
+        )
+
+
 class Registry:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -123,6 +146,19 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def same_model(self, model_dir: str | Path) -> list[str]:
+        """The versions whose model has the very files of ``model_dir`` (the manifests'
+        checksums): registering it again makes a second id of one model."""
+        files = read_manifest(model_dir).get("files")
+        same = []
+        for version in self.version_ids():
+            try:
+                if read_manifest(self.root / VERSIONS / version / MODEL).get("files") == files:
+                    same.append(version)
+            except FinrecError:
+                continue  # a damaged version is no match; `promote` names it when it matters
+        return same
 
     def add(
         self,
