@@ -827,3 +827,28 @@ def test_calibrate_refuses_a_copy_of_the_training_data_once_its_directory_is_gon
     assert main(["calibrate", "--model", str(model), "--data", str(small_data_dir)]) == 2
     assert "this is the data the model was trained on" in capsys.readouterr().err
     assert read_manifest(model) == before
+
+
+def test_calibrate_takes_the_training_customers_adoptions_of_a_later_period(
+    trained, small_tables, small_data_dir, tmp_path, capsys
+):
+    """A bank recalibrates each month on what its customers adopted since: the same customers,
+    adoptions the model never saw. They were refused because the customers were the same (a
+    tester's monthly cycle); adoptions that overlap the training period still are."""
+    from finrec.artifacts import save_model_dir
+    from finrec.data.io import write_dataset
+
+    model = save_model_dir(trained, tmp_path / "model", data_path=str(small_data_dir))
+    stamps = pd.to_datetime(small_tables["interactions"]["timestamp"])
+    last = stamps.max()
+    shifts = {"later": last - stamps.min() + pd.Timedelta(days=1), "overlapping": pd.Timedelta(days=1)}
+    for name, shift in shifts.items():
+        tables = dict(small_tables, interactions=small_tables["interactions"].assign(timestamp=stamps + shift))
+        data = write_dataset(tables, S.SYNTHETIC.schema(), tmp_path / name)
+        code = main(["calibrate", "--model", str(model), "--data", str(data)])
+        err = capsys.readouterr().err
+        if name == "later":
+            assert code == 0, err
+            assert f"all come after the training data's last ({last:%Y-%m-%d}), so they are calibrated on out of time" in err
+        else:
+            assert code == 2 and "or on adoptions of a later period" in err

@@ -603,6 +603,21 @@ def _load_model_for(model_dir: Path, schema, keras_model: bool = True):
     return load_model_dir(model_dir, expect_schema=expect, keras_model=keras_model)
 
 
+def _adoptions_after(trained_on: Path, data) -> tuple | None:
+    """(the training data's last adoption, the first and last of ``data``'s) when every adoption
+    of ``data`` is dated after every one the model was trained on; None otherwise, or where a
+    table has no dates."""
+    from finrec.data import schema as S
+    from finrec.data.io import find_table
+    from finrec.data.links import adoption_dates
+
+    trained = adoption_dates(find_table(trained_on, S.INTERACTIONS))
+    given = adoption_dates(find_table(Path(data), S.INTERACTIONS))
+    if trained is None or given is None or not given[0] > trained[1]:
+        return None
+    return trained[1], given[0], given[1]
+
+
 def cmd_calibrate(args) -> int:
     from finrec.artifacts import read_monitoring, save_model_dir
     from finrec.data import schema as S
@@ -621,10 +636,22 @@ def cmd_calibrate(args) -> int:
     if trained_on and Path(trained_on).is_dir():
         seen = set(read_id_column(find_table(Path(trained_on), S.CUSTOMERS), dataset.schema.customers.id).to_pylist())
         overlap = [c for c in dataset.customers[dataset.schema.customers.id].astype(str) if c in seen]
-        if overlap:
+        later = _adoptions_after(Path(trained_on), args.data) if overlap else None
+        if overlap and later is None:
             raise FinrecError(
                 f"{args.data}: {len(overlap)} customer(s) (e.g. {safe_text(overlap[0], quote=True)}) are in the data the model "
-                f"was trained on ({trained_on}); calibrate on held-out customers"
+                f"was trained on ({trained_on}); calibrate on held-out customers, or on adoptions of a later period "
+                "(every interactions timestamp after the training data's last)"
+            )
+        if later is not None:
+            # Out of time: the same customers' adoptions of a later month are outcomes the model
+            # never saw, the recalibration a bank runs each month (a tester's monthly cycle: it
+            # was refused because the customers were the same).
+            print(
+                f"finrec calibrate: note: {len(overlap)} of these customers are ones the model was trained on; their "
+                f"adoptions here ({later[1]:%Y-%m-%d} to {later[2]:%Y-%m-%d}) all come after the training data's last "
+                f"({later[0]:%Y-%m-%d}), so they are calibrated on out of time",
+                file=sys.stderr,
             )
     else:
         # The training directory moved or was deleted (last month's split): a copy of it was

@@ -89,6 +89,20 @@ def link_batches(path: Path, chunk_rows: int, dated: bool = False, stamped: bool
         yield frame[columns]
 
 
+def adoption_dates(path: Path, chunk_rows: int = 1 << 20) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """(first, last) adoption date of an interactions file, read in batches; None when it has no
+    ``timestamp`` column, no row, or a row without one (its period cannot be told)."""
+    first = last = None
+    for frame in link_batches(Path(path), chunk_rows, stamped=True):
+        if S.TIMESTAMP not in frame.columns or frame[S.TIMESTAMP].isna().any():
+            return None
+        if len(frame):
+            low, high = frame[S.TIMESTAMP].min(), frame[S.TIMESTAMP].max()
+            first = low if first is None else min(first, low)
+            last = high if last is None else max(last, high)
+    return None if first is None else (first, last)
+
+
 def _readable(batches, path: Path):
     """``batches`` with a failure while reading (a bad row far into a CSV file, a damaged row
     group) as one bounded ``DataError`` naming the file."""
