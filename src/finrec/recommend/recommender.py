@@ -138,6 +138,9 @@ class Recommender:
         self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
+        # The name a service answers with (``finrec serve``: the model's folder or the registry's
+        # version id); the record log keeps ``model_version``, which a retraining always changes.
+        self.served_version: str | None = None
         # The training data the manifest records when it is no longer there (it was moved): why
         # no customer is known, for the messages that say so.
         self.missing_data: str | None = None
