@@ -67,3 +67,18 @@ def test_yaml_exponent_numbers_are_numbers(tmp_path):
     path.write_text("training: {learning_rate: 1e-3x}\n")
     with pytest.raises(ConfigError, match="training.learning_rate: expected a number"):
         Config.from_yaml(path)
+
+
+def test_the_readme_config_block_is_every_key_at_its_default():
+    # README's config block is read as the list of keys and their defaults: a default changed
+    # here, or a key added, must show there.
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if b.startswith("model:"))
+    raw = yaml.safe_load(block)
+    assert Config.from_dict(raw) == Config()
+    assert {k: set(v) for k, v in raw.items()} == {k: set(v) for k, v in Config().to_dict().items()}
