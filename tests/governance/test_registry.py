@@ -136,6 +136,20 @@ def test_a_missing_report_is_refused_before_the_model_is_copied(model_dir, tmp_p
     assert Registry(root).version_ids() == []
 
 
+def test_a_registry_inside_the_model_directory_is_refused(model_dir, tmp_path, capsys):
+    # README: no output lies inside an input. A registry under the model directory was created
+    # there and copied into its own first version (versions/v0001/model/registry/...).
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    before = sorted(p.relative_to(model) for p in model.rglob("*"))
+    for root in (model, model / "registry"):
+        assert main(["models", "add", "--root", str(root), "--model", str(model)]) == 2
+        assert "inside" in capsys.readouterr().err
+    assert sorted(p.relative_to(model) for p in model.rglob("*")) == before  # nothing was written
+
+
 def test_a_version_deleted_by_hand_never_gives_its_id_to_the_next_model(model_dir, tmp_path):
     import shutil
 

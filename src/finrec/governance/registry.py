@@ -136,6 +136,14 @@ class Registry:
         metrics from the model's training history."""
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
+        root, model = self.root.resolve(), model_dir.resolve()
+        if root == model or model in root.parents:
+            # The copy would take the registry in with it, and a retraining into the model
+            # directory would delete every version.
+            raise RegistryError(
+                f"the registry {self.root} {'is' if root == model else 'lies inside'} the model directory "
+                f"{model_dir}: keep the registry outside it (nothing was written)"
+            )
         if report is not None and not Path(report).is_file():
             # checked before the model is copied (a missing one was an internal error after it)
             raise RegistryError(f"{report}: no such report file (write one with `finrec report --out FILE`)")
