@@ -63,6 +63,9 @@ def test_recommend_answers_an_objection_with_no_items(rec, objected_ids):
     result = rec.recommend(objected_ids[0], k=5)
     assert result.objected and result.items == [] and result.eligible == 0
     assert "objected to profiling" in result.message
+    # `finrec recommend --json` prints to_dict: it said no word of the objection the API's body
+    # carries (`objected`), so a script could not tell it from a customer nothing suits.
+    assert result.to_dict()["objected"] is True
     row = rec.known_customers.set_index("customer_id").loc[objected_ids[0]].to_dict()
     new = rec.recommend({**row, CONSENT: "no"}, k=5)
     assert new.objected and new.items == []

@@ -75,6 +75,7 @@ class RecommendationResult:
             "message": self.message,
             "filters": asdict(self.filters),
             "recommendations": [asdict(item) for item in self.items],
+            "objected": self.objected,
         }
 
 
