@@ -849,6 +849,9 @@ def test_calibrate_takes_the_training_customers_adoptions_of_a_later_period(
         err = capsys.readouterr().err
         if name == "later":
             assert code == 0, err
-            assert f"all come after the training data's last ({last:%Y-%m-%d}), so they are calibrated on out of time" in err
+            assert (
+                f"all come after the training data's last ({last:%Y-%m-%d}), so they are calibrated on out of time"
+                in err
+            )
         else:
             assert code == 2 and "or on adoptions of a later period" in err

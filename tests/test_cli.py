@@ -416,3 +416,36 @@ def test_score_counts_only_the_customers_it_wrote_for(model_dir, small_data_dir,
     said = int(re.search(r"recommendations for (\d+) customers", printed).group(1))
     empty = int(re.search(r"(\d+) customer\(s\) have no eligible product", printed).group(1))
     assert said == written and empty > 0, printed
+
+
+def test_every_flag_the_readme_shows_exists():
+    # The README's command lines are a contract: a flag renamed or dropped must leave them too.
+    import re
+    from pathlib import Path
+
+    from finrec.cli import build_parser
+
+    def commands(parser):
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        return sub.choices
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    top = commands(build_parser())
+    checked = 0
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in block.splitlines():
+            words = line.split("#")[0].split()
+            if "finrec" not in words:
+                continue
+            words = words[words.index("finrec") + 1 :]
+            parser = top[words[0]]
+            if words[1:] and not words[1].startswith("-") and parser._subparsers is not None:
+                names = re.split(r"[|;]", words[1])
+                parsers = [commands(parser)[name] for name in names if name]
+            else:
+                parsers = [parser]
+            for flag in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", " ".join(words[1:])):
+                for p in parsers:
+                    assert flag in p._option_string_actions, f"README: finrec {words[0]} {flag}"
+                    checked += 1
+    assert checked > 50

@@ -109,3 +109,18 @@ def test_fit_names_a_config_or_dataset_of_the_wrong_kind(small_dataset):
         fit(small_dataset, {"training": {"epochs": 1}})  # was AttributeError: 'dict' ... 'validate'
     with pytest.raises(DataError, match="dataset must be a finrec Dataset.*got dict"):
         fit({"customers": None}, None)
+
+
+def test_the_readme_config_block_is_every_key_at_its_default():
+    # README's config block is read as the list of keys and their defaults: a default changed
+    # here, or a key added, must show there.
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if b.startswith("model:"))
+    raw = yaml.safe_load(block)
+    assert Config.from_dict(raw) == Config()
+    assert {k: set(v) for k, v in raw.items()} == {k: set(v) for k, v in Config().to_dict().items()}

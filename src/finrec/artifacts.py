@@ -21,6 +21,7 @@ with a message naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -58,6 +59,30 @@ CALIBRATION_FILE = "calibration.json"
 MONITORING_FILE = "monitoring.json"
 # Optional: only a model whose validation chose a tree blend has it (finrec.training.trees.TreeBlend).
 BLEND_FILE = "tree_blend.json"
+MODEL_FILES = (
+    MANIFEST,
+    MODEL_FILE,
+    PIPELINE_FILE,
+    EMBEDDINGS_FILE,
+    PRODUCTS_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    CALIBRATION_FILE,
+    MONITORING_FILE,
+    BLEND_FILE,
+)
+
+
+def model_files(path: Path) -> set[str]:
+    """The names a model directory at ``path`` may hold (the files a model has, and any its
+    manifest lists): retraining into it replaces it whole, and is refused when it holds anything
+    else (``atomic.check_writable``). A damaged manifest lists nothing, so a retraining can still
+    replace the model it belonged to."""
+    names = set(MODEL_FILES)
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+        names.update(str(name) for name in manifest.get("files", {}))
+    return names
 
 
 def _sha256(path: Path) -> str:
@@ -101,7 +126,7 @@ def save_model_dir(
 
     out = Path(out)
     refuse_overlap(out, {"the training data": data_path}, what="the model directory")
-    check_writable(out, "directory", marker=MANIFEST, what="the model directory")
+    check_writable(out, "directory", marker=MANIFEST, what="the model directory", owned=model_files)
     with atomic_directory(out) as tmp:
         trained.model.save(tmp / MODEL_FILE)
         (tmp / PIPELINE_FILE).write_text(json.dumps(trained.pipeline.to_dict(), indent=1), encoding="utf-8")

@@ -14,7 +14,7 @@ import ctypes
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 from finrec.errors import FinrecError
@@ -160,11 +160,19 @@ def _writable(target: Path, action):
         raise FinrecError(f"{target}: permission denied; nothing was written, choose another path") from None
 
 
-def check_writable(target: str | os.PathLike, kind: str, marker: str | None = None, what: str = "the output") -> None:
+def check_writable(
+    target: str | os.PathLike,
+    kind: str,
+    marker: str | None = None,
+    what: str = "the output",
+    owned: Collection[str] | Callable[[Path], Collection[str]] | None = None,
+) -> None:
     """Refuse, before anything is written, a ``target`` that a writer of ``kind`` ("file" or
     "directory") cannot or must not replace: one whose parent is a file, a directory where a file
     goes (or the reverse), or, with ``marker``, a non-empty directory without that file (``finrec
-    generate --out .`` would otherwise swap the working directory away)."""
+    generate --out .`` would otherwise swap the working directory away). With ``owned`` (the
+    names such a directory may hold, or a function of the directory giving them), one with the
+    marker that also holds anything else: the swap would delete it with the rest."""
     target = Path(target)
     shown = f"{what} {target}" if what else str(target)
     for parent in target.absolute().parents:
@@ -183,6 +191,17 @@ def check_writable(target: str | os.PathLike, kind: str, marker: str | None = No
             f"{shown} holds other files and no {marker}: writing there would delete them; "
             f"remove it yourself or choose another path (nothing was written)"
         )
+    if kind == "directory" and marker and owned is not None and (target / marker).is_file():
+        names = owned(target) if callable(owned) else owned
+        foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in names)
+        if foreign:
+            listed = ", ".join(repr(name) for name in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise FinrecError(
+                f"{shown} also holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that "
+                f"{'is' if len(foreign) == 1 else 'are'} not part of it ({listed}): replacing it would "
+                f"delete {'it' if len(foreign) == 1 else 'them'}; move {'it' if len(foreign) == 1 else 'them'} "
+                "out or choose another path (nothing was written)"
+            )
 
 
 def _overlap(target: Path, real: Path) -> str | None:

@@ -37,8 +37,6 @@ log = logging.getLogger("finrec")
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
-# A dataset `finrec generate --no-ground-truth` wrote carries this file: it may be replaced.
-GENERATED_MARK = ".finrec-generated"
 EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE (128 + 13)
 
 
@@ -136,9 +134,9 @@ def cmd_generate(args) -> int:
     from finrec.data.io import find_table, write_dataset_blocks
     from finrec.data.synthetic import GeneratorSettings, generate_blocks
 
-    check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out")
+    check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out", owned=S.DATASET_FILES)
     out = Path(args.out)
-    generated = find_table(out, S.GROUND_TRUTH, required=False) is not None or (out / GENERATED_MARK).is_file()
+    generated = find_table(out, S.GROUND_TRUTH, required=False) is not None or (out / S.GENERATED_MARK).is_file()
     if (out / S.SCHEMA_FILE).is_file() and not generated:
         # A generated bank has its ground truth (or, with --no-ground-truth, the mark); a dataset
         # with neither is a bank's own data, which a synthetic one must never replace.
@@ -174,7 +172,7 @@ def cmd_generate(args) -> int:
         blocks, schema = generate_blocks(settings), S.SYNTHETIC.schema()
     rows = write_dataset_blocks(blocks, schema, args.out, fmt=args.format)
     if args.no_ground_truth:  # what lets a later `generate` replace it (see above)
-        (out / GENERATED_MARK).write_text("written by finrec generate --no-ground-truth\n")
+        (out / S.GENERATED_MARK).write_text("written by finrec generate --no-ground-truth\n")
     points = rows[S.INTERACTIONS] + rows[S.HOLDINGS]
     past = ""
     if S.HOLDINGS_HISTORY in rows:
@@ -204,7 +202,7 @@ def cmd_split(args) -> int:
         )
     for part in ("train", "test"):
         refuse_overlap(out / part, {"--data": args.data}, what=f"the {part} output")
-        check_writable(out / part, "directory", marker=S.SCHEMA_FILE, what=f"the {part} output")
+        check_writable(out / part, "directory", marker=S.SCHEMA_FILE, what=f"the {part} output", owned=S.DATASET_FILES)
     source = str(Path(args.data).resolve())
     if args.by == "time":
         from finrec.data.split import parse_cutoff, split_by_time
@@ -244,7 +242,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from finrec.artifacts import MANIFEST, save_model_dir
+    from finrec.artifacts import MANIFEST, model_files, save_model_dir
     from finrec.atomic import check_writable, refuse_overlap
     from finrec.config import Config
     from finrec.data.io import fingerprint, load_dataset
@@ -255,7 +253,7 @@ def cmd_train(args) -> int:
     # data directory, or onto a directory holding it, would delete the data.
     refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
     refuse_registry_write(args.out, "--out")
-    check_writable(args.out, "directory", marker=MANIFEST, what="--out")
+    check_writable(args.out, "directory", marker=MANIFEST, what="--out", owned=model_files)
     if args.mlflow_register and args.mlflow is None:
         raise FinrecError("--mlflow-register needs --mlflow (the run whose model directory it registers)")
     if args.mlflow is not None:  # before the (long) training: MLflow present, the store not inside --out
@@ -337,7 +335,9 @@ def cmd_tune(args) -> int:
     from finrec.training.tune import tune
 
     refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
-    check_writable(args.out, "directory", marker="trials.json", what="--out")
+    check_writable(
+        args.out, "directory", marker="trials.json", what="--out", owned={"config.yaml", "trials.csv", "trials.json"}
+    )
     base = Config.from_yaml(args.config) if args.config else Config()
     dataset, _ = without_objections(load_dataset(args.data))  # as finrec train sees it
 

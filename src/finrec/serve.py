@@ -498,7 +498,7 @@ def create_app(
 
             version, path = _model_source(model_dir, registry_root)
             recommender = Recommender.load(path, data_dir)
-            recommender.model_version = version
+            recommender.served_version = version
             state.products = catalogue_listing(recommender)
             state.recommender = recommender
             if registry_root is not None:
@@ -616,7 +616,7 @@ def create_app(
         if record_log is not None:
             # Recorded before it is shown: an fsync'd append, off the event loop.
             await anyio.to_thread.run_sync(record_log.append, record_of(result, recommender.model_version))
-        version = getattr(recommender, "model_version", None)
+        version = getattr(recommender, "served_version", None)
         return SafeJSONResponse(
             {**_response(result), "model_version": version},
             headers={MODEL_VERSION_HEADER: version} if version else None,
@@ -822,7 +822,7 @@ def _watch_registry(app: FastAPI, root, version: str, data_dir, poll_seconds: fl
 
     def load(new_version: str, path: Path):
         recommender = Recommender.load(path, data_dir, datasets=datasets)
-        recommender.model_version = new_version
+        recommender.served_version = new_version
         return recommender, catalogue_listing(recommender)
 
     def install(new_version: str, loaded) -> None:
@@ -847,7 +847,7 @@ class ModelVersionHeader:
         async def tagged_send(message):
             if message["type"] == "http.response.start":
                 recommender = getattr(state, "recommender", None) if state is not None else None
-                version = getattr(recommender, "model_version", None)
+                version = getattr(recommender, "served_version", None)
                 headers = list(message.get("headers", ()))
                 if version and not any(name == MODEL_VERSION_HEADER.encode() for name, _ in headers):
                     message = {**message, "headers": [*headers, (MODEL_VERSION_HEADER.encode(), version.encode())]}

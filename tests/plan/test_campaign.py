@@ -222,6 +222,25 @@ def test_naming_a_value_column_later_keeps_the_model_usable(model_dir, small_dat
     capsys.readouterr()
 
 
+def test_customers_alone_plan_on_the_models_catalogue(recommender, problem, small_data_dir, tmp_path):
+    # Data without a products table keeps the model's catalogue (README; ``Recommender.for_data``),
+    # as ``finrec score`` does: the plan read the table for the offers' values and stopped there.
+    data = tmp_path / "customers_alone"
+    shutil.copytree(small_data_dir, data)
+    (data / "products.parquet").unlink()
+    alone = build_problem(recommender, data, filters="balanced", chunk_rows=400)
+    assert alone.catalogue_changes is None and (alone.values == 1).all()
+    np.testing.assert_array_equal(alone.probability, problem.probability)
+    schema = yaml.safe_load((data / "schema.yaml").read_text())
+    schema["products"]["value"] = "margin"  # a value the model's catalogue does not carry
+    (data / "schema.yaml").write_text(yaml.safe_dump(schema))
+    with pytest.raises(DataError, match="margin"):
+        build_problem(recommender, data, chunk_rows=400)
+    shutil.copy(small_data_dir / "products.parquet", data)  # a table without it: exit 2, not a KeyError
+    with pytest.raises(DataError, match="margin"):
+        build_problem(recommender, data, chunk_rows=400)
+
+
 def test_an_empty_plan_writes_an_empty_table(problem, tmp_path):
     result = plan_campaign(problem, np.zeros(len(problem.product_ids)), 1)
     assert len(result.plan.rows) == 0 and result.plan.value == 0

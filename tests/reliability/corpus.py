@@ -1213,6 +1213,28 @@ def _other_files(marker: str) -> tuple[str, ...]:
     return ("holds other files", marker, "nothing was written")
 
 
+def _beside(name: str) -> tuple[str, ...]:
+    return ("not part of it", repr(name), "nothing was written")
+
+
+# A dataset or model directory is replaced whole: anything else kept in it went with it (a
+# tester, 2026-12-01: the user's notes beside a generated bank, a registry inside a model).
+def _a_bank_with_notes(where: Where) -> None:
+    shutil.copytree(where.data, where.root / "bank")
+    (where.root / "bank" / "notes.txt").write_text("the user's, not finrec's\n")
+
+
+def _a_split_with_notes(where: Where) -> None:
+    shutil.copytree(where.data, where.root / "train")
+    (where.root / "train" / "notes.txt").write_text("the user's, not finrec's\n")
+
+
+def _a_model_with_a_registry(where: Where) -> None:
+    shutil.copytree(where.model, where.root / "m")
+    (where.root / "m" / "registry").mkdir()
+    (where.root / "m" / "registry" / "registry.json").write_text("{}\n")
+
+
 def _split_has_other_files(where: Where) -> None:
     (where.root / "train").mkdir()
     (where.root / "train" / "x.txt").write_text("not a dataset\n")
@@ -1227,6 +1249,27 @@ OUTPUT_CASES: list[OutputCase] = [
     OutputCase("train_out_is_data_via_dotdot", "train", lambda w: w.data / ".." / "data", _over("is"), "data"),
     OutputCase("train_out_is_config", "train", lambda w: w.config, _over("is"), "config", api=False),
     OutputCase("train_out_is_other_files", "train", lambda w: w.notes, _other_files("manifest.json")),
+    OutputCase(
+        "train_out_is_a_model_with_other_files",
+        "train",
+        lambda w: w.root / "m",
+        _beside("registry"),
+        prepare=_a_model_with_a_registry,
+    ),
+    OutputCase(
+        "generate_out_is_a_dataset_with_other_files",
+        "generate",
+        lambda w: w.root / "bank",
+        _beside("notes.txt"),
+        prepare=_a_bank_with_notes,
+    ),
+    OutputCase(
+        "split_out_is_a_dataset_with_other_files",
+        "split",
+        lambda w: w.root,
+        _beside("notes.txt"),
+        prepare=_a_split_with_notes,
+    ),
     OutputCase("train_out_is_a_file", "train", lambda w: w.notes / "a.txt", ("is a file",)),
     OutputCase("train_out_below_a_file", "train", lambda w: w.notes / "a.txt" / "m", ("a.txt is not a directory",)),
     # score: one output file

@@ -697,7 +697,7 @@ def write_dataset_blocks(
         raise DataError(f"unknown format {fmt!r} (use parquet or csv)")
     directory = Path(directory)
     refuse_overlap(directory, {"the source dataset": source}, what="the dataset directory")
-    check_writable(directory, "directory", marker=S.SCHEMA_FILE, what="the dataset directory")
+    check_writable(directory, "directory", marker=S.SCHEMA_FILE, what="the dataset directory", owned=S.DATASET_FILES)
     rows: dict[str, int] = {}
     writers: dict[str, pq.ParquetWriter] = {}
     with atomic_directory(directory) as tmp:

@@ -38,6 +38,13 @@ SPLIT_FILE = "split.json"
 TABLES = (CUSTOMERS, PRODUCTS, INTERACTIONS, HOLDINGS, HOLDINGS_HISTORY, GROUND_TRUTH)
 REQUIRED_TABLES = (CUSTOMERS, PRODUCTS, INTERACTIONS)
 TABLE_SUFFIXES = (".parquet", ".csv")
+# ``finrec generate --no-ground-truth`` marks a bank it wrote (a later generate may replace it).
+GENERATED_MARK = ".finrec-generated"
+# Every name a dataset directory may hold: rewriting one replaces it whole, and refuses to when
+# it holds anything else (``atomic.check_writable``), which the swap would delete.
+DATASET_FILES = frozenset(
+    {SCHEMA_FILE, SPLIT_FILE, GENERATED_MARK, *(table + suffix for table in TABLES for suffix in TABLE_SUFFIXES)}
+)
 
 # Columns of the link tables (interactions, holdings, ground_truth) are fixed by the contract;
 # they refer to the ids named in the schema.

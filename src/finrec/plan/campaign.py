@@ -96,6 +96,8 @@ def product_values(products: pd.DataFrame, schema: S.DatasetSchema, product_ids:
     column = schema.products.value
     if not column:
         return np.ones(len(product_ids))
+    if column not in products.columns:
+        raise DataError(f"products: no column '{column}' (the value the schema names) in the products table")
     table = products.set_index(products[schema.products.id].astype(str))
     listed = [p for p in product_ids if p in table.index]
     values = np.zeros(len(product_ids))
@@ -225,7 +227,13 @@ def build_problem(
         from finrec.data.io import read_schema
 
         data_schema = read_schema(data_dir)
-        products = read_table(find_table(data_dir, S.PRODUCTS), (data_schema.products.id,))
+        products_path = find_table(data_dir, S.PRODUCTS, required=False)
+        # Customers alone: the model's catalogue applies (``for_data``), its values with it.
+        products = (
+            recommender.trained.products
+            if products_path is None
+            else read_table(products_path, (data_schema.products.id,))
+        )
         values = product_values(products, data_schema, product_ids)
     else:
         values = _given_values(values, product_ids)

@@ -76,6 +76,7 @@ class RecommendationResult:
             "message": self.message,
             "filters": asdict(self.filters),
             "recommendations": [asdict(item) for item in self.items],
+            "objected": self.objected,
         }
 
 
@@ -139,6 +140,9 @@ class Recommender:
         self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
+        # The name a service answers with (``finrec serve``: the model's folder or the registry's
+        # version id); the record log keeps ``model_version``, which a retraining always changes.
+        self.served_version: str | None = None
         # The training data the manifest records when it is no longer there (it was moved): why
         # no customer is known, for the messages that say so.
         self.missing_data: str | None = None
