@@ -960,6 +960,8 @@ def cmd_compare(args) -> int:
     _check_json_output(args.json, {"--data": args.data, "--champion": champion, "--challenger": challenger})
     # as evaluate loads it: a products value column named after training is no model input
     models = [_load_model_for(path, dataset.schema).trained for path in (champion, challenger)]
+    for role, model in zip(("champion", "challenger"), models, strict=True):
+        _history_note(f"compare ({role})", model.pipeline, args.data)
     result = compare_models(
         *models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence, seed=args.seed
     )

@@ -364,3 +364,28 @@ def test_monitor_says_when_the_population_has_no_history_the_model_reads(history
     )
     assert "has none: every customer is scored as one without a past" in capsys.readouterr().err
     assert json.loads((tmp_path / "d.json").read_text())["notes"]
+
+
+def test_compare_and_the_report_say_when_the_data_has_no_history_the_model_reads(
+    history_rec, small_dataset, small_data_dir, tmp_path, capsys
+):
+    # A README tester: compare and the report scored a history model on data without the table
+    # as if every customer were new, without a word (score, evaluate, recommend, plan and monitor
+    # say it).
+    from finrec.artifacts import save_model_dir
+    from finrec.cli import main
+    from finrec.governance.report import Context, data_section
+
+    model = save_model_dir(history_rec.trained, tmp_path / "model")
+    argv = ["compare", "--champion", str(model), "--challenger", str(model), "--data", str(small_data_dir)]
+    assert main([*argv, "--resamples", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "finrec compare (champion): note: the model reads a holdings_history table" in err
+    assert "finrec compare (challenger): note:" in err
+
+    def text(dataset):
+        ctx = Context(tmp_path, small_data_dir, {}, history_rec.trained, dataset, None, 5, 0)
+        return str(data_section(ctx, None).__dict__)
+
+    assert "this data has none: every figure below scores each customer as one without a past" in text(small_dataset)
+    assert "without a past" not in text(history_rec.dataset)

@@ -167,6 +167,14 @@ def data_section(ctx: Context, drift: dict | None) -> Section:
             section.p(f"Interactions from {stamps.min():%Y-%m-%d} to {stamps.max():%Y-%m-%d}.")
     else:
         section.p("The interactions carry no timestamp: no date range.")
+    history = dataset.holdings_history
+    if getattr(ctx.trained.pipeline, "history_", None) is not None and (history is None or len(history) == 0):
+        # Said by score, evaluate, recommend, plan and monitor; the report measured such a model as
+        # if every customer were new, without a word (a tester).
+        section.p(
+            f"The model reads a {S.HOLDINGS_HISTORY} table and this data has none: every figure below scores each "
+            "customer as one without a past, as a new customer is, not as the model serves the bank's customers."
+        )
     schema = ctx.trained.pipeline.full_schema
     customers = dataset.customers
     features = drift["features"] if drift else {}
