@@ -58,6 +58,32 @@ def updated_bank(small_data_dir, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def withdrawn():
+    """The product ``withdrawing_bank`` withdraws: the most adopted one, held by 164 customers."""
+    return "SAV_BASIC"
+
+
+@pytest.fixture
+def withdrawing_bank(updated_bank, withdrawn):
+    """``withdrawing_bank(value="no")``: a copy of the small bank whose products table has an
+    ``on_offer`` column, named in schema.yaml after the model was trained, that marks ``withdrawn``
+    with ``value`` (every other product "yes"), while its holdings and adoptions stay; its path."""
+    import numpy as np
+    import yaml
+
+    def make(value="no") -> Path:
+        data = updated_bank(
+            lambda products: products.assign(on_offer=np.where(products.product_id == withdrawn, value, "yes"))
+        )
+        schema = yaml.safe_load((data / S.SCHEMA_FILE).read_text())
+        schema[S.PRODUCTS]["on_offer"] = "on_offer"
+        (data / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema, sort_keys=False))
+        return data
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def raise_the_bars():
     """An ``updated_bank`` edit, the tester's (2026-12, cases/i13): FUND_BOND's risk level 3 ->
     7, and a mortgage minimum income nobody has."""

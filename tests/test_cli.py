@@ -449,3 +449,18 @@ def test_every_flag_the_readme_shows_exists():
                     assert flag in p._option_string_actions, f"README: finrec {words[0]} {flag}"
                     checked += 1
     assert checked > 50
+
+
+def test_score_leaves_out_a_product_marked_not_on_offer(model_dir, withdrawing_bank, withdrawn, tmp_path, capsys):
+    """``products.on_offer`` named after training: no schema change, the product is never
+    scored for anyone (not even --unfiltered), and stderr says so once, by id."""
+    data = withdrawing_bank()
+    for flag in ([], ["--unfiltered"]):
+        out = tmp_path / f"top{len(flag)}.csv"
+        code = main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--k", "25", *flag])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        top = pd.read_csv(out)
+        assert not top.product_id.eq(withdrawn).any() and top.product_id.nunique() > 10
+        note = f"1 product(s) are marked not on offer in column 'on_offer' ('{withdrawn}'): discontinued, never offered"
+        assert err.count(note) == 1 and "are not in this products table" not in err, err

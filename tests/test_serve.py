@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from finrec.serve_process import ServerProcess, free_port
@@ -116,6 +117,39 @@ def test_a_discontinued_product_is_listed_as_not_offered(trained, small_dataset)
     listing = catalogue_listing(recommender)
     assert [p["product_id"] for p in listing] == list(trained.pipeline.product_ids_)
     assert {p["product_id"] for p in listing if not p["offered"]} == {gone}
+
+
+def test_the_service_never_returns_a_product_marked_not_on_offer(model_dir, withdrawing_bank, withdrawn):
+    """``serve --data`` on data whose products table marks a product not on offer while customers
+    hold it (the service would not start when the bank dropped it instead): by id and by features
+    it is never returned, and ``/products`` lists it as not offered."""
+    from fastapi.testclient import TestClient
+
+    from finrec.serve import create_app
+
+    data = withdrawing_bank("false")
+    holdings = pd.read_parquet(data / "holdings.parquet")
+    holders = set(holdings.customer_id[holdings.product_id == withdrawn].astype(str))
+    customers = pd.read_parquet(data / "customers.parquet").customer_id.astype(str)
+    with TestClient(create_app(model_dir, data)) as client:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        listing = client.get("/products").json()["products"]
+        assert [p["product_id"] for p in listing if not p["offered"]] == [withdrawn]
+        returned = set()
+        for customer in [c for c in customers if c not in holders][:15]:
+            body = client.post("/recommendations", json={"customer_id": customer, "k": 25}).json()
+            returned |= {item["product_id"] for item in body["recommendations"]}
+        features = {"age": 35, "income": 48000, "savings": 12000, "credit_score": 700, "risk_tolerance": 5}
+        for preset in ("balanced", "risk_tolerant"):
+            response = client.post(
+                "/recommendations", json={"features": features, "k": 25, "filters": {"preset": preset}}
+            )
+            assert response.status_code == 200, response.text
+            returned |= {item["product_id"] for item in response.json()["recommendations"]}
+        assert len(returned) > 10 and withdrawn not in returned
 
 
 def test_customer_profile_and_404(client, ids):

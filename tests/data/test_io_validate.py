@@ -437,3 +437,51 @@ def test_tables_given_from_python_are_checked_by_name_and_kind():
         validate_tables(schema, {"customers": t["customers"]})  # was a bare KeyError
     with pytest.raises(DataError, match="customers.*expected a pandas DataFrame, got dict"):
         validate_tables(schema, {**t, "customers": t["customers"].to_dict("list")})  # an AttributeError
+
+
+def test_a_withdrawn_product_customers_still_hold_loads_and_a_dropped_one_is_still_refused(
+    withdrawing_bank, updated_bank, withdrawn
+):
+    """A tester's monthly cycle: the bank withdrew a product and dropped it from the products
+    table, as the README said; every command that loads a dataset then refused the holdings of
+    it. Marked not on offer it stays in the table and loads; dropped it is still refused (a
+    typo or a broken export must not pass)."""
+    dataset = load_dataset(withdrawing_bank())
+    assert (dataset.holdings.product_id == withdrawn).sum() > 100
+    assert (dataset.interactions.product_id == withdrawn).any()
+    assert dataset.schema.products.on_offer == "on_offer"
+    # The bank's current word, not the model's contract: the schema hash form leaves it out.
+    assert dataset.schema.to_dict() == S.SYNTHETIC.schema().to_dict()
+    assert dataset.schema.to_dict(display=True)["products"]["on_offer"] == "on_offer"
+    assert S.DatasetSchema.from_dict(dataset.schema.to_dict(display=True)) == dataset.schema
+
+    dropped = updated_bank(lambda products: products[products.product_id != withdrawn])
+    with pytest.raises(DataError, match="row\\(s\\) name product_id values that are not in products"):
+        load_dataset(dropped)
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_an_on_offer_value_that_is_not_yes_or_no_is_refused_naming_row_and_value(withdrawing_bank, withdrawn, value):
+    data = withdrawing_bank(value)
+    products = pd.read_parquet(data / "products.parquet")
+    row = int(np.flatnonzero(products.product_id == withdrawn)[0]) + 1
+    with pytest.raises(DataError) as caught:
+        load_dataset(data)
+    message = str(caught.value)
+    assert f"column 'on_offer' must be true/false or 1/0; 1 value(s) are not, e.g. row {row}: '{value}'" in message
+    assert "products" in message
+
+
+def test_on_offer_words_and_a_missing_column():
+    """true/false, yes/no, y/n, t/f and 1/0 in any case; an empty cell is on offer; a column the
+    schema names that the table lacks is refused like any other."""
+    from finrec.data import validate as V
+
+    table = S.TableSchema(id="product_id", on_offer="live")
+    df = pd.DataFrame({"product_id": list("abcdefgh"), "live": ["Yes", "no", "TRUE", "f", None, "0", "1", ""]})
+    assert list(V.withdrawn(df, table, "products")) == [False, True, False, True, False, True, False, False]
+    numbers = pd.DataFrame({"product_id": ["a", "b", "c"], "live": [1.0, 0.0, np.nan]})
+    assert list(V.withdrawn(numbers, table, "products")) == [False, True, False]
+    assert not V.withdrawn(df, S.TableSchema(id="product_id"), "products").any()
+    with pytest.raises(SchemaError, match="names column\\(s\\) 'live' that products does not have"):
+        V.check_schema_columns(df.drop(columns="live"), table, "products")

@@ -267,3 +267,31 @@ def test_a_value_column_named_after_training_is_no_schema_change(
     err = capsys.readouterr().err
     assert code == 0, err
     assert "schema differs" not in err and "different schema" not in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["monitor"],
+        ["compare", "--resamples", "20"],
+        ["report", "--no-lightgbm", "--shap-customers", "2"],
+        ["score"],
+    ],
+)
+def test_an_on_offer_column_named_after_training_is_no_schema_change(
+    command, monitored_model_dir, withdrawing_bank, withdrawn, tmp_path, capsys
+):
+    # A tester's monthly cycle: the bank withdrew a product its customers still hold. Dropped from
+    # the products table, every command that loads the dataset refused the holdings of it;
+    # marked in a products.on_offer column named after training, each takes the data.
+    model = ["--model", str(monitored_model_dir)]
+    if command[0] == "compare":
+        model = ["--champion", str(monitored_model_dir), "--challenger", str(monitored_model_dir)]
+    if command[0] in ("report", "score"):
+        model += ["--out", str(tmp_path / ("r.md" if command[0] == "report" else "s.csv"))]
+    code = main([command[0], *model, "--data", str(withdrawing_bank()), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "schema differs" not in err and "different schema" not in err and "unknown key" not in err
+    if command[0] == "score":
+        assert not pd.read_csv(tmp_path / "s.csv").product_id.eq(withdrawn).any()

@@ -465,3 +465,31 @@ def test_an_offers_reason_never_says_an_unknown_income_or_age_meets_a_term(recom
     ages = np.isfinite(problem.catalogue.terms[S.MAX_AGE]) | (problem.catalogue.terms[S.MIN_AGE] > 0)
     assert ages.all()  # every product here bars some age: an unknown one is never said to meet it
     assert all("age unknown" in reason for reason in reasons[unknown[rows]])
+
+
+def test_cli_plan_never_offers_a_product_marked_not_on_offer(model_dir, withdrawing_bank, withdrawn, tmp_path, capsys):
+    """A product the bank withdrew (``products.on_offer`` false) while customers hold it: the plan
+    forbids it, says so once and lists it in the summary's catalogue changes."""
+    data = withdrawing_bank("0")
+    out, summary = tmp_path / "plan.csv", tmp_path / "plan.json"
+    args = [
+        "plan",
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--contacts-per-customer",
+        25,
+        "--json",
+        summary,
+    ]
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    plan = pd.read_csv(out, dtype={"customer_id": str})
+    assert len(plan) and not plan.product_id.eq(withdrawn).any()
+    assert err.count(f"marked not on offer in column 'on_offer' ('{withdrawn}'): discontinued, never offered") == 1
+    changes = json.loads(summary.read_text())["catalogue"]
+    assert changes["discontinued"] == changes["withdrawn"] == [withdrawn]

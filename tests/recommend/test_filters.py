@@ -149,6 +149,41 @@ def test_a_term_column_gone_from_the_datas_products_table_is_refused(small_datas
     assert changes.discontinued == (ids[0],) and list(np.flatnonzero(catalogue.discontinued)) == [0]
 
 
+def test_a_product_marked_not_on_offer_is_discontinued_and_keeps_its_row(small_dataset):
+    """``products.on_offer`` false: discontinued as one the table lacks, with its own note and
+    reason; the table's current attributes stay its row; one the model lacks and the table marks
+    not on offer is no launch to retrain for. Dropped and withdrawn ones are told apart."""
+    products = small_dataset.products
+    ids = list(products.product_id)
+    model_ids = ids[:-1]  # the table's last product is a launch the model lacks
+    live = np.where(products.product_id.isin([ids[1], ids[-1]]), "false", "true")
+    table, changes = F.current_products(
+        products, products.iloc[1:].assign(live=live[1:]), small_dataset.schema, model_ids, "p.csv", "live"
+    )
+    assert changes.discontinued == (ids[0], ids[1]) and changes.withdrawn == (ids[1],) and changes.unknown == ()
+    assert changes.notes() == [
+        f"p.csv: 1 product(s) of the model are not in this products table ('{ids[0]}'): taken as discontinued, "
+        "never offered",
+        f"p.csv: 1 product(s) are marked not on offer in column 'live' ('{ids[1]}'): discontinued, never offered",
+    ]
+    assert changes.to_dict()["withdrawn"] == [ids[1]]
+    assert (
+        sorted(table.product_id) == sorted(model_ids) and table.set_index("product_id").loc[ids[1], "live"] == "false"
+    )
+    catalogue = F.Catalogue.from_products(
+        table, small_dataset.schema, model_ids, changes.discontinued, changes.withdrawn
+    )
+    assert list(np.flatnonzero(catalogue.discontinued)) == [0, 1] and list(np.flatnonzero(catalogue.withdrawn)) == [1]
+    held = np.zeros((1, len(model_ids)), dtype=bool)
+    masks = F.exclusion_masks({"risk_tolerance": np.array([7.0])}, held, catalogue, F.UNFILTERED)
+    assert list(np.flatnonzero(masks["discontinued"][0])) == [0, 1]
+    words = [F.describe_exclusion("discontinued", {"risk_tolerance": np.array([7.0])}, catalogue, 0, j) for j in (0, 1)]
+    assert words == [
+        "no longer in the data's products table (discontinued)",
+        "marked not on offer in the data's products table (discontinued)",
+    ]
+
+
 def test_a_category_the_catalogue_lacks_is_refused():
     # A typo excluded every product: `finrec plan --category morgage` wrote 0 offers, exit 0,
     # and the API answered 200 with nothing; excluded, it removed nothing.

@@ -389,3 +389,32 @@ def test_compare_and_the_report_say_when_the_data_has_no_history_the_model_reads
 
     assert "this data has none: every figure below scores each customer as one without a past" in text(small_dataset)
     assert "without a past" not in text(history_rec.dataset)
+
+
+def test_a_withdrawn_product_is_never_recommended_and_its_reason_is_discontinued(
+    model_dir, withdrawing_bank, withdrawn
+):
+    """The data's products table marks a product not on offer (``products.on_offer``) while
+    customers still hold it: ``serve --data``, ``recommend`` and the dashboard exclude it as a
+    discontinued one, and say so once."""
+    rec = Recommender.load(model_dir, withdrawing_bank())
+    changes = rec.catalogue_changes
+    assert changes.discontinued == changes.withdrawn == (withdrawn,) and changes.unknown == ()
+    assert [n.split(": ", 1)[1] for n in changes.notes()] == [
+        f"1 product(s) are marked not on offer in column 'on_offer' ('{withdrawn}'): discontinued, never offered"
+    ]
+    # The same data with the product on offer: the model does recommend it, to many.
+    offered = rec.with_catalogue(rec.dataset.products, "products.parquet")
+    assert offered.catalogue_changes.notes() == [] and offered.catalogue.discontinued is None
+    context = rec.context(rec.known_customers, rec.dataset.holdings, adoption=False, validated=True)
+    j = rec.pipeline.product_ids_.index(withdrawn)
+    assert (offered.rank(context, k=5).index == j).sum() > 50
+    assert not (rec.rank(context, k=5).index == j).any()
+    assert not (rec.rank(context, k=25, filters=F.UNFILTERED).index == j).any()
+
+    holders = set(rec.dataset.holdings.customer_id[rec.dataset.holdings.product_id == withdrawn])
+    cid = next(c for c in rec.known_customers.customer_id if c not in holders)
+    audit = rec.audit(cid, F.UNFILTERED).set_index("product_id")
+    assert audit.loc[withdrawn, "excluded_by"] == "discontinued"
+    assert audit.loc[withdrawn, "detail"] == "marked not on offer in the data's products table (discontinued)"
+    assert withdrawn not in [i.product_id for i in rec.recommend(cid, k=25, filters=F.UNFILTERED).items]

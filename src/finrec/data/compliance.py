@@ -56,46 +56,13 @@ NEGATIVE_MAXIMUM_TERMS = ("negative_knowledge", "negative_loss_capacity")
 NUMERIC_PROFILE = ("knowledge", "loss_capacity", "horizon", "debt_service")
 LABEL_PROFILE = ("objective", "client_type")
 
-# Words accepted in a consent column, besides 0 and 1 (case-insensitive).
-_OBJECTED = {"false", "no", "n", "f", "0", "0.0"}
-_CONSENTED = {"true", "yes", "y", "t", "1", "1.0"}
-
 
 def objected(values: pd.Series, where: str) -> np.ndarray:
     """bool [n]: True where the customer objected to profiling for marketing (GDPR Art. 21(2)).
 
     ``false``/``0``/``no`` = objected; ``true``/``1``/``yes`` and a missing value = no objection
-    on record. Anything else is refused, naming the column and a row."""
-    if pd.api.types.is_bool_dtype(values):
-        # A nullable boolean (Parquet's ``boolean`` with a gap) may hold NA: no objection on record.
-        return ~values.to_numpy(dtype=bool, na_value=True)
-    if pd.api.types.is_numeric_dtype(values):
-        numbers = values.to_numpy(dtype="float64")
-        bad = ~np.isnan(numbers) & (numbers != 0) & (numbers != 1)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise DataError(
-                f"{where}: column '{values.name}' must be true/false or 1/0; "
-                f"{int(bad.sum())} value(s) are not, e.g. row {row + 1}: {numbers[row]:g}"
-            )
-        return numbers == 0
-    text = values.astype(object).where(values.notna(), None)
-    out = np.zeros(len(values), dtype=bool)
-    bad = []
-    for i, value in enumerate(text):
-        if value is None:
-            continue
-        word = str(value).strip().lower()
-        if word in _OBJECTED:
-            out[i] = True
-        elif word not in _CONSENTED and word:
-            bad.append(i)
-    if bad:
-        raise DataError(
-            f"{where}: column '{values.name}' must be true/false or 1/0; {len(bad)} value(s) are not, "
-            f"e.g. row {bad[0] + 1}: {text.iloc[bad[0]]!r}"
-        )
-    return out
+    on record. Anything else is refused, naming the column and a row (``V.false_flags``)."""
+    return V.false_flags(values, where)
 
 
 def label_sets(values: Iterable) -> list[frozenset[str] | None]:
@@ -414,7 +381,7 @@ def record_profile(record: dict, table: S.TableSchema) -> dict[str, np.ndarray]:
         value = record.get(named[role]) if role in named else None
         out[role] = np.array([category_text(value)], dtype=object)
     consent = record.get(table.consent) if table.consent else None
-    out["objected"] = np.array([consent is not None and str(consent).strip().lower() in _OBJECTED])
+    out["objected"] = np.array([consent is not None and str(consent).strip().lower() in V.FALSE_WORDS])
     return out
 
 
@@ -447,7 +414,7 @@ def check_record(features: dict, table: S.TableSchema) -> dict:
     if table.consent and features.get(table.consent) is not None:
         value = features[table.consent]
         word = str(value).strip().lower() if isinstance(value, (str, bool, int, float, np.generic)) else None
-        if word not in _OBJECTED and word not in _CONSENTED:
+        if word not in V.FALSE_WORDS and word not in V.TRUE_WORDS:
             raise DataError(f"features.{table.consent} must be true/false or 1/0")
         out[table.consent] = value
     return out

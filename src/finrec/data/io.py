@@ -528,6 +528,7 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     for column in table.categorical_features:
         df[column] = as_category_text(df[column])
     df = C.prepare(df, table, where)
+    V.withdrawn(df, table, where)  # refuse an on_offer value that is not yes/no here, at the boundary
     return df.reset_index(drop=True)
 
 

@@ -11,7 +11,8 @@ A dataset is a directory holding ``customers``, ``products``, ``interactions`` a
 
 ``display`` only says how the dashboard shows the data; it is no model input, and ``to_dict()``
 (the form the model's schema hash is computed from) leaves it out, so editing it never
-invalidates a model.
+invalidates a model. The same holds for ``products: {on_offer: column}``: the bank's current word
+on which products it still offers (``TableSchema.on_offer``), no model input either.
 
 Column names used across finrec live here and nowhere else.
 """
@@ -107,6 +108,7 @@ _PRODUCT_KEYS = {
     "target_market",
     "credit_payment",
     "value",
+    "on_offer",
 }
 DISPLAY = "display"
 _DISPLAY_KEYS = {"profile", "what_if", "segments", "product_name", "product_details", "labels"}
@@ -134,6 +136,13 @@ class TableSchema:
     # Products only: the column holding the money one adoption is worth (``finrec plan``); not a
     # model feature unless also listed as numeric.
     value: str | None = None
+    # Products only: the column saying whether the bank still offers each product (true/false,
+    # 1/0, yes/no; empty = on offer). A product marked false stays in the table, so the holdings
+    # and history of it still load, but is never offered: the ``discontinued`` rule
+    # (``finrec.recommend.filters.current_products``) excludes it as one the table lacks. No model
+    # input, and no part of the model's schema (``DatasetSchema.to_dict``): naming it after
+    # training is no schema change, and training ignores it (past adoptions are still data).
+    on_offer: str | None = None
     # Compliance columns (filter inputs only, never model features unless also listed above).
     # Customers: ``consent`` (false / 0 = objected to profiling for marketing) and ``profile``
     # (role -> column, roles from CUSTOMER_PROFILE_KEYS). Products: ``regime`` (the column of
@@ -224,10 +233,12 @@ class DatasetSchema:
     display: DisplayHints = DisplayHints()
 
     def to_dict(self, display: bool = False) -> dict[str, Any]:
-        """The ``schema.yaml`` form of this schema; ``display=True`` adds the display hints.
+        """The ``schema.yaml`` form of this schema; ``display=True`` adds what is the bank's current
+        word rather than the model's: the display hints and the products' ``on_offer`` column.
 
         Without them it is the model's contract: the schema hash and every "same schema?" check
-        compare this form, so a display hint never makes a model refuse its data."""
+        compare this form, so a display hint or a withdrawn product never makes a model refuse
+        its data."""
         c, p = self.customers, self.products
         out: dict[str, Any] = {
             CUSTOMERS: {"id": c.id, "numeric": list(c.numeric), "categorical": list(c.categorical)},
@@ -248,6 +259,8 @@ class DatasetSchema:
         hints = self.display.to_dict()
         if display and hints:
             out[DISPLAY] = hints
+        if display and p.on_offer:
+            out[PRODUCTS]["on_offer"] = p.on_offer
         if p.value:
             out[PRODUCTS]["value"] = p.value
         # Compliance keys only when set, so the schema (and its hash) of data without them is unchanged.
@@ -370,6 +383,7 @@ def _table_from_dict(raw: Any, allowed: set[str], risk_key: str, where: str) -> 
         protected=protected,
         log_numeric=log_cols,
         value=_optional_column(raw.get("value"), f"{where}.value") if "value" in allowed else None,
+        on_offer=_optional_column(raw.get("on_offer"), f"{where}.on_offer") if "on_offer" in allowed else None,
         **compliance,
     )
 

@@ -217,7 +217,7 @@ def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
 def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
     """Every column the schema names must exist in the table."""
     named = [table.id, *table.numeric, *table.categorical]
-    named += [c for c in (table.risk, table.category, table.value) if c]
+    named += [c for c in (table.risk, table.category, table.value, table.on_offer) if c]
     named += list(table.protected)
     named += list(table.compliance_columns)
     missing = [c for c in dict.fromkeys(named) if c not in df.columns]
@@ -226,6 +226,55 @@ def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> 
             f"schema.yaml names column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)} that {where} does not have"
             f"{_near_names(missing, df.columns)}; its columns are: {_columns(df.columns)}"
         )
+
+
+# Words accepted in a yes/no column (consent, on_offer), besides 0 and 1 (case-insensitive).
+FALSE_WORDS = frozenset({"false", "no", "n", "f", "0", "0.0"})
+TRUE_WORDS = frozenset({"true", "yes", "y", "t", "1", "1.0"})
+
+
+def false_flags(values: pd.Series, where: str) -> np.ndarray:
+    """bool [n]: True where a yes/no column says no (``false``/``0``/``no``); ``true``/``1``/
+    ``yes`` and a missing value read False. Anything else is refused, naming the column, how
+    many values and the first row (1-based) with its value."""
+    if pd.api.types.is_bool_dtype(values):
+        # A nullable boolean (Parquet's ``boolean`` with a gap) may hold NA: read as missing.
+        return ~values.to_numpy(dtype=bool, na_value=True)
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.to_numpy(dtype="float64")
+        bad = ~np.isnan(numbers) & (numbers != 0) & (numbers != 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{where}: column '{values.name}' must be true/false or 1/0; "
+                f"{int(bad.sum())} value(s) are not, e.g. row {row + 1}: {numbers[row]:g}"
+            )
+        return numbers == 0
+    text = values.astype(object).where(values.notna(), None)
+    out = np.zeros(len(values), dtype=bool)
+    bad = []
+    for i, value in enumerate(text):
+        if value is None:
+            continue
+        word = str(value).strip().lower()
+        if word in FALSE_WORDS:
+            out[i] = True
+        elif word not in TRUE_WORDS and word:
+            bad.append(i)
+    if bad:
+        raise DataError(
+            f"{where}: column '{values.name}' must be true/false or 1/0; {len(bad)} value(s) are not, "
+            f"e.g. row {bad[0] + 1}: {text.iloc[bad[0]]!r}"
+        )
+    return out
+
+
+def withdrawn(df: pd.DataFrame, table: S.TableSchema, where: str) -> np.ndarray:
+    """bool [rows]: the products that the schema's ``on_offer`` column marks as no longer
+    offered (false / 0 / no; empty = on offer); all False when the schema names no such column."""
+    if not table.on_offer:
+        return np.zeros(len(df), dtype=bool)
+    return false_flags(df[table.on_offer], where)
 
 
 def check_display_columns(df: pd.DataFrame, hints: S.DisplayHints, where: str) -> None:

@@ -403,7 +403,7 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
     source = find_table(Path(data_dir), S.PRODUCTS)
     report = monitor(
         reference,
-        Recommender(loaded.trained).with_catalogue(dataset.products, source),
+        Recommender(loaded.trained).with_catalogue(dataset.products, source, dataset.schema.products.on_offer),
         dataset.customers,
         dataset.holdings,
         seed=seed,

@@ -5,7 +5,8 @@ Rules, in the order an exclusion is attributed (the first rule that removes a pr
 0. ``consent``: the customer objected to profiling for marketing (GDPR Art. 21(2)); every
    product, always (not a filter a caller can turn off);
    ``discontinued``: a product of the model's catalogue that the data's products table no
-   longer lists (``current_products``); always, too;
+   longer lists, or lists as not on offer (the schema's ``products.on_offer`` column false:
+   withdrawn, while customers still hold it) (``current_products``); always, too;
 1. ``held``: the customer already holds the product (on by default);
 2. ``suitability``: product risk level above the customer's risk tolerance (MiFID II / PRIIPs
    SRI 1-7; on by default; a customer with no recorded tolerance is treated as 1, the most
@@ -38,6 +39,7 @@ import pandas as pd
 
 from finrec.data import compliance as C
 from finrec.data import schema as S
+from finrec.data import validate as V
 from finrec.errors import DataError, FinrecError, reject_unknown, safe_items, safe_text
 
 RULES = (
@@ -157,6 +159,8 @@ class Catalogue:
     target_market: dict = field(default_factory=dict)  # term -> float [P] or ``LabelTerm``
     payment: np.ndarray | None = None  # [P] monthly payment of a credit product (NaN = not stated)
     discontinued: np.ndarray | None = None  # bool [P]: not in the data's products table; None: all listed
+    # bool [P]: those of ``discontinued`` the table lists as not on offer (for the reason's words)
+    withdrawn: np.ndarray | None = None
 
     @classmethod
     def from_products(
@@ -165,6 +169,7 @@ class Catalogue:
         schema: S.DatasetSchema,
         product_ids: list[str],
         discontinued: tuple[str, ...] = (),
+        withdrawn: tuple[str, ...] = (),
     ) -> Catalogue:
         table = products.set_index(products[schema.products.id].astype(str)).loc[product_ids]
         p = schema.products
@@ -180,6 +185,7 @@ class Catalogue:
             target_market=C.product_terms(table, p),
             payment=C.product_payments(table, p),
             discontinued=np.isin(np.asarray(product_ids, dtype=object), list(discontinued)) if discontinued else None,
+            withdrawn=np.isin(np.asarray(product_ids, dtype=object), list(withdrawn)) if withdrawn else None,
         )
 
     def regime_is(self, regime: str) -> np.ndarray:
@@ -228,16 +234,25 @@ class CatalogueChanges:
     """How the data's products table (``source``) differs from the model's catalogue, by id."""
 
     source: str
-    discontinued: tuple[str, ...] = ()  # the model's products the table lacks: never offered
+    # The model's products never offered: those the table lacks and those it marks not on offer.
+    discontinued: tuple[str, ...] = ()
     unknown: tuple[str, ...] = ()  # the table's products the model lacks: cannot be scored
+    withdrawn: tuple[str, ...] = ()  # those of ``discontinued`` the table lists as not on offer
+    on_offer: str | None = None  # the column that marks them
 
     def notes(self) -> list[str]:
         """One sentence per kind of difference (none when the table lists the model's products)."""
         notes = []
-        if self.discontinued:
+        missing = tuple(p for p in self.discontinued if p not in self.withdrawn)
+        if missing:
             notes.append(
-                f"{self.source}: {len(self.discontinued)} product(s) of the model are not in this products table "
-                f"({safe_items(self.discontinued)}): taken as discontinued, never offered"
+                f"{self.source}: {len(missing)} product(s) of the model are not in this products table "
+                f"({safe_items(missing)}): taken as discontinued, never offered"
+            )
+        if self.withdrawn:
+            notes.append(
+                f"{self.source}: {len(self.withdrawn)} product(s) are marked not on offer in column "
+                f"{safe_text(self.on_offer, quote=True)} ({safe_items(self.withdrawn)}): discontinued, never offered"
             )
         if self.unknown:
             notes.append(
@@ -248,16 +263,29 @@ class CatalogueChanges:
         return notes
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "discontinued": list(self.discontinued), "unknown": list(self.unknown)}
+        return {
+            "source": self.source,
+            "discontinued": list(self.discontinued),
+            "unknown": list(self.unknown),
+            "withdrawn": list(self.withdrawn),
+        }
 
 
 def current_products(
-    model_products: pd.DataFrame, products: pd.DataFrame, schema: S.DatasetSchema, product_ids: list[str], source
+    model_products: pd.DataFrame,
+    products: pd.DataFrame,
+    schema: S.DatasetSchema,
+    product_ids: list[str],
+    source,
+    on_offer: str | None = None,
 ) -> tuple[pd.DataFrame, CatalogueChanges]:
     """The model's products (``product_ids``) with the attributes of the data's validated
     ``products`` table read from ``source``, and how the two differ. The bank's current table
     wins: a rule must never run on a risk level or a minimum the bank has since changed. A term
-    column the model's catalogue has must still be there, or its rule would silently stop."""
+    column the model's catalogue has must still be there, or its rule would silently stop.
+
+    ``on_offer``: the column of the data's schema (``products.on_offer``) that marks a product the
+    bank withdrew while customers still hold it: discontinued, as one the table lacks."""
     gone = [c for c in TERM_RULES if c in model_products and c not in products]
     if gone:
         raise DataError(
@@ -268,14 +296,18 @@ def current_products(
     listed = products[key].astype(str)
     known = set(product_ids)
     present = set(listed)
-    discontinued = tuple(p for p in product_ids if p not in present)
-    unknown = tuple(p for p in listed if p not in known)
+    off = V.withdrawn(products, replace(schema.products, on_offer=on_offer), str(source))
+    withdrawn = set(listed[off])
+    gone = tuple(p for p in product_ids if p not in present)
+    unknown = tuple(p for p in listed if p not in known and p not in withdrawn)  # not on offer: no loss
     table = products[listed.isin(known).to_numpy()]
-    if discontinued:
+    if gone:
         # The model's own row only holds the product's place: the discontinued rule excludes it.
-        old = model_products[model_products[key].astype(str).isin(discontinued).to_numpy()]
+        old = model_products[model_products[key].astype(str).isin(gone).to_numpy()]
         table = pd.concat([table, old], ignore_index=True)
-    return table, CatalogueChanges(str(source), discontinued, unknown)
+    marked = tuple(p for p in product_ids if p in withdrawn)
+    discontinued = tuple(p for p in product_ids if p not in present or p in withdrawn)
+    return table, CatalogueChanges(str(source), discontinued, unknown, marked, on_offer if marked else None)
 
 
 def customer_attributes(customers: pd.DataFrame, schema: S.DatasetSchema) -> dict[str, np.ndarray]:
@@ -409,6 +441,8 @@ def describe_exclusion(
     if rule == "consent":
         return "the customer objected to profiling for direct marketing"
     if rule == "discontinued":
+        if catalogue.withdrawn is not None and catalogue.withdrawn[column]:
+            return "marked not on offer in the data's products table (discontinued)"
         return "no longer in the data's products table (discontinued)"
     if rule in ("target_market", "negative_target_market"):
         return _describe_target_market(rule, attributes, catalogue, row, column)

@@ -32,7 +32,15 @@ from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data import validate as V
 from finrec.data.categories import category_text
-from finrec.data.io import Dataset, directory_stamp, find_table, load_dataset, prepare_entities, read_products
+from finrec.data.io import (
+    Dataset,
+    directory_stamp,
+    find_table,
+    load_dataset,
+    prepare_entities,
+    read_products,
+    read_schema,
+)
 from finrec.errors import DataError, FinrecError, UnknownCustomerError, safe_text
 from finrec.recommend import filters as F
 from finrec.recommend.index import NumpyTower, ProductIndex
@@ -136,7 +144,7 @@ class Recommender:
             self._use_products(trained.products)
         else:
             source = find_table(dataset.source, S.PRODUCTS) if dataset.source is not None else S.PRODUCTS
-            self._use_products(*self._current(dataset.products, source))
+            self._use_products(*self._current(dataset.products, source, dataset.schema.products.on_offer))
         self.calibration = getattr(trained, "calibration", None)
         self.dataset = dataset
         self.model_version: str | None = None  # set by ``load`` from the manifest (records name it)
@@ -160,34 +168,45 @@ class Recommender:
             self._row_of = {str(cid): i for i, cid in enumerate(self._known.ids)}
 
     # ------------------------------------------------------------------------------ catalogue
-    def _current(self, products: pd.DataFrame, source) -> tuple[pd.DataFrame, F.CatalogueChanges]:
-        return F.current_products(self.trained.products, products, self.schema, self.pipeline.product_ids_, source)
+    def _current(
+        self, products: pd.DataFrame, source, on_offer: str | None = None
+    ) -> tuple[pd.DataFrame, F.CatalogueChanges]:
+        return F.current_products(
+            self.trained.products, products, self.schema, self.pipeline.product_ids_, source, on_offer
+        )
 
     def _use_products(self, table: pd.DataFrame, changes: F.CatalogueChanges | None = None) -> None:
-        """Filter with, and show, the attributes of ``table`` (the model's products, in any order)."""
+        """Filter with, and show, the attributes of ``table`` (the model's products, in any order).
+        Without ``changes`` (the model's own copy, served without data) every product is offered:
+        which ones the bank still offers is the data's word (``products.on_offer``), not the model's."""
         ids = self.pipeline.product_ids_
-        self.catalogue = F.Catalogue.from_products(
-            table, self.schema, ids, changes.discontinued if changes is not None else ()
-        )
+        discontinued, withdrawn = (changes.discontinued, changes.withdrawn) if changes is not None else ((), ())
+        self.catalogue = F.Catalogue.from_products(table, self.schema, ids, discontinued, withdrawn)
         self.catalogue_changes = changes
         self.name_column, self.detail_columns = product_columns(table, self.schema, self.display)
         shown = [c for c in (self.name_column, *self.detail_columns) if c]
         self.products = _product_details(table, self.schema, ids, shown)
 
-    def with_catalogue(self, products: pd.DataFrame, source) -> Recommender:
+    def with_catalogue(self, products: pd.DataFrame, source, on_offer: str | None = None) -> Recommender:
         """This recommender filtering with the data's validated ``products`` table (read from
         ``source``) where it differs from the model's: the rules read its attributes, a product
-        it lacks is never offered, and ``catalogue_changes`` says what differs. A copy: the
-        caller's recommender keeps its catalogue."""
+        it lacks, or marks not on offer in the data's ``on_offer`` column, is never offered, and
+        ``catalogue_changes`` says what differs. A copy: the caller's recommender keeps its
+        catalogue."""
         other = copy.copy(self)
-        other._use_products(*other._current(products, source))
+        other._use_products(*other._current(products, source, on_offer))
         return other
 
     def for_data(self, data_dir: str | Path) -> Recommender:
         """``with_catalogue`` of ``data_dir``'s products table; this recommender itself when the
-        directory has none (customers alone: the model's catalogue, or its data's, applies)."""
-        found = read_products(data_dir, self.schema.products)
-        return self if found is None else self.with_catalogue(*found)
+        directory has none (customers alone: the model's catalogue, or its data's, applies).
+        Which products are on offer is the data's schema's word (``products.on_offer``), which
+        the model's need not name (naming it after training is no schema change)."""
+        table = self.schema.products
+        if (Path(data_dir) / S.SCHEMA_FILE).is_file():
+            table = dataclasses.replace(table, on_offer=read_schema(Path(data_dir)).products.on_offer)
+        found = read_products(data_dir, table)
+        return self if found is None else self.with_catalogue(*found, on_offer=table.on_offer)
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
