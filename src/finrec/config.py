@@ -298,7 +298,7 @@ def _positive(value: Any, name: str, most: int | None = None) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {safe_text(value, quote=True)}")
     if most is not None and value > most:
         # Far above any useful size, and well before a fit that runs out of memory with an
-        # allocator's traceback (a tester's embedding_dim of 10**7).
+        # allocator's traceback (a tester's item: no bound on embedding_dim or cross_layers).
         raise ConfigError(f"{name} must be at most {most}, got {value}")
 
 

@@ -205,6 +205,22 @@ def test_the_calibration_section_says_where_the_adoption_model_was_fitted(traine
     assert "models that had not seen them" in crossed and "training customers" not in crossed
 
 
+def test_the_probability_check_says_when_the_data_is_the_models_own(trained, small_dataset, small_data_dir):
+    """On its training customers the model's scores are surer than on new ones: several products
+    read off by more than chance there. The section says the check is not a fair one."""
+    from types import SimpleNamespace
+
+    from finrec.governance.report import Section, probability_part
+
+    def text(data_path):
+        ctx = SimpleNamespace(trained=trained, dataset=small_dataset, manifest={"data_path": data_path}, seed=0)
+        return " ".join(block[1] for block in probability_part(Section("7"), ctx).blocks if block[0] == "p")
+
+    caveat = "adoptions are ones the model was trained on: the check below is not a fair one"
+    assert caveat in text(str(small_data_dir)) and caveat not in text(None)
+    assert "Adoptions predicted" in text(None)
+
+
 def test_segments_of_customers_without_an_age_or_income_are_a_group_of_their_own(trained, small_dataset):
     from types import SimpleNamespace
 

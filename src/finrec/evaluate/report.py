@@ -7,13 +7,15 @@ ranked; the interactions are the relevant products (metric definitions: ``metric
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from finrec.data import schema as S
 from finrec.data.compliance import customer_profile
 from finrec.data.ids import as_arrow_text
-from finrec.data.io import Dataset
+from finrec.data.io import Dataset, find_table, read_table
 from finrec.errors import FinrecError, safe_text
 from finrec.evaluate import baselines
 from finrec.evaluate.metrics import metric_keys, summarize
@@ -56,7 +58,7 @@ def unknown_adoptions(pipeline, dataset: Dataset) -> dict[str, int]:
     if interactions is None or len(interactions) == 0:
         return {}
     known = set(str(p) for p in pipeline.product_ids_)
-    counts = interactions["product_id"].astype(str).value_counts()
+    counts = interactions[S.PRODUCT_ID].astype(str).value_counts()
     unknown = {str(p): int(n) for p, n in counts.items() if p not in known}
     return dict(sorted(unknown.items(), key=lambda item: (-item[1], item[0])))
 
@@ -67,12 +69,6 @@ def adoptions_trained_on(dataset: Dataset, training_dir) -> int:
     so metrics over them are optimistic. 0 when that directory is gone or unreadable. Customers
     alone would not do: an out-of-time test side holds the training customers, with the
     adoptions of the month after."""
-    from pathlib import Path
-
-    from finrec.data import schema as S
-    from finrec.data.io import find_table, read_table
-    from finrec.errors import FinrecError
-
     interactions = dataset.interactions
     if training_dir is None or interactions is None or len(interactions) == 0:
         return 0

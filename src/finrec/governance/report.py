@@ -627,13 +627,22 @@ def calibration_section(ctx: Context) -> Section:
 
 def probability_part(section: Section, ctx: Context) -> Section:
     """The calibrated probabilities against the adoptions observed (``probability_check``)."""
-    from finrec.evaluate.report import OFF_BY_CHANCE, off_by_chance, probability_check
+    from finrec.evaluate.report import OFF_BY_CHANCE, adoptions_trained_on, off_by_chance, probability_check
 
     check = probability_check(ctx.trained, ctx.dataset, max_customers=MAX_EVAL_CUSTOMERS, seed=ctx.seed)
     if check is None:
         return section.p("This model has no calibration: it gives no probabilities to check.")
     if "note" in check:
         return section.p(f"Calibrated probabilities: {check['note']}.")
+    learned = adoptions_trained_on(ctx.dataset, ctx.manifest.get("data_path"))
+    if learned:
+        # On the training customers the scores are surer than on new ones: several products read
+        # off by more than chance on the development bank's own training data.
+        section.p(
+            f"{learned:,} of this data's {len(ctx.dataset.interactions):,} adoptions are ones the model was trained "
+            "on: the check below is not a fair one (the model's scores are surer on the customers it learned from); "
+            "run the report on held-out customers or a later month to check the probabilities."
+        )
     predicted, observed = check["predicted_adoptions"], check["observed_adoptions"]
     sample = f" (a sample of {check['sampled_from']:,})" if check.get("sampled_from") else ""
     section.p(

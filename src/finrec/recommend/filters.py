@@ -298,12 +298,12 @@ def current_products(
     present = set(listed)
     off = V.withdrawn(products, replace(schema.products, on_offer=on_offer), str(source))
     withdrawn = set(listed[off])
-    gone = tuple(p for p in product_ids if p not in present)
+    absent = tuple(p for p in product_ids if p not in present)
     unknown = tuple(p for p in listed if p not in known and p not in withdrawn)  # not on offer: no loss
     table = products[listed.isin(known).to_numpy()]
-    if gone:
+    if absent:
         # The model's own row only holds the product's place: the discontinued rule excludes it.
-        old = model_products[model_products[key].astype(str).isin(gone).to_numpy()]
+        old = model_products[model_products[key].astype(str).isin(absent).to_numpy()]
         table = pd.concat([table, old], ignore_index=True)
     marked = tuple(p for p in product_ids if p in withdrawn)
     discontinued = tuple(p for p in product_ids if p not in present or p in withdrawn)
