@@ -578,14 +578,19 @@ def test_model_dir_carries_the_calibration(model_dir, trained, small_dataset):
     assert "probability" in result.to_dict()["recommendations"][0]
 
 
-@pytest.mark.slow
-def test_a_model_without_calibration_still_recommends(model_dir, small_dataset, small_data_dir, tmp_path, capsys):
-    bare = tmp_path / "model"
+def _without_calibration(model_dir, bare):
+    """A copy of ``model_dir`` at ``bare`` as a model saved before calibration existed."""
     shutil.copytree(model_dir, bare)
     manifest = json.loads((bare / "manifest.json").read_text())
     del manifest["files"][CALIBRATION_FILE]
     (bare / CALIBRATION_FILE).unlink()
     (bare / "manifest.json").write_text(json.dumps(manifest))
+    return bare
+
+
+@pytest.mark.slow
+def test_a_model_without_calibration_still_recommends(model_dir, small_dataset, small_data_dir, tmp_path, capsys):
+    bare = _without_calibration(model_dir, tmp_path / "model")
     recommender = Recommender(load_model_dir(bare).trained, small_dataset)
     items = recommender.recommend(str(small_dataset.customers["customer_id"].iloc[0]), k=2).items
     assert items and all(item.probability is None for item in items)
@@ -784,8 +789,6 @@ def test_calibrate_refuses_a_handful_of_adoptions_and_leaves_the_model_as_it_was
 def test_evaluate_probabilities_checks_them_against_the_adoptions(model_dir, small_data_dir, tmp_path, capsys):
     """``evaluate --probabilities``: the calibrated probabilities against the adoptions observed,
     printed and in the JSON; a model without calibration is refused before any work."""
-    import shutil
-
     out = tmp_path / "e.json"
     code = main(
         ["evaluate", "--model", str(model_dir), "--data", str(small_data_dir), "--probabilities", "--json", str(out)]
@@ -799,12 +802,7 @@ def test_evaluate_probabilities_checks_them_against_the_adoptions(model_dir, sma
     )
     assert len(check["products"]) == 25 and len(check["reliability"]) == 10
 
-    bare = tmp_path / "bare"
-    shutil.copytree(model_dir, bare)
-    manifest = json.loads((bare / "manifest.json").read_text())
-    del manifest["files"][CALIBRATION_FILE]
-    (bare / CALIBRATION_FILE).unlink()
-    (bare / "manifest.json").write_text(json.dumps(manifest))
+    bare = _without_calibration(model_dir, tmp_path / "bare")
     code = main(
         ["evaluate", "--model", str(bare), "--data", str(small_data_dir), "--probabilities", "--json", str(out)]
     )
