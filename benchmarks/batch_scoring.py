@@ -63,7 +63,9 @@ def main() -> None:
         data = load_dataset(tmp / "big", require_interactions=False)
         sample = data.customers.iloc[:262_144]
         held = HoldingsLookup(rec.pipeline, data.holdings).rows(sample.customer_id.to_numpy())
-        context = rec.context(sample, held=held, adoption=False)  # with a tree blend, the trees run here
+        context = rec.context(
+            sample, held=held, adoption=False, validated=True
+        )  # with a tree blend, the trees run here
         inputs, attributes = context.inputs, context.attributes
         compute, tower_only = [], []
         for _ in range(max(args.repeats, 5)):
@@ -78,7 +80,7 @@ def main() -> None:
             rec.tower(inputs)
             tower_only.append(len(sample) / (time.perf_counter() - start))
         start = time.perf_counter()
-        rec.rank(rec.context(sample, held=held, adoption=False), 5, F.Filters())
+        rec.rank(rec.context(sample, held=held, adoption=False, validated=True), 5, F.Filters())
         frame_rate = len(sample) / (time.perf_counter() - start)
 
     flops = rec.tower.flops_per_customer() + 2 * rec.product_embeddings.size

@@ -132,3 +132,20 @@ def test_a_registry_a_version_or_a_dataset_given_as_the_model_says_where_the_mod
         with pytest.raises(ArtifactError) as error:
             read_manifest(path)
         assert hint in str(error.value), str(error.value)
+
+
+def test_a_hidden_system_file_in_a_model_directory_does_not_block_a_retraining(tmp_path):
+    """A reviewer: .DS_Store or a notebook's checkpoints beside a model made a retraining into it
+    exit 2 ("holds entries not part of it"); they are the system's, and a user's file still is."""
+    from finrec.artifacts import MANIFEST, model_files
+    from finrec.atomic import check_writable
+    from finrec.errors import FinrecError
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / MANIFEST).write_text("{}")
+    (model / ".DS_Store").write_text("")
+    check_writable(model, "directory", marker=MANIFEST, owned=model_files)
+    (model / "notes.txt").write_text("mine")
+    with pytest.raises(FinrecError, match="'notes.txt'"):
+        check_writable(model, "directory", marker=MANIFEST, owned=model_files)

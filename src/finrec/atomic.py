@@ -193,7 +193,8 @@ def check_writable(
         )
     if kind == "directory" and marker and owned is not None and (target / marker).is_file():
         names = owned(target) if callable(owned) else owned
-        foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in names)
+        # Hidden entries (.DS_Store, .ipynb_checkpoints, .nfs*) are the system's, not the user's work.
+        foreign = sorted(e.name for e in target.iterdir() if e.name not in names and not e.name.startswith("."))
         if foreign:
             listed = ", ".join(repr(name) for name in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise FinrecError(

@@ -229,3 +229,16 @@ def test_registering_the_same_model_again_says_so(model_dir, tmp_path, capsys):
     assert "same model" not in capsys.readouterr().err
     assert main(["models", "add", "--root", root, "--model", str(model_dir)]) == 0
     assert "note: v0002 is the same model as v0001 (the same files)" in capsys.readouterr().err
+
+
+def test_a_projects_own_versions_folder_is_no_registry(tmp_path):
+    """A reviewer: any parent with versions/ and a .lock counted as a registry, refusing every
+    `train --out` below it. A registry is a version.json under versions/, or the pointer."""
+    from finrec.governance.registry import registry_holding
+
+    (tmp_path / "versions").mkdir()
+    (tmp_path / ".lock").write_text("")
+    assert registry_holding(tmp_path / "models" / "new") is None
+    (tmp_path / "versions" / "v0001").mkdir()
+    (tmp_path / "versions" / "v0001" / "version.json").write_text("{}")
+    assert registry_holding(tmp_path / "models" / "new") == tmp_path.resolve()

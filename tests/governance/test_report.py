@@ -78,7 +78,7 @@ def test_report_sections_are_filled(reports):
     assert "P(adopts anything) x P(p | adopts something)" in html and "fitted on the training customers" in html
     # The probabilities campaigns plan with, against the adoptions: totals, reliability, each product.
     assert "against the adoptions this data observed" in html
-    assert "adoptions predicted" in html and ("Off by more than chance" in html or "within chance" in html)
+    assert "adoptions predicted" in html and "bins of equal numbers of pairs" in html
     assert html.count("<img src='data:image/svg+xml;base64,") >= 5
     profiles = reports["profiles"].read_text()
     assert "no interactions (outcomes)" in profiles and "Zero unsuitable products were recommended." in profiles

@@ -74,11 +74,14 @@ def best_epoch_metrics(history: dict[str, list[float]]) -> dict[str, float]:
 
 
 def registry_holding(path: str | Path) -> Path | None:
-    """The registry whose root is ``path`` or one of its parents (a ``versions/`` folder beside
-    the lock every ``add`` leaves, or the pointer a ``promote`` writes), or None."""
+    """The registry whose root is ``path`` or one of its parents (a ``versions/`` folder holding a
+    registered version's ``version.json``, or beside the pointer a ``promote`` writes), or None."""
     path = Path(path).resolve()
     for folder in (path, *path.parents):
-        if (folder / VERSIONS).is_dir() and ((folder / LOCK).is_file() or (folder / POINTER).is_file()):
+        versions = folder / VERSIONS
+        if versions.is_dir() and (
+            (folder / POINTER).is_file() or any(versions.glob(f"v*/{VERSION_INFO}"))
+        ):  # a project's own versions/ folder beside a stray lock file is no registry
             return folder
     return None
 
@@ -150,11 +153,11 @@ class Registry:
     def same_model(self, model_dir: str | Path) -> list[str]:
         """The versions whose model has the very files of ``model_dir`` (the manifests'
         checksums): registering it again makes a second id of one model."""
-        files = read_manifest(model_dir).get("files")
+        files = read_manifest(model_dir, verify=False).get("files")  # the recorded checksums: no re-hashing
         same = []
         for version in self.version_ids():
             try:
-                if read_manifest(self.root / VERSIONS / version / MODEL).get("files") == files:
+                if read_manifest(self.root / VERSIONS / version / MODEL, verify=False).get("files") == files:
                     same.append(version)
             except FinrecError:
                 continue  # a damaged version is no match; `promote` names it when it matters
