@@ -206,3 +206,29 @@ def test_bad_data_on_ray_is_a_data_error_naming_the_batch_not_an_internal_error(
     with pytest.raises(DataError, match="holdings.csv: missing column.*'customer_id'"):
         score_dataset_ray(model_dir, holdings, out)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_ray_counts_customers_with_no_eligible_product_as_the_local_engine_does(
+    local_ray, model_dir, small_data_dir, tmp_path
+):
+    """`score --engine ray --category mortgage` said it wrote for every customer ranked, while
+    most had no eligible mortgage and no row (the local engine counts them apart since the
+    twentieth session). Both outputs: one file, and a directory of part files."""
+    from finrec.artifacts import load_model_dir
+    from finrec.recommend.batch import score_dataset
+    from finrec.recommend.ray_engine import score_dataset_ray
+    from finrec.recommend.recommender import Recommender
+
+    only = {"include_categories": ["mortgage"]}
+    local_stats = {}
+    score_dataset(
+        Recommender(load_model_dir(model_dir).trained), small_data_dir, tmp_path / "l.csv", 5, only, stats=local_stats
+    )
+    written = pd.read_csv(tmp_path / "l.csv", dtype={"customer_id": str})["customer_id"].nunique()
+    assert local_stats["no_eligible"] > 0 and written > 0
+    for out in (tmp_path / "r.csv", tmp_path / "parts"):
+        ray_stats = {}
+        n, _ = score_dataset_ray(model_dir, small_data_dir, out, k=5, filters=only, batch_rows=300, stats=ray_stats)
+        assert ray_stats["no_eligible"] == local_stats["no_eligible"], out
+        assert n - ray_stats["objected"] - ray_stats["no_eligible"] == written

@@ -32,8 +32,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from finrec.atomic import check_writable, refuse_overlap
@@ -146,6 +148,17 @@ def count_objected(customers_path: Path, table: S.TableSchema) -> int:
     return int(objected(values, f"{S.CUSTOMERS}.{table.consent}").sum())
 
 
+def _count_runs(ids: pa.ChunkedArray, count: int, last) -> tuple[int, object]:
+    """Customers in a batch of output rows, a customer's rows being consecutive (a batch may end
+    inside a customer's rows: ``last`` is the previous batch's last id). Returns the running
+    count and this batch's last id."""
+    values = ids.to_numpy(zero_copy_only=False)
+    if not len(values):
+        return count, last
+    starts = np.count_nonzero(values[1:] != values[:-1]) + int(values[0] != last)
+    return count + starts, values[-1]
+
+
 def _require_ray():
     try:
         import ray
@@ -254,7 +267,7 @@ def score_dataset_ray(
     (customers read, rows written). ``concurrency`` scoring actors of one CPU each (default:
     the cluster's CPUs less one, at least 1), each loading the model once; leave CPUs for the
     read tasks. ``probabilities`` adds the calibrated adoption probability of each row (the
-    model must have a calibration); ``stats``, when given, receives ``objected`` and ``catalogue``
+    model must have a calibration); ``stats``, when given, receives ``objected``, ``no_eligible`` and ``catalogue``
     as from the local engine (``score_dataset``)."""
     from finrec.recommend import filters as F
 
@@ -340,13 +353,19 @@ def score_dataset_ray(
             if out.suffix in (".parquet", ".csv"):
                 from finrec.recommend.batch import OUTPUT_SCHEMA, PROBABILITY_SCHEMA, TopKWriter
 
+                written_for, last = 0, None
                 with TopKWriter(out, PROBABILITY_SCHEMA if probabilities else OUTPUT_SCHEMA) as writer:
                     for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
                         writer.write(table)
+                        written_for, last = _count_runs(table.column(S.CUSTOMER_ID), written_for, last)
                 rows = writer.rows
             else:
                 scored.write_parquet(str(out.resolve()))
-                rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
+                parts = sorted(out.glob("*.parquet"))
+                rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+                written_for = (
+                    pc.count_distinct(pq.read_table(parts, columns=[S.CUSTOMER_ID]).column(0)).as_py() if parts else 0
+                )
         except ray.exceptions.RayError as exc:
             # A worker's DataError (a value that is not a number, an empty id) reached the CLI
             # wrapped in Ray's task error: "internal error" with a remote traceback, exit 1.
@@ -357,6 +376,8 @@ def score_dataset_ray(
             raise type(found)(str(found).split("\n", 1)[0]) from None
         if stats is not None:
             stats["objected"] = count_objected(customers_path, schema.customers)
+            # Ranked, no product passed the filters: no row, as the local engine counts them.
+            stats["no_eligible"] = n_customers - stats["objected"] - written_for
             stats["catalogue"] = changes
         return n_customers, rows
     finally:
