@@ -133,6 +133,40 @@ def test_a_product_whose_probabilities_are_off_is_named(trained, small_dataset):
     assert after["brier"] > before["brier"]
 
 
+def test_a_product_not_on_offer_is_left_out_of_the_probability_check(trained, withdrawing_bank, withdrawn):
+    """A product the bank withdrew (``products.on_offer``) could not be adopted that month: its
+    predicted adoptions against none would read as a level error and move the totals. It is left
+    out and named; every other product's figures stay as they were."""
+    from finrec.data.io import load_dataset
+    from finrec.evaluate.report import format_probability_check, probability_check
+
+    data = withdrawing_bank()
+    after = probability_check(trained, load_dataset(data))
+    on_offer = _without_on_offer(data)
+    full = probability_check(trained, load_dataset(on_offer))
+    kept = [r for r in full["products"] if r["product_id"] != withdrawn]
+    assert withdrawn in {r["product_id"] for r in full["products"]} and full["not_on_offer"] == []
+    assert after["not_on_offer"] == [withdrawn] and after["products"] == kept
+    gone = next(r for r in full["products"] if r["product_id"] == withdrawn)
+    assert gone["observed"] > 0  # its adoptions are in the data: left out, not compared
+    assert after["observed_adoptions"] == full["observed_adoptions"] - gone["observed"]
+    assert after["predicted_adoptions"] == pytest.approx(full["predicted_adoptions"] - gone["predicted"], rel=1e-6)
+    assert after["pairs"] < full["pairs"]
+    assert f"left out, not on offer in the data's products table: '{withdrawn}'" in format_probability_check(after)
+
+
+def _without_on_offer(data):
+    """``data`` with its schema's ``products.on_offer`` removed (every product on offer)."""
+    import yaml
+
+    from finrec.data import schema as S
+
+    schema = yaml.safe_load((data / S.SCHEMA_FILE).read_text())
+    del schema[S.PRODUCTS]["on_offer"]
+    (data / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema, sort_keys=False))
+    return data
+
+
 @pytest.mark.parametrize(
     "observed, predicted", [(3, 0.2), (0, 0.2), (0, 9.0), (1, 4.0), (12, 4.0), (40, 9.5), (4, 4.0), (0, 0.0)]
 )

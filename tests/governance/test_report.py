@@ -221,6 +221,20 @@ def test_the_probability_check_says_when_the_data_is_the_models_own(trained, sma
     assert "Adoptions predicted" in text(None)
 
 
+def test_the_probability_check_names_the_products_not_on_offer_it_left_out(trained, withdrawing_bank, withdrawn):
+    from types import SimpleNamespace
+
+    from finrec.data.io import load_dataset
+    from finrec.governance.report import Section, probability_part
+
+    ctx = SimpleNamespace(trained=trained, dataset=load_dataset(withdrawing_bank()), manifest={}, seed=0)
+    section = probability_part(Section("7"), ctx)
+    text = " ".join(block[1] for block in section.blocks if block[0] == "p")
+    assert f"Left out: {withdrawn}, not on offer in this data's products table" in text
+    rows = [row for block in section.blocks if block[0] == "table" for row in block[2] if "product" in row]
+    assert rows and withdrawn not in {row["product"] for row in rows}
+
+
 def test_segments_of_customers_without_an_age_or_income_are_a_group_of_their_own(trained, small_dataset):
     from types import SimpleNamespace
 

@@ -16,7 +16,7 @@ from finrec.data import schema as S
 from finrec.data.compliance import customer_profile
 from finrec.data.ids import as_arrow_text
 from finrec.data.io import Dataset, find_table, read_table
-from finrec.errors import FinrecError, safe_text
+from finrec.errors import FinrecError, safe_items, safe_text
 from finrec.evaluate import baselines
 from finrec.evaluate.metrics import metric_keys, summarize
 from finrec.features import link_matrix
@@ -189,25 +189,29 @@ def probability_check(
     ids = dataset.customers[cid].to_numpy()
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions) & ~held
+    offered = _offered(pipeline.product_ids_, dataset)
+    # A product withdrawn (or gone from the bank's table) could not be adopted: its predicted
+    # adoptions against none observed would read as a level error, and skew the totals.
+    pairs = ~held & offered
     out: dict[str, Any] = {
         "customers": len(ids),
         "sampled_from": len(objected) - int(objected.sum()) if len(ids) < len(objected) - objected.sum() else None,
         "objected_left_out": int(objected.sum()),
-        "pairs": int((~held).sum()),
+        "pairs": int(pairs.sum()),
+        "not_on_offer": [str(p) for p, on in zip(pipeline.product_ids_, offered, strict=True) if not on],
     }
     if out["pairs"] == 0:
-        return {**out, "note": "no customer with a product they do not hold: nothing to compare"}
+        return {**out, "note": "no customer with a product on offer they do not hold: nothing to compare"}
     history = dataset.holdings_history
     scores = trained.score(dataset.customers, dataset.holdings, history)
     adoption = (
         calibration.adoption_probability(dataset.customers, held, history) if calibration.needs_adoption else None
     )
     probability = calibration(scores, held, adoption).astype("float64")
-    pairs = ~held
     p, y = probability[pairs], adopted[pairs].astype("float64")
     rate = float(y.mean())
     spread = (probability * (1 - probability) * pairs).sum(axis=0)
-    predicted, observed = probability.sum(axis=0), adopted.sum(axis=0)
+    predicted, observed = (probability * pairs).sum(axis=0), (adopted & pairs).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(spread > 0, (observed - predicted) / np.sqrt(spread), np.nan)
     order = np.argsort(p, kind="stable")
@@ -233,8 +237,20 @@ def probability_check(
                 "chance": _chance(int(observed[j]), float(predicted[j]), float(z[j])),
             }
             for j, pid in enumerate(pipeline.product_ids_)
+            if offered[j]
         ],
     }
+
+
+def _offered(product_ids, dataset: Dataset) -> np.ndarray:
+    """bool [products]: the model's products that ``dataset``'s products table lists as on offer
+    (``products.on_offer``; a product it does not list is not offered either)."""
+    from finrec.data.validate import withdrawn
+
+    table = dataset.schema.products
+    listed = dataset.products[table.id].astype(str)
+    on = listed[~withdrawn(dataset.products, table, S.PRODUCTS)]
+    return np.isin(np.asarray(product_ids, dtype=str), on.to_numpy(dtype=str))
 
 
 def _chance(observed: int, predicted: float, z: float) -> float | None:
@@ -273,6 +289,11 @@ def format_probability_check(check: dict[str, Any] | None) -> str:
             else ""
         )
     )
+    if check.get("not_on_offer"):
+        head += (
+            f"\n  left out, not on offer in the data's products table: {safe_items(check['not_on_offer'])}"
+            " (no customer could adopt them)"
+        )
     if "note" in check:
         return f"{head}\n  {check['note']}"
     predicted, observed = check["predicted_adoptions"], check["observed_adoptions"]

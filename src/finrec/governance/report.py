@@ -652,6 +652,12 @@ def probability_part(section: Section, ctx: Context) -> Section:
         f"{predicted:,.1f}, observed {observed:,}. Brier score {check['brier']:.5f} against "
         f"{check['reference_brier']:.5f} for one constant at the observed rate; log loss {check['log_loss']:.5f}; "
         f"expected calibration error {check['ece']:.5f} over {check['bins']} bins of equal numbers of pairs."
+        + (
+            f" Left out: {', '.join(check['not_on_offer'])}, not on offer in this data's products table "
+            "(no customer could adopt them)."
+            if check.get("not_on_offer")
+            else ""
+        )
     )
     rows = check["reliability"]
     section.table(
