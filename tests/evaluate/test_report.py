@@ -250,17 +250,30 @@ def test_fairness_counts_adoptions_of_an_unknown_product_as_misses(trained, smal
 
     import pandas as pd
 
+    from finrec.data.compliance import without_objections
     from finrec.evaluate.fairness import fairness_report
+    from finrec.evaluate.report import evaluate
 
     interactions = small_dataset.interactions
-    adopters = set(interactions["customer_id"].astype(str))
-    newcomers = [c for c in small_dataset.customers["customer_id"].astype(str) if c not in adopters][:40]
-    launch = pd.DataFrame({"customer_id": newcomers, "product_id": "GREEN_SAVER"})
+    adopters = list(dict.fromkeys(interactions["customer_id"].astype(str)))
+    newcomers = [c for c in small_dataset.customers["customer_id"].astype(str) if c not in set(adopters)][:40]
+    launch = pd.DataFrame({"customer_id": newcomers + adopters[:40], "product_id": "GREEN_SAVER"})
     with_launch = dataclasses.replace(small_dataset, interactions=pd.concat([interactions, launch], ignore_index=True))
 
-    def evaluated(dataset):
-        groups = fairness_report(trained, dataset, k=5)["columns"]["gender"]["groups"]
-        return sum(group["evaluated"] for group in groups.values())
+    def graded(dataset):
+        groups = fairness_report(trained, dataset, k=5)["columns"]["gender"]["groups"].values()
+        evaluated = sum(group["evaluated"] for group in groups)
+        mean = {
+            m: sum(g[m] * g["evaluated"] for g in groups if g["evaluated"]) / evaluated for m in ("ndcg@5", "recall@5")
+        }
+        return evaluated, mean
 
     # the newcomers adopted only the launch: they join the task, with nothing the model can hit
-    assert evaluated(with_launch) > evaluated(small_dataset)
+    assert graded(with_launch)[0] > graded(small_dataset)[0]
+    # over the groups, each metric is evaluate's, which counts the launch's adoptions as misses
+    evaluated, mean = graded(with_launch)
+    overall = evaluate(trained, without_objections(with_launch)[0], k=5)["model"]
+    assert evaluated == overall["customers"]
+    for metric, value in mean.items():
+        assert value == pytest.approx(overall[metric], rel=1e-6), metric
+    assert mean["recall@5"] < graded(small_dataset)[1]["recall@5"]

@@ -35,7 +35,7 @@ from finrec.data.categories import as_category_text
 from finrec.data.compliance import without_objections
 from finrec.data.io import Dataset
 from finrec.evaluate.metrics import summarize
-from finrec.evaluate.report import ranking_task, unknown_adoptions
+from finrec.evaluate.report import graded_task
 from finrec.recommend import filters as F
 from finrec.recommend.recommender import Recommender
 
@@ -119,15 +119,10 @@ def fairness_report(trained, dataset: Dataset, k: int = 5) -> dict[str, Any]:
     slot_category = categories[top]
 
     # An adoption of a product the model does not know is a miss, as ``evaluate`` grades it.
-    unknown = list(unknown_adoptions(pipeline, dataset))
-    catalogue = [str(p) for p in pipeline.product_ids_]
-    eval_ids, relevant, excluded = ranking_task(pipeline, dataset, products=[*catalogue, *unknown] if unknown else None)
-    position = pd.Index(all_ids.astype(str)).get_indexer(eval_ids.astype(str))
-    eval_scores = scores[position]
-    never = None
-    if unknown:
-        eval_scores = np.hstack([eval_scores, np.full((len(eval_scores), len(unknown)), -np.inf)])
-        never = np.arange(eval_scores.shape[1]) >= len(catalogue)
+    task = graded_task(pipeline, dataset)
+    relevant, excluded, never = task.relevant, task.excluded, task.never
+    position = pd.Index(all_ids.astype(str)).get_indexer(task.ids.astype(str))
+    eval_scores = task.padded(scores[position])
 
     metric_names = [f"ndcg@{k}", f"recall@{k}", "mrr"]
     for column, labels in groups.items():

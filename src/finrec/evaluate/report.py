@@ -7,6 +7,7 @@ ranked; the interactions are the relevant products (metric definitions: ``metric
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,38 @@ def unknown_adoptions(pipeline, dataset: Dataset) -> dict[str, int]:
     return dict(sorted(unknown.items(), key=lambda item: (-item[1], item[0])))
 
 
+@dataclass(frozen=True)
+class GradedTask:
+    """``ranking_task`` as ``evaluate`` and ``evaluate --fairness`` grade it: over the model's
+    ``n_products`` products, then the ``unknown`` ones the data's adoptions name that the model
+    does not know (launched after it was trained), which no ranker of the catalogue can rank.
+    ``ids`` [n]; ``relevant``, ``excluded`` bool [n, P + U]."""
+
+    ids: np.ndarray
+    relevant: np.ndarray
+    excluded: np.ndarray
+    n_products: int
+    unknown: tuple[str, ...]
+
+    @property
+    def never(self) -> np.ndarray | None:
+        """bool [P + U]: the unknown products (``summarize``'s ``unrankable``); None without."""
+        return np.arange(self.n_products + len(self.unknown)) >= self.n_products if self.unknown else None
+
+    def padded(self, scores: np.ndarray) -> np.ndarray:
+        """[m, P] scores of the catalogue -> [m, P + U], the unknown products at -inf (never ranked)."""
+        return np.hstack([scores, np.full((len(scores), len(self.unknown)), -np.inf)]) if self.unknown else scores
+
+
+def graded_task(pipeline, dataset: Dataset) -> GradedTask:
+    """The customers with adoptions and their ``GradedTask``: an adoption of a product the model
+    does not know stays relevant and is never a hit (``finrec compare`` grades it so too)."""
+    catalogue = [str(p) for p in pipeline.product_ids_]
+    unknown = tuple(unknown_adoptions(pipeline, dataset))
+    ids, relevant, excluded = ranking_task(pipeline, dataset, products=[*catalogue, *unknown] if unknown else None)
+    return GradedTask(ids, relevant, excluded, len(catalogue), unknown)
+
+
 def adoptions_trained_on(dataset: Dataset, training_dir) -> int:
     """How many of the data's adoptions (customer, product pairs) are adoptions of the data the
     model was trained on (``training_dir``, the manifest's ``data_path``): the model learned them,
@@ -102,19 +135,11 @@ def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, 
         # The metrics' own check raised a bare ValueError after the model had scored everyone.
         raise FinrecError(f"k must be a positive integer, got {safe_text(k, quote=True)}")
     pipeline = trained.pipeline
-    catalogue = [str(p) for p in pipeline.product_ids_]
-    unknown = list(unknown_adoptions(pipeline, dataset))
-    products = [*catalogue, *unknown]
-    if unknown:
-        ids, relevant, excluded = ranking_task(pipeline, dataset, products=products)
-    else:
-        ids, relevant, excluded = ranking_task(pipeline, dataset)
+    task = graded_task(pipeline, dataset)
+    ids, relevant, excluded, padded, never = task.ids, task.relevant, task.excluded, task.padded, task.never
     cid = dataset.schema.customers.id
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
-    n, n_products = len(ids), len(catalogue)
-
-    def padded(s: np.ndarray) -> np.ndarray:  # the unknown products: never ranked
-        return np.hstack([s, np.full((len(s), len(unknown)), -np.inf)]) if unknown else s
+    n, n_products = len(ids), task.n_products
 
     scores = {
         "model": padded(
@@ -123,9 +148,9 @@ def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, 
         "popularity": padded(baselines.popularity_scores(n, np.asarray(pipeline.product_popularity_))),
         "random": padded(baselines.random_scores(n, n_products, np.random.default_rng(seed))),
     }
-    never = np.arange(len(products)) >= n_products if unknown else None
     unrankable = dict.fromkeys(scores, never)
     if dataset.ground_truth is not None:
+        products = [*map(str, pipeline.product_ids_), *task.unknown]
         scores["oracle"] = baselines.oracle_scores(ids, products, dataset.ground_truth)
         unrankable["oracle"] = None
     results = {name: summarize(s, relevant, excluded, k=k, unrankable=unrankable[name]) for name, s in scores.items()}
