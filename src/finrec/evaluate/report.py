@@ -21,7 +21,7 @@ from finrec.errors import FinrecError, safe_items, safe_text
 from finrec.evaluate import baselines
 from finrec.evaluate.metrics import metric_keys, summarize
 from finrec.features import link_matrix
-from finrec.training.calibration import brier_score, expected_calibration_error, log_loss
+from finrec.training.calibration import brier_score, expected_calibration_error, log_loss, reliability_table
 
 PROBABILITY_BINS = 10
 # A product's adoptions are "off by more than chance" where chance puts them as far from the
@@ -239,7 +239,6 @@ def probability_check(
     predicted, observed = (probability * pairs).sum(axis=0), (adopted & pairs).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(spread > 0, (observed - predicted) / np.sqrt(spread), np.nan)
-    order = np.argsort(p, kind="stable")
     return {
         **out,
         "predicted_adoptions": float(p.sum()),
@@ -250,8 +249,8 @@ def probability_check(
         "ece": expected_calibration_error(p, y, bins=bins),
         "bins": int(min(bins, len(p))),
         "reliability": [
-            {"pairs": len(part), "predicted": float(p[part].mean()), "observed": float(y[part].mean())}
-            for part in np.array_split(order, min(bins, len(p)))
+            {"pairs": r["pairs"], "predicted": r["predicted"], "observed": r["true"]}
+            for r in reliability_table(p, y, bins=bins)
         ],
         "products": [
             {
