@@ -403,13 +403,7 @@ def cmd_evaluate(args) -> int:
             file=sys.stderr,
         )
     trained_on = loaded.manifest.get("data_path")
-    learned = adoptions_trained_on(dataset, trained_on)
-    recorded = loaded.manifest.get("data_fingerprint")
-    if not learned and not (trained_on and Path(trained_on).is_dir()) and recorded:
-        from finrec.data.io import fingerprint
-
-        # the training directory moved away: a copy of it is known by its files
-        learned = len(dataset.interactions) if fingerprint(args.data) == recorded else 0
+    learned = adoptions_trained_on(dataset, trained_on, args.data, loaded.manifest.get("data_fingerprint"))
     if learned:
         print(
             f"finrec evaluate: note: {learned} of the {len(dataset.interactions)} adoption(s) in {safe_text(args.data)} "

@@ -210,15 +210,22 @@ def test_the_probability_check_says_when_the_data_is_the_models_own(trained, sma
     read off by more than chance there. The section says the check is not a fair one."""
     from types import SimpleNamespace
 
+    from finrec.data.io import fingerprint
     from finrec.governance.report import Section, probability_part
 
-    def text(data_path):
-        ctx = SimpleNamespace(trained=trained, dataset=small_dataset, manifest={"data_path": data_path}, seed=0)
+    def text(data_path, recorded=None):
+        manifest = {"data_path": data_path, "data_fingerprint": recorded}
+        ctx = SimpleNamespace(
+            trained=trained, dataset=small_dataset, manifest=manifest, seed=0, data_dir=small_data_dir
+        )
         return " ".join(block[1] for block in probability_part(Section("7"), ctx).blocks if block[0] == "p")
 
     caveat = "adoptions are ones the model was trained on: the check below is not a fair one"
     assert caveat in text(str(small_data_dir)) and caveat not in text(None)
     assert "Adoptions predicted" in text(None)
+    # the training directory moved away since: a copy of it is known by its fingerprint, as evaluate knows it
+    gone = str(small_data_dir.parent / "moved-away")
+    assert caveat in text(gone, fingerprint(small_data_dir)) and caveat not in text(gone, "0" * 64)
 
 
 def test_the_probability_check_names_the_products_not_on_offer_it_left_out(trained, withdrawing_bank, withdrawn):
@@ -227,7 +234,8 @@ def test_the_probability_check_names_the_products_not_on_offer_it_left_out(train
     from finrec.data.io import load_dataset
     from finrec.governance.report import Section, probability_part
 
-    ctx = SimpleNamespace(trained=trained, dataset=load_dataset(withdrawing_bank()), manifest={}, seed=0)
+    data = withdrawing_bank()
+    ctx = SimpleNamespace(trained=trained, dataset=load_dataset(data), manifest={}, seed=0, data_dir=data)
     section = probability_part(Section("7"), ctx)
     text = " ".join(block[1] for block in section.blocks if block[0] == "p")
     assert f"Left out: {withdrawn}, not on offer in this data's products table" in text

@@ -96,15 +96,24 @@ def graded_task(pipeline, dataset: Dataset) -> GradedTask:
     return GradedTask(ids, relevant, excluded, len(catalogue), unknown)
 
 
-def adoptions_trained_on(dataset: Dataset, training_dir) -> int:
+def adoptions_trained_on(dataset: Dataset, training_dir, data_dir=None, recorded_fingerprint=None) -> int:
     """How many of the data's adoptions (customer, product pairs) are adoptions of the data the
     model was trained on (``training_dir``, the manifest's ``data_path``): the model learned them,
-    so metrics over them are optimistic. 0 when that directory is gone or unreadable. Customers
-    alone would not do: an out-of-time test side holds the training customers, with the
-    adoptions of the month after."""
+    so metrics over them are optimistic. Customers alone would not do: an out-of-time test side
+    holds the training customers, with the adoptions of the month after.
+
+    When that directory is gone (moved, or copied elsewhere), ``data_dir`` (where ``dataset`` was
+    read) whose files have the manifest's ``recorded_fingerprint`` is the training data itself:
+    every adoption counts. 0 otherwise, and when the directory is unreadable."""
     interactions = dataset.interactions
-    if training_dir is None or interactions is None or len(interactions) == 0:
+    if interactions is None or len(interactions) == 0:
         return 0
+    if training_dir is None or not Path(training_dir).is_dir():
+        if data_dir is None or not recorded_fingerprint:
+            return 0
+        from finrec.data.io import fingerprint
+
+        return len(interactions) if fingerprint(data_dir) == recorded_fingerprint else 0
     try:
         path = find_table(Path(training_dir), S.INTERACTIONS, required=False)
         if path is None:

@@ -634,7 +634,9 @@ def probability_part(section: Section, ctx: Context) -> Section:
         return section.p("This model has no calibration: it gives no probabilities to check.")
     if "note" in check:
         return section.p(f"Calibrated probabilities: {check['note']}.")
-    learned = adoptions_trained_on(ctx.dataset, ctx.manifest.get("data_path"))
+    learned = adoptions_trained_on(
+        ctx.dataset, ctx.manifest.get("data_path"), ctx.data_dir, ctx.manifest.get("data_fingerprint")
+    )
     if learned:
         # On the training customers the scores are surer than on new ones: several products read
         # off by more than chance on the development bank's own training data.
