@@ -398,6 +398,14 @@ def test_capacities_from_python_are_matched_by_product_id(problem):
         plan_campaign(problem, {"NOPE": 1})
     with pytest.raises(DataError, match="whole numbers >= 0; row 1 has -1"):
         plan_campaign(problem, {ids[0]: -1})
+    # A Series made from a list (index 0, 1, 2, ...) meant positions: named, with the way to say so.
+    with pytest.raises(
+        FinrecError, match=r"index is the numbers 0, 1, 2, 3, 4, no product id; .* `series.to_numpy\(\)`"
+    ):
+        plan_campaign(problem, pd.Series(capacity))
+    np.testing.assert_array_equal(
+        plan_campaign(problem, pd.Series(capacity).to_numpy(), solver="exact").capacity, capacity
+    )
 
 
 def test_plan_inputs_of_the_wrong_form_are_named(recommender, small_data_dir, tmp_path):

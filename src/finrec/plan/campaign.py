@@ -174,6 +174,13 @@ def capacity_vector(capacity, product_ids: list[str]) -> np.ndarray:
     if isinstance(capacity, pd.DataFrame):
         return capacity_table(capacity, product_ids, "capacity")
     if isinstance(capacity, pd.Series):
+        if pd.api.types.is_integer_dtype(capacity.index) and not capacity.index.astype(str).isin(product_ids).any():
+            # A Series made from a list (0, 1, 2, ...) meant one number per product in order.
+            raise FinrecError(
+                f"capacity: a Series is read by its index as product ids, and this one's index is the numbers "
+                f"{safe_items(capacity.index[:5].tolist(), quote=False)}, no product id; for one number per product "
+                "in the catalogue's order pass a list or `series.to_numpy()`, or index the Series by product_id"
+            )
         capacity = dict(zip(capacity.index, capacity.to_numpy()))
     if isinstance(capacity, Mapping):
         keys = list(capacity)
