@@ -77,6 +77,23 @@ def test_schema_differences_name_each_place():
     assert schema_differences(model, model) == ""
 
 
+def test_a_model_refuses_data_of_another_schema_but_not_a_value_column_named_later():
+    """One check for Recommender.load, monitor and report (written out three times before)."""
+    from dataclasses import replace
+
+    from finrec.data import schema as S
+    from finrec.errors import SchemaError
+
+    model = S.SYNTHETIC.schema()
+    valued = replace(model, products=replace(model.products, value="margin"))
+    S.check_model_schema(model, valued, "m", "d")  # campaign data, no model input
+    shrunk = replace(model, customers=replace(model.customers, numeric=model.customers.numeric[1:]))
+    with pytest.raises(
+        SchemaError, match=r"^d: its schema differs from the one model m was trained on: customers\.numeric"
+    ):
+        S.check_model_schema(model, shrunk, "m", "d")
+
+
 def test_overwrite_is_atomic_and_keeps_old_on_failure(trained, tmp_path, monkeypatch):
     target = save_model_dir(trained, tmp_path / "m")
     before = (target / "manifest.json").read_text()

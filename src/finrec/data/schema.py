@@ -629,6 +629,18 @@ class SyntheticColumns:
 SYNTHETIC = SyntheticColumns()
 
 
+def check_model_schema(model: DatasetSchema, data: DatasetSchema, model_dir, data_dir) -> None:
+    """Refuse data (``data_dir``) whose schema is not the one the model (``model_dir``) was trained
+    on, in the form of ``DatasetSchema.to_dict`` and without the products' value column: it is
+    campaign data (``finrec plan``), no model input, so it may be named after training."""
+    mine, theirs = model.without_value().to_dict(), data.without_value().to_dict()
+    if mine != theirs:
+        raise SchemaError(
+            f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
+            + schema_differences(mine, theirs)
+        )
+
+
 def schema_differences(model: dict, data: dict, limit: int = 4) -> str:
     """Where two schema dicts (``DatasetSchema.to_dict``) differ, in a few words: "customers.numeric:
     the model's only 'income', the data's only 'gross_income'". For the message that refuses a

@@ -387,17 +387,8 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
         )
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
-    # The products' value column (``finrec plan``) is no model input: it may be named later (it
-    # was refused here while score, plan and evaluate took it).
-    mine, theirs = (
-        loaded.trained.pipeline.full_schema.without_value().to_dict(),
-        dataset.schema.without_value().to_dict(),
-    )
-    if mine != theirs:
-        raise DataError(
-            f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-            + S.schema_differences(mine, theirs)
-        )
+    # Without the products' value column, which was refused here while score, plan and evaluate took it.
+    S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, model_dir, data_dir)
     # The recommendations monitored are those `score` and `serve` make: filtered with the data's
     # products table (a reviewer: the model's saved copy was used).
     source = find_table(Path(data_dir), S.PRODUCTS)

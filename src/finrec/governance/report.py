@@ -941,22 +941,12 @@ def build_report(
     seeds for the stability section (``retrain_seeds``; ``seed_epochs`` caps their epochs)."""
     from finrec.artifacts import load_model_dir, read_monitoring
     from finrec.data.io import load_dataset
-    from finrec.errors import DataError
     from finrec.governance.monitor import monitor
     from finrec.recommend.recommender import Recommender
 
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
-    # The products' value column is no model input: it may be named after training.
-    mine, theirs = (
-        loaded.trained.pipeline.full_schema.without_value().to_dict(),
-        dataset.schema.without_value().to_dict(),
-    )
-    if mine != theirs:
-        raise DataError(
-            f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-            + S.schema_differences(mine, theirs)
-        )
+    S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, model_dir, data_dir)
     recommender = Recommender(loaded.trained, dataset)
     ctx = Context(Path(model_dir), Path(data_dir), loaded.manifest, loaded.trained, dataset, recommender, k, seed)
     _prepare_outcomes(ctx)

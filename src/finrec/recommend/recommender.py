@@ -228,14 +228,7 @@ class Recommender:
         dataset = None
         if data_dir and Path(data_dir).is_dir():
             dataset = _cached_dataset(Path(data_dir), datasets)
-            # The products' value column (``finrec plan``) is no model input: it may be named later.
-            model_schema = loaded.trained.pipeline.full_schema
-            mine, theirs = model_schema.without_value().to_dict(), dataset.schema.without_value().to_dict()
-            if mine != theirs:
-                raise FinrecError(
-                    f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-                    + S.schema_differences(mine, theirs)
-                )
+            S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, model_dir, data_dir)
         recommender = cls(loaded.trained, dataset)
         if dataset is None and recorded:
             recommender.missing_data = str(recorded)
