@@ -72,6 +72,23 @@ def test_new_customer_with_missing_and_unseen_values(rec):
     assert len(result.items) == 3
 
 
+def test_nan_in_a_features_dict_is_a_missing_value_as_in_a_pandas_row(rec, small_dataset):
+    """A notebook's ``frame.iloc[i].to_dict()`` carries a missing number as NaN: it was refused
+    ("must be a finite number"; a compliance column's "must be true/false") while a missing
+    category's NaN was read as missing. Each now gives what None gives; infinity is still refused."""
+    row = small_dataset.customers.iloc[5].to_dict()
+    row.pop("customer_id")
+    columns = ["income", "credit_score", "risk_tolerance", "knowledge_level", "monthly_debt_service"]
+    columns += ["marketing_consent", "region"]
+    for column in columns:
+        assert column in row, column
+        expected = rec.audit({**row, column: None})
+        for missing in (np.nan, np.float32("nan"), pd.NA):
+            pd.testing.assert_frame_equal(rec.audit({**row, column: missing}), expected, obj=f"{column}={missing!r}")
+    with pytest.raises(DataError, match="features.income must be a finite number"):
+        rec.recommend({**row, "income": float("inf")})
+
+
 @pytest.mark.parametrize(
     "features, fragment",
     [

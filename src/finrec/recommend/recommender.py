@@ -366,7 +366,10 @@ class Recommender:
         """A new customer given as raw feature values; ``holdings`` may list held product ids and
         ``history`` past snapshots ``[{"product_id", "as_of"}, ...]`` (absent: no history).
         Missing features are imputed like missing values in training (median / OOV)."""
-        features = dict(features)
+        # NaN (and pd.NA) is a missing value, as in a pandas row (``frame.iloc[i].to_dict()``): it
+        # was refused for a number and read as missing for a category. The API refuses NaN itself
+        # (JSON marks a missing value by null).
+        features = {key: None if _missing_scalar(value) else value for key, value in dict(features).items()}
         held_ids = features.pop(S.HOLDINGS, None)
         history = features.pop("history", None)
         if isinstance(held_ids, (np.ndarray, pd.Series, pd.Index)) and held_ids.ndim == 1:
@@ -684,6 +687,10 @@ class Recommender:
 def _check_k(k) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise FinrecError(f"k must be a positive integer, got {safe_text(k, quote=True)}")
+
+
+def _missing_scalar(value) -> bool:
+    return value is pd.NA or value is pd.NaT or (isinstance(value, (float, np.floating)) and math.isnan(value))
 
 
 def _customer_key(customer) -> str:
