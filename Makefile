@@ -47,9 +47,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 # One worker per core (two on the CI machine); a file's tests stay on one worker so its module
-# fixtures (a trained model, a server, a Ray cluster) are built once.
+# fixtures (a trained model, a server, a Ray cluster) are built once. The slowest tests are
+# listed at the end, so that a test which creeps up is seen before the suite nears 10 minutes.
 test: lint chromium
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist loadfile --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n auto --dist loadfile -m "not slow and not browser"
