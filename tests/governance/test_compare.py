@@ -275,8 +275,12 @@ def test_a_top5_file_grades_as_the_full_ranking_at_5_and_says_it_is_partial(trai
     assert coverage["pairs"] - coverage["pairs_without_score"] == 5 * coverage["customers"]
     assert 0 < coverage["adoptions_without_score"] < coverage["adoptions"]
     text = C.format_comparison(result)
-    assert "a partial ranking (at most 5 product(s) per customer)" in text
+    assert "a partial ranking (at most 5 product(s) per customer)" in text, text
     assert "@K metrics with K <= 5 only; MRR, which reads the whole ranking, is pessimistic" in text
+    # a product no customer's top 5 holds is one the file never scores, not one it "does not know"
+    assert "only the champion knows" not in text
+    if result["catalogues"]["champion_only"]:
+        assert "the challenger's file scores none of" in text
     longer = "\n".join(C.format_coverage("challenger", result["seats"]["challenger"], 10))
     assert "and so are the @10 metrics (k 10 > 5)" in longer
 

@@ -15,7 +15,7 @@ from finrec.data import schema as S
 from finrec.data.compliance import objected
 from finrec.data.ids import as_arrow_text
 from finrec.data.scores import ScoresFile, check_scores_for
-from finrec.errors import safe_text
+from finrec.errors import safe_items, safe_text
 from finrec.evaluate.metrics import (
     hit_rate_at_k,
     map_at_k,
@@ -269,13 +269,23 @@ def format_comparison(result: dict) -> str:
     for role, seat in result.get("seats", {}).items():
         if seat.get("kind") == "scores":
             lines += format_coverage(role, seat, result["k"])
-    for role, key in (("champion", "champion_only"), ("challenger", "challenger_only")):
+    seats = result.get("seats", {})
+    for role, other, key in (
+        ("champion", "challenger", "champion_only"),
+        ("challenger", "champion", "challenger_only"),
+    ):
         only = result.get("catalogues", {}).get(key)
         if only:
-            lines.append(
-                f"only the {role} knows {len(only)} product(s) ({', '.join(only[:5])}{', ...' if len(only) > 5 else ''}): "
-                "their adoptions count against the other model, which cannot rank them"
-            )
+            named = f"{len(only)} product(s) ({safe_items(only, quote=False, value_limit=40)})"
+            if seats.get(other, {}).get("kind") == "scores":
+                lines.append(
+                    f"the {other}'s file scores none of {named} the {role} ranks: their adoptions count against it"
+                )
+            else:
+                lines.append(
+                    f"only the {role} knows {named}: their adoptions count against the other model, "
+                    "which cannot rank them"
+                )
     return "\n".join(lines)
 
 
