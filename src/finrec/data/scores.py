@@ -83,7 +83,7 @@ def _validated(df: pd.DataFrame, source: Path) -> ScoresFile:
         hint = f" (the file has {safe_items(near)}: names must match exactly, spaces and case included)" if near else ""
         raise DataError(
             f"{where}: missing the column '{S.SCORE}' (higher is better) or '{S.RANK}' (lower is better){hint}; "
-            f"the file has: {safe_items(list(df.columns), 20, quote=False)}"
+            f"the file has: {safe_items(list(df.columns), 20, quote=False, value_limit=60)}"
         )
     column = given[0]
     require_rows(df, where)

@@ -35,7 +35,7 @@ def ranking_task(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(customer ids, relevant bool [n, P], excluded bool [n, P]) for customers with interactions,
     over the pipeline's catalogue or the text ids ``products`` (``finrec compare``: two
-    catalogues' union)."""
+    catalogues' union; ``pipeline`` may then be None, as for a seat that is a scores file)."""
     cid = dataset.schema.customers.id
     ids = dataset.customers[cid].to_numpy()
     if products is None:
