@@ -464,3 +464,87 @@ def test_score_leaves_out_a_product_marked_not_on_offer(model_dir, withdrawing_b
         assert not top.product_id.eq(withdrawn).any() and top.product_id.nunique() > 10
         note = f"1 product(s) are marked not on offer in column 'on_offer' ('{withdrawn}'): discontinued, never offered"
         assert err.count(note) == 1 and "are not in this products table" not in err, err
+
+
+# ------------------------------------------------------------------------------------ compare with a scores file
+
+
+@pytest.fixture(scope="module")
+def exported_scores(model_dir, small_data_dir, tmp_path_factory):
+    """The model's scores of every product not held, as `finrec score --unfiltered` exports them
+    (customers who objected to profiling left out), with its rank column dropped: a bank's own
+    model's file. Its path."""
+    folder = tmp_path_factory.mktemp("theirs")
+    ranked = folder / "ranked.parquet"
+    argv = ["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(ranked), "--unfiltered"]
+    assert main([*argv, "--k", "25"]) == 0
+    path = folder / "theirs.csv"
+    pd.read_parquet(ranked).drop(columns="rank").to_csv(path, index=False)
+    return path
+
+
+def test_compare_seats_a_scores_file(model_dir, small_data_dir, exported_scores, tmp_path, capsys):
+    out = tmp_path / "compare.json"
+    argv = ["compare", "--champion-scores", str(exported_scores), "--challenger", str(model_dir)]
+    assert main([*argv, "--data", str(small_data_dir), "--resamples", "100", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["champion"] == str(exported_scores) and result["challenger"] == str(model_dir)
+    champion = result["seats"]["champion"]
+    assert champion["kind"] == "scores" and champion["column"] == "score"
+    coverage = champion["coverage"]
+    # the export lacks the customers who objected: they alone go unscored, and only they differ
+    assert coverage["customers_without_scores"] == coverage["objected_without_scores"] > 0
+    assert result["metrics"]["hit_rate@5"]["difference"] > 0
+    printed = capsys.readouterr().out
+    assert f"champion scores {exported_scores}" in printed and "objected to profiling" in printed
+
+
+def test_compare_two_scores_files_without_a_model(small_data_dir, exported_scores, tmp_path):
+    out = tmp_path / "compare.json"
+    argv = ["compare", "--champion-scores", str(exported_scores), "--challenger-scores", str(exported_scores)]
+    assert main([*argv, "--data", str(small_data_dir), "--resamples", "50", "--json", str(out)]) == 0
+    for row in json.loads(out.read_text())["metrics"].values():
+        assert row["difference"] == 0 and row["verdict"] == "no clear difference"
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda f: f.assign(rank=1), "both a 'score' and a 'rank' column; keep one"),
+        (lambda f: f.drop(columns="score"), "missing the column 'score' (higher is better) or 'rank'"),
+        (
+            lambda f: f.assign(score=f["score"].where(f.index != 3)),
+            "column 'score' has 1 missing value(s), at row(s) 4",
+        ),
+        (lambda f: f.assign(score=f["score"].astype(object).where(f.index != 0, "high")), "e.g. row 1: 'high'"),
+        (lambda f: pd.concat([f, f.iloc[[2]]]), "1 row(s) repeat the (customer_id, product_id) pair"),
+        (lambda f: f.assign(product_id=f["product_id"].where(f.index % 2 == 1, "LOAN_X")), "'LOAN_X' ("),
+        (lambda f: f.assign(customer_id="X" + f["customer_id"]), "none of its customer ids is a customer of the data"),
+    ],
+)
+def test_compare_refuses_a_bad_scores_file(
+    model_dir, small_data_dir, exported_scores, tmp_path, edit, fragment, capsys
+):
+    frame = pd.read_csv(exported_scores, dtype={"customer_id": str, "product_id": str}).head(200)
+    bad = tmp_path / "bad.csv"
+    edit(frame).to_csv(bad, index=False)
+    argv = ["compare", "--champion-scores", str(bad), "--challenger", str(model_dir), "--data", str(small_data_dir)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"finrec compare: error: {bad}: ") and fragment in err, err
+    assert err.count("\n") == 1
+
+
+def test_compare_never_writes_over_a_scores_file(model_dir, small_data_dir, exported_scores, capsys):
+    before = exported_scores.read_bytes()
+    argv = ["compare", "--champion-scores", str(exported_scores), "--challenger", str(model_dir)]
+    assert main([*argv, "--data", str(small_data_dir), "--json", str(exported_scores)]) == 2
+    assert "--json" in capsys.readouterr().err and exported_scores.read_bytes() == before
+
+
+def test_compare_takes_one_thing_per_seat(model_dir, small_data_dir, exported_scores, capsys):
+    argv = ["compare", "--champion", str(model_dir), "--champion-scores", str(exported_scores)]
+    assert main([*argv, "--challenger", str(model_dir), "--data", str(small_data_dir)]) == 2
+    assert "--champion and --champion-scores both given" in capsys.readouterr().err
+    assert main(["compare", "--champion-scores", str(exported_scores), "--data", str(small_data_dir)]) == 2
+    assert "--challenger or --challenger-scores is required" in capsys.readouterr().err

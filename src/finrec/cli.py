@@ -14,7 +14,8 @@
     finrec records verify FILE [--head HASH] [--key-file F]
     finrec monitor   --model MODEL_DIR --data DIR [--json FILE] [--fail-on alert]
     finrec models    list|add|promote|rollback --root REGISTRY ...
-    finrec compare   --champion MODEL_DIR --challenger MODEL_DIR --data DIR [--json FILE]
+    finrec compare   --champion MODEL_DIR | --champion-scores FILE --challenger MODEL_DIR | --challenger-scores FILE
+                     --data DIR [--k 5] [--json FILE]
     finrec report    --model MODEL_DIR --data DIR --out report.html|report.md
 
 Errors in the input print one clear line and exit with status 2; nothing is half-written.
@@ -934,11 +935,14 @@ def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
 
     if root is None:
         if name is None:
-            raise FinrecError(f"--{role} is required (a model directory, or a version id with --root)")
+            raise FinrecError(
+                f"--{role} or --{role}-scores is required (a model directory, a version id with --root, "
+                "or another model's scores file)"
+            )
         return name
     if name is None:
         if role != "champion":
-            raise FinrecError(f"--{role} is required")
+            raise FinrecError(f"--{role} or --{role}-scores is required")
         return promoted_model(root)[1]
     return name if name.is_dir() else Registry(root).model_path(str(name))
 
@@ -946,21 +950,43 @@ def _registry_model(name: Path | None, root: Path | None, role: str) -> Path:
 def cmd_compare(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.data.io import load_dataset
+    from finrec.data.scores import check_scores_for, read_scores
     from finrec.governance.compare import compare_models, format_comparison
 
+    given = {}  # role -> ("model", path) or ("scores", path)
+    for role in ("champion", "challenger"):
+        model, scores = getattr(args, role), getattr(args, f"{role}_scores")
+        if model is not None and scores is not None:
+            raise FinrecError(f"--{role} and --{role}-scores both given; the {role}'s seat takes one")
+        if scores is not None:
+            given[role] = ("scores", scores)
+        else:
+            given[role] = ("model", _registry_model(model, args.root, role))
+    _check_json_output(args.json, {"--data": args.data, **{f"--{role}": path for role, (_, path) in given.items()}})
     dataset = load_dataset(args.data)
-    champion = _registry_model(args.champion, args.root, "champion")
-    challenger = _registry_model(args.challenger, args.root, "challenger")
-    _check_json_output(args.json, {"--data": args.data, "--champion": champion, "--challenger": challenger})
-    # as evaluate loads it: a products value column named after training is no model input
-    models = [_load_model_for(path, dataset.schema).trained for path in (champion, challenger)]
-    for role, model in zip(("champion", "challenger"), models, strict=True):
-        _history_note(f"compare ({role})", model.pipeline, args.data)
+    seats = {}
+    for role, (kind, path) in given.items():  # the files first: a bad one is refused before a model loads
+        if kind == "scores":
+            seats[role] = read_scores(path)
+            check_scores_for(seats[role], dataset)
+    for role, (kind, path) in given.items():
+        if kind == "model":
+            # as evaluate loads it: a products value column named after training is no model input
+            seats[role] = _load_model_for(path, dataset.schema).trained
+            _history_note(f"compare ({role})", seats[role].pipeline, args.data)
     result = compare_models(
-        *models, dataset, k=args.k, resamples=args.resamples, confidence=args.confidence, seed=args.seed
+        seats["champion"],
+        seats["challenger"],
+        dataset,
+        k=args.k,
+        resamples=args.resamples,
+        confidence=args.confidence,
+        seed=args.seed,
     )
-    result = {"champion": str(champion), "challenger": str(challenger), "data": str(args.data), **result}
-    print(f"champion {champion}\nchallenger {challenger}")
+    paths = {role: str(path) for role, (_, path) in given.items()}
+    result = {**paths, "data": str(args.data), **result}
+    for role, (kind, path) in given.items():
+        print(f"{role} {'scores ' if kind == 'scores' else ''}{path}")
     print(format_comparison(result))
     if args.json:
         with atomic_file(args.json) as handle:
@@ -1026,9 +1052,30 @@ def _governance_parsers(sub) -> None:
         a.add_argument("--root", required=True, type=Path, help="the registry directory")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("compare", help="champion vs challenger: metric differences with paired bootstrap intervals")
+    p = sub.add_parser(
+        "compare",
+        help="champion vs challenger: metric differences with paired bootstrap intervals",
+        description="Champion vs challenger on the same held-out customers: per metric, both means and the "
+        "challenger's difference with a paired bootstrap interval. A seat holds a finrec model directory or "
+        "another model's scores file (--champion-scores / --challenger-scores): CSV or Parquet with the columns "
+        "customer_id, product_id and either score (higher is better) or rank (lower is better, a top-K list). "
+        "A pair the file lacks is never a hit; the output counts them (a top-K file is graded fairly on @K "
+        "metrics with K up to its length only).",
+    )
     p.add_argument("--champion", type=Path, help="model directory (or, with --root, a version id; default: promoted)")
+    p.add_argument(
+        "--champion-scores",
+        type=Path,
+        metavar="FILE",
+        help="the champion as a scores file (customer_id, product_id, score|rank; .csv or .parquet)",
+    )
     p.add_argument("--challenger", type=Path, help="model directory (or, with --root, a version id)")
+    p.add_argument(
+        "--challenger-scores",
+        type=Path,
+        metavar="FILE",
+        help="the challenger as a scores file (customer_id, product_id, score|rank; .csv or .parquet)",
+    )
     p.add_argument("--data", required=True, type=Path, help="held-out customers with interactions")
     p.add_argument("--root", type=Path, help="a model registry whose version ids --champion/--challenger may name")
     p.add_argument("--k", type=_positive_int, default=5)

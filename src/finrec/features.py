@@ -151,6 +151,14 @@ def _codes(values: pd.Series, vocabulary: list[str] | pa.Array) -> np.ndarray:
     return (positions_in(as_category_text(values), vocabulary) + 1).astype("int32")
 
 
+def _link_cells(customer_ids, products: pa.Array, links: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, keep): each link's row in ``customer_ids`` and column in ``products`` (-1 when
+    absent), and whether both were found."""
+    rows = positions_in(links[S.CUSTOMER_ID], as_arrow_text(customer_ids))
+    cols = positions_in(links[S.PRODUCT_ID], products)
+    return rows, cols, (rows >= 0) & (cols >= 0)
+
+
 def link_matrix(customer_ids, products: pa.Array, links: pd.DataFrame | None) -> np.ndarray:
     """bool [n, P]: True where a row of ``links`` (customer_id, product_id) pairs one of the n
     ``customer_ids`` with one of the P ``products`` (text ids, in that order)."""
@@ -158,10 +166,21 @@ def link_matrix(customer_ids, products: pa.Array, links: pd.DataFrame | None) ->
     matrix = np.zeros((n, len(products)), dtype=bool)
     if links is None or len(links) == 0 or n == 0:
         return matrix
-    rows = positions_in(links[S.CUSTOMER_ID], as_arrow_text(customer_ids))
-    cols = positions_in(links[S.PRODUCT_ID], products)
-    keep = (rows >= 0) & (cols >= 0)
+    rows, cols, keep = _link_cells(customer_ids, products, links)
     matrix[rows[keep], cols[keep]] = True
+    return matrix
+
+
+def link_values(customer_ids, products: pa.Array, links: pd.DataFrame, column: str) -> np.ndarray:
+    """float64 [n, P]: ``links[column]`` at the cells ``link_matrix`` marks, NaN elsewhere (a
+    ranker's scores file: ``finrec compare --champion-scores``). A pair listed twice keeps its
+    last value; callers refuse such files first."""
+    n = 0 if customer_ids is None else len(customer_ids)
+    matrix = np.full((n, len(products)), np.nan, dtype="float64")
+    if len(links) == 0 or n == 0:
+        return matrix
+    rows, cols, keep = _link_cells(customer_ids, products, links)
+    matrix[rows[keep], cols[keep]] = np.asarray(links[column], dtype="float64")[keep]
     return matrix
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from finrec.cli import main
@@ -151,3 +152,152 @@ def test_a_challenger_without_a_product_is_graded_on_the_same_task():
     assert ndcg["verdict"] == "worse" and result["metrics"]["mrr"]["challenger"] == pytest.approx(0.25)
     assert result["catalogues"] == {"champion_only": ["A"], "challenger_only": []}
     assert "only the champion knows 1 product(s) (A)" in C.format_comparison(result)
+
+
+def test_an_adoption_no_ranker_knows_is_a_miss_for_both_as_evaluate_grades_it():
+    """5 customers adopted Z, a product launched after both models: they stay in the task (as in
+    ``evaluate``), at 0 for both; they were dropped, and compare's means were not evaluate's."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    ids = [f"c{i}" for i in range(45)]
+    dataset = SimpleNamespace(
+        schema=SimpleNamespace(customers=SimpleNamespace(id="customer_id", consent=None)),
+        customers=pd.DataFrame({"customer_id": ids}),
+        interactions=pd.DataFrame({"customer_id": ids, "product_id": ["A"] * 30 + ["B"] * 10 + ["Z"] * 5}),
+        holdings=pd.DataFrame({"customer_id": [], "product_id": []}),
+        holdings_history=None,
+    )
+
+    class Stub:
+        pipeline = SimpleNamespace(product_ids_=["A", "B", "C"])
+
+        def score(self, customers, holdings, history):
+            return np.tile(np.array([3, 2, 1], dtype="float32"), (len(customers), 1))
+
+    result = C.compare_models(Stub(), Stub(), dataset, k=5, resamples=50)
+    assert result["customers"] == 45
+    assert result["metrics"]["ndcg@5"]["champion"] == pytest.approx((30 + 10 / np.log2(3)) / 45)
+    assert result["catalogues"] == {"champion_only": [], "challenger_only": []}
+
+
+def test_per_customer_unrankable_pairs_are_never_hits():
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(200, 8))
+    relevant = rng.random((200, 8)) < 0.2
+    never = rng.random(8) < 0.3
+    # a [P] mask and the same mask for every customer agree
+    one = C.per_customer_metrics(scores, relevant, None, k=3, unrankable=never)[1]
+    every = C.per_customer_metrics(scores, relevant, None, k=3, unrankable=np.tile(never, (200, 1)))[1]
+    assert all(np.array_equal(one[key], every[key]) for key in one)
+    # per customer: a pair it cannot rank is a miss even when ranked first; the others are untouched
+    first = np.argmax(scores, axis=1)
+    pairs = np.zeros((200, 8), dtype=bool)
+    pairs[np.arange(200), first] = True
+    rows, hit = C.per_customer_metrics(scores, relevant, None, k=1, unrankable=pairs)
+    assert hit["hit_rate@1"].sum() == 0 and len(rows) == int(relevant.any(axis=1).sum())
+
+
+# ------------------------------------------------------------------------------------ a scores seat
+
+
+def model_scores(trained, dataset, top: int | None = None) -> pd.DataFrame:
+    """``customer_id, product_id, score`` of ``trained`` for every customer of ``dataset`` and
+    every product of its catalogue, as a bank would export its own model's; with ``top``, the
+    ``customer_id, product_id, rank`` of each customer's best ``top`` products not held."""
+    from finrec.data.ids import as_arrow_text
+    from finrec.features import link_matrix
+
+    customers = dataset.customers
+    scores = trained.score(customers, dataset.holdings, dataset.holdings_history).astype("float64")
+    ids = customers["customer_id"].to_numpy()
+    products = np.array([str(p) for p in trained.pipeline.product_ids_], dtype=object)
+    n, p = scores.shape
+    if top is None:
+        return pd.DataFrame(
+            {"customer_id": np.repeat(ids, p), "product_id": np.tile(products, n), "score": scores.ravel()}
+        )
+    held = link_matrix(ids, as_arrow_text(list(products)), dataset.holdings)
+    best = np.argsort(-np.where(held, -np.inf, scores), axis=1, kind="stable")[:, :top]
+    return pd.DataFrame(
+        {
+            "customer_id": np.repeat(ids, top),
+            "product_id": products[best].ravel(),
+            "rank": np.tile(np.arange(1, top + 1), n),
+        }
+    )
+
+
+def test_a_file_of_the_models_own_scores_ties_with_it(trained, small_dataset):
+    from finrec.data.scores import ScoresFile
+    from finrec.evaluate.report import evaluate
+
+    theirs = ScoresFile.from_frame(model_scores(trained, small_dataset), "theirs.csv")
+    result = C.compare_models(theirs, trained, small_dataset, k=5, resamples=200)
+    alone = evaluate(trained, small_dataset, k=5)["model"]
+    assert result["customers"] == alone["customers"]
+    for key, row in result["metrics"].items():
+        assert row["champion"] == row["challenger"] == pytest.approx(alone[key], rel=1e-12), key
+        assert row["difference"] == row["low"] == row["high"] == 0 and row["verdict"] == "no clear difference"
+    seat = result["seats"]["champion"]
+    assert seat["kind"] == "scores" and seat["column"] == "score" and result["seats"]["challenger"] == {"kind": "model"}
+    coverage = seat["coverage"]
+    assert coverage["pairs_without_score"] == coverage["adoptions_without_score"] == 0
+    assert coverage["customers_without_scores"] == 0 and coverage["held_pairs_scored"] > 0
+    text = C.format_comparison(result)
+    assert "the champion is the scores file theirs.csv (by score)" in text and "partial ranking" not in text
+
+
+def test_a_file_of_random_scores_is_worse(trained, small_dataset):
+    from finrec.data.scores import ScoresFile
+
+    frame = model_scores(trained, small_dataset)
+    frame["score"] = np.random.default_rng(0).random(len(frame))
+    result = C.compare_models(trained, ScoresFile.from_frame(frame), small_dataset, k=5, resamples=500)
+    for key in ("ndcg@5", "hit_rate@5", "mrr"):
+        row = result["metrics"][key]
+        assert row["high"] < 0 and row["verdict"] == "worse", key
+
+
+def test_a_top5_file_grades_as_the_full_ranking_at_5_and_says_it_is_partial(trained, small_dataset):
+    from finrec.data.scores import ScoresFile
+
+    top5 = ScoresFile.from_frame(model_scores(trained, small_dataset, top=5), "top5.parquet")
+    result = C.compare_models(trained, top5, small_dataset, k=5, resamples=200)
+    for key in ("ndcg@5", "map@5", "precision@5", "recall@5", "hit_rate@5"):
+        row = result["metrics"][key]
+        assert row["challenger"] == row["champion"] and row["difference"] == 0, key
+    # beyond the 5 it lists, every adoption is a miss: the file's MRR is lower, never higher
+    assert result["metrics"]["mrr"]["challenger"] < result["metrics"]["mrr"]["champion"]
+    coverage = result["seats"]["challenger"]["coverage"]
+    assert coverage["most_per_customer"] == 5 and coverage["held_pairs_scored"] == 0
+    assert coverage["pairs"] - coverage["pairs_without_score"] == 5 * coverage["customers"]
+    assert 0 < coverage["adoptions_without_score"] < coverage["adoptions"]
+    text = C.format_comparison(result)
+    assert "a partial ranking (at most 5 product(s) per customer)" in text, text
+    assert "@K metrics with K <= 5 only; MRR, which reads the whole ranking, is pessimistic" in text
+    # a product no customer's top 5 holds is one the file never scores, not one it "does not know"
+    assert "only the champion knows" not in text
+    if result["catalogues"]["champion_only"]:
+        assert "the challenger's file scores none of" in text
+    longer = "\n".join(C.format_coverage("challenger", result["seats"]["challenger"], 10))
+    assert "and so are the @10 metrics (k 10 > 5)" in longer
+
+
+def test_customers_a_file_leaves_out_are_counted_with_those_who_objected(trained, small_dataset):
+    """A bank's export, like ``finrec score``, lacks the customers who objected to profiling:
+    compare still grades them (as it grades two models), at 0 for the file, and says so."""
+    from finrec.data.compliance import customer_profile
+    from finrec.data.scores import ScoresFile
+
+    objected = customer_profile(small_dataset.customers, small_dataset.schema.customers)["objected"]
+    said_no = set(small_dataset.customers["customer_id"][objected])
+    frame = model_scores(trained, small_dataset)
+    theirs = ScoresFile.from_frame(frame[~frame["customer_id"].isin(said_no)])
+    result = C.compare_models(trained, theirs, small_dataset, k=5, resamples=100)
+    coverage = result["seats"]["challenger"]["coverage"]
+    evaluated = said_no & set(small_dataset.interactions["customer_id"])
+    assert coverage["customers_without_scores"] == coverage["objected_without_scores"] == len(evaluated) > 0
+    assert result["metrics"]["hit_rate@5"]["difference"] < 0
+    assert f"{len(evaluated)} of them objected to profiling" in C.format_comparison(result)

@@ -54,6 +54,10 @@ PRODUCT_ID = "product_id"
 TIMESTAMP = "timestamp"
 AS_OF = "as_of"  # the snapshot date of a holdings_history row
 PROBABILITY = "probability"
+# A ranker's scores file (``finrec compare --champion-scores``): customer_id, product_id and one
+# of these, as ``finrec score`` writes them (higher score, lower rank is better).
+SCORE = "score"
+RANK = "rank"
 
 # Product columns that the recommender treats as eligibility terms when the table has them.
 MIN_INCOME = "min_income"

@@ -298,11 +298,11 @@ def check_references(link: pd.DataFrame, column: str, known: pd.Index, where: st
         values = link.loc[unknown, column].unique()
         raise DataError(
             f"{where}: {int(unknown.sum())} row(s) name {column} values that are not in {target}, "
-            f"e.g. {_examples(values)}{_id_form_hint(values, known, target)}"
+            f"e.g. {_examples(values)}{id_form_hint(values, known, target)}"
         )
 
 
-def _id_form_hint(unknown, known: pd.Index, target: str) -> str:
+def id_form_hint(unknown, known: pd.Index, target: str) -> str:
     """A hint when an unknown id is a known one written another way: with or without leading
     zeros ('1' for '0000001', as a spreadsheet drops them) or a decimal '.0' ('7.0' for '7', as
     an id column that once held a gap is exported). Ids are compared as text, so those differ."""
@@ -445,7 +445,7 @@ def check_id_codes(values: pd.Series, known: pd.Index, column: str, where: str, 
             values_used = categories[np.unique(codes[used])]
             raise DataError(
                 f"{where}: {int(used.sum())} row(s) name {column} values that are not in {target}, "
-                f"e.g. {_examples(values_used)}{_id_form_hint(values_used, known, target)}"
+                f"e.g. {_examples(values_used)}{id_form_hint(values_used, known, target)}"
             )
 
 

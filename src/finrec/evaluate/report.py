@@ -35,7 +35,7 @@ def ranking_task(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(customer ids, relevant bool [n, P], excluded bool [n, P]) for customers with interactions,
     over the pipeline's catalogue or the text ids ``products`` (``finrec compare``: two
-    catalogues' union)."""
+    catalogues' union; ``pipeline`` may then be None, as for a seat that is a scores file)."""
     cid = dataset.schema.customers.id
     ids = dataset.customers[cid].to_numpy()
     if products is None:
@@ -55,10 +55,17 @@ def unknown_adoptions(pipeline, dataset: Dataset) -> dict[str, int]:
     """``{product id: adoptions}`` of the data's interactions whose product the model's catalogue
     lacks (a product launched after the model was trained), by count then id. ``evaluate``
     counts them as misses; the model cannot rank them."""
+    return adoptions_outside(pipeline.product_ids_, dataset)
+
+
+def adoptions_outside(products, dataset: Dataset) -> dict[str, int]:
+    """``{product id: adoptions}`` of the data's interactions whose product is not one of the
+    ids ``products`` (compared as text), by count then id: ``unknown_adoptions`` of one
+    catalogue, or of the union of the rankers ``finrec compare`` grades."""
     interactions = dataset.interactions
     if interactions is None or len(interactions) == 0:
         return {}
-    known = set(str(p) for p in pipeline.product_ids_)
+    known = set(str(p) for p in products)
     counts = interactions[S.PRODUCT_ID].astype(str).value_counts()
     unknown = {str(p): int(n) for p, n in counts.items() if p not in known}
     return dict(sorted(unknown.items(), key=lambda item: (-item[1], item[0])))

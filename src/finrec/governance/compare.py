@@ -1,15 +1,21 @@
 """Champion against challenger: the difference of each ranking metric on the same customers, with a
 paired bootstrap confidence interval, so that a promotion is a decision with evidence.
 
-Both models rank the same held-out customers; each customer's metric is computed for both, and
-the bootstrap resamples customers (the same draw for both models), which cancels the variation
-between customers that an unpaired comparison would carry.
+Both rankers rank the same held-out customers; each customer's metric is computed for both, and
+the bootstrap resamples customers (the same draw for both rankers), which cancels the variation
+between customers that an unpaired comparison would carry. A seat holds a finrec model or a
+bank's own model by its scores file (``finrec.data.scores``), graded by the same protocol.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from finrec.data import schema as S
+from finrec.data.compliance import objected
+from finrec.data.ids import as_arrow_text
+from finrec.data.scores import ScoresFile, check_scores_for
+from finrec.errors import safe_items, safe_text
 from finrec.evaluate.metrics import (
     hit_rate_at_k,
     map_at_k,
@@ -21,6 +27,7 @@ from finrec.evaluate.metrics import (
     recall_at_k,
     relevance_in_rank_order,
 )
+from finrec.features import link_values
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
@@ -36,8 +43,9 @@ def per_customer_metrics(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(rows evaluated, ``{metric: float [n_evaluated]}``): every metric of ``summarize`` per
     customer, for the customers with at least one relevant product that is not excluded (the
-    mean of each array is ``summarize``'s value). ``unrankable`` (bool [P]): products the model
-    cannot rank; relevant ones count as relevant but are never a hit, at any rank."""
+    mean of each array is ``summarize``'s value). ``unrankable`` (bool [P], or [n, P] per
+    customer: the pairs a scores file lacks): products the ranker cannot rank; relevant ones
+    count as relevant but are never a hit, at any rank."""
     relevant = np.asarray(relevant, dtype=bool)
     if excluded is not None:
         relevant = relevant & ~np.asarray(excluded, dtype=bool)
@@ -47,7 +55,9 @@ def per_customer_metrics(
     ranking = rank_items(np.asarray(scores)[rows], ex)
     rel = relevance_in_rank_order(ranking, relevant[rows])
     if unrankable is not None:
-        rel = rel & ~np.asarray(unrankable, dtype=bool)[ranking]
+        never = np.asarray(unrankable, dtype=bool)
+        never = np.take_along_axis(never[rows], ranking, axis=1) if never.ndim == 2 else never[ranking]
+        rel = rel & ~never
     n_rel = n_relevant[rows]
     values = (
         ndcg_at_k(rel, n_rel, k),
@@ -134,49 +144,112 @@ def compare_models(
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> dict:
-    """Both ``TrainedModel``s on the customers of ``dataset`` that have interactions:
-    ``{"metrics": {metric: {champion, challenger, difference, low, high, share_better, verdict}}}``.
+    """Two rankers on the customers of ``dataset`` that have interactions:
+    ``{"metrics": {metric: {champion, challenger, difference, low, high, share_better, verdict}},
+    "customers", "catalogues", "seats", ...}``.
 
-    Both are graded on one task, over the union of their catalogues: an adoption of a product
-    one model does not know stays relevant for it, ranked below all it knows (each model was
-    graded on its own catalogue: a challenger trained without a product dropped that product's
-    adoptions from its task, and its easier task read as an improvement); it is never a hit.
-    ``catalogues`` names the products only one of them knows."""
-    first = [str(p) for p in champion.pipeline.product_ids_]
-    second = [str(p) for p in challenger.pipeline.product_ids_]
-    union = list(dict.fromkeys([*first, *second]))
-    from finrec.evaluate.report import ranking_task
+    Each seat is a ``TrainedModel`` or a ``ScoresFile`` (``finrec.data.scores.read_scores``: a
+    bank's own model's scores, ``customer_id, product_id, score`` or ``rank``), checked against
+    the data first (``check_scores_for``).
 
-    ids, relevant, excluded = ranking_task(champion.pipeline, dataset, products=union)
+    Both are graded on one task, over the union of their catalogues (a scores file's: the
+    products it names) and the products adopted in the data that neither knows: an adoption of
+    a product a ranker does not know stays relevant for it, ranked below all it knows (each
+    model was graded on its own catalogue: a challenger trained without a product dropped that
+    product's adoptions from its task, and its easier task read as an improvement); it is never
+    a hit. So each ranker's means are ``evaluate``'s. ``catalogues`` names the products only one
+    of them knows. A scores file ranks only the pairs it lists: a pair it lacks is never a hit
+    either, and ``seats[role]["coverage"]`` counts them (``scores_coverage``)."""
+    from finrec.evaluate.report import adoptions_outside, ranking_task
+
+    seats = {"champion": champion, "challenger": challenger}
+    files = {role: check_scores_for(seat, dataset) for role, seat in seats.items() if isinstance(seat, ScoresFile)}
+    known = {role: _catalogue(seat) for role, seat in seats.items()}
+    union = list(dict.fromkeys([*known["champion"], *known["challenger"]]))
+    products = [*union, *adoptions_outside(union, dataset)]
+    ids, relevant, excluded = ranking_task(None, dataset, products=products)
     cid = dataset.schema.customers.id
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
-    per_model = []
-    for trained, known in ((champion, first), (challenger, second)):
-        scores = np.full((len(ids), len(union)), -np.inf, dtype="float64")
-        if len(ids):
-            position = {p: j for j, p in enumerate(union)}
-            scores[:, [position[p] for p in known]] = trained.score(
-                customers, dataset.holdings, dataset.holdings_history
-            )
-        unknown = np.isin(np.asarray(union, dtype=object), np.asarray(known, dtype=object), invert=True)
-        per_model.append(per_customer_metrics(scores, relevant, excluded, k, unrankable=unknown)[1])
-    a, b = per_model
+    per_seat, described = {}, {}
+    for role, seat in seats.items():
+        if isinstance(seat, ScoresFile):
+            values = link_values(ids, as_arrow_text(products), seat.table, S.SCORE)
+            covered = ~np.isnan(values)
+            scores, unrankable = np.where(covered, values, -np.inf), ~covered
+        else:
+            scores = np.full((len(ids), len(products)), -np.inf, dtype="float64")
+            if len(ids):
+                position = {p: j for j, p in enumerate(products)}
+                scores[:, [position[p] for p in known[role]]] = seat.score(
+                    customers, dataset.holdings, dataset.holdings_history
+                )
+            unrankable = np.isin(np.asarray(products, dtype=object), np.asarray(known[role], dtype=object), invert=True)
+        rows, per_seat[role] = per_customer_metrics(scores, relevant, excluded, k, unrankable=unrankable)
+        described[role] = {"kind": "model"}
+        if isinstance(seat, ScoresFile):
+            coverage = scores_coverage(covered[rows], relevant[rows], excluded[rows])
+            consent = dataset.schema.customers.consent
+            if consent and consent in customers:
+                unscored = ~(covered[rows] & ~excluded[rows]).any(axis=1)
+                said_no = objected(customers[consent].iloc[rows], f"{S.CUSTOMERS}.{consent}")
+                coverage["objected_without_scores"] = int((unscored & said_no).sum())
+            described[role] = {
+                "kind": "scores",
+                "file": str(seat.source),
+                "column": seat.column,
+                "file_rows": files[role]["rows"],
+                "file_customers": files[role]["customers"],
+                "rows_outside_data": files[role]["rows_outside_data"],
+                "coverage": coverage,
+            }
+    a, b = per_seat["champion"], per_seat["challenger"]
     rng = np.random.default_rng(seed)
     out = {}
     for key in metric_keys(k):
         row = paired_bootstrap(a[key], b[key], rng, resamples, confidence)
         out[key] = {**row, "verdict": verdict(row)}
+    first, second = known["champion"], known["challenger"]
     return {
         "k": k,
         "customers": len(a[metric_keys(k)[0]]),
         "resamples": resamples,
         "confidence": confidence,
         "seed": seed,
+        "seats": described,
         "catalogues": {
             "champion_only": [p for p in first if p not in set(second)],
             "challenger_only": [p for p in second if p not in set(first)],
         },
         "metrics": out,
+    }
+
+
+def _catalogue(seat) -> list[str]:
+    """The text ids of the products a seat can rank: a model's catalogue, a file's products."""
+    if isinstance(seat, ScoresFile):
+        return seat.products
+    return [str(p) for p in seat.pipeline.product_ids_]
+
+
+def scores_coverage(covered: np.ndarray, relevant: np.ndarray, excluded: np.ndarray) -> dict[str, int]:
+    """What a scores file leaves unranked, over the evaluated customers (bool [n, P] each:
+    ``covered``, the pairs it scores; ``relevant``, the adoptions; ``excluded``, the held
+    products). ``pairs``: the (customer, product not held) pairs every ranker must rank;
+    ``adoptions``: those adopted; ``*_without_score``: those the file lacks (never a hit);
+    ``customers_without_scores``: customers it scores no product not held for;
+    ``most_per_customer``: the most pairs it lists for one customer (a top-K list's K);
+    ``held_pairs_scored``: pairs of a held product it lists (excluded, as for every ranker)."""
+    offered = ~excluded
+    adopted = relevant & offered
+    return {
+        "customers": int(len(covered)),
+        "customers_without_scores": int((~(covered & offered).any(axis=1)).sum()),
+        "pairs": int(offered.sum()),
+        "pairs_without_score": int((offered & ~covered).sum()),
+        "adoptions": int(adopted.sum()),
+        "adoptions_without_score": int((adopted & ~covered).sum()),
+        "most_per_customer": int(covered.sum(axis=1).max()) if len(covered) else 0,
+        "held_pairs_scored": int((covered & excluded).sum()),
     }
 
 
@@ -193,11 +266,62 @@ def format_comparison(result: dict) -> str:
     lines.append(
         f"{result['customers']} customers, paired bootstrap of {result['resamples']} resamples (seed {result['seed']})"
     )
-    for role, key in (("champion", "champion_only"), ("challenger", "challenger_only")):
+    for role, seat in result.get("seats", {}).items():
+        if seat.get("kind") == "scores":
+            lines += format_coverage(role, seat, result["k"])
+    seats = result.get("seats", {})
+    for role, other, key in (
+        ("champion", "challenger", "champion_only"),
+        ("challenger", "champion", "challenger_only"),
+    ):
         only = result.get("catalogues", {}).get(key)
         if only:
-            lines.append(
-                f"only the {role} knows {len(only)} product(s) ({', '.join(only[:5])}{', ...' if len(only) > 5 else ''}): "
-                "their adoptions count against the other model, which cannot rank them"
-            )
+            named = f"{len(only)} product(s) ({safe_items(only, quote=False, value_limit=40)})"
+            if seats.get(other, {}).get("kind") == "scores":
+                lines.append(
+                    f"the {other}'s file scores none of {named} the {role} ranks: their adoptions count against it"
+                )
+            else:
+                lines.append(
+                    f"only the {role} knows {named}: their adoptions count against the other model, "
+                    "which cannot rank them"
+                )
     return "\n".join(lines)
+
+
+def format_coverage(role: str, seat: dict, k: int) -> list[str]:
+    """The lines that say what a scores seat left unranked (``scores_coverage``), so that a
+    top-K file is never read as a full ranking."""
+    c = seat["coverage"]
+
+    def share(part: int, whole: int) -> str:
+        return f"{part:,} of {whole:,} ({part / whole:.1%})" if whole else f"{part:,} of 0"
+
+    lines = [
+        f"the {role} is the scores file {safe_text(seat['file'])} (by {seat['column']}): "
+        f"{share(c['pairs'] - c['pairs_without_score'], c['pairs'])} pairs of an evaluated customer and a product "
+        f"not held are scored, {share(c['adoptions'] - c['adoptions_without_score'], c['adoptions'])} adoptions; "
+        "a pair without a score is ranked below every scored one and is never a hit"
+    ]
+    if c["customers_without_scores"]:
+        said_no = c.get("objected_without_scores")
+        lines.append(
+            f"  {share(c['customers_without_scores'], c['customers'])} evaluated customers have no score at all"
+            + (f" ({said_no:,} of them objected to profiling: `finrec score` never writes them)" if said_no else "")
+            + ": every metric is 0 for them"
+        )
+    if c["pairs_without_score"]:
+        most = c["most_per_customer"]
+        lines.append(
+            f"  a partial ranking (at most {most:,} product(s) per customer): a top-K file is graded fairly on "
+            f"@K metrics with K <= {most:,} only; MRR, which reads the whole ranking, is pessimistic for it"
+            + (f", and so are the @{k} metrics (k {k} > {most})" if most < k else "")
+        )
+    if c["held_pairs_scored"]:
+        lines.append(
+            f"  {c['held_pairs_scored']:,} scored pair(s) are of a product the customer holds: excluded, "
+            "as for every ranker (the file's top-K is shorter for them)"
+        )
+    if seat.get("rows_outside_data"):
+        lines.append(f"  {seat['rows_outside_data']:,} row(s) of customers the data lacks were left out")
+    return lines
