@@ -233,10 +233,13 @@ def test_a_file_of_the_models_own_scores_ties_with_it(trained, small_dataset):
     from finrec.data.scores import ScoresFile
     from finrec.evaluate.report import evaluate
 
+    from finrec.data.compliance import without_objections
+
     theirs = ScoresFile.from_frame(model_scores(trained, small_dataset), "theirs.csv")
     result = C.compare_models(theirs, trained, small_dataset, k=5, resamples=200)
-    alone = evaluate(trained, small_dataset, k=5)["model"]
-    assert result["customers"] == alone["customers"]
+    # with a scores seat the customers who objected are left out, as evaluate --fairness leaves them
+    alone = evaluate(trained, without_objections(small_dataset)[0], k=5)["model"]
+    assert result["customers"] == alone["customers"] and result["objected_left_out"] > 0
     for key, row in result["metrics"].items():
         assert row["champion"] == row["challenger"] == pytest.approx(alone[key], rel=1e-12), key
         assert row["difference"] == row["low"] == row["high"] == 0 and row["verdict"] == "no clear difference"
@@ -285,9 +288,10 @@ def test_a_top5_file_grades_as_the_full_ranking_at_5_and_says_it_is_partial(trai
     assert "and so are the @10 metrics (k 10 > 5)" in longer
 
 
-def test_customers_a_file_leaves_out_are_counted_with_those_who_objected(trained, small_dataset):
-    """A bank's export, like ``finrec score``, lacks the customers who objected to profiling:
-    compare still grades them (as it grades two models), at 0 for the file, and says so."""
+def test_with_a_scores_seat_the_customers_who_objected_are_left_out_for_both(trained, small_dataset):
+    """A bank's export, like ``finrec score``, lacks the customers who objected to profiling.
+    Graded, each pitted the model against a 0 for the file (the model's own export read worse
+    than the model); with a scores seat they are left out for both seats, and counted."""
     from finrec.data.compliance import customer_profile
     from finrec.data.scores import ScoresFile
 
@@ -296,8 +300,13 @@ def test_customers_a_file_leaves_out_are_counted_with_those_who_objected(trained
     frame = model_scores(trained, small_dataset)
     theirs = ScoresFile.from_frame(frame[~frame["customer_id"].isin(said_no)])
     result = C.compare_models(trained, theirs, small_dataset, k=5, resamples=100)
-    coverage = result["seats"]["challenger"]["coverage"]
     evaluated = said_no & set(small_dataset.interactions["customer_id"])
-    assert coverage["customers_without_scores"] == coverage["objected_without_scores"] == len(evaluated) > 0
-    assert result["metrics"]["hit_rate@5"]["difference"] < 0
-    assert f"{len(evaluated)} of them objected to profiling" in C.format_comparison(result)
+    assert result["objected_left_out"] == len(evaluated) > 0
+    assert result["seats"]["challenger"]["coverage"]["customers_without_scores"] == 0
+    for row in result["metrics"].values():
+        assert row["difference"] == 0
+    assert f"{len(evaluated)} customer(s) with adoptions who objected to profiling are left out" in C.format_comparison(
+        result
+    )
+    # two models: graded on every customer, as evaluate grades them
+    assert C.compare_models(trained, trained, small_dataset, k=5, resamples=10)["objected_left_out"] == 0

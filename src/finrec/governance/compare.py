@@ -159,7 +159,9 @@ def compare_models(
     product's adoptions from its task, and its easier task read as an improvement); it is never
     a hit. So each ranker's means are ``evaluate``'s. ``catalogues`` names the products only one
     of them knows. A scores file ranks only the pairs it lists: a pair it lacks is never a hit
-    either, and ``seats[role]["coverage"]`` counts them (``scores_coverage``)."""
+    either, and ``seats[role]["coverage"]`` counts them (``scores_coverage``). With a scores
+    seat, the customers who objected to profiling are left out for both seats
+    (``objected_left_out``): a marketing model's file has none of them, as ``finrec score``'s."""
     from finrec.evaluate.report import adoptions_outside, ranking_task
 
     seats = {"champion": champion, "challenger": challenger}
@@ -170,6 +172,17 @@ def compare_models(
     ids, relevant, excluded = ranking_task(None, dataset, products=products)
     cid = dataset.schema.customers.id
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
+    left_out = 0
+    consent = dataset.schema.customers.consent if files else None
+    if consent and consent in customers:
+        # A bank's marketing export has none of them (nor has `finrec score`): their data is not
+        # processed for marketing. Graded, each pitted the model against a 0 for the file.
+        said_no = objected(customers[consent], f"{S.CUSTOMERS}.{consent}")
+        if said_no.any():
+            keep = ~said_no
+            ids, relevant, excluded = ids[keep], relevant[keep], excluded[keep]
+            customers = customers[keep].reset_index(drop=True)
+            left_out = int(said_no.sum())
     per_seat, described = {}, {}
     for role, seat in seats.items():
         if isinstance(seat, ScoresFile):
@@ -188,11 +201,6 @@ def compare_models(
         described[role] = {"kind": "model"}
         if isinstance(seat, ScoresFile):
             coverage = scores_coverage(covered[rows], relevant[rows], excluded[rows])
-            consent = dataset.schema.customers.consent
-            if consent and consent in customers:
-                unscored = ~(covered[rows] & ~excluded[rows]).any(axis=1)
-                said_no = objected(customers[consent].iloc[rows], f"{S.CUSTOMERS}.{consent}")
-                coverage["objected_without_scores"] = int((unscored & said_no).sum())
             described[role] = {
                 "kind": "scores",
                 "file": str(seat.source),
@@ -216,6 +224,7 @@ def compare_models(
         "confidence": confidence,
         "seed": seed,
         "seats": described,
+        "objected_left_out": left_out,
         "catalogues": {
             "champion_only": [p for p in first if p not in set(second)],
             "challenger_only": [p for p in second if p not in set(first)],
@@ -266,6 +275,11 @@ def format_comparison(result: dict) -> str:
     lines.append(
         f"{result['customers']} customers, paired bootstrap of {result['resamples']} resamples (seed {result['seed']})"
     )
+    if result.get("objected_left_out"):
+        lines.append(
+            f"{result['objected_left_out']:,} customer(s) with adoptions who objected to profiling are left out: a "
+            "scores file of a marketing model has none of them (`finrec score` never writes them)"
+        )
     for role, seat in result.get("seats", {}).items():
         if seat.get("kind") == "scores":
             lines += format_coverage(role, seat, result["k"])
@@ -304,11 +318,9 @@ def format_coverage(role: str, seat: dict, k: int) -> list[str]:
         "a pair without a score is ranked below every scored one and is never a hit"
     ]
     if c["customers_without_scores"]:
-        said_no = c.get("objected_without_scores")
         lines.append(
             f"  {share(c['customers_without_scores'], c['customers'])} evaluated customers have no score at all"
-            + (f" ({said_no:,} of them objected to profiling: `finrec score` never writes them)" if said_no else "")
-            + ": every metric is 0 for them"
+            ": every metric is 0 for them"
         )
     if c["pairs_without_score"]:
         most = c["most_per_customer"]
