@@ -230,10 +230,9 @@ def model_scores(trained, dataset, top: int | None = None) -> pd.DataFrame:
 
 
 def test_a_file_of_the_models_own_scores_ties_with_it(trained, small_dataset):
+    from finrec.data.compliance import without_objections
     from finrec.data.scores import ScoresFile
     from finrec.evaluate.report import evaluate
-
-    from finrec.data.compliance import without_objections
 
     theirs = ScoresFile.from_frame(model_scores(trained, small_dataset), "theirs.csv")
     result = C.compare_models(theirs, trained, small_dataset, k=5, resamples=200)

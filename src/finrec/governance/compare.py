@@ -277,8 +277,9 @@ def format_comparison(result: dict) -> str:
     )
     if result.get("objected_left_out"):
         lines.append(
-            f"{result['objected_left_out']:,} customer(s) with adoptions who objected to profiling are left out: a "
-            "scores file of a marketing model has none of them (`finrec score` never writes them)"
+            f"{result['objected_left_out']:,} customer(s) with adoptions who objected to profiling are left out, for "
+            "both seats: their data is not processed for marketing, and a marketing model's file (as `finrec score`'s) "
+            "has none of them"
         )
     for role, seat in result.get("seats", {}).items():
         if seat.get("kind") == "scores":
