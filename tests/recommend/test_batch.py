@@ -314,3 +314,31 @@ def test_a_customer_repeated_in_another_chunk_is_refused_not_scored_twice(rec, s
     with pytest.raises(DataError, match=f"customers.csv: column 'customer_id' must be unique; 1 id.*'{first}'"):
         score_dataset(rec, data, out, k=3, chunk_rows=7)
     assert not out.exists()
+
+
+def test_a_rule_named_after_training_is_refused_not_dropped(rec, trained, updated_bank, tmp_path):
+    """Data whose schema.yaml names a rule the model's schema lacks (here a negative target
+    market on knowledge that puts every customer outside FUND_BOND's market): ``score_dataset``
+    and ``build_problem`` read the products and customers with the model's schema, so the rule
+    was silently off and FUND_BOND offered to all, where ``finrec score`` and ``Recommender.load``
+    refuse such data (a compliance tester, 2026-12)."""
+    import yaml
+
+    from finrec.data import schema as S
+    from finrec.data.io import load_dataset
+    from finrec.errors import FinrecError
+    from finrec.plan.campaign import build_problem
+
+    data = updated_bank(
+        lambda p: p.assign(tm_negative_max_knowledge=np.where(p.product_id == "FUND_BOND", 9.0, np.nan))
+    )
+    schema = yaml.safe_load((data / S.SCHEMA_FILE).read_text())
+    schema[S.PRODUCTS]["target_market"]["negative_knowledge"] = "tm_negative_max_knowledge"
+    (data / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema, sort_keys=False))
+    with pytest.raises(FinrecError, match="negative_knowledge"):
+        score_dataset(rec, data, tmp_path / "top.parquet", k=25)
+    assert not (tmp_path / "top.parquet").exists()
+    with pytest.raises(FinrecError, match="negative_knowledge"):
+        build_problem(rec, data)
+    with pytest.raises(FinrecError, match="negative_knowledge"):
+        Recommender(trained, load_dataset(data))

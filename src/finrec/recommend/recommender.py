@@ -143,6 +143,7 @@ class Recommender:
         if dataset is None:
             self._use_products(trained.products)
         else:
+            self.check_schema(dataset.schema, dataset.source if dataset.source is not None else "the data")
             source = find_table(dataset.source, S.PRODUCTS) if dataset.source is not None else S.PRODUCTS
             self._use_products(*self._current(dataset.products, source, dataset.schema.products.on_offer))
         self.calibration = getattr(trained, "calibration", None)
@@ -168,6 +169,12 @@ class Recommender:
             self._row_of = {str(cid): i for i, cid in enumerate(self._known.ids)}
 
     # ------------------------------------------------------------------------------ catalogue
+    def check_schema(self, schema: S.DatasetSchema, where) -> None:
+        """Refuse data whose schema is not the model's: the rules read the columns the schema
+        names (consent, target market, regimes, affordability), so data that names a rule the
+        model's schema lacks would be filtered without it."""
+        _check_same_schema(self.schema, schema, str(where), "the model")
+
     def _current(
         self, products: pd.DataFrame, source, on_offer: str | None = None
     ) -> tuple[pd.DataFrame, F.CatalogueChanges]:
@@ -204,7 +211,12 @@ class Recommender:
         the model's need not name (naming it after training is no schema change)."""
         table = self.schema.products
         if (Path(data_dir) / S.SCHEMA_FILE).is_file():
-            table = dataclasses.replace(table, on_offer=read_schema(Path(data_dir)).products.on_offer)
+            schema = read_schema(Path(data_dir))
+            # A rule the bank named after training (a consent column, a target-market term) would
+            # otherwise be read with the model's schema, which lacks it: the rule silently off
+            # (score_dataset and build_problem from Python; the CLI and ``load`` refused).
+            self.check_schema(schema, data_dir)
+            table = dataclasses.replace(table, on_offer=schema.products.on_offer)
         found = read_products(data_dir, table)
         return self if found is None else self.with_catalogue(*found, on_offer=table.on_offer)
 
@@ -228,14 +240,7 @@ class Recommender:
         dataset = None
         if data_dir and Path(data_dir).is_dir():
             dataset = _cached_dataset(Path(data_dir), datasets)
-            # The products' value column (``finrec plan``) is no model input: it may be named later.
-            model_schema = loaded.trained.pipeline.full_schema
-            mine, theirs = model_schema.without_value().to_dict(), dataset.schema.without_value().to_dict()
-            if mine != theirs:
-                raise FinrecError(
-                    f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-                    + S.schema_differences(mine, theirs)
-                )
+            _check_same_schema(loaded.trained.pipeline.full_schema, dataset.schema, f"{data_dir}", f"model {model_dir}")
         recommender = cls(loaded.trained, dataset)
         if dataset is None and recorded:
             recommender.missing_data = str(recorded)
@@ -686,6 +691,18 @@ class Recommender:
         record = self.dataset.customers.iloc[row].to_dict()
         held = [self.pipeline.product_ids_[j] for j in np.flatnonzero(self._known.held[row])]
         return {"customer_id": str(customer_id).strip(), "attributes": _jsonable(record), "holdings": held}
+
+
+def _check_same_schema(model: S.DatasetSchema, data: S.DatasetSchema, where: str, model_name: str) -> None:
+    """``data``'s schema must be ``model``'s; the products' value column (``finrec plan``) is no
+    model input and may be named later, and the display hints and ``on_offer`` are the bank's
+    current word (``DatasetSchema.to_dict``)."""
+    mine, theirs = model.without_value().to_dict(), data.without_value().to_dict()
+    if mine != theirs:
+        raise FinrecError(
+            f"{where}: its schema differs from the one {model_name} was trained on: "
+            + S.schema_differences(mine, theirs)
+        )
 
 
 def _check_k(k) -> None:
