@@ -206,3 +206,22 @@ def test_bad_data_on_ray_is_a_data_error_naming_the_batch_not_an_internal_error(
     with pytest.raises(DataError, match="holdings.csv: missing column.*'customer_id'"):
         score_dataset_ray(model_dir, holdings, out)
     assert not out.exists()
+
+
+def test_ray_refuses_holdings_naming_unknown_ids_as_the_local_engine_does(model_dir, small_data_dir, tmp_path):
+    """The workers skipped a holding of a product no table lists (ids written another way,
+    ``cur_basic``): every customer held nothing and was offered what they hold. The driver checks
+    every row's ids before Ray starts, as the local engine does (a compliance tester, 2026-12)."""
+    import shutil
+
+    from finrec.data.io import read_table, write_table
+    from finrec.errors import DataError
+    from finrec.recommend.ray_engine import score_dataset_ray
+
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    holdings = read_table(data / "holdings.parquet", ("customer_id", "product_id"))
+    write_table(holdings.assign(product_id=holdings.product_id.str.lower()), data / "holdings.parquet")
+    with pytest.raises(DataError, match="product_id values that are not in products, e.g. .*'cur_basic'"):
+        score_dataset_ray(model_dir, data, tmp_path / "top.parquet")
+    assert not (tmp_path / "top.parquet").exists()

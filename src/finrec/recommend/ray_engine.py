@@ -288,13 +288,19 @@ def score_dataset_ray(
     # table: Ray wrote an empty output for a CSV of a header alone); then every id, as each batch
     # is validated alone and a customer repeated in another batch was scored twice.
     next(iter_customer_chunks(customers_path, schema.customers, 1024), None)
-    n_customers = len(read_customer_ids(customers_path, schema.customers.id))
+    customer_ids = read_customer_ids(customers_path, schema.customers.id)
+    n_customers = len(customer_ids)
     convert_options = _csv_convert_options(customers_path) if is_csv else None
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     if holdings_path is not None:
         # Its header and first rows checked as the local engine checks them: in a worker's
         # constructor a missing column was a KeyError ("internal error", exit 1).
         next(iter(link_batches(holdings_path, 1024)), None)
+        # Every row's ids, as the local engine checks them: a holding of an unknown customer or
+        # product was skipped by the workers, and a customer scored as holding nothing.
+        from finrec.recommend.batch import HoldingsByRow, data_product_ids
+
+        HoldingsByRow(loaded.trained.pipeline, customer_ids, holdings_path, products=data_product_ids(data_dir, schema))
 
     started_here = False
     if not ray.is_initialized():
