@@ -74,6 +74,27 @@ def test_recommend_answers_an_objection_with_no_items(rec, objected_ids):
     assert (audit.excluded_by == "consent").all() and audit.score.isna().all()
 
 
+def test_features_naming_a_known_customer_keep_the_objection_and_holdings_on_record(rec, small_dataset, objected_ids):
+    """A request by features that names a known customer's id was scored as a new customer: a
+    body that left out the consent column recommended to a customer who objected, and one that
+    left out the holdings offered the products the customer holds (the API, the Python API and
+    the dashboard's upload; a compliance tester, 2026-12). The bank's record still binds."""
+    customers = small_dataset.customers.set_index("customer_id")
+    features = customers.loc[objected_ids[0]].drop(CONSENT).to_dict()
+    assert rec.recommend({**features, "customer_id": objected_ids[0]}, k=5).objected
+    assert rec.recommend({**features, "customer_id": objected_ids[0], CONSENT: "yes"}, k=5).objected
+    holdings = small_dataset.holdings
+    for cid in holdings.customer_id[~holdings.customer_id.isin(objected_ids)].unique()[:30]:
+        held = set(holdings.product_id[holdings.customer_id == cid])
+        row = {**customers.loc[cid].to_dict(), "customer_id": cid}
+        offered = {item.product_id for item in rec.recommend(row, k=25).items}
+        assert offered and not offered & held, cid
+        assert {item.product_id for item in rec.recommend(cid, k=25).items} == offered - held
+    # Features without an id, or with one nobody has, are a new customer as before.
+    assert not rec.recommend({**features, "customer_id": "NOBODY"}, k=5).objected
+    assert not rec.recommend(features, k=5).objected
+
+
 def test_score_leaves_objected_customers_out(rec, small_data_dir, objected_ids, tmp_path):
     stats: dict = {}
     out = tmp_path / "top.parquet"

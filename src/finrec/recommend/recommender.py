@@ -374,6 +374,14 @@ class Recommender:
             adoption=None if (adoption := self.known_adoption()) is None else adoption[row : row + 1],
         )
 
+    def _on_record(self, customer_id) -> int | None:
+        """The row of the known customer ``customer_id`` names (a feature dict's id), or None."""
+        if self._known is None or customer_id is None or isinstance(customer_id, (bool, dict, list, tuple)):
+            return None
+        if isinstance(customer_id, float) and customer_id.is_integer():
+            customer_id = int(customer_id)  # the id rule: 7.0 is customer "7" (``finrec.data.ids``)
+        return self._row_of.get(str(customer_id).strip())
+
     def _from_features(self, features: dict) -> CustomerContext:
         """A new customer given as raw feature values; ``holdings`` may list held product ids and
         ``history`` past snapshots ``[{"product_id", "as_of"}, ...]`` (absent: no history).
@@ -434,6 +442,18 @@ class Recommender:
                 )
             if self.calibration is not None and self.calibration.needs_adoption:
                 adoption = np.zeros(1) if objected else self.calibration.record_adoption_probability(record, held, past)
+        on_record = self._on_record(features.get(cid))
+        if on_record is not None:
+            # Features that name a known customer are scored as given, but what the bank has on
+            # record still binds the rules: their objection and their holdings. A request (or an
+            # upload) that left them out offered the products the customer holds, and
+            # recommended to a customer who objected to profiling (a compliance tester, 2026-12).
+            held = held | self._known.held[on_record : on_record + 1]
+            objected = attributes["objected"] | self._known.attributes["objected"][on_record : on_record + 1]
+            attributes = {**attributes, "objected": objected}
+            if objected[0]:
+                tree = None if tree is None else np.zeros(held.shape, dtype=np.float32)
+                adoption = None if adoption is None else np.zeros(1)
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
             inputs=inputs,
