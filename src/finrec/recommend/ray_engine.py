@@ -262,11 +262,12 @@ def score_dataset_ray(
     check_ray_output(out, {"the data directory": data_dir, "the model directory": model_dir})
     filters = F.Filters.build(filters)  # here: a bad filter killed every scoring actor in its constructor
     ray = _require_ray()
-    from finrec.artifacts import load_model_dir
+    from finrec.artifacts import expected_schema, load_model_dir
 
     schema = read_schema(data_dir)
-    # Refuse a damaged or mismatched model here, as the workers will read it.
-    loaded = load_model_dir(model_dir, expect_schema=schema.to_dict(), keras_model=False)
+    # Refuse a damaged or mismatched model here, as the workers will read it. A value column
+    # named after training is no mismatch, as for the local engine (it refused the model).
+    loaded = load_model_dir(model_dir, expect_schema=expected_schema(model_dir, schema), keras_model=False)
     if probabilities and getattr(loaded.trained, "calibration", None) is None:
         raise FinrecError("--probabilities: this model has no calibration (calibration.json); retrain it")
     from finrec.recommend.recommender import Recommender
