@@ -181,6 +181,36 @@ def test_dashboard_table_badges_follow_the_regime(rec, small_dataset):
     assert {"credit", "deposit"} <= seen
 
 
+def test_a_credit_product_nothing_assessed_is_never_called_affordable(rec, small_dataset):
+    """The dashboard's badge said "Affordable (assessed on debt service)" for every credit
+    product, and the reason of one that states no monthly payment said "affordable", where no
+    rule had computed its debt service (a compliance tester, 2026-12)."""
+    from finrec.explain import display_plan, recommendations_table
+
+    products = small_dataset.products.copy()
+    products.loc[products.product_id == "CC_BASIC", "monthly_payment"] = np.nan
+    unstated = rec.with_catalogue(products, "products")
+    plan = display_plan(rec)
+    consenting = small_dataset.customers[small_dataset.customers[CONSENT] == 1]
+    seen = {"unstated": 0, "rule off": 0}
+    for cid, tolerance in zip(consenting.customer_id[:200], consenting.risk_tolerance[:200]):
+        for case, result in (
+            ("unstated", unstated.recommend(cid, k=25)),
+            ("rule off", rec.recommend(cid, k=25, filters={"affordability": False})),
+        ):
+            table = recommendations_table(result, plan, rec.schema, tolerance)
+            for item, badge in zip(result.items, table.suitability):
+                if item.regime != "credit":
+                    continue
+                if case == "rule off" or item.product_id == "CC_BASIC":
+                    seen[case] += 1
+                    assert "affordable" not in item.reason.lower() and badge.startswith("ℹ️ Credit:"), (case, item)
+                    assert "not assessed" in badge
+                else:
+                    assert "within the limit" in item.reason and badge.startswith("✅ Affordable")
+    assert seen["unstated"] and seen["rule off"]
+
+
 def test_probabilities_never_score_objected_customers(rec, small_dataset, objected_ids, monkeypatch):
     # A campaign plan and `score --probabilities` read these: objected customers get none, and
     # the model never sees their rows.

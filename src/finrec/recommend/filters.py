@@ -584,9 +584,16 @@ def _ratio(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, co
     )
 
 
+# The reason of a credit product that states no monthly payment: no debt-service ratio was
+# computed, so "affordable" would claim a check that was not made (a compliance tester, 2026-12).
+AFFORDABILITY_NOT_ASSESSED = "debt service not assessed (no monthly payment stated)"
+
+
 def _affordability_text(
     attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int, passed: bool
 ) -> str:
+    if passed and (catalogue.payment is None or np.isnan(catalogue.payment[column])):
+        return AFFORDABILITY_NOT_ASSESSED
     ratio = _ratio(attributes, catalogue, row, column)
     if np.isnan(ratio):
         return "affordable" if passed else "credit score below the cut-off"
