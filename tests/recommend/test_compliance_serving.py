@@ -224,3 +224,59 @@ def test_probabilities_never_score_objected_customers(rec, small_dataset, object
     p = rec.probabilities(context)
     assert scored_rows == [int((~objected).sum())]
     assert (p[objected] == 0).all() and p[~objected].sum() > 0
+
+
+@pytest.fixture(scope="module")
+def termless(small_tables, fast_config):
+    """A model of a schema that lists income, credit score and age as no feature, while the
+    products keep their eligibility terms (min_income, min_credit_score, min_age, max_age)."""
+    import dataclasses
+
+    from finrec.data.io import validate_tables
+    from finrec.training.train import fit
+
+    schema = S.SYNTHETIC.schema()
+    terms = {S.INCOME, S.CREDIT_SCORE, S.AGE}
+    c = schema.customers
+    customers = dataclasses.replace(
+        c,
+        numeric=tuple(x for x in c.numeric if x not in terms),
+        log_numeric=tuple(x for x in c.log_numeric if x not in terms),
+        protected=tuple(x for x in c.protected if x not in terms),
+    )
+    schema = dataclasses.replace(schema, customers=customers, display=S.DisplayHints())
+    dataset = validate_tables(schema, small_tables)
+    return Recommender(fit(dataset, fast_config.with_overrides(epochs=1), verbose=0), dataset)
+
+
+def test_eligibility_columns_are_numbers_and_read_on_every_path_features_or_not(termless, small_tables):
+    """income, credit score and age are read by name by the eligibility terms. Where the schema
+    lists them as no feature, text in a table ("17 years") was read as an unknown value, which
+    fails no term, and a request's value was dropped: a 16-year-old given by features was offered
+    every 18+ product the same customer in a table was refused (a compliance tester, 2026-12)."""
+    from finrec.data.io import prepare_entities
+    from finrec.errors import DataError
+    from finrec.serve import check_feature_keys
+
+    customers = small_tables["customers"].head(40).astype({"age": object})
+    customers.loc[customers.index[3], "age"] = "17 years"
+    with pytest.raises(DataError, match="column 'age' must be numeric.*'17 years'"):
+        prepare_entities(customers, termless.schema.customers, "customers")
+    products = small_tables["products"].astype({"min_age": object})
+    products.loc[products.index[0], "min_age"] = "eighteen"
+    with pytest.raises(DataError, match="column 'min_age' must be numeric"):
+        prepare_entities(products, termless.schema.products, "products")
+
+    young = small_tables["customers"].head(40).assign(marketing_consent=1)
+    young.loc[young.index[::2], ["age", "income"]] = [16.0, 5_000.0]  # every other one: a minor, poor
+    context = termless.context(young, small_tables["holdings"])
+    table_allowed = ~F.combine(termless.masks(context, F.Filters()), context.held.shape)
+    ids = termless.pipeline.product_ids_
+    for row, record in enumerate(young.to_dict("records")):
+        record.pop("customer_id")
+        held = small_tables["holdings"].product_id[small_tables["holdings"].customer_id == young.customer_id.iloc[row]]
+        result = termless.recommend({**record, "holdings": held.tolist()}, k=25)
+        assert {i.product_id for i in result.items} == {ids[j] for j in np.flatnonzero(table_allowed[row])}
+    assert not table_allowed[::2].any()  # every product asks for 18 or more
+    assert table_allowed[1::2].any(axis=1).all()
+    check_feature_keys(termless.schema, {S.AGE: 16, S.INCOME: 5000.0, S.CREDIT_SCORE: 700})

@@ -64,6 +64,8 @@ MAX_AGE = "max_age"
 INCOME = "income"
 CREDIT_SCORE = "credit_score"
 AGE = "age"
+# Numbers wherever a table has them, features or not: the eligibility rule reads them by name.
+ELIGIBILITY_COLUMNS = (INCOME, CREDIT_SCORE, AGE, MIN_INCOME, MIN_CREDIT_SCORE, MIN_AGE, MAX_AGE)
 
 RISK_MIN, RISK_MAX = 1, 7
 

@@ -409,6 +409,18 @@ class Recommender:
             if not math.isfinite(float(value)):
                 raise DataError(f"features.{column} must be a finite number")
             record[column] = float(value)
+        for column in F.TERM_VALUES.values():
+            # The eligibility terms read income, credit score and age by name, features or not:
+            # a value given for a schema that does not list them was dropped, so it failed no
+            # term, where the same customer in a table was checked (a compliance tester, 2026-12).
+            value = features.get(column)
+            if column in record or value is None:
+                continue
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise DataError(f"features.{column} must be a number, got {type(_plain(value)).__name__}")
+            if not math.isfinite(float(value)):
+                raise DataError(f"features.{column} must be a finite number")
+            record[column] = float(value)
         for column, (low, high) in V.plausible_limits(self.schema.customers).items():
             value = record.get(column)
             if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
