@@ -86,12 +86,12 @@ def test_a_model_refuses_data_of_another_schema_but_not_a_value_column_named_lat
 
     model = S.SYNTHETIC.schema()
     valued = replace(model, products=replace(model.products, value="margin"))
-    S.check_model_schema(model, valued, "m", "d")  # campaign data, no model input
+    S.check_model_schema(model, valued, "d", "m")  # campaign data, no model input
     shrunk = replace(model, customers=replace(model.customers, numeric=model.customers.numeric[1:]))
     with pytest.raises(
         SchemaError, match=r"^d: its schema differs from the one model m was trained on: customers\.numeric"
     ):
-        S.check_model_schema(model, shrunk, "m", "d")
+        S.check_model_schema(model, shrunk, "d", "m")
 
 
 def test_overwrite_is_atomic_and_keeps_old_on_failure(trained, tmp_path, monkeypatch):

@@ -495,6 +495,16 @@ def _part(path: Path, name: str, load):
         raise ArtifactError(f"{file}: cannot load the model from it ({type(exc).__name__}: {first})") from None
 
 
+def expected_schema(model_dir: str | os.PathLike, schema) -> dict:
+    """The schema dict a model must have been trained on to serve data of ``schema`` (a
+    ``DatasetSchema``): its own, or without the products' value column, which is campaign data,
+    not a model input (a model trained before it was named still matches)."""
+    expect = schema.to_dict()
+    if schema.products.value and schema_hash(expect) != read_manifest(model_dir, verify=False).get("schema_hash"):
+        expect = schema.without_value().to_dict()
+    return expect
+
+
 def load_model_dir(
     path: str | os.PathLike, expect_schema: dict | None = None, keras_model: bool = True
 ) -> LoadedArtifacts:

@@ -590,12 +590,9 @@ def _load_model_for(model_dir: Path, schema, keras_model: bool = True):
     """The model directory, checked against the data's schema. The products' value column is
     campaign data, not a model input: a model trained before it was named still matches.
     ``keras_model=False``: the numpy tower is all the caller needs (``load_model_dir``)."""
-    from finrec.artifacts import load_model_dir, read_manifest, schema_hash
+    from finrec.artifacts import expected_schema, load_model_dir
 
-    expect = schema.to_dict()
-    if schema.products.value and schema_hash(expect) != read_manifest(model_dir, verify=False).get("schema_hash"):
-        expect = schema.without_value().to_dict()
-    return load_model_dir(model_dir, expect_schema=expect, keras_model=keras_model)
+    return load_model_dir(model_dir, expect_schema=expected_schema(model_dir, schema), keras_model=keras_model)
 
 
 def _adoptions_after(trained_on: Path, data) -> tuple | None:

@@ -37,6 +37,7 @@ from finrec.data.categories import as_category_text
 from finrec.data.io import prepare_entities, read_csv_bytes
 from finrec.data.validate import check_limits, plausible_limits
 from finrec.errors import DataError, FinrecError
+from finrec.recommend import filters as F
 
 # Uploads are small profiles typed in or exported by an adviser, never a customer base.
 MAX_UPLOAD_BYTES = 1024 * 1024
@@ -453,7 +454,7 @@ def recommendations_table(result, plan: DisplayPlan, schema: S.DatasetSchema, to
             row[column] = None if display_value(value) is None else value
         row["terms"] = product_terms(product)
         # A regime names its own rule (target market, affordability); else the risk-tolerance badge.
-        badge = regime_badge(getattr(item, "regime", None))
+        badge = regime_badge(getattr(item, "regime", None), _unassessed(result, item))
         if badge or suitability_applies(schema):
             row["suitability"] = badge or suitability_badge(product.get(risk_col), tolerance)
         row["reason"] = item.reason
@@ -551,12 +552,29 @@ def percentile_ranks(population: pd.DataFrame, values: Mapping[str, object], col
     return pd.DataFrame(rows, columns=["feature", "value", "percentile"])
 
 
-def regime_badge(regime: str | None) -> str | None:
-    """The badge of a product the risk-tolerance test does not apply to (None: it applies)."""
+def regime_badge(regime: str | None, unassessed: str | None = None) -> str | None:
+    """The badge of a product the risk-tolerance test does not apply to (None: it applies).
+    ``unassessed``: what the affordability rule did not check for this credit product, if any."""
     if regime == "credit":
+        if unassessed:
+            return f"ℹ️ Credit: {unassessed}"
         return "✅ Affordable (credit: assessed on debt service, not risk tolerance)"
     if regime in ("deposit", "insurance", "other"):
         return f"✅ Eligible ({regime}: eligibility terms only)"
+    return None
+
+
+def _unassessed(result, item) -> str | None:
+    """What the affordability rule did not check for credit product ``item`` (None: it judged
+    it). The badge said "Affordable" for every credit product, also where no rule had looked at
+    debt service (a schema without a credit payment; a compliance tester, 2026-12)."""
+    rules = getattr(result, "rules", None)
+    if rules is None:  # a result from before the rules were listed: as the badge always said
+        return None
+    if "affordability" not in rules:
+        return "affordability not assessed (no monthly payment or credit score cut-off to check)"
+    if F.AFFORDABILITY_NOT_ASSESSED in (item.reason or ""):
+        return F.AFFORDABILITY_NOT_ASSESSED
     return None
 
 

@@ -679,6 +679,7 @@ def check_feature_keys(schema: S.DatasetSchema, features: dict) -> None:
         *table.categorical_features,
         *table.protected,
         *table.compliance_columns,
+        *(S.INCOME, S.CREDIT_SCORE, S.AGE),  # the eligibility terms read them, features or not
         S.HOLDINGS,
         HISTORY,
     }

@@ -34,3 +34,27 @@ def test_labels_are_category_text_with_none_for_missing_whatever_the_column_type
     assert labels[1] is None  # not NaN or pd.NA: the rules compare labels with ==
     assert profile["client_type"].tolist() == [None] * 4  # a role the schema does not name
     pd.testing.assert_frame_equal(customers, before)  # the caller's column is left as it was
+
+
+@pytest.mark.parametrize("padded", ["income ", " income", "\tincome\n"])
+def test_a_padded_label_is_the_label_and_a_blank_one_is_unknown(padded):
+    """The products' list cells are trimmed ("growth | income"), the customers' labels were not:
+    a customer whose objective an export padded was in no negative target market that lists it,
+    and a blank objective passed as known, where a missing one excludes (a compliance tester,
+    2026-12). Table and request read the label alike."""
+    from finrec.data.compliance import LabelTerm, in_negative_target_market, outside_target_market, record_profile
+
+    customers = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"], "investment_objective": pd.Series([padded, "  ", "income"], dtype=object)}
+    )
+    profile = customer_profile(customers, TABLE)
+    assert profile["objective"].tolist() == ["income", None, "income"]
+    negative = {"negative_objectives": LabelTerm.from_cells(["income|retirement"])}
+    positive = {"objectives": LabelTerm.from_cells(["income"])}
+    applies = np.array([True])
+    assert in_negative_target_market(profile, negative, applies)[:, 0].tolist() == [True, True, True]
+    assert outside_target_market(profile, positive, applies)[:, 0].tolist() == [False, True, False]
+    for value, label in ((padded, "income"), ("  ", None)):
+        one = record_profile({"investment_objective": value}, TABLE)
+        assert one["objective"].tolist() == [label]
+        assert in_negative_target_market(one, negative, applies)[0, 0]

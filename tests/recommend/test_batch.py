@@ -314,3 +314,96 @@ def test_a_customer_repeated_in_another_chunk_is_refused_not_scored_twice(rec, s
     with pytest.raises(DataError, match=f"customers.csv: column 'customer_id' must be unique; 1 id.*'{first}'"):
         score_dataset(rec, data, out, k=3, chunk_rows=7)
     assert not out.exists()
+
+
+def test_a_rule_named_after_training_is_refused_not_dropped(rec, trained, updated_bank, tmp_path):
+    """Data whose schema.yaml names a rule the model's schema lacks (here a negative target
+    market on knowledge that puts every customer outside FUND_BOND's market): ``score_dataset``
+    and ``build_problem`` read the products and customers with the model's schema, so the rule
+    was silently off and FUND_BOND offered to all, where ``finrec score`` and ``Recommender.load``
+    refuse such data (a compliance tester, 2026-12)."""
+    import yaml
+
+    from finrec.data import schema as S
+    from finrec.data.io import load_dataset
+    from finrec.errors import FinrecError
+    from finrec.plan.campaign import build_problem
+
+    data = updated_bank(
+        lambda p: p.assign(tm_negative_max_knowledge=np.where(p.product_id == "FUND_BOND", 9.0, np.nan))
+    )
+    schema = yaml.safe_load((data / S.SCHEMA_FILE).read_text())
+    schema[S.PRODUCTS]["target_market"]["negative_knowledge"] = "tm_negative_max_knowledge"
+    (data / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema, sort_keys=False))
+    with pytest.raises(FinrecError, match="negative_knowledge"):
+        score_dataset(rec, data, tmp_path / "top.parquet", k=25)
+    assert not (tmp_path / "top.parquet").exists()
+    with pytest.raises(FinrecError, match="negative_knowledge"):
+        build_problem(rec, data)
+    with pytest.raises(FinrecError, match="negative_knowledge"):
+        Recommender(trained, load_dataset(data))
+
+
+def _with_holdings(data_dir, target, edit):
+    """A copy of ``data_dir`` whose holdings (and products) ``edit(holdings, products)`` rewrote."""
+    import shutil
+
+    from finrec.data import schema as S
+    from finrec.data.io import find_table, read_table, write_table
+
+    shutil.copytree(data_dir, target)
+    holdings_path, products_path = find_table(target, S.HOLDINGS), find_table(target, S.PRODUCTS)
+    holdings, products = edit(
+        read_table(holdings_path, ("customer_id", "product_id")), read_table(products_path, ("product_id",))
+    )
+    write_table(holdings, holdings_path)
+    write_table(products, products_path)
+    return target
+
+
+HOLDING_ID_EDITS = {
+    # A spreadsheet's lower case, a padded export: every holding named a product nobody lists.
+    "products_written_otherwise": (
+        lambda h, p: (h.assign(product_id=h.product_id.str.lower()), p),
+        "product_id values that are not in products",
+    ),
+    "customers_written_otherwise": (
+        lambda h, p: (h.assign(customer_id=h.customer_id.str.lower()), p),
+        "customer_id values that are not in customers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOLDING_ID_EDITS, ids=str)
+def test_holdings_naming_unknown_ids_are_refused_not_skipped(rec, small_data_dir, tmp_path, case):
+    """``score`` and ``plan`` skipped a holding whose customer or product id no table lists: with
+    the ids written another way (``cur_basic``), every customer held nothing and was offered
+    the products they hold (exit 0), where ``recommend`` and ``serve`` refuse the data (a
+    compliance tester, 2026-12)."""
+    from finrec.errors import DataError
+    from finrec.plan.campaign import build_problem
+
+    edit, fragment = HOLDING_ID_EDITS[case]
+    data = _with_holdings(small_data_dir, tmp_path / "bank", edit)
+    with pytest.raises(DataError, match=fragment):
+        score_dataset(rec, data, tmp_path / "top.parquet", k=5)
+    assert not (tmp_path / "top.parquet").exists()
+    with pytest.raises(DataError, match=fragment):
+        build_problem(rec, data)
+
+
+def test_a_holding_of_a_product_only_the_data_lists_is_no_error(rec, small_data_dir, tmp_path):
+    """A product launched since training (in the data's products table, not the model's) may be
+    held: it cannot be offered, and its holdings are no typo."""
+    from finrec.plan.campaign import build_problem
+
+    def launch(holdings, products):
+        new = products.iloc[[0]].assign(product_id="LAUNCHED")
+        held = pd.DataFrame({"customer_id": holdings.customer_id.iloc[:3], "product_id": "LAUNCHED"})
+        return pd.concat([holdings, held], ignore_index=True), pd.concat([products, new], ignore_index=True)
+
+    data = _with_holdings(small_data_dir, tmp_path / "bank", launch)
+    customers, _ = score_dataset(rec, data, tmp_path / "top.parquet", k=5)
+    assert customers == len(rec.known_customers)
+    assert "LAUNCHED" not in set(pd.read_parquet(tmp_path / "top.parquet").product_id)
+    assert build_problem(rec, data).probability.shape[0] == customers

@@ -74,6 +74,27 @@ def test_recommend_answers_an_objection_with_no_items(rec, objected_ids):
     assert (audit.excluded_by == "consent").all() and audit.score.isna().all()
 
 
+def test_features_naming_a_known_customer_keep_the_objection_and_holdings_on_record(rec, small_dataset, objected_ids):
+    """A request by features that names a known customer's id was scored as a new customer: a
+    body that left out the consent column recommended to a customer who objected, and one that
+    left out the holdings offered the products the customer holds (the API, the Python API and
+    the dashboard's upload; a compliance tester, 2026-12). The bank's record still binds."""
+    customers = small_dataset.customers.set_index("customer_id")
+    features = customers.loc[objected_ids[0]].drop(CONSENT).to_dict()
+    assert rec.recommend({**features, "customer_id": objected_ids[0]}, k=5).objected
+    assert rec.recommend({**features, "customer_id": objected_ids[0], CONSENT: "yes"}, k=5).objected
+    holdings = small_dataset.holdings
+    for cid in holdings.customer_id[~holdings.customer_id.isin(objected_ids)].unique()[:30]:
+        held = set(holdings.product_id[holdings.customer_id == cid])
+        row = {**customers.loc[cid].to_dict(), "customer_id": cid}
+        offered = {item.product_id for item in rec.recommend(row, k=25).items}
+        assert offered and not offered & held, cid
+        assert {item.product_id for item in rec.recommend(cid, k=25).items} == offered - held
+    # Features without an id, or with one nobody has, are a new customer as before.
+    assert not rec.recommend({**features, "customer_id": "NOBODY"}, k=5).objected
+    assert not rec.recommend(features, k=5).objected
+
+
 def test_score_leaves_objected_customers_out(rec, small_data_dir, objected_ids, tmp_path):
     stats: dict = {}
     out = tmp_path / "top.parquet"
@@ -160,6 +181,36 @@ def test_dashboard_table_badges_follow_the_regime(rec, small_dataset):
     assert {"credit", "deposit"} <= seen
 
 
+def test_a_credit_product_nothing_assessed_is_never_called_affordable(rec, small_dataset):
+    """The dashboard's badge said "Affordable (assessed on debt service)" for every credit
+    product, and the reason of one that states no monthly payment said "affordable", where no
+    rule had computed its debt service (a compliance tester, 2026-12)."""
+    from finrec.explain import display_plan, recommendations_table
+
+    products = small_dataset.products.copy()
+    products.loc[products.product_id == "CC_BASIC", "monthly_payment"] = np.nan
+    unstated = rec.with_catalogue(products, "products")
+    plan = display_plan(rec)
+    consenting = small_dataset.customers[small_dataset.customers[CONSENT] == 1]
+    seen = {"unstated": 0, "rule off": 0}
+    for cid, tolerance in zip(consenting.customer_id[:200], consenting.risk_tolerance[:200]):
+        for case, result in (
+            ("unstated", unstated.recommend(cid, k=25)),
+            ("rule off", rec.recommend(cid, k=25, filters={"affordability": False})),
+        ):
+            table = recommendations_table(result, plan, rec.schema, tolerance)
+            for item, badge in zip(result.items, table.suitability):
+                if item.regime != "credit":
+                    continue
+                if case == "rule off" or item.product_id == "CC_BASIC":
+                    seen[case] += 1
+                    assert "affordable" not in item.reason.lower() and badge.startswith("ℹ️ Credit:"), (case, item)
+                    assert "not assessed" in badge
+                else:
+                    assert "within the limit" in item.reason and badge.startswith("✅ Affordable")
+    assert seen["unstated"] and seen["rule off"]
+
+
 def test_probabilities_never_score_objected_customers(rec, small_dataset, objected_ids, monkeypatch):
     # A campaign plan and `score --probabilities` read these: objected customers get none, and
     # the model never sees their rows.
@@ -173,3 +224,59 @@ def test_probabilities_never_score_objected_customers(rec, small_dataset, object
     p = rec.probabilities(context)
     assert scored_rows == [int((~objected).sum())]
     assert (p[objected] == 0).all() and p[~objected].sum() > 0
+
+
+@pytest.fixture(scope="module")
+def termless(small_tables, fast_config):
+    """A model of a schema that lists income, credit score and age as no feature, while the
+    products keep their eligibility terms (min_income, min_credit_score, min_age, max_age)."""
+    import dataclasses
+
+    from finrec.data.io import validate_tables
+    from finrec.training.train import fit
+
+    schema = S.SYNTHETIC.schema()
+    terms = {S.INCOME, S.CREDIT_SCORE, S.AGE}
+    c = schema.customers
+    customers = dataclasses.replace(
+        c,
+        numeric=tuple(x for x in c.numeric if x not in terms),
+        log_numeric=tuple(x for x in c.log_numeric if x not in terms),
+        protected=tuple(x for x in c.protected if x not in terms),
+    )
+    schema = dataclasses.replace(schema, customers=customers, display=S.DisplayHints())
+    dataset = validate_tables(schema, small_tables)
+    return Recommender(fit(dataset, fast_config.with_overrides(epochs=1), verbose=0), dataset)
+
+
+def test_eligibility_columns_are_numbers_and_read_on_every_path_features_or_not(termless, small_tables):
+    """income, credit score and age are read by name by the eligibility terms. Where the schema
+    lists them as no feature, text in a table ("17 years") was read as an unknown value, which
+    fails no term, and a request's value was dropped: a 16-year-old given by features was offered
+    every 18+ product the same customer in a table was refused (a compliance tester, 2026-12)."""
+    from finrec.data.io import prepare_entities
+    from finrec.errors import DataError
+    from finrec.serve import check_feature_keys
+
+    customers = small_tables["customers"].head(40).astype({"age": object})
+    customers.loc[customers.index[3], "age"] = "17 years"
+    with pytest.raises(DataError, match="column 'age' must be numeric.*'17 years'"):
+        prepare_entities(customers, termless.schema.customers, "customers")
+    products = small_tables["products"].astype({"min_age": object})
+    products.loc[products.index[0], "min_age"] = "eighteen"
+    with pytest.raises(DataError, match="column 'min_age' must be numeric"):
+        prepare_entities(products, termless.schema.products, "products")
+
+    young = small_tables["customers"].head(40).assign(marketing_consent=1)
+    young.loc[young.index[::2], ["age", "income"]] = [16.0, 5_000.0]  # every other one: a minor, poor
+    context = termless.context(young, small_tables["holdings"])
+    table_allowed = ~F.combine(termless.masks(context, F.Filters()), context.held.shape)
+    ids = termless.pipeline.product_ids_
+    for row, record in enumerate(young.to_dict("records")):
+        record.pop("customer_id")
+        held = small_tables["holdings"].product_id[small_tables["holdings"].customer_id == young.customer_id.iloc[row]]
+        result = termless.recommend({**record, "holdings": held.tolist()}, k=25)
+        assert {i.product_id for i in result.items} == {ids[j] for j in np.flatnonzero(table_allowed[row])}
+    assert not table_allowed[::2].any()  # every product asks for 18 or more
+    assert table_allowed[1::2].any(axis=1).all()
+    check_feature_keys(termless.schema, {S.AGE: 16, S.INCOME: 5000.0, S.CREDIT_SCORE: 700})

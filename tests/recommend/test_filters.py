@@ -125,6 +125,20 @@ def test_bad_filters_refused(bad):
         F.Filters.build(bad)
 
 
+def test_a_presets_risk_ceiling_is_never_lifted():
+    """``{"preset": "conservative", "max_risk": null}`` (an API client's unset field) lifted the
+    preset's ceiling: risk 7 funds under "conservative", and so did an explicit 7 (a compliance
+    tester, 2026-12). None is no ceiling given; a lower one tightens; a higher one is refused."""
+    assert F.Filters.build({"preset": "conservative", "max_risk": None}).max_risk == F.CONSERVATIVE_MAX_RISK
+    assert F.Filters.build({"preset": "conservative", "max_risk": 2}).max_risk == 2
+    assert F.Filters.build({"preset": "balanced", "max_risk": 6}).max_risk == 6
+    assert F.Filters.build({"max_risk": None}).max_risk is None
+    with pytest.raises(FinrecError, match="above the conservative preset's ceiling 3"):
+        F.Filters.build({"preset": "conservative", "max_risk": 7})
+    with pytest.raises(FinrecError, match="max_risk"):
+        F.Filters.build({"max_risk": True})
+
+
 def test_a_category_both_included_and_excluded_is_refused():
     # It emptied every customer's list: `score --category fund --exclude-category fund` wrote 0 rows, exit 0.
     with pytest.raises(FinrecError, match="'fund' both included .* and excluded"):

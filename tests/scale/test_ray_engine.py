@@ -232,3 +232,45 @@ def test_ray_counts_customers_with_no_eligible_product_as_the_local_engine_does(
         n, _ = score_dataset_ray(model_dir, small_data_dir, out, k=5, filters=only, batch_rows=300, stats=ray_stats)
         assert ray_stats["no_eligible"] == local_stats["no_eligible"], out
         assert n - ray_stats["objected"] - ray_stats["no_eligible"] == written
+
+
+def test_ray_refuses_holdings_naming_unknown_ids_as_the_local_engine_does(model_dir, small_data_dir, tmp_path):
+    """The workers skipped a holding of a product no table lists (ids written another way,
+    ``cur_basic``): every customer held nothing and was offered what they hold. The driver checks
+    every row's ids before Ray starts, as the local engine does (a compliance tester, 2026-12)."""
+    import shutil
+
+    from finrec.data.io import read_table, write_table
+    from finrec.errors import DataError
+    from finrec.recommend.ray_engine import score_dataset_ray
+
+    data = tmp_path / "bank"
+    shutil.copytree(small_data_dir, data)
+    holdings = read_table(data / "holdings.parquet", ("customer_id", "product_id"))
+    write_table(holdings.assign(product_id=holdings.product_id.str.lower()), data / "holdings.parquet")
+    with pytest.raises(DataError, match="product_id values that are not in products, e.g. .*'cur_basic'"):
+        score_dataset_ray(model_dir, data, tmp_path / "top.parquet")
+    assert not (tmp_path / "top.parquet").exists()
+
+
+@pytest.mark.slow
+def test_ray_scores_data_that_names_a_value_column_after_training(local_ray, model_dir, updated_bank, tmp_path):
+    """A products value column (``finrec plan``'s money) named after training is no schema change
+    for the local engine; the Ray driver compared the whole schema and refused the model."""
+    import yaml
+
+    from finrec.artifacts import load_model_dir
+    from finrec.data import schema as S
+    from finrec.recommend.batch import score_dataset
+    from finrec.recommend.ray_engine import score_dataset_ray
+    from finrec.recommend.recommender import Recommender
+
+    data = updated_bank(lambda products: products.assign(margin=10.0))
+    schema = yaml.safe_load((data / S.SCHEMA_FILE).read_text())
+    schema[S.PRODUCTS]["value"] = "margin"
+    (data / S.SCHEMA_FILE).write_text(yaml.safe_dump(schema, sort_keys=False))
+    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    score_dataset(Recommender(load_model_dir(model_dir).trained), data, local, k=3)
+    score_dataset_ray(model_dir, data, on_ray, k=3, batch_rows=400)
+    a, b = _sorted(local), _sorted(on_ray)
+    pd.testing.assert_frame_equal(a[["customer_id", "rank", "product_id"]], b[["customer_id", "rank", "product_id"]])

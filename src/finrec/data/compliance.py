@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from finrec.data import schema as S
 from finrec.data import validate as V
@@ -342,7 +344,21 @@ def _column_labels(column: pd.Series) -> np.ndarray:
     # scoring a tenth of its time. A copy: a text column comes back as the caller's own array.
     labels = as_category_text(column).to_numpy(dtype=object, copy=True)
     labels[pd.isna(labels)] = None
-    return labels
+    # Trimmed as the products' list cells are (``label_sets``), in Arrow: "income " is "income",
+    # and a blank label is unknown. Untrimmed, a padded label was in no negative target market
+    # (a compliance tester, 2026-12).
+    text = pa.array(labels, type=pa.string(), from_pandas=True)
+    trimmed = pc.utf8_trim_whitespace(text)
+    if trimmed.equals(text) and not pc.any(pc.equal(text, "")).as_py():
+        return labels
+    trimmed = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+    return trimmed.to_numpy(zero_copy_only=False).astype(object)
+
+
+def _label(value) -> str | None:
+    """One customer label as ``_column_labels`` reads it: category text, trimmed; blank = None."""
+    text = category_text(value)
+    return (text.strip() or None) if text is not None else None
 
 
 def customer_profile(customers: pd.DataFrame, table: S.TableSchema, where: str = S.CUSTOMERS) -> dict[str, np.ndarray]:
@@ -379,7 +395,7 @@ def record_profile(record: dict, table: S.TableSchema) -> dict[str, np.ndarray]:
         out[role] = np.array([np.nan if value is None else float(value)])
     for role in LABEL_PROFILE:
         value = record.get(named[role]) if role in named else None
-        out[role] = np.array([category_text(value)], dtype=object)
+        out[role] = np.array([_label(value)], dtype=object)
     consent = record.get(table.consent) if table.consent else None
     out["objected"] = np.array([consent is not None and str(consent).strip().lower() in V.FALSE_WORDS])
     return out

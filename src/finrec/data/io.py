@@ -521,6 +521,11 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     V.require_no_missing_ids(df, table.id, where)
     V.require_unique(df, table.id, where)
     df = V.coerce_numeric(df, table.numeric_features, where)
+    # The eligibility terms' columns are read by name (``finrec.recommend.filters``) whether or
+    # not the schema lists them as features: text there ("17 years") read as an unknown value,
+    # which fails no term, on the customers' side, and stopped the scorer on the products'.
+    terms = [c for c in S.ELIGIBILITY_COLUMNS if c in df.columns and c not in table.numeric_features]
+    df = V.coerce_numeric(df, terms, where)
     V.check_plausible(df, table, where)
     if table.risk:
         V.check_risk_scale(df, table.risk, where)

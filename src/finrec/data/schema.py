@@ -68,6 +68,8 @@ MAX_AGE = "max_age"
 INCOME = "income"
 CREDIT_SCORE = "credit_score"
 AGE = "age"
+# Numbers wherever a table has them, features or not: the eligibility rule reads them by name.
+ELIGIBILITY_COLUMNS = (INCOME, CREDIT_SCORE, AGE, MIN_INCOME, MIN_CREDIT_SCORE, MIN_AGE, MAX_AGE)
 
 RISK_MIN, RISK_MAX = 1, 7
 
@@ -633,15 +635,18 @@ class SyntheticColumns:
 SYNTHETIC = SyntheticColumns()
 
 
-def check_model_schema(model: DatasetSchema, data: DatasetSchema, model_dir, data_dir) -> None:
-    """Refuse data (``data_dir``) whose schema is not the one the model (``model_dir``) was trained
-    on, in the form of ``DatasetSchema.to_dict`` and without the products' value column: it is
-    campaign data (``finrec plan``), no model input, so it may be named after training."""
+def check_model_schema(model: DatasetSchema, data: DatasetSchema, where, model_dir=None) -> None:
+    """Refuse data (read from ``where``) whose schema is not the one the model (``model_dir``,
+    for the message) was trained on, in the form of ``DatasetSchema.to_dict`` (the display
+    hints and ``on_offer`` are the bank's current word) and without the products' value column:
+    it is campaign data (``finrec plan``), no model input, so it may be named after training.
+    The rules read the columns the schema names (consent, target market, regimes,
+    affordability): data naming a rule the model's schema lacks would be filtered without it."""
     mine, theirs = model.without_value().to_dict(), data.without_value().to_dict()
     if mine != theirs:
+        model_name = "the model" if model_dir is None else f"model {model_dir}"
         raise SchemaError(
-            f"{data_dir}: its schema differs from the one model {model_dir} was trained on: "
-            + schema_differences(mine, theirs)
+            f"{where}: its schema differs from the one {model_name} was trained on: " + schema_differences(mine, theirs)
         )
 
 

@@ -388,7 +388,7 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
     # Without the products' value column, which was refused here while score, plan and evaluate took it.
-    S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, model_dir, data_dir)
+    S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
     # The recommendations monitored are those `score` and `serve` make: filtered with the data's
     # products table (a reviewer: the model's saved copy was used).
     source = find_table(Path(data_dir), S.PRODUCTS)

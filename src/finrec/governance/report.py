@@ -946,7 +946,7 @@ def build_report(
 
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
-    S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, model_dir, data_dir)
+    S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
     recommender = Recommender(loaded.trained, dataset)
     ctx = Context(Path(model_dir), Path(data_dir), loaded.manifest, loaded.trained, dataset, recommender, k, seed)
     _prepare_outcomes(ctx)

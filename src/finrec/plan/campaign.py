@@ -34,7 +34,7 @@ from finrec.plan.exposure import EXACT_MAX_PAIRS as FAIR_EXACT_MAX_PAIRS
 from finrec.plan.exposure import ExposureLimit, solve_dual_fair, solve_exact_fair
 from finrec.plan.solve import Plan, greedy, solve_dual, solve_exact
 from finrec.recommend import filters as F
-from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HistoryByChunk, HoldingsByRow, RowOfId
+from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HistoryByChunk, HoldingsByRow, RowOfId, data_product_ids
 
 # The exact solver's graph holds one arc per allowed pair: beyond this many, the dual method.
 EXACT_MAX_PAIRS = 2_000_000
@@ -245,7 +245,7 @@ def build_problem(
     else:
         values = _given_values(values, product_ids)
     ids = read_customer_ids(customers_path, schema.customers.id)
-    held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings_path)
+    held_by_row = HoldingsByRow(recommender.pipeline, ids, holdings_path, products=data_product_ids(data_dir, schema))
     n, P = len(ids), len(product_ids)
     probability = np.zeros((n, P), dtype=np.float32)
     tolerance = np.full(n, np.nan, dtype=np.float32)

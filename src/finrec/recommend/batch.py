@@ -28,12 +28,14 @@ import pyarrow.parquet as pq
 
 from finrec.atomic import atomic_path, check_writable, refuse_overlap
 from finrec.data import schema as S
+from finrec.data import validate as V
 from finrec.data.ids import as_arrow_text, positions_in, positions_near
 from finrec.data.io import (
     FORMULA_PREFIXES,
     find_table,
     iter_customer_chunks,
     read_customer_ids,
+    read_id_column,
 )
 from finrec.data.links import BUCKET_SUFFIX, BucketWriters, link_batches, read_bucket
 from finrec.data.validate import check_latest_snapshot, snapshot_month_rows
@@ -106,7 +108,17 @@ class HoldingsByRow:
 
     BATCH_ROWS = 1 << 20
 
-    def __init__(self, pipeline, customer_ids: pa.Array, holdings_path: Path | None, batch_rows: int = BATCH_ROWS):
+    def __init__(
+        self,
+        pipeline,
+        customer_ids: pa.Array,
+        holdings_path: Path | None,
+        batch_rows: int = BATCH_ROWS,
+        products: pa.Array | None = None,
+    ):
+        """``products``: when given, the data's product ids; a row naming a customer the customers
+        file lacks, or a product neither the model nor ``products`` lists, is then refused as
+        ``load_dataset`` refuses it (``check_holding_ids``), instead of being skipped."""
         self.n_products = pipeline.n_products
         row_type = np.int32 if len(customer_ids) < 2**31 else np.int64
         col_type = np.int16 if self.n_products < 2**15 else np.int32
@@ -123,6 +135,8 @@ class HoldingsByRow:
             if (found >= 0).any():
                 next_row = int(found.max()) + 1
             col = pipeline.product_positions(links[S.PRODUCT_ID])
+            if products is not None:
+                check_holding_ids(links, found, col, customer_ids, pipeline, products, holdings_path)
             keep = (found >= 0) & (col >= 0)
             rows.append(found[keep].astype(row_type))
             cols.append(col[keep].astype(col_type))
@@ -137,6 +151,30 @@ class HoldingsByRow:
         held = np.zeros((stop - start, self.n_products), dtype=bool)
         held[self.rows[lo:hi] - start, self.cols[lo:hi]] = True
         return held
+
+
+def check_holding_ids(
+    links: pd.DataFrame, found: np.ndarray, col: np.ndarray, customer_ids, pipeline, products, path
+) -> None:
+    """Refuse a batch of holdings that names a customer the customers file lacks (``found`` -1)
+    or a product that neither the model's catalogue (``col`` -1) nor the data's ``products``
+    lists, with ``load_dataset``'s message. Skipped, such rows were a customer's holdings lost:
+    ids written another way than the customers or products tables write them (``cur_basic`` for
+    ``CUR_BASIC``, ``1`` for ``0001``) made every customer hold nothing, and ``score`` and ``plan``
+    offered the products they hold, where ``recommend`` and ``serve`` refuse the data."""
+    where = f"{S.HOLDINGS} ({path})"
+    if (found < 0).any():
+        V.check_references(links, S.CUSTOMER_ID, pd.Index(as_arrow_text(customer_ids).to_pandas()), where, S.CUSTOMERS)
+    if (col < 0).any():
+        known = pa.concat_arrays([as_arrow_text(pipeline.product_ids_), as_arrow_text(products)])
+        V.check_references(links, S.PRODUCT_ID, pd.Index(known.to_pandas()), where, S.PRODUCTS)
+
+
+def data_product_ids(data_dir: Path, schema: S.DatasetSchema) -> pa.Array:
+    """The product ids of ``data_dir``'s products table (none when it has none: the model's
+    catalogue then applies)."""
+    path = find_table(Path(data_dir), S.PRODUCTS, required=False)
+    return pa.array([], pa.string()) if path is None else read_id_column(path, schema.products.id)
 
 
 class RowOfId:
@@ -381,7 +419,8 @@ def score_dataset(
     def match_holdings() -> HoldingsByRow:
         nonlocal customer_ids
         customer_ids = read_customer_ids(customers_path, table.id)
-        return HoldingsByRow(recommender.pipeline, customer_ids, holdings_path)
+        products = data_product_ids(data_dir, recommender.schema)
+        return HoldingsByRow(recommender.pipeline, customer_ids, holdings_path, products=products)
 
     scratch = tempfile.TemporaryDirectory(prefix="finrec-score-") if history_path is not None else None
     workers = workers or default_workers()

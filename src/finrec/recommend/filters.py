@@ -104,10 +104,23 @@ class Filters:
                 f"filters: {safe_items(sorted(both))} both included (include_categories) and excluded "
                 "(exclude_categories); name a category in one of them"
             )
+        if "max_risk" in values and values["max_risk"] is None:
+            # None is no ceiling given (a JSON null, an unset field), not the preset's lifted: a
+            # conservative request with "max_risk": null was answered with risk 7 funds.
+            del values["max_risk"]
         max_risk = values.get("max_risk")
-        if max_risk is not None and (not isinstance(max_risk, int) or not S.RISK_MIN <= max_risk <= S.RISK_MAX):
+        if max_risk is not None and (
+            isinstance(max_risk, bool) or not isinstance(max_risk, int) or not S.RISK_MIN <= max_risk <= S.RISK_MAX
+        ):
             raise FinrecError(
                 f"filters.max_risk must be an integer from {S.RISK_MIN} to {S.RISK_MAX}, got {max_risk!r}"
+            )
+        if max_risk is not None and base.max_risk is not None and max_risk > base.max_risk:
+            # A preset's ceiling is its meaning ("conservative: risk level at most 3"); raised, the
+            # answer and its record said "conservative" over risk 7 funds (a compliance tester).
+            raise FinrecError(
+                f"filters.max_risk {max_risk} is above the {base.preset} preset's ceiling {base.max_risk}; "
+                "a preset can be tightened, never loosened (choose another preset to allow more risk)"
             )
         ratio = values.get("max_debt_service_ratio", base.max_debt_service_ratio)
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 5:
@@ -584,9 +597,16 @@ def _ratio(attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, co
     )
 
 
+# The reason of a credit product that states no monthly payment: no debt-service ratio was
+# computed, so "affordable" would claim a check that was not made (a compliance tester, 2026-12).
+AFFORDABILITY_NOT_ASSESSED = "debt service not assessed (no monthly payment stated)"
+
+
 def _affordability_text(
     attributes: dict[str, np.ndarray], catalogue: Catalogue, row: int, column: int, passed: bool
 ) -> str:
+    if passed and (catalogue.payment is None or np.isnan(catalogue.payment[column])):
+        return AFFORDABILITY_NOT_ASSESSED
     ratio = _ratio(attributes, catalogue, row, column)
     if np.isnan(ratio):
         return "affordable" if passed else "credit score below the cut-off"

@@ -275,11 +275,12 @@ def score_dataset_ray(
     check_ray_output(out, {"the data directory": data_dir, "the model directory": model_dir})
     filters = F.Filters.build(filters)  # here: a bad filter killed every scoring actor in its constructor
     ray = _require_ray()
-    from finrec.artifacts import load_model_dir
+    from finrec.artifacts import expected_schema, load_model_dir
 
     schema = read_schema(data_dir)
-    # Refuse a damaged or mismatched model here, as the workers will read it.
-    loaded = load_model_dir(model_dir, expect_schema=schema.to_dict(), keras_model=False)
+    # Refuse a damaged or mismatched model here, as the workers will read it. A value column
+    # named after training is no mismatch, as for the local engine (it refused the model).
+    loaded = load_model_dir(model_dir, expect_schema=expected_schema(model_dir, schema), keras_model=False)
     if probabilities and getattr(loaded.trained, "calibration", None) is None:
         raise FinrecError("--probabilities: this model has no calibration (calibration.json); retrain it")
     from finrec.recommend.recommender import Recommender
@@ -301,13 +302,19 @@ def score_dataset_ray(
     # table: Ray wrote an empty output for a CSV of a header alone); then every id, as each batch
     # is validated alone and a customer repeated in another batch was scored twice.
     next(iter_customer_chunks(customers_path, schema.customers, 1024), None)
-    n_customers = len(read_customer_ids(customers_path, schema.customers.id))
+    customer_ids = read_customer_ids(customers_path, schema.customers.id)
+    n_customers = len(customer_ids)
     convert_options = _csv_convert_options(customers_path) if is_csv else None
     holdings_path = find_table(data_dir, S.HOLDINGS, required=False)
     if holdings_path is not None:
         # Its header and first rows checked as the local engine checks them: in a worker's
         # constructor a missing column was a KeyError ("internal error", exit 1).
         next(iter(link_batches(holdings_path, 1024)), None)
+        # Every row's ids, as the local engine checks them: a holding of an unknown customer or
+        # product was skipped by the workers, and a customer scored as holding nothing.
+        from finrec.recommend.batch import HoldingsByRow, data_product_ids
+
+        HoldingsByRow(loaded.trained.pipeline, customer_ids, holdings_path, products=data_product_ids(data_dir, schema))
 
     started_here = False
     if not ray.is_initialized():

@@ -143,6 +143,7 @@ class Recommender:
         if dataset is None:
             self._use_products(trained.products)
         else:
+            self.check_schema(dataset.schema, dataset.source if dataset.source is not None else "the data")
             source = find_table(dataset.source, S.PRODUCTS) if dataset.source is not None else S.PRODUCTS
             self._use_products(*self._current(dataset.products, source, dataset.schema.products.on_offer))
         self.calibration = getattr(trained, "calibration", None)
@@ -168,6 +169,12 @@ class Recommender:
             self._row_of = {str(cid): i for i, cid in enumerate(self._known.ids)}
 
     # ------------------------------------------------------------------------------ catalogue
+    def check_schema(self, schema: S.DatasetSchema, where) -> None:
+        """Refuse data whose schema is not the model's: the rules read the columns the schema
+        names (consent, target market, regimes, affordability), so data that names a rule the
+        model's schema lacks would be filtered without it."""
+        S.check_model_schema(self.schema, schema, where)
+
     def _current(
         self, products: pd.DataFrame, source, on_offer: str | None = None
     ) -> tuple[pd.DataFrame, F.CatalogueChanges]:
@@ -204,7 +211,12 @@ class Recommender:
         the model's need not name (naming it after training is no schema change)."""
         table = self.schema.products
         if (Path(data_dir) / S.SCHEMA_FILE).is_file():
-            table = dataclasses.replace(table, on_offer=read_schema(Path(data_dir)).products.on_offer)
+            schema = read_schema(Path(data_dir))
+            # A rule the bank named after training (a consent column, a target-market term) would
+            # otherwise be read with the model's schema, which lacks it: the rule silently off
+            # (score_dataset and build_problem from Python; the CLI and ``load`` refused).
+            self.check_schema(schema, data_dir)
+            table = dataclasses.replace(table, on_offer=schema.products.on_offer)
         found = read_products(data_dir, table)
         return self if found is None else self.with_catalogue(*found, on_offer=table.on_offer)
 
@@ -228,7 +240,7 @@ class Recommender:
         dataset = None
         if data_dir and Path(data_dir).is_dir():
             dataset = _cached_dataset(Path(data_dir), datasets)
-            S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, model_dir, data_dir)
+            S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
         recommender = cls(loaded.trained, dataset)
         if dataset is None and recorded:
             recommender.missing_data = str(recorded)
@@ -362,6 +374,14 @@ class Recommender:
             adoption=None if (adoption := self.known_adoption()) is None else adoption[row : row + 1],
         )
 
+    def _on_record(self, customer_id) -> int | None:
+        """The row of the known customer ``customer_id`` names (a feature dict's id), or None."""
+        if self._known is None or customer_id is None or isinstance(customer_id, (bool, dict, list, tuple)):
+            return None
+        if isinstance(customer_id, float) and customer_id.is_integer():
+            customer_id = int(customer_id)  # the id rule: 7.0 is customer "7" (``finrec.data.ids``)
+        return self._row_of.get(str(customer_id).strip())
+
     def _from_features(self, features: dict) -> CustomerContext:
         """A new customer given as raw feature values; ``holdings`` may list held product ids and
         ``history`` past snapshots ``[{"product_id", "as_of"}, ...]`` (absent: no history).
@@ -387,6 +407,18 @@ class Recommender:
             if value is None:
                 continue
             # Messages name the field and the kind of value, never the value (it is customer data).
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise DataError(f"features.{column} must be a number, got {type(_plain(value)).__name__}")
+            if not math.isfinite(float(value)):
+                raise DataError(f"features.{column} must be a finite number")
+            record[column] = float(value)
+        for column in F.TERM_VALUES.values():
+            # The eligibility terms read income, credit score and age by name, features or not:
+            # a value given for a schema that does not list them was dropped, so it failed no
+            # term, where the same customer in a table was checked (a compliance tester, 2026-12).
+            value = features.get(column)
+            if column in record or value is None:
+                continue
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise DataError(f"features.{column} must be a number, got {type(_plain(value)).__name__}")
             if not math.isfinite(float(value)):
@@ -425,6 +457,18 @@ class Recommender:
                 )
             if self.calibration is not None and self.calibration.needs_adoption:
                 adoption = np.zeros(1) if objected else self.calibration.record_adoption_probability(record, held, past)
+        on_record = self._on_record(features.get(cid))
+        if on_record is not None:
+            # Features that name a known customer are scored as given, but what the bank has on
+            # record still binds the rules: their objection and their holdings. A request (or an
+            # upload) that left them out offered the products the customer holds, and
+            # recommended to a customer who objected to profiling (a compliance tester, 2026-12).
+            held = held | self._known.held[on_record : on_record + 1]
+            objected = attributes["objected"] | self._known.attributes["objected"][on_record : on_record + 1]
+            attributes = {**attributes, "objected": objected}
+            if objected[0]:
+                tree = None if tree is None else np.zeros(held.shape, dtype=np.float32)
+                adoption = None if adoption is None else np.zeros(1)
         return CustomerContext(
             ids=np.array([str(features.get(cid, "new"))], dtype=object),
             inputs=inputs,
