@@ -628,7 +628,7 @@ def cmd_calibrate(args) -> int:
     from finrec.training.train import calibrate
 
     refuse_registry_write(args.model, "--model")  # calibrate rewrites the model directory
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, ground_truth=False)
     loaded = _load_model_for(args.model, dataset.schema)
     manifest = loaded.manifest
     trained_on = manifest.get("data_path")
@@ -954,7 +954,7 @@ def cmd_compare(args) -> int:
     from finrec.data.io import load_dataset
     from finrec.governance.compare import compare_models, format_comparison
 
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, ground_truth=False)  # compare grades the adoptions, no oracle
     champion = _registry_model(args.champion, args.root, "champion")
     challenger = _registry_model(args.challenger, args.root, "challenger")
     _check_json_output(args.json, {"--data": args.data, "--champion": champion, "--challenger": challenger})

@@ -507,3 +507,15 @@ def test_subset_customers_keeps_exactly_their_rows_of_every_table(given_as):
         expected = table[[str(c) in wanted for c in table[column]]].reset_index(drop=True)
         pd.testing.assert_frame_equal(getattr(sub, name), expected, obj=name)
     assert len(sub.customers) == len(ids[::3])
+
+
+def test_the_ground_truth_can_be_left_unread(tmp_path):
+    from finrec.data.synthetic import GeneratorSettings, generate
+
+    data = write_dataset(generate(GeneratorSettings(n_customers=200, seed=1)), S.SYNTHETIC.schema(), tmp_path / "b")
+    assert load_dataset(data).ground_truth is not None
+    (data / "ground_truth.parquet").write_bytes(b"PAR1 not a parquet file PAR1")
+    with pytest.raises(DataError, match="ground_truth"):
+        load_dataset(data)
+    left = load_dataset(data, ground_truth=False)
+    assert left.ground_truth is None and len(left.customers) == 200

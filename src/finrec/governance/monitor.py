@@ -386,7 +386,7 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
             "retrain it with `finrec train` to record the training population"
         )
     loaded = load_model_dir(model_dir)
-    dataset = load_dataset(data_dir, require_interactions=False)
+    dataset = load_dataset(data_dir, require_interactions=False, ground_truth=False)
     # The products' value column (``finrec plan``) is no model input: it may be named later (it
     # was refused here while score, plan and evaluate took it).
     mine, theirs = (
