@@ -782,7 +782,11 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
         )
     background = explainer.background_matrix()
     cid = ctx.dataset.schema.customers.id
-    held_by = ctx.dataset.holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
+    # The sampled customers' holdings only: grouped into lists for every customer of the data,
+    # a Python list per customer, they took 7 s at 200,000 customers (70 s at 2M) for 20 explained.
+    holdings = ctx.dataset.holdings
+    holdings = holdings[is_in(holdings[S.CUSTOMER_ID], sample[cid])]
+    held_by = holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
     values = []
     for i in explained:
         product = ctx.trained.pipeline.product_ids_[ranking.index[i, 0]]
