@@ -620,7 +620,7 @@ def cmd_calibrate(args) -> int:
     from finrec.training.train import calibrate
 
     refuse_registry_write(args.model, "--model")  # calibrate rewrites the model directory
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, ground_truth=False)
     loaded = _load_model_for(args.model, dataset.schema)
     manifest = loaded.manifest
     trained_on = manifest.get("data_path")
@@ -960,7 +960,7 @@ def cmd_compare(args) -> int:
         else:
             given[role] = ("model", _registry_model(model, args.root, role))
     _check_json_output(args.json, {"--data": args.data, **{f"--{role}": path for role, (_, path) in given.items()}})
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, ground_truth=False)  # compare grades the adoptions, no oracle
     seats = {}
     for role, (kind, path) in given.items():  # the files first: a bad one is refused before a model loads
         if kind == "scores":

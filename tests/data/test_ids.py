@@ -124,3 +124,14 @@ def test_a_table_read_in_batches_in_the_files_order_is_looked_up_near_each_start
     np.testing.assert_array_equal(np.concatenate(parts), positions_in(links, ids))
     # Far from the start given, the lookup declines rather than search every id.
     assert positions_near(links.slice(6000, 10), ids, 0) is None
+
+
+def test_is_in_is_membership_by_the_id_rule():
+    from finrec.data.ids import is_in
+
+    values = pd.Series(["a", None, "b", "c", "a"], dtype="str")
+    np.testing.assert_array_equal(is_in(values, ["a", "c", "c"]), [True, False, False, True, True])
+    np.testing.assert_array_equal(is_in(pd.Series([7, 8]), np.array(["8"])), [False, True])
+    categorical = pd.Series(pd.Categorical(["b", None, "a"], categories=["a", "b", "z"]))
+    np.testing.assert_array_equal(is_in(categorical, pd.Series(["b"])), [True, False, False])
+    assert is_in(pd.Series([], dtype=object), ["a"]).shape == (0,)

@@ -485,3 +485,37 @@ def test_on_offer_words_and_a_missing_column():
     assert not V.withdrawn(df, S.TableSchema(id="product_id"), "products").any()
     with pytest.raises(SchemaError, match="names column\\(s\\) 'live' that products does not have"):
         V.check_schema_columns(df.drop(columns="live"), table, "products")
+
+
+@pytest.mark.parametrize("given_as", [list, np.array, pd.Series, pd.Index])
+def test_subset_customers_keeps_exactly_their_rows_of_every_table(given_as):
+    # The subset is looked up by hashing in Arrow (pandas' isin made a Python object of every id
+    # kept: 35 s for 1.8M of 2M customers); it must keep what the plain comparison keeps, in
+    # order, the history's categorical ids and an id of no table included.
+    from finrec.data.synthetic import GeneratorSettings, generate
+
+    data = validate_tables(S.SYNTHETIC.schema(), generate(GeneratorSettings(n_customers=300, seed=3, months=3)))
+    assert data.holdings_history is not None and isinstance(
+        data.holdings_history[S.CUSTOMER_ID].dtype, pd.CategoricalDtype
+    )
+    ids = data.customers[S.CUSTOMER_ID].astype(str).tolist()
+    keep = [*ids[::3], "nobody"]
+    sub = data.subset_customers(given_as(keep))
+    wanted = set(keep)
+    for name in ("customers", "interactions", "holdings", "holdings_history", "ground_truth"):
+        table, column = getattr(data, name), S.CUSTOMER_ID
+        expected = table[[str(c) in wanted for c in table[column]]].reset_index(drop=True)
+        pd.testing.assert_frame_equal(getattr(sub, name), expected, obj=name)
+    assert len(sub.customers) == len(ids[::3])
+
+
+def test_the_ground_truth_can_be_left_unread(tmp_path):
+    from finrec.data.synthetic import GeneratorSettings, generate
+
+    data = write_dataset(generate(GeneratorSettings(n_customers=200, seed=1)), S.SYNTHETIC.schema(), tmp_path / "b")
+    assert load_dataset(data).ground_truth is not None
+    (data / "ground_truth.parquet").write_bytes(b"PAR1 not a parquet file PAR1")
+    with pytest.raises(DataError, match="ground_truth"):
+        load_dataset(data)
+    left = load_dataset(data, ground_truth=False)
+    assert left.ground_truth is None and len(left.customers) == 200

@@ -67,6 +67,14 @@ def positions_in(values, vocabulary: pa.Array) -> np.ndarray:
     return found.fill_null(-1).to_numpy(zero_copy_only=False)
 
 
+def is_in(values, ids) -> np.ndarray:
+    """bool [n]: whether each of ``values`` (text ids, a categorical among them) is one of ``ids``,
+    by hashing in Arrow; a missing value never is. pandas' ``isin`` on Arrow-backed text makes a
+    Python object of every id it is given first: keeping 1.8M of 2M customers took 10.8 s per
+    links table (35 s for a dataset, ``Dataset.subset_customers``), the hash lookup 0.7 s."""
+    return positions_in(values, pc.unique(as_arrow_text(ids))) >= 0
+
+
 def positions_near(values, ids: pa.Array, start: int = 0) -> np.ndarray | None:
     """int64 [n]: the positions in ``ids`` of ``values`` when they all lie near ``start``: in
     ``ids[start - 1:]``, within twice the runs of equal values plus 1,024. That is a link table read in

@@ -386,7 +386,7 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
             "retrain it with `finrec train` to record the training population"
         )
     loaded = load_model_dir(model_dir)
-    dataset = load_dataset(data_dir, require_interactions=False)
+    dataset = load_dataset(data_dir, require_interactions=False, ground_truth=False)
     # Without the products' value column, which was refused here while score, plan and evaluate took it.
     S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
     # The recommendations monitored are those `score` and `serve` make: filtered with the data's

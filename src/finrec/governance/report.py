@@ -32,6 +32,7 @@ from finrec.config import MAX_SEED
 from finrec.data import compliance as C
 from finrec.data import schema as S
 from finrec.data.categories import as_category_text
+from finrec.data.ids import is_in
 from finrec.evaluate.fairness import MISSING, group_labels
 from finrec.governance import svg
 from finrec.governance.compare import paired_bootstrap, per_customer_metrics
@@ -440,8 +441,10 @@ def segments(ctx: Context, customers: pd.DataFrame) -> dict[str, pd.Series]:
     if risk and risk in customers:
         out["risk tolerance"] = _with_missing(pd.to_numeric(customers[risk], errors="coerce").astype("Int64"))
     cid = ctx.dataset.schema.customers.id
-    holders = set(ctx.dataset.holdings[S.CUSTOMER_ID].astype(str))
-    out["cold (no holdings)"] = customers[cid].astype(str).isin(holders).map({True: "holds products", False: "cold"})
+    holds = is_in(customers[cid], ctx.dataset.holdings[S.CUSTOMER_ID])
+    out["cold (no holdings)"] = pd.Series(
+        np.where(holds, "holds products", "cold"), index=customers.index, dtype=object, name=cid
+    )
     return out
 
 
@@ -787,7 +790,11 @@ def explanation_section(ctx: Context, n_customers: int) -> Section:
         )
     background = explainer.background_matrix()
     cid = ctx.dataset.schema.customers.id
-    held_by = ctx.dataset.holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
+    # The sampled customers' holdings only: grouped into lists for every customer of the data,
+    # a Python list per customer, they took 7 s at 200,000 customers (70 s at 2M) for 20 explained.
+    holdings = ctx.dataset.holdings
+    holdings = holdings[is_in(holdings[S.CUSTOMER_ID], sample[cid])]
+    held_by = holdings.groupby(S.CUSTOMER_ID)[S.PRODUCT_ID].apply(list).to_dict()
     values = []
     for i in explained:
         product = ctx.trained.pipeline.product_ids_[ranking.index[i, 0]]

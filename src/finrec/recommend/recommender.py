@@ -770,13 +770,13 @@ def _held_matrix(held, shape: tuple[int, int]) -> np.ndarray:
 def _cached_dataset(data_dir: Path, cache: dict | None) -> Dataset:
     """``load_dataset(data_dir)``, from ``cache`` when its files (names, sizes, mtimes) are unchanged."""
     if cache is None:
-        return load_dataset(data_dir, require_interactions=False)
+        return load_dataset(data_dir, require_interactions=False, ground_truth=False)
     stamp = directory_stamp(data_dir)
     key = str(data_dir.resolve())
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    dataset = load_dataset(data_dir, require_interactions=False)
+    dataset = load_dataset(data_dir, require_interactions=False, ground_truth=False)
     cache.clear()  # one data directory at a time: the older one is not served any more
     cache[key] = (stamp, dataset)
     return dataset

@@ -24,6 +24,7 @@ import pandas as pd
 from finrec.config import Config, TrainConfig, checked
 from finrec.data import schema as S
 from finrec.data.compliance import customer_profile
+from finrec.data.ids import is_in
 from finrec.data.io import Dataset
 from finrec.data.split import split_customer_ids
 from finrec.errors import ConfigError, DataError, safe_text
@@ -533,7 +534,7 @@ def fit(
         )
     train_ids, val_ids = split_customer_ids(np.sort(with_positives.astype(str)), training.validation_fraction, rng)
     cid = dataset.schema.customers.id
-    without_positives = dataset.customers[cid][~dataset.customers[cid].isin(with_positives)].to_numpy(dtype=str)
+    without_positives = dataset.customers[cid][~is_in(dataset.customers[cid], with_positives)].to_numpy(dtype=str)
     # The same share of the customers who adopted nothing is held out for the calibration, so
     # that its set has the population's mix; drawn from its own stream, training's draws are the
     # same as without it.
