@@ -94,6 +94,29 @@ def test_a_model_refuses_data_of_another_schema_but_not_a_value_column_named_lat
         S.check_model_schema(model, shrunk, "d", "m")
 
 
+def test_a_model_trained_with_a_value_column_takes_data_without_it(trained, small_data_dir, tmp_path):
+    """The value column is campaign data either way round: a model trained with ``products.value``
+    was refused by score, evaluate, plan and Ray on data that no longer names it (a reviewer),
+    while recommend, serve and monitor took it (``check_model_schema`` leaves it out of both)."""
+    import copy
+    from dataclasses import replace
+
+    from finrec.artifacts import expected_schema, load_model_dir, save_model_dir
+    from finrec.data.io import read_schema
+
+    valued = copy.copy(trained)
+    valued.pipeline = copy.copy(trained.pipeline)
+    schema = trained.pipeline.full_schema
+    valued.pipeline.full_schema = replace(schema, products=replace(schema.products, value="margin"))
+    model = save_model_dir(valued, tmp_path / "valued")
+    data = read_schema(small_data_dir)
+    assert data.products.value is None
+    load_model_dir(model, expect_schema=expected_schema(model, data))  # no refusal
+    other = replace(data, customers=replace(data.customers, numeric=data.customers.numeric[1:]))
+    with pytest.raises(ArtifactError, match="different schema"):
+        load_model_dir(model, expect_schema=expected_schema(model, other))
+
+
 def test_overwrite_is_atomic_and_keeps_old_on_failure(trained, tmp_path, monkeypatch):
     target = save_model_dir(trained, tmp_path / "m")
     before = (target / "manifest.json").read_text()

@@ -541,7 +541,8 @@ def test_compare_never_writes_over_a_scores_file(model_dir, small_data_dir, expo
     before = exported_scores.read_bytes()
     argv = ["compare", "--champion-scores", str(exported_scores), "--challenger", str(model_dir)]
     assert main([*argv, "--data", str(small_data_dir), "--json", str(exported_scores)]) == 2
-    assert "--json" in capsys.readouterr().err and exported_scores.read_bytes() == before
+    err = capsys.readouterr().err
+    assert f"is --champion-scores {exported_scores}" in err and exported_scores.read_bytes() == before
 
 
 def test_compare_takes_one_thing_per_seat(model_dir, small_data_dir, exported_scores, capsys):

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -497,11 +497,25 @@ def _part(path: Path, name: str, load):
 
 def expected_schema(model_dir: str | os.PathLike, schema) -> dict:
     """The schema dict a model must have been trained on to serve data of ``schema`` (a
-    ``DatasetSchema``): its own, or without the products' value column, which is campaign data,
-    not a model input (a model trained before it was named still matches)."""
+    ``DatasetSchema``): its own, or the same but for the products' value column, which is campaign
+    data, not a model input (a model trained before it was named, or with one the data no longer
+    names, still matches)."""
     expect = schema.to_dict()
-    if schema.products.value and schema_hash(expect) != read_manifest(model_dir, verify=False).get("schema_hash"):
-        expect = schema.without_value().to_dict()
+    recorded = read_manifest(model_dir, verify=False).get("schema_hash")
+    if schema_hash(expect) == recorded:
+        return expect
+    # Either way round: the column named after training, or the model's dropped from the data
+    # since (``data.schema.check_model_schema`` leaves it out of both sides).
+    candidates = [schema.without_value()]
+    try:
+        value = _part(Path(model_dir), PIPELINE_FILE, _load_pipeline).full_schema.products.value
+    except FinrecError:
+        value = None
+    if value:
+        candidates.append(replace(schema, products=replace(schema.products, value=value)))
+    for candidate in candidates:
+        if schema_hash(candidate.to_dict()) == recorded:
+            return candidate.to_dict()
     return expect
 
 

@@ -959,7 +959,8 @@ def cmd_compare(args) -> int:
             given[role] = ("scores", scores)
         else:
             given[role] = ("model", _registry_model(model, args.root, role))
-    _check_json_output(args.json, {"--data": args.data, **{f"--{role}": path for role, (_, path) in given.items()}})
+    flags = {f"--{role}{'-scores' if kind == 'scores' else ''}": path for role, (kind, path) in given.items()}
+    _check_json_output(args.json, {"--data": args.data, **flags})
     dataset = load_dataset(args.data, ground_truth=False)  # compare grades the adoptions, no oracle
     seats = {}
     for role, (kind, path) in given.items():  # the files first: a bad one is refused before a model loads

@@ -572,6 +572,9 @@ def _unassessed(result, item) -> str | None:
     if rules is None:  # a result from before the rules were listed: as the badge always said
         return None
     if "affordability" not in rules:
+        filters = getattr(result, "filters", None)
+        if filters is not None and not getattr(filters, "affordability", True):
+            return "affordability not assessed (the affordability rule is turned off in these filters)"
         return "affordability not assessed (no monthly payment or credit score cut-off to check)"
     if F.AFFORDABILITY_NOT_ASSESSED in (item.reason or ""):
         return F.AFFORDABILITY_NOT_ASSESSED

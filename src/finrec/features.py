@@ -173,8 +173,8 @@ def link_matrix(customer_ids, products: pa.Array, links: pd.DataFrame | None) ->
 
 def link_values(customer_ids, products: pa.Array, links: pd.DataFrame, column: str) -> np.ndarray:
     """float64 [n, P]: ``links[column]`` at the cells ``link_matrix`` marks, NaN elsewhere (a
-    ranker's scores file: ``finrec compare --champion-scores``). A pair listed twice keeps its
-    last value; callers refuse such files first."""
+    ranker's scores file: ``finrec compare --champion-scores``). Which value a pair listed
+    twice keeps is undefined (numpy's repeated fancy-index assignment): callers refuse such files."""
     n = 0 if customer_ids is None else len(customer_ids)
     matrix = np.full((n, len(products)), np.nan, dtype="float64")
     if len(links) == 0 or n == 0:

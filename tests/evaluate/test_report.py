@@ -134,25 +134,31 @@ def test_a_product_whose_probabilities_are_off_is_named(trained, small_dataset):
 
 
 def test_a_product_not_on_offer_is_left_out_of_the_probability_check(trained, withdrawing_bank, withdrawn):
-    """A product the bank withdrew (``products.on_offer``) could not be adopted that month: its
-    predicted adoptions against none would read as a level error and move the totals. It is left
-    out and named; every other product's figures stay as they were."""
-    from finrec.data.io import load_dataset
+    """A product the bank withdrew (``products.on_offer``) before the data's month could not be
+    adopted: its predicted adoptions against none would read as a level error and move the
+    totals. It is left out and named; every other product's figures stay as they were. One the
+    data shows adopted was on offer that month (``on_offer`` is today's word): it is checked."""
+    from finrec.data.io import find_table, load_dataset, read_table, write_table
     from finrec.evaluate.report import format_probability_check, probability_check
 
     data = withdrawing_bank()
+    adopted = probability_check(trained, load_dataset(data))
+    assert adopted["not_on_offer"] == [] and withdrawn in {r["product_id"] for r in adopted["products"]}
+    path = find_table(data, "interactions")
+    interactions = read_table(path, ("customer_id", "product_id"))
+    write_table(interactions[interactions["product_id"] != withdrawn], path)
     after = probability_check(trained, load_dataset(data))
-    on_offer = _without_on_offer(data)
-    full = probability_check(trained, load_dataset(on_offer))
+    full = probability_check(trained, load_dataset(_without_on_offer(data)))
     kept = [r for r in full["products"] if r["product_id"] != withdrawn]
     assert withdrawn in {r["product_id"] for r in full["products"]} and full["not_on_offer"] == []
     assert after["not_on_offer"] == [withdrawn] and after["products"] == kept
     gone = next(r for r in full["products"] if r["product_id"] == withdrawn)
-    assert gone["observed"] > 0  # its adoptions are in the data: left out, not compared
-    assert after["observed_adoptions"] == full["observed_adoptions"] - gone["observed"]
+    assert gone["observed"] == 0 and gone["predicted"] > 1  # it would read as a level error
+    assert after["observed_adoptions"] == full["observed_adoptions"]
     assert after["predicted_adoptions"] == pytest.approx(full["predicted_adoptions"] - gone["predicted"], rel=1e-6)
     assert after["pairs"] < full["pairs"]
-    assert f"left out, not on offer in the data's products table: '{withdrawn}'" in format_probability_check(after)
+    text = format_probability_check(after)
+    assert f"left out, not on offer in the data's products table and adopted by no one in it: '{withdrawn}'" in text
 
 
 def _without_on_offer(data):

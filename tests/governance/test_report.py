@@ -3,6 +3,7 @@ rendered in a real browser (Debian's Chromium through Playwright; never `playwri
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -235,10 +236,15 @@ def test_the_probability_check_names_the_products_not_on_offer_it_left_out(train
     from finrec.governance.report import Section, probability_part
 
     data = withdrawing_bank()
-    ctx = SimpleNamespace(trained=trained, dataset=load_dataset(data), manifest={}, seed=0, data_dir=data)
+    dataset = load_dataset(data)
+    # withdrawn before the data's month: nobody in it adopted the product
+    dataset = dataclasses.replace(
+        dataset, interactions=dataset.interactions[dataset.interactions["product_id"] != withdrawn]
+    )
+    ctx = SimpleNamespace(trained=trained, dataset=dataset, manifest={}, seed=0, data_dir=data)
     section = probability_part(Section("7"), ctx)
     text = " ".join(block[1] for block in section.blocks if block[0] == "p")
-    assert f"Left out: {withdrawn}, not on offer in this data's products table" in text
+    assert f"Left out: {withdrawn}, not on offer in this data's products table and adopted by no one in it" in text
     rows = [row for block in section.blocks if block[0] == "table" for row in block[2] if "product" in row]
     assert rows and withdrawn not in {row["product"] for row in rows}
 

@@ -205,7 +205,9 @@ def test_a_credit_product_nothing_assessed_is_never_called_affordable(rec, small
                 if case == "rule off" or item.product_id == "CC_BASIC":
                     seen[case] += 1
                     assert "affordable" not in item.reason.lower() and badge.startswith("ℹ️ Credit:"), (case, item)
-                    assert "not assessed" in badge
+                    # and says why: the rule turned off, or no payment stated for this product
+                    why = "the affordability rule is turned off" if case == "rule off" else "no monthly payment"
+                    assert "not assessed" in badge and why in badge + item.reason, (case, badge, item.reason)
                 else:
                     assert "within the limit" in item.reason and badge.startswith("✅ Affordable")
     assert seen["unstated"] and seen["rule off"]

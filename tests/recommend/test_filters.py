@@ -217,3 +217,37 @@ def test_a_category_the_catalogue_lacks_is_refused():
     attrs = F.customer_attributes(pd.DataFrame([CUSTOMER]), SCHEMA)
     with pytest.raises(FinrecError, match="no category column"):
         F.exclusion_masks(attrs, np.zeros((1, 5), bool), bare, F.Filters.build({"include_categories": ["fund"]}))
+
+
+def test_a_term_on_a_column_the_schema_lists_as_categorical_is_refused(small_dataset):
+    """Banded ages ("50+") listed as a categorical feature load as categories (a reviewer: the
+    compliance sweep's coercion refused them at load); a product's minimum age cannot be
+    compared with a band (read as a number it is unknown, and an unknown value fails no term),
+    so a catalogue with such a term is refused, naming both columns."""
+    from dataclasses import replace
+
+    from finrec.data.io import prepare_entities
+    from finrec.errors import DataError
+
+    schema = small_dataset.schema
+    customers_schema = replace(
+        schema.customers,
+        numeric=tuple(c for c in schema.customers.numeric if c != S.AGE),
+        categorical=(*schema.customers.categorical, S.AGE),
+        log_numeric=None,
+    )
+    banded = small_dataset.customers.assign(age=np.where(small_dataset.customers.age >= 50, "50+", "under 50"))
+    prepared = prepare_entities(banded, customers_schema, "customers")
+    assert set(prepared[S.AGE]) == {"50+", "under 50"}
+    banded_schema = replace(schema, customers=customers_schema)
+    products = small_dataset.products.copy()
+    ids = products[schema.products.id].astype(str).tolist()
+    products[S.MIN_AGE] = products[S.MAX_AGE] = np.nan
+    F.Catalogue.from_products(products, banded_schema, ids)  # no term set: nothing to compare
+    products.loc[products.index[0], S.MIN_AGE] = 18
+    with pytest.raises(
+        DataError,
+        match=r"products: column 'min_age' sets a bar on the customers' 'age', which the schema lists as categorical",
+    ):
+        F.Catalogue.from_products(products, banded_schema, ids)
+    F.Catalogue.from_products(products, schema, ids)  # a numeric age takes it

@@ -66,8 +66,11 @@ def test_ray_scoring_matches_local_scoring(local_ray, model_dir, small_data_dir,
     assert (a["probability"] - b["probability"]).abs().max() < 1e-5 and a["probability"].gt(0).any()
 
     # A name without a table suffix: a directory of part files written by the workers.
-    parts = tmp_path / "parts"
-    score_dataset_ray(model_dir, small_data_dir, parts, k=5, filters={"preset": "conservative"}, batch_rows=400)
+    parts, parts_stats = tmp_path / "parts", {}
+    score_dataset_ray(
+        model_dir, small_data_dir, parts, k=5, filters={"preset": "conservative"}, batch_rows=400, stats=parts_stats
+    )
+    assert parts_stats["no_eligible"] == local_stats["no_eligible"]  # counted from the part files
     c, d = _sorted(parts), _sorted(local)
     pd.testing.assert_frame_equal(
         c[["customer_id", "rank", "product_id"]], d[["customer_id", "rank", "product_id"]], check_dtype=False
@@ -214,7 +217,8 @@ def test_ray_counts_customers_with_no_eligible_product_as_the_local_engine_does(
 ):
     """`score --engine ray --category mortgage` said it wrote for every customer ranked, while
     most had no eligible mortgage and no row (the local engine counts them apart since the
-    twentieth session). Both outputs: one file, and a directory of part files."""
+    twentieth session). Counted from the rows written (a directory of part files: in
+    ``test_ray_scoring_matches_local_scoring``)."""
     from finrec.artifacts import load_model_dir
     from finrec.recommend.batch import score_dataset
     from finrec.recommend.ray_engine import score_dataset_ray
@@ -227,11 +231,22 @@ def test_ray_counts_customers_with_no_eligible_product_as_the_local_engine_does(
     )
     written = pd.read_csv(tmp_path / "l.csv", dtype={"customer_id": str})["customer_id"].nunique()
     assert local_stats["no_eligible"] > 0 and written > 0
-    for out in (tmp_path / "r.csv", tmp_path / "parts"):
-        ray_stats = {}
-        n, _ = score_dataset_ray(model_dir, small_data_dir, out, k=5, filters=only, batch_rows=300, stats=ray_stats)
-        assert ray_stats["no_eligible"] == local_stats["no_eligible"], out
-        assert n - ray_stats["objected"] - ray_stats["no_eligible"] == written
+    ray_stats = {}
+    n, _ = score_dataset_ray(model_dir, small_data_dir, tmp_path / "r.csv", 5, only, batch_rows=300, stats=ray_stats)
+    assert ray_stats["no_eligible"] == local_stats["no_eligible"]
+    assert n - ray_stats["objected"] - ray_stats["no_eligible"] == written
+
+
+def test_customers_are_counted_across_batches_that_split_their_rows():
+    """A batch of output rows may end inside a customer's rows: that customer counts once."""
+    import pyarrow as pa
+
+    from finrec.recommend.ray_engine import _count_runs
+
+    count, last = 0, None
+    for batch in (["a", "a", "b"], ["b", "b", "c"], [], ["c", "d", "d"], ["e"]):
+        count, last = _count_runs(pa.chunked_array([pa.array(batch, pa.string())]), count, last)
+    assert (count, last) == (5, "e")
 
 
 def test_ray_refuses_holdings_naming_unknown_ids_as_the_local_engine_does(model_dir, small_data_dir, tmp_path):

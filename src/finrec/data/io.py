@@ -535,7 +535,13 @@ def prepare_entities(df: pd.DataFrame, table: S.TableSchema, where: str) -> pd.D
     # The eligibility terms' columns are read by name (``finrec.recommend.filters``) whether or
     # not the schema lists them as features: text there ("17 years") read as an unknown value,
     # which fails no term, on the customers' side, and stopped the scorer on the products'.
-    terms = [c for c in S.ELIGIBILITY_COLUMNS if c in df.columns and c not in table.numeric_features]
+    # A column the schema lists as categorical (banded ages, "50+") stays a category: a product
+    # term on it is refused where the catalogue is built (``filters.Catalogue.from_products``).
+    terms = [
+        c
+        for c in S.ELIGIBILITY_COLUMNS
+        if c in df.columns and c not in table.numeric_features and c not in table.categorical_features
+    ]
     df = V.coerce_numeric(df, terms, where)
     V.check_plausible(df, table, where)
     if table.risk:

@@ -230,9 +230,11 @@ def probability_check(
     ids = dataset.customers[cid].to_numpy()
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions) & ~held
-    offered = _offered(pipeline.product_ids_, dataset)
-    # A product withdrawn (or gone from the bank's table) could not be adopted: its predicted
-    # adoptions against none observed would read as a level error, and skew the totals.
+    offered = _offered(pipeline.product_ids_, dataset) | adopted.any(axis=0)
+    # A product withdrawn before the data's month (marked not on offer, or gone from the bank's
+    # table, and adopted by nobody in it) could not be adopted: its predicted adoptions against
+    # none observed would read as a level error, and skew the totals. One the data shows adopted
+    # was on offer that month (``on_offer`` is the bank's word today): it is checked.
     pairs = ~held & offered
     out: dict[str, Any] = {
         "customers": len(ids),
@@ -331,8 +333,8 @@ def format_probability_check(check: dict[str, Any] | None) -> str:
     )
     if check.get("not_on_offer"):
         head += (
-            f"\n  left out, not on offer in the data's products table: {safe_items(check['not_on_offer'])}"
-            " (no customer could adopt them)"
+            f"\n  left out, not on offer in the data's products table and adopted by no one in it: "
+            f"{safe_items(check['not_on_offer'])} (withdrawn before these adoptions)"
         )
     if "note" in check:
         return f"{head}\n  {check['note']}"

@@ -181,7 +181,8 @@ def compare_models(
     a product a ranker does not know stays relevant for it, ranked below all it knows (each
     model was graded on its own catalogue: a challenger trained without a product dropped that
     product's adoptions from its task, and its easier task read as an improvement); it is never
-    a hit. So each ranker's means are ``evaluate``'s. ``catalogues`` names the products only one
+    a hit. So each ranker's means are ``evaluate``'s (with a scores seat: ``evaluate``'s on the
+    customers who did not object, below). ``catalogues`` names the products only one
     of them knows. A scores file ranks only the pairs it lists: a pair it lacks is never a hit
     either, and ``seats[role]["coverage"]`` counts them (``scores_coverage``). With a scores
     seat, the customers who objected to profiling are left out for both seats

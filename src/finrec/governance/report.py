@@ -630,6 +630,7 @@ def calibration_section(ctx: Context) -> Section:
 
 def probability_part(section: Section, ctx: Context) -> Section:
     """The calibrated probabilities against the adoptions observed (``probability_check``)."""
+    from finrec.errors import safe_items
     from finrec.evaluate.report import OFF_BY_CHANCE, adoptions_trained_on, off_by_chance, probability_check
 
     check = probability_check(ctx.trained, ctx.dataset, max_customers=MAX_EVAL_CUSTOMERS, seed=ctx.seed)
@@ -658,8 +659,8 @@ def probability_part(section: Section, ctx: Context) -> Section:
         f"{check['reference_brier']:.5f} for one constant at the observed rate; log loss {check['log_loss']:.5f}; "
         f"expected calibration error {check['ece']:.5f} over {check['bins']} bins of equal numbers of pairs."
         + (
-            f" Left out: {', '.join(check['not_on_offer'])}, not on offer in this data's products table "
-            "(no customer could adopt them)."
+            f" Left out: {safe_items(check['not_on_offer'], quote=False)}, not on offer in this data's products "
+            "table and adopted by no one in it (withdrawn before these adoptions)."
             if check.get("not_on_offer")
             else ""
         )

@@ -189,6 +189,20 @@ class Catalogue:
         # A product with no stated term sets no bar: missing minimums are -inf, maximums +inf.
         unset = {S.MIN_INCOME: -np.inf, S.MIN_CREDIT_SCORE: -np.inf, S.MIN_AGE: -np.inf, S.MAX_AGE: np.inf}
         terms = {c: _filled(table[c].to_numpy(dtype="float64"), fill) for c, fill in unset.items() if c in table}
+        banded = {
+            column: TERM_VALUES[TERM_RULES[column]]
+            for column, values in terms.items()
+            if np.isfinite(values).any() and TERM_VALUES[TERM_RULES[column]] in schema.customers.categorical_features
+        }
+        if banded:
+            # "50+" read as a number is unknown, and an unknown value fails no term: every band
+            # would pass an 18+ product's minimum.
+            column, customer_column = next(iter(banded.items()))
+            raise DataError(
+                f"products: column '{column}' sets a bar on the customers' '{customer_column}', which the schema "
+                f"lists as categorical (bands cannot be compared with a number); list '{customer_column}' under "
+                f"customers' numeric columns, or leave '{column}' empty"
+            )
         return cls(
             product_ids=np.asarray(product_ids, dtype=object),
             risk=table[p.risk].to_numpy(dtype="float64") if p.risk else None,

@@ -402,28 +402,12 @@ class Recommender:
             unknown = [held_ids[i] for i in np.flatnonzero(positions < 0)[:5]]
             raise DataError(f"features.holdings: unknown product id(s) {', '.join(repr(str(p)) for p in unknown)}")
         record: dict[str, Any] = {}
-        for column in self.schema.customers.numeric_features:
-            value = features.get(column)
-            if value is None:
-                continue
-            # Messages name the field and the kind of value, never the value (it is customer data).
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise DataError(f"features.{column} must be a number, got {type(_plain(value)).__name__}")
-            if not math.isfinite(float(value)):
-                raise DataError(f"features.{column} must be a finite number")
-            record[column] = float(value)
-        for column in F.TERM_VALUES.values():
-            # The eligibility terms read income, credit score and age by name, features or not:
-            # a value given for a schema that does not list them was dropped, so it failed no
-            # term, where the same customer in a table was checked (a compliance tester, 2026-12).
-            value = features.get(column)
-            if column in record or value is None:
-                continue
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise DataError(f"features.{column} must be a number, got {type(_plain(value)).__name__}")
-            if not math.isfinite(float(value)):
-                raise DataError(f"features.{column} must be a finite number")
-            record[column] = float(value)
+        # The eligibility terms read income, credit score and age by name, features or not: a
+        # value given for a schema that does not list them was dropped, so it failed no term,
+        # where the same customer in a table was checked (a compliance tester, 2026-12).
+        for column in dict.fromkeys([*self.schema.customers.numeric_features, *F.TERM_VALUES.values()]):
+            if features.get(column) is not None:
+                record[column] = _number(features[column], column)
         for column, (low, high) in V.plausible_limits(self.schema.customers).items():
             value = record.get(column)
             if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
@@ -470,7 +454,7 @@ class Recommender:
                 tree = None if tree is None else np.zeros(held.shape, dtype=np.float32)
                 adoption = None if adoption is None else np.zeros(1)
         return CustomerContext(
-            ids=np.array([str(features.get(cid, "new"))], dtype=object),
+            ids=np.array([str(features[cid]) if features.get(cid) is not None else "new"], dtype=object),
             inputs=inputs,
             attributes=attributes,
             held=held,
@@ -731,6 +715,16 @@ class Recommender:
 def _check_k(k) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise FinrecError(f"k must be a positive integer, got {safe_text(k, quote=True)}")
+
+
+def _number(value, column: str) -> float:
+    """A request's numeric feature as a float. Messages name the field and the kind of value,
+    never the value (it is customer data)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"features.{column} must be a number, got {type(_plain(value)).__name__}")
+    if not math.isfinite(float(value)):
+        raise DataError(f"features.{column} must be a finite number")
+    return float(value)
 
 
 def _missing_scalar(value) -> bool:
