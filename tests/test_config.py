@@ -45,6 +45,8 @@ def test_yaml_overrides(tmp_path):
         ({"model": {"cross_layers": 1000}}, "model.cross_layers must be an integer from 0 to 8, got 1000"),
         ({"model": {"cross_layers": -1}}, "model.cross_layers must be an integer from 0 to 8, got -1"),
         ({"model": {"numeric_embedding_dim": 10**5}}, "model.numeric_embedding_dim must be at most 8192"),
+        # Accepted, the run ended at epochs with early stopping silently off.
+        ({"training": {"min_epochs": 40}}, "training.min_epochs (40) is more than training.epochs (30)"),
     ],
 )
 def test_invalid_configs_name_the_field(raw, fragment):
@@ -124,3 +126,12 @@ def test_the_readme_config_block_is_every_key_at_its_default():
     raw = yaml.safe_load(block)
     assert Config.from_dict(raw) == Config()
     assert {k: set(v) for k, v in raw.items()} == {k: set(v) for k, v in Config().to_dict().items()}
+
+
+def test_an_epochs_override_below_the_configs_min_epochs_is_refused_naming_both():
+    """``finrec train --epochs 3`` on a config with ``min_epochs: 10``: the override is checked as
+    a file's value is, not trained for 3 epochs with early stopping quietly off."""
+    config = Config.from_dict({"training": {"min_epochs": 10}})
+    assert config.with_overrides(epochs=10).training.epochs == 10  # equal is fine
+    with pytest.raises(ConfigError, match=r"min_epochs \(10\) is more than training.epochs \(3\)"):
+        config.with_overrides(epochs=3)

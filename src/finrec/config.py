@@ -187,6 +187,12 @@ class TrainConfig:
             raise ConfigError("training.weight_decay and training.margin must be >= 0")
         if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
             raise ConfigError(f"training.min_epochs must be an integer >= 0, got {self.min_epochs!r}")
+        if self.min_epochs > self.epochs:
+            # Accepted, the run ended at ``epochs`` with early stopping silently off.
+            raise ConfigError(
+                f"training.min_epochs ({self.min_epochs}) is more than training.epochs ({self.epochs}): "
+                "training never runs that long; lower min_epochs or raise epochs"
+            )
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"training.ema_momentum must lie in [0, 1), got {self.ema_momentum}")
         if not 0.0 <= self.holdings_dropout < 1.0:

@@ -58,3 +58,28 @@ def test_a_padded_label_is_the_label_and_a_blank_one_is_unknown(padded):
         one = record_profile({"investment_objective": value}, TABLE)
         assert one["objective"].tolist() == [label]
         assert in_negative_target_market(one, negative, applies)[0, 0]
+
+
+@pytest.mark.parametrize("written", ["Income", "INCOME", "income"])
+def test_a_label_matches_whatever_its_case(written):
+    """A customer table exported as "Income" was in no negative target market listing "income"
+    (the product offered) and outside every positive one listing it (a compliance tester,
+    2026-12): labels match without regard to case, in a table and in a request alike, and the
+    reason shows the product's label as its cell writes it."""
+    from finrec.data.compliance import LabelTerm, in_negative_target_market, outside_target_market, record_profile
+
+    customers = pd.DataFrame(
+        {"customer_id": [str(i) for i in range(100)], "investment_objective": [written] * 99 + ["growth"]}
+    )
+    batch = customer_profile(customers, TABLE)  # over 64 rows: the hashed path
+    one = record_profile({"investment_objective": written}, TABLE)  # a request: the lookup path
+    negative = {"negative_objectives": LabelTerm.from_cells(["Income|retirement", "growth"])}
+    positive = {"objectives": LabelTerm.from_cells(["income", "GROWTH"])}
+    applies = np.array([True, True])
+    assert in_negative_target_market(batch, negative, applies)[:99].tolist() == [[True, False]] * 99
+    assert in_negative_target_market(batch, negative, applies)[99].tolist() == [False, True]
+    assert outside_target_market(batch, positive, applies)[:99].tolist() == [[False, True]] * 99
+    assert outside_target_market(batch, positive, applies)[99].tolist() == [True, False]
+    assert in_negative_target_market(one, negative, applies).tolist() == [[True, False]]
+    assert outside_target_market(one, positive, applies).tolist() == [[False, True]]
+    assert negative["negative_objectives"].listed(0) == ["Income", "retirement"]

@@ -276,10 +276,12 @@ def test_training_data_without_objections(bank):
 
 def test_label_lookups_agree_with_the_per_value_definition():
     """The vectorised label paths (text or missing values) give what the per-value rule gives:
-    a label is known only when it is text, and matches only a label the product lists."""
+    a label is known only when it is text, and matches only a label the product lists, whatever
+    its case ("Growth" is "growth")."""
     term = C.LabelTerm.from_cells(["growth|income", None, "income"])
     mixed = np.array(["growth", None, "income", "other", np.nan, "", "Growth"], dtype=object)
-    expected_codes = [term.vocabulary.get(v, len(term.vocabulary)) if isinstance(v, str) else 2 for v in mixed]
+    expected_codes = [term.vocabulary.get(v.lower(), 2) if isinstance(v, str) else 2 for v in mixed]
+    assert expected_codes[-1] == expected_codes[0] == term.vocabulary["growth"]
     np.testing.assert_array_equal(term.contains(mixed), term.table[expected_codes])  # few: dict lookups
     many = np.tile(mixed, 20)  # more than C._FEW values: the pandas hash lookup
     assert len(many) > C._FEW

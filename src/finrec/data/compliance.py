@@ -18,7 +18,8 @@ Scales: ``knowledge`` (knowledge and experience) and ``loss_capacity`` (ability 
 are ordinal levels, higher = more (the synthetic bank: knowledge 1 basic, 2 informed, 3 advanced;
 loss capacity 1 no capital loss, 2 limited loss, 3 loss of the capital, 4 loss beyond it);
 ``horizon`` is in years; ``objective`` and ``client_type`` are labels. A product's list terms
-(``objectives`` ...) are labels separated by ``|``; an empty cell sets no term.
+(``objectives`` ...) are labels separated by ``|``; an empty cell sets no term. Labels are
+trimmed and compared without regard to case ("Growth " is "growth").
 
 A customer value that is unknown (missing) cannot show that the customer is inside a target
 market, outside a negative one, or able to afford a credit: each of those rules excludes the
@@ -83,44 +84,59 @@ def label_sets(values: Iterable) -> list[frozenset[str] | None]:
 class LabelTerm:
     """A list term of every product, ready for fast membership tests: ``table[code, p]`` is True
     when label ``code`` is listed by product p (the last row: a label no product lists, or an
-    unknown one); ``stated[p]`` is True when p sets the term at all."""
+    unknown one); ``stated[p]`` is True when p sets the term at all; ``shown[code]``: the label
+    as the products' table first writes it.
+
+    Labels match without regard to case (``vocabulary`` keys are casefolded): a customer table
+    exported as "Speculation" was in no negative target market listing "speculation", the
+    product offered, and outside every positive one that lists it (a compliance tester, 2026-12).
+    A bank's label codes never tell two meanings apart by case alone."""
 
     vocabulary: dict[str, int]
     table: np.ndarray  # bool [L + 1, P]
     stated: np.ndarray  # bool [P]
+    shown: tuple[str, ...] = ()
 
     @classmethod
     def from_cells(cls, cells: Iterable) -> LabelTerm:
         sets = label_sets(cells)
-        vocabulary = {label: i for i, label in enumerate(sorted(set().union(*(s for s in sets if s))))}
+        first: dict[str, str] = {}
+        for labels in sets:
+            for label in sorted(labels or ()):
+                first.setdefault(label.casefold(), label)
+        vocabulary = {key: i for i, key in enumerate(sorted(first))}
         table = np.zeros((len(vocabulary) + 1, len(sets)), dtype=bool)
         for j, labels in enumerate(sets):
             for label in labels or ():
-                table[vocabulary[label], j] = True
-        return cls(vocabulary, table, np.array([s is not None for s in sets], dtype=bool))
+                table[vocabulary[label.casefold()], j] = True
+        shown = tuple(first[key] for key in vocabulary)
+        return cls(vocabulary, table, np.array([s is not None for s in sets], dtype=bool), shown)
+
+    def code(self, value) -> int:
+        """The row of ``table`` for one customer label (the last row when unlisted or unknown)."""
+        return (
+            self.vocabulary.get(value.casefold(), len(self.vocabulary))
+            if isinstance(value, str)
+            else len(self.vocabulary)
+        )
+
+    def listed(self, column: int) -> list[str]:
+        """The labels product ``column`` lists, as its cell writes them, sorted."""
+        return sorted(self.shown[i] for i in np.flatnonzero(self.table[:-1, column]))
 
     def contains(self, values, columns: np.ndarray | None = None) -> np.ndarray:
         """bool [n, P]: customer label ``values[i]`` is listed by product p (False when unknown);
         with ``columns`` (product positions), bool [n, len(columns)] for those products only.
         ``values``: an array of labels, or the ``Labels`` of one."""
-        other = len(self.vocabulary)
         table = self.table if columns is None else self.table[:, columns]
         if not isinstance(values, Labels) and len(values) <= _FEW:
             # A request: dict lookups (hashing through pandas costs more than the whole rule).
-            codes = np.fromiter(
-                (self.vocabulary.get(v, other) if isinstance(v, str) else other for v in values),
-                dtype=np.intp,
-                count=len(values),
-            )
+            codes = np.fromiter((self.code(v) for v in values), dtype=np.intp, count=len(values))
             return table[codes]
         labels = Labels.of(values)
         # Each distinct label is looked up once; a missing one (code -1) takes the last entry.
-        lookup = np.fromiter(
-            (self.vocabulary.get(u, other) if isinstance(u, str) else other for u in labels.uniques),
-            dtype=np.intp,
-            count=len(labels.uniques),
-        )
-        return table[np.append(lookup, other)[labels.codes]]
+        lookup = np.fromiter((self.code(u) for u in labels.uniques), dtype=np.intp, count=len(labels.uniques))
+        return table[np.append(lookup, len(self.vocabulary))[labels.codes]]
 
 
 _FEW = 64

@@ -588,7 +588,7 @@ def _describe_target_market(
             customer = attributes[role][row]
             shown = customer if isinstance(customer, str) else _fmt(customer)
             if isinstance(values, C.LabelTerm):
-                listed = sorted(label for label, i in values.vocabulary.items() if values.table[i, column])
+                listed = values.listed(column)
                 relation = "is listed in" if rule == "negative_target_market" else "is not among"
                 return f"{_TERM_WORDS[role]} {shown} {relation} {'|'.join(listed)}"
             bound = _fmt(values[column])
