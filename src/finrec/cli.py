@@ -797,6 +797,7 @@ def cmd_serve(args) -> int:
         max_requests=args.max_requests,
         registry_root=args.root,
         records=args.records,
+        enforce_rules=args.enforce_rules,
     )
     return 0
 
@@ -1357,6 +1358,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests in progress per process, /health and /ready aside, else 503 (default 512)",
     )
     p.add_argument("--records", type=Path, help="append every recommendation served to this hash-chained record log")
+    p.add_argument(
+        "--enforce-rules",
+        action="store_true",
+        help="refuse (403) a request whose filters turn a rule off or loosen a limit; tightening stays "
+        "allowed (also FINREC_SERVE_ENFORCE_RULES=1)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("records", help="the record log of recommendations served")

@@ -295,6 +295,7 @@ CONNECTIONS_PER_REQUEST = 4
 KEEP_ALIVE_S = 5  # idle keep-alive connections close after this
 ENV_BODY_TIMEOUT = "FINREC_SERVE_BODY_TIMEOUT_S"  # how ``run`` (and each worker process) gets them
 ENV_MAX_REQUESTS = "FINREC_SERVE_MAX_REQUESTS"
+ENV_ENFORCE_RULES = "FINREC_SERVE_ENFORCE_RULES"  # "1": as ``--enforce-rules``
 
 
 class BodySizeLimit:
@@ -476,6 +477,7 @@ def create_app(
     registry_root: str | Path | None = None,
     poll_seconds: float = 1.0,
     records: str | Path | None = None,
+    enforce_rules: bool = False,
 ) -> FastAPI:
     """The ASGI app; the recommender loads in a background thread once the app starts.
     ``body_timeout``: seconds from a request's start by which its whole body must be in (408
@@ -484,7 +486,10 @@ def create_app(
     With ``registry_root`` (instead of ``model_dir``) the promoted version of that model registry
     is served, and a newly promoted one replaces it without dropping a request (see
     ``_watch_registry``). With ``records`` (a file), every recommendation served is appended to
-    that hash-chained record log (``finrec.governance.records``) before the response is sent."""
+    that hash-chained record log (``finrec.governance.records``) before the response is sent.
+    With ``enforce_rules``, a request whose ``filters`` loosen any rule (``filters.loosened``:
+    suitability off, a higher debt-service limit ...) is refused with a 403: callers may tighten
+    the filters, never relax them."""
     body_timeout = _positive("body_timeout", body_timeout, float)
     max_requests = _positive("max_requests", max_requests, int)
     from finrec.governance.records import RecordLog, record_of
@@ -591,6 +596,10 @@ def create_app(
         return SafeJSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "5"})
 
     errors = {
+        403: {
+            "model": ErrorBody,
+            "description": "the filters loosen a rule the service enforces (serve --enforce-rules)",
+        },
         404: {"model": ErrorBody, "description": "unknown customer_id"},
         422: {"description": "the body breaks the request schema, or the library refused a value"},
         413: {"model": ErrorBody, "description": f"request body over {max_body_bytes} bytes"},
@@ -601,12 +610,24 @@ def create_app(
         "/recommendations",
         response_model=RecommendationResponse,
         tags=["recommendations"],
-        responses={code: errors[code] for code in (404, 413, 503)},
+        responses={code: errors[code] for code in (403, 404, 413, 503)},
     )
     async def recommendations(body: RecommendationRequest, request: Request):
         """The top ``k`` eligible products for a known customer or for one given by features."""
         recommender = ready_recommender(request)
         filters = body.filters.model_dump(exclude_unset=True) if body.filters is not None else None
+        if enforce_rules and filters:
+            loose = F.loosened(F.Filters.build(filters))
+            if loose:
+                # Any caller could switch suitability off and be answered with products above the
+                # customer's risk tolerance; the record log said so only afterwards.
+                return SafeJSONResponse(
+                    status_code=403,
+                    content={
+                        "detail": f"this service enforces the bank's rules; the filters loosen them: "
+                        f"{'; '.join(loose)} (a request may tighten the filters, never relax them)"
+                    },
+                )
         if body.features is not None:
             check_feature_keys(recommender.schema, body.features)
         customer = body.customer_id if body.customer_id is not None else body.features
@@ -726,6 +747,7 @@ def app_from_env() -> FastAPI:
         max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int),
         registry_root=os.environ.get("FINREC_SERVE_ROOT") or None,
         records=os.environ.get("FINREC_SERVE_RECORDS") or None,
+        enforce_rules=os.environ.get(ENV_ENFORCE_RULES) == "1",
     )
 
 
@@ -739,17 +761,20 @@ def run(
     max_requests: int | None = None,
     registry_root: str | Path | None = None,
     records: str | Path | None = None,
+    enforce_rules: bool = False,
 ) -> None:
     """Serve with uvicorn until interrupted; stops (and raises ``FinrecError``) if the model fails to load.
     ``workers`` > 1 starts that many processes (each loads the model), to use every core.
     ``body_timeout`` and ``max_requests`` (see ``create_app``; per process) default to the
     environment variables ``FINREC_SERVE_BODY_TIMEOUT_S`` and ``FINREC_SERVE_MAX_REQUESTS``, then
     to 10 s and 512. ``registry_root`` serves the promoted version of a model registry instead of
-    ``model_dir``."""
+    ``model_dir``. ``enforce_rules`` (or ``FINREC_SERVE_ENFORCE_RULES=1``): see ``create_app``."""
     import uvicorn
 
     body_timeout = _from_env("body_timeout", body_timeout, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float)
     max_requests = _from_env("max_requests", max_requests, ENV_MAX_REQUESTS, MAX_REQUESTS, int)
+    # Either switch turns it on; neither turns off what the other turned on.
+    enforce_rules = enforce_rules or os.environ.get(ENV_ENFORCE_RULES) == "1"
     limits = {"timeout_keep_alive": KEEP_ALIVE_S, "limit_concurrency": CONNECTIONS_PER_REQUEST * max_requests}
     if workers > 1:
         from finrec.artifacts import read_manifest
@@ -761,6 +786,7 @@ def run(
         os.environ[ENV_BODY_TIMEOUT] = repr(body_timeout)
         os.environ[ENV_MAX_REQUESTS] = str(max_requests)
         os.environ["FINREC_SERVE_RECORDS"] = str(records or "")
+        os.environ[ENV_ENFORCE_RULES] = "1" if enforce_rules else ""
         uvicorn.run(
             "finrec.serve:app_from_env",
             factory=True,
@@ -780,6 +806,7 @@ def run(
         max_requests=max_requests,
         registry_root=registry_root,
         records=records,
+        enforce_rules=enforce_rules,
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", **limits)
     server = uvicorn.Server(config)

@@ -282,3 +282,43 @@ def test_eligibility_columns_are_numbers_and_read_on_every_path_features_or_not(
     assert not table_allowed[::2].any()  # every product asks for 18 or more
     assert table_allowed[1::2].any(axis=1).all()
     check_feature_keys(termless.schema, {S.AGE: 16, S.INCOME: 5000.0, S.CREDIT_SCORE: 700})
+
+
+def test_a_service_that_enforces_the_rules_refuses_a_request_that_loosens_them(
+    model_dir, small_data_dir, small_dataset, monkeypatch
+):
+    """Any API caller could send ``{"suitability": false}`` and be answered with products above
+    the customer's risk tolerance (the record log said so only afterwards). Under
+    ``--enforce-rules`` (or its environment variable, which the worker processes read) such a
+    request is a 403 naming what it loosens; one that tightens is served; no filters at all is
+    the bank's rules, served."""
+    from fastapi.testclient import TestClient
+
+    from finrec.serve import ENV_ENFORCE_RULES, app_from_env, create_app
+
+    cid = str(small_dataset.customers.customer_id[small_dataset.customers[CONSENT] == 1].iloc[0])
+    loose = {"suitability": False, "max_debt_service_ratio": 0.9}
+    monkeypatch.setenv("FINREC_SERVE_MODEL", str(model_dir))
+    monkeypatch.setenv("FINREC_SERVE_DATA", str(small_data_dir))
+    monkeypatch.setenv(ENV_ENFORCE_RULES, "1")
+    for app in (create_app(model_dir, small_data_dir, enforce_rules=True), app_from_env()):
+        with TestClient(app) as client:
+            deadline = time.monotonic() + 120
+            while client.get("/ready").status_code != 200:
+                assert time.monotonic() < deadline, client.get("/ready").json()
+                time.sleep(0.2)
+            refused = client.post("/recommendations", json={"customer_id": cid, "filters": loose})
+            assert refused.status_code == 403
+            detail = refused.json()["detail"]
+            assert "suitability turned off" in detail and "max_debt_service_ratio 0.9 above 0.4" in detail
+            for filters in (None, {"preset": "conservative", "max_debt_service_ratio": 0.3}, {"suitability": True}):
+                body = {"customer_id": cid, **({"filters": filters} if filters else {})}
+                served = client.post("/recommendations", json=body)
+                assert served.status_code == 200, served.json()
+    with TestClient(create_app(model_dir, small_data_dir)) as client:  # off by default: the caller's choice
+        deadline = time.monotonic() + 120
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        answer = client.post("/recommendations", json={"customer_id": cid, "filters": loose})
+        assert answer.status_code == 200 and answer.json()["filters"]["suitability"] is False

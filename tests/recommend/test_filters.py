@@ -251,3 +251,43 @@ def test_a_term_on_a_column_the_schema_lists_as_categorical_is_refused(small_dat
     ):
         F.Catalogue.from_products(products, banded_schema, ids)
     F.Catalogue.from_products(products, schema, ids)  # a numeric age takes it
+
+
+def test_loosened_names_each_relaxed_rule_and_nothing_for_a_tighter_request():
+    """``serve --enforce-rules`` refuses exactly what ``loosened`` names: a rule switched off, a
+    limit raised or dropped, a category let back in; a tightening is never named."""
+    assert F.loosened(F.Filters()) == []
+    for tighter in (
+        {"max_risk": 2},
+        {"preset": "conservative"},
+        {"max_debt_service_ratio": 0.3},
+        {"credit_score_cutoff": 650},
+        {"exclude_categories": ["loan"]},
+        {"include_categories": ["savings"]},
+    ):
+        assert F.loosened(F.Filters.build(tighter)) == [], tighter
+    assert F.loosened(F.Filters.build({"suitability": False, "eligibility": False})) == [
+        "suitability turned off",
+        "eligibility turned off",
+    ]
+    assert F.loosened(F.Filters(exclude_held=False, target_market=False, affordability=False)) == [
+        "exclude_held turned off",
+        "target_market turned off",
+        "affordability turned off",
+    ]
+    assert F.loosened(F.Filters.build({"max_debt_service_ratio": 0.6})) == ["max_debt_service_ratio 0.6 above 0.4"]
+    # Against a stricter floor (a bank's own): a dropped ceiling, cut-off or category list is looser.
+    floor = F.Filters(
+        max_risk=3, credit_score_cutoff=600, exclude_categories=("crypto",), include_categories=("savings", "loan")
+    )
+    assert F.loosened(floor, floor) == []
+    assert F.loosened(F.Filters(), floor) == [
+        "max_risk ceiling 3 dropped",
+        "credit_score_cutoff 600 dropped",
+        "exclude_categories no longer excludes 'crypto'",
+        "include_categories dropped (every category let in)",
+    ]
+    assert F.loosened(
+        F.Filters(max_risk=4, credit_score_cutoff=550, exclude_categories=("crypto",), include_categories=("fund",)),
+        floor,
+    ) == ["max_risk 4 above 3", "credit_score_cutoff 550 below 600", "include_categories lets in 'fund'"]

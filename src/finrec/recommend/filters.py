@@ -135,6 +135,42 @@ class Filters:
         return replace(base, **values)
 
 
+# The rules a request can switch off (``Filters`` fields that are True by default).
+_SWITCHES = ("exclude_held", "suitability", "eligibility", "target_market", "affordability")
+
+
+def loosened(filters: Filters, floor: Filters | None = None) -> list[str]:
+    """What ``filters`` allows that ``floor`` (default: ``Filters()``, every rule on at its
+    default limit) does not, one phrase each; [] when ``filters`` is at least as strict.
+
+    A rule switched off, a limit raised (``max_debt_service_ratio``) or dropped (``max_risk``,
+    ``credit_score_cutoff``), a category ``floor`` excludes no longer excluded, or one outside
+    ``floor``'s ``include_categories`` let in. ``finrec serve --enforce-rules`` refuses a request
+    whose filters loosen anything: its callers may tighten the bank's rules, never relax them."""
+    floor = Filters() if floor is None else floor
+    out = [f"{name} turned off" for name in _SWITCHES if getattr(floor, name) and not getattr(filters, name)]
+    if filters.max_debt_service_ratio > floor.max_debt_service_ratio:
+        out.append(f"max_debt_service_ratio {filters.max_debt_service_ratio:g} above {floor.max_debt_service_ratio:g}")
+    if floor.max_risk is not None and filters.max_risk is None:
+        out.append(f"max_risk ceiling {floor.max_risk} dropped")
+    elif floor.max_risk is not None and filters.max_risk > floor.max_risk:
+        out.append(f"max_risk {filters.max_risk} above {floor.max_risk}")
+    if floor.credit_score_cutoff is not None and filters.credit_score_cutoff is None:
+        out.append(f"credit_score_cutoff {floor.credit_score_cutoff:g} dropped")
+    elif floor.credit_score_cutoff is not None and filters.credit_score_cutoff < floor.credit_score_cutoff:
+        out.append(f"credit_score_cutoff {filters.credit_score_cutoff:g} below {floor.credit_score_cutoff:g}")
+    let_in = sorted(set(floor.exclude_categories) - set(filters.exclude_categories))
+    if let_in:
+        out.append(f"exclude_categories no longer excludes {safe_items(let_in)}")
+    if floor.include_categories and not filters.include_categories:
+        out.append("include_categories dropped (every category let in)")
+    elif floor.include_categories:
+        outside = sorted(set(filters.include_categories) - set(floor.include_categories))
+        if outside:
+            out.append(f"include_categories lets in {safe_items(outside)}")
+    return out
+
+
 def preset(name: str) -> Filters:
     """The filters of a named preset (``PRESETS``)."""
     if name not in PRESETS:
