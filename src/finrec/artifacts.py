@@ -531,6 +531,7 @@ def load_model_dir(
     model is loaded as usual."""
     path = Path(path)
     manifest = read_manifest(path)
+    log.info("loading the model %s", path)
     if expect_schema is not None and schema_hash(expect_schema) != manifest["schema_hash"]:
         raise ArtifactError(
             f"{path}: this model was trained on a different schema than the data given"

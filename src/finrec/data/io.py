@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -30,6 +31,8 @@ from finrec.data.categories import as_category_text
 from finrec.data.ids import as_arrow_text, ids_as_text, positions_in
 from finrec.errors import DataError, SchemaError, first_line, reject_unknown, safe_items, safe_text
 from finrec.safeyaml import load_yaml
+
+log = logging.getLogger(__name__)
 
 # Refuse files larger than this before reading them: a bank's customer table is big, but a
 # multi-gigabyte CSV is better converted to Parquet and scored in chunks (``finrec score``).
@@ -341,6 +344,7 @@ def load_dataset(
         path = find_table(directory, name, required=required)
         if path is not None:
             tables[name] = read_history(path) if name == S.HOLDINGS_HISTORY else read_table(path, id_columns=ids)
+    log.info("checking %s (%s customers)", directory, f"{len(tables[S.CUSTOMERS]):,}")
     return validate_tables(
         schema, tables, source=directory, history_order=history_order, require_interactions=require_interactions
     )

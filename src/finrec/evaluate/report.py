@@ -6,6 +6,7 @@ ranked; the interactions are the relevant products (metric definitions: ``metric
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from finrec.evaluate import baselines
 from finrec.evaluate.metrics import metric_keys, summarize
 from finrec.features import link_matrix
 from finrec.training.calibration import brier_score, expected_calibration_error, log_loss, reliability_table
+
+log = logging.getLogger(__name__)
 
 PROBABILITY_BINS = 10
 # A product's adoptions are "off by more than chance" where chance puts them as far from the
@@ -156,7 +159,7 @@ def evaluate(trained, dataset: Dataset, k: int = 5, seed: int = 0) -> dict[str, 
     cid = dataset.schema.customers.id
     customers = dataset.customers.set_index(cid, drop=False).loc[ids].reset_index(drop=True)
     n, n_products = len(ids), task.n_products
-
+    log.info("ranking %s customers with adoptions: the model, then the baselines", f"{n:,}")
     scores = {
         "model": padded(
             trained.score(customers, dataset.holdings, dataset.holdings_history) if n else np.zeros((0, n_products))

@@ -9,6 +9,8 @@ bank's own model by its scores file (``finrec.data.scores``), graded by the same
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from finrec.data import schema as S
@@ -28,6 +30,8 @@ from finrec.evaluate.metrics import (
     relevance_in_rank_order,
 )
 from finrec.features import link_values
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
@@ -210,6 +214,8 @@ def compare_models(
             left_out = int(said_no.sum())
     per_seat, described = {}, {}
     for role, seat in seats.items():
+        kind = "scores file" if isinstance(seat, ScoresFile) else "model"
+        log.info("ranking %s customers with adoptions: the %s (%s)", f"{len(ids):,}", role, kind)
         if isinstance(seat, ScoresFile):
             values = link_values(ids, as_arrow_text(products), seat.table, S.SCORE)
             covered = ~np.isnan(values)
@@ -237,6 +243,7 @@ def compare_models(
             }
     a, b = per_seat["champion"], per_seat["challenger"]
     keys = metric_keys(k)
+    log.info("paired bootstrap: %s resamples of %s customers", f"{resamples:,}", f"{len(a[keys[0]]):,}")
     rows = paired_bootstraps(
         {m: a[m] for m in keys}, {m: b[m] for m in keys}, np.random.default_rng(seed), resamples, confidence
     )

@@ -16,6 +16,7 @@ the outcome sections then say that they need interactions. Plots are SVG images 
 
 from __future__ import annotations
 
+import logging
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from finrec.evaluate.fairness import MISSING, group_labels
 from finrec.governance import svg
 from finrec.governance.compare import paired_bootstrap, per_customer_metrics
 from finrec.governance.monitor import ALERT_PSI, WARN_PSI
+
+log = logging.getLogger(__name__)
 
 MAX_EVAL_CUSTOMERS = 20_000
 RESAMPLES = 1000
@@ -955,6 +958,7 @@ def build_report(
     loaded = load_model_dir(model_dir)
     dataset = load_dataset(data_dir, require_interactions=False)
     S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
+    log.info("preparing %s customers", f"{len(dataset.customers):,}")
     recommender = Recommender(loaded.trained, dataset)
     ctx = Context(Path(model_dir), Path(data_dir), loaded.manifest, loaded.trained, dataset, recommender, k, seed)
     _prepare_outcomes(ctx)
@@ -966,24 +970,34 @@ def build_report(
         if reference
         else None
     )
-    sections = [
-        intended_use(ctx),
-        data_section(ctx, drift),
-        method_section(ctx),
-        performance_section(ctx, lightgbm),
-        segment_section(ctx),
-        stability_section(
-            ctx,
-            [Path(p) for p in seed_models],
-            retrain_seeds(ctx, seeds, Path(train_data) if train_data else None, seed_epochs) if seeds else None,
+    builders = [
+        ("intended use", lambda: intended_use(ctx)),
+        ("data", lambda: data_section(ctx, drift)),
+        ("method", lambda: method_section(ctx)),
+        (
+            "performance" + (" (with a LightGBM baseline)" if lightgbm else ""),
+            lambda: performance_section(ctx, lightgbm),
         ),
-        calibration_section(ctx),
-        fairness_section(ctx),
-        explanation_section(ctx, shap_customers),
-        suitability_section(ctx),
-        limitations_section(ctx, drift),
-        versions_section(ctx),
+        ("segments", lambda: segment_section(ctx)),
+        (
+            "stability" + (f" ({seeds} retrained seed(s))" if seeds else ""),
+            lambda: stability_section(
+                ctx,
+                [Path(p) for p in seed_models],
+                retrain_seeds(ctx, seeds, Path(train_data) if train_data else None, seed_epochs) if seeds else None,
+            ),
+        ),
+        ("calibration", lambda: calibration_section(ctx)),
+        ("fairness", lambda: fairness_section(ctx)),
+        (f"explanations ({shap_customers} customers)", lambda: explanation_section(ctx, shap_customers)),
+        ("suitability", lambda: suitability_section(ctx)),
+        ("limitations", lambda: limitations_section(ctx, drift)),
+        ("versions", lambda: versions_section(ctx)),
     ]
+    sections = []
+    for i, (name, build) in enumerate(builders, 1):
+        log.info("section %d of %d: %s", i, len(builders), name)
+        sections.append(build())
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return {
         "title": f"Validation report: {Path(model_dir).name}",

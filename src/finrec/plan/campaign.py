@@ -16,6 +16,7 @@ and sets both beside the greedy plan a ranked list would give.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from finrec.plan.exposure import ExposureLimit, solve_dual_fair, solve_exact_fai
 from finrec.plan.solve import Plan, greedy, solve_dual, solve_exact
 from finrec.recommend import filters as F
 from finrec.recommend.batch import DEFAULT_CHUNK_ROWS, HistoryByChunk, HoldingsByRow, RowOfId, data_product_ids
+
+log = logging.getLogger(__name__)
 
 # The exact solver's graph holds one arc per allowed pair: beyond this many, the dual method.
 EXACT_MAX_PAIRS = 2_000_000
@@ -296,6 +299,7 @@ def build_problem(
         if "debt_service" in context.attributes:
             debt_service[offset:stop] = context.attributes["debt_service"]
         offset = stop
+        log.info("probabilities and rules: %s of %s customers", f"{offset:,}", f"{n:,}")
     if scratch is not None:
         scratch.cleanup()
     groups, group_names = None, ()
@@ -385,6 +389,7 @@ def plan_campaign(
         raise FinrecError(f"solver must be auto, exact or dual, got {solver!r}")
     w = problem.weights
     capacity = capacity_vector(capacity, problem.product_ids)
+    log.info("solving: %s allowed offers, %s contact(s) per customer", f"{int(np.count_nonzero(w)):,}", contacts)
     baseline = greedy(w, capacity, contacts)
     dual = solve_dual(w, capacity, contacts, baseline=baseline)
     if max_exposure_ratio is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import math
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,8 @@ from finrec.errors import FinrecError
 from finrec.history_features import months
 from finrec.recommend import filters as F
 from finrec.recommend.index import default_workers, single_threaded_blas
+
+log = logging.getLogger(__name__)
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -463,22 +466,26 @@ def score_dataset(
             empty = ~np.isfinite(ranking.scores).any(axis=1) & ~objected_
             return table_, int(objected_.sum()), int(empty.sum())
 
-        def write(done) -> None:
-            nonlocal objected, no_eligible
+        written = 0
+
+        def write(done, size: int) -> None:
+            nonlocal objected, no_eligible, written
             table_, count, empty = done.result()
             writer.write(table_)
             objected += count
             no_eligible += empty
+            written += size
+            log.info("scored %s of %s customers", f"{written:,}", f"{len(customer_ids):,}")
 
         in_flight: collections.deque = collections.deque()
         n_customers = 0
         for chunk in chunks:
-            in_flight.append(pool.submit(score, n_customers, chunk))
+            in_flight.append((pool.submit(score, n_customers, chunk), len(chunk)))
             n_customers += len(chunk)
-            while len(in_flight) > workers or (in_flight and in_flight[0].done()):
-                write(in_flight.popleft())
+            while len(in_flight) > workers or (in_flight and in_flight[0][0].done()):
+                write(*in_flight.popleft())
         while in_flight:
-            write(in_flight.popleft())
+            write(*in_flight.popleft())
     if stats is not None:
         stats["objected"] = objected
         stats["no_eligible"] = no_eligible  # ranked, no product passed the filters: no row

@@ -868,6 +868,7 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
     ids = dataset.customers[cid].to_numpy()
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
+    log.info("calibrating on %s customers: scoring them", f"{len(ids):,}")
     scores = trained.score(dataset.customers, dataset.holdings, dataset.holdings_history)
     cross_fitted = False
     previous = getattr(trained, "calibration", None)
@@ -881,8 +882,10 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
         adoption = adoption_model.adoption_probability(dataset.customers, held=held, history=dataset.holdings_history)
     note = ""
     if adoption_model is None and fit_adoption:
+        log.info("fitting the adoption model (cross-fitted)")
         adoption_model, adoption, note = cross_fitted_adoption(dataset, adopted.any(axis=1), held, trained.config)
         cross_fitted = adoption_model is not None
+    log.info("fitting each product's map over %s customer-product pairs", f"{int((~held).sum()):,}")
     calibration = fit_calibration(
         scores,
         adopted,
