@@ -573,7 +573,7 @@ def cmd_recommend(args) -> int:
 
     filters = Filters.build(_filters_from(args))  # a bad flag is refused before the data is read
     # That customer alone is prepared: all of them cost a 2M-customer bank 4.6 GB and minutes.
-    recommender = Recommender.load(args.model, args.data, customers=[args.customer_id])
+    recommender = Recommender.load(args.model, args.data, customers=[args.customer_id], keras_model=False)
     result = recommender.recommend(args.customer_id, k=args.k, filters=filters)
     _history_note("recommend", recommender.pipeline, args.data)
     if args.json:
