@@ -9,6 +9,7 @@ import json
 import shutil
 
 import corpus
+import numpy as np
 import pandas as pd
 import pytest
 from corpus import BODY_CASES, CONFIG_CASES, DATA_CASES, FEATURE_CASES, MODEL_CASES
@@ -113,7 +114,10 @@ def test_integer_categories_with_gaps_score_alike_in_any_chunk(damaged, fast_con
         code, _, err = run_cli(capsys, "score", "--model", model, "--data", directory, "--out", out, "--k", 5, *chunk)
         assert code == 0, err
         tops.append(pd.read_csv(out, dtype={S.CUSTOMER_ID: str}))
-    pd.testing.assert_frame_equal(tops[0], tops[1])
+    # The same products in the same order; the scores to float32's rounding, which differs with
+    # the rows a matrix product is given (a fresh machine's BLAS: -0.00026920 against -0.00026925).
+    pd.testing.assert_frame_equal(tops[0].drop(columns="score"), tops[1].drop(columns="score"))
+    np.testing.assert_allclose(tops[0]["score"], tops[1]["score"], rtol=0, atol=1e-6)
     # a request may send the code as a number, a whole float or text
     features = dataset.customers.drop(columns=[S.CUSTOMER_ID]).iloc[1].to_dict()
     rec = Recommender(trained, dataset)
