@@ -583,3 +583,31 @@ def test_progress_lines_on_request_and_never_in_a_pipe(
         out = tmp_path / f"b{setting}.parquet"
         assert main(["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(out)]) == 0
         assert capsys.readouterr().err == ""
+    monkeypatch.setenv("FINREC_PROGRESS", "true")  # neither on nor off: refused, naming it
+    assert (
+        main(["score", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(tmp_path / "c.csv")]) == 2
+    )
+    assert "FINREC_PROGRESS must be 1 (on) or 0 (off), got 'true'" in capsys.readouterr().err
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_a_warning_among_progress_lines_keeps_its_usual_form_and_traceback():
+    """A server's unhandled-request error came through the progress form as one line of literal
+    "\\n", its traceback dropped (a reviewer): a warning or an error keeps the usual form."""
+    import logging
+    import sys
+
+    from finrec.cli import _ProgressFormatter
+
+    formatter = _ProgressFormatter("serve")
+    info = logging.LogRecord("finrec.x", logging.INFO, __file__, 1, "loading the model %s", ("m",), None)
+    assert formatter.format(info) == "finrec serve [0 s]: loading the model m"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        error = logging.LogRecord(
+            "finrec.serve", logging.ERROR, __file__, 1, "unhandled\nsecond line", (), sys.exc_info()
+        )
+    text = formatter.format(error)
+    assert text.startswith("ERROR finrec.serve: unhandled\nsecond line\nTraceback (most recent call last):")
+    assert text.rstrip().endswith("ValueError: boom")

@@ -44,6 +44,7 @@ EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE (128 + 
 # "1": a line on standard error per stage of a long command, "0": none; unset: on a terminal only
 # (a pipe or a log file gets finrec's output alone, as before).
 ENV_PROGRESS = "FINREC_PROGRESS"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def _positive_int(text: str) -> int:
@@ -250,7 +251,7 @@ def cmd_split(args) -> int:
 def cmd_train(args) -> int:
     from finrec.artifacts import MANIFEST, model_files, save_model_dir
     from finrec.atomic import check_writable, refuse_overlap
-    from finrec.config import Config
+    from finrec.config import Config, checked
     from finrec.data.io import fingerprint, load_dataset
     from finrec.governance.registry import refuse_registry_write
     from finrec.training.train import fit
@@ -269,7 +270,7 @@ def cmd_train(args) -> int:
         if store is not None:  # a local store is an output like the model: never in an input
             refuse_overlap(store, {"--data": args.data, "--config": args.config}, what="--mlflow")
     config = Config.from_yaml(args.config) if args.config else Config()
-    config = config.with_overrides(epochs=args.epochs, seed=args.seed)
+    config = checked(config.with_overrides(epochs=args.epochs, seed=args.seed))  # before the data is read
     dataset = load_dataset(args.data)
     if not args.include_objected:
         from finrec.data.compliance import without_objections
@@ -1393,9 +1394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_backend(args.verbose)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
     try:
         with _progress_lines(args):
             return args.func(args)
@@ -1421,16 +1420,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _ProgressFormatter(logging.Formatter):
-    """``finrec compare [95 s]: paired bootstrap ...``: the command, the seconds since it began."""
+    """``finrec compare [6 s]: paired bootstrap ...``: the command, the seconds since it began.
+    A warning or an error keeps the usual form, its traceback included (``serve``'s unhandled
+    request errors), as without progress lines."""
 
     def __init__(self, command: str):
         super().__init__()
         self.command, self.start = command, time.monotonic()
+        self.usual = logging.Formatter(LOG_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        if record.levelno >= logging.WARNING:
+            return self.usual.format(record)
         message = safe_text(record.getMessage(), MAX_MESSAGE_CHARS)
-        return f"finrec {self.command} [{time.monotonic() - self.start:.0f} s]: {level}{message}"
+        return f"finrec {self.command} [{time.monotonic() - self.start:.0f} s]: {message}"
 
 
 @contextmanager
@@ -1438,9 +1441,10 @@ def _progress_lines(args):
     """finrec's own log lines (each stage of a long command: ``compare`` ran 6 minutes on 2M
     customers without a word) on standard error, on a terminal or with ``FINREC_PROGRESS=1``;
     ``-v`` shows them already, with every library's."""
-    setting = os.environ.get(ENV_PROGRESS, "").strip()
-    wanted = setting == "1" if setting in ("0", "1") else sys.stderr.isatty()
-    if args.verbose or not wanted:
+    from finrec.config import env_switch
+
+    wanted = env_switch(ENV_PROGRESS)
+    if args.verbose or not (sys.stderr.isatty() if wanted is None else wanted):
         yield
         return
     logger = logging.getLogger("finrec")

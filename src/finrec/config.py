@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -187,12 +188,6 @@ class TrainConfig:
             raise ConfigError("training.weight_decay and training.margin must be >= 0")
         if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
             raise ConfigError(f"training.min_epochs must be an integer >= 0, got {self.min_epochs!r}")
-        if self.min_epochs > self.epochs:
-            # Accepted, the run ended at ``epochs`` with early stopping silently off.
-            raise ConfigError(
-                f"training.min_epochs ({self.min_epochs}) is more than training.epochs ({self.epochs}): "
-                "training never runs that long; lower min_epochs or raise epochs"
-            )
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"training.ema_momentum must lie in [0, 1), got {self.ema_momentum}")
         if not 0.0 <= self.holdings_dropout < 1.0:
@@ -270,6 +265,16 @@ class Config:
         return cls.from_dict(raw, source=str(path))
 
 
+def env_switch(name: str) -> bool | None:
+    """An on/off environment variable: ``1`` on, ``0`` off, unset or empty None (the caller's
+    default). Anything else is refused naming the variable: ``true`` read as off left a service's
+    rules unenforced without a word (a reviewer)."""
+    value = os.environ.get(name, "").strip()
+    if value in ("", "0", "1"):
+        return None if value == "" else value == "1"
+    raise ConfigError(f"{name} must be 1 (on) or 0 (off), got {safe_text(value, quote=True)}")
+
+
 def checked(config: Any) -> Config:
     """The validated config a training entry point was given (None: the defaults)."""
     if config is None:
@@ -279,7 +284,17 @@ def checked(config: Any) -> Config:
             f"config must be a finrec.config.Config (Config.from_dict / Config.from_yaml read one), "
             f"got {type(config).__name__}"
         )
-    return config.validate()
+    config = config.validate()
+    training = config.training
+    if training.min_epochs > training.epochs:
+        # Accepted, the run ended at ``epochs`` with early stopping silently off. Checked where a
+        # training starts, not in ``validate``: a saved model's config is read back through it,
+        # and models trained so before still load.
+        raise ConfigError(
+            f"training.min_epochs ({training.min_epochs}) is more than training.epochs ({training.epochs}): "
+            "training never runs that long; lower min_epochs or raise epochs"
+        )
+    return config
 
 
 def _type_fields(section: Any, where: str) -> None:

@@ -60,6 +60,7 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from finrec.config import env_switch
 from finrec.data import schema as S
 from finrec.errors import ConfigError, DataError, FinrecError, UnknownCustomerError, reject_unknown
 from finrec.recommend import filters as F
@@ -489,7 +490,8 @@ def create_app(
     that hash-chained record log (``finrec.governance.records``) before the response is sent.
     With ``enforce_rules``, a request whose ``filters`` loosen any rule (``filters.loosened``:
     suitability off, a higher debt-service limit ...) is refused with a 403: callers may tighten
-    the filters, never relax them."""
+    the filters, never relax them. (A request's ``features`` still state the profile the rules
+    judge: enforcement is about the filters.)"""
     body_timeout = _positive("body_timeout", body_timeout, float)
     max_requests = _positive("max_requests", max_requests, int)
     from finrec.governance.records import RecordLog, record_of
@@ -747,7 +749,7 @@ def app_from_env() -> FastAPI:
         max_requests=_from_env("max_requests", None, ENV_MAX_REQUESTS, MAX_REQUESTS, int),
         registry_root=os.environ.get("FINREC_SERVE_ROOT") or None,
         records=os.environ.get("FINREC_SERVE_RECORDS") or None,
-        enforce_rules=os.environ.get(ENV_ENFORCE_RULES) == "1",
+        enforce_rules=bool(env_switch(ENV_ENFORCE_RULES)),
     )
 
 
@@ -774,7 +776,7 @@ def run(
     body_timeout = _from_env("body_timeout", body_timeout, ENV_BODY_TIMEOUT, BODY_TIMEOUT_S, float)
     max_requests = _from_env("max_requests", max_requests, ENV_MAX_REQUESTS, MAX_REQUESTS, int)
     # Either switch turns it on; neither turns off what the other turned on.
-    enforce_rules = enforce_rules or os.environ.get(ENV_ENFORCE_RULES) == "1"
+    enforce_rules = enforce_rules or bool(env_switch(ENV_ENFORCE_RULES))
     limits = {"timeout_keep_alive": KEEP_ALIVE_S, "limit_concurrency": CONNECTIONS_PER_REQUEST * max_requests}
     if workers > 1:
         from finrec.artifacts import read_manifest

@@ -315,6 +315,10 @@ def test_a_service_that_enforces_the_rules_refuses_a_request_that_loosens_them(
                 body = {"customer_id": cid, **({"filters": filters} if filters else {})}
                 served = client.post("/recommendations", json=body)
                 assert served.status_code == 200, served.json()
+    monkeypatch.setenv(ENV_ENFORCE_RULES, "true")  # read as off, it left the rules unenforced
+    with pytest.raises(FinrecError, match="FINREC_SERVE_ENFORCE_RULES must be 1 \\(on\\) or 0 \\(off\\), got 'true'"):
+        app_from_env()
+    monkeypatch.delenv(ENV_ENFORCE_RULES)
     with TestClient(create_app(model_dir, small_data_dir)) as client:  # off by default: the caller's choice
         deadline = time.monotonic() + 120
         while client.get("/ready").status_code != 200:

@@ -167,6 +167,10 @@ def test_loading_some_customers_recommends_each_as_loading_all_does(history_rec,
             assert some.known_history(cid)[1] == whole.known_history(cid)[1]
     with pytest.raises(UnknownCustomerError, match="unknown customer_id 'nobody'"):
         Recommender.load(model, directory, customers=[picked[0], "nobody"])
+    # One id on its own, text or an integer (ids are compared as text): not a bare TypeError.
+    assert len(Recommender.load(model, directory, customers=picked[0]).known_customers) == 1
+    with pytest.raises(UnknownCustomerError, match="unknown customer_id '7'"):
+        Recommender.load(model, directory, customers=7)
     # The command line loads that customer alone, and says so for an unknown one (exit 2).
     assert cli.main(["recommend", "--model", str(model), "--data", str(directory), "--customer-id", picked[0]]) == 0
     assert f"for customer {picked[0]}" in capsys.readouterr().out

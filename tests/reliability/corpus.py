@@ -532,8 +532,6 @@ CONFIG_CASES: list[ConfigCase] = [
     ConfigCase("config_section_is_text", "model: big\n", ("model", "expected a mapping")),
     ConfigCase("config_dropout_1", "model: {dropout: 1.0}\n", ("model.dropout",)),
     ConfigCase("config_widths_text", "model: {customer_widths: wide}\n", ("customer_widths", "expected a list")),
-    # Accepted once: the run ended at 5 epochs with early stopping silently off.
-    ConfigCase("config_min_epochs_over_epochs", "training: {epochs: 5, min_epochs: 10}\n", ("min_epochs (10)", "(5)")),
 ]
 
 

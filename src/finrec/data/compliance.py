@@ -85,7 +85,7 @@ class LabelTerm:
     """A list term of every product, ready for fast membership tests: ``table[code, p]`` is True
     when label ``code`` is listed by product p (the last row: a label no product lists, or an
     unknown one); ``stated[p]`` is True when p sets the term at all; ``shown[code]``: the label
-    as the products' table first writes it.
+    as the products' table first writes it (one spelling per label, whichever product wrote it).
 
     Labels match without regard to case (``vocabulary`` keys are casefolded): a customer table
     exported as "Speculation" was in no negative target market listing "speculation", the
@@ -121,7 +121,7 @@ class LabelTerm:
         )
 
     def listed(self, column: int) -> list[str]:
-        """The labels product ``column`` lists, as its cell writes them, sorted."""
+        """The labels product ``column`` lists (each as ``shown``), sorted."""
         return sorted(self.shown[i] for i in np.flatnonzero(self.table[:-1, column]))
 
     def contains(self, values, columns: np.ndarray | None = None) -> np.ndarray:

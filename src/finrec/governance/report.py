@@ -507,7 +507,9 @@ def retrain_seeds(ctx: Context, seeds: int, train_data: Path | None = None, epoc
     out = []
     for i in range(1, seeds + 1):
         seed = (base + i) % (MAX_SEED + 1)  # a model trained at the top seed wraps to 0, 1, ...
-        trained = fit(dataset, config.with_overrides(seed=seed, epochs=epochs), verbose=0)
+        # A cap on the epochs caps the model's min_epochs with them (``fit`` refuses more).
+        shorter = {} if epochs is None else {"min_epochs": min(config.training.min_epochs, epochs)}
+        trained = fit(dataset, config.with_overrides(seed=seed, epochs=epochs, **shorter), verbose=0)
         out.append((f"retrained here, seed {seed}", trained))
     return out
 

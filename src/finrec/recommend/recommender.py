@@ -235,7 +235,7 @@ class Recommender:
         model_dir: str | Path,
         data_dir: str | Path | None = None,
         datasets: dict | None = None,
-        customers: Iterable | None = None,
+        customers: Iterable | str | int | None = None,
         keras_model: bool = True,
     ) -> Recommender:
         """Load a model directory; known customers come from ``data_dir`` or, when omitted, from
@@ -262,7 +262,8 @@ class Recommender:
             dataset = _cached_dataset(Path(data_dir), datasets)
             S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
             if customers is not None:
-                dataset, reference = _only(dataset, customers)
+                history = getattr(loaded.trained.pipeline, "history_", None) is not None
+                dataset, reference = _only(dataset, customers, history)
         recommender = cls(loaded.trained, dataset, history_reference=reference)
         if dataset is None and recorded:
             recommender.missing_data = str(recorded)
@@ -788,21 +789,23 @@ def _held_matrix(held, shape: tuple[int, int]) -> np.ndarray:
     return matrix.astype(bool)
 
 
-def _only(dataset: Dataset, customers: Iterable) -> tuple[Dataset, int | None]:
+def _only(dataset: Dataset, customers, history: bool) -> tuple[Dataset, int | None]:
     """(``dataset`` restricted to ``customers``, the month of its whole history's latest snapshot
-    or None): what ``Recommender.load(customers=...)`` prepares."""
-    keys = [_customer_key(c) for c in ([customers] if isinstance(customers, str) else customers)]
+    where the model reads a ``history``, else None): what ``Recommender.load(customers=...)``
+    prepares. ``customers``: ids, or one id."""
+    one = isinstance(customers, (str, int, np.integer))
+    keys = [_customer_key(c) for c in ([customers] if one else customers)]
     subset = dataset.subset_customers(keys)
     found = set(subset.customers[dataset.schema.customers.id].astype(str))
     missing = [key for key in keys if key not in found]
     if missing:
         raise UnknownCustomerError(f"unknown customer_id {missing[0]!r}")
-    history = dataset.holdings_history
-    if history is None or len(history) == 0:
+    table = dataset.holdings_history
+    if not history or table is None or len(table) == 0:
         return subset, None
     from finrec.history_features import months
 
-    return subset, int(months(history[S.AS_OF]).max())
+    return subset, int(months(table[S.AS_OF]).max())
 
 
 def _cached_dataset(data_dir: Path, cache: dict | None) -> Dataset:

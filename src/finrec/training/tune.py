@@ -151,7 +151,8 @@ def tune(
         result.rows.append(row)
         if score > result.best_score:  # NaN never wins
             result.best, result.best_score = config, score
-        log.info("trial %d: %s %.4f in %.1fs", trial, metric, score, seconds)
+        # debug: ``finrec tune`` prints each trial's line itself (on a terminal it came twice).
+        log.debug("trial %d: %s %.4f in %.1fs", trial, metric, score, seconds)
         if progress is not None:
             progress(row)
         trial += 1
