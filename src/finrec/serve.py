@@ -504,7 +504,8 @@ def create_app(
             from finrec.recommend.recommender import Recommender
 
             version, path = _model_source(model_dir, registry_root)
-            recommender = Recommender.load(path, data_dir)
+            # The numpy tower answers every request: the Keras model was rebuilt for nothing.
+            recommender = Recommender.load(path, data_dir, keras_model=False)
             recommender.served_version = version
             state.products = catalogue_listing(recommender)
             state.recommender = recommender
@@ -851,7 +852,7 @@ def _watch_registry(app: FastAPI, root, version: str, data_dir, poll_seconds: fl
     datasets: dict = {}  # the data directory, loaded once for every version while unchanged
 
     def load(new_version: str, path: Path):
-        recommender = Recommender.load(path, data_dir, datasets=datasets)
+        recommender = Recommender.load(path, data_dir, datasets=datasets, keras_model=False)
         recommender.served_version = new_version
         return recommender, catalogue_listing(recommender)
 
