@@ -385,7 +385,9 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
             f"{model_dir}: this model predates monitoring (it has no monitoring.json); "
             "retrain it with `finrec train` to record the training population"
         )
-    loaded = load_model_dir(model_dir)
+    # The recommendations monitored go through the numpy tower, as `score` and `serve` make them:
+    # the Keras model was rebuilt for nothing.
+    loaded = load_model_dir(model_dir, keras_model=False)
     dataset = load_dataset(data_dir, require_interactions=False, ground_truth=False)
     # Without the products' value column, which was refused here while score, plan and evaluate took it.
     S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
