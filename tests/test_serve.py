@@ -246,7 +246,10 @@ def test_include_categories(client, ids):
         ({"customer_id": "C1", "filters": {"colour": "red"}}, ["body", "filters", "colour"]),
         ({"customer_id": "C1", "filters": {"preset": "yolo"}}, ["body", "filters", "preset"]),
         ({"customer_id": "C1", "filters": {"max_risk": 9}}, ["body", "filters", "max_risk"]),
-        ({"customer_id": 42}, ["body", "customer_id"]),
+        # An integer is an id (ids are compared as text); a bool, a float or a 20-digit number is not.
+        ({"customer_id": True}, ["body", "customer_id"]),
+        ({"customer_id": 4.5}, ["body", "customer_id"]),
+        ({"customer_id": 10**19}, ["body", "customer_id"]),
         ({"customer_id": "C1", "extra": True}, ["body", "extra"]),
     ],
 )

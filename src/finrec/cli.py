@@ -580,7 +580,8 @@ def cmd_recommend(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
         return 0
-    print(f"Top {args.k} for customer {args.customer_id} ({result.eligible} eligible products)")
+    # The id as the data holds it (stripped), and never an escape sequence from the command line.
+    print(f"Top {args.k} for customer {safe_text(result.customer_id)} ({result.eligible} eligible products)")
     category, risk = recommender.schema.products.category, recommender.schema.products.risk
     for item in result.items:
         product = item.product

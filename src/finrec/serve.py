@@ -49,6 +49,7 @@ from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -77,6 +78,20 @@ NOT_LOADED = "the model is still loading"
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
 HistoryEntry = dict[Literal["product_id", "as_of"], Annotated[StrictStr, Field(max_length=200)]]
 FeatureValue = Scalar | list[StrictStr] | list[HistoryEntry]
+MAX_ID = 10**18  # an integer customer_id: at most 19 digits (a 400-digit one is no id)
+
+
+def _integer_id_as_text(value):
+    """A JSON integer customer_id as its text: ids are compared as text (``finrec.data.ids``),
+    and a bank whose ids are numbers sends them as numbers (refused with "a valid string", a
+    tester). A bool, a float or a longer integer is refused, naming what an id may be."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_ID:
+        return str(value)
+    if value is not None and not isinstance(value, str):
+        raise ValueError("customer_id must be text or an integer of at most 19 digits")
+    return value
+
+
 HISTORY = "history"  # features.history: a new customer's past snapshots [{product_id, as_of}, ...]
 MAX_HISTORY = 10000
 NOT_UNICODE = "not valid Unicode text: it holds a lone surrogate (an unpaired \\ud800-\\udfff escape)"
@@ -159,7 +174,14 @@ class RecommendationRequest(BaseModel):
         },
     )
 
-    customer_id: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+    customer_id: (
+        Annotated[
+            Text,
+            Field(min_length=1, max_length=200, description="text, or an integer (ids are compared as text)"),
+            BeforeValidator(_integer_id_as_text),
+        ]
+        | None
+    ) = None
     features: dict[Annotated[Text, Field(max_length=200)], FeatureValue] | None = Field(
         None,
         validate_default=True,
@@ -231,7 +253,9 @@ class FiltersOut(BaseModel):
 
 
 class RecommendationResponse(BaseModel):
-    customer_id: str | None = Field(description="null for a customer given by features")
+    customer_id: str | None = Field(
+        description="the customer's id; for one given by features, the known customer they name, else null"
+    )
     k: int
     eligible: int = Field(description="products that passed every filter")
     message: str | None = Field(description="set when fewer than k products are eligible")

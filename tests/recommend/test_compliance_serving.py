@@ -326,3 +326,12 @@ def test_a_service_that_enforces_the_rules_refuses_a_request_that_loosens_them(
             time.sleep(0.2)
         answer = client.post("/recommendations", json={"customer_id": cid, "filters": loose})
         assert answer.status_code == 200 and answer.json()["filters"]["suitability"] is False
+        # Features naming a known customer answer as that customer (the record log had null: a
+        # tester); a held product id is read stripped, as ids are; an integer id is an id.
+        held = str(small_dataset.holdings.product_id.iloc[0])
+        body = {"features": {"customer_id": f" {cid} ", "age": 40, "holdings": [f" {held} "]}}
+        answer = client.post("/recommendations", json=body)
+        assert answer.status_code == 200 and answer.json()["customer_id"] == cid, answer.text
+        assert held not in {item["product_id"] for item in answer.json()["recommendations"]}
+        unknown = client.post("/recommendations", json={"customer_id": 42})
+        assert unknown.status_code == 404 and unknown.json()["detail"] == "unknown customer_id '42'"

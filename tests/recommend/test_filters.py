@@ -291,3 +291,30 @@ def test_loosened_names_each_relaxed_rule_and_nothing_for_a_tighter_request():
         F.Filters(max_risk=4, credit_score_cutoff=550, exclude_categories=("crypto",), include_categories=("fund",)),
         floor,
     ) == ["max_risk 4 above 3", "credit_score_cutoff 550 below 600", "include_categories lets in 'fund'"]
+
+
+def test_filters_from_python_are_checked_as_the_api_checks_them():
+    """A tester: ``{"suitability": "no"}`` left the rule on ("no" is truthy) and ``None`` turned
+    it off; a numpy integer ceiling was refused; one category named alone was split into its
+    letters; a 400-digit cut-off raised numpy's TypeError (a 500 from the API); a null limit was
+    refused while a null ceiling meant "not given"."""
+    for bad in ("no", 0, 1, "false"):
+        with pytest.raises(FinrecError, match="filters.suitability must be true or false"):
+            F.Filters.build({"suitability": bad})
+    assert F.Filters.build({"suitability": np.bool_(False)}).suitability is False
+    none = F.Filters.build(
+        {"suitability": None, "eligibility": None, "max_debt_service_ratio": None, "credit_score_cutoff": None}
+    )
+    assert none == F.Filters()  # None is a setting not given
+    assert F.Filters.build({"max_risk": np.int64(3)}).max_risk == 3
+    assert F.Filters.build({"include_categories": "mortgage"}).include_categories == ("mortgage",)
+    for huge in (10**400, -(10**400), float("inf"), float("nan"), "650", True):
+        with pytest.raises(FinrecError, match="filters.credit_score_cutoff must be a finite number"):
+            F.Filters.build({"credit_score_cutoff": huge})
+    with pytest.raises(FinrecError, match="filters.max_debt_service_ratio must be a number in"):
+        F.Filters.build({"max_debt_service_ratio": 10**400})
+    assert F.Filters.build({"credit_score_cutoff": np.float32(600.5)}).credit_score_cutoff == 600.5
+    # A limit just above the default reads as above it.
+    assert F.loosened(F.Filters.build({"max_debt_service_ratio": 0.4000001})) == [
+        "max_debt_service_ratio 0.4000001 above 0.4"
+    ]

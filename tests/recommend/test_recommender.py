@@ -167,6 +167,25 @@ def test_loading_some_customers_recommends_each_as_loading_all_does(history_rec,
             assert some.known_history(cid)[1] == whole.known_history(cid)[1]
     with pytest.raises(UnknownCustomerError, match="unknown customer_id 'nobody'"):
         Recommender.load(model, directory, customers=[picked[0], "nobody"])
+    # What is on record binds a features request naming any known customer, loaded or not (a
+    # tester: with some customers loaded, an objector's features were recommended to, and a
+    # holder was offered what they hold); the answer names that customer, as the record log does.
+    consent = S.SYNTHETIC.consent
+    customers = data.customers
+    one = Recommender.load(model, directory, customers=picked[2], keras_model=False)
+    objector = str(customers.customer_id[customers[consent] == 0].iloc[0])
+    holder = str(data.holdings.customer_id[~data.holdings.customer_id.isin([objector, picked[2]])].iloc[0])
+    for cid in (objector, holder):
+        row = customers[customers.customer_id == cid].iloc[0].drop(consent).to_dict()  # no consent given
+        features = {**row, "customer_id": f" {cid} "}
+        got, want = one.recommend(features, k=25), whole.recommend(features, k=25)
+        assert got.customer_id == want.customer_id == cid
+        assert got.objected == want.objected == (cid == objector)
+        assert [i.product_id for i in got.items] == [i.product_id for i in want.items]
+    held = set(data.holdings.product_id[data.holdings.customer_id == holder])
+    assert held and not held & {i.product_id for i in got.items}
+    with pytest.raises(UnknownCustomerError, match=f"customer_id '{holder}' is not among the 1 customer"):
+        one.recommend(holder)
     # One id on its own, text or an integer (ids are compared as text): not a bare TypeError.
     assert len(Recommender.load(model, directory, customers=picked[0]).known_customers) == 1
     with pytest.raises(UnknownCustomerError, match="unknown customer_id '7'"):

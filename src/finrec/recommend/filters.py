@@ -31,6 +31,7 @@ excluded.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -92,11 +93,21 @@ class Filters:
         if not isinstance(value, dict):
             raise FinrecError(f"filters: expected a mapping or a preset name, got {type(value).__name__}")
         reject_unknown(value, cls.__dataclass_fields__, "filters")
-        values = dict(value)
+        # None is a setting not given, for every field (a JSON null, an unset field): it turned a
+        # switch off, and was refused for the debt-service limit (a tester).
+        values = {key: v for key, v in value.items() if v is not None}
         base = preset(values.pop("preset")) if values.get("preset") else cls()
+        for key in _SWITCHES:
+            if key in values:
+                if not isinstance(values[key], (bool, np.bool_)):
+                    # "no" is truthy: the rule stayed on while the caller meant it off (the API is strict).
+                    raise FinrecError(f"filters.{key} must be true or false, got {safe_text(values[key], quote=True)}")
+                values[key] = bool(values[key])
         for key in ("include_categories", "exclude_categories"):
             if key in values:
-                values[key] = tuple(values[key] or ())
+                given = values[key]
+                # One category named alone is that category, not its letters.
+                values[key] = (given,) if isinstance(given, str) else tuple(given)
         both = set(map(str, values.get("include_categories", ()))) & set(map(str, values.get("exclude_categories", ())))
         if both:
             # Each such category was dropped, and with it every product: 0 recommendations, exit 0.
@@ -104,11 +115,11 @@ class Filters:
                 f"filters: {safe_items(sorted(both))} both included (include_categories) and excluded "
                 "(exclude_categories); name a category in one of them"
             )
-        if "max_risk" in values and values["max_risk"] is None:
-            # None is no ceiling given (a JSON null, an unset field), not the preset's lifted: a
-            # conservative request with "max_risk": null was answered with risk 7 funds.
-            del values["max_risk"]
+        # (A "max_risk": null is no ceiling given, not the preset's lifted: a conservative request
+        # with it was answered with risk 7 funds.)
         max_risk = values.get("max_risk")
+        if isinstance(max_risk, np.integer):
+            max_risk = values["max_risk"] = int(max_risk)
         if max_risk is not None and (
             isinstance(max_risk, bool) or not isinstance(max_risk, int) or not S.RISK_MIN <= max_risk <= S.RISK_MAX
         ):
@@ -122,16 +133,23 @@ class Filters:
                 f"filters.max_risk {max_risk} is above the {base.preset} preset's ceiling {base.max_risk}; "
                 "a preset can be tightened, never loosened (choose another preset to allow more risk)"
             )
-        ratio = values.get("max_debt_service_ratio", base.max_debt_service_ratio)
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 5:
+        ratio = _finite(values.get("max_debt_service_ratio", base.max_debt_service_ratio))
+        if ratio is None or not 0 < ratio <= 5:
             raise FinrecError(
-                f"filters.max_debt_service_ratio must be a number in (0, 5] (0.4 = 40% of income), got {ratio!r}"
+                "filters.max_debt_service_ratio must be a number in (0, 5] (0.4 = 40% of income), got "
+                f"{safe_text(values.get('max_debt_service_ratio'), quote=True)}"
             )
-        cutoff = values.get("credit_score_cutoff")
-        if cutoff is not None and (
-            isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not np.isfinite(cutoff)
-        ):
-            raise FinrecError(f"filters.credit_score_cutoff must be a number, got {cutoff!r}")
+        if "max_debt_service_ratio" in values and type(values["max_debt_service_ratio"]) not in (int, float):
+            values["max_debt_service_ratio"] = ratio  # a numpy number as Python's
+        if "credit_score_cutoff" in values:
+            cutoff = _finite(values["credit_score_cutoff"])
+            if cutoff is None:
+                raise FinrecError(
+                    f"filters.credit_score_cutoff must be a finite number, got "
+                    f"{safe_text(values['credit_score_cutoff'], quote=True)}"
+                )
+            if type(values["credit_score_cutoff"]) not in (int, float):
+                values["credit_score_cutoff"] = cutoff
         return replace(base, **values)
 
 
@@ -150,7 +168,9 @@ def loosened(filters: Filters, floor: Filters | None = None) -> list[str]:
     floor = Filters() if floor is None else floor
     out = [f"{name} turned off" for name in _SWITCHES if getattr(floor, name) and not getattr(filters, name)]
     if filters.max_debt_service_ratio > floor.max_debt_service_ratio:
-        out.append(f"max_debt_service_ratio {filters.max_debt_service_ratio:g} above {floor.max_debt_service_ratio:g}")
+        # Enough digits that a limit just above reads as above (0.4000001, not "0.4 above 0.4").
+        ratio, limit = filters.max_debt_service_ratio, floor.max_debt_service_ratio
+        out.append(f"max_debt_service_ratio {ratio:.12g} above {limit:.12g}")
     if floor.max_risk is not None and filters.max_risk is None:
         out.append(f"max_risk ceiling {floor.max_risk} dropped")
     elif floor.max_risk is not None and filters.max_risk > floor.max_risk:
@@ -169,6 +189,18 @@ def loosened(filters: Filters, floor: Filters | None = None) -> list[str]:
         if outside:
             out.append(f"include_categories lets in {safe_items(outside)}")
     return out
+
+
+def _finite(value) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None: a 400-digit
+    integer raised numpy's TypeError (a 500 from the API, a tester)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def preset(name: str) -> Filters:

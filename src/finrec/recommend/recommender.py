@@ -159,6 +159,9 @@ class Recommender:
         # no customer is known, for the messages that say so.
         self.missing_data: str | None = None
         self._history_reference = history_reference  # see ``known_history``
+        # The whole data where ``load(customers=...)`` prepared some of it: what is on record of
+        # any customer (objection, holdings) binds a features request that names them.
+        self._whole: Dataset | None = None
         self._history_rows: dict[str, np.ndarray] | None = None  # id -> its rows, on first need
         self._known: CustomerContext | None = None
         self._row_of: dict[str, int] = {}
@@ -261,10 +264,13 @@ class Recommender:
         if data_dir and Path(data_dir).is_dir():
             dataset = _cached_dataset(Path(data_dir), datasets)
             S.check_model_schema(loaded.trained.pipeline.full_schema, dataset.schema, data_dir, model_dir)
+            whole = dataset
             if customers is not None:
                 history = getattr(loaded.trained.pipeline, "history_", None) is not None
                 dataset, reference = _only(dataset, customers, history)
         recommender = cls(loaded.trained, dataset, history_reference=reference)
+        if customers is not None and dataset is not None:
+            recommender._whole = whole
         if dataset is None and recorded:
             recommender.missing_data = str(recorded)
         # A service or a single request has no summary to carry it: the log says it, once a load.
@@ -373,6 +379,11 @@ class Recommender:
 
     def _unknown(self, customer_id) -> UnknownCustomerError:
         """The error for an id no loaded customer has, saying why none is loaded where so."""
+        if self._whole is not None:
+            return UnknownCustomerError(
+                f"customer_id {customer_id!r} is not among the {len(self._row_of)} customer(s) loaded "
+                "(Recommender.load(customers=...))"
+            )
         if self._known:
             return UnknownCustomerError(f"unknown customer_id {customer_id!r}")
         why = (
@@ -399,13 +410,26 @@ class Recommender:
             adoption=None if (adoption := self.known_adoption()) is None else adoption[row : row + 1],
         )
 
-    def _on_record(self, customer_id) -> int | None:
-        """The row of the known customer ``customer_id`` names (a feature dict's id), or None."""
+    def _on_record(self, customer_id) -> tuple[str, np.ndarray, np.ndarray] | None:
+        """(id, held bool [1, P], objected bool [1]) on record of the known customer a feature
+        dict's ``customer_id`` names, or None: from the customers loaded, else from the whole
+        data of a ``load(customers=...)`` (where a features request for another known customer
+        was answered without their objection and holdings: a tester)."""
         if self._known is None or customer_id is None or isinstance(customer_id, (bool, dict, list, tuple)):
             return None
         if isinstance(customer_id, float) and customer_id.is_integer():
             customer_id = int(customer_id)  # the id rule: 7.0 is customer "7" (``finrec.data.ids``)
-        return self._row_of.get(str(customer_id).strip())
+        key = str(customer_id).strip()
+        row = self._row_of.get(key)
+        if row is not None:
+            return key, self._known.held[row : row + 1], self._known.attributes["objected"][row : row + 1]
+        if self._whole is None:
+            return None
+        one = self._whole.subset_customers([key])
+        if len(one.customers) == 0:
+            return None
+        held = self.pipeline.holdings_matrix(np.array([key], dtype=object), one.holdings)
+        return key, held, F.customer_attributes(one.customers, self.schema)["objected"]
 
     def _from_features(self, features: dict) -> CustomerContext:
         """A new customer given as raw feature values; ``holdings`` may list held product ids and
@@ -422,7 +446,9 @@ class Recommender:
         held_ids = [] if held_ids is None else held_ids
         if isinstance(held_ids, str) or not isinstance(held_ids, (list, tuple)):
             raise DataError(f"features.holdings must be a list of product ids, got {type(held_ids).__name__}")
-        positions = self.pipeline.product_positions([str(p) for p in held_ids]) if held_ids else np.array([], int)
+        positions = (
+            self.pipeline.product_positions([str(p).strip() for p in held_ids]) if held_ids else np.array([], int)
+        )
         if (positions < 0).any():
             unknown = [held_ids[i] for i in np.flatnonzero(positions < 0)[:5]]
             raise DataError(f"features.holdings: unknown product id(s) {', '.join(repr(str(p)) for p in unknown)}")
@@ -468,18 +494,23 @@ class Recommender:
                 adoption = np.zeros(1) if objected else self.calibration.record_adoption_probability(record, held, past)
         on_record = self._on_record(features.get(cid))
         if on_record is not None:
+            key, record_held, record_objected = on_record
             # Features that name a known customer are scored as given, but what the bank has on
             # record still binds the rules: their objection and their holdings. A request (or an
             # upload) that left them out offered the products the customer holds, and
             # recommended to a customer who objected to profiling (a compliance tester, 2026-12).
-            held = held | self._known.held[on_record : on_record + 1]
-            objected = attributes["objected"] | self._known.attributes["objected"][on_record : on_record + 1]
+            held = held | record_held
+            objected = attributes["objected"] | record_objected
             attributes = {**attributes, "objected": objected}
             if objected[0]:
                 tree = None if tree is None else np.zeros(held.shape, dtype=np.float32)
                 adoption = None if adoption is None else np.zeros(1)
+        if on_record is not None:
+            shown = key  # the id as the tables hold it: the answer and its record name that customer
+        else:
+            shown = str(features[cid]) if features.get(cid) is not None else "new"
         return CustomerContext(
-            ids=np.array([str(features[cid]) if features.get(cid) is not None else "new"], dtype=object),
+            ids=np.array([shown], dtype=object),
             inputs=inputs,
             attributes=attributes,
             held=held,
@@ -595,7 +626,14 @@ class Recommender:
         _check_k(k)
         filters = F.Filters.build(filters)
         context = self._single(customer)
-        customer_id = None if isinstance(customer, dict) else _customer_key(customer)
+        if isinstance(customer, dict):
+            # Features that name a known customer answer (and are recorded) as that customer:
+            # their objection and holdings bound the answer, the record log said "null" (a tester).
+            named = str(context.ids[0])
+            known = named in self._row_of or (self._whole is not None and self._on_record(named) is not None)
+            customer_id = named if known else None
+        else:
+            customer_id = _customer_key(customer)
         return self._result(context, customer_id, k, filters)
 
     def what_if(
