@@ -853,3 +853,20 @@ def test_calibrate_takes_the_training_customers_adoptions_of_a_later_period(
             )
         else:
             assert code == 2 and "or on adoptions of a later period" in err
+
+
+def test_calibrating_on_adopters_alone_says_the_probabilities_will_be_too_high(trained, small_dataset, caplog):
+    """A tester calibrated on customers who all adopted something: the probabilities came out 16%
+    above what the population then adopted, without a word."""
+    import logging
+
+    from finrec.training.train import calibrate
+
+    adopters = small_dataset.interactions.customer_id.unique()[:300]
+    with caplog.at_level(logging.WARNING, logger="finrec.training.train"):
+        calibrate(trained, small_dataset.subset_customers(adopters), fit_adoption=False)
+    assert any("calibration customers adopted something" in r.message for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="finrec.training.train"):
+        calibrate(trained, small_dataset, fit_adoption=False)  # some adopt nothing: no such warning
+    assert not any("adopted something" in r.message for r in caplog.records)

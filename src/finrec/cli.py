@@ -741,13 +741,17 @@ def _exposure_ratio(text: str) -> float:
 
 
 def cmd_plan(args) -> int:
+    from finrec.atomic import check_writable, refuse_overlap
     from finrec.data.io import read_schema
     from finrec.plan import campaign
     from finrec.recommend.recommender import Recommender
 
-    _check_json_output(
-        args.json, {"--data": args.data, "--model": args.model, "--capacity": args.capacity, "--out": args.out}
-    )
+    inputs = {"--data": args.data, "--model": args.model, "--capacity": args.capacity}
+    _check_json_output(args.json, {**inputs, "--out": args.out})
+    # Before the work, as score's --out is: a plan inside the model directory made the next
+    # calibrate refuse that directory (a tester).
+    refuse_overlap(args.out, inputs, what="--out")
+    check_writable(args.out, "file", what="--out")
     # The plan scores through the numpy tower only: no Keras import when the tower allows (~10 s).
     loaded = _load_model_for(args.model, read_schema(args.data), keras_model=False)
     recommender = Recommender(loaded.trained)
@@ -1167,7 +1171,7 @@ def _filter_arguments(p: argparse.ArgumentParser, relaxable: bool = True) -> Non
 def build_parser() -> argparse.ArgumentParser:
     from finrec.data.synthetic import GeneratorSettings
 
-    parser = argparse.ArgumentParser(prog="finrec", description="Bank product recommendations with a Two-Tower model.")
+    parser = _Parser(prog="finrec", description="Bank product recommendations with a Two-Tower model.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1461,6 +1465,17 @@ def _progress_lines(args):
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line, exit 2, as every other bad input's: it
+    printed the whole usage first (13 lines for ``plan --contacts-per-customer 0``, a tester).
+    The subcommands' parsers are of this class too (``add_subparsers`` makes them so)."""
+
+    def error(self, message: str):
+        self.exit(
+            EXIT_INPUT_ERROR, f"{self.prog}: error: {safe_text(message, MAX_MESSAGE_CHARS)} (see {self.prog} -h)\n"
+        )
 
 
 def _internal_error(args, exc: BaseException) -> int:

@@ -86,10 +86,16 @@ def test_capacities_table(tmp_path):
         ({"product_id": ["A"], "capacity": [1.5]}, "row 2 has 1.5$"),
         ({"product_id": ["A"], "capacity": [None]}, "row 2 has an empty cell$"),
         ({"product_id": ["A"], "cap": [1]}, "missing column"),
+        # A tester: true read as 1; a capacity without its product read as the product "nan".
+        ({"product_id": ["A"], "capacity": [True]}, "row 2 has 'True'$"),
+        ({"product_id": ["A", None], "capacity": [1, 4]}, "row 3 has a capacity and no product_id$"),
     ]:
         pd.DataFrame(frame).to_csv(path, index=False)
         with pytest.raises(DataError, match=message):
             read_capacities(path, ids)
+    # A spreadsheet's blank trailing rows are no rows.
+    path.write_text("product_id,capacity\nB,5\n,\n,\n")
+    np.testing.assert_array_equal(read_capacities(path, ids), [np.inf, 5, np.inf])
 
 
 def test_values_from_the_schema_column(small_dataset):
@@ -110,6 +116,15 @@ def test_values_from_the_schema_column(small_dataset):
     message = str(error.value)
     assert "np.str_" not in message and f"'{ids[0]}' (-1)" in message, message
     assert f"{len(ids)} product(s) are not" in message
+    # A margin of 1e300 overflowed the float32 weights and dropped the product without a word; a
+    # true/false column read as 1/0; text is quoted as written (a tester).
+    for margin, shown in ((1e300, "(1e+300)"), (True, "(True)"), ("1,480", "('1,480')")):
+        column = products.margin.astype(object).where(products.product_id != ids[0], margin)
+        if margin is True:
+            column = pd.Series([True] * len(products))
+        with pytest.raises(DataError, match="must be a number from 0 to 1e\\+12") as error:
+            product_values(products.assign(margin=column), schema, ids)
+        assert shown in str(error.value), str(error.value)
 
 
 def test_cli_plan_end_to_end(model_dir, small_data_dir, recommender, tmp_path, capsys):
@@ -193,6 +208,28 @@ def test_cli_plan_refuses_bad_input(model_dir, small_data_dir, tmp_path, capsys)
         ]
     )
     assert code == 2 and "overwrite" in capsys.readouterr().err
+    # Inside the model or the data directory (a plan there made the next calibrate refuse the
+    # model directory, a tester), refused before the work, as score's --out is.
+    for inside in (model_dir / "plan.csv", small_data_dir / "plan.csv"):
+        assert main(["plan", "--model", str(model_dir), "--data", str(small_data_dir), "--out", str(inside)]) == 2
+        assert "lies inside" in capsys.readouterr().err and not inside.exists()
+    # An argument error is one line, as every bad input's (argparse printed its usage first).
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "plan",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(small_data_dir),
+                "--out",
+                str(out),
+                "--contacts-per-customer",
+                "0",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("finrec plan: error: argument")
 
 
 def test_a_model_without_calibration_cannot_plan(model_dir, small_data_dir, tmp_path):
@@ -359,6 +396,29 @@ def test_an_exposure_limit_over_one_group_says_it_compares_nothing():
     assert "holds" not in text
     two = format_summary({**info, "exposure": {**exposure, "groups": ["female", "male"]}})
     assert "exposure limit over gender (2 groups): rate ratio <= 1 (holds" in two
+    # A tester: 5 customers of a group drove the whole plan, and nothing named them.
+    small = {**exposure, "groups": ["female", "male", "diverse"], "small_groups": {"diverse": 5}}
+    assert "note: small group(s) 'diverse' (5): their rates bound" in format_summary({**info, "exposure": small})
+    # Offers allowed and none made: said why, not "0 offers" alone.
+    none = {**info, "plan": {**row, "offers": 0}}
+    assert "no offer is made: the exposure limit (rate ratio <= 1 over gender) leaves none" in format_summary(
+        {**none, "exposure": {**exposure, "groups": ["female", "male"]}}
+    )
+    assert "no offer is made: every allowed offer is worth 0" in format_summary({**none, "valued_pairs": 0})
+
+
+def test_an_exact_plan_under_an_exposure_limit_prices_its_binding_capacities(recommender, small_data_dir):
+    """An integer program has no duals: under an exposure limit every binding capacity was "worth
+    0.0000" one more slot (a tester); the prices come from the dual method, as without a limit."""
+    from finrec.plan.campaign import summary
+
+    problem = build_problem(recommender, small_data_dir, filters="balanced", group_column="gender")
+    busiest = int(np.argmax((problem.weights > 0).sum(axis=0)))
+    capacity = {problem.product_ids[busiest]: 3}
+    fair = plan_campaign(problem, capacity, solver="exact", max_exposure_ratio=3.0)
+    info = summary(fair)
+    assert info["exposure"]["holds"] and problem.product_ids[busiest] in info["shadow_prices"]
+    assert info["shadow_prices"][problem.product_ids[busiest]]["price"] > 0
 
 
 def test_a_capacity_of_zero_is_a_closed_product_not_a_priced_one(problem):

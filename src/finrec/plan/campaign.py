@@ -16,6 +16,7 @@ and sets both beside the greedy plan a ranked list would give.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from finrec.atomic import refuse_overlap
 from finrec.data import schema as S
 from finrec.data.compliance import debt_service_ratio_after
 from finrec.data.ids import ids_as_text
@@ -45,6 +47,15 @@ CAPACITY = "capacity"
 PLAN_COLUMNS = (S.CUSTOMER_ID, S.PRODUCT_ID, S.PROBABILITY, "expected_value", "reason")
 # The eligibility terms' customer columns, a bit each in ``CampaignProblem.unknown_terms``.
 TERMS = tuple(F.TERM_VALUES.values())
+
+
+# The most one adoption may be worth: the offers' expected values are float32 (a plan of
+# millions of pairs), and a margin of 1e300 overflowed to inf and dropped the product from the
+# plan without a word (a tester). No product earns a trillion a sale.
+MAX_VALUE = 1e12
+# A protected group smaller than this many customers, or this share of them, is named beside an
+# exposure limit's result (its rates bound every other group's).
+SMALL_GROUP, SMALL_GROUP_SHARE = 30, 0.005
 
 
 @dataclass
@@ -106,21 +117,35 @@ def product_values(products: pd.DataFrame, schema: S.DatasetSchema, product_ids:
     values = np.zeros(len(product_ids))
     if not listed:
         return values
-    values[np.isin(product_ids, listed)] = pd.to_numeric(table.loc[listed, column], errors="coerce").to_numpy(
-        dtype="float64"
-    )
-    bad = ~np.isfinite(values) | (values < 0)
+    raw = table.loc[listed, column]
+    cells = dict(zip(listed, raw.tolist()))
+    if pd.api.types.is_bool_dtype(raw.dtype) or raw.dtype == object:
+        # true/false is no money (it read as 1 and 0): as text, which is no number.
+        raw = raw.astype(object).map(lambda v: str(v) if isinstance(v, (bool, np.bool_)) else v)
+    values[np.isin(product_ids, listed)] = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(values) | (values < 0) | (values > MAX_VALUE)
     if bad.any():
         # The ids were numpy strings: "not so for np.str_('CC_BASIC')", and no value shown.
         examples = ", ".join(
-            f"{safe_text(str(p), quote=True)} ({'empty or not a number' if np.isnan(v) else f'{v:g}'})"
-            for p, v in zip(np.asarray(product_ids)[bad][:5], values[bad][:5], strict=True)
+            f"{safe_text(str(p), quote=True)} ({_cell_text(cells.get(str(p)))})"
+            for p in np.asarray(product_ids)[bad][:5]
         )
         raise DataError(
-            f"products: column '{column}' (the value) must be a finite number >= 0; {int(bad.sum())} product(s) "
-            f"are not: {examples}; fix the column or name another as products.value in schema.yaml"
+            f"products: column '{column}' (the value) must be a number from 0 to {MAX_VALUE:g}; "
+            f"{int(bad.sum())} product(s) are not: {examples}; fix the column or name another as "
+            "products.value in schema.yaml"
         )
     return values
+
+
+def _cell_text(cell) -> str:
+    """A value cell for a message: a number as such (-1), text quoted ('1,480': the cell, not
+    "not a number"), a missing one as empty."""
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        return "empty"
+    if isinstance(cell, (int, float, np.integer, np.floating)) and not isinstance(cell, (bool, np.bool_)):
+        return f"{float(cell):g}"
+    return safe_text(cell, quote=True)
 
 
 def read_capacities(path: str | Path, product_ids: list[str]) -> np.ndarray:
@@ -139,6 +164,11 @@ def capacity_table(
     missing = [c for c in (S.PRODUCT_ID, CAPACITY) if c not in table.columns]
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; expected columns product_id, capacity")
+    # A spreadsheet's blank rows (",") are no rows: they were read as a product "nan" (a tester).
+    table = table[~(table[S.PRODUCT_ID].isna() & table[CAPACITY].isna())]
+    blank = np.flatnonzero(table[S.PRODUCT_ID].isna().to_numpy())
+    if len(blank):
+        raise DataError(f"{where}: row {int(table.index[blank[0]]) + first_row} has a capacity and no product_id")
     ids = ids_as_text(table[S.PRODUCT_ID].reset_index(drop=True))
     dupes = ids[ids.duplicated()].unique()
     if len(dupes):
@@ -148,6 +178,11 @@ def capacity_table(
     if unknown:
         raise DataError(f"{where}: unknown product_id(s) {safe_items(unknown)} (not in the model's catalogue)")
     raw = table[CAPACITY].reset_index(drop=True)
+    if not (pd.api.types.is_numeric_dtype(raw.dtype) or raw.dtype == object) or pd.api.types.is_bool_dtype(raw.dtype):
+        # true/false read as 1/0, a duration as unlimited (a tester): a capacity is a count.
+        raw = raw.astype(str).where(raw.notna(), None)
+    elif raw.dtype == object:
+        raw = raw.map(lambda v: str(v) if isinstance(v, (bool, np.bool_, pd.Timedelta)) else v)
     numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
     finite = np.isfinite(numbers)
     bad = np.isnan(numbers) | (numbers < 0) | (finite & (numbers != np.round(numbers)))
@@ -160,7 +195,8 @@ def capacity_table(
         shown = (
             "an empty cell" if pd.isna(cell) else safe_text(cell.item() if hasattr(cell, "item") else cell, quote=True)
         )
-        raise DataError(f"{where}: column 'capacity' must hold whole numbers >= 0; row {row + first_row} has {shown}")
+        line = int(table.index[row]) + first_row  # as in the file, blank rows counted
+        raise DataError(f"{where}: column 'capacity' must hold whole numbers >= 0; row {line} has {shown}")
     capacity = np.full(len(product_ids), np.inf)
     capacity[[position[pid] for pid in ids]] = numbers
     return capacity
@@ -349,8 +385,8 @@ def _given_values(values, product_ids: list[str]) -> np.ndarray:
         raise FinrecError(f"values must be one number per product, got {type(values).__name__}") from None
     if array.shape != (len(product_ids),):
         raise FinrecError(f"values must have one entry per product ({len(product_ids)}), got shape {array.shape}")
-    if not (np.isfinite(array) & (array >= 0)).all():
-        raise FinrecError("values must be finite numbers >= 0")
+    if not (np.isfinite(array) & (array >= 0) & (array <= MAX_VALUE)).all():
+        raise FinrecError(f"values must be numbers from 0 to {MAX_VALUE:g}")
     return array
 
 
@@ -418,6 +454,9 @@ def _fair_campaign(problem, w, capacity, contacts, solver, ratio, baseline, dual
     if solver == "exact" or (solver == "auto" and small):
         unlimited = solve_exact(w, capacity, contacts)
         fair = solve_exact_fair(w, capacity, contacts, limit)
+        # An integer program has no duals: its capacities' prices came out 0, one more mortgage
+        # slot "worth 0" (a tester). The prices come from the dual method, as without the limit.
+        fair = dataclasses.replace(fair, prices=solve_dual_fair(w, capacity, contacts, limit).prices)
     else:
         fair = solve_dual_fair(w, capacity, contacts, limit)
     exposure = {
@@ -430,7 +469,20 @@ def _fair_campaign(problem, w, capacity, contacts, solver, ratio, baseline, dual
         "worst_ratio_without_limit": limit.worst_ratio(unlimited.rows, unlimited.cols),
         "worst_ratio": limit.worst_ratio(fair.rows, fair.cols),
         "holds": limit.holds(fair.rows, fair.cols),
+        # A group of a few customers sets every other group's allowance (a tester: 5 customers
+        # of 6,000 cut the plan's value by three quarters, and nothing named them).
+        "small_groups": {
+            name: int(size)
+            for name, size in zip(limit.group_names, limit.sizes, strict=False)
+            if 0 < size < max(SMALL_GROUP, SMALL_GROUP_SHARE * limit.sizes.sum())
+        },
     }
+    if not exposure["holds"]:
+        # Never a plan that breaks the limit it was asked to keep (it was written, exit 0).
+        raise FinrecError(
+            f"the {fair.method} plan breaks the exposure limit ({exposure['worst_ratio']:.4f} against "
+            f"{float(ratio):g}); nothing was written: try --solver exact or a larger --max-exposure-ratio"
+        )
     return CampaignResult(fair, baseline, problem, capacity, contacts, extra={"exposure": exposure})
 
 
@@ -503,20 +555,14 @@ def plan_arrow(problem: CampaignProblem, plan: Plan) -> pa.Table:
 
 def write_plan(table: pd.DataFrame | pa.Table, out: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
     """Write the plan atomically: CSV when ``out`` ends in .csv, else Parquet (an Arrow table
-    straight from Arrow, customer ids without dictionary or statistics); never over an input."""
+    straight from Arrow, customer ids without dictionary or statistics); never at, or inside, an
+    input (a plan written into the model directory made the next ``calibrate`` refuse it, a
+    tester: ``score --out`` was refused there)."""
     out = Path(out)
     if out.suffix not in S.TABLE_SUFFIXES:
         raise FinrecError(f"--out {out}: use a .csv or .parquet file name")
-    target = out.resolve()
-    for source in map(Path, inputs):
-        # A dataset directory's tables and schema are inputs even when this run read only some.
-        clash = target == source.resolve() or (
-            source.is_dir()
-            and target.parent == source.resolve()
-            and (target.stem in S.TABLES or target.name == S.SCHEMA_FILE)
-        )
-        if clash:
-            raise FinrecError(f"--out {out}: would overwrite an input ({source}); write the plan elsewhere")
+    for source in inputs:
+        refuse_overlap(out, {"the input": source}, what="--out")
     if isinstance(table, pa.Table):  # customer ids are all distinct: no dictionary, no statistics for them
         return write_table(table, out, use_dictionary=[S.PRODUCT_ID, "reason"], write_statistics=[S.PRODUCT_ID])
     return write_table(table, out)
@@ -541,6 +587,7 @@ def summary(result: CampaignResult) -> dict:
         "customers": int(len(problem.customer_ids)),
         "products": len(problem.product_ids),
         "allowed_pairs": int((problem.probability > 0).sum()),
+        "valued_pairs": int((problem.weights > 0).sum()),
         "objected": problem.objected,
         "contacts_per_customer": result.contacts,
         "method": plan.method,
@@ -591,6 +638,19 @@ def format_summary(info: dict) -> str:
             + (f" to the {info['customers'] - objected} customer(s) who did not object" if objected else "")
         )
         lines.append(f"no offer is allowed: {why}")
+    elif p["offers"] == 0:
+        # Offers were allowed and none was made: 0 offers without a word (a tester).
+        if info.get("valued_pairs", 1) == 0:
+            why = "every allowed offer is worth 0 (the products' value column)"
+        elif "exposure" in info:
+            why = (
+                f"the exposure limit (rate ratio <= {info['exposure']['max_ratio']:g} over "
+                f"{info['exposure']['column']}) leaves none: equal rates in whole offers are often possible only "
+                "at none; a larger ratio allows some"
+            )
+        else:
+            why = "every offered product's capacity is 0"
+        lines.append(f"no offer is made: {why}")
     if info.get("closed"):
         lines.append(f"closed (capacity 0, never offered): {', '.join(info['closed'])}")
     if info["shadow_prices"]:
@@ -616,4 +676,10 @@ def format_summary(info: dict) -> str:
             f"{e['worst_ratio_without_limit']:.3f} without the limit); it costs {e['cost']:.2f} of value "
             f"({e['value_without_limit']:.2f} without it)"
         )
+        if e.get("small_groups"):
+            named = ", ".join(f"{safe_text(g, quote=True)} ({n})" for g, n in e["small_groups"].items())
+            lines.append(
+                f"note: small group(s) {named}: their rates bound every other group's allowance; a missing value "
+                f"is a group of its own; consider merging them in {e['column']} before planning"
+            )
     return "\n".join(lines)

@@ -868,6 +868,14 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
     ids = dataset.customers[cid].to_numpy()
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
+    if len(ids) and adopted.any(axis=1).all():
+        # A tester calibrated on adopters alone: the probabilities came out 16% above what the
+        # population then adopted, without a word.
+        log.warning(
+            "every one of the %s calibration customers adopted something: the probabilities will be too high for "
+            "a population where some adopt nothing; calibrate on all of a period's held-out customers",
+            f"{len(ids):,}",
+        )
     log.info("calibrating on %s customers: scoring them", f"{len(ids):,}")
     scores = trained.score(dataset.customers, dataset.holdings, dataset.holdings_history)
     cross_fitted = False
