@@ -1458,7 +1458,7 @@ def _progress_lines(args):
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False  # a warning once, in this form, not again through the root's handler
+    logger.propagate = False  # each line once: not again through the root's handler
     try:
         yield
     finally:

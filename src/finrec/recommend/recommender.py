@@ -505,7 +505,6 @@ class Recommender:
             if objected[0]:
                 tree = None if tree is None else np.zeros(held.shape, dtype=np.float32)
                 adoption = None if adoption is None else np.zeros(1)
-        if on_record is not None:
             shown = key  # the id as the tables hold it: the answer and its record name that customer
         else:
             shown = str(features[cid]) if features.get(cid) is not None else "new"

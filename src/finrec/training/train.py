@@ -614,7 +614,11 @@ def fit(
     # No cross-fit here: without customers who adopted nothing in training there are (almost)
     # none among the calibration customers, and the adoption model is the training's to fit.
     trained.calibration = calibrate(
-        trained, dataset.subset_customers(np.concatenate([val_ids, quiet_val])), adoption_model, fit_adoption=False
+        trained,
+        dataset.subset_customers(np.concatenate([val_ids, quiet_val])),
+        adoption_model,
+        fit_adoption=False,
+        warn_if_all_adopted=False,
     )
     if trained.blend is not None and len(dataset.customers) <= REFIT_MAX_CUSTOMERS:
         trained.blend = refit_blend(trained.blend, dataset, config)
@@ -846,7 +850,13 @@ def cross_fitted_adoption(dataset: Dataset, adopted_any: np.ndarray, held: np.nd
     return adoption_model_for(dataset, config, max_rounds=max(1, *rounds)), out_of_fold, ""
 
 
-def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_adoption: bool = True) -> Calibration:
+def calibrate(
+    trained: TrainedModel,
+    dataset: Dataset,
+    adoption_model=None,
+    fit_adoption: bool = True,
+    warn_if_all_adopted: bool = True,
+) -> Calibration:
     """Fit ``trained``'s probability maps (``finrec.training.calibration``) on ``dataset``, whose
     customers the model must not have been trained on: every one of them is data, adopters of
     nothing included, except those who objected to profiling for marketing; products they hold
@@ -855,7 +865,9 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
     calibration, if it has one (``finrec calibrate`` refits the maps on new data). A model with
     none (trained by streaming, or on data where everybody adopted), or with one an earlier
     calibration cross-fitted, gets one cross-fitted on ``dataset`` (``cross_fitted_adoption``)
-    where it has enough customers who adopted nothing, unless ``fit_adoption`` is False."""
+    where it has enough customers who adopted nothing, unless ``fit_adoption`` is False.
+    ``warn_if_all_adopted``: a warning when every customer adopted something (the training's own
+    calibration, on a table of adopters, has its adoption model for that instead)."""
     cid = dataset.schema.customers.id
     pipeline = trained.pipeline
     # Customers who objected to profiling for marketing are neither scored nor run through the
@@ -868,7 +880,7 @@ def calibrate(trained: TrainedModel, dataset: Dataset, adoption_model=None, fit_
     ids = dataset.customers[cid].to_numpy()
     held = pipeline.holdings_matrix(ids, dataset.holdings)
     adopted = pipeline.holdings_matrix(ids, dataset.interactions)
-    if len(ids) and adopted.any(axis=1).all():
+    if warn_if_all_adopted and len(ids) and adopted.any(axis=1).all():
         # A tester calibrated on adopters alone: the probabilities came out 16% above what the
         # population then adopted, without a word.
         log.warning(
