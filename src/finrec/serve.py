@@ -644,7 +644,8 @@ def create_app(
         recommender = ready_recommender(request)
         filters = body.filters.model_dump(exclude_unset=True) if body.filters is not None else None
         if enforce_rules and filters:
-            loose = F.loosened(F.Filters.build(filters))
+            filters = F.Filters.build(filters)  # built once: recommend takes it as it is
+            loose = F.loosened(filters)
             if loose:
                 # Any caller could switch suitability off and be answered with products above the
                 # customer's risk tolerance; the record log said so only afterwards.

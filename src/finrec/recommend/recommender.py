@@ -629,8 +629,7 @@ class Recommender:
             # Features that name a known customer answer (and are recorded) as that customer:
             # their objection and holdings bound the answer, the record log said "null" (a tester).
             named = str(context.ids[0])
-            known = named in self._row_of or (self._whole is not None and self._on_record(named) is not None)
-            customer_id = named if known else None
+            customer_id = named if self._on_record(named) is not None else None
         else:
             customer_id = _customer_key(customer)
         return self._result(context, customer_id, k, filters)
