@@ -831,10 +831,20 @@ def cmd_records_verify(args) -> int:
             file=sys.stderr,
         )
         return EXIT_INPUT_ERROR
+    if not result.anchored:  # a new log, or one wiped together with its head file: nothing tells them apart
+        print(
+            f"{args.file}: {result.lines} record(s) and no head file: nothing anchors this log (a log wiped "
+            "together with its head file looks the same); check it against a head kept elsewhere with --head H"
+        )
+        return 0
     keyed = " (keyed: HMAC chain and head checked)" if result.keyed else ""
-    print(f"{args.file}: {result.lines} record(s), chain and head file intact{keyed}; head {result.head}")
+    what = "chain and head file intact" if result.lines else "empty, as its head file records"
+    print(f"{args.file}: {result.lines} record(s), {what}{keyed}; head {result.head}")
     if result.after_head:
-        print(f"note: {result.after_head} line(s) after the head file's head (a writer stopped between line and head)")
+        print(
+            f"note: {result.after_head} line(s) after the head file's head (a writer stopped between line and "
+            "head): their link to the chain is checked, their own content only once the next record is appended"
+        )
     return 0
 
 

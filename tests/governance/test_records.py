@@ -242,3 +242,84 @@ def test_threads_and_processes_share_one_chain(tmp_path):
         t.join()
     result = verify(path, key=KEY)
     assert result.ok and result.lines == 1200 and result.after_head == 0
+
+
+def _forge_append(path, record: dict) -> None:
+    """What someone who can write the files but lacks the key does: append a line whose ``prev``
+    is the hash the head file shows."""
+    data = head_path(path).read_bytes()
+    newest = max((json.loads(data[i : i + 256]) for i in (0, 256) if data[i : i + 1] == b"{"), key=lambda s: s["lines"])
+    line = json.dumps({"seq": newest["lines"], **record, "prev": newest["head"]}, separators=(",", ":"))
+    with open(path, "ab") as handle:
+        handle.write(line.encode() + b"\n")
+
+
+def test_a_line_appended_without_the_key_is_found_and_never_adopted(tmp_path):
+    # Found by a tester: the keyed head held the last line's chain hash, which is the very prev a
+    # forger needs; the forged line verified (as "after the head") and the next append adopted it.
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(5):
+            kept = log.append(_record(i))
+    assert verify(path, key=KEY).head == kept
+    _forge_append(path, _record(99))
+    result = verify(path, key=KEY)
+    assert not result.ok and result.bad_line == 5 and result.lines == 4
+    with pytest.raises(FinrecError, match="does not match its head"), RecordLog(path, key=KEY) as log:
+        log.append(_record(5))
+    assert len(_lines(path)) == 6  # nothing written over the evidence
+
+
+def test_a_keyed_writer_stopped_between_line_and_head_still_resumes(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(3):
+            log.append(_record(i))
+    kept = head_path(path).read_bytes()
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(3))
+    head_path(path).write_bytes(kept)
+    assert verify(path, key=KEY).ok and verify(path, key=KEY).after_head == 1
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(4))
+    result = verify(path, key=KEY)
+    assert result.ok and result.lines == 5 and result.after_head == 0
+
+
+def test_a_keyed_head_written_before_seals_still_verifies_and_is_sealed_by_the_next_append(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(3):
+            log.append(_record(i))
+    last = _lines(path)[-1][:-1]
+    fields = {"head": line_hash(last, KEY), "keyed": True, "lines": 3}  # the head as it was written before
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    slot = json.dumps({**fields, "check": line_hash(body, KEY)}, separators=(",", ":")).encode().ljust(255) + b"\n"
+    head_path(path).write_bytes(slot + slot)
+    assert verify(path, key=KEY).ok
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(3))
+    assert verify(path, key=KEY).ok
+    assert b'"sealed":true' in head_path(path).read_bytes()
+
+
+def test_cli_head_hash_is_read_as_a_person_types_it(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=None) as log:
+        heads = [log.append(_record(i)) for i in range(3)]
+    assert main(["records", "verify", str(path), "--head", f"  {heads[1].upper()} "]) == 0
+    capsys.readouterr()
+    assert main(["records", "verify", str(path), "--head", heads[1][:40]]) == 2
+    err = capsys.readouterr().err
+    assert "not a head hash" in err and "tamper" not in err and "deleted" not in err
+    assert main(["records", "verify", str(path), "--head", "ab" * 32]) == 2
+    err = capsys.readouterr().err
+    assert "the end: no line has the head hash" in err and "(3 line(s)" in err
+
+
+def test_cli_does_not_call_a_log_without_a_head_anchored(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"")  # a log wiped with its head file, or a new one: the same bytes
+    assert main(["records", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing anchors this log" in out and "intact" not in out

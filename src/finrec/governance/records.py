@@ -31,8 +31,11 @@ far as the chain goes; ``Verification.after_head`` counts those lines.
 With a secret key (``FINREC_RECORDS_KEY``, or a file named by ``FINREC_RECORDS_KEY_FILE``; at least
 16 bytes) every hash is an HMAC-SHA-256 under that key, the chain's and the head's: whoever can
 rewrite the files but lacks the key can neither recompute the chain after an edit, nor append
-lines, nor write a head that matches a shortened log. The head file records whether the log is
-keyed; a keyed log is checked only with its key. What a key cannot show: a log cut back to an
+lines, nor write a head that matches a shortened log. The head of a keyed log is a *seal*, an HMAC
+of the last line under another label than the chain's (``head_seal``): were it the chain's hash,
+it would be the very ``prev`` a forger needs to append one line past the head. The head file
+records whether the log is keyed; a keyed log is checked only with its key. (Heads written before
+seals, ``"sealed"`` absent, hold the chain's hash; the next append seals the head.) What a key cannot show: a log cut back to an
 older head together with a copy of that older head file - a head hash kept elsewhere (``head``)
 still shows that.
 
@@ -73,6 +76,14 @@ def line_hash(line: bytes, key: bytes | None = None) -> str:
     if key is None:
         return hashlib.sha256(line).hexdigest()
     return hmac.new(key, line, hashlib.sha256).hexdigest()
+
+
+def head_seal(line: bytes, key: bytes | None = None) -> str:
+    """The hash a head records for its last line: ``line_hash`` for an unkeyed log, an HMAC under
+    the head's own label for a keyed one (so no head hash is ever a valid ``prev``)."""
+    if key is None:
+        return line_hash(line)
+    return hmac.new(key, b"finrec-record-head\x00" + line, hashlib.sha256).hexdigest()
 
 
 def head_path(path: str | os.PathLike) -> Path:
@@ -139,21 +150,28 @@ def record_of(result, model_version: str | None, time: str | None = None) -> dic
 @dataclass(frozen=True)
 class Head:
     lines: int  # lines in the log when the head was written
-    head: str  # hash of the last of them
+    head: str  # hash of the last of them (its seal in a keyed log)
     keyed: bool  # hashes are HMACs under the log's key
+    sealed: bool = True  # False: an older keyed head that holds the chain's hash of its line
+
+    def names(self, line: bytes, key: bytes | None) -> bool:
+        """Whether this head's hash is that of ``line``."""
+        expected = head_seal(line, key) if self.sealed else line_hash(line, key)
+        return hmac.compare_digest(expected, self.head)
+
+
+def _fields(head: Head) -> dict[str, Any]:
+    fields = {"lines": head.lines, "head": head.head, "keyed": head.keyed}
+    return {**fields, "sealed": True} if head.keyed and head.sealed else fields
 
 
 def _head_body(head: Head) -> bytes:
-    return json.dumps(
-        {"lines": head.lines, "head": head.head, "keyed": head.keyed}, sort_keys=True, separators=(",", ":")
-    ).encode()
+    return json.dumps(_fields(head), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _slot(head: Head, key: bytes | None) -> bytes:
     check = line_hash(_head_body(head), key if head.keyed else None)
-    raw = json.dumps(
-        {"lines": head.lines, "head": head.head, "keyed": head.keyed, "check": check}, separators=(",", ":")
-    ).encode()
+    raw = json.dumps({**_fields(head), "check": check}, separators=(",", ":")).encode()
     return raw.ljust(_SLOT - 1) + b"\n"
 
 
@@ -174,9 +192,10 @@ def read_head(path: str | os.PathLike, key: bytes | None) -> Head | None:
     for index in (0, 1):
         try:
             slot = json.loads(data[index * _SLOT : (index + 1) * _SLOT])
-            head = Head(slot["lines"], slot["head"], slot["keyed"])
+            head = Head(slot["lines"], slot["head"], slot["keyed"], slot.get("sealed", not slot["keyed"]))
             valid = type(head.lines) is int and head.lines >= 0 and isinstance(head.head, str)
             valid = valid and type(head.keyed) is bool and isinstance(slot["check"], str)
+            valid = valid and type(head.sealed) is bool
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             continue
         if not valid:
@@ -235,7 +254,8 @@ class RecordLog:
         self.close()
 
     def append(self, record: dict[str, Any]) -> str:
-        """Write one record (``seq`` and ``prev`` are added); returns the new line's hash."""
+        """Write one record (``seq`` and ``prev`` are added); returns the new head's hash (the
+        line's hash; its seal in a keyed log): the one to keep elsewhere for ``verify --head``."""
         with self._lock:
             handle = self._file
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
@@ -252,15 +272,15 @@ class RecordLog:
                 handle.flush()
                 if self.durable:
                     os.fsync(handle.fileno())
-                digest = line_hash(line, self.key)
+                seal = head_seal(line, self.key)
                 # The head only after the line is on disk: after a crash it may lag, never lead.
                 os.pwrite(
-                    self._head_fd, _slot(Head(seq + 1, digest, self.key is not None), self.key), (seq + 1) % 2 * _SLOT
+                    self._head_fd, _slot(Head(seq + 1, seal, self.key is not None), self.key), (seq + 1) % 2 * _SLOT
                 )
                 if self.durable:
                     os.fdatasync(self._head_fd)
-                self._tail = (size + len(line) + 1, digest, seq + 1)
-                return digest
+                self._tail = (size + len(line) + 1, line_hash(line, self.key), seq + 1)
+                return seal
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
@@ -283,10 +303,12 @@ class RecordLog:
         if head.keyed != (self.key is not None):
             state = "with a key" if head.keyed else "without a key"
             raise FinrecError(f"{self.path}: the record log was written {state}; not appending to it otherwise")
-        ok = (head.lines == lines and last is not None and head.head == line_hash(last, self.key)) or (
-            # a writer stopped between its line and its head: the head names the line before
+        ok = (head.lines == lines and last is not None and head.names(last, self.key)) or (
+            # a writer stopped between its line and its head: the head names the line before, and
+            # the last line must link to it (in a keyed log only the key's holder can write that link)
             head.lines == lines - 1
-            and (head.head == line_hash(before, self.key) if before is not None else head.lines == 0)
+            and (head.names(before, self.key) if before is not None else head.lines == 0)
+            and _prev_of(last) == (line_hash(before, self.key) if before is not None else GENESIS)
         )
         if not ok:
             raise FinrecError(
@@ -320,6 +342,13 @@ def _read_tail(handle, size: int, path: Path) -> tuple[bytes | None, bytes | Non
         block *= 4
 
 
+def _prev_of(line: bytes) -> Any:
+    try:
+        return json.loads(line).get("prev")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _seq_of(line: bytes, path: Path) -> int:
     try:
         seq = json.loads(line)["seq"]
@@ -339,11 +368,12 @@ def _seq_of(line: bytes, path: Path) -> int:
 class Verification:
     ok: bool
     lines: int  # lines read (all of them when ok)
-    head: str  # hash of the last good line (GENESIS for an empty log)
+    head: str  # hash of the last good line (GENESIS for an empty log); a sealed head when ok
     bad_line: int | None = None  # 1-based number of the first bad line
     problem: str | None = None
     keyed: bool = False  # the hashes were checked as HMACs under the log's key
     after_head: int = 0  # lines past the head file's head (a writer stopped between line and head)
+    anchored: bool = True  # a head (the head file's, or one kept elsewhere) was checked
 
 
 def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None = KEY_FROM_ENV) -> Verification:
@@ -371,9 +401,11 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
         return Verification(False, 0, GENESIS, None, "a key was given but the log was written without one")
     keyed = key is not None
     chain_key = key if keyed else None
+    head = None if head is None else checked_head_hash(head)
     prev = before = GENESIS
     number = 0
-    at_stored = None  # hash of the line the head file names
+    named, named_before = None, GENESIS  # whether the head file names line ``stored.lines``; the hash before it
+    last_line = None
     head_seen = head is None or head == GENESIS
 
     def bad(lines, last, line, problem):
@@ -408,10 +440,11 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
                     f"its hash is not the one line {number} records: it was altered (or line {number}'s prev was)"
                     + (" or the log was written under another key" if keyed else ""),
                 )
-            before, prev = prev, line_hash(line, chain_key)
-            head_seen = head_seen or prev == head
+            before, prev, last_line = prev, line_hash(line, chain_key), line
+            # a head kept elsewhere is the line's seal in a keyed log (its chain hash before seals)
+            head_seen = head_seen or prev == head or (keyed and head_seal(line, chain_key) == head)
             if stored is not None and number == stored.lines:
-                at_stored = prev
+                named, named_before = stored.names(line, chain_key), before
     if head_problem is not None:
         return bad(number, prev, None, head_problem)
     if stored is None and number:
@@ -429,10 +462,10 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
             None,
             f"the log has {number} line(s) where its head file records {stored.lines}: lines at the end were deleted",
         )
-    if stored is not None and stored.lines and at_stored != stored.head:
+    if stored is not None and stored.lines and not named:
         return bad(
-            number,
-            prev,
+            stored.lines - 1,
+            named_before,
             stored.lines,
             f"line {stored.lines} is not the last line its head file records: lines at the end were altered or "
             "replaced",
@@ -441,7 +474,25 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
         return bad(
             number,
             prev,
-            number or None,
+            None,
             f"no line has the head hash {head}: lines were deleted or altered at the end, or the log was rewritten",
         )
-    return Verification(True, number, prev, keyed=keyed, after_head=number - stored.lines if stored else 0)
+    return Verification(
+        True,
+        number,
+        GENESIS if last_line is None else head_seal(last_line, chain_key),
+        keyed=keyed,
+        after_head=number - stored.lines if stored else 0,
+        anchored=stored is not None or head is not None,
+    )
+
+
+def checked_head_hash(text: str) -> str:
+    """A head hash as given by a person (``--head``): 64 hex digits, any case, spaces around
+    dropped; anything else is refused rather than reported as tampering."""
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise FinrecError(
+            f"--head: {text[:80]!r} is not a head hash (64 hex digits, as `finrec records verify` prints)"
+        )
+    return value
