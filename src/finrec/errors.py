@@ -32,6 +32,10 @@ class ArtifactError(FinrecError):
     """A model directory is missing, incomplete, altered, or from another format or schema."""
 
 
+class RecordLogError(FinrecError):
+    """The record log can no longer be appended to: a service must answer nothing unrecorded."""
+
+
 class UnknownCustomerError(FinrecError):
     """A customer id that the loaded data does not contain."""
 

@@ -63,7 +63,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finrec.config import env_switch
 from finrec.data import schema as S
-from finrec.errors import ConfigError, DataError, FinrecError, UnknownCustomerError, reject_unknown
+from finrec.errors import ConfigError, DataError, FinrecError, RecordLogError, UnknownCustomerError, reject_unknown
 from finrec.recommend import filters as F
 
 log = logging.getLogger("finrec.serve")
@@ -611,6 +611,12 @@ def create_app(
     async def finrec_error(request: Request, exc: FinrecError):
         return SafeJSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.exception_handler(RecordLogError)
+    async def record_log_error(request: Request, exc: RecordLogError):
+        # The service's fault, not the caller's: nothing is answered that was not recorded.
+        log.error("record log: %s", exc)
+        return SafeJSONResponse(status_code=503, content={"detail": f"the recommendation was not recorded: {exc}"})
+
     def ready_recommender(request: Request):
         recommender = request.app.state.recommender
         if recommender is None:
@@ -630,7 +636,10 @@ def create_app(
         404: {"model": ErrorBody, "description": "unknown customer_id"},
         422: {"description": "the body breaks the request schema, or the library refused a value"},
         413: {"model": ErrorBody, "description": f"request body over {max_body_bytes} bytes"},
-        503: {"model": ErrorBody, "description": "the model is not loaded (yet)"},
+        503: {
+            "model": ErrorBody,
+            "description": "the model is not loaded (yet), or the record log (serve --records) cannot be written",
+        },
     }
 
     @app.post(
@@ -808,6 +817,10 @@ def run(
         from finrec.artifacts import read_manifest
 
         read_manifest(_model_source(model_dir, registry_root)[1])  # fail fast, once, on a missing or damaged model
+        if records:  # and on a file that is not a record log, or one that does not match its head
+            from finrec.governance.records import RecordLog
+
+            RecordLog(records).close()
         os.environ["FINREC_SERVE_MODEL"] = str(model_dir or "")
         os.environ["FINREC_SERVE_ROOT"] = str(registry_root or "")
         os.environ["FINREC_SERVE_DATA"] = str(data_dir or "")

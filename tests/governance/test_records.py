@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from finrec.cli import main
-from finrec.errors import FinrecError
+from finrec.errors import FinrecError, RecordLogError
 from finrec.governance.records import GENESIS, RecordLog, head_path, key_from_env, line_hash, verify
 
 N = 100_000
@@ -323,3 +323,28 @@ def test_cli_does_not_call_a_log_without_a_head_anchored(tmp_path, capsys):
     assert main(["records", "verify", str(path)]) == 0
     out = capsys.readouterr().out
     assert "nothing anchors this log" in out and "intact" not in out
+
+
+@pytest.mark.parametrize("change", ["replaced", "deleted", "head replaced"])
+def test_a_writer_refuses_once_its_files_are_no_longer_at_the_path(tmp_path, change):
+    path = tmp_path / "r.jsonl"
+    log = RecordLog(path, durable=False, key=None)
+    log.append(_record(0))
+    target = head_path(path) if change == "head replaced" else path
+    if change == "deleted":
+        path.unlink()
+    else:
+        copy = tmp_path / "copy"
+        copy.write_bytes(target.read_bytes())
+        copy.replace(target)
+    with pytest.raises(RecordLogError, match="moved, replaced or deleted"):
+        log.append(_record(1))
+    log.close()
+
+
+def test_a_file_that_is_not_a_record_log_is_refused_before_a_head_is_made(tmp_path):
+    other = tmp_path / "customers.csv"
+    other.write_text("customer_id,income\nC1,100\n")
+    with pytest.raises(FinrecError, match="not a record"):
+        RecordLog(other, key=None)
+    assert not head_path(other).exists() and other.read_text() == "customer_id,income\nC1,100\n"

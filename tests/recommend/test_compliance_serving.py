@@ -335,3 +335,34 @@ def test_a_service_that_enforces_the_rules_refuses_a_request_that_loosens_them(
         assert held not in {item["product_id"] for item in answer.json()["recommendations"]}
         unknown = client.post("/recommendations", json={"customer_id": 42})
         assert unknown.status_code == 404 and unknown.json()["detail"] == "unknown customer_id '42'"
+
+
+def test_api_answers_503_once_its_record_log_is_replaced_and_refuses_a_non_log(
+    model_dir, small_data_dir, small_dataset, tmp_path
+):
+    # Found by a tester: after `sed -i` on the log (a new file at the path), appends went to the
+    # deleted inode and every request still answered 200, recorded nowhere anyone could read.
+    from fastapi.testclient import TestClient
+
+    from finrec.serve import create_app
+
+    log = tmp_path / "records.jsonl"
+    cid = small_dataset.customers.customer_id[small_dataset.customers[CONSENT] == 1].iloc[0]
+    with TestClient(create_app(model_dir, small_data_dir, records=log)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        assert client.post("/recommendations", json={"customer_id": cid}).status_code == 200
+        copy = tmp_path / "edited.jsonl"
+        copy.write_bytes(log.read_bytes())
+        copy.replace(log)  # what sed -i does
+        answer = client.post("/recommendations", json={"customer_id": cid})
+        assert answer.status_code == 503 and "not recorded" in answer.json()["detail"]
+        assert "recommendations" not in answer.json()
+    assert len(log.read_bytes().splitlines()) == 1
+    other = tmp_path / "customers.csv"
+    other.write_text("customer_id,income\nC1,100\n")
+    with pytest.raises(FinrecError, match="not a record"):
+        create_app(model_dir, small_data_dir, records=other)
+    assert not (tmp_path / "customers.csv.head").exists()

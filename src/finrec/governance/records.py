@@ -43,7 +43,11 @@ Writers: one ``RecordLog`` per process appends under a thread lock and an exclus
 the log (so several server processes can share one log), re-reading the last lines and the head
 when another process appended; each line is written with one ``write`` and ``fsync``-ed, then the
 head slot, before ``append`` returns. A writer refuses a log that does not match its head file
-(it would otherwise cover a deletion at the end with a new head).
+(it would otherwise cover a deletion at the end with a new head), and checks the file when it
+opens it (a file that is not a record log is refused before a head file is made for it). Before
+each append it checks that the path still names the files it holds open: a log or head file
+moved, replaced or deleted (``sed -i``, a rotation) would otherwise take records into a file
+nobody can read back, while the service answered as if it had recorded them.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finrec.errors import FinrecError
+from finrec.errors import FinrecError, RecordLogError
 
 GENESIS = "0" * 64
 HEAD_SUFFIX = ".head"
@@ -235,13 +239,23 @@ class RecordLog:
             raise FinrecError(f"{self.path.parent}: no such directory for the record log")
         self._lock = threading.Lock()
         self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the process's life; closed by close()
+        # (file size, hash of the last line, next seq) as this process last saw the file
+        self._tail: tuple[int, str, int] | None = None
+        try:  # before any head file is made: a CSV named by mistake is refused as it is
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
+            size = os.fstat(self._file.fileno()).st_size
+            self._tail = (size, *self._checked_tail(size))
+        except BaseException:
+            self._file.close()
+            raise
+        finally:
+            if not self._file.closed:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
         try:
             self._head_fd = os.open(head_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             self._file.close()
             raise FinrecError(f"{head_path(self.path)}: cannot open the head file ({exc.strerror})") from None
-        # (file size, hash of the last line, next seq) as this process last saw the file
-        self._tail: tuple[int, str, int] | None = None
 
     def close(self) -> None:
         self._file.close()
@@ -260,6 +274,7 @@ class RecordLog:
             handle = self._file
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
+                self._check_still_at_path()
                 size = os.fstat(handle.fileno()).st_size
                 if self._tail is None or self._tail[0] != size:
                     self._tail = (size, *self._checked_tail(size))
@@ -283,6 +298,20 @@ class RecordLog:
                 return seal
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _check_still_at_path(self) -> None:
+        for name, fd in ((self.path, self._file.fileno()), (head_path(self.path), self._head_fd)):
+            held = os.fstat(fd)
+            try:
+                now = os.stat(name)
+            except OSError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                raise RecordLogError(
+                    f"{name}: the file was moved, replaced or deleted while this process held it open; not "
+                    "recording (records would go where nobody can read them): restore it, or restart with a "
+                    "new log"
+                )
 
     def _checked_tail(self, size: int) -> tuple[str, int]:
         """(hash of the last line, next seq), once the log is found to match its head file."""
