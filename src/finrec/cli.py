@@ -141,6 +141,7 @@ def cmd_generate(args) -> int:
     from finrec.data.io import find_table, write_dataset_blocks
     from finrec.data.synthetic import GeneratorSettings, generate_blocks
 
+    _refuse_governed(args.out, "--out")
     check_writable(args.out, "directory", marker=S.SCHEMA_FILE, what="--out", owned=S.DATASET_FILES)
     out = Path(args.out)
     generated = find_table(out, S.GROUND_TRUTH, required=False) is not None or (out / S.GENERATED_MARK).is_file()
@@ -209,6 +210,7 @@ def cmd_split(args) -> int:
         )
     for part in ("train", "test"):
         refuse_overlap(out / part, {"--data": args.data}, what=f"the {part} output")
+        _refuse_governed(out / part, f"the {part} output")
         check_writable(out / part, "directory", marker=S.SCHEMA_FILE, what=f"the {part} output", owned=S.DATASET_FILES)
     source = str(Path(args.data).resolve())
     if args.by == "time":
@@ -342,6 +344,7 @@ def cmd_tune(args) -> int:
     from finrec.training.tune import tune
 
     refuse_overlap(args.out, {"--data": args.data, "--config": args.config}, what="--out")
+    _refuse_governed(args.out, "--out")
     check_writable(
         args.out, "directory", marker="trials.json", what="--out", owned={"config.yaml", "trials.csv", "trials.json"}
     )
@@ -374,14 +377,28 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _refuse_governed(path: Path | None, what: str) -> None:
+    """No output lands in a model registry (its pointer, a signed-off version's report) or on a
+    record log or its head: testers replaced the registry pointer with ``monitor --json`` and a
+    registered version's report with ``report --out``."""
+    if path is None:
+        return
+    from finrec.governance.records import refuse_record_log
+    from finrec.governance.registry import OUTPUT_HINT, refuse_registry_write
+
+    refuse_registry_write(path, what, hint=OUTPUT_HINT)
+    refuse_record_log(path, what)
+
+
 def _check_json_output(path: Path | None, inputs: dict) -> None:
     """``--json FILE``, checked before any work: neither an input nor inside one (nor another
-    output), and writable. Nothing is written when it fails."""
+    output), nor a governance file, and writable. Nothing is written when it fails."""
     if path is None:
         return
     from finrec.atomic import check_writable, refuse_overlap
 
     refuse_overlap(path, inputs, what="--json")
+    _refuse_governed(path, "--json")
     check_writable(path, "file", what="--json")
 
 
@@ -517,6 +534,7 @@ def cmd_score(args) -> int:
     from finrec.recommend.recommender import Recommender
 
     inputs = {"--data": args.data, "--model": args.model}
+    _refuse_governed(args.out, "--out")
     if args.engine == "ray":
         from finrec.recommend.ray_engine import check_ray_output
 
@@ -751,6 +769,7 @@ def cmd_plan(args) -> int:
     # Before the work, as score's --out is: a plan inside the model directory made the next
     # calibrate refuse that directory (a tester).
     refuse_overlap(args.out, inputs, what="--out")
+    _refuse_governed(args.out, "--out")
     check_writable(args.out, "file", what="--out")
     # The plan scores through the numpy tower only: no Keras import when the tower allows (~10 s).
     loaded = _load_model_for(args.model, read_schema(args.data), keras_model=False)
@@ -800,6 +819,9 @@ def cmd_serve(args) -> int:
     from finrec.serve import run
 
     if args.records:  # the log is an output: never a file of the model, the registry or the data
+        from finrec.governance.registry import OUTPUT_HINT, refuse_registry_write
+
+        refuse_registry_write(args.records, "--records", hint=OUTPUT_HINT)
         refuse_overlap(
             args.records, {"--model": args.model, "--root": args.root, "--data": args.data}, what="--records"
         )
@@ -1029,6 +1051,7 @@ def cmd_report(args) -> int:
     for given in (args.model, args.data, *args.seed_models, *([args.train_data] if args.train_data else [])):
         if out.resolve().is_relative_to(Path(given).resolve()):
             raise FinrecError(f"--out {out}: inside the input {given}; write the report elsewhere")
+    _refuse_governed(out, "--out")
     report = build_report(
         args.model,
         args.data,

@@ -1240,7 +1240,76 @@ def _split_has_other_files(where: Where) -> None:
     (where.root / "train" / "x.txt").write_text("not a dataset\n")
 
 
+def _a_registry(where: Where) -> None:
+    """A registry with one version (as `finrec models add` leaves it) and its pointer."""
+    version = where.root / "reg" / "versions" / "v0001"
+    shutil.copytree(where.model, version)
+    (version / "version.json").write_text('{"id": "v0001"}\n')
+    (version / "report.html").write_text("<p>the report that was signed off</p>\n")
+    (where.root / "reg" / "registry.json").write_text('{"promoted": "v0001", "stack": ["v0001"], "events": []}\n')
+
+
+def _a_record_log(where: Where) -> None:
+    from finrec.governance.records import RecordLog
+
+    with RecordLog(where.root / "records.jsonl", durable=False, key=None) as log:
+        log.append({"customer_id": "C1", "items": []})
+
+
+# Governance files are no output's to replace (testers, 2026-12-02): `monitor --json` onto the
+# registry pointer, `report --out` onto a signed-off version's report, `--json` onto a record log.
+_REGISTRY = ("inside the model registry", "only `finrec models` writes there", "nothing was written")
+_RECORDS = ("the record log", "nothing was written")
+
 OUTPUT_CASES: list[OutputCase] = [
+    OutputCase(
+        "monitor_json_is_registry_pointer",
+        "monitor",
+        lambda w: w.root / "reg" / "registry.json",
+        _REGISTRY,
+        api=False,
+        prepare=_a_registry,
+    ),
+    OutputCase(
+        "report_out_is_a_registered_report",
+        "report",
+        lambda w: w.root / "reg" / "versions" / "v0001" / "report.html",
+        _REGISTRY,
+        api=False,
+        prepare=_a_registry,
+    ),
+    OutputCase(
+        "evaluate_json_inside_registry",
+        "evaluate",
+        lambda w: w.root / "reg" / "metrics.json",
+        _REGISTRY,
+        api=False,
+        prepare=_a_registry,
+    ),
+    OutputCase(
+        "score_out_inside_registry",
+        "score",
+        lambda w: w.root / "reg" / "top.csv",
+        _REGISTRY,
+        api=False,  # the command's guard: the library's writers do not know of registries
+        prepare=_a_registry,
+    ),
+    OutputCase(
+        "monitor_json_is_record_log",
+        "monitor",
+        lambda w: w.root / "records.jsonl",
+        _RECORDS,
+        api=False,
+        prepare=_a_record_log,
+    ),
+    OutputCase(
+        "plan_json_is_record_log_head",
+        "plan",
+        lambda w: w.root / "records.jsonl.head",
+        ("the head file of", *_RECORDS),
+        api=False,
+        prepare=_a_record_log,
+    ),
     # train: the atomic swap of the model directory would delete whatever it replaces
     OutputCase("train_out_is_data", "train", lambda w: w.data, _over("is"), "data"),
     OutputCase("train_out_is_parent_of_data", "train", lambda w: w.root, _over("contains"), "data"),

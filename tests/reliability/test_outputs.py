@@ -32,6 +32,7 @@ def test_every_entry_point_and_command_is_covered():
         "monitor",
         "plan",
         "compare",
+        "report",
     }
     assert {c.command for c in API_CASES} == {"generate", "split", "train", "score", "score-ray"}
 
@@ -79,6 +80,7 @@ def _cli_args(case, where: Where, out) -> list[str]:
                 "--mlflow",
                 out,
             ],
+            "report": ["report", "--model", w.model, "--data", w.data, "--out", out],
             "score": ["score", "--model", w.model, "--data", w.data, "--out", out],
             "score-ray": ["score", "--model", w.model, "--data", w.data, "--out", out, "--engine", "ray"],
         }[case.command]

@@ -95,6 +95,19 @@ def head_path(path: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(path)}{HEAD_SUFFIX}")
 
 
+def refuse_record_log(path: str | os.PathLike, what: str) -> None:
+    """An output (``--json``, ``--out``) must not replace a record log or its head file: the log
+    is evidence, and an atomic swap onto it would leave a valid-looking empty file."""
+    path = Path(path)
+    name = os.fspath(path)
+    log = Path(name[: -len(HEAD_SUFFIX)]) if name.endswith(HEAD_SUFFIX) else path
+    if head_path(log).is_file() and (log.is_file() or log != path):
+        raise FinrecError(
+            f"{what} {path}: that is {'the head file of ' if log != path else ''}the record log {log}; an output "
+            "never replaces it (nothing was written)"
+        )
+
+
 def key_from_env(environ: dict[str, str] | None = None) -> bytes | None:
     """The record log's secret key: ``FINREC_RECORDS_KEY`` (the key's text) or the contents of the
     file named by ``FINREC_RECORDS_KEY_FILE`` (a trailing newline dropped); None when neither is set."""

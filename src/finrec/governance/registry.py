@@ -86,16 +86,20 @@ def registry_holding(path: str | Path) -> Path | None:
     return None
 
 
-def refuse_registry_write(path: str | Path, what: str) -> None:
-    """A command that writes a model directory (``train --out``, ``calibrate --model``) refuses
-    one at or inside a registry: a registered version is what was signed off and is served by
-    its id, yet ``calibrate`` rewrote it in place and the server loaded the changed model (a
-    tester); ``train --out`` onto the root would replace every version."""
+MODEL_HINT = "Write a model elsewhere (calibrate a copy) and register it with `finrec models add`"
+OUTPUT_HINT = "only `finrec models` writes there; write the output elsewhere (nothing was written)"
+
+
+def refuse_registry_write(path: str | Path, what: str, hint: str = MODEL_HINT) -> None:
+    """A command that writes a model directory (``train --out``, ``calibrate --model``), or any
+    output (``hint=OUTPUT_HINT``), refuses a path at or inside a registry: a registered version is
+    what was signed off and is served by its id, yet ``calibrate`` rewrote it in place and the
+    server loaded the changed model, and ``monitor --json reg/registry.json`` replaced the pointer
+    (testers); ``train --out`` onto the root would replace every version."""
     root = registry_holding(path)
     if root is not None:
         raise RegistryError(
-            f"{what} {path}: inside the model registry {root}; a registered version is never changed. "
-            "Write a model elsewhere (calibrate a copy) and register it with `finrec models add`"
+            f"{what} {path}: inside the model registry {root}; a registered version is never changed. {hint}"
         )
 
 
