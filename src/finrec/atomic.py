@@ -36,6 +36,29 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``os.umask`` alone
+    would set it for a moment, under every other thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(target: Path, directory: bool) -> int:
+    """The mode a replaced ``target`` keeps, or a new one gets as ``open``/``mkdir`` would give it:
+    temporary files are created owner-only, and a model written by a training job could then not
+    be read by the service account beside it (a tester)."""
+    with contextlib.suppress(OSError):
+        if not target.is_symlink():
+            return target.stat().st_mode & 0o7777
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
@@ -75,6 +98,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     recover(target)
     tmp = Path(_writable(target, lambda: tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
     try:
+        os.chmod(tmp, _mode_for(target, directory=True))
         yield tmp
         _fsync_tree(tmp)
         if not target.exists():
@@ -101,6 +125,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator:
     fd, tmp_name = _writable(target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, _mode_for(target, directory=False))
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -124,9 +149,10 @@ def _atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp_name = _writable(
         target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent, suffix=target.suffix)
     )
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, _mode_for(target, directory=False))
+        os.close(fd)
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
