@@ -46,6 +46,9 @@ def test_generate_train_evaluate_score(tmp_path):
     results = json.loads((tmp_path / "e.json").read_text())["results"]
     assert results["model"]["customers"] > 100
     assert results["oracle"]["ndcg@5"] > results["random"]["ndcg@5"]
+    # registered with its own metrics: the JSON names the model it measured
+    done = finrec("models", "add", "--root", tmp_path / "reg", "--model", model, "--metrics", tmp_path / "e.json")
+    assert done.returncode == 0 and "does not name" not in done.stderr, done.stderr
 
     out = tmp_path / "top.csv"
     done = finrec("score", "--model", model, "--data", split / "test", "--out", out, "--k", 3)

@@ -438,7 +438,15 @@ def cmd_evaluate(args) -> int:
     split = read_split(args.data)
     print(_split_line(split))
     print(format_table(results, args.k))
-    output = {"k": args.k, "data": str(args.data), "split": split, "results": results}
+    from finrec.artifacts import model_version
+
+    output = {
+        "k": args.k,
+        "data": str(args.data),
+        "model_version": model_version(loaded.manifest),  # `models add --metrics` checks it is this model's
+        "split": split,
+        "results": results,
+    }
     if args.fairness:
         from finrec.evaluate.fairness import fairness_report, format_fairness
 
@@ -894,23 +902,24 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from finrec.governance.registry import Registry, RegistryError
+    from finrec.governance.registry import Registry, RegistryError, metrics_from_file, stray_files
 
     registry = Registry(args.root)
     if args.action == "add":
-        metrics = None
+        from finrec.artifacts import read_manifest
+
+        metrics, notes = None, []
         if args.metrics:
-            try:
-                raw = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise FinrecError(f"{args.metrics}: cannot read the metrics JSON ({type(exc).__name__})") from None
-            # `finrec evaluate --json` output: the model's row; any other JSON object as is
-            metrics = raw.get("results", {}).get("model", raw) if isinstance(raw, dict) else None
-            if not isinstance(metrics, dict):
-                raise FinrecError(f"{args.metrics}: expected a JSON object of metrics")
+            metrics, notes = metrics_from_file(args.metrics, read_manifest(args.model))
         same = registry.same_model(args.model)
+        left_out = stray_files(args.model)
         version = registry.add(args.model, metrics=metrics, report=args.report, note=args.note)
         print(f"registered {args.model} as {version} in {args.root}")
+        if left_out:
+            shown = ", ".join(safe_text(name, 60) for name in left_out[:5]) + (" ..." if len(left_out) > 5 else "")
+            notes.append(f"{len(left_out)} file(s) the manifest does not list were left out: {shown}")
+        for note in notes:
+            print(f"finrec models: note: {safe_text(note, MAX_MESSAGE_CHARS)}", file=sys.stderr)
         if same:
             print(
                 f"finrec models: note: {version} is the same model as {', '.join(same)} (the same files); "

@@ -242,3 +242,41 @@ def test_a_projects_own_versions_folder_is_no_registry(tmp_path):
     (tmp_path / "versions" / "v0001").mkdir()
     (tmp_path / "versions" / "v0001" / "version.json").write_text("{}")
     assert registry_holding(tmp_path / "models" / "new") == tmp_path.resolve()
+
+
+def test_models_add_refuses_a_root_that_is_a_file_or_inside_a_registry(model_dir, tmp_path, capsys):
+    # Found by a tester: a file as --root was an internal error (FileExistsError, exit 1), and a
+    # registry could be made inside another one's versions/.
+    afile = tmp_path / "reg.txt"
+    afile.write_text("x")
+    assert main(["models", "add", "--root", str(afile), "--model", str(model_dir)]) == 2
+    assert "a file, not a registry directory" in capsys.readouterr().err
+    Registry(tmp_path / "reg").add(model_dir)
+    for inner in ("reg/versions", "reg/inner"):
+        assert main(["models", "add", "--root", str(tmp_path / inner), "--model", str(model_dir)]) == 2
+        assert "inside the model registry" in capsys.readouterr().err
+    assert Registry(tmp_path / "reg").version_ids() == ["v0001"] and not (tmp_path / "reg" / "inner").exists()
+
+
+def test_models_add_copies_the_models_files_only_and_checks_its_metrics(model_dir, tmp_path, capsys):
+    import shutil
+
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    (model / "scores.csv").write_text("customer_id,product_id\n")  # kept beside the model by a user
+    root = str(tmp_path / "reg")
+    assert main(["models", "add", "--root", root, "--model", str(model)]) == 0
+    assert "scores.csv" in capsys.readouterr().err
+    registry = Registry(root)
+    assert not (registry.model_path("v0001") / "scores.csv").exists()
+    assert (registry.model_path("v0001") / "model.keras").is_file()
+    other = tmp_path / "other.json"  # `finrec evaluate --json` of another model
+    other.write_text(
+        json.dumps({"model_version": "2020-01-01T00:00:00+00:00/000000000000", "results": {"model": {"ndcg@5": 0.9}}})
+    )
+    assert main(["models", "add", "--root", root, "--model", str(model), "--metrics", str(other)]) == 2
+    assert "not of this model" in capsys.readouterr().err
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps({"comment": "looks good"}))
+    assert main(["models", "add", "--root", root, "--model", str(model), "--metrics", str(words)]) == 2
+    assert "no numeric metric" in capsys.readouterr().err
+    assert registry.version_ids() == ["v0001"]

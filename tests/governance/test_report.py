@@ -364,3 +364,28 @@ def test_the_explanations_hold_each_sampled_customers_own_holdings(trained, smal
     assert len(seen) >= 3 and any(seen.values())
     for customer, held in seen.items():
         assert held == holdings.loc[holdings[S.CUSTOMER_ID] == customer, S.PRODUCT_ID].tolist(), customer
+
+
+def test_models_add_keeps_a_report_only_with_its_own_model(reports, monitored_model_dir, model_dir, tmp_path, capsys):
+    # Found by a tester: `models add --report` kept any file as a version's signed-off report:
+    # another model's, a text file, a parquet.
+    from finrec.governance.registry import REPORT, Registry
+
+    root = str(tmp_path / "reg")
+    for report in (reports["bank"], reports["md"]):
+        assert (
+            main(["models", "add", "--root", root, "--model", str(monitored_model_dir), "--report", str(report)]) == 0
+        )
+    assert (Registry(root).root / "versions" / "v0001" / REPORT).read_bytes() == reports["bank"].read_bytes()
+    capsys.readouterr()
+    assert main(["models", "add", "--root", root, "--model", str(model_dir), "--report", str(reports["bank"])]) == 2
+    assert "not of this model" in capsys.readouterr().err
+    text = tmp_path / "notes.md"
+    text.write_text("# my notes\n")
+    assert main(["models", "add", "--root", root, "--model", str(model_dir), "--report", str(text)]) == 2
+    assert "not a finrec report" in capsys.readouterr().err
+    table = tmp_path / "scores.parquet"
+    table.write_bytes(b"PAR1\x00\x01")
+    assert main(["models", "add", "--root", root, "--model", str(model_dir), "--report", str(table)]) == 2
+    assert ".html or .md" in capsys.readouterr().err
+    assert Registry(root).version_ids() == ["v0001", "v0002"]

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finrec.artifacts import read_manifest
+from finrec.artifacts import MANIFEST, model_version, read_manifest
 from finrec.atomic import atomic_directory, atomic_file
 from finrec.errors import FinrecError
 
@@ -101,6 +101,72 @@ def refuse_registry_write(path: str | Path, what: str, hint: str = MODEL_HINT) -
         raise RegistryError(
             f"{what} {path}: inside the model registry {root}; a registered version is never changed. {hint}"
         )
+
+
+def stray_files(model_dir: str | Path) -> list[str]:
+    """Names in a model directory that its manifest does not list (left out by ``add``)."""
+    model_dir = Path(model_dir)
+    listed = {MANIFEST, *read_manifest(model_dir, verify=False).get("files", {})}
+    return sorted(p.name for p in model_dir.iterdir() if p.name not in listed and not p.name.startswith("."))
+
+
+REPORT_SUFFIXES = (".html", ".htm", ".md")
+_REPORT_VERSION = re.compile(r"model version (\S+?)(?:[ <_*]| ·|$)", re.MULTILINE)
+
+
+def check_report_of(report: str | Path, manifest: dict[str, Any]) -> None:
+    """Refuse a report that is not ``finrec report``'s report of the model of ``manifest``: it
+    names the model's version (``artifacts.model_version``) in its subtitle. Any file was kept
+    as a version's report: another model's, a text file, a parquet (a tester)."""
+    report = Path(report)
+    if not report.is_file():
+        raise RegistryError(f"{report}: no such report file (write one with `finrec report --out FILE`)")
+    if report.suffix.lower() not in REPORT_SUFFIXES:
+        raise RegistryError(f"{report}: a report is .html or .md (as `finrec report --out` writes it)")
+    with open(report, "rb") as handle:
+        head = handle.read(1 << 16).decode("utf-8", errors="replace")
+    found = _REPORT_VERSION.search(head)
+    expected = model_version(manifest)
+    if found is None:
+        raise RegistryError(
+            f"{report}: not a finrec report naming its model (no 'model version' line; reports before finrec "
+            f"named it lack it): write it with `finrec report --model DIR --out FILE`"
+        )
+    if found.group(1) != expected:
+        raise RegistryError(
+            f"{report}: the report of model version {found.group(1)[:80]}, not of this model ({expected}): "
+            "register each model with its own report"
+        )
+
+
+def metrics_from_file(path: str | Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(metrics, notes) from ``models add --metrics``: ``finrec evaluate --json`` output (its
+    model's row; refused when it names another model) or a JSON object with numeric metrics."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read the metrics JSON ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{path}: expected a JSON object of metrics")
+    notes = []
+    if "results" in raw:
+        named, expected = raw.get("model_version"), model_version(manifest)
+        if named is not None and named != expected:
+            raise RegistryError(
+                f"{path}: metrics of model version {str(named)[:80]}, not of this model ({expected}): "
+                "evaluate this model (`finrec evaluate --json`)"
+            )
+        if named is None:
+            notes.append(f"{path} does not name the model it measured (written before evaluate recorded it)")
+        metrics = raw["results"].get("model") if isinstance(raw["results"], dict) else None
+    else:
+        metrics = raw
+    if not isinstance(metrics, dict) or not any(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        raise RegistryError(f"{path}: no numeric metric in it (expected `finrec evaluate --json` output)")
+    return metrics, notes
 
 
 class Registry:
@@ -179,6 +245,7 @@ class Registry:
         metrics from the model's training history."""
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
+        self._check_root()
         root, source = self.root.resolve(), model_dir.resolve()
         if root == source or source in root.parents:
             # It wrote versions/ into the model directory, and the copy took the half-made
@@ -187,9 +254,8 @@ class Registry:
                 f"{self.root}: the registry would lie inside the model directory {model_dir} and write its "
                 "versions into it; choose a registry directory outside the model (nothing was written)"
             )
-        if report is not None and not Path(report).is_file():
-            # checked before the model is copied (a missing one was an internal error after it)
-            raise RegistryError(f"{report}: no such report file (write one with `finrec report --out FILE`)")
+        if report is not None:  # checked before the model is copied (a missing one was an internal error after it)
+            check_report_of(report, manifest)
         if metrics is None:
             try:
                 metrics = best_epoch_metrics(json.loads((model_dir / "history.json").read_text(encoding="utf-8")))
@@ -198,7 +264,11 @@ class Registry:
         with self._locked():
             version = f"v{self._last_number() + 1:04d}"
             with atomic_directory(self.root / VERSIONS / version) as tmp:
-                shutil.copytree(model_dir, tmp / MODEL, ignore=shutil.ignore_patterns(".*"))
+                # The files the manifest names, nothing else: a version is what was signed off,
+                # not the notes or scores someone kept in the folder (a tester).
+                (tmp / MODEL).mkdir()
+                for name in (MANIFEST, *manifest["files"]):
+                    shutil.copy2(model_dir / name, tmp / MODEL / name)
                 if report is not None:
                     shutil.copyfile(report, tmp / REPORT)
                 info = {
@@ -214,6 +284,16 @@ class Registry:
                 (tmp / VERSION_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
             read_manifest(self.root / VERSIONS / version / MODEL)  # the copy is whole
         return version
+
+    def _check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"--root {self.root}: a file, not a registry directory (nothing was written)")
+        outer = registry_holding(self.root.resolve().parent)
+        if outer is not None:
+            raise RegistryError(
+                f"--root {self.root}: inside the model registry {outer}; a registry within another would write "
+                "its versions among the signed-off ones: choose a directory outside it (nothing was written)"
+            )
 
     def _last_number(self) -> int:
         """The highest version number ever used: of the version directories and of every version

@@ -952,7 +952,7 @@ def build_report(
     """The report as ``{"title", "subtitle", "sections": [Section]}`` (render with ``render_html``
     or ``render_markdown``). ``seeds``: retrain the model's configuration with that many other
     seeds for the stability section (``retrain_seeds``; ``seed_epochs`` caps their epochs)."""
-    from finrec.artifacts import load_model_dir, read_monitoring
+    from finrec.artifacts import load_model_dir, model_version, read_monitoring
     from finrec.data.io import load_dataset
     from finrec.governance.monitor import monitor
     from finrec.recommend.recommender import Recommender
@@ -1003,7 +1003,9 @@ def build_report(
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return {
         "title": f"Validation report: {Path(model_dir).name}",
-        "subtitle": f"model {model_dir} · data {data_dir} · generated {now} by finrec report",
+        # `models add --report` reads the model version back: a report is kept only with its model
+        "subtitle": f"model {model_dir} · model version {model_version(ctx.manifest)} · data {data_dir} · "
+        f"generated {now} by finrec report",
         "sections": sections,
     }
 
