@@ -1025,11 +1025,14 @@ def cmd_compare(args) -> int:
         if kind == "scores":
             seats[role] = read_scores(path)
             check_scores_for(seats[role], dataset)
+    versions = {}
     for role, (kind, path) in given.items():
         if kind == "model":
             # as evaluate loads it: a products value column named after training is no model input
-            seats[role] = _load_model_for(path, dataset.schema).trained
+            loaded = _load_model_for(path, dataset.schema)
+            seats[role], versions[role] = loaded.trained, loaded.manifest
             _history_note(f"compare ({role})", seats[role].pipeline, args.data)
+    _compare_notes(given, versions, args.k, len(dataset.products))
     result = compare_models(
         seats["champion"],
         seats["challenger"],
@@ -1050,6 +1053,26 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _compare_notes(given: dict, manifests: dict, k: int, products: int) -> None:
+    """What makes a comparison say nothing, said before it is printed (a tester compared a model
+    with itself, and at a k past the catalogue, and read the zeros as findings)."""
+    from finrec.artifacts import model_version
+
+    notes = []
+    (kind_a, path_a), (kind_b, path_b) = given["champion"], given["challenger"]
+    if kind_a == kind_b == "model" and model_version(manifests["champion"]) == model_version(manifests["challenger"]):
+        notes.append("the champion and the challenger are the same model (the same files): every difference is 0")
+    elif kind_a == kind_b == "scores" and Path(path_a).resolve() == Path(path_b).resolve():
+        notes.append("the champion and the challenger are the same scores file: every difference is 0")
+    if k >= products:
+        notes.append(
+            f"--k {k} is at least the {products} products of the catalogue: each ranker ranks all of them, so "
+            "recall@k is 1 for both and only the order within the whole list is compared"
+        )
+    for note in notes:
+        print(f"finrec compare: note: {note}", file=sys.stderr)
+
+
 def cmd_report(args) -> int:
     from finrec.atomic import atomic_file
     from finrec.governance.report import build_report, render_html, render_markdown
@@ -1057,6 +1080,8 @@ def cmd_report(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm", ".md"):
         raise FinrecError(f"--out {out}: the name must end in .html or .md")
+    if args.train_data and not args.seeds:  # it was read by nothing, silently (a tester)
+        raise FinrecError("--train-data goes with --seeds N: it is the data the other seeds are retrained on")
     for given in (args.model, args.data, *args.seed_models, *([args.train_data] if args.train_data else [])):
         if out.resolve().is_relative_to(Path(given).resolve()):
             raise FinrecError(f"--out {out}: inside the input {given}; write the report elsewhere")

@@ -142,7 +142,10 @@ def test_compare_command(model_dir, small_data_dir, tmp_path, capsys):
     assert result["customers"] > 100
     for row in result["metrics"].values():  # a model against itself: no difference at all
         assert row["difference"] == 0 and row["low"] == row["high"] == 0 and row["verdict"] == "no clear difference"
-    assert "ndcg@5" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "ndcg@5" in printed.out
+    # said, not left for the reader to take the zeros as a finding (a tester)
+    assert "the same model (the same files): every difference is 0" in printed.err
     root = tmp_path / "reg"
     assert main(["models", "add", "--root", str(root), "--model", str(model_dir), "--promote"]) == 0
     assert (
@@ -157,10 +160,13 @@ def test_compare_command(model_dir, small_data_dir, tmp_path, capsys):
                 str(small_data_dir),
                 "--resamples",
                 "50",
+                "--k",
+                "100",
             ]
         )
         == 0
     )
+    assert "--k 100 is at least the" in capsys.readouterr().err
     assert main(["compare", "--root", str(root), "--challenger", "v0007", "--data", str(small_data_dir)]) == 2
 
 

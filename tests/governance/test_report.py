@@ -104,6 +104,10 @@ def test_report_refuses_to_overwrite_an_input(monitored_model_dir, small_data_di
     )
     assert "inside the input" in capsys.readouterr().err
     assert main(["report", "--model", str(monitored_model_dir), "--data", str(small_data_dir), "--out", "r.pdf"]) == 2
+    capsys.readouterr()
+    given = ["report", "--model", str(monitored_model_dir), "--data", str(small_data_dir), "--out", "r.html"]
+    assert main([*given, "--train-data", str(small_data_dir)]) == 2  # read by nothing without --seeds
+    assert "--train-data goes with --seeds N" in capsys.readouterr().err
 
 
 @pytest.mark.browser
@@ -389,3 +393,20 @@ def test_models_add_keeps_a_report_only_with_its_own_model(reports, monitored_mo
     assert main(["models", "add", "--root", root, "--model", str(model_dir), "--report", str(table)]) == 2
     assert ".html or .md" in capsys.readouterr().err
     assert Registry(root).version_ids() == ["v0001", "v0002"]
+
+
+def test_stability_counts_each_model_and_seed_once(model_dir, monitored_model_dir, tmp_path):
+    # Found by a tester: the model itself and a model of its seed were counted as other seeds,
+    # shrinking the spread the section reports towards zero.
+    import shutil
+    from types import SimpleNamespace
+
+    from finrec.artifacts import load_model_dir
+    from finrec.governance.report import distinct_seed_models
+
+    loaded = load_model_dir(model_dir)
+    ctx = SimpleNamespace(model_dir=model_dir, manifest=loaded.manifest, trained=loaded.trained)
+    copy = shutil.copytree(model_dir, tmp_path / "copy")
+    models, notes = distinct_seed_models(ctx, [model_dir, copy, monitored_model_dir])
+    assert [path for path, _ in models] == [model_dir]
+    assert sum("the same model as" in n for n in notes) == 2 and sum("has the seed of" in n for n in notes) == 1

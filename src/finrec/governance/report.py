@@ -515,10 +515,9 @@ def retrain_seeds(ctx: Context, seeds: int, train_data: Path | None = None, epoc
 
 
 def stability_section(ctx: Context, seed_models: list[Path], retrained: list | None = None) -> Section:
-    """nDCG across seeds: the model and ``seed_models`` (directories trained elsewhere) and
-    ``retrained`` ([(label, TrainedModel)] from ``retrain_seeds``: ``finrec report --seeds N``)."""
-    from finrec.artifacts import load_model_dir
-
+    """nDCG across seeds: the model and ``seed_models`` (directories trained elsewhere; the model
+    itself, a copy or a model of a seed already counted is left out with a note) and ``retrained``
+    ([(label, TrainedModel)] from ``retrain_seeds``: ``finrec report --seeds N``)."""
     section = Section("6. Stability across seeds")
     retrained = retrained or []
     if not seed_models and not retrained:
@@ -530,8 +529,8 @@ def stability_section(ctx: Context, seed_models: list[Path], retrained: list | N
     if not ctx.has_outcomes:
         return section.p(NO_OUTCOMES.format(what="stability across seeds"))
     rows, values = [], []
-    models = [(ctx.model_dir, ctx.trained)] + [(p, load_model_dir(p).trained) for p in seed_models] + retrained
-    for path, trained in models:
+    models, notes = distinct_seed_models(ctx, seed_models)
+    for path, trained in [*models, *retrained]:
         scores = (
             ctx.model_scores
             if trained is ctx.trained
@@ -549,10 +548,49 @@ def stability_section(ctx: Context, seed_models: list[Path], retrained: list | N
             }
         )
     section.table(rows)
+    for note in notes:
+        section.p(note)
+    if len(values) == 1:
+        return section.p("No other seed was left to compare with: the spread across seeds is not measured.")
     return section.p(
         f"nDCG@{ctx.k} across {len(values)} seeds: mean {np.mean(values):.4f}, standard deviation "
         f"{np.std(values, ddof=1) if len(values) > 1 else 0:.4f}, range {min(values):.4f}-{max(values):.4f}."
     )
+
+
+def distinct_seed_models(ctx: Context, seed_models: list[Path]) -> tuple[list, list[str]]:
+    """([(path, TrainedModel)] of the model and each seed model that is another model of another
+    seed, [notes on those left out and on configurations that differ])."""
+    from finrec.artifacts import load_model_dir, model_version
+
+    models, notes = [(ctx.model_dir, ctx.trained)], []
+    seen = {model_version(ctx.manifest): str(ctx.model_dir)}
+    seeds = {ctx.trained.config.training.seed: str(ctx.model_dir)}
+    for path in seed_models:
+        loaded = load_model_dir(path)
+        version, seed = model_version(loaded.manifest), loaded.trained.config.training.seed
+        # A tester passed the model itself, and a model of the same seed, and both were counted as
+        # other seeds: the spread shrank towards zero and said the model was stable.
+        if version in seen:
+            notes.append(f"{path} is the same model as {seen[version]} (the same files): counted once.")
+            continue
+        if seed in seeds:
+            notes.append(f"{path} has the seed of {seeds[seed]} ({seed}): not another seed, left out.")
+            continue
+        if _without_seed(loaded.trained.config) != _without_seed(ctx.trained.config):
+            notes.append(
+                f"{path} was trained with another configuration than the model's: its spread mixes the "
+                "configuration's effect with the seed's."
+            )
+        seen[version], seeds[seed] = str(path), str(path)
+        models.append((path, loaded.trained))
+    return models, notes
+
+
+def _without_seed(config) -> dict:
+    settings = config.to_dict()
+    settings.get("training", {}).pop("seed", None)
+    return settings
 
 
 def calibration_section(ctx: Context) -> Section:
