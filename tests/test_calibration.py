@@ -747,6 +747,16 @@ def test_calibrate_command_refits_on_held_out_customers(model_dir, small_data_di
     assert not load_model_dir(copy).trained.calibration.needs_adoption
     assert loaded.manifest["calibration_data"] == str(fresh.resolve())
     assert read_monitoring(copy) == json.loads(json.dumps(reference))  # the reference survives the rewrite
+    # A check of the probabilities on the data they were calibrated on is optimistic, and says so
+    # (the manifest recorded that data, and nothing read it: a tester).
+    from finrec.evaluate.report import calibrated_on
+
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(copy), "--data", str(driven), "--probabilities"]) == 0
+    assert "probabilities were calibrated on" in capsys.readouterr().err
+    manifest = load_model_dir(copy).manifest
+    assert calibrated_on(manifest, shutil.copytree(driven, tmp_path / "driven-copy"))  # known by its fingerprint
+    assert not calibrated_on(manifest, fresh) and not calibrated_on(loaded.manifest, driven)
 
 
 @pytest.mark.slow

@@ -459,6 +459,14 @@ def cmd_evaluate(args) -> int:
         log.info("probabilities against the adoptions")
         output["probabilities"] = probability_check(loaded.trained, dataset)
         print(format_probability_check(output["probabilities"]))
+        from finrec.evaluate.report import calibrated_on
+
+        if calibrated_on(loaded.manifest, args.data):  # the manifest recorded it; nothing read it (a tester)
+            print(
+                f"finrec evaluate: note: the model's probabilities were calibrated on {safe_text(args.data)} "
+                "(`finrec calibrate`): the probability check is optimistic; check them on other customers",
+                file=sys.stderr,
+            )
     if args.json:
         with atomic_file(args.json) as handle:
             json.dump(output, handle, indent=1)

@@ -106,6 +106,25 @@ def graded_task(pipeline, dataset: Dataset) -> GradedTask:
     return GradedTask(ids, relevant, excluded, len(catalogue), unknown)
 
 
+def calibrated_on(manifest: dict, data_dir) -> bool:
+    """Whether ``finrec calibrate`` fitted the model's probabilities on the data at ``data_dir``
+    (the manifest's ``calibration_data``, or a copy of it with its ``calibration_fingerprint``):
+    a check of the probabilities there is optimistic, as metrics on training data are."""
+    recorded, recorded_fingerprint = manifest.get("calibration_data"), manifest.get("calibration_fingerprint")
+    if data_dir is None or (not recorded and not recorded_fingerprint):
+        return False
+    if recorded and Path(recorded).resolve() == Path(data_dir).resolve():
+        return True
+    if not recorded_fingerprint:
+        return False
+    from finrec.data.io import fingerprint
+
+    try:
+        return fingerprint(data_dir) == recorded_fingerprint
+    except (FinrecError, OSError):
+        return False
+
+
 def adoptions_trained_on(dataset: Dataset, training_dir, data_dir=None, recorded_fingerprint=None) -> int:
     """How many of the data's adoptions (customer, product pairs) are adoptions of the data the
     model was trained on (``training_dir``, the manifest's ``data_path``): the model learned them,

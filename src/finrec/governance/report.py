@@ -674,7 +674,13 @@ def calibration_section(ctx: Context) -> Section:
 def probability_part(section: Section, ctx: Context) -> Section:
     """The calibrated probabilities against the adoptions observed (``probability_check``)."""
     from finrec.errors import safe_items
-    from finrec.evaluate.report import OFF_BY_CHANCE, adoptions_trained_on, off_by_chance, probability_check
+    from finrec.evaluate.report import (
+        OFF_BY_CHANCE,
+        adoptions_trained_on,
+        calibrated_on,
+        off_by_chance,
+        probability_check,
+    )
 
     check = probability_check(ctx.trained, ctx.dataset, max_customers=MAX_EVAL_CUSTOMERS, seed=ctx.seed)
     if check is None:
@@ -691,6 +697,11 @@ def probability_part(section: Section, ctx: Context) -> Section:
             f"{learned:,} of this data's {len(ctx.dataset.interactions):,} adoptions are ones the model was trained "
             "on: the check below is not a fair one (the model's scores are surer on the customers it learned from); "
             "run the report on held-out customers or a later month to check the probabilities."
+        )
+    if calibrated_on(ctx.manifest, ctx.data_dir):
+        section.p(
+            "The probabilities were calibrated on this very data (`finrec calibrate`): the check below is optimistic; "
+            "run the report on customers the calibration did not see to check them."
         )
     predicted, observed = check["predicted_adoptions"], check["observed_adoptions"]
     sample = f" (a sample of {check['sampled_from']:,})" if check.get("sampled_from") else ""
