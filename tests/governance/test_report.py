@@ -74,7 +74,8 @@ def test_report_sections_are_filled(reports):
     assert "oracle" in html and "popularity" in html and "random" in html  # the baselines
     assert "95% bootstrap interval" in html and "age band" in html and "cold" in html
     assert "Zero unsuitable products were recommended." in html
-    assert "mean true probability" in html  # calibration against the ground truth
+    # against the ground truth, named for what it is: a choice share, not a period probability
+    assert "mean true choice share" in html and "not the chance of adopting it in the period" in html
     # The bank has customers who adopted nothing: the calibration's adoption model is described.
     assert "P(adopts anything) x P(p | adopts something)" in html and "fitted on the training customers" in html
     # The probabilities campaigns plan with, against the adoptions: totals, reliability, each product.
@@ -410,3 +411,17 @@ def test_stability_counts_each_model_and_seed_once(model_dir, monitored_model_di
     models, notes = distinct_seed_models(ctx, [model_dir, copy, monitored_model_dir])
     assert [path for path, _ in models] == [model_dir]
     assert sum("the same model as" in n for n in notes) == 2 and sum("has the seed of" in n for n in notes) == 1
+
+
+def test_markdown_shows_markup_in_the_data_as_text():
+    # Found by a tester: a product named <b>Gold</b> was passed through as markup to Markdown
+    # viewers (the HTML report escaped it; the Markdown one escaped only pipes).
+    from finrec.governance import report as R
+
+    section = R.Section("1. Products")
+    section.table([{"product": "<b>Gold</b> | card", "share": "10%"}])
+    section.p("The top product is <script>x</script> & more; run `finrec report --out <file>`.")
+    text = R.render_markdown({"title": "t <i>", "subtitle": "", "sections": [section]})
+    assert "<b>" not in text and "<script>" not in text and "<i>" not in text
+    assert "&lt;b&gt;Gold&lt;/b&gt; \\| card" in text and "&amp; more" in text
+    assert "`finrec report --out <file>`" in text  # a code span shows its text as it is

@@ -653,11 +653,11 @@ def calibration_section(ctx: Context) -> Section:
         }
         observed.append(float(adopted[members].mean()))
         if truth is not None:
-            row["mean true probability"] = f"{truth[members].mean():.4f}"
+            row["mean true choice share"] = f"{truth[members].mean():.4f}"
             expected.append(float(truth[members].mean()))
         rows.append(row)
     section.table(rows)
-    series = {"observed": observed, **({"true probability": expected} if expected else {})}
+    series = {"observed": observed, **({"true choice share": expected} if expected else {})}
     section.img(svg.line_chart(series, "adoption rate by score decile", "score decile"), "calibration")
     rising = bool(np.all(np.diff(observed) >= -0.01)) if len(observed) > 1 else True
     section.p(
@@ -666,7 +666,14 @@ def calibration_section(ctx: Context) -> Section:
             if rising
             else "The observed adoption rate does not rise steadily with the score: review before use."
         )
-        + ("" if truth is not None else " No ground truth in this data: no true probabilities.")
+        # A tester read the two columns as one quantity: they are not on one scale.
+        + (
+            " The ground truth's probability is each product's share of a customer's next choice (it sums to 1 "
+            "over the products), not the chance of adopting it in the period: its column shows whether the "
+            "scores order the pairs as the truth does, not the level the observed rate should reach."
+            if truth is not None
+            else " No ground truth in this data: no true choice shares."
+        )
     )
     return probability_part(section, ctx)
 
@@ -1099,17 +1106,25 @@ def render_html(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _md_text(text: Any) -> str:
+    """Text with HTML's ``&``, ``<`` and ``>`` as entities outside code spans: a product named
+    ``<b>Gold</b>`` or ``<script>`` was rendered as markup by a Markdown viewer (a tester), as
+    ``render_html`` never lets it be."""
+    parts = str(text).split("`")
+    return "`".join(escape(part, quote=False) if i % 2 == 0 else part for i, part in enumerate(parts))
+
+
 def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return _md_text(value).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# {report['title']}", "", f"_{report['subtitle']}_", ""]
+    lines = [f"# {_md_text(report['title'])}", "", f"_{_md_text(report['subtitle'])}_", ""]
     for section in report["sections"]:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {_md_text(section.title)}", ""]
         for block in section.blocks:
             if block[0] == "p":
-                lines += [block[1], ""]
+                lines += [_md_text(block[1]), ""]
             elif block[0] == "table":
                 _, columns, rows = block
                 lines.append("| " + " | ".join(_md_cell(c) or " " for c in columns) + " |")
