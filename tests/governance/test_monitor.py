@@ -156,12 +156,21 @@ def test_monitor_flags_exactly_the_shifted_features(monitored_model_dir, tmp_pat
 def test_the_same_population_is_stable(monitored_model_dir, tmp_path, population):
     data = write_dataset(population, S.SYNTHETIC.schema(), tmp_path / "fresh")
     report = M.monitor_model(monitored_model_dir, data)
+    assert "notes" not in report  # every customer column is one the schema names
     worst = max(entry["psi"] for entry in report["features"].values())
     assert all(entry["status"] == "ok" for entry in report["features"].values()), report["features"]
     assert worst < 0.05  # sampling noise, well under the 0.10 threshold
     assert report["scores"]["status"] == "ok", report["scores"]
     assert report["recommendations"]["status"] == "ok", report["recommendations"]
     assert set(report["scores"]) >= {"psi", "status"} and set(report["recommendations"]) >= {"psi", "status"}
+
+
+def test_a_column_the_schema_does_not_name_is_noted_not_passed_over(monitored_model_dir, tmp_path, population):
+    # Found by a tester: a column the bank added to the population was ignored without a word.
+    customers = population["customers"].assign(open_banking_score=1.0)
+    data = write_dataset({**population, "customers": customers}, S.SYNTHETIC.schema(), tmp_path / "wider")
+    notes = M.monitor_model(monitored_model_dir, data).get("notes", [])
+    assert any("'open_banking_score'" in note and "not monitored" in note for note in notes), notes
 
 
 def test_monitor_never_reads_the_ground_truth(monitored_model_dir, tmp_path, population):

@@ -410,4 +410,16 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
             f"the model reads a {S.HOLDINGS_HISTORY} table and {data_dir} has none: every customer is scored as "
             "one without a past, which moves the scores and the recommended mix"
         )
+    table = dataset.schema.customers
+    named = {table.id, *table.numeric_features, *table.categorical_features, *table.protected}
+    named.update(table.compliance_columns)
+    unread = [str(c) for c in dataset.customers.columns if c not in named]
+    if unread:
+        # A column the bank added to the population was passed over without a word (a tester):
+        # the model cannot read it, and nothing here says how it moved.
+        shown = ", ".join(repr(c[:60]) for c in unread[:5]) + (" ..." if len(unread) > 5 else "")
+        notes.append(
+            f"{len(unread)} customer column(s) of {data_dir} the model's schema does not name: {shown}; the model "
+            "does not read them and they are not monitored (retrain with them in schema.yaml to use them)"
+        )
     return {"model": str(model_dir), "data": str(data_dir), **report, **({"notes": notes} if notes else {})}
