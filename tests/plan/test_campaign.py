@@ -18,6 +18,7 @@ from finrec.data.io import load_dataset
 from finrec.errors import DataError, FinrecError
 from finrec.plan.campaign import (
     build_problem,
+    capacity_vector,
     offer_reasons,
     plan_campaign,
     plan_table,
@@ -302,6 +303,7 @@ def test_cli_plan_with_an_exposure_limit(model_dir, small_data_dir, tmp_path, ca
     assert "exposure limit over gender" in printed and "holds" in printed
     info = json.loads(summary.read_text())["exposure"]
     assert info["holds"] and info["worst_ratio"] <= 1.1 + 1e-9 and info["cost"] >= 0
+    assert "greedy made to keep the exposure limit too" in printed
     plan = pd.read_parquet(out)
     dataset = load_dataset(small_data_dir)
     from finrec.data.compliance import without_objections
@@ -419,6 +421,27 @@ def test_an_exact_plan_under_an_exposure_limit_prices_its_binding_capacities(rec
     info = summary(fair)
     assert info["exposure"]["holds"] and problem.product_ids[busiest] in info["shadow_prices"]
     assert info["shadow_prices"][problem.product_ids[busiest]]["price"] > 0
+
+
+@pytest.mark.parametrize("ratio", [1.2, 2.0])
+def test_the_greedy_plan_beside_a_fair_plan_keeps_the_limit_too(recommender, small_data_dir, ratio):
+    """The plan was set beside the greedy plan without the limit, which broke it: "plan - greedy"
+    priced the limit as the plan's loss (a reviewer)."""
+    from finrec.plan.campaign import exposure_limit
+
+    problem = build_problem(recommender, small_data_dir, filters="balanced", group_column="gender")
+    busiest = np.argsort(-(problem.weights > 0).sum(axis=0))[:3]
+    capacity = {problem.product_ids[j]: 20 for j in busiest}
+    result = plan_campaign(problem, capacity, solver="exact", max_exposure_ratio=ratio)
+    limit = exposure_limit(problem, ratio)
+    base = result.greedy
+    assert limit.holds(base.rows, base.cols) and limit.holds(result.plan.rows, result.plan.cols)
+    assert base.method == "greedy within the limit"
+    assert result.plan.value >= base.value - 1e-6
+    cap = capacity_vector(capacity, problem.product_ids)
+    assert (np.bincount(base.cols, minlength=len(cap)) <= cap).all()
+    assert np.bincount(base.rows, minlength=len(problem.weights)).max(initial=0) <= 1
+    assert result.extra["exposure"]["greedy_value_without_limit"] >= base.value - 1e-6
 
 
 def test_a_capacity_of_zero_is_a_closed_product_not_a_priced_one(problem):
