@@ -48,3 +48,30 @@ def test_a_replaced_output_keeps_its_mode(tmp_path, umask_027):
     with atomic_directory(folder) as tmp:
         (tmp / "manifest.json").write_text("{}")
     assert _mode(folder) == 0o711
+
+
+def test_a_read_only_output_is_replaced_and_stays_read_only(tmp_path):
+    # Found by a reviewer: the kept mode was set on the temporary file before it was written, so a
+    # read-only output (or model directory) could no longer be written by anyone but root.
+    target = tmp_path / "scores.parquet"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o444)
+    with atomic_path(target) as tmp:
+        assert os.access(tmp, os.W_OK) or os.geteuid() == 0
+        assert _mode(tmp) & 0o200  # the writer's own file is writable while it writes
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and _mode(target) == 0o444
+    folder = tmp_path / "model"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    with atomic_directory(folder) as tmp:
+        assert _mode(tmp) & 0o200
+        (tmp / "manifest.json").write_text("{}")
+    assert _mode(folder) == 0o555 and (folder / "manifest.json").read_text() == "{}"
+    os.chmod(folder, 0o755)
+    setuid = tmp_path / "tool.sh"
+    setuid.write_text("old")
+    os.chmod(setuid, 0o4755)
+    with atomic_file(setuid) as handle:
+        handle.write("new")
+    assert _mode(setuid) == 0o755

@@ -55,7 +55,7 @@ def _mode_for(target: Path, directory: bool) -> int:
     be read by the service account beside it (a tester)."""
     with contextlib.suppress(OSError):
         if not target.is_symlink():
-            return target.stat().st_mode & 0o7777
+            return target.stat().st_mode & 0o777  # never a setuid or setgid bit carried over
     return (0o777 if directory else 0o666) & ~_umask()
 
 
@@ -96,10 +96,11 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     check_writable(target, "directory")
     _make_parent(target)
     recover(target)
+    mode = _mode_for(target, directory=True)
     tmp = Path(_writable(target, lambda: tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
     try:
-        os.chmod(tmp, _mode_for(target, directory=True))
         yield tmp
+        os.chmod(tmp, mode)  # after the writing: a read-only mode kept would refuse it (a reviewer)
         _fsync_tree(tmp)
         if not target.exists():
             os.rename(tmp, target)
@@ -124,11 +125,12 @@ def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator:
     _make_parent(target)
     fd, tmp_name = _writable(target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp = Path(tmp_name)
+    kept = _mode_for(target, directory=False)
     try:
-        os.fchmod(fd, _mode_for(target, directory=False))
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), kept)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
@@ -149,11 +151,12 @@ def _atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp_name = _writable(
         target, lambda: tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent, suffix=target.suffix)
     )
+    os.close(fd)
     tmp = Path(tmp_name)
+    kept = _mode_for(target, directory=False)
     try:
-        os.fchmod(fd, _mode_for(target, directory=False))
-        os.close(fd)
         yield tmp
+        os.chmod(tmp, kept)  # after the writer: a read-only mode kept would refuse it
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)

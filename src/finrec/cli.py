@@ -871,17 +871,23 @@ def cmd_records_verify(args) -> int:
         return EXIT_INPUT_ERROR
     if not result.anchored:  # a new log, or one wiped together with its head file: nothing tells them apart
         print(
-            f"{args.file}: {result.lines} record(s) and no head file: nothing anchors this log (a log wiped "
-            "together with its head file looks the same); check it against a head kept elsewhere with --head H"
+            f"{args.file}: {result.lines} record(s) and no head in its head file: nothing anchors this log (a log "
+            "wiped together with its head file looks the same); check it against a head kept elsewhere with --head H"
         )
         return 0
-    keyed = " (keyed: HMAC chain and head checked)" if result.keyed else ""
-    what = "chain and head file intact" if result.lines else "empty, as its head file records"
-    print(f"{args.file}: {result.lines} record(s), {what}{keyed}; head {result.head}")
+    keyed = " (keyed: every line's seal, the HMAC chain and the head checked)" if result.keyed else ""
+    what = "chain intact" if result.lines else "empty"
+    anchor = "the head given (no head file)" if result.stored_head is None else "its head file"
+    print(f"{args.file}: {result.lines} record(s), {what}, as {anchor} records{keyed}; head {result.head}")
     if result.after_head:
         print(
             f"note: {result.after_head} line(s) after the head file's head (a writer stopped between line and "
-            "head): their link to the chain is checked, their own content only once the next record is appended"
+            "head)" + ("; each carries its own seal" if result.keyed else "")
+        )
+    if result.unsealed_head:
+        print(
+            "note: the log and its head were written before finrec sealed them: lines past this head could not be "
+            "told from lines appended without the key; the next record appended with the key seals it"
         )
     return 0
 

@@ -264,10 +264,53 @@ def test_a_line_appended_without_the_key_is_found_and_never_adopted(tmp_path):
     assert verify(path, key=KEY).head == kept
     _forge_append(path, _record(99))
     result = verify(path, key=KEY)
-    assert not result.ok and result.bad_line == 5 and result.lines == 4
+    assert not result.ok and result.bad_line == 6 and result.lines == 5  # the forged line is named
+    assert "written without the key" in result.problem
     with pytest.raises(FinrecError, match="does not match its head"), RecordLog(path, key=KEY) as log:
         log.append(_record(5))
     assert len(_lines(path)) == 6  # nothing written over the evidence
+
+
+def _blank_newest_slot(path) -> None:
+    data = bytearray(head_path(path).read_bytes())
+    slots = [json.loads(data[i : i + 256]) for i in (0, 256)]
+    newest = 0 if slots[0]["lines"] > slots[1]["lines"] else 1
+    data[newest * 256 : (newest + 1) * 256] = b" " * 255 + b"\n"
+    head_path(path).write_bytes(bytes(data))
+
+
+def test_a_head_rolled_back_by_blanking_its_newest_slot_is_found(tmp_path):
+    # Found by a reviewer: with the newest slot blanked the older one became the head, and the
+    # last line could be deleted (or replaced by one with the same seq and prev) unseen.
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(6):
+            log.append(_record(i))
+    lines = _lines(path)
+    cut = _write(tmp_path, lines[:-1], head_of=path)
+    _blank_newest_slot(cut)
+    result = verify(cut, key=KEY)
+    assert not result.ok and "other slot" in result.problem
+    with pytest.raises(FinrecError, match="other slot"), RecordLog(cut, key=KEY) as log:
+        log.append(_record(6))
+    # The last line swapped for one with its seq and prev, written without the key.
+    record = json.loads(lines[-1])
+    forged = json.dumps({**record, "customer_id": "C9999999", "mac": None}, separators=(",", ":")).encode()
+    replaced = _write(tmp_path, [*lines[:-1], forged + b"\n"], head_of=path)
+    _blank_newest_slot(replaced)
+    result = verify(replaced, key=KEY)
+    assert not result.ok and result.bad_line == 6 and "without the key" in result.problem
+
+
+def test_an_altered_line_of_a_keyed_log_is_named_by_its_own_seal(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(5):
+            log.append(_record(i))
+    lines = _lines(path)
+    lines[2] = lines[2].replace(b"C0000002", b"C0000009")
+    result = verify(_write(tmp_path, lines, head_of=path), key=KEY)
+    assert not result.ok and result.bad_line == 3 and "altered without the key" in result.problem
 
 
 def test_a_keyed_writer_stopped_between_line_and_head_still_resumes(tmp_path):
@@ -286,21 +329,71 @@ def test_a_keyed_writer_stopped_between_line_and_head_still_resumes(tmp_path):
     assert result.ok and result.lines == 5 and result.after_head == 0
 
 
-def test_a_keyed_head_written_before_seals_still_verifies_and_is_sealed_by_the_next_append(tmp_path):
+def _legacy_keyed_log(path, n: int) -> None:
+    """A keyed log as finrec wrote it before seals: unsealed lines, the head the chain's hash."""
+    prev, out = GENESIS, []
+    for i in range(n):
+        line = json.dumps({"seq": i, **_record(i), "prev": prev}, separators=(",", ":")).encode()
+        out.append(line + b"\n")
+        prev = line_hash(line, KEY)
+    path.write_bytes(b"".join(out))
+    slots = []
+    for lines in (n - 1, n):
+        fields = {"head": line_hash(out[lines - 1][:-1], KEY), "keyed": True, "lines": lines}
+        body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+        slot = json.dumps({**fields, "check": line_hash(body, KEY)}, separators=(",", ":")).encode()
+        slots.append((lines % 2, slot.ljust(255) + b"\n"))
+    head_path(path).write_bytes(b"".join(slot for _, slot in sorted(slots)))
+
+
+def test_a_keyed_log_written_before_seals_still_verifies_and_is_sealed_from_the_next_append(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    _legacy_keyed_log(path, 4)
+    result = verify(path, key=KEY)
+    assert result.ok and result.unsealed_head and result.lines == 4
+    key_file = tmp_path / "key"
+    key_file.write_bytes(KEY)
+    assert main(["records", "verify", str(path), "--key-file", str(key_file)]) == 0
+    assert "written before finrec sealed them" in capsys.readouterr().out
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(4))
+        log.append(_record(5))
+    result = verify(path, key=KEY)
+    assert result.ok and not result.unsealed_head and result.lines == 6
+    assert b'"sealed":true' in head_path(path).read_bytes() and b'"mac":' in _lines(path)[-1]
+    # Once sealed, an unsealed line after a sealed one is refused.
+    lines = _lines(path)
+    record = json.loads(lines[-1])
+    del record["mac"]
+    unsealed = _write(tmp_path, [*lines[:-1], json.dumps(record, separators=(",", ":")).encode() + b"\n"])
+    assert not verify(unsealed, key=KEY).ok
+
+
+def test_a_line_past_a_head_written_before_seals_must_carry_a_seal(tmp_path):
+    path = tmp_path / "r.jsonl"
+    _legacy_keyed_log(path, 4)
+    _forge_append(path, _record(99))  # the legacy head holds the chain hash: the forger's prev
+    result = verify(path, key=KEY)
+    assert not result.ok and result.bad_line == 5 and "written without the key" in result.problem
+    with pytest.raises(FinrecError, match="carries no seal"), RecordLog(path, key=KEY) as log:
+        log.append(_record(5))
+
+
+def test_a_torn_newest_slot_after_a_synced_line_is_a_crash_not_tampering(tmp_path):
     path = tmp_path / "r.jsonl"
     with RecordLog(path, key=KEY) as log:
-        for i in range(3):
+        for i in range(4):
             log.append(_record(i))
-    last = _lines(path)[-1][:-1]
-    fields = {"head": line_hash(last, KEY), "keyed": True, "lines": 3}  # the head as it was written before
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-    slot = json.dumps({**fields, "check": line_hash(body, KEY)}, separators=(",", ":")).encode().ljust(255) + b"\n"
-    head_path(path).write_bytes(slot + slot)
-    assert verify(path, key=KEY).ok
     with RecordLog(path, key=KEY) as log:
-        log.append(_record(3))
-    assert verify(path, key=KEY).ok
-    assert b'"sealed":true' in head_path(path).read_bytes()
+        log.append(_record(4))
+    _blank_newest_slot(path)  # the head of line 5 torn: the slot it overwrote (head 3) is gone too
+    result = verify(path, key=KEY)
+    assert result.ok and result.after_head == 1
+    with RecordLog(path, key=KEY) as log:  # resumes: the missing head first, so the slots stay in turn
+        log.append(_record(5))
+        log.append(_record(6))
+    result = verify(path, key=KEY)
+    assert result.ok and result.lines == 7 and result.after_head == 0
 
 
 def test_cli_head_hash_is_read_as_a_person_types_it(tmp_path, capsys):
@@ -325,19 +418,23 @@ def test_cli_does_not_call_a_log_without_a_head_anchored(tmp_path, capsys):
     assert "nothing anchors this log" in out and "intact" not in out
 
 
-@pytest.mark.parametrize("change", ["replaced", "deleted", "head replaced"])
+@pytest.mark.parametrize("change", ["replaced", "deleted", "head replaced", "truncated in place"])
 def test_a_writer_refuses_once_its_files_are_no_longer_at_the_path(tmp_path, change):
+    # Every failure to record is a RecordLogError (the service's 503), not the caller's 422.
     path = tmp_path / "r.jsonl"
     log = RecordLog(path, durable=False, key=None)
     log.append(_record(0))
     target = head_path(path) if change == "head replaced" else path
-    if change == "deleted":
+    if change == "truncated in place":  # logrotate's copytruncate
+        with open(path, "r+b") as handle:
+            handle.truncate(0)
+    elif change == "deleted":
         path.unlink()
     else:
         copy = tmp_path / "copy"
         copy.write_bytes(target.read_bytes())
         copy.replace(target)
-    with pytest.raises(RecordLogError, match="moved, replaced or deleted"):
+    with pytest.raises(RecordLogError, match="deleted" if change == "truncated in place" else "moved, replaced"):
         log.append(_record(1))
     log.close()
 
@@ -348,3 +445,31 @@ def test_a_file_that_is_not_a_record_log_is_refused_before_a_head_is_made(tmp_pa
     with pytest.raises(FinrecError, match="not a record"):
         RecordLog(other, key=None)
     assert not head_path(other).exists() and other.read_text() == "customer_id,income\nC1,100\n"
+
+
+def test_a_head_kept_elsewhere_checks_a_log_whose_head_file_is_gone(tmp_path, capsys):
+    # The writer's own message sends the user to `verify --head H` when the head file is gone,
+    # and that always failed ("no head file") whatever H was (a reviewer).
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=None) as log:
+        heads = [log.append(_record(i)) for i in range(5)]
+    head_path(path).unlink()
+    assert not verify(path).ok
+    assert verify(path, head=heads[2]).ok and verify(path, head=heads[2]).anchored
+    assert not verify(path, head="ab" * 32).ok
+    assert main(["records", "verify", str(path), "--head", heads[4]]) == 0
+    assert "as the head given (no head file) records" in capsys.readouterr().out
+
+
+def test_an_output_merely_named_like_a_head_file_is_no_record_log(tmp_path):
+    from finrec.governance.records import refuse_record_log
+
+    (tmp_path / "results").write_text("x")
+    (tmp_path / "results.head").write_text('{"a json output": 1}\n')
+    refuse_record_log(tmp_path / "results.head", "--json")  # not refused
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=None) as log:
+        log.append(_record(0))
+    for target in (path, head_path(path)):
+        with pytest.raises(FinrecError, match="the record log"):
+            refuse_record_log(target, "--json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -280,3 +281,24 @@ def test_models_add_copies_the_models_files_only_and_checks_its_metrics(model_di
     assert main(["models", "add", "--root", root, "--model", str(model), "--metrics", str(words)]) == 2
     assert "no numeric metric" in capsys.readouterr().err
     assert registry.version_ids() == ["v0001"]
+
+
+def test_a_report_is_known_by_its_subtitle_whatever_its_model_path_holds(tmp_path):
+    # A reviewer: the first "model version " in the file was taken, and a model kept under a
+    # folder named "model version 2" had its own report refused as another model's.
+    from finrec.artifacts import model_version
+    from finrec.governance.registry import check_report_of
+
+    manifest = {"created": "2026-12-02T07:00:00+00:00", "files": {"model.keras": "ab" * 32}}
+    mine, other = model_version(manifest), model_version({**manifest, "created": "2020-01-01T00:00:00+00:00"})
+    report = tmp_path / "r.html"
+    for version, ok in ((mine, True), (other, False)):
+        report.write_text(
+            "<h1>Validation report: x</h1><p class='sub'>model /m/model version 2/x &amp; co · model version "
+            f"{version} · data d · generated now by finrec report</p>"
+        )
+        if ok:
+            check_report_of(report, manifest)
+        else:
+            with pytest.raises(RegistryError, match=f"model version {re.escape(other)}, not of this model"):
+                check_report_of(report, manifest)

@@ -411,6 +411,16 @@ def test_stability_counts_each_model_and_seed_once(model_dir, monitored_model_di
     models, notes = distinct_seed_models(ctx, [model_dir, copy, monitored_model_dir])
     assert [path for path, _ in models] == [model_dir]
     assert sum("the same model as" in n for n in notes) == 2 and sum("has the seed of" in n for n in notes) == 1
+    # nor a seed that --seeds retrains here (a reviewer): the model of seed s+7, s retrained here
+    seed = loaded.trained.config.training.seed
+    other = SimpleNamespace(model_dir=tmp_path / "m7", manifest={"created": "x", "files": {}})
+    other.trained = SimpleNamespace(config=loaded.trained.config.with_overrides(seed=seed + 7))
+    models, notes = distinct_seed_models(
+        other, [monitored_model_dir], [(f"retrained here, seed {seed}", loaded.trained)]
+    )
+    assert len(models) == 1 and notes == [
+        f"{monitored_model_dir} has the seed of retrained here, seed {seed} ({seed}): not another seed, left out."
+    ]
 
 
 def test_markdown_shows_markup_in_the_data_as_text():
@@ -419,9 +429,9 @@ def test_markdown_shows_markup_in_the_data_as_text():
     from finrec.governance import report as R
 
     section = R.Section("1. Products")
-    section.table([{"product": "<b>Gold</b> | card", "share": "10%"}])
-    section.p("The top product is <script>x</script> & more; run `finrec report --out <file>`.")
+    section.table([{"product": "<b>Gold</b> | card", "share": "10%"}, {"product": "Gold` <img src=x>", "share": "1%"}])
+    section.p("The top product is <script>x</script> & more; run `finrec report --seeds N`; ``<i>`.")
     text = R.render_markdown({"title": "t <i>", "subtitle": "", "sections": [section]})
-    assert "<b>" not in text and "<script>" not in text and "<i>" not in text
+    assert "<b>" not in text and "<script>" not in text and "<i>" not in text and "<img" not in text
     assert "&lt;b&gt;Gold&lt;/b&gt; \\| card" in text and "&amp; more" in text
-    assert "`finrec report --out <file>`" in text  # a code span shows its text as it is
+    assert "`finrec report --seeds N`" in text

@@ -31,11 +31,16 @@ far as the chain goes; ``Verification.after_head`` counts those lines.
 With a secret key (``FINREC_RECORDS_KEY``, or a file named by ``FINREC_RECORDS_KEY_FILE``; at least
 16 bytes) every hash is an HMAC-SHA-256 under that key, the chain's and the head's: whoever can
 rewrite the files but lacks the key can neither recompute the chain after an edit, nor append
-lines, nor write a head that matches a shortened log. The head of a keyed log is a *seal*, an HMAC
-of the last line under another label than the chain's (``head_seal``): were it the chain's hash,
-it would be the very ``prev`` a forger needs to append one line past the head. The head file
-records whether the log is keyed; a keyed log is checked only with its key. (Heads written before
-seals, ``"sealed"`` absent, hold the chain's hash; the next append seals the head.) What a key cannot show: a log cut back to an
+lines, nor write a head that matches a shortened log. Each line of a keyed log also carries its
+own seal (``"mac"``, its last field: an HMAC of the line without it, ``sealed_line``), so a line
+past the head, which no later ``prev`` covers yet, is authenticated too. The head is a seal as
+well, under another label than the chain's (``head_seal``): were it the chain's hash, it would be
+the very ``prev`` a forger needs to append a line. The head file records whether the log is
+keyed; a keyed log is checked only with its key. The two slots of a sealed keyed head hold the
+newest head and the one before it: a head file with only one (the newest blanked to bring the
+older back, lines deleted with it) is refused unless the line past that head is on disk (the torn
+write of a crash). (Logs and heads written before seals, ``"sealed"`` absent, hold unsealed lines
+and the chain's hash; the next append seals from there on.) What a key cannot show: a log cut back to an
 older head together with a copy of that older head file - a head hash kept elsewhere (``head``)
 still shows that.
 
@@ -90,6 +95,31 @@ def head_seal(line: bytes, key: bytes | None = None) -> str:
     return hmac.new(key, b"finrec-record-head\x00" + line, hashlib.sha256).hexdigest()
 
 
+_MAC_OPEN = b',"mac":"'
+_MAC_TAIL = len(_MAC_OPEN) + 64 + 2  # ,"mac":"<64 hex>"}
+
+
+def _line_mac(body: bytes, key: bytes) -> str:
+    return hmac.new(key, b"finrec-record-line\x00" + body, hashlib.sha256).hexdigest()
+
+
+def sealed_line(body: bytes, key: bytes) -> bytes:
+    """A keyed log's line: the record's JSON with its own seal as the last field, ``"mac"``, an
+    HMAC of the JSON without it: a line past the head (which no later ``prev`` covers yet) is
+    authenticated too, and a line written or altered without the key is named as such."""
+    return body[:-1] + _MAC_OPEN + _line_mac(body, key).encode() + b'"}'
+
+
+def line_seal_problem(line: bytes, key: bytes) -> str | None:
+    """None when ``line`` carries a seal that checks under ``key``; else what is wrong."""
+    if len(line) <= _MAC_TAIL or line[-_MAC_TAIL : -_MAC_TAIL + len(_MAC_OPEN)] != _MAC_OPEN:
+        return "it carries no seal (a keyed log's writer seals every line): it was written without the key"
+    body = line[:-_MAC_TAIL] + b"}"
+    if not hmac.compare_digest(_line_mac(body, key).encode(), line[-66:-2]):
+        return "its seal does not check under the key: it was written or altered without the key"
+    return None
+
+
 def head_path(path: str | os.PathLike) -> Path:
     """The head file of the record log at ``path``: ``<path>.head``."""
     return Path(f"{os.fspath(path)}{HEAD_SUFFIX}")
@@ -101,7 +131,11 @@ def refuse_record_log(path: str | os.PathLike, what: str) -> None:
     path = Path(path)
     name = os.fspath(path)
     log = Path(name[: -len(HEAD_SUFFIX)]) if name.endswith(HEAD_SUFFIX) else path
-    if head_path(log).is_file() and (log.is_file() or log != path):
+    head = head_path(log)
+    # a head file is empty (a writer that has not appended yet) or its two slots: an output of
+    # another kind that merely ends in .head is no head file (a reviewer)
+    looks = head.is_file() and head.stat().st_size in (0, 2 * _SLOT)
+    if looks and log.is_file():
         raise FinrecError(
             f"{what} {path}: that is {'the head file of ' if log != path else ''}the record log {log}; an output "
             "never replaces it (nothing was written)"
@@ -196,15 +230,40 @@ def read_head(path: str | os.PathLike, key: bytes | None) -> Head | None:
     """The newest valid slot of the log's head file; None when there is none (or it is empty).
 
     Raises ``FinrecError`` when no slot is valid, or the head is keyed and ``key`` is None."""
+    heads = read_heads(path, key)
+    return heads[0] if heads else None
+
+
+def rollback_problem(heads: list[Head], lines: int) -> str | None:
+    """In a sealed keyed log the head file holds the newest head and the one before it (the
+    slots are written in turn). With only one of them valid and no line past it, the newest may
+    have been blanked to bring back the older one with lines deleted (a reviewer): a torn write
+    leaves that state only with the line past the head on disk, since each line is synced before
+    its head."""
+    newest = heads[0]
+    if not (newest.keyed and newest.sealed) or newest.lines < 2 or lines != newest.lines:
+        return None
+    if len(heads) > 1 and heads[1].lines == newest.lines - 1:
+        return None
+    return (
+        f"the head file's other slot does not hold the head before line {newest.lines}'s (it was blanked or "
+        "altered): the newest head may have been removed with lines at the end"
+    )
+
+
+def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
+    """The valid slots of the log's head file, newest first; [] when the file is missing or empty.
+
+    Raises ``FinrecError`` when no slot is valid, or the head is keyed and ``key`` is None."""
     file = head_path(path)
     if not file.exists():
-        return None
+        return []
     if not file.is_file():
         raise FinrecError(f"{file}: the record log's head file must be a file")
     with open(file, "rb") as handle:
         data = handle.read(2 * _SLOT + 1)
     if not data:  # created by a writer that has not appended yet
-        return None
+        return []
     heads, keyed_without_key = [], False
     for index in (0, 1):
         try:
@@ -224,7 +283,7 @@ def read_head(path: str | os.PathLike, key: bytes | None) -> Head | None:
         if hmac.compare_digest(expected, slot["check"]):
             heads.append(head)
     if heads:
-        return max(heads, key=lambda h: h.lines)
+        return sorted(heads, key=lambda h: -h.lines)
     if keyed_without_key:
         raise FinrecError(
             f"{file}: the log is keyed; set {KEY_ENV} or {KEY_FILE_ENV} (or pass --key-file) to check or append to it"
@@ -256,8 +315,9 @@ class RecordLog:
         self._tail: tuple[int, str, int] | None = None
         try:  # before any head file is made: a CSV named by mistake is refused as it is
             fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
-            size = os.fstat(self._file.fileno()).st_size
-            self._tail = (size, *self._checked_tail(size))
+            # checked only: the first append reads the tail again, under the exclusive lock, and
+            # writes a head a stopped writer left out
+            self._checked_tail(os.fstat(self._file.fileno()).st_size)
         except BaseException:
             self._file.close()
             raise
@@ -281,8 +341,9 @@ class RecordLog:
         self.close()
 
     def append(self, record: dict[str, Any]) -> str:
-        """Write one record (``seq`` and ``prev`` are added); returns the new head's hash (the
-        line's hash; its seal in a keyed log): the one to keep elsewhere for ``verify --head``."""
+        """Write one record (``seq`` and ``prev`` are added; a keyed log's line is sealed); returns
+        the new head's hash (the line's hash; its seal in a keyed log): the one to keep elsewhere
+        for ``verify --head``. Raises ``RecordLogError`` when it cannot be recorded."""
         with self._lock:
             handle = self._file
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
@@ -290,27 +351,36 @@ class RecordLog:
                 self._check_still_at_path()
                 size = os.fstat(handle.fileno()).st_size
                 if self._tail is None or self._tail[0] != size:
-                    self._tail = (size, *self._checked_tail(size))
+                    self._tail = (size, *self._checked_tail(size, repair=True))
                 _, prev, seq = self._tail
-                line = json.dumps(
+                body = json.dumps(
                     {"seq": seq, **record, "prev": prev}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
                 ).encode("utf-8")
+                line = body if self.key is None else sealed_line(body, self.key)
                 handle.seek(0, os.SEEK_END)
                 handle.write(line + b"\n")
                 handle.flush()
                 if self.durable:
                     os.fsync(handle.fileno())
-                seal = head_seal(line, self.key)
                 # The head only after the line is on disk: after a crash it may lag, never lead.
-                os.pwrite(
-                    self._head_fd, _slot(Head(seq + 1, seal, self.key is not None), self.key), (seq + 1) % 2 * _SLOT
-                )
-                if self.durable:
-                    os.fdatasync(self._head_fd)
+                seal = self._write_head(seq + 1, line)
                 self._tail = (size + len(line) + 1, line_hash(line, self.key), seq + 1)
                 return seal
+            except FinrecError as exc:
+                # Every failure to record is the service's, whatever its cause (a file truncated or
+                # altered in place, a damaged head): answered as one, never as the caller's error.
+                raise RecordLogError(str(exc)) from None
+            except OSError as exc:
+                raise RecordLogError(f"{self.path}: cannot append to the record log ({exc.strerror})") from None
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _write_head(self, lines: int, last: bytes) -> str:
+        seal = head_seal(last, self.key)
+        os.pwrite(self._head_fd, _slot(Head(lines, seal, self.key is not None), self.key), lines % 2 * _SLOT)
+        if self.durable:
+            os.fdatasync(self._head_fd)
+        return seal
 
     def _check_still_at_path(self) -> None:
         for name, fd in ((self.path, self._file.fileno()), (head_path(self.path), self._head_fd)):
@@ -326,18 +396,20 @@ class RecordLog:
                     "new log"
                 )
 
-    def _checked_tail(self, size: int) -> tuple[str, int]:
-        """(hash of the last line, next seq), once the log is found to match its head file."""
+    def _checked_tail(self, size: int, repair: bool = False) -> tuple[str, int]:
+        """(hash of the last line, next seq), once the log is found to match its head file. With
+        ``repair``, the head of a line a stopped writer left past the head is written first."""
         last, before = _read_tail(self._file, size, self.path)
         lines = 0 if last is None else _seq_of(last, self.path) + 1
         try:
-            head = read_head(self.path, self.key)
+            heads = read_heads(self.path, self.key)
         except FinrecError as exc:
             raise FinrecError(f"{exc}; not appending to {self.path}") from None
+        head = heads[0] if heads else None
         if head is None or (head.lines == 0 and lines == 0):
             if lines:
                 raise FinrecError(
-                    f"{self.path}: the record log has {lines} line(s) but no head file {head_path(self.path)} "
+                    f"{self.path}: the record log has {lines} line(s) but no head in {head_path(self.path)} "
                     f"(deleted, or the log predates head files): not appending; check it with "
                     f"`finrec records verify {self.path} --head H` and start a new log"
                 )
@@ -345,19 +417,26 @@ class RecordLog:
         if head.keyed != (self.key is not None):
             state = "with a key" if head.keyed else "without a key"
             raise FinrecError(f"{self.path}: the record log was written {state}; not appending to it otherwise")
-        ok = (head.lines == lines and last is not None and head.names(last, self.key)) or (
-            # a writer stopped between its line and its head: the head names the line before, and
-            # the last line must link to it (in a keyed log only the key's holder can write that link)
+        matches = head.lines == lines and last is not None and head.names(last, self.key)
+        # a writer stopped between its line and its head: the head names the line before, and the
+        # last line links to it and, in a keyed log, carries its own seal
+        behind = (
             head.lines == lines - 1
             and (head.names(before, self.key) if before is not None else head.lines == 0)
             and _prev_of(last) == (line_hash(before, self.key) if before is not None else GENESIS)
         )
-        if not ok:
+        # a line past the head is covered by nothing else; one under a sealed head was sealed
+        check_seal = self.key is not None and (head.sealed or behind)
+        unsealed = line_seal_problem(last, self.key) if check_seal else None
+        problem = rollback_problem(heads, lines) or (f"its last line: {unsealed}" if unsealed else None)
+        if problem or not (matches or behind):
             raise FinrecError(
                 f"{self.path}: the record log has {lines} line(s) and does not match its head file, which records "
-                f"{head.lines}: lines at the end were deleted or altered; not appending (check it with "
-                f"`finrec records verify {self.path}`)"
+                f"{head.lines}: {problem or 'lines at the end were deleted or altered'}; not appending (check it "
+                f"with `finrec records verify {self.path}`)"
             )
+        if behind and repair:  # the head the stopped writer did not write: the slots stay in turn
+            self._write_head(lines, last)
         return line_hash(last, self.key), lines
 
 
@@ -416,6 +495,8 @@ class Verification:
     keyed: bool = False  # the hashes were checked as HMACs under the log's key
     after_head: int = 0  # lines past the head file's head (a writer stopped between line and head)
     anchored: bool = True  # a head (the head file's, or one kept elsewhere) was checked
+    unsealed_head: bool = False  # a keyed head written before seals: a line past it is not authenticated
+    stored_head: int | None = None  # lines the head file records (None: no head in it)
 
 
 def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None = KEY_FROM_ENV) -> Verification:
@@ -426,19 +507,23 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
     ``prev`` is not its hash (it was altered; ``GENESIS`` for the first line). Then the head file
     must name a line of the log by number and hash: fewer lines, or another line there, means
     lines at the end were deleted or altered. With ``head`` (a hash kept elsewhere), the log must
-    also still contain the line with that hash. ``key`` (default: from the environment) is needed
-    for a keyed log and refused for an unkeyed one."""
+    also still contain the line with that hash (it alone anchors a log whose head file is gone).
+    ``key`` (default: from the environment) is needed for a keyed log and refused for an unkeyed
+    one; in a keyed log each line's own seal is checked first, so the line written or altered
+    without the key is the one named, and a head file holding only an older head is refused
+    (``rollback_problem``)."""
     path = Path(path)
     if not path.is_file():
         raise FinrecError(f"{path}: no such record log")
     key = key_from_env() if key is KEY_FROM_ENV else key
-    head_problem = None
+    head_problem, heads = None, []
     try:
-        stored = read_head(path, key)
+        heads = read_heads(path, key)
     except FinrecError as exc:
-        stored, head_problem = None, str(exc)
-        if "is keyed" in head_problem:
-            return Verification(False, 0, GENESIS, None, head_problem)
+        head_problem = str(exc)
+    stored = heads[0] if heads else None
+    if head_problem is not None and "is keyed" in head_problem:
+        return Verification(False, 0, GENESIS, None, head_problem)
     if stored is not None and key is not None and not stored.keyed:
         return Verification(False, 0, GENESIS, None, "a key was given but the log was written without one")
     keyed = key is not None
@@ -449,6 +534,7 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
     named, named_before = None, GENESIS  # whether the head file names line ``stored.lines``; the hash before it
     last_line = None
     head_seen = head is None or head == GENESIS
+    sealed_seen = False  # a keyed log's lines carry seals from the first one a sealing writer wrote
 
     def bad(lines, last, line, problem):
         return Verification(False, lines, last, line, problem, keyed)
@@ -472,6 +558,13 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
                     f"its seq is {record.get('seq')!r} where {number - 1} was expected: a line before "
                     "it was deleted, or this line was inserted or moved",
                 )
+            if keyed:
+                problem = line_seal_problem(line, key)
+                carries = problem is None or not problem.startswith("it carries no seal")
+                past_head = stored is not None and number > stored.lines
+                if problem and (carries or sealed_seen or past_head):
+                    return bad(number - 1, prev, number, problem)
+                sealed_seen = sealed_seen or carries
             if record.get("prev") != prev:
                 if number == 1:
                     return bad(0, prev, 1, "the first line does not start the chain (prev is not GENESIS)")
@@ -489,7 +582,7 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
                 named, named_before = stored.names(line, chain_key), before
     if head_problem is not None:
         return bad(number, prev, None, head_problem)
-    if stored is None and number:
+    if stored is None and number and (head is None or head == GENESIS):
         return bad(
             number,
             prev,
@@ -512,6 +605,9 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
             f"line {stored.lines} is not the last line its head file records: lines at the end were altered or "
             "replaced",
         )
+    rolled_back = rollback_problem(heads, number) if stored is not None else None
+    if rolled_back:
+        return bad(number, prev, None, rolled_back)
     if not head_seen:
         return bad(
             number,
@@ -525,7 +621,9 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
         GENESIS if last_line is None else head_seal(last_line, chain_key),
         keyed=keyed,
         after_head=number - stored.lines if stored else 0,
-        anchored=stored is not None or head is not None,
+        anchored=stored is not None or (head is not None and head != GENESIS),
+        unsealed_head=stored is not None and stored.keyed and not stored.sealed,
+        stored_head=None if stored is None else stored.lines,
     )
 
 

@@ -6,7 +6,7 @@ Layout::
       registry.json          the pointer: {"promoted": "v0002", "stack": ["v0001", "v0002"], "events": [...]}
       versions/
         v0001/
-          model/             a model directory, copied in whole (``finrec.artifacts`` layout)
+          model/             a model directory: the files its manifest lists (``finrec.artifacts`` layout)
           version.json       when and from where it was registered, its metrics and data fingerprint
           report.html        optional: its validation report (``finrec report``)
       .lock                  serialises the commands that change the registry
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import html
 import json
 import logging
 import re
@@ -111,7 +112,7 @@ def stray_files(model_dir: str | Path) -> list[str]:
 
 
 REPORT_SUFFIXES = (".html", ".htm", ".md")
-_REPORT_VERSION = re.compile(r"model version (\S+?)(?:[ <_*]| ·|$)", re.MULTILINE)
+_REPORT_VERSION = re.compile(r"· model version (\S+) ·")
 
 
 def check_report_of(report: str | Path, manifest: dict[str, Any]) -> None:
@@ -124,19 +125,21 @@ def check_report_of(report: str | Path, manifest: dict[str, Any]) -> None:
     if report.suffix.lower() not in REPORT_SUFFIXES:
         raise RegistryError(f"{report}: a report is .html or .md (as `finrec report --out` writes it)")
     with open(report, "rb") as handle:
-        head = handle.read(1 << 16).decode("utf-8", errors="replace")
-    found = _REPORT_VERSION.search(head)
+        head = html.unescape(handle.read(1 << 16).decode("utf-8", errors="replace"))
     expected = model_version(manifest)
+    # The exact subtitle text: the title and the model's path come before it and may hold anything.
+    if f"· model version {expected} ·" in head:
+        return
+    found = _REPORT_VERSION.search(head)
     if found is None:
         raise RegistryError(
-            f"{report}: not a finrec report naming its model (no 'model version' line; reports before finrec "
-            f"named it lack it): write it with `finrec report --model DIR --out FILE`"
+            f"{report}: not a finrec report naming its model (reports written before finrec named the model "
+            "version lack it): write it with `finrec report --model DIR --out FILE`"
         )
-    if found.group(1) != expected:
-        raise RegistryError(
-            f"{report}: the report of model version {found.group(1)[:80]}, not of this model ({expected}): "
-            "register each model with its own report"
-        )
+    raise RegistryError(
+        f"{report}: the report of model version {found.group(1)[:80]}, not of this model ({expected}): "
+        "register each model with its own report"
+    )
 
 
 def metrics_from_file(path: str | Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

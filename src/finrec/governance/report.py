@@ -529,7 +529,7 @@ def stability_section(ctx: Context, seed_models: list[Path], retrained: list | N
     if not ctx.has_outcomes:
         return section.p(NO_OUTCOMES.format(what="stability across seeds"))
     rows, values = [], []
-    models, notes = distinct_seed_models(ctx, seed_models)
+    models, notes = distinct_seed_models(ctx, seed_models, retrained)
     for path, trained in [*models, *retrained]:
         scores = (
             ctx.model_scores
@@ -558,14 +558,16 @@ def stability_section(ctx: Context, seed_models: list[Path], retrained: list | N
     )
 
 
-def distinct_seed_models(ctx: Context, seed_models: list[Path]) -> tuple[list, list[str]]:
+def distinct_seed_models(ctx: Context, seed_models: list[Path], retrained: list = ()) -> tuple[list, list[str]]:
     """([(path, TrainedModel)] of the model and each seed model that is another model of another
-    seed, [notes on those left out and on configurations that differ])."""
+    seed than the model's and ``retrained``'s, [notes on those left out and on configurations that
+    differ])."""
     from finrec.artifacts import load_model_dir, model_version
 
     models, notes = [(ctx.model_dir, ctx.trained)], []
     seen = {model_version(ctx.manifest): str(ctx.model_dir)}
     seeds = {ctx.trained.config.training.seed: str(ctx.model_dir)}
+    seeds.update({trained.config.training.seed: label for label, trained in retrained})
     for path in seed_models:
         loaded = load_model_dir(path)
         version, seed = model_version(loaded.manifest), loaded.trained.config.training.seed
@@ -1107,11 +1109,11 @@ def render_html(report: dict[str, Any]) -> str:
 
 
 def _md_text(text: Any) -> str:
-    """Text with HTML's ``&``, ``<`` and ``>`` as entities outside code spans: a product named
+    """Text with HTML's ``&``, ``<`` and ``>`` as entities, everywhere: a product named
     ``<b>Gold</b>`` or ``<script>`` was rendered as markup by a Markdown viewer (a tester), as
-    ``render_html`` never lets it be."""
-    parts = str(text).split("`")
-    return "`".join(escape(part, quote=False) if i % 2 == 0 else part for i, part in enumerate(parts))
+    ``render_html`` never lets it be. Code spans too (a backtick in a value opened one, and the
+    markup after it went through, a reviewer): finrec's own code spans hold none of the three."""
+    return escape(str(text), quote=False)
 
 
 def _md_cell(value: Any) -> str:
