@@ -212,8 +212,12 @@ def test_garbage_and_torn_lines(tmp_path):
     assert verify(_write(tmp_path, [lines[0], b"not json\n", *lines[2:]])).bad_line == 2
     torn = _write(tmp_path, [*lines, lines[0][:10]], head_of=path)
     assert verify(torn).bad_line == 4
-    with pytest.raises(FinrecError, match="incomplete line"), RecordLog(torn) as log:
-        log.append(_record(9))
+    # A power loss during a line's one write: no head covers it and nobody was answered with it.
+    # It wedged every later append (a reviewer); the next writer cuts it and goes on.
+    with RecordLog(torn, key=None) as log:
+        log.append(_record(3))
+    result = verify(torn)
+    assert result.ok and result.lines == 4 and json.loads(_lines(torn)[-1])["seq"] == 3
 
 
 def test_cli_verify_exit_codes(big_log, tmp_path, capsys):
@@ -473,3 +477,98 @@ def test_an_output_merely_named_like_a_head_file_is_no_record_log(tmp_path):
     for target in (path, head_path(path)):
         with pytest.raises(FinrecError, match="the record log"):
             refuse_record_log(target, "--json")
+
+
+def _unkeyed_slot(lines: int, head: str) -> bytes:
+    fields = {"head": head, "keyed": False, "lines": lines}
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps({**fields, "check": line_hash(body)}, separators=(",", ":")).encode().ljust(255) + b"\n"
+
+
+def test_an_unkeyed_slot_is_no_head_of_a_keyed_log(tmp_path):
+    # A reviewer deleted the newest record: the newest slot overwritten by an unkeyed one (its
+    # check a plain SHA-256) naming the head before the genuine older one.
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(10):
+            log.append(_record(i))
+    lines = _lines(path)
+    cut = _write(tmp_path, lines[:-1], head_of=path)
+    data = bytearray(head_path(cut).read_bytes())
+    data[0:256] = _unkeyed_slot(8, "ab" * 32)  # slot 0 held the newest head, of 10 lines
+    head_path(cut).write_bytes(bytes(data))
+    result = verify(cut, key=KEY)
+    assert not result.ok and "other slot" in result.problem
+    with pytest.raises(FinrecError, match="other slot"), RecordLog(cut, key=KEY) as log:
+        log.append(_record(9))
+
+
+@pytest.mark.parametrize("kept", [1, 2])
+def test_the_first_records_of_a_keyed_log_cannot_be_cut_either(tmp_path, kept):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(kept + 1):
+            log.append(_record(i))
+    cut = _write(tmp_path, _lines(path)[:kept], head_of=path)
+    _blank_newest_slot(cut)
+    assert not verify(cut, key=KEY).ok
+
+
+def test_a_legacy_keyed_log_cannot_lose_its_last_line_to_a_blanked_slot(tmp_path):
+    path = tmp_path / "r.jsonl"
+    _legacy_keyed_log(path, 4)
+    cut = _write(tmp_path, _lines(path)[:3], head_of=path)
+    _blank_newest_slot(cut)
+    assert not verify(cut, key=KEY).ok
+    with RecordLog(path, key=KEY) as log:  # upgraded: its first sealed record
+        log.append(_record(4))
+    cut = _write(tmp_path, _lines(path)[:4], head_of=path)
+    _blank_newest_slot(cut)
+    assert not verify(cut, key=KEY).ok
+
+
+def test_a_writer_stopped_between_the_first_line_and_its_head_resumes(tmp_path, monkeypatch):
+    # A reviewer: with no head before the first line, that crash left a log no writer would take.
+    path = tmp_path / "r.jsonl"
+    real = RecordLog._write_head
+
+    def stop_at_first_head(self, lines, last):
+        if lines == 1:
+            raise KeyboardInterrupt  # the process killed between the line and its head
+        return real(self, lines, last)
+
+    monkeypatch.setattr(RecordLog, "_write_head", stop_at_first_head)
+    with pytest.raises(KeyboardInterrupt), RecordLog(path, key=KEY) as log:
+        log.append(_record(0))
+    monkeypatch.setattr(RecordLog, "_write_head", real)
+    result = verify(path, key=KEY)
+    assert result.ok and result.lines == 1 and result.after_head == 1
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(1))
+    result = verify(path, key=KEY)
+    assert result.ok and result.lines == 2 and result.after_head == 0
+
+
+def test_verify_of_a_live_log_sees_one_state(tmp_path):
+    # A reviewer's cron check of a live log read a line mid-write ("incomplete line").
+    path = tmp_path / "r.jsonl"
+    stop = threading.Event()
+
+    def write():
+        with RecordLog(path, durable=False, key=KEY) as log:
+            i = 0
+            while not stop.is_set():
+                log.append(_record(i))
+                i += 1
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for t in writers:
+        t.start()
+    try:
+        results = [verify(path, key=KEY) for _ in range(40)]
+    finally:
+        stop.set()
+        for t in writers:
+            t.join()
+    assert all(r.ok for r in results), next(r.problem for r in results if not r.ok)
+    assert results[-1].lines > 0

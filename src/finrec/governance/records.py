@@ -26,7 +26,11 @@ checksum, so a torn write leaves the other (previous) slot valid: the file alway
 head or the new one, never a mix (the scheme of a file system's superblock copies). ``verify``
 fails when the log has fewer lines than the head names, or no line with the head's hash there.
 A log that runs on past the head (a writer stopped between the line and the head) is intact as
-far as the chain goes; ``Verification.after_head`` counts those lines.
+far as the chain goes; ``Verification.after_head`` counts those lines, and the next writer writes
+the head it lacks before its own line. An incomplete last line (a power loss during its write: no
+head covers it, no request was answered with it) is reported by ``verify`` and cut by the next
+writer. ``verify`` reads the log's size and head under a shared lock, then the lines up to that
+size: a live log is checked as one state.
 
 With a secret key (``FINREC_RECORDS_KEY``, or a file named by ``FINREC_RECORDS_KEY_FILE``; at least
 16 bytes) every hash is an HMAC-SHA-256 under that key, the chain's and the head's: whoever can
@@ -36,11 +40,15 @@ own seal (``"mac"``, its last field: an HMAC of the line without it, ``sealed_li
 past the head, which no later ``prev`` covers yet, is authenticated too. The head is a seal as
 well, under another label than the chain's (``head_seal``): were it the chain's hash, it would be
 the very ``prev`` a forger needs to append a line. The head file records whether the log is
-keyed; a keyed log is checked only with its key. The two slots of a sealed keyed head hold the
-newest head and the one before it: a head file with only one (the newest blanked to bring the
-older back, lines deleted with it) is refused unless the line past that head is on disk (the torn
-write of a crash). (Logs and heads written before seals, ``"sealed"`` absent, hold unsealed lines
-and the chain's hash; the next append seals from there on.) What a key cannot show: a log cut back to an
+keyed; a keyed log is checked only with its key, and an unkeyed slot in it is no head. A log
+starts with a head of 0 lines, so the two slots of a keyed head always hold the newest head and
+the one before it: a head file with only one (the newest blanked or replaced to bring the older
+back, lines deleted with it) is refused unless the line past that head is on disk (the torn write
+of a crash). (Logs and heads written before seals, ``"sealed"`` absent, hold unsealed lines and
+the chain's hash; the next append seals from there on. Stop every older writer before upgrading:
+its unsealed lines are refused as written without the key.) What no key shows: a log and head
+file wiped together look like a new log, which the next writer starts (with a warning); only a
+head kept elsewhere tells them apart. What a key cannot show: a log cut back to an
 older head together with a copy of that older head file - a head hash kept elsewhere (``head``)
 still shows that.
 
@@ -61,6 +69,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -69,6 +78,8 @@ from pathlib import Path
 from typing import Any
 
 from finrec.errors import FinrecError, RecordLogError
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 HEAD_SUFFIX = ".head"
@@ -113,7 +124,10 @@ def sealed_line(body: bytes, key: bytes) -> bytes:
 def line_seal_problem(line: bytes, key: bytes) -> str | None:
     """None when ``line`` carries a seal that checks under ``key``; else what is wrong."""
     if len(line) <= _MAC_TAIL or line[-_MAC_TAIL : -_MAC_TAIL + len(_MAC_OPEN)] != _MAC_OPEN:
-        return "it carries no seal (a keyed log's writer seals every line): it was written without the key"
+        return (
+            "it carries no seal (a keyed log's writer seals every line): it was written without the key, or by a "
+            "finrec writer from before seals (stop every older writer before upgrading)"
+        )
     body = line[:-_MAC_TAIL] + b"}"
     if not hmac.compare_digest(_line_mac(body, key).encode(), line[-66:-2]):
         return "its seal does not check under the key: it was written or altered without the key"
@@ -235,15 +249,16 @@ def read_head(path: str | os.PathLike, key: bytes | None) -> Head | None:
 
 
 def rollback_problem(heads: list[Head], lines: int) -> str | None:
-    """In a sealed keyed log the head file holds the newest head and the one before it (the
-    slots are written in turn). With only one of them valid and no line past it, the newest may
-    have been blanked to bring back the older one with lines deleted (a reviewer): a torn write
-    leaves that state only with the line past the head on disk, since each line is synced before
-    its head."""
+    """In a keyed log the head file holds the newest head and the one before it (the slots are
+    written in turn, from a head of 0 lines written when the log starts). With only one of them
+    valid and no line past it, the newest may have been blanked to bring back the older one with
+    lines deleted (reviewers): a torn write leaves that state only with the line past the head on
+    disk, since each line is synced before its head. (A log begun before seals has no head of 0
+    lines: its first line's head stands alone.)"""
     newest = heads[0]
-    if not (newest.keyed and newest.sealed) or newest.lines < 2 or lines != newest.lines:
+    if not newest.keyed or newest.lines < (1 if newest.sealed else 2) or lines != newest.lines:
         return None
-    if len(heads) > 1 and heads[1].lines == newest.lines - 1:
+    if len(heads) > 1 and heads[1].keyed and heads[1].lines == newest.lines - 1:
         return None
     return (
         f"the head file's other slot does not hold the head before line {newest.lines}'s (it was blanked or "
@@ -282,6 +297,10 @@ def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
         expected = line_hash(_head_body(head), key if head.keyed else None)
         if hmac.compare_digest(expected, slot["check"]):
             heads.append(head)
+    if key is not None and any(h.keyed for h in heads):
+        # anyone can write an unkeyed slot: in a keyed log it is no head (an attacker put one
+        # with an older count beside the genuine older head, a record deleted)
+        heads = [h for h in heads if h.keyed]
     if heads:
         return sorted(heads, key=lambda h: -h.lines)
     if keyed_without_key:
@@ -315,9 +334,9 @@ class RecordLog:
         self._tail: tuple[int, str, int] | None = None
         try:  # before any head file is made: a CSV named by mistake is refused as it is
             fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
-            # checked only: the first append reads the tail again, under the exclusive lock, and
-            # writes a head a stopped writer left out
-            self._checked_tail(os.fstat(self._file.fileno()).st_size)
+            # checked only: the first append reads the tail again, under the exclusive lock, cuts
+            # a torn last line and writes a head a stopped writer left out
+            self._checked_tail(_complete_size(self._file.fileno(), os.fstat(self._file.fileno()).st_size))
         except BaseException:
             self._file.close()
             raise
@@ -350,6 +369,8 @@ class RecordLog:
             try:
                 self._check_still_at_path()
                 size = os.fstat(handle.fileno()).st_size
+                if size and os.pread(handle.fileno(), 1, size - 1) != b"\n":
+                    size = self._drop_torn_line(size)
                 if self._tail is None or self._tail[0] != size:
                     self._tail = (size, *self._checked_tail(size, repair=True))
                 _, prev, seq = self._tail
@@ -375,8 +396,22 @@ class RecordLog:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _write_head(self, lines: int, last: bytes) -> str:
-        seal = head_seal(last, self.key)
+    def _drop_torn_line(self, size: int) -> int:
+        """Cut an incomplete last line (a power loss during its one write; every line is written
+        whole with its newline, and synced before its head, so no head covers it and no request
+        was answered with it): it wedged every later append (a reviewer). Returns the new size."""
+        fd = self._file.fileno()
+        end = _complete_size(fd, size)
+        os.ftruncate(fd, end)
+        if self.durable:
+            os.fsync(fd)
+        log.warning(
+            "%s: cut an incomplete last line of %d byte(s) (a writer stopped during its write)", self.path, size - end
+        )
+        return end
+
+    def _write_head(self, lines: int, last: bytes | None) -> str:
+        seal = GENESIS if last is None else head_seal(last, self.key)
         os.pwrite(self._head_fd, _slot(Head(lines, seal, self.key is not None), self.key), lines % 2 * _SLOT)
         if self.durable:
             os.fdatasync(self._head_fd)
@@ -406,6 +441,9 @@ class RecordLog:
         except FinrecError as exc:
             raise FinrecError(f"{exc}; not appending to {self.path}") from None
         head = heads[0] if heads else None
+        if head is not None and head.keyed != (self.key is not None):
+            state = "with a key" if head.keyed else "without a key"
+            raise FinrecError(f"{self.path}: the record log was written {state}; not appending to it otherwise")
         if head is None or (head.lines == 0 and lines == 0):
             if lines:
                 raise FinrecError(
@@ -413,10 +451,13 @@ class RecordLog:
                     f"(deleted, or the log predates head files): not appending; check it with "
                     f"`finrec records verify {self.path} --head H` and start a new log"
                 )
+            if head is None and repair:
+                # A head of 0 lines before the first line: the first line's head then has the one
+                # before it, as every later head has (rollback_problem), and a writer stopped
+                # between the first line and its head resumes as after any other line.
+                log.warning("%s: starting a new record log (no records, no head)", self.path)
+                self._write_head(0, None)
             return GENESIS, 0
-        if head.keyed != (self.key is not None):
-            state = "with a key" if head.keyed else "without a key"
-            raise FinrecError(f"{self.path}: the record log was written {state}; not appending to it otherwise")
         matches = head.lines == lines and last is not None and head.names(last, self.key)
         # a writer stopped between its line and its head: the head names the line before, and the
         # last line links to it and, in a keyed log, carries its own seal
@@ -438,6 +479,18 @@ class RecordLog:
         if behind and repair:  # the head the stopped writer did not write: the slots stay in turn
             self._write_head(lines, last)
         return line_hash(last, self.key), lines
+
+
+def _complete_size(fd: int, size: int) -> int:
+    """The size of the log's complete lines: up to its last newline."""
+    end = size
+    while end > 0:
+        start = max(0, end - _TAIL_BLOCK)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
 
 
 def _read_tail(handle, size: int, path: Path) -> tuple[bytes | None, bytes | None]:
@@ -517,10 +570,17 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
         raise FinrecError(f"{path}: no such record log")
     key = key_from_env() if key is KEY_FROM_ENV else key
     head_problem, heads = None, []
-    try:
-        heads = read_heads(path, key)
-    except FinrecError as exc:
-        head_problem = str(exc)
+    with open(path, "rb") as handle:
+        # The log's size and its head as one state: a writer appends its line, then its head,
+        # under an exclusive lock; a check of a live log read a line mid-write (a reviewer).
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            heads = read_heads(path, key)
+        except FinrecError as exc:
+            head_problem = str(exc)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     stored = heads[0] if heads else None
     if head_problem is not None and "is keyed" in head_problem:
         return Verification(False, 0, GENESIS, None, head_problem)
@@ -540,7 +600,7 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
         return Verification(False, lines, last, line, problem, keyed)
 
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_lines_up_to(handle, size), start=1):
             if not raw.endswith(b"\n"):
                 return bad(number - 1, prev, number, "incomplete line (no newline)")
             line = raw[:-1]
@@ -625,6 +685,20 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
         unsealed_head=stored is not None and stored.keyed and not stored.sealed,
         stored_head=None if stored is None else stored.lines,
     )
+
+
+def _lines_up_to(handle, size: int):
+    """The lines of the first ``size`` bytes (what a writer appends later is not read)."""
+    read = 0
+    for raw in handle:
+        if read + len(raw) > size:
+            raw = raw[: size - read]
+        if not raw:
+            return
+        read += len(raw)
+        yield raw
+        if read >= size:
+            return
 
 
 def checked_head_hash(text: str) -> str:
