@@ -552,6 +552,8 @@ def test_a_writer_stopped_between_the_first_line_and_its_head_resumes(tmp_path, 
 def test_verify_of_a_live_log_sees_one_state(tmp_path):
     # A reviewer's cron check of a live log read a line mid-write ("incomplete line").
     path = tmp_path / "r.jsonl"
+    with RecordLog(path, durable=False, key=KEY) as log:
+        log.append(_record(0))
     stop = threading.Event()
 
     def write():
@@ -572,3 +574,93 @@ def test_verify_of_a_live_log_sees_one_state(tmp_path):
             t.join()
     assert all(r.ok for r in results), next(r.problem for r in results if not r.ok)
     assert results[-1].lines > 0
+
+
+def _slot_of(path, lines: int) -> bytes:
+    data = head_path(path).read_bytes()
+    return next(
+        data[i : i + 256]
+        for i in (0, 256)
+        if data[i : i + 1] == b"{" and json.loads(data[i : i + 256])["lines"] == lines
+    )
+
+
+def test_a_head_of_another_log_under_the_same_key_is_no_head_of_this_one(tmp_path):
+    # A reviewer cut a record with a slot of another log (a rotated or second instance's) under
+    # the same key: any keyed slot checked out, and the head of 0 lines was the same in every log.
+    other = tmp_path / "other.jsonl"
+    with RecordLog(other, key=KEY) as log:
+        log.append(_record(100))
+        genesis = _slot_of(other, 0)  # written when the log started
+        for i in range(1, 8):
+            log.append(_record(100 + i))
+    foreign = _slot_of(other, 8)
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(10):
+            log.append(_record(i))
+    lines = _lines(path)
+    assert b'"log":' in lines[0] and json.loads(lines[0])["log"] != json.loads(_lines(other)[0])["log"]
+    cut = _write(tmp_path, lines[:-1], head_of=path)
+    data = bytearray(head_path(cut).read_bytes())
+    data[0:256] = foreign  # slot 0 held the head of 10
+    head_path(cut).write_bytes(bytes(data))
+    assert not verify(cut, key=KEY).ok
+    with pytest.raises(FinrecError, match="other slot"), RecordLog(cut, key=KEY) as log:
+        log.append(_record(9))
+    for kept in (1, 2, 5):  # cut to a few lines beside the other log's head of 0 lines
+        short = _write(tmp_path, lines[:kept])
+        head_path(short).write_bytes(genesis + b" " * 255 + b"\n")
+        result = verify(short, key=KEY)
+        assert not result.ok and "another log" in result.problem
+        with pytest.raises(FinrecError, match="another log"), RecordLog(short, key=KEY) as log:
+            log.append(_record(kept))
+
+
+def test_more_than_one_line_past_the_head_is_not_a_stopped_writer(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(0))
+        kept = head_path(path).read_bytes()
+        log.append(_record(1))
+        log.append(_record(2))
+    head_path(path).write_bytes(kept)  # the head of 1 line, two sealed lines past it
+    result = verify(path, key=KEY)
+    assert not result.ok and "2 lines past the head" in result.problem
+    with pytest.raises(FinrecError, match="lines past the head"), RecordLog(path, key=KEY) as log:
+        log.append(_record(3))
+
+
+def test_a_log_of_nothing_beside_a_head_of_nothing_is_not_called_anchored(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(0))
+    _blank_newest_slot(path)
+    path.write_bytes(b"")  # the only record cut, its head blanked: a new log looks the same
+    result = verify(path, key=KEY)
+    assert result.ok and not result.anchored
+
+
+def test_a_running_writer_never_cuts_a_line_its_head_covers(tmp_path):
+    # A reviewer stripped the last newline under a running writer, which then cut the whole
+    # record (its head covered it) before refusing.
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(3):
+            log.append(_record(i))
+        before = path.read_bytes()
+        path.write_bytes(before[:-1])
+        with pytest.raises(RecordLogError, match="does not match its head"):
+            log.append(_record(3))
+    assert path.read_bytes() == before[:-1]
+
+
+def test_an_empty_log_beside_a_zeroed_head_file_starts_anew(tmp_path):
+    # A crash while the first head was written, on a file system that kept the size, not the bytes.
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"")
+    head_path(path).write_bytes(b"\0" * 256)
+    assert verify(path, key=KEY).ok and not verify(path, key=KEY).anchored
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(0))
+    assert verify(path, key=KEY).ok and verify(path, key=KEY).lines == 1

@@ -25,9 +25,10 @@ lock. It has two fixed slots written in turn with one ``pwrite`` each, every slo
 checksum, so a torn write leaves the other (previous) slot valid: the file always holds the old
 head or the new one, never a mix (the scheme of a file system's superblock copies). ``verify``
 fails when the log has fewer lines than the head names, or no line with the head's hash there.
-A log that runs on past the head (a writer stopped between the line and the head) is intact as
-far as the chain goes; ``Verification.after_head`` counts those lines, and the next writer writes
-the head it lacks before its own line. An incomplete last line (a power loss during its write: no
+A log that runs one line past the head (a writer stopped between the line and the head) is intact
+as far as the chain goes; ``Verification.after_head`` says so, and the next writer writes the head
+it lacks before its own line. More than one line past the head is no stopped writer's, and is
+refused. ``judge_tail`` holds these rules, for ``verify`` and the writer alike. An incomplete last line (a power loss during its write: no
 head covers it, no request was answered with it) is reported by ``verify`` and cut by the next
 writer. ``verify`` reads the log's size and head under a shared lock, then the lines up to that
 size: a live log is checked as one state.
@@ -41,14 +42,17 @@ past the head, which no later ``prev`` covers yet, is authenticated too. The hea
 well, under another label than the chain's (``head_seal``): were it the chain's hash, it would be
 the very ``prev`` a forger needs to append a line. The head file records whether the log is
 keyed; a keyed log is checked only with its key, and an unkeyed slot in it is no head. A log
-starts with a head of 0 lines, so the two slots of a keyed head always hold the newest head and
-the one before it: a head file with only one (the newest blanked or replaced to bring the older
-back, lines deleted with it) is refused unless the line past that head is on disk (the torn write
-of a crash). (Logs and heads written before seals, ``"sealed"`` absent, hold unsealed lines and
+starts with a random id, in its first line and in every head (``"log"``): no head of another log
+under the same key fits it. It also starts with a head of 0 lines, so the two slots of a keyed
+head always hold the newest head and the one before it: a head file with only one (the newest
+blanked or replaced to bring the older back, lines deleted with it) is refused unless the line
+past that head is on disk (the torn write of a crash). (Logs and heads written before seals, ``"sealed"`` absent, hold unsealed lines and
 the chain's hash; the next append seals from there on. Stop every older writer before upgrading:
-its unsealed lines are refused as written without the key.) What no key shows: a log and head
-file wiped together look like a new log, which the next writer starts (with a warning); only a
-head kept elsewhere tells them apart. What a key cannot show: a log cut back to an
+its unsealed lines are refused as written without the key. Such logs have no id and no head of
+0 lines: their first head, and a head from another such log, cannot be told from their own.)
+What no key shows: a log and head file wiped together, or a log cut to nothing beside its head of
+0 lines, look like a new log, which ``verify`` reports as anchored by nothing and the next writer
+starts (with a warning); only a head kept elsewhere tells them apart. What a key cannot show: a log cut back to an
 older head together with a copy of that older head file - a head hash kept elsewhere (``head``)
 still shows that.
 
@@ -71,6 +75,7 @@ import hmac
 import json
 import logging
 import os
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -218,16 +223,21 @@ class Head:
     head: str  # hash of the last of them (its seal in a keyed log)
     keyed: bool  # hashes are HMACs under the log's key
     sealed: bool = True  # False: an older keyed head that holds the chain's hash of its line
+    log: str | None = None  # the log's id, also in its first line: no head of another log fits
 
-    def names(self, line: bytes, key: bytes | None) -> bool:
-        """Whether this head's hash is that of ``line``."""
+    def names(self, line: bytes | None, key: bytes | None) -> bool:
+        """Whether this head's hash is that of ``line`` (None: the head of 0 lines)."""
+        if line is None:
+            return self.lines == 0 and self.head == GENESIS
         expected = head_seal(line, key) if self.sealed else line_hash(line, key)
         return hmac.compare_digest(expected, self.head)
 
 
 def _fields(head: Head) -> dict[str, Any]:
     fields = {"lines": head.lines, "head": head.head, "keyed": head.keyed}
-    return {**fields, "sealed": True} if head.keyed and head.sealed else fields
+    if head.keyed and head.sealed:
+        fields["sealed"] = True
+    return fields if head.log is None else {**fields, "log": head.log}
 
 
 def _head_body(head: Head) -> bytes:
@@ -248,24 +258,6 @@ def read_head(path: str | os.PathLike, key: bytes | None) -> Head | None:
     return heads[0] if heads else None
 
 
-def rollback_problem(heads: list[Head], lines: int) -> str | None:
-    """In a keyed log the head file holds the newest head and the one before it (the slots are
-    written in turn, from a head of 0 lines written when the log starts). With only one of them
-    valid and no line past it, the newest may have been blanked to bring back the older one with
-    lines deleted (reviewers): a torn write leaves that state only with the line past the head on
-    disk, since each line is synced before its head. (A log begun before seals has no head of 0
-    lines: its first line's head stands alone.)"""
-    newest = heads[0]
-    if not newest.keyed or newest.lines < (1 if newest.sealed else 2) or lines != newest.lines:
-        return None
-    if len(heads) > 1 and heads[1].keyed and heads[1].lines == newest.lines - 1:
-        return None
-    return (
-        f"the head file's other slot does not hold the head before line {newest.lines}'s (it was blanked or "
-        "altered): the newest head may have been removed with lines at the end"
-    )
-
-
 def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
     """The valid slots of the log's head file, newest first; [] when the file is missing or empty.
 
@@ -283,11 +275,13 @@ def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
     for index in (0, 1):
         try:
             slot = json.loads(data[index * _SLOT : (index + 1) * _SLOT])
-            head = Head(slot["lines"], slot["head"], slot["keyed"], slot.get("sealed", not slot["keyed"]))
+            head = Head(
+                slot["lines"], slot["head"], slot["keyed"], slot.get("sealed", not slot["keyed"]), slot.get("log")
+            )
             valid = type(head.lines) is int and head.lines >= 0 and isinstance(head.head, str)
             valid = valid and type(head.keyed) is bool and isinstance(slot["check"], str)
-            valid = valid and type(head.sealed) is bool
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            valid = valid and type(head.sealed) is bool and (head.log is None or isinstance(head.log, str))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
             continue
         if not valid:
             continue
@@ -308,6 +302,101 @@ def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
             f"{file}: the log is keyed; set {KEY_ENV} or {KEY_FILE_ENV} (or pass --key-file) to check or append to it"
         )
     raise FinrecError(f"{file}: no valid head in the head file (it was altered, or written under another key)")
+
+
+def log_id_of(first: bytes | None) -> str | None:
+    """The log id the first line names (None: no line yet, or a log begun before ids)."""
+    if first is None:
+        return None
+    try:
+        value = json.loads(first).get("log")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Tail:
+    """How a log's end stands against its head file (``judge_tail``)."""
+
+    head: Head | None  # the newest head of this log (None: no head)
+    behind: bool = False  # one line past the head: a writer stopped between its line and its head
+    problem: str | None = None
+    bad_line: int | None = None  # the line the problem names, where one does
+
+
+def judge_tail(
+    heads: list[Head], lines: int, last: bytes | None, before: bytes | None, log_id: str | None, key: bytes | None
+) -> Tail:
+    """The end of a log of ``lines`` lines (the last two ``last``, ``before``; its first line names
+    ``log_id``) against its head file's valid heads, for ``verify`` and the writer alike.
+
+    The head must name the last line, or the one before it with the last line linked to it (a
+    writer stopped between its line and its head leaves one line past the head, never more). In a
+    keyed log: a head of another log (its id) is none of this one's; a line a sealed head covers,
+    or past a head, must carry its seal; and the other slot must hold the head before the newest
+    (the slots are written in turn, from a head of 0 lines written when a log starts): a head file
+    with only the older one valid may have lost its newest with lines at the end (reviewers). A
+    torn write leaves that state only with the line past the head on disk, since each line is
+    synced before its head. (A log begun before seals and ids has no head of 0 lines: its first
+    line's head stands alone.)"""
+    keyed = key is not None
+    ours = [h for h in heads if h.log == log_id] if keyed and lines else heads
+    if heads and not ours:
+        return Tail(None, problem="the head file holds the head of another log (its id is not this log's)")
+    newest = ours[0] if ours else None
+    if newest is None:
+        if lines:
+            return Tail(None, problem="no head in the head file (missing or empty): lines at the end may be deleted")
+        return Tail(None)
+    if newest.lines > lines:
+        return Tail(
+            newest,
+            problem=f"the log has {lines} line(s) where its head file records {newest.lines}: lines at the end were "
+            "deleted",
+        )
+    if newest.lines < lines - 1:
+        return Tail(
+            newest,
+            problem=f"{lines - newest.lines} lines past the head file's head, which a stopped writer leaves one of: "
+            "lines were appended without the writer, or the head was rolled back",
+            bad_line=newest.lines + 2,
+        )
+    behind = newest.lines == lines - 1
+    if behind:
+        if not newest.names(before, key):
+            return Tail(newest, problem=f"line {lines - 1} is not the one its head file records", bad_line=lines - 1)
+        unsealed = line_seal_problem(last, key) if keyed else None
+        if unsealed:
+            return Tail(newest, behind, f"line {lines}, past the head: {unsealed}", bad_line=lines)
+        if _prev_of(last) != (GENESIS if before is None else line_hash(before, key)):
+            return Tail(
+                newest,
+                behind,
+                f"line {lines}, past the head, does not link to line {lines - 1}: it was appended without the writer",
+                bad_line=lines,
+            )
+    elif lines and not newest.names(last, key):
+        return Tail(
+            newest,
+            problem=f"line {lines} is not the last line its head file records: lines at the end were altered or "
+            "replaced",
+            bad_line=lines,
+        )
+    if keyed and lines and newest.sealed and not behind:
+        unsealed = line_seal_problem(last, key)
+        if unsealed:
+            return Tail(newest, behind, f"line {lines}: {unsealed}", bad_line=lines)
+    if keyed and not behind and newest.lines >= (1 if newest.sealed else 2):
+        other = ours[1] if len(ours) > 1 else None
+        if other is None or other.lines != newest.lines - 1 or not other.names(before, key):
+            return Tail(
+                newest,
+                behind,
+                f"the head file's other slot does not hold the head before line {newest.lines}'s (it was blanked "
+                "or replaced): the newest head may have been removed with lines at the end",
+            )
+    return Tail(newest, behind)
 
 
 # ------------------------------------------------------------------------------------ writer
@@ -332,11 +421,12 @@ class RecordLog:
         self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the process's life; closed by close()
         # (file size, hash of the last line, next seq) as this process last saw the file
         self._tail: tuple[int, str, int] | None = None
+        self._log_id: str | None = None  # the log's id (None: a log begun before ids)
         try:  # before any head file is made: a CSV named by mistake is refused as it is
             fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
             # checked only: the first append reads the tail again, under the exclusive lock, cuts
             # a torn last line and writes a head a stopped writer left out
-            self._checked_tail(_complete_size(self._file.fileno(), os.fstat(self._file.fileno()).st_size))
+            self._checked_tail(os.fstat(self._file.fileno()).st_size)
         except BaseException:
             self._file.close()
             raise
@@ -360,22 +450,26 @@ class RecordLog:
         self.close()
 
     def append(self, record: dict[str, Any]) -> str:
-        """Write one record (``seq`` and ``prev`` are added; a keyed log's line is sealed); returns
-        the new head's hash (the line's hash; its seal in a keyed log): the one to keep elsewhere
-        for ``verify --head``. Raises ``RecordLogError`` when it cannot be recorded."""
+        """Write one record (``seq`` and ``prev`` are added, and the log's id to the first; a keyed
+        log's line is sealed); returns the new head's hash (the line's hash; its seal in a keyed
+        log): the one to keep elsewhere for ``verify --head``. Raises ``RecordLogError`` when it
+        cannot be recorded."""
         with self._lock:
             handle = self._file
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 self._check_still_at_path()
                 size = os.fstat(handle.fileno()).st_size
-                if size and os.pread(handle.fileno(), 1, size - 1) != b"\n":
-                    size = self._drop_torn_line(size)
                 if self._tail is None or self._tail[0] != size:
-                    self._tail = (size, *self._checked_tail(size, repair=True))
+                    self._tail = self._checked_tail(size, repair=True)
+                    size = self._tail[0]
                 _, prev, seq = self._tail
+                first = {"log": self._log_id} if seq == 0 and self._log_id else {}
                 body = json.dumps(
-                    {"seq": seq, **record, "prev": prev}, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+                    {"seq": seq, **first, **record, "prev": prev},
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                    allow_nan=False,
                 ).encode("utf-8")
                 line = body if self.key is None else sealed_line(body, self.key)
                 handle.seek(0, os.SEEK_END)
@@ -396,23 +490,10 @@ class RecordLog:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _drop_torn_line(self, size: int) -> int:
-        """Cut an incomplete last line (a power loss during its one write; every line is written
-        whole with its newline, and synced before its head, so no head covers it and no request
-        was answered with it): it wedged every later append (a reviewer). Returns the new size."""
-        fd = self._file.fileno()
-        end = _complete_size(fd, size)
-        os.ftruncate(fd, end)
-        if self.durable:
-            os.fsync(fd)
-        log.warning(
-            "%s: cut an incomplete last line of %d byte(s) (a writer stopped during its write)", self.path, size - end
-        )
-        return end
-
     def _write_head(self, lines: int, last: bytes | None) -> str:
         seal = GENESIS if last is None else head_seal(last, self.key)
-        os.pwrite(self._head_fd, _slot(Head(lines, seal, self.key is not None), self.key), lines % 2 * _SLOT)
+        head = Head(lines, seal, self.key is not None, log=self._log_id)
+        os.pwrite(self._head_fd, _slot(head, self.key), lines % 2 * _SLOT)
         if self.durable:
             os.fdatasync(self._head_fd)
         return seal
@@ -431,54 +512,67 @@ class RecordLog:
                     "new log"
                 )
 
-    def _checked_tail(self, size: int, repair: bool = False) -> tuple[str, int]:
-        """(hash of the last line, next seq), once the log is found to match its head file. With
-        ``repair``, the head of a line a stopped writer left past the head is written first."""
-        last, before = _read_tail(self._file, size, self.path)
+    def _checked_tail(self, size: int, repair: bool = False) -> tuple[int, str, int]:
+        """(size, hash of the last line, next seq), once the log is found to match its head file.
+
+        An incomplete last line (a power loss during its one write: no head covers it, no request
+        was answered with it) wedged every later append (a reviewer); the log is judged without
+        it, and with ``repair`` it is cut, once the rest is found intact. ``repair`` also writes the
+        head a stopped writer left out (so the slots stay in turn), and starts a new log with a
+        head of 0 lines."""
+        fd = self._file.fileno()
+        complete = _complete_size(fd, size)
+        last, before = _read_tail(self._file, complete, self.path)
         lines = 0 if last is None else _seq_of(last, self.path) + 1
         try:
             heads = read_heads(self.path, self.key)
         except FinrecError as exc:
-            raise FinrecError(f"{exc}; not appending to {self.path}") from None
-        head = heads[0] if heads else None
-        if head is not None and head.keyed != (self.key is not None):
-            state = "with a key" if head.keyed else "without a key"
+            if lines or complete != size or "is keyed" in str(exc):
+                raise FinrecError(f"{exc}; not appending to {self.path}") from None
+            # an empty log beside a head file with nothing valid in it: a crash while its first
+            # head was written (a file system may keep the size and lose the bytes); a new log
+            heads = []
+        keyed = [h for h in heads if h.keyed]
+        if heads and bool(keyed) != (self.key is not None):
+            state = "with a key" if keyed else "without a key"
             raise FinrecError(f"{self.path}: the record log was written {state}; not appending to it otherwise")
-        if head is None or (head.lines == 0 and lines == 0):
-            if lines:
-                raise FinrecError(
-                    f"{self.path}: the record log has {lines} line(s) but no head in {head_path(self.path)} "
-                    f"(deleted, or the log predates head files): not appending; check it with "
-                    f"`finrec records verify {self.path} --head H` and start a new log"
-                )
-            if head is None and repair:
-                # A head of 0 lines before the first line: the first line's head then has the one
-                # before it, as every later head has (rollback_problem), and a writer stopped
-                # between the first line and its head resumes as after any other line.
-                log.warning("%s: starting a new record log (no records, no head)", self.path)
-                self._write_head(0, None)
-            return GENESIS, 0
-        matches = head.lines == lines and last is not None and head.names(last, self.key)
-        # a writer stopped between its line and its head: the head names the line before, and the
-        # last line links to it and, in a keyed log, carries its own seal
-        behind = (
-            head.lines == lines - 1
-            and (head.names(before, self.key) if before is not None else head.lines == 0)
-            and _prev_of(last) == (line_hash(before, self.key) if before is not None else GENESIS)
-        )
-        # a line past the head is covered by nothing else; one under a sealed head was sealed
-        check_seal = self.key is not None and (head.sealed or behind)
-        unsealed = line_seal_problem(last, self.key) if check_seal else None
-        problem = rollback_problem(heads, lines) or (f"its last line: {unsealed}" if unsealed else None)
-        if problem or not (matches or behind):
-            raise FinrecError(
-                f"{self.path}: the record log has {lines} line(s) and does not match its head file, which records "
-                f"{head.lines}: {problem or 'lines at the end were deleted or altered'}; not appending (check it "
-                f"with `finrec records verify {self.path}`)"
+        first = _read_first(self._file, complete) if lines else None
+        tail = judge_tail(heads, lines, last, before, log_id_of(first), self.key)
+        if tail.problem:
+            hint = (
+                f"; check it with `finrec records verify {self.path} --head H` and start a new log"
+                if tail.head is None
+                else f" (check it with `finrec records verify {self.path}`)"
             )
-        if behind and repair:  # the head the stopped writer did not write: the slots stay in turn
+            raise FinrecError(
+                f"{self.path}: the record log has {lines} line(s) and does not match its head file: {tail.problem}; "
+                f"not appending{hint}"
+            )
+        if repair and complete != size:
+            os.ftruncate(fd, complete)
+            if self.durable:
+                os.fsync(fd)
+            log.warning("%s: cut an incomplete last line of %d byte(s)", self.path, size - complete)
+        if lines:
+            self._log_id = log_id_of(first)
+        elif tail.head is not None:
+            self._log_id = tail.head.log
+        if repair and tail.head is None:
+            # A new log: its id, and a head of 0 lines before the first line, so that the first
+            # line's head has the one before it as every later head has (judge_tail), and a writer
+            # stopped between the first line and its head resumes as after any other line.
+            log.warning("%s: starting a new record log (no records, no head)", self.path)
+            self._log_id = secrets.token_hex(16)
+            self._write_head(0, None)
+        elif repair and tail.behind:  # the head the stopped writer did not write
             self._write_head(lines, last)
-        return line_hash(last, self.key), lines
+        return complete, (GENESIS if last is None else line_hash(last, self.key)), lines
+
+
+def _read_first(handle, size: int) -> bytes:
+    """The first line (without its newline) of a log of ``size`` bytes of complete lines."""
+    handle.seek(0)
+    return handle.readline(size)[:-1]
 
 
 def _complete_size(fd: int, size: int) -> int:
@@ -557,22 +651,21 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
 
     Line n (1-based) is bad when it is not a JSON object or its ``seq`` is not n - 1 (a line
     before it was deleted, or it was inserted or moved); line n - 1 is bad when line n's
-    ``prev`` is not its hash (it was altered; ``GENESIS`` for the first line). Then the head file
-    must name a line of the log by number and hash: fewer lines, or another line there, means
-    lines at the end were deleted or altered. With ``head`` (a hash kept elsewhere), the log must
-    also still contain the line with that hash (it alone anchors a log whose head file is gone).
-    ``key`` (default: from the environment) is needed for a keyed log and refused for an unkeyed
-    one; in a keyed log each line's own seal is checked first, so the line written or altered
-    without the key is the one named, and a head file holding only an older head is refused
-    (``rollback_problem``)."""
+    ``prev`` is not its hash (it was altered; ``GENESIS`` for the first line). Then the end of the
+    log must stand as its head file records (``judge_tail``): fewer lines, another line there, or
+    more than one line past the head means lines at the end were deleted, altered or appended.
+    With ``head`` (a hash kept elsewhere), the log must also still contain the line with that
+    hash (it alone anchors a log whose head file is gone). ``key`` (default: from the
+    environment) is needed for a keyed log and refused for an unkeyed one; in a keyed log each
+    line's own seal is checked first, so the line written or altered without the key is the one
+    named. The log's size and head are read under a shared lock, then its lines up to that size:
+    a live log is checked as one state (a reviewer's check read a line mid-write)."""
     path = Path(path)
     if not path.is_file():
         raise FinrecError(f"{path}: no such record log")
     key = key_from_env() if key is KEY_FROM_ENV else key
     head_problem, heads = None, []
     with open(path, "rb") as handle:
-        # The log's size and its head as one state: a writer appends its line, then its head,
-        # under an exclusive lock; a check of a live log read a line mid-write (a reviewer).
         fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
         try:
             size = os.fstat(handle.fileno()).st_size
@@ -581,18 +674,20 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
             head_problem = str(exc)
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    stored = heads[0] if heads else None
+        first = handle.readline(size) if size else b""
     if head_problem is not None and "is keyed" in head_problem:
         return Verification(False, 0, GENESIS, None, head_problem)
-    if stored is not None and key is not None and not stored.keyed:
+    if heads and key is not None and not any(h.keyed for h in heads):
         return Verification(False, 0, GENESIS, None, "a key was given but the log was written without one")
     keyed = key is not None
     chain_key = key if keyed else None
+    log_id = log_id_of(first.rstrip(b"\n")) if first.endswith(b"\n") else None
+    ours = [h for h in heads if h.log == log_id] if keyed and first else heads
+    stored = ours[0] if ours else None
     head = None if head is None else checked_head_hash(head)
     prev = before = GENESIS
     number = 0
-    named, named_before = None, GENESIS  # whether the head file names line ``stored.lines``; the hash before it
-    last_line = None
+    last_line = before_line = None
     head_seen = head is None or head == GENESIS
     sealed_seen = False  # a keyed log's lines carry seals from the first one a sealing writer wrote
 
@@ -635,39 +730,21 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
                     f"its hash is not the one line {number} records: it was altered (or line {number}'s prev was)"
                     + (" or the log was written under another key" if keyed else ""),
                 )
-            before, prev, last_line = prev, line_hash(line, chain_key), line
+            before, prev = prev, line_hash(line, chain_key)
+            before_line, last_line = last_line, line
             # a head kept elsewhere is the line's seal in a keyed log (its chain hash before seals)
             head_seen = head_seen or prev == head or (keyed and head_seal(line, chain_key) == head)
-            if stored is not None and number == stored.lines:
-                named, named_before = stored.names(line, chain_key), before
+    tail = None
     if head_problem is not None:
-        return bad(number, prev, None, head_problem)
-    if stored is None and number and (head is None or head == GENESIS):
-        return bad(
-            number,
-            prev,
-            None,
-            f"no head in {head_path(path)} (missing or empty): lines at the end may have been deleted (it was removed, or the log "
-            "predates head files; --head checks against a head kept elsewhere)",
-        )
-    if stored is not None and stored.lines > number:
-        return bad(
-            number,
-            prev,
-            None,
-            f"the log has {number} line(s) where its head file records {stored.lines}: lines at the end were deleted",
-        )
-    if stored is not None and stored.lines and not named:
-        return bad(
-            stored.lines - 1,
-            named_before,
-            stored.lines,
-            f"line {stored.lines} is not the last line its head file records: lines at the end were altered or "
-            "replaced",
-        )
-    rolled_back = rollback_problem(heads, number) if stored is not None else None
-    if rolled_back:
-        return bad(number, prev, None, rolled_back)
+        if number:
+            return bad(number, prev, None, head_problem)
+        # an empty log beside a head file with nothing valid: a crash while its first head was
+        # written (the next writer starts it anew); as unanchored as a new log
+    elif heads or not number or head in (None, GENESIS):  # else a head kept elsewhere alone anchors it
+        tail = judge_tail(heads, number, last_line, before_line, log_id, key)
+        if tail.problem:
+            lines = number if tail.bad_line is None else tail.bad_line - 1
+            return bad(lines, prev, tail.bad_line, tail.problem)
     if not head_seen:
         return bad(
             number,
@@ -675,13 +752,15 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
             None,
             f"no line has the head hash {head}: lines were deleted or altered at the end, or the log was rewritten",
         )
+    stored = None if tail is None else tail.head
     return Verification(
         True,
         number,
         GENESIS if last_line is None else head_seal(last_line, chain_key),
         keyed=keyed,
-        after_head=number - stored.lines if stored else 0,
-        anchored=stored is not None or (head is not None and head != GENESIS),
+        after_head=int(tail is not None and tail.behind),
+        # a head of 0 lines anchors nothing: a log cut to nothing beside it looks the same
+        anchored=(stored is not None and stored.lines > 0) or head not in (None, GENESIS),
         unsealed_head=stored is not None and stored.keyed and not stored.sealed,
         stored_head=None if stored is None else stored.lines,
     )
