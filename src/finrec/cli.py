@@ -871,8 +871,9 @@ def cmd_records_verify(args) -> int:
         return EXIT_INPUT_ERROR
     if not result.anchored:  # a new log, or one wiped together with its head file: nothing tells them apart
         print(
-            f"{args.file}: {result.lines} record(s) and no head in its head file: nothing anchors this log (a log "
-            "wiped together with its head file looks the same); check it against a head kept elsewhere with --head H"
+            f"{args.file}: {result.lines} record(s) and no head of a record in its head file: nothing anchors this "
+            "log (a log wiped, or cut to nothing, with its head file looks the same); check it against a head kept "
+            "elsewhere with --head H"
         )
         return 0
     keyed = " (keyed: every line's seal, the HMAC chain and the head checked)" if result.keyed else ""
