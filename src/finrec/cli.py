@@ -879,7 +879,9 @@ def cmd_records_verify(args) -> int:
     keyed = " (keyed: every line's seal, the HMAC chain and the head checked)" if result.keyed else ""
     what = "chain intact" if result.lines else "empty"
     anchor = "the head given (no head file)" if result.stored_head is None else "its head file"
-    print(f"{args.file}: {result.lines} record(s), {what}, as {anchor} records{keyed}; head {result.head}")
+    named = f"; log {result.log_id}" if result.log_id else ""
+    # The head and the log's id are what to keep elsewhere: together they name this log at this point.
+    print(f"{args.file}: {result.lines} record(s), {what}, as {anchor} records{keyed}; head {result.head}{named}")
     if result.after_head:
         print(
             f"note: {result.after_head} line(s) after the head file's head (a writer stopped between line and "

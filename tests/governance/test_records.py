@@ -664,3 +664,82 @@ def test_an_empty_log_beside_a_zeroed_head_file_starts_anew(tmp_path):
     with RecordLog(path, key=KEY) as log:
         log.append(_record(0))
     assert verify(path, key=KEY).ok and verify(path, key=KEY).lines == 1
+
+
+def test_swapped_head_slots_are_no_heads(tmp_path):
+    # A reviewer swapped the slots so the next head overwrote the newest, not the one two back,
+    # then cut the record it covered: a head of n lines is valid in slot n % 2 only.
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(5):
+            log.append(_record(i))
+    data = head_path(path).read_bytes()
+    head_path(path).write_bytes(data[256:] + data[:256])
+    assert not verify(path, key=KEY).ok
+    with pytest.raises(FinrecError, match="no valid head"), RecordLog(path, key=KEY) as log:
+        log.append(_record(5))
+
+
+def test_a_writer_refuses_its_log_rewritten_in_place_with_another(tmp_path, capsys):
+    other = tmp_path / "rotated.jsonl"
+    with RecordLog(other, key=KEY) as log:
+        for i in range(3):
+            log.append(_record(100 + i))
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(5):
+            log.append(_record(i))
+        ours = verify(path, key=KEY).log_id
+        path.write_bytes(other.read_bytes())  # the same inodes, another log's bytes
+        head_path(path).write_bytes(head_path(other).read_bytes())
+        with pytest.raises(RecordLogError, match="replaced by another"):
+            log.append(_record(5))
+    # A whole other log under the key is as valid as any: its id, printed, tells it from this one.
+    assert verify(path, key=KEY).ok and verify(path, key=KEY).log_id != ours
+    key_file = tmp_path / "key"
+    key_file.write_bytes(KEY)
+    assert main(["records", "verify", str(other), "--key-file", str(key_file)]) == 0
+    assert f"; log {verify(other, key=KEY).log_id}" in capsys.readouterr().out
+
+
+def test_a_line_that_failed_to_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
+    # A reviewer filled the disk: the failed line stayed in a buffer and was written ahead of the
+    # next one once space came back, two lines of one seq, and every writer refused the log.
+    import errno
+
+    from finrec.governance import records
+
+    path = tmp_path / "r.jsonl"
+    real = records.os.write
+    with RecordLog(path, key=KEY) as log:
+        for i in range(3):
+            log.append(_record(i))
+        size = path.stat().st_size
+
+        def full(fd, data):
+            real(fd, bytes(data[:10]))  # part of the line reached the file
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(records.os, "write", full)
+        with pytest.raises(RecordLogError, match="No space left"):
+            log.append(_record(3))
+        monkeypatch.setattr(records.os, "write", real)
+        assert path.stat().st_size == size
+        log.append(_record(4))
+    result = verify(path, key=KEY)
+    assert result.ok and result.lines == 4
+    assert json.loads(_lines(path)[-1])["customer_id"] == "C0000004"
+
+
+def test_a_writer_refuses_fields_it_writes_itself_and_use_after_fork(tmp_path, monkeypatch):
+    from finrec.governance import records
+
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=None) as log:
+        for field in ("seq", "prev", "log", "mac"):
+            with pytest.raises(FinrecError, match=f"may not set {field}"):
+                log.append({**_record(0), field: 1})
+        monkeypatch.setattr(records.os, "getpid", lambda: -1)  # as in a forked child
+        with pytest.raises(RecordLogError, match="another process"):
+            log.append(_record(0))
+    assert path.read_bytes() == b""

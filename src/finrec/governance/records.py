@@ -56,10 +56,14 @@ starts (with a warning); only a head kept elsewhere tells them apart. What a key
 older head together with a copy of that older head file - a head hash kept elsewhere (``head``)
 still shows that.
 
-Writers: one ``RecordLog`` per process appends under a thread lock and an exclusive ``flock`` on
-the log (so several server processes can share one log), re-reading the last lines and the head
-when another process appended; each line is written with one ``write`` and ``fsync``-ed, then the
-head slot, before ``append`` returns. A writer refuses a log that does not match its head file
+Writers: one ``RecordLog`` per process (one inherited across a ``fork`` refuses) appends under a
+thread lock and an exclusive ``flock`` on the log (so several server processes can share one log),
+re-reading the last lines and the head when another process appended; each line is written
+unbuffered and ``fsync``-ed, then the head slot (a head of n lines in slot n % 2, never the other),
+before ``append`` returns; a line that fails to be written is cut back, so nothing unrecorded stays.
+A writer refuses a log rewritten in place with another log (its id changed under it); ``verify``
+prints the id with the head, both worth keeping elsewhere: a whole other log under the same key is
+as valid as this one, and only they tell them apart. A writer refuses a log that does not match its head file
 (it would otherwise cover a deletion at the end with a new head), and checks the file when it
 opens it (a file that is not a record log is refused before a head file is made for it). Before
 each append it checks that the path still names the files it holds open: a log or head file
@@ -69,6 +73,7 @@ nobody can read back, while the service answered as if it had recorded them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -111,6 +116,7 @@ def head_seal(line: bytes, key: bytes | None = None) -> str:
     return hmac.new(key, b"finrec-record-head\x00" + line, hashlib.sha256).hexdigest()
 
 
+_WRITTEN_FIELDS = frozenset({"seq", "log", "prev", "mac"})  # the writer's own, never a record's
 _MAC_OPEN = b',"mac":"'
 _MAC_TAIL = len(_MAC_OPEN) + 64 + 2  # ,"mac":"<64 hex>"}
 
@@ -244,8 +250,18 @@ def _head_body(head: Head) -> bytes:
     return json.dumps(_fields(head), sort_keys=True, separators=(",", ":")).encode()
 
 
+def _slot_check(head: Head, key: bytes | None) -> str:
+    """The slot's own checksum: SHA-256, or an HMAC under the key (a label of its own for a sealed
+    head, apart from the chain's and the lines' seals)."""
+    if not head.keyed:
+        return line_hash(_head_body(head))
+    if head.sealed:
+        return hmac.new(key, b"finrec-record-slot\x00" + _head_body(head), hashlib.sha256).hexdigest()
+    return line_hash(_head_body(head), key)
+
+
 def _slot(head: Head, key: bytes | None) -> bytes:
-    check = line_hash(_head_body(head), key if head.keyed else None)
+    check = _slot_check(head, key)
     raw = json.dumps({**_fields(head), "check": check}, separators=(",", ":")).encode()
     return raw.ljust(_SLOT - 1) + b"\n"
 
@@ -278,7 +294,10 @@ def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
             head = Head(
                 slot["lines"], slot["head"], slot["keyed"], slot.get("sealed", not slot["keyed"]), slot.get("log")
             )
-            valid = type(head.lines) is int and head.lines >= 0 and isinstance(head.head, str)
+            # A head of n lines is written to slot n % 2 only: swapped slots kept an old head alive
+            # where the next one was to overwrite it (a reviewer cut a record so).
+            valid = type(head.lines) is int and head.lines >= 0 and head.lines % 2 == index
+            valid = valid and isinstance(head.head, str)
             valid = valid and type(head.keyed) is bool and isinstance(slot["check"], str)
             valid = valid and type(head.sealed) is bool and (head.log is None or isinstance(head.log, str))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
@@ -288,8 +307,7 @@ def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
         if head.keyed and key is None:
             keyed_without_key = True
             continue
-        expected = line_hash(_head_body(head), key if head.keyed else None)
-        if hmac.compare_digest(expected, slot["check"]):
+        if hmac.compare_digest(_slot_check(head, key), slot["check"]):
             heads.append(head)
     if key is not None and any(h.keyed for h in heads):
         # anyone can write an unkeyed slot: in a keyed log it is no head (an attacker put one
@@ -418,10 +436,14 @@ class RecordLog:
         if not self.path.parent.is_dir():
             raise FinrecError(f"{self.path.parent}: no such directory for the record log")
         self._lock = threading.Lock()
-        self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the process's life; closed by close()
+        # Unbuffered: a failed write left its line in a buffer, written ahead of the next one once
+        # space came back (a reviewer), and a buffered read saw bytes another process had cut.
+        self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - held for the process's life; close()
         # (file size, hash of the last line, next seq) as this process last saw the file
         self._tail: tuple[int, str, int] | None = None
         self._log_id: str | None = None  # the log's id (None: a log begun before ids)
+        self._id_known = False  # this writer has appended to the log of that id
+        self._pid = os.getpid()
         try:  # before any head file is made: a CSV named by mistake is refused as it is
             fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
             # checked only: the first append reads the tail again, under the exclusive lock, cuts
@@ -454,6 +476,12 @@ class RecordLog:
         log's line is sealed); returns the new head's hash (the line's hash; its seal in a keyed
         log): the one to keep elsewhere for ``verify --head``. Raises ``RecordLogError`` when it
         cannot be recorded."""
+        reserved = sorted(set(record) & _WRITTEN_FIELDS)
+        if reserved:
+            raise FinrecError(f"a record may not set {', '.join(reserved)}: the record log writes them")
+        if os.getpid() != self._pid:
+            # a forked child shares the parent's lock on the open file: their appends interleave
+            raise RecordLogError(f"{self.path}: this RecordLog was opened by another process; open one per process")
         with self._lock:
             handle = self._file
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
@@ -472,11 +500,17 @@ class RecordLog:
                     allow_nan=False,
                 ).encode("utf-8")
                 line = body if self.key is None else sealed_line(body, self.key)
-                handle.seek(0, os.SEEK_END)
-                handle.write(line + b"\n")
-                handle.flush()
-                if self.durable:
-                    os.fsync(handle.fileno())
+                try:
+                    _write_all(handle.fileno(), line + b"\n")
+                    if self.durable:
+                        os.fsync(handle.fileno())
+                except OSError:
+                    # No part of a line that was not recorded stays behind (a full disk, a file
+                    # size limit): the caller was told it failed.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(handle.fileno(), size)
+                    self._tail = None
+                    raise
                 # The head only after the line is on disk: after a crash it may lag, never lead.
                 seal = self._write_head(seq + 1, line)
                 self._tail = (size + len(line) + 1, line_hash(line, self.key), seq + 1)
@@ -548,15 +582,20 @@ class RecordLog:
                 f"{self.path}: the record log has {lines} line(s) and does not match its head file: {tail.problem}; "
                 f"not appending{hint}"
             )
+        found = log_id_of(first) if lines else (None if tail.head is None else tail.head.log)
+        if self._id_known and (found != self._log_id or (lines == 0 and tail.head is None)):
+            # the file rewritten in place with another log (a rotated one, its head beside it):
+            # as valid as any, yet not the log this writer was appending to (a reviewer)
+            raise FinrecError(
+                f"{self.path}: the record log was replaced by another (its id is {found!r}, this writer's "
+                f"{self._log_id!r})"
+            )
         if repair and complete != size:
             os.ftruncate(fd, complete)
             if self.durable:
                 os.fsync(fd)
             log.warning("%s: cut an incomplete last line of %d byte(s)", self.path, size - complete)
-        if lines:
-            self._log_id = log_id_of(first)
-        elif tail.head is not None:
-            self._log_id = tail.head.log
+        self._log_id = found
         if repair and tail.head is None:
             # A new log: its id, and a head of 0 lines before the first line, so that the first
             # line's head has the one before it as every later head has (judge_tail), and a writer
@@ -566,13 +605,25 @@ class RecordLog:
             self._write_head(0, None)
         elif repair and tail.behind:  # the head the stopped writer did not write
             self._write_head(lines, last)
+        self._id_known = self._id_known or repair
         return complete, (GENESIS if last is None else line_hash(last, self.key)), lines
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _read_first(handle, size: int) -> bytes:
     """The first line (without its newline) of a log of ``size`` bytes of complete lines."""
-    handle.seek(0)
-    return handle.readline(size)[:-1]
+    block = _TAIL_BLOCK
+    while True:
+        data = os.pread(handle.fileno(), min(block, size), 0)
+        cut = data.find(b"\n")
+        if cut >= 0 or len(data) >= size:
+            return data[:cut] if cut >= 0 else data
+        block *= 4
 
 
 def _complete_size(fd: int, size: int) -> int:
@@ -594,8 +645,7 @@ def _read_tail(handle, size: int, path: Path) -> tuple[bytes | None, bytes | Non
     block = _TAIL_BLOCK
     while True:
         start = max(0, size - block)
-        handle.seek(start)
-        data = handle.read(size - start)
+        data = os.pread(handle.fileno(), size - start, start)
         if not data.endswith(b"\n"):
             raise FinrecError(
                 f"{path}: the record log ends with an incomplete line; check it with `finrec records verify {path}`"
@@ -644,6 +694,7 @@ class Verification:
     anchored: bool = True  # a head (the head file's, or one kept elsewhere) was checked
     unsealed_head: bool = False  # a keyed head written before seals: a line past it is not authenticated
     stored_head: int | None = None  # lines the head file records (None: no head in it)
+    log_id: str | None = None  # the log's id, from its first line (None: a log begun before ids)
 
 
 def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None = KEY_FROM_ENV) -> Verification:
@@ -763,6 +814,7 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
         anchored=(stored is not None and stored.lines > 0) or head not in (None, GENESIS),
         unsealed_head=stored is not None and stored.keyed and not stored.sealed,
         stored_head=None if stored is None else stored.lines,
+        log_id=log_id,
     )
 
 
