@@ -22,8 +22,9 @@ without gaps.
 The head file (``<log>.head``) makes a deletion at the end visible too: it records the number of
 lines and the last line's hash, and is rewritten with each append, after the line, under the same
 lock. It has two fixed slots written in turn with one ``pwrite`` each, every slot with its own
-checksum, so a torn write leaves the other (previous) slot valid: the file always holds the old
-head or the new one, never a mix (the scheme of a file system's superblock copies). ``verify``
+checksum, in one 512-byte sector that a disk writes whole: the file always holds the old head or
+the new one, never a mix, and the head before the newest stays beside it (the scheme of a file
+system's superblock copies). ``verify``
 fails when the log has fewer lines than the head names, or no line with the head's hash there.
 A log that runs one line past the head (a writer stopped between the line and the head) is intact
 as far as the chain goes; ``Verification.after_head`` says so, and the next writer writes the head
@@ -45,9 +46,10 @@ keyed; a keyed log is checked only with its key, and an unkeyed slot in it is no
 starts with a random id, in its first line and in every head (``"log"``): no head of another log
 under the same key fits it. It also starts with a head of 0 lines, so the two slots of a keyed
 head always hold the newest head and the one before it: a head file with only one (the newest
-blanked or replaced to bring the older back, lines deleted with it) is refused unless the line
-past that head is on disk (the torn write of a crash). (Logs and heads written before seals, ``"sealed"`` absent, hold unsealed lines and
-the chain's hash; the next append seals from there on. Stop every older writer before upgrading:
+blanked or replaced to bring the older back, lines deleted with it, or a line put past it) is
+refused. A record that fails to be written leaves neither its line nor its head, and a running
+writer checks that the lines it wrote are still there before it appends again. (Logs and heads
+written before seals, ``"sealed"`` absent, hold unsealed lines and the chain's hash; the next append seals from there on. Stop every older writer before upgrading:
 its unsealed lines are refused as written without the key. Such logs have no id and no head of
 0 lines: their first head, and a head from another such log, cannot be told from their own.)
 What no key shows: a log and head file wiped together, or a log cut to nothing beside its head of
@@ -354,10 +356,10 @@ def judge_tail(
     keyed log: a head of another log (its id) is none of this one's; a line a sealed head covers,
     or past a head, must carry its seal; and the other slot must hold the head before the newest
     (the slots are written in turn, from a head of 0 lines written when a log starts): a head file
-    with only the older one valid may have lost its newest with lines at the end (reviewers). A
-    torn write leaves that state only with the line past the head on disk, since each line is
-    synced before its head. (A log begun before seals and ids has no head of 0 lines: its first
-    line's head stands alone.)"""
+    with only the older one valid may have lost its newest with lines at the end, or had a line
+    put past it (reviewers). Both slots lie in one 512-byte sector, which a disk writes whole, so
+    a crash leaves the old head file or the new one. (A log begun before seals and ids has no head
+    of 0 lines: its first line's head stands alone.)"""
     keyed = key is not None
     ours = [h for h in heads if h.log == log_id] if keyed and lines else heads
     if heads and not ours:
@@ -405,14 +407,17 @@ def judge_tail(
         unsealed = line_seal_problem(last, key)
         if unsealed:
             return Tail(newest, behind, f"line {lines}: {unsealed}", bad_line=lines)
-    if keyed and not behind and newest.lines >= (1 if newest.sealed else 2):
+    if keyed and newest.lines >= (1 if newest.sealed else 2):
         other = ours[1] if len(ours) > 1 else None
-        if other is None or other.lines != newest.lines - 1 or not other.names(before, key):
+        # one line past the head too: blanking the newest head let a sealed line of a failed
+        # append stand in for the record served (a reviewer); the line before that is not at hand
+        if other is None or other.lines != newest.lines - 1 or not (behind or other.names(before, key)):
             return Tail(
                 newest,
                 behind,
                 f"the head file's other slot does not hold the head before line {newest.lines}'s (it was blanked "
-                "or replaced): the newest head may have been removed with lines at the end",
+                "or replaced): the newest head may have been removed with lines at the end"
+                + (", or a line put past the head" if behind else ""),
             )
     return Tail(newest, behind)
 
@@ -438,6 +443,7 @@ class RecordLog:
         self._lock = threading.Lock()
         # Unbuffered: a failed write left its line in a buffer, written ahead of the next one once
         # space came back (a reviewer), and a buffered read saw bytes another process had cut.
+        created = not self.path.exists() or not head_path(self.path).exists()
         self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - held for the process's life; close()
         # (file size, hash of the last line, next seq) as this process last saw the file
         self._tail: tuple[int, str, int] | None = None
@@ -460,6 +466,13 @@ class RecordLog:
         except OSError as exc:
             self._file.close()
             raise FinrecError(f"{head_path(self.path)}: cannot open the head file ({exc.strerror})") from None
+        if created and durable:  # the new names themselves on disk: synced lines beside no head file
+            with contextlib.suppress(OSError):
+                directory = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
 
     def close(self) -> None:
         self._file.close()
@@ -489,30 +502,38 @@ class RecordLog:
                 self._check_still_at_path()
                 size = os.fstat(handle.fileno()).st_size
                 if self._tail is None or self._tail[0] != size:
+                    self._check_own_lines(size)
                     self._tail = self._checked_tail(size, repair=True)
                     size = self._tail[0]
                 _, prev, seq = self._tail
                 first = {"log": self._log_id} if seq == 0 and self._log_id else {}
-                body = json.dumps(
-                    {"seq": seq, **first, **record, "prev": prev},
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                    allow_nan=False,
-                ).encode("utf-8")
+                try:
+                    body = json.dumps(
+                        {"seq": seq, **first, **record, "prev": prev},
+                        ensure_ascii=False,
+                        separators=(",", ":"),
+                        allow_nan=False,
+                    ).encode("utf-8")
+                except (ValueError, TypeError) as exc:  # NaN, a lone surrogate, an object JSON lacks
+                    raise FinrecError(f"the record cannot be written as JSON ({exc})") from None
                 line = body if self.key is None else sealed_line(body, self.key)
+                slot = (seq + 1) % 2 * _SLOT
+                kept = os.pread(self._head_fd, _SLOT, slot)
                 try:
                     _write_all(handle.fileno(), line + b"\n")
                     if self.durable:
                         os.fsync(handle.fileno())
+                    # The head only after the line is on disk: after a crash it may lag, never lead.
+                    seal = self._write_head(seq + 1, line)
                 except OSError:
-                    # No part of a line that was not recorded stays behind (a full disk, a file
-                    # size limit): the caller was told it failed.
+                    # No part of a record that failed stays behind, its line nor its head (a full
+                    # disk, a size limit): the caller was told it failed, and a reviewer put such a
+                    # line, sealed, in place of the one served.
                     with contextlib.suppress(OSError):
                         os.ftruncate(handle.fileno(), size)
+                        os.pwrite(self._head_fd, kept, slot)
                     self._tail = None
                     raise
-                # The head only after the line is on disk: after a crash it may lag, never lead.
-                seal = self._write_head(seq + 1, line)
                 self._tail = (size + len(line) + 1, line_hash(line, self.key), seq + 1)
                 return seal
             except FinrecError as exc:
@@ -523,6 +544,21 @@ class RecordLog:
                 raise RecordLogError(f"{self.path}: cannot append to the record log ({exc.strerror})") from None
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _check_own_lines(self, size: int) -> None:
+        """The lines this writer left are still there, as it left them: the log grows only. A
+        reviewer put back an old head file and cut this writer's own records, which its next
+        append covered."""
+        if self._tail is None:
+            return
+        left, last_hash, _ = self._tail
+        if size < left:
+            raise FinrecError(
+                f"{self.path}: the record log is {size} bytes, shorter than the {left} this writer left: "
+                "records were cut"
+            )
+        if left and line_hash(_line_ending_at(self._file.fileno(), left), self.key) != last_hash:
+            raise FinrecError(f"{self.path}: the last line this writer wrote was altered or replaced")
 
     def _write_head(self, lines: int, last: bytes | None) -> str:
         seal = GENESIS if last is None else head_seal(last, self.key)
@@ -582,8 +618,8 @@ class RecordLog:
                 f"{self.path}: the record log has {lines} line(s) and does not match its head file: {tail.problem}; "
                 f"not appending{hint}"
             )
-        found = log_id_of(first) if lines else (None if tail.head is None else tail.head.log)
-        if self._id_known and (found != self._log_id or (lines == 0 and tail.head is None)):
+        found = log_id_of(first) if lines else None
+        if self._id_known and (found != self._log_id or lines == 0):
             # the file rewritten in place with another log (a rotated one, its head beside it):
             # as valid as any, yet not the log this writer was appending to (a reviewer)
             raise FinrecError(
@@ -596,17 +632,31 @@ class RecordLog:
                 os.fsync(fd)
             log.warning("%s: cut an incomplete last line of %d byte(s)", self.path, size - complete)
         self._log_id = found
-        if repair and tail.head is None:
+        if repair and lines == 0:
             # A new log: its id, and a head of 0 lines before the first line, so that the first
             # line's head has the one before it as every later head has (judge_tail), and a writer
-            # stopped between the first line and its head resumes as after any other line.
-            log.warning("%s: starting a new record log (no records, no head)", self.path)
+            # stopped between the first line and its head resumes as after any other line. Always
+            # a new id, even beside a head of 0 lines: a log cut to nothing beside its own went on
+            # under its id, and looked anchored once appended to (a reviewer).
+            log.warning("%s: starting a new record log (no records)", self.path)
             self._log_id = secrets.token_hex(16)
             self._write_head(0, None)
         elif repair and tail.behind:  # the head the stopped writer did not write
             self._write_head(lines, last)
         self._id_known = self._id_known or repair
         return complete, (GENESIS if last is None else line_hash(last, self.key)), lines
+
+
+def _line_ending_at(fd: int, end: int) -> bytes:
+    """The line (without its newline) that ends at byte ``end`` of the log."""
+    block = _TAIL_BLOCK
+    while True:
+        start = max(0, end - block)
+        data = os.pread(fd, end - start, start)[:-1]
+        cut = data.rfind(b"\n")
+        if cut >= 0 or start == 0:
+            return data[cut + 1 :]
+        block *= 4
 
 
 def _write_all(fd: int, data: bytes) -> None:
