@@ -532,15 +532,20 @@ def test_a_writer_stopped_between_the_first_line_and_its_head_resumes(tmp_path, 
     path = tmp_path / "r.jsonl"
     real = RecordLog._write_head
 
+    on_disk = {}
+
     def stop_at_first_head(self, lines, last):
-        if lines == 1:
-            raise KeyboardInterrupt  # the process killed between the line and its head
+        if lines == 1:  # the process killed between the line and its head: the disk as it was then
+            on_disk.update(log=path.read_bytes(), head=head_path(path).read_bytes())
+            raise KeyboardInterrupt
         return real(self, lines, last)
 
     monkeypatch.setattr(RecordLog, "_write_head", stop_at_first_head)
     with pytest.raises(KeyboardInterrupt), RecordLog(path, key=KEY) as log:
         log.append(_record(0))
     monkeypatch.setattr(RecordLog, "_write_head", real)
+    path.write_bytes(on_disk["log"])  # no process lived on to take the line back
+    head_path(path).write_bytes(on_disk["head"])
     result = verify(path, key=KEY)
     assert result.ok and result.lines == 1 and result.after_head == 1
     with RecordLog(path, key=KEY) as log:
@@ -759,7 +764,12 @@ def test_a_record_whose_head_fails_to_be_written_leaves_nothing_behind(tmp_path,
             log.append(_record(i))
         size, head = path.stat().st_size, head_path(path).read_bytes()
 
+        calls = []
+
         def full(fd, data, offset):
+            calls.append(1)
+            if len(calls) > 1:  # the disk has room again for the old slot's bytes
+                return real(fd, data, offset)
             real(fd, bytes(data[:40]), offset)  # part of the slot reached the file
             raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -813,3 +823,63 @@ def test_a_record_json_cannot_hold_is_refused_and_leaves_the_log_as_it_was(tmp_p
                 log.append({**_record(1), **bad})
         log.append(_record(1))
     assert verify(path, key=KEY).ok and verify(path, key=KEY).lines == 2
+
+
+def _failing(monkeypatch, name, exc):
+    from finrec.governance import records
+
+    real = getattr(records.os, name)
+    monkeypatch.setattr(records.os, name, lambda *a: (_ for _ in ()).throw(exc))
+    return lambda: monkeypatch.setattr(records.os, name, real)
+
+
+def test_a_writer_remembers_its_own_lines_through_a_failed_append(tmp_path, monkeypatch):
+    # A reviewer: after a failed append the writer forgot what it had written, and an old copy
+    # of the log and head, put back, lost its answered records unseen.
+    import errno
+
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(3):
+            log.append(_record(i))
+        old_log, old_head = path.read_bytes(), head_path(path).read_bytes()
+        log.append(_record(3))
+        log.append(_record(4))
+        restore = _failing(monkeypatch, "write", OSError(errno.ENOSPC, "No space left on device"))
+        with pytest.raises(RecordLogError):
+            log.append(_record(5))
+        restore()
+        path.write_bytes(old_log)
+        head_path(path).write_bytes(old_head)
+        with pytest.raises(RecordLogError, match="records were cut"):
+            log.append(_record(6))
+
+
+def test_an_interrupted_append_is_taken_back(tmp_path, monkeypatch):
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(2):
+            log.append(_record(i))
+        restore = _failing(monkeypatch, "fsync", KeyboardInterrupt())  # after the line's write
+        with pytest.raises(KeyboardInterrupt):
+            log.append(_record(2))
+        restore()
+        assert verify(path, key=KEY).ok and verify(path, key=KEY).lines == 2
+        log.append(_record(3))
+    assert verify(path, key=KEY).lines == 3 and b"C0000002" not in path.read_bytes()
+
+
+def test_a_failed_append_that_cannot_be_taken_back_stops_the_writer(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        log.append(_record(0))
+        restore_sync = _failing(monkeypatch, "fdatasync", OSError(errno.EIO, "Input/output error"))
+        restore_cut = _failing(monkeypatch, "ftruncate", OSError(errno.EIO, "Input/output error"))
+        with pytest.raises(RecordLogError):
+            log.append(_record(1))
+        restore_sync()
+        restore_cut()
+        with pytest.raises(RecordLogError, match="could not be taken back"):
+            log.append(_record(2))

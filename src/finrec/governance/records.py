@@ -54,7 +54,12 @@ its unsealed lines are refused as written without the key. Such logs have no id 
 0 lines: their first head, and a head from another such log, cannot be told from their own.)
 What no key shows: a log and head file wiped together, or a log cut to nothing beside its head of
 0 lines, look like a new log, which ``verify`` reports as anchored by nothing and the next writer
-starts (with a warning); only a head kept elsewhere tells them apart. What a key cannot show: a log cut back to an
+starts (with a warning); only a head kept elsewhere tells them apart. Nor a log and head file put
+back to an older copy of both: each running writer refuses it if it appended since (it checks its
+own last line), but a writer that did not, or one started later, goes on from there. Nor the
+line of an append that failed, copied while it was on disk and put back past the restored head:
+the log then holds a record the service answered with an error (never one fewer than it
+answered). What a key cannot show: a log cut back to an
 older head together with a copy of that older head file - a head hash kept elsewhere (``head``)
 still shows that.
 
@@ -449,6 +454,9 @@ class RecordLog:
         self._tail: tuple[int, str, int] | None = None
         self._log_id: str | None = None  # the log's id (None: a log begun before ids)
         self._id_known = False  # this writer has appended to the log of that id
+        # (end, hash) of the last line this writer wrote: kept through failures, never forgotten
+        self._own: tuple[int, str] | None = None
+        self._broken: str | None = None  # a failed append that could not be undone
         self._pid = os.getpid()
         try:  # before any head file is made: a CSV named by mistake is refused as it is
             fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
@@ -495,6 +503,8 @@ class RecordLog:
         if os.getpid() != self._pid:
             # a forked child shares the parent's lock on the open file: their appends interleave
             raise RecordLogError(f"{self.path}: this RecordLog was opened by another process; open one per process")
+        if self._broken:
+            raise RecordLogError(self._broken)
         with self._lock:
             handle = self._file
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
@@ -518,23 +528,18 @@ class RecordLog:
                     raise FinrecError(f"the record cannot be written as JSON ({exc})") from None
                 line = body if self.key is None else sealed_line(body, self.key)
                 slot = (seq + 1) % 2 * _SLOT
-                kept = os.pread(self._head_fd, _SLOT, slot)
+                kept = os.pread(self._head_fd, _SLOT, slot).ljust(_SLOT, b" ")  # none yet: a blank slot
                 try:
                     _write_all(handle.fileno(), line + b"\n")
                     if self.durable:
                         os.fsync(handle.fileno())
                     # The head only after the line is on disk: after a crash it may lag, never lead.
                     seal = self._write_head(seq + 1, line)
-                except OSError:
-                    # No part of a record that failed stays behind, its line nor its head (a full
-                    # disk, a size limit): the caller was told it failed, and a reviewer put such a
-                    # line, sealed, in place of the one served.
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(handle.fileno(), size)
-                        os.pwrite(self._head_fd, kept, slot)
-                    self._tail = None
+                except BaseException:  # an interrupt too, where the process lives on
+                    self._undo(size, kept, slot)
                     raise
                 self._tail = (size + len(line) + 1, line_hash(line, self.key), seq + 1)
+                self._own = self._tail[:2]
                 return seal
             except FinrecError as exc:
                 # Every failure to record is the service's, whatever its cause (a file truncated or
@@ -545,13 +550,33 @@ class RecordLog:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
+    def _undo(self, size: int, kept: bytes, slot: int) -> None:
+        """Take back a record that failed to be written, its head slot first, then its line (a
+        full disk, a size limit): the caller was told it failed, and a reviewer put such a line,
+        sealed, in place of the one served. The head first: a log of n lines beside a head of
+        n + 1 would read as a deletion. If it cannot be undone, this writer appends no more."""
+        self._tail = None
+        try:
+            os.pwrite(self._head_fd, kept, slot)
+            if self.durable:
+                os.fdatasync(self._head_fd)
+            # only once the head is back: a head that may name the line stays with its line
+            os.ftruncate(self._file.fileno(), size)
+            if self.durable:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._broken = (
+                f"{self.path}: a failed append could not be taken back ({exc.strerror}); not appending: check the "
+                f"log with `finrec records verify {self.path}` and restart on it"
+            )
+
     def _check_own_lines(self, size: int) -> None:
         """The lines this writer left are still there, as it left them: the log grows only. A
         reviewer put back an old head file and cut this writer's own records, which its next
-        append covered."""
-        if self._tail is None:
+        append covered (also after a failed append, when this writer had forgotten them)."""
+        if self._own is None:
             return
-        left, last_hash, _ = self._tail
+        left, last_hash = self._own
         if size < left:
             raise FinrecError(
                 f"{self.path}: the record log is {size} bytes, shorter than the {left} this writer left: "
