@@ -883,3 +883,65 @@ def test_a_failed_append_that_cannot_be_taken_back_stops_the_writer(tmp_path, mo
         restore_cut()
         with pytest.raises(RecordLogError, match="could not be taken back"):
             log.append(_record(2))
+
+
+def test_a_writer_whose_first_append_failed_goes_on_beside_another(tmp_path, monkeypatch):
+    # A reviewer: a worker whose first append to a new log failed (a full disk, a record JSON
+    # cannot hold) was refused as "replaced by another" from then on.
+    import errno
+
+    path = tmp_path / "r.jsonl"
+    first, second = RecordLog(path, key=KEY), RecordLog(path, key=KEY)
+    with pytest.raises(RecordLogError):
+        first.append({**_record(0), "score": float("nan")})
+    restore = _failing(monkeypatch, "write", OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(RecordLogError):
+        first.append(_record(0))
+    restore()
+    second.append(_record(1))
+    first.append(_record(2))
+    first.close()
+    second.close()
+    result = verify(path, key=KEY)
+    assert result.ok and result.lines == 2
+
+
+def test_a_thread_waiting_on_a_writer_that_broke_does_not_append(tmp_path, monkeypatch):
+    # A reviewer: the "broken" check ran before the lock, so a thread already waiting on it
+    # appended after a failed append that could not be taken back, covering its line.
+    import errno
+    import time
+
+    from finrec.governance import records
+
+    path = tmp_path / "r.jsonl"
+    log = RecordLog(path, key=KEY)
+    log.append(_record(0))
+    started, go = threading.Event(), threading.Event()
+
+    def stalled_write(fd, data):
+        started.set()
+        go.wait(5)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(records.os, "write", stalled_write)
+    monkeypatch.setattr(records.os, "ftruncate", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    errors = {}
+
+    def append(name, i):
+        try:
+            log.append(_record(i))
+        except RecordLogError as exc:
+            errors[name] = str(exc)
+
+    first = threading.Thread(target=append, args=("first", 1))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=append, args=("second", 2))
+    second.start()
+    time.sleep(0.2)  # the second thread is waiting on the lock
+    go.set()
+    first.join()
+    second.join()
+    log.close()
+    assert "could not be taken back" in errors["second"]

@@ -503,9 +503,9 @@ class RecordLog:
         if os.getpid() != self._pid:
             # a forked child shares the parent's lock on the open file: their appends interleave
             raise RecordLogError(f"{self.path}: this RecordLog was opened by another process; open one per process")
-        if self._broken:
-            raise RecordLogError(self._broken)
         with self._lock:
+            if self._broken:  # under the lock: a thread waiting on it must not cover the failed line
+                raise RecordLogError(self._broken)
             handle = self._file
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
@@ -539,7 +539,9 @@ class RecordLog:
                     self._undo(size, kept, slot)
                     raise
                 self._tail = (size + len(line) + 1, line_hash(line, self.key), seq + 1)
-                self._own = self._tail[:2]
+                # known once a line of it is written: a first append that failed leaves no log
+                # this writer must keep to (it was refused as "replaced" from then on, a reviewer)
+                self._own, self._id_known = self._tail[:2], True
                 return seal
             except FinrecError as exc:
                 # Every failure to record is the service's, whatever its cause (a file truncated or
@@ -668,7 +670,6 @@ class RecordLog:
             self._write_head(0, None)
         elif repair and tail.behind:  # the head the stopped writer did not write
             self._write_head(lines, last)
-        self._id_known = self._id_known or repair
         return complete, (GENESIS if last is None else line_hash(last, self.key)), lines
 
 
