@@ -44,6 +44,15 @@ def big_log(tmp_path_factory):
     return path, head
 
 
+def _keyed_log(tmp_path, n: int):
+    """A keyed log of ``n`` records, as the writer leaves it."""
+    path = tmp_path / "r.jsonl"
+    with RecordLog(path, key=KEY) as log:
+        for i in range(n):
+            log.append(_record(i))
+    return path
+
+
 def _lines(path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
 
@@ -151,10 +160,7 @@ def test_a_writer_stopped_between_line_and_head_leaves_a_valid_log(tmp_path):
 
 
 def test_keyed_log_cannot_be_recomputed_without_the_key(tmp_path, monkeypatch):
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(20):
-            log.append(_record(i))
+    path = _keyed_log(tmp_path, 20)
     assert verify(path, key=KEY).ok and verify(path, key=KEY).keyed
     assert not verify(path, key=None).ok and "keyed" in verify(path, key=None).problem
     assert not verify(path, key=b"x" * 24).ok  # another key
@@ -286,10 +292,7 @@ def _blank_newest_slot(path) -> None:
 def test_a_head_rolled_back_by_blanking_its_newest_slot_is_found(tmp_path):
     # Found by a reviewer: with the newest slot blanked the older one became the head, and the
     # last line could be deleted (or replaced by one with the same seq and prev) unseen.
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(6):
-            log.append(_record(i))
+    path = _keyed_log(tmp_path, 6)
     lines = _lines(path)
     cut = _write(tmp_path, lines[:-1], head_of=path)
     _blank_newest_slot(cut)
@@ -307,10 +310,7 @@ def test_a_head_rolled_back_by_blanking_its_newest_slot_is_found(tmp_path):
 
 
 def test_an_altered_line_of_a_keyed_log_is_named_by_its_own_seal(tmp_path):
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(5):
-            log.append(_record(i))
+    path = _keyed_log(tmp_path, 5)
     lines = _lines(path)
     lines[2] = lines[2].replace(b"C0000002", b"C0000009")
     result = verify(_write(tmp_path, lines, head_of=path), key=KEY)
@@ -318,10 +318,7 @@ def test_an_altered_line_of_a_keyed_log_is_named_by_its_own_seal(tmp_path):
 
 
 def test_a_keyed_writer_stopped_between_line_and_head_still_resumes(tmp_path):
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(3):
-            log.append(_record(i))
+    path = _keyed_log(tmp_path, 3)
     kept = head_path(path).read_bytes()
     with RecordLog(path, key=KEY) as log:
         log.append(_record(3))
@@ -386,11 +383,8 @@ def test_a_line_past_a_head_written_before_seals_must_carry_a_seal(tmp_path):
 def test_a_blanked_newest_slot_with_a_line_past_the_older_head_is_refused(tmp_path):
     # A reviewer blanked the newest head and put past the older one a sealed line of an append
     # that had failed: accepted as a writer stopped between line and head. Both slots lie in one
-    # sector a disk writes whole, so a crash never leaves this state: it is refused, and said so.
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(5):
-            log.append(_record(i))
+    # sector disks are built to write whole, so a crash never leaves this state: it is refused.
+    path = _keyed_log(tmp_path, 5)
     _blank_newest_slot(path)
     result = verify(path, key=KEY)
     assert not result.ok and "or a line put past the head" in result.problem
@@ -488,10 +482,7 @@ def _unkeyed_slot(lines: int, head: str) -> bytes:
 def test_an_unkeyed_slot_is_no_head_of_a_keyed_log(tmp_path):
     # A reviewer deleted the newest record: the newest slot overwritten by an unkeyed one (its
     # check a plain SHA-256) naming the head before the genuine older one.
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(10):
-            log.append(_record(i))
+    path = _keyed_log(tmp_path, 10)
     lines = _lines(path)
     cut = _write(tmp_path, lines[:-1], head_of=path)
     data = bytearray(head_path(cut).read_bytes())
@@ -600,10 +591,7 @@ def test_a_head_of_another_log_under_the_same_key_is_no_head_of_this_one(tmp_pat
         for i in range(1, 8):
             log.append(_record(100 + i))
     foreign = _slot_of(other, 8)
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(10):
-            log.append(_record(i))
+    path = _keyed_log(tmp_path, 10)
     lines = _lines(path)
     assert b'"log":' in lines[0] and json.loads(lines[0])["log"] != json.loads(_lines(other)[0])["log"]
     cut = _write(tmp_path, lines[:-1], head_of=path)
@@ -674,10 +662,7 @@ def test_an_empty_log_beside_a_zeroed_head_file_starts_anew(tmp_path):
 def test_swapped_head_slots_are_no_heads(tmp_path):
     # A reviewer swapped the slots so the next head overwrote the newest, not the one two back,
     # then cut the record it covered: a head of n lines is valid in slot n % 2 only.
-    path = tmp_path / "r.jsonl"
-    with RecordLog(path, key=KEY) as log:
-        for i in range(5):
-            log.append(_record(i))
+    path = _keyed_log(tmp_path, 5)
     data = head_path(path).read_bytes()
     head_path(path).write_bytes(data[256:] + data[:256])
     assert not verify(path, key=KEY).ok
@@ -707,28 +692,36 @@ def test_a_writer_refuses_its_log_rewritten_in_place_with_another(tmp_path, caps
     assert f"; log {verify(other, key=KEY).log_id}" in capsys.readouterr().out
 
 
-def test_a_line_that_failed_to_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
-    # A reviewer filled the disk: the failed line stayed in a buffer and was written ahead of the
-    # next one once space came back, two lines of one seq, and every writer refused the log.
+def _disk_full_once(monkeypatch, name: str, part: int) -> None:
+    """``os.<name>`` (write or pwrite) in the record log: its first call puts ``part`` bytes on
+    disk, then fails with ENOSPC; later calls (the disk has room again) go through."""
     import errno
 
     from finrec.governance import records
 
+    real, calls = getattr(records.os, name), []
+
+    def full(fd, data, *offset):
+        calls.append(1)
+        if len(calls) > 1:
+            return real(fd, data, *offset)
+        real(fd, bytes(data[:part]), *offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.os, name, full)
+
+
+def test_a_line_that_failed_to_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
+    # A reviewer filled the disk: the failed line stayed in a buffer and was written ahead of the
+    # next one once space came back, two lines of one seq, and every writer refused the log.
     path = tmp_path / "r.jsonl"
-    real = records.os.write
     with RecordLog(path, key=KEY) as log:
         for i in range(3):
             log.append(_record(i))
         size = path.stat().st_size
-
-        def full(fd, data):
-            real(fd, bytes(data[:10]))  # part of the line reached the file
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        monkeypatch.setattr(records.os, "write", full)
+        _disk_full_once(monkeypatch, "write", 10)  # part of the line reached the file
         with pytest.raises(RecordLogError, match="No space left"):
             log.append(_record(3))
-        monkeypatch.setattr(records.os, "write", real)
         assert path.stat().st_size == size
         log.append(_record(4))
     result = verify(path, key=KEY)
@@ -753,30 +746,14 @@ def test_a_writer_refuses_fields_it_writes_itself_and_use_after_fork(tmp_path, m
 def test_a_record_whose_head_fails_to_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
     # A reviewer filled the disk between a line and its head: the caller got a 503, the line
     # stayed, sealed, and could later stand in for the record actually served.
-    import errno
-
-    from finrec.governance import records
-
     path = tmp_path / "r.jsonl"
-    real = records.os.pwrite
     with RecordLog(path, key=KEY) as log:
         for i in range(3):
             log.append(_record(i))
         size, head = path.stat().st_size, head_path(path).read_bytes()
-
-        calls = []
-
-        def full(fd, data, offset):
-            calls.append(1)
-            if len(calls) > 1:  # the disk has room again for the old slot's bytes
-                return real(fd, data, offset)
-            real(fd, bytes(data[:40]), offset)  # part of the slot reached the file
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        monkeypatch.setattr(records.os, "pwrite", full)
+        _disk_full_once(monkeypatch, "pwrite", 40)  # part of the slot reached the file
         with pytest.raises(RecordLogError, match="No space left"):
             log.append(_record(3))
-        monkeypatch.setattr(records.os, "pwrite", real)
         assert path.stat().st_size == size and head_path(path).read_bytes() == head
         log.append(_record(4))
     result = verify(path, key=KEY)

@@ -1261,54 +1261,39 @@ def _a_record_log(where: Where) -> None:
 _REGISTRY = ("inside the model registry", "only `finrec models` writes there", "nothing was written")
 _RECORDS = ("the record log", "nothing was written")
 
+
+def _governed(name: str, command: str, out, fragments: tuple[str, ...], prepare) -> OutputCase:
+    """A command's output onto a governance file: the command's guard (the library's writers do
+    not know of registries or record logs), so no Python API case."""
+    return OutputCase(name, command, out, fragments, api=False, prepare=prepare)
+
+
 OUTPUT_CASES: list[OutputCase] = [
-    OutputCase(
+    _governed(
         "monitor_json_is_registry_pointer",
         "monitor",
         lambda w: w.root / "reg" / "registry.json",
         _REGISTRY,
-        api=False,
-        prepare=_a_registry,
+        _a_registry,
     ),
-    OutputCase(
+    _governed(
         "report_out_is_a_registered_report",
         "report",
         lambda w: w.root / "reg" / "versions" / "v0001" / "report.html",
         _REGISTRY,
-        api=False,
-        prepare=_a_registry,
+        _a_registry,
     ),
-    OutputCase(
-        "evaluate_json_inside_registry",
-        "evaluate",
-        lambda w: w.root / "reg" / "metrics.json",
-        _REGISTRY,
-        api=False,
-        prepare=_a_registry,
+    _governed(
+        "evaluate_json_inside_registry", "evaluate", lambda w: w.root / "reg" / "metrics.json", _REGISTRY, _a_registry
     ),
-    OutputCase(
-        "score_out_inside_registry",
-        "score",
-        lambda w: w.root / "reg" / "top.csv",
-        _REGISTRY,
-        api=False,  # the command's guard: the library's writers do not know of registries
-        prepare=_a_registry,
-    ),
-    OutputCase(
-        "monitor_json_is_record_log",
-        "monitor",
-        lambda w: w.root / "records.jsonl",
-        _RECORDS,
-        api=False,
-        prepare=_a_record_log,
-    ),
-    OutputCase(
+    _governed("score_out_inside_registry", "score", lambda w: w.root / "reg" / "top.csv", _REGISTRY, _a_registry),
+    _governed("monitor_json_is_record_log", "monitor", lambda w: w.root / "records.jsonl", _RECORDS, _a_record_log),
+    _governed(
         "plan_json_is_record_log_head",
         "plan",
         lambda w: w.root / "records.jsonl.head",
         ("the head file of", *_RECORDS),
-        api=False,
-        prepare=_a_record_log,
+        _a_record_log,
     ),
     # train: the atomic swap of the model directory would delete whatever it replaces
     OutputCase("train_out_is_data", "train", lambda w: w.data, _over("is"), "data"),

@@ -175,6 +175,14 @@ class TableSchema:
         return tuple(dict.fromkeys(c for c in named if c))
 
     @property
+    def named_columns(self) -> tuple[str, ...]:
+        """Every column the schema names in this table: id, features, risk, category, value,
+        on-offer, protected and compliance columns (each once, in that order)."""
+        named = [self.id, *self.numeric, *self.categorical]
+        named += [c for c in (self.risk, self.category, self.value, self.on_offer) if c]
+        return tuple(dict.fromkeys([*named, *self.protected, *self.compliance_columns]))
+
+    @property
     def numeric_features(self) -> tuple[str, ...]:
         """Numeric model inputs: the numeric list plus the risk column."""
         cols = list(self.numeric)

@@ -216,11 +216,7 @@ def check_plausible(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
 
 def check_schema_columns(df: pd.DataFrame, table: S.TableSchema, where: str) -> None:
     """Every column the schema names must exist in the table."""
-    named = [table.id, *table.numeric, *table.categorical]
-    named += [c for c in (table.risk, table.category, table.value, table.on_offer) if c]
-    named += list(table.protected)
-    named += list(table.compliance_columns)
-    missing = [c for c in dict.fromkeys(named) if c not in df.columns]
+    missing = [c for c in table.named_columns if c not in df.columns]
     if missing:
         raise SchemaError(
             f"schema.yaml names column(s) {safe_items(missing, MAX_COLUMNS_SHOWN)} that {where} does not have"

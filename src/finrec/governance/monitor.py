@@ -410,9 +410,7 @@ def monitor_model(model_dir, data_dir, seed: int = 0) -> dict[str, Any]:
             f"the model reads a {S.HOLDINGS_HISTORY} table and {data_dir} has none: every customer is scored as "
             "one without a past, which moves the scores and the recommended mix"
         )
-    table = dataset.schema.customers
-    named = {table.id, *table.numeric_features, *table.categorical_features, *table.protected}
-    named.update(table.compliance_columns)
+    named = set(dataset.schema.customers.named_columns)
     unread = [str(c) for c in dataset.customers.columns if c not in named]
     if unread:
         # A column the bank added to the population was passed over without a word (a tester):

@@ -22,10 +22,10 @@ without gaps.
 The head file (``<log>.head``) makes a deletion at the end visible too: it records the number of
 lines and the last line's hash, and is rewritten with each append, after the line, under the same
 lock. It has two fixed slots written in turn with one ``pwrite`` each, every slot with its own
-checksum, in one 512-byte sector that a disk writes whole: the file always holds the old head or
-the new one, never a mix, and the head before the newest stays beside it (the scheme of a file
-system's superblock copies). ``verify``
-fails when the log has fewer lines than the head names, or no line with the head's hash there.
+checksum, in one 512-byte sector, which disks are built to write whole: the file always holds the
+old head or the new one, never a mix, and the head before the newest stays beside it (the scheme
+of a file system's superblock copies). ``verify`` fails when the log has fewer lines than the head
+names, or no line with the head's hash there.
 A log that runs one line past the head (a writer stopped between the line and the head) is intact
 as far as the chain goes; ``Verification.after_head`` says so, and the next writer writes the head
 it lacks before its own line. More than one line past the head is no stopped writer's, and is
@@ -80,7 +80,6 @@ nobody can read back, while the service answered as if it had recorded them.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -94,6 +93,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finrec.atomic import fsync_dir
 from finrec.errors import FinrecError, RecordLogError
 
 log = logging.getLogger(__name__)
@@ -115,12 +115,16 @@ def line_hash(line: bytes, key: bytes | None = None) -> str:
     return hmac.new(key, line, hashlib.sha256).hexdigest()
 
 
+def _labelled(key: bytes, label: bytes, data: bytes) -> str:
+    """HMAC-SHA-256 (hex) of ``data`` under ``key`` and a label of its own: a seal of one kind is
+    never valid as another (a head's seal as a ``prev``, say)."""
+    return hmac.new(key, b"finrec-record-" + label + b"\x00" + data, hashlib.sha256).hexdigest()
+
+
 def head_seal(line: bytes, key: bytes | None = None) -> str:
     """The hash a head records for its last line: ``line_hash`` for an unkeyed log, an HMAC under
     the head's own label for a keyed one (so no head hash is ever a valid ``prev``)."""
-    if key is None:
-        return line_hash(line)
-    return hmac.new(key, b"finrec-record-head\x00" + line, hashlib.sha256).hexdigest()
+    return line_hash(line) if key is None else _labelled(key, b"head", line)
 
 
 _WRITTEN_FIELDS = frozenset({"seq", "log", "prev", "mac"})  # the writer's own, never a record's
@@ -129,7 +133,7 @@ _MAC_TAIL = len(_MAC_OPEN) + 64 + 2  # ,"mac":"<64 hex>"}
 
 
 def _line_mac(body: bytes, key: bytes) -> str:
-    return hmac.new(key, b"finrec-record-line\x00" + body, hashlib.sha256).hexdigest()
+    return _labelled(key, b"line", body)
 
 
 def sealed_line(body: bytes, key: bytes) -> bytes:
@@ -262,23 +266,13 @@ def _slot_check(head: Head, key: bytes | None) -> str:
     head, apart from the chain's and the lines' seals)."""
     if not head.keyed:
         return line_hash(_head_body(head))
-    if head.sealed:
-        return hmac.new(key, b"finrec-record-slot\x00" + _head_body(head), hashlib.sha256).hexdigest()
-    return line_hash(_head_body(head), key)
+    return _labelled(key, b"slot", _head_body(head)) if head.sealed else line_hash(_head_body(head), key)
 
 
 def _slot(head: Head, key: bytes | None) -> bytes:
     check = _slot_check(head, key)
     raw = json.dumps({**_fields(head), "check": check}, separators=(",", ":")).encode()
     return raw.ljust(_SLOT - 1) + b"\n"
-
-
-def read_head(path: str | os.PathLike, key: bytes | None) -> Head | None:
-    """The newest valid slot of the log's head file; None when there is none (or it is empty).
-
-    Raises ``FinrecError`` when no slot is valid, or the head is keyed and ``key`` is None."""
-    heads = read_heads(path, key)
-    return heads[0] if heads else None
 
 
 def read_heads(path: str | os.PathLike, key: bytes | None) -> list[Head]:
@@ -362,8 +356,8 @@ def judge_tail(
     or past a head, must carry its seal; and the other slot must hold the head before the newest
     (the slots are written in turn, from a head of 0 lines written when a log starts): a head file
     with only the older one valid may have lost its newest with lines at the end, or had a line
-    put past it (reviewers). Both slots lie in one 512-byte sector, which a disk writes whole, so
-    a crash leaves the old head file or the new one. (A log begun before seals and ids has no head
+    put past it (reviewers). Both slots lie in one 512-byte sector, which disks are built to write
+    whole, so a crash leaves the old head file or the new one. (A log begun before seals and ids has no head
     of 0 lines: its first line's head stands alone.)"""
     keyed = key is not None
     ours = [h for h in heads if h.log == log_id] if keyed and lines else heads
@@ -475,12 +469,12 @@ class RecordLog:
             self._file.close()
             raise FinrecError(f"{head_path(self.path)}: cannot open the head file ({exc.strerror})") from None
         if created and durable:  # the new names themselves on disk: synced lines beside no head file
-            with contextlib.suppress(OSError):
-                directory = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
+            fsync_dir(self.path.parent)
+        # the files this writer holds, by device and inode (``_check_still_at_path``)
+        self._held = {
+            self.path: _identity(os.fstat(self._file.fileno())),
+            head_path(self.path): _identity(os.fstat(self._head_fd)),
+        }
 
     def close(self) -> None:
         self._file.close()
@@ -596,13 +590,12 @@ class RecordLog:
         return seal
 
     def _check_still_at_path(self) -> None:
-        for name, fd in ((self.path, self._file.fileno()), (head_path(self.path), self._head_fd)):
-            held = os.fstat(fd)
+        for name, held in self._held.items():
             try:
-                now = os.stat(name)
+                now = _identity(os.stat(name))
             except OSError:
                 now = None
-            if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            if now != held:
                 raise RecordLogError(
                     f"{name}: the file was moved, replaced or deleted while this process held it open; not "
                     "recording (records would go where nobody can read them): restore it, or restart with a "
@@ -619,7 +612,7 @@ class RecordLog:
         head of 0 lines."""
         fd = self._file.fileno()
         complete = _complete_size(fd, size)
-        last, before = _read_tail(self._file, complete, self.path)
+        last, before = _read_tail(fd, complete)
         lines = 0 if last is None else _seq_of(last, self.path) + 1
         try:
             heads = read_heads(self.path, self.key)
@@ -633,7 +626,7 @@ class RecordLog:
         if heads and bool(keyed) != (self.key is not None):
             state = "with a key" if keyed else "without a key"
             raise FinrecError(f"{self.path}: the record log was written {state}; not appending to it otherwise")
-        first = _read_first(self._file, complete) if lines else None
+        first = _read_first(fd, complete) if lines else None
         tail = judge_tail(heads, lines, last, before, log_id_of(first), self.key)
         if tail.problem:
             hint = (
@@ -673,6 +666,10 @@ class RecordLog:
         return complete, (GENESIS if last is None else line_hash(last, self.key)), lines
 
 
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
 def _line_ending_at(fd: int, end: int) -> bytes:
     """The line (without its newline) that ends at byte ``end`` of the log."""
     block = _TAIL_BLOCK
@@ -691,11 +688,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _read_first(handle, size: int) -> bytes:
-    """The first line (without its newline) of a log of ``size`` bytes of complete lines."""
+def _read_first(fd: int, size: int) -> bytes:
+    """The first line (without its newline) of the first ``size`` bytes of a log."""
     block = _TAIL_BLOCK
     while True:
-        data = os.pread(handle.fileno(), min(block, size), 0)
+        data = os.pread(fd, min(block, size), 0)
         cut = data.find(b"\n")
         if cut >= 0 or len(data) >= size:
             return data[:cut] if cut >= 0 else data
@@ -714,26 +711,14 @@ def _complete_size(fd: int, size: int) -> int:
     return 0
 
 
-def _read_tail(handle, size: int, path: Path) -> tuple[bytes | None, bytes | None]:
-    """The last line and the one before it (None where the log has fewer) of a log of ``size`` bytes."""
+def _read_tail(fd: int, size: int) -> tuple[bytes | None, bytes | None]:
+    """The last line and the one before it (None where the log has fewer) of a log of ``size``
+    bytes of complete lines."""
     if size == 0:
         return None, None
-    block = _TAIL_BLOCK
-    while True:
-        start = max(0, size - block)
-        data = os.pread(handle.fileno(), size - start, start)
-        if not data.endswith(b"\n"):
-            raise FinrecError(
-                f"{path}: the record log ends with an incomplete line; check it with `finrec records verify {path}`"
-            )
-        body = data[:-1]
-        cut = body.rfind(b"\n")
-        cut2 = body.rfind(b"\n", 0, cut) if cut >= 0 else -1
-        if cut2 >= 0 or start == 0:
-            last = body[cut + 1 :]
-            before = body[cut2 + 1 : cut] if cut >= 0 else None
-            return last, before
-        block *= 4
+    last = _line_ending_at(fd, size)
+    start = size - len(last) - 1
+    return last, (_line_ending_at(fd, start) if start > 0 else None)
 
 
 def _prev_of(line: bytes) -> Any:
@@ -801,15 +786,14 @@ def verify(path: str | os.PathLike, head: str | None = None, key: bytes | None =
             head_problem = str(exc)
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        first = handle.readline(size) if size else b""
+        log_id = log_id_of(_read_first(handle.fileno(), size)) if size else None
     if head_problem is not None and "is keyed" in head_problem:
         return Verification(False, 0, GENESIS, None, head_problem)
     if heads and key is not None and not any(h.keyed for h in heads):
         return Verification(False, 0, GENESIS, None, "a key was given but the log was written without one")
     keyed = key is not None
     chain_key = key if keyed else None
-    log_id = log_id_of(first.rstrip(b"\n")) if first.endswith(b"\n") else None
-    ours = [h for h in heads if h.log == log_id] if keyed and first else heads
+    ours = [h for h in heads if h.log == log_id] if keyed and size else heads
     stored = ours[0] if ours else None
     head = None if head is None else checked_head_hash(head)
     prev = before = GENESIS
